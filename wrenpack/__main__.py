@@ -1,0 +1,5 @@
+import sys
+
+from wrenpack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,81 @@
+"""The ``wrenpack`` command line: a thin layer over the library.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``;
+the module is imported only when its command is named, so ``wrenpack --help``
+and each command stay quick. Errors derived from ``WrenpackError`` print one
+line and exit 1; bad usage exits 2 (argparse's convention).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+#: command name -> (module, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("wrenpack.cli.cmd_demo", "map a real function over inputs on the local backend"),
+    "profile": ("wrenpack.cli.cmd_profile", "measure a function's memory, time and needs; recommend Lambda settings"),
+    "build-runtime": ("wrenpack.cli.cmd_build_runtime", "build a slim, verified runtime that fits Lambda's limits"),
+    "deploy": ("wrenpack.cli.cmd_aws", "create or update the Lambda worker function"),
+    "iam-policy": ("wrenpack.cli.cmd_aws", "print a least-privilege IAM policy for the bucket and function"),
+    "doctor": ("wrenpack.cli.cmd_aws", "check credentials, bucket, function, runtime and Python versions"),
+    "clean": ("wrenpack.cli.cmd_clean", "remove a job's objects (or all jobs) from the store"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (mod, help_) in COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out[name] = (mod, help_)
+    return out
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    from wrenpack import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="wrenpack",
+        description="Run plain Python functions on AWS Lambda, or locally under Lambda's limits.",
+    )
+    parser.add_argument("--version", action="version", version=f"wrenpack {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    available = _available()
+    # Import only the module of the command being run; list the rest by name.
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (mod, help_) in available.items():
+        if name == wanted:
+            importlib.import_module(mod).register(sub, name)
+        else:
+            sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from wrenpack.errors import WrenpackError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except WrenpackError as exc:
+        print(f"wrenpack: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("wrenpack: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Every error wrenpack raises on purpose, under one root.
+
+Each message is one line that names the problem and the fix: the CLI prints
+``str(exc)`` and nothing else for these, so the message must stand alone.
+This module is imported by the worker side too: standard library only.
+"""
+from __future__ import annotations
+
+
+class WrenpackError(Exception):
+    """Root of all wrenpack errors."""
+
+
+class ConfigError(WrenpackError):
+    """Bad configuration (argument, WRENPACK_* variable or [tool.wrenpack])."""
+
+
+class SerializationError(WrenpackError):
+    """A function, argument or result could not be pickled or unpickled."""
+
+
+class StoreError(WrenpackError):
+    """The object store failed, or holds a missing or corrupt object."""
+
+
+class ObjectNotFound(StoreError):
+    """A key that should exist does not."""
+
+
+class CorruptObject(StoreError):
+    """An object exists but cannot be decoded."""
+
+
+class PayloadTooLarge(WrenpackError):
+    """An argument or result is larger than the configured maximum."""
+
+
+class TaskError(WrenpackError):
+    """A call failed for a reason outside the user's own code."""
+
+
+class MemoryLimitExceeded(TaskError):
+    """The call used more memory than its ``memory`` setting allows."""
+
+
+class TaskTimeout(TaskError):
+    """The call ran longer than its ``timeout``."""
+
+
+class EphemeralStorageExceeded(TaskError):
+    """The call wrote more to its /tmp than ``ephemeral_storage`` allows."""
+
+
+class WorkerCrashed(TaskError):
+    """The worker process died (signal, segfault) and retries ran out."""
+
+
+class WorkerLost(TaskError):
+    """No status arrived for a call long after its deadline."""
+
+
+class MissingDependency(TaskError):
+    """The function imports a module the worker's runtime does not have."""
+
+
+class RemoteError(WrenpackError):
+    """A user exception whose type could not be rebuilt on the client."""
+
+
+class ProfileError(WrenpackError):
+    """Profiling failed: bad target, or the profiled function raised."""
+
+
+class BuildError(WrenpackError):
+    """Building a runtime failed."""

@@ -1,0 +1,44 @@
+"""Object stores: one interface (``Store``), one module per implementation.
+
+``open_store`` turns a spec (the dict a store's ``spec`` returns, sent inside
+each event) or a URL (``file:///path``, a plain path, ``s3://bucket/prefix``)
+into a store. The S3 module (and so boto3) is imported only when asked for.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from wrenpack.errors import ConfigError
+from wrenpack.storage.base import Store
+
+__all__ = ["Store", "open_store"]
+
+
+def open_store(spec: dict[str, Any] | str) -> Store:
+    if isinstance(spec, str):
+        spec = parse_store_url(spec)
+    kind = spec.get("type")
+    if kind == "local":
+        from wrenpack.storage.local import LocalStore
+
+        return LocalStore(spec["root"])
+    if kind == "s3":
+        from wrenpack.storage.s3 import S3Store  # boto3, only here
+
+        return S3Store.from_spec(spec)
+    raise ConfigError(f"unknown store type {kind!r}; use a path, file:///path or s3://bucket/prefix")
+
+
+def parse_store_url(url: str) -> dict[str, Any]:
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[5:].partition("/")
+        if not bucket:
+            raise ConfigError(f"store URL {url!r} names no bucket; use s3://BUCKET/PREFIX")
+        return {"type": "s3", "bucket": bucket, "prefix": prefix.strip("/")}
+    if url.startswith("file://"):
+        url = url[7:]
+    if "://" in url:
+        raise ConfigError(f"unsupported store URL {url!r}; use a path, file:///path or s3://bucket/prefix")
+    import os
+
+    return {"type": "local", "root": os.path.abspath(os.path.expanduser(url))}

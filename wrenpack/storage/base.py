@@ -1,0 +1,67 @@
+"""The object-store contract that every backend and the worker handler use.
+
+A store maps string keys ("jobs/ab12/output/00003.pkl") to bytes. Writes are
+atomic: a reader sees the whole old object, the whole new one, or none.
+``put(..., if_absent=True)`` is the one conditional write: it lets the first
+complete result win when a call is delivered twice. Standard library only:
+the worker imports this.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterator
+
+
+class Store(abc.ABC):
+    """Abstract object store. Implementations: ``LocalStore``, ``S3Store``."""
+
+    #: A JSON-able description that ``open_store`` turns back into an equal store
+    #: (sent to workers inside each event).
+    @property
+    @abc.abstractmethod
+    def spec(self) -> dict[str, Any]: ...
+
+    @property
+    def url(self) -> str:
+        """A human-readable location, for messages."""
+        return str(self.spec)
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Store ``data`` at ``key`` atomically.
+
+        With ``if_absent`` the write happens only if ``key`` does not exist yet;
+        returns False when it already did (nothing written). Otherwise True.
+        """
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the bytes at ``key``; raise ``ObjectNotFound`` if absent."""
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of an object (default: read all, slice)."""
+        return self.get(key)[start:end]
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """All keys that start with ``prefix``, sorted."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every key under ``prefix``; return how many."""
+        keys = self.list(prefix)
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    def iter_list(self, prefix: str) -> Iterator[str]:
+        yield from self.list(prefix)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url})"

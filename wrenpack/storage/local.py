@@ -1,0 +1,122 @@
+"""Object store on the local filesystem: the embedded default.
+
+Keys become relative paths under a root directory. Atomicity comes from
+writing a temporary file in the same directory and ``os.replace`` (or
+``os.link`` for ``if_absent``, which fails if the target exists).
+Standard library only: the worker imports this.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from wrenpack.errors import ObjectNotFound, StoreError
+from wrenpack.storage.base import Store
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        os.makedirs(self.root, exist_ok=True)
+        self._made: set[str] = set()
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"type": "local", "root": self.root}
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise StoreError(f"invalid store key {key!r}: keys are relative paths without '..'")
+        return os.path.join(self.root, key)
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory not in self._made:
+            os.makedirs(directory, exist_ok=True)
+            self._made.add(directory)
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        if if_absent and os.path.exists(path):
+            return False
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            if if_absent:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(max(0, end - start))
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self._path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        # Walk only the deepest directory the prefix names, not the whole store.
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self.root, base_dir) if base_dir else self.root
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for name in filenames:
+                if name.startswith(".tmp-"):
+                    continue
+                key = rel_dir + name
+                if key.startswith(prefix):
+                    out.append(key)
+        out.sort()
+        return out
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            self.delete(key)
+        # Remove directories left empty below the prefix's directory.
+        base_dir = prefix.rstrip("/") if prefix.endswith("/") else prefix.rsplit("/", 1)[0]
+        if base_dir:
+            top = os.path.join(self.root, base_dir)
+            for dirpath, _dirs, _files in sorted(os.walk(top, topdown=False), key=lambda t: -len(t[0])):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+            self._made = {d for d in self._made if not d.startswith(top)}
+        return len(keys)

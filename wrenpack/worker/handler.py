@@ -1,0 +1,174 @@
+"""The worker handler: the one function Lambda (or a local worker) calls.
+
+Flow of one call::
+
+    event --> open store --> load function (cached per job) --> load arguments
+          --> run --> write output (first complete write wins) --> write status
+
+The event is a small JSON-able dict built by the client (``wrenpack.job``)::
+
+    {"wrenpack": 1, "store": {...}, "job_id": "...", "call_id": "00003",
+     "func_key": "jobs/.../func.pkl", "args": {"inline": "<base64>"} | {"key": "..."},
+     "attempt": 0, "function_name": "...", "extra": {...}}
+
+Outcomes are cloudpickled tuples: ``("ok", value)`` or
+``("error", exc_bytes_or_None, type_name, message, traceback_text, kind)``,
+with ``kind`` "user" for the user's own exceptions and "wrenpack" for ours.
+Standard library and cloudpickle only.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from typing import Any, Callable
+
+import cloudpickle
+
+from wrenpack import keys
+from wrenpack.errors import MissingDependency, SerializationError, StoreError
+from wrenpack.storage import Store, open_store
+from wrenpack.worker import memory
+
+PROTOCOL_VERSION = 1
+
+_stores: dict[str, Store] = {}
+_functions: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
+_MAX_CACHED_FUNCTIONS = 16
+
+#: Hooks that run around each call; the checkpoint module registers one.
+#: Each is called as ``hook(event, context, store)`` and may return a callable
+#: run after the call (in a ``finally``).
+call_hooks: list[Callable[..., Any]] = []
+
+
+def _store_for(spec: dict[str, Any]) -> Store:
+    token = json.dumps(spec, sort_keys=True)
+    store = _stores.get(token)
+    if store is None:
+        store = _stores[token] = open_store(spec)
+    return store
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return cloudpickle.loads(data)
+    except ModuleNotFoundError as exc:
+        raise MissingDependency(
+            f"{what} needs module {exc.name!r}, which this worker's runtime does not have; "
+            f"add it to the runtime (wrenpack build-runtime {exc.name}) or install it where the workers run"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
+        raise SerializationError(
+            f"{what} could not be unpickled ({type(exc).__name__}: {exc}); "
+            "client and worker must run the same Python minor version and cloudpickle"
+        ) from None
+
+
+def _load_function(store: Store, key: str) -> Callable[..., Any]:
+    fn = _functions.get(key)
+    if fn is None:
+        fn = _loads(store.get(key), "the function")
+        _functions[key] = fn
+        if len(_functions) > _MAX_CACHED_FUNCTIONS:
+            _functions.popitem(last=False)
+    else:
+        _functions.move_to_end(key)
+    return fn
+
+
+def _load_args(store: Store, spec: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if "inline" in spec:
+        data = base64.b64decode(spec["inline"])
+    else:
+        data = store.get(spec["key"])
+    args, kwargs = _loads(data, "the call's arguments")
+    return args, kwargs
+
+
+def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> bytes:
+    """Pickle an exception outcome; fall back to type name and message only."""
+    if tb_text is None:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        exc_bytes: bytes | None = cloudpickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - an unpicklable exception is still reported
+        exc_bytes = None
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return cloudpickle.dumps(("error", exc_bytes, name, str(exc), tb_text, kind))
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Run one call described by ``event``; return a small summary dict."""
+    start = time.time()
+    memory.reset_peak()
+    job_id, call_id = event["job_id"], event["call_id"]
+    store = _store_for(event["store"])
+    kind = "ok"
+    after: list[Callable[[], Any]] = []
+    extra_status: dict[str, Any] = {}
+    try:
+        fn = _load_function(store, event["func_key"])
+        args, kwargs = _load_args(store, event["args"])
+        for hook in call_hooks:
+            done = hook(event, context, store)
+            if done is not None:
+                after.append(done)
+        try:
+            value = fn(*args, **kwargs)
+        finally:
+            for done in after:
+                extra = done()
+                if isinstance(extra, dict):
+                    extra_status.update(extra)
+        try:
+            outcome = cloudpickle.dumps(("ok", value))
+        except Exception as exc:  # noqa: BLE001
+            raise SerializationError(
+                f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
+            ) from None
+    except (MissingDependency, SerializationError, StoreError) as exc:
+        kind = "error"
+        outcome = error_outcome(exc, "wrenpack", tb_text="")
+    except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
+        if extra_status.get("exit") == "checkpointed":
+            kind = "checkpointed"
+            outcome = b""
+        else:
+            kind = "error"
+            tb = exc.__traceback__
+            # Drop the handler's own frame: the user sees only their code.
+            tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
+            outcome = error_outcome(exc, "user", "".join(traceback.format_exception(type(exc), exc, tb)))
+        if isinstance(exc, (KeyboardInterrupt,)):
+            raise
+    end = time.time()
+    if kind != "checkpointed":
+        store.put(keys.output_key(job_id, call_id), outcome, if_absent=True)
+    peak = memory.peak_rss_mb()
+    status = {
+        "job_id": job_id,
+        "call_id": call_id,
+        "attempt": event.get("attempt", 0),
+        "exit": kind,
+        "start": start,
+        "end": end,
+        "duration_s": end - start,
+        "peak_rss_mb": round(peak, 2) if peak is not None else None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": "%d.%d" % sys.version_info[:2],
+        "request_id": getattr(context, "aws_request_id", None),
+    }
+    status.update(extra_status)
+    if kind == "checkpointed":
+        # A segment's status is kept apart so the final status still wins the key.
+        store.put(keys.status_key(job_id, call_id) + f".seg{event.get('segment', 0)}", json.dumps(status).encode())
+    else:
+        store.put(keys.status_key(job_id, call_id), json.dumps(status).encode(), if_absent=True)
+    return status
