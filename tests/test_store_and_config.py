@@ -131,3 +131,19 @@ def test_worker_handler_imports_only_stdlib_and_cloudpickle():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    import wrenpack as wp
+
+    submodules = {m.name for m in pkgutil.iter_modules(wp.__path__)}
+    assert not submodules & set(wp.__all__), "an imported submodule would replace the public attribute"
+    for name in wp.__all__:
+        if name != "__version__" and importlib.util.find_spec(wp._LAZY[name]) is not None:
+            assert getattr(wp, name) is not None
+    importlib.import_module("wrenpack.remote_function")
+    assert callable(wp.remote) and callable(wp.checkpoint)

@@ -231,6 +231,9 @@ class Executor:
     def _continue(self, inv: Invocation, status: dict[str, Any]) -> None:
         """Launch the next segment of a checkpointed call."""
         event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
+        if status.get("checkpoint"):
+            # What this segment learned (step and save times) tunes the next one.
+            event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.extra.get("label"), event["segment"] - 1, event["segment"])
         nxt = Invocation(
             event=event,
