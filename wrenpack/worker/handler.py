@@ -3,7 +3,7 @@
 Flow of one call::
 
     event --> open store --> load function (cached per job) --> load arguments
-          --> run --> write output (first complete write wins) --> write status
+          --> run --> write one result object: status + outcome (first complete write wins)
 
 The event is a small JSON-able dict built by the client (``wrenpack.job``)::
 
@@ -11,7 +11,8 @@ The event is a small JSON-able dict built by the client (``wrenpack.job``)::
      "func_key": "jobs/.../func.pkl", "args": {"inline": "<base64>"} | {"key": "..."},
      "attempt": 0, "function_name": "...", "extra": {...}}
 
-Outcomes are cloudpickled tuples: ``("ok", value)`` or
+The result object (``wrenpack.worker.result``) holds the status record and the
+outcome. Outcomes are cloudpickled tuples: ``("ok", value)`` or
 ``("error", exc_bytes_or_None, type_name, message, traceback_text, kind)``,
 with ``kind`` "user" for the user's own exceptions and "wrenpack" for ours.
 Standard library and cloudpickle only.
@@ -21,8 +22,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -31,24 +34,61 @@ from typing import Any, Callable
 import cloudpickle
 
 from wrenpack import keys
-from wrenpack.errors import MissingDependency, SerializationError, StoreError
+from wrenpack.errors import MissingDependency, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, open_store
-from wrenpack.worker import memory
+from wrenpack.worker import checkpoint, memory, result
 
 PROTOCOL_VERSION = 1
+_HOST = socket.gethostname()
 
 _stores: dict[str, Store] = {}
 _functions: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
 _MAX_CACHED_FUNCTIONS = 16
 
-#: Hooks that run around each call; the checkpoint module registers one.
-#: Each is called as ``hook(event, context, store)`` and may return a callable
-#: run after the call (in a ``finally``).
-call_hooks: list[Callable[..., Any]] = []
+
+
+class _DeadlineReached(BaseException):
+    """Raised inside the user's code just before the invocation's deadline."""
+
+
+#: Wall-clock time (time.time()) at which the current call is stopped; None outside a call.
+soft_deadline: float | None = None
+
+
+def _margin(remaining: float) -> float:
+    return min(0.5, 0.1 * remaining)
+
+
+def _fire(signum: int, frame: Any) -> None:
+    raise _DeadlineReached()
+
+
+_alarm_installed = False
+
+
+def _arm_deadline(context: Any) -> Callable[[], None] | None:
+    """Stop the call a little before Lambda would, so a timeout is reported as one."""
+    global soft_deadline, _alarm_installed
+    get_remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if get_remaining is None:
+        return None
+    remaining = get_remaining() / 1000.0
+    soft_deadline = time.time() + remaining - _margin(remaining)
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return None
+    if not _alarm_installed or signal.getsignal(signal.SIGALRM) is not _fire:
+        signal.signal(signal.SIGALRM, _fire)
+        _alarm_installed = True
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, remaining - _margin(remaining)))
+    return _disarm
+
+
+def _disarm() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _store_for(spec: dict[str, Any]) -> Store:
-    token = json.dumps(spec, sort_keys=True)
+    token = repr(sorted(spec.items()))
     store = _stores.get(token)
     if store is None:
         store = _stores[token] = open_store(spec)
@@ -59,15 +99,21 @@ def _loads(data: bytes, what: str) -> Any:
     try:
         return cloudpickle.loads(data)
     except ModuleNotFoundError as exc:
-        raise MissingDependency(
-            f"{what} needs module {exc.name!r}, which this worker's runtime does not have; "
-            f"add it to the runtime (wrenpack build-runtime {exc.name}) or install it where the workers run"
-        ) from None
+        raise _missing(exc) from None
     except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
         raise SerializationError(
             f"{what} could not be unpickled ({type(exc).__name__}: {exc}); "
             "client and worker must run the same Python minor version and cloudpickle"
         ) from None
+
+
+def _missing(exc: ModuleNotFoundError) -> MissingDependency:
+    err = MissingDependency(
+        f"the function imports module {exc.name!r}, which this worker's runtime does not have; "
+        f"add it to the runtime (wrenpack build-runtime {exc.name}) or install it where the workers run"
+    )
+    err.name = exc.name
+    return err
 
 
 def _load_function(store: Store, key: str) -> Callable[..., Any]:
@@ -104,71 +150,90 @@ def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> 
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Run one call described by ``event``; return a small summary dict."""
+    """Run one call described by ``event``; return its status record."""
+    global soft_deadline
     start = time.time()
     memory.reset_peak()
     job_id, call_id = event["job_id"], event["call_id"]
     store = _store_for(event["store"])
     kind = "ok"
-    after: list[Callable[[], Any]] = []
     extra_status: dict[str, Any] = {}
+    disarm = None
+    ckpt = None
     try:
         fn = _load_function(store, event["func_key"])
         args, kwargs = _load_args(store, event["args"])
-        for hook in call_hooks:
-            done = hook(event, context, store)
-            if done is not None:
-                after.append(done)
-        try:
-            value = fn(*args, **kwargs)
-        finally:
-            for done in after:
-                extra = done()
-                if isinstance(extra, dict):
-                    extra_status.update(extra)
+        disarm = _arm_deadline(context)
+        ckpt = checkpoint.begin(event, store, lambda: soft_deadline)
+        value = fn(*args, **kwargs)
         try:
             outcome = cloudpickle.dumps(("ok", value))
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
             ) from None
+    except checkpoint.SegmentDone:
+        kind, outcome = "checkpointed", b""
     except (MissingDependency, SerializationError, StoreError) as exc:
         kind = "error"
         outcome = error_outcome(exc, "wrenpack", tb_text="")
-    except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
-        if extra_status.get("exit") == "checkpointed":
-            kind = "checkpointed"
-            outcome = b""
+    except _DeadlineReached:
+        if ckpt is not None and ckpt.saves:
+            # Overran after saving: the next segment resumes from that save.
+            kind, outcome = "checkpointed", b""
         else:
-            kind = "error"
+            kind = "timeout"
+            timeout = event.get("timeout_s")
+            limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
+            if ckpt is not None and ckpt.used:
+                fix = ("the time between two checkpoint offers was longer than the time left to save; "
+                       "offer more often or raise timeout=")
+            else:
+                fix = ("raise timeout= (at most 900 s on Lambda) or make it resumable with "
+                       "wrenpack.checkpoint so it is split across invocations")
+            outcome = error_outcome(TaskTimeout(f"ran past {limit}; {fix}"), "wrenpack", tb_text="")
+    except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        kind = "error"
+        if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingDependency):
+            exc = _missing(exc)
+            outcome = error_outcome(exc, "wrenpack", tb_text="")
+        else:
             tb = exc.__traceback__
             # Drop the handler's own frame: the user sees only their code.
             tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
             outcome = error_outcome(exc, "user", "".join(traceback.format_exception(type(exc), exc, tb)))
-        if isinstance(exc, (KeyboardInterrupt,)):
-            raise
+    finally:
+        if disarm is not None:
+            disarm()
+        soft_deadline = None
+        checkpoint.end()
+    if ckpt is not None and ckpt.used:
+        extra_status["checkpoint"] = ckpt.stats()
+    if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):
+        store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
-    if kind != "checkpointed":
-        store.put(keys.output_key(job_id, call_id), outcome, if_absent=True)
     peak = memory.peak_rss_mb()
     status = {
         "job_id": job_id,
         "call_id": call_id,
         "attempt": event.get("attempt", 0),
+        "segment": event.get("segment", 0),
         "exit": kind,
         "start": start,
         "end": end,
         "duration_s": end - start,
         "peak_rss_mb": round(peak, 2) if peak is not None else None,
-        "host": socket.gethostname(),
+        "host": _HOST,
         "pid": os.getpid(),
         "python": "%d.%d" % sys.version_info[:2],
         "request_id": getattr(context, "aws_request_id", None),
     }
     status.update(extra_status)
     if kind == "checkpointed":
-        # A segment's status is kept apart so the final status still wins the key.
-        store.put(keys.status_key(job_id, call_id) + f".seg{event.get('segment', 0)}", json.dumps(status).encode())
+        # The call goes on in a new invocation; the client launches it on seeing this.
+        store.put(keys.segment_key(job_id, call_id, int(event.get("segment", 0))), json.dumps(status).encode())
     else:
-        store.put(keys.status_key(job_id, call_id), json.dumps(status).encode(), if_absent=True)
+        status["first"] = store.put(keys.result_key(job_id, call_id), result.pack(status, outcome), if_absent=True)
     return status
