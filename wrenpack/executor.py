@@ -31,7 +31,7 @@ from wrenpack.backends import Backend, Invocation, InvocationResult, create_back
 from wrenpack.config import Config, current
 from wrenpack.errors import CorruptObject, ObjectNotFound, PayloadTooLarge, RemoteError, WrenpackError
 from wrenpack.futures import RemoteTraceback, WrenFuture
-from wrenpack.storage import Store, open_store
+from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import result as result_format
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Executor:
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = config.replace(**overrides) if config is not None else current(**overrides)
-        self.store: Store = open_store(self.config.storage)
+        self.store: Store = store_for_config(self.config)
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}

@@ -1,5 +1,5 @@
 """The AWS Lambda backend: invoke the deployed worker function, learn of each
-call's end from the status object its handler writes.
+call's end from the result object its handler writes.
 
 ::
 
@@ -7,8 +7,8 @@ call's end from the status object its handler writes.
         -> lambda.invoke(InvocationType="Event")      202: the call is queued in Lambda
            (backoff on TooManyRequestsException/429/5xx)
     poller thread, every `poll_interval` s, per job with calls in flight:
-        many pending: LIST jobs/<job>/status/     few pending: GET each status key
-        status found            -> on_done(status)
+        many pending: LIST jobs/<job>/result/ and segment/;  few: GET each call's keys
+        result (or segment) record found -> on_done(status read from its header)
         deadline + margin past  -> retry (if retries remain) or on_done(WorkerLost)
 
 With ``invocation_type="RequestResponse"`` the sender thread waits for the
@@ -17,7 +17,7 @@ call's reply instead, and a reply that carries no status (Lambda's own
 Interface Emulator that the tests use answers every invocation synchronously,
 so both paths are exercised there.
 
-Duplicates are harmless: the handler writes output and status with
+Duplicates are harmless: the handler writes its one result object with
 ``if_absent``, so whichever delivery finishes first wins, and ``on_done`` is
 called once per invocation no matter how many deliveries report.
 """
@@ -36,9 +36,9 @@ from wrenpack import keys
 from wrenpack.backends.base import Backend, Invocation, InvocationResult
 from wrenpack.errors import (
     ConfigError,
+    CorruptObject,
     ObjectNotFound,
     PayloadTooLarge,
-    StoreError,
     TaskError,
     TaskTimeout,
     WorkerCrashed,
@@ -46,6 +46,7 @@ from wrenpack.errors import (
     WrenpackError,
 )
 from wrenpack.storage import Store
+from wrenpack.worker import result as result_format
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ _THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "EC2Thrott
 _RETRYABLE_CODES = _THROTTLE_CODES | {
     "ServiceException", "ResourceNotReadyException", "ResourceConflictException", "500", "502", "503", "504",
 }
+#: A ranged read of this many bytes holds a result object's status header.
+RESULT_HEAD_BYTES = 16 * 1024
 #: Above this many pending calls in a job, one LIST beats one GET per call.
 STRAGGLER_GETS = 8
 
@@ -102,6 +105,7 @@ class LambdaBackend(Backend):
         self.deadline_margin_s = deadline_margin_s
         self.throttle_give_up_s = throttle_give_up_s
         self._client = client
+        self._client_lock = threading.Lock()
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, str], _Call] = {}
         self._slots = threading.BoundedSemaphore(concurrency)
@@ -117,18 +121,18 @@ class LambdaBackend(Backend):
     def from_config(cls, config: Any) -> "LambdaBackend":
         """Build from a ``wrenpack.config.Config`` (read defensively: any object with
         these attributes works)."""
-        from wrenpack.storage.s3 import store_from_config
+        from wrenpack.storage import store_for_config
 
         store = getattr(config, "store", None)
         if not isinstance(store, Store):
-            store = store_from_config(config)
+            store = store_for_config(config)
         return cls(
             store,
             function_name=getattr(config, "function_name", None) or "wrenpack-worker",
             region=getattr(config, "aws_region", None),
             profile=getattr(config, "aws_profile", None),
             endpoint_url=getattr(config, "lambda_endpoint_url", None),
-            concurrency=int(getattr(config, "lambda_concurrency", None) or 100),
+            concurrency=int(getattr(config, "lambda_concurrency", None) or getattr(config, "concurrency", None) or 100),
             invocation_type=getattr(config, "invocation_type", None) or "Event",
             poll_interval=float(getattr(config, "poll_interval", None) or 0.5),
             deadline_margin_s=float(getattr(config, "lambda_deadline_margin_s", None) or 30.0),
@@ -137,21 +141,25 @@ class LambdaBackend(Backend):
     # -- boto3 ------------------------------------------------------------
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
-            sync = self.invocation_type == "RequestResponse"
-            cfg = Config(
-                # Throttling is retried by our own, longer backoff loop below.
-                retries={"mode": "standard", "max_attempts": 3},
-                max_pool_connections=max(10, min(self.concurrency, 256)),
-                connect_timeout=10,
-                read_timeout=960 if sync else 60,  # a synchronous call may run 900 s
-            )
-            self._client = session.client("lambda", endpoint_url=self.endpoint_url, config=cfg)
+        with self._client_lock:  # sender threads race here on first use
+            if self._client is None:
+                self._client = self._make_client()
         return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        sync = self.invocation_type == "RequestResponse"
+        cfg = Config(
+            # Throttling is retried by our own, longer backoff loop below.
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=max(10, min(self.concurrency, 256)),
+            connect_timeout=10,
+            read_timeout=960 if sync else 60,  # a synchronous call may run 900 s
+        )
+        return session.client("lambda", endpoint_url=self.endpoint_url, config=cfg)
 
     # -- Backend interface --------------------------------------------------
     def invoke(self, invocation: Invocation) -> None:
@@ -283,18 +291,23 @@ class LambdaBackend(Backend):
         now = time.time()
         for job_id, calls in by_job.items():
             if len(calls) > STRAGGLER_GETS:
-                present = {
-                    keys.call_id_from_key(k)
-                    for k in self.store.list(keys.status_prefix(job_id))
-                    if k.endswith(".json")
-                }
-                found = [c for c in calls if c.inv.key[1] in present]
+                # One LIST per prefix finds every finished call of the job.
+                results = {keys.call_id_from_key(k) for k in self.store.list(keys.result_prefix(job_id))}
+                segments = {k.rsplit("/", 1)[-1] for k in self.store.list(keys.segment_prefix(job_id))}
+                found = [
+                    c for c in calls
+                    if c.inv.key[1] in results or _segment_name(c.inv) in segments
+                ]
+                for call in found:
+                    status = self._read_status(call.inv)
+                    if status is not None:
+                        self._finish(call, InvocationResult(status=status))
             else:
-                found = [c for c in calls if self.store.exists(keys.status_key(job_id, c.inv.key[1]))]
-            for call in found:
-                status = self._read_status(call.inv)
-                if status is not None:
-                    self._finish(call, InvocationResult(status=status))
+                # A few stragglers: direct reads are cheaper than listing a big job.
+                for call in calls:
+                    status = self._read_status(call.inv)
+                    if status is not None:
+                        self._finish(call, InvocationResult(status=status))
             for call in calls:
                 if not call.done and now > call.deadline:
                     self._deadline_passed(call)
@@ -320,14 +333,28 @@ class LambdaBackend(Backend):
         )))
 
     def _read_status(self, inv: Invocation) -> dict[str, Any] | None:
+        """The status record of ``inv`` if its handler has finished: from the
+        result object's header (one ranged GET), or from the segment record
+        of a call that saved a checkpoint and goes on in a new invocation."""
+        job_id, cid = inv.key
+        rkey = keys.result_key(job_id, cid)
         try:
-            data = self.store.get(keys.status_key(*inv.key))
+            head = self.store.get_range(rkey, 0, RESULT_HEAD_BYTES)
+            try:
+                return result_format.unpack(head, f"result object of call {cid}")[0]
+            except CorruptObject:
+                # A status longer than the ranged read: read it all.
+                return result_format.unpack(self.store.get(rkey), f"result object of call {cid}")[0]
+        except ObjectNotFound:
+            pass
+        try:
+            data = self.store.get(keys.segment_key(job_id, cid, int(inv.event.get("segment", 0))))
         except ObjectNotFound:
             return None
         try:
             return json.loads(data)
         except ValueError:
-            raise StoreError(f"status object of call {inv.key[1]} in job {inv.key[0]} is corrupt") from None
+            raise CorruptObject(f"segment record of call {cid} in job {job_id} is corrupt; re-run the call") from None
 
     # -- completion -----------------------------------------------------------
     def _finish(self, call: _Call, result: InvocationResult) -> None:
@@ -344,6 +371,10 @@ class LambdaBackend(Backend):
             call.inv.on_done(call.inv, result)
         except Exception:  # noqa: BLE001 - a failing callback must not kill our threads
             log.exception("on_done callback failed for call %s", call.inv.key)
+
+
+def _segment_name(inv: Invocation) -> str:
+    return keys.segment_key(inv.key[0], inv.key[1], int(inv.event.get("segment", 0))).rsplit("/", 1)[-1]
 
 
 def _reply_error(body: bytes, function_error: str | None, inv: Invocation, function_name: str) -> WrenpackError:

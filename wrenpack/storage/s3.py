@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -34,11 +35,16 @@ MULTIPART_CHUNK = 16 * 1024 * 1024
 #: S3's DeleteObjects takes at most 1,000 keys per request.
 DELETE_BATCH = 1000
 
+_CLIENT_LOCK = threading.Lock()
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 
 
 class S3Store(Store):
     """A ``Store`` on one bucket and key prefix."""
+
+    #: Keys per LIST page and per DeleteObjects request (S3's maximum: 1,000).
+    list_page_size = 1000
+    delete_batch = DELETE_BATCH
 
     def __init__(
         self,
@@ -97,24 +103,30 @@ class S3Store(Store):
     @property
     def client(self) -> Any:
         """The boto3 S3 client, made on first use (boto3 clients are thread-safe)."""
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            try:
-                session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
-            except Exception as exc:  # botocore.exceptions.ProfileNotFound
-                raise ConfigError(f"AWS profile {self.profile!r} not found ({exc}); fix aws_profile or ~/.aws/config") from None
-            cfg = Config(
-                retries={"mode": "adaptive", "max_attempts": self.max_attempts},
-                max_pool_connections=64,
-                connect_timeout=10,
-                read_timeout=60,
-                # Custom endpoints (MinIO, moto, rclone) rarely do virtual-host buckets.
-                s3={"addressing_style": "path"} if self.endpoint_url else None,
-            )
-            self._client = session.client("s3", endpoint_url=self.endpoint_url, config=cfg)
+        if self._client is not None:
+            return self._client
+        with _CLIENT_LOCK:  # threads racing here would each build a client (~0.3 s)
+            if self._client is None:
+                self._client = self._make_client()
         return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        try:
+            session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        except Exception as exc:  # botocore.exceptions.ProfileNotFound
+            raise ConfigError(f"AWS profile {self.profile!r} not found ({exc}); fix aws_profile or ~/.aws/config") from None
+        cfg = Config(
+            retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            max_pool_connections=64,
+            connect_timeout=10,
+            read_timeout=60,
+            # Custom endpoints (MinIO, moto, rclone) rarely do virtual-host buckets.
+            s3={"addressing_style": "path"} if self.endpoint_url else None,
+        )
+        return session.client("s3", endpoint_url=self.endpoint_url, config=cfg)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -233,7 +245,9 @@ class S3Store(Store):
     def iter_list(self, prefix: str):  # type: ignore[override]
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+            )
             for page in pages:
                 for obj in page.get("Contents", ()):
                     yield self._rel(obj["Key"])
@@ -250,8 +264,8 @@ class S3Store(Store):
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
-        for i in range(0, len(keys), DELETE_BATCH):
-            batch = [{"Key": self._key(k)} for k in keys[i : i + DELETE_BATCH]]
+        for i in range(0, len(keys), self.delete_batch):
+            batch = [{"Key": self._key(k)} for k in keys[i : i + self.delete_batch]]
             try:
                 resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except Exception as exc:
@@ -276,26 +290,3 @@ def _code(exc: BaseException) -> str | None:
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return str(status) if status else None
     return None
-
-
-def store_from_config(config: Any) -> Store:
-    """The store ``config.storage`` names, with the AWS settings of ``config`` applied.
-
-    Reads ``storage``, ``aws_region``, ``aws_profile`` and ``s3_endpoint_url``.
-    """
-    from wrenpack.storage import open_store, parse_store_url
-
-    storage = getattr(config, "storage", None)
-    if isinstance(storage, Store):
-        return storage
-    if storage is None:
-        raise ConfigError("no storage configured; set storage='s3://BUCKET/PREFIX' (or WRENPACK_STORAGE)")
-    spec = parse_store_url(storage) if isinstance(storage, str) else dict(storage)
-    if spec.get("type") != "s3":
-        return open_store(spec)
-    return S3Store.from_spec(
-        spec,
-        region=getattr(config, "aws_region", None),
-        endpoint_url=getattr(config, "s3_endpoint_url", None),
-        profile=getattr(config, "aws_profile", None),
-    )
