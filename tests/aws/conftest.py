@@ -159,7 +159,7 @@ class Emulator:
 
     def __init__(self, binary: Path, env: dict[str, str], log_dir: Path, index: int) -> None:
         self.port = free_port()
-        api_port = free_port()
+        self.api_port = api_port = free_port()
         self.log = open(log_dir / f"rie-{index}.log", "wb")
         self.proc = subprocess.Popen(
             [
@@ -195,12 +195,15 @@ class Dispatcher:
 
     def __init__(self, emulators: list[Emulator], function_name: str) -> None:
         self.function_name = function_name
+        self.emulators = emulators
+        self.max_background = 0  # most Event invocations running at once
         self.idle: "queue.Queue[Emulator]" = queue.Queue()
         for emu in emulators:
             self.idle.put(emu)
         self.throttle_next = 0  # answer this many invocations with 429
         self.invocations: list[tuple[str, str]] = []  # (invocation type, outcome)
         self._background = 0
+        self._running = 0
         self._cv = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler_class())
         self.server.daemon_threads = True
@@ -216,10 +219,14 @@ class Dispatcher:
             self.idle.put(emu)
 
     def _event(self, body: bytes) -> None:
+        with self._cv:
+            self._running += 1
+            self.max_background = max(self.max_background, self._running)
         try:
             self._run(body)
         finally:
             with self._cv:
+                self._running -= 1
                 self._background -= 1
                 self._cv.notify_all()
 
@@ -319,6 +326,11 @@ def lambda_endpoint(moto_endpoint, bucket, tmp_path_factory):
             dispatcher.stop()
         for emu in emulators:
             emu.stop()
+
+
+@pytest.fixture(scope="session")
+def listening():
+    return listening_ports
 
 
 def listening_ports() -> set[tuple[str, int]]:
