@@ -13,9 +13,8 @@ call's end from the result object its handler writes.
 
 With ``invocation_type="RequestResponse"`` the sender thread waits for the
 call's reply instead, and a reply that carries no status (Lambda's own
-"Task timed out", a crashed runtime) is reported at once. The Runtime
-Interface Emulator that the tests use answers every invocation synchronously,
-so both paths are exercised there.
+"Task timed out", a crashed runtime) is reported at once. The tests run
+both types through the AWS Runtime Interface Emulator (see docs/aws.md).
 
 Duplicates are harmless: the handler writes its one result object with
 ``if_absent``, so whichever delivery finishes first wins, and ``on_done`` is
