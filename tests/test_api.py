@@ -173,3 +173,15 @@ def test_map_with_chunksize_keeps_one_future_per_item(remote):
     assert len({f.status["call_id"] for f in futs}) == 3  # three invocations
     with pytest.raises(wrenpack.ConfigError, match="chunksize"):
         remote(maybe_fail).map(range(3), chunksize=0)
+
+
+@wrenpack.remote
+def helper_remote(x):
+    return x + 100
+
+
+def test_remote_function_can_call_another_decorated_function(remote):
+    def outer(x):
+        return helper_remote(x) * 2
+
+    assert remote(outer).remote(1).result() == 202

@@ -88,6 +88,14 @@ class RemoteFunction(Generic[T]):
                 out[name] = found[key]
         return out
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Inside a worker a remote function is called as a plain function: its
+        # executor and lock stay behind.
+        return (RemoteFunction, (self.fn,), {"_options": self._options})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._options = state.get("_options", {})
+
     def __repr__(self) -> str:
         return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
 
