@@ -156,3 +156,32 @@ def test_results_objects_are_removed_after_reading(remote, executor):
     while time.time() < deadline and executor.store.list(f"jobs/{futs[0].job_id}/"):
         time.sleep(0.05)
     assert executor.store.list(f"jobs/{futs[0].job_id}/") == []
+
+
+def test_map_with_chunksize_keeps_one_future_per_item(remote):
+    def maybe_fail(x):
+        if x == 5:
+            raise ArithmeticError("five")
+        return -x
+
+    futs = remote(maybe_fail).map(range(11), chunksize=4)
+    assert len(futs) == 11
+    assert [f.result() for f in futs if f is not futs[5]] == [-x for x in range(11) if x != 5]
+    with pytest.raises(ArithmeticError, match="five") as info:
+        futs[5].result()
+    assert "Remote traceback" in str(info.value.__cause__)
+    assert len({f.status["call_id"] for f in futs}) == 3  # three invocations
+    with pytest.raises(wrenpack.ConfigError, match="chunksize"):
+        remote(maybe_fail).map(range(3), chunksize=0)
+
+
+@wrenpack.remote
+def helper_remote(x):
+    return x + 100
+
+
+def test_remote_function_can_call_another_decorated_function(remote):
+    def outer(x):
+        return helper_remote(x) * 2
+
+    assert remote(outer).remote(1).result() == 202

@@ -211,6 +211,7 @@ class Executor:
             return
         status = result.status
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
+            fut.segment_statuses.append(status)
             self._continue(inv, status)
             return
         fut.status = status
