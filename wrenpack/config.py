@@ -40,8 +40,9 @@ class Config:
     backend: str = "local"
     #: the object store: a path, file:///path, or s3://bucket/prefix
     storage: str = field(default_factory=_default_storage)
-    #: how many calls run at once (local: worker processes; lambda: invocations in flight)
-    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: how many calls run at once (local: worker processes, default the CPU count;
+    #: lambda: invocations in flight, default 100)
+    concurrency: int | None = None
     #: per-call memory limit, MB (Lambda: 128..10240)
     memory: int = 1024
     #: per-call time limit, seconds (Lambda: at most 900)
@@ -100,6 +101,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     try:
         if value is None:
             return None
+        if "None" in kind and isinstance(value, str) and value.strip().lower() in ("", "auto", "none"):
+            return None
         if kind.startswith("int"):
             return int(value)
         if kind.startswith("float"):
@@ -111,8 +114,6 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                     return True
                 if low in ("0", "false", "no", "off"):
                     return False
-                if low in ("", "auto", "none") and "None" in kind:
-                    return None
                 raise ValueError(value)
             return bool(value)
         return str(value)

@@ -140,6 +140,7 @@ class Executor:
                 "args": args_spec,
                 "attempt": 0,
                 "segment": 0,
+                "timeout_s": options.timeout,
                 "function_name": call_label,
             }
             event.update(options.extra.get("event", {}))

@@ -66,13 +66,21 @@ def _fire(signum: int, frame: Any) -> None:
 _alarm_installed = False
 
 
-def _arm_deadline(context: Any) -> Callable[[], None] | None:
-    """Stop the call a little before Lambda would, so a timeout is reported as one."""
+def _arm_deadline(context: Any, timeout_s: float | None, started: float) -> Callable[[], None] | None:
+    """Stop the call a little before Lambda would, so a timeout is reported as one.
+
+    The deadline is the sooner of the invocation's (the context) and the call's
+    own ``timeout`` (a Lambda function's timeout may be longer than the call's)."""
     global soft_deadline, _alarm_installed
     get_remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if get_remaining is None:
+    candidates = []
+    if get_remaining is not None:
+        candidates.append(get_remaining() / 1000.0)
+    if timeout_s:
+        candidates.append(float(timeout_s) - (time.time() - started))
+    if not candidates:
         return None
-    remaining = get_remaining() / 1000.0
+    remaining = min(candidates)
     soft_deadline = time.time() + remaining - _margin(remaining)
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         return None
@@ -163,7 +171,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     try:
         fn = _load_function(store, event["func_key"])
         args, kwargs = _load_args(store, event["args"])
-        disarm = _arm_deadline(context)
+        disarm = _arm_deadline(context, event.get("timeout_s"), start)
         ckpt = checkpoint.begin(event, store, lambda: soft_deadline)
         value = fn(*args, **kwargs)
         try:
