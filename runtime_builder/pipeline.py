@@ -336,8 +336,13 @@ def _provided_dir(plan: trim.Plan, work: str) -> list[str]:
     return [d]
 
 
-def _culprits(f: verify.Failure, plan: trim.Plan, site: str) -> set[tuple[str, str]]:
-    """(rule, dist) pairs whose removals can explain an import failure."""
+def _culprits(f: verify.Failure, plan: trim.Plan, site: str, *, broad: bool) -> set[tuple[str, str]]:
+    """(rule, dist) pairs whose removals can explain an import failure.
+
+    Precise first: the missing module's or file's removing rule. With ``broad``
+    (the module imports from the raw tree, so trimming broke it somehow), every
+    rule applied to the module's own distribution.
+    """
     found: set[tuple[str, str]] = set()
     if f.name:
         stem = f.name.replace(".", os.sep)
@@ -348,38 +353,67 @@ def _culprits(f: verify.Failure, plan: trim.Plan, site: str) -> set[tuple[str, s
         rel = os.path.relpath(str(f.filename), site)
         if rel in plan.removed:
             found.add((plan.removed[rel], plan.owner.get(rel, trim.UNOWNED)))
-    if not found:
+    if not found and broad:
         top = f.module.split(".")[0]
         dists = {o for p, o in plan.owner.items() if p.split(os.sep)[0] in (top, top + ".py")
-                 or p.split(os.sep)[0].startswith(top + ".")}
-        for frame in f.files:
-            rel = os.path.relpath(frame, site)
-            if not rel.startswith(".."):
-                dists.add(_owner_of(rel, plan))
+                 or (p.split(os.sep)[0].startswith(top + ".") and p.endswith(".so"))}
         for d in dists:
             found |= {(r, d) for r in plan.rules_for(d)}
     return {(r, d) for r, d in found if d not in plan.rolled_back.get(r, set())}
 
 
 def _verify(plan: trim.Plan, site: str, work: str, interp: str, options: dict[str, Any]) -> tuple[list[str], float]:
-    modules = sorted((set(verify.top_level_modules(site)) | set(options["verify_modules"]))
-                     - set(options["skip_imports"]))
+    """Required modules (top level + asked for) must import; extensions are checked best effort.
+
+    A failure that a trim rule explains rolls that rule back for the owning
+    distribution and the check runs again. A required module failing for
+    another reason fails the build; an extension module doing so (some only
+    import in a particular order or need optional libraries) is logged.
+    """
+    skip = set(options["skip_imports"])
+    required = sorted((set(verify.top_level_modules(site)) | set(options["verify_modules"])) - skip)
+    extensions = [m for m in verify.extension_modules(site) if m not in skip and m not in required]
     extra = _provided_dir(plan, work)
+    seconds = 0.0
     for _ in range(10):
-        failures, seconds = verify.check_imports(interp, site, modules, extra)
+        failures, seconds = verify.check_imports(interp, site, required + extensions, extra)
         if not failures:
-            log.info("verified %d modules import (%.2f s)", len(modules), seconds)
-            return modules, seconds
+            break
         progress = False
+        unexplained = []
         for f in failures.values():
-            for rule, dist in sorted(_culprits(f, plan, site)):
-                restored = plan.rollback(rule, dist)
-                trim.restore(plan, site, restored)
-                bytecode.compile_tree(interp, site, sourceless=options["sourceless"], files=restored)
-                progress = True
-        if not progress:
-            m, f = sorted(failures.items())[0]
-            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise BuildError(f"import check failed: `import {m}` raised {f}{more}, and no trim rule explains it; "
-                             f"fix: add the missing dependency to the requirements, or pass --skip-import {m}")
-    raise BuildError("import check still failing after rolling back trim rules; run with -v for details")
+            pairs = _culprits(f, plan, site, broad=False)
+            if not pairs:
+                unexplained.append(f.module)
+            progress |= _roll_back(plan, site, interp, options, pairs)
+        if unexplained and not progress:
+            # Trimming is to blame only if the untrimmed tree imports the module.
+            raw_fail, _ = verify.check_imports(interp, plan.root, unexplained, extra)
+            for m in unexplained:
+                if m not in raw_fail:
+                    progress |= _roll_back(plan, site, interp, options,
+                                           _culprits(failures[m], plan, site, broad=True))
+        if progress:
+            continue
+        bad = sorted(m for m in failures if m in required)
+        for m in sorted(set(failures) - set(bad)):
+            log.warning("extension module %s does not import on its own (%s); not caused by trimming", m, failures[m])
+            extensions.remove(m)
+        if bad:
+            f = failures[bad[0]]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise BuildError(f"import check failed: `import {bad[0]}` raised {f}{more}, and no trim rule explains "
+                             f"it; fix: add the missing dependency to the requirements, or pass --skip-import {bad[0]}")
+    else:
+        raise BuildError("import check still failing after rolling back trim rules; run with -v for details")
+    log.info("verified %d modules and %d extension modules import (%.2f s)", len(required), len(extensions), seconds)
+    return required + extensions, seconds
+
+
+def _roll_back(plan: trim.Plan, site: str, interp: str, options: dict[str, Any],
+               pairs: set[tuple[str, str]]) -> bool:
+    for rule, dist in sorted(pairs):
+        restored = plan.rollback(rule, dist)
+        trim.restore(plan, site, restored)
+        bytecode.compile_tree(interp, site, sourceless=options["sourceless"], files=restored)
+    return bool(pairs)

@@ -159,7 +159,8 @@ def _is_test_path(rel: str) -> bool:
     return bool(TEST_DIRS.intersection(parts[1:-1])) or parts[-1] == "conftest.py"
 
 
-_IMPORT_RE = re.compile(r"^\s*(?:from\s+(\.*[\w.]*)\s+import\s+\(?([\w\s,*]+)|import\s+([\w.,\s]+))", re.M)
+_IMPORT_RE = re.compile(
+    r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]*(?:\(([^)]*)\)|([\w \t,*]+))|import[ \t]+([\w., \t]+))", re.M)
 
 
 def _imports(rel: str, text: str) -> Iterable[str]:
@@ -170,9 +171,9 @@ def _imports(rel: str, text: str) -> Iterable[str]:
     else:
         pkg = pkg[:-1]
     for m in _IMPORT_RE.finditer(text):
-        if m.group(3):
-            for name in m.group(3).split(","):
-                name = name.strip().split(" ")[0]
+        if m.group(4):
+            for name in m.group(4).split(","):
+                name = (name.split() or [""])[0]
                 if name:
                     yield name
             continue
@@ -182,9 +183,9 @@ def _imports(rel: str, text: str) -> Iterable[str]:
             parent = pkg[: len(pkg) - (dots - 1)] if dots > 1 else pkg
             base = ".".join(parent + ([base.lstrip(".")] if base.lstrip(".") else []))
         yield base
-        for name in m.group(2).replace("(", " ").split(","):
-            name = name.strip().split(" ")[0]
-            if name and name != "*":
+        for name in (m.group(2) or m.group(3) or "").split(","):
+            name = (name.split() or [""])[0]
+            if name and name != "*" and name.isidentifier():
                 yield f"{base}.{name}"
 
 
@@ -212,10 +213,10 @@ def needed_test_files(root: str, files: dict[str, int]) -> set[str]:
                 text = f.read()
         except OSError:
             continue
-        if "test" not in text:
+        if "test" not in text and rel not in tests:
             continue
         for mod in _imports(rel, text):
-            if "test" not in mod:
+            if "test" not in mod and rel not in tests:
                 continue
             for target in _module_files(mod, files):
                 if target in tests and target not in keep:
@@ -223,7 +224,7 @@ def needed_test_files(root: str, files: dict[str, int]) -> set[str]:
                     queue.append(target)
                     # parent packages inside the tests dir must stay importable too
                     parts = target.split(os.sep)
-                    for i in range(1, len(parts) - 1):
+                    for i in range(1, len(parts)):
                         init = os.path.join(*parts[:i], "__init__.py")
                         if init in tests and init not in keep:
                             keep.add(init)

@@ -110,3 +110,27 @@ def _run(python: str, root: str, modules: list[str], extra: list[str],
             data = json.load(f)
     out = {m: Failure(m, **r) for m, r in data["results"].items() if r is not None}
     return out, float(data["seconds"])
+
+
+def extension_modules(root: str) -> list[str]:
+    """Dotted names of compiled extension modules inside packages (``pkg/_ext.cpython-311-....so``).
+
+    Many packages fall back to pure Python when their extension fails to load
+    (msgpack, markupsafe), so importing only the package would hide a broken
+    ``.so``; importing the extension itself does not.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        parts = [] if rel_dir == "." else rel_dir.split(os.sep)
+        if parts and (not all(p.isidentifier() for p in parts) or
+                      not os.path.exists(os.path.join(root, parts[0], "__init__.py")) and
+                      not os.path.exists(os.path.join(root, parts[0], "__init__.pyc"))):
+            dirnames[:] = []
+            continue
+        for fn in filenames:
+            if fn.endswith(".so") and "." in fn[:-3]:
+                name = fn.split(".", 1)[0]
+                if name.isidentifier() and parts:
+                    out.append(".".join(parts + [name]))
+    return sorted(out)
