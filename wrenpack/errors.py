@@ -74,3 +74,15 @@ class ProfileError(WrenpackError):
 
 class BuildError(WrenpackError):
     """Building a runtime failed."""
+
+
+class NoSuitableWheel(BuildError):
+    """A requirement has no wheel for the Lambda target (build it with ``--docker``)."""
+
+
+class BudgetExceeded(BuildError):
+    """The built runtime is larger than the target allows; ``rows`` lists the largest packages."""
+
+    def __init__(self, message: str, rows: list[tuple[str, int]] | None = None) -> None:
+        super().__init__(message)
+        self.rows = rows or []

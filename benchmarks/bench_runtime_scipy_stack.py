@@ -1,0 +1,143 @@
+"""Benchmark: a numpy + scipy + pandas + scikit-learn runtime for python3.11 x86_64.
+
+Builds the runtime with ``runtime_builder.build`` (no cache) and, from the
+same lock file, the baseline ``pip install --target --platform ...`` tree as
+pip lays it out. Prints sizes (raw, trimmed, zip, archive), the import check,
+and cold import time (fresh ``python -I -S -B`` process, median of N) for:
+the baseline without .pyc, the baseline with pip's .pyc, and the built runtime.
+
+Run: python benchmarks/bench_runtime_scipy_stack.py [--repeat 5] [--out benchmarks/out]
+Targets (issue 4): <= 200 MB unzipped with every import working; archive <= 45 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from runtime_builder import build  # noqa: E402
+from runtime_builder.targets import Target  # noqa: E402
+
+PACKAGES = ["numpy", "scipy", "pandas", "scikit-learn"]
+IMPORTS = ["numpy", "scipy", "scipy.sparse", "scipy.linalg", "scipy.optimize", "scipy.stats", "scipy.signal",
+           "scipy.interpolate", "pandas", "sklearn", "sklearn.linear_model", "sklearn.ensemble",
+           "sklearn.model_selection", "sklearn.cluster", "sklearn.decomposition"]
+MB, MIB = 1e6, 1024 * 1024
+
+
+def tree_size(root: str) -> tuple[int, int]:
+    total = files = 0
+    for dirpath, _, filenames in os.walk(root):
+        for fn in filenames:
+            p = os.path.join(dirpath, fn)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+                files += 1
+    return total, files
+
+
+def import_time(site: str, repeat: int) -> tuple[float, str]:
+    code = ("import sys, time; sys.path.insert(0, %r); t = time.perf_counter(); "
+            "import importlib; [importlib.import_module(m) for m in %r]; "
+            "import numpy as np, pandas as pd, sklearn.linear_model as lm; "
+            "X = np.random.default_rng(0).normal(size=(200, 3)); y = X @ [1.0, 2.0, 3.0]; "
+            "assert abs(lm.LinearRegression().fit(X, y).coef_[2] - 3) < 1e-6; "
+            "assert pd.DataFrame(X).shape == (200, 3); "
+            "print(time.perf_counter() - t)") % (site, IMPORTS)
+    times = []
+    for _ in range(repeat):
+        proc = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return float("nan"), proc.stderr.strip().splitlines()[-1]
+        times.append(float(proc.stdout.strip().splitlines()[-1]))
+    return statistics.median(times), "ok"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "scipy-stack"))
+    ap.add_argument("--zstd-level", type=int, default=19)
+    args = ap.parse_args()
+    out = os.path.abspath(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+
+    t0 = time.perf_counter()
+    res = build(PACKAGES, python="3.11", arch="x86_64", output=os.path.join(out, "runtime"),
+                cache_dir=os.path.join(out, "cache"), use_cache=False, verify_modules=IMPORTS,
+                zstd_level=args.zstd_level)
+    build_s = time.perf_counter() - t0
+    m = res.manifest
+    t0 = time.perf_counter()
+    sl = build(lock=res.lock, python="3.11", arch="x86_64", output=os.path.join(out, "runtime-sourceless"),
+               cache_dir=os.path.join(out, "cache"), use_cache=False, verify_modules=IMPORTS,
+               zstd_level=args.zstd_level, sourceless=True)
+    build_sl_s = time.perf_counter() - t0
+
+    # Baseline: the same lock, installed the way pip lays it out (with and without its .pyc).
+    target = Target.make("3.11", "x86_64")
+    base = {}
+    for name, extra in (("raw-pyc", []), ("raw-nopyc", ["--no-compile"])):
+        d = os.path.join(out, name)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes", "--target", d,
+                        "-r", res.lock, *target.pip_args(), *extra], check=True)
+        base[name] = d
+    raw_nopyc, raw_files = tree_size(base["raw-nopyc"])
+    raw_pyc, _ = tree_size(base["raw-pyc"])
+
+    t_nopyc, s1 = import_time(base["raw-nopyc"], args.repeat)
+    t_rawpyc, s2 = import_time(base["raw-pyc"], args.repeat)
+    t_built, s3 = import_time(res.site_dir, args.repeat)
+    t_sl, s4 = import_time(sl.site_dir, args.repeat)
+
+    s = m["sizes"]
+    print(f"build: {build_s:.1f} s  stages: {json.dumps(res.stage_seconds)}")
+    print(f"build --sourceless (from the lock): {build_sl_s:.1f} s")
+    print(f"packages: " + ", ".join(f"{p['name']} {p['version']}" for p in m["packages"]))
+    print()
+    print(f"{'size':<34}{'MB':>9}{'MiB':>9}{'vs raw':>9}")
+    rows = [("raw (pip --target, no .pyc)", raw_nopyc), ("raw + pip's .pyc", raw_pyc),
+            ("trimmed runtime (with .pyc)", s["trimmed"]), ("layer.zip", s["layer_zip"]),
+            ("runtime.tar.zst", s["archive"]),
+            ("sourceless runtime (.pyc only)", sl.sizes["trimmed"]), ("sourceless layer.zip", sl.sizes["layer_zip"]),
+            ("sourceless runtime.tar.zst", sl.sizes["archive"])]
+    for label, n in rows:
+        print(f"{label:<34}{n / MB:>9.1f}{n / MIB:>9.1f}{n / raw_nopyc:>9.3f}")
+    print(f"raw files: {raw_files}, runtime files: {s['files']}")
+    print()
+    print("trim rules (bytes saved):")
+    for name, r in sorted(m["rules"].items(), key=lambda kv: -kv[1]["bytes_saved"]):
+        rb = f"  rolled back for {r['rolled_back_for']}" if r.get("rolled_back_for") else ""
+        print(f"  {name:<16}{r['bytes_saved'] / MB:>8.1f} MB  {r['files']:>6} files{rb}")
+    print(f"  bytecode added  {m['bytecode']['bytes_added'] / MB:>8.1f} MB")
+    print(f"  kept test files imported by other code: {len(m['kept_test_files'])}")
+    print()
+    print(f"import check: {'ok' if m['verified']['ok'] else 'NOT RUN'} ({len(m['verified']['modules'])} modules "
+          f"incl. {sum(1 for x in m['verified']['modules'] if x.count('.') >= 1)} submodules/extensions)")
+    print(f"cold import of {len(IMPORTS)} modules + a small fit, median of {args.repeat} fresh processes:")
+    print(f"  raw, no .pyc        {t_nopyc:6.2f} s  ({s1})  1.00x")
+    print(f"  raw, pip's .pyc     {t_rawpyc:6.2f} s  ({s2})  {t_rawpyc / t_nopyc:.2f}x")
+    print(f"  built runtime       {t_built:6.2f} s  ({s3})  {t_built / t_nopyc:.2f}x")
+    print(f"  built, sourceless   {t_sl:6.2f} s  ({s4})  {t_sl / t_nopyc:.2f}x")
+    print()
+    ok_all = True
+    for label, r in (("default", res), ("sourceless", sl)):
+        z = r.sizes
+        ok_size, ok_arc = z["trimmed"] <= 200 * MB, z["archive"] <= 45 * MB
+        ok_all &= ok_size and ok_arc and r.manifest["verified"]["ok"]
+        print(f"{label:<11} <= 200 MB unzipped: {'PASS' if ok_size else 'FAIL'} ({z['trimmed'] / MB:.1f} MB = "
+              f"{z['trimmed'] / MIB:.1f} MiB); archive <= 45 MB: {'PASS' if ok_arc else 'FAIL'} "
+              f"({z['archive'] / MB:.1f} MB); imports verified: {r.manifest['verified']['ok']}")
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

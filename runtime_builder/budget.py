@@ -1,0 +1,33 @@
+"""Size limits of the two ways a runtime reaches Lambda.
+
+A layer counts against 250 MB (MiB) unzipped for the function plus all its
+layers; an archive extracted at cold start must fit in /tmp (512 MiB by
+default, up to 10,240) next to whatever the function writes there.
+"""
+from __future__ import annotations
+
+from wrenpack.errors import BudgetExceeded
+
+MIB = 1024 * 1024
+LAYER_LIMIT = 250 * MIB
+DEFAULT_TMP_MB = 512
+
+
+def limit_for(target: str, tmp_mb: int = DEFAULT_TMP_MB) -> int:
+    return LAYER_LIMIT if target == "layer" else tmp_mb * MIB
+
+
+def check(size: int, packages: dict[str, int], *, target: str = "layer", tmp_mb: int = DEFAULT_TMP_MB) -> None:
+    """Raise :class:`BudgetExceeded` (one-line message, ``rows`` = largest packages) when over."""
+    limit = limit_for(target, tmp_mb)
+    if size <= limit:
+        return
+    rows = sorted(packages.items(), key=lambda kv: -kv[1])[:10]
+    top = ", ".join(f"{n} {s / MIB:.1f}" for n, s in rows[:5])
+    where = "the 250 MiB layer limit" if target == "layer" else f"/tmp ({tmp_mb} MiB)"
+    fix = ("drop or split packages (a second layer shares the same 250 MiB), use --target archive with "
+           "--tmp-size up to 10240, or build a container image with --docker") if target == "layer" else (
+        "raise --tmp-size (up to 10240 MiB), drop packages, or build a container image with --docker")
+    raise BudgetExceeded(
+        f"runtime is {size / MIB:.1f} MiB unzipped, over {where} by {(size - limit) / MIB:.1f} MiB "
+        f"(largest MiB: {top}); fix: {fix}", rows)

@@ -1,0 +1,378 @@
+"""Trim an installed tree: decide per file which rule removes it, then copy the rest.
+
+The raw ``pip install --target`` tree is never modified. A :class:`Plan`
+records, for every file, the rule that removes it (or none) and which
+distribution owns it, so a rule that breaks an import can be rolled back for
+one distribution by copying that distribution's files back from the raw tree.
+Every rule's savings are reported per distribution in the manifest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from runtime_builder import elf
+
+log = logging.getLogger(__name__)
+
+UNOWNED = "<unowned>"
+BUILD_TOOLS = frozenset({"pip", "setuptools", "wheel", "distribute"})
+LAMBDA_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
+TEST_DIRS = frozenset({"tests", "test"})
+DOC_DIRS = frozenset({"doc", "docs", "example", "examples"})
+SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".hxx", ".pyx", ".pxd", ".pxi",
+                   ".f", ".f90", ".for", ".cu", ".cuh")
+TOP_DATA_DIRS = frozenset({"bin", "share", "include", "etc"})
+KEEP_DIST_INFO = re.compile(r"^(METADATA|entry_points\.txt|top_level\.txt|(LICEN[CS]E|COPYING|NOTICE|AUTHORS)[^/]*)$",
+                            re.IGNORECASE)
+STRIP_RULE = "strip-so"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass
+class Dist:
+    """An installed distribution (from its ``*.dist-info``)."""
+
+    name: str
+    version: str
+    top_level: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Rule:
+    """One trim rule: ``match(rel_path, dist_name)`` is True for files it removes."""
+
+    name: str
+    description: str
+    match: Callable[[str, str], bool]
+
+
+@dataclass
+class Plan:
+    """The result of planning: per-file owner and removing rule, plus rollbacks."""
+
+    root: str
+    files: dict[str, int]  # rel path -> size in the raw tree
+    owner: dict[str, str]  # rel path -> canonical dist name
+    removed: dict[str, str] = field(default_factory=dict)  # rel path -> rule name
+    stripped: dict[str, int] = field(default_factory=dict)  # rel path -> bytes saved
+    rolled_back: dict[str, set[str]] = field(default_factory=dict)  # rule -> dists
+    kept_tests: set[str] = field(default_factory=set)
+
+    def rollback(self, rule: str, dist: str) -> list[str]:
+        """Undo ``rule`` for ``dist``; return the restored paths."""
+        restored = [p for p, r in self.removed.items() if r == rule and self.owner.get(p) == dist]
+        if rule == STRIP_RULE:
+            restored = [p for p in self.stripped if self.owner.get(p) == dist]
+            for p in restored:
+                del self.stripped[p]
+        else:
+            for p in restored:
+                del self.removed[p]
+        self.rolled_back.setdefault(rule, set()).add(dist)
+        log.warning("rolled back trim rule %r for %s (%d files)", rule, dist, len(restored))
+        return restored
+
+    def rules_for(self, dist: str) -> list[str]:
+        names = {r for p, r in self.removed.items() if self.owner.get(p) == dist}
+        if any(self.owner.get(p) == dist for p in self.stripped):
+            names.add(STRIP_RULE)
+        return sorted(names)
+
+    def savings(self) -> dict[str, dict[str, int]]:
+        """rule -> {"bytes": saved, "files": count}."""
+        out: dict[str, dict[str, int]] = {}
+        for p, rule in self.removed.items():
+            s = out.setdefault(rule, {"bytes": 0, "files": 0})
+            s["bytes"] += self.files[p]
+            s["files"] += 1
+        if self.stripped:
+            out[STRIP_RULE] = {"bytes": sum(self.stripped.values()), "files": len(self.stripped)}
+        return dict(sorted(out.items()))
+
+
+def read_dists(root: str) -> tuple[dict[str, Dist], dict[str, str]]:
+    """Distributions in ``root`` and a map rel-path -> dist name, from each RECORD."""
+    dists: dict[str, Dist] = {}
+    owner: dict[str, str] = {}
+    for entry in sorted(os.listdir(root)):
+        if not entry.endswith(".dist-info"):
+            continue
+        stem = entry[: -len(".dist-info")]
+        name, _, version = stem.partition("-")
+        dist = Dist(canonical(name), version)
+        meta = os.path.join(root, entry, "METADATA")
+        if os.path.exists(meta):
+            with open(meta, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("Name:"):
+                        dist.name = canonical(line.split(":", 1)[1].strip())
+                    elif line.startswith("Version:"):
+                        dist.version = line.split(":", 1)[1].strip()
+                    elif not line.strip():
+                        break
+        dists[dist.name] = dist
+        record = os.path.join(root, entry, "RECORD")
+        if os.path.exists(record):
+            with open(record, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    path = line.rsplit(",", 2)[0].strip().strip('"')
+                    if not path:
+                        continue
+                    rel = os.path.normpath(path)
+                    if rel.startswith(".."):  # scripts recorded relative to site-packages
+                        rel = os.path.join("bin", os.path.basename(rel))
+                    owner[rel] = dist.name
+                    top = rel.split(os.sep, 1)[0]
+                    if not top.endswith((".dist-info", ".pth")) and top not in TOP_DATA_DIRS:
+                        dist.top_level.add(top.split(".", 1)[0] if top.endswith((".py", ".so")) else top)
+        for dirpath, _, filenames in os.walk(os.path.join(root, entry)):
+            for fn in filenames:
+                owner.setdefault(os.path.relpath(os.path.join(dirpath, fn), root), dist.name)
+    return dists, owner
+
+
+def scan_files(root: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
+            if os.path.islink(full) or not os.path.isfile(full):
+                continue
+            out[os.path.relpath(full, root)] = os.path.getsize(full)
+    return out
+
+
+def _is_test_path(rel: str) -> bool:
+    parts = rel.split(os.sep)
+    if parts[0].endswith(".dist-info"):
+        return False
+    return bool(TEST_DIRS.intersection(parts[1:-1])) or parts[-1] == "conftest.py"
+
+
+_IMPORT_RE = re.compile(
+    r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]*(?:\(([^)]*)\)|([\w \t,*]+))|import[ \t]+([\w., \t]+))", re.M)
+
+
+def _imports(rel: str, text: str) -> Iterable[str]:
+    """Dotted module names a source file may import (over-approximate, cheap)."""
+    pkg = rel[: -len(".py")].split(os.sep)
+    if pkg[-1] == "__init__":
+        pkg = pkg[:-1]
+    else:
+        pkg = pkg[:-1]
+    for m in _IMPORT_RE.finditer(text):
+        if m.group(4):
+            for name in m.group(4).split(","):
+                name = (name.split() or [""])[0]
+                if name:
+                    yield name
+            continue
+        base = m.group(1)
+        if base.startswith("."):
+            dots = len(base) - len(base.lstrip("."))
+            parent = pkg[: len(pkg) - (dots - 1)] if dots > 1 else pkg
+            base = ".".join(parent + ([base.lstrip(".")] if base.lstrip(".") else []))
+        yield base
+        for name in (m.group(2) or m.group(3) or "").split(","):
+            name = (name.split() or [""])[0]
+            if name and name != "*" and name.isidentifier():
+                yield f"{base}.{name}"
+
+
+def _module_files(module: str, files: dict[str, int]) -> list[str]:
+    stem = os.path.join(*module.split("."))
+    found = [c for c in (stem + ".py", os.path.join(stem, "__init__.py")) if c in files]
+    return found
+
+
+def needed_test_files(root: str, files: dict[str, int]) -> set[str]:
+    """Test-directory files that non-test code imports (and what those import, transitively)."""
+    tests = {p for p in files if _is_test_path(p)}
+    if not tests:
+        return set()
+    keep: set[str] = set()
+    queue = [p for p in files if p.endswith(".py") and p not in tests]
+    seen: set[str] = set()
+    while queue:
+        rel = queue.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if "test" not in text and rel not in tests:
+            continue
+        for mod in _imports(rel, text):
+            if "test" not in mod and rel not in tests:
+                continue
+            for target in _module_files(mod, files):
+                if target in tests and target not in keep:
+                    keep.add(target)
+                    queue.append(target)
+                    # parent packages inside the tests dir must stay importable too
+                    parts = target.split(os.sep)
+                    for i in range(1, len(parts)):
+                        init = os.path.join(*parts[:i], "__init__.py")
+                        if init in tests and init not in keep:
+                            keep.add(init)
+                            queue.append(init)
+    return keep
+
+
+def default_rules(*, keep_boto3: bool, requested: set[str], kept_tests: set[str],
+                  doc_dirs_without_init: set[str], owner: dict[str, str]) -> list[Rule]:
+    """The trim rules in the order they claim files (first match wins)."""
+
+    def build_tools(rel: str, dist: str) -> bool:
+        return dist in BUILD_TOOLS and dist not in requested
+
+    def lambda_provided(rel: str, dist: str) -> bool:
+        return not keep_boto3 and dist in LAMBDA_PROVIDED
+
+    def pycache(rel: str, dist: str) -> bool:
+        return "__pycache__" in rel.split(os.sep) or rel.endswith((".pyc", ".pyo"))
+
+    def tests(rel: str, dist: str) -> bool:
+        return _is_test_path(rel) and rel not in kept_tests
+
+    def sources(rel: str, dist: str) -> bool:
+        return rel.lower().endswith(SOURCE_SUFFIXES) and not rel.split(os.sep)[0].endswith(".dist-info")
+
+    def stubs(rel: str, dist: str) -> bool:
+        return rel.endswith(".pyi")
+
+    def docs(rel: str, dist: str) -> bool:
+        parent = os.path.dirname(rel)
+        while parent:
+            if parent in doc_dirs_without_init:
+                return True
+            parent = os.path.dirname(parent)
+        return False
+
+    def scripts_data(rel: str, dist: str) -> bool:
+        return rel.split(os.sep)[0] in TOP_DATA_DIRS
+
+    def dist_info(rel: str, dist: str) -> bool:
+        parts = rel.split(os.sep)
+        if not parts[0].endswith(".dist-info") or len(parts) < 2:
+            return False
+        if parts[1] in ("licenses", "LICENSES") or (len(parts) == 2 and KEEP_DIST_INFO.match(parts[1])):
+            return False
+        return True
+
+    return [
+        Rule("build-tools", "pip, setuptools and wheel (not needed at run time)", build_tools),
+        Rule("lambda-provided", "boto3, botocore, s3transfer (Lambda's Python runtime has them)", lambda_provided),
+        Rule("pycache", "__pycache__ and stale .pyc (recompiled as hash-based .pyc)", pycache),
+        Rule("tests", "tests/ dirs and conftest.py, keeping test modules non-test code imports", tests),
+        Rule("sources", "C/C++/Cython/Fortran sources and headers", sources),
+        Rule("stubs", ".pyi type stubs", stubs),
+        Rule("docs", "doc/docs/examples dirs that are not Python packages", docs),
+        Rule("scripts-data", "top-level bin/, share/, include/, etc/ (not importable)", scripts_data),
+        Rule("dist-info", "dist-info extras (keeps METADATA, entry_points.txt, top_level.txt, licences)", dist_info),
+    ]
+
+
+def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
+         extra_rules: Iterable[Rule] = (), disabled: Iterable[str] = ()) -> Plan:
+    """Decide what each rule removes from the raw tree at ``root``."""
+    files = scan_files(root)
+    _, owner = read_dists(root)
+    tops: dict[str, str] = {}
+    for p in files:
+        if p not in owner:
+            owner[p] = UNOWNED
+    # Files not in any RECORD: attribute by top-level name to the dist that owns siblings.
+    for p, d in owner.items():
+        if d != UNOWNED:
+            tops.setdefault(p.split(os.sep)[0], d)
+    for p in files:
+        if owner[p] == UNOWNED:
+            owner[p] = tops.get(p.split(os.sep)[0], UNOWNED)
+    kept_tests = needed_test_files(root, files)
+    dirs_with_init = {os.path.dirname(p) for p in files if os.path.basename(p) == "__init__.py"}
+    # a doc dir is any ancestor named doc/docs/examples of a file, without __init__.py
+    anc: set[str] = set()
+    for p in files:
+        d = os.path.dirname(p)
+        while d:
+            if os.path.basename(d) in DOC_DIRS and d not in dirs_with_init:
+                anc.add(d)
+            d = os.path.dirname(d)
+    rules = default_rules(keep_boto3=keep_boto3, requested={canonical(r) for r in requested},
+                          kept_tests=kept_tests, doc_dirs_without_init=anc, owner=owner)
+    rules += list(extra_rules)
+    off = set(disabled)
+    rules = [r for r in rules if r.name not in off]
+    result = Plan(root=root, files=files, owner=owner, kept_tests=kept_tests)
+    for p in files:
+        for rule in rules:
+            if rule.match(p, owner[p]):
+                result.removed[p] = rule.name
+                break
+    if kept_tests:
+        log.info("keeping %d test files that other code imports", len(kept_tests))
+    return result
+
+
+def _place(src: str, dest: str) -> None:
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.copyfile(src, dest)
+    if os.access(src, os.X_OK):
+        os.chmod(dest, 0o755)
+
+
+def _is_shared_object(rel: str) -> bool:
+    base = os.path.basename(rel)
+    return base.endswith(".so") or ".so." in base
+
+
+def materialize(p: Plan, dest: str, *, strip: bool = True, only: Iterable[str] | None = None,
+                workers: int = 4) -> None:
+    """Copy kept files from the raw tree to ``dest``, stripping shared objects safely.
+
+    ``only`` restricts the work to some paths (used after a rollback).
+    """
+    paths = sorted(only) if only is not None else sorted(p.files)
+    todo = [rel for rel in paths if rel not in p.removed]
+    so_files = []
+    for rel in todo:
+        src, out = os.path.join(p.root, rel), os.path.join(dest, rel)
+        if strip and _is_shared_object(rel) and not p.rolled_back.get(STRIP_RULE, set()) & {p.owner.get(rel)}:
+            so_files.append(rel)
+            continue
+        _place(src, out)
+
+    def do_strip(rel: str) -> tuple[str, int]:
+        src, out = os.path.join(p.root, rel), os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        saved = elf.safe_strip(src, out)
+        if os.access(src, os.X_OK):
+            os.chmod(out, 0o755)
+        return rel, saved
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for rel, saved in pool.map(do_strip, so_files):
+            if saved > 0:
+                p.stripped[rel] = saved
+            else:
+                p.stripped.pop(rel, None)
+
+
+def restore(p: Plan, dest: str, paths: Iterable[str]) -> None:
+    """Put raw (untrimmed, unstripped) copies of ``paths`` back into ``dest``."""
+    for rel in paths:
+        _place(os.path.join(p.root, rel), os.path.join(dest, rel))

@@ -1,0 +1,143 @@
+"""``wrenpack build-runtime``: a thin layer over :func:`runtime_builder.build`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def register(subparsers: Any, name: str) -> None:
+    p = subparsers.add_parser(
+        name, help="build a slim, verified runtime that fits Lambda's limits",
+        description="Resolve, pin (requirements.lock), install Lambda-platform wheels, trim, compile .pyc, "
+                    "verify every import, check the size budget and pack a layer zip and a tar.zst archive.")
+    p.add_argument("packages", nargs="*", metavar="PACKAGE", help="requirement specifiers, e.g. 'numpy>=2'")
+    p.add_argument("-r", "--requirement", dest="requirements", action="append", default=[], metavar="FILE",
+                   help="requirements file (repeatable)")
+    p.add_argument("--pyproject", metavar="PATH", help="take [project] dependencies from this pyproject.toml")
+    p.add_argument("--from-profile", dest="profile", metavar="FILE.json",
+                   help="the packages a `wrenpack profile --json` run saw imported, at their local versions")
+    p.add_argument("--lock", metavar="FILE", help="install exactly this hashed lock file (skip resolution)")
+    p.add_argument("--python", metavar="X.Y", help="target Python version (default: this interpreter's)")
+    p.add_argument("--arch", choices=["x86_64", "arm64"], default="x86_64", help="target architecture")
+    p.add_argument("--target", choices=["layer", "archive"], default="layer",
+                   help="size budget to enforce: layer (250 MiB unzipped) or archive (extracted into /tmp)")
+    p.add_argument("--tmp-size", type=int, default=512, metavar="MiB",
+                   help="the function's /tmp size for --target archive (512-10240)")
+    p.add_argument("--sourceless", action="store_true", help="ship .pyc only (smaller; no source in tracebacks)")
+    p.add_argument("--keep-boto3", action="store_true",
+                   help="keep boto3/botocore/s3transfer (Lambda's runtime already has them)")
+    p.add_argument("--no-strip", dest="strip", action="store_false", help="do not strip .so files")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the import check (needed when this machine cannot run the target)")
+    p.add_argument("--verify-import", dest="verify_modules", action="append", default=[], metavar="MODULE",
+                   help="also import this module in the check (repeatable), e.g. scipy.sparse")
+    p.add_argument("--skip-import", dest="skip_imports", action="append", default=[], metavar="MODULE",
+                   help="do not import this module in the check (repeatable)")
+    p.add_argument("--disable-rule", dest="disabled_rules", action="append", default=[], metavar="RULE",
+                   help="turn off a trim rule (repeatable): build-tools, lambda-provided, pycache, tests, "
+                        "sources, stubs, docs, scripts-data, dist-info")
+    p.add_argument("--upgrade", action="store_true", help="re-resolve to the newest allowed versions")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="rebuild even if cached")
+    p.add_argument("--cache-dir", metavar="DIR", help="cache location (default ~/.cache/wrenpack/runtimes)")
+    p.add_argument("--zstd-level", type=int, default=19, metavar="N", help="archive compression level (1-22)")
+    p.add_argument("--output", "-o", default=".wrenpack/runtime", metavar="DIR",
+                   help="where python/, manifest.json, layer.zip, runtime.tar.zst, requirements.lock go")
+    p.add_argument("--docker", action="store_true",
+                   help="build inside a Lambda base image with Dockerfile.runtime (needs a Docker engine)")
+    p.add_argument("--base-image", default=None, metavar="IMAGE",
+                   help="base image for --docker (default public.ecr.aws/lambda/python:X.Y)")
+    p.add_argument("--tag", default=None, help="image tag for --docker (default wrenpack-runtime:<hash>)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wrenpack.errors import BudgetExceeded
+
+    if args.docker:
+        from runtime_builder import docker_build
+
+        out = docker_build.build_image(
+            args.packages, requirements_files=args.requirements, pyproject=args.pyproject, profile=args.profile,
+            lock=args.lock, python=args.python, arch=args.arch, output=args.output, base_image=args.base_image,
+            tag=args.tag, sourceless=args.sourceless, keep_boto3=args.keep_boto3)
+        print(json.dumps(out, indent=2) if args.json else f"built image {out['tag']} ({out['image_id']})")
+        return 0
+
+    import runtime_builder
+
+    try:
+        res = runtime_builder.build(
+            args.packages, requirements_files=args.requirements, pyproject=args.pyproject, profile=args.profile,
+            lock=args.lock, python=args.python, arch=args.arch, output=args.output, sourceless=args.sourceless,
+            keep_boto3=args.keep_boto3, target=args.target, tmp_size_mb=args.tmp_size, strip=args.strip,
+            verify_imports=args.verify, verify_modules=args.verify_modules, skip_imports=args.skip_imports,
+            cache_dir=args.cache_dir, use_cache=args.use_cache, upgrade=args.upgrade, zstd_level=args.zstd_level,
+            disabled_rules=args.disabled_rules)
+    except BudgetExceeded as exc:
+        if not args.json and exc.rows:
+            _print_budget_table(exc.rows)
+        raise
+    if args.json:
+        m = res.manifest
+        print(json.dumps({
+            "output": res.output, "site_dir": res.site_dir, "layer_zip": res.layer_zip, "archive": res.archive,
+            "lock": res.lock, "manifest": res.manifest_path, "cache_hit": res.cache_hit,
+            "seconds": round(res.seconds, 3), "target": m["target"], "sizes": m["sizes"],
+            "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
+            "content_hash": m["content_hash"],
+        }, indent=2))
+        return 0
+    _print_human(res)
+    return 0
+
+
+def _print_human(res: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = res.manifest
+    console = Console()
+    pk = Table(title="largest packages", title_justify="left")
+    pk.add_column("package")
+    pk.add_column("version")
+    pk.add_column("before MiB", justify="right")
+    pk.add_column("after MiB", justify="right")
+    for p in sorted(m["packages"], key=lambda p: -p["bytes_after"])[:12]:
+        after = "provided by Lambda" if p["name"] in m.get("provided_by_lambda", []) else f"{p['bytes_after'] / MIB:.1f}"
+        pk.add_row(p["name"], p["version"], f"{p['bytes_before'] / MIB:.1f}", after)
+    console.print(pk)
+    rules = Table(title="trim rules", title_justify="left")
+    rules.add_column("rule")
+    rules.add_column("saved MiB", justify="right")
+    rules.add_column("files", justify="right")
+    rules.add_column("rolled back for")
+    for name, r in sorted(m["rules"].items(), key=lambda kv: -kv[1]["bytes_saved"]):
+        rules.add_row(name, f"{r['bytes_saved'] / MIB:.1f}", str(r["files"]), ", ".join(r.get("rolled_back_for", [])))
+    rules.add_row("(bytecode added)", f"{-m['bytecode']['bytes_added'] / MIB:.1f}", "", "")
+    console.print(rules)
+    s = m["sizes"]
+    limit = m["target"]["limit_bytes"]
+    verified = (f"{len(m['verified']['modules'])} modules import" if m["verified"]["ok"]
+                else "[yellow]NOT verified[/yellow]")
+    console.print(
+        f"{'cache hit' if res.cache_hit else 'built'} in {res.seconds:.1f} s: {s['raw'] / MIB:.1f} MiB raw -> "
+        f"[bold]{s['trimmed'] / MIB:.1f} MiB[/bold] ({m['target']['kind']} budget {limit / MIB:.0f} MiB), "
+        f"layer.zip {s['layer_zip'] / MIB:.1f} MiB, runtime.tar.zst {s['archive'] / MIB:.1f} MiB; {verified}")
+    console.print(f"output: {res.output}  (python/ is the runtime; commit {res.lock})")
+
+
+def _print_budget_table(rows: list[tuple[str, int]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="largest packages (over budget)", title_justify="left")
+    t.add_column("package")
+    t.add_column("MiB", justify="right")
+    for name, size in rows:
+        t.add_row(name, f"{size / MIB:.1f}")
+    Console(file=sys.stderr).print(t)
