@@ -158,6 +158,7 @@ def main(jobdir: str) -> int:
     signal.signal(signal.SIGINT, _stop)
 
     tree = _Tree(proc.pid)
+    result_path = os.path.join(jobdir, "result.json")
     times: list[float] = []
     rss_curve: list[float] = []
     tree_peak_kb = 0
@@ -170,6 +171,8 @@ def main(jobdir: str) -> int:
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        if sample and os.path.exists(result_path):
+            sample = False  # the runner has its figures; what it does next is bookkeeping
         if sample:
             now = time.time()
             rss, _ = _status(proc.pid)

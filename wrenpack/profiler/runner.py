@@ -13,6 +13,7 @@ Order of events (what each figure covers)::
           -> call ........................ duration_s, cpu_*_s
           -> cloudpickle.dumps(result) ... (as the worker does; counted in the peak)
           -> VmHWM (self) + RUSAGE_CHILDREN ru_maxrss (descendants) -> result.json
+          -> (the launcher stops sampling) imported modules, code hash -> result.json again
 
 VmHWM is read, not ru_maxrss: a process's ``ru_maxrss`` can start from its
 parent's peak (the kernel carries it across fork/exec), VmHWM belongs to
@@ -194,6 +195,9 @@ def main(jobdir: str) -> int:
     result["cpu_sys_s"] = (self1.ru_stime - self0.ru_stime) + (kids1.ru_stime - kids0.ru_stime)
     result["self_hwm_mb"] = _hwm_mb()
     result["children_maxrss_mb"] = _children_maxrss_mb()
+    # Measurement done: the launcher stops sampling once result.json exists, so
+    # the bookkeeping below (hashlib's OpenSSL alone is ~4 MB) stays out of the figures.
+    _write(jobdir, result)
 
     # -- what it needed (after the measurement, so it costs nothing above) -------
     modules = {}
