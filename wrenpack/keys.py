@@ -2,15 +2,18 @@
 
 ::
 
-    jobs/<job_id>/func.pkl                  the function, cloudpickled once per map
-    jobs/<job_id>/input/<call_id>.pkl       arguments too large to travel in the event
-    jobs/<job_id>/output/<call_id>.pkl      the call's outcome: ("ok", value) or ("error", ...)
-    jobs/<job_id>/status/<call_id>.json     written last: start/end, peak RSS, exit kind
-    jobs/<job_id>/checkpoint/<call_id>.pkl  the latest saved state of a split call
+    jobs/<job_id>/func.pkl                      the function, cloudpickled once per map
+    jobs/<job_id>/input/<call_id>.pkl           arguments too large to travel in the event
+    jobs/<job_id>/result/<call_id>.res          the call's status and outcome, written once, last
+    jobs/<job_id>/segment/<call_id>.<n>.json    segment n of a split call saved a checkpoint
+    jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
 
-A status object exists only after its output is complete, so a poller that
-sees a status may read the output. ``call_id`` is the call's zero-padded index
-in its map. Standard library only: the worker imports this.
+A result object is one atomic write holding both the status record (JSON:
+start/end, peak RSS, exit kind) and the outcome (cloudpickled ``("ok", value)``
+or ``("error", ...)``), see ``wrenpack.worker.result``. It is written with
+"if absent", so when a call is delivered twice the first complete result
+wins. A poller that lists ``result/`` sees only finished calls. ``call_id`` is
+the call's zero-padded index in its map. Standard library only.
 """
 from __future__ import annotations
 
@@ -29,16 +32,20 @@ def input_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/input/{call_id}.pkl"
 
 
-def output_key(job_id: str, call_id: str) -> str:
-    return f"{JOBS}{job_id}/output/{call_id}.pkl"
+def result_key(job_id: str, call_id: str) -> str:
+    return f"{JOBS}{job_id}/result/{call_id}.res"
 
 
-def status_key(job_id: str, call_id: str) -> str:
-    return f"{JOBS}{job_id}/status/{call_id}.json"
+def result_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/result/"
 
 
-def status_prefix(job_id: str) -> str:
-    return f"{JOBS}{job_id}/status/"
+def segment_key(job_id: str, call_id: str, segment: int) -> str:
+    return f"{JOBS}{job_id}/segment/{call_id}.{segment}.json"
+
+
+def segment_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/segment/"
 
 
 def checkpoint_key(job_id: str, call_id: str) -> str:

@@ -8,7 +8,8 @@ Standard library only: the worker imports this.
 from __future__ import annotations
 
 import os
-import tempfile
+import itertools
+import threading
 from typing import Any
 
 from wrenpack.errors import ObjectNotFound, StoreError
@@ -20,6 +21,7 @@ class LocalStore(Store):
         self.root = os.path.abspath(os.fspath(root))
         os.makedirs(self.root, exist_ok=True)
         self._made: set[str] = set()
+        self._counter = itertools.count()
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -45,7 +47,8 @@ class LocalStore(Store):
         self._ensure_dir(directory)
         if if_absent and os.path.exists(path):
             return False
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -3,7 +3,7 @@
 Flow of one call::
 
     event --> open store --> load function (cached per job) --> load arguments
-          --> run --> write output (first complete write wins) --> write status
+          --> run --> write one result object: status + outcome (first complete write wins)
 
 The event is a small JSON-able dict built by the client (``wrenpack.job``)::
 
@@ -11,7 +11,8 @@ The event is a small JSON-able dict built by the client (``wrenpack.job``)::
      "func_key": "jobs/.../func.pkl", "args": {"inline": "<base64>"} | {"key": "..."},
      "attempt": 0, "function_name": "...", "extra": {...}}
 
-Outcomes are cloudpickled tuples: ``("ok", value)`` or
+The result object (``wrenpack.worker.result``) holds the status record and the
+outcome. Outcomes are cloudpickled tuples: ``("ok", value)`` or
 ``("error", exc_bytes_or_None, type_name, message, traceback_text, kind)``,
 with ``kind`` "user" for the user's own exceptions and "wrenpack" for ours.
 Standard library and cloudpickle only.
@@ -21,8 +22,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -31,11 +34,12 @@ from typing import Any, Callable
 import cloudpickle
 
 from wrenpack import keys
-from wrenpack.errors import MissingDependency, SerializationError, StoreError
+from wrenpack.errors import MissingDependency, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, open_store
-from wrenpack.worker import memory
+from wrenpack.worker import memory, result
 
 PROTOCOL_VERSION = 1
+_HOST = socket.gethostname()
 
 _stores: dict[str, Store] = {}
 _functions: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
@@ -47,8 +51,48 @@ _MAX_CACHED_FUNCTIONS = 16
 call_hooks: list[Callable[..., Any]] = []
 
 
+class _DeadlineReached(BaseException):
+    """Raised inside the user's code just before the invocation's deadline."""
+
+
+#: Wall-clock time (time.time()) at which the current call is stopped; None outside a call.
+soft_deadline: float | None = None
+
+
+def _margin(remaining: float) -> float:
+    return min(0.5, 0.1 * remaining)
+
+
+def _fire(signum: int, frame: Any) -> None:
+    raise _DeadlineReached()
+
+
+_alarm_installed = False
+
+
+def _arm_deadline(context: Any) -> Callable[[], None] | None:
+    """Stop the call a little before Lambda would, so a timeout is reported as one."""
+    global soft_deadline, _alarm_installed
+    get_remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if get_remaining is None:
+        return None
+    remaining = get_remaining() / 1000.0
+    soft_deadline = time.time() + remaining - _margin(remaining)
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return None
+    if not _alarm_installed or signal.getsignal(signal.SIGALRM) is not _fire:
+        signal.signal(signal.SIGALRM, _fire)
+        _alarm_installed = True
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, remaining - _margin(remaining)))
+    return _disarm
+
+
+def _disarm() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def _store_for(spec: dict[str, Any]) -> Store:
-    token = json.dumps(spec, sort_keys=True)
+    token = repr(sorted(spec.items()))
     store = _stores.get(token)
     if store is None:
         store = _stores[token] = open_store(spec)
@@ -109,9 +153,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     memory.reset_peak()
     job_id, call_id = event["job_id"], event["call_id"]
     store = _store_for(event["store"])
+    global soft_deadline
     kind = "ok"
     after: list[Callable[[], Any]] = []
     extra_status: dict[str, Any] = {}
+    disarm = None
     try:
         fn = _load_function(store, event["func_key"])
         args, kwargs = _load_args(store, event["args"])
@@ -119,9 +165,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             done = hook(event, context, store)
             if done is not None:
                 after.append(done)
+        disarm = _arm_deadline(context)
         try:
             value = fn(*args, **kwargs)
         finally:
+            if disarm is not None:
+                disarm()
             for done in after:
                 extra = done()
                 if isinstance(extra, dict):
@@ -135,6 +184,13 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     except (MissingDependency, SerializationError, StoreError) as exc:
         kind = "error"
         outcome = error_outcome(exc, "wrenpack", tb_text="")
+    except _DeadlineReached:
+        kind = "timeout"
+        timeout = event.get("timeout_s")
+        limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
+        outcome = error_outcome(TaskTimeout(
+            f"ran past {limit}; raise timeout= (at most 900 s on Lambda) or make it resumable with "
+            "wrenpack.checkpoint so it is split across invocations"), "wrenpack", tb_text="")
     except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
         if extra_status.get("exit") == "checkpointed":
             kind = "checkpointed"
@@ -147,28 +203,31 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             outcome = error_outcome(exc, "user", "".join(traceback.format_exception(type(exc), exc, tb)))
         if isinstance(exc, (KeyboardInterrupt,)):
             raise
+    finally:
+        if disarm is not None:
+            disarm()
+        soft_deadline = None
     end = time.time()
-    if kind != "checkpointed":
-        store.put(keys.output_key(job_id, call_id), outcome, if_absent=True)
     peak = memory.peak_rss_mb()
     status = {
         "job_id": job_id,
         "call_id": call_id,
         "attempt": event.get("attempt", 0),
+        "segment": event.get("segment", 0),
         "exit": kind,
         "start": start,
         "end": end,
         "duration_s": end - start,
         "peak_rss_mb": round(peak, 2) if peak is not None else None,
-        "host": socket.gethostname(),
+        "host": _HOST,
         "pid": os.getpid(),
         "python": "%d.%d" % sys.version_info[:2],
         "request_id": getattr(context, "aws_request_id", None),
     }
     status.update(extra_status)
     if kind == "checkpointed":
-        # A segment's status is kept apart so the final status still wins the key.
-        store.put(keys.status_key(job_id, call_id) + f".seg{event.get('segment', 0)}", json.dumps(status).encode())
+        # The call goes on in a new invocation; the client launches it on seeing this.
+        store.put(keys.segment_key(job_id, call_id, int(event.get("segment", 0))), json.dumps(status).encode())
     else:
-        store.put(keys.status_key(job_id, call_id), json.dumps(status).encode(), if_absent=True)
+        status["first"] = store.put(keys.result_key(job_id, call_id), result.pack(status, outcome), if_absent=True)
     return status

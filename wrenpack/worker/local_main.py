@@ -23,6 +23,8 @@ def serve(fd: int) -> None:
     conn = Connection(fd)
     conn.send({"ready": os.getpid()})
     base_env = dict(os.environ)
+    applied: dict[str, str] = {}
+    calls = 0
     while True:
         try:
             msg: dict[str, Any] | None = conn.recv()
@@ -30,26 +32,33 @@ def serve(fd: int) -> None:
             return
         if msg is None:
             return
-        env = msg.get("env") or {}
-        os.environ.clear()
-        os.environ.update(base_env)
-        os.environ.update(env)
-        tmpdir = env.get("TMPDIR")
-        if tmpdir:
-            tempfile.tempdir = tmpdir
+        env = msg.get("env")
+        if env is not None and env != applied:
+            # Only changed settings are applied: setting os.environ is not free.
+            for key in applied.keys() - env.keys():
+                if key in base_env:
+                    os.environ[key] = base_env[key]
+                else:
+                    os.environ.pop(key, None)
+            for key, value in env.items():
+                if applied.get(key) != value:
+                    os.environ[key] = value
+            applied = dict(env)
+            if env.get("TMPDIR"):
+                tempfile.tempdir = env["TMPDIR"]
+        calls += 1
         ctx = LocalContext(
-            function_name=env.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local"),
-            memory_mb=int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0") or 0),
-            deadline=msg["deadline"],
-            request_id=msg.get("request_id"),
+            function_name=applied.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local"),
+            memory_mb=int(applied.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0") or 0),
+            deadline=time.time() + float(msg["timeout_s"]),
+            request_id=f"{os.getpid()}-{calls}",
         )
         t0 = time.perf_counter()
         try:
             status = handler(msg["event"], ctx)
-            reply: dict[str, Any] = {"status": status}
+            reply: dict[str, Any] = {"status": status, "peak_rss_mb": status.get("peak_rss_mb")}
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        reply["peak_rss_mb"] = memory.peak_rss_mb()
+            reply = {"error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": memory.peak_rss_mb()}
         reply["elapsed"] = time.perf_counter() - t0
         sys.stdout.flush()
         sys.stderr.flush()

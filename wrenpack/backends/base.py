@@ -1,0 +1,64 @@
+"""The backend contract: run an invocation somewhere, report once when it ends.
+
+Where a call travels::
+
+    RemoteFunction.map -> Executor: pickle function once, args inline or as objects,
+        -> Backend.invoke(Invocation) -> worker runs handler(event, context)
+        -> handler writes output + status to the store
+        -> backend calls Invocation.on_done(InvocationResult) exactly once
+        -> Executor reads the output and resolves the WrenFuture
+
+A backend reports either the status record the handler wrote (``status``), or
+an ``error`` for a failure outside the user's code that left no status
+(timeout, memory limit, worker crash after retries, worker lost).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from wrenpack.errors import WrenpackError
+
+
+@dataclass
+class InvocationResult:
+    status: dict[str, Any] | None = None
+    error: WrenpackError | None = None
+
+
+@dataclass
+class Invocation:
+    """One call to run: the handler's event plus the limits it runs under."""
+
+    event: dict[str, Any]
+    on_done: Callable[["Invocation", InvocationResult], None]
+    memory_mb: int = 1024
+    timeout_s: float = 900.0
+    ephemeral_storage_mb: int = 512
+    retries: int = 0
+    runtime: str | None = None
+    attempt: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.event["job_id"], self.event["call_id"]
+
+
+class Backend(abc.ABC):
+    name: str = "?"
+
+    @abc.abstractmethod
+    def invoke(self, invocation: Invocation) -> None:
+        """Start ``invocation`` (non-blocking). ``on_done`` is called exactly once,
+        from a backend thread, when it has ended one way or another. Crash retries
+        (up to ``invocation.retries``) happen inside the backend."""
+
+    def invoke_many(self, invocations: list[Invocation]) -> None:
+        for inv in invocations:
+            self.invoke(inv)
+
+    @abc.abstractmethod
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop workers/threads; pending invocations are failed."""

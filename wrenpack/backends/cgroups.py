@@ -1,0 +1,121 @@
+"""Per-worker memory limits through Linux cgroup v1 (when this process may make them).
+
+A hard memory limit is what Lambda enforces; the kernel's own accounting
+catches spikes of any length and memory held in child processes. Where
+cgroups are unavailable the local backend falls back to sampling.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+class MemoryCgroup:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _write(self, name: str, value: str) -> None:
+        with open(os.path.join(self.path, name), "w") as f:
+            f.write(value)
+
+    def _read(self, name: str) -> str:
+        with open(os.path.join(self.path, name)) as f:
+            return f.read()
+
+    def add(self, pid: int) -> None:
+        self._write("cgroup.procs", str(pid))
+
+    def set_limit_mb(self, mb: int) -> bool:
+        try:
+            self._write("memory.limit_in_bytes", str(mb * MiB))
+            return True
+        except OSError:  # EBUSY: usage above the new limit
+            return False
+
+    def reset_peak(self) -> None:
+        try:
+            self._write("memory.max_usage_in_bytes", "0")
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float:
+        try:
+            return int(self._read("memory.max_usage_in_bytes")) / MiB
+        except (OSError, ValueError):
+            return 0.0
+
+    def oom_kills(self) -> int:
+        try:
+            for line in self._read("memory.oom_control").splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        try:
+            return int(self._read("memory.failcnt"))
+        except (OSError, ValueError):
+            return 0
+
+    def remove(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
+class CgroupFactory:
+    """Makes child memory cgroups under this process's own (cgroup v1)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    @classmethod
+    def detect(cls) -> "CgroupFactory | None":
+        if os.environ.get("WRENPACK_NO_CGROUPS"):
+            return None
+        try:
+            with open("/proc/self/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            _id, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                base = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
+                probe = os.path.join(base, f"wrenpack-probe-{os.getpid()}")
+                try:
+                    os.mkdir(probe)
+                    with open(os.path.join(probe, "memory.limit_in_bytes"), "w") as f:
+                        f.write(str(256 * MiB))
+                    os.rmdir(probe)
+                except OSError as exc:
+                    log.debug("memory cgroups unavailable (%s); sampling memory instead", exc)
+                    try:
+                        os.rmdir(probe)
+                    except OSError:
+                        pass
+                    return None
+                return cls(base)
+        return None
+
+    def create(self, name: str) -> MemoryCgroup | None:
+        path = os.path.join(self.base, name)
+        try:
+            os.mkdir(path)
+            cg = MemoryCgroup(path)
+            try:
+                cg._write("memory.move_charge_at_immigrate", "3")
+            except OSError:
+                pass
+            try:
+                cg._write("memory.swappiness", "0")
+            except OSError:
+                pass
+            return cg
+        except OSError as exc:
+            log.debug("cannot create cgroup %s: %s", path, exc)
+            return None

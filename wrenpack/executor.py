@@ -1,0 +1,332 @@
+"""The executor: turns calls into stored objects and invocations, and
+invocation results back into resolved futures.
+
+::
+
+    map(fn, calls)
+      1. pickle fn once -> store  jobs/<job>/func.pkl
+      2. pickle every call's arguments first (nothing launches if one fails);
+         small ones go inline in the event, large ones -> jobs/<job>/input/<call>.pkl
+      3. backend.invoke(Invocation(event, limits, on_done))
+    on_done (backend thread) -> completion queue -> collector thread:
+      status "ok"/"error"  -> read jobs/<job>/result/<call>.res -> set_result / set_exception
+      status "checkpointed" -> launch the next segment of the same call
+      backend error         -> set_exception(TaskTimeout, MemoryLimitExceeded, ...)
+      last call of a job    -> delete the job's objects (unless keep_objects)
+"""
+from __future__ import annotations
+
+import atexit
+import base64
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from wrenpack import keys, serialize
+from wrenpack.backends import Backend, Invocation, InvocationResult, create_backend
+from wrenpack.config import Config, current
+from wrenpack.errors import CorruptObject, ObjectNotFound, PayloadTooLarge, RemoteError, WrenpackError
+from wrenpack.futures import RemoteTraceback, WrenFuture
+from wrenpack.storage import Store, open_store
+from wrenpack.worker import result as result_format
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallOptions:
+    """The limits one map's calls run under (already resolved from config)."""
+
+    memory: int
+    timeout: float
+    ephemeral_storage: int
+    retries: int
+    runtime: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    job_id: str
+    label: str
+    futures: dict[str, WrenFuture]
+    options: CallOptions
+    remaining: int
+
+
+class Executor:
+    """Runs calls on one backend with one store. Most users never create one:
+    ``@wrenpack.remote`` uses a default built from the configuration."""
+
+    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+        self.config = config.replace(**overrides) if config is not None else current(**overrides)
+        self.store: Store = open_store(self.config.storage)
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._completions: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
+        self._collector: threading.Thread | None = None
+        self._closed = False
+
+    # -- public -----------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = create_backend(self.config.backend, self.config)
+            return self._backend
+
+    def options(self, **given: Any) -> CallOptions:
+        c = self.config
+        pick = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
+        opts = CallOptions(
+            memory=int(pick("memory", c.memory)),
+            timeout=float(pick("timeout", c.timeout)),
+            ephemeral_storage=int(pick("ephemeral_storage", c.ephemeral_storage)),
+            retries=int(pick("retries", c.retries)),
+            runtime=pick("runtime", c.runtime),
+        )
+        _check_limits(opts)
+        return opts
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        options: CallOptions,
+        label: str | None = None,
+    ) -> list[WrenFuture]:
+        """Launch one call per ``(args, kwargs)``; return their futures in order."""
+        if self._closed:
+            raise WrenpackError("this executor was shut down; create a new one")
+        label = label or getattr(fn, "__qualname__", "function")
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        # Everything is pickled before anything is stored or launched.
+        fn_bytes = serialize.dumps_function(fn)
+        user_modules = serialize._user_modules_of(fn)
+        payloads = [
+            serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
+        ]
+        limit = options.memory * 1024 * 1024
+        for i, data in enumerate(payloads):
+            if len(data) > limit:
+                raise PayloadTooLarge(
+                    f"the arguments of call {i} of {label} pickle to {len(data) / 2**20:.0f} MB, more than its "
+                    f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
+                )
+        store = self.store
+        store.put(keys.func_key(job_id), fn_bytes)
+        futures: dict[str, WrenFuture] = {}
+        invocations = []
+        for i, data in enumerate(payloads):
+            cid = keys.call_id(i)
+            if len(data) <= self.config.inline_limit:
+                args_spec: dict[str, Any] = {"inline": base64.b64encode(data).decode("ascii")}
+            else:
+                store.put(keys.input_key(job_id, cid), data)
+                args_spec = {"key": keys.input_key(job_id, cid)}
+            call_label = f"{label}[{i}]" if len(payloads) > 1 else label
+            futures[cid] = WrenFuture(job_id, cid, call_label)
+            event = {
+                "wrenpack": 1,
+                "store": store.spec,
+                "job_id": job_id,
+                "call_id": cid,
+                "func_key": keys.func_key(job_id),
+                "args": args_spec,
+                "attempt": 0,
+                "segment": 0,
+                "function_name": call_label,
+            }
+            event.update(options.extra.get("event", {}))
+            invocations.append(
+                Invocation(
+                    event=event,
+                    on_done=self._on_done,
+                    memory_mb=options.memory,
+                    timeout_s=options.timeout,
+                    ephemeral_storage_mb=options.ephemeral_storage,
+                    retries=options.retries,
+                    runtime=options.runtime,
+                    extra={"label": call_label},
+                )
+            )
+        with self._lock:
+            self._jobs[job_id] = _Job(job_id, label, futures, options, len(futures))
+        self._ensure_collector()
+        log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.config.backend)
+        self.backend.invoke_many(invocations)
+        return list(futures.values())
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._closed = True
+        with self._lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.shutdown(wait=wait)
+        if self._collector is not None:
+            self._completions.put(None)
+            if wait and self._collector is not threading.current_thread():
+                self._collector.join(timeout=5)
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # -- completion -------------------------------------------------------------
+    def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
+        self._completions.put((inv, result))
+
+    def _ensure_collector(self) -> None:
+        with self._lock:
+            if self._collector is None or not self._collector.is_alive():
+                self._collector = threading.Thread(target=self._collect, name="wrenpack-collector", daemon=True)
+                self._collector.start()
+
+    def _collect(self) -> None:
+        while True:
+            item = self._completions.get()
+            if item is None:
+                return
+            inv, result = item
+            try:
+                self._complete(inv, result)
+            except Exception:  # noqa: BLE001 - never let one bad call stop the others
+                log.exception("wrenpack: internal error completing %s", inv.key)
+
+    def _complete(self, inv: Invocation, result: InvocationResult) -> None:
+        job_id, cid = inv.key
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        fut = job.futures[cid]
+        fut.segments += 1
+        if fut.done():
+            return
+        status = result.status
+        if result.error is None and status is not None and status.get("exit") == "checkpointed":
+            self._continue(inv, status)
+            return
+        fut.status = status
+        if result.error is not None:
+            fut.set_exception(result.error)
+        else:
+            try:
+                stored_status, value_or_exc, ok = self._read_outcome(job_id, cid, fut.label)
+                fut.status = stored_status or status
+            except WrenpackError as exc:
+                value_or_exc, ok = exc, False
+            if ok:
+                fut.set_result(value_or_exc)
+            else:
+                fut.set_exception(value_or_exc)
+        self._finish_call(job)
+
+    def _continue(self, inv: Invocation, status: dict[str, Any]) -> None:
+        """Launch the next segment of a checkpointed call."""
+        event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
+        log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.extra.get("label"), event["segment"] - 1, event["segment"])
+        nxt = Invocation(
+            event=event,
+            on_done=self._on_done,
+            memory_mb=inv.memory_mb,
+            timeout_s=inv.timeout_s,
+            ephemeral_storage_mb=inv.ephemeral_storage_mb,
+            retries=inv.retries,
+            runtime=inv.runtime,
+            extra=inv.extra,
+        )
+        self.backend.invoke(nxt)
+
+    def _finish_call(self, job: _Job) -> None:
+        with self._lock:
+            job.remaining -= 1
+            finished = job.remaining == 0
+            if finished:
+                self._jobs.pop(job.job_id, None)
+        if finished and not self.config.keep_objects:
+            try:
+                self.store.delete_prefix(keys.job_prefix(job.job_id))
+            except Exception:  # noqa: BLE001
+                log.warning("could not delete the objects of job %s", job.job_id, exc_info=True)
+
+    def _read_outcome(self, job_id: str, cid: str, label: str) -> tuple[dict[str, Any] | None, Any, bool]:
+        """Read a call's result object: (status, value or exception, ok)."""
+        try:
+            data = self.store.get(keys.result_key(job_id, cid))
+        except ObjectNotFound:
+            raise CorruptObject(
+                f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
+            ) from None
+        status, outcome_bytes = result_format.unpack(data, f"result object of {label}")
+        outcome = serialize.loads(outcome_bytes, f"the result object of {label}")
+        if not isinstance(outcome, tuple) or not outcome or outcome[0] not in ("ok", "error"):
+            raise CorruptObject(f"the result object of {label} is corrupt (unexpected content); re-run the call")
+        if outcome[0] == "ok":
+            return status, outcome[1], True
+        return status, rebuild_exception(outcome, label), False
+
+
+def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
+    _, exc_bytes, type_name, message, tb_text, kind = outcome
+    exc: BaseException | None = None
+    if exc_bytes is not None:
+        try:
+            exc = serialize.cloudpickle.loads(exc_bytes)
+        except Exception:  # noqa: BLE001 - the type may not exist on the client
+            exc = None
+    if exc is None:
+        exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
+    elif kind == "wrenpack" and isinstance(exc, WrenpackError):
+        try:
+            exc = type(exc)(f"{label}: {exc}")
+        except Exception:  # noqa: BLE001
+            pass
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(tb_text)
+    return exc
+
+
+def _check_limits(opts: CallOptions) -> None:
+    from wrenpack.errors import ConfigError
+
+    if not 128 <= opts.memory <= 10240:
+        raise ConfigError(f"memory={opts.memory} MB is outside Lambda's range 128..10240 MB")
+    if not 0 < opts.timeout <= 900:
+        raise ConfigError(f"timeout={opts.timeout:g} s is outside Lambda's range (0, 900] s; checkpoint longer work")
+    if not 512 <= opts.ephemeral_storage <= 10240:
+        raise ConfigError(f"ephemeral_storage={opts.ephemeral_storage} MB is outside Lambda's range 512..10240 MB")
+    if opts.retries < 0:
+        raise ConfigError(f"retries={opts.retries} must be 0 or more")
+
+
+_default: Executor | None = None
+_default_lock = threading.Lock()
+
+
+def default_executor() -> Executor:
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = Executor()
+        return _default
+
+
+def reset_default_executor() -> None:
+    global _default
+    with _default_lock:
+        old, _default = _default, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+@atexit.register
+def _shutdown_default() -> None:
+    if _default is not None:
+        _default.shutdown(wait=False)

@@ -1,0 +1,134 @@
+"""``@wrenpack.remote``: a plain function that can also run as remote calls."""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable, Generic, Iterable, TypeVar, overload
+
+from wrenpack.errors import ConfigError
+from wrenpack.executor import CallOptions, Executor, default_executor
+from wrenpack.futures import WrenFuture
+
+T = TypeVar("T")
+
+_OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime")
+
+
+class RemoteFunction(Generic[T]):
+    """A function with ``.remote``, ``.map`` and ``.starmap``; calling it runs it here."""
+
+    def __init__(self, fn: Callable[..., T], executor: Executor | None = None, **options: Any) -> None:
+        if not callable(fn):
+            raise ConfigError(f"@wrenpack.remote needs a function, got {type(fn).__name__}")
+        unknown = set(options) - set(_OPTION_NAMES)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(_OPTION_NAMES)}")
+        self.fn = fn
+        self._executor = executor
+        self._options = options
+        self._auto_lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    # -- local ------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self.fn(*args, **kwargs)
+
+    def local(self, *args: Any, **kwargs: Any) -> T:
+        """Run here, in this process: no backend, no limits."""
+        return self.fn(*args, **kwargs)
+
+    # -- remote -----------------------------------------------------------------
+    @property
+    def executor(self) -> Executor:
+        return self._executor or default_executor()
+
+    def options(self, **options: Any) -> "RemoteFunction[T]":
+        """A copy with some options changed: ``f.options(memory=2048).map(...)``."""
+        executor = options.pop("executor", self._executor)
+        return RemoteFunction(self.fn, executor=executor, **{**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> WrenFuture:
+        """Run one call remotely; returns its future."""
+        return self._launch([(args, kwargs)])[0]
+
+    def map(self, items: Iterable[Any], **kwargs: Any) -> list[WrenFuture]:
+        """One call per item, ``fn(item, **kwargs)``; futures in the items' order."""
+        return self._launch([((item,), kwargs) for item in items])
+
+    def starmap(self, items: Iterable[Iterable[Any]], **kwargs: Any) -> list[WrenFuture]:
+        """One call per argument tuple, ``fn(*item, **kwargs)``."""
+        return self._launch([(tuple(item), kwargs) for item in items])
+
+    def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[WrenFuture]:
+        if not calls:
+            return []
+        executor = self.executor
+        given = dict(self._options)
+        if given.get("memory") == "auto" or given.get("timeout") == "auto" or given.get("ephemeral_storage") == "auto":
+            given.update(self._auto_settings(calls[0], given))
+        options: CallOptions = executor.options(**given)
+        return executor.map(self.fn, calls, options, label=getattr(self.fn, "__qualname__", None))
+
+    def _auto_settings(self, sample: tuple[tuple[Any, ...], dict[str, Any]], given: dict[str, Any]) -> dict[str, Any]:
+        try:
+            from wrenpack.profiler import auto_settings
+        except ImportError as exc:  # pragma: no cover - profiler is part of the package
+            raise ConfigError(f"memory/timeout='auto' needs the profiler: {exc}") from None
+        with self._auto_lock:
+            found = auto_settings(self.fn, sample[0], sample[1])
+        out = {}
+        for name, key in (("memory", "memory_mb"), ("timeout", "timeout_s"), ("ephemeral_storage", "ephemeral_storage_mb")):
+            if given.get(name) == "auto":
+                out[name] = found[key]
+        return out
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
+
+
+@overload
+def remote(fn: Callable[..., T], **options: Any) -> RemoteFunction[T]: ...
+@overload
+def remote(fn: None = None, **options: Any) -> Callable[[Callable[..., T]], RemoteFunction[T]]: ...
+
+
+def remote(fn: Callable[..., T] | None = None, **options: Any) -> Any:
+    """Decorate a function so it can run as remote calls.
+
+    Options (all optional; Lambda units): ``memory`` (MB, or "auto" from its
+    profile), ``timeout`` (s, or "auto"), ``retries`` (crash retries),
+    ``ephemeral_storage`` (MB of /tmp), ``runtime`` (a built runtime directory),
+    ``executor`` (an ``Executor`` instead of the default one).
+    """
+    executor = options.pop("executor", None)
+    if fn is None:
+        return lambda f: RemoteFunction(f, executor=executor, **options)
+    return RemoteFunction(fn, executor=executor, **options)
+
+
+def map_reduce(
+    mapper: Callable[..., Any],
+    items: Iterable[Any],
+    reducer: Callable[[list[Any]], Any],
+    **options: Any,
+) -> WrenFuture:
+    """Map ``mapper`` over ``items`` remotely, then run ``reducer(results)`` as one
+    more remote call. Returns the reducer's future at once; a failed map call
+    fails it with that call's exception."""
+    m = mapper if isinstance(mapper, RemoteFunction) else RemoteFunction(mapper, **options)
+    r = reducer if isinstance(reducer, RemoteFunction) else RemoteFunction(reducer, **options)
+    map_futures = m.map(items)
+    outer = WrenFuture("map_reduce", "reduce", f"map_reduce({getattr(r.fn, '__qualname__', 'reducer')})")
+
+    def chain() -> None:
+        try:
+            results = [f.result() for f in map_futures]
+            inner = r.remote(results)
+            value = inner.result()
+            outer.status = inner.status
+            outer.set_result(value)
+        except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
+            outer.set_exception(exc)
+
+    threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True).start()
+    return outer
