@@ -14,11 +14,11 @@ def tiny() -> int:
     return sum(range(1000))
 
 
-def numpy_heavy(n: int = 2500) -> float:
+def numpy_heavy(n: int = 3000) -> float:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    a = rng.random((n, n))  # 50 MB at n=2500
+    a = rng.random((n, n))  # 72 MB at n=3000
     b = a @ a.T  # BLAS, threads
     c = np.sort(b, axis=None)
     return float(c[-1])
@@ -44,14 +44,17 @@ def child_held(mb: int = 250, hold: float = 0.5) -> int:
 
 
 def tmp_writer(mb: int = 200) -> int:
+    """Writes mb MB under the temp directory, then reads it back into memory."""
     path = os.path.join(tempfile.gettempdir(), "wrenpack-test-blob")
     chunk = b"\1" * MB
     with open(path, "wb") as f:
         for _ in range(mb):
             f.write(chunk)
     time.sleep(0.2)
+    with open(path, "rb") as f:
+        data = f.read()
     os.remove(path)
-    return mb
+    return len(data) // MB
 
 
 def raises() -> None:
