@@ -24,7 +24,7 @@ def numpy_heavy(n: int = 3000) -> float:
     return float(c[-1])
 
 
-def python_alloc(n: int = 1_000_000) -> int:
+def python_alloc(n: int = 600_000) -> int:
     rows = [{"i": i, "s": str(i), "t": (i, i + 1)} for i in range(n)]
     return len(rows)
 

@@ -75,7 +75,7 @@ def test_prediction_on_known_growth_matches_a_measurement():
 
 
 def test_far_extrapolation_warns_and_long_runs_need_segments():
-    prof = predict_scaling(targets.known_growth, targets.make_input, [500, 1000, 2000, 4000], 1_000_000, save=False)
+    prof = predict_scaling(targets.known_growth, targets.make_input, [1000, 2000, 4000, 8000], 1_000_000, save=False)
     sc = prof.scaling
     assert any("far extrapolation" in w for w in sc["warnings"])
     # truly 1e-8 * (1e6)^2 = 10,000 s; any sane fit lands far beyond Lambda's 900 s, so checkpointed segments

@@ -146,7 +146,13 @@ def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict
                 log.info("using saved profile for %s (%s)", prof.target, key)
             else:
                 log.info("no saved profile for %s: profiling it once with the first call's arguments", _name(fn))
-                prof = run_profile(fn, args, kwargs)
+                try:
+                    prof = run_profile(fn, args, kwargs)
+                except ProfileError as exc:
+                    raise ProfileError(
+                        f"memory/timeout='auto' profiles {_name(fn)} once with the first call's arguments, and that "
+                        f"failed: {exc}; fix the call or pass memory= and timeout= explicitly"
+                    ) from None
                 if prof.code_hash != key:  # e.g. the child saw a different module name: keep under ours too
                     prof.code_hash = key
                     _save(prof)
