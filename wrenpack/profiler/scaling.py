@@ -10,6 +10,7 @@ best b is then refined by golden-section search. When scipy is importable,
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -79,7 +80,9 @@ def fit_power(ns: Sequence[float], ys: Sequence[float]) -> Fit:
         def model(u, c_, a_, b_):
             return c_ + a_ * np.power(u, b_)
 
-        popt, _ = curve_fit(model, np.array(us), np.array(ys, dtype=float), p0=(c, a_u, b), maxfev=20000)
+        with warnings.catch_warnings():  # e.g. "covariance could not be estimated" with 3 points: harmless here
+            warnings.simplefilter("ignore")
+            popt, _ = curve_fit(model, np.array(us), np.array(ys, dtype=float), p0=(c, a_u, b), maxfev=20000)
         sse2 = float(sum((y - model(u, *popt)) ** 2 for u, y in zip(us, ys)))
         if math.isfinite(sse2) and sse2 < sse:
             c, a_u, b, sse = float(popt[0]), float(popt[1]), float(popt[2]), sse2
