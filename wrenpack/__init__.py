@@ -1,6 +1,7 @@
 """wrenpack: plain Python functions, run on AWS Lambda or locally under Lambda's limits.
 
-The public surface is listed in ``__all__``. Everything is imported lazily so
+The public surface is listed in ``__all__``. No submodule shares a name with
+an attribute here (an imported submodule would shadow it). Everything is imported lazily so
 that the worker, which imports ``wrenpack.worker.handler``, never loads the
 client, the profiler, the runtime builder or the CLI.
 """
@@ -13,9 +14,9 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     # client API
-    "remote": "wrenpack.remote",
-    "RemoteFunction": "wrenpack.remote",
-    "map_reduce": "wrenpack.remote",
+    "remote": "wrenpack.remote_function",
+    "RemoteFunction": "wrenpack.remote_function",
+    "map_reduce": "wrenpack.remote_function",
     "get": "wrenpack.futures",
     "wait": "wrenpack.futures",
     "as_completed": "wrenpack.futures",
@@ -30,8 +31,8 @@ _LAZY: dict[str, str] = {
     "profile": "wrenpack.profiler",
     "Profile": "wrenpack.profiler",
     # checkpointing
-    "checkpoint": "wrenpack.checkpoint",
-    "Checkpoint": "wrenpack.checkpoint",
+    "checkpoint": "wrenpack.worker.checkpoint",
+    "Checkpoint": "wrenpack.worker.checkpoint",
     # errors
     "WrenpackError": "wrenpack.errors",
     "ConfigError": "wrenpack.errors",
@@ -72,4 +73,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.errors import *  # noqa: F401,F403
     from wrenpack.executor import Executor
     from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, get, wait
-    from wrenpack.remote import RemoteFunction, map_reduce, remote
+    from wrenpack.remote_function import RemoteFunction, map_reduce, remote
+    from wrenpack.worker.checkpoint import Checkpoint, checkpoint

@@ -59,8 +59,9 @@ class WorkerLost(TaskError):
     """No status arrived for a call long after its deadline."""
 
 
-class MissingDependency(TaskError):
-    """The function imports a module the worker's runtime does not have."""
+class MissingDependency(TaskError, ModuleNotFoundError):
+    """The function imports a module the worker's runtime does not have
+    (an ``ImportError`` too, so ``except ImportError`` still catches it)."""
 
 
 class RemoteError(WrenpackError):

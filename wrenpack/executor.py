@@ -31,7 +31,7 @@ from wrenpack.backends import Backend, Invocation, InvocationResult, create_back
 from wrenpack.config import Config, current
 from wrenpack.errors import CorruptObject, ObjectNotFound, PayloadTooLarge, RemoteError, WrenpackError
 from wrenpack.futures import RemoteTraceback, WrenFuture
-from wrenpack.storage import Store, open_store
+from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import result as result_format
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Executor:
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = config.replace(**overrides) if config is not None else current(**overrides)
-        self.store: Store = open_store(self.config.storage)
+        self.store: Store = store_for_config(self.config)
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
@@ -211,6 +211,7 @@ class Executor:
             return
         status = result.status
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
+            fut.segment_statuses.append(status)
             self._continue(inv, status)
             return
         fut.status = status
@@ -231,6 +232,9 @@ class Executor:
     def _continue(self, inv: Invocation, status: dict[str, Any]) -> None:
         """Launch the next segment of a checkpointed call."""
         event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
+        if status.get("checkpoint"):
+            # What this segment learned (step and save times) tunes the next one.
+            event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.extra.get("label"), event["segment"] - 1, event["segment"])
         nxt = Invocation(
             event=event,

@@ -15,7 +15,6 @@ from typing import Sequence
 
 #: command name -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("wrenpack.cli.cmd_demo", "map a real function over inputs on the local backend"),
     "profile": ("wrenpack.cli.cmd_profile", "measure a function's memory, time and needs; recommend Lambda settings"),
     "build-runtime": ("wrenpack.cli.cmd_build_runtime", "build a slim, verified runtime that fits Lambda's limits"),
     "deploy": ("wrenpack.cli.cmd_aws", "create or update the Lambda worker function"),

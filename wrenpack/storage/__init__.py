@@ -11,7 +11,7 @@ from typing import Any
 from wrenpack.errors import ConfigError
 from wrenpack.storage.base import Store
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "open_store", "store_for_config"]
 
 
 def open_store(spec: dict[str, Any] | str) -> Store:
@@ -27,6 +27,28 @@ def open_store(spec: dict[str, Any] | str) -> Store:
 
         return S3Store.from_spec(spec)
     raise ConfigError(f"unknown store type {kind!r}; use a path, file:///path or s3://bucket/prefix")
+
+
+def store_for_config(config: Any) -> Store:
+    """The store ``config.storage`` names, with the AWS settings of ``config``
+    (``aws_region``, ``aws_profile``, ``s3_endpoint_url``) applied to an S3 store.
+    Client side: the worker gets the resulting ``spec`` (never the profile)."""
+    storage = getattr(config, "storage", None)
+    if isinstance(storage, Store):
+        return storage
+    if not storage:
+        raise ConfigError("no storage configured; set storage= to a path or s3://BUCKET/PREFIX")
+    spec = parse_store_url(storage) if isinstance(storage, str) else dict(storage)
+    if spec.get("type") != "s3":
+        return open_store(spec)
+    from wrenpack.storage.s3 import S3Store
+
+    return S3Store.from_spec(
+        spec,
+        region=getattr(config, "aws_region", None),
+        endpoint_url=getattr(config, "s3_endpoint_url", None),
+        profile=getattr(config, "aws_profile", None),
+    )
 
 
 def parse_store_url(url: str) -> dict[str, Any]:

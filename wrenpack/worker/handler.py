@@ -36,7 +36,7 @@ import cloudpickle
 from wrenpack import keys
 from wrenpack.errors import MissingDependency, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, open_store
-from wrenpack.worker import memory, result
+from wrenpack.worker import checkpoint, memory, result
 
 PROTOCOL_VERSION = 1
 _HOST = socket.gethostname()
@@ -45,10 +45,6 @@ _stores: dict[str, Store] = {}
 _functions: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
 _MAX_CACHED_FUNCTIONS = 16
 
-#: Hooks that run around each call; the checkpoint module registers one.
-#: Each is called as ``hook(event, context, store)`` and may return a callable
-#: run after the call (in a ``finally``).
-call_hooks: list[Callable[..., Any]] = []
 
 
 class _DeadlineReached(BaseException):
@@ -103,15 +99,21 @@ def _loads(data: bytes, what: str) -> Any:
     try:
         return cloudpickle.loads(data)
     except ModuleNotFoundError as exc:
-        raise MissingDependency(
-            f"{what} needs module {exc.name!r}, which this worker's runtime does not have; "
-            f"add it to the runtime (wrenpack build-runtime {exc.name}) or install it where the workers run"
-        ) from None
+        raise _missing(exc) from None
     except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
         raise SerializationError(
             f"{what} could not be unpickled ({type(exc).__name__}: {exc}); "
             "client and worker must run the same Python minor version and cloudpickle"
         ) from None
+
+
+def _missing(exc: ModuleNotFoundError) -> MissingDependency:
+    err = MissingDependency(
+        f"the function imports module {exc.name!r}, which this worker's runtime does not have; "
+        f"add it to the runtime (wrenpack build-runtime {exc.name}) or install it where the workers run"
+    )
+    err.name = exc.name
+    return err
 
 
 def _load_function(store: Store, key: str) -> Callable[..., Any]:
@@ -148,65 +150,69 @@ def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> 
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Run one call described by ``event``; return a small summary dict."""
+    """Run one call described by ``event``; return its status record."""
+    global soft_deadline
     start = time.time()
     memory.reset_peak()
     job_id, call_id = event["job_id"], event["call_id"]
     store = _store_for(event["store"])
-    global soft_deadline
     kind = "ok"
-    after: list[Callable[[], Any]] = []
     extra_status: dict[str, Any] = {}
     disarm = None
+    ckpt = None
     try:
         fn = _load_function(store, event["func_key"])
         args, kwargs = _load_args(store, event["args"])
-        for hook in call_hooks:
-            done = hook(event, context, store)
-            if done is not None:
-                after.append(done)
         disarm = _arm_deadline(context)
-        try:
-            value = fn(*args, **kwargs)
-        finally:
-            if disarm is not None:
-                disarm()
-            for done in after:
-                extra = done()
-                if isinstance(extra, dict):
-                    extra_status.update(extra)
+        ckpt = checkpoint.begin(event, store, lambda: soft_deadline)
+        value = fn(*args, **kwargs)
         try:
             outcome = cloudpickle.dumps(("ok", value))
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
             ) from None
+    except checkpoint.SegmentDone:
+        kind, outcome = "checkpointed", b""
     except (MissingDependency, SerializationError, StoreError) as exc:
         kind = "error"
         outcome = error_outcome(exc, "wrenpack", tb_text="")
     except _DeadlineReached:
-        kind = "timeout"
-        timeout = event.get("timeout_s")
-        limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
-        outcome = error_outcome(TaskTimeout(
-            f"ran past {limit}; raise timeout= (at most 900 s on Lambda) or make it resumable with "
-            "wrenpack.checkpoint so it is split across invocations"), "wrenpack", tb_text="")
-    except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
-        if extra_status.get("exit") == "checkpointed":
-            kind = "checkpointed"
-            outcome = b""
+        if ckpt is not None and ckpt.saves:
+            # Overran after saving: the next segment resumes from that save.
+            kind, outcome = "checkpointed", b""
         else:
-            kind = "error"
+            kind = "timeout"
+            timeout = event.get("timeout_s")
+            limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
+            if ckpt is not None and ckpt.used:
+                fix = ("the time between two checkpoint offers was longer than the time left to save; "
+                       "offer more often or raise timeout=")
+            else:
+                fix = ("raise timeout= (at most 900 s on Lambda) or make it resumable with "
+                       "wrenpack.checkpoint so it is split across invocations")
+            outcome = error_outcome(TaskTimeout(f"ran past {limit}; {fix}"), "wrenpack", tb_text="")
+    except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        kind = "error"
+        if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingDependency):
+            exc = _missing(exc)
+            outcome = error_outcome(exc, "wrenpack", tb_text="")
+        else:
             tb = exc.__traceback__
             # Drop the handler's own frame: the user sees only their code.
             tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
             outcome = error_outcome(exc, "user", "".join(traceback.format_exception(type(exc), exc, tb)))
-        if isinstance(exc, (KeyboardInterrupt,)):
-            raise
     finally:
         if disarm is not None:
             disarm()
         soft_deadline = None
+        checkpoint.end()
+    if ckpt is not None and ckpt.used:
+        extra_status["checkpoint"] = ckpt.stats()
+    if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):
+        store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
     peak = memory.peak_rss_mb()
     status = {

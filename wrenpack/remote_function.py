@@ -51,15 +51,18 @@ class RemoteFunction(Generic[T]):
         """Run one call remotely; returns its future."""
         return self._launch([(args, kwargs)])[0]
 
-    def map(self, items: Iterable[Any], **kwargs: Any) -> list[WrenFuture]:
-        """One call per item, ``fn(item, **kwargs)``; futures in the items' order."""
-        return self._launch([((item,), kwargs) for item in items])
+    def map(self, items: Iterable[Any], *, chunksize: int | None = None, **kwargs: Any) -> list[WrenFuture]:
+        """One call per item, ``fn(item, **kwargs)``; futures in the items' order.
 
-    def starmap(self, items: Iterable[Iterable[Any]], **kwargs: Any) -> list[WrenFuture]:
+        ``chunksize=k`` runs k consecutive calls per invocation (each keeps its
+        own future); the limits then apply to the whole group."""
+        return self._launch([((item,), kwargs) for item in items], chunksize)
+
+    def starmap(self, items: Iterable[Iterable[Any]], *, chunksize: int | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
-        return self._launch([(tuple(item), kwargs) for item in items])
+        return self._launch([(tuple(item), kwargs) for item in items], chunksize)
 
-    def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[WrenFuture]:
+    def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: int | None = None) -> list[WrenFuture]:
         if not calls:
             return []
         executor = self.executor
@@ -67,7 +70,10 @@ class RemoteFunction(Generic[T]):
         if given.get("memory") == "auto" or given.get("timeout") == "auto" or given.get("ephemeral_storage") == "auto":
             given.update(self._auto_settings(calls[0], given))
         options: CallOptions = executor.options(**given)
-        return executor.map(self.fn, calls, options, label=getattr(self.fn, "__qualname__", None))
+        label = getattr(self.fn, "__qualname__", None) or "function"
+        if chunksize is not None and chunksize != 1:
+            return _launch_batched(executor, self.fn, calls, options, label, chunksize)
+        return executor.map(self.fn, calls, options, label=label)
 
     def _auto_settings(self, sample: tuple[tuple[Any, ...], dict[str, Any]], given: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -82,12 +88,84 @@ class RemoteFunction(Generic[T]):
                 out[name] = found[key]
         return out
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Inside a worker a remote function is called as a plain function: its
+        # executor and lock stay behind.
+        return (RemoteFunction, (self.fn,), {"_options": self._options})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._options = state.get("_options", {})
+
     def __repr__(self) -> str:
         return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
 
 
+def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                    options: CallOptions, label: str, chunksize: int) -> list[WrenFuture]:
+    from wrenpack.executor import rebuild_exception
+    from wrenpack.worker.batch import Batch
+
+    if not isinstance(chunksize, int) or chunksize < 1:
+        raise ConfigError(f"chunksize={chunksize!r} must be a whole number of at least 1")
+    groups = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
+    group_futures = executor.map(Batch(fn), [((group,), {}) for group in groups], options, label=label)
+    out: list[WrenFuture] = []
+    for g, (group, gfut) in enumerate(zip(groups, group_futures)):
+        first = g * chunksize
+        items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]") for j in range(len(group))]
+
+        def resolve(done: WrenFuture, items: list[WrenFuture] = items) -> None:
+            exc = done.exception()
+            for j, item in enumerate(items):
+                item.status, item.segments = done.status, done.segments
+                if exc is not None:
+                    item.set_exception(exc)
+                    continue
+                outcome = done.result()[j]
+                if outcome[0] == "ok":
+                    item.set_result(outcome[1])
+                else:
+                    item.set_exception(rebuild_exception(outcome, item.label))
+
+        gfut.add_done_callback(resolve)
+        out.extend(items)
+    return out
+
+
 @overload
 def remote(fn: Callable[..., T], **options: Any) -> RemoteFunction[T]: ...
+def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                    options: CallOptions, label: str, chunksize: int) -> list[WrenFuture]:
+    from wrenpack.executor import rebuild_exception
+    from wrenpack.worker.batch import Batch
+
+    if not isinstance(chunksize, int) or chunksize < 1:
+        raise ConfigError(f"chunksize={chunksize!r} must be a whole number of at least 1")
+    groups = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
+    group_futures = executor.map(Batch(fn), [((group,), {}) for group in groups], options, label=label)
+    out: list[WrenFuture] = []
+    for g, (group, gfut) in enumerate(zip(groups, group_futures)):
+        first = g * chunksize
+        items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]") for j in range(len(group))]
+
+        def resolve(done: WrenFuture, items: list[WrenFuture] = items) -> None:
+            exc = done.exception()
+            for j, item in enumerate(items):
+                item.status, item.segments = done.status, done.segments
+                if exc is not None:
+                    item.set_exception(exc)
+                    continue
+                outcome = done.result()[j]
+                if outcome[0] == "ok":
+                    item.set_result(outcome[1])
+                else:
+                    item.set_exception(rebuild_exception(outcome, item.label))
+
+        gfut.add_done_callback(resolve)
+        out.extend(items)
+    return out
+
+
 @overload
 def remote(fn: None = None, **options: Any) -> Callable[[Callable[..., T]], RemoteFunction[T]]: ...
 

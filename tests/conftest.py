@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import wrenpack
+from wrenpack.executor import Executor
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(monkeypatch, tmp_path_factory):
+    """Tests never read the developer's WRENPACK_* settings or pyproject."""
+    for key in list(os.environ):
+        if key.startswith("WRENPACK_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("WRENPACK_PROGRESS", "false")
+
+
+@pytest.fixture(scope="module")
+def executor(tmp_path_factory):
+    """One local executor (two warm workers) shared by a test module."""
+    store = tmp_path_factory.mktemp("store")
+    ex = Executor(storage=str(store), concurrency=2, backend="local", retries=1)
+    yield ex
+    ex.shutdown()
+
+
+@pytest.fixture
+def remote(executor):
+    """``remote(fn, **options)`` bound to the module's executor."""
+
+    def make(fn=None, **options):
+        return wrenpack.remote(fn, executor=executor, **options) if fn else wrenpack.remote(executor=executor, **options)
+
+    return make

@@ -1,0 +1,187 @@
+"""The client API on the local backend: remote, map, starmap, get, wait, futures."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+
+import pytest
+
+import wrenpack
+
+
+def square(x, scale=1):
+    return x * x * scale
+
+
+def test_remote_and_get(remote):
+    f = remote(square)
+    fut = f.remote(3, scale=2)
+    assert isinstance(fut, cf.Future)
+    assert fut.result(timeout=30) == 18
+    assert fut.status["exit"] == "ok"
+    assert fut.status["peak_rss_mb"] > 0
+
+
+def test_map_in_order_with_kwargs(remote):
+    f = remote(square)
+    futs = f.map(range(50), scale=3)
+    assert wrenpack.get(futs) == [x * x * 3 for x in range(50)]
+
+
+def test_starmap(remote):
+    f = remote(square)
+    assert wrenpack.get(f.starmap([(1, 2), (3, 4), (5,)])) == [2, 36, 25]
+
+
+def test_single_future_get(remote):
+    assert wrenpack.get(remote(square).remote(7)) == 49
+
+
+def test_local_and_plain_calls_do_not_launch(remote):
+    f = remote(square)
+    assert f(4) == 16
+    assert f.local(4, scale=2) == 32
+
+
+def test_concurrent_futures_wait_and_as_completed(remote):
+    def nap(x):
+        time.sleep(0.05 * (x % 3))
+        return x
+
+    f = remote(nap)
+    futs = f.map(range(12))
+    done, not_done = cf.wait(futs, timeout=30)
+    assert not not_done and len(done) == 12
+    futs = f.map(range(6))
+    assert sorted(fut.result() for fut in cf.as_completed(futs, timeout=30)) == list(range(6))
+
+
+def test_wrenpack_wait_first_completed_and_timeout(remote):
+    def nap(s):
+        time.sleep(s)
+        return s
+
+    f = remote(nap)
+    futs = f.map([0.0, 1.5])
+    done, pending = wrenpack.wait(futs, timeout=20, return_when=wrenpack.FIRST_COMPLETED)
+    assert futs[0] in done
+    done, pending = wrenpack.wait(futs, timeout=0.01)
+    with pytest.raises(cf.TimeoutError):
+        wrenpack.get(f.map([1.0]), timeout=0.05)
+    wrenpack.get(futs)
+
+
+def test_user_exception_keeps_type_and_remote_traceback(remote):
+    class Oops(ValueError):
+        pass
+
+    def fails(x):
+        if x == 2:
+            raise Oops(f"bad item {x}")
+        return x
+
+    futs = remote(fails).map(range(4))
+    assert futs[0].result() == 0 and futs[3].result() == 3  # the others survive
+    with pytest.raises(ValueError, match="bad item 2") as info:
+        futs[2].result()
+    assert type(info.value).__name__ == "Oops"
+    cause = info.value.__cause__
+    assert cause is not None and "Remote traceback" in str(cause)
+    assert "fails" in str(cause) and "Oops" in str(cause)
+
+
+def test_exception_whose_type_cannot_be_rebuilt(remote):
+    def raise_unpicklable(x):
+        import threading
+
+        class Weird(Exception):
+            def __init__(self):
+                super().__init__("weird happened")
+                self.lock = threading.Lock()
+
+        raise Weird()
+
+    with pytest.raises(wrenpack.RemoteError, match="Weird: weird happened"):
+        remote(raise_unpicklable).remote(1).result()
+
+
+def test_map_reduce(remote, executor):
+    fut = wrenpack.map_reduce(square, range(10), sum, executor=executor)
+    assert fut.result(timeout=60) == sum(x * x for x in range(10))
+
+
+def test_map_reduce_propagates_mapper_failure(executor):
+    def bad(x):
+        raise KeyError(x)
+
+    fut = wrenpack.map_reduce(bad, [1], sum, executor=executor)
+    with pytest.raises(KeyError):
+        fut.result(timeout=60)
+
+
+def test_thousand_call_map(remote):
+    f = remote(square)
+    t0 = time.perf_counter()
+    results = wrenpack.get(f.map(range(1000)))
+    elapsed = time.perf_counter() - t0
+    assert results == [x * x for x in range(1000)]
+    assert elapsed < 30
+
+
+def test_options_copy(remote):
+    f = remote(square, memory=256)
+    g = f.options(memory=512, timeout=10)
+    assert g._options["memory"] == 512 and f._options["memory"] == 256
+    assert g.remote(2).result() == 4
+
+
+def test_bad_options_fail_before_launch(remote):
+    with pytest.raises(wrenpack.ConfigError, match="memory=64 MB is outside"):
+        remote(square, memory=64).remote(1)
+    with pytest.raises(wrenpack.ConfigError, match="timeout=901"):
+        remote(square, timeout=901).remote(1)
+    with pytest.raises(wrenpack.ConfigError, match="unknown option"):
+        wrenpack.remote(square, memroy=128)
+
+
+def test_large_arguments_travel_through_the_store(remote, executor):
+    blob = b"x" * (executor.config.inline_limit * 4)
+    assert remote(len).remote(blob).result() == len(blob)
+
+
+def test_results_objects_are_removed_after_reading(remote, executor):
+    futs = remote(square).map(range(5))
+    wrenpack.get(futs)
+    deadline = time.time() + 5
+    while time.time() < deadline and executor.store.list(f"jobs/{futs[0].job_id}/"):
+        time.sleep(0.05)
+    assert executor.store.list(f"jobs/{futs[0].job_id}/") == []
+
+
+def test_map_with_chunksize_keeps_one_future_per_item(remote):
+    def maybe_fail(x):
+        if x == 5:
+            raise ArithmeticError("five")
+        return -x
+
+    futs = remote(maybe_fail).map(range(11), chunksize=4)
+    assert len(futs) == 11
+    assert [f.result() for f in futs if f is not futs[5]] == [-x for x in range(11) if x != 5]
+    with pytest.raises(ArithmeticError, match="five") as info:
+        futs[5].result()
+    assert "Remote traceback" in str(info.value.__cause__)
+    assert len({f.status["call_id"] for f in futs}) == 3  # three invocations
+    with pytest.raises(wrenpack.ConfigError, match="chunksize"):
+        remote(maybe_fail).map(range(3), chunksize=0)
+
+
+@wrenpack.remote
+def helper_remote(x):
+    return x + 100
+
+
+def test_remote_function_can_call_another_decorated_function(remote):
+    def outer(x):
+        return helper_remote(x) * 2
+
+    assert remote(outer).remote(1).result() == 202

@@ -1,0 +1,132 @@
+"""Checkpoint splitting: calls longer than their timeout finish, exactly."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import wrenpack
+from wrenpack import keys
+from wrenpack.storage.local import LocalStore
+from wrenpack.worker import checkpoint as ck
+from wrenpack.worker import result
+from wrenpack.worker.context import LocalContext
+from wrenpack.worker.handler import handler
+
+
+def stepper(n, step_s=0.01, log_path=None):
+    """A plain loop that offers its state after every step."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "acc": 0})
+    if log_path:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"pid": os.getpid(), "start_i": state["i"]}) + "\n")
+    while state["i"] < n:
+        t_end = time.perf_counter() + step_s
+        while time.perf_counter() < t_end:  # busy work, like a real step
+            pass
+        state["acc"] += state["i"] ** 2
+        state["i"] += 1
+        cp.offer(state)
+    return state["acc"]
+
+
+def expected(n):
+    return sum(i * i for i in range(n))
+
+
+def test_ten_times_the_timeout_finishes_exactly(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=2, keep_objects=True)
+    try:
+        f = wrenpack.remote(stepper, executor=ex, timeout=1)
+        t0 = time.monotonic()
+        fut = f.remote(1000, 0.01)  # ~10 s of work under a 1 s timeout
+        assert fut.result(timeout=120) == expected(1000)
+        assert fut.segments >= 10
+        assert fut.status["segment"] == fut.segments - 1
+        assert time.monotonic() - t0 < 10 * 1.5
+        # the checkpoint is gone once the call completed
+        assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+    finally:
+        ex.shutdown()
+
+
+def test_killed_worker_resumes_from_last_checkpoint(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1)
+    log_path = str(tmp_path / "log.jsonl")
+    try:
+        f = wrenpack.remote(stepper, executor=ex, timeout=1, retries=2)
+        fut = f.remote(300, 0.01, log_path)
+        # wait until the second segment is running, then kill its worker
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            lines = open(log_path).read().splitlines() if os.path.exists(log_path) else []
+            if len(lines) >= 2:
+                break
+            time.sleep(0.02)
+        time.sleep(0.3)
+        second = json.loads(lines[1])
+        os.kill(second["pid"], signal.SIGKILL)
+        assert fut.result(timeout=60) == expected(300)
+        starts = [json.loads(line) for line in open(log_path).read().splitlines()]
+        # the invocation after the kill restarted from the same saved state as the killed one
+        after_kill = starts[2]
+        assert after_kill["pid"] != second["pid"]
+        assert after_kill["start_i"] == second["start_i"] > 0
+    finally:
+        ex.shutdown()
+
+
+def test_local_call_never_saves():
+    assert stepper(20) == expected(20)
+    cp = wrenpack.checkpoint()
+    assert not cp.active and cp.restore(default=5) == 5
+
+
+def _event(store, fn, args, job="j1", call="00000"):
+    store.put(keys.func_key(job), cloudpickle.dumps(fn))
+    return {
+        "store": store.spec,
+        "job_id": job,
+        "call_id": call,
+        "func_key": keys.func_key(job),
+        "args": {"inline": base64.b64encode(cloudpickle.dumps((args, {}))).decode()},
+        "function_name": "stepper",
+    }
+
+
+def test_corrupt_checkpoint_fails_clearly(tmp_path):
+    store = LocalStore(tmp_path)
+    event = _event(store, stepper, (50,))
+    store.put(keys.checkpoint_key("j1", "00000"), b"WRCK1" + b"\0" * 32 + b"garbage")
+    status = handler(event, LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30))
+    assert status["exit"] == "error"
+    _, outcome = result.unpack(store.get(keys.result_key("j1", "00000")))
+    exc = wrenpack.executor.rebuild_exception(cloudpickle.loads(outcome), "stepper")
+    assert isinstance(exc, wrenpack.CorruptObject) and "checksum mismatch" in str(exc)
+
+
+def test_checkpoint_roundtrip_and_tamper_detection():
+    blob = ck.encode({"a": [1, 2, 3]})
+    assert ck.decode(blob, "x") == {"a": [1, 2, 3]}
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(wrenpack.CorruptObject, match="checksum"):
+        ck.decode(tampered, "x")
+
+
+def test_step_longer_than_the_time_left_is_a_clear_timeout(remote):
+    def one_long_step(_):
+        cp = wrenpack.checkpoint()
+        cp.restore(default=None)
+        time.sleep(3)
+        cp.offer({})
+
+    with pytest.raises(wrenpack.TaskTimeout, match="offer more often"):
+        remote(one_long_step, timeout=1).remote(0).result()

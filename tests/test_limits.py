@@ -1,0 +1,154 @@
+"""The local backend holds each call to Lambda's limits and loses nothing."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import wrenpack
+from wrenpack.backends.local import LocalBackend
+
+
+def allocate(mb):
+    block = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return len(block) // (1024 * 1024)
+
+
+def test_memory_limit(remote):
+    f = remote(allocate, memory=256)
+    futs = f.map([32, 400, 16])
+    assert futs[0].result() == 32 and futs[2].result() == 16
+    with pytest.raises(wrenpack.MemoryLimitExceeded, match=r"memory limit of 256 MB .*raise memory="):
+        futs[1].result()
+
+
+def test_memory_limit_without_cgroups_uses_high_water_mark(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
+    ex._backend = LocalBackend(concurrency=1, use_cgroups=False)
+    try:
+        f = wrenpack.remote(allocate, executor=ex, memory=200)
+        assert f.remote(20).result() == 20
+        with pytest.raises(wrenpack.MemoryLimitExceeded, match="200 MB"):
+            f.remote(300).result()
+        assert f.remote(10).result() == 10
+    finally:
+        ex.shutdown()
+
+
+def test_lambda_environment_variables(remote):
+    def env(_):
+        import tempfile
+
+        keys = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_NAME", "AWS_EXECUTION_ENV", "LAMBDA_TASK_ROOT")
+        return {k: os.environ.get(k) for k in keys} | {"tmp": tempfile.gettempdir()}
+
+    out = remote(env, memory=384).remote(0).result()
+    assert out["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "384"
+    assert out["AWS_EXECUTION_ENV"].startswith("AWS_Lambda_python3.")
+    assert out["AWS_LAMBDA_FUNCTION_NAME"] and out["LAMBDA_TASK_ROOT"]
+    assert out["tmp"] != "/tmp" and "wrenpack-local" in out["tmp"]
+
+
+def test_timeout_in_python_code(remote):
+    def nap(s):
+        time.sleep(s)
+        return s
+
+    f = remote(nap, timeout=1)
+    t0 = time.monotonic()
+    futs = f.map([0.1, 5])
+    assert futs[0].result() == 0.1
+    with pytest.raises(wrenpack.TaskTimeout, match="1 s timeout.*checkpoint"):
+        futs[1].result()
+    assert time.monotonic() - t0 < 4
+
+
+def test_timeout_where_signals_cannot_reach(remote):
+    def spin_in_c(_):
+        import signal as sig
+
+        sig.pthread_sigmask(sig.SIG_BLOCK, [sig.SIGALRM])  # the soft deadline cannot fire
+        time.sleep(10)
+
+    t0 = time.monotonic()
+    with pytest.raises(wrenpack.TaskTimeout, match="was stopped"):
+        remote(spin_in_c, timeout=1).remote(0).result()
+    assert time.monotonic() - t0 < 5
+
+
+def test_tmp_limit(remote):
+    def write(mb):
+        import tempfile
+
+        with open(os.path.join(tempfile.gettempdir(), "blob"), "wb") as fh:
+            for _ in range(mb):
+                fh.write(os.urandom(1024 * 1024))
+        return mb
+
+    f = remote(write, ephemeral_storage=512)
+    with pytest.raises(wrenpack.EphemeralStorageExceeded, match="more than ephemeral_storage=512 MB"):
+        f.remote(600).result()
+    assert f.remote(8).result() == 8
+
+
+def test_worker_killed_mid_call_is_retried_and_nothing_lost(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=2, keep_objects=True)
+    try:
+
+        def slow_square(x):
+            time.sleep(0.15)
+            return x * x
+
+        f = wrenpack.remote(slow_square, executor=ex, retries=2)
+        futs = f.map(range(16))
+        backend = ex.backend
+        killed = []
+
+        def killer():
+            time.sleep(0.5)
+            for pid in backend.worker_pids()[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        results = wrenpack.get(futs)
+        t.join()
+        assert killed
+        assert results == [x * x for x in range(16)]
+        # exactly one result object per call, and at least one call needed a retry
+        store = ex.store
+        job = futs[0].job_id
+        assert len(store.list(f"jobs/{job}/result/")) == 16
+        assert any(fut.status["attempt"] > 0 for fut in futs)
+        resolved = [fut.done() for fut in futs]
+        assert all(resolved)
+    finally:
+        ex.shutdown()
+
+
+def test_crash_after_retries_is_worker_crashed(remote):
+    def die(_):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    futs = remote(die, retries=1).map([0])
+    with pytest.raises(wrenpack.WorkerCrashed, match="SIGSEGV.*2 attempts"):
+        futs[0].result()
+
+
+def test_worker_replaced_after_crash(remote):
+    def die_once(marker):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return "ok"
+
+    import tempfile
+
+    marker = os.path.join(tempfile.mkdtemp(), "m")
+    assert remote(die_once, retries=1).remote(marker).result() == "ok"

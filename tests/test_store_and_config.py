@@ -1,0 +1,149 @@
+"""The local object store, the result format, corrupt objects, configuration."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import wrenpack
+from wrenpack import keys
+from wrenpack.config import Config
+from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound
+from wrenpack.storage import open_store
+from wrenpack.storage.local import LocalStore
+from wrenpack.worker import result
+
+
+def test_local_store_basics(tmp_path):
+    s = LocalStore(tmp_path)
+    assert s.put("a/b/c.bin", b"123")
+    assert s.get("a/b/c.bin") == b"123"
+    assert s.get_range("a/b/c.bin", 1, 3) == b"23"
+    assert s.exists("a/b/c.bin") and not s.exists("a/b/x")
+    s.put("a/b/d.bin", b"4")
+    s.put("a/e.bin", b"5")
+    assert s.list("a/b/") == ["a/b/c.bin", "a/b/d.bin"]
+    assert s.list("a/") == ["a/b/c.bin", "a/b/d.bin", "a/e.bin"]
+    with pytest.raises(ObjectNotFound):
+        s.get("nope")
+    assert s.delete_prefix("a/b/") == 2
+    assert s.list("a/") == ["a/e.bin"]
+    s.delete("a/e.bin")
+    s.delete("a/e.bin")  # absent: no error
+
+
+def test_if_absent_first_write_wins_under_races(tmp_path):
+    s = LocalStore(tmp_path)
+    wins = []
+
+    def writer(i):
+        wins.append((i, s.put("k", str(i).encode(), if_absent=True)))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, won in wins if won]
+    assert len(winners) == 1
+    assert s.get("k") == str(winners[0]).encode()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+def test_store_rejects_escaping_keys(tmp_path):
+    s = LocalStore(tmp_path)
+    with pytest.raises(wrenpack.StoreError):
+        s.put("../evil", b"x")
+
+
+def test_open_store_urls(tmp_path):
+    assert isinstance(open_store(str(tmp_path)), LocalStore)
+    assert open_store(f"file://{tmp_path}").root == str(tmp_path)
+    assert open_store(open_store(str(tmp_path)).spec).root == str(tmp_path)
+    with pytest.raises(ConfigError, match="unsupported store URL"):
+        open_store("ftp://x/y")
+
+
+def test_result_format_roundtrip_and_corruption():
+    blob = result.pack({"exit": "ok"}, b"payload")
+    assert result.unpack(blob) == ({"exit": "ok"}, b"payload")
+    for bad in (b"", b"garbage!", blob[:10]):
+        with pytest.raises(CorruptObject):
+            result.unpack(bad)
+
+
+def test_corrupt_result_object_fails_that_call_only(tmp_path, monkeypatch):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=2)
+    try:
+        original = ex._read_outcome
+
+        def corrupting(job_id, cid, label):
+            if cid == keys.call_id(1):
+                ex.store.put(keys.result_key(job_id, cid), b"WRP1\x00\x00\x00\x02{}" + b"not a pickle")
+            return original(job_id, cid, label)
+
+        monkeypatch.setattr(ex, "_read_outcome", corrupting)
+        futs = wrenpack.remote(abs, executor=ex).map([-1, -2, -3])
+        assert futs[0].result() == 1 and futs[2].result() == 3
+        with pytest.raises(CorruptObject, match=r"abs\[1\] is corrupt or unreadable.*re-run"):
+            futs[1].result()
+    finally:
+        ex.shutdown()
+
+
+def test_config_precedence(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text('[tool.wrenpack]\nmemory = 2048\ntimeout = 30\nstorage = "objs"\n')
+    monkeypatch.chdir(tmp_path)
+    c = Config.load()
+    assert c.memory == 2048 and c.timeout == 30.0
+    assert c.storage == str(tmp_path / "objs")
+    monkeypatch.setenv("WRENPACK_MEMORY", "3000")
+    assert Config.load().memory == 3000
+    assert Config.load(memory=512).memory == 512
+    assert Config.load().backend == "local"
+
+
+def test_config_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.wrenpack]\nmemroy = 1\n")
+    with pytest.raises(ConfigError, match="unknown wrenpack setting 'memroy'"):
+        Config.load()
+    (tmp_path / "pyproject.toml").write_text("[tool.wrenpack]\n")
+    monkeypatch.setenv("WRENPACK_CONCURRENCY", "lots")
+    with pytest.raises(ConfigError, match="'concurrency' from environment must be int"):
+        Config.load()
+    monkeypatch.setenv("WRENPACK_CONCURRENCY", "2")
+    monkeypatch.setenv("WRENPACK_BACKEND", "mainframe")
+    with pytest.raises(ConfigError, match="unknown backend 'mainframe'"):
+        wrenpack.Executor().backend
+
+
+def test_worker_handler_imports_only_stdlib_and_cloudpickle():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; before = set(sys.modules); import wrenpack.worker.handler, wrenpack.worker.local_main; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "bad = sorted(m for m in new if m not in sys.stdlib_module_names and m not in ('wrenpack', 'cloudpickle', '__mp_main__')); "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    import wrenpack as wp
+
+    submodules = {m.name for m in pkgutil.iter_modules(wp.__path__)}
+    assert not submodules & set(wp.__all__), "an imported submodule would replace the public attribute"
+    for name in wp.__all__:
+        if name != "__version__" and importlib.util.find_spec(wp._LAZY[name]) is not None:
+            assert getattr(wp, name) is not None
+    importlib.import_module("wrenpack.remote_function")
+    assert callable(wp.remote) and callable(wp.checkpoint)

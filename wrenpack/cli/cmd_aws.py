@@ -1,0 +1,406 @@
+"""``wrenpack deploy``, ``wrenpack iam-policy``, ``wrenpack doctor``: the AWS side.
+
+deploy: handler package (wrenpack's worker code + cloudpickle, zipped
+deterministically) + runtime (a layer, an S3 archive the handler extracts to
+/tmp, or a container image) -> create or update the function, then set its
+async retries to 0 (wrenpack retries by itself).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from wrenpack.errors import ConfigError, WrenpackError
+
+HANDLER = "wrenpack.worker.handler.handler"
+ARCHIVE_HANDLER = "wrenpack.worker.runtime_archive.handler"
+#: Zips up to this size go inline in the API call; larger ones through S3.
+INLINE_ZIP_LIMIT = 50 * 1000 * 1000
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+# -- configuration ------------------------------------------------------------
+def _add_aws_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("AWS settings (default: wrenpack configuration)")
+    g.add_argument("--storage", help="s3://BUCKET/PREFIX for job objects")
+    g.add_argument("--function-name", dest="function_name")
+    g.add_argument("--region", dest="aws_region")
+    g.add_argument("--profile", dest="aws_profile")
+    g.add_argument("--s3-endpoint-url", dest="s3_endpoint_url")
+    g.add_argument("--lambda-endpoint-url", dest="lambda_endpoint_url")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from wrenpack.config import current
+
+    names = ("storage", "function_name", "aws_region", "aws_profile", "s3_endpoint_url", "lambda_endpoint_url")
+    return current(**{n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None})
+
+
+def _session(cfg: Any) -> Any:
+    import boto3
+
+    try:
+        return boto3.session.Session(profile_name=getattr(cfg, "aws_profile", None), region_name=getattr(cfg, "aws_region", None))
+    except Exception as exc:
+        raise ConfigError(f"cannot open AWS profile {getattr(cfg, 'aws_profile', None)!r}: {exc}; fix aws_profile") from None
+
+
+def _lambda(cfg: Any) -> Any:
+    return _session(cfg).client("lambda", endpoint_url=getattr(cfg, "lambda_endpoint_url", None))
+
+
+def _bucket_prefix(cfg: Any) -> tuple[str, str]:
+    storage = str(getattr(cfg, "storage", "") or "")
+    if not storage.startswith("s3://"):
+        raise ConfigError(f"storage is {storage!r}, not an S3 location; set storage='s3://BUCKET/PREFIX' (or --storage)")
+    bucket, _, prefix = storage[5:].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def _aws_error(exc: Exception, doing: str) -> WrenpackError:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    return WrenpackError(f"{doing} failed: {code or type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+# -- the handler package ----------------------------------------------------------
+def handler_package() -> bytes:
+    """wrenpack's worker-side code and cloudpickle, as a reproducible zip."""
+    import cloudpickle
+
+    import wrenpack
+
+    pkg = Path(wrenpack.__file__).parent
+    files: list[tuple[str, Path]] = []
+    for rel in ("__init__.py", "errors.py", "keys.py", "py.typed"):
+        if (pkg / rel).exists():
+            files.append((f"wrenpack/{rel}", pkg / rel))
+    for sub in ("storage", "worker"):
+        files += [(f"wrenpack/{sub}/{p.name}", p) for p in (pkg / sub).glob("*.py")]
+    # cloudpickle is pure Python and must match the client's version exactly.
+    cp = Path(cloudpickle.__file__).parent
+    files += [(f"cloudpickle/{p.relative_to(cp).as_posix()}", p) for p in cp.rglob("*.py")]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, path in sorted(files):
+            info = zipfile.ZipInfo(name, _ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def runtime_tar_gz(python_dir: Path) -> bytes:
+    """The runtime's ``python/`` tree as a reproducible tar.gz (stdlib-extractable)."""
+    import gzip
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(python_dir.rglob("*")):
+            info = tar.gettarinfo(str(path), path.relative_to(python_dir).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if info.isfile():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+# -- deploy ---------------------------------------------------------------------
+def cmd_deploy(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    name = cfg.function_name
+    python = args.python or "%d.%d" % sys.version_info[:2]
+    memory = args.memory or cfg.memory
+    timeout = int(args.timeout or cfg.timeout)
+    storage = args.ephemeral_storage or cfg.ephemeral_storage
+    if not 128 <= memory <= 10240 or not 1 <= timeout <= 900 or not 512 <= storage <= 10240:
+        raise ConfigError("memory must be 128-10240 MB, timeout 1-900 s, ephemeral storage 512-10240 MB")
+    if sum(bool(x) for x in (args.runtime_dir, args.runtime_archive, args.image_uri)) > 1:
+        raise ConfigError("choose one of --runtime-dir (layer), --runtime-archive (S3 archive) and --image-uri")
+    lam = _lambda(cfg)
+    bucket, prefix = _bucket_prefix(cfg) if (args.runtime_archive or args.runtime_dir) else (None, "")
+    env = {"WRENPACK_DEPLOYED_PYTHON": python}
+    layers: list[str] = []
+    handler = HANDLER
+    summary: dict[str, Any] = {"function": name, "python": python, "memory": memory, "timeout": timeout,
+                               "ephemeral_storage": storage}
+    if args.runtime_dir:
+        layer_zip = Path(args.runtime_dir) / "layer.zip"
+        if not layer_zip.is_file():
+            raise ConfigError(f"{layer_zip} not found; point --runtime-dir at a `wrenpack build-runtime` output directory")
+        content = _code_location(cfg, layer_zip.read_bytes(), bucket, prefix, "layer")
+        try:
+            layer = _session(cfg).client("lambda", endpoint_url=cfg.lambda_endpoint_url).publish_layer_version(
+                LayerName=f"{name}-runtime", Content=content, CompatibleRuntimes=[f"python{python}"],
+                Description="wrenpack runtime")
+        except Exception as exc:
+            raise _aws_error(exc, "publishing the runtime layer") from None
+        layers = [layer["LayerVersionArn"]]
+        summary["layer"] = layers[0]
+    elif args.runtime_archive:
+        python_dir = Path(args.runtime_archive) / "python"
+        if not python_dir.is_dir():
+            raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
+        data = runtime_tar_gz(python_dir)
+        sha = hashlib.sha256(data).hexdigest()
+        key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
+        s3 = _session(cfg).client("s3", endpoint_url=cfg.s3_endpoint_url)
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise _aws_error(exc, f"uploading the runtime archive to s3://{bucket}/{key}") from None
+        env.update(WRENPACK_RUNTIME_ARCHIVE=f"s3://{bucket}/{key}", WRENPACK_RUNTIME_SHA256=sha)
+        handler = ARCHIVE_HANDLER
+        summary["runtime_archive"] = f"s3://{bucket}/{key}"
+    common = dict(MemorySize=memory, Timeout=timeout, EphemeralStorage={"Size": storage},
+                  Environment={"Variables": env})
+    try:
+        exists = _function_exists(lam, name)
+        if args.image_uri:
+            code: dict[str, Any] = {"ImageUri": args.image_uri}
+            package: dict[str, Any] = {"PackageType": "Image"}
+        else:
+            code = {"ZipFile": handler_package()}
+            package = {"Runtime": f"python{python}", "Handler": handler, "Layers": layers,
+                       "Architectures": [args.architecture]}
+        if exists:
+            lam.update_function_code(FunctionName=name, **code)
+            _wait(lam, name)
+            conf = dict(common)
+            if not args.image_uri:
+                conf.update(Runtime=package["Runtime"], Handler=handler, Layers=layers)
+            if args.role:
+                conf["Role"] = args.role
+            lam.update_function_configuration(FunctionName=name, **conf)
+            summary["action"] = "updated"
+        else:
+            if not args.role:
+                raise ConfigError(f"function {name!r} does not exist yet; pass --role ARN of its execution role "
+                                  "(policy: `wrenpack iam-policy --for worker`)")
+            lam.create_function(FunctionName=name, Role=args.role, Code=code, Publish=False, **package, **common)
+            summary["action"] = "created"
+        _wait(lam, name)
+        lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0, MaximumEventAgeInSeconds=21600)
+    except WrenpackError:
+        raise
+    except Exception as exc:
+        raise _aws_error(exc, f"deploying function {name!r}") from None
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['action']} Lambda function {name} (python{python}, {memory} MB, {timeout} s, /tmp {storage} MB)")
+    return 0
+
+
+def _code_location(cfg: Any, data: bytes, bucket: str | None, prefix: str, what: str) -> dict[str, Any]:
+    if len(data) <= INLINE_ZIP_LIMIT or bucket is None:
+        return {"ZipFile": data}
+    key = f"{prefix}/deploy/{what}-{hashlib.sha256(data).hexdigest()[:16]}.zip".lstrip("/")
+    _session(cfg).client("s3", endpoint_url=cfg.s3_endpoint_url).put_object(Bucket=bucket, Key=key, Body=data)
+    return {"S3Bucket": bucket, "S3Key": key}
+
+
+def _function_exists(lam: Any, name: str) -> bool:
+    try:
+        lam.get_function_configuration(FunctionName=name)
+        return True
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return False
+        raise
+
+
+def _wait(lam: Any, name: str) -> None:
+    """Wait until an update has finished (Lambda refuses overlapping updates)."""
+    try:
+        lam.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    except Exception as exc:  # noqa: BLE001 - a server without the field: carry on
+        if "ResourceNotFound" in str(exc):
+            raise
+
+
+# -- iam-policy -------------------------------------------------------------------
+def iam_policy(cfg: Any, role: str, account: str = "*") -> dict[str, Any]:
+    bucket, prefix = _bucket_prefix(cfg)
+    objects = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}*"
+    region = getattr(cfg, "aws_region", None) or "*"
+    fn_arn = f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}"
+    s3 = [
+        {"Sid": "JobObjects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": objects},
+        {"Sid": "ListJobObjects", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
+         **({"Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}} if prefix else {})},
+    ]
+    if role == "worker":
+        statements = s3 + [
+            {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}:*"},
+        ]
+    else:
+        statements = s3 + [{"Sid": "Invoke", "Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": fn_arn},
+                           {"Sid": "Doctor", "Effect": "Allow", "Action": ["lambda:GetFunctionConfiguration",
+                            "lambda:GetFunctionEventInvokeConfig"], "Resource": fn_arn}]
+        if role == "deploy":
+            statements.append({"Sid": "Deploy", "Effect": "Allow", "Action": [
+                "lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
+                "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction"], "Resource": fn_arn})
+            statements.append({"Sid": "Layer", "Effect": "Allow", "Action": ["lambda:PublishLayerVersion",
+                               "lambda:GetLayerVersion"], "Resource": [
+                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime",
+                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]})
+            statements.append({"Sid": "PassWorkerRole", "Effect": "Allow", "Action": "iam:PassRole",
+                               "Resource": f"arn:aws:iam::{account}:role/*",
+                               "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def cmd_iam_policy(args: argparse.Namespace) -> int:
+    print(json.dumps(iam_policy(_config(args), args.role_for, args.account), indent=2))
+    return 0
+
+
+# -- doctor ----------------------------------------------------------------------
+def doctor_checks(cfg: Any) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, fn: Any) -> Any:
+        try:
+            ok, detail, value = fn()
+        except WrenpackError as exc:
+            ok, detail, value = False, str(exc), None
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+            ok, detail, value = False, f"{code or type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None
+        checks.append({"check": name, "ok": ok, "detail": detail})
+        return value
+
+    session = check("credentials", lambda: _credentials(cfg))
+    check("storage", lambda: _storage_check(cfg))
+    conf = None
+    if session is not None:
+        conf = check("function", lambda: _function_check(cfg))
+    if conf is not None:
+        check("python version", lambda: _python_check(conf))
+        check("runtime", lambda: _runtime_check(conf))
+        check("async retries", lambda: _retries_check(cfg))
+    return checks
+
+
+def _credentials(cfg: Any) -> tuple[bool, str, Any]:
+    session = _session(cfg)
+    if session.get_credentials() is None:
+        return False, "no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (aws configure)", None
+    ident = session.client("sts").get_caller_identity()
+    return True, f"{ident['Arn']} in {session.region_name or '(no region: set aws_region)'}", session
+
+
+def _storage_check(cfg: Any) -> tuple[bool, str, Any]:
+    from wrenpack.storage import store_for_config
+
+    store = store_for_config(cfg)
+    key = "doctor/probe"
+    store.put(key, b"ok")
+    ok = store.get(key) == b"ok"
+    store.delete(key)
+    return ok, f"{store.url}: write, read, delete work", None
+
+
+def _function_check(cfg: Any) -> tuple[bool, str, Any]:
+    try:
+        conf = _lambda(cfg).get_function_configuration(FunctionName=cfg.function_name)
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") == "ResourceNotFoundException":
+            raise WrenpackError(f"function {cfg.function_name!r} not found; run `wrenpack deploy --role ARN`") from None
+        raise
+    return True, f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}", conf
+
+
+def _python_check(conf: dict[str, Any]) -> tuple[bool, str, Any]:
+    local = "python%d.%d" % sys.version_info[:2]
+    remote = conf.get("Runtime") or (conf.get("Environment", {}).get("Variables", {}).get("WRENPACK_DEPLOYED_PYTHON"))
+    if remote and not remote.startswith("python"):
+        remote = f"python{remote}"
+    if remote != local:
+        return False, f"function runs {remote or 'an unknown runtime'} but this client is {local}; cloudpickle needs the same minor version: redeploy with --python", None
+    return True, f"{remote} on both sides", None
+
+
+def _runtime_check(conf: dict[str, Any]) -> tuple[bool, str, Any]:
+    layers = [layer["Arn"] for layer in conf.get("Layers") or []]
+    env = conf.get("Environment", {}).get("Variables", {})
+    if conf.get("PackageType") == "Image":
+        return True, "container image", None
+    if env.get("WRENPACK_RUNTIME_ARCHIVE"):
+        return True, f"archive {env['WRENPACK_RUNTIME_ARCHIVE']}", None
+    if layers:
+        return True, f"layer {layers[0]}", None
+    return True, "handler package only (no runtime layer: only the standard library, boto3 and cloudpickle import)", None
+
+
+def _retries_check(cfg: Any) -> tuple[bool, str, Any]:
+    try:
+        conf = _lambda(cfg).get_function_event_invoke_config(FunctionName=cfg.function_name)
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return False, "async MaximumRetryAttempts is Lambda's default 2: duplicates cost money; re-run `wrenpack deploy`", None
+        raise
+    n = conf.get("MaximumRetryAttempts")
+    return n == 0, f"MaximumRetryAttempts={n}" + ("" if n == 0 else "; re-run `wrenpack deploy` to set 0"), None
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = doctor_checks(_config(args))
+    bad = [c for c in checks if not c["ok"]]
+    if args.json:
+        print(json.dumps({"ok": not bad, "checks": checks}, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="wrenpack doctor")
+        for col in ("check", "status", "detail"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row(c["check"], "[green]ok[/green]" if c["ok"] else "[red]FAIL[/red]", c["detail"])
+        Console().print(table)
+    return 1 if bad else 0
+
+
+# -- registration --------------------------------------------------------------------
+def register(subparsers: Any, name: str) -> None:
+    if name == "deploy":
+        p = subparsers.add_parser(name, help="create or update the Lambda worker function")
+        p.add_argument("--role", help="execution role ARN (needed to create the function)")
+        src = p.add_argument_group("runtime (at most one)")
+        src.add_argument("--runtime-dir", help="`wrenpack build-runtime` output: publish its layer.zip as a layer")
+        src.add_argument("--runtime-archive", help="`wrenpack build-runtime` output: upload python/ as a tar.gz to S3, extracted to /tmp")
+        src.add_argument("--image-uri", help="a container image (ECR URI) that holds the runtime and wrenpack")
+        p.add_argument("--memory", type=int, help="MB (default: the memory setting)")
+        p.add_argument("--timeout", type=int, help="seconds (default: the timeout setting)")
+        p.add_argument("--ephemeral-storage", type=int, help="/tmp size in MB (default: the ephemeral_storage setting)")
+        p.add_argument("--python", help="Python minor version, e.g. 3.11 (default: this interpreter's)")
+        p.add_argument("--architecture", default="x86_64", choices=["x86_64", "arm64"])
+        _add_aws_options(p)
+        p.set_defaults(func=cmd_deploy)
+    elif name == "iam-policy":
+        p = subparsers.add_parser(name, help="print a least-privilege IAM policy for the bucket and function")
+        p.add_argument("--for", dest="role_for", choices=["client", "worker", "deploy"], default="client",
+                       help="client: run jobs; worker: the function's execution role; deploy: client + deploy")
+        p.add_argument("--account", default="*", help="AWS account id to put in ARNs (default *)")
+        _add_aws_options(p)
+        p.set_defaults(func=cmd_iam_policy)
+    else:
+        p = subparsers.add_parser(name, help="check credentials, bucket, function, runtime and Python versions")
+        _add_aws_options(p)
+        p.set_defaults(func=cmd_doctor)

@@ -1,0 +1,292 @@
+"""Object store on Amazon S3 (or any S3-compatible server), through boto3.
+
+Keys live under ``s3://<bucket>/<prefix>/``. S3 makes every PUT atomic, so
+readers never see half an object. ``put(if_absent=True)`` is a conditional
+PUT (``If-None-Match: *``): S3 answers 412 when the key exists, which is how
+the first complete result wins when Lambda delivers an event twice. For
+servers that do not support conditional writes, set
+``"conditional_writes": false`` in the spec; ``if_absent`` then degrades to a
+best-effort HEAD-then-PUT (a race between two writers can let the second
+overwrite the first; both write the same call's result, so only timing
+metadata can differ).
+
+Credentials come from boto3's normal chain (environment, profile, instance or
+Lambda role) and are never part of ``spec``: the spec travels inside every
+event. Worker side: standard library and boto3 only.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import threading
+import time
+from typing import Any
+
+from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
+from wrenpack.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+#: Objects larger than this go up as multipart uploads.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_CHUNK = 16 * 1024 * 1024
+#: S3's DeleteObjects takes at most 1,000 keys per request.
+DELETE_BATCH = 1000
+
+_CLIENT_LOCK = threading.Lock()
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Store(Store):
+    """A ``Store`` on one bucket and key prefix."""
+
+    #: Keys per LIST page and per DeleteObjects request (S3's maximum: 1,000).
+    list_page_size = 1000
+    delete_batch = DELETE_BATCH
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+        conditional_writes: bool = True,
+        max_attempts: int = 10,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+    ) -> None:
+        if not bucket:
+            raise ConfigError("S3 store needs a bucket; use storage='s3://BUCKET/PREFIX'")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        # Endpoint and region may come from boto3's environment variables; pin
+        # them here so the spec sent to workers names the same place.
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+        self.profile = profile  # client side only: never in the spec
+        self.conditional_writes = conditional_writes
+        self.max_attempts = max_attempts
+        self.multipart_threshold = multipart_threshold
+        self._client: Any = None
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], **overrides: Any) -> "S3Store":
+        kwargs: dict[str, Any] = {
+            "region": spec.get("region"),
+            "endpoint_url": spec.get("endpoint_url"),
+            "profile": spec.get("profile"),
+            "conditional_writes": spec.get("conditional_writes", True),
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(spec["bucket"], spec.get("prefix", ""), **kwargs)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"type": "s3", "bucket": self.bucket, "prefix": self.prefix}
+        if self.region:
+            spec["region"] = self.region
+        if self.endpoint_url:
+            spec["endpoint_url"] = self.endpoint_url
+        if not self.conditional_writes:
+            spec["conditional_writes"] = False
+        return spec
+
+    @property
+    def url(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, made on first use (boto3 clients are thread-safe)."""
+        if self._client is not None:
+            return self._client
+        with _CLIENT_LOCK:  # threads racing here would each build a client (~0.3 s)
+            if self._client is None:
+                self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        try:
+            session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        except Exception as exc:  # botocore.exceptions.ProfileNotFound
+            raise ConfigError(f"AWS profile {self.profile!r} not found ({exc}); fix aws_profile or ~/.aws/config") from None
+        cfg = Config(
+            retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            max_pool_connections=64,
+            connect_timeout=10,
+            read_timeout=60,
+            # Custom endpoints (MinIO, moto, rclone) rarely do virtual-host buckets.
+            s3={"addressing_style": "path"} if self.endpoint_url else None,
+        )
+        return session.client("s3", endpoint_url=self.endpoint_url, config=cfg)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    # -- helpers ------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/"):
+            raise StoreError(f"invalid store key {key!r}: keys are relative paths")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _error(self, exc: BaseException, action: str, key: str | None = None) -> StoreError:
+        """Turn a botocore failure into a one-line StoreError that says what to do."""
+        where = f"s3://{self.bucket}/{self._key(key) if key else self.prefix}"
+        code = _code(exc)
+        if code == "NoSuchBucket":
+            return StoreError(f"bucket {self.bucket!r} does not exist; create it (aws s3 mb s3://{self.bucket}) or fix storage")
+        if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StoreError(f"access denied to {action} {where} ({code}); check credentials and see `wrenpack iam-policy`")
+        name = type(exc).__name__
+        if name in ("NoCredentialsError", "PartialCredentialsError"):
+            return StoreError("no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws configure`")
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError"):
+            return StoreError(f"cannot reach S3 to {action} {where} ({exc}); check the network and s3_endpoint_url")
+        return StoreError(f"S3 failed to {action} {where}: {code or name}: {exc}")
+
+    # -- Store interface ------------------------------------------------------
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        full = self._key(key)
+        if len(data) >= self.multipart_threshold:
+            # The transfer manager does not pass If-None-Match; large objects
+            # (outputs only, rarely) get the best-effort check instead.
+            if if_absent and self.exists(key):
+                return False
+            return self._put_multipart(full, data)
+        if if_absent and self.conditional_writes:
+            return self._put_conditional(full, data)
+        if if_absent and self.exists(key):
+            return False
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
+        except Exception as exc:
+            raise self._error(exc, "write", key) from None
+        return True
+
+    def _put_conditional(self, full: str, data: bytes) -> bool:
+        # 409 ConditionalRequestConflict: a concurrent conditional write is in
+        # flight; S3 asks the client to retry, and the retry then sees 412.
+        for attempt in range(6):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+                return True
+            except Exception as exc:
+                code = _code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    return False
+                if code in ("ConditionalRequestConflict", "409"):
+                    time.sleep(min(2.0, 0.05 * 2**attempt) * random.random())
+                    continue
+                if code in ("NotImplemented", "501"):
+                    log.warning("%s does not support conditional writes; falling back to HEAD-then-PUT", self.url)
+                    self.conditional_writes = False
+                    return self.put(self._rel(full), data, if_absent=True)
+                raise self._error(exc, "write", self._rel(full)) from None
+        raise StoreError(f"conditional write of s3://{self.bucket}/{full} kept conflicting; retry the job")
+
+    def _put_multipart(self, full: str, data: bytes) -> bool:
+        from boto3.s3.transfer import TransferConfig
+
+        cfg = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=8)
+        try:
+            self.client.upload_fileobj(io.BytesIO(data), self.bucket, full, Config=cfg)
+        except Exception as exc:
+            raise self._error(exc, "write", self._rel(full)) from None
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return resp["Body"].read()
+        except Exception as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+            raise self._error(exc, "read", key) from None
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}")
+            return resp["Body"].read()
+        except Exception as exc:
+            code = _code(exc)
+            if code in _NOT_FOUND:
+                raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+            if code in ("InvalidRange", "416"):
+                return b""
+            raise self._error(exc, "read", key) from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except Exception as exc:
+            if _code(exc) in _NOT_FOUND:
+                return False
+            raise self._error(exc, "check", key) from None
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(self.iter_list(prefix))
+
+    def iter_list(self, prefix: str):  # type: ignore[override]
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+            )
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    yield self._rel(obj["Key"])
+        except Exception as exc:
+            raise self._error(exc, "list", prefix or None) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if _code(exc) in _NOT_FOUND:
+                return
+            raise self._error(exc, "delete", key) from None
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for i in range(0, len(keys), self.delete_batch):
+            batch = [{"Key": self._key(k)} for k in keys[i : i + self.delete_batch]]
+            try:
+                resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:
+                raise self._error(exc, "delete under", prefix) from None
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"S3 refused to delete {len(errors)} object(s) under {self.url}, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
+        return len(keys)
+
+
+def _code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError (None for other errors)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(status) if status else None
+    return None

@@ -1,0 +1,170 @@
+"""Checkpoint splitting: a call longer than its time limit finishes anyway.
+
+The user's function stays a plain loop::
+
+    def simulate(n):
+        ckpt = wrenpack.checkpoint()
+        state = ckpt.restore(default={"i": 0, "x": 0.0})   # the saved state, or the default
+        while state["i"] < n:
+            state["x"] += step(state["i"])
+            state["i"] += 1
+            ckpt.offer(state)          # nearly free; saves only when time is short
+        return state["x"]
+
+``offer`` times the steps between offers. Only when the time left before the
+deadline falls below what the next step plus a save are expected to take
+does it pickle the state, write it to the store and end the invocation
+(raising ``SegmentDone``, which the handler catches). The client then launches
+the same call again; ``restore`` returns the saved state, and the loop goes
+on where it stopped. A worker that dies, or a segment that overruns after a
+save, resumes from the last saved state. Checkpoints are removed when the
+call completes. Standard library and cloudpickle only: this runs in the worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import cloudpickle
+
+from wrenpack import keys
+from wrenpack.errors import CorruptObject
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"WRCK1"
+#: How much longer than the slowest recent step (and the last save) to allow.
+SAFETY = 1.5
+#: A save's cost before one has been measured: seconds.
+FIRST_SAVE_GUESS = 0.05
+
+
+class SegmentDone(BaseException):
+    """Ends an invocation after its state was saved (not an error)."""
+
+
+def encode(state: Any) -> bytes:
+    data = cloudpickle.dumps(state)
+    return _MAGIC + hashlib.sha256(data).digest() + data
+
+
+def decode(blob: bytes, label: str) -> Any:
+    if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + 32:
+        raise CorruptObject(f"the checkpoint of {label} is corrupt (bad header); remove it with `wrenpack clean` and re-run")
+    digest, data = blob[len(_MAGIC) : len(_MAGIC) + 32], blob[len(_MAGIC) + 32 :]
+    if hashlib.sha256(data).digest() != digest:
+        raise CorruptObject(f"the checkpoint of {label} is corrupt (checksum mismatch); remove it with `wrenpack clean` and re-run")
+    try:
+        return cloudpickle.loads(data)
+    except Exception as exc:  # noqa: BLE001
+        raise CorruptObject(f"the checkpoint of {label} cannot be unpickled ({type(exc).__name__}: {exc}); re-run") from None
+
+
+class Checkpoint:
+    """The checkpoint of the running call (or a no-op one outside a remote call)."""
+
+    def __init__(self, store: Any = None, key: str | None = None, deadline_fn: Any = None, label: str = "call",
+                 learned: dict[str, float] | None = None) -> None:
+        self._store = store
+        self._key = key
+        self._deadline_fn = deadline_fn
+        self.label = label
+        self._last = time.perf_counter()
+        self._steps: deque[float] = deque(maxlen=8)
+        learned = learned or {}
+        self.save_s = float(learned.get("save_s", FIRST_SAVE_GUESS))
+        self.step_s = float(learned.get("step_s", 0.0))
+        self.restored = False
+        self.saves = 0
+        self.state_bytes = 0
+        self.used = False
+
+    @property
+    def active(self) -> bool:
+        """True inside a remote call that can be split."""
+        return self._store is not None
+
+    def restore(self, default: Any = None) -> Any:
+        """The state saved by an earlier segment of this call, else ``default``."""
+        self.used = True
+        self._last = time.perf_counter()
+        if not self.active or self._key is None:
+            return default
+        from wrenpack.errors import ObjectNotFound
+
+        try:
+            blob = self._store.get(self._key)
+        except ObjectNotFound:
+            return default
+        self.restored = True
+        return decode(blob, self.label)
+
+    def time_left(self) -> float:
+        deadline = self._deadline_fn() if self._deadline_fn else None
+        return float("inf") if deadline is None else deadline - time.time()
+
+    def offer(self, state: Any) -> None:
+        """Offer the loop's state at a safe point; saves and ends the segment only when due."""
+        now = time.perf_counter()
+        step = now - self._last
+        self._last = now
+        self._steps.append(step)
+        if not self.active:
+            return
+        expected_step = max(max(self._steps), self.step_s)
+        if self.time_left() > SAFETY * (expected_step + self.save_s) + 0.02:
+            return
+        self.save(state)
+        raise SegmentDone()
+
+    def save(self, state: Any) -> None:
+        """Save now (``offer`` calls this when a save is due)."""
+        self.used = True
+        if not self.active or self._key is None:
+            return
+        t0 = time.perf_counter()
+        blob = encode(state)
+        self._store.put(self._key, blob)
+        self.save_s = time.perf_counter() - t0
+        self.saves += 1
+        self.state_bytes = len(blob)
+        self._last = time.perf_counter()
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "saves": self.saves,
+            "save_s": round(self.save_s, 6),
+            "step_s": round(max(self._steps) if self._steps else self.step_s, 6),
+            "state_bytes": self.state_bytes,
+            "restored": self.restored,
+        }
+
+
+_current: Checkpoint | None = None
+
+
+def begin(event: dict[str, Any], store: Any, deadline_fn: Any) -> Checkpoint:
+    """Set up the checkpoint of the call the handler is about to run."""
+    global _current
+    job_id, call_id = event["job_id"], event["call_id"]
+    _current = Checkpoint(
+        store,
+        keys.checkpoint_key(job_id, call_id),
+        deadline_fn,
+        label=event.get("function_name", call_id),
+        learned=event.get("checkpoint") or {},
+    )
+    return _current
+
+
+def end() -> None:
+    global _current
+    _current = None
+
+
+def checkpoint() -> Checkpoint:
+    """The running call's checkpoint; outside a remote call, one that never saves."""
+    return _current if _current is not None else Checkpoint()
