@@ -71,7 +71,8 @@ def main() -> None:
     print(f"overhead ratio, end to end (median profiled / median bare): {ratio:.3f}x  (target <= 1.10x)")
     print(f"overhead ratio, end to end, fastest runs (min / min):      {min(p_wall) / min(b_wall):.3f}x")
     print(f"overhead ratio, the call itself (wall):                    {med(p_call) / med(b_call):.3f}x")
-    print(f"overhead ratio, the call itself (CPU, user+sys):           {med(p_cpu) / med(b_cpu):.3f}x")
+    if med(b_cpu) > 0:
+        print(f"overhead ratio, the call itself (CPU, user+sys):           {med(p_cpu) / med(b_cpu):.3f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other load makes wall times noisy)")
     print(f"absolute extra per profile: {med(p_wall) - med(b_wall):+.3f} s")
 
