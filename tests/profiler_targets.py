@@ -1,0 +1,76 @@
+"""Functions the profiler tests measure. Standard library only at import time."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+MB = 2**20
+
+
+def tiny() -> int:
+    return sum(range(1000))
+
+
+def numpy_heavy(n: int = 3000) -> float:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n))  # 72 MB at n=3000
+    b = a @ a.T  # BLAS, threads
+    c = np.sort(b, axis=None)
+    return float(c[-1])
+
+
+def python_alloc(n: int = 600_000) -> int:
+    rows = [{"i": i, "s": str(i), "t": (i, i + 1)} for i in range(n)]
+    return len(rows)
+
+
+def spike(mb: int = 300) -> int:
+    """~mb MB for as long as it takes to write it, then back to nothing."""
+    x = b"\1" * (mb * MB)
+    size = len(x)
+    del x
+    time.sleep(0.2)
+    return size
+
+
+def child_held(mb: int = 250, hold: float = 0.5) -> int:
+    code = f"import time; x = b'\\1' * ({mb} * {MB}); time.sleep({hold})"
+    return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+
+def tmp_writer(mb: int = 200) -> int:
+    """Writes mb MB under the temp directory, then reads it back into memory."""
+    path = os.path.join(tempfile.gettempdir(), "wrenpack-test-blob")
+    chunk = b"\1" * MB
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(chunk)
+    time.sleep(0.2)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.remove(path)
+    return len(data) // MB
+
+
+def raises() -> None:
+    raise ValueError("bad input 42")
+
+
+def returns_big(mb: int = 100) -> bytes:
+    return b"\1" * (mb * MB)
+
+
+def make_input(n: int) -> int:
+    return n
+
+
+def known_growth(n: int) -> int:
+    """Memory ~ 2,000 bytes * n; time ~ 1e-8 s * n^2 (sleep, so it does not depend on the CPU)."""
+    x = b"\1" * (2000 * n)
+    time.sleep(1e-8 * n * n)
+    return len(x)

@@ -1,0 +1,110 @@
+"""``wrenpack profile TARGET [ARG ...]``: measure a function, recommend Lambda settings."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from typing import Any
+
+from wrenpack.errors import ProfileError
+
+EPILOG = """\
+examples:
+  wrenpack profile mymodule:fn 1000 "'text'" --kwargs '{"k": 2}'
+  wrenpack profile path/to/file.py:fn --repeat 5 --json
+  wrenpack profile mymodule:fn --input mymodule:make_input --sizes 1000,2000,4000,8000 --target 1000000
+Arguments are Python literals (quote strings twice in the shell). See docs/profile.md for the JSON schema.
+"""
+
+
+def register(subparsers: Any, name: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help="measure a function's memory, time and needs; recommend Lambda settings",
+        description="Run a function once (or --repeat N times) in a clean child process and report its peak "
+        "memory as the OS sees it, time, CPU, /tmp use and packages, with recommended Lambda settings and cost.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", help="MODULE:FUNCTION or path/to/file.py:FUNCTION")
+    p.add_argument("args", nargs="*", metavar="ARG", help="positional arguments, as Python literals")
+    p.add_argument("--kwargs", metavar="DICT", help="keyword arguments: JSON or a Python dict literal")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times (fresh process each), report min/median/max")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON (schema wrenpack.profile/1)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the memory-over-time curve (needs wrenpack[plot])")
+    p.add_argument("--lines", action="store_true", help="also show memory per source line (memory_profiler; slow)")
+    p.add_argument("--input", metavar="MODULE:FUNCTION", help="scaling: make_input(n) returns the first argument")
+    p.add_argument("--sizes", metavar="N,N,...", help="scaling: input sizes to measure (at least three)")
+    p.add_argument("--target", dest="scale_target", type=int, metavar="N", help="scaling: size to predict")
+    p.add_argument("--max-time", type=float, metavar="SECONDS", help="stop a run that takes longer than this")
+    p.add_argument("--no-save", action="store_true", help="do not save the profile under .wrenpack/profiles/")
+    p.set_defaults(func=run)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ProfileError(
+            f"argument {text!r} is not a Python literal; quote strings for Python too, e.g. \"'{text}'\""
+        ) from None
+
+
+def _kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ProfileError(f"--kwargs {text!r} is neither JSON nor a Python dict literal; e.g. --kwargs '{{\"n\": 3}}'") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ProfileError(f"--kwargs must be a mapping of names to values, got {type(value).__name__}")
+    return value
+
+
+def _sizes(text: str | None) -> list[int]:
+    try:
+        return [int(s.replace("_", "")) for s in (text or "").split(",") if s.strip()]
+    except ValueError:
+        raise ProfileError(f"--sizes {text!r} must be comma-separated integers, e.g. --sizes 1000,2000,4000,8000") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from wrenpack.profiler import api
+
+    if ":" not in args.target:
+        raise ProfileError(f"target {args.target!r} needs a function: MODULE:FUNCTION or path/to/file.py:FUNCTION")
+    pos = [_literal(a) for a in args.args]
+    kw = _kwargs(args.kwargs)
+    scaling = args.input or args.sizes or args.scale_target
+    if scaling:
+        if not (args.input and args.sizes and args.scale_target):
+            raise ProfileError("scaling needs all of --input MODULE:FUNCTION, --sizes N,N,N and --target N")
+        if args.lines:
+            raise ProfileError("--lines works on a single call; drop it when predicting with --input/--sizes")
+        prof = api.predict_scaling(
+            args.target, args.input, _sizes(args.sizes), args.scale_target,
+            args=pos, kwargs=kw, repeat=args.repeat, save=not args.no_save,
+            timeout=args.max_time, quiet_stdout=args.json,
+        )
+    else:
+        prof = api.run_profile(
+            args.target, pos, kw, repeat=args.repeat, lines=args.lines, save=not args.no_save,
+            timeout=args.max_time, quiet_stdout=args.json,
+        )
+    if args.plot:
+        from wrenpack.profiler.plot import plot_memory
+
+        plot_memory(prof, args.plot)
+    if args.json:
+        json.dump(prof.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        from wrenpack.profiler.report import render
+
+        render(prof, plot=args.plot)
+    return 0

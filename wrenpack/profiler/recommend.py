@@ -1,0 +1,138 @@
+"""Lambda settings and cost from measured figures.
+
+Rules (all stated in every report, see :data:`RULES`):
+
+* memory = peak x 1.10 + 32 MB, rounded up to a whole MB, within 128..10,240.
+  The measured peak already contains the interpreter and cloudpickle (the
+  runner imports them before its baseline), so the fixed 32 MB covers what
+  the worker adds on top: the handler, the store client, output buffers.
+* Lambda gives CPU in proportion to memory (1,769 MB = 1 vCPU, at most 6).
+  A call that kept c cores busy locally gets min(c, vCPUs) there, so the
+  estimated Lambda duration is max(wall, cpu_time / vCPUs) at that memory.
+* timeout = estimated duration x 1.5 + 10 s, rounded up, at most 900 s.
+  Longer work needs checkpointed segments of at most 810 s (90% of 900 s).
+* ephemeral storage = 512 MB unless /tmp use exceeds it, then
+  peak /tmp x 1.10 + 16 MB, within 512..10,240.
+* cost per call = memory (GB) x billed duration (1 ms steps) x GB-s price
+  + request price, for x86_64 and arm64, from ``wrenpack/data/lambda_prices.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+MIN_MEMORY_MB = 128
+MAX_MEMORY_MB = 10240
+MEMORY_MARGIN_FRACTION = 0.10
+MEMORY_MARGIN_FIXED_MB = 32
+MB_PER_VCPU = 1769
+MAX_VCPUS = 6
+MAX_TIMEOUT_S = 900
+TIMEOUT_FACTOR = 1.5
+TIMEOUT_EXTRA_S = 10
+SEGMENT_S = 810
+DEFAULT_TMP_MB = 512
+TMP_MARGIN_FRACTION = 0.10
+TMP_MARGIN_FIXED_MB = 16
+
+RULES = {
+    "memory": f"peak x {1 + MEMORY_MARGIN_FRACTION:.2f} + {MEMORY_MARGIN_FIXED_MB} MB (worker runtime), "
+    f"rounded up, within {MIN_MEMORY_MB}..{MAX_MEMORY_MB} MB",
+    "timeout": f"estimated Lambda duration x {TIMEOUT_FACTOR} + {TIMEOUT_EXTRA_S} s, rounded up, at most {MAX_TIMEOUT_S} s",
+    "ephemeral_storage": f"{DEFAULT_TMP_MB} MB, or peak /tmp x {1 + TMP_MARGIN_FRACTION:.2f} + {TMP_MARGIN_FIXED_MB} MB above that",
+    "duration": f"max(wall, cpu time / vCPUs), vCPUs = memory / {MB_PER_VCPU} (at most {MAX_VCPUS})",
+}
+
+
+@lru_cache(maxsize=1)
+def prices() -> dict[str, Any]:
+    """The price table shipped in ``wrenpack/data/lambda_prices.json``."""
+    text = resources.files("wrenpack").joinpath("data/lambda_prices.json").read_text()
+    return json.loads(text)
+
+
+def vcpus(memory_mb: float) -> float:
+    return min(MAX_VCPUS, memory_mb / MB_PER_VCPU)
+
+
+def memory_for(peak_mb: float) -> int:
+    want = math.ceil(peak_mb * (1 + MEMORY_MARGIN_FRACTION) + MEMORY_MARGIN_FIXED_MB)
+    return max(MIN_MEMORY_MB, min(MAX_MEMORY_MB, want))
+
+
+def lambda_duration(wall_s: float, cpu_s: float, memory_mb: float) -> float:
+    """Wall time on Lambda at ``memory_mb``, assuming a vCPU as fast as a local core."""
+    return max(wall_s, cpu_s / max(vcpus(memory_mb), 1e-9))
+
+
+def cost(memory_mb: float, duration_s: float) -> dict[str, Any]:
+    table = prices()
+    billed_s = math.ceil(max(duration_s, 0.001) * 1000) / 1000.0
+    gb_s = memory_mb / 1024.0 * billed_s
+    out: dict[str, Any] = {}
+    for arch, p in table["architectures"].items():
+        per_call = gb_s * p["per_gb_second"] + p["per_million_requests"] / 1e6
+        out[arch] = {"per_call_usd": per_call, "per_million_usd": per_call * 1e6}
+    out["billed_duration_s"] = billed_s
+    out["prices"] = {"date": table["date"], "region": table["region"], "source": table["source"]}
+    return out
+
+
+def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 0.0) -> dict[str, Any]:
+    """Memory, timeout, /tmp and cost for a call that peaked at ``peak_mb``."""
+    notes: list[str] = []
+    memory = memory_for(peak_mb)
+    if peak_mb * (1 + MEMORY_MARGIN_FRACTION) + MEMORY_MARGIN_FIXED_MB > MAX_MEMORY_MB:
+        notes.append(
+            f"peak {peak_mb:,.0f} MB plus margin exceeds Lambda's {MAX_MEMORY_MB:,} MB: "
+            "split the input or reduce memory use"
+        )
+    cores = cpu_s / wall_s if wall_s > 0 else 0.0
+    cpu_there = vcpus(memory)
+    if cores > 1.1:
+        want = min(MAX_MEMORY_MB, math.ceil(cores * MB_PER_VCPU))
+        notes.append(
+            f"kept {cores:.1f} cores busy; Lambda gives 1 vCPU per {MB_PER_VCPU:,} MB, so {memory:,} MB gets "
+            f"{cpu_there:.2f} vCPU; about {want:,} MB would give it {vcpus(want):.1f} and may finish sooner"
+        )
+    elif cores > 0.5 and cpu_there < 1:
+        notes.append(
+            f"CPU-bound: at {memory:,} MB Lambda gives {cpu_there:.2f} vCPU, so the call runs about "
+            f"{1 / cpu_there:.1f}x slower than here; {MB_PER_VCPU:,} MB gives a full vCPU"
+        )
+    duration = lambda_duration(wall_s, cpu_s, memory)
+    timeout = math.ceil(duration * TIMEOUT_FACTOR + TIMEOUT_EXTRA_S)
+    segments = 1
+    if duration > MAX_TIMEOUT_S or timeout > MAX_TIMEOUT_S:
+        segments = max(1, math.ceil(duration / SEGMENT_S))
+        if duration > MAX_TIMEOUT_S:
+            notes.append(
+                f"estimated duration {duration:,.0f} s exceeds Lambda's {MAX_TIMEOUT_S} s limit: "
+                f"it needs about {segments} checkpointed segments of at most {SEGMENT_S} s (wrenpack.checkpoint)"
+            )
+        else:
+            notes.append(
+                f"estimated duration {duration:,.0f} s leaves less than the usual margin under {MAX_TIMEOUT_S} s; "
+                f"checkpoint it ({segments} segment(s) of at most {SEGMENT_S} s) to be safe"
+            )
+        timeout = MAX_TIMEOUT_S
+    tmp = DEFAULT_TMP_MB
+    if tmp_peak_mb > DEFAULT_TMP_MB:
+        tmp = max(DEFAULT_TMP_MB, min(MAX_MEMORY_MB, math.ceil(tmp_peak_mb * (1 + TMP_MARGIN_FRACTION) + TMP_MARGIN_FIXED_MB)))
+        notes.append(f"wrote {tmp_peak_mb:,.0f} MB under /tmp: set ephemeral storage to {tmp:,} MB")
+        if tmp_peak_mb * (1 + TMP_MARGIN_FRACTION) > MAX_MEMORY_MB:
+            notes.append(f"/tmp use exceeds Lambda's {MAX_MEMORY_MB:,} MB ephemeral storage maximum")
+    return {
+        "memory_mb": memory,
+        "timeout_s": timeout,
+        "ephemeral_storage_mb": tmp,
+        "vcpus": round(cpu_there, 3),
+        "estimated_duration_s": duration,
+        "segments": segments,
+        "cost": cost(memory, duration),
+        "rules": dict(RULES),
+        "notes": notes,
+    }

@@ -1,0 +1,126 @@
+"""A Profile as readable tables (rich), for people; ``--json`` is for machines."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from wrenpack.profiler.model import Profile
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 0.01 else f"${x:.3g}"
+
+
+def _mb(x: float) -> str:
+    return f"{x:,.1f} MB"
+
+
+def _secs(x: float) -> str:
+    return f"{x:,.3f} s" if x < 100 else f"{x:,.0f} s"
+
+
+def render(prof: Profile, plot: str | None = None, console: Console | None = None) -> None:
+    console = console or Console()
+    rep = prof.repeat or {}
+    n = rep.get("n", 1)
+
+    measured = Table(title=f"wrenpack profile: {prof.target}({prof.args})", show_header=True, title_justify="left")
+    measured.add_column("measured")
+    measured.add_column("value", justify="right")
+    measured.add_column("", style="dim")
+    peak_note = "OS high-water mark, process tree"
+    dur_note = "the call only"
+    if n > 1:
+        p, d = rep["peak_memory_mb"], rep["duration_s"]
+        peak_note = f"max of {n}; min {p['min']:,.1f} / median {p['median']:,.1f}"
+        dur_note = f"median of {n}; min {d['min']:.3f} / max {d['max']:.3f}"
+    measured.add_row("peak memory", _mb(prof.peak_memory_mb), peak_note)
+    measured.add_row("  baseline", _mb(prof.baseline_mb), f"interpreter + cloudpickle {prof.interpreter_mb:,.1f} MB, + imports and arguments")
+    measured.add_row("  growth in the call", _mb(prof.growth_mb), "peak - baseline")
+    measured.add_row("duration", _secs(prof.duration_s), dur_note)
+    measured.add_row("CPU user / sys", f"{prof.cpu_user_s:.3f} / {prof.cpu_sys_s:.3f} s", f"{prof.cores_busy:.2f} cores busy on average")
+    measured.add_row("/tmp peak", _mb(prof.tmp_peak_mb), f"{prof.tmp_final_mb:,.1f} MB left at the end")
+    measured.add_row("processes", str(prof.processes), "the call's process tree, at most")
+    measured.add_row("network", "not measurable", "no per-process counters on Linux")
+    if prof.result_bytes:
+        measured.add_row("result", f"{prof.result_bytes:,} bytes", f"pickled in {prof.serialize_s:.3f} s")
+    console.print(measured)
+
+    _recommended(console, "recommended Lambda settings", prof.recommended)
+
+    if prof.packages or prof.local_modules:
+        pk = Table(title="packages the call imported", title_justify="left")
+        pk.add_column("distribution")
+        pk.add_column("version")
+        for item in prof.packages:
+            pk.add_row(item["name"], str(item.get("version") or "?"))
+        for name in prof.local_modules:
+            pk.add_row(f"{name} (project module)", "-", style="dim")
+        console.print(pk)
+
+    if prof.scaling:
+        _scaling(console, prof.scaling)
+
+    if prof.lines:
+        lt = Table(title="memory by line (memory_profiler, separate run)", title_justify="left")
+        for col, just in (("line", "right"), ("mem MB", "right"), ("increment MB", "right"), ("hits", "right"), ("source", "left")):
+            lt.add_column(col, justify=just)
+        for row in prof.lines:
+            lt.add_row(
+                str(row["line"]),
+                f"{row['mem_mb']:,.1f}" if "mem_mb" in row else "",
+                f"{row['increment_mb']:,.1f}" if "increment_mb" in row else "",
+                str(row.get("occurrences", "")),
+                row["source"],
+            )
+        console.print(lt)
+    if plot:
+        console.print(f"memory curve written to {plot}")
+    if prof.code_hash:
+        console.print(f"[dim]saved as .wrenpack/profiles/{prof.code_hash}.json (used by memory=\"auto\")[/dim]")
+
+
+def _recommended(console: Console, title: str, rec: dict[str, Any]) -> None:
+    t = Table(title=title, title_justify="left")
+    t.add_column("setting")
+    t.add_column("value", justify="right")
+    t.add_column("rule", style="dim")
+    rules = rec.get("rules", {})
+    t.add_row("memory", f"{rec['memory_mb']:,} MB", rules.get("memory", ""))
+    t.add_row("timeout", f"{rec['timeout_s']:,} s", rules.get("timeout", ""))
+    t.add_row("ephemeral storage", f"{rec['ephemeral_storage_mb']:,} MB", rules.get("ephemeral_storage", ""))
+    t.add_row("estimated duration", _secs(rec["estimated_duration_s"]), f"{rec['vcpus']:.2f} vCPU; " + rules.get("duration", ""))
+    cost = rec.get("cost", {})
+    prices = cost.get("prices", {})
+    for arch in ("x86_64", "arm64"):
+        if arch in cost:
+            c = cost[arch]
+            t.add_row(f"cost {arch}", f"{_usd(c['per_call_usd'])} / call", f"{_usd(c['per_million_usd'])} per million calls")
+    if prices:
+        t.caption = f"prices: {prices.get('region')}, {prices.get('date')} (wrenpack/data/lambda_prices.json)"
+    console.print(t)
+    for note in rec.get("notes", []):
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _scaling(console: Console, sc: dict[str, Any]) -> None:
+    t = Table(title=f"scaling with {sc['input']}(n)", title_justify="left")
+    t.add_column("n", justify="right")
+    t.add_column("memory above baseline", justify="right")
+    t.add_column("fastest time", justify="right")
+    for n, g, d in zip(sc["sizes"], sc["memory_growth_mb"], sc["duration_s"]):
+        t.add_row(f"{n:,}", _mb(g), _secs(d))
+    pred = sc["predicted"]
+    mf, tf = sc["memory_fit"], sc["time_fit"]
+    t.add_row(f"[bold]{sc['target']:,}[/bold] (predicted)", f"[bold]{_mb(pred['growth_mb'])}[/bold]", f"[bold]{_secs(pred['duration_s'])}[/bold]")
+    t.caption = (
+        f"memory = {mf['c']:.4g} + {mf['a']:.4g}*n^{mf['b']:.3f} MB (R^2 {mf['r2']:.4f}); "
+        f"time = {tf['c']:.4g} + {tf['a']:.4g}*n^{tf['b']:.3f} s (R^2 {tf['r2']:.4f})"
+    )
+    console.print(t)
+    console.print(f"predicted peak at n={sc['target']:,}: {_mb(pred['peak_memory_mb'])} (baseline {_mb(sc['baseline_mb'])} + growth)")
+    for w in sc.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    _recommended(console, f"recommended Lambda settings at n={sc['target']:,}", sc["recommended"])

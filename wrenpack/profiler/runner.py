@@ -1,0 +1,225 @@
+"""The measured process: load one function, call it once, report what it cost.
+
+Started by ``wrenpack.profiler.launcher`` (never by the caller directly) as
+``python -m wrenpack.profiler.runner JOBDIR``. Standard library and
+cloudpickle only, like the worker, so the interpreter-plus-imports baseline
+matches what a worker carries before it loads the function.
+
+Order of events (what each figure covers)::
+
+    start -> import cloudpickle ........ interpreter_mb (VmRSS)
+          -> load function, arguments .. baseline_mb   (VmRSS; includes the function's imports)
+          -> [scaling: make_input(n)]
+          -> call ........................ duration_s, cpu_*_s
+          -> cloudpickle.dumps(result) ... (as the worker does; counted in the peak)
+          -> VmHWM (self) + RUSAGE_CHILDREN ru_maxrss (descendants) -> result.json
+          -> (the launcher stops sampling) imported modules, code hash -> result.json again
+
+VmHWM is read, not ru_maxrss: a process's ``ru_maxrss`` can start from its
+parent's peak (the kernel carries it across fork/exec), VmHWM belongs to
+this process's own address space.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+import cloudpickle
+
+EXIT_OK = 0
+EXIT_LOAD = 3
+EXIT_RAISED = 4
+
+
+def _status_kb(field: bytes) -> int | None:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _rss_mb() -> float:
+    kb = _status_kb(b"VmRSS:")
+    if kb is None:  # not Linux: best effort
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0
+
+
+def _hwm_mb() -> float:
+    kb = _status_kb(b"VmHWM:")
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0
+
+
+def _children_maxrss_mb() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+
+def _write(jobdir: str, result: dict) -> None:
+    path = os.path.join(jobdir, "result.json")
+    with open(path + ".part", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".part", path)
+
+
+def _load_target(spec: str):
+    """``module:attr`` or ``path/to/file.py:attr`` -> the object."""
+    import importlib
+    import importlib.util
+
+    mod_part, _, attr = spec.rpartition(":")
+    if not mod_part or not attr:
+        raise LookupError(f"target {spec!r} is not MODULE:FUNCTION or path/to/file.py:FUNCTION")
+    if mod_part.endswith(".py") or os.sep in mod_part:
+        path = os.path.abspath(mod_part)
+        if not os.path.isfile(path):
+            raise LookupError(f"no such file {mod_part!r}; give an existing path/to/file.py:FUNCTION")
+        directory, name = os.path.split(path)
+        name = name[:-3] if name.endswith(".py") else name
+        sys.path.insert(0, directory)
+        spec_ = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec_)
+        sys.modules[name] = module
+        spec_.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(mod_part)
+        except ModuleNotFoundError as exc:
+            if exc.name and mod_part.split(".")[0] == exc.name.split(".")[0]:
+                raise LookupError(
+                    f"no module named {mod_part!r}; run from the directory that holds it, "
+                    "or give path/to/file.py:FUNCTION"
+                ) from None
+            raise
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise LookupError(f"module {mod_part!r} has no function {attr!r}; check the name after ':'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise LookupError(f"{spec!r} is a {type(obj).__name__}, not a function")
+    return obj
+
+
+def _line_report(lp) -> list:
+    import linecache
+
+    out = []
+    for filename, lines in lp.code_map.items():
+        source = linecache.getlines(filename)
+        for lineno, mem in lines:
+            text = source[lineno - 1].rstrip("\n") if 0 < lineno <= len(source) else ""
+            row = {"file": filename, "line": lineno, "source": text}
+            if mem is not None:
+                row.update(increment_mb=round(mem[0], 2), mem_mb=round(mem[1], 2), occurrences=mem[2])
+            out.append(row)
+    return out
+
+
+def main(jobdir: str) -> int:
+    interpreter_mb = _rss_mb()
+    preloaded = set(sys.modules)
+    with open(os.path.join(jobdir, "job.json")) as f:
+        job = json.load(f)
+    sys.path[:] = job["sys_path"]
+    if job.get("cwd"):
+        os.chdir(job["cwd"])
+    result: dict = {"interpreter_mb": interpreter_mb, "pid": os.getpid()}
+
+    # -- load: the function, its module's imports, the arguments ---------------
+    try:
+        with open(os.path.join(jobdir, "call.pkl"), "rb") as f:
+            call = cloudpickle.load(f)
+        fn = call.get("fn") or _load_target(job["target"])
+        make_input = call.get("make_input")
+        if make_input is None and job.get("input_target"):
+            make_input = _load_target(job["input_target"])
+        args, kwargs = tuple(call.get("args") or ()), dict(call.get("kwargs") or {})
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller as one line
+        result.update(error="load", type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
+        _write(jobdir, result)
+        return EXIT_LOAD
+    result["baseline_mb"] = _rss_mb()
+    result["load_hwm_mb"] = _hwm_mb()
+
+    # -- call ------------------------------------------------------------------
+    size = job.get("size")
+    stage = "make_input"
+    try:
+        if make_input is not None and size is not None:
+            t = time.perf_counter()
+            args = (make_input(size),) + args
+            result["make_input_s"] = time.perf_counter() - t
+        stage = "call"
+        call_fn, lp = fn, None
+        if job.get("lines"):  # a separate, slower run: memory_profiler traces each line
+            from memory_profiler import LineProfiler
+
+            lp = LineProfiler(backend="psutil")
+            call_fn = lp(fn)
+        self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        result["call_start"] = time.time()
+        t0 = time.perf_counter()
+        value = call_fn(*args, **kwargs)
+        t1 = time.perf_counter()
+        result["call_end"] = time.time()
+        self1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        stage = "pickling the result of"
+        payload = cloudpickle.dumps(value)
+        result["serialize_s"] = time.perf_counter() - t1
+        result["result_bytes"] = len(payload)
+        del payload, value
+    except BaseException as exc:  # noqa: BLE001
+        tb = exc.__traceback__
+        tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
+        result.update(
+            error="raised", stage=stage, type=type(exc).__name__, message=str(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc, tb)),
+        )
+        _write(jobdir, result)
+        return EXIT_RAISED
+    if lp is not None:
+        result["lines"] = _line_report(lp)
+    result["duration_s"] = t1 - t0
+    result["cpu_user_s"] = (self1.ru_utime - self0.ru_utime) + (kids1.ru_utime - kids0.ru_utime)
+    result["cpu_sys_s"] = (self1.ru_stime - self0.ru_stime) + (kids1.ru_stime - kids0.ru_stime)
+    result["self_hwm_mb"] = _hwm_mb()
+    result["children_maxrss_mb"] = _children_maxrss_mb()
+    # Measurement done: the launcher stops sampling once result.json exists, so
+    # the bookkeeping below (hashlib's OpenSSL alone is ~4 MB) stays out of the figures.
+    _write(jobdir, result)
+
+    # -- what it needed (after the measurement, so it costs nothing above) -------
+    modules = {}
+    for name in set(sys.modules) - preloaded:
+        top = name.partition(".")[0]
+        if top in modules or top in preloaded:
+            continue
+        mod = sys.modules.get(top)
+        modules[top] = getattr(mod, "__file__", None) if mod is not None else None
+    result["modules"] = modules
+    try:
+        from wrenpack.profiler.codehash import code_hash
+
+        result["code_hash"] = code_hash(fn)
+    except Exception as exc:  # noqa: BLE001 - the profile is still useful without it
+        result["code_hash"] = None
+        result["code_hash_error"] = f"{type(exc).__name__}: {exc}"
+    result["target"] = job.get("target") or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+    _write(jobdir, result)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.stdout.flush()
+    sys.exit(main(sys.argv[1]))

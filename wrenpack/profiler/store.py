@@ -1,0 +1,59 @@
+"""Saved profiles: ``<project>/.wrenpack/profiles/<code hash>.json``.
+
+The project is the directory of the nearest ``pyproject.toml`` above the
+working directory (the same rule ``wrenpack.config`` uses), else the working
+directory. ``WRENPACK_PROFILE_DIR`` overrides the folder outright.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def project_dir(start: str | os.PathLike[str] | None = None) -> Path:
+    here = Path(start or os.getcwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / "pyproject.toml").is_file():
+            return directory
+    return here
+
+
+def profiles_dir(start: str | os.PathLike[str] | None = None) -> Path:
+    override = os.environ.get("WRENPACK_PROFILE_DIR")
+    if override:
+        return Path(override)
+    return project_dir(start) / ".wrenpack" / "profiles"
+
+
+def path_for(code_hash: str, start: str | os.PathLike[str] | None = None) -> Path:
+    return profiles_dir(start) / f"{code_hash}.json"
+
+
+def save(data: dict[str, Any], start: str | os.PathLike[str] | None = None) -> Path | None:
+    """Write a profile dict under its ``code_hash``; returns the path (None if unhashable)."""
+    code_hash = data.get("code_hash")
+    if not code_hash:
+        return None
+    path = path_for(code_hash, start)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".json.{os.getpid()}.part")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    log.info("saved profile %s", path)
+    return path
+
+
+def load(code_hash: str, start: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    path = path_for(code_hash, start)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable saved profile %s: %s", path, exc)
+        return None
