@@ -152,3 +152,18 @@ def test_worker_replaced_after_crash(remote):
 
     marker = os.path.join(tempfile.mkdtemp(), "m")
     assert remote(die_once, retries=1).remote(marker).result() == "ok"
+
+
+def test_memory_held_in_a_child_process_counts(remote):
+    def child_hog(mb):
+        import subprocess
+        import sys
+
+        code = f"b = bytearray({mb} * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return mb
+
+    f = remote(child_hog, memory=256)
+    assert f.remote(50).result() == 50
+    with pytest.raises(wrenpack.MemoryLimitExceeded, match="256 MB"):
+        f.remote(400).result()

@@ -17,13 +17,6 @@ import profiler_targets as targets
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local backend's limits are Linux-only")
 
-CHILD_OOM_XFAIL = pytest.mark.xfail(
-    reason="local backend with cgroups: the kernel OOM-kills the child, the worker survives and reports the "
-    "child's CalledProcessError instead of MemoryLimitExceeded (the backend should check the cgroup's oom_kill "
-    "count after every call, not only when the worker dies)",
-    strict=False,
-)
-
 NAMES = ["numpy_heavy", "python_alloc", "spike", "child_held", "tmp_writer"]
 ARGS = {"spike": (300,), "child_held": (250,), "tmp_writer": (200,)}
 EXPECTED = {"python_alloc": 600_000, "spike": 300 * targets.MB, "child_held": 0, "tmp_writer": 200}
@@ -62,7 +55,7 @@ def test_runs_at_recommended_memory(name, executor):
         assert result == EXPECTED[name]
 
 
-@pytest.mark.parametrize("name", [n if n != "child_held" else pytest.param(n, marks=CHILD_OOM_XFAIL) for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_fails_at_70_percent_of_peak(name, executor):
     prof = _profile(name)
     fn, args = getattr(targets, name), ARGS.get(name, ())

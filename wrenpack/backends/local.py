@@ -375,14 +375,18 @@ class LocalBackend(Backend):
             return
         inv = worker.inflight.popleft()
         worker.idle_since = time.monotonic()
-        peak_seen, kill_reason = worker.peak_mb, worker.kill_reason
+        peak = max(float(msg.get("peak_rss_mb") or 0.0), worker.peak_mb)
+        # A process the call started may have been stopped by the kernel at the
+        # limit while the worker itself lived on: the call still broke the limit.
+        oom = worker.cgroup is not None and worker.cgroup.oom_kills() > worker.oom_before
+        if oom:
+            peak = max(peak, worker.cgroup.peak_mb())
         if worker.inflight:
             self._begin(worker)
         label = inv.extra.get("label", inv.event.get("function_name", "call"))
-        peak = max(float(msg.get("peak_rss_mb") or 0.0), peak_seen)
         tmp_bytes = dir_size(worker.tmpdir)
-        if worker.cgroup is None and peak > inv.memory_mb:
-            # Sampling missed it while it ran, but the high-water mark did not.
+        if oom or (worker.cgroup is None and peak > inv.memory_mb):
+            # (Without a cgroup: sampling missed it while it ran, the high-water mark did not.)
             self._finish(inv, error=_memory_error(label, inv.memory_mb, peak))
             self._stop_worker(worker)
             return
