@@ -9,6 +9,8 @@ limits); the same code runs on AWS Lambda with backend="lambda".
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import sys
 import time
@@ -29,24 +31,34 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="skip building a runtime")
     ap.add_argument("--no-profile", action="store_true", help="skip profiling")
     args = ap.parse_args()
+    os.makedirs(".wrenpack", exist_ok=True)
 
-    memory, timeout = 512, 60
-    if not args.no_profile and _has("wrenpack.profiler"):
+    memory, timeout, profile_json = 512, 60, None
+    if not args.no_profile:
+        from wrenpack.profiler.report import render
+
         print("1. Profiling estimate_pi(0) in a clean child process ...")
         prof = wrenpack.profile(estimate_pi, 0)
-        print(prof.summary() if hasattr(prof, "summary") else prof)
-        memory = prof.recommended.memory_mb
-        timeout = prof.recommended.timeout_s
+        render(prof)
+        memory, timeout = prof.memory_mb, prof.timeout_s
+        profile_json = ".wrenpack/quickstart-profile.json"
+        with open(profile_json, "w") as fh:
+            json.dump(prof.to_dict(samples=False), fh)
         print(f"   -> recommended memory={memory} MB, timeout={timeout} s\n")
 
     runtime = None
-    if not args.no_build and _has("runtime_builder"):
+    if not args.no_build:
         import runtime_builder
 
-        print("2. Building a slim runtime (only cloudpickle is needed) ...")
-        built = runtime_builder.build(packages=[], output=".wrenpack/quickstart-runtime")
-        runtime = str(built.output_dir)
-        print(f"   -> {runtime}: {built.summary_line() if hasattr(built, 'summary_line') else 'built and import-checked'}\n")
+        print("2. Building the runtime the profile asks for (estimate_pi imports only the standard library,")
+        print("   so it holds just cloudpickle), trimmed and import-checked ...")
+        built = runtime_builder.build(profile=profile_json, packages=[] if profile_json else ["cloudpickle"],
+                                      output=".wrenpack/quickstart-runtime")
+        runtime = built.output
+        sizes = built.sizes
+        print(f"   -> {runtime}: {len(built.manifest.get('packages', []))} package(s), "
+              f"{sizes.get('trimmed', sizes.get('runtime', 0)) / 1e6:.1f} MB, import-checked"
+              f"{' (cache hit)' if built.cache_hit else ''}\n")
 
     print(f"3. Running {args.tasks} remote calls on the local backend (memory={memory} MB, timeout={timeout} s) ...")
     remote_pi = wrenpack.remote(estimate_pi, memory=memory, timeout=timeout, runtime=runtime)
@@ -58,12 +70,6 @@ def main() -> int:
     print(f"   pi ~ {sum(estimates) / len(estimates):.5f} from {len(estimates)} calls in {elapsed:.2f} s "
           f"(largest worker peak {peak:.0f} MB of {memory} MB)")
     return 0
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

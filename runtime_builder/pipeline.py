@@ -109,7 +109,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
                 lock_text = f.read()
         except OSError as exc:
             raise BuildError(f"cannot read lock file {lock}: {exc.strerror}; check --lock") from None
-    elif not inp.requirements:
+    elif not inp.requirements and not (profile or pyproject or list(requirements_files)):
         raise BuildError("nothing to build: give package names, -r requirements.txt, --pyproject, "
                          "--from-profile or --lock")
     else:

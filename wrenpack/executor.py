@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import os
 import logging
 import queue
 import threading
@@ -91,6 +92,11 @@ class Executor:
             runtime=pick("runtime", c.runtime),
         )
         _check_limits(opts)
+        if opts.runtime is not None:
+            # Fail here, before anything launches, if it is not a built runtime.
+            from wrenpack.backends.runtime_paths import site_dir
+
+            opts.runtime = os.path.dirname(site_dir(opts.runtime))
         return opts
 
     def map(

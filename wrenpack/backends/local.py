@@ -259,7 +259,11 @@ class LocalBackend(Backend):
             starting = sum(1 for w in self._workers if not w.ready and w.runtime == head_runtime)
             wanted = len(self._queue) - starting
             while wanted > 0 and len(self._workers) < self.concurrency:
-                self._spawn(head_runtime)
+                try:
+                    self._spawn(head_runtime)
+                except Exception as exc:  # noqa: BLE001 - fail these calls, keep serving others
+                    self._fail_runtime(head_runtime, exc)
+                    return
                 wanted -= 1
             if wanted > 0 and starting == 0:
                 # All slots taken by workers for another runtime: retire an idle one.
@@ -267,6 +271,15 @@ class LocalBackend(Backend):
                 if other is not None:
                     self._stop_worker(other)
                     self._spawn(head_runtime)
+
+    def _fail_runtime(self, runtime: str | None, exc: Exception) -> None:
+        """Workers for ``runtime`` cannot start: fail every call queued for it (lock held)."""
+        doomed = [inv for inv in self._queue if inv.runtime == runtime]
+        self._queue = deque(inv for inv in self._queue if inv.runtime != runtime)
+        message = str(exc) if isinstance(exc, WrenpackError) else f"{type(exc).__name__}: {exc}"
+        for inv in doomed:
+            label = inv.extra.get("label", "call")
+            self._finish(inv, error=WrenpackError(f"{label}: could not start a worker: {message}"))
 
     def _worker_command(self, runtime: str | None) -> tuple[list[str], list[str]]:
         if runtime is None:

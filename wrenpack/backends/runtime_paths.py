@@ -1,49 +1,89 @@
 """What a local worker may import when it runs with a built runtime.
 
-Only the runtime's site directory, the standard library and wrenpack's own
-package (through a shim directory holding nothing else) are on its path, so a
-dependency missing from the runtime fails here exactly as it would on Lambda.
+Only the runtime's site directory, the standard library, wrenpack's own
+package (through a shim directory holding nothing else) and what Lambda's
+Python runtime itself provides (boto3 and its dependencies, from this
+machine, after the runtime's own copies) are on its path. So a dependency
+missing from the runtime fails here exactly as it would on Lambda.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from importlib import metadata
 
-from wrenpack.errors import ConfigError
+#: Distributions the Lambda Python runtime ships, importable by every function.
+LAMBDA_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
 
 
 def site_dir(runtime: str) -> str:
-    path = os.path.abspath(os.path.expanduser(runtime))
-    for candidate in (os.path.join(path, "python"), path):
-        if os.path.isdir(candidate) and (
-            os.path.exists(os.path.join(os.path.dirname(candidate), "manifest.json"))
-            or os.path.exists(os.path.join(candidate, "manifest.json"))
-            or candidate.endswith(os.sep + "python")
-        ):
-            return candidate
-    raise ConfigError(
-        f"runtime={runtime!r} is not a runtime built by `wrenpack build-runtime` (no python/ directory or "
-        "manifest.json there); build one with `wrenpack build-runtime --output DIR` and pass that DIR"
-    )
+    from runtime_builder.layout import site_dir as _site_dir
+
+    return _site_dir(os.path.expanduser(runtime))
+
+
+def _cache_base() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "wrenpack")
+
+
+def _link(target: str, link: str) -> None:
+    if os.path.islink(link) and os.readlink(link) == target:
+        return
+    tmp = f"{link}.{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
 
 
 def _shim_dir() -> str:
+    """A directory whose only entry is wrenpack's package."""
     import wrenpack
 
     package = os.path.dirname(os.path.abspath(wrenpack.__file__))
-    digest = hashlib.sha256(package.encode()).hexdigest()[:12]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    shim = os.path.join(base, "wrenpack", "worker-shim", digest)
-    link = os.path.join(shim, "wrenpack")
-    if not os.path.islink(link) or os.readlink(link) != package:
-        os.makedirs(shim, exist_ok=True)
-        tmp = f"{link}.{os.getpid()}"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(package, tmp)
-        os.replace(tmp, link)
+    shim = os.path.join(_cache_base(), "worker-shim", hashlib.sha256(package.encode()).hexdigest()[:12])
+    os.makedirs(shim, exist_ok=True)
+    _link(package, os.path.join(shim, "wrenpack"))
+    return shim
+
+
+def _top_level_entries(dist: metadata.Distribution) -> set[str]:
+    names: set[str] = set()
+    for f in dist.files or ():
+        first = f.parts[0] if f.parts else ""
+        if not first or first.endswith((".dist-info", ".egg-info")) or first in ("..", "__pycache__", "bin"):
+            continue
+        names.add(first)
+    return names
+
+
+def _lambda_provided_dir() -> str | None:
+    """Symlinks to this machine's copies of what Lambda provides (boto3, ...)."""
+    entries: dict[str, str] = {}
+    for name in LAMBDA_PROVIDED:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        base = str(dist.locate_file(""))
+        for entry in _top_level_entries(dist):
+            path = os.path.join(base, entry)
+            if os.path.exists(path):
+                entries[entry] = path
+    if not entries:
+        return None
+    digest = hashlib.sha256(repr(sorted(entries.items())).encode()).hexdigest()[:12]
+    shim = os.path.join(_cache_base(), "lambda-provided", digest)
+    os.makedirs(shim, exist_ok=True)
+    for entry, path in entries.items():
+        _link(path, os.path.join(shim, entry))
     return shim
 
 
 def worker_paths(runtime: str) -> list[str]:
-    return [_shim_dir(), site_dir(runtime)]
+    paths = [_shim_dir(), site_dir(runtime)]
+    provided = _lambda_provided_dir()
+    if provided:
+        paths.append(provided)
+    return paths

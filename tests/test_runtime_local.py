@@ -1,0 +1,57 @@
+"""``@wrenpack.remote(runtime=PATH)``: local workers see only the built runtime."""
+from __future__ import annotations
+
+import pytest
+
+import runtime_builder
+import wrenpack
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rt")
+    # only cloudpickle (always added) and one small pure-Python package
+    return runtime_builder.build(["six"], output=str(out / "runtime"), cache_dir=str(out / "cache")).output
+
+
+def uses_six(x):
+    import six
+
+    return six.text_type(x)
+
+
+def uses_rich(x):
+    import rich  # installed here, but not in the runtime
+
+    return str(rich)
+
+
+def uses_boto3(x):
+    import boto3  # Lambda provides it
+
+    return boto3.__name__
+
+
+def test_runtime_packages_import(tiny_runtime, executor):
+    f = wrenpack.remote(uses_six, executor=executor, runtime=tiny_runtime)
+    assert wrenpack.get(f.map([1, 2])) == ["1", "2"]
+
+
+def test_missing_dependency_fails_as_on_lambda(tiny_runtime, executor):
+    f = wrenpack.remote(uses_rich, executor=executor, runtime=tiny_runtime)
+    with pytest.raises(wrenpack.MissingDependency, match=r"module 'rich'.*wrenpack build-runtime rich") as info:
+        f.remote(1).result()
+    assert isinstance(info.value, ImportError)
+    # the same function works in the client's own environment
+    assert wrenpack.remote(uses_rich, executor=executor).remote(1).result()
+
+
+def test_lambda_provided_packages_are_visible(tiny_runtime, executor):
+    f = wrenpack.remote(uses_boto3, executor=executor, runtime=tiny_runtime)
+    assert f.remote(0).result() == "boto3"
+
+
+def test_not_a_runtime_is_a_clear_error(tmp_path, executor):
+    f = wrenpack.remote(uses_six, executor=executor, runtime=str(tmp_path))
+    with pytest.raises(wrenpack.BuildError, match="is not a built runtime"):
+        f.remote(1).result()
