@@ -130,3 +130,34 @@ def test_step_longer_than_the_time_left_is_a_clear_timeout(remote):
 
     with pytest.raises(wrenpack.TaskTimeout, match="offer more often"):
         remote(one_long_step, timeout=1).remote(0).result()
+
+
+def test_profile_predicts_segments_and_warns_without_checkpoint(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from wrenpack.profiler import store
+    from wrenpack.profiler.codehash import code_hash
+
+    monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
+
+    def plain_loop(n):
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+
+    for fn in (stepper, plain_loop):
+        store.save({"code_hash": code_hash(fn), "duration_s": 4.0, "cpu_user_s": 4.0, "recommended": {"memory_mb": 128}})
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1)
+    try:
+        with caplog.at_level(logging.INFO, logger="wrenpack"):
+            fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(5, 0.001)
+            assert fut.expected_segments == 5  # 4 s / (1 s x 0.85)
+            assert fut.result() == expected(5)
+            fut = wrenpack.remote(plain_loop, executor=ex, timeout=1).remote(10)
+            assert fut.result() == 45
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("expect about 5 checkpointed segments" in m for m in messages)
+        assert any("plain_loop" in m and "will fail with TaskTimeout" in m for m in messages)
+    finally:
+        ex.shutdown()

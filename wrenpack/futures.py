@@ -39,6 +39,8 @@ class WrenFuture(cf.Future):
         self.status: dict[str, Any] | None = None
         #: how many invocations this call took (more than 1 when checkpointed)
         self.segments = 0
+        #: how many invocations the function's saved profile predicts (1 without one)
+        self.expected_segments = 1
         #: status records of the segments that ended in a checkpoint, in order
         self.segment_statuses: list[dict[str, Any]] = []
         self.set_running_or_notify_cancel()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import threading
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
@@ -10,6 +12,7 @@ from wrenpack.executor import CallOptions, Executor, default_executor
 from wrenpack.futures import WrenFuture
 
 T = TypeVar("T")
+log = logging.getLogger("wrenpack")
 
 _OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime")
 
@@ -71,9 +74,36 @@ class RemoteFunction(Generic[T]):
             given.update(self._auto_settings(calls[0], given))
         options: CallOptions = executor.options(**given)
         label = getattr(self.fn, "__qualname__", None) or "function"
+        expected = self._expected_segments(options, executor.config.backend, label)
         if chunksize is not None and chunksize != 1:
-            return _launch_batched(executor, self.fn, calls, options, label, chunksize)
-        return executor.map(self.fn, calls, options, label=label)
+            futures = _launch_batched(executor, self.fn, calls, options, label, chunksize)
+        else:
+            futures = executor.map(self.fn, calls, options, label=label)
+        for fut in futures:
+            fut.expected_segments = expected
+        return futures
+
+    def _expected_segments(self, options: CallOptions, backend: str, label: str) -> int:
+        """How many invocations a call should take, from the function's saved profile.
+
+        A call that its profile says will outrun ``timeout`` is split across
+        invocations if the function checkpoints (this says how many to expect),
+        and is announced as a coming ``TaskTimeout`` if it does not."""
+        duration = _profiled_duration(self.fn, options.memory, backend)
+        if duration is None:
+            return 1
+        usable = options.timeout * 0.85  # the soft deadline and the save leave the rest
+        if duration <= usable:
+            return 1
+        segments = math.ceil(duration / usable)
+        if _uses_checkpoint(self.fn):
+            log.info("%s: its profile says ~%.0f s per call, more than timeout=%g s: expect about %d checkpointed "
+                     "segments per call", label, duration, options.timeout, segments)
+        else:
+            log.warning("%s: its profile says ~%.0f s per call, more than timeout=%g s: calls will fail with "
+                        "TaskTimeout; raise timeout= or offer the loop's state to wrenpack.checkpoint() so each "
+                        "call is split into ~%d invocations", label, duration, options.timeout, segments)
+        return segments
 
     def _auto_settings(self, sample: tuple[tuple[Any, ...], dict[str, Any]], given: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -98,6 +128,35 @@ class RemoteFunction(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
+
+
+def _uses_checkpoint(fn: Callable[..., Any]) -> bool:
+    code = getattr(fn, "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        if "checkpoint" in c.co_names:
+            return True
+        stack.extend(k for k in c.co_consts if hasattr(k, "co_names"))
+    return False
+
+
+def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str) -> float | None:
+    """The saved profile's duration for ``fn`` at this memory (Lambda's CPU share on Lambda)."""
+    try:
+        from wrenpack.profiler import recommend, store
+        from wrenpack.profiler.codehash import code_hash
+
+        data = store.load(code_hash(fn))
+    except Exception:  # noqa: BLE001 - no profile, no plan
+        return None
+    if not data or not data.get("duration_s"):
+        return None
+    wall = float(data["duration_s"])
+    if backend != "lambda":
+        return wall
+    cpu = float(data.get("cpu_user_s", 0.0)) + float(data.get("cpu_sys_s", 0.0))
+    return recommend.lambda_duration(wall, cpu, memory_mb)
 
 
 def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
@@ -134,6 +193,35 @@ def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tupl
 
 @overload
 def remote(fn: Callable[..., T], **options: Any) -> RemoteFunction[T]: ...
+def _uses_checkpoint(fn: Callable[..., Any]) -> bool:
+    code = getattr(fn, "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        if "checkpoint" in c.co_names:
+            return True
+        stack.extend(k for k in c.co_consts if hasattr(k, "co_names"))
+    return False
+
+
+def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str) -> float | None:
+    """The saved profile's duration for ``fn`` at this memory (Lambda's CPU share on Lambda)."""
+    try:
+        from wrenpack.profiler import recommend, store
+        from wrenpack.profiler.codehash import code_hash
+
+        data = store.load(code_hash(fn))
+    except Exception:  # noqa: BLE001 - no profile, no plan
+        return None
+    if not data or not data.get("duration_s"):
+        return None
+    wall = float(data["duration_s"])
+    if backend != "lambda":
+        return wall
+    cpu = float(data.get("cpu_user_s", 0.0)) + float(data.get("cpu_sys_s", 0.0))
+    return recommend.lambda_duration(wall, cpu, memory_mb)
+
+
 def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
                     options: CallOptions, label: str, chunksize: int) -> list[WrenFuture]:
     from wrenpack.executor import rebuild_exception
