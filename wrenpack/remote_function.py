@@ -193,67 +193,6 @@ def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tupl
 
 @overload
 def remote(fn: Callable[..., T], **options: Any) -> RemoteFunction[T]: ...
-def _uses_checkpoint(fn: Callable[..., Any]) -> bool:
-    code = getattr(fn, "__code__", None)
-    stack = [code] if code is not None else []
-    while stack:
-        c = stack.pop()
-        if "checkpoint" in c.co_names:
-            return True
-        stack.extend(k for k in c.co_consts if hasattr(k, "co_names"))
-    return False
-
-
-def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str) -> float | None:
-    """The saved profile's duration for ``fn`` at this memory (Lambda's CPU share on Lambda)."""
-    try:
-        from wrenpack.profiler import recommend, store
-        from wrenpack.profiler.codehash import code_hash
-
-        data = store.load(code_hash(fn))
-    except Exception:  # noqa: BLE001 - no profile, no plan
-        return None
-    if not data or not data.get("duration_s"):
-        return None
-    wall = float(data["duration_s"])
-    if backend != "lambda":
-        return wall
-    cpu = float(data.get("cpu_user_s", 0.0)) + float(data.get("cpu_sys_s", 0.0))
-    return recommend.lambda_duration(wall, cpu, memory_mb)
-
-
-def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                    options: CallOptions, label: str, chunksize: int) -> list[WrenFuture]:
-    from wrenpack.executor import rebuild_exception
-    from wrenpack.worker.batch import Batch
-
-    if not isinstance(chunksize, int) or chunksize < 1:
-        raise ConfigError(f"chunksize={chunksize!r} must be a whole number of at least 1")
-    groups = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-    group_futures = executor.map(Batch(fn), [((group,), {}) for group in groups], options, label=label)
-    out: list[WrenFuture] = []
-    for g, (group, gfut) in enumerate(zip(groups, group_futures)):
-        first = g * chunksize
-        items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]") for j in range(len(group))]
-
-        def resolve(done: WrenFuture, items: list[WrenFuture] = items) -> None:
-            exc = done.exception()
-            for j, item in enumerate(items):
-                item.status, item.segments = done.status, done.segments
-                if exc is not None:
-                    item.set_exception(exc)
-                    continue
-                outcome = done.result()[j]
-                if outcome[0] == "ok":
-                    item.set_result(outcome[1])
-                else:
-                    item.set_exception(rebuild_exception(outcome, item.label))
-
-        gfut.add_done_callback(resolve)
-        out.extend(items)
-    return out
-
-
 @overload
 def remote(fn: None = None, **options: Any) -> Callable[[Callable[..., T]], RemoteFunction[T]]: ...
 
