@@ -17,6 +17,7 @@ invocation results back into resolved futures.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import base64
 import os
 import logging
@@ -243,17 +244,7 @@ class Executor:
             # What this segment learned (step and save times) tunes the next one.
             event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.extra.get("label"), event["segment"] - 1, event["segment"])
-        nxt = Invocation(
-            event=event,
-            on_done=self._on_done,
-            memory_mb=inv.memory_mb,
-            timeout_s=inv.timeout_s,
-            ephemeral_storage_mb=inv.ephemeral_storage_mb,
-            retries=inv.retries,
-            runtime=inv.runtime,
-            extra=inv.extra,
-        )
-        self.backend.invoke(nxt)
+        self.backend.invoke(dataclasses.replace(inv, event=event, attempt=0))
 
     def _finish_call(self, job: _Job) -> None:
         with self._lock:

@@ -46,6 +46,7 @@ from wrenpack.errors import (
 )
 from wrenpack.storage import Store
 from wrenpack.worker import result as result_format
+from wrenpack.storage.s3 import _code
 
 log = logging.getLogger(__name__)
 
@@ -398,14 +399,3 @@ def _reply_error(body: bytes, function_error: str | None, inv: Invocation, funct
         f"{where}: the Lambda runtime failed without writing a result ({function_error or 'no status'}: {message[:300]}); "
         f"see CloudWatch log group /aws/lambda/{function_name}"
     )
-
-
-def _code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return str(status) if status else None
-    return None
