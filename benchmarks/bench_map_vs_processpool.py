@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import statistics
-import tempfile
 import time
 
 import wrenpack
@@ -44,9 +43,12 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--store", default=None, help="object store location (default: wrenpack's default)")
     args = ap.parse_args()
     n = args.calls
-    store = tempfile.mkdtemp(prefix="wrenpack-bench-")
+    # The default store (a memory-backed directory where the machine has one), as users get it;
+    # --store DIR measures another.
+    store = args.store
 
     rows: dict[str, list[float]] = {"pool warm": [], "wrenpack warm": [], "pool cold": [], "wrenpack cold": []}
     with cf.ProcessPoolExecutor(args.workers) as pool, wrenpack.Executor(storage=store, concurrency=args.workers) as ex:
