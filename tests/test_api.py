@@ -185,3 +185,13 @@ def test_remote_function_can_call_another_decorated_function(remote):
         return helper_remote(x) * 2
 
     assert remote(outer).remote(1).result() == 202
+
+
+def test_sys_exit_in_the_function_does_not_exit_the_caller(remote):
+    import sys
+
+    def quits(_):
+        sys.exit(3)
+
+    with pytest.raises(wrenpack.RemoteError, match=r"sys.exit\(3\)"):
+        remote(quits).remote(0).result()

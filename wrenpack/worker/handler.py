@@ -34,7 +34,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from wrenpack import keys
-from wrenpack.errors import MissingDependency, SerializationError, StoreError, TaskTimeout
+from wrenpack.errors import MissingDependency, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, open_store
 from wrenpack.worker import checkpoint, memory, result
 
@@ -204,7 +204,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         if isinstance(exc, KeyboardInterrupt):
             raise
         kind = "error"
-        if isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingDependency):
+        if isinstance(exc, SystemExit):
+            # Re-raised on the client, a SystemExit would end the caller's program.
+            tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            exc = RemoteError(f"the function called sys.exit({exc.code!r}); return a value or raise an exception instead")
+            outcome = error_outcome(exc, "wrenpack", tb_text=tb_text)
+        elif isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingDependency):
             exc = _missing(exc)
             outcome = error_outcome(exc, "wrenpack", tb_text="")
         else:
