@@ -195,3 +195,22 @@ def test_sys_exit_in_the_function_does_not_exit_the_caller(remote):
 
     with pytest.raises(wrenpack.RemoteError, match=r"sys.exit\(3\)"):
         remote(quits).remote(0).result()
+
+
+def test_chunksize_auto_groups_short_calls_from_the_profile(remote, executor, tmp_path, monkeypatch):
+    from wrenpack.profiler import store
+    from wrenpack.profiler.codehash import code_hash
+
+    monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
+
+    def tiny(x):
+        return x * 2
+
+    f = remote(tiny)
+    futs = f.map(range(40), chunksize="auto")  # no profile yet: one call per invocation
+    wrenpack.get(futs)
+    assert len({fut.status["call_id"] for fut in futs}) == 40
+    store.save({"code_hash": code_hash(tiny), "duration_s": 0.01, "recommended": {"memory_mb": 128}})
+    futs = f.map(range(40), chunksize="auto")
+    assert wrenpack.get(futs) == [x * 2 for x in range(40)]
+    assert len({fut.status["call_id"] for fut in futs}) == 2  # 40 calls / 2 workers, each ~0.2 s

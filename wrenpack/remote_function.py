@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import threading
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
@@ -54,18 +55,20 @@ class RemoteFunction(Generic[T]):
         """Run one call remotely; returns its future."""
         return self._launch([(args, kwargs)])[0]
 
-    def map(self, items: Iterable[Any], *, chunksize: int | None = None, **kwargs: Any) -> list[WrenFuture]:
+    def map(self, items: Iterable[Any], *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per item, ``fn(item, **kwargs)``; futures in the items' order.
 
         ``chunksize=k`` runs k consecutive calls per invocation (each keeps its
-        own future); the limits then apply to the whole group."""
+        own future); the limits then apply to the whole group. ``chunksize="auto"``
+        groups calls that the function's saved profile says are short, so each
+        invocation runs about a second (never more than half its timeout)."""
         return self._launch([((item,), kwargs) for item in items], chunksize)
 
-    def starmap(self, items: Iterable[Iterable[Any]], *, chunksize: int | None = None, **kwargs: Any) -> list[WrenFuture]:
+    def starmap(self, items: Iterable[Iterable[Any]], *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
         return self._launch([(tuple(item), kwargs) for item in items], chunksize)
 
-    def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: int | None = None) -> list[WrenFuture]:
+    def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: int | str | None = None) -> list[WrenFuture]:
         if not calls:
             return []
         executor = self.executor
@@ -75,6 +78,8 @@ class RemoteFunction(Generic[T]):
         options: CallOptions = executor.options(**given)
         label = getattr(self.fn, "__qualname__", None) or "function"
         expected = self._expected_segments(options, executor.config.backend, label)
+        if chunksize == "auto":
+            chunksize = self._auto_chunksize(len(calls), options, executor)
         if chunksize is not None and chunksize != 1:
             futures = _launch_batched(executor, self.fn, calls, options, label, chunksize)
         else:
@@ -82,6 +87,15 @@ class RemoteFunction(Generic[T]):
         for fut in futures:
             fut.expected_segments = expected
         return futures
+
+    def _auto_chunksize(self, n: int, options: CallOptions, executor: Executor) -> int:
+        duration = _profiled_duration(self.fn, options.memory, executor.config.backend)
+        if not duration:
+            return 1
+        per_invocation = min(1.0, 0.5 * options.timeout)
+        workers = executor.config.concurrency or (100 if executor.config.backend == "lambda" else os.cpu_count() or 1)
+        # Group short calls, but keep at least one group per worker.
+        return max(1, min(int(per_invocation / duration), math.ceil(n / workers)))
 
     def _expected_segments(self, options: CallOptions, backend: str, label: str) -> int:
         """How many invocations a call should take, from the function's saved profile.
