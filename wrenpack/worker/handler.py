@@ -5,11 +5,12 @@ Flow of one call::
     event --> open store --> load function (cached per job) --> load arguments
           --> run --> write one result object: status + outcome (first complete write wins)
 
-The event is a small JSON-able dict built by the client (``wrenpack.job``)::
+The event is a small JSON-able dict built by the client (``wrenpack.executor``)::
 
     {"wrenpack": 1, "store": {...}, "job_id": "...", "call_id": "00003",
      "func_key": "jobs/.../func.pkl", "args": {"inline": "<base64>"} | {"key": "..."},
-     "attempt": 0, "function_name": "...", "extra": {...}}
+     "attempt": 0, "segment": 0, "timeout_s": 60.0, "function_name": "...",
+     "checkpoint": {"save_s": ..., "step_s": ...}}   # (what earlier segments learned)
 
 The result object (``wrenpack.worker.result``) holds the status record and the
 outcome. Outcomes are cloudpickled tuples: ``("ok", value)`` or
@@ -44,7 +45,6 @@ _HOST = socket.gethostname()
 _stores: dict[str, Store] = {}
 _functions: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
 _MAX_CACHED_FUNCTIONS = 16
-
 
 
 class _DeadlineReached(BaseException):
