@@ -76,10 +76,10 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
             shutil.copytree(os.path.join(root, pkg), os.path.join(src, pkg),
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copyfile(DOCKERFILE, os.path.join(ctx, "Dockerfile.runtime"))
-        with open(lock_path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:12]
-        tag = tag or f"wrenpack-runtime:{tgt.label}-{digest}"
         base = base_image or f"public.ecr.aws/lambda/python:{tgt.python}"
+        digest = _context_digest(ctx, [base, f"sourceless={sourceless}", f"keep_boto3={keep_boto3}"])
+        tag = tag or f"wrenpack-runtime:{tgt.label}-{digest}"
+        _require_local(client, base)
         log.info("building image %s from %s", tag, base)
         try:
             image, logs = client.images.build(
@@ -99,6 +99,30 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
                     "docker build: %s", line)
     return {"tag": tag, "image_id": image.id, "base_image": base, "lock": os.path.join(output, layout.LOCK),
             "size_bytes": image.attrs.get("Size")}
+
+
+def _require_local(client: Any, base: str) -> None:
+    """The base image must already be local: a build never pulls (the engine would try to, even with pull=False)."""
+    import docker
+
+    try:
+        client.images.get(base)
+    except docker.errors.ImageNotFound:
+        raise BuildError(f"base image {base} is not present locally; `docker pull {base}` first, "
+                         f"or name a local one with --base-image") from None
+
+
+def _context_digest(ctx: str, extra: list[str]) -> str:
+    """Short hash of the build context (lock, wrenpack sources, Dockerfile) and options: the default tag."""
+    h = hashlib.sha256("\0".join(extra).encode())
+    for dirpath, dirnames, filenames in os.walk(ctx):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, ctx).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:12]
 
 
 def _log_lines(chunks: Iterable[Any]) -> list[str]:
@@ -125,7 +149,5 @@ def _hint(lines: list[str], base: str) -> str:
         return "; pip in the build container cannot reach the package index: try --network host"
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return f"; pip in {base} does not trust this network's TLS certificates"
-    if not lines:
-        return f"; is {base} present locally (`docker images`)? builds never pull it"
     return "; the docker build output is logged above"
     return {"tag": tag, "image_id": image.id, "base_image": base, "lock": os.path.join(output, layout.LOCK)}
