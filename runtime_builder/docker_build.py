@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Iterable
@@ -19,6 +20,7 @@ from wrenpack.errors import BuildError
 
 log = logging.getLogger(__name__)
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DOCKERFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Dockerfile.runtime")
 
 
@@ -38,7 +40,9 @@ def docker_client() -> Any:
 def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (), pyproject: str | None = None,
                 profile: str | None = None, lock: str | None = None, python: str | None = None,
                 arch: str | None = None, output: str = layout.DEFAULT_OUTPUT, base_image: str | None = None,
-                tag: str | None = None, sourceless: bool = False, keep_boto3: bool = False) -> dict[str, Any]:
+                tag: str | None = None, sourceless: bool = False, keep_boto3: bool = False,
+                network: str | None = None) -> dict[str, Any]:
+    """Build the image; ``network`` is the build containers' network mode (e.g. ``host``), which pip needs."""
     tgt = Target.make(python, arch)
     client = docker_client()
     if not os.path.exists(DOCKERFILE):
@@ -72,18 +76,78 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
             shutil.copytree(os.path.join(root, pkg), os.path.join(src, pkg),
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copyfile(DOCKERFILE, os.path.join(ctx, "Dockerfile.runtime"))
-        with open(lock_path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:12]
-        tag = tag or f"wrenpack-runtime:{tgt.label}-{digest}"
         base = base_image or f"public.ecr.aws/lambda/python:{tgt.python}"
+        digest = _context_digest(ctx, [base, f"sourceless={sourceless}", f"keep_boto3={keep_boto3}"])
+        tag = tag or f"wrenpack-runtime:{tgt.label}-{digest}"
+        _require_local(client, base)
         log.info("building image %s from %s", tag, base)
         try:
-            image, _logs = client.images.build(
-                path=ctx, dockerfile="Dockerfile.runtime", tag=tag, rm=True, pull=False,
+            image, logs = client.images.build(
+                path=ctx, dockerfile="Dockerfile.runtime", tag=tag, rm=True, forcerm=True, pull=False,
+                network_mode=network,
                 platform="linux/arm64" if tgt.arch == "arm64" else "linux/amd64",
                 buildargs={"BASE_IMAGE": base, "SOURCELESS": "1" if sourceless else "0",
                            "KEEP_BOTO3": "1" if keep_boto3 else "0"})
-        except Exception as exc:  # docker.errors.BuildError / APIError
-            msg = str(getattr(exc, "msg", exc)).strip().splitlines()[-1:]
-            raise BuildError(f"docker build of {tag} failed: {msg[0] if msg else exc}; see `docker build` output") from None
+        except Exception as exc:  # docker.errors.BuildError / APIError / ImageNotFound
+            lines = _log_lines(getattr(exc, "build_log", ()))
+            for line in lines[-40:]:
+                log.error("docker build: %s", line)
+            raise BuildError(f"docker build of {tag} failed: {_cause(exc, lines)}{_hint(lines, base)}") from None
+        for line in _log_lines(logs):
+            # The build stage's summary (docker_stage) at INFO, the rest at DEBUG.
+            log.log(logging.INFO if line.startswith(("verified ", "trim savings")) else logging.DEBUG,
+                    "docker build: %s", line)
+    return {"tag": tag, "image_id": image.id, "base_image": base, "lock": os.path.join(output, layout.LOCK),
+            "size_bytes": image.attrs.get("Size")}
+
+
+def _require_local(client: Any, base: str) -> None:
+    """The base image must already be local: a build never pulls (the engine would try to, even with pull=False)."""
+    import docker
+
+    try:
+        client.images.get(base)
+    except docker.errors.ImageNotFound:
+        raise BuildError(f"base image {base} is not present locally; `docker pull {base}` first, "
+                         f"or name a local one with --base-image") from None
+
+
+def _context_digest(ctx: str, extra: list[str]) -> str:
+    """Short hash of the build context (lock, wrenpack sources, Dockerfile) and options: the default tag."""
+    h = hashlib.sha256("\0".join(extra).encode())
+    for dirpath, dirnames, filenames in os.walk(ctx):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, ctx).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:12]
+
+
+def _log_lines(chunks: Iterable[Any]) -> list[str]:
+    """The text lines of a docker build log (the SDK yields dicts with 'stream' or 'error')."""
+    out: list[str] = []
+    for chunk in chunks or ():
+        text = (chunk.get("stream") or chunk.get("error") or "") if isinstance(chunk, dict) else str(chunk)
+        out.extend(ln.rstrip() for ln in _ANSI.sub("", text).splitlines() if ln.strip())
+    return out
+
+
+def _cause(exc: Exception, lines: list[str]) -> str:
+    """One line naming why the build failed: pip's/the stage's last error line, else the engine's message."""
+    for line in reversed(lines):
+        if line.lstrip().startswith(("ERROR", "wrenpack: error", "BuildError", "runtime_builder")):
+            return line.strip()
+    msg = str(getattr(exc, "msg", exc)).strip().splitlines()
+    return msg[-1] if msg else type(exc).__name__
+
+
+def _hint(lines: list[str], base: str) -> str:
+    text = "\n".join(lines[-60:])
+    if "name resolution" in text or "Network is unreachable" in text or "NewConnectionError" in text:
+        return "; pip in the build container cannot reach the package index: try --network host"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"; pip in {base} does not trust this network's TLS certificates"
+    return "; the docker build output is logged above"
     return {"tag": tag, "image_id": image.id, "base_image": base, "lock": os.path.join(output, layout.LOCK)}

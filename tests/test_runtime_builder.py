@@ -281,4 +281,71 @@ def test_docker_path_needs_an_engine():
     except BuildError as exc:
         assert "no" in str(exc) and "\n" not in str(exc)
         pytest.skip(f"no Docker engine answers here: {exc}")
-    pytest.skip("a Docker engine answers, but building needs the Lambda base image; run by hand")
+
+
+def test_docker_stage_adds_only_the_worker_side(tmp_path):
+    import wrenpack
+    from runtime_builder import docker_stage
+
+    copied = docker_stage.copy_worker(os.path.dirname(wrenpack.__file__), str(tmp_path))
+    assert "worker/handler.py" in copied and "storage/s3.py" in copied and "errors.py" in copied
+    assert not (tmp_path / "wrenpack" / "cli").exists() and not (tmp_path / "wrenpack" / "executor.py").exists()
+    proc = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "import wrenpack.worker.handler as h; print(h.__file__)", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith(str(tmp_path)), proc.stderr
+
+
+def test_docker_build_failure_names_the_cause():
+    from runtime_builder import docker_build
+
+    chunks = [{"stream": "Step 7/10 : RUN python -m pip install ...\n"},
+              {"stream": "\x1b[91mWARNING: Retrying after connection broken by 'NewConnectionError(...: "
+                         "Temporary failure in name resolution')\n\x1b[0m"},
+              {"stream": "\x1b[91mERROR: No matching distribution found for six==1.17.0\n\x1b[0m"},
+              {"error": "The command '/bin/sh -c python -m pip ...' returned a non-zero code: 1"}]
+    lines = docker_build._log_lines(chunks)
+    assert all("\x1b" not in ln for ln in lines)
+    assert docker_build._cause(Exception("x"), lines) == "ERROR: No matching distribution found for six==1.17.0"
+    assert "--network host" in docker_build._hint(lines, "img")
+    stage = lines[:1] + ["wrenpack: error: import check failed: `import six` raised ImportError"]
+    assert docker_build._cause(Exception("x"), stage).startswith("wrenpack: error: import check failed")
+
+
+def test_docker_image_holds_the_runtime_and_the_handler(tmp_path):
+    """With an engine and a Lambda Python base image present locally, build six into an image and import it there.
+
+    No image is ever pulled: set LAMBDA_TEST_BASE_IMAGE to a local stand-in
+    (default public.ecr.aws/lambda/python:X.Y, used only if already present) and
+    LAMBDA_TEST_DOCKER_NETWORK (e.g. host) when the default build network
+    cannot reach the package index.
+    """
+    from runtime_builder import docker_build
+
+    try:
+        client = docker_build.docker_client()
+    except BuildError as exc:
+        pytest.skip(f"no Docker engine answers here: {exc}")
+    import docker
+
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    base = os.environ.get("LAMBDA_TEST_BASE_IMAGE", f"public.ecr.aws/lambda/python:{py}")
+    try:
+        client.images.get(base)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"base image {base} is not present locally (builds never pull); set LAMBDA_TEST_BASE_IMAGE")
+    tag = f"wrenpack-test-runtime:{os.getpid()}"
+    out = docker_build.build_image(["six"], output=str(tmp_path / "rt"), base_image=base, tag=tag,
+                                   network=os.environ.get("LAMBDA_TEST_DOCKER_NETWORK"))
+    try:
+        assert out["tag"] == tag and (tmp_path / "rt" / "requirements.lock").exists()
+        assert client.images.get(tag).attrs["Config"]["Cmd"] == ["wrenpack.worker.handler.handler"]
+        code = ("import os, six, cloudpickle, wrenpack.worker.handler as h; "
+                "root = os.environ['LAMBDA_TASK_ROOT']; "
+                "assert six.__file__.startswith(root) and h.__file__.startswith(root), (six.__file__, h.__file__); "
+                "assert not os.path.exists(os.path.join(root, 'wrenpack', 'cli')); "
+                "assert os.path.exists(os.path.join(root, 'wrenpack', 'worker', '__pycache__')); print('ok')")
+        logs = client.containers.run(tag, ["-c", code], entrypoint="python", network_mode="none", remove=True)
+        assert logs.strip().endswith(b"ok")
+    finally:
+        client.images.remove(tag, force=True)

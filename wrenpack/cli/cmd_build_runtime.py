@@ -51,6 +51,8 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--base-image", default=None, metavar="IMAGE",
                    help="base image for --docker (default public.ecr.aws/lambda/python:X.Y)")
     p.add_argument("--tag", default=None, help="image tag for --docker (default wrenpack-runtime:<hash>)")
+    p.add_argument("--network", default=None, metavar="MODE",
+                   help="network mode of the --docker build containers (e.g. host), as `docker build --network`")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=run)
 
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         out = docker_build.build_image(
             args.packages, requirements_files=args.requirements, pyproject=args.pyproject, profile=args.profile,
             lock=args.lock, python=args.python, arch=args.arch, output=args.output, base_image=args.base_image,
-            tag=args.tag, sourceless=args.sourceless, keep_boto3=args.keep_boto3)
+            tag=args.tag, sourceless=args.sourceless, keep_boto3=args.keep_boto3, network=args.network)
         print(json.dumps(out, indent=2) if args.json else f"built image {out['tag']} ({out['image_id']})")
         return 0
 
