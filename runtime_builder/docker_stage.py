@@ -21,15 +21,12 @@ HANDLER_MODULE = "wrenpack.worker.handler"
 def copy_worker(wrenpack_dir: str, dest: str) -> list[str]:
     """Copy wrenpack's worker side (package root files, storage/, worker/) into ``dest``/wrenpack.
 
-    The same file set as the handler package `wrenpack aws deploy` uploads: the
+    The same file set as the handler package `wrenpack deploy` uploads: the
     worker imports only the standard library, cloudpickle and (for S3) boto3.
     """
-    copied = []
-    for rel in ("__init__.py", "errors.py", "keys.py", "py.typed"):
-        if os.path.exists(os.path.join(wrenpack_dir, rel)):
-            copied.append(rel)
-    for sub in ("storage", "worker"):
-        copied += sorted(os.path.join(sub, n) for n in os.listdir(os.path.join(wrenpack_dir, sub)) if n.endswith(".py"))
+    from wrenpack.worker import worker_files
+
+    copied = worker_files(wrenpack_dir)
     for rel in copied:
         os.makedirs(os.path.dirname(os.path.join(dest, "wrenpack", rel)), exist_ok=True)
         shutil.copyfile(os.path.join(wrenpack_dir, rel), os.path.join(dest, "wrenpack", rel))

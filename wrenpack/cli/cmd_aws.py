@@ -79,13 +79,10 @@ def handler_package() -> bytes:
 
     import wrenpack
 
+    from wrenpack.worker import worker_files
+
     pkg = Path(wrenpack.__file__).parent
-    files: list[tuple[str, Path]] = []
-    for rel in ("__init__.py", "errors.py", "keys.py", "py.typed"):
-        if (pkg / rel).exists():
-            files.append((f"wrenpack/{rel}", pkg / rel))
-    for sub in ("storage", "worker"):
-        files += [(f"wrenpack/{sub}/{p.name}", p) for p in (pkg / sub).glob("*.py")]
+    files: list[tuple[str, Path]] = [(f"wrenpack/{rel}", pkg / rel) for rel in worker_files(str(pkg))]
     # cloudpickle is pure Python and must match the client's version exactly.
     cp = Path(cloudpickle.__file__).parent
     files += [(f"cloudpickle/{p.relative_to(cp).as_posix()}", p) for p in cp.rglob("*.py")]

@@ -29,7 +29,8 @@ def register(subparsers: Any, name: str) -> None:
                    help="the function's /tmp size for --target archive (512-10240)")
     p.add_argument("--sourceless", action="store_true", help="ship .pyc only (smaller; no source in tracebacks)")
     p.add_argument("--keep-boto3", action="store_true",
-                   help="keep boto3/botocore/s3transfer (Lambda's runtime already has them)")
+                   help="ship boto3/botocore/s3transfer in the runtime (trimmed by default: Lambda's runtime "
+                        "already has them; keep them to pin your own version)")
     p.add_argument("--no-strip", dest="strip", action="store_false", help="do not strip .so files")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the import check (needed when this machine cannot run the target)")
