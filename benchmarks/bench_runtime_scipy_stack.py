@@ -101,7 +101,7 @@ def main() -> int:
     s = m["sizes"]
     print(f"build: {build_s:.1f} s  stages: {json.dumps(res.stage_seconds)}")
     print(f"build --sourceless (from the lock): {build_sl_s:.1f} s")
-    print(f"packages: " + ", ".join(f"{p['name']} {p['version']}" for p in m["packages"]))
+    print("packages: " + ", ".join(f"{p['name']} {p['version']}" for p in m["packages"]))
     print()
     print(f"{'size':<34}{'MB':>9}{'MiB':>9}{'vs raw':>9}")
     rows = [("raw (pip --target, no .pyc)", raw_nopyc), ("raw + pip's .pyc", raw_pyc),

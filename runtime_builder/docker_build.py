@@ -150,4 +150,3 @@ def _hint(lines: list[str], base: str) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return f"; pip in {base} does not trust this network's TLS certificates"
     return "; the docker build output is logged above"
-    return {"tag": tag, "image_id": image.id, "base_image": base, "lock": os.path.join(output, layout.LOCK)}

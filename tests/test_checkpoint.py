@@ -5,8 +5,6 @@ import base64
 import json
 import os
 import signal
-import tempfile
-import threading
 import time
 
 import cloudpickle

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 
-import wrenpack
 from wrenpack.profiler import run_profile
 
 import profiler_targets as targets

@@ -9,11 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from importlib.metadata import version
