@@ -167,3 +167,28 @@ def test_memory_held_in_a_child_process_counts(remote):
     assert f.remote(50).result() == 50
     with pytest.raises(wrenpack.MemoryLimitExceeded, match="256 MB"):
         f.remote(400).result()
+
+
+def test_child_memory_without_cgroups_counts_after_the_call(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
+    ex._backend = LocalBackend(concurrency=1, use_cgroups=False)
+    try:
+
+        def short_lived_child(mb):
+            import subprocess
+            import sys
+
+            code = f"b = bytearray({mb} * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1"
+            subprocess.run([sys.executable, "-c", code], check=True)
+            return mb
+
+        f = wrenpack.remote(short_lived_child, executor=ex, memory=200)
+        first = f.remote(150)
+        assert first.result() == 150
+        second = f.remote(10)
+        assert second.result() == 10  # the earlier child's peak does not count against a later call
+        assert second.status["pid"] == first.status["pid"] and second.status["children_peak_rss_mb"] is None
+        with pytest.raises(wrenpack.MemoryLimitExceeded, match="200 MB"):
+            f.remote(300).result()
+    finally:
+        ex.shutdown()

@@ -162,6 +162,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     global soft_deadline
     start = time.time()
     memory.reset_peak()
+    children_before = memory.children_peak_mb()
     job_id, call_id = event["job_id"], event["call_id"]
     store = _store_for(event["store"])
     kind = "ok"
@@ -228,6 +229,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
     peak = memory.peak_rss_mb()
+    children_after = memory.children_peak_mb()
     status = {
         "job_id": job_id,
         "call_id": call_id,
@@ -238,6 +240,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "end": end,
         "duration_s": end - start,
         "peak_rss_mb": round(peak, 2) if peak is not None else None,
+        "children_peak_rss_mb": round(children_after, 2) if children_after > children_before else None,
         "host": _HOST,
         "pid": os.getpid(),
         "python": "%d.%d" % sys.version_info[:2],

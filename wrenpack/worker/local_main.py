@@ -56,7 +56,8 @@ def serve(fd: int) -> None:
         t0 = time.perf_counter()
         try:
             status = handler(msg["event"], ctx)
-            reply: dict[str, Any] = {"status": status, "peak_rss_mb": status.get("peak_rss_mb")}
+            peak = max(status.get("peak_rss_mb") or 0.0, status.get("children_peak_rss_mb") or 0.0)
+            reply: dict[str, Any] = {"status": status, "peak_rss_mb": peak}
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
             reply = {"error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": memory.peak_rss_mb()}
         reply["elapsed"] = time.perf_counter() - t0

@@ -28,3 +28,12 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
     return None
+
+
+def children_peak_mb() -> float:
+    """The largest ``ru_maxrss`` among this process's waited-for children, in MiB.
+
+    Linux keeps it for the process's whole life, so a call compares the value
+    before and after itself to know whether one of *its* children set it."""
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
