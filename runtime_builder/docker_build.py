@@ -47,15 +47,7 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
     client = docker_client()
     if not os.path.exists(DOCKERFILE):
         raise BuildError(f"{DOCKERFILE} is missing; reinstall wrenpack from a source checkout")
-    inp = inputs_mod.Inputs()
-    for p in packages:
-        inp.add(p)
-    for rf in requirements_files:
-        inputs_mod.read_requirements_file(rf, inp)
-    if pyproject:
-        inputs_mod.read_pyproject(pyproject, inp)
-    if profile:
-        inputs_mod.read_profile(profile, inp)
+    inp = inputs_mod.gather(packages, requirements_files, pyproject, profile)
     os.makedirs(output, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wrenpack-docker-") as ctx:
         lock_path = os.path.join(ctx, "requirements.lock")

@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from wrenpack.errors import BuildError
 
@@ -113,3 +114,18 @@ def add_cloudpickle(into: Inputs) -> None:
     from importlib.metadata import version
 
     into.add(f"cloudpickle=={version('cloudpickle')}")
+
+
+def gather(packages: Iterable[str] = (), requirements_files: Iterable[str] = (), pyproject: str | None = None,
+           profile: str | None = None) -> Inputs:
+    """All requirement sources of a build, in one ``Inputs``."""
+    inp = Inputs()
+    for p in packages:
+        inp.add(p)
+    for rf in requirements_files:
+        read_requirements_file(rf, inp)
+    if pyproject:
+        read_pyproject(pyproject, inp)
+    if profile:
+        read_profile(profile, inp)
+    return inp

@@ -93,15 +93,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     tgt = Target.make(python, arch)
     if target not in ("layer", "archive"):
         raise BuildError(f"unknown --target {target!r}: use layer or archive")
-    inp = inputs_mod.Inputs()
-    for p in packages:
-        inp.add(p)
-    for rf in requirements_files:
-        inputs_mod.read_requirements_file(rf, inp)
-    if pyproject:
-        inputs_mod.read_pyproject(pyproject, inp)
-    if profile:
-        inputs_mod.read_profile(profile, inp)
+    inp = inputs_mod.gather(packages, requirements_files, pyproject, profile)
     lock_text = None
     if lock:
         try:
