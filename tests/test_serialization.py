@@ -78,9 +78,9 @@ def test_function_pickled_once_per_map(remote, executor, monkeypatch):
     calls = []
     real = serialize.dumps_function
 
-    def counting(fn):
+    def counting(fn, *args):
         calls.append(fn)
-        return real(fn)
+        return real(fn, *args)
 
     monkeypatch.setattr(serialize, "dumps_function", counting)
     wrenpack.get(remote(abs).map(range(-5, 5)))

@@ -113,8 +113,8 @@ class Executor:
         label = label or getattr(fn, "__qualname__", "function")
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         # Everything is pickled before anything is stored or launched.
-        fn_bytes = serialize.dumps_function(fn)
-        user_modules = serialize._user_modules_of(fn)
+        user_modules = serialize.user_modules_of(fn)
+        fn_bytes = serialize.dumps_function(fn, user_modules)
         payloads = [
             serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
         ]

@@ -65,7 +65,7 @@ def _top_package(module: types.ModuleType) -> types.ModuleType:
     return sys.modules.get(top, module)
 
 
-def _user_modules_of(fn: Any) -> set[types.ModuleType]:
+def user_modules_of(fn: Any) -> set[types.ModuleType]:
     """The user modules a function's pickle would otherwise refer to by name."""
     found: set[types.ModuleType] = set()
     seen: set[int] = set()
@@ -114,9 +114,10 @@ def by_value(modules: set[types.ModuleType]) -> Iterator[None]:
                 cloudpickle.unregister_pickle_by_value(module)
 
 
-def dumps_function(fn: Callable[..., Any]) -> bytes:
-    """Pickle a function for the workers, by value where they could not import it."""
-    with by_value(_user_modules_of(fn)):
+def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] | None = None) -> bytes:
+    """Pickle a function for the workers, by value where they could not import it
+    (``user_modules``: ``user_modules_of(fn)``, when the caller has it already)."""
+    with by_value(user_modules_of(fn) if user_modules is None else user_modules):
         try:
             return cloudpickle.dumps(fn)
         except Exception as exc:  # noqa: BLE001

@@ -168,10 +168,6 @@ class LocalBackend(Backend):
     def from_config(cls, config: Any) -> "LocalBackend":
         return cls(concurrency=config.concurrency, keep_warm=config.keep_warm)
 
-    @property
-    def enforces_memory_with_cgroups(self) -> bool:
-        return self._cgroups is not None
-
     # -- Backend API ------------------------------------------------------------
     def invoke(self, invocation: Invocation) -> None:
         self.invoke_many([invocation])

@@ -39,7 +39,6 @@ from wrenpack.errors import MissingDependency, RemoteError, SerializationError, 
 from wrenpack.storage import Store, open_store
 from wrenpack.worker import checkpoint, memory, result
 
-PROTOCOL_VERSION = 1
 _HOST = socket.gethostname()
 
 _stores: dict[str, Store] = {}
