@@ -243,7 +243,7 @@ class Executor:
         if status.get("checkpoint"):
             # What this segment learned (step and save times) tunes the next one.
             event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
-        log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.extra.get("label"), event["segment"] - 1, event["segment"])
+        log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.label, event["segment"] - 1, event["segment"])
         self.backend.invoke(dataclasses.replace(inv, event=event, attempt=0))
 
     def _finish_call(self, job: _Job) -> None:

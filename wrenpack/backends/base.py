@@ -42,6 +42,11 @@ class Invocation:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def label(self) -> str:
+        """How messages name this call, e.g. ``score[17]``."""
+        return self.extra.get("label") or self.event.get("function_name") or "call"
+
+    @property
     def key(self) -> tuple[str, str]:
         return self.event["job_id"], self.event["call_id"]
 

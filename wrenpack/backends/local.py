@@ -274,7 +274,7 @@ class LocalBackend(Backend):
         self._queue = deque(inv for inv in self._queue if inv.runtime != runtime)
         message = str(exc) if isinstance(exc, WrenpackError) else f"{type(exc).__name__}: {exc}"
         for inv in doomed:
-            label = inv.extra.get("label", "call")
+            label = inv.label
             self._finish(inv, error=WrenpackError(f"{label}: could not start a worker: {message}"))
 
     def _worker_command(self, runtime: str | None) -> tuple[list[str], list[str]]:
@@ -392,7 +392,7 @@ class LocalBackend(Backend):
             peak = max(peak, worker.cgroup.peak_mb())
         if worker.inflight:
             self._begin(worker)
-        label = inv.extra.get("label", inv.event.get("function_name", "call"))
+        label = inv.label
         tmp_bytes = dir_size(worker.tmpdir)
         if oom or (worker.cgroup is None and peak > inv.memory_mb):
             # (Without a cgroup: sampling missed it while it ran, the high-water mark did not.)
@@ -431,7 +431,7 @@ class LocalBackend(Backend):
         self._discard(worker)
         if inv is None:
             return
-        label = inv.extra.get("label", inv.event.get("function_name", "call"))
+        label = inv.label
         if reason == "timeout":
             self._finish(inv, error=TaskTimeout(
                 f"{label} ran past its {inv.timeout_s:g} s timeout and was stopped; raise timeout= (at most 900 s on "
@@ -547,7 +547,7 @@ class LocalBackend(Backend):
             queued += list(self._queue)
             self._queue.clear()
         for inv in queued:
-            label = inv.extra.get("label", "call")
+            label = inv.label
             self._finish(inv, error=WrenpackError(f"{label}: the local backend shut down before the call started"))
         for fd in (self._wake_r, self._wake_w):
             try:
