@@ -25,6 +25,8 @@ from wrenpack.errors import WrenpackError
 class InvocationResult:
     status: dict[str, Any] | None = None
     error: WrenpackError | None = None
+    #: the result object's bytes when they came back in the reply (``event["reply_limit"]``)
+    data: bytes | None = None
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Invocation:
     runtime: str | None = None
     attempt: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: called (from a backend thread) when the call actually begins: a worker took it
+    on_start: Callable[["Invocation"], None] | None = None
 
     @property
     def label(self) -> str:
@@ -64,6 +68,12 @@ class Backend(abc.ABC):
         for inv in invocations:
             self.invoke(inv)
 
+    def cancel(self, invocation: Invocation) -> bool:
+        """Remove ``invocation`` if it has not started; True if removed (its
+        ``on_done`` is then never called). Backends that cannot say return False."""
+        return False
+
     @abc.abstractmethod
     def shutdown(self, wait: bool = True) -> None:
-        """Stop workers/threads; pending invocations are failed."""
+        """Stop workers/threads. ``wait=True`` drains: queued invocations still run;
+        ``wait=False`` fails what has not finished."""
