@@ -36,7 +36,7 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.errors import MissingDependency, RemoteError, SerializationError, StoreError, TaskTimeout
-from wrenpack.storage import Store, open_store
+from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.worker import checkpoint, memory, result
 
 _HOST = socket.gethostname()
@@ -178,6 +178,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     children_before = memory.children_peak_mb()
     job_id, call_id = event["job_id"], event["call_id"]
     store = _store_for(event["store"])
+    user_data.bind(store)  # wrenpack.store() inside the call is this store
     kind = "ok"
     extra_status: dict[str, Any] = {}
     disarm = None
@@ -237,6 +238,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             disarm()
         soft_deadline = None
         checkpoint.end()
+        user_data.bind(None)
     if ckpt is not None and ckpt.used:
         extra_status["checkpoint"] = ckpt.stats()
     if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):
