@@ -288,7 +288,7 @@ class LocalBackend(Backend):
             if head is not None and not self._stopping:
                 self._grow(head)
         for inv in started:
-            self._started(inv)
+            self.started(inv)
         if started:
             self._watch_io()
 
@@ -317,14 +317,6 @@ class LocalBackend(Backend):
             other = next((w for w in self._workers if w.ready and not w.inflight and w.runtime != runtime and not w.retiring), None)
             if other is not None:
                 self._retire(other)
-
-    def _started(self, inv: Invocation) -> None:
-        hook = getattr(inv, "on_start", None)
-        if hook is not None:
-            try:
-                hook(inv)
-            except Exception:  # noqa: BLE001
-                log.exception("on_start callback failed")
 
     def _watch_io(self) -> None:
         for worker in self._workers:
