@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 #: kept for callers of the old name
 dir_size = dir_usage
 
+#: workers that die before they are ready, in a row, before a runtime's calls fail
+_START_TRIES = 3
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
 
 
@@ -95,6 +97,7 @@ class LocalBackend(Backend):
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._base_env: dict[str, str] | None = None
+        self._start_failures: dict[str | None, int] = {}
         self.worker_starts = 0
         _live.add(self)
 
@@ -233,6 +236,7 @@ class LocalBackend(Backend):
     def _on_reply(self, worker: Worker, head: dict[str, Any], blob: bytes) -> None:
         if "ready" in head:
             worker.ready = True
+            self._start_failures.pop(worker.runtime, None)
             return
         if not worker.inflight:
             return
@@ -328,6 +332,7 @@ class LocalBackend(Backend):
 
     def _fail_runtime(self, runtime: str | None, message: str) -> None:
         """Workers for ``runtime`` cannot start: fail every call queued for it (lock held)."""
+        self._start_failures.pop(runtime, None)
         doomed = [inv for inv in self._queue if inv.runtime == runtime and id(inv) in self._queued]
         self._queue = deque(inv for inv in self._queue if inv.runtime != runtime)
         for inv in doomed:
@@ -400,8 +405,11 @@ class LocalBackend(Backend):
         error = worker.death_error(inv) if inv is not None else None
         self._discard(worker)
         if not worker.ready and worker.kill_reason is None and not self._stopping:
-            with self._lock:
-                self._fail_runtime(worker.runtime, f"the worker process exited at start ({worker.how_it_died()})")
+            # A worker that cannot even start: a few tries, then its runtime's calls fail.
+            failures = self._start_failures[worker.runtime] = self._start_failures.get(worker.runtime, 0) + 1
+            if failures >= _START_TRIES:
+                with self._lock:
+                    self._fail_runtime(worker.runtime, f"the worker process exited at start ({worker.how_it_died()})")
         if inv is None:
             return
         if error is not None:
