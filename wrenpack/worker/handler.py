@@ -156,6 +156,20 @@ def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> 
     return cloudpickle.dumps(("error", exc_bytes, name, str(exc), tb_text, kind))
 
 
+def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
+    """A call that begins after ``mark_start_after`` (client clock) waited in
+    Lambda's queue: one small object says when it began, so the client counts
+    its deadline from here instead of reporting it lost. On time: no write."""
+    after = event.get("mark_start_after")
+    if after is None or start <= float(after):
+        return
+    try:
+        store.put(keys.start_key(event["job_id"], event["call_id"]),
+                  json.dumps({"start": start, "attempt": event.get("attempt", 0)}).encode())
+    except StoreError:
+        pass  # the client then reports it lost at its deadline, as before
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run one call described by ``event``; return its status record."""
     global soft_deadline
@@ -169,6 +183,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
+    _mark_start(store, event, start)
     try:
         fn = _load_function(store, event["func_key"])
         args, kwargs = _load_args(store, event["args"])
