@@ -1,80 +1,213 @@
-"""1,000 trivial calls: wrenpack's local backend (limits enforced) against
-``concurrent.futures.ProcessPoolExecutor(2)`` on the same work, in the same run.
+"""wrenpack's local backend (limits enforced, default settings) against the
+process pools users compare it with, in one run, systems alternating in
+every round, medians reported:
 
-Prints per-round times, medians and the ratio (wrenpack / process pool), for
-"warm" (pool or workers already started) and "cold" (started inside the timing).
-Target (issue 2): within 5x of the process pool.
+- ``trivial``: 1,000 calls of ``x + 1`` (``--calls``), warm pools
+- ``latency``: one warm call, submit to result (median of ``--latency-calls``)
+- ``data``: 100 calls (``--data-calls``) each taking and returning 10 MiB of bytes,
+  plus the driver's peak memory above its start (RSS sampled every 5 ms)
+- ``mixed``: 200 calls, 190 x 10 ms and 10 x 2 s (``--scale`` shrinks the times)
+  against the ideal schedule max(total / workers, longest call)
 
-    python benchmarks/bench_map_vs_processpool.py [--calls 1000] [--rounds 7]
+Peers: ``concurrent.futures.ProcessPoolExecutor(2)`` (the ratio's baseline),
+``multiprocessing.Pool(2)`` and joblib (``pip install joblib``; skipped if absent).
+Targets (issue 15): trivial <= 1.0x ProcessPoolExecutor, data <= 0.5x,
+latency <= 1 ms, mixed <= 1.05x ideal.
+
+    python benchmarks/bench_map_vs_processpool.py [--rounds 5] [--only trivial,latency,data,mixed]
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import multiprocessing as mp
+import os
 import statistics
+import threading
 import time
+from typing import Any, Callable
 
 import wrenpack
+
+MiB = 1024 * 1024
 
 
 def trivial(x):
     return x + 1
 
 
-def time_pool(pool: cf.ProcessPoolExecutor, n: int) -> float:
-    t0 = time.perf_counter()
-    futs = [pool.submit(trivial, i) for i in range(n)]
-    results = [f.result() for f in futs]
-    elapsed = time.perf_counter() - t0
-    assert results == [i + 1 for i in range(n)]
-    return elapsed
+def echo(data):
+    return data
 
 
-def time_wrenpack(f: wrenpack.RemoteFunction, n: int) -> float:
-    t0 = time.perf_counter()
-    results = wrenpack.get(f.map(range(n)), progress=False)
-    elapsed = time.perf_counter() - t0
-    assert results == [i + 1 for i in range(n)]
-    return elapsed
+def nap(s):
+    time.sleep(s)
+    return s
+
+
+class PeakRSS:
+    """The process's resident memory peak above its value at start, sampled in a thread."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.start = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.start) / MiB
+
+
+class Systems:
+    """The systems under test, each with its pool warm, mapping one function over items."""
+
+    def __init__(self, workers: int) -> None:
+        self.ex = wrenpack.Executor(concurrency=workers)
+        self.ppe = cf.ProcessPoolExecutor(workers)
+        self.mpp = mp.get_context("fork").Pool(workers)
+        try:
+            import joblib
+
+            self.joblib = joblib.Parallel(n_jobs=workers, return_as="list")
+            self._delayed = joblib.delayed
+        except ImportError:
+            self.joblib = None
+        self.remote = {fn: wrenpack.remote(fn, executor=self.ex, memory=1024, timeout=60) for fn in (trivial, echo, nap)}
+
+    def names(self) -> list[str]:
+        return ["wrenpack", "processpool", "mp.Pool"] + (["joblib"] if self.joblib is not None else [])
+
+    def map(self, name: str, fn: Callable[..., Any], items: list[Any]) -> list[Any]:
+        if name == "wrenpack":
+            return wrenpack.get(self.remote[fn].map(items), progress=False)
+        if name == "processpool":
+            return list(self.ppe.map(fn, items))
+        if name == "mp.Pool":
+            return self.mpp.map(fn, items)
+        with self.joblib:
+            return self.joblib(self._delayed(fn)(x) for x in items)
+
+    def one(self, name: str, x: int) -> Any:
+        if name == "wrenpack":
+            return self.remote[trivial].remote(x).result()
+        if name == "processpool":
+            return self.ppe.submit(trivial, x).result()
+        if name == "mp.Pool":
+            return self.mpp.apply(trivial, (x,))
+        return self.joblib([self._delayed(trivial)(x)])[0]
+
+    def close(self) -> None:
+        self.ex.shutdown()
+        self.ppe.shutdown()
+        self.mpp.terminate()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--store", default=None, help="object store location (default: wrenpack's default)")
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--latency-calls", type=int, default=200)
+    ap.add_argument("--data-calls", type=int, default=100)
+    ap.add_argument("--data-mib", type=int, default=10)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiplies the mixed workload's call durations")
+    ap.add_argument("--only", default="trivial,latency,data,mixed")
     args = ap.parse_args()
-    n = args.calls
-    # The default store (a memory-backed directory where the machine has one), as users get it;
-    # --store DIR measures another.
-    store = args.store
+    only = set(args.only.split(","))
+    systems = Systems(args.workers)
+    names = systems.names()
+    times: dict[str, dict[str, list[float]]] = {}
+    memory: dict[str, list[float]] = {n: [] for n in names}
 
-    rows: dict[str, list[float]] = {"pool warm": [], "wrenpack warm": [], "pool cold": [], "wrenpack cold": []}
-    with cf.ProcessPoolExecutor(args.workers) as pool, wrenpack.Executor(storage=store, concurrency=args.workers) as ex:
-        f = wrenpack.remote(trivial, executor=ex, memory=256, timeout=60)
-        time_pool(pool, 50)
-        time_wrenpack(f, 50)
-        for _ in range(args.rounds):
-            # alternate so drift on a noisy machine hits both alike
-            rows["pool warm"].append(time_pool(pool, n))
-            rows["wrenpack warm"].append(time_wrenpack(f, n))
-    for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        with cf.ProcessPoolExecutor(args.workers) as pool:
-            time_pool(pool, n)
-        rows["pool cold"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with wrenpack.Executor(storage=store, concurrency=args.workers) as ex:
-            time_wrenpack(wrenpack.remote(trivial, executor=ex, memory=256, timeout=60), n)
-        rows["wrenpack cold"].append(time.perf_counter() - t0)
+    blob = os.urandom(args.data_mib * MiB)
+    mixed = [2.0 * args.scale if i % 20 == 10 else 0.01 * args.scale for i in range(200)]
+    ideal = max(sum(mixed) / args.workers, max(mixed))
+    workloads: dict[str, Callable[[str], float]] = {}
 
-    print(f"{n} trivial calls, {args.workers} workers, {args.rounds} rounds (seconds)")
-    for name, values in rows.items():
-        print(f"  {name:14s} median {statistics.median(values):.3f}  all {' '.join(f'{v:.3f}' for v in values)}")
-    for kind in ("warm", "cold"):
-        ratio = statistics.median(rows[f"wrenpack {kind}"]) / statistics.median(rows[f"pool {kind}"])
-        print(f"ratio wrenpack/processpool ({kind}, medians): {ratio:.2f}x  (target <= 5x)")
+    def trivial_run(name: str) -> float:
+        t0 = time.perf_counter()
+        out = systems.map(name, trivial, list(range(args.calls)))
+        elapsed = time.perf_counter() - t0
+        assert out == [i + 1 for i in range(args.calls)]
+        return elapsed
+
+    def latency_run(name: str) -> float:
+        samples = []
+        for i in range(args.latency_calls):
+            t0 = time.perf_counter()
+            assert systems.one(name, i) == i + 1
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples)
+
+    def data_run(name: str) -> float:
+        items = [blob] * args.data_calls
+        with PeakRSS() as peak:
+            t0 = time.perf_counter()
+            out = systems.map(name, echo, items)
+            elapsed = time.perf_counter() - t0
+            assert len(out) == len(items) and out[0] == blob
+            del out
+        memory[name].append(peak.mb)
+        return elapsed
+
+    def mixed_run(name: str) -> float:
+        t0 = time.perf_counter()
+        systems.map(name, nap, mixed)
+        return (time.perf_counter() - t0) / ideal
+
+    for key, fn in (("trivial", trivial_run), ("latency", latency_run), ("data", data_run), ("mixed", mixed_run)):
+        if key in only:
+            workloads[key] = fn
+            times[key] = {n: [] for n in names}
+    # warm every pool (workers started, modules imported)
+    for name in names:
+        systems.map(name, trivial, list(range(50)))
+        systems.map(name, echo, [b"x"] * 4)
+        systems.map(name, nap, [0.0] * 4)
+    try:
+        for r in range(args.rounds):
+            for key, run in workloads.items():
+                order = names if r % 2 == 0 else names[::-1]  # alternate, so drift hits all alike
+                for name in order:
+                    times[key][name].append(run(name))
+    finally:
+        systems.close()
+
+    print(f"{args.workers} workers, {args.rounds} rounds, medians (all rounds in brackets)")
+    units = {"trivial": ("s", 1.0), "latency": ("ms", 1e3), "data": ("s", 1.0), "mixed": ("x ideal", 1.0)}
+    titles = {
+        "trivial": f"{args.calls} trivial calls",
+        "latency": "one warm call's latency",
+        "data": f"{args.data_calls} calls x {args.data_mib} MiB in and out",
+        "mixed": f"200 calls, 190 x {10 * args.scale:g} ms + 10 x {2 * args.scale:g} s (ideal {ideal:.2f} s)",
+    }
+    for key in workloads:
+        unit, mul = units[key]
+        base = statistics.median(times[key]["processpool"])
+        print(f"\n{titles[key]}")
+        for name in names:
+            values = times[key][name]
+            med = statistics.median(values)
+            ratio = f"  {med / base:5.2f}x processpool" if key != "mixed" else ""
+            extra = f"  driver peak +{statistics.median(memory[name]):.0f} MB" if key == "data" else ""
+            print(f"  {name:12s} {med * mul:9.3f} {unit}{ratio}{extra}  [{' '.join(f'{v * mul:.3f}' for v in values)}]")
+    print("\ntargets: trivial <= 1.0x processpool, data <= 0.5x processpool, latency <= 1 ms, mixed <= 1.05x ideal")
 
 
 if __name__ == "__main__":

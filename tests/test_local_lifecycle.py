@@ -306,8 +306,13 @@ def test_workers_stop_when_the_driver_is_interrupted_or_killed(tmp_path, how):
         line = proc.stdout.readline()
         workers = [int(p) for p in line.split()]
         assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else line
-        everything = workers + _descendants_of(workers)
-        assert len(everything) >= 4  # each worker runs a call that started a child
+        deadline = time.monotonic() + 20
+        while True:  # each worker runs a call that starts a child
+            everything = workers + _descendants_of(workers)
+            if len(everything) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(everything) >= 4
         os.kill(proc.pid, how)
         proc.wait(timeout=10)
         assert _wait_dead(everything, 5) == [], "processes of the map outlived the driver"

@@ -59,6 +59,13 @@ log = logging.getLogger(__name__)
 #: kept for callers of the old name
 dir_size = dir_usage
 
+#: expected work a worker is kept ahead with short calls (automatic batching)
+_BATCH_S = 0.02
+#: calls expected to take longer are never queued behind a running call
+_PIPELINE_MAX_S = 0.005
+_MAX_BATCH = 256
+#: result objects at most this large come back in the reply (contract 2), not through the store
+_REPLY_LIMIT = 1024 * 1024
 #: workers that die before they are ready, in a row, before a runtime's calls fail
 _START_TRIES = 3
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
@@ -98,7 +105,12 @@ class LocalBackend(Backend):
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._base_env: dict[str, str] | None = None
         self._start_failures: dict[str | None, int] = {}
+        #: expected seconds per call, by function
+        self._estimates: dict[Any, float] = {}
         self.worker_starts = 0
+        #: messages sent to workers and the calls they carried (batching, for tests and diagnostics)
+        self.messages_sent = 0
+        self.calls_sent = 0
         _live.add(self)
 
     @classmethod
@@ -237,6 +249,8 @@ class LocalBackend(Backend):
         if "ready" in head:
             worker.ready = True
             self._start_failures.pop(worker.runtime, None)
+            if worker.inflight:
+                worker.begin(time.time())  # calls sent while it started: the clock starts now
             return
         if not worker.inflight:
             return
@@ -244,6 +258,7 @@ class LocalBackend(Backend):
         now = time.time()
         worker.idle_since = time.monotonic()
         error, replace = worker.verdict(inv, head)
+        self._learn(inv, head.get("elapsed"))
         if worker.inflight:
             worker.begin(now)
         if error is not None:
@@ -270,24 +285,57 @@ class LocalBackend(Backend):
         return None
 
     def _take(self, worker: Worker) -> list[Invocation]:
-        """The calls to hand ``worker`` now (lock held)."""
-        inv = self._next_queued()
-        if inv is None or inv.runtime != worker.runtime:
+        """The calls to hand ``worker`` now (lock held): automatic batching.
+
+        A function's first calls go one per worker and are timed; then a worker
+        is kept ``_BATCH_S`` of expected work ahead, so each message (and each
+        round trip) carries several short calls. Calls expected to take longer
+        than ``_PIPELINE_MAX_S`` are never queued behind a running one: no call
+        waits behind a long one while another worker could take it."""
+        head = self._next_queued()
+        if head is None or head.runtime != worker.runtime:
             return []
-        self._queue.popleft()
-        self._queued.discard(id(inv))
-        return [inv]
+        est = self._estimates.get(head.event.get("func_key"))
+        if worker.inflight:
+            last = worker.inflight[-1]
+            if est is None or est > _PIPELINE_MAX_S or _limits(head) != _limits(last):
+                return []
+            room = int((_BATCH_S - len(worker.inflight) * est) / est)
+        else:
+            room = 1 if est is None else max(1, int(_BATCH_S / max(est, 1e-6)))
+        # Fair share: the rest of the queue is left for the other workers.
+        room = min(room, _MAX_BATCH, -(-len(self._queued) // self.concurrency))
+        if room < 1:
+            return []
+        limits = _limits(head)
+        calls: list[Invocation] = []
+        queue = self._queue
+        while queue and len(calls) < room:
+            inv = queue[0]
+            if id(inv) not in self._queued:
+                queue.popleft()
+                continue
+            if inv.runtime != worker.runtime or _limits(inv) != limits:
+                break
+            queue.popleft()
+            self._queued.discard(id(inv))
+            calls.append(inv)
+        return calls
 
     def _assign(self) -> None:
         started: list[Invocation] = []
         with self._lock:
-            idle = [w for w in self._workers if w.ready and not w.inflight and not w.retiring and not w.kill_reason]
-            for worker in idle:
-                calls = self._take(worker)
-                if not calls:
-                    continue
-                worker.send(calls, None)
-                started.extend(calls)
+            if self._queued:
+                # A starting worker takes calls too: they run as soon as it has imported the handler.
+                usable = [w for w in self._workers if not w.retiring and not w.kill_reason]
+                # Idle workers first, then top up the busy ones.
+                for worker in sorted(usable, key=lambda w: len(w.inflight)):
+                    calls = self._take(worker)
+                    if calls:
+                        worker.send(calls, _REPLY_LIMIT)
+                        started.extend(calls)
+                        self.messages_sent += 1
+                        self.calls_sent += len(calls)
             head = self._next_queued()
             if head is not None and not self._stopping:
                 self._grow(head)
@@ -296,10 +344,21 @@ class LocalBackend(Backend):
         if started:
             self._watch_io()
 
+    def _learn(self, inv: Invocation, elapsed: Any) -> None:
+        """Keep a function's expected call time: up at once, down gradually (so a
+        long call is never mistaken for a short one)."""
+        if not isinstance(elapsed, (int, float)):
+            return
+        key = inv.event.get("func_key")
+        old = self._estimates.get(key)
+        if len(self._estimates) > 4096:
+            self._estimates.clear()
+        self._estimates[key] = float(elapsed) if old is None or elapsed > old else 0.7 * old + 0.3 * float(elapsed)
+
     def _grow(self, head: Invocation) -> None:
         """Start workers for what waits (lock held)."""
         runtime = head.runtime
-        starting = sum(1 for w in self._workers if not w.ready and w.runtime == runtime)
+        starting = sum(1 for w in self._workers if not w.ready and not w.inflight and w.runtime == runtime)
         if len(self._workers) >= self.concurrency and (starting or all(w.runtime == runtime for w in self._workers)):
             return
         waiting = 0
@@ -355,7 +414,7 @@ class LocalBackend(Backend):
     def _watch(self) -> None:
         now = time.time()
         for worker in self._workers:
-            if not worker.inflight or worker.kill_reason:
+            if not worker.inflight or worker.kill_reason or not worker.ready:
                 continue
             reason = worker.sample(now)
             if reason is not None:
@@ -381,10 +440,13 @@ class LocalBackend(Backend):
         waiting = list(worker.inflight)[keep:]
         while len(worker.inflight) > keep:
             worker.inflight.pop()
-        if waiting:
+        self._requeue_front(waiting)
+
+    def _requeue_front(self, calls: list[Invocation]) -> None:
+        if calls:
             with self._lock:
-                self._queue.extendleft(reversed(waiting))
-                self._queued.update(id(inv) for inv in waiting)
+                self._queue.extendleft(reversed(calls))
+                self._queued.update(id(inv) for inv in calls)
 
     def _on_exit(self, worker: Worker) -> None:
         """The worker process exited (seen from its pidfd): finish its calls, free its slot."""
@@ -404,8 +466,11 @@ class LocalBackend(Backend):
         # Judged before the cgroup goes: its OOM count says whether the kernel stopped it.
         error = worker.death_error(inv) if inv is not None else None
         self._discard(worker)
-        if not worker.ready and worker.kill_reason is None and not self._stopping:
-            # A worker that cannot even start: a few tries, then its runtime's calls fail.
+        if not worker.ready and worker.kill_reason is None and not self._stopping and (worker.proc.returncode or 0) >= 0:
+            # It exited before it could run anything (not killed): its calls never started.
+            if inv is not None:
+                self._requeue_front([inv])
+                inv = None
             failures = self._start_failures[worker.runtime] = self._start_failures.get(worker.runtime, 0) + 1
             if failures >= _START_TRIES:
                 with self._lock:
@@ -459,6 +524,10 @@ class LocalBackend(Backend):
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         _live.discard(self)
+
+
+def _limits(inv: Invocation) -> tuple[Any, ...]:
+    return (inv.memory_mb, inv.timeout_s, inv.ephemeral_storage_mb)
 
 
 @atexit.register

@@ -176,7 +176,7 @@ class Worker:
         self.inflight.extend(calls)
         self.outbuf += encode(msg)
         self.flush()
-        if was_idle:
+        if was_idle and self.ready:
             if self.cgroup is not None:
                 self.cgroup.reset_peak()
             self.begin(time.time())
