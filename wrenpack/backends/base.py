@@ -34,6 +34,9 @@ from wrenpack.errors import WrenpackError
 class InvocationResult:
     status: dict[str, Any] | None = None
     error: WrenpackError | None = None
+    #: The sealed result object's bytes when the handler sent it in its reply
+    #: (``reply_limit``, contract 2); the executor verifies it. None: read the store.
+    data: bytes | None = None
 
 
 @dataclass

@@ -407,13 +407,15 @@ class LocalBackend(Backend):
             self._stop_worker(worker)
             return
         status = msg["status"]
+        data = status.pop("result", None)  # the sealed result object, when it came in the reply (contract 2)
         if status.get("exit") == "timeout":
             self._stop_worker(worker)  # as on Lambda: a timed-out environment is not reused
-        self._finish(inv, status=status)
+        self._finish(inv, status=status, data=data)
 
-    def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None) -> None:
+    def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None,
+                data: bytes | None = None) -> None:
         try:
-            inv.on_done(inv, InvocationResult(status=status, error=error))
+            inv.on_done(inv, InvocationResult(status=status, error=error, data=data))
         except Exception:  # noqa: BLE001
             log.exception("on_done callback failed")
 
