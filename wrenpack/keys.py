@@ -7,6 +7,7 @@
     jobs/<job_id>/result/<call_id>.res          the call's status and outcome, written once, last
     jobs/<job_id>/segment/<call_id>.<n>.json    segment n of a split call saved a checkpoint
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
+    jobs/<job_id>/owner.json                    the client process that launched the job (not sealed, never unpickled)
 
 Every object here is sealed (``wrenpack.auth``) with the job's secret and its
 ``identity``: job, call, kind and segment. A result object is one atomic write holding both the status record (JSON:
@@ -47,6 +48,12 @@ def segment_key(job_id: str, call_id: str, segment: int) -> str:
 
 def segment_prefix(job_id: str) -> str:
     return f"{JOBS}{job_id}/segment/"
+
+
+def owner_key(job_id: str) -> str:
+    """Who launched the job (JSON: host, pid, process start time): ``wrenpack
+    clean --stale`` removes jobs whose owner is gone."""
+    return f"{JOBS}{job_id}/owner.json"
 
 
 def checkpoint_key(job_id: str, call_id: str) -> str:
