@@ -182,6 +182,14 @@ class LocalBackend(Backend):
                 self._thread.start()
         self._wake()
 
+    def cancel(self, invocation: Invocation) -> bool:
+        with self._lock:
+            try:
+                self._queue.remove(invocation)
+            except ValueError:
+                return False
+            return True
+
     def shutdown(self, wait: bool = True) -> None:
         if self._stopping:
             return
@@ -340,6 +348,7 @@ class LocalBackend(Backend):
         worker.next_sample = now
         worker.kill_reason = None
         worker.peak_mb = 0.0
+        self.started(inv)
 
     def _send(self, worker: _Worker, inv: Invocation) -> None:
         worker.inflight.append(inv)

@@ -62,7 +62,7 @@ class CallScope:
         limit = event.get("capture_logs")
         self.tail = _Tail(int(limit)) if isinstance(limit, int) and limit > 0 else None
 
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         saved = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
         streams = (sys.stdout, sys.stderr)

@@ -35,10 +35,23 @@ def rebuild(ref: dict[str, Any]) -> cf.Future:
     return fut if fut is not None else CallRef(ref)
 
 
+class DoneRef(cf.Future):
+    """A future that was done when it was pickled (it travels with its outcome)."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.cancelled():
+            return (finished, (self.label, "cancelled", None))
+        exc = self.exception(0)
+        return (finished, (self.label, "ok", self.result(0)) if exc is None else (self.label, "error", exc))
+
+
 def finished(label: str, state: str, value: Any) -> cf.Future:
     """A future that was done when it was pickled."""
-    fut: cf.Future = cf.Future()
-    fut.label = label  # type: ignore[attr-defined]
+    fut = DoneRef(label)
     if state == "ok":
         fut.set_result(value)
     elif state == "error":
