@@ -36,7 +36,7 @@ import cloudpickle
 
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
-from wrenpack.storage import Store, open_store
+from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.worker import checkpoint, memory, result
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     memory.reset_peak()
     children_before = memory.children_peak_mb()
     job_id, call_id = ev.job_id, ev.call_id
+    user_data.bind(store)  # wrenpack.store() inside the call is this store
     kind = "ok"
     extra_status: dict[str, Any] = {}
     disarm = None
@@ -262,6 +263,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             disarm()
         soft_deadline = None
         checkpoint.end()
+        user_data.bind(None)
     if ckpt is not None and ckpt.used:
         extra_status["checkpoint"] = ckpt.stats()
     if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):
