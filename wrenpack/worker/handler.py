@@ -194,6 +194,20 @@ def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> 
     return cloudpickle.dumps(protocol.error_tuple(exc, kind, tb_text))
 
 
+def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
+    """A call that begins after ``mark_start_after`` (client clock) waited in
+    Lambda's queue: one small object says when it began, so the client counts
+    its deadline from here instead of reporting it lost. On time: no write."""
+    after = event.get("mark_start_after")
+    if after is None or start <= float(after):
+        return
+    try:
+        store.put(keys.start_key(event["job_id"], event["call_id"]),
+                  json.dumps({"start": start, "attempt": event.get("attempt", 0)}).encode())
+    except StoreError:
+        pass  # the client then reports it lost at its deadline, as before
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run one call described by ``event``; return its status record (plus the
     sealed result object under ``"result"`` when ``reply_limit`` allows).
@@ -211,6 +225,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
+    _mark_start(store, event, start)
     try:
         fn = _load_function(store, ev)
         args, kwargs = _load_args(store, ev)
