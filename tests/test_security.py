@@ -139,7 +139,9 @@ def _intercept_result_reads(monkeypatch, store, swap):
 
 def test_results_swapped_between_two_calls_are_rejected(ex, monkeypatch):
     def swap(key, data):
-        other = key.replace("00000.res", "00001.res") if key.endswith("00000.res") else key.replace("00001.res", "00000.res")
+        job = key.split("/")[1]
+        first, second = keys.result_key(job, "00000"), keys.result_key(job, "00001")
+        other = second if key == first else first
         path = os.path.join(ex.store.root, other)
         deadline = time.time() + 30
         while not os.path.exists(path) and time.time() < deadline:

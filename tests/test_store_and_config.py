@@ -86,7 +86,7 @@ def test_corrupt_result_object_fails_that_call_only(tmp_path, monkeypatch):
         monkeypatch.setattr(ex, "_read_outcome", corrupting)
         futs = wrenpack.remote(abs, executor=ex).map([-1, -2, -3])
         assert futs[0].result() == 1 and futs[2].result() == 3
-        with pytest.raises(CorruptObject, match=r"result/00001.res failed authentication.*nothing was unpickled"):
+        with pytest.raises(CorruptObject, match=r"result/1/00001.res failed authentication.*nothing was unpickled"):
             futs[1].result()
     finally:
         ex.shutdown()

@@ -54,6 +54,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "env": (dict, type(None)),          # issue 11: environment variables for the call
     "capture_logs": (int, type(None)),  # issue 11: bytes of the call's log tail in the status
     "cancel_key": (str, type(None)),    # issue 11: cancellation marker key
+    "mark_start_after": (int, float, type(None)),  # issue 10: a call starting later than this writes a start marker
 }
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

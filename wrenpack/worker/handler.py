@@ -36,7 +36,7 @@ import cloudpickle
 
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
-from wrenpack.storage import Store, open_store
+from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.worker import callscope, checkpoint, memory, result
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,20 @@ def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> 
     return cloudpickle.dumps(protocol.error_tuple(exc, kind, tb_text))
 
 
+def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
+    """A call that begins after ``mark_start_after`` (client clock) waited in
+    Lambda's queue: one small object says when it began, so the client counts
+    its deadline from here instead of reporting it lost. On time: no write."""
+    after = event.get("mark_start_after")
+    if after is None or start <= float(after):
+        return
+    try:
+        store.put(keys.start_key(event["job_id"], event["call_id"]),
+                  json.dumps({"start": start, "attempt": event.get("attempt", 0)}).encode())
+    except StoreError:
+        pass  # the client then reports it lost at its deadline, as before
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run one call described by ``event``; return its status record (plus the
     sealed result object under ``"result"`` when ``reply_limit`` allows).
@@ -206,11 +220,13 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     memory.reset_peak()
     children_before = memory.children_peak_mb()
     job_id, call_id = ev.job_id, ev.call_id
+    user_data.bind(store)  # wrenpack.store() inside the call is this store
     kind = "ok"
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
     scope = callscope.CallScope(event)  # the call's env= and captured output (issue 11)
+    _mark_start(store, event, start)
     try:
         fn = _load_function(store, ev)
         args, kwargs = _load_args(store, ev)
@@ -263,6 +279,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             disarm()
         soft_deadline = None
         checkpoint.end()
+        user_data.bind(None)
     if ckpt is not None and ckpt.used:
         extra_status["checkpoint"] = ckpt.stats()
     if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):
