@@ -188,6 +188,8 @@ class Executor(cf.Executor):
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
         _executors.add(self)
+        if backend_obj is not None:
+            _exit_first()
 
     # -- public -----------------------------------------------------------------
     @property
@@ -197,6 +199,7 @@ class Executor(cf.Executor):
                 if self._released:
                     raise ExecutorShutdown("this executor was shut down; create a new one")
                 self._backend = create_backend(self.config.backend, self.config)
+                _exit_first()
             return self._backend
 
     def options(self, **given: Any) -> CallOptions:
@@ -704,10 +707,20 @@ def reset_default_executor() -> None:
 _config._on_configure.append(reset_default_executor)
 
 
-@atexit.register
+def _exit_first() -> None:
+    """(Re)register the exit hook after a backend module registered its own:
+    atexit runs the last registered first, so the executor stops its calls
+    (and says so, and removes their objects) before a backend stops workers."""
+    atexit.unregister(_at_exit)
+    atexit.register(_at_exit)
+
+
 def _at_exit() -> None:
     for ex in list(_executors):
         try:
             ex._exit()
         except Exception:  # noqa: BLE001 - exit anyway
             log.debug("wrenpack exit cleanup failed", exc_info=True)
+
+
+atexit.register(_at_exit)
