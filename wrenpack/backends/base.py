@@ -35,7 +35,7 @@ class InvocationResult:
     status: dict[str, Any] | None = None
     error: WrenpackError | None = None
     #: The sealed result object's bytes when the handler sent it in its reply
-    #: (``reply_limit``, contract 2); the executor verifies it. None: read the store.
+    #: (``event["reply_limit"]``, contract 2); the executor verifies it. None: read the store.
     data: bytes | None = None
 
 
