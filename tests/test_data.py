@@ -126,7 +126,8 @@ def test_one_range_per_object_without_chunk_size(data):
 
 def test_objects_from_local_paths(tmp_path):
     d = tmp_path / "files"
-    d.mkdir()
+    d.mkdir(mode=0o775)  # the user's own directory: need not be private like wrenpack's store
+    d.chmod(0o775)
     (d / "one.txt").write_bytes(b"1\n2\n3\n")
     (d / "sub").mkdir()
     (d / "sub" / "two.txt").write_bytes(b"4\n5")
