@@ -306,7 +306,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if kind == "checkpointed":
         # The call goes on in a new invocation; the client launches it on seeing this.
         record = protocol.seal_segment(ev.secret, job_id, call_id, ev.segment, json.dumps(status).encode())
-        store.put(keys.segment_key(job_id, call_id, ev.segment), record)
+        # "If absent" like results: the worker's IAM policy lets it create, never overwrite, under result/.
+        store.put(keys.segment_key(job_id, call_id, ev.segment), record, if_absent=True)
         return status
     blob = protocol.seal_result(ev.secret, job_id, call_id, status, outcome)
     limit = ev.extra.get("reply_limit")
