@@ -480,3 +480,18 @@ def test_job_secrets_and_credentials_are_redacted_from_log_text():
     header = "'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/s3/aws4_request, Signature=" + "ab" * 32
     assert "AKIAIOSFODNN7EXAMPLE" not in redact(header) and "ab" * 32 not in redact(header)
     assert "tok123" not in redact("'X-Amz-Security-Token': b'tok123'")
+
+
+def test_the_benchmark_switch_is_off_by_default_and_never_honoured_on_lambda():
+    import subprocess
+    import sys
+
+    code = "from wrenpack import auth; print(auth._enabled)"
+    base = {k: v for k, v in os.environ.items() if k != "_WRENPACK_BENCHMARK_NO_AUTH"}
+    runs = [({}, "True"), ({"_WRENPACK_BENCHMARK_NO_AUTH": "1"}, "False"),
+            ({"_WRENPACK_BENCHMARK_NO_AUTH": "1", "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001"}, "True")]
+    for extra, want in runs:
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True,
+                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert out.stdout.strip() == want, extra
+    assert auth._enabled
