@@ -8,13 +8,16 @@
     jobs/<job_id>/result/<s>/<call_id>.<n>.seg  segment n of a split call saved a checkpoint (JSON status)
     jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
+    jobs/<job_id>/owner.json                    the client process that launched the job (not sealed, never unpickled)
 
 ``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
 workers write spread over a few prefixes, so one job is not capped by one
 prefix's request rate (S3: ~3,500 PUT/s per prefix), while one LIST per shard
 still finds every ended invocation of a job, in call order (``StartAfter``).
 
-A result object is one atomic write holding both the status record (JSON:
+Every object here that wrenpack unpickles or acts on is sealed
+(``wrenpack.auth``) with the job's secret and its ``identity``: job, call,
+kind and segment. A result object is one atomic write holding both the status record (JSON:
 start/end, peak RSS, exit kind) and the outcome (cloudpickled ``("ok", value)``
 or ``("error", ...)``), see ``wrenpack.worker.result``. It is written with
 "if absent", so when a call is delivered twice the first complete result
@@ -65,6 +68,12 @@ def start_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/start/{call_id}"
 
 
+def owner_key(job_id: str) -> str:
+    """Who launched the job (JSON: host, pid, process start time): ``wrenpack
+    clean --stale`` removes jobs whose owner is gone."""
+    return f"{JOBS}{job_id}/owner.json"
+
+
 def checkpoint_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/checkpoint/{call_id}.pkl"
 
@@ -75,3 +84,15 @@ def call_id_from_key(key: str) -> str:
 
 def call_id(index: int) -> str:
     return f"{index:05d}"
+
+
+#: The kinds of object that are sealed (``wrenpack.auth``), one per key family above.
+KINDS = ("func", "input", "result", "segment", "checkpoint")
+
+
+def identity(job_id: str, kind: str, call_id: str = "", segment: int | None = None) -> str:
+    """What a sealed object is: its job, call, kind and segment. The MAC covers
+    it, so an object moved to another call's, kind's or job's key fails."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown object kind {kind!r}")
+    return f"wrenpack-object/1 job={job_id} call={call_id} kind={kind} segment={'' if segment is None else int(segment)}"
