@@ -56,6 +56,17 @@ def ex(tmp_path):
     e.shutdown()
 
 
+@pytest.fixture
+def ex_store_results(tmp_path):
+    """An executor whose results always travel through the store (none in the reply)."""
+    from wrenpack.backends.local import LocalBackend
+
+    e = wrenpack.Executor(storage=str(tmp_path / "store"), retries=0, keep_objects=True,
+                          backend=LocalBackend(concurrency=2, reply_limit=0))
+    yield e
+    e.shutdown()
+
+
 def _plant_after_put(monkeypatch, store, plant):
     """Run ``plant(key, store)`` right after the client writes each object: the
     attacker overwrites objects (or squats keys) before any worker reads them."""
@@ -72,7 +83,10 @@ def _plant_after_put(monkeypatch, store, plant):
 
 @pytest.mark.parametrize("target", ["func", "input", "result"])
 @pytest.mark.parametrize("wrap", ["plain", "result", "sealed-looking"])
-def test_planted_pickles_never_run_and_fail_the_call(ex, tmp_path, monkeypatch, target, wrap):
+def test_planted_pickles_never_run_and_fail_the_call(ex, tmp_path, monkeypatch, target, wrap, request):
+    if target == "result":
+        # A result in the reply never reads the store: squat the store's result key on that path.
+        ex = request.getfixturevalue("ex_store_results")
     marker = str(tmp_path / f"pwned-{target}-{wrap}")
     ex.config = ex.config.replace(inline_limit=0)  # every argument goes through the store
 
@@ -137,7 +151,8 @@ def _intercept_result_reads(monkeypatch, store, swap):
     monkeypatch.setattr(type(store), "get", get)
 
 
-def test_results_swapped_between_two_calls_are_rejected(ex, monkeypatch):
+def test_results_swapped_between_two_calls_are_rejected(ex_store_results, monkeypatch):
+    ex = ex_store_results
     def swap(key, data):
         job = key.split("/")[1]
         first, second = keys.result_key(job, "00000"), keys.result_key(job, "00001")
@@ -156,7 +171,8 @@ def test_results_swapped_between_two_calls_are_rejected(ex, monkeypatch):
             fut.result(timeout=60)
 
 
-def test_result_copied_from_another_job_is_rejected(ex, monkeypatch):
+def test_result_copied_from_another_job_is_rejected(ex_store_results, monkeypatch):
+    ex = ex_store_results
     first = wrenpack.remote(plus_one, executor=ex).map([1])[0]
     assert first.result(timeout=60) == 2
     stolen = ex.store.get(keys.result_key(first.job_id, first.call_id))

@@ -64,8 +64,6 @@ _BATCH_S = 0.02
 #: calls expected to take longer are never queued behind a running call
 _PIPELINE_MAX_S = 0.005
 _MAX_BATCH = 256
-#: result objects at most this large come back in the reply (contract 2), not through the store
-_REPLY_LIMIT = 1024 * 1024
 #: workers that die before they are ready, in a row, before a runtime's calls fail
 _START_TRIES = 3
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
@@ -76,13 +74,17 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, concurrency: int | None = None, keep_warm: float = 300.0, use_cgroups: bool | None = None, work_dir: str | None = None) -> None:
+    def __init__(self, concurrency: int | None = None, keep_warm: float = 300.0, use_cgroups: bool | None = None, work_dir: str | None = None,
+                 reply_limit: int = 1024 * 1024) -> None:
+        """``reply_limit``: result objects at most this many bytes come back in the
+        worker's reply instead of through the store (0: always through the store)."""
         if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
             raise ConfigError(f"concurrency={concurrency!r} must be a whole number of at least 1")
         if isinstance(keep_warm, bool) or not isinstance(keep_warm, (int, float)) or not math.isfinite(keep_warm) or keep_warm <= 0:
             raise ConfigError(f"keep_warm={keep_warm!r} must be a number of seconds above 0")
         self.concurrency = concurrency or os.cpu_count() or 1
         self.keep_warm = float(keep_warm)
+        self.reply_limit = int(reply_limit)
         self._cgroups = None if use_cgroups is False else CgroupFactory.detect()
         if use_cgroups and self._cgroups is None:
             raise WrenpackError("memory cgroups were requested but cannot be created here; run as root on cgroup v1, or drop use_cgroups")
@@ -332,7 +334,7 @@ class LocalBackend(Backend):
                 for worker in sorted(usable, key=lambda w: len(w.inflight)):
                     calls = self._take(worker)
                     if calls:
-                        worker.send(calls, _REPLY_LIMIT)
+                        worker.send(calls, self.reply_limit)
                         started.extend(calls)
                         self.messages_sent += 1
                         self.calls_sent += len(calls)
