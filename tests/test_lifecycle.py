@@ -155,7 +155,10 @@ class FailingStore(LocalStore):
 
 @pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), OSError(5, "Input/output error")])
 def test_store_error_while_completing_fails_the_future(tmp_path, exc):
-    ex = wrenpack.Executor(storage=FailingStore(str(tmp_path), exc), concurrency=1)
+    from wrenpack.backends.local import LocalBackend
+
+    # reply_limit=0: results are read from the (failing) store, not taken from the worker's reply
+    ex = wrenpack.Executor(storage=FailingStore(str(tmp_path), exc), backend=LocalBackend(concurrency=1, reply_limit=0))
     try:
         futs = wrenpack.remote(square, executor=ex).map(range(3))
         for fut in futs:

@@ -117,7 +117,9 @@ class LocalBackend(Backend):
 
     @classmethod
     def from_config(cls, config: Any) -> "LocalBackend":
-        return cls(concurrency=config.concurrency, keep_warm=config.keep_warm)
+        # Objects kept in the store (keep_objects) include the results: none come back in the reply then.
+        reply_limit = 0 if getattr(config, "keep_objects", False) else 1024 * 1024
+        return cls(concurrency=config.concurrency, keep_warm=config.keep_warm, reply_limit=reply_limit)
 
     # -- Backend API ------------------------------------------------------------
     def invoke(self, invocation: Invocation) -> None:
