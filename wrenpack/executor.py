@@ -234,7 +234,7 @@ class Executor:
             fut.set_exception(result.error)
         else:
             try:
-                stored_status, value_or_exc, ok = self._read_outcome(job_id, cid, fut.label)
+                stored_status, value_or_exc, ok = self._read_outcome(job_id, cid, fut.label, result.data)
                 fut.status = stored_status or status
             except WrenpackError as exc:
                 value_or_exc, ok = exc, False
@@ -265,10 +265,12 @@ class Executor:
             except Exception:  # noqa: BLE001
                 log.warning("could not delete the objects of job %s", job.job_id, exc_info=True)
 
-    def _read_outcome(self, job_id: str, cid: str, label: str) -> tuple[dict[str, Any] | None, Any, bool]:
-        """Read a call's result object: (status, value or exception, ok)."""
+    def _read_outcome(self, job_id: str, cid: str, label: str, data: bytes | None = None) -> tuple[dict[str, Any] | None, Any, bool]:
+        """A call's result object (``data`` if the backend already holds it, else
+        read from the store): (status, value or exception, ok)."""
         try:
-            data = self.store.get(keys.result_key(job_id, cid))
+            if data is None:
+                data = self.store.get(keys.result_key(job_id, cid))
         except ObjectNotFound:
             raise CorruptObject(
                 f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"

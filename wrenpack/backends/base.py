@@ -34,6 +34,9 @@ from wrenpack.errors import WrenpackError
 class InvocationResult:
     status: dict[str, Any] | None = None
     error: WrenpackError | None = None
+    #: the call's result object, when the backend already holds its bytes (a
+    #: reply, or its one read of the store): the executor uses them, no re-read
+    data: bytes | None = None
 
 
 @dataclass

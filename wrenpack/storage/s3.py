@@ -264,11 +264,14 @@ class S3Store(Store):
             raise self._error(exc, "list", prefix or None) from None
         return sorted(out)
 
-    def iter_list(self, prefix: str):  # type: ignore[override]
+    def iter_list(self, prefix: str, start_after: str | None = None):  # type: ignore[override]
+        """Keys under ``prefix``; ``start_after`` resumes a listing after a key
+        already seen (S3 then returns only what sorts after it)."""
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        extra = {"StartAfter": self._key(start_after)} if start_after else {}
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}, **extra
             )
             for page in pages:
                 for obj in page.get("Contents", ()):
