@@ -78,10 +78,10 @@ def test_corrupt_result_object_fails_that_call_only(tmp_path, monkeypatch):
     try:
         original = ex._read_outcome
 
-        def corrupting(job_id, cid, label):
+        def corrupting(job_id, cid, label, data=None):
             if cid == keys.call_id(1):
-                ex.store.put(keys.result_key(job_id, cid), b"WRP1\x00\x00\x00\x02{}" + b"not a pickle")
-            return original(job_id, cid, label)
+                data = b"WRP1\x00\x00\x00\x02{}" + b"not a pickle"
+            return original(job_id, cid, label, data)
 
         monkeypatch.setattr(ex, "_read_outcome", corrupting)
         futs = wrenpack.remote(abs, executor=ex).map([-1, -2, -3])
