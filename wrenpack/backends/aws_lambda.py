@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from wrenpack import keys
+from wrenpack import auth, keys, protocol
 from wrenpack.backends.base import Backend, Invocation, InvocationResult
 from wrenpack.errors import (
     ConfigError,
@@ -563,17 +563,16 @@ class LambdaBackend(Backend):
             pass
         if not segments:
             return None
+        segment = int(inv.event.get("segment", 0))
         try:
-            data = self.store.get(keys.segment_key(job_id, cid, int(inv.event.get("segment", 0))))
+            data = self.store.get(keys.segment_key(job_id, cid, segment))
         except ObjectNotFound:
             return None
         try:
-            status = json.loads(data)
-            if not isinstance(status, dict):
-                raise ValueError
-        except ValueError:
-            return InvocationResult(error=CorruptObject(
-                f"the segment record of {inv.label} in job {job_id} is corrupt; re-run the call"))
+            # Sealed (wrenpack.auth): verified with the job's secret, which the event carries.
+            status = protocol.open_segment(auth.decode_secret(inv.event["secret"]), job_id, cid, segment, data)
+        except CorruptObject as exc:
+            return InvocationResult(error=exc)
         return InvocationResult(status=status)
 
     # -- polling --------------------------------------------------------------

@@ -34,8 +34,8 @@ from wrenpack.errors import WrenpackError
 class InvocationResult:
     status: dict[str, Any] | None = None
     error: WrenpackError | None = None
-    #: the call's result object, when the backend already holds its bytes (a
-    #: reply, or its one read of the store): the executor uses them, no re-read
+    #: The sealed result object's bytes when the handler sent it in its reply
+    #: (``event["reply_limit"]``, contract 2); the executor verifies it. None: read the store.
     data: bytes | None = None
 
 

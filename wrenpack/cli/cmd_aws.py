@@ -207,7 +207,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     env = {"WRENPACK_DEPLOYED_PYTHON": python, ENV_FAMILY: base}
     store_url = _store_url(cfg)
     if store_url:
+        # The handler refuses events naming another bucket or a prefix outside this one.
         env[ENV_STORE] = store_url
+    else:
+        print("warning: storage is not s3://BUCKET/PREFIX, so the functions know no store and refuse every call; "
+              "redeploy with --storage s3://BUCKET/PREFIX", file=sys.stderr)
     layers: list[str] = []
     handler = HANDLER
     extra: dict[str, Any] = {}
@@ -261,7 +265,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def _store_url(cfg: Any) -> str | None:
     storage = str(getattr(cfg, "storage", "") or "")
-    return storage.rstrip("/") if storage.startswith("s3://") else None
+    if not storage.startswith("s3://"):
+        return None
+    bucket, prefix = _bucket_prefix(cfg)
+    return f"s3://{bucket}/{prefix}".rstrip("/")
 
 
 def deploy_function(lam: Any, name: str, settings: Any, code: dict[str, Any], package: dict[str, Any],
