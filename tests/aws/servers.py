@@ -49,6 +49,10 @@ RIE_MEMBER = "samcli/local/rapid/aws-lambda-rie-x86_64"
 REGION = "us-east-1"
 
 
+#: Handlers the emulator runs with boto3 preloaded (see rie_handler.py).
+PRELOADED = {"wrenpack.worker.handler.handler": "tests.aws.rie_handler.handler"}
+
+
 class Unavailable(RuntimeError):
     """A tool the servers need cannot be obtained (the message says why)."""
 
@@ -230,7 +234,7 @@ class Dispatcher:
                 AWS_LAMBDA_FUNCTION_NAME=name,
                 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(conf.get("MemorySize") or 128),
                 AWS_LAMBDA_FUNCTION_TIMEOUT=str(conf.get("Timeout") or 3),
-                _HANDLER=conf.get("Handler") or "wrenpack.worker.handler.handler",
+                _HANDLER=PRELOADED.get(conf.get("Handler") or "", conf.get("Handler") or "wrenpack.worker.handler.handler"),
             )
             emulators = [Emulator(self.binary, dict(env), self.log_dir / f"rie-{name}-{i}.log", float(conf.get("Timeout") or 3))
                          for i in range(count)]
