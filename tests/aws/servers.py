@@ -49,6 +49,8 @@ RIE_MEMBER = "samcli/local/rapid/aws-lambda-rie-x86_64"
 REGION = "us-east-1"
 
 
+#: The emulator's hard time limit is at least this (seconds), see FunctionPool.
+MIN_HARD_TIMEOUT = 10
 #: Handlers the emulator runs with boto3 preloaded (see rie_handler.py).
 PRELOADED = {"wrenpack.worker.handler.handler": "tests.aws.rie_handler.handler"}
 
@@ -233,10 +235,13 @@ class Dispatcher:
             env.update(
                 AWS_LAMBDA_FUNCTION_NAME=name,
                 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(conf.get("MemorySize") or 128),
-                AWS_LAMBDA_FUNCTION_TIMEOUT=str(conf.get("Timeout") or 3),
+                # The RIE counts a runtime's init in its first call's timeout and Lambda does
+                # not: its hard limit is kept at >= 10 s, so a loaded machine does not kill a
+                # cold runtime; the handler still stops each call at its own timeout (TaskTimeout).
+                AWS_LAMBDA_FUNCTION_TIMEOUT=str(max(int(conf.get("Timeout") or 3), MIN_HARD_TIMEOUT)),
                 _HANDLER=PRELOADED.get(conf.get("Handler") or "", conf.get("Handler") or "wrenpack.worker.handler.handler"),
             )
-            emulators = [Emulator(self.binary, dict(env), self.log_dir / f"rie-{name}-{i}.log", float(conf.get("Timeout") or 3))
+            emulators = [Emulator(self.binary, dict(env), self.log_dir / f"rie-{name}-{i}.log", float(env["AWS_LAMBDA_FUNCTION_TIMEOUT"]))
                          for i in range(count)]
             for emu in emulators:
                 emu.wait_ready()

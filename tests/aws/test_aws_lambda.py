@@ -295,3 +295,47 @@ def killed(x):
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)  # how Lambda ends a runtime over its memory
+
+
+# -- issue 10: chunksize, checkpointing, map_reduce on Lambda ----------------------
+def stepper(n, step_s):
+    """A loop that offers its state after every step (see wrenpack.checkpoint)."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "acc": 0})
+    while state["i"] < n:
+        time.sleep(step_s)
+        state["acc"] += state["i"] ** 2
+        state["i"] += 1
+        cp.offer(state)
+    return state["acc"]
+
+
+def word_pairs(line):
+    return [(w, 1) for w in line.split()]
+
+
+def count(key, values):
+    return sum(values)
+
+
+def test_chunksize_5_with_a_function_from_the_users_module(lam, lambda_endpoint):
+    """``square`` lives in this test module, which the runtime cannot import:
+    it must travel by value inside the batch (it failed with MissingDependency)."""
+    before = len(lambda_endpoint.calls)
+    futs = wrenpack.remote(square, executor=lam).map(range(12), chunksize=5)
+    assert wrenpack.get(futs) == [x * x for x in range(12)]
+    job = futs[0].job_id
+    assert len([c for c in lambda_endpoint.calls[before:] if c[1] == job]) == 3  # 12 calls in 3 invocations
+
+
+def test_checkpointed_call_goes_on_across_invocations(lam):
+    fut = wrenpack.remote(stepper, executor=lam).remote(200, 0.02)  # ~4 s of work under a 3 s timeout
+    assert fut.result(timeout=120) == sum(i * i for i in range(200))
+    assert fut.segments >= 2
+
+
+def test_map_reduce_with_a_shuffle(lam):
+    lines = ["a b a", "b c", "a"]
+    fut = wrenpack.map_reduce(word_pairs, lines, count, partitions=2, executor=lam)
+    assert fut.result(timeout=120) == {"a": 3, "b": 2, "c": 1}
+    assert wrenpack.map_reduce(square, range(5), sum, executor=lam).result(timeout=120) == 30
