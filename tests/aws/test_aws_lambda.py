@@ -61,9 +61,14 @@ def _executor(moto_endpoint, bucket, lambda_endpoint, prefix, **overrides):
     return Executor(**settings)
 
 
-@pytest.fixture(scope="module", params=["Event", "RequestResponse"])
+@pytest.fixture(scope="module", params=["Event-moto", "RequestResponse-moto", "Event-rclone", "RequestResponse-rclone"])
 def lam(request, moto_endpoint, bucket, lambda_endpoint):
-    ex = _executor(moto_endpoint, bucket, lambda_endpoint, f"e2e-{request.param}", invocation_type=request.param)
+    """An executor on the emulated Lambda, its store on moto's S3 or on the
+    stricter ``rclone serve s3`` (the same bucket name, so the deployed
+    function's pinned store matches)."""
+    kind, server = request.param.split("-")
+    endpoint = moto_endpoint if server == "moto" else request.getfixturevalue("rclone_endpoint")
+    ex = _executor(endpoint, bucket, lambda_endpoint, f"e2e-{request.param}", invocation_type=kind)
     yield ex
     ex.shutdown()
 
