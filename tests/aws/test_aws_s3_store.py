@@ -80,6 +80,7 @@ def test_ranged_reads(store):
 def test_multipart_upload_for_large_objects(s3_server):
     moto_endpoint, bucket = s3_server.endpoint, s3_server.bucket
     s = S3Store(bucket, "t/multipart", endpoint_url=moto_endpoint, multipart_threshold=5 * 1024 * 1024)
+    s.single_put_limit = 6 * 1024 * 1024  # (5 GB in real use) above it, a conditional write is a multipart upload
     data = bytes(range(256)) * (12 * 4096)  # 12 MiB -> parts
     assert s.put("big.bin", data, if_absent=True) is True
     import boto3
@@ -98,6 +99,7 @@ def test_multipart_upload_for_large_objects(s3_server):
     # Without conditional writes (what a store like rclone needs): best effort, HEAD first.
     best_effort = S3Store(bucket, "t/multipart", endpoint_url=moto_endpoint, multipart_threshold=5 * 1024 * 1024,
                           conditional_writes=False)
+    best_effort.single_put_limit = s.single_put_limit
     assert best_effort.put("big.bin", bytes(len(data)), if_absent=True) is False
     assert s.get("big.bin") == data
     s.delete_prefix("")

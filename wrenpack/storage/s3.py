@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: Objects larger than this go up as multipart uploads.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024
+#: S3's largest single PUT.
+SINGLE_PUT_LIMIT = 5 * 1024**3
 #: S3's DeleteObjects takes at most 1,000 keys per request.
 DELETE_BATCH = 1000
 
@@ -46,6 +48,8 @@ class S3Store(Store):
 
     #: Keys per LIST page and per DeleteObjects request (S3's maximum: 1,000).
     list_page_size = 1000
+    #: Conditional writes up to this size are one PUT; larger ones a conditional multipart upload.
+    single_put_limit = SINGLE_PUT_LIMIT
     delete_batch = DELETE_BATCH
 
     def __init__(
@@ -116,6 +120,10 @@ class S3Store(Store):
         import boto3
         from botocore.config import Config
 
+        from wrenpack import redact
+
+        redact.install()  # botocore's debug logs would show the key id, token and request bodies
+
         try:
             session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
         except Exception as exc:  # botocore.exceptions.ProfileNotFound
@@ -166,14 +174,17 @@ class S3Store(Store):
     # -- Store interface ------------------------------------------------------
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         full = self._key(key)
+        if if_absent and self.conditional_writes and len(data) <= self.single_put_limit:
+            # One conditional PUT, whatever the size (S3 takes up to 5 GB): the
+            # transfer manager cannot send If-None-Match, and the worker's IAM
+            # policy allows result writes only with it (`wrenpack iam-policy`).
+            return self._put_conditional(full, data)
         if len(data) >= self.multipart_threshold:
             if if_absent and not self.conditional_writes and self.exists(key):
                 return False
-            # Conditional completion (If-None-Match on CompleteMultipartUpload):
-            # first-write-wins holds for large results too.
+            # Above a single PUT's limit: a multipart upload whose completion is
+            # conditional (If-None-Match), so first-write-wins still holds.
             return self._put_multipart(full, data, if_absent=if_absent and self.conditional_writes)
-        if if_absent and self.conditional_writes:
-            return self._put_conditional(full, data)
         if if_absent and self.exists(key):
             return False
         try:
