@@ -190,7 +190,6 @@ def test_servers_listen_on_loopback_only(moto_endpoint, lambda_endpoint, listeni
     assert set(bound.values()) == {"0100007F"}  # 127.0.0.1, nothing on 0.0.0.0
 
 
-<<<<<<< HEAD
 # -- issue 10: the settings a call asked for -------------------------------------
 def memory_seen(x):
     time.sleep(0.2)
@@ -345,7 +344,8 @@ def test_map_reduce_with_a_shuffle(lam):
     fut = wrenpack.map_reduce(word_pairs, lines, count, partitions=2, executor=lam)
     assert fut.result(timeout=120) == {"a": 3, "b": 2, "c": 1}
     assert wrenpack.map_reduce(square, range(5), sum, executor=lam).result(timeout=120) == 30
-=======
+
+
 def _plus_one(fut):
     return fut.result(timeout=20) + 1
 
@@ -366,4 +366,3 @@ def test_submit_and_futures_between_calls_on_lambda(moto_endpoint, bucket, lambd
 
 def _identity(x):
     return x
->>>>>>> main

@@ -387,33 +387,8 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
     bucket, prefix = _bucket_prefix(cfg)
     base = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}"
     region = getattr(cfg, "aws_region", None) or "*"
-<<<<<<< HEAD
     # deploy makes one function per settings set, all named <function_name>-<hash>
     fn_arn = f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}-*"
-    s3 = [
-        {"Sid": "JobObjects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-         "Resource": objects},
-        {"Sid": "ListJobObjects", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
-         **({"Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}} if prefix else {})},
-    ]
-    if role == "worker":
-        statements = s3 + [
-            {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-             "Resource": f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-*:*"},
-        ]
-    else:
-        statements = s3 + [{"Sid": "Invoke", "Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": fn_arn},
-                           {"Sid": "Doctor", "Effect": "Allow", "Action": ["lambda:GetFunctionConfiguration",
-                            "lambda:GetFunctionEventInvokeConfig", "lambda:GetFunctionConcurrency"], "Resource": fn_arn}]
-        if role == "deploy":
-            statements.append({"Sid": "Deploy", "Effect": "Allow", "Action": [
-                "lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
-                "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction", "lambda:PutFunctionConcurrency"],
-                "Resource": fn_arn})
-            statements.append({"Sid": "Layer", "Effect": "Allow", "Action": ["lambda:PublishLayerVersion",
-                               "lambda:GetLayerVersion"], "Resource": [
-=======
-    fn_arn = f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}"
     jobs = f"{base}jobs/*"
     user = [f"{base}data/*", f"{base}shuffle/*"]
 
@@ -438,7 +413,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], user),
             listing("ListUserData", ["data/*", "shuffle/*"]),
             allow("Logs", ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                  f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}:*"),
+                  f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-*:*"),
         ]
         return {"Version": "2012-10-17", "Statement": statements}
     statements = [
@@ -446,16 +421,17 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
               [jobs, *user, f"{base}doctor/*"]),
         listing("ListJobObjects", ["jobs/*", "data/*", "shuffle/*"]),
         allow("Invoke", ["lambda:InvokeFunction"], fn_arn),
-        allow("Doctor", ["lambda:GetFunctionConfiguration", "lambda:GetFunctionEventInvokeConfig"], fn_arn),
+        allow("Doctor", ["lambda:GetFunctionConfiguration", "lambda:GetFunctionEventInvokeConfig",
+                         "lambda:GetFunctionConcurrency"], fn_arn),
     ]
     if role == "deploy":
         if worker_role and not worker_role.startswith("arn:"):
             worker_role = f"arn:aws:iam::{account}:role/{worker_role}"
         statements += [
             allow("Deploy", ["lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
-                             "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction"], fn_arn),
+                             "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction",
+                             "lambda:PutFunctionConcurrency"], fn_arn),
             allow("Layer", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion"], [
->>>>>>> main
                 f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime",
                 f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]),
             allow("UploadRuntimes", ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
