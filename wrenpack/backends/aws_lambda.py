@@ -158,6 +158,9 @@ class _Call:
     sent_at: float = 0.0
     deadline: float = 0.0
     in_flight: bool = False
+    #: direct reads of a few calls back off: the next one not before this time
+    next_probe: float = 0.0
+    probes: int = 0
     reading: bool = False
     extended: bool = False
     cancelled: bool = False
@@ -455,6 +458,7 @@ class LambdaBackend(Backend):
             if event_type:
                 with self._lock:
                     call.sent_at = time.time()
+                    call.next_probe, call.probes = call.sent_at + self.poll_interval, 0
                     call.deadline = call.sent_at + inv.timeout_s + self.deadline_margin_s
                     call.extended = False
                     call.in_flight = True
@@ -606,7 +610,12 @@ class LambdaBackend(Backend):
                 continue
             if len(ready) <= STRAGGLER_GETS:
                 for call in ready:
-                    self._read_later(call, probe=True)
+                    if now >= call.next_probe:
+                        # 0.5, 1, 2, 4 ... s after the send, then every 5 s: a 404 costs a GET
+                        call.probes += 1
+                        call.next_probe = call.sent_at + min(self.poll_interval * 2 ** call.probes,
+                                                             self.poll_interval * call.probes + 5.0)
+                        self._read_later(call, probe=True)
             else:
                 for call in self._listed(job_id, shard, calls, ready):
                     self._read_later(call, probe=False)
@@ -643,7 +652,11 @@ class LambdaBackend(Backend):
             call.reading = False
 
     def _read_and_finish(self, call: _Call, probe: bool) -> None:
-        found = self._read_result(call.inv)
+        # A segment record appears only near the call's timeout (a checkpointed call
+        # goes on when its time is nearly up): before that a probe reads only the result.
+        inv = call.inv
+        segments = not probe or time.time() >= call.sent_at + 0.8 * inv.timeout_s
+        found = self._read_result(inv, segments=segments)
         if found is not None:
             self._finish(call, found)
         elif not probe:
