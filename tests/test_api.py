@@ -136,7 +136,7 @@ def test_options_copy(remote):
 
 
 def test_bad_options_fail_before_launch(remote):
-    with pytest.raises(wrenpack.ConfigError, match="memory=64 MB is outside"):
+    with pytest.raises(wrenpack.ConfigError, match=r"memory=64 MB \(from @wrenpack.remote\) is outside Lambda's range"):
         remote(square, memory=64).remote(1)
     with pytest.raises(wrenpack.ConfigError, match="timeout=901"):
         remote(square, timeout=901).remote(1)

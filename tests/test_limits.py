@@ -28,8 +28,7 @@ def test_memory_limit(remote):
 
 
 def test_memory_limit_without_cgroups_uses_high_water_mark(tmp_path):
-    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
-    ex._backend = LocalBackend(concurrency=1, use_cgroups=False)
+    ex = wrenpack.Executor(storage=str(tmp_path), backend=LocalBackend(concurrency=1, use_cgroups=False))
     try:
         f = wrenpack.remote(allocate, executor=ex, memory=200)
         assert f.remote(20).result() == 20
@@ -170,8 +169,7 @@ def test_memory_held_in_a_child_process_counts(remote):
 
 
 def test_child_memory_without_cgroups_counts_after_the_call(tmp_path):
-    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
-    ex._backend = LocalBackend(concurrency=1, use_cgroups=False)
+    ex = wrenpack.Executor(storage=str(tmp_path), backend=LocalBackend(concurrency=1, use_cgroups=False))
     try:
 
         def short_lived_child(mb):

@@ -26,6 +26,9 @@ _LAZY: dict[str, str] = {
     "FIRST_EXCEPTION": "wrenpack.futures",
     "Executor": "wrenpack.executor",
     "Config": "wrenpack.config",
+    # data
+    "store": "wrenpack.storage.data",
+    "objects": "wrenpack.storage.data",
     "configure": "wrenpack.config",
     # profiling
     "profile": "wrenpack.profiler",
@@ -74,4 +77,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.executor import Executor
     from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, get, wait
     from wrenpack.remote_function import RemoteFunction, map_reduce, remote
+    from wrenpack.storage.data import objects, store
     from wrenpack.worker.checkpoint import Checkpoint, checkpoint

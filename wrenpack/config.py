@@ -7,13 +7,17 @@ nearest pyproject.toml (searched upward from the working directory) > defaults.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from wrenpack import limits
 from wrenpack.errors import ConfigError
+
+log = logging.getLogger("wrenpack")
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,6 +73,11 @@ class Config:
     lambda_endpoint_url: str | None = None
     invocation_type: str = "Event"
 
+    def __post_init__(self) -> None:
+        # Whatever built it (load, replace, Config(...)), a Config holds only valid values.
+        for name in _FIELDS:
+            object.__setattr__(self, name, _coerce(name, getattr(self, name), "Config"))
+
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **_coerce_all(changes, "argument"))
 
@@ -76,7 +85,7 @@ class Config:
     def load(cls, start: str | os.PathLike[str] | None = None, **overrides: Any) -> "Config":
         values: dict[str, Any] = {}
         values.update(_coerce_all(_pyproject_settings(start), "[tool.wrenpack]"))
-        values.update(_coerce_all(_env_settings(), "environment"))
+        values.update({k: _coerce(k, v, f"environment variable {_ENV_PREFIX}{k.upper()}") for k, v in _env_settings().items()})
         values.update(_coerce_all({k: v for k, v in overrides.items() if v is not None}, "argument"))
         return cls(**values)
 
@@ -96,29 +105,71 @@ def _coerce_all(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
+    """``value`` checked and converted for setting ``name``; a ``ConfigError``
+    naming the setting, where it came from and what is allowed otherwise."""
     kind = _FIELDS[name].type
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    try:
-        if value is None:
-            return None
-        if "None" in kind and isinstance(value, str) and value.strip().lower() in ("", "auto", "none"):
-            return None
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-        if kind.startswith("bool"):
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
+    if value is None:
+        return None
+    if "None" in kind and isinstance(value, str) and value.strip().lower() in ("", "auto", "none"):
+        return None
+    check = _CHECKS.get(name)
+    if check is not None:
+        return check(value, source)
+    if kind.startswith("bool"):
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        elif isinstance(value, (bool, int)) and value in (0, 1):
             return bool(value)
+        raise ConfigError(f"setting {name!r}={value!r} (from {source}) must be true or false")
+    if not isinstance(value, str) and name != "storage":  # (storage may be a Store object)
+        raise ConfigError(f"setting {name!r}={value!r} (from {source}) must be text")
+    return value
+
+
+def _at_least(name: str, low: int, inclusive: bool = True, real: bool = False) -> Callable[[Any, str], Any]:
+    def check(value: Any, source: str) -> Any:
+        what = ("a number of seconds" if real else "a whole number") + (f" >= {low}" if inclusive else f" > {low}")
+        out = limits.real_number(name, value, source, what) if real else limits.whole_number(name, value, source, what)
+        if out < low or (not inclusive and out == low):
+            raise ConfigError(f"{name}={value!r} (from {source}) must be {what}")
+        return out
+
+    return check
+
+
+def _one_of(name: str, allowed: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def check(value: Any, source: str) -> str:
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} (from {source}) must be one of {', '.join(map(repr, allowed))}")
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting {name!r} from {source} must be {kind.split(' ')[0]}, got {value!r}") from None
+
+    return check
+
+
+_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "backend": _one_of("backend", ("local", "lambda")),
+    "memory": lambda v, src: limits.check_memory(v, src),
+    "timeout": lambda v, src: limits.check_timeout(v, src),
+    "ephemeral_storage": lambda v, src: limits.check_ephemeral(v, src),
+    "concurrency": _at_least("concurrency", 1),
+    "retries": _at_least("retries", 0),
+    "inline_limit": _at_least("inline_limit", 0),
+    "keep_warm": _at_least("keep_warm", 0, inclusive=False, real=True),
+    "invocation_type": _one_of("invocation_type", ("Event", "RequestResponse")),
+}
+
+#: WRENPACK_* variables that are not settings but are read elsewhere (internal
+#: or tool-specific); anything else unknown is warned about as a likely typo
+_OTHER_ENV = {
+    "CACHE_DIR", "DEPLOYED_PYTHON", "EPHEMERAL_STORAGE_MB", "LOCAL_WORKER", "NO_CGROUPS", "PROFILE_DIR",
+    "RUNTIME_ARCHIVE", "RUNTIME_ROOT", "RUNTIME_SHA", "SKIP_AWS_TESTS", "TEST_CACHE",
+}
+_warned_env: set[str] = set()
 
 
 def _env_settings() -> dict[str, Any]:
@@ -128,6 +179,13 @@ def _env_settings() -> dict[str, Any]:
             name = key[len(_ENV_PREFIX):].lower()
             if name in _FIELDS:
                 out[name] = value
+            elif name.upper() not in _OTHER_ENV and key not in _warned_env:
+                _warned_env.add(key)
+                import difflib
+
+                close = difflib.get_close_matches(name, list(_FIELDS), n=1)
+                hint = f"; did you mean {_ENV_PREFIX}{close[0].upper()}?" if close else ""
+                log.warning("ignoring unknown environment variable %s: not a wrenpack setting%s", key, hint)
     return out
 
 
@@ -158,15 +216,20 @@ def _pyproject_settings(start: str | os.PathLike[str] | None) -> dict[str, Any]:
     return table
 
 
+#: called after ``configure`` changes settings (the executor module registers
+#: one that retires the default executor); config imports nothing of the client
+_on_configure: list[Callable[[], None]] = []
+
+
 def configure(**settings: Any) -> Config:
     """Set process-wide settings (they rank as arguments) and return the result.
 
-    The default executor is rebuilt on its next use so new settings apply."""
-    _coerce_all(settings, "argument")
+    The default executor is rebuilt on its next use so new settings apply; the
+    old one finishes the calls already launched."""
+    _coerce_all(settings, "configure()")
     _global_overrides.update(settings)
-    from wrenpack import executor
-
-    executor.reset_default_executor()
+    for hook in list(_on_configure):
+        hook()
     return current()
 
 

@@ -28,10 +28,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from wrenpack import keys, serialize
+from wrenpack import config as _config, keys, limits, serialize
 from wrenpack.backends import Backend, Invocation, InvocationResult, create_backend
 from wrenpack.config import Config, current
-from wrenpack.errors import CorruptObject, ObjectNotFound, PayloadTooLarge, RemoteError, WrenpackError
+from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, PayloadTooLarge, RemoteError, WrenpackError
 from wrenpack.futures import RemoteTraceback, WrenFuture
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import result as result_format
@@ -64,10 +64,16 @@ class Executor:
     """Runs calls on one backend with one store. Most users never create one:
     ``@wrenpack.remote`` uses a default built from the configuration."""
 
-    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+    def __init__(self, config: Config | None = None, /, *, backend: Backend | str | None = None, **overrides: Any) -> None:
+        # ``backend`` is a name ("local", "lambda") or a ready Backend object (tests, custom backends).
+        backend_obj = backend if isinstance(backend, Backend) else None
+        if backend_obj is None and backend is not None:
+            overrides["backend"] = backend
+        elif backend_obj is not None and getattr(backend_obj, "name", None) in ("local", "lambda"):
+            overrides["backend"] = backend_obj.name
         self.config = config.replace(**overrides) if config is not None else current(**overrides)
         self.store: Store = store_for_config(self.config)
-        self._backend: Backend | None = None
+        self._backend: Backend | None = backend_obj
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._completions: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
@@ -86,13 +92,14 @@ class Executor:
         c = self.config
         pick = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
         opts = CallOptions(
-            memory=int(pick("memory", c.memory)),
-            timeout=float(pick("timeout", c.timeout)),
-            ephemeral_storage=int(pick("ephemeral_storage", c.ephemeral_storage)),
-            retries=int(pick("retries", c.retries)),
+            memory=limits.check_memory(pick("memory", c.memory), "options"),
+            timeout=limits.check_timeout(pick("timeout", c.timeout), "options"),
+            ephemeral_storage=limits.check_ephemeral(pick("ephemeral_storage", c.ephemeral_storage), "options"),
+            retries=limits.whole_number("retries", pick("retries", c.retries), "options", "a whole number >= 0"),
             runtime=pick("runtime", c.runtime),
         )
-        _check_limits(opts)
+        if opts.retries < 0:
+            raise ConfigError(f"retries={opts.retries} (from options) must be a whole number >= 0")
         if opts.runtime is not None:
             # Fail here, before anything launches, if it is not a built runtime.
             from wrenpack.backends.runtime_paths import site_dir
@@ -295,19 +302,6 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
     return exc
 
 
-def _check_limits(opts: CallOptions) -> None:
-    from wrenpack.errors import ConfigError
-
-    if not 128 <= opts.memory <= 10240:
-        raise ConfigError(f"memory={opts.memory} MB is outside Lambda's range 128..10240 MB")
-    if not 0 < opts.timeout <= 900:
-        raise ConfigError(f"timeout={opts.timeout:g} s is outside Lambda's range (0, 900] s; checkpoint longer work")
-    if not 512 <= opts.ephemeral_storage <= 10240:
-        raise ConfigError(f"ephemeral_storage={opts.ephemeral_storage} MB is outside Lambda's range 512..10240 MB")
-    if opts.retries < 0:
-        raise ConfigError(f"retries={opts.retries} must be 0 or more")
-
-
 _default: Executor | None = None
 _default_lock = threading.Lock()
 
@@ -326,6 +320,9 @@ def reset_default_executor() -> None:
         old, _default = _default, None
     if old is not None:
         old.shutdown(wait=False)
+
+
+_config._on_configure.append(reset_default_executor)
 
 
 @atexit.register

@@ -4,9 +4,15 @@
 
     jobs/<job_id>/func.pkl                      the function, cloudpickled once per map
     jobs/<job_id>/input/<call_id>.pkl           arguments too large to travel in the event
-    jobs/<job_id>/result/<call_id>.res          the call's status and outcome, written once, last
-    jobs/<job_id>/segment/<call_id>.<n>.json    segment n of a split call saved a checkpoint
+    jobs/<job_id>/result/<s>/<call_id>.res      the call's status and outcome, written once, last
+    jobs/<job_id>/result/<s>/<call_id>.<n>.seg  segment n of a split call saved a checkpoint (JSON status)
+    jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
+
+``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
+workers write spread over a few prefixes, so one job is not capped by one
+prefix's request rate (S3: ~3,500 PUT/s per prefix), while one LIST per shard
+still finds every ended invocation of a job, in call order (``StartAfter``).
 
 A result object is one atomic write holding both the status record (JSON:
 start/end, peak RSS, exit kind) and the outcome (cloudpickled ``("ok", value)``
@@ -18,6 +24,8 @@ the call's zero-padded index in its map. Standard library only.
 from __future__ import annotations
 
 JOBS = "jobs/"
+#: How many prefixes a job's result and segment records spread over.
+RESULT_SHARDS = 4
 
 
 def job_prefix(job_id: str) -> str:
@@ -32,20 +40,29 @@ def input_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/input/{call_id}.pkl"
 
 
+def shard_of(call_id: str) -> int:
+    return int(call_id) % RESULT_SHARDS if call_id.isdigit() else 0
+
+
 def result_key(job_id: str, call_id: str) -> str:
-    return f"{JOBS}{job_id}/result/{call_id}.res"
+    return f"{JOBS}{job_id}/result/{shard_of(call_id)}/{call_id}.res"
 
 
 def result_prefix(job_id: str) -> str:
+    """Every result and segment record of the job (all shards)."""
     return f"{JOBS}{job_id}/result/"
 
 
+def shard_prefix(job_id: str, shard: int) -> str:
+    return f"{JOBS}{job_id}/result/{shard}/"
+
+
 def segment_key(job_id: str, call_id: str, segment: int) -> str:
-    return f"{JOBS}{job_id}/segment/{call_id}.{segment}.json"
+    return f"{JOBS}{job_id}/result/{shard_of(call_id)}/{call_id}.{segment}.seg"
 
 
-def segment_prefix(job_id: str) -> str:
-    return f"{JOBS}{job_id}/segment/"
+def start_key(job_id: str, call_id: str) -> str:
+    return f"{JOBS}{job_id}/start/{call_id}"
 
 
 def checkpoint_key(job_id: str, call_id: str) -> str:

@@ -8,6 +8,7 @@ import os
 import threading
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
+from wrenpack import limits
 from wrenpack.errors import ConfigError
 from wrenpack.executor import CallOptions, Executor, default_executor
 from wrenpack.futures import WrenFuture
@@ -21,12 +22,13 @@ _OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime")
 class RemoteFunction(Generic[T]):
     """A function with ``.remote``, ``.map`` and ``.starmap``; calling it runs it here."""
 
-    def __init__(self, fn: Callable[..., T], executor: Executor | None = None, **options: Any) -> None:
+    def __init__(self, fn: Callable[..., T], /, executor: Executor | None = None, _source: str = "@wrenpack.remote", **options: Any) -> None:
         if not callable(fn):
             raise ConfigError(f"@wrenpack.remote needs a function, got {type(fn).__name__}")
         unknown = set(options) - set(_OPTION_NAMES)
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(_OPTION_NAMES)}")
+        options = check_options(options, _source)
         self.fn = fn
         self._executor = executor
         self._options = options
@@ -49,7 +51,7 @@ class RemoteFunction(Generic[T]):
     def options(self, **options: Any) -> "RemoteFunction[T]":
         """A copy with some options changed: ``f.options(memory=2048).map(...)``."""
         executor = options.pop("executor", self._executor)
-        return RemoteFunction(self.fn, executor=executor, **{**self._options, **options})
+        return RemoteFunction(self.fn, executor=executor, _source="options()", **{**self._options, **options})
 
     def remote(self, *args: Any, **kwargs: Any) -> WrenFuture:
         """Run one call remotely; returns its future."""
@@ -142,6 +144,28 @@ class RemoteFunction(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
+
+
+def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate per-function options where they are given (``"auto"`` allowed
+    for memory, timeout and ephemeral_storage), so a bad one fails at once."""
+    out = dict(options)
+    for name, value in options.items():
+        if value is None or (value == "auto" and name in ("memory", "timeout", "ephemeral_storage")):
+            continue
+        if name == "memory":
+            out[name] = limits.check_memory(value, source)
+        elif name == "timeout":
+            out[name] = limits.check_timeout(value, source)
+        elif name == "ephemeral_storage":
+            out[name] = limits.check_ephemeral(value, source)
+        elif name == "retries":
+            out[name] = limits.whole_number("retries", value, source, "a whole number >= 0")
+            if out[name] < 0:
+                raise ConfigError(f"retries={value!r} (from {source}) must be a whole number >= 0")
+        elif name == "runtime" and not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"runtime={value!r} (from {source}) must be a path to a built runtime")
+    return out
 
 
 def _uses_checkpoint(fn: Callable[..., Any]) -> bool:

@@ -292,8 +292,9 @@ class LambdaBackend(Backend):
         for job_id, calls in by_job.items():
             if len(calls) > STRAGGLER_GETS:
                 # One LIST per prefix finds every finished call of the job.
-                results = {keys.call_id_from_key(k) for k in self.store.list(keys.result_prefix(job_id))}
-                segments = {k.rsplit("/", 1)[-1] for k in self.store.list(keys.segment_prefix(job_id))}
+                listed = self.store.list(keys.result_prefix(job_id))
+                results = {keys.call_id_from_key(k) for k in listed if k.endswith(".res")}
+                segments = {k.rsplit("/", 1)[-1] for k in listed if k.endswith(".seg")}
                 found = [
                     c for c in calls
                     if c.inv.key[1] in results or _segment_name(c.inv) in segments

@@ -5,8 +5,17 @@ Where a call travels::
     RemoteFunction.map -> Executor: pickle function once, args inline or as objects,
         -> Backend.invoke(Invocation) -> worker runs handler(event, context)
         -> handler writes output + status to the store
+        -> backend calls Invocation.on_start(inv) when the call begins running
         -> backend calls Invocation.on_done(InvocationResult) exactly once
         -> Executor reads the output and resolves the WrenFuture
+
+Lifecycle hooks (the futures' states follow them): ``on_start`` marks the
+future RUNNING (before it, the call is PENDING and ``Backend.cancel`` may
+still take it back, after which ``on_done`` is never called for it).
+``Backend.shutdown(wait=True)`` drains: queued calls still run and report;
+``shutdown(wait=False)`` stops workers and fails what is left, each through
+``on_done`` once. An executor that cancels pending futures calls ``cancel``
+for each first.
 
 A backend reports either the status record the handler wrote (``status``), or
 an ``error`` for a failure outside the user's code that left no status
@@ -33,6 +42,10 @@ class Invocation:
 
     event: dict[str, Any]
     on_done: Callable[["Invocation", InvocationResult], None]
+    #: called (from a backend thread) when the call actually begins running:
+    #: local, when a worker takes it; Lambda, when it is invoked. At most once
+    #: per attempt; a retried call may report it again (harmless).
+    on_start: Callable[["Invocation"], None] | None = None
     memory_mb: int = 1024
     timeout_s: float = 900.0
     ephemeral_storage_mb: int = 512
@@ -64,6 +77,27 @@ class Backend(abc.ABC):
         for inv in invocations:
             self.invoke(inv)
 
+    def cancel(self, invocation: Invocation) -> bool:
+        """Take back ``invocation`` if it has not started; True if it will
+        never run (and ``on_done`` will not be called for it). The default
+        cannot recall anything."""
+        return False
+
+    @staticmethod
+    def started(invocation: Invocation) -> None:
+        """Report that ``invocation`` begins running (calls its ``on_start``);
+        a failing hook never stops the backend."""
+        hook = invocation.on_start
+        if hook is not None:
+            try:
+                hook(invocation)
+            except Exception:  # noqa: BLE001
+                import logging
+
+                logging.getLogger(__name__).exception("on_start callback failed")
+
     @abc.abstractmethod
     def shutdown(self, wait: bool = True) -> None:
-        """Stop workers/threads; pending invocations are failed."""
+        """Stop workers/threads. ``wait=True`` drains: queued invocations still
+        run and report; ``wait=False`` stops at once, failing what is pending
+        (each through ``on_done``, once)."""

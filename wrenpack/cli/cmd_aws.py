@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from wrenpack import limits
 from wrenpack.errors import ConfigError, WrenpackError
 
 HANDLER = "wrenpack.worker.handler.handler"
@@ -120,8 +121,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     memory = args.memory or cfg.memory
     timeout = int(args.timeout or cfg.timeout)
     storage = args.ephemeral_storage or cfg.ephemeral_storage
-    if not 128 <= memory <= 10240 or not 1 <= timeout <= 900 or not 512 <= storage <= 10240:
-        raise ConfigError("memory must be 128-10240 MB, timeout 1-900 s, ephemeral storage 512-10240 MB")
+    memory = limits.check_memory(memory, "--memory")
+    storage = limits.check_ephemeral(storage, "--ephemeral-storage")
+    if not 1 <= timeout <= limits.MAX_TIMEOUT_S:  # a Lambda function's timeout is whole seconds
+        raise ConfigError(f"--timeout={timeout} must be a whole number of seconds in 1..{limits.MAX_TIMEOUT_S}")
     if sum(bool(x) for x in (args.runtime_dir, args.runtime_archive, args.image_uri)) > 1:
         raise ConfigError("choose one of --runtime-dir (layer), --runtime-archive (S3 archive) and --image-uri")
     lam = _lambda(cfg)
@@ -386,7 +389,7 @@ def register(subparsers: Any, name: str) -> None:
         p.add_argument("--timeout", type=int, help="seconds (default: the timeout setting)")
         p.add_argument("--ephemeral-storage", type=int, help="/tmp size in MB (default: the ephemeral_storage setting)")
         p.add_argument("--python", help="Python minor version, e.g. 3.11 (default: this interpreter's)")
-        p.add_argument("--architecture", default="x86_64", choices=["x86_64", "arm64"])
+        p.add_argument("--architecture", default="x86_64", choices=list(limits.ARCHITECTURES))
         _add_aws_options(p)
         p.set_defaults(func=cmd_deploy)
     elif name == "iam-policy":

@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any
 
+from wrenpack import limits
+
 MIB = 1024 * 1024
 
 
@@ -22,7 +24,7 @@ def register(subparsers: Any, name: str) -> None:
                    help="the packages a `wrenpack profile --json` run saw imported, at their local versions")
     p.add_argument("--lock", metavar="FILE", help="install exactly this hashed lock file (skip resolution)")
     p.add_argument("--python", metavar="X.Y", help="target Python version (default: this interpreter's)")
-    p.add_argument("--arch", choices=["x86_64", "arm64"], default="x86_64", help="target architecture")
+    p.add_argument("--arch", choices=list(limits.ARCHITECTURES), default="x86_64", help="target architecture")
     p.add_argument("--target", choices=["layer", "archive"], default="layer",
                    help="size budget to enforce: layer (250 MiB unzipped) or archive (extracted into /tmp)")
     p.add_argument("--tmp-size", type=int, default=512, metavar="MiB",

@@ -63,5 +63,13 @@ class Store(abc.ABC):
     def iter_list(self, prefix: str) -> Iterator[str]:
         yield from self.list(prefix)
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes; ``ObjectNotFound`` if absent (default: read it)."""
+        return len(self.get(key))
+
+    def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
+        """``(key, size)`` of every key under ``prefix``, sorted (for splitting objects into chunks)."""
+        return [(key, self.size(key)) for key in self.list(prefix)]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url})"

@@ -85,6 +85,21 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))
 
+    def size(self, key: str) -> int:
+        try:
+            return os.path.getsize(self._path(key))
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+
+    def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
+        out = []
+        for key in self.list(prefix):
+            try:
+                out.append((key, os.path.getsize(self._path(key))))
+            except FileNotFoundError:  # removed since the listing
+                pass
+        return out
+
     def list(self, prefix: str) -> list[str]:
         # Walk only the deepest directory the prefix names, not the whole store.
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""

@@ -242,6 +242,28 @@ class S3Store(Store):
     def list(self, prefix: str) -> list[str]:
         return sorted(self.iter_list(prefix))
 
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except Exception as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+            raise self._error(exc, "check", key) from None
+
+    def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
+        # The listing carries each object's size: no HEAD per object.
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        out = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+            )
+            for page in pages:
+                out.extend((self._rel(obj["Key"]), int(obj["Size"])) for obj in page.get("Contents", ()))
+        except Exception as exc:
+            raise self._error(exc, "list", prefix or None) from None
+        return sorted(out)
+
     def iter_list(self, prefix: str):  # type: ignore[override]
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         try:

@@ -36,7 +36,7 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.errors import MissingDependency, RemoteError, SerializationError, StoreError, TaskTimeout
-from wrenpack.storage import Store, open_store
+from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.worker import checkpoint, memory, result
 
 _HOST = socket.gethostname()
@@ -156,6 +156,20 @@ def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> 
     return cloudpickle.dumps(("error", exc_bytes, name, str(exc), tb_text, kind))
 
 
+def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
+    """A call that begins after ``mark_start_after`` (client clock) waited in
+    Lambda's queue: one small object says when it began, so the client counts
+    its deadline from here instead of reporting it lost. On time: no write."""
+    after = event.get("mark_start_after")
+    if after is None or start <= float(after):
+        return
+    try:
+        store.put(keys.start_key(event["job_id"], event["call_id"]),
+                  json.dumps({"start": start, "attempt": event.get("attempt", 0)}).encode())
+    except StoreError:
+        pass  # the client then reports it lost at its deadline, as before
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run one call described by ``event``; return its status record."""
     global soft_deadline
@@ -164,10 +178,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     children_before = memory.children_peak_mb()
     job_id, call_id = event["job_id"], event["call_id"]
     store = _store_for(event["store"])
+    user_data.bind(store)  # wrenpack.store() inside the call is this store
     kind = "ok"
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
+    _mark_start(store, event, start)
     try:
         fn = _load_function(store, event["func_key"])
         args, kwargs = _load_args(store, event["args"])
@@ -222,6 +238,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             disarm()
         soft_deadline = None
         checkpoint.end()
+        user_data.bind(None)
     if ckpt is not None and ckpt.used:
         extra_status["checkpoint"] = ckpt.stats()
     if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):

@@ -1,0 +1,159 @@
+"""The storage handle and maps over stored data (object ranges, chunk edges)."""
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+
+import wrenpack
+from wrenpack.errors import ConfigError, StoreError
+from wrenpack.storage import open_store
+from wrenpack.storage.data import DataStore, ObjectRange, objects
+
+
+@pytest.fixture
+def data(tmp_path):
+    return DataStore(open_store(str(tmp_path / "store")))
+
+
+def test_storage_handle_roundtrip_under_data_prefix(data):
+    data.put("a/x.bin", b"hello world")
+    data.put("a/y.bin", bytearray(b"12345"))
+    assert data.get("a/x.bin") == b"hello world"
+    assert data.get("a/x.bin", 6) == b"world"
+    assert data.get("a/x.bin", 0, 5) == b"hello"
+    assert data.open("a/x.bin", 6).read() == b"world"
+    assert data.list("a/") == ["a/x.bin", "a/y.bin"]
+    assert data.size("a/y.bin") == 5 and data.exists("a/y.bin")
+    assert data.store.list("data/") == ["data/a/x.bin", "data/a/y.bin"]  # not among jobs/
+    data.delete("a/y.bin")
+    assert data.list() == ["a/x.bin"]
+    assert data.delete_prefix("a/") == 1 and data.list() == []
+
+
+def test_storage_handle_refuses_text_and_bad_keys(data):
+    with pytest.raises(StoreError, match="needs bytes"):
+        data.put("k", "text")
+    with pytest.raises(StoreError, match="invalid data key"):
+        data.put("../escape", b"x")
+    with pytest.raises(StoreError, match="invalid data key"):
+        data.get("/abs")
+
+
+def test_storage_handle_inside_a_call_is_the_executors_store(remote, executor):
+    client = wrenpack.store(executor)
+    client.put("handle/in.txt", b"from the client")
+
+    def work(suffix):
+        s = wrenpack.store()  # the store this call was invoked with
+        s.put(f"handle/out-{suffix}.txt", s.get("handle/in.txt").upper())
+        return s.list("handle/")
+
+    listed = remote(work).remote("1").result(timeout=60)
+    assert "handle/out-1.txt" in listed
+    assert client.get("handle/out-1.txt") == b"FROM THE CLIENT"
+    # A handle made in the client pickles as its spec and works in a call too.
+    assert remote(lambda s: s.get("handle/in.txt")).remote(client).result(timeout=60) == b"from the client"
+    client.delete_prefix("handle/")
+
+
+def _write(data, key, payload):
+    data.put(key, payload)
+    return payload
+
+
+def _records_of(ranges):
+    out = []
+    for r in pickle.loads(pickle.dumps(ranges)):  # as a worker gets them
+        out.extend(r.records())
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 10, 64, 1000])
+def test_newline_chunks_split_no_record_and_lose_none(data, chunk):
+    rng = random.Random(chunk)
+    lines = [b"x" * rng.randrange(0, 25) + str(i).encode() for i in range(60)]
+    _write(data, "t/a.txt", b"\n".join(lines) + b"\n")  # ends with a newline
+    _write(data, "t/b.txt", b"\n".join(lines))  # last record without newline
+    _write(data, "t/c.txt", b"")  # empty object
+    _write(data, "t/d.txt", b"one-long-record-" * 20)  # longer than many chunks, no newline at all
+    ranges = data.objects("t/", chunk_size=chunk)
+    by_key: dict[str, list[bytes]] = {}
+    for r in pickle.loads(pickle.dumps(ranges)):
+        by_key.setdefault(r.key, []).extend(r.records())
+    assert by_key["data/t/a.txt"] == lines
+    assert by_key["data/t/b.txt"] == lines
+    assert by_key["data/t/c.txt"] == []
+    assert by_key["data/t/d.txt"] == [b"one-long-record-" * 20]
+    # The aligned ranges tile each object exactly.
+    for key in ("data/t/a.txt", "data/t/b.txt"):
+        spans = [r.bounds() for r in ranges if r.key == key]
+        assert spans[0][0] == 0 and spans[-1][1] == data.store.size(key)
+        assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+
+
+def test_chunk_edge_on_a_newline_and_other_delimiters(data):
+    _write(data, "e/x", b"aaaa\nbbbb\ncccc")  # chunk_size 5: edges right after each newline
+    assert _records_of(data.objects("e/", chunk_size=5)) == [b"aaaa", b"bbbb", b"cccc"]
+    assert _records_of(data.objects("e/", chunk_size=4)) == [b"aaaa", b"bbbb", b"cccc"]
+    _write(data, "z/x", b"r1\0r2\0\0r4\0")
+    for size in (1, 2, 3, 5):
+        assert _records_of(data.objects("z/", chunk_size=size, delimiter=b"\0")) == [b"r1", b"r2", b"", b"r4"], size
+    with pytest.raises(ConfigError, match="one byte"):
+        data.objects("z/", chunk_size=2, delimiter=b"||")
+
+
+def test_fixed_size_records_chunk_on_record_edges(data):
+    recs = [bytes([i]) * 10 for i in range(37)]
+    _write(data, "f/r.bin", b"".join(recs) + b"tail")  # a trailing partial record
+    ranges = data.objects("f/", chunk_size=25, record_size=10)
+    assert all(r.start % 10 == 0 for r in ranges)
+    assert all((r.end - r.start) % 10 == 0 for r in ranges[:-1])
+    assert _records_of(ranges) == recs + [b"tail"]
+    # Chunks that never need a read to find their edges:
+    assert [r.bounds() for r in ranges] == [(r.start, r.end) for r in ranges]
+
+
+def test_one_range_per_object_without_chunk_size(data):
+    _write(data, "o/1", b"a\nb")
+    _write(data, "o/2", b"")
+    ranges = data.objects("o/")
+    assert [(r.key, r.size, r.parts) for r in ranges] == [("data/o/1", 3, 1), ("data/o/2", 0, 1)]
+    assert ranges[0].read() == b"a\nb" and ranges[1].read() == b""
+    assert len(pickle.dumps(ranges[0])) < 400  # a handle, not the data
+
+
+def test_objects_from_local_paths(tmp_path):
+    d = tmp_path / "files"
+    d.mkdir()
+    (d / "one.txt").write_bytes(b"1\n2\n3\n")
+    (d / "sub").mkdir()
+    (d / "sub" / "two.txt").write_bytes(b"4\n5")
+    ranges = objects(str(d), chunk_size=2)
+    assert sorted(rec for r in ranges for rec in r.records()) == [b"1", b"2", b"3", b"4", b"5"]
+    single = objects("file://" + str(d / "one.txt"))
+    assert [r.key for r in single] == ["one.txt"] and single[0].read() == b"1\n2\n3\n"
+    with pytest.raises(StoreError, match="does not exist"):
+        objects(str(tmp_path / "nope"))
+    with pytest.raises(StoreError, match="no objects under"):
+        DataStore(open_store(str(tmp_path / "empty"))).objects("x/")
+    with pytest.raises(ConfigError, match="chunk_size"):
+        objects(str(d), chunk_size=0)
+
+
+def test_map_over_stored_chunks_reads_in_the_worker(remote, executor):
+    s = wrenpack.store(executor)
+    lines = [f"line {i}".encode() for i in range(500)]
+    s.put("m/a.txt", b"\n".join(lines[:300]) + b"\n")
+    s.put("m/b.txt", b"\n".join(lines[300:]))
+
+    def count(r: ObjectRange):
+        return r.key, sum(1 for _ in r.records()), r.part
+
+    ranges = s.objects("m/", chunk_size=512)
+    assert len(ranges) > 4
+    got = wrenpack.get(remote(count).map(ranges))
+    assert sum(n for _, n, _ in got) == 500
+    assert {k for k, _, _ in got} == {"data/m/a.txt", "data/m/b.txt"}
+    s.delete_prefix("m/")

@@ -1,0 +1,103 @@
+"""AWS Lambda's limits, defined once: the executor, the CLI, the profiler and
+the backends check against these, so a setting that works locally works on
+Lambda. Standard library only (the worker imports wrenpack modules freely).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from wrenpack.errors import ConfigError
+
+#: a function's memory, MB (integer)
+MIN_MEMORY_MB = 128
+MAX_MEMORY_MB = 10240
+#: a function's timeout, seconds: more than 0, at most 900
+MAX_TIMEOUT_S = 900
+#: a function's /tmp (ephemeral storage), MB (integer)
+MIN_EPHEMERAL_MB = 512
+MAX_EPHEMERAL_MB = 10240
+#: instruction set architectures Lambda runs
+ARCHITECTURES = ("x86_64", "arm64")
+
+MEMORY_RANGE = f"a whole number of MB in {MIN_MEMORY_MB}..{MAX_MEMORY_MB}"
+TIMEOUT_RANGE = f"a number of seconds in (0, {MAX_TIMEOUT_S}]"
+EPHEMERAL_RANGE = f"a whole number of MB in {MIN_EPHEMERAL_MB}..{MAX_EPHEMERAL_MB}"
+
+
+def _where(source: str | None) -> str:
+    return f" (from {source})" if source else ""
+
+
+def whole_number(name: str, value: Any, source: str | None = None, allowed: str = "a whole number") -> int:
+    """``value`` as an int, refusing fractions, NaN, booleans and text that is not one.
+
+    ``1500.0`` and ``"1500"`` are accepted; ``1500.7``, ``"lots"``, ``nan`` are not."""
+    bad = ConfigError(f"{name}={value!r}{_where(source)} must be {allowed}")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise bad from None
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise bad
+        return int(value)
+    try:
+        import operator
+
+        return operator.index(value)
+    except TypeError:
+        raise bad from None
+
+
+def real_number(name: str, value: Any, source: str | None = None, allowed: str = "a number") -> float:
+    """``value`` as a finite float (no NaN or infinity, no booleans)."""
+    bad = ConfigError(f"{name}={value!r}{_where(source)} must be {allowed}")
+    if isinstance(value, bool):
+        raise bad
+    try:
+        out = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if not math.isfinite(out):
+        raise bad
+    return out
+
+
+def check_memory(value: Any, source: str | None = None, name: str = "memory") -> int:
+    mb = whole_number(name, value, source, MEMORY_RANGE)
+    if not MIN_MEMORY_MB <= mb <= MAX_MEMORY_MB:
+        raise ConfigError(f"{name}={mb} MB{_where(source)} is outside Lambda's range: must be {MEMORY_RANGE}")
+    return mb
+
+
+def check_timeout(value: Any, source: str | None = None, name: str = "timeout") -> float:
+    s = real_number(name, value, source, TIMEOUT_RANGE)
+    if not 0 < s <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            f"{name}={s:g} s{_where(source)} is outside Lambda's range: must be {TIMEOUT_RANGE}; "
+            "split longer work with wrenpack.checkpoint"
+        )
+    return s
+
+
+def check_ephemeral(value: Any, source: str | None = None, name: str = "ephemeral_storage") -> int:
+    mb = whole_number(name, value, source, EPHEMERAL_RANGE)
+    if not MIN_EPHEMERAL_MB <= mb <= MAX_EPHEMERAL_MB:
+        raise ConfigError(f"{name}={mb} MB{_where(source)} is outside Lambda's range: must be {EPHEMERAL_RANGE}")
+    return mb
+
+
+def check_architecture(value: Any, source: str | None = None, name: str = "architecture") -> str:
+    if value not in ARCHITECTURES:
+        raise ConfigError(f"{name}={value!r}{_where(source)} must be one of {', '.join(ARCHITECTURES)}")
+    return str(value)

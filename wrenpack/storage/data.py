@@ -1,0 +1,373 @@
+"""The user's data in the store: a storage handle and lazily read object ranges.
+
+``wrenpack.store()`` is the same store the executor uses, seen under the
+``data/`` prefix (wrenpack's own objects live under ``jobs/`` and
+``shuffle/``). Inside a remote call it is the store the call was invoked
+with (the handler binds it); in the client it is the default executor's. It
+reads and writes bytes only: user bytes are the user's data and wrenpack
+never unpickles them.
+
+``wrenpack.objects(source, chunk_size=...)`` lists objects (an ``s3://``
+prefix, a local path, or a prefix of ``wrenpack.store()``) and returns one
+small picklable ``ObjectRange`` per object or per chunk of about
+``chunk_size`` bytes. A chunk owns the records that *begin* inside its nominal
+byte range, so no record is split or lost: with a delimiter (a newline by
+default) the worker finds the record edges by reading a few bytes around the
+range's ends; with ``record_size=n`` the edges are multiples of ``n`` and
+nothing extra is read. Data is read in the worker, never through the driver.
+Worker side: standard library (and boto3 for S3) only.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from wrenpack.errors import ConfigError, StoreError
+from wrenpack.storage import Store, open_store, parse_store_url
+
+#: Where the user's objects live in wrenpack's store.
+USER_PREFIX = "data/"
+#: How much a worker reads at a time when it looks for a record edge.
+_SCAN = 64 * 1024
+#: Read-ahead of a range stream (one GET per block on S3).
+_BLOCK = 8 * 1024 * 1024
+
+_bound: Store | None = None
+_opened: dict[str, Store] = {}
+
+
+def bind(store: Store | None) -> None:
+    """Called by the worker handler: the store of the call that is running."""
+    global _bound
+    _bound = store
+
+
+def _token(spec: dict[str, Any]) -> str:
+    return repr(sorted(spec.items()))
+
+
+def _open(spec: dict[str, Any]) -> Store:
+    """A store for ``spec``, reusing the call's own store (and its connections)."""
+    if _bound is not None and _token(_bound.spec) == _token(spec):
+        return _bound
+    token = _token(spec)
+    found = _opened.get(token)
+    if found is None:
+        found = _opened[token] = open_store(spec)
+    return found
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
+        raise StoreError(f"invalid data key {key!r}: use a relative path such as 'inputs/part-0' (no leading '/', no '..')")
+    return key
+
+
+class DataStore:
+    """Bytes under a prefix (``data/``) of wrenpack's store: get/put/list/delete/open.
+
+    Pickles as its store's spec, so a handle made in the client works inside
+    a call (and the worker reuses its own store when the spec is the same)."""
+
+    def __init__(self, store: Store, prefix: str = USER_PREFIX) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (self.store.spec, self.prefix))
+
+    def __repr__(self) -> str:
+        return f"DataStore({self.url()})"
+
+    def _full(self, key: str) -> str:
+        return self.prefix + _check_key(key)
+
+    def url(self, key: str = "") -> str:
+        """Where ``key`` is, for messages (``s3://bucket/prefix/data/key`` or a file URL)."""
+        spec = self.store.spec
+        if spec.get("type") == "s3":
+            base = f"s3://{spec['bucket']}/" + (f"{spec['prefix']}/" if spec.get("prefix") else "")
+            return base + self.prefix + key
+        if spec.get("type") == "local":
+            return "file://" + os.path.join(spec["root"], self.prefix + key)
+        return f"{self.store.url}/{self.prefix}{key}"
+
+    def put(self, key: str, data: bytes | bytearray | memoryview | io.IOBase) -> None:
+        """Write ``data`` (bytes, or a binary file object) at ``key``, atomically."""
+        if hasattr(data, "read"):
+            data = data.read()  # type: ignore[union-attr]
+        if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
+            raise StoreError(f"put({key!r}, ...) needs bytes, got {type(data).__name__}; encode text (s.encode()) or pickle it yourself")
+        self.store.put(self._full(key), bytes(data))
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """The object's bytes, or bytes ``[start, end)`` of it."""
+        if start is None and end is None:
+            return self.store.get(self._full(key))
+        start = start or 0
+        if end is None:
+            end = self.store.size(self._full(key))
+        return self.store.get_range(self._full(key), start, end)
+
+    def open(self, key: str, start: int = 0, end: int | None = None) -> io.BufferedReader:
+        """A binary stream over the object (or bytes ``[start, end)``), read in blocks as it is consumed."""
+        full = self._full(key)
+        if end is None:
+            end = self.store.size(full)
+        return _stream(self.store, full, start, end)
+
+    def size(self, key: str) -> int:
+        return self.store.size(self._full(key))
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(self._full(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (relative to this handle), sorted."""
+        n = len(self.prefix)
+        return [k[n:] for k in self.store.list(self.prefix + prefix)]
+
+    def delete(self, key: str) -> None:
+        self.store.delete(self._full(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every key under ``prefix``; returns how many."""
+        if prefix:
+            _check_key(prefix)
+        return self.store.delete_prefix(self.prefix + prefix)
+
+    def objects(self, prefix: str = "", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
+                record_size: int | None = None) -> list["ObjectRange"]:
+        """``wrenpack.objects`` over this handle's keys under ``prefix``."""
+        found = [(k, s) for k, s in self.store.list_sizes(self.prefix + prefix)]
+        return _ranges(self.store.spec, found, chunk_size, delimiter, record_size, source=self.url(prefix))
+
+
+def _reopen(spec: dict[str, Any], prefix: str) -> DataStore:
+    return DataStore(_open(spec), prefix)
+
+
+def store(executor: Any = None) -> DataStore:
+    """The storage handle: inside a remote call, the call's store; in the client,
+    ``executor``'s (default: the default executor's). Keys live under ``data/``."""
+    if executor is not None:
+        return DataStore(executor.store)
+    if _bound is not None:
+        return DataStore(_bound)
+    from wrenpack.executor import default_executor  # client side only
+
+    return DataStore(default_executor().store)
+
+
+# -- object ranges --------------------------------------------------------------------
+@dataclass
+class ObjectRange:
+    """One object, or one chunk of it, to read lazily where the call runs.
+
+    ``start``/``end`` are the nominal byte range; the records it owns are those
+    that begin inside it (``bounds()``). Small and picklable: it carries the
+    store's spec and the key, never the data."""
+
+    spec: dict[str, Any]
+    key: str
+    start: int
+    end: int
+    size: int
+    delimiter: bytes | None = b"\n"
+    record_size: int | None = None
+    #: this chunk's number within its object, and how many chunks the object has
+    part: int = 0
+    parts: int = 1
+    _bounds: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_bounds"} | {"_bounds": None}
+
+    @property
+    def url(self) -> str:
+        if self.spec.get("type") == "s3":
+            return f"s3://{self.spec['bucket']}/" + (f"{self.spec['prefix']}/" if self.spec.get("prefix") else "") + self.key
+        if self.spec.get("type") == "local":
+            return os.path.join(self.spec["root"], self.key)
+        return self.key
+
+    @property
+    def name(self) -> str:
+        """The object's key, relative to where it was listed from."""
+        return self.key
+
+    def _store(self) -> Store:
+        return _open(self.spec)
+
+    def bounds(self) -> tuple[int, int]:
+        """The byte range of the whole records this range owns."""
+        if self._bounds is None:
+            if self.parts == 1 or self.record_size is not None or not self.delimiter:
+                self._bounds = (self.start, self.end)
+            else:
+                store = self._store()
+                a = _record_start(store, self.key, self.start, self.size, self.delimiter)
+                b = a if a >= self.end else _record_start(store, self.key, self.end, self.size, self.delimiter)
+                self._bounds = (a, max(a, b))
+        return self._bounds
+
+    def read(self) -> bytes:
+        """The range's bytes (whole records only)."""
+        a, b = self.bounds()
+        if a == 0 and b == self.size and self.parts == 1:
+            return self._store().get(self.key)
+        return self._store().get_range(self.key, a, b)
+
+    def open(self) -> io.BufferedReader:
+        """A binary stream over the range, read in blocks as it is consumed."""
+        a, b = self.bounds()
+        return _stream(self._store(), self.key, a, b)
+
+    def records(self) -> Iterator[bytes]:
+        """The range's records as bytes, without their delimiter (the last one may lack it)."""
+        if self.record_size is not None:
+            n = self.record_size
+            with self.open() as f:
+                while True:
+                    block = f.read(max(n, (_BLOCK // n) * n))
+                    if not block:
+                        return
+                    for i in range(0, len(block), n):
+                        yield block[i : i + n]
+        if not self.delimiter:
+            yield self.read()  # raw byte ranges: the range is one record
+            return
+        delim = self.delimiter
+        with self.open() as f:
+            if delim == b"\n":
+                for line in f:
+                    yield line[:-1] if line.endswith(b"\n") else line
+                return
+            rest = b""
+            while True:
+                block = f.read(_BLOCK)
+                if not block:
+                    if rest:
+                        yield rest
+                    return
+                pieces = (rest + block).split(delim)
+                rest = pieces.pop()
+                yield from pieces
+
+    def lines(self, encoding: str = "utf-8") -> Iterator[str]:
+        """The records decoded as text."""
+        for rec in self.records():
+            yield rec.decode(encoding)
+
+
+def _record_start(store: Store, key: str, x: int, size: int, delim: bytes) -> int:
+    """The first record start at or after ``x``: 0, or just after a delimiter byte."""
+    if x <= 0:
+        return 0
+    pos = x - 1  # a delimiter just before x makes x itself a record start
+    while pos < size:
+        window = store.get_range(key, pos, min(size, pos + _SCAN))
+        if not window:
+            break
+        i = window.find(delim)
+        if i >= 0:
+            return min(size, pos + i + 1)
+        pos += len(window)
+    return size
+
+
+class _RangeReader(io.RawIOBase):
+    def __init__(self, store: Store, key: str, start: int, end: int) -> None:
+        self._store, self._key, self._pos, self._end = store, key, start, end
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self._end - self._pos)
+        if n <= 0:
+            return 0
+        data = self._store.get_range(self._key, self._pos, self._pos + n)
+        got = len(data)
+        buf[:got] = data
+        self._pos += got
+        return got
+
+
+def _stream(store: Store, key: str, start: int, end: int) -> io.BufferedReader:
+    return io.BufferedReader(_RangeReader(store, key, start, end), buffer_size=_BLOCK)
+
+
+def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int | None, delimiter: bytes | None,
+            record_size: int | None, source: str) -> list[ObjectRange]:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ConfigError(f"chunk_size={chunk_size!r} must be a whole number of bytes, at least 1")
+    if record_size is not None and (not isinstance(record_size, int) or record_size < 1):
+        raise ConfigError(f"record_size={record_size!r} must be a whole number of bytes, at least 1")
+    if delimiter is not None and (not isinstance(delimiter, bytes) or len(delimiter) != 1):
+        # One byte: with longer ones, a range edge inside a run of delimiters is ambiguous.
+        raise ConfigError(f"delimiter={delimiter!r} must be one byte (e.g. b'\\n', b'\\0') or None; "
+                          "use record_size= for fixed-size records")
+    if not found:
+        raise StoreError(f"no objects under {source}; check the path or prefix")
+    step = chunk_size
+    if step is not None and record_size is not None:
+        step = max(record_size, step // record_size * record_size)
+    out: list[ObjectRange] = []
+    for key, size in found:
+        if step is None or size <= step:
+            out.append(ObjectRange(spec, key, 0, size, size, delimiter, record_size))
+            continue
+        edges = list(range(0, size, step))
+        if record_size is not None and size - edges[-1] < record_size and len(edges) > 1:
+            edges.pop()  # a trailing partial record stays with the last chunk
+        edges.append(size)
+        parts = len(edges) - 1
+        for i in range(parts):
+            out.append(ObjectRange(spec, key, edges[i], edges[i + 1], size, delimiter, record_size, i, parts))
+    return out
+
+
+def objects(source: "str | DataStore", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
+            record_size: int | None = None, executor: Any = None) -> list[ObjectRange]:
+    """One ``ObjectRange`` per object under ``source``, or per ~``chunk_size`` bytes.
+
+    ``source``: ``s3://bucket/prefix`` (any bucket the workers can read), a
+    local file or directory (``file:///...`` or a path; local backend only), or a
+    ``DataStore`` (``wrenpack.store()``: all its keys; ``store.objects(prefix)``
+    for some). Chunk edges follow records: ``delimiter`` (default newline) or
+    fixed ``record_size`` bytes. Use with ``f.map(wrenpack.objects(...))``."""
+    if isinstance(source, DataStore):
+        return source.objects(chunk_size=chunk_size, delimiter=delimiter, record_size=record_size)
+    if not isinstance(source, str):
+        raise ConfigError(f"objects() needs an s3:// URL, a path or wrenpack.store(), got {type(source).__name__}")
+    if source.startswith("s3://"):
+        parsed = parse_store_url(source)
+        prefix = source[5:].partition("/")[2]
+        from wrenpack.storage.s3 import S3Store
+
+        if executor is not None:
+            config = executor.config
+        else:
+            from wrenpack.config import current  # client side only
+
+            config = current()
+        s3 = S3Store(parsed["bucket"], "", region=config.aws_region, endpoint_url=config.s3_endpoint_url,
+                     profile=config.aws_profile)
+        found = [(k, s) for k, s in s3.list_sizes(prefix) if not k.endswith("/")]
+        exact = [(k, s) for k, s in found if k == prefix]
+        return _ranges(s3.spec, exact or found, chunk_size, delimiter, record_size, source)
+    if "://" in source and not source.startswith("file://"):
+        raise ConfigError(f"unsupported source {source!r}; use s3://bucket/prefix, a path, or wrenpack.store()")
+    path = os.path.abspath(os.path.expanduser(source[7:] if source.startswith("file://") else source))
+    if os.path.isfile(path):
+        root, found = os.path.dirname(path), [(os.path.basename(path), os.path.getsize(path))]
+    elif os.path.isdir(path):
+        from wrenpack.storage.local import LocalStore
+
+        root, found = path, LocalStore(path).list_sizes("")
+    else:
+        raise StoreError(f"{source} does not exist; give an existing file or directory, or an s3:// URL")
+    return _ranges({"type": "local", "root": root}, found, chunk_size, delimiter, record_size, source)
