@@ -249,29 +249,6 @@ def remote(fn: Callable[..., T] | None = None, **options: Any) -> Any:
     return RemoteFunction(fn, executor=executor, **options)
 
 
-def map_reduce(
-    mapper: Callable[..., Any],
-    items: Iterable[Any],
-    reducer: Callable[[list[Any]], Any],
-    **options: Any,
-) -> WrenFuture:
-    """Map ``mapper`` over ``items`` remotely, then run ``reducer(results)`` as one
-    more remote call. Returns the reducer's future at once; a failed map call
-    fails it with that call's exception."""
-    m = mapper if isinstance(mapper, RemoteFunction) else RemoteFunction(mapper, **options)
-    r = reducer if isinstance(reducer, RemoteFunction) else RemoteFunction(reducer, **options)
-    map_futures = m.map(items)
-    outer = WrenFuture("map_reduce", "reduce", f"map_reduce({getattr(r.fn, '__qualname__', 'reducer')})")
+# map_reduce lives in its own module; this name is kept for existing imports.
+from wrenpack.mapreduce import map_reduce  # noqa: E402,F401
 
-    def chain() -> None:
-        try:
-            results = [f.result() for f in map_futures]
-            inner = r.remote(results)
-            value = inner.result()
-            outer.status = inner.status
-            outer.set_result(value)
-        except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
-            outer.set_exception(exc)
-
-    threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True).start()
-    return outer

@@ -34,6 +34,8 @@ from wrenpack.errors import WrenpackError
 class InvocationResult:
     status: dict[str, Any] | None = None
     error: WrenpackError | None = None
+    #: the result object's bytes when they came back in the reply (``event["reply_limit"]``)
+    data: bytes | None = None
 
 
 @dataclass

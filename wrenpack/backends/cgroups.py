@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import time
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,41 @@ class MemoryCgroup:
         except (OSError, ValueError):
             return 0
 
-    def remove(self) -> None:
+    def pids(self) -> list[int]:
         try:
-            os.rmdir(self.path)
-        except OSError:
-            pass
+            return [int(p) for p in self._read("cgroup.procs").split()]
+        except (OSError, ValueError):
+            return []
+
+    def kill_all(self, rounds: int = 50) -> bool:
+        """SIGKILL every process in the cgroup (setsid'd and daemonised ones too),
+        again until none is left (a process may fork while it is being killed)."""
+        for _ in range(rounds):
+            pids = self.pids()
+            if not pids:
+                return True
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.002)
+        return not self.pids()
+
+    def remove(self) -> bool:
+        """Remove the (empty) cgroup; a few tries, as killed tasks leave it asynchronously."""
+        for attempt in range(20):
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                if attempt == 19:
+                    log.debug("could not remove cgroup %s", self.path)
+                    return False
+                time.sleep(0.005)
+        return False
 
 
 class CgroupFactory:

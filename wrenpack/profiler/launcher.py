@@ -27,6 +27,8 @@ import tempfile
 import time
 from typing import Any
 
+from wrenpack.worker.memory import dir_usage, proc_status
+
 #: Sampling period of the memory curve and the process-tree sum.
 DEFAULT_INTERVAL_S = 0.01
 #: TMPDIR is walked, and the process tree re-scanned, every this many samples
@@ -84,37 +86,12 @@ def _read_json(path: str) -> dict | None:
 
 def _status(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) in kB from /proc; (0, 0) once the process is gone."""
-    rss = hwm = 0
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    hwm = int(line.split()[1])
-                elif line.startswith(b"VmRSS:"):
-                    rss = int(line.split()[1])
-                    break
-    except (OSError, ValueError):
-        pass
-    return rss, hwm
+    found = proc_status(pid, (b"VmRSS:", b"VmHWM:"))
+    return found.get(b"VmRSS:", 0), found.get(b"VmHWM:", 0)
 
 
-def _dir_bytes(path: str) -> int:
-    total = 0
-    stack = [path]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        else:
-                            total += entry.stat(follow_symlinks=False).st_size
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-    return total
+#: /tmp is counted as the local backend enforces it (allocated blocks)
+_dir_bytes = dir_usage
 
 
 class _Tree:

@@ -1,70 +1,278 @@
 """The loop a local worker process runs: a warm "container" for many calls.
 
-The parent (``wrenpack.backends.local``) sends one message per call over a
-socket and reads one reply. Each call gets Lambda's environment variables,
-its own deadline and a private temporary directory (TMPDIR), and its peak
-memory is measured from a reset high-water mark.
+The parent (``wrenpack.backends.local``) sends messages of one or more calls
+over a socket (``wrenpack.backends.local_worker`` has the wire format: a JSON
+header and a blob, nothing pickled); the worker runs them in order and replies
+once per call, with the result object itself when it is small (the reply's
+blob). Each call gets Lambda's environment variables, its own deadline and a
+private temporary directory (TMPDIR), and its peak memory is measured from a
+reset high-water mark.
+
+The worker never outlives its driver: a parent-death signal, and a thread
+watching the driver's pidfd (or its parent pid), stop it and every process its
+call started, within about a second of the driver's death.
+
+Standard library only (besides the handler's cloudpickle).
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
 import sys
-import tempfile
+import threading
 import time
-from multiprocessing.connection import Connection
 from typing import Any
 
+_FRAME = struct.Struct(">II")
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
-def serve(fd: int) -> None:
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _own_cgroup() -> str | None:
+    """This worker's memory cgroup directory, when the backend made one for it."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _id, controllers, path = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(",") and os.path.basename(path).startswith("wrenpack-"):
+                    return os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _descendants() -> list[int]:
+    """Every process below this one (a /proc scan: the worker side has no psutil)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [os.getpid()]
+    while stack:
+        for kid in children.get(stack.pop(), []):
+            out.append(kid)
+            stack.append(kid)
+    return out
+
+
+_dying = threading.Lock()
+
+
+def die(worker_dir: str | None) -> None:
+    """The driver is gone: stop the call and everything it started, clean up, exit."""
+    if not _dying.acquire(blocking=False):
+        return
+    me = os.getpid()
+    cgroup = _own_cgroup()
+    for _ in range(20):
+        pids = _descendants()
+        if cgroup is not None:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs")) as f:
+                    pids += [int(p) for p in f.read().split() if int(p) != me]
+            except (OSError, ValueError):
+                pass
+        if not pids:
+            break
+        for pid in set(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.005)
+    if cgroup is not None:
+        # Leave the cgroup for its parent, then remove it: nobody else will.
+        try:
+            with open(os.path.join(os.path.dirname(cgroup), "cgroup.procs"), "w") as f:
+                f.write(str(me))
+            for _ in range(20):
+                try:
+                    os.rmdir(cgroup)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.005)
+        except OSError:
+            pass
+    if worker_dir:
+        shutil.rmtree(worker_dir, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(worker_dir))  # the backend's work directory, once empty
+        except OSError:
+            pass
+    os._exit(1)
+
+
+def _watch_parent(parent: int, worker_dir: str | None) -> None:
+    """Block until the driver exits (its pidfd), else poll the parent pid."""
+    pidfd = None
+    try:
+        pidfd = os.pidfd_open(parent)
+    except (AttributeError, OSError):
+        pass
+    if os.getppid() != parent:  # died before we looked
+        die(worker_dir)
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
+    else:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+    die(worker_dir)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> dict[str, Any] | None:
+    header = _recv_exact(sock, _FRAME.size)
+    if header is None:
+        return None
+    hlen, blen = _FRAME.unpack(header)
+    body = _recv_exact(sock, hlen + blen)
+    if body is None:
+        return None
+    return json.loads(body[:hlen])
+
+
+def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"") -> None:
+    data = json.dumps(head, separators=(",", ":")).encode()
+    sock.sendall(_FRAME.pack(len(data), len(blob)) + data + blob)
+
+
+def _children_usage() -> tuple[float, int]:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime, ru.ru_minflt
+
+
+def _apply_limits(limits: list[Any]) -> None:
+    memory_mb, timeout_s, storage_mb = limits
+    os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(memory_mb)
+    os.environ["AWS_LAMBDA_FUNCTION_TIMEOUT"] = str(max(1, int(timeout_s)))
+    os.environ["WRENPACK_EPHEMERAL_STORAGE_MB"] = str(storage_mb)
+
+
+def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
+    """Run calls from ``sock`` until it closes."""
+    import tempfile
+
     from wrenpack.worker import memory
     from wrenpack.worker.context import LocalContext
     from wrenpack.worker.handler import handler
 
-    conn = Connection(fd)
-    conn.send({"ready": os.getpid()})
-    base_env = dict(os.environ)
-    applied: dict[str, str] = {}
+    tmpdir = os.environ.get("TMPDIR")
+    if tmpdir:
+        tempfile.tempdir = tmpdir
+    function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local")
+    memory_mb = 0
+    _send(sock, {"ready": os.getpid()})
     calls = 0
     while True:
-        try:
-            msg: dict[str, Any] | None = conn.recv()
-        except (EOFError, OSError):
-            return
+        msg = _recv(sock)
         if msg is None:
             return
-        env = msg.get("env")
-        if env is not None and env != applied:
-            # Only changed settings are applied: setting os.environ is not free.
-            for key in applied.keys() - env.keys():
-                if key in base_env:
-                    os.environ[key] = base_env[key]
-                else:
-                    os.environ.pop(key, None)
-            for key, value in env.items():
-                if applied.get(key) != value:
-                    os.environ[key] = value
-            applied = dict(env)
-            if env.get("TMPDIR"):
-                tempfile.tempdir = env["TMPDIR"]
-        calls += 1
-        ctx = LocalContext(
-            function_name=applied.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local"),
-            memory_mb=int(applied.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0") or 0),
-            deadline=time.time() + float(msg["timeout_s"]),
-            request_id=f"{os.getpid()}-{calls}",
-        )
-        t0 = time.perf_counter()
+        if msg.get("limits"):
+            _apply_limits(msg["limits"])
+            memory_mb = int(msg["limits"][0])
+        reply_limit = msg.get("reply_limit")
+        for call in msg["calls"]:
+            calls += 1
+            event = call["event"]
+            if reply_limit:
+                event["reply_limit"] = reply_limit
+            ctx = LocalContext(
+                function_name=function_name,
+                memory_mb=memory_mb,
+                deadline=time.time() + float(call["timeout_s"]),
+                request_id=f"{os.getpid()}-{calls}",
+            )
+            before = _children_usage()
+            t0 = time.perf_counter()
+            blob = b""
+            try:
+                status = handler(event, ctx)
+                data = status.pop("result", None)
+                if isinstance(data, (bytes, bytearray)):
+                    blob = bytes(data)
+                peak = max(status.get("peak_rss_mb") or 0.0, status.get("children_peak_rss_mb") or 0.0)
+                reply: dict[str, Any] = {"status": status, "peak_rss_mb": peak}
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
+                reply = {"error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": memory.peak_rss_mb()}
+            reply["elapsed"] = time.perf_counter() - t0
+            if _children_usage() != before:
+                reply["children"] = True  # a child ended during the call: the parent looks for OOM kills
+            if tmpdir:
+                used = memory.dir_usage(tmpdir)
+                if used:
+                    reply["tmp_bytes"] = used
+            if blob:
+                reply["result"] = len(blob)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _send(sock, reply, blob)
+
+
+def main(config: dict[str, Any]) -> None:
+    """Entry point (``wrenpack.backends.local_worker`` starts ``python -c`` with this)."""
+    worker_dir = config.get("dir")
+    parent = int(config.get("parent") or os.getppid())
+    # The kernel's backstop if this process cannot run Python when the driver dies.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: die(worker_dir))
+    # Orphans of a call (daemonised children) stay below this process, where the kill finds them.
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    threading.Thread(target=_watch_parent, args=(parent, worker_dir), name="wrenpack-parent-watch", daemon=True).start()
+    sock = socket.socket(fileno=int(config["fd"]))
+    try:
+        serve(sock, worker_dir)
+    except (BrokenPipeError, ConnectionError, EOFError):
+        pass  # the driver closed the connection: a quiet exit
+    finally:
         try:
-            status = handler(msg["event"], ctx)
-            peak = max(status.get("peak_rss_mb") or 0.0, status.get("children_peak_rss_mb") or 0.0)
-            reply: dict[str, Any] = {"status": status, "peak_rss_mb": peak}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
-            reply = {"error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": memory.peak_rss_mb()}
-        reply["elapsed"] = time.perf_counter() - t0
-        sys.stdout.flush()
-        sys.stderr.flush()
-        conn.send(reply)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover - started by the local backend
-    serve(int(sys.argv[1]))
+    main(json.loads(sys.argv[1]))

@@ -1,8 +1,17 @@
-"""Peak resident memory of this process, resettable between warm calls (Linux)."""
+"""What a call uses on this machine: peak memory (resettable between warm calls)
+and directory usage (Linux /proc).
+
+One reader of ``/proc/<pid>/status`` and one directory-usage function, shared
+by the worker, the local backend and the profiler, so all three count alike.
+Standard library only (Lambda imports it).
+"""
 from __future__ import annotations
 
+import os
 import resource
 import sys
+
+_KIB_PER_MIB = 1024.0
 
 
 def reset_peak() -> bool:
@@ -15,15 +24,29 @@ def reset_peak() -> bool:
         return False
 
 
-def peak_rss_mb(pid: int | str = "self") -> float | None:
-    """VmHWM in MiB, the OS's own high-water mark of resident memory."""
+def proc_status(pid: int | str = "self", fields: tuple[bytes, ...] = (b"VmHWM:",)) -> dict[bytes, int]:
+    """The given ``/proc/<pid>/status`` fields, in kB (those present; {} once the process is gone).
+
+    Stops reading at the last field wanted (the file is long; a sampler reads it often)."""
+    out: dict[bytes, int] = {}
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
+                for name in fields:
+                    if line.startswith(name):
+                        out[name] = int(line.split()[1])
+                        if len(out) == len(fields):
+                            return out
+    except (OSError, ValueError, IndexError):
         pass
+    return out
+
+
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """VmHWM in MiB, the OS's own high-water mark of resident memory."""
+    kb = proc_status(pid).get(b"VmHWM:")
+    if kb is not None:
+        return kb / _KIB_PER_MIB
     if pid == "self":
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
@@ -37,3 +60,25 @@ def children_peak_mb() -> float:
     before and after itself to know whether one of *its* children set it."""
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def dir_usage(path: str) -> int:
+    """Bytes a directory tree takes on its filesystem (allocated blocks, as a
+    size-limited /tmp counts them; a sparse file counts what it really holds)."""
+    total = 0
+    stack = [path]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total

@@ -1,0 +1,321 @@
+"""The local backend's lifecycle: death seen from the process, the whole tree
+killed, nothing left behind, workers that never outlive their driver, and the
+call-lifecycle hooks (on_start, cancel, draining shutdown)."""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import wrenpack
+from wrenpack.backends.base import Backend, Invocation
+from wrenpack.backends.cgroups import CgroupFactory
+from wrenpack.backends.local import LocalBackend
+from wrenpack.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+
+
+def _wait_dead(pids, within: float) -> list[int]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        left = [p for p in pids if _alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _cgroup_base() -> str | None:
+    factory = CgroupFactory.detect()
+    return factory.base if factory is not None else None
+
+
+def _leftover_cgroups(driver_pid: int) -> list[str]:
+    base = _cgroup_base()
+    return glob.glob(os.path.join(base, f"wrenpack-{driver_pid}-*")) if base else []
+
+
+# --------------------------------------------------------------------------- the call's children
+
+
+def _fork_setsid_holder(daemon: bool, pidfile: str) -> None:
+    """Fork a child in its own session that keeps every inherited fd (the worker's
+    socket too) and outlives the call; ``daemon``: double fork, so its parent is gone."""
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        if daemon and os.fork() != 0:
+            os._exit(0)
+        with open(pidfile, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(120)
+        os._exit(0)
+    if daemon:
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["setsid-child", "daemon-child"])
+def test_timeout_is_on_time_whatever_the_calls_children_hold(tmp_path, daemon):
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1)
+    pidfile = str(tmp_path / "pids")
+
+    def stuck(pidfile):
+        import signal as sig
+
+        _fork_setsid_holder(daemon, pidfile)
+        sig.pthread_sigmask(sig.SIG_BLOCK, [sig.SIGALRM])  # the soft deadline cannot fire
+        time.sleep(60)
+
+    try:
+        f = wrenpack.remote(stuck, executor=ex, timeout=1)
+        t0 = time.monotonic()
+        fut = f.remote(pidfile)
+        with pytest.raises(wrenpack.TaskTimeout, match="was stopped"):
+            fut.result(timeout=30)
+        assert time.monotonic() - t0 < 1 + 5
+        # The slot is free at once: the next call runs.
+        t1 = time.monotonic()
+        assert wrenpack.remote(abs, executor=ex).remote(-3).result(timeout=10) == 3
+        assert time.monotonic() - t1 < 5
+        with open(pidfile) as fh:
+            children = [int(line) for line in fh.read().split()]
+        assert children and _wait_dead(children, 2) == [], "the call's setsid'd child survived the kill"
+    finally:
+        ex.shutdown()
+
+
+def test_timeout_kills_children_without_cgroups(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1)
+    ex._backend = LocalBackend(concurrency=1, use_cgroups=False)
+    pidfile = str(tmp_path / "pids")
+
+    def stuck(pidfile):
+        import signal as sig
+
+        _fork_setsid_holder(True, pidfile)
+        sig.pthread_sigmask(sig.SIG_BLOCK, [sig.SIGALRM])
+        time.sleep(60)
+
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(wrenpack.TaskTimeout):
+            wrenpack.remote(stuck, executor=ex, timeout=1).remote(pidfile).result(timeout=30)
+        assert time.monotonic() - t0 < 6
+        with open(pidfile) as fh:
+            children = [int(line) for line in fh.read().split()]
+        assert _wait_dead(children, 2) == []
+    finally:
+        ex.shutdown()
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("keep_warm", [0, -1, math.nan, math.inf, "x"])
+def test_nonsense_keep_warm_is_refused(keep_warm):
+    with pytest.raises(ConfigError, match="keep_warm"):
+        LocalBackend(keep_warm=keep_warm)
+
+
+@pytest.mark.parametrize("concurrency", [0, -2, 1.5])
+def test_nonsense_concurrency_is_refused(concurrency):
+    with pytest.raises(ConfigError, match="concurrency"):
+        LocalBackend(concurrency=concurrency)
+
+
+# --------------------------------------------------------------------------- hooks and shutdown
+
+
+class _Capture(Backend):
+    """Collects an executor's invocations so a test can drive a LocalBackend with them."""
+
+    name = "capture"
+
+    def __init__(self) -> None:
+        self.invocations: list[Invocation] = []
+
+    def invoke(self, invocation: Invocation) -> None:
+        self.invocations.append(invocation)
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def _invocations(tmp_path, fn, items, **options):
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), keep_objects=True)
+    ex._backend = capture = _Capture()
+    wrenpack.remote(fn, executor=ex, **options).map(items)
+    done: dict[str, object] = {}
+    started: list[str] = []
+    lock = threading.Lock()
+    for inv in capture.invocations:
+        def on_done(inv, result, done=done):
+            with lock:
+                assert inv.key[1] not in done, "on_done called twice"
+                done[inv.key[1]] = result
+        inv.on_done = on_done
+        inv.on_start = lambda inv: started.append(inv.key[1])
+    return capture.invocations, done, started
+
+
+def _nap(s):
+    time.sleep(s)
+    return s
+
+
+def test_on_start_cancel_and_draining_shutdown(tmp_path):
+    invs, done, started = _invocations(tmp_path, _nap, [0.3, 0.3, 0.3, 0.3])
+    backend = LocalBackend(concurrency=1)
+    backend.invoke_many(invs)
+    assert backend.cancel(invs[3]) is True
+    deadline = time.monotonic() + 10
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert started == [invs[0].key[1]]
+    assert backend.cancel(invs[0]) is False  # a worker has it
+    backend.shutdown(wait=True)  # drains: the queued calls still run
+    assert sorted(done) == [inv.key[1] for inv in invs[:3]]
+    assert all(r.error is None and r.status["exit"] == "ok" for r in done.values())
+    assert started == [inv.key[1] for inv in invs[:3]]
+    assert not os.path.exists(backend.work_dir)
+
+
+def test_shutdown_without_wait_fails_queued_and_running_calls_clearly(tmp_path):
+    invs, done, started = _invocations(tmp_path, _nap, [30, 30, 30])
+    backend = LocalBackend(concurrency=1)
+    backend.invoke_many(invs)
+    deadline = time.monotonic() + 10
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pids = backend.worker_pids()
+    t0 = time.monotonic()
+    backend.shutdown(wait=False)
+    assert time.monotonic() - t0 < 5
+    assert sorted(done) == sorted(inv.key[1] for inv in invs)
+    messages = [str(done[inv.key[1]].error) for inv in invs]
+    assert "shut down before the call finished" in messages[0]
+    assert all("shut down before the call started" in m for m in messages[1:])
+    assert _wait_dead(pids, 1) == []
+    with pytest.raises(wrenpack.WrenpackError, match="shut down"):
+        backend.invoke_many(invs[:1])
+
+
+# --------------------------------------------------------------------------- whole programs
+
+_PROGRAM = textwrap.dedent(
+    """
+    import os, sys, time
+    import wrenpack
+
+    @wrenpack.remote(memory=256, timeout=60)
+    def work(x):
+        {body}
+
+    futures = work.map(range({n}))
+    {after}
+    """
+)
+
+
+def _program(tmp_path, body="return x * 2", n=6, after="print(wrenpack.get(futures))", **env):
+    script = tmp_path / "prog.py"
+    script.write_text(_PROGRAM.format(body=body, n=n, after=after))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")},
+        "PYTHONPATH": ROOT,
+        "TMPDIR": str(tmp),
+        "WRENPACK_STORAGE": str(tmp_path / "store"),
+        "WRENPACK_CONCURRENCY": "2",
+        "WRENPACK_PROGRESS": "false",
+        **env,
+    }
+    return script, tmp, full_env
+
+
+def test_readme_programs_leave_nothing_behind(tmp_path):
+    script, tmp, env = _program(tmp_path)
+    for run in range(5):
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.strip() == str([x * 2 for x in range(6)])
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
+        assert glob.glob(str(tmp / "wrenpack-local-*")) == [], f"run {run}: temp directory left"
+        assert _leftover_cgroups(proc.pid) == [], f"run {run}: cgroups left"
+
+
+_LONG_CALLS = textwrap.dedent(
+    """
+    import subprocess
+    subprocess.Popen(["sleep", "120"], start_new_session=True)  # a child of the call, in its own session
+    time.sleep(120)
+    """
+).strip().replace("\n", "\n    ")
+
+_SHOW_WORKERS = textwrap.dedent(
+    """
+    from wrenpack.executor import default_executor
+    backend = default_executor().backend
+    while len(backend.worker_pids()) < 2 or any(not w.inflight for w in backend._workers):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    print(" ".join(map(str, backend.worker_pids())), flush=True)
+    time.sleep(120)
+    """
+).strip()
+
+
+def _descendants_of(pids: list[int]) -> list[int]:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out += [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_workers_stop_when_the_driver_is_interrupted_or_killed(tmp_path, how):
+    script, tmp, env = _program(tmp_path, body=_LONG_CALLS, n=4, after=_SHOW_WORKERS)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        workers = [int(p) for p in line.split()]
+        assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else line
+        everything = workers + _descendants_of(workers)
+        assert len(everything) >= 4  # each worker runs a call that started a child
+        os.kill(proc.pid, how)
+        proc.wait(timeout=10)
+        assert _wait_dead(everything, 5) == [], "processes of the map outlived the driver"
+        assert _leftover_cgroups(proc.pid) == []
+        assert glob.glob(str(tmp / "wrenpack-local-*")) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()

@@ -1,0 +1,139 @@
+"""map_reduce: shuffle with R partitions, reducer per object, tree reduce, cleanup, sealing."""
+from __future__ import annotations
+
+import collections
+import random
+
+import pytest
+
+import wrenpack
+from wrenpack.errors import ConfigError, CorruptObject
+from wrenpack.worker import shuffle
+
+TEXTS = [" ".join(random.Random(i).choice("ab bc cd de ef fg gh hi".split()) for _ in range(200)) for i in range(6)]
+
+
+def words(text):
+    return [(w, 1) for w in text.split()]
+
+
+def count(word, ones):
+    return sum(ones)
+
+
+def _left(executor):
+    return executor.store.list(shuffle.PREFIX)
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_shuffle_wordcount_equals_a_local_count(executor, partitions):
+    fut = wrenpack.map_reduce(words, TEXTS, count, partitions=partitions, executor=executor)
+    expected = collections.Counter(w for t in TEXTS for w in t.split())
+    assert fut.result(timeout=120) == dict(expected)
+    assert _left(executor) == []  # partition objects removed after the job
+
+
+def test_shuffle_partitioned_output_range_partitions_sort(executor):
+    rng = random.Random(7)
+    chunks = [[rng.randrange(1000) for _ in range(300)] for _ in range(4)]
+
+    def split(xs):  # already-partitioned output: part i holds values in [250 i, 250 (i + 1))
+        parts = [[] for _ in range(4)]
+        for x in xs:
+            parts[x // 250].append(x)
+        return parts
+
+    def merge(parts):
+        return sorted(x for p in parts for x in p)
+
+    out = wrenpack.map_reduce(split, chunks, merge, partitions=4, partitioned=True, executor=executor).result(timeout=120)
+    assert len(out) == 4
+    assert [x for part in out for x in part] == sorted(x for c in chunks for x in c)
+    assert _left(executor) == []
+
+
+def test_shuffle_with_a_partition_function_and_empty_partitions(executor):
+    out = wrenpack.map_reduce(lambda n: [(n % 2, n)], range(10), lambda k, vs: sorted(vs), partitions=5,
+                              partition_fn=lambda k, r: k, executor=executor).result(timeout=120)
+    assert out == {0: [0, 2, 4, 6, 8], 1: [1, 3, 5, 7, 9]}
+    with pytest.raises(ValueError, match="returned 7, not 0..4"):
+        wrenpack.map_reduce(lambda n: [(n, n)], [1], count, partitions=5, partition_fn=lambda k, r: 7,
+                            executor=executor).result(timeout=60)
+    assert _left(executor) == []
+
+
+def test_reducer_per_object(executor):
+    s = wrenpack.store(executor)
+    s.put("po/a.txt", b"".join(b"%d\n" % i for i in range(100)))
+    s.put("po/b.txt", b"".join(b"%d\n" % i for i in range(100, 130)))
+    ranges = s.objects("po/", chunk_size=64)
+    assert len(ranges) > 3
+
+    def total(r):
+        return sum(int(x) for x in r.records())
+
+    out = wrenpack.map_reduce(total, ranges, sum, per_object=True, executor=executor).result(timeout=120)
+    assert out == {"data/po/a.txt": sum(range(100)), "data/po/b.txt": sum(range(100, 130))}
+    out = wrenpack.map_reduce(total, ranges, sum, per_object=True, fan_in=2, executor=executor).result(timeout=120)
+    assert out == {"data/po/a.txt": sum(range(100)), "data/po/b.txt": sum(range(100, 130))}
+    s.delete_prefix("po/")
+    assert _left(executor) == []
+
+
+def test_tree_reduce_keeps_order_and_cleans_up(executor):
+    def concat(parts):  # associative, not commutative: order must be kept
+        return "".join(parts)
+
+    letters = [chr(ord("a") + i) for i in range(11)]
+    fut = wrenpack.map_reduce(str.upper, letters, concat, fan_in=3, executor=executor)
+    assert fut.result(timeout=120) == "ABCDEFGHIJK"
+    assert wrenpack.map_reduce(str.upper, ["x"], concat, fan_in=2, executor=executor).result(timeout=60) == "X"
+    assert _left(executor) == []
+
+
+def test_a_failing_mapper_fails_the_job_and_leaves_nothing(executor):
+    def sometimes(n):
+        if n == 3:
+            raise KeyError("three")
+        return [(n, n)]
+
+    fut = wrenpack.map_reduce(sometimes, range(6), count, partitions=2, executor=executor)
+    with pytest.raises(KeyError, match="three"):
+        fut.result(timeout=120)
+    assert _left(executor) == []
+
+
+def test_bad_forms_are_one_line_errors(executor):
+    with pytest.raises(ConfigError, match="partitions=0"):
+        wrenpack.map_reduce(words, TEXTS, count, partitions=0, executor=executor)
+    with pytest.raises(ConfigError, match="need partitions=R"):
+        wrenpack.map_reduce(words, TEXTS, count, partitioned=True, executor=executor)
+    with pytest.raises(ConfigError, match="per_object=True needs"):
+        wrenpack.map_reduce(words, TEXTS, sum, per_object=True, executor=executor)
+    with pytest.raises(ConfigError, match="fan_in=1"):
+        wrenpack.map_reduce(words, TEXTS, sum, fan_in=1, executor=executor)
+    with pytest.raises(ValueError, match="must yield \\(key, value\\) pairs"):
+        wrenpack.map_reduce(lambda t: [len(t)], TEXTS[:1], count, partitions=2, executor=executor).result(timeout=60)
+
+
+def test_partition_objects_are_sealed(executor):
+    store = executor.store
+    secret = shuffle.new_secret()
+    key = shuffle.part_key("t3st", 0, 0)
+    shuffle.put(store, key, secret, [("k", 1)])
+    assert shuffle.get(store, key, secret) == [("k", 1)]
+    blob = bytearray(store.get(key))
+    blob[-1] ^= 1
+    store.put(key, bytes(blob))
+    with pytest.raises(CorruptObject, match="failed authentication"):
+        shuffle.get(store, key, secret)
+    with pytest.raises(CorruptObject):
+        shuffle.get(store, key, shuffle.new_secret())
+    store.delete_prefix(shuffle.prefix("t3st"))
+
+
+def test_old_signature_and_remote_function_reexport(executor):
+    from wrenpack.remote_function import map_reduce
+
+    assert map_reduce is wrenpack.map_reduce
+    assert wrenpack.map_reduce(lambda x: x * 2, range(5), sum, executor=executor).result(timeout=60) == 20

@@ -1,0 +1,450 @@
+"""One warm local worker: its process, socket, cgroup, /tmp and meters.
+
+The scheduler (``wrenpack.backends.local``) decides what a worker runs; a
+``Worker`` runs it and judges it against the call's limits:
+
+- ``send(calls)``: the calls go down the socket in one message; the first
+  begins now, the others as each reply comes back (``begin``).
+- ``sample(now)``: on the sampling clock only, the running call's deadline,
+  memory and /tmp; returns why the worker must be stopped, if it must.
+- ``verdict(inv, reply)``: the limit a finished call broke, if any.
+- ``kill(reason)``: the whole process tree (the cgroup's tasks, else the
+  process group and every descendant; the worker is a child subreaper, so a
+  call's daemonised children stay its descendants).
+
+Death is seen from the process itself (a pidfd in the scheduler's selector),
+never from the socket, which a call's children may hold open.
+
+Wire format, both ways: ``>II`` (JSON header length, blob length), the JSON
+header, the blob (a result object's bytes, or empty). Nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from wrenpack.backends.base import Invocation
+from wrenpack.backends.cgroups import CgroupFactory, MemoryCgroup
+from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.worker.memory import dir_usage, peak_rss_mb
+
+log = logging.getLogger("wrenpack.backends.local")
+
+MiB = 1024 * 1024
+FRAME = struct.Struct(">II")
+SAMPLE_S = 0.01
+TMP_CHECK_S = 0.1
+CHILD_CHECK_S = 0.1
+_BOOT = (
+    "import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
+    "from wrenpack.worker.local_main import main;main(c)"
+)
+
+
+def hard_grace(timeout: float) -> float:
+    """How long past its deadline a call that ignores the soft deadline may run before the kill."""
+    return 0.5 + 0.02 * timeout
+
+
+def encode(head: dict[str, Any], blob: bytes = b"") -> bytes:
+    data = json.dumps(head, separators=(",", ":")).encode()
+    return FRAME.pack(len(data), len(blob)) + data + blob
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # noqa: BLE001 - psutil absent or the process gone
+        return []
+
+
+def _children_rss_mb(pid: int) -> float:
+    try:
+        import psutil
+
+        total = 0
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / MiB
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Worker:
+    """A warm worker process and the meters of the call it runs."""
+
+    def __init__(self, wid: int, runtime: str | None, work_dir: str, cgroups: CgroupFactory | None, base_env: dict[str, str]) -> None:
+        self.wid = wid
+        self.runtime = runtime
+        self.dir = os.path.join(work_dir, f"w{wid}")
+        self.tmpdir = os.path.join(self.dir, "tmp")
+        os.makedirs(self.tmpdir, exist_ok=True)
+        cmd, paths = _command(runtime)
+        env = dict(base_env, TMPDIR=self.tmpdir, TMP=self.tmpdir, TEMP=self.tmpdir)
+        env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"local/worker-{wid}"
+        parent_sock, child_sock = socket.socketpair()
+        config = {"fd": child_sock.fileno(), "parent": os.getpid(), "dir": self.dir, "paths": paths}
+        try:
+            self.proc = subprocess.Popen(
+                [*cmd, json.dumps(config)],
+                pass_fds=[child_sock.fileno()],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        except BaseException:
+            parent_sock.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        finally:
+            child_sock.close()
+        self.pid = self.proc.pid
+        self.sock = parent_sock
+        self.sock.setblocking(False)
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.pidfd: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # kernel < 5.3: the scheduler polls instead
+            pass
+        self.cgroup: MemoryCgroup | None = None
+        if cgroups is not None:
+            self.cgroup = cgroups.create(f"wrenpack-{os.getpid()}-w{wid}")
+            if self.cgroup is not None:
+                try:
+                    self.cgroup.add(self.pid)
+                except OSError as exc:
+                    log.debug("could not move worker %d into its cgroup: %s", self.pid, exc)
+                    self.cgroup.remove()
+                    self.cgroup = None
+        self.ready = False
+        self.retiring = False
+        #: calls sent, oldest first; the first is running, the rest wait in the worker
+        self.inflight: deque[Invocation] = deque()
+        self.limits: tuple[int, float, int] | None = None
+        self.limit_mb: int | None = None
+        self.idle_since = time.monotonic()
+        self.kill_reason: str | None = None
+        self.oom_seen = 0
+        # meters of the running call
+        self.started = 0.0
+        self.hard_deadline = 0.0
+        self.next_sample = 0.0
+        self.next_tmp_check = 0.0
+        self.next_child_check = 0.0
+        self.peak_mb = 0.0
+        self.tmp_bytes = 0
+
+    # -- sending ---------------------------------------------------------------
+    def send(self, calls: list[Invocation], reply_limit: int | None) -> None:
+        """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle."""
+        first = calls[0]
+        msg: dict[str, Any] = {"calls": [{"event": _event(inv), "timeout_s": inv.timeout_s} for inv in calls]}
+        limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
+        if limits != self.limits:
+            self.limits = limits
+            msg["limits"] = list(limits)
+        if reply_limit:
+            msg["reply_limit"] = reply_limit
+        was_idle = not self.inflight
+        if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
+            self.limit_mb = first.memory_mb if self.cgroup.set_limit_mb(first.memory_mb) else None
+        self.inflight.extend(calls)
+        self.outbuf += encode(msg)
+        self.flush()
+        if was_idle:
+            if self.cgroup is not None:
+                self.cgroup.reset_peak()
+            self.begin(time.time())
+
+    def flush(self) -> bool:
+        """Write what the socket takes now; True when nothing is left to write."""
+        while self.outbuf:
+            try:
+                n = self.sock.send(self.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                # The worker is gone; its exit is seen from the process and handled there.
+                self.outbuf.clear()
+                return True
+            del self.outbuf[:n]
+        return True
+
+    # -- receiving -------------------------------------------------------------
+    def receive(self) -> list[tuple[dict[str, Any], bytes]] | None:
+        """Complete messages read so far; None at end of stream."""
+        eof = False
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            self.inbuf += chunk
+            if len(chunk) < (1 << 20):
+                break
+        out = []
+        buf = self.inbuf
+        pos = 0
+        while len(buf) - pos >= FRAME.size:
+            hlen, blen = FRAME.unpack_from(buf, pos)
+            end = pos + FRAME.size + hlen + blen
+            if len(buf) < end:
+                break
+            start = pos + FRAME.size
+            head = json.loads(bytes(buf[start : start + hlen]))
+            out.append((head, bytes(buf[start + hlen : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        if eof and not out:
+            return None
+        return out
+
+    # -- meters ----------------------------------------------------------------
+    def begin(self, now: float) -> None:
+        """The first in-flight call starts now: its clocks (nothing is read here)."""
+        inv = self.inflight[0]
+        self.started = now
+        self.hard_deadline = now + inv.timeout_s + hard_grace(inv.timeout_s)
+        self.next_sample = now + SAMPLE_S
+        self.next_tmp_check = now + TMP_CHECK_S
+        self.next_child_check = now + CHILD_CHECK_S
+        self.peak_mb = 0.0
+
+    def sample(self, now: float) -> str | None:
+        """Check the running call on the sampling clock; the reason to stop it, if any."""
+        inv = self.inflight[0]
+        if now > self.hard_deadline:
+            return "timeout"
+        if now < self.next_sample:
+            return None
+        self.next_sample = now + SAMPLE_S
+        if self.cgroup is None:
+            hwm = peak_rss_mb(self.pid) or 0.0
+            self.peak_mb = max(self.peak_mb, hwm)
+            if now >= self.next_child_check:
+                self.next_child_check = now + CHILD_CHECK_S
+                self.peak_mb = max(self.peak_mb, hwm + _children_rss_mb(self.pid))
+            if self.peak_mb > inv.memory_mb:
+                return "memory"
+        if now >= self.next_tmp_check:
+            self.next_tmp_check = now + TMP_CHECK_S
+            self.tmp_bytes = dir_usage(self.tmpdir)
+            if self.tmp_bytes > inv.ephemeral_storage_mb * MiB:
+                return "tmp"
+        return None
+
+    def next_wakeup(self) -> float:
+        return min(self.next_sample, self.hard_deadline)
+
+    def oom_kills(self) -> int:
+        """New kernel OOM kills in this worker's cgroup since the last look."""
+        if self.cgroup is None:
+            return 0
+        now = self.cgroup.oom_kills()
+        new, self.oom_seen = now - self.oom_seen, now
+        return max(0, new)
+
+    def verdict(self, inv: Invocation, reply: dict[str, Any]) -> tuple[WrenpackError | None, bool]:
+        """(the limit error of a call that finished, whether to replace the worker)."""
+        label = inv.label
+        peak = max(float(reply.get("peak_rss_mb") or 0.0), self.peak_mb)
+        # A process the call started may have been stopped by the kernel at the
+        # limit while the worker lived on: the call still broke the limit.
+        if self.cgroup is not None and reply.get("children") and self.oom_kills():
+            return memory_error(label, inv.memory_mb, max(peak, self.cgroup.peak_mb())), True
+        if self.cgroup is None and peak > inv.memory_mb:
+            # Sampling missed it while it ran; the high-water mark did not.
+            return memory_error(label, inv.memory_mb, peak), True
+        tmp = int(reply.get("tmp_bytes") or 0)
+        if tmp > inv.ephemeral_storage_mb * MiB:
+            return tmp_error(label, inv.ephemeral_storage_mb, tmp), True
+        if "error" in reply:
+            return WrenpackError(f"{label}: the worker handler failed: {reply['error']}"), True
+        status = reply.get("status") or {}
+        # As on Lambda, a timed-out environment is not reused.
+        return None, status.get("exit") == "timeout"
+
+    def death_error(self, inv: Invocation) -> WrenpackError | None:
+        """Why the running call ended with its worker; None: a crash to retry."""
+        label = inv.label
+        reason = self.kill_reason
+        oom = self.oom_kills() > 0
+        if reason == "timeout":
+            return TaskTimeout(
+                f"{label} ran past its {inv.timeout_s:g} s timeout and was stopped; raise timeout= (at most 900 s on "
+                "Lambda) or make it resumable with wrenpack.checkpoint so it is split across invocations")
+        if reason == "memory" or oom:
+            peak = max(self.peak_mb, self.cgroup.peak_mb() if self.cgroup is not None else 0.0)
+            return memory_error(label, inv.memory_mb, peak)
+        if reason == "tmp":
+            return tmp_error(label, inv.ephemeral_storage_mb, self.tmp_bytes)
+        if reason == "shutdown":
+            return WrenpackError(f"{label}: the local backend shut down before the call finished")
+        if inv.attempt < inv.retries:
+            return None
+        tries = inv.attempt + 1
+        return WorkerCrashed(
+            f"{label}: the worker process died ({self.how_it_died()}) on {tries} attempt{'s' if tries > 1 else ''}; "
+            "look for a crash in native code or an external kill, or raise retries=")
+
+    def how_it_died(self) -> str:
+        code = self.proc.returncode
+        if code is not None and code < 0:
+            try:
+                return f"signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"signal {-code}"
+        return f"exit code {code}"
+
+    # -- ending ------------------------------------------------------------------
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def kill(self, reason: str) -> None:
+        """Stop the worker and everything it started, setsid'd or daemonised children included."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        if self.cgroup is not None:
+            # The kernel's list of the tree: everything the call started, wherever it moved.
+            self.cgroup.kill_all()
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
+        # Freeze the tree, look again for what forked meanwhile, then kill it all.
+        pids = [self.pid]
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.pid, signal.SIGSTOP)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for _ in range(3):
+                found = [self.pid, *_descendants(self.pid)]
+                _signal_all(found, signal.SIGSTOP)
+                if set(found) == set(pids):
+                    break
+                pids = found
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _signal_all(pids, signal.SIGKILL)
+
+    def reap(self) -> None:
+        """Wait for the (killed or exited) process; SIGKILL again if it lingers."""
+        if self.proc.returncode is not None:
+            return
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill(self.kill_reason or "lost")
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log.warning("local worker %d (pid %d) does not exit after SIGKILL", self.wid, self.pid)
+
+    def close(self) -> None:
+        """After the process exited: stop what is left of its tree, remove its cgroup and /tmp."""
+        self.reap()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+            self.cgroup.remove()
+        else:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # children left in its process group
+            except (ProcessLookupError, PermissionError):
+                pass
+        for fd_owner in (self.sock,):
+            try:
+                fd_owner.close()
+            except OSError:
+                pass
+        if self.pidfd is not None:
+            try:
+                os.close(self.pidfd)
+            except OSError:
+                pass
+            self.pidfd = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _event(inv: Invocation) -> dict[str, Any]:
+    event = inv.event
+    if event.get("attempt", 0) != inv.attempt:
+        event = dict(event, attempt=inv.attempt)
+    return event
+
+
+def _command(runtime: str | None) -> tuple[list[str], list[str]]:
+    if runtime is None:
+        paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+        return [sys.executable, "-c", _BOOT], paths
+    from wrenpack.backends.runtime_paths import worker_paths
+
+    return [sys.executable, "-I", "-S", "-c", _BOOT], worker_paths(runtime)
+
+
+def base_environment() -> dict[str, str]:
+    """A worker's environment: the driver's plus Lambda's variables (built once per backend)."""
+    env = dict(os.environ)
+    env.update({
+        "AWS_LAMBDA_FUNCTION_NAME": "wrenpack-local",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/wrenpack-local",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python%d.%d" % sys.version_info[:2],
+        "LAMBDA_TASK_ROOT": os.getcwd(),
+        "LAMBDA_RUNTIME_DIR": sys.prefix,
+        "_HANDLER": "wrenpack.worker.handler.handler",
+        "WRENPACK_LOCAL_WORKER": "1",
+    })
+    return env
+
+
+def memory_error(label: str, limit: int, peak: float) -> MemoryLimitExceeded:
+    seen = max(peak, float(limit))
+    suggest = min(10240, int(seen * 1.5 / 64 + 1) * 64)
+    return MemoryLimitExceeded(
+        f"{label} exceeded its memory limit of {limit} MB (peak at least {seen:.0f} MB); "
+        f"raise memory= (e.g. memory={suggest}) or measure it with `wrenpack profile`"
+    )
+
+
+def tmp_error(label: str, limit: int, used: int) -> EphemeralStorageExceeded:
+    return EphemeralStorageExceeded(
+        f"{label} wrote {used / MiB:.0f} MB to its /tmp, more than ephemeral_storage={limit} MB; "
+        "raise ephemeral_storage= (up to 10240 MB) or write less / stream to the store"
+    )

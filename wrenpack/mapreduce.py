@@ -1,0 +1,269 @@
+"""``map_reduce``: a mapper over items, then reducers, with the data moving through the store.
+
+Four forms, one function::
+
+    map_reduce(f, items, sum)                       one reducer over all mapper results
+    map_reduce(f, items, merge, fan_in=8)           tree reduce (associative reducer): levels of
+                                                    8-way reduces, values kept in the store
+    map_reduce(f, objects, merge, per_object=True)  one reducer per object over its chunks' values
+    map_reduce(f, items, g, partitions=R)           shuffle: f yields (key, value) pairs (or R parts
+                                                    with partitioned=True); R reducers
+
+In the last three the mappers' output goes worker -> store -> worker
+(``wrenpack.worker.shuffle``): the driver holds only object keys, partition
+sizes and the final results, and removes every intermediate object when the
+job ends, failed or not. The objects are pickled by wrenpack, so they are
+sealed with a secret generated here for the job; it travels to the tasks in
+their call arguments.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import uuid
+from typing import Any, Callable, Iterable
+
+from wrenpack.errors import ConfigError
+from wrenpack.executor import CallOptions, Executor, default_executor
+from wrenpack.futures import WrenFuture
+from wrenpack.worker import shuffle
+
+log = logging.getLogger(__name__)
+
+
+def map_reduce(
+    mapper: Callable[..., Any],
+    items: Iterable[Any],
+    reducer: Callable[..., Any],
+    *,
+    partitions: int | None = None,
+    partitioned: bool = False,
+    partition_fn: Callable[[Any, int], int] | None = None,
+    per_object: bool = False,
+    fan_in: int | None = None,
+    **options: Any,
+) -> WrenFuture:
+    """Map ``mapper`` over ``items`` remotely, then reduce remotely; returns one future at once.
+
+    * default: ``reducer(results)`` as one more call; the future gives its value.
+    * ``fan_in=k``: a tree of ``reducer(values)`` calls, k values each, until one value
+      is left (``reducer`` must be associative; order is kept).
+    * ``per_object=True``: items are ``wrenpack.objects(...)`` ranges; one
+      ``reducer(values)`` per object over its chunks' values; the future gives
+      ``{object key: value}``. With ``fan_in`` each object gets a tree.
+    * ``partitions=R``: the shuffle. The mapper returns (key, value) pairs, sent to
+      partition ``partition_fn(key, R)`` (default: a stable hash); reducer i gets
+      partition i from every mapper and is called ``reducer(key, values)`` per key;
+      the future gives ``{key: value}`` (keys sorted within each partition, partitions
+      in order, so a range ``partition_fn`` gives sorted output). With
+      ``partitioned=True`` the mapper returns R parts itself and ``reducer(parts)``
+      gets partition i's non-empty parts in mapper order; the future gives the R
+      reducers' results in a list.
+
+    Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
+    for the mapper and the reducers. A failed call fails the future with its
+    exception; the other calls still finish and nothing is left in the store."""
+    from wrenpack.remote_function import RemoteFunction
+
+    items = list(items)
+    shuffled = partitions is not None or per_object or fan_in is not None
+    if not shuffled:
+        if partitioned or partition_fn is not None:
+            raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
+        return _single(mapper, items, reducer, options)
+    if partitions is not None and (not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1):
+        raise ConfigError(f"partitions={partitions!r} must be a whole number of reducers, at least 1")
+    if fan_in is not None and (not isinstance(fan_in, int) or isinstance(fan_in, bool) or fan_in < 2):
+        raise ConfigError(f"fan_in={fan_in!r} must be a whole number of values per reduce, at least 2")
+    if partitions is not None and (per_object or fan_in is not None):
+        raise ConfigError("partitions= (a shuffle) does not combine with per_object= or fan_in=; choose one form")
+    if partitions is None and (partitioned or partition_fn is not None):
+        raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
+    if per_object and any(not hasattr(item, "key") for item in items):
+        raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
+
+    executor = options.pop("executor", None)
+    m_fn, m_exec, m_opts = _unwrap(mapper, RemoteFunction)
+    r_fn, _r_exec, r_opts = _unwrap(reducer, RemoteFunction)
+    executor = executor or m_exec or default_executor()
+    m_options = _options(executor, {**m_opts, **options})
+    r_options = _options(executor, {**r_opts, **options})
+    job = _Job(executor, m_fn, r_fn, m_options, r_options)
+    label = f"map_reduce({_name(m_fn)}, {_name(r_fn)})"
+    outer = WrenFuture("map_reduce", job.shuffle_id, label)
+    if not items:
+        raise ConfigError(f"{label}: no items to map")
+    if partitions is not None:
+        target: Callable[[], Any] = lambda: job.shuffle(items, partitions, partitioned, partition_fn)  # noqa: E731
+    elif per_object:
+        target = lambda: job.per_object(items, fan_in)  # noqa: E731
+    else:
+        target = lambda: job.tree(items, fan_in or 2)  # noqa: E731
+
+    def run() -> None:
+        # The intermediate objects are gone before the future resolves.
+        try:
+            value = target()
+        except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
+            job.cleanup()
+            outer.set_exception(exc)
+            return
+        job.cleanup()
+        outer.set_result(value)
+
+    threading.Thread(target=run, name="wrenpack-map-reduce", daemon=True).start()
+    return outer
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _unwrap(fn: Any, remote_cls: type) -> tuple[Callable[..., Any], Executor | None, dict[str, Any]]:
+    if isinstance(fn, remote_cls):
+        return fn.fn, fn._executor, dict(fn._options)
+    if not callable(fn):
+        raise ConfigError(f"map_reduce needs functions, got {type(fn).__name__}")
+    return fn, None, {}
+
+
+def _options(executor: Executor, given: dict[str, Any]) -> CallOptions:
+    auto = [k for k, v in given.items() if v == "auto"]
+    if auto:
+        raise ConfigError(f"{', '.join(auto)}='auto' is not supported by map_reduce's shuffle forms; give numbers "
+                          "(wrenpack profile recommends them)")
+    return executor.options(**given)
+
+
+class _Job:
+    """One shuffle/tree/per-object map_reduce: its secret, its tasks, its cleanup."""
+
+    def __init__(self, executor: Executor, mapper: Callable[..., Any], reducer: Callable[..., Any],
+                 m_options: CallOptions, r_options: CallOptions) -> None:
+        self.executor = executor
+        self.mapper, self.reducer = mapper, reducer
+        self.m_options, self.r_options = m_options, r_options
+        self.shuffle_id = uuid.uuid4().hex[:12]
+        self.secret = shuffle.new_secret()
+        self.launched: list[WrenFuture] = []
+        self._lock = threading.Lock()
+        self._nodes = 0  # tree nodes get unique indices across every tree of this job
+
+    def _map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], options: CallOptions, label: str) -> list[WrenFuture]:
+        futures = self.executor.map(fn, [(args, {}) for args in calls], options, label=label)
+        with self._lock:
+            self.launched.extend(futures)
+        return futures
+
+    def _results(self, futures: list[WrenFuture]) -> list[Any]:
+        """Results in order; on a failure, wait for the rest (their objects must land before cleanup), then raise."""
+        cf.wait(futures)
+        return [f.result() for f in futures]
+
+    def cleanup(self) -> None:
+        with self._lock:
+            launched = list(self.launched)
+        cf.wait(launched)  # nothing may write after the delete
+        if self.executor.config.keep_objects:
+            return
+        try:
+            n = self.executor.store.delete_prefix(shuffle.prefix(self.shuffle_id))
+            log.debug("map_reduce %s: removed %d intermediate object(s)", self.shuffle_id, n)
+        except Exception:  # noqa: BLE001
+            log.warning("could not delete map_reduce %s's objects under %s", self.shuffle_id,
+                        shuffle.prefix(self.shuffle_id), exc_info=True)
+
+    # -- the forms -----------------------------------------------------------------
+    def shuffle(self, items: list[Any], partitions: int, partitioned: bool,
+                partition_fn: Callable[[Any, int], int] | None) -> Any:
+        task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
+        maps = self._map(task, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options,
+                         f"{_name(self.mapper)} (map)")
+        sizes = self._results(maps)
+        calls = [(p, [m for m, s in enumerate(sizes) if s[p]], self.secret) for p in range(partitions)]
+        log.info("map_reduce %s: %d mappers wrote %.1f MB in %d partition objects; launching %d reducers",
+                 self.shuffle_id, len(items), sum(map(sum, sizes)) / 1e6, sum(1 for s in sizes for n in s if n), partitions)
+        reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
+        results = self._results(self._map(reducer, calls, self.r_options, f"{_name(self.reducer)} (reduce)"))
+        if partitioned:
+            return results
+        merged: dict[Any, Any] = {}
+        for part in results:
+            merged.update(part)
+        return merged
+
+    def _reduce_tree(self, leaves: list[tuple[tuple[int, int], WrenFuture | None]], fan_in: int | None,
+                     label: str) -> WrenFuture:
+        """Reduce stored values, ``(level, index)`` each, ``fan_in`` at a time until one is left.
+
+        Returns the future of the last reduce (which returns its value instead of storing it).
+        A group of one value that is not the last is carried up without a call."""
+        node = shuffle.make_node(self.reducer, self.shuffle_id)
+        level_items = leaves
+        level = 1
+        while True:
+            width = len(level_items) if fan_in is None else fan_in
+            groups = [level_items[i : i + width] for i in range(0, len(level_items), width)]
+            last = len(groups) == 1
+            out: list[tuple[tuple[int, int], WrenFuture | None]] = []
+            for group in groups:
+                self._results([f for _, f in group if f is not None])
+                if len(group) == 1 and not last:
+                    out.append(group[0])
+                    continue
+                with self._lock:
+                    idx = self._nodes
+                    self._nodes += 1
+                (fut,) = self._map(node, [(level, idx, [where for where, _ in group], self.secret, last)],
+                                   self.r_options, label)
+                out.append(((level, idx), fut))
+            if last:
+                return out[0][1]  # type: ignore[return-value]
+            level_items, level = out, level + 1
+
+    def _leaves(self, items: list[Any]) -> list[tuple[tuple[int, int], WrenFuture | None]]:
+        leaf = shuffle.make_leaf(self.mapper, self.shuffle_id)
+        maps = self._map(leaf, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options,
+                         f"{_name(self.mapper)} (map)")
+        return [((0, i), fut) for i, fut in enumerate(maps)]
+
+    def tree(self, items: list[Any], fan_in: int) -> Any:
+        return self._reduce_tree(self._leaves(items), fan_in, f"{_name(self.reducer)} (reduce)").result()
+
+    def per_object(self, items: list[Any], fan_in: int | None) -> dict[str, Any]:
+        by_object: dict[str, list[tuple[tuple[int, int], WrenFuture | None]]] = {}
+        for item, leaf in zip(items, self._leaves(items)):
+            by_object.setdefault(item.key, []).append(leaf)
+        # Each object's reduces start as soon as its own chunks are done.
+        with cf.ThreadPoolExecutor(min(32, len(by_object)), thread_name_prefix="wrenpack-reduce") as pool:
+            finals = {key: pool.submit(self._reduce_tree, leaves, fan_in, f"{_name(self.reducer)} (reduce {key})")
+                      for key, leaves in by_object.items()}
+            cf.wait(list(finals.values()))
+        reduces = {key: f.result() for key, f in finals.items()}
+        self._results(list(reduces.values()))
+        return {key: fut.result() for key, fut in reduces.items()}
+
+
+def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[list[Any]], Any],
+            options: dict[str, Any]) -> WrenFuture:
+    """The original form: mapper results come back here, one more call reduces them."""
+    from wrenpack.remote_function import RemoteFunction
+
+    m = mapper if isinstance(mapper, RemoteFunction) else RemoteFunction(mapper, **options)
+    r = reducer if isinstance(reducer, RemoteFunction) else RemoteFunction(reducer, **options)
+    map_futures = m.map(items)
+    outer = WrenFuture("map_reduce", "reduce", f"map_reduce({getattr(r.fn, '__qualname__', 'reducer')})")
+
+    def chain() -> None:
+        try:
+            results = [f.result() for f in map_futures]
+            inner = r.remote(results)
+            value = inner.result()
+            outer.status = inner.status
+            outer.set_result(value)
+        except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
+            outer.set_exception(exc)
+
+    threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True).start()
+    return outer
