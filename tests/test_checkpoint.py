@@ -11,10 +11,9 @@ import cloudpickle
 import pytest
 
 import wrenpack
-from wrenpack import keys
+from wrenpack import auth, keys, protocol
 from wrenpack.storage.local import LocalStore
 from wrenpack.worker import checkpoint as ck
-from wrenpack.worker import result
 from wrenpack.worker.context import LocalContext
 from wrenpack.worker.handler import handler
 
@@ -88,35 +87,37 @@ def test_local_call_never_saves():
     assert not cp.active and cp.restore(default=5) == 5
 
 
+SECRET = b"k" * 32
+
+
 def _event(store, fn, args, job="j1", call="00000"):
-    store.put(keys.func_key(job), cloudpickle.dumps(fn))
-    return {
-        "store": store.spec,
-        "job_id": job,
-        "call_id": call,
-        "func_key": keys.func_key(job),
-        "args": {"inline": base64.b64encode(cloudpickle.dumps((args, {}))).decode()},
-        "function_name": "stepper",
-    }
+    store.put(keys.func_key(job), auth.seal(SECRET, keys.identity(job, "func"), cloudpickle.dumps(fn)))
+    return protocol.Event(
+        job_id=job, call_id=call, store=store.spec, secret=SECRET,
+        args=protocol.inline_args(cloudpickle.dumps((args, {}))), function_name="stepper",
+    ).to_dict()
 
 
 def test_corrupt_checkpoint_fails_clearly(tmp_path):
-    store = LocalStore(tmp_path)
+    store = LocalStore(tmp_path / "s")
     event = _event(store, stepper, (50,))
-    store.put(keys.checkpoint_key("j1", "00000"), b"WRCK1" + b"\0" * 32 + b"garbage")
+    store.put(keys.checkpoint_key("j1", "00000"), b"WRCK2" + b"\0" * 36 + b"garbage")
     status = handler(event, LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30))
     assert status["exit"] == "error"
-    _, outcome = result.unpack(store.get(keys.result_key("j1", "00000")))
-    exc = wrenpack.executor.rebuild_exception(cloudpickle.loads(outcome), "stepper")
-    assert isinstance(exc, wrenpack.CorruptObject) and "checksum mismatch" in str(exc)
+    _, outcome = protocol.open_result(SECRET, "j1", "00000", store.get(keys.result_key("j1", "00000")), "r")
+    exc = outcome.rebuild("stepper")
+    assert isinstance(exc, wrenpack.CorruptObject) and "failed authentication" in str(exc)
+    assert "nothing was unpickled" in str(exc)
 
 
 def test_checkpoint_roundtrip_and_tamper_detection():
-    blob = ck.encode({"a": [1, 2, 3]})
-    assert ck.decode(blob, "x") == {"a": [1, 2, 3]}
+    blob = ck.encode({"a": [1, 2, 3]}, SECRET, "j1", "00000", 3)
+    assert ck.decode(blob, SECRET, "j1", "00000", 3, "x") == {"a": [1, 2, 3]}
+    assert ck.decode(blob, SECRET, "j1", "00000", 4, "x") == {"a": [1, 2, 3]}  # saved by the segment before
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
-    with pytest.raises(wrenpack.CorruptObject, match="checksum"):
-        ck.decode(tampered, "x")
+    for bad, segment, call in ((tampered, 3, "00000"), (blob, 5, "00000"), (blob, 3, "00001")):
+        with pytest.raises(wrenpack.CorruptObject, match="failed authentication"):
+            ck.decode(bad, SECRET, "j1", call, segment, "x")
 
 
 def test_step_longer_than_the_time_left_is_a_clear_timeout(remote):

@@ -43,12 +43,12 @@ def test_shuffle_partitioned_output_range_partitions_sort(executor):
             parts[x // 250].append(x)
         return parts
 
-    def merge(parts):
-        return sorted(x for p in parts for x in p)
+    def merge(i, parts):
+        return i, sorted(x for p in parts for x in p)
 
     out = wrenpack.map_reduce(split, chunks, merge, partitions=4, partitioned=True, executor=executor).result(timeout=120)
-    assert len(out) == 4
-    assert [x for part in out for x in part] == sorted(x for c in chunks for x in c)
+    assert [i for i, _ in out] == [0, 1, 2, 3]
+    assert [x for _, part in out for x in part] == sorted(x for c in chunks for x in c)
     assert _left(executor) == []
 
 

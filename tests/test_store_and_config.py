@@ -74,19 +74,19 @@ def test_result_format_roundtrip_and_corruption():
 
 
 def test_corrupt_result_object_fails_that_call_only(tmp_path, monkeypatch):
-    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=2)
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
     try:
         original = ex._read_outcome
 
-        def corrupting(job_id, cid, label):
+        def corrupting(job, cid, label, data=None):
             if cid == keys.call_id(1):
-                ex.store.put(keys.result_key(job_id, cid), b"WRP1\x00\x00\x00\x02{}" + b"not a pickle")
-            return original(job_id, cid, label)
+                data = b"WRP1\x00\x00\x00\x02{}" + b"not a pickle"
+            return original(job, cid, label, data)
 
         monkeypatch.setattr(ex, "_read_outcome", corrupting)
         futs = wrenpack.remote(abs, executor=ex).map([-1, -2, -3])
         assert futs[0].result() == 1 and futs[2].result() == 3
-        with pytest.raises(CorruptObject, match=r"abs\[1\] is corrupt or unreadable.*re-run"):
+        with pytest.raises(CorruptObject, match=r"result/1/00001.res failed authentication.*nothing was unpickled"):
             futs[1].result()
     finally:
         ex.shutdown()

@@ -31,6 +31,11 @@ class CorruptObject(StoreError):
     """An object exists but cannot be decoded."""
 
 
+class ProtocolError(WrenpackError):
+    """An invocation event a worker refuses: wrong version, malformed, or naming keys or a
+    store outside its job (``wrenpack.protocol``)."""
+
+
 class PayloadTooLarge(WrenpackError):
     """An argument or result is larger than the configured maximum."""
 

@@ -4,13 +4,15 @@ invocation results back into resolved futures.
 ::
 
     map(fn, calls)
-      1. pickle fn once -> store  jobs/<job>/func.pkl
+      1. a fresh per-job secret (wrenpack.auth); pickle fn once -> sealed -> jobs/<job>/func.pkl
       2. pickle every call's arguments first (nothing launches if one fails);
-         small ones go inline in the event, large ones -> jobs/<job>/input/<call>.pkl
-      3. backend.invoke(Invocation(event, limits, on_done))
+         small ones go inline in the event, large ones sealed -> jobs/<job>/input/<call>.pkl
+      3. backend.invoke(Invocation(protocol.Event(..., secret).to_dict(), limits, on_done))
     on_done (backend thread) -> completion queue -> collector thread:
-      status "ok"/"error"  -> read jobs/<job>/result/<call>.res -> set_result / set_exception
-      status "checkpointed" -> launch the next segment of the same call
+      status "ok"/"error"  -> the result object from the reply (result.data) or
+                              jobs/<job>/result/<call>.res, verified before unpickling
+                              -> set_result / set_exception
+      status "checkpointed" -> verify the segment record, launch the next segment
       backend error         -> set_exception(TaskTimeout, MemoryLimitExceeded, ...)
       last call of a job    -> delete the job's objects (unless keep_objects)
 """
@@ -28,13 +30,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from wrenpack import config as _config, keys, limits, serialize
+from wrenpack import auth, config as _config, keys, limits, protocol, serialize
 from wrenpack.backends import Backend, Invocation, InvocationResult, create_backend
 from wrenpack.config import Config, current
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, PayloadTooLarge, RemoteError, WrenpackError
-from wrenpack.futures import RemoteTraceback, WrenFuture
+from wrenpack.futures import WrenFuture
+from wrenpack.protocol import rebuild_exception  # noqa: F401 - re-exported (remote_function, tests)
 from wrenpack.storage import Store, store_for_config
-from wrenpack.worker import result as result_format
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class _Job:
     futures: dict[str, WrenFuture]
     options: CallOptions
     remaining: int
+    #: The job's key (``wrenpack.auth``): only in memory and in its events, never in the store.
+    secret: bytes = b""
 
 
 class Executor:
@@ -133,31 +137,26 @@ class Executor:
                     f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
                 )
         store = self.store
-        store.put(keys.func_key(job_id), fn_bytes)
+        secret = auth.new_secret()
+        store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
         futures: dict[str, WrenFuture] = {}
         invocations = []
+        spec = store.spec
+        extra_event = dict(options.extra.get("event", {}))
         for i, data in enumerate(payloads):
             cid = keys.call_id(i)
             if len(data) <= self.config.inline_limit:
                 args_spec: dict[str, Any] = {"inline": base64.b64encode(data).decode("ascii")}
             else:
-                store.put(keys.input_key(job_id, cid), data)
-                args_spec = {"key": keys.input_key(job_id, cid)}
+                key = keys.input_key(job_id, cid)
+                store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), data))
+                args_spec = {"key": key}
             call_label = f"{label}[{i}]" if len(payloads) > 1 else label
             futures[cid] = WrenFuture(job_id, cid, call_label)
-            event = {
-                "wrenpack": 1,
-                "store": store.spec,
-                "job_id": job_id,
-                "call_id": cid,
-                "func_key": keys.func_key(job_id),
-                "args": args_spec,
-                "attempt": 0,
-                "segment": 0,
-                "timeout_s": options.timeout,
-                "function_name": call_label,
-            }
-            event.update(options.extra.get("event", {}))
+            event = protocol.Event(
+                job_id=job_id, call_id=cid, store=spec, secret=secret, args=args_spec,
+                timeout_s=options.timeout, function_name=call_label, extra=extra_event,
+            ).to_dict()
             invocations.append(
                 Invocation(
                     event=event,
@@ -171,7 +170,7 @@ class Executor:
                 )
             )
         with self._lock:
-            self._jobs[job_id] = _Job(job_id, label, futures, options, len(futures))
+            self._jobs[job_id] = _Job(job_id, label, futures, options, len(futures), secret)
         self._ensure_collector()
         log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.config.backend)
         self.backend.invoke_many(invocations)
@@ -226,6 +225,13 @@ class Executor:
             return
         status = result.status
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
+            try:
+                # Acted on only when authentic: a planted record must not relaunch the call.
+                status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
+            except WrenpackError as exc:
+                fut.set_exception(exc)
+                self._finish_call(job)
+                return
             fut.segment_statuses.append(status)
             self._continue(inv, status)
             return
@@ -234,7 +240,7 @@ class Executor:
             fut.set_exception(result.error)
         else:
             try:
-                stored_status, value_or_exc, ok = self._read_outcome(job_id, cid, fut.label)
+                stored_status, value_or_exc, ok = self._read_outcome(job, cid, fut.label, result.data)
                 fut.status = stored_status or status
             except WrenpackError as exc:
                 value_or_exc, ok = exc, False
@@ -265,41 +271,31 @@ class Executor:
             except Exception:  # noqa: BLE001
                 log.warning("could not delete the objects of job %s", job.job_id, exc_info=True)
 
-    def _read_outcome(self, job_id: str, cid: str, label: str) -> tuple[dict[str, Any] | None, Any, bool]:
-        """Read a call's result object: (status, value or exception, ok)."""
+    def _read_segment(self, job: _Job, cid: str, segment: int) -> dict[str, Any]:
+        """The verified record of a segment that saved a checkpoint."""
+        key = keys.segment_key(job.job_id, cid, segment)
         try:
-            data = self.store.get(keys.result_key(job_id, cid))
+            blob = self.store.get(key)
         except ObjectNotFound:
-            raise CorruptObject(
-                f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
-            ) from None
-        status, outcome_bytes = result_format.unpack(data, f"result object of {label}")
-        outcome = serialize.loads(outcome_bytes, f"the result object of {label}")
-        if not isinstance(outcome, tuple) or not outcome or outcome[0] not in ("ok", "error"):
-            raise CorruptObject(f"the result object of {label} is corrupt (unexpected content); re-run the call")
-        if outcome[0] == "ok":
-            return status, outcome[1], True
-        return status, rebuild_exception(outcome, label), False
+            raise CorruptObject(f"{key}: the call reported a checkpointed segment but its record is missing; re-run the call") from None
+        return protocol.open_segment(job.secret, job.job_id, cid, segment, blob)
 
-
-def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
-    _, exc_bytes, type_name, message, tb_text, kind = outcome
-    exc: BaseException | None = None
-    if exc_bytes is not None:
-        try:
-            exc = serialize.cloudpickle.loads(exc_bytes)
-        except Exception:  # noqa: BLE001 - the type may not exist on the client
-            exc = None
-    if exc is None:
-        exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
-    elif kind == "wrenpack" and isinstance(exc, WrenpackError):
-        try:
-            exc = type(exc)(f"{label}: {exc}")
-        except Exception:  # noqa: BLE001
-            pass
-    if tb_text:
-        exc.__cause__ = RemoteTraceback(tb_text)
-    return exc
+    def _read_outcome(self, job: _Job, cid: str, label: str, data: bytes | None = None) -> tuple[dict[str, Any] | None, Any, bool]:
+        """Verify and read a call's result object, from the reply (``data``) or
+        the store: (status, value or exception, ok). Nothing is unpickled
+        unless it was sealed with this job's secret for this call."""
+        job_id = job.job_id
+        if data is None:
+            try:
+                data = self.store.get(keys.result_key(job_id, cid))
+            except ObjectNotFound:
+                raise CorruptObject(
+                    f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
+                ) from None
+        status, outcome = protocol.open_result(job.secret, job_id, cid, data, f"result object of {label}")
+        if outcome.ok:
+            return status, outcome.value, True
+        return status, outcome.rebuild(label), False
 
 
 _default: Executor | None = None

@@ -14,7 +14,9 @@ workers write spread over a few prefixes, so one job is not capped by one
 prefix's request rate (S3: ~3,500 PUT/s per prefix), while one LIST per shard
 still finds every ended invocation of a job, in call order (``StartAfter``).
 
-A result object is one atomic write holding both the status record (JSON:
+Every object here that wrenpack unpickles or acts on is sealed
+(``wrenpack.auth``) with the job's secret and its ``identity``: job, call,
+kind and segment. A result object is one atomic write holding both the status record (JSON:
 start/end, peak RSS, exit kind) and the outcome (cloudpickled ``("ok", value)``
 or ``("error", ...)``), see ``wrenpack.worker.result``. It is written with
 "if absent", so when a call is delivered twice the first complete result
@@ -75,3 +77,15 @@ def call_id_from_key(key: str) -> str:
 
 def call_id(index: int) -> str:
     return f"{index:05d}"
+
+
+#: The kinds of object that are sealed (``wrenpack.auth``), one per key family above.
+KINDS = ("func", "input", "result", "segment", "checkpoint")
+
+
+def identity(job_id: str, kind: str, call_id: str = "", segment: int | None = None) -> str:
+    """What a sealed object is: its job, call, kind and segment. The MAC covers
+    it, so an object moved to another call's, kind's or job's key fails."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown object kind {kind!r}")
+    return f"wrenpack-object/1 job={job_id} call={call_id} kind={kind} segment={'' if segment is None else int(segment)}"

@@ -6,8 +6,8 @@ Four forms, one function::
     map_reduce(f, items, merge, fan_in=8)           tree reduce (associative reducer): levels of
                                                     8-way reduces, values kept in the store
     map_reduce(f, objects, merge, per_object=True)  one reducer per object over its chunks' values
-    map_reduce(f, items, g, partitions=R)           shuffle: f yields (key, value) pairs (or R parts
-                                                    with partitioned=True); R reducers
+    map_reduce(f, items, g, partitions=R)           shuffle: f yields (key, value) pairs, g(key, values);
+                                                    or f returns R parts (partitioned=True), g(i, parts)
 
 In the last three the mappers' output goes worker -> store -> worker
 (``wrenpack.worker.shuffle``): the driver holds only object keys, partition
@@ -57,9 +57,9 @@ def map_reduce(
       partition i from every mapper and is called ``reducer(key, values)`` per key;
       the future gives ``{key: value}`` (keys sorted within each partition, partitions
       in order, so a range ``partition_fn`` gives sorted output). With
-      ``partitioned=True`` the mapper returns R parts itself and ``reducer(parts)``
-      gets partition i's non-empty parts in mapper order; the future gives the R
-      reducers' results in a list.
+      ``partitioned=True`` the mapper returns R parts itself and reducer i is called
+      ``reducer(i, parts)`` with partition i's non-empty parts in mapper order; the
+      future gives the R reducers' results in a list.
 
     Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
     for the mapper and the reducers. A failed call fails the future with its

@@ -313,6 +313,7 @@ def lambda_endpoint(moto_endpoint, bucket, tmp_path_factory):
         AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
         LAMBDA_TASK_ROOT=str(REPO),
         PYTHONPATH=str(REPO),
+        WRENPACK_STORE_URL=f"s3://{bucket}",  # as `wrenpack deploy` sets it: events naming another bucket are refused
     )
     emulators = [Emulator(binary, env, log_dir, i) for i in range(N_EMULATORS)]
     dispatcher = None

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from wrenpack import keys
+from wrenpack import auth, keys, protocol
 from wrenpack.backends.base import Backend, Invocation, InvocationResult
 from wrenpack.errors import (
     ConfigError,
@@ -348,14 +348,13 @@ class LambdaBackend(Backend):
                 return result_format.unpack(self.store.get(rkey), f"result object of call {cid}")[0]
         except ObjectNotFound:
             pass
+        segment = int(inv.event.get("segment", 0))
         try:
-            data = self.store.get(keys.segment_key(job_id, cid, int(inv.event.get("segment", 0))))
+            data = self.store.get(keys.segment_key(job_id, cid, segment))
         except ObjectNotFound:
             return None
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise CorruptObject(f"segment record of call {cid} in job {job_id} is corrupt; re-run the call") from None
+        # Sealed (wrenpack.auth): verified with the job's secret, which the event carries.
+        return protocol.open_segment(auth.decode_secret(inv.event["secret"]), job_id, cid, segment, data)
 
     # -- completion -----------------------------------------------------------
     def _finish(self, call: _Call, result: InvocationResult) -> None:

@@ -34,7 +34,8 @@ from wrenpack.errors import WrenpackError
 class InvocationResult:
     status: dict[str, Any] | None = None
     error: WrenpackError | None = None
-    #: the result object's bytes when they came back in the reply (``event["reply_limit"]``)
+    #: The sealed result object's bytes when the handler sent it in its reply
+    #: (``event["reply_limit"]``, contract 2); the executor verifies it. None: read the store.
     data: bytes | None = None
 
 

@@ -130,6 +130,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     lam = _lambda(cfg)
     bucket, prefix = _bucket_prefix(cfg) if (args.runtime_archive or args.runtime_dir) else (None, "")
     env = {"WRENPACK_DEPLOYED_PYTHON": python}
+    storage_url = str(getattr(cfg, "storage", "") or "")
+    if storage_url.startswith("s3://"):
+        # The handler refuses events naming another bucket or a prefix outside this one.
+        store_bucket, store_prefix = _bucket_prefix(cfg)
+        env["WRENPACK_STORE_URL"] = f"s3://{store_bucket}/{store_prefix}".rstrip("/")
     layers: list[str] = []
     handler = HANDLER
     summary: dict[str, Any] = {"function": name, "python": python, "memory": memory, "timeout": timeout,
@@ -195,6 +200,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:
         raise _aws_error(exc, f"deploying function {name!r}") from None
+    if "WRENPACK_STORE_URL" not in env:
+        print(f"warning: storage is not s3://BUCKET/PREFIX, so {name} knows no store and refuses every call; "
+              "redeploy with --storage s3://BUCKET/PREFIX", file=sys.stderr)
+    else:
+        summary["store"] = env["WRENPACK_STORE_URL"]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -3,12 +3,20 @@
 Keys become relative paths under a root directory. Atomicity comes from
 writing a temporary file in the same directory and ``os.replace`` (or
 ``os.link`` for ``if_absent``, which fails if the target exists).
-Standard library only: the worker imports this.
+
+The store is private: anyone who can write to it could plant objects (they
+fail authentication, ``wrenpack.auth``) or delete them. So the root is created
+0700, objects are written 0600, and a root that already exists but is owned
+by another user or writable by group or others is refused, as is one inside a
+directory that another user could rename it out of (an ancestor owned by
+someone other than you or root, or writable by others without the sticky bit,
+as ``/tmp`` and ``/dev/shm`` have). Standard library only: the worker imports this.
 """
 from __future__ import annotations
 
-import os
 import itertools
+import os
+import stat
 import threading
 from typing import Any
 
@@ -19,7 +27,7 @@ from wrenpack.storage.base import Store
 class LocalStore(Store):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
-        os.makedirs(self.root, exist_ok=True)
+        _make_private_root(self.root)
         self._made: set[str] = set()
         self._counter = itertools.count()
 
@@ -38,7 +46,7 @@ class LocalStore(Store):
 
     def _ensure_dir(self, directory: str) -> None:
         if directory not in self._made:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
             self._made.add(directory)
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
@@ -48,7 +56,7 @@ class LocalStore(Store):
         if if_absent and os.path.exists(path):
             return False
         tmp = os.path.join(directory, f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -138,3 +146,61 @@ class LocalStore(Store):
                     pass
             self._made = {d for d in self._made if not d.startswith(top)}
         return len(keys)
+
+
+def _make_private_root(root: str) -> None:
+    """Create ``root`` 0700 (parents too), or check that an existing one is private."""
+    me = os.geteuid()
+    missing = []
+    path = root
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    _check_ancestors(os.path.dirname(root) if path == root else path, me, root)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # another process made it at the same moment: checked below
+        except OSError as exc:
+            raise StoreError(f"cannot create the store directory {directory} ({exc.strerror}); set storage= to a writable path") from None
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise StoreError(f"cannot use the store directory {root} ({exc.strerror}); set storage= to a writable path") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"the store path {root} exists but is not a directory; remove it or set storage= to another path")
+    if st.st_uid != me:
+        raise StoreError(
+            f"the store directory {root} is owned by uid {st.st_uid}, not by you (uid {me}): whoever owns it can plant or "
+            "remove job objects; remove it, or set storage= to a directory of your own"
+        )
+    if st.st_mode & 0o022:
+        raise StoreError(
+            f"the store directory {root} is writable by {'others' if st.st_mode & 0o002 else 'its group'} "
+            f"(mode {stat.S_IMODE(st.st_mode):o}): anyone who can write there can plant or remove job objects; "
+            f"chmod 700 {root}, or set storage= to a private directory"
+        )
+
+
+def _check_ancestors(path: str, me: int, root: str) -> None:
+    """Refuse a store inside a directory someone else could swap it out of."""
+    while True:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if st.st_uid not in (me, 0) or (st.st_mode & 0o022 and not sticky):
+            raise StoreError(
+                f"the store directory {root} is inside {path}, which "
+                + (f"is owned by uid {st.st_uid}" if st.st_uid not in (me, 0) else "others can write to (no sticky bit)")
+                + ": they could replace the store; set storage= to a directory only you control"
+            )
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent

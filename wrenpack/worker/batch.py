@@ -1,16 +1,15 @@
 """Several calls in one invocation (``f.map(items, chunksize=k)``).
 
 Tiny calls cost more to launch than to run; grouping them amortizes the
-invocation. Each call's outcome is kept apart, in the handler's outcome
-format, so one failing item fails only its own future. Runs in the worker:
-standard library and cloudpickle only.
+invocation. Each call's outcome is kept apart, in the protocol's outcome
+format (``wrenpack.protocol``), so one failing item fails only its own
+future. Runs in the worker: standard library and cloudpickle only.
 """
 from __future__ import annotations
 
-import traceback
 from typing import Any, Callable
 
-import cloudpickle
+from wrenpack import protocol
 
 
 class Batch:
@@ -26,13 +25,5 @@ class Batch:
             try:
                 out.append(("ok", self.fn(*args, **kwargs)))
             except Exception as exc:  # noqa: BLE001 - kept per item; BaseExceptions end the batch
-                tb = exc.__traceback__
-                tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
-                tb_text = "".join(traceback.format_exception(type(exc), exc, tb))
-                try:
-                    exc_bytes: bytes | None = cloudpickle.dumps(exc)
-                except Exception:  # noqa: BLE001
-                    exc_bytes = None
-                name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-                out.append(("error", exc_bytes, name, str(exc), tb_text, "user"))
+                out.append(protocol.error_tuple(exc, "user", protocol.user_traceback(exc)))
         return out

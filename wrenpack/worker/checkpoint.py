@@ -18,24 +18,26 @@ does it pickle the state, write it to the store and end the invocation
 the same call again; ``restore`` returns the saved state, and the loop goes
 on where it stopped. A worker that dies, or a segment that overruns after a
 save, resumes from the last saved state. Checkpoints are removed when the
-call completes. Standard library and cloudpickle only: this runs in the worker.
+call completes. A checkpoint is sealed with the job's secret as this call's
+and this segment's (``wrenpack.auth``), so a planted or moved one fails with
+``CorruptObject`` before anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
+import struct
 import time
 from collections import deque
 from typing import Any
 
 import cloudpickle
 
-from wrenpack import keys
+from wrenpack import auth, keys
 from wrenpack.errors import CorruptObject
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"WRCK1"
+_MAGIC = b"WRCK2"
 #: How much longer than the slowest recent step (and the last save) to allow.
 SAFETY = 1.5
 #: A save's cost before one has been measured: seconds.
@@ -46,30 +48,36 @@ class SegmentDone(BaseException):
     """Ends an invocation after its state was saved (not an error)."""
 
 
-def encode(state: Any) -> bytes:
-    data = cloudpickle.dumps(state)
-    return _MAGIC + hashlib.sha256(data).digest() + data
+def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -> bytes:
+    """The sealed checkpoint: ``WRCK2`` + the segment that saved it + the pickle,
+    authenticated as that call's checkpoint of that segment (``wrenpack.auth``)."""
+    data = _MAGIC + struct.pack(">I", segment) + cloudpickle.dumps(state)
+    return auth.seal(secret, keys.identity(job_id, "checkpoint", call_id, segment), data)
 
 
-def decode(blob: bytes, label: str) -> Any:
-    if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + 32:
-        raise CorruptObject(f"the checkpoint of {label} is corrupt (bad header); remove it with `wrenpack clean` and re-run")
-    digest, data = blob[len(_MAGIC) : len(_MAGIC) + 32], blob[len(_MAGIC) + 32 :]
-    if hashlib.sha256(data).digest() != digest:
-        raise CorruptObject(f"the checkpoint of {label} is corrupt (checksum mismatch); remove it with `wrenpack clean` and re-run")
+def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:
+    """Verify, then unpickle. Only a checkpoint this call saved in this segment or
+    the one before (the latest save, whatever retries happened) is accepted."""
+    key = keys.checkpoint_key(job_id, call_id)
+    n = len(_MAGIC) + 4
+    saved_in = struct.unpack(">I", blob[len(_MAGIC) : n])[0] if blob.startswith(_MAGIC) and len(blob) >= n else -1
+    if saved_in not in (segment, segment - 1):
+        saved_in = segment  # fails the check below with the one-line message
+    data = auth.unseal(secret, keys.identity(job_id, "checkpoint", call_id, saved_in), blob, key)
     try:
-        return cloudpickle.loads(data)
+        return cloudpickle.loads(data[n:])
     except Exception as exc:  # noqa: BLE001
-        raise CorruptObject(f"the checkpoint of {label} cannot be unpickled ({type(exc).__name__}: {exc}); re-run") from None
+        raise CorruptObject(f"the checkpoint of {label} is authentic but cannot be unpickled ({type(exc).__name__}: {exc}); re-run") from None
 
 
 class Checkpoint:
     """The checkpoint of the running call (or a no-op one outside a remote call)."""
 
     def __init__(self, store: Any = None, key: str | None = None, deadline_fn: Any = None, label: str = "call",
-                 learned: dict[str, float] | None = None) -> None:
+                 learned: dict[str, float] | None = None, event: Any = None) -> None:
         self._store = store
         self._key = key
+        self._event = event  # the protocol.Event of the running call: secret, job, call, segment
         self._deadline_fn = deadline_fn
         self.label = label
         self._last = time.perf_counter()
@@ -100,7 +108,8 @@ class Checkpoint:
         except ObjectNotFound:
             return default
         self.restored = True
-        return decode(blob, self.label)
+        ev = self._event
+        return decode(blob, ev.secret, ev.job_id, ev.call_id, ev.segment, self.label)
 
     def time_left(self) -> float:
         deadline = self._deadline_fn() if self._deadline_fn else None
@@ -126,7 +135,8 @@ class Checkpoint:
         if not self.active or self._key is None:
             return
         t0 = time.perf_counter()
-        blob = encode(state)
+        ev = self._event
+        blob = encode(state, ev.secret, ev.job_id, ev.call_id, ev.segment)
         self._store.put(self._key, blob)
         self.save_s = time.perf_counter() - t0
         self.saves += 1
@@ -146,16 +156,16 @@ class Checkpoint:
 _current: Checkpoint | None = None
 
 
-def begin(event: dict[str, Any], store: Any, deadline_fn: Any) -> Checkpoint:
-    """Set up the checkpoint of the call the handler is about to run."""
+def begin(ev: Any, store: Any, deadline_fn: Any) -> Checkpoint:
+    """Set up the checkpoint of the call the handler is about to run (``ev``: its ``protocol.Event``)."""
     global _current
-    job_id, call_id = event["job_id"], event["call_id"]
     _current = Checkpoint(
         store,
-        keys.checkpoint_key(job_id, call_id),
+        keys.checkpoint_key(ev.job_id, ev.call_id),
         deadline_fn,
-        label=event.get("function_name", call_id),
-        learned=event.get("checkpoint") or {},
+        label=ev.label,
+        learned=ev.checkpoint or {},
+        event=ev,
     )
     return _current
 

@@ -5,23 +5,23 @@ Flow of one call::
     event --> open store --> load function (cached per job) --> load arguments
           --> run --> write one result object: status + outcome (first complete write wins)
 
-The event is a small JSON-able dict built by the client (``wrenpack.executor``)::
-
-    {"wrenpack": 1, "store": {...}, "job_id": "...", "call_id": "00003",
-     "func_key": "jobs/.../func.pkl", "args": {"inline": "<base64>"} | {"key": "..."},
-     "attempt": 0, "segment": 0, "timeout_s": 60.0, "function_name": "...",
-     "checkpoint": {"save_s": ..., "step_s": ...}}   # (what earlier segments learned)
+The event is a small JSON-able dict built by the client and validated here,
+both through ``wrenpack.protocol.Event`` (version, schema, keys under the job's
+prefix, on Lambda the store the function was deployed for). It carries the
+job's secret: every object read from the store (function, inputs, checkpoint)
+is verified with it before anything is unpickled, and every object written
+(result, segment record, checkpoint) is sealed with it (``wrenpack.auth``).
 
 The result object (``wrenpack.worker.result``) holds the status record and the
-outcome. Outcomes are cloudpickled tuples: ``("ok", value)`` or
-``("error", exc_bytes_or_None, type_name, message, traceback_text, kind)``,
-with ``kind`` "user" for the user's own exceptions and "wrenpack" for ours.
+outcome (``protocol.Outcome``: ``("ok", value)`` or the error 6-tuple, with
+``kind`` "user" for the user's own exceptions and "wrenpack" for ours).
 Standard library and cloudpickle only.
 """
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import signal
 import socket
@@ -34,11 +34,12 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from wrenpack import keys
-from wrenpack.errors import MissingDependency, RemoteError, SerializationError, StoreError, TaskTimeout
+from wrenpack import auth, keys, protocol
+from wrenpack.errors import MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.worker import checkpoint, memory, result
 
+log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
 
 _stores: dict[str, Store] = {}
@@ -95,11 +96,50 @@ def _disarm() -> None:
 
 
 def _store_for(spec: dict[str, Any]) -> Store:
+    _check_store(spec)
     token = repr(sorted(spec.items()))
     store = _stores.get(token)
     if store is None:
         store = _stores[token] = open_store(spec)
     return store
+
+
+def _on_lambda() -> bool:
+    return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and os.environ.get("WRENPACK_LOCAL_WORKER") != "1"
+
+
+def _check_store(spec: dict[str, Any]) -> None:
+    """On Lambda the deployed function knows its store (``WRENPACK_STORE_URL``,
+    set by ``wrenpack deploy``): an event naming another bucket or a prefix
+    outside it is refused, whoever sent it."""
+    from wrenpack.storage import parse_store_url
+
+    pinned = os.environ.get("WRENPACK_STORE_URL")
+    if not pinned:
+        if _on_lambda():
+            raise ProtocolError(
+                "this Lambda function was deployed without WRENPACK_STORE_URL, so it cannot check the event's store; "
+                "redeploy it with `wrenpack deploy --storage s3://BUCKET/PREFIX`"
+            )
+        if spec.get("type") == "local" and not os.path.isabs(str(spec.get("root", ""))):
+            raise ProtocolError(f"the event's local store root {spec.get('root')!r} is not an absolute path")
+        return
+    want = parse_store_url(pinned)
+    if want["type"] == "s3":
+        ok = spec.get("type") == "s3" and spec.get("bucket") == want["bucket"] and _under(str(spec.get("prefix", "")), want["prefix"])
+        where = f"s3://{spec.get('bucket')}/{spec.get('prefix', '')}"
+    else:
+        root = os.path.normpath(str(spec.get("root", "")))
+        ok = spec.get("type") == "local" and os.path.isabs(root) and _under(root.strip("/"), want["root"].strip("/"))
+        where = str(spec.get("root"))
+    if not ok:
+        raise ProtocolError(f"the event names the store {where}, outside this worker's {pinned}; invoke through wrenpack "
+                            "with storage set to that location (or redeploy with --storage)")
+
+
+def _under(prefix: str, base: str) -> bool:
+    prefix, base = prefix.strip("/"), base.strip("/")
+    return not base or prefix == base or prefix.startswith(base + "/")
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -123,37 +163,35 @@ def _missing(exc: ModuleNotFoundError) -> MissingDependency:
     return err
 
 
-def _load_function(store: Store, key: str) -> Callable[..., Any]:
-    fn = _functions.get(key)
+def _load_function(store: Store, ev: protocol.Event) -> Callable[..., Any]:
+    cache_key = (ev.func_key, ev.secret)
+    fn = _functions.get(cache_key)
     if fn is None:
-        fn = _loads(store.get(key), "the function")
-        _functions[key] = fn
+        # Verified before unpickling: a pickle someone else planted never runs.
+        data = auth.unseal(ev.secret, keys.identity(ev.job_id, "func"), store.get(ev.func_key), ev.func_key)
+        fn = _loads(data, "the function")
+        _functions[cache_key] = fn
         if len(_functions) > _MAX_CACHED_FUNCTIONS:
             _functions.popitem(last=False)
     else:
-        _functions.move_to_end(key)
+        _functions.move_to_end(cache_key)
     return fn
 
 
-def _load_args(store: Store, spec: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if "inline" in spec:
-        data = base64.b64decode(spec["inline"])
+def _load_args(store: Store, ev: protocol.Event) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if "inline" in ev.args:
+        # Inline arguments came inside the invocation itself, as the secret did.
+        data = base64.b64decode(ev.args["inline"])
     else:
-        data = store.get(spec["key"])
+        key = ev.args["key"]
+        data = auth.unseal(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
     args, kwargs = _loads(data, "the call's arguments")
     return args, kwargs
 
 
 def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> bytes:
-    """Pickle an exception outcome; fall back to type name and message only."""
-    if tb_text is None:
-        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        exc_bytes: bytes | None = cloudpickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - an unpicklable exception is still reported
-        exc_bytes = None
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return cloudpickle.dumps(("error", exc_bytes, name, str(exc), tb_text, kind))
+    """Pickle an exception outcome (``protocol.error_tuple``)."""
+    return cloudpickle.dumps(protocol.error_tuple(exc, kind, tb_text))
 
 
 def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
@@ -171,13 +209,17 @@ def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Run one call described by ``event``; return its status record."""
+    """Run one call described by ``event``; return its status record (plus the
+    sealed result object under ``"result"`` when ``reply_limit`` allows).
+
+    A malformed event raises ``ProtocolError`` (nothing runs, nothing is written)."""
     global soft_deadline
     start = time.time()
+    ev = protocol.Event.from_dict(event)
+    store = _store_for(ev.store)
     memory.reset_peak()
     children_before = memory.children_peak_mb()
-    job_id, call_id = event["job_id"], event["call_id"]
-    store = _store_for(event["store"])
+    job_id, call_id = ev.job_id, ev.call_id
     user_data.bind(store)  # wrenpack.store() inside the call is this store
     kind = "ok"
     extra_status: dict[str, Any] = {}
@@ -185,10 +227,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     ckpt = None
     _mark_start(store, event, start)
     try:
-        fn = _load_function(store, event["func_key"])
-        args, kwargs = _load_args(store, event["args"])
-        disarm = _arm_deadline(context, event.get("timeout_s"), start)
-        ckpt = checkpoint.begin(event, store, lambda: soft_deadline)
+        fn = _load_function(store, ev)
+        args, kwargs = _load_args(store, ev)
+        disarm = _arm_deadline(context, ev.timeout_s, start)
+        ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
         value = fn(*args, **kwargs)
         try:
             outcome = cloudpickle.dumps(("ok", value))
@@ -207,7 +249,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             kind, outcome = "checkpointed", b""
         else:
             kind = "timeout"
-            timeout = event.get("timeout_s")
+            timeout = ev.timeout_s
             limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
             if ckpt is not None and ckpt.used:
                 fix = ("the time between two checkpoint offers was longer than the time left to save; "
@@ -229,10 +271,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             exc = _missing(exc)
             outcome = error_outcome(exc, "wrenpack", tb_text="")
         else:
-            tb = exc.__traceback__
-            # Drop the handler's own frame: the user sees only their code.
-            tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
-            outcome = error_outcome(exc, "user", "".join(traceback.format_exception(type(exc), exc, tb)))
+            # Without the handler's own frame: the user sees only their code.
+            outcome = error_outcome(exc, "user", protocol.user_traceback(exc))
     finally:
         if disarm is not None:
             disarm()
@@ -249,8 +289,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     status = {
         "job_id": job_id,
         "call_id": call_id,
-        "attempt": event.get("attempt", 0),
-        "segment": event.get("segment", 0),
+        "attempt": ev.attempt,
+        "segment": ev.segment,
         "exit": kind,
         "start": start,
         "end": end,
@@ -265,7 +305,32 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     status.update(extra_status)
     if kind == "checkpointed":
         # The call goes on in a new invocation; the client launches it on seeing this.
-        store.put(keys.segment_key(job_id, call_id, int(event.get("segment", 0))), json.dumps(status).encode())
-    else:
-        status["first"] = store.put(keys.result_key(job_id, call_id), result.pack(status, outcome), if_absent=True)
+        record = protocol.seal_segment(ev.secret, job_id, call_id, ev.segment, json.dumps(status).encode())
+        store.put(keys.segment_key(job_id, call_id, ev.segment), record)
+        return status
+    blob = protocol.seal_result(ev.secret, job_id, call_id, status, outcome)
+    limit = ev.extra.get("reply_limit")
+    if limit is not None and len(blob) <= limit:
+        # Contract 2: small results travel back in the reply, never through the store.
+        reply: dict[str, Any] = dict(status, first=True)
+        reply["result"] = blob if os.environ.get("WRENPACK_LOCAL_WORKER") == "1" else base64.b64encode(blob).decode("ascii")
+        return reply
+    rkey = keys.result_key(job_id, call_id)
+    status["first"] = store.put(rkey, blob, if_absent=True)
+    if not status["first"]:
+        _check_existing_result(store, ev, rkey)
     return status
+
+
+def _check_existing_result(store: Store, ev: protocol.Event, rkey: str) -> None:
+    """A result was already at the key: another delivery of this call (fine),
+    or an object someone planted. The planted one is left in place: the
+    client reads it, fails its check and fails the call with CorruptObject,
+    so a squatted key ends in an error, never in a value wrenpack did not compute."""
+    try:
+        existing = store.get(rkey)
+    except StoreError:
+        return
+    if not protocol.is_authentic_result(ev.secret, ev.job_id, ev.call_id, existing):
+        log.warning("%s: the result key %s held an object wrenpack did not write for this call; "
+                    "the call will fail with CorruptObject", ev.label, rkey)

@@ -2,7 +2,11 @@
 
 ``b"WRP1" + 4-byte big-endian JSON length + JSON status + outcome bytes``.
 The status is readable without unpickling anything (pollers, ``wrenpack
-clean``, diagnostics); the outcome is cloudpickle. Standard library only.
+clean``, diagnostics); the outcome is cloudpickle. The whole object is sealed
+(``wrenpack.auth``: a MAC trailer, so this header stays at the front): a
+status read without verifying it (``unpack`` of a ranged read) only says
+"something is there"; the client acts on the verified copy
+(``wrenpack.protocol.open_result``). Standard library only.
 """
 from __future__ import annotations
 

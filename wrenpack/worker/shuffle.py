@@ -176,7 +176,7 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
         store = _store()
         parts = _parallel(lambda m: get(store, part_key(shuffle_id, m, partition), secret), mappers)
         if partitioned:
-            return fn(parts)
+            return fn(partition, parts)
         groups: dict[Any, list[Any]] = {}
         for records in parts:
             for k, v in records:

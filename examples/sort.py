@@ -1,0 +1,165 @@
+"""The sort benchmark from the PyWren paper: random 100-byte records with 10-byte keys,
+sorted by a shuffle through the object store.
+
+    python examples/sort.py --size 100MB          # .. 1GB; prints the time and checks the output
+    python examples/sort.py --small               # 2 MB, what the test suite runs
+
+1. ``generate``: M calls each write ``size / M`` bytes of random records to
+   ``wrenpack.store()`` (under ``sort-<run>/in/``) and return their count and
+   checksum (the driver never holds the data).
+2. ``wrenpack.map_reduce(split, objects, merge, partitions=R, partitioned=True)``:
+   each mapper reads its object (``record_size=100``, so no record is cut),
+   range-partitions it by the first two key bytes and returns R parts; wrenpack
+   writes them to the store; reducer i reads part i of every mapper, sorts it
+   by key and writes ``sort-<run>/out/<i>``.
+3. Verification: every output object is sorted, consecutive objects do not
+   overlap, and the count and order-independent checksum of the output equal
+   the input's (so it is a permutation of it).
+
+The same script runs on Lambda with an S3 store (``WRENPACK_BACKEND=lambda
+WRENPACK_STORAGE=s3://bucket/prefix``; the workers' runtime needs numpy).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+import uuid
+
+import numpy as np
+
+import wrenpack
+
+RECORD = 100
+KEY = 10
+_MULT = np.random.default_rng(12345).integers(1, 2**63, size=RECORD // 4, dtype=np.uint64) | np.uint64(1)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 100MB or 1GB")
+    scale = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def as_records(buf: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.uint8).reshape(-1, RECORD)
+
+
+def checksum(records: np.ndarray) -> int:
+    """Order-independent: the sum of a hash of every record (mod 2**64)."""
+    total = np.uint64(0)
+    for i in range(0, len(records), 1 << 18):
+        words = np.ascontiguousarray(records[i : i + (1 << 18)]).view("<u4").astype(np.uint64)
+        h = (words * _MULT).sum(axis=1, dtype=np.uint64)
+        h ^= h >> np.uint64(29)
+        total += h.sum(dtype=np.uint64)
+    return int(total)
+
+
+def sort_records(records: np.ndarray) -> np.ndarray:
+    """Records sorted by their 10-byte key (numpy's stable argsort of the keys as bytes)."""
+    keys = np.ascontiguousarray(records[:, :KEY]).view(f"S{KEY}").ravel()
+    return records[np.argsort(keys, kind="stable")]
+
+
+def generate(part: int, count: int, seed: int, prefix: str) -> tuple[int, int]:
+    """Write ``count`` random records as one input object; return (count, checksum)."""
+    data = np.random.default_rng([seed, part]).bytes(count * RECORD)
+    wrenpack.store().put(f"{prefix}/in/{part:05d}", data)
+    return count, checksum(as_records(data))
+
+
+def partition_of(records: np.ndarray, partitions: int) -> np.ndarray:
+    """Range partition on the first two key bytes: partition i holds smaller keys than i + 1."""
+    top = records[:, 0].astype(np.uint32) << 8 | records[:, 1]
+    return (top * partitions >> 16).astype(np.uint16)
+
+
+def split(chunk, partitions: int) -> list[np.ndarray]:
+    """Mapper: one object's records, cut into ``partitions`` key ranges."""
+    records = as_records(chunk.read())
+    where = partition_of(records, partitions)
+    order = np.argsort(where, kind="stable")  # radix sort of 16-bit values
+    counts = np.bincount(where, minlength=partitions)
+    grouped = records[order]
+    edges = np.concatenate(([0], np.cumsum(counts)))
+    return [grouped[edges[i] : edges[i + 1]] for i in range(partitions)]
+
+
+def merge(partition: int, parts: list[np.ndarray], prefix: str) -> dict:
+    """Reducer: sort one key range and write it; return what verification needs."""
+    records = sort_records(np.concatenate(parts) if parts else np.empty((0, RECORD), np.uint8))
+    wrenpack.store().put(f"{prefix}/out/{partition:05d}", records.tobytes())
+    keys = records[:, :KEY]
+    ordered = bool(len(records) < 2 or (keys[1:].view(f"S{KEY}") >= keys[:-1].view(f"S{KEY}")).all())
+    return {
+        "partition": partition, "count": len(records), "checksum": checksum(records), "sorted": ordered,
+        "first": keys[0].tobytes() if len(records) else None, "last": keys[-1].tobytes() if len(records) else None,
+    }
+
+
+def run_sort(size: int, mappers: int, partitions: int, seed: int = 0, memory: int = 1024,
+             keep: bool = False, log=print) -> dict:
+    """Generate, sort and verify ``size`` bytes of records; returns timings and checks."""
+    prefix = f"sort-{uuid.uuid4().hex[:8]}"
+    store = wrenpack.store()
+    per_part = max(1, size // RECORD // mappers)
+    gen = wrenpack.remote(generate, memory=memory)
+    try:
+        t0 = time.perf_counter()
+        made = wrenpack.get(gen.map(range(mappers), count=per_part, seed=seed, prefix=prefix))
+        t_gen = time.perf_counter() - t0
+        n_in, sum_in = sum(c for c, _ in made), sum(s for _, s in made) % 2**64
+        log(f"generated {n_in:,} records ({n_in * RECORD / 1e6:.0f} MB) in {mappers} objects in {t_gen:.2f} s")
+
+        inputs = store.objects(f"{prefix}/in/", record_size=RECORD)
+        t0 = time.perf_counter()
+        out = wrenpack.map_reduce(
+            lambda chunk: split(chunk, partitions), inputs,
+            lambda i, parts: merge(i, parts, prefix),
+            partitions=partitions, partitioned=True, memory=memory,
+        ).result()
+        t_sort = time.perf_counter() - t0
+        log(f"sorted with {len(inputs)} mappers and {partitions} reducers in {t_sort:.2f} s")
+
+        n_out, sum_out = sum(r["count"] for r in out), sum(r["checksum"] for r in out) % 2**64
+        nonempty = [r for r in out if r["count"]]
+        checks = {
+            "each output object sorted": all(r["sorted"] for r in out),
+            "objects in key order": all(a["last"] <= b["first"] for a, b in zip(nonempty, nonempty[1:])),
+            "same record count": n_out == n_in,
+            "same checksum (a permutation)": sum_out == sum_in,
+        }
+        for what, ok in checks.items():
+            log(f"  {'ok  ' if ok else 'FAIL'} {what}")
+        return {"records": n_in, "bytes": n_in * RECORD, "generate_s": t_gen, "sort_s": t_sort,
+                "ok": all(checks.values()), "prefix": prefix, "checks": checks}
+    finally:
+        if not keep:
+            store.delete_prefix(f"{prefix}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=parse_size, default=parse_size("100MB"), help="bytes of records (default 100MB)")
+    ap.add_argument("--small", action="store_true", help="2 MB, 4 mappers, 3 reducers (the tests run this)")
+    ap.add_argument("--mappers", type=int, help="input objects / map calls (default: one per ~64 MB, at least 2)")
+    ap.add_argument("--partitions", type=int, help="reducers (default: as many as mappers)")
+    ap.add_argument("--memory", type=int, default=1024, help="MB per call (default 1024)")
+    ap.add_argument("--keep", action="store_true", help="keep the input and output objects")
+    args = ap.parse_args(argv)
+    size = 2_000_000 if args.small else args.size
+    mappers = args.mappers or (4 if args.small else max(2, math.ceil(size / 64e6)))
+    partitions = args.partitions or (3 if args.small else mappers)
+    result = run_sort(size, mappers, partitions, memory=args.memory, keep=args.keep)
+    print(f"{'sorted and verified' if result['ok'] else 'VERIFICATION FAILED'}: "
+          f"{result['bytes'] / 1e6:.0f} MB in {result['sort_s']:.2f} s")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Every example's --small mode runs, checks its own output and leaves nothing in the store."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_example(name: str, tmp_path: Path, *args: str, timeout: float = 240) -> str:
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(store), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / name), "--small", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} --small failed:\n{proc.stdout}\n{proc.stderr}"
+    left = [p for p in store.rglob("*") if p.is_file()] if store.exists() else []
+    assert left == [], f"{name} left objects in the store: {left[:5]}"
+    return proc.stdout
+
+
+def test_sort_small(tmp_path):
+    out = run_example("sort.py", tmp_path)
+    assert "sorted and verified" in out and "same checksum (a permutation)" in out
+
+
+def test_wordcount_small(tmp_path):
+    assert "matches the local count" in run_example("wordcount.py", tmp_path)
+
+
+def test_parameter_server_small(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server binary on PATH (.ci/run installs it with apt-get install redis-server)")
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("the redis Python client is not installed (pip install -e '.[test]')")
+    assert "converged" in run_example("parameter_server.py", tmp_path)
+
+
+def test_sweep_small(tmp_path):
+    if importlib.util.find_spec("sklearn") is None:
+        pytest.skip("scikit-learn is not installed (pip install -e '.[test]')")
+    assert "best {'C'" in run_example("sweep.py", tmp_path)

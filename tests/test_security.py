@@ -1,0 +1,372 @@
+"""Issue 14: nothing read from the store runs or returns unless wrenpack wrote it for that call.
+
+The attacker here has write access to the store and nothing else: they plant,
+overwrite, swap and copy objects. The client's reads of the store are
+intercepted to play the attacker's move at the worst moment; the workers (other
+processes) read the real files, where the tests also plant objects directly.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import wrenpack
+from wrenpack import auth, keys, protocol
+from wrenpack.errors import CorruptObject, ProtocolError, StoreError
+from wrenpack.storage.local import LocalStore
+from wrenpack.worker import result
+from wrenpack.worker.context import LocalContext
+from wrenpack.worker.handler import handler
+
+
+class _Evil:
+    """Unpickling this creates the marker file: proof that planted code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned'); VALUE = 666",))
+
+
+def _evil_pickle(marker: str, wrap: str = "plain") -> bytes:
+    payload = pickle.dumps(_Evil(marker))
+    if wrap == "result":  # shaped like a result object, status and all
+        head = b'{"exit":"ok"}'
+        return result.MAGIC + struct.pack(">I", len(head)) + head + pickle.dumps(("ok", _Evil(marker)))
+    if wrap == "sealed-looking":  # with a made-up MAC trailer
+        return payload + auth.MAGIC + b"\0" * auth.TAG_BYTES
+    return payload
+
+
+def plus_one(x):
+    return x + 1
+
+
+@pytest.fixture
+def ex(tmp_path):
+    e = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=0, keep_objects=True)
+    yield e
+    e.shutdown()
+
+
+def _plant_after_put(monkeypatch, store, plant):
+    """Run ``plant(key, store)`` right after the client writes each object: the
+    attacker overwrites objects (or squats keys) before any worker reads them."""
+    original = type(store).put
+
+    def put(self, key, data, *, if_absent=False):
+        out = original(self, key, data, if_absent=if_absent)
+        if self is store:
+            plant(key)
+        return out
+
+    monkeypatch.setattr(type(store), "put", put)
+
+
+@pytest.mark.parametrize("target", ["func", "input", "result"])
+@pytest.mark.parametrize("wrap", ["plain", "result", "sealed-looking"])
+def test_planted_pickles_never_run_and_fail_the_call(ex, tmp_path, monkeypatch, target, wrap):
+    marker = str(tmp_path / f"pwned-{target}-{wrap}")
+    ex.config = ex.config.replace(inline_limit=0)  # every argument goes through the store
+
+    def plant(key):
+        if key.endswith("func.pkl"):
+            job = key.split("/")[1]
+            victims = {
+                "func": [keys.func_key(job)],
+                "input": [keys.input_key(job, keys.call_id(i)) for i in range(2)],
+                "result": [keys.result_key(job, keys.call_id(i)) for i in range(2)],
+            }[target]
+            for victim in victims:
+                path = os.path.join(ex.store.root, victim)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if target == "input":
+                    return  # inputs are written after func.pkl: planted in the input branch below
+                with open(path, "wb") as f:
+                    f.write(_evil_pickle(marker, wrap))
+        elif target == "input" and "/input/" in key:
+            with open(os.path.join(ex.store.root, key), "wb") as f:
+                f.write(_evil_pickle(marker, wrap))
+
+    _plant_after_put(monkeypatch, ex.store, plant)
+    futs = wrenpack.remote(plus_one, executor=ex).map([1, 2])
+    for fut in futs:
+        with pytest.raises(CorruptObject, match="failed authentication.*nothing was unpickled"):
+            fut.result(timeout=60)
+    assert not os.path.exists(marker), "planted code ran"
+
+
+def test_planted_checkpoint_never_runs(ex, tmp_path, monkeypatch):
+    marker = str(tmp_path / "pwned-checkpoint")
+
+    def resumable(n):
+        ckpt = wrenpack.checkpoint()
+        state = ckpt.restore(default={"i": 0})
+        return state["i"] + n
+
+    def plant(key):
+        if key.endswith("func.pkl"):
+            job = key.split("/")[1]
+            path = os.path.join(ex.store.root, keys.checkpoint_key(job, keys.call_id(0)))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(b"WRCK2" + struct.pack(">I", 0) + pickle.dumps(_Evil(marker)))
+
+    _plant_after_put(monkeypatch, ex.store, plant)
+    fut = wrenpack.remote(resumable, executor=ex).remote(1)
+    with pytest.raises(CorruptObject, match="checkpoint/00000.pkl failed authentication.*nothing was unpickled"):
+        fut.result(timeout=60)
+    assert not os.path.exists(marker)
+
+
+def _intercept_result_reads(monkeypatch, store, swap):
+    """The client reads ``swap(key, real_bytes)`` instead of the object at a result key."""
+    original = type(store).get
+
+    def get(self, key):
+        data = original(self, key)
+        return swap(key, data) if self is store and "/result/" in key else data
+
+    monkeypatch.setattr(type(store), "get", get)
+
+
+def test_results_swapped_between_two_calls_are_rejected(ex, monkeypatch):
+    def swap(key, data):
+        job = key.split("/")[1]
+        first, second = keys.result_key(job, "00000"), keys.result_key(job, "00001")
+        other = second if key == first else first
+        path = os.path.join(ex.store.root, other)
+        deadline = time.time() + 30
+        while not os.path.exists(path) and time.time() < deadline:
+            time.sleep(0.01)
+        with open(path, "rb") as f:
+            return f.read()
+
+    _intercept_result_reads(monkeypatch, ex.store, swap)
+    futs = wrenpack.remote(plus_one, executor=ex).map([1, 2])
+    for fut in futs:
+        with pytest.raises(CorruptObject, match="failed authentication"):
+            fut.result(timeout=60)
+
+
+def test_result_copied_from_another_job_is_rejected(ex, monkeypatch):
+    first = wrenpack.remote(plus_one, executor=ex).map([1])[0]
+    assert first.result(timeout=60) == 2
+    stolen = ex.store.get(keys.result_key(first.job_id, first.call_id))
+    _intercept_result_reads(monkeypatch, ex.store, lambda key, data: stolen)
+    second = wrenpack.remote(plus_one, executor=ex).map([1])[0]
+    with pytest.raises(CorruptObject, match="failed authentication"):
+        second.result(timeout=60)
+
+
+def _sealed_result(tmp_path, value, secret=b"s" * 32, job="j1", call="00000"):
+    """A real result object, written by the real handler."""
+    store = LocalStore(tmp_path / "flip-store")
+    store.put(keys.func_key(job), auth.seal(secret, keys.identity(job, "func"), cloudpickle.dumps(lambda: value)))
+    event = protocol.Event(job_id=job, call_id=call, store=store.spec, secret=secret,
+                           args=protocol.inline_args(cloudpickle.dumps(((), {})))).to_dict()
+    assert handler(event, LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30))["exit"] == "ok"
+    return store.get(keys.result_key(job, call))
+
+
+def test_every_single_bit_flip_of_a_result_object_is_detected(tmp_path):
+    secret = b"s" * 32
+    blob = _sealed_result(tmp_path, 7, secret)
+    assert protocol.open_result(secret, "j1", "00000", blob, "r")[1].value == 7
+    undetected = []
+    for i in range(len(blob) * 8):
+        flipped = bytearray(blob)
+        flipped[i // 8] ^= 1 << (i % 8)
+        try:
+            protocol.open_result(secret, "j1", "00000", bytes(flipped), "r")
+            undetected.append(i)
+        except CorruptObject:
+            pass
+    assert len(blob) * 8 > 1000 and undetected == []
+
+
+def test_truncated_and_extended_result_objects_are_detected(tmp_path):
+    secret = b"s" * 32
+    blob = _sealed_result(tmp_path, 7, secret)
+    for bad in (b"", blob[:10], blob[:-1], blob + b"\0", blob[1:], b"x" + blob):
+        with pytest.raises(CorruptObject):
+            protocol.open_result(secret, "j1", "00000", bad, "r")
+    with pytest.raises(CorruptObject):
+        protocol.open_result(b"t" * 32, "j1", "00000", blob, "r")  # another job's secret
+
+
+def test_identity_binds_job_call_kind_and_segment():
+    secret = auth.new_secret()
+    sealed = auth.seal(secret, keys.identity("j", "checkpoint", "00001", 2), b"data")
+    assert auth.unseal(secret, keys.identity("j", "checkpoint", "00001", 2), sealed, "k") == b"data"
+    for other in (keys.identity("j2", "checkpoint", "00001", 2), keys.identity("j", "result", "00001", 2),
+                  keys.identity("j", "checkpoint", "00002", 2), keys.identity("j", "checkpoint", "00001", 3)):
+        with pytest.raises(CorruptObject, match="k failed authentication.*nothing was unpickled"):
+            auth.unseal(secret, other, sealed, "k")
+    assert "\n" not in str(pytest.raises(CorruptObject, auth.unseal, secret, "x", b"junk", "k").value)
+
+
+def test_the_secret_never_touches_the_store(ex, tmp_path):
+    seen = []
+    original = ex.backend.invoke_many
+    ex.backend.invoke_many = lambda invs: (seen.extend(invs), original(invs))[1]
+    ex.config = ex.config.replace(inline_limit=0)
+    futs = wrenpack.remote(plus_one, executor=ex).map([1, 2])
+    assert [f.result(timeout=60) for f in futs] == [2, 3]
+    secret = auth.decode_secret(seen[0].event["secret"])
+    for dirpath, _dirs, files in os.walk(ex.store.root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                data = f.read()
+            assert secret not in data and seen[0].event["secret"].encode() not in data
+
+
+# -- a private local store ------------------------------------------------------------
+def test_store_directory_created_private_and_objects_0600(tmp_path):
+    root = tmp_path / "wrenpack-0" / "store"
+    store = LocalStore(root)
+    store.put("jobs/j/result/00000.res", b"x")
+    assert os.stat(root).st_mode & 0o777 == 0o700
+    assert os.stat(root / "jobs" / "j" / "result").st_mode & 0o777 == 0o700
+    assert os.stat(root / "jobs" / "j" / "result" / "00000.res").st_mode & 0o777 == 0o600
+
+
+def test_store_directory_precreated_by_another_user_is_refused(tmp_path):
+    # As /dev/shm/wrenpack-<uid>/store would be if another local user made it first.
+    for victim in ("leaf", "parent"):
+        base = tmp_path / victim / "wrenpack-0"
+        (base / "store").mkdir(parents=True)
+        os.chown(base / "store" if victim == "leaf" else base, 12345, 12345)
+        with pytest.raises(StoreError, match="owned by uid 12345") as info:
+            LocalStore(base / "store")
+        assert "\n" not in str(info.value) and "storage=" in str(info.value)
+    with pytest.raises(StoreError, match="owned by uid 12345"):
+        wrenpack.Executor(storage=str(tmp_path / "leaf" / "wrenpack-0" / "store"))
+
+
+def test_group_or_world_writable_store_directory_is_refused(tmp_path):
+    for mode, who in ((0o770, "its group"), (0o707, "others")):
+        root = tmp_path / f"m{mode:o}"
+        root.mkdir()
+        os.chmod(root, mode)
+        with pytest.raises(StoreError, match=f"writable by {who}.*chmod 700"):
+            LocalStore(root)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)  # no sticky bit: anyone could rename the store away
+    with pytest.raises(StoreError, match="others can write to"):
+        LocalStore(open_dir / "store")
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)  # like /tmp and /dev/shm
+    assert LocalStore(sticky / "store").root == str(sticky / "store")
+
+
+# -- the handler validates the event --------------------------------------------------
+def _good_event(local_store, secret=b"s" * 32, **changes):
+    d = protocol.Event(job_id="j1", call_id="00000", store=local_store.spec, secret=secret,
+                       args=protocol.inline_args(cloudpickle.dumps(((), {})))).to_dict()
+    d.update(changes)
+    return d
+
+
+def test_malformed_events_fail_as_wrenpack_errors(tmp_path):
+    store = LocalStore(tmp_path / "s")
+    ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
+    bad_events = [
+        ("not a dict", "not a wrenpack event"),
+        (_good_event(store, wrenpack=1), "protocol version 1"),
+        ({k: v for k, v in _good_event(store).items() if k != "secret"}, "lacks the field 'secret'"),
+        (dict(_good_event(store), secret="!!"), "secret is invalid"),
+        (_good_event(store, attempt="0"), "'attempt' must be int"),
+        (_good_event(store, job_id="../../etc"), "not a wrenpack id"),
+        (_good_event(store, call_id="a/b"), "not a wrenpack id"),
+        (_good_event(store, func_key="jobs/other/func.pkl"), "not its job's"),
+        (_good_event(store, args={"key": "jobs/other/input/00000.pkl"}), "must be inline base64 or the key"),
+        (_good_event(store, bogus=1), "unknown field"),
+        (_good_event(store, store={"type": "ftp"}), "store type"),
+        (_good_event(store, store={"type": "local", "root": "relative/dir"}), "not an absolute path"),
+    ]
+    for event, message in bad_events:
+        with pytest.raises(ProtocolError, match=message) as info:
+            handler(event, ctx)
+        assert "\n" not in str(info.value)
+    assert not os.path.exists(tmp_path / "s" / "jobs")  # nothing ran, nothing was written
+
+
+def test_on_lambda_the_event_cannot_redirect_the_store(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "s")
+    ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-worker")
+    monkeypatch.delenv("WRENPACK_LOCAL_WORKER", raising=False)
+    with pytest.raises(ProtocolError, match="deployed without WRENPACK_STORE_URL"):
+        handler(_good_event(store), ctx)
+    monkeypatch.setenv("WRENPACK_STORE_URL", "s3://bucket/wrenpack")
+    s3 = {"type": "s3", "bucket": "bucket", "prefix": "wrenpack"}
+    for spec in ({"type": "s3", "bucket": "other", "prefix": "wrenpack"}, {"type": "s3", "bucket": "bucket", "prefix": "wrenpackx"},
+                 {"type": "s3", "bucket": "bucket", "prefix": ""}, store.spec):
+        with pytest.raises(ProtocolError, match="outside this worker's s3://bucket/wrenpack"):
+            handler(_good_event(store, store=spec), ctx)
+    from wrenpack.worker.handler import _check_store
+
+    _check_store(s3)
+    _check_store(dict(s3, prefix="wrenpack/tests"))
+
+
+# -- results in the reply (contract 2) ---------------------------------------------------
+def test_handler_replies_with_the_sealed_result_when_it_fits(tmp_path, monkeypatch):
+    secret = b"r" * 32  # (the worker caches functions per job and secret)
+    store = LocalStore(tmp_path / "s")
+    store.put(keys.func_key("j1"), auth.seal(secret, keys.identity("j1", "func"), cloudpickle.dumps(lambda: "v" * 100)))
+    ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
+    for local, limit, in_reply in (("1", 10_000, True), ("", 10_000, True), ("1", 50, False)):
+        monkeypatch.setenv("WRENPACK_LOCAL_WORKER", local)
+        call = keys.call_id(limit + len(local))
+        event = _good_event(store, secret, call_id=call, reply_limit=limit)
+        reply = handler(event, ctx)
+        data = protocol.reply_result(reply)
+        if not in_reply:
+            assert data is None and reply["first"] is True
+            data = store.get(keys.result_key("j1", call))
+        else:
+            assert not store.exists(keys.result_key("j1", call))  # not written to the store
+        assert protocol.open_result(secret, "j1", call, data, "r")[1].value == "v" * 100
+
+
+def test_executor_uses_the_result_from_the_reply(ex, monkeypatch):
+    opts = ex.options()
+    opts.extra = {"event": {"reply_limit": 1 << 20}}
+    futs = ex.map(plus_one, [((1,), {}), ((2,), {})], opts)
+    assert [f.result(timeout=60) for f in futs] == [2, 3]
+    assert ex.store.list(keys.result_prefix(futs[0].job_id)) == []
+    # A reply altered on the way is refused like a store object.
+    original = ex._read_outcome
+    monkeypatch.setattr(ex, "_read_outcome", lambda job, cid, label, data=None:
+                        original(job, cid, label, data[:-1] + bytes([data[-1] ^ 1]) if data else data))
+    fut = ex.map(plus_one, [((1,), {})], opts)[0]
+    with pytest.raises(CorruptObject, match="failed authentication"):
+        fut.result(timeout=60)
+
+
+def test_a_second_delivery_keeps_the_first_result_and_flags_a_squatter(tmp_path, caplog):
+    secret = b"d" * 32
+    store = LocalStore(tmp_path / "s")
+    store.put(keys.func_key("j1"), auth.seal(secret, keys.identity("j1", "func"), cloudpickle.dumps(lambda: 1)))
+    ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
+    assert handler(_good_event(store, secret), ctx)["first"] is True
+    first = store.get(keys.result_key("j1", "00000"))
+    with caplog.at_level("WARNING"):
+        assert handler(_good_event(store, secret, attempt=1), ctx)["first"] is False
+    assert store.get(keys.result_key("j1", "00000")) == first and "did not write" not in caplog.text
+    store.put(keys.result_key("j1", "00001"), b"planted")
+    with caplog.at_level("WARNING"):
+        assert handler(_good_event(store, secret, call_id="00001"), ctx)["first"] is False
+    assert "did not write for this call" in caplog.text
+    assert store.get(keys.result_key("j1", "00001")) == b"planted"  # left for the client to refuse

@@ -1,0 +1,330 @@
+"""The call protocol, in one place: what the client sends a worker (``Event``)
+and what comes back (``Outcome``, inside a sealed result object).
+
+::
+
+    client: Event(...).to_dict()  --invocation-->  worker: Event.from_dict(d)  (validated)
+    worker: Outcome.from_exception(exc) / Outcome.success(value)
+            -> result object = seal(pack(status, outcome.dumps()))  --store or reply-->
+    client: unseal -> unpack -> Outcome.loads(...) -> .value / .rebuild(label)
+
+The event is versioned (``"wrenpack": VERSION``); the handler refuses another
+version, a missing or mistyped field, and any key outside the job's prefix, as
+a ``ProtocolError`` (a wrenpack error, never the user's). Backends copy the
+dict and change only ``attempt`` and ``timeout_s``; other helpers add optional
+fields to ``OPTIONAL`` below. Outcomes are the 6-tuple
+``("error", exc_bytes_or_None, type_name, message, traceback_text, kind)`` or
+``("ok", value)``, built only by ``error_tuple``/``Outcome``. Standard library
+and cloudpickle only: the worker imports this.
+"""
+from __future__ import annotations
+
+import base64
+import re
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from wrenpack import auth, keys
+from wrenpack.errors import CorruptObject, ProtocolError, RemoteError, WrenpackError
+
+#: The event's version; the handler refuses others.
+VERSION = 2
+
+#: Required event fields and their JSON types.
+REQUIRED: dict[str, tuple[type, ...]] = {
+    "wrenpack": (int,),
+    "store": (dict,),
+    "job_id": (str,),
+    "call_id": (str,),
+    "secret": (str,),
+    "args": (dict,),
+}
+#: Optional event fields and their JSON types (helpers add theirs here).
+OPTIONAL: dict[str, tuple[type, ...]] = {
+    "func_key": (str,),           # always keys.func_key(job_id); kept for readers of raw events
+    "attempt": (int,),
+    "segment": (int,),
+    "timeout_s": (int, float, type(None)),
+    "function_name": (str,),
+    "checkpoint": (dict, type(None)),   # what earlier segments learned: save_s, step_s
+    "reply_limit": (int, type(None)),   # contract 2: result object in the reply if at most this many bytes
+    "env": (dict, type(None)),          # issue 11: environment variables for the call
+    "capture_logs": (int, type(None)),  # issue 11: bytes of the call's log tail in the status
+    "cancel_key": (str, type(None)),    # issue 11: cancellation marker key
+    "mark_start_after": (int, float, type(None)),  # issue 10: a call starting later than this writes a start marker
+}
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One invocation of one call (or one segment of a split call)."""
+
+    job_id: str
+    call_id: str
+    store: dict[str, Any]
+    secret: bytes
+    args: dict[str, Any]
+    attempt: int = 0
+    segment: int = 0
+    timeout_s: float | None = None
+    function_name: str = "call"
+    checkpoint: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def func_key(self) -> str:
+        return keys.func_key(self.job_id)
+
+    @property
+    def label(self) -> str:
+        return self.function_name or self.call_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict that travels to the worker."""
+        d: dict[str, Any] = {
+            "wrenpack": VERSION,
+            "store": self.store,
+            "job_id": self.job_id,
+            "call_id": self.call_id,
+            "secret": auth.encode_secret(self.secret),
+            "func_key": self.func_key,
+            "args": self.args,
+            "attempt": self.attempt,
+            "segment": self.segment,
+            "timeout_s": self.timeout_s,
+            "function_name": self.function_name,
+        }
+        if self.checkpoint:
+            d["checkpoint"] = self.checkpoint
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Event":
+        """Validate a received event; ``ProtocolError`` names what is wrong."""
+        if not isinstance(d, dict):
+            raise ProtocolError(f"the invocation event is a {type(d).__name__}, not a wrenpack event; invoke through wrenpack")
+        version = d.get("wrenpack")
+        if version != VERSION:
+            raise ProtocolError(
+                f"the event has protocol version {version!r} but this worker speaks {VERSION}; "
+                "redeploy the worker (wrenpack deploy) with the client's wrenpack version"
+            )
+        for name, types in REQUIRED.items():
+            if name not in d:
+                raise ProtocolError(f"the event lacks the field {name!r}; invoke through wrenpack")
+            _check_type(name, d[name], types)
+        unknown = sorted(set(d) - set(REQUIRED) - set(OPTIONAL))
+        if unknown:
+            raise ProtocolError(f"the event has unknown field(s) {', '.join(unknown)}; client and worker wrenpack versions differ")
+        for name, types in OPTIONAL.items():
+            if name in d:
+                _check_type(name, d[name], types)
+        job_id, call_id = d["job_id"], d["call_id"]
+        for name, value in (("job_id", job_id), ("call_id", call_id)):
+            if not _ID.match(value) or ".." in value:
+                raise ProtocolError(f"the event's {name} {value!r} is not a wrenpack id")
+        if d.get("func_key", keys.func_key(job_id)) != keys.func_key(job_id):
+            raise ProtocolError(f"the event's func_key {d['func_key']!r} is not its job's ({keys.func_key(job_id)})")
+        args = d["args"]
+        if set(args) == {"inline"} and isinstance(args["inline"], str):
+            pass
+        elif set(args) == {"key"} and args["key"] == keys.input_key(job_id, call_id):
+            pass
+        else:
+            raise ProtocolError(f"the event's args must be inline base64 or the key {keys.input_key(job_id, call_id)}, got {sorted(args)}")
+        store = d["store"]
+        if store.get("type") not in ("local", "s3"):
+            raise ProtocolError(f"the event's store type {store.get('type')!r} is not local or s3")
+        try:
+            secret = auth.decode_secret(d["secret"])
+        except ValueError as exc:
+            raise ProtocolError(f"the event's secret is invalid ({exc}); invoke through wrenpack") from None
+        attempt, segment = d.get("attempt", 0), d.get("segment", 0)
+        if attempt < 0 or segment < 0:
+            raise ProtocolError("the event's attempt and segment must be 0 or more")
+        extra = {k: d[k] for k in d if k in OPTIONAL and k not in
+                 ("func_key", "attempt", "segment", "timeout_s", "function_name", "checkpoint")}
+        return cls(
+            job_id=job_id,
+            call_id=call_id,
+            store=store,
+            secret=secret,
+            args=args,
+            attempt=attempt,
+            segment=segment,
+            timeout_s=d.get("timeout_s"),
+            function_name=d.get("function_name") or call_id,
+            checkpoint=d.get("checkpoint"),
+            extra=extra,
+        )
+
+
+def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ProtocolError(f"the event's field {name!r} must be {allowed}, got {type(value).__name__}")
+
+
+def inline_args(data: bytes) -> dict[str, Any]:
+    return {"inline": base64.b64encode(data).decode("ascii")}
+
+
+# -- outcomes -----------------------------------------------------------------------
+def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tuple[Any, ...]:
+    """The one place the error 6-tuple is built; an unpicklable exception keeps
+    its type name and message. ``kind``: "user" (theirs) or "wrenpack" (ours)."""
+    if tb_text is None:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        exc_bytes: bytes | None = cloudpickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - an unpicklable exception is still reported
+        exc_bytes = None
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return ("error", exc_bytes, name, str(exc), tb_text, kind)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of a user exception without the frame that called their code."""
+    tb = exc.__traceback__
+    tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+@dataclass
+class Outcome:
+    """What a call produced: a value, or an exception (as the error 6-tuple)."""
+
+    ok: bool
+    value: Any = None
+    error: tuple[Any, ...] | None = None
+
+    @classmethod
+    def success(cls, value: Any) -> "Outcome":
+        return cls(True, value)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, kind: str = "user", tb_text: str | None = None) -> "Outcome":
+        return cls(False, error=error_tuple(exc, kind, tb_text))
+
+    @classmethod
+    def from_tuple(cls, t: Any, what: str = "result object") -> "Outcome":
+        if isinstance(t, tuple) and len(t) == 2 and t[0] == "ok":
+            return cls(True, t[1])
+        if isinstance(t, tuple) and len(t) == 6 and t[0] == "error":
+            return cls(False, error=t)
+        raise CorruptObject(f"the {what} is corrupt (unexpected content); re-run the call")
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return ("ok", self.value) if self.ok else tuple(self.error or ())
+
+    def dumps(self) -> bytes:
+        """Pickled; raises the pickling error of an unpicklable value."""
+        return cloudpickle.dumps(self.to_tuple())
+
+    def rebuild(self, label: str) -> BaseException:
+        """Client side: the exception to raise for a failed call."""
+        return rebuild_exception(self.to_tuple(), label)
+
+
+def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
+    """The exception an error 6-tuple stands for, with the remote traceback as
+    its cause; a type the client cannot rebuild becomes ``RemoteError``."""
+    from wrenpack.futures import RemoteTraceback  # client side only
+
+    _, exc_bytes, type_name, message, tb_text, kind = outcome
+    exc: BaseException | None = None
+    if exc_bytes is not None:
+        try:
+            exc = cloudpickle.loads(exc_bytes)
+        except Exception:  # noqa: BLE001 - the type may not exist on the client
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
+    elif kind == "wrenpack" and isinstance(exc, WrenpackError):
+        try:
+            rebuilt = type(exc)(f"{label}: {exc}")
+            rebuilt.__dict__.update({k: v for k, v in exc.__dict__.items() if k not in rebuilt.__dict__})
+            if isinstance(exc, ImportError):
+                rebuilt.name, rebuilt.path = exc.name, exc.path
+            exc = rebuilt
+        except Exception:  # noqa: BLE001
+            pass
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(tb_text)
+    return exc
+
+
+# -- sealed objects ----------------------------------------------------------------------
+def open_result(secret: bytes, job_id: str, call_id: str, blob: bytes, what: str) -> tuple[dict[str, Any], Outcome]:
+    """Verify and read a call's result object (from the store or a reply)."""
+    from wrenpack.worker import result
+
+    data = auth.unseal(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
+    status, outcome_bytes = result.unpack(data, what)
+    try:
+        t = cloudpickle.loads(outcome_bytes)
+    except ModuleNotFoundError as exc:
+        from wrenpack.errors import MissingDependency
+
+        err = MissingDependency(f"the {what} needs module {exc.name!r}, which the client lacks; install it here")
+        err.name = exc.name
+        raise err from None
+    except Exception as exc:  # noqa: BLE001
+        raise CorruptObject(f"the {what} is authentic but cannot be unpickled here ({type(exc).__name__}: {exc}); "
+                            "client and worker must run the same Python and cloudpickle") from None
+    return status, Outcome.from_tuple(t, what)
+
+
+def reply_result(reply: dict[str, Any]) -> bytes | None:
+    """The sealed result object a handler's reply carries (bytes from a local
+    worker, base64 text from Lambda), removed from ``reply``; None if absent."""
+    data = reply.pop("result", None)
+    if data is None or isinstance(data, (bytes, bytearray)):
+        return data
+    try:
+        return base64.b64decode(data, validate=True)
+    except (TypeError, ValueError):
+        raise CorruptObject("the result in the worker's reply is not base64; re-run the call") from None
+
+
+def seal_result(secret: bytes, job_id: str, call_id: str, status: dict[str, Any], outcome_bytes: bytes) -> bytes:
+    from wrenpack.worker import result
+
+    return auth.seal(secret, keys.identity(job_id, "result", call_id), result.pack(status, outcome_bytes))
+
+
+def is_authentic_result(secret: bytes, job_id: str, call_id: str, blob: bytes) -> bool:
+    try:
+        auth.unseal(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
+        return True
+    except CorruptObject:
+        return False
+
+
+def seal_segment(secret: bytes, job_id: str, call_id: str, segment: int, status_json: bytes) -> bytes:
+    return auth.seal(secret, keys.identity(job_id, "segment", call_id, segment), status_json)
+
+
+def open_segment(secret: bytes, job_id: str, call_id: str, segment: int, blob: bytes) -> dict[str, Any]:
+    """Verify and read a segment record (a JSON status)."""
+    import json
+
+    key = keys.segment_key(job_id, call_id, segment)
+    data = auth.unseal(secret, keys.identity(job_id, "segment", call_id, segment), blob, key)
+    try:
+        status = json.loads(data)
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        raise CorruptObject(f"{key} is authentic but unreadable; re-run the call")
+    return status
