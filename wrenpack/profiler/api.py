@@ -96,13 +96,13 @@ def predict_scaling(
     cpu = [min(r["cpu_s"] for r in runs) for runs in per_size]
     baseline = statistics.median(r["baseline_mb"] for runs in per_size for r in runs)
     fits = {
-        "memory": scaling.fit_power(sizes, growth),
-        "time": scaling.fit_power(sizes, fastest),
-        "cpu": scaling.fit_power(sizes, cpu),
+        "memory": scaling.choose(sizes, growth, target),
+        "time": scaling.choose(sizes, fastest, target),
+        "cpu": scaling.choose(sizes, cpu, target),
     }
-    peak_t = baseline + max(0.0, fits["memory"].predict(target))
-    dur_t = max(0.0, fits["time"].predict(target))
-    cpu_t = max(0.0, fits["cpu"].predict(target))
+    pred = {k: max(0.0, f.upper["prediction"]) for k, f in fits.items()}
+    upper = {k: max(0.0, f.upper["upper"]) for k, f in fits.items()}
+    peak_t = baseline + pred["memory"]
     prof = _assemble(per_size[-1], args_repr=f"make_input({sizes[-1]})" + (", " + _args_repr(args, kwargs) if args or kwargs else ""))
     prof.scaling = {
         "input": _name(make_input),
@@ -116,8 +116,14 @@ def predict_scaling(
         "cpu_fit": fits["cpu"].to_dict(),
         "target": target,
         "extrapolation_factor": target / sizes[-1],
-        "predicted": {"peak_memory_mb": peak_t, "growth_mb": peak_t - baseline, "duration_s": dur_t, "cpu_s": cpu_t},
-        "recommended": recommend.recommend(peak_t, dur_t, cpu_t, _predict_tmp(sizes, per_size, target)),
+        "predicted": {"peak_memory_mb": peak_t, "growth_mb": pred["memory"], "duration_s": pred["time"],
+                      "cpu_s": pred["cpu"]},
+        # the settings come from here: each prediction's upper bound (jackknife spread, cross-validated error)
+        "upper": {"peak_memory_mb": baseline + upper["memory"], "growth_mb": upper["memory"],
+                  "duration_s": upper["time"], "cpu_s": upper["cpu"]},
+        "uncertainty": {k: {n: round(v, 6) for n, v in f.upper.items()} for k, f in fits.items()},
+        "recommended": recommend.recommend(baseline + upper["memory"], upper["time"], upper["cpu"],
+                                           _predict_tmp(sizes, per_size, target)),
         "warnings": scaling.extrapolation_warnings(sizes, target, {"memory": fits["memory"], "time": fits["time"]}),
     }
     if save:
@@ -353,7 +359,7 @@ def _predict_tmp(sizes: list[int], per_size: list[list[dict]], target: int) -> f
     if max(tmp) <= 0:
         return 0.0
     try:
-        return max(0.0, scaling.fit_power(sizes, tmp).predict(target))
+        return max(0.0, scaling.choose(sizes, tmp, target).upper["upper"])
     except ValueError:
         return max(tmp)
 

@@ -113,14 +113,20 @@ def _scaling(console: Console, sc: dict[str, Any]) -> None:
     for n, g, d in zip(sc["sizes"], sc["memory_growth_mb"], sc["duration_s"]):
         t.add_row(f"{n:,}", _mb(g), _secs(d))
     pred = sc["predicted"]
+    up = sc.get("upper") or pred
     mf, tf = sc["memory_fit"], sc["time_fit"]
     t.add_row(f"[bold]{sc['target']:,}[/bold] (predicted)", f"[bold]{_mb(pred['growth_mb'])}[/bold]", f"[bold]{_secs(pred['duration_s'])}[/bold]")
-    t.caption = (
-        f"memory = {mf['c']:.4g} + {mf['a']:.4g}*n^{mf['b']:.3f} MB (R^2 {mf['r2']:.4f}); "
-        f"time = {tf['c']:.4g} + {tf['a']:.4g}*n^{tf['b']:.3f} s (R^2 {tf['r2']:.4f})"
-    )
+    t.add_row("  upper bound (used below)", _mb(up["growth_mb"]), _secs(up["duration_s"]))
+
+    def formula(f: dict[str, Any], unit: str) -> str:
+        growth = "n ln n" if f.get("log") else f"n^{f['b']:.3g}"
+        cv = f" , CV error {f['cv_error']:.1%}" if f.get("cv_error") is not None else ""
+        return f"{f['c']:.4g} + {f['a']:.4g}*{growth} {unit} ({f['method']}{cv}, R^2 {f['r2']:.4f})"
+
+    t.caption = f"memory = {formula(mf, 'MB')}; time = {formula(tf, 's')}"
     console.print(t)
-    console.print(f"predicted peak at n={sc['target']:,}: {_mb(pred['peak_memory_mb'])} (baseline {_mb(sc['baseline_mb'])} + growth)")
+    console.print(f"predicted peak at n={sc['target']:,}: {_mb(pred['peak_memory_mb'])}, up to {_mb(up['peak_memory_mb'])} "
+                  f"(baseline {_mb(sc['baseline_mb'])} + growth)")
     for w in sc.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
     _recommended(console, f"recommended Lambda settings at n={sc['target']:,}", sc["recommended"])

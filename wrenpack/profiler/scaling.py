@@ -135,6 +135,9 @@ def _cv(kind: float | str | None, ns: list[float], ys: list[float]) -> tuple[flo
     """Leave-one-out relative error (the largest point counts double) and the left-out fits."""
     errs, weights, fits = [], [], []
     minimum = 3 if kind is None else 2
+    # relative to the point, but never to less than a tenth of the largest value: a few ms of jitter
+    # on a tiny first measurement must not outvote how well the larger sizes are predicted
+    floor = 0.1 * max(abs(y) for y in ys)
     for i in range(len(ns)):
         rest_n = ns[:i] + ns[i + 1:]
         rest_y = ys[:i] + ys[i + 1:]
@@ -142,7 +145,7 @@ def _cv(kind: float | str | None, ns: list[float], ys: list[float]) -> tuple[flo
             continue
         f = _fit(kind, rest_n, rest_y)
         fits.append(f)
-        denom = max(abs(ys[i]), 1e-12)
+        denom = max(abs(ys[i]), floor, 1e-12)
         w = 2.0 if ns[i] == max(ns) else 1.0
         errs.append(w * abs(f.predict(ns[i]) - ys[i]) / denom)
         weights.append(w)
