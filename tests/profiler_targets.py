@@ -94,3 +94,9 @@ def child_spike(mb: int = 300) -> int:
     """A child process that allocates ``mb`` MB and exits at once (shorter than any sampling period)."""
     code = f"x = b'\\1' * ({mb} * {MB})"
     return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
