@@ -343,14 +343,14 @@ def test_handler_replies_with_the_sealed_result_when_it_fits(tmp_path, monkeypat
 def test_executor_uses_the_result_from_the_reply(ex, monkeypatch):
     opts = ex.options()
     opts.extra = {"event": {"reply_limit": 1 << 20}}
-    futs = ex.map(plus_one, [((1,), {}), ((2,), {})], opts)
+    futs = ex.launch(plus_one, [((1,), {}), ((2,), {})], opts)
     assert [f.result(timeout=60) for f in futs] == [2, 3]
     assert ex.store.list(keys.result_prefix(futs[0].job_id)) == []
     # A reply altered on the way is refused like a store object.
     original = ex._read_outcome
     monkeypatch.setattr(ex, "_read_outcome", lambda job, cid, label, data=None:
                         original(job, cid, label, data[:-1] + bytes([data[-1] ^ 1]) if data else data))
-    fut = ex.map(plus_one, [((1,), {})], opts)[0]
+    fut = ex.launch(plus_one, [((1,), {})], opts)[0]
     with pytest.raises(CorruptObject, match="failed authentication"):
         fut.result(timeout=60)
 

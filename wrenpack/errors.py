@@ -69,6 +69,29 @@ class MissingDependency(TaskError, ModuleNotFoundError):
     (an ``ImportError`` too, so ``except ImportError`` still catches it)."""
 
 
+class ExecutorShutdown(WrenpackError, RuntimeError):
+    """The executor was shut down; a ``RuntimeError`` too, as
+    ``concurrent.futures`` executors raise after ``shutdown``."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's traceback text (and the call's output tail); shown
+    as the cause of a remote error, the way ``ProcessPoolExecutor`` does it."""
+
+    def __init__(self, tb: str, logs: str | None = None) -> None:
+        super().__init__(tb, logs)
+        self.tb = tb
+        self.logs = logs
+
+    def __str__(self) -> str:
+        text = f'\n"""\nRemote traceback (in the worker):\n{self.tb.rstrip()}\n"""' if self.tb.strip() else ""
+        if self.logs:
+            tail = self.logs[-4000:]
+            cut = "(last 4000 characters; fut.logs has more)\n" if len(self.logs) > len(tail) else ""
+            text += f'\nOutput of the call:\n"""\n{cut}{tail.rstrip()}\n"""'
+        return text
+
+
 class RemoteError(WrenpackError):
     """A user exception whose type could not be rebuilt on the client."""
 

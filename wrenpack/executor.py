@@ -1,44 +1,75 @@
 """The executor: turns calls into stored objects and invocations, and
-invocation results back into resolved futures.
+invocation results back into resolved futures. ``Executor`` is a
+``concurrent.futures.Executor`` (``submit``, ``map``, ``shutdown``).
 
 ::
 
-    map(fn, calls)
-      1. a fresh per-job secret (wrenpack.auth); pickle fn once -> sealed -> jobs/<job>/func.pkl
-      2. pickle every call's arguments first (nothing launches if one fails);
-         small ones go inline in the event, large ones sealed -> jobs/<job>/input/<call>.pkl
-      3. backend.invoke(Invocation(protocol.Event(..., secret).to_dict(), limits, on_done))
-    on_done (backend thread) -> completion queue -> collector thread:
+    launch(fn, calls)
+      1. a fresh per-job secret (wrenpack.auth); the owner record jobs/<job>/owner.json;
+         pickle fn and every call's arguments in one by-value scope (nothing launches if one fails)
+         -> fn sealed -> jobs/<job>/func.pkl; small arguments inline in the event,
+         large ones sealed -> jobs/<job>/input/<call>.pkl
+      2. backend.invoke(Invocation(protocol.Event(..., secret).to_dict(), limits, on_start, on_done))
+    on_start (backend thread) -> the future turns RUNNING (PENDING before: cancel() may take it back)
+    on_done (backend thread) -> completion queue -> collector thread -> _complete:
       status "ok"/"error"  -> the result object from the reply (result.data) or
                               jobs/<job>/result/<call>.res, verified before unpickling
-                              -> set_result / set_exception
       status "checkpointed" -> verify the segment record, launch the next segment
-      backend error         -> set_exception(TaskTimeout, MemoryLimitExceeded, ...)
-      last call of a job    -> delete the job's objects (unless keep_objects)
+      backend error         -> TaskTimeout, MemoryLimitExceeded, ...
+      an error in retry_on  -> launch the call again (attempts share ``retries``)
+      -> _resolve: the one place a future is resolved; anything raised while
+         completing fails that future with a wrenpack error naming the cause
+      last call of a job    -> delete the job's objects (unless keep_objects, or a
+                               pickled future may still read them: then at shutdown)
+
+Shutdown drains: ``shutdown(wait=True)`` waits for every launched call, then
+stops the backend; ``wait=False`` returns at once and the collector stops the
+backend when the last call ends (``configure()`` retires the default executor
+this way). At interpreter exit calls still running are stopped and their
+jobs' objects removed; finished jobs' objects are already gone.
 """
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import base64
-import os
+import concurrent.futures as cf
+import dataclasses
+import json
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from wrenpack import auth, config as _config, keys, limits, protocol, serialize
 from wrenpack.backends import Backend, Invocation, InvocationResult, create_backend
 from wrenpack.config import Config, current
-from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, PayloadTooLarge, RemoteError, WrenpackError
+from wrenpack.errors import (
+    ConfigError,
+    CorruptObject,
+    ExecutorShutdown,
+    ObjectNotFound,
+    PayloadTooLarge,
+    RemoteTraceback,
+    StoreError,
+    WrenpackError,
+)
 from wrenpack.futures import WrenFuture
 from wrenpack.protocol import rebuild_exception  # noqa: F401 - re-exported (remote_function, tests)
 from wrenpack.storage import Store, store_for_config
 
 log = logging.getLogger(__name__)
+
+#: bytes of a call's stdout/stderr kept as ``fut.logs`` (the tail)
+LOG_TAIL_BYTES = 64 * 1024
+
+#: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
+OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env")
 
 
 @dataclass
@@ -50,7 +81,65 @@ class CallOptions:
     ephemeral_storage: int
     retries: int
     runtime: str | None = None
+    #: exception types (and TaskTimeout) a call is tried again on, up to ``retries``
+    retry_on: tuple[type[BaseException], ...] = ()
+    #: environment variables set in the worker for each call (restored after)
+    env: dict[str, str] = field(default_factory=dict)
+    capture_logs: int = LOG_TAIL_BYTES
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate per-function options where they are given (``"auto"`` allowed
+    for memory, timeout and ephemeral_storage), so a bad one fails at once with
+    a ConfigError naming the option, its source and what is allowed."""
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} (from {source}); known: {', '.join(OPTION_NAMES)}")
+    out = dict(options)
+    for name, value in options.items():
+        if value is None or (value == "auto" and name in ("memory", "timeout", "ephemeral_storage")):
+            continue
+        if name == "memory":
+            out[name] = limits.check_memory(value, source)
+        elif name == "timeout":
+            out[name] = limits.check_timeout(value, source)
+        elif name == "ephemeral_storage":
+            out[name] = limits.check_ephemeral(value, source)
+        elif name == "retries":
+            out[name] = _retries(value, source)
+        elif name == "runtime" and not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"runtime={value!r} (from {source}) must be a path to a built runtime")
+        elif name == "retry_on":
+            out[name] = _retry_on(value, source)
+        elif name == "env":
+            out[name] = _env(value, source)
+    return out
+
+
+def _retries(value: Any, source: str) -> int:
+    n = limits.whole_number("retries", value, source, "a whole number >= 0")
+    if n < 0:
+        raise ConfigError(f"retries={value!r} (from {source}) must be a whole number >= 0")
+    return n
+
+
+def _retry_on(value: Any, source: str) -> tuple[type[BaseException], ...]:
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in items):
+        raise ConfigError(f"retry_on={value!r} (from {source}) must be an exception type or a tuple of them, "
+                          "e.g. retry_on=(ConnectionError, wrenpack.TaskTimeout)")
+    return items
+
+
+def _env(value: Any, source: str) -> dict[str, str]:
+    ok = isinstance(value, dict) and all(
+        isinstance(k, str) and k and "=" not in k and "\0" not in k and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        for k, v in value.items()
+    )
+    if not ok:
+        raise ConfigError(f"env={value!r} (from {source}) must be a dict of variable names to text, e.g. env={{'OMP_NUM_THREADS': '1'}}")
+    return {k: str(v) for k, v in value.items()}
 
 
 @dataclass
@@ -62,14 +151,24 @@ class _Job:
     remaining: int
     #: The job's key (``wrenpack.auth``): only in memory and in its events, never in the store.
     secret: bytes = b""
+    #: the latest invocation of each call (for cancel and retries)
+    invocations: dict[str, Invocation] = field(default_factory=dict)
+    #: calls already resolved or cancelled
+    finished: set[str] = field(default_factory=set)
+    #: a future of this job was pickled: keep its objects until shutdown
+    pinned: bool = False
 
 
-class Executor:
+_executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+
+
+class Executor(cf.Executor):
     """Runs calls on one backend with one store. Most users never create one:
-    ``@wrenpack.remote`` uses a default built from the configuration."""
+    ``@wrenpack.remote`` uses a default built from the configuration.
+
+    ``Executor(backend=...)`` takes a backend name or a ready ``Backend``."""
 
     def __init__(self, config: Config | None = None, /, *, backend: Backend | str | None = None, **overrides: Any) -> None:
-        # ``backend`` is a name ("local", "lambda") or a ready Backend object (tests, custom backends).
         backend_obj = backend if isinstance(backend, Backend) else None
         if backend_obj is None and backend is not None:
             overrides["backend"] = backend
@@ -78,32 +177,44 @@ class Executor:
         self.config = config.replace(**overrides) if config is not None else current(**overrides)
         self.store: Store = store_for_config(self.config)
         self._backend: Backend | None = backend_obj
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._jobs: dict[str, _Job] = {}
         self._completions: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
         self._closed = False
+        self._release_when_idle = False
+        self._released = False
+        self._stopping = False  # at exit: no retries, no new segments
+        #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
+        self._kept_jobs: set[str] = set()
+        _executors.add(self)
+        if backend_obj is not None:
+            _exit_first()
 
     # -- public -----------------------------------------------------------------
     @property
     def backend(self) -> Backend:
         with self._lock:
             if self._backend is None:
+                if self._released:
+                    raise ExecutorShutdown("this executor was shut down; create a new one")
                 self._backend = create_backend(self.config.backend, self.config)
+                _exit_first()
             return self._backend
 
     def options(self, **given: Any) -> CallOptions:
         c = self.config
+        given = check_options({k: v for k, v in given.items() if v is not None}, "options")
         pick = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
         opts = CallOptions(
             memory=limits.check_memory(pick("memory", c.memory), "options"),
             timeout=limits.check_timeout(pick("timeout", c.timeout), "options"),
             ephemeral_storage=limits.check_ephemeral(pick("ephemeral_storage", c.ephemeral_storage), "options"),
-            retries=limits.whole_number("retries", pick("retries", c.retries), "options", "a whole number >= 0"),
+            retries=_retries(pick("retries", c.retries), "options"),
             runtime=pick("runtime", c.runtime),
+            retry_on=given.get("retry_on", ()),
+            env=given.get("env", {}),
         )
-        if opts.retries < 0:
-            raise ConfigError(f"retries={opts.retries} (from options) must be a whole number >= 0")
         if opts.runtime is not None:
             # Fail here, before anything launches, if it is not a built runtime.
             from wrenpack.backends.runtime_paths import site_dir
@@ -111,7 +222,73 @@ class Executor:
             opts.runtime = os.path.dirname(site_dir(opts.runtime))
         return opts
 
-    def map(
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> WrenFuture:
+        """Run ``fn(*args, **kwargs)`` as one remote call (every keyword is the
+        function's); ``fn`` may be a ``@wrenpack.remote`` function (its options apply)."""
+        self._check_open()
+        return self._remote(fn)._launch([(args, kwargs)])[0]
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Like ``concurrent.futures.Executor.map``: all calls launch now; the
+        iterator yields results in order, raises a call's exception, and
+        ``TimeoutError`` if a result is not there ``timeout`` s after this call.
+        ``chunksize > 1`` runs that many calls per invocation."""
+        self._check_open()
+        end = None if timeout is None else time.monotonic() + timeout
+        futs = self._remote(fn)._launch([(args, {}) for args in zip(*iterables)], None if chunksize == 1 else chunksize)
+
+        def results() -> Iterator[Any]:
+            try:
+                futs.reverse()
+                while futs:
+                    fut = futs.pop()
+                    yield fut.result() if end is None else fut.result(end - time.monotonic())
+            finally:
+                for fut in futs:
+                    fut.cancel()
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new calls after this. ``cancel_futures`` cancels the calls that have
+        not started. ``wait=True`` returns when every launched call has ended and
+        the backend has stopped; with ``wait=False`` that happens in the background."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs.values())
+        if cancel_futures:
+            for job in jobs:
+                for fut in list(job.futures.values()):
+                    fut.cancel()
+        if wait and threading.current_thread() is not self._collector:
+            cf.wait([f for job in jobs for f in job.futures.values()])
+            self._release()
+            return
+        with self._lock:
+            idle = not self._jobs
+            if not idle:
+                self._release_when_idle = True
+        if idle:
+            self._release()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(wait=True)
+        return None
+
+    # -- launching --------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ExecutorShutdown("cannot schedule new calls after shutdown; create a new Executor")
+
+    def _remote(self, fn: Callable[..., Any]) -> Any:
+        from wrenpack.remote_function import RemoteFunction
+
+        if isinstance(fn, RemoteFunction):
+            return RemoteFunction(fn.fn, executor=self, _source="options()", **fn._options)
+        return RemoteFunction(fn, executor=self)
+
+    def launch(
         self,
         fn: Callable[..., Any],
         calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
@@ -119,16 +296,17 @@ class Executor:
         label: str | None = None,
     ) -> list[WrenFuture]:
         """Launch one call per ``(args, kwargs)``; return their futures in order."""
-        if self._closed:
-            raise WrenpackError("this executor was shut down; create a new one")
+        self._check_open()
         label = label or getattr(fn, "__qualname__", "function")
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        # Everything is pickled before anything is stored or launched.
+        # Everything is pickled before anything is stored or launched, in one
+        # by-value scope: another thread's map cannot change how it pickles.
         user_modules = serialize.user_modules_of(fn)
-        fn_bytes = serialize.dumps_function(fn, user_modules)
-        payloads = [
-            serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
-        ]
+        with serialize.by_value(user_modules):
+            fn_bytes = serialize.dumps_function(fn, user_modules)
+            payloads = [
+                serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
+            ]
         limit = options.memory * 1024 * 1024
         for i, data in enumerate(payloads):
             if len(data) > limit:
@@ -138,21 +316,42 @@ class Executor:
                 )
         store = self.store
         secret = auth.new_secret()
-        store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
-        futures: dict[str, WrenFuture] = {}
-        invocations = []
         spec = store.spec
         extra_event = dict(options.extra.get("event", {}))
-        for i, data in enumerate(payloads):
+        if options.env:
+            extra_event["env"] = dict(options.env)
+        if options.capture_logs:
+            extra_event["capture_logs"] = options.capture_logs
+        args_specs: list[dict[str, Any]] = []
+        try:
+            store.put(keys.owner_key(job_id), json.dumps(owner_record(label)).encode())
+            store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
+            for i, data in enumerate(payloads):
+                cid = keys.call_id(i)
+                if len(data) <= self.config.inline_limit:
+                    args_specs.append({"inline": base64.b64encode(data).decode("ascii")})
+                else:
+                    key = keys.input_key(job_id, cid)
+                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), data))
+                    args_specs.append({"key": key})
+        except (OSError, StoreError) as exc:
+            self._delete_job(job_id)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot write the objects of {label} to {store.url}: {_os_reason(exc)}; "
+                             "free space or fix the storage= location") from None
+        futures: dict[str, WrenFuture] = {}
+        invocations = []
+        encoded = auth.encode_secret(secret)
+        for i, args_spec in enumerate(args_specs):
             cid = keys.call_id(i)
-            if len(data) <= self.config.inline_limit:
-                args_spec: dict[str, Any] = {"inline": base64.b64encode(data).decode("ascii")}
-            else:
-                key = keys.input_key(job_id, cid)
-                store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), data))
-                args_spec = {"key": key}
             call_label = f"{label}[{i}]" if len(payloads) > 1 else label
-            futures[cid] = WrenFuture(job_id, cid, call_label)
+            fut = WrenFuture(job_id, cid, call_label)
+            fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
+            fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
+            fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "secret": encoded,
+                        "result_job": job_id, "result_call": cid, "item": None}
+            futures[cid] = fut
             event = protocol.Event(
                 job_id=job_id, call_id=cid, store=spec, secret=secret, args=args_spec,
                 timeout_s=options.timeout, function_name=call_label, extra=extra_event,
@@ -161,6 +360,7 @@ class Executor:
                 Invocation(
                     event=event,
                     on_done=self._on_done,
+                    on_start=self._on_start,
                     memory_mb=options.memory,
                     timeout_s=options.timeout,
                     ephemeral_storage_mb=options.ephemeral_storage,
@@ -169,34 +369,68 @@ class Executor:
                     extra={"label": call_label},
                 )
             )
+        job = _Job(job_id, label, futures, options, len(futures), secret)
+        job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
-            self._jobs[job_id] = _Job(job_id, label, futures, options, len(futures), secret)
+            self._jobs[job_id] = job
         self._ensure_collector()
         log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.config.backend)
-        self.backend.invoke_many(invocations)
+        try:
+            self.backend.invoke_many(invocations)
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(job_id, None)
+            self._delete_job(job_id)
+            raise
         return list(futures.values())
 
-    def shutdown(self, wait: bool = True) -> None:
-        self._closed = True
-        with self._lock:
-            backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.shutdown(wait=wait)
-        if self._collector is not None:
-            self._completions.put(None)
-            if wait and self._collector is not threading.current_thread():
-                self._collector.join(timeout=5)
+    # -- lifecycle hooks (backend threads) --------------------------------------
+    def _on_start(self, inv: Invocation) -> None:
+        job = self._jobs.get(inv.key[0])
+        if job is not None and inv.key[1] in job.futures:
+            job.futures[inv.key[1]]._mark_running()
 
-    def __enter__(self) -> "Executor":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.shutdown()
-
-    # -- completion -------------------------------------------------------------
     def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
         self._completions.put((inv, result))
 
+    def _cancel(self, job_id: str, cid: str) -> bool:
+        """Take back a call that has not started (``WrenFuture.cancel``)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            backend = self._backend
+            if job is None or cid in job.finished or backend is None:
+                return False
+            inv = job.invocations[cid]
+        if not backend.cancel(inv):
+            return False
+        log.debug("%s: cancelled before it started", inv.label)
+        self._resolve(job, cid, False, None, cancelled=True)
+        return True
+
+    def _pin(self, job_id: str, cid: str) -> bool:
+        """A future of this job is being pickled: keep the job's objects (and
+        write results that came in a reply to the store) so the reference
+        resolves elsewhere. False if the call is done or about to be."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or cid in job.finished:
+                return False
+            job.pinned = True
+            return True
+
+    def _track(self, inv: Invocation) -> Invocation:
+        with self._lock:
+            job = self._jobs.get(inv.key[0])
+            if job is not None:
+                job.invocations[inv.key[1]] = inv
+        return inv
+
+    def _live_backend(self) -> Backend:
+        if self._stopping:
+            raise ExecutorShutdown("the program is exiting: wrenpack stopped its calls")
+        return self.backend
+
+    # -- completion (collector thread) ------------------------------------------
     def _ensure_collector(self) -> None:
         with self._lock:
             if self._collector is None or not self._collector.is_alive():
@@ -211,44 +445,170 @@ class Executor:
             inv, result = item
             try:
                 self._complete(inv, result)
-            except Exception:  # noqa: BLE001 - never let one bad call stop the others
-                log.exception("wrenpack: internal error completing %s", inv.key)
+            except BaseException as exc:  # noqa: BLE001 - fail this call, never stop the others
+                self._fail_completion(inv, exc)
+
+    def _fail_completion(self, inv: Invocation, exc: BaseException) -> None:
+        job = self._jobs.get(inv.key[0])
+        if job is None:
+            return
+        if isinstance(exc, WrenpackError):
+            err: BaseException = exc
+        elif isinstance(exc, OSError):
+            err = StoreError(f"{inv.label}: could not complete the call: {_os_reason(exc)} ({self.store.url})")
+        else:
+            log.debug("completing %s failed", inv.label, exc_info=True)
+            err = WrenpackError(f"{inv.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}")
+        try:
+            self._resolve(job, inv.key[1], False, err)
+        except Exception:  # noqa: BLE001 - last resort: the future itself
+            log.exception("wrenpack: could not fail %s", inv.label)
+            job.futures[inv.key[1]]._resolve(False, err)
 
     def _complete(self, inv: Invocation, result: InvocationResult) -> None:
         job_id, cid = inv.key
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or cid in job.finished:
             return
         fut = job.futures[cid]
         fut.segments += 1
-        if fut.done():
-            return
         status = result.status
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
-            try:
-                # Acted on only when authentic: a planted record must not relaunch the call.
-                status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
-            except WrenpackError as exc:
-                fut.set_exception(exc)
-                self._finish_call(job)
-                return
+            # Acted on only when authentic: a planted record must not relaunch the call.
+            status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
             fut.segment_statuses.append(status)
             self._continue(inv, status)
             return
-        fut.status = status
+        data = None
         if result.error is not None:
-            fut.set_exception(result.error)
+            ok, value, stored = False, result.error, status
         else:
+            data = result.data
             try:
-                stored_status, value_or_exc, ok = self._read_outcome(job, cid, fut.label, result.data)
-                fut.status = stored_status or status
+                stored, value, ok = self._read_outcome(job, cid, fut.label, data)
             except WrenpackError as exc:
-                value_or_exc, ok = exc, False
-            if ok:
-                fut.set_result(value_or_exc)
-            else:
-                fut.set_exception(value_or_exc)
-        self._finish_call(job)
+                stored, value, ok = None, exc, False
+            stored = stored or status
+        final = dict(stored or {})
+        logs = final.pop("logs", None)
+        final["attempt"] = inv.attempt
+        retried = fut.__dict__.setdefault("_retried", [])
+        if retried:
+            final["retried"] = list(retried)
+        if not ok and self._should_retry(job, inv, value):
+            retried.append(f"{type(value).__name__}: {value}")
+            self._retry(job, inv)
+            return
+        fut.status, fut.logs = final, logs
+        if not ok and logs and isinstance(value, BaseException):
+            cause = value.__cause__
+            if isinstance(cause, RemoteTraceback):
+                cause.logs = logs
+            elif cause is None:
+                value.__cause__ = RemoteTraceback("", logs)
+        self._resolve(job, cid, ok, value, data=data)
+
+    def _should_retry(self, job: _Job, inv: Invocation, exc: Any) -> bool:
+        on = job.options.retry_on
+        return bool(on) and not self._stopping and inv.attempt < inv.retries and isinstance(exc, on)
+
+    def _retry(self, job: _Job, inv: Invocation) -> None:
+        """Launch a call again after an error the user listed in ``retry_on``."""
+        _job_id, cid = inv.key
+        attempt = inv.attempt + 1
+        log.warning("%s failed; retrying (attempt %d of %d) as retry_on asks", inv.label, attempt + 1, inv.retries + 1)
+        # The failed attempt's result object would win the next write ("first wins").
+        self.store.delete(keys.result_key(job.job_id, cid))
+        again = dataclasses.replace(inv, attempt=attempt, event=dict(inv.event, attempt=attempt))
+        self._live_backend().invoke(self._track(again))
+
+    def _resolve(self, job: _Job, cid: str, ok: bool, value: Any, data: bytes | None = None, cancelled: bool = False) -> None:
+        """The one place a call ends: bookkeeping, the job's objects, then the future."""
+        with self._lock:
+            if cid in job.finished:
+                return
+            job.finished.add(cid)
+            persist = job.pinned and data is not None
+            last = len(job.finished) == len(job.futures)
+            if last:
+                self._jobs.pop(job.job_id, None)
+                if job.pinned:
+                    self._kept_jobs.add(job.job_id)
+        if persist:
+            # A pickled reference reads the result from the store, not from our reply.
+            try:
+                self.store.put(keys.result_key(job.job_id, cid), data, if_absent=True)
+            except Exception:  # noqa: BLE001
+                log.warning("could not store the result of %s for its pickled future", job.futures[cid].label, exc_info=True)
+        if last and not job.pinned and not self.config.keep_objects:
+            self._delete_job(job.job_id)
+        if not cancelled:
+            job.futures[cid]._resolve(ok, value)
+        if last:
+            self._job_ended()
+
+    def _job_ended(self) -> None:
+        with self._lock:
+            release = self._release_when_idle and not self._jobs
+        if release:
+            self._release()
+
+    def _delete_job(self, job_id: str) -> None:
+        try:
+            self.store.delete_prefix(keys.job_prefix(job_id))
+        except Exception as exc:  # noqa: BLE001 - the results are already read
+            log.warning("could not delete the objects of job %s from %s: %s", job_id, self.store.url, exc)
+
+    def _release(self) -> None:
+        """Every call has ended: stop the backend and the collector, remove
+        jobs kept for pickled futures. Runs once."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            backend, self._backend = self._backend, None
+            kept, self._kept_jobs = set(self._kept_jobs), set()
+            collector = self._collector
+        if backend is not None:
+            try:
+                backend.shutdown(wait=not self._stopping)
+            except Exception:  # noqa: BLE001
+                log.warning("the %s backend did not shut down cleanly", self.config.backend, exc_info=True)
+        if not self.config.keep_objects:
+            for job_id in kept:
+                self._delete_job(job_id)
+        if collector is not None:
+            self._completions.put(None)
+            if collector is not threading.current_thread():
+                collector.join(timeout=5)
+
+    def _exit(self) -> None:
+        """Interpreter exit (or Ctrl-C): stop calls still running, remove what
+        they left in the store (unless keep_objects), stop the backend."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs.values())
+        running = [f for job in jobs for f in job.futures.values() if not f.done()]
+        if running:
+            self._stopping = True
+            log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
+                        "" if self.config.keep_objects else " and removing their objects from the store")
+            for fut in running:
+                fut.cancel()
+            with self._lock:
+                backend = self._backend
+            if backend is not None:
+                try:
+                    backend.shutdown(wait=False)
+                except Exception:  # noqa: BLE001
+                    log.debug("backend shutdown at exit failed", exc_info=True)
+            cf.wait(running, timeout=3)
+            stopped = ExecutorShutdown("the program exited before the call finished; wrenpack stopped it")
+            for job in jobs:
+                for cid, fut in list(job.futures.items()):
+                    if not fut.done():
+                        self._resolve(job, cid, False, stopped)
+        self._release()
 
     def _continue(self, inv: Invocation, status: dict[str, Any]) -> None:
         """Launch the next segment of a checkpointed call."""
@@ -257,19 +617,7 @@ class Executor:
             # What this segment learned (step and save times) tunes the next one.
             event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.label, event["segment"] - 1, event["segment"])
-        self.backend.invoke(dataclasses.replace(inv, event=event, attempt=0))
-
-    def _finish_call(self, job: _Job) -> None:
-        with self._lock:
-            job.remaining -= 1
-            finished = job.remaining == 0
-            if finished:
-                self._jobs.pop(job.job_id, None)
-        if finished and not self.config.keep_objects:
-            try:
-                self.store.delete_prefix(keys.job_prefix(job.job_id))
-            except Exception:  # noqa: BLE001
-                log.warning("could not delete the objects of job %s", job.job_id, exc_info=True)
+        self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
 
     def _read_segment(self, job: _Job, cid: str, segment: int) -> dict[str, Any]:
         """The verified record of a segment that saved a checkpoint."""
@@ -298,6 +646,42 @@ class Executor:
         return status, outcome.rebuild(label), False
 
 
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError as a short reason (``No space left on device: '/x'``)."""
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}: {exc.filename!r}" if exc.filename else reason
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time (clock ticks after boot), which tells a live
+    owner from a new process that reuses its pid; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_record(label: str = "") -> dict[str, Any]:
+    """What jobs/<job>/owner.json holds: who launched the job, and when."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+            "created": time.time(), "label": label}
+
+
+def owner_alive(record: dict[str, Any]) -> bool | None:
+    """True if the owner process lives, False if it is gone, None if it ran on
+    another host (cannot tell from here)."""
+    if record.get("host") != socket.gethostname():
+        return None
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    start = _process_start(pid)
+    return start is not None and (record.get("start") is None or start == record.get("start"))
+
+
 _default: Executor | None = None
 _default_lock = threading.Lock()
 
@@ -311,6 +695,8 @@ def default_executor() -> Executor:
 
 
 def reset_default_executor() -> None:
+    """Retire the default executor (``configure``): it finishes the calls
+    already launched, in the background; the next use builds a new one."""
     global _default
     with _default_lock:
         old, _default = _default, None
@@ -321,7 +707,20 @@ def reset_default_executor() -> None:
 _config._on_configure.append(reset_default_executor)
 
 
-@atexit.register
-def _shutdown_default() -> None:
-    if _default is not None:
-        _default.shutdown(wait=False)
+def _exit_first() -> None:
+    """(Re)register the exit hook after a backend module registered its own:
+    atexit runs the last registered first, so the executor stops its calls
+    (and says so, and removes their objects) before a backend stops workers."""
+    atexit.unregister(_at_exit)
+    atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    for ex in list(_executors):
+        try:
+            ex._exit()
+        except Exception:  # noqa: BLE001 - exit anyway
+            log.debug("wrenpack exit cleanup failed", exc_info=True)
+
+
+atexit.register(_at_exit)

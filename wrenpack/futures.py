@@ -9,49 +9,87 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import sys
-from typing import Any, Iterable, Iterator, Sequence
+import time
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from wrenpack.errors import RemoteTraceback  # noqa: F401 - re-exported
+from wrenpack.worker import refs
 
 __all__ = ["WrenFuture", "get", "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 
-class RemoteTraceback(Exception):
-    """Carries the worker's traceback text; shown as the cause of a remote error."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f'\n"""\nRemote traceback (in the worker):\n{self.tb.rstrip()}\n"""'
-
-
 class WrenFuture(cf.Future):
-    """The future of one remote call."""
+    """The future of one remote call: PENDING until the call starts running,
+    RUNNING while it runs, then finished (or cancelled, if taken back before
+    it started). Pickles to a reference to its call (``wrenpack.worker.refs``)."""
 
     def __init__(self, job_id: str, call_id: str, label: str) -> None:
         super().__init__()
         self.job_id = job_id
         self.call_id = call_id
         self.label = label
-        #: the status record the worker wrote (timings, peak memory, exit kind), once done
+        #: the status record the worker wrote (timings, peak memory, exit kind,
+        #: ``attempt``; ``retried``: what earlier attempts raised), once done
         self.status: dict[str, Any] | None = None
+        #: the tail (last 64 KB) of what the call printed to stdout/stderr, once done
+        self.logs: str | None = None
         #: how many invocations this call took (more than 1 when checkpointed)
         self.segments = 0
         #: how many invocations the function's saved profile predicts (1 without one)
         self.expected_segments = 1
         #: status records of the segments that ended in a checkpoint, in order
         self.segment_statuses: list[dict[str, Any]] = []
-        self.set_running_or_notify_cancel()
+        # Set by the executor: take the call back if it has not started; keep
+        # its job's objects for a pickled reference; what the reference holds.
+        self._canceller: Callable[[], bool] | None = None
+        self._pin: Callable[[], bool] | None = None
+        self._ref: dict[str, Any] | None = None
+        refs.register(self)
 
     def cancel(self) -> bool:
-        # A call already handed to a backend cannot be recalled (as on Lambda).
-        return False
+        """Cancel a call that has not started (its callbacks then run); False
+        once it runs or is done, as ``concurrent.futures`` defines it."""
+        with self._condition:
+            if self._state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED):
+                return True
+            if self._state != _base.PENDING:
+                return False
+        canceller = self._canceller
+        if canceller is None or not canceller():
+            return False
+        if not super().cancel():
+            return False
+        # Nobody will pick it up later (as a pool worker would): wake waiters now.
+        self.set_running_or_notify_cancel()
+        return True
 
-    def __repr__(self) -> str:
-        return f"<WrenFuture {self.label} state={self._state.lower()}>"
+    def _mark_running(self) -> None:
+        """The call began running (the backend's ``on_start``)."""
+        with self._condition:
+            if self._state == _base.PENDING:
+                self.set_running_or_notify_cancel()
 
+    def _resolve(self, ok: bool, value: Any) -> bool:
+        """Set the outcome unless already done or cancelled; True if it was set."""
+        try:  # (callbacks must not run under our lock: no outer lock here)
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
+        except cf.InvalidStateError:
+            return False
+        return True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if not self.done() and self._ref is not None and (self._pin is None or self._pin()):
+            return (refs.rebuild, (self._ref,))
+        # Done (or its job is being removed right now, so done in a moment):
+        # the future travels with its outcome.
+        if self.cancelled():
+            return (refs.finished, (self.label, "cancelled", None))
+        exc = self.exception()
+        return (refs.finished, (self.label, "ok", self.result()) if exc is None else (self.label, "error", exc))
 
 def _as_list(futures: WrenFuture | Iterable[WrenFuture]) -> tuple[list[WrenFuture], bool]:
     if isinstance(futures, cf.Future):
@@ -59,26 +97,54 @@ def _as_list(futures: WrenFuture | Iterable[WrenFuture]) -> tuple[list[WrenFutur
     return list(futures), False
 
 
-def get(futures: WrenFuture | Iterable[WrenFuture], timeout: float | None = None, progress: bool | None = None) -> Any:
-    """Results in order (one result for one future); raises the first failure in order.
+def get(
+    futures: cf.Future | Iterable[cf.Future],
+    timeout: float | None = None,
+    progress: bool | None = None,
+    return_exceptions: bool = False,
+) -> Any:
+    """Results in order (one result for one future); raises the first failure
+    in order, or with ``return_exceptions=True`` puts each failure (exception
+    object) in its place. A result that is itself a future (or a list of them:
+    a call that returned futures) is resolved to its result too.
 
     Shows a progress bar on a terminal (``progress=None``), or when asked.
     """
     futs, single = _as_list(futures)
+    deadline = None if timeout is None else time.monotonic() + timeout
     if progress is None:
         from wrenpack.config import current
 
         progress = current().progress
         if progress is None:
             progress = sys.stderr.isatty() and len(futs) > 1
-    if progress and futs:
-        _wait_with_progress(futs, timeout)
+    waitable = [f for f in futs if not isinstance(f, refs.CallRef)]
+    if progress and waitable:
+        _wait_with_progress(waitable, timeout)
     else:
-        done, pending = cf.wait(futs, timeout=timeout)
+        done, pending = cf.wait(waitable, timeout=timeout)
         if pending:
             raise cf.TimeoutError(f"{len(pending)} of {len(futs)} calls not finished after {timeout} s")
-    results = [f.result(timeout=0) for f in futs]
+    results = [_value(f, return_exceptions, deadline, 0) for f in futs]
     return results[0] if single else results
+
+
+def _value(fut: cf.Future, return_exceptions: bool, deadline: float | None, depth: int) -> Any:
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        value = fut.result(timeout=left)
+    except cf.TimeoutError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the call's own exception (or CancelledError)
+        if not return_exceptions or not isinstance(exc, Exception):
+            raise
+        return exc
+    if depth < 8:
+        if isinstance(value, cf.Future):
+            return _value(value, return_exceptions, deadline, depth + 1)
+        if isinstance(value, list) and value and all(isinstance(v, cf.Future) for v in value):
+            return [_value(v, return_exceptions, deadline, depth + 1) for v in value]
+    return value
 
 
 def _wait_with_progress(futs: Sequence[WrenFuture], timeout: float | None) -> None:

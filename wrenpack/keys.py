@@ -8,6 +8,7 @@
     jobs/<job_id>/result/<s>/<call_id>.<n>.seg  segment n of a split call saved a checkpoint (JSON status)
     jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
+    jobs/<job_id>/owner.json                    the client process that launched the job (not sealed, never unpickled)
 
 ``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
 workers write spread over a few prefixes, so one job is not capped by one
@@ -65,6 +66,12 @@ def segment_key(job_id: str, call_id: str, segment: int) -> str:
 
 def start_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/start/{call_id}"
+
+
+def owner_key(job_id: str) -> str:
+    """Who launched the job (JSON: host, pid, process start time): ``wrenpack
+    clean --stale`` removes jobs whose owner is gone."""
+    return f"{JOBS}{job_id}/owner.json"
 
 
 def checkpoint_key(job_id: str, call_id: str) -> str:

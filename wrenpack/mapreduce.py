@@ -151,7 +151,7 @@ class _Job:
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
 
     def _map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], options: CallOptions, label: str) -> list[WrenFuture]:
-        futures = self.executor.map(fn, [(args, {}) for args in calls], options, label=label)
+        futures = self.executor.launch(fn, [(args, {}) for args in calls], options, label=label)
         with self._lock:
             self.launched.extend(futures)
         return futures

@@ -8,15 +8,13 @@ import os
 import threading
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
-from wrenpack import limits
 from wrenpack.errors import ConfigError
-from wrenpack.executor import CallOptions, Executor, default_executor
+from wrenpack.executor import CallOptions, Executor, check_options, default_executor
 from wrenpack.futures import WrenFuture
 
 T = TypeVar("T")
 log = logging.getLogger("wrenpack")
 
-_OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime")
 
 
 class RemoteFunction(Generic[T]):
@@ -25,21 +23,21 @@ class RemoteFunction(Generic[T]):
     def __init__(self, fn: Callable[..., T], /, executor: Executor | None = None, _source: str = "@wrenpack.remote", **options: Any) -> None:
         if not callable(fn):
             raise ConfigError(f"@wrenpack.remote needs a function, got {type(fn).__name__}")
-        unknown = set(options) - set(_OPTION_NAMES)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(_OPTION_NAMES)}")
         options = check_options(options, _source)
+        # Name, docstring and __wrapped__ of the function, but never its
+        # attributes: they would overwrite this object's own (an attribute
+        # named ``fn`` of a callable object, say).
+        functools.update_wrapper(self, fn, updated=())
         self.fn = fn
         self._executor = executor
         self._options = options
         self._auto_lock = threading.Lock()
-        functools.update_wrapper(self, fn)
 
     # -- local ------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> T:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> T:
         return self.fn(*args, **kwargs)
 
-    def local(self, *args: Any, **kwargs: Any) -> T:
+    def local(self, /, *args: Any, **kwargs: Any) -> T:
         """Run here, in this process: no backend, no limits."""
         return self.fn(*args, **kwargs)
 
@@ -48,16 +46,17 @@ class RemoteFunction(Generic[T]):
     def executor(self) -> Executor:
         return self._executor or default_executor()
 
-    def options(self, **options: Any) -> "RemoteFunction[T]":
-        """A copy with some options changed: ``f.options(memory=2048).map(...)``."""
+    def options(self, /, **options: Any) -> "RemoteFunction[T]":
+        """A copy with some options changed: ``f.options(memory=2048).map(...)``,
+        ``f.options(env={"OMP_NUM_THREADS": "1"}, retry_on=(ConnectionError,))``."""
         executor = options.pop("executor", self._executor)
         return RemoteFunction(self.fn, executor=executor, _source="options()", **{**self._options, **options})
 
-    def remote(self, *args: Any, **kwargs: Any) -> WrenFuture:
-        """Run one call remotely; returns its future."""
+    def remote(self, /, *args: Any, **kwargs: Any) -> WrenFuture:
+        """Run one call remotely; returns its future. Every keyword is the function's."""
         return self._launch([(args, kwargs)])[0]
 
-    def map(self, items: Iterable[Any], *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
+    def map(self, items: Iterable[Any], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per item, ``fn(item, **kwargs)``; futures in the items' order.
 
         ``chunksize=k`` runs k consecutive calls per invocation (each keeps its
@@ -66,7 +65,7 @@ class RemoteFunction(Generic[T]):
         invocation runs about a second (never more than half its timeout)."""
         return self._launch([((item,), kwargs) for item in items], chunksize)
 
-    def starmap(self, items: Iterable[Iterable[Any]], *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
+    def starmap(self, items: Iterable[Iterable[Any]], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
         return self._launch([(tuple(item), kwargs) for item in items], chunksize)
 
@@ -85,7 +84,7 @@ class RemoteFunction(Generic[T]):
         if chunksize is not None and chunksize != 1:
             futures = _launch_batched(executor, self.fn, calls, options, label, chunksize)
         else:
-            futures = executor.map(self.fn, calls, options, label=label)
+            futures = executor.launch(self.fn, calls, options, label=label)
         for fut in futures:
             fut.expected_segments = expected
         return futures
@@ -146,28 +145,6 @@ class RemoteFunction(Generic[T]):
         return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
 
 
-def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
-    """Validate per-function options where they are given (``"auto"`` allowed
-    for memory, timeout and ephemeral_storage), so a bad one fails at once."""
-    out = dict(options)
-    for name, value in options.items():
-        if value is None or (value == "auto" and name in ("memory", "timeout", "ephemeral_storage")):
-            continue
-        if name == "memory":
-            out[name] = limits.check_memory(value, source)
-        elif name == "timeout":
-            out[name] = limits.check_timeout(value, source)
-        elif name == "ephemeral_storage":
-            out[name] = limits.check_ephemeral(value, source)
-        elif name == "retries":
-            out[name] = limits.whole_number("retries", value, source, "a whole number >= 0")
-            if out[name] < 0:
-                raise ConfigError(f"retries={value!r} (from {source}) must be a whole number >= 0")
-        elif name == "runtime" and not isinstance(value, (str, os.PathLike)):
-            raise ConfigError(f"runtime={value!r} (from {source}) must be a path to a built runtime")
-    return out
-
-
 def _uses_checkpoint(fn: Callable[..., Any]) -> bool:
     code = getattr(fn, "__code__", None)
     stack = [code] if code is not None else []
@@ -205,24 +182,33 @@ def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tupl
     if not isinstance(chunksize, int) or chunksize < 1:
         raise ConfigError(f"chunksize={chunksize!r} must be a whole number of at least 1")
     groups = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-    group_futures = executor.map(Batch(fn), [((group,), {}) for group in groups], options, label=label)
+    group_futures = executor.launch(Batch(fn), [((group,), {}) for group in groups], options, label=label)
     out: list[WrenFuture] = []
     for g, (group, gfut) in enumerate(zip(groups, group_futures)):
         first = g * chunksize
         items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]") for j in range(len(group))]
+        for j, item in enumerate(items):
+            # Cancelling an item takes back its whole group (they run as one invocation).
+            item._canceller, item._pin = gfut.cancel, gfut._pin
+            if gfut._ref is not None:
+                item._ref = dict(gfut._ref, call_id=item.call_id, label=item.label, item=j)
 
         def resolve(done: WrenFuture, items: list[WrenFuture] = items) -> None:
+            if done.cancelled():
+                for item in items:
+                    item.cancel()
+                return
             exc = done.exception()
             for j, item in enumerate(items):
-                item.status, item.segments = done.status, done.segments
+                item.status, item.segments, item.logs = done.status, done.segments, done.logs
                 if exc is not None:
-                    item.set_exception(exc)
+                    item._resolve(False, exc)
                     continue
                 outcome = done.result()[j]
                 if outcome[0] == "ok":
-                    item.set_result(outcome[1])
+                    item._resolve(True, outcome[1])
                 else:
-                    item.set_exception(rebuild_exception(outcome, item.label))
+                    item._resolve(False, rebuild_exception(outcome, item.label))
 
         gfut.add_done_callback(resolve)
         out.extend(items)
@@ -239,9 +225,12 @@ def remote(fn: Callable[..., T] | None = None, **options: Any) -> Any:
     """Decorate a function so it can run as remote calls.
 
     Options (all optional; Lambda units): ``memory`` (MB, or "auto" from its
-    profile), ``timeout`` (s, or "auto"), ``retries`` (crash retries),
-    ``ephemeral_storage`` (MB of /tmp), ``runtime`` (a built runtime directory),
-    ``executor`` (an ``Executor`` instead of the default one).
+    profile), ``timeout`` (s, or "auto"), ``retries`` (how often a call is tried
+    again after a worker crash, or an exception listed in ``retry_on``),
+    ``retry_on`` (exception types, e.g. ``(ConnectionError, wrenpack.TaskTimeout)``),
+    ``env`` (environment variables for the calls), ``ephemeral_storage`` (MB of
+    /tmp), ``runtime`` (a built runtime directory), ``executor`` (an
+    ``Executor`` instead of the default one).
     """
     executor = options.pop("executor", None)
     if fn is None:

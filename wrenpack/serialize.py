@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 import sysconfig
+import threading
 import types
 from functools import lru_cache
 from typing import Any, Callable, Iterator
@@ -97,21 +98,44 @@ def user_modules_of(fn: Any) -> set[types.ModuleType]:
     return found
 
 
+_registry_lock = threading.Lock()
+#: module name -> how many wrenpack scopes need it pickled by value now
+_scope_counts: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def by_value(modules: set[types.ModuleType]) -> Iterator[None]:
-    registered = []
-    for module in modules:
-        try:
-            cloudpickle.register_pickle_by_value(module)
-            registered.append(module)
-        except ValueError:  # already registered
-            pass
+    """Pickle ``modules`` by value while inside. Safe across threads: the
+    registration is counted, so a module stays registered until the last scope
+    that needs it ends; a module registered by the user stays registered."""
+    mine: list[str] = []
+    with _registry_lock:
+        for module in modules:
+            name = module.__name__
+            count = _scope_counts.get(name, 0)
+            if count == 0:
+                if name in cloudpickle.list_registry_pickle_by_value():
+                    continue  # registered by the user: theirs to undo, not ours
+                try:
+                    cloudpickle.register_pickle_by_value(module)
+                except ValueError:  # not importable by name (not in sys.modules)
+                    continue
+            _scope_counts[name] = count + 1
+            mine.append(name)
     try:
         yield
     finally:
-        for module in registered:
-            with contextlib.suppress(ValueError):
-                cloudpickle.unregister_pickle_by_value(module)
+        with _registry_lock:
+            for name in mine:
+                left = _scope_counts[name] - 1
+                if left:
+                    _scope_counts[name] = left
+                    continue
+                del _scope_counts[name]
+                module = sys.modules.get(name)
+                if module is not None:
+                    with contextlib.suppress(ValueError):
+                        cloudpickle.unregister_pickle_by_value(module)
 
 
 def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] | None = None) -> bytes:

@@ -14,6 +14,7 @@ as ``/tmp`` and ``/dev/shm`` have). Standard library only: the worker imports th
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import stat
@@ -50,6 +51,13 @@ class LocalStore(Store):
             self._made.add(directory)
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        try:
+            return self._put(key, data, if_absent)
+        except OSError as exc:  # disk full, read-only, a file where a folder should be
+            raise StoreError(f"cannot write {key} to {self.url}: {_reason(exc)}; free space, or fix the store "
+                             "directory, or set storage= to another one") from None
+
+    def _put(self, key: str, data: bytes, if_absent: bool) -> bool:
         path = self._path(key)
         directory = os.path.dirname(path)
         self._ensure_dir(directory)
@@ -81,6 +89,8 @@ class LocalStore(Store):
                 return f.read()
         except FileNotFoundError:
             raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         try:
@@ -139,13 +149,41 @@ class LocalStore(Store):
         base_dir = prefix.rstrip("/") if prefix.endswith("/") else prefix.rsplit("/", 1)[0]
         if base_dir:
             top = os.path.join(self.root, base_dir)
-            for dirpath, _dirs, _files in sorted(os.walk(top, topdown=False), key=lambda t: -len(t[0])):
+            for dirpath, _dirs, files in sorted(os.walk(top, topdown=False), key=lambda t: -len(t[0])):
+                if prefix.endswith("/"):
+                    # Temporary files of writers that died mid-write go with their job.
+                    for name in files:
+                        if name.startswith(".tmp-"):
+                            with contextlib.suppress(OSError):
+                                os.unlink(os.path.join(dirpath, name))
                 try:
                     os.rmdir(dirpath)
                 except OSError:
                     pass
             self._made = {d for d in self._made if not d.startswith(top)}
         return len(keys)
+
+
+def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
+    """Remove temporary files (``.tmp-*``) that writers killed mid-write left,
+    older than ``older_than_s``; return how many."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for dirpath, _dirs, files in os.walk(store.root):
+        for name in files:
+            if name.startswith(".tmp-"):
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+    return removed
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def _make_private_root(root: str) -> None:

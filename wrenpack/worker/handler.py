@@ -37,7 +37,7 @@ import cloudpickle
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
-from wrenpack.worker import checkpoint, memory, result
+from wrenpack.worker import callscope, checkpoint, memory, result
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -225,13 +225,14 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
+    scope = callscope.CallScope(event)  # the call's env= and captured output (issue 11)
     _mark_start(store, event, start)
     try:
         fn = _load_function(store, ev)
         args, kwargs = _load_args(store, ev)
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
-        value = fn(*args, **kwargs)
+        value = scope.run(fn, *args, **kwargs)
         try:
             outcome = cloudpickle.dumps(("ok", value))
         except Exception as exc:  # noqa: BLE001
@@ -303,6 +304,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "request_id": getattr(context, "aws_request_id", None),
     }
     status.update(extra_status)
+    status.update(scope.status())
     if kind == "checkpointed":
         # The call goes on in a new invocation; the client launches it on seeing this.
         record = protocol.seal_segment(ev.secret, job_id, call_id, ev.segment, json.dumps(status).encode())

@@ -1,0 +1,280 @@
+"""Issue 11: the futures contract Python users know, on the local backend.
+
+``wrenpack.Executor`` is a ``concurrent.futures.Executor``; its futures are
+PENDING until the call starts, RUNNING while it runs; a queued call can be
+cancelled; futures travel between calls; retry_on, env, return_exceptions and
+a call's captured output."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+import wrenpack
+from wrenpack.errors import ExecutorShutdown, TaskTimeout
+
+
+def square(x):
+    return x * x
+
+
+def sleeper(s):
+    time.sleep(s)
+    return s
+
+
+def keywords(self=None, fn=None, items=None, chunk=None):
+    return {"self": self, "fn": fn, "items": items}
+
+
+@pytest.fixture
+def one_worker(tmp_path):
+    """An executor with one worker: the second call waits in the queue."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, retries=0)
+    yield ex
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_is_a_concurrent_futures_executor(executor):
+    assert isinstance(executor, cf.Executor)
+    fut = executor.submit(square, 7)
+    assert isinstance(fut, cf.Future) and fut.result(timeout=60) == 49
+    assert list(executor.map(square, [1, 2, 3])) == [1, 4, 9]
+    assert list(executor.map(pow, [2, 3], [5, 2])) == [32, 9]
+    assert list(executor.map(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+
+
+def test_keyword_names_reach_the_function(executor, remote):
+    assert executor.submit(keywords, self=1, fn=2, items=3).result(timeout=60) == {"self": 1, "fn": 2, "items": 3}
+    f = remote(keywords)
+    assert f.remote(self=4, fn=5, items=6).result(timeout=60) == {"self": 4, "fn": 5, "items": 6}
+    assert f(self=7, fn=8) == {"self": 7, "fn": 8, "items": None}
+    assert [x["fn"] for x in wrenpack.get(f.map([1, 2], fn=9, items=10))] == [9, 9]
+
+
+def test_map_timeout_raises_timeout_error(executor):
+    results = executor.map(sleeper, [0.01, 5], timeout=1.0)
+    assert next(results) == 0.01
+    with pytest.raises(TimeoutError):
+        next(results)
+
+
+def test_states_cancel_and_callbacks(one_worker):
+    ex = one_worker
+    first = ex.submit(sleeper, 1.0)
+    queued = ex.submit(sleeper, 0.01)
+    deadline = time.monotonic() + 30
+    while not first.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.running() and not first.done()
+    assert not queued.running() and not queued.done()  # PENDING: waiting for the worker
+    assert "state=pending" in repr(queued) and repr(queued).startswith("<WrenFuture at 0x")
+    seen = []
+    queued.add_done_callback(lambda f: seen.append(f.cancelled()))
+    assert queued.cancel() and queued.cancelled() and queued.done()
+    assert seen == [True]
+    with pytest.raises(cf.CancelledError):
+        queued.result()
+    assert not first.cancel()  # running: too late
+    assert first.result(timeout=30) == 1.0
+    assert "state=finished returned float" in repr(first)
+    done, not_done = cf.wait([first, queued], timeout=5)
+    assert not not_done
+
+
+def test_shutdown_wait_runs_queued_calls(one_worker):
+    futs = [one_worker.submit(sleeper, 0.2) for _ in range(3)]
+    one_worker.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futs] == [0.2, 0.2, 0.2]
+
+
+def test_shutdown_cancel_futures(one_worker):
+    running = one_worker.submit(sleeper, 0.5)
+    deadline = time.monotonic() + 30
+    while not running.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = [one_worker.submit(square, i) for i in range(3)]
+    one_worker.shutdown(wait=True, cancel_futures=True)
+    assert running.result(timeout=0) == 0.5
+    assert all(f.cancelled() for f in queued)
+
+
+def test_runtime_error_after_shutdown(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
+    with ex:
+        assert ex.submit(square, 3).result(timeout=60) == 9
+    for launch in (lambda: ex.submit(square, 1), lambda: ex.map(square, [1]),
+                   lambda: wrenpack.remote(square, executor=ex).remote(1)):
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            launch()
+    assert issubclass(ExecutorShutdown, wrenpack.WrenpackError)
+
+
+def test_future_result_timeout(executor):
+    fut = executor.submit(sleeper, 1.0)
+    with pytest.raises(TimeoutError):
+        fut.result(timeout=0.05)
+    assert fut.result(timeout=30) == 1.0
+
+
+# -- futures travel ---------------------------------------------------------------
+def add_one_to(fut):
+    return fut.result(timeout=60) + 1
+
+
+def give_back(x):
+    return x
+
+
+def test_futures_pass_into_and_out_of_calls(executor, remote):
+    slow = executor.submit(sleeper, 0.5)
+    # a future passed into a call resolves there (read from the store)
+    assert remote(add_one_to).remote(slow).result(timeout=60) == 1.5
+    # a future returned from a call is this process's own future again
+    pending = executor.submit(sleeper, 0.3)
+    back = remote(give_back).remote(pending).result(timeout=60)
+    assert back is pending and back.result(timeout=60) == 0.3
+    # a map whose calls return futures resolves to their results when asked
+    inner = [executor.submit(square, i) for i in range(3)]
+    outer = remote(give_back).map(inner)
+    assert wrenpack.get(outer) == [0, 1, 4]
+
+
+def test_pickled_future_resolves_in_another_process(executor):
+    import subprocess
+    import sys
+
+    fut = executor.submit(sleeper, 0.3)
+    blob = pickle.dumps(fut)
+    code = "import pickle,sys; f = pickle.loads(sys.stdin.buffer.read()); print(type(f).__name__, f.result(timeout=60))"
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120, check=True)
+    assert out.stdout.decode().split() == ["CallRef", "0.3"]
+    # a finished future travels with its value
+    done = executor.submit(square, 5)
+    done.result(timeout=60)
+    again = pickle.loads(pickle.dumps(done))
+    assert again.result(timeout=0) == 25
+
+
+def test_pickled_future_of_a_batched_call(executor, remote):
+    futs = remote(sleeper).map([0.2, 0.3, 0.4], chunksize=3)
+    blobs = [pickle.dumps(f) for f in futs]
+    assert wrenpack.get(futs) == [0.2, 0.3, 0.4]
+    assert remote(add_one_to).remote(pickle.loads(blobs[2])).result(timeout=60) == 1.4
+
+
+# -- retries you choose -----------------------------------------------------------
+def flaky(path):
+    n = int(open(path).read()) if os.path.exists(path) else 0
+    with open(path, "w") as f:
+        f.write(str(n + 1))
+    if n < 2:
+        raise ConnectionError(f"attempt {n} failed")
+    return n
+
+
+def test_retry_on_retries_listed_exceptions(executor, remote, tmp_path):
+    counter = str(tmp_path / "n")
+    fut = remote(flaky, retries=3, retry_on=(ConnectionError,)).remote(counter)
+    assert fut.result(timeout=60) == 2
+    assert fut.status["attempt"] == 2 and len(fut.status["retried"]) == 2
+    assert "ConnectionError" in fut.status["retried"][0]
+    # not listed: no retry
+    os.remove(counter)
+    with pytest.raises(ConnectionError):
+        remote(flaky, retries=3, retry_on=(KeyError,)).remote(counter).result(timeout=60)
+    # listed but retries=1: fails on the second attempt
+    os.remove(counter)
+    fut = remote(flaky, retries=1, retry_on=ConnectionError).remote(counter)
+    with pytest.raises(ConnectionError, match="attempt 1 failed"):
+        fut.result(timeout=60)
+    assert fut.status["attempt"] == 1
+
+
+def slow_first_time(path):
+    if not os.path.exists(path):
+        open(path, "w").close()
+        time.sleep(30)
+    return "second try"
+
+
+def test_retry_on_task_timeout(executor, remote, tmp_path):
+    fut = remote(slow_first_time, timeout=1, retries=1, retry_on=(TaskTimeout,)).remote(str(tmp_path / "m"))
+    assert fut.result(timeout=60) == "second try"
+    assert fut.status["attempt"] == 1 and "TaskTimeout" in fut.status["retried"][0]
+
+
+def test_bad_retry_on_and_env_are_config_errors():
+    with pytest.raises(wrenpack.ConfigError, match=r"retry_on=.*\(from @wrenpack.remote\) must be an exception type"):
+        wrenpack.remote(square, retry_on="ConnectionError")
+    with pytest.raises(wrenpack.ConfigError, match=r"env=.*\(from options\(\)\) must be a dict"):
+        wrenpack.remote(square).options(env={"A": object()})
+
+
+# -- env, return_exceptions, logs ---------------------------------------------------
+def read_env(name):
+    return os.environ.get(name)
+
+
+def test_env_is_set_for_the_call_and_restored(executor, remote):
+    f = remote(read_env)
+    assert f.options(env={"WP_TEST_VAR": "hello"}).remote("WP_TEST_VAR").result(timeout=60) == "hello"
+    assert wrenpack.get(f.options(env={"WP_TEST_VAR": 3}).map(["WP_TEST_VAR"] * 2)) == ["3", "3"]
+    # the next call on the same warm worker does not see it
+    assert wrenpack.get(f.map(["WP_TEST_VAR"] * 4)) == [None] * 4
+    assert executor.submit(wrenpack.remote(read_env, env={"WP_B": "b"}), "WP_B").result(timeout=60) == "b"
+
+
+def fails_on_odd(x):
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def test_get_return_exceptions(remote):
+    futs = remote(fails_on_odd).map(range(4))
+    out = wrenpack.get(futs, return_exceptions=True)
+    assert out[0] == 0 and out[2] == 2
+    assert isinstance(out[1], ValueError) and str(out[1]) == "odd 1" and isinstance(out[3], ValueError)
+    with pytest.raises(ValueError, match="odd 1"):
+        wrenpack.get(futs)
+
+
+def chatty(x):
+    import sys
+
+    print("hello from", x)
+    print("x" * 100_000)  # more than the 64 KB kept
+    print("last words", x, file=sys.stderr)
+    if x == 2:
+        raise RuntimeError("boom")
+    return x
+
+
+def test_logs_are_captured_and_shown_with_errors(remote):
+    futs = remote(chatty).map([1, 2])
+    assert futs[0].result(timeout=60) == 1
+    logs = futs[0].logs
+    assert logs.rstrip().endswith("last words 1") and 60_000 < len(logs.encode()) <= 64 * 1024
+    with pytest.raises(RuntimeError) as info:
+        futs[1].result(timeout=60)
+    assert "last words 2" in futs[1].logs
+    assert "last words 2" in str(info.value.__cause__)
+
+
+def test_concurrent_threads_submit(executor):
+    out = []
+
+    def run(k):
+        out.append(sorted(executor.map(square, range(k, k + 3))))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(out) == [[0, 1, 4], [1, 4, 9], [4, 9, 16]]

@@ -1,0 +1,385 @@
+"""Issue 9, the client side: every call resolves, once, and a program leaves
+nothing behind in the store; thread-safe by-value pickling; faithful wrapping
+and errors; owner records and ``wrenpack clean --stale``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import wrenpack
+from wrenpack import config as wconfig, keys
+from wrenpack.errors import StoreError, WrenpackError
+from wrenpack.storage.local import LocalStore
+
+
+def square(x):
+    return x * x
+
+
+def sleeper(s):
+    time.sleep(s)
+    return s
+
+
+def _objects(root) -> list[str]:
+    return LocalStore(str(root)).list("jobs/")
+
+
+def _run_script(tmp_path, body: str, **kw) -> subprocess.CompletedProcess:
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(body))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+# -- nothing left behind --------------------------------------------------------------
+README_PROGRAMS = {
+    "map": """
+        import wrenpack
+        @wrenpack.remote
+        def square(x):
+            return x * x
+        print(wrenpack.get(square.map(range(20))))
+    """,
+    "large results": """
+        import wrenpack
+        @wrenpack.remote(memory=512)
+        def blob(n):
+            return b"x" * n
+        print(sum(map(len, wrenpack.get(blob.map([3_000_000] * 3)))))
+    """,
+    "large argument": """
+        import wrenpack
+        @wrenpack.remote(memory=512)
+        def size(b):
+            return len(b)
+        print(size.remote(b"y" * 5_000_000).result())
+    """,
+    "errors": """
+        import wrenpack
+        @wrenpack.remote
+        def fails(x):
+            raise ValueError(x)
+        print(len(wrenpack.get(fails.map(range(3)), return_exceptions=True)))
+    """,
+    "executor": """
+        import wrenpack
+        with wrenpack.Executor() as ex:
+            print(list(ex.map(abs, [-1, -2])), ex.submit(abs, -3).result())
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(README_PROGRAMS))
+def test_readme_programs_leave_no_objects(tmp_path, name):
+    out = _run_script(tmp_path, README_PROGRAMS[name])
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert _objects(tmp_path / "store") == []
+
+
+def test_calls_running_at_exit_are_stopped_and_removed(tmp_path):
+    out = _run_script(tmp_path, """
+        import time, wrenpack
+        @wrenpack.remote
+        def slow(x):
+            time.sleep(60)
+        futs = slow.map(range(3))
+        time.sleep(1.0)
+        print("exiting")
+    """)
+    assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
+    assert "still running at exit" in out.stderr
+    assert _objects(tmp_path / "store") == []
+
+
+def test_ctrl_c_removes_the_jobs_objects(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import time, wrenpack
+            @wrenpack.remote
+            def slow(x):
+                time.sleep(60)
+            futs = slow.map(range(3))
+            print("waiting", flush=True)
+            wrenpack.get(futs)
+        """)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict({k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")},
+                 WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false",
+                 PYTHONPATH=os.getcwd()),
+    )
+    assert proc.stdout.readline().strip() == "waiting"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    assert _objects(tmp_path / "store") == []
+
+
+def test_keep_objects_keeps_them_and_owner_is_recorded(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1, keep_objects=True)
+    with ex:
+        fut = ex.submit(square, 3)
+        assert fut.result(timeout=60) == 9
+    owner = json.loads(ex.store.get(keys.owner_key(fut.job_id)))
+    assert owner["pid"] == os.getpid() and owner["start"]
+
+
+# -- completion always resolves -------------------------------------------------------
+class FailingStore(LocalStore):
+    """Reads of result objects fail (the store broke while completing)."""
+
+    def __init__(self, root, exc):
+        super().__init__(root)
+        self.exc = exc
+
+    def get(self, key):
+        if "/result/" in key:
+            raise self.exc
+        return super().get(key)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), OSError(5, "Input/output error")])
+def test_store_error_while_completing_fails_the_future(tmp_path, exc):
+    ex = wrenpack.Executor(storage=FailingStore(str(tmp_path), exc), concurrency=1)
+    try:
+        futs = wrenpack.remote(square, executor=ex).map(range(3))
+        for fut in futs:
+            err = fut.exception(timeout=60)
+            assert isinstance(err, WrenpackError), err
+            assert ("disk on fire" in str(err) or "Input/output error" in str(err)) and "\n" not in str(err)
+            assert fut.done() and not fut.running()
+    finally:
+        ex.shutdown()
+
+
+def test_configure_mid_flight_lets_the_old_executor_finish(tmp_path, monkeypatch):
+    monkeypatch.setattr(wconfig, "_global_overrides", {})
+    wrenpack.configure(storage=str(tmp_path / "store"), concurrency=1)
+    try:
+        f = wrenpack.remote(sleeper)
+        futs = f.map([0.2, 0.2, 0.2])
+        wrenpack.configure(memory=512)  # retires the default executor mid-flight
+        assert wrenpack.get(futs, timeout=60) == [0.2, 0.2, 0.2]
+        assert f.remote(0.01).result(timeout=60) == 0.01  # the new default executor
+    finally:
+        from wrenpack.executor import reset_default_executor
+
+        reset_default_executor()
+    deadline = time.monotonic() + 10
+    while _objects(tmp_path / "store") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _objects(tmp_path / "store") == []
+
+
+def test_shutdown_without_wait_drains_in_the_background(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
+    futs = [ex.submit(sleeper, 0.2) for _ in range(3)]
+    ex.shutdown(wait=False)
+    assert wrenpack.get(futs, timeout=60) == [0.2] * 3
+
+
+# -- client-side store failures are one-line StoreErrors --------------------------------
+class FullStore(LocalStore):
+    def put(self, key, data, *, if_absent=False):
+        if key.endswith("func.pkl"):
+            raise OSError(28, "No space left on device")
+        return super().put(key, data, if_absent=if_absent)
+
+
+def test_store_full_at_launch_is_a_store_error(tmp_path):
+    ex = wrenpack.Executor(storage=FullStore(str(tmp_path)), concurrency=1)
+    with ex:
+        with pytest.raises(StoreError, match="No space left on device") as info:
+            ex.submit(square, 2)
+    assert "\n" not in str(info.value)
+    assert _objects(tmp_path) == []
+
+
+def test_file_where_a_folder_should_be(tmp_path):
+    (tmp_path / "jobs").write_text("not a folder")
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
+    with ex:
+        with pytest.raises(StoreError) as info:
+            ex.submit(square, 2)
+    assert "\n" not in str(info.value) and "storage=" in str(info.value)
+
+
+def test_stray_tmp_files_go_with_their_job_and_are_swept(tmp_path):
+    store = LocalStore(str(tmp_path))
+    store.put("jobs/j1/result/0/00000.res", b"x")
+    stray = tmp_path / "jobs" / "j1" / "result" / "0" / ".tmp-999-1-0"
+    stray.write_bytes(b"half")
+    store.delete_prefix("jobs/j1/")
+    assert not (tmp_path / "jobs" / "j1").exists()
+    old = tmp_path / "jobs" / "j2" / ".tmp-999-2-0"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"half")
+    young = tmp_path / "jobs" / "j2" / ".tmp-999-2-1"
+    young.write_bytes(b"writing")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    from wrenpack.storage.local import sweep_tmp
+
+    assert sweep_tmp(store, 300) == 1 and not old.exists() and young.exists()
+
+
+# -- wrenpack clean --stale / --all -------------------------------------------------------
+def _clean(tmp_path, *argv):
+    from wrenpack.cli.cmd_clean import cmd_clean
+
+    ns = argparse.Namespace(job_ids=[a for a in argv if not a.startswith("--")], all="--all" in argv,
+                            stale="--stale" in argv, force="--force" in argv, storage=str(tmp_path),
+                            region=None, profile=None, s3_endpoint_url=None, json=True)
+    return cmd_clean(ns)
+
+
+def test_clean_stale_and_all(tmp_path, capsys):
+    from wrenpack.executor import owner_record
+
+    store = LocalStore(str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = owner_record("live")
+    gone = dict(owner_record("gone"), pid=dead.pid, start="1")
+    for job, owner in (("live", live), ("gone", gone), ("nobody", None)):
+        store.put(f"jobs/{job}/func.pkl", b"x")
+        if owner is not None:
+            store.put(keys.owner_key(job), json.dumps(owner).encode())
+    assert _clean(tmp_path, "--stale") == 0
+    assert json.loads(capsys.readouterr().out)["jobs"] == 2
+    assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == ["live"]
+    with pytest.raises(wrenpack.ConfigError, match="still running.*--force"):
+        _clean(tmp_path, "--all")
+    with pytest.raises(wrenpack.ConfigError, match="still running"):
+        _clean(tmp_path, "live")
+    assert store.list("jobs/")
+    assert _clean(tmp_path, "--all", "--force") == 0
+    assert store.list("jobs/") == []
+
+
+# -- thread-safe by-value pickling --------------------------------------------------------
+def test_four_threads_mapping_user_module_functions(tmp_path, monkeypatch):
+    mod_dir = tmp_path / "userpkg"
+    mod_dir.mkdir()
+    # (a large global makes each by-value pickle slow enough for the threads to overlap)
+    (mod_dir / "wp_user_mod.py").write_text("TABLE = list(range(300_000))\n\ndef triple(x):\n    return 3 * x + TABLE[0]\n")
+    monkeypatch.syspath_prepend(str(mod_dir))
+    import wp_user_mod
+
+    # The workers cannot import it: only by-value pickling gets it there.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(mod_dir)])
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
+    errors: list[BaseException] = []
+    results: list[list[int]] = []
+
+    def run(k):
+        try:
+            f = wrenpack.remote(wp_user_mod.triple, executor=ex)
+            for _ in range(5):
+                results.append(wrenpack.get(f.map(range(k, k + 3)), timeout=120))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        ex.shutdown()
+    assert not errors, errors[0]
+    assert len(results) == 20
+    assert "wp_user_mod" not in cloudpickle.list_registry_pickle_by_value()
+
+
+def test_by_value_scopes_in_threads_never_pickle_by_reference(tmp_path, monkeypatch):
+    """The race itself: one thread's scope ending must not unregister the
+    module while another thread pickles (that pickle would be by reference)."""
+    from wrenpack import serialize
+
+    mod_dir = tmp_path / "race"
+    mod_dir.mkdir()
+    (mod_dir / "wp_user_mod3.py").write_text("def f(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(mod_dir))
+    import wp_user_mod3
+
+    by_ref = len(cloudpickle.dumps(wp_user_mod3.f))
+    mods = serialize.user_modules_of(wp_user_mod3.f)
+    assert mods == {wp_user_mod3}
+    sizes: list[int] = []
+
+    def run():
+        for _ in range(1000):
+            sizes.append(len(serialize.dumps_function(wp_user_mod3.f, mods)))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the race shows at once
+    try:
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert min(sizes) > 3 * by_ref, f"{sum(n <= 3 * by_ref for n in sizes)} of {len(sizes)} pickles were by reference"
+    assert "wp_user_mod3" not in cloudpickle.list_registry_pickle_by_value()
+
+
+def test_a_module_the_user_registered_stays_registered(executor, tmp_path, monkeypatch):
+    mod_dir = tmp_path / "m"
+    mod_dir.mkdir()
+    (mod_dir / "wp_user_mod2.py").write_text("def inc(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(mod_dir))
+    import wp_user_mod2
+
+    cloudpickle.register_pickle_by_value(wp_user_mod2)
+    try:
+        assert wrenpack.remote(wp_user_mod2.inc, executor=executor).remote(1).result(timeout=60) == 2
+        assert "wp_user_mod2" in cloudpickle.list_registry_pickle_by_value()
+    finally:
+        cloudpickle.unregister_pickle_by_value(wp_user_mod2)
+
+
+# -- faithful wrapping and errors ---------------------------------------------------------
+class Adder:
+    fn = "an attribute named fn"
+    _options = "and one named _options"
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, x):
+        return x + self.n
+
+
+def test_callable_object_with_an_fn_attribute(remote):
+    f = remote(Adder(10))
+    assert f(1) == 11
+    assert f.remote(1).result(timeout=60) == 11
+    assert wrenpack.get(f.map([1, 2])) == [11, 12]
+
+
+def imports_missing():
+    import wp_no_such_module_anywhere  # noqa: F401
+
+
+def test_rebuilt_wrenpack_errors_keep_their_attributes(remote):
+    with pytest.raises(wrenpack.MissingDependency) as info:
+        remote(imports_missing).remote().result(timeout=60)
+    assert info.value.name == "wp_no_such_module_anywhere"

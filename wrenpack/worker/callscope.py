@@ -1,0 +1,84 @@
+"""What surrounds one call in the worker (issue 11): the event's ``env``
+(environment variables set for the call, restored after) and the capture of
+what it prints (``capture_logs``: the last that many bytes of stdout and
+stderr, returned in the status as ``logs``; the output still goes where it
+always went: the driver's terminal locally, CloudWatch on Lambda).
+
+Only Python-level writes (``print``, ``sys.stdout.write``, logging to the
+streams) are captured, not output written straight to file descriptor 1 or 2
+by native code or child processes. Standard library only.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, Callable, TextIO
+
+
+class _Tail:
+    """Keeps the last ``limit`` bytes written (approximately, by characters)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def add(self, text: str) -> None:
+        with self.lock:
+            self.parts.append(text)
+            self.size += len(text)
+            if self.size > 2 * self.limit:
+                joined = "".join(self.parts)[-self.limit :]
+                self.parts, self.size = [joined], len(joined)
+
+    def text(self) -> str:
+        data = "".join(self.parts).encode("utf-8", "replace")[-self.limit :]
+        return data.decode("utf-8", "ignore")
+
+
+class _Tee:
+    """A stream that writes through to ``stream`` and keeps a copy in ``tail``."""
+
+    def __init__(self, stream: TextIO, tail: _Tail) -> None:
+        self._stream = stream
+        self._tail = tail
+
+    def write(self, text: str) -> int:
+        if isinstance(text, str):
+            self._tail.add(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class CallScope:
+    """``run`` a call inside the event's environment and output capture."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.env: dict[str, str] = {str(k): str(v) for k, v in (event.get("env") or {}).items()}
+        limit = event.get("capture_logs")
+        self.tail = _Tail(int(limit)) if isinstance(limit, int) and limit > 0 else None
+
+    def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        streams = (sys.stdout, sys.stderr)
+        if self.tail is not None:
+            sys.stdout, sys.stderr = _Tee(sys.stdout, self.tail), _Tee(sys.stderr, self.tail)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if self.tail is not None:
+                sys.stdout, sys.stderr = streams
+            for key, old in saved.items():
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
+
+    def status(self) -> dict[str, Any]:
+        """What the status record gains: ``logs``, when captured."""
+        return {"logs": self.tail.text()} if self.tail is not None else {}
