@@ -370,3 +370,128 @@ def test_a_second_delivery_keeps_the_first_result_and_flags_a_squatter(tmp_path,
         assert handler(_good_event(store, secret, call_id="00001"), ctx)["first"] is False
     assert "did not write for this call" in caplog.text
     assert store.get(keys.result_key("j1", "00001")) == b"planted"  # left for the client to refuse
+
+
+# -- least privilege on AWS: the generated policies, simulated --------------------------
+def _policy(role, **kw):
+    import types
+
+    from wrenpack.cli.cmd_aws import iam_policy
+
+    cfg = types.SimpleNamespace(storage="s3://bkt/wp", aws_region="us-east-1", function_name="wrenpack-worker")
+    return iam_policy(cfg, role, "123456789012", **kw)
+
+
+def _allowed(policy, action, resource, context=None):
+    """IAM's evaluation for Allow-only identity policies: some statement matches
+    the action, the resource and all its conditions (Null, StringLike, StringEquals)."""
+    import fnmatch
+
+    context = context or {}
+    as_list = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow"
+        if not any(fnmatch.fnmatchcase(action, a) for a in as_list(st["Action"])):
+            continue
+        if not any(fnmatch.fnmatchcase(resource, r) for r in as_list(st["Resource"])):
+            continue
+        ok = True
+        for op, conds in st.get("Condition", {}).items():
+            for key, want in conds.items():
+                if op == "Null":
+                    ok &= (key not in context) == (str(want).lower() == "true")
+                elif op == "StringLike":
+                    ok &= key in context and any(fnmatch.fnmatchcase(context[key], w) for w in as_list(want))
+                elif op == "StringEquals":
+                    ok &= context.get(key) in as_list(want)
+                else:
+                    raise AssertionError(f"unsimulated condition {op}")
+        if ok:
+            return True
+    return False
+
+
+def test_worker_policy_cannot_rewrite_results_or_touch_what_the_client_wrote():
+    policy = _policy("worker")
+    obj = lambda key: f"arn:aws:s3:::bkt/wp/{key}"  # noqa: E731
+    create = {"s3:if-none-match": "*"}
+    mine, other = "20260101-000000-aaaaaaaa", "20260101-000000-bbbbbbbb"
+    allowed = [
+        ("s3:GetObject", keys.func_key(mine), None),
+        ("s3:GetObject", keys.input_key(mine, "00003"), None),
+        ("s3:GetObject", "runtimes/runtime-abc.tar.gz", None),
+        ("s3:PutObject", keys.result_key(mine, "00003"), create),
+        ("s3:PutObject", keys.segment_key(mine, "00003", 2), create),
+        ("s3:PutObject", keys.checkpoint_key(mine, "00003"), None),
+        ("s3:DeleteObject", keys.checkpoint_key(mine, "00003"), None),
+        ("s3:AbortMultipartUpload", keys.checkpoint_key(mine, "00003"), None),
+    ]
+    for action, key, ctx in allowed:
+        assert _allowed(policy, action, obj(key), ctx), (action, key)
+    denied = [
+        # Another job's results: no overwrite, no delete (creating a missing one is refused by S3: it exists).
+        ("s3:PutObject", keys.result_key(other, "00000"), None),
+        ("s3:DeleteObject", keys.result_key(other, "00000"), None),
+        ("s3:PutObject", keys.segment_key(other, "00000", 0), None),
+        # Its own, once written: the first complete result stays.
+        ("s3:PutObject", keys.result_key(mine, "00003"), None),
+        ("s3:DeleteObject", keys.result_key(mine, "00003"), None),
+        # What only the client writes, and the deployed runtimes.
+        ("s3:PutObject", keys.func_key(other), None),
+        ("s3:PutObject", keys.input_key(other, "00000"), create),
+        ("s3:DeleteObject", keys.func_key(mine), None),
+        ("s3:PutObject", "runtimes/runtime-abc.tar.gz", None),
+        ("s3:DeleteObject", "runtimes/runtime-abc.tar.gz", None),
+    ]
+    for action, key, ctx in denied:
+        assert not _allowed(policy, action, obj(key), ctx), (action, key)
+    # Outside the prefix and the bucket, and everything that is not S3 or its logs.
+    assert not _allowed(policy, "s3:PutObject", f"arn:aws:s3:::bkt/other/{keys.result_key(mine, '00000')}", create)
+    assert not _allowed(policy, "s3:GetObject", f"arn:aws:s3:::other-bucket/wp/{keys.func_key(mine)}")
+    assert not _allowed(policy, "s3:ListBucket", "arn:aws:s3:::bkt", {"s3:prefix": "wp/jobs/"})
+    for action in ("iam:PassRole", "lambda:InvokeFunction", "lambda:UpdateFunctionCode", "s3:PutBucketPolicy"):
+        assert not _allowed(policy, action, "arn:aws:iam::123456789012:role/wrenpack-worker")
+
+
+def test_client_and_deploy_policies_pass_only_the_worker_role():
+    client = _policy("client")
+    deploy = _policy("deploy", worker_role="wp-worker-role")
+    role = "arn:aws:iam::123456789012:role/wp-worker-role"
+    assert _allowed(deploy, "iam:PassRole", role, {"iam:PassedToService": "lambda.amazonaws.com"})
+    assert not _allowed(deploy, "iam:PassRole", "arn:aws:iam::123456789012:role/admin", {"iam:PassedToService": "lambda.amazonaws.com"})
+    assert not _allowed(deploy, "iam:PassRole", role, {"iam:PassedToService": "ec2.amazonaws.com"})
+    assert not _allowed(client, "iam:PassRole", role, {"iam:PassedToService": "lambda.amazonaws.com"})
+    assert _allowed(deploy, "s3:PutObject", "arn:aws:s3:::bkt/wp/runtimes/runtime-x.tar.gz")
+    assert not _allowed(client, "s3:PutObject", "arn:aws:s3:::bkt/wp/runtimes/runtime-x.tar.gz")
+    assert _allowed(client, "s3:PutObject", f"arn:aws:s3:::bkt/wp/{keys.func_key('j')}")
+    assert _allowed(client, "s3:AbortMultipartUpload", f"arn:aws:s3:::bkt/wp/{keys.input_key('j', '00000')}")
+    assert _allowed(client, "s3:ListBucket", "arn:aws:s3:::bkt", {"s3:prefix": "wp/jobs/j/result/0/"})
+    assert not _allowed(client, "s3:ListBucket", "arn:aws:s3:::bkt", {"s3:prefix": "secrets/"})
+    for policy in (client, deploy, _policy("worker")):
+        resources = [r for st in policy["Statement"] for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])]
+        assert "*" not in resources and not any(r.endswith(":role/*") for r in resources)
+
+
+def test_job_secrets_and_credentials_are_redacted_from_log_text():
+    from wrenpack.redact import redact
+
+    body = "Making request ... 'body': b'{\"wrenpack\":2,\"secret\":\"c2VjcmV0c2VjcmV0\",\"job_id\":\"j\"}'"
+    assert "c2VjcmV0c2VjcmV0" not in redact(body) and '"job_id":"j"' in redact(body)
+    header = "'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/s3/aws4_request, Signature=" + "ab" * 32
+    assert "AKIAIOSFODNN7EXAMPLE" not in redact(header) and "ab" * 32 not in redact(header)
+    assert "tok123" not in redact("'X-Amz-Security-Token': b'tok123'")
+
+
+def test_the_benchmark_switch_is_off_by_default_and_never_honoured_on_lambda():
+    import subprocess
+    import sys
+
+    code = "from wrenpack import auth; print(auth._enabled)"
+    base = {k: v for k, v in os.environ.items() if k != "_WRENPACK_BENCHMARK_NO_AUTH"}
+    runs = [({}, "True"), ({"_WRENPACK_BENCHMARK_NO_AUTH": "1"}, "False"),
+            ({"_WRENPACK_BENCHMARK_NO_AUTH": "1", "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001"}, "True")]
+    for extra, want in runs:
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True,
+                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert out.stdout.strip() == want, extra
+    assert auth._enabled

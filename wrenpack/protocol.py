@@ -269,7 +269,7 @@ def open_result(secret: bytes, job_id: str, call_id: str, blob: bytes, what: str
     """Verify and read a call's result object (from the store or a reply)."""
     from wrenpack.worker import result
 
-    data = auth.unseal(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
+    data = auth.unseal_view(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
     status, outcome_bytes = result.unpack(data, what)
     try:
         t = cloudpickle.loads(outcome_bytes)
@@ -300,12 +300,12 @@ def reply_result(reply: dict[str, Any]) -> bytes | None:
 def seal_result(secret: bytes, job_id: str, call_id: str, status: dict[str, Any], outcome_bytes: bytes) -> bytes:
     from wrenpack.worker import result
 
-    return auth.seal(secret, keys.identity(job_id, "result", call_id), result.pack(status, outcome_bytes))
+    return auth.seal_parts(secret, keys.identity(job_id, "result", call_id), *result.parts(status, outcome_bytes))
 
 
 def is_authentic_result(secret: bytes, job_id: str, call_id: str, blob: bytes) -> bool:
     try:
-        auth.unseal(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
+        auth.unseal_view(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
         return True
     except CorruptObject:
         return False

@@ -113,7 +113,7 @@ def test_iam_policy_is_scoped_to_prefix_and_function(aws_cli, capsys, bucket):
     assert code == 0
     policy = json.loads(out)
     resources = json.dumps(policy["Statement"])
-    assert f"arn:aws:s3:::{bucket}/cli/*" in resources
+    assert f"arn:aws:s3:::{bucket}/cli/jobs/*" in resources
     assert "arn:aws:lambda:us-east-1:123456789012:function:wrenpack-worker" in resources
     assert '"s3:*"' not in resources and '"Resource": "*"' not in resources
     code, out, _ = run(capsys, "iam-policy", "--for", "worker")

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from wrenpack import redact
+
+    redact.install(logging.getLogger().handlers)  # no credentials or job secrets in logs, even at -vv
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

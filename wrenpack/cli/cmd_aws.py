@@ -240,42 +240,67 @@ def _wait(lam: Any, name: str) -> None:
 
 
 # -- iam-policy -------------------------------------------------------------------
-def iam_policy(cfg: Any, role: str, account: str = "*") -> dict[str, Any]:
+def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None = None) -> dict[str, Any]:
+    """A least-privilege policy for ``role``: "client" (runs jobs), "worker" (the
+    function's execution role) or "deploy" (client + deploy). docs/aws.md
+    explains each statement and what it does not stop."""
     bucket, prefix = _bucket_prefix(cfg)
-    objects = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}*"
+    base = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}"
     region = getattr(cfg, "aws_region", None) or "*"
     fn_arn = f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}"
-    s3 = [
-        {"Sid": "JobObjects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-         "Resource": objects},
-        {"Sid": "ListJobObjects", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
-         **({"Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}} if prefix else {})},
-    ]
+    jobs = f"{base}jobs/*"
+    user = [f"{base}data/*", f"{base}shuffle/*"]
+
+    def allow(sid: str, actions: list[str], resources: list[str] | str, **extra: Any) -> dict[str, Any]:
+        return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources, **extra}
+
+    def listing(sid: str, prefixes: list[str]) -> dict[str, Any]:
+        full = [f"{prefix}/{p}" if prefix else p for p in prefixes]
+        return allow(sid, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}",
+                     Condition={"StringLike": {"s3:prefix": full}})
+
     if role == "worker":
-        statements = s3 + [
-            {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-             "Resource": f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}:*"},
+        statements = [
+            allow("ReadCallInputs", ["s3:GetObject"], [f"{base}jobs/*/func.pkl", f"{base}jobs/*/input/*", f"{base}runtimes/*"]),
+            # Create only (If-None-Match: *): no result or segment record, of any job, can be overwritten.
+            allow("CreateResults", ["s3:PutObject"], [f"{base}jobs/*/result/*"],
+                  Condition={"Null": {"s3:if-none-match": "false"}}),
+            allow("MarkLateStart", ["s3:PutObject"], [f"{base}jobs/*/start/*"]),
+            allow("ReadBackResults", ["s3:GetObject"], [f"{base}jobs/*/result/*"]),
+            allow("Checkpoints", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                  [f"{base}jobs/*/checkpoint/*"]),
+            allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], user),
+            listing("ListUserData", ["data/*", "shuffle/*"]),
+            allow("Logs", ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                  f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}:*"),
         ]
-    else:
-        statements = s3 + [{"Sid": "Invoke", "Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": fn_arn},
-                           {"Sid": "Doctor", "Effect": "Allow", "Action": ["lambda:GetFunctionConfiguration",
-                            "lambda:GetFunctionEventInvokeConfig"], "Resource": fn_arn}]
-        if role == "deploy":
-            statements.append({"Sid": "Deploy", "Effect": "Allow", "Action": [
-                "lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
-                "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction"], "Resource": fn_arn})
-            statements.append({"Sid": "Layer", "Effect": "Allow", "Action": ["lambda:PublishLayerVersion",
-                               "lambda:GetLayerVersion"], "Resource": [
+        return {"Version": "2012-10-17", "Statement": statements}
+    statements = [
+        allow("JobObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+              [jobs, *user, f"{base}doctor/*"]),
+        listing("ListJobObjects", ["jobs/*", "data/*", "shuffle/*"]),
+        allow("Invoke", ["lambda:InvokeFunction"], fn_arn),
+        allow("Doctor", ["lambda:GetFunctionConfiguration", "lambda:GetFunctionEventInvokeConfig"], fn_arn),
+    ]
+    if role == "deploy":
+        if worker_role and not worker_role.startswith("arn:"):
+            worker_role = f"arn:aws:iam::{account}:role/{worker_role}"
+        statements += [
+            allow("Deploy", ["lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
+                             "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction"], fn_arn),
+            allow("Layer", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion"], [
                 f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime",
-                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]})
-            statements.append({"Sid": "PassWorkerRole", "Effect": "Allow", "Action": "iam:PassRole",
-                               "Resource": f"arn:aws:iam::{account}:role/*",
-                               "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}})
+                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]),
+            allow("UploadRuntimes", ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
+                  [f"{base}runtimes/*", f"{base}deploy/*"]),
+            allow("PassWorkerRole", ["iam:PassRole"], worker_role or f"arn:aws:iam::{account}:role/{cfg.function_name}",
+                  Condition={"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}),
+        ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
 def cmd_iam_policy(args: argparse.Namespace) -> int:
-    print(json.dumps(iam_policy(_config(args), args.role_for, args.account), indent=2))
+    print(json.dumps(iam_policy(_config(args), args.role_for, args.account, args.worker_role), indent=2))
     return 0
 
 
@@ -407,6 +432,8 @@ def register(subparsers: Any, name: str) -> None:
         p.add_argument("--for", dest="role_for", choices=["client", "worker", "deploy"], default="client",
                        help="client: run jobs; worker: the function's execution role; deploy: client + deploy")
         p.add_argument("--account", default="*", help="AWS account id to put in ARNs (default *)")
+        p.add_argument("--worker-role", help="deploy: the execution role's ARN or name, the only role deploy may pass "
+                                             "(default: a role named like the function)")
         _add_aws_options(p)
         p.set_defaults(func=cmd_iam_policy)
     else:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 #: Objects larger than this go up as multipart uploads.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024
+#: S3's largest single PUT.
+SINGLE_PUT_LIMIT = 5 * 1024**3
 #: S3's DeleteObjects takes at most 1,000 keys per request.
 DELETE_BATCH = 1000
 
@@ -114,6 +116,10 @@ class S3Store(Store):
         import boto3
         from botocore.config import Config
 
+        from wrenpack import redact
+
+        redact.install()  # botocore's debug logs would show the key id, token and request bodies
+
         try:
             session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
         except Exception as exc:  # botocore.exceptions.ProfileNotFound
@@ -160,14 +166,16 @@ class S3Store(Store):
     # -- Store interface ------------------------------------------------------
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         full = self._key(key)
+        if if_absent and self.conditional_writes and len(data) <= SINGLE_PUT_LIMIT:
+            # One conditional PUT, whatever the size (S3 takes up to 5 GB): the
+            # transfer manager cannot send If-None-Match, and the worker's IAM
+            # policy allows result writes only with it (`wrenpack iam-policy`).
+            return self._put_conditional(full, data)
         if len(data) >= self.multipart_threshold:
-            # The transfer manager does not pass If-None-Match; large objects
-            # (outputs only, rarely) get the best-effort check instead.
+            # Without conditional writes, large objects get the best-effort check.
             if if_absent and self.exists(key):
                 return False
             return self._put_multipart(full, data)
-        if if_absent and self.conditional_writes:
-            return self._put_conditional(full, data)
         if if_absent and self.exists(key):
             return False
         try:

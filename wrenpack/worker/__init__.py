@@ -8,7 +8,7 @@ profiler, the runtime builder or the CLI.
 import os as _os
 
 #: Files of the package root that the worker side needs (besides storage/ and worker/).
-_ROOT_FILES = ("__init__.py", "errors.py", "keys.py", "auth.py", "protocol.py", "limits.py", "py.typed")
+_ROOT_FILES = ("__init__.py", "errors.py", "keys.py", "auth.py", "protocol.py", "limits.py", "redact.py", "py.typed")
 _SUBPACKAGES = ("storage", "worker")
 
 

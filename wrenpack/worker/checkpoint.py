@@ -51,8 +51,8 @@ class SegmentDone(BaseException):
 def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -> bytes:
     """The sealed checkpoint: ``WRCK2`` + the segment that saved it + the pickle,
     authenticated as that call's checkpoint of that segment (``wrenpack.auth``)."""
-    data = _MAGIC + struct.pack(">I", segment) + cloudpickle.dumps(state)
-    return auth.seal(secret, keys.identity(job_id, "checkpoint", call_id, segment), data)
+    head = _MAGIC + struct.pack(">I", segment)
+    return auth.seal_parts(secret, keys.identity(job_id, "checkpoint", call_id, segment), head, cloudpickle.dumps(state))
 
 
 def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:
@@ -63,7 +63,7 @@ def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, 
     saved_in = struct.unpack(">I", blob[len(_MAGIC) : n])[0] if blob.startswith(_MAGIC) and len(blob) >= n else -1
     if saved_in not in (segment, segment - 1):
         saved_in = segment  # fails the check below with the one-line message
-    data = auth.unseal(secret, keys.identity(job_id, "checkpoint", call_id, saved_in), blob, key)
+    data = auth.unseal_view(secret, keys.identity(job_id, "checkpoint", call_id, saved_in), blob, key)
     try:
         return cloudpickle.loads(data[n:])
     except Exception as exc:  # noqa: BLE001

@@ -168,7 +168,7 @@ def _load_function(store: Store, ev: protocol.Event) -> Callable[..., Any]:
     fn = _functions.get(cache_key)
     if fn is None:
         # Verified before unpickling: a pickle someone else planted never runs.
-        data = auth.unseal(ev.secret, keys.identity(ev.job_id, "func"), store.get(ev.func_key), ev.func_key)
+        data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "func"), store.get(ev.func_key), ev.func_key)
         fn = _loads(data, "the function")
         _functions[cache_key] = fn
         if len(_functions) > _MAX_CACHED_FUNCTIONS:
@@ -184,7 +184,7 @@ def _load_args(store: Store, ev: protocol.Event) -> tuple[tuple[Any, ...], dict[
         data = base64.b64decode(ev.args["inline"])
     else:
         key = ev.args["key"]
-        data = auth.unseal(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
+        data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
     args, kwargs = _loads(data, "the call's arguments")
     return args, kwargs
 
@@ -308,7 +308,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if kind == "checkpointed":
         # The call goes on in a new invocation; the client launches it on seeing this.
         record = protocol.seal_segment(ev.secret, job_id, call_id, ev.segment, json.dumps(status).encode())
-        store.put(keys.segment_key(job_id, call_id, ev.segment), record)
+        # "If absent" like results: the worker's IAM policy lets it create, never overwrite, under result/.
+        store.put(keys.segment_key(job_id, call_id, ev.segment), record, if_absent=True)
         return status
     blob = protocol.seal_result(ev.secret, job_id, call_id, status, outcome)
     limit = ev.extra.get("reply_limit")

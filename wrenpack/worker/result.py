@@ -20,16 +20,21 @@ MAGIC = b"WRP1"
 
 
 def pack(status: dict[str, Any], outcome: bytes) -> bytes:
+    return b"".join(parts(status, outcome))
+
+
+def parts(status: dict[str, Any], outcome: bytes) -> tuple[bytes, ...]:
+    """The pieces of a result object, in order (sealed and joined in one go)."""
     head = json.dumps(status, separators=(",", ":")).encode()
-    return MAGIC + struct.pack(">I", len(head)) + head + outcome
+    return MAGIC, struct.pack(">I", len(head)), head, outcome
 
 
-def unpack(data: bytes, what: str = "result object") -> tuple[dict[str, Any], bytes]:
+def unpack(data: bytes | memoryview, what: str = "result object") -> tuple[dict[str, Any], bytes | memoryview]:
     if len(data) < 8 or data[:4] != MAGIC:
         raise CorruptObject(f"the {what} is corrupt (bad header); re-run the call")
     (n,) = struct.unpack(">I", data[4:8])
     try:
-        status = json.loads(data[8 : 8 + n])
+        status = json.loads(bytes(data[8 : 8 + n]))
     except ValueError:
         raise CorruptObject(f"the {what} is corrupt (unreadable status); re-run the call") from None
     if not isinstance(status, dict) or len(data) < 8 + n:
