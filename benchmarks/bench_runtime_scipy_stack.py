@@ -1,13 +1,17 @@
 """Benchmark: a numpy + scipy + pandas + scikit-learn runtime for python3.11 x86_64.
 
-Builds the runtime with ``runtime_builder.build`` (no cache) and, from the
-same lock file, the baseline ``pip install --target --platform ...`` tree as
-pip lays it out. Prints sizes (raw, trimmed, zip, archive), the import check,
-and cold import time (fresh ``python -I -S -B`` process, median of N) for:
-the baseline without .pyc, the baseline with pip's .pyc, and the built runtime.
+Build time first (issue 13): on a warm download cache (a first, untimed
+``pip install`` fills pip's cache), the median of ``--builds`` wrenpack builds
+(no runtime cache: resolve, install, trim, bytecode, verify, pack) against the
+median of as many plain ``pip install --target --platform ...`` runs of the same
+lock, in the same run; the ratio is printed (target: at most 2x).
 
-Run: python benchmarks/bench_runtime_scipy_stack.py [--repeat 5] [--out benchmarks/out]
-Targets (issue 4): <= 200 MB unzipped with every import working; archive <= 45 MB.
+Then sizes (raw, trimmed, zip, archive), the import check, and cold import
+time (fresh ``python -I -S -B`` process, median of N) for: the baseline without
+.pyc, the baseline with pip's .pyc, and the built runtime.
+
+Run: python benchmarks/bench_runtime_scipy_stack.py [--builds 3] [--repeat 5] [--out benchmarks/out]
+Targets: build <= 2x plain pip (issue 13); <= 200 MB unzipped with every import working; archive <= 45 MB (issue 4).
 """
 from __future__ import annotations
 
@@ -64,32 +68,48 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "scipy-stack"))
-    ap.add_argument("--zstd-level", type=int, default=19)
+    ap.add_argument("--builds", type=int, default=1, help="timed builds and timed plain pip installs (medians)")
+    ap.add_argument("--zstd-level", type=int, default=None, help="default: the builder's (10, multi-threaded)")
+    ap.add_argument("--max-compression", action="store_true", help="zstd 19 / zip 9, as before issue 13")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    target = Target.make("3.11", "x86_64")
+    load_before = os.getloadavg()
 
-    t0 = time.perf_counter()
+    def pip_install(lock: str, d: str, extra: list[str]) -> float:
+        shutil.rmtree(d, ignore_errors=True)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes", "--target", d,
+                        "-r", lock, *target.pip_args(), *extra], check=True)
+        return time.perf_counter() - t
+
+    # Resolve once (untimed) to get the lock, and warm pip's download cache with one untimed install.
     res = build(PACKAGES, python="3.11", arch="x86_64", output=os.path.join(out, "runtime"),
                 cache_dir=os.path.join(out, "cache"), use_cache=False, verify_modules=IMPORTS,
-                zstd_level=args.zstd_level)
-    build_s = time.perf_counter() - t0
+                zstd_level=args.zstd_level, max_compression=args.max_compression, artifacts="all")
+    pip_install(res.lock, os.path.join(out, "warm"), [])
+    builds, pips, stages = [], [], []
+    for i in range(args.builds):
+        t0 = time.perf_counter()
+        res = build(PACKAGES, python="3.11", arch="x86_64", output=os.path.join(out, "runtime"),
+                    cache_dir=os.path.join(out, "cache"), use_cache=False, verify_modules=IMPORTS,
+                    zstd_level=args.zstd_level, max_compression=args.max_compression, artifacts="all")
+        builds.append(time.perf_counter() - t0)
+        stages.append(res.stage_seconds)
+        pips.append(pip_install(res.lock, os.path.join(out, "raw-pyc"), []))
+    build_s, pip_s = statistics.median(builds), statistics.median(pips)
     m = res.manifest
     t0 = time.perf_counter()
     sl = build(lock=res.lock, python="3.11", arch="x86_64", output=os.path.join(out, "runtime-sourceless"),
                cache_dir=os.path.join(out, "cache"), use_cache=False, verify_modules=IMPORTS,
-               zstd_level=args.zstd_level, sourceless=True)
+               zstd_level=args.zstd_level, max_compression=args.max_compression, sourceless=True, artifacts="all")
     build_sl_s = time.perf_counter() - t0
 
-    # Baseline: the same lock, installed the way pip lays it out (with and without its .pyc).
-    target = Target.make("3.11", "x86_64")
-    base = {}
-    for name, extra in (("raw-pyc", []), ("raw-nopyc", ["--no-compile"])):
-        d = os.path.join(out, name)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes", "--target", d,
-                        "-r", res.lock, *target.pip_args(), *extra], check=True)
-        base[name] = d
+    # Baseline trees: the same lock, installed the way pip lays it out (with and without its .pyc).
+    base = {"raw-pyc": os.path.join(out, "raw-pyc"), "raw-nopyc": os.path.join(out, "raw-nopyc")}
+    pip_install(res.lock, base["raw-nopyc"], ["--no-compile"])
     raw_nopyc, raw_files = tree_size(base["raw-nopyc"])
     raw_pyc, _ = tree_size(base["raw-pyc"])
 
@@ -99,7 +119,13 @@ def main() -> int:
     t_sl, s4 = import_time(sl.site_dir, args.repeat)
 
     s = m["sizes"]
-    print(f"build: {build_s:.1f} s  stages: {json.dumps(res.stage_seconds)}")
+    print(f"machine: {os.cpu_count()} cores, load average {load_before[0]:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (other work shares these cores)")
+    print(f"build time, warm download cache, median of {args.builds}: wrenpack {build_s:.1f} s "
+          f"({', '.join(f'{b:.1f}' for b in builds)}), plain pip install {pip_s:.1f} s "
+          f"({', '.join(f'{p:.1f}' for p in pips)}): ratio {build_s / pip_s:.2f}x (target <= 2.0x)")
+    print(f"stages of the median build: {json.dumps(stages[builds.index(sorted(builds)[(len(builds) - 1) // 2])])}")
+    print(f"packing: zstd level {m['packing']['zstd_level']}, zip level {m['packing']['zip_level']}")
     print(f"build --sourceless (from the lock): {build_sl_s:.1f} s")
     print("packages: " + ", ".join(f"{p['name']} {p['version']}" for p in m["packages"]))
     print()

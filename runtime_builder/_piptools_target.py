@@ -1,19 +1,66 @@
-"""Run pip-compile as if on the Lambda target (a subprocess entry point).
+"""The one place wrenpack touches pip and pip-tools internals (a subprocess entry point).
 
 pip-tools resolves for the interpreter it runs in: it evaluates environment
 markers and picks wheels for this host. A runtime is for another machine
 (Lambda's glibc, maybe another Python or arm64), so before calling
 pip-compile we point pip's marker environment, wheel-tag selection and
 Requires-Python checks at the target. The patches live only in this
-short-lived process.
+short-lived process, and :func:`_check_versions` refuses to apply them to a
+pip or pip-tools whose internals moved (one line naming the versions).
 
-Usage: python -m runtime_builder._piptools_target TARGET_JSON -- <pip-compile args>
+Usage::
+
+    python -m runtime_builder._piptools_target compile TARGET_JSON -- <pip-compile args>
+    python -m runtime_builder._piptools_target versions TARGET_JSON NAME...
+    python -m runtime_builder._piptools_target sizes TARGET_JSON NAME==VERSION...
+
+``compile`` prints, on a resolution failure, one ``WRENPACK-ERROR {json}``
+line on stderr (the exception pip raised, without its traceback).
+``versions`` prints ``{name: {"target": [...], "any": [...]}}``: the versions
+with a file installable on the target, and every version the index has. ``sizes`` prints ``{name: bytes | null}``: the
+size of the file the target would install (PEP 700 ``size``, or the file itself).
 """
 from __future__ import annotations
 
 import json
 import sys
 from typing import Any
+
+#: pip / pip-tools majors whose internals this module was written against (checked by attribute, too).
+TESTED = {"pip": (23, 25), "pip-tools": (7, 7)}
+MARKER = "WRENPACK-ERROR "
+_OPEN: list[Any] = []
+
+
+class Unsupported(Exception):
+    """pip or pip-tools changed the internals patched here."""
+
+
+def _check_versions() -> None:
+    from importlib.metadata import version
+
+    import pip._internal.cli.req_command as rc
+    from pip._vendor.packaging import markers
+
+    for dist, (lo, hi) in TESTED.items():
+        v = version(dist)
+        major = int(v.split(".")[0])
+        if not lo <= major <= hi:
+            print(f"wrenpack: warning: {dist} {v} is outside the versions its resolver shim was tested "
+                  f"with ({lo}..{hi}.x); if resolution misbehaves, install {dist}<{hi + 1}", file=sys.stderr)
+    needed = [(rc.RequirementCommand, "_build_package_finder"), (rc.RequirementCommand, "make_resolver"),
+              (markers, "default_environment")]
+    try:
+        from piptools.repositories.pypi import PyPIRepository
+
+        needed.append((PyPIRepository, "_get_file_hash"))
+    except ImportError as exc:
+        raise Unsupported(f"pip-tools {version('pip-tools')} has no piptools.repositories.pypi ({exc})") from None
+    for owner, attr in needed:
+        if not hasattr(owner, attr):
+            raise Unsupported(f"{owner.__name__}.{attr} is gone in pip {version('pip')} / pip-tools "
+                              f"{version('pip-tools')}; install pip<{TESTED['pip'][1] + 1} pip-tools<"
+                              f"{TESTED['pip-tools'][1] + 1}")
 
 
 def _patch(target: dict[str, Any]) -> None:
@@ -64,17 +111,105 @@ def _patch(target: dict[str, Any]) -> None:
     PyPIRepository._get_file_hash = _get_file_hash  # type: ignore[method-assign]
 
 
-def main(argv: list[str]) -> int:
-    target = json.loads(argv[0])
-    rest = argv[argv.index("--") + 1:]
+def _report(exc: BaseException) -> None:
+    message = str(exc).strip().splitlines()
+    print(MARKER + json.dumps({"type": type(exc).__name__, "message": message[0] if message else ""}),
+          file=sys.stderr)
+
+
+def compile_main(target: dict[str, Any], rest: list[str]) -> int:
     _patch(target)
+    from pip._internal.exceptions import PipError
     from piptools.scripts.compile import cli
 
     try:
         cli.main(args=rest, prog_name="pip-compile", standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except PipError as exc:  # resolution failed: pip already logged the why (conflicts, missing names)
+        _report(exc)
+        return 2
     return 0
+
+
+def _finder(pip_args: list[str], *, ignore_requires_python: bool) -> Any:
+    from pip._internal.cli import cmdoptions
+    from pip._internal.commands import create_command
+
+    cmd = create_command("download")
+    ctx = cmd.main_context()  # pip's session lives in it; kept open until this short process ends
+    ctx.__enter__()
+    _OPEN.append(ctx)
+    options, _ = cmd.parse_args(pip_args)
+    session = cmd.get_default_session(options)
+    target_python = cmdoptions.make_target_python(options) if options.platforms or options.python_version else None
+    return cmd._build_package_finder(options=options, session=session, target_python=target_python,
+                                     ignore_requires_python=ignore_requires_python)
+
+
+def versions_main(target: dict[str, Any], names: list[str]) -> int:
+    """Versions per name: on the target (its wheels, its Python) and on the index at all."""
+    on_target = _finder(list(target["pip_args"]), ignore_requires_python=False)
+    anywhere = _finder([], ignore_requires_python=True)
+    out = {}
+    for name in names:
+        tv = sorted({c.version for c in on_target.find_all_candidates(name)})
+        av = sorted({c.version for c in anywhere.find_all_candidates(name)})
+        out[name] = {"target": [str(v) for v in tv], "any": [str(v) for v in av]}
+    print(json.dumps(out))
+    return 0
+
+
+def sizes_main(target: dict[str, Any], pins: list[str]) -> int:
+    """Bytes of the file pip would install on the target, per ``name==version`` (when the index says)."""
+    import os
+    import urllib.parse
+    import urllib.request
+
+    from pip._internal.models.link import Link
+    from pip._vendor.packaging.specifiers import SpecifierSet
+
+    known: dict[str, int] = {}
+    original = Link.from_json.__func__  # type: ignore[attr-defined]
+
+    def from_json(cls, file_data, page_url):  # type: ignore[no-untyped-def]
+        link = original(cls, file_data, page_url)
+        if link is not None and isinstance(file_data.get("size"), int):  # PEP 700
+            known[link.url_without_fragment] = file_data["size"]
+        return link
+
+    Link.from_json = classmethod(from_json)  # type: ignore[method-assign, assignment]
+    finder = _finder(list(target["pip_args"]), ignore_requires_python=False)
+    out: dict[str, int | None] = {}
+    for pin in pins:
+        name, _, ver = pin.partition("==")
+        best = finder.find_best_candidate(name, SpecifierSet(f"=={ver}")).best_candidate
+        size = None
+        if best is not None:
+            url = best.link.url_without_fragment
+            size = known.get(url)
+            if size is None and url.startswith("file:"):
+                path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+                size = os.path.getsize(path) if os.path.exists(path) else None
+        out[name] = size
+    print(json.dumps(out))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    mode, target = argv[0], json.loads(argv[1])
+    try:
+        _check_versions()
+    except Unsupported as exc:
+        _report(exc)
+        return 3
+    if mode == "compile":
+        return compile_main(target, argv[argv.index("--") + 1:])
+    if mode == "versions":
+        return versions_main(target, argv[2:])
+    if mode == "sizes":
+        return sizes_main(target, argv[2:])
+    raise SystemExit(f"unknown mode {mode!r}")
 
 
 if __name__ == "__main__":

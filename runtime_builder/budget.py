@@ -17,6 +17,10 @@ def limit_for(target: str, tmp_mb: int = DEFAULT_TMP_MB) -> int:
     return LAYER_LIMIT if target == "layer" else tmp_mb * MIB
 
 
+def where(target: str, tmp_mb: int = DEFAULT_TMP_MB) -> str:
+    return f"the {LAYER_LIMIT / MIB:.0f} MiB layer limit" if target == "layer" else f"/tmp ({tmp_mb} MiB)"
+
+
 def check(size: int, packages: dict[str, int], *, target: str = "layer", tmp_mb: int = DEFAULT_TMP_MB) -> None:
     """Raise :class:`BudgetExceeded` (one-line message, ``rows`` = largest packages) when over."""
     limit = limit_for(target, tmp_mb)
@@ -24,10 +28,9 @@ def check(size: int, packages: dict[str, int], *, target: str = "layer", tmp_mb:
         return
     rows = sorted(packages.items(), key=lambda kv: -kv[1])[:10]
     top = ", ".join(f"{n} {s / MIB:.1f}" for n, s in rows[:5])
-    where = "the 250 MiB layer limit" if target == "layer" else f"/tmp ({tmp_mb} MiB)"
     fix = ("drop or split packages (a second layer shares the same 250 MiB), use --target archive with "
            "--tmp-size up to 10240, or build a container image with --docker") if target == "layer" else (
         "raise --tmp-size (up to 10240 MiB), drop packages, or build a container image with --docker")
     raise BudgetExceeded(
-        f"runtime is {size / MIB:.1f} MiB unzipped, over {where} by {(size - limit) / MIB:.1f} MiB "
+        f"runtime is {size / MIB:.1f} MiB unzipped, over {where(target, tmp_mb)} by {(size - limit) / MIB:.1f} MiB "
         f"(largest MiB: {top}); fix: {fix}", rows)

@@ -34,7 +34,7 @@ def copy_worker(wrenpack_dir: str, dest: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime_builder import bytecode, pipeline, trim
+    from runtime_builder import attribution, bytecode, trim
     from wrenpack.errors import WrenpackError
 
     ap = argparse.ArgumentParser()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         options = {"sourceless": a.sourceless == "1", "skip_imports": [], "verify_modules": [HANDLER_MODULE]}
         bytecode.compile_tree(sys.executable, a.dest, sourceless=options["sourceless"])
         with tempfile.TemporaryDirectory() as work:
-            modules, seconds = pipeline._verify(plan, a.dest, work, sys.executable, options)
+            modules, seconds = attribution.verify_tree(plan, a.dest, work, sys.executable, options)
     except WrenpackError as exc:
         print(f"wrenpack: error: {exc}", file=sys.stderr)
         return 1

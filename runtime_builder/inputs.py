@@ -2,43 +2,93 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from wrenpack.errors import BuildError
+
+log = logging.getLogger(__name__)
 
 #: never resolved from an index: the worker handler ships separately
 SKIP = {"wrenpack"}
+#: requirements-file options that choose where packages come from; passed on to pip-compile and the lock
+INDEX_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--trusted-host", "--pre",
+                 "--no-index", "--prefer-binary")
 
 
 def _name(req: str) -> str:
-    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
-    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
+    """The canonical project name of a requirement line ("" when it is not one)."""
+    try:
+        return canonicalize_name(Requirement(req).name)
+    except InvalidRequirement:
+        return ""
 
 
 @dataclass
 class Inputs:
-    """Requirement lines (pip syntax) plus modules the verification must import."""
+    """Requirement lines (pip syntax), index options, and modules the verification must import."""
 
     requirements: list[str] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)
+    #: canonical names pinned from a profile (their version may fall back to one with a target wheel)
+    from_profile: set[str] = field(default_factory=set)
 
     def names(self) -> set[str]:
-        return {_name(r) for r in self.requirements if not r.startswith("-")}
+        return {n for n in (_name(r) for r in self.requirements) if n}
 
-    def add(self, req: str) -> None:
+    def add(self, req: str, where: str = "argument") -> None:
         req = req.strip()
-        if req and not req.startswith("#") and req not in self.requirements and _name(req) not in SKIP:
+        if not req or req.startswith("#") or req in self.requirements:
+            return
+        if req.startswith("-c "):
+            self.requirements.append(req)
+            return
+        try:
+            name = canonicalize_name(Requirement(req).name)
+        except InvalidRequirement as exc:
+            raise BuildError(f"{where}: {req!r} is not a valid requirement ({exc}); fix: write it as "
+                             f"NAME[extras] SPECIFIER, e.g. 'numpy>=2'") from None
+        if name not in SKIP:
             self.requirements.append(req)
 
+    def replace(self, name: str, req: str) -> None:
+        """Swap the requirement for canonical ``name`` (keeps its position)."""
+        self.requirements = [req if _name(r) == name else r for r in self.requirements]
+
     def text(self) -> str:
-        return "".join(r + "\n" for r in self.requirements)
+        return "".join(o + "\n" for o in self.options) + "".join(r + "\n" for r in self.requirements)
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, text) with backslash continuations joined and comments removed, as pip reads them."""
+    out: list[tuple[int, str]] = []
+    buf, start = "", 0
+    for i, line in enumerate(text.splitlines(), 1):
+        if not buf:
+            start = i
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        logical = re.sub(r"(^|\s+)#.*$", "", buf).strip()
+        buf = ""
+        if logical:
+            out.append((start, logical))
+    if buf.strip():
+        out.append((start, re.sub(r"(^|\s+)#.*$", "", buf).strip()))
+    return out
 
 
 def read_requirements_file(path: str, into: Inputs, _seen: set[str] | None = None) -> None:
+    """pip's requirements-file syntax: -r/-c (relative to the file), index options, continuations, comments."""
     seen = _seen if _seen is not None else set()
     path = os.path.abspath(path)
     if path in seen:
@@ -46,19 +96,32 @@ def read_requirements_file(path: str, into: Inputs, _seen: set[str] | None = Non
     seen.add(path)
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            text = f.read()
     except OSError as exc:
         raise BuildError(f"cannot read requirements file {path}: {exc.strerror}; check the -r path") from None
-    for line in lines:
-        line = line.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
+    here = os.path.dirname(path)
+    for lineno, line in _logical_lines(text):
+        where = f"{path}:{lineno}"
+        if not line.startswith("-"):
+            into.add(line, where)
             continue
-        if line.startswith(("-r ", "--requirement ")):
-            read_requirements_file(os.path.join(os.path.dirname(path), line.split(None, 1)[1]), into, seen)
-        elif line.startswith("-c ") or line.startswith("--constraint "):
-            continue
+        m = re.match(r"^(-[a-zA-Z]|--[\w-]+)(?:=|\s+)?(.*)$", line)
+        opt, value = (m.group(1), m.group(2).strip()) if m else (line, "")
+        if opt in ("-r", "--requirement"):
+            read_requirements_file(os.path.join(here, value), into, seen)
+        elif opt in ("-c", "--constraint"):
+            into.add(f"-c {os.path.join(here, value)}", where)
+        elif opt in INDEX_OPTIONS:
+            if opt in ("-f", "--find-links") and "://" not in value:
+                value = os.path.join(here, value)
+            option = f"{opt} {value}".strip()
+            if option not in into.options:
+                into.options.append(option)
+        elif opt in ("-e", "--editable"):
+            raise BuildError(f"{where}: editable requirement {value!r} cannot go into a runtime; fix: build a "
+                             f"wheel of it, or list it by name and version")
         else:
-            into.add(line)
+            log.warning("%s: ignoring pip option %s (it does not change what a runtime contains)", where, opt)
 
 
 def read_pyproject(path: str, into: Inputs) -> None:
@@ -77,7 +140,7 @@ def read_pyproject(path: str, into: Inputs) -> None:
     if deps is None:
         raise BuildError(f"{path} has no [project] dependencies; list them there or use -r requirements.txt")
     for dep in deps:
-        into.add(dep)
+        into.add(dep, path)
 
 
 def read_profile(path: str, into: Inputs) -> None:
@@ -95,7 +158,9 @@ def read_profile(path: str, into: Inputs) -> None:
     for p in pkgs:
         if not isinstance(p, dict) or "name" not in p:
             raise BuildError(f"{path}: each package needs a 'name' (got {p!r}); regenerate the profile")
-        into.add(f"{p['name']}=={p['version']}" if p.get("version") else str(p["name"]))
+        into.add(f"{p['name']}=={p['version']}" if p.get("version") else str(p["name"]), path)
+        if p.get("version"):
+            into.from_profile.add(canonicalize_name(str(p["name"])))
         for m in p.get("modules") or []:
             if m not in into.modules:
                 into.modules.append(m)

@@ -20,13 +20,14 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from runtime_builder import budget, bytecode, inputs as inputs_mod, layout, pack, resolve, trim, verify
+from runtime_builder import attribution, budget, bytecode, inputs as inputs_mod, layout, pack, resolve, trim
 from runtime_builder.targets import Target
-from wrenpack.errors import BuildError
+from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,35 @@ def target_interpreter(target: Target) -> str | None:
     return shutil.which(f"python{target.python}")
 
 
+MODES = (("layer", False), ("layer", True), ("archive", False))
+MODE_NAMES = {("layer", False): "layer with sources", ("layer", True): "sourceless layer",
+              ("archive", False): "archive in /tmp", ("archive", True): "sourceless archive in /tmp"}
+REPORT = "build-report.json"
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Fail in a second, before resolving anything, when ``path`` cannot become a writable directory."""
+    p = os.path.abspath(path)
+    probe = p
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise BuildError(f"cannot write {flag} {path}: it is a file, not a directory; fix: pass another {flag} DIR")
+    if not os.path.isdir(probe):
+        raise BuildError(f"cannot write {flag} {path}: {probe} is a file, not a directory; fix: pass another {flag} DIR")
+    try:  # a real write: access() says yes to root even on a read-only mount's permissions
+        fd, name = tempfile.mkstemp(prefix=".wrenpack-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        where = "it" if probe == p else probe
+        raise BuildError(f"cannot write {flag} {path}: {where} is not writable ({exc.strerror}); fix: pass a "
+                         f"writable {flag} DIR (or fix its permissions)") from None
+
+
 def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (),
           pyproject: str | None = None, profile: str | None = None, lock: str | None = None,
           python: str | None = None, arch: str | None = None,
@@ -86,13 +116,25 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
           target: str = "layer", tmp_size_mb: int = budget.DEFAULT_TMP_MB, strip: bool = True,
           verify_imports: bool = True, verify_modules: Iterable[str] = (), skip_imports: Iterable[str] = (),
           cache_dir: str | None = None, use_cache: bool = True, upgrade: bool = False,
-          zstd_level: int = 19, extra_rules: Iterable[trim.Rule] = (),
+          zstd_level: int | None = None, max_compression: bool = False, artifacts: str = "auto",
+          fit: bool = False, extra_rules: Iterable[trim.Rule] = (),
           disabled_rules: Iterable[str] = ()) -> BuildResult:
-    """Build (or fetch from cache) a verified runtime into ``output``; see the module docstring."""
+    """Build (or fetch from cache) a verified runtime into ``output``; see the module docstring.
+
+    A build that fails after resolving still leaves ``output/requirements.lock`` and
+    ``output/build-report.json`` (what failed, at which stage); the exception carries
+    the report as ``.report``.
+    """
     t0 = time.perf_counter()
     tgt = Target.make(python, arch)
     if target not in ("layer", "archive"):
         raise BuildError(f"unknown --target {target!r}: use layer or archive")
+    if artifacts not in ("auto", "all"):
+        raise BuildError(f"unknown artifacts {artifacts!r}: use auto (what the target needs) or all")
+    output = os.path.abspath(output)
+    cache_root = os.path.abspath(cache_dir or default_cache_dir())
+    _check_writable(output, "--output")
+    _check_writable(cache_root, "--cache-dir")
     inp = inputs_mod.gather(packages, requirements_files, pyproject, profile)
     lock_text = None
     if lock:
@@ -116,18 +158,18 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         raise BuildError(f"cannot verify a {tgt.label} runtime: {why}; build it with --docker, "
                          f"or pass --no-verify to ship it unverified")
 
+    level = zstd_level if zstd_level is not None else (pack.MAX_ZSTD_LEVEL if max_compression else pack.DEFAULT_ZSTD_LEVEL)
     options = {
         "target": target, "tmp_size_mb": tmp_size_mb, "sourceless": sourceless, "keep_boto3": keep_boto3,
         "strip": strip, "verify": verify_imports, "verify_modules": modules, "skip_imports": sorted(skip),
-        "zstd_level": zstd_level, "extra_rules": [r.name for r in extra_rules],
+        "zstd_level": level, "zip_level": pack.MAX_ZIP_LEVEL if max_compression else pack.DEFAULT_ZIP_LEVEL,
+        "artifacts": artifacts, "fit": fit, "extra_rules": [r.name for r in extra_rules],
         "disabled_rules": sorted(disabled_rules),
     }
     key_src = {"requirements": inp.text(), "lock": lock_text, "python": tgt.python, "arch": tgt.arch,
                "options": options, "builder": _builder_fingerprint()}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()
-    cache_root = os.path.abspath(cache_dir or default_cache_dir())
     entry = os.path.join(cache_root, key[:32])
-    output = os.path.abspath(output)
 
     if use_cache and not upgrade and os.path.isfile(os.path.join(entry, layout.MANIFEST)):
         log.info("cache hit %s", entry)
@@ -139,8 +181,9 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     stages: dict[str, float] = {}
+    state: dict[str, Any] = {"stage": "resolve"}
     try:
-        manifest = _build_into(tmp, tgt, inp, lock_text, interp, options, extra_rules, stages,
+        manifest = _build_into(tmp, tgt, inp, lock_text, interp, options, extra_rules, stages, state,
                                seed_lock=os.path.join(output, layout.LOCK), upgrade=upgrade,
                                requested=inp.names())
         manifest["cache_key"] = key
@@ -149,12 +192,52 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
             f.write("\n")
         shutil.rmtree(entry, ignore_errors=True)
         os.replace(tmp, entry)
+    except BuildError as exc:
+        exc.report = _failure_report(exc, tmp, output, tgt, inp, options, state, stages,  # type: ignore[attr-defined]
+                                     time.perf_counter() - t0)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _publish(entry, output)
+    _drop_report(output)
     res = _result(output, cache_hit=False, seconds=time.perf_counter() - t0)
     res.stage_seconds = stages
     return res
+
+
+def _drop_report(output: str) -> None:
+    try:
+        os.unlink(os.path.join(output, REPORT))
+    except OSError:
+        pass
+
+
+def _failure_report(exc: BuildError, tmp: str, output: str, tgt: Target, inp: inputs_mod.Inputs,
+                    options: dict[str, Any], state: dict[str, Any], stages: dict[str, float],
+                    seconds: float) -> dict[str, Any]:
+    """Write ``build-report.json`` (and the lock, when resolution got that far) into ``output``."""
+    os.makedirs(output, exist_ok=True)
+    lock_src = os.path.join(tmp, layout.LOCK)
+    lock_out = None
+    pinned: dict[str, str] = {}
+    if os.path.isfile(lock_src):
+        lock_out = os.path.join(output, layout.LOCK)
+        shutil.copyfile(lock_src, lock_out)
+        with open(lock_src, encoding="utf-8") as f:
+            pinned = resolve.pins(f.read())
+    report = {
+        "ok": False, "stage": state.get("stage"), "error": type(exc).__name__, "message": str(exc),
+        "target": {"python": tgt.python, "arch": tgt.arch, "kind": options["target"]},
+        "requirements": inp.requirements, "lock": lock_out, "packages": pinned,
+        "sizes": state.get("sizes"), "rollbacks": state.get("rollbacks", []),
+        "previous_runtime_kept": os.path.isfile(os.path.join(output, layout.MANIFEST)),
+        "seconds": round(seconds, 3), "stage_seconds": stages,
+        "rows": [[n, s] for n, s in getattr(exc, "rows", None) or []],
+    }
+    with open(os.path.join(output, REPORT), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return report
 
 
 def _result(output: str, *, cache_hit: bool, seconds: float) -> BuildResult:
@@ -197,31 +280,182 @@ def _timed(stages: dict[str, float], name: str, t: float) -> float:
     return now
 
 
+def _resolve(inp: inputs_mod.Inputs, tgt: Target, work: str, seed_lock: str, upgrade: bool,
+             state: dict[str, Any]) -> str:
+    """pip-compile; a profile's pin with no wheel for the target falls back (with a warning) to the newest that has one."""
+    fallbacks = state.setdefault("fallbacks", [])
+    for _ in range(len(inp.from_profile) + 1):
+        try:
+            return resolve.compile_lock(inp.text(), os.path.join(work, layout.LOCK), tgt, seed=seed_lock,
+                                        upgrade=upgrade)
+        except NoSuitableWheel as exc:
+            name, best = getattr(exc, "name", None), getattr(exc, "newest", None)
+            if not (name in inp.from_profile and best) or any(f["name"] == name for f in fallbacks):
+                raise
+            old = next((r for r in inp.requirements if inputs_mod._name(r) == name), name)
+            log.warning("the profile pins %s, which has no wheel for %s; using %s==%s, the newest version that has "
+                        "one (pin it yourself to silence this)", old, tgt.label, name, best)
+            inp.replace(name, f"{name}=={best}")
+            fallbacks.append({"name": name, "profile": old, "using": best})
+    raise BuildError("resolving kept failing after falling back from the profile's versions; run with -v")
+
+
+def _precheck_wheels(lock_text: str, tgt: Target, options: dict[str, Any]) -> None:
+    """Fail in seconds, before downloading, when the wheels alone (compressed) exceed every allowed budget."""
+    kind = max((k for k, _ in _modes(options)), key=lambda k: budget.limit_for(k, options["tmp_size_mb"]))
+    limit = budget.limit_for(kind, options["tmp_size_mb"])
+    skip = set(trim.BUILD_TOOLS) | (set() if options["keep_boto3"] else set(trim.LAMBDA_PROVIDED))
+    sizes = resolve.wheel_sizes({n: v for n, v in resolve.pins(lock_text).items() if n not in skip}, tgt)
+    known = {n: s for n, s in sizes.items() if s}
+    total = sum(known.values())
+    if total <= limit:
+        return
+    rows = sorted(known.items(), key=lambda kv: -kv[1])[:10]
+    top = ", ".join(f"{n} {s / budget.MIB:.1f}" for n, s in rows[:5])
+    where = budget.where(kind, options["tmp_size_mb"])
+    raise BudgetExceeded(
+        f"the wheels alone are {total / budget.MIB:.1f} MiB compressed, over {where} before unpacking (largest "
+        f"MiB: {top}); nothing was installed; fix: drop packages, use --target archive with a larger --tmp-size "
+        f"(up to 10240), or build a container image with --docker", rows)
+
+
+def _py_with_pyc(site: str) -> dict[str, int]:
+    """.py files (rel path -> size) whose hash-based .pyc exists in __pycache__: what sourceless drops."""
+    out: dict[str, int] = {}
+    for dirpath, _, filenames in os.walk(site):
+        if os.path.basename(dirpath) != "__pycache__":
+            continue
+        parent = os.path.dirname(dirpath)
+        for fn in filenames:
+            if fn.endswith(".pyc"):
+                src = os.path.join(parent, fn.split(".", 1)[0] + ".py")
+                if os.path.isfile(src):
+                    out[os.path.relpath(src, site)] = os.path.getsize(src)
+    return out
+
+
+def _to_sourceless(site: str) -> int:
+    """Move each __pycache__ .pyc beside its source as ``x.pyc`` and drop ``x.py``; return bytes freed.
+
+    The result is what ``--sourceless`` builds: the .pyc bytes are the same
+    (compileall's legacy layout only changes where they are written).
+    """
+    freed = 0
+    for dirpath, dirnames, filenames in os.walk(site, topdown=False):
+        if os.path.basename(dirpath) != "__pycache__":
+            continue
+        parent = os.path.dirname(dirpath)
+        for fn in filenames:
+            if not fn.endswith(".pyc"):
+                continue
+            stem = fn.split(".", 1)[0]
+            src = os.path.join(parent, stem + ".py")
+            if os.path.isfile(src):
+                freed += os.path.getsize(src)
+                os.replace(os.path.join(dirpath, fn), os.path.join(parent, stem + ".pyc"))
+                os.unlink(src)
+        if not os.listdir(dirpath):
+            os.rmdir(dirpath)
+    return freed
+
+
+def _modes(options: dict[str, Any]) -> list[tuple[str, bool]]:
+    if options["fit"]:
+        return [m for m in MODES if not (options["sourceless"] and not m[1])]
+    return [(options["target"], options["sourceless"])]
+
+
+def _mode_table(size: int, sourceless_size: int, tmp_mb: int) -> list[dict[str, Any]]:
+    out = []
+    for kind, sl in MODES:
+        n = sourceless_size if sl else size
+        limit = budget.limit_for(kind, tmp_mb)
+        out.append({"mode": MODE_NAMES[(kind, sl)], "kind": kind, "sourceless": sl, "bytes": n,
+                    "limit_bytes": limit, "fits": n <= limit})
+    return out
+
+
+def _choose_mode(size: int, sourceless_size: int, per_dist: dict[str, int], options: dict[str, Any],
+                 state: dict[str, Any], *, lower_bound: bool = False) -> tuple[str, bool]:
+    """The first allowed mode whose size fits; else BudgetExceeded that names a smaller mode that fits.
+
+    ``lower_bound``: the sizes are before bytecode (an early check that only fails, never chooses).
+    """
+    tmp_mb = options["tmp_size_mb"]
+    tried = _mode_table(size, sourceless_size, tmp_mb)
+    allowed = _modes(options)
+    rows = [r for r in tried if (r["kind"], r["sourceless"]) in allowed]
+    if not lower_bound:
+        state["modes"] = tried
+    for row in rows:
+        if row["fits"]:
+            if options["fit"] and not lower_bound:
+                skipped = [f"{r['mode']} is {r['bytes'] / budget.MIB:.1f} MiB, over {r['limit_bytes'] / budget.MIB:.0f} MiB"
+                           for r in rows[: rows.index(row)]]
+                why = "; ".join(skipped + [f"{row['mode']} is {row['bytes'] / budget.MIB:.1f} MiB, within "
+                                           f"{row['limit_bytes'] / budget.MIB:.0f} MiB"])
+                state["fit"] = {"chosen": row["mode"], "why": why}
+                log.warning("--fit chose a %s: %s", row["mode"], why)
+            return row["kind"], row["sourceless"]
+    at_least = "at least " if lower_bound else ""
+    if options["fit"]:
+        sizes = "; ".join(f"{r['mode']} {at_least}{r['bytes'] / budget.MIB:.1f} MiB (limit "
+                          f"{r['limit_bytes'] / budget.MIB:.0f})" for r in rows)
+        top = ", ".join(f"{n} {b / budget.MIB:.1f}" for n, b in sorted(per_dist.items(), key=lambda kv: -kv[1])[:5])
+        raise BudgetExceeded(f"no mode fits: {sizes} (largest MiB: {top}); fix: drop or split packages, raise "
+                             f"--tmp-size (up to 10240), or build a container image with --docker",
+                             sorted(per_dist.items(), key=lambda kv: -kv[1])[:10])
+    kind, sl = allowed[0]
+    fitting = [r for r in tried if r["fits"]]
+    hint = (f"; a {fitting[0]['mode']} would fit ({at_least}{fitting[0]['bytes'] / budget.MIB:.1f} MiB): "
+            f"pass --fit to build the first mode that fits" if fitting else "")
+    try:
+        budget.check(sourceless_size if sl else size, per_dist, target=kind, tmp_mb=tmp_mb)
+    except BudgetExceeded as exc:
+        raise BudgetExceeded(f"{exc}{hint}", exc.rows) from None
+    return kind, sl  # pragma: no cover - check() raised: nothing allowed fits
+
+
 def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | None, interp: str | None,
-                options: dict[str, Any], extra_rules: Iterable[trim.Rule], stages: dict[str, float], *,
-                seed_lock: str, upgrade: bool, requested: set[str]) -> dict[str, Any]:
+                options: dict[str, Any], extra_rules: Iterable[trim.Rule], stages: dict[str, float],
+                state: dict[str, Any], *, seed_lock: str, upgrade: bool, requested: set[str]) -> dict[str, Any]:
     t = time.perf_counter()
     work = os.path.join(tmp, "work")
     os.makedirs(work)
     lock_path = os.path.join(tmp, layout.LOCK)
-    if lock_text is not None:
-        with open(lock_path, "w", encoding="utf-8") as f:
-            f.write(lock_text)
-    else:
-        resolve.compile_lock(inp.text(), os.path.join(work, layout.LOCK), tgt, seed=seed_lock, upgrade=upgrade)
-        shutil.copyfile(os.path.join(work, layout.LOCK), lock_path)
+    if lock_text is None:
+        lock_text = _resolve(inp, tgt, work, seed_lock, upgrade, state)
+        if inp.options:  # index options (e.g. a CPU-only wheel index) travel with the lock, for pip install
+            lock_text = "".join(o + "\n" for o in inp.options if o not in lock_text) + lock_text
+    with open(lock_path, "w", encoding="utf-8") as f:
+        f.write(lock_text)
     t = _timed(stages, "resolve", t)
 
+    state["stage"] = "size-check"
+    resolve.check_gpu(lock_text, requested)
+    _precheck_wheels(lock_text, tgt, options)
+    t = _timed(stages, "size-check", t)
+
+    state["stage"] = "install"
     raw = os.path.join(work, "raw")
     resolve.install(lock_path, raw, tgt)
     t = _timed(stages, "install", t)
 
+    state["stage"] = "trim"
     plan = trim.plan(raw, keep_boto3=options["keep_boto3"], requested=requested, extra_rules=extra_rules,
                      disabled=options["disabled_rules"])
     site = os.path.join(tmp, layout.SITE)
     trim.materialize(plan, site, strip=options["strip"])
+    files = trim.scan_files(site)
+    per_dist = _per_dist(files, {rel: _owner_of(rel, plan) for rel in files})
+    py_bytes = sum(n for rel, n in files.items() if rel.endswith(".py"))
+    trimmed = sum(files.values())
+    state["sizes"] = {"raw": sum(plan.files.values()), "trimmed_without_bytecode": trimmed}
+    # Bytecode only adds (with sources) or replaces the .py (sourceless): fail now, not after compiling and verifying.
+    _choose_mode(trimmed, trimmed - py_bytes, per_dist, options, state, lower_bound=True)
     t = _timed(stages, "trim", t)
 
+    state["stage"] = "bytecode"
     pyc_bytes = 0
     if interp:
         pyc_bytes = bytecode.compile_tree(interp, site, sourceless=options["sourceless"])
@@ -229,22 +463,44 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         log.warning("no python%s interpreter: shipping without bytecode (slower cold start)", tgt.python)
     t = _timed(stages, "bytecode", t)
 
+    state["stage"] = "budget"
+    files = trim.scan_files(site)
+    size = sum(files.values())
+    sourceless_size = size - sum(_py_with_pyc(site).values()) if not options["sourceless"] else size
+    per_dist = _per_dist(files, {rel: _owner_of(rel, plan) for rel in files})
+    kind, sl = _choose_mode(size, sourceless_size, per_dist, options, state)
+    if sl and not options["sourceless"]:
+        freed = _to_sourceless(site)
+        log.info("sourceless: dropped %.1f MiB of sources", freed / budget.MIB)
+    options = dict(options, target=kind, sourceless=sl)
+
+    state["stage"] = "verify"
     checked: list[str] = []
     import_seconds = None
     if options["verify"] and interp:
-        checked, import_seconds = _verify(plan, site, work, interp, options)
+        try:
+            checked, import_seconds = attribution.verify_tree(plan, site, work, interp, options)
+        finally:
+            state["rollbacks"] = plan.rollbacks
     t = _timed(stages, "verify", t)
 
+    state["stage"] = "budget"
     dists, _ = trim.read_dists(raw)
     before = _per_dist(plan.files, plan.owner)
     after_files = trim.scan_files(site)
     after = _per_dist(after_files, {rel: _owner_of(rel, plan) for rel in after_files})
     size = sum(after_files.values())
-    if options["target"] == "layer" or options["target"] == "archive":
-        budget.check(size, after, target=options["target"], tmp_mb=options["tmp_size_mb"])
+    budget.check(size, after, target=kind, tmp_mb=options["tmp_size_mb"])
 
-    zip_size = pack.write_zip(site, os.path.join(tmp, layout.LAYER_ZIP))
-    arc_size = pack.write_tar_zst(site, os.path.join(tmp, layout.ARCHIVE), level=options["zstd_level"])
+    state["stage"] = "pack"
+    want = {"layer": {layout.LAYER_ZIP}, "archive": {layout.ARCHIVE}}[kind]
+    if options["artifacts"] == "all":
+        want = {layout.LAYER_ZIP, layout.ARCHIVE}
+    zip_size = arc_size = None
+    if layout.LAYER_ZIP in want:
+        zip_size = pack.write_zip(site, os.path.join(tmp, layout.LAYER_ZIP), level=options["zip_level"])
+    if layout.ARCHIVE in want:
+        arc_size = pack.write_tar_zst(site, os.path.join(tmp, layout.ARCHIVE), level=options["zstd_level"])
     t = _timed(stages, "pack", t)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -264,9 +520,13 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     return {
         "manifest_version": MANIFEST_VERSION,
         "target": {"python": tgt.python, "arch": tgt.arch, "platform_tags": tgt.platform_tags(),
-                   "glibc": "%d.%d" % tgt.glibc, "kind": options["target"],
-                   "limit_bytes": budget.limit_for(options["target"], options["tmp_size_mb"])},
+                   "glibc": "%d.%d" % tgt.glibc, "kind": kind,
+                   "limit_bytes": budget.limit_for(kind, options["tmp_size_mb"])},
+        "mode": {"name": MODE_NAMES[(kind, sl)], "kind": kind, "sourceless": sl,
+                 "chosen_by": "--fit" if options["fit"] else "options", "why": (state.get("fit") or {}).get("why"),
+                 "sizes": state.get("modes")},
         "requirements": inp.requirements,
+        "fallbacks": state.get("fallbacks", []),
         "packages": [
             {"name": d.name, "version": d.version, "bytes_before": before.get(d.name, 0),
              "bytes_after": after.get(d.name, 0),
@@ -275,17 +535,20 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         ],
         "provided_by_lambda": sorted(n for n in trim.LAMBDA_PROVIDED if n in dists and after.get(n, 0) == 0),
         "rules": rules,
+        "rollbacks": plan.rollbacks,
         "bytecode": {"bytes_added": pyc_bytes, "invalidation": "unchecked-hash",
-                     "sourceless": options["sourceless"], "compiled": interp is not None},
+                     "sourceless": sl, "compiled": interp is not None},
         "sizes": {"raw": sum(plan.files.values()), "trimmed": size, "files": len(after_files),
                   "layer_zip": zip_size, "archive": arc_size},
+        "packing": {"zstd_level": options["zstd_level"], "zip_level": options["zip_level"],
+                    "artifacts": sorted(want)},
         "verified": {"ok": bool(options["verify"] and interp), "modules": checked,
                      "skipped": options["skip_imports"]},
         "kept_test_files": sorted(plan.kept_tests),
         "lock_sha256": lock_hash,
         "content_hash": pack.content_hash(site),
-        "files": {"site": layout.SITE, "layer_zip": layout.LAYER_ZIP, "archive": layout.ARCHIVE,
-                  "lock": layout.LOCK},
+        "files": {"site": layout.SITE, "layer_zip": layout.LAYER_ZIP if zip_size is not None else None,
+                  "archive": layout.ARCHIVE if arc_size is not None else None, "lock": layout.LOCK},
     }
 
 
@@ -315,97 +578,6 @@ def _per_dist(files: dict[str, int], owner: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _provided_dir(plan: trim.Plan, work: str) -> list[str]:
-    """Stand-ins for the packages Lambda's runtime provides (removed by the lambda-provided rule)."""
-    tops = sorted({p.split(os.sep)[0] for p, r in plan.removed.items() if r == "lambda-provided"
-                   and not p.split(os.sep)[0].endswith(".dist-info")})
-    if not tops:
-        return []
-    d = os.path.join(work, "lambda-provided")
-    os.makedirs(d, exist_ok=True)
-    for top in tops:
-        os.symlink(os.path.join(plan.root, top), os.path.join(d, top))
-    return [d]
-
-
-def _culprits(f: verify.Failure, plan: trim.Plan, site: str, *, broad: bool) -> set[tuple[str, str]]:
-    """(rule, dist) pairs whose removals can explain an import failure.
-
-    Precise first: the missing module's or file's removing rule. With ``broad``
-    (the module imports from the raw tree, so trimming broke it somehow), every
-    rule applied to the module's own distribution.
-    """
-    found: set[tuple[str, str]] = set()
-    if f.name:
-        stem = f.name.replace(".", os.sep)
-        for p, rule in plan.removed.items():
-            if p == stem + ".py" or p.startswith(stem + os.sep) or (p.startswith(stem + ".") and p.endswith(".so")):
-                found.add((rule, plan.owner.get(p, trim.UNOWNED)))
-    if f.filename:
-        rel = os.path.relpath(str(f.filename), site)
-        if rel in plan.removed:
-            found.add((plan.removed[rel], plan.owner.get(rel, trim.UNOWNED)))
-    if not found and broad:
-        top = f.module.split(".")[0]
-        dists = {o for p, o in plan.owner.items() if p.split(os.sep)[0] in (top, top + ".py")
-                 or (p.split(os.sep)[0].startswith(top + ".") and p.endswith(".so"))}
-        for d in dists:
-            found |= {(r, d) for r in plan.rules_for(d)}
-    return {(r, d) for r, d in found if d not in plan.rolled_back.get(r, set())}
-
-
 def _verify(plan: trim.Plan, site: str, work: str, interp: str, options: dict[str, Any]) -> tuple[list[str], float]:
-    """Required modules (top level + asked for) must import; extensions are checked best effort.
-
-    A failure that a trim rule explains rolls that rule back for the owning
-    distribution and the check runs again. A required module failing for
-    another reason fails the build; an extension module doing so (some only
-    import in a particular order or need optional libraries) is logged.
-    """
-    skip = set(options["skip_imports"])
-    required = sorted((set(verify.top_level_modules(site)) | set(options["verify_modules"])) - skip)
-    extensions = [m for m in verify.extension_modules(site) if m not in skip and m not in required]
-    extra = _provided_dir(plan, work)
-    seconds = 0.0
-    for _ in range(10):
-        failures, seconds = verify.check_imports(interp, site, required + extensions, extra)
-        if not failures:
-            break
-        progress = False
-        unexplained = []
-        for f in failures.values():
-            pairs = _culprits(f, plan, site, broad=False)
-            if not pairs:
-                unexplained.append(f.module)
-            progress |= _roll_back(plan, site, interp, options, pairs)
-        if unexplained and not progress:
-            # Trimming is to blame only if the untrimmed tree imports the module.
-            raw_fail, _ = verify.check_imports(interp, plan.root, unexplained, extra)
-            for m in unexplained:
-                if m not in raw_fail:
-                    progress |= _roll_back(plan, site, interp, options,
-                                           _culprits(failures[m], plan, site, broad=True))
-        if progress:
-            continue
-        bad = sorted(m for m in failures if m in required)
-        for m in sorted(set(failures) - set(bad)):
-            log.warning("extension module %s does not import on its own (%s); not caused by trimming", m, failures[m])
-            extensions.remove(m)
-        if bad:
-            f = failures[bad[0]]
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise BuildError(f"import check failed: `import {bad[0]}` raised {f}{more}, and no trim rule explains "
-                             f"it; fix: add the missing dependency to the requirements, or pass --skip-import {bad[0]}")
-    else:
-        raise BuildError("import check still failing after rolling back trim rules; run with -v for details")
-    log.info("verified %d modules and %d extension modules import (%.2f s)", len(required), len(extensions), seconds)
-    return required + extensions, seconds
-
-
-def _roll_back(plan: trim.Plan, site: str, interp: str, options: dict[str, Any],
-               pairs: set[tuple[str, str]]) -> bool:
-    for rule, dist in sorted(pairs):
-        restored = plan.rollback(rule, dist)
-        trim.restore(plan, site, restored)
-        bytecode.compile_tree(interp, site, sourceless=options["sourceless"], files=restored)
-    return bool(pairs)
+    """The import check with exact rollbacks (kept here for the Docker build stage, which calls it)."""
+    return attribution.verify_tree(plan, site, work, interp, options)

@@ -4,6 +4,10 @@ The lock (``requirements.lock``) lists every distribution at one version with
 the sha256 of all its files; installing from it with ``--require-hashes`` is
 reproducible, so users commit it. An existing lock seeds the resolution, so
 pins only move when the inputs need it (or with ``upgrade``).
+
+Everything that needs pip's internals runs in ``_piptools_target`` (one
+version-checked module, in a subprocess); this module turns pip's output into
+one-line errors that say what to do.
 """
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from runtime_builder.targets import Target
 from wrenpack.errors import BuildError, NoSuitableWheel
@@ -22,6 +31,39 @@ from wrenpack.errors import BuildError, NoSuitableWheel
 log = logging.getLogger(__name__)
 
 _NO_DIST = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement)\s+(\S+)")
+_CANNOT = re.compile(r"Cannot install (.+?) because these package versions have conflicting dependencies")
+MARKER = "WRENPACK-ERROR "
+
+#: Distributions that only serve GPUs (CUDA runtime libraries, triton's GPU compiler): Lambda has no GPU.
+GPU_PREFIXES = ("nvidia-",)
+GPU_NAMES = frozenset({"triton", "pytorch-triton", "cupy", "jax-cuda12-plugin", "jax-cuda12-pjrt"})
+#: What to install instead, for the packages that usually pull those in.
+CPU_ALTERNATIVES = {
+    "torch": "the CPU-only build: add `--extra-index-url https://download.pytorch.org/whl/cpu` to a requirements "
+             "file with `torch==<version>+cpu` (-r FILE)",
+    "torchvision": "the CPU-only build from https://download.pytorch.org/whl/cpu (`torchvision==<version>+cpu`)",
+    "torchaudio": "the CPU-only build from https://download.pytorch.org/whl/cpu (`torchaudio==<version>+cpu`)",
+    "jax": "`jax[cpu]` (plain `jax` + `jaxlib`) instead of `jax[cuda12]`",
+    "tensorflow": "`tensorflow-cpu`",
+    "cupy": "numpy (cupy needs a GPU)",
+}
+
+
+class ResolveFailed(BuildError):
+    """pip-compile could not produce a lock (``kind`` says why: conflict, unknown, no-wheel, other)."""
+
+    def __init__(self, message: str, kind: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+
+
+def _shim(mode: str, target: Target, args: list[str], *, cwd: str | None = None) -> subprocess.CompletedProcess:
+    spec = {"python": target.python, "markers": target.marker_env(), "pip_args": target.pip_args()}
+    cmd = [sys.executable, "-m", "runtime_builder._piptools_target", mode, json.dumps(spec), *args]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_parent(), env.get("PYTHONPATH", "")] if p)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def compile_lock(requirements_in: str, lock_out: str, target: Target, *, seed: str | None = None,
@@ -35,32 +77,131 @@ def compile_lock(requirements_in: str, lock_out: str, target: Target, *, seed: s
     if seed and os.path.exists(seed) and not upgrade and os.path.abspath(seed) != os.path.abspath(lock_out):
         shutil.copyfile(seed, lock_out)
     pip_args = target.pip_args() if binary_only else [a for a in target.pip_args() if a != "--only-binary=:all:"]
-    spec = {"python": target.python, "markers": target.marker_env()}
-    cmd = [sys.executable, "-m", "runtime_builder._piptools_target", json.dumps(spec), "--",
-           "--generate-hashes", "--quiet", "--no-header", "--strip-extras", "--allow-unsafe",
-           "--no-emit-options", "--resolver=backtracking",
-           "--pip-args", shlex.join(pip_args), "--output-file", os.path.basename(lock_out),
-           os.path.basename(in_path)]
+    args = ["--", "--generate-hashes", "--quiet", "--no-header", "--strip-extras", "--allow-unsafe",
+            "--no-emit-options", "--resolver=backtracking",
+            "--pip-args", shlex.join(pip_args), "--output-file", os.path.basename(lock_out),
+            os.path.basename(in_path)]
     if upgrade:
-        cmd.append("--upgrade")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_parent(), env.get("PYTHONPATH", "")] if p)
+        args.append("--upgrade")
     log.info("resolving %d requirements for %s with pip-compile", len(requirements_in.splitlines()), target.label)
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env)
+    proc = _shim("compile", target, args, cwd=work)
     if proc.returncode != 0:
-        raise _explain(proc.stderr + proc.stdout, target, "resolving")
+        raise explain_resolve(proc.stderr + proc.stdout, target)
     with open(lock_out, encoding="utf-8") as f:
         return f.read()
 
 
+@dataclass
+class Pin:
+    """One locked distribution: name, version and the packages that pulled it in (``# via``)."""
+
+    name: str
+    version: str
+    via: list[str] = field(default_factory=list)
+
+
+def parse_lock(lock_text: str) -> dict[str, Pin]:
+    """The pins of a pip-compile lock (requirements parsed by ``packaging``), with their ``# via``."""
+    out: dict[str, Pin] = {}
+    current: Pin | None = None
+    in_via = False
+    for raw in lock_text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            text = line.lstrip("#").strip()
+            if current is not None and text.startswith("via"):
+                rest = text[3:].strip()
+                in_via = not rest
+                if rest:
+                    current.via.append(rest)
+            elif current is not None and in_via and text and not text.startswith("-"):
+                current.via.append(text.split()[0])
+            continue
+        if raw[:1].isspace() or line.startswith("-"):
+            continue  # --hash continuation lines, options
+        in_via = False
+        spec = line.rstrip("\\").strip()
+        try:
+            req = Requirement(spec)
+        except InvalidRequirement:
+            continue
+        exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
+        if exact:
+            current = Pin(canonicalize_name(req.name), exact[0])
+            out[current.name] = current
+    return out
+
+
 def pins(lock_text: str) -> dict[str, str]:
     """name -> version from a lock file."""
-    out = {}
-    for line in lock_text.splitlines():
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
-        if m:
-            out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
-    return out
+    return {n: p.version for n, p in parse_lock(lock_text).items()}
+
+
+def is_gpu_only(name: str) -> bool:
+    n = canonicalize_name(name)
+    return n.startswith(GPU_PREFIXES) or n in GPU_NAMES
+
+
+def check_gpu(lock_text: str, requested: set[str]) -> None:
+    """Fail before installing when the lock pulls GPU-only libraries, naming who pulls them and the CPU build."""
+    locked = parse_lock(lock_text)
+    gpu = sorted(n for n in locked if is_gpu_only(n) and n not in requested)
+    if not gpu:
+        return
+
+    def roots(name: str, seen: set[str]) -> set[str]:
+        via = [canonicalize_name(v) for v in locked[name].via if canonicalize_name(v) in locked] if name in locked else []
+        if not via or name in requested:
+            return {name}
+        out: set[str] = set()
+        for v in via:
+            if v not in seen:
+                out |= roots(v, seen | {v})
+        return out or {name}
+
+    pullers = sorted(set().union(*(roots(g, {g}) for g in gpu)) - set(gpu)) or sorted(
+        {canonicalize_name(v) for g in gpu for v in locked[g].via})
+    shown = ", ".join(gpu[:4]) + (f" and {len(gpu) - 4} more" if len(gpu) > 4 else "")
+    fixes = "; ".join(f"for {p} use {CPU_ALTERNATIVES[p]}" for p in pullers if p in CPU_ALTERNATIVES)
+    who = ", ".join(pullers) if pullers else "the requirements"
+    raise BuildError(f"{who} pull{'s' if len(pullers) == 1 else ''} GPU-only libraries ({shown}) that Lambda, which "
+                     f"has no GPU, cannot use; fix: {fixes or 'install the package' + chr(39) + 's CPU-only build'}")
+
+
+def target_versions(names: list[str], target: Target) -> dict[str, dict[str, list[str]]]:
+    """{name: {"target": versions with an installable file on the target, "any": all versions}}."""
+    if not names:
+        return {}
+    proc = _shim("versions", target, list(names))
+    if proc.returncode != 0:
+        log.debug("version query failed: %s", proc.stderr[-2000:])
+        raise BuildError(f"could not list the versions of {', '.join(names)} on the package index: "
+                         f"{_last_error(proc.stderr)}; check the network and the index settings")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def wheel_sizes(locked: dict[str, str], target: Target) -> dict[str, int | None]:
+    """Bytes of the wheel each pin installs on the target (None where the index does not say)."""
+    if not locked:
+        return {}
+    proc = _shim("sizes", target, [f"{n}=={v}" for n, v in sorted(locked.items())])
+    if proc.returncode != 0:
+        log.debug("size query failed: %s", proc.stderr[-2000:])
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def newest(versions: list[str]) -> str | None:
+    def key(v: str) -> tuple[int, Version | str]:
+        try:
+            return (1, Version(v))
+        except InvalidVersion:
+            return (0, v)
+
+    good = [v for v in versions if key(v)[0]]
+    return max(good, key=key) if good else None
 
 
 def install(lock_path: str, dest: str, target: Target) -> None:
@@ -71,21 +212,65 @@ def install(lock_path: str, dest: str, target: Target) -> None:
     log.info("installing %s wheels into %s", target.label, dest)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise _explain(proc.stderr + proc.stdout, target, "installing")
+        raise explain_resolve(proc.stderr + proc.stdout, target, stage="installing")
 
 
-def _explain(output: str, target: Target, stage: str) -> BuildError:
+def _last_error(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip() and not ln.startswith(MARKER)
+             and "WARNING" not in ln]
+    return next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "unknown error")[:300]
+
+
+def explain_resolve(output: str, target: Target, stage: str = "resolving") -> BuildError:
+    """pip's output -> one line: a conflict, a package that does not exist, no wheel for the target, or other."""
     log.debug("pip output while %s:\n%s", stage, output)
+    lines = output.splitlines()
+    cannot = next((m for m in map(_CANNOT.search, lines) if m), None)
+    if cannot:
+        causes = []
+        for i, ln in enumerate(lines):
+            if ln.strip().startswith("The conflict is caused by"):
+                for nxt in lines[i + 1:]:
+                    if not nxt.strip() or not nxt.startswith((" ", "\t")):
+                        break
+                    causes.append(nxt.strip())
+                break
+        why = f": {'; '.join(causes)}" if causes else ""
+        return ResolveFailed(f"conflicting requirements: pip cannot install {cannot.group(1)} together{why}; "
+                             f"fix: relax or drop one of these pins", "conflict")
     m = _NO_DIST.search(output)
     if m:
-        req = m.group(1).rstrip(")")
-        return NoSuitableWheel(
-            f"no wheel of {req} for python{target.python} on manylinux {target.machine} "
-            f"(glibc {target.glibc[0]}.{target.glibc[1]}): pin a version that ships one, or build it "
-            f"in a Lambda image with --docker")
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip() and "WARNING" not in ln]
-    last = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "unknown error")
-    return BuildError(f"{stage} requirements failed: {last[:300]} (run with -v for pip's output)")
+        spec = m.group(1).rstrip(")")
+        try:
+            name = canonicalize_name(Requirement(spec).name)
+        except InvalidRequirement:
+            name = canonicalize_name(re.split(r"[<>=!~;\[ ]", spec)[0])
+        where = f"python{target.python} on manylinux {target.machine} (glibc {target.glibc[0]}.{target.glibc[1]})"
+        try:
+            found = target_versions([name], target).get(name, {"target": [], "any": []})
+        except BuildError:
+            found = None
+        if found is not None and not found["any"]:
+            return ResolveFailed(f"package {name!r} does not exist on the package index (no release of any version); "
+                                 f"fix: check the spelling of {spec!r}, or the --index-url in your pip config",
+                                 "unknown", name)
+        best = newest(found["target"]) if found else None
+        hint = (f"the newest version with one is {best}: pin {name}=={best}, or" if best else
+                "no version has one: ")
+        err = NoSuitableWheel(f"no wheel of {spec} for {where}; fix: {hint} build it in a Lambda image with --docker")
+        err.kind = "no-wheel"  # type: ignore[attr-defined]
+        err.name = name  # type: ignore[attr-defined]
+        err.newest = best  # type: ignore[attr-defined]
+        return err
+    for ln in lines:
+        if ln.startswith(MARKER):
+            try:
+                info = json.loads(ln[len(MARKER):])
+            except ValueError:
+                continue
+            if info.get("type") == "Unsupported":
+                return ResolveFailed(f"the resolver cannot run: {info['message']}", "unsupported")
+    return ResolveFailed(f"{stage} requirements failed: {_last_error(output)} (run with -v for pip's output)", "other")
 
 
 def _package_parent() -> str:

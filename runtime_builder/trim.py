@@ -33,8 +33,11 @@ KEEP_DIST_INFO = re.compile(r"^(METADATA|entry_points\.txt|top_level\.txt|(LICEN
 STRIP_RULE = "strip-so"
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+try:
+    from packaging.utils import canonicalize_name as canonical
+except ImportError:  # the Docker build stage runs with the standard library only: PEP 503, as packaging does it
+    def canonical(name: str) -> str:  # type: ignore[misc]
+        return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass
@@ -66,6 +69,39 @@ class Plan:
     stripped: dict[str, int] = field(default_factory=dict)  # rel path -> bytes saved
     rolled_back: dict[str, set[str]] = field(default_factory=dict)  # rule -> dists
     kept_tests: set[str] = field(default_factory=set)
+    keep_unstripped: set[str] = field(default_factory=set)  # .so files a rollback wants as shipped
+    #: why each rollback happened: {"rule", "dist", "files", "module", "error"}
+    rollbacks: list[dict] = field(default_factory=list)
+
+    def removals(self, dist: str | None = None) -> dict[str, list[str]]:
+        """rule -> paths it changed (removed, or stripped for strip-so), for ``dist`` or every distribution."""
+        out: dict[str, list[str]] = {}
+        for p, r in sorted(self.removed.items()):
+            if dist is None or self.owner.get(p) == dist:
+                out.setdefault(r, []).append(p)
+        for p in sorted(self.stripped):
+            if dist is None or self.owner.get(p) == dist:
+                out.setdefault(STRIP_RULE, []).append(p)
+        return out
+
+    def rollback_files(self, rule: str, paths: Iterable[str], *, why: dict | None = None) -> list[str]:
+        """Undo ``rule`` for just ``paths``; return them. The owning distributions are marked rolled back."""
+        restored = []
+        for p in paths:
+            if rule == STRIP_RULE and p in self.stripped:
+                del self.stripped[p]
+                self.keep_unstripped.add(p)
+                restored.append(p)
+            elif self.removed.get(p) == rule:
+                del self.removed[p]
+                restored.append(p)
+        dists = sorted({self.owner.get(p, UNOWNED) for p in restored})
+        for d in dists:
+            self.rolled_back.setdefault(rule, set()).add(d)
+        entry = {"rule": rule, "dists": dists, "files": sorted(restored)}
+        entry.update(why or {})
+        self.rollbacks.append(entry)
+        return restored
 
     def rollback(self, rule: str, dist: str) -> list[str]:
         """Undo ``rule`` for ``dist``; return the restored paths."""
@@ -100,43 +136,29 @@ class Plan:
 
 
 def read_dists(root: str) -> tuple[dict[str, Dist], dict[str, str]]:
-    """Distributions in ``root`` and a map rel-path -> dist name, from each RECORD."""
+    """Distributions in ``root`` and a map rel-path -> dist name, from each RECORD (``importlib.metadata``)."""
+    from importlib import metadata
+
     dists: dict[str, Dist] = {}
     owner: dict[str, str] = {}
-    for entry in sorted(os.listdir(root)):
-        if not entry.endswith(".dist-info"):
-            continue
-        stem = entry[: -len(".dist-info")]
-        name, _, version = stem.partition("-")
-        dist = Dist(canonical(name), version)
-        meta = os.path.join(root, entry, "METADATA")
-        if os.path.exists(meta):
-            with open(meta, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if line.startswith("Name:"):
-                        dist.name = canonical(line.split(":", 1)[1].strip())
-                    elif line.startswith("Version:"):
-                        dist.version = line.split(":", 1)[1].strip()
-                    elif not line.strip():
-                        break
+    for d in sorted(metadata.distributions(path=[root]), key=lambda d: (d.metadata["Name"] or "").lower()):
+        files = list(d.files or [])
+        info_dir = next((f.parts[0] for f in files if f.parts and f.parts[0].endswith(".dist-info")), None)
+        name = canonical(d.metadata["Name"] or (info_dir or "unknown").split("-")[0])
+        dist = Dist(name, d.version or "")
         dists[dist.name] = dist
-        record = os.path.join(root, entry, "RECORD")
-        if os.path.exists(record):
-            with open(record, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    path = line.rsplit(",", 2)[0].strip().strip('"')
-                    if not path:
-                        continue
-                    rel = os.path.normpath(path)
-                    if rel.startswith(".."):  # scripts recorded relative to site-packages
-                        rel = os.path.join("bin", os.path.basename(rel))
-                    owner[rel] = dist.name
-                    top = rel.split(os.sep, 1)[0]
-                    if not top.endswith((".dist-info", ".pth")) and top not in TOP_DATA_DIRS:
-                        dist.top_level.add(top.split(".", 1)[0] if top.endswith((".py", ".so")) else top)
-        for dirpath, _, filenames in os.walk(os.path.join(root, entry)):
-            for fn in filenames:
-                owner.setdefault(os.path.relpath(os.path.join(dirpath, fn), root), dist.name)
+        for f in files:
+            rel = os.path.normpath(str(f))
+            if rel.startswith(".."):  # scripts recorded relative to site-packages
+                rel = os.path.join("bin", os.path.basename(rel))
+            owner[rel] = dist.name
+            top = rel.split(os.sep, 1)[0]
+            if not top.endswith((".dist-info", ".pth")) and top not in TOP_DATA_DIRS:
+                dist.top_level.add(top.split(".", 1)[0] if top.endswith((".py", ".so")) else top)
+        if info_dir:
+            for dirpath, _, filenames in os.walk(os.path.join(root, info_dir)):
+                for fn in filenames:
+                    owner.setdefault(os.path.relpath(os.path.join(dirpath, fn), root), dist.name)
     return dists, owner
 
 
@@ -232,8 +254,28 @@ def needed_test_files(root: str, files: dict[str, int]) -> set[str]:
     return keep
 
 
+def lazy_stubs(root: str, files: Iterable[str]) -> set[str]:
+    """``__init__.pyi`` files that lazy_loader reads at import time (its ``attach_stub`` beside them).
+
+    scikit-image, napari and others build their lazy namespace from the stub
+    file, so removing it breaks ``import skimage`` with an error naming no file.
+    """
+    out = set()
+    for rel in files:
+        if os.path.basename(rel) == "__init__.pyi":
+            init = os.path.join(root, rel[:-1])
+            try:
+                with open(init, encoding="utf-8", errors="replace") as f:
+                    if "attach_stub" in f.read():
+                        out.add(rel)
+            except OSError:
+                continue
+    return out
+
+
 def default_rules(*, keep_boto3: bool, requested: set[str], kept_tests: set[str],
-                  doc_dirs_without_init: set[str], owner: dict[str, str]) -> list[Rule]:
+                  doc_dirs_without_init: set[str], owner: dict[str, str],
+                  keep_stubs: set[str] | frozenset[str] = frozenset()) -> list[Rule]:
     """The trim rules in the order they claim files (first match wins)."""
 
     def build_tools(rel: str, dist: str) -> bool:
@@ -252,7 +294,7 @@ def default_rules(*, keep_boto3: bool, requested: set[str], kept_tests: set[str]
         return rel.lower().endswith(SOURCE_SUFFIXES) and not rel.split(os.sep)[0].endswith(".dist-info")
 
     def stubs(rel: str, dist: str) -> bool:
-        return rel.endswith(".pyi")
+        return rel.endswith(".pyi") and rel not in keep_stubs
 
     def docs(rel: str, dist: str) -> bool:
         parent = os.path.dirname(rel)
@@ -279,7 +321,7 @@ def default_rules(*, keep_boto3: bool, requested: set[str], kept_tests: set[str]
         Rule("pycache", "__pycache__ and stale .pyc (recompiled as hash-based .pyc)", pycache),
         Rule("tests", "tests/ dirs and conftest.py, keeping test modules non-test code imports", tests),
         Rule("sources", "C/C++/Cython/Fortran sources and headers", sources),
-        Rule("stubs", ".pyi type stubs", stubs),
+        Rule("stubs", ".pyi type stubs (keeping __init__.pyi that lazy_loader.attach_stub reads)", stubs),
         Rule("docs", "doc/docs/examples dirs that are not Python packages", docs),
         Rule("scripts-data", "top-level bin/, share/, include/, etc/ (not importable)", scripts_data),
         Rule("dist-info", "dist-info extras (keeps METADATA, entry_points.txt, top_level.txt, licences)", dist_info),
@@ -312,8 +354,9 @@ def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
             if os.path.basename(d) in DOC_DIRS and d not in dirs_with_init:
                 anc.add(d)
             d = os.path.dirname(d)
+    keep_stubs = lazy_stubs(root, files)
     rules = default_rules(keep_boto3=keep_boto3, requested={canonical(r) for r in requested},
-                          kept_tests=kept_tests, doc_dirs_without_init=anc, owner=owner)
+                          kept_tests=kept_tests, doc_dirs_without_init=anc, owner=owner, keep_stubs=keep_stubs)
     rules += list(extra_rules)
     off = set(disabled)
     rules = [r for r in rules if r.name not in off]
@@ -325,6 +368,8 @@ def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
                 break
     if kept_tests:
         log.info("keeping %d test files that other code imports", len(kept_tests))
+    if keep_stubs:
+        log.info("keeping %d lazy_loader stub files: %s", len(keep_stubs), ", ".join(sorted(keep_stubs)[:5]))
     return result
 
 
@@ -351,7 +396,8 @@ def materialize(p: Plan, dest: str, *, strip: bool = True, only: Iterable[str] |
     so_files = []
     for rel in todo:
         src, out = os.path.join(p.root, rel), os.path.join(dest, rel)
-        if strip and _is_shared_object(rel) and not p.rolled_back.get(STRIP_RULE, set()) & {p.owner.get(rel)}:
+        if strip and _is_shared_object(rel) and rel not in p.keep_unstripped and \
+                not p.rolled_back.get(STRIP_RULE, set()) & {p.owner.get(rel)}:
             so_files.append(rel)
             continue
         _place(src, out)

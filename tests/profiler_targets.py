@@ -74,3 +74,29 @@ def known_growth(n: int) -> int:
     x = b"\1" * (2000 * n)
     time.sleep(1e-8 * n * n)
     return len(x)
+
+
+def linear_cost(n: int) -> int:
+    """Memory 4,000 bytes * n (touched); time 1e-4 s * n (a sleep: the same on a loaded machine)."""
+    x = b"\1" * (4000 * n)
+    time.sleep(1e-4 * n)
+    return len(x)
+
+
+def quadratic_cost(n: int) -> int:
+    """Memory 4 bytes * n^2 (touched); time 1e-7 s * n^2."""
+    x = b"\1" * (4 * n * n)
+    time.sleep(1e-7 * n * n)
+    return len(x)
+
+
+def child_spike(mb: int = 300) -> int:
+    """A child process that allocates ``mb`` MB and exits at once (shorter than any sampling period)."""
+    code = f"x = b'\\1' * ({mb} * {MB})"
+    return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)  # reads address 0: SIGSEGV

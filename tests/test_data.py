@@ -126,7 +126,8 @@ def test_one_range_per_object_without_chunk_size(data):
 
 def test_objects_from_local_paths(tmp_path):
     d = tmp_path / "files"
-    d.mkdir()
+    d.mkdir(mode=0o775)  # the user's own directory: need not be private like wrenpack's store
+    d.chmod(0o775)
     (d / "one.txt").write_bytes(b"1\n2\n3\n")
     (d / "sub").mkdir()
     (d / "sub" / "two.txt").write_bytes(b"4\n5")
@@ -157,3 +158,16 @@ def test_map_over_stored_chunks_reads_in_the_worker(remote, executor):
     assert sum(n for _, n, _ in got) == 500
     assert {k for k, _, _ in got} == {"data/m/a.txt", "data/m/b.txt"}
     s.delete_prefix("m/")
+
+
+def test_local_store_writes_again_after_another_process_removed_the_directory(tmp_path):
+    # A warm worker caches the directories it made; a prefix deleted by the client
+    # (another process) must not make its next write there fail.
+    from wrenpack.storage.local import LocalStore
+
+    worker, client = LocalStore(tmp_path), LocalStore(tmp_path)
+    worker.put("data/out/0", b"a")
+    client.delete_prefix("data/out/")
+    assert not (tmp_path / "data" / "out").exists()
+    worker.put("data/out/0", b"b")
+    assert worker.get("data/out/0") == b"b"

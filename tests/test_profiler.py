@@ -251,3 +251,47 @@ def test_user_stdout_does_not_break_json(capsys, tmp_path):
     code, out, err = cli(f"{src}:f", "--json", "--no-save", capsys=capsys)
     assert code == 0
     json.loads(out)
+
+
+# ---------------------------------------------------------------- report defects (issue 13)
+
+
+def test_segfault_is_named_as_a_crash_not_out_of_memory():
+    with pytest.raises(ProfileError) as info:
+        run_profile(targets.segfault, save=False)
+    text = str(info.value)
+    assert "SIGSEGV" in text and "segmentation fault" in text and "out of memory" not in text, text
+
+
+def test_no_save_prints_no_saved_as(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(TESTS_DIR)
+    code, out, err = cli("profiler_targets:tiny", "--no-save", capsys=capsys)
+    assert code == 0 and "saved as" not in out, out
+    code, out, err = cli("profiler_targets:tiny", capsys=capsys)
+    assert code == 0 and "saved as" in out and str(tmp_path / "profiles") in out.replace("\n", "")
+
+
+def test_tiny_call_claims_no_cores():
+    prof = run_profile(targets.tiny, save=False)
+    assert prof.duration_s < 0.01 and prof.cores_busy == 0.0
+    assert not any("cores busy" in n for n in prof.recommended["notes"])
+    assert recommend.recommend(peak_mb=20, wall_s=6e-7, cpu_s=1e-5)["notes"] == []
+
+
+def test_stdlib_and_unowned_installed_modules_are_not_project_modules():
+    import sysconfig
+
+    from wrenpack.profiler import packages
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    purelib = sysconfig.get_paths()["purelib"]
+    mods = {"_sysconfigdata__linux_x86_64-linux-gnu": os.path.join(stdlib, "_sysconfigdata__linux_x86_64-linux-gnu.py"),
+            "_cyutility": os.path.join(purelib, "_cyutility.cpython-311-x86_64-linux-gnu.so"),
+            "profiler_targets": os.path.join(TESTS_DIR, "profiler_targets.py")}
+    _, local = packages.map_modules(mods)
+    assert local == ["profiler_targets"]
+
+
+def test_price_source_names_no_local_path():
+    source = recommend.prices()["source"]
+    assert "/work" not in source and ".md" not in source, source

@@ -118,3 +118,34 @@ def test_callers_memory_does_not_leak_into_the_figure():
     del ballast
     assert prof.peak_memory_mb < 60, prof.memory_sources
     assert prof.memory_sources["launcher_wait4_maxrss_mb"] < 60
+
+
+def _hog(seconds):
+    import time as _t
+
+    end = _t.time() + seconds
+    while _t.time() < end:
+        pass
+
+
+def test_short_lived_child_counted_under_cpu_load():
+    """A child that allocates 300 MB and exits at once, while two CPU hogs run: the kernel's figure holds."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    hogs = [ctx.Process(target=_hog, args=(60,), daemon=True) for _ in range(2)]
+    for h in hogs:
+        h.start()
+    try:
+        profs = [run_profile(targets.child_spike, (300,), save=False) for _ in range(3)]
+    finally:
+        for h in hogs:
+            h.terminate()
+            h.join()
+    expected = os_peak_mb("child_spike", (300,))
+    for prof in profs:
+        error = abs(prof.peak_memory_mb - expected) / expected
+        print(f"child_spike under load: profiler {prof.peak_memory_mb:.1f} MB, OS {expected:.1f} MB ({error:.1%}), "
+              f"sources {prof.memory_sources}")
+        assert error <= 0.03, (prof.peak_memory_mb, expected, prof.memory_sources)
+        assert prof.memory_mb >= expected * 1.10

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -33,7 +35,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small(cache, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("rt") / "runtime")
-    return runtime_builder.build(PKGS, output=out, cache_dir=cache)
+    return runtime_builder.build(PKGS, output=out, cache_dir=cache, artifacts="all")
 
 
 def _sha(path):
@@ -86,12 +88,12 @@ def test_artifacts_hold_the_same_tree(small, tmp_path):
 
 def test_cache_hit_is_fast_and_rebuild_is_byte_identical(small, cache, tmp_path):
     t = time.perf_counter()
-    hit = runtime_builder.build(PKGS, output=str(tmp_path / "again"), cache_dir=cache)
+    hit = runtime_builder.build(PKGS, output=str(tmp_path / "again"), cache_dir=cache, artifacts="all")
     assert hit.cache_hit and time.perf_counter() - t < 1.5
     assert _sha(hit.layer_zip) == _sha(small.layer_zip)
     # a full rebuild (no cache, another cache dir, another output dir) gives the same bytes
     fresh = runtime_builder.build(PKGS, output=str(tmp_path / "fresh"), cache_dir=str(tmp_path / "c2"),
-                                  use_cache=False)
+                                  use_cache=False, artifacts="all")
     assert not fresh.cache_hit
     for a, b in ((fresh.layer_zip, small.layer_zip), (fresh.archive, small.archive),
                  (fresh.manifest_path, small.manifest_path), (fresh.lock, small.lock)):
@@ -135,7 +137,7 @@ def test_over_budget_fails_with_largest_packages(cache, tmp_path):
 def test_cli_json_and_budget_table(small, cache, tmp_path):
     env_out = str(tmp_path / "cli")
     proc = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", *PKGS, "--json", "--output", env_out,
-                           "--cache-dir", cache], capture_output=True, text=True)
+                           "--cache-dir", cache, "--artifacts", "all"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["cache_hit"] and data["content_hash"] == small.manifest["content_hash"]
@@ -347,3 +349,270 @@ def test_docker_image_holds_the_runtime_and_the_handler(tmp_path):
         assert logs.strip().endswith(b"ok")
     finally:
         client.images.remove(tag, force=True)
+
+
+# --- errors that point the right way (issue 13) ----------------------------------------------
+
+
+def _one_line(exc_info):
+    text = str(exc_info.value)
+    assert "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+def test_conflicting_pins_show_the_conflict(cache, tmp_path):
+    with pytest.raises(BuildError) as exc:
+        runtime_builder.build(["six<1.16", "six>1.16"], output=str(tmp_path / "out"), cache_dir=cache)
+    text = _one_line(exc)
+    assert text.startswith("conflicting requirements: pip cannot install six<1.16 and six>1.16 together"), text
+    assert "fix:" in text and "raise error from e" not in text
+
+
+def test_unknown_package_says_it_does_not_exist(cache, tmp_path):
+    with pytest.raises(BuildError) as exc:
+        runtime_builder.build(["wrenpack-no-such-package-xyzzy"], output=str(tmp_path / "out"), cache_dir=cache)
+    text = _one_line(exc)
+    assert "'wrenpack-no-such-package-xyzzy' does not exist on the package index" in text, text
+    assert not isinstance(exc.value, NoSuitableWheel)
+
+
+def test_no_wheel_names_the_newest_version_that_has_one(cache, tmp_path):
+    with pytest.raises(NoSuitableWheel) as exc:
+        runtime_builder.build(["msgpack==0.5.6"], output=str(tmp_path / "out"), cache_dir=cache)
+    text = _one_line(exc)
+    assert re.search(r"the newest version with one is (\d+\.\d+\S*): pin msgpack==\1", text), text
+
+
+def test_unwritable_output_fails_before_the_build(cache, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    t = time.perf_counter()
+    with pytest.raises(BuildError) as exc:
+        runtime_builder.build(["six"], output=str(blocker / "out"), cache_dir=cache)
+    assert time.perf_counter() - t < 1.0  # nothing resolved or downloaded
+    assert re.match(r"cannot write --output .*a-file/out: .*a-file is a file, not a directory; fix: ", _one_line(exc))
+    proc = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", "six", "--output", str(blocker)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("wrenpack: error: cannot write --output") and "it is a file" in proc.stderr
+
+
+def test_read_only_output_dir_is_caught(cache, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(str(ro), os.W_OK) and os.geteuid() == 0:
+            pytest.skip("running as root: permission bits do not stop writes")
+        with pytest.raises(BuildError, match=r"cannot write --output .*not writable"):
+            runtime_builder.build(["six"], output=str(ro / "out"), cache_dir=cache)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_from_profile_falls_back_to_the_newest_version_with_a_wheel(cache, tmp_path, caplog):
+    prof = tmp_path / "prof.json"
+    prof.write_text(json.dumps({"packages": [{"name": "msgpack", "version": "0.5.6"}]}))  # no cp311 wheel
+    with caplog.at_level("WARNING", logger="runtime_builder"):
+        res = runtime_builder.build(profile=str(prof), output=str(tmp_path / "out"), cache_dir=cache)
+    fb = res.manifest["fallbacks"]
+    assert fb and fb[0]["name"] == "msgpack" and fb[0]["profile"] == "msgpack==0.5.6"
+    assert f"msgpack=={fb[0]['using']}" in open(res.lock).read()
+    warned = [r.getMessage() for r in caplog.records if "no wheel" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert f"using msgpack=={fb[0]['using']}, the newest version that has one" in warned[0]
+
+
+def test_gpu_libraries_are_named_with_the_cpu_alternative():
+    from runtime_builder import resolve
+
+    lock = ("filelock==3.16.1 \\\n    --hash=sha256:aa\n    # via torch\n"
+            "nvidia-cublas-cu12==12.4.5.8 \\\n    --hash=sha256:bb\n    # via\n    #   nvidia-cudnn-cu12\n    #   torch\n"
+            "nvidia-cudnn-cu12==9.1.0.70 \\\n    --hash=sha256:cc\n    # via torch\n"
+            "torch==2.5.1 \\\n    --hash=sha256:dd\n    # via -r requirements.in\n"
+            "triton==3.1.0 \\\n    --hash=sha256:ee\n    # via torch\n")
+    assert resolve.pins(lock)["nvidia-cublas-cu12"] == "12.4.5.8"
+    assert resolve.parse_lock(lock)["nvidia-cublas-cu12"].via == ["nvidia-cudnn-cu12", "torch"]
+    with pytest.raises(BuildError) as exc:
+        resolve.check_gpu(lock, requested={"torch"})
+    text = _one_line(exc)
+    assert text.startswith("torch pulls GPU-only libraries (nvidia-cublas-cu12, nvidia-cudnn-cu12, triton)"), text
+    assert "https://download.pytorch.org/whl/cpu" in text and "+cpu" in text
+    resolve.check_gpu(lock.replace("nvidia", "other").replace("triton", "tritonx"), requested={"torch"})
+
+
+def test_failed_build_leaves_lock_and_json_report(cache, tmp_path):
+    out = tmp_path / "out"
+    t = time.perf_counter()
+    with pytest.raises(BudgetExceeded) as exc:
+        runtime_builder.build(PKGS, output=str(out), cache_dir=cache, target="archive", tmp_size_mb=0)
+    assert "nothing was installed" in _one_line(exc)
+    report = json.loads((out / "build-report.json").read_text())
+    assert report == exc.value.report
+    assert report["ok"] is False and report["stage"] == "size-check" and report["error"] == "BudgetExceeded"
+    assert report["lock"] == str(out / "requirements.lock") and "msgpack==" in (out / "requirements.lock").read_text()
+    assert set(report["packages"]) >= {"six", "idna", "msgpack", "cloudpickle"}
+    assert "install" not in report["stage_seconds"]  # failed in seconds, before downloading anything
+    proc = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", *PKGS, "--json", "--output", str(out),
+                           "--cache-dir", cache, "--target", "archive", "--tmp-size", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("wrenpack: error: the wheels alone are")
+    printed = json.loads(proc.stdout)
+    assert printed["ok"] is False and printed["stage"] == "size-check" and printed["message"] in proc.stderr
+    assert time.perf_counter() - t < 120
+
+
+def test_requirements_file_continuations_options_and_markers(tmp_path):
+    from runtime_builder import inputs
+
+    (tmp_path / "base.txt").write_text("idna>=3 \\\n   ; python_version >= '3.8'  # continued\n")
+    (tmp_path / "req.txt").write_text(
+        "--extra-index-url https://download.pytorch.org/whl/cpu\n-r base.txt\n-c cons.txt\n"
+        "six==1.17.0  # pinned\n--no-binary :none:\nMsgPack[extra]>=1\n")
+    inp = inputs.Inputs()
+    inputs.read_requirements_file(str(tmp_path / "req.txt"), inp)
+    assert inp.options == ["--extra-index-url https://download.pytorch.org/whl/cpu"]
+    assert inp.requirements[0].startswith("idna>=3") and "python_version" in inp.requirements[0]
+    assert f"-c {tmp_path / 'cons.txt'}" in inp.requirements
+    assert inp.names() == {"idna", "six", "msgpack"}
+    assert inp.text().startswith("--extra-index-url https://download.pytorch.org/whl/cpu\n")
+    (tmp_path / "bad.txt").write_text("six===\n")
+    with pytest.raises(BuildError, match=r"bad\.txt:1: 'six===' is not a valid requirement"):
+        inputs.read_requirements_file(str(tmp_path / "bad.txt"), inputs.Inputs())
+
+
+# --- trim attribution: exact, explained (issue 13) --------------------------------------------
+
+
+def _tiny_package(root):
+    """A distribution whose import needs one trimmed file back, and whose error names no file."""
+    j = os.path.join
+    _tree(root, {
+        "tinyp/__init__.py": ("import os\n_here = os.path.dirname(__file__)\n"
+                              "if not os.path.exists(os.path.join(_here, '_src', 'table.c')):\n"
+                              "    raise ImportError('tinyp needs its table')\n"),
+        "tinyp/_src/table.c": "int table[] = {1};\n" * 50,
+        "tinyp/_src/other.c": "int other;\n" * 50,
+        "tinyp/_src/more.h": "int more;\n" * 50,
+        "tinyp/api.pyi": "def f() -> int: ...\n",
+        "tinyp/tests/test_a.py": "def test(): pass\n",
+        "tinyp/docs/guide.txt": "words\n" * 100,
+        "lazyp/__init__.py": "import lazy_loader as lazy\n__getattr__, __dir__, __all__ = lazy.attach_stub(__name__, __file__)\n",
+        "lazyp/__init__.pyi": "from .sub import thing\n",
+        "lazyp/sub.pyi": "thing: int\n",
+    })
+    for name, tops in (("tinyp", ["tinyp/__init__.py", "tinyp/_src/table.c", "tinyp/_src/other.c", "tinyp/_src/more.h",
+                                  "tinyp/api.pyi", "tinyp/tests/test_a.py", "tinyp/docs/guide.txt"]),
+                       ("lazyp", ["lazyp/__init__.py", "lazyp/__init__.pyi", "lazyp/sub.pyi"])):
+        info = j(root, f"{name}-1.0.dist-info")
+        os.makedirs(info)
+        with open(j(info, "METADATA"), "w") as f:
+            f.write(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n\n")
+        with open(j(info, "RECORD"), "w") as f:
+            f.write("".join(f"{t},,\n" for t in tops + [f"{name}-1.0.dist-info/METADATA", f"{name}-1.0.dist-info/RECORD"]))
+
+
+def test_bisection_rolls_back_only_the_file_and_rule_an_import_needs(tmp_path, caplog):
+    from runtime_builder import attribution
+
+    raw, site, work = str(tmp_path / "raw"), str(tmp_path / "site"), str(tmp_path / "work")
+    _tiny_package(raw)
+    os.makedirs(work)
+    plan = trim.plan(raw)
+    j = os.path.join
+    assert plan.removed[j("tinyp", "_src", "table.c")] == "sources"
+    # lazy_loader stubs stay by rule; a stub nothing attaches goes
+    assert j("lazyp", "__init__.pyi") not in plan.removed and plan.removed[j("lazyp", "sub.pyi")] == "stubs"
+    trim.materialize(plan, site)
+    options = {"sourceless": False, "skip_imports": ["lazyp"], "verify_modules": []}  # lazy_loader is not installed
+    with caplog.at_level("WARNING", logger="runtime_builder"):
+        modules, _ = attribution.verify_tree(plan, site, work, sys.executable, options)
+    assert "tinyp" in modules
+    assert os.path.exists(j(site, "tinyp", "_src", "table.c"))
+    # the other files of the same rule, and every other rule, keep their savings
+    for rel, rule in ((j("tinyp", "_src", "other.c"), "sources"), (j("tinyp", "_src", "more.h"), "sources"),
+                      (j("tinyp", "api.pyi"), "stubs"), (j("tinyp", "tests", "test_a.py"), "tests"),
+                      (j("tinyp", "docs", "guide.txt"), "docs")):
+        assert plan.removed.get(rel) == rule and not os.path.exists(j(site, rel)), rel
+    assert plan.rollbacks == [{"rule": "sources", "dists": ["tinyp"], "files": [j("tinyp", "_src", "table.c")],
+                               "module": "tinyp", "error": "ImportError: tinyp needs its table",
+                               "found_by": "found by bisection"}]
+    msg = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
+    assert len(msg) == 1 and "`import tinyp` raised ImportError: tinyp needs its table" in msg[0]
+    assert "trim rule 'sources'" in msg[0] and "tinyp/_src/table.c" in msg[0]
+
+
+def test_lazy_loader_stub_keeps_skimage_style_imports_working(tmp_path):
+    """A stand-in for lazy_loader.attach_stub (which reads __init__.pyi at import time): the kept stub imports."""
+    from runtime_builder import attribution
+
+    raw, site, work = str(tmp_path / "raw"), str(tmp_path / "site"), str(tmp_path / "work")
+    _tiny_package(raw)
+    _tree(raw, {"lazy_loader.py": ("import os\ndef attach_stub(name, filename):\n"
+                                   "    with open(os.path.splitext(filename)[0] + '.pyi') as f:\n"
+                                   "        names = [ln.split()[-1] for ln in f if ln.startswith('from')]\n"
+                                   "    return (lambda n: 1), (lambda: names), names\n")})
+    os.makedirs(work)
+    plan = trim.plan(raw)
+    trim.materialize(plan, site)
+    modules, _ = attribution.verify_tree(plan, site, work, sys.executable,
+                                         {"sourceless": False, "skip_imports": [], "verify_modules": []})
+    assert "lazyp" in modules and not [r for r in plan.rollbacks if "lazyp" in r["dists"]]
+    assert os.path.exists(os.path.join(site, "lazyp", "__init__.pyi"))
+
+
+# --- choose the mode that fits (issue 13) -----------------------------------------------------
+
+
+def _wheel(dirpath, name, version, files):
+    """A pure-Python wheel written by hand (py3-none-any), for a local --find-links index."""
+    import base64
+
+    info = f"{name}-{version}.dist-info"
+    files = dict(files)
+    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    for rel, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
+    path = os.path.join(dirpath, f"{name}-{version}-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, text in sorted(files.items()):
+            zf.writestr(rel, text)
+    return path
+
+
+def _fit_inputs(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    # 2 MiB of comments: big as a source, almost nothing as bytecode
+    _wheel(str(wheels), "fitpkg", "1.0", {"fitpkg/__init__.py": "# padding\n" * 210_000 + "VALUE = 42\n"})
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"--find-links {wheels}\nfitpkg==1.0\n")
+    return str(req)
+
+
+def test_fit_picks_sourceless_when_only_sourceless_fits(cache, tmp_path, monkeypatch, caplog):
+    req = _fit_inputs(tmp_path)
+    monkeypatch.setattr(budget, "LAYER_LIMIT", 1 * budget.MIB)  # a lowered budget: seconds, not minutes
+    with pytest.raises(BudgetExceeded) as exc:
+        runtime_builder.build(requirements_files=[req], output=str(tmp_path / "plain"), cache_dir=cache)
+    text = _one_line(exc)
+    assert "over the 250 MiB layer limit" in text or "layer limit" in text
+    assert re.search(r"a sourceless layer would fit \(.*MiB\): pass --fit", text), text
+    with caplog.at_level("WARNING", logger="runtime_builder"):
+        res = runtime_builder.build(requirements_files=[req], output=str(tmp_path / "fit"), cache_dir=cache, fit=True)
+    mode = res.manifest["mode"]
+    assert mode["name"] == "sourceless layer" and mode["sourceless"] and mode["kind"] == "layer"
+    assert re.match(r"layer with sources is \d+\.\d MiB, over 1 MiB; sourceless layer is 0\.\d MiB, within 1 MiB",
+                    mode["why"]), mode["why"]
+    assert any("--fit chose a sourceless layer" in r.getMessage() for r in caplog.records)
+    site = res.site_dir
+    assert os.path.exists(os.path.join(site, "fitpkg", "__init__.pyc"))
+    assert not os.path.exists(os.path.join(site, "fitpkg", "__init__.py"))
+    assert os.path.exists(res.layer_zip) and not os.path.exists(res.archive)  # only what a layer needs
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {site!r}); "
+                          "import fitpkg; print(fitpkg.VALUE)"], capture_output=True, text=True)
+    assert out.stdout.strip() == "42", out.stderr

@@ -51,6 +51,7 @@ _LAZY: dict[str, str] = {
     "WorkerLost": "wrenpack.errors",
     "MissingDependency": "wrenpack.errors",
     "RemoteError": "wrenpack.errors",
+    "ExecutorShutdown": "wrenpack.errors",
     "ProfileError": "wrenpack.errors",
     "BuildError": "wrenpack.errors",
 }

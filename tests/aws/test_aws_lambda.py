@@ -179,3 +179,25 @@ def test_servers_listen_on_loopback_only(moto_endpoint, lambda_endpoint, listeni
     bound = {port: addr for addr, port in listening() if port in ports}
     assert set(bound) == ports
     assert set(bound.values()) == {"0100007F"}  # 127.0.0.1, nothing on 0.0.0.0
+
+
+def _plus_one(fut):
+    return fut.result(timeout=20) + 1
+
+
+def test_submit_and_futures_between_calls_on_lambda(moto_endpoint, bucket, lambda_endpoint):
+    """Issue 11 on the emulated Lambda path: the concurrent.futures API, and a
+    future passed into a call resolves there (read and verified from S3)."""
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "cf", invocation_type="RequestResponse") as ex:
+        assert ex.submit(square, 6).result(timeout=30) == 36
+        assert list(ex.map(square, [1, 2, 3], timeout=60)) == [1, 4, 9]
+        first = ex.submit(sleeps, 0.5)
+        assert ex.submit(_plus_one, first).result(timeout=30) == 1.5
+        # a returned future resolves to its call's result when asked
+        assert wrenpack.get(ex.submit(_identity, first), timeout=30) == 0.5
+    with pytest.raises(RuntimeError):
+        ex.submit(square, 1)
+
+
+def _identity(x):
+    return x

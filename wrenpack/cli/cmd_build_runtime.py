@@ -46,7 +46,16 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--upgrade", action="store_true", help="re-resolve to the newest allowed versions")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="rebuild even if cached")
     p.add_argument("--cache-dir", metavar="DIR", help="cache location (default ~/.cache/wrenpack/runtimes)")
-    p.add_argument("--zstd-level", type=int, default=19, metavar="N", help="archive compression level (1-22)")
+    p.add_argument("--fit", action="store_true",
+                   help="when the runtime is over budget, build the first mode that fits: layer with sources, then "
+                        "sourceless layer, then archive in /tmp (--tmp-size); prints what it chose and why")
+    p.add_argument("--zstd-level", type=int, default=None, metavar="N",
+                   help="archive compression level (1-22; default 10 on every core, fast)")
+    p.add_argument("--max-compression", action="store_true",
+                   help="smallest artifacts, slowly: zstd level 19 and zip level 9")
+    p.add_argument("--artifacts", choices=["auto", "all"], default="auto",
+                   help="auto: only what the target needs (layer.zip for layer, runtime.tar.zst for archive); "
+                        "all: both")
     p.add_argument("--output", "-o", default=".wrenpack/runtime", metavar="DIR",
                    help="where python/, manifest.json, layer.zip, runtime.tar.zst, requirements.lock go")
     p.add_argument("--docker", action="store_true",
@@ -61,7 +70,7 @@ def register(subparsers: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wrenpack.errors import BudgetExceeded
+    from wrenpack.errors import BudgetExceeded, BuildError
 
     if args.docker:
         from runtime_builder import docker_build
@@ -82,18 +91,24 @@ def run(args: argparse.Namespace) -> int:
             keep_boto3=args.keep_boto3, target=args.target, tmp_size_mb=args.tmp_size, strip=args.strip,
             verify_imports=args.verify, verify_modules=args.verify_modules, skip_imports=args.skip_imports,
             cache_dir=args.cache_dir, use_cache=args.use_cache, upgrade=args.upgrade, zstd_level=args.zstd_level,
+            max_compression=args.max_compression, artifacts=args.artifacts, fit=args.fit,
             disabled_rules=args.disabled_rules)
-    except BudgetExceeded as exc:
-        if not args.json and exc.rows:
+    except BuildError as exc:
+        report = getattr(exc, "report", None)
+        if args.json:
+            print(json.dumps(report or {"ok": False, "stage": "inputs", "error": type(exc).__name__,
+                                        "message": str(exc)}, indent=2))
+        elif isinstance(exc, BudgetExceeded) and exc.rows:
             _print_budget_table(exc.rows)
         raise
     if args.json:
         m = res.manifest
         print(json.dumps({
-            "output": res.output, "site_dir": res.site_dir, "layer_zip": res.layer_zip, "archive": res.archive,
+            "ok": True, "output": res.output, "site_dir": res.site_dir, "layer_zip": res.layer_zip, "archive": res.archive,
             "lock": res.lock, "manifest": res.manifest_path, "cache_hit": res.cache_hit,
             "seconds": round(res.seconds, 3), "target": m["target"], "sizes": m["sizes"],
             "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
+            "mode": m.get("mode"), "rollbacks": m.get("rollbacks", []), "fallbacks": m.get("fallbacks", []),
             "content_hash": m["content_hash"],
         }, indent=2))
         return 0
@@ -125,15 +140,31 @@ def _print_human(res: Any) -> None:
         rules.add_row(name, f"{r['bytes_saved'] / MIB:.1f}", str(r["files"]), ", ".join(r.get("rolled_back_for", [])))
     rules.add_row("(bytecode added)", f"{-m['bytecode']['bytes_added'] / MIB:.1f}", "", "")
     console.print(rules)
+    mode = m.get("mode") or {}
+    if mode.get("why"):
+        console.print(f"--fit chose a [bold]{mode['name']}[/bold]: {mode['why']}")
+    for fb in m.get("fallbacks", []):
+        console.print(f"[yellow]note:[/yellow] the profile pinned {fb['profile']} (no wheel for the target); "
+                      f"built {fb['name']}=={fb['using']}")
+    for rb in m.get("rollbacks", []):
+        console.print(f"[yellow]rolled back[/yellow] rule {rb['rule']} for {', '.join(rb['dists'])} "
+                      f"({len(rb['files'])} files): `import {rb.get('module')}` raised {rb.get('error')}")
     s = m["sizes"]
     limit = m["target"]["limit_bytes"]
     verified = (f"{len(m['verified']['modules'])} modules import" if m["verified"]["ok"]
                 else "[yellow]NOT verified[/yellow]")
     console.print(
         f"{'cache hit' if res.cache_hit else 'built'} in {res.seconds:.1f} s: {s['raw'] / MIB:.1f} MiB raw -> "
-        f"[bold]{s['trimmed'] / MIB:.1f} MiB[/bold] ({m['target']['kind']} budget {limit / MIB:.0f} MiB), "
-        f"layer.zip {s['layer_zip'] / MIB:.1f} MiB, runtime.tar.zst {s['archive'] / MIB:.1f} MiB; {verified}")
+        f"[bold]{s['trimmed'] / MIB:.1f} MiB[/bold] ({mode.get('name', m['target']['kind'])}, budget "
+        f"{limit / MIB:.0f} MiB), {_artifacts(s)}; {verified}")
     console.print(f"output: {res.output}  (python/ is the runtime; commit {res.lock})")
+
+
+def _artifacts(sizes: dict[str, Any]) -> str:
+    parts = [f"{label} {sizes[key] / MIB:.1f} MiB" for key, label in (("layer_zip", "layer.zip"),
+                                                                       ("archive", "runtime.tar.zst"))
+             if sizes.get(key) is not None]
+    return ", ".join(parts) or "no artifacts"
 
 
 def _print_budget_table(rows: list[tuple[str, int]]) -> None:

@@ -104,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
         json.dump(prof.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        from wrenpack.profiler import store
         from wrenpack.profiler.report import render
 
-        render(prof, plot=args.plot)
+        saved = None
+        if not args.no_save and prof.code_hash and store.path_for(prof.code_hash).is_file():
+            saved = str(store.path_for(prof.code_hash))
+        render(prof, plot=args.plot, saved=saved)
     return 0

@@ -96,13 +96,13 @@ def predict_scaling(
     cpu = [min(r["cpu_s"] for r in runs) for runs in per_size]
     baseline = statistics.median(r["baseline_mb"] for runs in per_size for r in runs)
     fits = {
-        "memory": scaling.fit_power(sizes, growth),
-        "time": scaling.fit_power(sizes, fastest),
-        "cpu": scaling.fit_power(sizes, cpu),
+        "memory": scaling.choose(sizes, growth, target),
+        "time": scaling.choose(sizes, fastest, target),
+        "cpu": scaling.choose(sizes, cpu, target),
     }
-    peak_t = baseline + max(0.0, fits["memory"].predict(target))
-    dur_t = max(0.0, fits["time"].predict(target))
-    cpu_t = max(0.0, fits["cpu"].predict(target))
+    pred = {k: max(0.0, f.upper["prediction"]) for k, f in fits.items()}
+    upper = {k: max(0.0, f.upper["upper"]) for k, f in fits.items()}
+    peak_t = baseline + pred["memory"]
     prof = _assemble(per_size[-1], args_repr=f"make_input({sizes[-1]})" + (", " + _args_repr(args, kwargs) if args or kwargs else ""))
     prof.scaling = {
         "input": _name(make_input),
@@ -116,8 +116,14 @@ def predict_scaling(
         "cpu_fit": fits["cpu"].to_dict(),
         "target": target,
         "extrapolation_factor": target / sizes[-1],
-        "predicted": {"peak_memory_mb": peak_t, "growth_mb": peak_t - baseline, "duration_s": dur_t, "cpu_s": cpu_t},
-        "recommended": recommend.recommend(peak_t, dur_t, cpu_t, _predict_tmp(sizes, per_size, target)),
+        "predicted": {"peak_memory_mb": peak_t, "growth_mb": pred["memory"], "duration_s": pred["time"],
+                      "cpu_s": pred["cpu"]},
+        # the settings come from here: each prediction's upper bound (jackknife spread, cross-validated error)
+        "upper": {"peak_memory_mb": baseline + upper["memory"], "growth_mb": upper["memory"],
+                  "duration_s": upper["time"], "cpu_s": upper["cpu"]},
+        "uncertainty": {k: {n: round(v, 6) for n, v in f.upper.items()} for k, f in fits.items()},
+        "recommended": recommend.recommend(baseline + upper["memory"], upper["time"], upper["cpu"],
+                                           _predict_tmp(sizes, per_size, target)),
         "warnings": scaling.extrapolation_warnings(sizes, target, {"memory": fits["memory"], "time": fits["time"]}),
     }
     if save:
@@ -242,12 +248,13 @@ def _measure(
         log.debug("traceback from the profiled call:\n%s", result.get("traceback"))
         raise err
     if "duration_s" not in result:
-        code = launch.get("exit_code")
-        how = f"killed by signal {-code}" if isinstance(code, int) and code < 0 else f"exited with code {code}"
-        raise ProfileError(f"the process running {name} {how} before reporting (out of memory, or os._exit in the call?)")
+        raise ProfileError(f"the process running {name} {_death(launch.get('exit_code'))}")
     self_hwm = result["self_hwm_mb"]
     tree_peak = launch.get("tree_peak_mb", 0.0)
-    peak = max(self_hwm, tree_peak)
+    children = result.get("children_maxrss_mb", 0.0)
+    # The kernel's own figures first: a child's peak (ru_maxrss of the waited-for children) survives
+    # however short it lived or however late the sampler ran; the sampled tree adds what lives at once.
+    peak = max(self_hwm, tree_peak, children)
     samples = launch.get("samples", {})
     curve_t, curve_mb = _downsample(samples.get("t", []), samples.get("rss_mb", []))
     return {
@@ -268,7 +275,8 @@ def _measure(
             "tree_sampled_peak_mb": tree_peak,
             "children_ru_maxrss_mb": result.get("children_maxrss_mb", 0.0),
             "launcher_wait4_maxrss_mb": launch.get("wait4_maxrss_mb"),
-            "rule": "max(runner VmHWM, sampled tree peak = runner RSS + each live descendant's VmHWM)",
+            "rule": "max(runner VmHWM, children's ru_maxrss, sampled tree peak = runner RSS + each live "
+                    "descendant's VmHWM)",
         },
         "samples": {
             "interval_s": launch.get("interval_s"),
@@ -283,6 +291,27 @@ def _measure(
         "lines": result.get("lines"),
         "size": size,
     }
+
+
+def _death(code: Any) -> str:
+    """How the runner died, in words that point at the cause (a segfault is not an out-of-memory kill)."""
+    import signal as _signal
+
+    if isinstance(code, int) and code < 0:
+        try:
+            sig = _signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        why = {
+            "SIGSEGV": "a segmentation fault: native code (an extension module, ctypes) crashed",
+            "SIGBUS": "a bus error: native code crashed, or a mapped file shrank",
+            "SIGABRT": "abort(): a C library or extension gave up (see its message above)",
+            "SIGKILL": "SIGKILL: the kernel's out-of-memory killer, or a kill -9",
+            "SIGILL": "an illegal instruction: a wheel built for a newer CPU",
+            "SIGFPE": "a floating-point exception in native code",
+        }.get(sig, sig)
+        return f"was killed by {sig} before reporting ({why})"
+    return f"exited with code {code} before reporting (os._exit() in the call, or a thread called sys.exit?)"
 
 
 MAX_CURVE_POINTS = 2000
@@ -327,7 +356,8 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
         growth_mb=round(max(peaks) - statistics.median(r["baseline_mb"] for r in runs), 3),
         cpu_user_s=median_run["cpu_user_s"],
         cpu_sys_s=median_run["cpu_sys_s"],
-        cores_busy=round(cpu / duration, 3) if duration > 0 else 0.0,
+        # below 10 ms the CPU clock's granularity makes cpu/wall meaningless ("14 cores" for a 0.6 us call)
+        cores_busy=round(cpu / duration, 3) if duration >= recommend.MIN_CORES_WALL_S else 0.0,
         serialize_s=median_run["serialize_s"],
         result_bytes=median_run["result_bytes"],
         tmp_peak_mb=round(tmp_peak, 3),
@@ -353,7 +383,7 @@ def _predict_tmp(sizes: list[int], per_size: list[list[dict]], target: int) -> f
     if max(tmp) <= 0:
         return 0.0
     try:
-        return max(0.0, scaling.fit_power(sizes, tmp).predict(target))
+        return max(0.0, scaling.choose(sizes, tmp, target).upper["upper"])
     except ValueError:
         return max(tmp)
 

@@ -13,7 +13,9 @@ process spawned directly by a 2 GB caller can report a 2 GB peak before it
 does anything. Spawned from the small launcher, the runner starts clean.
 
 The caller side is :func:`run_job`; the launcher side is :func:`main`.
-Only the standard library is imported here (psutil where /proc is missing).
+Only the standard library is imported here (psutil where /proc is missing), and
+``wrenpack.worker.memory``: the same /proc reader and directory usage as the
+worker and the local backend, so all three count alike.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+from wrenpack.worker.memory import dir_usage, proc_status
 
 from wrenpack.worker.memory import dir_usage, proc_status
 
@@ -86,11 +90,10 @@ def _read_json(path: str) -> dict | None:
 
 def _status(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) in kB from /proc; (0, 0) once the process is gone."""
-    found = proc_status(pid, (b"VmRSS:", b"VmHWM:"))
-    return found.get(b"VmRSS:", 0), found.get(b"VmHWM:", 0)
+    got = proc_status(pid, (b"VmHWM:", b"VmRSS:"))
+    return got.get(b"VmRSS:", 0), got.get(b"VmHWM:", 0)
 
 
-#: /tmp is counted as the local backend enforces it (allocated blocks)
 _dir_bytes = dir_usage
 
 
@@ -150,11 +153,9 @@ def main(jobdir: str) -> int:
     cmd = [sys.executable, "-m", "wrenpack.profiler.runner", jobdir]
     stdout = 2 if job.get("stdout_to_stderr") else None
     t_start = time.time()
+    # The sampler keeps its normal priority: at nice 10 a loaded machine starved it and it missed
+    # short-lived children (the kernel's figures below now cover those, but the curve needs samples).
     proc = subprocess.Popen(cmd, env=env, cwd=job.get("cwd"), stdout=stdout, start_new_session=True)
-    try:  # on a busy machine the sampler must not take the CPU from the call it watches
-        os.nice(10)
-    except OSError:
-        pass
 
     def _stop(signum: int, frame: Any) -> None:
         _kill_group(proc.pid)

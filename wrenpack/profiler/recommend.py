@@ -34,6 +34,8 @@ TIMEOUT_FACTOR = 1.5
 TIMEOUT_EXTRA_S = 10
 SEGMENT_S = 810
 DEFAULT_TMP_MB = MIN_EPHEMERAL_MB
+#: Shorter calls get no CPU notes: getrusage's resolution makes cpu/wall noise below this.
+MIN_CORES_WALL_S = 0.01
 TMP_MARGIN_FRACTION = 0.10
 TMP_MARGIN_FIXED_MB = 16
 
@@ -89,7 +91,7 @@ def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 
             f"peak {peak_mb:,.0f} MB plus margin exceeds Lambda's {MAX_MEMORY_MB:,} MB: "
             "split the input or reduce memory use"
         )
-    cores = cpu_s / wall_s if wall_s > 0 else 0.0
+    cores = cpu_s / wall_s if wall_s >= MIN_CORES_WALL_S else 0.0
     cpu_there = vcpus(memory)
     if cores > 1.1:
         want = min(MAX_MEMORY_MB, math.ceil(cores * MB_PER_VCPU))

@@ -21,7 +21,8 @@ def _secs(x: float) -> str:
     return f"{x:,.3f} s" if x < 100 else f"{x:,.0f} s"
 
 
-def render(prof: Profile, plot: str | None = None, console: Console | None = None) -> None:
+def render(prof: Profile, plot: str | None = None, console: Console | None = None, saved: str | None = None) -> None:
+    """Print the tables; ``saved`` is where the profile was written (nothing is said when it was not)."""
     console = console or Console()
     rep = prof.repeat or {}
     n = rep.get("n", 1)
@@ -40,7 +41,9 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
     measured.add_row("  baseline", _mb(prof.baseline_mb), f"interpreter + cloudpickle {prof.interpreter_mb:,.1f} MB, + imports and arguments")
     measured.add_row("  growth in the call", _mb(prof.growth_mb), "peak - baseline")
     measured.add_row("duration", _secs(prof.duration_s), dur_note)
-    measured.add_row("CPU user / sys", f"{prof.cpu_user_s:.3f} / {prof.cpu_sys_s:.3f} s", f"{prof.cores_busy:.2f} cores busy on average")
+    busy = (f"{prof.cores_busy:.2f} cores busy on average" if prof.cores_busy else
+            "too short to say how many cores it kept busy")
+    measured.add_row("CPU user / sys", f"{prof.cpu_user_s:.3f} / {prof.cpu_sys_s:.3f} s", busy)
     measured.add_row("/tmp peak", _mb(prof.tmp_peak_mb), f"{prof.tmp_final_mb:,.1f} MB left at the end")
     measured.add_row("processes", str(prof.processes), "the call's process tree, at most")
     measured.add_row("network", "not measurable", "no per-process counters on Linux")
@@ -78,8 +81,8 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
         console.print(lt)
     if plot:
         console.print(f"memory curve written to {plot}")
-    if prof.code_hash:
-        console.print(f"[dim]saved as .wrenpack/profiles/{prof.code_hash}.json (used by memory=\"auto\")[/dim]")
+    if saved:
+        console.print(f"[dim]saved as {saved} (used by memory=\"auto\")[/dim]")
 
 
 def _recommended(console: Console, title: str, rec: dict[str, Any]) -> None:
@@ -113,14 +116,20 @@ def _scaling(console: Console, sc: dict[str, Any]) -> None:
     for n, g, d in zip(sc["sizes"], sc["memory_growth_mb"], sc["duration_s"]):
         t.add_row(f"{n:,}", _mb(g), _secs(d))
     pred = sc["predicted"]
+    up = sc.get("upper") or pred
     mf, tf = sc["memory_fit"], sc["time_fit"]
     t.add_row(f"[bold]{sc['target']:,}[/bold] (predicted)", f"[bold]{_mb(pred['growth_mb'])}[/bold]", f"[bold]{_secs(pred['duration_s'])}[/bold]")
-    t.caption = (
-        f"memory = {mf['c']:.4g} + {mf['a']:.4g}*n^{mf['b']:.3f} MB (R^2 {mf['r2']:.4f}); "
-        f"time = {tf['c']:.4g} + {tf['a']:.4g}*n^{tf['b']:.3f} s (R^2 {tf['r2']:.4f})"
-    )
+    t.add_row("  upper bound (used below)", _mb(up["growth_mb"]), _secs(up["duration_s"]))
+
+    def formula(f: dict[str, Any], unit: str) -> str:
+        growth = "n ln n" if f.get("log") else f"n^{f['b']:.3g}"
+        cv = f" , CV error {f['cv_error']:.1%}" if f.get("cv_error") is not None else ""
+        return f"{f['c']:.4g} + {f['a']:.4g}*{growth} {unit} ({f['method']}{cv}, R^2 {f['r2']:.4f})"
+
+    t.caption = f"memory = {formula(mf, 'MB')}; time = {formula(tf, 's')}"
     console.print(t)
-    console.print(f"predicted peak at n={sc['target']:,}: {_mb(pred['peak_memory_mb'])} (baseline {_mb(sc['baseline_mb'])} + growth)")
+    console.print(f"predicted peak at n={sc['target']:,}: {_mb(pred['peak_memory_mb'])}, up to {_mb(up['peak_memory_mb'])} "
+                  f"(baseline {_mb(sc['baseline_mb'])} + growth)")
     for w in sc.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
     _recommended(console, f"recommended Lambda settings at n={sc['target']:,}", sc["recommended"])

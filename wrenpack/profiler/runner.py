@@ -30,39 +30,25 @@ import traceback
 
 import cloudpickle
 
+from wrenpack.worker.memory import children_peak_mb, peak_rss_mb, proc_status
+
 EXIT_OK = 0
 EXIT_LOAD = 3
 EXIT_RAISED = 4
 
 
-def _status_kb(field: bytes) -> int | None:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _rss_mb() -> float:
-    kb = _status_kb(b"VmRSS:")
+    kb = proc_status("self", (b"VmRSS:",)).get(b"VmRSS:")
     if kb is None:  # not Linux: best effort
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return kb / 1024.0
 
 
 def _hwm_mb() -> float:
-    kb = _status_kb(b"VmHWM:")
-    if kb is None:
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0
+    return peak_rss_mb("self") or 0.0
 
 
-def _children_maxrss_mb() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+_children_maxrss_mb = children_peak_mb
 
 
 def _write(jobdir: str, result: dict) -> None:

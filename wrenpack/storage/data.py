@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from wrenpack.errors import ConfigError, StoreError
+from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
 from wrenpack.storage import Store, open_store, parse_store_url
 
 #: Where the user's objects live in wrenpack's store.
@@ -55,8 +55,68 @@ def _open(spec: dict[str, Any]) -> Store:
     token = _token(spec)
     found = _opened.get(token)
     if found is None:
-        found = _opened[token] = open_store(spec)
+        found = _opened[token] = _Files(spec["root"]) if spec.get("type") == "files" else open_store(spec)
     return found
+
+
+class _Files(Store):
+    """Read-only access to a local directory of the user's files (``objects("/path")``).
+
+    Not a ``LocalStore``: that one is wrenpack's private store and insists on a
+    private directory; reading the user's own files needs none of that."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"type": "files", "root": self.root}
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, _check_key(key))
+
+    def get(self, key: str) -> bytes:
+        return self.get_range(key, 0, self.size(key))
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(max(0, end - start))
+        except FileNotFoundError:
+            raise ObjectNotFound(f"file {self._path(key)} not found") from None
+
+    def size(self, key: str) -> int:
+        try:
+            return os.path.getsize(self._path(key))
+        except FileNotFoundError:
+            raise ObjectNotFound(f"file {self._path(key)} not found") from None
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        out = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            for name in files:
+                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                if key.startswith(prefix):
+                    out.append(key)
+        return sorted(out)
+
+    def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
+        return [(k, os.path.getsize(self._path(k))) for k in self.list(prefix)]
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        raise StoreError(f"{self.url} is read-only here: write with wrenpack.store().put")
+
+    def delete(self, key: str) -> None:
+        raise StoreError(f"{self.url} is read-only here: delete with wrenpack.store().delete")
 
 
 def _check_key(key: str) -> str:
@@ -189,7 +249,7 @@ class ObjectRange:
     def url(self) -> str:
         if self.spec.get("type") == "s3":
             return f"s3://{self.spec['bucket']}/" + (f"{self.spec['prefix']}/" if self.spec.get("prefix") else "") + self.key
-        if self.spec.get("type") == "local":
+        if self.spec.get("type") in ("local", "files"):
             return os.path.join(self.spec["root"], self.key)
         return self.key
 
@@ -365,9 +425,7 @@ def objects(source: "str | DataStore", *, chunk_size: int | None = None, delimit
     if os.path.isfile(path):
         root, found = os.path.dirname(path), [(os.path.basename(path), os.path.getsize(path))]
     elif os.path.isdir(path):
-        from wrenpack.storage.local import LocalStore
-
-        root, found = path, LocalStore(path).list_sizes("")
+        root, found = path, _Files(path).list_sizes("")
     else:
         raise StoreError(f"{source} does not exist; give an existing file or directory, or an s3:// URL")
-    return _ranges({"type": "local", "root": root}, found, chunk_size, delimiter, record_size, source)
+    return _ranges({"type": "files", "root": root}, found, chunk_size, delimiter, record_size, source)

@@ -64,7 +64,13 @@ class LocalStore(Store):
         if if_absent and os.path.exists(path):
             return False
         tmp = os.path.join(directory, f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            # Another process removed the directory since this one made it (delete_prefix).
+            self._made.discard(directory)
+            self._ensure_dir(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
@@ -77,11 +78,39 @@ def unseal(secret: bytes, identity: str, blob: bytes, key: str) -> bytes:
     return auth.unseal(secret, identity, blob, key)
 
 
+_FRAME = b"WSF1"
+
+
 def _dumps(obj: Any) -> bytes:
+    """Pickle protocol 5 with large buffers (numpy arrays, bytes) out of band, framed
+    as ``WSF1 | n | header length | buffer lengths... | header | buffers``: the
+    reader's arrays then point into the object's bytes instead of being copied."""
+    buffers: list[pickle.PickleBuffer] = []
     try:
-        return pickle.dumps(obj, protocol=5)  # the C pickler: records by the million
+        header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)  # the C pickler: records by the million
     except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle can
-        return cloudpickle.dumps(obj, protocol=5)
+        buffers = []
+        header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    sizes = struct.pack(f"<{2 + len(raws)}Q", len(raws), len(header), *(r.nbytes for r in raws))
+    return b"".join([_FRAME, sizes, header, *raws])
+
+
+def _loads(data: bytes) -> Any:
+    if not data.startswith(_FRAME):
+        raise CorruptObject("a shuffle object has an unknown format; re-run the job")
+    view = memoryview(data)
+    pos = len(_FRAME)
+    (n,) = struct.unpack_from("<Q", view, pos)
+    lengths = struct.unpack_from(f"<{n + 1}Q", view, pos + 8)
+    pos += 8 * (n + 2)
+    header = view[pos : pos + lengths[0]]
+    pos += lengths[0]
+    buffers = []
+    for size in lengths[1:]:
+        buffers.append(view[pos : pos + size])
+        pos += size
+    return pickle.loads(header, buffers=buffers)
 
 
 def put(store: Store, key: str, secret: bytes, obj: Any) -> int:
@@ -91,7 +120,7 @@ def put(store: Store, key: str, secret: bytes, obj: Any) -> int:
 
 
 def get(store: Store, key: str, secret: bytes) -> Any:
-    return pickle.loads(unseal(secret, key, store.get(key), key))
+    return _loads(unseal(secret, key, store.get(key), key))
 
 
 def _store() -> Store:
