@@ -366,3 +366,23 @@ def test_submit_and_futures_between_calls_on_lambda(moto_endpoint, bucket, lambd
 
 def _identity(x):
     return x
+
+
+def test_request_response_small_results_make_no_s3_put_per_call(moto_endpoint, bucket, lambda_endpoint):
+    """Small results come back in the reply: every S3 request of the client and
+    the workers goes through a counting proxy, and none is a per-call PUT."""
+    from tests.aws.servers import CountingProxy
+
+    proxy = CountingProxy(moto_endpoint)
+    try:
+        with _executor(proxy.url, bucket, lambda_endpoint, "rr-noput", invocation_type="RequestResponse") as ex:
+            f = wrenpack.remote(square, executor=ex)
+            assert wrenpack.get(f.map(range(2))) == [0, 1]  # warm: clients and function caches
+            proxy.reset()
+            assert wrenpack.get(f.map(range(20))) == [x * x for x in range(20)]
+        puts = [path for kind, path in proxy.log if kind == "PUT"]
+        assert not [p for p in puts if "/result/" in p]
+        assert len(puts) <= 2, puts  # the job's function object (and its owner record), not one per call
+        assert proxy.counts["GET"] <= 4, proxy.log  # the function, once per warm runtime at most
+    finally:
+        proxy.stop()
