@@ -186,3 +186,17 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     (local / "jobs" / "j3" / "func.pkl").write_bytes(b"x")
     code, out, _ = run(capsys, "clean", "--all", "--storage", str(local))
     assert code == 0 and "removed 1 object" in out
+
+
+def test_doctor_warns_when_the_store_ignores_if_none_match(rclone_endpoint):
+    """rclone serve s3 answers a second conditional write with 200: first-write-wins would be lost."""
+    from wrenpack.cli.cmd_aws import _conditional_check
+
+    class Cfg:
+        storage = "s3://wrenpack-test/doctor"
+        s3_endpoint_url = rclone_endpoint
+        aws_region = "us-east-1"
+        aws_profile = None
+
+    ok, detail, _ = _conditional_check(Cfg())
+    assert ok is None and "ignores If-None-Match" in detail and "conditional_writes" in detail

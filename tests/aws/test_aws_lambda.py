@@ -1,8 +1,8 @@
 """The Lambda backend end to end: ``f.map`` -> boto3 ``invoke`` -> the AWS
 Runtime Interface Emulator -> awslambdaric -> wrenpack's handler -> moto S3 -> back.
 
-The emulated function's configured timeout is 3 s (the RIE enforces it), so
-every map here uses ``timeout=3``, the setting ``wrenpack deploy`` would give it.
+The default emulated function's timeout is 5 s, so the maps here use
+``timeout=5`` and run on it (other settings select other functions).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from wrenpack.backends.aws_lambda import FunctionSettings, LambdaBackend
 from wrenpack.errors import ConfigError, CorruptObject, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WorkerLost
 from wrenpack.executor import Executor
 
-TIMEOUT = 3
+TIMEOUT = 5
 
 
 def square(x):
@@ -214,7 +214,7 @@ def test_settings_without_a_function_fail_before_launch(moto_endpoint, bucket, l
     with _executor(moto_endpoint, bucket, lambda_endpoint, "nofn-mem") as ex:
         futs = wrenpack.remote(square, executor=ex, memory=1536).map([1, 2])
         for fut in futs:
-            with pytest.raises(ConfigError, match="wrenpack deploy --function-name wrenpack-worker --memory 1536 --timeout 3") as info:
+            with pytest.raises(ConfigError, match=f"wrenpack deploy --function-name wrenpack-worker --memory 1536 --timeout {TIMEOUT}") as info:
                 fut.result(timeout=30)
         assert "\n" not in str(info.value)
     assert len(lambda_endpoint.invocations) == before  # nothing was sent
@@ -334,8 +334,8 @@ def test_chunksize_5_with_a_function_from_the_users_module(lam, lambda_endpoint)
 
 
 def test_checkpointed_call_goes_on_across_invocations(lam):
-    fut = wrenpack.remote(stepper, executor=lam).remote(200, 0.02)  # ~4 s of work under a 3 s timeout
-    assert fut.result(timeout=120) == sum(i * i for i in range(200))
+    fut = wrenpack.remote(stepper, executor=lam).remote(350, 0.02)  # ~7 s of work under a 5 s timeout
+    assert fut.result(timeout=120) == sum(i * i for i in range(350))
     assert fut.segments >= 2
 
 
@@ -366,3 +366,23 @@ def test_submit_and_futures_between_calls_on_lambda(moto_endpoint, bucket, lambd
 
 def _identity(x):
     return x
+
+
+def test_request_response_small_results_make_no_s3_put_per_call(moto_endpoint, bucket, lambda_endpoint):
+    """Small results come back in the reply: every S3 request of the client and
+    the workers goes through a counting proxy, and none is a per-call PUT."""
+    from tests.aws.servers import CountingProxy
+
+    proxy = CountingProxy(moto_endpoint)
+    try:
+        with _executor(proxy.url, bucket, lambda_endpoint, "rr-noput", invocation_type="RequestResponse") as ex:
+            f = wrenpack.remote(square, executor=ex)
+            assert wrenpack.get(f.map(range(2))) == [0, 1]  # warm: clients and function caches
+            proxy.reset()
+            assert wrenpack.get(f.map(range(20))) == [x * x for x in range(20)]
+        puts = [path for kind, path in proxy.log if kind == "PUT"]
+        assert not [p for p in puts if "/result/" in p]
+        assert len(puts) <= 2, puts  # the job's function object (and its owner record), not one per call
+        assert proxy.counts["GET"] <= 4, proxy.log  # the function, once per warm runtime at most
+    finally:
+        proxy.stop()
