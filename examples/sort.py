@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="2 MB, 4 mappers, 3 reducers (the tests run this)")
     ap.add_argument("--mappers", type=int, help="input objects / map calls (default: one per ~64 MB, at least 2)")
     ap.add_argument("--partitions", type=int, help="reducers (default: as many as mappers)")
-    ap.add_argument("--memory", type=int, default=1024, help="MB per call (default 1024)")
+    ap.add_argument("--memory", type=int, default=3008,
+                    help="MB per call (default 3008: on the local backend a worker's memory cgroup is also charged "
+                         "for the /dev/shm store objects it wrote)")
     ap.add_argument("--keep", action="store_true", help="keep the input and output objects")
     args = ap.parse_args(argv)
     size = 2_000_000 if args.small else args.size

@@ -160,6 +160,14 @@ def test_pickled_future_resolves_in_another_process(executor):
     assert again.result(timeout=0) == 25
 
 
+def test_a_future_that_is_no_call_cannot_travel_until_done():
+    fut = wrenpack.WrenFuture("job", "call", "combined")
+    with pytest.raises(TypeError, match="once it is done"):
+        pickle.dumps(fut)
+    fut._resolve(True, 5)
+    assert pickle.loads(pickle.dumps(fut)).result(timeout=0) == 5
+
+
 def test_pickled_future_of_a_batched_call(executor, remote):
     futs = remote(sleeper).map([0.2, 0.3, 0.4], chunksize=3)
     blobs = [pickle.dumps(f) for f in futs]

@@ -167,7 +167,7 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
 #: or tool-specific); anything else unknown is warned about as a likely typo
 _OTHER_ENV = {
     "CACHE_DIR", "DEPLOYED_PYTHON", "EPHEMERAL_STORAGE_MB", "LOCAL_WORKER", "NO_CGROUPS", "PROFILE_DIR",
-    "RUNTIME_ARCHIVE", "RUNTIME_ROOT", "RUNTIME_SHA", "SKIP_AWS_TESTS", "TEST_CACHE",
+    "RUNTIME_ARCHIVE", "RUNTIME_ROOT", "RUNTIME_SHA", "SKIP_AWS_TESTS", "STORE_URL", "TEST_CACHE",
 }
 _warned_env: set[str] = set()
 
