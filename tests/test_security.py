@@ -495,3 +495,35 @@ def test_the_benchmark_switch_is_off_by_default_and_never_honoured_on_lambda():
                              check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert out.stdout.strip() == want, extra
     assert auth._enabled
+
+
+def test_a_planted_segment_record_never_relaunches_a_call(tmp_path):
+    """A poller that sees a "checkpointed" status in the store (the Lambda backend
+    peeks at it unverified) must not relaunch the call on a record wrenpack did not write."""
+    from wrenpack.backends.base import Backend, InvocationResult
+
+    class Peeking(Backend):
+        name = "peeking"
+
+        def __init__(self):
+            self.invoked = []
+
+        def invoke(self, inv):
+            self.invoked.append(inv)
+            job, cid = inv.key
+            # The attacker's record, and the status a backend would read from it.
+            ex.store.put(keys.segment_key(job, cid, int(inv.event["segment"])), b'{"exit": "checkpointed"}')
+            threading.Thread(target=inv.on_done, args=(inv, InvocationResult(status={"exit": "checkpointed"}))).start()
+
+        def shutdown(self, wait=True):
+            pass
+
+    backend = Peeking()
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend)
+    try:
+        fut = wrenpack.remote(plus_one, executor=ex).remote(1)
+        with pytest.raises(CorruptObject, match=r"\.0\.seg failed authentication"):
+            fut.result(timeout=30)
+        assert len(backend.invoked) == 1  # no second segment launched
+    finally:
+        ex.shutdown()

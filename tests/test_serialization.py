@@ -91,3 +91,14 @@ def test_oversized_payload_fails_before_launch(remote):
     big = b"x" * (200 * 1024 * 1024)
     with pytest.raises(wrenpack.PayloadTooLarge, match="more than its memory=128 MB"):
         remote(len, memory=128).remote(big)
+
+
+def test_user_modules_of_looks_inside_a_batch(tmp_path, monkeypatch):
+    """chunksize > 1 sends Batch(fn): the user module of fn must still travel by value (issue 10)."""
+    from wrenpack.worker.batch import Batch
+
+    (tmp_path / "wp_batch_usermod.py").write_text("def inc(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_batch_usermod
+
+    assert {m.__name__ for m in serialize.user_modules_of(Batch(wp_batch_usermod.inc))} == {"wp_batch_usermod"}

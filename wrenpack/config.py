@@ -72,6 +72,10 @@ class Config:
     s3_endpoint_url: str | None = None
     lambda_endpoint_url: str | None = None
     invocation_type: str = "Event"
+    #: the Lambda functions' instruction set: "x86_64" or "arm64" (part of which function a call runs on)
+    architecture: str = "x86_64"
+    #: create the Lambda function for a settings set on its first use (copying a deployed one's role and runtime)
+    lambda_auto_deploy: bool = False
 
     def __post_init__(self) -> None:
         # Whatever built it (load, replace, Config(...)), a Config holds only valid values.
@@ -161,12 +165,13 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "inline_limit": _at_least("inline_limit", 0),
     "keep_warm": _at_least("keep_warm", 0, inclusive=False, real=True),
     "invocation_type": _one_of("invocation_type", ("Event", "RequestResponse")),
+    "architecture": _one_of("architecture", limits.ARCHITECTURES),
 }
 
 #: WRENPACK_* variables that are not settings but are read elsewhere (internal
 #: or tool-specific); anything else unknown is warned about as a likely typo
 _OTHER_ENV = {
-    "CACHE_DIR", "DEPLOYED_PYTHON", "EPHEMERAL_STORAGE_MB", "LOCAL_WORKER", "NO_CGROUPS", "PROFILE_DIR",
+    "CACHE_DIR", "DEPLOYED_PYTHON", "FUNCTION_FAMILY", "FUNCTION_SETTINGS", "EPHEMERAL_STORAGE_MB", "LOCAL_WORKER", "NO_CGROUPS", "PROFILE_DIR",
     "RUNTIME_ARCHIVE", "RUNTIME_ROOT", "RUNTIME_SHA", "SKIP_AWS_TESTS", "STORE_URL", "TEST_CACHE",
 }
 _warned_env: set[str] = set()

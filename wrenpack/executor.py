@@ -148,7 +148,6 @@ class _Job:
     label: str
     futures: dict[str, WrenFuture]
     options: CallOptions
-    remaining: int
     #: The job's key (``wrenpack.auth``): only in memory and in its events, never in the store.
     secret: bytes = b""
     #: the latest invocation of each call (for cancel and retries)
@@ -369,7 +368,7 @@ class Executor(cf.Executor):
                     extra={"label": call_label},
                 )
             )
-        job = _Job(job_id, label, futures, options, len(futures), secret)
+        job = _Job(job_id, label, futures, options, secret)
         job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
             self._jobs[job_id] = job

@@ -93,6 +93,10 @@ def user_modules_of(fn: Any) -> set[types.ModuleType]:
         elif isinstance(obj, type):
             for base in obj.__mro__[1:]:
                 visit(base, depth + 1)
+        elif callable(obj) and isinstance(getattr(obj, "__dict__", None), dict):
+            # A callable object (e.g. the Batch that chunksize sends) holds the functions it calls.
+            for value in list(obj.__dict__.values()):
+                visit(value, depth + 1)
 
     visit(fn, 0)
     return found

@@ -27,14 +27,6 @@ def aws_cli(moto_endpoint, bucket, monkeypatch):
     return moto_endpoint
 
 
-@pytest.fixture(scope="module")
-def role_arn(moto_endpoint):
-    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
-                                                     "Action": "sts:AssumeRole"}]}
-    return iam.create_role(RoleName="wrenpack-worker-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-
-
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -54,30 +46,67 @@ def test_handler_package_is_deterministic_and_self_contained(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=tmp_path)
 
 
-def test_deploy_creates_then_updates_the_function(aws_cli, role_arn, capsys, tmp_path):
+def _name(memory, timeout, storage=512, arch="x86_64", runtime=None, base="wp-fn"):
+    from wrenpack.backends.aws_lambda import FunctionSettings
+
+    return FunctionSettings.for_call(memory, timeout, storage, arch, runtime).function_name(base)
+
+
+def test_deploy_creates_one_function_per_settings_set_then_updates(aws_cli, role_arn, capsys, tmp_path, bucket):
     lam = boto3.client("lambda", endpoint_url=aws_cli, region_name="us-east-1")
     code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--json")
     assert code == 1 and "--role" in err  # creating needs the execution role
-    code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--role", role_arn,
-                         "--memory", "2048", "--timeout", "120", "--ephemeral-storage", "1024", "--json")
+    code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--role", role_arn, "--memory", "2048",
+                         "--memory", "3008", "--timeout", "120", "--ephemeral-storage", "1024",
+                         "--reserved-concurrency", "5", "--json")
     assert code == 0, err
-    assert json.loads(out)["action"] == "created"
-    conf = lam.get_function_configuration(FunctionName="wp-fn")
-    assert conf["Handler"] == "wrenpack.worker.handler.handler"
-    assert conf["Runtime"] == "python%d.%d" % sys.version_info[:2]
-    assert (conf["MemorySize"], conf["Timeout"], conf["EphemeralStorage"]["Size"]) == (2048, 120, 1024)
-    assert lam.get_function_event_invoke_config(FunctionName="wp-fn")["MaximumRetryAttempts"] == 0
-    # A runtime layer from a build-runtime output directory, on update.
+    done = json.loads(out)["functions"]
+    assert [d["action"] for d in done] == ["created", "created"]
+    assert [d["function"] for d in done] == [_name(2048, 120, 1024), _name(3008, 120, 1024)]
+    for d in done:
+        conf = lam.get_function_configuration(FunctionName=d["function"])
+        assert conf["Handler"] == "wrenpack.worker.handler.handler"
+        assert conf["Runtime"] == "python%d.%d" % sys.version_info[:2]
+        assert (conf["MemorySize"], conf["Timeout"], conf["EphemeralStorage"]["Size"]) == (d["memory"], 120, 1024)
+        env = conf["Environment"]["Variables"]
+        assert env["WRENPACK_FUNCTION_FAMILY"] == "wp-fn" and env["WRENPACK_STORE_URL"] == f"s3://{bucket}/cli"
+        assert json.loads(env["WRENPACK_FUNCTION_SETTINGS"])["memory"] == d["memory"]
+        assert lam.get_function_event_invoke_config(FunctionName=d["function"])["MaximumRetryAttempts"] == 0
+        assert lam.get_function_concurrency(FunctionName=d["function"])["ReservedConcurrentExecutions"] == 5
+    # A runtime layer from a build-runtime output directory: a new runtime, so a new function.
     build = tmp_path / "build"
     build.mkdir()
     with zipfile.ZipFile(build / "layer.zip", "w") as zf:
         zf.writestr("python/some_dep.py", "X = 1\n")
-    code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--runtime-dir", str(build), "--json")
+    py = "%d.%d" % sys.version_info[:2]
+    (build / "manifest.json").write_text(json.dumps({"target": {"python": py, "arch": "arm64"}, "cache_key": "abc123"}))
+    code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--role", role_arn, "--runtime-dir", str(build))
+    assert code == 1 and "built for arm64" in err and "--architecture arm64" in err
+    code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--role", role_arn, "--runtime-dir", str(build),
+                         "--architecture", "arm64", "--memory", "2048", "--timeout", "120", "--json")
     assert code == 0, err
-    summary = json.loads(out)
-    assert summary["action"] == "updated" and ":layer:wp-fn-runtime:" in summary["layer"]
-    conf = lam.get_function_configuration(FunctionName="wp-fn")
-    assert [layer["Arn"] for layer in conf["Layers"]] == [summary["layer"]]
+    (d,) = json.loads(out)["functions"]
+    assert d["function"] == _name(2048, 120, 512, "arm64", str(build)) and ":layer:wp-fn-runtime:" in d["layer"]
+    conf = lam.get_function_configuration(FunctionName=d["function"])
+    assert [layer["Arn"] for layer in conf["Layers"]] == [d["layer"]] and conf["Architectures"] == ["arm64"]
+    (layer,) = [v for v in lam.list_layer_versions(LayerName="wp-fn-runtime")["LayerVersions"]
+                if v["LayerVersionArn"] == d["layer"]]
+    assert layer["CompatibleArchitectures"] == ["arm64"]
+    # Deploying the same settings again updates that function.
+    code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--memory", "2048", "--timeout", "120",
+                         "--ephemeral-storage", "1024", "--json")
+    assert code == 0, err and json.loads(out)["functions"][0]["action"] == "updated"
+
+
+def test_deploy_from_saved_profiles(aws_cli, role_arn, capsys, tmp_path, monkeypatch):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "abc.json").write_text(json.dumps({"target": "m:f", "peak_memory_mb": 90.0, "duration_s": 1.0,
+                                                   "recommended": {"memory_mb": 256, "timeout_s": 30}}))
+    monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(profiles))
+    code, out, err = run(capsys, "deploy", "--function-name", "wp-prof", "--role", role_arn, "--from-profiles", "--json")
+    assert code == 0, err
+    assert [d["function"] for d in json.loads(out)["functions"]] == [_name(256, 30, base="wp-prof")]
 
 
 def test_runtime_archive_deploy_and_bootstrap(aws_cli, role_arn, capsys, tmp_path, monkeypatch, bucket):
@@ -88,7 +117,7 @@ def test_runtime_archive_deploy_and_bootstrap(aws_cli, role_arn, capsys, tmp_pat
                          "--runtime-archive", str(build), "--json")
     assert code == 0, err
     lam = boto3.client("lambda", endpoint_url=aws_cli, region_name="us-east-1")
-    conf = lam.get_function_configuration(FunctionName="wp-arch")
+    conf = lam.get_function_configuration(FunctionName=json.loads(out)["functions"][0]["function"])
     assert conf["Handler"] == "wrenpack.worker.runtime_archive.handler"
     env = conf["Environment"]["Variables"]
     # What the function would do on its first call in a container:
@@ -114,7 +143,7 @@ def test_iam_policy_is_scoped_to_prefix_and_function(aws_cli, capsys, bucket):
     policy = json.loads(out)
     resources = json.dumps(policy["Statement"])
     assert f"arn:aws:s3:::{bucket}/cli/jobs/*" in resources
-    assert "arn:aws:lambda:us-east-1:123456789012:function:wrenpack-worker" in resources
+    assert "arn:aws:lambda:us-east-1:123456789012:function:wrenpack-worker-*" in resources
     assert '"s3:*"' not in resources and '"Resource": "*"' not in resources
     code, out, _ = run(capsys, "iam-policy", "--for", "worker")
     assert "logs:PutLogEvents" in out and "lambda:InvokeFunction" not in out
@@ -130,8 +159,9 @@ def test_doctor_reports_problems_and_passes_after_deploy(aws_cli, role_arn, caps
     code, out, _ = run(capsys, "doctor", "--function-name", "wp-doctor", "--json")
     report = json.loads(out)
     assert code == 0, report
-    assert {c["check"] for c in report["checks"]} == {"credentials", "storage", "function", "python version",
-                                                      "runtime", "async retries"}
+    assert {c["check"] for c in report["checks"]} == {"credentials", "storage", "conditional writes", "function",
+                                                      "python version", "runtime", "async retries"}
+    assert not any(c.get("warning") for c in report["checks"])  # moto honours If-None-Match
     code, out, _ = run(capsys, "doctor", "--function-name", "wp-doctor")
     assert code == 0 and "wrenpack doctor" in out
 
@@ -156,3 +186,17 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     (local / "jobs" / "j3" / "func.pkl").write_bytes(b"x")
     code, out, _ = run(capsys, "clean", "--all", "--storage", str(local))
     assert code == 0 and "removed 1 object" in out
+
+
+def test_doctor_warns_when_the_store_ignores_if_none_match(rclone_endpoint):
+    """rclone serve s3 answers a second conditional write with 200: first-write-wins would be lost."""
+    from wrenpack.cli.cmd_aws import _conditional_check
+
+    class Cfg:
+        storage = "s3://wrenpack-test/doctor"
+        s3_endpoint_url = rclone_endpoint
+        aws_region = "us-east-1"
+        aws_profile = None
+
+    ok, detail, _ = _conditional_check(Cfg())
+    assert ok is None and "ignores If-None-Match" in detail and "conditional_writes" in detail

@@ -33,6 +33,7 @@ def _run(name, moto_endpoint, bucket, lambda_endpoint, prefix):
         WRENPACK_TIMEOUT="3",  # the emulated function's timeout
         WRENPACK_CONCURRENCY="3",
         WRENPACK_PROGRESS="false",
+        WRENPACK_LAMBDA_AUTO_DEPLOY="true",  # calls run on a function per settings set (e.g. sort's 3008 MB)
         PYTHONPATH=str(REPO),
     )
     proc = subprocess.run([sys.executable, str(REPO / "examples" / name), "--small"], env=env, cwd=str(REPO),

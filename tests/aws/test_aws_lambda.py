@@ -1,8 +1,8 @@
 """The Lambda backend end to end: ``f.map`` -> boto3 ``invoke`` -> the AWS
 Runtime Interface Emulator -> awslambdaric -> wrenpack's handler -> moto S3 -> back.
 
-The emulated function's configured timeout is 3 s (the RIE enforces it), so
-every map here uses ``timeout=3``, the setting ``wrenpack deploy`` would give it.
+The default emulated function's timeout is 5 s, so the maps here use
+``timeout=5`` and run on it (other settings select other functions).
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 
 import wrenpack
 from wrenpack import keys
-from wrenpack.backends.aws_lambda import LambdaBackend
-from wrenpack.errors import ConfigError, TaskTimeout, WorkerCrashed, WorkerLost
+from wrenpack.backends.aws_lambda import FunctionSettings, LambdaBackend
+from wrenpack.errors import ConfigError, CorruptObject, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WorkerLost
 from wrenpack.executor import Executor
 
-TIMEOUT = 3
+TIMEOUT = 5
 
 
 def square(x):
@@ -61,9 +61,14 @@ def _executor(moto_endpoint, bucket, lambda_endpoint, prefix, **overrides):
     return Executor(**settings)
 
 
-@pytest.fixture(scope="module", params=["Event", "RequestResponse"])
+@pytest.fixture(scope="module", params=["Event-moto", "RequestResponse-moto", "Event-rclone", "RequestResponse-rclone"])
 def lam(request, moto_endpoint, bucket, lambda_endpoint):
-    ex = _executor(moto_endpoint, bucket, lambda_endpoint, f"e2e-{request.param}", invocation_type=request.param)
+    """An executor on the emulated Lambda, its store on moto's S3 or on the
+    stricter ``rclone serve s3`` (the same bucket name, so the deployed
+    function's pinned store matches)."""
+    kind, server = request.param.split("-")
+    endpoint = moto_endpoint if server == "moto" else request.getfixturevalue("rclone_endpoint")
+    ex = _executor(endpoint, bucket, lambda_endpoint, f"e2e-{request.param}", invocation_type=kind)
     yield ex
     ex.shutdown()
 
@@ -82,13 +87,16 @@ def test_map_50_items_through_the_emulator(lam, lambda_endpoint):
     assert wrenpack.get(futures) == [x * x for x in range(50)]
     kinds = {k for k, _ in lambda_endpoint.invocations[before:]}
     assert kinds == {lam.config.invocation_type}
+    # one invocation per call: nothing was sent twice
+    job = futures[0].job_id
+    assert sorted(c for _, j, c, _, _ in lambda_endpoint.calls if j == job) == [keys.call_id(i) for i in range(50)]
     assert futures[0].status["exit"] == "ok" and futures[0].status["python"]
 
 
 def test_runs_inside_the_lambda_runtime(lam):
     out = wrenpack.remote(whoami, executor=lam).map([1, 2])
     values = wrenpack.get(out)
-    assert {v["fn"] for v in values} == {"wrenpack-worker"}
+    assert {v["fn"] for v in values} == {FunctionSettings.for_call(1024, TIMEOUT, 512).function_name("wrenpack-worker")}
     assert all(v["pid"] != os.getpid() for v in values)
 
 
@@ -119,13 +127,13 @@ def test_throttling_is_retried_with_backoff(lam, lambda_endpoint):
 def test_unknown_function_is_a_config_error(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "nofn", function_name="no-such-function") as ex:
         fut = wrenpack.remote(square, executor=ex).map([1])[0]
-        with pytest.raises(ConfigError, match="run `wrenpack deploy`"):
+        with pytest.raises(ConfigError, match="wrenpack deploy --function-name no-such-function --memory 1024"):
             fut.result(timeout=30)
 
 
 def test_duplicate_delivery_keeps_the_first_result(moto_endpoint, bucket, lambda_endpoint):
-    with _executor(moto_endpoint, bucket, lambda_endpoint, "dup", keep_objects=True,
-                   invocation_type="RequestResponse") as ex:
+    # Event: the result goes to the store (a RequestResponse reply would carry it instead)
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "dup", keep_objects=True, invocation_type="Event") as ex:
         sent = []
         invoke_many = ex.backend.invoke_many
         ex.backend.invoke_many = lambda invs: (sent.extend(dict(i.event) for i in invs), invoke_many(invs))[1]
@@ -136,7 +144,8 @@ def test_duplicate_delivery_keeps_the_first_result(moto_endpoint, bucket, lambda
         # Deliver the same call again, as Lambda may do with an async event.
         event = dict(sent[0], attempt=1)
         client = boto3.client("lambda", endpoint_url=lambda_endpoint.url, region_name="us-east-1")
-        reply = client.invoke(FunctionName=lambda_endpoint.function_name, Payload=json.dumps(event))
+        name = FunctionSettings.for_call(1024, TIMEOUT, 512).function_name(lambda_endpoint.function_name)
+        reply = client.invoke(FunctionName=name, Payload=json.dumps(event))
         status = json.loads(reply["Payload"].read())
         assert status["exit"] == "ok" and status["first"] is False
         assert ex.store.get(keys.result_key(job_id, call_id)) == stored
@@ -181,6 +190,162 @@ def test_servers_listen_on_loopback_only(moto_endpoint, lambda_endpoint, listeni
     assert set(bound.values()) == {"0100007F"}  # 127.0.0.1, nothing on 0.0.0.0
 
 
+# -- issue 10: the settings a call asked for -------------------------------------
+def memory_seen(x):
+    time.sleep(0.2)
+    return int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0)), os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+
+
+def test_two_maps_with_different_memory_at_once(moto_endpoint, bucket, lambda_endpoint):
+    """Each call runs on the function deployed for its memory and sees it."""
+    # 10 s: six runtimes starting at once on a small machine need more than 3 s (RIE counts init in the timeout)
+    lambda_endpoint.deploy(memory=1024, timeout=10)
+    lambda_endpoint.deploy(memory=2048, timeout=10)
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "two-mem", timeout=10) as ex:
+        small = wrenpack.remote(memory_seen, executor=ex, memory=1024).map(range(6))
+        big = wrenpack.remote(memory_seen, executor=ex, memory=2048).map(range(6))
+        small_seen, big_seen = wrenpack.get(small), wrenpack.get(big)
+    assert {m for m, _ in small_seen} == {1024} and {m for m, _ in big_seen} == {2048}
+    assert len({n for _, n in small_seen} | {n for _, n in big_seen}) == 2
+
+
+def test_settings_without_a_function_fail_before_launch(moto_endpoint, bucket, lambda_endpoint):
+    before = len(lambda_endpoint.invocations)
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "nofn-mem") as ex:
+        futs = wrenpack.remote(square, executor=ex, memory=1536).map([1, 2])
+        for fut in futs:
+            with pytest.raises(ConfigError, match=f"wrenpack deploy --function-name wrenpack-worker --memory 1536 --timeout {TIMEOUT}") as info:
+                fut.result(timeout=30)
+        assert "\n" not in str(info.value)
+    assert len(lambda_endpoint.invocations) == before  # nothing was sent
+
+
+def test_auto_deploy_creates_the_function_on_first_use(moto_endpoint, bucket, lambda_endpoint):
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "autodeploy", lambda_auto_deploy=True, timeout=10) as ex:
+        seen = wrenpack.get(wrenpack.remote(memory_seen, executor=ex, memory=1792).map([1, 2]))
+    assert {m for m, _ in seen} == {1792}
+    lam = boto3.client("lambda", endpoint_url=lambda_endpoint.url, region_name="us-east-1")
+    conf = lam.get_function_configuration(FunctionName=seen[0][1])
+    assert (conf["MemorySize"], conf["Timeout"]) == (1792, 10)
+
+
+def test_memory_auto_runs_with_the_profiled_memory(moto_endpoint, bucket, lambda_endpoint, tmp_path, monkeypatch):
+    from wrenpack.profiler import auto_settings
+
+    monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "auto-mem", lambda_auto_deploy=True, timeout=10) as ex:
+        fut = wrenpack.remote(memory_seen, executor=ex, memory="auto").remote(1)
+        memory, _ = fut.result(timeout=120)
+    assert memory == auto_settings(memory_seen, (1,))["memory_mb"]
+
+
+# -- issue 10: concurrency and deadlines -------------------------------------------
+def test_queued_calls_are_not_lost_or_sent_twice(moto_endpoint, bucket, lambda_endpoint):
+    """10 calls of 0.6 s behind one execution environment wait up to ~6 s in
+    Lambda's queue, past the 4 s timeout + 0.5 s margin counted from the send."""
+    lambda_endpoint.deploy(memory=1088, timeout=4, environments=1)
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "queued", concurrency=10) as ex:
+        ex._backend = LambdaBackend(
+            ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
+            region="us-east-1", concurrency=10, poll_interval=0.2, deadline_margin_s=0.5,
+        )
+        futs = wrenpack.remote(sleeps, executor=ex, memory=1088, timeout=4).map([0.6] * 10)
+        assert wrenpack.get(futs) == [0.6] * 10
+        job = futs[0].job_id
+    sent = [(c, a) for _, j, c, _, a in lambda_endpoint.calls if j == job]
+    assert sorted(sent) == [(keys.call_id(i), 0) for i in range(10)]  # each call once, first attempt
+    assert ex.store.list(keys.job_prefix(job)) == []  # start marks are cleaned up with the job
+
+
+def test_concurrency_is_capped_by_reserved_and_account_concurrency(moto_endpoint, bucket, lambda_endpoint, caplog):
+    lambda_endpoint.deploy(memory=1152, reserved=2)
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "reserved", concurrency=8) as ex:
+        lambda_endpoint.max_background = 0
+        with caplog.at_level("WARNING", logger="wrenpack.backends.aws_lambda"):
+            assert wrenpack.get(wrenpack.remote(sleeps, executor=ex, memory=1152).map([0.3] * 6)) == [0.3] * 6
+        assert lambda_endpoint.max_background <= 2
+    assert "concurrency=8 lowered to 2" in caplog.text and "reserved concurrency 2" in caplog.text
+    lambda_endpoint.account_concurrency = 3
+    try:
+        with _executor(moto_endpoint, bucket, lambda_endpoint, "account", concurrency=8) as ex:
+            with caplog.at_level("WARNING", logger="wrenpack.backends.aws_lambda"):
+                assert wrenpack.get(wrenpack.remote(square, executor=ex).map([1, 2])) == [1, 4]
+        assert "the account's unreserved Lambda concurrency is 3" in caplog.text
+    finally:
+        lambda_endpoint.account_concurrency = 1000
+
+
+# -- issue 10: completion -----------------------------------------------------------
+def test_a_corrupt_result_object_fails_only_its_call(moto_endpoint, bucket, lambda_endpoint):
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "corrupt", keep_objects=False) as ex:
+        futs = wrenpack.remote(sleeps, executor=ex).map([1.5 if i == 3 else 0.05 for i in range(12)])
+        # Written first, the garbage wins the conditional write, as a broken store's object would.
+        ex.store.put(keys.result_key(futs[3].job_id, futs[3].call_id), b"not a result object")
+        for i, fut in enumerate(futs):
+            if i == 3:
+                with pytest.raises(CorruptObject, match="corrupt"):
+                    fut.result(timeout=30)
+            else:
+                assert fut.result(timeout=30) == 0.05
+
+
+def test_oom_is_memory_limit_exceeded_with_the_functions_memory(moto_endpoint, bucket, lambda_endpoint):
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "oom", invocation_type="RequestResponse") as ex:
+        fut = wrenpack.remote(killed, executor=ex).remote(1)
+        with pytest.raises(MemoryLimitExceeded, match="1024 MB memory limit"):
+            fut.result(timeout=30)
+
+
+def killed(x):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # how Lambda ends a runtime over its memory
+
+
+# -- issue 10: chunksize, checkpointing, map_reduce on Lambda ----------------------
+def stepper(n, step_s):
+    """A loop that offers its state after every step (see wrenpack.checkpoint)."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "acc": 0})
+    while state["i"] < n:
+        time.sleep(step_s)
+        state["acc"] += state["i"] ** 2
+        state["i"] += 1
+        cp.offer(state)
+    return state["acc"]
+
+
+def word_pairs(line):
+    return [(w, 1) for w in line.split()]
+
+
+def count(key, values):
+    return sum(values)
+
+
+def test_chunksize_5_with_a_function_from_the_users_module(lam, lambda_endpoint):
+    """``square`` lives in this test module, which the runtime cannot import:
+    it must travel by value inside the batch (it failed with MissingDependency)."""
+    before = len(lambda_endpoint.calls)
+    futs = wrenpack.remote(square, executor=lam).map(range(12), chunksize=5)
+    assert wrenpack.get(futs) == [x * x for x in range(12)]
+    job = futs[0].job_id
+    assert len([c for c in lambda_endpoint.calls[before:] if c[1] == job]) == 3  # 12 calls in 3 invocations
+
+
+def test_checkpointed_call_goes_on_across_invocations(lam):
+    fut = wrenpack.remote(stepper, executor=lam).remote(350, 0.02)  # ~7 s of work under a 5 s timeout
+    assert fut.result(timeout=120) == sum(i * i for i in range(350))
+    assert fut.segments >= 2
+
+
+def test_map_reduce_with_a_shuffle(lam):
+    lines = ["a b a", "b c", "a"]
+    fut = wrenpack.map_reduce(word_pairs, lines, count, partitions=2, executor=lam)
+    assert fut.result(timeout=120) == {"a": 3, "b": 2, "c": 1}
+    assert wrenpack.map_reduce(square, range(5), sum, executor=lam).result(timeout=120) == 30
+
+
 def _plus_one(fut):
     return fut.result(timeout=20) + 1
 
@@ -201,3 +366,23 @@ def test_submit_and_futures_between_calls_on_lambda(moto_endpoint, bucket, lambd
 
 def _identity(x):
     return x
+
+
+def test_request_response_small_results_make_no_s3_put_per_call(moto_endpoint, bucket, lambda_endpoint):
+    """Small results come back in the reply: every S3 request of the client and
+    the workers goes through a counting proxy, and none is a per-call PUT."""
+    from tests.aws.servers import CountingProxy
+
+    proxy = CountingProxy(moto_endpoint)
+    try:
+        with _executor(proxy.url, bucket, lambda_endpoint, "rr-noput", invocation_type="RequestResponse") as ex:
+            f = wrenpack.remote(square, executor=ex)
+            assert wrenpack.get(f.map(range(2))) == [0, 1]  # warm: clients and function caches
+            proxy.reset()
+            assert wrenpack.get(f.map(range(20))) == [x * x for x in range(20)]
+        puts = [path for kind, path in proxy.log if kind == "PUT"]
+        assert not [p for p in puts if "/result/" in p]
+        assert len(puts) <= 2, puts  # the job's function object (and its owner record), not one per call
+        assert proxy.counts["GET"] <= 4, proxy.log  # the function, once per warm runtime at most
+    finally:
+        proxy.stop()

@@ -1,20 +1,28 @@
-"""The AWS Lambda backend: invoke the deployed worker function, learn of each
-call's end from the result object its handler writes.
+"""The AWS Lambda backend: invoke a worker function configured for each call's
+settings, learn of each call's end from its reply or from the store.
 
 ::
 
-    invoke(inv) -> send queue -> sender threads (at most `concurrency` calls in flight)
-        -> lambda.invoke(InvocationType="Event")      202: the call is queued in Lambda
-           (backoff on TooManyRequestsException/429/5xx)
-    poller thread, every `poll_interval` s, per job with calls in flight:
-        many pending: LIST jobs/<job>/result/ and segment/;  few: GET each call's keys
-        result (or segment) record found -> on_done(status read from its header)
-        deadline + margin past  -> retry (if retries remain) or on_done(WorkerLost)
-
-With ``invocation_type="RequestResponse"`` the sender thread waits for the
-call's reply instead, and a reply that carries no status (Lambda's own
-"Task timed out", a crashed runtime) is reported at once. The tests run
-both types through the AWS Runtime Interface Emulator (see docs/aws.md).
+    invoke_many(invs) -> for each distinct settings set (memory, timeout, /tmp,
+        architecture, runtime, Python): the function <function_name>-<hash>
+        (looked up once; created on first use if lambda_auto_deploy; otherwise
+        every call of that set fails at once with the `wrenpack deploy` command)
+        -> concurrency capped by the function's reserved / the account's
+           unreserved concurrency (read once, logged)
+        -> sender threads: lambda.invoke (backoff on throttling/5xx)
+    RequestResponse: the reply carries the handler's status and, when it fits
+        (``reply_limit``), the sealed result object itself: no S3 request.
+    Event (202: queued in Lambda): poller thread every `poll_interval` s, per job:
+        per shard with many calls in flight: LIST (StartAfter = below the lowest
+        pending call), else a direct GET per call; each ended call's object is
+        read once, by a small pool, and handed to the executor (``data``).
+        deadline = send + timeout + margin; a call that starts later than half
+        the margin after its send (it waited in Lambda's queue) marks its start
+        in the store, and its deadline then counts from that start. A call with
+        neither result nor mark at its deadline is waited for while the
+        function's other calls keep ending or starting (the queue moves), and
+        reported lost once nothing of that function has moved for
+        timeout + margin.
 
 Duplicates are harmless: the handler writes its one result object with
 ``if_absent``, so whichever delivery finishes first wins, and ``on_done`` is
@@ -22,9 +30,15 @@ called once per invocation no matter how many deliveries report.
 """
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import json
 import logging
+import math
+import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +50,7 @@ from wrenpack.backends.base import Backend, Invocation, InvocationResult
 from wrenpack.errors import (
     ConfigError,
     CorruptObject,
+    MemoryLimitExceeded,
     ObjectNotFound,
     PayloadTooLarge,
     TaskError,
@@ -45,30 +60,110 @@ from wrenpack.errors import (
     WrenpackError,
 )
 from wrenpack.storage import Store
-from wrenpack.worker import result as result_format
 from wrenpack.storage.s3 import _code
+from wrenpack.worker import result as result_format
 
 log = logging.getLogger(__name__)
 
 #: Lambda's request payload limits (bytes).
 EVENT_PAYLOAD_LIMIT = 1024 * 1024
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
+#: A result object at most this big returns in a RequestResponse reply: 6 MB
+#: response limit, less room for the JSON status, less base64's 4/3 growth.
+REPLY_LIMIT = (SYNC_PAYLOAD_LIMIT - 64 * 1024) * 3 // 4
 _THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "EC2ThrottledException", "429"}
 _RETRYABLE_CODES = _THROTTLE_CODES | {
     "ServiceException", "ResourceNotReadyException", "ResourceConflictException", "500", "502", "503", "504",
 }
-#: A ranged read of this many bytes holds a result object's status header.
-RESULT_HEAD_BYTES = 16 * 1024
-#: Above this many pending calls in a job, one LIST beats one GET per call.
-STRAGGLER_GETS = 8
+#: Per shard, up to this many calls in flight are probed with direct GETs
+#: (two 404s while running); more are found with one LIST (~12 GETs' price).
+STRAGGLER_GETS = 6
+#: Threads that read ended calls' objects.
+READERS = 8
+LOCAL_PYTHON = "%d.%d" % sys.version_info[:2]
+
+
+# -- one function per settings set ----------------------------------------------
+@dataclass(frozen=True)
+class FunctionSettings:
+    """What a Lambda function fixes for every call it runs."""
+
+    memory: int
+    timeout: int
+    ephemeral_storage: int
+    architecture: str = "x86_64"
+    #: the runtime's identity (from its manifest), None for the handler package alone
+    runtime: str | None = None
+    python: str = LOCAL_PYTHON
+
+    @classmethod
+    def for_call(cls, memory_mb: int, timeout_s: float, ephemeral_mb: int, architecture: str = "x86_64",
+                 runtime: str | None = None, python: str = LOCAL_PYTHON) -> "FunctionSettings":
+        return cls(int(memory_mb), int(math.ceil(timeout_s)), int(ephemeral_mb), architecture,
+                   runtime_id(runtime), python)
+
+    def function_name(self, base: str) -> str:
+        """``<base>-<10 hex digits>``: the same settings always name the same function."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        name = f"{base}-{hashlib.sha256(blob).hexdigest()[:10]}"
+        if len(name) > 64:
+            raise ConfigError(f"function_name {base!r} is too long: at most 53 characters (Lambda names are at most 64)")
+        return name
+
+    def describe(self) -> str:
+        runtime = f", runtime {self.runtime}" if self.runtime else ""
+        return (f"memory={self.memory} MB, timeout={self.timeout} s, ephemeral_storage={self.ephemeral_storage} MB, "
+                f"{self.architecture}, python{self.python}{runtime}")
+
+    def deploy_command(self, base: str, runtime_dir: str | None = None) -> str:
+        cmd = (f"wrenpack deploy --function-name {base} --memory {self.memory} --timeout {self.timeout} "
+               f"--ephemeral-storage {self.ephemeral_storage} --architecture {self.architecture}")
+        if self.python != LOCAL_PYTHON:
+            cmd += f" --python {self.python}"
+        if runtime_dir:
+            cmd += f" --runtime-dir {runtime_dir}"
+        return cmd
+
+
+def runtime_id(runtime_dir: str | None) -> str | None:
+    """A built runtime's identity: its manifest's content key (a path's hash if it has none)."""
+    if not runtime_dir:
+        return None
+    try:
+        with open(os.path.join(runtime_dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        key = manifest.get("cache_key") or manifest.get("lock_sha256")
+        if key:
+            return str(key)[:12]
+    except (OSError, ValueError):
+        pass
+    return hashlib.sha256(os.path.realpath(runtime_dir).encode()).hexdigest()[:12]
+
+
+@dataclass
+class _Function:
+    name: str
+    settings: FunctionSettings
+    memory: int  # what Lambda says the function has
+    slots: threading.Semaphore
+    cap: int
+    #: when a call of this function last showed it ran (a result, a segment, a start mark)
+    last_progress: float = 0.0
 
 
 @dataclass
 class _Call:
     inv: Invocation
+    fn: _Function | None = None
     sent_at: float = 0.0
     deadline: float = 0.0
     in_flight: bool = False
+    #: direct reads of a few calls back off: the next one not before this time
+    next_probe: float = 0.0
+    probes: int = 0
+    reading: bool = False
+    extended: bool = False
+    cancelled: bool = False
     done: bool = False
 
 
@@ -85,6 +180,8 @@ class LambdaBackend(Backend):
         endpoint_url: str | None = None,
         concurrency: int = 100,
         invocation_type: str = "Event",
+        architecture: str = "x86_64",
+        auto_deploy: bool = False,
         poll_interval: float = 0.5,
         deadline_margin_s: float = 30.0,
         throttle_give_up_s: float = 600.0,
@@ -93,7 +190,7 @@ class LambdaBackend(Backend):
         if invocation_type not in ("Event", "RequestResponse"):
             raise ConfigError(f"invocation_type {invocation_type!r} is not valid; use 'Event' or 'RequestResponse'")
         if concurrency < 1:
-            raise ConfigError(f"lambda_concurrency must be at least 1, got {concurrency}")
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         self.store = store
         self.function_name = function_name
         self.region = region
@@ -101,20 +198,27 @@ class LambdaBackend(Backend):
         self.endpoint_url = endpoint_url
         self.concurrency = concurrency
         self.invocation_type = invocation_type
+        self.architecture = architecture
+        self.auto_deploy = auto_deploy
         self.poll_interval = poll_interval
         self.deadline_margin_s = deadline_margin_s
         self.throttle_give_up_s = throttle_give_up_s
         self._client = client
         self._client_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._fn_lock = threading.Lock()
+        self._functions: dict[str, _Function] = {}
+        self._account_cap: int | None | bool = False  # False: not read yet
         self._calls: dict[tuple[str, str], _Call] = {}
         self._slots = threading.BoundedSemaphore(concurrency)
         # Event sends return in milliseconds: a few threads suffice. A
         # synchronous send holds its thread for the whole call.
         workers = concurrency if invocation_type == "RequestResponse" else min(concurrency, 32)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wrenpack-lambda")
+        self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="wrenpack-lambda-read")
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
         self._poller: threading.Thread | None = None
 
     @classmethod
@@ -132,10 +236,10 @@ class LambdaBackend(Backend):
             region=getattr(config, "aws_region", None),
             profile=getattr(config, "aws_profile", None),
             endpoint_url=getattr(config, "lambda_endpoint_url", None),
-            concurrency=int(getattr(config, "lambda_concurrency", None) or getattr(config, "concurrency", None) or 100),
+            concurrency=int(getattr(config, "concurrency", None) or 100),
             invocation_type=getattr(config, "invocation_type", None) or "Event",
-            poll_interval=float(getattr(config, "poll_interval", None) or 0.5),
-            deadline_margin_s=float(getattr(config, "lambda_deadline_margin_s", None) or 30.0),
+            architecture=getattr(config, "architecture", None) or "x86_64",
+            auto_deploy=bool(getattr(config, "lambda_auto_deploy", False)),
         )
 
     # -- boto3 ------------------------------------------------------------
@@ -161,113 +265,319 @@ class LambdaBackend(Backend):
         )
         return session.client("lambda", endpoint_url=self.endpoint_url, config=cfg)
 
+    # -- functions ----------------------------------------------------------
+    def settings_for(self, inv: Invocation) -> FunctionSettings:
+        return FunctionSettings.for_call(inv.memory_mb, inv.timeout_s, inv.ephemeral_storage_mb,
+                                         self.architecture, inv.runtime)
+
+    def function_for(self, inv: Invocation) -> _Function:
+        """The function configured for ``inv``'s settings (looked up once per backend)."""
+        settings = self.settings_for(inv)
+        name = settings.function_name(self.function_name)
+        with self._fn_lock:
+            fn = self._functions.get(name)
+            if fn is not None:
+                return fn
+            conf = self._get_configuration(name)
+            if conf is None:
+                if not self.auto_deploy:
+                    raise ConfigError(
+                        f"no Lambda function is deployed for {settings.describe()} (it would be {name!r}); create it "
+                        f"with `{settings.deploy_command(self.function_name, inv.runtime)}`, or set lambda_auto_deploy=true "
+                        "to create functions on first use"
+                    )
+                conf = self._create_like(name, settings)
+            cap = self._cap_for(name)
+            fn = _Function(name, settings, int(conf.get("MemorySize") or settings.memory), threading.BoundedSemaphore(cap), cap)
+            self._functions[name] = fn
+            return fn
+
+    def _get_configuration(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.client.get_function_configuration(FunctionName=name)
+        except Exception as exc:
+            code = _code(exc)
+            if code in ("ResourceNotFoundException", "404"):
+                return None
+            if code in ("AccessDeniedException", "AccessDenied", "403"):
+                # Allowed to invoke but not to read the configuration: assume it exists.
+                log.info("cannot read the configuration of %s (%s); assuming it is deployed", name, code)
+                return {}
+            raise ConfigError(f"reading Lambda function {name!r} failed: {code or type(exc).__name__}: {exc}") from None
+
+    def _create_like(self, name: str, settings: FunctionSettings) -> dict[str, Any]:
+        """lambda_auto_deploy: a new function of the family, cloned from a deployed one
+        with the same architecture, Python and runtime (its role, layers, handler)."""
+        from wrenpack.cli import cmd_aws
+
+        template = cmd_aws.find_template(self.client, self.function_name, settings)
+        if template is None:
+            raise ConfigError(
+                f"lambda_auto_deploy: no deployed function of {self.function_name!r} with {settings.architecture}, "
+                f"python{settings.python} and the same runtime to copy its role and runtime from; run "
+                f"`{settings.deploy_command(self.function_name)} --role ARN` once"
+            )
+        log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
+        try:
+            return cmd_aws.create_from_template(self.client, name, settings, template, self.function_name,
+                                                store_url=getattr(self.store, "url", None))
+        except WrenpackError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"creating Lambda function {name!r} failed: {_code(exc) or type(exc).__name__}: {exc}") from None
+
+    def _cap_for(self, name: str) -> int:
+        """``concurrency``, lowered to what the function can actually run at once."""
+        reserved = None
+        try:
+            reserved = self.client.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+        except Exception as exc:  # noqa: BLE001 - not allowed to read it: no cap from it
+            log.debug("cannot read the reserved concurrency of %s: %s", name, exc)
+        if reserved == 0:
+            raise ConfigError(f"Lambda function {name!r} has reserved concurrency 0, so it cannot run; "
+                              f"raise it (aws lambda put-function-concurrency) or redeploy with --reserved-concurrency")
+        if self._account_cap is False:
+            self._account_cap = None
+            try:
+                limits = self.client.get_account_settings().get("AccountLimit", {})
+                self._account_cap = limits.get("UnreservedConcurrentExecutions") or limits.get("ConcurrentExecutions")
+            except Exception as exc:  # noqa: BLE001
+                log.debug("cannot read the account's Lambda concurrency: %s", exc)
+        if reserved is not None:
+            limit, why = int(reserved), f"function {name} has reserved concurrency {reserved}"
+        elif self._account_cap:
+            limit, why = int(self._account_cap), f"the account's unreserved Lambda concurrency is {self._account_cap}"
+        else:
+            return self.concurrency
+        if limit < self.concurrency:
+            log.warning("concurrency=%d lowered to %d for %s: %s (more would only wait in Lambda's queue)",
+                        self.concurrency, limit, name, why)
+            return limit
+        return self.concurrency
+
     # -- Backend interface --------------------------------------------------
     def invoke(self, invocation: Invocation) -> None:
+        self.invoke_many([invocation])
+
+    def invoke_many(self, invocations: list[Invocation]) -> None:
         if self._stop.is_set():
             raise WrenpackError("the Lambda backend was shut down; create a new executor")
-        call = _Call(invocation)
+        resolved: dict[FunctionSettings, _Function | WrenpackError] = {}
+        for inv in invocations:
+            settings = self.settings_for(inv)
+            if settings not in resolved:
+                try:
+                    resolved[settings] = self.function_for(inv)
+                except WrenpackError as exc:
+                    resolved[settings] = exc
+            fn = resolved[settings]
+            call = _Call(inv)
+            if isinstance(fn, WrenpackError):
+                # Nothing was launched for these settings: every call says how to fix it.
+                call.done = True
+                self._report(inv, InvocationResult(error=fn))
+                continue
+            call.fn = fn
+            with self._lock:
+                self._calls[inv.key] = call
+                if self._poller is None and self.invocation_type == "Event":
+                    self._poller = threading.Thread(target=self._poll_loop, name="wrenpack-lambda-poll", daemon=True)
+                    self._poller.start()
+            self._pool.submit(self._send, call)
+
+    def cancel(self, invocation: Invocation) -> bool:
         with self._lock:
-            self._calls[invocation.key] = call
-            if self._poller is None and self.invocation_type == "Event":
-                self._poller = threading.Thread(target=self._poll_loop, name="wrenpack-lambda-poll", daemon=True)
-                self._poller.start()
-        self._pool.submit(self._send, call)
+            call = self._calls.get(invocation.key)
+            if call is None or call.inv is not invocation or call.done or call.in_flight or call.sent_at:
+                return False
+            call.cancelled = call.done = True
+            self._calls.pop(invocation.key, None)
+            self._idle.notify_all()
+        return True
 
     def shutdown(self, wait: bool = True) -> None:
+        if wait:
+            # Drain: what was sent still reports (bounded by each call's deadline).
+            with self._lock:
+                self._idle.wait_for(lambda: not any(not c.done for c in self._calls.values()),
+                                    timeout=self._drain_limit())
         self._stop.set()
         self._wake.set()
         with self._lock:
             pending = [c for c in self._calls.values() if not c.done]
         for call in pending:
             self._finish(call, InvocationResult(error=WorkerLost(
-                f"call {call.inv.key[1]} of job {call.inv.key[0]} was still running when the Lambda backend shut down"
+                f"{call.inv.label} (call {call.inv.key[1]} of job {call.inv.key[0]}) was still running when the "
+                "Lambda backend shut down"
             )))
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._readers.shutdown(wait=wait, cancel_futures=True)
         if wait and self._poller is not None:
             self._poller.join(timeout=10)
 
+    def _drain_limit(self) -> float:
+        with_deadline = [c.deadline for c in self._calls.values() if c.deadline]
+        longest = max((c.inv.timeout_s for c in self._calls.values()), default=0.0)
+        horizon = max(with_deadline, default=time.time() + longest + self.deadline_margin_s)
+        return max(0.0, horizon - time.time()) + 2 * self.deadline_margin_s + 5
+
     # -- sending ------------------------------------------------------------
     def _send(self, call: _Call) -> None:
-        inv = call.inv
+        inv, fn = call.inv, call.fn
+        assert fn is not None
+        fn.slots.acquire()
         self._slots.acquire()
         released = False
         try:
             if call.done or self._stop.is_set():
                 return
             inv.event["attempt"] = inv.attempt
+            event_type = self.invocation_type == "Event"
+            if event_type:
+                inv.event["mark_start_after"] = time.time() + self.deadline_margin_s / 2
+                inv.event.pop("reply_limit", None)
+            else:
+                inv.event["reply_limit"] = REPLY_LIMIT
             payload = json.dumps(inv.event, separators=(",", ":")).encode()
-            limit = EVENT_PAYLOAD_LIMIT if self.invocation_type == "Event" else SYNC_PAYLOAD_LIMIT
+            limit = EVENT_PAYLOAD_LIMIT if event_type else SYNC_PAYLOAD_LIMIT
             if len(payload) > limit:
                 self._finish(call, InvocationResult(error=PayloadTooLarge(
-                    f"the event for call {inv.key[1]} is {len(payload)} bytes, over Lambda's {limit}-byte limit; "
-                    "lower max_inline_args so large arguments travel through the store"
+                    f"the event for {inv.label} is {len(payload)} bytes, over Lambda's {limit}-byte limit; "
+                    "lower inline_limit so large arguments travel through the store"
                 )))
                 return
+            if not event_type:
+                with self._lock:
+                    call.sent_at = time.time()
+                self.started(inv)
             try:
-                resp = self._invoke_with_backoff(payload)
+                resp = self._invoke_with_backoff(fn.name, payload)
             except WrenpackError as exc:
                 self._finish(call, InvocationResult(error=exc))
                 return
-            if self.invocation_type == "Event":
+            if event_type:
                 with self._lock:
                     call.sent_at = time.time()
+                    call.next_probe, call.probes = call.sent_at + self.poll_interval, 0
                     call.deadline = call.sent_at + inv.timeout_s + self.deadline_margin_s
+                    call.extended = False
                     call.in_flight = True
-                released = True  # the slot is released when the call finishes
+                released = True  # the slots are released when the call finishes
+                self.started(inv)
                 self._wake.set()
                 return
             self._finish_sync(call, resp)
         finally:
             if not released:
-                # Sync calls and failed sends free their slot here; Event calls in _finish.
+                # Sync calls and failed sends free their slots here; Event calls in _finish.
                 call.in_flight = False
                 self._slots.release()
+                fn.slots.release()
 
-    def _invoke_with_backoff(self, payload: bytes) -> dict[str, Any]:
+    def _invoke_with_backoff(self, name: str, payload: bytes) -> dict[str, Any]:
         start = time.monotonic()
         delay = 0.2
         while True:
             try:
-                return self.client.invoke(FunctionName=self.function_name, InvocationType=self.invocation_type, Payload=payload)
+                return self.client.invoke(FunctionName=name, InvocationType=self.invocation_type, Payload=payload)
             except Exception as exc:  # botocore ClientError and connection errors
                 code = _code(exc)
                 if code == "ResourceNotFoundException":
                     raise ConfigError(
-                        f"Lambda function {self.function_name!r} not found; run `wrenpack deploy` "
+                        f"Lambda function {name!r} not found (it was deleted?); run `wrenpack deploy` for its settings "
                         "or set function_name/aws_region"
                     ) from None
                 if code in ("AccessDeniedException", "AccessDenied"):
                     raise ConfigError(
-                        f"not allowed to invoke Lambda function {self.function_name!r}; see `wrenpack iam-policy`"
+                        f"not allowed to invoke Lambda function {name!r}; see `wrenpack iam-policy`"
                     ) from None
                 connection = type(exc).__name__ in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError")
                 if code not in _RETRYABLE_CODES and not connection:
-                    raise TaskError(f"invoking Lambda function {self.function_name!r} failed: {code or type(exc).__name__}: {exc}") from None
+                    raise TaskError(f"invoking Lambda function {name!r} failed: {code or type(exc).__name__}: {exc}") from None
                 waited = time.monotonic() - start
                 if waited > self.throttle_give_up_s or self._stop.is_set():
                     raise TaskError(
-                        f"Lambda kept refusing invocations of {self.function_name!r} ({code or type(exc).__name__}) "
-                        f"for {waited:.0f} s; lower lambda_concurrency or raise the account's concurrency quota"
+                        f"Lambda kept refusing invocations of {name!r} ({code or type(exc).__name__}) "
+                        f"for {waited:.0f} s; lower concurrency or raise the account's concurrency quota"
                     ) from None
                 log.debug("invoke throttled (%s); retrying in %.2f s", code, delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 20.0)
 
     def _finish_sync(self, call: _Call, resp: dict[str, Any]) -> None:
-        """A RequestResponse reply: the status in the store is the truth; the
-        reply explains a call that left none."""
+        """A RequestResponse reply: the handler's status, with the result object
+        itself when it fit; otherwise the store holds it (one GET)."""
+        inv = call.inv
         body = resp["Payload"].read() if resp.get("Payload") is not None else b""
-        status = self._read_status(call.inv)
-        if status is not None:
-            self._finish(call, InvocationResult(status=status))
+        function_error = resp.get("FunctionError")
+        doc: Any = None
+        if body:
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+        if not function_error and isinstance(doc, dict) and doc.get("exit"):
+            if doc.get("result") is not None:
+                try:
+                    data = base64.b64decode(doc["result"], validate=True)
+                except ValueError:
+                    self._finish(call, InvocationResult(error=CorruptObject(
+                        f"{inv.label}: the reply's result is not valid base64; re-run the call")))
+                    return
+                self._finish(call, self._result_from(inv, data))
+                return
+            if doc["exit"] == "checkpointed":
+                self._finish(call, InvocationResult(status=doc))
+                return
+            self._finish(call, self._read_result(inv) or InvocationResult(error=CorruptObject(
+                f"{inv.label}: the worker reported completion but its result object is missing from "
+                f"{self.store.url}; re-run the call")))
             return
-        error = _reply_error(body, resp.get("FunctionError"), call.inv, self.function_name)
-        if isinstance(error, WorkerCrashed) and call.inv.attempt < call.inv.retries:
-            call.inv.attempt += 1
-            log.info("call %s crashed (%s); retry %d", call.inv.key, error, call.inv.attempt)
+        # No status in the reply: the runtime failed. A result in the store still wins.
+        found = self._read_result(inv)
+        if found is not None:
+            self._finish(call, found)
+            return
+        fn = call.fn
+        error = _reply_error(body, function_error, inv, fn.name if fn else self.function_name,
+                             fn.memory if fn else inv.memory_mb)
+        if isinstance(error, WorkerCrashed) and inv.attempt < inv.retries:
+            inv.attempt += 1
+            log.info("%s crashed (%s); retry %d", inv.label, error, inv.attempt)
             self._pool.submit(self._send, call)
             return
         self._finish(call, InvocationResult(error=error))
+
+    # -- reading what a call left --------------------------------------------------
+    def _result_from(self, inv: Invocation, data: bytes) -> InvocationResult:
+        """The result object's bytes -> its status (a bad object fails its call)."""
+        try:
+            status = result_format.unpack(data, f"result object of {inv.label}")[0]
+        except CorruptObject as exc:
+            return InvocationResult(error=exc)
+        return InvocationResult(status=status, data=data)
+
+    def _read_result(self, inv: Invocation, segments: bool = True) -> InvocationResult | None:
+        """One GET for the result object (a second for the segment record if
+        none): None while the call is still running."""
+        job_id, cid = inv.key
+        try:
+            return self._result_from(inv, self.store.get(keys.result_key(job_id, cid)))
+        except ObjectNotFound:
+            pass
+        if not segments:
+            return None
+        segment = int(inv.event.get("segment", 0))
+        try:
+            data = self.store.get(keys.segment_key(job_id, cid, segment))
+        except ObjectNotFound:
+            return None
+        try:
+            # Sealed (wrenpack.auth): verified with the job's secret, which the event carries.
+            status = protocol.open_segment(auth.decode_secret(inv.event["secret"]), job_id, cid, segment, data)
+        except CorruptObject as exc:
+            return InvocationResult(error=exc)
+        return InvocationResult(status=status)
 
     # -- polling --------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -284,77 +594,125 @@ class LambdaBackend(Backend):
 
     def _poll_once(self) -> None:
         with self._lock:
-            in_flight = [c for c in self._calls.values() if c.in_flight and not c.done]
-        by_job: dict[str, list[_Call]] = {}
-        for call in in_flight:
-            by_job.setdefault(call.inv.key[0], []).append(call)
+            pending = [c for c in self._calls.values() if not c.done]
+        by_shard: dict[tuple[str, int], list[_Call]] = {}
+        for call in pending:
+            by_shard.setdefault((call.inv.key[0], keys.shard_of(call.inv.key[1])), []).append(call)
         now = time.time()
-        for job_id, calls in by_job.items():
-            if len(calls) > STRAGGLER_GETS:
-                # One LIST per prefix finds every finished call of the job.
-                listed = self.store.list(keys.result_prefix(job_id))
-                results = {keys.call_id_from_key(k) for k in listed if k.endswith(".res")}
-                segments = {k.rsplit("/", 1)[-1] for k in listed if k.endswith(".seg")}
-                found = [
-                    c for c in calls
-                    if c.inv.key[1] in results or _segment_name(c.inv) in segments
-                ]
-                for call in found:
-                    status = self._read_status(call.inv)
-                    if status is not None:
-                        self._finish(call, InvocationResult(status=status))
+        for (job_id, shard), calls in by_shard.items():
+            ready = [c for c in calls if c.in_flight and not c.reading]
+            late = [c for c in ready if now > c.deadline]
+            for call in late:
+                call.reading = True
+                self._readers.submit(self._guard, call, self._deadline_passed)
+            ready = [c for c in ready if not c.reading]
+            if not ready:
+                continue
+            if len(ready) <= STRAGGLER_GETS:
+                for call in ready:
+                    if now >= call.next_probe:
+                        # 0.5, 1, 2, 4 ... s after the send, then every 5 s: a 404 costs a GET
+                        call.probes += 1
+                        call.next_probe = call.sent_at + min(self.poll_interval * 2 ** call.probes,
+                                                             self.poll_interval * call.probes + 5.0)
+                        self._read_later(call, probe=True)
             else:
-                # A few stragglers: direct reads are cheaper than listing a big job.
-                for call in calls:
-                    status = self._read_status(call.inv)
-                    if status is not None:
-                        self._finish(call, InvocationResult(status=status))
-            for call in calls:
-                if not call.done and now > call.deadline:
-                    self._deadline_passed(call)
+                for call in self._listed(job_id, shard, calls, ready):
+                    self._read_later(call, probe=False)
+
+    def _listed(self, job_id: str, shard: int, calls: list[_Call], ready: list[_Call]) -> list[_Call]:
+        """The calls of one shard whose result or segment record exists: one
+        LIST that starts just below the shard's lowest unfinished call."""
+        lowest = min(int(c.inv.key[1]) for c in calls if c.inv.key[1].isdigit()) if calls else 0
+        start_after = keys.result_key(job_id, keys.call_id(lowest - keys.RESULT_SHARDS)) if lowest >= keys.RESULT_SHARDS else None
+        names = {k.rsplit("/", 1)[-1] for k in self.store.iter_list(keys.shard_prefix(job_id, shard), start_after=start_after)}
+        return [c for c in ready if f"{c.inv.key[1]}.res" in names or _segment_name(c.inv) in names]
+
+    def _read_later(self, call: _Call, probe: bool) -> None:
+        with self._lock:
+            if call.done or call.reading:
+                return
+            call.reading = True
+        self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe))
+
+    def _guard(self, call: _Call, work: Any) -> None:
+        """Run one call's read; whatever goes wrong fails or retries that call only."""
+        try:
+            work(call)
+        except WrenpackError as exc:
+            if time.time() > call.deadline:
+                self._finish(call, InvocationResult(error=exc))
+            else:
+                log.info("reading the outcome of %s failed (%s); trying again", call.inv.label, exc)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("reading the outcome of %s failed", call.inv.label, exc_info=True)
+            if time.time() > call.deadline:
+                self._finish(call, InvocationResult(error=WorkerLost(f"{call.inv.label}: reading its outcome failed: {exc}")))
+        finally:
+            call.reading = False
+
+    def _read_and_finish(self, call: _Call, probe: bool) -> None:
+        # A segment record appears only near the call's timeout (a checkpointed call
+        # goes on when its time is nearly up): before that a probe reads only the result.
+        inv = call.inv
+        segments = not probe or time.time() >= call.sent_at + 0.8 * inv.timeout_s
+        found = self._read_result(inv, segments=segments)
+        if found is not None:
+            self._finish(call, found)
+        elif not probe:
+            log.debug("%s was listed but not found; trying again", call.inv.label)
 
     def _deadline_passed(self, call: _Call) -> None:
-        status = self._read_status(call.inv)  # one last direct look
-        if status is not None:
-            self._finish(call, InvocationResult(status=status))
+        found = self._read_result(call.inv)  # one last direct look
+        if found is not None:
+            self._finish(call, found)
             return
-        inv = call.inv
+        inv, fn = call.inv, call.fn
+        window = inv.timeout_s + self.deadline_margin_s
+        started = self._started_late(inv)
+        now = time.time()
+        if started is not None:
+            if fn is not None:
+                fn.last_progress = max(fn.last_progress, now)
+            if not call.extended and started + window > call.deadline:
+                log.info("%s waited %.1f s in Lambda's queue; its deadline counts from its start",
+                         inv.label, started - call.sent_at)
+                call.deadline, call.extended = started + window, True
+                return
+        elif fn is not None and now - fn.last_progress < window:
+            # No start mark yet, but the function's other calls keep starting and
+            # ending: Lambda's queue is moving and this call may still wait in it
+            # (it marks its start when it begins). Look again a little later.
+            log.debug("%s has not started yet; Lambda's queue for %s is moving", inv.label, fn.name)
+            call.deadline = now + max(4 * self.poll_interval, window / 4)
+            return
         if inv.attempt < inv.retries:
             inv.attempt += 1
-            log.warning("call %s of job %s sent no status by its deadline; retry %d", inv.key[1], inv.key[0], inv.attempt)
+            log.warning("%s sent no status by its deadline; retry %d", inv.label, inv.attempt)
             with self._lock:
                 call.in_flight = False
             self._slots.release()
+            if call.fn is not None:
+                call.fn.slots.release()
             self._pool.submit(self._send, call)
             return
+        fn = call.fn
+        name = fn.name if fn else self.function_name
+        memory = fn.memory if fn else inv.memory_mb
         self._finish(call, InvocationResult(error=WorkerLost(
-            f"call {inv.key[1]} of job {inv.key[0]} wrote no status within its {inv.timeout_s:g} s timeout "
-            f"plus {self.deadline_margin_s:g} s; the worker was likely killed by Lambda's timeout or memory limit: "
-            f"see CloudWatch log group /aws/lambda/{self.function_name} and raise timeout or memory"
+            f"{inv.label} (call {inv.key[1]} of job {inv.key[0]}) wrote no status within its {inv.timeout_s:g} s "
+            f"timeout plus {self.deadline_margin_s:g} s after it started; the worker was likely killed by Lambda's "
+            f"timeout or its {memory} MB memory limit: see CloudWatch log group /aws/lambda/{name} and raise timeout or memory"
         )))
 
-    def _read_status(self, inv: Invocation) -> dict[str, Any] | None:
-        """The status record of ``inv`` if its handler has finished: from the
-        result object's header (one ranged GET), or from the segment record
-        of a call that saved a checkpoint and goes on in a new invocation."""
-        job_id, cid = inv.key
-        rkey = keys.result_key(job_id, cid)
+    def _started_late(self, inv: Invocation) -> float | None:
         try:
-            head = self.store.get_range(rkey, 0, RESULT_HEAD_BYTES)
-            try:
-                return result_format.unpack(head, f"result object of call {cid}")[0]
-            except CorruptObject:
-                # A status longer than the ranged read: read it all.
-                return result_format.unpack(self.store.get(rkey), f"result object of call {cid}")[0]
-        except ObjectNotFound:
-            pass
-        segment = int(inv.event.get("segment", 0))
-        try:
-            data = self.store.get(keys.segment_key(job_id, cid, segment))
+            mark = json.loads(self.store.get(keys.start_key(*inv.key)))
+            return float(mark["start"])
         except ObjectNotFound:
             return None
-        # Sealed (wrenpack.auth): verified with the job's secret, which the event carries.
-        return protocol.open_segment(auth.decode_secret(inv.event["secret"]), job_id, cid, segment, data)
+        except (ValueError, KeyError, TypeError):
+            return None
 
     # -- completion -----------------------------------------------------------
     def _finish(self, call: _Call, result: InvocationResult) -> None:
@@ -365,20 +723,30 @@ class LambdaBackend(Backend):
             release = call.in_flight
             call.in_flight = False
             self._calls.pop(call.inv.key, None)
+            self._idle.notify_all()
         if release:
             self._slots.release()
+            if call.fn is not None:
+                call.fn.slots.release()
+        if call.fn is not None and result.status is not None:
+            call.fn.last_progress = time.time()
+        self._report(call.inv, result)
+
+    @staticmethod
+    def _report(inv: Invocation, result: InvocationResult) -> None:
         try:
-            call.inv.on_done(call.inv, result)
+            inv.on_done(inv, result)
         except Exception:  # noqa: BLE001 - a failing callback must not kill our threads
-            log.exception("on_done callback failed for call %s", call.inv.key)
+            log.exception("on_done callback failed for call %s", inv.key)
 
 
 def _segment_name(inv: Invocation) -> str:
     return keys.segment_key(inv.key[0], inv.key[1], int(inv.event.get("segment", 0))).rsplit("/", 1)[-1]
 
 
-def _reply_error(body: bytes, function_error: str | None, inv: Invocation, function_name: str) -> WrenpackError:
-    """Explain a synchronous reply that came without a status object."""
+def _reply_error(body: bytes, function_error: str | None, inv: Invocation, function_name: str,
+                 memory_mb: int) -> WrenpackError:
+    """Explain a synchronous reply that came without a status."""
     text = body.decode("utf-8", "replace").strip()
     message = text
     try:
@@ -387,13 +755,14 @@ def _reply_error(body: bytes, function_error: str | None, inv: Invocation, funct
         doc = None
     if isinstance(doc, dict):
         message = str(doc.get("errorMessage") or doc.get("errorType") or text)
-    where = f"call {inv.key[1]} of job {inv.key[0]}"
-    if "timed out" in message.lower():
+    where = f"{inv.label} (call {inv.key[1]} of job {inv.key[0]})"
+    low = message.lower()
+    if "timed out" in low:
         return TaskTimeout(f"{where} exceeded its {inv.timeout_s:g} s timeout on Lambda ({message}); raise timeout or split the work")
-    if "memory" in message.lower() or "signal: killed" in message.lower():
-        return WorkerCrashed(
-            f"{where}: the Lambda runtime was killed ({message}), most likely by the {inv.memory_mb} MB memory limit; "
-            "raise memory (see `wrenpack profile`)"
+    if "memory" in low or "signal: killed" in low or "out of memory" in low:
+        return MemoryLimitExceeded(
+            f"{where} was killed by Lambda at its function's {memory_mb} MB memory limit ({message}); "
+            "raise memory= (see `wrenpack profile`)"
         )
     return WorkerCrashed(
         f"{where}: the Lambda runtime failed without writing a result ({function_error or 'no status'}: {message[:300]}); "

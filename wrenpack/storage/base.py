@@ -60,8 +60,11 @@ class Store(abc.ABC):
             self.delete(key)
         return len(keys)
 
-    def iter_list(self, prefix: str) -> Iterator[str]:
-        yield from self.list(prefix)
+    def iter_list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Keys under ``prefix`` in order; with ``start_after``, only those after it."""
+        for key in self.list(prefix):
+            if start_after is None or key > start_after:
+                yield key
 
     def size(self, key: str) -> int:
         """The object's size in bytes; ``ObjectNotFound`` if absent (default: read it)."""

@@ -255,8 +255,8 @@ class ObjectRange:
 
     @property
     def name(self) -> str:
-        """The object's key, relative to where it was listed from."""
-        return self.key
+        """The object's last path component (``a.txt`` of ``data/logs/a.txt``)."""
+        return self.key.rsplit("/", 1)[-1]
 
     def _store(self) -> Store:
         return _open(self.spec)

@@ -8,7 +8,9 @@ servers that do not support conditional writes, set
 ``"conditional_writes": false`` in the spec; ``if_absent`` then degrades to a
 best-effort HEAD-then-PUT (a race between two writers can let the second
 overwrite the first; both write the same call's result, so only timing
-metadata can differ).
+metadata can differ). Objects from 64 MB go up as a multipart upload whose
+completion carries the same condition, so first-write-wins holds for large
+results too (``wrenpack doctor`` warns when a server ignores the condition).
 
 Credentials come from boto3's normal chain (environment, profile, instance or
 Lambda role) and are never part of ``spec``: the spec travels inside every
@@ -16,7 +18,7 @@ event. Worker side: standard library and boto3 only.
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
 import os
 import random
@@ -46,6 +48,8 @@ class S3Store(Store):
 
     #: Keys per LIST page and per DeleteObjects request (S3's maximum: 1,000).
     list_page_size = 1000
+    #: Conditional writes up to this size are one PUT; larger ones a conditional multipart upload.
+    single_put_limit = SINGLE_PUT_LIMIT
     delete_batch = DELETE_BATCH
 
     def __init__(
@@ -131,6 +135,10 @@ class S3Store(Store):
             read_timeout=60,
             # Custom endpoints (MinIO, moto, rclone) rarely do virtual-host buckets.
             s3={"addressing_style": "path"} if self.endpoint_url else None,
+            # Some S3-compatible servers (rclone) send the whole object's checksum on a
+            # ranged read, which botocore then rejects; AWS sends none there. Checking
+            # only when asked changes nothing on AWS; what wrenpack unpickles is sealed.
+            **({"response_checksum_validation": "when_required"} if self.endpoint_url else {}),
         )
         return session.client("s3", endpoint_url=self.endpoint_url, config=cfg)
 
@@ -166,16 +174,17 @@ class S3Store(Store):
     # -- Store interface ------------------------------------------------------
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         full = self._key(key)
-        if if_absent and self.conditional_writes and len(data) <= SINGLE_PUT_LIMIT:
+        if if_absent and self.conditional_writes and len(data) <= self.single_put_limit:
             # One conditional PUT, whatever the size (S3 takes up to 5 GB): the
             # transfer manager cannot send If-None-Match, and the worker's IAM
             # policy allows result writes only with it (`wrenpack iam-policy`).
             return self._put_conditional(full, data)
         if len(data) >= self.multipart_threshold:
-            # Without conditional writes, large objects get the best-effort check.
-            if if_absent and self.exists(key):
+            if if_absent and not self.conditional_writes and self.exists(key):
                 return False
-            return self._put_multipart(full, data)
+            # Above a single PUT's limit: a multipart upload whose completion is
+            # conditional (If-None-Match), so first-write-wins still holds.
+            return self._put_multipart(full, data, if_absent=if_absent and self.conditional_writes)
         if if_absent and self.exists(key):
             return False
         try:
@@ -205,15 +214,41 @@ class S3Store(Store):
                 raise self._error(exc, "write", self._rel(full)) from None
         raise StoreError(f"conditional write of s3://{self.bucket}/{full} kept conflicting; retry the job")
 
-    def _put_multipart(self, full: str, data: bytes) -> bool:
-        from boto3.s3.transfer import TransferConfig
+    def _put_multipart(self, full: str, data: bytes, if_absent: bool = False) -> bool:
+        """A multipart upload whose completion is conditional when ``if_absent``
+        (S3 answers 412 if the key exists; the parts are then discarded)."""
+        from concurrent.futures import ThreadPoolExecutor
 
-        cfg = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=8)
+        client = self.client
         try:
-            self.client.upload_fileobj(io.BytesIO(data), self.bucket, full, Config=cfg)
+            upload_id = client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
         except Exception as exc:
             raise self._error(exc, "write", self._rel(full)) from None
-        return True
+        chunk = max(MULTIPART_CHUNK, -(-len(data) // 10000))  # S3 allows at most 10,000 parts
+
+        def part(n: int) -> dict[str, Any]:
+            body = data[n * chunk : (n + 1) * chunk]
+            etag = client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=n + 1, Body=body)["ETag"]
+            return {"ETag": etag, "PartNumber": n + 1}
+
+        try:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                parts = list(pool.map(part, range(-(-len(data) // chunk))))
+            extra = {"IfNoneMatch": "*"} if if_absent else {}
+            client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                             MultipartUpload={"Parts": parts}, **extra)
+            return True
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            code = _code(exc)
+            if if_absent and code in ("PreconditionFailed", "412"):
+                return False
+            if if_absent and code in ("NotImplemented", "501"):
+                log.warning("%s does not support conditional multipart completion; falling back to HEAD-then-PUT", self.url)
+                self.conditional_writes = False
+                return self.put(self._rel(full), data, if_absent=True)
+            raise self._error(exc, "write", self._rel(full)) from None
 
     def get(self, key: str) -> bytes:
         try:
@@ -272,11 +307,14 @@ class S3Store(Store):
             raise self._error(exc, "list", prefix or None) from None
         return sorted(out)
 
-    def iter_list(self, prefix: str):  # type: ignore[override]
+    def iter_list(self, prefix: str, start_after: str | None = None):  # type: ignore[override]
+        """Keys under ``prefix``; ``start_after`` resumes a listing after a key
+        already seen (S3 then returns only what sorts after it)."""
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        extra = {"StartAfter": self._key(start_after)} if start_after else {}
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}, **extra
             )
             for page in pages:
                 for obj in page.get("Contents", ()):

@@ -1,0 +1,128 @@
+"""What a call costs on Lambda, in requests: count them, price them.
+
+Runs 1,000 small calls (``square``) through the real Lambda backend against
+local servers on 127.0.0.1 (moto for S3, the Lambda Runtime Interface
+Emulator behind tests/aws/servers.Dispatcher), with every S3 request of the
+client and the workers passing through a counting proxy. Four runs: Event and
+RequestResponse, chunksize 1 and 10. Prints requests per call and dollars per
+million calls: requests (Lambda invokes $0.20/M; S3 PUT/COPY/POST/LIST
+$5.00/M; GET/HEAD $0.40/M; DELETE free; the Lambda control plane is not
+billed per request) plus compute (GB-seconds at a stated duration and memory),
+beside the designs of PyWren (~$13 per million in requests) and Lithops
+(~$16), and wrenpack before issue 10 (~$6.2), as counted from their code.
+
+    python benchmarks/bench_lambda_cost.py [--calls 1000] [--duration-s 1] [--memory 1024]
+
+Needs the test extras (moto, awslambdaric; the emulator comes from the
+aws-sam-cli wheel, see docs/aws.md). Not part of the test suite (~1-3 min).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: us-east-1, first tier (see /work/shared/reference or AWS's pricing pages)
+PRICE = {"INVOKE": 0.20, "PUT": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0}
+GB_S_X86 = 0.0000166667
+#: Dollars per million calls in requests, by design (issue 10's reading of their code).
+DESIGNS = {"PyWren": 13.0, "Lithops": 16.0, "wrenpack before issue 10": 6.2}
+
+
+def square(x):
+    return x * x
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--duration-s", type=float, default=1.0, help="assumed duration of one call, for GB-seconds")
+    ap.add_argument("--memory", type=int, default=1024, help="MB, for GB-seconds")
+    ap.add_argument("--environments", type=int, default=4, help="emulated execution environments")
+    args = ap.parse_args()
+
+    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
+        del os.environ[key]
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_REGION="us-east-1", AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
+    import logging
+
+    import boto3
+
+    import wrenpack
+    from tests.aws import servers
+    from wrenpack.backends.aws_lambda import FunctionSettings
+    from wrenpack.cli.cmd_aws import ENV_FAMILY, ENV_STORE, HANDLER, deploy_function, handler_package
+    from wrenpack.executor import Executor
+
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="wrenpack-cost-"))
+    moto, moto_url, moto_log = servers.start_moto(tmp / "moto.log")
+    proxy = dispatcher = None
+    try:
+        proxy = servers.CountingProxy(moto_url)
+        boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket="cost")
+        iam = boto3.client("iam", endpoint_url=moto_url)
+        role = iam.create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENPACK_", "PYTEST_"))}
+        env.update(LAMBDA_TASK_ROOT=str(servers.REPO), PYTHONPATH=str(servers.REPO))
+        dispatcher = servers.Dispatcher(servers.rie_binary(), env, tmp, moto_url, per_function=args.environments)
+        py = "%d.%d" % sys.version_info[:2]
+        settings = FunctionSettings.for_call(args.memory, 30, 512)
+        lam = boto3.client("lambda", endpoint_url=dispatcher.url)
+        deploy_function(lam, settings.function_name("cost"), settings, {"ZipFile": handler_package()},
+                        {"Runtime": f"python{py}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]},
+                        {ENV_FAMILY: "cost", ENV_STORE: "s3://cost", "WRENPACK_DEPLOYED_PYTHON": py}, role=role)
+        rows = []
+        for kind in ("Event", "RequestResponse"):
+            for chunksize in (1, 10):
+                with Executor(backend="lambda", storage=f"s3://cost/{kind}-{chunksize}", s3_endpoint_url=proxy.url,
+                              lambda_endpoint_url=dispatcher.url, function_name="cost", aws_region="us-east-1",
+                              memory=args.memory, timeout=30, retries=0, invocation_type=kind,
+                              concurrency=4 * args.environments) as ex:
+                    f = wrenpack.remote(square, executor=ex)
+                    f.map(range(8))  # warm the runtimes and the clients; not counted
+                    wrenpack.get(f.map(range(8)))
+                    proxy.reset()
+                    before = len(dispatcher.invocations)
+                    t0 = time.perf_counter()
+                    out = wrenpack.get(f.map(range(args.calls), chunksize=chunksize))
+                    wall = time.perf_counter() - t0
+                    assert out == [x * x for x in range(args.calls)]
+                    time.sleep(0.5)  # the job's cleanup runs after its last result
+                invokes = len(dispatcher.invocations) - before
+                counts = dict(proxy.counts, INVOKE=invokes)
+                rows.append((kind, chunksize, counts, wall))
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()
+        if proxy is not None:
+            proxy.stop()
+        servers.stop(moto)
+        moto_log.close()
+
+    n = args.calls
+    compute = n * args.duration_s * args.memory / 1024 * GB_S_X86 * 1e6 / n
+    print(f"\n{n} calls of square(x), 1 emulated account; per call (S3 counted through a proxy, Invoke at the endpoint)")
+    print(f"compute at {args.duration_s:g} s x {args.memory} MB x86_64: ${compute:.2f} per million calls (same in every row)\n")
+    kinds = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE"]
+    print(f"{'invocation':16} {'chunk':>5} " + " ".join(f"{k:>7}" for k in kinds) + f" {'$/M req':>8} {'$/M total':>9} {'vs PyWren':>9} {'vs Lithops':>10} {'wall s':>6}")
+    for kind, chunksize, counts, wall in rows:
+        per = {k: counts.get(k, 0) / n for k in kinds}
+        dollars = sum(per[k] * PRICE[k] for k in kinds)
+        print(f"{kind:16} {chunksize:>5} " + " ".join(f"{per[k]:7.3f}" for k in kinds)
+              + f" {dollars:8.2f} {dollars + compute:9.2f} {DESIGNS['PyWren'] / max(dollars, 1e-9):8.1f}x"
+              f" {DESIGNS['Lithops'] / max(dollars, 1e-9):9.1f}x {wall:6.1f}")
+    print("\nrequest designs for comparison ($ per million calls, requests only): "
+          + ", ".join(f"{k} ~${v:g}" for k, v in DESIGNS.items()))
+    print("targets: RequestResponse small results < $1; Event < $6")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
