@@ -286,3 +286,57 @@ def test_concurrent_threads_submit(executor):
     for t in threads:
         t.join()
     assert sorted(out) == [[0, 1, 4], [1, 4, 9], [4, 9, 16]]
+
+
+def _files_containing(root, needles):
+    hits = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            data = open(os.path.join(dirpath, name), "rb").read()
+            hits += [os.path.join(dirpath, name) for n in needles if n in data]
+    return hits
+
+
+def test_a_future_in_stored_arguments_carries_no_secret_into_the_store(tmp_path):
+    """Issue 14's rule holds for travelling futures: the referenced job's secret
+    travels in the invocation, never inside an object in the store."""
+    import base64
+
+    store = tmp_path / "store"
+    ex = wrenpack.Executor(storage=str(store), inline_limit=0, keep_objects=True)
+    try:
+        slow = ex.submit(sleeper, 1.5)
+        secret = ex._jobs[slow.job_id].secret
+        # pickled by the user, the reference keeps its secret (the user holds that pickle)
+        assert base64.b64encode(secret) in pickle.dumps(slow)
+        out = ex.submit(add_one_to, slow)
+        assert not slow.done()  # it travelled as a reference, not with its value
+        assert out.result(timeout=60) == 2.5
+        assert _files_containing(store, [secret, base64.b64encode(secret)]) == []
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_a_job_launched_inside_a_call_derives_its_secret_from_the_call():
+    """A future returned from a call names its job's chain, not its secret; the
+    client, which holds the root job's secret, derives it again."""
+    from wrenpack.worker import refs
+
+    refs.enter_call("20260101-000000-aaaaaaaa", b"r" * 32)
+    try:
+        sub_secret, chain = refs.new_job_secret("20260101-000000-bbbbbbbb")
+    finally:
+        refs.enter_call(None)
+    assert chain == ["20260101-000000-aaaaaaaa"] and sub_secret != b"r" * 32
+    ref = {"job_id": "20260101-000000-bbbbbbbb", "call_id": "00000", "store": {"type": "local", "root": "/nonexistent"},
+           "chain": chain, "result_job": "20260101-000000-bbbbbbbb", "result_call": "00000", "item": None}
+    with refs.sealing_scope() as seen:
+        blob = pickle.dumps(refs.CallRef(ref))
+    assert sub_secret not in blob and seen == {("20260101-000000-bbbbbbbb", tuple(chain))}
+    with refs._keyring_lock:
+        refs._keyring.pop("20260101-000000-bbbbbbbb", None)
+    assert refs.secret_for("20260101-000000-bbbbbbbb", chain) == sub_secret
+    # without the root's secret nothing can be derived
+    with refs._keyring_lock:
+        refs._keyring.pop("20260101-000000-aaaaaaaa", None)
+    assert refs.secret_for("20260101-000000-bbbbbbbb", chain) is None

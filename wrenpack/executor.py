@@ -62,6 +62,7 @@ from wrenpack.errors import (
 from wrenpack.futures import WrenFuture
 from wrenpack.protocol import rebuild_exception  # noqa: F401 - re-exported (remote_function, tests)
 from wrenpack.storage import Store, store_for_config
+from wrenpack.worker import refs
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,9 @@ class Executor(cf.Executor):
         # Everything is pickled before anything is stored or launched, in one
         # by-value scope: another thread's map cannot change how it pickles.
         user_modules = serialize.user_modules_of(fn)
-        with serialize.by_value(user_modules):
+        # Futures inside the arguments pickle without their jobs' secrets
+        # (those travel in the events, never in the store).
+        with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
             fn_bytes = serialize.dumps_function(fn, user_modules)
             payloads = [
                 serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
@@ -314,9 +317,18 @@ class Executor(cf.Executor):
                     f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
                 )
         store = self.store
-        secret = auth.new_secret()
+        secret, chain = refs.new_job_secret(job_id)
         spec = store.spec
         extra_event = dict(options.extra.get("event", {}))
+        if chain:
+            extra_event["chain"] = chain
+        ref_secrets = {}
+        for ref_job, ref_chain in referenced:
+            ref_secret = refs.secret_for(ref_job, ref_chain)
+            if ref_secret is not None:
+                ref_secrets[ref_job] = auth.encode_secret(ref_secret)
+        if ref_secrets:
+            extra_event["ref_secrets"] = ref_secrets
         if options.env:
             extra_event["env"] = dict(options.env)
         if options.capture_logs:
@@ -341,14 +353,13 @@ class Executor(cf.Executor):
                              "free space or fix the storage= location") from None
         futures: dict[str, WrenFuture] = {}
         invocations = []
-        encoded = auth.encode_secret(secret)
         for i, args_spec in enumerate(args_specs):
             cid = keys.call_id(i)
             call_label = f"{label}[{i}]" if len(payloads) > 1 else label
             fut = WrenFuture(job_id, cid, call_label)
             fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
             fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
-            fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "secret": encoded,
+            fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,
                         "result_job": job_id, "result_call": cid, "item": None}
             futures[cid] = fut
             event = protocol.Event(

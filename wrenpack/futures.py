@@ -86,7 +86,7 @@ class WrenFuture(cf.Future):
             if self._ref is None:
                 raise TypeError(f"the future of {self.label} is not a remote call's own; it can be pickled once it is done")
             if self._pin is None or self._pin():
-                return (refs.rebuild, (self._ref,))
+                return refs.reduce_ref(self._ref)
         # Done (or its job is being removed right now, so done in a moment):
         # the future travels with its outcome.
         if self.cancelled():

@@ -54,7 +54,9 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "env": (dict, type(None)),          # issue 11: environment variables for the call
     "capture_logs": (int, type(None)),  # issue 11: bytes of the call's log tail in the status
     "cancel_key": (str, type(None)),    # issue 11: cancellation marker key
-    "mark_start_after": (int, float, type(None)),  # issue 10: a call starting later than this writes a start marker
+    "mark_start_after": (int, float, type(None)),
+    "ref_secrets": (dict, type(None)),  # issue 11/14: secrets of the jobs whose futures the arguments hold
+    "chain": (list, type(None)),        # a job launched inside a call: its ancestor jobs (secret derivation)  # issue 10: a call starting later than this writes a start marker
 }
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -145,6 +147,16 @@ class Event:
             secret = auth.decode_secret(d["secret"])
         except ValueError as exc:
             raise ProtocolError(f"the event's secret is invalid ({exc}); invoke through wrenpack") from None
+        for ref_job, text in (d.get("ref_secrets") or {}).items():
+            if not isinstance(ref_job, str) or not _ID.match(ref_job):
+                raise ProtocolError(f"the event's ref_secrets names {ref_job!r}, not a wrenpack job id")
+            try:
+                auth.decode_secret(text)
+            except ValueError as exc:
+                raise ProtocolError(f"the event's secret for job {ref_job} is invalid ({exc})") from None
+        for ancestor in d.get("chain") or ():
+            if not isinstance(ancestor, str) or not _ID.match(ancestor):
+                raise ProtocolError(f"the event's chain names {ancestor!r}, not a wrenpack job id")
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
         if attempt < 0 or segment < 0:
             raise ProtocolError("the event's attempt and segment must be 0 or more")

@@ -34,6 +34,7 @@ import cloudpickle
 
 from wrenpack import auth, keys
 from wrenpack.errors import CorruptObject
+from wrenpack.worker import refs
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -
     """The sealed checkpoint: ``WRCK2`` + the segment that saved it + the pickle,
     authenticated as that call's checkpoint of that segment (``wrenpack.auth``)."""
     head = _MAGIC + struct.pack(">I", segment)
-    return auth.seal_parts(secret, keys.identity(job_id, "checkpoint", call_id, segment), head, cloudpickle.dumps(state))
+    with refs.sealing_scope():  # futures in the state carry no secret into the store
+        state_bytes = cloudpickle.dumps(state)
+    return auth.seal_parts(secret, keys.identity(job_id, "checkpoint", call_id, segment), head, state_bytes)
 
 
 def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:

@@ -37,7 +37,7 @@ import cloudpickle
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
-from wrenpack.worker import callscope, checkpoint, memory, result
+from wrenpack.worker import callscope, checkpoint, memory, refs, result
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -221,6 +221,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     children_before = memory.children_peak_mb()
     job_id, call_id = ev.job_id, ev.call_id
     user_data.bind(store)  # wrenpack.store() inside the call is this store
+    refs.learn(ev.extra.get("ref_secrets"))  # futures among the arguments verify with these
+    refs.enter_call(job_id, ev.secret, ev.extra.get("chain") or ())
     kind = "ok"
     extra_status: dict[str, Any] = {}
     disarm = None
@@ -234,7 +236,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
         value = scope.run(fn, *args, **kwargs)
         try:
-            outcome = cloudpickle.dumps(("ok", value))
+            with refs.sealing_scope():  # futures in the result carry no secret into the store
+                outcome = cloudpickle.dumps(("ok", value))
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
@@ -280,6 +283,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         soft_deadline = None
         checkpoint.end()
         user_data.bind(None)
+        refs.enter_call(None)
     if ckpt is not None and ckpt.used:
         extra_status["checkpoint"] = ckpt.stats()
     if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):

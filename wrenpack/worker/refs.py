@@ -9,18 +9,32 @@ its call, so it can be passed into a remote function or returned from one.
                          -> else a CallRef that reads the call's sealed result
                             object from the store when asked (result()/done())
 
-The secret travels inside the reference, which only ever travels inside a
-pickled argument or result, itself sealed with its own job's secret. The
-executor keeps a job's objects while a reference to one of its calls may be
+A job's secret never enters the store, not even inside a reference:
+
+* pickled by wrenpack itself (a call's arguments, function, result or
+  checkpoint, inside ``sealing_scope``), a reference carries no secret. The
+  arguments' references are noted, and their jobs' secrets travel in the
+  invocation (``event["ref_secrets"]``); a result's references need none,
+  since a job launched inside a call derives its secret from that call's
+  job's secret (``new_job_secret``: HMAC of the parent's secret and the new
+  job id), and the reference names that chain of jobs, so the client, which
+  holds the root job's secret, derives it again;
+* pickled by the user (``pickle.dumps(fut)``, to keep for later), the
+  reference carries the secret: the user holds that pickle, the store does not.
+
+The executor keeps a job's objects while a reference to one of its calls may be
 read (until it shuts down). Worker side: standard library and cloudpickle only.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import hashlib
+import hmac
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 _live: "weakref.WeakValueDictionary[tuple[str, str], cf.Future]" = weakref.WeakValueDictionary()
 
@@ -32,7 +46,107 @@ def register(fut: Any) -> None:
 
 def rebuild(ref: dict[str, Any]) -> cf.Future:
     fut = _live.get((ref["job_id"], ref["call_id"]))
-    return fut if fut is not None else CallRef(ref)
+    if fut is not None:
+        return fut
+    if ref.get("secret"):
+        remember(ref["result_job"], _decode(ref["secret"]))
+    return CallRef(ref)
+
+
+# -- job secrets: in memory only ---------------------------------------------------
+_keyring: dict[str, bytes] = {}
+_keyring_lock = threading.Lock()
+_scopes = threading.local()
+#: The call this process is running now (worker side): (job id, secret, chain of its ancestor jobs).
+_current: tuple[str, bytes, tuple[str, ...]] | None = None
+
+
+def _decode(text: str) -> bytes:
+    from wrenpack import auth
+
+    return auth.decode_secret(text)
+
+
+def remember(job_id: str, secret: bytes) -> None:
+    """Keep a job's secret in this process's memory, to verify its results."""
+    with _keyring_lock:
+        _keyring[job_id] = secret
+
+
+def learn(secrets: dict[str, str] | None) -> None:
+    """Secrets that came inside an invocation (``event["ref_secrets"]``)."""
+    for job_id, text in (secrets or {}).items():
+        remember(job_id, _decode(text))
+
+
+def _derive(parent_secret: bytes, job_id: str) -> bytes:
+    return hmac.new(parent_secret, b"wrenpack-subjob:" + job_id.encode(), hashlib.sha256).digest()
+
+
+def enter_call(job_id: str | None, secret: bytes = b"", chain: list[str] | tuple[str, ...] = ()) -> None:
+    """The handler says which call runs now (``None``: none), so jobs launched inside derive their secret."""
+    global _current
+    _current = None if job_id is None else (job_id, secret, tuple(chain))
+    if job_id is not None:
+        remember(job_id, secret)
+
+
+def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
+    """A new job's secret and its chain of ancestor jobs: random in a client;
+    inside a call, derived from the call's job's secret (the client re-derives it)."""
+    import os
+
+    cur = _current
+    if cur is None:
+        secret, chain = os.urandom(32), []
+    else:
+        secret, chain = _derive(cur[1], job_id), [*cur[2], cur[0]]
+    remember(job_id, secret)
+    return secret, chain
+
+
+def secret_for(job_id: str, chain: list[str] | tuple[str, ...] = ()) -> bytes | None:
+    """The secret of ``job_id``, known here or derived along ``chain``; None if neither."""
+    path = [*chain, job_id]
+    with _keyring_lock:
+        for i in range(len(path) - 1, -1, -1):
+            secret = _keyring.get(path[i])
+            if secret is not None:
+                for later in path[i + 1:]:
+                    secret = _derive(secret, later)
+                return secret
+    return None
+
+
+@contextlib.contextmanager
+def sealing_scope() -> Iterator[set[tuple[str, tuple[str, ...]]]]:
+    """While wrenpack pickles an object for the store: references pickle
+    without their secret; the jobs they refer to are collected."""
+    stack = getattr(_scopes, "stack", None)
+    if stack is None:
+        stack = _scopes.stack = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    stack.append(seen)
+    try:
+        yield seen
+    finally:
+        stack.pop()
+
+
+def reduce_ref(ref: dict[str, Any]) -> tuple[Any, ...]:
+    """How a reference pickles: without its secret inside ``sealing_scope``."""
+    stack = getattr(_scopes, "stack", None)
+    chain = tuple(ref.get("chain") or ())
+    if stack:
+        stack[-1].add((ref["result_job"], chain))
+        return (rebuild, ({k: v for k, v in ref.items() if k != "secret"},))
+    if not ref.get("secret"):
+        secret = secret_for(ref["result_job"], chain)
+        if secret is not None:
+            from wrenpack import auth
+
+            ref = dict(ref, secret=auth.encode_secret(secret))
+    return (rebuild, (ref,))
 
 
 class DoneRef(cf.Future):
@@ -89,7 +203,7 @@ class CallRef(cf.Future):
         self._fetching = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (rebuild, (self._ref,))
+        return reduce_ref(self._ref)
 
     def _poll(self) -> bool:
         """One look at the store; True once resolved."""
@@ -108,8 +222,15 @@ class CallRef(cf.Future):
             except ObjectNotFound:
                 return False
             try:
+                secret = secret_for(ref["result_job"], ref.get("chain") or ())
+                if secret is None:
+                    raise WrenpackError(
+                        f"{self.label}: this process does not hold the secret of job {ref['result_job']}, so its result "
+                        "cannot be verified; pass the future into a wrenpack call, or pickle it yourself (pickle.dumps) "
+                        "in the process that launched it"
+                    )
                 status, outcome = protocol.open_result(
-                    auth.decode_secret(ref["secret"]), ref["result_job"], ref["result_call"], blob, f"result object of {self.label}"
+                    secret, ref["result_job"], ref["result_call"], blob, f"result object of {self.label}"
                 )
                 if ref.get("item") is not None and outcome.ok:
                     outcome = protocol.Outcome.from_tuple(outcome.value[ref["item"]], f"result object of {self.label}")
