@@ -59,7 +59,10 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
             inputs_mod.add_cloudpickle(inp)
             resolve.compile_lock(inp.text(), os.path.join(ctx, "work", "requirements.lock"), tgt,
                                  seed=os.path.join(output, layout.LOCK), binary_only=False)
-            shutil.copyfile(os.path.join(ctx, "work", "requirements.lock"), lock_path)
+            with open(os.path.join(ctx, "work", "requirements.lock"), encoding="utf-8") as f:
+                text = f.read()
+            with open(lock_path, "w", encoding="utf-8") as f:  # index options travel with the lock
+                f.write("".join(o + "\n" for o in inp.options if o not in text) + text)
             shutil.rmtree(os.path.join(ctx, "work"))
         shutil.copyfile(lock_path, os.path.join(output, layout.LOCK))
         src = os.path.join(ctx, "src")

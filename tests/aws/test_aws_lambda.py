@@ -368,6 +368,28 @@ def _identity(x):
     return x
 
 
+def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambda_endpoint):
+    """Issue 11 on the emulated Lambda path: with one call in flight at a time,
+    the next one has not been invoked yet, so cancel() takes it back (its
+    callbacks run, Lambda never sees it); a running call cannot be cancelled."""
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "cancel", invocation_type="RequestResponse",
+                   concurrency=1) as ex:
+        running = ex.submit(sleeps, 1.5)
+        queued = ex.submit(square, 3)
+        seen = []
+        queued.add_done_callback(lambda f: seen.append(f.cancelled()))
+        deadline = time.time() + 20
+        while not running.running() and time.time() < deadline:
+            time.sleep(0.05)
+        assert running.running() and not queued.running()
+        assert queued.cancel() is True
+        assert queued.cancelled() and seen == [True]
+        assert running.cancel() is False
+        assert running.result(timeout=30) == 1.5
+        # the slot is free again: the next call runs
+        assert ex.submit(square, 4).result(timeout=30) == 16
+
+
 def test_request_response_small_results_make_no_s3_put_per_call(moto_endpoint, bucket, lambda_endpoint):
     """Small results come back in the reply: every S3 request of the client and
     the workers goes through a counting proxy, and none is a per-call PUT."""

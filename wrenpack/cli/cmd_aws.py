@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import sys
-import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -100,20 +99,10 @@ def handler_package() -> bytes:
 
 
 def runtime_tar_gz(python_dir: Path) -> bytes:
-    """The runtime's ``python/`` tree as a reproducible tar.gz (stdlib-extractable)."""
-    import gzip
+    """The runtime's ``python/`` tree as a reproducible tar.gz (stdlib-extractable): the builder's one tar writer."""
+    from runtime_builder import pack
 
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(python_dir.rglob("*")):
-            info = tar.gettarinfo(str(path), path.relative_to(python_dir).as_posix())
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            if info.isfile():
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    return pack.tar_gz_bytes(str(python_dir), prefix="")
 
 
 # -- deploy ---------------------------------------------------------------------

@@ -275,6 +275,7 @@ def _measure(
             "tree_sampled_peak_mb": tree_peak,
             "children_ru_maxrss_mb": result.get("children_maxrss_mb", 0.0),
             "launcher_wait4_maxrss_mb": launch.get("wait4_maxrss_mb"),
+            "file_mapped_at_peak_mb": launch.get("file_mapped_at_peak_mb", 0.0),
             "rule": "max(runner VmHWM, children's ru_maxrss, sampled tree peak = runner RSS + each live "
                     "descendant's VmHWM)",
         },
@@ -346,6 +347,12 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
     pkgs, local = packages.map_modules(worst_peak_run["modules"])
     tmp_peak = max(r["tmp_peak_mb"] for r in runs)
     rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak)
+    mapped = worst_peak_run["memory_sources"].get("file_mapped_at_peak_mb", 0.0)
+    if mapped > max(16.0, 0.10 * max(peaks)):
+        rec["notes"].append(
+            f"{mapped:,.0f} MB of the sampled peak were file pages mapped from disk (mmap'd files, libraries): the "
+            f"kernel can drop those under a memory limit (Lambda's, and the local backend's cgroup), so the call may "
+            f"run, more slowly, with down to about {max(peaks) - mapped:,.0f} MB; the recommendation keeps them")
     first = runs[0]
     return Profile(
         target=first["target"],

@@ -88,10 +88,10 @@ def _read_json(path: str) -> dict | None:
 # --------------------------------------------------------------------------- launcher side
 
 
-def _status(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) in kB from /proc; (0, 0) once the process is gone."""
-    got = proc_status(pid, (b"VmHWM:", b"VmRSS:"))
-    return got.get(b"VmRSS:", 0), got.get(b"VmHWM:", 0)
+def _status(pid: int) -> tuple[int, int, int]:
+    """(VmRSS, VmHWM, RssFile) in kB from /proc; zeros once the process is gone."""
+    got = proc_status(pid, (b"VmHWM:", b"VmRSS:", b"RssFile:"))
+    return got.get(b"VmRSS:", 0), got.get(b"VmHWM:", 0), got.get(b"RssFile:", 0)
 
 
 _dir_bytes = dir_usage
@@ -169,6 +169,7 @@ def main(jobdir: str) -> int:
     times: list[float] = []
     rss_curve: list[float] = []
     tree_peak_kb = 0
+    curve_peak_kb = file_at_peak_kb = 0
     max_procs = 1
     tmp_peak = 0
     timed_out = False
@@ -183,16 +184,19 @@ def main(jobdir: str) -> int:
             sample = False  # the runner has its figures; what it does next is bookkeeping
         if sample:
             now = time.time()
-            rss, _ = _status(proc.pid)
+            rss, _, file_kb = _status(proc.pid)
             curve_kb = rss
             peak_kb = rss
             if tick % SCAN_EVERY == 0:
                 kids = tree.descendants()
             for kid in kids:
-                k_rss, k_hwm = _status(kid)
+                k_rss, k_hwm, k_file = _status(kid)
+                file_kb += k_file
                 curve_kb += k_rss
                 peak_kb += max(k_rss, k_hwm)  # a child's own high-water mark catches its spikes between samples
             max_procs = max(max_procs, 1 + len(kids))
+            if curve_kb > curve_peak_kb:
+                curve_peak_kb, file_at_peak_kb = curve_kb, file_kb
             tree_peak_kb = max(tree_peak_kb, peak_kb)
             if rss:
                 times.append(round(now - t_start, 4))
@@ -221,6 +225,7 @@ def main(jobdir: str) -> int:
         "interval_s": interval,
         "samples": {"t": times, "rss_mb": rss_curve},
         "tree_peak_mb": tree_peak_kb / 1024.0,
+        "file_mapped_at_peak_mb": file_at_peak_kb / 1024.0,
         "max_processes": max_procs,
         "tmp_peak_mb": max(tmp_peak, tmp_final) / 2**20,
         "tmp_final_mb": tmp_final / 2**20,
