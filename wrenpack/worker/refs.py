@@ -212,7 +212,7 @@ class CallRef(cf.Future):
         with self._fetching:
             if super().done():
                 return True
-            from wrenpack import auth, keys, protocol
+            from wrenpack import keys, protocol
             from wrenpack.errors import ObjectNotFound, WrenpackError
 
             ref = self._ref
