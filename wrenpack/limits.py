@@ -73,11 +73,15 @@ def real_number(name: str, value: Any, source: str | None = None, allowed: str =
     return out
 
 
-def check_memory(value: Any, source: str | None = None, name: str = "memory") -> int:
-    mb = whole_number(name, value, source, MEMORY_RANGE)
-    if not MIN_MEMORY_MB <= mb <= MAX_MEMORY_MB:
-        raise ConfigError(f"{name}={mb} MB{_where(source)} is outside Lambda's range: must be {MEMORY_RANGE}")
+def _megabytes_in(name: str, value: Any, source: str | None, low: int, high: int, allowed: str) -> int:
+    mb = whole_number(name, value, source, allowed)
+    if not low <= mb <= high:
+        raise ConfigError(f"{name}={mb} MB{_where(source)} is outside Lambda's range: must be {allowed}")
     return mb
+
+
+def check_memory(value: Any, source: str | None = None, name: str = "memory") -> int:
+    return _megabytes_in(name, value, source, MIN_MEMORY_MB, MAX_MEMORY_MB, MEMORY_RANGE)
 
 
 def check_timeout(value: Any, source: str | None = None, name: str = "timeout") -> float:
@@ -91,10 +95,7 @@ def check_timeout(value: Any, source: str | None = None, name: str = "timeout") 
 
 
 def check_ephemeral(value: Any, source: str | None = None, name: str = "ephemeral_storage") -> int:
-    mb = whole_number(name, value, source, EPHEMERAL_RANGE)
-    if not MIN_EPHEMERAL_MB <= mb <= MAX_EPHEMERAL_MB:
-        raise ConfigError(f"{name}={mb} MB{_where(source)} is outside Lambda's range: must be {EPHEMERAL_RANGE}")
-    return mb
+    return _megabytes_in(name, value, source, MIN_EPHEMERAL_MB, MAX_EPHEMERAL_MB, EPHEMERAL_RANGE)
 
 
 def check_architecture(value: Any, source: str | None = None, name: str = "architecture") -> str:
