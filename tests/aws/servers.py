@@ -55,6 +55,7 @@ MIN_HARD_TIMEOUT = 10
 PRELOADED = {"wrenpack.worker.handler.handler": "tests.aws.rie_handler.handler"}
 
 
+
 class Unavailable(RuntimeError):
     """A tool the servers need cannot be obtained (the message says why)."""
 
@@ -63,6 +64,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_on_loopback(handler_class: type) -> tuple[ThreadingHTTPServer, str, threading.Thread]:
+    """An HTTP server on a free 127.0.0.1 port, serving from a daemon thread: (server, url, thread)."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler_class)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", thread
 
 
 def wait_listening(port: int, proc: subprocess.Popen, what: str, log: str, timeout: float = 30) -> None:
@@ -205,11 +215,7 @@ class Dispatcher:
         self._background = 0
         self._running = 0
         self._cv = threading.Condition()
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler_class())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server, self.url, self._thread = serve_on_loopback(self._handler_class())
 
     # -- functions -----------------------------------------------------------
     def _moto_lambda(self) -> Any:
@@ -402,11 +408,7 @@ class CountingProxy:
         self.counts: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[str, str]] = []  # (kind, path)
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler_class())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server, self.url, self._thread = serve_on_loopback(self._handler_class())
 
     def reset(self) -> None:
         with self._lock:
