@@ -17,9 +17,14 @@ never from the socket, which a call's children may hold open.
 
 Wire format, both ways: ``>II`` (JSON header length, blob length), the JSON
 header, the blob (a result object's bytes, or empty). Nothing is unpickled.
+Large arguments and results travel beside it as sealed memfds
+(``wrenpack.worker.handoff``), passed with SCM_RIGHTS on the message's first
+bytes: a call ``{"fd": 1}`` takes the next descriptor the worker received, a
+reply with ``"handoff": layout`` the next one the driver received.
 """
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -36,6 +41,7 @@ from typing import Any
 from wrenpack.backends.base import Invocation
 from wrenpack.backends.cgroups import CgroupFactory, MemoryCgroup
 from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.worker.handoff import Sealed
 from wrenpack.worker.memory import dir_usage, peak_rss_mb
 
 log = logging.getLogger("wrenpack.backends.local")
@@ -45,6 +51,9 @@ FRAME = struct.Struct(">II")
 SAMPLE_S = 0.01
 TMP_CHECK_S = 0.1
 CHILD_CHECK_S = 0.1
+#: descriptors per sendmsg (SCM_MAX_FD is 253)
+_FDS_PER_SEND = 200
+_ANCILLARY = socket.CMSG_SPACE(256 * 4)
 _BOOT = (
     "import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
     "from wrenpack.worker.local_main import main;main(c)"
@@ -126,6 +135,10 @@ class Worker:
         self.sock.setblocking(False)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
+        #: [offset in outbuf, descriptors to send with the bytes from there]
+        self._out_fds: deque[list[Any]] = deque()
+        #: descriptors received and not yet matched with their reply (oldest first)
+        self._in_fds: deque[int] = deque()
         self.pidfd: int | None = None
         try:
             self.pidfd = os.pidfd_open(self.pid)
@@ -160,20 +173,28 @@ class Worker:
         self.tmp_bytes = 0
 
     # -- sending ---------------------------------------------------------------
-    def send(self, calls: list[Invocation], reply_limit: int | None) -> None:
-        """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle."""
+    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None) -> None:
+        """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle.
+        ``handoff_min``: results pickled larger than this come back as sealed memfds."""
         first = calls[0]
-        msg: dict[str, Any] = {"calls": [{"event": _event(inv), "timeout_s": inv.timeout_s} for inv in calls]}
+        msg: dict[str, Any] = {"calls": [_call(inv) for inv in calls]}
         limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
         if limits != self.limits:
             self.limits = limits
             msg["limits"] = list(limits)
         if reply_limit:
             msg["reply_limit"] = reply_limit
+        if handoff_min is not None:
+            msg["handoff"] = handoff_min
         was_idle = not self.inflight
         if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
             self.limit_mb = first.memory_mb if self.cgroup.set_limit_mb(first.memory_mb) else None
         self.inflight.extend(calls)
+        fds = [inv.handoff.fd for inv in calls if inv.handoff is not None and inv.handoff.fd is not None]
+        at = len(self.outbuf)
+        for i in range(0, len(fds), _FDS_PER_SEND):
+            # At most _FDS_PER_SEND per sendmsg (the kernel's limit is 253), each group a byte further on.
+            self._out_fds.append([at + i // _FDS_PER_SEND, fds[i : i + _FDS_PER_SEND]])
         self.outbuf += encode(msg)
         self.flush()
         if was_idle and self.ready:
@@ -183,16 +204,28 @@ class Worker:
 
     def flush(self) -> bool:
         """Write what the socket takes now; True when nothing is left to write."""
+        marks = self._out_fds
         while self.outbuf:
             try:
-                n = self.sock.send(self.outbuf)
+                if marks and marks[0][0] == 0:
+                    end = marks[1][0] if len(marks) > 1 else len(self.outbuf)
+                    n = self.sock.sendmsg([memoryview(self.outbuf)[:end]],
+                                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", marks[0][1]))])
+                    marks.popleft()  # sent with the first byte, whatever else was
+                elif marks:
+                    n = self.sock.send(memoryview(self.outbuf)[: marks[0][0]])
+                else:
+                    n = self.sock.send(self.outbuf)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError:
                 # The worker is gone; its exit is seen from the process and handled there.
                 self.outbuf.clear()
+                marks.clear()
                 return True
             del self.outbuf[:n]
+            for mark in marks:
+                mark[0] -= n
         return True
 
     # -- receiving -------------------------------------------------------------
@@ -201,12 +234,17 @@ class Worker:
         eof = False
         while True:
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk, ancdata, _flags, _addr = self.sock.recvmsg(1 << 20, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 eof = True
                 break
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                    self._in_fds.extend(fds)
             if not chunk:
                 eof = True
                 break
@@ -223,6 +261,10 @@ class Worker:
                 break
             start = pos + FRAME.size
             head = json.loads(bytes(buf[start : start + hlen]))
+            if "handoff" in head:
+                # The result as a sealed memfd: the executor checks, reads and closes it.
+                fd = self._in_fds.popleft() if self._in_fds else None
+                head["handoff"] = Sealed(fd, head["handoff"])
             out.append((head, bytes(buf[start + hlen : end])))
             pos = end
         if pos:
@@ -392,6 +434,11 @@ class Worker:
                 fd_owner.close()
             except OSError:
                 pass
+        while self._in_fds:  # hand-offs of replies never read
+            try:
+                os.close(self._in_fds.popleft())
+            except OSError:
+                pass
         if self.pidfd is not None:
             try:
                 os.close(self.pidfd)
@@ -399,6 +446,13 @@ class Worker:
                 pass
             self.pidfd = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _call(inv: Invocation) -> dict[str, Any]:
+    call: dict[str, Any] = {"event": _event(inv), "timeout_s": inv.timeout_s}
+    if inv.handoff is not None and inv.handoff.fd is not None:
+        call["fd"] = 1  # the arguments' memfd comes with the message
+    return call
 
 
 def _event(inv: Invocation) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import cloudpickle
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
-from wrenpack.worker import callscope, checkpoint, memory, refs, result
+from wrenpack.worker import callscope, checkpoint, handoff, memory, refs, result
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -142,9 +142,12 @@ def _under(prefix: str, base: str) -> bool:
     return not base or prefix == base or prefix.startswith(base + "/")
 
 
-def _loads(data: bytes, what: str) -> Any:
+def _loads(data: Any, what: str, buffers: Any = None) -> Any:
+    """Unpickle bytes, or a file (a hand-off's stream)."""
     try:
-        return cloudpickle.loads(data)
+        if hasattr(data, "read"):
+            return cloudpickle.load(data, buffers=buffers)
+        return cloudpickle.loads(data, buffers=buffers)
     except ModuleNotFoundError as exc:
         raise _missing(exc) from None
     except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
@@ -178,15 +181,30 @@ def _load_function(store: Store, ev: protocol.Event) -> Callable[..., Any]:
     return fn
 
 
-def _load_args(store: Store, ev: protocol.Event) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if "inline" in ev.args:
         # Inline arguments came inside the invocation itself, as the secret did.
         data = base64.b64decode(ev.args["inline"])
+    elif "handoff" in ev.args:
+        # Local worker: a sealed memfd that came with the call over the private socket.
+        fd = getattr(context, "handoff_fd", None)
+        if fd is not None:
+            context.handoff_fd = None  # the handler owns it now (closed once mapped)
+        return handoff.load(fd, ev.args["handoff"], "call's arguments", private=True,
+                            loads=lambda stream, buffers: _loads(stream, "the call's arguments", buffers))
     else:
         key = ev.args["key"]
         data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
     args, kwargs = _loads(data, "the call's arguments")
     return args, kwargs
+
+
+def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None) -> "bytes | handoff.Sealed":
+    """Pickle a success outcome: bytes, or on a local worker that takes hand-offs
+    (``event["handoff"]``) a sealed memfd when it is larger than that."""
+    if handoff_min is None:
+        return cloudpickle.dumps(outcome)
+    return handoff.dump(outcome, handoff_min)
 
 
 def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> bytes:
@@ -231,13 +249,13 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     _mark_start(store, event, start)
     try:
         fn = _load_function(store, ev)
-        args, kwargs = _load_args(store, ev)
+        args, kwargs = _load_args(store, ev, context)
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
         value = scope.run(fn, *args, **kwargs)
         try:
             with refs.sealing_scope():  # futures in the result carry no secret into the store
-                outcome = cloudpickle.dumps(("ok", value))
+                outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"))
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
@@ -315,6 +333,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         # "If absent" like results: the worker's IAM policy lets it create, never overwrite, under result/.
         store.put(keys.segment_key(job_id, call_id, ev.segment), record, if_absent=True)
         return status
+    if isinstance(outcome, handoff.Sealed):
+        # Local worker: the result goes back as a sealed memfd (local_main sends it), no MAC pass.
+        # Its pages were not in the resident set the peak was read from; on Lambda they would be.
+        if status["peak_rss_mb"] is not None:
+            status["peak_rss_mb"] = round(status["peak_rss_mb"] + outcome.size / 2**20, 2)
+        return dict(status, first=True, handoff=outcome)
     blob = protocol.seal_result(ev.secret, job_id, call_id, status, outcome)
     limit = ev.extra.get("reply_limit")
     if limit is not None and len(blob) <= limit:
