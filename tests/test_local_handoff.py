@@ -43,6 +43,13 @@ def describe(a):
     return (type(a).__name__, len(a))
 
 
+def describe_pair(i, data, table):
+    import hashlib
+
+    table[:1] = table[:1]  # writable, copy-on-write
+    return (i, len(data), hashlib.sha1(table.tobytes()).hexdigest(), bool(table.flags.writeable))
+
+
 def big_result(mb):
     return b"r" * (mb * MiB)
 
@@ -156,9 +163,31 @@ def test_args_are_pickled_into_memfds_not_held_as_bytes(ex, monkeypatch):
         return out
 
     monkeypatch.setattr(handoff.Spill, "finish", finish)
-    futs = wrenpack.remote(echo, executor=ex).map([os.urandom(MiB)] * 3)
+    futs = wrenpack.remote(echo, executor=ex).map([os.urandom(MiB) for _ in range(3)])
     assert sizes == ["Sealed"] * 3
     assert [len(f.result(timeout=60)) for f in futs] == [MiB] * 3
+
+
+def test_a_large_object_every_call_shares_is_pickled_once(ex, monkeypatch):
+    np = pytest.importorskip("numpy", reason="numpy is in the test extras")
+    spills = []
+    original = handoff.Spill.finish
+
+    def finish(self):
+        out = original(self)
+        spills.append((self.name_, type(out).__name__, out.size if isinstance(out, handoff.Sealed) else len(out)))
+        return out
+
+    monkeypatch.setattr(handoff.Spill, "finish", finish)
+    blob, table = os.urandom(2 * MiB), np.arange(300_000, dtype=np.float64)
+    f = wrenpack.remote(describe_pair, executor=ex)
+    futs = f.map(range(6), data=blob, table=table)
+    shared = [s for s in spills if s[0] == "wrenpack-shared"]
+    assert len(shared) == 2 and all(kind == "Sealed" for _, kind, _ in shared)  # once each, not six times
+    assert all(kind == "bytes" and size < 1000 for name, kind, size in spills if name == "wrenpack-args")
+    want = hashlib.sha1(table.tobytes()).hexdigest()
+    assert [fut.result(timeout=60) for fut in futs] == [(i, 2 * MiB, want, True) for i in range(6)]
+    assert _memfds() == []
 
 
 def _worker_usage_mb(backend: LocalBackend) -> float:
@@ -241,7 +270,7 @@ def test_the_handler_refuses_an_unsealed_argument_memfd_as_a_wrenpack_error(tmp_
                            args={"handoff": _layout(len(evil))}).to_dict()
     for fd in (_sealed(evil, 0), None):  # unsealed; or, as on Lambda, no memfd came with the event
         ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
-        ctx.handoff_fd = fd
+        ctx.handoff_fds = [fd] if fd is not None else []
         reply = handler(dict(event), ctx)
         data = protocol.reply_result(reply) or store.get(keys.result_key("j1", "00000"))
         store.delete(keys.result_key("j1", "00000"))

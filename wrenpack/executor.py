@@ -304,16 +304,20 @@ class Executor(cf.Executor):
         user_modules = serialize.user_modules_of(fn)
         # Futures inside the arguments pickle without their jobs' secrets
         # (those travel in the events, never in the store).
-        spill = self._args_spill()
+        packer = self._args_packer(calls)
         payloads: list[Any] = []
         try:
             with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
                 fn_bytes = serialize.dumps_function(fn, user_modules)
                 for i, (args, kwargs) in enumerate(calls):
-                    payloads.append(serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules, spill and spill()))
+                    what = f"call {i} of {label}"
+                    if packer is None:
+                        payloads.append(serialize.dumps_call(args, kwargs, what, user_modules))
+                    else:  # local backend: straight into sealed memfds as they are pickled
+                        payloads.append(packer.pack(args, kwargs, lambda a, k, spill, what=what: serialize.dumps_call(a, k, what, user_modules, spill)))
             limit = options.memory * 1024 * 1024
             for i, data in enumerate(payloads):
-                size = data.size if isinstance(data, handoff.Sealed) else len(data)
+                size = data.size if isinstance(data, handoff.Args) else len(data)
                 if size > limit:
                     raise PayloadTooLarge(
                         f"the arguments of call {i} of {label} pickle to {size / 2**20:.0f} MB, more than its "
@@ -322,6 +326,9 @@ class Executor(cf.Executor):
         except BaseException:
             _close_handoffs(payloads)
             raise
+        finally:
+            if packer is not None:
+                packer.close()  # each call holds the shared blobs it refers to
         store = self.store
         secret, chain = refs.new_job_secret(job_id)
         spec = store.spec
@@ -345,14 +352,18 @@ class Executor(cf.Executor):
             store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
             for i, data in enumerate(payloads):
                 cid = keys.call_id(i)
-                if isinstance(data, handoff.Sealed):
-                    args_specs.append({"handoff": data.layout})  # local backend: the memfd goes with the call
-                elif len(data) <= self.config.inline_limit:
-                    args_specs.append({"inline": base64.b64encode(data).decode("ascii")})
+                main = data.main if isinstance(data, handoff.Args) else data
+                if isinstance(main, handoff.Sealed):
+                    args_spec: dict[str, Any] = {"handoff": main.layout}  # local backend: the memfd goes with the call
+                elif len(main) <= self.config.inline_limit:
+                    args_spec = {"inline": base64.b64encode(main).decode("ascii")}
                 else:
                     key = keys.input_key(job_id, cid)
-                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), data))
-                    args_specs.append({"key": key})
+                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), main))
+                    args_spec = {"key": key}
+                if isinstance(data, handoff.Args) and data.blobs:
+                    args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
+                args_specs.append(args_spec)
         except (OSError, StoreError) as exc:
             self._delete_job(job_id)
             _close_handoffs(payloads)
@@ -386,7 +397,7 @@ class Executor(cf.Executor):
                     retries=options.retries,
                     runtime=options.runtime,
                     extra={"label": call_label},
-                    handoff=payloads[i] if isinstance(payloads[i], handoff.Sealed) else None,
+                    handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
                 )
             )
         job = _Job(job_id, label, futures, options, secret)
@@ -405,19 +416,13 @@ class Executor(cf.Executor):
             raise
         return list(futures.values())
 
-    def _args_spill(self) -> Callable[[], handoff.Spill] | None:
-        """On a backend that takes hand-offs (local, not ``keep_objects``): a
-        ``Spill`` per call, so arguments above ``inline_limit`` are pickled straight
-        into sealed memfds; None: arguments are pickled to bytes as before."""
+    def _args_packer(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> handoff.Packer | None:
+        """On a backend that takes hand-offs (local, not ``keep_objects``): arguments
+        above ``inline_limit`` are pickled straight into sealed memfds, a large
+        object several calls share once. None: pickled to bytes as before."""
         if self.config.keep_objects or not getattr(self.backend, "handoff", False) or not handoff.available():
             return None
-        threshold = self.config.inline_limit
-
-        def make() -> handoff.Spill | None:
-            # Each pending call holds its memfd: past the budget, the store as before.
-            return handoff.Spill(threshold, "wrenpack-args", counted=True) if handoff.reserve() else None
-
-        return make
+        return handoff.Packer(calls, self.config.inline_limit)
 
     # -- lifecycle hooks (backend threads) --------------------------------------
     def _on_start(self, inv: Invocation) -> None:
@@ -718,7 +723,7 @@ class Executor(cf.Executor):
 
 def _close_handoffs(items: Iterable[Any]) -> None:
     for item in items:
-        if isinstance(item, handoff.Sealed):
+        if isinstance(item, handoff.Args):
             item.close()
 
 

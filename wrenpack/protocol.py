@@ -139,8 +139,10 @@ class Event:
             pass
         elif set(args) == {"key"} and args["key"] == keys.input_key(job_id, call_id):
             pass
-        elif set(args) == {"handoff"} and isinstance(args["handoff"], dict):
-            pass  # local backend: a sealed memfd that came with the call (checked where it is opened)
+        elif set(args) - {"blobs"} in ({"inline"}, {"key"}, {"handoff"}) and isinstance(args.get("blobs", []), list) \
+                and isinstance(args.get("handoff", {}), dict) and isinstance(args.get("inline", ""), str) \
+                and args.get("key", keys.input_key(job_id, call_id)) == keys.input_key(job_id, call_id):
+            pass  # local backend: sealed memfds came with the call (checked where they are opened)
         else:
             raise ProtocolError(f"the event's args must be inline base64 or the key {keys.input_key(job_id, call_id)}, got {sorted(args)}")
         store = d["store"]

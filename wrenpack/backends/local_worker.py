@@ -19,7 +19,7 @@ Wire format, both ways: ``>II`` (JSON header length, blob length), the JSON
 header, the blob (a result object's bytes, or empty). Nothing is unpickled.
 Large arguments and results travel beside it as sealed memfds
 (``wrenpack.worker.handoff``), passed with SCM_RIGHTS on the message's first
-bytes: a call ``{"fd": 1}`` takes the next descriptor the worker received, a
+bytes: a call ``{"fd": n}`` takes the next n descriptors the worker received, a
 reply with ``"handoff": layout`` the next one the driver received.
 """
 from __future__ import annotations
@@ -190,7 +190,7 @@ class Worker:
         if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
             self.limit_mb = first.memory_mb if self.cgroup.set_limit_mb(first.memory_mb) else None
         self.inflight.extend(calls)
-        fds = [inv.handoff.fd for inv in calls if inv.handoff is not None and inv.handoff.fd is not None]
+        fds = [fd for inv in calls if inv.handoff is not None for fd in inv.handoff.fds()]
         at = len(self.outbuf)
         for i in range(0, len(fds), _FDS_PER_SEND):
             # At most _FDS_PER_SEND per sendmsg (the kernel's limit is 253), each group a byte further on.
@@ -450,8 +450,10 @@ class Worker:
 
 def _call(inv: Invocation) -> dict[str, Any]:
     call: dict[str, Any] = {"event": _event(inv), "timeout_s": inv.timeout_s}
-    if inv.handoff is not None and inv.handoff.fd is not None:
-        call["fd"] = 1  # the arguments' memfd comes with the message
+    if inv.handoff is not None:
+        n = len(inv.handoff.fds())
+        if n:
+            call["fd"] = n  # the arguments' memfds come with the message
     return call
 
 

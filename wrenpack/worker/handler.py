@@ -182,20 +182,18 @@ def _load_function(store: Store, ev: protocol.Event) -> Callable[..., Any]:
 
 
 def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if "inline" in ev.args:
-        # Inline arguments came inside the invocation itself, as the secret did.
-        data = base64.b64decode(ev.args["inline"])
-    elif "handoff" in ev.args:
-        # Local worker: a sealed memfd that came with the call over the private socket.
-        fd = getattr(context, "handoff_fd", None)
-        if fd is not None:
-            context.handoff_fd = None  # the handler owns it now (closed once mapped)
-        return handoff.load(fd, ev.args["handoff"], "call's arguments", private=True,
-                            loads=lambda stream, buffers: _loads(stream, "the call's arguments", buffers))
-    else:
-        key = ev.args["key"]
-        data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
-    args, kwargs = _loads(data, "the call's arguments")
+    loads = lambda data, buffers=None: _loads(data, "the call's arguments", buffers)  # noqa: E731
+    # Local worker: sealed memfds that came with the call over the private socket (none on Lambda).
+    with handoff.call_blobs(context, ev.args, loads) as sent:
+        if "inline" in ev.args:
+            # Inline arguments came inside the invocation itself, as the secret did.
+            data = base64.b64decode(ev.args["inline"])
+        elif "handoff" in ev.args:
+            return handoff.load(sent.take_main(), ev.args["handoff"], "call's arguments", private=True, loads=loads)
+        else:
+            key = ev.args["key"]
+            data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
+        args, kwargs = loads(data)
     return args, kwargs
 
 

@@ -89,18 +89,32 @@ def _release() -> None:
 
 
 class Sealed:
-    """A sealed memfd this process owns (closed once, by ``close`` or when collected)."""
+    """A sealed memfd this process owns: closed when the last holder closes it
+    (``share`` adds a holder), or when collected."""
 
     def __init__(self, fd: int | None, layout: Any, counted: bool = False) -> None:
         self.fd: int | None = fd
         self.layout = layout
         self._counted = counted
+        self._holders = 1
 
     @property
     def size(self) -> int:
         return int(self.layout["size"])  # only of one this process made
 
+    def share(self) -> "Sealed":
+        with _lock:
+            self._holders += 1
+        return self
+
     def close(self) -> None:
+        with _lock:
+            self._holders -= 1
+            if self._holders > 0:
+                return
+        self._close()
+
+    def _close(self) -> None:
         fd, self.fd = self.fd, None
         if fd is not None:
             try:
@@ -111,7 +125,183 @@ class Sealed:
                 _release()
 
     def __del__(self) -> None:
-        self.close()
+        self._close()
+
+
+class Args:
+    """One call's arguments on the local backend: the pickle (``main``: bytes, or
+    a sealed memfd) and the shared objects it refers to (``blobs``, sealed memfds
+    that other calls of the same map refer to as well)."""
+
+    def __init__(self, main: "bytes | Sealed", blobs: list[Sealed]) -> None:
+        self.main = main
+        self.blobs = [b.share() for b in blobs]
+
+    @property
+    def size(self) -> int:
+        main = self.main.size if isinstance(self.main, Sealed) else len(self.main)
+        return main + sum(b.size for b in self.blobs)
+
+    def fds(self) -> list[int]:
+        """What travels with the call, in order: the pickle's memfd (if one), then the blobs'."""
+        out = [self.main.fd] if isinstance(self.main, Sealed) else []
+        out += [b.fd for b in self.blobs]
+        return [fd for fd in out if fd is not None]
+
+    def close(self) -> None:
+        if isinstance(self.main, Sealed):
+            self.main.close()
+            self.main = b""
+        blobs, self.blobs = self.blobs, []
+        for blob in blobs:
+            blob.close()
+
+
+def _large(value: Any) -> bool:
+    """An argument worth pickling once for every call that shares it."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value) >= OOB_MIN
+    return type(value).__module__ == "numpy" and isinstance(getattr(value, "nbytes", None), int) and value.nbytes >= OOB_MIN
+
+
+class _Ref:
+    """Stands in, inside one call's pickle, for a large object several calls share."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_blob, (self.index,))
+
+
+_loading = threading.local()
+
+
+def _blob(index: int) -> Any:
+    """The call's ``index``-th shared argument (only while its arguments are unpickled)."""
+    loaders = getattr(_loading, "blobs", None)
+    if loaders is None or not isinstance(index, int) or not 0 <= index < len(loaders):
+        raise CorruptObject("a shared argument was referred to outside its call's arguments; re-run the call")
+    return loaders[index]()
+
+
+class Packer:
+    """The driver's side for one map: pickles each call's arguments into a
+    ``Spill`` (a sealed memfd above ``threshold``) and pickles a large bytes or
+    array that several calls share (the same object, top-level argument) once,
+    as a blob every such call refers to. Those calls' own pickles are then tiny."""
+
+    def __init__(self, calls: Any, threshold: int) -> None:
+        self.threshold = threshold
+        seen: dict[int, int] = {}
+        for args, kwargs in calls:
+            for value in (*args, *kwargs.values()):
+                if _large(value):
+                    seen[id(value)] = seen.get(id(value), 0) + 1
+        self._shared = {k for k, n in seen.items() if n > 1}
+        self._blobs: dict[int, tuple[Any, Sealed]] = {}  # id -> (the object, kept alive; its blob)
+
+    def pack(self, args: tuple[Any, ...], kwargs: dict[str, Any], dump: Callable[..., Any]) -> "bytes | Args":
+        """``dump(args, kwargs, spill)`` pickles (naming what fails); bytes when
+        nothing is handed off (small, or the memfd budget is spent)."""
+        used: list[Sealed] = []
+        if self._shared:
+            index: dict[int, int] = {}
+
+            def swap(value: Any) -> Any:
+                if id(value) not in self._shared:
+                    return value
+                blob = self._blob(value, dump)
+                if blob is None:
+                    return value
+                if id(value) not in index:
+                    index[id(value)] = len(used)
+                    used.append(blob)
+                return _Ref(index[id(value)])
+
+            args = tuple(swap(v) for v in args)
+            kwargs = {k: swap(v) for k, v in kwargs.items()}
+        spill = Spill(self.threshold, "wrenpack-args", counted=True) if reserve() else Spill(1 << 62, oob=False)
+        main = dump(args, kwargs, spill)
+        if isinstance(main, bytes) and not used:
+            return main
+        return Args(main, used)
+
+    def _blob(self, value: Any, dump: Callable[..., Any]) -> Sealed | None:
+        got = self._blobs.get(id(value))
+        if got is not None:
+            return got[1]
+        if not reserve():
+            return None
+        import cloudpickle
+
+        spill = Spill(0, "wrenpack-shared", counted=True)
+        try:
+            cloudpickle.Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump(value)
+            blob = spill.finish()
+        except BaseException:
+            spill.discard()
+            raise
+        assert isinstance(blob, Sealed)
+        self._blobs[id(value)] = (value, blob)
+        return blob
+
+    def close(self) -> None:
+        """Launched (or failed): the calls hold the blobs they use; drop ours."""
+        blobs, self._blobs = self._blobs, {}
+        for _value, blob in blobs.values():
+            blob.close()
+
+
+class call_blobs:
+    """While a call's arguments are unpickled in the worker: its hand-offs
+    (``context.handoff_fds``, in order: the pickle's memfd if ``"handoff"`` is in
+    ``args``, then one per shared blob). ``main`` is the pickle's descriptor;
+    every descriptor is closed on leaving."""
+
+    def __init__(self, context: Any, args: dict[str, Any], loads: Callable[..., Any]) -> None:
+        fds = list(getattr(context, "handoff_fds", None) or [])
+        if fds:
+            context.handoff_fds = []  # ours now
+        self.main = fds.pop(0) if "handoff" in args and fds else None
+        self._fds: list[int | None] = list(fds)
+        specs = args.get("blobs") or []
+        self._loaders = [self._loader(i, spec, loads) for i, spec in enumerate(specs if isinstance(specs, list) else [])]
+
+    def _loader(self, i: int, spec: Any, loads: Callable[..., Any]) -> Callable[[], Any]:
+        done: list[Any] = []
+
+        def get() -> Any:
+            if not done:
+                fd = self._fds[i] if i < len(self._fds) else None
+                if i < len(self._fds):
+                    self._fds[i] = None
+                done.append(load(fd, spec, "shared argument", private=True, loads=loads))
+            return done[0]
+
+        return get
+
+    def take_main(self) -> int | None:
+        """The pickle's memfd; the caller closes it (``load`` does)."""
+        fd, self.main = self.main, None
+        return fd
+
+    def __enter__(self) -> "call_blobs":
+        _loading.blobs = self._loaders
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _loading.blobs = None
+        for fd in [self.main, *self._fds]:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.main = None
+        self._fds = []
 
 
 class Spill:

@@ -251,8 +251,8 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 deadline=time.time() + float(call["timeout_s"]),
                 request_id=f"{os.getpid()}-{calls}",
             )
-            # The call's arguments as a sealed memfd, when they came that way (the handler checks it).
-            ctx.handoff_fd = fds.pop(0) if call.get("fd") and fds else None
+            # The call's arguments as sealed memfds, when they came that way (the handler checks them).
+            ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]
             before = _children_usage()
             t0 = time.perf_counter()
             blob = b""
@@ -270,7 +270,8 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
                 reply = {"error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": memory.peak_rss_mb()}
             finally:
-                _close(ctx.handoff_fd)  # not taken by the handler (a refused event)
+                for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)
+                    _close(fd)
             reply["elapsed"] = time.perf_counter() - t0
             if _children_usage() != before:
                 reply["children"] = True  # a child ended during the call: the parent looks for OOM kills
