@@ -34,6 +34,7 @@ import atexit
 import base64
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -68,6 +69,12 @@ log = logging.getLogger(__name__)
 
 #: bytes of a call's stdout/stderr kept as ``fut.logs`` (the tail)
 LOG_TAIL_BYTES = 64 * 1024
+
+#: results up to this size are completed on the backend's thread (no hand-off to the collector)
+QUICK_RESULT_BYTES = 64 * 1024
+
+#: a job's events carry its pickled function when all of them together hold at most this many bytes of it
+INLINE_FUNCTION_BYTES = 64 * 1024
 
 #: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
 OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env")
@@ -157,6 +164,8 @@ class _Job:
     finished: set[str] = field(default_factory=set)
     #: a future of this job was pickled: keep its objects until shutdown
     pinned: bool = False
+    #: the job may have objects in the store (else there is nothing to delete when it ends)
+    stored: bool = True
 
 
 _executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
@@ -333,13 +342,29 @@ class Executor(cf.Executor):
             extra_event["env"] = dict(options.env)
         if options.capture_logs:
             extra_event["capture_logs"] = options.capture_logs
+        # The function is named by its content: a worker that already holds it
+        # (from any job) does not load it again. A few small calls carry it in
+        # their events, like small arguments; a map stores it once.
+        extra_event["func_hash"] = hashlib.sha256(fn_bytes).hexdigest()
+        inline_fn = len(fn_bytes) * len(payloads) <= INLINE_FUNCTION_BYTES and len(fn_bytes) <= self.config.inline_limit
+        if inline_fn:
+            extra_event["func_inline"] = base64.b64encode(fn_bytes).decode("ascii")
+        inline_args = [len(data) <= self.config.inline_limit for data in payloads]
+        # A job that stores nothing at launch leaves its owner record to the
+        # worker, written before the first object it stores (local backend,
+        # which replies with results): a small call then touches no store at all.
+        stored = not inline_fn or not all(inline_args) or self.config.keep_objects or self.config.backend != "local"
+        if not stored:
+            extra_event["owner"] = owner_record(label)
         args_specs: list[dict[str, Any]] = []
         try:
-            store.put(keys.owner_key(job_id), json.dumps(owner_record(label)).encode())
-            store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
+            if stored:
+                store.put(keys.owner_key(job_id), json.dumps(owner_record(label)).encode())
+            if not inline_fn:
+                store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
             for i, data in enumerate(payloads):
                 cid = keys.call_id(i)
-                if len(data) <= self.config.inline_limit:
+                if inline_args[i]:
                     args_specs.append({"inline": base64.b64encode(data).decode("ascii")})
                 else:
                     key = keys.input_key(job_id, cid)
@@ -379,7 +404,7 @@ class Executor(cf.Executor):
                     extra={"label": call_label},
                 )
             )
-        job = _Job(job_id, label, futures, options, secret)
+        job = _Job(job_id, label, futures, options, secret, stored=stored)
         job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
             self._jobs[job_id] = job
@@ -401,7 +426,31 @@ class Executor(cf.Executor):
             job.futures[inv.key[1]]._mark_running()
 
     def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
+        if self._quick(inv, result):
+            # A small result in the reply is verified, unpickled and resolved right
+            # here: one thread hand-off fewer per call. Anything that may block
+            # (store reads, retries, callbacks, deleting a job) goes to the collector.
+            try:
+                self._complete(inv, result)
+            except BaseException as exc:  # noqa: BLE001 - fail this call, never the backend's thread
+                self._fail_completion(inv, exc)
+            return
         self._completions.put((inv, result))
+
+    def _quick(self, inv: Invocation, result: InvocationResult) -> bool:
+        if result.data is None or result.error is not None or len(result.data) > QUICK_RESULT_BYTES:
+            return False
+        job = self._jobs.get(inv.key[0])
+        if job is None or job.options.retry_on or self._stopping:
+            return False
+        fut = job.futures.get(inv.key[1])
+        if fut is None or fut._done_callbacks:
+            return False
+        status = result.status or {}
+        if status.get("exit") == "checkpointed" or status.get("stored"):
+            return False
+        # The job's last call deletes its objects: not on the backend's thread.
+        return not job.stored or len(job.finished) < len(job.futures) - 1
 
     def _cancel(self, job_id: str, cid: str) -> bool:
         """Take back a call that has not started (``WrenFuture.cancel``)."""
@@ -483,6 +532,8 @@ class Executor(cf.Executor):
         fut = job.futures[cid]
         fut.segments += 1
         status = result.status
+        if result.data is None or (status is not None and status.get("stored")) or result.error is not None:
+            job.stored = True  # the worker wrote to the store (or may have, before it failed)
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
             # Acted on only when authentic: a planted record must not relaunch the call.
             status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
@@ -550,7 +601,7 @@ class Executor(cf.Executor):
                 self.store.put(keys.result_key(job.job_id, cid), data, if_absent=True)
             except Exception:  # noqa: BLE001
                 log.warning("could not store the result of %s for its pickled future", job.futures[cid].label, exc_info=True)
-        if last and not job.pinned and not self.config.keep_objects:
+        if last and job.stored and not job.pinned and not self.config.keep_objects:
             self._delete_job(job.job_id)
         if not cancelled:
             job.futures[cid]._resolve(ok, value)
@@ -615,6 +666,7 @@ class Executor(cf.Executor):
             cf.wait(running, timeout=3)
             stopped = ExecutorShutdown("the program exited before the call finished; wrenpack stopped it")
             for job in jobs:
+                job.stored = True  # a stopped call may have written before it was stopped
                 for cid, fut in list(job.futures.items()):
                     if not fut.done():
                         self._resolve(job, cid, False, stopped)
@@ -674,10 +726,16 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+_me: tuple[int, str, str | None] | None = None
+
+
 def owner_record(label: str = "") -> dict[str, Any]:
     """What jobs/<job>/owner.json holds: who launched the job, and when."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
-            "created": time.time(), "label": label}
+    global _me
+    pid = os.getpid()
+    if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
+        _me = (pid, socket.gethostname(), _process_start(pid))
+    return {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
 
 
 def owner_alive(record: dict[str, Any]) -> bool | None:
