@@ -220,9 +220,10 @@ def test_file_where_a_folder_should_be(tmp_path):
     with ex:
         # A small call stores nothing (function, arguments and result travel with the call) ...
         assert ex.submit(square, 2).result(timeout=60) == 4
-        # ... a map that must store its function meets the broken store at launch.
+        # ... a call that must store its function and arguments meets the broken store at launch.
+        ex.config = ex.config.replace(inline_limit=0)
         with pytest.raises(StoreError) as info:
-            ex.map(square, range(2000))
+            ex.submit(square, 3)
     assert "\n" not in str(info.value) and "storage=" in str(info.value)
 
 

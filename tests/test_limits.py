@@ -122,8 +122,8 @@ def test_worker_killed_mid_call_is_retried_and_nothing_lost(tmp_path):
         assert results == [x * x for x in range(16)]
         # exactly one result object per call, and at least one call needed a retry
         store = ex.store
-        job = futs[0].job_id
-        assert len(store.list(f"jobs/{job}/result/")) == 16
+        # (a map's first calls, timed to decide on grouping, are a job of their own)
+        assert sum(len(store.list(f"jobs/{job}/result/")) for job in {f.job_id for f in futs}) == 16
         assert any(fut.status["attempt"] > 0 for fut in futs)
         resolved = [fut.done() for fut in futs]
         assert all(resolved)

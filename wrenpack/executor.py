@@ -168,6 +168,16 @@ class _Job:
     stored: bool = True
 
 
+@dataclass
+class Prepared:
+    """A launch's pickled function and arguments (``Executor.prepare``)."""
+
+    fn_bytes: bytes
+    payloads: list[bytes]
+    #: (job, chain) of the futures the arguments hold
+    referenced: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+
+
 _executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 
 
@@ -196,6 +206,10 @@ class Executor(cf.Executor):
         self._stopping = False  # at exit: no retries, no new segments
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
+        #: seconds a call of a function takes, by code hash (``wrenpack.grouping``)
+        self._call_seconds: dict[str, float] = {}
+        #: maps whose later calls wait to be launched (``wrenpack.grouping``)
+        self._plans: set[Any] = set()
         _executors.add(self)
         if backend_obj is not None:
             _exit_first()
@@ -267,15 +281,23 @@ class Executor(cf.Executor):
             self._closed = True
             jobs = list(self._jobs.values())
         if cancel_futures:
+            for plan in list(self._plans):
+                for fut in plan.items:
+                    fut.cancel()
             for job in jobs:
                 for fut in list(job.futures.values()):
                     fut.cancel()
         if wait and threading.current_thread() is not self._collector:
+            # Calls a map holds back (wrenpack.grouping) launch within moments; wait for them too.
+            held = [f for plan in list(self._plans) for f in plan.items]
+            cf.wait([f for job in jobs for f in job.futures.values()] + held)
+            with self._lock:
+                jobs = list(self._jobs.values())
             cf.wait([f for job in jobs for f in job.futures.values()])
             self._release()
             return
         with self._lock:
-            idle = not self._jobs
+            idle = not self._jobs and not self._plans
             if not idle:
                 self._release_when_idle = True
         if idle:
@@ -303,28 +325,20 @@ class Executor(cf.Executor):
         calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         options: CallOptions,
         label: str | None = None,
+        prepared: Prepared | None = None,
+        futures: Sequence[WrenFuture] | None = None,
     ) -> list[WrenFuture]:
-        """Launch one call per ``(args, kwargs)``; return their futures in order."""
-        self._check_open()
+        """Launch one call per ``(args, kwargs)`` (or per payload of ``prepared``);
+        return their futures in order. ``futures``: the futures to resolve, made
+        before (a map's calls launched later: ``wrenpack.grouping``); their map
+        was accepted before any shutdown, so they launch after one too."""
+        if futures is None:
+            self._check_open()
         label = label or getattr(fn, "__qualname__", "function")
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        # Everything is pickled before anything is stored or launched, in one
-        # by-value scope: another thread's map cannot change how it pickles.
-        user_modules = serialize.user_modules_of(fn)
-        # Futures inside the arguments pickle without their jobs' secrets
-        # (those travel in the events, never in the store).
-        with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
-            fn_bytes = serialize.dumps_function(fn, user_modules)
-            payloads = [
-                serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
-            ]
-        limit = options.memory * 1024 * 1024
-        for i, data in enumerate(payloads):
-            if len(data) > limit:
-                raise PayloadTooLarge(
-                    f"the arguments of call {i} of {label} pickle to {len(data) / 2**20:.0f} MB, more than its "
-                    f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
-                )
+        if prepared is None:
+            prepared = self.prepare(fn, calls, options, label)
+        fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
         store = self.store
         secret, chain = refs.new_job_secret(job_id)
         spec = store.spec
@@ -376,12 +390,19 @@ class Executor(cf.Executor):
                 raise
             raise StoreError(f"cannot write the objects of {label} to {store.url}: {_os_reason(exc)}; "
                              "free space or fix the storage= location") from None
+        given = futures
         futures: dict[str, WrenFuture] = {}
         invocations = []
         for i, args_spec in enumerate(args_specs):
             cid = keys.call_id(i)
-            call_label = f"{label}[{i}]" if len(payloads) > 1 else label
-            fut = WrenFuture(job_id, cid, call_label)
+            if given is None:
+                call_label = f"{label}[{i}]" if len(payloads) > 1 else label
+                fut = WrenFuture(job_id, cid, call_label)
+            else:
+                fut = given[i]
+                call_label = fut.label
+                fut.job_id, fut.call_id = job_id, cid
+                refs.register(fut)
             fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
             fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
             fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,
@@ -418,6 +439,29 @@ class Executor(cf.Executor):
             self._delete_job(job_id)
             raise
         return list(futures.values())
+
+    def prepare(self, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                options: CallOptions, label: str) -> Prepared:
+        """Pickle a launch's function and arguments (and check their size): a
+        call that cannot be sent fails here, before anything is stored or runs."""
+        # Everything is pickled in one by-value scope: another thread's map
+        # cannot change how it pickles.
+        user_modules = serialize.user_modules_of(fn)
+        # Futures inside the arguments pickle without their jobs' secrets
+        # (those travel in the events, never in the store).
+        with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
+            fn_bytes = serialize.dumps_function(fn, user_modules)
+            payloads = [
+                serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
+            ]
+        limit = options.memory * 1024 * 1024
+        for i, data in enumerate(payloads):
+            if len(data) > limit:
+                raise PayloadTooLarge(
+                    f"the arguments of call {i} of {label} pickle to {len(data) / 2**20:.0f} MB, more than its "
+                    f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
+                )
+        return Prepared(fn_bytes, payloads, set(referenced))
 
     # -- lifecycle hooks (backend threads) --------------------------------------
     def _on_start(self, inv: Invocation) -> None:
@@ -610,7 +654,7 @@ class Executor(cf.Executor):
 
     def _job_ended(self) -> None:
         with self._lock:
-            release = self._release_when_idle and not self._jobs
+            release = self._release_when_idle and not self._jobs and not self._plans
         if release:
             self._release()
 
@@ -649,6 +693,9 @@ class Executor(cf.Executor):
         with self._lock:
             self._closed = True
             jobs = list(self._jobs.values())
+        for plan in list(self._plans):  # calls a map still held back never start
+            for fut in plan.items:
+                fut.cancel()
         running = [f for job in jobs for f in job.futures.values() if not f.done()]
         if running:
             self._stopping = True

@@ -81,9 +81,14 @@ class RemoteFunction(Generic[T]):
         expected = self._expected_segments(options, executor.config.backend, label)
         if chunksize == "auto":
             chunksize = self._auto_chunksize(len(calls), options, executor)
+        futures = None
         if chunksize is not None and chunksize != 1:
             futures = _launch_batched(executor, self.fn, calls, options, label, chunksize)
-        else:
+        elif chunksize is None and len(calls) > 1:
+            from wrenpack import grouping
+
+            futures = grouping.launch_map(executor, self.fn, calls, options, label)  # None: not for these calls
+        if futures is None:
             futures = executor.launch(self.fn, calls, options, label=label)
         for fut in futures:
             fut.expected_segments = expected

@@ -269,6 +269,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     refs.learn(ev.extra.get("ref_secrets"))  # futures among the arguments verify with these
     refs.enter_call(job_id, ev.secret, ev.extra.get("chain") or ())
     kind = "ok"
+    run_s: float | None = None  # the function's own time, without loading it and its arguments
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
@@ -279,7 +280,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         args, kwargs = _load_args(store, ev)
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
-        value = scope.run(fn, *args, **kwargs)
+        run_start = time.perf_counter()
+        try:
+            value = scope.run(fn, *args, **kwargs)
+        finally:
+            run_s = time.perf_counter() - run_start
         try:
             with refs.sealing_scope():  # futures in the result carry no secret into the store
                 outcome = cloudpickle.dumps(("ok", value))
@@ -352,6 +357,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "python": "%d.%d" % sys.version_info[:2],
         "request_id": getattr(context, "aws_request_id", None),
     }
+    if run_s is not None:
+        status["run_s"] = run_s
     status.update(extra_status)
     status.update(scope.status())
     if job_store.wrote:
