@@ -63,7 +63,7 @@ from wrenpack.errors import (
 from wrenpack.futures import WrenFuture
 from wrenpack.protocol import rebuild_exception  # noqa: F401 - re-exported (remote_function, tests)
 from wrenpack.storage import Store, store_for_config
-from wrenpack.worker import refs
+from wrenpack.worker import handoff, refs
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ class Executor(cf.Executor):
         inline_fn = len(fn_bytes) * len(payloads) <= INLINE_FUNCTION_BYTES and len(fn_bytes) <= self.config.inline_limit
         if inline_fn:
             extra_event["func_inline"] = base64.b64encode(fn_bytes).decode("ascii")
-        inline_args = [len(data) <= self.config.inline_limit for data in payloads]
+        inline_args = [_travels(data, self.config.inline_limit) for data in payloads]
         # A job that stores nothing at launch leaves its owner record to the
         # worker, written before the first object it stores (local backend,
         # which replies with results): a small call then touches no store at all.
@@ -378,14 +378,21 @@ class Executor(cf.Executor):
                 store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
             for i, data in enumerate(payloads):
                 cid = keys.call_id(i)
-                if inline_args[i]:
-                    args_specs.append({"inline": base64.b64encode(data).decode("ascii")})
+                main = data.main if isinstance(data, handoff.Args) else data
+                if isinstance(main, handoff.Sealed):
+                    args_spec: dict[str, Any] = {"handoff": main.layout}  # local backend: the memfd goes with the call
+                elif len(main) <= self.config.inline_limit:
+                    args_spec = {"inline": base64.b64encode(main).decode("ascii")}
                 else:
                     key = keys.input_key(job_id, cid)
-                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), data))
-                    args_specs.append({"key": key})
+                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), main))
+                    args_spec = {"key": key}
+                if isinstance(data, handoff.Args) and data.blobs:
+                    args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
+                args_specs.append(args_spec)
         except (OSError, StoreError) as exc:
             self._delete_job(job_id)
+            _close_handoffs(payloads)
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot write the objects of {label} to {store.url}: {_os_reason(exc)}; "
@@ -423,6 +430,7 @@ class Executor(cf.Executor):
                     retries=options.retries,
                     runtime=options.runtime,
                     extra={"label": call_label},
+                    handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
                 )
             )
         job = _Job(job_id, label, futures, options, secret, stored=stored)
@@ -437,6 +445,7 @@ class Executor(cf.Executor):
             with self._lock:
                 self._jobs.pop(job_id, None)
             self._delete_job(job_id)
+            _close_handoffs(payloads)
             raise
         return list(futures.values())
 
@@ -449,19 +458,40 @@ class Executor(cf.Executor):
         user_modules = serialize.user_modules_of(fn)
         # Futures inside the arguments pickle without their jobs' secrets
         # (those travel in the events, never in the store).
-        with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
-            fn_bytes = serialize.dumps_function(fn, user_modules)
-            payloads = [
-                serialize.dumps_call(args, kwargs, f"call {i} of {label}", user_modules) for i, (args, kwargs) in enumerate(calls)
-            ]
-        limit = options.memory * 1024 * 1024
-        for i, data in enumerate(payloads):
-            if len(data) > limit:
-                raise PayloadTooLarge(
-                    f"the arguments of call {i} of {label} pickle to {len(data) / 2**20:.0f} MB, more than its "
-                    f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
-                )
+        packer = self._args_packer(calls)
+        payloads: list[Any] = []
+        try:
+            with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
+                fn_bytes = serialize.dumps_function(fn, user_modules)
+                for i, (args, kwargs) in enumerate(calls):
+                    what = f"call {i} of {label}"
+                    if packer is None:
+                        payloads.append(serialize.dumps_call(args, kwargs, what, user_modules))
+                    else:  # local backend: straight into sealed memfds as they are pickled
+                        payloads.append(packer.pack(args, kwargs, lambda a, k, spill, what=what: serialize.dumps_call(a, k, what, user_modules, spill)))
+            limit = options.memory * 1024 * 1024
+            for i, data in enumerate(payloads):
+                size = data.size if isinstance(data, handoff.Args) else len(data)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"the arguments of call {i} of {label} pickle to {size / 2**20:.0f} MB, more than its "
+                        f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
+                    )
+        except BaseException:
+            _close_handoffs(payloads)
+            raise
+        finally:
+            if packer is not None:
+                packer.close()  # each call holds the shared blobs it refers to
         return Prepared(fn_bytes, payloads, set(referenced))
+
+    def _args_packer(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> handoff.Packer | None:
+        """On a backend that takes hand-offs (local, not ``keep_objects``): arguments
+        above ``inline_limit`` are pickled straight into sealed memfds, a large
+        object several calls share once. None: pickled to bytes as before."""
+        if self.config.keep_objects or not getattr(self.backend, "handoff", False) or not handoff.available():
+            return None
+        return handoff.Packer(calls, self.config.inline_limit)
 
     # -- lifecycle hooks (backend threads) --------------------------------------
     def _on_start(self, inv: Invocation) -> None:
@@ -550,6 +580,9 @@ class Executor(cf.Executor):
                 self._complete(inv, result)
             except BaseException as exc:  # noqa: BLE001 - fail this call, never stop the others
                 self._fail_completion(inv, exc)
+            finally:
+                if result.handoff is not None:
+                    result.handoff.close()  # read or not: its pages are the worker's until closed
 
     def _fail_completion(self, inv: Invocation, exc: BaseException) -> None:
         job = self._jobs.get(inv.key[0])
@@ -576,7 +609,7 @@ class Executor(cf.Executor):
         fut = job.futures[cid]
         fut.segments += 1
         status = result.status
-        if result.data is None or (status is not None and status.get("stored")) or result.error is not None:
+        if (result.data is None and result.handoff is None) or (status is not None and status.get("stored")) or result.error is not None:
             job.stored = True  # the worker wrote to the store (or may have, before it failed)
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
             # Acted on only when authentic: a planted record must not relaunch the call.
@@ -584,9 +617,19 @@ class Executor(cf.Executor):
             fut.segment_statuses.append(status)
             self._continue(inv, status)
             return
-        data = None
+        data: Any = None
         if result.error is not None:
             ok, value, stored = False, result.error, status
+        elif result.handoff is not None:
+            stored = status
+            try:
+                outcome = self._read_handoff(fut.label, result.handoff)
+                ok = outcome.ok
+                value = outcome.value if ok else outcome.rebuild(fut.label)
+                if ok:
+                    data = lambda: self._sealed_copy(job, cid, status, value)  # noqa: E731 - only for a pinned job
+            except WrenpackError as exc:
+                value, ok = exc, False
         else:
             data = result.data
             try:
@@ -627,7 +670,8 @@ class Executor(cf.Executor):
         again = dataclasses.replace(inv, attempt=attempt, event=dict(inv.event, attempt=attempt))
         self._live_backend().invoke(self._track(again))
 
-    def _resolve(self, job: _Job, cid: str, ok: bool, value: Any, data: bytes | None = None, cancelled: bool = False) -> None:
+    def _resolve(self, job: _Job, cid: str, ok: bool, value: Any, data: bytes | Callable[[], bytes] | None = None,
+                 cancelled: bool = False) -> None:
         """The one place a call ends: bookkeeping, the job's objects, then the future."""
         with self._lock:
             if cid in job.finished:
@@ -639,10 +683,13 @@ class Executor(cf.Executor):
                 self._jobs.pop(job.job_id, None)
                 if job.pinned:
                     self._kept_jobs.add(job.job_id)
+        inv = job.invocations.get(cid)
+        if inv is not None and inv.handoff is not None:
+            inv.handoff.close()  # no attempt or segment needs the arguments again
         if persist:
             # A pickled reference reads the result from the store, not from our reply.
             try:
-                self.store.put(keys.result_key(job.job_id, cid), data, if_absent=True)
+                self.store.put(keys.result_key(job.job_id, cid), data() if callable(data) else data, if_absent=True)
             except Exception:  # noqa: BLE001
                 log.warning("could not store the result of %s for its pickled future", job.futures[cid].label, exc_info=True)
         if last and job.stored and not job.pinned and not self.config.keep_objects:
@@ -737,6 +784,23 @@ class Executor(cf.Executor):
             raise CorruptObject(f"{key}: the call reported a checkpointed segment but its record is missing; re-run the call") from None
         return protocol.open_segment(job.secret, job.job_id, cid, segment, blob)
 
+    def _read_handoff(self, label: str, sealed: handoff.Sealed) -> protocol.Outcome:
+        """A result handed over as a sealed memfd (local backend): checked, copied
+        out and closed here. It came over the worker's private socket, as the
+        reply's status did, so it carries no MAC to verify."""
+        fd, sealed.fd = sealed.fd, None
+        what = f"result of {label}"
+        return handoff.load(fd, sealed.layout, what, private=False,
+                            loads=lambda stream, buffers: protocol.loads_outcome(stream, what, buffers))
+
+    def _sealed_copy(self, job: _Job, cid: str, status: dict[str, Any] | None, value: Any) -> bytes:
+        """A handed-off result as the sealed result object a pickled future reads from the store."""
+        import cloudpickle
+
+        with refs.sealing_scope():
+            outcome = cloudpickle.dumps(("ok", value))
+        return protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), outcome)
+
     def _read_outcome(self, job: _Job, cid: str, label: str, data: bytes | None = None) -> tuple[dict[str, Any] | None, Any, bool]:
         """Verify and read a call's result object, from the reply (``data``) or
         the store: (status, value or exception, ok). Nothing is unpickled
@@ -754,6 +818,19 @@ class Executor(cf.Executor):
             return status, outcome.value, True
         return status, outcome.rebuild(label), False
 
+
+
+def _close_handoffs(items: Iterable[Any]) -> None:
+    for item in items:
+        if isinstance(item, handoff.Args):
+            item.close()
+
+
+def _travels(data: Any, inline_limit: int) -> bool:
+    """Whether a call's pickled arguments go with its invocation (inline, or a
+    hand-off memfd) rather than into the store."""
+    main = data.main if isinstance(data, handoff.Args) else data
+    return isinstance(main, handoff.Sealed) or len(main) <= inline_limit
 
 
 def _os_reason(exc: OSError) -> str:

@@ -58,9 +58,10 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     est = executor._call_seconds.get(key)
     prepared = executor.prepare(fn, calls, options, label)
     plan = _Plan(executor, fn, options, label, key, prepared, workers)
-    if prepared.referenced or (est is not None and est > SHORT_S):
-        # Futures among the arguments (their secrets go in each call's event), or
-        # calls known to be long: one per invocation; the first ones still teach.
+    if prepared.referenced or (est is not None and est > SHORT_S) or not all(isinstance(p, bytes) for p in prepared.payloads):
+        # Futures among the arguments (their secrets go in each call's event), large
+        # arguments (memfd hand-offs), or calls known to be long: one per
+        # invocation; the first ones still teach.
         futures = executor.launch(fn, calls, options, label, prepared=prepared)
         for fut in futures[:workers]:
             fut.add_done_callback(plan._timed)

@@ -56,7 +56,8 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "cancel_key": (str, type(None)),    # issue 11: cancellation marker key
     "mark_start_after": (int, float, type(None)),
     "ref_secrets": (dict, type(None)),  # issue 11/14: secrets of the jobs whose futures the arguments hold
-    "chain": (list, type(None)),        # a job launched inside a call: its ancestor jobs (secret derivation)  # issue 10: a call starting later than this writes a start marker
+    "chain": (list, type(None)),        # a job launched inside a call: its ancestor jobs (secret derivation)
+    "handoff": (int, type(None)),       # local worker: results pickled larger than this go back as a sealed memfd
     "func_hash": (str,),                # issue 15: sha256 of the pickled function (workers cache functions by it)
     "func_inline": (str,),              # issue 15: the pickled function itself (base64), for small jobs
     "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
@@ -142,6 +143,10 @@ class Event:
             pass
         elif set(args) == {"key"} and args["key"] == keys.input_key(job_id, call_id):
             pass
+        elif set(args) - {"blobs"} in ({"inline"}, {"key"}, {"handoff"}) and isinstance(args.get("blobs", []), list) \
+                and isinstance(args.get("handoff", {}), dict) and isinstance(args.get("inline", ""), str) \
+                and args.get("key", keys.input_key(job_id, call_id)) == keys.input_key(job_id, call_id):
+            pass  # local backend: sealed memfds came with the call (checked where they are opened)
         else:
             raise ProtocolError(f"the event's args must be inline base64 or the key {keys.input_key(job_id, call_id)}, got {sorted(args)}")
         store = d["store"]
@@ -291,8 +296,14 @@ def open_result(secret: bytes, job_id: str, call_id: str, blob: bytes, what: str
 
     data = auth.unseal_view(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
     status, outcome_bytes = result.unpack(data, what)
+    return status, loads_outcome(outcome_bytes, what)
+
+
+def loads_outcome(data: Any, what: str, buffers: Any = None) -> "Outcome":
+    """Unpickle an authentic outcome: bytes of a verified result object, or a
+    local hand-off's stream (a file)."""
     try:
-        t = cloudpickle.loads(outcome_bytes)
+        t = cloudpickle.load(data, buffers=buffers) if hasattr(data, "read") else cloudpickle.loads(data, buffers=buffers)
     except ModuleNotFoundError as exc:
         from wrenpack.errors import MissingDependency
 
@@ -302,7 +313,7 @@ def open_result(secret: bytes, job_id: str, call_id: str, blob: bytes, what: str
     except Exception as exc:  # noqa: BLE001
         raise CorruptObject(f"the {what} is authentic but cannot be unpickled here ({type(exc).__name__}: {exc}); "
                             "client and worker must run the same Python and cloudpickle") from None
-    return status, Outcome.from_tuple(t, what)
+    return Outcome.from_tuple(t, what)
 
 
 def reply_result(reply: dict[str, Any]) -> bytes | None:

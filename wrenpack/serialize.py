@@ -153,11 +153,23 @@ def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] |
             raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
 
 
-def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_modules: set[types.ModuleType] | None = None) -> bytes:
-    """Pickle one call's arguments; on failure name the argument and the object inside it."""
+def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_modules: set[types.ModuleType] | None = None,
+               spill: Any = None) -> Any:
+    """Pickle one call's arguments; on failure name the argument and the object inside it.
+
+    ``spill`` (a ``wrenpack.worker.handoff.Spill``): pickle into it as it goes
+    (protocol 5, large buffers out of band) and return what it finishes as
+    (bytes, or a sealed memfd for the local backend's hand-off)."""
     with by_value(user_modules or set()):
         try:
-            return cloudpickle.dumps((args, kwargs))
+            if spill is None:
+                return cloudpickle.dumps((args, kwargs))
+            try:
+                cloudpickle.Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump((args, kwargs))
+                return spill.finish()
+            except BaseException:
+                spill.discard()
+                raise
         except Exception as exc:  # noqa: BLE001
             for i, value in enumerate(args):
                 if not _picklable(value):

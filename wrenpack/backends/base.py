@@ -37,6 +37,9 @@ class InvocationResult:
     #: The sealed result object's bytes when the handler sent it in its reply
     #: (``event["reply_limit"]``, contract 2); the executor verifies it. None: read the store.
     data: bytes | None = None
+    #: local backend: a large result handed over as a sealed memfd
+    #: (``wrenpack.worker.handoff.Sealed``); the executor reads and closes it
+    handoff: Any = None
 
 
 @dataclass
@@ -56,6 +59,9 @@ class Invocation:
     runtime: str | None = None
     attempt: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: local backend: the arguments as a sealed memfd (``wrenpack.worker.handoff.Sealed``),
+    #: sent with every attempt and segment; the executor closes it when the call ends
+    handoff: Any = None
 
     @property
     def label(self) -> str:

@@ -78,9 +78,12 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, concurrency: int | None = None, keep_warm: float = 300.0, use_cgroups: bool | None = None, work_dir: str | None = None,
-                 reply_limit: int = 1024 * 1024) -> None:
+                 reply_limit: int = 1024 * 1024, handoff: bool | None = None) -> None:
         """``reply_limit``: result objects at most this many bytes come back in the
-        worker's reply instead of through the store (0: always through the store)."""
+        worker's reply instead of through the store (0: always through the store).
+        ``handoff``: large arguments and results travel as sealed memfds over the
+        worker's socket, not through the store (default: where Linux has them,
+        unless ``reply_limit`` is 0)."""
         if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
             raise ConfigError(f"concurrency={concurrency!r} must be a whole number of at least 1")
         if isinstance(keep_warm, bool) or not isinstance(keep_warm, (int, float)) or not math.isfinite(keep_warm) or keep_warm <= 0:
@@ -88,6 +91,11 @@ class LocalBackend(Backend):
         self.concurrency = concurrency or os.cpu_count() or 1
         self.keep_warm = float(keep_warm)
         self.reply_limit = int(reply_limit)
+        from wrenpack.worker import handoff as _handoff
+
+        #: the executor asks this before it pickles arguments into memfds
+        self.handoff = (self.reply_limit > 0 if handoff is None else bool(handoff)) and _handoff.available()
+        self._handoff_min = _handoff.RESULT_MIN if self.handoff else None
         self._cgroups = None if use_cgroups is False else CgroupFactory.detect()
         if use_cgroups and self._cgroups is None:
             raise WrenpackError("memory cgroups were requested but cannot be created here; run as root on cgroup v1, or drop use_cgroups")
@@ -294,16 +302,20 @@ class LocalBackend(Backend):
         self._learn(inv, head.get("elapsed"))
         if worker.inflight:
             worker.begin(now)
+        handoff = head.get("handoff")
         if error is not None:
+            if handoff is not None:
+                handoff.close()
             self._finish(inv, error=error)
         else:
-            self._finish(inv, status=head["status"], data=blob or None)
+            self._finish(inv, status=head["status"], data=blob or None, handoff=handoff)
         if replace:
             self._retire(worker)
 
-    def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None, data: bytes | None = None) -> None:
+    def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None, data: bytes | None = None,
+                handoff: Any = None) -> None:
         """A call ended: its ``on_done`` runs once the lock is released (``_report``)."""
-        self._done.append((inv, InvocationResult(status=status, error=error, data=data)))
+        self._done.append((inv, InvocationResult(status=status, error=error, data=data, handoff=handoff)))
 
     def _report(self) -> None:
         """Run the ``on_done`` callbacks of the calls that ended (lock not held)."""
@@ -392,7 +404,7 @@ class LocalBackend(Backend):
     def _send(self, worker: Worker) -> list[Invocation]:
         calls = self._take(worker)
         if calls:
-            worker.send(calls, self.reply_limit)
+            worker.send(calls, self.reply_limit, self._handoff_min)
             self.messages_sent += 1
             self.calls_sent += len(calls)
         return calls

@@ -19,9 +19,14 @@ Wire format, both ways: ``>II`` (JSON header length, blob length), the JSON
 header, the blob (a result object's bytes, or empty). Nothing is unpickled.
 A message's calls after the first carry only what differs from the first
 call's event (``changed``, ``gone``).
+Large arguments and results travel beside it as sealed memfds
+(``wrenpack.worker.handoff``), passed with SCM_RIGHTS on the message's first
+bytes: a call ``{"fd": n}`` takes the next n descriptors the worker received, a
+reply with ``"handoff": layout`` the next one the driver received.
 """
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -38,6 +43,7 @@ from typing import Any
 from wrenpack.backends.base import Invocation
 from wrenpack.backends.cgroups import CgroupFactory, MemoryCgroup
 from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.worker.handoff import Sealed
 from wrenpack.worker.memory import dir_usage, peak_rss_mb
 
 log = logging.getLogger("wrenpack.backends.local")
@@ -47,6 +53,9 @@ FRAME = struct.Struct(">II")
 SAMPLE_S = 0.01
 TMP_CHECK_S = 0.1
 CHILD_CHECK_S = 0.1
+#: descriptors per sendmsg (SCM_MAX_FD is 253)
+_FDS_PER_SEND = 200
+_ANCILLARY = socket.CMSG_SPACE(256 * 4)
 _BOOT = (
     "import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
     "from wrenpack.worker.local_main import main;main(c)"
@@ -128,6 +137,10 @@ class Worker:
         self.sock.setblocking(False)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
+        #: [offset in outbuf, descriptors to send with the bytes from there]
+        self._out_fds: deque[list[Any]] = deque()
+        #: descriptors received and not yet matched with their reply (oldest first)
+        self._in_fds: deque[int] = deque()
         self.pidfd: int | None = None
         try:
             self.pidfd = os.pidfd_open(self.pid)
@@ -162,8 +175,9 @@ class Worker:
         self.tmp_bytes = 0
 
     # -- sending ---------------------------------------------------------------
-    def send(self, calls: list[Invocation], reply_limit: int | None) -> None:
-        """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle."""
+    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None) -> None:
+        """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle.
+        ``handoff_min``: results pickled larger than this come back as sealed memfds."""
         first = calls[0]
         msg: dict[str, Any] = {"calls": _calls(calls)}
         limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
@@ -172,10 +186,17 @@ class Worker:
             msg["limits"] = list(limits)
         if reply_limit:
             msg["reply_limit"] = reply_limit
+        if handoff_min is not None:
+            msg["handoff"] = handoff_min
         was_idle = not self.inflight
         if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
             self.limit_mb = first.memory_mb if self.cgroup.set_limit_mb(first.memory_mb) else None
         self.inflight.extend(calls)
+        fds = [fd for inv in calls if inv.handoff is not None for fd in inv.handoff.fds()]
+        at = len(self.outbuf)
+        for i in range(0, len(fds), _FDS_PER_SEND):
+            # At most _FDS_PER_SEND per sendmsg (the kernel's limit is 253), each group a byte further on.
+            self._out_fds.append([at + i // _FDS_PER_SEND, fds[i : i + _FDS_PER_SEND]])
         self.outbuf += encode(msg)
         self.flush()
         if was_idle and self.ready:
@@ -185,16 +206,28 @@ class Worker:
 
     def flush(self) -> bool:
         """Write what the socket takes now; True when nothing is left to write."""
+        marks = self._out_fds
         while self.outbuf:
             try:
-                n = self.sock.send(self.outbuf)
+                if marks and marks[0][0] == 0:
+                    end = marks[1][0] if len(marks) > 1 else len(self.outbuf)
+                    n = self.sock.sendmsg([memoryview(self.outbuf)[:end]],
+                                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", marks[0][1]))])
+                    marks.popleft()  # sent with the first byte, whatever else was
+                elif marks:
+                    n = self.sock.send(memoryview(self.outbuf)[: marks[0][0]])
+                else:
+                    n = self.sock.send(self.outbuf)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError:
                 # The worker is gone; its exit is seen from the process and handled there.
                 self.outbuf.clear()
+                marks.clear()
                 return True
             del self.outbuf[:n]
+            for mark in marks:
+                mark[0] -= n
         return True
 
     # -- receiving -------------------------------------------------------------
@@ -203,12 +236,17 @@ class Worker:
         eof = False
         while True:
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk, ancdata, _flags, _addr = self.sock.recvmsg(1 << 20, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 eof = True
                 break
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                    self._in_fds.extend(fds)
             if not chunk:
                 eof = True
                 break
@@ -225,6 +263,10 @@ class Worker:
                 break
             start = pos + FRAME.size
             head = json.loads(bytes(buf[start : start + hlen]))
+            if "handoff" in head:
+                # The result as a sealed memfd: the executor checks, reads and closes it.
+                fd = self._in_fds.popleft() if self._in_fds else None
+                head["handoff"] = Sealed(fd, head["handoff"])
             out.append((head, bytes(buf[start + hlen : end])))
             pos = end
         if pos:
@@ -398,6 +440,11 @@ class Worker:
                 fd_owner.close()
             except OSError:
                 pass
+        while self._in_fds:  # hand-offs of replies never read
+            try:
+                os.close(self._in_fds.popleft())
+            except OSError:
+                pass
         if self.pidfd is not None:
             try:
                 os.close(self.pidfd)
@@ -412,16 +459,24 @@ def _calls(calls: list[Invocation]) -> list[dict[str, Any]]:
     from the first (the events of one map share nearly every field), so the
     message is encoded and decoded in a fraction of the time."""
     base = _event(calls[0])
-    out: list[dict[str, Any]] = [{"event": base, "timeout_s": calls[0].timeout_s}]
+    out: list[dict[str, Any]] = [_call(calls[0], {"event": base})]
     for inv in calls[1:]:
         event = _event(inv)
-        changed = {k: v for k, v in event.items() if k not in base or base[k] != v}
+        item: dict[str, Any] = {"changed": {k: v for k, v in event.items() if k not in base or base[k] != v}}
         gone = [k for k in base if k not in event]
-        item: dict[str, Any] = {"changed": changed, "timeout_s": inv.timeout_s}
         if gone:
             item["gone"] = gone
-        out.append(item)
+        out.append(_call(inv, item))
     return out
+
+
+def _call(inv: Invocation, call: dict[str, Any]) -> dict[str, Any]:
+    call["timeout_s"] = inv.timeout_s
+    if inv.handoff is not None:
+        n = len(inv.handoff.fds())
+        if n:
+            call["fd"] = n  # the arguments' memfds come with the message
+    return call
 
 
 def _event(inv: Invocation) -> dict[str, Any]:

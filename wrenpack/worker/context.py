@@ -18,6 +18,8 @@ class LocalContext:
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = "local"
         self._deadline = deadline
+        #: local backend: the call's arguments as sealed memfds (``wrenpack.worker.handoff``)
+        self.handoff_fds: list[int] = []
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.time()) * 1000))

@@ -39,7 +39,7 @@ import cloudpickle
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import CorruptObject, MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
-from wrenpack.worker import callscope, checkpoint, memory, refs, result
+from wrenpack.worker import callscope, checkpoint, handoff, memory, refs, result
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -145,9 +145,12 @@ def _under(prefix: str, base: str) -> bool:
     return not base or prefix == base or prefix.startswith(base + "/")
 
 
-def _loads(data: bytes, what: str) -> Any:
+def _loads(data: Any, what: str, buffers: Any = None) -> Any:
+    """Unpickle bytes, or a file (a hand-off's stream)."""
     try:
-        return cloudpickle.loads(data)
+        if hasattr(data, "read"):
+            return cloudpickle.load(data, buffers=buffers)
+        return cloudpickle.loads(data, buffers=buffers)
     except ModuleNotFoundError as exc:
         raise _missing(exc) from None
     except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
@@ -222,15 +225,28 @@ class _JobStore:
         return getattr(self._store, name)
 
 
-def _load_args(store: Store, ev: protocol.Event) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if "inline" in ev.args:
-        # Inline arguments came inside the invocation itself, as the secret did.
-        data = base64.b64decode(ev.args["inline"])
-    else:
-        key = ev.args["key"]
-        data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
-    args, kwargs = _loads(data, "the call's arguments")
+def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    loads = lambda data, buffers=None: _loads(data, "the call's arguments", buffers)  # noqa: E731
+    # Local worker: sealed memfds that came with the call over the private socket (none on Lambda).
+    with handoff.call_blobs(context, ev.args, loads) as sent:
+        if "inline" in ev.args:
+            # Inline arguments came inside the invocation itself, as the secret did.
+            data = base64.b64decode(ev.args["inline"])
+        elif "handoff" in ev.args:
+            return handoff.load(sent.take_main(), ev.args["handoff"], "call's arguments", private=True, loads=loads)
+        else:
+            key = ev.args["key"]
+            data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(key), key)
+        args, kwargs = loads(data)
     return args, kwargs
+
+
+def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None) -> "bytes | handoff.Sealed":
+    """Pickle a success outcome: bytes, or on a local worker that takes hand-offs
+    (``event["handoff"]``) a sealed memfd when it is larger than that."""
+    if handoff_min is None:
+        return cloudpickle.dumps(outcome)
+    return handoff.dump(outcome, handoff_min)
 
 
 def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> bytes:
@@ -277,7 +293,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     _mark_start(store, event, start)
     try:
         fn = _load_function(store, ev)
-        args, kwargs = _load_args(store, ev)
+        args, kwargs = _load_args(store, ev, context)
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
         run_start = time.perf_counter()
@@ -287,7 +303,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             run_s = time.perf_counter() - run_start
         try:
             with refs.sealing_scope():  # futures in the result carry no secret into the store
-                outcome = cloudpickle.dumps(("ok", value))
+                outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"))
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
@@ -369,6 +385,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         # "If absent" like results: the worker's IAM policy lets it create, never overwrite, under result/.
         store.put(keys.segment_key(job_id, call_id, ev.segment), record, if_absent=True)
         return status
+    if isinstance(outcome, handoff.Sealed):
+        # Local worker: the result goes back as a sealed memfd (local_main sends it), no MAC pass.
+        # Its pages were not in the resident set the peak was read from; on Lambda they would be.
+        if status["peak_rss_mb"] is not None:
+            status["peak_rss_mb"] = round(status["peak_rss_mb"] + outcome.size / 2**20, 2)
+        return dict(status, first=True, handoff=outcome)
     blob = protocol.seal_result(ev.secret, job_id, call_id, status, outcome)
     limit = ev.extra.get("reply_limit")
     if limit is not None and len(blob) <= limit:

@@ -150,32 +150,55 @@ def _watch_parent(parent: int, worker_dir: str | None) -> None:
     die(worker_dir)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+#: room for the file descriptors (hand-offs) that arrive with one read
+_ANCILLARY = socket.CMSG_SPACE(256 * 4)
+
+
+def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytes | None:
+    """``n`` bytes; file descriptors that came with them are appended to ``fds``."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:])
+        k, ancdata, _flags, _addr = sock.recvmsg_into([view[got:]], _ANCILLARY)
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))
         if not k:
             return None
         got += k
     return bytes(buf)
 
 
-def _recv(sock: socket.socket) -> dict[str, Any] | None:
-    header = _recv_exact(sock, _FRAME.size)
+def _recv(sock: socket.socket, fds: list[int]) -> dict[str, Any] | None:
+    """The next message; the hand-offs sent with it (in order) are at the end of ``fds``."""
+    header = _recv_exact(sock, _FRAME.size, fds)
     if header is None:
         return None
     hlen, blen = _FRAME.unpack(header)
-    body = _recv_exact(sock, hlen + blen)
+    body = _recv_exact(sock, hlen + blen, fds)
     if body is None:
         return None
     return json.loads(body[:hlen])
 
 
-def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"") -> None:
+def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
     data = json.dumps(head, separators=(",", ":")).encode()
-    sock.sendall(_FRAME.pack(len(data), len(blob)) + data + blob)
+    msg = _FRAME.pack(len(data), len(blob)) + data + blob
+    if fd is not None:
+        # The descriptor travels with the message's first bytes; the rest as usual.
+        n = sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        msg = msg[n:]
+    if msg:
+        sock.sendall(msg)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _children_usage() -> tuple[float, int]:
@@ -205,8 +228,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
     memory_mb = 0
     _send(sock, {"ready": os.getpid()})
     calls = 0
+    fds: list[int] = []  # hand-offs received, not yet given to a call (oldest first)
     while True:
-        msg = _recv(sock)
+        msg = _recv(sock, fds)
         if msg is None:
             return
         if msg.get("limits"):
@@ -214,6 +238,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             memory_mb = int(msg["limits"][0])
         reply_limit = msg.get("reply_limit")
         base: dict[str, Any] = {}
+        handoff_min = msg.get("handoff")
         for call in msg["calls"]:
             calls += 1
             if "event" in call:
@@ -225,28 +250,39 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                     event.pop(name, None)
             if reply_limit:
                 event["reply_limit"] = reply_limit
+            if handoff_min is not None:
+                event["handoff"] = handoff_min
             ctx = LocalContext(
                 function_name=function_name,
                 memory_mb=memory_mb,
                 deadline=time.time() + float(call["timeout_s"]),
                 request_id=f"{os.getpid()}-{calls}",
             )
+            # The call's arguments as sealed memfds, when they came that way (the handler checks them).
+            ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]
             before = _children_usage()
             t0 = time.perf_counter()
             blob = b""
+            out = None
             try:
                 status = handler(event, ctx)
                 data = status.pop("result", None)
                 if isinstance(data, (bytes, bytearray)):
                     blob = bytes(data)
+                out = status.pop("handoff", None)
                 peak = max(status.get("peak_rss_mb") or 0.0, status.get("children_peak_rss_mb") or 0.0)
                 if blob:
                     # The whole status travels sealed inside the result object; the
                     # header carries only what the scheduler acts on.
                     status = {k: status[k] for k in ("exit", "stored") if k in status}
                 reply: dict[str, Any] = {"status": status, "peak_rss_mb": peak}
+                if out is not None:
+                    reply["handoff"] = out.layout
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
                 reply = {"error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": memory.peak_rss_mb()}
+            finally:
+                for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)
+                    _close(fd)
             reply["elapsed"] = time.perf_counter() - t0
             if _children_usage() != before:
                 reply["children"] = True  # a child ended during the call: the parent looks for OOM kills
@@ -258,7 +294,11 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 reply["result"] = len(blob)
             sys.stdout.flush()
             sys.stderr.flush()
-            _send(sock, reply, blob)
+            try:
+                _send(sock, reply, blob, out.fd if out is not None else None)
+            finally:
+                if out is not None:
+                    out.close()  # the driver holds the pages now; they go when it closes its copy
 
 
 def main(config: dict[str, Any]) -> None:

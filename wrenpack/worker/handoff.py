@@ -1,0 +1,521 @@
+"""Large arguments and results handed over between the driver and a local worker as sealed memfds.
+
+On the local backend the driver and each worker share a private socketpair
+(made by the driver before the worker's exec; only the worker holds the other
+end). A pickle larger than a threshold is written straight into an anonymous
+memory file (``memfd_create``) as it is pickled, sealed against any change
+(``F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL``) and passed over
+that socket with SCM_RIGHTS. The receiver refuses a file that is not a memfd,
+is not sealed so, or whose size is not the one announced, before anything is
+unpickled; then it maps it and unpickles. The channel authenticates what comes
+through it, as it does for the inline arguments and the secret in the event, so
+data that never touches the store needs no MAC pass: the store's objects
+(Lambda, ``keep_objects``, a pickled future's result) stay HMAC-sealed.
+
+Layout of a hand-off: the pickle stream (protocol 5) at offset 0, then its
+out-of-band buffers (``PickleBuffer``: numpy arrays and the like), each at a
+64-byte-aligned offset; ``Sealed.layout`` describes it (JSON)::
+
+    {"size": total bytes, "stream": stream bytes, "buffers": [[offset, length], ...]}
+
+Arguments are mapped copy-on-write in the worker (out-of-band arrays are then
+views of the driver's pages, writable by the call without changing them);
+results are copied out by the driver and the memfd closed at once, so a
+result's pages never keep counting against its worker's memory limit.
+
+Standard library and cloudpickle only: the worker imports this.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import mmap
+import os
+import pickle
+import threading
+from typing import Any, Callable
+
+from wrenpack.errors import CorruptObject
+
+log = logging.getLogger(__name__)
+
+#: the seals a hand-off carries; the receiver refuses one without all of them
+SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL if hasattr(fcntl, "F_ADD_SEALS") else 0
+#: buffers at least this large go out of band (smaller ones stay in the stream)
+OOB_MIN = 64 * 1024
+#: results larger than this are handed off instead of sealed into the reply
+RESULT_MIN = 64 * 1024
+_ALIGN = 64
+_MAX_WRITE = 1 << 30
+
+_lock = threading.Lock()
+_open = 0  # memfds of pending arguments held by this process
+_max_open: int | None = None
+
+
+def available() -> bool:
+    """memfd_create, seals and SCM_RIGHTS exist here (Linux)."""
+    import socket
+
+    return bool(SEALS) and hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
+
+
+def _budget() -> int:
+    """How many argument memfds a driver holds before it falls back to the store
+    (a quarter of the open-files limit: each pending call holds one)."""
+    global _max_open
+    if _max_open is None:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        _max_open = max(16, min(65536, (soft if soft > 0 else 1024) // 4))
+    return _max_open
+
+
+def reserve() -> bool:
+    """Take one slot of the driver's memfd budget; False when it is spent."""
+    global _open
+    with _lock:
+        if _open >= _budget():
+            return False
+        _open += 1
+        return True
+
+
+def _release() -> None:
+    global _open
+    with _lock:
+        _open = max(0, _open - 1)
+
+
+class Sealed:
+    """A sealed memfd this process owns: closed when the last holder closes it
+    (``share`` adds a holder), or when collected."""
+
+    def __init__(self, fd: int | None, layout: Any, counted: bool = False) -> None:
+        self.fd: int | None = fd
+        self.layout = layout
+        self._counted = counted
+        self._holders = 1
+
+    @property
+    def size(self) -> int:
+        return int(self.layout["size"])  # only of one this process made
+
+    def share(self) -> "Sealed":
+        with _lock:
+            self._holders += 1
+        return self
+
+    def close(self) -> None:
+        with _lock:
+            self._holders -= 1
+            if self._holders > 0:
+                return
+        self._close()
+
+    def _close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            if self._counted:
+                _release()
+
+    def __del__(self) -> None:
+        self._close()
+
+
+class Args:
+    """One call's arguments on the local backend: the pickle (``main``: bytes, or
+    a sealed memfd) and the shared objects it refers to (``blobs``, sealed memfds
+    that other calls of the same map refer to as well)."""
+
+    def __init__(self, main: "bytes | Sealed", blobs: list[Sealed]) -> None:
+        self.main = main
+        self.blobs = [b.share() for b in blobs]
+
+    @property
+    def size(self) -> int:
+        main = self.main.size if isinstance(self.main, Sealed) else len(self.main)
+        return main + sum(b.size for b in self.blobs)
+
+    def fds(self) -> list[int]:
+        """What travels with the call, in order: the pickle's memfd (if one), then the blobs'."""
+        out = [self.main.fd] if isinstance(self.main, Sealed) else []
+        out += [b.fd for b in self.blobs]
+        return [fd for fd in out if fd is not None]
+
+    def close(self) -> None:
+        if isinstance(self.main, Sealed):
+            self.main.close()
+            self.main = b""
+        blobs, self.blobs = self.blobs, []
+        for blob in blobs:
+            blob.close()
+
+
+def _large(value: Any) -> bool:
+    """An argument worth pickling once for every call that shares it."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value) >= OOB_MIN
+    return type(value).__module__ == "numpy" and isinstance(getattr(value, "nbytes", None), int) and value.nbytes >= OOB_MIN
+
+
+class _Ref:
+    """Stands in, inside one call's pickle, for a large object several calls share."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_blob, (self.index,))
+
+
+_loading = threading.local()
+
+
+def _blob(index: int) -> Any:
+    """The call's ``index``-th shared argument (only while its arguments are unpickled)."""
+    loaders = getattr(_loading, "blobs", None)
+    if loaders is None or not isinstance(index, int) or not 0 <= index < len(loaders):
+        raise CorruptObject("a shared argument was referred to outside its call's arguments; re-run the call")
+    return loaders[index]()
+
+
+class Packer:
+    """The driver's side for one map: pickles each call's arguments into a
+    ``Spill`` (a sealed memfd above ``threshold``) and pickles a large bytes or
+    array that several calls share (the same object, top-level argument) once,
+    as a blob every such call refers to. Those calls' own pickles are then tiny."""
+
+    def __init__(self, calls: Any, threshold: int) -> None:
+        self.threshold = threshold
+        seen: dict[int, int] = {}
+        for args, kwargs in calls:
+            for value in (*args, *kwargs.values()):
+                if _large(value):
+                    seen[id(value)] = seen.get(id(value), 0) + 1
+        self._shared = {k for k, n in seen.items() if n > 1}
+        self._blobs: dict[int, tuple[Any, Sealed]] = {}  # id -> (the object, kept alive; its blob)
+
+    def pack(self, args: tuple[Any, ...], kwargs: dict[str, Any], dump: Callable[..., Any]) -> "bytes | Args":
+        """``dump(args, kwargs, spill)`` pickles (naming what fails); bytes when
+        nothing is handed off (small, or the memfd budget is spent)."""
+        used: list[Sealed] = []
+        if self._shared:
+            index: dict[int, int] = {}
+
+            def swap(value: Any) -> Any:
+                if id(value) not in self._shared:
+                    return value
+                blob = self._blob(value, dump)
+                if blob is None:
+                    return value
+                if id(value) not in index:
+                    index[id(value)] = len(used)
+                    used.append(blob)
+                return _Ref(index[id(value)])
+
+            args = tuple(swap(v) for v in args)
+            kwargs = {k: swap(v) for k, v in kwargs.items()}
+        spill = Spill(self.threshold, "wrenpack-args", counted=True) if reserve() else Spill(1 << 62, oob=False)
+        main = dump(args, kwargs, spill)
+        if isinstance(main, bytes) and not used:
+            return main
+        return Args(main, used)
+
+    def _blob(self, value: Any, dump: Callable[..., Any]) -> Sealed | None:
+        got = self._blobs.get(id(value))
+        if got is not None:
+            return got[1]
+        if not reserve():
+            return None
+        import cloudpickle
+
+        spill = Spill(0, "wrenpack-shared", counted=True)
+        try:
+            cloudpickle.Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump(value)
+            blob = spill.finish()
+        except BaseException:
+            spill.discard()
+            raise
+        assert isinstance(blob, Sealed)
+        self._blobs[id(value)] = (value, blob)
+        return blob
+
+    def close(self) -> None:
+        """Launched (or failed): the calls hold the blobs they use; drop ours."""
+        blobs, self._blobs = self._blobs, {}
+        for _value, blob in blobs.values():
+            blob.close()
+
+
+class call_blobs:
+    """While a call's arguments are unpickled in the worker: its hand-offs
+    (``context.handoff_fds``, in order: the pickle's memfd if ``"handoff"`` is in
+    ``args``, then one per shared blob). ``main`` is the pickle's descriptor;
+    every descriptor is closed on leaving."""
+
+    def __init__(self, context: Any, args: dict[str, Any], loads: Callable[..., Any]) -> None:
+        fds = list(getattr(context, "handoff_fds", None) or [])
+        if fds:
+            context.handoff_fds = []  # ours now
+        self.main = fds.pop(0) if "handoff" in args and fds else None
+        self._fds: list[int | None] = list(fds)
+        specs = args.get("blobs") or []
+        self._loaders = [self._loader(i, spec, loads) for i, spec in enumerate(specs if isinstance(specs, list) else [])]
+
+    def _loader(self, i: int, spec: Any, loads: Callable[..., Any]) -> Callable[[], Any]:
+        done: list[Any] = []
+
+        def get() -> Any:
+            if not done:
+                fd = self._fds[i] if i < len(self._fds) else None
+                if i < len(self._fds):
+                    self._fds[i] = None
+                done.append(load(fd, spec, "shared argument", private=True, loads=loads))
+            return done[0]
+
+        return get
+
+    def take_main(self) -> int | None:
+        """The pickle's memfd; the caller closes it (``load`` does)."""
+        fd, self.main = self.main, None
+        return fd
+
+    def __enter__(self) -> "call_blobs":
+        _loading.blobs = self._loaders
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _loading.blobs = None
+        for fd in [self.main, *self._fds]:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.main = None
+        self._fds = []
+
+
+class Spill:
+    """A write-only file for a pickler: in memory up to ``threshold`` bytes, then a
+    memfd (``finish`` seals it). Big ``bytes`` are written by the pickler
+    directly, without a copy in this process; out-of-band buffers (``buffer``,
+    the pickler's ``buffer_callback``) are appended after the stream."""
+
+    def __init__(self, threshold: int, name: str = "wrenpack", oob: bool = True, counted: bool = False) -> None:
+        self.threshold = threshold
+        self.name_ = name
+        self.oob = oob
+        self.counted = counted
+        self._mem = bytearray()
+        self._fd: int | None = None
+        self._pos = 0
+        self._buffers: list[pickle.PickleBuffer] = []
+
+    def _spill(self) -> None:
+        self._fd = os.memfd_create(self.name_, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        if self._mem:
+            self._write_all(memoryview(self._mem))
+            self._mem = bytearray()
+
+    def _write_all(self, view: memoryview) -> None:
+        assert self._fd is not None
+        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        while len(view):
+            n = os.write(self._fd, view[:_MAX_WRITE])
+            self._pos += n
+            view = view[n:]
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b)
+        n = view.nbytes
+        if self._fd is None and len(self._mem) + n <= self.threshold:
+            self._mem += view
+            return n
+        if self._fd is None:
+            self._spill()
+        self._write_all(view)
+        return n
+
+    def buffer(self, buf: pickle.PickleBuffer) -> bool:
+        """``buffer_callback``: large contiguous buffers out of band (False), others in band."""
+        if not self.oob:
+            return True
+        try:
+            raw = buf.raw()
+        except BufferError:  # not contiguous: pickled in band
+            return True
+        if raw.nbytes < OOB_MIN:
+            return True
+        self._buffers.append(buf)
+        return False
+
+    def finish(self) -> "bytes | Sealed":
+        """The pickle as bytes if it stayed small and in band, else the sealed memfd."""
+        if self._fd is None and not self._buffers:
+            if self.counted:
+                self.counted = False
+                _release()
+            return bytes(self._mem)
+        if self._fd is None:
+            self._spill()
+        assert self._fd is not None
+        stream = self._pos
+        spans = []
+        for buf in self._buffers:
+            pad = -self._pos % _ALIGN
+            if pad:
+                self._write_all(memoryview(bytes(pad)))
+            raw = buf.raw()
+            spans.append([self._pos, raw.nbytes])
+            self._write_all(raw)
+        self._buffers = []
+        fd, self._fd = self._fd, None
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        return Sealed(fd, {"size": self._pos, "stream": stream, "buffers": spans}, counted=self.counted)
+
+    def discard(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        self._buffers = []
+        self._mem = bytearray()
+        if self.counted:
+            self.counted = False
+            _release()
+
+
+def dump(obj: Any, threshold: int, name: str = "wrenpack-result", oob: bool = False,
+         pickler: Callable[..., Any] | None = None) -> "bytes | Sealed":
+    """Pickle ``obj`` (protocol 5): bytes if at most ``threshold``, else a sealed memfd."""
+    import cloudpickle
+
+    spill = Spill(threshold, name, oob=oob)
+    try:
+        (pickler or cloudpickle.Pickler)(spill, protocol=5, buffer_callback=spill.buffer if oob else None).dump(obj)
+        return spill.finish()
+    except BaseException:
+        spill.discard()
+        raise
+
+
+def check_layout(layout: Any) -> dict[str, Any]:
+    """A received layout, validated (ValueError says what is wrong)."""
+    if not isinstance(layout, dict) or set(layout) != {"size", "stream", "buffers"}:
+        raise ValueError("the hand-off layout must have size, stream and buffers")
+    size, stream, spans = layout["size"], layout["stream"], layout["buffers"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (size, stream)) or stream > size:
+        raise ValueError("the hand-off layout's size/stream are not byte counts")
+    if not isinstance(spans, list) or not all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in s)
+        and s[0] >= stream and s[0] + s[1] <= size for s in spans
+    ):
+        raise ValueError("the hand-off layout's buffers are not spans inside it")
+    return layout
+
+
+def _refuse(what: str, why: str) -> CorruptObject:
+    return CorruptObject(f"the {what} was refused ({why}); nothing was unpickled: it did not come from wrenpack, re-run the call")
+
+
+def _check(fd: int | None, layout: Any, what: str) -> dict[str, Any]:
+    """A received memfd is what it must be: a memfd, sealed with ``SEALS``, of the announced size."""
+    if fd is None:
+        raise _refuse(what, "its memory file did not arrive")
+    try:
+        layout = check_layout(layout)
+    except ValueError as exc:
+        raise _refuse(what, str(exc)) from None
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        raise _refuse(what, "not a sealable memory file") from None
+    if seals & SEALS != SEALS:
+        raise _refuse(what, "its memory file is not sealed against writes, growth and shrinking")
+    size = os.fstat(fd).st_size
+    if size != layout["size"]:
+        raise _refuse(what, f"its memory file holds {size} bytes, not the {layout['size']} announced")
+    return layout
+
+
+class _Reader:
+    """The pickle stream of a hand-off as a file for ``pickle.load``: positioned
+    reads (the descriptor's offset is shared with the sender), so a large
+    ``bytes`` is read straight into the object being built, without the GIL."""
+
+    def __init__(self, fd: int, end: int) -> None:
+        self.fd, self.pos, self.end = fd, 0, end
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.end - self.pos if n is None or n < 0 else min(n, self.end - self.pos)
+        data = os.pread(self.fd, n, self.pos) if n > 0 else b""
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        view = view[: max(0, self.end - self.pos)]
+        got = 0
+        while got < len(view):
+            k = os.preadv(self.fd, [view[got:]], self.pos + got)
+            if k <= 0:
+                break
+            got += k
+        self.pos += got
+        return got
+
+    def readline(self) -> bytes:
+        out = bytearray()
+        while self.pos < self.end:
+            c = self.read(1)
+            out += c
+            if c == b"\n":
+                break
+        return bytes(out)
+
+
+def load(fd: int | None, layout: Any, what: str, *, private: bool, loads: Callable[..., Any]) -> Any:
+    """Check and unpickle a hand-off with ``loads(file, buffers)`` (``pickle.load``
+    style); ``fd`` is consumed (closed here).
+
+    Out-of-band buffers: ``private`` (arguments, in the worker) maps them
+    copy-on-write and leaves them views of that mapping (freed with the value);
+    otherwise (results, in the driver) they are copied out and nothing maps the
+    pages when this returns."""
+    try:
+        layout = _check(fd, layout, what)
+        assert fd is not None
+        spans = layout["buffers"]
+        if not spans:
+            return loads(_Reader(fd, layout["stream"]), [])
+        if private:
+            # Copy-on-write, faulted in as read (populating a writable private map would copy it all).
+            mm = mmap.mmap(fd, layout["size"], flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            view = memoryview(mm)
+            buffers: list[Any] = [view[o : o + n] for o, n in spans]
+            view.release()
+            return loads(_Reader(fd, layout["stream"]), buffers)
+        buffers = []
+        for o, n in spans:
+            buf = bytearray(n)
+            _read_at(fd, buf, o)
+            buffers.append(buf)
+        return loads(_Reader(fd, layout["stream"]), buffers)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _read_at(fd: int, buf: bytearray, offset: int) -> None:
+    reader = _Reader(fd, offset + len(buf))
+    reader.pos = offset
+    if reader.readinto(buf) != len(buf):
+        raise CorruptObject("a hand-off's buffer ended early; re-run the call")
