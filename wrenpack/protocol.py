@@ -57,8 +57,12 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "mark_start_after": (int, float, type(None)),
     "ref_secrets": (dict, type(None)),  # issue 11/14: secrets of the jobs whose futures the arguments hold
     "chain": (list, type(None)),        # a job launched inside a call: its ancestor jobs (secret derivation)
-    "handoff": (int, type(None)),       # local worker: results pickled larger than this go back as a sealed memfd  # issue 10: a call starting later than this writes a start marker
+    "handoff": (int, type(None)),       # local worker: results pickled larger than this go back as a sealed memfd
+    "func_hash": (str,),                # issue 15: sha256 of the pickled function (workers cache functions by it)
+    "func_inline": (str,),              # issue 15: the pickled function itself (base64), for small jobs
+    "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
 }
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -162,6 +166,10 @@ class Event:
         for ancestor in d.get("chain") or ():
             if not isinstance(ancestor, str) or not _ID.match(ancestor):
                 raise ProtocolError(f"the event's chain names {ancestor!r}, not a wrenpack job id")
+        if "func_hash" in d and not _SHA256.match(d["func_hash"]):
+            raise ProtocolError("the event's func_hash is not a sha256 hex digest")
+        if "func_inline" in d and "func_hash" not in d:
+            raise ProtocolError("the event carries its function inline without its func_hash")
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
         if attempt < 0 or segment < 0:
             raise ProtocolError("the event's attempt and segment must be 0 or more")

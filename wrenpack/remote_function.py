@@ -81,9 +81,14 @@ class RemoteFunction(Generic[T]):
         expected = self._expected_segments(options, executor.config.backend, label)
         if chunksize == "auto":
             chunksize = self._auto_chunksize(len(calls), options, executor)
+        futures = None
         if chunksize is not None and chunksize != 1:
             futures = _launch_batched(executor, self.fn, calls, options, label, chunksize)
-        else:
+        elif chunksize is None and len(calls) > 1:
+            from wrenpack import grouping
+
+            futures = grouping.launch_map(executor, self.fn, calls, options, label)  # None: not for these calls
+        if futures is None:
             futures = executor.launch(self.fn, calls, options, label=label)
         for fut in futures:
             fut.expected_segments = expected
@@ -162,7 +167,7 @@ def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str) -> 
         from wrenpack.profiler import recommend, store
         from wrenpack.profiler.codehash import code_hash
 
-        data = store.load(code_hash(fn))
+        data = store.load_cached(code_hash(fn))
     except Exception:  # noqa: BLE001 - no profile, no plan
         return None
     if not data or not data.get("duration_s"):
