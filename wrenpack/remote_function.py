@@ -167,7 +167,7 @@ def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str) -> 
         from wrenpack.profiler import recommend, store
         from wrenpack.profiler.codehash import code_hash
 
-        data = store.load_cached(code_hash(fn))
+        data = store.load_cached(lambda: code_hash(fn))
     except Exception:  # noqa: BLE001 - no profile, no plan
         return None
     if not data or not data.get("duration_s"):
