@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import threading
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -239,7 +240,9 @@ class _Plan:
         outcomes = gfut.result()
         seconds = getattr(outcomes, "seconds", None)
         if seconds:
-            self._learn(max(seconds))
+            # The typical call, not the slowest: one call stalled by a busy machine
+            # must not turn a map of short calls into one call per invocation.
+            self._learn(statistics.median(seconds))
         from wrenpack.protocol import rebuild_exception
 
         for j, item in enumerate(members):
