@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import statistics
 import threading
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -240,9 +239,9 @@ class _Plan:
         outcomes = gfut.result()
         seconds = getattr(outcomes, "seconds", None)
         if seconds:
-            # The typical call, not the slowest: one call stalled by a busy machine
-            # must not turn a map of short calls into one call per invocation.
-            self._learn(statistics.median(seconds))
+            # The mean call, not the slowest: one call stalled by a busy machine does
+            # not ungroup the next map, a map with calls of seconds among short ones does.
+            self._learn(sum(seconds) / len(seconds))
         from wrenpack.protocol import rebuild_exception
 
         for j, item in enumerate(members):
