@@ -191,6 +191,9 @@ class Worker:
         was_idle = not self.inflight
         if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
             self.limit_mb = first.memory_mb if self.cgroup.set_limit_mb(first.memory_mb) else None
+            # The cgroup's peak is read only when the kernel stopped a call at the limit,
+            # where it is the limit: reset when the limit changes, not on every call.
+            self.cgroup.reset_peak()
         self.inflight.extend(calls)
         fds = [fd for inv in calls if inv.handoff is not None for fd in inv.handoff.fds()]
         at = len(self.outbuf)
@@ -200,8 +203,6 @@ class Worker:
         self.outbuf += encode(msg)
         self.flush()
         if was_idle and self.ready:
-            if self.cgroup is not None:
-                self.cgroup.reset_peak()
             self.begin(time.time())
 
     def flush(self) -> bool:
