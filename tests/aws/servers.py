@@ -89,6 +89,12 @@ def wait_listening(port: int, proc: subprocess.Popen, what: str, log: str, timeo
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, then SIGKILL whatever of the group is left.
+
+    The SIGKILL is sent even when ``wait`` returned: an RIE was seen left running for
+    hours after a session (it logged SIGTERM, then waited forever for its runtime's
+    end) although ``wait`` had returned at once, and a leader that exits can leave
+    its runtime child behind in the group."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -96,8 +102,15 @@ def stop(proc: subprocess.Popen) -> None:
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def start_moto(log_path: Path) -> tuple[subprocess.Popen, str, Any]:
