@@ -34,3 +34,23 @@ def remote(executor):
         return wrenpack.remote(fn, executor=executor, **options) if fn else wrenpack.remote(executor=executor, **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def profile_of():
+    """``profile_of(name, args)``: ``run_profile`` of a ``profiler_targets`` function, once per
+    session. The accuracy and the backend tests profile the same calls; each profile is a
+    fresh child process that takes seconds (numpy's, Python's allocations)."""
+    from wrenpack.profiler import run_profile
+
+    import profiler_targets as targets
+
+    profiles: dict[tuple[str, tuple], object] = {}
+
+    def get(name: str, args: tuple = ()):
+        key = (name, tuple(args))
+        if key not in profiles:
+            profiles[key] = run_profile(getattr(targets, name), tuple(args), save=False)
+        return profiles[key]
+
+    return get

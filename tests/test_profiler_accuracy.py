@@ -92,10 +92,10 @@ def _profiles_in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,args", CASES)
-def test_peak_matches_os_figure(name, args, tmp_path, record_property):
+def test_peak_matches_os_figure(name, args, tmp_path, record_property, profile_of):
     if name == "numpy_heavy":
         pytest.importorskip("numpy")
-    prof = run_profile(getattr(targets, name), args, save=False)
+    prof = profile_of(name, args)  # the backend tests use the same profile
     expected = os_peak_mb(name, args, tmpdir=str(tmp_path))
     error = abs(prof.peak_memory_mb - expected) / expected
     record_property("profiler_mb", prof.peak_memory_mb)

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 import wrenpack
-from wrenpack.profiler import run_profile
 
 import profiler_targets as targets
 
@@ -20,15 +19,18 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 NAMES = ["numpy_heavy", "python_alloc", "spike", "child_held", "tmp_writer"]
 ARGS = {"spike": (300,), "child_held": (250,), "tmp_writer": (200,)}
 EXPECTED = {"python_alloc": 600_000, "spike": 300 * targets.MB, "child_held": 0, "tmp_writer": 200}
-_profiles: dict[str, object] = {}
 
 
-def _profile(name):
-    if name == "numpy_heavy":
-        pytest.importorskip("numpy")
-    if name not in _profiles:
-        _profiles[name] = run_profile(getattr(targets, name), ARGS.get(name, ()), save=False)
-    return _profiles[name]
+@pytest.fixture
+def profile(profile_of):
+    """The target's profile (shared with the accuracy tests: one profile per session)."""
+
+    def get(name):
+        if name == "numpy_heavy":
+            pytest.importorskip("numpy")
+        return profile_of(name, ARGS.get(name, ()))
+
+    return get
 
 
 @pytest.fixture
@@ -40,8 +42,8 @@ def executor(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_runs_at_recommended_memory(name, executor):
-    prof = _profile(name)
+def test_runs_at_recommended_memory(name, executor, profile):
+    prof = profile(name)
     fn, args = getattr(targets, name), ARGS.get(name, ())
     rec = prof.recommended
     f = wrenpack.remote(
@@ -56,8 +58,8 @@ def test_runs_at_recommended_memory(name, executor):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fails_at_70_percent_of_peak(name, executor):
-    prof = _profile(name)
+def test_fails_at_70_percent_of_peak(name, executor, profile):
+    prof = profile(name)
     fn, args = getattr(targets, name), ARGS.get(name, ())
     low = math.floor(prof.peak_memory_mb * 0.70)
     assert low >= 128, f"{name}: peak {prof.peak_memory_mb:.0f} MB is too small to test 70% against Lambda's 128 MB minimum"

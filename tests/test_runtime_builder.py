@@ -105,18 +105,19 @@ def test_building_from_the_lock_is_reproducible(small, cache, tmp_path):
     assert res.manifest["content_hash"] == small.manifest["content_hash"]
 
 
-def test_broken_trim_rule_is_caught_and_rolled_back(cache, tmp_path):
+def test_broken_trim_rule_is_caught_and_rolled_back(small, cache, tmp_path):
     # idna/core.py imports idna.idnadata: a rule deleting it breaks `import idna`
     bad = trim.Rule("delete-idnadata", "deliberately broken", lambda rel, dist: rel == os.path.join("idna", "idnadata.py"))
-    res = runtime_builder.build(PKGS, output=str(tmp_path / "out"), cache_dir=cache, extra_rules=[bad])
+    # from the small runtime's lock: trimming is under test here, not resolving (seconds saved)
+    res = runtime_builder.build(lock=small.lock, output=str(tmp_path / "out"), cache_dir=cache, extra_rules=[bad])
     assert res.manifest["rules"]["delete-idnadata"]["rolled_back_for"] == ["idna"]
     assert os.path.exists(os.path.join(res.site_dir, "idna", "idnadata.py"))
     assert res.manifest["verified"]["ok"]
 
 
-def test_import_failure_not_caused_by_trimming_fails_the_build(cache, tmp_path):
+def test_import_failure_not_caused_by_trimming_fails_the_build(small, cache, tmp_path):
     with pytest.raises(BuildError, match=r"import no_such_module_here.*--skip-import no_such_module_here"):
-        runtime_builder.build(PKGS, output=str(tmp_path / "out"), cache_dir=cache,
+        runtime_builder.build(lock=small.lock, output=str(tmp_path / "out"), cache_dir=cache,
                               verify_modules=["no_such_module_here"])
 
 
@@ -127,9 +128,11 @@ def test_no_wheel_for_target_suggests_docker(cache, tmp_path):
     assert "\n" not in str(exc.value)
 
 
-def test_over_budget_fails_with_largest_packages(cache, tmp_path):
+def test_over_budget_fails_with_largest_packages(small, cache, tmp_path):
+    # from the small runtime's lock (the resolve path's failure is test_failed_build_leaves_lock_and_json_report)
     with pytest.raises(BudgetExceeded, match=r"over /tmp \(0 MiB\).*largest MiB: .*fix:") as exc:
-        runtime_builder.build(PKGS, output=str(tmp_path / "out"), cache_dir=cache, target="archive", tmp_size_mb=0)
+        runtime_builder.build(lock=small.lock, output=str(tmp_path / "out"), cache_dir=cache, target="archive",
+                              tmp_size_mb=0)
     assert exc.value.rows and exc.value.rows[0][1] >= exc.value.rows[-1][1]
     assert "\n" not in str(exc.value)
 

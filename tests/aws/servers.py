@@ -212,6 +212,8 @@ class Dispatcher:
         self.invocations: list[tuple[str, str]] = []  # (invocation type, outcome)
         #: every invocation that ran: (function, job_id, call_id, segment, attempt)
         self.calls: list[tuple[str, str, str, int, int]] = []
+        #: (job_id, call_id) -> when its first invocation request arrived (time.time()), queued or not
+        self.arrived: dict[tuple[str, str], float] = {}
         self._background = 0
         self._running = 0
         self._cv = threading.Condition()
@@ -277,6 +279,13 @@ class Dispatcher:
             return emu.forward(body)
         finally:
             pool.idle.put(emu)
+
+    def _note_arrival(self, body: bytes) -> None:
+        try:
+            event = json.loads(body)
+            self.arrived.setdefault((event["job_id"], event["call_id"]), time.time())
+        except (ValueError, KeyError, TypeError):
+            pass
 
     def _event(self, pool: FunctionPool, body: bytes) -> None:
         with self._cv:
@@ -357,6 +366,7 @@ class Dispatcher:
                 if not (len(parts) == 4 and parts[1] == "functions" and parts[3] == "invocations"):
                     return dispatcher._proxy(self, body)
                 kind = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+                dispatcher._note_arrival(body)
                 pool = dispatcher.pool(parts[2])
                 if pool is None or not pool.emulators:
                     dispatcher.invocations.append((kind, "not-found"))

@@ -100,20 +100,29 @@ def test_runs_inside_the_lambda_runtime(lam):
     assert all(v["pid"] != os.getpid() for v in values)
 
 
-def test_errors_match_the_local_backend(lam, local_executor):
+def _error_outcomes(ex):
+    """(type of a user exception, type of a timeout) as ``result()`` raises them on ``ex``."""
+    errs = wrenpack.remote(fails, executor=ex).map([1, 2, 3])
+    assert errs[0].result() == 1
+    with pytest.raises(ValueError, match="bad input 3") as user:
+        errs[2].result()
+    slow = wrenpack.remote(sleeps, executor=ex, timeout=TIMEOUT).map([0.1, 10])
+    assert slow[0].result() == 0.1
+    with pytest.raises(TaskTimeout) as timeout:
+        slow[1].result()
+    return type(user.value), type(timeout.value)
+
+
+@pytest.fixture(scope="module")
+def local_outcomes(local_executor):
+    """The local backend's outcomes, measured once for the four Lambda variants
+    (the same calls on the same backend: a second run would repeat its 5 s timeout)."""
+    return _error_outcomes(local_executor)
+
+
+def test_errors_match_the_local_backend(lam, local_outcomes):
     """The same user exception and the same timeout error type on both backends."""
-    outcomes = {}
-    for name, ex in (("lambda", lam), ("local", local_executor)):
-        errs = wrenpack.remote(fails, executor=ex).map([1, 2, 3])
-        assert errs[0].result() == 1
-        with pytest.raises(ValueError, match="bad input 3") as user:
-            errs[2].result()
-        slow = wrenpack.remote(sleeps, executor=ex, timeout=TIMEOUT).map([0.1, 10])
-        assert slow[0].result() == 0.1
-        with pytest.raises(TaskTimeout) as timeout:
-            slow[1].result()
-        outcomes[name] = (type(user.value), type(timeout.value))
-    assert outcomes["lambda"] == outcomes["local"] == (ValueError, TaskTimeout)
+    assert _error_outcomes(lam) == local_outcomes == (ValueError, TaskTimeout)
 
 
 def test_throttling_is_retried_with_backoff(lam, lambda_endpoint):
@@ -163,22 +172,49 @@ def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
                 region="us-east-1", invocation_type=kind, poll_interval=0.2, deadline_margin_s=0.5,
             )
             ex._backend = backend
-            start = time.monotonic()
+            start = time.time()
             fut = wrenpack.remote(dies, executor=ex).map([1])[0]
             with pytest.raises(expected) as info:
-                fut.result(timeout=30)
-            elapsed = time.monotonic() - start
+                fut.result(timeout=60)
+            ended = time.time()
             assert "\n" not in str(info.value)
             if kind == "Event":
-                assert TIMEOUT <= elapsed < TIMEOUT + 5
+                # Not before the timeout, counted from before the launch; and soon after it,
+                # counted from the invocation's arrival at the endpoint: the launch itself (boto3
+                # clients, the function's configuration) takes seconds on a loaded machine.
+                sent = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
+                assert ended - start >= TIMEOUT and ended - sent < TIMEOUT + 5, (start, sent, ended)
                 assert "CloudWatch" in str(info.value)
+
+
+def _most_in_flight(lambda_endpoint, futs) -> int:
+    """The most of ``futs`` in flight at once, each from the arrival of its invocation
+    request at the endpoint (queued or not) to the end its handler recorded.
+
+    The client frees a call's slot only once it has seen the call's result, which the
+    handler writes after recording its end: with the cap honoured, a later request
+    always arrives after an earlier call's end. (Counting requests until the emulator
+    answers instead would overlap the next request with that answer's way back, which
+    a loaded machine stretches.)"""
+    edges = []
+    for fut in futs:
+        edges.append((lambda_endpoint.arrived[(fut.job_id, fut.call_id)], 1))
+        edges.append((fut.status["end"], -1))
+    most = now = 0
+    for _, step in sorted(edges):  # at a tie an end (-1) sorts before an arrival
+        now += step
+        most = max(most, now)
+    return most
 
 
 def test_concurrency_cap_limits_calls_in_flight(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "cap", concurrency=2) as ex:
         lambda_endpoint.max_background = 0
-        assert wrenpack.get(wrenpack.remote(sleeps, executor=ex).map([0.3] * 6)) == [0.3] * 6
-        assert 1 <= lambda_endpoint.max_background <= 2
+        futs = wrenpack.remote(sleeps, executor=ex).map([0.3] * 6)
+        assert wrenpack.get(futs) == [0.3] * 6
+        assert lambda_endpoint.max_background >= 1  # they ran as Event invocations
+        # the function has 3 execution environments: without the cap up to 6 would be in flight
+        assert 1 <= _most_in_flight(lambda_endpoint, futs) <= 2
 
 
 def test_servers_listen_on_loopback_only(moto_endpoint, lambda_endpoint, listening):
@@ -260,10 +296,11 @@ def test_queued_calls_are_not_lost_or_sent_twice(moto_endpoint, bucket, lambda_e
 def test_concurrency_is_capped_by_reserved_and_account_concurrency(moto_endpoint, bucket, lambda_endpoint, caplog):
     lambda_endpoint.deploy(memory=1152, reserved=2)
     with _executor(moto_endpoint, bucket, lambda_endpoint, "reserved", concurrency=8) as ex:
-        lambda_endpoint.max_background = 0
         with caplog.at_level("WARNING", logger="wrenpack.backends.aws_lambda"):
-            assert wrenpack.get(wrenpack.remote(sleeps, executor=ex, memory=1152).map([0.3] * 6)) == [0.3] * 6
-        assert lambda_endpoint.max_background <= 2
+            futs = wrenpack.remote(sleeps, executor=ex, memory=1152).map([0.3] * 6)
+            assert wrenpack.get(futs) == [0.3] * 6
+        # requests waiting in the endpoint's queue count too: 2 environments alone would not show a broken cap
+        assert 1 <= _most_in_flight(lambda_endpoint, futs) <= 2
     assert "concurrency=8 lowered to 2" in caplog.text and "reserved concurrency 2" in caplog.text
     lambda_endpoint.account_concurrency = 3
     try:
@@ -334,8 +371,8 @@ def test_chunksize_5_with_a_function_from_the_users_module(lam, lambda_endpoint)
 
 
 def test_checkpointed_call_goes_on_across_invocations(lam):
-    fut = wrenpack.remote(stepper, executor=lam).remote(350, 0.02)  # ~7 s of work under a 5 s timeout
-    assert fut.result(timeout=120) == sum(i * i for i in range(350))
+    fut = wrenpack.remote(stepper, executor=lam).remote(280, 0.02)  # >= 5.6 s of work (sleeps) under a 5 s timeout
+    assert fut.result(timeout=120) == sum(i * i for i in range(280))
     assert fut.segments >= 2
 
 
