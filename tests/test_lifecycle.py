@@ -205,7 +205,8 @@ class FullStore(LocalStore):
 
 
 def test_store_full_at_launch_is_a_store_error(tmp_path):
-    ex = wrenpack.Executor(storage=FullStore(str(tmp_path)), concurrency=1)
+    # inline_limit=0: the function and arguments go through the store (a small call alone touches none)
+    ex = wrenpack.Executor(storage=FullStore(str(tmp_path)), concurrency=1, inline_limit=0)
     with ex:
         with pytest.raises(StoreError, match="No space left on device") as info:
             ex.submit(square, 2)
@@ -217,8 +218,12 @@ def test_file_where_a_folder_should_be(tmp_path):
     (tmp_path / "jobs").write_text("not a folder")
     ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
     with ex:
+        # A small call stores nothing (function, arguments and result travel with the call) ...
+        assert ex.submit(square, 2).result(timeout=60) == 4
+        # ... a call that must store its function and arguments meets the broken store at launch.
+        ex.config = ex.config.replace(inline_limit=0)
         with pytest.raises(StoreError) as info:
-            ex.submit(square, 2)
+            ex.submit(square, 3)
     assert "\n" not in str(info.value) and "storage=" in str(info.value)
 
 

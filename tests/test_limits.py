@@ -136,8 +136,8 @@ def test_worker_killed_mid_call_is_retried_and_nothing_lost(tmp_path):
         assert results == [x * x for x in range(16)]
         # exactly one result object per call, and the killed call was retried (once)
         store = ex.store
-        job = futs[0].job_id
-        assert len(store.list(f"jobs/{job}/result/")) == 16
+        # (a map's first calls, timed to decide on grouping, are a job of their own)
+        assert sum(len(store.list(f"jobs/{job}/result/")) for job in {f.job_id for f in futs}) == 16
         assert futs[5].status["attempt"] == 1 and futs[5].status["pid"] != killed[0][0]
         resolved = [fut.done() for fut in futs]
         assert all(resolved)

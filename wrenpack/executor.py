@@ -34,6 +34,7 @@ import atexit
 import base64
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -68,6 +69,12 @@ log = logging.getLogger(__name__)
 
 #: bytes of a call's stdout/stderr kept as ``fut.logs`` (the tail)
 LOG_TAIL_BYTES = 64 * 1024
+
+#: results up to this size are completed on the backend's thread (no hand-off to the collector)
+QUICK_RESULT_BYTES = 64 * 1024
+
+#: a job's events carry its pickled function when all of them together hold at most this many bytes of it
+INLINE_FUNCTION_BYTES = 64 * 1024
 
 #: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
 OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env")
@@ -157,6 +164,18 @@ class _Job:
     finished: set[str] = field(default_factory=set)
     #: a future of this job was pickled: keep its objects until shutdown
     pinned: bool = False
+    #: the job may have objects in the store (else there is nothing to delete when it ends)
+    stored: bool = True
+
+
+@dataclass
+class Prepared:
+    """A launch's pickled function and arguments (``Executor.prepare``)."""
+
+    fn_bytes: bytes
+    payloads: list[bytes]
+    #: (job, chain) of the futures the arguments hold
+    referenced: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
 
 
 _executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
@@ -190,6 +209,10 @@ class Executor(cf.Executor):
         self._stopping = False  # at exit: no retries, no new segments
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
+        #: seconds a call of a function takes, by code hash (``wrenpack.grouping``)
+        self._call_seconds: dict[str, float] = {}
+        #: maps whose later calls wait to be launched (``wrenpack.grouping``)
+        self._plans: set[Any] = set()
         _executors.add(self)
         if backend_obj is not None:
             _exit_first()
@@ -261,15 +284,23 @@ class Executor(cf.Executor):
             self._closed = True
             jobs = list(self._jobs.values())
         if cancel_futures:
+            for plan in list(self._plans):
+                for fut in plan.items:
+                    fut.cancel()
             for job in jobs:
                 for fut in list(job.futures.values()):
                     fut.cancel()
         if wait and threading.current_thread() is not self._collector:
+            # Calls a map holds back (wrenpack.grouping) launch within moments; wait for them too.
+            held = [f for plan in list(self._plans) for f in plan.items]
+            cf.wait([f for job in jobs for f in job.futures.values()] + held)
+            with self._lock:
+                jobs = list(self._jobs.values())
             cf.wait([f for job in jobs for f in job.futures.values()])
             self._release()
             return
         with self._lock:
-            idle = not self._jobs
+            idle = not self._jobs and not self._plans
             if not idle:
                 self._release_when_idle = True
         if idle:
@@ -297,13 +328,136 @@ class Executor(cf.Executor):
         calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         options: CallOptions,
         label: str | None = None,
+        prepared: Prepared | None = None,
+        futures: Sequence[WrenFuture] | None = None,
     ) -> list[WrenFuture]:
-        """Launch one call per ``(args, kwargs)``; return their futures in order."""
-        self._check_open()
+        """Launch one call per ``(args, kwargs)`` (or per payload of ``prepared``);
+        return their futures in order. ``futures``: the futures to resolve, made
+        before (a map's calls launched later: ``wrenpack.grouping``); their map
+        was accepted before any shutdown, so they launch after one too."""
+        if futures is None:
+            self._check_open()
         label = label or getattr(fn, "__qualname__", "function")
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        # Everything is pickled before anything is stored or launched, in one
-        # by-value scope: another thread's map cannot change how it pickles.
+        if prepared is None:
+            prepared = self.prepare(fn, calls, options, label)
+        fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
+        store = self.store
+        secret, chain = refs.new_job_secret(job_id)
+        spec = store.spec
+        extra_event = dict(options.extra.get("event", {}))
+        if chain:
+            extra_event["chain"] = chain
+        ref_secrets = {}
+        for ref_job, ref_chain in referenced:
+            ref_secret = refs.secret_for(ref_job, ref_chain)
+            if ref_secret is not None:
+                ref_secrets[ref_job] = auth.encode_secret(ref_secret)
+        if ref_secrets:
+            extra_event["ref_secrets"] = ref_secrets
+        if options.env:
+            extra_event["env"] = dict(options.env)
+        if options.capture_logs:
+            extra_event["capture_logs"] = options.capture_logs
+        # The function is named by its content: a worker that already holds it
+        # (from any job) does not load it again. A few small calls carry it in
+        # their events, like small arguments; a map stores it once.
+        extra_event["func_hash"] = hashlib.sha256(fn_bytes).hexdigest()
+        inline_fn = len(fn_bytes) * len(payloads) <= INLINE_FUNCTION_BYTES and len(fn_bytes) <= self.config.inline_limit
+        if inline_fn:
+            extra_event["func_inline"] = base64.b64encode(fn_bytes).decode("ascii")
+        inline_args = [_travels(data, self.config.inline_limit) for data in payloads]
+        # A job that stores nothing at launch leaves its owner record to the
+        # worker, written before the first object it stores (local backend,
+        # which replies with results): a small call then touches no store at all.
+        stored = not inline_fn or not all(inline_args) or self.config.keep_objects or self.config.backend != "local"
+        if not stored:
+            extra_event["owner"] = owner_record(label)
+        args_specs: list[dict[str, Any]] = []
+        try:
+            if stored:
+                store.put(keys.owner_key(job_id), json.dumps(owner_record(label)).encode())
+            if not inline_fn:
+                store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
+            for i, data in enumerate(payloads):
+                cid = keys.call_id(i)
+                main = data.main if isinstance(data, handoff.Args) else data
+                if isinstance(main, handoff.Sealed):
+                    args_spec: dict[str, Any] = {"handoff": main.layout}  # local backend: the memfd goes with the call
+                elif len(main) <= self.config.inline_limit:
+                    args_spec = {"inline": base64.b64encode(main).decode("ascii")}
+                else:
+                    key = keys.input_key(job_id, cid)
+                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), main))
+                    args_spec = {"key": key}
+                if isinstance(data, handoff.Args) and data.blobs:
+                    args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
+                args_specs.append(args_spec)
+        except (OSError, StoreError) as exc:
+            self._delete_job(job_id)
+            _close_handoffs(payloads)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot write the objects of {label} to {store.url}: {_os_reason(exc)}; "
+                             "free space or fix the storage= location") from None
+        given = futures
+        futures: dict[str, WrenFuture] = {}
+        invocations = []
+        for i, args_spec in enumerate(args_specs):
+            cid = keys.call_id(i)
+            if given is None:
+                call_label = f"{label}[{i}]" if len(payloads) > 1 else label
+                fut = WrenFuture(job_id, cid, call_label)
+            else:
+                fut = given[i]
+                call_label = fut.label
+                fut.job_id, fut.call_id = job_id, cid
+                refs.register(fut)
+            fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
+            fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
+            fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,
+                        "result_job": job_id, "result_call": cid, "item": None}
+            futures[cid] = fut
+            event = protocol.Event(
+                job_id=job_id, call_id=cid, store=spec, secret=secret, args=args_spec,
+                timeout_s=options.timeout, function_name=call_label, extra=extra_event,
+            ).to_dict()
+            invocations.append(
+                Invocation(
+                    event=event,
+                    on_done=self._on_done,
+                    on_start=self._on_start,
+                    memory_mb=options.memory,
+                    timeout_s=options.timeout,
+                    ephemeral_storage_mb=options.ephemeral_storage,
+                    retries=options.retries,
+                    runtime=options.runtime,
+                    extra={"label": call_label},
+                    handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
+                )
+            )
+        job = _Job(job_id, label, futures, options, secret, stored=stored)
+        job.invocations = {inv.key[1]: inv for inv in invocations}
+        with self._lock:
+            self._jobs[job_id] = job
+        self._ensure_collector()
+        log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.config.backend)
+        try:
+            self.backend.invoke_many(invocations)
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(job_id, None)
+            self._delete_job(job_id)
+            _close_handoffs(payloads)
+            raise
+        return list(futures.values())
+
+    def prepare(self, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                options: CallOptions, label: str) -> Prepared:
+        """Pickle a launch's function and arguments (and check their size): a
+        call that cannot be sent fails here, before anything is stored or runs."""
+        # Everything is pickled in one by-value scope: another thread's map
+        # cannot change how it pickles.
         user_modules = serialize.user_modules_of(fn)
         # Futures inside the arguments pickle without their jobs' secrets
         # (those travel in the events, never in the store).
@@ -332,92 +486,7 @@ class Executor(cf.Executor):
         finally:
             if packer is not None:
                 packer.close()  # each call holds the shared blobs it refers to
-        store = self.store
-        secret, chain = refs.new_job_secret(job_id)
-        spec = store.spec
-        extra_event = dict(options.extra.get("event", {}))
-        if chain:
-            extra_event["chain"] = chain
-        ref_secrets = {}
-        for ref_job, ref_chain in referenced:
-            ref_secret = refs.secret_for(ref_job, ref_chain)
-            if ref_secret is not None:
-                ref_secrets[ref_job] = auth.encode_secret(ref_secret)
-        if ref_secrets:
-            extra_event["ref_secrets"] = ref_secrets
-        if options.env:
-            extra_event["env"] = dict(options.env)
-        if options.capture_logs:
-            extra_event["capture_logs"] = options.capture_logs
-        args_specs: list[dict[str, Any]] = []
-        try:
-            store.put(keys.owner_key(job_id), json.dumps(owner_record(label)).encode())
-            store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
-            for i, data in enumerate(payloads):
-                cid = keys.call_id(i)
-                main = data.main if isinstance(data, handoff.Args) else data
-                if isinstance(main, handoff.Sealed):
-                    args_spec: dict[str, Any] = {"handoff": main.layout}  # local backend: the memfd goes with the call
-                elif len(main) <= self.config.inline_limit:
-                    args_spec = {"inline": base64.b64encode(main).decode("ascii")}
-                else:
-                    key = keys.input_key(job_id, cid)
-                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), main))
-                    args_spec = {"key": key}
-                if isinstance(data, handoff.Args) and data.blobs:
-                    args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
-                args_specs.append(args_spec)
-        except (OSError, StoreError) as exc:
-            self._delete_job(job_id)
-            _close_handoffs(payloads)
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(f"cannot write the objects of {label} to {store.url}: {_os_reason(exc)}; "
-                             "free space or fix the storage= location") from None
-        futures: dict[str, WrenFuture] = {}
-        invocations = []
-        for i, args_spec in enumerate(args_specs):
-            cid = keys.call_id(i)
-            call_label = f"{label}[{i}]" if len(payloads) > 1 else label
-            fut = WrenFuture(job_id, cid, call_label)
-            fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
-            fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
-            fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,
-                        "result_job": job_id, "result_call": cid, "item": None}
-            futures[cid] = fut
-            event = protocol.Event(
-                job_id=job_id, call_id=cid, store=spec, secret=secret, args=args_spec,
-                timeout_s=options.timeout, function_name=call_label, extra=extra_event,
-            ).to_dict()
-            invocations.append(
-                Invocation(
-                    event=event,
-                    on_done=self._on_done,
-                    on_start=self._on_start,
-                    memory_mb=options.memory,
-                    timeout_s=options.timeout,
-                    ephemeral_storage_mb=options.ephemeral_storage,
-                    retries=options.retries,
-                    runtime=options.runtime,
-                    extra={"label": call_label},
-                    handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
-                )
-            )
-        job = _Job(job_id, label, futures, options, secret)
-        job.invocations = {inv.key[1]: inv for inv in invocations}
-        with self._lock:
-            self._jobs[job_id] = job
-        self._ensure_collector()
-        log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.config.backend)
-        try:
-            self.backend.invoke_many(invocations)
-        except BaseException:
-            with self._lock:
-                self._jobs.pop(job_id, None)
-            self._delete_job(job_id)
-            _close_handoffs(payloads)
-            raise
-        return list(futures.values())
+        return Prepared(fn_bytes, payloads, set(referenced))
 
     def _args_packer(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> handoff.Packer | None:
         """On a backend that takes hand-offs (local, not ``keep_objects``): arguments
@@ -437,7 +506,31 @@ class Executor(cf.Executor):
         if result.handoff is not None and result.error is None:
             self._read_soon(inv, result)
             return
+        if self._quick(inv, result):
+            # A small result in the reply is verified, unpickled and resolved right
+            # here: one thread hand-off fewer per call. Anything that may block
+            # (store reads, retries, callbacks, deleting a job) goes to the collector.
+            try:
+                self._complete(inv, result)
+            except BaseException as exc:  # noqa: BLE001 - fail this call, never the backend's thread
+                self._fail_completion(inv, exc)
+            return
         self._completions.put((inv, result))
+
+    def _quick(self, inv: Invocation, result: InvocationResult) -> bool:
+        if result.data is None or result.error is not None or len(result.data) > QUICK_RESULT_BYTES:
+            return False
+        job = self._jobs.get(inv.key[0])
+        if job is None or job.options.retry_on or self._stopping:
+            return False
+        fut = job.futures.get(inv.key[1])
+        if fut is None or fut._done_callbacks:
+            return False
+        status = result.status or {}
+        if status.get("exit") == "checkpointed" or status.get("stored"):
+            return False
+        # The job's last call deletes its objects: not on the backend's thread.
+        return not job.stored or len(job.finished) < len(job.futures) - 1
 
     def _read_soon(self, inv: Invocation, result: InvocationResult) -> None:
         """Read a handed-off result in a reader thread now, not in its turn in the
@@ -549,6 +642,8 @@ class Executor(cf.Executor):
         fut = job.futures[cid]
         fut.segments += 1
         status = result.status
+        if (result.data is None and result.handoff is None) or (status is not None and status.get("stored")) or result.error is not None:
+            job.stored = True  # the worker wrote to the store (or may have, before it failed)
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
             # Acted on only when authentic: a planted record must not relaunch the call.
             status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
@@ -631,7 +726,7 @@ class Executor(cf.Executor):
                 self.store.put(keys.result_key(job.job_id, cid), data() if callable(data) else data, if_absent=True)
             except Exception:  # noqa: BLE001
                 log.warning("could not store the result of %s for its pickled future", job.futures[cid].label, exc_info=True)
-        if last and not job.pinned and not self.config.keep_objects:
+        if last and job.stored and not job.pinned and not self.config.keep_objects:
             self._delete_job(job.job_id)
         if not cancelled:
             job.futures[cid]._resolve(ok, value)
@@ -640,7 +735,7 @@ class Executor(cf.Executor):
 
     def _job_ended(self) -> None:
         with self._lock:
-            release = self._release_when_idle and not self._jobs
+            release = self._release_when_idle and not self._jobs and not self._plans
         if release:
             self._release()
 
@@ -685,6 +780,9 @@ class Executor(cf.Executor):
         with self._lock:
             self._closed = True
             jobs = list(self._jobs.values())
+        for plan in list(self._plans):  # calls a map still held back never start
+            for fut in plan.items:
+                fut.cancel()
         running = [f for job in jobs for f in job.futures.values() if not f.done()]
         if running:
             self._stopping = True
@@ -702,6 +800,7 @@ class Executor(cf.Executor):
             cf.wait(running, timeout=3)
             stopped = ExecutorShutdown("the program exited before the call finished; wrenpack stopped it")
             for job in jobs:
+                job.stored = True  # a stopped call may have written before it was stopped
                 for cid, fut in list(job.futures.items()):
                     if not fut.done():
                         self._resolve(job, cid, False, stopped)
@@ -786,6 +885,13 @@ def _close_handoffs(items: Iterable[Any]) -> None:
             item.close()
 
 
+def _travels(data: Any, inline_limit: int) -> bool:
+    """Whether a call's pickled arguments go with its invocation (inline, or a
+    hand-off memfd) rather than into the store."""
+    main = data.main if isinstance(data, handoff.Args) else data
+    return isinstance(main, handoff.Sealed) or len(main) <= inline_limit
+
+
 def _os_reason(exc: OSError) -> str:
     """An OSError as a short reason (``No space left on device: '/x'``)."""
     reason = exc.strerror or type(exc).__name__
@@ -803,10 +909,16 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+_me: tuple[int, str, str | None] | None = None
+
+
 def owner_record(label: str = "") -> dict[str, Any]:
     """What jobs/<job>/owner.json holds: who launched the job, and when."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
-            "created": time.time(), "label": label}
+    global _me
+    pid = os.getpid()
+    if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
+        _me = (pid, socket.gethostname(), _process_start(pid))
+    return {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
 
 
 def owner_alive(record: dict[str, Any]) -> bool | None:

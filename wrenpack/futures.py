@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import sys
+import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -45,6 +46,12 @@ class WrenFuture(cf.Future):
         self._canceller: Callable[[], bool] | None = None
         self._pin: Callable[[], bool] | None = None
         self._ref: dict[str, Any] | None = None
+        #: set once the call is launched, for a call whose launch waits (automatic grouping)
+        self._launched: threading.Event | None = None
+        #: futures that start running when this one does (the calls of a group)
+        self._members: list[WrenFuture] = []
+        #: launches the call now, for a call whose launch waits
+        self._launch_now: Callable[[], None] | None = None
         refs.register(self)
 
     def cancel(self) -> bool:
@@ -69,6 +76,8 @@ class WrenFuture(cf.Future):
         with self._condition:
             if self._state == _base.PENDING:
                 self.set_running_or_notify_cancel()
+        for member in self._members:
+            member._mark_running()
 
     def _resolve(self, ok: bool, value: Any) -> bool:
         """Set the outcome unless already done or cancelled; True if it was set."""
@@ -83,6 +92,10 @@ class WrenFuture(cf.Future):
 
     def __reduce__(self) -> tuple[Any, ...]:
         if not self.done():
+            if self._ref is None and self._launched is not None:
+                if self._launch_now is not None:
+                    self._launch_now()  # a call its map holds back goes now
+                self._launched.wait(10)
             if self._ref is None:
                 raise TypeError(f"the future of {self.label} is not a remote call's own; it can be pickled once it is done")
             if self._pin is None or self._pin():

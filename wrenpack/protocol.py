@@ -57,8 +57,13 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "mark_start_after": (int, float, type(None)),
     "ref_secrets": (dict, type(None)),  # issue 11/14: secrets of the jobs whose futures the arguments hold
     "chain": (list, type(None)),        # a job launched inside a call: its ancestor jobs (secret derivation)
-    "handoff": (int, type(None)),       # local worker: results pickled larger than this go back as a sealed memfd  # issue 10: a call starting later than this writes a start marker
+    "handoff": (int, type(None)),       # local worker: results pickled larger than this go back as a sealed memfd
+    "func_hash": (str,),                # issue 15: sha256 of the pickled function (workers cache functions by it)
+    "func_inline": (str,),              # issue 15: the pickled function itself (base64), for small jobs
+    "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
 }
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FIELDS: dict[str, tuple[type, ...]] = {**REQUIRED, **OPTIONAL}
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -118,16 +123,16 @@ class Event:
                 f"the event has protocol version {version!r} but this worker speaks {VERSION}; "
                 "redeploy the worker (wrenpack deploy) with the client's wrenpack version"
             )
-        for name, types in REQUIRED.items():
+        for name in REQUIRED:
             if name not in d:
                 raise ProtocolError(f"the event lacks the field {name!r}; invoke through wrenpack")
-            _check_type(name, d[name], types)
-        unknown = sorted(set(d) - set(REQUIRED) - set(OPTIONAL))
+        unknown = sorted(k for k in d if k not in _FIELDS)
         if unknown:
             raise ProtocolError(f"the event has unknown field(s) {', '.join(unknown)}; client and worker wrenpack versions differ")
-        for name, types in OPTIONAL.items():
-            if name in d:
-                _check_type(name, d[name], types)
+        for name, value in d.items():  # one pass over what came (every call is checked: keep it cheap)
+            types = _FIELDS[name]
+            if type(value) not in types:
+                _check_type(name, value, types)
         job_id, call_id = d["job_id"], d["call_id"]
         for name, value in (("job_id", job_id), ("call_id", call_id)):
             if not _ID.match(value) or ".." in value:
@@ -162,6 +167,10 @@ class Event:
         for ancestor in d.get("chain") or ():
             if not isinstance(ancestor, str) or not _ID.match(ancestor):
                 raise ProtocolError(f"the event's chain names {ancestor!r}, not a wrenpack job id")
+        if "func_hash" in d and not _SHA256.match(d["func_hash"]):
+            raise ProtocolError("the event's func_hash is not a sha256 hex digest")
+        if "func_inline" in d and "func_hash" not in d:
+            raise ProtocolError("the event carries its function inline without its func_hash")
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
         if attempt < 0 or segment < 0:
             raise ProtocolError("the event's attempt and segment must be 0 or more")

@@ -74,16 +74,30 @@ class RemoteFunction(Generic[T]):
             return []
         executor = self.executor
         given = dict(self._options)
-        if given.get("memory") == "auto" or given.get("timeout") == "auto" or given.get("ephemeral_storage") == "auto":
+        auto = given.get("memory") == "auto" or given.get("timeout") == "auto" or given.get("ephemeral_storage") == "auto"
+        if auto:
             given.update(self._auto_settings(calls[0], given))
-        options: CallOptions = executor.options(**given)
+        # The same function, options and configuration resolve to the same limits
+        # (``.remote()`` in a loop resolves them once).
+        cached = getattr(self, "_resolved", None)
+        if not auto and cached is not None and cached[0] is executor and cached[1] is executor.config:
+            options: CallOptions = cached[2]
+        else:
+            options = executor.options(**given)
+            if not auto:
+                self._resolved = (executor, executor.config, options)
         label = getattr(self.fn, "__qualname__", None) or "function"
         expected = self._expected_segments(options, executor.config.backend, label)
         if chunksize == "auto":
             chunksize = self._auto_chunksize(len(calls), options, executor)
+        futures = None
         if chunksize is not None and chunksize != 1:
             futures = _launch_batched(executor, self.fn, calls, options, label, chunksize)
-        else:
+        elif chunksize is None and len(calls) > 1:
+            from wrenpack import grouping
+
+            futures = grouping.launch_map(executor, self.fn, calls, options, label)  # None: not for these calls
+        if futures is None:
             futures = executor.launch(self.fn, calls, options, label=label)
         for fut in futures:
             fut.expected_segments = expected
@@ -104,7 +118,7 @@ class RemoteFunction(Generic[T]):
         A call that its profile says will outrun ``timeout`` is split across
         invocations if the function checkpoints (this says how many to expect),
         and is announced as a coming ``TaskTimeout`` if it does not."""
-        duration = _profiled_duration(self.fn, options.memory, backend)
+        duration = _profiled_duration(self.fn, options.memory, backend, self)
         if duration is None:
             return 1
         usable = options.timeout * 0.85  # the soft deadline and the save leave the rest
@@ -156,13 +170,27 @@ def _uses_checkpoint(fn: Callable[..., Any]) -> bool:
     return False
 
 
-def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str) -> float | None:
-    """The saved profile's duration for ``fn`` at this memory (Lambda's CPU share on Lambda)."""
+def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str, owner: Any = None) -> float | None:
+    """The saved profile's duration for ``fn`` at this memory (Lambda's CPU share on Lambda).
+
+    ``owner`` (the RemoteFunction) keeps the code hash while the function's code,
+    defaults and closure cells stay the same objects (it only picks a profile)."""
     try:
         from wrenpack.profiler import recommend, store
         from wrenpack.profiler.codehash import code_hash
 
-        data = store.load(code_hash(fn))
+        def hashed() -> str:
+            stamp = (getattr(fn, "__code__", None), getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None),
+                     tuple(id(c) for c in getattr(fn, "__closure__", None) or ()))
+            kept = getattr(owner, "_code_hash", None) if owner is not None else None
+            if kept is not None and kept[0] == stamp and stamp[0] is not None:
+                return kept[1]
+            digest = code_hash(fn)
+            if owner is not None:
+                owner._code_hash = (stamp, digest)
+            return digest
+
+        data = store.load_cached(hashed)
     except Exception:  # noqa: BLE001 - no profile, no plan
         return None
     if not data or not data.get("duration_s"):

@@ -64,6 +64,9 @@ _BATCH_S = 0.02
 #: calls expected to take longer are never queued behind a running call
 _PIPELINE_MAX_S = 0.005
 _MAX_BATCH = 256
+#: the dispatcher's longest sleep: a call handed to an idle worker from the
+#: caller's thread needs no wake-up when its first check is due later than this
+_IDLE_S = 0.1
 #: workers that die before they are ready, in a row, before a runtime's calls fail
 _START_TRIES = 3
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
@@ -114,6 +117,10 @@ class LocalBackend(Backend):
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._base_env: dict[str, str] | None = None
+        #: calls that ended, waiting for their on_done outside the lock
+        self._done: deque[tuple[Invocation, InvocationResult]] = deque()
+        #: when the dispatcher wakes by itself next (time.time(); 0 while it is awake)
+        self._sleep_until = 0.0
         self._start_failures: dict[str | None, int] = {}
         #: expected seconds per call, by function
         self._estimates: dict[Any, float] = {}
@@ -134,6 +141,7 @@ class LocalBackend(Backend):
         self.invoke_many([invocation])
 
     def invoke_many(self, invocations: list[Invocation]) -> None:
+        started: list[Invocation] = []
         with self._lock:
             if self._stopping or self._closed:
                 raise WrenpackError("the local backend was shut down; create a new executor")
@@ -142,7 +150,18 @@ class LocalBackend(Backend):
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wrenpack-local-dispatch", daemon=True)
                 self._thread.start()
-        self._wake()
+            elif not self._draining:
+                # An idle warm worker takes the call from this thread: no wait
+                # for the dispatcher to be scheduled first.
+                started = self._send_to_idle()
+            # The dispatcher must look again unless it will anyway, soon enough for
+            # every call just started (their meters and deadlines), and nothing waits.
+            wake = not started or self._next_queued() is not None or any(
+                w.outbuf or w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
+        for inv in started:
+            self.started(inv)
+        if wake:
+            self._wake()
 
     def cancel(self, invocation: Invocation) -> bool:
         """Remove a call no worker has taken yet; its ``on_done`` is then never called."""
@@ -189,32 +208,42 @@ class LocalBackend(Backend):
             pass
 
     def _run(self) -> None:
+        """The dispatcher: worker state changes only under the lock (callers may
+        hand an idle worker a call directly); callbacks run outside it."""
         try:
             while True:
-                if self._stopping:
-                    break
-                if self._draining and not self._pending():
-                    break
-                self._assign()
-                now = time.time()
-                wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + 1.0)
-                timeout = min(1.0, max(0.0, wakeup - now))
-                polling = any(w.pidfd is None for w in self._workers)
-                if polling:
-                    timeout = min(timeout, 0.05)
-                for key, mask in self._selector.select(timeout=timeout):
-                    self._event(key.data, mask)
-                if polling:
-                    for worker in list(self._workers):
-                        if worker.pidfd is None and worker.exited():
-                            self._on_exit(worker)
-                self._watch()
-                self._reap_idle()
+                with self._lock:
+                    if self._stopping:
+                        break
+                    if self._draining and not self._pending():
+                        break
+                    started = self._assign_locked()
+                    now = time.time()
+                    wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + _IDLE_S)
+                    timeout = min(_IDLE_S, max(0.0, wakeup - now))
+                    polling = any(w.pidfd is None for w in self._workers)
+                    if polling:
+                        timeout = min(timeout, 0.05)
+                    self._sleep_until = now + timeout
+                self._after_assign(started)
+                events = self._selector.select(timeout=timeout)
+                with self._lock:
+                    self._sleep_until = 0.0
+                    for key, mask in events:
+                        self._event(key.data, mask)
+                    if polling:
+                        for worker in list(self._workers):
+                            if worker.pidfd is None and worker.exited():
+                                self._on_exit(worker)
+                    self._watch()
+                    self._reap_idle()
+                self._report()
         except Exception:  # noqa: BLE001 - fail every pending call rather than hang
             log.exception("wrenpack local backend: dispatcher failed")
         finally:
             self._stopping = True
             self._cleanup()
+            self._report()
 
     def _pending(self) -> bool:
         with self._lock:
@@ -285,10 +314,20 @@ class LocalBackend(Backend):
 
     def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None, data: bytes | None = None,
                 handoff: Any = None) -> None:
-        try:
-            inv.on_done(inv, InvocationResult(status=status, error=error, data=data, handoff=handoff))
-        except Exception:  # noqa: BLE001
-            log.exception("on_done callback failed")
+        """A call ended: its ``on_done`` runs once the lock is released (``_report``)."""
+        self._done.append((inv, InvocationResult(status=status, error=error, data=data, handoff=handoff)))
+
+    def _report(self) -> None:
+        """Run the ``on_done`` callbacks of the calls that ended (lock not held)."""
+        while self._done:
+            try:
+                inv, result = self._done.popleft()
+            except IndexError:
+                return
+            try:
+                inv.on_done(inv, result)
+            except Exception:  # noqa: BLE001
+                log.exception("on_done callback failed")
 
     # -- assigning ----------------------------------------------------------------
     def _next_queued(self) -> Invocation | None:
@@ -338,27 +377,45 @@ class LocalBackend(Backend):
             calls.append(inv)
         return calls
 
-    def _assign(self) -> None:
+    def _assign_locked(self) -> list[Invocation]:
+        """Hand out queued calls, start workers for the rest (lock held); the calls started."""
         started: list[Invocation] = []
-        with self._lock:
-            if self._queued:
-                # A starting worker takes calls too: they run as soon as it has imported the handler.
-                usable = [w for w in self._workers if not w.retiring and not w.kill_reason]
-                # Idle workers first, then top up the busy ones.
-                for worker in sorted(usable, key=lambda w: len(w.inflight)):
-                    calls = self._take(worker)
-                    if calls:
-                        worker.send(calls, self.reply_limit, self._handoff_min)
-                        started.extend(calls)
-                        self.messages_sent += 1
-                        self.calls_sent += len(calls)
-            head = self._next_queued()
-            if head is not None and not self._stopping:
-                self._grow(head)
+        if self._queued:
+            # A starting worker takes calls too: they run as soon as it has imported the handler.
+            usable = [w for w in self._workers if not w.retiring and not w.kill_reason]
+            # Idle workers first, then top up the busy ones.
+            for worker in sorted(usable, key=lambda w: len(w.inflight)):
+                started.extend(self._send(worker))
+        head = self._next_queued()
+        if head is not None and not self._stopping:
+            self._grow(head)
+        return started
+
+    def _send_to_idle(self) -> list[Invocation]:
+        """Queued calls to idle, ready workers only (lock held; the caller's thread)."""
+        started: list[Invocation] = []
+        for worker in self._workers:
+            if not self._queued:
+                break
+            if worker.ready and not worker.inflight and not worker.retiring and not worker.kill_reason:
+                started.extend(self._send(worker))
+        return started
+
+    def _send(self, worker: Worker) -> list[Invocation]:
+        calls = self._take(worker)
+        if calls:
+            worker.send(calls, self.reply_limit, self._handoff_min)
+            self.messages_sent += 1
+            self.calls_sent += len(calls)
+        return calls
+
+    def _after_assign(self, started: list[Invocation]) -> None:
+        self._report()
         for inv in started:
             self.started(inv)
         if started:
-            self._watch_io()
+            with self._lock:
+                self._watch_io()
 
     def _learn(self, inv: Invocation, elapsed: Any) -> None:
         """Keep a function's expected call time: up at once, down gradually (so a
@@ -531,6 +588,7 @@ class LocalBackend(Backend):
             self._queued.clear()
         for inv in queued:
             self._finish(inv, error=WrenpackError(f"{inv.label}: the local backend shut down before the call started"))
+        self._report()
         self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             try:

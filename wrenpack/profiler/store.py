@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,45 @@ def save(data: dict[str, Any], start: str | os.PathLike[str] | None = None) -> P
     os.replace(tmp, path)
     log.info("saved profile %s", path)
     return path
+
+
+#: (working directory, WRENPACK_PROFILE_DIR) -> profiles folder; path -> ((mtime_ns, size), profile)
+_dirs: dict[tuple[str, str | None], Path] = {}
+_loaded: dict[Path, tuple[tuple[int, int], dict[str, Any] | None]] = {}
+
+
+def load_cached(code_hash: str | Callable[[], str]) -> dict[str, Any] | None:
+    """``load`` for the launch path, which asks on every ``.remote()``: the
+    folder is found once per working directory and a profile is read again
+    only when its file changed (one ``stat`` per call, not a parent walk and a
+    read). ``code_hash`` may be a function computing it, called only when
+    there is a profiles folder at all."""
+    where = (os.getcwd(), os.environ.get("WRENPACK_PROFILE_DIR"))
+    folder = _dirs.get(where)
+    if folder is None:
+        if len(_dirs) > 64:
+            _dirs.clear()
+        folder = _dirs[where] = profiles_dir()
+    if callable(code_hash):
+        if not os.path.isdir(folder):
+            return None
+        code_hash = code_hash()
+    path = folder / f"{code_hash}.json"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return load(code_hash)
+    stamp = (st.st_mtime_ns, st.st_size)
+    hit = _loaded.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    data = load(code_hash)
+    if len(_loaded) > 1024:
+        _loaded.clear()
+    _loaded[path] = (stamp, data)
+    return data
 
 
 def load(code_hash: str, start: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:

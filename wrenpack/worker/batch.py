@@ -7,23 +7,41 @@ future. Runs in the worker: standard library and cloudpickle only.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
+
+import cloudpickle
 
 from wrenpack import protocol
 
 
-class Batch:
-    """Calls ``fn`` once per ``(args, kwargs)``; returns one outcome tuple each."""
+class Outcomes(list):  # type: ignore[type-arg]
+    """A batch's outcome tuples, in order, and how long each call took (s)."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    seconds: list[float]
+
+
+class Batch:
+    """Calls ``fn`` once per ``(args, kwargs)``; returns one outcome tuple each.
+
+    ``pickled=True``: each call comes as its own pickled ``(args, kwargs)``
+    (automatic grouping pickles calls before it knows their groups)."""
+
+    def __init__(self, fn: Callable[..., Any], pickled: bool = False) -> None:
         self.fn = fn
+        self.pickled = pickled
         self.__qualname__ = getattr(fn, "__qualname__", "function")
 
-    def __call__(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        for args, kwargs in calls:
+    def __call__(self, calls: list[Any]) -> list[tuple[Any, ...]]:
+        out = Outcomes()
+        out.seconds = []
+        clock = time.perf_counter
+        for call in calls:
+            t0 = clock()
             try:
+                args, kwargs = cloudpickle.loads(call) if self.pickled else call
                 out.append(("ok", self.fn(*args, **kwargs)))
             except Exception as exc:  # noqa: BLE001 - kept per item; BaseExceptions end the batch
                 out.append(protocol.error_tuple(exc, "user", protocol.user_traceback(exc)))
+            out.seconds.append(clock() - t0)
         return out

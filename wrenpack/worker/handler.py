@@ -20,9 +20,11 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
+import _signal
 import signal
 import socket
 import sys
@@ -35,7 +37,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from wrenpack import auth, keys, protocol
-from wrenpack.errors import MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
+from wrenpack.errors import CorruptObject, MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.worker import callscope, checkpoint, handoff, memory, refs, result
 
@@ -84,7 +86,8 @@ def _arm_deadline(context: Any, timeout_s: float | None, started: float) -> Call
     soft_deadline = time.time() + remaining - _margin(remaining)
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         return None
-    if not _alarm_installed or signal.getsignal(signal.SIGALRM) is not _fire:
+    # (_signal's getsignal: signal.getsignal's enum conversion costs more than the check)
+    if not _alarm_installed or _signal.getsignal(signal.SIGALRM) is not _fire:
         signal.signal(signal.SIGALRM, _fire)
         _alarm_installed = True
     signal.setitimer(signal.ITIMER_REAL, max(0.001, remaining - _margin(remaining)))
@@ -167,18 +170,59 @@ def _missing(exc: ModuleNotFoundError) -> MissingDependency:
 
 
 def _load_function(store: Store, ev: protocol.Event) -> Callable[..., Any]:
-    cache_key = (ev.func_key, ev.secret)
+    """The call's function, cached by its content hash across jobs (a warm
+    worker does not load the same function again for every ``.remote()``).
+
+    The hash comes in the event, which is as trusted as the secret beside it;
+    the bytes it names are checked against it before they are unpickled and
+    cached, whether they came inline in the event or sealed from the store."""
+    digest = ev.extra.get("func_hash")
+    cache_key: Any = digest if digest is not None else (ev.func_key, ev.secret)
     fn = _functions.get(cache_key)
-    if fn is None:
+    if fn is not None:
+        _functions.move_to_end(cache_key)
+        return fn
+    inline = ev.extra.get("func_inline")
+    if inline is not None:
+        data: Any = base64.b64decode(inline)  # came inside the invocation, as inline arguments do
+    else:
         # Verified before unpickling: a pickle someone else planted never runs.
         data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "func"), store.get(ev.func_key), ev.func_key)
-        fn = _loads(data, "the function")
-        _functions[cache_key] = fn
-        if len(_functions) > _MAX_CACHED_FUNCTIONS:
-            _functions.popitem(last=False)
-    else:
-        _functions.move_to_end(cache_key)
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise CorruptObject(f"{ev.label}: the function's bytes do not match the event's func_hash; nothing was unpickled; re-run the call")
+    fn = _loads(data, "the function")
+    _functions[cache_key] = fn
+    if len(_functions) > _MAX_CACHED_FUNCTIONS:
+        _functions.popitem(last=False)
     return fn
+
+
+class _JobStore:
+    """The store as one call writes to it. A job that stored nothing at launch
+    sends its owner record in the event (``wrenpack clean`` needs one next to
+    any object of a job); it is written before the call's first object under
+    the job's prefix, and the status then says the job has objects to remove."""
+
+    def __init__(self, store: Store, job_id: str, owner: dict[str, Any] | None) -> None:
+        self._store = store
+        self._prefix = keys.job_prefix(job_id)
+        self._owner_key = keys.owner_key(job_id)
+        self._owner = owner
+        self.wrote = False
+
+    def put(self, key: str, data: Any, if_absent: bool = False) -> bool:
+        if key.startswith(self._prefix):
+            self.wrote = True
+            if self._owner is not None:
+                owner, self._owner = self._owner, None
+                try:
+                    self._store.put(self._owner_key, json.dumps(owner).encode(), if_absent=True)
+                except StoreError:
+                    log.debug("could not write the owner record %s", self._owner_key, exc_info=True)
+        return self._store.put(key, data, if_absent=if_absent)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -232,14 +276,16 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     global soft_deadline
     start = time.time()
     ev = protocol.Event.from_dict(event)
-    store = _store_for(ev.store)
+    job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
+    store: Any = job_store
     memory.reset_peak()
     children_before = memory.children_peak_mb()
     job_id, call_id = ev.job_id, ev.call_id
-    user_data.bind(store)  # wrenpack.store() inside the call is this store
+    user_data.bind(job_store._store)  # wrenpack.store() inside the call is this store
     refs.learn(ev.extra.get("ref_secrets"))  # futures among the arguments verify with these
     refs.enter_call(job_id, ev.secret, ev.extra.get("chain") or ())
     kind = "ok"
+    run_s: float | None = None  # the function's own time, without loading it and its arguments
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
@@ -250,7 +296,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         args, kwargs = _load_args(store, ev, context)
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
-        value = scope.run(fn, *args, **kwargs)
+        run_start = time.perf_counter()
+        try:
+            value = scope.run(fn, *args, **kwargs)
+        finally:
+            run_s = time.perf_counter() - run_start
         try:
             with refs.sealing_scope():  # futures in the result carry no secret into the store
                 outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"))
@@ -323,8 +373,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "python": "%d.%d" % sys.version_info[:2],
         "request_id": getattr(context, "aws_request_id", None),
     }
+    if run_s is not None:
+        status["run_s"] = run_s
     status.update(extra_status)
     status.update(scope.status())
+    if job_store.wrote:
+        status["stored"] = True
     if kind == "checkpointed":
         # The call goes on in a new invocation; the client launches it on seeing this.
         record = protocol.seal_segment(ev.secret, job_id, call_id, ev.segment, json.dumps(status).encode())

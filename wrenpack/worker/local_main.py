@@ -237,10 +237,17 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             _apply_limits(msg["limits"])
             memory_mb = int(msg["limits"][0])
         reply_limit = msg.get("reply_limit")
+        base: dict[str, Any] = {}
         handoff_min = msg.get("handoff")
         for call in msg["calls"]:
             calls += 1
-            event = call["event"]
+            if "event" in call:
+                event = base = call["event"]
+                base = dict(base)  # the handler may add to its event
+            else:
+                event = dict(base, **call["changed"])
+                for name in call.get("gone", ()):
+                    event.pop(name, None)
             if reply_limit:
                 event["reply_limit"] = reply_limit
             if handoff_min is not None:
@@ -264,6 +271,10 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                     blob = bytes(data)
                 out = status.pop("handoff", None)
                 peak = max(status.get("peak_rss_mb") or 0.0, status.get("children_peak_rss_mb") or 0.0)
+                if blob:
+                    # The whole status travels sealed inside the result object; the
+                    # header carries only what the scheduler acts on.
+                    status = {k: status[k] for k in ("exit", "stored") if k in status}
                 reply: dict[str, Any] = {"status": status, "peak_rss_mb": peak}
                 if out is not None:
                     reply["handoff"] = out.layout

@@ -1,0 +1,304 @@
+"""Automatic grouping of a map's short calls on the local backend (issue 15).
+
+Launching, running and completing one call costs the local backend a few
+hundred microseconds; a call of ``x + 1`` runs in a microsecond. Like joblib's
+automatic batch size, a map learns how long the function's calls take and
+sends short ones in groups, several calls per invocation (``worker.batch``):
+
+- a function not timed yet: the first call per worker goes alone and is
+  timed; the rest wait for the first of those to end (the workers are busy
+  with them meanwhile), then go in groups if the calls are short, alone if
+  not (at once, if one of them is pickled to be passed on);
+- a function this executor timed before (by its code hash): grouped at once.
+
+Every call keeps its own future, outcome and exception. A group runs under
+the calls' own limits (memory, /tmp, timeout) as a whole; a group that breaks
+one, or whose worker dies, runs again call by call, each alone with its own
+limits, so only the call that broke a limit fails with it (the group's other
+calls then run twice, as after a worker crash). Not grouped: the Lambda
+backend, ``retry_on``, checkpointing functions, arguments holding futures.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from wrenpack.errors import CorruptObject, ExecutorShutdown, WrenpackError
+from wrenpack.futures import WrenFuture
+
+if TYPE_CHECKING:
+    from wrenpack.executor import CallOptions, Executor, Prepared
+
+log = logging.getLogger(__name__)
+
+#: calls expected to take less than this go in groups
+SHORT_S = 0.002
+#: the expected work of one group
+GROUP_S = 0.01
+MAX_GROUP = 512
+#: groups per worker at least, so the work spreads evenly
+GROUPS_PER_WORKER = 4
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call], options: CallOptions,
+               label: str) -> list[WrenFuture] | None:
+    """Launch a map's calls, grouped where they are short; None when grouping
+    does not apply (the caller launches them one per invocation)."""
+    workers = executor.config.concurrency or os.cpu_count() or 1
+    if (executor.config.backend != "local" or len(calls) <= 2 * workers or options.retry_on or options.extra
+            or _checkpoints(fn)):
+        return None
+    key = _key(fn)
+    est = executor._call_seconds.get(key)
+    prepared = executor.prepare(fn, calls, options, label)
+    plan = _Plan(executor, fn, options, label, key, prepared, workers)
+    if prepared.referenced or (est is not None and est > SHORT_S) or not all(isinstance(p, bytes) for p in prepared.payloads):
+        # Futures among the arguments (their secrets go in each call's event), large
+        # arguments (memfd hand-offs), or calls known to be long: one per
+        # invocation; the first ones still teach.
+        futures = executor.launch(fn, calls, options, label, prepared=prepared)
+        for fut in futures[:workers]:
+            fut.add_done_callback(plan._timed)
+        return futures
+    if est is not None:
+        plan.launch_groups(list(range(len(calls))), est)
+        return list(plan.items)
+    probes = workers
+    plan.hold(list(range(probes, len(calls))))  # before the probes: one may end at once
+    try:
+        plan.launch_single(list(range(probes)), probe=True)
+    except BaseException:
+        plan.abandon()
+        raise
+    return list(plan.items)
+
+
+def _key(fn: Callable[..., Any]) -> str:
+    try:
+        from wrenpack.profiler.codehash import code_hash
+
+        return code_hash(fn)
+    except Exception:  # noqa: BLE001 - an odd callable: time it by identity
+        return f"id:{id(fn)}"
+
+
+def _checkpoints(fn: Callable[..., Any]) -> bool:
+    from wrenpack.remote_function import _uses_checkpoint
+
+    try:
+        return _uses_checkpoint(fn)
+    except Exception:  # noqa: BLE001
+        return True
+
+
+class _Plan:
+    """One map's calls: their futures, and how and when they are launched."""
+
+    def __init__(self, executor: Executor, fn: Callable[..., Any], options: CallOptions, label: str, key: str,
+                 prepared: Prepared, workers: int) -> None:
+        self.executor = executor
+        self.fn = fn
+        self.options = options
+        self.label = label
+        self.key = key
+        self.prepared = prepared
+        self.workers = workers
+        self.lock = threading.Lock()
+        self.items = [WrenFuture("", "", f"{label}[{i}]") for i in range(len(prepared.payloads))]
+        self.held: list[int] = []
+        self.released = False
+
+    # -- launching ------------------------------------------------------------------
+    def _subset(self, indices: list[int]) -> Prepared:
+        from wrenpack.executor import Prepared
+
+        return Prepared(self.prepared.fn_bytes, [self.prepared.payloads[i] for i in indices])
+
+    def launch_single(self, indices: list[int], probe: bool = False) -> None:
+        """Each call alone, its own invocation and limits, in the given futures."""
+        futures = [self.items[i] for i in indices]
+        self.executor.launch(self.fn, (), self.options, self.label, prepared=self._subset(indices), futures=futures)
+        if probe:
+            for fut in futures:
+                fut.add_done_callback(self._probe_done)
+
+    def launch_groups(self, indices: list[int], est: float) -> None:
+        from wrenpack.worker.batch import Batch
+
+        size = max(1, min(MAX_GROUP, int(GROUP_S / max(est, 1e-6)),
+                          math.ceil(len(indices) / (self.workers * GROUPS_PER_WORKER))))
+        if size == 1:
+            self.launch_single(indices)
+            return
+        groups = [indices[i : i + size] for i in range(0, len(indices), size)]
+        payloads = self.prepared.payloads
+        gfuts = self.executor.launch(Batch(self.fn, pickled=True), [(([payloads[i] for i in g],), {}) for g in groups],
+                                     self.options, self.label)
+        log.debug("%s: %d calls in %d groups of up to %d (about %.0f us each)", self.label, len(indices), len(groups), size, est * 1e6)
+        for group, gfut in zip(groups, gfuts):
+            members = [self.items[i] for i in group]
+            gfut._members = members
+            for j, item in enumerate(members):
+                item.job_id, item.call_id = gfut.job_id, f"{gfut.call_id}.{j}"
+                item._canceller = lambda item=item, gfut=gfut: self._cancel_member(item, gfut)
+                item._pin = gfut._pin
+                if gfut._ref is not None:
+                    item._ref = dict(gfut._ref, call_id=item.call_id, label=item.label, item=j)
+                _ready(item)
+            gfut.add_done_callback(lambda done, group=group: self._group_ended(done, group))
+
+    def hold(self, indices: list[int]) -> None:
+        """The rest of a new function's map waits for its first timed call."""
+        for i in indices:
+            item = self.items[i]
+            item._launched = threading.Event()
+            item._launch_now = self.release  # pickling it needs it launched
+            item._canceller = lambda i=i: self._cancel_held(i)
+        with self.lock:
+            self.held = indices
+        self.executor._plans.add(self)
+
+    def release(self) -> None:
+        """Launch the held calls: grouped if the function's calls are short."""
+        with self.lock:
+            if self.released:
+                return
+            self.released = True
+            held = [i for i in self.held if not self.items[i].done()]
+            self.held = []
+        try:
+            est = self.executor._call_seconds.get(self.key)
+            if not held:
+                return
+            if est is None or est > SHORT_S:
+                self.launch_single(held)
+            else:
+                self.launch_groups(held, est)
+        except BaseException as exc:  # noqa: BLE001 - the calls fail, never silently stay pending
+            self._fail([self.items[i] for i in held], exc)
+        finally:
+            for i in held:
+                _ready(self.items[i])
+            self.executor._plans.discard(self)
+            self.executor._job_ended()  # a shutdown(wait=False) may have waited for these
+
+    def abandon(self) -> None:
+        """The probes could not launch (the error goes to the caller): nothing else will."""
+        with self.lock:
+            self.released, self.held = True, []
+        self.executor._plans.discard(self)
+
+    # -- outcomes ---------------------------------------------------------------------
+    def _timed(self, fut: WrenFuture) -> None:
+        status = fut.status or {}
+        duration = status.get("run_s", status.get("duration_s"))
+        if isinstance(duration, (int, float)):
+            self._learn(float(duration))
+
+    def _probe_done(self, fut: WrenFuture) -> None:
+        self._timed(fut)
+        self.release()
+
+    def _learn(self, seconds: float) -> None:
+        """Up at once, down by halves: a long call is not taken for a short one."""
+        timings = self.executor._call_seconds
+        old = timings.get(self.key)
+        if len(timings) > 4096:
+            timings.clear()
+        timings[self.key] = seconds if old is None or seconds > old else 0.5 * (old + seconds)
+
+    def _group_ended(self, gfut: WrenFuture, group: list[int]) -> None:
+        try:
+            self._group_done(gfut, group)
+        except BaseException as exc:  # noqa: BLE001 - never leave a call pending
+            log.debug("completing a group of %s failed", self.label, exc_info=True)
+            self._fail([self.items[i] for i in group],
+                       WrenpackError(f"{self.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}"))
+
+    def _group_done(self, gfut: WrenFuture, group: list[int]) -> None:
+        members = [self.items[i] for i in group]
+        if gfut.cancelled():
+            asked = [i for i in group if getattr(self.items[i], "_cancel_asked", False)]
+            if not asked:  # the group itself was cancelled (shutdown(cancel_futures=True), exit): all its calls are
+                for item in members:
+                    item.cancel()
+                return
+            # Taken back because one of its calls was cancelled: the others go again.
+            self._again([i for i in group if i not in asked and not self.items[i].done()], None)
+            return
+        exc = gfut.exception()
+        if exc is not None:
+            self._again(group, exc)
+            return
+        outcomes = gfut.result()
+        seconds = getattr(outcomes, "seconds", None)
+        if seconds:
+            # The mean call, not the slowest: one call stalled by a busy machine does
+            # not ungroup the next map, a map with calls of seconds among short ones does.
+            self._learn(sum(seconds) / len(seconds))
+        from wrenpack.protocol import rebuild_exception
+
+        for j, item in enumerate(members):
+            status = dict(gfut.status or {}, group={"size": len(members), "index": j})
+            if seconds:
+                status["duration_s"] = seconds[j]
+            item.status, item.segments, item.logs = status, gfut.segments, gfut.logs
+            outcome = outcomes[j]
+            if outcome[0] == "ok":
+                item._resolve(True, outcome[1])
+            else:
+                item._resolve(False, rebuild_exception(outcome, item.label))
+
+    def _again(self, group: list[int], exc: BaseException | None) -> None:
+        """A group ended without its calls' outcomes: run them again, each alone
+        (``exc``: why the group failed), or fail them when that must not be retried."""
+        todo = [i for i in group if not self.items[i].done()]
+        if not todo:
+            return
+        ex = self.executor
+        final = isinstance(exc, (CorruptObject, ExecutorShutdown, CancelledError)) or ex._stopping
+        if exc is not None and not final:
+            log.info("%s: a group of %d calls failed (%s: %s); running them one by one", self.label, len(todo),
+                     type(exc).__name__, exc)
+        if final:
+            self._fail([self.items[i] for i in todo], exc)
+            return
+        try:
+            self.launch_single(todo)
+        except BaseException as again:  # noqa: BLE001
+            self._fail([self.items[i] for i in todo], exc if exc is not None else again)
+
+    def _fail(self, items: list[WrenFuture], exc: BaseException | None) -> None:
+        if not isinstance(exc, BaseException) or not isinstance(exc, Exception):
+            exc = WrenpackError(f"{self.label}: the calls could not be launched: {exc!r}")
+        for item in items:
+            if not item.done():
+                item._resolve(False, exc)
+
+    # -- cancelling -------------------------------------------------------------------
+    def _cancel_held(self, i: int) -> bool:
+        with self.lock:
+            if self.released or i not in self.held:
+                return False
+            self.held.remove(i)
+        return True
+
+    def _cancel_member(self, item: WrenFuture, gfut: WrenFuture) -> bool:
+        """Cancel one call of a group not started yet: the group is taken back and
+        its other calls go again."""
+        item._cancel_asked = True  # type: ignore[attr-defined]
+        if gfut.cancel():
+            return True
+        item._cancel_asked = False  # type: ignore[attr-defined]
+        return False
+
+
+def _ready(item: WrenFuture) -> None:
+    if item._launched is not None:
+        item._launched.set()
