@@ -121,11 +121,19 @@ def test_import_failure_not_caused_by_trimming_fails_the_build(small, cache, tmp
                               verify_modules=["no_such_module_here"])
 
 
-def test_no_wheel_for_target_suggests_docker(cache, tmp_path):
+@pytest.fixture(scope="module")
+def no_wheel(cache, tmp_path_factory):
+    """The build of a pin with no wheel for the target, once for the tests of its error message."""
     # msgpack 0.5.6 predates Python 3.11: no cp311 manylinux wheel exists
-    with pytest.raises(NoSuitableWheel, match=r"msgpack.*--docker") as exc:
-        runtime_builder.build(["msgpack==0.5.6"], output=str(tmp_path / "out"), cache_dir=cache)
-    assert "\n" not in str(exc.value)
+    with pytest.raises(NoSuitableWheel) as exc:
+        runtime_builder.build(["msgpack==0.5.6"], output=str(tmp_path_factory.mktemp("no-wheel") / "out"),
+                              cache_dir=cache)
+    return exc
+
+
+def test_no_wheel_for_target_suggests_docker(no_wheel):
+    assert re.search(r"msgpack.*--docker", str(no_wheel.value)), str(no_wheel.value)
+    assert "\n" not in str(no_wheel.value)
 
 
 def test_over_budget_fails_with_largest_packages(small, cache, tmp_path):
@@ -379,10 +387,8 @@ def test_unknown_package_says_it_does_not_exist(cache, tmp_path):
     assert not isinstance(exc.value, NoSuitableWheel)
 
 
-def test_no_wheel_names_the_newest_version_that_has_one(cache, tmp_path):
-    with pytest.raises(NoSuitableWheel) as exc:
-        runtime_builder.build(["msgpack==0.5.6"], output=str(tmp_path / "out"), cache_dir=cache)
-    text = _one_line(exc)
+def test_no_wheel_names_the_newest_version_that_has_one(no_wheel):
+    text = _one_line(no_wheel)
     assert re.search(r"the newest version with one is (\d+\.\d+\S*): pin msgpack==\1", text), text
 
 
@@ -444,7 +450,7 @@ def test_gpu_libraries_are_named_with_the_cpu_alternative():
     resolve.check_gpu(lock.replace("nvidia", "other").replace("triton", "tritonx"), requested={"torch"})
 
 
-def test_failed_build_leaves_lock_and_json_report(cache, tmp_path):
+def test_failed_build_leaves_lock_and_json_report(small, cache, tmp_path):
     out = tmp_path / "out"
     t = time.perf_counter()
     with pytest.raises(BudgetExceeded) as exc:
@@ -456,8 +462,9 @@ def test_failed_build_leaves_lock_and_json_report(cache, tmp_path):
     assert report["lock"] == str(out / "requirements.lock") and "msgpack==" in (out / "requirements.lock").read_text()
     assert set(report["packages"]) >= {"six", "idna", "msgpack", "cloudpickle"}
     assert "install" not in report["stage_seconds"]  # failed in seconds, before downloading anything
-    proc = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", *PKGS, "--json", "--output", str(out),
-                           "--cache-dir", cache, "--target", "archive", "--tmp-size", "0"],
+    # the CLI's report of the same failure (from the small runtime's lock: resolving was checked above)
+    proc = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", "--lock", small.lock, "--json",
+                           "--output", str(out), "--cache-dir", cache, "--target", "archive", "--tmp-size", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("wrenpack: error: the wheels alone are")
     printed = json.loads(proc.stdout)
@@ -605,8 +612,10 @@ def test_fit_picks_sourceless_when_only_sourceless_fits(cache, tmp_path, monkeyp
     text = _one_line(exc)
     assert "over the 250 MiB layer limit" in text or "layer limit" in text
     assert re.search(r"a sourceless layer would fit \(.*MiB\): pass --fit", text), text
+    lock = tmp_path / "plain" / "requirements.lock"  # the failed build's lock (its --find-links kept)
+    assert "--find-links" in lock.read_text() and "fitpkg==1.0" in lock.read_text()
     with caplog.at_level("WARNING", logger="runtime_builder"):
-        res = runtime_builder.build(requirements_files=[req], output=str(tmp_path / "fit"), cache_dir=cache, fit=True)
+        res = runtime_builder.build(lock=str(lock), output=str(tmp_path / "fit"), cache_dir=cache, fit=True)
     mode = res.manifest["mode"]
     assert mode["name"] == "sourceless layer" and mode["sourceless"] and mode["kind"] == "layer"
     assert re.match(r"layer with sources is \d+\.\d MiB, over 1 MiB; sourceless layer is 0\.\d MiB, within 1 MiB",
