@@ -264,6 +264,22 @@ def test_results_the_driver_has_not_read_yet_do_not_shrink_the_next_call(tmp_pat
         ex.shutdown()
 
 
+@pytest.mark.parametrize("use_cgroups", [None, False], ids=["cgroup", "sampled"])
+def test_a_result_and_its_handed_off_pickle_count_against_the_limit(tmp_path, use_cgroups):
+    backend = LocalBackend(concurrency=1, use_cgroups=use_cgroups)
+    if use_cgroups is None and backend._cgroups is None:
+        backend.shutdown()
+        pytest.skip("memory cgroups (v1, root) are unavailable here")
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
+    try:
+        # 150 MB of result plus its 150 MB pickle do not fit in 256 MB (nor would they on Lambda).
+        with pytest.raises(wrenpack.MemoryLimitExceeded):
+            wrenpack.remote(big_result, executor=ex, memory=256).remote(150).result(timeout=60)
+        assert len(wrenpack.remote(big_result, executor=ex, memory=512).remote(150).result(timeout=60)) == 150 * MiB
+    finally:
+        ex.shutdown()
+
+
 def _sealed(data: bytes, seals: int = handoff.SEALS) -> int:
     fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.write(fd, data)

@@ -166,7 +166,7 @@ class Worker:
         #: bytes of results this worker handed back that the driver has not read yet:
         #: its cgroup still counts them, so its limit is raised by as much meanwhile
         self.unread = 0
-        self._limit_lock = threading.Lock()
+        self._limit_lock = threading.RLock()  # a collected hand-off's hook may run while it is held
         self._limit_stuck = False
         self.idle_since = time.monotonic()
         self.kill_reason: str | None = None

@@ -48,7 +48,7 @@ RESULT_MIN = 64 * 1024
 _ALIGN = 64
 _MAX_WRITE = 1 << 30
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a collected Sealed may close (and release) while it is held
 _open = 0  # memfds of pending arguments held by this process
 _max_open: int | None = None
 
