@@ -4,7 +4,8 @@ every round, medians reported:
 
 - ``trivial``: 1,000 calls of ``x + 1`` (``--calls``), warm pools
 - ``latency``: one warm call, submit to result (median of ``--latency-calls``)
-- ``data``: 100 calls (``--data-calls``) each taking and returning 10 MiB of bytes,
+- ``data``: 100 calls (``--data-calls``) each taking and returning 10 MiB of bytes
+  (the same object for every call; ``--data-distinct``: one object per call),
   plus the driver's peak memory above its start (RSS sampled every 5 ms)
 - ``mixed``: 200 calls, 190 x 10 ms and 10 x 2 s (``--scale`` shrinks the times)
   against the ideal schedule max(total / workers, longest call)
@@ -126,6 +127,8 @@ def main() -> None:
     ap.add_argument("--latency-calls", type=int, default=200)
     ap.add_argument("--data-calls", type=int, default=100)
     ap.add_argument("--data-mib", type=int, default=10)
+    ap.add_argument("--data-distinct", action="store_true",
+                    help="data: a different object per call (no argument is shared between calls)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the mixed workload's call durations")
     ap.add_argument("--only", default="trivial,latency,data,mixed")
     args = ap.parse_args()
@@ -155,13 +158,17 @@ def main() -> None:
             samples.append(time.perf_counter() - t0)
         return statistics.median(samples)
 
+    # (os.urandom leaves no freed temporaries between them, which would hide the peak RSS)
+    distinct = [os.urandom(args.data_mib * MiB) for _ in range(args.data_calls)] if args.data_distinct else None
+
     def data_run(name: str) -> float:
-        items = [blob] * args.data_calls
+        # The same object in every call (as the table measured it), or --data-distinct ones.
+        items = distinct if distinct is not None else [blob] * args.data_calls
         with PeakRSS() as peak:
             t0 = time.perf_counter()
             out = systems.map(name, echo, items)
             elapsed = time.perf_counter() - t0
-            assert len(out) == len(items) and out[0] == blob
+            assert len(out) == len(items) and out[0] == items[0] and out[-1] == items[-1]
             del out
         memory[name].append(peak.mb)
         return elapsed
@@ -194,7 +201,7 @@ def main() -> None:
     titles = {
         "trivial": f"{args.calls} trivial calls",
         "latency": "one warm call's latency",
-        "data": f"{args.data_calls} calls x {args.data_mib} MiB in and out",
+        "data": f"{args.data_calls} calls x {args.data_mib} MiB in and out" + (" (distinct objects)" if args.data_distinct else ""),
         "mixed": f"200 calls, 190 x {10 * args.scale:g} ms + 10 x {2 * args.scale:g} s (ideal {ideal:.2f} s)",
     }
     for key in workloads:

@@ -219,6 +219,67 @@ def test_a_handed_off_result_stops_counting_against_its_worker(tmp_path):
         ex.shutdown()
 
 
+def allocate(mb, marker=None):
+    block = bytearray(mb * MiB)  # touched: resident
+    if marker:
+        open(marker, "w").close()
+    return len(block)
+
+
+def test_results_the_driver_has_not_read_yet_do_not_shrink_the_next_call(tmp_path, monkeypatch):
+    backend = LocalBackend(concurrency=1)
+    if backend._cgroups is None:
+        backend.shutdown()
+        pytest.skip("memory cgroups (v1, root) are unavailable here")
+    import threading
+
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
+    gate = threading.Event()
+    original = ex._read_handoff
+
+    def slow_reader(label, sealed):  # the driver lags behind its worker
+        gate.wait(60)
+        return original(label, sealed)
+
+    monkeypatch.setattr(ex, "_read_handoff", slow_reader)
+    try:
+        first = wrenpack.remote(big_result, executor=ex, memory=512).remote(250)
+        time.sleep(0.5)
+        # 250 MB of the worker's first result are still unread (and charged to its cgroup):
+        # the next call in that worker still has its full 512 MB.
+        marker = tmp_path / "allocated"
+        second = wrenpack.remote(allocate, executor=ex, memory=512).remote(350, str(marker))
+        deadline = time.time() + 20
+        while not marker.exists() and time.time() < deadline:  # it ran while the first result was unread
+            time.sleep(0.05)
+        time.sleep(0.3)
+        gate.set()
+        assert len(first.result(timeout=60)) == 250 * MiB
+        assert second.result(timeout=60) == 350 * MiB
+        # ... and the limit is the call's own again once the driver has read it.
+        with pytest.raises(wrenpack.MemoryLimitExceeded):
+            wrenpack.remote(allocate, executor=ex, memory=512).remote(600).result(timeout=60)
+    finally:
+        gate.set()
+        ex.shutdown()
+
+
+@pytest.mark.parametrize("use_cgroups", [None, False], ids=["cgroup", "sampled"])
+def test_a_result_and_its_handed_off_pickle_count_against_the_limit(tmp_path, use_cgroups):
+    backend = LocalBackend(concurrency=1, use_cgroups=use_cgroups)
+    if use_cgroups is None and backend._cgroups is None:
+        backend.shutdown()
+        pytest.skip("memory cgroups (v1, root) are unavailable here")
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
+    try:
+        # 150 MB of result plus its 150 MB pickle do not fit in 256 MB (nor would they on Lambda).
+        with pytest.raises(wrenpack.MemoryLimitExceeded):
+            wrenpack.remote(big_result, executor=ex, memory=256).remote(150).result(timeout=60)
+        assert len(wrenpack.remote(big_result, executor=ex, memory=512).remote(150).result(timeout=60)) == 150 * MiB
+    finally:
+        ex.shutdown()
+
+
 def _sealed(data: bytes, seals: int = handoff.SEALS) -> int:
     fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.write(fd, data)

@@ -200,6 +200,9 @@ class Executor(cf.Executor):
         self._jobs: dict[str, _Job] = {}
         self._completions: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
+        #: results handed off as memfds are read (copied out) here, in parallel, as they arrive
+        self._reads: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
+        self._readers: list[threading.Thread] = []
         self._closed = False
         self._release_when_idle = False
         self._released = False
@@ -500,6 +503,9 @@ class Executor(cf.Executor):
             job.futures[inv.key[1]]._mark_running()
 
     def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
+        if result.handoff is not None and result.error is None:
+            self._read_soon(inv, result)
+            return
         if self._quick(inv, result):
             # A small result in the reply is verified, unpickled and resolved right
             # here: one thread hand-off fewer per call. Anything that may block
@@ -525,6 +531,33 @@ class Executor(cf.Executor):
             return False
         # The job's last call deletes its objects: not on the backend's thread.
         return not job.stored or len(job.finished) < len(job.futures) - 1
+
+    def _read_soon(self, inv: Invocation, result: InvocationResult) -> None:
+        """Read a handed-off result in a reader thread now, not in its turn in the
+        collector: the copies run in parallel (the GIL is released while the
+        kernel copies) and the memfd, which the worker's cgroup is charged
+        for, is closed as soon as possible."""
+        with self._lock:
+            if len(self._readers) < _READERS and self._reads.qsize() >= len(self._readers):
+                reader = threading.Thread(target=self._read_loop, name="wrenpack-reader", daemon=True)
+                self._readers.append(reader)
+                reader.start()
+        self._reads.put((inv, result))
+
+    def _read_loop(self) -> None:
+        while True:
+            item = self._reads.get()
+            if item is None:
+                return
+            inv, result = item
+            sealed = result.handoff
+            try:
+                result.handoff = _Read(self._read_handoff(inv.label, sealed))
+            except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it
+                result.handoff = _Read(exc)
+            finally:
+                sealed.close()
+            self._completions.put((inv, result))
 
     def _cancel(self, job_id: str, cid: str) -> bool:
         """Take back a call that has not started (``WrenFuture.cancel``)."""
@@ -623,7 +656,8 @@ class Executor(cf.Executor):
         elif result.handoff is not None:
             stored = status
             try:
-                outcome = self._read_handoff(fut.label, result.handoff)
+                read = result.handoff
+                outcome = read.get() if isinstance(read, _Read) else self._read_handoff(fut.label, read)
                 ok = outcome.ok
                 value = outcome.value if ok else outcome.rebuild(fut.label)
                 if ok:
@@ -729,6 +763,12 @@ class Executor(cf.Executor):
         if not self.config.keep_objects:
             for job_id in kept:
                 self._delete_job(job_id)
+        with self._lock:
+            readers, self._readers = self._readers, []
+        for _ in readers:
+            self._reads.put(None)  # after the reads already queued
+        for reader in readers:
+            reader.join(timeout=5)
         if collector is not None:
             self._completions.put(None)
             if collector is not threading.current_thread():
@@ -818,6 +858,25 @@ class Executor(cf.Executor):
             return status, outcome.value, True
         return status, outcome.rebuild(label), False
 
+
+
+#: threads reading handed-off results at once
+_READERS = 2
+
+
+class _Read:
+    """A handed-off result already read by a reader thread: its outcome, or what failed."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def get(self) -> protocol.Outcome:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+    def close(self) -> None:
+        pass
 
 
 def _close_handoffs(items: Iterable[Any]) -> None:

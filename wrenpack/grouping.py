@@ -66,6 +66,7 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
         for fut in futures[:workers]:
             fut.add_done_callback(plan._timed)
         return futures
+    plan.make_items()
     if est is not None:
         plan.launch_groups(list(range(len(calls))), est)
         return list(plan.items)
@@ -110,9 +111,13 @@ class _Plan:
         self.prepared = prepared
         self.workers = workers
         self.lock = threading.Lock()
-        self.items = [WrenFuture("", "", f"{label}[{i}]") for i in range(len(prepared.payloads))]
+        #: the calls' futures (``make_items``), bound to an invocation when each launches
+        self.items: list[WrenFuture] = []
         self.held: list[int] = []
         self.released = False
+
+    def make_items(self) -> None:
+        self.items = [WrenFuture("", "", f"{self.label}[{i}]") for i in range(len(self.prepared.payloads))]
 
     # -- launching ------------------------------------------------------------------
     def _subset(self, indices: list[int]) -> Prepared:

@@ -32,8 +32,11 @@ class MemoryCgroup:
         self._write("cgroup.procs", str(pid))
 
     def set_limit_mb(self, mb: int) -> bool:
+        return self.set_limit_bytes(mb * MiB)
+
+    def set_limit_bytes(self, n: int) -> bool:
         try:
-            self._write("memory.limit_in_bytes", str(mb * MiB))
+            self._write("memory.limit_in_bytes", str(n))
             return True
         except OSError:  # EBUSY: usage above the new limit
             return False

@@ -36,9 +36,10 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from wrenpack.backends.base import Invocation
 from wrenpack.backends.cgroups import CgroupFactory, MemoryCgroup
@@ -162,6 +163,11 @@ class Worker:
         self.inflight: deque[Invocation] = deque()
         self.limits: tuple[int, float, int] | None = None
         self.limit_mb: int | None = None
+        #: bytes of results this worker handed back that the driver has not read yet:
+        #: its cgroup still counts them, so its limit is raised by as much meanwhile
+        self.unread = 0
+        self._limit_lock = threading.RLock()  # a collected hand-off's hook may run while it is held
+        self._limit_stuck = False
         self.idle_since = time.monotonic()
         self.kill_reason: str | None = None
         self.oom_seen = 0
@@ -190,7 +196,10 @@ class Worker:
             msg["handoff"] = handoff_min
         was_idle = not self.inflight
         if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
-            self.limit_mb = first.memory_mb if self.cgroup.set_limit_mb(first.memory_mb) else None
+            with self._limit_lock:
+                self.limit_mb = first.memory_mb
+                if not self._apply_limit():
+                    self.limit_mb = None
             # The cgroup's peak is read only when the kernel stopped a call at the limit,
             # where it is the limit: reset when the limit changes, not on every call.
             self.cgroup.reset_peak()
@@ -267,7 +276,13 @@ class Worker:
             if "handoff" in head:
                 # The result as a sealed memfd: the executor checks, reads and closes it.
                 fd = self._in_fds.popleft() if self._in_fds else None
-                head["handoff"] = Sealed(fd, head["handoff"])
+                hook = None
+                if fd is not None and self.cgroup is not None:
+                    try:
+                        hook = self._handed_off(os.fstat(fd).st_size)
+                    except OSError:
+                        pass
+                head["handoff"] = Sealed(fd, head["handoff"], on_close=hook)
             out.append((head, bytes(buf[start + hlen : end])))
             pos = end
         if pos:
@@ -287,11 +302,38 @@ class Worker:
         self.next_child_check = now + CHILD_CHECK_S
         self.peak_mb = 0.0
 
+    def _apply_limit(self) -> bool:
+        """The cgroup's limit: the call's memory plus the unread hand-offs (lock held)."""
+        if self.cgroup is None or self.limit_mb is None:
+            return True
+        ok = self.cgroup.set_limit_bytes(self.limit_mb * MiB + self.unread)
+        self._limit_stuck = not ok
+        return ok
+
+    def _handed_off(self, size: int) -> Callable[[], None]:
+        """A result of ``size`` bytes came back as a memfd the worker's cgroup is
+        charged for until the driver closes it: the limit rises by that much now
+        and falls back when it is closed (the returned hook; any thread)."""
+        with self._limit_lock:
+            self.unread += size
+            self._apply_limit()
+
+        def read_back() -> None:
+            with self._limit_lock:
+                self.unread -= size
+                self._apply_limit()  # fails only if the running call is above its own limit: sample() stops it
+
+        return read_back
+
     def sample(self, now: float) -> str | None:
         """Check the running call on the sampling clock; the reason to stop it, if any."""
         inv = self.inflight[0]
         if now > self.hard_deadline:
             return "timeout"
+        if self._limit_stuck:
+            with self._limit_lock:
+                if not self._apply_limit():
+                    return "memory"  # above its memory once the driver's unread results are gone
         if now < self.next_sample:
             return None
         self.next_sample = now + SAMPLE_S

@@ -48,7 +48,7 @@ RESULT_MIN = 64 * 1024
 _ALIGN = 64
 _MAX_WRITE = 1 << 30
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a collected Sealed may close (and release) while it is held
 _open = 0  # memfds of pending arguments held by this process
 _max_open: int | None = None
 
@@ -92,11 +92,12 @@ class Sealed:
     """A sealed memfd this process owns: closed when the last holder closes it
     (``share`` adds a holder), or when collected."""
 
-    def __init__(self, fd: int | None, layout: Any, counted: bool = False) -> None:
+    def __init__(self, fd: int | None, layout: Any, counted: bool = False, on_close: Callable[[], None] | None = None) -> None:
         self.fd: int | None = fd
         self.layout = layout
         self._counted = counted
         self._holders = 1
+        self._on_close = on_close
 
     @property
     def size(self) -> int:
@@ -123,6 +124,9 @@ class Sealed:
                 pass
             if self._counted:
                 _release()
+        hook, self._on_close = self._on_close, None
+        if hook is not None:
+            hook()
 
     def __del__(self) -> None:
         self._close()
