@@ -60,10 +60,24 @@ class Unavailable(RuntimeError):
     """A tool the servers need cannot be obtained (the message says why)."""
 
 
+_ports_given: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port not handed out before in this session. The kernel
+    may offer the same free port twice before either server binds it: two
+    emulators started together were seen to get one port, and one died at
+    start ("bind: address already in use") while the other answered for both."""
+    with _ports_lock:
+        for _ in range(1000):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+    raise RuntimeError("no free loopback port that was not handed out already")
 
 
 def serve_on_loopback(handler_class: type) -> tuple[ThreadingHTTPServer, str, threading.Thread]:
@@ -177,6 +191,9 @@ class Emulator:
 
     def wait_ready(self) -> None:
         wait_listening(self.port, self.proc, "RIE", self.log.name)
+        time.sleep(0.05)
+        if self.proc.poll() is not None:  # something else answered on its port
+            raise RuntimeError(f"RIE exited with {self.proc.returncode} after its port answered; see {self.log.name}")
 
     def forward(self, body: bytes) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout + 60)
