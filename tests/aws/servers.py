@@ -109,22 +109,15 @@ def stop(proc: subprocess.Popen) -> None:
     hours after a session (it logged SIGTERM, then waited forever for its runtime's
     end) although ``wait`` had returned at once, and a leader that exits can leave
     its runtime child behind in the group."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def start_moto(log_path: Path) -> tuple[subprocess.Popen, str, Any]:
