@@ -244,9 +244,7 @@ class _Plan:
         outcomes = gfut.result()
         seconds = getattr(outcomes, "seconds", None)
         if seconds:
-            # The mean call, not the slowest: one call stalled by a busy machine does
-            # not ungroup the next map, a map with calls of seconds among short ones does.
-            self._learn(sum(seconds) / len(seconds))
+            self._learn(_mean_call(seconds, getattr(outcomes, "waited", None)))
         from wrenpack.protocol import rebuild_exception
 
         for j, item in enumerate(members):
@@ -302,6 +300,28 @@ class _Plan:
             return True
         item._cancel_asked = False  # type: ignore[attr-defined]
         return False
+
+
+def _mean_call(seconds: list[float], waited: float | None) -> float:
+    """A group's mean call time, robust to a busy machine.
+
+    The mean, not the median: a map with many calls of seconds among short ones
+    is ungrouped. Two things a call did not do are left out:
+    - the time the worker waited for a CPU (run-queue wait);
+    - a stall of any other kind (page reclaim, a collector pass) in one call:
+      the mean leaves out the group's slowest two calls when it has 8 or more,
+      so at most two long calls per group can hide, bounding what they cost.
+    A CI run under load saw one stalled call among fifty 5 us calls make the
+    next map's groups fifteen times smaller (131 messages for 2,000 calls)."""
+    n = len(seconds)
+    total = sum(seconds)
+    estimates = [total / n]
+    if waited:
+        estimates.append(max(total - waited, 0.0) / n)
+    drop = min(2, n // 8)
+    if drop:
+        estimates.append(sum(sorted(seconds)[: n - drop]) / (n - drop))
+    return min(estimates)
 
 
 def _ready(item: WrenFuture) -> None:

@@ -16,9 +16,21 @@ from wrenpack import protocol
 
 
 class Outcomes(list):  # type: ignore[type-arg]
-    """A batch's outcome tuples, in order, and how long each call took (s)."""
+    """A batch's outcome tuples, in order, how long each call took (s), and how
+    long of that the worker waited for a CPU (s; None where the kernel does not say)."""
 
     seconds: list[float]
+    waited: float | None = None
+
+
+def _run_queue_wait() -> float | None:
+    """Seconds this thread has spent runnable but waiting for a CPU
+    (``/proc/thread-self/schedstat``): time a busy machine took, not the calls."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Batch:
@@ -36,6 +48,7 @@ class Batch:
         out = Outcomes()
         out.seconds = []
         clock = time.perf_counter
+        waited = _run_queue_wait()
         for call in calls:
             t0 = clock()
             try:
@@ -44,4 +57,7 @@ class Batch:
             except Exception as exc:  # noqa: BLE001 - kept per item; BaseExceptions end the batch
                 out.append(protocol.error_tuple(exc, "user", protocol.user_traceback(exc)))
             out.seconds.append(clock() - t0)
+        end = _run_queue_wait()
+        if waited is not None and end is not None:
+            out.waited = max(0.0, end - waited)
         return out
