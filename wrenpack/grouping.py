@@ -183,6 +183,8 @@ class _Plan:
                 return
             if est is None or est > SHORT_S:
                 self.launch_single(held)
+                for i in held[: self.workers]:  # they teach too: a probe stalled by a busy machine is corrected
+                    self.items[i].add_done_callback(self._timed)
             else:
                 self.launch_groups(held, est)
         except BaseException as exc:  # noqa: BLE001 - the calls fail, never silently stay pending
