@@ -3,8 +3,8 @@
 Pickling every argument before the first call runs makes such a map wait for
 all of it, and holds every pickle at once: 100 calls of 10 MiB spent a second
 pickling before anything ran, and held 1 GB. On the local backend, where large
-arguments travel as memfds (``worker.handoff``), a map whose first call's
-arguments are that large is fed instead, as ``ProcessPoolExecutor`` feeds its
+arguments travel as memfds (``worker.handoff``), a map whose first call has a large bytes or
+array among its arguments is fed instead, as ``ProcessPoolExecutor`` feeds its
 queue: the first call is pickled and launched by ``map`` itself, the others on
 the feed's own thread, at most ``window`` of them launched and not ended at a
 time. A call that ends frees its memfd for the next one (``handoff._pool``), so
@@ -47,6 +47,9 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     window = PER_WORKER * workers
     if executor.config.backend != "local" or len(calls) <= window:
         return None
+    args0, kwargs0 = calls[0]
+    if not any(handoff._large(v) for v in (*args0, *kwargs0.values())):
+        return None  # a large bytes or array as an argument is what makes a map worth feeding
     executor._check_open()
     packer = executor._args_packer(calls)
     if packer is None:
