@@ -465,7 +465,7 @@ class Executor(cf.Executor):
         payloads: list[Any] = []
         try:
             with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
-                fn_bytes = serialize.dumps_function(fn, user_modules)
+                fn_bytes = serialize.dumps_function_cached(fn, user_modules)
                 for i, (args, kwargs) in enumerate(calls):
                     what = f"call {i} of {label}"
                     if packer is None:
