@@ -74,7 +74,11 @@ def test_result_format_roundtrip_and_corruption():
 
 
 def test_corrupt_result_object_fails_that_call_only(tmp_path, monkeypatch):
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
+    from wrenpack.backends.local import LocalBackend
+
+    # Result objects (sealed, through the store): small results on the local backend
+    # otherwise come back over the worker's private socket (tests/test_private_reply.py).
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=2, reply_limit=0))
     try:
         original = ex._read_outcome
 

@@ -477,7 +477,7 @@ class Executor(cf.Executor):
         try:
             with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
                 if fn_bytes is None:
-                    fn_bytes = serialize.dumps_function(fn, user_modules)
+                    fn_bytes = serialize.dumps_function_cached(fn, user_modules)
                 for i, (args, kwargs) in enumerate(calls, first):
                     what = f"call {i} of {label}"
                     if packer is None:
@@ -531,7 +531,8 @@ class Executor(cf.Executor):
         self._completions.put((inv, result))
 
     def _quick(self, inv: Invocation, result: InvocationResult) -> bool:
-        if result.data is None or result.error is not None or len(result.data) > QUICK_RESULT_BYTES:
+        reply = result.data if result.outcome is None else result.outcome
+        if reply is None or result.error is not None or len(reply) > QUICK_RESULT_BYTES:
             return False
         job = self._jobs.get(inv.key[0])
         if job is None or job.options.retry_on or self._stopping:
@@ -655,7 +656,8 @@ class Executor(cf.Executor):
         fut = job.futures[cid]
         fut.segments += 1
         status = result.status
-        if (result.data is None and result.handoff is None) or (status is not None and status.get("stored")) or result.error is not None:
+        if (result.data is None and result.handoff is None and result.outcome is None) or (status is not None and status.get("stored")) \
+                or result.error is not None:
             job.stored = True  # the worker wrote to the store (or may have, before it failed)
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
             # Acted on only when authentic: a planted record must not relaunch the call.
@@ -675,6 +677,14 @@ class Executor(cf.Executor):
                 value = outcome.value if ok else outcome.rebuild(fut.label)
                 if ok:
                     data = lambda: self._sealed_copy(job, cid, status, value)  # noqa: E731 - only for a pinned job
+            except WrenpackError as exc:
+                value, ok = exc, False
+        elif result.outcome is not None:
+            stored = status
+            raw = result.outcome
+            try:
+                ok, value = self._read_private(fut.label, raw)
+                data = lambda: protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), raw)  # noqa: E731 - only for a pinned job
             except WrenpackError as exc:
                 value, ok = exc, False
         else:
@@ -862,6 +872,25 @@ class Executor(cf.Executor):
             inv.handoff.result_size = int(sealed.layout.get("size") or 0)  # how large a slab the next calls get
         return handoff.load(fd, sealed.layout, what, private=False, own=slab.fd if slab is not None else None,
                             loads=lambda stream, buffers: protocol.loads_outcome(stream, what, buffers))
+
+    def _read_private(self, label: str, raw: bytes) -> tuple[bool, Any]:
+        """A small result that came back over a local worker's private socketpair
+        (its outcome's pickle, the status whole beside it): (ok, value or exception).
+
+        It carries no MAC, and needs none: the socketpair is made by the local
+        backend for one worker process (``socket.socketpair``, passed to that child
+        alone; never a path, a port, the store or a network), so what arrives on
+        it was written by that worker. Whoever runs in that process already holds
+        the job's secret (it came in the event) and could seal anything it liked,
+        so a MAC made there proves nothing the channel does not; a MAC guards
+        objects someone else could plant or alter, in the store or on the way
+        from Lambda, and nothing on this path passes through either. Replies are
+        matched to calls by their order on that one channel, as the status and
+        the hand-off memfds (``wrenpack.worker.handoff``) already are. What
+        leaves this process again is sealed here: a pinned job's result goes to
+        the store as a sealed result object (``protocol.seal_result``)."""
+        outcome = protocol.loads_outcome(raw, f"result of {label}")
+        return (True, outcome.value) if outcome.ok else (False, outcome.rebuild(label))
 
     def _sealed_copy(self, job: _Job, cid: str, status: dict[str, Any] | None, value: Any) -> bytes:
         """A handed-off result as the sealed result object a pickled future reads from the store."""

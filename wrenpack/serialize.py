@@ -21,6 +21,7 @@ import sys
 import sysconfig
 import threading
 import types
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Callable, Iterator
 
@@ -57,8 +58,13 @@ def is_user_module(module: types.ModuleType | None) -> bool:
     path = getattr(module, "__file__", None)
     if not path:
         return False
-    real = os.path.realpath(path)
-    return not real.startswith(_library_dirs())
+    return _outside_libraries(path)
+
+
+@lru_cache(maxsize=4096)
+def _outside_libraries(path: str) -> bool:
+    # realpath is a few system calls, asked on every launch for each module a function names
+    return not os.path.realpath(path).startswith(_library_dirs())
 
 
 def _top_package(module: types.ModuleType) -> types.ModuleType:
@@ -151,6 +157,208 @@ def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] |
         except Exception as exc:  # noqa: BLE001
             where = describe_unpicklable(fn, f"function {getattr(fn, '__qualname__', fn)!r}")
             raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
+
+
+class _Uncacheable(Exception):
+    """The function reaches something whose pickle identity checks cannot vouch for."""
+
+
+#: id(fn) -> (fn, names of the modules pickled by value, checks, pickle)
+_pickled: "OrderedDict[int, tuple[Any, frozenset[str], list[tuple[Any, ...]], bytes]]" = OrderedDict()
+_pickled_lock = threading.Lock()
+_MAX_PICKLED = 64
+#: checks one function may need (one whose globals reach further is pickled every time)
+_MAX_CHECKS = 500
+_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes, type(Ellipsis), type(NotImplemented)})
+_MISSING = object()
+#: what cloudpickle's ``_function_getstate`` returns; any other entry (a newer
+#: cloudpickle) is not covered by the checks, and the function is not cached
+_SLOTS = frozenset({"__name__", "__qualname__", "__annotations__", "__kwdefaults__", "__defaults__", "__module__",
+                    "__doc__", "__closure__", "_cloudpickle_submodules", "__globals__"})
+_BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")
+# Check kinds: (kind, object, ...); see _still_valid.
+_ATTR, _GLOBAL, _CELL, _DICT, _BY_REF, _SUBMODULES, _LIST = range(7)
+# cloudpickle's own helpers decide by value/by reference exactly as its pickler
+# does (private: without them there is no cache, and nothing else changes).
+_cp = getattr(cloudpickle, "cloudpickle", None)
+_CP_HELPERS = all(hasattr(_cp, n) for n in ("_should_pickle_by_reference", "_function_getstate",
+                                             "_extract_code_globals", "_find_imported_submodules"))
+
+
+def dumps_function_cached(fn: Callable[..., Any], user_modules: set[types.ModuleType]) -> bytes:
+    """``dumps_function``, reusing the last pickle of ``fn`` while nothing it
+    pickles has changed (``.remote()`` in a loop pickles the function once).
+
+    Why a stale function never ships: when ``fn`` is pickled, a list of checks
+    is made of everything cloudpickle puts into its pickle (the keys of its
+    own ``_function_getstate`` are verified to be the ones covered): the code
+    object, defaults, keyword defaults, closure cells, ``__dict__``,
+    annotations, name, qualname, module, doc, the globals the code names (and
+    the absence of those it names but that are not defined), the module
+    attributes the pickle carries and the submodules it would import, and
+    recursively the same for every function it pickles by value; for each
+    function, class and module pickled by reference, cloudpickle's decision
+    to do so. The pickle is reused only while every check still holds, run
+    again at each call inside the caller's ``by_value`` scope. The checks
+    compare by *identity* (``is``), and they keep the objects they compare
+    against alive, so an id is never reused: any rebinding (``K = 4``,
+    ``f.__defaults__ = ...``, a new cell value) fails them. Identity is
+    enough only for values that cannot change in place, so the cache takes
+    only those: numbers, strings, bytes, None, tuples and frozensets of them,
+    and functions, classes and modules pickled by reference; a function that
+    reaches a list, dict, set, an instance or a class pickled by value is
+    pickled on every call, as before. A change made by another thread while
+    the pickle is made is caught by running the checks again after it."""
+    if not _CP_HELPERS or not isinstance(fn, types.FunctionType):
+        return dumps_function(fn, user_modules)
+    modules = frozenset(m.__name__ for m in user_modules)
+    with _pickled_lock:
+        hit = _pickled.get(id(fn))
+    if hit is not None and hit[0] is fn and hit[1] == modules and _still_valid(hit[2]):
+        with _pickled_lock:
+            if id(fn) in _pickled:
+                _pickled.move_to_end(id(fn))
+        return hit[3]
+    try:
+        checks = _checks(fn)
+    except _Uncacheable:
+        checks = None
+    data = dumps_function(fn, user_modules)
+    with _pickled_lock:
+        if checks is not None and _still_valid(checks):
+            _pickled[id(fn)] = (fn, modules, checks, data)
+            _pickled.move_to_end(id(fn))
+            while len(_pickled) > _MAX_PICKLED:
+                _pickled.popitem(last=False)
+        else:
+            _pickled.pop(id(fn), None)
+    return data
+
+
+def _still_valid(checks: list[tuple[Any, ...]]) -> bool:
+    should_ref = _cp._should_pickle_by_reference
+    for check in checks:
+        kind, obj = check[0], check[1]
+        if kind == _ATTR:
+            if getattr(obj, check[2]) is not check[3]:
+                return False
+        elif kind == _GLOBAL:
+            if obj.get(check[2], _MISSING) is not check[3]:
+                return False
+        elif kind == _CELL:
+            try:
+                value = obj.cell_contents
+            except ValueError:
+                value = _MISSING
+            if value is not check[2]:
+                return False
+        elif kind == _DICT:
+            items = check[2]
+            if len(obj) != len(items) or any(obj.get(k, _MISSING) is not v for k, v in items):
+                return False
+        elif kind == _BY_REF:
+            if should_ref(obj) is not check[2]:
+                return False
+        elif kind == _SUBMODULES:
+            if tuple(_cp._find_imported_submodules(obj, check[2])) != check[3]:
+                return False
+        elif kind == _LIST:
+            if obj != check[2]:
+                return False
+    return True
+
+
+def _checks(fn: types.FunctionType) -> list[tuple[Any, ...]]:
+    """The identity checks that vouch for ``fn``'s pickle (``_Uncacheable``: none can)."""
+    should_ref = _cp._should_pickle_by_reference
+    checks: list[tuple[Any, ...]] = []
+    seen: set[int] = set()
+
+    def add(check: tuple[Any, ...]) -> None:
+        checks.append(check)
+        if len(checks) > _MAX_CHECKS:
+            raise _Uncacheable
+
+    def value(v: Any) -> None:
+        t = type(v)
+        if t in _ATOMS:
+            return
+        if t is tuple or t is frozenset:
+            for item in v:
+                value(item)
+        elif t is types.ModuleType or t is types.FunctionType or isinstance(v, type):
+            if t is types.FunctionType and id(v) in seen:
+                return
+            by_ref = should_ref(v)
+            add((_BY_REF, v, by_ref))
+            if by_ref:
+                return
+            if t is not types.FunctionType:
+                raise _Uncacheable  # a module or class pickled by value: an open-ended namespace
+            function(v)
+        elif t is not types.BuiltinFunctionType:  # (those pickle by name)
+            raise _Uncacheable
+
+    def mapping(owner: Any, attr: str) -> None:
+        d = getattr(owner, attr)
+        add((_ATTR, owner, attr, d))
+        if d is None:
+            return
+        if type(d) is not dict:
+            raise _Uncacheable
+        add((_DICT, d, tuple(d.items())))
+        for k, v in d.items():
+            value(k)
+            value(v)
+
+    def function(f: types.FunctionType) -> None:
+        seen.add(id(f))
+        state, slots = _cp._function_getstate(f)
+        if set(slots) != _SLOTS:
+            raise _Uncacheable
+        add((_ATTR, f, "__code__", f.__code__))
+        for attr in ("__name__", "__qualname__", "__module__", "__doc__", "__defaults__"):
+            v = getattr(f, attr)
+            add((_ATTR, f, attr, v))
+            value(v)
+        mapping(f, "__kwdefaults__")
+        mapping(f, "__annotations__")
+        mapping(f, "__dict__")
+        g = f.__globals__
+        for name in _BASE_GLOBALS:
+            v = g.get(name, _MISSING)
+            add((_GLOBAL, g, name, v))
+            if name == "__path__" and type(v) is list and all(type(p) is str for p in v):
+                add((_LIST, v, list(v)))
+            elif v is not _MISSING:
+                value(v)
+        deps: list[Any] = []
+        for name in _cp._extract_code_globals(f.__code__):
+            v = g.get(name, _MISSING)
+            add((_GLOBAL, g, name, v))
+            if v is not _MISSING:
+                deps.append(v)
+                value(v)
+        for cell in f.__closure__ or ():
+            try:
+                v = cell.cell_contents
+            except ValueError:
+                v = _MISSING
+            add((_CELL, cell, v))
+            if v is not _MISSING:
+                deps.append(v)
+                value(v)
+        if any(type(d) is types.ModuleType and getattr(d, "__package__", None) for d in deps):
+            # cloudpickle adds the package's submodules imported now that the code names
+            subs = tuple(_cp._find_imported_submodules(f.__code__, deps))
+            add((_SUBMODULES, f.__code__, tuple(deps), subs))
+
+    if should_ref(fn):
+        add((_BY_REF, fn, True))  # pickled by name: only that decision matters
+    else:
+        add((_BY_REF, fn, False))
+        function(fn)
+    return checks
 
 
 def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_modules: set[types.ModuleType] | None = None,

@@ -37,6 +37,9 @@ class InvocationResult:
     #: The sealed result object's bytes when the handler sent it in its reply
     #: (``event["reply_limit"]``, contract 2); the executor verifies it. None: read the store.
     data: bytes | None = None
+    #: local backend: the outcome's pickle itself, with ``status`` whole, from the
+    #: worker's private socket (``Executor._read_private``: no MAC on that path)
+    outcome: bytes | None = None
     #: local backend: a large result handed over as a sealed memfd
     #: (``wrenpack.worker.handoff.Sealed``); the executor reads and closes it
     handoff: Any = None

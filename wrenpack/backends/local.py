@@ -308,14 +308,16 @@ class LocalBackend(Backend):
                 handoff.close()
             self._finish(inv, error=error)
         else:
-            self._finish(inv, status=head["status"], data=blob or None, handoff=handoff)
+            private = "outcome" in head
+            self._finish(inv, status=head["status"], data=None if private else blob or None, handoff=handoff,
+                         outcome=blob if private else None)
         if replace:
             self._retire(worker)
 
     def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None, data: bytes | None = None,
-                handoff: Any = None) -> None:
+                handoff: Any = None, outcome: bytes | None = None) -> None:
         """A call ended: its ``on_done`` runs once the lock is released (``_report``)."""
-        self._done.append((inv, InvocationResult(status=status, error=error, data=data, handoff=handoff)))
+        self._done.append((inv, InvocationResult(status=status, error=error, data=data, handoff=handoff, outcome=outcome)))
 
     def _report(self) -> None:
         """Run the ``on_done`` callbacks of the calls that ended (lock not held)."""

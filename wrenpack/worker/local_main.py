@@ -258,6 +258,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 deadline=time.time() + float(call["timeout_s"]),
                 request_id=f"{os.getpid()}-{calls}",
             )
+            # Replies the backend asked for come back over this socket, which only this
+            # process and the driver hold: the outcome needs no MAC (Executor._read_private).
+            ctx.private_reply = bool(reply_limit)
             # The call's arguments as sealed memfds, when they came that way (the handler checks them).
             ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]
             before = _children_usage()
@@ -269,6 +272,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 data = status.pop("result", None)
                 if isinstance(data, (bytes, bytearray)):
                     blob = bytes(data)
+                private = status.pop("outcome", None)
                 out = status.pop("handoff", None)
                 peak = max(status.get("peak_rss_mb") or 0.0, status.get("children_peak_rss_mb") or 0.0)
                 if blob:
@@ -276,6 +280,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                     # header carries only what the scheduler acts on.
                     status = {k: status[k] for k in ("exit", "stored") if k in status}
                 reply: dict[str, Any] = {"status": status, "peak_rss_mb": peak}
+                if private is not None:
+                    blob = private
+                    reply["outcome"] = len(blob)  # the blob is the outcome itself, the status is whole
                 if out is not None:
                     reply["handoff"] = out.layout
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
@@ -293,7 +300,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 used = memory.dir_usage(tmpdir)
                 if used:
                     reply["tmp_bytes"] = used
-            if blob:
+            if blob and "outcome" not in reply:
                 reply["result"] = len(blob)
             sys.stdout.flush()
             sys.stderr.flush()

@@ -10,15 +10,49 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import threading
 
 _KIB_PER_MIB = 1024.0
+
+
+#: "status"/"clear_refs" -> (pid, fd, (st_dev, st_ino)): this process's own files, opened once
+_own: dict[str, tuple[int, int, tuple[int, int]]] = {}
+_own_lock = threading.Lock()
+
+
+def _own_fd(name: str, flags: int) -> int:
+    """A kept descriptor of ``/proc/self/<name>``: opening it costs more than the
+    read or write (a warm worker resets and reads its peak on every call).
+    Reopened in a forked child (its ``self`` is another process) and when the
+    descriptor no longer is that file (user code closed it and reused the number)."""
+    pid = os.getpid()
+    got = _own.get(name)
+    if got is not None and got[0] == pid:
+        try:
+            st = os.fstat(got[1])
+            if (st.st_dev, st.st_ino) == got[2]:
+                return got[1]
+        except OSError:
+            pass
+    with _own_lock:
+        fd = os.open(f"/proc/self/{name}", flags | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        old = _own.get(name)
+        _own[name] = (pid, fd, (st.st_dev, st.st_ino))
+    if old is not None and old[0] != pid:
+        try:
+            st = os.fstat(old[1])
+            if (st.st_dev, st.st_ino) == old[2]:
+                os.close(old[1])  # the parent's, inherited over a fork
+        except OSError:
+            pass
+    return fd
 
 
 def reset_peak() -> bool:
     """Reset VmHWM so the next reading is this call's peak, not the container's."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        os.write(_own_fd("clear_refs", os.O_WRONLY), b"5")
         return True
     except OSError:
         return False
@@ -30,8 +64,11 @@ def proc_status(pid: int | str = "self", fields: tuple[bytes, ...] = (b"VmHWM:",
     Stops reading at the last field wanted (the file is long; a sampler reads it often)."""
     out: dict[bytes, int] = {}
     try:
-        with open(f"/proc/{pid}/status", "rb", buffering=0) as f:
-            text = f.read(8192)  # one read: the file is ~1.5 kB, read on every call and sample
+        if pid == "self":
+            text = os.pread(_own_fd("status", os.O_RDONLY), 8192, 0)
+        else:
+            with open(f"/proc/{pid}/status", "rb", buffering=0) as f:
+                text = f.read(8192)  # one read: the file is ~1.5 kB, read on every call and sample
         for name in fields:
             at = text.find(b"\n" + name)
             if at >= 0:

@@ -1,0 +1,59 @@
+"""The worker's peak-memory meter keeps /proc/self/status and clear_refs open
+(issue 15: opening them cost more than reading them) and still measures this
+process, after a fork and after user code reuses the descriptor's number."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from wrenpack.worker import memory
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc only")
+
+
+def test_reset_then_peak_follows_this_call():
+    if not memory.reset_peak():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    base = memory.peak_rss_mb()
+    block = bytearray(80 * 2**20)
+    block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+    high = memory.peak_rss_mb()
+    del block
+    assert high - base > 60
+    assert memory.reset_peak()
+    assert memory.peak_rss_mb() < high - 60  # reset: the freed block no longer counts
+    for _ in range(3):  # the kept descriptors answer again and again
+        assert memory.reset_peak() and memory.peak_rss_mb() < high - 60
+
+
+def test_a_forked_child_reads_its_own_status():
+    memory.peak_rss_mb()  # the parent's descriptor is open now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            text = os.pread(memory._own_fd("status", os.O_RDONLY), 8192, 0)
+            os.write(w, b"ok" if f"\nPid:\t{os.getpid()}\n".encode() in text else b"wrong")
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    assert os.read(r, 16) == b"ok"
+    os.close(r)
+
+
+def test_a_reused_descriptor_number_is_never_written(tmp_path):
+    if not memory.reset_peak():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    fd = memory._own_fd("clear_refs", os.O_WRONLY)
+    os.close(fd)  # user code closed it behind our back...
+    victim = tmp_path / "user-file"
+    reused = os.open(victim, os.O_WRONLY | os.O_CREAT)
+    try:
+        assert reused == fd  # ...and its next file took the number
+        assert memory.reset_peak()
+        assert victim.read_bytes() == b""
+    finally:
+        os.close(reused)
