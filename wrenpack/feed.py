@@ -48,7 +48,7 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     if executor.config.backend != "local" or len(calls) <= window:
         return None
     args0, kwargs0 = calls[0]
-    if not any(handoff._large(v) for v in (*args0, *kwargs0.values())):
+    if not any(handoff.large_value(v) for v in (*args0, *kwargs0.values())):
         return None  # a large bytes or array as an argument is what makes a map worth feeding
     executor._check_open()
     packer = executor._args_packer(calls)

@@ -248,7 +248,7 @@ class Args:
             slab.close()
 
 
-def _large(value: Any) -> bool:
+def large_value(value: Any) -> bool:
     """An argument worth pickling once for every call that shares it."""
     if isinstance(value, (bytes, bytearray)):
         return len(value) >= OOB_MIN
@@ -289,7 +289,7 @@ class Packer:
         seen: dict[int, int] = {}
         for args, kwargs in calls:
             for value in (*args, *kwargs.values()):
-                if _large(value):
+                if large_value(value):
                     seen[id(value)] = seen.get(id(value), 0) + 1
         self._shared = {k for k, n in seen.items() if n > 1}
         self._blobs: dict[int, tuple[Any, Sealed]] = {}  # id -> (the object, kept alive; its blob)
