@@ -178,3 +178,36 @@ def test_a_result_that_outgrows_the_given_memfd_moves_to_a_sealed_one():
     out.close()
     small.close()
     os.close(given)
+
+
+_BALLAST = []
+
+
+def result_near_limit(data, size, limit_mb, squeeze):
+    """A result of ``size`` bytes; with ``squeeze``, the worker first fills its
+    memory so that the result fits but its pickle does not (as on Lambda)."""
+    value = b"r" * size
+    if squeeze:
+        with open("/proc/self/status") as f:
+            rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        ballast = bytearray(max(0, limit_mb * MiB - rss - size // 2))
+        ballast[::4096] = b"x" * len(ballast[::4096])  # resident
+        _BALLAST.append(ballast)
+    return value
+
+
+def test_a_result_in_the_drivers_memfd_still_counts_against_the_limit(tmp_path):
+    backend = LocalBackend(concurrency=1)
+    if backend._cgroups is None:
+        backend.shutdown()
+        pytest.skip("memory cgroups (v1, root) are unavailable here")
+    with wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0) as ex:
+        f = wrenpack.remote(result_near_limit, executor=ex, memory=256)
+        size = 30 * MiB
+        # The first results teach the feed to give each call a 32 MiB memfd for its result;
+        # the last call's value fits in its memory, the value and its pickle do not.
+        items = [(os.urandom(MiB), size, 256, i == 7) for i in range(8)]
+        futs = f.starmap(items)
+        assert [len(fut.result(timeout=60)) for fut in futs[:7]] == [size] * 7
+        with pytest.raises(wrenpack.MemoryLimitExceeded):
+            futs[7].result(timeout=60)

@@ -241,15 +241,30 @@ def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[t
     return args, kwargs
 
 
-def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None, slab: int | None = None) -> "bytes | handoff.Sealed":
+def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None, slab: int | None = None,
+                  room: int | None = None) -> "bytes | handoff.Sealed":
     """Pickle a success outcome: bytes, or on a local worker that takes hand-offs
     (``event["handoff"]``) a memfd when it is larger than that: the one the driver
-    gave for it (``slab``) while the result fits, else a sealed one of our own."""
+    gave for it (``slab``) while the result fits in it and in ``room``, else a
+    sealed one of our own."""
     if handoff_min is None:
         if slab is not None:
             os.close(slab)
         return cloudpickle.dumps(outcome)
-    return handoff.dump(outcome, handoff_min, slab=slab)
+    return handoff.dump(outcome, handoff_min, slab=slab, room=room)
+
+
+def _result_room(context: Any) -> int | None:
+    """Bytes of result pickle that fit in the call's memory beside what the
+    worker holds now. The driver's memfd is not charged to the worker: a result
+    larger than this leaves it for one that is, so the call's memory limit
+    counts the pickle as it would on Lambda, where it is in the process."""
+    try:
+        limit = int(context.memory_limit_in_mb) * 1024 * 1024
+    except (AttributeError, TypeError, ValueError):
+        return None
+    rss_kb = memory.proc_status(fields=(b"VmRSS:",)).get(b"VmRSS:")
+    return None if rss_kb is None else max(0, limit - rss_kb * 1024)
 
 
 def _take_slab(context: Any) -> int | None:
@@ -314,7 +329,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             run_s = time.perf_counter() - run_start
         try:
             with refs.sealing_scope():  # futures in the result carry no secret into the store
-                outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"), _take_slab(context))
+                slab = _take_slab(context)
+                outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
+                                        _result_room(context) if slab is not None else None)
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"

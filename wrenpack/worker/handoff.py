@@ -411,7 +411,7 @@ class Spill:
     the pickler's ``buffer_callback``) are appended after the stream."""
 
     def __init__(self, threshold: int, name: str = "wrenpack", oob: bool = True, counted: bool = False,
-                 reuse: bool = False, slab: int | None = None) -> None:
+                 reuse: bool = False, slab: int | None = None, room: int | None = None) -> None:
         self.threshold = threshold
         self.name_ = name
         self.oob = oob
@@ -420,6 +420,8 @@ class Spill:
         #: charged to the driver, not to this worker) to write into while it has room
         self.slab = slab
         self._room = 0
+        #: the most this result may put in ``slab`` (the worker's memory left)
+        self._budget = room
         #: arguments: write into a kept memfd, and leave it unsealed to be kept
         #: again when it holds only the stream (the worker reads it, maps nothing)
         self.reuse = reuse
@@ -436,6 +438,8 @@ class Spill:
                 os.lseek(slab, 0, os.SEEK_SET)
             except OSError:
                 room = 0
+            if self._budget is not None:
+                room = min(room, self._budget)
             if room > 0:
                 self._fd, self._room = slab, room
                 self._write_all(memoryview(self._mem))
@@ -548,12 +552,13 @@ def _fail_copy() -> int:
 
 
 def dump(obj: Any, threshold: int, name: str = "wrenpack-result", oob: bool = False,
-         pickler: Callable[..., Any] | None = None, slab: int | None = None) -> "bytes | Sealed":
+         pickler: Callable[..., Any] | None = None, slab: int | None = None, room: int | None = None) -> "bytes | Sealed":
     """Pickle ``obj`` (protocol 5): bytes if at most ``threshold``, else a sealed
-    memfd, or ``slab`` (a memfd the driver gave, consumed) while it has room."""
+    memfd, or ``slab`` (a memfd the driver gave, consumed) while it has room, and
+    while the pickle is at most ``room`` bytes."""
     import cloudpickle
 
-    spill = Spill(threshold, name, oob=oob, slab=slab)
+    spill = Spill(threshold, name, oob=oob, slab=slab, room=room)
     try:
         (pickler or cloudpickle.Pickler)(spill, protocol=5, buffer_callback=spill.buffer if oob else None).dump(obj)
         out = spill.finish()
