@@ -450,3 +450,16 @@ def test_request_response_small_results_make_no_s3_put_per_call(moto_endpoint, b
         assert proxy.counts["GET"] <= 4, proxy.log  # the function, once per warm runtime at most
     finally:
         proxy.stop()
+
+
+def test_a_straggler_is_probed_less_and_less_often():
+    from wrenpack.backends.aws_lambda import _probe_gap
+
+    at, times = 0.5, [0.5]  # the first probe, half a second after the send
+    for probes in range(1, 16):
+        at += _probe_gap(0.5, probes)
+        times.append(at)
+    assert times[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 13.0]
+    assert all(b - a == 5.0 for a, b in zip(times[5:], times[6:]))
+    # A minute-long call costs about sixteen GETs, not one every poll interval after 7 s.
+    assert sum(1 for t in times if t <= 60) < 16

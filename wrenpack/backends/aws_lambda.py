@@ -75,6 +75,17 @@ _THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "EC2Thrott
 _RETRYABLE_CODES = _THROTTLE_CODES | {
     "ServiceException", "ResourceNotReadyException", "ResourceConflictException", "500", "502", "503", "504",
 }
+#: the longest gap between two probes of one straggler (s)
+PROBE_GAP_MAX = 5.0
+
+
+def _probe_gap(poll_interval: float, probes: int) -> float:
+    """Seconds from a straggler's ``probes``-th probe to its next: doubling from
+    ``poll_interval``, then every ``PROBE_GAP_MAX`` (the old sum grew by one
+    poll interval a probe, so a minute-long call was probed every 0.5 s)."""
+    return min(poll_interval * 2 ** min(probes - 1, 30), max(PROBE_GAP_MAX, poll_interval))
+
+
 #: Per shard, up to this many calls in flight are probed with direct GETs
 #: (two 404s while running); more are found with one LIST (~12 GETs' price).
 STRAGGLER_GETS = 6
@@ -611,10 +622,9 @@ class LambdaBackend(Backend):
             if len(ready) <= STRAGGLER_GETS:
                 for call in ready:
                     if now >= call.next_probe:
-                        # 0.5, 1, 2, 4 ... s after the send, then every 5 s: a 404 costs a GET
+                        # 0.5, 1, 2, 4, 8 s after the send, then every 5 s: a 404 costs a GET
                         call.probes += 1
-                        call.next_probe = call.sent_at + min(self.poll_interval * 2 ** call.probes,
-                                                             self.poll_interval * call.probes + 5.0)
+                        call.next_probe = now + _probe_gap(self.poll_interval, call.probes)
                         self._read_later(call, probe=True)
             else:
                 for call in self._listed(job_id, shard, calls, ready):
