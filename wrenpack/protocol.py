@@ -64,6 +64,8 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS: dict[str, tuple[type, ...]] = {**REQUIRED, **OPTIONAL}
+#: fields of the event dict that are not ``Event.extra`` (required ones, and optional ones with a field of their own)
+_NOT_EXTRA = frozenset(REQUIRED) | {"func_key", "attempt", "segment", "timeout_s", "function_name", "checkpoint"}
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -174,9 +176,12 @@ class Event:
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
         if attempt < 0 or segment < 0:
             raise ProtocolError("the event's attempt and segment must be 0 or more")
-        extra = {k: d[k] for k in d if k in OPTIONAL and k not in
-                 ("func_key", "attempt", "segment", "timeout_s", "function_name", "checkpoint")}
-        return cls(
+        extra = {k: d[k] for k in d if k not in _NOT_EXTRA}
+        # Every field given, all checked above: filled in directly (a frozen
+        # dataclass's __init__ sets each field through object.__setattr__, which
+        # costs more than the checks on a warm worker's every call).
+        ev = object.__new__(cls)
+        ev.__dict__.update(
             job_id=job_id,
             call_id=call_id,
             store=store,
@@ -189,6 +194,7 @@ class Event:
             checkpoint=d.get("checkpoint"),
             extra=extra,
         )
+        return ev
 
 
 def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:
