@@ -42,7 +42,6 @@ import queue
 import socket
 import threading
 import time
-import uuid
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -338,7 +337,7 @@ class Executor(cf.Executor):
         if futures is None:
             self._check_open()
         label = label or getattr(fn, "__qualname__", "function")
-        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
         if prepared is None:
             prepared = self.prepare(fn, calls, options, label)
         fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
