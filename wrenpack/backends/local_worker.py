@@ -185,9 +185,10 @@ class Worker:
         self.tmp_bytes = 0
 
     # -- sending ---------------------------------------------------------------
-    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None) -> None:
+    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None, flush: bool = True) -> None:
         """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle.
-        ``handoff_min``: results pickled larger than this come back as sealed memfds."""
+        ``handoff_min``: results pickled larger than this come back as sealed memfds.
+        ``flush=False``: the caller flushes (``flush()``) when it is ready for the reply."""
         first = calls[0]
         msg: dict[str, Any] = {"calls": _calls(calls)}
         limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
@@ -214,9 +215,10 @@ class Worker:
             # At most _FDS_PER_SEND per sendmsg (the kernel's limit is 253), each group a byte further on.
             self._out_fds.append([at + i // _FDS_PER_SEND, fds[i : i + _FDS_PER_SEND]])
         self.outbuf += encode(msg)
-        self.flush()
         if was_idle and self.ready:
             self.begin(time.time())
+        if flush:
+            self.flush()
 
     def flush(self) -> bool:
         """Write what the socket takes now; True when nothing is left to write."""
