@@ -64,6 +64,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS: dict[str, tuple[type, ...]] = {**REQUIRED, **OPTIONAL}
+_REQUIRED_KEYS = frozenset(REQUIRED)
 #: fields of the event dict that are not ``Event.extra`` (required ones, and optional ones with a field of their own)
 _NOT_EXTRA = frozenset(REQUIRED) | {"func_key", "attempt", "segment", "timeout_s", "function_name", "checkpoint"}
 
@@ -125,11 +126,12 @@ class Event:
                 f"the event has protocol version {version!r} but this worker speaks {VERSION}; "
                 "redeploy the worker (wrenpack deploy) with the client's wrenpack version"
             )
-        for name in REQUIRED:
-            if name not in d:
-                raise ProtocolError(f"the event lacks the field {name!r}; invoke through wrenpack")
-        unknown = sorted(k for k in d if k not in _FIELDS)
-        if unknown:
+        keys_given = d.keys()
+        if not _REQUIRED_KEYS <= keys_given:
+            missing = next(name for name in REQUIRED if name not in d)
+            raise ProtocolError(f"the event lacks the field {missing!r}; invoke through wrenpack")
+        if not keys_given <= _FIELDS.keys():
+            unknown = sorted(k for k in d if k not in _FIELDS)
             raise ProtocolError(f"the event has unknown field(s) {', '.join(unknown)}; client and worker wrenpack versions differ")
         for name, value in d.items():  # one pass over what came (every call is checked: keep it cheap)
             types = _FIELDS[name]
