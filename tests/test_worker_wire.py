@@ -57,3 +57,42 @@ def test_descriptors_stay_in_order_with_their_messages():
         for fd in files:
             os.close(fd)
         b.close()
+
+
+def test_every_message_to_a_worker_is_what_json_would_carry(tmp_path, monkeypatch):
+    """Messages travel in marshal, which keeps tuples and any key: the driver must
+    build them from JSON's values only, so a local worker sees Lambda's event."""
+    import json
+
+    import wrenpack
+    from wrenpack.backends import local_worker
+
+    seen = []
+    real = local_worker.encode
+
+    def strict(head, blob=b""):
+        seen.append(head)
+        assert repr(json.loads(json.dumps(head))) == repr(head), head
+        return real(head, blob)
+
+    monkeypatch.setattr(local_worker, "encode", strict)
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
+    try:
+        f = wrenpack.remote(_twice, executor=ex, env={"A": "1"})
+        assert f.remote(2).result(timeout=60) == 4
+        assert wrenpack.get(f.map(range(20))) == [2 * i for i in range(20)]
+        assert wrenpack.get(f.map(range(6), chunksize=3)) == [2 * i for i in range(6)]
+        assert f.remote(b"x" * (3 << 20)).result(timeout=60) == b"x" * (6 << 20)  # hand-off memfds
+        inner = f.remote(5)
+        assert wrenpack.remote(_result_of, executor=ex).remote(inner).result(timeout=60) == 10  # a future inside
+    finally:
+        ex.shutdown()
+    assert len(seen) >= 5
+
+
+def _twice(x):
+    return x * 2
+
+
+def _result_of(fut):
+    return fut.result(timeout=60)

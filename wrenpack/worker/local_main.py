@@ -1,7 +1,7 @@
 """The loop a local worker process runs: a warm "container" for many calls.
 
 The parent (``wrenpack.backends.local``) sends messages of one or more calls
-over a socket (``wrenpack.backends.local_worker`` has the wire format: a JSON
+over a socket (``wrenpack.backends.local_worker`` has the wire format: a
 header and a blob, nothing pickled); the worker runs them in order and replies
 once per call, with the result object itself when it is small (the reply's
 blob). Each call gets Lambda's environment variables, its own deadline and a
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import marshal
 import os
 import resource
 import select
@@ -173,7 +174,7 @@ class _Reader:
                 hlen, blen = _FRAME.unpack_from(buf, 0)
                 end = _FRAME.size + hlen + blen
                 if len(buf) >= end:
-                    head = json.loads(bytes(buf[_FRAME.size : _FRAME.size + hlen]))
+                    head = marshal.loads(bytes(buf[_FRAME.size : _FRAME.size + hlen]))  # (the driver's: see local_worker)
                     del buf[:end]
                     return head
             k, ancdata, _flags, _addr = self.sock.recvmsg_into([self.view], _ANCILLARY)
