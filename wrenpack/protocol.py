@@ -97,23 +97,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able dict that travels to the worker."""
-        d: dict[str, Any] = {
-            "wrenpack": VERSION,
-            "store": self.store,
-            "job_id": self.job_id,
-            "call_id": self.call_id,
-            "secret": auth.encode_secret(self.secret),
-            "func_key": self.func_key,
-            "args": self.args,
-            "attempt": self.attempt,
-            "segment": self.segment,
-            "timeout_s": self.timeout_s,
-            "function_name": self.function_name,
-        }
-        if self.checkpoint:
-            d["checkpoint"] = self.checkpoint
-        d.update(self.extra)
-        return d
+        return event_dict(self.job_id, self.call_id, self.store, self.secret, self.args, self.attempt, self.segment,
+                          self.timeout_s, self.function_name, self.checkpoint, self.extra)
 
     @classmethod
     def from_dict(cls, d: Any) -> "Event":
@@ -197,6 +182,30 @@ class Event:
             extra=extra,
         )
         return ev
+
+
+def event_dict(job_id: str, call_id: str, store: dict[str, Any], secret: bytes, args: dict[str, Any], attempt: int = 0,
+               segment: int = 0, timeout_s: float | None = None, function_name: str = "call",
+               checkpoint: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``Event(...).to_dict()`` without making the Event (the launch makes one per call)."""
+    d: dict[str, Any] = {
+        "wrenpack": VERSION,
+        "store": store,
+        "job_id": job_id,
+        "call_id": call_id,
+        "secret": auth.encode_secret(secret),
+        "func_key": keys.func_key(job_id),
+        "args": args,
+        "attempt": attempt,
+        "segment": segment,
+        "timeout_s": timeout_s,
+        "function_name": function_name,
+    }
+    if checkpoint:
+        d["checkpoint"] = checkpoint
+    if extra:
+        d.update(extra)
+    return d
 
 
 def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:
