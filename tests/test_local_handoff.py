@@ -297,8 +297,11 @@ def test_a_memfd_that_is_not_sealed_altered_or_not_a_memfd_is_refused(tmp_path):
     evil = pickle.dumps(_Evil(marker))
     loads = lambda f, buffers: pickle.load(f, buffers=buffers)  # noqa: E731
     cases = []
-    cases.append((_sealed(evil, 0), _layout(len(evil)), "not sealed"))
-    cases.append((_sealed(evil, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW), _layout(len(evil)), "not sealed"))
+    # Arguments with out-of-band buffers are mapped by the worker: only sealed ones.
+    with_buffer = {"size": len(evil), "stream": len(evil) - 8, "buffers": [[len(evil) - 8, 8]]}
+    cases.append((_sealed(evil, 0), with_buffer, "not sealed"))
+    cases.append((_sealed(evil, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW), with_buffer, "not sealed"))
+    cases.append((_sealed(evil, 0), _layout(len(evil) + 1), f"holds {len(evil)} bytes, fewer"))
     cases.append((_sealed(evil), _layout(len(evil) - 1), f"holds {len(evil)} bytes"))
     cases.append((_sealed(evil), {"size": len(evil), "stream": len(evil), "buffers": [[0, len(evil) + 1]]}, "spans inside"))
     plain = tmp_path / "plain.pkl"
@@ -310,6 +313,12 @@ def test_a_memfd_that_is_not_sealed_altered_or_not_a_memfd_is_refused(tmp_path):
         with pytest.raises(CorruptObject, match=why) as info:
             handoff.load(fd, layout, "call's arguments", private=True, loads=loads)
         assert "nothing was unpickled" in str(info.value) and "\n" not in str(info.value)
+    # Results (in the driver): an unsealed memfd only if it is the one the driver gave the call.
+    given = _sealed(b"", 0)
+    for fd, own in ((_sealed(evil, 0), None), (_sealed(evil, 0), given)):
+        with pytest.raises(CorruptObject, match="not sealed"):
+            handoff.load(fd, _layout(len(evil)), "result of f", private=False, loads=loads, own=own)
+    os.close(given)
     assert _open_fds() == before - (len(cases) - 1)  # every descriptor given was closed
     assert not os.path.exists(marker), "a refused hand-off was unpickled"
     # A sealed memfd cannot be changed by whoever else holds it.
@@ -331,10 +340,14 @@ def test_the_handler_refuses_an_unsealed_argument_memfd_as_a_wrenpack_error(tmp_
     evil = pickle.dumps(((_Evil(marker),), {}))
     event = protocol.Event(job_id="j1", call_id="00000", store=store.spec, secret=secret,
                            args={"handoff": _layout(len(evil))}).to_dict()
-    for fd in (_sealed(evil, 0), None):  # unsealed; or, as on Lambda, no memfd came with the event
+    # Unsealed with an out-of-band buffer (the worker would map it: a kept, rewritable
+    # memfd of the driver's carries only a stream); or, as on Lambda, no memfd came.
+    evil_buffer = {"size": len(evil) + 8, "stream": len(evil), "buffers": [[len(evil), 8]]}
+    event_buffer = dict(event, args={"handoff": evil_buffer})
+    for fd, ev in ((_sealed(evil + bytes(8), 0), event_buffer), (None, event)):
         ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
         ctx.handoff_fds = [fd] if fd is not None else []
-        reply = handler(dict(event), ctx)
+        reply = handler(dict(ev), ctx)
         data = protocol.reply_result(reply) or store.get(keys.result_key("j1", "00000"))
         store.delete(keys.result_key("j1", "00000"))
         status, outcome = protocol.open_result(secret, "j1", "00000", data, "r")

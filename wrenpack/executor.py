@@ -391,10 +391,13 @@ class Executor(cf.Executor):
                     args_spec = {"key": key}
                 if isinstance(data, handoff.Args) and data.blobs:
                     args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
+                if isinstance(data, handoff.Args) and data.slab is not None and data.slab.fd is not None:
+                    args_spec["slab"] = True  # a memfd for the result goes with the call, last
                 args_specs.append(args_spec)
         except (OSError, StoreError) as exc:
             self._delete_job(job_id)
             _close_handoffs(payloads)
+            self._drain_if_idle()
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot write the objects of {label} to {store.url}: {_os_reason(exc)}; "
@@ -446,31 +449,40 @@ class Executor(cf.Executor):
                 self._jobs.pop(job_id, None)
             self._delete_job(job_id)
             _close_handoffs(payloads)
+            self._drain_if_idle()
             raise
         return list(futures.values())
 
     def prepare(self, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-                options: CallOptions, label: str) -> Prepared:
+                options: CallOptions, label: str, *, packer: handoff.Packer | None = None,
+                fn_bytes: bytes | None = None, first: int = 0) -> Prepared:
         """Pickle a launch's function and arguments (and check their size): a
-        call that cannot be sent fails here, before anything is stored or runs."""
+        call that cannot be sent fails here, before anything is stored or runs.
+
+        A map that pickles its calls a few at a time (``wrenpack.feed``) passes
+        its ``packer`` (kept open), the function pickled once, and the index of
+        the first call given (for the messages)."""
         # Everything is pickled in one by-value scope: another thread's map
         # cannot change how it pickles.
         user_modules = serialize.user_modules_of(fn)
         # Futures inside the arguments pickle without their jobs' secrets
         # (those travel in the events, never in the store).
-        packer = self._args_packer(calls)
+        own_packer = packer is None
+        if own_packer:
+            packer = self._args_packer(calls)
         payloads: list[Any] = []
         try:
             with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
-                fn_bytes = serialize.dumps_function_cached(fn, user_modules)
-                for i, (args, kwargs) in enumerate(calls):
+                if fn_bytes is None:
+                    fn_bytes = serialize.dumps_function_cached(fn, user_modules)
+                for i, (args, kwargs) in enumerate(calls, first):
                     what = f"call {i} of {label}"
                     if packer is None:
                         payloads.append(serialize.dumps_call(args, kwargs, what, user_modules))
                     else:  # local backend: straight into sealed memfds as they are pickled
                         payloads.append(packer.pack(args, kwargs, lambda a, k, spill, what=what: serialize.dumps_call(a, k, what, user_modules, spill)))
             limit = options.memory * 1024 * 1024
-            for i, data in enumerate(payloads):
+            for i, data in enumerate(payloads, first):
                 size = data.size if isinstance(data, handoff.Args) else len(data)
                 if size > limit:
                     raise PayloadTooLarge(
@@ -479,9 +491,10 @@ class Executor(cf.Executor):
                     )
         except BaseException:
             _close_handoffs(payloads)
+            self._drain_if_idle()
             raise
         finally:
-            if packer is not None:
+            if packer is not None and own_packer:
                 packer.close()  # each call holds the shared blobs it refers to
         return Prepared(fn_bytes, payloads, set(referenced))
 
@@ -550,7 +563,7 @@ class Executor(cf.Executor):
             inv, result = item
             sealed = result.handoff
             try:
-                result.handoff = _Read(self._read_handoff(inv.label, sealed))
+                result.handoff = _Read(self._read_handoff(inv, sealed))
             except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it
                 result.handoff = _Read(exc)
             finally:
@@ -656,7 +669,7 @@ class Executor(cf.Executor):
             stored = status
             try:
                 read = result.handoff
-                outcome = read.get() if isinstance(read, _Read) else self._read_handoff(fut.label, read)
+                outcome = read.get() if isinstance(read, _Read) else self._read_handoff(inv, read)
                 ok = outcome.ok
                 value = outcome.value if ok else outcome.rebuild(fut.label)
                 if ok:
@@ -724,9 +737,12 @@ class Executor(cf.Executor):
                 self._jobs.pop(job.job_id, None)
                 if job.pinned:
                     self._kept_jobs.add(job.job_id)
+            idle = last and not self._jobs and not self._plans
         inv = job.invocations.get(cid)
         if inv is not None and inv.handoff is not None:
             inv.handoff.close()  # no attempt or segment needs the arguments again
+        if idle:
+            handoff.drain_pool()  # the argument memfds kept for next calls: none are coming
         if persist:
             # A pickled reference reads the result from the store, not from our reply.
             try:
@@ -740,9 +756,19 @@ class Executor(cf.Executor):
         if last:
             self._job_ended()
 
+    def _drain_if_idle(self) -> None:
+        """No call runs or waits: the argument memfds kept for the next calls go."""
+        with self._lock:
+            idle = not self._jobs and not self._plans
+        if idle:
+            handoff.drain_pool()
+
     def _job_ended(self) -> None:
         with self._lock:
-            release = self._release_when_idle and not self._jobs and not self._plans
+            idle = not self._jobs and not self._plans
+            release = self._release_when_idle and idle
+        if idle:
+            handoff.drain_pool()  # (a map whose last calls were never launched)
         if release:
             self._release()
 
@@ -831,13 +857,17 @@ class Executor(cf.Executor):
             raise CorruptObject(f"{key}: the call reported a checkpointed segment but its record is missing; re-run the call") from None
         return protocol.open_segment(job.secret, job.job_id, cid, segment, blob)
 
-    def _read_handoff(self, label: str, sealed: handoff.Sealed) -> protocol.Outcome:
-        """A result handed over as a sealed memfd (local backend): checked, copied
-        out and closed here. It came over the worker's private socket, as the
-        reply's status did, so it carries no MAC to verify."""
+    def _read_handoff(self, inv: Invocation, sealed: handoff.Sealed) -> protocol.Outcome:
+        """A result handed over as a sealed memfd (local backend), or in the memfd
+        the call was given for it: checked, copied out and closed here. It came
+        over the worker's private socket, as the reply's status did, so it
+        carries no MAC to verify."""
         fd, sealed.fd = sealed.fd, None
-        what = f"result of {label}"
-        return handoff.load(fd, sealed.layout, what, private=False,
+        what = f"result of {inv.label}"
+        slab = inv.handoff.slab if inv.handoff is not None else None
+        if inv.handoff is not None and isinstance(sealed.layout, dict):
+            inv.handoff.result_size = int(sealed.layout.get("size") or 0)  # how large a slab the next calls get
+        return handoff.load(fd, sealed.layout, what, private=False, own=slab.fd if slab is not None else None,
                             loads=lambda stream, buffers: protocol.loads_outcome(stream, what, buffers))
 
     def _read_private(self, label: str, raw: bytes) -> tuple[bool, Any]:

@@ -133,8 +133,9 @@ class Event:
             pass
         elif set(args) == {"key"} and args["key"] == keys.input_key(job_id, call_id):
             pass
-        elif set(args) - {"blobs"} in ({"inline"}, {"key"}, {"handoff"}) and isinstance(args.get("blobs", []), list) \
+        elif set(args) - {"blobs", "slab"} in ({"inline"}, {"key"}, {"handoff"}) and isinstance(args.get("blobs", []), list) \
                 and isinstance(args.get("handoff", {}), dict) and isinstance(args.get("inline", ""), str) \
+                and args.get("slab", True) is True \
                 and args.get("key", keys.input_key(job_id, call_id)) == keys.input_key(job_id, call_id):
             pass  # local backend: sealed memfds came with the call (checked where they are opened)
         else:

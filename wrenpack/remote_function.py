@@ -94,9 +94,12 @@ class RemoteFunction(Generic[T]):
         if chunksize is not None and chunksize != 1:
             futures = _launch_batched(executor, self.fn, calls, options, label, chunksize)
         elif chunksize is None and len(calls) > 1:
-            from wrenpack import grouping
+            from wrenpack import feed, grouping
 
-            futures = grouping.launch_map(executor, self.fn, calls, options, label)  # None: not for these calls
+            # None: not for these calls
+            futures = feed.launch_map(executor, self.fn, calls, options, label)  # large arguments, streamed
+            if futures is None:
+                futures = grouping.launch_map(executor, self.fn, calls, options, label)  # short calls, grouped
         if futures is None:
             futures = executor.launch(self.fn, calls, options, label=label)
         for fut in futures:

@@ -34,6 +34,7 @@ reply with ``"handoff": layout`` the next one the driver received.
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import marshal
 import logging
@@ -297,7 +298,10 @@ class Worker:
                 hook = None
                 if fd is not None and self.cgroup is not None:
                     try:
-                        hook = self._handed_off(os.fstat(fd).st_size)
+                        # A sealed memfd is the worker's own, charged to its cgroup; an
+                        # unsealed one can only be the driver's (the executor checks).
+                        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE:
+                            hook = self._handed_off(os.fstat(fd).st_size)
                     except OSError:
                         pass
                 head["handoff"] = Sealed(fd, head["handoff"], on_close=hook)

@@ -20,6 +20,8 @@ class LocalContext:
         self._deadline = deadline
         #: local backend: the call's arguments as sealed memfds (``wrenpack.worker.handoff``)
         self.handoff_fds: list[int] = []
+        #: local backend: a memfd of the driver's to write a large result into
+        self.result_slab: int | None = None
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.time()) * 1000))

@@ -250,12 +250,23 @@ def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[t
     return args, kwargs
 
 
-def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None) -> "bytes | handoff.Sealed":
+def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None, slab: int | None = None) -> "bytes | handoff.Sealed":
     """Pickle a success outcome: bytes, or on a local worker that takes hand-offs
-    (``event["handoff"]``) a sealed memfd when it is larger than that."""
+    (``event["handoff"]``) a memfd when it is larger than that: the one the driver
+    gave for it (``slab``) while the result fits, else a sealed one of our own."""
     if handoff_min is None:
+        if slab is not None:
+            os.close(slab)
         return cloudpickle.dumps(outcome)
-    return handoff.dump(outcome, handoff_min)
+    return handoff.dump(outcome, handoff_min, slab=slab)
+
+
+def _take_slab(context: Any) -> int | None:
+    """The memfd the driver gave this call for its result (local worker), now ours."""
+    slab = getattr(context, "result_slab", None)
+    if slab is not None:
+        context.result_slab = None
+    return slab
 
 
 def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> bytes:
@@ -312,7 +323,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             run_s = time.perf_counter() - run_start
         try:
             with refs.sealing_scope():  # futures in the result carry no secret into the store
-                outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"))
+                outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"), _take_slab(context))
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"

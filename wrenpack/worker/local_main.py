@@ -295,6 +295,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             finally:
                 for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)
                     _close(fd)
+                if getattr(ctx, "result_slab", None) is not None:  # the result did not go in it
+                    _close(ctx.result_slab)
+                    ctx.result_slab = None
             reply["elapsed"] = time.perf_counter() - t0
             if _children_usage() != before:
                 reply["children"] = True  # a child ended during the call: the parent looks for OOM kills

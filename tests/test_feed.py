@@ -1,0 +1,170 @@
+"""A map of large arguments is fed to the workers a window at a time
+(``wrenpack.feed``), its memfds written again once their calls ended
+(``handoff._pool``) and its results written into memfds the driver gave
+(``Args.slab``): every call still gets its own arguments and result."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import wrenpack
+from wrenpack import feed
+from wrenpack.backends.local import LocalBackend
+from wrenpack.errors import SerializationError
+from wrenpack.worker import handoff
+
+pytestmark = pytest.mark.skipif(not handoff.available(), reason="needs Linux memfd_create, file seals and SCM_RIGHTS")
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def ex(tmp_path):
+    e = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=2), retries=0)
+    yield e
+    e.shutdown()
+
+
+def _memfds(name: str = "") -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"/memfd:{name}"):
+            out.append(target)
+    return out
+
+
+def reverse(data):
+    return data[::-1]
+
+
+def digest_and_size(data, size):
+    """A result of ``size`` bytes that depends on every byte of the argument."""
+    seed = hashlib.sha256(data).digest()
+    return seed + bytes(size - len(seed))
+
+
+def size_of(data, extra):
+    return len(data)
+
+
+def slow_len(data):
+    time.sleep(0.3)
+    return len(data)
+
+
+def crash_once_on(item):
+    marker, i, data = item
+    if i == 5 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return data[::-1]
+
+
+def _counting(monkeypatch, module, name, counts, hit=lambda r: bool(r)):
+    real = getattr(module, name)
+
+    def counted(*args):
+        out = real(*args)
+        counts[name] = counts.get(name, 0) + int(hit(out))
+        return out
+
+    monkeypatch.setattr(module, name, counted)
+
+
+def test_every_call_gets_its_own_arguments_and_result_in_order(ex, monkeypatch):
+    counts: dict[str, int] = {}
+    _counting(monkeypatch, handoff, "_take_slab", counts, lambda fd: fd is not None)  # an argument memfd written again
+    _counting(monkeypatch, handoff, "_same_file", counts)  # a result read from the memfd the driver gave
+    # Sizes going down and up: a kept memfd holds an older, longer pickle's tail,
+    # and results outgrow the memfds made for the first ones.
+    sizes = [3 * MiB, 1 * MiB, 2 * MiB, 512 * 1024, 4 * MiB, 3 * MiB] * 4
+    items = [os.urandom(n) for n in sizes]
+    futs = wrenpack.remote(reverse, executor=ex).map(items)
+    assert [f.result(timeout=60) for f in futs] == [x[::-1] for x in items]
+    assert counts.get("_take_slab", 0) >= 12 and counts.get("_same_file", 0) >= 8, counts
+    assert _memfds() == []  # nothing kept once the map ended
+
+
+def test_results_larger_and_smaller_than_the_memfd_given_for_them(ex):
+    items = [os.urandom(MiB) for _ in range(16)]
+    sizes = [2 * MiB] * 6 + [6 * MiB, 100, 200 * 1024, 9 * MiB] + [2 * MiB] * 6
+    futs = wrenpack.remote(digest_and_size, executor=ex).starmap([(x, n) for x, n in zip(items, sizes)])
+    for x, n, f in zip(items, sizes, futs):
+        out = f.result(timeout=60)
+        assert len(out) == n and out[:32] == hashlib.sha256(x).digest()
+    assert _memfds() == []
+
+
+def test_the_map_returns_at_once_and_holds_only_its_window(ex):
+    items = [os.urandom(MiB) for _ in range(20)]
+    t0 = time.monotonic()
+    futs = wrenpack.remote(slow_len, executor=ex).map(items)
+    assert time.monotonic() - t0 < 1.0  # not 20 pickles before the first call runs
+    held = len(_memfds("wrenpack-args"))
+    assert held <= feed.PER_WORKER * 2 + 1, f"{held} argument memfds held at once"
+    assert wrenpack.get(futs, timeout=60) == [MiB] * 20
+    assert _memfds() == []
+
+
+def test_a_call_whose_arguments_do_not_pickle_fails_alone(ex):
+    items = [(os.urandom(MiB), None) for _ in range(12)]
+    items[7] = (os.urandom(MiB), threading.Lock())
+    futs = wrenpack.remote(size_of, executor=ex).starmap(items)
+    for i, f in enumerate(futs):
+        if i == 7:
+            with pytest.raises(SerializationError, match="call 7 of"):
+                f.result(timeout=60)
+        else:
+            assert f.result(timeout=60) == MiB
+
+
+def test_a_crashed_call_is_retried_with_its_own_arguments(tmp_path):
+    marker = str(tmp_path / "crashed")
+    with wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=2), retries=1) as ex:
+        items = [(marker, i, os.urandom(MiB)) for i in range(12)]
+        futs = wrenpack.remote(crash_once_on, executor=ex).map(items)
+        assert [f.result(timeout=60) for f in futs] == [x[2][::-1] for x in items]
+    assert os.path.exists(marker)
+
+
+def test_calls_not_launched_yet_cancel_and_shutdown_waits_for_the_rest(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=1), retries=0)
+    futs = wrenpack.remote(slow_len, executor=ex).map([os.urandom(MiB) for _ in range(8)])
+    assert futs[-1].cancel()  # never launched: taken out of the feed
+    ex.shutdown(wait=True)
+    assert futs[-1].cancelled()
+    assert [f.result(timeout=0) for f in futs[:-1]] == [MiB] * 7
+
+
+def test_a_held_future_passed_to_another_call_launches_and_travels(ex):
+    futs = wrenpack.remote(slow_len, executor=ex).map([os.urandom(MiB) for _ in range(10)])
+    last = futs[-1]
+    assert wrenpack.remote(lambda f: f.result() + 1, executor=ex).remote(last).result(timeout=60) == MiB + 1
+    assert wrenpack.get(futs, timeout=60) == [MiB] * 10
+
+
+def test_a_result_that_outgrows_the_given_memfd_moves_to_a_sealed_one():
+    given = os.memfd_create("given", os.MFD_ALLOW_SEALING)
+    os.posix_fallocate(given, 0, 256 * 1024)
+    value = os.urandom(MiB)
+    out = handoff.dump(("ok", value), 64 * 1024, slab=os.dup(given))
+    assert isinstance(out, handoff.Sealed) and not handoff._same_file(out.fd, given)
+    got = handoff.load(os.dup(out.fd), out.layout, "result", private=False, loads=lambda f, b: __import__("pickle").load(f))
+    assert got == ("ok", value)
+    small = handoff.dump(("ok", os.urandom(100 * 1024)), 64 * 1024, slab=os.dup(given))
+    assert handoff._same_file(small.fd, given)  # it fitted: in the driver's memfd, unsealed
+    got = handoff.load(os.dup(small.fd), small.layout, "result", private=False, own=given,
+                       loads=lambda f, b: __import__("pickle").load(f))
+    assert got[0] == "ok" and len(got[1]) == 100 * 1024
+    out.close()
+    small.close()
+    os.close(given)
