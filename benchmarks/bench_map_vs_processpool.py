@@ -3,6 +3,7 @@ process pools users compare it with, in one run, systems alternating in
 every round, medians reported:
 
 - ``trivial``: 1,000 calls of ``x + 1`` (``--calls``), warm pools
+- ``many``: the same, 10,000 calls (``--many-calls``)
 - ``latency``: one warm call, submit to result (median of ``--latency-calls``)
 - ``data``: 100 calls (``--data-calls``) each taking and returning 10 MiB of bytes
   (the same object for every call; ``--data-distinct``: one object per call),
@@ -15,7 +16,7 @@ Peers: ``concurrent.futures.ProcessPoolExecutor(2)`` (the ratio's baseline),
 Targets (issue 15): trivial <= 1.0x ProcessPoolExecutor, data <= 0.5x,
 latency <= 1 ms, mixed <= 1.05x ideal.
 
-    python benchmarks/bench_map_vs_processpool.py [--rounds 5] [--only trivial,latency,data,mixed]
+    python benchmarks/bench_map_vs_processpool.py [--rounds 5] [--only trivial,many,latency,data,mixed]
 """
 from __future__ import annotations
 
@@ -124,13 +125,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--many-calls", type=int, default=10000)
     ap.add_argument("--latency-calls", type=int, default=200)
     ap.add_argument("--data-calls", type=int, default=100)
     ap.add_argument("--data-mib", type=int, default=10)
     ap.add_argument("--data-distinct", action="store_true",
                     help="data: a different object per call (no argument is shared between calls)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the mixed workload's call durations")
-    ap.add_argument("--only", default="trivial,latency,data,mixed")
+    ap.add_argument("--only", default="trivial,many,latency,data,mixed")
     args = ap.parse_args()
     only = set(args.only.split(","))
     systems = Systems(args.workers)
@@ -148,6 +150,13 @@ def main() -> None:
         out = systems.map(name, trivial, list(range(args.calls)))
         elapsed = time.perf_counter() - t0
         assert out == [i + 1 for i in range(args.calls)]
+        return elapsed
+
+    def many_run(name: str) -> float:
+        t0 = time.perf_counter()
+        out = systems.map(name, trivial, list(range(args.many_calls)))
+        elapsed = time.perf_counter() - t0
+        assert out == [i + 1 for i in range(args.many_calls)]
         return elapsed
 
     def latency_run(name: str) -> float:
@@ -178,7 +187,8 @@ def main() -> None:
         systems.map(name, nap, mixed)
         return (time.perf_counter() - t0) / ideal
 
-    for key, fn in (("trivial", trivial_run), ("latency", latency_run), ("data", data_run), ("mixed", mixed_run)):
+    for key, fn in (("trivial", trivial_run), ("many", many_run), ("latency", latency_run), ("data", data_run),
+                    ("mixed", mixed_run)):
         if key in only:
             workloads[key] = fn
             times[key] = {n: [] for n in names}
@@ -197,9 +207,10 @@ def main() -> None:
         systems.close()
 
     print(f"{args.workers} workers, {args.rounds} rounds, medians (all rounds in brackets)")
-    units = {"trivial": ("s", 1.0), "latency": ("ms", 1e3), "data": ("s", 1.0), "mixed": ("x ideal", 1.0)}
+    units = {"trivial": ("s", 1.0), "many": ("s", 1.0), "latency": ("ms", 1e3), "data": ("s", 1.0), "mixed": ("x ideal", 1.0)}
     titles = {
         "trivial": f"{args.calls} trivial calls",
+        "many": f"{args.many_calls} trivial calls",
         "latency": "one warm call's latency",
         "data": f"{args.data_calls} calls x {args.data_mib} MiB in and out" + (" (distinct objects)" if args.data_distinct else ""),
         "mixed": f"200 calls, 190 x {10 * args.scale:g} ms + 10 x {2 * args.scale:g} s (ideal {ideal:.2f} s)",

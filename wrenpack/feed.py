@@ -3,11 +3,13 @@
 Pickling every argument before the first call runs makes such a map wait for
 all of it, and holds every pickle at once: 100 calls of 10 MiB spent a second
 pickling before anything ran, and held 1 GB. On the local backend, where large
-arguments travel as memfds (``worker.handoff``), a map whose first call has a large bytes or
-array among its arguments is fed instead, as ``ProcessPoolExecutor`` feeds its
-queue: the first call is pickled and launched by ``map`` itself, the others on
-the feed's own thread, at most ``window`` of them launched and not ended at a
-time. A call that ends frees its memfd for the next one (``handoff._pool``), so
+arguments travel as memfds (``worker.handoff``), a map whose first call has a
+large bytes or array among its arguments, and whose arguments cannot change
+meanwhile (bytes, numbers, strings, tuples of them, read-only arrays: a map's
+arguments are what they were when ``map`` was called), is fed instead, as
+``ProcessPoolExecutor`` feeds its queue: the first call is pickled and launched
+by ``map`` itself, the others on the feed's own thread, at most ``window`` of
+them launched and not ended at a time. A call that ends frees its memfd for the next one (``handoff._pool``), so
 the window's pages are written warm.
 
 What a map promises stays: its futures come back at once, in order, each with
@@ -50,6 +52,10 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     args0, kwargs0 = calls[0]
     if not any(handoff.large_value(v) for v in (*args0, *kwargs0.values())):
         return None  # a large bytes or array as an argument is what makes a map worth feeding
+    if not all(_frozen(v) for args, kwargs in calls for v in (*args, *kwargs.values())):
+        # A map's arguments are what they were when map was called: pickled later, a
+        # list or a writable array changed meanwhile would send what it became.
+        return None
     executor._check_open()
     packer = executor._args_packer(calls)
     if packer is None:
@@ -250,6 +256,23 @@ class _Feed:
         with ex._lock:
             ex._plans.discard(self)
         ex._job_ended()  # a shutdown(wait=False) may have waited for these
+
+
+_FROZEN_TYPES = (bytes, str, int, float, complex, bool, type(None), range, type(Ellipsis))
+
+
+def _frozen(value: Any, depth: int = 0) -> bool:
+    """``value`` cannot change between ``map`` and its pickling: bytes, numbers,
+    strings, tuples and frozensets of such, and numpy arrays that own their
+    memory (or view bytes) and are read-only."""
+    if isinstance(value, _FROZEN_TYPES):
+        return True
+    if isinstance(value, (tuple, frozenset)) and depth < 4:
+        return all(_frozen(v, depth + 1) for v in value)
+    if type(value).__module__ == "numpy" and type(value).__name__ == "ndarray":
+        flags = value.flags
+        return not flags.writeable and (value.base is None or isinstance(value.base, bytes))
+    return False
 
 
 def _room_for(size: int) -> int:

@@ -7,7 +7,13 @@ memory file (``memfd_create``) as it is pickled, sealed against any change
 (``F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL``) and passed over
 that socket with SCM_RIGHTS. The receiver refuses a file that is not a memfd,
 is not sealed so, or whose size is not the one announced, before anything is
-unpickled; then it maps it and unpickles. The channel authenticates what comes
+unpickled; then it maps it and unpickles. Two files stay unsealed, both the
+driver's own and written again (fresh pages cost three times written ones):
+an argument memfd holding only a pickle stream, which the worker reads into
+the objects it builds and keeps no view of (``_pool``: the driver writes the
+next call's arguments into it once this call ended), and the memfd the driver
+gives a call for its result (``Spill(slab=)``), accepted back only if it is that
+very file (``load(own=)``). The channel authenticates what comes
 through it, as it does for the inline arguments and the secret in the event, so
 data that never touches the store needs no MAC pass: the store's objects
 (Lambda, ``keep_objects``, a pickled future's result) stay HMAC-sealed.
