@@ -50,10 +50,28 @@ def test_a_reused_descriptor_number_is_never_written(tmp_path):
     fd = memory._own_fd("clear_refs", os.O_WRONLY)
     os.close(fd)  # user code closed it behind our back...
     victim = tmp_path / "user-file"
-    reused = os.open(victim, os.O_WRONLY | os.O_CREAT)
+    opened = os.open(victim, os.O_WRONLY | os.O_CREAT)
+    reused = os.dup2(opened, fd)  # ...and one of its files took the number
+    os.close(opened)
     try:
-        assert reused == fd  # ...and its next file took the number
         assert memory.reset_peak()
         assert victim.read_bytes() == b""
+    finally:
+        os.close(reused)
+
+
+def test_status_read_through_a_reused_number_is_read_again(tmp_path):
+    memory.peak_rss_mb()
+    fd = memory._own_fd("status", os.O_RDONLY, checked=False)
+    os.close(fd)
+    victim = tmp_path / "user-file"
+    victim.write_bytes(b"VmHWM:\t999999999 kB\n")
+    opened = os.open(victim, os.O_RDONLY)
+    reused = os.dup2(opened, fd)
+    os.close(opened)
+    try:
+        peak = memory.peak_rss_mb()
+        assert peak is not None and 1 < peak < 100_000  # this process's, not the file's figure
+        assert memory._own_fd("status", os.O_RDONLY, checked=False) != reused
     finally:
         os.close(reused)

@@ -64,6 +64,9 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS: dict[str, tuple[type, ...]] = {**REQUIRED, **OPTIONAL}
+_REQUIRED_KEYS = frozenset(REQUIRED)
+#: fields of the event dict that are not ``Event.extra`` (required ones, and optional ones with a field of their own)
+_NOT_EXTRA = frozenset(REQUIRED) | {"func_key", "attempt", "segment", "timeout_s", "function_name", "checkpoint"}
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -94,23 +97,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able dict that travels to the worker."""
-        d: dict[str, Any] = {
-            "wrenpack": VERSION,
-            "store": self.store,
-            "job_id": self.job_id,
-            "call_id": self.call_id,
-            "secret": auth.encode_secret(self.secret),
-            "func_key": self.func_key,
-            "args": self.args,
-            "attempt": self.attempt,
-            "segment": self.segment,
-            "timeout_s": self.timeout_s,
-            "function_name": self.function_name,
-        }
-        if self.checkpoint:
-            d["checkpoint"] = self.checkpoint
-        d.update(self.extra)
-        return d
+        return event_dict(self.job_id, self.call_id, self.store, self.secret, self.args, self.attempt, self.segment,
+                          self.timeout_s, self.function_name, self.checkpoint, self.extra)
 
     @classmethod
     def from_dict(cls, d: Any) -> "Event":
@@ -123,11 +111,12 @@ class Event:
                 f"the event has protocol version {version!r} but this worker speaks {VERSION}; "
                 "redeploy the worker (wrenpack deploy) with the client's wrenpack version"
             )
-        for name in REQUIRED:
-            if name not in d:
-                raise ProtocolError(f"the event lacks the field {name!r}; invoke through wrenpack")
-        unknown = sorted(k for k in d if k not in _FIELDS)
-        if unknown:
+        keys_given = d.keys()
+        if not _REQUIRED_KEYS <= keys_given:
+            missing = next(name for name in REQUIRED if name not in d)
+            raise ProtocolError(f"the event lacks the field {missing!r}; invoke through wrenpack")
+        if not keys_given <= _FIELDS.keys():
+            unknown = sorted(k for k in d if k not in _FIELDS)
             raise ProtocolError(f"the event has unknown field(s) {', '.join(unknown)}; client and worker wrenpack versions differ")
         for name, value in d.items():  # one pass over what came (every call is checked: keep it cheap)
             types = _FIELDS[name]
@@ -175,9 +164,12 @@ class Event:
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
         if attempt < 0 or segment < 0:
             raise ProtocolError("the event's attempt and segment must be 0 or more")
-        extra = {k: d[k] for k in d if k in OPTIONAL and k not in
-                 ("func_key", "attempt", "segment", "timeout_s", "function_name", "checkpoint")}
-        return cls(
+        extra = {k: d[k] for k in d if k not in _NOT_EXTRA}
+        # Every field given, all checked above: filled in directly (a frozen
+        # dataclass's __init__ sets each field through object.__setattr__, which
+        # costs more than the checks on a warm worker's every call).
+        ev = object.__new__(cls)
+        ev.__dict__.update(
             job_id=job_id,
             call_id=call_id,
             store=store,
@@ -190,6 +182,31 @@ class Event:
             checkpoint=d.get("checkpoint"),
             extra=extra,
         )
+        return ev
+
+
+def event_dict(job_id: str, call_id: str, store: dict[str, Any], secret: bytes, args: dict[str, Any], attempt: int = 0,
+               segment: int = 0, timeout_s: float | None = None, function_name: str = "call",
+               checkpoint: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``Event(...).to_dict()`` without making the Event (the launch makes one per call)."""
+    d: dict[str, Any] = {
+        "wrenpack": VERSION,
+        "store": store,
+        "job_id": job_id,
+        "call_id": call_id,
+        "secret": auth.encode_secret(secret),
+        "func_key": keys.func_key(job_id),
+        "args": args,
+        "attempt": attempt,
+        "segment": segment,
+        "timeout_s": timeout_s,
+        "function_name": function_name,
+    }
+    if checkpoint:
+        d["checkpoint"] = checkpoint
+    if extra:
+        d.update(extra)
+    return d
 
 
 def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:

@@ -173,14 +173,27 @@ def _uses_checkpoint(fn: Callable[..., Any]) -> bool:
     return False
 
 
+_profiler_parts: tuple[Any, Any, Any] | None = None
+
+
+def _profiler() -> tuple[Any, Any, Any]:
+    """The profiler modules a launch asks (imported once: ``.remote()`` asks on every call)."""
+    global _profiler_parts
+    if _profiler_parts is None:
+        from wrenpack.profiler import recommend, store
+        from wrenpack.profiler.codehash import code_hash
+
+        _profiler_parts = (recommend, store, code_hash)
+    return _profiler_parts
+
+
 def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str, owner: Any = None) -> float | None:
     """The saved profile's duration for ``fn`` at this memory (Lambda's CPU share on Lambda).
 
     ``owner`` (the RemoteFunction) keeps the code hash while the function's code,
     defaults and closure cells stay the same objects (it only picks a profile)."""
     try:
-        from wrenpack.profiler import recommend, store
-        from wrenpack.profiler.codehash import code_hash
+        recommend, store, code_hash = _profiler()
 
         def hashed() -> str:
             stamp = (getattr(fn, "__code__", None), getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None),

@@ -113,11 +113,18 @@ _registry_lock = threading.Lock()
 _scope_counts: dict[str, int] = {}
 
 
-@contextlib.contextmanager
-def by_value(modules: set[types.ModuleType]) -> Iterator[None]:
+_NO_MODULES = contextlib.nullcontext()
+
+
+def by_value(modules: set[types.ModuleType]) -> "contextlib.AbstractContextManager[None]":
     """Pickle ``modules`` by value while inside. Safe across threads: the
     registration is counted, so a module stays registered until the last scope
     that needs it ends; a module registered by the user stays registered."""
+    return _by_value(modules) if modules else _NO_MODULES  # (none: most calls, twice per launch)
+
+
+@contextlib.contextmanager
+def _by_value(modules: set[types.ModuleType]) -> Iterator[None]:
     mine: list[str] = []
     with _registry_lock:
         for module in modules:

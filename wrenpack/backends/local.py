@@ -142,6 +142,7 @@ class LocalBackend(Backend):
 
     def invoke_many(self, invocations: list[Invocation]) -> None:
         started: list[Invocation] = []
+        sent_to: list[Worker] = []
         with self._lock:
             if self._stopping or self._closed:
                 raise WrenpackError("the local backend was shut down; create a new executor")
@@ -153,13 +154,19 @@ class LocalBackend(Backend):
             elif not self._draining:
                 # An idle warm worker takes the call from this thread: no wait
                 # for the dispatcher to be scheduled first.
-                started = self._send_to_idle()
+                started, sent_to = self._send_to_idle(flush=False)
+        # RUNNING before the bytes go: once they do, the reply races this thread
+        # for the GIL, and whatever it still does here delays the reply's reading.
+        for inv in started:
+            self.started(inv)
+        with self._lock:
+            if started:
+                for worker in sent_to:
+                    worker.flush()
             # The dispatcher must look again unless it will anyway, soon enough for
             # every call just started (their meters and deadlines), and nothing waits.
             wake = not started or self._next_queued() is not None or any(
                 w.outbuf or w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
-        for inv in started:
-            self.started(inv)
         if wake:
             self._wake()
 
@@ -393,20 +400,25 @@ class LocalBackend(Backend):
             self._grow(head)
         return started
 
-    def _send_to_idle(self) -> list[Invocation]:
-        """Queued calls to idle, ready workers only (lock held; the caller's thread)."""
+    def _send_to_idle(self, flush: bool = True) -> tuple[list[Invocation], list[Worker]]:
+        """Queued calls to idle, ready workers only (lock held; the caller's thread):
+        the calls, and the workers they went to (``flush=False``: still to be flushed)."""
         started: list[Invocation] = []
+        workers: list[Worker] = []
         for worker in self._workers:
             if not self._queued:
                 break
             if worker.ready and not worker.inflight and not worker.retiring and not worker.kill_reason:
-                started.extend(self._send(worker))
-        return started
+                calls = self._send(worker, flush)
+                if calls:
+                    started.extend(calls)
+                    workers.append(worker)
+        return started, workers
 
-    def _send(self, worker: Worker) -> list[Invocation]:
+    def _send(self, worker: Worker, flush: bool = True) -> list[Invocation]:
         calls = self._take(worker)
         if calls:
-            worker.send(calls, self.reply_limit, self._handoff_min)
+            worker.send(calls, self.reply_limit, self._handoff_min, flush=flush)
             self.messages_sent += 1
             self.calls_sent += len(calls)
         return calls

@@ -15,8 +15,15 @@ The scheduler (``wrenpack.backends.local``) decides what a worker runs; a
 Death is seen from the process itself (a pidfd in the scheduler's selector),
 never from the socket, which a call's children may hold open.
 
-Wire format, both ways: ``>II`` (JSON header length, blob length), the JSON
-header, the blob (a result object's bytes, or empty). Nothing is unpickled.
+Wire format, both ways: ``>II`` (header length, blob length), the header, the
+blob (an outcome's or result object's bytes, or empty). Nothing is unpickled.
+The header is JSON from the worker; from the driver it is ``marshal`` (a third
+of JSON's time to write, half to read, on every call): the worker trusts its
+driver entirely anyway (the driver sends it the code it runs), marshal makes
+only plain values (no code runs when it loads), and the driver never loads
+marshal from a worker, whose replies user code could write. Messages hold only
+JSON's values (lists, never tuples; text keys), so a worker reads the same
+event Lambda would (tests/test_worker_wire.py holds every message to that).
 A message's calls after the first carry only what differs from the first
 call's event (``changed``, ``gone``).
 Large arguments and results travel beside it as sealed memfds
@@ -29,6 +36,7 @@ from __future__ import annotations
 import array
 import fcntl
 import json
+import marshal
 import logging
 import os
 import shutil
@@ -74,7 +82,8 @@ def hard_grace(timeout: float) -> float:
 
 
 def encode(head: dict[str, Any], blob: bytes = b"") -> bytes:
-    data = json.dumps(head, separators=(",", ":")).encode()
+    """A message to a worker (its header in ``marshal``)."""
+    data = marshal.dumps(head)
     return FRAME.pack(len(data), len(blob)) + data + blob
 
 
@@ -186,9 +195,10 @@ class Worker:
         self.tmp_bytes = 0
 
     # -- sending ---------------------------------------------------------------
-    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None) -> None:
+    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None, flush: bool = True) -> None:
         """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle.
-        ``handoff_min``: results pickled larger than this come back as sealed memfds."""
+        ``handoff_min``: results pickled larger than this come back as sealed memfds.
+        ``flush=False``: the caller flushes (``flush()``) when it is ready for the reply."""
         first = calls[0]
         msg: dict[str, Any] = {"calls": _calls(calls)}
         limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
@@ -215,9 +225,10 @@ class Worker:
             # At most _FDS_PER_SEND per sendmsg (the kernel's limit is 253), each group a byte further on.
             self._out_fds.append([at + i // _FDS_PER_SEND, fds[i : i + _FDS_PER_SEND]])
         self.outbuf += encode(msg)
-        self.flush()
         if was_idle and self.ready:
             self.begin(time.time())
+        if flush:
+            self.flush()
 
     def flush(self) -> bool:
         """Write what the socket takes now; True when nothing is left to write."""

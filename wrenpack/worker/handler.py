@@ -43,6 +43,7 @@ from wrenpack.worker import callscope, checkpoint, handoff, memory, refs, result
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
+_PYTHON = "%d.%d" % sys.version_info[:2]
 
 _stores: dict[str, Store] = {}
 _functions: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
@@ -98,12 +99,20 @@ def _disarm() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+_last_store: tuple[dict[str, Any], Store] | None = None
+
+
 def _store_for(spec: dict[str, Any]) -> Store:
+    global _last_store
     _check_store(spec)
+    last = _last_store
+    if last is not None and last[0] == spec:  # (a warm worker's calls name one store)
+        return last[1]
     token = repr(sorted(spec.items()))
     store = _stores.get(token)
     if store is None:
         store = _stores[token] = open_store(spec)
+    _last_store = (dict(spec), store)
     return store
 
 
@@ -398,7 +407,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "children_peak_rss_mb": round(children_after, 2) if children_after > children_before else None,
         "host": _HOST,
         "pid": os.getpid(),
-        "python": "%d.%d" % sys.version_info[:2],
+        "python": _PYTHON,
         "request_id": getattr(context, "aws_request_id", None),
     }
     if run_s is not None:

@@ -1,7 +1,7 @@
 """The loop a local worker process runs: a warm "container" for many calls.
 
 The parent (``wrenpack.backends.local``) sends messages of one or more calls
-over a socket (``wrenpack.backends.local_worker`` has the wire format: a JSON
+over a socket (``wrenpack.backends.local_worker`` has the wire format: a
 header and a blob, nothing pickled); the worker runs them in order and replies
 once per call, with the result object itself when it is small (the reply's
 blob). Each call gets Lambda's environment variables, its own deadline and a
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import marshal
 import os
 import resource
 import select
@@ -154,32 +155,35 @@ def _watch_parent(parent: int, worker_dir: str | None) -> None:
 _ANCILLARY = socket.CMSG_SPACE(256 * 4)
 
 
-def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytes | None:
-    """``n`` bytes; file descriptors that came with them are appended to ``fds``."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k, ancdata, _flags, _addr = sock.recvmsg_into([view[got:]], _ANCILLARY)
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))
-        if not k:
-            return None
-        got += k
-    return bytes(buf)
+class _Reader:
+    """The driver's messages as they come: one read for most (a read of the
+    header and then of the body cost a system call more, on every call).
+    Descriptors arrive in order, each with the first bytes of its message,
+    and are appended to ``fds`` as they are read, so each call still takes
+    the oldest ones; a message read ahead only brings its own early."""
 
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.view = memoryview(bytearray(1 << 16))
 
-def _recv(sock: socket.socket, fds: list[int]) -> dict[str, Any] | None:
-    """The next message; the hand-offs sent with it (in order) are at the end of ``fds``."""
-    header = _recv_exact(sock, _FRAME.size, fds)
-    if header is None:
-        return None
-    hlen, blen = _FRAME.unpack(header)
-    body = _recv_exact(sock, hlen + blen, fds)
-    if body is None:
-        return None
-    return json.loads(body[:hlen])
+    def next(self, fds: list[int]) -> dict[str, Any] | None:
+        buf = self.buf
+        while True:
+            if len(buf) >= _FRAME.size:
+                hlen, blen = _FRAME.unpack_from(buf, 0)
+                end = _FRAME.size + hlen + blen
+                if len(buf) >= end:
+                    head = marshal.loads(bytes(buf[_FRAME.size : _FRAME.size + hlen]))  # (the driver's: see local_worker)
+                    del buf[:end]
+                    return head
+            k, ancdata, _flags, _addr = self.sock.recvmsg_into([self.view], _ANCILLARY)
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))
+            if not k:
+                return None
+            buf += self.view[:k]
 
 
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
@@ -229,8 +233,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
     _send(sock, {"ready": os.getpid()})
     calls = 0
     fds: list[int] = []  # hand-offs received, not yet given to a call (oldest first)
+    reader = _Reader(sock)
     while True:
-        msg = _recv(sock, fds)
+        msg = reader.next(fds)
         if msg is None:
             return
         if msg.get("limits"):

@@ -20,14 +20,17 @@ _own: dict[str, tuple[int, int, tuple[int, int]]] = {}
 _own_lock = threading.Lock()
 
 
-def _own_fd(name: str, flags: int) -> int:
+def _own_fd(name: str, flags: int, checked: bool = True) -> int:
     """A kept descriptor of ``/proc/self/<name>``: opening it costs more than the
     read or write (a warm worker resets and reads its peak on every call).
     Reopened in a forked child (its ``self`` is another process) and when the
-    descriptor no longer is that file (user code closed it and reused the number)."""
+    descriptor no longer is that file (user code closed it and reused the number;
+    ``checked=False``: the caller checks what it reads instead of an fstat)."""
     pid = os.getpid()
     got = _own.get(name)
     if got is not None and got[0] == pid:
+        if not checked:
+            return got[1]
         try:
             st = os.fstat(got[1])
             if (st.st_dev, st.st_ino) == got[2]:
@@ -49,6 +52,20 @@ def _own_fd(name: str, flags: int) -> int:
     return fd
 
 
+def _own_status() -> bytes:
+    """This process's /proc status, read through the kept descriptor; read again
+    from a new one if what came is not this process's status."""
+    mark = b"\nPid:\t%d\n" % os.getpid()
+    try:
+        text = os.pread(_own_fd("status", os.O_RDONLY, checked=False), 8192, 0)
+        if text.startswith(b"Name:") and mark in text:
+            return text
+    except OSError:
+        pass
+    _own.pop("status", None)  # not ours any more (closed, or its number reused): left alone
+    return os.pread(_own_fd("status", os.O_RDONLY), 8192, 0)
+
+
 def reset_peak() -> bool:
     """Reset VmHWM so the next reading is this call's peak, not the container's."""
     try:
@@ -65,7 +82,7 @@ def proc_status(pid: int | str = "self", fields: tuple[bytes, ...] = (b"VmHWM:",
     out: dict[bytes, int] = {}
     try:
         if pid == "self":
-            text = os.pread(_own_fd("status", os.O_RDONLY), 8192, 0)
+            text = _own_status()
         else:
             with open(f"/proc/{pid}/status", "rb", buffering=0) as f:
                 text = f.read(8192)  # one read: the file is ~1.5 kB, read on every call and sample

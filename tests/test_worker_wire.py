@@ -1,0 +1,98 @@
+"""The local worker reads the driver's messages in as few reads as they allow
+(issue 15), whatever the chunks they arrive in, with their descriptors in order."""
+from __future__ import annotations
+
+import array
+import os
+import socket
+import threading
+
+from wrenpack.backends.local_worker import encode
+from wrenpack.worker.local_main import _Reader
+
+
+def test_messages_split_and_joined_any_way_come_out_whole():
+    msgs = [{"n": i, "pad": "x" * (i * 700)} for i in range(12)]
+    wire = b"".join(encode(m) for m in msgs)
+    for cut in (1, 7, 4096, 30_000, len(wire)):  # a header split; several messages in one read
+        a, b = socket.socketpair()
+
+        def write(a=a, cut=cut):
+            for i in range(0, len(wire), cut):
+                a.sendall(wire[i : i + cut])
+            a.close()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            reader, fds, got = _Reader(b), [], []
+            while (head := reader.next(fds)) is not None:
+                got.append(head)
+            assert got == msgs
+        finally:
+            writer.join()
+            b.close()
+
+
+def test_descriptors_stay_in_order_with_their_messages():
+    a, b = socket.socketpair()
+    files = [os.memfd_create(f"t{i}") for i in range(3)]
+    try:
+        for i, fd in enumerate(files):
+            os.write(fd, b"%d" % i)
+            msg = encode({"calls": [{"fd": 1}], "i": i})
+            a.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        a.close()
+        reader = _Reader(b)
+        fds: list[int] = []
+        for i in range(3):
+            head = reader.next(fds)
+            assert head["i"] == i
+            got = fds.pop(0)  # the call takes the oldest descriptor: its own
+            assert os.pread(got, 8, 0) == b"%d" % i
+            os.close(got)
+        assert reader.next(fds) is None  # end of stream
+        assert fds == []
+    finally:
+        for fd in files:
+            os.close(fd)
+        b.close()
+
+
+def test_every_message_to_a_worker_is_what_json_would_carry(tmp_path, monkeypatch):
+    """Messages travel in marshal, which keeps tuples and any key: the driver must
+    build them from JSON's values only, so a local worker sees Lambda's event."""
+    import json
+
+    import wrenpack
+    from wrenpack.backends import local_worker
+
+    seen = []
+    real = local_worker.encode
+
+    def strict(head, blob=b""):
+        seen.append(head)
+        assert repr(json.loads(json.dumps(head))) == repr(head), head
+        return real(head, blob)
+
+    monkeypatch.setattr(local_worker, "encode", strict)
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
+    try:
+        f = wrenpack.remote(_twice, executor=ex, env={"A": "1"})
+        assert f.remote(2).result(timeout=60) == 4
+        assert wrenpack.get(f.map(range(20))) == [2 * i for i in range(20)]
+        assert wrenpack.get(f.map(range(6), chunksize=3)) == [2 * i for i in range(6)]
+        assert f.remote(b"x" * (3 << 20)).result(timeout=60) == b"x" * (6 << 20)  # hand-off memfds
+        inner = f.remote(5)
+        assert wrenpack.remote(_result_of, executor=ex).remote(inner).result(timeout=60) == 10  # a future inside
+    finally:
+        ex.shutdown()
+    assert len(seen) >= 5
+
+
+def _twice(x):
+    return x * 2
+
+
+def _result_of(fut):
+    return fut.result(timeout=60)
