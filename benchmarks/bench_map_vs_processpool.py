@@ -145,19 +145,18 @@ def main() -> None:
     ideal = max(sum(mixed) / args.workers, max(mixed))
     workloads: dict[str, Callable[[str], float]] = {}
 
-    def trivial_run(name: str) -> float:
+    def trivial_calls(name: str, n: int) -> float:
         t0 = time.perf_counter()
-        out = systems.map(name, trivial, list(range(args.calls)))
+        out = systems.map(name, trivial, list(range(n)))
         elapsed = time.perf_counter() - t0
-        assert out == [i + 1 for i in range(args.calls)]
+        assert out == [i + 1 for i in range(n)]
         return elapsed
 
+    def trivial_run(name: str) -> float:
+        return trivial_calls(name, args.calls)
+
     def many_run(name: str) -> float:
-        t0 = time.perf_counter()
-        out = systems.map(name, trivial, list(range(args.many_calls)))
-        elapsed = time.perf_counter() - t0
-        assert out == [i + 1 for i in range(args.many_calls)]
-        return elapsed
+        return trivial_calls(name, args.many_calls)
 
     def latency_run(name: str) -> float:
         samples = []
