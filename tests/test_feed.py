@@ -41,6 +41,16 @@ def _memfds(name: str = "") -> list[str]:
     return out
 
 
+def _no_memfds_left() -> None:
+    """The map's memfds are closed once its last call ended: by the collector as
+    it resolves that call, or by the feed's thread just after its last launch
+    (which may run a moment after the last future resolved, on a busy machine)."""
+    deadline = time.monotonic() + 5
+    while _memfds() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _memfds() == []
+
+
 def reverse(data):
     return data[::-1]
 
@@ -89,7 +99,7 @@ def test_every_call_gets_its_own_arguments_and_result_in_order(ex, monkeypatch):
     futs = wrenpack.remote(reverse, executor=ex).map(items)
     assert [f.result(timeout=60) for f in futs] == [x[::-1] for x in items]
     assert counts.get("_take_slab", 0) >= 12 and counts.get("_same_file", 0) >= 8, counts
-    assert _memfds() == []  # nothing kept once the map ended
+    _no_memfds_left()  # nothing kept once the map ended
 
 
 def test_results_larger_and_smaller_than_the_memfd_given_for_them(ex):
@@ -99,7 +109,7 @@ def test_results_larger_and_smaller_than_the_memfd_given_for_them(ex):
     for x, n, f in zip(items, sizes, futs):
         out = f.result(timeout=60)
         assert len(out) == n and out[:32] == hashlib.sha256(x).digest()
-    assert _memfds() == []
+    _no_memfds_left()
 
 
 def test_the_map_returns_at_once_and_holds_only_its_window(ex):
@@ -110,7 +120,7 @@ def test_the_map_returns_at_once_and_holds_only_its_window(ex):
     held = len(_memfds("wrenpack-args"))
     assert held <= feed.PER_WORKER * 2 + 1, f"{held} argument memfds held at once"
     assert wrenpack.get(futs, timeout=60) == [MiB] * 20
-    assert _memfds() == []
+    _no_memfds_left()
 
 
 def test_a_call_that_cannot_be_sent_fails_alone(ex):
@@ -123,7 +133,7 @@ def test_a_call_that_cannot_be_sent_fails_alone(ex):
                 f.result(timeout=60)
         else:
             assert f.result(timeout=60) == MiB
-    assert _memfds() == []
+    _no_memfds_left()
 
 
 def test_arguments_that_can_change_are_pickled_when_map_is_called(ex):
