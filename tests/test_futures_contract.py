@@ -333,10 +333,28 @@ def test_a_job_launched_inside_a_call_derives_its_secret_from_the_call():
     with refs.sealing_scope() as seen:
         blob = pickle.dumps(refs.CallRef(ref))
     assert sub_secret not in blob and seen == {("20260101-000000-bbbbbbbb", tuple(chain))}
-    with refs._keyring_lock:
-        refs._keyring.pop("20260101-000000-bbbbbbbb", None)
+    # The call ended: the worker forgot the secrets it brought (its job's and the sub-job's).
+    assert refs.secret_for("20260101-000000-bbbbbbbb") is None and refs.secret_for("20260101-000000-aaaaaaaa") is None
+    refs.remember("20260101-000000-aaaaaaaa", b"r" * 32)  # the client, which launched the root job
     assert refs.secret_for("20260101-000000-bbbbbbbb", chain) == sub_secret
     # without the root's secret nothing can be derived
     with refs._keyring_lock:
         refs._keyring.pop("20260101-000000-aaaaaaaa", None)
     assert refs.secret_for("20260101-000000-bbbbbbbb", chain) is None
+
+
+def keyring_size():
+    from wrenpack.worker import refs
+
+    return len(refs._keyring)
+
+
+def test_a_warm_worker_forgets_each_calls_secrets(one_worker):
+    # The helper found one keyring entry per call kept for good in a warm worker
+    # (and every call's memory counts against its limit there).
+    f = wrenpack.remote(square, executor=one_worker)
+    for i in range(50):
+        assert f.remote(i).result(timeout=60) == i * i
+    arg = f.remote(3)
+    assert wrenpack.remote(add_one_to, executor=one_worker).remote(arg).result(timeout=60) == 10  # a ref's secret came in
+    assert wrenpack.remote(keyring_size, executor=one_worker).remote().result(timeout=60) <= 1  # its own call's

@@ -67,16 +67,31 @@ def _decode(text: str) -> bytes:
     return auth.decode_secret(text)
 
 
-def remember(job_id: str, secret: bytes) -> None:
-    """Keep a job's secret in this process's memory, to verify its results."""
+#: secrets the running call brought into this process (worker side), forgotten
+#: when it ends: a warm worker would otherwise keep one per call it ever ran
+_call_added: list[str] = []
+
+
+def remember(job_id: str, secret: bytes, for_call: bool = False) -> None:
+    """Keep a job's secret in this process's memory, to verify its results
+    (``for_call``: only while the running call runs)."""
     with _keyring_lock:
+        if for_call and job_id not in _keyring:
+            _call_added.append(job_id)
         _keyring[job_id] = secret
 
 
 def learn(secrets: dict[str, str] | None) -> None:
-    """Secrets that came inside an invocation (``event["ref_secrets"]``)."""
+    """Secrets that came inside an invocation (``event["ref_secrets"]``), for its call."""
     for job_id, text in (secrets or {}).items():
-        remember(job_id, _decode(text))
+        remember(job_id, _decode(text), for_call=True)
+
+
+def _forget_call() -> None:
+    with _keyring_lock:
+        for job_id in _call_added:
+            _keyring.pop(job_id, None)
+        _call_added.clear()
 
 
 def _derive(parent_secret: bytes, job_id: str) -> bytes:
@@ -84,11 +99,19 @@ def _derive(parent_secret: bytes, job_id: str) -> bytes:
 
 
 def enter_call(job_id: str | None, secret: bytes = b"", chain: list[str] | tuple[str, ...] = ()) -> None:
-    """The handler says which call runs now (``None``: none), so jobs launched inside derive their secret."""
+    """The handler says which call runs now (``None``: none, the secrets it
+    brought are forgotten), so jobs launched inside derive their secret.
+
+    A reference rebuilt during the call keeps the secret it verifies with
+    (``CallRef``), so forgetting them does not stop one read later; a future
+    of a job the call launched, kept by user code after the call, can no
+    longer be pickled with its secret here (a clear error where it is read)."""
     global _current
     _current = None if job_id is None else (job_id, secret, tuple(chain))
-    if job_id is not None:
-        remember(job_id, secret)
+    if job_id is None:
+        _forget_call()
+    else:
+        remember(job_id, secret, for_call=True)
 
 
 def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
@@ -101,7 +124,7 @@ def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
         secret, chain = os.urandom(32), []
     else:
         secret, chain = _derive(cur[1], job_id), [*cur[2], cur[0]]
-    remember(job_id, secret)
+    remember(job_id, secret, for_call=cur is not None)
     return secret, chain
 
 
@@ -133,15 +156,16 @@ def sealing_scope() -> Iterator[set[tuple[str, tuple[str, ...]]]]:
         stack.pop()
 
 
-def reduce_ref(ref: dict[str, Any]) -> tuple[Any, ...]:
-    """How a reference pickles: without its secret inside ``sealing_scope``."""
+def reduce_ref(ref: dict[str, Any], known: bytes | None = None) -> tuple[Any, ...]:
+    """How a reference pickles: without its secret inside ``sealing_scope``
+    (``known``: the secret, if the caller holds it already)."""
     stack = getattr(_scopes, "stack", None)
     chain = tuple(ref.get("chain") or ())
     if stack:
         stack[-1].add((ref["result_job"], chain))
         return (rebuild, ({k: v for k, v in ref.items() if k != "secret"},))
     if not ref.get("secret"):
-        secret = secret_for(ref["result_job"], chain)
+        secret = known or secret_for(ref["result_job"], chain)
         if secret is not None:
             from wrenpack import auth
 
@@ -201,9 +225,11 @@ class CallRef(cf.Future):
         self.status: dict[str, Any] | None = None
         self.logs: str | None = None
         self._fetching = threading.Lock()
+        #: the secret its result verifies with, as known where it was rebuilt
+        self._secret = secret_for(ref["result_job"], ref.get("chain") or ())
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return reduce_ref(self._ref)
+        return reduce_ref(self._ref, self._secret)
 
     def _poll(self) -> bool:
         """One look at the store; True once resolved."""
@@ -222,7 +248,7 @@ class CallRef(cf.Future):
             except ObjectNotFound:
                 return False
             try:
-                secret = secret_for(ref["result_job"], ref.get("chain") or ())
+                secret = self._secret or secret_for(ref["result_job"], ref.get("chain") or ())
                 if secret is None:
                     raise WrenpackError(
                         f"{self.label}: this process does not hold the secret of job {ref['result_job']}, so its result "
