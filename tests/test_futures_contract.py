@@ -358,3 +358,21 @@ def test_a_warm_worker_forgets_each_calls_secrets(one_worker):
     arg = f.remote(3)
     assert wrenpack.remote(add_one_to, executor=one_worker).remote(arg).result(timeout=60) == 10  # a ref's secret came in
     assert wrenpack.remote(keyring_size, executor=one_worker).remote().result(timeout=60) <= 1  # its own call's
+
+
+def test_the_driver_forgets_a_jobs_secret_with_its_last_future(one_worker):
+    import gc
+
+    from wrenpack.worker import refs
+
+    f = wrenpack.remote(square, executor=one_worker)
+    futs = [f.remote(i) for i in range(20)] + f.map(range(40))
+    assert [x.result(timeout=60) for x in futs[:20]] == [i * i for i in range(20)]
+    wrenpack.get(futs[20:], timeout=60)
+    jobs = {x.job_id for x in futs}
+    kept = futs[3]
+    assert refs.secret_for(kept.job_id) is not None  # a live future can still travel
+    del futs
+    gc.collect()
+    assert set(refs._keyring) & jobs == {kept.job_id}, "secrets of jobs whose futures are gone are still kept"
+    assert pickle.loads(pickle.dumps(kept)).result(timeout=60) == 9

@@ -165,6 +165,8 @@ class _Job:
     pinned: bool = False
     #: the job may have objects in the store (else there is nothing to delete when it ends)
     stored: bool = True
+    #: keeps the job's secret known here while the job runs (``refs.JobKey``)
+    key: Any = None
 
 
 @dataclass
@@ -208,6 +210,7 @@ class Executor(cf.Executor):
         self._stopping = False  # at exit: no retries, no new segments
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
+        self._kept_keys: list[Any] = []  # their secrets stay known while they are kept
         #: seconds a call of a function takes, by code hash (``wrenpack.grouping``)
         self._call_seconds: dict[str, float] = {}
         #: maps whose later calls wait to be launched (``wrenpack.grouping``)
@@ -343,6 +346,7 @@ class Executor(cf.Executor):
         fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
         store = self.store
         secret, chain = refs.new_job_secret(job_id)
+        job_key = refs.JobKey(job_id)  # the job's futures hold it: the secret is forgotten with the last
         spec = store.spec
         extra_event = dict(options.extra.get("event", {}))
         if chain:
@@ -417,6 +421,7 @@ class Executor(cf.Executor):
                 refs.register(fut)
             fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
             fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
+            fut._job_key = job_key
             fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,
                         "result_job": job_id, "result_call": cid, "item": None}
             futures[cid] = fut
@@ -436,7 +441,7 @@ class Executor(cf.Executor):
                     handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
                 )
             )
-        job = _Job(job_id, label, futures, options, secret, stored=stored)
+        job = _Job(job_id, label, futures, options, secret, stored=stored, key=job_key)
         job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
             self._jobs[job_id] = job
@@ -737,6 +742,7 @@ class Executor(cf.Executor):
                 self._jobs.pop(job.job_id, None)
                 if job.pinned:
                     self._kept_jobs.add(job.job_id)
+                    self._kept_keys.append(job.key)
             idle = last and not self._jobs and not self._plans
         inv = job.invocations.get(cid)
         if inv is not None and inv.handoff is not None:
@@ -787,6 +793,7 @@ class Executor(cf.Executor):
             self._released = True
             backend, self._backend = self._backend, None
             kept, self._kept_jobs = set(self._kept_jobs), set()
+            self._kept_keys = []
             collector = self._collector
         if backend is not None:
             try:

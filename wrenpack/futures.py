@@ -46,6 +46,8 @@ class WrenFuture(cf.Future):
         self._canceller: Callable[[], bool] | None = None
         self._pin: Callable[[], bool] | None = None
         self._ref: dict[str, Any] | None = None
+        #: keeps its job's secret known in this process while the future lives (``refs.JobKey``)
+        self._job_key: Any = None
         #: set once the call is launched, for a call whose launch waits (automatic grouping)
         self._launched: threading.Event | None = None
         #: futures that start running when this one does (the calls of a group)

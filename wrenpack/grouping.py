@@ -155,6 +155,7 @@ class _Plan:
                 item._pin = gfut._pin
                 if gfut._ref is not None:
                     item._ref = dict(gfut._ref, call_id=item.call_id, label=item.label, item=j)
+                item._job_key = gfut._job_key
                 _ready(item)
             gfut.add_done_callback(lambda done, group=group: self._group_ended(done, group))
 

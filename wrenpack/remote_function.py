@@ -236,6 +236,7 @@ def _launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[tupl
             item._canceller, item._pin = gfut.cancel, gfut._pin
             if gfut._ref is not None:
                 item._ref = dict(gfut._ref, call_id=item.call_id, label=item.label, item=j)
+                item._job_key = gfut._job_key
 
         def resolve(done: WrenFuture, items: list[WrenFuture] = items) -> None:
             if done.cancelled():

@@ -114,6 +114,25 @@ def enter_call(job_id: str | None, secret: bytes = b"", chain: list[str] | tuple
         remember(job_id, secret, for_call=True)
 
 
+class JobKey:
+    """Held by a job's futures (and by its executor while the job runs or is
+    kept for references): when the last holder goes, this process forgets the
+    job's secret. A driver would otherwise keep one per job it ever launched;
+    references rebuilt from it keep the secret they need (``CallRef``), and a
+    reference pickled by the user carries its own."""
+
+    __slots__ = ("job_id",)
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def __del__(self) -> None:
+        try:
+            _keyring.pop(self.job_id, None)  # one dict operation: atomic, and no lock a collector could meet held
+        except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone already
+            pass
+
+
 def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
     """A new job's secret and its chain of ancestor jobs: random in a client;
     inside a call, derived from the call's job's secret (the client re-derives it)."""
