@@ -302,7 +302,7 @@ class Executor(cf.Executor):
             self._release()
             return
         with self._lock:
-            idle = not self._jobs and not self._plans
+            idle = self._idle()
             if not idle:
                 self._release_when_idle = True
         if idle:
@@ -743,7 +743,7 @@ class Executor(cf.Executor):
                 if job.pinned:
                     self._kept_jobs.add(job.job_id)
                     self._kept_keys.append(job.key)
-            idle = last and not self._jobs and not self._plans
+            idle = last and self._idle()
         inv = job.invocations.get(cid)
         if inv is not None and inv.handoff is not None:
             inv.handoff.close()  # no attempt or segment needs the arguments again
@@ -762,20 +762,22 @@ class Executor(cf.Executor):
         if last:
             self._job_ended()
 
-    def _drain_if_idle(self) -> None:
-        """No call runs or waits: the argument memfds kept for the next calls go."""
+    def _idle(self) -> bool:
+        """No job runs and no map holds calls back (lock held)."""
+        return not self._jobs and not self._plans
+
+    def _drain_if_idle(self) -> bool:
+        """No call runs or waits: the argument memfds kept for the next calls go.
+        True if so."""
         with self._lock:
-            idle = not self._jobs and not self._plans
+            idle = self._idle()
         if idle:
             handoff.drain_pool()
+        return idle
 
     def _job_ended(self) -> None:
-        with self._lock:
-            idle = not self._jobs and not self._plans
-            release = self._release_when_idle and idle
-        if idle:
-            handoff.drain_pool()  # (a map whose last calls were never launched)
-        if release:
+        # (drains too: a map whose last calls were never launched, or a feed that finished after them)
+        if self._drain_if_idle() and self._release_when_idle:
             self._release()
 
     def _delete_job(self, job_id: str) -> None:
