@@ -12,6 +12,7 @@ import time
 import pytest
 
 import wrenpack
+from open_memfds import memfds as _memfds
 from wrenpack import feed
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import PayloadTooLarge
@@ -27,18 +28,6 @@ def ex(tmp_path):
     e = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=2), retries=0)
     yield e
     e.shutdown()
-
-
-def _memfds(name: str = "") -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(f"/memfd:{name}"):
-            out.append(target)
-    return out
 
 
 def _no_memfds_left() -> None:
@@ -90,7 +79,7 @@ def _counting(monkeypatch, module, name, counts, hit=lambda r: bool(r)):
 
 def test_every_call_gets_its_own_arguments_and_result_in_order(ex, monkeypatch):
     counts: dict[str, int] = {}
-    _counting(monkeypatch, handoff, "_take_slab", counts, lambda fd: fd is not None)  # an argument memfd written again
+    _counting(monkeypatch, handoff, "_take_kept", counts, lambda fd: fd is not None)  # an argument memfd written again
     _counting(monkeypatch, handoff, "_same_file", counts)  # a result read from the memfd the driver gave
     # Sizes going down and up: a kept memfd holds an older, longer pickle's tail,
     # and results outgrow the memfds made for the first ones.
@@ -98,7 +87,7 @@ def test_every_call_gets_its_own_arguments_and_result_in_order(ex, monkeypatch):
     items = [os.urandom(n) for n in sizes]
     futs = wrenpack.remote(reverse, executor=ex).map(items)
     assert [f.result(timeout=60) for f in futs] == [x[::-1] for x in items]
-    assert counts.get("_take_slab", 0) >= 12 and counts.get("_same_file", 0) >= 8, counts
+    assert counts.get("_take_kept", 0) >= 12 and counts.get("_same_file", 0) >= 8, counts
     _no_memfds_left()  # nothing kept once the map ended
 
 

@@ -14,6 +14,7 @@ import cloudpickle
 import pytest
 
 import wrenpack
+from open_memfds import memfds as _memfds
 from wrenpack import keys, protocol
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import CorruptObject, PayloadTooLarge, WorkerCrashed
@@ -82,19 +83,6 @@ class _Evil:
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def _memfds() -> list[str]:
-    """The memfds this process holds open."""
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/memfd:"):
-            out.append(target)
-    return out
 
 
 @pytest.fixture
