@@ -121,7 +121,7 @@ class _Feed:
         except BaseException:
             self._finish()
             raise
-        self.items[0].add_done_callback(lambda _f: self._ended(0))
+        self.items[0].add_done_callback(self._ended)
         threading.Thread(target=self._run, name=f"wrenpack-feed-{self.label}"[:60], daemon=True).start()
         return list(self.items)
 
@@ -161,13 +161,13 @@ class _Feed:
             self._track(i, prepared)
             self.executor.launch(self.fn, (), self.options, self.label, prepared=prepared, futures=[item])
         except Exception as exc:  # noqa: BLE001 - this call's failure, as map would have raised it
-            item._resolve(False, exc)
+            item._resolve(False, exc.with_traceback(None))  # its message says it all: not the feed thread's frames
         except BaseException as exc:  # noqa: BLE001
             item._resolve(False, WrenpackError(f"{item.label}: the call could not be launched: {exc!r}"))
         finally:
             if item._launched is not None:
                 item._launched.set()
-        item.add_done_callback(lambda _f: self._ended(i))
+        item.add_done_callback(self._ended)
 
     def _track(self, i: int, prepared: Prepared) -> None:
         """Give call ``i`` a memfd for its result, if results are large."""
@@ -203,14 +203,20 @@ class _Feed:
                 close, self.slabs = self.slabs, []
             if slab is not None:
                 (self.slabs if slab.layout.get("room", 0) >= self.slab_room else close).append(slab)
-            if self.done_launching and not self.args_of:
-                close += self.slabs  # the map's last call: nothing is left behind
-                self.slabs = []
-            self.slabs_made -= sum(1 for c in close if c.layout.get("room"))
+            close += self._unneeded_slabs()
+            self.slabs_made -= len(close)
         for slab in close:
             slab.close()
 
-    def _ended(self, _i: int) -> None:
+    def _unneeded_slabs(self) -> list[handoff.Sealed]:
+        """The free result memfds, taken out, once the map launched its last call
+        and every call ended: nothing is left behind (``cond`` held)."""
+        if not (self.done_launching and not self.args_of):
+            return []
+        free, self.slabs = self.slabs, []
+        return free
+
+    def _ended(self, _fut: WrenFuture) -> None:
         with self.cond:
             self.running -= 1
             self.cond.notify()
@@ -247,9 +253,8 @@ class _Feed:
         self.packer.close()  # each launched call holds the shared objects it refers to
         with self.cond:
             self.done_launching = True
-            close = self.slabs if not self.args_of else []
-            if close:
-                self.slabs, self.slabs_made = [], 0
+            close = self._unneeded_slabs()
+            self.slabs_made -= len(close)
         for slab in close:
             slab.close()
         ex = self.executor
