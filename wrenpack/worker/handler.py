@@ -39,7 +39,7 @@ import cloudpickle
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import CorruptObject, MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
-from wrenpack.worker import callscope, checkpoint, handoff, memory, refs, result
+from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs, result
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -99,20 +99,24 @@ def _disarm() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-_last_store: tuple[dict[str, Any], Store] | None = None
+#: (spec, WRENPACK_STORE_URL, store) of the last event: a warm worker's calls name one store
+_last_store: tuple[dict[str, Any], str | None, Store] | None = None
 
 
 def _store_for(spec: dict[str, Any]) -> Store:
+    """The event's store, once checked (``_check_store``); the same spec under
+    the same pinned store is not checked again."""
     global _last_store
-    _check_store(spec)
+    pinned = os.environ.get("WRENPACK_STORE_URL")
     last = _last_store
-    if last is not None and last[0] == spec:  # (a warm worker's calls name one store)
-        return last[1]
+    if last is not None and last[0] == spec and last[1] == pinned:
+        return last[2]
+    _check_store(spec)
     token = repr(sorted(spec.items()))
     store = _stores.get(token)
     if store is None:
         store = _stores[token] = open_store(spec)
-    _last_store = (dict(spec), store)
+    _last_store = (dict(spec), pinned, store)
     return store
 
 
@@ -235,6 +239,9 @@ class _JobStore:
 
 
 def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if len(ev.args) == 1 and "inline" in ev.args and not getattr(context, "handoff_fds", None):
+        # Inline arguments came inside the invocation itself, as the secret did.
+        return _loads(base64.b64decode(ev.args["inline"]), "the call's arguments")
     loads = lambda data, buffers=None: _loads(data, "the call's arguments", buffers)  # noqa: E731
     # Local worker: sealed memfds that came with the call over the private socket (none on Lambda).
     with handoff.call_blobs(context, ev.args, loads) as sent:
@@ -255,7 +262,12 @@ def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None, slab: int |
     """Pickle a success outcome: bytes, or on a local worker that takes hand-offs
     (``event["handoff"]``) a memfd when it is larger than that: the one the driver
     gave for it (``slab``) while the result fits in it and in ``room``, else a
-    sealed one of our own."""
+    sealed one of our own. Small plain data is pickled without cloudpickle's
+    set-up (``wrenpack.worker.plain``: the same bytes)."""
+    if slab is None:
+        data = plain.dumps(outcome)
+        if data is not None and (handoff_min is None or len(data) <= handoff_min):
+            return data
     if handoff_min is None:
         if slab is not None:
             os.close(slab)
@@ -313,7 +325,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     ev = protocol.Event.from_dict(event)
     job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
     store: Any = job_store
-    memory.reset_peak()
+    peak_mark = memory.start_peak()
     children_before = memory.children_peak_mb()
     job_id, call_id = ev.job_id, ev.call_id
     user_data.bind(job_store._store)  # wrenpack.store() inside the call is this store
@@ -392,7 +404,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):
         store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
-    peak = memory.peak_rss_mb()
+    peak = memory.peak_since(peak_mark)
     children_after = memory.children_peak_mb()
     status = {
         "job_id": job_id,

@@ -13,9 +13,10 @@ import sys
 import threading
 
 _KIB_PER_MIB = 1024.0
+_PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / (1024.0 * 1024.0) if hasattr(os, "sysconf") else 4096 / (1024.0 * 1024.0)
 
 
-#: "status"/"clear_refs" -> (pid, fd, (st_dev, st_ino)): this process's own files, opened once
+#: "status"/"statm"/"clear_refs" -> (pid, fd, (st_dev, st_ino)): this process's own files, opened once
 _own: dict[str, tuple[int, int, tuple[int, int]]] = {}
 _own_lock = threading.Lock()
 
@@ -73,6 +74,37 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def _faults() -> int:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_minflt + ru.ru_majflt
+
+
+def start_peak() -> tuple[int, int] | None:
+    """Reset VmHWM for a call (``reset_peak``) and note what ``peak_since`` needs:
+    the page faults so far and the resident size at the reset. None if it cannot."""
+    try:
+        faults = _faults()
+        if not reset_peak():
+            return None
+        resident = int(os.pread(_own_fd("statm", os.O_RDONLY), 256, 0).split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return faults, resident
+
+
+def peak_since(mark: tuple[int, int] | None) -> float | None:
+    """The peak resident memory since ``start_peak``, in MiB (``peak_rss_mb``).
+
+    Resident memory grows only through page faults (populating a mapping counts
+    as faults too), and the process's fault counters cover all its threads, so
+    with no fault since the reset the peak is the resident size at the reset,
+    which is what VmHWM holds then. /proc/self/status, which costs several times
+    more to read than the counters and statm, is read only when a fault came."""
+    if mark is not None and _faults() == mark[0]:
+        return mark[1] * _PAGE_MIB
+    return peak_rss_mb()
 
 
 def proc_status(pid: int | str = "self", fields: tuple[bytes, ...] = (b"VmHWM:",)) -> dict[bytes, int]:
