@@ -177,3 +177,38 @@ def test_profile_predicts_segments_and_warns_without_checkpoint(tmp_path, monkey
         assert any("plain_loop" in m and "will fail with TaskTimeout" in m for m in messages)
     finally:
         ex.shutdown()
+
+
+def test_expected_segments_are_kept_between_calls_and_follow_a_new_profile(tmp_path, monkeypatch):
+    # issue 15: .remote() in a loop does not look for the profile on every call,
+    # and a profile saved since (here, or a changed function) is seen at once.
+    from wrenpack import remote_function
+    from wrenpack.profiler import store
+    from wrenpack.profiler.codehash import code_hash
+
+    monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
+    looked = []
+    real = remote_function._profiled_duration
+    monkeypatch.setattr(remote_function, "_profiled_duration", lambda *a: looked.append(1) or real(*a))
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1)
+    futs = []
+    try:
+        f = wrenpack.remote(stepper, executor=ex, timeout=1)
+        futs += [f.remote(2, 0.0) for _ in range(3)]
+        assert [fut.expected_segments for fut in futs] == [1, 1, 1] and len(looked) == 1
+        store.save({"code_hash": code_hash(stepper), "duration_s": 4.0, "cpu_user_s": 4.0, "recommended": {"memory_mb": 128}})
+        futs.append(f.remote(2, 0.0))
+        assert futs[-1].expected_segments == 5 and len(looked) == 2
+        defaults = stepper.__defaults__
+        stepper.__defaults__ = (0.0, None)  # a changed function is looked up again
+        try:
+            futs.append(f.remote(2, 0.0))
+            assert len(looked) == 3
+        finally:
+            stepper.__defaults__ = defaults
+        monkeypatch.setattr(remote_function, "_SEGMENTS_KEPT_S", 0.0)
+        futs.append(f.remote(2, 0.0))
+        assert len(looked) == 4  # (kept no longer than that)
+        assert [fut.result() for fut in futs] == [expected(2)] * len(futs)
+    finally:
+        ex.shutdown()

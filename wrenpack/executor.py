@@ -62,7 +62,7 @@ from wrenpack.errors import (
 from wrenpack.futures import WrenFuture
 from wrenpack.protocol import rebuild_exception  # noqa: F401 - re-exported (remote_function, tests)
 from wrenpack.storage import Store, store_for_config
-from wrenpack.worker import handoff, refs
+from wrenpack.worker import handoff, plain, refs
 
 log = logging.getLogger(__name__)
 
@@ -473,14 +473,20 @@ class Executor(cf.Executor):
         # Futures inside the arguments pickle without their jobs' secrets
         # (those travel in the events, never in the store).
         own_packer = packer is None
-        if own_packer:
-            packer = self._args_packer(calls)
+        packer_made = not own_packer
         payloads: list[Any] = []
         try:
             with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
                 if fn_bytes is None:
                     fn_bytes = serialize.dumps_function_cached(fn, user_modules)
                 for i, (args, kwargs) in enumerate(calls, first):
+                    # Small builtin data: the standard pickler's bytes, cloudpickle's own (``plain``).
+                    data = plain.dumps((args, kwargs))
+                    if data is not None and len(data) <= self.config.inline_limit:
+                        payloads.append(data)
+                        continue
+                    if not packer_made:
+                        packer, packer_made = self._args_packer(calls), True  # (only for calls that may need it)
                     what = f"call {i} of {label}"
                     if packer is None:
                         payloads.append(serialize.dumps_call(args, kwargs, what, user_modules))

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import threading
+import time
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
 from wrenpack.errors import ConfigError
@@ -120,7 +121,27 @@ class RemoteFunction(Generic[T]):
 
         A call that its profile says will outrun ``timeout`` is split across
         invocations if the function checkpoints (this says how many to expect),
-        and is announced as a coming ``TaskTimeout`` if it does not."""
+        and is announced as a coming ``TaskTimeout`` if it does not.
+
+        ``.remote()`` in a loop asks on every call: the answer is kept for
+        ``_SEGMENTS_KEPT_S`` while the settings, the working directory, the
+        function's code, defaults and cells and this process's saved profiles
+        stay the same (a profile another process saves is seen within that time)."""
+        fn = self.fn
+        where = (options.memory, options.timeout, backend, os.getcwd(), os.environ.get("WRENPACK_PROFILE_DIR"),
+                 _profiler()[1].saves)
+        code = (getattr(fn, "__code__", None), getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None),
+                *(getattr(fn, "__closure__", None) or ()))
+        now = time.monotonic()
+        kept = self.__dict__.get("_segments")
+        if kept is not None and now < kept[0] and kept[1] == where and len(kept[2]) == len(code) \
+                and all(a is b for a, b in zip(kept[2], code)):
+            return kept[3]
+        segments = self._count_segments(options, backend, label)
+        self._segments = (now + _SEGMENTS_KEPT_S, where, code, segments)
+        return segments
+
+    def _count_segments(self, options: CallOptions, backend: str, label: str) -> int:
         duration = _profiled_duration(self.fn, options.memory, backend, self)
         if duration is None:
             return 1
@@ -185,6 +206,10 @@ def _profiler() -> tuple[Any, Any, Any]:
 
         _profiler_parts = (recommend, store, code_hash)
     return _profiler_parts
+
+
+#: how long a launch's reading of the saved profiles is kept (``_expected_segments``)
+_SEGMENTS_KEPT_S = 1.0
 
 
 def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str, owner: Any = None) -> float | None:

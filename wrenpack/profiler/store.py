@@ -34,8 +34,13 @@ def path_for(code_hash: str, start: str | os.PathLike[str] | None = None) -> Pat
     return profiles_dir(start) / f"{code_hash}.json"
 
 
+#: profiles this process saved: a launch's kept reading of them is stale once it moves
+saves = 0
+
+
 def save(data: dict[str, Any], start: str | os.PathLike[str] | None = None) -> Path | None:
     """Write a profile dict under its ``code_hash``; returns the path (None if unhashable)."""
+    global saves
     code_hash = data.get("code_hash")
     if not code_hash:
         return None
@@ -44,6 +49,7 @@ def save(data: dict[str, Any], start: str | os.PathLike[str] | None = None) -> P
     tmp = path.with_suffix(f".json.{os.getpid()}.part")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
+    saves += 1
     log.info("saved profile %s", path)
     return path
 
