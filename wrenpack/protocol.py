@@ -63,6 +63,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_good_hashes: set[str] = set()  # func_hash values already checked
 _FIELDS: dict[str, tuple[type, ...]] = {**REQUIRED, **OPTIONAL}
 _REQUIRED_KEYS = frozenset(REQUIRED)
 #: fields of the event dict that are not ``Event.extra`` (required ones, and optional ones with a field of their own)
@@ -126,10 +127,11 @@ class Event:
         for name, value in (("job_id", job_id), ("call_id", call_id)):
             if not _ID.match(value) or ".." in value:
                 raise ProtocolError(f"the event's {name} {value!r} is not a wrenpack id")
-        if d.get("func_key", keys.func_key(job_id)) != keys.func_key(job_id):
-            raise ProtocolError(f"the event's func_key {d['func_key']!r} is not its job's ({keys.func_key(job_id)})")
+        func_key = keys.func_key(job_id)
+        if d.get("func_key", func_key) != func_key:
+            raise ProtocolError(f"the event's func_key {d['func_key']!r} is not its job's ({func_key})")
         args = d["args"]
-        if set(args) == {"inline"} and isinstance(args["inline"], str):
+        if len(args) == 1 and type(args.get("inline")) is str:
             pass
         elif set(args) == {"key"} and args["key"] == keys.input_key(job_id, call_id):
             pass
@@ -157,8 +159,13 @@ class Event:
         for ancestor in d.get("chain") or ():
             if not isinstance(ancestor, str) or not _ID.match(ancestor):
                 raise ProtocolError(f"the event's chain names {ancestor!r}, not a wrenpack job id")
-        if "func_hash" in d and not _SHA256.match(d["func_hash"]):
-            raise ProtocolError("the event's func_hash is not a sha256 hex digest")
+        func_hash = d.get("func_hash")
+        if func_hash is not None and func_hash not in _good_hashes:
+            if not _SHA256.match(func_hash):
+                raise ProtocolError("the event's func_hash is not a sha256 hex digest")
+            if len(_good_hashes) > 256:
+                _good_hashes.clear()
+            _good_hashes.add(func_hash)  # (a warm worker's calls name a few functions, again and again)
         if "func_inline" in d and "func_hash" not in d:
             raise ProtocolError("the event carries its function inline without its func_hash")
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
