@@ -7,6 +7,8 @@ import os
 import socket
 import threading
 
+import pytest
+
 from wrenpack.backends.local_worker import encode
 from wrenpack.worker.local_main import _Reader
 
@@ -96,3 +98,45 @@ def _twice(x):
 
 def _result_of(fut):
     return fut.result(timeout=60)
+
+
+def test_every_reply_from_a_worker_is_what_json_would_carry(tmp_path, monkeypatch):
+    """Replies travel in marshal too (issue 15): the worker must build them from
+    JSON's values only, so a status is the same whether it came in a reply or in
+    a stored result object (whose status is JSON), and only dicts are accepted."""
+    import json
+
+    import wrenpack
+    from wrenpack.backends import local_worker
+
+    seen = []
+    real = local_worker.decode_head
+
+    def strict(data):
+        head = real(data)
+        seen.append(head)
+        assert repr(json.loads(json.dumps(head))) == repr(head), head
+        return head
+
+    monkeypatch.setattr(local_worker, "decode_head", strict)
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
+    try:
+        f = wrenpack.remote(_twice, executor=ex, env={"A": "1"})
+        assert f.remote(2).result(timeout=60) == 4
+        assert wrenpack.get(f.map(range(20))) == [2 * i for i in range(20)]
+        assert wrenpack.get(f.map(range(6), chunksize=3)) == [2 * i for i in range(6)]
+        assert f.remote(b"x" * (3 << 20)).result(timeout=60) == b"x" * (6 << 20)  # hand-off memfds
+        with pytest.raises(ZeroDivisionError):
+            wrenpack.remote(_divide, executor=ex).remote(0).result(timeout=60)
+    finally:
+        ex.shutdown()
+    assert any("ready" in head for head in seen) and any("outcome" in head for head in seen)
+    assert any("handoff" in head for head in seen)
+    import marshal
+
+    with pytest.raises(ValueError, match="not a dict"):
+        real(marshal.dumps([1, 2]))
+
+
+def _divide(x):
+    return 1 / x

@@ -187,7 +187,7 @@ class _Reader:
 
 
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
-    data = json.dumps(head, separators=(",", ":")).encode()
+    data = marshal.dumps(head)  # (the driver reads it: local_worker.decode_head)
     msg = _FRAME.pack(len(data), len(blob)) + data + blob
     if fd is not None:
         # The descriptor travels with the message's first bytes; the rest as usual.
