@@ -4,6 +4,7 @@
 (``Args.slab``): every call still gets its own arguments and result."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import signal
@@ -210,3 +211,34 @@ def test_a_result_in_the_drivers_memfd_still_counts_against_the_limit(tmp_path):
         assert [len(fut.result(timeout=60)) for fut in futs[:7]] == [size] * 7
         with pytest.raises(wrenpack.MemoryLimitExceeded):
             futs[7].result(timeout=60)
+
+
+def test_a_read_only_array_made_writable_again_after_map_is_not_fed(ex):
+    # An array that owns its memory can be made writable again (numpy allows
+    # it), so "read-only" did not mean unchanged: a fed call would get what it
+    # became. Only arrays over bytes are fed; the rest are pickled at map.
+    np = pytest.importorskip("numpy")
+    items = []
+    for _ in range(12):
+        a = np.frombuffer(os.urandom(MiB), dtype=np.uint8).copy()
+        a.flags.writeable = False
+        items.append(a)
+    want = [bytes(a[::-1]) for a in items]
+    futs = wrenpack.remote(reverse, executor=ex).map(items)
+    for a in items:
+        a.flags.writeable = True
+        a[:] = 0
+    assert [bytes(f.result(timeout=60)) for f in futs] == want
+    over_bytes = np.frombuffer(os.urandom(MiB), dtype=np.uint8)
+    assert feed._frozen(over_bytes) and feed._frozen(over_bytes[::2]) and not feed._frozen(items[0])
+
+
+def test_subclasses_of_immutable_types_are_not_taken_for_frozen():
+    class Tagged(bytes):
+        pass
+
+    tagged = Tagged(b"x")
+    tagged.note = [1]  # state that can change after map
+    Point = collections.namedtuple("Point", "x y")
+    assert not feed._frozen(tagged) and not feed._frozen((tagged,))
+    assert feed._frozen(Point(b"x", 2)) and not feed._frozen(Point(b"x", [2]))

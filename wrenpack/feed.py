@@ -5,7 +5,7 @@ all of it, and holds every pickle at once: 100 calls of 10 MiB spent a second
 pickling before anything ran, and held 1 GB. On the local backend, where large
 arguments travel as memfds (``worker.handoff``), a map whose first call has a
 large bytes or array among its arguments, and whose arguments cannot change
-meanwhile (bytes, numbers, strings, tuples of them, read-only arrays: a map's
+meanwhile (bytes, numbers, strings, tuples of them, arrays over bytes: a map's
 arguments are what they were when ``map`` was called), is fed instead, as
 ``ProcessPoolExecutor`` feeds its queue: the first call is pickled and launched
 by ``map`` itself, the others on the feed's own thread, at most ``window`` of
@@ -263,20 +263,29 @@ class _Feed:
         ex._job_ended()  # a shutdown(wait=False) may have waited for these
 
 
-_FROZEN_TYPES = (bytes, str, int, float, complex, bool, type(None), range, type(Ellipsis))
+_FROZEN_TYPES = frozenset({bytes, str, int, float, complex, bool, type(None), range, type(Ellipsis)})
 
 
 def _frozen(value: Any, depth: int = 0) -> bool:
     """``value`` cannot change between ``map`` and its pickling: bytes, numbers,
-    strings, tuples and frozensets of such, and numpy arrays that own their
-    memory (or view bytes) and are read-only."""
-    if isinstance(value, _FROZEN_TYPES):
+    strings (those exact types: a subclass's instance may carry attributes),
+    tuples (a namedtuple too) and frozensets of such, and numpy arrays over
+    ``bytes``. An array that owns its memory is not, even read-only: numpy lets
+    its owner make it writable again."""
+    t = type(value)
+    if t in _FROZEN_TYPES:
         return True
-    if isinstance(value, (tuple, frozenset)) and depth < 4:
+    if (t is tuple or t is frozenset or (isinstance(value, tuple) and hasattr(t, "_fields")
+                                          and not hasattr(value, "__dict__"))) and depth < 4:
         return all(_frozen(v, depth + 1) for v in value)
-    if type(value).__module__ == "numpy" and type(value).__name__ == "ndarray":
-        flags = value.flags
-        return not flags.writeable and (value.base is None or isinstance(value.base, bytes))
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+        base = value.base
+        for _ in range(8):  # a view of a view ... of an array over bytes
+            if type(base) is bytes:
+                return not value.flags.writeable
+            if type(base).__name__ != "ndarray":
+                return False
+            base = base.base
     return False
 
 
