@@ -543,3 +543,20 @@ def test_a_planted_segment_record_never_relaunches_a_call(tmp_path):
         assert len(backend.invoked) == 1  # no second segment launched
     finally:
         ex.shutdown()
+
+
+def test_a_store_checked_before_is_checked_again_when_the_worker_is_pinned(tmp_path, monkeypatch):
+    # issue 15: the worker checks an event's store once per spec; a change of
+    # what the check depends on (the pinned store, Lambda) checks it again.
+    store = LocalStore(tmp_path / "s")
+    ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
+    monkeypatch.setenv("WRENPACK_LOCAL_WORKER", "1")
+    handler(_good_event(store, call_id="00001"), ctx)  # accepted and kept
+    monkeypatch.setenv("WRENPACK_STORE_URL", "s3://bucket/wrenpack")
+    with pytest.raises(ProtocolError, match="outside this worker's s3://bucket/wrenpack"):
+        handler(_good_event(store, call_id="00002"), ctx)
+    monkeypatch.delenv("WRENPACK_STORE_URL")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-worker")
+    monkeypatch.delenv("WRENPACK_LOCAL_WORKER")
+    with pytest.raises(ProtocolError, match="deployed without WRENPACK_STORE_URL"):
+        handler(_good_event(store, call_id="00003"), ctx)

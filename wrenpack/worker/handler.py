@@ -99,15 +99,16 @@ def _disarm() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-#: (spec, WRENPACK_STORE_URL, store) of the last event: a warm worker's calls name one store
-_last_store: tuple[dict[str, Any], str | None, Store] | None = None
+#: (spec, what the check depends on, store) of the last event: a warm worker's calls name one store
+_last_store: tuple[dict[str, Any], tuple[Any, ...], Store] | None = None
 
 
 def _store_for(spec: dict[str, Any]) -> Store:
-    """The event's store, once checked (``_check_store``); the same spec under
-    the same pinned store is not checked again."""
+    """The event's store, once checked (``_check_store``); the same spec is not
+    checked again while what the check depends on (the pinned store, whether
+    this is Lambda) is the same."""
     global _last_store
-    pinned = os.environ.get("WRENPACK_STORE_URL")
+    pinned = (os.environ.get("WRENPACK_STORE_URL"), _on_lambda())
     last = _last_store
     if last is not None and last[0] == spec and last[1] == pinned:
         return last[2]
