@@ -61,23 +61,17 @@ def test_descriptors_stay_in_order_with_their_messages():
         b.close()
 
 
-def test_every_message_to_a_worker_is_what_json_would_carry(tmp_path, monkeypatch):
-    """Messages travel in marshal, which keeps tuples and any key: the driver must
-    build them from JSON's values only, so a local worker sees Lambda's event."""
+def _json_shaped(head: dict) -> None:
     import json
 
+    assert repr(json.loads(json.dumps(head))) == repr(head), head
+
+
+def _every_kind_of_call(tmp_path) -> None:
+    """Calls whose messages and replies take every shape: one call, a map,
+    groups, hand-off memfds, a future inside the arguments, an exception."""
     import wrenpack
-    from wrenpack.backends import local_worker
 
-    seen = []
-    real = local_worker.encode
-
-    def strict(head, blob=b""):
-        seen.append(head)
-        assert repr(json.loads(json.dumps(head))) == repr(head), head
-        return real(head, blob)
-
-    monkeypatch.setattr(local_worker, "encode", strict)
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
     try:
         f = wrenpack.remote(_twice, executor=ex, env={"A": "1"})
@@ -87,8 +81,27 @@ def test_every_message_to_a_worker_is_what_json_would_carry(tmp_path, monkeypatc
         assert f.remote(b"x" * (3 << 20)).result(timeout=60) == b"x" * (6 << 20)  # hand-off memfds
         inner = f.remote(5)
         assert wrenpack.remote(_result_of, executor=ex).remote(inner).result(timeout=60) == 10  # a future inside
+        with pytest.raises(ZeroDivisionError):
+            wrenpack.remote(_divide, executor=ex).remote(0).result(timeout=60)
     finally:
         ex.shutdown()
+
+
+def test_every_message_to_a_worker_is_what_json_would_carry(tmp_path, monkeypatch):
+    """Messages travel in marshal, which keeps tuples and any key: the driver must
+    build them from JSON's values only, so a local worker sees Lambda's event."""
+    from wrenpack.backends import local_worker
+
+    seen = []
+    real = local_worker.encode
+
+    def strict(head, blob=b""):
+        seen.append(head)
+        _json_shaped(head)
+        return real(head, blob)
+
+    monkeypatch.setattr(local_worker, "encode", strict)
+    _every_kind_of_call(tmp_path)
     assert len(seen) >= 5
 
 
@@ -104,9 +117,8 @@ def test_every_reply_from_a_worker_is_what_json_would_carry(tmp_path, monkeypatc
     """Replies travel in marshal too (issue 15): the worker must build them from
     JSON's values only, so a status is the same whether it came in a reply or in
     a stored result object (whose status is JSON), and only dicts are accepted."""
-    import json
+    import marshal
 
-    import wrenpack
     from wrenpack.backends import local_worker
 
     seen = []
@@ -115,25 +127,13 @@ def test_every_reply_from_a_worker_is_what_json_would_carry(tmp_path, monkeypatc
     def strict(data):
         head = real(data)
         seen.append(head)
-        assert repr(json.loads(json.dumps(head))) == repr(head), head
+        _json_shaped(head)
         return head
 
     monkeypatch.setattr(local_worker, "decode_head", strict)
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
-    try:
-        f = wrenpack.remote(_twice, executor=ex, env={"A": "1"})
-        assert f.remote(2).result(timeout=60) == 4
-        assert wrenpack.get(f.map(range(20))) == [2 * i for i in range(20)]
-        assert wrenpack.get(f.map(range(6), chunksize=3)) == [2 * i for i in range(6)]
-        assert f.remote(b"x" * (3 << 20)).result(timeout=60) == b"x" * (6 << 20)  # hand-off memfds
-        with pytest.raises(ZeroDivisionError):
-            wrenpack.remote(_divide, executor=ex).remote(0).result(timeout=60)
-    finally:
-        ex.shutdown()
+    _every_kind_of_call(tmp_path)
     assert any("ready" in head for head in seen) and any("outcome" in head for head in seen)
     assert any("handoff" in head for head in seen)
-    import marshal
-
     with pytest.raises(ValueError, match="not a dict"):
         real(marshal.dumps([1, 2]))
 
