@@ -73,6 +73,24 @@ class WrenFuture(cf.Future):
         self.set_running_or_notify_cancel()
         return True
 
+    def _invoke_callbacks(self) -> None:
+        """Run the callbacks (``concurrent.futures`` calls this once the future is
+        done or cancelled), then let go of everything only a pending call needs.
+
+        The callbacks and cancellers of a map's calls refer to the map's plan,
+        which holds every future of the map: kept after the call ended, they
+        made each map a reference cycle, so its results (and its arguments'
+        pickles) stayed in memory until the garbage collector happened to run,
+        and one future the user kept held all of its siblings' results."""
+        try:
+            super()._invoke_callbacks()
+        finally:
+            self._done_callbacks = []
+            self._canceller = None
+            self._pin = _gone  # (a reference taken now travels with the outcome)
+            self._launch_now = None
+            self._members = []
+
     def _mark_running(self) -> None:
         """The call began running (the backend's ``on_start``)."""
         with self._condition:
@@ -109,6 +127,11 @@ class WrenFuture(cf.Future):
         exc = self.exception()
         return (refs.finished, (self.label, "ok", self.result()) if exc is None else (self.label, "error", exc))
 
+def _gone() -> bool:
+    """A done future's pin: its outcome travels instead of a reference to its call."""
+    return False
+
+
 def _as_list(futures: WrenFuture | Iterable[WrenFuture]) -> tuple[list[WrenFuture], bool]:
     if isinstance(futures, cf.Future):
         return [futures], True
@@ -143,7 +166,16 @@ def get(
         done, pending = cf.wait(waitable, timeout=timeout)
         if pending:
             raise cf.TimeoutError(f"{len(pending)} of {len(futs)} calls not finished after {timeout} s")
-    results = [_value(f, return_exceptions, deadline, 0) for f in futs]
+    results = []
+    try:
+        for f in futs:
+            results.append(_value(f, return_exceptions, deadline, 0))
+    except BaseException:
+        # The exception's traceback keeps this frame; the futures must not stay
+        # in it, or a future holding that exception is in a reference cycle and
+        # every result of the call is kept until the garbage collector runs.
+        futures = futs = waitable = done = pending = f = results = None  # type: ignore[assignment]
+        raise
     return results[0] if single else results
 
 
@@ -154,14 +186,25 @@ def _value(fut: cf.Future, return_exceptions: bool, deadline: float | None, dept
     except cf.TimeoutError:
         raise
     except BaseException as exc:  # noqa: BLE001 - the call's own exception (or CancelledError)
+        fut = None  # (kept by the exception's traceback, it would make a cycle: see ``get``)
         if not return_exceptions or not isinstance(exc, Exception):
             raise
-        return exc
-    if depth < 8:
+        # Returned, not raised: without the frames it was just raised through
+        # (they hold the caller's futures; the remote traceback is its __cause__).
+        return exc.with_traceback(None)
+    if depth >= 8 or not isinstance(value, (cf.Future, list)):
+        return value
+    try:
         if isinstance(value, cf.Future):
             return _value(value, return_exceptions, deadline, depth + 1)
-        if isinstance(value, list) and value and all(isinstance(v, cf.Future) for v in value):
-            return [_value(v, return_exceptions, deadline, depth + 1) for v in value]
+        if value and all(isinstance(v, cf.Future) for v in value):
+            values = []
+            for v in value:
+                values.append(_value(v, return_exceptions, deadline, depth + 1))
+            return values
+    except BaseException:
+        fut = value = v = values = None  # type: ignore[assignment]
+        raise
     return value
 
 

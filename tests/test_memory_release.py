@@ -1,0 +1,122 @@
+"""A program leaves no RAM behind: a call's future, with its result (and its
+arguments' pickles), is freed when the user drops it, by reference counting
+alone, not whenever the garbage collector next happens to run.
+
+Measured before the fix: every map's futures were in a reference cycle (the
+callbacks and cancellers of its calls referred to the map's plan, which held
+all of them), so 100 results of 10 MiB stayed in the driver (+1 GB) after
+``del results`` until a full collection, and one future kept held all its
+siblings' results; a future whose exception ``get`` raised or returned was in
+a cycle through that exception's traceback."""
+from __future__ import annotations
+
+import gc
+import os
+import time
+import weakref
+
+import pytest
+
+import wrenpack
+
+
+def echo(x):
+    return x
+
+
+def odd_fails(i):
+    if i % 2:
+        raise ValueError(f"call {i} failed")
+    return i
+
+
+@pytest.fixture
+def ex(tmp_path):
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=0)
+    yield ex
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def no_gc():
+    """Only reference counting frees objects while the test runs."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _all_freed(refs: list[weakref.ref], within: float = 5.0) -> int:
+    """How many of ``refs`` are still alive once the backend's threads let go (they may for a moment)."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = sum(1 for r in refs if r() is not None)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _warm(ex):
+    wrenpack.remote(echo, executor=ex).remote(0).result()
+
+
+def test_a_maps_futures_are_freed_when_dropped(ex, no_gc):
+    _warm(ex)
+    f = wrenpack.remote(echo, executor=ex)
+    big = os.urandom(2 << 20)
+    for name, launch in [
+        ("short calls (grouped)", lambda: f.map(range(300))),
+        ("large arguments (fed)", lambda: f.map([big] * 6)),
+        ("distinct large arguments", lambda: f.map([os.urandom(1 << 20) for _ in range(6)])),
+        ("chunksize=4", lambda: f.map(range(20), chunksize=4)),
+        ("single calls", lambda: [f.remote(i) for i in range(5)]),
+    ]:
+        futs = launch()
+        refs = [weakref.ref(fut) for fut in futs]
+        results = wrenpack.get(futs, progress=False)
+        assert results[:1] and len(results) == len(refs)
+        del futs, results
+        assert _all_freed(refs) == 0, f"{name}: futures still alive after the user dropped them (a reference cycle)"
+
+
+def test_one_kept_future_does_not_keep_its_siblings(ex, no_gc):
+    _warm(ex)
+    futs = wrenpack.remote(echo, executor=ex).map(range(200))
+    wrenpack.get(futs, progress=False)
+    kept = futs[0]
+    refs = [weakref.ref(fut) for fut in futs[1:]]
+    del futs
+    assert _all_freed(refs) == 0
+    assert kept.result() == 0
+
+
+def test_failed_calls_futures_are_freed_whether_get_raises_or_returns_them(ex, no_gc):
+    _warm(ex)
+    g = wrenpack.remote(odd_fails, executor=ex)
+    futs = g.map(range(10))
+    refs = [weakref.ref(fut) for fut in futs]
+    out = wrenpack.get(futs, progress=False, return_exceptions=True)
+    assert [type(v) for v in out[:2]] == [int, ValueError] and str(out[1]) == "call 1 failed"
+    assert out[1].__cause__ is not None  # the remote traceback stays with the exception
+    del futs, out
+    assert _all_freed(refs) == 0
+
+    futs = g.map(range(10))
+    refs = [weakref.ref(fut) for fut in futs]
+    with pytest.raises(ValueError, match="call 1 failed"):
+        wrenpack.get(futs, progress=False)
+    del futs
+    assert _all_freed(refs) == 0
+
+
+def test_a_cancelled_calls_future_is_freed(ex, no_gc):
+    _warm(ex)
+    futs = wrenpack.remote(time.sleep, executor=ex).map([0.3] * 8)
+    cancelled = [fut for fut in futs[4:] if fut.cancel()]
+    assert cancelled  # two workers: most of the queue has not started
+    refs = [weakref.ref(fut) for fut in futs]
+    wrenpack.get(futs[:4], progress=False)
+    del futs, cancelled
+    assert _all_freed(refs) == 0
