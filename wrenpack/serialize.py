@@ -104,7 +104,10 @@ def user_modules_of(fn: Any) -> set[types.ModuleType]:
             for value in list(obj.__dict__.values()):
                 visit(value, depth + 1)
 
-    visit(fn, 0)
+    try:
+        visit(fn, 0)
+    finally:
+        del visit  # it refers to itself: a reference cycle on every launch otherwise
     return found
 
 
@@ -360,11 +363,14 @@ def _checks(fn: types.FunctionType) -> list[tuple[Any, ...]]:
             subs = tuple(_cp._find_imported_submodules(f.__code__, deps))
             add((_SUBMODULES, f.__code__, tuple(deps), subs))
 
-    if should_ref(fn):
-        add((_BY_REF, fn, True))  # pickled by name: only that decision matters
-    else:
-        add((_BY_REF, fn, False))
-        function(fn)
+    try:
+        if should_ref(fn):
+            add((_BY_REF, fn, True))  # pickled by name: only that decision matters
+        else:
+            add((_BY_REF, fn, False))
+            function(fn)
+    finally:
+        del add, value, mapping, function  # they call each other: a reference cycle otherwise
     return checks
 
 
