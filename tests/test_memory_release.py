@@ -120,3 +120,24 @@ def test_a_cancelled_calls_future_is_freed(ex, no_gc):
     wrenpack.get(futs[:4], progress=False)
     del futs, cancelled
     assert _all_freed(refs) == 0
+
+
+def ones(n):
+    import numpy as np
+
+    return np.ones(n, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("size", [1000, 600_000, 8 << 20])  # in the reply; read by the collector; a hand-off
+def test_a_result_is_not_kept_by_the_executors_threads(ex, size):
+    """The collector and reader threads held the last result they handled until
+    the next one came (measured: one array of each size after a .remote(), two
+    after a map, kept while the program went on)."""
+    pytest.importorskip("numpy")
+    f = wrenpack.remote(ones, executor=ex)
+    for launch in (lambda: [f.remote(size)], lambda: f.map([size] * 4)):
+        values = wrenpack.get(launch(), progress=False)
+        assert [int(v.sum()) for v in values] == [size] * len(values)
+        refs = [weakref.ref(v) for v in values]
+        del values
+        assert _all_freed(refs, within=2.0) == 0

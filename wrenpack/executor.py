@@ -580,6 +580,7 @@ class Executor(cf.Executor):
             finally:
                 sealed.close()
             self._completions.put((inv, result))
+            item = inv = result = sealed = None  # (held while waiting, the last result outlived its future)
 
     def _cancel(self, job_id: str, cid: str) -> bool:
         """Take back a call that has not started (``WrenFuture.cancel``)."""
@@ -638,6 +639,8 @@ class Executor(cf.Executor):
             finally:
                 if result.handoff is not None:
                     result.handoff.close()  # read or not: its pages are the worker's until closed
+                # Not held while waiting for the next: the last result would outlive its future.
+                item = inv = result = None
 
     def _fail_completion(self, inv: Invocation, exc: BaseException) -> None:
         job = self._jobs.get(inv.key[0])
