@@ -365,8 +365,8 @@ class Executor(cf.Executor):
         # The function is named by its content: a worker that already holds it
         # (from any job) does not load it again. A few small calls carry it in
         # their events, like small arguments; a map stores it once.
-        extra_event["func_hash"], func_text = _function_text(fn_bytes)
         inline_fn = len(fn_bytes) * len(payloads) <= INLINE_FUNCTION_BYTES and len(fn_bytes) <= self.config.inline_limit
+        extra_event["func_hash"], func_text = _function_text(fn_bytes, inline_fn)
         if inline_fn:
             extra_event["func_inline"] = func_text
         inline_args = [_travels(data, self.config.inline_limit) for data in payloads]
@@ -953,19 +953,25 @@ class _Read:
         pass
 
 
-_last_function: tuple[bytes, str, str] | None = None
+_last_function: tuple[bytes, str, str | None] | None = None
 
 
-def _function_text(fn_bytes: bytes) -> tuple[str, str]:
-    """A pickled function's sha256 and base64 text, kept for the last one: the
-    pickle cache hands back the same bytes while the function is unchanged."""
+def _function_text(fn_bytes: bytes, inline: bool) -> tuple[str, str | None]:
+    """A pickled function's sha256, and its base64 text when it travels inline;
+    kept for the last one up to the pickle cache's size (that cache hands back
+    the same bytes while the function is unchanged; a larger one is not kept
+    alive here after the user dropped it)."""
     global _last_function
     last = _last_function
     if last is not None and last[0] is fn_bytes:
-        return last[1], last[2]
-    named = (hashlib.sha256(fn_bytes).hexdigest(), base64.b64encode(fn_bytes).decode("ascii"))
-    _last_function = (fn_bytes, *named)
-    return named
+        digest, text = last[1], last[2]
+    else:
+        digest, text = hashlib.sha256(fn_bytes).hexdigest(), None
+    if inline and text is None:
+        text = base64.b64encode(fn_bytes).decode("ascii")
+    if len(fn_bytes) <= serialize.MAX_PICKLED_BYTES:
+        _last_function = (fn_bytes, digest, text)
+    return digest, text if inline else None
 
 
 def _close_handoffs(items: Iterable[Any]) -> None:

@@ -177,6 +177,12 @@ class _Uncacheable(Exception):
 _pickled: "OrderedDict[int, tuple[Any, frozenset[str], list[tuple[Any, ...]], bytes]]" = OrderedDict()
 _pickled_lock = threading.Lock()
 _MAX_PICKLED = 64
+#: larger pickles are not kept: the cache holds the function, and with it what it
+#: closes over, alive after the user dropped them (a 200 MB table, twice); a large
+#: function is pickled again for each launch, as ProcessPoolExecutor does
+MAX_PICKLED_BYTES = 1024 * 1024
+#: and all pickles kept together (the least recently used go first)
+_MAX_PICKLED_TOTAL = 16 * 1024 * 1024
 #: checks one function may need (one whose globals reach further is pickled every time)
 _MAX_CHECKS = 500
 _ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes, type(Ellipsis), type(NotImplemented)})
@@ -235,11 +241,12 @@ def dumps_function_cached(fn: Callable[..., Any], user_modules: set[types.Module
         checks = None
     data = dumps_function(fn, user_modules)
     with _pickled_lock:
-        if checks is not None and _still_valid(checks):
+        if checks is not None and len(data) <= MAX_PICKLED_BYTES and _still_valid(checks):
             _pickled[id(fn)] = (fn, modules, checks, data)
             _pickled.move_to_end(id(fn))
-            while len(_pickled) > _MAX_PICKLED:
-                _pickled.popitem(last=False)
+            total = sum(len(entry[3]) for entry in _pickled.values())
+            while len(_pickled) > _MAX_PICKLED or total > _MAX_PICKLED_TOTAL:
+                total -= len(_pickled.popitem(last=False)[1][3])
         else:
             _pickled.pop(id(fn), None)
     return data
