@@ -81,6 +81,32 @@ def test_a_warm_worker_keeps_a_function_by_its_content_across_jobs(ex):
     assert wrenpack.remote(count_by_step, executor=ex).remote().result(timeout=60) == 20
 
 
+def _resident_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_warm_worker_does_not_keep_an_earlier_functions_large_data(ex):
+    """Measured before: after a function closing over 200 MB ran, the next
+    (unrelated) call in that warm worker ran beside it, 222 MB resident, and
+    reported a 222 MB peak; the cache keeps a large function only while it is
+    the one in use."""
+    before = wrenpack.remote(_resident_mb, executor=ex).remote().result(timeout=60)
+    table = os.urandom(96 << 20)
+
+    def uses_table(i):
+        return len(table) + i
+
+    big = wrenpack.remote(uses_table, executor=ex)
+    assert big.remote(1).result(timeout=60) == len(table) + 1
+    again = big.remote(2)  # still the last function used: kept, not loaded again
+    assert again.result(timeout=60) == len(table) + 2 and again.status["peak_rss_mb"] >= 96
+    fut = wrenpack.remote(_resident_mb, executor=ex).remote()
+    after = fut.result(timeout=60)
+    assert after < before + 48, f"the worker still holds the earlier function's data ({before} -> {after} MB)"
+    assert fut.status["peak_rss_mb"] < before + 48
+
+
 def test_a_map_stores_its_function_once_and_removes_it(ex):
     futs = wrenpack.remote(plus_one, executor=ex).map(range(2000))
     job = futs[0].job_id

@@ -46,8 +46,13 @@ _HOST = socket.gethostname()
 _PYTHON = "%d.%d" % sys.version_info[:2]
 
 _stores: dict[str, Store] = {}
-_functions: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
+#: functions loaded, by content hash, least recently used first: (function, its pickle's size)
+_functions: "OrderedDict[Any, tuple[Callable[..., Any], int]]" = OrderedDict()
 _MAX_CACHED_FUNCTIONS = 16
+#: pickle bytes of the functions kept besides the last one used: a function's
+#: pickle is about the memory its closure and globals hold, and an earlier job's
+#: large data must not stay in a warm worker, counted against later calls' memory
+_MAX_CACHED_FUNCTION_BYTES = 32 * 1024 * 1024
 
 
 class _DeadlineReached(BaseException):
@@ -183,19 +188,49 @@ def _missing(exc: ModuleNotFoundError) -> MissingDependency:
     return err
 
 
-def _load_function(store: Store, ev: protocol.Event) -> Callable[..., Any]:
+def _function_key(ev: protocol.Event) -> Any:
+    """The cache key of the call's function; called before the call's memory is
+    measured, it makes room first: the functions kept from earlier calls are
+    cut down to the budget, so their memory is neither in this call's peak
+    nor counted against its limit."""
+    digest = ev.extra.get("func_hash")
+    key: Any = digest if digest is not None else (ev.func_key, ev.secret)
+    if key in _functions:
+        if next(reversed(_functions)) != key:  # (a map's calls: already the last one used)
+            _functions.move_to_end(key)
+            _evict_functions(len(_functions), _cached_bytes() - _functions[key][1])
+    elif _functions:
+        _evict_functions(len(_functions) + 1, _cached_bytes())  # all of them are older than the coming one
+    return key
+
+
+def _cached_bytes() -> int:
+    return sum(size for _fn, size in _functions.values())
+
+
+def _evict_functions(count: int, older: int) -> None:
+    """Drop the least recently used functions while more than ``_MAX_CACHED_FUNCTIONS``
+    are kept (``count`` with the call's own), or more than ``_MAX_CACHED_FUNCTION_BYTES``
+    of pickle besides the call's own (``older``)."""
+    while _functions and (count > _MAX_CACHED_FUNCTIONS or older > _MAX_CACHED_FUNCTION_BYTES):
+        if count == len(_functions) and len(_functions) == 1:
+            return  # the call's own function stays
+        _key, (_fn, size) = _functions.popitem(last=False)
+        count -= 1
+        older -= size
+
+
+def _load_function(store: Store, ev: protocol.Event, cache_key: Any) -> Callable[..., Any]:
     """The call's function, cached by its content hash across jobs (a warm
     worker does not load the same function again for every ``.remote()``).
 
     The hash comes in the event, which is as trusted as the secret beside it;
     the bytes it names are checked against it before they are unpickled and
     cached, whether they came inline in the event or sealed from the store."""
+    hit = _functions.get(cache_key)
+    if hit is not None:
+        return hit[0]
     digest = ev.extra.get("func_hash")
-    cache_key: Any = digest if digest is not None else (ev.func_key, ev.secret)
-    fn = _functions.get(cache_key)
-    if fn is not None:
-        _functions.move_to_end(cache_key)
-        return fn
     inline = ev.extra.get("func_inline")
     if inline is not None:
         data: Any = base64.b64decode(inline)  # came inside the invocation, as inline arguments do
@@ -205,9 +240,7 @@ def _load_function(store: Store, ev: protocol.Event) -> Callable[..., Any]:
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
         raise CorruptObject(f"{ev.label}: the function's bytes do not match the event's func_hash; nothing was unpickled; re-run the call")
     fn = _loads(data, "the function")
-    _functions[cache_key] = fn
-    if len(_functions) > _MAX_CACHED_FUNCTIONS:
-        _functions.popitem(last=False)
+    _functions[cache_key] = (fn, len(data))
     return fn
 
 
@@ -326,6 +359,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     ev = protocol.Event.from_dict(event)
     job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
     store: Any = job_store
+    func_key = _function_key(ev)  # (before the peak mark: it may free earlier functions' memory)
     peak_mark = memory.start_peak()
     children_before = memory.children_peak_mb()
     job_id, call_id = ev.job_id, ev.call_id
@@ -340,7 +374,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     scope = callscope.CallScope(event)  # the call's env= and captured output (issue 11)
     _mark_start(store, event, start)
     try:
-        fn = _load_function(store, ev)
+        fn = _load_function(store, ev, func_key)
         args, kwargs = _load_args(store, ev, context)
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
