@@ -411,6 +411,11 @@ class Worker:
         if self.cgroup is None and peak > inv.memory_mb:
             # Sampling missed it while it ran; the high-water mark did not.
             return memory_error(label, inv.memory_mb, peak), True
+        if inv.handoff is not None and peak > inv.memory_mb:
+            # Its arguments' pages came from the driver, charged to it and not to the
+            # worker's cgroup; its high-water mark counts those it used, as Lambda
+            # counts the arguments in the call's memory.
+            return memory_error(label, inv.memory_mb, peak, args_mb=inv.handoff.size / MiB), False
         tmp = int(reply.get("tmp_bytes") or 0)
         if tmp > inv.ephemeral_storage_mb * MiB:
             return tmp_error(label, inv.ephemeral_storage_mb, tmp), True
@@ -588,11 +593,12 @@ def base_environment() -> dict[str, str]:
     return env
 
 
-def memory_error(label: str, limit: int, peak: float) -> MemoryLimitExceeded:
+def memory_error(label: str, limit: int, peak: float, args_mb: float | None = None) -> MemoryLimitExceeded:
     seen = max(peak, float(limit))
     suggest = min(10240, int(seen * 1.5 / 64 + 1) * 64)
+    counted = "" if args_mb is None else f", counting the {args_mb:.0f} MB of arguments it was given, which are in its memory on Lambda"
     return MemoryLimitExceeded(
-        f"{label} exceeded its memory limit of {limit} MB (peak at least {seen:.0f} MB); "
+        f"{label} exceeded its memory limit of {limit} MB (peak at least {seen:.0f} MB{counted}); "
         f"raise memory= (e.g. memory={suggest}) or measure it with `wrenpack profile`"
     )
 
