@@ -127,6 +127,7 @@ class WrenFuture(cf.Future):
         exc = self.exception()
         return (refs.finished, (self.label, "ok", self.result()) if exc is None else (self.label, "error", exc))
 
+
 def _gone() -> bool:
     """A done future's pin: its outcome travels instead of a reference to its call."""
     return False
