@@ -252,20 +252,26 @@ def test_results_the_driver_has_not_read_yet_do_not_shrink_the_next_call(tmp_pat
         ex.shutdown()
 
 
-@pytest.mark.parametrize("use_cgroups", [None, False], ids=["cgroup", "sampled"])
-def test_a_result_and_its_handed_off_pickle_count_against_the_limit(tmp_path, use_cgroups):
-    backend = LocalBackend(concurrency=1, use_cgroups=use_cgroups)
-    if use_cgroups is None and backend._cgroups is None:
+@pytest.fixture(params=[True, False], ids=["cgroup", "sampled"])
+def limited(request, tmp_path):
+    """(an executor with one worker, whether a memory cgroup holds its limit):
+    each limit test runs with the kernel's limit and with the sampled one."""
+    cgroup = request.param
+    backend = LocalBackend(concurrency=1, use_cgroups=None if cgroup else False)
+    if cgroup and backend._cgroups is None:
         backend.shutdown()
         pytest.skip("memory cgroups (v1, root) are unavailable here")
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
-    try:
-        # 150 MB of result plus its 150 MB pickle do not fit in 256 MB (nor would they on Lambda).
-        with pytest.raises(wrenpack.MemoryLimitExceeded):
-            wrenpack.remote(big_result, executor=ex, memory=256).remote(150).result(timeout=60)
-        assert len(wrenpack.remote(big_result, executor=ex, memory=512).remote(150).result(timeout=60)) == 150 * MiB
-    finally:
-        ex.shutdown()
+    yield ex, cgroup
+    ex.shutdown()
+
+
+def test_a_result_and_its_handed_off_pickle_count_against_the_limit(limited):
+    ex, _cgroup = limited
+    # 150 MB of result plus its 150 MB pickle do not fit in 256 MB (nor would they on Lambda).
+    with pytest.raises(wrenpack.MemoryLimitExceeded):
+        wrenpack.remote(big_result, executor=ex, memory=256).remote(150).result(timeout=60)
+    assert len(wrenpack.remote(big_result, executor=ex, memory=512).remote(150).result(timeout=60)) == 150 * MiB
 
 
 def copies_of(a, n):
@@ -274,30 +280,22 @@ def copies_of(a, n):
     return float(sum(c.sum() for c in copies))
 
 
-@pytest.mark.parametrize("use_cgroups", [None, False], ids=["cgroup", "sampled"])
-def test_handed_off_argument_arrays_count_against_the_limit(tmp_path, use_cgroups):
+def test_handed_off_argument_arrays_count_against_the_limit(limited):
     """Measured before: with a cgroup, a call given a 100 MB array that made a
     copy of it ran with memory=128 and reported a 233 MB peak (the array's pages
     are the driver's, so the worker's cgroup never saw them; on Lambda the
     argument is in the call's memory), while the same call without cgroups failed."""
     np = pytest.importorskip("numpy")
-    backend = LocalBackend(concurrency=1, use_cgroups=use_cgroups)
-    if use_cgroups is None and backend._cgroups is None:
-        backend.shutdown()
-        pytest.skip("memory cgroups (v1, root) are unavailable here")
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
-    try:
-        a = np.ones(100 * MiB // 8)
-        f = wrenpack.remote(copies_of, executor=ex, memory=160)
-        with pytest.raises(wrenpack.MemoryLimitExceeded, match="limit of 160 MB") as err:
-            f.remote(a, 1).result(timeout=60)
-        if use_cgroups is None:
-            assert "100 MB of arguments" in str(err.value) and "\n" not in str(err.value)
-        fut = wrenpack.remote(copies_of, executor=ex, memory=512).remote(a, 1)
-        assert fut.result(timeout=60) == float(a.size) and fut.status["peak_rss_mb"] < 512
-        assert f.remote(a[:1000], 1).result(timeout=60) == 1000.0  # small arguments: inline, as before
-    finally:
-        ex.shutdown()
+    ex, cgroup = limited
+    a = np.ones(100 * MiB // 8)
+    f = wrenpack.remote(copies_of, executor=ex, memory=160)
+    with pytest.raises(wrenpack.MemoryLimitExceeded, match="limit of 160 MB") as err:
+        f.remote(a, 1).result(timeout=60)
+    if cgroup:
+        assert "100 MB of arguments" in str(err.value) and "\n" not in str(err.value)
+    fut = wrenpack.remote(copies_of, executor=ex, memory=512).remote(a, 1)
+    assert fut.result(timeout=60) == float(a.size) and fut.status["peak_rss_mb"] < 512
+    assert f.remote(a[:1000], 1).result(timeout=60) == 1000.0  # small arguments: inline, as before
 
 
 def _sealed(data: bytes, seals: int = handoff.SEALS) -> int:
