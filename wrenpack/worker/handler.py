@@ -195,26 +195,22 @@ def _function_key(ev: protocol.Event) -> Any:
     nor counted against its limit."""
     digest = ev.extra.get("func_hash")
     key: Any = digest if digest is not None else (ev.func_key, ev.secret)
-    if key in _functions:
-        if next(reversed(_functions)) != key:  # (a map's calls: already the last one used)
+    if _functions and next(reversed(_functions)) != key:  # (a map's calls: already the last one used)
+        if key in _functions:
             _functions.move_to_end(key)
-            _evict_functions(len(_functions), _cached_bytes() - _functions[key][1])
-    elif _functions:
-        _evict_functions(len(_functions) + 1, _cached_bytes())  # all of them are older than the coming one
+        _make_room(_functions.get(key))
     return key
 
 
-def _cached_bytes() -> int:
-    return sum(size for _fn, size in _functions.values())
-
-
-def _evict_functions(count: int, older: int) -> None:
+def _make_room(own: tuple[Callable[..., Any], int] | None) -> None:
     """Drop the least recently used functions while more than ``_MAX_CACHED_FUNCTIONS``
-    are kept (``count`` with the call's own), or more than ``_MAX_CACHED_FUNCTION_BYTES``
-    of pickle besides the call's own (``older``)."""
-    while _functions and (count > _MAX_CACHED_FUNCTIONS or older > _MAX_CACHED_FUNCTION_BYTES):
-        if count == len(_functions) and len(_functions) == 1:
-            return  # the call's own function stays
+    are kept counting the call's own, or more than ``_MAX_CACHED_FUNCTION_BYTES`` of
+    pickle besides it. ``own``: the call's cached function (the last one), or None
+    when it is still to be loaded."""
+    count = len(_functions) + (own is None)
+    older = sum(size for _fn, size in _functions.values()) - (own[1] if own is not None else 0)
+    keep = 0 if own is None else 1
+    while len(_functions) > keep and (count > _MAX_CACHED_FUNCTIONS or older > _MAX_CACHED_FUNCTION_BYTES):
         _key, (_fn, size) = _functions.popitem(last=False)
         count -= 1
         older -= size
