@@ -395,6 +395,10 @@ class call_blobs:
                     pass
         self.main = None
         self._fds = []
+        # Each loader refers to this object: a cycle that kept every shared
+        # argument a warm worker had loaded until a gc pass (250 MB after a map
+        # of 10 MiB arguments, and the next small call exceeded memory=128).
+        self._loaders = []
 
 
 class Spill:
