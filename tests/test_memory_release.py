@@ -143,7 +143,8 @@ def test_a_result_is_not_kept_by_the_executors_threads(ex, size):
         assert _all_freed(refs, within=2.0) == 0
 
 
-def _resident_mb():
+def _resident_mb(_=None):
+    """This process's resident MB (the argument lets a map run it in workers)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS:"))
 
@@ -171,17 +172,12 @@ def test_the_driver_does_not_keep_a_dropped_functions_large_data(ex):
     assert after < before + 48, f"the driver still holds the function's data ({before} -> {after} MB)"
 
 
-def _worker_resident_mb(_):
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def test_a_warm_worker_does_not_keep_shared_arguments_of_earlier_calls(ex):
     # Measured before the fix: an argument object shared by a map's calls was
     # kept in each worker by a reference cycle of its loader, one per call, until
     # a gc pass: workers held 241 and 121 MB after 100 calls of 10 MiB, and a
     # 60 MB call under memory=128 then failed with MemoryLimitExceeded.
-    probe = wrenpack.remote(_worker_resident_mb, executor=ex)
+    probe = wrenpack.remote(_resident_mb, executor=ex)
     before = max(wrenpack.get(probe.map(range(4))))
     blob = os.urandom(8 << 20)
     assert wrenpack.get(wrenpack.remote(len, executor=ex).map([blob] * 40)) == [len(blob)] * 40

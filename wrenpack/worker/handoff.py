@@ -396,7 +396,7 @@ class call_blobs:
         self.main = None
         self._fds = []
         # Each loader refers to this object: a cycle that kept every shared
-        # argument a warm worker had loaded until a gc pass (250 MB after a map
+        # argument a warm worker had loaded until a gc pass (241 MB after a map
         # of 10 MiB arguments, and the next small call exceeded memory=128).
         self._loaders = []
 
