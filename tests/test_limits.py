@@ -154,16 +154,14 @@ def test_crash_after_retries_is_worker_crashed(remote):
         futs[0].result()
 
 
-def test_worker_replaced_after_crash(remote):
+def test_worker_replaced_after_crash(remote, tmp_path):
     def die_once(marker):
         if not os.path.exists(marker):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         return "ok"
 
-    import tempfile
-
-    marker = os.path.join(tempfile.mkdtemp(), "m")
+    marker = str(tmp_path / "m")
     assert remote(die_once, retries=1).remote(marker).result() == "ok"
 
 
