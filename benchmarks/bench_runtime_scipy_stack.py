@@ -91,7 +91,7 @@ def main() -> int:
                 zstd_level=args.zstd_level, max_compression=args.max_compression, artifacts="all")
     pip_install(res.lock, os.path.join(out, "warm"), [])
     builds, pips, stages = [], [], []
-    for i in range(args.builds):
+    for _i in range(args.builds):
         t0 = time.perf_counter()
         res = build(PACKAGES, python="3.11", arch="x86_64", output=os.path.join(out, "runtime"),
                     cache_dir=os.path.join(out, "cache"), use_cache=False, verify_modules=IMPORTS,

@@ -341,7 +341,7 @@ def _to_sourceless(site: str) -> int:
     (compileall's legacy layout only changes where they are written).
     """
     freed = 0
-    for dirpath, dirnames, filenames in os.walk(site, topdown=False):
+    for dirpath, _dirnames, filenames in os.walk(site, topdown=False):
         if os.path.basename(dirpath) != "__pycache__":
             continue
         parent = os.path.dirname(dirpath)

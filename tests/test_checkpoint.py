@@ -1,7 +1,6 @@
 """Checkpoint splitting: calls longer than their timeout finish, exactly."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal

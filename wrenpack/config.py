@@ -155,8 +155,17 @@ def _one_of(name: str, allowed: tuple[str, ...]) -> Callable[[Any, str], str]:
     return check
 
 
+def _registered_backend(value: Any, source: str) -> str:
+    from wrenpack.backends import backend_names
+
+    names = backend_names()
+    if value not in names:
+        raise ConfigError(f"backend={value!r} (from {source}) must be one of {', '.join(map(repr, names))}")
+    return str(value)
+
+
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
-    "backend": _one_of("backend", ("local", "lambda")),
+    "backend": lambda v, src: _registered_backend(v, src),
     "memory": lambda v, src: limits.check_memory(v, src),
     "timeout": lambda v, src: limits.check_timeout(v, src),
     "ephemeral_storage": lambda v, src: limits.check_ephemeral(v, src),

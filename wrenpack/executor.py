@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from wrenpack import auth, config as _config, keys, limits, protocol, serialize
-from wrenpack.backends import Backend, Invocation, InvocationResult, create_backend
+from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_names, create_backend
 from wrenpack.config import Config, current
 from wrenpack.errors import (
     ConfigError,
@@ -192,7 +192,7 @@ class Executor(cf.Executor):
         backend_obj = backend if isinstance(backend, Backend) else None
         if backend_obj is None and backend is not None:
             overrides["backend"] = backend
-        elif backend_obj is not None and getattr(backend_obj, "name", None) in ("local", "lambda"):
+        elif backend_obj is not None and getattr(backend_obj, "name", None) in backend_names():
             overrides["backend"] = backend_obj.name
         self.config = config.replace(**overrides) if config is not None else current(**overrides)
         self.store: Store = store_for_config(self.config)
@@ -229,6 +229,13 @@ class Executor(cf.Executor):
                 self._backend = create_backend(self.config.backend, self.config)
                 _exit_first()
             return self._backend
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this executor's backend can do (starts the backend; the launch
+        strategies choose from these)."""
+        self._check_open()
+        return self.backend.capabilities
 
     def options(self, **given: Any) -> CallOptions:
         c = self.config
@@ -373,7 +380,8 @@ class Executor(cf.Executor):
         # A job that stores nothing at launch leaves its owner record to the
         # worker, written before the first object it stores (local backend,
         # which replies with results): a small call then touches no store at all.
-        stored = not inline_fn or not all(inline_args) or self.config.keep_objects or self.config.backend != "local"
+        stored = (not inline_fn or not all(inline_args) or self.config.keep_objects
+                  or not self.backend.capabilities.calls_end_with_driver)
         if not stored:
             extra_event["owner"] = owner_record(label)
         args_specs: list[dict[str, Any]] = []
@@ -446,7 +454,7 @@ class Executor(cf.Executor):
         with self._lock:
             self._jobs[job_id] = job
         self._ensure_collector()
-        log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.config.backend)
+        log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.backend.name)
         try:
             self.backend.invoke_many(invocations)
         except BaseException:
@@ -513,7 +521,7 @@ class Executor(cf.Executor):
         """On a backend that takes hand-offs (local, not ``keep_objects``): arguments
         above ``inline_limit`` are pickled straight into sealed memfds, a large
         object several calls share once. None: pickled to bytes as before."""
-        if self.config.keep_objects or not getattr(self.backend, "handoff", False) or not handoff.available():
+        if self.config.keep_objects or not self.backend.capabilities.handoff or not handoff.available():
             return None
         return handoff.Packer(calls, self.config.inline_limit)
 

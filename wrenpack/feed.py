@@ -45,9 +45,9 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
                label: str) -> list[WrenFuture] | None:
     """Launch a map of large arguments as a feed; None when it is not one (the
     caller launches it as usual)."""
-    workers = executor.config.concurrency or os.cpu_count() or 1
-    window = PER_WORKER * workers
-    if executor.config.backend != "local" or len(calls) <= window:
+    caps = executor.capabilities
+    window = PER_WORKER * caps.concurrency
+    if not (caps.warm_pool and caps.handoff) or len(calls) <= window:
         return None
     args0, kwargs0 = calls[0]
     if not any(handoff.large_value(v) for v in (*args0, *kwargs0.values())):

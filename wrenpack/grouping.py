@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -50,8 +49,9 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
                label: str) -> list[WrenFuture] | None:
     """Launch a map's calls, grouped where they are short; None when grouping
     does not apply (the caller launches them one per invocation)."""
-    workers = executor.config.concurrency or os.cpu_count() or 1
-    if (executor.config.backend != "local" or len(calls) <= 2 * workers or options.retry_on or options.extra
+    caps = executor.capabilities
+    workers = caps.concurrency
+    if (not caps.warm_pool or len(calls) <= 2 * workers or options.retry_on or options.extra
             or _checkpoints(fn)):
         return None
     key = _key(fn)

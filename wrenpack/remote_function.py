@@ -88,7 +88,7 @@ class RemoteFunction(Generic[T]):
             if not auto:
                 self._resolved = (executor, executor.config, options)
         label = getattr(self.fn, "__qualname__", None) or "function"
-        expected = self._expected_segments(options, executor.config.backend, label)
+        expected = self._expected_segments(options, executor.capabilities.cpu_scales_with_memory, label)
         if chunksize == "auto":
             chunksize = self._auto_chunksize(len(calls), options, executor)
         futures = None
@@ -108,15 +108,16 @@ class RemoteFunction(Generic[T]):
         return futures
 
     def _auto_chunksize(self, n: int, options: CallOptions, executor: Executor) -> int:
-        duration = _profiled_duration(self.fn, options.memory, executor.config.backend)
+        caps = executor.capabilities
+        duration = _profiled_duration(self.fn, options.memory, caps.cpu_scales_with_memory)
         if not duration:
             return 1
         per_invocation = min(1.0, 0.5 * options.timeout)
-        workers = executor.config.concurrency or (100 if executor.config.backend == "lambda" else os.cpu_count() or 1)
+        workers = caps.concurrency
         # Group short calls, but keep at least one group per worker.
         return max(1, min(int(per_invocation / duration), math.ceil(n / workers)))
 
-    def _expected_segments(self, options: CallOptions, backend: str, label: str) -> int:
+    def _expected_segments(self, options: CallOptions, lambda_cpu: bool, label: str) -> int:
         """How many invocations a call should take, from the function's saved profile.
 
         A call that its profile says will outrun ``timeout`` is split across
@@ -128,7 +129,7 @@ class RemoteFunction(Generic[T]):
         function's code, defaults and cells and this process's saved profiles
         stay the same (a profile another process saves is seen within that time)."""
         fn = self.fn
-        where = (options.memory, options.timeout, backend, os.getcwd(), os.environ.get("WRENPACK_PROFILE_DIR"),
+        where = (options.memory, options.timeout, lambda_cpu, os.getcwd(), os.environ.get("WRENPACK_PROFILE_DIR"),
                  _profiler()[1].saves)
         code = (getattr(fn, "__code__", None), getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None),
                 *(getattr(fn, "__closure__", None) or ()))
@@ -137,12 +138,12 @@ class RemoteFunction(Generic[T]):
         if kept is not None and now < kept[0] and kept[1] == where and len(kept[2]) == len(code) \
                 and all(a is b for a, b in zip(kept[2], code)):
             return kept[3]
-        segments = self._count_segments(options, backend, label)
+        segments = self._count_segments(options, lambda_cpu, label)
         self._segments = (now + _SEGMENTS_KEPT_S, where, code, segments)
         return segments
 
-    def _count_segments(self, options: CallOptions, backend: str, label: str) -> int:
-        duration = _profiled_duration(self.fn, options.memory, backend, self)
+    def _count_segments(self, options: CallOptions, lambda_cpu: bool, label: str) -> int:
+        duration = _profiled_duration(self.fn, options.memory, lambda_cpu, self)
         if duration is None:
             return 1
         usable = options.timeout * 0.85  # the soft deadline and the save leave the rest
@@ -212,8 +213,9 @@ def _profiler() -> tuple[Any, Any, Any]:
 _SEGMENTS_KEPT_S = 1.0
 
 
-def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str, owner: Any = None) -> float | None:
-    """The saved profile's duration for ``fn`` at this memory (Lambda's CPU share on Lambda).
+def _profiled_duration(fn: Callable[..., Any], memory_mb: int, lambda_cpu: bool, owner: Any = None) -> float | None:
+    """The saved profile's duration for ``fn`` at this memory (``lambda_cpu``: with
+    Lambda's CPU share at that memory, on a backend that gives CPU by memory).
 
     ``owner`` (the RemoteFunction) keeps the code hash while the function's code,
     defaults and closure cells stay the same objects (it only picks a profile)."""
@@ -237,7 +239,7 @@ def _profiled_duration(fn: Callable[..., Any], memory_mb: int, backend: str, own
     if not data or not data.get("duration_s"):
         return None
     wall = float(data["duration_s"])
-    if backend != "lambda":
+    if not lambda_cpu:
         return wall
     cpu = float(data.get("cpu_user_s", 0.0)) + float(data.get("cpu_sys_s", 0.0))
     return recommend.lambda_duration(wall, cpu, memory_mb)

@@ -96,7 +96,7 @@ class LambdaEndpoint(servers.Dispatcher):
         import boto3
 
         from wrenpack.backends.aws_lambda import FunctionSettings
-        from wrenpack.cli.cmd_aws import ENV_FAMILY, ENV_STORE, HANDLER, deploy_function, handler_package
+        from wrenpack.cli.cmd_aws import ENV_FAMILY, ENV_STORE, HANDLER, deploy_function
 
         settings = FunctionSettings.for_call(memory, timeout, ephemeral_storage)
         name = settings.function_name(self.function_name)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wrenpack import auth, keys, protocol
-from wrenpack.backends.base import Backend, Invocation, InvocationResult
+from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
 from wrenpack.errors import (
     ConfigError,
     CorruptObject,
@@ -231,6 +231,15 @@ class LambdaBackend(Backend):
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._poller: threading.Thread | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            reply_results=self.invocation_type == "RequestResponse",
+            cpu_scales_with_memory=True,
+            enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
+            concurrency=self.concurrency,
+        )
 
     @classmethod
     def from_config(cls, config: Any) -> "LambdaBackend":

@@ -76,8 +76,45 @@ class Invocation:
         return self.event["job_id"], self.event["call_id"]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the client decides from these, never from a name."""
+
+    #: Calls end when the driver process does (local workers). A job that
+    #: stores nothing at launch may then leave its owner record to the worker,
+    #: written before the first object it stores; where calls outlive the
+    #: driver (Lambda) the driver writes it first, so ``clean`` always finds one.
+    calls_end_with_driver: bool = False
+    #: Small results may come back in the invocation's reply instead of the store.
+    reply_results: bool = False
+    #: Large arguments and results may travel as sealed memfds
+    #: (``wrenpack.worker.handoff``) instead of through the store.
+    handoff: bool = False
+    #: A fixed pool of warm workers on this machine, ``concurrency`` of them: a
+    #: map may time its first calls and group the short ones
+    #: (``executor.grouping``), and feed large arguments as workers take them.
+    warm_pool: bool = False
+    #: CPU is given in proportion to memory, as Lambda does (a profile's
+    #: duration is scaled to the call's memory).
+    cpu_scales_with_memory: bool = False
+    #: Limits the backend itself holds calls to ("memory", "timeout", "ephemeral_storage").
+    enforces: frozenset[str] = frozenset()
+    #: Calls that may run at once.
+    concurrency: int = 1
+
+
 class Backend(abc.ABC):
     name: str = "?"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this backend can do (the conservative default: nothing special)."""
+        return Capabilities()
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Backend":
+        """The backend the settings ask for (``wrenpack.Config``)."""
+        return cls()
 
     @abc.abstractmethod
     def invoke(self, invocation: Invocation) -> None:

@@ -48,9 +48,9 @@ import weakref
 from collections import deque
 from typing import Any
 
-from wrenpack.backends.base import Backend, Invocation, InvocationResult
+from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
 from wrenpack.backends.cgroups import CgroupFactory
-from wrenpack.backends.local_worker import SAMPLE_S, Worker, base_environment
+from wrenpack.backends.local_worker import Worker, base_environment
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.worker.memory import dir_usage
 
@@ -129,6 +129,17 @@ class LocalBackend(Backend):
         self.messages_sent = 0
         self.calls_sent = 0
         _live.add(self)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            calls_end_with_driver=True,
+            reply_results=self.reply_limit > 0,
+            handoff=self.handoff,
+            warm_pool=True,
+            enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
+            concurrency=self.concurrency,
+        )
 
     @classmethod
     def from_config(cls, config: Any) -> "LocalBackend":

@@ -118,7 +118,6 @@ def settings_to_deploy(args: argparse.Namespace, cfg: Any, python: str, runtime:
     plus those the saved profiles recommend (``--from-profiles``)."""
     from itertools import product
 
-    from wrenpack import limits
     from wrenpack.backends.aws_lambda import FunctionSettings
 
     memories = args.memory or [cfg.memory]

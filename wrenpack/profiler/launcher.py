@@ -31,7 +31,6 @@ from typing import Any
 
 from wrenpack.worker.memory import dir_usage, proc_status
 
-from wrenpack.worker.memory import dir_usage, proc_status
 
 #: Sampling period of the memory curve and the process-tree sum.
 DEFAULT_INTERVAL_S = 0.01

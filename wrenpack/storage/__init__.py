@@ -2,31 +2,46 @@
 
 ``open_store`` turns a spec (the dict a store's ``spec`` returns, sent inside
 each event) or a URL (``file:///path``, a plain path, ``s3://bucket/prefix``)
-into a store. The S3 module (and so boto3) is imported only when asked for.
+into a store. A store type is one module with a ``Store`` subclass that has
+``from_spec(spec)``, and one line in ``_STORES``; its module (boto3, for S3)
+is imported only when a spec of its type is opened.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from wrenpack.errors import ConfigError
 from wrenpack.storage.base import Store
 
-__all__ = ["Store", "open_store", "store_for_config"]
+__all__ = ["Store", "open_store", "register_store", "store_for_config"]
+
+#: a spec's "type" -> "module:Class" (the class itself once loaded)
+_STORES: dict[str, Any] = {
+    "local": "wrenpack.storage.local:LocalStore",
+    "s3": "wrenpack.storage.s3:S3Store",
+}
+
+
+def register_store(kind: str, target: str | type[Store]) -> None:
+    """Open specs of ``{"type": kind}`` with ``target`` (or its "module:Class")."""
+    _STORES[kind] = target
+
+
+def _store_class(kind: Any) -> type[Store]:
+    target = _STORES.get(kind) if isinstance(kind, str) else None
+    if target is None:
+        raise ConfigError(f"unknown store type {kind!r}; use a path, file:///path or s3://bucket/prefix")
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = _STORES[kind] = getattr(importlib.import_module(module), attr)
+    return target
 
 
 def open_store(spec: dict[str, Any] | str) -> Store:
     if isinstance(spec, str):
         spec = parse_store_url(spec)
-    kind = spec.get("type")
-    if kind == "local":
-        from wrenpack.storage.local import LocalStore
-
-        return LocalStore(spec["root"])
-    if kind == "s3":
-        from wrenpack.storage.s3 import S3Store  # boto3, only here
-
-        return S3Store.from_spec(spec)
-    raise ConfigError(f"unknown store type {kind!r}; use a path, file:///path or s3://bucket/prefix")
+    return _store_class(spec.get("type")).from_spec(spec)
 
 
 def store_for_config(config: Any) -> Store:

@@ -21,6 +21,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def spec(self) -> dict[str, Any]: ...
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Store":
+        """The store a ``spec`` describes (``open_store``)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be opened from a spec")
+
     @property
     def url(self) -> str:
         """A human-readable location, for messages."""

@@ -26,6 +26,10 @@ from wrenpack.storage.base import Store
 
 
 class LocalStore(Store):
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "LocalStore":
+        return cls(spec["root"])
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         _make_private_root(self.root)
@@ -129,7 +133,7 @@ class LocalStore(Store):
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = os.path.join(self.root, base_dir) if base_dir else self.root
         out: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(start):
+        for dirpath, _dirnames, filenames in os.walk(start):
             rel_dir = os.path.relpath(dirpath, self.root)
             rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
             for name in filenames:

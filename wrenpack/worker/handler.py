@@ -39,7 +39,7 @@ import cloudpickle
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import CorruptObject, MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
-from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs, result
+from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
