@@ -181,14 +181,14 @@ def test_profile_predicts_segments_and_warns_without_checkpoint(tmp_path, monkey
 def test_expected_segments_are_kept_between_calls_and_follow_a_new_profile(tmp_path, monkeypatch):
     # issue 15: .remote() in a loop does not look for the profile on every call,
     # and a profile saved since (here, or a changed function) is seen at once.
-    from wrenpack import remote_function
+    from wrenpack.executor import launch
     from wrenpack.profiler import store
     from wrenpack.profiler.codehash import code_hash
 
     monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
     looked = []
-    real = remote_function._profiled_duration
-    monkeypatch.setattr(remote_function, "_profiled_duration", lambda *a: looked.append(1) or real(*a))
+    real = launch.profiled_duration
+    monkeypatch.setattr(launch, "profiled_duration", lambda *a: looked.append(1) or real(*a))
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1)
     futs = []
     try:
@@ -205,7 +205,7 @@ def test_expected_segments_are_kept_between_calls_and_follow_a_new_profile(tmp_p
             assert len(looked) == 3
         finally:
             stepper.__defaults__ = defaults
-        monkeypatch.setattr(remote_function, "_SEGMENTS_KEPT_S", 0.0)
+        monkeypatch.setattr(launch, "SEGMENTS_KEPT_S", 0.0)
         futs.append(f.remote(2, 0.0))
         assert len(looked) == 4  # (kept no longer than that)
         assert [fut.result() for fut in futs] == [expected(2)] * len(futs)

@@ -14,7 +14,7 @@ import pytest
 
 import wrenpack
 from open_memfds import memfds as _memfds
-from wrenpack import feed
+from wrenpack.executor import feed
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import PayloadTooLarge
 from wrenpack.worker import handoff

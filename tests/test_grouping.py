@@ -110,12 +110,13 @@ def _learned_after_group(ex, seconds, waited):
     """What a plan learns from one group of ``double`` that took ``seconds``,
     ``waited`` of it for a CPU."""
     from wrenpack.executor import Prepared
+    from wrenpack.executor.grouping import _Plan
+    from wrenpack.executor.profiled import code_key
     from wrenpack.futures import WrenFuture
-    from wrenpack.grouping import _key, _Plan
     from wrenpack.worker.batch import Outcomes
 
     n = len(seconds)
-    plan = _Plan(ex, double, None, "double", _key(double), Prepared(b"", [b""] * n), 2)  # type: ignore[arg-type]
+    plan = _Plan(ex, double, None, "double", code_key(double), Prepared(b"", [b""] * n), 2)  # type: ignore[arg-type]
     plan.make_items()
     outcomes = Outcomes([("ok", 2 * i) for i in range(n)])
     outcomes.seconds, outcomes.waited = seconds, waited
@@ -123,7 +124,7 @@ def _learned_after_group(ex, seconds, waited):
     gfut._resolve(True, outcomes)
     plan._group_done(gfut, list(range(n)))
     assert [item.result(timeout=1) for item in plan.items] == [2 * i for i in range(n)]
-    return ex._call_seconds[plan.key]
+    return ex.call_seconds[plan.key]
 
 
 def test_a_call_preempted_by_a_busy_machine_does_not_shrink_the_next_groups(ex):
@@ -135,12 +136,12 @@ def test_a_call_preempted_by_a_busy_machine_does_not_shrink_the_next_groups(ex):
     # A stall the kernel does not count as waiting (reclaim, a collector pass) in
     # one or two calls of a group is not the function's either.
     for waited in (0.0, None):
-        ex._call_seconds.clear()
+        ex.call_seconds.clear()
         assert _learned_after_group(ex, [5e-6] * 48 + [0.03, 0.05], waited=waited) < 20e-6
     # Calls that really take 30 ms, more than two in a group, still count: such maps ungroup.
-    ex._call_seconds.clear()
+    ex.call_seconds.clear()
     assert _learned_after_group(ex, [5e-6] * 40 + [0.03] * 10, waited=0.0) > 2e-3
-    ex._call_seconds.clear()
+    ex.call_seconds.clear()
     assert _learned_after_group(ex, [5e-6] * 3 + [0.03], waited=None) > 2e-3  # too few calls to leave one out
 
 

@@ -223,13 +223,15 @@ def test_results_the_driver_has_not_read_yet_do_not_shrink_the_next_call(tmp_pat
 
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
     gate = threading.Event()
-    original = ex._read_handoff
+    from wrenpack.backends import local_replies
 
-    def slow_reader(label, sealed):  # the driver lags behind its worker
+    original = local_replies.read_handed_off
+
+    def slow_reader(inv, sealed):  # the driver lags behind its worker
         gate.wait(60)
-        return original(label, sealed)
+        return original(inv, sealed)
 
-    monkeypatch.setattr(ex, "_read_handoff", slow_reader)
+    monkeypatch.setattr(local_replies, "read_handed_off", slow_reader)
     try:
         first = wrenpack.remote(big_result, executor=ex, memory=512).remote(250)
         time.sleep(0.5)

@@ -132,8 +132,5 @@ def test_partition_objects_are_sealed(executor):
     store.delete_prefix(shuffle.prefix("t3st"))
 
 
-def test_old_signature_and_remote_function_reexport(executor):
-    from wrenpack.remote_function import map_reduce
-
-    assert map_reduce is wrenpack.map_reduce
+def test_old_signature(executor):
     assert wrenpack.map_reduce(lambda x: x * 2, range(5), sum, executor=executor).result(timeout=60) == 20

@@ -87,15 +87,16 @@ def test_without_the_backend_asking_the_reply_stays_sealed(tmp_path, monkeypatch
 
 
 def test_an_unreadable_private_outcome_fails_that_call_only(ex, monkeypatch):
-    original = ex._read_private
-    bad = keys.call_id(1)
+    from wrenpack.backends import local_replies
+
+    original = local_replies.read_pickled
 
     def corrupting(label, raw):
         return original(label, b"not a pickle" if label.endswith("[1]") else raw)
 
-    monkeypatch.setattr(ex, "_read_private", corrupting)
+    monkeypatch.setattr(local_replies, "read_pickled", corrupting)
     futs = wrenpack.remote(abs, executor=ex).map([-1, -2, -3])
     assert futs[0].result(timeout=60) == 1 and futs[2].result(timeout=60) == 3
     with pytest.raises(wrenpack.CorruptObject, match="cannot be unpickled"):
         futs[1].result(timeout=60)
-    assert futs[1].call_id == bad
+    assert futs[1].label == "abs[1]"

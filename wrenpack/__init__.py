@@ -16,7 +16,7 @@ _LAZY: dict[str, str] = {
     # client API
     "remote": "wrenpack.remote_function",
     "RemoteFunction": "wrenpack.remote_function",
-    "map_reduce": "wrenpack.mapreduce",
+    "map_reduce": "wrenpack.executor.mapreduce",
     "get": "wrenpack.futures",
     "wait": "wrenpack.futures",
     "as_completed": "wrenpack.futures",
@@ -77,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.errors import *  # noqa: F401,F403
     from wrenpack.executor import Executor
     from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, get, wait
-    from wrenpack.mapreduce import map_reduce
+    from wrenpack.executor.mapreduce import map_reduce
     from wrenpack.remote_function import RemoteFunction, remote
     from wrenpack.storage.data import objects, store
     from wrenpack.worker.checkpoint import Checkpoint, checkpoint

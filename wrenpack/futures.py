@@ -175,7 +175,7 @@ def get(
         # The exception's traceback keeps this frame; the futures must not stay
         # in it, or a future holding that exception is in a reference cycle and
         # every result of the call is kept until the garbage collector runs.
-        futures = futs = waitable = pending = f = results = None  # type: ignore[assignment]
+        futures = futs = waitable = done = pending = f = results = None  # type: ignore[assignment]  # noqa: F841
         raise
     return results[0] if single else results
 

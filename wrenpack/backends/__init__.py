@@ -7,11 +7,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
+from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.errors import ConfigError
 
-__all__ = ["Backend", "Capabilities", "Invocation", "InvocationResult", "backend_names", "create_backend",
-           "register_backend"]
+__all__ = ["Backend", "Capabilities", "Invocation", "InvocationResult", "PrivateReply", "backend_names",
+           "create_backend", "register_backend"]
 
 #: name -> "module:Class" (or the class itself, once registered or loaded)
 _BACKENDS: dict[str, Any] = {

@@ -37,12 +37,35 @@ class InvocationResult:
     #: The sealed result object's bytes when the handler sent it in its reply
     #: (``event["reply_limit"]``, contract 2); the executor verifies it. None: read the store.
     data: bytes | None = None
-    #: local backend: the outcome's pickle itself, with ``status`` whole, from the
-    #: worker's private socket (``Executor._read_private``: no MAC on that path)
-    outcome: bytes | None = None
-    #: local backend: a large result handed over as a sealed memfd
-    #: (``wrenpack.worker.handoff.Sealed``); the executor reads and closes it
-    handoff: Any = None
+    #: A reply that came over a channel of the backend's own (the local
+    #: backend's private socketpair, or a memfd handed over on it): the backend
+    #: supplies its reader, and the executor reads and closes it.
+    private: PrivateReply | None = None
+
+
+class PrivateReply(abc.ABC):
+    """A call's outcome as a backend brought it, read by the backend's own code.
+
+    It carries no MAC: a backend gives one only for a channel nobody but the
+    worker it made can write to (see ``wrenpack.backends.local_replies``).
+    Everything that leaves the driver again is sealed there (a pinned job's
+    result goes to the store as a sealed result object)."""
+
+    #: read on a reader thread, in parallel, as soon as it arrives (a large copy)
+    slow: bool = False
+
+    @property
+    def size(self) -> int | None:
+        """Bytes to read, if known cheaply (small replies complete on the backend's thread)."""
+        return None
+
+    @abc.abstractmethod
+    def read(self) -> tuple[Any, bytes | None]:
+        """The outcome (``protocol.Outcome``) and, when there is one, the
+        outcome's pickle as it came (sealed as is for a pinned job's store copy)."""
+
+    def close(self) -> None:  # noqa: B027 - most replies hold nothing to free
+        """Free what the reply holds (read or not)."""
 
 
 @dataclass

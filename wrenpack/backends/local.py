@@ -48,8 +48,9 @@ import weakref
 from collections import deque
 from typing import Any
 
-from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
+from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.backends.cgroups import CgroupFactory
+from wrenpack.backends.local_replies import HandedOff, PickledOutcome
 from wrenpack.backends.local_worker import Worker, base_environment
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.worker.memory import dir_usage
@@ -326,16 +327,19 @@ class LocalBackend(Backend):
                 handoff.close()
             self._finish(inv, error=error)
         else:
-            private = "outcome" in head
-            self._finish(inv, status=head["status"], data=None if private else blob or None, handoff=handoff,
-                         outcome=blob if private else None)
+            private: PrivateReply | None = None
+            if handoff is not None:
+                private = HandedOff(inv, handoff)
+            elif "outcome" in head:
+                private = PickledOutcome(inv.label, blob)
+            self._finish(inv, status=head["status"], data=None if "outcome" in head else blob or None, private=private)
         if replace:
             self._retire(worker)
 
     def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None, data: bytes | None = None,
-                handoff: Any = None, outcome: bytes | None = None) -> None:
+                private: PrivateReply | None = None) -> None:
         """A call ended: its ``on_done`` runs once the lock is released (``_report``)."""
-        self._done.append((inv, InvocationResult(status=status, error=error, data=data, handoff=handoff, outcome=outcome)))
+        self._done.append((inv, InvocationResult(status=status, error=error, data=data, private=private)))
 
     def _report(self) -> None:
         """Run the ``on_done`` callbacks of the calls that ended (lock not held)."""

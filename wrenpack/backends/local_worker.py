@@ -21,7 +21,7 @@ The header is ``marshal`` both ways (a fifth of JSON's time to write, a third
 to read, on every call; marshal makes only plain values, and no code runs when
 it loads). Each end trusts the other already: the worker runs the code its
 driver sends, and the driver unpickles the outcomes this worker sends on the
-same private socketpair (``Executor._read_private``), which is more than a
+same private socketpair (``wrenpack.backends.local_replies``), which is more than a
 header can do, so reading the worker's headers with marshal exposes nothing
 new; what the store or Lambda brings is still verified, and never marshal.
 Headers hold only JSON's values (lists, never tuples; text keys), so a worker

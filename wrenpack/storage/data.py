@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
-from wrenpack.storage import Store, open_store, parse_store_url
+from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
 
 #: Where the user's objects live in wrenpack's store.
 USER_PREFIX = "data/"
@@ -211,14 +211,30 @@ def _reopen(spec: dict[str, Any], prefix: str) -> DataStore:
 
 def store(executor: Any = None) -> DataStore:
     """The storage handle: inside a remote call, the call's store; in the client,
-    ``executor``'s (default: the default executor's). Keys live under ``data/``."""
+    ``executor``'s (default: the store the settings name, which the default
+    executor uses). Keys live under ``data/``."""
     if executor is not None:
         return DataStore(executor.store)
     if _bound is not None:
         return DataStore(_bound)
-    from wrenpack.executor import default_executor  # client side only
+    return DataStore(_configured_store())
 
-    return DataStore(default_executor().store)
+
+#: (settings, their store): the client's default store, opened once per settings
+_configured: tuple[Any, Store] | None = None
+
+
+def _configured_store() -> Store:
+    """The store the current settings name (client side: a worker always has
+    its call's store bound)."""
+    global _configured
+    from wrenpack.config import current  # client side only: the worker never gets here
+
+    config = current()
+    kept = _configured
+    if kept is None or kept[0] != config:
+        kept = _configured = (config, store_for_config(config))
+    return kept[1]
 
 
 # -- object ranges --------------------------------------------------------------------

@@ -474,7 +474,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     limit = ev.extra.get("reply_limit")
     if limit is not None and getattr(context, "private_reply", False) and len(outcome) <= limit:
         # Local worker whose backend asked for replies: status and outcome go back over
-        # its private socketpair, which authenticates them (``Executor._read_private``).
+        # its private socketpair, which authenticates them (``wrenpack.backends.local_replies``).
         return dict(status, first=True, outcome=outcome)
     blob = protocol.seal_result(ev.secret, job_id, call_id, status, outcome)
     if limit is not None and len(blob) <= limit:

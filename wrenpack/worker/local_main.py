@@ -264,7 +264,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 request_id=f"{os.getpid()}-{calls}",
             )
             # Replies the backend asked for come back over this socket, which only this
-            # process and the driver hold: the outcome needs no MAC (Executor._read_private).
+            # process and the driver hold: the outcome needs no MAC (wrenpack.backends.local_replies).
             ctx.private_reply = bool(reply_limit)
             # The call's arguments as sealed memfds, when they came that way (the handler checks them).
             ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]

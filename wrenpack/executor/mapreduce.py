@@ -25,7 +25,9 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from wrenpack.errors import ConfigError
-from wrenpack.executor import CallOptions, Executor, default_executor
+from wrenpack.executor.core import Executor, default_executor
+from wrenpack.executor.launch import LaunchState, launch_calls
+from wrenpack.executor.options import CallOptions, check_options
 from wrenpack.futures import WrenFuture
 from wrenpack.worker import shuffle
 
@@ -64,8 +66,6 @@ def map_reduce(
     Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
-    from wrenpack.remote_function import RemoteFunction
-
     items = list(items)
     shuffled = partitions is not None or per_object or fan_in is not None
     if not shuffled:
@@ -84,8 +84,8 @@ def map_reduce(
         raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
 
     executor = options.pop("executor", None)
-    m_fn, m_exec, m_opts = _unwrap(mapper, RemoteFunction)
-    r_fn, _r_exec, r_opts = _unwrap(reducer, RemoteFunction)
+    m_fn, m_exec, m_opts, _m_state = _unwrap(mapper)
+    r_fn, _r_exec, r_opts, _r_state = _unwrap(reducer)
     executor = executor or m_exec or default_executor()
     m_options = _options(executor, {**m_opts, **options})
     r_options = _options(executor, {**r_opts, **options})
@@ -120,12 +120,16 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
-def _unwrap(fn: Any, remote_cls: type) -> tuple[Callable[..., Any], Executor | None, dict[str, Any]]:
-    if isinstance(fn, remote_cls):
-        return fn.fn, fn._executor, dict(fn._options)
+def _unwrap(fn: Any) -> tuple[Callable[..., Any], Executor | None, dict[str, Any], LaunchState | None]:
+    """A function, the executor it is bound to, its options and launch state
+    (a ``@wrenpack.remote`` function brings its own: ``launch_parts``)."""
+    parts = getattr(fn, "launch_parts", None)
+    if callable(parts):
+        inner, options, state = parts()
+        return inner, getattr(fn, "bound_executor", None), options, state
     if not callable(fn):
         raise ConfigError(f"map_reduce needs functions, got {type(fn).__name__}")
-    return fn, None, {}
+    return fn, None, {}, None
 
 
 def _options(executor: Executor, given: dict[str, Any]) -> CallOptions:
@@ -247,18 +251,27 @@ class _Job:
 
 def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[list[Any]], Any],
             options: dict[str, Any]) -> WrenFuture:
-    """The original form: mapper results come back here, one more call reduces them."""
-    from wrenpack.remote_function import RemoteFunction
+    """The original form: mapper results come back here, one more call reduces them.
+    A ``@wrenpack.remote`` mapper or reducer runs with its own options and
+    executor; a plain one with the options given here."""
+    executor = options.pop("executor", None)
+    plain = check_options(options, "map_reduce")
 
-    m = mapper if isinstance(mapper, RemoteFunction) else RemoteFunction(mapper, **options)
-    r = reducer if isinstance(reducer, RemoteFunction) else RemoteFunction(reducer, **options)
-    map_futures = m.map(items)
-    outer = WrenFuture("map_reduce", "reduce", f"map_reduce({getattr(r.fn, '__qualname__', 'reducer')})")
+    def parts(fn: Any) -> tuple[Executor, Callable[..., Any], dict[str, Any], LaunchState | None]:
+        inner, bound, own, state = _unwrap(fn)
+        if state is None:
+            return executor or default_executor(), inner, plain, None
+        return bound or default_executor(), inner, own, state
+
+    m_exec, m_fn, m_opts, m_state = parts(mapper)
+    r_exec, r_fn, r_opts, r_state = parts(reducer)
+    map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
+    outer = WrenFuture("map_reduce", "reduce", f"map_reduce({getattr(r_fn, '__qualname__', 'reducer')})")
 
     def chain() -> None:
         try:
             results = [f.result() for f in map_futures]
-            inner = r.remote(results)
+            inner = launch_calls(r_exec, r_fn, [((results,), {})], r_opts, None, r_state)[0]
             value = inner.result()
             outer.status = inner.status
             outer.set_result(value)

@@ -1,9 +1,9 @@
-"""A map of large arguments, pickled as the workers take them (issue 15).
+"""A map of large arguments, pickled as the workers take them.
 
 Pickling every argument before the first call runs makes such a map wait for
 all of it, and holds every pickle at once: 100 calls of 10 MiB spent a second
-pickling before anything ran, and held 1 GB. On the local backend, where large
-arguments travel as memfds (``worker.handoff``), a map whose first call has a
+pickling before anything ran, and held 1 GB. On a backend of warm workers
+where large arguments travel as memfds (``worker.handoff``), a map whose first call has a
 large bytes or array among its arguments, and whose arguments cannot change
 meanwhile (bytes, numbers, strings, tuples of them, arrays over bytes: a map's
 arguments are what they were when ``map`` was called), is fed instead, as
@@ -31,7 +31,9 @@ from wrenpack.futures import WrenFuture
 from wrenpack.worker import handoff
 
 if TYPE_CHECKING:
-    from wrenpack.executor import CallOptions, Executor, Prepared
+    from wrenpack.executor.core import Executor
+    from wrenpack.executor.options import CallOptions
+    from wrenpack.executor.prepared import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,8 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
         # A map's arguments are what they were when map was called: pickled later, a
         # list or a writable array changed meanwhile would send what it became.
         return None
-    executor._check_open()
-    packer = executor._args_packer(calls)
+    executor.check_open()
+    packer = executor.args_packer(calls)
     if packer is None:
         return None
     try:
@@ -112,8 +114,7 @@ class _Feed:
             item._launched = threading.Event()
             item._launch_now = lambda i=i: self._launch_now(i)
             item._canceller = lambda i=i: self._take_out(i)
-        with ex._lock:
-            ex._plans.add(self)
+        ex.hold(self)
         self.running = 1
         self._track(0, self.first)
         try:
@@ -257,10 +258,7 @@ class _Feed:
             self.slabs_made -= len(close)
         for slab in close:
             slab.close()
-        ex = self.executor
-        with ex._lock:
-            ex._plans.discard(self)
-        ex._job_ended()  # a shutdown(wait=False) may have waited for these
+        self.executor.unhold(self)
 
 
 _FROZEN_TYPES = frozenset({bytes, str, int, float, complex, bool, type(None), range, type(Ellipsis)})

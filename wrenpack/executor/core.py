@@ -39,15 +39,14 @@ import json
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from wrenpack import auth, config as _config, keys, limits, protocol, serialize
-from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_names, create_backend
+from wrenpack import auth, config as _config, keys, protocol, serialize
+from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, PrivateReply, backend_names, create_backend
 from wrenpack.config import Config, current
 from wrenpack.errors import (
     ConfigError,
@@ -59,95 +58,21 @@ from wrenpack.errors import (
     StoreError,
     WrenpackError,
 )
+from wrenpack.executor.launch import LaunchState, launch_calls
+from wrenpack.executor.options import CallOptions, resolve_options
+from wrenpack.executor.owner import owner_record
+from wrenpack.executor.prepared import Prepared
 from wrenpack.futures import WrenFuture
-from wrenpack.protocol import rebuild_exception  # noqa: F401 - re-exported (remote_function, tests)
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import handoff, plain, refs
 
 log = logging.getLogger(__name__)
-
-#: bytes of a call's stdout/stderr kept as ``fut.logs`` (the tail)
-LOG_TAIL_BYTES = 64 * 1024
 
 #: results up to this size are completed on the backend's thread (no hand-off to the collector)
 QUICK_RESULT_BYTES = 64 * 1024
 
 #: a job's events carry its pickled function when all of them together hold at most this many bytes of it
 INLINE_FUNCTION_BYTES = 64 * 1024
-
-#: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
-OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env")
-
-
-@dataclass
-class CallOptions:
-    """The limits one map's calls run under (already resolved from config)."""
-
-    memory: int
-    timeout: float
-    ephemeral_storage: int
-    retries: int
-    runtime: str | None = None
-    #: exception types (and TaskTimeout) a call is tried again on, up to ``retries``
-    retry_on: tuple[type[BaseException], ...] = ()
-    #: environment variables set in the worker for each call (restored after)
-    env: dict[str, str] = field(default_factory=dict)
-    capture_logs: int = LOG_TAIL_BYTES
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
-    """Validate per-function options where they are given (``"auto"`` allowed
-    for memory, timeout and ephemeral_storage), so a bad one fails at once with
-    a ConfigError naming the option, its source and what is allowed."""
-    unknown = set(options) - set(OPTION_NAMES)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} (from {source}); known: {', '.join(OPTION_NAMES)}")
-    out = dict(options)
-    for name, value in options.items():
-        if value is None or (value == "auto" and name in ("memory", "timeout", "ephemeral_storage")):
-            continue
-        if name == "memory":
-            out[name] = limits.check_memory(value, source)
-        elif name == "timeout":
-            out[name] = limits.check_timeout(value, source)
-        elif name == "ephemeral_storage":
-            out[name] = limits.check_ephemeral(value, source)
-        elif name == "retries":
-            out[name] = _retries(value, source)
-        elif name == "runtime" and not isinstance(value, (str, os.PathLike)):
-            raise ConfigError(f"runtime={value!r} (from {source}) must be a path to a built runtime")
-        elif name == "retry_on":
-            out[name] = _retry_on(value, source)
-        elif name == "env":
-            out[name] = _env(value, source)
-    return out
-
-
-def _retries(value: Any, source: str) -> int:
-    n = limits.whole_number("retries", value, source, "a whole number >= 0")
-    if n < 0:
-        raise ConfigError(f"retries={value!r} (from {source}) must be a whole number >= 0")
-    return n
-
-
-def _retry_on(value: Any, source: str) -> tuple[type[BaseException], ...]:
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in items):
-        raise ConfigError(f"retry_on={value!r} (from {source}) must be an exception type or a tuple of them, "
-                          "e.g. retry_on=(ConnectionError, wrenpack.TaskTimeout)")
-    return items
-
-
-def _env(value: Any, source: str) -> dict[str, str]:
-    ok = isinstance(value, dict) and all(
-        isinstance(k, str) and k and "=" not in k and "\0" not in k and isinstance(v, (str, int, float)) and not isinstance(v, bool)
-        for k, v in value.items()
-    )
-    if not ok:
-        raise ConfigError(f"env={value!r} (from {source}) must be a dict of variable names to text, e.g. env={{'OMP_NUM_THREADS': '1'}}")
-    return {k: str(v) for k, v in value.items()}
-
 
 @dataclass
 class _Job:
@@ -167,16 +92,6 @@ class _Job:
     stored: bool = True
     #: keeps the job's secret known here while the job runs (``refs.JobKey``)
     key: Any = None
-
-
-@dataclass
-class Prepared:
-    """A launch's pickled function and arguments (``Executor.prepare``)."""
-
-    fn_bytes: bytes
-    payloads: list[bytes]
-    #: (job, chain) of the futures the arguments hold
-    referenced: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
 
 
 _executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
@@ -211,9 +126,9 @@ class Executor(cf.Executor):
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
         self._kept_keys: list[Any] = []  # their secrets stay known while they are kept
-        #: seconds a call of a function takes, by code hash (``wrenpack.grouping``)
-        self._call_seconds: dict[str, float] = {}
-        #: maps whose later calls wait to be launched (``wrenpack.grouping``)
+        #: seconds a call of a function takes, by code hash (``executor.grouping`` learns them)
+        self.call_seconds: dict[str, float] = {}
+        #: maps whose later calls wait to be launched (``hold``)
         self._plans: set[Any] = set()
         _executors.add(self)
         if backend_obj is not None:
@@ -234,34 +149,19 @@ class Executor(cf.Executor):
     def capabilities(self) -> Capabilities:
         """What this executor's backend can do (starts the backend; the launch
         strategies choose from these)."""
-        self._check_open()
+        self.check_open()
         return self.backend.capabilities
 
     def options(self, **given: Any) -> CallOptions:
-        c = self.config
-        given = check_options({k: v for k, v in given.items() if v is not None}, "options")
-        pick = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
-        opts = CallOptions(
-            memory=limits.check_memory(pick("memory", c.memory), "options"),
-            timeout=limits.check_timeout(pick("timeout", c.timeout), "options"),
-            ephemeral_storage=limits.check_ephemeral(pick("ephemeral_storage", c.ephemeral_storage), "options"),
-            retries=_retries(pick("retries", c.retries), "options"),
-            runtime=pick("runtime", c.runtime),
-            retry_on=given.get("retry_on", ()),
-            env=given.get("env", {}),
-        )
-        if opts.runtime is not None:
-            # Fail here, before anything launches, if it is not a built runtime.
-            from wrenpack.backends.runtime_paths import site_dir
-
-            opts.runtime = os.path.dirname(site_dir(opts.runtime))
-        return opts
+        """The limits calls run under: ``given`` (checked), else this executor's settings."""
+        return resolve_options(self.config, given)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> WrenFuture:
         """Run ``fn(*args, **kwargs)`` as one remote call (every keyword is the
         function's); ``fn`` may be a ``@wrenpack.remote`` function (its options apply)."""
-        self._check_open()
-        return self._remote(fn)._launch([(args, kwargs)])[0]
+        self.check_open()
+        fn, given, state = _launchable(fn)
+        return launch_calls(self, fn, [(args, kwargs)], given, None, state)[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -269,9 +169,10 @@ class Executor(cf.Executor):
         iterator yields results in order, raises a call's exception, and
         ``TimeoutError`` if a result is not there ``timeout`` s after this call.
         ``chunksize > 1`` runs that many calls per invocation."""
-        self._check_open()
+        self.check_open()
         end = None if timeout is None else time.monotonic() + timeout
-        futs = self._remote(fn)._launch([(args, {}) for args in zip(*iterables)], None if chunksize == 1 else chunksize)
+        fn, given, state = _launchable(fn)
+        futs = launch_calls(self, fn, [(args, {}) for args in zip(*iterables)], given, None if chunksize == 1 else chunksize, state)
 
         def results() -> Iterator[Any]:
             try:
@@ -300,7 +201,7 @@ class Executor(cf.Executor):
                 for fut in list(job.futures.values()):
                     fut.cancel()
         if wait and threading.current_thread() is not self._collector:
-            # Calls a map holds back (wrenpack.grouping) launch within moments; wait for them too.
+            # Calls a map holds back (wrenpack.executor.grouping) launch within moments; wait for them too.
             held = [f for plan in list(self._plans) for f in plan.items]
             cf.wait([f for job in jobs for f in job.futures.values()] + held)
             with self._lock:
@@ -319,17 +220,24 @@ class Executor(cf.Executor):
         self.shutdown(wait=True)
         return None
 
-    # -- launching --------------------------------------------------------------
-    def _check_open(self) -> None:
+    # -- what the launch strategies use (wrenpack.executor.feed, .grouping, ...) ----
+    def check_open(self) -> None:
+        """Raise ``ExecutorShutdown`` if no new calls may be launched."""
         if self._closed:
             raise ExecutorShutdown("cannot schedule new calls after shutdown; create a new Executor")
 
-    def _remote(self, fn: Callable[..., Any]) -> Any:
-        from wrenpack.remote_function import RemoteFunction
+    def hold(self, plan: Any) -> None:
+        """A map holds calls back to launch later (``plan.items``: their futures):
+        ``shutdown`` waits for them, cancels them with ``cancel_futures``, and the
+        executor is not idle while it holds them."""
+        with self._lock:
+            self._plans.add(plan)
 
-        if isinstance(fn, RemoteFunction):
-            return RemoteFunction(fn.fn, executor=self, _source="options()", **fn._options)
-        return RemoteFunction(fn, executor=self)
+    def unhold(self, plan: Any) -> None:
+        """The map launched (or gave up) what it held."""
+        with self._lock:
+            self._plans.discard(plan)
+        self._job_ended()  # a shutdown(wait=False) may have waited for these
 
     def launch(
         self,
@@ -342,10 +250,10 @@ class Executor(cf.Executor):
     ) -> list[WrenFuture]:
         """Launch one call per ``(args, kwargs)`` (or per payload of ``prepared``);
         return their futures in order. ``futures``: the futures to resolve, made
-        before (a map's calls launched later: ``wrenpack.grouping``); their map
+        before (a map's calls launched later: ``wrenpack.executor.grouping``); their map
         was accepted before any shutdown, so they launch after one too."""
         if futures is None:
-            self._check_open()
+            self.check_open()
         label = label or getattr(fn, "__qualname__", "function")
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
         if prepared is None:
@@ -472,7 +380,7 @@ class Executor(cf.Executor):
         """Pickle a launch's function and arguments (and check their size): a
         call that cannot be sent fails here, before anything is stored or runs.
 
-        A map that pickles its calls a few at a time (``wrenpack.feed``) passes
+        A map that pickles its calls a few at a time (``wrenpack.executor.feed``) passes
         its ``packer`` (kept open), the function pickled once, and the index of
         the first call given (for the messages)."""
         # Everything is pickled in one by-value scope: another thread's map
@@ -494,7 +402,7 @@ class Executor(cf.Executor):
                         payloads.append(data)
                         continue
                     if not packer_made:
-                        packer, packer_made = self._args_packer(calls), True  # (only for calls that may need it)
+                        packer, packer_made = self.args_packer(calls), True  # (only for calls that may need it)
                     what = f"call {i} of {label}"
                     if packer is None:
                         payloads.append(serialize.dumps_call(args, kwargs, what, user_modules))
@@ -517,7 +425,7 @@ class Executor(cf.Executor):
                 packer.close()  # each call holds the shared blobs it refers to
         return Prepared(fn_bytes, payloads, set(referenced))
 
-    def _args_packer(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> handoff.Packer | None:
+    def args_packer(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> handoff.Packer | None:
         """On a backend that takes hand-offs (local, not ``keep_objects``): arguments
         above ``inline_limit`` are pickled straight into sealed memfds, a large
         object several calls share once. None: pickled to bytes as before."""
@@ -532,7 +440,7 @@ class Executor(cf.Executor):
             job.futures[inv.key[1]]._mark_running()
 
     def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
-        if result.handoff is not None and result.error is None:
+        if result.private is not None and result.private.slow and result.error is None:
             self._read_soon(inv, result)
             return
         if self._quick(inv, result):
@@ -547,8 +455,8 @@ class Executor(cf.Executor):
         self._completions.put((inv, result))
 
     def _quick(self, inv: Invocation, result: InvocationResult) -> bool:
-        reply = result.data if result.outcome is None else result.outcome
-        if reply is None or result.error is not None or len(reply) > QUICK_RESULT_BYTES:
+        size = len(result.data) if result.data is not None else result.private.size if result.private is not None else None
+        if size is None or result.error is not None or size > QUICK_RESULT_BYTES:
             return False
         job = self._jobs.get(inv.key[0])
         if job is None or job.options.retry_on or self._stopping:
@@ -580,15 +488,16 @@ class Executor(cf.Executor):
             if item is None:
                 return
             inv, result = item
-            sealed = result.handoff
+            reply = result.private
             try:
-                result.handoff = _Read(self._read_handoff(inv, sealed))
+                read = _Read(reply.read())
             except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it
-                result.handoff = _Read(exc)
+                read = _Read(exc)
             finally:
-                sealed.close()
+                reply.close()
+            result.private = read
             self._completions.put((inv, result))
-            item = inv = result = sealed = None  # (held while waiting, the last result outlived its future)
+            item = inv = result = reply = read = None  # (held while waiting, the last result outlived its future)
 
     def _cancel(self, job_id: str, cid: str) -> bool:
         """Take back a call that has not started (``WrenFuture.cancel``)."""
@@ -645,8 +554,8 @@ class Executor(cf.Executor):
             except BaseException as exc:  # noqa: BLE001 - fail this call, never stop the others
                 self._fail_completion(inv, exc)
             finally:
-                if result.handoff is not None:
-                    result.handoff.close()  # read or not: its pages are the worker's until closed
+                if result.private is not None:
+                    result.private.close()  # read or not: a memfd's pages are the worker's until closed
                 # Not held while waiting for the next: the last result would outlive its future.
                 item = inv = result = None
 
@@ -675,7 +584,7 @@ class Executor(cf.Executor):
         fut = job.futures[cid]
         fut.segments += 1
         status = result.status
-        if (result.data is None and result.handoff is None and result.outcome is None) or (status is not None and status.get("stored")) \
+        if (result.data is None and result.private is None) or (status is not None and status.get("stored")) \
                 or result.error is not None:
             job.stored = True  # the worker wrote to the store (or may have, before it failed)
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
@@ -687,23 +596,18 @@ class Executor(cf.Executor):
         data: Any = None
         if result.error is not None:
             ok, value, stored = False, result.error, status
-        elif result.handoff is not None:
+        elif result.private is not None:
+            # The backend's own channel (``Backend``'s ``PrivateReply``): its reader says what came.
             stored = status
             try:
-                read = result.handoff
-                outcome = read.get() if isinstance(read, _Read) else self._read_handoff(inv, read)
+                outcome, raw = result.private.read()
                 ok = outcome.ok
                 value = outcome.value if ok else outcome.rebuild(fut.label)
-                if ok:
-                    data = lambda: self._sealed_copy(job, cid, status, value)  # noqa: E731 - only for a pinned job
-            except WrenpackError as exc:
-                value, ok = exc, False
-        elif result.outcome is not None:
-            stored = status
-            raw = result.outcome
-            try:
-                ok, value = self._read_private(fut.label, raw)
-                data = lambda: protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), raw)  # noqa: E731 - only for a pinned job
+                # Only for a pinned job: the result as the sealed object a pickled future reads.
+                if raw is not None:
+                    data = lambda: protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), raw)  # noqa: E731
+                elif ok:
+                    data = lambda: self._sealed_copy(job, cid, status, value)  # noqa: E731
             except WrenpackError as exc:
                 value, ok = exc, False
         else:
@@ -883,38 +787,6 @@ class Executor(cf.Executor):
             raise CorruptObject(f"{key}: the call reported a checkpointed segment but its record is missing; re-run the call") from None
         return protocol.open_segment(job.secret, job.job_id, cid, segment, blob)
 
-    def _read_handoff(self, inv: Invocation, sealed: handoff.Sealed) -> protocol.Outcome:
-        """A result handed over as a sealed memfd (local backend), or in the memfd
-        the call was given for it: checked, copied out and closed here. It came
-        over the worker's private socket, as the reply's status did, so it
-        carries no MAC to verify."""
-        fd, sealed.fd = sealed.fd, None
-        what = f"result of {inv.label}"
-        slab = inv.handoff.slab if inv.handoff is not None else None
-        if inv.handoff is not None and isinstance(sealed.layout, dict):
-            inv.handoff.result_size = int(sealed.layout.get("size") or 0)  # how large a slab the next calls get
-        return handoff.load(fd, sealed.layout, what, private=False, own=slab.fd if slab is not None else None,
-                            loads=lambda stream, buffers: protocol.loads_outcome(stream, what, buffers))
-
-    def _read_private(self, label: str, raw: bytes) -> tuple[bool, Any]:
-        """A small result that came back over a local worker's private socketpair
-        (its outcome's pickle, the status whole beside it): (ok, value or exception).
-
-        It carries no MAC, and needs none: the socketpair is made by the local
-        backend for one worker process (``socket.socketpair``, passed to that child
-        alone; never a path, a port, the store or a network), so what arrives on
-        it was written by that worker. Whoever runs in that process already holds
-        the job's secret (it came in the event) and could seal anything it liked,
-        so a MAC made there proves nothing the channel does not; a MAC guards
-        objects someone else could plant or alter, in the store or on the way
-        from Lambda, and nothing on this path passes through either. Replies are
-        matched to calls by their order on that one channel, as the status and
-        the hand-off memfds (``wrenpack.worker.handoff``) already are. What
-        leaves this process again is sealed here: a pinned job's result goes to
-        the store as a sealed result object (``protocol.seal_result``)."""
-        outcome = protocol.loads_outcome(raw, f"result of {label}")
-        return (True, outcome.value) if outcome.ok else (False, outcome.rebuild(label))
-
     def _sealed_copy(self, job: _Job, cid: str, status: dict[str, Any] | None, value: Any) -> bytes:
         """A handed-off result as the sealed result object a pickled future reads from the store."""
         import cloudpickle
@@ -946,19 +818,16 @@ class Executor(cf.Executor):
 _READERS = 2
 
 
-class _Read:
-    """A handed-off result already read by a reader thread: its outcome, or what failed."""
+class _Read(PrivateReply):
+    """A private reply already read by a reader thread: what its reader gave, or what it raised."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
 
-    def get(self) -> protocol.Outcome:
+    def read(self) -> tuple[Any, bytes | None]:
         if isinstance(self.value, BaseException):
             raise self.value
         return self.value
-
-    def close(self) -> None:
-        pass
 
 
 _last_function: tuple[bytes, str, str | None] | None = None
@@ -1001,39 +870,15 @@ def _os_reason(exc: OSError) -> str:
     return f"{reason}: {exc.filename!r}" if exc.filename else reason
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time (clock ticks after boot), which tells a live
-    owner from a new process that reuses its pid; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-_me: tuple[int, str, str | None] | None = None
-
-
-def owner_record(label: str = "") -> dict[str, Any]:
-    """What jobs/<job>/owner.json holds: who launched the job, and when."""
-    global _me
-    pid = os.getpid()
-    if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
-        _me = (pid, socket.gethostname(), _process_start(pid))
-    return {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
-
-
-def owner_alive(record: dict[str, Any]) -> bool | None:
-    """True if the owner process lives, False if it is gone, None if it ran on
-    another host (cannot tell from here)."""
-    if record.get("host") != socket.gethostname():
-        return None
-    pid = record.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    start = _process_start(pid)
-    return start is not None and (record.get("start") is None or start == record.get("start"))
+def _launchable(fn: Any) -> tuple[Callable[..., Any], dict[str, Any], LaunchState | None]:
+    """A function to launch, its options and its launch state: a
+    ``@wrenpack.remote`` function brings its own (``launch_parts``)."""
+    parts = getattr(fn, "launch_parts", None)
+    if callable(parts):
+        return parts()
+    if not callable(fn):
+        raise ConfigError(f"submit() and map() need a function, got {type(fn).__name__}")
+    return fn, {}, None
 
 
 _default: Executor | None = None

@@ -1,4 +1,4 @@
-"""Automatic grouping of a map's short calls on the local backend (issue 15).
+"""Automatic grouping of a map's short calls on a backend of warm workers.
 
 Launching, running and completing one call costs the local backend a few
 hundred microseconds; a call of ``x + 1`` runs in a microsecond. Like joblib's
@@ -15,8 +15,8 @@ Every call keeps its own future, outcome and exception. A group runs under
 the calls' own limits (memory, /tmp, timeout) as a whole; a group that breaks
 one, or whose worker dies, runs again call by call, each alone with its own
 limits, so only the call that broke a limit fails with it (the group's other
-calls then run twice, as after a worker crash). Not grouped: the Lambda
-backend, ``retry_on``, checkpointing functions, arguments holding futures.
+calls then run twice, as after a worker crash). Not grouped: backends without
+a warm pool (Lambda), ``retry_on``, checkpointing functions, arguments holding futures.
 """
 from __future__ import annotations
 
@@ -27,10 +27,15 @@ from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from wrenpack.errors import CorruptObject, ExecutorShutdown, WrenpackError
+from wrenpack.executor.prepared import Prepared
+from wrenpack.executor.profiled import code_key, uses_checkpoint
 from wrenpack.futures import WrenFuture
+from wrenpack.protocol import rebuild_exception
+from wrenpack.worker.batch import Batch
 
 if TYPE_CHECKING:
-    from wrenpack.executor import CallOptions, Executor, Prepared
+    from wrenpack.executor.core import Executor
+    from wrenpack.executor.options import CallOptions
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,8 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     if (not caps.warm_pool or len(calls) <= 2 * workers or options.retry_on or options.extra
             or _checkpoints(fn)):
         return None
-    key = _key(fn)
-    est = executor._call_seconds.get(key)
+    key = code_key(fn)
+    est = executor.call_seconds.get(key)
     prepared = executor.prepare(fn, calls, options, label)
     plan = _Plan(executor, fn, options, label, key, prepared, workers)
     if prepared.referenced or (est is not None and est > SHORT_S) or not all(isinstance(p, bytes) for p in prepared.payloads):
@@ -80,20 +85,9 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     return list(plan.items)
 
 
-def _key(fn: Callable[..., Any]) -> str:
-    try:
-        from wrenpack.profiler.codehash import code_hash
-
-        return code_hash(fn)
-    except Exception:  # noqa: BLE001 - an odd callable: time it by identity
-        return f"id:{id(fn)}"
-
-
 def _checkpoints(fn: Callable[..., Any]) -> bool:
-    from wrenpack.remote_function import _uses_checkpoint
-
     try:
-        return _uses_checkpoint(fn)
+        return uses_checkpoint(fn)
     except Exception:  # noqa: BLE001
         return True
 
@@ -121,8 +115,6 @@ class _Plan:
 
     # -- launching ------------------------------------------------------------------
     def _subset(self, indices: list[int]) -> Prepared:
-        from wrenpack.executor import Prepared
-
         return Prepared(self.prepared.fn_bytes, [self.prepared.payloads[i] for i in indices])
 
     def launch_single(self, indices: list[int], probe: bool = False) -> None:
@@ -134,8 +126,6 @@ class _Plan:
                 fut.add_done_callback(self._probe_done)
 
     def launch_groups(self, indices: list[int], est: float) -> None:
-        from wrenpack.worker.batch import Batch
-
         size = max(1, min(MAX_GROUP, int(GROUP_S / max(est, 1e-6)),
                           math.ceil(len(indices) / (self.workers * GROUPS_PER_WORKER))))
         if size == 1:
@@ -168,7 +158,7 @@ class _Plan:
             item._canceller = lambda i=i: self._cancel_held(i)
         with self.lock:
             self.held = indices
-        self.executor._plans.add(self)
+        self.executor.hold(self)
 
     def release(self) -> None:
         """Launch the held calls: grouped if the function's calls are short."""
@@ -179,7 +169,7 @@ class _Plan:
             held = [i for i in self.held if not self.items[i].done()]
             self.held = []
         try:
-            est = self.executor._call_seconds.get(self.key)
+            est = self.executor.call_seconds.get(self.key)
             if not held:
                 return
             if est is None or est > SHORT_S:
@@ -193,14 +183,13 @@ class _Plan:
         finally:
             for i in held:
                 _ready(self.items[i])
-            self.executor._plans.discard(self)
-            self.executor._job_ended()  # a shutdown(wait=False) may have waited for these
+            self.executor.unhold(self)
 
     def abandon(self) -> None:
         """The probes could not launch (the error goes to the caller): nothing else will."""
         with self.lock:
             self.released, self.held = True, []
-        self.executor._plans.discard(self)
+        self.executor.unhold(self)
 
     # -- outcomes ---------------------------------------------------------------------
     def _timed(self, fut: WrenFuture) -> None:
@@ -215,7 +204,7 @@ class _Plan:
 
     def _learn(self, seconds: float) -> None:
         """Up at once, down by halves: a long call is not taken for a short one."""
-        timings = self.executor._call_seconds
+        timings = self.executor.call_seconds
         old = timings.get(self.key)
         if len(timings) > 4096:
             timings.clear()
@@ -248,8 +237,6 @@ class _Plan:
         seconds = getattr(outcomes, "seconds", None)
         if seconds:
             self._learn(_mean_call(seconds, getattr(outcomes, "waited", None)))
-        from wrenpack.protocol import rebuild_exception
-
         for j, item in enumerate(members):
             status = dict(gfut.status or {}, group={"size": len(members), "index": j})
             if seconds:

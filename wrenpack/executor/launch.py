@@ -1,0 +1,165 @@
+"""The one launch path: every way of starting calls (``Executor.submit`` and
+``map``, ``RemoteFunction.remote``/``map``/``starmap``, ``map_reduce``) comes
+here with a function, its calls, its options and a chunk size.
+
+::
+
+    launch_calls(executor, fn, calls, given, chunksize, state)
+      1. options: "auto" memory/timeout/ephemeral storage from the saved profile,
+         then checked and resolved against the executor's settings
+         (resolved once per function while nothing changes: ``.remote()`` in a loop)
+      2. expected segments: a call its profile says outruns its timeout
+      3. a strategy: batching (chunksize), feeding large arguments (feed),
+         grouping short calls (grouping), or one invocation per call
+         (``Executor.launch``); each uses only the executor's public methods
+
+``LaunchState`` keeps what a function's launches learn (its resolved options,
+its profile's reading, its code hash); a ``RemoteFunction`` keeps one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from wrenpack.errors import ConfigError
+from wrenpack.executor.batching import launch_batched
+from wrenpack.executor.feed import launch_map as feed_map
+from wrenpack.executor.grouping import launch_map as grouped_map
+from wrenpack.executor.options import CallOptions
+from wrenpack.executor.profiled import profile_saves, profiled_duration, uses_checkpoint
+from wrenpack.futures import WrenFuture
+
+if TYPE_CHECKING:
+    from wrenpack.executor.core import Executor
+
+log = logging.getLogger("wrenpack")
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+#: how long a launch's reading of the saved profiles is kept (``expected_segments``)
+SEGMENTS_KEPT_S = 1.0
+
+_AUTO = ("memory", "timeout", "ephemeral_storage")
+
+
+class LaunchState:
+    """What a function's launches keep between calls."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: (executor, its config, the options resolved for them)
+        self.resolved: tuple[Any, Any, CallOptions] | None = None
+        #: (valid until, settings, code objects, segments): ``expected_segments``
+        self.segments: tuple[float, Any, tuple[Any, ...], int] | None = None
+        #: (code stamp, code hash): ``profiled.profiled_duration``
+        self.code_hash: tuple[Any, str] | None = None
+
+
+def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
+                 chunksize: int | str | None = None, state: LaunchState | None = None) -> list[WrenFuture]:
+    """Launch ``fn`` once per ``(args, kwargs)`` of ``calls`` under the options
+    ``given`` (already checked by ``check_options``); the futures in order."""
+    if not calls:
+        return []
+    state = state or LaunchState()
+    given = dict(given)
+    auto = any(given.get(name) == "auto" for name in _AUTO)
+    if auto:
+        given.update(_auto_settings(fn, calls[0], given, state))
+    # The same function, options and configuration resolve to the same limits.
+    cached = state.resolved
+    if not auto and cached is not None and cached[0] is executor and cached[1] is executor.config:
+        options = cached[2]
+    else:
+        options = executor.options(**given)
+        if not auto:
+            state.resolved = (executor, executor.config, options)
+    caps = executor.capabilities
+    label = getattr(fn, "__qualname__", None) or "function"
+    expected = expected_segments(fn, options, caps.cpu_scales_with_memory, label, state)
+    if chunksize == "auto":
+        chunksize = _auto_chunksize(fn, len(calls), options, caps.cpu_scales_with_memory, caps.concurrency)
+    futures = None
+    if chunksize is not None and chunksize != 1:
+        futures = launch_batched(executor, fn, calls, options, label, chunksize)
+    elif chunksize is None and len(calls) > 1:
+        # None: the strategy does not apply to these calls
+        futures = feed_map(executor, fn, calls, options, label)  # large arguments, streamed
+        if futures is None:
+            futures = grouped_map(executor, fn, calls, options, label)  # short calls, grouped
+    if futures is None:
+        futures = executor.launch(fn, calls, options, label=label)
+    for fut in futures:
+        fut.expected_segments = expected
+    return futures
+
+
+def _auto_chunksize(fn: Callable[..., Any], n: int, options: CallOptions, lambda_cpu: bool, workers: int) -> int:
+    duration = profiled_duration(fn, options.memory, lambda_cpu)
+    if not duration:
+        return 1
+    per_invocation = min(1.0, 0.5 * options.timeout)
+    # Group short calls, but keep at least one group per worker.
+    return max(1, min(int(per_invocation / duration), math.ceil(n / workers)))
+
+
+def expected_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool, label: str,
+                      state: LaunchState) -> int:
+    """How many invocations a call should take, from the function's saved profile.
+
+    A call that its profile says will outrun ``timeout`` is split across
+    invocations if the function checkpoints (this says how many to expect),
+    and is announced as a coming ``TaskTimeout`` if it does not.
+
+    ``.remote()`` in a loop asks on every call: the answer is kept for
+    ``SEGMENTS_KEPT_S`` while the settings, the working directory, the
+    function's code, defaults and cells and this process's saved profiles
+    stay the same (a profile another process saves is seen within that time)."""
+    where = (options.memory, options.timeout, lambda_cpu, os.getcwd(), os.environ.get("WRENPACK_PROFILE_DIR"),
+             profile_saves())
+    code = (getattr(fn, "__code__", None), getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None),
+            *(getattr(fn, "__closure__", None) or ()))
+    now = time.monotonic()
+    kept = state.segments
+    if kept is not None and now < kept[0] and kept[1] == where and len(kept[2]) == len(code) \
+            and all(a is b for a, b in zip(kept[2], code)):
+        return kept[3]
+    segments = _count_segments(fn, options, lambda_cpu, label, state)
+    state.segments = (now + SEGMENTS_KEPT_S, where, code, segments)
+    return segments
+
+
+def _count_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool, label: str, state: LaunchState) -> int:
+    duration = profiled_duration(fn, options.memory, lambda_cpu, state)
+    if duration is None:
+        return 1
+    usable = options.timeout * 0.85  # the soft deadline and the save leave the rest
+    if duration <= usable:
+        return 1
+    segments = math.ceil(duration / usable)
+    if uses_checkpoint(fn):
+        log.info("%s: its profile says ~%.0f s per call, more than timeout=%g s: expect about %d checkpointed "
+                 "segments per call", label, duration, options.timeout, segments)
+    else:
+        log.warning("%s: its profile says ~%.0f s per call, more than timeout=%g s: calls will fail with "
+                    "TaskTimeout; raise timeout= or offer the loop's state to wrenpack.checkpoint() so each "
+                    "call is split into ~%d invocations", label, duration, options.timeout, segments)
+    return segments
+
+
+def _auto_settings(fn: Callable[..., Any], sample: Call, given: dict[str, Any], state: LaunchState) -> dict[str, Any]:
+    try:
+        from wrenpack.profiler import auto_settings
+    except ImportError as exc:  # pragma: no cover - profiler is part of the package
+        raise ConfigError(f"memory/timeout='auto' needs the profiler: {exc}") from None
+    with state.lock:
+        found = auto_settings(fn, sample[0], sample[1])
+    out = {}
+    for name, key in (("memory", "memory_mb"), ("timeout", "timeout_s"), ("ephemeral_storage", "ephemeral_storage_mb")):
+        if given.get(name) == "auto":
+            out[name] = found[key]
+    return out

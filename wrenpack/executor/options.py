@@ -1,0 +1,111 @@
+"""Call options: the limits and settings one map's calls run under, checked
+where they are given (decorator, ``options()``, ``submit``) so a bad one fails
+at once, naming the option, where it came from and what is allowed."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from wrenpack import limits
+from wrenpack.backends.runtime_paths import site_dir
+from wrenpack.config import Config
+from wrenpack.errors import ConfigError
+
+#: bytes of a call's stdout/stderr kept as ``fut.logs`` (the tail)
+LOG_TAIL_BYTES = 64 * 1024
+
+#: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
+OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env")
+
+
+@dataclass
+class CallOptions:
+    """The limits one map's calls run under (already resolved from config)."""
+
+    memory: int
+    timeout: float
+    ephemeral_storage: int
+    retries: int
+    runtime: str | None = None
+    #: exception types (and TaskTimeout) a call is tried again on, up to ``retries``
+    retry_on: tuple[type[BaseException], ...] = ()
+    #: environment variables set in the worker for each call (restored after)
+    env: dict[str, str] = field(default_factory=dict)
+    capture_logs: int = LOG_TAIL_BYTES
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate per-function options where they are given (``"auto"`` allowed
+    for memory, timeout and ephemeral_storage), so a bad one fails at once with
+    a ConfigError naming the option, its source and what is allowed."""
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} (from {source}); known: {', '.join(OPTION_NAMES)}")
+    out = dict(options)
+    for name, value in options.items():
+        if value is None or (value == "auto" and name in ("memory", "timeout", "ephemeral_storage")):
+            continue
+        if name == "memory":
+            out[name] = limits.check_memory(value, source)
+        elif name == "timeout":
+            out[name] = limits.check_timeout(value, source)
+        elif name == "ephemeral_storage":
+            out[name] = limits.check_ephemeral(value, source)
+        elif name == "retries":
+            out[name] = _retries(value, source)
+        elif name == "runtime" and not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"runtime={value!r} (from {source}) must be a path to a built runtime")
+        elif name == "retry_on":
+            out[name] = _retry_on(value, source)
+        elif name == "env":
+            out[name] = _env(value, source)
+    return out
+
+
+def _retries(value: Any, source: str) -> int:
+    n = limits.whole_number("retries", value, source, "a whole number >= 0")
+    if n < 0:
+        raise ConfigError(f"retries={value!r} (from {source}) must be a whole number >= 0")
+    return n
+
+
+def _retry_on(value: Any, source: str) -> tuple[type[BaseException], ...]:
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in items):
+        raise ConfigError(f"retry_on={value!r} (from {source}) must be an exception type or a tuple of them, "
+                          "e.g. retry_on=(ConnectionError, wrenpack.TaskTimeout)")
+    return items
+
+
+def _env(value: Any, source: str) -> dict[str, str]:
+    ok = isinstance(value, dict) and all(
+        isinstance(k, str) and k and "=" not in k and "\0" not in k and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        for k, v in value.items()
+    )
+    if not ok:
+        raise ConfigError(f"env={value!r} (from {source}) must be a dict of variable names to text, e.g. env={{'OMP_NUM_THREADS': '1'}}")
+    return {k: str(v) for k, v in value.items()}
+
+
+
+
+def resolve_options(config: Config, given: dict[str, Any]) -> CallOptions:
+    """The limits calls run under: ``given`` (checked here), else ``config``'s."""
+    c = config
+    given = check_options({k: v for k, v in given.items() if v is not None}, "options")
+    pick = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
+    opts = CallOptions(
+        memory=limits.check_memory(pick("memory", c.memory), "options"),
+        timeout=limits.check_timeout(pick("timeout", c.timeout), "options"),
+        ephemeral_storage=limits.check_ephemeral(pick("ephemeral_storage", c.ephemeral_storage), "options"),
+        retries=_retries(pick("retries", c.retries), "options"),
+        runtime=pick("runtime", c.runtime),
+        retry_on=given.get("retry_on", ()),
+        env=given.get("env", {}),
+    )
+    if opts.runtime is not None:
+        # Fail here, before anything launches, if it is not a built runtime.
+        opts.runtime = os.path.dirname(site_dir(opts.runtime))
+    return opts
