@@ -89,7 +89,7 @@ def map_reduce(
     executor = executor or m_exec or default_executor()
     m_options = _options(executor, {**m_opts, **options})
     r_options = _options(executor, {**r_opts, **options})
-    job = _Job(executor, m_fn, r_fn, m_options, r_options)
+    job = RunningJob(executor, m_fn, r_fn, m_options, r_options)
     label = f"map_reduce({_name(m_fn)}, {_name(r_fn)})"
     outer = WrenFuture("map_reduce", job.shuffle_id, label)
     if not items:
@@ -140,7 +140,7 @@ def _options(executor: Executor, given: dict[str, Any]) -> CallOptions:
     return executor.options(**given)
 
 
-class _Job:
+class RunningJob:
     """One shuffle/tree/per-object map_reduce: its secret, its tasks, its cleanup."""
 
     def __init__(self, executor: Executor, mapper: Callable[..., Any], reducer: Callable[..., Any],

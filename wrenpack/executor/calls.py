@@ -1,0 +1,415 @@
+"""The call table: the jobs an executor runs, and the one place their
+futures are resolved.
+
+Backends report on their own threads (``on_start``, ``on_done``). A small
+result that came in the reply is completed right there; a result handed over
+in a memfd is read on a reader thread as soon as it arrives; everything else
+(store reads, retries, segments, deleting a finished job's objects) goes to
+the collector thread. All of it ends in ``_resolve``: bookkeeping, the job's
+objects, then the future.
+
+``CallTable`` is a part of ``Executor`` (which supplies ``store``, ``config``,
+``backend``, its lock and its release); it is its own module so that the
+launch side and the completion side can each be read whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import cloudpickle
+
+from wrenpack import keys, protocol
+from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
+from wrenpack.errors import CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError, WrenpackError
+from wrenpack.executor.options import CallOptions
+from wrenpack.futures import WrenFuture
+from wrenpack.storage import Store
+from wrenpack.worker import handoff, refs
+
+log = logging.getLogger("wrenpack.executor")
+
+#: results up to this size are completed on the backend's thread (no hand-off to the collector)
+QUICK_RESULT_BYTES = 64 * 1024
+
+
+@dataclass
+class RunningJob:
+    job_id: str
+    label: str
+    futures: dict[str, WrenFuture]
+    options: CallOptions
+    #: The job's key (``wrenpack.auth``): only in memory and in its events, never in the store.
+    secret: bytes = b""
+    #: the latest invocation of each call (for cancel and retries)
+    invocations: dict[str, Invocation] = field(default_factory=dict)
+    #: calls already resolved or cancelled
+    finished: set[str] = field(default_factory=set)
+    #: a future of this job was pickled: keep its objects until shutdown
+    pinned: bool = False
+    #: the job may have objects in the store (else there is nothing to delete when it ends)
+    stored: bool = True
+    #: keeps the job's secret known here while the job runs (``refs.JobKey``)
+    key: Any = None
+
+
+class CallTable:
+    """The running jobs and their completion (a part of ``Executor``, which
+    supplies the attributes below and ``_release``)."""
+
+    store: Store
+    config: Any
+    backend: Backend
+    _lock: threading.RLock
+    _jobs: dict[str, RunningJob]
+    _completions: queue.SimpleQueue
+    _collector: threading.Thread | None
+    _reads: queue.SimpleQueue
+    _readers: list[threading.Thread]
+    _plans: set[Any]
+    _kept_jobs: set[str]
+    _kept_keys: list[Any]
+    _stopping: bool
+    _release_when_idle: bool
+
+    # -- lifecycle hooks (backend threads) --------------------------------------
+    def _on_start(self, inv: Invocation) -> None:
+        job = self._jobs.get(inv.key[0])
+        if job is not None and inv.key[1] in job.futures:
+            job.futures[inv.key[1]]._mark_running()
+
+    def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
+        if result.private is not None and result.private.slow and result.error is None:
+            self._read_soon(inv, result)
+            return
+        if self._quick(inv, result):
+            # A small result in the reply is verified, unpickled and resolved right
+            # here: one thread hand-off fewer per call. Anything that may block
+            # (store reads, retries, callbacks, deleting a job) goes to the collector.
+            try:
+                self._complete(inv, result)
+            except BaseException as exc:  # noqa: BLE001 - fail this call, never the backend's thread
+                self._fail_completion(inv, exc)
+            return
+        self._completions.put((inv, result))
+
+    def _quick(self, inv: Invocation, result: InvocationResult) -> bool:
+        size = len(result.data) if result.data is not None else result.private.size if result.private is not None else None
+        if size is None or result.error is not None or size > QUICK_RESULT_BYTES:
+            return False
+        job = self._jobs.get(inv.key[0])
+        if job is None or job.options.retry_on or self._stopping:
+            return False
+        fut = job.futures.get(inv.key[1])
+        if fut is None or fut._done_callbacks:
+            return False
+        status = result.status or {}
+        if status.get("exit") == "checkpointed" or status.get("stored"):
+            return False
+        # The job's last call deletes its objects: not on the backend's thread.
+        return not job.stored or len(job.finished) < len(job.futures) - 1
+
+    def _read_soon(self, inv: Invocation, result: InvocationResult) -> None:
+        """Read a handed-off result in a reader thread now, not in its turn in the
+        collector: the copies run in parallel (the GIL is released while the
+        kernel copies) and the memfd, which the worker's cgroup is charged
+        for, is closed as soon as possible."""
+        with self._lock:
+            if len(self._readers) < _READERS and self._reads.qsize() >= len(self._readers):
+                reader = threading.Thread(target=self._read_loop, name="wrenpack-reader", daemon=True)
+                self._readers.append(reader)
+                reader.start()
+        self._reads.put((inv, result))
+
+    def _read_loop(self) -> None:
+        while True:
+            item = self._reads.get()
+            if item is None:
+                return
+            inv, result = item
+            reply = result.private
+            try:
+                read = _Read(reply.read())
+            except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it
+                read = _Read(exc)
+            finally:
+                reply.close()
+            result.private = read
+            self._completions.put((inv, result))
+            item = inv = result = reply = read = None  # (held while waiting, the last result outlived its future)
+
+    def _cancel(self, job_id: str, cid: str) -> bool:
+        """Take back a call that has not started (``WrenFuture.cancel``)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            backend = self._backend
+            if job is None or cid in job.finished or backend is None:
+                return False
+            inv = job.invocations[cid]
+        if not backend.cancel(inv):
+            return False
+        log.debug("%s: cancelled before it started", inv.label)
+        self._resolve(job, cid, False, None, cancelled=True)
+        return True
+
+    def _pin(self, job_id: str, cid: str) -> bool:
+        """A future of this job is being pickled: keep the job's objects (and
+        write results that came in a reply to the store) so the reference
+        resolves elsewhere. False if the call is done or about to be."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or cid in job.finished:
+                return False
+            job.pinned = True
+            return True
+
+    def _track(self, inv: Invocation) -> Invocation:
+        with self._lock:
+            job = self._jobs.get(inv.key[0])
+            if job is not None:
+                job.invocations[inv.key[1]] = inv
+        return inv
+
+    def _live_backend(self) -> Backend:
+        if self._stopping:
+            raise ExecutorShutdown("the program is exiting: wrenpack stopped its calls")
+        return self.backend
+
+    # -- completion (collector thread) ------------------------------------------
+    def _ensure_collector(self) -> None:
+        with self._lock:
+            if self._collector is None or not self._collector.is_alive():
+                self._collector = threading.Thread(target=self._collect, name="wrenpack-collector", daemon=True)
+                self._collector.start()
+
+    def _collect(self) -> None:
+        while True:
+            item = self._completions.get()
+            if item is None:
+                return
+            inv, result = item
+            try:
+                self._complete(inv, result)
+            except BaseException as exc:  # noqa: BLE001 - fail this call, never stop the others
+                self._fail_completion(inv, exc)
+            finally:
+                if result.private is not None:
+                    result.private.close()  # read or not: a memfd's pages are the worker's until closed
+                # Not held while waiting for the next: the last result would outlive its future.
+                item = inv = result = None
+
+    def _fail_completion(self, inv: Invocation, exc: BaseException) -> None:
+        job = self._jobs.get(inv.key[0])
+        if job is None:
+            return
+        if isinstance(exc, WrenpackError):
+            err: BaseException = exc
+        elif isinstance(exc, OSError):
+            err = StoreError(f"{inv.label}: could not complete the call: {os_reason(exc)} ({self.store.url})")
+        else:
+            log.debug("completing %s failed", inv.label, exc_info=True)
+            err = WrenpackError(f"{inv.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}")
+        try:
+            self._resolve(job, inv.key[1], False, err)
+        except Exception:  # noqa: BLE001 - last resort: the future itself
+            log.exception("wrenpack: could not fail %s", inv.label)
+            job.futures[inv.key[1]]._resolve(False, err)
+
+    def _complete(self, inv: Invocation, result: InvocationResult) -> None:
+        job_id, cid = inv.key
+        job = self._jobs.get(job_id)
+        if job is None or cid in job.finished:
+            return
+        fut = job.futures[cid]
+        fut.segments += 1
+        status = result.status
+        if (result.data is None and result.private is None) or (status is not None and status.get("stored")) \
+                or result.error is not None:
+            job.stored = True  # the worker wrote to the store (or may have, before it failed)
+        if result.error is None and status is not None and status.get("exit") == "checkpointed":
+            # Acted on only when authentic: a planted record must not relaunch the call.
+            status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
+            fut.segment_statuses.append(status)
+            self._continue(inv, status)
+            return
+        data: Any = None
+        if result.error is not None:
+            ok, value, stored = False, result.error, status
+        elif result.private is not None:
+            # The backend's own channel (``Backend``'s ``PrivateReply``): its reader says what came.
+            stored = status
+            try:
+                outcome, raw = result.private.read()
+                ok = outcome.ok
+                value = outcome.value if ok else outcome.rebuild(fut.label)
+                # Only for a pinned job: the result as the sealed object a pickled future reads.
+                if raw is not None:
+                    data = lambda: protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), raw)  # noqa: E731
+                elif ok:
+                    data = lambda: self._sealed_copy(job, cid, status, value)  # noqa: E731
+            except WrenpackError as exc:
+                value, ok = exc, False
+        else:
+            data = result.data
+            try:
+                stored, value, ok = self._read_outcome(job, cid, fut.label, data)
+            except WrenpackError as exc:
+                stored, value, ok = None, exc, False
+            stored = stored or status
+        final = dict(stored or {})
+        logs = final.pop("logs", None)
+        final["attempt"] = inv.attempt
+        retried = fut.__dict__.setdefault("_retried", [])
+        if retried:
+            final["retried"] = list(retried)
+        if not ok and self._should_retry(job, inv, value):
+            retried.append(f"{type(value).__name__}: {value}")
+            self._retry(job, inv)
+            return
+        fut.status, fut.logs = final, logs
+        if not ok and logs and isinstance(value, BaseException):
+            cause = value.__cause__
+            if isinstance(cause, RemoteTraceback):
+                cause.logs = logs
+            elif cause is None:
+                value.__cause__ = RemoteTraceback("", logs)
+        self._resolve(job, cid, ok, value, data=data)
+
+    def _should_retry(self, job: RunningJob, inv: Invocation, exc: Any) -> bool:
+        on = job.options.retry_on
+        return bool(on) and not self._stopping and inv.attempt < inv.retries and isinstance(exc, on)
+
+    def _retry(self, job: RunningJob, inv: Invocation) -> None:
+        """Launch a call again after an error the user listed in ``retry_on``."""
+        _job_id, cid = inv.key
+        attempt = inv.attempt + 1
+        log.warning("%s failed; retrying (attempt %d of %d) as retry_on asks", inv.label, attempt + 1, inv.retries + 1)
+        # The failed attempt's result object would win the next write ("first wins").
+        self.store.delete(keys.result_key(job.job_id, cid))
+        again = dataclasses.replace(inv, attempt=attempt, event=dict(inv.event, attempt=attempt))
+        self._live_backend().invoke(self._track(again))
+
+    def _resolve(self, job: RunningJob, cid: str, ok: bool, value: Any, data: bytes | Callable[[], bytes] | None = None,
+                 cancelled: bool = False) -> None:
+        """The one place a call ends: bookkeeping, the job's objects, then the future."""
+        with self._lock:
+            if cid in job.finished:
+                return
+            job.finished.add(cid)
+            persist = job.pinned and data is not None
+            last = len(job.finished) == len(job.futures)
+            if last:
+                self._jobs.pop(job.job_id, None)
+                if job.pinned:
+                    self._kept_jobs.add(job.job_id)
+                    self._kept_keys.append(job.key)
+            idle = last and self._idle()
+        inv = job.invocations.get(cid)
+        if inv is not None and inv.handoff is not None:
+            inv.handoff.close()  # no attempt or segment needs the arguments again
+        if idle:
+            handoff.drain_pool()  # the argument memfds kept for next calls: none are coming
+        if persist:
+            # A pickled reference reads the result from the store, not from our reply.
+            try:
+                self.store.put(keys.result_key(job.job_id, cid), data() if callable(data) else data, if_absent=True)
+            except Exception:  # noqa: BLE001
+                log.warning("could not store the result of %s for its pickled future", job.futures[cid].label, exc_info=True)
+        if last and job.stored and not job.pinned and not self.config.keep_objects:
+            self._delete_job(job.job_id)
+        if not cancelled:
+            job.futures[cid]._resolve(ok, value)
+        if last:
+            self._job_ended()
+
+    def _idle(self) -> bool:
+        """No job runs and no map holds calls back (lock held)."""
+        return not self._jobs and not self._plans
+
+    def _drain_if_idle(self) -> bool:
+        """No call runs or waits: the argument memfds kept for the next calls go.
+        True if so."""
+        with self._lock:
+            idle = self._idle()
+        if idle:
+            handoff.drain_pool()
+        return idle
+
+    def _job_ended(self) -> None:
+        # (drains too: a map whose last calls were never launched, or a feed that finished after them)
+        if self._drain_if_idle() and self._release_when_idle:
+            self._release()
+
+    def _delete_job(self, job_id: str) -> None:
+        try:
+            self.store.delete_prefix(keys.job_prefix(job_id))
+        except Exception as exc:  # noqa: BLE001 - the results are already read
+            log.warning("could not delete the objects of job %s from %s: %s", job_id, self.store.url, exc)
+
+    def _continue(self, inv: Invocation, status: dict[str, Any]) -> None:
+        """Launch the next segment of a checkpointed call."""
+        event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
+        if status.get("checkpoint"):
+            # What this segment learned (step and save times) tunes the next one.
+            event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
+        log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.label, event["segment"] - 1, event["segment"])
+        self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
+
+    def _read_segment(self, job: RunningJob, cid: str, segment: int) -> dict[str, Any]:
+        """The verified record of a segment that saved a checkpoint."""
+        key = keys.segment_key(job.job_id, cid, segment)
+        try:
+            blob = self.store.get(key)
+        except ObjectNotFound:
+            raise CorruptObject(f"{key}: the call reported a checkpointed segment but its record is missing; re-run the call") from None
+        return protocol.open_segment(job.secret, job.job_id, cid, segment, blob)
+
+    def _sealed_copy(self, job: RunningJob, cid: str, status: dict[str, Any] | None, value: Any) -> bytes:
+        """A handed-off result as the sealed result object a pickled future reads from the store."""
+
+        with refs.sealing_scope():
+            outcome = cloudpickle.dumps(("ok", value))
+        return protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), outcome)
+
+    def _read_outcome(self, job: RunningJob, cid: str, label: str, data: bytes | None = None) -> tuple[dict[str, Any] | None, Any, bool]:
+        """Verify and read a call's result object, from the reply (``data``) or
+        the store: (status, value or exception, ok). Nothing is unpickled
+        unless it was sealed with this job's secret for this call."""
+        job_id = job.job_id
+        if data is None:
+            try:
+                data = self.store.get(keys.result_key(job_id, cid))
+            except ObjectNotFound:
+                raise CorruptObject(
+                    f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
+                ) from None
+        status, outcome = protocol.open_result(job.secret, job_id, cid, data, f"result object of {label}")
+        if outcome.ok:
+            return status, outcome.value, True
+        return status, outcome.rebuild(label), False
+
+
+#: threads reading handed-off results at once
+_READERS = 2
+
+
+class _Read(PrivateReply):
+    """A private reply already read by a reader thread: what its reader gave, or what it raised."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def read(self) -> tuple[Any, bytes | None]:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as a short reason (``No space left on device: '/x'``)."""
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}: {exc.filename!r}" if exc.filename else reason
