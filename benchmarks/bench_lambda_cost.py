@@ -56,8 +56,7 @@ def main() -> int:
 
     import wrenpack
     from tests.aws import servers
-    from wrenpack.backends.aws_lambda import FunctionSettings
-    from wrenpack.cli.cmd_aws import ENV_FAMILY, ENV_STORE, HANDLER, deploy_function, handler_package
+    from wrenpack.backends.aws.deploy import ENV_FAMILY, ENV_STORE, HANDLER, FunctionSettings, deploy_function, handler_package
     from wrenpack.executor import Executor
 
     logging.basicConfig(level=logging.WARNING)

@@ -392,7 +392,7 @@ def test_a_second_delivery_keeps_the_first_result_and_flags_a_squatter(tmp_path,
 def _policy(role, **kw):
     import types
 
-    from wrenpack.cli.cmd_aws import iam_policy
+    from wrenpack.backends.aws.iam import iam_policy
 
     cfg = types.SimpleNamespace(storage="s3://bkt/wp", aws_region="us-east-1", function_name="wrenpack-worker")
     return iam_policy(cfg, role, "123456789012", **kw)

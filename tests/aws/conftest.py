@@ -95,8 +95,7 @@ class LambdaEndpoint(servers.Dispatcher):
                environments: int | None = None) -> str:
         import boto3
 
-        from wrenpack.backends.aws_lambda import FunctionSettings
-        from wrenpack.cli.cmd_aws import ENV_FAMILY, ENV_STORE, HANDLER, deploy_function
+        from wrenpack.backends.aws.deploy import ENV_FAMILY, ENV_STORE, HANDLER, FunctionSettings, deploy_function
 
         settings = FunctionSettings.for_call(memory, timeout, ephemeral_storage)
         name = settings.function_name(self.function_name)
@@ -115,7 +114,7 @@ _PACKAGE: list[bytes] = []
 
 
 def _package() -> bytes:
-    from wrenpack.cli.cmd_aws import handler_package
+    from wrenpack.backends.aws.deploy import handler_package
 
     if not _PACKAGE:
         _PACKAGE.append(handler_package())

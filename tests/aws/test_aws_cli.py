@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from wrenpack.cli import main
-from wrenpack.cli.cmd_aws import handler_package
+from wrenpack.backends.aws.deploy import handler_package
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_handler_package_is_deterministic_and_self_contained(tmp_path):
 
 
 def _name(memory, timeout, storage=512, arch="x86_64", runtime=None, base="wp-fn"):
-    from wrenpack.backends.aws_lambda import FunctionSettings
+    from wrenpack.backends.aws import FunctionSettings
 
     return FunctionSettings.for_call(memory, timeout, storage, arch, runtime).function_name(base)
 
@@ -190,7 +190,7 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
 
 def test_doctor_warns_when_the_store_ignores_if_none_match(rclone_endpoint):
     """rclone serve s3 answers a second conditional write with 200: first-write-wins would be lost."""
-    from wrenpack.cli.cmd_aws import _conditional_check
+    from wrenpack.backends.aws.doctor import _check_conditional_writes
 
     class Cfg:
         storage = "s3://wrenpack-test/doctor"
@@ -198,5 +198,5 @@ def test_doctor_warns_when_the_store_ignores_if_none_match(rclone_endpoint):
         aws_region = "us-east-1"
         aws_profile = None
 
-    ok, detail, _ = _conditional_check(Cfg())
+    ok, detail, _ = _check_conditional_writes(Cfg())
     assert ok is None and "ignores If-None-Match" in detail and "conditional_writes" in detail

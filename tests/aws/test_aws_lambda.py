@@ -15,7 +15,7 @@ import pytest
 
 import wrenpack
 from wrenpack import keys
-from wrenpack.backends.aws_lambda import FunctionSettings, LambdaBackend
+from wrenpack.backends.aws import FunctionSettings, LambdaBackend
 from wrenpack.errors import ConfigError, CorruptObject, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WorkerLost
 from wrenpack.executor import Executor
 
@@ -301,7 +301,7 @@ def test_queued_calls_are_not_lost_or_sent_twice(moto_endpoint, bucket, lambda_e
 def test_concurrency_is_capped_by_reserved_and_account_concurrency(moto_endpoint, bucket, lambda_endpoint, caplog):
     lambda_endpoint.deploy(memory=1152, reserved=2)
     with _executor(moto_endpoint, bucket, lambda_endpoint, "reserved", concurrency=8) as ex:
-        with caplog.at_level("WARNING", logger="wrenpack.backends.aws_lambda"):
+        with caplog.at_level("WARNING", logger="wrenpack.backends.aws"):
             futs = wrenpack.remote(sleeps, executor=ex, memory=1152).map([0.3] * 6)
             assert wrenpack.get(futs) == [0.3] * 6
         # requests waiting in the endpoint's queue count too: 2 environments alone would not show a broken cap
@@ -310,7 +310,7 @@ def test_concurrency_is_capped_by_reserved_and_account_concurrency(moto_endpoint
     lambda_endpoint.account_concurrency = 3
     try:
         with _executor(moto_endpoint, bucket, lambda_endpoint, "account", concurrency=8) as ex:
-            with caplog.at_level("WARNING", logger="wrenpack.backends.aws_lambda"):
+            with caplog.at_level("WARNING", logger="wrenpack.backends.aws"):
                 assert wrenpack.get(wrenpack.remote(square, executor=ex).map([1, 2])) == [1, 4]
         assert "the account's unreserved Lambda concurrency is 3" in caplog.text
     finally:
@@ -453,7 +453,7 @@ def test_request_response_small_results_make_no_s3_put_per_call(moto_endpoint, b
 
 
 def test_a_straggler_is_probed_less_and_less_often():
-    from wrenpack.backends.aws_lambda import _probe_gap
+    from wrenpack.backends.aws.backend import _probe_gap
 
     at, times = 0.5, [0.5]  # the first probe, half a second after the send
     for probes in range(1, 16):

@@ -16,7 +16,7 @@ __all__ = ["Backend", "Capabilities", "Invocation", "InvocationResult", "Private
 #: name -> "module:Class" (or the class itself, once registered or loaded)
 _BACKENDS: dict[str, Any] = {
     "local": "wrenpack.backends.local:LocalBackend",
-    "lambda": "wrenpack.backends.aws_lambda:LambdaBackend",
+    "lambda": "wrenpack.backends.aws:LambdaBackend",
 }
 
 

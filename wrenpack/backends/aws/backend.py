@@ -1,5 +1,8 @@
 """The AWS Lambda backend: invoke a worker function configured for each call's
 settings, learn of each call's end from its reply or from the store.
+Which function runs which settings, and creating a missing one
+(``lambda_auto_deploy``), is ``deploy``'s job: this module only sends calls to
+them and reads what the calls left.
 
 ::
 
@@ -31,14 +34,9 @@ called once per invocation no matter how many deliveries report.
 from __future__ import annotations
 
 import base64
-import dataclasses
-import hashlib
 import json
 import logging
-import math
-import os
 import random
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from wrenpack import auth, keys, protocol
+from wrenpack.backends.aws import deploy
+from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
 from wrenpack.errors import (
     ConfigError,
@@ -59,7 +59,7 @@ from wrenpack.errors import (
     WorkerLost,
     WrenpackError,
 )
-from wrenpack.storage import Store
+from wrenpack.storage import Store, store_for_config
 from wrenpack.storage.s3 import _code
 from wrenpack.worker import result as result_format
 
@@ -91,64 +91,6 @@ def _probe_gap(poll_interval: float, probes: int) -> float:
 STRAGGLER_GETS = 6
 #: Threads that read ended calls' objects.
 READERS = 8
-LOCAL_PYTHON = "%d.%d" % sys.version_info[:2]
-
-
-# -- one function per settings set ----------------------------------------------
-@dataclass(frozen=True)
-class FunctionSettings:
-    """What a Lambda function fixes for every call it runs."""
-
-    memory: int
-    timeout: int
-    ephemeral_storage: int
-    architecture: str = "x86_64"
-    #: the runtime's identity (from its manifest), None for the handler package alone
-    runtime: str | None = None
-    python: str = LOCAL_PYTHON
-
-    @classmethod
-    def for_call(cls, memory_mb: int, timeout_s: float, ephemeral_mb: int, architecture: str = "x86_64",
-                 runtime: str | None = None, python: str = LOCAL_PYTHON) -> "FunctionSettings":
-        return cls(int(memory_mb), int(math.ceil(timeout_s)), int(ephemeral_mb), architecture,
-                   runtime_id(runtime), python)
-
-    def function_name(self, base: str) -> str:
-        """``<base>-<10 hex digits>``: the same settings always name the same function."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        name = f"{base}-{hashlib.sha256(blob).hexdigest()[:10]}"
-        if len(name) > 64:
-            raise ConfigError(f"function_name {base!r} is too long: at most 53 characters (Lambda names are at most 64)")
-        return name
-
-    def describe(self) -> str:
-        runtime = f", runtime {self.runtime}" if self.runtime else ""
-        return (f"memory={self.memory} MB, timeout={self.timeout} s, ephemeral_storage={self.ephemeral_storage} MB, "
-                f"{self.architecture}, python{self.python}{runtime}")
-
-    def deploy_command(self, base: str, runtime_dir: str | None = None) -> str:
-        cmd = (f"wrenpack deploy --function-name {base} --memory {self.memory} --timeout {self.timeout} "
-               f"--ephemeral-storage {self.ephemeral_storage} --architecture {self.architecture}")
-        if self.python != LOCAL_PYTHON:
-            cmd += f" --python {self.python}"
-        if runtime_dir:
-            cmd += f" --runtime-dir {runtime_dir}"
-        return cmd
-
-
-def runtime_id(runtime_dir: str | None) -> str | None:
-    """A built runtime's identity: its manifest's content key (a path's hash if it has none)."""
-    if not runtime_dir:
-        return None
-    try:
-        with open(os.path.join(runtime_dir, "manifest.json")) as f:
-            manifest = json.load(f)
-        key = manifest.get("cache_key") or manifest.get("lock_sha256")
-        if key:
-            return str(key)[:12]
-    except (OSError, ValueError):
-        pass
-    return hashlib.sha256(os.path.realpath(runtime_dir).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -245,8 +187,6 @@ class LambdaBackend(Backend):
     def from_config(cls, config: Any) -> "LambdaBackend":
         """Build from a ``wrenpack.config.Config`` (read defensively: any object with
         these attributes works)."""
-        from wrenpack.storage import store_for_config
-
         store = getattr(config, "store", None)
         if not isinstance(store, Store):
             store = store_for_config(config)
@@ -306,7 +246,8 @@ class LambdaBackend(Backend):
                         f"with `{settings.deploy_command(self.function_name, inv.runtime)}`, or set lambda_auto_deploy=true "
                         "to create functions on first use"
                     )
-                conf = self._create_like(name, settings)
+                conf = deploy.auto_deploy(self.client, name, settings, self.function_name,
+                                          store_url=getattr(self.store, "url", None))
             cap = self._cap_for(name)
             fn = _Function(name, settings, int(conf.get("MemorySize") or settings.memory), threading.BoundedSemaphore(cap), cap)
             self._functions[name] = fn
@@ -324,27 +265,6 @@ class LambdaBackend(Backend):
                 log.info("cannot read the configuration of %s (%s); assuming it is deployed", name, code)
                 return {}
             raise ConfigError(f"reading Lambda function {name!r} failed: {code or type(exc).__name__}: {exc}") from None
-
-    def _create_like(self, name: str, settings: FunctionSettings) -> dict[str, Any]:
-        """lambda_auto_deploy: a new function of the family, cloned from a deployed one
-        with the same architecture, Python and runtime (its role, layers, handler)."""
-        from wrenpack.cli import cmd_aws
-
-        template = cmd_aws.find_template(self.client, self.function_name, settings)
-        if template is None:
-            raise ConfigError(
-                f"lambda_auto_deploy: no deployed function of {self.function_name!r} with {settings.architecture}, "
-                f"python{settings.python} and the same runtime to copy its role and runtime from; run "
-                f"`{settings.deploy_command(self.function_name)} --role ARN` once"
-            )
-        log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
-        try:
-            return cmd_aws.create_from_template(self.client, name, settings, template, self.function_name,
-                                                store_url=getattr(self.store, "url", None))
-        except WrenpackError:
-            raise
-        except Exception as exc:
-            raise ConfigError(f"creating Lambda function {name!r} failed: {_code(exc) or type(exc).__name__}: {exc}") from None
 
     def _cap_for(self, name: str) -> int:
         """``concurrency``, lowered to what the function can actually run at once."""

@@ -1,0 +1,15 @@
+"""Running on AWS Lambda: the backend, and what sets up the functions it calls.
+
+``backend`` (``LambdaBackend``) sends calls and reads their outcomes;
+``deploy`` names, packages and creates the functions (one per settings set);
+``doctor`` checks a set-up; ``iam`` writes the least-privilege policies;
+``clients`` reads the AWS settings they share. The command line
+(``wrenpack deploy``, ``doctor``, ``iam-policy``) only parses arguments and
+prints what these return: nothing here imports it.
+"""
+from __future__ import annotations
+
+from wrenpack.backends.aws.backend import LambdaBackend
+from wrenpack.backends.aws.deploy import FunctionSettings
+
+__all__ = ["FunctionSettings", "LambdaBackend"]

@@ -1,0 +1,58 @@
+"""AWS sessions and clients, and the S3 location, read from wrenpack's settings.
+
+Deploy, doctor and the IAM policies all start from a settings object
+(``wrenpack.config.Config``, or anything with the same attributes): reading
+its profile, region, endpoints and ``storage`` here means each of them reads
+them one way and fails with the same one-line error.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from wrenpack.errors import ConfigError, WrenpackError
+
+
+def session(cfg: Any) -> Any:
+    """A boto3 session for the configured profile and region."""
+    import boto3  # heavy: loaded only when AWS is actually used
+
+    try:
+        return boto3.session.Session(profile_name=getattr(cfg, "aws_profile", None), region_name=getattr(cfg, "aws_region", None))
+    except Exception as exc:
+        raise ConfigError(f"cannot open AWS profile {getattr(cfg, 'aws_profile', None)!r}: {exc}; fix aws_profile") from None
+
+
+def lambda_client(cfg: Any) -> Any:
+    return session(cfg).client("lambda", endpoint_url=getattr(cfg, "lambda_endpoint_url", None))
+
+
+def s3_client(cfg: Any) -> Any:
+    return session(cfg).client("s3", endpoint_url=cfg.s3_endpoint_url)
+
+
+def bucket_prefix(cfg: Any) -> tuple[str, str]:
+    """``storage`` as (bucket, prefix without slashes); anything but s3:// is refused."""
+    storage = str(getattr(cfg, "storage", "") or "")
+    if not storage.startswith("s3://"):
+        raise ConfigError(f"storage is {storage!r}, not an S3 location; set storage='s3://BUCKET/PREFIX' (or --storage)")
+    bucket, _, prefix = storage[5:].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def store_url(cfg: Any) -> str | None:
+    """``s3://BUCKET/PREFIX`` of the configured store, None when it is not on S3."""
+    storage = str(getattr(cfg, "storage", "") or "")
+    if not storage.startswith("s3://"):
+        return None
+    bucket, prefix = bucket_prefix(cfg)
+    return f"s3://{bucket}/{prefix}".rstrip("/")
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError (None for other errors)."""
+    return getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+
+
+def aws_error(exc: Exception, doing: str) -> WrenpackError:
+    """One line for a failed AWS request: what was being done, the error code, its first line."""
+    return WrenpackError(f"{doing} failed: {error_code(exc) or type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

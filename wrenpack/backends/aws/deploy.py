@@ -1,0 +1,421 @@
+"""Deploying the worker functions: one Lambda function per settings set.
+
+Lambda fixes memory, timeout, /tmp, architecture and runtime per function,
+while wrenpack lets every call choose them, so a family of functions is
+deployed, ``<function_name>-<hash of the settings>`` (``FunctionSettings``):
+the backend finds the function for a call's settings by name alone.
+
+::
+
+    deploy_functions: handler package (wrenpack's worker code + cloudpickle,
+        zipped deterministically) + runtime (a layer, an S3 archive the handler
+        extracts to /tmp, or a container image; its manifest checked against the
+        function's Python and architecture) -> for each settings set named
+        (memory x timeout x /tmp, or from saved profiles) create or update
+        ``<function_name>-<hash>``, set its async retries to 0 (wrenpack retries
+        by itself) and, on request, its reserved concurrency.
+    auto_deploy (``lambda_auto_deploy``): a missing member of the family is
+        created on first use, copied from a deployed one with the same
+        architecture, Python and runtime (found by the family and settings
+        each function carries in its environment).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+import wrenpack
+from runtime_builder import pack
+from wrenpack import limits
+from wrenpack.backends.aws import clients
+from wrenpack.errors import ConfigError, WrenpackError
+from wrenpack.profiler.model import Profile
+from wrenpack.profiler.store import profiles_dir
+from wrenpack.storage.s3 import _code
+from wrenpack.worker import worker_files
+
+log = logging.getLogger(__name__)
+
+HANDLER = "wrenpack.worker.handler.handler"
+ARCHIVE_HANDLER = "wrenpack.worker.runtime_archive.handler"
+#: Zips up to this size go inline in the API call; larger ones through S3.
+INLINE_ZIP_LIMIT = 50 * 1000 * 1000
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+LOCAL_PYTHON = "%d.%d" % sys.version_info[:2]
+
+#: Environment variables deploy sets on every function it creates.
+ENV_FAMILY = "WRENPACK_FUNCTION_FAMILY"
+ENV_SETTINGS = "WRENPACK_FUNCTION_SETTINGS"
+#: The store the function serves (the handler refuses events for another, see docs/aws.md).
+ENV_STORE = "WRENPACK_STORE_URL"
+
+
+# -- one function per settings set ----------------------------------------------
+@dataclass(frozen=True)
+class FunctionSettings:
+    """What a Lambda function fixes for every call it runs."""
+
+    memory: int
+    timeout: int
+    ephemeral_storage: int
+    architecture: str = "x86_64"
+    #: the runtime's identity (from its manifest), None for the handler package alone
+    runtime: str | None = None
+    python: str = LOCAL_PYTHON
+
+    @classmethod
+    def for_call(cls, memory_mb: int, timeout_s: float, ephemeral_mb: int, architecture: str = "x86_64",
+                 runtime: str | None = None, python: str = LOCAL_PYTHON) -> "FunctionSettings":
+        return cls(int(memory_mb), int(math.ceil(timeout_s)), int(ephemeral_mb), architecture,
+                   runtime_id(runtime), python)
+
+    def function_name(self, base: str) -> str:
+        """``<base>-<10 hex digits>``: the same settings always name the same function."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        name = f"{base}-{hashlib.sha256(blob).hexdigest()[:10]}"
+        if len(name) > 64:
+            raise ConfigError(f"function_name {base!r} is too long: at most 53 characters (Lambda names are at most 64)")
+        return name
+
+    def describe(self) -> str:
+        runtime = f", runtime {self.runtime}" if self.runtime else ""
+        return (f"memory={self.memory} MB, timeout={self.timeout} s, ephemeral_storage={self.ephemeral_storage} MB, "
+                f"{self.architecture}, python{self.python}{runtime}")
+
+    def deploy_command(self, base: str, runtime_dir: str | None = None) -> str:
+        cmd = (f"wrenpack deploy --function-name {base} --memory {self.memory} --timeout {self.timeout} "
+               f"--ephemeral-storage {self.ephemeral_storage} --architecture {self.architecture}")
+        if self.python != LOCAL_PYTHON:
+            cmd += f" --python {self.python}"
+        if runtime_dir:
+            cmd += f" --runtime-dir {runtime_dir}"
+        return cmd
+
+
+def runtime_id(runtime_dir: str | None) -> str | None:
+    """A built runtime's identity: its manifest's content key (a path's hash if it has none)."""
+    if not runtime_dir:
+        return None
+    try:
+        with open(os.path.join(runtime_dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        key = manifest.get("cache_key") or manifest.get("lock_sha256")
+        if key:
+            return str(key)[:12]
+    except (OSError, ValueError):
+        pass
+    return hashlib.sha256(os.path.realpath(runtime_dir).encode()).hexdigest()[:12]
+
+
+# -- the handler package ----------------------------------------------------------
+def handler_package() -> bytes:
+    """wrenpack's worker-side code and cloudpickle, as a reproducible zip."""
+    pkg = Path(wrenpack.__file__).parent
+    files: list[tuple[str, Path]] = [(f"wrenpack/{rel}", pkg / rel) for rel in worker_files(str(pkg))]
+    # cloudpickle is pure Python and must match the client's version exactly.
+    cp = Path(cloudpickle.__file__).parent
+    files += [(f"cloudpickle/{p.relative_to(cp).as_posix()}", p) for p in cp.rglob("*.py")]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, path in sorted(files):
+            info = zipfile.ZipInfo(name, _ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def runtime_tar_gz(python_dir: Path) -> bytes:
+    """The runtime's ``python/`` tree as a reproducible tar.gz (stdlib-extractable): the builder's one tar writer."""
+    return pack.tar_gz_bytes(str(python_dir), prefix="")
+
+
+# -- what to deploy -------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeployRequest:
+    """What ``wrenpack deploy`` was asked for; an empty or None field means the configured setting."""
+
+    memory: Sequence[int] = ()
+    timeout: Sequence[float] = ()
+    ephemeral_storage: Sequence[int] = ()
+    #: also the settings the saved profiles recommend
+    from_profiles: bool = False
+    architecture: str | None = None
+    python: str | None = None
+    #: the runtime, at most one of: a build-runtime output as a layer, the same as an S3 archive, an image
+    runtime_dir: str | None = None
+    runtime_archive: str | None = None
+    image_uri: str | None = None
+    #: the execution role (needed to create a function)
+    role: str | None = None
+    reserved_concurrency: int | None = None
+
+
+def settings_to_deploy(request: DeployRequest, cfg: Any, python: str, runtime: str | None) -> list[FunctionSettings]:
+    """Every settings set named in ``request`` (each option may repeat),
+    plus those the saved profiles recommend (``from_profiles``)."""
+    memories = request.memory or [cfg.memory]
+    timeouts = request.timeout or [cfg.timeout]
+    storages = request.ephemeral_storage or [cfg.ephemeral_storage]
+    arch = request.architecture or getattr(cfg, "architecture", None) or "x86_64"
+    named_any = bool(request.memory or request.timeout or request.ephemeral_storage)
+    named = [] if (request.from_profiles and not named_any) else list(product(memories, timeouts, storages))
+    if request.from_profiles:
+        named += _profile_settings()
+        if not named:
+            raise ConfigError("--from-profiles: no saved profiles with recommendations under .wrenpack/profiles; "
+                              "run `wrenpack profile MODULE:FUNCTION` first")
+    out: list[FunctionSettings] = []
+    for memory, timeout, storage in named:
+        limits.check_memory(memory, "--memory")
+        limits.check_timeout(timeout, "--timeout")
+        limits.check_ephemeral(storage, "--ephemeral-storage")
+        if float(timeout) < 1:
+            raise ConfigError(f"--timeout {timeout} is under Lambda's smallest function timeout, 1 s")
+        settings = FunctionSettings.for_call(int(memory), float(timeout), int(storage), arch, runtime, python)
+        if settings not in out:
+            out.append(settings)
+    return out
+
+
+def _profile_settings() -> list[tuple[int, float, int]]:
+    found = []
+    for path in sorted(profiles_dir().glob("*.json")):
+        try:
+            prof = Profile.from_dict(json.loads(path.read_text()))
+        except Exception:  # noqa: BLE001 - an unreadable profile is skipped, as auto_settings does
+            continue
+        if prof.recommended and prof.memory_mb:
+            found.append((prof.memory_mb, float(prof.timeout_s or 60), prof.ephemeral_storage_mb or 512))
+    return found
+
+
+def check_manifest(runtime_dir: str, python: str, architecture: str) -> None:
+    """A runtime built for another Python or architecture fails here, not on the first call."""
+    path = Path(runtime_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return  # not a build-runtime output with a manifest: nothing to check
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; rebuild the runtime with `wrenpack build-runtime`") from None
+    target = manifest.get("target") or {}
+    built_py, built_arch = target.get("python"), target.get("arch")
+    if built_py and str(built_py) != python:
+        raise ConfigError(f"the runtime in {runtime_dir} was built for Python {built_py}, but the function runs "
+                          f"python{python}; rebuild it (wrenpack build-runtime --python {python}) or pass --python {built_py}")
+    if built_arch and str(built_arch) != architecture:
+        raise ConfigError(f"the runtime in {runtime_dir} was built for {built_arch}, but the function is {architecture}; "
+                          f"rebuild it (--arch {architecture}) or deploy with --architecture {built_arch}")
+
+
+# -- deploy ---------------------------------------------------------------------
+def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], None] = log.warning) -> list[dict[str, Any]]:
+    """Publish the runtime ``request`` names, then create or update one function
+    per settings set: a summary of each (what was done, its settings, its runtime).
+    ``warn`` hears, as it happens, what deploys but will not work as expected."""
+    base = cfg.function_name
+    python = request.python or LOCAL_PYTHON
+    if sum(bool(x) for x in (request.runtime_dir, request.runtime_archive, request.image_uri)) > 1:
+        raise ConfigError("choose one of --runtime-dir (layer), --runtime-archive (S3 archive) and --image-uri")
+    arch = request.architecture or getattr(cfg, "architecture", None) or "x86_64"
+    runtime_dir = request.runtime_dir or request.runtime_archive
+    if runtime_dir:
+        check_manifest(runtime_dir, python, arch)
+    if request.reserved_concurrency is not None and request.reserved_concurrency < 0:
+        raise ConfigError(f"--reserved-concurrency {request.reserved_concurrency} must be 0 or more")
+    all_settings = settings_to_deploy(request, cfg, python, runtime_dir)
+    lam = clients.lambda_client(cfg)
+    bucket, prefix = clients.bucket_prefix(cfg) if (request.runtime_archive or request.runtime_dir) else (None, "")
+    env = {"WRENPACK_DEPLOYED_PYTHON": python, ENV_FAMILY: base}
+    served = clients.store_url(cfg)
+    if served:
+        # The handler refuses events naming another bucket or a prefix outside this one.
+        env[ENV_STORE] = served
+    else:
+        warn("storage is not s3://BUCKET/PREFIX, so the functions know no store and refuse every call; "
+             "redeploy with --storage s3://BUCKET/PREFIX")
+    layers: list[str] = []
+    handler = HANDLER
+    extra: dict[str, Any] = {}
+    if request.runtime_dir:
+        layer_zip = Path(request.runtime_dir) / "layer.zip"
+        if not layer_zip.is_file():
+            raise ConfigError(f"{layer_zip} not found; point --runtime-dir at a `wrenpack build-runtime` output directory")
+        content = _code_location(cfg, layer_zip.read_bytes(), bucket, prefix, "layer")
+        try:
+            layer = lam.publish_layer_version(
+                LayerName=f"{base}-runtime", Content=content, CompatibleRuntimes=[f"python{python}"],
+                CompatibleArchitectures=[arch], Description="wrenpack runtime")
+        except Exception as exc:
+            raise clients.aws_error(exc, "publishing the runtime layer") from None
+        layers = [layer["LayerVersionArn"]]
+        extra["layer"] = layers[0]
+    elif request.runtime_archive:
+        python_dir = Path(request.runtime_archive) / "python"
+        if not python_dir.is_dir():
+            raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
+        data = runtime_tar_gz(python_dir)
+        sha = hashlib.sha256(data).hexdigest()
+        key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
+        s3 = clients.s3_client(cfg)
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise clients.aws_error(exc, f"uploading the runtime archive to s3://{bucket}/{key}") from None
+        env.update(WRENPACK_RUNTIME_ARCHIVE=f"s3://{bucket}/{key}", WRENPACK_RUNTIME_SHA256=sha)
+        handler = ARCHIVE_HANDLER
+        extra["runtime_archive"] = f"s3://{bucket}/{key}"
+    if request.image_uri:
+        code: dict[str, Any] = {"ImageUri": request.image_uri}
+        package: dict[str, Any] = {"PackageType": "Image", "Architectures": [arch]}
+    else:
+        code = {"ZipFile": handler_package()}
+        package = {"Runtime": f"python{python}", "Handler": handler, "Layers": layers, "Architectures": [arch]}
+    done = []
+    for settings in all_settings:
+        done.append(deploy_function(lam, settings.function_name(base), settings, code, package, env,
+                                    role=request.role, reserved=request.reserved_concurrency))
+        done[-1].update(extra)
+    return done
+
+
+def deploy_function(lam: Any, name: str, settings: FunctionSettings, code: dict[str, Any], package: dict[str, Any],
+                    env: dict[str, str], role: str | None = None, reserved: int | None = None) -> dict[str, Any]:
+    """Create or update the one function for ``settings``; its async retries 0
+    (wrenpack retries by itself), its reserved concurrency when asked."""
+    env = dict(env)
+    env[ENV_SETTINGS] = json.dumps(dataclasses.asdict(settings), sort_keys=True, separators=(",", ":"))
+    common = dict(MemorySize=settings.memory, Timeout=settings.timeout, EphemeralStorage={"Size": settings.ephemeral_storage},
+                  Environment={"Variables": env})
+    summary: dict[str, Any] = {"function": name, "python": settings.python, "memory": settings.memory,
+                               "timeout": settings.timeout, "ephemeral_storage": settings.ephemeral_storage,
+                               "architecture": settings.architecture}
+    try:
+        if _function_exists(lam, name):
+            lam.update_function_code(FunctionName=name, **code, Architectures=package["Architectures"])
+            _wait(lam, name)
+            conf = dict(common)
+            if package.get("PackageType") != "Image":
+                conf.update(Runtime=package["Runtime"], Handler=package["Handler"], Layers=package["Layers"])
+            if role:
+                conf["Role"] = role
+            lam.update_function_configuration(FunctionName=name, **conf)
+            summary["action"] = "updated"
+        else:
+            if not role:
+                raise ConfigError(f"function {name!r} ({settings.describe()}) does not exist yet; pass --role ARN of its "
+                                  "execution role (policy: `wrenpack iam-policy --for worker`)")
+            lam.create_function(FunctionName=name, Role=role, Code=code, Publish=False, **package, **common)
+            summary["action"] = "created"
+        _wait(lam, name)
+        lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0, MaximumEventAgeInSeconds=21600)
+        if reserved is not None:
+            lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
+            summary["reserved_concurrency"] = reserved
+    except WrenpackError:
+        raise
+    except Exception as exc:
+        raise clients.aws_error(exc, f"deploying function {name!r}") from None
+    return summary
+
+
+def _code_location(cfg: Any, data: bytes, bucket: str | None, prefix: str, what: str) -> dict[str, Any]:
+    if len(data) <= INLINE_ZIP_LIMIT or bucket is None:
+        return {"ZipFile": data}
+    key = f"{prefix}/deploy/{what}-{hashlib.sha256(data).hexdigest()[:16]}.zip".lstrip("/")
+    clients.s3_client(cfg).put_object(Bucket=bucket, Key=key, Body=data)
+    return {"S3Bucket": bucket, "S3Key": key}
+
+
+def _function_exists(lam: Any, name: str) -> bool:
+    try:
+        lam.get_function_configuration(FunctionName=name)
+        return True
+    except Exception as exc:
+        if clients.error_code(exc) == "ResourceNotFoundException":
+            return False
+        raise
+
+
+def _wait(lam: Any, name: str) -> None:
+    """Wait until an update has finished (Lambda refuses overlapping updates)."""
+    try:
+        lam.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+    except Exception as exc:  # noqa: BLE001 - a server without the field: carry on
+        if "ResourceNotFound" in str(exc):
+            raise
+
+
+# -- lambda_auto_deploy ------------------------------------------------------------
+def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, store_url: str | None = None) -> dict[str, Any]:
+    """Create the missing function ``name`` of family ``base`` for ``settings``,
+    cloned from a deployed one with the same architecture, Python and runtime
+    (its role, layers, handler): its configuration, as Lambda reports it."""
+    template = find_template(lam, base, settings)
+    if template is None:
+        raise ConfigError(
+            f"lambda_auto_deploy: no deployed function of {base!r} with {settings.architecture}, "
+            f"python{settings.python} and the same runtime to copy its role and runtime from; run "
+            f"`{settings.deploy_command(base)} --role ARN` once"
+        )
+    log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
+    try:
+        return create_from_template(lam, name, settings, template, base, store_url=store_url)
+    except WrenpackError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"creating Lambda function {name!r} failed: {_code(exc) or type(exc).__name__}: {exc}") from None
+
+
+def find_template(lam: Any, base: str, settings: FunctionSettings) -> dict[str, Any] | None:
+    """A deployed function of family ``base`` with the same architecture,
+    Python and runtime as ``settings`` (its role and runtime are reused)."""
+    marker = None
+    while True:
+        page = lam.list_functions(**({"Marker": marker} if marker else {}))
+        for conf in page.get("Functions", []):
+            env = (conf.get("Environment") or {}).get("Variables") or {}
+            if env.get(ENV_FAMILY) != base:
+                continue
+            try:
+                theirs = json.loads(env.get(ENV_SETTINGS) or "{}")
+            except ValueError:
+                continue
+            if all(theirs.get(k) == getattr(settings, k) for k in ("architecture", "python", "runtime")):
+                return conf
+        marker = page.get("NextMarker")
+        if not marker:
+            return None
+
+
+def create_from_template(lam: Any, name: str, settings: FunctionSettings, template: dict[str, Any], base: str,
+                         store_url: str | None = None) -> dict[str, Any]:
+    """The function for ``settings``, a copy of ``template`` with its own
+    memory, timeout and /tmp (the handler package of this client)."""
+    env = dict((template.get("Environment") or {}).get("Variables") or {})
+    if template.get("PackageType") == "Image":
+        uri = lam.get_function(FunctionName=template["FunctionName"])["Code"]["ImageUri"]
+        code: dict[str, Any] = {"ImageUri": uri}
+        package: dict[str, Any] = {"PackageType": "Image", "Architectures": [settings.architecture]}
+    else:
+        code = {"ZipFile": handler_package()}
+        package = {"Runtime": template["Runtime"], "Handler": template["Handler"],
+                   "Layers": [layer["Arn"] for layer in template.get("Layers") or []],
+                   "Architectures": [settings.architecture]}
+    deploy_function(lam, name, settings, code, package, env, role=template["Role"])
+    return lam.get_function_configuration(FunctionName=name)

@@ -1,0 +1,139 @@
+"""``wrenpack doctor``'s checks of an AWS set-up, as data.
+
+Each check runs even when an earlier one failed (unless it needs what that
+one found), and none raises: the answer is a list of
+``{"check", "ok", "detail"[, "warning"]}`` that the command line prints as a
+table or JSON, so one run reports everything that is wrong at once.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wrenpack.backends.aws import clients
+from wrenpack.backends.aws.deploy import LOCAL_PYTHON, FunctionSettings
+from wrenpack.errors import WrenpackError
+from wrenpack.storage import store_for_config
+
+#: a check's answer: ok (None: a warning, reported, does not fail the run), detail, a value for later checks
+Outcome = tuple[bool | None, str, Any]
+
+
+def doctor_checks(cfg: Any) -> list[dict[str, Any]]:
+    """Every check's result, in order; a check that needs a failed one's value is left out."""
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, fn: Callable[[], Outcome]) -> Any:
+        try:
+            ok, detail, value = fn()
+        except WrenpackError as exc:
+            ok, detail, value = False, str(exc), None
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
+            code = clients.error_code(exc)
+            ok, detail, value = False, f"{code or type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None
+        checks.append({"check": name, "ok": ok is not False, "detail": detail, **({"warning": True} if ok is None else {})})
+        return value
+
+    session = check("credentials", lambda: _check_credentials(cfg))
+    check("storage", lambda: _check_storage(cfg))
+    check("conditional writes", lambda: _check_conditional_writes(cfg))
+    conf = None
+    if session is not None:
+        conf = check("function", lambda: _check_function(cfg))
+    if conf is not None:
+        check("python version", lambda: _check_python(conf))
+        check("runtime", lambda: _check_runtime(conf))
+        check("async retries", lambda: _check_async_retries(cfg))
+    return checks
+
+
+def default_function_name(cfg: Any) -> str:
+    """The function that calls with the configured default settings run on."""
+    runtime = getattr(cfg, "runtime", None)
+    runtime = runtime if runtime and Path(str(runtime)).is_dir() else None
+    settings = FunctionSettings.for_call(cfg.memory, cfg.timeout, cfg.ephemeral_storage,
+                                         getattr(cfg, "architecture", None) or "x86_64", runtime)
+    return settings.function_name(cfg.function_name)
+
+
+def _check_credentials(cfg: Any) -> Outcome:
+    session = clients.session(cfg)
+    if session.get_credentials() is None:
+        return False, "no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (aws configure)", None
+    ident = session.client("sts").get_caller_identity()
+    return True, f"{ident['Arn']} in {session.region_name or '(no region: set aws_region)'}", session
+
+
+def _check_storage(cfg: Any) -> Outcome:
+    store = store_for_config(cfg)
+    key = "doctor/probe"
+    store.put(key, b"ok")
+    ok = store.get(key) == b"ok"
+    store.delete(key)
+    return ok, f"{store.url}: write, read, delete work", None
+
+
+def _check_conditional_writes(cfg: Any) -> Outcome:
+    """Two conditional writes of one key: the second must be refused (412), or
+    a call Lambda delivers twice could overwrite its first result."""
+    store = store_for_config(cfg)
+    if getattr(store, "conditional_writes", True) is False:
+        return None, f"{store.url}: conditional_writes is off: first-write-wins is best effort (HEAD then PUT)", None
+    key = "doctor/probe-if-none-match"
+    store.delete(key)
+    try:
+        first = store.put(key, b"1", if_absent=True)
+        second = store.put(key, b"2", if_absent=True)
+        kept = store.get(key)
+    finally:
+        store.delete(key)
+    if first and not second and kept == b"1":
+        return True, "If-None-Match honoured: the first result of a call delivered twice wins", None
+    return None, (f"{store.url} ignores If-None-Match (a second conditional write succeeded): a duplicate delivery can "
+                  "overwrite a result; use a store that supports it, or set conditional_writes false for best effort"), None
+
+
+def _check_function(cfg: Any) -> Outcome:
+    name = default_function_name(cfg)
+    try:
+        conf = clients.lambda_client(cfg).get_function_configuration(FunctionName=name)
+    except Exception as exc:
+        if clients.error_code(exc) == "ResourceNotFoundException":
+            raise WrenpackError(f"function {name!r} for the default settings (memory={cfg.memory}, timeout={cfg.timeout:g}, "
+                                f"ephemeral_storage={cfg.ephemeral_storage}) not found; run `wrenpack deploy --role ARN`") from None
+        raise
+    return True, f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}", conf
+
+
+def _check_python(conf: dict[str, Any]) -> Outcome:
+    local = f"python{LOCAL_PYTHON}"
+    remote = conf.get("Runtime") or (conf.get("Environment", {}).get("Variables", {}).get("WRENPACK_DEPLOYED_PYTHON"))
+    if remote and not remote.startswith("python"):
+        remote = f"python{remote}"
+    if remote != local:
+        return False, f"function runs {remote or 'an unknown runtime'} but this client is {local}; cloudpickle needs the same minor version: redeploy with --python", None
+    return True, f"{remote} on both sides", None
+
+
+def _check_runtime(conf: dict[str, Any]) -> Outcome:
+    layers = [layer["Arn"] for layer in conf.get("Layers") or []]
+    env = conf.get("Environment", {}).get("Variables", {})
+    if conf.get("PackageType") == "Image":
+        return True, "container image", None
+    if env.get("WRENPACK_RUNTIME_ARCHIVE"):
+        return True, f"archive {env['WRENPACK_RUNTIME_ARCHIVE']}", None
+    if layers:
+        return True, f"layer {layers[0]}", None
+    return True, "handler package only (no runtime layer: only the standard library, boto3 and cloudpickle import)", None
+
+
+def _check_async_retries(cfg: Any) -> Outcome:
+    try:
+        conf = clients.lambda_client(cfg).get_function_event_invoke_config(FunctionName=default_function_name(cfg))
+    except Exception as exc:
+        if clients.error_code(exc) == "ResourceNotFoundException":
+            return False, "async MaximumRetryAttempts is Lambda's default 2: duplicates cost money; re-run `wrenpack deploy`", None
+        raise
+    n = conf.get("MaximumRetryAttempts")
+    return n == 0, f"MaximumRetryAttempts={n}" + ("" if n == 0 else "; re-run `wrenpack deploy` to set 0"), None

@@ -1,0 +1,75 @@
+"""Least-privilege IAM policies for the client, the worker function and deploy.
+
+Generated rather than documented as JSON so that they follow the settings
+(bucket, prefix, region, function family) and the store's key layout as that
+changes; docs/aws.md explains each statement and what it does not stop.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from wrenpack.backends.aws.clients import bucket_prefix
+
+#: who a policy is for: "client" runs jobs, "worker" is the function's execution role, "deploy" is client + deploy
+ROLES = ("client", "worker", "deploy")
+
+
+def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None = None) -> dict[str, Any]:
+    """A least-privilege policy for ``role`` (one of ``ROLES``); ``worker_role``,
+    for "deploy": the only execution role it may pass (default: one named like the function)."""
+    bucket, prefix = bucket_prefix(cfg)
+    base = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}"
+    region = getattr(cfg, "aws_region", None) or "*"
+    # deploy makes one function per settings set, all named <function_name>-<hash>
+    fn_arn = f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}-*"
+    jobs = f"{base}jobs/*"
+    user = [f"{base}data/*", f"{base}shuffle/*"]
+
+    def allow(sid: str, actions: list[str], resources: list[str] | str, **extra: Any) -> dict[str, Any]:
+        return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources, **extra}
+
+    def listing(sid: str, prefixes: list[str]) -> dict[str, Any]:
+        full = [f"{prefix}/{p}" if prefix else p for p in prefixes]
+        return allow(sid, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}",
+                     Condition={"StringLike": {"s3:prefix": full}})
+
+    if role == "worker":
+        statements = [
+            allow("ReadCallInputs", ["s3:GetObject"], [f"{base}jobs/*/func.pkl", f"{base}jobs/*/input/*", f"{base}runtimes/*"]),
+            # Create only (If-None-Match: *): no result or segment record, of any job, can be overwritten.
+            allow("CreateResults", ["s3:PutObject"], [f"{base}jobs/*/result/*"],
+                  Condition={"Null": {"s3:if-none-match": "false"}}),
+            allow("MarkLateStart", ["s3:PutObject"], [f"{base}jobs/*/start/*"]),
+            allow("ReadBackResults", ["s3:GetObject"], [f"{base}jobs/*/result/*"]),
+            allow("Checkpoints", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                  [f"{base}jobs/*/checkpoint/*"]),
+            allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], user),
+            listing("ListUserData", ["data/*", "shuffle/*"]),
+            allow("Logs", ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                  f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-*:*"),
+        ]
+        return {"Version": "2012-10-17", "Statement": statements}
+    statements = [
+        allow("JobObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+              [jobs, *user, f"{base}doctor/*"]),
+        listing("ListJobObjects", ["jobs/*", "data/*", "shuffle/*"]),
+        allow("Invoke", ["lambda:InvokeFunction"], fn_arn),
+        allow("Doctor", ["lambda:GetFunctionConfiguration", "lambda:GetFunctionEventInvokeConfig",
+                         "lambda:GetFunctionConcurrency"], fn_arn),
+    ]
+    if role == "deploy":
+        if worker_role and not worker_role.startswith("arn:"):
+            worker_role = f"arn:aws:iam::{account}:role/{worker_role}"
+        statements += [
+            allow("Deploy", ["lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
+                             "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction",
+                             "lambda:PutFunctionConcurrency"], fn_arn),
+            allow("Layer", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion"], [
+                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime",
+                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]),
+            allow("UploadRuntimes", ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
+                  [f"{base}runtimes/*", f"{base}deploy/*"]),
+            allow("PassWorkerRole", ["iam:PassRole"], worker_role or f"arn:aws:iam::{account}:role/{cfg.function_name}",
+                  Condition={"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}),
+        ]
+    return {"Version": "2012-10-17", "Statement": statements}
