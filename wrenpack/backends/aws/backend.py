@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wrenpack import auth, keys, protocol
-from wrenpack.backends.aws import deploy
+import wrenpack.backends.aws.deploy as deploy
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
 from wrenpack.errors import (

@@ -41,7 +41,7 @@ import cloudpickle
 import wrenpack
 from runtime_builder import pack
 from wrenpack import limits
-from wrenpack.backends.aws import clients
+import wrenpack.backends.aws.clients as clients
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.profiler.model import Profile
 from wrenpack.profiler.store import profiles_dir

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wrenpack.backends.aws import clients
+import wrenpack.backends.aws.clients as clients
 from wrenpack.backends.aws.deploy import LOCAL_PYTHON, FunctionSettings
 from wrenpack.errors import WrenpackError
 from wrenpack.storage import store_for_config
