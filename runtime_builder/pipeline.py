@@ -5,6 +5,7 @@
       -> pip-compile for the target -> requirements.lock (hashes)
       -> pip install --target raw/ (target wheels only)
       -> trim plan (rules) -> python/ (kept files, .so stripped safely)
+      -> every ELF file's GLIBC_x.y needs <= the target's glibc
       -> hash-based .pyc
       -> verify imports in an isolated interpreter; roll back a rule that breaks one
       -> budget check -> layer.zip + runtime.tar.zst + manifest.json
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from runtime_builder import attribution, budget, bytecode, inputs as inputs_mod, layout, pack, resolve, trim
+from runtime_builder import attribution, budget, bytecode, glibc, inputs as inputs_mod, layout, pack, resolve, trim
 from runtime_builder.targets import Target
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
@@ -455,6 +456,12 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     _choose_mode(trimmed, trimmed - py_bytes, per_dist, options, state, lower_bound=True)
     t = _timed(stages, "trim", t)
 
+    state["stage"] = "glibc"
+    dists, _ = trim.read_dists(raw)
+    glibc_summary = glibc.check(site, tgt, lambda rel: _owner_of(rel, plan), {n: d.version for n, d in dists.items()},
+                                glibc.wheel_tags(raw), unowned=trim.UNOWNED)
+    t = _timed(stages, "glibc", t)
+
     state["stage"] = "bytecode"
     pyc_bytes = 0
     if interp:
@@ -485,7 +492,6 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     t = _timed(stages, "verify", t)
 
     state["stage"] = "budget"
-    dists, _ = trim.read_dists(raw)
     before = _per_dist(plan.files, plan.owner)
     after_files = trim.scan_files(site)
     after = _per_dist(after_files, {rel: _owner_of(rel, plan) for rel in after_files})
@@ -544,6 +550,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
                     "artifacts": sorted(want)},
         "verified": {"ok": bool(options["verify"] and interp), "modules": checked,
                      "skipped": options["skip_imports"]},
+        "glibc": glibc_summary,
         "kept_test_files": sorted(plan.kept_tests),
         "lock_sha256": lock_hash,
         "content_hash": pack.content_hash(site),

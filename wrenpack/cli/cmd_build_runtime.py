@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(res.seconds, 3), "target": m["target"], "sizes": m["sizes"],
             "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
             "mode": m.get("mode"), "rollbacks": m.get("rollbacks", []), "fallbacks": m.get("fallbacks", []),
-            "content_hash": m["content_hash"],
+            "glibc": m.get("glibc"), "content_hash": m["content_hash"],
         }, indent=2))
         return 0
     _print_human(res)
@@ -153,6 +153,10 @@ def _print_human(res: Any) -> None:
     limit = m["target"]["limit_bytes"]
     verified = (f"{len(m['verified']['modules'])} modules import" if m["verified"]["ok"]
                 else "[yellow]NOT verified[/yellow]")
+    g = m.get("glibc") or {}
+    if g:
+        verified += (f"; libraries need glibc {g['newest_needed']} at most (Lambda has {g['target']})"
+                     if g.get("newest_needed") else "; no library needs glibc")
     console.print(
         f"{'cache hit' if res.cache_hit else 'built'} in {res.seconds:.1f} s: {s['raw'] / MIB:.1f} MiB raw -> "
         f"[bold]{s['trimmed'] / MIB:.1f} MiB[/bold] ({mode.get('name', m['target']['kind'])}, budget "
