@@ -94,9 +94,12 @@ def test_cache_hit_is_fast_and_rebuild_is_byte_identical(small, cache, tmp_path)
     fresh = runtime_builder.build(PKGS, output=str(tmp_path / "fresh"), cache_dir=str(tmp_path / "c2"),
                                   use_cache=False, artifacts="all")
     assert not fresh.cache_hit
-    for a, b in ((fresh.layer_zip, small.layer_zip), (fresh.archive, small.archive),
-                 (fresh.manifest_path, small.manifest_path), (fresh.lock, small.lock)):
+    for a, b in ((fresh.layer_zip, small.layer_zip), (fresh.archive, small.archive), (fresh.lock, small.lock)):
         assert _sha(a) == _sha(b), os.path.basename(a)
+    # the manifest is the same but for the stage times of the build that wrote it
+    mine, theirs = (json.load(open(m.manifest_path)) for m in (fresh, small))
+    assert set(mine.pop("stage_seconds")) == set(theirs.pop("stage_seconds"))
+    assert mine == theirs
 
 
 def test_building_from_the_lock_is_reproducible(small, cache, tmp_path):
@@ -739,7 +742,7 @@ def test_build_names_a_library_that_needs_a_newer_glibc_than_the_target(cache, t
                            "GLIBC_2.34, newer than the glibc 2.26 of python3.11 on Lambda (Amazon Linux 2)"), text
     assert ("fix: pin an older wpglibcnew whose wheel is tagged manylinux_2_26 or lower (e.g. manylinux2014), or "
             "build for a newer runtime: --python 3.12 (Amazon Linux 2023, glibc 2.34)") in text, text
-    assert exc.value.report["stage"] == "glibc"
+    assert exc.value.report["stage"] == "glibc" and "glibc" in exc.value.report["stage_seconds"]
 
 
 def test_build_passes_a_library_that_needs_only_an_old_glibc(cache, tmp_path):
@@ -750,4 +753,30 @@ def test_build_passes_a_library_that_needs_only_an_old_glibc(cache, tmp_path):
     assert g["target"] == "2.26" and g["newest_needed_by"] == lib and g["libraries"] == 1
     assert tuple(int(p) for p in g["newest_needed"].split(".")) <= (2, 17)
     assert os.path.exists(os.path.join(res.site_dir, lib))
+
+
+# --- stage times ------------------------------------------------------------------------------
+
+BUILD_STAGES = ["resolve", "size-check", "install", "trim", "glibc", "bytecode", "budget", "verify", "pack"]
+
+
+def test_stage_times_in_the_manifest_the_result_the_json_and_the_summary(small, cache, tmp_path):
+    times = small.manifest["stage_seconds"]
+    assert list(times) == BUILD_STAGES and all(isinstance(v, float) and v >= 0 for v in times.values())
+    assert list(small.stage_seconds) == BUILD_STAGES + ["publish"]
+    assert {k: small.stage_seconds[k] for k in BUILD_STAGES} == times
+    assert sum(times.values()) <= small.seconds
+    env = dict(os.environ, COLUMNS="400")
+    cmd = [sys.executable, "-m", "wrenpack", "build-runtime", "--lock", small.lock, "--cache-dir", cache]
+    proc = subprocess.run(cmd + ["--output", str(tmp_path / "built"), "--no-cache"], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("stages (s): "))
+    assert [part.split()[0] for part in line[len("stages (s): "):].split(", ")] == BUILD_STAGES + ["publish"]
+    proc = subprocess.run(cmd + ["--output", str(tmp_path / "built")], capture_output=True, text=True, env=env)
+    assert "stages when it was built (s): resolve " in proc.stdout, proc.stdout
+    proc = subprocess.run(cmd + ["--output", str(tmp_path / "built"), "--json"], capture_output=True, text=True)
+    data = json.loads(proc.stdout)
+    assert data["cache_hit"] and list(data["stage_seconds"]) == ["publish"]
+    assert list(data["built_stage_seconds"]) == BUILD_STAGES
 

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
             "mode": m.get("mode"), "rollbacks": m.get("rollbacks", []), "fallbacks": m.get("fallbacks", []),
             "glibc": m.get("glibc"), "content_hash": m["content_hash"],
+            "stage_seconds": res.stage_seconds, "built_stage_seconds": m.get("stage_seconds"),
         }, indent=2))
         return 0
     _print_human(res)
@@ -161,7 +162,18 @@ def _print_human(res: Any) -> None:
         f"{'cache hit' if res.cache_hit else 'built'} in {res.seconds:.1f} s: {s['raw'] / MIB:.1f} MiB raw -> "
         f"[bold]{s['trimmed'] / MIB:.1f} MiB[/bold] ({mode.get('name', m['target']['kind'])}, budget "
         f"{limit / MIB:.0f} MiB), {_artifacts(s)}; {verified}")
+    stages = _stages(m.get("stage_seconds") or {})
+    if res.cache_hit:
+        if stages:
+            console.print(f"stages when it was built (s): {stages}")
+    else:
+        console.print(f"stages (s): {_stages(res.stage_seconds)}")
     console.print(f"output: {res.output}  (python/ is the runtime; commit {res.lock})")
+
+
+def _stages(seconds: dict[str, float]) -> str:
+    """``resolve 8.1, install 2.0, ...`` in the order the stages ran."""
+    return ", ".join(f"{name} {s:.1f}" for name, s in seconds.items())
 
 
 def _artifacts(sizes: dict[str, Any]) -> str:
