@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from runtime_builder import attribution, budget, bytecode, glibc, inputs as inputs_mod, layout, pack, resolve, trim
+from runtime_builder import attribution, budget, bytecode, glibc, gpu, inputs as inputs_mod, layout, pack, resolve, trim
 from runtime_builder.targets import Target
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
@@ -454,7 +454,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     t = _timed(stages, "resolve", t)
 
     state["stage"] = "size-check"
-    resolve.check_gpu(lock_text, requested)
+    gpu.check_gpu(lock_text, requested, tgt)
     _precheck_wheels(lock_text, tgt, options)
     t = _timed(stages, "size-check", t)
 

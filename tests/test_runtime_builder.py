@@ -435,7 +435,7 @@ def test_from_profile_falls_back_to_the_newest_version_with_a_wheel(cache, tmp_p
 
 
 def test_gpu_libraries_are_named_with_the_cpu_alternative():
-    from runtime_builder import resolve
+    from runtime_builder import gpu, resolve
 
     lock = ("filelock==3.16.1 \\\n    --hash=sha256:aa\n    # via torch\n"
             "nvidia-cublas-cu12==12.4.5.8 \\\n    --hash=sha256:bb\n    # via\n    #   nvidia-cudnn-cu12\n    #   torch\n"
@@ -445,11 +445,11 @@ def test_gpu_libraries_are_named_with_the_cpu_alternative():
     assert resolve.pins(lock)["nvidia-cublas-cu12"] == "12.4.5.8"
     assert resolve.parse_lock(lock)["nvidia-cublas-cu12"].via == ["nvidia-cudnn-cu12", "torch"]
     with pytest.raises(BuildError) as exc:
-        resolve.check_gpu(lock, requested={"torch"})
+        gpu.check_gpu(lock, requested={"torch"})
     text = _one_line(exc)
     assert text.startswith("torch pulls GPU-only libraries (nvidia-cublas-cu12, nvidia-cudnn-cu12, triton)"), text
     assert "https://download.pytorch.org/whl/cpu" in text and "+cpu" in text
-    resolve.check_gpu(lock.replace("nvidia", "other").replace("triton", "tritonx"), requested={"torch"})
+    gpu.check_gpu(lock.replace("nvidia", "other").replace("triton", "tritonx"), requested={"torch"})
 
 
 def test_failed_build_leaves_lock_and_json_report(small, cache, tmp_path):
@@ -780,3 +780,102 @@ def test_stage_times_in_the_manifest_the_result_the_json_and_the_summary(small, 
     assert data["cache_hit"] and list(data["stage_seconds"]) == ["publish"]
     assert list(data["built_stage_seconds"]) == BUILD_STAGES
 
+
+# --- torch: CPU-only advice that works as printed ---------------------------------------------
+
+TORCH_LOCK = ("filelock==3.16.1 \\\n    --hash=sha256:aa\n    # via torch\n"
+              "nvidia-cublas-cu12==12.4.5.8 \\\n    --hash=sha256:bb\n    # via torch\n"
+              "torch==2.5.1 \\\n    --hash=sha256:dd\n    # via -r requirements.in\n"
+              "triton==3.1.0 \\\n    --hash=sha256:ee\n    # via torch\n")
+
+
+def _simple_index(root, wheels):
+    """A PEP 503 index in a directory: ``root/<name>/index.html`` linking each wheel (with its sha256)."""
+    import urllib.parse
+
+    by_name = {}
+    for path in wheels:
+        by_name.setdefault(os.path.basename(path).split("-")[0], []).append(path)
+    for name, paths in by_name.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        links = []
+        for path in paths:
+            fn = os.path.basename(path)
+            os.replace(path, os.path.join(root, name, fn))
+            links.append(f'<a href="{urllib.parse.quote(fn)}#sha256={_sha(os.path.join(root, name, fn))}">{fn}</a>')
+        with open(os.path.join(root, name, "index.html"), "w") as f:
+            f.write("<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n")
+    return "file://" + root
+
+
+def _closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torch_advice_is_honest_when_no_cpu_build_can_be_reached(tmp_path, monkeypatch):
+    """The old advice (a +cpu pin from an index that does not answer) ended in 'pin torch==2.5.1': the GPU build again."""
+    from runtime_builder import gpu, resolve
+    from runtime_builder.targets import Target
+
+    # pip sees only a stand-in for PyPI (the CUDA build, torch 2.5.1) and a CPU index that refuses connections
+    pypi = tmp_path / "pypi"
+    pypi.mkdir()
+    _wheel(str(pypi), "torch", "2.5.1", {"torch/__init__.py": ""})
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_CONSTRAINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", _simple_index(str(pypi), list(map(str, pypi.glob("*.whl")))))
+    idx = f"http://127.0.0.1:{_closed_port()}/whl/cpu"
+    monkeypatch.setenv(gpu.CPU_INDEX_ENV, idx)
+    target = Target.make("3.11")
+    plain_pin = re.compile(r"torch==[0-9.]+(?!\+|[0-9.])")  # torch==2.5.1 without +cpu: the GPU build
+
+    with pytest.raises(BuildError) as exc:
+        gpu.check_gpu(TORCH_LOCK, {"torch"}, target)
+    text = _one_line(exc)
+    assert text.startswith("torch pulls GPU-only libraries (nvidia-cublas-cu12, triton) that Lambda, which has no "
+                           "GPU, cannot use, and no CPU-only build of torch can be reached from here: PyTorch's CPU "
+                           f"index {idx} does not answer (connection refused)"), text
+    assert not plain_pin.search(text), text
+    assert "`--find-links DIR` and `torch==VERSION+cpu`" in text and "`wrenpack build-runtime -r FILE --python 3.11`" in text
+
+    # following a +cpu pin anyway: the resolver's message must not send the user back to the GPU build
+    err = resolve.explain_resolve("ERROR: No matching distribution found for torch==2.5.1+cpu", target,
+                                  index=["--extra-index-url", idx])
+    text = str(err)
+    assert "\n" not in text and not plain_pin.search(text.replace("torch==2.5.1+cpu", "")), text
+    assert f"could not read {idx}/torch/ (connection refused)" in text
+    assert "no +cpu build of torch has one on the indexes pip reached" in text and "do not drop the +cpu" in text
+
+
+def test_torch_cpu_advice_works_as_printed(cache, tmp_path, monkeypatch):
+    from runtime_builder import gpu
+    from runtime_builder.targets import Target
+
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    wheels = [_wheel(str(cpu), "torch", "2.5.1+cpu", {"torch/__init__.py": "CPU_ONLY = True\n"}),
+              # newer, but its wheel needs glibc 2.28: not for python3.11's Amazon Linux 2
+              _wheel(str(cpu), "torch", "2.7.0+cpu", {"torch/__init__.py": ""},
+                     tag="cp311-cp311-manylinux_2_28_x86_64")]
+    idx = _simple_index(str(cpu), wheels)
+    monkeypatch.setenv(gpu.CPU_INDEX_ENV, idx)
+    with pytest.raises(BuildError) as exc:
+        gpu.check_gpu(TORCH_LOCK, {"torch"}, Target.make("3.11", HOST_ARCH))
+    text = _one_line(exc)
+    command = "wrenpack build-runtime -r FILE --python 3.11" + (" --arch arm64" if HOST_ARCH == "arm64" else "")
+    assert (f"fix: use the CPU-only build: put `--extra-index-url {idx}` and `torch==2.5.1+cpu` in a requirements "
+            f"file (with your other requirements) and run `{command}`") in text, text
+    # do exactly that
+    lines = [q for q in re.findall(r"`([^`]+)`", text) if not q.startswith("wrenpack ")]
+    req = tmp_path / "requirements.txt"
+    req.write_text("".join(ln + "\n" for ln in lines))
+    res = runtime_builder.build(requirements_files=[str(req)], python="3.11", arch=HOST_ARCH,
+                                output=str(tmp_path / "out"), cache_dir=cache, verify_imports=_verify_here("3.11"))
+    lock = open(res.lock).read()
+    assert "torch==2.5.1+cpu" in lock and "nvidia" not in lock and "triton" not in lock
+    assert {p["name"]: p["version"] for p in res.manifest["packages"]}["torch"] == "2.5.1+cpu"
