@@ -16,13 +16,18 @@ Usage::
 
 ``compile`` prints, on a resolution failure, one ``WRENPACK-ERROR {json}``
 line on stderr (the exception pip raised, without its traceback).
-``versions`` prints ``{name: {"target": [...], "any": [...]}}``: the versions
-with a file installable on the target, and every version the index has. ``sizes`` prints ``{name: bytes | null}``: the
+``versions`` prints ``{"versions": {name: {"target": [...], "any": [...]}},
+"unreachable": {page URL: why}}``: the versions with a file installable on the
+target, every version the indexes have, and the index pages pip could not
+read (so "no such version" is never said of an index that did not answer).
+TARGET_JSON's optional ``index_args`` (``--extra-index-url URL``...) add to pip's
+configured indexes. ``sizes`` prints ``{name: bytes | null}``: the
 size of the file the target would install (PEP 700 ``size``, or the file itself).
 """
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -147,16 +152,36 @@ def _finder(pip_args: list[str], *, ignore_requires_python: bool) -> Any:
                                      ignore_requires_python=ignore_requires_python)
 
 
+class _Unreachable(logging.Handler):
+    """Collects the index pages pip's link collector could not fetch ("Could not fetch URL %s: %s - skipping")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.pages: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Could not fetch URL") and len(record.args or ()) >= 2:
+            page, why = record.args[0], record.args[1]  # type: ignore[index]
+            if "404" not in str(why):  # the index answered: it just has no such project
+                self.pages.setdefault(str(page), str(why))
+
+
 def versions_main(target: dict[str, Any], names: list[str]) -> int:
-    """Versions per name: on the target (its wheels, its Python) and on the index at all."""
-    on_target = _finder(list(target["pip_args"]), ignore_requires_python=False)
-    anywhere = _finder([], ignore_requires_python=True)
+    """Versions per name: on the target (its wheels, its Python) and on the indexes at all; pages not read."""
+    collector = logging.getLogger("pip._internal.index.collector")
+    unreachable = _Unreachable()
+    collector.addHandler(unreachable)
+    collector.setLevel(logging.DEBUG)
+    collector.propagate = False
+    index_args = list(target.get("index_args", []))
+    on_target = _finder(list(target["pip_args"]) + index_args, ignore_requires_python=False)
+    anywhere = _finder(index_args, ignore_requires_python=True)
     out = {}
     for name in names:
         tv = sorted({c.version for c in on_target.find_all_candidates(name)})
         av = sorted({c.version for c in anywhere.find_all_candidates(name)})
         out[name] = {"target": [str(v) for v in tv], "any": [str(v) for v in av]}
-    print(json.dumps(out))
+    print(json.dumps({"versions": out, "unreachable": unreachable.pages}))
     return 0
 
 

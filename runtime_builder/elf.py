@@ -1,4 +1,4 @@
-"""Strip shared objects without breaking them.
+"""Read what the dynamic loader reads in shared objects, and strip them without breaking them.
 
 ``strip`` rewrites a file's layout; on libraries that auditwheel/patchelf
 already rewrote (numpy.libs/ and scipy.libs/ OpenBLAS) the result can have
@@ -6,11 +6,16 @@ PT_LOAD segments whose file offset and address no longer agree modulo the
 alignment, and the dynamic loader then refuses them ("ELF load command
 address/offset not page-aligned"). So we strip a copy and keep it only if
 every PT_LOAD still satisfies ``(p_offset - p_vaddr) % p_align == 0``.
+
+:func:`version_needs` reads the symbol versions a library needs from other
+libraries (``GLIBC_2.34`` from libc.so.6...) the way the loader does, through
+the dynamic segment, so it works on stripped files and needs no external tool.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -20,6 +25,15 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 PT_LOAD = 1
+PT_DYNAMIC = 2
+DT_NULL = 0
+DT_STRTAB = 5
+DT_STRSZ = 10
+DT_VERNEED = 0x6FFFFFFE
+DT_VERNEEDNUM = 0x6FFFFFFF
+#: more than any real library has; bounds the walk of a corrupt table
+_MAX_ENTRIES = 100_000
+_GLIBC = re.compile(r"^GLIBC_(\d+(?:\.\d+)+)$")
 EM_X86_64 = 62
 EM_AARCH64 = 183
 
@@ -30,6 +44,7 @@ class Segment:
     p_offset: int
     p_vaddr: int
     p_align: int
+    p_filesz: int = 0
 
 
 def is_elf(path: str) -> bool:
@@ -70,13 +85,91 @@ def program_headers(path: str) -> list[Segment]:
             f.seek(phoff + i * phentsize)
             raw = f.read(phentsize)
             if is64:
-                p_type, _flags, p_offset, p_vaddr, _paddr, _filesz, _memsz, p_align = struct.unpack(
+                p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz, _memsz, p_align = struct.unpack(
                     endian + "IIQQQQQQ", raw[:56])
             else:
-                p_type, p_offset, p_vaddr, _paddr, _filesz, _memsz, _flags, p_align = struct.unpack(
+                p_type, p_offset, p_vaddr, _paddr, p_filesz, _memsz, _flags, p_align = struct.unpack(
                     endian + "IIIIIIII", raw[:32])
-            segments.append(Segment(p_type, p_offset, p_vaddr, p_align))
+            segments.append(Segment(p_type, p_offset, p_vaddr, p_align, p_filesz))
     return segments
+
+
+def version_needs(path: str) -> dict[str, set[str]]:
+    """{needed library: version names} from the dynamic section's version-needs table (DT_VERNEED).
+
+    These are the versions the loader insists on when it maps the file
+    (``libc.so.6: {"GLIBC_2.2.5", "GLIBC_2.34"}``); a file without a dynamic
+    segment or version needs gives ``{}``. Raises ValueError for a malformed file.
+    """
+    segs = program_headers(path)
+    loads = [s for s in segs if s.p_type == PT_LOAD]
+    dyn = next((s for s in segs if s.p_type == PT_DYNAMIC), None)
+    if dyn is None:
+        return {}
+
+    def offset(vaddr: int) -> int:
+        for s in loads:
+            if s.p_vaddr <= vaddr < s.p_vaddr + s.p_filesz:
+                return vaddr - s.p_vaddr + s.p_offset
+        raise ValueError(f"{path}: address {vaddr:#x} is in no loaded segment")
+
+    with open(path, "rb") as f:
+        ident = f.read(16)
+        is64 = ident[4] == 2
+        endian = "<" if ident[5] == 1 else ">"
+        entry = struct.Struct(endian + ("qQ" if is64 else "iI"))
+        f.seek(dyn.p_offset)
+        raw = f.read(dyn.p_filesz)
+        tags: dict[int, int] = {}
+        for i in range(0, min(len(raw), _MAX_ENTRIES * entry.size) - entry.size + 1, entry.size):
+            tag, val = entry.unpack_from(raw, i)
+            if tag == DT_NULL:
+                break
+            tags.setdefault(tag, val)
+        if DT_VERNEED not in tags or DT_STRTAB not in tags:
+            return {}
+        f.seek(offset(tags[DT_STRTAB]))
+        strtab = f.read(tags.get(DT_STRSZ, 1 << 20))
+
+        def name(at: int) -> str:
+            end = strtab.find(b"\0", at)
+            if at >= len(strtab) or end < 0:
+                raise ValueError(f"{path}: version name outside the string table")
+            return strtab[at:end].decode("ascii", "replace")
+
+        # Elf32_Verneed/Elf64_Verneed and their Vernaux have the same 16-byte layout.
+        verneed = struct.Struct(endian + "HHIII")  # vn_version vn_cnt vn_file vn_aux vn_next
+        vernaux = struct.Struct(endian + "IHHII")  # vna_hash vna_flags vna_other vna_name vna_next
+        out: dict[str, set[str]] = {}
+        at = offset(tags[DT_VERNEED])
+        for _ in range(min(tags.get(DT_VERNEEDNUM, _MAX_ENTRIES), _MAX_ENTRIES)):
+            f.seek(at)
+            _, count, file_name, aux, nxt = verneed.unpack(f.read(verneed.size))
+            versions = out.setdefault(name(file_name), set())
+            aux_at = at + aux
+            for _ in range(min(count, _MAX_ENTRIES)):
+                f.seek(aux_at)
+                _, _, _, vna_name, vna_next = vernaux.unpack(f.read(vernaux.size))
+                versions.add(name(vna_name))
+                if not vna_next:
+                    break
+                aux_at += vna_next
+            if not nxt:
+                break
+            at += nxt
+    return out
+
+
+def glibc_version(name: str) -> tuple[int, ...] | None:
+    """``"GLIBC_2.34"`` -> (2, 34); None for other names (``GLIBC_PRIVATE``, ``GLIBCXX_3.4``)."""
+    m = _GLIBC.match(name)
+    return tuple(int(p) for p in m.group(1).split(".")) if m else None
+
+
+def newest_glibc(path: str) -> tuple[int, ...] | None:
+    """The newest ``GLIBC_x.y`` the file needs from any library, or None when it needs none."""
+    found = [v for names in version_needs(path).values() for v in map(glibc_version, names) if v]
+    return max(found) if found else None
 
 
 def load_segments_aligned(path: str) -> bool:

@@ -67,6 +67,16 @@ class Inputs:
         return "".join(o + "\n" for o in self.options) + "".join(r + "\n" for r in self.requirements)
 
 
+def index_args(text: str) -> list[str]:
+    """pip flags for the index options at the top of a requirements text or lock (``--extra-index-url URL``...)."""
+    out: list[str] = []
+    for _, line in _logical_lines(text):
+        m = re.match(r"^(-[a-zA-Z]|--[\w-]+)(?:=|\s+)?(.*)$", line)
+        if m and m.group(1) in INDEX_OPTIONS:
+            out += [m.group(1)] + ([m.group(2).strip()] if m.group(2).strip() else [])
+    return out
+
+
 def _logical_lines(text: str) -> list[tuple[int, str]]:
     """(line number, text) with backslash continuations joined and comments removed, as pip reads them."""
     out: list[tuple[int, str]] = []

@@ -5,12 +5,15 @@
       -> pip-compile for the target -> requirements.lock (hashes)
       -> pip install --target raw/ (target wheels only)
       -> trim plan (rules) -> python/ (kept files, .so stripped safely)
+      -> every ELF file's GLIBC_x.y needs <= the target's glibc
       -> hash-based .pyc
       -> verify imports in an isolated interpreter; roll back a rule that breaks one
       -> budget check -> layer.zip + runtime.tar.zst + manifest.json
       -> cache entry -> output dir
 
-Each stage is its own module; this one only sequences them and keeps score.
+Each stage is its own module; this one only sequences them and keeps score,
+including each stage's seconds (``stage_seconds`` in the manifest, the
+result and the failure report).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from runtime_builder import attribution, budget, bytecode, inputs as inputs_mod, layout, pack, resolve, trim
+from runtime_builder import attribution, budget, bytecode, glibc, gpu, inputs as inputs_mod, layout, pack, resolve, trim
 from runtime_builder.targets import Target
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
@@ -47,6 +50,7 @@ class BuildResult:
     manifest: dict[str, Any]
     cache_hit: bool
     seconds: float
+    #: this run's stages (a cache hit only publishes); the manifest's ``stage_seconds`` are its build's
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -80,6 +84,8 @@ def target_interpreter(target: Target) -> str | None:
     return shutil.which(f"python{target.python}")
 
 
+#: The stages, in the order they run (``stage_seconds`` keys; publish is timed after the manifest is written).
+STAGES = ("resolve", "size-check", "install", "trim", "glibc", "bytecode", "budget", "verify", "pack", "publish")
 MODES = (("layer", False), ("layer", True), ("archive", False))
 MODE_NAMES = {("layer", False): "layer with sources", ("layer", True): "sourceless layer",
               ("archive", False): "archive in /tmp", ("archive", True): "sourceless archive in /tmp"}
@@ -173,8 +179,13 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
 
     if use_cache and not upgrade and os.path.isfile(os.path.join(entry, layout.MANIFEST)):
         log.info("cache hit %s", entry)
+        hit_stages: dict[str, float] = {}
+        t = time.perf_counter()
         _publish(entry, output)
-        return _result(output, cache_hit=True, seconds=time.perf_counter() - t0)
+        _timed(hit_stages, "publish", t)
+        res = _result(output, cache_hit=True, seconds=time.perf_counter() - t0)
+        res.stage_seconds = hit_stages
+        return res
 
     os.makedirs(cache_root, exist_ok=True)
     tmp = f"{entry}.tmp-{os.getpid()}"
@@ -182,6 +193,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     os.makedirs(tmp)
     stages: dict[str, float] = {}
     state: dict[str, Any] = {"stage": "resolve"}
+    t_build = time.perf_counter()
     try:
         manifest = _build_into(tmp, tgt, inp, lock_text, interp, options, extra_rules, stages, state,
                                seed_lock=os.path.join(output, layout.LOCK), upgrade=upgrade,
@@ -193,13 +205,18 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         shutil.rmtree(entry, ignore_errors=True)
         os.replace(tmp, entry)
     except BuildError as exc:
+        # the stage that failed gets the time it ran, too
+        failed = time.perf_counter() - t_build - sum(stages.values())
+        stages[state["stage"]] = round(stages.get(state["stage"], 0.0) + max(failed, 0.0), 3)
         exc.report = _failure_report(exc, tmp, output, tgt, inp, options, state, stages,  # type: ignore[attr-defined]
                                      time.perf_counter() - t0)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _publish(entry, output)
+    t = time.perf_counter()
+    _publish(entry, output)  # after the manifest is written: its time is in the result, not the manifest
     _drop_report(output)
+    _timed(stages, "publish", t)
     res = _result(output, cache_hit=False, seconds=time.perf_counter() - t0)
     res.stage_seconds = stages
     return res
@@ -243,6 +260,10 @@ def _failure_report(exc: BuildError, tmp: str, output: str, tgt: Target, inp: in
 def _result(output: str, *, cache_hit: bool, seconds: float) -> BuildResult:
     with open(os.path.join(output, layout.MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
+    if isinstance(manifest.get("stage_seconds"), dict):  # the file's keys are sorted: put them back in run order
+        times = manifest["stage_seconds"]
+        manifest["stage_seconds"] = {k: times[k] for k in sorted(times, key=lambda k: (
+            STAGES.index(k) if k in STAGES else len(STAGES), k))}
     return BuildResult(
         output=output, site_dir=os.path.join(output, layout.SITE),
         manifest_path=os.path.join(output, layout.MANIFEST), layer_zip=os.path.join(output, layout.LAYER_ZIP),
@@ -274,8 +295,9 @@ def _publish(entry: str, output: str) -> None:
 
 
 def _timed(stages: dict[str, float], name: str, t: float) -> float:
+    """Add the seconds since ``t`` to stage ``name`` (a stage met twice, like budget, adds up); return now."""
     now = time.perf_counter()
-    stages[name] = round(now - t, 3)
+    stages[name] = round(stages.get(name, 0.0) + now - t, 3)
     log.info("%s took %.1f s", name, now - t)
     return now
 
@@ -432,7 +454,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     t = _timed(stages, "resolve", t)
 
     state["stage"] = "size-check"
-    resolve.check_gpu(lock_text, requested)
+    gpu.check_gpu(lock_text, requested, tgt)
     _precheck_wheels(lock_text, tgt, options)
     t = _timed(stages, "size-check", t)
 
@@ -455,6 +477,12 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     _choose_mode(trimmed, trimmed - py_bytes, per_dist, options, state, lower_bound=True)
     t = _timed(stages, "trim", t)
 
+    state["stage"] = "glibc"
+    dists, _ = trim.read_dists(raw)
+    glibc_summary = glibc.check(site, tgt, lambda rel: _owner_of(rel, plan), {n: d.version for n, d in dists.items()},
+                                glibc.wheel_tags(raw), unowned=trim.UNOWNED)
+    t = _timed(stages, "glibc", t)
+
     state["stage"] = "bytecode"
     pyc_bytes = 0
     if interp:
@@ -473,6 +501,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         freed = _to_sourceless(site)
         log.info("sourceless: dropped %.1f MiB of sources", freed / budget.MIB)
     options = dict(options, target=kind, sourceless=sl)
+    t = _timed(stages, "budget", t)
 
     state["stage"] = "verify"
     checked: list[str] = []
@@ -485,12 +514,12 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     t = _timed(stages, "verify", t)
 
     state["stage"] = "budget"
-    dists, _ = trim.read_dists(raw)
     before = _per_dist(plan.files, plan.owner)
     after_files = trim.scan_files(site)
     after = _per_dist(after_files, {rel: _owner_of(rel, plan) for rel in after_files})
     size = sum(after_files.values())
     budget.check(size, after, target=kind, tmp_mb=options["tmp_size_mb"])
+    t = _timed(stages, "budget", t)
 
     state["stage"] = "pack"
     want = {"layer": {layout.LAYER_ZIP}, "archive": {layout.ARCHIVE}}[kind]
@@ -544,6 +573,8 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
                     "artifacts": sorted(want)},
         "verified": {"ok": bool(options["verify"] and interp), "modules": checked,
                      "skipped": options["skip_imports"]},
+        "glibc": glibc_summary,
+        "stage_seconds": dict(stages),
         "kept_test_files": sorted(plan.kept_tests),
         "lock_sha256": lock_hash,
         "content_hash": pack.content_hash(site),

@@ -25,6 +25,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from runtime_builder.inputs import index_args
 from runtime_builder.targets import Target
 from wrenpack.errors import BuildError, NoSuitableWheel
 
@@ -33,20 +34,8 @@ log = logging.getLogger(__name__)
 _NO_DIST = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement)\s+(\S+)")
 _CANNOT = re.compile(r"Cannot install (.+?) because these package versions have conflicting dependencies")
 MARKER = "WRENPACK-ERROR "
-
-#: Distributions that only serve GPUs (CUDA runtime libraries, triton's GPU compiler): Lambda has no GPU.
-GPU_PREFIXES = ("nvidia-",)
-GPU_NAMES = frozenset({"triton", "pytorch-triton", "cupy", "jax-cuda12-plugin", "jax-cuda12-pjrt"})
-#: What to install instead, for the packages that usually pull those in.
-CPU_ALTERNATIVES = {
-    "torch": "the CPU-only build: add `--extra-index-url https://download.pytorch.org/whl/cpu` to a requirements "
-             "file with `torch==<version>+cpu` (-r FILE)",
-    "torchvision": "the CPU-only build from https://download.pytorch.org/whl/cpu (`torchvision==<version>+cpu`)",
-    "torchaudio": "the CPU-only build from https://download.pytorch.org/whl/cpu (`torchaudio==<version>+cpu`)",
-    "jax": "`jax[cpu]` (plain `jax` + `jaxlib`) instead of `jax[cuda12]`",
-    "tensorflow": "`tensorflow-cpu`",
-    "cupy": "numpy (cupy needs a GPU)",
-}
+#: pip flags for look-ups that only inform a message: an index that does not answer costs seconds, not minutes
+QUICK = ["--retries", "1", "--timeout", "15"]
 
 
 class ResolveFailed(BuildError):
@@ -58,8 +47,10 @@ class ResolveFailed(BuildError):
         self.name = name
 
 
-def _shim(mode: str, target: Target, args: list[str], *, cwd: str | None = None) -> subprocess.CompletedProcess:
-    spec = {"python": target.python, "markers": target.marker_env(), "pip_args": target.pip_args()}
+def _shim(mode: str, target: Target, args: list[str], *, cwd: str | None = None,
+          extra_index_args: list[str] | None = None) -> subprocess.CompletedProcess:
+    spec = {"python": target.python, "markers": target.marker_env(), "pip_args": target.pip_args(),
+            "index_args": extra_index_args or []}
     cmd = [sys.executable, "-m", "runtime_builder._piptools_target", mode, json.dumps(spec), *args]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_parent(), env.get("PYTHONPATH", "")] if p)
@@ -86,7 +77,7 @@ def compile_lock(requirements_in: str, lock_out: str, target: Target, *, seed: s
     log.info("resolving %d requirements for %s with pip-compile", len(requirements_in.splitlines()), target.label)
     proc = _shim("compile", target, args, cwd=work)
     if proc.returncode != 0:
-        raise explain_resolve(proc.stderr + proc.stdout, target)
+        raise explain_resolve(proc.stderr + proc.stdout, target, index=index_args(requirements_in))
     with open(lock_out, encoding="utf-8") as f:
         return f.read()
 
@@ -139,47 +130,57 @@ def pins(lock_text: str) -> dict[str, str]:
     return {n: p.version for n, p in parse_lock(lock_text).items()}
 
 
-def is_gpu_only(name: str) -> bool:
-    n = canonicalize_name(name)
-    return n.startswith(GPU_PREFIXES) or n in GPU_NAMES
+@dataclass
+class Probe:
+    """What the indexes offer for some names, and which index pages did not answer."""
+
+    #: {name: {"target": versions with an installable file on the target, "any": all versions}}
+    versions: dict[str, dict[str, list[str]]]
+    #: index page URL -> why pip could not read it (connection refused, name not resolved...)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    def unreachable_note(self) -> str:
+        """``"; could not read https://x/simple/y/ (its host name does not resolve)"`` or ``""``."""
+        if not self.unreachable:
+            return ""
+        return "; could not read " + ", ".join(f"{url} ({short_reason(why)})" for url, why in
+                                               sorted(self.unreachable.items()))
+
+    def index_down(self, index_url: str) -> str | None:
+        """Why ``index_url`` (an index or find-links URL) did not answer, or None when it did."""
+        base = index_url.rstrip("/")
+        return next((short_reason(why) for url, why in self.unreachable.items() if url.startswith(base)), None)
 
 
-def check_gpu(lock_text: str, requested: set[str]) -> None:
-    """Fail before installing when the lock pulls GPU-only libraries, naming who pulls them and the CPU build."""
-    locked = parse_lock(lock_text)
-    gpu = sorted(n for n in locked if is_gpu_only(n) and n not in requested)
-    if not gpu:
-        return
-
-    def roots(name: str, seen: set[str]) -> set[str]:
-        via = [canonicalize_name(v) for v in locked[name].via if canonicalize_name(v) in locked] if name in locked else []
-        if not via or name in requested:
-            return {name}
-        out: set[str] = set()
-        for v in via:
-            if v not in seen:
-                out |= roots(v, seen | {v})
-        return out or {name}
-
-    pullers = sorted(set().union(*(roots(g, {g}) for g in gpu)) - set(gpu)) or sorted(
-        {canonicalize_name(v) for g in gpu for v in locked[g].via})
-    shown = ", ".join(gpu[:4]) + (f" and {len(gpu) - 4} more" if len(gpu) > 4 else "")
-    fixes = "; ".join(f"for {p} use {CPU_ALTERNATIVES[p]}" for p in pullers if p in CPU_ALTERNATIVES)
-    who = ", ".join(pullers) if pullers else "the requirements"
-    raise BuildError(f"{who} pull{'s' if len(pullers) == 1 else ''} GPU-only libraries ({shown}) that Lambda, which "
-                     f"has no GPU, cannot use; fix: {fixes or 'install the package' + chr(39) + 's CPU-only build'}")
+def short_reason(why: str) -> str:
+    """pip's connection error -> a few words (the full text is in the -v log)."""
+    checks = (("NameResolution", "its host name does not resolve"),
+              ("Name or service not known", "its host name does not resolve"),
+              ("Temporary failure in name resolution", "its host name does not resolve"),
+              ("Connection refused", "connection refused"), ("timed out", "timed out"),
+              ("Network is unreachable", "network unreachable"), ("SSL", "a TLS certificate problem"),
+              ("ProxyError", "the proxy refused it"))
+    return next((words for key, words in checks if key in why), why.splitlines()[0][:120] if why else "no answer")
 
 
-def target_versions(names: list[str], target: Target) -> dict[str, dict[str, list[str]]]:
-    """{name: {"target": versions with an installable file on the target, "any": all versions}}."""
+def probe(names: list[str], target: Target, index: list[str] | None = None) -> Probe:
+    """Versions of ``names`` on pip's configured indexes plus ``index`` (pip index flags), quickly."""
     if not names:
-        return {}
-    proc = _shim("versions", target, list(names))
+        return Probe({})
+    proc = _shim("versions", target, list(names), extra_index_args=list(index or []) + QUICK)
     if proc.returncode != 0:
         log.debug("version query failed: %s", proc.stderr[-2000:])
         raise BuildError(f"could not list the versions of {', '.join(names)} on the package index: "
                          f"{_last_error(proc.stderr)}; check the network and the index settings")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    for url, why in data["unreachable"].items():
+        log.debug("index page %s could not be read: %s", url, why)
+    return Probe(data["versions"], data["unreachable"])
+
+
+def target_versions(names: list[str], target: Target) -> dict[str, dict[str, list[str]]]:
+    """{name: {"target": versions with an installable file on the target, "any": all versions}}."""
+    return probe(names, target).versions
 
 
 def wheel_sizes(locked: dict[str, str], target: Target) -> dict[str, int | None]:
@@ -191,6 +192,14 @@ def wheel_sizes(locked: dict[str, str], target: Target) -> dict[str, int | None]
         log.debug("size query failed: %s", proc.stderr[-2000:])
         return {}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def local_label(version: str) -> str | None:
+    """``"2.6.0+cpu"`` -> ``"cpu"``; None for a version without a local label (or not a version)."""
+    try:
+        return Version(version).local
+    except InvalidVersion:
+        return None
 
 
 def newest(versions: list[str]) -> str | None:
@@ -212,7 +221,9 @@ def install(lock_path: str, dest: str, target: Target) -> None:
     log.info("installing %s wheels into %s", target.label, dest)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise explain_resolve(proc.stderr + proc.stdout, target, stage="installing")
+        with open(lock_path, encoding="utf-8") as f:
+            index = index_args(f.read())
+        raise explain_resolve(proc.stderr + proc.stdout, target, stage="installing", index=index)
 
 
 def _last_error(output: str) -> str:
@@ -221,8 +232,14 @@ def _last_error(output: str) -> str:
     return next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "unknown error")[:300]
 
 
-def explain_resolve(output: str, target: Target, stage: str = "resolving") -> BuildError:
-    """pip's output -> one line: a conflict, a package that does not exist, no wheel for the target, or other."""
+def explain_resolve(output: str, target: Target, stage: str = "resolving", index: list[str] | None = None) -> BuildError:
+    """pip's output -> one line: a conflict, a package that does not exist, no wheel for the target, or other.
+
+    ``index``: the requirements' own index flags, looked at with pip's configured
+    indexes. A version with a local label (``torch==2.6.0+cpu``) is only ever
+    replaced by one with the same label: the unlabelled release is another
+    build (for torch, the GPU one), so suggesting it would send the user back.
+    """
     log.debug("pip output while %s:\n%s", stage, output)
     lines = output.splitlines()
     cannot = next((m for m in map(_CANNOT.search, lines) if m), None)
@@ -241,23 +258,44 @@ def explain_resolve(output: str, target: Target, stage: str = "resolving") -> Bu
     m = _NO_DIST.search(output)
     if m:
         spec = m.group(1).rstrip(")")
+        labels: set[str] = set()
         try:
-            name = canonicalize_name(Requirement(spec).name)
+            req = Requirement(spec)
+            name = canonicalize_name(req.name)
+            labels = {lbl for lbl in (local_label(s.version) for s in req.specifier) if lbl}
         except InvalidRequirement:
             name = canonicalize_name(re.split(r"[<>=!~;\[ ]", spec)[0])
         where = f"python{target.python} on manylinux {target.machine} (glibc {target.glibc[0]}.{target.glibc[1]})"
         try:
-            found = target_versions([name], target).get(name, {"target": [], "any": []})
+            looked = probe([name], target, index)
+            found: dict[str, list[str]] | None = looked.versions.get(name, {"target": [], "any": []})
         except BuildError:
-            found = None
+            looked, found = Probe({}), None
+        unread = looked.unreachable_note()
         if found is not None and not found["any"]:
+            if unread:
+                return ResolveFailed(f"no index pip reached has {name!r}{unread}; fix: check the network and the index "
+                                     f"URLs (--index-url/--extra-index-url in the requirements file or pip config)",
+                                     "unreachable", name)
             return ResolveFailed(f"package {name!r} does not exist on the package index (no release of any version); "
                                  f"fix: check the spelling of {spec!r}, or the --index-url in your pip config",
                                  "unknown", name)
-        best = newest(found["target"]) if found else None
-        hint = (f"the newest version with one is {best}: pin {name}=={best}, or" if best else
-                "no version has one: ")
-        err = NoSuitableWheel(f"no wheel of {spec} for {where}; fix: {hint} build it in a Lambda image with --docker")
+        candidates = found["target"] if found else []
+        if labels:
+            candidates = [v for v in candidates if local_label(v) in labels]
+        best = newest(candidates)
+        plus = "/".join(f"+{lbl}" for lbl in sorted(labels))
+        why = ""
+        if best:
+            fix = f"the newest version with one is {best}: pin {name}=={best}, or build it in a Lambda image with --docker"
+        elif labels:
+            why = (f", and no {plus} build of {name} has one on the indexes pip reached (a version without {plus} is "
+                   f"another build: do not drop the {plus})")
+            fix = (f"make the index with the {plus} builds reachable (or name a mirror of it with --extra-index-url "
+                   f"in the requirements file), or choose another --python")
+        else:
+            fix = "no version has one: build it in a Lambda image with --docker"
+        err = NoSuitableWheel(f"no wheel of {spec} for {where}{unread}{why}; fix: {fix}")
         err.kind = "no-wheel"  # type: ignore[attr-defined]
         err.name = name  # type: ignore[attr-defined]
         err.newest = best  # type: ignore[attr-defined]

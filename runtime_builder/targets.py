@@ -16,9 +16,17 @@ from wrenpack.errors import BuildError
 ARCHES = {"x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64", "amd64": "x86_64"}
 
 
+#: Lambda's Python runtimes, newest first: (first Python version of the row, the OS they run on, its glibc).
+RUNTIMES = (((3, 12), "Amazon Linux 2023", (2, 34)), ((3, 8), "Amazon Linux 2", (2, 26)))
+
+
+def _runtime_for(python: str) -> tuple[tuple[int, int], str, tuple[int, int]]:
+    version = tuple(int(p) for p in python.split(".")[:2])
+    return next(row for row in RUNTIMES if version >= row[0])
+
+
 def _glibc_for(python: str) -> tuple[int, int]:
-    major, minor = (int(p) for p in python.split(".")[:2])
-    return (2, 34) if (major, minor) >= (3, 12) else (2, 26)
+    return _runtime_for(python)[2]
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,19 @@ class Target:
     @property
     def glibc(self) -> tuple[int, int]:
         return _glibc_for(self.python)
+
+    @property
+    def os_name(self) -> str:
+        """The Amazon Linux release the runtime runs on (it fixes the glibc every library must load with)."""
+        return _runtime_for(self.python)[1]
+
+    def newer_runtime(self) -> tuple[str, str, tuple[int, int]] | None:
+        """(first Python version, OS, glibc) of the oldest Lambda runtime with a newer glibc, if any."""
+        newer = [row for row in RUNTIMES if row[2] > self.glibc]
+        if not newer:
+            return None
+        first, os_name, glibc = newer[-1]
+        return "%d.%d" % first, os_name, glibc
 
     @property
     def cp(self) -> str:

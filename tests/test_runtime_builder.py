@@ -94,9 +94,12 @@ def test_cache_hit_is_fast_and_rebuild_is_byte_identical(small, cache, tmp_path)
     fresh = runtime_builder.build(PKGS, output=str(tmp_path / "fresh"), cache_dir=str(tmp_path / "c2"),
                                   use_cache=False, artifacts="all")
     assert not fresh.cache_hit
-    for a, b in ((fresh.layer_zip, small.layer_zip), (fresh.archive, small.archive),
-                 (fresh.manifest_path, small.manifest_path), (fresh.lock, small.lock)):
+    for a, b in ((fresh.layer_zip, small.layer_zip), (fresh.archive, small.archive), (fresh.lock, small.lock)):
         assert _sha(a) == _sha(b), os.path.basename(a)
+    # the manifest is the same but for the stage times of the build that wrote it
+    mine, theirs = (json.load(open(m.manifest_path)) for m in (fresh, small))
+    assert set(mine.pop("stage_seconds")) == set(theirs.pop("stage_seconds"))
+    assert mine == theirs
 
 
 def test_building_from_the_lock_is_reproducible(small, cache, tmp_path):
@@ -432,7 +435,7 @@ def test_from_profile_falls_back_to_the_newest_version_with_a_wheel(cache, tmp_p
 
 
 def test_gpu_libraries_are_named_with_the_cpu_alternative():
-    from runtime_builder import resolve
+    from runtime_builder import gpu, resolve
 
     lock = ("filelock==3.16.1 \\\n    --hash=sha256:aa\n    # via torch\n"
             "nvidia-cublas-cu12==12.4.5.8 \\\n    --hash=sha256:bb\n    # via\n    #   nvidia-cudnn-cu12\n    #   torch\n"
@@ -442,11 +445,11 @@ def test_gpu_libraries_are_named_with_the_cpu_alternative():
     assert resolve.pins(lock)["nvidia-cublas-cu12"] == "12.4.5.8"
     assert resolve.parse_lock(lock)["nvidia-cublas-cu12"].via == ["nvidia-cudnn-cu12", "torch"]
     with pytest.raises(BuildError) as exc:
-        resolve.check_gpu(lock, requested={"torch"})
+        gpu.check_gpu(lock, requested={"torch"})
     text = _one_line(exc)
     assert text.startswith("torch pulls GPU-only libraries (nvidia-cublas-cu12, nvidia-cudnn-cu12, triton)"), text
     assert "https://download.pytorch.org/whl/cpu" in text and "+cpu" in text
-    resolve.check_gpu(lock.replace("nvidia", "other").replace("triton", "tritonx"), requested={"torch"})
+    gpu.check_gpu(lock.replace("nvidia", "other").replace("triton", "tritonx"), requested={"torch"})
 
 
 def test_failed_build_leaves_lock_and_json_report(small, cache, tmp_path):
@@ -573,20 +576,21 @@ def test_lazy_loader_stub_keeps_skimage_style_imports_working(tmp_path):
 # --- choose the mode that fits (issue 13) -----------------------------------------------------
 
 
-def _wheel(dirpath, name, version, files):
-    """A pure-Python wheel written by hand (py3-none-any), for a local --find-links index."""
+def _wheel(dirpath, name, version, files, tag="py3-none-any"):
+    """A wheel written by hand (pure Python unless ``files`` holds bytes), for a local --find-links index."""
     import base64
 
     info = f"{name}-{version}.dist-info"
     files = dict(files)
     files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/WHEEL"] = f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n"
     record = []
     for rel, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{rel},sha256={digest},{len(text.encode())}")
+        data = text if isinstance(text, bytes) else text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
     files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
-    path = os.path.join(dirpath, f"{name}-{version}-py3-none-any.whl")
+    path = os.path.join(dirpath, f"{name}-{version}-{tag}.whl")
     with zipfile.ZipFile(path, "w") as zf:
         for rel, text in sorted(files.items()):
             zf.writestr(rel, text)
@@ -627,3 +631,251 @@ def test_fit_picks_sourceless_when_only_sourceless_fits(cache, tmp_path, monkeyp
     out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {site!r}); "
                           "import fitpkg; print(fitpkg.VALUE)"], capture_output=True, text=True)
     assert out.stdout.strip() == "42", out.stderr
+
+
+# --- libraries checked against the target's glibc --------------------------------------------
+
+#: dlopen moved into libc at glibc 2.34: a library calling it, linked here, needs GLIBC_2.34
+NEEDS_2_34 = '#include <dlfcn.h>\nvoid *wp_open(void) { return dlopen("libm.so.6", RTLD_LAZY); }\n'
+#: strlen is as old as glibc's symbol versions on every architecture
+NEEDS_OLD = '#include <string.h>\nsize_t wp_len(const char *s) { return strlen(s); }\n'
+
+
+#: the target architecture this machine's compiler builds for
+HOST_ARCH = "arm64" if os.uname().machine in ("aarch64", "arm64") else "x86_64"
+
+
+def _compile_so(tmp_path, name, code):
+    """A shared library compiled by gcc from ``code`` (the test is skipped, saying why, without gcc)."""
+    import shutil
+
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        pytest.skip("no gcc or cc on this machine: cannot compile the test library")
+    src, out = tmp_path / f"{name}.c", tmp_path / f"lib{name}.so"
+    src.write_text(code)
+    proc = subprocess.run([gcc, "-shared", "-fPIC", "-o", str(out), str(src)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"{gcc} cannot build a shared library here: {proc.stderr.strip()[:200]}")
+    return str(out)
+
+
+def _needs_2_34(tmp_path):
+    lib = _compile_so(tmp_path, "need234", NEEDS_2_34)
+    if elf.newest_glibc(lib) != (2, 34):
+        pytest.skip(f"this machine's glibc links dlopen as GLIBC_{'.'.join(map(str, elf.newest_glibc(lib) or ()))}, "
+                    "not GLIBC_2.34 (it is older than 2.34)")
+    return lib
+
+
+def _verify_here(python):
+    from runtime_builder.pipeline import target_interpreter
+    from runtime_builder.targets import Target
+
+    return target_interpreter(Target.make(python)) is not None
+
+
+def _glibc_inputs(tmp_path, name, lib_path):
+    """A wheel whose package loads (ctypes) a vendored library from ``<name>.libs/``, as auditwheel lays them out."""
+    wheels = tmp_path / f"wheels-{name}"
+    wheels.mkdir()
+    lib = f"{name}.libs/libwp-1a2b3c4d.so.1"
+    init = ("import ctypes, os\n_LIB = ctypes.CDLL(os.path.join(os.path.dirname(os.path.dirname("
+            f"os.path.abspath(__file__))), {lib!r}))\n")
+    with open(lib_path, "rb") as f:
+        _wheel(str(wheels), name, "1.0", {f"{name}/__init__.py": init, lib: f.read()})
+    req = tmp_path / f"{name}.txt"
+    req.write_text(f"--find-links {wheels}\n{name}==1.0\n")
+    return str(req), lib
+
+
+def test_version_needs_come_from_the_dynamic_section(small, tmp_path):
+    ext = [os.path.join(d, f) for d, _, fs in os.walk(small.site_dir) for f in fs if f.endswith(".so")]
+    assert ext
+    needs = elf.version_needs(ext[0])
+    assert "libc.so.6" in needs and all(v.startswith(("GLIBC_", "GCC_", "GLIBCXX_", "CXXABI_"))
+                                        for vs in needs.values() for v in vs)
+    assert (2, 2) <= elf.newest_glibc(ext[0]) <= (2, 17)  # msgpack's manylinux2014 wheel
+    assert elf.glibc_version("GLIBC_2.2.5") == (2, 2, 5) and elf.glibc_version("GLIBCXX_3.4") is None
+    assert elf.version_needs(_compile_so(tmp_path, "old", NEEDS_OLD))["libc.so.6"] <= {"GLIBC_2.2.5", "GLIBC_2.17"}
+    lib = _needs_2_34(tmp_path)
+    assert "GLIBC_2.34" in elf.version_needs(lib)["libc.so.6"]
+    # read the way the loader reads it: the section headers a strip could drop are not used
+    data = bytearray(open(lib, "rb").read())
+    struct.pack_into("<QIHHHHHH", data, 40, 0, 0, 64, 56, struct.unpack_from("<H", data, 56)[0], 64, 0, 0)
+    bare = tmp_path / "bare.so"
+    bare.write_bytes(bytes(data))
+    assert elf.newest_glibc(str(bare)) == (2, 34)
+
+
+def test_glibc_check_against_each_runtime(tmp_path):
+    from runtime_builder import glibc
+    from runtime_builder.targets import Target
+
+    site = tmp_path / "site"
+    (site / "pkg.libs").mkdir(parents=True)
+    with open(_needs_2_34(tmp_path), "rb") as f:
+        (site / "pkg.libs" / "libx-0a1b.so.1").write_bytes(f.read())
+    owner = {os.path.join("pkg.libs", "libx-0a1b.so.1"): "pkg"}.get
+    args = (owner, {"pkg": "1.0"}, {"pkg": ["cp311-cp311-manylinux_2_17_x86_64"]})
+    with pytest.raises(BuildError) as exc:
+        glibc.check(str(site), Target.make("3.11", HOST_ARCH), *args)
+    assert _one_line(exc).startswith("glibc check failed: pkg.libs/libx-0a1b.so.1 (from pkg 1.0, wheel tagged "
+                                     "cp311-cp311-manylinux_2_17_x86_64) needs GLIBC_2.34, newer than the glibc 2.26 "
+                                     "of python3.11 on Lambda (Amazon Linux 2)")
+    summary = glibc.check(str(site), Target.make("3.12", HOST_ARCH), *args)  # Amazon Linux 2023 has 2.34
+    assert summary == {"target": "2.34", "newest_needed": "2.34",
+                       "newest_needed_by": os.path.join("pkg.libs", "libx-0a1b.so.1"), "libraries": 1}
+    # a library for another architecture can never be loaded there: its needs do not count
+    other = "arm64" if HOST_ARCH == "x86_64" else "x86_64"
+    assert glibc.check(str(site), Target.make("3.11", other), *args)["libraries"] == 0
+
+
+def test_build_names_a_library_that_needs_a_newer_glibc_than_the_target(cache, tmp_path):
+    """It imports here (glibc 2.36) and would not load on python3.11's Amazon Linux 2 (2.26): the build says so."""
+    req, lib = _glibc_inputs(tmp_path, "wpglibcnew", _needs_2_34(tmp_path))
+    with pytest.raises(BuildError) as exc:
+        runtime_builder.build(requirements_files=[req], python="3.11", arch=HOST_ARCH, output=str(tmp_path / "out"),
+                              cache_dir=cache, verify_imports=_verify_here("3.11"))
+    text = _one_line(exc)
+    assert text.startswith(f"glibc check failed: {lib} (from wpglibcnew 1.0, wheel tagged py3-none-any) needs "
+                           "GLIBC_2.34, newer than the glibc 2.26 of python3.11 on Lambda (Amazon Linux 2)"), text
+    assert ("fix: pin an older wpglibcnew whose wheel is tagged manylinux_2_26 or lower (e.g. manylinux2014), or "
+            "build for a newer runtime: --python 3.12 (Amazon Linux 2023, glibc 2.34)") in text, text
+    assert exc.value.report["stage"] == "glibc" and "glibc" in exc.value.report["stage_seconds"]
+
+
+def test_build_passes_a_library_that_needs_only_an_old_glibc(cache, tmp_path):
+    req, lib = _glibc_inputs(tmp_path, "wpglibcold", _compile_so(tmp_path, "old", NEEDS_OLD))
+    res = runtime_builder.build(requirements_files=[req], python="3.11", arch=HOST_ARCH, output=str(tmp_path / "out"),
+                                cache_dir=cache, verify_imports=_verify_here("3.11"))
+    g = res.manifest["glibc"]
+    assert g["target"] == "2.26" and g["newest_needed_by"] == lib and g["libraries"] == 1
+    assert tuple(int(p) for p in g["newest_needed"].split(".")) <= (2, 17)
+    assert os.path.exists(os.path.join(res.site_dir, lib))
+
+
+# --- stage times ------------------------------------------------------------------------------
+
+BUILD_STAGES = ["resolve", "size-check", "install", "trim", "glibc", "bytecode", "budget", "verify", "pack"]
+
+
+def test_stage_times_in_the_manifest_the_result_the_json_and_the_summary(small, cache, tmp_path):
+    times = small.manifest["stage_seconds"]
+    assert list(times) == BUILD_STAGES and all(isinstance(v, float) and v >= 0 for v in times.values())
+    assert list(small.stage_seconds) == BUILD_STAGES + ["publish"]
+    assert {k: small.stage_seconds[k] for k in BUILD_STAGES} == times
+    assert sum(times.values()) <= small.seconds
+    env = dict(os.environ, COLUMNS="400")
+    cmd = [sys.executable, "-m", "wrenpack", "build-runtime", "--lock", small.lock, "--cache-dir", cache]
+    proc = subprocess.run(cmd + ["--output", str(tmp_path / "built"), "--no-cache"], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("stages (s): "))
+    assert [part.split()[0] for part in line[len("stages (s): "):].split(", ")] == BUILD_STAGES + ["publish"]
+    proc = subprocess.run(cmd + ["--output", str(tmp_path / "built")], capture_output=True, text=True, env=env)
+    assert "stages when it was built (s): resolve " in proc.stdout, proc.stdout
+    proc = subprocess.run(cmd + ["--output", str(tmp_path / "built"), "--json"], capture_output=True, text=True)
+    data = json.loads(proc.stdout)
+    assert data["cache_hit"] and list(data["stage_seconds"]) == ["publish"]
+    assert list(data["built_stage_seconds"]) == BUILD_STAGES
+
+
+# --- torch: CPU-only advice that works as printed ---------------------------------------------
+
+TORCH_LOCK = ("filelock==3.16.1 \\\n    --hash=sha256:aa\n    # via torch\n"
+              "nvidia-cublas-cu12==12.4.5.8 \\\n    --hash=sha256:bb\n    # via torch\n"
+              "torch==2.5.1 \\\n    --hash=sha256:dd\n    # via -r requirements.in\n"
+              "triton==3.1.0 \\\n    --hash=sha256:ee\n    # via torch\n")
+
+
+def _simple_index(root, wheels):
+    """A PEP 503 index in a directory: ``root/<name>/index.html`` linking each wheel (with its sha256)."""
+    import urllib.parse
+
+    by_name = {}
+    for path in wheels:
+        by_name.setdefault(os.path.basename(path).split("-")[0], []).append(path)
+    for name, paths in by_name.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        links = []
+        for path in paths:
+            fn = os.path.basename(path)
+            os.replace(path, os.path.join(root, name, fn))
+            links.append(f'<a href="{urllib.parse.quote(fn)}#sha256={_sha(os.path.join(root, name, fn))}">{fn}</a>')
+        with open(os.path.join(root, name, "index.html"), "w") as f:
+            f.write("<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n")
+    return "file://" + root
+
+
+def _closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torch_advice_is_honest_when_no_cpu_build_can_be_reached(tmp_path, monkeypatch):
+    """The old advice (a +cpu pin from an index that does not answer) ended in 'pin torch==2.5.1': the GPU build again."""
+    from runtime_builder import gpu, resolve
+    from runtime_builder.targets import Target
+
+    # pip sees only a stand-in for PyPI (the CUDA build, torch 2.5.1) and a CPU index that refuses connections
+    pypi = tmp_path / "pypi"
+    pypi.mkdir()
+    _wheel(str(pypi), "torch", "2.5.1", {"torch/__init__.py": ""})
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_CONSTRAINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", _simple_index(str(pypi), list(map(str, pypi.glob("*.whl")))))
+    idx = f"http://127.0.0.1:{_closed_port()}/whl/cpu"
+    monkeypatch.setenv(gpu.CPU_INDEX_ENV, idx)
+    target = Target.make("3.11")
+    plain_pin = re.compile(r"torch==[0-9.]+(?!\+|[0-9.])")  # torch==2.5.1 without +cpu: the GPU build
+
+    with pytest.raises(BuildError) as exc:
+        gpu.check_gpu(TORCH_LOCK, {"torch"}, target)
+    text = _one_line(exc)
+    assert text.startswith("torch pulls GPU-only libraries (nvidia-cublas-cu12, triton) that Lambda, which has no "
+                           "GPU, cannot use, and no CPU-only build of torch can be reached from here: PyTorch's CPU "
+                           f"index {idx} does not answer (connection refused)"), text
+    assert not plain_pin.search(text), text
+    assert "`--find-links DIR` and `torch==VERSION+cpu`" in text and "`wrenpack build-runtime -r FILE --python 3.11`" in text
+
+    # following a +cpu pin anyway: the resolver's message must not send the user back to the GPU build
+    err = resolve.explain_resolve("ERROR: No matching distribution found for torch==2.5.1+cpu", target,
+                                  index=["--extra-index-url", idx])
+    text = str(err)
+    assert "\n" not in text and not plain_pin.search(text.replace("torch==2.5.1+cpu", "")), text
+    assert f"could not read {idx}/torch/ (connection refused)" in text
+    assert "no +cpu build of torch has one on the indexes pip reached" in text and "do not drop the +cpu" in text
+
+
+def test_torch_cpu_advice_works_as_printed(cache, tmp_path, monkeypatch):
+    from runtime_builder import gpu
+    from runtime_builder.targets import Target
+
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    wheels = [_wheel(str(cpu), "torch", "2.5.1+cpu", {"torch/__init__.py": "CPU_ONLY = True\n"}),
+              # newer, but its wheel needs glibc 2.28: not for python3.11's Amazon Linux 2
+              _wheel(str(cpu), "torch", "2.7.0+cpu", {"torch/__init__.py": ""},
+                     tag="cp311-cp311-manylinux_2_28_x86_64")]
+    idx = _simple_index(str(cpu), wheels)
+    monkeypatch.setenv(gpu.CPU_INDEX_ENV, idx)
+    with pytest.raises(BuildError) as exc:
+        gpu.check_gpu(TORCH_LOCK, {"torch"}, Target.make("3.11", HOST_ARCH))
+    text = _one_line(exc)
+    command = "wrenpack build-runtime -r FILE --python 3.11" + (" --arch arm64" if HOST_ARCH == "arm64" else "")
+    assert (f"fix: use the CPU-only build: put `--extra-index-url {idx}` and `torch==2.5.1+cpu` in a requirements "
+            f"file (with your other requirements) and run `{command}`") in text, text
+    # do exactly that
+    lines = [q for q in re.findall(r"`([^`]+)`", text) if not q.startswith("wrenpack ")]
+    req = tmp_path / "requirements.txt"
+    req.write_text("".join(ln + "\n" for ln in lines))
+    res = runtime_builder.build(requirements_files=[str(req)], python="3.11", arch=HOST_ARCH,
+                                output=str(tmp_path / "out"), cache_dir=cache, verify_imports=_verify_here("3.11"))
+    lock = open(res.lock).read()
+    assert "torch==2.5.1+cpu" in lock and "nvidia" not in lock and "triton" not in lock
+    assert {p["name"]: p["version"] for p in res.manifest["packages"]}["torch"] == "2.5.1+cpu"

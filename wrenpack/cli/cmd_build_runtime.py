@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(res.seconds, 3), "target": m["target"], "sizes": m["sizes"],
             "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
             "mode": m.get("mode"), "rollbacks": m.get("rollbacks", []), "fallbacks": m.get("fallbacks", []),
-            "content_hash": m["content_hash"],
+            "glibc": m.get("glibc"), "content_hash": m["content_hash"],
+            "stage_seconds": res.stage_seconds, "built_stage_seconds": m.get("stage_seconds"),
         }, indent=2))
         return 0
     _print_human(res)
@@ -153,11 +154,26 @@ def _print_human(res: Any) -> None:
     limit = m["target"]["limit_bytes"]
     verified = (f"{len(m['verified']['modules'])} modules import" if m["verified"]["ok"]
                 else "[yellow]NOT verified[/yellow]")
+    g = m.get("glibc") or {}
+    if g:
+        verified += (f"; libraries need glibc {g['newest_needed']} at most (Lambda has {g['target']})"
+                     if g.get("newest_needed") else "; no library needs glibc")
     console.print(
         f"{'cache hit' if res.cache_hit else 'built'} in {res.seconds:.1f} s: {s['raw'] / MIB:.1f} MiB raw -> "
         f"[bold]{s['trimmed'] / MIB:.1f} MiB[/bold] ({mode.get('name', m['target']['kind'])}, budget "
         f"{limit / MIB:.0f} MiB), {_artifacts(s)}; {verified}")
+    stages = _stages(m.get("stage_seconds") or {})
+    if res.cache_hit:
+        if stages:
+            console.print(f"stages when it was built (s): {stages}")
+    else:
+        console.print(f"stages (s): {_stages(res.stage_seconds)}")
     console.print(f"output: {res.output}  (python/ is the runtime; commit {res.lock})")
+
+
+def _stages(seconds: dict[str, float]) -> str:
+    """``resolve 8.1, install 2.0, ...`` in the order the stages ran."""
+    return ", ".join(f"{name} {s:.1f}" for name, s in seconds.items())
 
 
 def _artifacts(sizes: dict[str, Any]) -> str:
