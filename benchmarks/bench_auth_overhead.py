@@ -116,7 +116,9 @@ def inproc(args: argparse.Namespace) -> None:
 
     import cloudpickle
 
-    from wrenpack import keys, protocol
+    from wrenpack import keys
+    from wrenpack.wire.event import Event, inline_args
+    from wrenpack.wire.result import open_result
     from wrenpack.storage.local import LocalStore
     from wrenpack.worker.context import LocalContext
     from wrenpack.worker.handler import handler
@@ -139,10 +141,10 @@ def inproc(args: argparse.Namespace) -> None:
                         store.put(keys.input_key(job, cid), auth.seal(secret, keys.identity(job, "input", cid), data))
                         spec = {"key": keys.input_key(job, cid)}
                     else:
-                        spec = protocol.inline_args(data)
-                    event = protocol.Event(job_id=job, call_id=cid, store=store.spec, secret=secret, args=spec).to_dict()
+                        spec = inline_args(data)
+                    event = Event(job_id=job, call_id=cid, store=store.spec, secret=secret, args=spec).to_dict()
                     handler(event, LocalContext(function_name="b", memory_mb=1024, deadline=time.time() + 60))
-                    protocol.open_result(secret, job, cid, store.get(keys.result_key(job, cid)), "r")
+                    open_result(secret, job, cid, store.get(keys.result_key(job, cid)), "r")
                 times[f"{case} {mode}"].append(time.process_time() - t0)
                 store.delete_prefix(keys.job_prefix(job))
     auth._enabled = True

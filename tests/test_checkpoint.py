@@ -11,8 +11,10 @@ import cloudpickle
 import pytest
 
 import wrenpack
-from wrenpack import auth, keys, protocol
+from wrenpack import auth, keys
 from wrenpack.storage.local import LocalStore
+from wrenpack.wire.event import Event, inline_args
+from wrenpack.wire.result import open_result
 from wrenpack.worker import checkpoint as ck
 from wrenpack.worker.context import LocalContext
 from wrenpack.worker.handler import handler
@@ -108,9 +110,9 @@ SECRET = b"k" * 32
 
 def _event(store, fn, args, job="j1", call="00000"):
     store.put(keys.func_key(job), auth.seal(SECRET, keys.identity(job, "func"), cloudpickle.dumps(fn)))
-    return protocol.Event(
+    return Event(
         job_id=job, call_id=call, store=store.spec, secret=SECRET,
-        args=protocol.inline_args(cloudpickle.dumps((args, {}))), function_name="stepper",
+        args=inline_args(cloudpickle.dumps((args, {}))), function_name="stepper",
     ).to_dict()
 
 
@@ -120,7 +122,7 @@ def test_corrupt_checkpoint_fails_clearly(tmp_path):
     store.put(keys.checkpoint_key("j1", "00000"), b"WRCK2" + b"\0" * 36 + b"garbage")
     status = handler(event, LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30))
     assert status["exit"] == "error"
-    _, outcome = protocol.open_result(SECRET, "j1", "00000", store.get(keys.result_key("j1", "00000")), "r")
+    _, outcome = open_result(SECRET, "j1", "00000", store.get(keys.result_key("j1", "00000")), "r")
     exc = outcome.rebuild("stepper")
     assert isinstance(exc, wrenpack.CorruptObject) and "failed authentication" in str(exc)
     assert "nothing was unpickled" in str(exc)

@@ -15,9 +15,11 @@ import cloudpickle
 import pytest
 
 import wrenpack
-from wrenpack import auth, keys, protocol
+from wrenpack import auth, keys
 from wrenpack.backends.local import LocalBackend
 from wrenpack.storage.local import LocalStore
+from wrenpack.wire.event import Event, inline_args
+from wrenpack.wire.result import open_result
 from wrenpack.worker.context import LocalContext
 from wrenpack.worker.handler import handler
 
@@ -127,8 +129,8 @@ def test_a_large_result_of_a_small_call_is_stored_then_removed(ex):
 
 
 def _event(store, secret, fn_bytes, digest=None, inline=True, **extra):
-    d = protocol.Event(job_id="j1", call_id="00000", store=store.spec, secret=secret,
-                       args=protocol.inline_args(cloudpickle.dumps(((), {})))).to_dict()
+    d = Event(job_id="j1", call_id="00000", store=store.spec, secret=secret,
+                       args=inline_args(cloudpickle.dumps(((), {})))).to_dict()
     d["func_hash"] = digest or hashlib.sha256(fn_bytes).hexdigest()
     if inline:
         d["func_inline"] = base64.b64encode(fn_bytes).decode()
@@ -150,7 +152,7 @@ def _outcome(store, secret, status):
         blob = store.get(keys.result_key("j1", "00000"))
     elif isinstance(blob, str):  # Lambda's JSON reply (base64)
         blob = base64.b64decode(blob)
-    return protocol.open_result(secret, "j1", "00000", blob, "result")[1]
+    return open_result(secret, "j1", "00000", blob, "result")[1]
 
 
 def test_a_function_not_matching_its_hash_is_refused_unpickled(tmp_path):

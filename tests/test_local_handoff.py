@@ -15,10 +15,12 @@ import pytest
 
 import wrenpack
 from open_memfds import memfds as _memfds
-from wrenpack import keys, protocol
+from wrenpack import keys
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import CorruptObject, PayloadTooLarge, WorkerCrashed
 from wrenpack.storage.local import LocalStore
+from wrenpack.wire.event import Event
+from wrenpack.wire.result import open_result, reply_result
 from wrenpack.worker import handoff
 from wrenpack.worker.context import LocalContext
 from wrenpack.worker.handler import handler
@@ -223,7 +225,7 @@ def test_results_the_driver_has_not_read_yet_do_not_shrink_the_next_call(tmp_pat
 
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
     gate = threading.Event()
-    from wrenpack.backends import local_replies
+    from wrenpack.backends.local import replies as local_replies
 
     original = local_replies.read_handed_off
 
@@ -358,7 +360,7 @@ def test_the_handler_refuses_an_unsealed_argument_memfd_as_a_wrenpack_error(tmp_
     store = LocalStore(tmp_path / "s")
     store.put(keys.func_key("j1"), auth.seal(secret, keys.identity("j1", "func"), cloudpickle.dumps(echo)))
     evil = pickle.dumps(((_Evil(marker),), {}))
-    event = protocol.Event(job_id="j1", call_id="00000", store=store.spec, secret=secret,
+    event = Event(job_id="j1", call_id="00000", store=store.spec, secret=secret,
                            args={"handoff": _layout(len(evil))}).to_dict()
     # Unsealed with an out-of-band buffer (the worker would map it: a kept, rewritable
     # memfd of the driver's carries only a stream); or, as on Lambda, no memfd came.
@@ -368,9 +370,9 @@ def test_the_handler_refuses_an_unsealed_argument_memfd_as_a_wrenpack_error(tmp_
         ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)
         ctx.handoff_fds = [fd] if fd is not None else []
         reply = handler(dict(ev), ctx)
-        data = protocol.reply_result(reply) or store.get(keys.result_key("j1", "00000"))
+        data = reply_result(reply) or store.get(keys.result_key("j1", "00000"))
         store.delete(keys.result_key("j1", "00000"))
-        status, outcome = protocol.open_result(secret, "j1", "00000", data, "r")
+        status, outcome = open_result(secret, "j1", "00000", data, "r")
         assert not outcome.ok and status["exit"] == "error"
         err = outcome.rebuild("t")
         assert isinstance(err, CorruptObject) and "nothing was unpickled" in str(err)

@@ -17,7 +17,7 @@ import pytest
 
 import wrenpack
 from wrenpack.backends.base import Backend, Invocation
-from wrenpack.backends.cgroups import CgroupFactory
+from wrenpack.backends.local.linux import CgroupFactory
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import ConfigError
 

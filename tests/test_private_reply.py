@@ -11,8 +11,9 @@ import time
 import pytest
 
 import wrenpack
-from wrenpack import keys, protocol
+from wrenpack import keys
 from wrenpack.backends.local import LocalBackend
+from wrenpack.wire import result as result_format
 from wrenpack.worker import refs
 
 
@@ -43,9 +44,9 @@ def ex(tmp_path):
 def test_small_results_skip_the_sealed_result_object(ex, monkeypatch):
     assert ex.submit(plus_one, 0).result(timeout=60) == 1  # warm
     opened, sealed = [], []
-    real_open, real_seal = protocol.open_result, protocol.seal_result
-    monkeypatch.setattr(protocol, "open_result", lambda *a, **k: opened.append(1) or real_open(*a, **k))
-    monkeypatch.setattr(protocol, "seal_result", lambda *a, **k: sealed.append(1) or real_seal(*a, **k))
+    real_open, real_seal = result_format.open_result, result_format.seal_result
+    monkeypatch.setattr(result_format, "open_result", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    monkeypatch.setattr(result_format, "seal_result", lambda *a, **k: sealed.append(1) or real_seal(*a, **k))
     fut = ex.submit(plus_one, 41)
     assert fut.result(timeout=60) == 42
     assert opened == [] and sealed == []  # (the worker's seal would run in another process: see the status)
@@ -63,10 +64,10 @@ def test_a_pinned_call_stores_a_sealed_result_for_its_reference(ex):
     # What a reference elsewhere reads: a result object sealed with the job's secret.
     data = ex.store.get(keys.result_key(fut.job_id, fut.call_id))
     secret = refs.secret_for(fut.job_id)
-    status, outcome = protocol.open_result(secret, fut.job_id, fut.call_id, data, "result")
+    status, outcome = result_format.open_result(secret, fut.job_id, fut.call_id, data, "result")
     assert outcome.value == 49 and status["exit"] == "ok"
     with pytest.raises(wrenpack.CorruptObject, match="failed authentication"):
-        protocol.open_result(secret, fut.job_id, fut.call_id, data[:-1] + bytes([data[-1] ^ 1]), "result")
+        result_format.open_result(secret, fut.job_id, fut.call_id, data[:-1] + bytes([data[-1] ^ 1]), "result")
 
 
 def test_without_the_backend_asking_the_reply_stays_sealed(tmp_path, monkeypatch):
@@ -74,8 +75,8 @@ def test_without_the_backend_asking_the_reply_stays_sealed(tmp_path, monkeypatch
     e = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=1, reply_limit=0))
     try:
         opened = []
-        real_open = protocol.open_result
-        monkeypatch.setattr(protocol, "open_result", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+        real_open = result_format.open_result
+        monkeypatch.setattr(result_format, "open_result", lambda *a, **k: opened.append(1) or real_open(*a, **k))
         opts = e.options()
         opts.extra = {"event": {"reply_limit": 1 << 20}}
         fut = e.launch(plus_one, [((1,), {})], opts)[0]
@@ -87,7 +88,7 @@ def test_without_the_backend_asking_the_reply_stays_sealed(tmp_path, monkeypatch
 
 
 def test_an_unreadable_private_outcome_fails_that_call_only(ex, monkeypatch):
-    from wrenpack.backends import local_replies
+    from wrenpack.backends.local import replies as local_replies
 
     original = local_replies.read_pickled
 

@@ -17,10 +17,11 @@ import cloudpickle
 import pytest
 
 import wrenpack
-from wrenpack import auth, keys, protocol
+from wrenpack import auth, keys
 from wrenpack.errors import CorruptObject, ProtocolError, StoreError
 from wrenpack.storage.local import LocalStore
-from wrenpack.worker import result
+from wrenpack.wire import result
+from wrenpack.wire.event import Event, inline_args
 from wrenpack.worker.context import LocalContext
 from wrenpack.worker.handler import handler
 
@@ -186,8 +187,8 @@ def _sealed_result(tmp_path, value, secret=b"s" * 32, job="j1", call="00000"):
     """A real result object, written by the real handler."""
     store = LocalStore(tmp_path / "flip-store")
     store.put(keys.func_key(job), auth.seal(secret, keys.identity(job, "func"), cloudpickle.dumps(lambda: value)))
-    event = protocol.Event(job_id=job, call_id=call, store=store.spec, secret=secret,
-                           args=protocol.inline_args(cloudpickle.dumps(((), {})))).to_dict()
+    event = Event(job_id=job, call_id=call, store=store.spec, secret=secret,
+                           args=inline_args(cloudpickle.dumps(((), {})))).to_dict()
     assert handler(event, LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30))["exit"] == "ok"
     return store.get(keys.result_key(job, call))
 
@@ -195,13 +196,13 @@ def _sealed_result(tmp_path, value, secret=b"s" * 32, job="j1", call="00000"):
 def test_every_single_bit_flip_of_a_result_object_is_detected(tmp_path):
     secret = b"s" * 32
     blob = _sealed_result(tmp_path, 7, secret)
-    assert protocol.open_result(secret, "j1", "00000", blob, "r")[1].value == 7
+    assert result.open_result(secret, "j1", "00000", blob, "r")[1].value == 7
     undetected = []
     for i in range(len(blob) * 8):
         flipped = bytearray(blob)
         flipped[i // 8] ^= 1 << (i % 8)
         try:
-            protocol.open_result(secret, "j1", "00000", bytes(flipped), "r")
+            result.open_result(secret, "j1", "00000", bytes(flipped), "r")
             undetected.append(i)
         except CorruptObject:
             pass
@@ -213,9 +214,9 @@ def test_truncated_and_extended_result_objects_are_detected(tmp_path):
     blob = _sealed_result(tmp_path, 7, secret)
     for bad in (b"", blob[:10], blob[:-1], blob + b"\0", blob[1:], b"x" + blob):
         with pytest.raises(CorruptObject):
-            protocol.open_result(secret, "j1", "00000", bad, "r")
+            result.open_result(secret, "j1", "00000", bad, "r")
     with pytest.raises(CorruptObject):
-        protocol.open_result(b"t" * 32, "j1", "00000", blob, "r")  # another job's secret
+        result.open_result(b"t" * 32, "j1", "00000", blob, "r")  # another job's secret
 
 
 def test_identity_binds_job_call_kind_and_segment():
@@ -287,8 +288,8 @@ def test_group_or_world_writable_store_directory_is_refused(tmp_path):
 
 # -- the handler validates the event --------------------------------------------------
 def _good_event(local_store, secret=b"s" * 32, **changes):
-    d = protocol.Event(job_id="j1", call_id="00000", store=local_store.spec, secret=secret,
-                       args=protocol.inline_args(cloudpickle.dumps(((), {})))).to_dict()
+    d = Event(job_id="j1", call_id="00000", store=local_store.spec, secret=secret,
+                       args=inline_args(cloudpickle.dumps(((), {})))).to_dict()
     d.update(changes)
     return d
 
@@ -347,13 +348,13 @@ def test_handler_replies_with_the_sealed_result_when_it_fits(tmp_path, monkeypat
         call = keys.call_id(limit + len(local))
         event = _good_event(store, secret, call_id=call, reply_limit=limit)
         reply = handler(event, ctx)
-        data = protocol.reply_result(reply)
+        data = result.reply_result(reply)
         if not in_reply:
             assert data is None and reply["first"] is True
             data = store.get(keys.result_key("j1", call))
         else:
             assert not store.exists(keys.result_key("j1", call))  # not written to the store
-        assert protocol.open_result(secret, "j1", call, data, "r")[1].value == "v" * 100
+        assert result.open_result(secret, "j1", call, data, "r")[1].value == "v" * 100
 
 
 def test_executor_uses_the_result_from_the_reply(ex, monkeypatch):

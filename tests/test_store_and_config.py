@@ -12,7 +12,7 @@ from wrenpack.config import Config
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound
 from wrenpack.storage import open_store
 from wrenpack.storage.local import LocalStore
-from wrenpack.worker import result
+from wrenpack.wire import result
 
 
 def test_local_store_basics(tmp_path):

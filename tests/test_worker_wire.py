@@ -9,8 +9,20 @@ import threading
 
 import pytest
 
-from wrenpack.backends.local_worker import encode
-from wrenpack.worker.local_main import _Reader
+from wrenpack.wire import driver_message, frames, worker_reply
+
+
+def encode(head: dict) -> bytes:
+    """A driver's message, as the driver frames it."""
+    return frames.encode(driver_message.dumps(head))
+
+
+class _Reader(frames.Reader):
+    """The worker's reader, giving each message's header as the worker reads it."""
+
+    def next(self, fds):
+        got = super().next(fds)
+        return None if got is None else driver_message.loads(got[0])
 
 
 def test_messages_split_and_joined_any_way_come_out_whole():
@@ -90,17 +102,15 @@ def _every_kind_of_call(tmp_path) -> None:
 def test_every_message_to_a_worker_is_what_json_would_carry(tmp_path, monkeypatch):
     """Messages travel in marshal, which keeps tuples and any key: the driver must
     build them from JSON's values only, so a local worker sees Lambda's event."""
-    from wrenpack.backends import local_worker
-
     seen = []
-    real = local_worker.encode
+    real = driver_message.dumps
 
-    def strict(head, blob=b""):
+    def strict(head):
         seen.append(head)
         _json_shaped(head)
-        return real(head, blob)
+        return real(head)
 
-    monkeypatch.setattr(local_worker, "encode", strict)
+    monkeypatch.setattr(driver_message, "dumps", strict)
     _every_kind_of_call(tmp_path)
     assert len(seen) >= 5
 
@@ -119,10 +129,8 @@ def test_every_reply_from_a_worker_is_what_json_would_carry(tmp_path, monkeypatc
     a stored result object (whose status is JSON), and only dicts are accepted."""
     import marshal
 
-    from wrenpack.backends import local_worker
-
     seen = []
-    real = local_worker.decode_head
+    real = worker_reply.loads
 
     def strict(data):
         head = real(data)
@@ -130,7 +138,7 @@ def test_every_reply_from_a_worker_is_what_json_would_carry(tmp_path, monkeypatc
         _json_shaped(head)
         return head
 
-    monkeypatch.setattr(local_worker, "decode_head", strict)
+    monkeypatch.setattr(worker_reply, "loads", strict)
     _every_kind_of_call(tmp_path)
     assert any("ready" in head for head in seen) and any("outcome" in head for head in seen)
     assert any("handoff" in head for head in seen)

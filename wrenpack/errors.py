@@ -33,7 +33,7 @@ class CorruptObject(StoreError):
 
 class ProtocolError(WrenpackError):
     """An invocation event a worker refuses: wrong version, malformed, or naming keys or a
-    store outside its job (``wrenpack.protocol``)."""
+    store outside its job (``wrenpack.wire.event``)."""
 
 
 class PayloadTooLarge(WrenpackError):

@@ -19,7 +19,7 @@ Every object here that wrenpack unpickles or acts on is sealed
 (``wrenpack.auth``) with the job's secret and its ``identity``: job, call,
 kind and segment. A result object is one atomic write holding both the status record (JSON:
 start/end, peak RSS, exit kind) and the outcome (cloudpickled ``("ok", value)``
-or ``("error", ...)``), see ``wrenpack.worker.result``. It is written with
+or ``("error", ...)``), see ``wrenpack.wire.result``. It is written with
 "if absent", so when a call is delivered twice the first complete result
 wins. A poller that lists ``result/`` sees only finished calls. ``call_id`` is
 the call's zero-padded index in its map. Standard library only.

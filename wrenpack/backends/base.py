@@ -47,7 +47,7 @@ class PrivateReply(abc.ABC):
     """A call's outcome as a backend brought it, read by the backend's own code.
 
     It carries no MAC: a backend gives one only for a channel nobody but the
-    worker it made can write to (see ``wrenpack.backends.local_replies``).
+    worker it made can write to (see ``wrenpack.backends.local.replies``).
     Everything that leaves the driver again is sealed there (a pinned job's
     result goes to the store as a sealed result object)."""
 
@@ -61,7 +61,7 @@ class PrivateReply(abc.ABC):
 
     @abc.abstractmethod
     def read(self) -> tuple[Any, bytes | None]:
-        """The outcome (``protocol.Outcome``) and, when there is one, the
+        """The outcome (``wire.outcome.Outcome``) and, when there is one, the
         outcome's pickle as it came (sealed as is for a pinned job's store copy)."""
 
     def close(self) -> None:  # noqa: B027 - most replies hold nothing to free

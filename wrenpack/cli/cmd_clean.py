@@ -16,6 +16,7 @@ from typing import Any
 
 from wrenpack import keys
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
+from wrenpack.wire import owner as owner_record
 
 #: temporary files younger than this may belong to a write in progress
 TMP_AGE_S = 300.0
@@ -33,12 +34,10 @@ def job_state(store: Any, job_id: str) -> str:
     from wrenpack.executor import owner_alive
 
     try:
-        record = json.loads(store.get(keys.owner_key(job_id)))
+        record = owner_record.loads(store.get(keys.owner_key(job_id)))
     except ObjectNotFound:
         return "stale"
     except (StoreError, ValueError):
-        return "stale"
-    if not isinstance(record, dict):
         return "stale"
     alive = owner_alive(record)
     return "elsewhere" if alive is None else ("live" if alive else "stale")

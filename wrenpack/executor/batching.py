@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from wrenpack.errors import ConfigError
 from wrenpack.futures import WrenFuture
-from wrenpack.protocol import rebuild_exception
+from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
 
 if TYPE_CHECKING:

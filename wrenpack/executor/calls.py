@@ -23,12 +23,13 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from wrenpack import keys, protocol
+from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
 from wrenpack.errors import CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError, WrenpackError
 from wrenpack.executor.options import CallOptions
 from wrenpack.futures import WrenFuture
 from wrenpack.storage import Store
+from wrenpack.wire import result as result_format, segment as segment_format
 from wrenpack.worker import handoff, refs
 
 log = logging.getLogger("wrenpack.executor")
@@ -248,7 +249,7 @@ class CallTable:
                 value = outcome.value if ok else outcome.rebuild(fut.label)
                 # Only for a pinned job: the result as the sealed object a pickled future reads.
                 if raw is not None:
-                    data = lambda: protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), raw)  # noqa: E731
+                    data = lambda: result_format.seal_result(job.secret, job.job_id, cid, dict(status or {}), raw)  # noqa: E731
                 elif ok:
                     data = lambda: self._sealed_copy(job, cid, status, value)  # noqa: E731
             except WrenpackError as exc:
@@ -366,14 +367,14 @@ class CallTable:
             blob = self.store.get(key)
         except ObjectNotFound:
             raise CorruptObject(f"{key}: the call reported a checkpointed segment but its record is missing; re-run the call") from None
-        return protocol.open_segment(job.secret, job.job_id, cid, segment, blob)
+        return segment_format.open_segment(job.secret, job.job_id, cid, segment, blob)
 
     def _sealed_copy(self, job: RunningJob, cid: str, status: dict[str, Any] | None, value: Any) -> bytes:
         """A handed-off result as the sealed result object a pickled future reads from the store."""
 
         with refs.sealing_scope():
             outcome = cloudpickle.dumps(("ok", value))
-        return protocol.seal_result(job.secret, job.job_id, cid, dict(status or {}), outcome)
+        return result_format.seal_result(job.secret, job.job_id, cid, dict(status or {}), outcome)
 
     def _read_outcome(self, job: RunningJob, cid: str, label: str, data: bytes | None = None) -> tuple[dict[str, Any] | None, Any, bool]:
         """Verify and read a call's result object, from the reply (``data``) or
@@ -387,7 +388,7 @@ class CallTable:
                 raise CorruptObject(
                     f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
                 ) from None
-        status, outcome = protocol.open_result(job.secret, job_id, cid, data, f"result object of {label}")
+        status, outcome = result_format.open_result(job.secret, job_id, cid, data, f"result object of {label}")
         if outcome.ok:
             return status, outcome.value, True
         return status, outcome.rebuild(label), False

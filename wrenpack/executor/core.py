@@ -9,7 +9,7 @@ invocation results back into resolved futures. ``Executor`` is a
          pickle fn and every call's arguments in one by-value scope (nothing launches if one fails)
          -> fn sealed -> jobs/<job>/func.pkl; small arguments inline in the event,
          large ones sealed -> jobs/<job>/input/<call>.pkl
-      2. backend.invoke(Invocation(protocol.Event(..., secret).to_dict(), limits, on_start, on_done))
+      2. backend.invoke(Invocation(wire.event.event_dict(..., secret), limits, on_start, on_done))
     on_start (backend thread) -> the future turns RUNNING (PENDING before: cancel() may take it back)
     on_done (backend thread) -> completion queue -> collector thread -> _complete:
       status "ok"/"error"  -> the result object from the reply (result.data) or
@@ -43,7 +43,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from wrenpack import auth, config as _config, keys, protocol, serialize
+from wrenpack import auth, config as _config, keys, serialize
 from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_names, create_backend
 from wrenpack.config import Config, current
 from wrenpack.errors import (
@@ -58,6 +58,7 @@ from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.executor.prepared import Prepared
 from wrenpack.futures import WrenFuture
+from wrenpack.wire.event import event_dict
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import handoff, plain, refs
 
@@ -313,7 +314,7 @@ class Executor(CallTable, cf.Executor):
             fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,
                         "result_job": job_id, "result_call": cid, "item": None}
             futures[cid] = fut
-            event = protocol.event_dict(job_id=job_id, call_id=cid, store=spec, secret=secret, args=args_spec,
+            event = event_dict(job_id=job_id, call_id=cid, store=spec, secret=secret, args=args_spec,
                                         timeout_s=options.timeout, function_name=call_label, extra=extra_event)
             invocations.append(
                 Invocation(

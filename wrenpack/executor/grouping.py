@@ -30,7 +30,7 @@ from wrenpack.errors import CorruptObject, ExecutorShutdown, WrenpackError
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.profiled import code_key, uses_checkpoint
 from wrenpack.futures import WrenFuture
-from wrenpack.protocol import rebuild_exception
+from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
 
 if TYPE_CHECKING:

@@ -1,15 +1,16 @@
 """Code that runs inside the worker (a Lambda container or a local worker process).
 
-Everything under this package imports only the standard library, cloudpickle
+Everything under this package (and ``wrenpack.wire``, the formats it reads and
+writes) imports only the standard library, cloudpickle
 and, for the S3 store only, boto3. Nothing here may import the client, the
 profiler, the runtime builder or the CLI.
 """
 
 import os as _os
 
-#: Files of the package root that the worker side needs (besides storage/ and worker/).
-_ROOT_FILES = ("__init__.py", "errors.py", "keys.py", "auth.py", "protocol.py", "limits.py", "redact.py", "py.typed")
-_SUBPACKAGES = ("storage", "worker")
+#: Files of the package root that the worker side needs (besides the subpackages below).
+_ROOT_FILES = ("__init__.py", "errors.py", "keys.py", "auth.py", "limits.py", "redact.py", "py.typed")
+_SUBPACKAGES = ("storage", "wire", "worker")
 
 
 def worker_files(package_dir: str | None = None) -> list[str]:

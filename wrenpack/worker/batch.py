@@ -1,8 +1,8 @@
 """Several calls in one invocation (``f.map(items, chunksize=k)``).
 
 Tiny calls cost more to launch than to run; grouping them amortizes the
-invocation. Each call's outcome is kept apart, in the protocol's outcome
-format (``wrenpack.protocol``), so one failing item fails only its own
+invocation. Each call's outcome is kept apart, in the outcome format
+(``wrenpack.wire.outcome``), so one failing item fails only its own
 future. Runs in the worker: standard library and cloudpickle only.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from wrenpack import protocol
+from wrenpack.wire.outcome import error_tuple, user_traceback
 
 
 class Outcomes(list):  # type: ignore[type-arg]
@@ -55,7 +55,7 @@ class Batch:
                 args, kwargs = cloudpickle.loads(call) if self.pickled else call
                 out.append(("ok", self.fn(*args, **kwargs)))
             except Exception as exc:  # noqa: BLE001 - kept per item; BaseExceptions end the batch
-                out.append(protocol.error_tuple(exc, "user", protocol.user_traceback(exc)))
+                out.append(error_tuple(exc, "user", user_traceback(exc)))
             out.seconds.append(clock() - t0)
         end = _run_queue_wait()
         if waited is not None and end is not None:

@@ -19,26 +19,25 @@ the same call again; ``restore`` returns the saved state, and the loop goes
 on where it stopped. A worker that dies, or a segment that overruns after a
 save, resumes from the last saved state. Checkpoints are removed when the
 call completes. A checkpoint is sealed with the job's secret as this call's
-and this segment's (``wrenpack.auth``), so a planted or moved one fails with
-``CorruptObject`` before anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
+and this segment's (its format: ``wrenpack.wire.checkpoint``), so a planted or
+moved one fails with ``CorruptObject`` before anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
 """
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections import deque
 from typing import Any
 
 import cloudpickle
 
-from wrenpack import auth, keys
-from wrenpack.errors import CorruptObject
+from wrenpack import keys
+from wrenpack.errors import CorruptObject, ObjectNotFound
+from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.worker import refs
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"WRCK2"
 #: How much longer than the slowest recent step (and the last save) to allow.
 SAFETY = 1.5
 #: A save's cost before one has been measured: seconds.
@@ -50,25 +49,18 @@ class SegmentDone(BaseException):
 
 
 def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -> bytes:
-    """The sealed checkpoint: ``WRCK2`` + the segment that saved it + the pickle,
-    authenticated as that call's checkpoint of that segment (``wrenpack.auth``)."""
-    head = _MAGIC + struct.pack(">I", segment)
+    """The sealed checkpoint of ``state``, saved in ``segment`` (``wire.checkpoint``)."""
     with refs.sealing_scope():  # futures in the state carry no secret into the store
         state_bytes = cloudpickle.dumps(state)
-    return auth.seal_parts(secret, keys.identity(job_id, "checkpoint", call_id, segment), head, state_bytes)
+    return seal_checkpoint(secret, job_id, call_id, segment, state_bytes)
 
 
 def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:
     """Verify, then unpickle. Only a checkpoint this call saved in this segment or
     the one before (the latest save, whatever retries happened) is accepted."""
-    key = keys.checkpoint_key(job_id, call_id)
-    n = len(_MAGIC) + 4
-    saved_in = struct.unpack(">I", blob[len(_MAGIC) : n])[0] if blob.startswith(_MAGIC) and len(blob) >= n else -1
-    if saved_in not in (segment, segment - 1):
-        saved_in = segment  # fails the check below with the one-line message
-    data = auth.unseal_view(secret, keys.identity(job_id, "checkpoint", call_id, saved_in), blob, key)
+    data = open_checkpoint(secret, job_id, call_id, segment, blob)
     try:
-        return cloudpickle.loads(data[n:])
+        return cloudpickle.loads(data)
     except Exception as exc:  # noqa: BLE001
         raise CorruptObject(f"the checkpoint of {label} is authentic but cannot be unpickled ({type(exc).__name__}: {exc}); re-run") from None
 
@@ -80,7 +72,7 @@ class Checkpoint:
                  learned: dict[str, float] | None = None, event: Any = None) -> None:
         self._store = store
         self._key = key
-        self._event = event  # the protocol.Event of the running call: secret, job, call, segment
+        self._event = event  # the wire.event.Event of the running call: secret, job, call, segment
         self._deadline_fn = deadline_fn
         self.label = label
         self._last = time.perf_counter()
@@ -104,8 +96,6 @@ class Checkpoint:
         self._last = time.perf_counter()
         if not self.active or self._key is None:
             return default
-        from wrenpack.errors import ObjectNotFound
-
         try:
             blob = self._store.get(self._key)
         except ObjectNotFound:
@@ -160,7 +150,7 @@ _current: Checkpoint | None = None
 
 
 def begin(ev: Any, store: Any, deadline_fn: Any) -> Checkpoint:
-    """Set up the checkpoint of the call the handler is about to run (``ev``: its ``protocol.Event``)."""
+    """Set up the checkpoint of the call the handler is about to run (``ev``: its ``wire.event.Event``)."""
     global _current
     _current = Checkpoint(
         store,

@@ -6,22 +6,22 @@ Flow of one call::
           --> run --> write one result object: status + outcome (first complete write wins)
 
 The event is a small JSON-able dict built by the client and validated here,
-both through ``wrenpack.protocol.Event`` (version, schema, keys under the job's
+both through ``wrenpack.wire.event.Event`` (version, schema, keys under the job's
 prefix, on Lambda the store the function was deployed for). It carries the
 job's secret: every object read from the store (function, inputs, checkpoint)
 is verified with it before anything is unpickled, and every object written
 (result, segment record, checkpoint) is sealed with it (``wrenpack.auth``).
 
-The result object (``wrenpack.worker.result``) holds the status record and the
-outcome (``protocol.Outcome``: ``("ok", value)`` or the error 6-tuple, with
-``kind`` "user" for the user's own exceptions and "wrenpack" for ours).
+The result object (``wrenpack.wire.result``) holds the status record
+(``wrenpack.wire.status``) and the outcome (``wrenpack.wire.outcome``:
+``("ok", value)`` or the error 6-tuple, with ``kind`` "user" for the user's
+own exceptions and "wrenpack" for ours).
 Standard library and cloudpickle only.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import os
 import _signal
@@ -36,9 +36,13 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from wrenpack import auth, keys, protocol
+from wrenpack import auth, keys
 from wrenpack.errors import CorruptObject, MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
+from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
+from wrenpack.wire.event import Event
+from wrenpack.wire.outcome import error_tuple, user_traceback
+from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
 from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs
 
 log = logging.getLogger(__name__)
@@ -188,7 +192,7 @@ def _missing(exc: ModuleNotFoundError) -> MissingDependency:
     return err
 
 
-def _function_key(ev: protocol.Event) -> Any:
+def _function_key(ev: Event) -> Any:
     """The cache key of the call's function; called before the call's memory is
     measured, it makes room first: the functions kept from earlier calls are
     cut down to the budget, so their memory is neither in this call's peak
@@ -216,7 +220,7 @@ def _make_room(own: tuple[Callable[..., Any], int] | None) -> None:
         older -= size
 
 
-def _load_function(store: Store, ev: protocol.Event, cache_key: Any) -> Callable[..., Any]:
+def _load_function(store: Store, ev: Event, cache_key: Any) -> Callable[..., Any]:
     """The call's function, cached by its content hash across jobs (a warm
     worker does not load the same function again for every ``.remote()``).
 
@@ -259,7 +263,7 @@ class _JobStore:
             if self._owner is not None:
                 owner, self._owner = self._owner, None
                 try:
-                    self._store.put(self._owner_key, json.dumps(owner).encode(), if_absent=True)
+                    self._store.put(self._owner_key, owner_record.dumps(owner), if_absent=True)
                 except StoreError:
                     log.debug("could not write the owner record %s", self._owner_key, exc_info=True)
         return self._store.put(key, data, if_absent=if_absent)
@@ -268,7 +272,7 @@ class _JobStore:
         return getattr(self._store, name)
 
 
-def _load_args(store: Store, ev: protocol.Event, context: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _load_args(store: Store, ev: Event, context: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if len(ev.args) == 1 and "inline" in ev.args and not getattr(context, "handoff_fds", None):
         # Inline arguments came inside the invocation itself, as the secret did.
         return _loads(base64.b64decode(ev.args["inline"]), "the call's arguments")
@@ -327,8 +331,8 @@ def _take_slab(context: Any) -> int | None:
 
 
 def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> bytes:
-    """Pickle an exception outcome (``protocol.error_tuple``)."""
-    return cloudpickle.dumps(protocol.error_tuple(exc, kind, tb_text))
+    """Pickle an exception outcome (``wire.outcome.error_tuple``)."""
+    return cloudpickle.dumps(error_tuple(exc, kind, tb_text))
 
 
 def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
@@ -339,8 +343,7 @@ def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
     if after is None or start <= float(after):
         return
     try:
-        store.put(keys.start_key(event["job_id"], event["call_id"]),
-                  json.dumps({"start": start, "attempt": event.get("attempt", 0)}).encode())
+        store.put(keys.start_key(event["job_id"], event["call_id"]), start_mark.dumps(start, event.get("attempt", 0)))
     except StoreError:
         pass  # the client then reports it lost at its deadline, as before
 
@@ -352,7 +355,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     A malformed event raises ``ProtocolError`` (nothing runs, nothing is written)."""
     global soft_deadline
     start = time.time()
-    ev = protocol.Event.from_dict(event)
+    ev = Event.from_dict(event)
     job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
     store: Any = job_store
     func_key = _function_key(ev)  # (before the peak mark: it may free earlier functions' memory)
@@ -422,7 +425,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             outcome = error_outcome(exc, "wrenpack", tb_text="")
         else:
             # Without the handler's own frame: the user sees only their code.
-            outcome = error_outcome(exc, "user", protocol.user_traceback(exc))
+            outcome = error_outcome(exc, "user", user_traceback(exc))
     finally:
         if disarm is not None:
             disarm()
@@ -437,22 +440,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     end = time.time()
     peak = memory.peak_since(peak_mark)
     children_after = memory.children_peak_mb()
-    status = {
-        "job_id": job_id,
-        "call_id": call_id,
-        "attempt": ev.attempt,
-        "segment": ev.segment,
-        "exit": kind,
-        "start": start,
-        "end": end,
-        "duration_s": end - start,
-        "peak_rss_mb": round(peak, 2) if peak is not None else None,
-        "children_peak_rss_mb": round(children_after, 2) if children_after > children_before else None,
-        "host": _HOST,
-        "pid": os.getpid(),
-        "python": _PYTHON,
-        "request_id": getattr(context, "aws_request_id", None),
-    }
+    status = status_record.record(
+        job_id, call_id, ev.attempt, ev.segment, kind, start, end,
+        peak_rss_mb=round(peak, 2) if peak is not None else None,
+        children_peak_rss_mb=round(children_after, 2) if children_after > children_before else None,
+        host=_HOST, pid=os.getpid(), python=_PYTHON, request_id=getattr(context, "aws_request_id", None),
+    )
     if run_s is not None:
         status["run_s"] = run_s
     status.update(extra_status)
@@ -461,7 +454,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         status["stored"] = True
     if kind == "checkpointed":
         # The call goes on in a new invocation; the client launches it on seeing this.
-        record = protocol.seal_segment(ev.secret, job_id, call_id, ev.segment, json.dumps(status).encode())
+        record = segment.seal_segment(ev.secret, job_id, call_id, ev.segment, status)
         # "If absent" like results: the worker's IAM policy lets it create, never overwrite, under result/.
         store.put(keys.segment_key(job_id, call_id, ev.segment), record, if_absent=True)
         return status
@@ -474,13 +467,13 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     limit = ev.extra.get("reply_limit")
     if limit is not None and getattr(context, "private_reply", False) and len(outcome) <= limit:
         # Local worker whose backend asked for replies: status and outcome go back over
-        # its private socketpair, which authenticates them (``wrenpack.backends.local_replies``).
+        # its private socketpair, which authenticates them (``wrenpack.backends.local.replies``).
         return dict(status, first=True, outcome=outcome)
-    blob = protocol.seal_result(ev.secret, job_id, call_id, status, outcome)
+    blob = seal_result(ev.secret, job_id, call_id, status, outcome)
     if limit is not None and len(blob) <= limit:
         # Contract 2: small results travel back in the reply, never through the store.
         reply: dict[str, Any] = dict(status, first=True)
-        reply["result"] = blob if os.environ.get("WRENPACK_LOCAL_WORKER") == "1" else base64.b64encode(blob).decode("ascii")
+        reply["result"] = to_reply(blob, text=os.environ.get("WRENPACK_LOCAL_WORKER") != "1")
         return reply
     rkey = keys.result_key(job_id, call_id)
     status["first"] = store.put(rkey, blob, if_absent=True)
@@ -489,7 +482,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     return status
 
 
-def _check_existing_result(store: Store, ev: protocol.Event, rkey: str) -> None:
+def _check_existing_result(store: Store, ev: Event, rkey: str) -> None:
     """A result was already at the key: another delivery of this call (fine),
     or an object someone planted. The planted one is left in place: the
     client reads it, fails its check and fails the call with CorruptObject,
@@ -498,6 +491,6 @@ def _check_existing_result(store: Store, ev: protocol.Event, rkey: str) -> None:
         existing = store.get(rkey)
     except StoreError:
         return
-    if not protocol.is_authentic_result(ev.secret, ev.job_id, ev.call_id, existing):
+    if not is_authentic_result(ev.secret, ev.job_id, ev.call_id, existing):
         log.warning("%s: the result key %s held an object wrenpack did not write for this call; "
                     "the call will fail with CorruptObject", ev.label, rkey)

@@ -20,9 +20,9 @@ data that never touches the store needs no MAC pass: the store's objects
 
 Layout of a hand-off: the pickle stream (protocol 5) at offset 0, then its
 out-of-band buffers (``PickleBuffer``: numpy arrays and the like), each at a
-64-byte-aligned offset; ``Sealed.layout`` describes it (JSON)::
-
-    {"size": total bytes, "stream": stream bytes, "buffers": [[offset, length], ...]}
+64-byte-aligned offset; ``Sealed.layout`` describes it. The format is
+``wrenpack.wire.handoff``'s (``layout``, ``check_layout``); this module makes,
+seals, sends and maps the files.
 
 Arguments are mapped copy-on-write in the worker (out-of-band arrays are then
 views of the driver's pages, writable by the call without changing them);
@@ -42,6 +42,7 @@ import threading
 from typing import Any, Callable
 
 from wrenpack.errors import CorruptObject
+from wrenpack.wire import handoff as handoff_format
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_S
 OOB_MIN = 64 * 1024
 #: results larger than this are handed off instead of sealed into the reply
 RESULT_MIN = 64 * 1024
-_ALIGN = 64
 _MAX_WRITE = 1 << 30
 
 _lock = threading.RLock()  # reentrant: a collected Sealed may close (and release) while it is held
@@ -508,13 +508,13 @@ class Spill:
         stream = self._pos
         spans = []
         for buf in self._buffers:
-            pad = -self._pos % _ALIGN
+            pad = handoff_format.padding(self._pos)
             if pad:
                 self._write_all(memoryview(bytes(pad)))
             raw = buf.raw()
             spans.append([self._pos, raw.nbytes])
             self._write_all(raw)
-        layout = {"size": self._pos, "stream": stream, "buffers": spans}
+        layout = handoff_format.layout(self._pos, stream, spans)
         fd, self._fd = self._fd, None
         if self._room:
             # In the driver's own memfd: it knows the file, and checks it is the one it gave.
@@ -568,21 +568,6 @@ def dump(obj: Any, threshold: int, name: str = "wrenpack-result", oob: bool = Fa
     return out
 
 
-def check_layout(layout: Any) -> dict[str, Any]:
-    """A received layout, validated (ValueError says what is wrong)."""
-    if not isinstance(layout, dict) or set(layout) != {"size", "stream", "buffers"}:
-        raise ValueError("the hand-off layout must have size, stream and buffers")
-    size, stream, spans = layout["size"], layout["stream"], layout["buffers"]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (size, stream)) or stream > size:
-        raise ValueError("the hand-off layout's size/stream are not byte counts")
-    if not isinstance(spans, list) or not all(
-        isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in s)
-        and s[0] >= stream and s[0] + s[1] <= size for s in spans
-    ):
-        raise ValueError("the hand-off layout's buffers are not spans inside it")
-    return layout
-
-
 def _refuse(what: str, why: str) -> CorruptObject:
     return CorruptObject(f"the {what} was refused ({why}); nothing was unpickled: it did not come from wrenpack, re-run the call")
 
@@ -602,7 +587,7 @@ def _check(fd: int | None, layout: Any, what: str, kept_ok: bool = False, own: i
     if fd is None:
         raise _refuse(what, "its memory file did not arrive")
     try:
-        layout = check_layout(layout)
+        layout = handoff_format.check_layout(layout)
     except ValueError as exc:
         raise _refuse(what, str(exc)) from None
     try:

@@ -1,10 +1,10 @@
 """The loop a local worker process runs: a warm "container" for many calls.
 
 The parent (``wrenpack.backends.local``) sends messages of one or more calls
-over a socket (``wrenpack.backends.local_worker`` has the wire format: a
-header and a blob, nothing pickled); the worker runs them in order and replies
-once per call, with the result object itself when it is small (the reply's
-blob). Each call gets Lambda's environment variables, its own deadline and a
+over a socket (``wrenpack.wire.frames``: a header and a blob, nothing pickled;
+the headers are ``wire.driver_message`` and ``wire.worker_reply``); the worker
+runs them in order and replies once per call, with the result object itself
+when it is small (the reply's blob). Each call gets Lambda's environment variables, its own deadline and a
 private temporary directory (TMPDIR), and its peak memory is measured from a
 reset high-water mark.
 
@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import ctypes
 import json
-import marshal
 import os
 import resource
 import select
 import shutil
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 from typing import Any
 
-_FRAME = struct.Struct(">II")
+from wrenpack.wire import driver_message, frames, worker_reply
+
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -151,50 +150,8 @@ def _watch_parent(parent: int, worker_dir: str | None) -> None:
     die(worker_dir)
 
 
-#: room for the file descriptors (hand-offs) that arrive with one read
-_ANCILLARY = socket.CMSG_SPACE(256 * 4)
-
-
-class _Reader:
-    """The driver's messages as they come: one read for most (a read of the
-    header and then of the body cost a system call more, on every call).
-    Descriptors arrive in order, each with the first bytes of its message,
-    and are appended to ``fds`` as they are read, so each call still takes
-    the oldest ones; a message read ahead only brings its own early."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        self.view = memoryview(bytearray(1 << 16))
-
-    def next(self, fds: list[int]) -> dict[str, Any] | None:
-        buf = self.buf
-        while True:
-            if len(buf) >= _FRAME.size:
-                hlen, blen = _FRAME.unpack_from(buf, 0)
-                end = _FRAME.size + hlen + blen
-                if len(buf) >= end:
-                    head = marshal.loads(bytes(buf[_FRAME.size : _FRAME.size + hlen]))  # (the driver's: see local_worker)
-                    del buf[:end]
-                    return head
-            k, ancdata, _flags, _addr = self.sock.recvmsg_into([self.view], _ANCILLARY)
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))
-            if not k:
-                return None
-            buf += self.view[:k]
-
-
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
-    data = marshal.dumps(head)  # (the driver reads it: local_worker.decode_head)
-    msg = _FRAME.pack(len(data), len(blob)) + data + blob
-    if fd is not None:
-        # The descriptor travels with the message's first bytes; the rest as usual.
-        n = sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
-        msg = msg[n:]
-    if msg:
-        sock.sendall(msg)
+    frames.send(sock, worker_reply.dumps(head), blob, fd)
 
 
 def _close(fd: int | None) -> None:
@@ -230,33 +187,21 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
         tempfile.tempdir = tmpdir
     function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local")
     memory_mb = 0
-    _send(sock, {"ready": os.getpid()})
+    _send(sock, worker_reply.ready(os.getpid()))
     calls = 0
     fds: list[int] = []  # hand-offs received, not yet given to a call (oldest first)
-    reader = _Reader(sock)
+    reader = frames.Reader(sock)
     while True:
-        msg = reader.next(fds)
-        if msg is None:
+        got = reader.next(fds)
+        if got is None:
             return
+        msg = driver_message.loads(got[0])
         if msg.get("limits"):
             _apply_limits(msg["limits"])
             memory_mb = int(msg["limits"][0])
         reply_limit = msg.get("reply_limit")
-        base: dict[str, Any] = {}
-        handoff_min = msg.get("handoff")
-        for call in msg["calls"]:
+        for call, event in driver_message.events(msg):
             calls += 1
-            if "event" in call:
-                event = base = call["event"]
-                base = dict(base)  # the handler may add to its event
-            else:
-                event = dict(base, **call["changed"])
-                for name in call.get("gone", ()):
-                    event.pop(name, None)
-            if reply_limit:
-                event["reply_limit"] = reply_limit
-            if handoff_min is not None:
-                event["handoff"] = handoff_min
             ctx = LocalContext(
                 function_name=function_name,
                 memory_mb=memory_mb,
@@ -264,7 +209,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 request_id=f"{os.getpid()}-{calls}",
             )
             # Replies the backend asked for come back over this socket, which only this
-            # process and the driver hold: the outcome needs no MAC (wrenpack.backends.local_replies).
+            # process and the driver hold: the outcome needs no MAC (wrenpack.backends.local.replies).
             ctx.private_reply = bool(reply_limit)
             # The call's arguments as sealed memfds, when they came that way (the handler checks them).
             ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]
@@ -273,40 +218,17 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             blob = b""
             out = None
             try:
-                status = handler(event, ctx)
-                data = status.pop("result", None)
-                if isinstance(data, (bytes, bytearray)):
-                    blob = bytes(data)
-                private = status.pop("outcome", None)
-                out = status.pop("handoff", None)
-                peak = max(status.get("peak_rss_mb") or 0.0, status.get("children_peak_rss_mb") or 0.0)
-                if blob:
-                    # The whole status travels sealed inside the result object; the
-                    # header carries only what the scheduler acts on.
-                    status = {k: status[k] for k in ("exit", "stored") if k in status}
-                reply: dict[str, Any] = {"status": status, "peak_rss_mb": peak}
-                if private is not None:
-                    blob = private
-                    reply["outcome"] = len(blob)  # the blob is the outcome itself, the status is whole
-                if out is not None:
-                    reply["handoff"] = out.layout
+                reply, blob, out = worker_reply.of_call(handler(event, ctx))
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
-                reply = {"error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": memory.peak_rss_mb()}
+                reply = worker_reply.failed(f"{type(exc).__name__}: {exc}", memory.peak_rss_mb())
             finally:
                 for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)
                     _close(fd)
                 if getattr(ctx, "result_slab", None) is not None:  # the result did not go in it
                     _close(ctx.result_slab)
                     ctx.result_slab = None
-            reply["elapsed"] = time.perf_counter() - t0
-            if _children_usage() != before:
-                reply["children"] = True  # a child ended during the call: the parent looks for OOM kills
-            if tmpdir:
-                used = memory.dir_usage(tmpdir)
-                if used:
-                    reply["tmp_bytes"] = used
-            if blob and "outcome" not in reply:
-                reply["result"] = len(blob)
+            worker_reply.measured(reply, time.perf_counter() - t0, children=_children_usage() != before,
+                                  tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
             sys.stdout.flush()
             sys.stderr.flush()
             try:
@@ -317,7 +239,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
 
 
 def main(config: dict[str, Any]) -> None:
-    """Entry point (``wrenpack.backends.local_worker`` starts ``python -c`` with this)."""
+    """Entry point (``wrenpack.backends.local.process`` starts ``python -c`` with this)."""
     worker_dir = config.get("dir")
     parent = int(config.get("parent") or os.getppid())
     # The kernel's backstop if this process cannot run Python when the driver dies.

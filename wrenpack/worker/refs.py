@@ -31,10 +31,17 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import hmac
+import os
 import threading
 import time
 import weakref
 from typing import Any, Iterator
+
+from wrenpack import auth, keys
+from wrenpack.errors import ObjectNotFound, WrenpackError
+from wrenpack.storage import open_store
+from wrenpack.wire.outcome import Outcome
+from wrenpack.wire.result import open_result
 
 _live: "weakref.WeakValueDictionary[tuple[str, str], cf.Future]" = weakref.WeakValueDictionary()
 
@@ -62,8 +69,6 @@ _current: tuple[str, bytes, tuple[str, ...]] | None = None
 
 
 def _decode(text: str) -> bytes:
-    from wrenpack import auth
-
     return auth.decode_secret(text)
 
 
@@ -136,8 +141,6 @@ class JobKey:
 def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
     """A new job's secret and its chain of ancestor jobs: random in a client;
     inside a call, derived from the call's job's secret (the client re-derives it)."""
-    import os
-
     cur = _current
     if cur is None:
         secret, chain = os.urandom(32), []
@@ -186,8 +189,6 @@ def reduce_ref(ref: dict[str, Any], known: bytes | None = None) -> tuple[Any, ..
     if not ref.get("secret"):
         secret = known or secret_for(ref["result_job"], chain)
         if secret is not None:
-            from wrenpack import auth
-
             ref = dict(ref, secret=auth.encode_secret(secret))
     return (rebuild, (ref,))
 
@@ -223,8 +224,6 @@ _stores: dict[str, Any] = {}
 
 
 def _store(spec: dict[str, Any]) -> Any:
-    from wrenpack.storage import open_store
-
     token = repr(sorted(spec.items()))
     if token not in _stores:
         _stores[token] = open_store(spec)
@@ -257,9 +256,6 @@ class CallRef(cf.Future):
         with self._fetching:
             if super().done():
                 return True
-            from wrenpack import keys, protocol
-            from wrenpack.errors import ObjectNotFound, WrenpackError
-
             ref = self._ref
             key = keys.result_key(ref["result_job"], ref["result_call"])
             try:
@@ -274,11 +270,11 @@ class CallRef(cf.Future):
                         "cannot be verified; pass the future into a wrenpack call, or pickle it yourself (pickle.dumps) "
                         "in the process that launched it"
                     )
-                status, outcome = protocol.open_result(
+                status, outcome = open_result(
                     secret, ref["result_job"], ref["result_call"], blob, f"result object of {self.label}"
                 )
                 if ref.get("item") is not None and outcome.ok:
-                    outcome = protocol.Outcome.from_tuple(outcome.value[ref["item"]], f"result object of {self.label}")
+                    outcome = Outcome.from_tuple(outcome.value[ref["item"]], f"result object of {self.label}")
             except WrenpackError as exc:
                 self.set_exception(exc)
                 return True

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from wrenpack import auth, keys, protocol
+from wrenpack import auth, keys
 import wrenpack.backends.aws.deploy as deploy
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
@@ -61,7 +61,8 @@ from wrenpack.errors import (
 )
 from wrenpack.storage import Store, store_for_config
 from wrenpack.storage.s3 import _code
-from wrenpack.worker import result as result_format
+from wrenpack.wire import event as event_format, result as result_format, start as start_mark
+from wrenpack.wire.segment import open_segment
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ class LambdaBackend(Backend):
                 inv.event.pop("reply_limit", None)
             else:
                 inv.event["reply_limit"] = REPLY_LIMIT
-            payload = json.dumps(inv.event, separators=(",", ":")).encode()
+            payload = event_format.dumps(inv.event)
             limit = EVENT_PAYLOAD_LIMIT if event_type else SYNC_PAYLOAD_LIMIT
             if len(payload) > limit:
                 self._finish(call, InvocationResult(error=PayloadTooLarge(
@@ -514,7 +515,7 @@ class LambdaBackend(Backend):
             return None
         try:
             # Sealed (wrenpack.auth): verified with the job's secret, which the event carries.
-            status = protocol.open_segment(auth.decode_secret(inv.event["secret"]), job_id, cid, segment, data)
+            status = open_segment(auth.decode_secret(inv.event["secret"]), job_id, cid, segment, data)
         except CorruptObject as exc:
             return InvocationResult(error=exc)
         return InvocationResult(status=status)
@@ -646,11 +647,8 @@ class LambdaBackend(Backend):
 
     def _started_late(self, inv: Invocation) -> float | None:
         try:
-            mark = json.loads(self.store.get(keys.start_key(*inv.key)))
-            return float(mark["start"])
+            return start_mark.start_of(self.store.get(keys.start_key(*inv.key)))
         except ObjectNotFound:
-            return None
-        except (ValueError, KeyError, TypeError):
             return None
 
     # -- completion -----------------------------------------------------------

@@ -1,10 +1,10 @@
-"""The local backend: Lambda's limits on one machine.
+"""The local backend's scheduler: Lambda's limits on one machine.
 
 Warm, long-lived worker processes (like warm Lambda containers) each run
 ``wrenpack.worker.local_main``, which calls the very handler Lambda calls.
 This module is the scheduler: it owns the queue and decides which worker
-runs what; ``wrenpack.backends.local_worker.Worker`` owns a worker's process,
-socket, cgroup and meters::
+runs what; ``wrenpack.backends.local.process.Worker`` owns a worker's process,
+socket, cgroup (``wrenpack.backends.local.linux``) and meters::
 
     invoke() -> queue -> dispatcher thread -> Worker (socket) -> handler -> store
                               | selector: replies, each worker's pidfd (death)
@@ -49,13 +49,15 @@ from collections import deque
 from typing import Any
 
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
-from wrenpack.backends.cgroups import CgroupFactory
-from wrenpack.backends.local_replies import HandedOff, PickledOutcome
-from wrenpack.backends.local_worker import Worker, base_environment
+from wrenpack.backends.local.linux import CgroupFactory
+from wrenpack.backends.local.process import Worker, base_environment
+from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import ConfigError, WrenpackError
+from wrenpack.wire import worker_reply
+from wrenpack.worker import handoff as _handoff
 from wrenpack.worker.memory import dir_usage
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wrenpack.backends.local")
 
 #: kept for callers of the old name
 dir_size = dir_usage
@@ -92,8 +94,6 @@ class LocalBackend(Backend):
         self.concurrency = concurrency or os.cpu_count() or 1
         self.keep_warm = float(keep_warm)
         self.reply_limit = int(reply_limit)
-        from wrenpack.worker import handoff as _handoff
-
         #: the executor asks this before it pickles arguments into memfds
         self.handoff = (self.reply_limit > 0 if handoff is None else bool(handoff)) and _handoff.available()
         self._handoff_min = _handoff.RESULT_MIN if self.handoff else None
@@ -327,12 +327,13 @@ class LocalBackend(Backend):
                 handoff.close()
             self._finish(inv, error=error)
         else:
+            data, outcome = worker_reply.payload(head, blob)
             private: PrivateReply | None = None
             if handoff is not None:
                 private = HandedOff(inv, handoff)
-            elif "outcome" in head:
-                private = PickledOutcome(inv.label, blob)
-            self._finish(inv, status=head["status"], data=None if "outcome" in head else blob or None, private=private)
+            elif outcome is not None:
+                private = PickledOutcome(inv.label, outcome)
+            self._finish(inv, status=head["status"], data=data, private=private)
         if replace:
             self._retire(worker)
 

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from wrenpack import protocol
+from wrenpack.wire.outcome import Outcome, loads_outcome
 from wrenpack.backends.base import Invocation, PrivateReply
 from wrenpack.worker import handoff
 
 
-def read_pickled(label: str, raw: bytes) -> protocol.Outcome:
+def read_pickled(label: str, raw: bytes) -> Outcome:
     """A small outcome's pickle, as the worker sent it."""
-    return protocol.loads_outcome(raw, f"result of {label}")
+    return loads_outcome(raw, f"result of {label}")
 
 
-def read_handed_off(inv: Invocation, sealed: handoff.Sealed) -> protocol.Outcome:
+def read_handed_off(inv: Invocation, sealed: handoff.Sealed) -> Outcome:
     """A result handed over as a sealed memfd, or in the memfd the call was
     given for it: checked, copied out and closed here."""
     fd, sealed.fd = sealed.fd, None
@@ -37,7 +37,7 @@ def read_handed_off(inv: Invocation, sealed: handoff.Sealed) -> protocol.Outcome
     if inv.handoff is not None and isinstance(sealed.layout, dict):
         inv.handoff.result_size = int(sealed.layout.get("size") or 0)  # how large a slab the next calls get
     return handoff.load(fd, sealed.layout, what, private=False, own=slab.fd if slab is not None else None,
-                        loads=lambda stream, buffers: protocol.loads_outcome(stream, what, buffers))
+                        loads=lambda stream, buffers: loads_outcome(stream, what, buffers))
 
 
 class PickledOutcome(PrivateReply):
@@ -50,7 +50,7 @@ class PickledOutcome(PrivateReply):
     def size(self) -> int:
         return len(self.raw)
 
-    def read(self) -> tuple[protocol.Outcome, bytes]:
+    def read(self) -> tuple[Outcome, bytes]:
         return read_pickled(self.label, self.raw), self.raw
 
 
@@ -63,7 +63,7 @@ class HandedOff(PrivateReply):
     def __init__(self, inv: Invocation, sealed: Any) -> None:
         self.inv, self.sealed = inv, sealed
 
-    def read(self) -> tuple[protocol.Outcome, None]:
+    def read(self) -> tuple[Outcome, None]:
         return read_handed_off(self.inv, self.sealed), None
 
     def close(self) -> None:

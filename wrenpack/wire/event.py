@@ -1,34 +1,28 @@
-"""The call protocol, in one place: what the client sends a worker (``Event``)
-and what comes back (``Outcome``, inside a sealed result object).
+"""The invocation event: what the client sends a worker for one call.
 
 ::
 
-    client: Event(...).to_dict()  --invocation-->  worker: Event.from_dict(d)  (validated)
-    worker: Outcome.from_exception(exc) / Outcome.success(value)
-            -> result object = seal(pack(status, outcome.dumps()))  --store or reply-->
-    client: unseal -> unpack -> Outcome.loads(...) -> .value / .rebuild(label)
+    client: Event(...).to_dict() / event_dict(...)  --invocation-->  worker: Event.from_dict(d)  (validated)
 
+On Lambda the event travels as JSON (``dumps``: the Invoke payload); to a
+local worker inside the driver's message header (``wire.driver_message``).
 The event is versioned (``"wrenpack": VERSION``); the handler refuses another
 version, a missing or mistyped field, and any key outside the job's prefix, as
 a ``ProtocolError`` (a wrenpack error, never the user's). Backends copy the
 dict and change only ``attempt`` and ``timeout_s``; other helpers add optional
-fields to ``OPTIONAL`` below. Outcomes are the 6-tuple
-``("error", exc_bytes_or_None, type_name, message, traceback_text, kind)`` or
-``("ok", value)``, built only by ``error_tuple``/``Outcome``. Standard library
-and cloudpickle only: the worker imports this.
+fields to ``OPTIONAL`` below. What comes back is ``wire.outcome`` inside a
+``wire.result`` object. Standard library only: the worker imports this.
 """
 from __future__ import annotations
 
 import base64
+import json
 import re
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
 from wrenpack import auth, keys
-from wrenpack.errors import CorruptObject, ProtocolError, RemoteError, WrenpackError
+from wrenpack.errors import ProtocolError
 
 #: The event's version; the handler refuses others.
 VERSION = 2
@@ -227,161 +221,10 @@ def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:
 
 
 def inline_args(data: bytes) -> dict[str, Any]:
+    """The event's ``args`` for arguments that travel inside it (base64)."""
     return {"inline": base64.b64encode(data).decode("ascii")}
 
 
-# -- outcomes -----------------------------------------------------------------------
-def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tuple[Any, ...]:
-    """The one place the error 6-tuple is built; an unpicklable exception keeps
-    its type name and message. ``kind``: "user" (theirs) or "wrenpack" (ours)."""
-    if tb_text is None:
-        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        exc_bytes: bytes | None = cloudpickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - an unpicklable exception is still reported
-        exc_bytes = None
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return ("error", exc_bytes, name, str(exc), tb_text, kind)
-
-
-def user_traceback(exc: BaseException) -> str:
-    """The traceback of a user exception without the frame that called their code."""
-    tb = exc.__traceback__
-    tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
-    return "".join(traceback.format_exception(type(exc), exc, tb))
-
-
-@dataclass
-class Outcome:
-    """What a call produced: a value, or an exception (as the error 6-tuple)."""
-
-    ok: bool
-    value: Any = None
-    error: tuple[Any, ...] | None = None
-
-    @classmethod
-    def success(cls, value: Any) -> "Outcome":
-        return cls(True, value)
-
-    @classmethod
-    def from_exception(cls, exc: BaseException, kind: str = "user", tb_text: str | None = None) -> "Outcome":
-        return cls(False, error=error_tuple(exc, kind, tb_text))
-
-    @classmethod
-    def from_tuple(cls, t: Any, what: str = "result object") -> "Outcome":
-        if isinstance(t, tuple) and len(t) == 2 and t[0] == "ok":
-            return cls(True, t[1])
-        if isinstance(t, tuple) and len(t) == 6 and t[0] == "error":
-            return cls(False, error=t)
-        raise CorruptObject(f"the {what} is corrupt (unexpected content); re-run the call")
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return ("ok", self.value) if self.ok else tuple(self.error or ())
-
-    def dumps(self) -> bytes:
-        """Pickled; raises the pickling error of an unpicklable value."""
-        return cloudpickle.dumps(self.to_tuple())
-
-    def rebuild(self, label: str) -> BaseException:
-        """Client side: the exception to raise for a failed call."""
-        return rebuild_exception(self.to_tuple(), label)
-
-
-def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
-    """The exception an error 6-tuple stands for, with the remote traceback as
-    its cause; a type the client cannot rebuild becomes ``RemoteError``."""
-    from wrenpack.futures import RemoteTraceback  # client side only
-
-    _, exc_bytes, type_name, message, tb_text, kind = outcome
-    exc: BaseException | None = None
-    if exc_bytes is not None:
-        try:
-            exc = cloudpickle.loads(exc_bytes)
-        except Exception:  # noqa: BLE001 - the type may not exist on the client
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
-    elif kind == "wrenpack" and isinstance(exc, WrenpackError):
-        try:
-            rebuilt = type(exc)(f"{label}: {exc}")
-            rebuilt.__dict__.update({k: v for k, v in exc.__dict__.items() if k not in rebuilt.__dict__})
-            if isinstance(exc, ImportError):
-                rebuilt.name, rebuilt.path = exc.name, exc.path
-            exc = rebuilt
-        except Exception:  # noqa: BLE001
-            pass
-    if tb_text:
-        exc.__cause__ = RemoteTraceback(tb_text)
-    return exc
-
-
-# -- sealed objects ----------------------------------------------------------------------
-def open_result(secret: bytes, job_id: str, call_id: str, blob: bytes, what: str) -> tuple[dict[str, Any], Outcome]:
-    """Verify and read a call's result object (from the store or a reply)."""
-    from wrenpack.worker import result
-
-    data = auth.unseal_view(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
-    status, outcome_bytes = result.unpack(data, what)
-    return status, loads_outcome(outcome_bytes, what)
-
-
-def loads_outcome(data: Any, what: str, buffers: Any = None) -> "Outcome":
-    """Unpickle an authentic outcome: bytes of a verified result object, or a
-    local hand-off's stream (a file)."""
-    try:
-        t = cloudpickle.load(data, buffers=buffers) if hasattr(data, "read") else cloudpickle.loads(data, buffers=buffers)
-    except ModuleNotFoundError as exc:
-        from wrenpack.errors import MissingDependency
-
-        err = MissingDependency(f"the {what} needs module {exc.name!r}, which the client lacks; install it here")
-        err.name = exc.name
-        raise err from None
-    except Exception as exc:  # noqa: BLE001
-        raise CorruptObject(f"the {what} is authentic but cannot be unpickled here ({type(exc).__name__}: {exc}); "
-                            "client and worker must run the same Python and cloudpickle") from None
-    return Outcome.from_tuple(t, what)
-
-
-def reply_result(reply: dict[str, Any]) -> bytes | None:
-    """The sealed result object a handler's reply carries (bytes from a local
-    worker, base64 text from Lambda), removed from ``reply``; None if absent."""
-    data = reply.pop("result", None)
-    if data is None or isinstance(data, (bytes, bytearray)):
-        return data
-    try:
-        return base64.b64decode(data, validate=True)
-    except (TypeError, ValueError):
-        raise CorruptObject("the result in the worker's reply is not base64; re-run the call") from None
-
-
-def seal_result(secret: bytes, job_id: str, call_id: str, status: dict[str, Any], outcome_bytes: bytes) -> bytes:
-    from wrenpack.worker import result
-
-    return auth.seal_parts(secret, keys.identity(job_id, "result", call_id), *result.parts(status, outcome_bytes))
-
-
-def is_authentic_result(secret: bytes, job_id: str, call_id: str, blob: bytes) -> bool:
-    try:
-        auth.unseal_view(secret, keys.identity(job_id, "result", call_id), blob, keys.result_key(job_id, call_id))
-        return True
-    except CorruptObject:
-        return False
-
-
-def seal_segment(secret: bytes, job_id: str, call_id: str, segment: int, status_json: bytes) -> bytes:
-    return auth.seal(secret, keys.identity(job_id, "segment", call_id, segment), status_json)
-
-
-def open_segment(secret: bytes, job_id: str, call_id: str, segment: int, blob: bytes) -> dict[str, Any]:
-    """Verify and read a segment record (a JSON status)."""
-    import json
-
-    key = keys.segment_key(job_id, call_id, segment)
-    data = auth.unseal(secret, keys.identity(job_id, "segment", call_id, segment), blob, key)
-    try:
-        status = json.loads(data)
-    except ValueError:
-        status = None
-    if not isinstance(status, dict):
-        raise CorruptObject(f"{key} is authentic but unreadable; re-run the call")
-    return status
+def dumps(event: dict[str, Any]) -> bytes:
+    """The event as Lambda's Invoke payload: compact JSON."""
+    return json.dumps(event, separators=(",", ":")).encode()

@@ -1,7 +1,7 @@
-"""One warm local worker: its process, socket, cgroup, /tmp and meters.
+"""One warm local worker, as the driver holds it: its process, socket, cgroup, /tmp and meters.
 
-The scheduler (``wrenpack.backends.local``) decides what a worker runs; a
-``Worker`` runs it and judges it against the call's limits:
+The scheduler (``wrenpack.backends.local.scheduler``) decides what a worker
+runs; a ``Worker`` runs it and judges it against the call's limits:
 
 - ``send(calls)``: the calls go down the socket in one message; the first
   begins now, the others as each reply comes back (``begin``).
@@ -15,37 +15,24 @@ The scheduler (``wrenpack.backends.local``) decides what a worker runs; a
 Death is seen from the process itself (a pidfd in the scheduler's selector),
 never from the socket, which a call's children may hold open.
 
-Wire format, both ways: ``>II`` (header length, blob length), the header, the
-blob (an outcome's or result object's bytes, or empty). Nothing is unpickled.
-The header is ``marshal`` both ways (a fifth of JSON's time to write, a third
-to read, on every call; marshal makes only plain values, and no code runs when
-it loads). Each end trusts the other already: the worker runs the code its
-driver sends, and the driver unpickles the outcomes this worker sends on the
-same private socketpair (``wrenpack.backends.local_replies``), which is more than a
-header can do, so reading the worker's headers with marshal exposes nothing
-new; what the store or Lambda brings is still verified, and never marshal.
-Headers hold only JSON's values (lists, never tuples; text keys), so a worker
-reads the same event Lambda would and a status is what a stored result's JSON
-would say (tests/test_worker_wire.py holds every message to that).
-A message's calls after the first carry only what differs from the first
-call's event (``changed``, ``gone``).
-Large arguments and results travel beside it as sealed memfds
-(``wrenpack.worker.handoff``), passed with SCM_RIGHTS on the message's first
-bytes: a call ``{"fd": n}`` takes the next n descriptors the worker received, a
-reply with ``"handoff": layout`` the next one the driver received.
+What travels on the socket is ``wrenpack.wire``'s: frames (``wire.frames``)
+whose headers are the driver's messages (``wire.driver_message``) and the
+worker's replies (``wire.worker_reply``), both ``marshal``, nothing pickled (the driver
+unpickles only the outcomes this worker sends on the same private socketpair:
+``wrenpack.backends.local.replies``).
+Large arguments and results travel beside them as sealed memfds
+(``wrenpack.worker.handoff``; their layout is ``wire.handoff``), passed with
+SCM_RIGHTS on the message's first bytes.
 """
 from __future__ import annotations
 
-import array
 import fcntl
 import json
-import marshal
 import logging
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -54,21 +41,18 @@ from collections import deque
 from typing import Any, Callable
 
 from wrenpack.backends.base import Invocation
-from wrenpack.backends.cgroups import CgroupFactory, MemoryCgroup
+from wrenpack.backends.local.linux import CgroupFactory, MemoryCgroup
 from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.handoff import Sealed
 from wrenpack.worker.memory import dir_usage, peak_rss_mb
 
 log = logging.getLogger("wrenpack.backends.local")
 
 MiB = 1024 * 1024
-FRAME = struct.Struct(">II")
 SAMPLE_S = 0.01
 TMP_CHECK_S = 0.1
 CHILD_CHECK_S = 0.1
-#: descriptors per sendmsg (SCM_MAX_FD is 253)
-_FDS_PER_SEND = 200
-_ANCILLARY = socket.CMSG_SPACE(256 * 4)
 _BOOT = (
     "import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
     "from wrenpack.worker.local_main import main;main(c)"
@@ -82,20 +66,6 @@ _reading = threading.local()
 def hard_grace(timeout: float) -> float:
     """How long past its deadline a call that ignores the soft deadline may run before the kill."""
     return 0.5 + 0.02 * timeout
-
-
-def encode(head: dict[str, Any], blob: bytes = b"") -> bytes:
-    """A message to a worker (its header in ``marshal``)."""
-    data = marshal.dumps(head)
-    return FRAME.pack(len(data), len(blob)) + data + blob
-
-
-def decode_head(data: bytes) -> dict[str, Any]:
-    """A worker's reply header (``marshal``); ValueError if it is not a dict."""
-    head = marshal.loads(data)
-    if type(head) is not dict:
-        raise ValueError(f"a worker's reply header is a {type(head).__name__}, not a dict")
-    return head
 
 
 def _descendants(pid: int) -> list[int]:
@@ -211,15 +181,11 @@ class Worker:
         ``handoff_min``: results pickled larger than this come back as sealed memfds.
         ``flush=False``: the caller flushes (``flush()``) when it is ready for the reply."""
         first = calls[0]
-        msg: dict[str, Any] = {"calls": _calls(calls)}
         limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
-        if limits != self.limits:
-            self.limits = limits
-            msg["limits"] = list(limits)
-        if reply_limit:
-            msg["reply_limit"] = reply_limit
-        if handoff_min is not None:
-            msg["handoff"] = handoff_min
+        changed = limits != self.limits
+        self.limits = limits
+        msg = driver_message.message(driver_message.calls([(_event(inv), inv.timeout_s, _fd_count(inv)) for inv in calls]),
+                                     list(limits) if changed else None, reply_limit, handoff_min)
         was_idle = not self.inflight
         if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
             with self._limit_lock:
@@ -232,10 +198,10 @@ class Worker:
         self.inflight.extend(calls)
         fds = [fd for inv in calls if inv.handoff is not None for fd in inv.handoff.fds()]
         at = len(self.outbuf)
-        for i in range(0, len(fds), _FDS_PER_SEND):
-            # At most _FDS_PER_SEND per sendmsg (the kernel's limit is 253), each group a byte further on.
-            self._out_fds.append([at + i // _FDS_PER_SEND, fds[i : i + _FDS_PER_SEND]])
-        self.outbuf += encode(msg)
+        for i in range(0, len(fds), frames.FDS_PER_SEND):
+            # At most FDS_PER_SEND per sendmsg (the kernel's limit is 253), each group a byte further on.
+            self._out_fds.append([at + i // frames.FDS_PER_SEND, fds[i : i + frames.FDS_PER_SEND]])
+        self.outbuf += frames.encode(driver_message.dumps(msg))
         if was_idle and self.ready:
             self.begin(time.time())
         if flush:
@@ -248,8 +214,7 @@ class Worker:
             try:
                 if marks and marks[0][0] == 0:
                     end = marks[1][0] if len(marks) > 1 else len(self.outbuf)
-                    n = self.sock.sendmsg([memoryview(self.outbuf)[:end]],
-                                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", marks[0][1]))])
+                    n = frames.send_with_fds(self.sock, memoryview(self.outbuf)[:end], marks[0][1])
                     marks.popleft()  # sent with the first byte, whatever else was
                 elif marks:
                     n = self.sock.send(memoryview(self.outbuf)[: marks[0][0]])
@@ -276,17 +241,12 @@ class Worker:
             view = _reading.view = memoryview(bytearray(1 << 20))
         while True:
             try:
-                n, ancdata, _flags, _addr = self.sock.recvmsg_into([view], _ANCILLARY)
+                n = frames.recv(self.sock, view, self._in_fds)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 eof = True
                 break
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds = array.array("i")
-                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                    self._in_fds.extend(fds)
             if not n:
                 eof = True
                 break
@@ -296,13 +256,9 @@ class Worker:
         out = []
         buf = self.inbuf
         pos = 0
-        while len(buf) - pos >= FRAME.size:
-            hlen, blen = FRAME.unpack_from(buf, pos)
-            end = pos + FRAME.size + hlen + blen
-            if len(buf) < end:
-                break
-            start = pos + FRAME.size
-            head = decode_head(bytes(buf[start : start + hlen]))
+        while (spans := frames.next_frame(buf, pos)) is not None:
+            start, blob_at, end = spans
+            head = worker_reply.loads(bytes(buf[start:blob_at]))
             if "handoff" in head:
                 # The result as a sealed memfd: the executor checks, reads and closes it.
                 fd = self._in_fds.popleft() if self._in_fds else None
@@ -316,7 +272,7 @@ class Worker:
                     except OSError:
                         pass
                 head["handoff"] = Sealed(fd, head["handoff"], on_close=hook)
-            out.append((head, bytes(buf[start + hlen : end])))
+            out.append((head, bytes(buf[blob_at:end])))
             pos = end
         if pos:
             del buf[:pos]
@@ -535,29 +491,9 @@ class Worker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _calls(calls: list[Invocation]) -> list[dict[str, Any]]:
-    """The message's calls: the first event whole, each later one as what differs
-    from the first (the events of one map share nearly every field), so the
-    message is encoded and decoded in a fraction of the time."""
-    base = _event(calls[0])
-    out: list[dict[str, Any]] = [_call(calls[0], {"event": base})]
-    for inv in calls[1:]:
-        event = _event(inv)
-        item: dict[str, Any] = {"changed": {k: v for k, v in event.items() if k not in base or base[k] != v}}
-        gone = [k for k in base if k not in event]
-        if gone:
-            item["gone"] = gone
-        out.append(_call(inv, item))
-    return out
-
-
-def _call(inv: Invocation, call: dict[str, Any]) -> dict[str, Any]:
-    call["timeout_s"] = inv.timeout_s
-    if inv.handoff is not None:
-        n = len(inv.handoff.fds())
-        if n:
-            call["fd"] = n  # the arguments' memfds come with the message
-    return call
+def _fd_count(inv: Invocation) -> int:
+    """How many memfds go with the call (its arguments')."""
+    return len(inv.handoff.fds()) if inv.handoff is not None else 0
 
 
 def _event(inv: Invocation) -> dict[str, Any]:
@@ -571,7 +507,7 @@ def _command(runtime: str | None) -> tuple[list[str], list[str]]:
     if runtime is None:
         paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
         return [sys.executable, "-c", _BOOT], paths
-    from wrenpack.backends.runtime_paths import worker_paths
+    from wrenpack.backends.runtime_paths import worker_paths  # (importlib.metadata: only for a built runtime)
 
     return [sys.executable, "-I", "-S", "-c", _BOOT], worker_paths(runtime)
 

@@ -1,0 +1,95 @@
+"""The driver's message to a local worker: one or more calls to run in order
+(the header of a ``wire.frames`` message; its blob is empty).
+
+::
+
+    {"calls": [{"event": {...}, "timeout_s": s, "fd": n},     the first call's event whole
+               {"changed": {...}, "gone": [...], "timeout_s": s, "fd": n}, ...],   later ones: what differs
+     "limits": [memory_mb, timeout_s, ephemeral_storage_mb],   only when they change
+     "reply_limit": bytes, "handoff": bytes}                   optional; given to every call's event
+
+A call ``{"fd": n}`` takes the next n descriptors the worker received (its
+arguments' memfds, ``wire.handoff``). The events of one map share nearly every
+field, so later calls carry only what differs from the first call's event: the
+message is encoded and decoded in a fraction of the time.
+
+The header is ``marshal`` (a fifth of JSON's time to write, a third to read,
+on every call; marshal makes only plain values, and no code runs when it
+loads). The worker runs the code its driver sends, so reading the driver's
+header with marshal exposes nothing. Headers hold only JSON's values (lists,
+never tuples; text keys), so a worker reads the same event Lambda would
+(tests/test_worker_wire.py holds every message to that).
+Standard library only: the worker imports this.
+"""
+from __future__ import annotations
+
+import marshal
+from typing import Any, Iterator
+
+#: The message header's fields and encoding; a change of either is a new version (tests/test_wire_golden.py).
+VERSION = 1
+
+
+def calls(items: list[tuple[dict[str, Any], float, int]]) -> list[dict[str, Any]]:
+    """The message's calls from ``(event, timeout_s, descriptors)`` each: the
+    first event whole, each later one as what differs from the first."""
+    base = items[0][0]
+    out: list[dict[str, Any]] = [_call({"event": base}, *items[0][1:])]
+    for event, timeout_s, nfds in items[1:]:
+        item: dict[str, Any] = {"changed": {k: v for k, v in event.items() if k not in base or base[k] != v}}
+        gone = [k for k in base if k not in event]
+        if gone:
+            item["gone"] = gone
+        out.append(_call(item, timeout_s, nfds))
+    return out
+
+
+def _call(call: dict[str, Any], timeout_s: float, nfds: int) -> dict[str, Any]:
+    call["timeout_s"] = timeout_s
+    if nfds:
+        call["fd"] = nfds  # the arguments' memfds come with the message
+    return call
+
+
+def message(calls: list[dict[str, Any]], limits: list[Any] | None = None, reply_limit: int | None = None,
+            handoff: int | None = None) -> dict[str, Any]:
+    """The header: ``calls`` (``calls()``), the limits if they changed, and
+    ``reply_limit``/``handoff`` if given (the events' fields of those names)."""
+    msg: dict[str, Any] = {"calls": calls}
+    if limits is not None:
+        msg["limits"] = limits
+    if reply_limit:
+        msg["reply_limit"] = reply_limit
+    if handoff is not None:
+        msg["handoff"] = handoff
+    return msg
+
+
+def events(msg: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each call of a message with its whole event, as the handler gets it."""
+    reply_limit = msg.get("reply_limit")
+    handoff = msg.get("handoff")
+    base: dict[str, Any] = {}
+    for call in msg["calls"]:
+        if "event" in call:
+            event = call["event"]
+            base = dict(event)  # the handler may add to its event
+        else:
+            event = dict(base, **call["changed"])
+            for name in call.get("gone", ()):
+                event.pop(name, None)
+        if reply_limit:
+            event["reply_limit"] = reply_limit
+        if handoff is not None:
+            event["handoff"] = handoff
+        yield call, event
+
+
+def dumps(msg: dict[str, Any]) -> bytes:
+    """The header's bytes."""
+    return marshal.dumps(msg)
+
+
+def loads(data: bytes) -> dict[str, Any]:
+    """A header ``dumps`` wrote."""
+    return marshal.loads(data)

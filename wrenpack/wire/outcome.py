@@ -1,0 +1,123 @@
+"""A call's outcome: what it produced, as the pickle that travels back.
+
+::
+
+    worker: Outcome.success(value).dumps() / cloudpickle.dumps(error_tuple(exc, kind))
+            --inside a result object (wire.result), a private reply or a hand-off-->
+    client: loads_outcome(data) -> Outcome -> .value / .rebuild(label)
+
+An outcome is the pickled 2-tuple ``("ok", value)`` or the 6-tuple
+``("error", exc_bytes_or_None, type_name, message, traceback_text, kind)``,
+built only here (``error_tuple``/``Outcome``); ``kind`` is "user" for the
+user's own exceptions and "wrenpack" for ours. Standard library and
+cloudpickle only: the worker imports this.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from wrenpack.errors import CorruptObject, MissingDependency, RemoteError, RemoteTraceback, WrenpackError
+
+#: The outcome tuples' shape; a change of it is a new version (tests/test_wire_golden.py).
+VERSION = 1
+
+
+def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tuple[Any, ...]:
+    """The one place the error 6-tuple is built; an unpicklable exception keeps
+    its type name and message. ``kind``: "user" (theirs) or "wrenpack" (ours)."""
+    if tb_text is None:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        exc_bytes: bytes | None = cloudpickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - an unpicklable exception is still reported
+        exc_bytes = None
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return ("error", exc_bytes, name, str(exc), tb_text, kind)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of a user exception without the frame that called their code."""
+    tb = exc.__traceback__
+    tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+@dataclass
+class Outcome:
+    """What a call produced: a value, or an exception (as the error 6-tuple)."""
+
+    ok: bool
+    value: Any = None
+    error: tuple[Any, ...] | None = None
+
+    @classmethod
+    def success(cls, value: Any) -> "Outcome":
+        return cls(True, value)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, kind: str = "user", tb_text: str | None = None) -> "Outcome":
+        return cls(False, error=error_tuple(exc, kind, tb_text))
+
+    @classmethod
+    def from_tuple(cls, t: Any, what: str = "result object") -> "Outcome":
+        if isinstance(t, tuple) and len(t) == 2 and t[0] == "ok":
+            return cls(True, t[1])
+        if isinstance(t, tuple) and len(t) == 6 and t[0] == "error":
+            return cls(False, error=t)
+        raise CorruptObject(f"the {what} is corrupt (unexpected content); re-run the call")
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return ("ok", self.value) if self.ok else tuple(self.error or ())
+
+    def dumps(self) -> bytes:
+        """Pickled; raises the pickling error of an unpicklable value."""
+        return cloudpickle.dumps(self.to_tuple())
+
+    def rebuild(self, label: str) -> BaseException:
+        """Client side: the exception to raise for a failed call."""
+        return rebuild_exception(self.to_tuple(), label)
+
+
+def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
+    """The exception an error 6-tuple stands for, with the remote traceback as
+    its cause; a type the client cannot rebuild becomes ``RemoteError``."""
+    _, exc_bytes, type_name, message, tb_text, kind = outcome
+    exc: BaseException | None = None
+    if exc_bytes is not None:
+        try:
+            exc = cloudpickle.loads(exc_bytes)
+        except Exception:  # noqa: BLE001 - the type may not exist on the client
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
+    elif kind == "wrenpack" and isinstance(exc, WrenpackError):
+        try:
+            rebuilt = type(exc)(f"{label}: {exc}")
+            rebuilt.__dict__.update({k: v for k, v in exc.__dict__.items() if k not in rebuilt.__dict__})
+            if isinstance(exc, ImportError):
+                rebuilt.name, rebuilt.path = exc.name, exc.path
+            exc = rebuilt
+        except Exception:  # noqa: BLE001
+            pass
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(tb_text)
+    return exc
+
+
+def loads_outcome(data: Any, what: str, buffers: Any = None) -> Outcome:
+    """Unpickle an authentic outcome: bytes of a verified result object, or a
+    local hand-off's stream (a file)."""
+    try:
+        t = cloudpickle.load(data, buffers=buffers) if hasattr(data, "read") else cloudpickle.loads(data, buffers=buffers)
+    except ModuleNotFoundError as exc:
+        err = MissingDependency(f"the {what} needs module {exc.name!r}, which the client lacks; install it here")
+        err.name = exc.name
+        raise err from None
+    except Exception as exc:  # noqa: BLE001
+        raise CorruptObject(f"the {what} is authentic but cannot be unpickled here ({type(exc).__name__}: {exc}); "
+                            "client and worker must run the same Python and cloudpickle") from None
+    return Outcome.from_tuple(t, what)
