@@ -353,7 +353,7 @@ def keyring_size():
     return len(refs._keyring)
 
 
-@pytest.mark.backends(slow=("toy", "lambda"))  # 52 calls one after another: seconds on these
+@pytest.mark.backends(slow=("toy", "lambda"))  # 52 calls one after another: 7 s on toy, 14 s on lambda
 def test_a_warm_worker_forgets_each_calls_secrets(one_worker):
     # The helper found one keyring entry per call kept for good in a warm worker
     # (and every call's memory counts against its limit there).
@@ -365,7 +365,7 @@ def test_a_warm_worker_forgets_each_calls_secrets(one_worker):
     assert wrenpack.remote(keyring_size, executor=one_worker).remote().result(timeout=60) <= 1  # its own call's
 
 
-@pytest.mark.backends(slow=("toy", "lambda"))  # 60 calls one after another: seconds on these
+@pytest.mark.backends(slow=("toy", "lambda"))  # 60 calls one after another: 6 s on toy, 14 s on lambda
 def test_the_driver_forgets_a_jobs_secret_with_its_last_future(one_worker):
     import gc
 

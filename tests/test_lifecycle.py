@@ -196,6 +196,7 @@ def test_store_error_while_completing_fails_the_future(tmp_path, exc):
         ex.shutdown()
 
 
+@pytest.mark.backends(slow=("lambda",))  # 5 s there: three calls one after another, then a new default executor
 def test_configure_mid_flight_lets_the_old_executor_finish(backend_settings, monkeypatch):
     monkeypatch.setattr(wconfig, "_global_overrides", {})
     settings = backend_settings(concurrency=1)
@@ -307,7 +308,7 @@ def test_clean_stale_and_all(tmp_path, capsys):
 
 
 # -- thread-safe by-value pickling --------------------------------------------------------
-@pytest.mark.backends(slow=("lambda",))  # 20 maps of 3 calls: 18 s on the emulated Lambda
+@pytest.mark.backends(slow=("toy", "lambda"))  # 20 maps of 3 calls: 5-8 s on each of these
 def test_four_threads_mapping_user_module_functions(tmp_path, monkeypatch, make_executor):
     mod_dir = tmp_path / "userpkg"
     mod_dir.mkdir()
