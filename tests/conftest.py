@@ -1,11 +1,57 @@
+"""The fixtures every test file shares, in one place.
+
+Backends: a module marked ``pytestmark = pytest.mark.backends()`` runs each of
+its tests that uses an executor fixture once per backend ("local", "toy",
+"lambda"; ``backends("local", "toy")`` names fewer); unmarked modules run on
+"local". The executor fixtures all build on ``backend_settings``:
+
+* ``executor``: one executor (two calls at once, retries=1) shared by a module;
+  ``remote(fn, **options)`` binds functions to it.
+* ``make_executor(**settings)``: fresh executors for one test, each on its own
+  store, shut down after it.
+* ``ex``: one fresh executor for one test, with the settings of the closest
+  ``executor_settings(...)`` marker (a module's files set theirs once).
+* ``captured``: the invocations an executor makes, to drive a backend directly.
+
+"lambda" runs on the AWS stand-ins of tests/aws/servers.py on 127.0.0.1 (moto
+for S3 and the control plane, the Runtime Interface Emulator running the real
+handler); where they cannot be had, its tests are skipped with the reason.
+"""
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import itertools
+import json
 import os
+import threading
+from typing import Any, Callable
 
 import pytest
 
 import wrenpack
-from wrenpack.executor import Executor
+from tests.aws import servers
+from wrenpack import Executor
+from wrenpack.backends import Backend, Invocation, create_backend, register_backend
+
+register_backend("toy", "tests.toy_backend:ToyBackend")  # the toy backend: one folder, this one line
+
+#: the backends a module marked ``backends()`` runs on
+BACKENDS = ("local", "toy", "lambda")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names, slow=()): run the executor fixtures of these tests on each backend "
+                                       "named (default: local, toy and lambda); on those in `slow` only with -m slow")
+    config.addinivalue_line("markers", "executor_settings(**settings): the settings of the `ex` fixture's executor")
+
+
+def pytest_generate_tests(metafunc):
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        slow = marker.kwargs.get("slow", ())
+        names = [pytest.param(name, marks=pytest.mark.slow) if name in slow else name for name in marker.args or BACKENDS]
+        metafunc.parametrize("backend", names, indirect=True, scope="module")
 
 
 @pytest.fixture(autouse=True)
@@ -17,11 +63,72 @@ def _isolated_config(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("WRENPACK_PROGRESS", "false")
 
 
+# -- executors on every backend ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def executor(tmp_path_factory):
-    """One local executor (two warm workers) shared by a test module."""
-    store = tmp_path_factory.mktemp("store")
-    ex = Executor(storage=str(store), concurrency=2, backend="local", retries=1)
+def backend(request) -> str:
+    """The backend this module's executors run on: "local" unless the module is marked ``backends``."""
+    return getattr(request, "param", "local")
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def backend_settings(backend, request, tmp_path_factory) -> Callable[..., dict[str, Any]]:
+    """``backend_settings(**overrides)``: Executor settings for ``backend`` with a store of their own."""
+    if backend == "lambda":
+        base = _lambda_settings(request)
+    else:
+        base = {"backend": backend}
+
+    def settings(**overrides: Any) -> dict[str, Any]:
+        out = dict(base)
+        if backend == "lambda":
+            out["storage"] = f"{base['storage']}/{next(_prefixes)}"
+        else:
+            out["storage"] = str(tmp_path_factory.mktemp("store"))
+        out.update(overrides)
+        return out
+
+    return settings
+
+
+def _lambda_settings(request) -> dict[str, Any]:
+    """The emulated Lambda's settings (its servers start on first use), or a skip saying what is missing."""
+    for module, why in (("moto", "moto[server] is not installed"), ("awslambdaric", "awslambdaric is not installed")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"the lambda backend's stand-in cannot run: {why}; pip install -e '.[test]'")
+    try:
+        servers.rie_binary()
+    except servers.Unavailable as exc:
+        pytest.skip(f"the lambda backend's stand-in cannot run: the Runtime Interface Emulator is missing: {exc}")
+    endpoint = request.getfixturevalue("lambda_endpoint")
+    return {
+        "backend": "lambda",
+        "storage": f"s3://{request.getfixturevalue('bucket')}/contract-{os.getpid()}",
+        "s3_endpoint_url": request.getfixturevalue("moto_endpoint"),
+        "lambda_endpoint_url": endpoint.url,
+        "function_name": endpoint.function_name,
+        "aws_region": servers.REGION,
+        # The deployed default function's settings; a call with others gets a function made for them.
+        "timeout": servers.FUNCTION_TIMEOUT,
+        "lambda_auto_deploy": True,
+    }
+
+
+def _new_executor(settings: dict[str, Any]) -> Executor:
+    ex = Executor(**settings)
+    if ex.config.backend == "lambda" and ex.config.invocation_type == "Event":
+        # The store is polled every 0.2 s, not 0.5: a call's slot frees only once its result
+        # has been seen, so the poll sets the pace of these short calls (as in tests/aws).
+        ex.backend.poll_interval = 0.2
+    return ex
+
+
+@pytest.fixture(scope="module")
+def executor(backend_settings):
+    """One executor (two calls at once) shared by a test module."""
+    ex = _new_executor(backend_settings(concurrency=2, retries=1))
     yield ex
     ex.shutdown()
 
@@ -34,6 +141,180 @@ def remote(executor):
         return wrenpack.remote(fn, executor=executor, **options) if fn else wrenpack.remote(executor=executor, **options)
 
     return make
+
+
+@pytest.fixture
+def make_executor(backend_settings):
+    """``make_executor(**settings)``: a fresh executor on the module's backend, shut down after the test
+    (its calls not yet started are cancelled; those running end first)."""
+    made: list[Executor] = []
+
+    def make(**settings: Any) -> Executor:
+        ex = _new_executor(backend_settings(**settings))
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def ex(request, make_executor):
+    """A fresh executor for one test, with the settings of the closest ``executor_settings`` marker."""
+    marker = request.node.get_closest_marker("executor_settings")
+    return make_executor(**(marker.kwargs if marker else {}))
+
+
+@pytest.fixture
+def capabilities(backend_settings):
+    """What the module's backend can do (``Capabilities``), asked of a backend that never runs anything."""
+    config = wrenpack.Config(**backend_settings())
+    made = create_backend(config.backend, config)
+    try:
+        return made.capabilities
+    finally:
+        made.shutdown(wait=False)
+
+
+# -- driving a backend directly ------------------------------------------------------------------
+class _Capture(Backend):
+    """Collects an executor's invocations so a test can run them on a backend of its own."""
+
+    name = "capture"
+
+    def __init__(self) -> None:
+        self.invocations: list[Invocation] = []
+
+    def invoke(self, invocation: Invocation) -> None:
+        self.invocations.append(invocation)
+
+    def cancel(self, invocation: Invocation) -> bool:
+        return True  # it runs nothing itself: every call it holds can be taken back
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class Captured:
+    """A map's invocations, with hooks that record each call's start and its one ``on_done``."""
+
+    invocations: list[Invocation]
+    #: call id -> its InvocationResult
+    done: dict[str, Any]
+    #: call ids in the order their calls started
+    started: list[str]
+    config: wrenpack.Config
+
+    def backend(self, **overrides: Any) -> Backend:
+        """A backend of the module's kind for these invocations (their store), e.g. ``concurrency=1``."""
+        config = self.config.replace(**overrides)
+        return create_backend(config.backend, config)
+
+
+@pytest.fixture
+def captured(backend_settings):
+    """``captured(fn, items, **options)``: the invocations of ``map(fn, items)`` as ``Captured``."""
+
+    def capture(fn: Callable[..., Any], items: list[Any], **options: Any) -> Captured:
+        ex = Executor(**backend_settings(keep_objects=True))
+        ex._backend = capture_backend = _Capture()
+        wrenpack.remote(fn, executor=ex, **options).map(items)
+        # The test runs these calls on a backend of its own: the executor takes its
+        # futures back (else it reports them still running at exit).
+        ex.shutdown(wait=False, cancel_futures=True)
+        done: dict[str, Any] = {}
+        started: list[str] = []
+        lock = threading.Lock()
+        for inv in capture_backend.invocations:
+            def on_done(inv, result, done=done):
+                with lock:
+                    assert inv.key[1] not in done, "on_done called twice"
+                    done[inv.key[1]] = result
+            inv.on_done = on_done
+            inv.on_start = lambda inv: started.append(inv.key[1])
+        return Captured(capture_backend.invocations, done, started, ex.config)
+
+    return capture
+
+
+# -- the AWS stand-ins (tests/aws/servers.py), for tests/aws and the lambda backend ---------------
+def aws_unavailable(reason: str) -> None:
+    """tests/aws fail when their servers cannot run, unless WRENPACK_SKIP_AWS_TESTS=1 says to skip them."""
+    if os.environ.get("WRENPACK_SKIP_AWS_TESTS") == "1":
+        pytest.skip(f"AWS tests skipped (WRENPACK_SKIP_AWS_TESTS=1): {reason}")
+    pytest.fail(f"AWS tests cannot run: {reason} (set WRENPACK_SKIP_AWS_TESTS=1 to skip them explicitly)")
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """Dummy credentials and a region for every boto3 client from here on;
+    no profile or endpoint from the developer's environment leaks in."""
+    mp = pytest.MonkeyPatch()
+    for key in list(os.environ):
+        if key.startswith("AWS_ENDPOINT_URL") or key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+            mp.delenv(key)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", servers.REGION)
+    mp.setenv("AWS_REGION", servers.REGION)
+    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    mp.setenv("AWS_CONFIG_FILE", os.devnull)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(aws_env, tmp_path_factory):
+    proc, url, log = servers.start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield url
+    finally:
+        servers.stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def bucket(moto_endpoint):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=servers.REGION)
+    s3.create_bucket(Bucket="wrenpack-test")
+    return "wrenpack-test"
+
+
+@pytest.fixture(scope="session")
+def role_arn(moto_endpoint):
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name=servers.REGION)
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                                     "Action": "sts:AssumeRole"}]}
+    return iam.create_role(RoleName="wrenpack-worker-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+
+@pytest.fixture(scope="session")
+def lambda_endpoint(moto_endpoint, bucket, role_arn, tmp_path_factory):
+    """A Lambda endpoint that runs wrenpack's handler in real RIEs, with the
+    default test function (1024 MB, ``servers.FUNCTION_TIMEOUT`` s, 512 MB /tmp) deployed."""
+    try:
+        import awslambdaric  # noqa: F401
+    except ImportError:
+        aws_unavailable("awslambdaric is not installed; pip install -e '.[test]'")
+    try:
+        binary = servers.rie_binary()
+    except servers.Unavailable as exc:
+        aws_unavailable(str(exc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENPACK_", "PYTEST_"))}
+    env.update(LAMBDA_TASK_ROOT=str(servers.REPO), PYTHONPATH=str(servers.REPO))
+    dispatcher = servers.LambdaEndpoint(binary, env, tmp_path_factory.mktemp("rie-logs"), moto_endpoint)
+    dispatcher.role_arn = role_arn
+    try:
+        dispatcher.deploy()
+        yield dispatcher
+    finally:
+        dispatcher.stop()
 
 
 @pytest.fixture(scope="session")

@@ -19,16 +19,13 @@ from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import PayloadTooLarge
 from wrenpack.worker import handoff
 
-pytestmark = pytest.mark.skipif(not handoff.available(), reason="needs Linux memfd_create, file seals and SCM_RIGHTS")
+pytestmark = [
+    pytest.mark.skipif(not handoff.available(), reason="needs Linux memfd_create, file seals and SCM_RIGHTS"),
+    # the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+    pytest.mark.executor_settings(concurrency=2, retries=0),
+]
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def ex(tmp_path):
-    e = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=2), retries=0)
-    yield e
-    e.shutdown()
 
 
 def _no_memfds_left() -> None:

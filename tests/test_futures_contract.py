@@ -1,4 +1,5 @@
-"""Issue 11: the futures contract Python users know, on the local backend.
+"""Issue 11: the futures contract Python users know, on every backend
+(local, toy and the emulated lambda: see ``backends`` in tests/conftest.py).
 
 ``wrenpack.Executor`` is a ``concurrent.futures.Executor``; its futures are
 PENDING until the call starts, RUNNING while it runs; a queued call can be
@@ -17,6 +18,8 @@ import pytest
 import wrenpack
 from wrenpack.errors import ExecutorShutdown, TaskTimeout
 
+pytestmark = pytest.mark.backends()
+
 
 def square(x):
     return x * x
@@ -32,11 +35,9 @@ def keywords(self=None, fn=None, items=None, chunk=None):
 
 
 @pytest.fixture
-def one_worker(tmp_path):
-    """An executor with one worker: the second call waits in the queue."""
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, retries=0)
-    yield ex
-    ex.shutdown(wait=False, cancel_futures=True)
+def one_worker(make_executor):
+    """An executor that runs one call at a time: the second call waits in the queue."""
+    return make_executor(concurrency=1, retries=0)
 
 
 def test_is_a_concurrent_futures_executor(executor):
@@ -103,8 +104,8 @@ def test_shutdown_cancel_futures(one_worker):
     assert all(f.cancelled() for f in queued)
 
 
-def test_runtime_error_after_shutdown(tmp_path):
-    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
+def test_runtime_error_after_shutdown(make_executor):
+    ex = make_executor(concurrency=1)
     with ex:
         assert ex.submit(square, 3).result(timeout=60) == 9
     for launch in (lambda: ex.submit(square, 1), lambda: ex.map(square, [1]),
@@ -288,33 +289,36 @@ def test_concurrent_threads_submit(executor):
     assert sorted(out) == [[0, 1, 4], [1, 4, 9], [4, 9, 16]]
 
 
-def _files_containing(root, needles):
+def _files_containing(store, needles):
+    """The objects of ``store`` that hold any of ``needles``: every file under a
+    local store's root (its temporary files too), every key of another."""
     hits = []
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            data = open(os.path.join(dirpath, name), "rb").read()
-            hits += [os.path.join(dirpath, name) for n in needles if n in data]
+    if store.spec["type"] == "local":
+        for dirpath, _, names in os.walk(store.spec["root"]):
+            for name in names:
+                data = open(os.path.join(dirpath, name), "rb").read()
+                hits += [os.path.join(dirpath, name) for n in needles if n in data]
+        return hits
+    for key in store.list(""):
+        data = store.get(key)
+        hits += [key for n in needles if n in data]
     return hits
 
 
-def test_a_future_in_stored_arguments_carries_no_secret_into_the_store(tmp_path):
+def test_a_future_in_stored_arguments_carries_no_secret_into_the_store(make_executor):
     """Issue 14's rule holds for travelling futures: the referenced job's secret
     travels in the invocation, never inside an object in the store."""
     import base64
 
-    store = tmp_path / "store"
-    ex = wrenpack.Executor(storage=str(store), inline_limit=0, keep_objects=True)
-    try:
-        slow = ex.submit(sleeper, 1.5)
-        secret = ex._jobs[slow.job_id].secret
-        # pickled by the user, the reference keeps its secret (the user holds that pickle)
-        assert base64.b64encode(secret) in pickle.dumps(slow)
-        out = ex.submit(add_one_to, slow)
-        assert not slow.done()  # it travelled as a reference, not with its value
-        assert out.result(timeout=60) == 2.5
-        assert _files_containing(store, [secret, base64.b64encode(secret)]) == []
-    finally:
-        ex.shutdown(wait=False, cancel_futures=True)
+    ex = make_executor(inline_limit=0, keep_objects=True)
+    slow = ex.submit(sleeper, 1.5)
+    secret = ex._jobs[slow.job_id].secret
+    # pickled by the user, the reference keeps its secret (the user holds that pickle)
+    assert base64.b64encode(secret) in pickle.dumps(slow)
+    out = ex.submit(add_one_to, slow)
+    assert not slow.done()  # it travelled as a reference, not with its value
+    assert out.result(timeout=60) == 2.5
+    assert _files_containing(ex.store, [secret, base64.b64encode(secret)]) == []
 
 
 def test_a_job_launched_inside_a_call_derives_its_secret_from_the_call():
@@ -349,6 +353,7 @@ def keyring_size():
     return len(refs._keyring)
 
 
+@pytest.mark.backends(slow=("toy", "lambda"))  # 52 calls one after another: 7 s on toy, 14 s on lambda
 def test_a_warm_worker_forgets_each_calls_secrets(one_worker):
     # The helper found one keyring entry per call kept for good in a warm worker
     # (and every call's memory counts against its limit there).
@@ -360,6 +365,7 @@ def test_a_warm_worker_forgets_each_calls_secrets(one_worker):
     assert wrenpack.remote(keyring_size, executor=one_worker).remote().result(timeout=60) <= 1  # its own call's
 
 
+@pytest.mark.backends(slow=("toy", "lambda"))  # 60 calls one after another: 6 s on toy, 14 s on lambda
 def test_the_driver_forgets_a_jobs_secret_with_its_last_future(one_worker):
     import gc
 

@@ -13,11 +13,8 @@ import wrenpack
 from wrenpack.backends.local import LocalBackend
 
 
-@pytest.fixture
-def ex(tmp_path):
-    e = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=2), retries=0)
-    yield e
-    e.shutdown()
+#: the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+pytestmark = pytest.mark.executor_settings(concurrency=2, retries=0)
 
 
 def double(x):

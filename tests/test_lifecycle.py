@@ -1,6 +1,10 @@
 """Issue 9, the client side: every call resolves, once, and a program leaves
 nothing behind in the store; thread-safe by-value pickling; faithful wrapping
-and errors; owner records and ``wrenpack clean --stale``."""
+and errors; owner records and ``wrenpack clean --stale``; the backend contract
+of ``wrenpack.backends.base`` (on_start, cancel, draining shutdown, on_done once).
+
+The tests that run calls run on every backend (``backends`` in tests/conftest.py);
+those about the store alone run once."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +23,10 @@ import pytest
 import wrenpack
 from wrenpack import config as wconfig, keys
 from wrenpack.errors import StoreError, WrenpackError
+from wrenpack.storage import store_for_config
 from wrenpack.storage.local import LocalStore
+
+pytestmark = pytest.mark.backends()
 
 
 def square(x):
@@ -31,18 +38,35 @@ def sleeper(s):
     return s
 
 
-def _objects(root) -> list[str]:
-    return LocalStore(str(root)).list("jobs/")
+def _objects(where) -> list[str]:
+    """The job objects in a local store's root, or in the store of some settings."""
+    store = store_for_config(wrenpack.Config(**where)) if isinstance(where, dict) else LocalStore(str(where))
+    return store.list("jobs/")
 
 
-def _run_script(tmp_path, body: str, **kw) -> subprocess.CompletedProcess:
-    script = tmp_path / "prog.py"
-    script.write_text(textwrap.dedent(body))
+#: what a program run by these tests does first: tests/conftest.py registers the test backends (toy)
+_PREAMBLE = "import tests.conftest\n"
+
+
+def _program_env(settings: dict) -> dict:
+    """The environment of a program that runs wrenpack with ``settings`` (WRENPACK_* variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
-    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false",
-               PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120, **kw)
+    env.update({f"WRENPACK_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()})
+    env.update(WRENPACK_PROGRESS="false", PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def _run_script(tmp_path, settings: dict, body: str, **kw) -> subprocess.CompletedProcess:
+    script = tmp_path / "prog.py"
+    script.write_text(_PREAMBLE + textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_program_env(settings), capture_output=True,
+                          text=True, timeout=120, **kw)
+
+
+def _calls_end_with_driver(capabilities, backend) -> None:
+    if not capabilities.calls_end_with_driver:
+        pytest.skip(f"calls on {backend} outlive the driver (capabilities.calls_end_with_driver is False): "
+                    "the program cannot stop them at exit")
 
 
 # -- nothing left behind --------------------------------------------------------------
@@ -84,15 +108,18 @@ README_PROGRAMS = {
 
 
 @pytest.mark.parametrize("name", sorted(README_PROGRAMS))
-def test_readme_programs_leave_no_objects(tmp_path, name):
-    out = _run_script(tmp_path, README_PROGRAMS[name])
+def test_readme_programs_leave_no_objects(tmp_path, backend_settings, name):
+    settings = backend_settings()
+    out = _run_script(tmp_path, settings, README_PROGRAMS[name])
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
-    assert _objects(tmp_path / "store") == []
+    assert _objects(settings) == []
 
 
-def test_calls_running_at_exit_are_stopped_and_removed(tmp_path):
-    out = _run_script(tmp_path, """
+def test_calls_running_at_exit_are_stopped_and_removed(tmp_path, backend_settings, capabilities, backend):
+    _calls_end_with_driver(capabilities, backend)
+    settings = backend_settings()
+    out = _run_script(tmp_path, settings, """
         import time, wrenpack
         @wrenpack.remote
         def slow(x):
@@ -103,12 +130,14 @@ def test_calls_running_at_exit_are_stopped_and_removed(tmp_path):
     """)
     assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
     assert "still running at exit" in out.stderr
-    assert _objects(tmp_path / "store") == []
+    assert _objects(settings) == []
 
 
-def test_ctrl_c_removes_the_jobs_objects(tmp_path):
+def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilities, backend):
+    _calls_end_with_driver(capabilities, backend)
+    settings = backend_settings()
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
+        [sys.executable, "-c", _PREAMBLE + textwrap.dedent("""
             import time, wrenpack
             @wrenpack.remote
             def slow(x):
@@ -117,21 +146,18 @@ def test_ctrl_c_removes_the_jobs_objects(tmp_path):
             print("waiting", flush=True)
             wrenpack.get(futs)
         """)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict({k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")},
-                 WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false",
-                 PYTHONPATH=os.getcwd()),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
     )
     assert proc.stdout.readline().strip() == "waiting"
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
-    assert _objects(tmp_path / "store") == []
+    assert _objects(settings) == []
 
 
-def test_keep_objects_keeps_them_and_owner_is_recorded(tmp_path):
-    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1, keep_objects=True)
+def test_keep_objects_keeps_them_and_owner_is_recorded(make_executor):
+    ex = make_executor(concurrency=1, keep_objects=True)
     with ex:
         fut = ex.submit(square, 3)
         assert fut.result(timeout=60) == 9
@@ -170,9 +196,11 @@ def test_store_error_while_completing_fails_the_future(tmp_path, exc):
         ex.shutdown()
 
 
-def test_configure_mid_flight_lets_the_old_executor_finish(tmp_path, monkeypatch):
+@pytest.mark.backends(slow=("lambda",))  # 5 s there: three calls one after another, then a new default executor
+def test_configure_mid_flight_lets_the_old_executor_finish(backend_settings, monkeypatch):
     monkeypatch.setattr(wconfig, "_global_overrides", {})
-    wrenpack.configure(storage=str(tmp_path / "store"), concurrency=1)
+    settings = backend_settings(concurrency=1)
+    wrenpack.configure(**settings)
     try:
         f = wrenpack.remote(sleeper)
         futs = f.map([0.2, 0.2, 0.2])
@@ -184,13 +212,13 @@ def test_configure_mid_flight_lets_the_old_executor_finish(tmp_path, monkeypatch
 
         reset_default_executor()
     deadline = time.monotonic() + 10
-    while _objects(tmp_path / "store") and time.monotonic() < deadline:
+    while _objects(settings) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _objects(tmp_path / "store") == []
+    assert _objects(settings) == []
 
 
-def test_shutdown_without_wait_drains_in_the_background(tmp_path):
-    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1)
+def test_shutdown_without_wait_drains_in_the_background(make_executor):
+    ex = make_executor(concurrency=1)
     futs = [ex.submit(sleeper, 0.2) for _ in range(3)]
     ex.shutdown(wait=False)
     assert wrenpack.get(futs, timeout=60) == [0.2] * 3
@@ -280,7 +308,8 @@ def test_clean_stale_and_all(tmp_path, capsys):
 
 
 # -- thread-safe by-value pickling --------------------------------------------------------
-def test_four_threads_mapping_user_module_functions(tmp_path, monkeypatch):
+@pytest.mark.backends(slow=("toy", "lambda"))  # 20 maps of 3 calls: 5-8 s on each of these
+def test_four_threads_mapping_user_module_functions(tmp_path, monkeypatch, make_executor):
     mod_dir = tmp_path / "userpkg"
     mod_dir.mkdir()
     # (a large global makes each by-value pickle slow enough for the threads to overlap)
@@ -290,7 +319,7 @@ def test_four_threads_mapping_user_module_functions(tmp_path, monkeypatch):
 
     # The workers cannot import it: only by-value pickling gets it there.
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(mod_dir)])
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2)
+    ex = make_executor(concurrency=2)
     errors: list[BaseException] = []
     results: list[list[int]] = []
 
@@ -391,3 +420,49 @@ def test_rebuilt_wrenpack_errors_keep_their_attributes(remote):
     with pytest.raises(wrenpack.MissingDependency) as info:
         remote(imports_missing).remote().result(timeout=60)
     assert info.value.name == "wp_no_such_module_anywhere"
+
+
+# -- the backend contract (wrenpack/backends/base.py), each backend driven directly ---------------
+def _nap(s):
+    time.sleep(s)
+    return s
+
+
+def _wait_for(predicate, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_on_start_cancel_and_draining_shutdown(captured):
+    calls = captured(_nap, [0.3, 0.3, 0.3, 0.3])
+    invs, done, started = calls.invocations, calls.done, calls.started
+    backend = calls.backend(concurrency=1)
+    backend.invoke_many(invs)
+    assert backend.cancel(invs[3]) is True  # still queued: taken back
+    _wait_for(lambda: started)
+    assert started == [invs[0].key[1]]
+    assert backend.cancel(invs[0]) is False  # running
+    backend.shutdown(wait=True)  # drains: the queued calls still run and report
+    assert sorted(done) == [inv.key[1] for inv in invs[:3]]
+    assert all(r.error is None for r in done.values()), [r.error for r in done.values()]
+    assert started == [inv.key[1] for inv in invs[:3]]
+    assert invs[3].key[1] not in done  # a cancelled call never reports
+
+
+def test_shutdown_without_wait_fails_every_call_left_once(captured):
+    calls = captured(_nap, [3, 3, 3])
+    invs, done, started = calls.invocations, calls.done, calls.started
+    backend = calls.backend(concurrency=1)
+    backend.invoke_many(invs)
+    _wait_for(lambda: started)
+    assert started
+    t0 = time.monotonic()
+    backend.shutdown(wait=False)
+    assert time.monotonic() - t0 < 5
+    _wait_for(lambda: len(done) == len(invs), within=10)
+    assert sorted(done) == sorted(inv.key[1] for inv in invs)  # each once (``captured`` checks the once)
+    assert all(isinstance(r.error, WrenpackError) and "shut down" in str(r.error) for r in done.values()), \
+        [str(r.error) for r in done.values()]
+    with pytest.raises(WrenpackError, match="shut down"):
+        backend.invoke_many(invs[:1])

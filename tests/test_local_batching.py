@@ -8,15 +8,10 @@ import time
 import pytest
 
 import wrenpack
-from wrenpack.backends.local import LocalBackend
 
 
-@pytest.fixture
-def ex(tmp_path):
-    backend = LocalBackend(concurrency=2)
-    executor = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend)
-    yield executor
-    executor.shutdown()
+#: the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+pytestmark = pytest.mark.executor_settings(concurrency=2)
 
 
 def _batched(ex, calls: int) -> float:

@@ -31,11 +31,8 @@ def _objects(root) -> list[str]:
     return sorted(out)
 
 
-@pytest.fixture
-def ex(tmp_path):
-    e = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=1))
-    yield e
-    e.shutdown()
+#: the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+pytestmark = pytest.mark.executor_settings(concurrency=1)
 
 
 def plus_one(x):

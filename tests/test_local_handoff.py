@@ -25,7 +25,11 @@ from wrenpack.worker import handoff
 from wrenpack.worker.context import LocalContext
 from wrenpack.worker.handler import handler
 
-pytestmark = pytest.mark.skipif(not handoff.available(), reason="needs Linux memfd_create, file seals and SCM_RIGHTS")
+pytestmark = [
+    pytest.mark.skipif(not handoff.available(), reason="needs Linux memfd_create, file seals and SCM_RIGHTS"),
+    # the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+    pytest.mark.executor_settings(concurrency=2, retries=0),
+]
 
 MiB = 1024 * 1024
 
@@ -85,13 +89,6 @@ class _Evil:
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture
-def ex(tmp_path):
-    e = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=0)
-    yield e
-    e.shutdown()
 
 
 def _record_job_objects(ex, monkeypatch):

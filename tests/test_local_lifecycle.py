@@ -10,13 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
 
 import wrenpack
-from wrenpack.backends.base import Backend, Invocation
 from wrenpack.backends.local.linux import CgroupFactory
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import ConfigError
@@ -145,51 +143,14 @@ def test_nonsense_concurrency_is_refused(concurrency):
 # --------------------------------------------------------------------------- hooks and shutdown
 
 
-class _Capture(Backend):
-    """Collects an executor's invocations so a test can drive a LocalBackend with them."""
-
-    name = "capture"
-
-    def __init__(self) -> None:
-        self.invocations: list[Invocation] = []
-
-    def invoke(self, invocation: Invocation) -> None:
-        self.invocations.append(invocation)
-
-    def cancel(self, invocation: Invocation) -> bool:
-        return True  # it runs nothing itself: every call it holds can be taken back
-
-    def shutdown(self, wait: bool = True) -> None:
-        pass
-
-
-def _invocations(tmp_path, fn, items, **options):
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), keep_objects=True)
-    ex._backend = capture = _Capture()
-    wrenpack.remote(fn, executor=ex, **options).map(items)
-    # The test runs these calls on a backend of its own: the executor takes its
-    # futures back (else it reports them still running at exit).
-    ex.shutdown(wait=False, cancel_futures=True)
-    done: dict[str, object] = {}
-    started: list[str] = []
-    lock = threading.Lock()
-    for inv in capture.invocations:
-        def on_done(inv, result, done=done):
-            with lock:
-                assert inv.key[1] not in done, "on_done called twice"
-                done[inv.key[1]] = result
-        inv.on_done = on_done
-        inv.on_start = lambda inv: started.append(inv.key[1])
-    return capture.invocations, done, started
-
-
 def _nap(s):
     time.sleep(s)
     return s
 
 
-def test_on_start_cancel_and_draining_shutdown(tmp_path):
-    invs, done, started = _invocations(tmp_path, _nap, [0.3, 0.3, 0.3, 0.3])
+def test_on_start_cancel_and_draining_shutdown(captured):
+    calls = captured(_nap, [0.3, 0.3, 0.3, 0.3])
+    invs, done, started = calls.invocations, calls.done, calls.started
     backend = LocalBackend(concurrency=1)
     backend.invoke_many(invs)
     assert backend.cancel(invs[3]) is True
@@ -205,8 +166,9 @@ def test_on_start_cancel_and_draining_shutdown(tmp_path):
     assert not os.path.exists(backend.work_dir)
 
 
-def test_shutdown_without_wait_fails_queued_and_running_calls_clearly(tmp_path):
-    invs, done, started = _invocations(tmp_path, _nap, [30, 30, 30])
+def test_shutdown_without_wait_fails_queued_and_running_calls_clearly(captured):
+    calls = captured(_nap, [30, 30, 30])
+    invs, done, started = calls.invocations, calls.done, calls.started
     backend = LocalBackend(concurrency=1)
     backend.invoke_many(invs)
     deadline = time.monotonic() + 10

@@ -30,11 +30,8 @@ def odd_fails(i):
     return i
 
 
-@pytest.fixture
-def ex(tmp_path):
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=0)
-    yield ex
-    ex.shutdown(wait=False, cancel_futures=True)
+#: the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+pytestmark = pytest.mark.executor_settings(concurrency=2, retries=0)
 
 
 @pytest.fixture

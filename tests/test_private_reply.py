@@ -34,11 +34,8 @@ def slow_square(x):
     return x * x
 
 
-@pytest.fixture
-def ex(tmp_path):
-    e = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=1))
-    yield e
-    e.shutdown()
+#: the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+pytestmark = pytest.mark.executor_settings(concurrency=1)
 
 
 def test_small_results_skip_the_sealed_result_object(ex, monkeypatch):

@@ -14,7 +14,11 @@ import wrenpack
 
 import profiler_targets as targets
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local backend's limits are Linux-only")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local backend's limits are Linux-only"),
+    # the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+    pytest.mark.executor_settings(concurrency=1, retries=0),
+]
 
 NAMES = ["numpy_heavy", "python_alloc", "spike", "child_held", "tmp_writer"]
 ARGS = {"spike": (300,), "child_held": (250,), "tmp_writer": (200,)}
@@ -33,21 +37,18 @@ def profile(profile_of):
     return get
 
 
-@pytest.fixture
-def executor(tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def profile_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, backend="local", retries=0)
-    yield ex
-    ex.shutdown()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_runs_at_recommended_memory(name, executor, profile):
+def test_runs_at_recommended_memory(name, ex, profile):
     prof = profile(name)
     fn, args = getattr(targets, name), ARGS.get(name, ())
     rec = prof.recommended
     f = wrenpack.remote(
-        fn, executor=executor, memory=rec["memory_mb"], timeout=rec["timeout_s"],
+        fn, executor=ex, memory=rec["memory_mb"], timeout=rec["timeout_s"],
         ephemeral_storage=rec["ephemeral_storage_mb"],
     )
     result = f.remote(*args).result()
@@ -58,20 +59,20 @@ def test_runs_at_recommended_memory(name, executor, profile):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fails_at_70_percent_of_peak(name, executor, profile):
+def test_fails_at_70_percent_of_peak(name, ex, profile):
     prof = profile(name)
     fn, args = getattr(targets, name), ARGS.get(name, ())
     low = math.floor(prof.peak_memory_mb * 0.70)
     assert low >= 128, f"{name}: peak {prof.peak_memory_mb:.0f} MB is too small to test 70% against Lambda's 128 MB minimum"
     with pytest.raises(wrenpack.MemoryLimitExceeded):
-        wrenpack.remote(fn, executor=executor, memory=low).remote(*args).result()
+        wrenpack.remote(fn, executor=ex, memory=low).remote(*args).result()
 
 
-def test_memory_auto_uses_the_profile(executor, tmp_path):
+def test_memory_auto_uses_the_profile(ex, tmp_path):
     from wrenpack.profiler import api
 
     api._auto_cache.clear()  # this process may have profiled spike already, for another project
-    f = wrenpack.remote(targets.spike, executor=executor, memory="auto", timeout="auto")
+    f = wrenpack.remote(targets.spike, executor=ex, memory="auto", timeout="auto")
     assert f.remote(200).result() == 200 * targets.MB
     saved = list((tmp_path / "profiles").glob("*.json"))
     assert len(saved) == 1

@@ -50,11 +50,8 @@ def plus_one(x):
     return x + 1
 
 
-@pytest.fixture
-def ex(tmp_path):
-    e = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=0, keep_objects=True)
-    yield e
-    e.shutdown()
+#: the shared ``ex`` fixture (tests/conftest.py) is an executor with these settings
+pytestmark = pytest.mark.executor_settings(concurrency=2, retries=0, keep_objects=True)
 
 
 @pytest.fixture

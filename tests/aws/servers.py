@@ -49,6 +49,12 @@ RIE_MEMBER = "samcli/local/rapid/aws-lambda-rie-x86_64"
 REGION = "us-east-1"
 
 
+#: The emulated default function's timeout (seconds). 5, not less: a loaded
+#: 2-core machine can take seconds to load even a tiny call's function from S3.
+FUNCTION_TIMEOUT = 5
+FUNCTION_NAME = "wrenpack-worker"
+PYTHON = "%d.%d" % sys.version_info[:2]
+
 #: The emulator's hard time limit is at least this (seconds), see FunctionPool.
 MIN_HARD_TIMEOUT = 10
 #: Handlers the emulator runs with boto3 preloaded (see rie_handler.py).
@@ -430,6 +436,43 @@ class Dispatcher:
         self.server.server_close()
         for emu in self.emulators:
             emu.stop()
+
+
+class LambdaEndpoint(Dispatcher):
+    """The dispatcher plus ``deploy``: wrenpack's deploy code against it."""
+
+    function_name = FUNCTION_NAME
+    role_arn = ""
+
+    def deploy(self, memory: int = 1024, timeout: float = FUNCTION_TIMEOUT, ephemeral_storage: int = 512,
+               reserved: int | None = None, store_url: str | None = "s3://wrenpack-test",
+               environments: int | None = None) -> str:
+        import boto3
+
+        from wrenpack.backends.aws.deploy import ENV_FAMILY, ENV_STORE, HANDLER, FunctionSettings, deploy_function
+
+        settings = FunctionSettings.for_call(memory, timeout, ephemeral_storage)
+        name = settings.function_name(self.function_name)
+        if environments is not None:
+            self.environments[name] = environments
+        lam = boto3.client("lambda", endpoint_url=self.url, region_name=REGION)
+        env = {"WRENPACK_DEPLOYED_PYTHON": PYTHON, ENV_FAMILY: self.function_name}
+        if store_url:
+            env[ENV_STORE] = store_url
+        package = {"Runtime": f"python{PYTHON}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]}
+        deploy_function(lam, name, settings, {"ZipFile": _package()}, package, env, role=self.role_arn, reserved=reserved)
+        return name
+
+
+_PACKAGE: list[bytes] = []
+
+
+def _package() -> bytes:
+    from wrenpack.backends.aws.deploy import handler_package
+
+    if not _PACKAGE:
+        _PACKAGE.append(handler_package())
+    return _PACKAGE[0]
 
 
 class CountingProxy:
