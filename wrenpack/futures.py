@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import sys
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
 from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 
+from wrenpack import progress as progress_display
 from wrenpack.errors import RemoteTraceback  # noqa: F401 - re-exported
 from wrenpack.worker import refs
 
@@ -152,7 +152,7 @@ def _as_list(futures: WrenFuture | Iterable[WrenFuture]) -> tuple[list[WrenFutur
 def get(
     futures: cf.Future | Iterable[cf.Future],
     timeout: float | None = None,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     return_exceptions: bool = False,
 ) -> Any:
     """Results in order (one result for one future); raises the first failure
@@ -160,19 +160,17 @@ def get(
     object) in its place. A result that is itself a future (or a list of them:
     a call that returned futures) is resolved to its result too.
 
-    Shows a progress bar on a terminal (``progress=None``), or when asked.
+    ``progress`` (``wrenpack.progress``): None shows a bar on a terminal and a
+    widget in a notebook; True also prints a line every few seconds to stderr
+    where it is not a terminal; False shows nothing; "bar", "notebook" or
+    "log" choose one display.
     """
     futs, single = _as_list(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
-    if progress is None:
-        from wrenpack.config import current
-
-        progress = current().progress
-        if progress is None:
-            progress = sys.stderr.isatty() and len(futs) > 1
     waitable = [f for f in futs if not isinstance(f, refs.CallRef)]
-    if progress and waitable:
-        _wait_with_progress(waitable, timeout)
+    mode = progress_display.choose(progress, len(futs))
+    if mode is not None and waitable:
+        progress_display.wait(waitable, timeout, mode)
     else:
         done, pending = cf.wait(waitable, timeout=timeout)
         if pending:
@@ -217,21 +215,6 @@ def _value(fut: cf.Future, return_exceptions: bool, deadline: float | None, dept
         fut = value = v = values = None  # type: ignore[assignment]
         raise
     return value
-
-
-def _wait_with_progress(futs: Sequence[WrenFuture], timeout: float | None) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]wrenpack"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    ) as bar:
-        task = bar.add_task("calls", total=len(futs))
-        try:
-            for _ in cf.as_completed(futs, timeout=timeout):
-                bar.advance(task)
-        except cf.TimeoutError:
-            pending = sum(1 for f in futs if not f.done())
-            raise cf.TimeoutError(f"{pending} of {len(futs)} calls not finished after {timeout} s") from None
 
 
 def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:  # type: ignore[name-defined]
