@@ -69,6 +69,10 @@ class Counted:
             self.unfinished -= 1
 
     def reset(self) -> None:
+        """Forget what earlier tests launched, once their calls have ended."""
+        deadline = time.monotonic() + 30
+        while self.unfinished and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.sizes, self.labels, self.most_unfinished = [], [], self.unfinished
 
 
@@ -150,6 +154,7 @@ def test_a_tasks_exception_is_raised_with_its_type_and_the_rest_is_dropped(count
     assert type(info.value.__cause__).__name__ == "RemoteTraceback"
     assert time.monotonic() - start < 8  # not the 19 s the naps would take two at a time
     assert len(counted.sizes) < 20  # batches not launched when joblib gave up never were
+    counted.reset()
 
 
 def test_parallel_timeout_is_joblibs(counted):
@@ -158,6 +163,7 @@ def test_parallel_timeout_is_joblibs(counted):
         with parallel_config(backend="wrenpack", executor=counted.executor, n_jobs=2):
             Parallel(batch_size=1, timeout=0.5)(delayed(time.sleep)(s) for s in [1.5] * 4)
     assert len(counted.sizes) == 2  # the two waiting for a slot were dropped
+    counted.reset()
 
 
 def test_options_are_checked_where_given(counted):
