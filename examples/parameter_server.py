@@ -24,7 +24,11 @@ import sys
 import time
 import uuid
 
-import numpy as np
+try:
+    import numpy as np
+    import redis  # noqa: F401 - the workers import it; checked here so that its absence is one line, at once
+except ImportError as exc:
+    sys.exit(f"examples/parameter_server.py needs {exc.name}, which the examples extra installs: pip install -e '.[examples]'")
 
 import wrenpack
 

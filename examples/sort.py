@@ -29,7 +29,10 @@ import sys
 import time
 import uuid
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    sys.exit("examples/sort.py needs numpy, which the examples extra installs: pip install -e '.[examples]'")
 
 import wrenpack
 

@@ -16,6 +16,11 @@ import itertools
 import sys
 import time
 
+try:
+    import sklearn  # noqa: F401 - evaluate() and main() import its parts; checked here so that its absence is one line
+except ImportError:
+    sys.exit("examples/sweep.py needs scikit-learn, which the examples extra installs: pip install -e '.[examples]'")
+
 import wrenpack
 
 

@@ -47,3 +47,19 @@ def test_sweep_small(tmp_path):
     if importlib.util.find_spec("sklearn") is None:
         pytest.skip("scikit-learn is not installed (pip install -e '.[test]')")
     assert "best {'C'" in run_example("sweep.py", tmp_path)
+
+
+@pytest.mark.parametrize("name, missing", [("sort.py", "numpy"), ("sweep.py", "sklearn"),
+                                           ("parameter_server.py", "numpy"), ("parameter_server.py", "redis")])
+def test_a_missing_dependency_is_one_line_naming_the_extra(tmp_path, name, missing):
+    # as after `pip install -e .` alone: the module cannot be imported
+    code = (f"import runpy, sys; sys.modules[{missing!r}] = None; sys.argv = [{name!r}, '--small']; "
+            f"runpy.run_path({str(REPO / 'examples' / name)!r}, run_name='__main__')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    package = "scikit-learn" if missing == "sklearn" else missing
+    assert f"examples/{name} needs {package}" in lines[0] and "pip install -e '.[examples]'" in lines[0]

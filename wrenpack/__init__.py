@@ -26,6 +26,8 @@ _LAZY: dict[str, str] = {
     "FIRST_EXCEPTION": "wrenpack.futures",
     "Executor": "wrenpack.executor",
     "Config": "wrenpack.config",
+    # other libraries' APIs over wrenpack
+    "register_joblib": "wrenpack.integrations",
     # data
     "store": "wrenpack.storage.data",
     "objects": "wrenpack.storage.data",
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.config import Config, configure
     from wrenpack.errors import *  # noqa: F401,F403
     from wrenpack.executor import Executor
+    from wrenpack.integrations import register_joblib
     from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, get, wait
     from wrenpack.executor.mapreduce import map_reduce
     from wrenpack.remote_function import RemoteFunction, remote

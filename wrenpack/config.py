@@ -59,8 +59,10 @@ class Config:
     inline_limit: int = 64 * 1024
     #: keep a job's objects in the store after its results are read
     keep_objects: bool = False
-    #: show a progress bar in ``wrenpack.get`` (None: only on a terminal)
-    progress: bool | None = None
+    #: what ``wrenpack.get`` shows while it waits (``wrenpack.progress``): None (a bar on a
+    #: terminal, a widget in a notebook), True (also log lines elsewhere), False, or a
+    #: display by name: "bar", "notebook", "log"
+    progress: bool | str | None = None
     #: a runtime built by ``wrenpack build-runtime`` for the workers (local: only it is importable)
     runtime: str | None = None
     #: seconds an idle local worker stays warm
@@ -155,6 +157,29 @@ def _one_of(name: str, allowed: tuple[str, ...]) -> Callable[[Any, str], str]:
     return check
 
 
+#: the displays ``progress`` may name (``wrenpack.progress``)
+PROGRESS_MODES = ("bar", "notebook", "log")
+
+
+def check_progress(value: Any, source: str) -> bool | str | None:
+    """A ``progress`` value: None (automatic), True, False, or one of ``PROGRESS_MODES``."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("", "auto", "none"):
+            return None
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        if low in PROGRESS_MODES:
+            return low
+    raise ConfigError(f"progress={value!r} (from {source}) must be true, false, auto or one of {', '.join(map(repr, PROGRESS_MODES))}")
+
+
 def _registered_backend(value: Any, source: str) -> str:
     from wrenpack.backends import backend_names
 
@@ -175,6 +200,7 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "keep_warm": _at_least("keep_warm", 0, inclusive=False, real=True),
     "invocation_type": _one_of("invocation_type", ("Event", "RequestResponse")),
     "architecture": _one_of("architecture", limits.ARCHITECTURES),
+    "progress": check_progress,
 }
 
 #: WRENPACK_* variables that are not settings but are read elsewhere (internal

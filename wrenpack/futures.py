@@ -1,23 +1,25 @@
 """Futures for remote calls, and the helpers that wait on many of them.
 
 ``WrenFuture`` is a ``concurrent.futures.Future``, so ``concurrent.futures.wait``
-and ``as_completed`` work on it unchanged. A user exception raised remotely is
-re-raised by ``result()`` with its own type; the remote traceback is attached
-as its ``__cause__`` (the way ``ProcessPoolExecutor`` does it).
+and ``as_completed`` work on it unchanged; it is awaitable too, and
+``as_completed`` here also iterates with ``async for``. A user exception raised
+remotely is re-raised by ``result()`` with its own type; the remote traceback is
+attached as its ``__cause__`` (the way ``ProcessPoolExecutor`` does it).
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
-import sys
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 
+from wrenpack import progress as progress_display
 from wrenpack.errors import RemoteTraceback  # noqa: F401 - re-exported
 from wrenpack.worker import refs
 
-__all__ = ["WrenFuture", "get", "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
+__all__ = ["WrenFuture", "AsCompleted", "get", "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 
 class WrenFuture(cf.Future):
@@ -72,6 +74,14 @@ class WrenFuture(cf.Future):
         # Nobody will pick it up later (as a pool worker would): wake waiters now.
         self.set_running_or_notify_cancel()
         return True
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await fut`` in a coroutine: the result, or the call's exception.
+
+        Through ``asyncio.wrap_future``, so asyncio's rules hold: an awaiting
+        task that is cancelled (``asyncio.wait_for`` running out, say) cancels
+        the call if it has not started; one that runs finishes unobserved."""
+        return asyncio.wrap_future(self).__await__()
 
     def _invoke_callbacks(self) -> None:
         """Run the callbacks (``concurrent.futures`` calls this once the future is
@@ -142,7 +152,7 @@ def _as_list(futures: WrenFuture | Iterable[WrenFuture]) -> tuple[list[WrenFutur
 def get(
     futures: cf.Future | Iterable[cf.Future],
     timeout: float | None = None,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     return_exceptions: bool = False,
 ) -> Any:
     """Results in order (one result for one future); raises the first failure
@@ -150,19 +160,17 @@ def get(
     object) in its place. A result that is itself a future (or a list of them:
     a call that returned futures) is resolved to its result too.
 
-    Shows a progress bar on a terminal (``progress=None``), or when asked.
+    ``progress`` (``wrenpack.progress``): None shows a bar on a terminal and a
+    widget in a notebook; True also prints a line every few seconds to stderr
+    where it is not a terminal; False shows nothing; "bar", "notebook" or
+    "log" choose one display.
     """
     futs, single = _as_list(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
-    if progress is None:
-        from wrenpack.config import current
-
-        progress = current().progress
-        if progress is None:
-            progress = sys.stderr.isatty() and len(futs) > 1
     waitable = [f for f in futs if not isinstance(f, refs.CallRef)]
-    if progress and waitable:
-        _wait_with_progress(waitable, timeout)
+    mode = progress_display.choose(progress, len(futs))
+    if mode is not None and waitable:
+        progress_display.wait(waitable, timeout, mode)
     else:
         done, pending = cf.wait(waitable, timeout=timeout)
         if pending:
@@ -209,28 +217,114 @@ def _value(fut: cf.Future, return_exceptions: bool, deadline: float | None, dept
     return value
 
 
-def _wait_with_progress(futs: Sequence[WrenFuture], timeout: float | None) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]wrenpack"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    ) as bar:
-        task = bar.add_task("calls", total=len(futs))
-        try:
-            for _ in cf.as_completed(futs, timeout=timeout):
-                bar.advance(task)
-        except cf.TimeoutError:
-            pending = sum(1 for f in futs if not f.done())
-            raise cf.TimeoutError(f"{pending} of {len(futs)} calls not finished after {timeout} s") from None
-
-
 def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:  # type: ignore[name-defined]
     """Like ``concurrent.futures.wait``: returns ``(done, not_done)`` sets."""
     futs, _ = _as_list(futures)
     return cf.wait(futs, timeout=timeout, return_when=return_when)
 
 
-def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) -> Iterator[WrenFuture]:
-    """Like ``concurrent.futures.as_completed``."""
+def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) -> "AsCompleted":
+    """The futures as they finish: ``for`` (like ``concurrent.futures.as_completed``)
+    or ``async for`` (like ``asyncio.as_completed``), with each one's timeout rule."""
     futs, _ = _as_list(futures)
-    return cf.as_completed(futs, timeout=timeout)
+    return AsCompleted(futs, timeout)
+
+
+class AsCompleted:
+    """What ``as_completed`` returns: an iterator and an async iterator over the
+    same futures, each yielded once, finished ones first.
+
+    ``for``: ``concurrent.futures.as_completed``'s generator, unchanged (it
+    raises ``concurrent.futures.TimeoutError`` once ``timeout`` has passed
+    since the iteration began). ``async for``: waits without blocking the event
+    loop and, as ``asyncio.as_completed`` does, counts ``timeout`` from the call
+    to ``as_completed`` and then raises ``asyncio.TimeoutError``; what finished
+    in time is yielded first, and no call is cancelled by the timeout or by
+    leaving the loop early."""
+
+    def __init__(self, futures: Sequence[cf.Future], timeout: float | None) -> None:
+        self._futures = list(dict.fromkeys(futures))  # once each, in order
+        self._given = len(self._futures)
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._sync: Iterator[cf.Future] | None = None
+
+    def _left(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def __iter__(self) -> "AsCompleted":
+        return self
+
+    def __next__(self) -> cf.Future:
+        if self._sync is None:
+            # (the futures are handed over once: the generator keeps only those not yet yielded)
+            futures, self._futures = self._futures, []
+            self._sync = cf.as_completed(futures, timeout=self._timeout)
+        return next(self._sync)
+
+    def __aiter__(self) -> AsyncIterator[cf.Future]:
+        futures, self._futures = self._futures, []
+        return self._iterate(futures)
+
+    async def _iterate(self, futures: list[cf.Future]) -> AsyncIterator[cf.Future]:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Queue[cf.Future] = asyncio.Queue()
+        sink = _LoopSink(loop, ready)
+        todo = len(futures)
+        futures.reverse()
+        while futures:  # (emptied: the iteration holds only what the queue holds)
+            fut = futures.pop()
+            if fut.done():
+                ready.put_nowait(fut)
+            else:
+                fut.add_done_callback(sink.put)  # (from the thread that finishes it)
+            fut = None
+        try:
+            while todo:
+                if ready.empty():
+                    left = self._left()
+                    if left is not None and left <= 0:
+                        await asyncio.sleep(0)  # what finished in time may still be on its way
+                        if ready.empty():
+                            raise self._timed_out(todo)
+                    else:
+                        try:
+                            await asyncio.wait_for(_wait_not_empty(ready), left)
+                        except asyncio.TimeoutError:
+                            raise self._timed_out(todo) from None
+                todo -= 1
+                yield ready.get_nowait()
+        finally:
+            sink.close()
+
+    def _timed_out(self, todo: int) -> asyncio.TimeoutError:
+        return asyncio.TimeoutError(f"{todo} of {self._given} calls not finished after {self._timeout} s")
+
+
+async def _wait_not_empty(queue: "asyncio.Queue[Any]") -> None:
+    """Return once ``queue`` holds an item, taking none: a wait that times out
+    then loses nothing (``queue.get()`` cancelled just as it got one would)."""
+    item = await queue.get()
+    queue.put_nowait(item)
+
+
+class _LoopSink:
+    """Hands finished futures to an event loop's queue from whatever thread
+    finishes them; after ``close`` (the iteration ended) it drops them, so a
+    future that finishes later never touches a loop that may be gone."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[cf.Future]") -> None:
+        self._loop: asyncio.AbstractEventLoop | None = loop
+        self._queue: asyncio.Queue[cf.Future] | None = queue
+
+    def put(self, fut: cf.Future) -> None:
+        loop, queue = self._loop, self._queue
+        if loop is None or queue is None:
+            return
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, fut)
+        except RuntimeError:  # the loop closed meanwhile: nobody is waiting
+            pass
+
+    def close(self) -> None:
+        self._loop = self._queue = None

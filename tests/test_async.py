@@ -1,0 +1,124 @@
+"""``await`` on a wrenpack future and ``async for`` over ``wrenpack.as_completed``,
+with asyncio's timeout rules; the synchronous iteration stays as it was."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import time
+
+import pytest
+
+import wrenpack
+
+
+def nap(s):
+    time.sleep(s)
+    return s
+
+
+def fails(x):
+    raise KeyError(f"no {x}")
+
+
+@pytest.fixture
+def one_worker(tmp_path):
+    """One worker: a second call waits in the queue (PENDING) while the first runs."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, retries=0)
+    yield ex
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_await_a_future(remote):
+    async def main():
+        return await remote(nap).remote(0.05)
+
+    assert asyncio.run(main()) == 0.05
+
+
+def test_await_raises_the_calls_exception(remote):
+    async def main():
+        await remote(fails).remote(3)
+
+    with pytest.raises(KeyError, match="no 3") as info:
+        asyncio.run(main())
+    assert type(info.value.__cause__).__name__ == "RemoteTraceback"
+
+
+def test_gather_and_the_loop_stays_free_while_waiting(remote):
+    ticks = []
+
+    async def ticker():
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    async def main():
+        tick = asyncio.create_task(ticker())
+        try:
+            return await asyncio.gather(*remote(nap).map([0.4, 0.3]))
+        finally:
+            tick.cancel()
+
+    assert asyncio.run(main()) == [0.4, 0.3]
+    assert len(ticks) >= 5, "awaiting a call blocked the event loop"
+
+
+def test_wait_for_timeout_cancels_a_call_that_has_not_started(one_worker):
+    f = wrenpack.remote(nap, executor=one_worker)
+
+    async def main():
+        running = f.remote(1.0)
+        queued = f.remote(0.0)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(queued, 0.2)
+        return running, queued
+
+    running, queued = asyncio.run(main())
+    # as asyncio.wait_for does: the awaited one is cancelled; the call had not started, so it never runs
+    assert queued.cancelled()
+    assert running.result(timeout=30) == 1.0
+
+
+def test_async_for_as_completed_yields_in_completion_order(remote):
+    async def main():
+        order = []
+        async for fut in wrenpack.as_completed(remote(nap).map([0.8, 0.0])):
+            order.append(await fut)
+        return order
+
+    assert asyncio.run(main()) == [0.0, 0.8]
+
+
+def test_async_for_timeout_is_asyncios_and_cancels_nothing(remote):
+    futs = remote(nap).map([0.0, 2.0])
+
+    async def main():
+        got = []
+        with pytest.raises(asyncio.TimeoutError, match="1 of 2 calls not finished after 0.5 s"):
+            async for fut in wrenpack.as_completed(futs, timeout=0.5):
+                got.append(fut.result())
+        return got
+
+    assert asyncio.run(main()) == [0.0]
+    assert not futs[1].cancelled()
+    assert futs[1].result(timeout=30) == 2.0
+
+
+def test_async_for_yields_what_finished_before_the_deadline_first(remote):
+    futs = remote(nap).map([0.0, 0.0])
+    cf.wait(futs, timeout=30)
+
+    async def main():
+        return [fut async for fut in wrenpack.as_completed(futs, timeout=0)]
+
+    assert sorted(map(id, asyncio.run(main()))) == sorted(map(id, futs))
+
+
+def test_sync_iteration_is_unchanged(remote):
+    futs = remote(nap).map([0.2, 0.0, 0.1])
+    assert sorted(f.result() for f in wrenpack.as_completed(futs, timeout=30)) == [0.0, 0.1, 0.2]
+    it = wrenpack.as_completed(futs + futs[:1])  # each future once, as concurrent.futures does
+    assert next(it) in futs and len(list(it)) == 2
+    with pytest.raises(cf.TimeoutError):
+        for _ in wrenpack.as_completed(remote(nap).map([2.0]), timeout=0.1):
+            pass

@@ -1,0 +1,195 @@
+"""``wrenpack.get(futs, progress=...)`` shows progress wherever the user is: a
+bar on a terminal, a widget or an updating HTML line in a notebook, and plain
+periodic lines on stderr elsewhere (a pipe, a CI log)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+import wrenpack
+from wrenpack import progress
+from wrenpack.config import Config
+from wrenpack.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+LINE = re.compile(r"^wrenpack: (\d+)/(\d+) calls done(?:, (\d+) failed)?, \d+ s$")
+
+
+def nap(s):
+    import time
+
+    time.sleep(s)
+    if s < 0:
+        raise ValueError("negative nap")
+    return s
+
+
+def run_script(tmp_path: Path, code: str, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter whose stderr is a pipe (as in CI or ``2>log``)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    environ.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_CONCURRENCY="2",
+                   PYTHONPATH=str(REPO) + os.pathsep + environ.get("PYTHONPATH", ""), **env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environ, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+
+
+PIPE_SCRIPT = """
+    import time
+    import wrenpack, wrenpack.progress
+    wrenpack.progress.LOG_EVERY_S = 0.3
+
+    def nap(s):
+        time.sleep(abs(s))
+        if s < 0:
+            raise ValueError("negative nap")
+        return s
+
+    out = wrenpack.get(wrenpack.remote(nap).map([0.3] * 5 + [-0.3]), return_exceptions=True, progress={progress})
+    print(len(out))
+"""
+
+
+def test_progress_true_in_a_pipe_prints_periodic_lines(tmp_path):
+    proc = run_script(tmp_path, PIPE_SCRIPT.format(progress="True"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "6"
+    lines = proc.stderr.splitlines()
+    assert len(lines) >= 2 and all(LINE.match(line) for line in lines), proc.stderr  # no empty line, no escape codes
+    assert re.match(r"^wrenpack: 6/6 calls done, 1 failed, \d+ s$", lines[-1])
+    counts = [int(LINE.match(line).group(1)) for line in lines]
+    assert counts == sorted(counts) and counts[0] < 6  # a line while it ran, then the final one
+
+
+def test_progress_log_setting_and_auto_in_a_pipe(tmp_path):
+    proc = run_script(tmp_path, PIPE_SCRIPT.format(progress="None"), WRENPACK_PROGRESS="log")
+    assert proc.returncode == 0, proc.stderr
+    assert LINE.match(proc.stderr.splitlines()[-1]), proc.stderr
+    proc = run_script(tmp_path, PIPE_SCRIPT.format(progress="None"))  # automatic: nothing in a pipe
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_log_lines_in_process_and_on_timeout(remote, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.2)
+    f = remote(nap)
+    assert wrenpack.get(f.map([0.3, 0.3, 0.3]), progress="log") == [0.3, 0.3, 0.3]
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("wrenpack: 3/3 calls done, ") and all(LINE.match(line) for line in err)
+    with pytest.raises(cf.TimeoutError, match="1 of 1 calls not finished after 0.2 s"):
+        wrenpack.get(f.map([3.0]), timeout=0.2, progress="log")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("wrenpack: 0/1 calls done, ")
+
+
+def test_which_display(monkeypatch):
+    monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: False)
+    monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: False)
+    assert progress.choose(None, 10) is None  # a pipe: nothing unless asked (WRENPACK_PROGRESS is unset here)
+    monkeypatch.delenv("WRENPACK_PROGRESS")
+    assert progress.choose(None, 10) is None
+    assert progress.choose(True, 10) == "log"
+    assert progress.choose("bar", 10) == "bar" and progress.choose(False, 10) is None
+    monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: True)
+    assert progress.choose(None, 10) == "bar" and progress.choose(True, 1) == "bar"
+    assert progress.choose(None, 1) is None  # one call: no bar unless asked
+    monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: True)
+    assert progress.choose(None, 10) == "notebook" and progress.choose(True, 10) == "notebook"
+    with pytest.raises(ConfigError, match=r"progress='loud' \(from get\(progress=...\)\) must be"):
+        progress.choose("loud", 10)
+
+
+def test_the_progress_setting():
+    assert Config.load(progress="log").progress == "log"
+    assert Config.load(progress="NOTEBOOK").progress == "notebook"
+    assert Config.load(progress="yes").progress is True and Config.load(progress="auto").progress is None
+    with pytest.raises(ConfigError, match="progress='sometimes'"):
+        Config.load(progress="sometimes")
+
+
+def test_jupyter_kernel_detection(monkeypatch):
+    fake = types.ModuleType("IPython")
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    fake.get_ipython = lambda: None  # IPython imported, no shell (a script that imported it)
+    assert not progress.in_jupyter_kernel()
+    fake.get_ipython = lambda: types.SimpleNamespace()  # a terminal IPython: no kernel
+    assert not progress.in_jupyter_kernel()
+    fake.get_ipython = lambda: types.SimpleNamespace(kernel=object())  # ipykernel's shell
+    assert progress.in_jupyter_kernel()
+    monkeypatch.delitem(sys.modules, "IPython")
+    assert not progress.in_jupyter_kernel()
+
+
+# -- in a real notebook ------------------------------------------------------------------
+
+NOTEBOOK_SETUP = """
+import sys, time
+{block}
+import wrenpack
+from wrenpack import progress
+print(progress.in_jupyter_kernel())
+
+def nap(s):
+    time.sleep(s)
+    return s
+"""
+NOTEBOOK_RUN = "print(wrenpack.get(wrenpack.remote(nap).map([0.2] * 4)))"
+
+
+def run_notebook(tmp_path: Path, monkeypatch, block_widgets: bool):
+    """Run the two cells above in a real kernel (this interpreter's, through
+    ipykernel); the notebook with its outputs and widget state."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    if importlib.util.find_spec("ipykernel") is None:
+        pytest.skip("ipykernel is not installed (pip install -e '.[test]')")
+    # A kernelspec of our own, so a system-wide "python3" never runs instead; Jupyter's
+    # and IPython's files go to the test's directory.
+    spec = tmp_path / "jupyter" / "kernels" / "wrenpack-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "wrenpack test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("WRENPACK_STORAGE", str(tmp_path / "store"))
+    monkeypatch.setenv("WRENPACK_CONCURRENCY", "2")
+    monkeypatch.delenv("WRENPACK_PROGRESS")  # automatic, as a user's notebook has it
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    block = "sys.modules['ipywidgets'] = None  # as if it were not installed" if block_widgets else ""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_SETUP.format(block=block)), nbformat.v4.new_code_cell(NOTEBOOK_RUN)]
+    nbclient.NotebookClient(nb, kernel_name="wrenpack-test", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert nb.cells[0].outputs[0]["text"].strip() == "True", "the kernel was not detected"
+    return nb
+
+
+def test_notebook_html_line_updates_in_place(tmp_path, monkeypatch):
+    nb = run_notebook(tmp_path, monkeypatch, block_widgets=True)
+    outputs = nb.cells[1].outputs
+    shown = [o for o in outputs if o["output_type"] == "display_data"]
+    assert len(shown) == 1, outputs  # one display, updated in place (not one per update)
+    assert re.match(r"^wrenpack: 4/4 calls done, \d+ s$", shown[0]["data"]["text/plain"])
+    assert '<progress value="4" max="4"' in shown[0]["data"]["text/html"]
+    assert any("[0.2, 0.2, 0.2, 0.2]" in o.get("text", "") for o in outputs)
+
+
+def test_notebook_widget(tmp_path, monkeypatch):
+    if importlib.util.find_spec("ipywidgets") is None:
+        pytest.skip("ipywidgets is not installed: the notebook shows the HTML line instead (tested above)")
+    nb = run_notebook(tmp_path, monkeypatch, block_widgets=False)
+    shown = [o for o in nb.cells[1].outputs if o["output_type"] == "display_data"]
+    assert len(shown) == 1 and "application/vnd.jupyter.widget-view+json" in shown[0]["data"]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    bars = [m["state"] for m in state.values() if m["model_name"] == "IntProgressModel"]
+    labels = [m["state"]["value"] for m in state.values() if m["model_name"] == "LabelModel"]
+    assert bars == [{**bars[0], "value": 4, "max": 4, "bar_style": "success"}]
+    assert len(labels) == 1 and re.match(r"^wrenpack: 4/4 calls done, \d+ s$", labels[0])
