@@ -8,40 +8,30 @@ is imported only when a spec of its type is opened.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from wrenpack.errors import ConfigError
+from wrenpack.plugins import Registry
 from wrenpack.storage.base import Store
 
 __all__ = ["Store", "open_store", "register_store", "store_for_config"]
 
-#: a spec's "type" -> "module:Class" (the class itself once loaded)
-_STORES: dict[str, Any] = {
+#: a spec's "type" -> "module:Class"
+_STORES: Registry[Store] = Registry("store type", {
     "local": "wrenpack.storage.local:LocalStore",
     "s3": "wrenpack.storage.s3:S3Store",
-}
+}, hint="use a path, file:///path or s3://bucket/prefix")
 
 
 def register_store(kind: str, target: str | type[Store]) -> None:
     """Open specs of ``{"type": kind}`` with ``target`` (or its "module:Class")."""
-    _STORES[kind] = target
-
-
-def _store_class(kind: Any) -> type[Store]:
-    target = _STORES.get(kind) if isinstance(kind, str) else None
-    if target is None:
-        raise ConfigError(f"unknown store type {kind!r}; use a path, file:///path or s3://bucket/prefix")
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = _STORES[kind] = getattr(importlib.import_module(module), attr)
-    return target
+    _STORES.register(kind, target)
 
 
 def open_store(spec: dict[str, Any] | str) -> Store:
     if isinstance(spec, str):
         spec = parse_store_url(spec)
-    return _store_class(spec.get("type")).from_spec(spec)
+    return _STORES.load(spec.get("type")).from_spec(spec)
 
 
 def store_for_config(config: Any) -> Store:
