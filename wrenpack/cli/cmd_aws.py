@@ -98,7 +98,8 @@ def register(subparsers: Any, name: str) -> None:
                        help="also deploy the settings the saved profiles (.wrenpack/profiles) recommend")
         p.add_argument("--reserved-concurrency", type=int,
                        help="reserve this much of the account's concurrency for each function (also caps it)")
-        p.add_argument("--python", help="Python minor version, e.g. 3.11 (default: this interpreter's)")
+        p.add_argument("--python", help="Python minor version of the functions, e.g. 3.12 (default: this interpreter's; "
+                                        "refused when Lambda no longer takes that runtime, unless --image-uri)")
         p.add_argument("--architecture", choices=["x86_64", "arm64"], help="default: the architecture setting")
         _add_aws_options(p)
         p.set_defaults(func=cmd_deploy)
