@@ -183,6 +183,8 @@ def test_deploy_and_doctor_without_region_or_credentials_say_so_in_one_line(moto
     code, out, err = _cli("doctor", "--json", *common[:6], drop=("AWS_DEFAULT_REGION", "AWS_REGION"))
     checks = {c["check"]: c for c in json.loads(out)["checks"]}
     assert code == 1 and "Traceback" not in err and "no AWS region" in checks["credentials"]["detail"]
+    code, out, err = _cli("doctor", *common[:6], drop=("AWS_DEFAULT_REGION", "AWS_REGION"))
+    assert code == 1 and "Traceback" not in err and "[tool.wrenpack]" in out  # the table prints details as text
 
 
 def test_launching_on_lambda_without_a_region_fails_each_call_in_one_line(moto_endpoint, bucket, monkeypatch):

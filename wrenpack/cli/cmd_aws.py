@@ -68,6 +68,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": not bad, "checks": checks}, indent=2))
     else:
         from rich.console import Console  # only for the table: --json needs none of it
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title="wrenpack doctor")
@@ -75,7 +76,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             table.add_column(col)
         for c in checks:
             mark = "[yellow]WARN[/yellow]" if c.get("warning") else "[green]ok[/green]" if c["ok"] else "[red]FAIL[/red]"
-            table.add_row(c["check"], mark, c["detail"])
+            table.add_row(c["check"], mark, escape(c["detail"]))  # details hold [tool.wrenpack] and the like
         Console().print(table)
     return 1 if bad else 0
 
