@@ -262,7 +262,8 @@ class LambdaBackend(Backend):
         (``FunctionSettings.deploy_command``): a printed command then runs as printed."""
         bucket = getattr(self.store, "bucket", None)
         storage = f"s3://{bucket}/{getattr(self.store, 'prefix', '')}".rstrip("/") if bucket else None
-        return {"region": self.client.meta.region_name, "storage": storage, "profile": self.profile,
+        region = getattr(getattr(self.client, "meta", None), "region_name", None) or self.region
+        return {"region": region, "storage": storage, "profile": self.profile,
                 "lambda_endpoint_url": self.endpoint_url, "s3_endpoint_url": getattr(self.store, "endpoint_url", None)}
 
     def _get_configuration(self, name: str) -> dict[str, Any] | None:
