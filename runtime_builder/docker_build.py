@@ -41,12 +41,13 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
                 profile: str | None = None, lock: str | None = None, python: str | None = None,
                 arch: str | None = None, output: str = layout.DEFAULT_OUTPUT, base_image: str | None = None,
                 tag: str | None = None, sourceless: bool = False, keep_boto3: bool = False,
-                network: str | None = None) -> dict[str, Any]:
-    """Build the image; ``network`` is the build containers' network mode (e.g. ``host``), which pip needs."""
+                network: str | None = None, dockerfile: str = DOCKERFILE) -> dict[str, Any]:
+    """Build the image; ``network`` is the build containers' network mode (e.g. ``host``), which pip needs;
+    ``dockerfile``: the recipe (``Dockerfile.runtime`` on Lambda's base image, or the custom-runtime one)."""
     tgt = Target.make(python, arch)
     client = docker_client()
-    if not os.path.exists(DOCKERFILE):
-        raise BuildError(f"{DOCKERFILE} is missing; reinstall wrenpack from a source checkout")
+    if not os.path.exists(dockerfile):
+        raise BuildError(f"{dockerfile} is missing; reinstall wrenpack from a source checkout")
     inp = inputs_mod.gather(packages, requirements_files, pyproject, profile)
     os.makedirs(output, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wrenpack-docker-") as ctx:
@@ -70,7 +71,7 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
         for pkg in ("wrenpack", "runtime_builder"):
             shutil.copytree(os.path.join(root, pkg), os.path.join(src, pkg),
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        shutil.copyfile(DOCKERFILE, os.path.join(ctx, "Dockerfile.runtime"))
+        shutil.copyfile(dockerfile, os.path.join(ctx, "Dockerfile.runtime"))
         base = base_image or f"public.ecr.aws/lambda/python:{tgt.python}"
         digest = _context_digest(ctx, [base, f"sourceless={sourceless}", f"keep_boto3={keep_boto3}"])
         tag = tag or f"wrenpack-runtime:{tgt.label}-{digest}"

@@ -481,9 +481,13 @@ def test_client_and_deploy_policies_pass_only_the_worker_role():
     assert _allowed(client, "s3:AbortMultipartUpload", f"arn:aws:s3:::bkt/wp/{keys.input_key('j', '00000')}")
     assert _allowed(client, "s3:ListBucket", "arn:aws:s3:::bkt", {"s3:prefix": "wp/jobs/j/result/0/"})
     assert not _allowed(client, "s3:ListBucket", "arn:aws:s3:::bkt", {"s3:prefix": "secrets/"})
+    # Only the two account-level reads, which take no resource ARN, have "*".
+    account_level = {"lambda:GetAccountSettings", "lambda:ListFunctions"}
     for policy in (client, deploy, _policy("worker")):
-        resources = [r for st in policy["Statement"] for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])]
+        scoped = [st for st in policy["Statement"] if not set(st["Action"]) <= account_level]
+        resources = [r for st in scoped for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])]
         assert "*" not in resources and not any(r.endswith(":role/*") for r in resources)
+        assert all(st["Resource"] == "*" for st in policy["Statement"] if set(st["Action"]) <= account_level)
 
 
 def test_job_secrets_and_credentials_are_redacted_from_log_text():

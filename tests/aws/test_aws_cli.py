@@ -12,12 +12,14 @@ import zipfile
 import boto3
 import pytest
 
+from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.cli import main
 from wrenpack.backends.aws.deploy import handler_package
 
 
 @pytest.fixture
 def aws_cli(moto_endpoint, bucket, monkeypatch):
+    deploy_as_of_a_live_day(monkeypatch)  # these deploy this interpreter's Python (see runtime_dates)
     monkeypatch.setenv("WRENPACK_STORAGE", f"s3://{bucket}/cli")
     monkeypatch.setenv("WRENPACK_S3_ENDPOINT_URL", moto_endpoint)
     monkeypatch.setenv("WRENPACK_LAMBDA_ENDPOINT_URL", moto_endpoint)
@@ -141,7 +143,10 @@ def test_iam_policy_is_scoped_to_prefix_and_function(aws_cli, capsys, bucket):
     code, out, _ = run(capsys, "iam-policy", "--account", "123456789012")
     assert code == 0
     policy = json.loads(out)
-    resources = json.dumps(policy["Statement"])
+    # GetAccountSettings takes no resource ARN: its statement is the one with "*"
+    (account,) = [st for st in policy["Statement"] if st["Resource"] == "*"]
+    assert account["Action"] == ["lambda:GetAccountSettings"]
+    resources = json.dumps([st for st in policy["Statement"] if st is not account])
     assert f"arn:aws:s3:::{bucket}/cli/jobs/*" in resources
     assert "arn:aws:lambda:us-east-1:123456789012:function:wrenpack-worker-*" in resources
     assert '"s3:*"' not in resources and '"Resource": "*"' not in resources

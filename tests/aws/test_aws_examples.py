@@ -18,6 +18,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.aws.runtime_dates import day_this_python_deploys
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +38,14 @@ def _run(name, moto_endpoint, bucket, lambda_endpoint, prefix):
         WRENPACK_LAMBDA_AUTO_DEPLOY="true",  # calls run on a function per settings set (e.g. sort's 3008 MB)
         PYTHONPATH=str(REPO),
     )
-    proc = subprocess.run([sys.executable, str(REPO / "examples" / name), "--small"], env=env, cwd=str(REPO),
+    # The script runs as `python examples/NAME --small` would, on a day Lambda still took this
+    # interpreter's Python: the emulator runs this interpreter, and auto-deploy refuses a blocked one.
+    script = str(REPO / "examples" / name)
+    code = ("import datetime, runpy, sys; import wrenpack.backends.aws.runtimes as runtimes; "
+            f"runtimes.today = lambda: datetime.date.fromisoformat({day_this_python_deploys().isoformat()!r}); "
+            f"sys.argv = [{script!r}, '--small']; sys.path.insert(0, {str(REPO / 'examples')!r}); "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO),
                           capture_output=True, text=True, timeout=240)
     if proc.returncode != 0:
         logs = "".join(Path(e.log.name).read_text(errors="replace")[-1500:] for e in lambda_endpoint.emulators)

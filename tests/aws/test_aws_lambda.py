@@ -18,8 +18,15 @@ from wrenpack import keys
 from wrenpack.backends.aws import FunctionSettings, LambdaBackend
 from wrenpack.errors import ConfigError, CorruptObject, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WorkerLost
 from wrenpack.executor import Executor
+from tests.aws.runtime_dates import deploy_as_of_a_live_day
 
 TIMEOUT = 5
+
+
+@pytest.fixture(autouse=True)
+def _deploys_this_python(monkeypatch):
+    """The emulator runs this interpreter: deploy and auto-deploy its Python as of a day Lambda took it."""
+    deploy_as_of_a_live_day(monkeypatch)
 
 
 def square(x):

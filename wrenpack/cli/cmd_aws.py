@@ -68,6 +68,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": not bad, "checks": checks}, indent=2))
     else:
         from rich.console import Console  # only for the table: --json needs none of it
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title="wrenpack doctor")
@@ -75,7 +76,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             table.add_column(col)
         for c in checks:
             mark = "[yellow]WARN[/yellow]" if c.get("warning") else "[green]ok[/green]" if c["ok"] else "[red]FAIL[/red]"
-            table.add_row(c["check"], mark, c["detail"])
+            table.add_row(c["check"], mark, escape(c["detail"]))  # details hold [tool.wrenpack] and the like
         Console().print(table)
     return 1 if bad else 0
 
@@ -98,7 +99,8 @@ def register(subparsers: Any, name: str) -> None:
                        help="also deploy the settings the saved profiles (.wrenpack/profiles) recommend")
         p.add_argument("--reserved-concurrency", type=int,
                        help="reserve this much of the account's concurrency for each function (also caps it)")
-        p.add_argument("--python", help="Python minor version, e.g. 3.11 (default: this interpreter's)")
+        p.add_argument("--python", help="Python minor version of the functions, e.g. 3.12 (default: this interpreter's; "
+                                        "refused when Lambda no longer takes that runtime, unless --image-uri)")
         p.add_argument("--architecture", choices=["x86_64", "arm64"], help="default: the architecture setting")
         _add_aws_options(p)
         p.set_defaults(func=cmd_deploy)

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
+import wrenpack.backends.aws.runtimes as runtimes
 from wrenpack import limits
+
+#: the container recipe for a Python without a Lambda base image to build on (next to Dockerfile.runtime)
+CUSTOM_DOCKERFILE = "Dockerfile.custom-runtime"
 
 MIB = 1024 * 1024
 
@@ -61,7 +66,11 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--docker", action="store_true",
                    help="build inside a Lambda base image with Dockerfile.runtime (needs a Docker engine)")
     p.add_argument("--base-image", default=None, metavar="IMAGE",
-                   help="base image for --docker (default public.ecr.aws/lambda/python:X.Y)")
+                   help="base image for --docker (default public.ecr.aws/lambda/python:X.Y, or python:X.Y-slim "
+                        "with --custom-runtime)")
+    p.add_argument("--custom-runtime", action="store_true",
+                   help="--docker: build Dockerfile.custom-runtime (python:X.Y-slim + awslambdaric) instead of the "
+                        "Lambda base image; the default for a Python whose Lambda runtime AWS blocks (3.10, 3.11)")
     p.add_argument("--tag", default=None, help="image tag for --docker (default wrenpack-runtime:<hash>)")
     p.add_argument("--network", default=None, metavar="MODE",
                    help="network mode of the --docker build containers (e.g. host), as `docker build --network`")
@@ -75,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
     if args.docker:
         from runtime_builder import docker_build
 
+        dockerfile, base_image = _docker_recipe(args, docker_build.DOCKERFILE)
         out = docker_build.build_image(
             args.packages, requirements_files=args.requirements, pyproject=args.pyproject, profile=args.profile,
-            lock=args.lock, python=args.python, arch=args.arch, output=args.output, base_image=args.base_image,
-            tag=args.tag, sourceless=args.sourceless, keep_boto3=args.keep_boto3, network=args.network)
+            lock=args.lock, python=args.python, arch=args.arch, output=args.output, base_image=base_image,
+            tag=args.tag, sourceless=args.sourceless, keep_boto3=args.keep_boto3, network=args.network,
+            dockerfile=dockerfile)
         print(json.dumps(out, indent=2) if args.json else f"built image {out['tag']} ({out['image_id']})")
         return 0
 
@@ -115,6 +126,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(res)
     return 0
+
+
+def _docker_recipe(args: argparse.Namespace, lambda_dockerfile: str) -> tuple[str, str | None]:
+    """(Dockerfile, base image) of a --docker build: ``Dockerfile.custom-runtime`` on
+    ``python:X.Y-slim`` when asked, or when Lambda takes no new functions on the
+    target's runtime (the table in wrenpack/data/lambda_runtimes.json), else the
+    Lambda base image's ``Dockerfile.runtime`` (``lambda_dockerfile``)."""
+    python = runtimes.minor(args.python or "%d.%d" % sys.version_info[:2])
+    custom = args.custom_runtime or runtimes.refusal(python, creating=True) is not None
+    if not custom:
+        return lambda_dockerfile, args.base_image
+    return os.path.join(os.path.dirname(lambda_dockerfile), CUSTOM_DOCKERFILE), args.base_image or f"python:{python}-slim"
 
 
 def _print_human(res: Any) -> None:

@@ -3,6 +3,7 @@
 ``backend`` (``LambdaBackend``) sends calls and reads their outcomes;
 ``deploy`` names, packages and creates the functions (one per settings set);
 ``doctor`` checks a set-up; ``iam`` writes the least-privilege policies;
+``runtimes`` knows which Python runtimes Lambda still takes, and until when;
 ``clients`` reads the AWS settings they share. The command line
 (``wrenpack deploy``, ``doctor``, ``iam-policy``) only parses arguments and
 prints what these return: nothing here imports it.

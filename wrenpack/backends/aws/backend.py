@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wrenpack import auth, keys
+import wrenpack.backends.aws.clients as clients
 import wrenpack.backends.aws.deploy as deploy
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
@@ -215,7 +216,8 @@ class LambdaBackend(Backend):
         import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        session = clients.checked_session(boto3.session.Session(profile_name=self.profile, region_name=self.region),
+                                          self.profile)
         sync = self.invocation_type == "RequestResponse"
         cfg = Config(
             # Throttling is retried by our own, longer backoff loop below.
@@ -242,21 +244,33 @@ class LambdaBackend(Backend):
             conf = self._get_configuration(name)
             if conf is None:
                 if not self.auto_deploy:
+                    hint, deployable = deploy.missing_function_help(self.client, settings, self.function_name,
+                                                                    inv.runtime, self._where())
                     raise ConfigError(
-                        f"no Lambda function is deployed for {settings.describe()} (it would be {name!r}); create it "
-                        f"with `{settings.deploy_command(self.function_name, inv.runtime)}`, or set lambda_auto_deploy=true "
-                        "to create functions on first use"
+                        f"no Lambda function is deployed for {settings.describe()} (it would be {name!r}); {hint}"
+                        + (", or set lambda_auto_deploy=true to create functions on first use" if deployable else "")
                     )
                 conf = deploy.auto_deploy(self.client, name, settings, self.function_name,
-                                          store_url=getattr(self.store, "url", None))
+                                          store_url=getattr(self.store, "url", None), runtime_dir=inv.runtime,
+                                          where=self._where())
             cap = self._cap_for(name)
             fn = _Function(name, settings, int(conf.get("MemorySize") or settings.memory), threading.BoundedSemaphore(cap), cap)
             self._functions[name] = fn
             return fn
 
+    def _where(self) -> dict[str, str | None]:
+        """Where this backend's functions live and serve, as `wrenpack deploy` options
+        (``FunctionSettings.deploy_command``): a printed command then runs as printed."""
+        bucket = getattr(self.store, "bucket", None)
+        storage = f"s3://{bucket}/{getattr(self.store, 'prefix', '')}".rstrip("/") if bucket else None
+        region = getattr(getattr(self.client, "meta", None), "region_name", None) or self.region
+        return {"region": region, "storage": storage, "profile": self.profile,
+                "lambda_endpoint_url": self.endpoint_url, "s3_endpoint_url": getattr(self.store, "endpoint_url", None)}
+
     def _get_configuration(self, name: str) -> dict[str, Any] | None:
+        client = self.client  # no region or credentials: its one-line error, as it is
         try:
-            return self.client.get_function_configuration(FunctionName=name)
+            return client.get_function_configuration(FunctionName=name)
         except Exception as exc:
             code = _code(exc)
             if code in ("ResourceNotFoundException", "404"):

@@ -12,14 +12,39 @@ from typing import Any
 from wrenpack.errors import ConfigError, WrenpackError
 
 
-def session(cfg: Any) -> Any:
-    """A boto3 session for the configured profile and region."""
+#: what to do when boto3 finds no region or no credentials (the same words everywhere)
+NO_REGION = ("no AWS region is set; pass --region REGION, or set aws_region (WRENPACK_AWS_REGION, [tool.wrenpack]) "
+             "or AWS_DEFAULT_REGION, or give the profile a region (aws configure)")
+FIX_CREDENTIALS = "set AWS_PROFILE (or aws_profile, --profile) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws configure`"
+NO_CREDENTIALS = f"no AWS credentials found; {FIX_CREDENTIALS}"
+
+
+def session(cfg: Any, checked: bool = True) -> Any:
+    """A boto3 session for the configured profile and region; ``checked``: one
+    with a region and credentials, else the one-line error naming the fix
+    (boto3 would raise NoRegionError or NoCredentialsError deep inside a request)."""
     import boto3  # heavy: loaded only when AWS is actually used
 
+    profile = getattr(cfg, "aws_profile", None)
     try:
-        return boto3.session.Session(profile_name=getattr(cfg, "aws_profile", None), region_name=getattr(cfg, "aws_region", None))
+        made = boto3.session.Session(profile_name=profile, region_name=getattr(cfg, "aws_region", None))
     except Exception as exc:
-        raise ConfigError(f"cannot open AWS profile {getattr(cfg, 'aws_profile', None)!r}: {exc}; fix aws_profile") from None
+        raise ConfigError(f"cannot open AWS profile {profile!r}: {exc}; fix aws_profile") from None
+    return checked_session(made, profile) if checked else made
+
+
+def checked_session(made: Any, profile: str | None = None) -> Any:
+    """``made`` if it has a region and credentials, else the one-line error naming the fix."""
+    if not made.region_name:
+        raise ConfigError(NO_REGION)
+    try:
+        creds = made.get_credentials()
+    except Exception as exc:  # a broken profile or credential process
+        raise ConfigError(f"cannot read AWS credentials{f' of profile {profile!r}' if profile else ''}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; {FIX_CREDENTIALS}") from None
+    if creds is None:
+        raise ConfigError(NO_CREDENTIALS)
+    return made
 
 
 def lambda_client(cfg: Any) -> Any:

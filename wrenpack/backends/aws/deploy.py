@@ -12,12 +12,18 @@ the backend finds the function for a call's settings by name alone.
         extracts to /tmp, or a container image; its manifest checked against the
         function's Python and architecture) -> for each settings set named
         (memory x timeout x /tmp, or from saved profiles) create or update
-        ``<function_name>-<hash>``, set its async retries to 0 (wrenpack retries
-        by itself) and, on request, its reserved concurrency.
+        ``<function_name>-<hash>``, set its async retries to 0 and its events'
+        maximum age to an hour (wrenpack retries by itself, and a client has
+        given up on a call long before), and, on request, its reserved concurrency.
+        A zip package's Python must be a runtime Lambda still takes
+        (``runtimes``): a blocked one is refused before any AWS request.
     auto_deploy (``lambda_auto_deploy``): a missing member of the family is
         created on first use, copied from a deployed one with the same
         architecture, Python and runtime (found by the family and settings
         each function carries in its environment).
+    missing_function_help: what to tell a client whose settings set has no
+        function: the complete `wrenpack deploy` command (role, runtime, region,
+        store, endpoints), or why that Python can no longer be deployed.
 """
 from __future__ import annotations
 
@@ -28,10 +34,12 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,7 @@ import wrenpack
 from runtime_builder import pack
 from wrenpack import limits
 import wrenpack.backends.aws.clients as clients
+import wrenpack.backends.aws.runtimes as runtimes
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.profiler.model import Profile
 from wrenpack.profiler.store import profiles_dir
@@ -62,6 +71,12 @@ ENV_FAMILY = "WRENPACK_FUNCTION_FAMILY"
 ENV_SETTINGS = "WRENPACK_FUNCTION_SETTINGS"
 #: The store the function serves (the handler refuses events for another, see docs/aws.md).
 ENV_STORE = "WRENPACK_STORE_URL"
+#: MaximumEventAgeInSeconds of every function: an Event call still queued in
+#: Lambda after an hour is dropped. The client reports a call that has neither
+#: started nor ended by its deadline as lost (or sends it again) once Lambda's
+#: queue stops moving, minutes after its timeout (at most 900 s); Lambda's
+#: default, 6 hours, would let such a call run hours after it was given up on.
+MAX_EVENT_AGE_S = 3600
 
 
 # -- one function per settings set ----------------------------------------------
@@ -96,14 +111,24 @@ class FunctionSettings:
         return (f"memory={self.memory} MB, timeout={self.timeout} s, ephemeral_storage={self.ephemeral_storage} MB, "
                 f"{self.architecture}, python{self.python}{runtime}")
 
-    def deploy_command(self, base: str, runtime_dir: str | None = None) -> str:
-        cmd = (f"wrenpack deploy --function-name {base} --memory {self.memory} --timeout {self.timeout} "
-               f"--ephemeral-storage {self.ephemeral_storage} --architecture {self.architecture}")
-        if self.python != LOCAL_PYTHON:
-            cmd += f" --python {self.python}"
-        if runtime_dir:
-            cmd += f" --runtime-dir {runtime_dir}"
-        return cmd
+    def deploy_command(self, base: str, runtime_dir: str | None = None, *, archive: bool = False,
+                       image_uri: str | None = None, role: str | None = None, region: str | None = None,
+                       storage: str | None = None, profile: str | None = None, lambda_endpoint_url: str | None = None,
+                       s3_endpoint_url: str | None = None) -> str:
+        """The `wrenpack deploy` command that creates this function, complete enough to
+        run as printed from any shell: every setting it names travels as an option."""
+        args = ["wrenpack", "deploy", "--function-name", base, "--memory", str(self.memory), "--timeout", str(self.timeout),
+                "--ephemeral-storage", str(self.ephemeral_storage), "--architecture", self.architecture,
+                "--python", self.python]
+        if image_uri:
+            args += ["--image-uri", image_uri]
+        elif runtime_dir:
+            args += ["--runtime-archive" if archive else "--runtime-dir", runtime_dir]
+        for flag, value in (("--role", role), ("--region", region), ("--storage", storage), ("--profile", profile),
+                            ("--lambda-endpoint-url", lambda_endpoint_url), ("--s3-endpoint-url", s3_endpoint_url)):
+            if value:
+                args += [flag, value]
+        return " ".join(shlex.quote(a) for a in args)
 
 
 def runtime_id(runtime_dir: str | None) -> str | None:
@@ -224,14 +249,30 @@ def check_manifest(runtime_dir: str, python: str, architecture: str) -> None:
 
 
 # -- deploy ---------------------------------------------------------------------
-def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], None] = log.warning) -> list[dict[str, Any]]:
+def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], None] = log.warning,
+                     on: date | None = None) -> list[dict[str, Any]]:
     """Publish the runtime ``request`` names, then create or update one function
     per settings set: a summary of each (what was done, its settings, its runtime).
-    ``warn`` hears, as it happens, what deploys but will not work as expected."""
+    ``warn`` hears, as it happens, what deploys but will not work as expected.
+    A zip package's Python is checked against Lambda's runtime dates (as of
+    ``on``, default today) before any AWS request."""
     base = cfg.function_name
-    python = request.python or LOCAL_PYTHON
+    python = runtimes.minor(request.python) if request.python else LOCAL_PYTHON
     if sum(bool(x) for x in (request.runtime_dir, request.runtime_archive, request.image_uri)) > 1:
         raise ConfigError("choose one of --runtime-dir (layer), --runtime-archive (S3 archive) and --image-uri")
+    refuse_create = None
+    if not request.image_uri:
+        # A container image carries its own Python: only managed runtimes are blocked.
+        why = runtimes.refusal(python, on, creating=False)
+        if why:
+            raise ConfigError(why)
+        refuse_create = runtimes.refusal(python, on, creating=True)
+        note = runtimes.warning(python, on)
+        if note:
+            warn(note)
+    if python != LOCAL_PYTHON:
+        warn(f"the functions run python{python} but this client is python{LOCAL_PYTHON}: only a python{python} client "
+             f"can call them (calls travel as bytecode)")
     arch = request.architecture or getattr(cfg, "architecture", None) or "x86_64"
     runtime_dir = request.runtime_dir or request.runtime_archive
     if runtime_dir:
@@ -289,15 +330,18 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
     done = []
     for settings in all_settings:
         done.append(deploy_function(lam, settings.function_name(base), settings, code, package, env,
-                                    role=request.role, reserved=request.reserved_concurrency))
+                                    role=request.role, reserved=request.reserved_concurrency, refuse_create=refuse_create))
         done[-1].update(extra)
     return done
 
 
 def deploy_function(lam: Any, name: str, settings: FunctionSettings, code: dict[str, Any], package: dict[str, Any],
-                    env: dict[str, str], role: str | None = None, reserved: int | None = None) -> dict[str, Any]:
+                    env: dict[str, str], role: str | None = None, reserved: int | None = None,
+                    refuse_create: str | None = None) -> dict[str, Any]:
     """Create or update the one function for ``settings``; its async retries 0
-    (wrenpack retries by itself), its reserved concurrency when asked."""
+    and events' maximum age ``MAX_EVENT_AGE_S`` (wrenpack retries by itself),
+    its reserved concurrency when asked. ``refuse_create``: why it may only be
+    updated (its runtime takes no new functions), the error if it does not exist."""
     env = dict(env)
     env[ENV_SETTINGS] = json.dumps(dataclasses.asdict(settings), sort_keys=True, separators=(",", ":"))
     common = dict(MemorySize=settings.memory, Timeout=settings.timeout, EphemeralStorage={"Size": settings.ephemeral_storage},
@@ -317,13 +361,15 @@ def deploy_function(lam: Any, name: str, settings: FunctionSettings, code: dict[
             lam.update_function_configuration(FunctionName=name, **conf)
             summary["action"] = "updated"
         else:
+            if refuse_create:
+                raise ConfigError(f"function {name!r} ({settings.describe()}) does not exist yet and {refuse_create}")
             if not role:
                 raise ConfigError(f"function {name!r} ({settings.describe()}) does not exist yet; pass --role ARN of its "
                                   "execution role (policy: `wrenpack iam-policy --for worker`)")
             lam.create_function(FunctionName=name, Role=role, Code=code, Publish=False, **package, **common)
             summary["action"] = "created"
         _wait(lam, name)
-        lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0, MaximumEventAgeInSeconds=21600)
+        lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0, MaximumEventAgeInSeconds=MAX_EVENT_AGE_S)
         if reserved is not None:
             lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
             summary["reserved_concurrency"] = reserved
@@ -362,17 +408,26 @@ def _wait(lam: Any, name: str) -> None:
 
 
 # -- lambda_auto_deploy ------------------------------------------------------------
-def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, store_url: str | None = None) -> dict[str, Any]:
+def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, store_url: str | None = None,
+                runtime_dir: str | None = None, where: dict[str, str | None] | None = None,
+                on: date | None = None) -> dict[str, Any]:
     """Create the missing function ``name`` of family ``base`` for ``settings``,
     cloned from a deployed one with the same architecture, Python and runtime
-    (its role, layers, handler): its configuration, as Lambda reports it."""
-    template = find_template(lam, base, settings)
+    (its role, layers, handler): its configuration, as Lambda reports it.
+    ``runtime_dir`` and ``where`` (region, storage, ...) complete the
+    `wrenpack deploy` command printed when there is nothing to copy."""
+    family = _family(lam, base, "lambda_auto_deploy")
+    template = _same_kind(family, settings)
     if template is None:
+        hint, _ = missing_function_help(lam, settings, base, runtime_dir, where, on, family=family)
         raise ConfigError(
             f"lambda_auto_deploy: no deployed function of {base!r} with {settings.architecture}, "
-            f"python{settings.python} and the same runtime to copy its role and runtime from; run "
-            f"`{settings.deploy_command(base)} --role ARN` once"
+            f"python{settings.python} and the same runtime to copy its role and runtime from; {hint}"
         )
+    if template.get("PackageType") != "Image":
+        why = runtimes.refusal(settings.python, on, creating=True)
+        if why:
+            raise ConfigError(f"lambda_auto_deploy cannot create {name!r}: {why}")
     log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
     try:
         return create_from_template(lam, name, settings, template, base, store_url=store_url)
@@ -382,12 +437,18 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
         raise ConfigError(f"creating Lambda function {name!r} failed: {_code(exc) or type(exc).__name__}: {exc}") from None
 
 
-def find_template(lam: Any, base: str, settings: FunctionSettings) -> dict[str, Any] | None:
-    """A deployed function of family ``base`` with the same architecture,
-    Python and runtime as ``settings`` (its role and runtime are reused)."""
+def _family(lam: Any, base: str, who: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every deployed function of family ``base``: (its configuration, the settings it was deployed for)."""
+    found = []
     marker = None
     while True:
-        page = lam.list_functions(**({"Marker": marker} if marker else {}))
+        try:
+            page = lam.list_functions(**({"Marker": marker} if marker else {}))
+        except Exception as exc:
+            if clients.error_code(exc) in ("AccessDeniedException", "AccessDenied", "403"):
+                raise ConfigError(f"{who} lists the deployed functions to find one to copy and is not allowed to "
+                                  "(lambda:ListFunctions); use an identity with `wrenpack iam-policy --for deploy`") from None
+            raise clients.aws_error(exc, f"{who}: listing the deployed functions") from None
         for conf in page.get("Functions", []):
             env = (conf.get("Environment") or {}).get("Variables") or {}
             if env.get(ENV_FAMILY) != base:
@@ -396,11 +457,60 @@ def find_template(lam: Any, base: str, settings: FunctionSettings) -> dict[str, 
                 theirs = json.loads(env.get(ENV_SETTINGS) or "{}")
             except ValueError:
                 continue
-            if all(theirs.get(k) == getattr(settings, k) for k in ("architecture", "python", "runtime")):
-                return conf
+            found.append((conf, theirs))
         marker = page.get("NextMarker")
         if not marker:
-            return None
+            return found
+
+
+def _same_kind(family: list[tuple[dict[str, Any], dict[str, Any]]], settings: FunctionSettings) -> dict[str, Any] | None:
+    return next((conf for conf, theirs in family
+                 if all(theirs.get(k) == getattr(settings, k) for k in ("architecture", "python", "runtime"))), None)
+
+
+def find_template(lam: Any, base: str, settings: FunctionSettings) -> dict[str, Any] | None:
+    """A deployed function of family ``base`` with the same architecture,
+    Python and runtime as ``settings`` (its role and runtime are reused)."""
+    return _same_kind(_family(lam, base, "lambda_auto_deploy"), settings)
+
+
+def missing_function_help(lam: Any, settings: FunctionSettings, base: str, runtime_dir: str | None = None,
+                          where: dict[str, str | None] | None = None, on: date | None = None,
+                          family: list[tuple[dict[str, Any], dict[str, Any]]] | None = None) -> tuple[str, bool]:
+    """What to tell a client whose ``settings`` have no function: (text, whether it can be deployed).
+
+    The text is the `wrenpack deploy` command that creates it, with the role,
+    image or runtime mode of a deployed function of the family when one can
+    be read (``ROLE_ARN`` when none), and ``where`` (region, storage, profile,
+    endpoints) so it runs as printed; or, for a zip package whose Python
+    Lambda no longer takes, why not and the ways out."""
+    if family is None:
+        try:
+            family = _family(lam, base, "finding the functions' role")
+        except WrenpackError as exc:  # not allowed to list: the command says ROLE_ARN
+            log.debug("%s", exc)
+            family = []
+    same = _same_kind(family, settings)
+    role = (same or (family[0][0] if family else {})).get("Role")
+    image = archive = None
+    if same is not None and same.get("PackageType") == "Image":
+        try:
+            image = lam.get_function(FunctionName=same["FunctionName"])["Code"]["ImageUri"]
+        except Exception as exc:  # noqa: BLE001 - not allowed to read it: the command says IMAGE_URI
+            log.debug("cannot read the image of %s: %s", same.get("FunctionName"), exc)
+            image = "IMAGE_URI"
+    elif same is not None:
+        archive = bool(((same.get("Environment") or {}).get("Variables") or {}).get("WRENPACK_RUNTIME_ARCHIVE"))
+    if image is None:
+        why = runtimes.refusal(settings.python, on, creating=True)
+        if why:
+            return why, False
+    cmd = settings.deploy_command(base, runtime_dir, archive=bool(archive), image_uri=image, role=role or "ROLE_ARN",
+                                  **(where or {}))
+    unknown = [f"{word}: {what}" for word, what, missing in (
+        ("ROLE_ARN", "the functions' execution role, see `wrenpack iam-policy --for worker`", not role),
+        ("IMAGE_URI", "the image's ECR URI", image == "IMAGE_URI")) if missing]
+    return f"create it with `{cmd}`" + (f" ({'; '.join(unknown)})" if unknown else ""), True
 
 
 def create_from_template(lam: Any, name: str, settings: FunctionSettings, template: dict[str, Any], base: str,

@@ -8,11 +8,13 @@ table or JSON, so one run reports everything that is wrong at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import wrenpack.backends.aws.clients as clients
-from wrenpack.backends.aws.deploy import LOCAL_PYTHON, FunctionSettings
+import wrenpack.backends.aws.runtimes as runtimes
+from wrenpack.backends.aws.deploy import LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help
 from wrenpack.errors import WrenpackError
 from wrenpack.storage import store_for_config
 
@@ -20,8 +22,9 @@ from wrenpack.storage import store_for_config
 Outcome = tuple[bool | None, str, Any]
 
 
-def doctor_checks(cfg: Any) -> list[dict[str, Any]]:
-    """Every check's result, in order; a check that needs a failed one's value is left out."""
+def doctor_checks(cfg: Any, on: date | None = None) -> list[dict[str, Any]]:
+    """Every check's result, in order; a check that needs a failed one's value is left out.
+    ``on``: the day Lambda's runtime dates are compared with (default today)."""
     checks: list[dict[str, Any]] = []
 
     def check(name: str, fn: Callable[[], Outcome]) -> Any:
@@ -42,7 +45,7 @@ def doctor_checks(cfg: Any) -> list[dict[str, Any]]:
     if session is not None:
         conf = check("function", lambda: _check_function(cfg))
     if conf is not None:
-        check("python version", lambda: _check_python(conf))
+        check("python version", lambda: _check_python(conf, on))
         check("runtime", lambda: _check_runtime(conf))
         check("async retries", lambda: _check_async_retries(cfg))
     return checks
@@ -50,19 +53,22 @@ def doctor_checks(cfg: Any) -> list[dict[str, Any]]:
 
 def default_function_name(cfg: Any) -> str:
     """The function that calls with the configured default settings run on."""
+    return _default_settings(cfg)[0].function_name(cfg.function_name)
+
+
+def _default_settings(cfg: Any) -> tuple[FunctionSettings, str | None]:
+    """The configured default settings set, and the runtime directory it names (if any)."""
     runtime = getattr(cfg, "runtime", None)
-    runtime = runtime if runtime and Path(str(runtime)).is_dir() else None
+    runtime = str(runtime) if runtime and Path(str(runtime)).is_dir() else None
     settings = FunctionSettings.for_call(cfg.memory, cfg.timeout, cfg.ephemeral_storage,
                                          getattr(cfg, "architecture", None) or "x86_64", runtime)
-    return settings.function_name(cfg.function_name)
+    return settings, runtime
 
 
 def _check_credentials(cfg: Any) -> Outcome:
-    session = clients.session(cfg)
-    if session.get_credentials() is None:
-        return False, "no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (aws configure)", None
+    session = clients.session(cfg)  # no region or no credentials: the one-line error naming the fix
     ident = session.client("sts").get_caller_identity()
-    return True, f"{ident['Arn']} in {session.region_name or '(no region: set aws_region)'}", session
+    return True, f"{ident['Arn']} in {session.region_name}", session
 
 
 def _check_storage(cfg: Any) -> Outcome:
@@ -96,24 +102,43 @@ def _check_conditional_writes(cfg: Any) -> Outcome:
 
 def _check_function(cfg: Any) -> Outcome:
     name = default_function_name(cfg)
+    lam = clients.lambda_client(cfg)
     try:
-        conf = clients.lambda_client(cfg).get_function_configuration(FunctionName=name)
+        conf = lam.get_function_configuration(FunctionName=name)
     except Exception as exc:
         if clients.error_code(exc) == "ResourceNotFoundException":
+            settings, runtime = _default_settings(cfg)
+            hint, _ = missing_function_help(lam, settings, cfg.function_name, runtime, _where(cfg, lam))
             raise WrenpackError(f"function {name!r} for the default settings (memory={cfg.memory}, timeout={cfg.timeout:g}, "
-                                f"ephemeral_storage={cfg.ephemeral_storage}) not found; run `wrenpack deploy --role ARN`") from None
+                                f"ephemeral_storage={cfg.ephemeral_storage}) not found; {hint}") from None
         raise
     return True, f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}", conf
 
 
-def _check_python(conf: dict[str, Any]) -> Outcome:
+def _where(cfg: Any, lam: Any) -> dict[str, str | None]:
+    """The settings a printed `wrenpack deploy` command must carry to run as printed."""
+    return {"region": lam.meta.region_name, "storage": clients.store_url(cfg), "profile": getattr(cfg, "aws_profile", None),
+            "lambda_endpoint_url": getattr(cfg, "lambda_endpoint_url", None),
+            "s3_endpoint_url": getattr(cfg, "s3_endpoint_url", None)}
+
+
+def _check_python(conf: dict[str, Any], on: date | None = None) -> Outcome:
+    """The function's Python is the client's, and (a zip package) its runtime's state in Lambda's life cycle."""
     local = f"python{LOCAL_PYTHON}"
     remote = conf.get("Runtime") or (conf.get("Environment", {}).get("Variables", {}).get("WRENPACK_DEPLOYED_PYTHON"))
     if remote and not remote.startswith("python"):
         remote = f"python{remote}"
     if remote != local:
         return False, f"function runs {remote or 'an unknown runtime'} but this client is {local}; cloudpickle needs the same minor version: redeploy with --python", None
-    return True, f"{remote} on both sides", None
+    if conf.get("PackageType") == "Image":
+        return True, f"{remote} on both sides (container image: no Lambda runtime dates apply)", None
+    row = runtimes.find(remote)
+    if row is None:
+        return None, f"{remote} on both sides; Lambda's runtime table (as of {runtimes.table_date()}) has no {remote}", None
+    state = row.state(on)
+    if state == runtimes.SUPPORTED:
+        return True, f"{remote} on both sides; {row.describe(on)}", None
+    return None, f"{remote} on both sides; {row.describe(on)}: {runtimes.ways_out(row.python, on)}", None
 
 
 def _check_runtime(conf: dict[str, Any]) -> Outcome:
@@ -129,11 +154,15 @@ def _check_runtime(conf: dict[str, Any]) -> Outcome:
 
 
 def _check_async_retries(cfg: Any) -> Outcome:
+    """Lambda neither retries an Event call (wrenpack does) nor runs one later than ``MAX_EVENT_AGE_S`` after its send."""
     try:
         conf = clients.lambda_client(cfg).get_function_event_invoke_config(FunctionName=default_function_name(cfg))
     except Exception as exc:
         if clients.error_code(exc) == "ResourceNotFoundException":
-            return False, "async MaximumRetryAttempts is Lambda's default 2: duplicates cost money; re-run `wrenpack deploy`", None
+            return False, ("async MaximumRetryAttempts is Lambda's default 2 and MaximumEventAgeInSeconds its default "
+                           "21600: duplicates cost money and a call given up on can run hours later; re-run `wrenpack deploy`"), None
         raise
-    n = conf.get("MaximumRetryAttempts")
-    return n == 0, f"MaximumRetryAttempts={n}" + ("" if n == 0 else "; re-run `wrenpack deploy` to set 0"), None
+    n, age = conf.get("MaximumRetryAttempts"), conf.get("MaximumEventAgeInSeconds")
+    ok = n == 0 and age is not None and age <= MAX_EVENT_AGE_S
+    fix = "" if ok else f"; re-run `wrenpack deploy` to set 0 and at most {MAX_EVENT_AGE_S}"
+    return ok, f"MaximumRetryAttempts={n}, MaximumEventAgeInSeconds={age}{fix}", None

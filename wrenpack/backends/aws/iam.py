@@ -56,6 +56,9 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
         allow("Invoke", ["lambda:InvokeFunction"], fn_arn),
         allow("Doctor", ["lambda:GetFunctionConfiguration", "lambda:GetFunctionEventInvokeConfig",
                          "lambda:GetFunctionConcurrency"], fn_arn),
+        # The account's unreserved concurrency caps how many calls the client keeps in
+        # flight; the action takes no resource ARN, so "*" is its narrowest scope.
+        allow("AccountConcurrency", ["lambda:GetAccountSettings"], "*"),
     ]
     if role == "deploy":
         if worker_role and not worker_role.startswith("arn:"):
@@ -64,6 +67,9 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             allow("Deploy", ["lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
                              "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction",
                              "lambda:PutFunctionConcurrency"], fn_arn),
+            # lambda_auto_deploy and the printed deploy commands find a deployed function of the
+            # family to copy; ListFunctions takes no resource ARN, so "*" is its narrowest scope.
+            allow("FindFamily", ["lambda:ListFunctions"], "*"),
             allow("Layer", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion"], [
                 f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime",
                 f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]),
