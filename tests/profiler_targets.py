@@ -117,3 +117,22 @@ def mmap_reader(mb: int = 200) -> int:
         time.sleep(0.3)
     os.remove(path)
     return total
+
+
+def eight_bytes(n: int) -> int:
+    """About 8 bytes per unit of input, touched (resident)."""
+    x = b"\1" * (8 * n)
+    return len(x)
+
+
+def make_list(n: int) -> list:
+    return [0] * n
+
+
+def make_box(n: int) -> dict:
+    """An input whose size no standard measure reads (its len() is 1)."""
+    return {"n": n}
+
+
+def eight_bytes_boxed(box: dict) -> int:
+    return eight_bytes(box["n"])
