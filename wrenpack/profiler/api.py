@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -47,12 +46,19 @@ def run_profile(
     save: bool = True,
     timeout: float | None = None,
     quiet_stdout: bool = False,
+    started: launcher.Started | None = None,
 ) -> Profile:
-    """Profile ``fn`` (a callable or a ``"module:fn"`` / ``"path/file.py:fn"`` string) ``repeat`` times."""
+    """Profile ``fn`` (a callable or a ``"module:fn"`` / ``"path/file.py:fn"`` string) ``repeat`` times.
+
+    ``started``: the first run, already started (``launcher.start_job`` with
+    this call's job): the command line starts it before importing the rest."""
     if repeat < 1:
+        if started is not None:
+            started.wait()  # (nothing left behind)
         raise ProfileError(f"repeat must be at least 1, got {repeat}; pass --repeat 1 or more")
     call = {"args": tuple(args), "kwargs": dict(kwargs or {})}
-    runs = [_measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout) for _ in range(repeat)]
+    runs = [_measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout, started=started if i == 0 else None)
+            for i in range(repeat)]
     prof = _assemble(runs, args_repr=_args_repr(args, kwargs))
     if lines:
         prof.lines = _measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout, lines=True).get("lines")
@@ -293,10 +299,6 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _sys_path() -> list[str]:
-    return [os.getcwd() if p == "" else p for p in sys.path]
-
-
 def _measure(
     fn: Target,
     call: dict[str, Any],
@@ -307,16 +309,14 @@ def _measure(
     quiet_stdout: bool = False,
     lines: bool = False,
     min_timed_s: float = 0.0,
+    started: launcher.Started | None = None,
 ) -> dict[str, Any]:
     """One fresh-process run -> a flat dict of figures; ProfileError on any failure."""
-    job: dict[str, Any] = {"sys_path": _sys_path(), "cwd": os.getcwd(), "stdout_to_stderr": quiet_stdout, "lines": lines}
+    job = launcher.job_spec(fn if isinstance(fn, str) else None, quiet_stdout=quiet_stdout, lines=lines)
     if min_timed_s > 0:
         job.update(min_timed_s=min_timed_s, max_reps=MAX_REPS)
     call = dict(call)
-    if isinstance(fn, str):
-        job["target"] = fn
-        job["sys_path"] = [os.getcwd()] + job["sys_path"]
-    else:
+    if not isinstance(fn, str):
         call["fn"] = fn
     if make_input is not None:
         job["size"] = size
@@ -326,7 +326,7 @@ def _measure(
             call["make_input"] = make_input
     name = _name(fn)
     try:
-        result, launch = launcher.run_job(job, call, timeout=timeout)
+        result, launch = (started or launcher.start_job(job, call, timeout=timeout)).wait()
     except launcher.JobFailed as exc:
         raise ProfileError(f"profiling {name} failed: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - pickling the function or its arguments

@@ -1,7 +1,7 @@
 """The measured process: load one function, call it once, report what it cost.
 
 Started by ``wrenpack.profiler.launcher`` (never by the caller directly) as
-``python -m wrenpack.profiler.runner JOBDIR``. Standard library and
+``python -c "...runner import main..." JOBDIR`` (``launcher.RUNNER_ARGS``; ``-m`` would add runpy's imports). Standard library and
 cloudpickle only, like the worker, so the interpreter-plus-imports baseline
 matches what a worker carries before it loads the function.
 
@@ -36,7 +36,6 @@ import os
 import resource
 import sys
 import time
-import traceback
 
 import cloudpickle
 
@@ -242,7 +241,9 @@ def main(jobdir: str) -> int:
             make_input = _load_target(job["input_target"])
         args, kwargs = tuple(call.get("args") or ()), dict(call.get("kwargs") or {})
     except BaseException as exc:  # noqa: BLE001 - reported to the caller as one line
-        result.update(error="load", type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
+        import traceback as tb_  # (only on failure: its import is a few ms of every run's start)
+
+        result.update(error="load", type=type(exc).__name__, message=str(exc), traceback=tb_.format_exc())
         _write(jobdir, result)
         return EXIT_LOAD
     result["baseline_mb"] = _rss_mb()
@@ -280,11 +281,13 @@ def main(jobdir: str) -> int:
         result["result_bytes"] = len(payload)
         del payload, value
     except BaseException as exc:  # noqa: BLE001
+        import traceback as tb_
+
         tb = exc.__traceback__
         tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
         result.update(
             error="raised", stage=stage, type=type(exc).__name__, message=str(exc),
-            traceback="".join(traceback.format_exception(type(exc), exc, tb)),
+            traceback="".join(tb_.format_exception(type(exc), exc, tb)),
         )
         _write(jobdir, result)
         return EXIT_RAISED
