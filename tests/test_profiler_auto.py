@@ -139,3 +139,47 @@ def test_status_carries_the_auto_record_whichever_comes_first():
     plain = WrenFuture("job", "2", "f")
     plain.status = shared
     assert plain.status is shared and before.status is not shared
+
+
+def test_time_is_split_into_cpu_and_wait():
+    slept = run_profile(targets.sleepy, (0.2,), save=False)
+    assert slept.wait_s == pytest.approx(0.2, abs=0.05) and slept.cpu_user_s + slept.cpu_sys_s < 0.05
+    busy = run_profile(targets.busy, (0.2,), save=False)
+    cpu = busy.cpu_user_s + busy.cpu_sys_s
+    assert cpu == pytest.approx(0.2, abs=0.05) and busy.wait_s < 0.05
+    if busy.runq_s is not None:  # the wall time is CPU + the wait for a core (load) + the rest
+        assert busy.duration_s == pytest.approx(cpu + busy.runq_s + busy.wait_s, abs=0.02)
+    # the estimate comes from CPU and wait, not from the (load-inflated) wall time
+    assert busy.recommended["estimated_duration_s"] == pytest.approx(
+        recommend.duration_at(cpu, busy.wait_s, busy.recommended["memory_mb"]), rel=0.01)
+
+
+def test_short_calls_are_repeated_on_fresh_inputs():
+    sc = predict_scaling(targets.consume, targets.make_zeros, [1000, 2000, 3000], 6000, save=False).scaling
+    assert all(r > 1 for r in sc["reps"]), sc["reps"]  # the same list twice would have raised: one call only
+    assert all(t >= api.MIN_TIMED_S for t in sc["timed_s"]) or max(sc["reps"]) == api.MAX_REPS
+
+
+def test_package_map_is_kept_on_disk(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from wrenpack.profiler import packages
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(packages, "_cache", None)
+    first = packages.map_modules({"pytest": None})
+    assert first[0] and first[0][0]["name"] == "pytest"
+    assert len(list((tmp_path / "cache" / "wrenpack").glob("packages-*.json"))) == 1
+
+    def slow() -> None:
+        raise AssertionError("the package map was built again")
+
+    monkeypatch.setattr(metadata, "packages_distributions", slow)
+    monkeypatch.setattr(packages, "_cache", None)  # a new process: only the file remains
+    assert packages.map_modules({"pytest": None}) == first
+    # something installed or removed in a path entry changes its mtime, and the map is built again
+    entry = tmp_path / "site"
+    entry.mkdir()
+    monkeypatch.syspath_prepend(str(entry))
+    with pytest.raises(AssertionError, match="built again"):
+        packages.map_modules({"pytest": None})
