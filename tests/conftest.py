@@ -31,6 +31,7 @@ import pytest
 
 import wrenpack
 from tests.aws import servers
+from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack import Executor
 from wrenpack.backends import Backend, Invocation, create_backend, register_backend
 
@@ -61,6 +62,14 @@ def _isolated_config(monkeypatch, tmp_path_factory):
         if key.startswith("WRENPACK_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("WRENPACK_PROGRESS", "false")
+
+
+@pytest.fixture(autouse=True)
+def _lambda_deploys_this_python(request, monkeypatch):
+    """The emulated Lambda runs this interpreter: on the lambda backend, deploys and
+    auto-deploys take its Python as of a day Lambda took it (tests/aws/runtime_dates.py)."""
+    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "lambda":
+        deploy_as_of_a_live_day(monkeypatch)
 
 
 # -- executors on every backend ----------------------------------------------------------------

@@ -117,3 +117,47 @@ def mmap_reader(mb: int = 200) -> int:
         time.sleep(0.3)
     os.remove(path)
     return total
+
+
+def eight_bytes(n: int) -> int:
+    """About 8 bytes per unit of input, touched (resident)."""
+    x = b"\1" * (8 * n)
+    return len(x)
+
+
+def make_list(n: int) -> list:
+    return [0] * n
+
+
+def make_box(n: int) -> dict:
+    """An input whose size no standard measure reads (its len() is 1)."""
+    return {"n": n}
+
+
+def eight_bytes_boxed(box: dict) -> int:
+    return eight_bytes(box["n"])
+
+
+def busy(seconds: float = 0.2) -> int:
+    """CPU-bound for about ``seconds`` of CPU time."""
+    end = time.process_time() + seconds
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return n
+
+
+def sleepy(seconds: float = 0.2) -> None:
+    time.sleep(seconds)
+
+
+def make_zeros(n: int) -> list:
+    return [0] * n
+
+
+def consume(xs: list) -> int:
+    """Changes its input: a repeat given the same list again would fail."""
+    if xs[0] != 0:
+        raise ValueError("input already used")
+    xs[0] = 1
+    return len(xs)

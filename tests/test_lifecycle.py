@@ -44,8 +44,11 @@ def _objects(where) -> list[str]:
     return store.list("jobs/")
 
 
-#: what a program run by these tests does first: tests/conftest.py registers the test backends (toy)
-_PREAMBLE = "import tests.conftest\n"
+#: what a program run by these tests does first: tests/conftest.py registers the test backends (toy),
+#: and on the emulated Lambda the program deploys this Python as of a day Lambda took it
+_PREAMBLE = ("import tests.conftest, os\n"
+             "if os.environ.get('WRENPACK_BACKEND') == 'lambda':\n"
+             "    from tests.aws.runtime_dates import live_day_for_this_process; live_day_for_this_process()\n")
 
 
 def _program_env(settings: dict) -> dict:

@@ -32,9 +32,10 @@ class WrenFuture(cf.Future):
         self.job_id = job_id
         self.call_id = call_id
         self.label = label
-        #: the status record the worker wrote (timings, peak memory, exit kind,
-        #: ``attempt``; ``retried``: what earlier attempts raised), once done
-        self.status: dict[str, Any] | None = None
+        #: what memory/timeout="auto" chose for this call and why (``{"memory": 512,
+        #: "timeout": 30, "why": ...}``); None without "auto". Also ``status["auto"]``.
+        self.auto: dict[str, Any] | None = None
+        self._status: dict[str, Any] | None = None
         #: the tail (last 64 KB) of what the call printed to stdout/stderr, once done
         self.logs: str | None = None
         #: how many invocations this call took (more than 1 when checkpointed)
@@ -57,6 +58,31 @@ class WrenFuture(cf.Future):
         #: launches the call now, for a call whose launch waits
         self._launch_now: Callable[[], None] | None = None
         refs.register(self)
+
+    @property
+    def status(self) -> dict[str, Any] | None:
+        """The status record the worker wrote (timings, peak memory, exit kind,
+        ``attempt``; ``retried``: what earlier attempts raised; ``auto``: what
+        "auto" settings chose and why), once done."""
+        return self._status
+
+    @status.setter
+    def status(self, value: dict[str, Any] | None) -> None:
+        # Own field first, then the other's (as in ``set_auto``): whichever runs
+        # second sees the first's write, so the record is never lost to a race.
+        if value is not None and self.auto is not None:
+            value = dict(value, auto=self.auto)  # a copy: a batch's calls share their batch's record
+        self._status = value
+        auto = self.auto
+        if value is not None and auto is not None and value.get("auto") is not auto:
+            value["auto"] = auto
+
+    def set_auto(self, record: dict[str, Any]) -> None:
+        """Record what "auto" settings chose for this call (the launch's side)."""
+        self.auto = record
+        status = self._status
+        if status is not None:
+            status["auto"] = record
 
     def cancel(self) -> bool:
         """Cancel a call that has not started (its callbacks then run); False

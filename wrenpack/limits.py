@@ -102,3 +102,16 @@ def check_architecture(value: Any, source: str | None = None, name: str = "archi
     if value not in ARCHITECTURES:
         raise ConfigError(f"{name}={value!r}{_where(source)} must be one of {', '.join(ARCHITECTURES)}")
     return str(value)
+
+
+#: The memory a call needs from its measured peak: the peak plus 10% plus the
+#: worker runtime's own 32 MB (what ``wrenpack profile`` recommends, and what a
+#: MemoryLimitExceeded hint suggests).
+MEMORY_MARGIN_FRACTION = 0.10
+MEMORY_MARGIN_FIXED_MB = 32
+
+
+def memory_for(peak_mb: float) -> int:
+    """The memory setting (MB) for a call whose peak was ``peak_mb``, within Lambda's range."""
+    want = math.ceil(peak_mb * (1 + MEMORY_MARGIN_FRACTION) + MEMORY_MARGIN_FIXED_MB)
+    return max(MIN_MEMORY_MB, min(MAX_MEMORY_MB, want))

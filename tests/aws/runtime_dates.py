@@ -27,6 +27,13 @@ def day_this_python_deploys() -> datetime.date:
     return row.deprecated - datetime.timedelta(days=1)
 
 
+def live_day_for_this_process() -> datetime.date:
+    """The same, for a whole program a test runs (it deploys as of that day until it exits)."""
+    day = day_this_python_deploys()
+    runtimes.today = lambda: day
+    return day
+
+
 def deploy_as_of_a_live_day(monkeypatch: pytest.MonkeyPatch) -> datetime.date:
     """Make ``runtimes.today`` a day this Python's runtime is supported; that day."""
     day = day_this_python_deploys()

@@ -67,17 +67,56 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
         return []
     state = state or LaunchState()
     given = dict(given)
+    size_fn = given.pop("auto_size", None)
     auto = any(given.get(name) == "auto" for name in _AUTO)
     if auto:
-        given.update(_auto_settings(fn, calls[0], given, state))
+        return _launch_auto(executor, fn, calls, given, chunksize, state, size_fn)
     # The same function, options and configuration resolve to the same limits.
     cached = state.resolved
-    if not auto and cached is not None and cached[0] is executor and cached[1] is executor.config:
+    if cached is not None and cached[0] is executor and cached[1] is executor.config:
         options = cached[2]
     else:
         options = executor.options(**given)
-        if not auto:
-            state.resolved = (executor, executor.config, options)
+        state.resolved = (executor, executor.config, options)
+    return _launch_with(executor, fn, calls, options, chunksize, state)
+
+
+def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
+                 chunksize: int | str | None, state: LaunchState, size_fn: Callable[..., Any] | None) -> list[WrenFuture]:
+    """"auto" settings: each call's from the function's profile (a scaling
+    profile sizes each call at its own input size), the calls launched in
+    groups of equal settings, the futures back in the calls' order. What each
+    call got and why is its future's ``auto`` (and ``status["auto"]``)."""
+    plan = _auto_plan(fn, calls[0], size_fn, state)
+    names = [name for name in _AUTO if given.get(name) == "auto"]
+    label = getattr(fn, "__qualname__", None) or "function"
+    groups: dict[tuple[Any, ...], tuple[dict[str, Any], list[int]]] = {}
+    same = None if plan.per_call else plan.for_call(*calls[0])
+    for i, call in enumerate(calls):
+        got = same if same is not None else plan.for_call(*call)
+        settings = tuple(got[_KEYS[name]] for name in names)
+        if settings not in groups:
+            record = {name: got[_KEYS[name]] for name in names}
+            record.update(why=got["why"], profile=got["profile"])
+            if got.get("n") is not None:
+                record["n"] = got["n"]
+            groups[settings] = (record, [])
+        groups[settings][1].append(i)
+    out: list[WrenFuture | None] = [None] * len(calls)
+    for settings, (record, indices) in groups.items():
+        log.info("%s: %s (%d call%s): %s", label, ", ".join(f"{k}={record[k]}" for k in names), len(indices),
+                 "" if len(indices) == 1 else "s", record["why"])
+        options = executor.options(**dict(given, **dict(zip(names, settings))))
+        futures = _launch_with(executor, fn, [calls[i] for i in indices], options, chunksize, state)
+        for i, fut in zip(indices, futures):
+            fut.set_auto(record if len(indices) == 1 else dict(record))
+            out[i] = fut
+    return out  # type: ignore[return-value]
+
+
+def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], options: CallOptions,
+                 chunksize: int | str | None, state: LaunchState) -> list[WrenFuture]:
+    """Launch calls that share ``options`` by the strategy that fits them."""
     caps = executor.capabilities
     label = getattr(fn, "__qualname__", None) or "function"
     expected = expected_segments(fn, options, caps.cpu_scales_with_memory, label, state)
@@ -151,15 +190,15 @@ def _count_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bo
     return segments
 
 
-def _auto_settings(fn: Callable[..., Any], sample: Call, given: dict[str, Any], state: LaunchState) -> dict[str, Any]:
+#: "auto" option -> the profile's key for it
+_KEYS = {"memory": "memory_mb", "timeout": "timeout_s", "ephemeral_storage": "ephemeral_storage_mb"}
+
+
+def _auto_plan(fn: Callable[..., Any], sample: Call, size_fn: Callable[..., Any] | None, state: LaunchState) -> Any:
+    """The function's ``AutoPlan`` (profiling it once with ``sample`` if it has no profile)."""
     try:
-        from wrenpack.profiler import auto_settings
+        from wrenpack.profiler import auto_plan
     except ImportError as exc:  # pragma: no cover - profiler is part of the package
         raise ConfigError(f"memory/timeout='auto' needs the profiler: {exc}") from None
     with state.lock:
-        found = auto_settings(fn, sample[0], sample[1])
-    out = {}
-    for name, key in (("memory", "memory_mb"), ("timeout", "timeout_s"), ("ephemeral_storage", "ephemeral_storage_mb")):
-        if given.get(name) == "auto":
-            out[name] = found[key]
-    return out
+        return auto_plan(fn, sample[0], sample[1], size_fn)

@@ -16,7 +16,7 @@ from wrenpack.errors import ConfigError
 LOG_TAIL_BYTES = 64 * 1024
 
 #: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
-OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env")
+OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env", "auto_size")
 
 
 @dataclass
@@ -61,6 +61,9 @@ def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
             out[name] = _retry_on(value, source)
         elif name == "env":
             out[name] = _env(value, source)
+        elif name == "auto_size" and not callable(value):
+            raise ConfigError(f"auto_size={value!r} (from {source}) must be a function of the call's arguments returning "
+                              "its input size (the n of the function's scaling profile), e.g. auto_size=lambda xs: len(xs)")
     return out
 
 
@@ -94,7 +97,7 @@ def _env(value: Any, source: str) -> dict[str, str]:
 def resolve_options(config: Config, given: dict[str, Any]) -> CallOptions:
     """The limits calls run under: ``given`` (checked here), else ``config``'s."""
     c = config
-    given = check_options({k: v for k, v in given.items() if v is not None}, "options")
+    given = check_options({k: v for k, v in given.items() if v is not None and k != "auto_size"}, "options")
     pick = lambda name, default: given[name] if given.get(name) is not None else default  # noqa: E731
     opts = CallOptions(
         memory=limits.check_memory(pick("memory", c.memory), "options"),

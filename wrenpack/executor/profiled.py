@@ -68,7 +68,8 @@ def profiled_duration(fn: Callable[..., Any], memory_mb: int, lambda_cpu: bool, 
                 owner.code_hash = (stamp, digest)
             return digest
 
-        data = store.load_cached(hashed)
+        # the single-call profile; else a scaling run's largest measured size (the two are kept apart)
+        data = store.load_cached(hashed) or store.load_cached(hashed, store.SCALING)
     except Exception:  # noqa: BLE001 - no profile, no plan
         return None
     if not data or not data.get("duration_s"):
@@ -77,4 +78,9 @@ def profiled_duration(fn: Callable[..., Any], memory_mb: int, lambda_cpu: bool, 
     if not lambda_cpu:
         return wall
     cpu = float(data.get("cpu_user_s", 0.0)) + float(data.get("cpu_sys_s", 0.0))
-    return recommend.lambda_duration(wall, cpu, memory_mb)
+    wait = data.get("wait_s")
+    if wait is None:  # saved before the wait was measured
+        return recommend.lambda_duration(wall, cpu, memory_mb)
+    # CPU at Lambda's share plus the non-CPU wait: the measuring machine's load is in neither
+    cores = cpu / wall if wall >= recommend.MIN_CORES_WALL_S else 1.0
+    return recommend.duration_at(cpu, float(wait), memory_mb, cores if cores > 1.1 else 1.0)

@@ -16,6 +16,7 @@ _LAZY = {
     "run_profile": "wrenpack.profiler.api",
     "predict_scaling": "wrenpack.profiler.api",
     "auto_settings": "wrenpack.profiler.api",
+    "auto_plan": "wrenpack.profiler.api",
     "Profile": "wrenpack.profiler.model",
     "SCHEMA": "wrenpack.profiler.model",
 }
@@ -37,5 +38,5 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from wrenpack.profiler.api import auto_settings, predict_scaling, profile, run_profile
+    from wrenpack.profiler.api import auto_plan, auto_settings, predict_scaling, profile, run_profile
     from wrenpack.profiler.model import SCHEMA, Profile

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -17,7 +16,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from wrenpack.errors import ProfileError
-from wrenpack.profiler import launcher, packages, recommend, scaling, store
+from wrenpack.profiler import launcher, packages, recommend, scaling, sizing, store
 from wrenpack.profiler.codehash import code_hash
 from wrenpack.profiler.model import Profile
 
@@ -47,18 +46,31 @@ def run_profile(
     save: bool = True,
     timeout: float | None = None,
     quiet_stdout: bool = False,
+    started: launcher.Started | None = None,
 ) -> Profile:
-    """Profile ``fn`` (a callable or a ``"module:fn"`` / ``"path/file.py:fn"`` string) ``repeat`` times."""
+    """Profile ``fn`` (a callable or a ``"module:fn"`` / ``"path/file.py:fn"`` string) ``repeat`` times.
+
+    ``started``: the first run, already started (``launcher.start_job`` with
+    this call's job): the command line starts it before importing the rest."""
     if repeat < 1:
+        if started is not None:
+            started.wait()  # (nothing left behind)
         raise ProfileError(f"repeat must be at least 1, got {repeat}; pass --repeat 1 or more")
     call = {"args": tuple(args), "kwargs": dict(kwargs or {})}
-    runs = [_measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout) for _ in range(repeat)]
+    runs = [_measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout, started=started if i == 0 else None)
+            for i in range(repeat)]
     prof = _assemble(runs, args_repr=_args_repr(args, kwargs))
     if lines:
         prof.lines = _measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout, lines=True).get("lines")
     if save:
         _save(prof)
     return prof
+
+
+#: a scaling run repeats a size's call (on fresh inputs) until this much of it is timed
+MIN_TIMED_S = 0.25
+#: at most this many calls per size and process
+MAX_REPS = 100
 
 
 def predict_scaling(
@@ -77,8 +89,13 @@ def predict_scaling(
     """Profile ``fn(make_input(n), *args, **kwargs)`` for each size and predict the ``target`` size.
 
     Returns the Profile of the largest size with ``.scaling`` filled in.
-    Growth counts the generated input (a worker holds it too); the time is
-    the fastest of ``repeat`` runs per size.
+    Growth counts the generated input (a worker holds it too). Time is CPU
+    time and non-CPU wait, fitted apart (wall time swings with the machine's
+    load); a short call is repeated on fresh inputs until ``MIN_TIMED_S`` of it
+    is timed, and each size's figure is the median call of the fastest process.
+    The saved points let ``memory="auto"`` size each call at its own n
+    (``sizing.Sizer``); the rule reading n from a call's first argument is found
+    here (``sizing.size_rule``).
     """
     sizes = sorted({int(n) for n in sizes})
     if len(sizes) < 3:
@@ -89,43 +106,63 @@ def predict_scaling(
     per_size: list[list[dict]] = []
     for n in sizes:
         per_size.append(
-            [_measure(fn, call, make_input=make_input, size=n, timeout=timeout, quiet_stdout=quiet_stdout) for _ in range(repeat)]
+            [_measure(fn, call, make_input=make_input, size=n, timeout=timeout, quiet_stdout=quiet_stdout,
+                      min_timed_s=MIN_TIMED_S) for _ in range(repeat)]
         )
     growth = [max(r["peak_memory_mb"] - r["baseline_mb"] for r in runs) for runs in per_size]
-    fastest = [min(r["duration_s"] for r in runs) for runs in per_size]
-    cpu = [min(r["cpu_s"] for r in runs) for runs in per_size]
+    timed = [min(runs, key=lambda r: r["call_cpu_s"] + r["call_wait_s"]) for runs in per_size]
     baseline = statistics.median(r["baseline_mb"] for runs in per_size for r in runs)
-    fits = {
-        "memory": scaling.choose(sizes, growth, target),
-        "time": scaling.choose(sizes, fastest, target),
-        "cpu": scaling.choose(sizes, cpu, target),
-    }
-    pred = {k: max(0.0, f.upper["prediction"]) for k, f in fits.items()}
-    upper = {k: max(0.0, f.upper["upper"]) for k, f in fits.items()}
-    peak_t = baseline + pred["memory"]
-    prof = _assemble(per_size[-1], args_repr=f"make_input({sizes[-1]})" + (", " + _args_repr(args, kwargs) if args or kwargs else ""))
-    prof.scaling = {
+    tmp = [max(r["tmp_peak_mb"] for r in runs) for runs in per_size]
+    largest = timed[-1]
+    sc: dict[str, Any] = {
         "input": _name(make_input),
         "sizes": sizes,
         "memory_growth_mb": [round(g, 3) for g in growth],
-        "duration_s": fastest,
-        "cpu_s": cpu,
+        "duration_s": [min(r["call_wall_s"] for r in runs) for runs in per_size],
+        "cpu_s": [r["call_cpu_s"] for r in timed],
+        "wait_s": [r["call_wait_s"] for r in timed],
+        "runq_s": [r["call_runq_s"] for r in timed],
+        "reps": [r["reps"] for r in timed],
+        "timed_s": [r["timed_s"] for r in timed],
+        "tmp_mb": [round(t, 3) for t in tmp],
+        "cores": round(largest["call_cpu_s"] / largest["call_wall_s"], 3) if largest["call_wall_s"] >= recommend.MIN_CORES_WALL_S else 1.0,
         "baseline_mb": baseline,
-        "memory_fit": fits["memory"].to_dict(),
-        "time_fit": fits["time"].to_dict(),
-        "cpu_fit": fits["cpu"].to_dict(),
+        "size_rule": sizing.size_rule(sizes, [runs[0].get("input_measures") or {} for runs in per_size]),
         "target": target,
         "extrapolation_factor": target / sizes[-1],
-        "predicted": {"peak_memory_mb": peak_t, "growth_mb": pred["memory"], "duration_s": pred["time"],
-                      "cpu_s": pred["cpu"]},
-        # the settings come from here: each prediction's upper bound (jackknife spread, cross-validated error)
-        "upper": {"peak_memory_mb": baseline + upper["memory"], "growth_mb": upper["memory"],
-                  "duration_s": upper["time"], "cpu_s": upper["cpu"]},
-        "uncertainty": {k: {n: round(v, 6) for n, v in f.upper.items()} for k, f in fits.items()},
-        "recommended": recommend.recommend(baseline + upper["memory"], upper["time"], upper["cpu"],
-                                           _predict_tmp(sizes, per_size, target)),
-        "warnings": scaling.extrapolation_warnings(sizes, target, {"memory": fits["memory"], "time": fits["time"]}),
     }
+    sizer = sizing.Sizer(sc)
+    at = sizer.at(target)
+    fits = sizer.fits()
+    # the wall-time fit, kept for comparison: the settings never come from it (it moves with the machine's load)
+    wall_fit = scaling.choose(sizes, sc["duration_s"], target)
+    for name, key in (("memory", "memory_fit"), ("cpu", "cpu_fit"), ("wait", "wait_fit")):
+        fit = fits.get(name)
+        if fit is not None:
+            fit.upper = at["uncertainty"][name]
+            sc[key] = fit.to_dict()
+        else:  # a small share of the time: scaled in proportion to n, not fitted
+            v = sizer.constant.get(name, 0.0)
+            sc[key] = {"method": "negligible: in proportion to n from the largest size", "c": 0.0,
+                       "a": v / sizes[-1], "b": 1.0, "log": False, "r2": 1.0, "cv_error": None,
+                       "upper": at["uncertainty"][name]}
+    sc["time_fit"] = wall_fit.to_dict()
+    sc["predicted"] = at["predicted"]
+    sc["upper"] = at["upper"]
+    sc["uncertainty"] = at["uncertainty"]
+    sc["recommended"] = at["recommended"]
+    sc["time_trusted"] = sizer.untrusted is None
+    sc["time_untrusted_reason"] = sizer.untrusted
+    judged = {"memory": fits["memory"]}
+    judged.update({f"{k} time": f for k, f in fits.items() if k in ("cpu", "wait")})
+    sc["warnings"] = scaling.extrapolation_warnings(sizes, target, judged)
+    if sizer.untrusted:
+        sc["warnings"].append(f"time prediction not trusted: {sizer.untrusted}; the timeout is not made from it")
+    if sc["size_rule"] is None:
+        sc["warnings"].append("no measure of the generated input (its value, len(), .nbytes) is in proportion to n: "
+                              "memory=\"auto\" sizes calls at the target unless given auto_size=")
+    prof = _assemble(per_size[-1], args_repr=f"make_input({sizes[-1]})" + (", " + _args_repr(args, kwargs) if args or kwargs else ""))
+    prof.scaling = sc
     if save:
         _save(prof)
     return prof
@@ -133,17 +170,60 @@ def predict_scaling(
 
 _auto_cache: dict[str, dict[str, Any]] = {}
 _auto_lock = threading.Lock()
+#: code hash -> (the scaling profile dict it was built from, its Sizer)
+_sizers: dict[str, tuple[dict[str, Any], sizing.Sizer]] = {}
 
 
-def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Settings for ``memory="auto"`` / ``timeout="auto"``: the saved profile, or a new one from this call.
+class AutoPlan:
+    """What ``memory="auto"`` / ``timeout="auto"`` run a function's calls with.
 
-    Returns ``{"memory_mb", "timeout_s", "ephemeral_storage_mb", "profile"}``.
-    The profile is looked up by the hash of ``fn``'s code, so editing the
-    function re-profiles it on next use; delete ``.wrenpack/profiles/`` to force it.
-    """
+    With a scaling profile, each call is sized at its own input size
+    (``sizing.Sizer.for_call``); with a single-call profile, every call gets its
+    recommendation. ``for_call`` returns ``{"memory_mb", "timeout_s",
+    "ephemeral_storage_mb", "n", "why", "profile": "scaling"|"call"}``."""
+
+    def __init__(self, label: str, sizer: sizing.Sizer | None = None, single: dict[str, Any] | None = None,
+                 size_fn: Callable[..., Any] | None = None) -> None:
+        self.label = label
+        self.sizer = sizer
+        self.single = single
+        self.size_fn = size_fn
+
+    @property
+    def per_call(self) -> bool:
+        """Whether calls may get different settings (a scaling profile)."""
+        return self.sizer is not None
+
+    def for_call(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.sizer is not None:
+            got = self.sizer.for_call(args, kwargs or {}, self.label, self.size_fn)
+            got["profile"] = "scaling"
+            return got
+        assert self.single is not None
+        return dict(self.single)
+
+
+def auto_plan(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+              size_fn: Callable[..., Any] | None = None) -> AutoPlan:
+    """The plan for ``fn``'s "auto" calls: its saved scaling profile if there is
+    one (re-read when its file changes), else its single-call profile, else a
+    new single-call profile of this call (``args``, ``kwargs``)."""
     key = code_hash(fn)
+    label = _name(fn)
     with _auto_lock:
+        data = store.load_cached(key, store.SCALING)
+        if data is not None and data.get("scaling"):
+            kept = _sizers.get(key)
+            if kept is None or kept[0] is not data:
+                try:
+                    kept = _sizers[key] = (data, sizing.Sizer(data["scaling"]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("ignoring the saved scaling profile of %s: %s", label, exc)
+                    kept = None
+                else:
+                    log.info("using the saved scaling profile of %s (%s)", label, key)
+            if kept is not None:
+                return AutoPlan(label, sizer=kept[1], size_fn=size_fn)
         found = _auto_cache.get(key)
         if found is None:
             data = store.load(key)
@@ -151,12 +231,12 @@ def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict
                 prof = Profile.from_dict(data)
                 log.info("using saved profile for %s (%s)", prof.target, key)
             else:
-                log.info("no saved profile for %s: profiling it once with the first call's arguments", _name(fn))
+                log.info("no saved profile for %s: profiling it once with the first call's arguments", label)
                 try:
                     prof = run_profile(fn, args, kwargs)
                 except ProfileError as exc:
                     raise ProfileError(
-                        f"memory/timeout='auto' profiles {_name(fn)} once with the first call's arguments, and that "
+                        f"memory/timeout='auto' profiles {label} once with the first call's arguments, and that "
                         f"failed: {exc}; fix the call or pass memory= and timeout= explicitly"
                     ) from None
                 if prof.code_hash != key:  # e.g. the child saw a different module name: keep under ours too
@@ -169,7 +249,32 @@ def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict
                 "profile": prof,
             }
             _auto_cache[key] = found
-        return dict(found)
+    prof = found["profile"]
+    why = f"single-call profile of {label} ({prof.args or 'no arguments'}): its recommendation"
+    if size_fn is not None:
+        why += " (auto_size is used only with a scaling profile)"
+    single = {k: found[k] for k in ("memory_mb", "timeout_s", "ephemeral_storage_mb")}
+    single.update(n=None, why=why, profile="call")
+    return AutoPlan(label, single=single)
+
+
+def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                  size_fn: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Settings for ``memory="auto"`` / ``timeout="auto"`` for this call.
+
+    Returns ``{"memory_mb", "timeout_s", "ephemeral_storage_mb", "n", "why", "profile"}``:
+    with a saved scaling profile, sized at this call's input size (``n``; read
+    from its first argument as the scaling run found, or by ``size_fn``);
+    else the saved single-call profile's recommendation (``profile`` is then
+    the Profile), profiling ``fn`` once with these arguments if there is none.
+    Profiles are looked up by the hash of ``fn``'s code, so editing the
+    function re-profiles it on next use; delete ``.wrenpack/profiles/`` to force it.
+    """
+    plan = auto_plan(fn, args, kwargs, size_fn)
+    out = plan.for_call(args, kwargs)
+    if not plan.per_call:
+        out["profile"] = _auto_cache[code_hash(fn)]["profile"]
+    return out
 
 
 # --------------------------------------------------------------------------- internals
@@ -194,10 +299,6 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _sys_path() -> list[str]:
-    return [os.getcwd() if p == "" else p for p in sys.path]
-
-
 def _measure(
     fn: Target,
     call: dict[str, Any],
@@ -207,14 +308,15 @@ def _measure(
     timeout: float | None = None,
     quiet_stdout: bool = False,
     lines: bool = False,
+    min_timed_s: float = 0.0,
+    started: launcher.Started | None = None,
 ) -> dict[str, Any]:
     """One fresh-process run -> a flat dict of figures; ProfileError on any failure."""
-    job: dict[str, Any] = {"sys_path": _sys_path(), "cwd": os.getcwd(), "stdout_to_stderr": quiet_stdout, "lines": lines}
+    job = launcher.job_spec(fn if isinstance(fn, str) else None, quiet_stdout=quiet_stdout, lines=lines)
+    if min_timed_s > 0:
+        job.update(min_timed_s=min_timed_s, max_reps=MAX_REPS)
     call = dict(call)
-    if isinstance(fn, str):
-        job["target"] = fn
-        job["sys_path"] = [os.getcwd()] + job["sys_path"]
-    else:
+    if not isinstance(fn, str):
         call["fn"] = fn
     if make_input is not None:
         job["size"] = size
@@ -224,7 +326,7 @@ def _measure(
             call["make_input"] = make_input
     name = _name(fn)
     try:
-        result, launch = launcher.run_job(job, call, timeout=timeout)
+        result, launch = (started or launcher.start_job(job, call, timeout=timeout)).wait()
     except launcher.JobFailed as exc:
         raise ProfileError(f"profiling {name} failed: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - pickling the function or its arguments
@@ -257,7 +359,12 @@ def _measure(
     peak = max(self_hwm, tree_peak, children)
     samples = launch.get("samples", {})
     curve_t, curve_mb = _downsample(samples.get("t", []), samples.get("rss_mb", []))
+    cpu = result["cpu_user_s"] + result["cpu_sys_s"]
     return {
+        **_call_timing(result, cpu),
+        "wait_s": result.get("wait_s"),
+        "runq_s": result.get("runq_s"),
+        "input_measures": result.get("input_measures"),
         "peak_memory_mb": peak,
         "baseline_mb": result["baseline_mb"],
         "interpreter_mb": result["interpreter_mb"],
@@ -292,6 +399,24 @@ def _measure(
         "lines": result.get("lines"),
         "size": size,
     }
+
+
+def _call_timing(result: dict[str, Any], cpu: float) -> dict[str, Any]:
+    """One call's time in the runner's figures: the median of its timed repeats
+    (the first call alone when it was not repeated), split into CPU, the wait
+    for a core (``runq``: the machine's load) and the rest (``wait``: I/O, sleeps)."""
+    timing = result.get("timing")
+    if not timing:
+        wall = result["duration_s"]
+        runq = result.get("runq_s")
+        wait = result.get("wait_s")
+        return {"call_wall_s": wall, "call_cpu_s": cpu, "call_runq_s": runq,
+                "call_wait_s": max(0.0, wall - cpu) if wait is None else wait, "reps": 1, "timed_s": wall}
+    walls, cpus, runqs = timing["wall_s"], timing["cpu_s"], timing.get("runq_s")
+    waits = [max(0.0, w - c - (runqs[i] if runqs else 0.0)) for i, (w, c) in enumerate(zip(walls, cpus))]
+    med = statistics.median
+    return {"call_wall_s": med(walls), "call_cpu_s": med(cpus), "call_runq_s": med(runqs) if runqs else None,
+            "call_wait_s": med(waits), "reps": len(walls), "timed_s": sum(walls)}
 
 
 def _death(code: Any) -> str:
@@ -346,7 +471,9 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
     cpu = median_run["cpu_s"]
     pkgs, local = packages.map_modules(worst_peak_run["modules"])
     tmp_peak = max(r["tmp_peak_mb"] for r in runs)
-    rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak)
+    waits = [r.get("wait_s") for r in runs]
+    wait = max(waits) if all(w is not None for w in waits) else None  # type: ignore[type-var]
+    rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak, wait_s=wait)
     mapped = worst_peak_run["memory_sources"].get("file_mapped_at_peak_mb", 0.0)
     if mapped > max(16.0, 0.10 * max(peaks)):
         rec["notes"].append(
@@ -363,6 +490,8 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
         growth_mb=round(max(peaks) - statistics.median(r["baseline_mb"] for r in runs), 3),
         cpu_user_s=median_run["cpu_user_s"],
         cpu_sys_s=median_run["cpu_sys_s"],
+        wait_s=median_run.get("wait_s"),
+        runq_s=median_run.get("runq_s"),
         # below 10 ms the CPU clock's granularity makes cpu/wall meaningless ("14 cores" for a 0.6 us call)
         cores_busy=round(cpu / duration, 3) if duration >= recommend.MIN_CORES_WALL_S else 0.0,
         serialize_s=median_run["serialize_s"],
@@ -383,16 +512,6 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
         python=platform.python_version(),
         platform=f"{sys.platform}-{platform.machine()}",
     )
-
-
-def _predict_tmp(sizes: list[int], per_size: list[list[dict]], target: int) -> float:
-    tmp = [max(r["tmp_peak_mb"] for r in runs) for runs in per_size]
-    if max(tmp) <= 0:
-        return 0.0
-    try:
-        return max(0.0, scaling.choose(sizes, tmp, target).upper["upper"])
-    except ValueError:
-        return max(tmp)
 
 
 def _save(prof: Profile) -> None:

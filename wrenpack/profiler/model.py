@@ -23,6 +23,10 @@ class Profile:
     growth_mb: float = 0.0
     cpu_user_s: float = 0.0
     cpu_sys_s: float = 0.0
+    #: the call's wall time that was neither CPU nor waiting for a core (I/O, sleeps); None: not measured
+    wait_s: float | None = None
+    #: the call's wait for a core (run queue): the machine's load, not the call's; None: not measurable here
+    runq_s: float | None = None
     cores_busy: float = 0.0
     serialize_s: float = 0.0
     result_bytes: int = 0

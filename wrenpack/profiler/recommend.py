@@ -7,8 +7,11 @@ Rules (all stated in every report, see :data:`RULES`):
   runner imports them before its baseline), so the fixed 32 MB covers what
   the worker adds on top: the handler, the store client, output buffers.
 * Lambda gives CPU in proportion to memory (1,769 MB = 1 vCPU, at most 6).
-  A call that kept c cores busy locally gets min(c, vCPUs) there, so the
-  estimated Lambda duration is max(wall, cpu_time / vCPUs) at that memory.
+  A call that kept c cores busy locally gets min(c, vCPUs) there. Where the
+  measurement split the wall time (``wait_s``: the part that was neither CPU
+  nor waiting for a core, i.e. I/O and sleeps), the estimated Lambda duration
+  is cpu_time / min(c, vCPUs) + wait: a busy machine's queueing is left out.
+  Without the split it is max(wall, cpu_time / vCPUs).
 * timeout = estimated duration x 1.5 + 10 s, rounded up, at most 900 s.
   Longer work needs checkpointed segments of at most 810 s (90% of 900 s).
 * ephemeral storage = 512 MB unless /tmp use exceeds it, then
@@ -24,10 +27,16 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from wrenpack.limits import MAX_MEMORY_MB, MAX_TIMEOUT_S, MIN_EPHEMERAL_MB, MIN_MEMORY_MB
+from wrenpack.limits import (
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_S,
+    MEMORY_MARGIN_FIXED_MB,
+    MEMORY_MARGIN_FRACTION,
+    MIN_EPHEMERAL_MB,
+    MIN_MEMORY_MB,
+    memory_for,
+)
 
-MEMORY_MARGIN_FRACTION = 0.10
-MEMORY_MARGIN_FIXED_MB = 32
 MB_PER_VCPU = 1769
 MAX_VCPUS = 6
 TIMEOUT_FACTOR = 1.5
@@ -44,8 +53,11 @@ RULES = {
     f"rounded up, within {MIN_MEMORY_MB}..{MAX_MEMORY_MB} MB",
     "timeout": f"estimated Lambda duration x {TIMEOUT_FACTOR} + {TIMEOUT_EXTRA_S} s, rounded up, at most {MAX_TIMEOUT_S} s",
     "ephemeral_storage": f"{DEFAULT_TMP_MB} MB, or peak /tmp x {1 + TMP_MARGIN_FRACTION:.2f} + {TMP_MARGIN_FIXED_MB} MB above that",
-    "duration": f"max(wall, cpu time / vCPUs), vCPUs = memory / {MB_PER_VCPU} (at most {MAX_VCPUS})",
+    "duration": f"cpu time / min(cores busy, vCPUs) + non-CPU wait (I/O, sleeps), vCPUs = memory / {MB_PER_VCPU} "
+    f"(at most {MAX_VCPUS}); max(wall, cpu time / vCPUs) where the wait was not measured",
 }
+#: what replaces the timeout rule when the time prediction cannot be trusted
+UNTRUSTED_RULE = f"the time prediction cannot be trusted: Lambda's maximum, {MAX_TIMEOUT_S} s"
 
 
 @lru_cache(maxsize=1)
@@ -59,14 +71,17 @@ def vcpus(memory_mb: float) -> float:
     return min(MAX_VCPUS, memory_mb / MB_PER_VCPU)
 
 
-def memory_for(peak_mb: float) -> int:
-    want = math.ceil(peak_mb * (1 + MEMORY_MARGIN_FRACTION) + MEMORY_MARGIN_FIXED_MB)
-    return max(MIN_MEMORY_MB, min(MAX_MEMORY_MB, want))
-
-
 def lambda_duration(wall_s: float, cpu_s: float, memory_mb: float) -> float:
     """Wall time on Lambda at ``memory_mb``, assuming a vCPU as fast as a local core."""
     return max(wall_s, cpu_s / max(vcpus(memory_mb), 1e-9))
+
+
+def duration_at(cpu_s: float, wait_s: float, memory_mb: float, cores: float = 1.0) -> float:
+    """Lambda duration at ``memory_mb`` from CPU time and the non-CPU wait: the CPU
+    work spread over min(cores it used, vCPUs there), plus the wait (which no
+    vCPU share shortens). Load on the measuring machine is in neither figure."""
+    share = min(max(cores, 1.0), vcpus(memory_mb))
+    return cpu_s / max(share, 1e-9) + wait_s
 
 
 def cost(memory_mb: float, duration_s: float) -> dict[str, Any]:
@@ -82,8 +97,13 @@ def cost(memory_mb: float, duration_s: float) -> dict[str, Any]:
     return out
 
 
-def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 0.0) -> dict[str, Any]:
-    """Memory, timeout, /tmp and cost for a call that peaked at ``peak_mb``."""
+def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 0.0, *,
+              wait_s: float | None = None, untrusted_time: str | None = None) -> dict[str, Any]:
+    """Memory, timeout, /tmp and cost for a call that peaked at ``peak_mb``.
+
+    ``wait_s``: the measured non-CPU wait (see :func:`duration_at`); without it
+    the wall time stands in. ``untrusted_time``: why the time figures cannot be
+    trusted; the timeout is then Lambda's maximum, not a figure made from them."""
     notes: list[str] = []
     memory = memory_for(peak_mb)
     if peak_mb * (1 + MEMORY_MARGIN_FRACTION) + MEMORY_MARGIN_FIXED_MB > MAX_MEMORY_MB:
@@ -104,9 +124,18 @@ def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 
             f"CPU-bound: at {memory:,} MB Lambda gives {cpu_there:.2f} vCPU, so the call runs about "
             f"{1 / cpu_there:.1f}x slower than here; {MB_PER_VCPU:,} MB gives a full vCPU"
         )
-    duration = lambda_duration(wall_s, cpu_s, memory)
+    if wait_s is None:
+        duration = lambda_duration(wall_s, cpu_s, memory)
+    else:
+        duration = duration_at(cpu_s, wait_s, memory, cores if cores > 1.1 else 1.0)
     timeout = math.ceil(duration * TIMEOUT_FACTOR + TIMEOUT_EXTRA_S)
     segments = 1
+    rules = dict(RULES)
+    if untrusted_time:
+        notes.append(f"{untrusted_time}: the timeout is Lambda's maximum, {MAX_TIMEOUT_S} s, not a figure made "
+                     "from it (measure larger sizes, or profile a call at the size you will run)")
+        rules["timeout"] = UNTRUSTED_RULE
+        timeout = max(timeout, MAX_TIMEOUT_S)
     if duration > MAX_TIMEOUT_S or timeout > MAX_TIMEOUT_S:
         segments = max(1, math.ceil(duration / SEGMENT_S))
         if duration > MAX_TIMEOUT_S:
@@ -134,6 +163,7 @@ def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 
         "estimated_duration_s": duration,
         "segments": segments,
         "cost": cost(memory, duration),
-        "rules": dict(RULES),
+        "rules": rules,
         "notes": notes,
+        "time_trusted": not untrusted_time,
     }

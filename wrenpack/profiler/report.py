@@ -6,6 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from wrenpack.profiler import sizing
 from wrenpack.profiler.model import Profile
 
 
@@ -51,7 +52,10 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
         measured.add_row("result", f"{prof.result_bytes:,} bytes", f"pickled in {prof.serialize_s:.3f} s")
     console.print(measured)
 
-    _recommended(console, "recommended Lambda settings", prof.recommended)
+    title = "recommended Lambda settings"
+    if prof.scaling:
+        title += f" at n={prof.scaling['sizes'][-1]:,} (the largest measured size; the target's are below)"
+    _recommended(console, title, prof.recommended)
 
     if prof.packages or prof.local_modules:
         pk = Table(title="packages the call imported", title_justify="left")
@@ -109,27 +113,51 @@ def _recommended(console: Console, title: str, rec: dict[str, Any]) -> None:
 
 
 def _scaling(console: Console, sc: dict[str, Any]) -> None:
+    split = sc.get("wait_s") is not None  # profiles saved before CPU and wait were fitted apart have neither
     t = Table(title=f"scaling with {sc['input']}(n)", title_justify="left")
     t.add_column("n", justify="right")
     t.add_column("memory above baseline", justify="right")
-    t.add_column("fastest time", justify="right")
-    for n, g, d in zip(sc["sizes"], sc["memory_growth_mb"], sc["duration_s"]):
-        t.add_row(f"{n:,}", _mb(g), _secs(d))
+    t.add_column("wall time", justify="right")
+    if split:
+        t.add_column("CPU", justify="right")
+        t.add_column("wait (I/O, sleep)", justify="right")
+        t.add_column("calls timed", justify="right")
+        rows = zip(sc["sizes"], sc["memory_growth_mb"], sc["duration_s"], sc["cpu_s"], sc["wait_s"], sc.get("reps") or [1] * len(sc["sizes"]))
+        for n, g, d, c, w, k in rows:
+            t.add_row(f"{n:,}", _mb(g), _secs(d), _secs(c), _secs(w), str(k))
+    else:
+        for n, g, d in zip(sc["sizes"], sc["memory_growth_mb"], sc["duration_s"]):
+            t.add_row(f"{n:,}", _mb(g), _secs(d))
     pred = sc["predicted"]
     up = sc.get("upper") or pred
-    mf, tf = sc["memory_fit"], sc["time_fit"]
-    t.add_row(f"[bold]{sc['target']:,}[/bold] (predicted)", f"[bold]{_mb(pred['growth_mb'])}[/bold]", f"[bold]{_secs(pred['duration_s'])}[/bold]")
-    t.add_row("  upper bound (used below)", _mb(up["growth_mb"]), _secs(up["duration_s"]))
+    mf = sc["memory_fit"]
 
     def formula(f: dict[str, Any], unit: str) -> str:
+        if f.get("method", "").startswith("negligible"):
+            return f"in proportion to n ({f['method']})"
         growth = "n ln n" if f.get("log") else f"n^{f['b']:.3g}"
         cv = f" , CV error {f['cv_error']:.1%}" if f.get("cv_error") is not None else ""
         return f"{f['c']:.4g} + {f['a']:.4g}*{growth} {unit} ({f['method']}{cv}, R^2 {f['r2']:.4f})"
 
-    t.caption = f"memory = {formula(mf, 'MB')}; time = {formula(tf, 's')}"
+    if split:
+        extra = lambda d: [_secs(d["cpu_s"]), _secs(d["wait_s"]), ""]  # noqa: E731
+        t.add_row(f"[bold]{sc['target']:,}[/bold] (predicted)", f"[bold]{_mb(pred['growth_mb'])}[/bold]",
+                  f"[bold]{_secs(pred['duration_s'])}[/bold]", *extra(pred))
+        t.add_row("  upper bound (used below)", _mb(up["growth_mb"]), _secs(up["duration_s"]), *extra(up))
+        t.caption = (f"memory = {formula(mf, 'MB')}; CPU = {formula(sc['cpu_fit'], 's')}; "
+                     f"wait = {formula(sc['wait_fit'], 's')}; predicted wall = CPU / cores + wait, on a core of its own "
+                     f"(the measured wait for a core, {sum(sc.get('runq_s') or [0]):.3f} s in all, is the machine's load)")
+    else:
+        t.add_row(f"[bold]{sc['target']:,}[/bold] (predicted)", f"[bold]{_mb(pred['growth_mb'])}[/bold]", f"[bold]{_secs(pred['duration_s'])}[/bold]")
+        t.add_row("  upper bound (used below)", _mb(up["growth_mb"]), _secs(up["duration_s"]))
+        t.caption = f"memory = {formula(mf, 'MB')}; time = {formula(sc['time_fit'], 's')}"
     console.print(t)
     console.print(f"predicted peak at n={sc['target']:,}: {_mb(pred['peak_memory_mb'])}, up to {_mb(up['peak_memory_mb'])} "
                   f"(baseline {_mb(sc['baseline_mb'])} + growth)")
+    rule = sc.get("size_rule")
+    if split:
+        console.print("memory=\"auto\" sizes each call at its own n, read as "
+                      + (sizing.describe_rule(rule) if rule else "nothing (no measure is in proportion to n: pass auto_size=)"))
     for w in sc.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
     _recommended(console, f"recommended Lambda settings at n={sc['target']:,}", sc["recommended"])

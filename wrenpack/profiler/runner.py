@@ -1,7 +1,7 @@
 """The measured process: load one function, call it once, report what it cost.
 
 Started by ``wrenpack.profiler.launcher`` (never by the caller directly) as
-``python -m wrenpack.profiler.runner JOBDIR``. Standard library and
+``python -c "...runner import main..." JOBDIR`` (``launcher.RUNNER_ARGS``; ``-m`` would add runpy's imports). Standard library and
 cloudpickle only, like the worker, so the interpreter-plus-imports baseline
 matches what a worker carries before it loads the function.
 
@@ -10,10 +10,19 @@ Order of events (what each figure covers)::
     start -> import cloudpickle ........ interpreter_mb (VmRSS)
           -> load function, arguments .. baseline_mb   (VmRSS; includes the function's imports)
           -> [scaling: make_input(n)]
-          -> call ........................ duration_s, cpu_*_s
+          -> call ........................ duration_s, cpu_*_s, runq_s, wait_s
           -> cloudpickle.dumps(result) ... (as the worker does; counted in the peak)
           -> VmHWM (self) + RUSAGE_CHILDREN ru_maxrss (descendants) -> result.json
-          -> (the launcher stops sampling) imported modules, code hash -> result.json again
+          -> (the launcher stops sampling)
+          -> [scaling: more timed calls on fresh inputs while the timed total is short] -> timing
+          -> imported modules, code hash -> result.json again
+
+Time is split three ways, because only one of them belongs to the call: its
+CPU time (``getrusage``, self and waited-for children), the time its threads
+sat runnable waiting for a core (``runq_s``, from /proc/self/task/*/schedstat:
+other processes' load, not the call's), and the rest of the wall time
+(``wait_s``: I/O, sleeps, waiting on children). Wall time alone swings with the
+machine's load; CPU time and the non-CPU wait do not (much).
 
 VmHWM is read, not ru_maxrss: a process's ``ru_maxrss`` can start from its
 parent's peak (the kernel carries it across fork/exec), VmHWM belongs to
@@ -21,12 +30,12 @@ this process's own address space.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
 import sys
 import time
-import traceback
 
 import cloudpickle
 
@@ -42,6 +51,105 @@ def _rss_mb() -> float:
     if kb is None:  # not Linux: best effort
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return kb / 1024.0
+
+
+def _runq_s() -> float | None:
+    """Seconds this process's threads have waited on a run queue (None: no schedstat here).
+
+    Field 2 of /proc/<tid>/schedstat, summed over the live threads: the time
+    runnable but not running, which is what a busy machine adds to wall time."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            if tid == str(os.getpid()):
+                return None
+    return total / 1e9
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process and its waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(fn, args: tuple, kwargs: dict) -> tuple[object, float, float, float | None]:
+    """Call once -> (value, wall, cpu, run-queue wait or None)."""
+    q0, c0 = _runq_s(), _cpu_s()
+    t0 = time.perf_counter()
+    value = fn(*args, **kwargs)
+    t1 = time.perf_counter()
+    c1, q1 = _cpu_s(), _runq_s()
+    return value, t1 - t0, c1 - c0, (None if q0 is None or q1 is None else max(0.0, q1 - q0))
+
+
+def _split(wall: float, cpu: float, runq: float | None) -> float:
+    """The wall time that is neither CPU nor waiting for a core: I/O, sleeps."""
+    return max(0.0, wall - cpu - (runq or 0.0))
+
+
+def _measures(value) -> dict:
+    """What a size could be read from (the api picks the one proportional to n)."""
+    out: dict = {}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        out["value"] = float(value)
+    try:
+        out["len"] = float(len(value))
+    except Exception:  # noqa: BLE001 - no length
+        pass
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int) and not isinstance(nbytes, bool):
+        out["nbytes"] = float(nbytes)
+    return out
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere): hands freed heap pages back to the OS."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
+
+
+def _repeat(fn, make_args, first: dict, budget_s: float, max_reps: int) -> dict:
+    """More timed calls, each on fresh arguments (a call may change its input),
+    until the timed total reaches ``budget_s``: one short call is below what the
+    clocks resolve, and the median of several is steadier than any one.
+
+    Each repeat starts as cold as the first call: freed heap memory goes back to
+    the OS first. Otherwise a repeat reuses the pages the call before faulted in,
+    but only below glibc's largest mmap threshold (32 MB), so small sizes were
+    timed warm and large ones cold, and the fit took the difference for growth
+    (a linear allocation fitted as n^2)."""
+    walls, cpus, runqs = [first["wall"]], [first["cpu"]], [first["runq"]]
+    trim = _malloc_trim()
+    started = time.perf_counter()
+    while len(walls) < max_reps and sum(walls) < budget_s and time.perf_counter() - started < 4 * budget_s + 1:
+        try:
+            args, kwargs = make_args()
+            gc.collect()
+            if trim is not None:
+                trim(0)
+            value, wall, cpu, runq = _timed(fn, args, kwargs)
+            del value, args, kwargs
+        except Exception:  # noqa: BLE001 - the first call's figures stand
+            break
+        walls.append(wall)
+        cpus.append(cpu)
+        runqs.append(runq)
+    return {"reps": len(walls), "wall_s": walls, "cpu_s": cpus,
+            "runq_s": None if any(q is None for q in runqs) else runqs}
 
 
 def _hwm_mb() -> float:
@@ -125,14 +233,17 @@ def main(jobdir: str) -> int:
     # -- load: the function, its module's imports, the arguments ---------------
     try:
         with open(os.path.join(jobdir, "call.pkl"), "rb") as f:
-            call = cloudpickle.load(f)
+            call_bytes = f.read()
+        call = cloudpickle.loads(call_bytes)
         fn = call.get("fn") or _load_target(job["target"])
         make_input = call.get("make_input")
         if make_input is None and job.get("input_target"):
             make_input = _load_target(job["input_target"])
         args, kwargs = tuple(call.get("args") or ()), dict(call.get("kwargs") or {})
     except BaseException as exc:  # noqa: BLE001 - reported to the caller as one line
-        result.update(error="load", type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
+        import traceback as tb_  # (only on failure: its import is a few ms of every run's start)
+
+        result.update(error="load", type=type(exc).__name__, message=str(exc), traceback=tb_.format_exc())
         _write(jobdir, result)
         return EXIT_LOAD
     result["baseline_mb"] = _rss_mb()
@@ -153,6 +264,9 @@ def main(jobdir: str) -> int:
 
             lp = LineProfiler(backend="psutil")
             call_fn = lp(fn)
+        if size is not None:
+            result["input_measures"] = _measures(args[0])
+        q0 = _runq_s()
         self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         result["call_start"] = time.time()
         t0 = time.perf_counter()
@@ -160,17 +274,20 @@ def main(jobdir: str) -> int:
         t1 = time.perf_counter()
         result["call_end"] = time.time()
         self1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        q1 = _runq_s()
         stage = "pickling the result of"
         payload = cloudpickle.dumps(value)
         result["serialize_s"] = time.perf_counter() - t1
         result["result_bytes"] = len(payload)
         del payload, value
     except BaseException as exc:  # noqa: BLE001
+        import traceback as tb_
+
         tb = exc.__traceback__
         tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
         result.update(
             error="raised", stage=stage, type=type(exc).__name__, message=str(exc),
-            traceback="".join(traceback.format_exception(type(exc), exc, tb)),
+            traceback="".join(tb_.format_exception(type(exc), exc, tb)),
         )
         _write(jobdir, result)
         return EXIT_RAISED
@@ -179,11 +296,28 @@ def main(jobdir: str) -> int:
     result["duration_s"] = t1 - t0
     result["cpu_user_s"] = (self1.ru_utime - self0.ru_utime) + (kids1.ru_utime - kids0.ru_utime)
     result["cpu_sys_s"] = (self1.ru_stime - self0.ru_stime) + (kids1.ru_stime - kids0.ru_stime)
+    runq = None if q0 is None or q1 is None else max(0.0, q1 - q0)
+    result["runq_s"] = runq
+    result["wait_s"] = _split(t1 - t0, result["cpu_user_s"] + result["cpu_sys_s"], runq)
     result["self_hwm_mb"] = _hwm_mb()
     result["children_maxrss_mb"] = _children_maxrss_mb()
     # Measurement done: the launcher stops sampling once result.json exists, so
     # the bookkeeping below (hashlib's OpenSSL alone is ~4 MB) stays out of the figures.
     _write(jobdir, result)
+
+    budget = float(job.get("min_timed_s") or 0.0)
+    if budget > 0 and lp is None:
+        first = {"wall": t1 - t0, "cpu": result["cpu_user_s"] + result["cpu_sys_s"], "runq": runq}
+
+        def fresh() -> tuple[tuple, dict]:
+            again = cloudpickle.loads(call_bytes) if call.get("args") or call.get("kwargs") else {}
+            rest = tuple(again.get("args") or ())
+            if make_input is not None and size is not None:
+                rest = (make_input(size),) + rest
+            return rest, dict(again.get("kwargs") or {})
+
+        del args, kwargs  # the first call's input: a repeat makes its own
+        result["timing"] = _repeat(fn, fresh, first, budget, int(job.get("max_reps") or 50))
 
     # -- what it needed (after the measurement, so it costs nothing above) -------
     modules = {}

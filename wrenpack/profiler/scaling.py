@@ -154,6 +154,16 @@ def _cv(kind: float | str | None, ns: list[float], ys: list[float]) -> tuple[flo
 
 def choose(ns: Sequence[float], ys: Sequence[float], target: float | None = None) -> Fit:
     """The candidate model that cross-validates best, with its CV error and (for ``target``) its upper bound."""
+    fit, loo = model(ns, ys)
+    if target is not None:
+        fit.upper = bounds(fit, loo, target)
+    return fit
+
+
+def model(ns: Sequence[float], ys: Sequence[float]) -> tuple[Fit, list[Fit]]:
+    """The chosen model (with its CV error) and its leave-one-out fits, from which
+    :func:`bounds` gives the prediction and upper bound at any size: the choice
+    does not depend on the size predicted, so a call's own size needs no refit."""
     if len(ns) != len(ys) or len(ns) < 3:
         raise ValueError("scaling needs at least three (size, value) pairs")
     pairs = sorted(zip((float(n) for n in ns), (float(y) for y in ys)))
@@ -173,9 +183,7 @@ def choose(ns: Sequence[float], ys: Sequence[float], target: float | None = None
     err, _, kind, loo = min(fixed, key=lambda s: s[0])
     fit = _fit(kind, xs, vs)
     fit.cv_error = err
-    if target is not None:
-        fit.upper = bounds(fit, loo, target)
-    return fit
+    return fit, loo
 
 
 def bounds(fit: Fit, loo: list[Fit], target: float) -> dict[str, float]:

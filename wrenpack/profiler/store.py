@@ -1,4 +1,9 @@
-"""Saved profiles: ``<project>/.wrenpack/profiles/<code hash>.json``.
+"""Saved profiles: ``<project>/.wrenpack/profiles/<code hash>.json`` (one call)
+and ``<code hash>.scaling.json`` (a scaling run over several input sizes).
+
+The two kinds are kept apart: a scaling profile sizes each call from its input,
+a single-call profile describes one call, and neither may overwrite the other
+(they once shared a file, and whichever ran last won).
 
 The project is the directory of the nearest ``pyproject.toml`` above the
 working directory (the same rule ``wrenpack.config`` uses), else the working
@@ -30,8 +35,21 @@ def profiles_dir(start: str | os.PathLike[str] | None = None) -> Path:
     return project_dir(start) / ".wrenpack" / "profiles"
 
 
-def path_for(code_hash: str, start: str | os.PathLike[str] | None = None) -> Path:
-    return profiles_dir(start) / f"{code_hash}.json"
+#: the two kinds of saved profile
+CALL, SCALING = "call", "scaling"
+
+
+def file_name(code_hash: str, kind: str = CALL) -> str:
+    return f"{code_hash}.scaling.json" if kind == SCALING else f"{code_hash}.json"
+
+
+def kind_of(data: dict[str, Any]) -> str:
+    """A profile dict's kind: a scaling run carries ``scaling``."""
+    return SCALING if data.get("scaling") else CALL
+
+
+def path_for(code_hash: str, start: str | os.PathLike[str] | None = None, kind: str = CALL) -> Path:
+    return profiles_dir(start) / file_name(code_hash, kind)
 
 
 #: profiles this process saved: a launch's kept reading of them is stale once it moves
@@ -39,12 +57,12 @@ saves = 0
 
 
 def save(data: dict[str, Any], start: str | os.PathLike[str] | None = None) -> Path | None:
-    """Write a profile dict under its ``code_hash``; returns the path (None if unhashable)."""
+    """Write a profile dict under its ``code_hash`` and kind; returns the path (None if unhashable)."""
     global saves
     code_hash = data.get("code_hash")
     if not code_hash:
         return None
-    path = path_for(code_hash, start)
+    path = path_for(code_hash, start, kind_of(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".json.{os.getpid()}.part")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -59,7 +77,7 @@ _dirs: dict[tuple[str, str | None], Path] = {}
 _loaded: dict[Path, tuple[tuple[int, int], dict[str, Any] | None]] = {}
 
 
-def load_cached(code_hash: str | Callable[[], str]) -> dict[str, Any] | None:
+def load_cached(code_hash: str | Callable[[], str], kind: str = CALL) -> dict[str, Any] | None:
     """``load`` for the launch path, which asks on every ``.remote()``: the
     folder is found once per working directory and a profile is read again
     only when its file changed (one ``stat`` per call, not a parent walk and a
@@ -75,29 +93,37 @@ def load_cached(code_hash: str | Callable[[], str]) -> dict[str, Any] | None:
         if not os.path.isdir(folder):
             return None
         code_hash = code_hash()
-    path = folder / f"{code_hash}.json"
+    path = folder / file_name(code_hash, kind)
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if kind == SCALING:  # saved before the kinds were kept apart
+            data = load_cached(code_hash, CALL)
+            return data if data and data.get("scaling") else None
         return None
     except OSError:
-        return load(code_hash)
+        return load(code_hash, kind=kind)
     stamp = (st.st_mtime_ns, st.st_size)
     hit = _loaded.get(path)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    data = load(code_hash)
+    data = load(code_hash, kind=kind)
     if len(_loaded) > 1024:
         _loaded.clear()
     _loaded[path] = (stamp, data)
     return data
 
 
-def load(code_hash: str, start: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    path = path_for(code_hash, start)
+def load(code_hash: str, start: str | os.PathLike[str] | None = None, kind: str = CALL) -> dict[str, Any] | None:
+    """The saved profile of that kind; a scaling profile saved before the kinds
+    were kept apart (in the single-call file) is found as a scaling one."""
+    path = path_for(code_hash, start, kind)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        if kind == SCALING:
+            data = load(code_hash, start)
+            return data if data and data.get("scaling") else None
         return None
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable saved profile %s: %s", path, exc)

@@ -43,6 +43,7 @@ from typing import Any, Callable
 from wrenpack.backends.base import Invocation
 from wrenpack.backends.local.linux import CgroupFactory, MemoryCgroup
 from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.limits import memory_for
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.handoff import Sealed
 from wrenpack.worker.memory import dir_usage, peak_rss_mb
@@ -366,12 +367,12 @@ class Worker:
             return memory_error(label, inv.memory_mb, max(peak, self.cgroup.peak_mb())), True
         if self.cgroup is None and peak > inv.memory_mb:
             # Sampling missed it while it ran; the high-water mark did not.
-            return memory_error(label, inv.memory_mb, peak), True
+            return memory_error(label, inv.memory_mb, peak, stopped=False), True
         if inv.handoff is not None and peak > inv.memory_mb:
             # Its arguments' pages came from the driver, charged to it and not to the
             # worker's cgroup; its high-water mark counts those it used, as Lambda
             # counts the arguments in the call's memory.
-            return memory_error(label, inv.memory_mb, peak, args_mb=inv.handoff.size / MiB), False
+            return memory_error(label, inv.memory_mb, peak, args_mb=inv.handoff.size / MiB, stopped=False), False
         tmp = int(reply.get("tmp_bytes") or 0)
         if tmp > inv.ephemeral_storage_mb * MiB:
             return tmp_error(label, inv.ephemeral_storage_mb, tmp), True
@@ -529,13 +530,23 @@ def base_environment() -> dict[str, str]:
     return env
 
 
-def memory_error(label: str, limit: int, peak: float, args_mb: float | None = None) -> MemoryLimitExceeded:
+def memory_error(label: str, limit: int, peak: float, args_mb: float | None = None,
+                 stopped: bool = True) -> MemoryLimitExceeded:
+    """``stopped``: the call was stopped at the limit, so its peak is only known
+    to be above it: no figure is suggested (a guess failed as often as not).
+    A call that ran to its end has a measured peak: the figure that would have
+    held is that peak plus the profiler's margin."""
     seen = max(peak, float(limit))
-    suggest = min(10240, int(seen * 1.5 / 64 + 1) * 64)
     counted = "" if args_mb is None else f", counting the {args_mb:.0f} MB of arguments it was given, which are in its memory on Lambda"
+    if stopped:
+        return MemoryLimitExceeded(
+            f"{label} exceeded its memory limit of {limit} MB and was stopped there (peak at least {seen:.0f} MB{counted}; "
+            "how much more it needs is not known); raise memory= to what `wrenpack profile` measures (its "
+            "recommendation is the measured peak plus a margin; a scaling run with memory=\"auto\" sizes each call)"
+        )
     return MemoryLimitExceeded(
-        f"{label} exceeded its memory limit of {limit} MB (peak at least {seen:.0f} MB{counted}); "
-        f"raise memory= (e.g. memory={suggest}) or measure it with `wrenpack profile`"
+        f"{label} exceeded its memory limit of {limit} MB (measured peak {seen:.0f} MB{counted}); "
+        f"raise memory= to memory={memory_for(seen)} (the peak x 1.10 + 32 MB, as `wrenpack profile` recommends)"
     )
 
 
