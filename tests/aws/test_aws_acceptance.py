@@ -39,7 +39,7 @@ def runtime_dir(tmp_path):
 
 
 @pytest.fixture
-def acceptance_env(monkeypatch, moto_endpoint, bucket, lambda_endpoint, tmp_path):
+def acceptance_env(monkeypatch, moto_endpoint, bucket, lambda_endpoint, tmp_path, stop_pools):
     for name, value in (("STORAGE", f"s3://{bucket}/acceptance"), ("S3_ENDPOINT_URL", moto_endpoint),
                         ("LAMBDA_ENDPOINT_URL", lambda_endpoint.url), ("AWS_REGION", servers.REGION)):
         monkeypatch.setenv(f"WRENPACK_{name}", value)
@@ -54,6 +54,7 @@ def acceptance_env(monkeypatch, moto_endpoint, bucket, lambda_endpoint, tmp_path
     lambda_endpoint.per_function = per_function
     lambda_endpoint.base_env.clear()
     lambda_endpoint.base_env.update(base)
+    stop_pools(lambda name: "-acc" in name)  # the run deleted these functions
 
 
 def _what_moto_holds(moto_endpoint, bucket):

@@ -152,7 +152,7 @@ def test_doctor_shows_the_workers_sdk(capsys, monkeypatch, moto_endpoint, bucket
 
 
 @pytest.fixture(scope="module")
-def old_sdk_function(old_sdks, lambda_endpoint):
+def old_sdk_function(old_sdks, lambda_endpoint, stop_pools):
     """A function of its own family whose worker imports botocore 1.35.1 (first on its PYTHONPATH)."""
     import boto3
 
@@ -168,7 +168,8 @@ def old_sdk_function(old_sdks, lambda_endpoint):
     lambda_endpoint.environments[settings.function_name(base)] = 1
     deploy_function(lam, settings.function_name(base), settings, {"ZipFile": servers._package()}, package, env,
                     role=lambda_endpoint.role_arn)
-    return base
+    yield base
+    stop_pools(lambda name: name.startswith(base))
 
 
 def test_a_call_on_a_worker_with_an_old_sdk_fails_in_one_line(old_sdk_function, moto_endpoint, bucket, lambda_endpoint,
