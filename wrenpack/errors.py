@@ -15,6 +15,10 @@ class ConfigError(WrenpackError):
     """Bad configuration (argument, WRENPACK_* variable or [tool.wrenpack])."""
 
 
+class SdkTooOld(ConfigError):
+    """The worker's AWS SDK (botocore) is too old for what wrenpack sends (``wrenpack.worker.sdk``)."""
+
+
 class SerializationError(WrenpackError):
     """A function, argument or result could not be pickled or unpickled."""
 

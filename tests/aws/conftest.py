@@ -38,6 +38,21 @@ def listening():
     return listening_ports
 
 
+@pytest.fixture(scope="session")
+def stop_pools(lambda_endpoint):
+    """``stop_pools(which)``: stop the emulators of the functions whose name ``which``
+    accepts, once a test is done with them (they would idle until the session ends)."""
+
+    def stop(which):
+        with lambda_endpoint._pools_lock:
+            pools = [lambda_endpoint.pools.pop(name) for name in list(lambda_endpoint.pools) if which(name)]
+        for pool in pools:
+            for emu in pool.emulators:
+                emu.stop()
+
+    return stop
+
+
 def listening_ports() -> set[tuple[str, int]]:
     """(address, port) of this process tree's TCP listeners, via /proc/net/tcp."""
     out = set()

@@ -14,6 +14,7 @@ from typing import Any
 from wrenpack.backends.aws.deploy import DeployRequest, deploy_functions
 from wrenpack.backends.aws.doctor import doctor_checks
 from wrenpack.backends.aws.iam import ROLES, iam_policy
+from wrenpack.cli import cmd_acceptance
 from wrenpack.config import current
 
 
@@ -62,6 +63,8 @@ def cmd_iam_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.acceptance:
+        return cmd_acceptance.run(args, _config(args))
     checks = doctor_checks(_config(args))
     bad = [c for c in checks if not c["ok"]]
     if args.json:
@@ -107,7 +110,8 @@ def register(subparsers: Any, name: str) -> None:
     elif name == "iam-policy":
         p = subparsers.add_parser(name, help="print a least-privilege IAM policy for the bucket and function")
         p.add_argument("--for", dest="role_for", choices=list(ROLES), default="client",
-                       help="client: run jobs; worker: the function's execution role; deploy: client + deploy")
+                       help="client: run jobs; worker: the function's execution role; deploy: client + deploy; "
+                            "acceptance: deploy + what `wrenpack doctor --acceptance` deletes")
         p.add_argument("--account", default="*", help="AWS account id to put in ARNs (default *)")
         p.add_argument("--worker-role", help="deploy: the execution role's ARN or name, the only role deploy may pass "
                                              "(default: a role named like the function)")
@@ -116,4 +120,5 @@ def register(subparsers: Any, name: str) -> None:
     else:
         p = subparsers.add_parser(name, help="check credentials, bucket, function, runtime and Python versions")
         _add_aws_options(p)
+        cmd_acceptance.add_options(p)
         p.set_defaults(func=cmd_doctor)

@@ -41,6 +41,8 @@ DELETE_BATCH = 1000
 
 _CLIENT_LOCK = threading.Lock()
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+#: set while a PutObject of a too old botocore must carry If-None-Match by hand (``_add_if_none_match``)
+_HEADER = threading.local()
 
 
 class S3Store(Store):
@@ -77,6 +79,8 @@ class S3Store(Store):
         self.max_attempts = max_attempts
         self.multipart_threshold = multipart_threshold
         self._client: Any = None
+        #: the client's botocore predates PutObject's IfNoneMatch (1.35.2): the header goes by hand
+        self._legacy_if_none_match = False
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -136,11 +140,20 @@ class S3Store(Store):
             # Custom endpoints (MinIO, moto, rclone) rarely do virtual-host buckets.
             s3={"addressing_style": "path"} if self.endpoint_url else None,
             # Some S3-compatible servers (rclone) send the whole object's checksum on a
-            # ranged read, which botocore then rejects; AWS sends none there. Checking
-            # only when asked changes nothing on AWS; what wrenpack unpickles is sealed.
-            **({"response_checksum_validation": "when_required"} if self.endpoint_url else {}),
+            # ranged read, which botocore (from 1.36) then rejects; AWS sends none there.
+            # Checking only when asked changes nothing on AWS; what wrenpack unpickles is
+            # sealed. An older botocore checks nothing unasked and has no such option.
+            **({"response_checksum_validation": "when_required"}
+               if self.endpoint_url and "response_checksum_validation" in Config.OPTION_DEFAULTS else {}),
         )
-        return session.client("s3", endpoint_url=self.endpoint_url, config=cfg)
+        client = session.client("s3", endpoint_url=self.endpoint_url, config=cfg)
+        if "IfNoneMatch" not in client.meta.service_model.operation_model("PutObject").input_shape.members:
+            # A botocore before 1.35.2 (a Lambda runtime's bundled one): the worker refuses
+            # calls on it (wrenpack.worker.sdk), and that refusal, its one result, must still be
+            # written first-write-wins and within the worker's IAM policy: the header goes by hand.
+            client.meta.events.register("before-call.s3.PutObject", _add_if_none_match)
+            self._legacy_if_none_match = True
+        return client
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -196,9 +209,15 @@ class S3Store(Store):
     def _put_conditional(self, full: str, data: bytes) -> bool:
         # 409 ConditionalRequestConflict: a concurrent conditional write is in
         # flight; S3 asks the client to retry, and the retry then sees 412.
+        client = self.client
+        condition = {} if self._legacy_if_none_match else {"IfNoneMatch": "*"}
         for attempt in range(6):
             try:
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+                _HEADER.on = not condition
+                try:
+                    client.put_object(Bucket=self.bucket, Key=full, Body=data, **condition)
+                finally:
+                    _HEADER.on = False
                 return True
             except Exception as exc:
                 code = _code(exc)
@@ -346,6 +365,12 @@ class S3Store(Store):
                     f"{first.get('Code')} {first.get('Message')}"
                 )
         return len(keys)
+
+
+def _add_if_none_match(params: dict[str, Any], **_: Any) -> None:
+    """botocore's before-call hook for a PutObject of a botocore too old to send If-None-Match itself."""
+    if getattr(_HEADER, "on", False):
+        params["headers"]["If-None-Match"] = "*"
 
 
 def _code(exc: BaseException) -> str | None:

@@ -12,7 +12,8 @@ fields every invocation has, in this order::
 
 and the handler adds, when they apply: ``run_s`` (the function's own time),
 ``checkpoint`` (its saves), ``logs`` (the captured output tail), ``stored``
-(the job has objects in the store); the client adds ``retried``.
+(the job has objects in the store), ``botocore`` (the worker's botocore
+version, when the store is S3); the client adds ``retried``.
 Standard library only: the worker imports this.
 """
 from __future__ import annotations

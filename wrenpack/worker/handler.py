@@ -37,13 +37,15 @@ from typing import Any, Callable
 import cloudpickle
 
 from wrenpack import auth, keys
-from wrenpack.errors import CorruptObject, MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
+from wrenpack.errors import (
+    CorruptObject, MissingDependency, ProtocolError, RemoteError, SdkTooOld, SerializationError, StoreError, TaskTimeout,
+)
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
 from wrenpack.wire.event import Event
 from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
-from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs
+from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs, sdk
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -352,8 +354,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run one call described by ``event``; return its status record (plus the
     sealed result object under ``"result"`` when ``reply_limit`` allows).
 
-    A malformed event raises ``ProtocolError`` (nothing runs, nothing is written)."""
+    A malformed event raises ``ProtocolError`` (nothing runs, nothing is written).
+    A probe (``wrenpack.worker.sdk``) is answered with the worker's versions."""
     global soft_deadline
+    if sdk.is_probe(event):
+        return sdk.probe(event)
     start = time.time()
     ev = Event.from_dict(event)
     job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
@@ -373,6 +378,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     scope = callscope.CallScope(event)  # the call's env= and captured output (issue 11)
     _mark_start(store, event, start)
     try:
+        # An SDK that cannot write the result fails the call before the user's code runs.
+        sdk.check(ev.store)
         fn = _load_function(store, ev, func_key)
         args, kwargs = _load_args(store, ev, context)
         disarm = _arm_deadline(context, ev.timeout_s, start)
@@ -393,7 +400,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             ) from None
     except checkpoint.SegmentDone:
         kind, outcome = "checkpointed", b""
-    except (MissingDependency, SerializationError, StoreError) as exc:
+    except (MissingDependency, SerializationError, StoreError, SdkTooOld) as exc:
         kind = "error"
         outcome = error_outcome(exc, "wrenpack", tb_text="")
     except _DeadlineReached:
@@ -448,6 +455,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     )
     if run_s is not None:
         status["run_s"] = run_s
+    if ev.store.get("type") == "s3":
+        status["botocore"] = sdk.checked()[0]  # the SDK that wrote it (`wrenpack doctor` shows it)
     status.update(extra_status)
     status.update(scope.status())
     if job_store.wrote:

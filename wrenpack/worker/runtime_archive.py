@@ -48,8 +48,19 @@ def ensure_runtime() -> str | None:
         if not os.path.exists(os.path.join(dest, ".complete")):
             _fetch_and_extract(url, sha, dest)
     sys.path.insert(0, dest)
+    _forget_bundled_sdk(dest)
     _ready = dest
     return dest
+
+
+def _forget_bundled_sdk(dest: str) -> None:
+    """A runtime built with ``--keep-boto3`` brings its own boto3: the runtime's
+    bundled one, imported above to download the archive, is dropped so that the
+    next import finds the archive's (wrenpack.worker.sdk checks its version)."""
+    if not os.path.isdir(os.path.join(dest, "botocore")):
+        return
+    for name in [n for n in sys.modules if n.split(".")[0] in ("boto3", "botocore", "s3transfer")]:
+        del sys.modules[name]
 
 
 def _fetch_and_extract(url: str, sha: str, dest: str) -> None:

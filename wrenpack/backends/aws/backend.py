@@ -10,8 +10,10 @@ them and reads what the calls left.
         architecture, runtime, Python): the function <function_name>-<hash>
         (looked up once; created on first use if lambda_auto_deploy; otherwise
         every call of that set fails at once with the `wrenpack deploy` command)
-        -> concurrency capped by the function's reserved / the account's
-           unreserved concurrency (read once, logged)
+        -> one concurrency budget per backend (``concurrency``) across all its
+           functions; within it, the functions without reserved concurrency
+           share one budget of the account's unreserved concurrency, and a
+           function with reserved concurrency has its own (read once, logged)
         -> sender threads: lambda.invoke (backoff on throttling/5xx)
     RequestResponse: the reply carries the handler's status and, when it fits
         (``reply_limit``), the sealed result object itself: no S3 request.
@@ -164,6 +166,8 @@ class LambdaBackend(Backend):
         self._fn_lock = threading.Lock()
         self._functions: dict[str, _Function] = {}
         self._account_cap: int | None | bool = False  # False: not read yet
+        #: the budget every function without reserved concurrency draws from (made on first use)
+        self._unreserved: tuple[threading.BoundedSemaphore, int] | None = None
         self._calls: dict[tuple[str, str], _Call] = {}
         self._slots = threading.BoundedSemaphore(concurrency)
         # Event sends return in milliseconds: a few threads suffice. A
@@ -253,8 +257,8 @@ class LambdaBackend(Backend):
                 conf = deploy.auto_deploy(self.client, name, settings, self.function_name,
                                           store_url=getattr(self.store, "url", None), runtime_dir=inv.runtime,
                                           where=self._where())
-            cap = self._cap_for(name)
-            fn = _Function(name, settings, int(conf.get("MemorySize") or settings.memory), threading.BoundedSemaphore(cap), cap)
+            slots, cap = self._slots_for(name)
+            fn = _Function(name, settings, int(conf.get("MemorySize") or settings.memory), slots, cap)
             self._functions[name] = fn
             return fn
 
@@ -281,8 +285,13 @@ class LambdaBackend(Backend):
                 return {}
             raise ConfigError(f"reading Lambda function {name!r} failed: {code or type(exc).__name__}: {exc}") from None
 
-    def _cap_for(self, name: str) -> int:
-        """``concurrency``, lowered to what the function can actually run at once."""
+    def _slots_for(self, name: str) -> tuple[threading.BoundedSemaphore, int]:
+        """The budget ``name``'s calls draw from, besides the backend's own
+        ``concurrency``: its reserved concurrency if it has one (Lambda runs it
+        from that reservation), else the one budget that every function of this
+        backend without a reservation shares, the account's unreserved
+        concurrency. Per function it would be exceeded as soon as a map ran at
+        two memory sizes."""
         reserved = None
         try:
             reserved = self.client.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
@@ -291,22 +300,29 @@ class LambdaBackend(Backend):
         if reserved == 0:
             raise ConfigError(f"Lambda function {name!r} has reserved concurrency 0, so it cannot run; "
                               f"raise it (aws lambda put-function-concurrency) or redeploy with --reserved-concurrency")
-        if self._account_cap is False:
-            self._account_cap = None
-            try:
-                limits = self.client.get_account_settings().get("AccountLimit", {})
-                self._account_cap = limits.get("UnreservedConcurrentExecutions") or limits.get("ConcurrentExecutions")
-            except Exception as exc:  # noqa: BLE001
-                log.debug("cannot read the account's Lambda concurrency: %s", exc)
         if reserved is not None:
-            limit, why = int(reserved), f"function {name} has reserved concurrency {reserved}"
-        elif self._account_cap:
-            limit, why = int(self._account_cap), f"the account's unreserved Lambda concurrency is {self._account_cap}"
-        else:
-            return self.concurrency
+            cap = self._lowered(int(reserved), f"for {name}: it has reserved concurrency {reserved}")
+            return threading.BoundedSemaphore(cap), cap
+        if self._unreserved is None:
+            if self._account_cap is False:
+                self._account_cap = None
+                try:
+                    limits = self.client.get_account_settings().get("AccountLimit", {})
+                    self._account_cap = limits.get("UnreservedConcurrentExecutions") or limits.get("ConcurrentExecutions")
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("cannot read the account's Lambda concurrency: %s", exc)
+            account = int(self._account_cap) if self._account_cap else None
+            cap = self.concurrency if account is None else self._lowered(
+                account, f"across all functions without reserved concurrency: the account's unreserved Lambda "
+                         f"concurrency is {account}")
+            self._unreserved = (threading.BoundedSemaphore(cap), cap)
+        return self._unreserved
+
+    def _lowered(self, limit: int, why: str) -> int:
+        """``concurrency``, or ``limit`` when lower (logged: more would only wait in Lambda's queue)."""
         if limit < self.concurrency:
-            log.warning("concurrency=%d lowered to %d for %s: %s (more would only wait in Lambda's queue)",
-                        self.concurrency, limit, name, why)
+            log.warning("concurrency=%d lowered to %d %s (more would only wait in Lambda's queue)",
+                        self.concurrency, limit, why)
             return limit
         return self.concurrency
 

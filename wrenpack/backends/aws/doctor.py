@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import wrenpack.backends.aws.clients as clients
+import wrenpack.backends.aws.probe as probe
 import wrenpack.backends.aws.runtimes as runtimes
 from wrenpack.backends.aws.deploy import LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help
 from wrenpack.errors import WrenpackError
@@ -46,7 +47,7 @@ def doctor_checks(cfg: Any, on: date | None = None) -> list[dict[str, Any]]:
         conf = check("function", lambda: _check_function(cfg))
     if conf is not None:
         check("python version", lambda: _check_python(conf, on))
-        check("runtime", lambda: _check_runtime(conf))
+        check("runtime", lambda: _check_runtime(conf, cfg))
         check("async retries", lambda: _check_async_retries(cfg))
     return checks
 
@@ -141,16 +142,28 @@ def _check_python(conf: dict[str, Any], on: date | None = None) -> Outcome:
     return None, f"{remote} on both sides; {row.describe(on)}: {runtimes.ways_out(row.python, on)}", None
 
 
-def _check_runtime(conf: dict[str, Any]) -> Outcome:
+def _check_runtime(conf: dict[str, Any], cfg: Any = None) -> Outcome:
+    """The runtime the function has, and the AWS SDK its worker runs (one probe invocation)."""
     layers = [layer["Arn"] for layer in conf.get("Layers") or []]
     env = conf.get("Environment", {}).get("Variables", {})
     if conf.get("PackageType") == "Image":
-        return True, "container image", None
-    if env.get("WRENPACK_RUNTIME_ARCHIVE"):
-        return True, f"archive {env['WRENPACK_RUNTIME_ARCHIVE']}", None
-    if layers:
-        return True, f"layer {layers[0]}", None
-    return True, "handler package only (no runtime layer: only the standard library, boto3 and cloudpickle import)", None
+        kind = "container image"
+    elif env.get("WRENPACK_RUNTIME_ARCHIVE"):
+        kind = f"archive {env['WRENPACK_RUNTIME_ARCHIVE']}"
+    elif layers:
+        kind = f"layer {layers[0]}"
+    else:
+        kind = "handler package only (no runtime layer: only the standard library, boto3 and cloudpickle import)"
+    if cfg is None:
+        return True, kind, None
+    try:
+        doc = probe.probe(clients.lambda_client(cfg), conf["FunctionName"]).doc
+    except WrenpackError as exc:
+        # The function exists (checked above); a failing invoke shows on the first call too.
+        return True, f"{kind}; the worker's SDK is unknown: {exc}", None
+    if doc.get("problem"):
+        return False, str(doc["problem"]), None
+    return True, f"{kind}; worker: {probe.describe(doc)}", None
 
 
 def _check_async_retries(cfg: Any) -> Outcome:

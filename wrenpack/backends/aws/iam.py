@@ -10,8 +10,9 @@ from typing import Any
 
 from wrenpack.backends.aws.clients import bucket_prefix
 
-#: who a policy is for: "client" runs jobs, "worker" is the function's execution role, "deploy" is client + deploy
-ROLES = ("client", "worker", "deploy")
+#: who a policy is for: "client" runs jobs, "worker" is the function's execution role, "deploy" is client + deploy,
+#: "acceptance" is deploy + deleting what `wrenpack doctor --acceptance` creates
+ROLES = ("client", "worker", "deploy", "acceptance")
 
 
 def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None = None) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
         # flight; the action takes no resource ARN, so "*" is its narrowest scope.
         allow("AccountConcurrency", ["lambda:GetAccountSettings"], "*"),
     ]
-    if role == "deploy":
+    if role in ("deploy", "acceptance"):
         if worker_role and not worker_role.startswith("arn:"):
             worker_role = f"arn:aws:iam::{account}:role/{worker_role}"
         statements += [
@@ -77,5 +78,17 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
                   [f"{base}runtimes/*", f"{base}deploy/*"]),
             allow("PassWorkerRole", ["iam:PassRole"], worker_role or f"arn:aws:iam::{account}:role/{cfg.function_name}",
                   Condition={"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}),
+        ]
+    if role == "acceptance":
+        # Its functions are <function_name>-acc<run id>-*; it deletes them, their logs and what it uploaded.
+        statements += [
+            allow("AcceptanceCleanup", ["lambda:DeleteFunction"],
+                  f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}-acc*"),
+            allow("AcceptanceLayers", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion", "lambda:DeleteLayerVersion"],
+                  f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-acc*"),
+            allow("AcceptanceReads", ["lambda:GetAccountSettings", "lambda:ListLayerVersions"], "*"),
+            allow("AcceptanceLogs", ["logs:DeleteLogGroup"],
+                  f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-acc*"),
+            allow("AcceptanceUploads", ["s3:DeleteObject"], [f"{base}runtimes/*", f"{base}deploy/*"]),
         ]
     return {"Version": "2012-10-17", "Statement": statements}
