@@ -103,10 +103,10 @@ class Scheduling:
     def describe(self, driver: "Scheduling | None" = None) -> str:
         same = " (the driver's)" if driver is not None and driver.session == self.session else ""
         group = f", autogroup {self.autogroup.split()[0]}" if self.autogroup else ""
-        return f"session {self.session}{same}{group}, nice {self.nice}, CPUs {_cpus(self.cpus)}"
+        return f"session {self.session}{same}{group}, nice {self.nice}, CPUs {cpu_list(self.cpus)}"
 
 
-def _cpus(cpus: Iterable[int]) -> str:
+def cpu_list(cpus: Iterable[int]) -> str:
     cpus = sorted(cpus)
     if cpus and cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 1:
         return f"{cpus[0]}-{cpus[-1]}"
@@ -134,19 +134,21 @@ def align(reference: Sequence[int], others: Sequence[int]) -> list[str]:
             try:
                 os.sched_setaffinity(pid, ref.cpus)
             except OSError as exc:
-                kept.setdefault(f"CPUs {_cpus(mine.cpus)} kept, not {_cpus(ref.cpus)} ({exc.strerror})", []).append(pid)
+                kept.setdefault(f"CPUs {cpu_list(mine.cpus)} kept, not {cpu_list(ref.cpus)} ({exc.strerror})", []).append(pid)
         if mine.session != ref.session:
             kept.setdefault(f"in session {mine.session}, wrenpack's worker in {ref.session} "
                             "(a session cannot be changed from outside)", []).append(pid)
     return [f"{len(pids)} baseline process{'es' if len(pids) > 1 else ''} {what}" for what, pids in kept.items()]
 
 
-def check(groups: dict[str, Sequence[int]]) -> str:
-    """One line: the scheduling of each side's processes, and whether they are all alike."""
+def check(groups: dict[str, Sequence["int | Scheduling | None"]]) -> str:
+    """One line: the scheduling of each side's processes (pids, or the ``Scheduling`` a
+    process that has ended ran with), and whether they are all alike."""
     driver = Scheduling.of(os.getpid())
     seen: dict[str, set[Scheduling]] = {}
-    for name, pids in groups.items():
-        seen[name] = {s for s in map(Scheduling.of, pids) if s is not None}
+    for name, items in groups.items():
+        scheds = (x if isinstance(x, Scheduling) or x is None else Scheduling.of(x) for x in items)
+        seen[name] = {s for s in scheds if s is not None}
     distinct = set().union(*seen.values()) if seen else set()
     auto = autogroup_enabled()
     note = {True: "autogroup on: the CPU is shared per session", False: "autogroup off",
