@@ -18,17 +18,26 @@ in and out +8..11% in the map (median of per-round ratios) and +25..34% CPU in
 one process: four HMAC-SHA256 passes over 10 MiB (~7.5 ms each, ~1.4 GB/s with
 SHA extensions) against a path that otherwise mostly copies memory.
 
-    python benchmarks/bench_auth_overhead.py [--rounds 7] [--big-calls 8]
+Both executors' workers are wrenpack's, in this process's session; the "no
+auth" ones get the nice value and CPUs of the "auth" ones (``_fair``) and the
+output shows what each had. Medians and min..max of the rounds.
+
+    python benchmarks/bench_auth_overhead.py [--rounds 7] [--big-calls 8] [--hogs 0]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import sys
 import time
 
-import wrenpack
-from wrenpack import auth
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _fair  # noqa: E402
+
+import wrenpack  # noqa: E402
+from wrenpack import auth  # noqa: E402
 
 
 def trivial(x):
@@ -49,7 +58,7 @@ def _time(f: wrenpack.RemoteFunction, items: list) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=7)
+    _fair.add_arguments(ap, rounds=7)
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--big-calls", type=int, default=8)
     ap.add_argument("--mib", type=int, default=10)
@@ -82,20 +91,26 @@ def main() -> None:
         auth._enabled = True
 
     rows: dict[str, list[float]] = {f"{w} {m}": [] for w in ("1000 calls", f"{args.mib} MiB") for m in executors}
+    pids = {mode: ex.backend.worker_pids() for mode, (ex, _) in executors.items()}
+    problems = _fair.align(pids["auth"], pids["no auth"])
     try:
-        for r in range(args.rounds):
-            order = list(executors) if r % 2 == 0 else list(reversed(executors))  # alternate who goes first
-            for mode in order:
-                _, (f_small, f_big) = executors[mode]
-                auth._enabled = mode == "auth"
-                rows[f"1000 calls {mode}"].append(_time(f_small, small))
-                rows[f"{args.mib} MiB {mode}"].append(_time(f_big, big))
-            auth._enabled = True
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in rows.items()), flush=True)
+        with _fair.Hogs(args.hogs) as hogs:
+            for r in range(args.rounds):
+                for mode in _fair.order(list(executors), r):  # alternate who goes first
+                    _, (f_small, f_big) = executors[mode]
+                    auth._enabled = mode == "auth"
+                    rows[f"1000 calls {mode}"].append(_time(f_small, small))
+                    rows[f"{args.mib} MiB {mode}"].append(_time(f_big, big))
+                auth._enabled = True
+                print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in rows.items()), flush=True)
+            scheduling = _fair.check({mode: ex.backend.worker_pids() for mode, (ex, _) in executors.items()})
     finally:
         auth._enabled = True
         for ex, _ in executors.values():
             ex.shutdown()
+    print(f"\n{scheduling}; {hogs.describe()}; {_fair.load_note()}")
+    for p in problems:
+        print(f"  not aligned: {p}")
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"\nmedians over {args.rounds} rounds ({args.calls} trivial calls; {args.big_calls} calls moving "
@@ -105,6 +120,8 @@ def main() -> None:
         paired = statistics.median(x / y for x, y in zip(rows[f"{name} auth"], rows[f"{name} no auth"]))
         print(f"  {name:<11} auth {a:.3f} s   no auth {b:.3f} s   ratio of medians {a / b:.3f} ({(a / b - 1) * 100:+.1f}%)"
               f"   median of per-round ratios {paired:.3f}")
+        for mode in executors:
+            print(f"    {mode:<8} {_fair.spread(rows[f'{name} {mode}'])}")
 
 
 def inproc(args: argparse.Namespace) -> None:
@@ -151,7 +168,8 @@ def inproc(args: argparse.Namespace) -> None:
     print(f"\nin one process (the handler called directly), CPU seconds, medians over {args.rounds} rounds:")
     for case in cases:
         a, b = statistics.median(times[f"{case} auth"]), statistics.median(times[f"{case} no auth"])
-        print(f"  {case:<11} auth {a:.3f} s   no auth {b:.3f} s   ratio {a / b:.3f}  ({(a / b - 1) * 100:+.1f}%)")
+        print(f"  {case:<11} auth {a:.3f} s   no auth {b:.3f} s   ratio {a / b:.3f}  ({(a / b - 1) * 100:+.1f}%); "
+              f"auth {_fair.spread(times[f'{case} auth'])}, no auth {_fair.spread(times[f'{case} no auth'])}")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,28 @@
 """Checkpoint splitting overhead: the same ~10 s of work run as one uninterrupted
-call (timeout 60 s) and split by checkpoints under a 1 s timeout, in the same run.
+call (timeout 60 s) and split by checkpoints under a 1 s timeout, in the same run,
+the two alternating (which goes first flips every round).
 
-Prints medians, the overhead ratio (split / uninterrupted; target <= 1.05x),
-segment count, save time and state size.
+Both run on the same warm worker (one executor, concurrency 1), so they have the
+same scheduling by construction; the output shows it. Prints median and
+min..max of each, the overhead ratio of the medians (split / uninterrupted;
+target <= 1.05x) and of each round, segment count, save time and state size.
 
-    python benchmarks/bench_checkpoint_overhead.py [--steps 1000] [--step-ms 10] [--rounds 3] [--state-kb 64]
+    python benchmarks/bench_checkpoint_overhead.py [--steps 1000] [--step-ms 10] [--rounds 5] [--state-kb 64] [--hogs 0]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 
-import wrenpack
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _fair  # noqa: E402
+
+import wrenpack  # noqa: E402
 
 
 def work(steps: int, step_s: float, state_kb: int) -> float:
@@ -34,37 +43,53 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--step-ms", type=float, default=10.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    _fair.add_arguments(ap)
     ap.add_argument("--state-kb", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=1.0)
     args = ap.parse_args()
     step_s = args.step_ms / 1000
     expected = sum(i * 0.5 for i in range(args.steps))
     whole, split, segments, stats = [], [], [], []
-    with wrenpack.Executor(storage=tempfile.mkdtemp(prefix="wrenpack-bench-"), concurrency=1) as ex:
+    with wrenpack.Executor(storage=tempfile.mkdtemp(prefix="wrenpack-bench-"), concurrency=1) as ex, \
+            _fair.Hogs(args.hogs) as hogs:
         long_run = wrenpack.remote(work, executor=ex, timeout=60)
         short_run = wrenpack.remote(work, executor=ex, timeout=args.timeout)
         long_run.remote(5, step_s, 1).result()  # warm the worker
-        for _ in range(args.rounds):
+        seen: list[_fair.Scheduling | None] = []
+
+        def uninterrupted() -> None:
             t0 = time.perf_counter()
             assert long_run.remote(args.steps, step_s, args.state_kb).result() == expected
             whole.append(time.perf_counter() - t0)
+
+        def checkpointed() -> None:
             t0 = time.perf_counter()
             fut = short_run.remote(args.steps, step_s, args.state_kb)
             assert fut.result() == expected
             split.append(time.perf_counter() - t0)
             segments.append(fut.segments)
             stats.extend(s.get("checkpoint", {}) for s in fut.segment_statuses)
+
+        systems = {"uninterrupted": uninterrupted, "checkpointed": checkpointed}
+        for rnd in range(args.rounds):
+            for name in _fair.order(list(systems), rnd):
+                systems[name]()
+                seen.extend(map(_fair.Scheduling.of, ex.backend.worker_pids()))
+        scheduling = _fair.check({"uninterrupted and checkpointed (one worker)": seen})
+        load = _fair.load_note()
     ratio = statistics.median(split) / statistics.median(whole)
+    print(f"{args.rounds} rounds, the two alternating; {hogs.describe()}; {load} at the end")
+    print(scheduling)
     print(f"{args.steps} steps x {args.step_ms:g} ms, state ~{args.state_kb} KB, timeout {args.timeout:g} s, {args.rounds} rounds")
-    print(f"  uninterrupted   median {statistics.median(whole):.3f} s  all {' '.join(f'{v:.3f}' for v in whole)}")
-    print(f"  checkpointed    median {statistics.median(split):.3f} s  all {' '.join(f'{v:.3f}' for v in split)}")
+    print(f"  uninterrupted   {_fair.spread(whole)}")
+    print(f"  checkpointed    {_fair.spread(split)}")
     print(f"  segments        {segments}")
     saves = [s["save_s"] for s in stats if s.get("saves")]
     sizes = [s["state_bytes"] for s in stats if s.get("saves")]
     print(f"  save time median {statistics.median(saves) * 1000:.2f} ms (max {max(saves) * 1000:.2f} ms) over {len(saves)} saves, "
           f"state {statistics.median(sizes) / 1024:.1f} KB")
-    print(f"overhead ratio checkpointed/uninterrupted (medians): {ratio:.3f}x  (target <= 1.05x)")
+    print(f"overhead ratio checkpointed/uninterrupted (medians): {ratio:.3f}x  (target <= 1.05x); per round: "
+          f"{_fair.spread([b / a for a, b in zip(whole, split)], 'x')}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ The error is prediction / truth - 1; the goal is within +-30%.
 
 ``--hogs N`` runs N busy-looping processes for the whole run (they are stopped
 at the end). The machine may be shared: the load average is printed.
+Both methods and the truth run the function the same way (the profiler's
+runner, in a session of its own, at this process's nice value and CPUs), so
+their scheduling is alike by construction; the output says so.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -31,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _duration_targets as t  # noqa: E402
+import _fair  # noqa: E402
 
 from wrenpack.profiler import api  # noqa: E402
 
@@ -62,23 +65,17 @@ def actual(fn, make, target: int) -> dict[str, float]:
     return {"wall": r["duration_s"], "truth": r["cpu_s"] + (r["wait_s"] or 0.0), "cpu": r["cpu_s"], "runq": r["runq_s"] or 0.0}
 
 
-def hogs(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--hogs", type=int, default=0, help="busy-looping processes to run meanwhile")
+    _fair.add_arguments(ap)
     args = ap.parse_args()
-    busy = hogs(args.hogs)
     errors: dict[tuple[str, str], list[float]] = {}
     walls: dict[str, list[float]] = {}
     truths: dict[str, list[float]] = {}
     started = time.perf_counter()
-    try:
+    with _fair.Hogs(args.hogs) as busy:
         for rnd in range(args.rounds):
-            order = ("wall", "cpu+wait") if rnd % 2 == 0 else ("cpu+wait", "wall")
+            order = _fair.order(("wall", "cpu+wait"), rnd)
             for name, (fn, make, sizes) in CASES.items():
                 target = FACTOR * sizes[-1]
                 preds = {system: predict(system, fn, make, sizes, target) for system in order}
@@ -89,13 +86,12 @@ def main() -> None:
                     errors.setdefault((name, system), []).append(p / got["truth"] - 1)
                 print(f"round {rnd + 1} {name:<10} truth {got['truth']:.3f} s (wall {got['wall']:.3f}, waited for a core "
                       f"{got['runq']:.3f}); predicted: " + ", ".join(f"{s} {preds[s]:.3f}" for s in order), flush=True)
-    finally:
-        for p in busy:
-            p.kill()
-            p.wait()
     print()
     print(f"{args.rounds} rounds, hogs={args.hogs}, target = {FACTOR}x the largest measured size, "
-          f"{time.perf_counter() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+          f"{time.perf_counter() - started:.0f} s; {_fair.load_note()} at the end")
+    me = _fair.Scheduling.of(os.getpid())
+    print(f"scheduling: both methods and the truth alike: the profiler's runner, in a session of its own, nice {me.nice}, "
+          f"CPUs {_fair.cpu_list(me.cpus)} (this process's); {busy.describe()}")
     print(f"{'function':<11} {'truth (median)':>14}  {'wall':>7}  {'system':<9} {'median error':>12}  {'min .. max':>17}  within +-{GOAL:.0%}")
     for name in CASES:
         for system in ("wall", "cpu+wait"):

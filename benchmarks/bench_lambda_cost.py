@@ -11,21 +11,31 @@ billed per request) plus compute (GB-seconds at a stated duration and memory),
 beside the designs of PyWren (~$13 per million in requests) and Lithops
 (~$16), and wrenpack before issue 10 (~$6.2), as counted from their code.
 
-    python benchmarks/bench_lambda_cost.py [--calls 1000] [--duration-s 1] [--memory 1024]
+    python benchmarks/bench_lambda_cost.py [--calls 1000] [--duration-s 1] [--memory 1024] [--rounds 5]
+
+The four runs are repeated ``--rounds`` times (default 5), their order
+flipped every round; each count is the median of the rounds with its
+min..max (counts barely move; the wall time, printed for scale, does). The
+designs it is compared with are counted from their code, not run: there is no
+measured baseline whose scheduling could differ (the output says so).
 
 Needs the test extras (moto, awslambdaric; the emulator comes from the
-aws-sam-cli wheel, see docs/aws.md). Not part of the test suite (~1-3 min).
+aws-sam-cli wheel, see docs/aws.md). Not part of the test suite (~1-3 min a round).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _fair  # noqa: E402
 
 #: us-east-1, first tier (see /work/shared/reference or AWS's pricing pages)
 PRICE = {"INVOKE": 0.20, "PUT": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0}
@@ -44,6 +54,7 @@ def main() -> int:
     ap.add_argument("--duration-s", type=float, default=1.0, help="assumed duration of one call, for GB-seconds")
     ap.add_argument("--memory", type=int, default=1024, help="MB, for GB-seconds")
     ap.add_argument("--environments", type=int, default=4, help="emulated execution environments")
+    _fair.add_arguments(ap, hogs=False)
     args = ap.parse_args()
 
     for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
@@ -77,9 +88,10 @@ def main() -> int:
         deploy_function(lam, settings.function_name("cost"), settings, {"ZipFile": handler_package()},
                         {"Runtime": f"python{py}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]},
                         {ENV_FAMILY: "cost", ENV_STORE: "s3://cost", "WRENPACK_DEPLOYED_PYTHON": py}, role=role)
-        rows = []
-        for kind in ("Event", "RequestResponse"):
-            for chunksize in (1, 10):
+        runs: dict[tuple[str, int], list[tuple[dict[str, int], float]]] = {}
+        configs = [(kind, chunksize) for kind in ("Event", "RequestResponse") for chunksize in (1, 10)]
+        for rnd in range(args.rounds):
+            for kind, chunksize in _fair.order(configs, rnd):
                 with Executor(backend="lambda", storage=f"s3://cost/{kind}-{chunksize}", s3_endpoint_url=proxy.url,
                               lambda_endpoint_url=dispatcher.url, function_name="cost", aws_region="us-east-1",
                               memory=args.memory, timeout=30, retries=0, invocation_type=kind,
@@ -95,8 +107,8 @@ def main() -> int:
                     assert out == [x * x for x in range(args.calls)]
                     time.sleep(0.5)  # the job's cleanup runs after its last result
                 invokes = len(dispatcher.invocations) - before
-                counts = dict(proxy.counts, INVOKE=invokes)
-                rows.append((kind, chunksize, counts, wall))
+                runs.setdefault((kind, chunksize), []).append((dict(proxy.counts, INVOKE=invokes), wall))
+            print(f"round {rnd + 1} of {args.rounds} done", flush=True)
     finally:
         if dispatcher is not None:
             dispatcher.stop()
@@ -111,12 +123,18 @@ def main() -> int:
     print(f"compute at {args.duration_s:g} s x {args.memory} MB x86_64: ${compute:.2f} per million calls (same in every row)\n")
     kinds = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE"]
     print(f"{'invocation':16} {'chunk':>5} " + " ".join(f"{k:>7}" for k in kinds) + f" {'$/M req':>8} {'$/M total':>9} {'vs PyWren':>9} {'vs Lithops':>10} {'wall s':>6}")
-    for kind, chunksize, counts, wall in rows:
-        per = {k: counts.get(k, 0) / n for k in kinds}
+    for (kind, chunksize), got in runs.items():
+        per = {k: statistics.median(c.get(k, 0) for c, _ in got) / n for k in kinds}
         dollars = sum(per[k] * PRICE[k] for k in kinds)
+        wall = statistics.median(w for _, w in got)
         print(f"{kind:16} {chunksize:>5} " + " ".join(f"{per[k]:7.3f}" for k in kinds)
               + f" {dollars:8.2f} {dollars + compute:9.2f} {DESIGNS['PyWren'] / max(dollars, 1e-9):8.1f}x"
               f" {DESIGNS['Lithops'] / max(dollars, 1e-9):9.1f}x {wall:6.1f}")
+    print(f"\nmedians of {args.rounds} rounds (order flipped every round); min..max of the rounds:")
+    for (kind, chunksize), got in runs.items():
+        req = [sum(c.get(k, 0) / n * PRICE[k] for k in kinds) for c, _ in got]
+        print(f"  {kind:16} chunk {chunksize:>2}: $/M req {_fair.spread(req, '$', fmt='.2f')}; wall {_fair.spread([w for _, w in got])}")
+    print("scheduling: no measured baseline (the other designs are counted from their code, not run), so none to align")
     print("\nrequest designs for comparison ($ per million calls, requests only): "
           + ", ".join(f"{k} ~${v:g}" for k, v in DESIGNS.items()))
     print("targets: RequestResponse small results < $1; Event < $6")

@@ -13,10 +13,17 @@ every round, medians reported:
 
 Peers: ``concurrent.futures.ProcessPoolExecutor(2)`` (the ratio's baseline),
 ``multiprocessing.Pool(2)`` and joblib (``pip install joblib``; skipped if absent).
+Every peer's processes get the scheduling of wrenpack's workers (session, so
+autogroup; nice value; CPU set: ``_fair``), and the output says what each had.
 Targets (issue 15): trivial <= 1.0x ProcessPoolExecutor, data <= 0.5x,
 latency <= 1 ms, mixed <= 1.05x ideal.
 
-    python benchmarks/bench_map_vs_processpool.py [--rounds 5] [--only trivial,many,latency,data,mixed]
+``--hogs N`` runs N busy loops in the benchmark's own session for the whole
+run: the user's other programs on a busy machine. ``--only latency --hogs 1``
+is the latency-under-load check (a driver whose workers take CPU from its own
+session's programs, or sit in a session of their own, shows it here).
+
+    python benchmarks/bench_map_vs_processpool.py [--rounds 5] [--hogs 0] [--only trivial,many,latency,data,mixed]
 """
 from __future__ import annotations
 
@@ -25,11 +32,16 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import threading
 import time
 from typing import Any, Callable
 
-import wrenpack
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _fair  # noqa: E402
+
+import wrenpack  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -114,6 +126,18 @@ class Systems:
             return self.mpp.apply(trivial, (x,))
         return self.joblib([self._delayed(trivial)(x)])[0]
 
+    def pids(self, exclude: list[int]) -> dict[str, list[int]]:
+        """Each system's worker processes (joblib's: this process's other children)."""
+        import psutil
+
+        out = {"wrenpack": self.ex.backend.worker_pids(),
+               "processpool": list(self.ppe._processes or {}),
+               "mp.Pool": [p.pid for p in self.mpp._pool]}
+        known = set(exclude).union(*out.values())
+        if self.joblib is not None:
+            out["joblib"] = [p.pid for p in psutil.Process().children() if p.pid not in known]
+        return out
+
     def close(self) -> None:
         self.ex.shutdown()
         self.ppe.shutdown()
@@ -122,7 +146,7 @@ class Systems:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    _fair.add_arguments(ap)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--many-calls", type=int, default=10000)
@@ -197,15 +221,24 @@ def main() -> None:
         systems.map(name, echo, [b"x"] * 4)
         systems.map(name, nap, [0.0] * 4)
     try:
-        for r in range(args.rounds):
-            for key, run in workloads.items():
-                order = names if r % 2 == 0 else names[::-1]  # alternate, so drift hits all alike
-                for name in order:
-                    times[key][name].append(run(name))
+        with _fair.Hogs(args.hogs) as hogs:
+            groups = systems.pids(hogs.pids)
+            problems = _fair.align(groups["wrenpack"], [p for n, ps in groups.items() if n != "wrenpack" for p in ps])
+            for r in range(args.rounds):
+                for key, run in workloads.items():
+                    for name in _fair.order(names, r):  # alternate, so drift hits all alike
+                        times[key][name].append(run(name))
+            # after the rounds: the processes that ran them (a pool may have replaced one)
+            scheduling = _fair.check(systems.pids(hogs.pids))
+            load = _fair.load_note()
     finally:
         systems.close()
 
-    print(f"{args.workers} workers, {args.rounds} rounds, medians (all rounds in brackets)")
+    print(f"{args.workers} workers, {args.rounds} rounds (systems alternating), {hogs.describe()}; {load} at the end")
+    print(scheduling)
+    for p in problems:
+        print(f"  not aligned: {p}")
+    print("medians of the rounds (min .. max of the rounds)")
     units = {"trivial": ("s", 1.0), "many": ("s", 1.0), "latency": ("ms", 1e3), "data": ("s", 1.0), "mixed": ("x ideal", 1.0)}
     titles = {
         "trivial": f"{args.calls} trivial calls",
@@ -223,7 +256,7 @@ def main() -> None:
             med = statistics.median(values)
             ratio = f"  {med / base:5.2f}x processpool" if key != "mixed" else ""
             extra = f"  driver peak +{statistics.median(memory[name]):.0f} MB" if key == "data" else ""
-            print(f"  {name:12s} {med * mul:9.3f} {unit}{ratio}{extra}  [{' '.join(f'{v * mul:.3f}' for v in values)}]")
+            print(f"  {name:12s} {med * mul:9.3f} {unit}{ratio}{extra}  (min {min(values) * mul:.3f} .. max {max(values) * mul:.3f})")
     print("\ntargets: trivial <= 1.0x processpool, data <= 0.5x processpool, latency <= 1 ms, mixed <= 1.05x ideal")
 
 

@@ -1,6 +1,6 @@
 """Word count with the shuffle through the store: the MapReduce hello world.
 
-    python examples/wordcount.py PATH_OR_S3_PREFIX [--chunk-size 16MB] [--partitions 4]
+    python examples/wordcount.py PATH_OR_S3_PREFIX [--chunk-size 16MB] [--partitions 4] [--encoding utf-8] [--errors replace]
     python examples/wordcount.py --small      # generated text, checked against a local count (the tests run this)
 
 Each mapper gets one newline-aligned chunk of the text (``wrenpack.objects``),
@@ -9,11 +9,21 @@ wrenpack writes them to the store in ``--partitions`` partitions by a stable
 hash of the word; reducer i sums the counts of partition i's words. The driver
 sees only the chunk handles and the final counts. Runs unchanged on Lambda
 with an S3 store (``WRENPACK_BACKEND=lambda WRENPACK_STORAGE=s3://...``).
+
+Any input is counted, whatever its encoding: lines are decoded as UTF-8 with
+``errors="replace"`` (``chunk.lines(encoding, errors)``), so a byte that is not
+UTF-8 (latin-1 text, a stray binary file) becomes U+FFFD, which no word holds:
+it ends a word as a space would. A word is ASCII letters and apostrophes, so
+latin-1 ``café`` counts as ``caf``, as UTF-8 ``café`` does. ``--encoding
+latin-1`` reads such text as what it is; ``--errors strict`` stops at the first
+byte that does not decode instead, with one line naming the object, the byte's
+offset and the options that read it.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import random
 import re
 import sys
@@ -24,10 +34,10 @@ import wrenpack
 WORD = re.compile(r"[a-z']+")
 
 
-def count_words(chunk) -> list[tuple[str, int]]:
+def count_words(chunk, encoding: str = "utf-8", errors: str = "replace") -> list[tuple[str, int]]:
     """Mapper: the words of one chunk with their counts (combined here, before the shuffle)."""
     counts = collections.Counter()
-    for line in chunk.lines():
+    for line in chunk.lines(encoding=encoding, errors=errors):
         counts.update(WORD.findall(line.lower()))
     return list(counts.items())
 
@@ -37,9 +47,16 @@ def add(word: str, counts: list[int]) -> int:
     return sum(counts)
 
 
-def wordcount(chunks: list, partitions: int) -> dict[str, int]:
+def wordcount(chunks: list, partitions: int, encoding: str = "utf-8", errors: str = "replace") -> dict[str, int]:
     """{word: count} over the chunks (``wrenpack.objects(...)``)."""
-    return wrenpack.map_reduce(count_words, chunks, add, partitions=partitions).result()
+    mapper = functools.partial(count_words, encoding=encoding, errors=errors)
+    return wrenpack.map_reduce(mapper, chunks, add, partitions=partitions).result()
+
+
+def local_count(texts: list[bytes], encoding: str, errors: str) -> collections.Counter:
+    """The same count in this process, line by line as the mappers decode."""
+    return collections.Counter(w for t in texts for line in t.split(b"\n")
+                               for w in WORD.findall(line.decode(encoding, errors).lower()))
 
 
 def _text(seed: int, lines: int) -> str:
@@ -49,6 +66,14 @@ def _text(seed: int, lines: int) -> str:
                               for _ in range(rng.randrange(0, 12))) for _ in range(lines))
 
 
+def _not_utf8(seed: int) -> bytes:
+    """Text as an old Windows editor saves it: latin-1, with CRLF line ends, and a few raw bytes."""
+    rng = random.Random(seed)
+    vocab = "café naïve déjà über map reduce word it's".split()
+    lines = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 8))) for _ in range(200)]
+    return "\r\n".join(lines).encode("latin-1") + b"\n\x00\xff\xfe binary tail \x80\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", nargs="?", help="a text file, a directory, or s3://bucket/prefix")
@@ -56,27 +81,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", default="16MB", help="bytes per map call (default 16MB)")
     ap.add_argument("--partitions", type=int, default=4, help="reducers (default 4)")
     ap.add_argument("--top", type=int, default=10, help="how many of the most common words to print")
+    ap.add_argument("--encoding", default="utf-8", help="the text's encoding (default utf-8)")
+    ap.add_argument("--errors", default="replace",
+                    help="what a byte that does not decode does: replace (default: U+FFFD, ends a word), ignore, "
+                         "or strict (stop, naming the object and the byte)")
     args = ap.parse_args(argv)
     if not args.small and not args.source:
         ap.error("give a source (file, directory or s3:// prefix), or --small")
     chunk_size = int(float(re.sub(r"(?i)mb$", "e6", re.sub(r"(?i)kb$", "e3", args.chunk_size))))
-    if not args.small:
-        counts = wordcount(wrenpack.objects(args.source, chunk_size=chunk_size), args.partitions)
-    else:
-        store = wrenpack.store()
-        prefix = f"wordcount-{uuid.uuid4().hex[:8]}/"
-        texts = [_text(i, 400) for i in range(3)] + [""]  # an empty file too
-        try:
-            for i, text in enumerate(texts):
-                store.put(f"{prefix}{i}.txt", text.encode())
-            counts = wordcount(store.objects(prefix, chunk_size=2000), args.partitions)
-        finally:
-            store.delete_prefix(prefix)
-        expected = collections.Counter(w for t in texts for w in WORD.findall(t.lower()))
-        if counts != dict(expected):
-            print("MISMATCH with the local count", file=sys.stderr)
-            return 1
-        print(f"matches the local count: {sum(counts.values())} words, {len(counts)} distinct")
+    try:
+        if not args.small:
+            counts = wordcount(wrenpack.objects(args.source, chunk_size=chunk_size), args.partitions,
+                               args.encoding, args.errors)
+        else:
+            store = wrenpack.store()
+            prefix = f"wordcount-{uuid.uuid4().hex[:8]}/"
+            # UTF-8 text, text that is not UTF-8, and an empty file
+            texts = [_text(i, 400).encode() for i in range(3)] + [_not_utf8(3), b""]
+            try:
+                for i, text in enumerate(texts):
+                    store.put(f"{prefix}{i}.txt", text)
+                counts = wordcount(store.objects(prefix, chunk_size=2000), args.partitions, args.encoding, args.errors)
+            finally:
+                store.delete_prefix(prefix)
+            if counts != dict(local_count(texts, args.encoding, args.errors)):
+                print("MISMATCH with the local count", file=sys.stderr)
+                return 1
+            print(f"matches the local count: {sum(counts.values())} words, {len(counts)} distinct "
+                  f"(one file not UTF-8, read with --encoding {args.encoding} --errors {args.errors})")
+    except wrenpack.TextDecodeError as exc:  # --errors strict, and a file that does not decode
+        print(f"wordcount: {exc} (here: --encoding ENCODING, or --errors replace)", file=sys.stderr)
+        return 1
+    except wrenpack.WrenpackError as exc:  # an unknown --encoding or --errors, a missing source...
+        print(f"wordcount: {exc}", file=sys.stderr)
+        return 1
     for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: args.top]:
         print(f"{n:10d}  {word}")
     return 0

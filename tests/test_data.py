@@ -171,3 +171,67 @@ def test_local_store_writes_again_after_another_process_removed_the_directory(tm
     assert not (tmp_path / "data" / "out").exists()
     worker.put("data/out/0", b"b")
     assert worker.get("data/out/0") == b"b"
+
+
+# --------------------------------------------------------------------------- text that is not UTF-8
+
+_LATIN1 = "hello\nworld\n".encode() + "café au lait\n".encode("latin-1") + "naïve\nend".encode("latin-1")
+
+
+def test_lines_are_strict_utf8_by_default_and_name_the_object_byte_and_fix(data):
+    _write(data, "l/t.txt", _LATIN1)
+    ranges = data.objects("l/", chunk_size=8)
+    assert list(ranges[0].lines()) == ["hello", "world"]  # valid text: as before
+    bad = next(r for r in pickle.loads(pickle.dumps(ranges)) if r.bounds()[0] <= 15 < r.bounds()[1])
+    assert bad.bounds()[0] > 0  # a chunk past the object's start: the offset is the object's
+    with pytest.raises(wrenpack.TextDecodeError) as info:
+        list(bad.lines())
+    err = info.value
+    msg = str(err)
+    assert "\n" not in msg
+    assert bad.url in msg and "byte 15 " in msg  # "café": the é at 12 + 3
+    assert "lines(encoding=" in msg and "errors=" in msg and "raw=True" in msg
+    # Still what a strict decode raises, so code catching UnicodeDecodeError keeps working.
+    assert isinstance(err, UnicodeDecodeError) and isinstance(err, wrenpack.WrenpackError)
+    assert err.encoding == "utf-8" and err.object[err.start : err.end] == b"\xe9"
+    assert len(err.object) <= 48  # a few bytes around it, not the record
+    back = pickle.loads(pickle.dumps(err))
+    assert str(back) == msg and back.start == err.start
+
+
+def test_lines_take_an_encoding_an_error_handler_or_give_bytes(data):
+    _write(data, "l/t.txt", _LATIN1)
+    (r,) = data.objects("l/")
+    assert list(r.lines(encoding="latin-1")) == ["hello", "world", "café au lait", "naïve", "end"]
+    assert list(r.lines(errors="replace")) == ["hello", "world", "caf\ufffd au lait", "na\ufffdve", "end"]
+    assert list(r.lines(errors="surrogateescape"))[2].encode("utf-8", "surrogateescape") == "café au lait".encode("latin-1")
+    assert list(r.lines(raw=True)) == list(r.records()) == _LATIN1.split(b"\n")
+    # the byte's offset counts whole records before it, whatever the chunking or delimiter
+    _write(data, "z/t.bin", b"ok\0fine\0bad \xff here")
+    (z,) = data.objects("z/", delimiter=b"\0")
+    with pytest.raises(wrenpack.TextDecodeError, match=r"byte 12 \(b'\\xff'\)"):
+        list(z.lines())
+    _write(data, "f/t.bin", b"abcd" * 5 + b"ab\x80d")
+    (f,) = data.objects("f/", record_size=4)
+    with pytest.raises(wrenpack.TextDecodeError, match="byte 22 "):
+        list(f.lines(encoding="ascii"))
+
+
+def test_lines_refuse_an_unknown_encoding_or_handler_before_reading(data):
+    _write(data, "l/t.txt", b"x")
+    (r,) = data.objects("l/")
+    with pytest.raises(ConfigError, match="unknown encoding: utf-9"):
+        r.lines(encoding="utf-9")  # at the call, not at the first line
+    with pytest.raises(ConfigError, match="unknown error handler"):
+        r.lines(errors="lenient")
+
+
+def test_a_decode_error_in_a_call_reaches_the_client_whole(remote, executor):
+    s = wrenpack.store(executor)
+    s.put("dec/t.txt", _LATIN1)
+    (r,) = s.objects("dec/")
+    with pytest.raises(wrenpack.TextDecodeError, match=r"dec/t.txt: byte 15 .*raw=True\) for bytes") as info:
+        remote(lambda r: list(r.lines())).remote(r).result(timeout=60)
+    assert isinstance(info.value, UnicodeDecodeError)
+    assert remote(lambda r: list(r.lines(errors="replace"))).remote(r).result(timeout=60)[2] == "caf\ufffd au lait"
+    s.delete_prefix("dec/")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,22 @@ def test_sort_small(tmp_path):
 
 def test_wordcount_small(tmp_path):
     assert "matches the local count" in run_example("wordcount.py", tmp_path)
+
+
+def test_wordcount_strict_stops_at_text_that_is_not_utf8_in_one_line(tmp_path):
+    # --small holds a latin-1 file: counted by default (test_wordcount_small); strict names it
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(store), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "wordcount.py"), "--small", "--errors", "strict"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(r"/3\.txt: byte \d+ \(b'\\x[0-9a-f]{2}'\) is not valid utf-8", lines[0]), lines[0]
+    assert "--encoding" in lines[0] and "--errors replace" in lines[0]
+    assert [p for p in store.rglob("*") if p.is_file()] == []
 
 
 def test_parameter_server_small(tmp_path):

@@ -44,6 +44,7 @@ _LAZY: dict[str, str] = {
     "SerializationError": "wrenpack.errors",
     "StoreError": "wrenpack.errors",
     "CorruptObject": "wrenpack.errors",
+    "TextDecodeError": "wrenpack.errors",
     "PayloadTooLarge": "wrenpack.errors",
     "TaskError": "wrenpack.errors",
     "MemoryLimitExceeded": "wrenpack.errors",

@@ -35,6 +35,28 @@ class CorruptObject(StoreError):
     """An object exists but cannot be decoded."""
 
 
+class TextDecodeError(WrenpackError, UnicodeDecodeError):
+    """Stored text that does not decode in the encoding asked for (``ObjectRange.lines``).
+
+    A ``UnicodeDecodeError`` too, so ``except UnicodeDecodeError`` (or ``ValueError``)
+    still catches it; its ``object`` is a few bytes around the bad ones, not the record."""
+
+    def __init__(self, message: str, encoding: str = "utf-8", obj: bytes = b"", start: int = 0, end: int = 0,
+                 reason: str = "") -> None:
+        UnicodeDecodeError.__init__(self, encoding, obj, start, end, reason)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt on the client from these (the default, args alone, lacks the message).
+        return (type(self), (self.message, self.encoding, self.object, self.start, self.end, self.reason))
+
+
 class ProtocolError(WrenpackError):
     """An invocation event a worker refuses: wrong version, malformed, or naming keys or a
     store outside its job (``wrenpack.wire.event``)."""

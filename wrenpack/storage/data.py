@@ -19,12 +19,13 @@ Worker side: standard library (and boto3 for S3) only.
 """
 from __future__ import annotations
 
+import codecs
 import io
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
+from wrenpack.errors import ConfigError, ObjectNotFound, StoreError, TextDecodeError
 from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
 
 #: Where the user's objects live in wrenpack's store.
@@ -332,10 +333,48 @@ class ObjectRange:
                 rest = pieces.pop()
                 yield from pieces
 
-    def lines(self, encoding: str = "utf-8") -> Iterator[str]:
-        """The records decoded as text."""
+    def lines(self, encoding: str = "utf-8", errors: str = "strict", raw: bool = False) -> Iterator[Any]:
+        """The records decoded as text (``bytes.decode(encoding, errors)``), or as
+        bytes with ``raw=True`` (``records()``).
+
+        Stored text is whatever someone wrote: strict UTF-8 (the default) stops at
+        the first byte that does not decode with a ``TextDecodeError`` naming the
+        object, the byte's offset in it and the ways on: the text's own
+        ``encoding=`` ("latin-1" decodes any byte), ``errors="replace"`` (U+FFFD for
+        each bad byte) or ``"surrogateescape"`` (lossless), or ``raw=True``.
+        A bad encoding or errors name fails here, before anything is read."""
+        if raw:
+            return self.records()
+        try:
+            codecs.lookup(encoding)
+            codecs.lookup_error(errors)
+        except LookupError as exc:
+            raise ConfigError(f"lines(encoding={encoding!r}, errors={errors!r}): {exc}; give a Python codec name "
+                              "(\"utf-8\", \"latin-1\", ...) and an error handler (\"strict\", \"replace\", \"ignore\", "
+                              "\"surrogateescape\")") from None
+        return self._decoded(encoding, errors)
+
+    def _decoded(self, encoding: str, errors: str) -> Iterator[str]:
+        at = self.bounds()[0]  # the current record's offset in the object
+        gap = 0 if self.record_size is not None or not self.delimiter else len(self.delimiter)
         for rec in self.records():
-            yield rec.decode(encoding)
+            try:
+                text = rec.decode(encoding, errors)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(self, exc, at) from None
+            yield text
+            at += len(rec) + gap
+
+
+def _decode_error(r: ObjectRange, exc: UnicodeDecodeError, at: int) -> TextDecodeError:
+    """The one-line error for a record that did not decode (``at``: its offset)."""
+    bad = exc.object[exc.start : exc.end]
+    lo = max(0, exc.start - 16)
+    near = exc.object[lo : exc.end + 16]  # the bytes around it, not the whole record
+    message = (f"{r.url}: byte {at + exc.start} ({bytes(bad[:8])!r}) is not valid {exc.encoding} ({exc.reason}); "
+               "pass the text's encoding (lines(encoding=\"latin-1\") reads any byte), lines(errors=\"replace\") to "
+               "replace what does not decode, or lines(raw=True) for bytes")
+    return TextDecodeError(message, exc.encoding, bytes(near), exc.start - lo, exc.end - lo, exc.reason)
 
 
 def _record_start(store: Store, key: str, x: int, size: int, delim: bytes) -> int:

@@ -247,6 +247,12 @@ def main(config: dict[str, Any]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: die(worker_dir))
     # Orphans of a call (daemonised children) stay below this process, where the kill finds them.
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    # The worker is in the driver's session, in a background process group: on a terminal
+    # set to stop background writers (stty tostop) a call's print would stop it. Ignored,
+    # the write goes through, as it did when workers had no terminal (and as on Lambda,
+    # the call never stops for the terminal; a read from it fails instead of stopping).
+    for sig in (signal.SIGTTOU, signal.SIGTTIN):
+        signal.signal(sig, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent, worker_dir), name="wrenpack-parent-watch", daemon=True).start()
     sock = socket.socket(fileno=int(config["fd"]))
     try:

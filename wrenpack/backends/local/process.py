@@ -12,6 +12,13 @@ runs; a ``Worker`` runs it and judges it against the call's limits:
   process group and every descendant; the worker is a child subreaper, so a
   call's daemonised children stay its descendants).
 
+A worker stays in the driver's session and so shares the CPU as the user's
+programs do: with Linux's autogroup scheduling every session gets a CPU share
+of its own, and workers in sessions of their own would take CPU from the
+user's other programs (and from the driver: a woken worker preempts it).
+It leads a process group of its own, which the kill reaches and a terminal's
+^C (sent to the driver's group) does not.
+
 Death is seen from the process itself (a pidfd in the scheduler's selector),
 never from the socket, which a call's children may hold open.
 
@@ -55,9 +62,13 @@ SAMPLE_S = 0.01
 TMP_CHECK_S = 0.1
 CHILD_CHECK_S = 0.1
 _BOOT = (
-    "import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
+    # setpgid first: on Python 3.10 Popen cannot do it (no process_group=) and a
+    # preexec_fn is unsafe in a driver with threads; it does nothing when Popen did.
+    "import os;os.setpgid(0,0);import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
     "from wrenpack.worker.local_main import main;main(c)"
 )
+#: a process group of its own from the start, where Popen can make one (Python 3.11+)
+_OWN_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {}
 
 
 #: each reading thread's buffer (a fresh 1 MiB for every read costs more than the read)
@@ -119,9 +130,9 @@ class Worker:
             self.proc = subprocess.Popen(
                 [*cmd, json.dumps(config)],
                 pass_fds=[child_sock.fileno()],
-                start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                **_OWN_GROUP,  # the driver's session (its CPU share), a group of its own
             )
         except BaseException:
             parent_sock.close()
