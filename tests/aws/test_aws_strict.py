@@ -97,8 +97,7 @@ def small_function(lambda_endpoint):
                                    for s in sorted(servers.OOM_SHAPES)])
 def test_a_call_over_its_memory_is_memory_limit_exceeded_and_not_retried(moto_endpoint, bucket, lambda_endpoint,
                                                                           small_function, shape):
-    if not sandbox.capabilities()["memory"]:
-        pytest.skip("no memory cgroup v1 here: the emulator cannot hold a runtime to its memory")
+    _needs("memory", "hold a runtime to its memory")
     lambda_endpoint.oom_shape = shape
     try:
         with _executor(moto_endpoint, bucket, lambda_endpoint, f"oom-{shape}", invocation_type="RequestResponse",
@@ -293,13 +292,20 @@ def sandboxed(moto_endpoint, bucket, lambda_endpoint):
     ex.shutdown()
 
 
+def _needs(confinement: str, why: str) -> None:
+    if not sandbox.capabilities()[confinement]:
+        pytest.skip(f"the emulator cannot {why} here (it needs root and cgroup v1)")
+
+
 def test_a_call_cannot_start_more_than_1024_threads(sandboxed, lambda_endpoint):
+    _needs("pids", "limit a runtime's threads")
     with pytest.raises(RuntimeError, match="can't start new thread"):
         wrenpack.remote(many_threads, executor=sandboxed).remote(1100).result(timeout=60)
     assert wrenpack.remote(many_threads, executor=sandboxed).remote(100).result(timeout=60) == 100
 
 
 def test_a_call_can_write_only_under_tmp(sandboxed):
+    _needs("read_only", "make the filesystem read-only")
     with pytest.raises(OSError) as info:
         wrenpack.remote(writes, executor=sandboxed).remote(str(servers.REPO / "written-by-a-call")).result(timeout=60)
     assert info.value.errno == errno.EROFS
