@@ -27,7 +27,6 @@ also runs as a script, before anything else is imported.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import resource
 import shutil
@@ -53,7 +52,7 @@ _KEEP = ("/proc",)
 
 # -- inside: run by the emulator as its runtime's command ------------------------------------
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return ctypes.CDLL(None, use_errno=True)  # this process's symbols: libc's among them
 
 
 def _mount(libc: ctypes.CDLL, source: str | None, target: str, flags: int, fstype: str | None = None) -> None:
@@ -239,7 +238,7 @@ class Sandbox:
 
     def command(self, runtime: list[str]) -> list[str]:
         """The emulator's bootstrap command: this file, confining ``runtime`` before it runs."""
-        cmd = [sys.executable, os.path.abspath(__file__)]
+        cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__)]  # (the standard library is all it needs)
         for group in (self.pids, self.memory):
             if group is not None:
                 cmd += ["--cgroup", group]
