@@ -317,7 +317,10 @@ def lambda_endpoint(moto_endpoint, bucket, role_arn, tmp_path_factory):
         aws_unavailable(str(exc))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENPACK_", "PYTEST_"))}
     env.update(LAMBDA_TASK_ROOT=str(servers.REPO), PYTHONPATH=str(servers.REPO))
-    dispatcher = servers.LambdaEndpoint(binary, env, tmp_path_factory.mktemp("rie-logs"), moto_endpoint)
+    # The session's temporary directory stays writable in every sandbox: some tests hand
+    # their calls a file there (Lambda's filesystem is read-only but for a private /tmp).
+    dispatcher = servers.LambdaEndpoint(binary, env, tmp_path_factory.mktemp("rie-logs"), moto_endpoint,
+                                        shared=[str(tmp_path_factory.getbasetemp())])
     dispatcher.role_arn = role_arn
     try:
         dispatcher.deploy()

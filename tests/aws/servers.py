@@ -8,19 +8,23 @@
   ``aws-sam-cli`` wheel) with the official runtime client ``awslambdaric``
   and wrenpack's real handler. Each deployed function gets its own RIEs,
   started on its first invocation with the function's configuration in the
-  environment, as Lambda gives it (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``,
-  ``AWS_LAMBDA_FUNCTION_TIMEOUT``, its ``Environment`` variables).
+  environment, as Lambda gives it (``lambda_environment``).
 
   The RIE runs one request at a time, crashes on a second concurrent one and
   answers ``Event`` synchronously, so the dispatcher gives the backend what
   Lambda's endpoint gives it: any number of concurrent requests, ``Event``
   answered 202 at once and queued until one of the function's execution
-  environments is free (its concurrency: reserved concurrency if set, else
-  ``per_function``), 404 ResourceNotFoundException for unknown names, the
-  account's concurrency (``account_concurrency``) from GetAccountSettings and
-  (when a test asks) 429 TooManyRequestsException.
+  environments is free, 404 ResourceNotFoundException for unknown names, the
+  account's concurrency (``account_concurrency``) from GetAccountSettings,
+  and Lambda's strictness where the RIE forgives (see ``Dispatcher``):
+  payload limits, 429 beyond a function's or the account's concurrency, the
+  async queue's retries, age limit and duplicates, out-of-memory replies in
+  Lambda's shapes, and a sandbox per execution environment (``sandbox.py``:
+  1,024 processes/threads, the memory limit, a read-only filesystem but /tmp).
 * ``CountingProxy``: an HTTP proxy that counts requests by kind (PUT, GET,
   LIST, ...) on their way to a server, as a bill would.
+* ``IdleDroppingProxy``: a TCP proxy that drops connections idle for longer
+  than a set time, as NAT gateways and firewalls do.
 
 Nothing listens beyond 127.0.0.1.
 """
@@ -28,20 +32,25 @@ from __future__ import annotations
 
 import collections
 import http.client
+import io
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
+
+from tests.aws.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("WRENPACK_TEST_CACHE", Path.home() / ".cache" / "wrenpack-test"))
@@ -59,6 +68,8 @@ PYTHON = "%d.%d" % sys.version_info[:2]
 MIN_HARD_TIMEOUT = 10
 #: Handlers the emulator runs with boto3 preloaded (see rie_handler.py).
 PRELOADED = {"wrenpack.worker.handler.handler": "tests.aws.rie_handler.handler"}
+#: What the emulator's own tests run (``LambdaEndpoint.deploy_probe``).
+PROBE_HANDLER = "tests.aws.probe_handler.handler"
 
 
 
@@ -169,20 +180,120 @@ def rie_binary() -> Path:
     return target
 
 
-class Emulator:
-    """One RIE process (and, once invoked, its awslambdaric runtime)."""
+# -- Lambda's limits, as the dispatcher enforces them ------------------------------------------
+#: Invoke request payloads: 6 MB synchronous, 1 MB asynchronous (lambda-facts.md).
+SYNC_REQUEST_LIMIT = 6 * 1024 * 1024
+EVENT_REQUEST_LIMIT = 1024 * 1024
+#: A synchronous response may be 100 bytes over 6 MB: what Lambda (and the RIE) allow.
+RESPONSE_LIMIT = 6 * 1024 * 1024 + 100
+#: Lambda's async queue: a throttled event is tried again after 1 s, doubling up to 5 min,
+#: until it is older than the function's MaximumEventAgeInSeconds (default 6 h).
+ASYNC_BACKOFF = (1.0, 300.0)
+DEFAULT_MAX_EVENT_AGE = 21600.0
 
-    def __init__(self, binary: Path, env: dict[str, str], log_path: Path, timeout: float) -> None:
+#: How Lambda has reported a runtime its memory limit killed: a synchronous reply's body
+#: (with ``X-Amz-Function-Error: Unhandled``), by shape. ``{rid}``: the request id.
+OOM_SHAPES: dict[str, dict[str, Any]] = {
+    "out-of-memory": {"errorType": "Runtime.OutOfMemory",
+                      "errorMessage": "RequestId: {rid} Error: Runtime exited with error: signal: killed"},
+    "out-of-memory-no-reason": {"errorType": "Runtime.OutOfMemory",
+                                "errorMessage": "RequestId: {rid} Error: Runtime exited without providing a reason"},
+    "exit-error-killed": {"errorType": "Runtime.ExitError",
+                          "errorMessage": "RequestId: {rid} Error: Runtime exited with error: signal: killed"},
+    "exit-status-137": {"errorType": "Runtime.ExitError",
+                        "errorMessage": "RequestId: {rid} Error: Runtime exited with error: exit status 137"},
+    "process-exited": {"errorMessage": "RequestId: {rid} Process exited before completing request"},
+    "memory-error": {"errorMessage": "", "errorType": "MemoryError", "requestId": "{rid}", "stackTrace": []},
+}
+#: The keys of the document a runtime's unhandled error becomes.
+_ERROR_KEYS = {"errorMessage", "errorType", "requestId", "stackTrace"}
+
+
+def oom_reply(shape: str, request_id: str) -> bytes:
+    """The body of Lambda's reply for a runtime killed at its memory limit, in ``shape``."""
+    doc = {k: v.replace("{rid}", request_id) if isinstance(v, str) else v for k, v in OOM_SHAPES[shape].items()}
+    return json.dumps(doc).encode()
+
+
+def is_error_document(body: bytes) -> bool:
+    """Whether a runtime's 200 answer is its report of an unhandled error (which Lambda
+    flags with ``X-Amz-Function-Error``; the RIE does not)."""
+    if not body.startswith(b"{") or b'"errorType"' not in body[:4096] and b'"errorMessage"' not in body[:4096]:
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and bool(doc) and set(doc) <= _ERROR_KEYS
+
+
+def lambda_environment(name: str, conf: dict[str, Any], base_env: dict[str, str], handler: str,
+                       hard_timeout: int) -> dict[str, str]:
+    """The environment Lambda gives a function's runtime: its defined variables
+    (docs: "Defined runtime environment variables") and the function's own
+    ``Environment``, nothing of this machine's but what the emulator needs:
+    ``PYTHONPATH`` (the checkout, which stands for the deployment package),
+    the stand-in credentials and AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE
+    (so no file of this machine's is read), and the RIE's own
+    ``AWS_LAMBDA_FUNCTION_TIMEOUT`` (how it learns the timeout; not Lambda's)."""
+    env = dict((conf.get("Environment") or {}).get("Variables") or {})
+    for key in ("PYTHONPATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        if key in base_env:
+            env[key] = base_env[key]
+    # A function may set PYTHONPATH itself (Lambda does not reserve it): its entries come first.
+    own_path = ((conf.get("Environment") or {}).get("Variables") or {}).get("PYTHONPATH")
+    if own_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (own_path, base_env.get("PYTHONPATH")) if p)
+    memory = int(conf.get("MemorySize") or 128)
+    stream = time.strftime("%Y/%m/%d", time.gmtime()) + "/[$LATEST]" + uuid.uuid4().hex
+    # Reserved variables last: a function's Environment cannot override them on Lambda.
+    env.update(
+        PATH=f"{os.path.dirname(sys.executable)}:/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+        LANG="en_US.UTF-8",
+        TZ=":UTC",
+        _HANDLER=handler,
+        AWS_REGION=REGION,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_EXECUTION_ENV=f"AWS_Lambda_python{PYTHON}",
+        AWS_LAMBDA_FUNCTION_NAME=name,
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory),
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+        AWS_LAMBDA_INITIALIZATION_TYPE="on-demand",
+        AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{name}",
+        AWS_LAMBDA_LOG_STREAM_NAME=stream,
+        LAMBDA_TASK_ROOT=base_env.get("LAMBDA_TASK_ROOT", str(REPO)),
+        LAMBDA_RUNTIME_DIR=str(Path(awslambdaric_dir()).parent),
+        AWS_LAMBDA_FUNCTION_TIMEOUT=str(hard_timeout),
+    )
+    return env
+
+
+def awslambdaric_dir() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("awslambdaric")
+    return os.path.dirname(spec.origin) if spec and spec.origin else str(REPO)
+
+
+class Emulator:
+    """One RIE process (and, once invoked, its awslambdaric runtime), confined as a
+    Lambda sandbox is (``sandbox.Sandbox``) where this machine allows it."""
+
+    def __init__(self, binary: Path, env: dict[str, str], log_path: Path, timeout: float,
+                 sandbox: Sandbox | None = None) -> None:
         self.port = free_port()
         self.api_port = api_port = free_port()
         self.timeout = timeout
+        self.sandbox = sandbox
         self.log = open(log_path, "wb")
+        runtime = [sys.executable, "-m", "awslambdaric", env.get("_HANDLER", "wrenpack.worker.handler.handler")]
         self.proc = subprocess.Popen(
             [
                 str(binary),
                 "--runtime-interface-emulator-address", f"127.0.0.1:{self.port}",
                 "--runtime-api-address", f"127.0.0.1:{api_port}",
-                sys.executable, "-m", "awslambdaric", env.pop("_HANDLER", "wrenpack.worker.handler.handler"),
+                *(sandbox.command(runtime) if sandbox is not None else runtime),
             ],
             cwd=str(REPO), env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -194,46 +305,102 @@ class Emulator:
         if self.proc.poll() is not None:  # something else answered on its port
             raise RuntimeError(f"RIE exited with {self.proc.returncode} after its port answered; see {self.log.name}")
 
-    def forward(self, body: bytes) -> tuple[int, bytes]:
+    def forward(self, body: bytes) -> tuple[int, bytes, bool]:
+        """(status, body, whether the kernel's OOM killer struck during the invocation)."""
+        kills = self.sandbox.oom_kills() if self.sandbox is not None else 0
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout + 60)
         try:
             conn.request("POST", "/2015-03-31/functions/function/invocations", body=body,
                          headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
-            return resp.status, resp.read()
+            status, out = resp.status, resp.read()
         finally:
             conn.close()
+        oom = self.sandbox is not None and self.sandbox.oom_kills() > kills
+        return status, out, oom
 
     def stop(self) -> None:
         stop(self.proc)
+        if self.sandbox is not None:
+            self.sandbox.remove()
         self.log.close()
 
 
 class FunctionPool:
-    """The execution environments of one deployed function."""
+    """The execution environments of one deployed function, and its concurrency."""
 
-    def __init__(self, name: str, conf: dict[str, Any], emulators: list[Emulator]) -> None:
+    def __init__(self, name: str, conf: dict[str, Any], emulators: list[Emulator],
+                 reserved: int | None = None, max_event_age: float = DEFAULT_MAX_EVENT_AGE) -> None:
         self.name = name
         self.conf = conf
         self.emulators = emulators
+        self.reserved = reserved
+        self.max_event_age = max_event_age
+        #: invocations running (or waiting for an idle environment) now
+        self.running = 0
         self.idle: "queue.Queue[Emulator]" = queue.Queue()
         for emu in emulators:
             self.idle.put(emu)
 
 
+def _event_ids(body: bytes) -> tuple[str | None, str | None, int, int]:
+    """(job_id, call_id, segment, attempt) of a wrenpack event (Nones for anything else)."""
+    try:
+        event = json.loads(body)
+        return event.get("job_id"), event.get("call_id"), int(event.get("segment", 0)), int(event.get("attempt", 0))
+    except (ValueError, AttributeError, TypeError):
+        return None, None, 0, 0
+
+
 class Dispatcher:
-    """Lambda's endpoint on 127.0.0.1: control plane -> moto, invocations -> RIEs."""
+    """Lambda's endpoint on 127.0.0.1: control plane -> moto, invocations -> RIEs.
+
+    As strict as Lambda, where the RIE alone is not:
+
+    * payloads: a request over 6 MB (RequestResponse) or 1 MB (Event) is answered
+      413 RequestEntityTooLargeException; a response over 6 MB becomes the function
+      error ``Function.ResponseSizeTooLarge``;
+    * a runtime's unhandled error and its death come back as Lambda gives them:
+      200 with ``X-Amz-Function-Error: Unhandled``; a runtime the kernel killed at
+      the function's memory (its sandbox's memory cgroup) in Lambda's shape
+      ``oom_shape`` (one of ``OOM_SHAPES``);
+    * concurrency: a RequestResponse call beyond the function's reserved
+      concurrency or the account's (``account_concurrency``) is answered 429
+      TooManyRequestsException at once; an Event call is queued (202) and, while
+      throttled, tried again with backoff (``async_backoff``) until it is older
+      than the function's MaximumEventAgeInSeconds (``max_event_age`` overrides
+      it), then dropped;
+    * ``duplicates``: the share of Event calls delivered twice (off by default;
+      Lambda's async queue delivers at least once);
+    * each execution environment is a sandbox (``sandbox.Sandbox``): 1,024
+      processes/threads, the function's memory, 1,024 file descriptors, a
+      read-only filesystem but for a private /tmp (and ``shared`` directories),
+      and Lambda's environment variables (``lambda_environment``).
+
+    What the tests look at: ``invocations`` (type, outcome), ``calls`` (every
+    run), ``arrived``, ``queue_log`` (what the async queue did to each event:
+    throttled, dropped, duplicate, ran (with the handler's reply)).
+    """
 
     def __init__(self, binary: Path, base_env: dict[str, str], log_dir: Path, moto_url: str,
-                 per_function: int = 3) -> None:
+                 per_function: int = 3, shared: list[str] | tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.base_env = base_env
         self.log_dir = log_dir
         self.moto_url = moto_url
         self.per_function = per_function
+        self.shared = [str(s) for s in shared]
         #: execution environments of particular functions (default ``per_function``)
         self.environments: dict[str, int] = {}
         self.account_concurrency = 1000
+        self.oom_shape = "out-of-memory"
+        self.async_backoff = ASYNC_BACKOFF
+        #: seconds an Event call may wait in the queue, for every function (None: each function's own)
+        self.max_event_age: float | None = None
+        self.duplicates = 0.0
+        #: when a duplicate is delivered: uniformly within this many seconds of the first delivery's queueing
+        self.duplicate_delay = 0.3
+        self._random = random.Random(7)
         self.pools: dict[str, FunctionPool] = {}
         self._pools_lock = threading.Lock()
         self.max_background = 0  # most Event invocations running at once
@@ -243,8 +410,11 @@ class Dispatcher:
         self.calls: list[tuple[str, str, str, int, int]] = []
         #: (job_id, call_id) -> when its first invocation request arrived (time.time()), queued or not
         self.arrived: dict[tuple[str, str], float] = {}
+        #: what the async queue did: (function, job_id, call_id, "throttled" | "dropped" | "duplicate" | "ran", reply)
+        self.queue_log: list[tuple[str, str | None, str | None, str, Any]] = []
         self._background = 0
         self._running = 0
+        self._account_running = 0
         self._cv = threading.Condition()
         self.server, self.url, self._thread = serve_on_loopback(self._handler_class())
 
@@ -265,21 +435,25 @@ class Dispatcher:
             except lam.exceptions.ResourceNotFoundException:
                 return None
             reserved = lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+            try:
+                age = float(lam.get_function_event_invoke_config(FunctionName=name).get("MaximumEventAgeInSeconds")
+                            or DEFAULT_MAX_EVENT_AGE)
+            except Exception:  # noqa: BLE001 - none configured: Lambda's default
+                age = DEFAULT_MAX_EVENT_AGE
             count = self.environments.get(name, self.per_function)
             count = count if reserved is None else max(0, min(reserved, count))
-            env = dict(self.base_env)
-            env.update((conf.get("Environment") or {}).get("Variables") or {})
-            env.update(
-                AWS_LAMBDA_FUNCTION_NAME=name,
-                AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(conf.get("MemorySize") or 128),
-                # The RIE counts a runtime's init in its first call's timeout and Lambda does
-                # not: its hard limit is kept at >= 10 s, so a loaded machine does not kill a
-                # cold runtime; the handler still stops each call at its own timeout (TaskTimeout).
-                AWS_LAMBDA_FUNCTION_TIMEOUT=str(max(int(conf.get("Timeout") or 3), MIN_HARD_TIMEOUT)),
-                _HANDLER=PRELOADED.get(conf.get("Handler") or "", conf.get("Handler") or "wrenpack.worker.handler.handler"),
-            )
-            emulators = [Emulator(self.binary, dict(env), self.log_dir / f"rie-{name}-{i}.log", float(env["AWS_LAMBDA_FUNCTION_TIMEOUT"]))
-                         for i in range(count)]
+            handler = PRELOADED.get(conf.get("Handler") or "", conf.get("Handler") or "wrenpack.worker.handler.handler")
+            # The RIE counts a runtime's init in its first call's timeout and Lambda does
+            # not: its hard limit is kept at >= 10 s, so a loaded machine does not kill a
+            # cold runtime; the handler still stops each call at its own timeout (TaskTimeout).
+            hard = max(int(conf.get("Timeout") or 3), MIN_HARD_TIMEOUT)
+            memory = int(conf.get("MemorySize") or 128)
+            emulators = []
+            for i in range(count):
+                tag = f"{name}-{i}"
+                sandbox = Sandbox(f"wrenpack-rie-{os.getpid()}-{tag}", memory, self.log_dir / f"tmp-{tag}", self.shared)
+                env = lambda_environment(name, conf, self.base_env, handler, hard)
+                emulators.append(Emulator(self.binary, env, self.log_dir / f"rie-{tag}.log", float(hard), sandbox))
             for emu in emulators:
                 emu.wait_ready()
             # Start each runtime now: Lambda does not count a cold start in the
@@ -289,20 +463,35 @@ class Dispatcher:
                 t.start()
             for t in warm:
                 t.join()
-            found = self.pools[name] = FunctionPool(name, conf, emulators)
+            found = self.pools[name] = FunctionPool(name, conf, emulators, reserved, age)
             return found
 
     @property
     def emulators(self) -> list[Emulator]:
         return [emu for pool in self.pools.values() for emu in pool.emulators]
 
-    def _run(self, pool: FunctionPool, body: bytes) -> tuple[int, bytes]:
-        try:
-            event = json.loads(body)
-            self.calls.append((pool.name, event.get("job_id"), event.get("call_id"),
-                               int(event.get("segment", 0)), int(event.get("attempt", 0))))
-        except (ValueError, AttributeError):
-            pass
+    # -- concurrency ---------------------------------------------------------
+    def _admit(self, pool: FunctionPool) -> str | None:
+        """Take one of the function's and the account's concurrency, or say why not (429's Reason)."""
+        with self._cv:
+            if pool.reserved is not None and pool.running >= pool.reserved:
+                return "ReservedFunctionConcurrentInvocationLimitExceeded"
+            if self._account_running >= self.account_concurrency:
+                return "ConcurrentInvocationLimitExceeded"
+            pool.running += 1
+            self._account_running += 1
+            return None
+
+    def _release(self, pool: FunctionPool) -> None:
+        with self._cv:
+            pool.running -= 1
+            self._account_running -= 1
+            self._cv.notify_all()
+
+    def _run(self, pool: FunctionPool, body: bytes) -> tuple[int, bytes, bool]:
+        job_id, call_id, segment, attempt = _event_ids(body)
+        if job_id is not None:
+            self.calls.append((pool.name, job_id, call_id, segment, attempt))
         emu = pool.idle.get()
         try:
             return emu.forward(body)
@@ -310,21 +499,52 @@ class Dispatcher:
             pool.idle.put(emu)
 
     def _note_arrival(self, body: bytes) -> None:
-        try:
-            event = json.loads(body)
-            self.arrived.setdefault((event["job_id"], event["call_id"]), time.time())
-        except (ValueError, KeyError, TypeError):
-            pass
+        job_id, call_id, _, _ = _event_ids(body)
+        if job_id is not None and call_id is not None:
+            self.arrived.setdefault((job_id, call_id), time.time())
 
-    def _event(self, pool: FunctionPool, body: bytes) -> None:
-        with self._cv:
-            self._running += 1
-            self.max_background = max(self.max_background, self._running)
+    # -- the async queue -------------------------------------------------------
+    def _enqueue(self, pool: FunctionPool, body: bytes) -> None:
+        deliveries = [0.0]
+        if self.duplicates and self._random.random() < self.duplicates:
+            deliveries.append(self._random.uniform(0, self.duplicate_delay))
+        queued_at = time.time()
+        for i, delay in enumerate(deliveries):
+            with self._cv:
+                self._background += 1
+            threading.Thread(target=self._deliver, args=(pool, body, queued_at, delay, i > 0), daemon=True).start()
+
+    def _deliver(self, pool: FunctionPool, body: bytes, queued_at: float, delay: float, duplicate: bool) -> None:
+        job_id, call_id, _, _ = _event_ids(body)
         try:
-            self._run(pool, body)
+            if duplicate:
+                self.queue_log.append((pool.name, job_id, call_id, "duplicate", None))
+            time.sleep(delay)
+            age_limit = pool.max_event_age if self.max_event_age is None else self.max_event_age
+            backoff = self.async_backoff[0]
+            while self._admit(pool) is not None:
+                if time.time() + backoff - queued_at > age_limit:
+                    self.queue_log.append((pool.name, job_id, call_id, "dropped", None))
+                    return
+                self.queue_log.append((pool.name, job_id, call_id, "throttled", None))
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.async_backoff[1])
+            with self._cv:
+                self._running += 1
+                self.max_background = max(self.max_background, self._running)
+            try:
+                status, out, oom = self._run(pool, body)
+            finally:
+                self._release(pool)
+                with self._cv:
+                    self._running -= 1
+            try:
+                reply = json.loads(out) if status < 500 and not oom else None
+            except ValueError:
+                reply = None
+            self.queue_log.append((pool.name, job_id, call_id, "ran", reply))
         finally:
             with self._cv:
-                self._running -= 1
                 self._background -= 1
                 self._cv.notify_all()
 
@@ -351,6 +571,22 @@ class Dispatcher:
         finally:
             conn.close()
 
+    def _sync_reply(self, status: int, out: bytes, oom: bool) -> tuple[bytes, str | None]:
+        """(body, X-Amz-Function-Error) of Lambda's 200 answer to a RequestResponse call."""
+        if oom:
+            rid = out.decode("utf-8", "replace").partition("RequestId: ")[2].split(" ")[0] or str(uuid.uuid4())
+            return oom_reply(self.oom_shape, rid), "Unhandled"
+        if len(out) > RESPONSE_LIMIT:
+            doc = {"errorMessage": f"Response payload size ({len(out)} bytes) exceeded maximum allowed payload size "
+                                   f"({RESPONSE_LIMIT} bytes).", "errorType": "Function.ResponseSizeTooLarge"}
+            return json.dumps(doc).encode(), "Unhandled"
+        # The RIE says 502/500 for a runtime that died (and a response too large):
+        # Lambda answers 200 with the function error; and a handler's own exception
+        # is flagged as one, which the RIE does not do.
+        if status >= 500 or is_error_document(out):
+            return out, "Unhandled"
+        return out, None
+
     def _handler_class(self):
         dispatcher = self
 
@@ -360,14 +596,20 @@ class Dispatcher:
             def log_message(self, *args):  # quiet
                 pass
 
-            def _reply(self, code: int, body: bytes, error_type: str | None = None) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                if error_type:
-                    self.send_header("x-amzn-ErrorType", error_type)
-                self.end_headers()
-                self.wfile.write(body)
+            def _reply(self, code: int, body: bytes, error_type: str | None = None,
+                       function_error: str | None = None) -> None:
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    if error_type:
+                        self.send_header("x-amzn-ErrorType", error_type)
+                    if function_error:
+                        self.send_header("X-Amz-Function-Error", function_error)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client went away (a dropped connection): Lambda's reply is lost too
+                    self.close_connection = True
 
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -395,6 +637,13 @@ class Dispatcher:
                 if not (len(parts) == 4 and parts[1] == "functions" and parts[3] == "invocations"):
                     return dispatcher._proxy(self, body)
                 kind = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+                limit = EVENT_REQUEST_LIMIT if kind == "Event" else SYNC_REQUEST_LIMIT
+                if len(body) > limit:
+                    dispatcher.invocations.append((kind, "too-large"))
+                    message = (f"{len(body)} byte payload is too large for the Event invocation type (limit {limit} bytes)"
+                               if kind == "Event" else f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
+                    msg = {"Type": "User", "message": message}
+                    return self._reply(413, json.dumps(msg).encode(), "RequestEntityTooLargeException")
                 dispatcher._note_arrival(body)
                 pool = dispatcher.pool(parts[2])
                 if pool is None or not pool.emulators:
@@ -405,28 +654,27 @@ class Dispatcher:
                     throttled = dispatcher.throttle_next > 0
                     if throttled:
                         dispatcher.throttle_next -= 1
-                if throttled:
-                    dispatcher.invocations.append((kind, "throttled"))
-                    msg = {"Reason": "ReservedFunctionConcurrentInvocationLimitExceeded", "Type": "User", "message": "Rate Exceeded."}
-                    return self._reply(429, json.dumps(msg).encode(), "TooManyRequestsException")
-                if kind == "Event":
+                reason = "ReservedFunctionConcurrentInvocationLimitExceeded" if throttled else None
+                if kind == "Event" and not throttled:
                     dispatcher.invocations.append((kind, "queued"))
-                    with dispatcher._cv:
-                        dispatcher._background += 1
-                    threading.Thread(target=dispatcher._event, args=(pool, body), daemon=True).start()
+                    dispatcher._enqueue(pool, body)
                     return self._reply(202, b"")
+                if reason is None:
+                    reason = dispatcher._admit(pool)
+                    admitted = reason is None
+                else:
+                    admitted = False
+                if not admitted:
+                    dispatcher.invocations.append((kind, "throttled"))
+                    msg = {"Reason": reason, "Type": "User", "message": "Rate Exceeded."}
+                    return self._reply(429, json.dumps(msg).encode(), "TooManyRequestsException")
                 dispatcher.invocations.append((kind, "run"))
-                status, out = dispatcher._run(pool, body)
-                # Lambda answers 200 for a function's own errors too; RIE may say 502/500
-                # for a runtime that died, which Lambda reports as 200 + FunctionError.
-                if status >= 500:
-                    self.send_response(200)
-                    self.send_header("X-Amz-Function-Error", "Unhandled")
-                    self.send_header("Content-Length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                    return
-                return self._reply(status, out)
+                try:
+                    status, out, oom = dispatcher._run(pool, body)
+                finally:
+                    dispatcher._release(pool)
+                out, function_error = dispatcher._sync_reply(status, out, oom)
+                return self._reply(200, out, function_error=function_error)
 
         return Handler
 
@@ -461,6 +709,25 @@ class LambdaEndpoint(Dispatcher):
             env[ENV_STORE] = store_url
         package = {"Runtime": f"python{PYTHON}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]}
         deploy_function(lam, name, settings, {"ZipFile": _package()}, package, env, role=self.role_arn, reserved=reserved)
+        return name
+
+
+    def deploy_probe(self, name: str, memory: int = 128, timeout: int = 5, reserved: int | None = None,
+                     environments: int = 1) -> str:
+        """A function whose runtime runs ``tests.aws.probe_handler`` (the emulator's own
+        tests: it does what each event asks and loads nothing of wrenpack's), created in
+        moto directly, with ``environments`` execution environments."""
+        import boto3
+
+        lam = boto3.client("lambda", endpoint_url=self.moto_url, region_name=REGION)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("probe.txt", "the runtime imports tests.aws.probe_handler from the checkout")
+        lam.create_function(FunctionName=name, Runtime=f"python{PYTHON}", Role=self.role_arn, Handler=PROBE_HANDLER,
+                            Code={"ZipFile": buf.getvalue()}, MemorySize=memory, Timeout=timeout)
+        if reserved is not None:
+            lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
+        self.environments[name] = environments
         return name
 
 
@@ -543,3 +810,79 @@ def s3_request_kind(method: str, path: str, headers: dict[str, str]) -> str:
     if method == "POST" and "delete" in query:
         return "DELETE"
     return method
+
+
+class IdleDroppingProxy:
+    """A TCP proxy on 127.0.0.1 to ``target`` that closes both sides of a connection
+    after ``idle_s`` seconds without a byte either way while a request waits for its
+    answer, as a NAT gateway or a firewall drops the idle connection of a long
+    synchronous call (a kernel's keepalive probes would not reach a proxy in user
+    space, so they do not keep a connection open here). A connection idle between
+    requests is left alone: dropping it would race with the client's next request,
+    which no client can tell from a drop during a call."""
+
+    def __init__(self, target: str, idle_s: float) -> None:
+        where = urlsplit(target)
+        self.target = (where.hostname, where.port)
+        self.idle_s = idle_s
+        self.dropped = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", free_port()))
+        self._sock.listen(64)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        import selectors
+
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        sel = selectors.DefaultSelector()
+        sel.register(client, selectors.EVENT_READ, upstream)
+        sel.register(upstream, selectors.EVENT_READ, client)
+        waiting = False  # a request went up and its answer has not begun
+        try:
+            while not self._stop.is_set():
+                ready = sel.select(timeout=self.idle_s if waiting else 0.5)
+                if not ready:
+                    if waiting:
+                        with self._lock:
+                            self.dropped += 1
+                        return
+                    continue
+                for key, _ in ready:
+                    data = key.fileobj.recv(65536)
+                    if not data:
+                        return
+                    key.data.sendall(data)
+                    waiting = key.fileobj is client
+        except OSError:
+            return
+        finally:
+            sel.close()
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()

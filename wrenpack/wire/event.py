@@ -12,6 +12,13 @@ a ``ProtocolError`` (a wrenpack error, never the user's). Backends copy the
 dict and change only ``attempt`` and ``timeout_s``; other helpers add optional
 fields to ``OPTIONAL`` below. What comes back is ``wire.outcome`` inside a
 ``wire.result`` object. Standard library only: the worker imports this.
+
+``deadline`` (seconds since the epoch, the client's clock): the client no
+longer waits for this attempt to start after it, and the handler refuses the
+event then, running nothing and writing nothing (Lambda may deliver an event
+late, or twice). ``reply_within_s`` (RequestResponse): a call that ran longer
+stores its result object instead of replying with it, so a client whose idle
+connection was dropped finds it in the store.
 """
 from __future__ import annotations
 
@@ -55,6 +62,8 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "func_hash": (str,),                # issue 15: sha256 of the pickled function (workers cache functions by it)
     "func_inline": (str,),              # issue 15: the pickled function itself (base64), for small jobs
     "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
+    "deadline": (int, float, type(None)),        # client clock: the attempt is not waited for if it starts later (refused)
+    "reply_within_s": (int, float, type(None)),  # a result returns in the reply only from a call that ran at most this long
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _good_hashes: set[str] = set()  # func_hash values already checked

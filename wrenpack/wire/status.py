@@ -10,7 +10,11 @@ fields every invocation has, in this order::
     start, end, duration_s (seconds; start and end on the worker's clock),
     peak_rss_mb, children_peak_rss_mb, host, pid, python, request_id
 
-and the handler adds, when they apply: ``run_s`` (the function's own time),
+An invocation whose event came after its ``deadline`` runs nothing: the handler
+replies ``{job_id, call_id, attempt, segment, exit: "expired", deadline, now}``
+and writes no record.
+
+The handler adds, when they apply: ``run_s`` (the function's own time),
 ``checkpoint`` (its saves), ``logs`` (the captured output tail), ``stored``
 (the job has objects in the store), ``botocore`` (the worker's botocore
 version, when the store is S3); the client adds ``retried``.

@@ -354,13 +354,17 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run one call described by ``event``; return its status record (plus the
     sealed result object under ``"result"`` when ``reply_limit`` allows).
 
-    A malformed event raises ``ProtocolError`` (nothing runs, nothing is written).
-    A probe (``wrenpack.worker.sdk``) is answered with the worker's versions."""
+    A malformed event raises ``ProtocolError`` (nothing runs, nothing is written);
+    an event past its ``deadline`` is refused (``_expired``). A probe
+    (``wrenpack.worker.sdk``) is answered with the worker's versions."""
     global soft_deadline
     if sdk.is_probe(event):
         return sdk.probe(event)
     start = time.time()
     ev = Event.from_dict(event)
+    deadline = ev.extra.get("deadline")
+    if deadline is not None and start > deadline:
+        return _expired(ev, deadline, start)
     job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
     store: Any = job_store
     func_key = _function_key(ev)  # (before the peak mark: it may free earlier functions' memory)
@@ -479,16 +483,41 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         # its private socketpair, which authenticates them (``wrenpack.backends.local.replies``).
         return dict(status, first=True, outcome=outcome)
     blob = seal_result(ev.secret, job_id, call_id, status, outcome)
-    if limit is not None and len(blob) <= limit:
+    within = ev.extra.get("reply_within_s")
+    if limit is not None and len(blob) <= limit and (within is None or end - start <= within):
         # Contract 2: small results travel back in the reply, never through the store.
         reply: dict[str, Any] = dict(status, first=True)
         reply["result"] = to_reply(blob, text=os.environ.get("WRENPACK_LOCAL_WORKER") != "1")
-        return reply
+        if _reply_fits(reply):
+            return reply
     rkey = keys.result_key(job_id, call_id)
     status["first"] = store.put(rkey, blob, if_absent=True)
     if not status["first"]:
         _check_existing_result(store, ev, rkey)
     return status
+
+
+#: Lambda's synchronous response limit, 6 MB and 100 bytes, less room for the runtime's JSON spacing.
+_RESPONSE_LIMIT = 6 * 1024 * 1024 + 100 - 1024
+
+
+def _reply_fits(reply: dict[str, Any]) -> bool:
+    """Whether a reply with the result inside stays under Lambda's response limit: the
+    status beside it can be large (a captured log tail, escaped as JSON)."""
+    result = reply["result"]
+    if not isinstance(result, str):
+        return True  # a local worker's reply: no Lambda limit
+    rest = status_record.dumps({k: v for k, v in reply.items() if k != "result"})
+    return len(result) + len(rest) <= _RESPONSE_LIMIT
+
+
+def _expired(ev: Event, deadline: float, now: float) -> dict[str, Any]:
+    """The reply to an event that came after its deadline: the client no longer waits
+    for this attempt (it sent another, or gave up), so nothing runs and nothing is written."""
+    log.warning("%s (call %s of job %s, attempt %d) came %.1f s after its deadline; not run",
+                ev.label, ev.call_id, ev.job_id, ev.attempt, now - deadline)
+    return {"job_id": ev.job_id, "call_id": ev.call_id, "attempt": ev.attempt, "segment": ev.segment,
+            "exit": "expired", "deadline": deadline, "now": now}
 
 
 def _check_existing_result(store: Store, ev: Event, rkey: str) -> None:

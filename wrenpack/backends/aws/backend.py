@@ -16,7 +16,10 @@ them and reads what the calls left.
            function with reserved concurrency has its own (read once, logged)
         -> sender threads: lambda.invoke (backoff on throttling/5xx)
     RequestResponse: the reply carries the handler's status and, when it fits
-        (``reply_limit``), the sealed result object itself: no S3 request.
+        (``reply_limit``) and the call was short (``reply_within_s``), the sealed
+        result object itself: no S3 request. Longer calls store their result: if
+        an idle connection is dropped while one runs, the client waits for that
+        object instead of invoking the call again (botocore retries nothing here).
     Event (202: queued in Lambda): poller thread every `poll_interval` s, per job:
         per shard with many calls in flight: LIST (StartAfter = below the lowest
         pending call), else a direct GET per call; each ended call's object is
@@ -31,7 +34,9 @@ them and reads what the calls left.
 
 Duplicates are harmless: the handler writes its one result object with
 ``if_absent``, so whichever delivery finishes first wins, and ``on_done`` is
-called once per invocation no matter how many deliveries report.
+called once per invocation no matter how many deliveries report. Each event
+carries a ``deadline`` (client clock) after which the client no longer waits
+for that attempt to start; the handler refuses it then without running anything.
 """
 from __future__ import annotations
 
@@ -72,9 +77,32 @@ log = logging.getLogger(__name__)
 #: Lambda's request payload limits (bytes).
 EVENT_PAYLOAD_LIMIT = 1024 * 1024
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
+#: Lambda's synchronous response limit (bytes): 6 MB and 100 bytes.
+RESPONSE_LIMIT = SYNC_PAYLOAD_LIMIT + 100
 #: A result object at most this big returns in a RequestResponse reply: 6 MB
 #: response limit, less room for the JSON status, less base64's 4/3 growth.
 REPLY_LIMIT = (SYNC_PAYLOAD_LIMIT - 64 * 1024) * 3 // 4
+#: RequestResponse: a call that runs longer than this stores its result instead of
+#: replying with it (s). Routers drop connections idle for minutes (a NAT gateway
+#: after 350 s); a stored result outlives the connection, and costs one PUT and one
+#: GET, nothing beside a minute of Lambda.
+REPLY_WITHIN_S = 60.0
+#: Room the event's deadline and start mark add to its size when it is sent (bytes).
+_SEND_FIELDS = 128
+#: Lambda's Invoke error codes for a request payload over its limit.
+_TOO_LARGE_CODES = {"RequestEntityTooLargeException", "RequestTooLargeException", "413"}
+#: A RequestResponse invocation that failed with these was not sent: sending it again is safe.
+_NOT_SENT = {"EndpointConnectionError", "ConnectTimeoutError"}
+#: A RequestResponse invocation that failed with these was sent and may be running.
+_DROPPED = {"ConnectionClosedError", "ReadTimeoutError", "ResponseStreamingError", "ProtocolError",
+            "IncompleteRead", "ConnectionResetError", "RemoteDisconnected"}
+#: How Lambda says that a runtime was killed at its memory limit: error types, and
+#: words of the error message (signal: killed is the kernel's OOM kill; exit status
+#: 137 is a wrapper's report of it; older runtimes said "Process exited before
+#: completing request").
+_OOM_TYPES = {"Runtime.OutOfMemory", "MemoryError"}
+_OOM_WORDS = ("signal: killed", "exit status 137", "process exited before completing request", "out of memory",
+              "memory")
 _THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "EC2ThrottledException", "429"}
 _RETRYABLE_CODES = _THROTTLE_CODES | {
     "ServiceException", "ResourceNotReadyException", "ResourceConflictException", "500", "502", "503", "504",
@@ -106,6 +134,10 @@ class _Function:
     cap: int
     #: when a call of this function last showed it ran (a result, a segment, a start mark)
     last_progress: float = 0.0
+
+
+class _Dropped(Exception):
+    """A RequestResponse invocation's connection broke after it was sent: the call may be running."""
 
 
 @dataclass
@@ -142,6 +174,7 @@ class LambdaBackend(Backend):
         poll_interval: float = 0.5,
         deadline_margin_s: float = 30.0,
         throttle_give_up_s: float = 600.0,
+        reply_within_s: float = REPLY_WITHIN_S,
         client: Any = None,
     ) -> None:
         if invocation_type not in ("Event", "RequestResponse"):
@@ -160,6 +193,7 @@ class LambdaBackend(Backend):
         self.poll_interval = poll_interval
         self.deadline_margin_s = deadline_margin_s
         self.throttle_give_up_s = throttle_give_up_s
+        self.reply_within_s = reply_within_s
         self._client = client
         self._client_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -224,11 +258,17 @@ class LambdaBackend(Backend):
                                           self.profile)
         sync = self.invocation_type == "RequestResponse"
         cfg = Config(
-            # Throttling is retried by our own, longer backoff loop below.
-            retries={"mode": "standard", "max_attempts": 3},
+            # Throttling is retried by our own, longer backoff loop below. A synchronous
+            # Invoke is never retried by botocore: after a read timeout or a dropped
+            # connection it would send the call again while the first may still run
+            # (``_after_drop`` decides instead, from the store).
+            retries={"mode": "standard", "total_max_attempts": 1} if sync else {"mode": "standard", "max_attempts": 3},
             max_pool_connections=max(10, min(self.concurrency, 256)),
             connect_timeout=10,
-            read_timeout=960 if sync else 60,  # a synchronous call may run 900 s
+            # above the longest function timeout (900 s): a synchronous call's reply comes at its end
+            read_timeout=960 if sync else 60,
+            # the connection of a long synchronous call is idle for its whole run
+            tcp_keepalive=sync,
         )
         return session.client("lambda", endpoint_url=self.endpoint_url, config=cfg)
 
@@ -349,6 +389,11 @@ class LambdaBackend(Backend):
                 self._report(inv, InvocationResult(error=fn))
                 continue
             call.fn = fn
+            too_large = self._too_large(inv, len(event_format.dumps(inv.event)) + _SEND_FIELDS)
+            if too_large is not None:
+                call.done = True  # nothing is sent: the call fails before it is launched
+                self._report(inv, InvocationResult(error=too_large))
+                continue
             with self._lock:
                 self._calls[inv.key] = call
                 if self._poller is None and self.invocation_type == "Event":
@@ -393,6 +438,17 @@ class LambdaBackend(Backend):
         return max(0.0, horizon - time.time()) + 2 * self.deadline_margin_s + 5
 
     # -- sending ------------------------------------------------------------
+    def _too_large(self, inv: Invocation, size: int) -> PayloadTooLarge | None:
+        """The one-line error for an event of ``size`` bytes over Lambda's request limit, else None."""
+        event_type = self.invocation_type == "Event"
+        limit = EVENT_PAYLOAD_LIMIT if event_type else SYNC_PAYLOAD_LIMIT
+        if size <= limit:
+            return None
+        return PayloadTooLarge(
+            f"the event for {inv.label} is {size} bytes, over Lambda's {limit}-byte limit for "
+            f"{self.invocation_type} invocations; lower inline_limit so large arguments travel through the store"
+        )
+
     def _send(self, call: _Call) -> None:
         inv, fn = call.inv, call.fn
         assert fn is not None
@@ -405,24 +461,20 @@ class LambdaBackend(Backend):
             inv.event["attempt"] = inv.attempt
             event_type = self.invocation_type == "Event"
             if event_type:
-                inv.event["mark_start_after"] = time.time() + self.deadline_margin_s / 2
                 inv.event.pop("reply_limit", None)
+                inv.event.pop("reply_within_s", None)
             else:
                 inv.event["reply_limit"] = REPLY_LIMIT
-            payload = event_format.dumps(inv.event)
-            limit = EVENT_PAYLOAD_LIMIT if event_type else SYNC_PAYLOAD_LIMIT
-            if len(payload) > limit:
-                self._finish(call, InvocationResult(error=PayloadTooLarge(
-                    f"the event for {inv.label} is {len(payload)} bytes, over Lambda's {limit}-byte limit; "
-                    "lower inline_limit so large arguments travel through the store"
-                )))
-                return
+                inv.event["reply_within_s"] = self.reply_within_s
             if not event_type:
                 with self._lock:
                     call.sent_at = time.time()
                 self.started(inv)
             try:
-                resp = self._invoke_with_backoff(fn.name, payload)
+                resp = self._invoke_with_backoff(fn.name, inv)
+            except _Dropped as exc:
+                self._after_drop(call, exc)
+                return
             except WrenpackError as exc:
                 self._finish(call, InvocationResult(error=exc))
                 return
@@ -437,7 +489,14 @@ class LambdaBackend(Backend):
                 self.started(inv)
                 self._wake.set()
                 return
-            self._finish_sync(call, resp)
+            try:
+                body = resp["Payload"].read() if resp.get("Payload") is not None else b""
+            except Exception as exc:  # noqa: BLE001 - the reply broke off: the call ran, or runs
+                if type(exc).__name__ not in _DROPPED:
+                    raise
+                self._after_drop(call, exc)
+                return
+            self._finish_sync(call, resp, body)
         finally:
             if not released:
                 # Sync calls and failed sends free their slots here; Event calls in _finish.
@@ -445,14 +504,32 @@ class LambdaBackend(Backend):
                 self._slots.release()
                 fn.slots.release()
 
-    def _invoke_with_backoff(self, name: str, payload: bytes) -> dict[str, Any]:
+    def _payload(self, inv: Invocation) -> bytes:
+        """The event as sent now: its deadline (and an Event's start mark) counted from this send."""
+        now = time.time()
+        if self.invocation_type == "Event":
+            inv.event["mark_start_after"] = now + self.deadline_margin_s / 2
+            # Lambda may hold an Event in its queue; the client waits for it to start as long
+            # as it waits out refusals. A synchronous call starts at once or is refused (429).
+            inv.event["deadline"] = round(now + self.throttle_give_up_s, 3)
+        else:
+            inv.event["deadline"] = round(now + self.deadline_margin_s, 3)
+        payload = event_format.dumps(inv.event)
+        too_large = self._too_large(inv, len(payload))
+        if too_large is not None:
+            raise too_large
+        return payload
+
+    def _invoke_with_backoff(self, name: str, inv: Invocation) -> dict[str, Any]:
         start = time.monotonic()
         delay = 0.2
         while True:
+            payload = self._payload(inv)
             try:
                 return self.client.invoke(FunctionName=name, InvocationType=self.invocation_type, Payload=payload)
             except Exception as exc:  # botocore ClientError and connection errors
                 code = _code(exc)
+                kind = type(exc).__name__
                 if code == "ResourceNotFoundException":
                     raise ConfigError(
                         f"Lambda function {name!r} not found (it was deleted?); run `wrenpack deploy` for its settings "
@@ -462,24 +539,58 @@ class LambdaBackend(Backend):
                     raise ConfigError(
                         f"not allowed to invoke Lambda function {name!r}; see `wrenpack iam-policy`"
                     ) from None
-                connection = type(exc).__name__ in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError")
+                if code in _TOO_LARGE_CODES:
+                    raise PayloadTooLarge(
+                        f"Lambda refused the {len(payload)}-byte event for {inv.label} as too large ({code}); "
+                        "lower inline_limit so large arguments travel through the store"
+                    ) from None
+                if self.invocation_type == "RequestResponse" and kind in _DROPPED:
+                    raise _Dropped(f"{kind}: {exc}") from None
+                connection = kind in _NOT_SENT or kind in _DROPPED  # an Event sent twice is a duplicate: harmless
                 if code not in _RETRYABLE_CODES and not connection:
-                    raise TaskError(f"invoking Lambda function {name!r} failed: {code or type(exc).__name__}: {exc}") from None
+                    raise TaskError(f"invoking Lambda function {name!r} failed: {code or kind}: {exc}") from None
                 waited = time.monotonic() - start
                 if waited > self.throttle_give_up_s or self._stop.is_set():
                     raise TaskError(
-                        f"Lambda kept refusing invocations of {name!r} ({code or type(exc).__name__}) "
+                        f"Lambda kept refusing invocations of {name!r} ({code or kind}) "
                         f"for {waited:.0f} s; lower concurrency or raise the account's concurrency quota"
                     ) from None
                 log.debug("invoke throttled (%s); retrying in %.2f s", code, delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 20.0)
 
-    def _finish_sync(self, call: _Call, resp: dict[str, Any]) -> None:
+    def _after_drop(self, call: _Call, exc: BaseException) -> None:
+        """A RequestResponse call's connection broke after the Invoke was sent. The call
+        may run to its end on Lambda, so it is not invoked again: a call that ran past
+        ``reply_within_s`` stores its result, which is waited for until the call's
+        latest possible end (its deadline to start, plus its timeout, plus the margin)."""
+        inv = call.inv
+        where = f"{inv.label} (call {inv.key[1]} of job {inv.key[0]})"
+        latest = float(inv.event.get("deadline") or time.time()) + inv.timeout_s + self.deadline_margin_s
+        log.warning("%s: the connection to Lambda broke while the call ran (%s); waiting for its result in the store "
+                    "instead of invoking it again", where, exc)
+        probes = 0
+        while not self._stop.is_set():
+            found = self._read_result(inv)
+            if found is not None:
+                self._finish(call, found)
+                return
+            now = time.time()
+            if now > latest:
+                break
+            probes += 1
+            self._stop.wait(min(_probe_gap(self.poll_interval, probes), latest - now + 0.05))
+        if self._stop.is_set():
+            return  # shutdown reports it
+        self._finish(call, InvocationResult(error=WorkerLost(
+            f"{where}: the connection to Lambda broke while it ran and no result reached the store by its latest end; "
+            "it was not invoked again (it may have run once); use invocation_type='Event' where connections drop"
+        )))
+
+    def _finish_sync(self, call: _Call, resp: dict[str, Any], body: bytes) -> None:
         """A RequestResponse reply: the handler's status, with the result object
         itself when it fit; otherwise the store holds it (one GET)."""
         inv = call.inv
-        body = resp["Payload"].read() if resp.get("Payload") is not None else b""
         function_error = resp.get("FunctionError")
         doc: Any = None
         if body:
@@ -500,6 +611,9 @@ class LambdaBackend(Backend):
             if doc["exit"] == "checkpointed":
                 self._finish(call, InvocationResult(status=doc))
                 return
+            if doc["exit"] == "expired":
+                self._expired(call, doc)
+                return
             self._finish(call, self._read_result(inv) or InvocationResult(error=CorruptObject(
                 f"{inv.label}: the worker reported completion but its result object is missing from "
                 f"{self.store.url}; re-run the call")))
@@ -518,6 +632,20 @@ class LambdaBackend(Backend):
             self._pool.submit(self._send, call)
             return
         self._finish(call, InvocationResult(error=error))
+
+    def _expired(self, call: _Call, doc: dict[str, Any]) -> None:
+        """The handler refused the attempt as past its deadline: nothing ran, so it may be sent again."""
+        inv = call.inv
+        skew = float(doc.get("now") or 0.0) - time.time()
+        if inv.attempt < inv.retries:
+            inv.attempt += 1
+            log.warning("%s reached Lambda after its deadline and did not run; retry %d", inv.label, inv.attempt)
+            self._pool.submit(self._send, call)
+            return
+        self._finish(call, InvocationResult(error=WorkerLost(
+            f"{inv.label} (call {inv.key[1]} of job {inv.key[0]}) reached Lambda after its deadline and did not run; "
+            f"Lambda's clock reads {skew:+.0f} s from this machine's: synchronise this clock (NTP) if that is large"
+        )))
 
     # -- reading what a call left --------------------------------------------------
     def _result_from(self, inv: Invocation, data: bytes) -> InvocationResult:
@@ -649,6 +777,20 @@ class LambdaBackend(Backend):
                          inv.label, started - call.sent_at)
                 call.deadline, call.extended = started + window, True
                 return
+        elif _past(inv.event.get("deadline"), now - self.deadline_margin_s):
+            # Not started by its event's deadline: the handler refuses it if Lambda
+            # delivers it now, so waiting longer for it gains nothing.
+            if inv.attempt < inv.retries:
+                inv.attempt += 1
+                log.warning("%s was not started by Lambda before its deadline; retry %d", inv.label, inv.attempt)
+                self._resend(call)
+                return
+            self._finish(call, InvocationResult(error=WorkerLost(
+                f"{inv.label} (call {inv.key[1]} of job {inv.key[0]}) was not started by Lambda within "
+                f"{self.throttle_give_up_s:g} s of its send: Lambda throttled or queued it that long; lower concurrency "
+                f"or raise the function's reserved or the account's concurrency"
+            )))
+            return
         elif fn is not None and now - fn.last_progress < window:
             # No start mark yet, but the function's other calls keep starting and
             # ending: Lambda's queue is moving and this call may still wait in it
@@ -659,12 +801,7 @@ class LambdaBackend(Backend):
         if inv.attempt < inv.retries:
             inv.attempt += 1
             log.warning("%s sent no status by its deadline; retry %d", inv.label, inv.attempt)
-            with self._lock:
-                call.in_flight = False
-            self._slots.release()
-            if call.fn is not None:
-                call.fn.slots.release()
-            self._pool.submit(self._send, call)
+            self._resend(call)
             return
         fn = call.fn
         name = fn.name if fn else self.function_name
@@ -674,6 +811,15 @@ class LambdaBackend(Backend):
             f"timeout plus {self.deadline_margin_s:g} s after it started; the worker was likely killed by Lambda's "
             f"timeout or its {memory} MB memory limit: see CloudWatch log group /aws/lambda/{name} and raise timeout or memory"
         )))
+
+    def _resend(self, call: _Call) -> None:
+        """Send an Event call again (a new attempt): its slots are free until then."""
+        with self._lock:
+            call.in_flight = False
+        self._slots.release()
+        if call.fn is not None:
+            call.fn.slots.release()
+        self._pool.submit(self._send, call)
 
     def _started_late(self, inv: Invocation) -> float | None:
         try:
@@ -707,6 +853,10 @@ class LambdaBackend(Backend):
             log.exception("on_done callback failed for call %s", inv.key)
 
 
+def _past(deadline: Any, now: float) -> bool:
+    return isinstance(deadline, (int, float)) and now > deadline
+
+
 def _segment_name(inv: Invocation) -> str:
     return keys.segment_key(inv.key[0], inv.key[1], int(inv.event.get("segment", 0))).rsplit("/", 1)[-1]
 
@@ -715,23 +865,31 @@ def _reply_error(body: bytes, function_error: str | None, inv: Invocation, funct
                  memory_mb: int) -> WrenpackError:
     """Explain a synchronous reply that came without a status."""
     text = body.decode("utf-8", "replace").strip()
-    message = text
+    message, error_type = text, ""
     try:
         doc = json.loads(text) if text else None
     except ValueError:
         doc = None
     if isinstance(doc, dict):
-        message = str(doc.get("errorMessage") or doc.get("errorType") or text)
+        error_type = str(doc.get("errorType") or "")
+        message = str(doc.get("errorMessage") or error_type or text)
+    message = (message.splitlines() or [""])[0][:300]
+    shown = f"{error_type}: {message}" if error_type and error_type not in message else message
     where = f"{inv.label} (call {inv.key[1]} of job {inv.key[0]})"
     low = message.lower()
+    if error_type == "Function.ResponseSizeTooLarge" or "exceeded maximum allowed payload size" in low:
+        return PayloadTooLarge(
+            f"{where}: its reply was over Lambda's {RESPONSE_LIMIT}-byte response limit ({shown}); return a path, "
+            "or write the data with wrenpack.store() and return its key"
+        )
     if "timed out" in low:
         return TaskTimeout(f"{where} exceeded its {inv.timeout_s:g} s timeout on Lambda ({message}); raise timeout or split the work")
-    if "memory" in low or "signal: killed" in low or "out of memory" in low:
+    if error_type in _OOM_TYPES or any(word in low for word in _OOM_WORDS):
         return MemoryLimitExceeded(
-            f"{where} was killed by Lambda at its function's {memory_mb} MB memory limit ({message}); "
+            f"{where} was killed by Lambda at its function's {memory_mb} MB memory limit ({shown}); "
             "raise memory= (see `wrenpack profile`)"
         )
     return WorkerCrashed(
-        f"{where}: the Lambda runtime failed without writing a result ({function_error or 'no status'}: {message[:300]}); "
+        f"{where}: the Lambda runtime failed without writing a result ({function_error or 'no status'}: {shown}); "
         f"see CloudWatch log group /aws/lambda/{function_name}"
     )
