@@ -172,7 +172,7 @@ def rie_binary() -> Path:
 class Emulator:
     """One RIE process (and, once invoked, its awslambdaric runtime)."""
 
-    def __init__(self, binary: Path, env: dict[str, str], log_path: Path, timeout: float) -> None:
+    def __init__(self, binary: Path, env: dict[str, str], log_path: Path, timeout: float, python: str = sys.executable) -> None:
         self.port = free_port()
         self.api_port = api_port = free_port()
         self.timeout = timeout
@@ -182,7 +182,7 @@ class Emulator:
                 str(binary),
                 "--runtime-interface-emulator-address", f"127.0.0.1:{self.port}",
                 "--runtime-api-address", f"127.0.0.1:{api_port}",
-                sys.executable, "-m", "awslambdaric", env.pop("_HANDLER", "wrenpack.worker.handler.handler"),
+                python, "-m", "awslambdaric", env.pop("_HANDLER", "wrenpack.worker.handler.handler"),
             ],
             cwd=str(REPO), env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -223,6 +223,9 @@ class FunctionPool:
 
 class Dispatcher:
     """Lambda's endpoint on 127.0.0.1: control plane -> moto, invocations -> RIEs."""
+
+    #: the interpreter the runtimes run (awslambdaric, the handler) and its X.Y (tests/aws/pythons.py sets others)
+    python, python_version = sys.executable, PYTHON
 
     def __init__(self, binary: Path, base_env: dict[str, str], log_dir: Path, moto_url: str,
                  per_function: int = 3) -> None:
@@ -278,7 +281,7 @@ class Dispatcher:
                 AWS_LAMBDA_FUNCTION_TIMEOUT=str(max(int(conf.get("Timeout") or 3), MIN_HARD_TIMEOUT)),
                 _HANDLER=PRELOADED.get(conf.get("Handler") or "", conf.get("Handler") or "wrenpack.worker.handler.handler"),
             )
-            emulators = [Emulator(self.binary, dict(env), self.log_dir / f"rie-{name}-{i}.log", float(env["AWS_LAMBDA_FUNCTION_TIMEOUT"]))
+            emulators = [Emulator(self.binary, dict(env), self.log_dir / f"rie-{name}-{i}.log", float(env["AWS_LAMBDA_FUNCTION_TIMEOUT"]), self.python)
                          for i in range(count)]
             for emu in emulators:
                 emu.wait_ready()
@@ -451,15 +454,15 @@ class LambdaEndpoint(Dispatcher):
 
         from wrenpack.backends.aws.deploy import ENV_FAMILY, ENV_STORE, HANDLER, FunctionSettings, deploy_function
 
-        settings = FunctionSettings.for_call(memory, timeout, ephemeral_storage)
+        settings = FunctionSettings.for_call(memory, timeout, ephemeral_storage, python=self.python_version)
         name = settings.function_name(self.function_name)
         if environments is not None:
             self.environments[name] = environments
         lam = boto3.client("lambda", endpoint_url=self.url, region_name=REGION)
-        env = {"WRENPACK_DEPLOYED_PYTHON": PYTHON, ENV_FAMILY: self.function_name}
+        env = {"WRENPACK_DEPLOYED_PYTHON": self.python_version, ENV_FAMILY: self.function_name}
         if store_url:
             env[ENV_STORE] = store_url
-        package = {"Runtime": f"python{PYTHON}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]}
+        package = {"Runtime": f"python{self.python_version}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]}
         deploy_function(lam, name, settings, {"ZipFile": _package()}, package, env, role=self.role_arn, reserved=reserved)
         return name
 
