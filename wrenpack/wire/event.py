@@ -55,6 +55,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "func_hash": (str,),                # issue 15: sha256 of the pickled function (workers cache functions by it)
     "func_inline": (str,),              # issue 15: the pickled function itself (base64), for small jobs
     "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
+    "python": (str,),                   # the client's Python X.Y: a worker on another refuses the call (bytecode)
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _good_hashes: set[str] = set()  # func_hash values already checked
