@@ -226,6 +226,7 @@ class Dispatcher:
 
     #: the interpreter the runtimes run (awslambdaric, the handler) and its X.Y (tests/aws/pythons.py sets others)
     python, python_version = sys.executable, PYTHON
+    _stopped = False
 
     def __init__(self, binary: Path, base_env: dict[str, str], log_dir: Path, moto_url: str,
                  per_function: int = 3) -> None:
@@ -260,7 +261,7 @@ class Dispatcher:
     def pool(self, name: str) -> FunctionPool | None:
         with self._pools_lock:
             found = self.pools.get(name)
-            if found is not None:
+            if found is not None or self._stopped:
                 return found
             lam = self._moto_lambda()
             try:
@@ -437,8 +438,10 @@ class Dispatcher:
         self.drain(timeout=30)
         self.server.shutdown()
         self.server.server_close()
-        for emu in self.emulators:
-            emu.stop()
+        with self._pools_lock:  # a pool still starting (a request in flight) is stopped too; none starts after
+            self._stopped = True
+            for emu in self.emulators:
+                emu.stop()
 
 
 class LambdaEndpoint(Dispatcher):
