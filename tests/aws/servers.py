@@ -228,7 +228,7 @@ def is_error_document(body: bytes) -> bool:
 
 
 def lambda_environment(name: str, conf: dict[str, Any], base_env: dict[str, str], handler: str,
-                       hard_timeout: int) -> dict[str, str]:
+                       hard_timeout: int, python_version: str = PYTHON, python: str = sys.executable) -> dict[str, str]:
     """The environment Lambda gives a function's runtime: its defined variables
     (docs: "Defined runtime environment variables") and the function's own
     ``Environment``, nothing of this machine's but what the emulator needs:
@@ -249,13 +249,13 @@ def lambda_environment(name: str, conf: dict[str, Any], base_env: dict[str, str]
     stream = time.strftime("%Y/%m/%d", time.gmtime()) + "/[$LATEST]" + uuid.uuid4().hex
     # Reserved variables last: a function's Environment cannot override them on Lambda.
     env.update(
-        PATH=f"{os.path.dirname(sys.executable)}:/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+        PATH=f"{os.path.dirname(python)}:/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
         LANG="en_US.UTF-8",
         TZ=":UTC",
         _HANDLER=handler,
         AWS_REGION=REGION,
         AWS_DEFAULT_REGION=REGION,
-        AWS_EXECUTION_ENV=f"AWS_Lambda_python{PYTHON}",
+        AWS_EXECUTION_ENV=f"AWS_Lambda_python{python_version}",
         AWS_LAMBDA_FUNCTION_NAME=name,
         AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(memory),
         AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
@@ -281,13 +281,13 @@ class Emulator:
     Lambda sandbox is (``sandbox.Sandbox``) where this machine allows it."""
 
     def __init__(self, binary: Path, env: dict[str, str], log_path: Path, timeout: float,
-                 sandbox: Sandbox | None = None) -> None:
+                 sandbox: Sandbox | None = None, python: str = sys.executable) -> None:
         self.port = free_port()
         self.api_port = api_port = free_port()
         self.timeout = timeout
         self.sandbox = sandbox
         self.log = open(log_path, "wb")
-        runtime = [sys.executable, "-m", "awslambdaric", env.get("_HANDLER", "wrenpack.worker.handler.handler")]
+        runtime = [python, "-m", "awslambdaric", env.get("_HANDLER", "wrenpack.worker.handler.handler")]
         self.proc = subprocess.Popen(
             [
                 str(binary),
@@ -382,6 +382,10 @@ class Dispatcher:
     throttled, dropped, duplicate, ran (with the handler's reply)).
     """
 
+    #: the interpreter the runtimes run (awslambdaric, the handler) and its X.Y (tests/aws/pythons.py sets others)
+    python, python_version = sys.executable, PYTHON
+    _stopped = False
+
     def __init__(self, binary: Path, base_env: dict[str, str], log_dir: Path, moto_url: str,
                  per_function: int = 3, shared: list[str] | tuple[str, ...] = ()) -> None:
         self.binary = binary
@@ -427,7 +431,7 @@ class Dispatcher:
     def pool(self, name: str) -> FunctionPool | None:
         with self._pools_lock:
             found = self.pools.get(name)
-            if found is not None:
+            if found is not None or self._stopped:
                 return found
             lam = self._moto_lambda()
             try:
@@ -452,8 +456,9 @@ class Dispatcher:
             for i in range(count):
                 tag = f"{name}-{i}"
                 sandbox = Sandbox(f"wrenpack-rie-{os.getpid()}-{tag}", memory, self.log_dir / f"tmp-{tag}", self.shared)
-                env = lambda_environment(name, conf, self.base_env, handler, hard)
-                emulators.append(Emulator(self.binary, env, self.log_dir / f"rie-{tag}.log", float(hard), sandbox))
+                env = lambda_environment(name, conf, self.base_env, handler, hard, self.python_version, self.python)
+                emulators.append(Emulator(self.binary, env, self.log_dir / f"rie-{tag}.log", float(hard), sandbox,
+                                          self.python))
             for emu in emulators:
                 emu.wait_ready()
             # Start each runtime now: Lambda does not count a cold start in the
@@ -682,8 +687,10 @@ class Dispatcher:
         self.drain(timeout=30)
         self.server.shutdown()
         self.server.server_close()
-        for emu in self.emulators:
-            emu.stop()
+        with self._pools_lock:  # a pool still starting (a request in flight) is stopped too; none starts after
+            self._stopped = True
+            for emu in self.emulators:
+                emu.stop()
 
 
 class LambdaEndpoint(Dispatcher):
@@ -699,15 +706,15 @@ class LambdaEndpoint(Dispatcher):
 
         from wrenpack.backends.aws.deploy import ENV_FAMILY, ENV_STORE, HANDLER, FunctionSettings, deploy_function
 
-        settings = FunctionSettings.for_call(memory, timeout, ephemeral_storage)
+        settings = FunctionSettings.for_call(memory, timeout, ephemeral_storage, python=self.python_version)
         name = settings.function_name(self.function_name)
         if environments is not None:
             self.environments[name] = environments
         lam = boto3.client("lambda", endpoint_url=self.url, region_name=REGION)
-        env = {"WRENPACK_DEPLOYED_PYTHON": PYTHON, ENV_FAMILY: self.function_name}
+        env = {"WRENPACK_DEPLOYED_PYTHON": self.python_version, ENV_FAMILY: self.function_name}
         if store_url:
             env[ENV_STORE] = store_url
-        package = {"Runtime": f"python{PYTHON}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]}
+        package = {"Runtime": f"python{self.python_version}", "Handler": HANDLER, "Layers": [], "Architectures": ["x86_64"]}
         deploy_function(lam, name, settings, {"ZipFile": _package()}, package, env, role=self.role_arn, reserved=reserved)
         return name
 

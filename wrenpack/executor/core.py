@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -64,6 +65,9 @@ from wrenpack.worker import handoff, plain, refs
 
 log = logging.getLogger(__name__)
 
+#: This client's Python X.Y, in every event: a worker on another refuses the call
+#: (its bytecode would crash or misbehave there rather than fail to unpickle).
+PYTHON = "%d.%d" % sys.version_info[:2]
 #: a job's events carry its pickled function when all of them together hold at most this many bytes of it
 INLINE_FUNCTION_BYTES = 64 * 1024
 
@@ -255,6 +259,7 @@ class Executor(CallTable, cf.Executor):
         # their events, like small arguments; a map stores it once.
         inline_fn = len(fn_bytes) * len(payloads) <= INLINE_FUNCTION_BYTES and len(fn_bytes) <= self.config.inline_limit
         extra_event["func_hash"], func_text = _function_text(fn_bytes, inline_fn)
+        extra_event["python"] = PYTHON
         if inline_fn:
             extra_event["func_inline"] = func_text
         inline_args = [_travels(data, self.config.inline_limit) for data in payloads]

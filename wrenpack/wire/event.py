@@ -64,6 +64,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
     "deadline": (int, float, type(None)),        # client clock: the attempt is not waited for if it starts later (refused)
     "reply_within_s": (int, float, type(None)),  # a result returns in the reply only from a call that ran at most this long
+    "python": (str,),                   # the client's Python X.Y: a worker on another refuses the call (bytecode)
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _good_hashes: set[str] = set()  # func_hash values already checked

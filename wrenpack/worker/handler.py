@@ -228,7 +228,16 @@ def _load_function(store: Store, ev: Event, cache_key: Any) -> Callable[..., Any
 
     The hash comes in the event, which is as trusted as the secret beside it;
     the bytes it names are checked against it before they are unpickled and
-    cached, whether they came inline in the event or sealed from the store."""
+    cached, whether they came inline in the event or sealed from the store.
+    A client on another Python minor version is refused first: 3.11 to 3.13
+    unpickle each other's code objects, which then crash or misbehave when run."""
+    python = ev.extra.get("python")
+    if python is not None and python != _PYTHON:
+        raise SerializationError(
+            f"{ev.label}: the client runs Python {python} but this worker runs Python {_PYTHON}, and functions travel as bytecode "
+            f"that only the same minor version runs; call from Python {_PYTHON}, or run the workers on Python {python} "
+            f"(wrenpack deploy --python {python}, or an image built with it)"
+        )
     hit = _functions.get(cache_key)
     if hit is not None:
         return hit[0]
