@@ -1,4 +1,4 @@
-"""What authenticating store objects costs (issue 14): the same maps with
+"""What authenticating store objects costs: the same maps with
 sealing on and off, in one run, alternating, medians.
 
 Two local executors with their own warm workers: one as shipped, one whose

@@ -9,7 +9,7 @@ million calls: requests (Lambda invokes $0.20/M; S3 PUT/COPY/POST/LIST
 $5.00/M; GET/HEAD $0.40/M; DELETE free; the Lambda control plane is not
 billed per request) plus compute (GB-seconds at a stated duration and memory),
 beside the designs of PyWren (~$13 per million in requests) and Lithops
-(~$16), and wrenpack before issue 10 (~$6.2), as counted from their code.
+(~$16), and wrenpack, earlier polling (~$6.2), as counted from their code.
 
     python benchmarks/bench_lambda_cost.py [--calls 1000] [--duration-s 1] [--memory 1024] [--rounds 5]
 
@@ -40,8 +40,8 @@ import _fair  # noqa: E402
 #: us-east-1, first tier (see /work/shared/reference or AWS's pricing pages)
 PRICE = {"INVOKE": 0.20, "PUT": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0}
 GB_S_X86 = 0.0000166667
-#: Dollars per million calls in requests, by design (issue 10's reading of their code).
-DESIGNS = {"PyWren": 13.0, "Lithops": 16.0, "wrenpack before issue 10": 6.2}
+#: Dollars per million calls in requests, by design (as read from their code).
+DESIGNS = {"PyWren": 13.0, "Lithops": 16.0, "wrenpack, earlier polling": 6.2}
 
 
 def square(x):

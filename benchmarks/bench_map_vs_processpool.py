@@ -15,7 +15,7 @@ Peers: ``concurrent.futures.ProcessPoolExecutor(2)`` (the ratio's baseline),
 ``multiprocessing.Pool(2)`` and joblib (``pip install joblib``; skipped if absent).
 Every peer's processes get the scheduling of wrenpack's workers (session, so
 autogroup; nice value; CPU set: ``_fair``), and the output says what each had.
-Targets (issue 15): trivial <= 1.0x ProcessPoolExecutor, data <= 0.5x,
+Targets: trivial <= 1.0x ProcessPoolExecutor, data <= 0.5x,
 latency <= 1 ms, mixed <= 1.05x ideal.
 
 ``--hogs N`` runs N busy loops in the benchmark's own session for the whole
@@ -194,7 +194,7 @@ def main() -> None:
     distinct = [os.urandom(args.data_mib * MiB) for _ in range(args.data_calls)] if args.data_distinct else None
 
     def data_run(name: str) -> float:
-        # The same object in every call (as the issue's table measured it), or --data-distinct ones.
+        # The same object in every call, or --data-distinct ones.
         items = distinct if distinct is not None else [blob] * args.data_calls
         with PeakRSS() as peak:
             t0 = time.perf_counter()

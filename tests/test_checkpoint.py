@@ -181,7 +181,7 @@ def test_profile_predicts_segments_and_warns_without_checkpoint(tmp_path, monkey
 
 
 def test_expected_segments_are_kept_between_calls_and_follow_a_new_profile(tmp_path, monkeypatch):
-    # issue 15: .remote() in a loop does not look for the profile on every call,
+    # .remote() in a loop does not look for the profile on every call,
     # and a profile saved since (here, or a changed function) is seen at once.
     from wrenpack.executor import launch
     from wrenpack.profiler import store

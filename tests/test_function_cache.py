@@ -1,4 +1,4 @@
-"""The launch reuses a function's pickle while nothing it pickles changed (issue 15),
+"""The launch reuses a function's pickle while nothing it pickles changed,
 and never ships a stale one: whatever the function's globals, closure, defaults or
 code became since the last call is what runs."""
 from __future__ import annotations

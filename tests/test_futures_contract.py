@@ -1,4 +1,4 @@
-"""Issue 11: the futures contract Python users know, on every backend
+"""The futures contract Python users know, on every backend
 (local, toy and the emulated lambda: see ``backends`` in tests/conftest.py).
 
 ``wrenpack.Executor`` is a ``concurrent.futures.Executor``; its futures are
@@ -306,7 +306,7 @@ def _files_containing(store, needles):
 
 
 def test_a_future_in_stored_arguments_carries_no_secret_into_the_store(make_executor):
-    """Issue 14's rule holds for travelling futures: the referenced job's secret
+    """The authentication rule holds for travelling futures: the referenced job's secret
     travels in the invocation, never inside an object in the store."""
     import base64
 

@@ -1,4 +1,4 @@
-"""Automatic grouping of short calls (issue 15, ``wrenpack.grouping``): a map
+"""Automatic grouping of short calls (``wrenpack.grouping``): a map
 of short calls goes in a few invocations, yet every call keeps its own future,
 outcome, limits, cancellation and travelling reference."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 9, the client side: every call resolves, once, and a program leaves
+"""The client side: every call resolves, once, and a program leaves
 nothing behind in the store; thread-safe by-value pickling; faithful wrapping
 and errors; owner records and ``wrenpack clean --stale``; the backend contract
 of ``wrenpack.backends.base`` (on_start, cancel, draining shutdown, on_done once).

@@ -1,4 +1,4 @@
-"""The cheap single call (issue 15): a small call stores nothing, a warm worker
+"""The cheap single call: a small call stores nothing, a warm worker
 keeps a function by its content hash across jobs, an idle worker is handed a
 call from the caller's thread — and none of it loosens authentication, limits
 or cleanup."""

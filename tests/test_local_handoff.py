@@ -1,4 +1,4 @@
-"""Issue 15 item 5: large arguments and results travel between the driver and a
+"""Large arguments and results travel between the driver and a
 local worker as sealed memfds over the worker's private socket, not through
 the store (``wrenpack.worker.handoff``)."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The worker's peak-memory meter keeps /proc/self/status and clear_refs open
-(issue 15: opening them cost more than reading them) and still measures this
+(opening them cost more than reading them) and still measures this
 process, after a fork and after user code reuses the descriptor's number."""
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _vmhwm_mb() -> float:
 
 def test_peak_since_a_mark_is_what_vmhwm_says():
     # With no page fault since the mark the peak comes from the counters and
-    # statm (issue 15: /proc/self/status is the costly read); with one, from
+    # statm (/proc/self/status is the costly read); with one, from
     # status. Either way it is VmHWM's figure, and a block touched and freed
     # during the "call" counts.
     mark = memory.start_peak()

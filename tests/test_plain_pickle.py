@@ -1,4 +1,4 @@
-"""Small builtin values skip cloudpickle's set-up (issue 15, warm latency)
+"""Small builtin values skip cloudpickle's set-up (warm latency)
 and are pickled to the very bytes cloudpickle writes; anything else is left
 to cloudpickle."""
 from __future__ import annotations

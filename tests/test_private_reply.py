@@ -1,5 +1,5 @@
 """A small result comes back over the local worker's private socketpair as its
-outcome's pickle with the whole status beside it (issue 15: no result object is
+outcome's pickle with the whole status beside it (no result object is
 sealed by the worker and opened by the driver per call); what leaves the driver
 again (a pinned job's result in the store) is sealed, and replies that go
 anywhere else (contract 2 on Lambda, an event's own reply_limit) stay sealed."""

@@ -253,7 +253,7 @@ def test_user_stdout_does_not_break_json(capsys, tmp_path):
     json.loads(out)
 
 
-# ---------------------------------------------------------------- report defects (issue 13)
+# ---------------------------------------------------------------- report defects
 
 
 def test_segfault_is_named_as_a_crash_not_out_of_memory():

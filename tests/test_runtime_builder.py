@@ -364,7 +364,7 @@ def test_docker_image_holds_the_runtime_and_the_handler(tmp_path):
         client.images.remove(tag, force=True)
 
 
-# --- errors that point the right way (issue 13) ----------------------------------------------
+# --- errors that point the right way ----------------------------------------------
 
 
 def _one_line(exc_info):
@@ -493,7 +493,7 @@ def test_requirements_file_continuations_options_and_markers(tmp_path):
         inputs.read_requirements_file(str(tmp_path / "bad.txt"), inputs.Inputs())
 
 
-# --- trim attribution: exact, explained (issue 13) --------------------------------------------
+# --- trim attribution: exact, explained --------------------------------------------
 
 
 def _tiny_package(root):
@@ -573,7 +573,7 @@ def test_lazy_loader_stub_keeps_skimage_style_imports_working(tmp_path):
     assert os.path.exists(os.path.join(site, "lazyp", "__init__.pyi"))
 
 
-# --- choose the mode that fits (issue 13) -----------------------------------------------------
+# --- choose the mode that fits -----------------------------------------------------
 
 
 def _wheel(dirpath, name, version, files, tag="py3-none-any"):

@@ -1,4 +1,4 @@
-"""Issue 14: nothing read from the store runs or returns unless wrenpack wrote it for that call.
+"""Nothing read from the store runs or returns unless wrenpack wrote it for that call.
 
 The attacker here has write access to the store and nothing else: they plant,
 overwrite, swap and copy objects. The client's reads of the store are
@@ -548,7 +548,7 @@ def test_a_planted_segment_record_never_relaunches_a_call(tmp_path):
 
 
 def test_a_store_checked_before_is_checked_again_when_the_worker_is_pinned(tmp_path, monkeypatch):
-    # issue 15: the worker checks an event's store once per spec; a change of
+    # the worker checks an event's store once per spec; a change of
     # what the check depends on (the pinned store, Lambda) checks it again.
     store = LocalStore(tmp_path / "s")
     ctx = LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)

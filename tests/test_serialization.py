@@ -94,7 +94,7 @@ def test_oversized_payload_fails_before_launch(remote):
 
 
 def test_user_modules_of_looks_inside_a_batch(tmp_path, monkeypatch):
-    """chunksize > 1 sends Batch(fn): the user module of fn must still travel by value (issue 10)."""
+    """chunksize > 1 sends Batch(fn): the user module of fn must still travel by value."""
     from wrenpack.worker.batch import Batch
 
     (tmp_path / "wp_batch_usermod.py").write_text("def inc(x):\n    return x + 1\n")

@@ -1,4 +1,4 @@
-"""Every setting is validated where it is given (issue 9): each bad value is a
+"""Every setting is validated where it is given: each bad value is a
 one-line ConfigError naming the setting, its source and what is allowed."""
 from __future__ import annotations
 

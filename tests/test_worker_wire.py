@@ -1,5 +1,5 @@
-"""The local worker reads the driver's messages in as few reads as they allow
-(issue 15), whatever the chunks they arrive in, with their descriptors in order."""
+"""The local worker reads the driver's messages in as few reads as they allow,
+whatever the chunks they arrive in, with their descriptors in order."""
 from __future__ import annotations
 
 import array
@@ -124,7 +124,7 @@ def _result_of(fut):
 
 
 def test_every_reply_from_a_worker_is_what_json_would_carry(tmp_path, monkeypatch):
-    """Replies travel in marshal too (issue 15): the worker must build them from
+    """Replies travel in marshal too: the worker must build them from
     JSON's values only, so a status is the same whether it came in a reply or in
     a stored result object (whose status is JSON), and only dicts are accepted."""
     import marshal

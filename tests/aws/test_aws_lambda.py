@@ -238,7 +238,7 @@ def test_servers_listen_on_loopback_only(moto_endpoint, lambda_endpoint, listeni
     assert set(bound.values()) == {"0100007F"}  # 127.0.0.1, nothing on 0.0.0.0
 
 
-# -- issue 10: the settings a call asked for -------------------------------------
+# -- the settings a call asked for -------------------------------------
 def memory_seen(x):
     time.sleep(0.2)
     return int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0)), os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
@@ -287,7 +287,7 @@ def test_memory_auto_runs_with_the_profiled_memory(moto_endpoint, bucket, lambda
     assert memory == auto_settings(memory_seen, (1,))["memory_mb"]
 
 
-# -- issue 10: concurrency and deadlines -------------------------------------------
+# -- concurrency and deadlines -------------------------------------------
 def test_queued_calls_are_not_lost_or_sent_twice(moto_endpoint, bucket, lambda_endpoint):
     """10 calls of 0.6 s behind one execution environment wait up to ~6 s in
     Lambda's queue, past the 4 s timeout + 0.5 s margin counted from the send."""
@@ -324,7 +324,7 @@ def test_concurrency_is_capped_by_reserved_and_account_concurrency(moto_endpoint
         lambda_endpoint.account_concurrency = 1000
 
 
-# -- issue 10: completion -----------------------------------------------------------
+# -- completion -----------------------------------------------------------
 def test_a_corrupt_result_object_fails_only_its_call(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "corrupt", keep_objects=False) as ex:
         futs = wrenpack.remote(sleeps, executor=ex).map([1.5 if i == 3 else 0.05 for i in range(12)])
@@ -351,7 +351,7 @@ def killed(x):
     os.kill(os.getpid(), signal.SIGKILL)  # how Lambda ends a runtime over its memory
 
 
-# -- issue 10: chunksize, checkpointing, map_reduce on Lambda ----------------------
+# -- chunksize, checkpointing, map_reduce on Lambda ----------------------
 def stepper(n, step_s):
     """A loop that offers its state after every step (see wrenpack.checkpoint)."""
     cp = wrenpack.checkpoint()
@@ -400,7 +400,7 @@ def _plus_one(fut):
 
 
 def test_submit_and_futures_between_calls_on_lambda(moto_endpoint, bucket, lambda_endpoint):
-    """Issue 11 on the emulated Lambda path: the concurrent.futures API, and a
+    """On the emulated Lambda path: the concurrent.futures API, and a
     future passed into a call resolves there (read and verified from S3)."""
     with _executor(moto_endpoint, bucket, lambda_endpoint, "cf", invocation_type="RequestResponse") as ex:
         assert ex.submit(square, 6).result(timeout=30) == 36
@@ -418,7 +418,7 @@ def _identity(x):
 
 
 def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambda_endpoint):
-    """Issue 11 on the emulated Lambda path: with one call in flight at a time,
+    """On the emulated Lambda path: with one call in flight at a time,
     the next one has not been invoked yet, so cancel() takes it back (its
     callbacks run, Lambda never sees it); a running call cannot be cancelled."""
     with _executor(moto_endpoint, bucket, lambda_endpoint, "cancel", invocation_type="RequestResponse",

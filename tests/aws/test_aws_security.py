@@ -1,4 +1,4 @@
-"""Issue 14 on the AWS path: logs never show credentials, even at -vv."""
+"""On the AWS path: logs never show credentials, even at -vv."""
 from __future__ import annotations
 
 import os

@@ -52,16 +52,16 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "function_name": (str,),
     "checkpoint": (dict, type(None)),   # what earlier segments learned: save_s, step_s
     "reply_limit": (int, type(None)),   # contract 2: result object in the reply if at most this many bytes
-    "env": (dict, type(None)),          # issue 11: environment variables for the call
-    "capture_logs": (int, type(None)),  # issue 11: bytes of the call's log tail in the status
-    "cancel_key": (str, type(None)),    # issue 11: cancellation marker key
+    "env": (dict, type(None)),          # environment variables for the call
+    "capture_logs": (int, type(None)),  # bytes of the call's log tail in the status
+    "cancel_key": (str, type(None)),    # cancellation marker key
     "mark_start_after": (int, float, type(None)),
-    "ref_secrets": (dict, type(None)),  # issue 11/14: secrets of the jobs whose futures the arguments hold
+    "ref_secrets": (dict, type(None)),  # secrets of the jobs whose futures the arguments hold
     "chain": (list, type(None)),        # a job launched inside a call: its ancestor jobs (secret derivation)
     "handoff": (int, type(None)),       # local worker: results pickled larger than this go back as a sealed memfd
-    "func_hash": (str,),                # issue 15: sha256 of the pickled function (workers cache functions by it)
-    "func_inline": (str,),              # issue 15: the pickled function itself (base64), for small jobs
-    "owner": (dict,),                   # issue 15: the owner record, for the worker to write before it stores anything
+    "func_hash": (str,),                # sha256 of the pickled function (workers cache functions by it)
+    "func_inline": (str,),              # the pickled function itself (base64), for small jobs
+    "owner": (dict,),                   # the owner record, for the worker to write before it stores anything
     "deadline": (int, float, type(None)),        # client clock: the attempt is not waited for if it starts later (refused)
     "reply_within_s": (int, float, type(None)),  # a result returns in the reply only from a call that ran at most this long
     "python": (str,),                   # the client's Python X.Y: a worker on another refuses the call (bytecode)

@@ -1,4 +1,4 @@
-"""What surrounds one call in the worker (issue 11): the event's ``env``
+"""What surrounds one call in the worker: the event's ``env``
 (environment variables set for the call, restored after) and the capture of
 what it prints (``capture_logs``: the last that many bytes of stdout and
 stderr, returned in the status as ``logs``; the output still goes where it

@@ -388,7 +388,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
-    scope = callscope.CallScope(event)  # the call's env= and captured output (issue 11)
+    scope = callscope.CallScope(event)  # the call's env= and captured output
     _mark_start(store, event, start)
     try:
         # An SDK that cannot write the result fails the call before the user's code runs.

@@ -1,4 +1,4 @@
-"""Futures that travel (issue 11): a pickled ``WrenFuture`` is a reference to
+"""Futures that travel: a pickled ``WrenFuture`` is a reference to
 its call, so it can be passed into a remote function or returned from one.
 
 ::
