@@ -562,3 +562,26 @@ def test_a_store_checked_before_is_checked_again_when_the_worker_is_pinned(tmp_p
     monkeypatch.delenv("WRENPACK_LOCAL_WORKER")
     with pytest.raises(ProtocolError, match="deployed without WRENPACK_STORE_URL"):
         handler(_good_event(store, call_id="00003"), ctx)
+
+
+def test_only_a_calls_own_start_mark_within_the_clock_skew_moves_its_deadline():
+    """A start mark moves a queued call's deadline (Lambda backend): an unsealed one,
+    one sealed for another call or job, and one starting far ahead are refused in one line."""
+    from wrenpack.wire import start
+
+    secret, now = b"s" * 32, 1_700_000_000.0
+    assert start.open_start(secret, "j1", "00001", start.seal_start(secret, "j1", "00001", now - 5, 0), now) == now - 5
+    ahead = now + start.MAX_SKEW_S - 1  # a worker's clock a little ahead of the client's
+    assert start.open_start(secret, "j1", "00001", start.seal_start(secret, "j1", "00001", ahead, 0), now) == ahead
+    refused = [
+        (b'{"start": 1e12, "attempt": 0}', "failed authentication"),
+        (start.seal_start(secret, "j1", "00002", now, 0), "failed authentication"),
+        (start.seal_start(secret, "j2", "00001", now, 0), "failed authentication"),
+        (start.seal_start(b"t" * 32, "j1", "00001", now, 0), "failed authentication"),
+        (start.seal_start(secret, "j1", "00001", now + 1e12, 0), "clock skew"),
+        (start.seal_start(secret, "j1", "00001", float("nan"), 0), "clock skew"),
+    ]
+    for blob, why in refused:
+        with pytest.raises(CorruptObject, match=why) as info:
+            start.open_start(secret, "j1", "00001", blob, now)
+        assert "\n" not in str(info.value)

@@ -33,7 +33,7 @@ import cloudpickle
 import pytest
 
 import wrenpack.wire
-from wrenpack import auth
+from wrenpack import auth, keys
 from wrenpack.errors import RemoteTraceback
 from wrenpack.wire import (
     checkpoint,
@@ -119,7 +119,7 @@ CASES: dict[str, Callable[[], list[bytes]]] = {
     "result": lambda: [result.seal_result(SECRET, JOB, CALL, _SMALL_STATUS, outcome.Outcome.success(7).dumps())],
     "segment": lambda: [segment.seal_segment(SECRET, JOB, CALL, 2, _SEGMENT_STATUS)],
     "checkpoint": lambda: [checkpoint.seal_checkpoint(SECRET, JOB, CALL, 3, b"state-pickle")],
-    "start": lambda: [start.dumps(1700000000.25, 1)],
+    "start": lambda: [start.seal_start(SECRET, JOB, CALL, 1700000000.25, 1)],
     "owner": lambda: [owner.dumps(_OWNER)],
     "handoff": lambda: [json.dumps(handoff.image(*_LAYOUT_INPUT)[1]).encode(), handoff.image(*_LAYOUT_INPUT)[0]],
     "frames": lambda: [b"".join(frames.encode(h, b) for h, b in _FRAMES)],
@@ -167,7 +167,8 @@ def _decode_checkpoint(parts: list[bytes]) -> None:
 
 
 def _decode_start(parts: list[bytes]) -> None:
-    assert start.start_of(parts[0]) == 1700000000.25 and json.loads(parts[0])["attempt"] == 1
+    assert start.open_start(SECRET, JOB, CALL, parts[0], now=1700000000.25) == 1700000000.25
+    assert json.loads(auth.unseal(SECRET, keys.identity(JOB, "start", CALL), parts[0], "golden"))["attempt"] == 1
 
 
 def _decode_owner(parts: list[bytes]) -> None:
