@@ -585,3 +585,85 @@ def test_only_a_calls_own_start_mark_within_the_clock_skew_moves_its_deadline():
         with pytest.raises(CorruptObject, match=why) as info:
             start.open_start(secret, "j1", "00001", blob, now)
         assert "\n" not in str(info.value)
+
+
+# -- owner records: who may get a job's objects removed ---------------------------------
+def _clean(store_dir, *argv, as_json=True):
+    import argparse
+
+    from wrenpack.cli.cmd_clean import cmd_clean
+
+    ns = argparse.Namespace(job_ids=[a for a in argv if not a.startswith("--")], all="--all" in argv,
+                            stale="--stale" in argv, force="--force" in argv, storage=str(store_dir),
+                            region=None, profile=None, s3_endpoint_url=None, json=as_json)
+    return cmd_clean(ns)
+
+
+def test_a_forged_owner_record_does_not_get_a_live_job_removed(tmp_path, monkeypatch, capsys):
+    """Anyone who can write to the store can write a job's owner.json: one naming a
+    dead pid must not make ``clean --stale`` remove a live job's objects."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))  # this test's own owner key
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, keep_objects=True)
+    try:
+        fut = wrenpack.remote(plus_one, executor=ex).remote(1)
+        assert fut.result(timeout=60) == 2
+    finally:
+        ex.shutdown()
+    job, store = fut.job_id, ex.store
+    objects = store.list(keys.job_prefix(job))
+    assert keys.owner_key(job) in objects and len(objects) > 1
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    forged = {"host": socket.gethostname(), "pid": dead.pid, "start": "1", "created": time.time(), "label": "x"}
+    store.put(keys.owner_key(job), json.dumps(forged).encode())
+    assert _clean(tmp_path / "store", "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 0 and out["skipped"] == [job] and "not sealed with your owner key" in out["skipped_why"][job]
+    assert store.list(keys.job_prefix(job)) != []
+
+    # A genuine record of another job whose owner is gone, copied over: bound to that job, refused too.
+    from wrenpack.executor.owner import user_key
+    from wrenpack.wire import owner as owner_wire
+
+    store.put(keys.owner_key(job), owner_wire.dumps(owner_wire.seal(user_key(), "another-job", forged)))
+    assert _clean(tmp_path / "store", "--stale", as_json=False) == 0
+    said = capsys.readouterr().out
+    assert f"kept 1 job(s) whose owner cannot be checked ({job}: its owner record is not sealed" in said
+    assert "--stale --force" in said and said.count("\n") == 2
+    assert store.list(keys.job_prefix(job)) != []
+
+    # Its own genuine record, owner gone: removed.
+    store.put(keys.owner_key(job), owner_wire.dumps(owner_wire.seal(user_key(), job, forged)))
+    assert _clean(tmp_path / "store", "--stale") == 0
+    assert json.loads(capsys.readouterr().out)["jobs"] == 1 and store.list(keys.job_prefix(job)) == []
+
+
+def test_the_owner_key_is_private_and_a_shared_one_is_not_trusted(tmp_path, monkeypatch, caplog):
+    from wrenpack.executor import owner
+    from wrenpack.wire import owner as owner_wire
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(owner, "_key", None)
+    assert owner.user_key(create=False) is None  # only a launch makes it
+    key = owner.user_key()
+    path = owner.key_path()
+    assert key is not None and len(key) == owner.KEY_BYTES and os.stat(path).st_mode & 0o777 == 0o600
+    record = owner.owner_record("f", "j1")
+    assert owner.owner_state("j1", record, key)[0] == "live"
+    assert owner.owner_state("j2", record, key)[0] == "unknown"
+    assert owner.owner_state("j1", dict(record, pid=1), key)[0] == "unknown"
+    assert owner.owner_state("j1", dict(record, mac="0" * 64), key)[0] == "unknown"
+    assert owner.owner_state("j1", record, None)[0] == "unknown"
+    elsewhere = owner.owner_record("f", "j1") | {"host": "another-host"}
+    assert owner.owner_state("j1", owner_wire.seal(key, "j1", elsewhere), key)[1].startswith("it was launched on host")
+    os.chmod(path, 0o644)
+    monkeypatch.setattr(owner, "_key", None)
+    with caplog.at_level("WARNING", logger="wrenpack.executor.owner"):
+        assert owner.user_key() is None
+    assert "not a private file of yours" in caplog.text and "owner_record" not in caplog.text
+    assert owner.owner_record("f", "j1").get("mac") is None  # written unsealed: `clean --stale` keeps its job

@@ -120,7 +120,7 @@ CASES: dict[str, Callable[[], list[bytes]]] = {
     "segment": lambda: [segment.seal_segment(SECRET, JOB, CALL, 2, _SEGMENT_STATUS)],
     "checkpoint": lambda: [checkpoint.seal_checkpoint(SECRET, JOB, CALL, 3, b"state-pickle")],
     "start": lambda: [start.seal_start(SECRET, JOB, CALL, 1700000000.25, 1)],
-    "owner": lambda: [owner.dumps(_OWNER)],
+    "owner": lambda: [owner.dumps(owner.seal(SECRET, JOB, _OWNER))],
     "handoff": lambda: [json.dumps(handoff.image(*_LAYOUT_INPUT)[1]).encode(), handoff.image(*_LAYOUT_INPUT)[0]],
     "frames": lambda: [b"".join(frames.encode(h, b) for h, b in _FRAMES)],
     "driver_message": lambda: [_message_bytes()],
@@ -172,7 +172,8 @@ def _decode_start(parts: list[bytes]) -> None:
 
 
 def _decode_owner(parts: list[bytes]) -> None:
-    assert owner.loads(parts[0]) == _OWNER
+    record = owner.loads(parts[0])
+    assert owner.verify(SECRET, JOB, record) and {k: v for k, v in record.items() if k != "mac"} == _OWNER
 
 
 def _decode_handoff(parts: list[bytes]) -> None:
