@@ -283,6 +283,74 @@ def test_group_or_world_writable_store_directory_is_refused(tmp_path):
     assert LocalStore(sticky / "store").root == str(sticky / "store")
 
 
+def test_a_symlinked_store_root_is_refused_in_one_line(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    os.symlink(real, tmp_path / "store")
+    with pytest.raises(StoreError, match=f"{tmp_path / 'store'} is a symbolic link.*storage={real}") as info:
+        LocalStore(tmp_path / "store")
+    assert "\n" not in str(info.value)
+    with pytest.raises(StoreError, match="symbolic link"):
+        wrenpack.Executor(storage=str(tmp_path / "store"))
+
+
+def _swap_for_a_link(root, target):
+    """What the attacker does mid-run: the store's path now leads to ``target``."""
+    os.rename(root, f"{root}.moved")
+    os.symlink(target, root)
+
+
+def test_a_store_swapped_for_a_link_keeps_its_reads_and_writes_where_they_were(tmp_path):
+    root, other = tmp_path / "wrenpack-0" / "store", tmp_path / "another-user" / "store"
+    other.mkdir(parents=True)
+    (other / "jobs" / "j1").mkdir(parents=True)
+    (other / "jobs" / "j1" / "func.pkl").write_bytes(b"theirs")
+    store = LocalStore(root)
+    store.put("jobs/j1/func.pkl", b"ours")
+    _swap_for_a_link(root, other)
+    assert store.get("jobs/j1/func.pkl") == b"ours" and store.get_range("jobs/j1/func.pkl", 1, 3) == b"ur"
+    store.put("jobs/j2/result/00000.res", b"new")
+    assert store.list("jobs/") == ["jobs/j1/func.pkl", "jobs/j2/result/00000.res"] and store.size("jobs/j1/func.pkl") == 4
+    assert store.delete_prefix("jobs/j2/") == 1 and store.exists("jobs/j1/func.pkl")
+    assert sorted(os.listdir(other / "jobs")) == ["j1"] and (other / "jobs" / "j1" / "func.pkl").read_bytes() == b"theirs"
+    # A directory inside the store swapped for a link is not followed either: refused.
+    os.rename(f"{root}.moved/jobs/j1", f"{root}.moved/jobs/j1.moved")
+    os.symlink(other / "jobs" / "j1", f"{root}.moved/jobs/j1")
+    with pytest.raises(StoreError, match="jobs/j1/func.pkl'? (not found|cannot read)"):  # (the link is no directory)
+        store.get("jobs/j1/func.pkl")
+    with pytest.raises(StoreError, match="cannot write jobs/j1/x"):
+        store.put("jobs/j1/x", b"x")
+    assert store.list("jobs/j1/") == [] and not store.exists("jobs/j1/func.pkl")
+    store.delete_prefix("jobs/j1/")
+    assert os.listdir(other / "jobs" / "j1") == ["func.pkl"]
+    # An object swapped for a link is not read through it.
+    os.symlink(other / "jobs" / "j1" / "func.pkl", f"{root}.moved/jobs/planted")
+    with pytest.raises(StoreError, match="cannot read jobs/planted"):
+        store.get("jobs/planted")
+    with pytest.raises(StoreError, match="symbolic link"):
+        LocalStore(root)
+
+
+def test_a_store_swapped_for_a_link_mid_run_moves_no_call(tmp_path):
+    """The default store's path swapped for a link into another user's directory
+    while a job runs: the client and its warm worker go on in the store they opened."""
+    root, other = tmp_path / "wrenpack-0" / "store", tmp_path / "another-user" / "store"
+    other.mkdir(parents=True)
+    os.chown(other, 12345, 12345)
+    # inline_limit=0: the function and every argument go through the store
+    ex = wrenpack.Executor(storage=str(root), concurrency=1, retries=0, keep_objects=True, inline_limit=0)
+    try:
+        f = wrenpack.remote(plus_one, executor=ex)
+        assert f.remote(0).result(timeout=60) == 1  # the worker is warm, its store open
+        _swap_for_a_link(root, other)
+        futs = f.map(range(30))
+        assert wrenpack.get(futs, timeout=120) == list(range(1, 31))
+    finally:
+        ex.shutdown()
+    assert os.listdir(other) == []
+    assert LocalStore(f"{root}.moved").list(keys.job_prefix(futs[0].job_id))
+
+
 # -- the handler validates the event --------------------------------------------------
 def _good_event(local_store, secret=b"s" * 32, **changes):
     d = Event(job_id="j1", call_id="00000", store=local_store.spec, secret=secret,
