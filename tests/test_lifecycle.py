@@ -281,25 +281,34 @@ def _clean(tmp_path, *argv):
     from wrenpack.cli.cmd_clean import cmd_clean
 
     ns = argparse.Namespace(job_ids=[a for a in argv if not a.startswith("--")], all="--all" in argv,
-                            stale="--stale" in argv, force="--force" in argv, storage=str(tmp_path),
+                            stale="--stale" in argv, force="--force" in argv, storage=str(tmp_path / "store"),
                             region=None, profile=None, s3_endpoint_url=None, json=True)
     return cmd_clean(ns)
 
 
-def test_clean_stale_and_all(tmp_path, capsys):
+def test_clean_stale_and_all(tmp_path, capsys, monkeypatch):
     from wrenpack.executor import owner_record
+    from wrenpack.executor.owner import user_key
+    from wrenpack.wire import owner as owner_wire
 
-    store = LocalStore(str(tmp_path))
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))  # this test's own owner key
+    store = LocalStore(str(tmp_path / "store"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    live = owner_record("live")
-    gone = dict(owner_record("gone"), pid=dead.pid, start="1")
+    live = owner_record("live", "live")
+    # (the record of a process that is gone, sealed as its owner would have)
+    gone = owner_wire.seal(user_key(), "gone", dict(owner_record("gone"), pid=dead.pid, start="1"))
     for job, owner in (("live", live), ("gone", gone), ("nobody", None)):
         store.put(f"jobs/{job}/func.pkl", b"x")
         if owner is not None:
             store.put(keys.owner_key(job), json.dumps(owner).encode())
     assert _clean(tmp_path, "--stale") == 0
-    assert json.loads(capsys.readouterr().out)["jobs"] == 2
+    out = json.loads(capsys.readouterr().out)
+    # A job without an owner record is kept: whether its owner runs cannot be checked.
+    assert out["jobs"] == 1 and out["skipped"] == ["nobody"]
+    assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == ["live", "nobody"]
+    assert _clean(tmp_path, "--stale", "--force") == 0  # the user's override: those too, never a live one
+    assert json.loads(capsys.readouterr().out)["jobs"] == 1
     assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == ["live"]
     with pytest.raises(wrenpack.ConfigError, match="still running.*--force"):
         _clean(tmp_path, "--all")

@@ -1,6 +1,7 @@
 """The local backend holds each call to Lambda's limits and loses nothing."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -201,4 +202,104 @@ def test_child_memory_without_cgroups_counts_after_the_call(tmp_path):
         with pytest.raises(wrenpack.MemoryLimitExceeded, match="200 MB"):
             f.remote(300).result()
     finally:
+        ex.shutdown()
+
+
+# -- processes and threads: Lambda's 1,024, and none outlives its call -------------------
+def forks(n, linger=0.0):
+    """Fork ``n`` children that sleep; (how many it made, the errno that stopped it, their pids)."""
+    pids, err = [], None
+    for _ in range(n):
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            err = exc.errno
+            break
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        pids.append(pid)
+    time.sleep(linger)
+    return len(pids), err, pids
+
+
+def fork_bomb(n):
+    for _ in range(n):
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+
+
+def _alive(pid):
+    """Running (a zombie waiting for its reaper does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+
+
+def _kill(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_a_call_is_held_to_1024_processes_and_none_outlives_it(tmp_path):
+    """As on Lambda, a call's fork past 1,024 processes and threads fails with EAGAIN;
+    and what a call started ends with it, at its normal end too (not at shutdown)."""
+    from wrenpack.backends.local.linux import PidsCgroupFactory
+
+    if PidsCgroupFactory.detect() is None:
+        pytest.skip("needs a pids cgroup (root on cgroup v1); the sampled limit is tested below")
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=1, retries=0)
+    pids = []
+    try:
+        made, err, pids = wrenpack.remote(forks, executor=ex, memory=3008).remote(1100).result(timeout=120)
+        assert err == errno.EAGAIN and 1000 < made < 1024, (made, err)
+        assert [p for p in pids if _alive(p)] == [], "children outlived their call"
+        with pytest.raises(BlockingIOError, match=r"\[Errno 11\] Resource temporarily unavailable") as info:
+            wrenpack.remote(fork_bomb, executor=ex, memory=3008).remote(1100).result(timeout=120)
+        assert "\n" not in str(info.value)
+        # A call that leaves a few children behind, well within the limit: they end with it.
+        made, err, pids = wrenpack.remote(forks, executor=ex).remote(3).result(timeout=60)
+        assert (made, err) == (3, None) and [p for p in pids if _alive(p)] == []
+        assert wrenpack.remote(forks, executor=ex).remote(1).result(timeout=60)[:2] == (1, None)  # the worker goes on
+    finally:
+        _kill(pids)
+        ex.shutdown()
+
+
+def test_without_cgroups_a_call_past_1024_processes_is_stopped_and_its_children_end(tmp_path):
+    pytest.importorskip("psutil")
+    ex = wrenpack.Executor(storage=str(tmp_path), backend=LocalBackend(concurrency=1, use_cgroups=False), retries=0)
+    pidfile = str(tmp_path / "pids")
+
+    def forks_and_waits(n):
+        # Small children (sampled memory counts each one's resident pages, shared or not).
+        with open(pidfile, "w") as fh:
+            for _ in range(n):
+                fh.write(f"{os.posix_spawn('/bin/sleep', ['sleep', '60'], os.environ)}\n")
+                fh.flush()
+        time.sleep(30)  # (the sampling clock sees them meanwhile)
+
+    pids = []
+    try:
+        with pytest.raises(wrenpack.TaskError, match=r"more than Lambda's 1024 .*EAGAIN.*start fewer") as info:
+            wrenpack.remote(forks_and_waits, executor=ex, memory=3008).remote(1100).result(timeout=120)
+        assert "\n" not in str(info.value)
+        with open(pidfile) as fh:
+            pids = [int(line) for line in fh.read().split()]
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p for p in pids if _alive(p)] == []
+        # Without cgroups too, what a call leaves ends with it.
+        made, err, pids = wrenpack.remote(forks, executor=ex).remote(3).result(timeout=60)
+        assert (made, err) == (3, None) and [p for p in pids if _alive(p)] == []
+    finally:
+        _kill(pids)
         ex.shutdown()

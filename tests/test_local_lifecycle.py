@@ -15,7 +15,7 @@ import time
 import pytest
 
 import wrenpack
-from wrenpack.backends.local.linux import CgroupFactory
+from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import ConfigError
 
@@ -42,14 +42,13 @@ def _wait_dead(pids, within: float) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def _cgroup_base() -> str | None:
-    factory = CgroupFactory.detect()
-    return factory.base if factory is not None else None
+def _cgroup_bases() -> list[str]:
+    factories = (CgroupFactory.detect(), PidsCgroupFactory.detect())
+    return [factory.base for factory in factories if factory is not None]
 
 
 def _leftover_cgroups(driver_pid: int) -> list[str]:
-    base = _cgroup_base()
-    return glob.glob(os.path.join(base, f"wrenpack-{driver_pid}-*")) if base else []
+    return [path for base in _cgroup_bases() for path in glob.glob(os.path.join(base, f"wrenpack-{driver_pid}-*"))]
 
 
 # --------------------------------------------------------------------------- the call's children

@@ -283,6 +283,74 @@ def test_group_or_world_writable_store_directory_is_refused(tmp_path):
     assert LocalStore(sticky / "store").root == str(sticky / "store")
 
 
+def test_a_symlinked_store_root_is_refused_in_one_line(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    os.symlink(real, tmp_path / "store")
+    with pytest.raises(StoreError, match=f"{tmp_path / 'store'} is a symbolic link.*storage={real}") as info:
+        LocalStore(tmp_path / "store")
+    assert "\n" not in str(info.value)
+    with pytest.raises(StoreError, match="symbolic link"):
+        wrenpack.Executor(storage=str(tmp_path / "store"))
+
+
+def _swap_for_a_link(root, target):
+    """What the attacker does mid-run: the store's path now leads to ``target``."""
+    os.rename(root, f"{root}.moved")
+    os.symlink(target, root)
+
+
+def test_a_store_swapped_for_a_link_keeps_its_reads_and_writes_where_they_were(tmp_path):
+    root, other = tmp_path / "wrenpack-0" / "store", tmp_path / "another-user" / "store"
+    other.mkdir(parents=True)
+    (other / "jobs" / "j1").mkdir(parents=True)
+    (other / "jobs" / "j1" / "func.pkl").write_bytes(b"theirs")
+    store = LocalStore(root)
+    store.put("jobs/j1/func.pkl", b"ours")
+    _swap_for_a_link(root, other)
+    assert store.get("jobs/j1/func.pkl") == b"ours" and store.get_range("jobs/j1/func.pkl", 1, 3) == b"ur"
+    store.put("jobs/j2/result/00000.res", b"new")
+    assert store.list("jobs/") == ["jobs/j1/func.pkl", "jobs/j2/result/00000.res"] and store.size("jobs/j1/func.pkl") == 4
+    assert store.delete_prefix("jobs/j2/") == 1 and store.exists("jobs/j1/func.pkl")
+    assert sorted(os.listdir(other / "jobs")) == ["j1"] and (other / "jobs" / "j1" / "func.pkl").read_bytes() == b"theirs"
+    # A directory inside the store swapped for a link is not followed either: refused.
+    os.rename(f"{root}.moved/jobs/j1", f"{root}.moved/jobs/j1.moved")
+    os.symlink(other / "jobs" / "j1", f"{root}.moved/jobs/j1")
+    with pytest.raises(StoreError, match="jobs/j1/func.pkl'? (not found|cannot read)"):  # (the link is no directory)
+        store.get("jobs/j1/func.pkl")
+    with pytest.raises(StoreError, match="cannot write jobs/j1/x"):
+        store.put("jobs/j1/x", b"x")
+    assert store.list("jobs/j1/") == [] and not store.exists("jobs/j1/func.pkl")
+    store.delete_prefix("jobs/j1/")
+    assert os.listdir(other / "jobs" / "j1") == ["func.pkl"]
+    # An object swapped for a link is not read through it.
+    os.symlink(other / "jobs" / "j1" / "func.pkl", f"{root}.moved/jobs/planted")
+    with pytest.raises(StoreError, match="cannot read jobs/planted"):
+        store.get("jobs/planted")
+    with pytest.raises(StoreError, match="symbolic link"):
+        LocalStore(root)
+
+
+def test_a_store_swapped_for_a_link_mid_run_moves_no_call(tmp_path):
+    """The default store's path swapped for a link into another user's directory
+    while a job runs: the client and its warm worker go on in the store they opened."""
+    root, other = tmp_path / "wrenpack-0" / "store", tmp_path / "another-user" / "store"
+    other.mkdir(parents=True)
+    os.chown(other, 12345, 12345)
+    # inline_limit=0: the function and every argument go through the store
+    ex = wrenpack.Executor(storage=str(root), concurrency=1, retries=0, keep_objects=True, inline_limit=0)
+    try:
+        f = wrenpack.remote(plus_one, executor=ex)
+        assert f.remote(0).result(timeout=60) == 1  # the worker is warm, its store open
+        _swap_for_a_link(root, other)
+        futs = f.map(range(30))
+        assert wrenpack.get(futs, timeout=120) == list(range(1, 31))
+    finally:
+        ex.shutdown()
+    assert os.listdir(other) == []
+    assert LocalStore(f"{root}.moved").list(keys.job_prefix(futs[0].job_id))
+
+
 # -- the handler validates the event --------------------------------------------------
 def _good_event(local_store, secret=b"s" * 32, **changes):
     d = Event(job_id="j1", call_id="00000", store=local_store.spec, secret=secret,
@@ -562,3 +630,108 @@ def test_a_store_checked_before_is_checked_again_when_the_worker_is_pinned(tmp_p
     monkeypatch.delenv("WRENPACK_LOCAL_WORKER")
     with pytest.raises(ProtocolError, match="deployed without WRENPACK_STORE_URL"):
         handler(_good_event(store, call_id="00003"), ctx)
+
+
+def test_only_a_calls_own_start_mark_within_the_clock_skew_moves_its_deadline():
+    """A start mark moves a queued call's deadline (Lambda backend): an unsealed one,
+    one sealed for another call or job, and one starting far ahead are refused in one line."""
+    from wrenpack.wire import start
+
+    secret, now = b"s" * 32, 1_700_000_000.0
+    assert start.open_start(secret, "j1", "00001", start.seal_start(secret, "j1", "00001", now - 5, 0), now) == now - 5
+    ahead = now + start.MAX_SKEW_S - 1  # a worker's clock a little ahead of the client's
+    assert start.open_start(secret, "j1", "00001", start.seal_start(secret, "j1", "00001", ahead, 0), now) == ahead
+    refused = [
+        (b'{"start": 1e12, "attempt": 0}', "failed authentication"),
+        (start.seal_start(secret, "j1", "00002", now, 0), "failed authentication"),
+        (start.seal_start(secret, "j2", "00001", now, 0), "failed authentication"),
+        (start.seal_start(b"t" * 32, "j1", "00001", now, 0), "failed authentication"),
+        (start.seal_start(secret, "j1", "00001", now + 1e12, 0), "clock skew"),
+        (start.seal_start(secret, "j1", "00001", float("nan"), 0), "clock skew"),
+    ]
+    for blob, why in refused:
+        with pytest.raises(CorruptObject, match=why) as info:
+            start.open_start(secret, "j1", "00001", blob, now)
+        assert "\n" not in str(info.value)
+
+
+# -- owner records: who may get a job's objects removed ---------------------------------
+def _clean(store_dir, *argv, as_json=True):
+    import argparse
+
+    from wrenpack.cli.cmd_clean import cmd_clean
+
+    ns = argparse.Namespace(job_ids=[a for a in argv if not a.startswith("--")], all="--all" in argv,
+                            stale="--stale" in argv, force="--force" in argv, storage=str(store_dir),
+                            region=None, profile=None, s3_endpoint_url=None, json=as_json)
+    return cmd_clean(ns)
+
+
+def test_a_forged_owner_record_does_not_get_a_live_job_removed(tmp_path, monkeypatch, capsys):
+    """Anyone who can write to the store can write a job's owner.json: one naming a
+    dead pid must not make ``clean --stale`` remove a live job's objects."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))  # this test's own owner key
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, keep_objects=True)
+    try:
+        fut = wrenpack.remote(plus_one, executor=ex).remote(1)
+        assert fut.result(timeout=60) == 2
+    finally:
+        ex.shutdown()
+    job, store = fut.job_id, ex.store
+    objects = store.list(keys.job_prefix(job))
+    assert keys.owner_key(job) in objects and len(objects) > 1
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    forged = {"host": socket.gethostname(), "pid": dead.pid, "start": "1", "created": time.time(), "label": "x"}
+    store.put(keys.owner_key(job), json.dumps(forged).encode())
+    assert _clean(tmp_path / "store", "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 0 and out["skipped"] == [job] and "not sealed with your owner key" in out["skipped_why"][job]
+    assert store.list(keys.job_prefix(job)) != []
+
+    # A genuine record of another job whose owner is gone, copied over: bound to that job, refused too.
+    from wrenpack.executor.owner import user_key
+    from wrenpack.wire import owner as owner_wire
+
+    store.put(keys.owner_key(job), owner_wire.dumps(owner_wire.seal(user_key(), "another-job", forged)))
+    assert _clean(tmp_path / "store", "--stale", as_json=False) == 0
+    said = capsys.readouterr().out
+    assert f"kept 1 job(s) whose owner cannot be checked ({job}: its owner record is not sealed" in said
+    assert "--stale --force" in said and said.count("\n") == 2
+    assert store.list(keys.job_prefix(job)) != []
+
+    # Its own genuine record, owner gone: removed.
+    store.put(keys.owner_key(job), owner_wire.dumps(owner_wire.seal(user_key(), job, forged)))
+    assert _clean(tmp_path / "store", "--stale") == 0
+    assert json.loads(capsys.readouterr().out)["jobs"] == 1 and store.list(keys.job_prefix(job)) == []
+
+
+def test_the_owner_key_is_private_and_a_shared_one_is_not_trusted(tmp_path, monkeypatch, caplog):
+    from wrenpack.executor import owner
+    from wrenpack.wire import owner as owner_wire
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(owner, "_key", None)
+    assert owner.user_key(create=False) is None  # only a launch makes it
+    key = owner.user_key()
+    path = owner.key_path()
+    assert key is not None and len(key) == owner.KEY_BYTES and os.stat(path).st_mode & 0o777 == 0o600
+    record = owner.owner_record("f", "j1")
+    assert owner.owner_state("j1", record, key)[0] == "live"
+    assert owner.owner_state("j2", record, key)[0] == "unknown"
+    assert owner.owner_state("j1", dict(record, pid=1), key)[0] == "unknown"
+    assert owner.owner_state("j1", dict(record, mac="0" * 64), key)[0] == "unknown"
+    assert owner.owner_state("j1", record, None)[0] == "unknown"
+    elsewhere = owner.owner_record("f", "j1") | {"host": "another-host"}
+    assert owner.owner_state("j1", owner_wire.seal(key, "j1", elsewhere), key)[1].startswith("it was launched on host")
+    os.chmod(path, 0o644)
+    monkeypatch.setattr(owner, "_key", None)
+    with caplog.at_level("WARNING", logger="wrenpack.executor.owner"):
+        assert owner.user_key() is None
+    assert "not a private file of yours" in caplog.text and "owner_record" not in caplog.text
+    assert owner.owner_record("f", "j1").get("mac") is None  # written unsealed: `clean --stale` keeps its job

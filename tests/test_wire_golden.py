@@ -33,7 +33,7 @@ import cloudpickle
 import pytest
 
 import wrenpack.wire
-from wrenpack import auth
+from wrenpack import auth, keys
 from wrenpack.errors import RemoteTraceback
 from wrenpack.wire import (
     checkpoint,
@@ -119,8 +119,8 @@ CASES: dict[str, Callable[[], list[bytes]]] = {
     "result": lambda: [result.seal_result(SECRET, JOB, CALL, _SMALL_STATUS, outcome.Outcome.success(7).dumps())],
     "segment": lambda: [segment.seal_segment(SECRET, JOB, CALL, 2, _SEGMENT_STATUS)],
     "checkpoint": lambda: [checkpoint.seal_checkpoint(SECRET, JOB, CALL, 3, b"state-pickle")],
-    "start": lambda: [start.dumps(1700000000.25, 1)],
-    "owner": lambda: [owner.dumps(_OWNER)],
+    "start": lambda: [start.seal_start(SECRET, JOB, CALL, 1700000000.25, 1)],
+    "owner": lambda: [owner.dumps(owner.seal(SECRET, JOB, _OWNER))],
     "handoff": lambda: [json.dumps(handoff.image(*_LAYOUT_INPUT)[1]).encode(), handoff.image(*_LAYOUT_INPUT)[0]],
     "frames": lambda: [b"".join(frames.encode(h, b) for h, b in _FRAMES)],
     "driver_message": lambda: [_message_bytes()],
@@ -167,11 +167,13 @@ def _decode_checkpoint(parts: list[bytes]) -> None:
 
 
 def _decode_start(parts: list[bytes]) -> None:
-    assert start.start_of(parts[0]) == 1700000000.25 and json.loads(parts[0])["attempt"] == 1
+    assert start.open_start(SECRET, JOB, CALL, parts[0], now=1700000000.25) == 1700000000.25
+    assert json.loads(auth.unseal(SECRET, keys.identity(JOB, "start", CALL), parts[0], "golden"))["attempt"] == 1
 
 
 def _decode_owner(parts: list[bytes]) -> None:
-    assert owner.loads(parts[0]) == _OWNER
+    record = owner.loads(parts[0])
+    assert owner.verify(SECRET, JOB, record) and {k: v for k, v in record.items() if k != "mac"} == _OWNER
 
 
 def _decode_handoff(parts: list[bytes]) -> None:

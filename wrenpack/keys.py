@@ -6,9 +6,9 @@
     jobs/<job_id>/input/<call_id>.pkl           arguments too large to travel in the event
     jobs/<job_id>/result/<s>/<call_id>.res      the call's status and outcome, written once, last
     jobs/<job_id>/result/<s>/<call_id>.<n>.seg  segment n of a split call saved a checkpoint (JSON status)
-    jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start
+    jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start (sealed)
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
-    jobs/<job_id>/owner.json                    the client process that launched the job (not sealed, never unpickled)
+    jobs/<job_id>/owner.json                    the client process that launched the job (MAC under the user's key, never unpickled)
 
 ``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
 workers write spread over a few prefixes, so one job is not capped by one
@@ -87,7 +87,7 @@ def call_id(index: int) -> str:
 
 
 #: The kinds of object that are sealed (``wrenpack.auth``), one per key family above.
-KINDS = ("func", "input", "result", "segment", "checkpoint")
+KINDS = ("func", "input", "result", "segment", "checkpoint", "start", "owner")
 
 
 def identity(job_id: str, kind: str, call_id: str = "", segment: int | None = None) -> str:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from typing import Any
 
 import boto3
 import pytest
 
 import wrenpack
-from wrenpack import keys
+from wrenpack import auth, keys
 from wrenpack.backends.aws import FunctionSettings, LambdaBackend
 from wrenpack.errors import ConfigError, CorruptObject, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WorkerLost
 from wrenpack.executor import Executor
+from wrenpack.wire import start as start_mark
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 
 TIMEOUT = 5
@@ -197,6 +200,52 @@ def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
                 sent = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
                 assert ended - start >= TIMEOUT and ended - sent < TIMEOUT + 5, (start, sent, ended)
                 assert "CloudWatch" in str(info.value)
+
+
+def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lambda_endpoint, caplog):
+    """A start mark moves a queued call's deadline. One that is not the call's own
+    (unsealed, or sealed for another call) is ignored and logged, and so is a genuine
+    one whose start is far ahead: a lost call is still reported lost after its timeout
+    (before start marks were sealed, the unsealed one held its call for ever)."""
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "forged-start", invocation_type="Event") as ex:
+        backend = LambdaBackend(
+            ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
+            region="us-east-1", invocation_type="Event", poll_interval=0.2, deadline_margin_s=0.5,
+        )
+        ex._backend = backend
+        sent: list[Any] = []
+        invoke_many = backend.invoke_many
+        backend.invoke_many = lambda invs: (sent.extend(invs), invoke_many(invs))[1]
+        stop = threading.Event()
+
+        def plant() -> None:
+            # Again and again: the worker's own mark (it starts late on a cold emulator) must not win.
+            while not stop.wait(0.05):
+                for inv in list(sent):
+                    job, cid = inv.key
+                    secret, ahead = auth.decode_secret(inv.event["secret"]), time.time() + 1e12
+                    forged = {
+                        keys.call_id(0): json.dumps({"start": ahead, "attempt": 0}).encode(),  # a third party's
+                        keys.call_id(1): start_mark.seal_start(secret, job, keys.call_id(0), ahead, 0),  # another call's
+                        keys.call_id(2): start_mark.seal_start(secret, job, cid, ahead, 0),  # its own, a clock gone wrong
+                    }[cid]
+                    ex.store.put(keys.start_key(job, cid), forged)
+
+        planter = threading.Thread(target=plant)
+        planter.start()
+        try:
+            with caplog.at_level("WARNING", logger="wrenpack.backends.aws"):
+                futs = wrenpack.remote(dies, executor=ex).map([1, 2, 3])
+                for fut in futs:
+                    with pytest.raises(WorkerLost, match="CloudWatch"):
+                        fut.result(timeout=60)
+                    arrived = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
+                    assert time.time() - arrived < TIMEOUT + 10
+        finally:
+            stop.set()
+            planter.join()
+        ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+        assert any("failed authentication" in m for m in ignored) and any("clock" in m for m in ignored), ignored
 
 
 def _most_in_flight(lambda_endpoint, futs) -> int:

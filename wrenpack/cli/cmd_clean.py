@@ -3,10 +3,14 @@
 Works on any store ``open_store`` knows (local directory or S3), so a job
 left behind by ``keep_objects=True`` or a crashed client can be removed. Each
 job records its owner (``jobs/<job>/owner.json``: host, pid, process start
-time): ``--stale`` removes the jobs whose owner process is gone; ``--all``
-and named jobs refuse to remove a job whose owner still runs unless
-``--force``. On a local store, temporary files (``.tmp-*``) that writers killed
-mid-write left behind more than five minutes ago are swept too.
+time, sealed with the user's owner key: ``wrenpack.executor.owner``):
+``--stale`` removes the jobs whose owner process is gone, as only such a
+record can say; a job whose owner cannot be checked (no record, one anybody
+else could have written, one from another host) is kept and the output says
+why (``--stale --force`` removes those too). ``--all`` and named jobs refuse
+to remove a job whose owner still runs unless ``--force``. On a local store,
+temporary files (``.tmp-*``) that writers killed mid-write left behind more
+than five minutes ago are swept too.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any
 
 from wrenpack import keys
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
+from wrenpack.executor.owner import owner_state, user_key
 from wrenpack.wire import owner as owner_record
 
 #: temporary files younger than this may belong to a write in progress
@@ -28,19 +33,15 @@ def job_ids(store: Any) -> list[str]:
     return sorted(j for j in found if j)
 
 
-def job_state(store: Any, job_id: str) -> str:
-    """"live" (its owner process runs), "stale" (owner gone, or unknown), or
-    "elsewhere" (launched on another host: cannot tell from here)."""
-    from wrenpack.executor import owner_alive
-
+def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, str]:
+    """(state, why): "live" (its owner process runs), "stale" (its owner is gone),
+    or "unknown" (no owner record, one not sealed with the user's owner ``key``,
+    or one from another host: whether its owner runs cannot be told from here)."""
     try:
-        record = owner_record.loads(store.get(keys.owner_key(job_id)))
-    except ObjectNotFound:
-        return "stale"
-    except (StoreError, ValueError):
-        return "stale"
-    alive = owner_alive(record)
-    return "elsewhere" if alive is None else ("live" if alive else "stale")
+        record: dict[str, Any] | None = owner_record.loads(store.get(keys.owner_key(job_id)))
+    except (ObjectNotFound, StoreError, ValueError):
+        record = None
+    return owner_state(job_id, record, key)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -52,12 +53,21 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if sum((bool(args.job_ids), args.all, args.stale)) != 1:
         raise ConfigError("name the jobs to remove (wrenpack clean JOB_ID ...), or pass --all or --stale (one of them)")
     store = store_for_config(current(**overrides))
+    key = user_key(create=False)
+    kept: dict[str, str] = {}  # --stale: job -> why it was kept
     if args.stale:
-        targets = [j for j in job_ids(store) if job_state(store, j) == "stale"]
-        skipped: list[str] = []
+        # Only what the user's own sealed record says is gone; a job in doubt is kept (--force removes it too).
+        targets = []
+        for j in job_ids(store):
+            state, why = job_state(store, j, key)
+            if state == "stale" or (state == "unknown" and args.force):
+                targets.append(j)
+            elif state == "unknown":
+                kept[j] = why
+        skipped = sorted(kept)
     else:
         named = job_ids(store) if args.all else [j.strip("/") for j in args.job_ids]
-        live = [j for j in named if job_state(store, j) == "live"]
+        live = [j for j in named if job_state(store, j, key)[0] == "live"]
         if live and not args.force:
             shown = ", ".join(live[:3]) + (" ..." if len(live) > 3 else "")
             raise ConfigError(f"{len(live)} job(s) belong to a program still running ({shown}); "
@@ -75,19 +85,25 @@ def cmd_clean(args: argparse.Namespace) -> int:
     total = sum(removed.values())
     if args.json:
         print(json.dumps({"store": store.url, "removed": total, "prefixes": removed, "jobs": len(targets),
-                          "tmp_swept": swept, "skipped": skipped}))
+                          "tmp_swept": swept, "skipped": skipped, "skipped_why": kept}))
     else:
         extra = f", {swept} stray temporary file(s)" if swept else ""
         print(f"removed {total} object(s) of {len(targets)} job(s){extra} from {store.url}")
+        if kept:
+            shown = "; ".join(f"{j}: {why}" for j, why in list(kept.items())[:3]) + ("; ..." if len(kept) > 3 else "")
+            print(f"kept {len(kept)} job(s) whose owner cannot be checked ({shown}); remove them by name, "
+                  "or with --stale --force")
     return 0
 
 
 def register(subparsers: Any, name: str) -> None:
     p = subparsers.add_parser(name, help="remove a job's objects (orphaned jobs, or all jobs) from the store")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="job(s) to remove")
-    p.add_argument("--stale", action="store_true", help="remove the jobs whose owner process is gone")
+    p.add_argument("--stale", action="store_true", help="remove the jobs whose owner process is gone (as their "
+                   "owner records sealed with your key say)")
     p.add_argument("--all", action="store_true", help="remove every job's objects (refused while an owner runs)")
-    p.add_argument("--force", action="store_true", help="remove jobs even if their owner still runs")
+    p.add_argument("--force", action="store_true", help="remove jobs even if their owner still runs (with --stale: "
+                   "also the jobs whose owner cannot be checked, never those whose owner runs)")
     p.add_argument("--storage", help="store to clean (default: the storage setting)")
     p.add_argument("--region")
     p.add_argument("--profile")

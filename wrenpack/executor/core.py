@@ -269,11 +269,11 @@ class Executor(CallTable, cf.Executor):
         stored = (not inline_fn or not all(inline_args) or self.config.keep_objects
                   or not self.backend.capabilities.calls_end_with_driver)
         if not stored:
-            extra_event["owner"] = owner_record(label)
+            extra_event["owner"] = owner_record(label, job_id)
         args_specs: list[dict[str, Any]] = []
         try:
             if stored:
-                store.put(keys.owner_key(job_id), json.dumps(owner_record(label)).encode())
+                store.put(keys.owner_key(job_id), json.dumps(owner_record(label, job_id)).encode())
             if not inline_fn:
                 store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
             for i, data in enumerate(payloads):

@@ -1,11 +1,27 @@
 """Owner records: who launched a job, and whether that process still lives
-(``wrenpack clean --stale`` removes the objects of jobs whose owner is gone)."""
+(``wrenpack clean --stale`` removes the objects of jobs whose owner is gone).
+
+A record decides whether a job's objects are removed, and anyone who can
+write to the store can write one. So a record counts only if it carries a MAC
+under the user's own key (``user_key``: a random 32 bytes in a file of the
+cache directory that only the user can read, made on first use); the MAC binds
+it to its job (``wrenpack.wire.owner``). The process start time in it tells
+the owner from a new process that reuses its pid.
+"""
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import stat
 import time
 from typing import Any
+
+from wrenpack.wire import owner as owner_wire
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
 
 
 def _process_start(pid: int) -> str | None:
@@ -13,22 +29,107 @@ def _process_start(pid: int) -> str | None:
     owner from a new process that reuses its pid; None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-        return stat.rsplit(")", 1)[1].split()[19]
+            stat_line = f.read().decode("ascii", "replace")
+        return stat_line.rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def key_path() -> str:
+    """The user's owner key: in wrenpack's cache directory (``WRENPACK_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``)."""
+    base = os.environ.get("WRENPACK_CACHE_DIR")
+    if not base:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "wrenpack")
+    return os.path.join(base, "owner.key")
+
+
+def _read_key(path: str) -> bytes | None:
+    """The key in ``path`` if it is a private regular file of this user (not a link);
+    None if there is none. Any other file is not trusted: logged, None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read the owner key %s (%s); remove it so a new one is made", path, exc.strerror)
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            log.warning("the owner key %s is not a private file of yours (uid %d, mode %o); owner records "
+                        "are not sealed or trusted: remove it so a new one is made", path, st.st_uid, stat.S_IMODE(st.st_mode))
+            return None
+        data = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) != KEY_BYTES:
+        log.warning("the owner key %s is not %d bytes; remove it so a new one is made", path, KEY_BYTES)
+        return None
+    return data
+
+
+def _make_key(path: str) -> bytes | None:
+    """Write a fresh key to ``path`` (0600, all at once: a new name linked in, so two
+    processes making it together agree on the first); the key now there."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".owner.key.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, os.urandom(KEY_BYTES))
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: that one is the key
+    except OSError as exc:
+        log.warning("cannot make the owner key %s (%s): jobs launched now are kept by `wrenpack clean --stale` "
+                    "until removed by name", path, exc.strerror)
+        return None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return _read_key(path)
+
+
+#: (path, key, whether making it was tried): read once per process and path
+_key: tuple[str, bytes | None, bool] | None = None
+
+
+def user_key(create: bool = True) -> bytes | None:
+    """The user's key for owner records; made on first use when ``create``.
+    None if there is no usable one (then records are written unsealed, and
+    ``clean --stale`` keeps their jobs: it cannot check them)."""
+    global _key
+    path = key_path()
+    known = _key
+    if known is not None and known[0] == path and (known[1] is not None or known[2] or not create):
+        return known[1]
+    key = _read_key(path)
+    if key is None and create and not os.path.lexists(path):
+        key = _make_key(path)
+    _key = (path, key, create)
+    return key
 
 
 _me: tuple[int, str, str | None] | None = None
 
 
-def owner_record(label: str = "") -> dict[str, Any]:
-    """What jobs/<job>/owner.json holds: who launched the job, and when."""
+def owner_record(label: str = "", job_id: str | None = None) -> dict[str, Any]:
+    """What jobs/<job>/owner.json holds: who launched the job, and when; sealed
+    for ``job_id`` with the user's key (``user_key``) when one is given."""
     global _me
     pid = os.getpid()
     if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
         _me = (pid, socket.gethostname(), _process_start(pid))
-    return {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
+    record = {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
+    key = user_key() if job_id is not None else None
+    return owner_wire.seal(key, job_id, record) if key is not None and job_id is not None else record
 
 
 def owner_alive(record: dict[str, Any]) -> bool | None:
@@ -41,3 +142,19 @@ def owner_alive(record: dict[str, Any]) -> bool | None:
         return False
     start = _process_start(pid)
     return start is not None and (record.get("start") is None or start == record.get("start"))
+
+
+def owner_state(job_id: str, record: dict[str, Any] | None, key: bytes | None) -> tuple[str, str]:
+    """(state, why) of a job from its owner record: "live" (its owner runs),
+    "stale" (its owner is gone), or "unknown" when that cannot be told from here
+    (no record, a record not sealed with ``key`` for this job, or another host)."""
+    if record is None:
+        return "unknown", "it has no readable owner record"
+    if key is None:
+        return "unknown", f"there is no owner key ({key_path()}) to check its owner record with"
+    if not owner_wire.verify(key, job_id, record):
+        return "unknown", "its owner record is not sealed with your owner key (another user's, or forged)"
+    alive = owner_alive(record)
+    if alive is None:
+        return "unknown", f"it was launched on host {record.get('host')!r}, where its owner may still run"
+    return ("live", f"its owner (pid {record.get('pid')}) still runs") if alive else ("stale", "its owner is gone")

@@ -10,19 +10,33 @@ fail authentication, ``wrenpack.auth``) or delete them. So the root is created
 by another user or writable by group or others is refused, as is one inside a
 directory that another user could rename it out of (an ancestor owned by
 someone other than you or root, or writable by others without the sticky bit,
-as ``/tmp`` and ``/dev/shm`` have). Standard library only: the worker imports this.
+as ``/tmp`` and ``/dev/shm`` have).
+
+Nor does the store follow links: a root that is a symbolic link is refused
+(one swapped while a job runs would move the store elsewhere), the root
+directory is opened once and kept open, and every object is reached from it
+one component at a time without following links (``O_NOFOLLOW``, ``dir_fd=``),
+so renaming or replacing the root path, or a directory below it, mid-run
+cannot redirect a read or a write. Standard library only: the worker imports this.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import stat
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from wrenpack.errors import ObjectNotFound, StoreError
 from wrenpack.storage.base import Store
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a directory on the way is missing (or is not one): the object is not there
+_ABSENT = (FileNotFoundError, NotADirectoryError)
 
 
 class LocalStore(Store):
@@ -32,8 +46,26 @@ class LocalStore(Store):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
-        _make_private_root(self.root)
-        self._made: set[str] = set()
+        #: the root directory, open for the store's life: objects are reached from it, never by path
+        self._fd = _open_private_root(self.root)
+        self._counter = itertools.count()
+
+    def __del__(self) -> None:
+        fd = self.__dict__.pop("_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_fd", None)
+        state.pop("_counter", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy in another process opens (and checks) the root again."""
+        self.__dict__.update(state)
+        self._fd = _open_private_root(self.root)
         self._counter = itertools.count()
 
     @property
@@ -44,15 +76,37 @@ class LocalStore(Store):
     def url(self) -> str:
         return f"file://{self.root}"
 
-    def _path(self, key: str) -> str:
-        if not key or key.startswith("/") or ".." in key.split("/"):
+    @staticmethod
+    def _parts(key: str) -> list[str]:
+        """The key's path components; ``StoreError`` for a key that is not a plain relative path."""
+        parts = [p for p in key.split("/") if p not in ("", ".")] if key and not key.startswith("/") else []
+        if not parts or ".." in parts or key.endswith("/"):
             raise StoreError(f"invalid store key {key!r}: keys are relative paths without '..'")
-        return os.path.join(self.root, key)
+        return parts
 
-    def _ensure_dir(self, directory: str) -> None:
-        if directory not in self._made:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            self._made.add(directory)
+    @contextlib.contextmanager
+    def _dir(self, parts: list[str], create: bool = False) -> Iterator[int]:
+        """A descriptor of the directory ``parts`` below the root, each component
+        opened from the one before without following links; made 0700 if missing
+        and ``create``. A missing one raises ``FileNotFoundError``; a link, ``OSError`` (ELOOP)."""
+        fd = self._fd
+        try:
+            for name in parts:
+                try:
+                    nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):  # (another writer made it meanwhile)
+                        os.mkdir(name, 0o700, dir_fd=fd)
+                    nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                if fd != self._fd:
+                    os.close(fd)
+                fd = nxt
+            yield fd
+        finally:
+            if fd != self._fd:
+                os.close(fd)
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         try:
@@ -62,116 +116,169 @@ class LocalStore(Store):
                              "directory, or set storage= to another one") from None
 
     def _put(self, key: str, data: bytes, if_absent: bool) -> bool:
-        path = self._path(key)
-        directory = os.path.dirname(path)
-        self._ensure_dir(directory)
-        if if_absent and os.path.exists(path):
-            return False
-        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileNotFoundError:
-            # Another process removed the directory since this one made it (delete_prefix).
-            self._made.discard(directory)
-            self._ensure_dir(directory)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            if if_absent:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
+        *dirs, name = self._parts(key)
+        tmp = f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}"
+        for last in (False, True):
+            with self._dir(dirs, create=True) as dfd:
+                if if_absent and _lexists(name, dfd):
                     return False
-                finally:
-                    os.unlink(tmp)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return True
+                try:
+                    fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=dfd)
+                except FileNotFoundError:
+                    if last:
+                        raise
+                    continue  # another process removed the directory since it was opened (delete_prefix): again
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                    if if_absent:
+                        try:
+                            os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+                        except FileExistsError:
+                            return False
+                        finally:
+                            os.unlink(tmp, dir_fd=dfd)
+                    else:
+                        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp, dir_fd=dfd)
+                    raise
+                return True
+        raise AssertionError("not reached: the second try returns or raises")
 
-    def get(self, key: str) -> bytes:
+    def _open(self, key: str) -> int:
+        """A descriptor of the object's file (not a link); ``ObjectNotFound`` if absent."""
+        *dirs, name = self._parts(key)
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
+            with self._dir(dirs) as dfd:
+                return os.open(name, _READ_FLAGS, dir_fd=dfd)
+        except _ABSENT:
             raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
         except OSError as exc:
             raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
 
-    def get_range(self, key: str, start: int, end: int) -> bytes:
+    def get(self, key: str) -> bytes:
+        fd = self._open(key)
         try:
-            with open(self._path(key), "rb") as f:
+            with open(fd, "rb", closefd=False) as f:
+                return f.read()
+        except OSError as exc:
+            raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
+        finally:
+            os.close(fd)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        fd = self._open(key)
+        try:
+            with open(fd, "rb", closefd=False) as f:
                 f.seek(start)
                 return f.read(max(0, end - start))
-        except FileNotFoundError:
-            raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+        finally:
+            os.close(fd)
+
+    def _stat(self, key: str) -> os.stat_result | None:
+        """The object's file's status (not following a link); None if absent."""
+        *dirs, name = self._parts(key)
+        try:
+            with self._dir(dirs) as dfd:
+                return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except _ABSENT:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot look up {key} in {self.url}: {_reason(exc)}") from None
 
     def exists(self, key: str) -> bool:
-        return os.path.exists(self._path(key))
+        st = self._stat(key)
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def size(self, key: str) -> int:
-        try:
-            return os.path.getsize(self._path(key))
-        except FileNotFoundError:
-            raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+        st = self._stat(key)
+        if st is None:
+            raise ObjectNotFound(f"object {key!r} not found in {self.url}")
+        return st.st_size
 
     def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
         out = []
         for key in self.list(prefix):
-            try:
-                out.append((key, os.path.getsize(self._path(key))))
-            except FileNotFoundError:  # removed since the listing
-                pass
+            st = self._stat(key)
+            if st is not None:  # (else removed since the listing)
+                out.append((key, st.st_size))
         return out
+
+    def _walk(self, directory: str, topdown: bool = True) -> Iterator[tuple[str, list[str], list[str], int]]:
+        """``os.fwalk`` of ``directory`` (a key prefix's folder, "" for the root),
+        reached without following links; its paths relative to the root ("" for the root).
+        Nothing if it is absent."""
+        parts = [p for p in directory.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise StoreError(f"invalid store prefix {directory!r}: prefixes are relative paths without '..'")
+        try:
+            with self._dir(parts) as dfd:
+                base = "/".join(parts)
+                for dirpath, dirnames, filenames, fd in os.fwalk(".", topdown=topdown, dir_fd=dfd):
+                    rel = os.path.normpath(dirpath)
+                    rel = base if rel == "." else (f"{base}/{rel}" if base else rel)
+                    yield rel.replace(os.sep, "/"), dirnames, filenames, fd
+        except _ABSENT:
+            return
 
     def list(self, prefix: str) -> list[str]:
         # Walk only the deepest directory the prefix names, not the whole store.
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = os.path.join(self.root, base_dir) if base_dir else self.root
         out: list[str] = []
-        for dirpath, _dirnames, filenames in os.walk(start):
-            rel_dir = os.path.relpath(dirpath, self.root)
-            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        for rel_dir, _dirnames, filenames, _fd in self._walk(base_dir):
+            head = f"{rel_dir}/" if rel_dir else ""
             for name in filenames:
                 if name.startswith(".tmp-"):
                     continue
-                key = rel_dir + name
+                key = head + name
                 if key.startswith(prefix):
                     out.append(key)
         out.sort()
         return out
 
     def delete(self, key: str) -> None:
+        *dirs, name = self._parts(key)
         try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
+            with self._dir(dirs) as dfd:
+                os.unlink(name, dir_fd=dfd)
+        except _ABSENT:
             pass
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
-        for key in keys:
-            self.delete(key)
-        # Remove directories left empty below the prefix's directory.
-        base_dir = prefix.rstrip("/") if prefix.endswith("/") else prefix.rsplit("/", 1)[0]
-        if base_dir:
-            top = os.path.join(self.root, base_dir)
-            for dirpath, _dirs, files in sorted(os.walk(top, topdown=False), key=lambda t: -len(t[0])):
-                if prefix.endswith("/"):
-                    # Temporary files of writers that died mid-write go with their job.
-                    for name in files:
-                        if name.startswith(".tmp-"):
-                            with contextlib.suppress(OSError):
-                                os.unlink(os.path.join(dirpath, name))
-                try:
-                    os.rmdir(dirpath)
-                except OSError:
-                    pass
-            self._made = {d for d in self._made if not d.startswith(top)}
-        return len(keys)
+        # One walk from the bottom of the prefix's directory: its keys go, then the
+        # directories left empty below it, and it; with a whole folder ("jobs/<job>/"),
+        # the temporary files of writers that died mid-write too.
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        whole = prefix.endswith("/")
+        removed = 0
+        for rel_dir, dirnames, filenames, fd in self._walk(base_dir, topdown=False):
+            head = f"{rel_dir}/" if rel_dir else ""
+            for name in filenames:
+                tmp = name.startswith(".tmp-")
+                if (tmp and not whole) or (not tmp and not (head + name).startswith(prefix)):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+                    removed += not tmp
+            if base_dir:
+                for name in dirnames:  # (emptied already: a walk from the bottom)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(name, dir_fd=fd)
+        parts = [p for p in base_dir.split("/") if p not in ("", ".")]
+        if parts:
+            with contextlib.suppress(OSError), self._dir(parts[:-1]) as dfd:
+                os.rmdir(parts[-1], dir_fd=dfd)
+        return removed
+
+
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
@@ -181,13 +288,12 @@ def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
 
     cutoff = time.time() - older_than_s
     removed = 0
-    for dirpath, _dirs, files in os.walk(store.root):
+    for _rel, _dirs, files, fd in store._walk(""):
         for name in files:
             if name.startswith(".tmp-"):
-                path = os.path.join(dirpath, name)
                 with contextlib.suppress(OSError):
-                    if os.lstat(path).st_mtime < cutoff:
-                        os.unlink(path)
+                    if os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(name, dir_fd=fd)
                         removed += 1
     return removed
 
@@ -196,12 +302,17 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def _make_private_root(root: str) -> None:
-    """Create ``root`` 0700 (parents too), or check that an existing one is private."""
+def _open_private_root(root: str) -> int:
+    """Create ``root`` 0700 (parents too), or check that an existing one is private
+    and not a link; a descriptor of it, opened without following a link."""
     me = os.geteuid()
+    if os.path.islink(root):
+        real = os.path.realpath(root)
+        raise StoreError(f"the store path {root} is a symbolic link (to {real}), which could be swapped to move the "
+                         f"store elsewhere; set storage={real} (the directory itself)")
     missing = []
     path = root
-    while not os.path.exists(path):
+    while not os.path.lexists(path):
         missing.append(path)
         parent = os.path.dirname(path)
         if parent == path:
@@ -216,11 +327,23 @@ def _make_private_root(root: str) -> None:
         except OSError as exc:
             raise StoreError(f"cannot create the store directory {directory} ({exc.strerror}); set storage= to a writable path") from None
     try:
-        st = os.stat(root)
+        fd = os.open(root, _DIR_FLAGS)
     except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise StoreError(f"the store path {root} exists but is not a directory; remove it or set storage= to another path") from None
+        if exc.errno == errno.ELOOP:  # made a link since it was looked at
+            raise StoreError(f"the store path {root} is a symbolic link, which could be swapped to move the store "
+                             "elsewhere; set storage= to the directory itself") from None
         raise StoreError(f"cannot use the store directory {root} ({exc.strerror}); set storage= to a writable path") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"the store path {root} exists but is not a directory; remove it or set storage= to another path")
+    try:
+        _check_private(root, os.fstat(fd), me)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_private(root: str, st: os.stat_result, me: int) -> None:
     if st.st_uid != me:
         raise StoreError(
             f"the store directory {root} is owned by uid {st.st_uid}, not by you (uid {me}): whoever owns it can plant or "

@@ -346,7 +346,7 @@ def error_outcome(exc: BaseException, kind: str, tb_text: str | None = None) -> 
     return cloudpickle.dumps(error_tuple(exc, kind, tb_text))
 
 
-def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
+def _mark_start(store: Store, event: dict[str, Any], start: float, secret: bytes) -> None:
     """A call that begins after ``mark_start_after`` (client clock) waited in
     Lambda's queue: one small object says when it began, so the client counts
     its deadline from here instead of reporting it lost. On time: no write."""
@@ -354,7 +354,8 @@ def _mark_start(store: Store, event: dict[str, Any], start: float) -> None:
     if after is None or start <= float(after):
         return
     try:
-        store.put(keys.start_key(event["job_id"], event["call_id"]), start_mark.dumps(start, event.get("attempt", 0)))
+        mark = start_mark.seal_start(secret, event["job_id"], event["call_id"], start, event.get("attempt", 0))
+        store.put(keys.start_key(event["job_id"], event["call_id"]), mark)
     except StoreError:
         pass  # the client then reports it lost at its deadline, as before
 
@@ -389,7 +390,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     disarm = None
     ckpt = None
     scope = callscope.CallScope(event)  # the call's env= and captured output
-    _mark_start(store, event, start)
+    _mark_start(store, event, start, ev.secret)
     try:
         # An SDK that cannot write the result fails the call before the user's code runs.
         sdk.check(ev.store)

@@ -10,7 +10,9 @@ reset high-water mark.
 
 The worker never outlives its driver: a parent-death signal, and a thread
 watching the driver's pidfd (or its parent pid), stop it and every process its
-call started, within about a second of the driver's death.
+call started, within about a second of the driver's death. Nor does any
+process a call started outlive the call: they end before its reply goes
+(``end_call_processes``).
 
 Standard library only (besides the handler's cloudpickle).
 """
@@ -43,17 +45,31 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
-def _own_cgroup() -> str | None:
-    """This worker's memory cgroup directory, when the backend made one for it."""
+def _own_cgroups() -> list[str]:
+    """This worker's cgroup directories (memory, pids) that the backend made for it."""
+    found = []
     try:
         with open("/proc/self/cgroup") as f:
             for line in f:
                 _id, controllers, path = line.rstrip("\n").split(":", 2)
-                if "memory" in controllers.split(",") and os.path.basename(path).startswith("wrenpack-"):
-                    return os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
+                for controller in ("memory", "pids"):
+                    if controller in controllers.split(",") and os.path.basename(path).startswith("wrenpack-"):
+                        found.append(os.path.join("/sys/fs/cgroup", controller, path.lstrip("/")))
     except (OSError, ValueError):
         pass
-    return None
+    return found
+
+
+def _cgroup_tasks(cgroups: list[str], me: int) -> list[int]:
+    """The processes in the worker's cgroups besides itself."""
+    pids: list[int] = []
+    for cgroup in cgroups:
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs")) as f:
+                pids += [int(p) for p in f.read().split() if int(p) != me]
+        except (OSError, ValueError):
+            pass
+    return pids
 
 
 def _descendants() -> list[int]:
@@ -89,15 +105,9 @@ def die(worker_dir: str | None) -> None:
     if not _dying.acquire(blocking=False):
         return
     me = os.getpid()
-    cgroup = _own_cgroup()
+    cgroups = _own_cgroups()
     for _ in range(20):
-        pids = _descendants()
-        if cgroup is not None:
-            try:
-                with open(os.path.join(cgroup, "cgroup.procs")) as f:
-                    pids += [int(p) for p in f.read().split() if int(p) != me]
-            except (OSError, ValueError):
-                pass
+        pids = _descendants() + _cgroup_tasks(cgroups, me)
         if not pids:
             break
         for pid in set(pids):
@@ -106,7 +116,7 @@ def die(worker_dir: str | None) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.005)
-    if cgroup is not None:
+    for cgroup in cgroups:
         # Leave the cgroup for its parent, then remove it: nobody else will.
         try:
             with open(os.path.join(os.path.dirname(cgroup), "cgroup.procs"), "w") as f:
@@ -148,6 +158,45 @@ def _watch_parent(parent: int, worker_dir: str | None) -> None:
         while os.getppid() == parent:
             time.sleep(0.25)
     die(worker_dir)
+
+
+def _children_left() -> bool:
+    """Reap the children that exited; whether any is left (one system call when none is)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def end_call_processes() -> int:
+    """Every process the call started ends with it, as on Lambda, where nothing a
+    call left runs on after it (the environment is frozen): none may outlive it
+    here, or run on into the next call. This worker is their subreaper, so
+    any still running is a descendant (its cgroups list them too). How many were ended."""
+    if not _children_left():
+        return 0
+    me = os.getpid()
+    cgroups = _own_cgroups()
+    ended: set[int] = set()
+    for _ in range(50):
+        pids = set(_descendants() + _cgroup_tasks(cgroups, me))
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        ended |= pids
+        _children_left()
+        time.sleep(0.002)
+    deadline = time.monotonic() + 5.0
+    while _children_left() and time.monotonic() < deadline:  # the killed ones' exits (reparented here)
+        time.sleep(0.002)
+    return len(ended)
 
 
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
@@ -227,7 +276,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 if getattr(ctx, "result_slab", None) is not None:  # the result did not go in it
                     _close(ctx.result_slab)
                     ctx.result_slab = None
-            worker_reply.measured(reply, time.perf_counter() - t0, children=_children_usage() != before,
+            elapsed = time.perf_counter() - t0
+            end_call_processes()
+            worker_reply.measured(reply, elapsed, children=_children_usage() != before,
                                   tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
             sys.stdout.flush()
             sys.stderr.flush()

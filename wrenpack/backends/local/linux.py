@@ -1,8 +1,13 @@
-"""Per-worker memory limits through Linux cgroup v1 (when this process may make them).
+"""Per-worker limits through Linux cgroup v1 (when this process may make them):
+memory, and processes and threads.
 
 A hard memory limit is what Lambda enforces; the kernel's own accounting
-catches spikes of any length and memory held in child processes. Where
-cgroups are unavailable the local backend falls back to sampling.
+catches spikes of any length and memory held in child processes. Lambda also
+caps an execution environment at 1,024 processes and threads (``MAX_TASKS``):
+a fork or thread past it fails with EAGAIN, which a pids cgroup does the same
+way. Where cgroups are unavailable the local backend falls back to sampling
+(``wrenpack.backends.local.process``). Not RLIMIT_NPROC: it counts every
+process of the user on the machine, not the worker's, and root ignores it.
 """
 from __future__ import annotations
 
@@ -15,8 +20,13 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
+#: Lambda's limit on the processes and threads of one execution environment
+MAX_TASKS = 1024
 
-class MemoryCgroup:
+
+class Cgroup:
+    """One cgroup v1 group of one worker (any controller): its tasks, their kill, its removal."""
+
     def __init__(self, path: str) -> None:
         self.path = path
 
@@ -30,40 +40,6 @@ class MemoryCgroup:
 
     def add(self, pid: int) -> None:
         self._write("cgroup.procs", str(pid))
-
-    def set_limit_mb(self, mb: int) -> bool:
-        return self.set_limit_bytes(mb * MiB)
-
-    def set_limit_bytes(self, n: int) -> bool:
-        try:
-            self._write("memory.limit_in_bytes", str(n))
-            return True
-        except OSError:  # EBUSY: usage above the new limit
-            return False
-
-    def reset_peak(self) -> None:
-        try:
-            self._write("memory.max_usage_in_bytes", "0")
-        except OSError:
-            pass
-
-    def peak_mb(self) -> float:
-        try:
-            return int(self._read("memory.max_usage_in_bytes")) / MiB
-        except (OSError, ValueError):
-            return 0.0
-
-    def oom_kills(self) -> int:
-        try:
-            for line in self._read("memory.oom_control").splitlines():
-                if line.startswith("oom_kill "):
-                    return int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-        try:
-            return int(self._read("memory.failcnt"))
-        except (OSError, ValueError):
-            return 0
 
     def pids(self) -> list[int]:
         try:
@@ -102,6 +78,81 @@ class MemoryCgroup:
         return False
 
 
+class MemoryCgroup(Cgroup):
+    """A worker's memory group: its limit, peak and OOM kills."""
+
+    def set_limit_mb(self, mb: int) -> bool:
+        return self.set_limit_bytes(mb * MiB)
+
+    def set_limit_bytes(self, n: int) -> bool:
+        try:
+            self._write("memory.limit_in_bytes", str(n))
+            return True
+        except OSError:  # EBUSY: usage above the new limit
+            return False
+
+    def reset_peak(self) -> None:
+        try:
+            self._write("memory.max_usage_in_bytes", "0")
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float:
+        try:
+            return int(self._read("memory.max_usage_in_bytes")) / MiB
+        except (OSError, ValueError):
+            return 0.0
+
+    def oom_kills(self) -> int:
+        try:
+            for line in self._read("memory.oom_control").splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        try:
+            return int(self._read("memory.failcnt"))
+        except (OSError, ValueError):
+            return 0
+
+
+class PidsCgroup(Cgroup):
+    """A worker's pids group: at most ``MAX_TASKS`` processes and threads, as on
+    Lambda (``pids.max``: the fork or thread past them fails with EAGAIN)."""
+
+
+def _own_group(controller: str) -> str | None:
+    """This process's cgroup v1 directory for ``controller``, if it is mounted."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return os.path.join("/sys/fs/cgroup", controller, path.lstrip("/"))
+    return None
+
+
+def _probe(base: str, setting: str, value: str) -> bool:
+    """Whether this process may make a group under ``base`` and set ``setting`` there."""
+    probe = os.path.join(base, f"wrenpack-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+        with open(os.path.join(probe, setting), "w") as f:
+            f.write(value)
+        return True
+    except OSError as exc:
+        log.debug("cgroups under %s unavailable (%s)", base, exc)
+        return False
+    finally:
+        try:
+            os.rmdir(probe)
+        except OSError:
+            pass
+
+
 class CgroupFactory:
     """Makes child memory cgroups under this process's own (cgroup v1)."""
 
@@ -112,30 +163,11 @@ class CgroupFactory:
     def detect(cls) -> "CgroupFactory | None":
         if os.environ.get("WRENPACK_NO_CGROUPS"):
             return None
-        try:
-            with open("/proc/self/cgroup") as f:
-                lines = f.read().splitlines()
-        except OSError:
+        base = _own_group("memory")
+        if base is None or not _probe(base, "memory.limit_in_bytes", str(256 * MiB)):
+            log.debug("memory cgroups unavailable; sampling memory instead")
             return None
-        for line in lines:
-            _id, controllers, path = line.split(":", 2)
-            if "memory" in controllers.split(","):
-                base = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
-                probe = os.path.join(base, f"wrenpack-probe-{os.getpid()}")
-                try:
-                    os.mkdir(probe)
-                    with open(os.path.join(probe, "memory.limit_in_bytes"), "w") as f:
-                        f.write(str(256 * MiB))
-                    os.rmdir(probe)
-                except OSError as exc:
-                    log.debug("memory cgroups unavailable (%s); sampling memory instead", exc)
-                    try:
-                        os.rmdir(probe)
-                    except OSError:
-                        pass
-                    return None
-                return cls(base)
-        return None
+        return cls(base)
 
     def create(self, name: str) -> MemoryCgroup | None:
         path = os.path.join(self.base, name)
@@ -154,3 +186,36 @@ class CgroupFactory:
         except OSError as exc:
             log.debug("cannot create cgroup %s: %s", path, exc)
             return None
+
+
+class PidsCgroupFactory:
+    """Makes child pids cgroups under this process's own (cgroup v1), each held to ``MAX_TASKS``."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    @classmethod
+    def detect(cls) -> "PidsCgroupFactory | None":
+        if os.environ.get("WRENPACK_NO_CGROUPS"):
+            return None
+        base = _own_group("pids")
+        if base is None or not _probe(base, "pids.max", str(MAX_TASKS)):
+            log.debug("pids cgroups unavailable; sampling a call's processes and threads instead")
+            return None
+        return cls(base)
+
+    def create(self, name: str, limit: int = MAX_TASKS) -> PidsCgroup | None:
+        path = os.path.join(self.base, name)
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            log.debug("cannot create cgroup %s: %s", path, exc)
+            return None
+        cg = PidsCgroup(path)
+        try:
+            cg._write("pids.max", str(limit))
+        except OSError as exc:
+            log.debug("cannot limit cgroup %s: %s", path, exc)
+            cg.remove()
+            return None
+        return cg

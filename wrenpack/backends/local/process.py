@@ -48,8 +48,8 @@ from collections import deque
 from typing import Any, Callable
 
 from wrenpack.backends.base import Invocation
-from wrenpack.backends.local.linux import CgroupFactory, MemoryCgroup
-from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.backends.local.linux import MAX_TASKS, CgroupFactory, MemoryCgroup, PidsCgroup, PidsCgroupFactory
+from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
 from wrenpack.limits import memory_for
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.handoff import Sealed
@@ -89,19 +89,24 @@ def _descendants(pid: int) -> list[int]:
         return []
 
 
-def _children_rss_mb(pid: int) -> float:
+def _tree_usage(pid: int, rss: bool = True) -> tuple[float, int]:
+    """(MB resident in the process's descendants, processes and threads of its
+    whole tree); (0, 0) without psutil."""
     try:
         import psutil
 
-        total = 0
-        for child in psutil.Process(pid).children(recursive=True):
+        root = psutil.Process(pid)
+        total, tasks = 0, root.num_threads()
+        for child in root.children(recursive=True):
             try:
-                total += child.memory_info().rss
+                tasks += child.num_threads()
+                if rss:
+                    total += child.memory_info().rss
             except psutil.Error:
                 pass
-        return total / MiB
+        return total / MiB, tasks
     except Exception:  # noqa: BLE001
-        return 0.0
+        return 0.0, 0
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -115,7 +120,8 @@ def _signal_all(pids: list[int], sig: int) -> None:
 class Worker:
     """A warm worker process and the meters of the call it runs."""
 
-    def __init__(self, wid: int, runtime: str | None, work_dir: str, cgroups: CgroupFactory | None, base_env: dict[str, str]) -> None:
+    def __init__(self, wid: int, runtime: str | None, work_dir: str, cgroups: CgroupFactory | None, base_env: dict[str, str],
+                 pids_cgroups: PidsCgroupFactory | None = None) -> None:
         self.wid = wid
         self.runtime = runtime
         self.dir = os.path.join(work_dir, f"w{wid}")
@@ -164,6 +170,17 @@ class Worker:
                     log.debug("could not move worker %d into its cgroup: %s", self.pid, exc)
                     self.cgroup.remove()
                     self.cgroup = None
+        #: at most MAX_TASKS processes and threads, as on Lambda (else sampled: ``sample``)
+        self.pids_cgroup: PidsCgroup | None = None
+        if pids_cgroups is not None:
+            self.pids_cgroup = pids_cgroups.create(f"wrenpack-{os.getpid()}-w{wid}")
+            if self.pids_cgroup is not None:
+                try:
+                    self.pids_cgroup.add(self.pid)
+                except OSError as exc:
+                    log.debug("could not move worker %d into its pids cgroup: %s", self.pid, exc)
+                    self.pids_cgroup.remove()
+                    self.pids_cgroup = None
         self.ready = False
         self.retiring = False
         #: calls sent, oldest first; the first is running, the rest wait in the worker
@@ -186,6 +203,7 @@ class Worker:
         self.next_child_check = 0.0
         self.peak_mb = 0.0
         self.tmp_bytes = 0
+        self.tasks = 0
 
     # -- sending ---------------------------------------------------------------
     def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None, flush: bool = True) -> None:
@@ -338,14 +356,19 @@ class Worker:
         if now < self.next_sample:
             return None
         self.next_sample = now + SAMPLE_S
+        hwm = 0.0
         if self.cgroup is None:
             hwm = peak_rss_mb(self.pid) or 0.0
             self.peak_mb = max(self.peak_mb, hwm)
-            if now >= self.next_child_check:
-                self.next_child_check = now + CHILD_CHECK_S
-                self.peak_mb = max(self.peak_mb, hwm + _children_rss_mb(self.pid))
-            if self.peak_mb > inv.memory_mb:
-                return "memory"
+        if now >= self.next_child_check and (self.cgroup is None or self.pids_cgroup is None):
+            self.next_child_check = now + CHILD_CHECK_S
+            children_mb, self.tasks = _tree_usage(self.pid, rss=self.cgroup is None)
+            if self.cgroup is None:
+                self.peak_mb = max(self.peak_mb, hwm + children_mb)
+            if self.pids_cgroup is None and self.tasks > MAX_TASKS:
+                return "processes"
+        if self.cgroup is None and self.peak_mb > inv.memory_mb:
+            return "memory"
         if now >= self.next_tmp_check:
             self.next_tmp_check = now + TMP_CHECK_S
             self.tmp_bytes = dir_usage(self.tmpdir)
@@ -356,9 +379,11 @@ class Worker:
     def next_wakeup(self) -> float:
         """When the running call must be looked at next: with a cgroup the kernel
         holds the memory limit, so only /tmp and the deadline are on the clock."""
-        if self.cgroup is not None:
-            return min(self.next_tmp_check, self.hard_deadline)
-        return min(self.next_sample, self.hard_deadline)
+        if self.cgroup is None:
+            return min(self.next_sample, self.hard_deadline)
+        if self.pids_cgroup is None:  # its processes and threads are counted on the clock
+            return min(self.next_tmp_check, self.next_child_check, self.hard_deadline)
+        return min(self.next_tmp_check, self.hard_deadline)
 
     def oom_kills(self) -> int:
         """New kernel OOM kills in this worker's cgroup since the last look."""
@@ -407,6 +432,10 @@ class Worker:
             return memory_error(label, inv.memory_mb, peak)
         if reason == "tmp":
             return tmp_error(label, inv.ephemeral_storage_mb, self.tmp_bytes)
+        if reason == "processes":
+            return TaskError(
+                f"{label} ran {self.tasks} processes and threads at once, more than Lambda's {MAX_TASKS} (where a fork "
+                "or thread past them fails with EAGAIN), and was stopped; start fewer, e.g. a pool of a few hundred")
         if reason == "shutdown":
             return WrenpackError(f"{label}: the local backend shut down before the call finished")
         if inv.attempt < inv.retries:
@@ -433,9 +462,11 @@ class Worker:
         """Stop the worker and everything it started, setsid'd or daemonised children included."""
         if self.kill_reason is None:
             self.kill_reason = reason
-        if self.cgroup is not None:
+        groups = [g for g in (self.cgroup, self.pids_cgroup) if g is not None]
+        if groups:
             # The kernel's list of the tree: everything the call started, wherever it moved.
-            self.cgroup.kill_all()
+            for group in groups:
+                group.kill_all()
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -476,10 +507,11 @@ class Worker:
     def close(self) -> None:
         """After the process exited: stop what is left of its tree, remove its cgroup and /tmp."""
         self.reap()
-        if self.cgroup is not None:
-            self.cgroup.kill_all()
-            self.cgroup.remove()
-        else:
+        groups = [g for g in (self.cgroup, self.pids_cgroup) if g is not None]
+        for group in groups:
+            group.kill_all()
+            group.remove()
+        if not groups:
             try:
                 os.killpg(self.pid, signal.SIGKILL)  # children left in its process group
             except (ProcessLookupError, PermissionError):

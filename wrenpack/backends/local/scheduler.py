@@ -23,6 +23,11 @@ Limits, per call:
   after a timeout, as on Lambda.
 - /tmp: each worker has a private temporary directory (TMPDIR) whose size is
   checked while the call runs: ``EphemeralStorageExceeded``.
+- processes and threads: at most 1,024 per worker, Lambda's limit, held by a
+  cgroup v1 pids group where this process can create one (a fork or thread
+  past it fails with EAGAIN, as on Lambda); else counted on the sampling clock
+  (with psutil), the call stopped past it (``TaskError``). Whatever the call
+  started ends with it, at its normal end too (``local_main``).
 - crash: a worker that dies otherwise is replaced and the call retried up to
   ``retries`` times, then ``WorkerCrashed``.
 
@@ -49,7 +54,7 @@ from collections import deque
 from typing import Any
 
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
-from wrenpack.backends.local.linux import CgroupFactory
+from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local.process import Worker, base_environment
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import ConfigError, WrenpackError
@@ -98,6 +103,8 @@ class LocalBackend(Backend):
         self.handoff = (self.reply_limit > 0 if handoff is None else bool(handoff)) and _handoff.available()
         self._handoff_min = _handoff.RESULT_MIN if self.handoff else None
         self._cgroups = None if use_cgroups is False else CgroupFactory.detect()
+        #: each worker held to Lambda's 1,024 processes and threads (else sampled: ``Worker.sample``)
+        self._pids_cgroups = None if use_cgroups is False else PidsCgroupFactory.detect()
         if use_cgroups and self._cgroups is None:
             raise WrenpackError("memory cgroups were requested but cannot be created here; run as root on cgroup v1, or drop use_cgroups")
         self.work_dir = work_dir or tempfile.mkdtemp(prefix="wrenpack-local-")
@@ -504,7 +511,7 @@ class LocalBackend(Backend):
     def _spawn(self, runtime: str | None) -> Worker:
         if self._base_env is None:
             self._base_env = base_environment()
-        worker = Worker(next(self._ids), runtime, self.work_dir, self._cgroups, self._base_env)
+        worker = Worker(next(self._ids), runtime, self.work_dir, self._cgroups, self._base_env, self._pids_cgroups)
         self._workers.append(worker)
         self._selector.register(worker.sock, selectors.EVENT_READ, ("io", worker))
         if worker.pidfd is not None:
