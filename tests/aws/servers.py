@@ -234,13 +234,19 @@ def lambda_environment(name: str, conf: dict[str, Any], base_env: dict[str, str]
     ``Environment``, nothing of this machine's but what the emulator needs:
     ``PYTHONPATH`` (the checkout, which stands for the deployment package),
     the stand-in credentials and AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE
-    (so no file of this machine's is read), and the RIE's own
+    (so no file of this machine's is read), the stand-in endpoints a test names
+    (``AWS_ENDPOINT_URL*``) and where it unpacks runtime archives, and the RIE's own
     ``AWS_LAMBDA_FUNCTION_TIMEOUT`` (how it learns the timeout; not Lambda's)."""
     env = dict((conf.get("Environment") or {}).get("Variables") or {})
     for key in ("PYTHONPATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                 "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         if key in base_env:
             env[key] = base_env[key]
+    # Where AWS is reached: on Lambda the real endpoints; here the stand-ins a test names
+    # (AWS_ENDPOINT_URL_S3, ...), and where a test wants runtime archives unpacked.
+    for key, value in base_env.items():
+        if key.startswith("AWS_ENDPOINT_URL") or key == "WRENPACK_RUNTIME_ROOT":
+            env[key] = value
     # A function may set PYTHONPATH itself (Lambda does not reserve it): its entries come first.
     own_path = ((conf.get("Environment") or {}).get("Variables") or {}).get("PYTHONPATH")
     if own_path:
