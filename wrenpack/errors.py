@@ -11,8 +11,16 @@ class WrenpackError(Exception):
     """Root of all wrenpack errors."""
 
 
-class ConfigError(WrenpackError):
-    """Bad configuration (argument, WRENPACK_* variable or [tool.wrenpack])."""
+class ConfigError(WrenpackError, ValueError):
+    """Bad configuration (argument, WRENPACK_* variable or [tool.wrenpack]) or a bad
+    argument value; a ``ValueError`` too, as ``concurrent.futures`` raises for
+    ``max_workers=0`` or ``map(chunksize=0)``."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting, argument or returned value of the wrong type (``executor="x"``,
+    ``storage=123``, ``get([1, 2])``, a shuffle mapper's output); a ``TypeError``
+    too, where the standard library raises one for a wrong type."""
 
 
 class SerializationError(WrenpackError):

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from wrenpack.errors import RemoteTraceback  # noqa: F401 - re-exported
+from wrenpack.errors import ConfigTypeError, RemoteTraceback  # noqa: F401 - re-exported
 from wrenpack.worker import refs
 
 __all__ = ["WrenFuture", "get", "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
@@ -133,10 +133,21 @@ def _gone() -> bool:
     return False
 
 
-def _as_list(futures: WrenFuture | Iterable[WrenFuture]) -> tuple[list[WrenFuture], bool]:
+def _as_list(futures: WrenFuture | Iterable[WrenFuture], what: str = "wrenpack.get()") -> tuple[list[WrenFuture], bool]:
+    """The futures given (one, or an iterable of them), checked: anything else
+    is a ``ConfigTypeError`` naming it, not an AttributeError from inside."""
     if isinstance(futures, cf.Future):
         return [futures], True
-    return list(futures), False
+    try:
+        futs = list(futures)
+    except TypeError:
+        raise ConfigTypeError(f"{what} takes a future or an iterable of futures, not {type(futures).__name__}; "
+                              "pass what .remote(), .map() or submit() returned") from None
+    for i, f in enumerate(futs):
+        if not isinstance(f, cf.Future):
+            raise ConfigTypeError(f"{what} takes futures, but item {i} is {type(f).__name__} {f!r:.40}; "
+                                  "pass what .remote(), .map() or submit() returned")
+    return futs, False
 
 
 def get(
@@ -226,11 +237,11 @@ def _wait_with_progress(futs: Sequence[WrenFuture], timeout: float | None) -> No
 
 def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:  # type: ignore[name-defined]
     """Like ``concurrent.futures.wait``: returns ``(done, not_done)`` sets."""
-    futs, _ = _as_list(futures)
+    futs, _ = _as_list(futures, "wrenpack.wait()")
     return cf.wait(futs, timeout=timeout, return_when=return_when)
 
 
 def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) -> Iterator[WrenFuture]:
     """Like ``concurrent.futures.as_completed``."""
-    futs, _ = _as_list(futures)
+    futs, _ = _as_list(futures, "wrenpack.as_completed()")
     return cf.as_completed(futs, timeout=timeout)

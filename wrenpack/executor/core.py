@@ -47,7 +47,7 @@ from wrenpack import auth, config as _config, keys, protocol, serialize
 from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_names, create_backend
 from wrenpack.config import Config, current
 from wrenpack.errors import (
-    ConfigError,
+    ConfigTypeError,
     ExecutorShutdown,
     PayloadTooLarge,
     StoreError,
@@ -508,8 +508,16 @@ def _launchable(fn: Any) -> tuple[Callable[..., Any], dict[str, Any], LaunchStat
     if callable(parts):
         return parts()
     if not callable(fn):
-        raise ConfigError(f"submit() and map() need a function, got {type(fn).__name__}")
+        raise ConfigTypeError(f"submit() and map() need a function, got {type(fn).__name__}")
     return fn, {}, None
+
+
+def check_executor(executor: Any, source: str) -> None:
+    """``executor=`` is a wrenpack ``Executor``, or None for the default one: a
+    launch uses its store, backend and call table, which nothing else has."""
+    if executor is not None and not isinstance(executor, Executor):
+        raise ConfigTypeError(f"executor={executor!r:.60} (from {source}) must be a wrenpack.Executor, not "
+                              f"{type(executor).__name__}; leave it out to use the default one")
 
 
 _default: Executor | None = None

@@ -25,7 +25,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from wrenpack.errors import ConfigError
-from wrenpack.executor.core import Executor, default_executor
+from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, check_options
 from wrenpack.futures import WrenFuture
@@ -66,6 +66,7 @@ def map_reduce(
     Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
+    check_executor(options.get("executor"), "map_reduce")
     items = list(items)
     shuffled = partitions is not None or per_object or fan_in is not None
     if not shuffled:
