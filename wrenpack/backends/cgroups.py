@@ -11,6 +11,8 @@ import os
 import signal
 import time
 
+from wrenpack.config import env_flag
+
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
@@ -110,7 +112,7 @@ class CgroupFactory:
 
     @classmethod
     def detect(cls) -> "CgroupFactory | None":
-        if os.environ.get("WRENPACK_NO_CGROUPS"):
+        if env_flag("WRENPACK_NO_CGROUPS"):
             return None
         try:
             with open("/proc/self/cgroup") as f:

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from wrenpack import limits
+from wrenpack.config import env_directory
 
 MIB = 1024 * 1024
 
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     import runtime_builder
 
+    if args.cache_dir is None:
+        env_directory("WRENPACK_CACHE_DIR")  # the builder's default cache: a ConfigError naming it if unusable
     try:
         res = runtime_builder.build(
             args.packages, requirements_files=args.requirements, pyproject=args.pyproject, profile=args.profile,
