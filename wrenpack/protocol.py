@@ -333,7 +333,8 @@ def loads_outcome(data: Any, what: str, buffers: Any = None) -> "Outcome":
     except ModuleNotFoundError as exc:
         from wrenpack.errors import MissingDependency
 
-        err = MissingDependency(f"the {what} needs module {exc.name!r}, which the client lacks; install it here")
+        err = MissingDependency(f"the {what} needs module {exc.name!r}, which the client lacks; install it here "
+                                f"(pip install {MissingDependency.distribution(exc.name)})")
         err.name = exc.name
         raise err from None
     except Exception as exc:  # noqa: BLE001

@@ -180,9 +180,11 @@ def _loads(data: Any, what: str, buffers: Any = None) -> Any:
 
 
 def _missing(exc: ModuleNotFoundError) -> MissingDependency:
+    dist = MissingDependency.distribution(exc.name)
+    provides = f" (the distribution {dist} provides it)" if dist != (exc.name or "").split(".")[0] else ""
     err = MissingDependency(
-        f"the function imports module {exc.name!r}, which this worker's runtime does not have; "
-        f"add it to the runtime (wrenpack build-runtime {exc.name}) or install it where the workers run"
+        f"the function imports module {exc.name!r}, which this worker's runtime does not have{provides}; "
+        f"add it to the runtime (wrenpack build-runtime {dist}) or install it where the workers run"
     )
     err.name = exc.name
     return err
