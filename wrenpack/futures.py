@@ -25,7 +25,7 @@ class WrenFuture(cf.Future):
     RUNNING while it runs, then finished (or cancelled, if taken back before
     it started). Pickles to a reference to its call (``wrenpack.worker.refs``)."""
 
-    def __init__(self, job_id: str, call_id: str, label: str) -> None:
+    def __init__(self, job_id: str = "", call_id: str = "", label: str = "future") -> None:
         super().__init__()
         self.job_id = job_id
         self.call_id = call_id
@@ -58,14 +58,19 @@ class WrenFuture(cf.Future):
 
     def cancel(self) -> bool:
         """Cancel a call that has not started (its callbacks then run); False
-        once it runs or is done, as ``concurrent.futures`` defines it."""
+        once it runs or is done, as ``concurrent.futures`` defines it. A future
+        no executor launched (one made by hand) cancels as a plain
+        ``concurrent.futures.Future`` does: its owner calls
+        ``set_running_or_notify_cancel``."""
         with self._condition:
             if self._state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED):
                 return True
             if self._state != _base.PENDING:
                 return False
         canceller = self._canceller
-        if canceller is None or not canceller():
+        if canceller is None:
+            return super().cancel()
+        if not canceller():
             return False
         if not super().cancel():
             return False

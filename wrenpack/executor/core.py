@@ -147,14 +147,16 @@ class Executor(CallTable, cf.Executor):
         futs = launch_calls(self, fn, [(args, {}) for args in zip(*iterables)], given, None if chunksize == 1 else chunksize, state)
 
         def results() -> Iterator[Any]:
+            # No local names the yielded result or its future: while the caller
+            # holds the next result, this frame keeps nothing of the last one
+            # (concurrent.futures' own map, CPython issue 14406).
             try:
                 futs.reverse()
                 while futs:
-                    fut = futs.pop()
-                    yield fut.result() if end is None else fut.result(end - time.monotonic())
+                    yield _result_or_cancel(futs.pop(), None if end is None else end - time.monotonic())
             finally:
-                for fut in futs:
-                    fut.cancel()
+                for left in futs:
+                    left.cancel()
 
         return results()
 
@@ -486,6 +488,17 @@ def _function_text(fn_bytes: bytes, inline: bool) -> tuple[str, str | None]:
     if len(fn_bytes) <= serialize.MAX_PICKLED_BYTES:
         _last_function = (fn_bytes, digest, text)
     return digest, text if inline else None
+
+
+def _result_or_cancel(fut: WrenFuture, timeout: float | None) -> Any:
+    """``fut``'s result; cancelled if it is not there in time (``map``'s timeout)."""
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        del fut  # the exception's traceback keeps this frame: it must not keep the future
 
 
 def _close_handoffs(items: Iterable[Any]) -> None:

@@ -113,6 +113,7 @@ def map_reduce(
         job.cleanup()
         outer.set_result(value)
 
+    outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
     threading.Thread(target=run, name="wrenpack-map-reduce", daemon=True).start()
     return outer
 
@@ -279,5 +280,6 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
         except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
             outer.set_exception(exc)
 
+    outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
     threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True).start()
     return outer
