@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import re
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,7 +304,7 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
         exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
     elif kind == "wrenpack" and isinstance(exc, WrenpackError):
         try:
-            rebuilt = type(exc)(f"{label}: {exc}")
+            rebuilt = type(exc)(f"{label}: {exc}{_version_note(exc)}")
             rebuilt.__dict__.update({k: v for k, v in exc.__dict__.items() if k not in rebuilt.__dict__})
             if isinstance(exc, ImportError):
                 rebuilt.name, rebuilt.path = exc.name, exc.path
@@ -313,6 +314,16 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
     if tb_text:
         exc.__cause__ = RemoteTraceback(tb_text)
     return exc
+
+
+def _version_note(exc: BaseException) -> str:
+    """For a pickle the worker could not load: the versions, when client and worker differ."""
+    worker = getattr(exc, "worker_versions", None)
+    here = ("%d.%d" % sys.version_info[:2], cloudpickle.__version__)
+    if not isinstance(worker, tuple) or len(worker) != 2 or tuple(worker) == here:
+        return ""
+    return (f"; besides, the client runs Python {here[0]} with cloudpickle {here[1]} but the worker Python {worker[0]} "
+            f"with cloudpickle {worker[1]}: run the same versions on both")
 
 
 # -- sealed objects ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ import cloudpickle
 from wrenpack import auth, keys, protocol
 from wrenpack.errors import CorruptObject, MissingDependency, ProtocolError, RemoteError, SerializationError, StoreError, TaskTimeout
 from wrenpack.storage import Store, data as user_data, open_store
-from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs
+from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs, unpickling
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -173,10 +173,17 @@ def _loads(data: Any, what: str, buffers: Any = None) -> Any:
     except ModuleNotFoundError as exc:
         raise _missing(exc) from None
     except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
-        raise SerializationError(
-            f"{what} could not be unpickled ({type(exc).__name__}: {exc}); "
-            "client and worker must run the same Python minor version and cloudpickle"
-        ) from None
+        part = unpickling.culprit(data, buffers)
+        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        err = SerializationError(
+            f"{what} could not be unpickled in the worker ({type(exc).__name__}{': ' + reason if reason else ''})"
+            f"{'; what failed: ' + part if part else ''}; an object tied to the client's process "
+            "(a ctypes library, an open file, socket or lock, a multiprocessing.Manager proxy) cannot be rebuilt "
+            "in another one: create it inside the function"
+        )
+        # The client compares these with its own: a version mismatch is named only when there is one.
+        err.worker_versions = (_PYTHON, cloudpickle.__version__)
+        raise err from None
 
 
 def _missing(exc: ModuleNotFoundError) -> MissingDependency:
