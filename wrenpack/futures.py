@@ -54,7 +54,17 @@ class WrenFuture(cf.Future):
         self._members: list[WrenFuture] = []
         #: launches the call now, for a call whose launch waits
         self._launch_now: Callable[[], None] | None = None
+        #: the list (and index) of a map's plan that holds this future while the map
+        #: runs; it holds ``ENDED`` instead once this future is done (``hold_in``)
+        self._slot: tuple[list[Any], int] | None = None
         refs.register(self)
+
+    def hold_in(self, items: list[Any], index: int) -> None:
+        """``items[index]`` is this future until it is done, then ``ENDED``: a map's
+        plan (``wrenpack.executor.grouping``, ``.feed``) lives while any of its calls
+        is pending, and must not keep the results its caller already let go of
+        (``concurrent.futures`` keeps no finished future either)."""
+        self._slot = (items, index)
 
     def cancel(self) -> bool:
         """Cancel a call that has not started (its callbacks then run); False
@@ -95,6 +105,9 @@ class WrenFuture(cf.Future):
             self._pin = _gone  # (a reference taken now travels with the outcome)
             self._launch_now = None
             self._members = []
+            slot, self._slot = self._slot, None
+            if slot is not None and slot[0][slot[1]] is self:
+                slot[0][slot[1]] = ENDED
 
     def _mark_running(self) -> None:
         """The call began running (the backend's ``on_start``)."""
@@ -136,6 +149,11 @@ class WrenFuture(cf.Future):
 def _gone() -> bool:
     """A done future's pin: its outcome travels instead of a reference to its call."""
     return False
+
+
+#: what a map's plan holds in place of a future that is done (``WrenFuture.hold_in``)
+ENDED = WrenFuture("", "", "ended")
+ENDED.set_result(None)
 
 
 def _as_list(futures: WrenFuture | Iterable[WrenFuture], what: str = "wrenpack.get()") -> tuple[list[WrenFuture], bool]:
@@ -241,12 +259,45 @@ def _wait_with_progress(futs: Sequence[WrenFuture], timeout: float | None) -> No
 
 
 def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:  # type: ignore[name-defined]
-    """Like ``concurrent.futures.wait``: returns ``(done, not_done)`` sets."""
+    """Like ``concurrent.futures.wait``: returns ``(done, not_done)`` sets.
+
+    An unpickled future whose call this process did not launch (``refs.CallRef``)
+    resolves only by looking at the store, which ``concurrent.futures.wait`` never
+    does (it waited forever): such futures are looked at here while waiting."""
     futs, _ = _as_list(futures, "wrenpack.wait()")
-    return cf.wait(futs, timeout=timeout, return_when=return_when)
+    polled = [f for f in futs if isinstance(f, refs.CallRef)]
+    if not polled:
+        return cf.wait(futs, timeout=timeout, return_when=return_when)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        for f in polled:
+            f.done()  # (one look at the store; resolves it once its result is there)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, not_done = cf.wait(futs, timeout=delay if left is None else min(delay, left), return_when=return_when)
+        if (not not_done or left == 0.0 or (return_when == FIRST_COMPLETED and done)
+                or (return_when == FIRST_EXCEPTION and any(not f.cancelled() and f.exception() is not None for f in done))):
+            return cf._base.DoneAndNotDoneFutures(done, not_done)  # type: ignore[attr-defined]
+        delay = min(delay * 1.5, 0.5)
 
 
 def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) -> Iterator[WrenFuture]:
-    """Like ``concurrent.futures.as_completed``."""
+    """Like ``concurrent.futures.as_completed`` (unpickled futures of calls launched
+    elsewhere included: see ``wait``)."""
     futs, _ = _as_list(futures, "wrenpack.as_completed()")
-    return cf.as_completed(futs, timeout=timeout)
+    if not any(isinstance(f, refs.CallRef) for f in futs):
+        return cf.as_completed(futs, timeout=timeout)
+    return _as_completed_polling(futs, timeout)
+
+
+def _as_completed_polling(futs: list[WrenFuture], timeout: float | None) -> Iterator[WrenFuture]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = set(futs)  # (a future given twice is yielded once, as concurrent.futures does)
+    while pending:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise cf.TimeoutError(f"{len(pending)} (of {len(futs)}) futures unfinished")
+        done, _ = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+        for f in done:
+            pending.discard(f)
+            yield f

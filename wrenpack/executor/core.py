@@ -177,10 +177,10 @@ class Executor(CallTable, cf.Executor):
         if wait and threading.current_thread() is not self._collector:
             # Calls a map holds back (wrenpack.executor.grouping) launch within moments; wait for them too.
             held = [f for plan in list(self._plans) for f in plan.items]
-            cf.wait([f for job in jobs for f in job.futures.values()] + held)
+            cf.wait([f for job in jobs for f in list(job.futures.values())] + held)
             with self._lock:
                 jobs = list(self._jobs.values())
-            cf.wait([f for job in jobs for f in job.futures.values()])
+            cf.wait([f for job in jobs for f in list(job.futures.values())])
             self._release()
             return
         with self._lock:
@@ -331,7 +331,8 @@ class Executor(CallTable, cf.Executor):
                     handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
                 )
             )
-        job = RunningJob(job_id, label, futures, options, secret, stored=stored, key=job_key)
+        # (its own dict: the job lets go of each future as its call ends, maybe before invoke_many returns)
+        job = RunningJob(job_id, label, dict(futures), options, secret, stored=stored, key=job_key)
         job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
             self._jobs[job_id] = job
@@ -446,7 +447,7 @@ class Executor(CallTable, cf.Executor):
         for plan in list(self._plans):  # calls a map still held back never start
             for fut in plan.items:
                 fut.cancel()
-        running = [f for job in jobs for f in job.futures.values() if not f.done()]
+        running = [f for job in jobs for f in list(job.futures.values()) if not f.done()]
         if running:
             self._stopping = True
             log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
