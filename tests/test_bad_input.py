@@ -354,6 +354,26 @@ def test_a_manager_proxy_global_is_named(executor, monkeypatch):
     assert "global 'SHARED'" in msg and "multiprocessing" in msg and "version" not in msg, msg
 
 
+class ExitsWhenPickled:
+    def __reduce__(self):
+        sys.exit(3)
+
+
+class ExitsWhenUnpickled:
+    def __reduce__(self):
+        return sys.exit, (4,)
+
+
+def test_an_exit_while_pickling_or_unpickling_is_a_serialization_error(executor):
+    """loky's ExitAtPickle/ExitAtUnpickle: the program goes on, and the message says where it exited."""
+    with pytest.raises(SerializationError, match=r"argument 0 .*ExitsWhenPickled.*pickling it called sys.exit\(3\)") as info:
+        executor.submit(id, ExitsWhenPickled())
+    _one_line(info.value)
+    with pytest.raises(SerializationError, match=r"arguments could not be unpickled .*called sys.exit\(4\)") as info:
+        executor.submit(id, ExitsWhenUnpickled()).result(timeout=60)
+    assert "the function called" not in _one_line(info.value)
+
+
 def test_versions_are_blamed_only_when_they_differ():
     err = SerializationError("the function could not be unpickled in the worker (X)")
     here = ("%d.%d" % sys.version_info[:2], __import__("cloudpickle").__version__)

@@ -201,7 +201,7 @@ def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] |
     with by_value(user_modules_of(fn) if user_modules is None else user_modules):
         try:
             return dumps(fn)
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
             where = describe_unpicklable(fn, f"function {getattr(fn, '__qualname__', fn)!r}")
             raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
 
@@ -435,7 +435,7 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
             except BaseException:
                 spill.discard()
                 raise
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
             for i, value in enumerate(args):
                 if not _picklable(value):
                     where = describe_unpicklable(value, f"argument {i} of {label}")
@@ -454,6 +454,8 @@ _FIX = "pass plain data, or create the object inside the function"
 
 
 def _short(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"pickling it called sys.exit({exc.code!r})"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
 
@@ -462,7 +464,7 @@ def _picklable(obj: Any) -> bool:
     try:
         cloudpickle.dumps(obj)
         return True
-    except Exception:  # noqa: BLE001
+    except (Exception, SystemExit):  # noqa: BLE001
         return False
 
 

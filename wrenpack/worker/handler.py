@@ -172,9 +172,10 @@ def _loads(data: Any, what: str, buffers: Any = None) -> Any:
         return cloudpickle.loads(data, buffers=buffers)
     except ModuleNotFoundError as exc:
         raise _missing(exc) from None
-    except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any decode failure is reported the same way
         part = unpickling.culprit(data, buffers)
-        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        reason = f"unpickling it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+            str(exc).splitlines()[0][:200] if str(exc) else ""
         err = SerializationError(
             f"{what} could not be unpickled in the worker ({type(exc).__name__}{': ' + reason if reason else ''})"
             f"{'; what failed: ' + part if part else ''}; an object tied to the client's process "

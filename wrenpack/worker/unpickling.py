@@ -41,7 +41,7 @@ def culprit(data: Any, buffers: Any = None) -> str | None:
         return None
     try:
         unpickler.load()
-    except Exception:  # noqa: BLE001 - the failure the caller already reports
+    except (Exception, SystemExit):  # noqa: BLE001 - the failure the caller already reports
         try:
             return _describe(unpickler)
         except Exception:  # noqa: BLE001
