@@ -386,6 +386,25 @@ def test_versions_are_blamed_only_when_they_differ():
     _one_line(other)
 
 
+def test_submit_after_interpreter_shutdown_says_so(tmp_path):
+    """CPython's test_submit_after_interpreter_shutdown: a RuntimeError that says the
+    program is exiting (not "create a new Executor", which cannot help then)."""
+    script = f"""if 1:
+        import atexit
+        @atexit.register
+        def run_last():
+            try:
+                t.submit(id, None)
+            except RuntimeError as exc:
+                print("runtime-error:", exc)
+        import wrenpack
+        t = wrenpack.Executor(storage={str(tmp_path)!r}, concurrency=1)
+        """
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "runtime-error: cannot schedule new calls after interpreter shutdown" in out.stdout, out.stdout
+
+
 def worker_pid(x):
     return os.getpid()
 

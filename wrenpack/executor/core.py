@@ -95,6 +95,7 @@ class Executor(CallTable, cf.Executor):
         self._release_when_idle = False
         self._released = False
         self._stopping = False  # at exit: no retries, no new segments
+        self._exited = False  # the interpreter is exiting (``_exit`` ran)
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
         self._kept_keys: list[Any] = []  # their secrets stay known while they are kept
@@ -198,6 +199,9 @@ class Executor(CallTable, cf.Executor):
     def check_open(self) -> None:
         """Raise ``ExecutorShutdown`` if no new calls may be launched."""
         if self._closed:
+            if self._exited:
+                raise ExecutorShutdown("cannot schedule new calls after interpreter shutdown: wrenpack stopped its "
+                                       "executors at exit; launch calls before the program ends")
             raise ExecutorShutdown("cannot schedule new calls after shutdown; create a new Executor")
 
     def hold(self, plan: Any) -> None:
@@ -442,7 +446,7 @@ class Executor(CallTable, cf.Executor):
         """Interpreter exit (or Ctrl-C): stop calls still running, remove what
         they left in the store (unless keep_objects), stop the backend."""
         with self._lock:
-            self._closed = True
+            self._closed = self._exited = True
             jobs = list(self._jobs.values())
         for plan in list(self._plans):  # calls a map still held back never start
             for fut in plan.items:
