@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from wrenpack import limits
-from wrenpack.errors import ConfigError
+from wrenpack.errors import ConfigError, ConfigTypeError
+from wrenpack.storage import parse_store_url
 
 log = logging.getLogger("wrenpack")
 
@@ -29,8 +32,6 @@ def _default_storage() -> str:
     # Job objects live only until their results are read (unless keep_objects),
     # so a memory-backed filesystem suits them: creating a file there costs a
     # tenth of what it costs on a journaled disk, and a map creates one per call.
-    import tempfile
-
     shm = "/dev/shm"
     base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
     return os.path.join(base, f"wrenpack-{os.getuid()}", "store")
@@ -123,18 +124,89 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if check is not None:
         return check(value, source)
     if kind.startswith("bool"):
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-        elif isinstance(value, (bool, int)) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"setting {name!r}={value!r} (from {source}) must be true or false")
-    if not isinstance(value, str) and name != "storage":  # (storage may be a Store object)
-        raise ConfigError(f"setting {name!r}={value!r} (from {source}) must be text")
+        flag = _flag(value)
+        if flag is None:
+            raise ConfigError(f"setting {name!r}={value!r} (from {source}) must be true or false")
+        return flag
+    if not isinstance(value, str):
+        raise ConfigTypeError(f"setting {name!r}={value!r} (from {source}) must be text")
     return value
+
+
+def _flag(value: Any) -> bool | None:
+    """``value`` as a boolean (1/0, true/false, yes/no, on/off), None if it is none of them."""
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    elif isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_flag(var: str) -> bool:
+    """A WRENPACK_* switch that is not a setting (``WRENPACK_NO_CGROUPS``): unset or
+    empty is false; anything but a boolean word is a ``ConfigError``, so a typo
+    ("maybe", "ture") is not read as yes."""
+    value = os.environ.get(var, "")
+    if not value.strip():
+        return False
+    flag = _flag(value)
+    if flag is None:
+        raise ConfigError(f"environment variable {var}={value!r} must be a boolean word: "
+                          f"{'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
+    return flag
+
+
+#: directories a WRENPACK_* variable named that proved usable (created, writable)
+_usable_dirs: set[tuple[str, str]] = set()
+
+
+def env_directory(var: str) -> str | None:
+    """The directory a WRENPACK_* variable names (``WRENPACK_CACHE_DIR``,
+    ``WRENPACK_PROFILE_DIR``), created if missing; None when unset or empty. A
+    path that cannot be created or written in is a ``ConfigError`` naming the
+    variable and why, here, rather than an OSError deep in whatever writes there."""
+    value = os.environ.get(var, "")
+    if not value.strip():
+        return None
+    path = os.path.expanduser(value)
+    if path.startswith("~"):
+        raise ConfigError(f"environment variable {var}={value!r}: {path.split(os.sep)[0]} names no user here; "
+                          "use an absolute path")
+    if (var, path) in _usable_dirs:
+        return path
+    why = None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        why = "it is not a directory" if os.path.exists(path) else f"cannot create it: {exc.strerror or exc}"
+    if why is None:
+        try:
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".wrenpack-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            why = f"cannot write in it: {exc.strerror or exc}"
+    if why is not None:
+        raise ConfigError(f"environment variable {var}={value!r} is not a usable directory ({why}); "
+                          "point it at a folder you can write to, or unset it")
+    _usable_dirs.add((var, path))
+    return path
+
+
+#: WRENPACK_* variables that are not settings but have a form wrenpack checks when it loads the settings
+_ENV_CHECKS: dict[str, Callable[[str], Any]] = {
+    "WRENPACK_NO_CGROUPS": env_flag,
+    "WRENPACK_CACHE_DIR": env_directory,
+    "WRENPACK_PROFILE_DIR": env_directory,
+}
 
 
 def _at_least(name: str, low: int, inclusive: bool = True, real: bool = False) -> Callable[[Any, str], Any]:
@@ -180,6 +252,34 @@ def check_progress(value: Any, source: str) -> bool | str | None:
     raise ConfigError(f"progress={value!r} (from {source}) must be true, false, auto or one of {', '.join(map(repr, PROGRESS_MODES))}")
 
 
+def _storage(value: Any, source: str) -> Any:
+    """A store URL or path (checked as the store will read it: a ``ConfigError``
+    now, not a store somewhere unexpected later), a spec dict, or a ``Store``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        try:
+            parse_store_url(value)
+        except ConfigError as exc:
+            raise ConfigError(f"storage={value!r} (from {source}): {exc}") from None
+        return value
+    if isinstance(value, dict) or hasattr(value, "spec"):  # a spec, or a ready Store
+        return value
+    raise ConfigTypeError(f"storage={value!r} (from {source}) must be a path, file:///path or s3://bucket/prefix "
+                          f"(text), or a wrenpack Store, not {type(value).__name__}")
+
+
+#: a ``function_name``: wrenpack names each Lambda function ``<function_name>-<10 hex digits>`` (at most 64)
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,53}")
+
+
+def _function_name(value: Any, source: str) -> str:
+    if not isinstance(value, str) or not _FUNCTION_NAME.fullmatch(value):
+        raise ConfigError(f"function_name={value!r} (from {source}) must be 1 to 53 letters, digits, '-' or '_' "
+                          "(wrenpack appends -<settings hash> to name each Lambda function); unset it for 'wrenpack-worker'")
+    return value
+
+
 def _registered_backend(value: Any, source: str) -> str:
     from wrenpack.backends import backend_names
 
@@ -195,7 +295,9 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "timeout": lambda v, src: limits.check_timeout(v, src),
     "ephemeral_storage": lambda v, src: limits.check_ephemeral(v, src),
     "concurrency": _at_least("concurrency", 1),
-    "retries": _at_least("retries", 0),
+    "retries": lambda v, src: limits.check_retries(v, src),
+    "storage": lambda v, src: _storage(v, src),
+    "function_name": lambda v, src: _function_name(v, src),
     "inline_limit": _at_least("inline_limit", 0),
     "keep_warm": _at_least("keep_warm", 0, inclusive=False, real=True),
     "invocation_type": _one_of("invocation_type", ("Event", "RequestResponse")),
@@ -219,6 +321,8 @@ def _env_settings() -> dict[str, Any]:
             name = key[len(_ENV_PREFIX):].lower()
             if name in _FIELDS:
                 out[name] = value
+            elif key in _ENV_CHECKS:
+                _ENV_CHECKS[key](key)
             elif name.upper() not in _OTHER_ENV and key not in _warned_env:
                 _warned_env.add(key)
                 import difflib

@@ -11,8 +11,16 @@ class WrenpackError(Exception):
     """Root of all wrenpack errors."""
 
 
-class ConfigError(WrenpackError):
-    """Bad configuration (argument, WRENPACK_* variable or [tool.wrenpack])."""
+class ConfigError(WrenpackError, ValueError):
+    """Bad configuration (argument, WRENPACK_* variable or [tool.wrenpack]) or a bad
+    argument value; a ``ValueError`` too, as ``concurrent.futures`` raises for
+    ``max_workers=0`` or ``map(chunksize=0)``."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting, argument or returned value of the wrong type (``executor="x"``,
+    ``storage=123``, ``get([1, 2])``, a shuffle mapper's output); a ``TypeError``
+    too, where the standard library raises one for a wrong type."""
 
 
 class SdkTooOld(ConfigError):
@@ -93,6 +101,34 @@ class WorkerLost(TaskError):
 class MissingDependency(TaskError, ModuleNotFoundError):
     """The function imports a module the worker's runtime does not have
     (an ``ImportError`` too, so ``except ImportError`` still catches it)."""
+
+    @staticmethod
+    def distribution(module: str | None) -> str:
+        """What to install for ``module``: ``build-runtime`` and pip take
+        distributions, and several import names differ from theirs (``sklearn``
+        is scikit-learn). The worker lacks the module, so its metadata cannot
+        say: a table of the common ones, then this process's metadata."""
+        top = (module or "").split(".")[0]
+        if top in _DISTRIBUTIONS:
+            return _DISTRIBUTIONS[top]
+        try:
+            import importlib.metadata
+
+            found = importlib.metadata.packages_distributions().get(top)
+        except Exception:  # noqa: BLE001 - a hint only
+            found = None
+        return found[0] if found else top
+
+
+#: import name -> distribution, where they differ (and the module is common)
+_DISTRIBUTIONS = {
+    "sklearn": "scikit-learn", "skimage": "scikit-image", "PIL": "Pillow", "cv2": "opencv-python-headless",
+    "yaml": "PyYAML", "bs4": "beautifulsoup4", "dateutil": "python-dateutil", "attr": "attrs",
+    "Crypto": "pycryptodome", "jwt": "PyJWT", "dotenv": "python-dotenv", "docx": "python-docx",
+    "pptx": "python-pptx", "fitz": "PyMuPDF", "OpenSSL": "pyOpenSSL", "serial": "pyserial", "zmq": "pyzmq",
+    "MySQLdb": "mysqlclient", "psycopg2": "psycopg2-binary", "magic": "python-magic", "gi": "PyGObject",
+    "Bio": "biopython", "osgeo": "GDAL", "jose": "python-jose", "multipart": "python-multipart",
+}
 
 
 class ExecutorShutdown(WrenpackError, RuntimeError):

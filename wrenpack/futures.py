@@ -16,7 +16,7 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, 
 from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 
 from wrenpack import progress as progress_display
-from wrenpack.errors import RemoteTraceback  # noqa: F401 - re-exported
+from wrenpack.errors import ConfigTypeError, RemoteTraceback  # noqa: F401 - re-exported
 from wrenpack.worker import refs
 
 __all__ = ["WrenFuture", "AsCompleted", "get", "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
@@ -27,7 +27,7 @@ class WrenFuture(cf.Future):
     RUNNING while it runs, then finished (or cancelled, if taken back before
     it started). Pickles to a reference to its call (``wrenpack.worker.refs``)."""
 
-    def __init__(self, job_id: str, call_id: str, label: str) -> None:
+    def __init__(self, job_id: str = "", call_id: str = "", label: str = "future") -> None:
         super().__init__()
         self.job_id = job_id
         self.call_id = call_id
@@ -57,6 +57,9 @@ class WrenFuture(cf.Future):
         self._members: list[WrenFuture] = []
         #: launches the call now, for a call whose launch waits
         self._launch_now: Callable[[], None] | None = None
+        #: the list (and index) of a map's plan that holds this future while the map
+        #: runs; it holds ``ENDED`` instead once this future is done (``hold_in``)
+        self._slot: tuple[list[Any], int] | None = None
         refs.register(self)
 
     @property
@@ -84,16 +87,28 @@ class WrenFuture(cf.Future):
         if status is not None:
             status["auto"] = record
 
+    def hold_in(self, items: list[Any], index: int) -> None:
+        """``items[index]`` is this future until it is done, then ``ENDED``: a map's
+        plan (``wrenpack.executor.grouping``, ``.feed``) lives while any of its calls
+        is pending, and must not keep the results its caller already let go of
+        (``concurrent.futures`` keeps no finished future either)."""
+        self._slot = (items, index)
+
     def cancel(self) -> bool:
         """Cancel a call that has not started (its callbacks then run); False
-        once it runs or is done, as ``concurrent.futures`` defines it."""
+        once it runs or is done, as ``concurrent.futures`` defines it. A future
+        no executor launched (one made by hand) cancels as a plain
+        ``concurrent.futures.Future`` does: its owner calls
+        ``set_running_or_notify_cancel``."""
         with self._condition:
             if self._state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED):
                 return True
             if self._state != _base.PENDING:
                 return False
         canceller = self._canceller
-        if canceller is None or not canceller():
+        if canceller is None:
+            return super().cancel()
+        if not canceller():
             return False
         if not super().cancel():
             return False
@@ -126,6 +141,9 @@ class WrenFuture(cf.Future):
             self._pin = _gone  # (a reference taken now travels with the outcome)
             self._launch_now = None
             self._members = []
+            slot, self._slot = self._slot, None
+            if slot is not None and slot[0][slot[1]] is self:
+                slot[0][slot[1]] = ENDED
 
     def _mark_running(self) -> None:
         """The call began running (the backend's ``on_start``)."""
@@ -169,10 +187,26 @@ def _gone() -> bool:
     return False
 
 
-def _as_list(futures: WrenFuture | Iterable[WrenFuture]) -> tuple[list[WrenFuture], bool]:
+#: what a map's plan holds in place of a future that is done (``WrenFuture.hold_in``)
+ENDED = WrenFuture("", "", "ended")
+ENDED.set_result(None)
+
+
+def _as_list(futures: WrenFuture | Iterable[WrenFuture], what: str = "wrenpack.get()") -> tuple[list[WrenFuture], bool]:
+    """The futures given (one, or an iterable of them), checked: anything else
+    is a ``ConfigTypeError`` naming it, not an AttributeError from inside."""
     if isinstance(futures, cf.Future):
         return [futures], True
-    return list(futures), False
+    try:
+        futs = list(futures)
+    except TypeError:
+        raise ConfigTypeError(f"{what} takes a future or an iterable of futures, not {type(futures).__name__}; "
+                              "pass what .remote(), .map() or submit() returned") from None
+    for i, f in enumerate(futs):
+        if not isinstance(f, cf.Future):
+            raise ConfigTypeError(f"{what} takes futures, but item {i} is {type(f).__name__} {f!r:.40}; "
+                                  "pass what .remote(), .map() or submit() returned")
+    return futs, False
 
 
 def get(
@@ -244,15 +278,32 @@ def _value(fut: cf.Future, return_exceptions: bool, deadline: float | None, dept
 
 
 def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:  # type: ignore[name-defined]
-    """Like ``concurrent.futures.wait``: returns ``(done, not_done)`` sets."""
-    futs, _ = _as_list(futures)
-    return cf.wait(futs, timeout=timeout, return_when=return_when)
+    """Like ``concurrent.futures.wait``: returns ``(done, not_done)`` sets.
+
+    An unpickled future whose call this process did not launch (``refs.CallRef``)
+    resolves only by looking at the store, which ``concurrent.futures.wait`` never
+    does (it waited forever): such futures are looked at here while waiting."""
+    futs, _ = _as_list(futures, "wrenpack.wait()")
+    polled = [f for f in futs if isinstance(f, refs.CallRef)]
+    if not polled:
+        return cf.wait(futs, timeout=timeout, return_when=return_when)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        for f in polled:
+            f.done()  # (one look at the store; resolves it once its result is there)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, not_done = cf.wait(futs, timeout=delay if left is None else min(delay, left), return_when=return_when)
+        if (not not_done or left == 0.0 or (return_when == FIRST_COMPLETED and done)
+                or (return_when == FIRST_EXCEPTION and any(not f.cancelled() and f.exception() is not None for f in done))):
+            return cf._base.DoneAndNotDoneFutures(done, not_done)  # type: ignore[attr-defined]
+        delay = min(delay * 1.5, 0.5)
 
 
 def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) -> "AsCompleted":
     """The futures as they finish: ``for`` (like ``concurrent.futures.as_completed``)
     or ``async for`` (like ``asyncio.as_completed``), with each one's timeout rule."""
-    futs, _ = _as_list(futures)
+    futs, _ = _as_list(futures, "wrenpack.as_completed()")
     return AsCompleted(futs, timeout)
 
 
@@ -285,7 +336,10 @@ class AsCompleted:
         if self._sync is None:
             # (the futures are handed over once: the generator keeps only those not yet yielded)
             futures, self._futures = self._futures, []
-            self._sync = cf.as_completed(futures, timeout=self._timeout)
+            if any(isinstance(f, refs.CallRef) for f in futures):  # unpickled futures: see ``wait``
+                self._sync = _as_completed_polling(futures, self._timeout)
+            else:
+                self._sync = cf.as_completed(futures, timeout=self._timeout)
         return next(self._sync)
 
     def __aiter__(self) -> AsyncIterator[cf.Future]:
@@ -354,3 +408,16 @@ class _LoopSink:
 
     def close(self) -> None:
         self._loop = self._queue = None
+
+
+def _as_completed_polling(futs: list[WrenFuture], timeout: float | None) -> Iterator[WrenFuture]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = set(futs)  # (a future given twice is yielded once, as concurrent.futures does)
+    while pending:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise cf.TimeoutError(f"{len(pending)} (of {len(futs)}) futures unfinished")
+        done, _ = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+        for f in done:
+            pending.discard(f)
+            yield f

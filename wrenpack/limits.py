@@ -12,17 +12,23 @@ from wrenpack.errors import ConfigError
 #: a function's memory, MB (integer)
 MIN_MEMORY_MB = 128
 MAX_MEMORY_MB = 10240
-#: a function's timeout, seconds: more than 0, at most 900
+#: a function's timeout, seconds: at least 1 (Lambda's minimum), at most 900
+MIN_TIMEOUT_S = 1
 MAX_TIMEOUT_S = 900
 #: a function's /tmp (ephemeral storage), MB (integer)
 MIN_EPHEMERAL_MB = 512
 MAX_EPHEMERAL_MB = 10240
 #: instruction set architectures Lambda runs
 ARCHITECTURES = ("x86_64", "arm64")
+#: how often a call is tried again, at most (``retries``): a failure that 20
+#: new attempts did not get past is not transient, and 21 attempts of a 900 s
+#: call already take over five hours; a larger number is a mistake
+MAX_RETRIES = 20
 
 MEMORY_RANGE = f"a whole number of MB in {MIN_MEMORY_MB}..{MAX_MEMORY_MB}"
-TIMEOUT_RANGE = f"a number of seconds in (0, {MAX_TIMEOUT_S}]"
+TIMEOUT_RANGE = f"a number of seconds in (0, {MAX_TIMEOUT_S}] and at least {MIN_TIMEOUT_S} (Lambda's minimum)"
 EPHEMERAL_RANGE = f"a whole number of MB in {MIN_EPHEMERAL_MB}..{MAX_EPHEMERAL_MB}"
+RETRIES_RANGE = f"a whole number >= 0 and at most {MAX_RETRIES}"
 
 
 def _where(source: str | None) -> str:
@@ -86,7 +92,9 @@ def check_memory(value: Any, source: str | None = None, name: str = "memory") ->
 
 def check_timeout(value: Any, source: str | None = None, name: str = "timeout") -> float:
     s = real_number(name, value, source, TIMEOUT_RANGE)
-    if not 0 < s <= MAX_TIMEOUT_S:
+    if 0 < s < MIN_TIMEOUT_S:
+        raise ConfigError(f"{name}={s:g} s{_where(source)} is below Lambda's minimum of {MIN_TIMEOUT_S} s: must be {TIMEOUT_RANGE}")
+    if not MIN_TIMEOUT_S <= s <= MAX_TIMEOUT_S:
         raise ConfigError(
             f"{name}={s:g} s{_where(source)} is outside Lambda's range: must be {TIMEOUT_RANGE}; "
             "split longer work with wrenpack.checkpoint"
@@ -96,6 +104,14 @@ def check_timeout(value: Any, source: str | None = None, name: str = "timeout") 
 
 def check_ephemeral(value: Any, source: str | None = None, name: str = "ephemeral_storage") -> int:
     return _megabytes_in(name, value, source, MIN_EPHEMERAL_MB, MAX_EPHEMERAL_MB, EPHEMERAL_RANGE)
+
+
+def check_retries(value: Any, source: str | None = None, name: str = "retries") -> int:
+    n = whole_number(name, value, source, RETRIES_RANGE)
+    if not 0 <= n <= MAX_RETRIES:
+        raise ConfigError(f"{name}={value!r}{_where(source)} must be {RETRIES_RANGE}; a call that fails that often "
+                          "will not succeed on a retry: fix its cause")
+    return n
 
 
 def check_architecture(value: Any, source: str | None = None, name: str = "architecture") -> str:

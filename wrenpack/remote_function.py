@@ -7,8 +7,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
-from wrenpack.errors import ConfigError
-from wrenpack.executor import Executor, LaunchState, check_options, default_executor, launch_calls
+from wrenpack.errors import ConfigTypeError
+from wrenpack.executor import Executor, LaunchState, check_executor, check_options, default_executor, launch_calls
 from wrenpack.futures import WrenFuture
 
 T = TypeVar("T")
@@ -19,7 +19,8 @@ class RemoteFunction(Generic[T]):
 
     def __init__(self, fn: Callable[..., T], /, executor: Executor | None = None, _source: str = "@wrenpack.remote", **options: Any) -> None:
         if not callable(fn):
-            raise ConfigError(f"@wrenpack.remote needs a function, got {type(fn).__name__}")
+            raise ConfigTypeError(f"@wrenpack.remote needs a function, got {type(fn).__name__}")
+        check_executor(executor, _source)
         options = check_options(options, _source)
         # Name, docstring and __wrapped__ of the function, but never its
         # attributes: they would overwrite this object's own (an attribute

@@ -16,18 +16,55 @@ than only "cannot pickle".
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import sysconfig
 import threading
 import types
-from collections import OrderedDict
+from collections import ChainMap, OrderedDict
 from functools import lru_cache
 from typing import Any, Callable, Iterator
 
 import cloudpickle
 
 from wrenpack.errors import SerializationError
+
+
+_DYNAMIC_CODE = "<dynamic-code>"
+_cp_code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
+
+
+def _code_reduce(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+    """cloudpickle's reduction of a code object with its file name kept.
+
+    cloudpickle (3.0 on) writes ``"<dynamic-code>"`` for the file name of code it
+    pickles by value, so its pickles do not depend on where a notebook cell ran;
+    a traceback from the worker then says ``File "<dynamic-code>"`` where the
+    user's file and line belong. The file name goes back in its place
+    (``co_filename`` comes before ``co_name`` in every layout of the arguments),
+    so the worker's traceback names the user's file, and shows the line where
+    that file exists (a local worker)."""
+    func, args = _cp_code_reduce(code)  # type: ignore[misc]
+    for i, arg in enumerate(args):
+        if type(arg) is str and arg == _DYNAMIC_CODE:
+            args = (*args[:i], code.co_filename, *args[i + 1:])
+            break
+    return func, args
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, keeping code objects' file names (``_code_reduce``)."""
+
+    if _cp_code_reduce is not None:
+        dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+
+def dumps(obj: Any, protocol: int | None = None) -> bytes:
+    """``cloudpickle.dumps`` with code objects' file names kept (``Pickler``)."""
+    with io.BytesIO() as f:
+        Pickler(f, protocol=protocol).dump(obj)
+        return f.getvalue()
 
 
 @lru_cache(maxsize=1)
@@ -163,8 +200,8 @@ def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] |
     (``user_modules``: ``user_modules_of(fn)``, when the caller has it already)."""
     with by_value(user_modules_of(fn) if user_modules is None else user_modules):
         try:
-            return cloudpickle.dumps(fn)
-        except Exception as exc:  # noqa: BLE001
+            return dumps(fn)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
             where = describe_unpicklable(fn, f"function {getattr(fn, '__qualname__', fn)!r}")
             raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
 
@@ -391,14 +428,14 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
     with by_value(user_modules or set()):
         try:
             if spill is None:
-                return cloudpickle.dumps((args, kwargs))
+                return dumps((args, kwargs))
             try:
-                cloudpickle.Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump((args, kwargs))
+                Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump((args, kwargs))
                 return spill.finish()
             except BaseException:
                 spill.discard()
                 raise
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
             for i, value in enumerate(args):
                 if not _picklable(value):
                     where = describe_unpicklable(value, f"argument {i} of {label}")
@@ -417,6 +454,8 @@ _FIX = "pass plain data, or create the object inside the function"
 
 
 def _short(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"pickling it called sys.exit({exc.code!r})"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
 
@@ -425,7 +464,7 @@ def _picklable(obj: Any) -> bool:
     try:
         cloudpickle.dumps(obj)
         return True
-    except Exception:  # noqa: BLE001
+    except (Exception, SystemExit):  # noqa: BLE001
         return False
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import wrenpack.backends.aws.runtimes as runtimes
 from wrenpack import limits
+from wrenpack.config import env_directory
 
 #: the container recipe for a Python without a Lambda base image to build on (next to Dockerfile.runtime)
 CUSTOM_DOCKERFILE = "Dockerfile.custom-runtime"
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
     import runtime_builder
 
+    if args.cache_dir is None:
+        env_directory("WRENPACK_CACHE_DIR")  # the builder's default cache: a ConfigError naming it if unusable
     try:
         res = runtime_builder.build(
             args.packages, requirements_files=args.requirements, pyproject=args.pyproject, profile=args.profile,

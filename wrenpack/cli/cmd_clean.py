@@ -67,6 +67,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
         skipped = sorted(kept)
     else:
         named = job_ids(store) if args.all else [j.strip("/") for j in args.job_ids]
+        if not args.all:
+            unknown = [j for j in named if not j or not store.list(keys.job_prefix(j))]
+            if unknown:
+                shown = ", ".join(map(repr, unknown[:3])) + (" ..." if len(unknown) > 3 else "")
+                raise ConfigError(f"no job {shown} in the store {store.url}; nothing was removed: check the id "
+                                  "(a future's .job_id) and --storage, or remove orphaned jobs with --stale")
         live = [j for j in named if job_state(store, j, key)[0] == "live"]
         if live and not args.force:
             shown = ", ".join(live[:3]) + (" ..." if len(live) > 3 else "")

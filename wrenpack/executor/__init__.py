@@ -16,11 +16,12 @@ The strategies use only the executor's public methods (``launch``,
 ``prepare``, ``args_packer``, ``check_open``, ``hold``/``unhold``,
 ``capabilities``, ``call_seconds``).
 """
-from wrenpack.executor.core import Executor, default_executor, reset_default_executor
+from wrenpack.executor.core import Executor, check_executor, default_executor, reset_default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import OPTION_NAMES, CallOptions, check_options
 from wrenpack.executor.owner import owner_alive, owner_record
 from wrenpack.executor.prepared import Prepared
 
-__all__ = ["OPTION_NAMES", "CallOptions", "Executor", "LaunchState", "Prepared", "check_options", "default_executor",
+__all__ = ["OPTION_NAMES", "CallOptions", "Executor", "LaunchState", "Prepared", "check_executor", "check_options",
+           "default_executor",
            "launch_calls", "owner_alive", "owner_record", "reset_default_executor"]

@@ -42,6 +42,8 @@ QUICK_RESULT_BYTES = 64 * 1024
 class RunningJob:
     job_id: str
     label: str
+    #: the futures of the calls not finished yet: a finished call's future is let go
+    #: (``_resolve``), so its result lives only as long as the caller keeps it
     futures: dict[str, WrenFuture]
     options: CallOptions
     #: The job's key (``wrenpack.auth``): only in memory and in its events, never in the store.
@@ -56,6 +58,11 @@ class RunningJob:
     stored: bool = True
     #: keeps the job's secret known here while the job runs (``refs.JobKey``)
     key: Any = None
+    #: how many calls the job has (``futures`` shrinks as they finish)
+    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.calls = self.calls or len(self.futures)
 
 
 class CallTable:
@@ -112,7 +119,7 @@ class CallTable:
         if status.get("exit") == "checkpointed" or status.get("stored"):
             return False
         # The job's last call deletes its objects: not on the backend's thread.
-        return not job.stored or len(job.finished) < len(job.futures) - 1
+        return not job.stored or len(job.finished) < job.calls - 1
 
     def _read_soon(self, inv: Invocation, result: InvocationResult) -> None:
         """Read a handed-off result in a reader thread now, not in its turn in the
@@ -218,7 +225,9 @@ class CallTable:
             self._resolve(job, inv.key[1], False, err)
         except Exception:  # noqa: BLE001 - last resort: the future itself
             log.exception("wrenpack: could not fail %s", inv.label)
-            job.futures[inv.key[1]]._resolve(False, err)
+            fut = job.futures.get(inv.key[1])
+            if fut is not None:
+                fut._resolve(False, err)
 
     def _complete(self, inv: Invocation, result: InvocationResult) -> None:
         job_id, cid = inv.key
@@ -302,7 +311,7 @@ class CallTable:
                 return
             job.finished.add(cid)
             persist = job.pinned and data is not None
-            last = len(job.finished) == len(job.futures)
+            last = len(job.finished) == job.calls
             if last:
                 self._jobs.pop(job.job_id, None)
                 if job.pinned:
@@ -322,8 +331,14 @@ class CallTable:
                 log.warning("could not store the result of %s for its pickled future", job.futures[cid].label, exc_info=True)
         if last and job.stored and not job.pinned and not self.config.keep_objects:
             self._delete_job(job.job_id)
+        fut = job.futures[cid]
         if not cancelled:
-            job.futures[cid]._resolve(ok, value)
+            fut._resolve(ok, value)
+        with self._lock:
+            # Let go of it: the caller holds it as long as it needs the result
+            # (concurrent.futures keeps no finished future either).
+            job.futures.pop(cid, None)
+        fut = None
         if last:
             self._job_ended()
 

@@ -48,7 +48,7 @@ from wrenpack import auth, config as _config, keys, serialize
 from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_names, create_backend
 from wrenpack.config import Config, current
 from wrenpack.errors import (
-    ConfigError,
+    ConfigTypeError,
     ExecutorShutdown,
     PayloadTooLarge,
     StoreError,
@@ -100,6 +100,7 @@ class Executor(CallTable, cf.Executor):
         self._release_when_idle = False
         self._released = False
         self._stopping = False  # at exit: no retries, no new segments
+        self._exited = False  # the interpreter is exiting (``_exit`` ran)
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
         self._kept_keys: list[Any] = []  # their secrets stay known while they are kept
@@ -152,14 +153,16 @@ class Executor(CallTable, cf.Executor):
         futs = launch_calls(self, fn, [(args, {}) for args in zip(*iterables)], given, None if chunksize == 1 else chunksize, state)
 
         def results() -> Iterator[Any]:
+            # No local names the yielded result or its future: while the caller
+            # holds the next result, this frame keeps nothing of the last one
+            # (concurrent.futures' own map, CPython issue 14406).
             try:
                 futs.reverse()
                 while futs:
-                    fut = futs.pop()
-                    yield fut.result() if end is None else fut.result(end - time.monotonic())
+                    yield _result_or_cancel(futs.pop(), None if end is None else end - time.monotonic())
             finally:
-                for fut in futs:
-                    fut.cancel()
+                for left in futs:
+                    left.cancel()
 
         return results()
 
@@ -180,10 +183,10 @@ class Executor(CallTable, cf.Executor):
         if wait and threading.current_thread() is not self._collector:
             # Calls a map holds back (wrenpack.executor.grouping) launch within moments; wait for them too.
             held = [f for plan in list(self._plans) for f in plan.items]
-            cf.wait([f for job in jobs for f in job.futures.values()] + held)
+            cf.wait([f for job in jobs for f in list(job.futures.values())] + held)
             with self._lock:
                 jobs = list(self._jobs.values())
-            cf.wait([f for job in jobs for f in job.futures.values()])
+            cf.wait([f for job in jobs for f in list(job.futures.values())])
             self._release()
             return
         with self._lock:
@@ -201,6 +204,9 @@ class Executor(CallTable, cf.Executor):
     def check_open(self) -> None:
         """Raise ``ExecutorShutdown`` if no new calls may be launched."""
         if self._closed:
+            if self._exited:
+                raise ExecutorShutdown("cannot schedule new calls after interpreter shutdown: wrenpack stopped its "
+                                       "executors at exit; launch calls before the program ends")
             raise ExecutorShutdown("cannot schedule new calls after shutdown; create a new Executor")
 
     def hold(self, plan: Any) -> None:
@@ -335,7 +341,8 @@ class Executor(CallTable, cf.Executor):
                     handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
                 )
             )
-        job = RunningJob(job_id, label, futures, options, secret, stored=stored, key=job_key)
+        # (its own dict: the job lets go of each future as its call ends, maybe before invoke_many returns)
+        job = RunningJob(job_id, label, dict(futures), options, secret, stored=stored, key=job_key)
         job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
             self._jobs[job_id] = job
@@ -445,12 +452,12 @@ class Executor(CallTable, cf.Executor):
         """Interpreter exit (or Ctrl-C): stop calls still running, remove what
         they left in the store (unless keep_objects), stop the backend."""
         with self._lock:
-            self._closed = True
+            self._closed = self._exited = True
             jobs = list(self._jobs.values())
         for plan in list(self._plans):  # calls a map still held back never start
             for fut in plan.items:
                 fut.cancel()
-        running = [f for job in jobs for f in job.futures.values() if not f.done()]
+        running = [f for job in jobs for f in list(job.futures.values()) if not f.done()]
         if running:
             self._stopping = True
             log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
@@ -494,6 +501,17 @@ def _function_text(fn_bytes: bytes, inline: bool) -> tuple[str, str | None]:
     return digest, text if inline else None
 
 
+def _result_or_cancel(fut: WrenFuture, timeout: float | None) -> Any:
+    """``fut``'s result; cancelled if it is not there in time (``map``'s timeout)."""
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        del fut  # the exception's traceback keeps this frame: it must not keep the future
+
+
 def _close_handoffs(items: Iterable[Any]) -> None:
     for item in items:
         if isinstance(item, handoff.Args):
@@ -514,8 +532,16 @@ def _launchable(fn: Any) -> tuple[Callable[..., Any], dict[str, Any], LaunchStat
     if callable(parts):
         return parts()
     if not callable(fn):
-        raise ConfigError(f"submit() and map() need a function, got {type(fn).__name__}")
+        raise ConfigTypeError(f"submit() and map() need a function, got {type(fn).__name__}")
     return fn, {}, None
+
+
+def check_executor(executor: Any, source: str) -> None:
+    """``executor=`` is a wrenpack ``Executor``, or None for the default one: a
+    launch uses its store, backend and call table, which nothing else has."""
+    if executor is not None and not isinstance(executor, Executor):
+        raise ConfigTypeError(f"executor={executor!r:.60} (from {source}) must be a wrenpack.Executor, not "
+                              f"{type(executor).__name__}; leave it out to use the default one")
 
 
 _default: Executor | None = None

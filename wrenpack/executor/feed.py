@@ -93,6 +93,8 @@ class _Feed:
         self.first = first
         self.fn_bytes = first.fn_bytes
         self.items = [WrenFuture("", "", f"{label}[{i}]") for i in range(len(calls))]
+        for i, item in enumerate(self.items):
+            item.hold_in(self.items, i)  # (an ended call's future is let go of: its result is the caller's)
         self.cond = threading.Condition()
         #: calls launched (or taken out) already, by index
         self.taken: set[int] = {0}
@@ -110,6 +112,7 @@ class _Feed:
 
     def start(self) -> list[WrenFuture]:
         ex = self.executor
+        futures = list(self.items)  # (the caller's: ``self.items`` lets go of each as it ends)
         for i, item in enumerate(self.items[1:], 1):
             item._launched = threading.Event()
             item._launch_now = lambda i=i: self._launch_now(i)
@@ -118,13 +121,13 @@ class _Feed:
         self.running = 1
         self._track(0, self.first)
         try:
-            ex.launch(self.fn, (), self.options, self.label, prepared=self.first, futures=self.items[:1])
+            ex.launch(self.fn, (), self.options, self.label, prepared=self.first, futures=futures[:1])
         except BaseException:
             self._finish()
             raise
-        self.items[0].add_done_callback(self._ended)
+        futures[0].add_done_callback(self._ended)
         threading.Thread(target=self._run, name=f"wrenpack-feed-{self.label}"[:60], daemon=True).start()
-        return list(self.items)
+        return futures
 
     # -- the feed's thread ------------------------------------------------------------
     def _run(self) -> None:

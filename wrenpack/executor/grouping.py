@@ -72,9 +72,11 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
             fut.add_done_callback(plan._timed)
         return futures
     plan.make_items()
+    futures = list(plan.items)  # (the caller's list)
+    plan.let_go_when_done()
     if est is not None:
         plan.launch_groups(list(range(len(calls))), est)
-        return list(plan.items)
+        return futures
     probes = workers
     plan.hold(list(range(probes, len(calls))))  # before the probes: one may end at once
     try:
@@ -82,7 +84,7 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     except BaseException:
         plan.abandon()
         raise
-    return list(plan.items)
+    return futures
 
 
 def _checkpoints(fn: Callable[..., Any]) -> bool:
@@ -112,6 +114,12 @@ class _Plan:
 
     def make_items(self) -> None:
         self.items = [WrenFuture("", "", f"{self.label}[{i}]") for i in range(len(self.prepared.payloads))]
+
+    def let_go_when_done(self) -> None:
+        """``items`` lets go of each future as its call ends: the plan lives while
+        any call is pending, and the results are the caller's to keep or drop."""
+        for i, item in enumerate(self.items):
+            item.hold_in(self.items, i)
 
     # -- launching ------------------------------------------------------------------
     def _subset(self, indices: list[int]) -> Prepared:

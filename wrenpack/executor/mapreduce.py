@@ -25,7 +25,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from wrenpack.errors import ConfigError
-from wrenpack.executor.core import Executor, default_executor
+from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, check_options
 from wrenpack.futures import WrenFuture
@@ -66,6 +66,7 @@ def map_reduce(
     Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
+    check_executor(options.get("executor"), "map_reduce")
     items = list(items)
     shuffled = partitions is not None or per_object or fan_in is not None
     if not shuffled:
@@ -112,6 +113,7 @@ def map_reduce(
         job.cleanup()
         outer.set_result(value)
 
+    outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
     threading.Thread(target=run, name="wrenpack-map-reduce", daemon=True).start()
     return outer
 
@@ -278,5 +280,6 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
         except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
             outer.set_exception(exc)
 
+    outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
     threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True).start()
     return outer

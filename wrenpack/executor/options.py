@@ -68,10 +68,7 @@ def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _retries(value: Any, source: str) -> int:
-    n = limits.whole_number("retries", value, source, "a whole number >= 0")
-    if n < 0:
-        raise ConfigError(f"retries={value!r} (from {source}) must be a whole number >= 0")
-    return n
+    return limits.check_retries(value, source)
 
 
 def _retry_on(value: Any, source: str) -> tuple[type[BaseException], ...]:

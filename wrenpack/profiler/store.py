@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from wrenpack.config import env_directory
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ def project_dir(start: str | os.PathLike[str] | None = None) -> Path:
 
 
 def profiles_dir(start: str | os.PathLike[str] | None = None) -> Path:
-    override = os.environ.get("WRENPACK_PROFILE_DIR")
+    override = env_directory("WRENPACK_PROFILE_DIR")  # (checked: a ConfigError naming it if unusable)
     if override:
         return Path(override)
     return project_dir(start) / ".wrenpack" / "profiles"

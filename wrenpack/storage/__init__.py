@@ -8,9 +8,11 @@ is imported only when a spec of its type is opened.
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
-from wrenpack.errors import ConfigError
+from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.plugins import Registry
 from wrenpack.storage.base import Store
 
@@ -43,6 +45,8 @@ def store_for_config(config: Any) -> Store:
         return storage
     if not storage:
         raise ConfigError("no storage configured; set storage= to a path or s3://BUCKET/PREFIX")
+    if not isinstance(storage, (str, dict)):
+        raise ConfigTypeError(f"storage={storage!r} must be a path, file:///path or s3://bucket/prefix, or a Store")
     spec = parse_store_url(storage) if isinstance(storage, str) else dict(storage)
     if spec.get("type") != "s3":
         return open_store(spec)
@@ -56,16 +60,40 @@ def store_for_config(config: Any) -> Store:
     )
 
 
+#: an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-' today; buckets made
+#: in us-east-1 before 2018 may have up to 255 with capitals and '_', so those pass too
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+
+
 def parse_store_url(url: str) -> dict[str, Any]:
+    """The spec of a store URL or path. What would name another place than the
+    user meant (an empty path: the working directory; ``~user`` for no such
+    user: a folder named so; a bucket name S3 refuses) is a ``ConfigError``."""
+    if not isinstance(url, str):
+        raise ConfigTypeError(f"a store URL must be text (a path, file:///path or s3://bucket/prefix), got {type(url).__name__}")
     if url.startswith("s3://"):
         bucket, _, prefix = url[5:].partition("/")
         if not bucket:
             raise ConfigError(f"store URL {url!r} names no bucket; use s3://BUCKET/PREFIX")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise ConfigError(f"store URL {url!r}: {bucket!r} is not an S3 bucket name (3 to 63 lowercase letters, "
+                              "digits, '.' and '-', beginning and ending with a letter or digit); fix the bucket name")
         return {"type": "s3", "bucket": bucket, "prefix": prefix.strip("/")}
+    path = url
     if url.startswith("file://"):
-        url = url[7:]
-    if "://" in url:
+        path = url[7:]
+        if path.startswith("localhost/"):
+            path = path[len("localhost"):]
+        if not path.startswith("/"):
+            raise ConfigError(f"store URL {url!r} names no absolute path (a file URL has three slashes: "
+                              "file:///tmp/store); use file:///ABSOLUTE/PATH or a plain path")
+    if "://" in path:
         raise ConfigError(f"unsupported store URL {url!r}; use a path, file:///path or s3://bucket/prefix")
-    import os
-
-    return {"type": "local", "root": os.path.abspath(os.path.expanduser(url))}
+    if not path.strip():
+        raise ConfigError("the store path is empty; use a path (e.g. /tmp/wrenpack-store), file:///path or s3://bucket/prefix")
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        user = expanded.split("/", 1)[0]
+        raise ConfigError(f"store path {url!r}: {user} cannot be expanded (no such user, or no home directory); "
+                          "use an absolute path")
+    return {"type": "local", "root": os.path.abspath(expanded)}

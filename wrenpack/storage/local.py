@@ -50,11 +50,14 @@ class LocalStore(Store):
         self._fd = _open_private_root(self.root)
         self._counter = itertools.count()
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Any = os.close) -> None:
+        # (os.close bound here: at interpreter exit the module's globals may already be None)
         fd = self.__dict__.pop("_fd", None)
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            try:
+                _close(fd)
+            except OSError:
+                pass
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -14,6 +14,7 @@ cloudpickle only: the worker imports this.
 """
 from __future__ import annotations
 
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,7 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
         exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
     elif kind == "wrenpack" and isinstance(exc, WrenpackError):
         try:
-            rebuilt = type(exc)(f"{label}: {exc}")
+            rebuilt = type(exc)(f"{label}: {exc}{_version_note(exc)}")
             rebuilt.__dict__.update({k: v for k, v in exc.__dict__.items() if k not in rebuilt.__dict__})
             if isinstance(exc, ImportError):
                 rebuilt.name, rebuilt.path = exc.name, exc.path
@@ -108,13 +109,24 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
     return exc
 
 
+
+def _version_note(exc: BaseException) -> str:
+    """For a pickle the worker could not load: the versions, when client and worker differ."""
+    worker = getattr(exc, "worker_versions", None)
+    here = ("%d.%d" % sys.version_info[:2], cloudpickle.__version__)
+    if not isinstance(worker, tuple) or len(worker) != 2 or tuple(worker) == here:
+        return ""
+    return (f"; besides, the client runs Python {here[0]} with cloudpickle {here[1]} but the worker Python {worker[0]} "
+            f"with cloudpickle {worker[1]}: run the same versions on both")
+
 def loads_outcome(data: Any, what: str, buffers: Any = None) -> Outcome:
     """Unpickle an authentic outcome: bytes of a verified result object, or a
     local hand-off's stream (a file)."""
     try:
         t = cloudpickle.load(data, buffers=buffers) if hasattr(data, "read") else cloudpickle.loads(data, buffers=buffers)
     except ModuleNotFoundError as exc:
-        err = MissingDependency(f"the {what} needs module {exc.name!r}, which the client lacks; install it here")
+        err = MissingDependency(f"the {what} needs module {exc.name!r}, which the client lacks; install it here "
+                                f"(pip install {MissingDependency.distribution(exc.name)})")
         err.name = exc.name
         raise err from None
     except Exception as exc:  # noqa: BLE001

@@ -45,7 +45,7 @@ from wrenpack.wire import owner as owner_record, segment, start as start_mark, s
 from wrenpack.wire.event import Event
 from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
-from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs, sdk
+from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs, sdk, unpickling
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -178,17 +178,27 @@ def _loads(data: Any, what: str, buffers: Any = None) -> Any:
         return cloudpickle.loads(data, buffers=buffers)
     except ModuleNotFoundError as exc:
         raise _missing(exc) from None
-    except Exception as exc:  # noqa: BLE001 - any decode failure is reported the same way
-        raise SerializationError(
-            f"{what} could not be unpickled ({type(exc).__name__}: {exc}); "
-            "client and worker must run the same Python minor version and cloudpickle"
-        ) from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any decode failure is reported the same way
+        part = unpickling.culprit(data, buffers)
+        reason = f"unpickling it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+            str(exc).splitlines()[0][:200] if str(exc) else ""
+        err = SerializationError(
+            f"{what} could not be unpickled in the worker ({type(exc).__name__}{': ' + reason if reason else ''})"
+            f"{'; what failed: ' + part if part else ''}; an object tied to the client's process "
+            "(a ctypes library, an open file, socket or lock, a multiprocessing.Manager proxy) cannot be rebuilt "
+            "in another one: create it inside the function"
+        )
+        # The client compares these with its own: a version mismatch is named only when there is one.
+        err.worker_versions = (_PYTHON, cloudpickle.__version__)
+        raise err from None
 
 
 def _missing(exc: ModuleNotFoundError) -> MissingDependency:
+    dist = MissingDependency.distribution(exc.name)
+    provides = f" (the distribution {dist} provides it)" if dist != (exc.name or "").split(".")[0] else ""
     err = MissingDependency(
-        f"the function imports module {exc.name!r}, which this worker's runtime does not have; "
-        f"add it to the runtime (wrenpack build-runtime {exc.name}) or install it where the workers run"
+        f"the function imports module {exc.name!r}, which this worker's runtime does not have{provides}; "
+        f"add it to the runtime (wrenpack build-runtime {dist}) or install it where the workers run"
     )
     err.name = exc.name
     return err

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import cloudpickle
 
-from wrenpack.errors import CorruptObject, WrenpackError
+from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, WrenpackError
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
 
@@ -155,6 +155,22 @@ def _empty(part: Any) -> bool:
         return False
 
 
+_PAIRS = "the mapper must yield (key, value) pairs (or return a list of them)"
+_PAIRS_FIX = "make it return [(key, value), ...], or return one part per partition with partitioned=True"
+
+
+def _output(out: Any, must: str, fix: str) -> Iterable[Any]:
+    """A mapper's output, checked: output that cannot be iterated (None from a
+    mapper that forgot to return, a number) is a ``ConfigTypeError`` saying what
+    the mapper must return, not a bare "object is not iterable"; so is text (its
+    characters) and a dict (its keys: a two-letter key would pass as a pair)."""
+    if isinstance(out, dict):
+        fix = "return list(d.items()) for a dict d of keys to values"
+    if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__iter__"):
+        raise ConfigTypeError(f"{must}, it returned {type(out).__name__} {out!r:.60}; {fix}")
+    return out
+
+
 def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
                 partition_fn: Callable[[Any, int], int] | None, partitioned: bool) -> Callable[..., list[int]]:
     """A mapper that writes its output as ``partitions`` sealed objects; returns their sizes (0: none written)."""
@@ -164,21 +180,22 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
         store = _store()
         out = fn(item)
         if partitioned:
-            parts = list(out)
+            parts = list(_output(out, f"with partitioned=True the mapper must return {partitions} parts (one per partition)",
+                                 "return a list of one part per partition"))
             if len(parts) != partitions:
-                raise ValueError(f"with partitioned=True the mapper must return {partitions} parts (one per "
-                                 f"partition), it returned {len(parts)}")
+                raise ConfigError(f"with partitioned=True the mapper must return {partitions} parts (one per "
+                                  f"partition), it returned {len(parts)}")
         else:
             parts = [[] for _ in range(partitions)]
-            for record in out:
+            for record in _output(out, _PAIRS, _PAIRS_FIX):
                 try:
                     k, v = record
                 except (TypeError, ValueError):
-                    raise ValueError(f"the mapper must yield (key, value) pairs, it yielded {type(record).__name__} "
-                                     f"{record!r:.60}; or return one part per partition with partitioned=True") from None
+                    raise ConfigTypeError(f"{_PAIRS}, it yielded {type(record).__name__} {record!r:.60}; {_PAIRS_FIX}") from None
                 p = where(k, partitions)
                 if not (isinstance(p, int) and 0 <= p < partitions):
-                    raise ValueError(f"partition_fn({k!r:.40}, {partitions}) returned {p!r}, not 0..{partitions - 1}")
+                    raise ConfigError(f"partition_fn({k!r:.40}, {partitions}) returned {p!r}, not 0..{partitions - 1}; "
+                                      "make it return a partition number")
                 parts[p].append((k, v))
 
         def write(p: int) -> int:

@@ -16,6 +16,8 @@ import os
 import signal
 import time
 
+from wrenpack.config import env_flag
+
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
@@ -161,7 +163,7 @@ class CgroupFactory:
 
     @classmethod
     def detect(cls) -> "CgroupFactory | None":
-        if os.environ.get("WRENPACK_NO_CGROUPS"):
+        if env_flag("WRENPACK_NO_CGROUPS"):
             return None
         base = _own_group("memory")
         if base is None or not _probe(base, "memory.limit_in_bytes", str(256 * MiB)):

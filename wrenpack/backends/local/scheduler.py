@@ -246,7 +246,7 @@ class LocalBackend(Backend):
                     started = self._assign_locked()
                     now = time.time()
                     wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + _IDLE_S)
-                    timeout = min(_IDLE_S, max(0.0, wakeup - now))
+                    timeout = min(_IDLE_S, max(0.0, wakeup - now), self._idle_expiry())
                     polling = any(w.pidfd is None for w in self._workers)
                     if polling:
                         timeout = min(timeout, 0.05)
@@ -531,10 +531,17 @@ class LocalBackend(Backend):
                 self._requeue_waiting(worker)
                 worker.kill(reason)
 
+    def _idle_expiry(self) -> float:
+        """Seconds until the first idle worker has been idle ``keep_warm`` (lock held):
+        the dispatcher wakes then, so a short keep_warm is kept, not rounded up to its sleep."""
+        now = time.monotonic()
+        ends = [w.idle_since + self.keep_warm - now for w in self._workers if not w.inflight and w.ready and not w.kill_reason]
+        return max(0.001, min(ends)) if ends else _IDLE_S
+
     def _reap_idle(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers):
-            if not worker.inflight and worker.ready and not worker.kill_reason and now - worker.idle_since > self.keep_warm:
+            if not worker.inflight and worker.ready and not worker.kill_reason and now - worker.idle_since >= self.keep_warm:
                 self._retire(worker)
 
     def _retire(self, worker: Worker) -> None:

@@ -1,0 +1,432 @@
+"""Bad input is refused in one line that names the problem and the fix, before
+anything launches: a wrenpack error, and a ``ValueError``/``TypeError`` where
+the standard library raises one. And the places where ``wrenpack.Executor``
+behaved otherwise than ``concurrent.futures`` (the tests borrow CPython's and
+loky's ideas; none of their code)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import ctypes
+import gc
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import time
+import weakref
+
+import pytest
+
+import wrenpack
+from wrenpack.wire import outcome as outcome_format
+from wrenpack.config import Config, current
+from wrenpack.errors import ConfigError, MissingDependency, SerializationError, WrenpackError
+
+
+def square(x):
+    return x * x
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert isinstance(exc, WrenpackError), type(exc)
+    assert msg and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+# -- arguments of the wrong type: a wrenpack error that is a TypeError ----------------------
+WRONG_TYPES = [
+    ("remote(executor='x')", lambda tmp: wrenpack.remote(square, executor="x"), "executor='x'.*wrenpack.Executor"),
+    ("options(executor=3)", lambda tmp: wrenpack.remote(square).options(executor=3), "executor=3.*wrenpack.Executor"),
+    ("map_reduce(executor='x')", lambda tmp: wrenpack.map_reduce(square, [1], sum, executor="x"), "executor='x'"),
+    ("get([1, 2, 3])", lambda tmp: wrenpack.get([1, 2, 3]), "item 0 is int"),
+    ("get(5)", lambda tmp: wrenpack.get(5), "a future or an iterable of futures"),
+    ("wait(['x'])", lambda tmp: wrenpack.wait(["x"]), "item 0 is str"),
+    ("Executor(storage=123)", lambda tmp: wrenpack.Executor(storage=123), "storage=123.*path"),
+]
+
+
+@pytest.mark.parametrize("what,make,match", WRONG_TYPES, ids=[w[0] for w in WRONG_TYPES])
+def test_wrong_types_are_one_line_type_errors(tmp_path, what, make, match):
+    with pytest.raises(TypeError, match=match) as info:
+        make(tmp_path)
+    assert isinstance(info.value, ConfigError)  # `except ConfigError` still catches them
+    _one_line(info.value)
+
+
+# -- values that were accepted and meant something else: refused ------------------------------
+REFUSED = [
+    ("storage='file://'", {"storage": "file://"}, "names no absolute path"),
+    ("storage='file://tmp/x'", {"storage": "file://tmp/x"}, "three slashes"),
+    ("storage='~nosuchuser/store'", {"storage": "~nosuchuser/store"}, "~nosuchuser cannot be expanded"),
+    ("storage='s3://bad bucket name/x'", {"storage": "s3://bad bucket name/x"}, "'bad bucket name' is not an S3 bucket name"),
+    ("storage=''", {"storage": ""}, "store path is empty"),
+    ("timeout=1e-9", {"timeout": 1e-9}, "below Lambda's minimum of 1 s"),
+    ("timeout=0.5", {"timeout": 0.5}, "below Lambda's minimum of 1 s"),
+    ("retries=10**9", {"retries": 10**9}, "at most 20"),
+    ("function_name=''", {"function_name": ""}, "1 to 53 letters"),
+    ("function_name='a b'", {"function_name": "a b"}, "1 to 53 letters"),
+]
+
+
+@pytest.mark.parametrize("what,settings,match", REFUSED, ids=[r[0] for r in REFUSED])
+def test_values_that_meant_something_else_are_refused(tmp_path, what, settings, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        wrenpack.Executor(**({"storage": str(tmp_path)} | settings))
+    assert isinstance(info.value, ValueError)
+    _one_line(info.value)
+    with pytest.raises(ConfigError, match=match):
+        wrenpack.configure(**settings)
+
+
+@pytest.mark.parametrize("options,match", [({"timeout": 1e-9}, "minimum of 1 s"), ({"retries": 10**9}, "at most 20")])
+def test_per_function_options_are_refused_where_given(options, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        wrenpack.remote(square, **options)
+    _one_line(info.value)
+
+
+def test_the_limits_still_take_what_lambda_takes(tmp_path):
+    cfg = current(storage=f"file://{tmp_path}", timeout=1, retries=20, function_name="my_fn-2")
+    assert (cfg.timeout, cfg.retries, cfg.function_name) == (1.0, 20, "my_fn-2")
+    assert current(storage="s3://my-bucket.example/p").storage == "s3://my-bucket.example/p"
+    assert current(storage="~/wp-store").storage == "~/wp-store"  # (a user that exists)
+
+
+ENV = [
+    ("WRENPACK_TIMEOUT", "0.001", "below Lambda's minimum of 1 s"),
+    ("WRENPACK_FUNCTION_NAME", "", "1 to 53 letters"),
+    ("WRENPACK_NO_CGROUPS", "maybe", "must be a boolean word"),
+    ("WRENPACK_CACHE_DIR", "/proc/nope", "not a usable directory .cannot create it"),
+    ("WRENPACK_PROFILE_DIR", "/proc/nope", "not a usable directory .cannot create it"),
+    ("WRENPACK_STORAGE", "s3://Bad Bucket/x", "not an S3 bucket name"),
+]
+
+
+@pytest.mark.parametrize("var,value,match", ENV, ids=[e[0] for e in ENV])
+def test_bad_environment_variables_name_themselves(monkeypatch, var, value, match):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=match) as info:
+        Config.load()
+    assert var in str(info.value)
+    _one_line(info.value)
+
+
+def test_unusable_directories_say_why_where_they_are_used(monkeypatch, tmp_path):
+    from wrenpack.backends.local.linux import CgroupFactory
+    from wrenpack.profiler import store as profiles
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(a_file))
+    with pytest.raises(ConfigError, match="WRENPACK_PROFILE_DIR=.* is not a usable directory .it is not a directory"):
+        profiles.profiles_dir()
+    monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
+    assert profiles.profiles_dir() == tmp_path / "profiles" and (tmp_path / "profiles").is_dir()
+    monkeypatch.setenv("WRENPACK_NO_CGROUPS", "maybe")
+    with pytest.raises(ConfigError, match="WRENPACK_NO_CGROUPS='maybe' must be a boolean word"):
+        CgroupFactory.detect()
+    monkeypatch.setenv("WRENPACK_NO_CGROUPS", "yes")
+    assert CgroupFactory.detect() is None
+
+
+def _cli(*argv, env=None):
+    out = subprocess.run([sys.executable, "-m", "wrenpack", *argv], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, **(env or {})))
+    lines = out.stderr.strip().splitlines()
+    return out.returncode, lines
+
+
+def test_cli_build_runtime_names_an_unusable_cache_directory(tmp_path):
+    code, lines = _cli("build-runtime", "six", "-o", str(tmp_path / "rt"), env={"WRENPACK_CACHE_DIR": "/proc/nope"})
+    assert code != 0 and len(lines) == 1, lines
+    assert "WRENPACK_CACHE_DIR='/proc/nope' is not a usable directory" in lines[0] and "Traceback" not in lines[0]
+
+
+def test_cli_clean_of_an_unknown_job_is_an_error(tmp_path):
+    store = tmp_path / "store"
+    (store / "jobs" / "real-job" ).mkdir(parents=True)
+    (store / "jobs" / "real-job" / "func.pkl").write_bytes(b"x")
+    code, lines = _cli("clean", "nosuchjob-123", "--storage", str(store))
+    assert code != 0 and len(lines) == 1, lines
+    assert "no job 'nosuchjob-123' in the store" in lines[0] and "Traceback" not in lines[0]
+    code, lines = _cli("clean", "real-job", "nosuchjob-123", "--storage", str(store))
+    assert code != 0 and (store / "jobs" / "real-job" / "func.pkl").exists()  # nothing removed
+
+
+# -- map_reduce's shuffle: what the mapper must return --------------------------------------
+def returns_none(text):
+    text.split()
+
+
+def returns_a_number(text):
+    return len(text)
+
+
+def returns_a_dict(text):
+    return {w: 1 for w in text.split()}
+
+
+def count(key, values):
+    return sum(values)
+
+
+@pytest.mark.parametrize("mapper,returned", [(returns_none, "NoneType None"), (returns_a_number, "int 9"),
+                                             (returns_a_dict, "dict")])
+def test_a_shuffle_mapper_that_returns_no_pairs_is_told_what_to_return(executor, mapper, returned):
+    fut = wrenpack.map_reduce(mapper, ["ab cd efg"], count, partitions=2, executor=executor)
+    with pytest.raises(TypeError, match="the mapper must yield \\(key, value\\) pairs") as info:
+        fut.result(timeout=120)
+    assert isinstance(info.value, ConfigError) and f"it returned {returned}" in str(info.value)
+    _one_line(info.value)
+
+
+# -- MissingDependency names what to install -----------------------------------------------
+@pytest.mark.parametrize("module,dist", [("sklearn", "scikit-learn"), ("PIL", "Pillow"), ("cv2", "opencv-python-headless"),
+                                         ("yaml", "PyYAML"), ("bs4", "beautifulsoup4"), ("skimage", "scikit-image"),
+                                         ("sklearn.ensemble", "scikit-learn"), ("nosuchmodule_wp", "nosuchmodule_wp")])
+def test_missing_dependency_names_the_distribution(module, dist):
+    from wrenpack.worker.handler import _missing
+
+    err = _missing(ModuleNotFoundError(f"No module named {module!r}", name=module))
+    assert f"wrenpack build-runtime {dist})" in _one_line(err) and err.name == module
+
+
+def imports_sklearn(x):
+    import sklearn  # noqa: F401
+
+    return x
+
+
+def test_missing_dependency_hint_end_to_end(executor):
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("scikit-learn is installed here")
+    with pytest.raises(MissingDependency, match="wrenpack build-runtime scikit-learn") as info:
+        executor.submit(imports_sklearn, 1).result(timeout=60)
+    _one_line(info.value)
+
+
+# -- concurrent.futures: what CPython's and loky's tests expect -----------------------------
+class Dummy:
+    pass
+
+
+def make_dummy(i):
+    return Dummy()
+
+
+def test_map_iterator_keeps_no_reference_to_the_last_result(executor):
+    """CPython's test_free_reference (issue 14406): once the caller drops a result,
+    nothing holds it, neither the iterator nor the executor while other calls of
+    the map still run. (A thread that just resolved the future may hold it for
+    the moment its callbacks run, as in concurrent.futures: hence the short wait.)"""
+    for obj in executor.map(make_dummy, range(10)):
+        wr = weakref.ref(obj)
+        del obj
+        deadline = time.monotonic() + 1
+        while True:
+            gc.collect()
+            if wr() is None or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        assert wr() is None
+
+
+def dummy_then_slow(i):
+    time.sleep(0 if i == 0 else 1.0)
+    return Dummy()
+
+
+def test_a_dropped_result_is_not_kept_while_the_rest_of_the_map_runs(executor):
+    """The same, while the map's other calls still run: neither the map's plan (calls
+    held back, then grouped) nor its job keeps a finished call's future."""
+    for _ in range(2):  # (the second map of the function is launched another way: it is known now)
+        results = executor.map(dummy_then_slow, range(5))
+        obj = next(results)
+        wr = weakref.ref(obj)
+        del obj
+        deadline = time.monotonic() + 0.5
+        while wr() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.005)
+        assert wr() is None
+        results.close()  # (the calls not started are cancelled)
+
+
+def test_wait_and_as_completed_on_futures_unpickled_after_their_calls_ended(executor):
+    """PyWren's SerializeFutures idea: futures that travelled (pickled) and whose
+    originals are gone resolve from the store; concurrent.futures.wait never looks there."""
+    from wrenpack.worker import refs
+
+    futs = [executor.submit(square, i) for i in range(3)]
+    blob = pickle.dumps(futs)
+    assert wrenpack.get(futs, timeout=60) == [0, 1, 4]
+    for f in futs:  # as in another process: no live future for these calls here
+        refs._live.pop((f.job_id, f.call_id), None)
+    loaded = pickle.loads(blob)
+    assert all(isinstance(f, refs.CallRef) for f in loaded)
+    done, not_done = wrenpack.wait(loaded, timeout=10)
+    assert not not_done and sorted(f.result() for f in done) == [0, 1, 4]
+    loaded = pickle.loads(blob)
+    assert sorted(f.result() for f in wrenpack.as_completed(loaded, timeout=10)) == [0, 1, 4]
+
+
+def test_config_errors_are_value_errors(tmp_path, executor):
+    with pytest.raises(ValueError) as info:
+        wrenpack.Executor(storage=str(tmp_path), concurrency=0)
+    assert isinstance(info.value, ConfigError)
+    with pytest.raises(ValueError) as info:
+        list(executor.map(square, [1, 2], chunksize=0))
+    assert isinstance(info.value, ConfigError)
+    try:
+        wrenpack.Executor(storage=str(tmp_path), concurrency=0)
+    except ConfigError:
+        pass
+
+
+def test_a_hand_made_future_cancels_as_a_plain_future():
+    for fut in (cf.Future(), wrenpack.WrenFuture()):
+        assert fut.cancel() is True and fut.cancelled()
+        assert fut.set_running_or_notify_cancel() is False  # its owner learns it was cancelled, as in a pool
+        with pytest.raises(cf.CancelledError):
+            fut.result(timeout=0)
+    running = wrenpack.WrenFuture()
+    assert running.set_running_or_notify_cancel() is True and running.cancel() is False
+
+
+def test_map_reduce_future_runs_and_cannot_be_taken_back(executor):
+    fut = wrenpack.map_reduce(square, [1, 2, 3], sum, executor=executor)
+    assert fut.cancel() is False
+    assert fut.result(timeout=120) == 14
+
+
+def fails_here(x):
+    raise ValueError(f"bad {x}")  # the line the remote traceback must show
+
+
+def test_remote_traceback_names_the_users_file_and_line(executor):
+    with pytest.raises(ValueError, match="bad 3") as info:
+        executor.submit(fails_here, 3).result(timeout=60)
+    tb = str(info.value.__cause__)
+    line = fails_here.__code__.co_firstlineno + 1
+    assert f'File "{__file__}", line {line}, in fails_here' in tb, tb
+    assert "<dynamic-code>" not in tb
+    assert 'raise ValueError(f"bad {x}")' in tb  # the source line: the local worker can read the file
+
+
+LIBC = ctypes.CDLL(None)
+
+
+def uses_libc(x):
+    return LIBC.abs(x)
+
+
+def test_an_unloadable_global_is_named_and_versions_are_not_blamed(executor):
+    with pytest.raises(SerializationError) as info:
+        executor.submit(uses_libc, -3).result(timeout=60)
+    msg = _one_line(info.value)
+    assert "global 'LIBC' (a ctypes.CDLL)" in msg and "create it inside the function" in msg, msg
+    assert "version" not in msg
+
+
+SHARED = None
+
+
+def uses_shared(x):
+    SHARED[x] = 1
+    return len(SHARED)
+
+
+def test_a_manager_proxy_global_is_named(executor, monkeypatch):
+    manager = multiprocessing.Manager()
+    try:
+        monkeypatch.setattr(sys.modules[__name__], "SHARED", manager.dict())
+        with pytest.raises(SerializationError) as info:
+            executor.submit(uses_shared, 1).result(timeout=60)
+    finally:
+        manager.shutdown()
+    msg = _one_line(info.value)
+    assert "global 'SHARED'" in msg and "multiprocessing" in msg and "version" not in msg, msg
+
+
+class ExitsWhenPickled:
+    def __reduce__(self):
+        sys.exit(3)
+
+
+class ExitsWhenUnpickled:
+    def __reduce__(self):
+        return sys.exit, (4,)
+
+
+def test_an_exit_while_pickling_or_unpickling_is_a_serialization_error(executor):
+    """loky's ExitAtPickle/ExitAtUnpickle: the program goes on, and the message says where it exited."""
+    with pytest.raises(SerializationError, match=r"argument 0 .*ExitsWhenPickled.*pickling it called sys.exit\(3\)") as info:
+        executor.submit(id, ExitsWhenPickled())
+    _one_line(info.value)
+    with pytest.raises(SerializationError, match=r"arguments could not be unpickled .*called sys.exit\(4\)") as info:
+        executor.submit(id, ExitsWhenUnpickled()).result(timeout=60)
+    assert "the function called" not in _one_line(info.value)
+
+
+def test_versions_are_blamed_only_when_they_differ():
+    err = SerializationError("the function could not be unpickled in the worker (X)")
+    here = ("%d.%d" % sys.version_info[:2], __import__("cloudpickle").__version__)
+    err.worker_versions = here
+    same = outcome_format.rebuild_exception(outcome_format.error_tuple(err, "wrenpack", ""), "f")
+    assert "version" not in str(same)
+    err.worker_versions = ("3.9", "2.2.1")
+    other = outcome_format.rebuild_exception(outcome_format.error_tuple(err, "wrenpack", ""), "f")
+    assert f"client runs Python {here[0]} with cloudpickle {here[1]} but the worker Python 3.9 with cloudpickle 2.2.1" in str(other)
+    _one_line(other)
+
+
+def test_submit_after_interpreter_shutdown_says_so(tmp_path):
+    """CPython's test_submit_after_interpreter_shutdown: a RuntimeError that says the
+    program is exiting (not "create a new Executor", which cannot help then)."""
+    script = f"""if 1:
+        import atexit
+        @atexit.register
+        def run_last():
+            try:
+                t.submit(id, None)
+            except RuntimeError as exc:
+                print("runtime-error:", exc)
+        import wrenpack
+        t = wrenpack.Executor(storage={str(tmp_path)!r}, concurrency=1)
+        """
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "runtime-error: cannot schedule new calls after interpreter shutdown" in out.stdout, out.stdout
+
+
+def worker_pid(x):
+    return os.getpid()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_an_idle_worker_exits_about_keep_warm_after_it_went_idle(tmp_path):
+    """loky's test_worker_timeout: workers leave once idle for their timeout."""
+    keep_warm = 0.02
+    with wrenpack.Executor(storage=str(tmp_path), concurrency=1, keep_warm=keep_warm) as ex:
+        lifetimes = []
+        for _ in range(3):
+            pid = ex.submit(worker_pid, 0).result(timeout=60)
+            idle = time.monotonic()
+            while not _gone(pid) and time.monotonic() - idle < 5:
+                time.sleep(0.002)
+            lifetimes.append(time.monotonic() - idle)
+    # (a loaded machine may delay one exit; the best of three is about keep_warm, not the dispatcher's 0.1 s sleep)
+    assert min(lifetimes) < keep_warm + 0.05, lifetimes
