@@ -10,6 +10,7 @@ import time
 import pytest
 
 import wrenpack
+from tests.processes import alive
 from wrenpack.backends.local import LocalBackend
 
 
@@ -230,16 +231,6 @@ def fork_bomb(n):
             os._exit(0)
 
 
-def _alive(pid):
-    """Running (a zombie waiting for its reaper does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
-
-
 def _kill(pids):
     for pid in pids:
         try:
@@ -260,13 +251,13 @@ def test_a_call_is_held_to_1024_processes_and_none_outlives_it(tmp_path):
     try:
         made, err, pids = wrenpack.remote(forks, executor=ex, memory=3008).remote(1100).result(timeout=120)
         assert err == errno.EAGAIN and 1000 < made < 1024, (made, err)
-        assert [p for p in pids if _alive(p)] == [], "children outlived their call"
+        assert [p for p in pids if alive(p)] == [], "children outlived their call"
         with pytest.raises(BlockingIOError, match=r"\[Errno 11\] Resource temporarily unavailable") as info:
             wrenpack.remote(fork_bomb, executor=ex, memory=3008).remote(1100).result(timeout=120)
         assert "\n" not in str(info.value)
         # A call that leaves a few children behind, well within the limit: they end with it.
         made, err, pids = wrenpack.remote(forks, executor=ex).remote(3).result(timeout=60)
-        assert (made, err) == (3, None) and [p for p in pids if _alive(p)] == []
+        assert (made, err) == (3, None) and [p for p in pids if alive(p)] == []
         assert wrenpack.remote(forks, executor=ex).remote(1).result(timeout=60)[:2] == (1, None)  # the worker goes on
     finally:
         _kill(pids)
@@ -294,12 +285,12 @@ def test_without_cgroups_a_call_past_1024_processes_is_stopped_and_its_children_
         with open(pidfile) as fh:
             pids = [int(line) for line in fh.read().split()]
         deadline = time.monotonic() + 5
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [p for p in pids if _alive(p)] == []
+        assert [p for p in pids if alive(p)] == []
         # Without cgroups too, what a call leaves ends with it.
         made, err, pids = wrenpack.remote(forks, executor=ex).remote(3).result(timeout=60)
-        assert (made, err) == (3, None) and [p for p in pids if _alive(p)] == []
+        assert (made, err) == (3, None) and [p for p in pids if alive(p)] == []
     finally:
         _kill(pids)
         ex.shutdown()

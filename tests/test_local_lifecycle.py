@@ -15,6 +15,7 @@ import time
 import pytest
 
 import wrenpack
+from tests.processes import alive
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import ConfigError
@@ -22,24 +23,14 @@ from wrenpack.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
-
-
 def _wait_dead(pids, within: float) -> list[int]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
+        left = [p for p in pids if alive(p)]
         if not left:
             return []
         time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 def _cgroup_bases() -> list[str]:

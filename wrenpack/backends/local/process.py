@@ -117,6 +117,23 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+
+def _join(factory: Any, name: str, pid: int, what: str) -> Any:
+    """A new cgroup of ``factory`` named ``name`` holding process ``pid``, or None
+    (no factory, or the move failed: the worker then runs without it)."""
+    if factory is None:
+        return None
+    group = factory.create(name)
+    if group is None:
+        return None
+    try:
+        group.add(pid)
+    except OSError as exc:
+        log.debug("could not move worker %d into its %s: %s", pid, what, exc)
+        group.remove()
+        return None
+    return group
+
 class Worker:
     """A warm worker process and the meters of the call it runs."""
 
@@ -160,27 +177,9 @@ class Worker:
             self.pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # kernel < 5.3: the scheduler polls instead
             pass
-        self.cgroup: MemoryCgroup | None = None
-        if cgroups is not None:
-            self.cgroup = cgroups.create(f"wrenpack-{os.getpid()}-w{wid}")
-            if self.cgroup is not None:
-                try:
-                    self.cgroup.add(self.pid)
-                except OSError as exc:
-                    log.debug("could not move worker %d into its cgroup: %s", self.pid, exc)
-                    self.cgroup.remove()
-                    self.cgroup = None
+        self.cgroup: MemoryCgroup | None = _join(cgroups, f"wrenpack-{os.getpid()}-w{wid}", self.pid, "cgroup")
         #: at most MAX_TASKS processes and threads, as on Lambda (else sampled: ``sample``)
-        self.pids_cgroup: PidsCgroup | None = None
-        if pids_cgroups is not None:
-            self.pids_cgroup = pids_cgroups.create(f"wrenpack-{os.getpid()}-w{wid}")
-            if self.pids_cgroup is not None:
-                try:
-                    self.pids_cgroup.add(self.pid)
-                except OSError as exc:
-                    log.debug("could not move worker %d into its pids cgroup: %s", self.pid, exc)
-                    self.pids_cgroup.remove()
-                    self.pids_cgroup = None
+        self.pids_cgroup: PidsCgroup | None = _join(pids_cgroups, f"wrenpack-{os.getpid()}-w{wid}", self.pid, "pids cgroup")
         self.ready = False
         self.retiring = False
         #: calls sent, oldest first; the first is running, the rest wait in the worker
