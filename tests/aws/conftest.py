@@ -58,8 +58,12 @@ def _iam_identity(request, monkeypatch):
     yield
     refused = enforcer.denials()[seen:]
     if refused and request.node.get_closest_marker("iam_refusals") is None:
-        pytest.fail("IAM refused: " + "; ".join(f"{j.role} {j.call[0]}:{j.call[1]} {sorted(j.refused)}"
+        pytest.fail("IAM refused: " + "; ".join(f"{j.role} {j.call[0]}:{j.call[1]} {_brief(j.call[2])} {sorted(j.refused)}"
                                                  for j in refused[:5]), pytrace=False)
+
+
+def _brief(params: dict) -> str:
+    return " ".join(f"{k}={params[k]!r}" for k in ("Key", "Prefix", "FunctionName", "Role", "target") if k in params)
 
 
 class IamStack:

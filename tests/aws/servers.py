@@ -234,11 +234,14 @@ def lambda_environment(name: str, conf: dict[str, Any], base_env: dict[str, str]
     ``Environment``, nothing of this machine's but what the emulator needs:
     ``PYTHONPATH`` (the checkout, which stands for the deployment package),
     the stand-in credentials and AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE
-    (so no file of this machine's is read), and the RIE's own
+    (so no file of this machine's is read), a test's AWS_ENDPOINT_URL_S3 and
+    WRENPACK_RUNTIME_ROOT for a runtime archive's bootstrap, and the RIE's own
     ``AWS_LAMBDA_FUNCTION_TIMEOUT`` (how it learns the timeout; not Lambda's)."""
     env = dict((conf.get("Environment") or {}).get("Variables") or {})
+    # AWS_ENDPOINT_URL_S3 and WRENPACK_RUNTIME_ROOT: where a test (the acceptance run's archive) points
+    # the runtime archive's bootstrap, whose plain boto3 client would otherwise go to the real S3.
     for key in ("PYTHONPATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+                "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL_S3", "WRENPACK_RUNTIME_ROOT"):
         if key in base_env:
             env[key] = base_env[key]
     # A function may set PYTHONPATH itself (Lambda does not reserve it): its entries come first.

@@ -20,6 +20,9 @@ from tests.aws import servers
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.cli import main
 
+#: under WRENPACK_TEST_IAM=enforce these run as the acceptance identity (tests/aws/iam_proxy.py)
+pytestmark = pytest.mark.iam_identity("acceptance")
+
 ORDER = ["cold start: zip", "cold start: layer", "cold start: archive", "cold start: image", "sdk", "payload",
          "requests", "throttling", "queue", "memory", "timeout", "cleanup"]
 

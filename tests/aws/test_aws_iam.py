@@ -163,6 +163,7 @@ def test_every_feature_runs_as_the_client_and_the_worker_under_their_policies(se
     assert any(op == "PutObject" and "/shuffle/" in p["Key"] for s, op, p in worker), "the shuffle wrote nothing"
 
 
+@pytest.mark.iam_refusals("it shows them")
 def test_the_stand_in_refuses_what_a_policy_lacks_as_aws_does(iam, bucket, monkeypatch, capsys):
     """It enforces: without one action a feature fails with AWS's AccessDenied, in one line."""
     deploy_as_of_a_live_day(monkeypatch)

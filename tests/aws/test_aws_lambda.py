@@ -268,6 +268,7 @@ def test_settings_without_a_function_fail_before_launch(moto_endpoint, bucket, l
     assert len(lambda_endpoint.invocations) == before  # nothing was sent
 
 
+@pytest.mark.iam_identity("deploy")  # auto-deploys
 def test_auto_deploy_creates_the_function_on_first_use(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "autodeploy", lambda_auto_deploy=True, timeout=10) as ex:
         seen = wrenpack.get(wrenpack.remote(memory_seen, executor=ex, memory=1792).map([1, 2]))
@@ -277,6 +278,7 @@ def test_auto_deploy_creates_the_function_on_first_use(moto_endpoint, bucket, la
     assert (conf["MemorySize"], conf["Timeout"]) == (1792, 10)
 
 
+@pytest.mark.iam_identity("deploy")  # auto-deploys
 def test_memory_auto_runs_with_the_profiled_memory(moto_endpoint, bucket, lambda_endpoint, tmp_path, monkeypatch):
     from wrenpack.profiler import auto_settings
 

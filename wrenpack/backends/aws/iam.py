@@ -93,5 +93,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             allow("AcceptanceLogs", ["logs:DeleteLogGroup"],
                   f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-acc*"),
             allow("AcceptanceUploads", ["s3:DeleteObject"], [f"{base}runtimes/*", f"{base}deploy/*"]),
+            # it lists those prefixes before and after deploying, to delete only what it uploaded
+            listing("AcceptanceListUploads", ["runtimes/*", "deploy/*"]),
         ]
     return {"Version": "2012-10-17", "Statement": statements}
