@@ -32,7 +32,8 @@ from tests.aws.servers import REGION, REPO, free_port  # noqa: F401 - re-exporte
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "iam_identity(role): under WRENPACK_TEST_IAM=enforce, the identity "
-                                       "(tests/aws/iam_proxy.py) this test's wrenpack runs as (default: client)")
+                                       "(tests/aws/iam_proxy.py) this test's wrenpack runs as (default: client; "
+                                       "admin: unjudged, for tests that drive the store with keys of their own)")
     config.addinivalue_line("markers", "iam_refusals(reason): under WRENPACK_TEST_IAM=enforce, this test means to "
                                        "ask for what the policies refuse (else a refusal fails it)")
 

@@ -64,7 +64,9 @@ def admin_session() -> Any:
 
 
 def credentials(role: str) -> dict[str, str]:
-    """The stand-in credentials of one of wrenpack's identities (``ROLES``)."""
+    """The stand-in credentials of one of wrenpack's identities (``ROLES``), or the tests' own ("admin")."""
+    if role == "admin":
+        return dict(ADMIN)
     assert role in ROLES, role
     return {"AWS_ACCESS_KEY_ID": f"AKIAWRENPACK{role.upper()}", "AWS_SECRET_ACCESS_KEY": f"secret-of-{role}"}
 

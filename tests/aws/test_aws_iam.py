@@ -23,6 +23,10 @@ policies use); a refusal is answered as AWS answers it.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import boto3
 import pytest
@@ -30,7 +34,8 @@ from botocore.exceptions import ClientError
 
 import wrenpack
 from tests.aws.iam_eval import ACCOUNT, REGION, denied, without
-from tests.aws.iam_proxy import WORKER_ROLE, credentials
+from tests.aws.iam_proxy import ENFORCED, WORKER_ROLE, credentials
+from tests.aws.servers import REPO
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.aws.iam import iam_policy
@@ -206,3 +211,23 @@ def test_the_evaluator_refuses_what_the_policy_scopes_out(bucket):
     assert denied(worker, [("s3", "PutObject", result)])  # the worker only creates results
     assert not denied(worker, [("s3", "PutObject", dict(result, IfNoneMatch="*"))])
     assert json.dumps(client).count('"*"') == 1  # GetAccountSettings' resource, nothing else
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_aws_suite_passes_under_iam_enforcement(tmp_path):
+    """``WRENPACK_TEST_IAM=enforce python -m pytest tests/aws`` (its default run, not -m slow):
+    every test's requests judged, a refusal failing the test that caused it."""
+    if ENFORCED:
+        pytest.skip("this suite already runs under IAM enforcement")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["WRENPACK_TEST_IAM"] = "enforce"
+    log = tmp_path / "pytest.log"
+    start = time.monotonic()
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/aws"],
+                              cwd=str(REPO), env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=3500)
+    text = log.read_text()
+    lines = text.strip().splitlines() or ["no output"]
+    print(f"tests/aws under IAM enforcement: {lines[-1]} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
+    assert proc.returncode == 0, text[-6000:]

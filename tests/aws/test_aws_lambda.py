@@ -145,6 +145,7 @@ def test_throttling_is_retried_with_backoff(lam, lambda_endpoint):
     assert seen.count("throttled") == 4 and len(seen) == 7
 
 
+@pytest.mark.iam_refusals("the client may not list functions: the error names the deploy command without copying one")
 def test_unknown_function_is_a_config_error(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "nofn", function_name="no-such-function") as ex:
         fut = wrenpack.remote(square, executor=ex).map([1])[0]
@@ -257,6 +258,7 @@ def test_two_maps_with_different_memory_at_once(moto_endpoint, bucket, lambda_en
     assert len({n for _, n in small_seen} | {n for _, n in big_seen}) == 2
 
 
+@pytest.mark.iam_refusals("the client may not list functions: the error names the deploy command without copying one")
 def test_settings_without_a_function_fail_before_launch(moto_endpoint, bucket, lambda_endpoint):
     before = len(lambda_endpoint.invocations)
     with _executor(moto_endpoint, bucket, lambda_endpoint, "nofn-mem") as ex:
