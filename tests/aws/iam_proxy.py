@@ -142,7 +142,7 @@ class Enforcer:
             asked = iam_eval.requests_for(*call)
             refused = {(a, r) for a, r, keys in asked if policy is None or not iam_eval.allowed(policy, a, r, keys)}
             judged = Judged(role, call, refused)
-        except (Unknown, ValueError, KeyError) as exc:
+        except (Unknown, ValueError, KeyError, SyntaxError) as exc:  # SyntaxError: a body that is not XML
             judged = Judged(role, (service, method, {"target": target}), {("?", str(exc))}, unknown=str(exc))
         with self._lock:
             self.log.append(judged)
