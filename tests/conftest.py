@@ -30,7 +30,7 @@ from typing import Any, Callable
 import pytest
 
 import wrenpack
-from tests.aws import servers
+from tests.aws import iam_proxy, servers
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack import Executor
 from wrenpack.backends import Backend, Invocation, create_backend, register_backend
@@ -259,7 +259,11 @@ def aws_unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def aws_env():
     """Dummy credentials and a region for every boto3 client from here on;
-    no profile or endpoint from the developer's environment leaks in."""
+    no profile or endpoint from the developer's environment leaks in.
+
+    Under IAM enforcement (tests/aws/iam_proxy.py) boto3's default session, which
+    the tests' own ``boto3.client(...)`` use, keeps these administrator credentials,
+    while wrenpack's sessions read an identity's from the environment."""
     mp = pytest.MonkeyPatch()
     for key in list(os.environ):
         if key.startswith("AWS_ENDPOINT_URL") or key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
@@ -270,18 +274,44 @@ def aws_env():
     mp.setenv("AWS_REGION", servers.REGION)
     mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     mp.setenv("AWS_CONFIG_FILE", os.devnull)
+    if iam_proxy.ENFORCED:
+        import boto3
+
+        mp.setattr(boto3, "DEFAULT_SESSION", iam_proxy.admin_session())
     yield
     mp.undo()
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint(aws_env, tmp_path_factory):
+def iam_enforcer():
+    """The IAM stand-in's judge (tests/aws/iam_proxy.py): its policies and its log of judged requests."""
+    return iam_proxy.Enforcer()
+
+
+@pytest.fixture(scope="session")
+def moto_server(aws_env, tmp_path_factory):
+    """moto's own URL (``moto_endpoint`` is IAM's proxy in front of it when the suite runs under enforcement)."""
     proc, url, log = servers.start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     try:
         yield url
     finally:
         servers.stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(moto_server, request):
+    """S3 and the Lambda control plane: moto, behind the IAM stand-in when WRENPACK_TEST_IAM=enforce."""
+    if not iam_proxy.ENFORCED:
+        yield moto_server
+        return
+    enforcer = request.getfixturevalue("iam_enforcer")
+    enforcer.scope_suite(iam_proxy.WORKER_ROLE)
+    proxy = iam_proxy.IamProxy(moto_server, enforcer)
+    try:
+        yield proxy.url
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope="session")
@@ -300,13 +330,16 @@ def role_arn(moto_endpoint):
     iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name=servers.REGION)
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
                                                      "Action": "sts:AssumeRole"}]}
-    return iam.create_role(RoleName="wrenpack-worker-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    arn = iam.create_role(RoleName="wrenpack-worker-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    assert arn == iam_proxy.WORKER_ROLE  # the role the IAM stand-in lets deploy pass
+    return arn
 
 
 @pytest.fixture(scope="session")
-def lambda_endpoint(moto_endpoint, bucket, role_arn, tmp_path_factory):
+def lambda_endpoint(moto_server, bucket, role_arn, tmp_path_factory, request):
     """A Lambda endpoint that runs wrenpack's handler in real RIEs, with the
-    default test function (1024 MB, ``servers.FUNCTION_TIMEOUT`` s, 512 MB /tmp) deployed."""
+    default test function (1024 MB, ``servers.FUNCTION_TIMEOUT`` s, 512 MB /tmp) deployed.
+    Under IAM enforcement it judges each request itself and its runtimes hold the worker's credentials."""
     try:
         import awslambdaric  # noqa: F401
     except ImportError:
@@ -315,18 +348,31 @@ def lambda_endpoint(moto_endpoint, bucket, role_arn, tmp_path_factory):
         binary = servers.rie_binary()
     except servers.Unavailable as exc:
         aws_unavailable(str(exc))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENPACK_", "PYTEST_"))}
-    env.update(LAMBDA_TASK_ROOT=str(servers.REPO), PYTHONPATH=str(servers.REPO))
-    # The session's temporary directory stays writable in every sandbox: some tests hand
-    # their calls a file there (Lambda's filesystem is read-only but for a private /tmp).
-    dispatcher = servers.LambdaEndpoint(binary, env, tmp_path_factory.mktemp("rie-logs"), moto_endpoint,
-                                        shared=[str(tmp_path_factory.getbasetemp())])
-    dispatcher.role_arn = role_arn
+    dispatcher = lambda_dispatcher(binary, moto_server, role_arn, tmp_path_factory,
+                                   request.getfixturevalue("iam_enforcer") if iam_proxy.ENFORCED else None)
     try:
         dispatcher.deploy()
         yield dispatcher
     finally:
         dispatcher.stop()
+
+
+def lambda_dispatcher(binary, moto_url: str, role_arn: str, tmp_path_factory,
+                      enforcer: "iam_proxy.Enforcer | None" = None) -> servers.LambdaEndpoint:
+    """A Lambda endpoint in front of moto at ``moto_url``; with ``enforcer``, IAM judges each
+    request it takes and its runtimes hold the worker's credentials (as Lambda gives a function its role's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENPACK_", "PYTEST_"))}
+    env.update(LAMBDA_TASK_ROOT=str(servers.REPO), PYTHONPATH=str(servers.REPO))
+    if enforcer is not None:
+        env.update(iam_proxy.credentials("worker"))
+    # The session's temporary directory stays writable in every sandbox: some tests hand
+    # their calls a file there (Lambda's filesystem is read-only but for a private /tmp).
+    dispatcher = servers.LambdaEndpoint(binary, env, tmp_path_factory.mktemp("rie-logs"), moto_url,
+                                        shared=[str(tmp_path_factory.getbasetemp())])
+    dispatcher.role_arn = role_arn
+    if enforcer is not None:
+        dispatcher.authorize = enforcer.judge
+    return dispatcher
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,131 @@ from pathlib import Path
 
 import pytest
 
-from tests.aws import servers
+from wrenpack.backends.aws.iam import ROLES
+
+from tests.aws import iam_proxy, servers
 from tests.aws.servers import REGION, REPO, free_port  # noqa: F401 - re-exported for tests
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "iam_identity(role): under WRENPACK_TEST_IAM=enforce, the identity "
+                                       "(tests/aws/iam_proxy.py) this test's wrenpack runs as (default: client; "
+                                       "admin: unjudged, for tests that drive the store with keys of their own)")
+    config.addinivalue_line("markers", "iam_refusals(reason): under WRENPACK_TEST_IAM=enforce, this test means to "
+                                       "ask for what the policies refuse (else a refusal fails it)")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _aws_env(aws_env):
     """Every test here runs with the dummy credentials of ``aws_env`` (tests/conftest.py)."""
+
+
+@pytest.fixture(autouse=True)
+def _iam_identity(request, monkeypatch):
+    """Under WRENPACK_TEST_IAM=enforce: wrenpack runs as the test's identity (``iam_identity``
+    marker, default client), and a request its policy refused fails the test (unless it is
+    marked ``iam_refusals``: it means to be refused)."""
+    if not iam_proxy.ENFORCED:
+        yield
+        return
+    marker = request.node.get_closest_marker("iam_identity")
+    for key, value in iam_proxy.credentials(marker.args[0] if marker else "client").items():
+        monkeypatch.setenv(key, value)
+    enforcer = request.getfixturevalue("iam_enforcer")
+    seen = len(enforcer.denials())
+    yield
+    refused = enforcer.denials()[seen:]
+    if refused and request.node.get_closest_marker("iam_refusals") is None:
+        pytest.fail("IAM refused: " + "; ".join(f"{j.role} {j.call[0]}:{j.call[1]} {_brief(j.call[2])} {sorted(j.refused)}"
+                                                 for j in refused[:5]), pytrace=False)
+
+
+def _brief(params: dict) -> str:
+    return " ".join(f"{k}={params[k]!r}" for k in ("Key", "Prefix", "FunctionName", "Role", "target") if k in params)
+
+
+class IamStack:
+    """The AWS stand-ins under IAM (``iam_proxy``): S3 and Lambda endpoints whose
+    requests are judged by ``enforcer``, by the identity that signed them."""
+
+    def __init__(self, enforcer: iam_proxy.Enforcer, s3_url: str, lam: servers.LambdaEndpoint, request) -> None:
+        self.enforcer, self.s3_url, self.lam, self._request = enforcer, s3_url, lam, request
+        self._rclone: str | None = None
+        self.stops: list = []
+
+    def rclone_url(self) -> str:
+        """``rclone serve s3`` under the same IAM."""
+        if self._rclone is None:
+            url = self._request.getfixturevalue("rclone_endpoint")
+            if not iam_proxy.ENFORCED:  # then it is not behind a proxy yet
+                proxy = iam_proxy.IamProxy(url, self.enforcer)
+                self.stops.append(proxy.stop)
+                url = proxy.url
+            self._rclone = url
+        return self._rclone
+
+
+@pytest.fixture(scope="session")
+def iam_stack(request, iam_enforcer, moto_server, bucket, role_arn, tmp_path_factory):
+    """The stand-ins under IAM: the suite's own under WRENPACK_TEST_IAM=enforce, else an
+    IAM proxy in front of moto and a Lambda endpoint of their own (its own runtimes)."""
+    if iam_proxy.ENFORCED:
+        yield IamStack(iam_enforcer, request.getfixturevalue("moto_endpoint"),
+                       request.getfixturevalue("lambda_endpoint"), request)
+        return
+    from tests.conftest import lambda_dispatcher
+
+    try:
+        binary = servers.rie_binary()
+    except servers.Unavailable as exc:
+        pytest.fail(f"AWS tests cannot run: {exc}")
+    proxy = iam_proxy.IamProxy(moto_server, iam_enforcer)
+    lam = lambda_dispatcher(binary, moto_server, role_arn, tmp_path_factory, iam_enforcer)
+    stack = IamStack(iam_enforcer, proxy.url, lam, request)
+    try:
+        yield stack
+    finally:
+        lam.stop()
+        proxy.stop()
+        for stop in stack.stops:
+            stop()
+
+
+class Iam:
+    """One test's view of IAM: which identity wrenpack runs as, and the store and
+    function family the identities' policies are scoped to."""
+
+    def __init__(self, stack: IamStack, monkeypatch) -> None:
+        self.stack, self.enforcer, self._mp = stack, stack.enforcer, monkeypatch
+        self._saved = stack.enforcer.policies
+
+    def act_as(self, role: str) -> None:
+        """wrenpack's sessions from now on sign as ``role`` (the tests' own boto3.client calls stay administrator)."""
+        for key, value in iam_proxy.credentials(role).items():
+            self._mp.setenv(key, value)
+
+    def scope(self, storage: str, function_name: str) -> None:
+        self.enforcer.scope(storage, function_name, iam_proxy.WORKER_ROLE)
+
+    def policy(self, role: str) -> dict:
+        return self.enforcer.policies[role]
+
+    def restore(self) -> None:
+        self.enforcer.policies = self._saved
+
+
+@pytest.fixture
+def iam(iam_stack, monkeypatch):
+    """``Iam`` for this test; its scope and identity are undone after it."""
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", iam_proxy.admin_session())
+    made = Iam(iam_stack, monkeypatch)
+    iam_stack.enforcer.clear()
+    try:
+        yield made
+    finally:
+        made.restore()
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +196,10 @@ def _rclone_binary() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def rclone_endpoint(aws_env, tmp_path_factory):
+def rclone_endpoint(aws_env, tmp_path_factory, request):
     """``rclone serve s3`` on 127.0.0.1 over a temporary directory: a second,
-    stricter S3 server (it checks SigV4 signatures against its own key)."""
+    stricter S3 server (it checks SigV4 signatures against its own keys);
+    behind the IAM stand-in when WRENPACK_TEST_IAM=enforce."""
     import subprocess
 
     exe = _rclone_binary()
@@ -90,15 +209,24 @@ def rclone_endpoint(aws_env, tmp_path_factory):
     (root / "data" / "wrenpack-test").mkdir(parents=True)
     port = free_port()
     log = open(root / "rclone.log", "wb")
+    # the tests' own key, and each of wrenpack's identities' (the IAM stand-in tells them apart)
+    keys = [f"{c['AWS_ACCESS_KEY_ID']},{c['AWS_SECRET_ACCESS_KEY']}"
+            for c in (iam_proxy.ADMIN, *(iam_proxy.credentials(role) for role in ROLES))]
     proc = subprocess.Popen(
-        [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", "testing,testing",
+        [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}", *(arg for key in keys for arg in ("--auth-key", key)),
          "--config", os.devnull, str(root / "data")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    proxy = None
     try:
         servers.wait_listening(port, proc, "rclone serve s3", log.name)
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        if iam_proxy.ENFORCED:
+            proxy = iam_proxy.IamProxy(url, request.getfixturevalue("iam_enforcer"))
+        yield proxy.url if proxy else url
     finally:
+        if proxy is not None:
+            proxy.stop()
         servers.stop(proc)
         log.close()
 

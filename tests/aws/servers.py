@@ -391,6 +391,9 @@ class Dispatcher:
     #: the interpreter the runtimes run (awslambdaric, the handler) and its X.Y (tests/aws/pythons.py sets others)
     python, python_version = sys.executable, PYTHON
     _stopped = False
+    #: IAM in front of every request (iam_proxy.Enforcer.judge): (method, path, headers, body) ->
+    #: None to go on, or the refusal to answer, (status, headers, body)
+    authorize: Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], bytes] | None] | None = None
 
     def __init__(self, binary: Path, base_env: dict[str, str], log_dir: Path, moto_url: str,
                  per_function: int = 3, shared: list[str] | tuple[str, ...] = ()) -> None:
@@ -625,8 +628,26 @@ class Dispatcher:
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _refused(self, body: bytes) -> bool:
+                """Whether IAM refused the request (``authorize``), its refusal then sent."""
+                if dispatcher.authorize is None:
+                    return False
+                refusal = dispatcher.authorize(self.command, self.path, dict(self.headers.items()), body)
+                if refusal is None:
+                    return False
+                status, headers, out = refusal
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+                return True
+
             def do_GET(self):  # noqa: N802
                 body = self._body()
+                if self._refused(body):
+                    return
                 if self.path.split("?")[0].rstrip("/").endswith("/account-settings"):
                     n = dispatcher.account_concurrency
                     doc = {"AccountLimit": {"ConcurrentExecutions": n, "UnreservedConcurrentExecutions": n,
@@ -637,13 +658,19 @@ class Dispatcher:
                 dispatcher._proxy(self, body)
 
             def do_PUT(self):  # noqa: N802
-                dispatcher._proxy(self, self._body())
+                body = self._body()
+                if not self._refused(body):
+                    dispatcher._proxy(self, body)
 
             def do_DELETE(self):  # noqa: N802
-                dispatcher._proxy(self, self._body())
+                body = self._body()
+                if not self._refused(body):
+                    dispatcher._proxy(self, body)
 
             def do_POST(self):  # noqa: N802
                 body = self._body()
+                if self._refused(body):
+                    return
                 parts = self.path.split("?")[0].strip("/").split("/")
                 if not (len(parts) == 4 and parts[1] == "functions" and parts[3] == "invocations"):
                     return dispatcher._proxy(self, body)

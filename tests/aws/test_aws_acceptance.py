@@ -20,6 +20,9 @@ from tests.aws import servers
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.cli import main
 
+#: under WRENPACK_TEST_IAM=enforce these run as the acceptance identity (tests/aws/iam_proxy.py)
+pytestmark = pytest.mark.iam_identity("acceptance")
+
 ORDER = ["cold start: zip", "cold start: layer", "cold start: archive", "cold start: image", "sdk", "payload",
          "requests", "throttling", "queue", "memory", "timeout", "cleanup"]
 
@@ -128,7 +131,7 @@ def test_the_acceptance_run_needs_a_role_and_an_s3_store(capsys, monkeypatch, tm
     monkeypatch.setenv("WRENPACK_STORAGE", str(tmp_path))
     code = main(["doctor", "--acceptance", "--role", "arn:aws:iam::1:role/r"])
     assert code == 1 and "not an S3 location" in capsys.readouterr().err
-    monkeypatch.setenv("WRENPACK_STORAGE", "s3://b/p")
+    monkeypatch.setenv("WRENPACK_STORAGE", "s3://wrenpack-test/p")
     code = main(["doctor", "--acceptance"])
     assert code == 1 and "--role" in capsys.readouterr().err
 

@@ -16,6 +16,9 @@ from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.cli import main
 from wrenpack.backends.aws.deploy import handler_package
 
+#: under WRENPACK_TEST_IAM=enforce these run as the deploy identity (tests/aws/iam_proxy.py)
+pytestmark = pytest.mark.iam_identity("deploy")
+
 
 @pytest.fixture
 def aws_cli(moto_endpoint, bucket, monkeypatch):

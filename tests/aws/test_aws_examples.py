@@ -21,6 +21,8 @@ import pytest
 from tests.aws.runtime_dates import day_this_python_deploys
 
 REPO = Path(__file__).resolve().parents[2]
+#: under WRENPACK_TEST_IAM=enforce these run as the deploy identity (they auto-deploy; tests/aws/iam_proxy.py)
+pytestmark = pytest.mark.iam_identity("deploy")
 
 
 def _run(name, moto_endpoint, bucket, lambda_endpoint, prefix):

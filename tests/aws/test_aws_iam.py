@@ -1,5 +1,10 @@
-"""The generated IAM policies allow every AWS request wrenpack makes, and the
-two actions they gained are needed.
+"""The generated IAM policies allow every AWS request wrenpack makes for each
+feature, and no more is needed: wrenpack runs here under the IAM stand-in
+(``iam_proxy.py``), the client, deploy and worker identities each holding
+exactly its generated policy, scoped to this module's store prefix and
+function family, and every request they send judged before it reaches moto,
+rclone or the emulated Lambda (the worker's from inside the emulator's
+sandboxes: the dispatcher gives them the worker's credentials).
 
 moto's own IAM enforcement (INITIAL_NO_AUTH_ACTION_COUNT, /moto-api/reset-auth)
 cannot judge these policies: with it on, moto 5.2 rejects every signed Lambda
@@ -9,187 +14,185 @@ Lambda requests against resource "*" only (so no function-scoped statement
 can ever allow one), names S3 actions by API operation (ListObjectsV2,
 HeadObject, DeleteObjects, UploadPart) where IAM has s3:ListBucket,
 s3:GetObject, s3:DeleteObject, s3:PutObject, and has no GetAccountSettings
-at all (404). So the requests are judged here instead: deploy, auto-deploy
-and a small map run for real against moto and the emulated Lambda; every
-request this process sends is recorded, turned into the IAM action(s),
-resource ARN and condition keys AWS evaluates for it, and checked against
-the generated policy of the identity that sent it (Allow statements,
-wildcards, the StringLike/StringEquals/Null conditions the policies use).
-The worker's requests (made in the emulator's processes) are not recorded.
+at all (404). So the requests are judged by the stand-in instead, with
+``iam_eval.py``: each is turned into the IAM action(s), resource ARN and
+condition keys AWS evaluates for it and checked against the policy (Allow
+statements, wildcards, the StringLike/StringEquals/Null conditions the
+policies use); a refusal is answered as AWS answers it.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
-import threading
-from typing import Any
+import os
+import subprocess
+import sys
+import time
 
+import boto3
 import pytest
-from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 
 import wrenpack
+from tests.aws.iam_eval import ACCOUNT, REGION, denied, without
+from tests.aws.iam_proxy import ENFORCED, WORKER_ROLE, credentials
+from tests.aws.servers import REPO
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.aws.iam import iam_policy
 from wrenpack.cli import main
 from wrenpack.executor import Executor
 
-ACCOUNT, REGION = "123456789012", "us-east-1"
 BASE = "wp-iam"
 TIMEOUT = 10  # a cold emulated runtime on a loaded machine
+#: the function every feature here runs on (deployed by the deploy identity)
+DEFAULT = FunctionSettings.for_call(1024, TIMEOUT, 512)
 
 
-class Recorder:
-    """Every API request botocore sends from this process to ``lambda_url`` (Lambda) or S3."""
-
-    def __init__(self, lambda_url: str) -> None:
-        self.lambda_url = lambda_url
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-        self.on = False
-        self._lock = threading.Lock()
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        original = BaseClient._make_api_call
-        recorder = self
-
-        def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
-            service = client.meta.service_model.endpoint_prefix
-            # the emulator's own requests to moto (its Lambda control plane) are not wrenpack's
-            if recorder.on and (service != "lambda" or client.meta.endpoint_url.rstrip("/") == recorder.lambda_url):
-                with recorder._lock:
-                    recorder.calls.append((service, operation, dict(params)))
-            return original(client, operation, params)
-
-        monkeypatch.setattr(BaseClient, "_make_api_call", recording)
-
-    def take(self) -> list[tuple[str, str, dict[str, Any]]]:
-        with self._lock:
-            out, self.calls = self.calls, []
-        return out
+def _executor(iam, storage: str, s3_url: str | None = None, **overrides) -> Executor:
+    settings = dict(backend="lambda", storage=storage, s3_endpoint_url=s3_url or iam.stack.s3_url,
+                    lambda_endpoint_url=iam.stack.lam.url, function_name=BASE, aws_region=REGION, timeout=TIMEOUT,
+                    retries=0, concurrency=3)
+    settings.update(overrides)
+    ex = Executor(**settings)
+    if ex.config.invocation_type == "Event":
+        ex.backend.poll_interval = 0.2
+    return ex
 
 
-def requests_for(service: str, operation: str, params: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
-    """The (IAM action, resource ARN, condition keys) AWS authorizes for one API request."""
-    if service == "sts" and operation == "GetCallerIdentity":
-        return []  # needs no permission
-    if service == "lambda":
-        if operation in ("ListFunctions", "GetAccountSettings"):
-            return [(f"lambda:{operation}", "*", {})]
-        if operation in ("PublishLayerVersion", "GetLayerVersion"):
-            layer = f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{params['LayerName']}"
-            return [(f"lambda:{operation}", f"{layer}:{params['VersionNumber']}" if "VersionNumber" in params else layer, {})]
-        arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{params['FunctionName']}"
-        out = [("lambda:InvokeFunction" if operation == "Invoke" else f"lambda:{operation}", arn, {})]
-        if operation in ("CreateFunction", "UpdateFunctionConfiguration") and params.get("Role"):
-            out.append(("iam:PassRole", params["Role"], {"iam:PassedToService": "lambda.amazonaws.com"}))
-        return out
-    if service == "s3":
-        bucket = params.get("Bucket")
-        obj = f"arn:aws:s3:::{bucket}/{params.get('Key', '')}"
-        if operation in ("ListObjectsV2", "ListObjects"):
-            return [("s3:ListBucket", f"arn:aws:s3:::{bucket}", {"s3:prefix": params.get("Prefix", "")})]
-        if operation in ("GetObject", "HeadObject"):
-            return [("s3:GetObject", obj, {})]
-        if operation in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
-            return [("s3:PutObject", obj, {"s3:if-none-match": params["IfNoneMatch"]} if params.get("IfNoneMatch") else {})]
-        if operation == "DeleteObject":
-            return [("s3:DeleteObject", obj, {})]
-        if operation == "DeleteObjects":
-            return [("s3:DeleteObject", f"arn:aws:s3:::{bucket}/{o['Key']}", {}) for o in params["Delete"]["Objects"]]
-        if operation == "AbortMultipartUpload":
-            return [("s3:AbortMultipartUpload", obj, {})]
-    raise AssertionError(f"this test does not know what IAM authorizes for {service}:{operation}; add it")
+def _deploy(iam, storage: str, capsys, *extra: str, s3_url: str | None = None) -> None:
+    code = main(["deploy", "--function-name", BASE, "--role", WORKER_ROLE, "--storage", storage, "--region", REGION,
+                 "--lambda-endpoint-url", iam.stack.lam.url, "--s3-endpoint-url", s3_url or iam.stack.s3_url,
+                 "--timeout", str(TIMEOUT), *extra])
+    assert code == 0, capsys.readouterr().err
 
 
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
+def _refused_since(iam, mark: int) -> list:
+    return [(j.role, j.call[1], sorted(j.refused)) for j in iam.enforcer.denials()[mark:]]
 
 
-def _conditions_hold(condition: dict[str, dict[str, Any]], keys: dict[str, str]) -> bool:
-    for op, tests in condition.items():
-        for key, expected in tests.items():
-            wanted = _listed(expected)
-            if op == "Null":  # "false": the key must be in the request
-                if (key in keys) != (wanted[0] == "false"):
-                    return False
-            elif op in ("StringLike", "StringEquals"):
-                match = fnmatch.fnmatchcase if op == "StringLike" else str.__eq__
-                if key not in keys or not any(match(keys[key], w) for w in wanted):
-                    return False
-            else:
-                raise AssertionError(f"condition operator {op} is not understood by this test")
-    return True
-
-
-def allowed(policy: dict[str, Any], action: str, resource: str, keys: dict[str, str]) -> bool:
-    """Whether an Allow statement of ``policy`` covers the request (the policies have no Deny)."""
-    for st in policy["Statement"]:
-        assert st["Effect"] == "Allow"
-        if not any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in _listed(st["Action"])):
-            continue
-        if not any(fnmatch.fnmatchcase(resource, r) for r in _listed(st["Resource"])):
-            continue
-        if _conditions_hold(st.get("Condition") or {}, keys):
-            return True
-    return False
-
-
-def denied(policy: dict[str, Any], calls: list[tuple[str, str, dict[str, Any]]]) -> set[tuple[str, str]]:
-    return {(action, resource) for call in calls for action, resource, keys in requests_for(*call)
-            if not allowed(policy, action, resource, keys)}
-
-
-def without(policy: dict[str, Any], action: str) -> dict[str, Any]:
-    statements = [dict(st, Action=[a for a in _listed(st["Action"]) if a != action]) for st in policy["Statement"]]
-    return dict(policy, Statement=[st for st in statements if st["Action"]])
-
-
-def test_policies_allow_deploy_auto_deploy_and_a_map_and_need_their_new_actions(moto_endpoint, bucket, lambda_endpoint,
-                                                                                role_arn, monkeypatch, capsys):
+def test_policies_allow_deploy_auto_deploy_and_a_map_and_need_their_new_actions(iam, bucket, monkeypatch, capsys):
     deploy_as_of_a_live_day(monkeypatch)
     storage = f"s3://{bucket}/iam"
-
-    class Cfg:
-        function_name = BASE
-        aws_region = REGION
-
-    Cfg.storage = storage
-    deploy_policy = iam_policy(Cfg(), "deploy", ACCOUNT, worker_role=role_arn)
-    client_policy = iam_policy(Cfg(), "client", ACCOUNT)
-    small, auto = FunctionSettings.for_call(1024, TIMEOUT, 512), FunctionSettings.for_call(1088, TIMEOUT, 512)
-    for settings in (small, auto):  # one execution environment each is enough here
-        lambda_endpoint.environments[settings.function_name(BASE)] = 1
-    recorder = Recorder(lambda_endpoint.url.rstrip("/"))
-    recorder.install(monkeypatch)
-    executor = dict(backend="lambda", storage=storage, s3_endpoint_url=moto_endpoint, lambda_endpoint_url=lambda_endpoint.url,
-                    function_name=BASE, aws_region=REGION, timeout=TIMEOUT, retries=0, concurrency=3)
+    iam.scope(storage, BASE)
+    deploy_policy, client_policy, worker_policy = iam.policy("deploy"), iam.policy("client"), iam.policy("worker")
+    auto = FunctionSettings.for_call(1088, TIMEOUT, 512)
+    for settings in (DEFAULT, auto):  # one execution environment each is enough here
+        iam.stack.lam.environments[settings.function_name(BASE)] = 1
+    mark = len(iam.enforcer.denials())
 
     # -- as the deploy identity: `wrenpack deploy`, then a map that auto-deploys another settings set
-    recorder.on = True
-    code = main(["deploy", "--function-name", BASE, "--role", role_arn, "--storage", storage, "--region", REGION,
-                 "--lambda-endpoint-url", lambda_endpoint.url, "--s3-endpoint-url", moto_endpoint,
-                 "--timeout", str(TIMEOUT)])
-    assert code == 0, capsys.readouterr().err
-    with Executor(**executor, lambda_auto_deploy=True) as ex:
+    iam.act_as("deploy")
+    _deploy(iam, storage, capsys)
+    with _executor(iam, storage, lambda_auto_deploy=True) as ex:
         assert wrenpack.get(wrenpack.remote(abs, executor=ex, memory=1088).map([-1, -2])) == [1, 2]
-    deploying = recorder.take()
+    deploying = iam.enforcer.take("deploy")
     # -- as the client identity: a small map on the deployed function
-    with Executor(**executor) as ex:
+    iam.act_as("client")
+    with _executor(iam, storage) as ex:
         assert wrenpack.get(wrenpack.remote(abs, executor=ex, memory=1024).map([-3, -4, -5])) == [3, 4, 5]
-    mapping = recorder.take()
-    recorder.on = False
+    mapping = iam.enforcer.take("client")
+    working = iam.enforcer.take("worker")
 
+    assert _refused_since(iam, mark) == []  # the stand-in let every request through
     made = {(s, op) for s, op, _ in deploying + mapping}
     assert {("lambda", "CreateFunction"), ("lambda", "ListFunctions"), ("lambda", "PutFunctionEventInvokeConfig"),
             ("lambda", "GetAccountSettings"), ("lambda", "Invoke"), ("s3", "PutObject")} <= made, made
+    assert ("s3", "PutObject", "*") in {(s, op, p.get("IfNoneMatch")) for s, op, p in working}  # results, created once
     assert denied(deploy_policy, deploying) == set()
     assert denied(client_policy, mapping) == set()
+    assert denied(worker_policy, working) == set()
     # What the policies lacked before: auto-deploy's listing, the client's concurrency cap.
     assert denied(without(deploy_policy, "lambda:ListFunctions"), deploying) == {("lambda:ListFunctions", "*")}
     assert denied(without(client_policy, "lambda:GetAccountSettings"), mapping) == {("lambda:GetAccountSettings", "*")}
     # and the client policy alone could not deploy
     assert ("lambda:CreateFunction", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{auto.function_name(BASE)}") in \
         denied(client_policy, deploying)
+
+
+def stepper(n):
+    """Restores its state (none the first time), saves it, and reads it back: the checkpoint's requests."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    for _ in range(n):
+        state["i"] += 1
+    cp.save(state)
+    return cp.restore()["i"]
+
+
+def word_pairs(line):
+    return [(w, 1) for w in line.split()]
+
+
+def count(key, values):
+    return sum(values)
+
+
+@pytest.mark.parametrize("server", ["moto", "rclone"])
+def test_every_feature_runs_as_the_client_and_the_worker_under_their_policies(server, iam, bucket, monkeypatch, capsys):
+    """Deploy (with reserved concurrency), maps of both invocation types, checkpoints, a shuffle,
+    the concurrency caps, doctor and clean: nothing any identity asks for is refused."""
+    deploy_as_of_a_live_day(monkeypatch)
+    storage = f"s3://{bucket}/iam"  # the deployed function's store (its runtimes keep it)
+    s3_url = iam.stack.s3_url if server == "moto" else iam.stack.rclone_url()
+    iam.scope(storage, BASE)
+    iam.stack.lam.environments[DEFAULT.function_name(BASE)] = 2
+    mark = len(iam.enforcer.denials())
+
+    iam.act_as("deploy")
+    _deploy(iam, storage, capsys, "--reserved-concurrency", "2", s3_url=s3_url)
+    iam.enforcer.take("deploy")
+    iam.act_as("client")
+    for kind in ("RequestResponse", "Event"):
+        with _executor(iam, storage, s3_url, invocation_type=kind) as ex:
+            assert wrenpack.get(wrenpack.remote(abs, executor=ex).map([-1, -2, -3])) == [1, 2, 3]
+            assert wrenpack.remote(stepper, executor=ex).remote(5).result(timeout=60) == 5
+    with _executor(iam, storage, s3_url) as ex:
+        fut = wrenpack.map_reduce(word_pairs, ["a b a", "b c", "a"], count, partitions=2, executor=ex)
+        assert fut.result(timeout=60) == {"a": 3, "b": 2, "c": 1}
+    with _executor(iam, storage, s3_url, keep_objects=True) as ex:  # leaves its objects for `wrenpack clean`
+        assert wrenpack.get(wrenpack.remote(abs, executor=ex).map([-4])) == [4]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", iam.stack.s3_url)  # doctor's GetCallerIdentity (needs no permission)
+    where = ["--storage", storage, "--region", REGION, "--s3-endpoint-url", s3_url]
+    monkeypatch.setenv("WRENPACK_TIMEOUT", str(TIMEOUT))  # doctor looks at the function of these settings
+    main(["doctor", "--function-name", BASE, "--lambda-endpoint-url", iam.stack.lam.url, *where])
+    assert "wrenpack doctor" in capsys.readouterr().out
+    assert main(["clean", "--all", "--force", *where]) == 0, capsys.readouterr().err  # this process owns the jobs
+    client, worker = iam.enforcer.take("client"), iam.enforcer.take("worker")
+
+    assert _refused_since(iam, mark) == []
+    made = {(s, op) for s, op, _ in client}
+    assert {("lambda", "Invoke"), ("lambda", "GetFunctionConcurrency"), ("lambda", "GetFunctionConfiguration"),
+            ("s3", "ListObjectsV2"), ("s3", "DeleteObjects"), ("s3", "PutObject")} <= made, made
+    kinds = {p.get("Key", "").split("/")[3] for s, op, p in worker if op == "PutObject" and "/jobs/" in "/" + p.get("Key", "")}
+    assert {"result", "checkpoint"} <= kinds, kinds
+    assert any(op == "PutObject" and "/shuffle/" in p["Key"] for s, op, p in worker), "the shuffle wrote nothing"
+
+
+@pytest.mark.iam_refusals("it shows them")
+def test_the_stand_in_refuses_what_a_policy_lacks_as_aws_does(iam, bucket, monkeypatch, capsys):
+    """It enforces: without one action a feature fails with AWS's AccessDenied, in one line."""
+    deploy_as_of_a_live_day(monkeypatch)
+    storage = f"s3://{bucket}/iam"
+    iam.scope(storage, BASE)
+    iam.act_as("deploy")
+    _deploy(iam, storage, capsys)
+    mark = len(iam.enforcer.denials())
+    iam.enforcer.policies["client"] = without(iam.policy("client"), "lambda:InvokeFunction")
+    iam.act_as("client")
+    with _executor(iam, storage) as ex:
+        with pytest.raises(Exception, match="not allowed to invoke Lambda function"):
+            wrenpack.get(wrenpack.remote(abs, executor=ex).map([-1]))
+    assert ("client", "Invoke") in {(role, op) for role, op, _ in _refused_since(iam, mark)}
+    # S3 and Lambda answer in their own protocols: 403 AccessDenied / AccessDeniedException
+    session = boto3.session.Session(region_name=REGION, **{k.lower(): v for k, v in credentials("client").items()})
+    with pytest.raises(ClientError) as s3_refusal:
+        session.client("s3", endpoint_url=iam.stack.s3_url).put_object(Bucket=bucket, Key="elsewhere/x", Body=b"x")
+    assert s3_refusal.value.response["Error"]["Code"] == "AccessDenied"
+    assert s3_refusal.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError) as lambda_refusal:
+        session.client("lambda", endpoint_url=iam.stack.lam.url).invoke(FunctionName="another-function", Payload=b"{}")
+    assert lambda_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert lambda_refusal.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
 def test_the_evaluator_refuses_what_the_policy_scopes_out(bucket):
@@ -208,3 +211,23 @@ def test_the_evaluator_refuses_what_the_policy_scopes_out(bucket):
     assert denied(worker, [("s3", "PutObject", result)])  # the worker only creates results
     assert not denied(worker, [("s3", "PutObject", dict(result, IfNoneMatch="*"))])
     assert json.dumps(client).count('"*"') == 1  # GetAccountSettings' resource, nothing else
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_aws_suite_passes_under_iam_enforcement(tmp_path):
+    """``WRENPACK_TEST_IAM=enforce python -m pytest tests/aws`` (its default run, not -m slow):
+    every test's requests judged, a refusal failing the test that caused it."""
+    if ENFORCED:
+        pytest.skip("this suite already runs under IAM enforcement")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["WRENPACK_TEST_IAM"] = "enforce"
+    log = tmp_path / "pytest.log"
+    start = time.monotonic()
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/aws"],
+                              cwd=str(REPO), env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=3500)
+    text = log.read_text()
+    lines = text.strip().splitlines() or ["no output"]
+    print(f"tests/aws under IAM enforcement: {lines[-1]} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
+    assert proc.returncode == 0, text[-6000:]

@@ -148,6 +148,7 @@ def test_throttling_is_retried_with_backoff(lam, lambda_endpoint):
     assert seen.count("throttled") == 4 and len(seen) == 7
 
 
+@pytest.mark.iam_refusals("the client may not list functions: the error names the deploy command without copying one")
 def test_unknown_function_is_a_config_error(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "nofn", function_name="no-such-function") as ex:
         fut = wrenpack.remote(square, executor=ex).map([1])[0]
@@ -306,6 +307,7 @@ def test_two_maps_with_different_memory_at_once(moto_endpoint, bucket, lambda_en
     assert len({n for _, n in small_seen} | {n for _, n in big_seen}) == 2
 
 
+@pytest.mark.iam_refusals("the client may not list functions: the error names the deploy command without copying one")
 def test_settings_without_a_function_fail_before_launch(moto_endpoint, bucket, lambda_endpoint):
     before = len(lambda_endpoint.invocations)
     with _executor(moto_endpoint, bucket, lambda_endpoint, "nofn-mem") as ex:
@@ -317,6 +319,7 @@ def test_settings_without_a_function_fail_before_launch(moto_endpoint, bucket, l
     assert len(lambda_endpoint.invocations) == before  # nothing was sent
 
 
+@pytest.mark.iam_identity("deploy")  # auto-deploys
 def test_auto_deploy_creates_the_function_on_first_use(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "autodeploy", lambda_auto_deploy=True, timeout=10) as ex:
         seen = wrenpack.get(wrenpack.remote(memory_seen, executor=ex, memory=1792).map([1, 2]))
@@ -326,6 +329,7 @@ def test_auto_deploy_creates_the_function_on_first_use(moto_endpoint, bucket, la
     assert (conf["MemorySize"], conf["Timeout"]) == (1792, 10)
 
 
+@pytest.mark.iam_identity("deploy")  # auto-deploys
 def test_memory_auto_runs_with_the_profiled_memory(moto_endpoint, bucket, lambda_endpoint, tmp_path, monkeypatch):
     from wrenpack.profiler import auto_settings
 

@@ -21,6 +21,9 @@ from tests.aws.runtime_dates import PYTHON, deploy_as_of_a_live_day
 from wrenpack.backends.aws.deploy import MAX_EVENT_AGE_S
 from wrenpack.cli import main
 
+#: under WRENPACK_TEST_IAM=enforce these run as the deploy identity (tests/aws/iam_proxy.py)
+pytestmark = pytest.mark.iam_identity("deploy")
+
 REPO = Path(__file__).resolve().parents[2]
 ROLE = "arn:aws:iam::123456789012:role/wrenpack-worker-role"
 #: days in python3.10/3.11's life cycle (deprecated 2026-06-30, create blocked 2026-07-31, update blocked 2026-08-31)

@@ -13,6 +13,10 @@ from wrenpack.errors import ObjectNotFound, StoreError
 from wrenpack.storage import open_store, store_for_config
 from wrenpack.storage.s3 import S3Store
 
+#: under WRENPACK_TEST_IAM=enforce these drive the store with keys of their own, outside wrenpack's
+#: layout, so IAM does not judge them (tests/aws/iam_proxy.py); the features' requests are judged elsewhere
+pytestmark = pytest.mark.iam_identity("admin")
+
 
 @pytest.fixture
 def store(s3_server, request):

@@ -17,8 +17,10 @@ import subprocess
 import sys
 import textwrap
 
+import boto3
 import pytest
 
+from tests.aws.iam_proxy import credentials
 from tests.aws.servers import REGION, REPO
 from wrenpack import auth, keys
 from wrenpack.errors import SdkTooOld
@@ -195,6 +197,7 @@ def test_a_call_on_a_worker_with_an_old_sdk_fails_in_one_line(old_sdk_function, 
     assert f"botocore is {OLDER}" in checks["runtime"]["detail"] and "--keep-boto3" in checks["runtime"]["detail"]
 
 
+@pytest.mark.iam_identity("deploy")  # it uploads a runtime archive, as deploy does
 def test_a_runtime_archive_with_its_own_botocore_replaces_the_bundled_one(tmp_path, moto_endpoint, bucket):
     """The archive's bootstrap imports the bundled boto3 to download it; a runtime
     built with --keep-boto3 then brings the botocore the worker must use."""
@@ -213,10 +216,12 @@ def test_a_runtime_archive_with_its_own_botocore_replaces_the_bundled_one(tmp_pa
               "from wrenpack.worker import runtime_archive, sdk\n"
               "runtime_archive.ensure_runtime()\n"
               "import botocore; print(before, botocore.__version__, sdk.botocore_version())\n")
+    # the bootstrap runs in the worker: with the worker's credentials
     env = dict(os.environ, AWS_ENDPOINT_URL_S3=moto_endpoint, WRENPACK_RUNTIME_ROOT=str(tmp_path / "rt"),
-               WRENPACK_RUNTIME_ARCHIVE=f"s3://{bucket}/sdk-archive/runtimes/rt.tar.gz", WRENPACK_RUNTIME_SHA256=sha)
+               WRENPACK_RUNTIME_ARCHIVE=f"s3://{bucket}/sdk-archive/runtimes/rt.tar.gz", WRENPACK_RUNTIME_SHA256=sha,
+               **credentials("worker"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=str(REPO), env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     before, after, seen = proc.stdout.split()
     assert before != "9.9.9" and after == seen == "9.9.9"
-    store.delete("runtimes/rt.tar.gz")
+    boto3.client("s3", endpoint_url=moto_endpoint).delete_object(Bucket=bucket, Key="sdk-archive/runtimes/rt.tar.gz")

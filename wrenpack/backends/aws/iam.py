@@ -44,6 +44,10 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             allow("ReadBackResults", ["s3:GetObject"], [f"{base}jobs/*/result/*"]),
             allow("Checkpoints", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
                   [f"{base}jobs/*/checkpoint/*"]),
+            # A call's first segment reads a checkpoint not there yet, and a call handed another call's
+            # future waits for its result: S3 answers a missing key 404 only to a caller that may list
+            # it, else 403 AccessDenied, which fails the call.
+            listing("MayBeMissing", ["jobs/*/checkpoint/*", "jobs/*/result/*"]),
             allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], user),
             listing("ListUserData", ["data/*", "shuffle/*"]),
             allow("Logs", ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
@@ -90,5 +94,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             allow("AcceptanceLogs", ["logs:DeleteLogGroup"],
                   f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-acc*"),
             allow("AcceptanceUploads", ["s3:DeleteObject"], [f"{base}runtimes/*", f"{base}deploy/*"]),
+            # it lists those prefixes before and after deploying, to delete only what it uploaded
+            listing("AcceptanceListUploads", ["runtimes/*", "deploy/*"]),
         ]
     return {"Version": "2012-10-17", "Statement": statements}
