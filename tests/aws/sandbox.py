@@ -51,6 +51,9 @@ _KEEP = ("/proc",)
 
 
 # -- inside: run by the emulator as its runtime's command ------------------------------------
+#: the checkout (the deployment package the emulated functions run)
+_REPO = Path(__file__).resolve().parent.parent.parent
+
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)  # this process's symbols: libc's among them
 
@@ -78,8 +81,11 @@ def _under(path: str, base: str) -> bool:
     return path == base or path.startswith(base.rstrip("/") + "/")
 
 
-def confine_filesystem(tmp: str, shared: list[str]) -> None:
-    """This process alone, from now on: / read-only, /tmp = ``tmp``, each of ``shared`` writable."""
+def confine_filesystem(tmp: str, shared: list[str], visible: list[str] = ()) -> None:
+    """This process alone, from now on: / read-only, /tmp = ``tmp``, each of ``shared``
+    writable, and each of ``visible`` (read-only, as everything outside /tmp) still
+    there when it lies under the host's /tmp: the code, its venv or its interpreter
+    (a checkout under /tmp stands for a deployment package, which is outside /tmp on Lambda)."""
     libc = _libc()
     if libc.unshare(_CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
@@ -95,7 +101,16 @@ def confine_filesystem(tmp: str, shared: list[str]) -> None:
         else:
             _mount(libc, path, path, _MS_BIND)
             writable.append(path)
+    shown = []
+    for path in visible:
+        if _under(path, "/tmp") and not any(_under(path, s) for s in shared):
+            inside = os.path.join(tmp, os.path.relpath(path, "/tmp"))
+            os.makedirs(inside, exist_ok=True)
+            _mount(libc, path, inside, _MS_BIND | _MS_REC)
+            shown.append(path)
     _mount(libc, tmp, "/tmp", _MS_BIND | _MS_REC)
+    for path in shown:
+        _mount(libc, None, path, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
     for point, flags in _mounts():
         if _under(point, "/tmp") or point in writable or any(_under(point, keep) for keep in _KEEP):
             continue
@@ -109,10 +124,10 @@ def confine_filesystem(tmp: str, shared: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``sandbox.py [--cgroup DIR]... [--tmp DIR [--share DIR]...] [--check] -- COMMAND...``"""
+    """``sandbox.py [--cgroup DIR]... [--tmp DIR [--share DIR]... [--show DIR]...] [--check] -- COMMAND...``"""
     split = argv.index("--")
     opts, command = argv[:split], argv[split + 1:]
-    cgroups, shared, tmp, check = [], [], None, False
+    cgroups, shared, visible, tmp, check = [], [], [], None, False
     i = 0
     while i < len(opts):
         if opts[i] == "--check":
@@ -124,6 +139,8 @@ def main(argv: list[str]) -> None:
             cgroups.append(value)
         elif name == "--share":
             shared.append(value)
+        elif name == "--show":
+            visible.append(value)
         elif name == "--tmp":
             tmp = value
         else:
@@ -134,7 +151,7 @@ def main(argv: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_MAX, NOFILE_MAX))
     resource.setrlimit(resource.RLIMIT_NPROC, (PIDS_MAX, PIDS_MAX))
     if tmp is not None:
-        confine_filesystem(tmp, shared)
+        confine_filesystem(tmp, shared, visible)
     if check:
         return
     os.execv(command[0], command)
@@ -246,6 +263,9 @@ class Sandbox:
             cmd += ["--tmp", str(self.tmp)]
             for path in self.shared:
                 cmd += ["--share", path]
+            # the code and the interpreters the runtime runs, should they lie under /tmp
+            for path in dict.fromkeys((str(_REPO), sys.prefix, os.path.dirname(os.path.dirname(runtime[0])))):
+                cmd += ["--show", path]
         return cmd + ["--", *runtime]
 
     def oom_kills(self) -> int:
