@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from runtime_builder import attribution, budget, bytecode, glibc, gpu, inputs as inputs_mod, layout, pack, resolve, trim
+from runtime_builder import (attribution, budget, bytecode, glibc, gpu, inputs as inputs_mod, installer, layout, pack,
+                             resolve, trim)
 from runtime_builder.targets import Target
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
@@ -322,16 +323,20 @@ def _resolve(inp: inputs_mod.Inputs, tgt: Target, work: str, seed_lock: str, upg
     raise BuildError("resolving kept failing after falling back from the profile's versions; run with -v")
 
 
-def _precheck_wheels(lock_text: str, tgt: Target, options: dict[str, Any]) -> None:
-    """Fail in seconds, before downloading, when the wheels alone (compressed) exceed every allowed budget."""
+def _precheck_wheels(lock_text: str, tgt: Target, options: dict[str, Any]) -> dict[str, dict]:
+    """Fail in seconds, before downloading, when the wheels alone (compressed) exceed every allowed budget.
+
+    Returns pip's choice of file for every pin (``resolve.select_wheels``), which the installer reuses.
+    """
     kind = max((k for k, _ in _modes(options)), key=lambda k: budget.limit_for(k, options["tmp_size_mb"]))
     limit = budget.limit_for(kind, options["tmp_size_mb"])
     skip = set(trim.BUILD_TOOLS) | (set() if options["keep_boto3"] else set(trim.LAMBDA_PROVIDED))
-    sizes = resolve.wheel_sizes({n: v for n, v in resolve.pins(lock_text).items() if n not in skip}, tgt)
+    wheels = resolve.select_wheels(resolve.pins(lock_text), tgt, inputs_mod.index_args(lock_text))
+    sizes = {n: w.get("size") for n, w in wheels.items() if n not in skip}
     known = {n: s for n, s in sizes.items() if s}
     total = sum(known.values())
     if total <= limit:
-        return
+        return wheels
     rows = sorted(known.items(), key=lambda kv: -kv[1])[:10]
     top = ", ".join(f"{n} {s / budget.MIB:.1f}" for n, s in rows[:5])
     where = budget.where(kind, options["tmp_size_mb"])
@@ -455,12 +460,12 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
 
     state["stage"] = "size-check"
     gpu.check_gpu(lock_text, requested, tgt)
-    _precheck_wheels(lock_text, tgt, options)
+    wheels = _precheck_wheels(lock_text, tgt, options)
     t = _timed(stages, "size-check", t)
 
     state["stage"] = "install"
     raw = os.path.join(work, "raw")
-    resolve.install(lock_path, raw, tgt)
+    installed_by = installer.install(lock_path, raw, tgt, wheels)
     t = _timed(stages, "install", t)
 
     state["stage"] = "trim"
@@ -574,6 +579,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         "verified": {"ok": bool(options["verify"] and interp), "modules": checked,
                      "skipped": options["skip_imports"]},
         "glibc": glibc_summary,
+        "installer": installed_by,
         "stage_seconds": dict(stages),
         "kept_test_files": sorted(plan.kept_tests),
         "lock_sha256": lock_hash,
