@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from runtime_builder import (attribution, budget, bytecode, glibc, gpu, inputs as inputs_mod, installer, layout, pack,
-                             resolve, trim)
+from runtime_builder import (attribution, budget, bytecode, components, dedup, glibc, gpu, inputs as inputs_mod,
+                             installer, layout, pack, resolve, trim)
 from runtime_builder.targets import Target
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
@@ -174,7 +174,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         "disabled_rules": sorted(disabled_rules),
     }
     key_src = {"requirements": inp.text(), "lock": lock_text, "python": tgt.python, "arch": tgt.arch,
-               "options": options, "builder": _builder_fingerprint()}
+               "options": options, "builder": _builder_fingerprint(), "imported": sorted(set(inp.imported))}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()
     entry = os.path.join(cache_root, key[:32])
 
@@ -470,9 +470,11 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
 
     state["stage"] = "trim"
     plan = trim.plan(raw, keep_boto3=options["keep_boto3"], requested=requested, extra_rules=extra_rules,
-                     disabled=options["disabled_rules"])
+                     disabled=options["disabled_rules"],
+                     imported=set(options["verify_modules"]) | set(inp.imported))
     site = os.path.join(tmp, layout.SITE)
     trim.materialize(plan, site, strip=options["strip"])
+    linked = dedup.link_identical(site)
     files = trim.scan_files(site)
     per_dist = _per_dist(files, {rel: _owner_of(rel, plan) for rel in files})
     py_bytes = sum(n for rel, n in files.items() if rel.endswith(".py"))
@@ -512,8 +514,11 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     checked: list[str] = []
     import_seconds = None
     if options["verify"] and interp:
+        # a kept optional component is proven too: the modules that needed it are imported
+        needed = {m for mods in plan.kept_components.values() for m in mods}
+        verify_options = dict(options, verify_modules=sorted(set(options["verify_modules"]) | needed))
         try:
-            checked, import_seconds = attribution.verify_tree(plan, site, work, interp, options)
+            checked, import_seconds = attribution.verify_tree(plan, site, work, interp, verify_options)
         finally:
             state["rollbacks"] = plan.rollbacks
     t = _timed(stages, "verify", t)
@@ -541,6 +546,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     rules = {}
     descriptions = {r.name: r.description for r in trim.default_rules(
         keep_boto3=False, requested=set(), kept_tests=set(), doc_dirs_without_init=set(), owner={})}
+    descriptions.update(plan.descriptions)
     descriptions.update({r.name: r.description for r in extra_rules})
     descriptions[trim.STRIP_RULE] = "strip .so files, keeping any whose PT_LOAD segments would misalign"
     for name, s in plan.savings().items():
@@ -580,6 +586,9 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
                      "skipped": options["skip_imports"]},
         "glibc": glibc_summary,
         "installer": installed_by,
+        "components": {"kept": plan.kept_components,
+                       "trimmed": sorted(n for n in rules if n.startswith(components.PREFIX))},
+        "identical_files": {"hard_linked": len(linked), "bytes_stored_once": sum(linked.values())},
         "stage_seconds": dict(stages),
         "kept_test_files": sorted(plan.kept_tests),
         "lock_sha256": lock_hash,
