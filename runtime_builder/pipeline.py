@@ -331,7 +331,9 @@ def _precheck_wheels(lock_text: str, tgt: Target, options: dict[str, Any]) -> di
     kind = max((k for k, _ in _modes(options)), key=lambda k: budget.limit_for(k, options["tmp_size_mb"]))
     limit = budget.limit_for(kind, options["tmp_size_mb"])
     skip = set(trim.BUILD_TOOLS) | (set() if options["keep_boto3"] else set(trim.LAMBDA_PROVIDED))
-    wheels = resolve.select_wheels(resolve.pins(lock_text), tgt, inputs_mod.index_args(lock_text))
+    # pip's configured indexes only, as the size check always looked: a pin found only through the lock's own
+    # index options (a CPU-only torch index, a local --find-links) has no file here, and pip installs the lock
+    wheels = resolve.select_wheels(resolve.pins(lock_text), tgt)
     sizes = {n: w.get("size") for n, w in wheels.items() if n not in skip}
     known = {n: s for n, s in sizes.items() if s}
     total = sum(known.values())
