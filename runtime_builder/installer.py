@@ -34,7 +34,13 @@ INSTALLERS = ("auto", "uv", "pip")
 UV_MANYLINUX = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
 
 
-def choice() -> str:
+def choice(explicit: str | None = None) -> str:
+    """``explicit`` (``--installer``), else ``$WRENPACK_INSTALLER``, else ``auto``."""
+    if explicit:
+        value = explicit.strip().lower()
+        if value not in INSTALLERS:
+            raise BuildError(f"unknown installer {value!r}; fix: pass --installer auto, uv or pip")
+        return value
     value = (os.environ.get("WRENPACK_INSTALLER") or "auto").strip().lower()
     if value not in INSTALLERS:
         raise BuildError(f"WRENPACK_INSTALLER={value!r} is not an installer; fix: set it to auto, uv or pip")
@@ -117,14 +123,15 @@ def install_uv(uv: str, requirements: str, work: str, dest: str, target: Target)
         os.unlink(lock)
 
 
-def install(lock_path: str, dest: str, target: Target, wheels: dict[str, dict] | None = None) -> str:
+def install(lock_path: str, dest: str, target: Target, wheels: dict[str, dict] | None = None,
+            how: str | None = None) -> str:
     """Install the lock into ``dest``; return which installer did (``"uv 0.x.y"`` or ``"pip"``).
 
     ``wheels``: the size check's answer (:func:`resolve.select_wheels`); without
     it, or when a pin has no known file, pip installs. With ``auto``, a uv that
     fails (a TLS setup only pip is configured for, say) is logged and pip runs.
     """
-    how = choice()
+    how = choice(how)
     uv = find_uv() if how != "pip" else None
     if how == "uv" and uv is None:
         raise BuildError("WRENPACK_INSTALLER=uv but no uv was found; fix: pip install uv (or wrenpack[fast]), "

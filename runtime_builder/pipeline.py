@@ -125,7 +125,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
           cache_dir: str | None = None, use_cache: bool = True, upgrade: bool = False,
           zstd_level: int | None = None, max_compression: bool = False, artifacts: str = "auto",
           fit: bool = False, extra_rules: Iterable[trim.Rule] = (),
-          disabled_rules: Iterable[str] = ()) -> BuildResult:
+          disabled_rules: Iterable[str] = (), installer_choice: str | None = None) -> BuildResult:
     """Build (or fetch from cache) a verified runtime into ``output``; see the module docstring.
 
     A build that fails after resolving still leaves ``output/requirements.lock`` and
@@ -134,6 +134,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     """
     t0 = time.perf_counter()
     tgt = Target.make(python, arch)
+    how = installer.choice(installer_choice)  # a bad choice fails now, not after resolving
     if target not in ("layer", "archive"):
         raise BuildError(f"unknown --target {target!r}: use layer or archive")
     if artifacts not in ("auto", "all"):
@@ -198,7 +199,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     try:
         manifest = _build_into(tmp, tgt, inp, lock_text, interp, options, extra_rules, stages, state,
                                seed_lock=os.path.join(output, layout.LOCK), upgrade=upgrade,
-                               requested=inp.names())
+                               requested=inp.names(), how=how)
         manifest["cache_key"] = key
         with open(os.path.join(tmp, layout.MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -447,7 +448,8 @@ def _choose_mode(size: int, sourceless_size: int, per_dist: dict[str, int], opti
 
 def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | None, interp: str | None,
                 options: dict[str, Any], extra_rules: Iterable[trim.Rule], stages: dict[str, float],
-                state: dict[str, Any], *, seed_lock: str, upgrade: bool, requested: set[str]) -> dict[str, Any]:
+                state: dict[str, Any], *, seed_lock: str, upgrade: bool, requested: set[str],
+                how: str = "auto") -> dict[str, Any]:
     t = time.perf_counter()
     work = os.path.join(tmp, "work")
     os.makedirs(work)
@@ -467,7 +469,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
 
     state["stage"] = "install"
     raw = os.path.join(work, "raw")
-    installed_by = installer.install(lock_path, raw, tgt, wheels)
+    installed_by = installer.install(lock_path, raw, tgt, wheels, how)
     t = _timed(stages, "install", t)
 
     state["stage"] = "trim"

@@ -49,10 +49,15 @@ def test_uv_platform_accepts_every_wheel_the_target_does():
     assert installer.uv_platform(Target.make("3.12", "arm64")) == "aarch64-manylinux_2_34"
 
 
-def test_installer_choice_is_checked(monkeypatch):
+def test_installer_choice_is_checked(monkeypatch, tmp_path):
     monkeypatch.setenv("WRENPACK_INSTALLER", "conda")
     with pytest.raises(runtime_builder.BuildError, match="WRENPACK_INSTALLER='conda' is not an installer"):
         installer.choice()
+    assert installer.choice("PIP") == "pip"  # --installer wins over the environment
+    with pytest.raises(runtime_builder.BuildError, match="unknown installer 'npm'; fix: pass --installer"):
+        runtime_builder.build(["six"], output=str(tmp_path / "o"), cache_dir=str(tmp_path / "c"),
+                              installer_choice="npm")
+    assert not os.path.exists(tmp_path / "o" / "requirements.lock")  # refused before resolving
 
 
 def test_uv_and_pip_install_the_same_runtime(tmp_path, monkeypatch):
