@@ -2,8 +2,8 @@
 
 pyarrow's wheel carries Arrow Flight (an RPC framework, 16.5 MiB), Substrait
 bindings, ORC, HDFS/GCS/Azure file systems and Parquet encryption; numpy's
-carries f2py and numpy.distutils (build tools) and extension modules that only
-its own tests import. A component here is a set of files and the modules that
+carries numpy.distutils (a build tool) and extension modules that only its own
+tests import. A component here is a set of files and the modules that
 need them. Each is removed by its own trim rule (``optional:<name>``), unless a
 module of it is needed: named by ``--verify-import``, or seen imported by the
 function's profile (``wrenpack profile --json``, its ``imported_modules``).
@@ -79,8 +79,8 @@ COMPONENTS: tuple[Component, ...] = (
     _pyarrow("pyarrow._gcsfs", ("_gcsfs",), description="Google Cloud Storage file system (pyarrow.fs.GcsFileSystem)"),
     _pyarrow("pyarrow._azurefs", ("_azurefs",), description="Azure file system (pyarrow.fs.AzureFileSystem)"),
     _pyarrow("pyarrow._pyarrow_cpp_tests", ("_pyarrow_cpp_tests",), description="pyarrow's C++ test hooks"),
-    Component("numpy.f2py", "numpy", "f2py, the Fortran wrapper generator (a build tool)", ("numpy.f2py",),
-              (r"numpy/f2py/",)),
+    # (not numpy.f2py: numpy's lazy module attributes import it whenever code walks numpy's names, as
+    # scipy.interpolate does, so it would be rolled back in most stacks that could do without it)
     Component("numpy.distutils", "numpy", "numpy.distutils (a build tool, deprecated)", ("numpy.distutils",),
               (r"numpy/distutils/",)),
     Component("numpy-test-modules", "numpy", "extension modules only numpy's own tests import",

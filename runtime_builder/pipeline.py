@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -514,17 +515,32 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     options = dict(options, target=kind, sourceless=sl)
     t = _timed(stages, "budget", t)
 
+    want = {"layer": {layout.LAYER_ZIP}, "archive": {layout.ARCHIVE}}[kind]
+    if options["artifacts"] == "all":
+        want = {layout.LAYER_ZIP, layout.ARCHIVE}
+
     state["stage"] = "verify"
     checked: list[str] = []
     import_seconds = None
+    packed: Future[tuple[int | None, int | None]] | None = None
     if options["verify"] and interp:
         # a kept optional component is proven too: the modules that needed it are imported
         needed = {m for mods in plan.kept_components.values() for m in mods}
         verify_options = dict(options, verify_modules=sorted(set(options["verify_modules"]) | needed))
+        # The import check only reads the tree (python -B), so the artifacts are packed beside it, on the
+        # core it leaves idle; a rollback changes the tree, and then they are packed again.
+        rollbacks_before = len(plan.rollbacks)
+        packer = ThreadPoolExecutor(max_workers=1)
+        packed = packer.submit(_pack, site, tmp, want, options)
         try:
             checked, import_seconds = attribution.verify_tree(plan, site, work, interp, verify_options)
         finally:
             state["rollbacks"] = plan.rollbacks
+            if len(plan.rollbacks) != rollbacks_before or sys.exc_info()[0] is not None:
+                packed.cancel()
+                packer.shutdown(wait=True)  # never leave a writer behind in a directory about to go
+                packed = None
+            packer.shutdown(wait=False)
     t = _timed(stages, "verify", t)
 
     state["stage"] = "budget"
@@ -532,18 +548,17 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     after_files = trim.scan_files(site)
     after = _per_dist(after_files, {rel: _owner_of(rel, plan) for rel in after_files})
     size = sum(after_files.values())
-    budget.check(size, after, target=kind, tmp_mb=options["tmp_size_mb"])
+    try:
+        budget.check(size, after, target=kind, tmp_mb=options["tmp_size_mb"])
+    except BudgetExceeded:
+        if packed is not None:
+            packed.cancel()
+            wait([packed])
+        raise
     t = _timed(stages, "budget", t)
 
     state["stage"] = "pack"
-    want = {"layer": {layout.LAYER_ZIP}, "archive": {layout.ARCHIVE}}[kind]
-    if options["artifacts"] == "all":
-        want = {layout.LAYER_ZIP, layout.ARCHIVE}
-    zip_size = arc_size = None
-    if layout.LAYER_ZIP in want:
-        zip_size = pack.write_zip(site, os.path.join(tmp, layout.LAYER_ZIP), level=options["zip_level"])
-    if layout.ARCHIVE in want:
-        arc_size = pack.write_tar_zst(site, os.path.join(tmp, layout.ARCHIVE), level=options["zstd_level"])
+    zip_size, arc_size = packed.result() if packed is not None else _pack(site, tmp, want, options)
     t = _timed(stages, "pack", t)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -600,6 +615,16 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         "files": {"site": layout.SITE, "layer_zip": layout.LAYER_ZIP if zip_size is not None else None,
                   "archive": layout.ARCHIVE if arc_size is not None else None, "lock": layout.LOCK},
     }
+
+
+def _pack(site: str, tmp: str, want: set[str], options: dict[str, Any]) -> tuple[int | None, int | None]:
+    """Write the artifacts ``want`` asks for; (zip size, archive size), None for one not written."""
+    zip_size = arc_size = None
+    if layout.LAYER_ZIP in want:
+        zip_size = pack.write_zip(site, os.path.join(tmp, layout.LAYER_ZIP), level=options["zip_level"])
+    if layout.ARCHIVE in want:
+        arc_size = pack.write_tar_zst(site, os.path.join(tmp, layout.ARCHIVE), level=options["zstd_level"])
+    return zip_size, arc_size
 
 
 def _owner_of(rel: str, plan: trim.Plan) -> str:

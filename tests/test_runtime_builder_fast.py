@@ -173,14 +173,17 @@ def test_components_are_trimmed_unless_a_module_of_them_is_imported():
     assert flight.matches("pyarrow/_flight.cpython-311-x86_64-linux-gnu.so")
     assert flight.matches("pyarrow/libarrow_flight.so.2000") and flight.matches("pyarrow/__pycache__/flight.cpython-311.pyc")
     assert not flight.matches("pyarrow/lib.cpython-311-x86_64-linux-gnu.so")
-    trimmed, kept = components.split(["pyarrow", "pyarrow.flight", "pyarrow._flight", "numpy.f2py.crackfortran"])
-    assert kept == {"pyarrow.flight": ["pyarrow._flight", "pyarrow.flight"], "numpy.f2py": ["numpy.f2py.crackfortran"]}
+    trimmed, kept = components.split(["pyarrow", "pyarrow.flight", "pyarrow._flight", "numpy.distutils.core"])
+    assert kept == {"pyarrow.flight": ["pyarrow._flight", "pyarrow.flight"], "numpy.distutils": ["numpy.distutils.core"]}
     assert "pyarrow.flight" not in {c.name for c in trimmed} and "pyarrow.orc" in {c.name for c in trimmed}
 
 
-def _fake_numpy(raw):
-    _dist(raw, "numpy", {"numpy/__init__.py": "import numpy.f2py\n", "numpy/f2py/__init__.py": "OK = 1\n",
-                         "numpy/distutils/__init__.py": "X = 1\n"})
+SIMD = os.path.join("numpy", "_core", "_simd.cpython-311-x86_64-linux-gnu.so")
+
+
+def _fake_numpy(raw, init="import numpy.distutils\n"):
+    _dist(raw, "numpy", {"numpy/__init__.py": init, "numpy/distutils/__init__.py": "X = 1\n",
+                         "numpy/_core/__init__.py": "", SIMD: "not loaded by anything\n"})
 
 
 def test_a_component_something_imports_is_rolled_back_by_the_import_check(tmp_path):
@@ -189,19 +192,19 @@ def test_a_component_something_imports_is_rolled_back_by_the_import_check(tmp_pa
     os.makedirs(work)
     plan = trim.plan(raw)
     j = os.path.join
-    assert plan.removed[j("numpy", "f2py", "__init__.py")] == "optional:numpy.f2py"
     assert plan.removed[j("numpy", "distutils", "__init__.py")] == "optional:numpy.distutils"
+    assert plan.removed[SIMD] == "optional:numpy-test-modules"
     trim.materialize(plan, site)
     options = {"sourceless": False, "skip_imports": [], "verify_modules": []}
     attribution.verify_tree(plan, site, work, sys.executable, options)
-    assert [(r["rule"], r["module"]) for r in plan.rollbacks] == [("optional:numpy.f2py", "numpy")]
-    assert os.path.exists(j(site, "numpy", "f2py", "__init__.py"))
-    assert not os.path.exists(j(site, "numpy", "distutils"))  # the other component keeps its savings
+    assert [(r["rule"], r["module"]) for r in plan.rollbacks] == [("optional:numpy.distutils", "numpy")]
+    assert os.path.exists(j(site, "numpy", "distutils", "__init__.py"))
+    assert not os.path.exists(j(site, SIMD))  # the other component keeps its savings
 
 
 def test_a_component_the_profile_saw_imported_is_kept(tmp_path):
     raw = str(tmp_path / "raw")
-    _fake_numpy(raw)
+    _fake_numpy(raw, init="")
     plan = trim.plan(raw, imported=["numpy", "numpy.distutils.core"])
     assert os.path.join("numpy", "distutils", "__init__.py") not in plan.removed
     assert plan.kept_components == {"numpy.distutils": ["numpy.distutils.core"]}
