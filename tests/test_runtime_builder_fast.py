@@ -252,3 +252,18 @@ def test_pandas_pyarrow_runtime_is_slim_and_round_trips(tmp_path):
         out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {r.site_dir!r})\n"
                               + ROUND_TRIP], capture_output=True, text=True)
         assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_artifacts_packed_beside_the_import_check_hold_the_rolled_back_tree(tmp_path):
+    """The zip and archive are written while the import check runs; a rollback must repack them."""
+    small = runtime_builder.build(PKGS, output=str(tmp_path / "small"), cache_dir=str(tmp_path / "c"),
+                                  verify_imports=False)
+    bad = trim.Rule("delete-idnadata", "deliberately broken",
+                    lambda rel, dist: rel == os.path.join("idna", "idnadata.py"))
+    res = runtime_builder.build(lock=small.lock, output=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"),
+                                extra_rules=[bad], artifacts="all")
+    assert res.manifest["rules"]["delete-idnadata"]["rolled_back_for"] == ["idna"]
+    with zipfile.ZipFile(res.layer_zip) as zf:
+        assert "python/idna/idnadata.py" in zf.namelist()
+    pack.extract_tar_zst(res.archive, str(tmp_path / "x"))
+    assert pack.content_hash(str(tmp_path / "x" / "python")) == res.manifest["content_hash"]
