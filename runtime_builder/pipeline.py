@@ -532,11 +532,13 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         rollbacks_before = len(plan.rollbacks)
         packer = ThreadPoolExecutor(max_workers=1)
         packed = packer.submit(_pack, site, tmp, want, options)
+        verified = False
         try:
             checked, import_seconds = attribution.verify_tree(plan, site, work, interp, verify_options)
+            verified = True
         finally:
             state["rollbacks"] = plan.rollbacks
-            if len(plan.rollbacks) != rollbacks_before or sys.exc_info()[0] is not None:
+            if not verified or len(plan.rollbacks) != rollbacks_before:
                 packed.cancel()
                 packer.shutdown(wait=True)  # never leave a writer behind in a directory about to go
                 packed = None

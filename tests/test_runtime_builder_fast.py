@@ -267,3 +267,19 @@ def test_artifacts_packed_beside_the_import_check_hold_the_rolled_back_tree(tmp_
         assert "python/idna/idnadata.py" in zf.namelist()
     pack.extract_tar_zst(res.archive, str(tmp_path / "x"))
     assert pack.content_hash(str(tmp_path / "x" / "python")) == res.manifest["content_hash"]
+
+
+def test_a_failed_import_check_leaves_no_packing_behind(tmp_path):
+    from tests.test_runtime_builder import _wheel
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    pad = "".join(f"# {i:06d} padding so the zip takes a moment\n" for i in range(200_000))
+    _wheel(str(wheels), "failpkg", "1.0", {"failpkg/__init__.py": "raise ImportError('failpkg cannot load')\n",
+                                           "failpkg/pad.py": pad})
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"--find-links {wheels}\nfailpkg==1.0\n")
+    cache = tmp_path / "cache"
+    with pytest.raises(runtime_builder.BuildError, match="import check failed: `import failpkg`"):
+        runtime_builder.build(requirements_files=[str(req)], output=str(tmp_path / "out"), cache_dir=str(cache))
+    assert os.listdir(cache) == []  # the build's directory is gone, and no writer put anything back
