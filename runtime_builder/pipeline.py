@@ -522,7 +522,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     state["stage"] = "verify"
     checked: list[str] = []
     import_seconds = None
-    packed: Future[tuple[int | None, int | None]] | None = None
+    packed: Future[tuple[int | None, int | None, str]] | None = None
     if options["verify"] and interp:
         # a kept optional component is proven too: the modules that needed it are imported
         needed = {m for mods in plan.kept_components.values() for m in mods}
@@ -560,7 +560,7 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     t = _timed(stages, "budget", t)
 
     state["stage"] = "pack"
-    zip_size, arc_size = packed.result() if packed is not None else _pack(site, tmp, want, options)
+    zip_size, arc_size, content = packed.result() if packed is not None else _pack(site, tmp, want, options)
     t = _timed(stages, "pack", t)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -613,20 +613,21 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         "stage_seconds": dict(stages),
         "kept_test_files": sorted(plan.kept_tests),
         "lock_sha256": lock_hash,
-        "content_hash": pack.content_hash(site),
+        "content_hash": content,
         "files": {"site": layout.SITE, "layer_zip": layout.LAYER_ZIP if zip_size is not None else None,
                   "archive": layout.ARCHIVE if arc_size is not None else None, "lock": layout.LOCK},
     }
 
 
-def _pack(site: str, tmp: str, want: set[str], options: dict[str, Any]) -> tuple[int | None, int | None]:
-    """Write the artifacts ``want`` asks for; (zip size, archive size), None for one not written."""
+def _pack(site: str, tmp: str, want: set[str], options: dict[str, Any]) -> tuple[int | None, int | None, str]:
+    """Write the artifacts ``want`` asks for; (zip size, archive size, the tree's content hash), None for an
+    artifact not written. The hash is here because it reads every file too, beside the import check."""
     zip_size = arc_size = None
     if layout.LAYER_ZIP in want:
         zip_size = pack.write_zip(site, os.path.join(tmp, layout.LAYER_ZIP), level=options["zip_level"])
     if layout.ARCHIVE in want:
         arc_size = pack.write_tar_zst(site, os.path.join(tmp, layout.ARCHIVE), level=options["zstd_level"])
-    return zip_size, arc_size
+    return zip_size, arc_size, pack.content_hash(site)
 
 
 def _owner_of(rel: str, plan: trim.Plan) -> str:
