@@ -86,10 +86,10 @@ class _Scratch:
     def revert(self, undo: list[tuple[str, bool]]) -> None:
         for rel, existed in undo:
             dest = os.path.join(self.site, rel)
+            if os.path.lexists(dest):  # the restored file is a hard link to the raw one: never write through it
+                os.unlink(dest)
             if existed:
                 shutil.copy2(os.path.join(self.backup, rel), dest)
-            elif os.path.exists(dest):
-                os.unlink(dest)
 
 
 def bisect(module: str, plan: trim.Plan, site: str, work: str, interp: str,

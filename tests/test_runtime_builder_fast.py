@@ -283,3 +283,22 @@ def test_a_failed_import_check_leaves_no_packing_behind(tmp_path):
     with pytest.raises(runtime_builder.BuildError, match="import check failed: `import failpkg`"):
         runtime_builder.build(requirements_files=[str(req)], output=str(tmp_path / "out"), cache_dir=str(cache))
     assert os.listdir(cache) == []  # the build's directory is gone, and no writer put anything back
+
+
+def test_bisection_scratch_never_writes_into_the_installed_files(tmp_path):
+    """Trimmed files are hard links to the installed ones (and those to uv's cache): undoing a scratch
+    restore must replace the file, not write the stripped bytes through the link."""
+    raw, site, work = str(tmp_path / "raw"), str(tmp_path / "site"), str(tmp_path / "work")
+    rel = os.path.join("pkg", "lib.so")
+    _dist(raw, "pkg", {"pkg/__init__.py": "", "pkg/lib.so": "the installed, unstripped bytes\n"})
+    plan = trim.plan(raw)
+    trim.materialize(plan, site, strip=False)
+    os.unlink(os.path.join(site, rel))
+    with open(os.path.join(site, rel), "w") as f:  # what a strip leaves: another file at the same path
+        f.write("stripped\n")
+    scratch = attribution._Scratch(plan, site, work)
+    undo = scratch.apply([rel])
+    assert open(os.path.join(site, rel)).read() == "the installed, unstripped bytes\n"
+    scratch.revert(undo)
+    assert open(os.path.join(site, rel)).read() == "stripped\n"
+    assert open(os.path.join(raw, rel)).read() == "the installed, unstripped bytes\n"
