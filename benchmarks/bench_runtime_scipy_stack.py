@@ -75,9 +75,11 @@ def run_uv(uv: str, lock: str, target: Target, tmp: str) -> float:
     return time.perf_counter() - t
 
 
-def run_wrenpack(lock: str, tmp: str) -> tuple[float, dict[str, float]]:
+def run_wrenpack(lock: str, tmp: str, how: str | None = None) -> tuple[float, dict[str, float]]:
     saved = dict(os.environ)
     os.environ.update(_cold_env(tmp))
+    if how:
+        os.environ["WRENPACK_INSTALLER"] = how
     try:
         t = time.perf_counter()
         res = build(lock=lock, python="3.11", arch="x86_64", output=os.path.join(tmp, "wrenpack"),
@@ -98,6 +100,8 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=40.0, help="drop to 3 rounds when 5 would take longer")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "scipy-stack"))
     ap.add_argument("--skip-pandas-pyarrow", action="store_true")
+    ap.add_argument("--pip-fallback", action="store_true",
+                    help="also time wrenpack installing with pip (WRENPACK_INSTALLER=pip), as without uv")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -110,9 +114,10 @@ def main() -> int:
     first = build(PACKAGES, python="3.11", arch="x86_64", output=os.path.join(out, "runtime"),
                   cache_dir=os.path.join(out, "cache"), use_cache=False, verify_modules=IMPORTS)
     lock = first.lock
-    sides = ["wrenpack", "pip"] + (["uv"] if uv else [])
+    sides = ["wrenpack", "pip"] + (["uv"] if uv else []) + (["wrenpack-pip"] if args.pip_fallback else [])
     times: dict[str, list[float]] = {s: [] for s in sides}
     stages: list[dict[str, float]] = []
+    pip_stages: list[dict[str, float]] = []
     rounds, note = args.rounds, ""
     t_start = time.perf_counter()
     i = 0
@@ -124,6 +129,10 @@ def main() -> int:
                     times["pip"].append(run_pip(lock, target, tmp))
                 elif side == "uv":
                     times["uv"].append(run_uv(uv, lock, target, tmp))  # type: ignore[arg-type]
+                elif side == "wrenpack-pip":
+                    s, st = run_wrenpack(lock, tmp, "pip")
+                    times[side].append(s)
+                    pip_stages.append(st)
                 else:
                     s, st = run_wrenpack(lock, tmp)
                     times["wrenpack"].append(s)
@@ -143,14 +152,18 @@ def main() -> int:
     for side in sides:
         ratio = statistics.median(times[side]) / statistics.median(times["pip"])
         label = {"wrenpack": f"wrenpack build (installs with {installer_name()})",
-                 "pip": "plain pip install --target", "uv": "uv pip install --target"}[side]
+                 "pip": "plain pip install --target", "uv": "uv pip install --target",
+                 "wrenpack-pip": "wrenpack build (installs with pip)"}[side]
         print(f"  {label:<46}{_stat(times[side])}  {ratio:.2f}x pip")
     target_ok = statistics.median(times["wrenpack"]) <= 1.3 * statistics.median(times["pip"])
     print(f"  wrenpack <= 1.3x plain pip: {'PASS' if target_ok else 'FAIL'}")
-    print("  wrenpack stages, median (min, max):")
-    for name in STAGES:
-        xs = [st.get(name, 0.0) for st in stages]
-        print(f"    {name:<12}{_stat(xs)}")
+    for label, runs in (("wrenpack", stages), ("wrenpack installing with pip", pip_stages)):
+        if not runs:
+            continue
+        print(f"  {label} stages, median (min, max):")
+        for name in STAGES:
+            xs = [st.get(name, 0.0) for st in runs]
+            print(f"    {name:<12}{_stat(xs)}")
     m = first.manifest
     print(f"scipy-stack runtime: {m['sizes']['trimmed'] / MIB:.1f} MiB, layer.zip {m['sizes']['layer_zip'] / MIB:.1f} MiB, "
           f"{len(m['verified']['modules'])} modules verified")
