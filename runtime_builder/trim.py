@@ -1,6 +1,7 @@
 """Trim an installed tree: decide per file which rule removes it, then copy the rest.
 
-The raw ``pip install --target`` tree is never modified. A :class:`Plan`
+The raw ``pip install --target`` tree is never modified (the trimmed tree's files are hard links to
+it, and no later step writes into a file: each one is replaced). A :class:`Plan`
 records, for every file, the rule that removes it (or none) and which
 distribution owns it, so a rule that breaks an import can be rolled back for
 one distribution by copying that distribution's files back from the raw tree.
@@ -427,7 +428,8 @@ def _is_shared_object(rel: str) -> bool:
 
 def materialize(p: Plan, dest: str, *, strip: bool = True, only: Iterable[str] | None = None,
                 workers: int = 0) -> None:
-    """Copy kept files from the raw tree to ``dest``, stripping shared objects safely.
+    """Hard-link (or copy) kept files from the raw tree to ``dest``, stripping shared objects safely (new
+    files, on every core).
 
     ``only`` restricts the work to some paths (used after a rollback).
     """
