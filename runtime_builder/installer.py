@@ -111,11 +111,12 @@ def install_uv(uv: str, requirements: str, work: str, dest: str, target: Target)
     path = os.path.join(work, "uv-requirements.txt")
     with open(path, "w", encoding="utf-8") as f:
         f.write(requirements)
-    # uv's default link mode on Linux: files hard-linked from its cache. Safe here because no step of the
-    # build writes into an installed file (trim links or strips into new files, rollbacks replace them);
-    # the output directory gets copies. A cache on another file system makes uv copy instead.
+    # Files hard-linked from uv's cache (its default on Linux, named so a UV_LINK_MODE=symlink cannot put
+    # links where the trim expects files). Safe here because no step of the build writes into an installed
+    # file (trim links or strips into new files, rollbacks replace them); the output directory gets copies.
+    # A cache on another file system makes uv copy instead.
     cmd = [uv, "pip", "install", "--quiet", "--no-deps", "--require-hashes", "--no-build", "--no-config",
-           "--python", sys.executable, "--python-version", target.python,
+           "--link-mode", "hardlink", "--python", sys.executable, "--python-version", target.python,
            "--python-platform", uv_platform(target), "--target", dest, "-r", path]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_uv_env())
     if proc.returncode != 0:
