@@ -13,6 +13,7 @@ Usage::
     python -m runtime_builder._piptools_target compile TARGET_JSON -- <pip-compile args>
     python -m runtime_builder._piptools_target versions TARGET_JSON NAME...
     python -m runtime_builder._piptools_target sizes TARGET_JSON NAME==VERSION...
+    python -m runtime_builder._piptools_target select TARGET_JSON NAME==VERSION...
 
 ``compile`` prints, on a resolution failure, one ``WRENPACK-ERROR {json}``
 line on stderr (the exception pip raised, without its traceback).
@@ -23,6 +24,9 @@ read (so "no such version" is never said of an index that did not answer).
 TARGET_JSON's optional ``index_args`` (``--extra-index-url URL``...) add to pip's
 configured indexes. ``sizes`` prints ``{name: bytes | null}``: the
 size of the file the target would install (PEP 700 ``size``, or the file itself).
+``select`` prints ``{name: {"size": bytes | null, "url": URL | null, "sha256": hex | null}}``: the same
+look-up, with the file itself, so another installer (uv) fetches exactly the file
+``pip install`` would have chosen.
 """
 from __future__ import annotations
 
@@ -187,6 +191,18 @@ def versions_main(target: dict[str, Any], names: list[str]) -> int:
 
 def sizes_main(target: dict[str, Any], pins: list[str]) -> int:
     """Bytes of the file pip would install on the target, per ``name==version`` (when the index says)."""
+    print(json.dumps({name: chosen["size"] for name, chosen in _select(target, pins).items()}))
+    return 0
+
+
+def select_main(target: dict[str, Any], pins: list[str]) -> int:
+    """The file pip would install on the target (its URL) and its size, per ``name==version``."""
+    print(json.dumps(_select(target, pins)))
+    return 0
+
+
+def _select(target: dict[str, Any], pins: list[str]) -> dict[str, dict[str, Any]]:
+    import hashlib
     import os
     import urllib.parse
     import urllib.request
@@ -204,21 +220,26 @@ def sizes_main(target: dict[str, Any], pins: list[str]) -> int:
         return link
 
     Link.from_json = classmethod(from_json)  # type: ignore[method-assign, assignment]
-    finder = _finder(list(target["pip_args"]), ignore_requires_python=False)
-    out: dict[str, int | None] = {}
+    finder = _finder(list(target["pip_args"]) + list(target.get("index_args", [])), ignore_requires_python=False)
+    out: dict[str, dict[str, Any]] = {}
     for pin in pins:
         name, _, ver = pin.partition("==")
         best = finder.find_best_candidate(name, SpecifierSet(f"=={ver}")).best_candidate
-        size = None
+        size = url = sha256 = None
         if best is not None:
             url = best.link.url_without_fragment
             size = known.get(url)
-            if size is None and url.startswith("file:"):
+            sha256 = best.link.hash if best.link.hash_name == "sha256" else None
+            if url.startswith("file:"):
                 path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
-                size = os.path.getsize(path) if os.path.exists(path) else None
-        out[name] = size
-    print(json.dumps(out))
-    return 0
+                if os.path.isfile(path):
+                    size = os.path.getsize(path) if size is None else size
+                    if sha256 is None:
+                        with open(path, "rb") as f:
+                            sha256 = hashlib.file_digest(f, "sha256").hexdigest() if hasattr(
+                                hashlib, "file_digest") else hashlib.sha256(f.read()).hexdigest()
+        out[name] = {"size": size, "url": url, "sha256": sha256}
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -234,6 +255,8 @@ def main(argv: list[str]) -> int:
         return versions_main(target, argv[2:])
     if mode == "sizes":
         return sizes_main(target, argv[2:])
+    if mode == "select":
+        return select_main(target, argv[2:])
     raise SystemExit(f"unknown mode {mode!r}")
 
 

@@ -29,6 +29,7 @@ PT_DYNAMIC = 2
 DT_NULL = 0
 DT_STRTAB = 5
 DT_STRSZ = 10
+DT_SONAME = 14
 DT_VERNEED = 0x6FFFFFFE
 DT_VERNEEDNUM = 0x6FFFFFFF
 #: more than any real library has; bounds the walk of a corrupt table
@@ -158,6 +159,37 @@ def version_needs(path: str) -> dict[str, set[str]]:
                 break
             at += nxt
     return out
+
+
+def soname(path: str) -> str | None:
+    """The library's ``DT_SONAME`` (the name the loader opens it by), or None when it has none."""
+    segs = program_headers(path)
+    loads = [s for s in segs if s.p_type == PT_LOAD]
+    dyn = next((s for s in segs if s.p_type == PT_DYNAMIC), None)
+    if dyn is None:
+        return None
+    with open(path, "rb") as f:
+        ident = f.read(16)
+        is64 = ident[4] == 2
+        endian = "<" if ident[5] == 1 else ">"
+        entry = struct.Struct(endian + ("qQ" if is64 else "iI"))
+        f.seek(dyn.p_offset)
+        raw = f.read(dyn.p_filesz)
+        tags: dict[int, int] = {}
+        for i in range(0, min(len(raw), _MAX_ENTRIES * entry.size) - entry.size + 1, entry.size):
+            tag, val = entry.unpack_from(raw, i)
+            if tag == DT_NULL:
+                break
+            tags.setdefault(tag, val)
+        if DT_SONAME not in tags or DT_STRTAB not in tags:
+            return None
+        strtab = next((tags[DT_STRTAB] - s.p_vaddr + s.p_offset for s in loads
+                       if s.p_vaddr <= tags[DT_STRTAB] < s.p_vaddr + s.p_filesz), None)
+        if strtab is None:
+            raise ValueError(f"{path}: the string table is in no loaded segment")
+        f.seek(strtab + tags[DT_SONAME])
+        name = f.read(4096).split(b"\0", 1)[0]
+    return name.decode("utf-8", "replace") or None
 
 
 def glibc_version(name: str) -> tuple[int, ...] | None:

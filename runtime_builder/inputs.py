@@ -40,6 +40,8 @@ class Inputs:
     options: list[str] = field(default_factory=list)
     #: canonical names pinned from a profile (their version may fall back to one with a target wheel)
     from_profile: set[str] = field(default_factory=set)
+    #: every module the profiled function imported (``imported_modules``): keeps the optional components they need
+    imported: list[str] = field(default_factory=list)
 
     def names(self) -> set[str]:
         return {n for n in (_name(r) for r in self.requirements) if n}
@@ -174,6 +176,10 @@ def read_profile(path: str, into: Inputs) -> None:
         for m in p.get("modules") or []:
             if m not in into.modules:
                 into.modules.append(m)
+    seen = data.get("imported_modules")
+    for m in seen if isinstance(seen, list) else []:
+        if isinstance(m, str) and m not in into.imported:
+            into.imported.append(m)
     mods = data.get("modules")
     if isinstance(mods, dict):
         mods = list(mods)

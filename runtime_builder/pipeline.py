@@ -25,10 +25,12 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from runtime_builder import attribution, budget, bytecode, glibc, gpu, inputs as inputs_mod, layout, pack, resolve, trim
+from runtime_builder import (attribution, budget, bytecode, components, dedup, glibc, gpu, inputs as inputs_mod,
+                             installer, layout, pack, resolve, trim)
 from runtime_builder.targets import Target
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
@@ -124,7 +126,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
           cache_dir: str | None = None, use_cache: bool = True, upgrade: bool = False,
           zstd_level: int | None = None, max_compression: bool = False, artifacts: str = "auto",
           fit: bool = False, extra_rules: Iterable[trim.Rule] = (),
-          disabled_rules: Iterable[str] = ()) -> BuildResult:
+          disabled_rules: Iterable[str] = (), installer_choice: str | None = None) -> BuildResult:
     """Build (or fetch from cache) a verified runtime into ``output``; see the module docstring.
 
     A build that fails after resolving still leaves ``output/requirements.lock`` and
@@ -133,6 +135,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     """
     t0 = time.perf_counter()
     tgt = Target.make(python, arch)
+    how = installer.choice(installer_choice)  # a bad choice fails now, not after resolving
     if target not in ("layer", "archive"):
         raise BuildError(f"unknown --target {target!r}: use layer or archive")
     if artifacts not in ("auto", "all"):
@@ -173,7 +176,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         "disabled_rules": sorted(disabled_rules),
     }
     key_src = {"requirements": inp.text(), "lock": lock_text, "python": tgt.python, "arch": tgt.arch,
-               "options": options, "builder": _builder_fingerprint()}
+               "options": options, "builder": _builder_fingerprint(), "imported": sorted(set(inp.imported))}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()
     entry = os.path.join(cache_root, key[:32])
 
@@ -197,7 +200,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     try:
         manifest = _build_into(tmp, tgt, inp, lock_text, interp, options, extra_rules, stages, state,
                                seed_lock=os.path.join(output, layout.LOCK), upgrade=upgrade,
-                               requested=inp.names())
+                               requested=inp.names(), how=how)
         manifest["cache_key"] = key
         with open(os.path.join(tmp, layout.MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -322,16 +325,22 @@ def _resolve(inp: inputs_mod.Inputs, tgt: Target, work: str, seed_lock: str, upg
     raise BuildError("resolving kept failing after falling back from the profile's versions; run with -v")
 
 
-def _precheck_wheels(lock_text: str, tgt: Target, options: dict[str, Any]) -> None:
-    """Fail in seconds, before downloading, when the wheels alone (compressed) exceed every allowed budget."""
+def _precheck_wheels(lock_text: str, tgt: Target, options: dict[str, Any]) -> dict[str, dict]:
+    """Fail in seconds, before downloading, when the wheels alone (compressed) exceed every allowed budget.
+
+    Returns pip's choice of file for every pin (``resolve.select_wheels``), which the installer reuses.
+    """
     kind = max((k for k, _ in _modes(options)), key=lambda k: budget.limit_for(k, options["tmp_size_mb"]))
     limit = budget.limit_for(kind, options["tmp_size_mb"])
     skip = set(trim.BUILD_TOOLS) | (set() if options["keep_boto3"] else set(trim.LAMBDA_PROVIDED))
-    sizes = resolve.wheel_sizes({n: v for n, v in resolve.pins(lock_text).items() if n not in skip}, tgt)
+    # pip's configured indexes only, as the size check always looked: a pin found only through the lock's own
+    # index options (a CPU-only torch index, a local --find-links) has no file here, and pip installs the lock
+    wheels = resolve.select_wheels(resolve.pins(lock_text), tgt)
+    sizes = {n: w.get("size") for n, w in wheels.items() if n not in skip}
     known = {n: s for n, s in sizes.items() if s}
     total = sum(known.values())
     if total <= limit:
-        return
+        return wheels
     rows = sorted(known.items(), key=lambda kv: -kv[1])[:10]
     top = ", ".join(f"{n} {s / budget.MIB:.1f}" for n, s in rows[:5])
     where = budget.where(kind, options["tmp_size_mb"])
@@ -440,7 +449,8 @@ def _choose_mode(size: int, sourceless_size: int, per_dist: dict[str, int], opti
 
 def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | None, interp: str | None,
                 options: dict[str, Any], extra_rules: Iterable[trim.Rule], stages: dict[str, float],
-                state: dict[str, Any], *, seed_lock: str, upgrade: bool, requested: set[str]) -> dict[str, Any]:
+                state: dict[str, Any], *, seed_lock: str, upgrade: bool, requested: set[str],
+                how: str = "auto") -> dict[str, Any]:
     t = time.perf_counter()
     work = os.path.join(tmp, "work")
     os.makedirs(work)
@@ -455,19 +465,21 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
 
     state["stage"] = "size-check"
     gpu.check_gpu(lock_text, requested, tgt)
-    _precheck_wheels(lock_text, tgt, options)
+    wheels = _precheck_wheels(lock_text, tgt, options)
     t = _timed(stages, "size-check", t)
 
     state["stage"] = "install"
     raw = os.path.join(work, "raw")
-    resolve.install(lock_path, raw, tgt)
+    installed_by = installer.install(lock_path, raw, tgt, wheels, how)
     t = _timed(stages, "install", t)
 
     state["stage"] = "trim"
     plan = trim.plan(raw, keep_boto3=options["keep_boto3"], requested=requested, extra_rules=extra_rules,
-                     disabled=options["disabled_rules"])
+                     disabled=options["disabled_rules"],
+                     imported=set(options["verify_modules"]) | set(inp.imported))
     site = os.path.join(tmp, layout.SITE)
     trim.materialize(plan, site, strip=options["strip"])
+    linked = dedup.link_identical(site)
     files = trim.scan_files(site)
     per_dist = _per_dist(files, {rel: _owner_of(rel, plan) for rel in files})
     py_bytes = sum(n for rel, n in files.items() if rel.endswith(".py"))
@@ -503,14 +515,34 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     options = dict(options, target=kind, sourceless=sl)
     t = _timed(stages, "budget", t)
 
+    want = {"layer": {layout.LAYER_ZIP}, "archive": {layout.ARCHIVE}}[kind]
+    if options["artifacts"] == "all":
+        want = {layout.LAYER_ZIP, layout.ARCHIVE}
+
     state["stage"] = "verify"
     checked: list[str] = []
     import_seconds = None
+    packed: Future[tuple[int | None, int | None, str]] | None = None
     if options["verify"] and interp:
+        # a kept optional component is proven too: the modules that needed it are imported
+        needed = {m for mods in plan.kept_components.values() for m in mods}
+        verify_options = dict(options, verify_modules=sorted(set(options["verify_modules"]) | needed))
+        # The import check only reads the tree (python -B), so the artifacts are packed beside it, on the
+        # core it leaves idle; a rollback changes the tree, and then they are packed again.
+        rollbacks_before = len(plan.rollbacks)
+        packer = ThreadPoolExecutor(max_workers=1)
+        packed = packer.submit(_pack, site, tmp, want, options)
+        verified = False
         try:
-            checked, import_seconds = attribution.verify_tree(plan, site, work, interp, options)
+            checked, import_seconds = attribution.verify_tree(plan, site, work, interp, verify_options)
+            verified = True
         finally:
             state["rollbacks"] = plan.rollbacks
+            if not verified or len(plan.rollbacks) != rollbacks_before:
+                packed.cancel()
+                packer.shutdown(wait=True)  # never leave a writer behind in a directory about to go
+                packed = None
+            packer.shutdown(wait=False)
     t = _timed(stages, "verify", t)
 
     state["stage"] = "budget"
@@ -518,24 +550,24 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
     after_files = trim.scan_files(site)
     after = _per_dist(after_files, {rel: _owner_of(rel, plan) for rel in after_files})
     size = sum(after_files.values())
-    budget.check(size, after, target=kind, tmp_mb=options["tmp_size_mb"])
+    try:
+        budget.check(size, after, target=kind, tmp_mb=options["tmp_size_mb"])
+    except BudgetExceeded:
+        if packed is not None:
+            packed.cancel()
+            wait([packed])
+        raise
     t = _timed(stages, "budget", t)
 
     state["stage"] = "pack"
-    want = {"layer": {layout.LAYER_ZIP}, "archive": {layout.ARCHIVE}}[kind]
-    if options["artifacts"] == "all":
-        want = {layout.LAYER_ZIP, layout.ARCHIVE}
-    zip_size = arc_size = None
-    if layout.LAYER_ZIP in want:
-        zip_size = pack.write_zip(site, os.path.join(tmp, layout.LAYER_ZIP), level=options["zip_level"])
-    if layout.ARCHIVE in want:
-        arc_size = pack.write_tar_zst(site, os.path.join(tmp, layout.ARCHIVE), level=options["zstd_level"])
+    zip_size, arc_size, content = packed.result() if packed is not None else _pack(site, tmp, want, options)
     t = _timed(stages, "pack", t)
     shutil.rmtree(work, ignore_errors=True)
 
     rules = {}
     descriptions = {r.name: r.description for r in trim.default_rules(
         keep_boto3=False, requested=set(), kept_tests=set(), doc_dirs_without_init=set(), owner={})}
+    descriptions.update(plan.descriptions)
     descriptions.update({r.name: r.description for r in extra_rules})
     descriptions[trim.STRIP_RULE] = "strip .so files, keeping any whose PT_LOAD segments would misalign"
     for name, s in plan.savings().items():
@@ -574,13 +606,28 @@ def _build_into(tmp: str, tgt: Target, inp: inputs_mod.Inputs, lock_text: str | 
         "verified": {"ok": bool(options["verify"] and interp), "modules": checked,
                      "skipped": options["skip_imports"]},
         "glibc": glibc_summary,
+        "installer": installed_by,
+        "components": {"kept": plan.kept_components,
+                       "trimmed": sorted(n for n in rules if n.startswith(components.PREFIX))},
+        "identical_files": {"hard_linked": len(linked), "bytes_stored_once": sum(linked.values())},
         "stage_seconds": dict(stages),
         "kept_test_files": sorted(plan.kept_tests),
         "lock_sha256": lock_hash,
-        "content_hash": pack.content_hash(site),
+        "content_hash": content,
         "files": {"site": layout.SITE, "layer_zip": layout.LAYER_ZIP if zip_size is not None else None,
                   "archive": layout.ARCHIVE if arc_size is not None else None, "lock": layout.LOCK},
     }
+
+
+def _pack(site: str, tmp: str, want: set[str], options: dict[str, Any]) -> tuple[int | None, int | None, str]:
+    """Write the artifacts ``want`` asks for; (zip size, archive size, the tree's content hash), None for an
+    artifact not written. The hash is here because it reads every file too, beside the import check."""
+    zip_size = arc_size = None
+    if layout.LAYER_ZIP in want:
+        zip_size = pack.write_zip(site, os.path.join(tmp, layout.LAYER_ZIP), level=options["zip_level"])
+    if layout.ARCHIVE in want:
+        arc_size = pack.write_tar_zst(site, os.path.join(tmp, layout.ARCHIVE), level=options["zstd_level"])
+    return zip_size, arc_size, pack.content_hash(site)
 
 
 def _owner_of(rel: str, plan: trim.Plan) -> str:

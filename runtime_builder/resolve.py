@@ -185,13 +185,44 @@ def target_versions(names: list[str], target: Target) -> dict[str, dict[str, lis
 
 def wheel_sizes(locked: dict[str, str], target: Target) -> dict[str, int | None]:
     """Bytes of the wheel each pin installs on the target (None where the index does not say)."""
+    return {n: w.get("size") for n, w in select_wheels(locked, target).items()}
+
+
+def select_wheels(locked: dict[str, str], target: Target, index: list[str] | None = None) -> dict[str, dict]:
+    """``{name: {"size": bytes | None, "url": URL | None}}``: the file ``pip install`` would pick for each pin.
+
+    One look-up serves the size check and the installer: uv is then handed
+    these exact files, so it installs what pip would have (uv's platform
+    names skip glibc 2.18-2.27, which would otherwise change the choice).
+    An empty answer means the query failed (the caller falls back to pip).
+    """
     if not locked:
         return {}
-    proc = _shim("sizes", target, [f"{n}=={v}" for n, v in sorted(locked.items())])
+    proc = _shim("select", target, [f"{n}=={v}" for n, v in sorted(locked.items())],
+                 extra_index_args=list(index or []))
     if proc.returncode != 0:
-        log.debug("size query failed: %s", proc.stderr[-2000:])
+        log.debug("wheel query failed: %s", proc.stderr[-2000:])
         return {}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def lock_hashes(lock_text: str) -> dict[str, list[str]]:
+    """Canonical name -> the ``sha256:...`` hashes the lock allows for it."""
+    out: dict[str, list[str]] = {}
+    current: str | None = None
+    for raw in lock_text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not raw[:1].isspace() and not line.startswith("-"):
+            spec = line.rstrip("\\").split("--hash")[0].strip()
+            try:
+                current = canonicalize_name(Requirement(spec).name)
+            except InvalidRequirement:
+                current = None
+        if current:
+            out.setdefault(current, []).extend(re.findall(r"--hash[= ](sha256:[0-9a-fA-F]{64})", line))
+    return out
 
 
 def local_label(version: str) -> str | None:

@@ -1,6 +1,7 @@
 """Trim an installed tree: decide per file which rule removes it, then copy the rest.
 
-The raw ``pip install --target`` tree is never modified. A :class:`Plan`
+The raw ``pip install --target`` tree is never modified (the trimmed tree's files are hard links to
+it, and no later step writes into a file: each one is replaced). A :class:`Plan`
 records, for every file, the rule that removes it (or none) and which
 distribution owns it, so a rule that breaks an import can be rolled back for
 one distribution by copying that distribution's files back from the raw tree.
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from runtime_builder import elf
+from runtime_builder import components, dedup, elf
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class Plan:
     keep_unstripped: set[str] = field(default_factory=set)  # .so files a rollback wants as shipped
     #: why each rollback happened: {"rule", "dist", "files", "module", "error"}
     rollbacks: list[dict] = field(default_factory=list)
+    #: rule name -> what it removes (the manifest's descriptions)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    #: optional components kept -> the imported modules that need them
+    kept_components: dict[str, list[str]] = field(default_factory=dict)
 
     def removals(self, dist: str | None = None) -> dict[str, list[str]]:
         """rule -> paths it changed (removed, or stripped for strip-so), for ``dist`` or every distribution."""
@@ -328,9 +333,32 @@ def default_rules(*, keep_boto3: bool, requested: set[str], kept_tests: set[str]
     ]
 
 
+DUPLICATE_RULE = "duplicate-libs"
+
+
+def size_rules(root: str, files: dict[str, int], owner: dict[str, str],
+               imported: Iterable[str]) -> tuple[list[Rule], dict[str, list[str]]]:
+    """The optional-component rules (for components no imported module needs) and ``duplicate-libs``;
+    plus the kept components and the modules that need them."""
+    trimmed, kept = components.split(imported)
+    rules = []
+    for c in trimmed:
+        if any(owner.get(p) == c.dist for p in files):
+            rules.append(Rule(c.rule, c.description + " (not imported)",
+                              lambda rel, dist, c=c: dist == c.dist and c.matches(rel)))
+    dups = dedup.soname_duplicates(root, files)
+    rules.append(Rule(DUPLICATE_RULE, "identical copies of a shared library under names the loader never opens "
+                      "(the copy named as its soname stays)", lambda rel, dist: rel in dups))
+    return rules, kept
+
+
 def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
-         extra_rules: Iterable[Rule] = (), disabled: Iterable[str] = ()) -> Plan:
-    """Decide what each rule removes from the raw tree at ``root``."""
+         extra_rules: Iterable[Rule] = (), disabled: Iterable[str] = (), imported: Iterable[str] = ()) -> Plan:
+    """Decide what each rule removes from the raw tree at ``root``.
+
+    ``imported``: modules the function needs (its profile's, ``--verify-import``): an optional
+    component any of them needs is kept.
+    """
     files = scan_files(root)
     _, owner = read_dists(root)
     tops: dict[str, str] = {}
@@ -357,10 +385,15 @@ def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
     keep_stubs = lazy_stubs(root, files)
     rules = default_rules(keep_boto3=keep_boto3, requested={canonical(r) for r in requested},
                           kept_tests=kept_tests, doc_dirs_without_init=anc, owner=owner, keep_stubs=keep_stubs)
-    rules += list(extra_rules)
     off = set(disabled)
-    rules = [r for r in rules if r.name not in off]
-    result = Plan(root=root, files=files, owner=owner, kept_tests=kept_tests)
+    extra, kept = size_rules(root, files, owner, imported)
+    rules += extra + list(extra_rules)
+    rules = [r for r in rules if r.name not in off and not (r.name.startswith(components.PREFIX) and "optional" in off)]
+    result = Plan(root=root, files=files, owner=owner, kept_tests=kept_tests,
+                  descriptions={r.name: r.description for r in rules}, kept_components=kept)
+    if kept:
+        log.info("keeping optional components the function imports: %s",
+                 "; ".join(f"{c} ({', '.join(m[:3])})" for c, m in sorted(kept.items())))
     for p in files:
         for rule in rules:
             if rule.match(p, owner[p]):
@@ -374,8 +407,16 @@ def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
 
 
 def _place(src: str, dest: str) -> None:
+    """Put ``src``'s bytes at ``dest``: a hard link when the file system allows (the raw tree is never
+    written to, and every later step replaces files rather than writing into them), else a copy."""
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    shutil.copyfile(src, dest)
+    if os.path.lexists(dest):  # never write through a link into the raw tree
+        os.unlink(dest)
+    try:
+        os.link(src, dest)
+        return
+    except OSError:
+        shutil.copyfile(src, dest)
     if os.access(src, os.X_OK):
         os.chmod(dest, 0o755)
 
@@ -386,8 +427,9 @@ def _is_shared_object(rel: str) -> bool:
 
 
 def materialize(p: Plan, dest: str, *, strip: bool = True, only: Iterable[str] | None = None,
-                workers: int = 4) -> None:
-    """Copy kept files from the raw tree to ``dest``, stripping shared objects safely.
+                workers: int = 0) -> None:
+    """Hard-link (or copy) kept files from the raw tree to ``dest``, stripping shared objects safely (new
+    files, on every core).
 
     ``only`` restricts the work to some paths (used after a rollback).
     """
@@ -405,12 +447,14 @@ def materialize(p: Plan, dest: str, *, strip: bool = True, only: Iterable[str] |
     def do_strip(rel: str) -> tuple[str, int]:
         src, out = os.path.join(p.root, rel), os.path.join(dest, rel)
         os.makedirs(os.path.dirname(out), exist_ok=True)
+        if os.path.lexists(out):
+            os.unlink(out)
         saved = elf.safe_strip(src, out)
         if os.access(src, os.X_OK):
             os.chmod(out, 0o755)
         return rel, saved
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 1)) as pool:
         for rel, saved in pool.map(do_strip, so_files):
             if saved > 0:
                 p.stripped[rel] = saved

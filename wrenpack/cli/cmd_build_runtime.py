@@ -48,7 +48,11 @@ def register(subparsers: Any, name: str) -> None:
                    help="do not import this module in the check (repeatable)")
     p.add_argument("--disable-rule", dest="disabled_rules", action="append", default=[], metavar="RULE",
                    help="turn off a trim rule (repeatable): build-tools, lambda-provided, pycache, tests, "
-                        "sources, stubs, docs, scripts-data, dist-info")
+                        "sources, stubs, docs, scripts-data, dist-info, duplicate-libs, optional (every optional "
+                        "component) or one component's rule, e.g. optional:pyarrow.flight")
+    p.add_argument("--installer", choices=["auto", "uv", "pip"], default=None,
+                   help="who downloads and unpacks the wheels: auto (uv when installed, else pip; the default, "
+                        "or $WRENPACK_INSTALLER), uv or pip; pip picks the files either way")
     p.add_argument("--upgrade", action="store_true", help="re-resolve to the newest allowed versions")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="rebuild even if cached")
     p.add_argument("--cache-dir", metavar="DIR", help="cache location (default ~/.cache/wrenpack/runtimes)")
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             verify_imports=args.verify, verify_modules=args.verify_modules, skip_imports=args.skip_imports,
             cache_dir=args.cache_dir, use_cache=args.use_cache, upgrade=args.upgrade, zstd_level=args.zstd_level,
             max_compression=args.max_compression, artifacts=args.artifacts, fit=args.fit,
-            disabled_rules=args.disabled_rules)
+            disabled_rules=args.disabled_rules, installer_choice=args.installer)
     except BuildError as exc:
         report = getattr(exc, "report", None)
         if args.json:
@@ -123,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(res.seconds, 3), "target": m["target"], "sizes": m["sizes"],
             "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
             "mode": m.get("mode"), "rollbacks": m.get("rollbacks", []), "fallbacks": m.get("fallbacks", []),
-            "glibc": m.get("glibc"), "content_hash": m["content_hash"],
+            "glibc": m.get("glibc"), "content_hash": m["content_hash"], "installer": m.get("installer"),
+            "components": m.get("components"), "identical_files": m.get("identical_files"),
             "stage_seconds": res.stage_seconds, "built_stage_seconds": m.get("stage_seconds"),
         }, indent=2))
         return 0
@@ -173,6 +178,9 @@ def _print_human(res: Any) -> None:
     for fb in m.get("fallbacks", []):
         console.print(f"[yellow]note:[/yellow] the profile pinned {fb['profile']} (no wheel for the target); "
                       f"built {fb['name']}=={fb['using']}")
+    comp = m.get("components") or {}
+    for name, mods in sorted((comp.get("kept") or {}).items()):
+        console.print(f"kept optional component {name}: the function imports {', '.join(mods[:3])}")
     for rb in m.get("rollbacks", []):
         console.print(f"[yellow]rolled back[/yellow] rule {rb['rule']} for {', '.join(rb['dists'])} "
                       f"({len(rb['files'])} files): `import {rb.get('module')}` raised {rb.get('error')}")
@@ -184,8 +192,9 @@ def _print_human(res: Any) -> None:
     if g:
         verified += (f"; libraries need glibc {g['newest_needed']} at most (Lambda has {g['target']})"
                      if g.get("newest_needed") else "; no library needs glibc")
+    installed = f" (installed with {m['installer']})" if m.get("installer") else ""
     console.print(
-        f"{'cache hit' if res.cache_hit else 'built'} in {res.seconds:.1f} s: {s['raw'] / MIB:.1f} MiB raw -> "
+        f"{'cache hit' if res.cache_hit else 'built'} in {res.seconds:.1f} s{installed}: {s['raw'] / MIB:.1f} MiB raw -> "
         f"[bold]{s['trimmed'] / MIB:.1f} MiB[/bold] ({mode.get('name', m['target']['kind'])}, budget "
         f"{limit / MIB:.0f} MiB), {_artifacts(s)}; {verified}")
     stages = _stages(m.get("stage_seconds") or {})

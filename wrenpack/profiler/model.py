@@ -36,6 +36,8 @@ class Profile:
     network: dict[str, Any] = field(default_factory=dict)
     packages: list[dict[str, Any]] = field(default_factory=list)
     local_modules: list[str] = field(default_factory=list)
+    #: every non-standard-library module the call imported, submodules too (``build-runtime --from-profile``)
+    imported_modules: list[str] = field(default_factory=list)
     memory_sources: dict[str, Any] = field(default_factory=dict)
     repeat: dict[str, Any] = field(default_factory=dict)
     recommended: dict[str, Any] = field(default_factory=dict)

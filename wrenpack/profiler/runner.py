@@ -220,6 +220,14 @@ def _line_report(lp) -> list:
     return out
 
 
+def imported_modules(new: set[str], preloaded: set[str]) -> list[str]:
+    """Every module (dotted, submodules too) the function's loading and call imported, outside the standard
+    library and what the runner had already: which optional parts of a package it needs (pyarrow.flight...),
+    for ``build-runtime --from-profile``."""
+    return sorted(n for n in new if n.partition(".")[0] not in preloaded
+                  and n.partition(".")[0] not in sys.stdlib_module_names and not n.startswith("wrenpack"))
+
+
 def main(jobdir: str) -> int:
     interpreter_mb = _rss_mb()
     preloaded = set(sys.modules)
@@ -328,6 +336,7 @@ def main(jobdir: str) -> int:
         mod = sys.modules.get(top)
         modules[top] = getattr(mod, "__file__", None) if mod is not None else None
     result["modules"] = modules
+    result["imported_modules"] = imported_modules(set(sys.modules) - preloaded, preloaded)
     try:
         from wrenpack.profiler.codehash import code_hash
 
