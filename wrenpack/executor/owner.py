@@ -35,13 +35,25 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+#: (the variables key_path reads, the path they gave): every launch asks
+_key_path: tuple[tuple[str | None, ...], str] | None = None
+
+
 def key_path() -> str:
     """The user's owner key: in wrenpack's cache directory (``WRENPACK_CACHE_DIR``,
     else ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``)."""
-    base = os.environ.get("WRENPACK_CACHE_DIR")
+    global _key_path
+    env = os.environ
+    where = (env.get("WRENPACK_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+    kept = _key_path
+    if kept is not None and kept[0] == where:
+        return kept[1]
+    base = where[0]
     if not base:
-        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "wrenpack")
-    return os.path.join(base, "owner.key")
+        base = os.path.join(where[1] or os.path.join(os.path.expanduser("~"), ".cache"), "wrenpack")
+    path = os.path.join(base, "owner.key")
+    _key_path = (where, path)
+    return path
 
 
 def _read_key(path: str) -> bytes | None:

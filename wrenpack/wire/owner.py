@@ -16,7 +16,6 @@ only: the worker imports this.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import struct
@@ -44,7 +43,8 @@ def loads(data: bytes) -> dict[str, Any]:
 def _mac(key: bytes, job_id: str, record: dict[str, Any]) -> str:
     ident = keys.identity(job_id, "owner").encode("utf-8")
     fields = json.dumps({k: v for k, v in record.items() if k != "mac"}, sort_keys=True, separators=(",", ":"))
-    return hmac.new(key, struct.pack(">I", len(ident)) + ident + fields.encode(), hashlib.sha256).hexdigest()
+    # (hmac.digest with a digest name: OpenSSL's one-shot HMAC, the same bytes as hmac.new, a fifth of its time)
+    return hmac.digest(key, struct.pack(">I", len(ident)) + ident + fields.encode(), "sha256").hex()
 
 
 def seal(key: bytes, job_id: str, record: dict[str, Any]) -> dict[str, Any]:
