@@ -11,7 +11,8 @@ interpreter then calls that worker, deployed for this interpreter's Python
 one-line version-mismatch error: a worker on 3.11 to 3.13 unpickles another's
 bytecode and crashes or misbehaves running it, unless it refuses the call.
 
-A missing interpreter or package skips its version with the reason. The
+3.11 and 3.12 run in the default suite, 3.10 and 3.13 with ``-m slow``. A
+missing interpreter or package skips its version with the reason. The
 ``slow`` test runs the whole of tests/aws under another Python
 (``WRENPACK_SUITE_PYTHONS``, default 3.12).
 """
@@ -87,8 +88,14 @@ def endpoint_for(env: pythons.PythonEnv, session_endpoint: servers.LambdaEndpoin
         endpoint.stop()
 
 
+#: the default run keeps two Pythons (the suite's own and the oldest live Lambda runtime); the others
+#: run with -m slow (the default suite's time)
+DEFAULT_VERSIONS = ("3.11", "3.12")
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("version", pythons.VERSIONS)
+@pytest.mark.parametrize("version", [v if v in DEFAULT_VERSIONS else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in pythons.VERSIONS])
 def test_client_and_worker_on_each_python(version, python_env, lambda_endpoint, bucket, tmp_path_factory):
     env = python_env(version)
     with endpoint_for(env, lambda_endpoint, tmp_path_factory.mktemp(f"rie-py{version}")) as endpoint:
