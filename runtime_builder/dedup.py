@@ -40,6 +40,14 @@ def _digest(path: str) -> str:
     return h.hexdigest()
 
 
+
+def _same_content(root: str, rels: list[str]) -> list[list[str]]:
+    """The groups of ``rels`` (paths under ``root``) whose bytes are identical, two or more each."""
+    by_hash: dict[str, list[str]] = {}
+    for rel in rels:
+        by_hash.setdefault(_digest(os.path.join(root, rel)), []).append(rel)
+    return [same for same in by_hash.values() if len(same) > 1]
+
 def soname_duplicates(root: str, files: dict[str, int]) -> dict[str, str]:
     """rel path -> the kept copy, for identical shared libraries in one directory that differ only in their
     version suffix, where the kept copy is named as the library's ``DT_SONAME`` (what the loader opens)."""
@@ -52,12 +60,7 @@ def soname_duplicates(root: str, files: dict[str, int]) -> dict[str, str]:
     for (_, _, _), rels in sorted(groups.items()):
         if len(rels) < 2:
             continue
-        by_hash: dict[str, list[str]] = {}
-        for rel in rels:
-            by_hash.setdefault(_digest(os.path.join(root, rel)), []).append(rel)
-        for same in by_hash.values():
-            if len(same) < 2:
-                continue
+        for same in _same_content(root, rels):
             try:
                 soname = elf.soname(os.path.join(root, same[0]))
             except (ValueError, OSError):
@@ -91,10 +94,7 @@ def link_identical(root: str, paths: Iterable[str] | None = None) -> dict[str, i
     for (size, _), rels in by_size.items():
         if len(rels) < 2:
             continue
-        by_hash: dict[str, list[str]] = {}
-        for rel in rels:
-            by_hash.setdefault(_digest(os.path.join(root, rel)), []).append(rel)
-        for same in by_hash.values():
+        for same in _same_content(root, rels):
             first = os.path.join(root, same[0])
             for rel in same[1:]:
                 full = os.path.join(root, rel)

@@ -21,6 +21,7 @@ import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,33 @@ def program_headers(path: str) -> list[Segment]:
     return segments
 
 
+def _dynamic_tags(f: Any, dyn: Any) -> tuple[str, dict[int, int]]:
+    """The byte order of the open ELF file ``f`` and its dynamic section's tags
+    (the first value of each, up to DT_NULL): what both readers below start from."""
+    f.seek(0)
+    ident = f.read(16)
+    is64 = ident[4] == 2
+    endian = "<" if ident[5] == 1 else ">"
+    entry = struct.Struct(endian + ("qQ" if is64 else "iI"))
+    f.seek(dyn.p_offset)
+    raw = f.read(dyn.p_filesz)
+    tags: dict[int, int] = {}
+    for i in range(0, min(len(raw), _MAX_ENTRIES * entry.size) - entry.size + 1, entry.size):
+        tag, val = entry.unpack_from(raw, i)
+        if tag == DT_NULL:
+            break
+        tags.setdefault(tag, val)
+    return endian, tags
+
+
+def _file_offset(loads: list[Any], vaddr: int) -> int | None:
+    """Where in the file the loaded address ``vaddr`` lies; None if no loaded segment holds it."""
+    for seg in loads:
+        if seg.p_vaddr <= vaddr < seg.p_vaddr + seg.p_filesz:
+            return vaddr - seg.p_vaddr + seg.p_offset
+    return None
+
+
 def version_needs(path: str) -> dict[str, set[str]]:
     """{needed library: version names} from the dynamic section's version-needs table (DT_VERNEED).
 
@@ -109,24 +137,13 @@ def version_needs(path: str) -> dict[str, set[str]]:
         return {}
 
     def offset(vaddr: int) -> int:
-        for s in loads:
-            if s.p_vaddr <= vaddr < s.p_vaddr + s.p_filesz:
-                return vaddr - s.p_vaddr + s.p_offset
-        raise ValueError(f"{path}: address {vaddr:#x} is in no loaded segment")
+        at = _file_offset(loads, vaddr)
+        if at is None:
+            raise ValueError(f"{path}: address {vaddr:#x} is in no loaded segment")
+        return at
 
     with open(path, "rb") as f:
-        ident = f.read(16)
-        is64 = ident[4] == 2
-        endian = "<" if ident[5] == 1 else ">"
-        entry = struct.Struct(endian + ("qQ" if is64 else "iI"))
-        f.seek(dyn.p_offset)
-        raw = f.read(dyn.p_filesz)
-        tags: dict[int, int] = {}
-        for i in range(0, min(len(raw), _MAX_ENTRIES * entry.size) - entry.size + 1, entry.size):
-            tag, val = entry.unpack_from(raw, i)
-            if tag == DT_NULL:
-                break
-            tags.setdefault(tag, val)
+        endian, tags = _dynamic_tags(f, dyn)
         if DT_VERNEED not in tags or DT_STRTAB not in tags:
             return {}
         f.seek(offset(tags[DT_STRTAB]))
@@ -169,22 +186,10 @@ def soname(path: str) -> str | None:
     if dyn is None:
         return None
     with open(path, "rb") as f:
-        ident = f.read(16)
-        is64 = ident[4] == 2
-        endian = "<" if ident[5] == 1 else ">"
-        entry = struct.Struct(endian + ("qQ" if is64 else "iI"))
-        f.seek(dyn.p_offset)
-        raw = f.read(dyn.p_filesz)
-        tags: dict[int, int] = {}
-        for i in range(0, min(len(raw), _MAX_ENTRIES * entry.size) - entry.size + 1, entry.size):
-            tag, val = entry.unpack_from(raw, i)
-            if tag == DT_NULL:
-                break
-            tags.setdefault(tag, val)
+        endian, tags = _dynamic_tags(f, dyn)
         if DT_SONAME not in tags or DT_STRTAB not in tags:
             return None
-        strtab = next((tags[DT_STRTAB] - s.p_vaddr + s.p_offset for s in loads
-                       if s.p_vaddr <= tags[DT_STRTAB] < s.p_vaddr + s.p_filesz), None)
+        strtab = _file_offset(loads, tags[DT_STRTAB])
         if strtab is None:
             raise ValueError(f"{path}: the string table is in no loaded segment")
         f.seek(strtab + tags[DT_SONAME])
