@@ -20,20 +20,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _where(_: int) -> dict:
-    try:
-        with open("/proc/self/autogroup") as f:
-            group = f.read().split()[0]
-    except OSError:
-        group = None
-    return {"pid": os.getpid(), "sid": os.getsid(0), "pgid": os.getpgid(0), "autogroup": group}
+    return {"pid": os.getpid(), "sid": os.getsid(0), "pgid": os.getpgid(0), "autogroup": _autogroup()}
 
 
-def _driver_autogroup() -> str | None:
+def _autogroup() -> str | None:
+    """This process's autogroup, or None where the kernel has none: some
+    kernels (and containers) give an empty ``/proc/self/autogroup``."""
     try:
         with open("/proc/self/autogroup") as f:
-            return f.read().split()[0]
+            fields = f.read().split()
     except OSError:
         return None
+    return fields[0] if fields else None
 
 
 @pytest.mark.parametrize("cgroups", [True, False], ids=["cgroups", "no-cgroups"])
@@ -48,7 +46,7 @@ def test_a_worker_is_in_the_drivers_session_and_a_group_of_its_own(tmp_path, cgr
             assert w["sid"] == os.getsid(0), "the worker left the driver's session (and its CPU share)"
             assert w["pgid"] == w["pid"], "the worker is not the leader of its own process group"
             assert w["pgid"] != os.getpgid(0), "the worker is in the driver's process group (a terminal's ^C would reach it)"
-            assert w["autogroup"] == _driver_autogroup()
+            assert w["autogroup"] == _autogroup()
         for pid in pids:  # seen from the driver as well
             assert os.getsid(pid) == os.getsid(0)
             assert os.getpgid(pid) == pid
