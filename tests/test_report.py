@@ -162,7 +162,9 @@ def test_the_html_opens_in_a_headless_browser_with_every_call_and_the_cost(job, 
     page = report.save(tmp_path / "job.html")
     text = page.read_text()
     assert "<script" not in text and "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # self-contained
-    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+    browser = _chromium()
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     dom = _Dom()
@@ -286,7 +288,57 @@ def test_bad_records_and_settings_fail_in_one_line():
         JobReport([_rec("0")], {"architecture": "sparc"})
 
 
-def test_job_report_is_exported_and_uses_the_default_executor():
-    assert wrenpack.JobReport is JobReport and callable(wrenpack.job_report)
+def double(x):
+    return 2 * x
+
+
+def test_job_report_of_the_default_executor(tmp_path, monkeypatch):
+    from wrenpack import config as wconfig
+    from wrenpack.executor import reset_default_executor
+
+    assert wrenpack.JobReport is JobReport
     with pytest.raises(wrenpack.ConfigError, match="executor="):
         wrenpack.job_report([], executor="local")
+    monkeypatch.setattr(wconfig, "_global_overrides", {})
+    wrenpack.configure(storage=str(tmp_path), concurrency=1, memory=300)
+    try:
+        futs = wrenpack.remote(double).map(range(3))
+        assert wrenpack.get(futs, timeout=60) == [0, 2, 4]
+        report = wrenpack.job_report(futs)
+    finally:
+        reset_default_executor()
+    data = report.to_json()
+    assert [c["state"] for c in data["calls"]] == ["finished"] * 3 and data["job"]["backend"] == "local"
+    assert all(c["memory_mb"] == 300 for c in data["calls"]) and data["cost"]["estimated"] is True
+    assert data["job"]["label"] == "double" and "3 finished" in repr(report)
+
+
+def test_calls_that_shared_an_invocation_are_priced_once(tmp_path):
+    """A map of short calls runs in groups (several calls per invocation): one
+    row per call, each group's invocation billed and requested once."""
+    ex = wrenpack.Executor(storage=str(tmp_path), concurrency=2)
+    try:
+        futs = wrenpack.remote(double, executor=ex).map(range(300))
+        assert wrenpack.get(futs, timeout=60) == [2 * x for x in range(300)]
+        report = ex.report(futs)
+    finally:
+        ex.shutdown()
+    data = report.to_json()
+    shared = {(f.status["job_id"], f.status["call_id"], f.status["segment"], f.status["attempt"]): f.status for f in futs}
+    assert len(data["calls"]) == 300 and all(c["state"] == "finished" for c in data["calls"])
+    assert len(shared) < 300  # (else nothing was grouped and this test shows nothing)
+    assert data["cost"]["invocations"] == data["cost"]["requests"] == len(shared)
+    assert data["cost"]["billed_ms"] == sum(billed_ms(s["end"] - s["start"]) for s in shared.values())
+
+
+@pytest.mark.slow
+@pytest.mark.backends("lambda")
+def test_a_lambda_job_is_priced_as_billed(make_executor):
+    """On the (emulated) Lambda backend the report says billed, not estimated."""
+    ex = make_executor(memory=512)
+    futs = [ex.submit(double, x) for x in range(3)]
+    assert [f.result(timeout=300) for f in futs] == [0, 2, 4]
+    data = ex.report(futs).to_json()
+    assert data["cost"]["estimated"] is False and data["job"]["backend"] == "lambda"
+    assert data["cost"]["invocations"] == 3 and all(c["memory_mb"] == 512 for c in data["calls"])
+    assert data["cost"]["duration_usd"] == pytest.approx(data["cost"]["gb_s"] * prices()["architectures"]["x86_64"]["per_gb_second"])

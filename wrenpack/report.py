@@ -387,8 +387,8 @@ class JobReport:
             "timeout_s": timeout,
             "auto": auto if isinstance(auto, Mapping) else None,
             "peak_rss_mb": peak,
-            "run_s": round(sum(seg["end"] - seg["start"] for seg in timeline if seg["kind"] != "queued"), 6),
-            "queued_s": round(sum(seg["end"] - seg["start"] for seg in timeline if seg["kind"] == "queued"), 6),
+            "run_s": round(sum((seg["end"] - seg["start"] for seg in timeline if seg["kind"] != "queued"), 0.0), 6),
+            "queued_s": round(sum((seg["end"] - seg["start"] for seg in timeline if seg["kind"] == "queued"), 0.0), 6),
             "invocations": invocations + missing + (unsent if state != "failed" else 0),
             "billed_ms": call_billed,
             "gb_s": round(call_gb_s, 9),
@@ -615,7 +615,8 @@ class JobReport:
     def __repr__(self) -> str:
         job = self._data["job"]
         states = ", ".join(f"{n} {k}" for k, n in job["states"].items() if n)
-        return f"<JobReport {job['id'] or ''} {job['calls']} calls ({states}), {self.total_usd_text()}>"
+        name = job["label"] or job["id"]
+        return f"<JobReport{' ' + str(name) if name else ''}: {job['calls']} calls ({states or 'none'}), {self.total_usd_text()}>"
 
 
 def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
