@@ -279,6 +279,18 @@ def test_a_running_call_and_auto_settings_are_shown_with_the_reason():
     assert "What \"auto\" chose" in page and "peak 300 MB x 1.10 + 32 MB" in page
 
 
+def test_futures_still_queued_running_or_cancelled_have_their_rows():
+    from wrenpack.futures import WrenFuture
+
+    queued, running, cancelled = (WrenFuture("j", f"0000{i}", f"f[{i}]") for i in range(3))
+    running._mark_running()
+    assert cancelled.cancel()
+    data = JobReport.from_futures([queued, running, cancelled], {"memory_mb": 128}).to_json()
+    assert [c["state"] for c in data["calls"]] == ["queued", "running", "cancelled"]
+    assert [[s["kind"] for s in c["timeline"]] for c in data["calls"]] == [["queued"], ["queued", "running"], []]
+    assert data["cost"]["requests"] == 2 and data["cost"]["billed_ms"] == 0 and data["job"]["id"] == "j"
+
+
 def test_bad_records_and_settings_fail_in_one_line():
     with pytest.raises(ConfigError, match="without call_id"):
         JobReport([{"exit": "ok"}])

@@ -351,6 +351,9 @@ class JobReport:
                 gb_s = mem_r / 1024.0 * ms / 1000.0
                 call_gb_s += gb_s
                 call_usd += gb_s * per_gb_s
+        if state == "running" and started is not None and not any(_number(r.get("start")) is not None for r in runs):
+            # A worker took it and has not reported yet: running since then (the client's clock).
+            timeline.append({"kind": "running", "start": started, "end": max(started, self.now)})
         # Earlier attempts the records do not show (a worker that died before writing
         # one: the backend tried again) were invocations too, with no duration to price.
         missing = untimed + sum(max(attempts) + 1 - len(attempts) for attempts in own.values())
