@@ -275,6 +275,7 @@ def test_a_running_call_and_auto_settings_are_shown_with_the_reason():
     assert calls[0]["timeline"][-1]["end"] - calls[0]["timeline"][-1]["start"] == pytest.approx(3.0)
     assert calls[0]["memory_mb"] == calls[1]["memory_mb"] == 384 and calls[0]["memory_source"] == calls[1]["memory_source"] == "auto"
     assert calls[0]["timeout_s"] == 42
+    assert report.cost["requests"] == 2 and report.cost["invocations"] == 1 and report.cost["notes"] == []  # running: not lost
     page = report.to_html()
     assert "What \"auto\" chose" in page and "peak 300 MB x 1.10 + 32 MB" in page
 

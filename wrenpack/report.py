@@ -301,7 +301,7 @@ class JobReport:
         call_billed = 0
         call_gb_s = 0.0
         call_usd = 0.0
-        invocations = untimed = 0
+        invocations = untimed = pending = 0
         attempts_by_segment: dict[int, int] = {}
         own: dict[int, set[int]] = {}  # the attempts of each segment this row's records price
         peak = None
@@ -340,6 +340,9 @@ class JobReport:
             own.setdefault(segment, set()).add(attempt)
             total["saves"] += int(ckpt.get("saves") or 0)
             total["restores"] += 1 if ckpt.get("restored") else 0
+            if start is not None and end is None and last and state == "running":
+                pending += 1  # running now: billed once it ends
+                continue
             if start is None or end is None:
                 untimed += 1  # a worker that died, an event that expired: no duration to price
                 continue
@@ -357,12 +360,13 @@ class JobReport:
         # Earlier attempts the records do not show (a worker that died before writing
         # one: the backend tried again) were invocations too, with no duration to price.
         missing = untimed + sum(max(attempts) + 1 - len(attempts) for attempts in own.values())
-        unsent = 0
-        if not runs and state in ("queued", "running", "failed"):
-            unsent = 1  # its first invocation is sent (or about to be), with no record yet
-            missing += 1 if state == "failed" else 0
+        if not runs and state == "failed":
+            missing += 1  # failed with no record at all (its worker died on every attempt)
+        elif not runs and state in ("queued", "running"):
+            pending += 1  # its first invocation is sent (or about to be), with no record yet
+        requests = invocations + missing + pending
         total["invocations"] += invocations
-        total["requests"] += invocations + missing + (unsent if state != "failed" else 0)
+        total["requests"] += requests
         total["unpriced"] += missing
         total["billed_ms"] += call_billed
         total["gb_s"] += call_gb_s
@@ -392,7 +396,7 @@ class JobReport:
             "peak_rss_mb": peak,
             "run_s": round(sum((seg["end"] - seg["start"] for seg in timeline if seg["kind"] != "queued"), 0.0), 6),
             "queued_s": round(sum((seg["end"] - seg["start"] for seg in timeline if seg["kind"] == "queued"), 0.0), 6),
-            "invocations": invocations + missing + (unsent if state != "failed" else 0),
+            "invocations": requests,
             "billed_ms": call_billed,
             "gb_s": round(call_gb_s, 9),
             "cost_usd": call_usd,
