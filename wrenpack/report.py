@@ -22,7 +22,8 @@ store alike. It shows:
 
 The durations are the worker's own (``start``/``end`` around the handler):
 Lambda's billed duration also counts the runtime's few milliseconds around
-it, so a billed figure here is a slight underestimate of the bill.
+it (and, where Lambda bills it, a cold start's init), so a billed figure here
+is a slight underestimate of the bill.
 
 Client side only: nothing here is shipped to workers. Standard library only;
 a PNG needs matplotlib (``pip install 'wrenpack[plot]'``).
@@ -230,8 +231,8 @@ class JobReport:
         cost = {
             "estimated": not billed,
             "basis": ("billed: each invocation's duration rounded up to 1 ms x its memory at the GB-s price, plus one "
-                      "request per invocation; durations are the worker's, which Lambda's billed duration exceeds by "
-                      "the runtime's few ms") if billed else
+                      "request per invocation; durations are the worker's (its handler's start to end), which Lambda's "
+                      "billed duration exceeds by the runtime's few ms and, where Lambda bills it, a cold start's init") if billed else
                      ("estimated: what these invocations would cost on Lambda at the same memory, each local duration "
                       "rounded up to 1 ms (a local core standing in for Lambda's CPU share at that memory), plus one "
                       "request per invocation"),
