@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -15,7 +16,7 @@ import pytest
 import wrenpack
 from tests.test_checkpoint import expected, stepper
 from wrenpack.errors import ConfigError
-from wrenpack.report import JobReport, add_plot_arguments, billed_ms, prices, write_plot
+from wrenpack.report import COLORS, JobReport, add_plot_arguments, billed_ms, prices, write_plot
 from wrenpack.wire import status as status_record
 
 CALLS = 200
@@ -180,6 +181,45 @@ def test_the_html_opens_in_a_headless_browser_with_every_call_and_the_cost(job, 
     assert float(dom.cost["data-usd"]) == data["cost"]["total_usd"]
     assert dom.cost["data-estimated"] == "true"
     assert dom.cost_text == report.total_usd_text() and dom.cost_text.endswith("(estimated)")
+
+
+@pytest.mark.slow
+def test_the_browser_draws_every_calls_bars_in_its_row(job, tmp_path):
+    """A screenshot of the timeline: in each call's row, the colour of every kind
+    of bar it has (its final state's among them) is on screen."""
+    image = pytest.importorskip("matplotlib.image", reason="reading the screenshot needs matplotlib")
+    _, report, _ = job
+    svg = report._svg()
+    width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', svg).groups())
+    page = tmp_path / "timeline.html"
+    page.write_text(f'<!DOCTYPE html><html><body style="margin:0">{svg}</body></html>')
+    shot = tmp_path / "timeline.png"
+    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          "--force-device-scale-factor=1", f"--user-data-dir={tmp_path / 'profile'}",
+                          f"--window-size={width},{height}", f"--screenshot={shot}", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and shot.exists(), out.stderr[-2000:]
+    pixels = (image.imread(str(shot))[:, :, :3] * 255).round().astype(int)
+    rgb = {kind: tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5)) for kind, colour in COLORS.items()}
+    bands = _row_bands(svg)
+    calls = report.to_json()["calls"]
+    assert len(bands) == len(calls)
+    for c in calls:
+        top, bottom = bands[c["index"]]
+        row = pixels[top:bottom]
+        kinds = {seg["kind"] for seg in c["timeline"]}
+        assert c["state"] in kinds
+        for kind in kinds:
+            assert (row == rgb[kind]).all(axis=2).any(), (c["label"], kind)
+
+
+def _row_bands(svg):
+    """Each timeline row's pixel band (top, bottom), from its bars."""
+    bands = {}
+    for index, body in re.findall(r'<g class="row" data-index="(\d+)"[^>]*>(.*?)</g>', svg):
+        ys = [(float(y), float(h)) for y, h in re.findall(r'<rect [^>]*?y="([\d.]+)" [^>]*?height="([\d.]+)"', body)]
+        bands[int(index)] = (int(min(y for y, _ in ys)), int(math.ceil(max(y + h for y, h in ys))))
+    return bands
 
 
 def test_save_writes_json_and_png_and_refuses_other_names(job, tmp_path):

@@ -534,7 +534,7 @@ class JobReport:
         scale = plot_w / wall
         e = html.escape
         out = [f"<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"timeline\" width=\"{width}\" height=\"{height}\" "
-               f"viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"10\">"]
+               f"viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"10\" shape-rendering=\"crispEdges\">"]
         x = left
         for kind in KINDS:  # legend
             out.append(f"<rect x=\"{x}\" y=\"6\" width=\"10\" height=\"10\" fill=\"{COLORS[kind]}\"/>"
@@ -552,7 +552,8 @@ class JobReport:
             if row >= 8:
                 out.append(f"<text x=\"{left - 4}\" y=\"{y + row - 3}\" text-anchor=\"end\">{e(c['label'][:24])}</text>")
             out.append(f"<g class=\"row\" data-index=\"{c['index']}\" data-state=\"{c['state']}\">")
-            for seg in c["timeline"]:
+            # Waits first, invocations over them: a bar narrower than a pixel stays visible (1 px).
+            for seg in sorted(c["timeline"], key=lambda seg: seg["kind"] != "queued"):
                 sx = left + seg["start"] * scale
                 sw = max((seg["end"] - seg["start"]) * scale, 1.0)
                 what = f"{c['label']}: {seg['kind']} {seg['end'] - seg['start']:.3f} s"
