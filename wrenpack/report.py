@@ -430,12 +430,12 @@ class JobReport:
                       billed_ms, gb_s, duration_usd, requests_usd,
                       s3: {put, get, list, usd, basis}, total_usd, prices, notes},
              "calls": [{index, label, job_id, call_id, state, error, attempts, retried,
-                        segments, exit, memory_mb, memory_source ("call", "auto", "job"),
+                        segments, exit, memory_mb, memory_source ("call", "auto", "job", "unknown"),
                         timeout_s, auto, peak_rss_mb, run_s, queued_s, invocations,
                         billed_ms, gb_s, cost_usd (duration only),
                         timeline: [{kind, start, end (s from job start), segment, attempt, exit}]}]}
         """
-        return json.loads(json.dumps(self._data))
+        return json.loads(json.dumps(self._data, default=str))  # (a copy; a record's odd value as text)
 
     @property
     def calls(self) -> list[dict[str, Any]]:
