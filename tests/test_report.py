@@ -224,16 +224,23 @@ def _row_bands(svg):
     return bands
 
 
-def test_save_writes_json_and_png_and_refuses_other_names(job, tmp_path):
+def test_save_writes_json_and_refuses_other_names(job, tmp_path):
     _, report, _ = job
     saved = json.loads(report.save(tmp_path / "job.json").read_text())
     assert saved == report.to_json()
-    pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (pip install 'wrenpack[plot]')")
-    png = report.save(tmp_path / "job.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match=r"end.*\.html, \.json, \.png"):
         report.save(tmp_path / "job.pdf")
     assert "<svg" in report._repr_html_() and "<html" not in report._repr_html_()
+
+
+@pytest.mark.slow  # (1-3 s: importing matplotlib and drawing 201 rows)
+def test_save_writes_a_png_with_matplotlib(job, tmp_path):
+    image = pytest.importorskip("matplotlib.image", reason="the PNG needs matplotlib (pip install 'wrenpack[plot]')")
+    png = job[1].save(tmp_path / "job.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = (image.imread(str(png))[:, :, :3] * 255).round().astype(int)
+    checkpointed = tuple(int(COLORS["checkpointed"][i : i + 2], 16) for i in (1, 3, 5))
+    assert (pixels == checkpointed).all(axis=2).sum() > 500  # the checkpointed call's long bars are drawn
 
 
 def test_png_without_matplotlib_names_the_fix(job, tmp_path, monkeypatch):
@@ -369,19 +376,19 @@ def test_job_report_of_the_default_executor(tmp_path, monkeypatch):
 
 
 def test_calls_that_shared_an_invocation_are_priced_once(tmp_path):
-    """A map of short calls runs in groups (several calls per invocation): one
-    row per call, each group's invocation billed and requested once."""
+    """A map whose calls run ten per invocation (``chunksize``; automatic grouping
+    does the same): one row per call, each invocation billed and requested once."""
     ex = wrenpack.Executor(storage=str(tmp_path), concurrency=2)
     try:
-        futs = wrenpack.remote(double, executor=ex).map(range(300))
-        assert wrenpack.get(futs, timeout=60) == [2 * x for x in range(300)]
+        futs = wrenpack.remote(double, executor=ex).map(range(60), chunksize=10)
+        assert wrenpack.get(futs, timeout=60) == [2 * x for x in range(60)]
         report = ex.report(futs)
     finally:
         ex.shutdown()
     data = report.to_json()
     shared = {(f.status["job_id"], f.status["call_id"], f.status["segment"], f.status["attempt"]): f.status for f in futs}
-    assert len(data["calls"]) == 300 and all(c["state"] == "finished" for c in data["calls"])
-    assert len(shared) < 300  # (else nothing was grouped and this test shows nothing)
+    assert len(data["calls"]) == 60 and all(c["state"] == "finished" for c in data["calls"])
+    assert len(shared) == 6
     assert data["cost"]["invocations"] == data["cost"]["requests"] == len(shared)
     assert data["cost"]["billed_ms"] == sum(billed_ms(s["end"] - s["start"]) for s in shared.values())
 
