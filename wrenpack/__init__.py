@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "FIRST_COMPLETED": "wrenpack.futures",
     "FIRST_EXCEPTION": "wrenpack.futures",
     "Executor": "wrenpack.executor",
+    "job_report": "wrenpack.executor.core",
+    "JobReport": "wrenpack.report",
     "Config": "wrenpack.config",
     # other libraries' APIs over wrenpack
     "register_joblib": "wrenpack.integrations",
@@ -81,7 +83,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.executor import Executor
     from wrenpack.integrations import register_joblib
     from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, get, wait
+    from wrenpack.executor.core import job_report
     from wrenpack.executor.mapreduce import map_reduce
+    from wrenpack.report import JobReport
     from wrenpack.remote_function import RemoteFunction, remote
     from wrenpack.storage.data import objects, store
     from wrenpack.worker.checkpoint import Checkpoint, checkpoint

@@ -44,6 +44,12 @@ class WrenFuture(cf.Future):
         self.expected_segments = 1
         #: status records of the segments that ended in a checkpoint, in order
         self.segment_statuses: list[dict[str, Any]] = []
+        #: status records of the attempts that failed and were tried again (``retry_on``), in order
+        self.retried_statuses: list[dict[str, Any]] = []
+        #: when the call was made (this process's clock), and when a worker took it:
+        #: how long it waited in the queue (``wrenpack.report``)
+        self.created_at = time.time()
+        self.started_at: float | None = None
         # Set by the executor: take the call back if it has not started; keep
         # its job's objects for a pickled reference; what the reference holds.
         self._canceller: Callable[[], bool] | None = None
@@ -149,6 +155,7 @@ class WrenFuture(cf.Future):
         """The call began running (the backend's ``on_start``)."""
         with self._condition:
             if self._state == _base.PENDING:
+                self.started_at = time.time()
                 self.set_running_or_notify_cancel()
         for member in self._members:
             member._mark_running()

@@ -120,6 +120,9 @@ class Capabilities:
     #: CPU is given in proportion to memory, as Lambda does (a profile's
     #: duration is scaled to the call's memory).
     cpu_scales_with_memory: bool = False
+    #: Calls are billed per call as Lambda bills them (duration x memory, plus the
+    #: request): a job report prices them as billed, not as an estimate.
+    billed_per_call: bool = False
     #: Limits the backend itself holds calls to ("memory", "timeout", "ephemeral_storage").
     enforces: frozenset[str] = frozenset()
     #: Calls that may run at once.

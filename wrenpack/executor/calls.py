@@ -243,7 +243,7 @@ class CallTable:
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
             # Acted on only when authentic: a planted record must not relaunch the call.
             status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
-            fut.segment_statuses.append(status)
+            fut.segment_statuses.append(dict(status, memory_mb=inv.memory_mb, timeout_s=inv.timeout_s))
             self._continue(inv, status)
             return
         data: Any = None
@@ -273,11 +273,14 @@ class CallTable:
         final = dict(stored or {})
         logs = final.pop("logs", None)
         final["attempt"] = inv.attempt
+        # What the call ran with (the worker's record does not say): a job report shows and prices it.
+        final["memory_mb"], final["timeout_s"] = inv.memory_mb, inv.timeout_s
         retried = fut.__dict__.setdefault("_retried", [])
         if retried:
             final["retried"] = list(retried)
         if not ok and self._should_retry(job, inv, value):
             retried.append(f"{type(value).__name__}: {value}")
+            fut.retried_statuses.append(dict(final, error=retried[-1]))
             self._retry(job, inv)
             return
         fut.status, fut.logs = final, logs

@@ -108,8 +108,11 @@ class Executor(CallTable, cf.Executor):
         self.call_seconds: dict[str, float] = {}
         #: maps whose later calls wait to be launched (``hold``)
         self._plans: set[Any] = set()
+        #: whether this executor's backend bills calls as Lambda does (known once it has one): ``report``
+        self._billed_per_call: bool | None = None
         _executors.add(self)
         if backend_obj is not None:
+            self._billed_per_call = backend_obj.capabilities.billed_per_call
             _exit_first()
 
     # -- public -----------------------------------------------------------------
@@ -120,6 +123,7 @@ class Executor(CallTable, cf.Executor):
                 if self._released:
                     raise ExecutorShutdown("this executor was shut down; create a new one")
                 self._backend = create_backend(self.config.backend, self.config)
+                self._billed_per_call = self._backend.capabilities.billed_per_call
                 _exit_first()
             return self._backend
 
@@ -165,6 +169,18 @@ class Executor(CallTable, cf.Executor):
                     left.cancel()
 
         return results()
+
+    def report(self, futures: Iterable[cf.Future], **settings: Any) -> Any:
+        """A ``wrenpack.report.JobReport`` of calls this executor launched (running
+        or done): their timeline, the settings each ran with, and their cost.
+        ``settings`` add to or override the job's (``JobReport``'s docstring lists them)."""
+        from wrenpack.report import JobReport
+
+        c = self.config
+        base: dict[str, Any] = {"backend": c.backend, "architecture": c.architecture, "billed": self._billed_per_call,
+                                "memory_mb": c.memory, "timeout_s": c.timeout, "ephemeral_storage_mb": c.ephemeral_storage,
+                                "retries": c.retries}
+        return JobReport.from_futures(futures, dict(base, **settings))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls after this. ``cancel_futures`` cancels the calls that have
@@ -554,6 +570,13 @@ def default_executor() -> Executor:
         if _default is None or _default._closed:
             _default = Executor()
         return _default
+
+
+def job_report(futures: Iterable[cf.Future], executor: Executor | None = None, **settings: Any) -> Any:
+    """``wrenpack.job_report(futs)``: the report of calls launched by ``executor``
+    (the default one, which ``@wrenpack.remote`` uses, when None): see ``Executor.report``."""
+    check_executor(executor, "job_report()")
+    return (executor or default_executor()).report(futures, **settings)
 
 
 def reset_default_executor() -> None:

@@ -17,7 +17,8 @@ and writes no record.
 The handler adds, when they apply: ``run_s`` (the function's own time),
 ``checkpoint`` (its saves), ``logs`` (the captured output tail), ``stored``
 (the job has objects in the store), ``botocore`` (the worker's botocore
-version, when the store is S3); the client adds ``retried``.
+version, when the store is S3); the client adds ``retried``, and ``memory_mb``
+and ``timeout_s`` (what the invocation ran with) to the copy its future holds.
 Standard library only: the worker imports this.
 """
 from __future__ import annotations

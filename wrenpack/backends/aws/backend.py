@@ -219,6 +219,7 @@ class LambdaBackend(Backend):
         return Capabilities(
             reply_results=self.invocation_type == "RequestResponse",
             cpu_scales_with_memory=True,
+            billed_per_call=True,
             enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
             concurrency=self.concurrency,
         )
