@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "FIRST_COMPLETED": "wrenpack.futures",
     "FIRST_EXCEPTION": "wrenpack.futures",
     "Executor": "wrenpack.executor",
+    "Job": "wrenpack.job",
+    "attach": "wrenpack.job",
     "Config": "wrenpack.config",
     # other libraries' APIs over wrenpack
     "register_joblib": "wrenpack.integrations",
@@ -82,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.integrations import register_joblib
     from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, get, wait
     from wrenpack.executor.mapreduce import map_reduce
+    from wrenpack.job import Job, attach
     from wrenpack.remote_function import RemoteFunction, remote
     from wrenpack.storage.data import objects, store
     from wrenpack.worker.checkpoint import Checkpoint, checkpoint

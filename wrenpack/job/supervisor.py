@@ -1,0 +1,192 @@
+"""The supervisor of a spawned job: the detached process that runs its calls.
+
+Started by ``wrenpack.job.spawn`` in a session of its own, with its stderr
+on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
+
+1. reads the job (settings, pickled function and arguments, secret) from its
+   stdin, written by the process that spawned it and by nobody else;
+2. writes its owner record (``jobs/<job>/owner.json``, sealed with the user's
+   key: while it lives, ``wrenpack clean`` keeps the job) and says "ok";
+3. launches the calls through an ``Executor`` of its own with the job's id and
+   secret, ``keep_objects`` on (local workers store every result; nothing is
+   deleted when the calls end), each event naming the job's cancel marker
+   (``cancel_key``) and asking for a start mark;
+4. until the last call ends: writes the progress record (counts, billed time)
+   when it changes, at most every ``PROGRESS_S``; a call that failed without a
+   result object (a worker crash, a limit, a lost invocation) gets one saying
+   so, so an attached process sees every outcome; an authentic cancel marker
+   stops the calls (``Executor.stop``);
+5. writes the final progress record, shuts its executor down (local workers
+   are stopped) and exits.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import cloudpickle
+
+from wrenpack import keys
+from wrenpack.errors import CorruptObject, ObjectNotFound
+from wrenpack.executor import Executor, Prepared
+from wrenpack.executor.owner import owner_record
+from wrenpack.futures import WrenFuture
+from wrenpack.wire import job_record, result as result_format, status as status_record
+from wrenpack.wire.outcome import error_tuple
+from wrenpack.worker import refs
+
+log = logging.getLogger("wrenpack.job.supervisor")
+
+#: the progress record is written at most this often (s), and the cancel marker looked for
+PROGRESS_S = 0.5
+
+
+def main() -> int:
+    """The supervisor process's entry point (``python -c`` from ``spawn``)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wrenpack import redact
+
+    redact.install(logging.getLogger().handlers)  # no job secret in the log
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # a terminal's keys and hang-up do not reach a spawned job
+    spec = cloudpickle.loads(sys.stdin.buffer.read())  # the spawning process's own bytes, from its pipe
+    sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
+    try:
+        return Supervisor(spec).run()
+    except BaseException:
+        log.exception("the supervisor of job %s failed", spec.get("job_id"))
+        return 1
+
+
+class Supervisor:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.job_id: str = spec["job_id"]
+        self.secret: bytes = spec["secret"]
+        self.label: str = spec["label"]
+        self.spec = spec
+        self.executor = Executor(spec["config"].replace(keep_objects=True))
+        self.store = self.executor.store
+        self.cancelled = False
+        #: calls that failed because the job was cancelled while they ran
+        self.stopped: set[str] = set()
+        self.billed_ms = 0
+        self.invocations = 0
+        self._lock = threading.Lock()
+        #: what the last progress record written said
+        self._written: tuple[Any, ...] | None = None
+
+    def run(self) -> int:
+        spec, job_id = self.spec, self.job_id
+        self.store.put(keys.owner_key(job_id), json.dumps(owner_record(self.label, job_id)).encode())
+        sys.stdout.write("ok\n")
+        sys.stdout.flush()
+        sys.stdout.close()
+        log.info("job %s: running %d call(s) of %s", job_id, len(spec["payloads"]), self.label)
+        for ref_job, ref_secret in spec["ref_secrets"].items():
+            refs.remember(ref_job, ref_secret)
+        options = spec["options"]
+        options.extra = dict(options.extra)
+        # Every call names the job's cancel marker; locally each marks its start (Lambda's backend
+        # marks the starts of calls that waited in its queue).
+        options.extra["event"] = dict(options.extra.get("event", {}), cancel_key=keys.cancel_key(job_id),
+                                      mark_start_after=0)
+        prepared = Prepared(spec["fn_bytes"], spec["payloads"], {(j, tuple(c)) for j, c in spec["referenced"]})
+        spec["fn_bytes"] = spec["payloads"] = None  # (the launch holds what it needs)
+        self.futures = self.executor.launch(None, [], options, self.label, prepared=prepared,  # type: ignore[arg-type]
+                                            job=(job_id, self.secret))
+        for fut in self.futures:
+            fut.add_done_callback(self._ended)
+        self._write_progress()
+        while True:
+            done, _pending = cf.wait(self.futures, timeout=PROGRESS_S, return_when=cf.ALL_COMPLETED)
+            if len(done) == len(self.futures):
+                break
+            if not self.cancelled and self._cancel_marked():
+                self._cancel()
+            self._write_progress()
+        state = "cancelled" if self.cancelled else "failed" if any(
+            not f.cancelled() and f.exception() is not None for f in self.futures) else "done"
+        self._write_progress(state)
+        log.info("job %s: %s", job_id, state)
+        self.executor.shutdown(wait=True)
+        return 0
+
+    # -- calls ending ----------------------------------------------------------------
+    def _ended(self, fut: WrenFuture) -> None:
+        """A call ended: count its billed time; give a failure without a result object one."""
+        status = fut.status or {}
+        with self._lock:
+            for record in [*fut.segment_statuses, status]:
+                if record.get("duration_s") is not None:
+                    self.billed_ms += math.ceil(float(record["duration_s"]) * 1000)
+            self.invocations += max(1, fut.segments) if not fut.cancelled() else 0
+        if fut.cancelled():
+            return
+        if self.cancelled:
+            self.stopped.add(fut.call_id)  # stopped by the cancel: no result (attached futures get CancelledError)
+            return
+        exc = fut.exception()
+        if exc is None:
+            return  # its worker stored the result (or the executor did, for a reply)
+        # A worker's own error outcome is in the store already (the put below then writes nothing);
+        # an error the backend saw (crash, limit, lost) is not: record it.
+        now = time.time()
+        record = dict(status) or status_record.record(self.job_id, fut.call_id, int(status.get("attempt") or 0), 0,
+                                                      "error", now, now, None, None, "", 0, "", None)
+        record.update(exit="error", error=type(exc).__name__)
+        try:
+            outcome = cloudpickle.dumps(error_tuple(exc, "wrenpack", ""))
+            blob = result_format.seal_result(self.secret, self.job_id, fut.call_id, record, outcome)
+            self.store.put(keys.result_key(self.job_id, fut.call_id), blob, if_absent=True)
+        except Exception:  # noqa: BLE001 - an attached process then reports the call lost
+            log.warning("could not record the failure of %s", fut.label, exc_info=True)
+
+    # -- cancel ----------------------------------------------------------------------
+    def _cancel_marked(self) -> bool:
+        try:
+            job_record.open_cancel(self.secret, self.job_id, self.store.get(keys.cancel_key(self.job_id)))
+            return True
+        except ObjectNotFound:
+            return False
+        except CorruptObject as exc:
+            log.warning("%s; not cancelling", exc)
+            return False
+
+    def _cancel(self) -> None:
+        log.info("job %s: cancelled; stopping its calls", self.job_id)
+        self.cancelled = True
+        self.executor.stop()
+
+    # -- progress --------------------------------------------------------------------
+    def _write_progress(self, state: str = "running") -> None:
+        counts = {"done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}
+        for fut in self.futures:
+            if fut.cancelled() or fut.call_id in self.stopped:
+                counts["cancelled"] += 1
+            elif fut.done():
+                counts["done" if fut.exception() is None else "failed"] += 1
+            elif fut.running():
+                counts["running"] += 1
+            else:
+                counts["queued"] += 1
+        with self._lock:
+            seen = (state, tuple(counts.values()), self.billed_ms)
+        if state == "running" and seen == self._written:
+            return
+        now = time.time()
+        with self._lock:
+            progress = dict(counts, state=state, invocations=self.invocations, billed_ms=self.billed_ms, updated=now,
+                            ended=None if state == "running" else now)
+        try:
+            self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
+            self._written = seen
+        except Exception:  # noqa: BLE001 - the next write tries again
+            log.warning("could not write the progress of job %s", self.job_id, exc_info=True)
