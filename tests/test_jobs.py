@@ -294,8 +294,9 @@ def test_a_sigkilled_drivers_spawned_map_finishes_and_another_process_attaches(b
         seen |= _children_of({owner["pid"]}) if owner else set()
         cf.wait(futs, timeout=0.1)
     assert [f.result() for f in futs] == [x * x for x in range(40)]
-    assert job.status()["state"] == "done" and job.status()["done"] == 40
-    _gone(seen)
+    _gone(seen)  # the supervisor ends once it has seen the last call end (after this process may have)
+    status = job.status()
+    assert status["state"] == "done" and status["done"] == 40 and status["invocations"] == 40
     if backend == "local":
         assert len(seen) > 1  # the supervisor and its workers were seen, and are gone
 
