@@ -342,3 +342,23 @@ def test_cancel_stops_a_spawned_job_and_clean_never_removed_it_while_live(home):
     _gone(seen)
     assert job.status()["state"] == "cancelled"
     assert _cli("jobs", "cancel", job_id, env=env).returncode == 1  # already ended
+
+
+@pytest.mark.slow
+def test_a_job_whose_supervisor_is_killed_fails_its_remaining_calls_as_lost(home):
+    env = _env_of({"concurrency": 2, "timeout": 30})
+    script = home / "driver.py"
+    script.write_text(textwrap.dedent(CANCEL_DRIVER))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
+    job = wrenpack.attach(out.stdout.strip())
+    futs = job.futures()
+    _alive, owner = job.supervisor()
+    seen = {owner["pid"]} | _children_of({owner["pid"]})
+    os.kill(owner["pid"], signal.SIGKILL)
+    _gone(seen)  # its workers end with it
+    cf.wait(futs, timeout=30)
+    assert all(f.done() for f in futs)
+    with pytest.raises(wrenpack.WorkerLost, match="ended before this call finished"):
+        futs[-1].result()
+    assert job.status()["state"] == "lost"
+    assert [s["state"] for s in job.statuses()][-1] == "lost"

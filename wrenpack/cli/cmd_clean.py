@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from wrenpack import keys
@@ -107,6 +108,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         removed = {keys.JOBS: store.delete_prefix(keys.JOBS)}
     else:
         removed = {keys.job_prefix(j): store.delete_prefix(keys.job_prefix(j)) for j in targets}
+    _remove_logs(targets)
     swept = 0
     from wrenpack.storage.local import LocalStore, sweep_tmp
 
@@ -126,6 +128,17 @@ def cmd_clean(args: argparse.Namespace) -> int:
         if retained:
             print(f"kept {len(retained)} spawned job(s) within their retention (remove one by name)")
     return 0
+
+
+def _remove_logs(job_ids: list[str]) -> None:
+    """The logs of removed spawned jobs' supervisors (in wrenpack's cache directory)."""
+    from wrenpack.job.client import log_path
+
+    for j in job_ids:
+        try:
+            os.unlink(log_path(j))
+        except OSError:
+            pass
 
 
 def register(subparsers: Any, name: str) -> None:

@@ -40,9 +40,10 @@ from wrenpack.worker import refs
 
 log = logging.getLogger("wrenpack.job")
 
-#: how often a job's watcher looks at the store (s)
+#: how often a job's watcher lists its results (s): a local store, a remote one (S3 requests cost)
 POLL_S = 0.2
-#: how often it checks that the job's supervisor lives (s)
+POLL_REMOTE_S = 0.5
+#: how often it looks for the cancel marker and checks that the job's supervisor lives (s)
 LIVENESS_S = 1.0
 #: how long a spawned job's objects are kept by default (s): a week
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
@@ -373,18 +374,19 @@ def _watch(job: Job, futs: list[WrenFuture]) -> None:
     by_cid = {f.call_id: f for f in futs}
     started: set[str] = set()
     next_liveness = 0.0
+    poll = POLL_S if job.store.spec.get("type") == "local" else POLL_REMOTE_S
     try:
         while True:
             _collect(job, by_cid, started)
             if all(f.done() for f in futs):
                 return
-            if job.cancelled():
-                _collect(job, by_cid, started)
-                _fail_rest(job, futs, True, "")
-                return
             now = time.monotonic()
             if now >= next_liveness:
                 next_liveness = now + LIVENESS_S
+                if job.cancelled():
+                    _collect(job, by_cid, started)
+                    _fail_rest(job, futs, True, "")
+                    return
                 state = (job.progress() or {}).get("state")
                 alive = True
                 if state not in job_record.FINAL_STATES:
@@ -396,11 +398,11 @@ def _watch(job: Job, futs: list[WrenFuture]) -> None:
                     if state == "cancelled":
                         _fail_rest(job, futs, True, "")
                     else:
-                        why = f"job {job.id} ended without a result for this call" if state else \
+                        why = f"job {job.id} ended without a result for this call" if state in job_record.FINAL_STATES else \
                             f"the process that ran job {job.id} ended before this call finished (its log: {log_path(job.id)})"
                         _fail_rest(job, futs, False, why)
                     return
-            time.sleep(POLL_S)
+            time.sleep(poll)
     except BaseException as exc:  # noqa: BLE001 - never leave futures waiting for a watcher that is gone
         log.debug("watching job %s failed", job.id, exc_info=True)
         err = exc if isinstance(exc, WrenpackError) else StoreError(
@@ -426,7 +428,11 @@ def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None
     for key in job.store.list(f"{keys.job_prefix(job.id)}start/"):
         cid = keys.call_id_from_key(key)
         if cid in pending and cid not in started:
-            started.add(cid)  # (a start mark only says it began; verified when its result is read)
+            started.add(cid)
+            try:
+                start_mark.open_start(job._secret, job.id, cid, job.store.get(key), time.time())
+            except (ObjectNotFound, CorruptObject):
+                continue  # (not authentic: the call is not shown running on its word)
             by_cid[cid]._mark_running()
 
 
