@@ -174,7 +174,11 @@ def test_attach_on_a_plain_maps_job_says_to_use_spawn_map(home):
     out = _cli("jobs", "show", futs[0].job_id)
     assert out.returncode == 1 and "spawn_map" in out.stderr and out.stderr.count("\n") == 1
     assert _cli("jobs", "show", "no-such-job").returncode == 1
-    assert _cli("jobs", "show").returncode == 2
+    assert _cli("jobs", "cancel", "no-such-job").returncode == 1
+    assert _cli("jobs", "show").returncode == 2 and _cli("jobs", "--bogus").returncode == 2
+    for args in (("jobs", "--help"), ("jobs", "show", "--help"), ("jobs", "cancel", "--help")):
+        out = _cli(*args)
+        assert out.returncode == 0 and out.stdout.startswith("usage: wrenpack jobs"), args
 
 
 # -- one small spawned job, end to end --------------------------------------------------------

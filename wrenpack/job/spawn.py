@@ -22,6 +22,7 @@ is gone; locally it owns the worker processes.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import select
@@ -100,14 +101,16 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
     spec = {
         "job_id": job_id, "secret": secret, "label": label, "config": config, "options": options,
         "fn_bytes": prepared.fn_bytes, "payloads": prepared.payloads, "referenced": sorted(prepared.referenced),
-        "ref_secrets": ref_secrets, "sys_path": list(sys.path), "record": record,
+        "ref_secrets": ref_secrets, "record": record,
     }
     try:
         store.put(keys.job_record_key(job_id), job_record.seal_job(key, job_id, record))
     except OSError as exc:
         raise StoreError(f"cannot write the job record of {label} to {store.url}: {exc}; fix the storage= location") from None
     try:
-        _start_supervisor(job_id, label, cloudpickle.dumps(spec))
+        # sys.path first, as a line of its own: unpickling the rest may import the user's modules
+        head = json.dumps({"sys_path": list(sys.path)}).encode() + b"\n"
+        _start_supervisor(job_id, label, head + cloudpickle.dumps(spec))
     except BaseException:
         try:
             store.delete_prefix(keys.job_prefix(job_id))

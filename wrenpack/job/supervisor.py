@@ -57,8 +57,10 @@ def main() -> int:
     redact.install(logging.getLogger().handlers)  # no job secret in the log
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a terminal's keys and hang-up do not reach a spawned job
-    spec = cloudpickle.loads(sys.stdin.buffer.read())  # the spawning process's own bytes, from its pipe
-    sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
+    # The spawning process's own bytes, from its pipe: its sys.path, then the job.
+    head = json.loads(sys.stdin.buffer.readline())
+    sys.path[:0] = [p for p in head["sys_path"] if p not in sys.path]
+    spec = cloudpickle.loads(sys.stdin.buffer.read())
     try:
         return Supervisor(spec).run()
     except BaseException:
