@@ -187,6 +187,7 @@ def _square(x):
 
 
 def _fails(x):
+    print(f"hello {x}")
     if x == 2:
         raise ValueError(f"bad {x}")
     return x
@@ -202,7 +203,7 @@ def test_a_spawned_job_runs_detached_and_its_results_come_from_the_store(home):
     assert futs[0].result() == 1 and futs[2].result() == 3
     with pytest.raises(ValueError, match="bad 2"):
         futs[1].result()
-    assert futs[0].status["exit"] == "ok"
+    assert futs[0].status["exit"] == "ok" and "hello 1" in futs[0].logs  # what the call printed
     # another Job for the same id (as another process gets it) sees the same
     again = attach(job.id)
     assert again.results(timeout=30, return_exceptions=True)[0::2] == [1, 3]

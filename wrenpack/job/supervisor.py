@@ -25,6 +25,7 @@ import concurrent.futures as cf
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -90,7 +91,12 @@ class Supervisor:
         self.store.put(keys.owner_key(job_id), json.dumps(owner_record(self.label, job_id)).encode())
         sys.stdout.write("ok\n")
         sys.stdout.flush()
-        sys.stdout.close()
+        # The pipes to the spawning process end here; fds 0 and 1 stay open on /dev/null, so no
+        # file or socket opened later (a worker's, which inherits them) takes their numbers.
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
         log.info("job %s: running %d call(s) of %s", job_id, len(spec["payloads"]), self.label)
         for ref_job, ref_secret in spec["ref_secrets"].items():
             refs.remember(ref_job, ref_secret)
