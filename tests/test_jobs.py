@@ -367,3 +367,31 @@ def test_a_job_whose_supervisor_is_killed_fails_its_remaining_calls_as_lost(home
         futs[-1].result()
     assert job.status()["state"] == "lost"
     assert [s["state"] for s in job.statuses()][-1] == "lost"
+
+
+INTERRUPTED_DRIVER = """
+import time, wrenpack
+
+def slow_square(x):
+    time.sleep(0.05)
+    return x * x
+
+job = wrenpack.remote(slow_square).spawn_map(range(20))
+print(job.id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_terminals_ctrl_c_stops_the_driver_but_not_its_spawned_job(home):
+    env = _env_of({"concurrency": 2, "timeout": 30})
+    script = home / "driver.py"
+    script.write_text(textwrap.dedent(INTERRUPTED_DRIVER))
+    # the driver leads a process group, as a shell's foreground job does; ^C is SIGINT to that group
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=home, start_new_session=True)
+    job_id = driver.stdout.readline().strip()
+    os.killpg(driver.pid, signal.SIGINT)
+    assert driver.wait(30) != 0 and "KeyboardInterrupt" in driver.stderr.read()
+    job = wrenpack.attach(job_id)
+    assert job.results(timeout=60) == [x * x for x in range(20)]
