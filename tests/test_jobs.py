@@ -270,13 +270,8 @@ def _env_of(settings: dict) -> dict[str, str]:
 @pytest.mark.backends("local", "lambda")
 def test_a_sigkilled_drivers_spawned_map_finishes_and_another_process_attaches(backend, backend_settings, home,
                                                                                 monkeypatch):
-    settings = backend_settings(concurrency=2 if backend == "local" else 8)
-    settings.pop("lambda_auto_deploy", None)
-    if backend == "local":
-        settings["storage"] = str(home / "store")
-    for name, value in settings.items():
-        monkeypatch.setenv(f"WRENPACK_{name.upper()}", str(value))
-    env = _env_of(settings)
+    settings, env = _settings_in_env(backend, backend_settings, home, monkeypatch,
+                                     concurrency=2 if backend == "local" else 8)
     script = home / "driver.py"
     script.write_text(textwrap.dedent(DRIVER))
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=home)
@@ -318,9 +313,22 @@ print(job.id, flush=True)
 """
 
 
+def _settings_in_env(backend, backend_settings, home, monkeypatch, **overrides) -> tuple[dict, dict[str, str]]:
+    """Settings for ``backend`` (a local store under ``home``), in this process's environment and
+    in the returned one (for the driver and CLI subprocesses)."""
+    settings = backend_settings(**overrides)
+    settings.pop("lambda_auto_deploy", None)  # (the emulator's default function serves these calls)
+    if backend == "local":
+        settings["storage"] = str(home / "store")
+    for name, value in settings.items():
+        monkeypatch.setenv(f"WRENPACK_{name.upper()}", str(value))
+    return settings, _env_of(settings)
+
+
 @pytest.mark.slow
-def test_cancel_stops_a_spawned_job_and_clean_never_removed_it_while_live(home):
-    env = _env_of({"concurrency": 2, "timeout": 30})
+@pytest.mark.backends("local", "lambda")
+def test_cancel_stops_a_spawned_job_and_clean_never_removed_it_while_live(backend, backend_settings, home, monkeypatch):
+    _settings, env = _settings_in_env(backend, backend_settings, home, monkeypatch, concurrency=2)
     script = home / "driver.py"
     script.write_text(textwrap.dedent(CANCEL_DRIVER))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
@@ -334,12 +342,12 @@ def test_cancel_stops_a_spawned_job_and_clean_never_removed_it_while_live(home):
     # clean never removes it while its supervisor runs
     for args in (("clean", "--stale"), ("clean", "--all"), ("clean", "--all", "--force"), ("clean", job_id, "--force")):
         _cli(*args, env=env)
-        assert _store().exists(keys.job_record_key(job_id)), args
+        assert job.store.exists(keys.job_record_key(job_id)), args
     cancelled = _cli("jobs", "cancel", job_id, env=env)
     assert cancelled.returncode == 0, cancelled.stderr
     cf.wait(futs, timeout=30)
     outcomes = [("ok" if not f.cancelled() and f.exception() is None else "cancelled") for f in futs]
-    assert outcomes[0] == "ok" and outcomes[-1] == "cancelled"
+    assert "ok" in outcomes and outcomes[-1] == "cancelled"  # what ended before the cancel keeps its result
     for fut in futs:
         if outcomes[int(fut.call_id)] == "cancelled":
             with pytest.raises(cf.CancelledError):
