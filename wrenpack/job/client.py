@@ -45,6 +45,8 @@ POLL_S = 0.2
 POLL_REMOTE_S = 0.5
 #: how often it looks for the cancel marker and checks that the job's supervisor lives (s)
 LIVENESS_S = 1.0
+#: store errors in a row after which a watcher fails the futures left (with the error)
+WATCH_FAILURES = 8
 #: how long a spawned job's objects are kept by default (s): a week
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 
@@ -373,35 +375,23 @@ def _watch(job: Job, futs: list[WrenFuture]) -> None:
     """Resolve ``futs`` from the store until all are done."""
     by_cid = {f.call_id: f for f in futs}
     started: set[str] = set()
-    next_liveness = 0.0
     poll = POLL_S if job.store.spec.get("type") == "local" else POLL_REMOTE_S
+    next_check = [0.0]
+    failures = 0
     try:
         while True:
-            _collect(job, by_cid, started)
-            if all(f.done() for f in futs):
-                return
-            now = time.monotonic()
-            if now >= next_liveness:
-                next_liveness = now + LIVENESS_S
-                if job.cancelled():
-                    _collect(job, by_cid, started)
-                    _fail_rest(job, futs, True, "")
+            try:
+                if _watch_round(job, futs, by_cid, started, next_check):
                     return
-                state = (job.progress() or {}).get("state")
-                alive = True
-                if state not in job_record.FINAL_STATES:
-                    alive, owner = job.supervisor()
-                    if alive is False:
-                        state = (job.progress() or {}).get("state")  # it may have just ended
-                if state in job_record.FINAL_STATES or alive is False:
-                    _collect(job, by_cid, started)
-                    if state == "cancelled":
-                        _fail_rest(job, futs, True, "")
-                    else:
-                        why = f"job {job.id} ended without a result for this call" if state in job_record.FINAL_STATES else \
-                            f"the process that ran job {job.id} ended before this call finished (its log: {log_path(job.id)})"
-                        _fail_rest(job, futs, False, why)
-                    return
+                failures = 0
+            except (OSError, StoreError) as exc:
+                # A store that fails for a while (a network hiccup) is tried again; one that keeps failing ends the watch.
+                failures += 1
+                if failures >= WATCH_FAILURES:
+                    raise
+                log.warning("reading job %s from %s failed (%s); trying again", job.id, job.store.url, exc)
+                time.sleep(min(5.0, poll * 2 ** failures))
+                continue
             time.sleep(poll)
     except BaseException as exc:  # noqa: BLE001 - never leave futures waiting for a watcher that is gone
         log.debug("watching job %s failed", job.id, exc_info=True)
@@ -410,6 +400,39 @@ def _watch(job: Job, futs: list[WrenFuture]) -> None:
         for fut in futs:
             if not fut.done():
                 fut._resolve(False, err)
+
+
+def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture], started: set[str],
+                 next_check: list[float]) -> bool:
+    """One look at the store; True once every future is done."""
+    _collect(job, by_cid, started)
+    if all(f.done() for f in futs):
+        return True
+    now = time.monotonic()
+    if now < next_check[0]:
+        return False
+    next_check[0] = now + LIVENESS_S
+    if job.cancelled():
+        _collect(job, by_cid, started)
+        _fail_rest(job, futs, True, "")
+        return True
+    state = (job.progress() or {}).get("state")
+    alive: bool | None = True
+    if state not in job_record.FINAL_STATES:
+        alive, _owner = job.supervisor()
+        if alive is False:
+            state = (job.progress() or {}).get("state")  # it may have just ended
+    if state not in job_record.FINAL_STATES and alive is not False:
+        return False
+    _collect(job, by_cid, started)
+    if state == "cancelled":
+        _fail_rest(job, futs, True, "")
+    elif state in job_record.FINAL_STATES:
+        _fail_rest(job, futs, False, f"job {job.id} ended without a result for this call")
+    else:
+        _fail_rest(job, futs, False, f"the process that ran job {job.id} ended before this call finished "
+                                     f"(its log: {log_path(job.id)})")
+    return True
 
 
 def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None:

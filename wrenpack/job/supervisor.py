@@ -167,6 +167,9 @@ class Supervisor:
         except CorruptObject as exc:
             log.warning("%s; not cancelling", exc)
             return False
+        except Exception as exc:  # noqa: BLE001 - a store hiccup: look again at the next round
+            log.warning("could not read the cancel marker of job %s: %s", self.job_id, exc)
+            return False
 
     def _cancel(self) -> None:
         log.info("job %s: cancelled; stopping its calls", self.job_id)
