@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import cloudpickle
 
 from wrenpack import keys
+from wrenpack.backends import backend_class
 from wrenpack.errors import ConfigError, StoreError, WrenpackError
 from wrenpack.executor.core import new_job_id
 from wrenpack.executor.owner import key_path, user_key
@@ -102,6 +103,8 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         "job_id": job_id, "secret": secret, "label": label, "config": config, "options": options,
         "fn_bytes": prepared.fn_bytes, "payloads": prepared.payloads, "referenced": sorted(prepared.referenced),
         "ref_secrets": ref_secrets, "record": record,
+        # the backend's class (by reference): one registered at run time is known to the supervisor too
+        "backend": (config.backend, backend_class(config.backend)),
     }
     try:
         store.put(keys.job_record_key(job_id), job_record.seal_job(key, job_id, record))

@@ -35,6 +35,7 @@ from typing import Any
 import cloudpickle
 
 from wrenpack import keys
+from wrenpack.backends import backend_names, register_backend
 from wrenpack.errors import CorruptObject, ObjectNotFound
 from wrenpack.executor import Executor, Prepared
 from wrenpack.executor.owner import owner_record
@@ -75,6 +76,9 @@ class Supervisor:
         self.secret: bytes = spec["secret"]
         self.label: str = spec["label"]
         self.spec = spec
+        name, cls = spec["backend"]
+        if name not in backend_names():
+            register_backend(name, cls)  # registered at run time in the spawning process
         self.executor = Executor(spec["config"].replace(keep_objects=True))
         self.store = self.executor.store
         self.cancelled = False
@@ -108,8 +112,13 @@ class Supervisor:
                                       mark_start_after=0)
         prepared = Prepared(spec["fn_bytes"], spec["payloads"], {(j, tuple(c)) for j, c in spec["referenced"]})
         spec["fn_bytes"] = spec["payloads"] = None  # (the launch holds what it needs)
-        self.futures = self.executor.launch(None, [], options, self.label, prepared=prepared,  # type: ignore[arg-type]
-                                            job=(job_id, self.secret))
+        try:
+            self.futures = self.executor.launch(None, [], options, self.label, prepared=prepared,  # type: ignore[arg-type]
+                                                job=(job_id, self.secret))
+        except Exception as exc:  # noqa: BLE001 - every call fails with it, where an attached process sees it
+            log.error("job %s: the launch failed: %s", job_id, exc)
+            self._launch_failed(exc, len(prepared.payloads))
+            return 1
         for fut in self.futures:
             fut.add_done_callback(self._ended)
         self._write_progress()
@@ -156,6 +165,20 @@ class Supervisor:
             self.store.put(keys.result_key(self.job_id, fut.call_id), blob, if_absent=True)
         except Exception:  # noqa: BLE001 - an attached process then reports the call lost
             log.warning("could not record the failure of %s", fut.label, exc_info=True)
+
+    def _launch_failed(self, exc: BaseException, calls: int) -> None:
+        """Nothing could be launched: each call's result says why, and the job has failed."""
+        now = time.time()
+        outcome = cloudpickle.dumps(error_tuple(exc, "wrenpack", ""))
+        for i in range(calls):
+            cid = keys.call_id(i)
+            record = status_record.record(self.job_id, cid, 0, 0, "error", now, now, None, None, "", 0, "", None)
+            record["error"] = type(exc).__name__
+            blob = result_format.seal_result(self.secret, self.job_id, cid, record, outcome)
+            self.store.put(keys.result_key(self.job_id, cid), blob, if_absent=True)
+        progress = {"state": "failed", "done": 0, "failed": calls, "running": 0, "queued": 0, "cancelled": 0,
+                    "invocations": 0, "billed_ms": 0, "updated": now, "ended": now}
+        self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
 
     # -- cancel ----------------------------------------------------------------------
     def _cancel_marked(self) -> bool:
