@@ -219,6 +219,24 @@ def test_a_spawned_job_runs_detached_and_its_results_come_from_the_store(home):
     assert single.results(timeout=60) == [49]
 
 
+class BrokenBackend:
+    """A backend that cannot start (registered at run time, as a plug-in is)."""
+
+    @classmethod
+    def from_config(cls, config):
+        raise ConfigError("this backend is broken on purpose; pick another")
+
+
+def test_a_spawned_job_that_cannot_launch_fails_every_call_with_the_reason(home):
+    from wrenpack.backends import register_backend
+
+    register_backend("brokenjobs", BrokenBackend)
+    job = wrenpack.remote(_square, executor=Executor(backend="brokenjobs")).spawn_map([1, 2])
+    outcomes = job.results(timeout=60, return_exceptions=True)
+    assert [type(e) for e in outcomes] == [ConfigError, ConfigError] and "broken on purpose" in str(outcomes[0])
+    assert job.status()["state"] == "failed"
+
+
 # -- acceptance: the driver dies at once, the job goes on ---------------------------------------
 def _children_of(pids: set[int]) -> set[int]:
     """Every live descendant of ``pids`` (from /proc)."""
