@@ -134,6 +134,11 @@ def test_clean_keeps_live_and_retained_spawned_jobs_and_removes_expired_ones(hom
     assert removal_state(store, retained.id, key)[0] == "retained"
     assert removal_state(store, expired.id, key)[0] == "expired"
     assert removal_state(store, old_live.id, key)[0] == "live"
+    # spawned moments ago, its supervisor not started yet: live; never started long ago: lost, kept for its retention
+    young = _plant(store, "20260101-000000-0000eeee", key)
+    never = _plant(store, "20260101-000000-0000ffff", key, created=time.time() - 7200, retention_s=36000)
+    assert removal_state(store, young.id, key)[0] == "live" and young.status()["state"] == "starting"
+    assert removal_state(store, never.id, key)[0] == "retained" and never.status()["state"] == "lost"
 
     out = _cli("clean", "--stale", "--json")
     assert out.returncode == 0, out.stderr

@@ -47,6 +47,8 @@ POLL_REMOTE_S = 0.5
 LIVENESS_S = 1.0
 #: store errors in a row after which a watcher fails the futures left (with the error)
 WATCH_FAILURES = 8
+#: how long a spawned job's supervisor may take to write its owner record (s)
+START_GRACE_S = 300.0
 #: how long a spawned job's objects are kept by default (s): a week
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 
@@ -237,14 +239,16 @@ class Job:
 
     def supervisor(self) -> tuple[bool | None, dict[str, Any] | None]:
         """(alive, owner record) of the process that runs the job's calls: alive is
-        None when that cannot be told (no authentic record, another host)."""
+        None when that cannot be told (another host; no authentic record yet, for
+        ``START_GRACE_S`` after the job was spawned), False once a job that old
+        has no authentic record (its spawning process died before it started)."""
         try:
-            record = owner_wire.loads(self.store.get(keys.owner_key(self.id)))
+            record: dict[str, Any] | None = owner_wire.loads(self.store.get(keys.owner_key(self.id)))
         except (ObjectNotFound, ValueError):
-            return None, None
+            record = None
         key = user_key(create=False)
-        if key is None or not owner_wire.verify(key, self.id, record):
-            return None, None
+        if record is None or key is None or not owner_wire.verify(key, self.id, record):
+            return (None if time.time() < self.created + START_GRACE_S else False), None
         return owner_alive(record), record
 
     def status(self) -> dict[str, Any]:
@@ -520,10 +524,9 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
         return "live", f"its supervisor (pid {owner.get('pid') if owner else '?'}) still runs its calls"
     final = (job.progress() or {}).get("state") in job_record.FINAL_STATES
     if alive is None and not final:
-        if owner is None and time.time() < job.created + 300:
+        if owner is None:
             return "live", "it was spawned moments ago and its supervisor is starting"
-        if owner is not None:
-            return "unknown", f"its supervisor ran on host {owner.get('host')!r}, where it may still run"
+        return "unknown", f"its supervisor ran on host {owner.get('host')!r}, where it may still run"
     until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.expires))
     if time.time() < job.expires:
         return "retained", f"it is kept until {until} (retention)"
