@@ -176,6 +176,11 @@ class Job:
         """When ``wrenpack clean`` may remove the job's objects (once it is not running)."""
         return self.created + float(self.record.get("retention_s", DEFAULT_RETENTION_S))
 
+    @property
+    def log_path(self) -> str:
+        """Where its supervisor logs (on the machine it was spawned on)."""
+        return log_path(self.id)
+
     def __repr__(self) -> str:
         return f"<wrenpack.Job {self.id} {self.function} ({self.calls} call{'s' if self.calls != 1 else ''})>"
 
