@@ -166,6 +166,8 @@ def test_retention_and_spawn_arguments_are_checked_before_anything_runs(home):
         f.options(memory="auto").spawn_map([1])
     with pytest.raises(ConfigError, match="retention="):
         f.spawn_map([1], retention="forever")
+    with pytest.raises(ConfigError, match="chunksize="):
+        f.spawn_map([1], chunksize=10)
     assert not _store().list(keys.JOBS)  # nothing was written
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
-from wrenpack.errors import ConfigTypeError
+from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.executor import Executor, LaunchState, check_executor, check_options, default_executor, launch_calls
 from wrenpack.futures import WrenFuture
 from wrenpack.job import Job
@@ -71,7 +71,7 @@ class RemoteFunction(Generic[T]):
         calls = [(tuple(item), kwargs) for item in items]
         return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
 
-    def spawn_map(self, items: Iterable[Any], /, *, retention: Any = None, **kwargs: Any) -> "Job":
+    def spawn_map(self, items: Iterable[Any], /, *, retention: Any = None, chunksize: Any = None, **kwargs: Any) -> "Job":
         """Like ``map``, as a job that outlives this program: returns a
         ``wrenpack.Job`` at once (``.id``, ``.futures()``, ``.status()``,
         ``.cancel()``, ``.results()``), and the calls go on after this process
@@ -79,6 +79,9 @@ class RemoteFunction(Generic[T]):
         ``wrenpack.attach(job.id)``. Results stay in the store for
         ``retention`` (seconds, or "7d"/"12h"; default 7 days) for
         ``wrenpack clean --stale`` to remove after."""
+        if chunksize is not None:
+            raise ConfigError(f"spawn_map runs one invocation per call; chunksize={chunksize!r} is for .map() "
+                              "(leave it out, or group the items yourself)")
         calls = [((item,), kwargs) for item in items]
         return spawn_calls(self.executor, self.fn, calls, self._options, retention)
 
