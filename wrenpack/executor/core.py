@@ -231,31 +231,28 @@ class Executor(CallTable, cf.Executor):
         prepared: Prepared | None = None,
         futures: Sequence[WrenFuture] | None = None,
         *,
-        job: tuple[str, bytes] | None = None,
+        spawned: tuple[str, bytes] | None = None,
     ) -> list[WrenFuture]:
         """Launch one call per ``(args, kwargs)`` (or per payload of ``prepared``);
         return their futures in order. ``futures``: the futures to resolve, made
         before (a map's calls launched later: ``wrenpack.executor.grouping``); their map
         was accepted before any shutdown, so they launch after one too.
 
-        ``job``: (id, secret) of a spawned job (``wrenpack.job``), whose id and
+        ``spawned``: (id, secret) of a spawned job (``wrenpack.job``), whose id and
         secret were made by the process that spawned it: its results stay in
         the store for whoever attaches to it (the job is pinned)."""
         if futures is None:
             self.check_open()
         label = label or getattr(fn, "__qualname__", "function")
-        if job is None:
-            job_id = new_job_id()
-        else:
-            job_id = job[0]
+        job_id = new_job_id() if spawned is None else spawned[0]
         if prepared is None:
             prepared = self.prepare(fn, calls, options, label)
         fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
         store = self.store
-        if job is None:
+        if spawned is None:
             secret, chain = refs.new_job_secret(job_id)
         else:
-            secret, chain = job[1], []
+            secret, chain = spawned[1], []
             refs.remember(job_id, secret)
         job_key = refs.JobKey(job_id)  # the job's futures hold it: the secret is forgotten with the last
         spec = store.spec
@@ -355,8 +352,8 @@ class Executor(CallTable, cf.Executor):
                 )
             )
         # (its own dict: the job lets go of each future as its call ends, maybe before invoke_many returns)
-        spawned = job is not None
-        job = RunningJob(job_id, label, dict(futures), options, secret, stored=stored, key=job_key, pinned=spawned)
+        job = RunningJob(job_id, label, dict(futures), options, secret, stored=stored, key=job_key,
+                         pinned=spawned is not None)
         job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
             self._jobs[job_id] = job
@@ -501,6 +498,7 @@ class Executor(CallTable, cf.Executor):
                     if not fut.done():
                         self._resolve(job, cid, False, stopped)
         self._release()
+
 
 def new_job_id() -> str:
     """A fresh job id: when it was made, and 32 random bits."""

@@ -114,7 +114,7 @@ class Supervisor:
         spec["fn_bytes"] = spec["payloads"] = None  # (the launch holds what it needs)
         try:
             self.futures = self.executor.launch(None, [], options, self.label, prepared=prepared,  # type: ignore[arg-type]
-                                                job=(job_id, self.secret))
+                                                spawned=(job_id, self.secret))
         except Exception as exc:  # noqa: BLE001 - every call fails with it, where an attached process sees it
             log.error("job %s: the launch failed: %s", job_id, exc)
             self._launch_failed(exc, len(prepared.payloads))
