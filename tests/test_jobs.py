@@ -428,3 +428,43 @@ def test_a_terminals_ctrl_c_stops_the_driver_but_not_its_spawned_job(home):
     assert driver.wait(30) != 0 and "KeyboardInterrupt" in driver.stderr.read()
     job = wrenpack.attach(job_id)
     assert job.results(timeout=60) == [x * x for x in range(20)]
+
+
+LAMBDA_LOST_DRIVER = """
+import time, wrenpack
+
+def sleepy(x):
+    time.sleep(2.0)
+    return x
+
+job = wrenpack.remote(sleepy).spawn_map(range(6))
+print(job.id, flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.backends("lambda")
+def test_on_lambda_calls_sent_before_the_supervisor_died_still_resolve(backend, backend_settings, home, monkeypatch):
+    _settings, env = _settings_in_env(backend, backend_settings, home, monkeypatch, concurrency=2)
+    script = home / "driver.py"
+    script.write_text(textwrap.dedent(LAMBDA_LOST_DRIVER))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
+    job = wrenpack.attach(out.stdout.strip())
+    end = time.monotonic() + 30
+    while len((job.progress() or {}).get("in_flight") or ()) < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    progress = job.progress()
+    assert progress["outlive"] and len(progress["in_flight"]) == 2 and progress["done"] == 0, progress
+    _alive, owner = job.supervisor()
+    os.kill(owner["pid"], signal.SIGKILL)
+    _gone([owner["pid"]])
+    futs = job.futures()
+    cf.wait(futs, timeout=60)
+    sent = set(progress["in_flight"])
+    for fut in futs:
+        if fut.call_id in sent:
+            assert fut.result() == int(fut.call_id)  # ran on in Lambda and landed in the store
+        else:
+            with pytest.raises(wrenpack.WorkerLost):
+                fut.result()
+    assert job.status()["state"] == "lost"

@@ -76,7 +76,8 @@ _JOB = {"job_id": JOB, "function": "simulate", "calls": 40, "created": 170000000
         "owner": {"user": "ada", "host": "host-1"}, "backend": "local", "spawned": True, "retention_s": 604800.0,
         "settings": {"memory": 512, "timeout": 30.0, "ephemeral_storage": 512, "retries": 1, "architecture": "x86_64"}}
 _PROGRESS = {"state": "running", "done": 3, "failed": 1, "running": 2, "queued": 34, "cancelled": 0,
-             "invocations": 4, "billed_ms": 1234, "updated": 1700000001.25, "ended": None}
+             "invocations": 4, "billed_ms": 1234, "updated": 1700000001.25, "ended": None, "outlive": True,
+             "in_flight": ["00004", "00005"]}
 _CANCEL = {"at": 1700000002.5, "host": "host-1", "pid": 1234}
 _LAYOUT_INPUT = (b"pickle-stream", [b"\x01" * 100, b"\x02" * 10])
 _FRAMES = [(b"header-1", b"blob-1"), (b"header-2", b"")]

@@ -45,6 +45,10 @@ POLL_S = 0.2
 POLL_REMOTE_S = 0.5
 #: how often it looks for the cancel marker and checks that the job's supervisor lives (s)
 LIVENESS_S = 1.0
+#: after its supervisor died, how long past its last progress record (and the calls' timeout) a
+#: call its backend had sent and that outlives its sender (Lambda: an event may wait in Lambda's
+#: queue until its deadline, 10 minutes after it was sent) is still waited for (s)
+IN_FLIGHT_GRACE_S = 660.0
 #: store errors in a row after which a watcher fails the futures left (with the error)
 WATCH_FAILURES = 8
 #: how long a spawned job's supervisor may take to write its owner record (s)
@@ -425,12 +429,14 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
         _collect(job, by_cid, started)
         _fail_rest(job, futs, True, "")
         return True
-    state = (job.progress() or {}).get("state")
+    progress = job.progress() or {}
+    state = progress.get("state")
     alive: bool | None = True
     if state not in job_record.FINAL_STATES:
         alive, _owner = job.supervisor()
         if alive is False:
-            state = (job.progress() or {}).get("state")  # it may have just ended
+            progress = job.progress() or progress  # it may have just ended
+            state = progress.get("state")
     if state not in job_record.FINAL_STATES and alive is not False:
         return False
     _collect(job, by_cid, started)
@@ -439,8 +445,17 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
     elif state in job_record.FINAL_STATES:
         _fail_rest(job, futs, False, f"job {job.id} ended without a result for this call")
     else:
-        _fail_rest(job, futs, False, f"the process that ran job {job.id} ended before this call finished "
-                                     f"(its log: {log_path(job.id)})")
+        why = f"the process that ran job {job.id} ended before this call finished (its log: {log_path(job.id)})"
+        # Calls its backend had sent, where calls outlive the process that sent them (Lambda),
+        # may still end: they are waited for until the latest they could.
+        in_flight = set(progress.get("in_flight") or ()) if progress.get("outlive") else set()
+        waiting = [f for f in futs if f.call_id in in_flight and not f.done()]
+        timeout = float((job.record.get("settings") or {}).get("timeout") or 900)
+        until = float(progress.get("updated") or 0) + timeout + IN_FLIGHT_GRACE_S
+        if waiting and time.time() < until:
+            _fail_rest(job, [f for f in futs if f.call_id not in in_flight], False, why)
+            return False
+        _fail_rest(job, futs, False, why)
     return True
 
 

@@ -119,6 +119,8 @@ class Supervisor:
             log.error("job %s: the launch failed: %s", job_id, exc)
             self._launch_failed(exc, len(prepared.payloads))
             return 1
+        #: whether calls sent go on without this process (Lambda): the progress record then names them
+        self.outlive = not self.executor.capabilities.calls_end_with_driver
         for fut in self.futures:
             fut.add_done_callback(self._ended)
         self._write_progress()
@@ -202,6 +204,7 @@ class Supervisor:
     # -- progress --------------------------------------------------------------------
     def _write_progress(self, state: str = "running") -> None:
         counts = {"done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}
+        in_flight = []
         for fut in self.futures:
             if fut.cancelled() or fut.call_id in self.stopped:
                 counts["cancelled"] += 1
@@ -209,16 +212,18 @@ class Supervisor:
                 counts["done" if fut.exception() is None else "failed"] += 1
             elif fut.running():
                 counts["running"] += 1
+                in_flight.append(fut.call_id)
             else:
                 counts["queued"] += 1
         with self._lock:
-            seen = (state, tuple(counts.values()), self.billed_ms)
+            seen = (state, tuple(counts.values()), self.billed_ms, tuple(in_flight))
         if state == "running" and seen == self._written:
             return
         now = time.time()
         with self._lock:
             progress = dict(counts, state=state, invocations=self.invocations, billed_ms=self.billed_ms, updated=now,
-                            ended=None if state == "running" else now)
+                            ended=None if state == "running" else now, outlive=self.outlive,
+                            in_flight=in_flight if self.outlive and state == "running" else [])
         try:
             self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
             self._written = seen

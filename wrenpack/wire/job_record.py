@@ -16,9 +16,11 @@ marker, and how the job's secret comes from the user's key.
   store access cannot. It is never written anywhere.
 * The progress record (``keys.progress_key``), JSON ``{"state", "done",
   "failed", "running", "queued", "cancelled", "invocations", "billed_ms",
-  "updated", "ended"}``, sealed with the job's secret as the job's "progress"
-  object: what the process running the job's calls counted (``state``:
-  "running", then "done", "failed" or "cancelled").
+  "updated", "ended", "outlive", "in_flight"}``, sealed with the job's secret
+  as the job's "progress" object: what the process running the job's calls
+  counted (``state``: "running", then "done", "failed" or "cancelled");
+  ``outlive``: its backend's calls go on without it (Lambda), and then
+  ``in_flight`` names the calls sent and not ended.
 * The cancel marker (``keys.cancel_key``), JSON ``{"at", "host", "pid"}``,
   sealed with the job's secret as its "cancel" object: only someone who holds
   the secret can cancel a job. Workers find its key in their event (``cancel_key``).
