@@ -41,6 +41,7 @@ from wrenpack.wire import (
     event,
     frames,
     handoff,
+    job_record,
     outcome,
     owner,
     result,
@@ -71,6 +72,13 @@ _STATUS = status.record(JOB, CALL, 1, 2, "ok", 1700000000.25, 1700000001.5, peak
 _SEGMENT_STATUS = dict(_STATUS, exit="checkpointed", checkpoint={"saves": 1, "save_s": 0.5})
 _SMALL_STATUS = {"exit": "ok", "attempt": 0, "run_s": 0.125}
 _OWNER = {"host": "host-1", "pid": 1234, "start": "98765", "created": 1700000000.5, "label": "simulate"}
+_JOB = {"job_id": JOB, "function": "simulate", "calls": 40, "created": 1700000000.5,
+        "owner": {"user": "ada", "host": "host-1"}, "backend": "local", "spawned": True, "retention_s": 604800.0,
+        "settings": {"memory": 512, "timeout": 30.0, "ephemeral_storage": 512, "retries": 1, "architecture": "x86_64"}}
+_PROGRESS = {"state": "running", "done": 3, "failed": 1, "running": 2, "queued": 34, "cancelled": 0,
+             "invocations": 4, "billed_ms": 1234, "updated": 1700000001.25, "ended": None, "outlive": True,
+             "in_flight": ["00004", "00005"]}
+_CANCEL = {"at": 1700000002.5, "host": "host-1", "pid": 1234}
 _LAYOUT_INPUT = (b"pickle-stream", [b"\x01" * 100, b"\x02" * 10])
 _FRAMES = [(b"header-1", b"blob-1"), (b"header-2", b"")]
 _MSG_EVENTS = [
@@ -121,6 +129,8 @@ CASES: dict[str, Callable[[], list[bytes]]] = {
     "checkpoint": lambda: [checkpoint.seal_checkpoint(SECRET, JOB, CALL, 3, b"state-pickle")],
     "start": lambda: [start.seal_start(SECRET, JOB, CALL, 1700000000.25, 1)],
     "owner": lambda: [owner.dumps(owner.seal(SECRET, JOB, _OWNER))],
+    "job_record": lambda: [job_record.seal_job(SECRET, JOB, _JOB), job_record.derive_secret(SECRET, JOB),
+                           job_record.seal_progress(SECRET, JOB, _PROGRESS), job_record.seal_cancel(SECRET, JOB, _CANCEL)],
     "handoff": lambda: [json.dumps(handoff.image(*_LAYOUT_INPUT)[1]).encode(), handoff.image(*_LAYOUT_INPUT)[0]],
     "frames": lambda: [b"".join(frames.encode(h, b) for h, b in _FRAMES)],
     "driver_message": lambda: [_message_bytes()],
@@ -176,6 +186,13 @@ def _decode_owner(parts: list[bytes]) -> None:
     assert owner.verify(SECRET, JOB, record) and {k: v for k, v in record.items() if k != "mac"} == _OWNER
 
 
+def _decode_job_record(parts: list[bytes]) -> None:
+    assert job_record.open_job(SECRET, JOB, parts[0]) == _JOB
+    assert parts[1] == job_record.derive_secret(SECRET, JOB) and len(parts[1]) == 32
+    assert job_record.open_progress(SECRET, JOB, parts[2]) == _PROGRESS
+    assert job_record.open_cancel(SECRET, JOB, parts[3]) == _CANCEL
+
+
 def _decode_handoff(parts: list[bytes]) -> None:
     layout = handoff.check_layout(json.loads(parts[0]))
     data = parts[1]
@@ -213,6 +230,7 @@ def _decode_worker_reply(parts: list[bytes]) -> None:
 DECODE: dict[str, Callable[[list[bytes]], None]] = {
     "event": _decode_event, "outcome": _decode_outcome, "status": _decode_status, "result": _decode_result,
     "segment": _decode_segment, "checkpoint": _decode_checkpoint, "start": _decode_start, "owner": _decode_owner,
+    "job_record": _decode_job_record,
     "handoff": _decode_handoff, "frames": _decode_frames, "driver_message": _decode_driver_message,
     "worker_reply": _decode_worker_reply,
 }

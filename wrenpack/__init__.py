@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "Executor": "wrenpack.executor",
     "job_report": "wrenpack.executor.core",
     "JobReport": "wrenpack.report",
+    "Job": "wrenpack.job",
+    "attach": "wrenpack.job",
     "Config": "wrenpack.config",
     # other libraries' APIs over wrenpack
     "register_joblib": "wrenpack.integrations",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.executor.core import job_report
     from wrenpack.executor.mapreduce import map_reduce
     from wrenpack.report import JobReport
+    from wrenpack.job import Job, attach
     from wrenpack.remote_function import RemoteFunction, remote
     from wrenpack.storage.data import objects, store
     from wrenpack.worker.checkpoint import Checkpoint, checkpoint

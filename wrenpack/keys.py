@@ -9,6 +9,9 @@
     jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start (sealed)
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
     jobs/<job_id>/owner.json                    the client process that launched the job (MAC under the user's key, never unpickled)
+    jobs/<job_id>/job.json                      a spawned job's record: function, calls, settings, retention (MAC under the user's key)
+    jobs/<job_id>/progress.json                 a spawned job's counts and state, as its supervisor sees them (sealed)
+    jobs/<job_id>/cancel                        a spawned job was cancelled: its calls stop, queued ones never start (sealed)
 
 ``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
 workers write spread over a few prefixes, so one job is not capped by one
@@ -74,6 +77,24 @@ def owner_key(job_id: str) -> str:
     return f"{JOBS}{job_id}/owner.json"
 
 
+def job_record_key(job_id: str) -> str:
+    """A spawned job's record (``wire.job_record``): what ``wrenpack jobs`` lists
+    and ``wrenpack.attach`` opens; sealed with the user's key."""
+    return f"{JOBS}{job_id}/job.json"
+
+
+def progress_key(job_id: str) -> str:
+    """A spawned job's counts (done, failed, running, queued) and state, written
+    by the process that runs its calls; sealed with the job's secret."""
+    return f"{JOBS}{job_id}/progress.json"
+
+
+def cancel_key(job_id: str) -> str:
+    """A spawned job's cancel marker: present (and authentic) once the job is
+    cancelled. Every call's event names it (``cancel_key``)."""
+    return f"{JOBS}{job_id}/cancel"
+
+
 def checkpoint_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/checkpoint/{call_id}.pkl"
 
@@ -87,7 +108,7 @@ def call_id(index: int) -> str:
 
 
 #: The kinds of object that are sealed (``wrenpack.auth``), one per key family above.
-KINDS = ("func", "input", "result", "segment", "checkpoint", "start", "owner")
+KINDS = ("func", "input", "result", "segment", "checkpoint", "start", "owner", "job", "progress", "cancel")
 
 
 def identity(job_id: str, kind: str, call_id: str = "", segment: int | None = None) -> str:

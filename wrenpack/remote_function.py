@@ -7,9 +7,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Generic, Iterable, TypeVar, overload
 
-from wrenpack.errors import ConfigTypeError
+from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.executor import Executor, LaunchState, check_executor, check_options, default_executor, launch_calls
 from wrenpack.futures import WrenFuture
+from wrenpack.job import Job
+from wrenpack.job.spawn import spawn_calls
 
 T = TypeVar("T")
 
@@ -68,6 +70,25 @@ class RemoteFunction(Generic[T]):
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
         calls = [(tuple(item), kwargs) for item in items]
         return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
+
+    def spawn_map(self, items: Iterable[Any], /, *, retention: Any = None, chunksize: Any = None, **kwargs: Any) -> "Job":
+        """Like ``map``, as a job that outlives this program: returns a
+        ``wrenpack.Job`` at once (``.id``, ``.futures()``, ``.status()``,
+        ``.cancel()``, ``.results()``), and the calls go on after this process
+        exits or is killed. Any process of yours attaches with
+        ``wrenpack.attach(job.id)``. Results stay in the store for
+        ``retention`` (seconds, or "7d"/"12h"; default 7 days) for
+        ``wrenpack clean --stale`` to remove after."""
+        if chunksize is not None:
+            raise ConfigError(f"spawn_map runs one invocation per call; chunksize={chunksize!r} is for .map() "
+                              "(leave it out, or group the items yourself)")
+        calls = [((item,), kwargs) for item in items]
+        return spawn_calls(self.executor, self.fn, calls, self._options, retention)
+
+    def spawn(self, /, *args: Any, **kwargs: Any) -> "Job":
+        """One call as a job that outlives this program (``spawn_map`` of one
+        call; every keyword is the function's)."""
+        return spawn_calls(self.executor, self.fn, [(args, kwargs)], self._options)
 
     def launch_parts(self) -> tuple[Callable[..., T], dict[str, Any], LaunchState]:
         """What an executor's ``submit``/``map`` and ``map_reduce`` launch: the

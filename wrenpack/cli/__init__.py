@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "iam-policy": ("wrenpack.cli.cmd_aws", "print a least-privilege IAM policy for the bucket and function"),
     "doctor": ("wrenpack.cli.cmd_aws", "check credentials, bucket, function, runtime and Python versions"),
     "clean": ("wrenpack.cli.cmd_clean", "remove a job's objects (or all jobs) from the store"),
+    "jobs": ("wrenpack.cli.cmd_jobs", "list spawned jobs, show one, or cancel one"),
 }
 
 

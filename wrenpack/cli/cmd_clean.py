@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from wrenpack import keys
@@ -36,7 +37,18 @@ def job_ids(store: Any) -> list[str]:
 def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, str]:
     """(state, why): "live" (its owner process runs), "stale" (its owner is gone),
     or "unknown" (no owner record, one not sealed with the user's owner ``key``,
-    or one from another host: whether its owner runs cannot be told from here)."""
+    or one from another host: whether its owner runs cannot be told from here).
+
+    A spawned job (one with a job record, ``wrenpack.job``) is judged by its
+    record instead: "live" while its supervisor runs, "retained" (kept) until
+    its retention ends, then "stale"; "unknown" when its record does not
+    verify or its supervisor ran on another host and has not finished."""
+    from wrenpack.job.client import removal_state
+
+    spawned = removal_state(store, job_id, key)
+    if spawned is not None:
+        state, why = spawned
+        return ("stale" if state == "expired" else state), why
     try:
         record: dict[str, Any] | None = owner_record.loads(store.get(keys.owner_key(job_id)))
     except (ObjectNotFound, StoreError, ValueError):
@@ -55,6 +67,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     store = store_for_config(current(**overrides))
     key = user_key(create=False)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
+    retained: dict[str, str] = {}  # --stale: spawned jobs kept for their retention
+    live: list[str] = []
     if args.stale:
         # Only what the user's own sealed record says is gone; a job in doubt is kept (--force removes it too).
         targets = []
@@ -64,7 +78,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 targets.append(j)
             elif state == "unknown":
                 kept[j] = why
-        skipped = sorted(kept)
+            elif state == "retained":
+                retained[j] = why
+        skipped = sorted(kept) + sorted(retained)
     else:
         named = job_ids(store) if args.all else [j.strip("/") for j in args.job_ids]
         if not args.all:
@@ -74,15 +90,25 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 raise ConfigError(f"no job {shown} in the store {store.url}; nothing was removed: check the id "
                                   "(a future's .job_id) and --storage, or remove orphaned jobs with --stale")
         live = [j for j in named if job_state(store, j, key)[0] == "live"]
+        if live and args.force:
+            # A spawned job's supervisor would go on writing its results: --force never removes it while it runs.
+            from wrenpack.job.client import removal_state
+
+            spawned_live = [j for j in live if (removal_state(store, j, key) or ("",))[0] == "live"]
+            if spawned_live:
+                shown = ", ".join(spawned_live[:3]) + (" ..." if len(spawned_live) > 3 else "")
+                raise ConfigError(f"{len(spawned_live)} spawned job(s) are still running ({shown}); cancel them "
+                                  "first (wrenpack jobs cancel ID), then clean")
         if live and not args.force:
             shown = ", ".join(live[:3]) + (" ..." if len(live) > 3 else "")
             raise ConfigError(f"{len(live)} job(s) belong to a program still running ({shown}); "
                               "wait for it to end, use --stale for orphaned jobs only, or pass --force")
         targets, skipped = named, []
-    if args.all and args.force:
+    if args.all and args.force and not live:
         removed = {keys.JOBS: store.delete_prefix(keys.JOBS)}
     else:
         removed = {keys.job_prefix(j): store.delete_prefix(keys.job_prefix(j)) for j in targets}
+    _remove_logs(targets)
     swept = 0
     from wrenpack.storage.local import LocalStore, sweep_tmp
 
@@ -91,7 +117,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     total = sum(removed.values())
     if args.json:
         print(json.dumps({"store": store.url, "removed": total, "prefixes": removed, "jobs": len(targets),
-                          "tmp_swept": swept, "skipped": skipped, "skipped_why": kept}))
+                          "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained}}))
     else:
         extra = f", {swept} stray temporary file(s)" if swept else ""
         print(f"removed {total} object(s) of {len(targets)} job(s){extra} from {store.url}")
@@ -99,7 +125,20 @@ def cmd_clean(args: argparse.Namespace) -> int:
             shown = "; ".join(f"{j}: {why}" for j, why in list(kept.items())[:3]) + ("; ..." if len(kept) > 3 else "")
             print(f"kept {len(kept)} job(s) whose owner cannot be checked ({shown}); remove them by name, "
                   "or with --stale --force")
+        if retained:
+            print(f"kept {len(retained)} spawned job(s) within their retention (remove one by name)")
     return 0
+
+
+def _remove_logs(job_ids: list[str]) -> None:
+    """The logs of removed spawned jobs' supervisors (in wrenpack's cache directory)."""
+    from wrenpack.job.client import log_path
+
+    for j in job_ids:
+        try:
+            os.unlink(log_path(j))
+        except OSError:
+            pass
 
 
 def register(subparsers: Any, name: str) -> None:

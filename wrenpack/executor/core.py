@@ -246,20 +246,30 @@ class Executor(CallTable, cf.Executor):
         label: str | None = None,
         prepared: Prepared | None = None,
         futures: Sequence[WrenFuture] | None = None,
+        *,
+        spawned: tuple[str, bytes] | None = None,
     ) -> list[WrenFuture]:
         """Launch one call per ``(args, kwargs)`` (or per payload of ``prepared``);
         return their futures in order. ``futures``: the futures to resolve, made
         before (a map's calls launched later: ``wrenpack.executor.grouping``); their map
-        was accepted before any shutdown, so they launch after one too."""
+        was accepted before any shutdown, so they launch after one too.
+
+        ``spawned``: (id, secret) of a spawned job (``wrenpack.job``), whose id and
+        secret were made by the process that spawned it: its results stay in
+        the store for whoever attaches to it (the job is pinned)."""
         if futures is None:
             self.check_open()
         label = label or getattr(fn, "__qualname__", "function")
-        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
+        job_id = new_job_id() if spawned is None else spawned[0]
         if prepared is None:
             prepared = self.prepare(fn, calls, options, label)
         fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
         store = self.store
-        secret, chain = refs.new_job_secret(job_id)
+        if spawned is None:
+            secret, chain = refs.new_job_secret(job_id)
+        else:
+            secret, chain = spawned[1], []
+            refs.remember(job_id, secret)
         job_key = refs.JobKey(job_id)  # the job's futures hold it: the secret is forgotten with the last
         spec = store.spec
         extra_event = dict(options.extra.get("event", {}))
@@ -358,7 +368,8 @@ class Executor(CallTable, cf.Executor):
                 )
             )
         # (its own dict: the job lets go of each future as its call ends, maybe before invoke_many returns)
-        job = RunningJob(job_id, label, dict(futures), options, secret, stored=stored, key=job_key)
+        job = RunningJob(job_id, label, dict(futures), options, secret, stored=stored, key=job_key,
+                         pinned=spawned is not None)
         job.invocations = {inv.key[1]: inv for inv in invocations}
         with self._lock:
             self._jobs[job_id] = job
@@ -377,20 +388,21 @@ class Executor(CallTable, cf.Executor):
 
     def prepare(self, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
                 options: CallOptions, label: str, *, packer: handoff.Packer | None = None,
-                fn_bytes: bytes | None = None, first: int = 0) -> Prepared:
+                fn_bytes: bytes | None = None, first: int = 0, handoffs: bool = True) -> Prepared:
         """Pickle a launch's function and arguments (and check their size): a
         call that cannot be sent fails here, before anything is stored or runs.
 
         A map that pickles its calls a few at a time (``wrenpack.executor.feed``) passes
         its ``packer`` (kept open), the function pickled once, and the index of
-        the first call given (for the messages)."""
+        the first call given (for the messages). ``handoffs=False``: every
+        payload is bytes (a spawned job's go to another process), never a memfd."""
         # Everything is pickled in one by-value scope: another thread's map
         # cannot change how it pickles.
         user_modules = serialize.user_modules_of(fn)
         # Futures inside the arguments pickle without their jobs' secrets
         # (those travel in the events, never in the store).
         own_packer = packer is None
-        packer_made = not own_packer
+        packer_made = not own_packer or not handoffs
         payloads: list[Any] = []
         try:
             with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
@@ -464,6 +476,13 @@ class Executor(CallTable, cf.Executor):
             if collector is not threading.current_thread():
                 collector.join(timeout=5)
 
+    def stop(self) -> None:
+        """Stop every call now: queued ones never start, running ones are
+        stopped where the backend can stop them, then the backend is shut down
+        (what happens at interpreter exit; a cancelled spawned job's supervisor
+        uses it)."""
+        self._exit()
+
     def _exit(self) -> None:
         """Interpreter exit (or Ctrl-C): stop calls still running, remove what
         they left in the store (unless keep_objects), stop the backend."""
@@ -495,6 +514,12 @@ class Executor(CallTable, cf.Executor):
                     if not fut.done():
                         self._resolve(job, cid, False, stopped)
         self._release()
+
+
+def new_job_id() -> str:
+    """A fresh job id: when it was made, and 32 random bits."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
+
 
 _last_function: tuple[bytes, str, str | None] | None = None
 

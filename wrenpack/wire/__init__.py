@@ -8,6 +8,8 @@
 ``segment``        the sealed segment record of a checkpointed call
 ``checkpoint``     the sealed checkpoint of a call's state (``WRCK2``)
 ``start``          the start mark of a call that waited in Lambda's queue
+``owner``          the owner record of a job (MAC under the user's key)
+``job_record``     a spawned job's record, progress record and cancel marker
 ``handoff``        the layout of a memfd passed between driver and local worker
 ``frames``         local frames on the driver/worker socketpair, with SCM_RIGHTS
 ``driver_message`` the driver's message header to a local worker (marshal)

@@ -1,0 +1,144 @@
+"""``wrenpack jobs [--json]``, ``wrenpack jobs show ID [--json]``, ``wrenpack jobs cancel ID``.
+
+Lists the jobs in the store: spawned ones (``f.spawn_map``) with their state,
+call counts (done, failed, running, queued), owner, start and cost so far
+(Lambda's price of the billed time and requests; on the local backend, what the
+same calls would cost on Lambda), and jobs launched with ``.map()`` that have
+objects there (as their owner records say). Only records sealed with your own
+key are believed: another user's or a forged job shows as "untrusted".
+Exit codes: 0 ok, 1 no such job (or it cannot be cancelled), 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from wrenpack.errors import WrenpackError
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from wrenpack.config import current
+    from wrenpack.storage import store_for_config
+
+    overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
+                                   ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
+    return store_for_config(current(**overrides))
+
+
+def _when(t: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+
+
+def _owner(row: dict[str, Any]) -> str:
+    owner = row.get("owner") or {}
+    if "user" in owner:
+        return f"{owner.get('user')}@{owner.get('host')}"
+    return f"pid {owner.get('pid')}@{owner.get('host')}" if owner else "-"
+
+
+def _counts(row: dict[str, Any]) -> str:
+    if not row.get("spawned"):
+        return "-"
+    return f"{row['done']}/{row['failed']}/{row['running']}/{row['queued']}"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from wrenpack.executor.owner import user_key
+    from wrenpack.job.client import describe, job_ids
+
+    action = getattr(args, "action", None)
+    if action == "show":
+        return _show(args)
+    if action == "cancel":
+        return _cancel(args)
+    store = _store(args)
+    key = user_key(create=False)
+    rows = [describe(store, j, key) for j in job_ids(store)]
+    if args.json:
+        print(json.dumps({"store": store.url, "jobs": rows}, default=str))
+        return 0
+    if not rows:
+        print(f"no jobs in {store.url}")
+        return 0
+    head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED", "OWNER", "STARTED", "COST")
+    table = [head] + [(r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
+                       f"${r['cost']:.6f}" if "cost" in r else "-") for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    return 0
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from wrenpack.job.client import open_job
+
+    return open_job(_store(args), args.job_id)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from wrenpack.executor.owner import user_key
+    from wrenpack.job.client import describe
+
+    job = _open(args)  # (the one-line errors: not found, not spawned, untrusted)
+    row = describe(job.store, job.id, user_key(create=False))
+    row["calls_status"] = job.statuses()
+    if args.json:
+        print(json.dumps(row, default=str))
+        return 0
+    settings = row.get("settings") or {}
+    sup = row.get("supervisor") or {}
+    print(f"job        {row['id']}")
+    print(f"function   {row['function']} ({row['calls']} calls) on {row.get('backend')}, "
+          f"memory={settings.get('memory')} MB, timeout={settings.get('timeout')} s")
+    print(f"state      {row['state']}: {row['done']} done, {row['failed']} failed, {row['running']} running, "
+          f"{row['queued']} queued, {row['cancelled']} cancelled")
+    print(f"owner      {_owner(row)}; supervisor pid {sup.get('pid', '-')} "
+          f"({'running' if sup.get('alive') else 'ended' if sup.get('alive') is False else 'unknown'})")
+    print(f"started    {_when(row.get('created'))}; ended {_when(row.get('ended'))}; kept until {_when(row.get('expires'))}")
+    print(f"cost       ${row['cost']:.6f} ({row['invocations']} invocations, {row['billed_ms'] / 1000:.3f} s billed)")
+    for rec in row["calls_status"]:
+        extra = ""
+        if rec.get("duration_s") is not None:
+            extra = f" {rec['duration_s']:.3f} s, peak {rec.get('peak_rss_mb')} MB, attempts {rec.get('attempts')}"
+        if rec.get("error"):
+            extra += f" ({rec['error']})"
+        print(f"  {rec['call_id']}  {rec['state']}{extra}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    job = _open(args)
+    if not job.cancel():
+        raise WrenpackError(f"job {job.id} has already ended ({job.status()['state']}); nothing to cancel")
+    print(f"cancelled job {job.id}: queued calls will not start, running ones are stopped")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="the store (default: the storage setting)")
+    p.add_argument("--region")
+    p.add_argument("--profile")
+    p.add_argument("--s3-endpoint-url")
+
+
+def register(subparsers: Any, name: str) -> None:
+    p = subparsers.add_parser(name, help="list spawned jobs, show one, or cancel one",
+                              description="List the jobs in the store (spawned ones with state, counts, owner, "
+                                          "start and cost so far); `show ID` for one, `cancel ID` to cancel one. "
+                                          "Exit codes: 0 ok, 1 not found or failed, 2 usage.")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    _common(p)
+    p.set_defaults(func=cmd_jobs, action=None)
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    show = sub.add_parser("show", help="one job: record, counts, cost and every call's status",
+                          description="Show one spawned job: its record, counts, cost and every call's status.")
+    show.add_argument("job_id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="one JSON document")
+    _common(show)
+    cancel = sub.add_parser("cancel", help="cancel a spawned job (queued calls never start)",
+                            description="Cancel a spawned job: its queued calls never start, running ones are "
+                                        "stopped, and its futures fail with CancelledError.")
+    cancel.add_argument("job_id", metavar="ID")
+    _common(cancel)

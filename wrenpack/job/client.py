@@ -1,0 +1,553 @@
+"""A spawned job as an object any process of its user can hold: ``Job``, and
+``attach`` to find one by its id.
+
+Everything here is read from the store and checked before it is believed:
+
+- the job record (``wire.job_record``) verifies under the user's own key
+  (``wrenpack.executor.owner.user_key``); a record that does not is refused;
+- the job's secret is derived from that key and the job's id, so results,
+  start marks, the progress record and the cancel marker verify as every other
+  sealed object does (``wrenpack.auth``): nothing is unpickled that was not
+  sealed with it for that call;
+- whether the process running the job's calls (its supervisor) lives comes from
+  the owner record it wrote, sealed with the same key.
+
+A ``Job``'s futures are ``WrenFuture``s resolved by one watcher thread per
+``Job``, which lists the job's result objects every ``POLL_S`` and fails the
+calls left when the job was cancelled (``CancelledError``) or ended without
+them (``WorkerLost``).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+from wrenpack import auth, keys
+from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, StoreError, WorkerLost, WrenpackError
+from wrenpack.executor.owner import key_path, owner_alive, user_key
+from wrenpack.futures import WrenFuture
+from wrenpack.storage import Store
+from wrenpack.wire import job_record, owner as owner_wire, result as result_format, start as start_mark
+from wrenpack.worker import refs
+
+log = logging.getLogger("wrenpack.job")
+
+#: how often a job's watcher lists its results (s): a local store, a remote one (S3 requests cost)
+POLL_S = 0.2
+POLL_REMOTE_S = 0.5
+#: how often it looks for the cancel marker and checks that the job's supervisor lives (s)
+LIVENESS_S = 1.0
+#: after its supervisor died, how long past its last progress record (and the calls' timeout) a
+#: call its backend had sent and that outlives its sender (Lambda: an event may wait in Lambda's
+#: queue until its deadline, 10 minutes after it was sent) is still waited for (s)
+IN_FLIGHT_GRACE_S = 660.0
+#: store errors in a row after which a watcher fails the futures left (with the error)
+WATCH_FAILURES = 8
+#: how long a spawned job's supervisor may take to write its owner record (s)
+START_GRACE_S = 300.0
+#: how long a spawned job's objects are kept by default (s): a week
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+
+
+class JobNotFound(WrenpackError):
+    """No job of that id in the store."""
+
+
+class NotSpawned(WrenpackError):
+    """The job was launched with ``.map()``/``.remote()``: its calls end with their driver."""
+
+
+def logs_dir() -> str:
+    """Where spawned jobs' supervisors log: ``jobs/`` beside the owner key."""
+    return os.path.join(os.path.dirname(key_path()), "jobs")
+
+
+def log_path(job_id: str) -> str:
+    return os.path.join(logs_dir(), f"{job_id}.log")
+
+
+def check_retention(retention: Any) -> float:
+    """``retention=`` in seconds (a number, or text such as ``"7d"``, ``"12h"``, ``"30m"``)."""
+    if retention is None:
+        return DEFAULT_RETENTION_S
+    value: Any = retention
+    if isinstance(retention, str):
+        text = retention.strip().lower()
+        unit = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}.get(text[-1:], None)
+        try:
+            value = float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"retention={retention!r} must be a number of seconds above 0, or text such as '7d', "
+                          "'12h' or '30m'")
+    return float(value)
+
+
+def _prices() -> dict[str, Any]:
+    return json.loads(resources.files("wrenpack").joinpath("data/lambda_prices.json").read_text())
+
+
+def lambda_cost(memory_mb: float, billed_ms: float, invocations: int, architecture: str = "x86_64") -> float:
+    """What ``invocations`` requests and ``billed_ms`` of duration at ``memory_mb``
+    cost on Lambda (``wrenpack/data/lambda_prices.json``), in its currency."""
+    table = _prices()["architectures"]
+    price = table.get(architecture) or table["x86_64"]
+    return billed_ms / 1000.0 * memory_mb / 1024.0 * price["per_gb_second"] + \
+        invocations * price["per_million_requests"] / 1e6
+
+
+def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
+    """The verified record of a spawned job; ``JobNotFound``, ``NotSpawned`` or
+    ``CorruptObject`` (each one line) otherwise."""
+    try:
+        data = store.get(keys.job_record_key(job_id))
+    except ObjectNotFound:
+        if store.list(keys.job_prefix(job_id)):
+            raise NotSpawned(f"job {job_id} was launched with .map()/.remote(): its calls end with the program "
+                             "that launched them, so no other process can attach to it; launch it with "
+                             "f.spawn_map(items) (or f.spawn(...)) to attach from elsewhere") from None
+        raise JobNotFound(f"no job {job_id!r} in the store {store.url}; `wrenpack jobs` lists the jobs there "
+                          "(check the id and storage=)") from None
+    record = job_record.open_job(key, job_id, data)
+    if not record.get("spawned"):
+        raise NotSpawned(f"job {job_id} was not spawned: its calls end with the program that launched them; "
+                         "launch it with f.spawn_map(items) to attach from elsewhere")
+    return record
+
+
+def attach(job_id: str, storage: str | None = None) -> "Job":
+    """The spawned job ``job_id`` (from ``f.spawn_map``), from any process of the
+    same user on the same store (``storage``: a path or URL; default the
+    ``storage`` setting). Its futures resolve as its calls finish."""
+    from wrenpack.config import current
+    from wrenpack.storage import store_for_config
+
+    if not isinstance(job_id, str) or not job_id or "/" in job_id:
+        raise ConfigError(f"attach() needs a job id such as job.id or one `wrenpack jobs` lists, not {job_id!r}")
+    store = store_for_config(current(storage=storage) if storage else current())
+    return open_job(store, job_id)
+
+
+def open_job(store: Store, job_id: str) -> "Job":
+    """``attach`` on a store already open."""
+    key = user_key(create=False)
+    record = read_record(store, job_id, key)
+    assert key is not None  # (read_record verified the record with it)
+    return Job(store, job_id, record, job_record.derive_secret(key, job_id))
+
+
+class Job:
+    """A spawned job: ``id``, ``record`` (function, calls, created, owner,
+    backend, retention, settings), ``futures()``, ``status()``, ``statuses()``,
+    ``cancel()``, ``wait()``, ``results()``. Its calls run on whether or not
+    any process holds it."""
+
+    def __init__(self, store: Store, job_id: str, record: dict[str, Any], secret: bytes) -> None:
+        self.id = job_id
+        self.store = store
+        self.record = record
+        self._secret = secret
+        self._lock = threading.Lock()
+        self._futures: list[WrenFuture] | None = None
+        self._watcher: threading.Thread | None = None
+        self._key = refs.JobKey(job_id)
+        refs.remember(job_id, secret)  # a future of this job pickled here carries it (as a launched one's does)
+
+    # -- what the record says ----------------------------------------------------
+    @property
+    def function(self) -> str:
+        return str(self.record.get("function", ""))
+
+    @property
+    def calls(self) -> int:
+        return int(self.record.get("calls", 0))
+
+    @property
+    def created(self) -> float:
+        return float(self.record.get("created", 0.0))
+
+    @property
+    def expires(self) -> float:
+        """When ``wrenpack clean`` may remove the job's objects (once it is not running)."""
+        return self.created + float(self.record.get("retention_s", DEFAULT_RETENTION_S))
+
+    @property
+    def log_path(self) -> str:
+        """Where its supervisor logs (on the machine it was spawned on)."""
+        return log_path(self.id)
+
+    def __repr__(self) -> str:
+        return f"<wrenpack.Job {self.id} {self.function} ({self.calls} call{'s' if self.calls != 1 else ''})>"
+
+    # -- futures -----------------------------------------------------------------
+    def futures(self) -> list[WrenFuture]:
+        """One future per call, in call order (the same list every time). They
+        resolve as the calls finish; ``cancel()`` on one returns False (the call
+        runs elsewhere): ``Job.cancel()`` cancels the job."""
+        with self._lock:
+            if self._futures is None:
+                spec = self.store.spec
+                label = self.function
+                futs = []
+                for i in range(self.calls):
+                    cid = keys.call_id(i)
+                    fut = WrenFuture(self.id, cid, f"{label}[{i}]" if self.calls > 1 else label)
+                    fut._canceller = _cannot_cancel
+                    fut._pin = _pinned
+                    fut._job_key = self._key
+                    fut._ref = {"job_id": self.id, "call_id": cid, "label": fut.label, "store": spec, "chain": [],
+                                "result_job": self.id, "result_call": cid, "item": None}
+                    futs.append(fut)
+                self._futures = futs
+                self._watcher = threading.Thread(target=_watch, args=(self, futs), name=f"wrenpack-job-{self.id}",
+                                                 daemon=True)
+                self._watcher.start()
+            return list(self._futures)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every call to end; True if they all did within ``timeout``."""
+        _done, pending = cf.wait(self.futures(), timeout=timeout)
+        return not pending
+
+    def results(self, timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
+        """The calls' results in order (``wrenpack.get`` of ``futures()``)."""
+        from wrenpack.futures import get
+
+        return get(self.futures(), timeout=timeout, progress=False, return_exceptions=return_exceptions)
+
+    # -- state -------------------------------------------------------------------
+    def progress(self) -> dict[str, Any] | None:
+        """The verified progress record its supervisor writes, or None (none yet, or not authentic)."""
+        try:
+            return job_record.open_progress(self._secret, self.id, self.store.get(keys.progress_key(self.id)))
+        except ObjectNotFound:
+            return None
+        except CorruptObject as exc:
+            log.warning("%s", exc)
+            return None
+
+    def cancelled(self) -> bool:
+        """Whether an authentic cancel marker is in the store."""
+        try:
+            job_record.open_cancel(self._secret, self.id, self.store.get(keys.cancel_key(self.id)))
+            return True
+        except ObjectNotFound:
+            return False
+        except CorruptObject as exc:
+            log.warning("%s; ignored", exc)
+            return False
+
+    def supervisor(self) -> tuple[bool | None, dict[str, Any] | None]:
+        """(alive, owner record) of the process that runs the job's calls: alive is
+        None when that cannot be told (another host; no authentic record yet, for
+        ``START_GRACE_S`` after the job was spawned), False once a job that old
+        has no authentic record (its spawning process died before it started)."""
+        try:
+            record: dict[str, Any] | None = owner_wire.loads(self.store.get(keys.owner_key(self.id)))
+        except (ObjectNotFound, ValueError):
+            record = None
+        key = user_key(create=False)
+        if record is None or key is None or not owner_wire.verify(key, self.id, record):
+            return (None if time.time() < self.created + START_GRACE_S else False), None
+        return owner_alive(record), record
+
+    def status(self) -> dict[str, Any]:
+        """Counts and state: ``{"state", "calls", "done", "failed", "running",
+        "queued", "cancelled", "created", "updated", "cost"}``. ``state`` is
+        "starting", "running", "cancelling", "done", "failed", "cancelled", or
+        "lost" (its supervisor ended before its calls did)."""
+        progress = self.progress() or {}
+        state = progress.get("state", "starting")
+        if state not in job_record.FINAL_STATES:
+            alive, _owner = self.supervisor()
+            if alive is False:
+                progress = self.progress() or progress  # (it may have ended between the two reads)
+                state = progress.get("state", state)
+                if state not in job_record.FINAL_STATES:
+                    state = "lost"
+            elif self.cancelled():
+                state = "cancelling"
+        counts = {name: int(progress.get(name, 0)) for name in ("done", "failed", "running", "queued", "cancelled")}
+        if not progress:
+            counts["queued"] = self.calls
+        settings = self.record.get("settings") or {}
+        cost = lambda_cost(float(settings.get("memory", 1024)), float(progress.get("billed_ms", 0)),
+                           int(progress.get("invocations", 0)), str(settings.get("architecture", "x86_64")))
+        return {"id": self.id, "function": self.function, "state": state, "calls": self.calls, **counts,
+                "created": self.created, "updated": progress.get("updated"), "ended": progress.get("ended"),
+                "invocations": int(progress.get("invocations", 0)), "billed_ms": float(progress.get("billed_ms", 0)),
+                "cost": cost}
+
+    def statuses(self) -> list[dict[str, Any]]:
+        """One record per call, in call order: the status record its worker wrote
+        (start, end, duration_s, peak_rss_mb, attempt, exit, ...) with ``state``
+        ("done", "failed") and ``attempts``; a call not finished is
+        ``{"call_id", "state": "running", "start"}`` or ``"queued"`` (and
+        "cancelled" or "lost" once the job ended without it). Every record is
+        verified first; none is unpickled."""
+        finished: dict[str, dict[str, Any]] = {}
+        for key in self.store.list(keys.result_prefix(self.id)):
+            if not key.endswith(".res"):
+                continue
+            cid = keys.call_id_from_key(key)
+            try:
+                blob = self.store.get(key)
+                data = auth.unseal_view(self._secret, keys.identity(self.id, "result", cid), blob, key)
+                status, _outcome = result_format.unpack(data, f"result object of call {cid}")
+            except (ObjectNotFound, CorruptObject) as exc:
+                log.warning("%s", exc)
+                continue
+            finished[cid] = dict(status, call_id=cid, state="done" if status.get("exit") == "ok" else "failed",
+                                 attempts=int(status.get("attempt") or 0) + 1)
+        started = self._starts()
+        final = (self.progress() or {}).get("state")
+        ended = "cancelled" if final == "cancelled" or self.cancelled() else "lost" if final else None
+        out = []
+        for i in range(self.calls):
+            cid = keys.call_id(i)
+            if cid in finished:
+                out.append(finished[cid])
+            elif cid in started:
+                out.append({"call_id": cid, "state": ended or "running", "start": started[cid]})
+            else:
+                out.append({"call_id": cid, "state": ended or "queued"})
+        return out
+
+    def _starts(self) -> dict[str, float]:
+        """When each started call began (its sealed start mark)."""
+        out = {}
+        now = time.time()
+        for key in self.store.list(f"{keys.job_prefix(self.id)}start/"):
+            cid = keys.call_id_from_key(key)
+            try:
+                out[cid] = start_mark.open_start(self._secret, self.id, cid, self.store.get(key), now)
+            except (ObjectNotFound, CorruptObject):
+                continue
+        return out
+
+    def cancel(self) -> bool:
+        """Cancel the job: its queued calls never start, running ones are stopped
+        where the backend can stop them, and futures not done fail with
+        ``CancelledError``. False if the job had already ended."""
+        if (self.progress() or {}).get("state") in job_record.FINAL_STATES:
+            return False
+        marker = {"at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        self.store.put(keys.cancel_key(self.id), job_record.seal_cancel(self._secret, self.id, marker))
+        return True
+
+    # -- reading one result ------------------------------------------------------
+    def _read_result(self, fut: WrenFuture, key: str) -> None:
+        """Verify, read and resolve ``fut`` from its result object."""
+        cid = fut.call_id
+        try:
+            blob = self.store.get(key)
+            status, outcome = result_format.open_result(self._secret, self.id, cid, blob, f"result object of {fut.label}")
+        except ObjectNotFound:
+            return
+        except WrenpackError as exc:
+            fut._resolve(False, exc)
+            return
+        status = dict(status)
+        fut.logs = status.pop("logs", None)
+        fut.status = status
+        fut.segments = max(1, int(status.get("segment") or 0) + 1)
+        fut._resolve(True, outcome.value) if outcome.ok else fut._resolve(False, outcome.rebuild(fut.label))
+
+
+def _cannot_cancel() -> bool:
+    return False  # the call runs in another process: Job.cancel() cancels the job
+
+
+def _pinned() -> bool:
+    return True  # a spawned job's objects stay for its retention: a reference resolves elsewhere
+
+
+def _fail_rest(job: Job, futs: list[WrenFuture], cancelled: bool, why: str) -> None:
+    for fut in futs:
+        if fut.done():
+            continue
+        if cancelled:
+            if cf.Future.cancel(fut):  # (the base method: nothing to take back here)
+                fut.set_running_or_notify_cancel()
+            else:
+                fut._resolve(False, cf.CancelledError(f"{fut.label}: job {job.id} was cancelled"))
+        else:
+            fut._resolve(False, WorkerLost(f"{fut.label}: {why}"))
+
+
+def _watch(job: Job, futs: list[WrenFuture]) -> None:
+    """Resolve ``futs`` from the store until all are done."""
+    by_cid = {f.call_id: f for f in futs}
+    started: set[str] = set()
+    poll = POLL_S if job.store.spec.get("type") == "local" else POLL_REMOTE_S
+    next_check = [0.0]
+    failures = 0
+    try:
+        while True:
+            try:
+                if _watch_round(job, futs, by_cid, started, next_check):
+                    return
+                failures = 0
+            except (OSError, StoreError) as exc:
+                # A store that fails for a while (a network hiccup) is tried again; one that keeps failing ends the watch.
+                failures += 1
+                if failures >= WATCH_FAILURES:
+                    raise
+                log.warning("reading job %s from %s failed (%s); trying again", job.id, job.store.url, exc)
+                time.sleep(min(5.0, poll * 2 ** failures))
+                continue
+            time.sleep(poll)
+    except BaseException as exc:  # noqa: BLE001 - never leave futures waiting for a watcher that is gone
+        log.debug("watching job %s failed", job.id, exc_info=True)
+        err = exc if isinstance(exc, WrenpackError) else StoreError(
+            f"watching job {job.id} in {job.store.url} failed: {type(exc).__name__}: {exc}; attach again")
+        for fut in futs:
+            if not fut.done():
+                fut._resolve(False, err)
+
+
+def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture], started: set[str],
+                 next_check: list[float]) -> bool:
+    """One look at the store; True once every future is done."""
+    _collect(job, by_cid, started)
+    if all(f.done() for f in futs):
+        return True
+    now = time.monotonic()
+    if now < next_check[0]:
+        return False
+    next_check[0] = now + LIVENESS_S
+    if job.cancelled():
+        _collect(job, by_cid, started)
+        _fail_rest(job, futs, True, "")
+        return True
+    progress = job.progress() or {}
+    state = progress.get("state")
+    alive: bool | None = True
+    if state not in job_record.FINAL_STATES:
+        alive, _owner = job.supervisor()
+        if alive is False:
+            progress = job.progress() or progress  # it may have just ended
+            state = progress.get("state")
+    if state not in job_record.FINAL_STATES and alive is not False:
+        return False
+    _collect(job, by_cid, started)
+    if state == "cancelled":
+        _fail_rest(job, futs, True, "")
+    elif state in job_record.FINAL_STATES:
+        _fail_rest(job, futs, False, f"job {job.id} ended without a result for this call")
+    else:
+        why = f"the process that ran job {job.id} ended before this call finished (its log: {log_path(job.id)})"
+        # Calls its backend had sent, where calls outlive the process that sent them (Lambda),
+        # may still end: they are waited for until the latest they could.
+        in_flight = set(progress.get("in_flight") or ()) if progress.get("outlive") else set()
+        waiting = [f for f in futs if f.call_id in in_flight and not f.done()]
+        timeout = float((job.record.get("settings") or {}).get("timeout") or 900)
+        until = float(progress.get("updated") or 0) + timeout + IN_FLIGHT_GRACE_S
+        if waiting and time.time() < until:
+            _fail_rest(job, [f for f in futs if f.call_id not in in_flight], False, why)
+            return False
+        _fail_rest(job, futs, False, why)
+    return True
+
+
+def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None:
+    """Resolve the futures whose result objects are in the store; mark the started ones running."""
+    pending = {cid for cid, f in by_cid.items() if not f.done()}
+    if not pending:
+        return
+    for key in job.store.list(keys.result_prefix(job.id)):
+        if not key.endswith(".res"):
+            continue
+        cid = keys.call_id_from_key(key)
+        if cid in pending:
+            job._read_result(by_cid[cid], key)
+    if started >= pending:
+        return
+    for key in job.store.list(f"{keys.job_prefix(job.id)}start/"):
+        cid = keys.call_id_from_key(key)
+        if cid in pending and cid not in started:
+            started.add(cid)
+            try:
+                start_mark.open_start(job._secret, job.id, cid, job.store.get(key), time.time())
+            except (ObjectNotFound, CorruptObject):
+                continue  # (not authentic: the call is not shown running on its word)
+            by_cid[cid]._mark_running()
+
+
+# -- for `wrenpack jobs` and `wrenpack clean` ------------------------------------------
+def job_ids(store: Store) -> list[str]:
+    """Every job that has objects in the store."""
+    found = {key[len(keys.JOBS):].split("/", 1)[0] for key in store.list(keys.JOBS)}
+    return sorted(j for j in found if j)
+
+
+def describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
+    """One row of ``wrenpack jobs``: a spawned job's status and owner; a job
+    launched with ``.map()`` (no job record) as its owner record says; a job
+    whose record does not verify as ``"untrusted"`` (nothing else of it read)."""
+    try:
+        job = Job(store, job_id, read_record(store, job_id, key), job_record.derive_secret(key, job_id) if key else b"")
+    except NotSpawned:
+        return _plain_row(store, job_id, key)
+    except CorruptObject as exc:
+        return {"id": job_id, "spawned": None, "state": "untrusted", "why": str(exc)}
+    row = job.status()
+    alive, owner = job.supervisor()
+    row.update(spawned=True, backend=job.record.get("backend"), owner=job.record.get("owner"),
+               retention_s=job.record.get("retention_s"), expires=job.expires, settings=job.record.get("settings"),
+               supervisor={"pid": owner.get("pid"), "host": owner.get("host"), "alive": alive} if owner else None)
+    return row
+
+
+def _plain_row(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
+    from wrenpack.executor.owner import owner_state
+
+    try:
+        record: dict[str, Any] | None = owner_wire.loads(store.get(keys.owner_key(job_id)))
+    except (ObjectNotFound, ValueError):
+        record = None
+    state, why = owner_state(job_id, record, key)
+    verified = state != "unknown" or (record is not None and key is not None and owner_wire.verify(key, job_id, record))
+    return {"id": job_id, "spawned": False, "function": (record or {}).get("label", "") if verified else "",
+            "state": {"live": "running", "stale": "orphaned"}.get(state, "unknown"), "why": why,
+            "created": (record or {}).get("created") if verified else None,
+            "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified and record else None}
+
+
+def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, str] | None:
+    """How ``wrenpack clean`` may treat a spawned job: ("live", why) while its
+    supervisor runs, ("retained", why) until its retention ends, ("expired", why)
+    after, ("unknown", why) when that cannot be told (a record that does not
+    verify, a supervisor on another host still running its calls). None for a
+    job that has no job record (launched with ``.map()``: its owner record decides)."""
+    try:
+        record = read_record(store, job_id, key)
+    except NotSpawned:
+        return None
+    except JobNotFound:
+        return None
+    except CorruptObject:
+        return "unknown", "its job record is not sealed with your owner key (another user's, or forged)"
+    assert key is not None
+    job = Job(store, job_id, record, job_record.derive_secret(key, job_id))
+    alive, owner = job.supervisor()
+    if alive:
+        return "live", f"its supervisor (pid {owner.get('pid') if owner else '?'}) still runs its calls"
+    final = (job.progress() or {}).get("state") in job_record.FINAL_STATES
+    if alive is None and not final:
+        if owner is None:
+            return "live", "it was spawned moments ago and its supervisor is starting"
+        return "unknown", f"its supervisor ran on host {owner.get('host')!r}, where it may still run"
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.expires))
+    if time.time() < job.expires:
+        return "retained", f"it is kept until {until} (retention)"
+    return "expired", f"its retention ended at {until}"

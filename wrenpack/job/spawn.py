@@ -1,0 +1,186 @@
+"""Spawning a job: its calls run on after the program that launched them ends.
+
+::
+
+    f.spawn_map(items)
+      1. options resolved and checked; function and arguments pickled (nothing
+         starts if one cannot be), as bytes (they go to another process)
+      2. a job id; its secret derived from the user's key (``wire.job_record``)
+      3. the job record -> jobs/<job>/job.json (sealed with the user's key)
+      4. the supervisor: a new Python process in a session of its own (so
+         neither a SIGKILL of this process nor a terminal's ^C reaches it),
+         handed the pickled calls on its stdin; it writes its owner record
+         and says "ok" before this returns (``wrenpack.job.supervisor``)
+      5. a ``Job`` whose futures resolve from the store
+
+The supervisor runs the calls through an ``Executor`` of its own (the same
+settings), keeps every result in the store for the job's retention, and exits
+when the last call ends. On Lambda it sends the invocations and waits for
+them, so calls beyond the concurrency limit still start after this process
+is gone; locally it owns the worker processes.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import cloudpickle
+
+from wrenpack import keys
+from wrenpack.backends import backend_class
+from wrenpack.errors import ConfigError, StoreError, WrenpackError
+from wrenpack.executor.core import new_job_id
+from wrenpack.executor.owner import key_path, user_key
+from wrenpack.job.client import Job, check_retention, log_path, logs_dir
+from wrenpack.wire import job_record
+from wrenpack.worker import refs
+
+if TYPE_CHECKING:
+    from wrenpack.executor import Executor
+
+log = logging.getLogger("wrenpack.job")
+
+#: how long the supervisor may take to start and take the calls (s)
+START_TIMEOUT_S = 120.0
+_BOOT = "import sys;from wrenpack.job.supervisor import main;sys.exit(main())"
+_AUTO = ("memory", "timeout", "ephemeral_storage")
+
+
+def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                given: dict[str, Any], retention: Any = None) -> Job:
+    """Spawn ``fn`` once per ``(args, kwargs)`` of ``calls``; the ``Job`` at once."""
+    label = getattr(fn, "__qualname__", None) or "function"
+    if not calls:
+        raise ConfigError(f"spawn_map({label}) got no items; pass at least one (a job of no calls has nothing to run)")
+    if refs._current is not None:  # (inside a remote call: its job secret chain, not a user key)
+        raise ConfigError(f"{label}: spawn_map/spawn inside a remote call is not supported; use .map() there")
+    retention_s = check_retention(retention)
+    given = dict(given)
+    given.pop("auto_size", None)
+    auto = [name for name in _AUTO if given.get(name) == "auto"]
+    if auto:
+        raise ConfigError(f"{label}: {auto[0]}='auto' is not supported by spawn_map/spawn; give a number "
+                          f"(`wrenpack profile` recommends one) or use .map()")
+    executor.check_open()
+    options = executor.options(**given)
+    key = user_key()
+    if key is None:
+        raise WrenpackError(f"cannot spawn {label}: there is no usable owner key at {key_path()} to seal the job "
+                            "with; make its directory writable (or set WRENPACK_CACHE_DIR)")
+    prepared = executor.prepare(fn, calls, options, label, handoffs=False)
+    job_id = new_job_id()
+    secret = job_record.derive_secret(key, job_id)
+    config = executor.config
+    record = {
+        "job_id": job_id,
+        "function": label,
+        "calls": len(calls),
+        "created": time.time(),
+        "owner": {"user": _user(), "host": socket.gethostname()},
+        "backend": config.backend,
+        "spawned": True,
+        "retention_s": retention_s,
+        "settings": {"memory": options.memory, "timeout": options.timeout,
+                     "ephemeral_storage": options.ephemeral_storage, "retries": options.retries,
+                     "architecture": getattr(config, "architecture", "x86_64")},
+    }
+    store = executor.store
+    ref_secrets = {}
+    for ref_job, ref_chain in prepared.referenced:
+        ref_secret = refs.secret_for(ref_job, ref_chain)
+        if ref_secret is not None:
+            ref_secrets[ref_job] = ref_secret
+    spec = {
+        "job_id": job_id, "secret": secret, "label": label, "config": config, "options": options,
+        "fn_bytes": prepared.fn_bytes, "payloads": prepared.payloads, "referenced": sorted(prepared.referenced),
+        "ref_secrets": ref_secrets, "record": record,
+        # the backend's class (by reference): one registered at run time is known to the supervisor too
+        "backend": (config.backend, backend_class(config.backend)),
+    }
+    try:
+        store.put(keys.job_record_key(job_id), job_record.seal_job(key, job_id, record))
+    except OSError as exc:
+        raise StoreError(f"cannot write the job record of {label} to {store.url}: {exc}; fix the storage= location") from None
+    try:
+        # sys.path first, as a line of its own: unpickling the rest may import the user's modules
+        head = json.dumps({"sys_path": list(sys.path)}).encode() + b"\n"
+        _start_supervisor(job_id, label, head + cloudpickle.dumps(spec))
+    except BaseException:
+        try:
+            store.delete_prefix(keys.job_prefix(job_id))
+        except Exception:  # noqa: BLE001
+            log.debug("could not remove job %s after its failed start", job_id, exc_info=True)
+        raise
+    log.info("job %s: spawned %d call(s) of %s on %s", job_id, len(calls), label, config.backend)
+    return Job(store, job_id, record, secret)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no name for this uid
+        return str(os.geteuid())
+
+
+def _start_supervisor(job_id: str, label: str, spec: bytes) -> None:
+    """Start the job's supervisor, hand it ``spec`` and wait for its "ok"."""
+    os.makedirs(logs_dir(), mode=0o700, exist_ok=True)
+    path = log_path(job_id)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    env = dict(os.environ)
+    # wrenpack itself from where this process has it (the user's sys.path follows in the spec)
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=log_fd, cwd=os.getcwd(), env=env, start_new_session=True, close_fds=True)
+    finally:
+        os.close(log_fd)
+    # Reaped by a thread while this process lives (no zombie); by init once it is gone.
+    threading.Thread(target=proc.wait, name=f"wrenpack-reap-{job_id}", daemon=True).start()
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        try:
+            proc.stdin.write(spec)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it ended early: its log says why (below)
+        reply = b""
+        end = time.monotonic() + START_TIMEOUT_S
+        fd = proc.stdout.fileno()
+        while b"\n" not in reply and time.monotonic() < end:
+            ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 64)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        proc.stdout.close()
+    if reply.strip() != b"ok":
+        if proc.poll() is None:
+            proc.kill()
+        raise WrenpackError(f"the supervisor of job {job_id} ({label}) did not start: {_last_line(path)}; "
+                            f"its log is {path}")
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = [line.strip() for line in f.read()[-4096:].decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[-1] if lines else "it wrote nothing"
+    except OSError:
+        return "its log cannot be read"
+
+
+__all__ = ["spawn_calls"]

@@ -1,0 +1,231 @@
+"""The supervisor of a spawned job: the detached process that runs its calls.
+
+Started by ``wrenpack.job.spawn`` in a session of its own, with its stderr
+on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
+
+1. reads the job (settings, pickled function and arguments, secret) from its
+   stdin, written by the process that spawned it and by nobody else;
+2. writes its owner record (``jobs/<job>/owner.json``, sealed with the user's
+   key: while it lives, ``wrenpack clean`` keeps the job) and says "ok";
+3. launches the calls through an ``Executor`` of its own with the job's id and
+   secret, ``keep_objects`` on (local workers store every result; nothing is
+   deleted when the calls end), each event naming the job's cancel marker
+   (``cancel_key``) and asking for a start mark;
+4. until the last call ends: writes the progress record (counts, billed time)
+   when it changes, at most every ``PROGRESS_S``; a call that failed without a
+   result object (a worker crash, a limit, a lost invocation) gets one saying
+   so, so an attached process sees every outcome; an authentic cancel marker
+   stops the calls (``Executor.stop``);
+5. writes the final progress record, shuts its executor down (local workers
+   are stopped) and exits.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import cloudpickle
+
+from wrenpack import keys
+from wrenpack.backends import backend_names, register_backend
+from wrenpack.errors import CorruptObject, ObjectNotFound
+from wrenpack.executor import Executor, Prepared
+from wrenpack.executor.owner import owner_record
+from wrenpack.futures import WrenFuture
+from wrenpack.wire import job_record, result as result_format, status as status_record
+from wrenpack.wire.outcome import error_tuple
+from wrenpack.worker import refs
+
+log = logging.getLogger("wrenpack.job.supervisor")
+
+#: the progress record is written at most this often (s), and the cancel marker looked for
+PROGRESS_S = 0.5
+
+
+def main() -> int:
+    """The supervisor process's entry point (``python -c`` from ``spawn``)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wrenpack import redact
+
+    redact.install(logging.getLogger().handlers)  # no job secret in the log
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # a terminal's keys and hang-up do not reach a spawned job
+    # The spawning process's own bytes, from its pipe: its sys.path, then the job.
+    head = json.loads(sys.stdin.buffer.readline())
+    sys.path[:0] = [p for p in head["sys_path"] if p not in sys.path]
+    spec = cloudpickle.loads(sys.stdin.buffer.read())
+    try:
+        return Supervisor(spec).run()
+    except BaseException:
+        log.exception("the supervisor of job %s failed", spec.get("job_id"))
+        return 1
+
+
+class Supervisor:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.job_id: str = spec["job_id"]
+        self.secret: bytes = spec["secret"]
+        self.label: str = spec["label"]
+        self.spec = spec
+        name, cls = spec["backend"]
+        if name not in backend_names():
+            register_backend(name, cls)  # registered at run time in the spawning process
+        self.executor = Executor(spec["config"].replace(keep_objects=True))
+        self.store = self.executor.store
+        self.cancelled = False
+        #: calls that failed because the job was cancelled while they ran
+        self.stopped: set[str] = set()
+        self.billed_ms = 0
+        self.invocations = 0
+        self._lock = threading.Lock()
+        #: what the last progress record written said
+        self._written: tuple[Any, ...] | None = None
+
+    def run(self) -> int:
+        spec, job_id = self.spec, self.job_id
+        self.store.put(keys.owner_key(job_id), json.dumps(owner_record(self.label, job_id)).encode())
+        sys.stdout.write("ok\n")
+        sys.stdout.flush()
+        # The pipes to the spawning process end here; fds 0 and 1 stay open on /dev/null, so no
+        # file or socket opened later (a worker's, which inherits them) takes their numbers.
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+        log.info("job %s: running %d call(s) of %s", job_id, len(spec["payloads"]), self.label)
+        for ref_job, ref_secret in spec["ref_secrets"].items():
+            refs.remember(ref_job, ref_secret)
+        options = spec["options"]
+        options.extra = dict(options.extra)
+        # Every call names the job's cancel marker; locally each marks its start (Lambda's backend
+        # marks the starts of calls that waited in its queue).
+        options.extra["event"] = dict(options.extra.get("event", {}), cancel_key=keys.cancel_key(job_id),
+                                      mark_start_after=0)
+        prepared = Prepared(spec["fn_bytes"], spec["payloads"], {(j, tuple(c)) for j, c in spec["referenced"]})
+        spec["fn_bytes"] = spec["payloads"] = None  # (the launch holds what it needs)
+        try:
+            self.futures = self.executor.launch(None, [], options, self.label, prepared=prepared,  # type: ignore[arg-type]
+                                                spawned=(job_id, self.secret))
+        except Exception as exc:  # noqa: BLE001 - every call fails with it, where an attached process sees it
+            log.error("job %s: the launch failed: %s", job_id, exc)
+            self._launch_failed(exc, len(prepared.payloads))
+            return 1
+        #: whether calls sent go on without this process (Lambda): the progress record then names them
+        self.outlive = not self.executor.capabilities.calls_end_with_driver
+        for fut in self.futures:
+            fut.add_done_callback(self._ended)
+        self._write_progress()
+        while True:
+            done, _pending = cf.wait(self.futures, timeout=PROGRESS_S, return_when=cf.ALL_COMPLETED)
+            if len(done) == len(self.futures):
+                break
+            if not self.cancelled and self._cancel_marked():
+                self._cancel()
+            self._write_progress()
+        state = "cancelled" if self.cancelled else "failed" if any(
+            not f.cancelled() and f.exception() is not None for f in self.futures) else "done"
+        self._write_progress(state)
+        log.info("job %s: %s", job_id, state)
+        self.executor.shutdown(wait=True)
+        return 0
+
+    # -- calls ending ----------------------------------------------------------------
+    def _ended(self, fut: WrenFuture) -> None:
+        """A call ended: count its billed time; give a failure without a result object one."""
+        status = fut.status or {}
+        with self._lock:
+            for record in [*fut.segment_statuses, status]:
+                if record.get("duration_s") is not None:
+                    self.billed_ms += math.ceil(float(record["duration_s"]) * 1000)
+            self.invocations += max(1, fut.segments) if not fut.cancelled() else 0
+        if fut.cancelled():
+            return
+        if self.cancelled:
+            self.stopped.add(fut.call_id)  # stopped by the cancel: no result (attached futures get CancelledError)
+            return
+        exc = fut.exception()
+        if exc is None:
+            return  # its worker stored the result (or the executor did, for a reply)
+        # A worker's own error outcome is in the store already (the put below then writes nothing);
+        # an error the backend saw (crash, limit, lost) is not: record it.
+        now = time.time()
+        record = dict(status) or status_record.record(self.job_id, fut.call_id, int(status.get("attempt") or 0), 0,
+                                                      "error", now, now, None, None, "", 0, "", None)
+        record.update(exit="error", error=type(exc).__name__)
+        try:
+            outcome = cloudpickle.dumps(error_tuple(exc, "wrenpack", ""))
+            blob = result_format.seal_result(self.secret, self.job_id, fut.call_id, record, outcome)
+            self.store.put(keys.result_key(self.job_id, fut.call_id), blob, if_absent=True)
+        except Exception:  # noqa: BLE001 - an attached process then reports the call lost
+            log.warning("could not record the failure of %s", fut.label, exc_info=True)
+
+    def _launch_failed(self, exc: BaseException, calls: int) -> None:
+        """Nothing could be launched: each call's result says why, and the job has failed."""
+        now = time.time()
+        outcome = cloudpickle.dumps(error_tuple(exc, "wrenpack", ""))
+        for i in range(calls):
+            cid = keys.call_id(i)
+            record = status_record.record(self.job_id, cid, 0, 0, "error", now, now, None, None, "", 0, "", None)
+            record["error"] = type(exc).__name__
+            blob = result_format.seal_result(self.secret, self.job_id, cid, record, outcome)
+            self.store.put(keys.result_key(self.job_id, cid), blob, if_absent=True)
+        progress = {"state": "failed", "done": 0, "failed": calls, "running": 0, "queued": 0, "cancelled": 0,
+                    "invocations": 0, "billed_ms": 0, "updated": now, "ended": now}
+        self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
+
+    # -- cancel ----------------------------------------------------------------------
+    def _cancel_marked(self) -> bool:
+        try:
+            job_record.open_cancel(self.secret, self.job_id, self.store.get(keys.cancel_key(self.job_id)))
+            return True
+        except ObjectNotFound:
+            return False
+        except CorruptObject as exc:
+            log.warning("%s; not cancelling", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a store hiccup: look again at the next round
+            log.warning("could not read the cancel marker of job %s: %s", self.job_id, exc)
+            return False
+
+    def _cancel(self) -> None:
+        log.info("job %s: cancelled; stopping its calls", self.job_id)
+        self.cancelled = True
+        self.executor.stop()
+
+    # -- progress --------------------------------------------------------------------
+    def _write_progress(self, state: str = "running") -> None:
+        counts = {"done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}
+        in_flight = []
+        for fut in self.futures:
+            if fut.cancelled() or fut.call_id in self.stopped:
+                counts["cancelled"] += 1
+            elif fut.done():
+                counts["done" if fut.exception() is None else "failed"] += 1
+            elif fut.running():
+                counts["running"] += 1
+                in_flight.append(fut.call_id)
+            else:
+                counts["queued"] += 1
+        with self._lock:
+            seen = (state, tuple(counts.values()), self.billed_ms, tuple(in_flight))
+        if state == "running" and seen == self._written:
+            return
+        now = time.time()
+        with self._lock:
+            progress = dict(counts, state=state, invocations=self.invocations, billed_ms=self.billed_ms, updated=now,
+                            ended=None if state == "running" else now, outlive=self.outlive,
+                            in_flight=in_flight if self.outlive and state == "running" else [])
+        try:
+            self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
+            self._written = seen
+        except Exception:  # noqa: BLE001 - the next write tries again
+            log.warning("could not write the progress of job %s", self.job_id, exc_info=True)
