@@ -220,6 +220,14 @@ def test_a_spawned_job_runs_detached_and_its_results_come_from_the_store(home):
     status = again.status()
     assert (status["done"], status["failed"], status["state"]) == (2, 1, "failed") and status["cost"] > 0
     _gone([owner["pid"]])
+    # its report: every call, its state and the cost, from the store; the CLI writes the same
+    report = again.report().to_json()
+    assert report["job"]["calls"] == 3 and report["job"]["states"]["failed"] == 1
+    assert [c["state"] for c in report["calls"]] == ["finished", "failed", "finished"]
+    assert report["cost"]["estimated"] is True and report["cost"]["invocations"] == 3
+    shown = _cli("jobs", "show", job.id, "--plot", str(home / "job.json"))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads((home / "job.json").read_text())["calls"] == report["calls"]
     assert not ex._jobs  # the driver's executor ran nothing itself
     assert f"{job.id}" in _cli("jobs").stdout
     single = wrenpack.remote(_square, executor=ex).spawn(7)

@@ -78,6 +78,16 @@ def prices() -> dict[str, Any]:
     return json.loads(resources.files("wrenpack").joinpath("data/lambda_prices.json").read_text())
 
 
+def lambda_cost(memory_mb: float, billed_ms: float, invocations: int, architecture: str = "x86_64") -> float:
+    """What ``invocations`` requests and ``billed_ms`` of duration at ``memory_mb``
+    cost on Lambda (``prices()``), in its currency: the one formula the job
+    report and ``wrenpack jobs`` share."""
+    table = prices()["architectures"]
+    price = table.get(architecture) or table["x86_64"]
+    return billed_ms / 1000.0 * memory_mb / 1024.0 * price["per_gb_second"] + \
+        invocations * price["per_million_requests"] / 1e6
+
+
 def billed_ms(seconds: float) -> int:
     """Lambda's billed duration of an invocation that ran ``seconds``: whole
     milliseconds, rounded up, at least 1."""

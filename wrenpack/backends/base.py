@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from wrenpack.errors import WrenpackError
 
@@ -131,6 +131,9 @@ class Capabilities:
 
 class Backend(abc.ABC):
     name: str = "?"
+    #: calls are billed per call as Lambda bills them (``Capabilities.billed_per_call``),
+    #: known without starting the backend: a spawned job's record says so
+    bills_per_call: ClassVar[bool] = False
 
     @property
     def capabilities(self) -> Capabilities:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
 from wrenpack.errors import WrenpackError
+from wrenpack.report import add_plot_arguments, write_plot
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -84,6 +86,9 @@ def _show(args: argparse.Namespace) -> int:
     job = _open(args)  # (the one-line errors: not found, not spawned, untrusted)
     row = describe(job.store, job.id, user_key(create=False))
     row["calls_status"] = job.statuses()
+    if args.plot:
+        written = write_plot(job.report(), args.plot)
+        print(f"report: {written}", file=sys.stderr)
     if args.json:
         print(json.dumps(row, default=str))
         return 0
@@ -136,6 +141,7 @@ def register(subparsers: Any, name: str) -> None:
                           description="Show one spawned job: its record, counts, cost and every call's status.")
     show.add_argument("job_id", metavar="ID")
     show.add_argument("--json", action="store_true", help="one JSON document")
+    add_plot_arguments(show)
     _common(show)
     cancel = sub.add_parser("cancel", help="cancel a spawned job (queued calls never start)",
                             description="Cancel a spawned job: its queued calls never start, running ones are "

@@ -20,22 +20,21 @@ them (``WorkerLost``).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import logging
 import math
 import os
 import socket
 import threading
 import time
-from importlib import resources
 from typing import Any
 
 from wrenpack import auth, keys
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, StoreError, WorkerLost, WrenpackError
 from wrenpack.executor.owner import key_path, owner_alive, user_key
 from wrenpack.futures import WrenFuture
+from wrenpack.report import JobReport, lambda_cost
 from wrenpack.storage import Store
-from wrenpack.wire import job_record, owner as owner_wire, result as result_format, start as start_mark
+from wrenpack.wire import job_record, owner as owner_wire, result as result_format, segment as segment_format, start as start_mark
 from wrenpack.worker import refs
 
 log = logging.getLogger("wrenpack.job")
@@ -90,19 +89,6 @@ def check_retention(retention: Any) -> float:
         raise ConfigError(f"retention={retention!r} must be a number of seconds above 0, or text such as '7d', "
                           "'12h' or '30m'")
     return float(value)
-
-
-def _prices() -> dict[str, Any]:
-    return json.loads(resources.files("wrenpack").joinpath("data/lambda_prices.json").read_text())
-
-
-def lambda_cost(memory_mb: float, billed_ms: float, invocations: int, architecture: str = "x86_64") -> float:
-    """What ``invocations`` requests and ``billed_ms`` of duration at ``memory_mb``
-    cost on Lambda (``wrenpack/data/lambda_prices.json``), in its currency."""
-    table = _prices()["architectures"]
-    price = table.get(architecture) or table["x86_64"]
-    return billed_ms / 1000.0 * memory_mb / 1024.0 * price["per_gb_second"] + \
-        invocations * price["per_million_requests"] / 1e6
 
 
 def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
@@ -321,6 +307,44 @@ class Job:
             else:
                 out.append({"call_id": cid, "state": ended or "queued"})
         return out
+
+    def segment_statuses(self) -> list[dict[str, Any]]:
+        """The records of the segments that ended in a checkpoint (a split call's
+        earlier invocations), each verified first, in key order."""
+        out = []
+        for key in self.store.list(keys.result_prefix(self.id)):
+            if not key.endswith(".seg"):
+                continue
+            cid = keys.call_id_from_key(key)
+            try:
+                segment = int(key.rsplit(".", 2)[-2])
+                status = segment_format.open_segment(self._secret, self.id, cid, segment, self.store.get(key))
+            except (ValueError, ObjectNotFound, CorruptObject) as exc:
+                log.warning("%s: %s", key, exc)
+                continue
+            out.append(dict(status, call_id=cid, segment=segment))
+        return out
+
+    def report(self) -> JobReport:
+        """The job's report (``wrenpack.report.JobReport``): its timeline, the
+        settings its calls ran with and its cost, running or ended; in a
+        notebook it shows inline, ``.save("job.html")`` writes a page."""
+        settings = self.record.get("settings") or {}
+        records = []
+        for rec in self.statuses() + self.segment_statuses():
+            rec = dict(rec, job_id=self.id)
+            state = rec.pop("state", None)
+            if "exit" not in rec:  # no outcome record: the state the job's watcher knows
+                if state == "lost":
+                    rec.update(state="failed", error="the job's supervisor ended before this call did")
+                elif state in ("running", "queued", "cancelled"):
+                    rec["state"] = state
+            records.append(rec)
+        return JobReport(records, {
+            "job_id": self.id, "label": self.function, "backend": self.record.get("backend"),
+            "billed": bool(settings.get("billed")), "architecture": settings.get("architecture") or "x86_64",
+            "memory_mb": settings.get("memory"), "timeout_s": settings.get("timeout"),
+            "ephemeral_storage_mb": settings.get("ephemeral_storage"), "retries": settings.get("retries")})
 
     def _starts(self) -> dict[str, float]:
         """When each started call began (its sealed start mark)."""

@@ -158,6 +158,7 @@ class _Call:
 
 class LambdaBackend(Backend):
     name = "lambda"
+    bills_per_call = True
 
     def __init__(
         self,
@@ -219,7 +220,7 @@ class LambdaBackend(Backend):
         return Capabilities(
             reply_results=self.invocation_type == "RequestResponse",
             cpu_scales_with_memory=True,
-            billed_per_call=True,
+            billed_per_call=self.bills_per_call,
             enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
             concurrency=self.concurrency,
         )
