@@ -102,6 +102,7 @@ def test_cache_hit_is_fast_and_rebuild_is_byte_identical(small, cache, tmp_path)
     assert mine == theirs
 
 
+@pytest.mark.slow
 def test_building_from_the_lock_is_reproducible(small, cache, tmp_path):
     res = runtime_builder.build(lock=small.lock, output=str(tmp_path / "fromlock"), cache_dir=cache)
     assert res.manifest["content_hash"] == small.manifest["content_hash"]
@@ -421,6 +422,7 @@ def test_read_only_output_dir_is_caught(cache, tmp_path):
         ro.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_from_profile_falls_back_to_the_newest_version_with_a_wheel(cache, tmp_path, caplog):
     prof = tmp_path / "prof.json"
     prof.write_text(json.dumps({"packages": [{"name": "msgpack", "version": "0.5.6"}]}))  # no cp311 wheel
@@ -452,6 +454,7 @@ def test_gpu_libraries_are_named_with_the_cpu_alternative():
     gpu.check_gpu(lock.replace("nvidia", "other").replace("triton", "tritonx"), requested={"torch"})
 
 
+@pytest.mark.slow
 def test_failed_build_leaves_lock_and_json_report(small, cache, tmp_path):
     out = tmp_path / "out"
     t = time.perf_counter()
@@ -607,6 +610,7 @@ def _fit_inputs(tmp_path):
     return str(req)
 
 
+@pytest.mark.slow
 def test_fit_picks_sourceless_when_only_sourceless_fits(cache, tmp_path, monkeypatch, caplog):
     req = _fit_inputs(tmp_path)
     monkeypatch.setattr(budget, "LAYER_LIMIT", 1 * budget.MIB)  # a lowered budget: seconds, not minutes

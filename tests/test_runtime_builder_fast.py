@@ -254,6 +254,7 @@ def test_pandas_pyarrow_runtime_is_slim_and_round_trips(tmp_path):
         assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_artifacts_packed_beside_the_import_check_hold_the_rolled_back_tree(tmp_path):
     """The zip and archive are written while the import check runs; a rollback must repack them."""
     small = runtime_builder.build(PKGS, output=str(tmp_path / "small"), cache_dir=str(tmp_path / "c"),

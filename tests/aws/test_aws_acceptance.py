@@ -106,6 +106,7 @@ def _check_rows(code, report, skipped=()):
     return rows
 
 
+@pytest.mark.slow
 def test_the_acceptance_run_checks_and_leaves_nothing_behind(acceptance_env, capsys, role_arn, runtime_dir,
                                                             moto_endpoint, bucket):
     before = _what_moto_holds(moto_endpoint, bucket)
