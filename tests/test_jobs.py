@@ -169,6 +169,10 @@ def test_retention_and_spawn_arguments_are_checked_before_anything_runs(home):
     with pytest.raises(ConfigError, match="chunksize="):
         f.spawn_map([1], chunksize=10)
     assert not _store().list(keys.JOBS)  # nothing was written
+    # the setting: the default when spawn_map is not given one, checked where it is read
+    assert Executor(backend="local", job_retention="2d").config.job_retention == 2 * 86400
+    with pytest.raises(ConfigError, match="job_retention"):
+        Executor(backend="local", job_retention="soon")
 
 
 def test_attach_on_a_plain_maps_job_says_to_use_spawn_map(home):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import sys
@@ -26,6 +27,26 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+#: how long a spawned job's objects stay when neither ``retention=`` nor the setting says
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+
+
+def parse_retention(value: Any, source: str = "retention=") -> float:
+    """A retention in seconds: a number above 0, or text such as ``"7d"``,
+    ``"12h"``, ``"30m"``, ``"90s"``; a ``ConfigError`` naming ``source`` otherwise."""
+    seconds: Any = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            seconds = None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{source} {value!r} must be a number of seconds above 0, or text such as '7d', '12h' or '30m'")
+    return float(seconds)
 
 
 def _default_storage() -> str:
@@ -68,6 +89,9 @@ class Config:
     runtime: str | None = None
     #: seconds an idle local worker stays warm
     keep_warm: float = 300.0
+    #: how long a spawned job's objects stay in the store (``f.spawn_map``): seconds,
+    #: or text such as "7d", "12h", "30m"; ``wrenpack clean`` removes them afterwards
+    job_retention: float = DEFAULT_RETENTION_S
     # --- AWS ---
     function_name: str = "wrenpack-worker"
     aws_region: str | None = None
@@ -303,6 +327,7 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "invocation_type": _one_of("invocation_type", ("Event", "RequestResponse")),
     "architecture": _one_of("architecture", limits.ARCHITECTURES),
     "progress": check_progress,
+    "job_retention": lambda v, src: parse_retention(v, f"setting 'job_retention' (from {src})"),
 }
 
 #: WRENPACK_* variables that are not settings but are read elsewhere (internal

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import math
 import os
 import socket
 import threading
@@ -29,6 +28,7 @@ import time
 from typing import Any
 
 from wrenpack import auth, keys
+from wrenpack.config import DEFAULT_RETENTION_S, parse_retention
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, StoreError, WorkerLost, WrenpackError
 from wrenpack.executor.owner import key_path, owner_alive, user_key
 from wrenpack.futures import WrenFuture
@@ -52,8 +52,6 @@ IN_FLIGHT_GRACE_S = 660.0
 WATCH_FAILURES = 8
 #: how long a spawned job's supervisor may take to write its owner record (s)
 START_GRACE_S = 300.0
-#: how long a spawned job's objects are kept by default (s): a week
-DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 
 
 class JobNotFound(WrenpackError):
@@ -73,22 +71,10 @@ def log_path(job_id: str) -> str:
     return os.path.join(logs_dir(), f"{job_id}.log")
 
 
-def check_retention(retention: Any) -> float:
-    """``retention=`` in seconds (a number, or text such as ``"7d"``, ``"12h"``, ``"30m"``)."""
-    if retention is None:
-        return DEFAULT_RETENTION_S
-    value: Any = retention
-    if isinstance(retention, str):
-        text = retention.strip().lower()
-        unit = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}.get(text[-1:], None)
-        try:
-            value = float(text[:-1]) * unit if unit else float(text)
-        except ValueError:
-            value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"retention={retention!r} must be a number of seconds above 0, or text such as '7d', "
-                          "'12h' or '30m'")
-    return float(value)
+def check_retention(retention: Any, default: float = DEFAULT_RETENTION_S) -> float:
+    """``retention=`` in seconds (a number, or text such as ``"7d"``, ``"12h"``,
+    ``"30m"``); ``default`` (the ``job_retention`` setting) when None."""
+    return default if retention is None else parse_retention(retention, "retention=")
 
 
 def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         raise ConfigError(f"spawn_map({label}) got no items; pass at least one (a job of no calls has nothing to run)")
     if refs._current is not None:  # (inside a remote call: its job secret chain, not a user key)
         raise ConfigError(f"{label}: spawn_map/spawn inside a remote call is not supported; use .map() there")
-    retention_s = check_retention(retention)
+    retention_s = check_retention(retention, executor.config.job_retention)
     given = dict(given)
     given.pop("auto_size", None)
     auto = [name for name in _AUTO if given.get(name) == "auto"]
