@@ -303,3 +303,26 @@ def test_mapped_file_pages_are_reported_apart():
     assert 180 <= mapped <= 230, prof.memory_sources
     assert prof.peak_memory_mb >= mapped
     assert any("file pages mapped from disk" in n for n in prof.recommended["notes"]), prof.recommended["notes"]
+
+
+def test_cli_starts_the_run_before_importing_the_rest_of_the_profiler(tmp_path):
+    """The command line starts the measured run first and imports the profiler's api (and rich) while
+    it runs: a tiny function's profile costs little more than a plain run."""
+    script = (
+        "import sys\n"
+        "from wrenpack.profiler import launcher\n"
+        "start = launcher.start_job\n"
+        "def spy(*a, **k):\n"
+        "    sys.stderr.write('api imported at start: %s\\n' % ('wrenpack.profiler.api' in sys.modules))\n"
+        "    return start(*a, **k)\n"
+        "launcher.start_job = spy\n"
+        "from wrenpack.cli import main\n"
+        "sys.exit(main(['profile', 'profiler_targets:tiny', '--no-save', '--json']))\n"
+    )
+    env = dict(os.environ, WRENPACK_PROFILE_DIR=str(tmp_path / "profiles"),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS_DIR), TESTS_DIR]))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=TESTS_DIR, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "api imported at start: False" in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["target"] == "profiler_targets:tiny"

@@ -108,16 +108,36 @@ def _preload() -> None:
         pass
 
 
+def _start_first_run(args: argparse.Namespace, pos: list[Any], kw: dict[str, Any]) -> Any:
+    """Start the first measured run of a plain profile now, before the rest of the profiler and rich
+    are imported: the launcher and runner start while this process imports what it needs to read
+    and show their figures, instead of after (the arguments are literals: the standard pickle
+    writes them). Returns the started run for ``api.run_profile(started=...)``; None when
+    ``--repeat`` is below 1 (refused there, before anything runs)."""
+    from wrenpack.profiler import launcher
+
+    if args.repeat < 1:
+        return None
+    job = launcher.job_spec(args.target, quiet_stdout=args.json)
+    return launcher.start_job(job, {"args": tuple(pos), "kwargs": kw}, timeout=args.max_time, plain=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    from wrenpack.profiler import api
-
-    threading.Thread(target=_preload, name="wrenpack-preload", daemon=True).start()
-
     if ":" not in args.target:
         raise ProfileError(f"target {args.target!r} needs a function: MODULE:FUNCTION or path/to/file.py:FUNCTION")
     pos = [_literal(a) for a in args.args]
     kw = _kwargs(args.kwargs)
     scaling = args.input or args.sizes or args.scale_target
+    started = None if scaling else _start_first_run(args, pos, kw)
+
+    threading.Thread(target=_preload, name="wrenpack-preload", daemon=True).start()
+    try:
+        from wrenpack.profiler import api
+    except BaseException:
+        if started is not None:
+            started.wait()  # (nothing left behind)
+        raise
+
     if scaling:
         if not (args.input and args.sizes and args.scale_target):
             raise ProfileError("scaling needs all of --input MODULE:FUNCTION, --sizes N,N,N and --target N")
@@ -131,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         prof = api.run_profile(
             args.target, pos, kw, repeat=args.repeat, lines=args.lines, save=not args.no_save,
-            timeout=args.max_time, quiet_stdout=args.json,
+            timeout=args.max_time, quiet_stdout=args.json, started=started,
         )
     if args.plot:
         from wrenpack.profiler.plot import plot_memory
