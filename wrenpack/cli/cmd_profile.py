@@ -98,12 +98,13 @@ def _sizes(text: str | None) -> list[int]:
 
 
 def _preload() -> None:
-    """Import the report's tables (rich: ~20 ms) and read the package map while
+    """Import the report's tables (rich: ~20 ms), read the package map and the price table while
     the measured call runs in other processes, when this one only waits."""
     try:
-        from wrenpack.profiler import packages, report  # noqa: F401
+        from wrenpack.profiler import packages, recommend, report  # noqa: F401
 
         packages.warm()
+        recommend.prices()  # (importlib.resources reads the price table)
     except Exception:  # noqa: BLE001 - done again, with its error, where it is needed
         pass
 

@@ -108,8 +108,10 @@ def _current() -> _Cache:
 
 
 def warm() -> None:
-    """Read (or build) the package map now, e.g. while a measured call runs elsewhere."""
+    """Read (or build) the package map, and find the installed packages' directories, now: e.g. while
+    a measured call runs elsewhere (``sysconfig`` alone is a few ms)."""
     _current()
+    _installed_roots()
 
 
 def _module_to_dists() -> dict[str, list[str]]:
