@@ -97,14 +97,19 @@ def _sizes(text: str | None) -> list[int]:
                            "or 1M,2M,4M,8M") from None
 
 
-def _preload() -> None:
-    """Import the report's tables (rich: ~20 ms), read the package map and the price table while
-    the measured call runs in other processes, when this one only waits."""
+def _preload(tables: bool, saving: bool) -> None:
+    """While the measured call runs in other processes, when this one only waits: import the report's
+    tables (rich: ~30 ms; not for --json), read the package map and the price table, and import the
+    settings module that saving reads (not for --no-save)."""
     try:
-        from wrenpack.profiler import packages, recommend, report  # noqa: F401
+        from wrenpack.profiler import packages, recommend
 
+        if tables:
+            from wrenpack.profiler import report  # noqa: F401
         packages.warm()
         recommend.prices()  # (importlib.resources reads the price table)
+        if saving:
+            import wrenpack.config  # noqa: F401
     except Exception:  # noqa: BLE001 - done again, with its error, where it is needed
         pass
 
@@ -131,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     scaling = args.input or args.sizes or args.scale_target
     started = None if scaling else _start_first_run(args, pos, kw)
 
-    threading.Thread(target=_preload, name="wrenpack-preload", daemon=True).start()
+    threading.Thread(target=_preload, args=(not args.json, not args.no_save), name="wrenpack-preload",
+                     daemon=True).start()
     try:
         from wrenpack.profiler import api
     except BaseException:
