@@ -326,3 +326,11 @@ def test_cli_starts_the_run_before_importing_the_rest_of_the_profiler(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "api imported at start: False" in proc.stderr, proc.stderr
     assert json.loads(proc.stdout)["target"] == "profiler_targets:tiny"
+
+
+def test_the_profilers_api_imports_no_settings_module():
+    """wrenpack.config (most of the api's import time) is read only when a profile is saved."""
+    code = "import sys, wrenpack.profiler.api; print(sorted(m for m in sys.modules if m in ('wrenpack.config', 'rich')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(TESTS_DIR)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
