@@ -128,7 +128,20 @@ def _start_first_run(args: argparse.Namespace, pos: list[Any], kw: dict[str, Any
     return launcher.start_job(job, {"args": tuple(pos), "kwargs": kw}, timeout=args.max_time, plain=True)
 
 
+def _freeze_at_exit() -> None:
+    """At exit, before the interpreter's final garbage collection, move every object to the permanent
+    generation: that collection then skips what the profiler, rich and argparse left (~15 ms of CPU
+    after the report is printed, on a command a plain run is compared with). In a long-lived process
+    calling this command (tests) it runs only when that process exits."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
+
+
 def run(args: argparse.Namespace) -> int:
+    _freeze_at_exit()
     if ":" not in args.target:
         raise ProfileError(f"target {args.target!r} needs a function: MODULE:FUNCTION or path/to/file.py:FUNCTION")
     pos = [_literal(a) for a in args.args]
