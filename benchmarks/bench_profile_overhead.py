@@ -56,6 +56,23 @@ from wrenpack.profiler import run_profile  # noqa: E402
 
 #: the scheduling each bare run had (its own session, as the profiler's runner)
 BARE_SCHEDULING: list[_fair.Scheduling | None] = []
+#: CPU seconds (user + system, this process and its waited-for children) of each way's runs
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(name: str, way, fn: str, n: int | None) -> float:
+    """Run one way; its wall seconds (its CPU seconds, all processes, go to ``CPU``)."""
+    c0 = _cpu()
+    wall = way(fn, n)
+    CPU.setdefault(name, []).append(_cpu() - c0)
+    return wall
 
 
 def bare(fn: str, n: int | None) -> float:
@@ -167,7 +184,7 @@ def main() -> None:
         names = list(WAYS)
         for r in range(args.rounds):
             for name in names[r % 3:] + names[: r % 3]:
-                times[name].append(WAYS[name](args.fn, n))
+                times[name].append(timed(name, WAYS[name], args.fn, n))
     me = _fair.Scheduling.of(os.getpid())
     ran = [sch for sch in BARE_SCHEDULING if sch is not None]
     own = bool(ran) and all(sch.session != me.session for sch in ran)
@@ -186,6 +203,10 @@ def main() -> None:
     for name in ("cli", "api"):
         extra = [p - b for p, b in zip(times[name], times["bare"])]
         print(f"{name} extra over bare: {_fair.spread(extra)}  (goal <= +0.150 s)")
+    # CPU time moves less with other load than wall time: what each way costs, all its processes together
+    print("CPU per run (user + system, all processes; less moved by other load than wall time): " + ", ".join(
+        f"{name} {statistics.median(CPU[name]) * 1000:.0f} ms ({min(CPU[name]) * 1000:.0f}-{max(CPU[name]) * 1000:.0f})"
+        for name in names))
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (shared machine: other load moves these)")
     phases(args.fn, n, args.phases)
 
