@@ -334,3 +334,12 @@ def test_the_profilers_api_imports_no_settings_module():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=os.path.dirname(TESTS_DIR)))
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_the_launcher_starts_without_subprocess():
+    """The launcher (python -I -S) imports only what sampling needs: its imports share a core with the
+    measured call's and the caller's."""
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(TESTS_DIR)!r}); import wrenpack.profiler.launcher; "
+            "print('subprocess' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
