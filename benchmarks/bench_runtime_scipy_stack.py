@@ -46,8 +46,11 @@ IMPORTS = ["numpy", "scipy", "scipy.sparse", "scipy.linalg", "scipy.optimize", "
            "scipy.interpolate", "pandas", "sklearn", "sklearn.linear_model", "sklearn.ensemble",
            "sklearn.model_selection", "sklearn.cluster", "sklearn.decomposition"]
 STAGES = ["size-check", "install", "trim", "glibc", "bytecode", "budget", "verify", "pack", "publish"]
-ROUND_TRIP = ("import io, pandas as pd, pyarrow as pa, pyarrow.parquet as pq; "
-              "df = pd.DataFrame({'a': [1, 2, 3], 'b': ['x', 'y', 'z']}); buf = io.BytesIO(); df.to_parquet(buf); "
+ROUND_TRIP = ("import io, os, tempfile, pandas as pd, pyarrow as pa, pyarrow.parquet as pq; "
+              "df = pd.read_csv(io.StringIO('a,b\\n1,x\\n2,y\\n3,z\\n')); "
+              "assert pd.read_csv(io.BytesIO(b'a,b\\n1,x\\n'), engine='pyarrow')['a'].tolist() == [1]; "
+              "path = os.path.join(tempfile.mkdtemp(), 't.parquet'); df.to_parquet(path); "
+              "assert pd.read_parquet(path).equals(df); buf = io.BytesIO(); df.to_parquet(buf); "
               "buf.seek(0); assert pd.read_parquet(buf).equals(df); print('ok')")
 MIB = 1024 * 1024
 AWS_SDK_PANDAS_MIB = 154
@@ -101,12 +104,15 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=40.0, help="drop to 3 rounds when 5 would take longer")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "scipy-stack"))
     ap.add_argument("--skip-pandas-pyarrow", action="store_true")
+    ap.add_argument("--only-pandas-pyarrow", action="store_true", help="only the pandas + pyarrow size (no timing)")
     ap.add_argument("--pip-fallback", action="store_true",
                     help="also time wrenpack installing with pip (WRENPACK_INSTALLER=pip), as without uv")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    if args.only_pandas_pyarrow:
+        return pandas_pyarrow(out)
     target = Target.make("3.11", "x86_64")
     uv = installer.find_uv()
     load_before = os.getloadavg()
@@ -169,27 +175,41 @@ def main() -> int:
     print(f"scipy-stack runtime: {m['sizes']['trimmed'] / MIB:.1f} MiB, layer.zip {m['sizes']['layer_zip'] / MIB:.1f} MiB, "
           f"{len(m['verified']['modules'])} modules verified")
 
-    if not args.skip_pandas_pyarrow:
-        kw = dict(python="3.11", arch="x86_64", cache_dir=os.path.join(out, "cache"), use_cache=False,
-                  verify_modules=["pandas", "pyarrow", "pyarrow.parquet"])
-        pa = build(["pandas", "pyarrow"], output=os.path.join(out, "pandas-pyarrow"), **kw)
-        sl = build(lock=pa.lock, output=os.path.join(out, "pandas-pyarrow-sourceless"), sourceless=True, **kw)
-        saved = {k: v["bytes_saved"] for k, v in pa.manifest["rules"].items()
-                 if k.startswith("optional:") or k == "duplicate-libs"}
-        for label, r in (("with sources", pa), ("sourceless", sl)):
-            proc = subprocess.run([sys.executable, "-I", "-S", "-c",
-                                   f"import sys; sys.path.insert(0, {r.site_dir!r}); {ROUND_TRIP}"],
-                                  capture_output=True, text=True)
-            size = r.sizes["trimmed"] / MIB
-            print(f"pandas + pyarrow ({label}): {size:.1f} MiB unzipped (AWS SDK for pandas layer ~"
-                  f"{AWS_SDK_PANDAS_MIB} MiB: {'PASS' if size <= AWS_SDK_PANDAS_MIB else 'FAIL'}); import check "
-                  f"{'ok' if r.manifest['verified']['ok'] else 'NOT RUN'}; round trip "
-                  f"{proc.stdout.strip() or proc.stderr.strip().splitlines()[-1:]}")
-        print("  optional components and duplicate libraries trimmed (MiB): " + ", ".join(
-            f"{k} {v / MIB:.1f}" for k, v in sorted(saved.items(), key=lambda kv: -kv[1]) if v))
-        if pa.manifest.get("rollbacks"):
-            print("  rolled back: " + "; ".join(f"{r['rule']} ({r['module']})" for r in pa.manifest["rollbacks"]))
+    if not args.skip_pandas_pyarrow and pandas_pyarrow(out):
+        return 1
     return 0 if target_ok else 1
+
+
+def pandas_pyarrow(out: str) -> int:
+    """Build pandas + pyarrow with sources (the default) and sourceless; print each size against AWS's
+    SDK-for-pandas layer, the import check and a csv/parquet round trip in the runtime alone."""
+    failed = False
+    kw = dict(python="3.11", arch="x86_64", cache_dir=os.path.join(out, "cache"), use_cache=False,
+              verify_modules=["pandas", "pyarrow", "pyarrow.parquet"])
+    pa = build(["pandas", "pyarrow"], output=os.path.join(out, "pandas-pyarrow"), **kw)
+    sl = build(lock=pa.lock, output=os.path.join(out, "pandas-pyarrow-sourceless"), sourceless=True, **kw)
+    saved = {k: v["bytes_saved"] for k, v in pa.manifest["rules"].items()
+             if k.startswith("optional:") or k == "duplicate-libs"}
+    for label, r in (("with sources", pa), ("sourceless", sl)):
+        proc = subprocess.run([sys.executable, "-I", "-S", "-c",
+                               f"import sys; sys.path.insert(0, {r.site_dir!r}); {ROUND_TRIP}"],
+                              capture_output=True, text=True)
+        size = r.sizes["trimmed"] / MIB
+        print(f"pandas + pyarrow ({label}): {size:.1f} MiB unzipped (AWS SDK for pandas layer ~"
+              f"{AWS_SDK_PANDAS_MIB} MiB: {'PASS' if size <= AWS_SDK_PANDAS_MIB else 'FAIL'}); import check "
+              f"{'ok' if r.manifest['verified']['ok'] else 'NOT RUN'}; round trip "
+              f"{proc.stdout.strip() or proc.stderr.strip().splitlines()[-1:]}")
+        failed |= proc.stdout.strip() != "ok" or not r.manifest["verified"]["ok"]
+        failed |= label == "with sources" and size > AWS_SDK_PANDAS_MIB
+    libs = pa.manifest["components"].get("unlinked", {})
+    if libs:
+        print(f"  dropped from DT_NEEDED (nothing binds to them): {sorted({n for v in libs.values() for n in v})} "
+              f"in {len(libs)} kept files; kept: {pa.manifest['components'].get('kept_libraries') or 'none'}")
+    print("  optional components and duplicate libraries trimmed (MiB): " + ", ".join(
+        f"{k} {v / MIB:.1f}" for k, v in sorted(saved.items(), key=lambda kv: -kv[1]) if v))
+    if pa.manifest.get("rollbacks"):
+        print("  rolled back: " + "; ".join(f"{r['rule']} ({r['module']})" for r in pa.manifest["rollbacks"]))
+    return 1 if failed else 0
 
 
 def installer_name() -> str:

@@ -6,6 +6,11 @@ would be invalidated by zip/tar timestamps, so we write unchecked hash-based
 .pyc: the runtime is immutable once built. The compile runs in the target
 interpreter (bytecode is version specific) with a fixed hash seed so that the
 output bytes are reproducible (frozenset constants follow string hashes).
+
+The bytecode holds no column positions (``-X no_debug_ranges``, Python 3.11+):
+they only draw the ``^^^^`` under the failing expression of a traceback line,
+and they are 5% of the bytecode (0.8 MiB of pandas + pyarrow + numpy). File,
+line and source line are all still there; the code is the same.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ def compile_tree(python: str, root: str, *, sourceless: bool = False, files: lis
             "files": [f for f in (files or []) if f.endswith(".py")]}
     if files is not None and not args["files"]:
         return 0
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONNODEBUGRANGES="1")  # (inherited by compileall's workers)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run([python, "-s", "-c", _SCRIPT, json.dumps(args)], env=env,
                           capture_output=True, text=True)

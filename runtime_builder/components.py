@@ -33,6 +33,10 @@ class Component:
     description: str
     modules: tuple[str, ...]
     files: tuple[str, ...]
+    #: distributions without which the component cannot import at all: it is trimmed only when none of them
+    #: is in the runtime (then it would fail to import either way, with the same message where the package
+    #: checks for the dependency first)
+    unless_installed: tuple[str, ...] = ()
 
     @property
     def rule(self) -> str:
@@ -61,9 +65,20 @@ def _pyarrow(name: str, stems: tuple[str, ...], libs: tuple[str, ...] = (), modu
 COMPONENTS: tuple[Component, ...] = (
     _pyarrow("pyarrow.flight", ("_flight", "flight"), ("arrow_flight", "arrow_python_flight"),
              description="Arrow Flight RPC (pyarrow.flight): libarrow_flight and its bindings"),
-    # libarrow_substrait itself stays: pyarrow's core extension (lib.cpython-*.so) links it
-    _pyarrow("pyarrow.substrait", ("_substrait", "substrait"),
-             description="Substrait query plans (pyarrow.substrait): its bindings"),
+    # pyarrow's core extension and libarrow_python list libarrow_substrait (and libarrow_dataset) as
+    # DT_NEEDED without binding a symbol to them: ``libdeps`` drops those entries, or keeps the library
+    _pyarrow("pyarrow.substrait", ("_substrait", "substrait"), ("arrow_substrait",),
+             description="Substrait query plans (pyarrow.substrait): libarrow_substrait and its bindings"),
+    # Datasets: pyarrow.parquet.read_table falls back to ParquetFile without them (no filters=, no
+    # partitioned directories; pandas' read_parquet/to_parquet of a file work). libarrow_acero stays:
+    # libarrow_python binds libstdc++ pieces it carries. libarrow_substrait needs libarrow_dataset, so
+    # substrait's modules keep this component too.
+    _pyarrow("pyarrow.dataset", ("_dataset", "_dataset_parquet", "dataset", "_acero", "acero"), ("arrow_dataset",),
+             modules=("pyarrow.dataset", "pyarrow._dataset", "pyarrow._dataset_parquet", "pyarrow.acero",
+                      "pyarrow._acero", "pyarrow.substrait", "pyarrow._substrait", "pyarrow._dataset_orc",
+                      "pyarrow._dataset_parquet_encryption"),
+             description="Arrow datasets and Acero plans (pyarrow.dataset, pyarrow.acero): libarrow_dataset and "
+                         "their bindings"),
     _pyarrow("pyarrow.gandiva", ("gandiva",), ("gandiva",),
              description="Gandiva expression compiler (pyarrow.gandiva)"),
     _pyarrow("pyarrow.parquet.encryption", ("_parquet_encryption", "_dataset_parquet_encryption"),
@@ -83,6 +98,22 @@ COMPONENTS: tuple[Component, ...] = (
     # scipy.interpolate does, so it would be rolled back in most stacks that could do without it)
     Component("numpy.distutils", "numpy", "numpy.distutils (a build tool, deprecated)", ("numpy.distutils",),
               (r"numpy/distutils/",)),
+    # pandas' parts that import a dependency pandas does not install: without it they cannot import, and
+    # pandas checks for it first (DataFrame.style: "requires jinja2"; plotting: "matplotlib is required")
+    Component("pandas.io.formats.style", "pandas", "DataFrame.style (pandas.io.formats.style): needs jinja2",
+              ("pandas.io.formats.style", "pandas.io.formats.style_render"),
+              (r"pandas/io/formats/(__pycache__/)?style(_render)?\.(py|[^/]*pyc)$", r"pandas/io/formats/templates/"),
+              unless_installed=("jinja2",)),
+    Component("pandas.plotting._matplotlib", "pandas", "pandas' matplotlib plotting backend: needs matplotlib",
+              ("pandas.plotting._matplotlib",), (r"pandas/plotting/_matplotlib/",), unless_installed=("matplotlib",)),
+    Component("pandas.io.sas", "pandas", "SAS files (pandas.read_sas): its readers and extension modules",
+              ("pandas.io.sas.sas7bdat", "pandas.io.sas.sas_xport", "pandas.io.sas.sas_constants", "pandas._libs.sas",
+               "pandas._libs.byteswap"),
+              (r"pandas/io/sas/(__pycache__/)?(sas7bdat|sas_xport|sas_constants)\.(py|[^/]*pyc)$",
+               r"pandas/_libs/(sas|byteswap)\.cpython-[^/]+\.so$")),
+    # (Lambda has no display, clipboard tool or Qt: pyperclip's backends all fail there)
+    Component("pandas.io.clipboard", "pandas", "the clipboard (pandas.read_clipboard, DataFrame.to_clipboard)",
+              ("pandas.io.clipboard",), (r"pandas/io/clipboard/",)),
     Component("numpy-test-modules", "numpy", "extension modules only numpy's own tests import",
               ("numpy._core._simd", "numpy._core._multiarray_tests", "numpy._core._umath_tests",
                "numpy._core._rational_tests", "numpy._core._struct_ufunc_tests", "numpy._core._operand_flag_tests"),
@@ -95,14 +126,22 @@ def by_rule() -> dict[str, Component]:
     return {c.rule: c for c in COMPONENTS}
 
 
-def split(imported: Iterable[str]) -> tuple[list[Component], dict[str, list[str]]]:
-    """(components to trim, {kept component: the imported modules that need it})."""
+def split(imported: Iterable[str], installed: Iterable[str] = ()) -> tuple[list[Component], dict[str, list[str]]]:
+    """(components to trim, {kept component: the imported modules that need it}). ``installed``: the
+    runtime's distributions; a component whose dependency is among them is kept with its own modules as
+    the ones needing it, so the import check proves it imports with that dependency."""
     seen = sorted(set(imported))
+    present = {_canonical(d) for d in installed}
     trim, kept = [], {}
     for c in COMPONENTS:
         need = c.needed_by(seen)
-        if need:
-            kept[c.name] = need
+        with_ = sorted(d for d in c.unless_installed if _canonical(d) in present)
+        if need or with_:
+            kept[c.name] = need or list(c.modules)
         else:
             trim.append(c)
     return trim, kept
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()

@@ -261,3 +261,185 @@ def safe_strip(src: str, dest: str) -> int:
                 os.unlink(tmp)
     shutil.copyfile(src, dest)
     return 0
+
+
+DT_NEEDED = 1
+SHT_DYNSYM = 11
+SHT_GNU_VERNEED = 0x6FFFFFFE
+SHT_GNU_VERSYM = 0x6FFFFFFF
+SHN_UNDEF = 0
+STB_LOCAL = 0
+
+
+def needed(path: str) -> list[str]:
+    """The libraries the loader opens for this file: its ``DT_NEEDED`` entries, in order ([] without any)."""
+    segs = program_headers(path)
+    loads = [s for s in segs if s.p_type == PT_LOAD]
+    dyn = next((s for s in segs if s.p_type == PT_DYNAMIC), None)
+    if dyn is None:
+        return []
+    with open(path, "rb") as f:
+        entries, _, _ = _dynamic_entries(f, dyn)
+        strtab = next((v for t, v in entries if t == DT_STRTAB), None)
+        if strtab is None:
+            return []
+        at = _file_offset(loads, strtab)
+        if at is None:
+            raise ValueError(f"{path}: the string table is in no loaded segment")
+        out = []
+        for tag, val in entries:
+            if tag == DT_NEEDED:
+                f.seek(at + val)
+                out.append(f.read(4096).split(b"\0", 1)[0].decode("utf-8", "replace"))
+    return out
+
+
+def _dynamic_entries(f: Any, dyn: Any) -> tuple[list[tuple[int, int]], struct.Struct, bytes]:
+    """Every (tag, value) of the dynamic section before its DT_NULL, the entry layout and the raw bytes."""
+    f.seek(0)
+    ident = f.read(16)
+    entry = struct.Struct(("<" if ident[5] == 1 else ">") + ("qQ" if ident[4] == 2 else "iI"))
+    f.seek(dyn.p_offset)
+    raw = f.read(dyn.p_filesz)
+    entries = []
+    for i in range(0, min(len(raw), _MAX_ENTRIES * entry.size) - entry.size + 1, entry.size):
+        tag, val = entry.unpack_from(raw, i)
+        if tag == DT_NULL:
+            break
+        entries.append((tag, val))
+    return entries, entry, raw
+
+
+def drop_needed(path: str, names: set[str]) -> list[str]:
+    """Remove the ``DT_NEEDED`` entries naming ``names`` from the file at ``path``; return the names removed.
+
+    Only the dynamic section's entries move (the ones after a removed entry
+    shift up, DT_NULL fills the end): the file's size, layout and every other
+    byte stay as they were, so the loader maps it exactly as before. The file
+    is replaced (written beside and renamed), never written into: it may be a
+    hard link to the installed tree. Whether dropping an entry is safe is the
+    caller's question (:func:`symbols`); this only edits.
+    """
+    segs = program_headers(path)
+    loads = [s for s in segs if s.p_type == PT_LOAD]
+    dyn = next((s for s in segs if s.p_type == PT_DYNAMIC), None)
+    if dyn is None or not names:
+        return []
+    with open(path, "rb") as f:
+        entries, entry, raw = _dynamic_entries(f, dyn)
+        strtab = next((v for t, v in entries if t == DT_STRTAB), None)
+        at = None if strtab is None else _file_offset(loads, strtab)
+        if at is None:
+            return []
+        keep, dropped = [], []
+        for tag, val in entries:
+            if tag == DT_NEEDED:
+                f.seek(at + val)
+                name = f.read(4096).split(b"\0", 1)[0].decode("utf-8", "replace")
+                if name in names:
+                    dropped.append(name)
+                    continue
+            keep.append((tag, val))
+        if not dropped:
+            return []
+        f.seek(0)
+        data = bytearray(f.read())
+    table = b"".join(entry.pack(t, v) for t, v in keep)
+    table += entry.pack(DT_NULL, 0) * (len(entries) + 1 - len(keep))
+    data[dyn.p_offset:dyn.p_offset + len(table)] = table
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".needed")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dropped
+
+
+@dataclass(frozen=True)
+class Symbols:
+    """A file's dynamic symbols: those it defines, and those it needs with the library a symbol
+    version ties each one to (None: unversioned, or versioned by the file itself)."""
+
+    defined: frozenset[str]
+    undefined: dict[str, str | None]
+
+
+def symbols(path: str) -> Symbols:
+    """Read the dynamic symbol table (``.dynsym``, through the section headers, which ``strip`` keeps) and
+    the symbol versions of what the file needs from other libraries (``.gnu.version``/``.gnu.version_r``).
+
+    Raises ValueError when the file has no section headers to find them by (nothing can then be said of
+    what it needs, so nothing it lists may be dropped)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF":
+        raise ValueError(f"{path}: not an ELF file")
+    is64 = data[4] == 2
+    e = "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(e + "Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", data, 0x3A)
+        sh = struct.Struct(e + "IIQQQQIIQQ")
+        sym = struct.Struct(e + "IBBHQQ")
+    else:
+        shoff, = struct.unpack_from(e + "I", data, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", data, 0x2E)
+        sh = struct.Struct(e + "IIIIIIIIII")
+        sym = struct.Struct(e + "IIIBBH")
+    if not shoff or not shnum or shoff + shnum * shentsize > len(data):
+        raise ValueError(f"{path}: no section headers")
+    sections = []
+    for i in range(min(shnum, _MAX_ENTRIES)):
+        _, sh_type, _, _, off, size, link, info, _, entsize = sh.unpack_from(data, shoff + i * shentsize)
+        sections.append((sh_type, off, size, link, info, entsize))
+    dynsym = next((s for s in sections if s[0] == SHT_DYNSYM), None)
+    if dynsym is None:
+        raise ValueError(f"{path}: no dynamic symbol table")
+    _, off, size, link, _, entsize = dynsym
+    strtab_off = sections[link][1]
+
+    def cstr(at: int) -> str:
+        end = data.find(b"\0", at)
+        return data[at:end].decode("utf-8", "replace")
+
+    # version index -> the library it is needed from (.gnu.version_r: Verneed/Vernaux, 16 bytes each)
+    from_lib: dict[int, str] = {}
+    verneed = next((s for s in sections if s[0] == SHT_GNU_VERNEED), None)
+    if verneed is not None:
+        vstr = sections[verneed[3]][1]
+        at, count = verneed[1], verneed[4]
+        for _ in range(min(count, _MAX_ENTRIES)):
+            _, cnt, vn_file, vn_aux, vn_next = struct.unpack_from(e + "HHIII", data, at)
+            lib = cstr(vstr + vn_file)
+            aux = at + vn_aux
+            for _ in range(min(cnt, _MAX_ENTRIES)):
+                _, _, other, _, vna_next = struct.unpack_from(e + "IHHII", data, aux)
+                from_lib[other & 0x7FFF] = lib
+                if not vna_next:
+                    break
+                aux += vna_next
+            if not vn_next:
+                break
+            at += vn_next
+    versym = next((s for s in sections if s[0] == SHT_GNU_VERSYM), None)
+    entsize = entsize or sym.size
+    defined, undefined = set(), {}
+    for i in range(1, size // entsize):
+        fields = sym.unpack_from(data, off + i * entsize)
+        if is64:
+            name_at, info, _, shndx, _, _ = fields
+        else:
+            name_at, _, _, info, _, shndx = fields
+        if info >> 4 == STB_LOCAL or not name_at:
+            continue
+        name = cstr(strtab_off + name_at)
+        if shndx == SHN_UNDEF:
+            ver = struct.unpack_from(e + "H", data, versym[1] + 2 * i)[0] & 0x7FFF if versym else 0
+            undefined[name] = from_lib.get(ver)
+        else:
+            defined.add(name)
+    return Symbols(frozenset(defined), undefined)

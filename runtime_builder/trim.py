@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from runtime_builder import components, dedup, elf
+from runtime_builder import components, dedup, elf, libdeps
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ class Plan:
     descriptions: dict[str, str] = field(default_factory=dict)
     #: optional components kept -> the imported modules that need them
     kept_components: dict[str, list[str]] = field(default_factory=dict)
+    #: kept shared objects -> removed bundled libraries dropped from their DT_NEEDED (``libdeps``)
+    unlinked: dict[str, set[str]] = field(default_factory=dict)
+    #: removed libraries a kept file still binds symbols to, put back: rel path -> why
+    kept_libraries: dict[str, str] = field(default_factory=dict)
 
     def removals(self, dist: str | None = None) -> dict[str, list[str]]:
         """rule -> paths it changed (removed, or stripped for strip-so), for ``dist`` or every distribution."""
@@ -298,6 +302,9 @@ def default_rules(*, keep_boto3: bool, requested: set[str], kept_tests: set[str]
     def sources(rel: str, dist: str) -> bool:
         return rel.lower().endswith(SOURCE_SUFFIXES) and not rel.split(os.sep)[0].endswith(".dist-info")
 
+    def static_libs(rel: str, dist: str) -> bool:
+        return rel.endswith(".a") and not rel.split(os.sep)[0].endswith(".dist-info")
+
     def stubs(rel: str, dist: str) -> bool:
         return rel.endswith(".pyi") and rel not in keep_stubs
 
@@ -326,6 +333,8 @@ def default_rules(*, keep_boto3: bool, requested: set[str], kept_tests: set[str]
         Rule("pycache", "__pycache__ and stale .pyc (recompiled as hash-based .pyc)", pycache),
         Rule("tests", "tests/ dirs and conftest.py, keeping test modules non-test code imports", tests),
         Rule("sources", "C/C++/Cython/Fortran sources and headers", sources),
+        Rule("static-libs", "static libraries (.a: for linking C extensions against a package, never loaded)",
+             static_libs),
         Rule("stubs", ".pyi type stubs (keeping __init__.pyi that lazy_loader.attach_stub reads)", stubs),
         Rule("docs", "doc/docs/examples dirs that are not Python packages", docs),
         Rule("scripts-data", "top-level bin/, share/, include/, etc/ (not importable)", scripts_data),
@@ -340,7 +349,7 @@ def size_rules(root: str, files: dict[str, int], owner: dict[str, str],
                imported: Iterable[str]) -> tuple[list[Rule], dict[str, list[str]]]:
     """The optional-component rules (for components no imported module needs) and ``duplicate-libs``;
     plus the kept components and the modules that need them."""
-    trimmed, kept = components.split(imported)
+    trimmed, kept = components.split(imported, installed=set(owner.values()))
     rules = []
     for c in trimmed:
         if any(owner.get(p) == c.dist for p in files):
@@ -399,6 +408,11 @@ def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
             if rule.match(p, owner[p]):
                 result.removed[p] = rule.name
                 break
+    # Kept files that list a removed bundled library drop it from DT_NEEDED where nothing binds to it;
+    # a library something binds to stays.
+    result.unlinked, result.kept_libraries = libdeps.plan_unlinks(root, files, result.removed)
+    for rel, why in result.kept_libraries.items():
+        log.info("keeping %s (%s): %s", rel, result.removed.pop(rel), why)
     if kept_tests:
         log.info("keeping %d test files that other code imports", len(kept_tests))
     if keep_stubs:
@@ -460,6 +474,18 @@ def materialize(p: Plan, dest: str, *, strip: bool = True, only: Iterable[str] |
                 p.stripped[rel] = saved
             else:
                 p.stripped.pop(rel, None)
+    unlink(p, dest, todo)
+
+
+def unlink(p: Plan, dest: str, paths: Iterable[str]) -> None:
+    """Drop from the kept shared objects in ``paths`` the DT_NEEDED entries of bundled libraries the plan
+    removes (``Plan.unlinked``, decided by ``libdeps``); a library a rollback brought back stays listed."""
+    kept = {os.path.basename(rel) for rel in p.files if rel not in p.removed}
+    for rel in paths:
+        names = {n for n in p.unlinked.get(rel, ()) if n not in kept}
+        if names and rel not in p.removed:
+            dropped = elf.drop_needed(os.path.join(dest, rel), names)
+            log.debug("%s: dropped %s from DT_NEEDED", rel, ", ".join(sorted(dropped)))
 
 
 def restore(p: Plan, dest: str, paths: Iterable[str]) -> None:

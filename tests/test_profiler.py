@@ -303,3 +303,43 @@ def test_mapped_file_pages_are_reported_apart():
     assert 180 <= mapped <= 230, prof.memory_sources
     assert prof.peak_memory_mb >= mapped
     assert any("file pages mapped from disk" in n for n in prof.recommended["notes"]), prof.recommended["notes"]
+
+
+def test_cli_starts_the_run_before_importing_the_rest_of_the_profiler(tmp_path):
+    """The command line starts the measured run first and imports the profiler's api (and rich) while
+    it runs: a tiny function's profile costs little more than a plain run."""
+    script = (
+        "import sys\n"
+        "from wrenpack.profiler import launcher\n"
+        "start = launcher.start_job\n"
+        "def spy(*a, **k):\n"
+        "    sys.stderr.write('api imported at start: %s\\n' % ('wrenpack.profiler.api' in sys.modules))\n"
+        "    return start(*a, **k)\n"
+        "launcher.start_job = spy\n"
+        "from wrenpack.cli import main\n"
+        "sys.exit(main(['profile', 'profiler_targets:tiny', '--no-save', '--json']))\n"
+    )
+    env = dict(os.environ, WRENPACK_PROFILE_DIR=str(tmp_path / "profiles"),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS_DIR), TESTS_DIR]))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=TESTS_DIR, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "api imported at start: False" in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["target"] == "profiler_targets:tiny"
+
+
+def test_the_profilers_api_imports_no_settings_module():
+    """wrenpack.config (most of the api's import time) is read only when a profile is saved."""
+    code = "import sys, wrenpack.profiler.api; print(sorted(m for m in sys.modules if m in ('wrenpack.config', 'rich')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(TESTS_DIR)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_the_launcher_starts_without_subprocess():
+    """The launcher (python -I -S) imports only what sampling needs: its imports share a core with the
+    measured call's and the caller's."""
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(TESTS_DIR)!r}); import wrenpack.profiler.launcher; "
+            "print('subprocess' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 
 import pytest
@@ -177,9 +178,29 @@ def test_package_map_is_kept_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(metadata, "packages_distributions", slow)
     monkeypatch.setattr(packages, "_cache", None)  # a new process: only the file remains
     assert packages.map_modules({"pytest": None}) == first
-    # something installed or removed in a path entry changes its mtime, and the map is built again
+    # a new path entry, or a distribution installed into one, builds the map again
     entry = tmp_path / "site"
     entry.mkdir()
     monkeypatch.syspath_prepend(str(entry))
+    with pytest.raises(AssertionError, match="built again"):
+        packages.map_modules({"pytest": None})
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(metadata, "packages_distributions", slow)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.setattr(packages, "_cache", None)
+    monkeypatch.setattr(metadata, "packages_distributions", lambda: {"pytest": ["pytest"]})
+    packages.map_modules({"pytest": None})  # (built once for this path)
+    monkeypatch.setattr(metadata, "packages_distributions", slow)
+    # files saved in the project's directory (on the path, as the working directory is) leave it as it was
+    (project / "notes.txt").write_text("x")
+    (project / "mod.py").write_text("x = 1\n")
+    os.utime(project, ns=(1, 10**18))
+    monkeypatch.setattr(packages, "_cache", None)
+    packages.map_modules({"pytest": None})
+    (project / "thing-1.0.dist-info").mkdir()
+    monkeypatch.setattr(packages, "_cache", None)
     with pytest.raises(AssertionError, match="built again"):
         packages.map_modules({"pytest": None})

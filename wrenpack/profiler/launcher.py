@@ -23,10 +23,12 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (imported where used: the launcher itself, started -I -S, never needs it, and it is
+    import subprocess  # the largest of its imports, on the core the measured call shares with the caller)
 
 from wrenpack.worker.memory import dir_usage, proc_status
 
@@ -108,6 +110,7 @@ class Started:
     def wait(self) -> tuple[dict, dict]:
         """Wait for the run; ``(runner_result, launcher_report)``; the job's folder is removed."""
         import shutil
+        import subprocess
 
         proc = self.proc
         try:
@@ -150,6 +153,8 @@ def start_job(job: dict[str, Any], call: dict[str, Any], timeout: float | None =
                 import cloudpickle
 
                 cloudpickle.dump(call, f)
+        import subprocess
+
         proc = subprocess.Popen(launcher_command(jobdir, bool(job.get("stdout_to_stderr"))), cwd=job.get("cwd"))
     except BaseException:
         import shutil
@@ -254,6 +259,8 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
         cmd = [sys.executable, *RUNNER_ARGS, jobdir]
         stdout = 2 if job.get("stdout_to_stderr") else None
         t_start = time.time()
+        import subprocess
+
         proc = subprocess.Popen(cmd, env=env, cwd=job.get("cwd"), stdout=stdout, start_new_session=True)
     else:
         proc = _Started(pid)

@@ -24,7 +24,7 @@ def _secs(x: float) -> str:
 
 def render(prof: Profile, plot: str | None = None, console: Console | None = None, saved: str | None = None) -> None:
     """Print the tables; ``saved`` is where the profile was written (nothing is said when it was not)."""
-    console = console or Console()
+    console = console or Console(emoji=False)  # (no ":name:" here is an emoji; rich's emoji table is 5 ms to import)
     rep = prof.repeat or {}
     n = rep.get("n", 1)
 

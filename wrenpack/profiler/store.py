@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from wrenpack.config import env_directory
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,8 @@ def project_dir(start: str | os.PathLike[str] | None = None) -> Path:
 
 
 def profiles_dir(start: str | os.PathLike[str] | None = None) -> Path:
+    from wrenpack.config import env_directory  # (here: the config module is most of the profiler's import time)
+
     override = env_directory("WRENPACK_PROFILE_DIR")  # (checked: a ConfigError naming it if unusable)
     if override:
         return Path(override)
