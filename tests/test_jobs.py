@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import wrenpack
-from tests.processes import alive
+from tests.processes import alive, interruptible
 from wrenpack import keys
 from wrenpack.errors import ConfigError, CorruptObject
 from wrenpack.executor import Executor
@@ -434,7 +434,7 @@ def test_a_terminals_ctrl_c_stops_the_driver_but_not_its_spawned_job(home):
     script.write_text(textwrap.dedent(INTERRUPTED_DRIVER))
     # the driver leads a process group, as a shell's foreground job does; ^C is SIGINT to that group
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env, cwd=home, start_new_session=True)
+                              env=env, cwd=home, start_new_session=True, preexec_fn=interruptible)
     job_id = driver.stdout.readline().strip()
     os.killpg(driver.pid, signal.SIGINT)
     assert driver.wait(30) != 0 and "KeyboardInterrupt" in driver.stderr.read()

@@ -20,6 +20,8 @@ import time
 import cloudpickle
 import pytest
 
+from tests.processes import interruptible
+
 import wrenpack
 from wrenpack import config as wconfig, keys
 from wrenpack.errors import StoreError, WrenpackError
@@ -150,6 +152,7 @@ def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilitie
             wrenpack.get(futs)
         """)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
+        preexec_fn=interruptible,
     )
     assert proc.stdout.readline().strip() == "waiting"
     time.sleep(1.0)

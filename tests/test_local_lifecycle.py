@@ -15,7 +15,7 @@ import time
 import pytest
 
 import wrenpack
-from tests.processes import alive
+from tests.processes import alive, interruptible
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import ConfigError
@@ -214,7 +214,8 @@ def _program(tmp_path, body="return x * 2", n=6, after="print(wrenpack.get(futur
 def test_readme_programs_leave_nothing_behind(tmp_path):
     script, tmp, env = _program(tmp_path)
     for run in range(5):
-        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert out.strip() == str([x * 2 for x in range(6)])
@@ -259,7 +260,8 @@ def _descendants_of(pids: list[int]) -> list[int]:
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_workers_stop_when_the_driver_is_interrupted_or_killed(tmp_path, how):
     script, tmp, env = _program(tmp_path, body=_LONG_CALLS, n=4, after=_SHOW_WORKERS)
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     try:
         line = proc.stdout.readline()
         workers = [int(p) for p in line.split()]
