@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import statistics
@@ -61,6 +62,19 @@ print(json.dumps({"read_s": t_read, "sort_s": t_sort, "write_s": t_write, "recor
 """
 
 
+class _Stages(logging.Handler):
+    """Collects each shuffle's stage times, which map_reduce logs at DEBUG."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.runs: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stats = getattr(record, "wrenpack_shuffle", None)
+        if stats is not None:
+            self.runs.append(stats)
+
+
 def driver_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -76,6 +90,10 @@ def main() -> int:
                     help="MB per call (default 3008: on the local backend a worker's memory cgroup is also "
                          "charged for the /dev/shm store objects it wrote)")
     args = ap.parse_args()
+    stages = _Stages()
+    mr_log = logging.getLogger("wrenpack.executor.mapreduce")
+    mr_log.addHandler(stages)
+    mr_log.setLevel(logging.DEBUG)
 
     cores = os.cpu_count()
     print(f"sort {args.size / 1e6:.0f} MB: {args.mappers} mappers, {args.partitions} reducers, "
@@ -135,6 +153,13 @@ def main() -> int:
     print(f"  numpy read+sort+write   {_fair.spread([b['read_s'] + b['sort_s'] + b['write_s'] for b in base])}")
     print(f"ratio wrenpack / numpy sort: {t_ours / t_np:.2f}x  (target <= 0.70x);  "
           f"vs numpy read + sort + write: {t_ours / t_np_all:.2f}x")
+    if stages.runs:
+        print(f"where wrenpack's time goes (median of the rounds; task stages are summed over the tasks, "
+              f"i.e. CPU-ish seconds on {cores} cores; the phases are wall time):")
+        for name in stages.runs[-1]["stages"]:
+            print(f"  {name:34s} {_fair.spread([r['stages'][name] for r in stages.runs if name in r['stages']])}")
+        last = stages.runs[-1]
+        print(f"  shuffle: {last['bytes'] / 1e6:.0f} MB in {last['puts']} objects written, {last['gets']} sections read")
     print(f"driver peak RSS: {driver_peak_mb():.0f} MB (target < 300 MB); load average after: {os.getloadavg()[0]:.2f}")
     return 0 if ok else 1
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import threading
+import time
 import uuid
 from typing import Any, Callable, Iterable
 
@@ -155,6 +156,8 @@ class RunningJob:
         self.launched: list[WrenFuture] = []
         self._lock = threading.Lock()
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
+        #: a shuffle's bytes, requests (objects written, sections read) and seconds per stage
+        self.stats: dict[str, Any] = {}
 
     def _map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], options: CallOptions, label: str) -> list[WrenFuture]:
         futures = self.executor.launch(fn, [(args, {}) for args in calls], options, label=label)
@@ -186,12 +189,28 @@ class RunningJob:
         task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
         maps = self._map(task, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options,
                          f"{_name(self.mapper)} (map)")
-        sizes = self._results(maps)
-        calls = [(p, [m for m, s in enumerate(sizes) if s[p]], self.secret) for p in range(partitions)]
-        log.info("map_reduce %s: %d mappers wrote %.1f MB in %d partition objects; launching %d reducers",
-                 self.shuffle_id, len(items), sum(map(sum, sizes)) / 1e6, sum(1 for s in sizes for n in s if n), partitions)
+        t0 = time.perf_counter()
+        mapped = self._results(maps)
+        t_map = time.perf_counter() - t0
+        calls = [(p, [(m, out["where"][p]) for m, out in enumerate(mapped) if out["where"][p] is not None], self.secret)
+                 for p in range(partitions)]
+        objects = {(m, w[0]) for m, out in enumerate(mapped) for w in out["where"] if w is not None}
+        sections = sum(len(c[1]) for c in calls)
+        nbytes = sum(w[2] - w[1] for out in mapped for w in out["where"] if w is not None)
+        log.info("map_reduce %s: %d mappers wrote %.1f MB in %d objects (%d partition sections); launching %d reducers",
+                 self.shuffle_id, len(items), nbytes / 1e6, len(objects), sections, partitions)
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
-        results = self._results(self._map(reducer, calls, self.r_options, f"{_name(self.reducer)} (reduce)"))
+        t0 = time.perf_counter()
+        reduced = self._results(self._map(reducer, calls, self.r_options, f"{_name(self.reducer)} (reduce)"))
+        t_reduce = time.perf_counter() - t0
+        stages: dict[str, float] = {"map phase (wall)": t_map, "reduce phase (wall)": t_reduce}
+        for out in (*mapped, *reduced):
+            for name, seconds in out["stages"].items():
+                stages[name] = stages.get(name, 0.0) + seconds
+        self.stats = {"bytes": nbytes, "puts": len(objects), "gets": sections, "stages": stages}
+        log.debug("map_reduce %s: %d PUTs, %d GETs; seconds per stage (task stages summed over tasks): %s",
+                  self.shuffle_id, len(objects), sections, stages, extra={"wrenpack_shuffle": self.stats})
+        results = [out["value"] for out in reduced]
         if partitioned:
             return results
         merged: dict[Any, Any] = {}

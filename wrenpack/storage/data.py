@@ -161,7 +161,16 @@ class DataStore:
             data = data.read()  # type: ignore[union-attr]
         if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
             raise StoreError(f"put({key!r}, ...) needs bytes, got {type(data).__name__}; encode text (s.encode()) or pickle it yourself")
-        self.store.put(self._full(key), bytes(data))
+        if isinstance(data, bytes):
+            self.store.put(self._full(key), data)
+            return
+        # A buffer (memoryview(array)) goes to the store as it is: written once locally, joined once for S3.
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise StoreError(f"put({key!r}, ...) got a buffer that is not contiguous; pass bytes, or a contiguous "
+                             "array's memoryview (numpy.ascontiguousarray)") from None
+        self.store.put_chunks(self._full(key), [view])
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or bytes ``[start, end)`` of it."""
