@@ -1,8 +1,9 @@
 """The shuffle's object format: sections written once and read mapped, every one authenticated.
 
 Each case runs on the local store (a file in /dev/shm that the reader maps:
-``get_range_buffer``) and on a store with only the default ``put_chunks`` /
-``get_range_buffer`` (joined on write, copied on read), the path an S3 store takes.
+``get_range_buffer``), on a store with only the default ``put_chunks`` /
+``get_range_buffer`` (joined on write, copied on read), the path an S3 store
+takes, and (``-m slow``: moto's server is slow to start) on S3 through moto.
 """
 from __future__ import annotations
 
@@ -56,10 +57,16 @@ def _flip(store: Store, key: str, offset: int) -> None:
     store.put(key, bytes(data))
 
 
-@pytest.fixture(params=["local-mapped", "store-default"])
+@pytest.fixture(params=["local-mapped", "store-default", pytest.param("s3", marks=pytest.mark.slow)])
 def store(request, tmp_path):
     if request.param == "local-mapped":
         return LocalStore(tmp_path / "store")
+    if request.param == "s3":  # S3 itself, through moto: one ranged GET per section
+        pytest.importorskip("moto", reason="moto[server] is not installed")
+        from wrenpack.storage.s3 import S3Store
+
+        bucket = request.getfixturevalue("bucket")
+        return S3Store(bucket, f"shuffle-format-{tmp_path.name}", endpoint_url=request.getfixturevalue("moto_endpoint"))
     return DictStore()
 
 
