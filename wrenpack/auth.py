@@ -53,7 +53,16 @@ def _load_blake3() -> Any:
     return blake3
 
 
-_blake3 = _load_blake3()
+_UNSET: Any = object()
+#: the blake3 module, None where it is not installed; looked up the first time bulk data is sealed
+_blake3: Any = _UNSET
+
+
+def _fast() -> Any:
+    global _blake3
+    if _blake3 is _UNSET:
+        _blake3 = _load_blake3()
+    return _blake3
 
 MAGIC = b"WPA1"
 #: The trailer of an object sealed with keyed BLAKE3 (``seal_stream(fast=True)``).
@@ -106,7 +115,7 @@ def _tag(secret: bytes, identity: str, *parts: bytes | memoryview) -> bytes:
 
 def have_fast_mac() -> bool:
     """Whether ``seal_stream(fast=True)`` can use BLAKE3 here (the ``blake3`` package)."""
-    return _blake3 is not None
+    return _fast() is not None
 
 
 def _b3_key(secret: bytes) -> bytes:
@@ -121,10 +130,11 @@ def _head(identity: str) -> bytes:
 def _mac(secret: bytes, identity: str, magic: bytes) -> Any:
     """An incremental MAC (``update``/``digest``) of the given kind, fed the identity."""
     if magic == MAGIC_B3:
-        if _blake3 is None:
+        blake3 = _fast()
+        if blake3 is None:
             raise CorruptObject("object sealed with keyed BLAKE3, which this Python cannot check (no blake3 "
                                 "package); pip install blake3 where the job's tasks run")
-        mac = _blake3.blake3(key=_b3_key(secret))
+        mac = blake3.blake3(key=_b3_key(secret))
     else:
         mac = hmac.new(secret, digestmod=hashlib.sha256)
     mac.update(_head(identity))
@@ -146,7 +156,7 @@ def seal_stream(secret: bytes, identity: str, parts: Iterable[Any], *, fast: boo
         for part in parts:
             yield memoryview(part).cast("B")
         return
-    magic = MAGIC_B3 if fast and _blake3 is not None else MAGIC
+    magic = MAGIC_B3 if fast and _fast() is not None else MAGIC
     mac = _mac(secret, identity, magic)
     for part in parts:
         view = memoryview(part).cast("B")
