@@ -51,14 +51,14 @@ t0 = time.perf_counter()
 keys = store.list(prefix + "/in/")
 records = np.concatenate([ex.as_records(store.get(k)) for k in keys])
 t_read = time.perf_counter() - t0
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 out = ex.sort_records(records)
-t_sort = time.perf_counter() - t0
+t_sort, c_sort = time.perf_counter() - t0, time.process_time() - c0
 t0 = time.perf_counter()
 store.put(prefix + "/baseline-out", out.tobytes())
 t_write = time.perf_counter() - t0
 store.delete(prefix + "/baseline-out")
-print(json.dumps({"read_s": t_read, "sort_s": t_sort, "write_s": t_write, "records": len(out)}))
+print(json.dumps({"read_s": t_read, "sort_s": t_sort, "sort_cpu_s": c_sort, "write_s": t_write, "records": len(out)}))
 """
 
 
@@ -160,6 +160,11 @@ def main() -> int:
             print(f"  {name:34s} {_fair.spread([r['stages'][name] for r in stages.runs if name in r['stages']])}")
         last = stages.runs[-1]
         print(f"  shuffle: {last['bytes'] / 1e6:.0f} MB in {last['puts']} objects written, {last['gets']} sections read")
+        cpu = [sum(v for k, v in r["stages"].items() if k.endswith("[cpu]")) for r in stages.runs]
+        np_cpu = [b["sort_cpu_s"] for b in base]
+        print(f"  CPU seconds: wrenpack's tasks {_fair.spread(cpu)}; numpy sort {_fair.spread(np_cpu)}")
+        print(f"  CPU ratio, the load taken out: wrenpack's task CPU / {cores} cores / numpy sort CPU = "
+              f"{statistics.median(cpu) / cores / statistics.median(np_cpu):.2f}x (dispatch and the driver not counted)")
     print(f"driver peak RSS: {driver_peak_mb():.0f} MB (target < 300 MB); load average after: {os.getloadavg()[0]:.2f}")
     return 0 if ok else 1
 

@@ -85,7 +85,7 @@ def partition_of(records: np.ndarray, partitions: int) -> np.ndarray:
 
 def split(chunk, partitions: int) -> list[np.ndarray]:
     """Mapper: one object's records, cut into ``partitions`` key ranges."""
-    records = as_records(chunk.read())
+    records = as_records(chunk.buffer())  # the stored object mapped where it can be, not copied
     where = partition_of(records, partitions)
     order = np.argsort(where, kind="stable")  # radix sort of 16-bit values
     counts = np.bincount(where, minlength=partitions)

@@ -306,6 +306,13 @@ class ObjectRange:
             return self._store().get(self.key)
         return self._store().get_range(self.key, a, b)
 
+    def buffer(self) -> Any:
+        """The range's bytes (whole records only) as a read-only buffer: on the local
+        store the object's file mapped, nothing copied (``numpy.frombuffer`` of it
+        reads the store's pages); elsewhere the bytes ``read`` returns."""
+        a, b = self.bounds()
+        return self._store().get_range_buffer(self.key, a, b)
+
     def open(self) -> io.BufferedReader:
         """A binary stream over the range, read in blocks as it is consumed."""
         a, b = self.bounds()
