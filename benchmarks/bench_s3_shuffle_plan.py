@@ -21,9 +21,12 @@ The model, stated so it can be argued with:
   issued as its bytes flow, ``IO_THREADS`` at a time;
 - the functions start spread over ``--ramp`` seconds (Lambda's burst);
 - mappers read their input (one 1 GB object each, under ``data/``), partition
-  (``--map-cpu`` s per GB) and write; reducers start when every mapper is done
-  (as map_reduce launches them), read their sections, sort (``--reduce-cpu``)
-  and write their output;
+  (``--map-cpu`` s per GB) and write their sections and then a small index;
+  reducers start when every mapper is done, read their sections, sort
+  (``--reduce-cpu``) and write their output. (map_reduce also starts up to a
+  tenth of the reducers early in slots the last mappers leave idle, each
+  polling one mapper's index at a time, at most every 0.5 s; with mappers of
+  equal size there are no such stragglers, so that is not simulated);
 - the input and output objects are the user's, spread over ``--data-prefixes``
   prefixes (a reducer's 1 GB output is a multipart upload of ~60 PUT-class
   requests; a thousand of them finishing together need ~20 prefixes);
@@ -130,6 +133,7 @@ def simulate(size: int, mappers: int, reducers: int, mbps: float, latency: float
         if layout == "wrenpack":
             items = [(prefix_of(shuffle.part_key("job", m, n)), nbytes, "PUT", put_requests(nbytes))
                      for n, (_, nbytes) in enumerate(objects)]
+            items.append((prefix_of(keys.shuffle_index_key("job", m)), 16 * reducers, "PUT", 1))  # its index, last
         else:
             items = [("shuffle/job/", nbytes, "PUT", 1) for _, nbytes in objects]
         f.transfer(reqs, items)

@@ -129,3 +129,13 @@ def shuffle_part_key(shuffle_id: str, mapper: int, n: int = 0) -> str:
 
 def shuffle_tree_key(shuffle_id: str, level: int, index: int) -> str:
     return f"{SHUFFLE}{shuffle_id}/{shuffle_shard(index)}/t{level}-{index:05d}"
+
+
+def shuffle_index_key(shuffle_id: str, mapper: int) -> str:
+    """Where a mapper's sections are, written after them (a reducer started early waits for it)."""
+    return f"{SHUFFLE}{shuffle_id}/{shuffle_shard(mapper)}/i{mapper:05d}"
+
+
+def shuffle_abort_key(shuffle_id: str) -> str:
+    """Written by the driver when a mapper failed: reducers that wait for mappers stop."""
+    return f"{SHUFFLE}{shuffle_id}/abort"

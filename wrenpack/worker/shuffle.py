@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 import cloudpickle
 
 from wrenpack import auth, keys
-from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, WrenpackError
+from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, WrenpackError
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
 
@@ -303,6 +303,7 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
                 parts[p].append((k, v))
         t1, c1 = time.perf_counter(), time.process_time()
         sections = put_sections(store, shuffle_id, index, secret, parts)
+        put(store, keys.shuffle_index_key(shuffle_id, index), secret, sections)  # last: the sections are there
         t2, c2 = time.perf_counter(), time.process_time()
         return {"where": sections, "stages": _stages(("map (user code)", t1 - t0, c1 - c0),
                                                      ("map: pickle+seal+write", t2 - t1, c2 - c1))}
@@ -327,14 +328,65 @@ def _sorted_keys(groups: dict[Any, Any]) -> list[Any]:
         return list(groups)
 
 
+#: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing)
+_POLL = (0.01, 0.5)
+
+
+def abort(store: Store, shuffle_id: str, secret: bytes) -> None:
+    """Tell the reducers that wait for mappers to stop: a mapper failed (the driver writes this)."""
+    put(store, keys.shuffle_abort_key(shuffle_id), secret, "abort")
+
+
+def _wait_for(store: Store, shuffle_id: str, partition: int, secret: bytes, waiting: Sequence[int],
+              budget: float) -> list[tuple[int, tuple[int, int, int]]] | None:
+    """The sections of ``waiting`` mappers as each writes its index; None if ``budget``
+    seconds pass first (the driver then runs this partition again, after the map phase).
+    ``WrenpackError`` if the driver says a mapper failed. One mapper is looked for at a
+    time, so a waiting reducer costs one GET (and one HEAD) per poll, whatever it waits for."""
+    left = list(waiting)
+    found: list[tuple[int, tuple[int, int, int]]] = []
+    deadline = time.monotonic() + budget
+    delay = _POLL[0]
+    while left:
+        try:
+            where = get(store, keys.shuffle_index_key(shuffle_id, left[0]), secret)
+        except ObjectNotFound:
+            if store.exists(keys.shuffle_abort_key(shuffle_id)):
+                raise WrenpackError("a mapper of this map_reduce failed, so this reducer stopped waiting for it") from None
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(delay)
+            delay = min(_POLL[1], delay * 1.5)
+            continue
+        m = left.pop(0)
+        if where[partition] is not None:
+            found.append((m, tuple(where[partition])))
+    return found
+
+
 def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> Callable[..., Any]:
     """A reducer for one partition: reads its section from every mapper that wrote one.
-    Returns the value and how long each stage took."""
+    Returns the value and how long each stage took.
 
-    def shuffle_reduce(partition: int, sections: list[tuple[int, tuple[int, int, int]]], secret: bytes) -> dict[str, Any]:
+    Started before the map phase ended (``waiting``: mappers still running), it
+    reads the sections already written first, then each waiting mapper's as its
+    index appears; if that takes more than ``budget`` seconds it gives up and says
+    so (``{"again": True}``), and the driver runs the partition again later."""
+
+    def shuffle_reduce(partition: int, sections: list[tuple[int, tuple[int, int, int]]], secret: bytes,
+                       waiting: Sequence[int] = (), budget: float = 0.0) -> dict[str, Any]:
         store = _store()
         t0, c0 = time.perf_counter(), time.process_time()
-        parts = _parallel(lambda s: get_section(store, shuffle_id, s[0], partition, secret, s[1]), sections)
+        got = dict(zip((m for m, _ in sections),
+                       _parallel(lambda s: get_section(store, shuffle_id, s[0], partition, secret, s[1]), sections)))
+        if waiting:
+            more = _wait_for(store, shuffle_id, partition, secret, waiting, budget)
+            if more is None:
+                return {"again": True, "stages": {}}
+            got.update(zip((m for m, _ in more),
+                           _parallel(lambda s: get_section(store, shuffle_id, s[0], partition, secret, s[1]), more)))
+        parts = [got[m] for m in sorted(got)]  # in mapper order
+        del got
         t1, c1 = time.perf_counter(), time.process_time()
         if partitioned:
             value = fn(partition, parts)
