@@ -159,7 +159,8 @@ def main() -> int:
         for name in stages.runs[-1]["stages"]:
             print(f"  {name:34s} {_fair.spread([r['stages'][name] for r in stages.runs if name in r['stages']])}")
         last = stages.runs[-1]
-        print(f"  shuffle: {last['bytes'] / 1e6:.0f} MB in {last['puts']} objects written, {last['gets']} sections read")
+        print(f"  shuffle: {last['bytes'] / 1e6:.0f} MB in {last['puts']} objects written, {last['gets']} sections read; reducers started early, per round: "
+              f"{[r.get('early_reducers', 0) for r in stages.runs]}")
         cpu = [sum(v for k, v in r["stages"].items() if k.endswith("[cpu]")) for r in stages.runs]
         np_cpu = [b["sort_cpu_s"] for b in base]
         print(f"  CPU seconds: wrenpack's tasks {_fair.spread(cpu)}; numpy sort {_fair.spread(np_cpu)}")

@@ -146,7 +146,8 @@ def main() -> int:
         for name in stages.runs[-1]["stages"]:
             print(f"  {name:34s} {_fair.spread([r['stages'][name] for r in stages.runs if name in r['stages']])}")
         last = stages.runs[-1]
-        print(f"  shuffle: {last['bytes'] / 1e6:.1f} MB in {last['puts']} objects written, {last['gets']} sections read")
+        print(f"  shuffle: {last['bytes'] / 1e6:.1f} MB in {last['puts']} objects written, {last['gets']} sections read; reducers started early, per round: "
+              f"{[r.get('early_reducers', 0) for r in stages.runs]}")
     return 0 if ok else 1
 
 
