@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import statistics
@@ -50,15 +51,28 @@ t0 = time.perf_counter()
 keys = store.list(prefix + "/in/")
 records = np.concatenate([ex.as_records(store.get(k)) for k in keys])
 t_read = time.perf_counter() - t0
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 out = ex.sort_records(records)
-t_sort = time.perf_counter() - t0
+t_sort, c_sort = time.perf_counter() - t0, time.process_time() - c0
 t0 = time.perf_counter()
 store.put(prefix + "/baseline-out", out.tobytes())
 t_write = time.perf_counter() - t0
 store.delete(prefix + "/baseline-out")
-print(json.dumps({"read_s": t_read, "sort_s": t_sort, "write_s": t_write, "records": len(out)}))
+print(json.dumps({"read_s": t_read, "sort_s": t_sort, "sort_cpu_s": c_sort, "write_s": t_write, "records": len(out)}))
 """
+
+
+class _Stages(logging.Handler):
+    """Collects each shuffle's stage times, which map_reduce logs at DEBUG."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.runs: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stats = getattr(record, "wrenpack_shuffle", None)
+        if stats is not None:
+            self.runs.append(stats)
 
 
 def driver_peak_mb() -> float:
@@ -76,6 +90,10 @@ def main() -> int:
                     help="MB per call (default 3008: on the local backend a worker's memory cgroup is also "
                          "charged for the /dev/shm store objects it wrote)")
     args = ap.parse_args()
+    stages = _Stages()
+    mr_log = logging.getLogger("wrenpack.executor.mapreduce")
+    mr_log.addHandler(stages)
+    mr_log.setLevel(logging.DEBUG)
 
     cores = os.cpu_count()
     print(f"sort {args.size / 1e6:.0f} MB: {args.mappers} mappers, {args.partitions} reducers, "
@@ -135,6 +153,19 @@ def main() -> int:
     print(f"  numpy read+sort+write   {_fair.spread([b['read_s'] + b['sort_s'] + b['write_s'] for b in base])}")
     print(f"ratio wrenpack / numpy sort: {t_ours / t_np:.2f}x  (target <= 0.70x);  "
           f"vs numpy read + sort + write: {t_ours / t_np_all:.2f}x")
+    if stages.runs:
+        print(f"where wrenpack's time goes (median of the rounds; task stages are summed over the tasks, "
+              f"i.e. CPU-ish seconds on {cores} cores; the phases are wall time):")
+        for name in stages.runs[-1]["stages"]:
+            print(f"  {name:34s} {_fair.spread([r['stages'][name] for r in stages.runs if name in r['stages']])}")
+        last = stages.runs[-1]
+        print(f"  shuffle: {last['bytes'] / 1e6:.0f} MB in {last['puts']} objects written, {last['gets']} sections read; reducers started early, per round: "
+              f"{[r.get('early_reducers', 0) for r in stages.runs]}")
+        cpu = [sum(v for k, v in r["stages"].items() if k.endswith("[cpu]")) for r in stages.runs]
+        np_cpu = [b["sort_cpu_s"] for b in base]
+        print(f"  CPU seconds: wrenpack's tasks {_fair.spread(cpu)}; numpy sort {_fair.spread(np_cpu)}")
+        print(f"  CPU ratio, the load taken out: wrenpack's task CPU / {cores} cores / numpy sort CPU = "
+              f"{statistics.median(cpu) / cores / statistics.median(np_cpu):.2f}x (dispatch and the driver not counted)")
     print(f"driver peak RSS: {driver_peak_mb():.0f} MB (target < 300 MB); load average after: {os.getloadavg()[0]:.2f}")
     return 0 if ok else 1
 

@@ -85,7 +85,7 @@ def partition_of(records: np.ndarray, partitions: int) -> np.ndarray:
 
 def split(chunk, partitions: int) -> list[np.ndarray]:
     """Mapper: one object's records, cut into ``partitions`` key ranges."""
-    records = as_records(chunk.read())
+    records = as_records(chunk.buffer())  # the stored object mapped where it can be, not copied
     where = partition_of(records, partitions)
     order = np.argsort(where, kind="stable")  # radix sort of 16-bit values
     counts = np.bincount(where, minlength=partitions)
@@ -97,7 +97,7 @@ def split(chunk, partitions: int) -> list[np.ndarray]:
 def merge(partition: int, parts: list[np.ndarray], prefix: str) -> tuple[int, int]:
     """Reducer: sort one key range and write it; returns (partition, records)."""
     records = sort_records(np.concatenate(parts) if parts else np.empty((0, RECORD), np.uint8))
-    wrenpack.store().put(f"{prefix}/out/{partition:05d}", records.tobytes())
+    wrenpack.store().put(f"{prefix}/out/{partition:05d}", memoryview(records))  # the array's bytes, not a copy
     return partition, len(records)
 
 

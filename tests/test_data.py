@@ -115,6 +115,21 @@ def test_fixed_size_records_chunk_on_record_edges(data):
     assert [r.bounds() for r in ranges] == [(r.start, r.end) for r in ranges]
 
 
+def test_buffers_map_the_same_bytes_as_read_returns_and_put_takes_buffers(data):
+    """``ObjectRange.buffer()`` is ``read()`` without the copy (a mapping on the local
+    store), at every chunk edge; ``put`` writes a buffer (an array's memoryview) as is."""
+    text = b"".join(b"line %d %s\n" % (i, b"x" * (i % 37)) for i in range(3000))
+    data.put("buf/t.txt", memoryview(bytearray(text)))
+    data.put("buf/r.bin", memoryview(text[:9000]).cast("B", (90, 100)))  # 2-d, C-contiguous
+    assert data.get("buf/t.txt") == text and data.get("buf/r.bin") == text[:9000]
+    for ranges in (data.objects("buf/t.txt", chunk_size=4096), data.objects("buf/r.bin", chunk_size=1000, record_size=100)):
+        assert len(ranges) > 1
+        for r in ranges:
+            assert bytes(r.buffer()) == r.read()
+    with pytest.raises(StoreError, match="not contiguous"):
+        data.put("buf/bad", memoryview(text)[::2])
+
+
 def test_one_range_per_object_without_chunk_size(data):
     _write(data, "o/1", b"a\nb")
     _write(data, "o/2", b"")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import random
+import time
 
 import pytest
 
@@ -134,3 +135,58 @@ def test_partition_objects_are_sealed(executor):
 
 def test_old_signature(executor):
     assert wrenpack.map_reduce(lambda x: x * 2, range(5), sum, executor=executor).result(timeout=60) == 20
+
+
+def _slow_last(n, fail=False, delay=1.5):
+    """A mapper whose item ``n - 1`` is a straggler (and fails, with ``fail``)."""
+
+    def mapper(x):
+        import time
+
+        if x == n - 1:
+            time.sleep(delay)
+            if fail:
+                raise KeyError("straggler")
+        return [(x % 3, x)]
+
+    return mapper
+
+
+def _stats(caplog):
+    runs = [r.wrenpack_shuffle for r in caplog.records if hasattr(r, "wrenpack_shuffle")]
+    assert runs, "map_reduce logged no shuffle statistics"
+    return runs[-1]
+
+
+def test_reducers_start_on_the_sections_written_while_a_straggler_runs(executor, caplog):
+    caplog.set_level("DEBUG", logger="wrenpack.executor.mapreduce")
+    out = wrenpack.map_reduce(_slow_last(4), range(4), lambda k, vs: sorted(vs), partitions=3,
+                              executor=executor).result(timeout=120)
+    assert out == {0: [0, 3], 1: [1], 2: [2]}
+    assert _stats(caplog)["early_reducers"] >= 1  # a slot was idle while the straggler ran
+    assert _left(executor) == []
+
+
+def test_a_failing_straggler_stops_the_reducers_waiting_for_it(executor, caplog):
+    caplog.set_level("DEBUG", logger="wrenpack.executor.mapreduce")
+    t0 = time.monotonic()
+    fut = wrenpack.map_reduce(_slow_last(4, fail=True, delay=1.0), range(4), lambda k, vs: vs, partitions=3,
+                              executor=executor)
+    with pytest.raises(KeyError, match="straggler"):
+        fut.result(timeout=120)
+    assert any("started early" in r.getMessage() for r in caplog.records)
+    # the early reducer stopped at the abort, not at its waiting budget (a quarter of its timeout)
+    assert time.monotonic() - t0 < 30
+    assert _left(executor) == []
+
+
+@pytest.mark.slow
+def test_an_early_reducer_that_waits_too_long_runs_again_after_the_map_phase(executor, caplog):
+    caplog.set_level("DEBUG", logger="wrenpack.executor.mapreduce")
+    # timeout=4: an early reducer waits at most 1 s; the straggler takes 3
+    out = wrenpack.map_reduce(_slow_last(4, delay=3.0), range(4), lambda k, vs: sorted(vs), partitions=3,
+                              timeout=4, executor=executor).result(timeout=120)
+    assert out == {0: [0, 3], 1: [1], 2: [2]}
+    assert _stats(caplog)["early_reducers"] >= 1
+    assert any("ran out of waiting time" in r.getMessage() for r in caplog.records)
+    assert _left(executor) == []

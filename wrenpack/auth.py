@@ -16,8 +16,19 @@ So every object wrenpack writes and later unpickles carries a MAC::
   readable status header (pollers peek at it; only the verified copy counts).
 
 HMAC-SHA256 rather than keyed BLAKE2b: measured here on 10 MiB, 7.3 ms
-against 14.3 ms (the CPU has SHA extensions). Standard library only: the
-worker imports this.
+against 14.3 ms (the CPU has SHA extensions); on 64 MiB, 1.15 GB/s against
+0.88 GB/s. Standard library only: the worker imports this.
+
+Bulk data (map_reduce's shuffle objects, ``seal_stream(fast=True)``) may be
+sealed with keyed BLAKE3 instead, when the optional ``blake3`` package is
+installed where the object is written: 4.6 to 5 GB/s on one core here, four
+times HMAC-SHA256. Its trailer says so (``WPB3`` instead of ``WPA1``, same
+length); its key is HMAC-SHA256(secret, a fixed label), so the two MACs never
+share a key. A reader accepts both; one without ``blake3`` refuses a ``WPB3``
+object with a ``CorruptObject`` that says to install it (nothing unpickled).
+Every other object stays ``WPA1``: the driver and a Lambda runtime need not
+have the same optional packages, while a shuffle's writer and reader are
+tasks of one job on one runtime.
 """
 from __future__ import annotations
 
@@ -26,10 +37,37 @@ import hashlib
 import hmac
 import os
 import struct
+from typing import Any, Iterable, Iterator
 
 from wrenpack.errors import CorruptObject
 
+
+def _load_blake3() -> Any:
+    """The optional ``blake3`` module (a faster MAC for bulk data), or None: imported
+    here, not at the top, because the worker may import only the standard library
+    and cloudpickle unconditionally."""
+    try:
+        import blake3
+    except ImportError:  # pragma: no cover - depends on what is installed
+        return None
+    return blake3
+
+
+_UNSET: Any = object()
+#: the blake3 module, None where it is not installed; looked up the first time bulk data is sealed
+_blake3: Any = _UNSET
+
+
+def _fast() -> Any:
+    global _blake3
+    if _blake3 is _UNSET:
+        _blake3 = _load_blake3()
+    return _blake3
+
 MAGIC = b"WPA1"
+#: The trailer of an object sealed with keyed BLAKE3 (``seal_stream(fast=True)``).
+MAGIC_B3 = b"WPB3"
+_B3_LABEL = b"wrenpack keyed-BLAKE3 key/1"
 TAG_BYTES = 32
 TRAILER_BYTES = len(MAGIC) + TAG_BYTES
 SECRET_BYTES = 32
@@ -75,6 +113,86 @@ def _tag(secret: bytes, identity: str, *parts: bytes | memoryview) -> bytes:
     return mac.digest()
 
 
+def have_fast_mac() -> bool:
+    """Whether ``seal_stream(fast=True)`` can use BLAKE3 here (the ``blake3`` package)."""
+    return _fast() is not None
+
+
+def _b3_key(secret: bytes) -> bytes:
+    return hmac.digest(secret, _B3_LABEL, "sha256")
+
+
+def _head(identity: str) -> bytes:
+    ident = identity.encode("utf-8")
+    return struct.pack(">I", len(ident)) + ident
+
+
+def _mac(secret: bytes, identity: str, magic: bytes) -> Any:
+    """An incremental MAC (``update``/``digest``) of the given kind, fed the identity."""
+    if magic == MAGIC_B3:
+        blake3 = _fast()
+        if blake3 is None:
+            raise CorruptObject("object sealed with keyed BLAKE3, which this Python cannot check (no blake3 "
+                                "package); pip install blake3 where the job's tasks run")
+        mac = blake3.blake3(key=_b3_key(secret))
+    else:
+        mac = hmac.new(secret, digestmod=hashlib.sha256)
+    mac.update(_head(identity))
+    return mac
+
+
+#: How much of an object ``seal_stream`` MACs and hands on at a time: small
+#: enough to stay in the CPU's cache between the MAC and the write that follows.
+STREAM_CHUNK = 1 << 20
+
+
+def seal_stream(secret: bytes, identity: str, parts: Iterable[Any], *, fast: bool = False,
+                chunk: int = STREAM_CHUNK) -> Iterator[memoryview | bytes]:
+    """``seal_parts`` as a stream: the parts' bytes in pieces of ``chunk``, each
+    MACed just before it is handed on, then the trailer. A writer that writes
+    the pieces as they come reads each byte from memory once (no joined copy).
+    ``fast``: keyed BLAKE3 when installed (``have_fast_mac``), else HMAC-SHA256."""
+    if not _enabled:
+        for part in parts:
+            yield memoryview(part).cast("B")
+        return
+    magic = MAGIC_B3 if fast and _fast() is not None else MAGIC
+    mac = _mac(secret, identity, magic)
+    for part in parts:
+        view = memoryview(part).cast("B")
+        for i in range(0, len(view), chunk):
+            piece = view[i : i + chunk]
+            mac.update(piece)
+            yield piece
+    yield magic + mac.digest()
+
+
+def verify_parts(secret: bytes, identity: str, trailer: bytes, parts: Iterable[Any], key: str) -> None:
+    """Check a trailer (``TRAILER_BYTES``, either MAC) against the parts' concatenation;
+    ``CorruptObject`` naming ``key`` otherwise. For a reader that copies the part a
+    parser interprets out of a shared mapping before checking it, so what is checked
+    is what is parsed."""
+    if not _enabled:
+        return
+    magic = bytes(trailer[:len(MAGIC)])
+    if len(trailer) != TRAILER_BYTES or magic not in (MAGIC, MAGIC_B3):
+        raise CorruptObject(
+            f"{key} failed authentication (not a sealed wrenpack object); nothing was unpickled: "
+            "something other than wrenpack wrote it, re-run the job"
+        )
+    try:
+        mac = _mac(secret, identity, magic)
+    except CorruptObject as exc:
+        raise CorruptObject(f"{key}: {exc}") from None
+    for part in parts:
+        mac.update(part)
+    if not hmac.compare_digest(mac.digest(), bytes(trailer[len(MAGIC):])):
+        raise CorruptObject(
+            f"{key} failed authentication (altered, or written for another call or job); nothing was unpickled: "
+            "re-run the job and check who can write to the store"
+        )
+
+
 def seal(secret: bytes, identity: str, data: bytes) -> bytes:
     """``data`` with a trailer that authenticates it as ``identity``'s object."""
     return seal_parts(secret, identity, data)
@@ -99,12 +217,15 @@ def unseal_view(secret: bytes, identity: str, blob: bytes, key: str) -> memoryvi
     if not _enabled:
         return memoryview(blob)
     view = memoryview(blob)
-    if len(view) < TRAILER_BYTES or view[-TRAILER_BYTES:-TAG_BYTES] != MAGIC:
+    if len(view) < TRAILER_BYTES or view[-TRAILER_BYTES:-TAG_BYTES] not in (MAGIC, MAGIC_B3):
         raise CorruptObject(
             f"{key} failed authentication (not a sealed wrenpack object); nothing was unpickled: "
             "something other than wrenpack wrote it, re-run the job"
         )
     data = view[:-TRAILER_BYTES]
+    if view[-TRAILER_BYTES:-TAG_BYTES] == MAGIC_B3:
+        verify_parts(secret, identity, bytes(view[-TRAILER_BYTES:]), [data], key)
+        return data
     if not hmac.compare_digest(_tag(secret, identity, data), view[-TAG_BYTES:]):
         raise CorruptObject(
             f"{key} failed authentication (altered, or written for another call or job); nothing was unpickled: "

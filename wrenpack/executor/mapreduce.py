@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import threading
+import time
 import uuid
 from typing import Any, Callable, Iterable
 
@@ -155,6 +156,8 @@ class RunningJob:
         self.launched: list[WrenFuture] = []
         self._lock = threading.Lock()
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
+        #: a shuffle's bytes, requests (objects written, sections read) and seconds per stage
+        self.stats: dict[str, Any] = {}
 
     def _map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], options: CallOptions, label: str) -> list[WrenFuture]:
         futures = self.executor.launch(fn, [(args, {}) for args in calls], options, label=label)
@@ -186,18 +189,89 @@ class RunningJob:
         task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
         maps = self._map(task, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options,
                          f"{_name(self.mapper)} (map)")
-        sizes = self._results(maps)
-        calls = [(p, [m for m, s in enumerate(sizes) if s[p]], self.secret) for p in range(partitions)]
-        log.info("map_reduce %s: %d mappers wrote %.1f MB in %d partition objects; launching %d reducers",
-                 self.shuffle_id, len(items), sum(map(sum, sizes)) / 1e6, sum(1 for s in sizes for n in s if n), partitions)
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
-        results = self._results(self._map(reducer, calls, self.r_options, f"{_name(self.reducer)} (reduce)"))
+        r_label = f"{_name(self.reducer)} (reduce)"
+        t0 = time.perf_counter()
+        mapped, early = self._map_phase(maps, reducer, partitions, r_label)
+        t_map = time.perf_counter() - t0
+
+        def sections(p: int) -> list[tuple[int, Any]]:
+            return [(m, out["where"][p]) for m, out in enumerate(mapped) if out["where"][p] is not None]
+
+        objects = {(m, w[0]) for m, out in enumerate(mapped) for w in out["where"] if w is not None}
+        n_sections = sum(len(sections(p)) for p in range(partitions))
+        nbytes = sum(w[2] - w[1] for out in mapped for w in out["where"] if w is not None)
+        log.info("map_reduce %s: %d mappers wrote %.1f MB in %d objects (%d partition sections); %d reducers started "
+                 "early, launching %d", self.shuffle_id, len(items), nbytes / 1e6, len(objects), n_sections, len(early),
+                 partitions - len(early))
+        t0 = time.perf_counter()
+        futures = dict(early)
+        rest = [p for p in range(partitions) if p not in futures]
+        futures.update(zip(rest, self._map(reducer, [(p, sections(p), self.secret) for p in rest], self.r_options, r_label)))
+        reduced = dict(zip(futures, self._results(list(futures.values()))))
+        again = [p for p, out in reduced.items() if out.get("again")]
+        if again:  # started early and gave up waiting: once more, with every section known
+            log.info("map_reduce %s: %d early reducer(s) ran out of waiting time; running them again", self.shuffle_id, len(again))
+            reduced.update(zip(again, self._results(self._map(reducer, [(p, sections(p), self.secret) for p in again],
+                                                              self.r_options, r_label))))
+        t_reduce = time.perf_counter() - t0
+        stages: dict[str, float] = {"map phase (wall)": t_map, "reduce phase (wall, after the map phase)": t_reduce}
+        for out in (*mapped, *reduced.values()):
+            for name, seconds in out["stages"].items():
+                stages[name] = stages.get(name, 0.0) + seconds
+        puts = len(objects) + len(mapped)  # the section objects and each mapper's index
+        self.stats = {"bytes": nbytes, "puts": puts, "gets": n_sections, "early_reducers": len(early), "stages": stages}
+        log.debug("map_reduce %s: %d PUTs, %d section GETs, %d reducers started early; seconds per stage (task stages "
+                  "summed over tasks): %s", self.shuffle_id, puts, n_sections, len(early), stages,
+                  extra={"wrenpack_shuffle": self.stats})
+        results = [reduced[p]["value"] for p in range(partitions)]
         if partitioned:
             return results
         merged: dict[Any, Any] = {}
         for part in results:
             merged.update(part)
         return merged
+
+    def _map_phase(self, maps: list[WrenFuture], reducer: Callable[..., Any], partitions: int,
+                   label: str) -> tuple[list[Any], dict[int, WrenFuture]]:
+        """Wait for the mappers; returns their outputs and the reducers started meanwhile.
+
+        When only stragglers are left (a tenth of the mappers, at least one) and
+        the backend has slots they leave idle, a reducer starts in each (up to a
+        tenth of the reducers, or as many as there are stragglers): it reads
+        the sections already written, then waits for the stragglers' (up to a
+        quarter of its timeout). Only idle slots are used, so a reducer never
+        holds a slot a mapper needs; where the backend's concurrency is unknown
+        nothing starts early. A failed mapper makes the waiting reducers stop (an
+        abort object) before its exception is raised here."""
+        slots = getattr(self.executor.backend.capabilities, "concurrency", 0) or 0
+        stragglers = max(1, len(maps) // 10)
+        budget = max(1.0, 0.25 * float(getattr(self.r_options, "timeout", 0) or 0))
+        index = {id(f): i for i, f in enumerate(maps)}
+        done: dict[int, Any] = {}
+        early: dict[int, WrenFuture] = {}
+        for fut in cf.as_completed(maps):
+            if fut.exception() is not None:
+                if early:
+                    try:
+                        shuffle.abort(self.executor.store, self.shuffle_id, self.secret)
+                    except Exception:  # noqa: BLE001 - the reducers then wait out their budget
+                        log.warning("map_reduce %s: could not tell the early reducers to stop", self.shuffle_id,
+                                    exc_info=True)
+                self._results(maps)  # waits for the other mappers, raises the first failure
+            done[index[id(fut)]] = fut.result()
+            waiting = [i for i in range(len(maps)) if i not in done]
+            if not waiting or len(waiting) > stragglers:
+                continue
+            free = slots - len(waiting) - sum(1 for f in early.values() if not f.done())
+            while free > 0 and len(early) < min(partitions, max(stragglers, partitions // 10)):
+                p = len(early)
+                known = [(m, out["where"][p]) for m, out in sorted(done.items()) if out["where"][p] is not None]
+                (early[p],) = self._map(reducer, [(p, known, self.secret, waiting, budget)], self.r_options, label)
+                log.debug("map_reduce %s: reducer %d started early, on %d section(s) written, waiting for %d mapper(s)",
+                          self.shuffle_id, p, len(known), len(waiting))
+                free -= 1
+        return [done[i] for i in range(len(maps))], early
 
     def _reduce_tree(self, leaves: list[tuple[tuple[int, int], WrenFuture | None]], fan_in: int | None,
                      label: str) -> WrenFuture:

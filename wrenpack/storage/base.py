@@ -9,7 +9,7 @@ the worker imports this.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 class Store(abc.ABC):
@@ -42,6 +42,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
         """Return the bytes at ``key``; raise ``ObjectNotFound`` if absent."""
+
+    def put_chunks(self, key: str, chunks: Iterable[Any]) -> int:
+        """Store the concatenation of ``chunks`` (buffers, consumed once in order) at
+        ``key`` atomically; returns its size. A store that can write the pieces as
+        they come (``LocalStore``) never joins them; the default joins them once."""
+        data = b"".join(chunks)
+        self.put(key, data)
+        return len(data)
+
+    def get_buffer(self, key: str) -> Any:
+        """The object's bytes as a read-only buffer (``ObjectNotFound`` if absent).
+        A store that can map the object (``LocalStore``: a file in /dev/shm) returns
+        the mapping, so nothing is copied; the default is ``get``. The mapping shows
+        the file, so a reader that parses part of it copies that part first."""
+        return self.get(key)
+
+    def get_range_buffer(self, key: str, start: int, end: int) -> Any:
+        """``get_range`` as a read-only buffer: mapped where the store can (``get_buffer``)."""
+        return self.get_range(key, start, end)
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of an object (default: read all, slice)."""

@@ -161,7 +161,16 @@ class DataStore:
             data = data.read()  # type: ignore[union-attr]
         if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
             raise StoreError(f"put({key!r}, ...) needs bytes, got {type(data).__name__}; encode text (s.encode()) or pickle it yourself")
-        self.store.put(self._full(key), bytes(data))
+        if isinstance(data, bytes):
+            self.store.put(self._full(key), data)
+            return
+        # A buffer (memoryview(array)) goes to the store as it is: written once locally, joined once for S3.
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise StoreError(f"put({key!r}, ...) got a buffer that is not contiguous; pass bytes, or a contiguous "
+                             "array's memoryview (numpy.ascontiguousarray)") from None
+        self.store.put_chunks(self._full(key), [view])
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or bytes ``[start, end)`` of it."""
@@ -296,6 +305,13 @@ class ObjectRange:
         if a == 0 and b == self.size and self.parts == 1:
             return self._store().get(self.key)
         return self._store().get_range(self.key, a, b)
+
+    def buffer(self) -> Any:
+        """The range's bytes (whole records only) as a read-only buffer: on the local
+        store the object's file mapped, nothing copied (``numpy.frombuffer`` of it
+        reads the store's pages); elsewhere the bytes ``read`` returns."""
+        a, b = self.bounds()
+        return self._store().get_range_buffer(self.key, a, b)
 
     def open(self) -> io.BufferedReader:
         """A binary stream over the range, read in blocks as it is consumed."""

@@ -24,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import mmap
 import os
 import stat
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from wrenpack.errors import ObjectNotFound, StoreError
 from wrenpack.storage.base import Store
@@ -35,6 +36,8 @@ from wrenpack.storage.base import Store
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a mapped object is read whole right away (its MAC), so its pages are mapped in one go, not one fault each
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 #: a directory on the way is missing (or is not one): the object is not there
 _ABSENT = (FileNotFoundError, NotADirectoryError)
 
@@ -113,12 +116,59 @@ class LocalStore(Store):
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         try:
-            return self._put(key, data, if_absent)
+            return self._put(key, (data,), if_absent)
         except OSError as exc:  # disk full, read-only, a file where a folder should be
             raise StoreError(f"cannot write {key} to {self.url}: {_reason(exc)}; free space, or fix the store "
                              "directory, or set storage= to another one") from None
 
-    def _put(self, key: str, data: bytes, if_absent: bool) -> bool:
+    def put_chunks(self, key: str, chunks: Iterable[Any]) -> int:
+        """Each piece is written to the file as it comes (one copy, into the page cache)."""
+        written = [0]
+
+        def counted() -> Iterator[Any]:
+            for chunk in chunks:
+                written[0] += memoryview(chunk).nbytes
+                yield chunk
+
+        try:
+            self._put(key, counted(), False)
+        except OSError as exc:
+            raise StoreError(f"cannot write {key} to {self.url}: {_reason(exc)}; free space, or fix the store "
+                             "directory, or set storage= to another one") from None
+        return written[0]
+
+    def get_buffer(self, key: str) -> Any:
+        """The object's file mapped read-only (nothing copied; the file is replaced,
+        never rewritten, by this store's writers, so the mapping keeps the object
+        it opened)."""
+        fd = self._open(key)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return b""
+            return mmap.mmap(fd, size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
+        except OSError as exc:
+            raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
+        finally:
+            os.close(fd)
+
+    def get_range_buffer(self, key: str, start: int, end: int) -> Any:
+        """Bytes ``[start, end)`` of the object's file, mapped read-only (the mapping
+        starts at the page below ``start``; nothing is copied)."""
+        fd = self._open(key)
+        try:
+            end = min(end, os.fstat(fd).st_size)
+            if end <= start:
+                return b""
+            base = start - start % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(fd, end - base, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=base)
+            return memoryview(mapped)[start - base :]
+        except OSError as exc:
+            raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
+        finally:
+            os.close(fd)
+
+    def _put(self, key: str, data: Iterable[Any], if_absent: bool) -> bool:
         *dirs, name = self._parts(key)
         tmp = f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}"
         for last in (False, True):
@@ -133,7 +183,8 @@ class LocalStore(Store):
                     continue  # another process removed the directory since it was opened (delete_prefix): again
                 try:
                     with os.fdopen(fd, "wb") as f:
-                        f.write(data)
+                        for chunk in data:
+                            f.write(chunk)
                     if if_absent:
                         try:
                             os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)

@@ -1,12 +1,15 @@
 """What the tasks of ``map_reduce`` run in the worker: the shuffle through storage.
 
-Layout of one map_reduce's objects (all removed when it ends)::
+Layout of one map_reduce's objects (all removed when it ends; ``wrenpack.keys``)::
 
-    shuffle/<id>/map/<mapper>/<partition>.pkl    one mapper's records for one reducer
-    shuffle/<id>/tree/<level>/<index>.pkl        a value waiting for the next reduce level
+    shuffle/<id>/<shard>/m<mapper>-<n>       a mapper's n-th object: one sealed section per partition
+    shuffle/<id>/<shard>/t<level>-<index>    a value waiting for the next reduce level
 
-Data goes worker -> store -> worker; the driver only sees partition sizes and
-the final results. wrenpack pickles these objects itself, so each is sealed
+Data goes worker -> store -> worker: a mapper writes each byte once (pickle
+protocol 5 keeps arrays and bytes out of the pickle; the MAC and the write go
+through the data together), a reducer reads its section by range, mapped
+rather than copied on the local store. The driver only sees where each
+partition's section is and the final results. wrenpack pickles these objects itself, so each is sealed
 with a secret the driver generated for this map_reduce; it reaches the tasks
 inside their call arguments (never as a store object of its own) and an
 object that fails verification is never unpickled. The tasks are closures
@@ -15,112 +18,211 @@ Standard library and cloudpickle only.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import pickle
 import struct
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
 import cloudpickle
 
-from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, WrenpackError
+from wrenpack import auth, keys
+from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, WrenpackError
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
 
-PREFIX = "shuffle/"
+PREFIX = keys.SHUFFLE
 #: Parallel reads/writes of one task's partition objects (S3 latency hides behind these).
 IO_THREADS = 8
-_MAGIC = b"WRSH1"
+#: A mapper's partitions go into objects of up to about this size, each
+#: partition a separately sealed section that its reducer reads by range: on S3
+#: one PUT per object instead of one per partition (a 1,000 x 1,000 sort: 16
+#: PUTs per mapper, not 1,000), and locally one file per mapper.
+COMBINE_BYTES = 64 << 20
 
 
 def prefix(shuffle_id: str) -> str:
-    return f"{PREFIX}{shuffle_id}/"
+    return keys.shuffle_prefix(shuffle_id)
 
 
-def part_key(shuffle_id: str, mapper: int, partition: int) -> str:
-    return f"{PREFIX}{shuffle_id}/map/{mapper:05d}/{partition:05d}.pkl"
+def part_key(shuffle_id: str, mapper: int, n: int = 0) -> str:
+    return keys.shuffle_part_key(shuffle_id, mapper, n)
 
 
 def tree_key(shuffle_id: str, level: int, index: int) -> str:
-    return f"{PREFIX}{shuffle_id}/tree/{level}/{index:05d}.pkl"
+    return keys.shuffle_tree_key(shuffle_id, level, index)
 
 
 def new_secret() -> bytes:
-    try:
-        from wrenpack import auth
-    except ImportError:  # pragma: no cover - until wrenpack.auth lands
-        import os
-
-        return os.urandom(32)
     return auth.new_secret()
 
 
-def seal(secret: bytes, identity: str, data: bytes) -> bytes:
-    try:
-        from wrenpack import auth
-    except ImportError:  # pragma: no cover - until wrenpack.auth lands
-        return _MAGIC + hmac.new(secret, identity.encode() + b"\0" + data, hashlib.sha256).digest() + data
-    return auth.seal(secret, identity, data)
+def identity(key: str, section: int | None = None) -> str:
+    """What a shuffle object's MAC covers besides its bytes: its key (which names
+    the map_reduce and the mapper or the tree node) and, for a mapper's object,
+    the partition of the section, so no section passes for another's."""
+    return f"wrenpack-shuffle/2 key={key} partition={'' if section is None else section}"
 
 
-def unseal(secret: bytes, identity: str, blob: bytes, key: str) -> bytes:
-    try:
-        from wrenpack import auth
-    except ImportError:  # pragma: no cover - until wrenpack.auth lands
-        n = len(_MAGIC) + 32
-        data = blob[n:]
-        tag = hmac.new(secret, identity.encode() + b"\0" + data, hashlib.sha256).digest()
-        if not blob.startswith(_MAGIC) or not hmac.compare_digest(blob[len(_MAGIC) : n], tag):
-            raise CorruptObject(f"{key} failed authentication (not written by this map_reduce, or altered); nothing was unpickled")
-        return data
-    return auth.unseal(secret, identity, blob, key)
+#: The object format: ``WSF2 | n | header length | n buffer lengths | header |
+#: (zeros to a multiple of 64) buffer | ... | seal trailer``, all lengths
+#: little-endian u64. The pickle header is small; numpy arrays and bytes travel
+#: as raw buffers after it (pickle protocol 5, out of band), each at an offset
+#: that is a multiple of 64, so a reader's arrays point into the object (a
+#: mapped file: no copy at all) with their alignment. Shuffle objects live only
+#: while their map_reduce runs and are read by the same wrenpack that wrote
+#: them, so the older ``WSF1`` format is refused, never read.
+_FRAME = b"WSF2"
+#: the same layout for a part that is bytes or a bytearray: its one buffer is the
+#: part itself (no pickling at all) and the header is the type's name
+_RAW = b"WSR2"
+_RAW_TYPES = {b"bytes": bytes, b"bytearray": bytearray}
+_ALIGN = 64
+_ZEROS = bytes(_ALIGN)
+#: a header larger than this is not one wrenpack wrote (a bound before anything is trusted)
+_MAX_BUFFERS = 1 << 24
 
 
-_FRAME = b"WSF1"
+def _frames(obj: Any) -> list[Any]:
+    """The object's pieces in the format above (buffers are the caller's memory, not copies)."""
+    magic = _FRAME
+    if type(obj) in (bytes, bytearray):
+        magic, header, raws = _RAW, type(obj).__name__.encode(), [memoryview(obj)]
+    else:
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)  # the C pickler: records by the million
+        except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle can
+            buffers = []
+            header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        raws = [b.raw() for b in buffers]
+    prefix = magic + struct.pack(f"<{2 + len(raws)}Q", len(raws), len(header), *(r.nbytes for r in raws))
+    pieces: list[Any] = [prefix, header]
+    at = len(prefix) + len(header)
+    for raw in raws:
+        pad = -at % _ALIGN
+        if pad:
+            pieces.append(_ZEROS[:pad])
+        pieces.append(raw)
+        at += pad + raw.nbytes
+    return pieces
 
 
-def _dumps(obj: Any) -> bytes:
-    """Pickle protocol 5 with large buffers (numpy arrays, bytes) out of band, framed
-    as ``WSF1 | n | header length | buffer lengths... | header | buffers``: the
-    reader's arrays then point into the object's bytes instead of being copied."""
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)  # the C pickler: records by the million
-    except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle can
-        buffers = []
-        header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    raws = [b.raw() for b in buffers]
-    sizes = struct.pack(f"<{2 + len(raws)}Q", len(raws), len(header), *(r.nbytes for r in raws))
-    return b"".join([_FRAME, sizes, header, *raws])
+def _corrupt(key: str, why: str) -> CorruptObject:
+    return CorruptObject(f"{key} failed authentication ({why}); nothing was unpickled: re-run the job and check "
+                         "who can write to the store")
 
 
-def _loads(data: bytes) -> Any:
-    if not data.startswith(_FRAME):
-        raise CorruptObject("a shuffle object has an unknown format; re-run the job")
-    view = memoryview(data)
-    pos = len(_FRAME)
-    (n,) = struct.unpack_from("<Q", view, pos)
-    lengths = struct.unpack_from(f"<{n + 1}Q", view, pos + 8)
-    pos += 8 * (n + 2)
-    header = view[pos : pos + lengths[0]]
-    pos += lengths[0]
-    buffers = []
+def _open(blob: Any, key: str, secret: bytes, section: int | None = None) -> Any:
+    """Check a sealed shuffle object and unpickle it.
+
+    ``blob`` may be a mapping of a file another process could still write to
+    (``Store.get_buffer``), so every byte the unpickler interprets (the frame and
+    the pickle header) is copied first and the MAC checks those copies; the raw
+    buffers are data only, left where they are for the arrays to point into."""
+    view = memoryview(blob).cast("B")
+    total = len(view) - auth.TRAILER_BYTES if auth._enabled else len(view)
+    magic = bytes(view[: len(_FRAME)])
+    if total < len(_FRAME) + 16 or magic not in (_FRAME, _RAW):
+        raise _corrupt(key, "not a wrenpack shuffle object of this version")
+    (n,) = struct.unpack_from("<Q", view, len(_FRAME))
+    if n > _MAX_BUFFERS or len(_FRAME) + 8 * (n + 2) > total or (magic == _RAW and n != 1):
+        raise _corrupt(key, "a bad frame")
+    frame_end = len(_FRAME) + 8 * (n + 2)
+    frame = bytes(view[:frame_end])
+    lengths = struct.unpack_from(f"<{n + 1}Q", frame, len(_FRAME) + 8)
+    header_end = frame_end + lengths[0]
+    if header_end > total:
+        raise _corrupt(key, "a bad frame")
+    header = bytes(view[frame_end:header_end])
+    spans = []
+    at = header_end
     for size in lengths[1:]:
-        buffers.append(view[pos : pos + size])
-        pos += size
-    return pickle.loads(header, buffers=buffers)
+        at += -at % _ALIGN
+        spans.append((at, at + size))
+        at += size
+    if at != total:
+        raise _corrupt(key, "a bad frame")
+    trailer = bytes(view[total:])
+    auth.verify_parts(secret, identity(key, section), trailer, [frame, header, view[header_end:total]], key)
+    if magic == _RAW:
+        kind = _RAW_TYPES.get(header)
+        if kind is None:
+            raise _corrupt(key, "a bad frame")
+        return kind(view[spans[0][0] : spans[0][1]])  # the one copy: out of the mapping, into the value
+    return pickle.loads(header, buffers=[view[a:b] for a, b in spans])
 
 
 def put(store: Store, key: str, secret: bytes, obj: Any) -> int:
-    blob = seal(secret, key, _dumps(obj))
-    store.put(key, blob)
-    return len(blob)
+    """Write ``obj`` sealed at ``key``; the MAC and the write go through it together,
+    a piece at a time (keyed BLAKE3 when installed: ``auth``). Returns the size."""
+    chunks = auth.seal_stream(secret, identity(key), _frames(obj), fast=True)
+    return store.put_chunks(key, chunks)
 
 
 def get(store: Store, key: str, secret: bytes) -> Any:
-    return _loads(unseal(secret, key, store.get(key), key))
+    """The object at ``key``, checked; mapped rather than copied where the store can."""
+    return _open(store.get_buffer(key), key, secret)
+
+
+def plan_objects(sizes: Sequence[int], target: int = COMBINE_BYTES) -> list[list[int]]:
+    """The partitions (indices of non-zero ``sizes``) grouped into objects in order,
+    each group up to ``target`` bytes (a larger partition is an object alone)."""
+    groups: list[list[int]] = []
+    total = 0
+    for p, size in enumerate(sizes):
+        if not size:
+            continue
+        if groups and total + size <= target:
+            groups[-1].append(p)
+            total += size
+        else:
+            groups.append([p])
+            total = size
+    return groups
+
+
+def put_sections(store: Store, shuffle_id: str, mapper: int, secret: bytes, parts: Sequence[Any],
+                 target: int = COMBINE_BYTES) -> list[tuple[int, int, int] | None]:
+    """Write a mapper's parts as sealed sections of ``plan_objects``' objects (written in
+    parallel); returns, per partition, ``(object number, start, end)`` or None (empty)."""
+    framed = [None if _empty(part) else _frames(part) for part in parts]
+    sizes = [0 if f is None else sum(memoryview(x).nbytes for x in f) + auth.TRAILER_BYTES * auth._enabled
+             for f in framed]
+    groups = plan_objects(sizes, target)
+    where: list[tuple[int, int, int] | None] = [None] * len(parts)
+    for n, group in enumerate(groups):
+        at = 0
+        for p in group:
+            at += -at % _ALIGN  # each section starts at a multiple of 64, so its buffers keep their alignment
+            where[p] = (n, at, at + sizes[p])
+            at += sizes[p]
+
+    def write(n: int) -> None:
+        key = part_key(shuffle_id, mapper, n)
+
+        def chunks() -> Iterable[Any]:
+            at = 0
+            for p in groups[n]:
+                _, start, end = where[p]  # type: ignore[misc]
+                if start > at:
+                    yield _ZEROS[: start - at]
+                yield from auth.seal_stream(secret, identity(key, p), framed[p], fast=True)  # type: ignore[arg-type]
+                at = end
+
+        store.put_chunks(key, chunks())
+
+    _parallel(write, list(range(len(groups))))
+    return where
+
+
+def get_section(store: Store, shuffle_id: str, mapper: int, partition: int, secret: bytes,
+                where: tuple[int, int, int]) -> Any:
+    """Partition ``partition``'s section of mapper ``mapper``'s object, checked (one ranged read)."""
+    n, start, end = where
+    key = part_key(shuffle_id, mapper, n)
+    return _open(store.get_range_buffer(key, start, end), key, secret, partition)
 
 
 def _store() -> Store:
@@ -172,12 +274,14 @@ def _output(out: Any, must: str, fix: str) -> Iterable[Any]:
 
 
 def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
-                partition_fn: Callable[[Any, int], int] | None, partitioned: bool) -> Callable[..., list[int]]:
-    """A mapper that writes its output as ``partitions`` sealed objects; returns their sizes (0: none written)."""
+                partition_fn: Callable[[Any, int], int] | None, partitioned: bool) -> Callable[..., dict[str, Any]]:
+    """A mapper that writes its output as sealed partition sections (``put_sections``);
+    returns where each partition is and how long each stage took."""
     where = partition_fn or default_partition
 
-    def shuffle_map(item: Any, index: int, secret: bytes) -> list[int]:
+    def shuffle_map(item: Any, index: int, secret: bytes) -> dict[str, Any]:
         store = _store()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(item)
         if partitioned:
             parts = list(_output(out, f"with partitioned=True the mapper must return {partitions} parts (one per partition)",
@@ -197,15 +301,24 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
                     raise ConfigError(f"partition_fn({k!r:.40}, {partitions}) returned {p!r}, not 0..{partitions - 1}; "
                                       "make it return a partition number")
                 parts[p].append((k, v))
-
-        def write(p: int) -> int:
-            if _empty(parts[p]):
-                return 0
-            return put(store, part_key(shuffle_id, index, p), secret, parts[p])
-
-        return _parallel(write, list(range(partitions)))
+        t1, c1 = time.perf_counter(), time.process_time()
+        sections = put_sections(store, shuffle_id, index, secret, parts)
+        put(store, keys.shuffle_index_key(shuffle_id, index), secret, sections)  # last: the sections are there
+        t2, c2 = time.perf_counter(), time.process_time()
+        return {"where": sections, "stages": _stages(("map (user code)", t1 - t0, c1 - c0),
+                                                     ("map: pickle+seal+write", t2 - t1, c2 - c1))}
 
     return shuffle_map
+
+
+def _stages(*stages: tuple[str, float, float]) -> dict[str, float]:
+    """Each stage's wall seconds, and its CPU seconds (this process, all threads) as "<stage> [cpu]":
+    on a shared machine the wall time says how busy it was, the CPU time what the stage costs."""
+    out: dict[str, float] = {}
+    for name, wall, cpu in stages:
+        out[name] = wall
+        out[f"{name} [cpu]"] = cpu
+    return out
 
 
 def _sorted_keys(groups: dict[Any, Any]) -> list[Any]:
@@ -215,20 +328,78 @@ def _sorted_keys(groups: dict[Any, Any]) -> list[Any]:
         return list(groups)
 
 
-def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> Callable[..., Any]:
-    """A reducer for one partition: reads it from every mapper that wrote one."""
+#: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing)
+_POLL = (0.01, 0.5)
 
-    def shuffle_reduce(partition: int, mappers: list[int], secret: bytes) -> Any:
+
+def abort(store: Store, shuffle_id: str, secret: bytes) -> None:
+    """Tell the reducers that wait for mappers to stop: a mapper failed (the driver writes this)."""
+    put(store, keys.shuffle_abort_key(shuffle_id), secret, "abort")
+
+
+def _wait_for(store: Store, shuffle_id: str, partition: int, secret: bytes, waiting: Sequence[int],
+              budget: float) -> list[tuple[int, tuple[int, int, int]]] | None:
+    """The sections of ``waiting`` mappers as each writes its index; None if ``budget``
+    seconds pass first (the driver then runs this partition again, after the map phase).
+    ``WrenpackError`` if the driver says a mapper failed. One mapper is looked for at a
+    time, so a waiting reducer costs one GET (and one HEAD) per poll, whatever it waits for."""
+    left = list(waiting)
+    found: list[tuple[int, tuple[int, int, int]]] = []
+    deadline = time.monotonic() + budget
+    delay = _POLL[0]
+    while left:
+        try:
+            where = get(store, keys.shuffle_index_key(shuffle_id, left[0]), secret)
+        except ObjectNotFound:
+            if store.exists(keys.shuffle_abort_key(shuffle_id)):
+                raise WrenpackError("a mapper of this map_reduce failed, so this reducer stopped waiting for it") from None
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(delay)
+            delay = min(_POLL[1], delay * 1.5)
+            continue
+        m = left.pop(0)
+        if where[partition] is not None:
+            found.append((m, tuple(where[partition])))
+    return found
+
+
+def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> Callable[..., Any]:
+    """A reducer for one partition: reads its section from every mapper that wrote one.
+    Returns the value and how long each stage took.
+
+    Started before the map phase ended (``waiting``: mappers still running), it
+    reads the sections already written first, then each waiting mapper's as its
+    index appears; if that takes more than ``budget`` seconds it gives up and says
+    so (``{"again": True}``), and the driver runs the partition again later."""
+
+    def shuffle_reduce(partition: int, sections: list[tuple[int, tuple[int, int, int]]], secret: bytes,
+                       waiting: Sequence[int] = (), budget: float = 0.0) -> dict[str, Any]:
         store = _store()
-        parts = _parallel(lambda m: get(store, part_key(shuffle_id, m, partition), secret), mappers)
+        t0, c0 = time.perf_counter(), time.process_time()
+        got = dict(zip((m for m, _ in sections),
+                       _parallel(lambda s: get_section(store, shuffle_id, s[0], partition, secret, s[1]), sections)))
+        if waiting:
+            more = _wait_for(store, shuffle_id, partition, secret, waiting, budget)
+            if more is None:
+                return {"again": True, "stages": {}}
+            got.update(zip((m for m, _ in more),
+                           _parallel(lambda s: get_section(store, shuffle_id, s[0], partition, secret, s[1]), more)))
+        parts = [got[m] for m in sorted(got)]  # in mapper order
+        del got
+        t1, c1 = time.perf_counter(), time.process_time()
         if partitioned:
-            return fn(partition, parts)
-        groups: dict[Any, list[Any]] = {}
-        for records in parts:
-            for k, v in records:
-                groups.setdefault(k, []).append(v)
-        del parts
-        return {k: fn(k, groups[k]) for k in _sorted_keys(groups)}
+            value = fn(partition, parts)
+        else:
+            groups: dict[Any, list[Any]] = {}
+            for records in parts:
+                for k, v in records:
+                    groups.setdefault(k, []).append(v)
+            del parts
+            value = {k: fn(k, groups[k]) for k in _sorted_keys(groups)}
+        t2, c2 = time.perf_counter(), time.process_time()
+        return {"value": value, "stages": _stages(("reduce: read+verify+unpickle", t1 - t0, c1 - c0),
+                                                  ("reduce (user code)", t2 - t1, c2 - c1))}
 
     return shuffle_reduce
 
