@@ -59,12 +59,30 @@ def nap(s):
     return s
 
 
+def _release_freed_heap() -> None:
+    """Give the heap that earlier rounds freed back to the OS before a round
+    measures its peak: glibc keeps freed chunks (and after the first free of a
+    large block raises its mmap threshold), so a system's later rounds would
+    reuse memory already counted in the start figure, and whichever system ran
+    its first round later would look leaner."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # (not glibc: nothing to release this way)
+        pass
+
+
 class PeakRSS:
-    """The process's resident memory peak above its value at start, sampled in a thread."""
+    """The process's resident memory peak above its value at start, sampled in
+    a thread; the start is taken after the freed heap went back to the OS."""
 
     def __init__(self) -> None:
         import psutil
 
+        _release_freed_heap()
         self._proc = psutil.Process()
         self.start = self.peak = self._proc.memory_info().rss
         self._stop = threading.Event()
