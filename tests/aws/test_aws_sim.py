@@ -1,0 +1,128 @@
+"""The Lambda backend at scale, against the simulated Lambda + S3 (``sim_service``):
+real boto3 clients, genuine sealed results, every request counted."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import wrenpack
+from wrenpack.executor import Executor
+
+from tests.aws.sim_service import ScaledClock, SimFunction, SimService
+from tests.aws.sim_worker import WrenpackFunction
+
+
+@pytest.fixture
+def fake_credentials(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
+        monkeypatch.delenv(key)
+    for key, value in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                           AWS_REGION="us-east-1", AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+                           AWS_CONFIG_FILE=os.devnull).items():
+        monkeypatch.setenv(key, value)
+
+
+def _square(x):
+    return x * x
+
+
+def _run(sim: SimService, kind: str, n: int, concurrency: int, **backend: object) -> list[int]:
+    with Executor(backend="lambda", storage="s3://simbucket/t", s3_endpoint_url=sim.s3_url,
+                  lambda_endpoint_url=sim.lambda_url, function_name="sim", aws_region="us-east-1", memory=1024,
+                  timeout=60, retries=0, invocation_type=kind, concurrency=concurrency) as ex:
+        for name, value in backend.items():
+            setattr(ex.backend, name, value)
+        f = wrenpack.remote(_square, executor=ex)
+        wrenpack.get(f.map(range(4)))  # the function is looked up once: not counted
+        sim.reset_counts()
+        out = wrenpack.get(f.map(range(n)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["Event", "RequestResponse"])
+def test_sim_2000_calls_results_and_requests_per_call(fake_credentials, kind):
+    """2,000 calls at concurrency 200: every result right, and what each call cost in
+    requests: one Invoke; Event: the worker's one PUT, the client's GET that reads
+    it plus fewer than half a GET that came too early, and hardly any LIST (the
+    old poller listed every shard every 0.5 s: 0.2 LISTs a call here);
+    RequestResponse: no S3 request per call."""
+    n = 2000
+    with SimService(function=WrenpackFunction(_square, duration=0.05), concurrency=200, invoke_latency=0.005) as sim:
+        sim.s3.create_bucket("simbucket")
+        out = _run(sim, kind, n, 200)
+        assert out == [x * x for x in range(n)]
+        client, worker = sim.requests("client"), sim.requests("worker")
+        assert client["INVOKE"] == n
+        assert "THROTTLED" not in client
+        if kind == "Event":
+            assert worker == {"PUT": n}
+            assert n <= client["GET"] <= 1.5 * n, client
+            assert client.get("LIST", 0) <= 0.01 * n, client
+        else:
+            assert worker == {}
+            assert client.get("GET", 0) == 0, client
+            assert client.get("LIST", 0) + client.get("PUT", 0) <= 20, client
+        assert not sim.lambda_.errors
+        assert sim.lambda_.peak_running <= 200
+
+
+def test_sim_s3_slows_down_beyond_a_prefix_rate(fake_credentials):
+    """Over 3,500 writes a second to one prefix S3 answers 503 SlowDown; another prefix is not affected."""
+    import boto3
+    from botocore.config import Config
+
+    with SimService(clock=ScaledClock(1e-6)) as sim:  # (almost) stopped: the buckets do not refill
+        sim.s3.create_bucket("simbucket")
+        s3 = boto3.client("s3", endpoint_url=sim.s3_url, config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+        codes = []
+        for i in range(3600):
+            try:
+                s3.put_object(Bucket="simbucket", Key=f"a/{i}", Body=b"x")
+                codes.append(200)
+            except s3.exceptions.ClientError as exc:
+                codes.append(exc.response["Error"]["Code"])
+        assert codes[:3500] == [200] * 3500
+        assert set(codes[3500:]) == {"SlowDown"}
+        s3.put_object(Bucket="simbucket", Key="b/0", Body=b"y")
+        assert s3.get_object(Bucket="simbucket", Key="b/0")["Body"].read() == b"y"
+        listed = s3.list_objects_v2(Bucket="simbucket", Prefix="a/", StartAfter="a/3498")
+        stored = sorted(f"a/{i}" for i, code in enumerate(codes) if code == 200)
+        assert [o["Key"] for o in listed["Contents"]] == [k for k in stored if k > "a/3498"][:1000]
+
+
+def test_sim_lambda_throttles_sync_calls_beyond_concurrency(fake_credentials):
+    """A RequestResponse call beyond the concurrency limit gets TooManyRequestsException;
+    Event calls wait in the queue instead."""
+    import threading
+
+    import boto3
+    from botocore.config import Config
+
+    class Slow(SimFunction):
+        def duration(self, event):
+            return 0.3
+
+        def finish(self, event, ctx):
+            return {"ok": True}
+
+    with SimService(function=Slow(), concurrency=2, invoke_latency=0.0) as sim:
+        lam = boto3.client("lambda", endpoint_url=sim.lambda_url, config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+        codes = []
+
+        def call():
+            try:
+                lam.invoke(FunctionName="f", InvocationType="RequestResponse", Payload=b"{}")
+                codes.append("ok")
+            except lam.exceptions.TooManyRequestsException:
+                codes.append("throttled")
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == ["ok", "ok", "throttled", "throttled"]
+        for _ in range(4):
+            assert lam.invoke(FunctionName="f", InvocationType="Event", Payload=b"{}")["StatusCode"] == 202
+        assert sim.lambda_.running == 2 and sim.lambda_.peak_running == 2
