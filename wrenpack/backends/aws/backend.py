@@ -133,14 +133,18 @@ LIST_OVER_GET = 5.00 / 0.40
 #: Threads that read ended calls' objects.
 READERS = 8
 #: Event calls' checks: the shortest and the longest gap between two checks of
-#: one call (s). Without an estimate of its duration a call is checked at gaps
-#: of ``UNKNOWN_RATIO`` of its elapsed time (so it is found at most that
-#: fraction of its duration late); with one, just after its expected end, then
-#: at gaps of ``OVERDUE_RATIO`` of its elapsed time.
+#: one call (s). Without an estimate of its duration a call is checked in its
+#: job's rounds, at gaps of ``UNKNOWN_RATIO`` of the time since the job's first
+#: send (so it is found at most about that fraction of its duration late); with
+#: one, at its typical end, at the slowest twentieth's end, then at gaps of
+#: ``OVERDUE_RATIO`` of its elapsed time.
 CHECK_GAP_MIN = 0.1
 CHECK_GAP_MAX = 30.0
 UNKNOWN_RATIO = 0.5
-OVERDUE_RATIO = 0.2
+OVERDUE_RATIO = 0.1
+#: the quantile of a job's durations its calls are first checked at (a check
+#: that comes too early costs a GET; one that comes late, the delay)
+TYPICAL_Q = 0.75
 #: checks due within this much of each other are made in one round (s)
 ROUND_S = 0.02
 #: the durations of a job's latest calls kept for its estimate
@@ -164,7 +168,9 @@ class _JobTimes:
     durations the workers report, how long a call took from its send to its
     start, and how often a check found a result (whether a LIST would pay)."""
 
-    def __init__(self, expected_s: float | None = None) -> None:
+    def __init__(self, first_sent: float, expected_s: float | None = None) -> None:
+        #: when the job's first call was sent: the rounds of checks before any estimate count from it
+        self.first_sent = first_sent
         self.prior = expected_s
         self.durations: list[float] = []
         self.delays: list[float] = []
@@ -189,13 +195,17 @@ class _JobTimes:
     def checked(self, found: bool) -> None:
         self.hit_rate = 0.9 * self.hit_rate + (0.1 if found else 0.0)
 
-    def expected(self) -> tuple[float, float] | None:
-        """(seconds from send to start, run time) of a typical call: the 75th
-        percentiles of the latest ended calls, else the profile's figure."""
+    def expected(self) -> tuple[float, float, float] | None:
+        """(seconds from send to start, run time, spread) of the job's calls: the
+        median delay and the TYPICAL_Q run time of its latest ended calls and
+        how far the slowest twentieth of them ran past that; before any has ended,
+        the profile's duration."""
         if self.durations:
-            return _quantile(self.delays, 0.75), _quantile(self.durations, 0.75)
+            run = _quantile(self.durations, TYPICAL_Q)
+            return (_quantile(self.delays, 0.5), run,
+                    max(_quantile(self.durations, 0.95) - run, 0.02 * run, CHECK_GAP_MIN))
         if self.prior is not None:
-            return 0.0, self.prior
+            return 0.0, self.prior, max(0.1 * self.prior, CHECK_GAP_MIN)
         return None
 
 
@@ -305,6 +315,8 @@ class LambdaBackend(Backend):
         #: when the poller wakes next (a sooner check wakes it)
         self._next_round = float("inf")
         self._job_times: dict[str, _JobTimes] = {}
+        #: a job got its first estimate: the poller reschedules its calls at once
+        self._replan = False
         #: requests the poller made, by kind (LIST, GET that found nothing, GET that found the result)
         self.poll_requests: dict[str, int] = {"LIST": 0, "GET_MISS": 0, "GET_HIT": 0}
 
@@ -790,28 +802,35 @@ class LambdaBackend(Backend):
         times = self._job_times.get(job_id)
         if times is None:
             expected = inv.extra.get("expected_s")
-            times = _JobTimes(float(expected) if isinstance(expected, (int, float)) and expected > 0 else None)
+            times = _JobTimes(self._now(), float(expected) if isinstance(expected, (int, float)) and expected > 0 else None)
             if len(self._job_times) >= 256:  # the oldest job's figures go
                 self._job_times.pop(next(iter(self._job_times)))
             self._job_times[job_id] = times
         return times
 
     def _next_check(self, call: _Call, now: float) -> float:
-        """When to check ``call`` next (lock held)."""
+        """When to check ``call`` next (lock held): with its job's estimate, at the
+        typical end, then a spread later (the slowest twentieth's end), then at gaps
+        of OVERDUE_RATIO of its elapsed time; without one, in its job's rounds."""
         times = self._times(call.inv)
         base = call.began or call.sent_at
         elapsed = max(0.0, now - base)
         expected = times.expected()
         if expected is None:
-            gap = min(max(UNKNOWN_RATIO * elapsed, self.poll_interval), CHECK_GAP_MAX)
-            due = now + gap
+            # The job's rounds: its calls sent together are due together, so one
+            # LIST of the job can answer for all of them.
+            t0, due = times.first_sent, times.first_sent + self.poll_interval
+            while due <= now or due - call.sent_at < self.poll_interval / 2:
+                due += min(max(UNKNOWN_RATIO * (due - t0), self.poll_interval), CHECK_GAP_MAX)
         else:
-            delay, run = expected
-            end = base + (0.0 if call.began else delay) + run + 0.02 * run + 0.05
-            if now < end:
-                due = end
+            delay, run, spread = expected
+            typical = base + (0.0 if call.began else delay) + run + 0.05
+            if now < typical:
+                due = typical
+            elif now < typical + spread:
+                due = now + spread
             else:
-                due = now + min(max(OVERDUE_RATIO * elapsed, CHECK_GAP_MIN), CHECK_GAP_MAX)
+                due = now + min(max(OVERDUE_RATIO * elapsed, spread, CHECK_GAP_MIN), CHECK_GAP_MAX)
         return min(due, max(call.deadline, now + CHECK_GAP_MIN))
 
     def _plan(self, call: _Call, now: float) -> None:
@@ -832,7 +851,7 @@ class LambdaBackend(Backend):
                 self._next_round = nxt
                 self._wake.clear()
             now = self._now()
-            if nxt > now:
+            if nxt > now and not self._replan:
                 self._clock.wait(self._wake, None if nxt == float("inf") else nxt - now + ROUND_S / 2)
                 continue
             if self._stop.is_set():
@@ -848,6 +867,7 @@ class LambdaBackend(Backend):
         due: dict[tuple[str, int], list[_Call]] = {}
         late: list[_Call] = []
         with self._lock:
+            self._replan = False
             for job_id, times in self._job_times.items():
                 if times.changed:
                     # The job's first estimate: its calls waiting far out are checked at their expected end.
@@ -867,23 +887,42 @@ class LambdaBackend(Backend):
                     due.setdefault((call.inv.key[0], keys.shard_of(call.inv.key[1])), []).append(call)
         for call in late:
             self._readers.submit(self._guard, call, self._deadline_passed)
+        unknown: dict[str, list[_Call]] = {}
         for (job_id, shard), calls in due.items():
             times = self._times(calls[0].inv)
-            if len(calls) * (1.0 - times.hit_rate) > LIST_OVER_GET:
+            if times.expected() is None:
+                unknown.setdefault(job_id, []).extend(calls)
+            elif len(calls) * (1.0 - times.hit_rate) > LIST_OVER_GET:
                 self._list_shard(job_id, shard, calls, times)
             else:
-                for call in calls:
-                    self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=True))
+                self._probe(calls)
+        for job_id, calls in unknown.items():
+            # Nothing of the job has ended yet, so nothing is in its result prefix but
+            # what ended since: one LIST of all its shards finds it (the first result
+            # then times every call's checks).
+            times = self._times(calls[0].inv)
+            if len(calls) * (1.0 - times.hit_rate) > LIST_OVER_GET:
+                self._list_shard(job_id, None, calls, times)
+            else:
+                self._probe(calls)
 
-    def _list_shard(self, job_id: str, shard: int, calls: list[_Call], times: _JobTimes) -> None:
-        """One LIST of the shard, from just below its lowest due call: the due calls
-        listed are read, the others checked again later, and calls that ended
-        before they were due are read too."""
-        lowest = min((int(c.inv.key[1]) for c in calls if c.inv.key[1].isdigit()), default=0)
-        start_after = keys.result_key(job_id, keys.call_id(lowest - keys.RESULT_SHARDS)) if lowest >= keys.RESULT_SHARDS else None
+    def _probe(self, calls: list[_Call]) -> None:
+        for call in calls:
+            self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=True))
+
+    def _list_shard(self, job_id: str, shard: int | None, calls: list[_Call], times: _JobTimes) -> None:
+        """One LIST of the shard (``None``: of all the job's shards), from just
+        below its lowest due call: the due calls listed are read, the others
+        checked again later, and calls that ended before they were due are read too."""
+        start_after = None
+        if shard is not None:
+            lowest = min((int(c.inv.key[1]) for c in calls if c.inv.key[1].isdigit()), default=0)
+            if lowest >= keys.RESULT_SHARDS:
+                start_after = keys.result_key(job_id, keys.call_id(lowest - keys.RESULT_SHARDS))
+        prefix = keys.result_prefix(job_id) if shard is None else keys.shard_prefix(job_id, shard)
         try:
             self.poll_requests["LIST"] += 1
-            names = {k.rsplit("/", 1)[-1] for k in self.store.iter_list(keys.shard_prefix(job_id, shard), start_after=start_after)}
+            names = {k.rsplit("/", 1)[-1] for k in self.store.iter_list(prefix, start_after=start_after)}
         except Exception:
             with self._lock:
                 for call in calls:
@@ -1037,7 +1076,11 @@ class LambdaBackend(Backend):
             call.fn.last_progress = self._now()
         if result.status is not None and self.invocation_type == "Event" and call.sent_at:
             with self._lock:
-                self._times(call.inv).record(result.status, call.sent_at)
+                times = self._times(call.inv)
+                times.record(result.status, call.sent_at)
+                if times.changed:  # the job's first estimate: its calls are rescheduled now
+                    self._replan = True
+                    self._wake.set()
         self._report(call.inv, result)
 
     @staticmethod
