@@ -284,6 +284,8 @@ class SimS3:
         #: 503 SlowDown answers by partition
         self.slowdowns: Counter[str] = Counter()
         self.bytes_stored = 0
+        #: the most bytes stored at once (what the simulation adds to its process's memory)
+        self.peak_bytes = 0
 
     # -- direct API ----------------------------------------------------------------
     def create_bucket(self, bucket: str) -> None:
@@ -325,6 +327,7 @@ class SimS3:
                 self.bytes_stored -= len(old)
             b.data[key] = bytes(data)
             self.bytes_stored += len(data)
+            self.peak_bytes = max(self.peak_bytes, self.bytes_stored)
             return True
 
     def get(self, bucket: str, key: str, side: str = "worker", kind: str = "GET") -> bytes:
