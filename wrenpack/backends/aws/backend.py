@@ -202,8 +202,11 @@ class _JobTimes:
         the profile's duration."""
         if self.durations:
             run = _quantile(self.durations, TYPICAL_Q)
+            # A few ended calls are the job's shortest so far: until there are more,
+            # the gap after the typical end is wider (fewer checks that find nothing).
+            floor = (0.05 if len(self.durations) >= 16 else 0.1) * run
             return (_quantile(self.delays, 0.5), run,
-                    max(_quantile(self.durations, 0.95) - run, 0.02 * run, CHECK_GAP_MIN))
+                    max(_quantile(self.durations, 0.95) - run, floor, CHECK_GAP_MIN))
         if self.prior is not None:
             return 0.0, self.prior, max(0.1 * self.prior, CHECK_GAP_MIN)
         return None
