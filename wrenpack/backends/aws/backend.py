@@ -176,6 +176,10 @@ class _JobTimes:
         self.delays: list[float] = []
         self.hit_rate = 0.5
         self.changed = False  # the estimate went from none to one: rescheduled once
+        #: ``expected()`` as last worked out, and the calls recorded since (it is
+        #: worked out again once they are an eighth of the kept ones: each check asks)
+        self._expected: tuple[float, float, float] | None = None
+        self._since = 0
 
     def record(self, status: dict[str, Any] | None, sent_at: float) -> None:
         if not status:
@@ -188,6 +192,7 @@ class _JobTimes:
             self.changed = True
         self.durations.append(max(0.0, end - start))
         self.delays.append(min(max(0.0, start - sent_at), 30.0))
+        self._since += 1
         if len(self.durations) > DURATIONS_KEPT:
             del self.durations[: len(self.durations) - DURATIONS_KEPT]
             del self.delays[: len(self.delays) - DURATIONS_KEPT]
@@ -201,15 +206,20 @@ class _JobTimes:
         how far the slowest twentieth of them ran past that; before any has ended,
         the profile's duration."""
         if self.durations:
-            run = _quantile(self.durations, TYPICAL_Q)
-            # A few ended calls are the job's shortest so far: until there are more,
-            # the gap after the typical end is wider (fewer checks that find nothing).
-            floor = (0.05 if len(self.durations) >= 16 else 0.1) * run
-            return (_quantile(self.delays, 0.5), run,
-                    max(_quantile(self.durations, 0.95) - run, floor, CHECK_GAP_MIN))
+            if self._expected is None or self._since * 8 >= len(self.durations):
+                self._expected, self._since = self._work_out(), 0
+            return self._expected
         if self.prior is not None:
             return 0.0, self.prior, max(0.1 * self.prior, CHECK_GAP_MIN)
         return None
+
+    def _work_out(self) -> tuple[float, float, float]:
+        run = _quantile(self.durations, TYPICAL_Q)
+        # A few ended calls are the job's shortest so far: until there are more,
+        # the gap after the typical end is wider (fewer checks that find nothing).
+        floor = (0.05 if len(self.durations) >= 16 else 0.1) * run
+        return (_quantile(self.delays, 0.5), run,
+                max(_quantile(self.durations, 0.95) - run, floor, CHECK_GAP_MIN))
 
 
 def _quantile(values: list[float], q: float) -> float:
