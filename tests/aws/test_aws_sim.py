@@ -44,8 +44,8 @@ def _run(sim: SimService, kind: str, n: int, concurrency: int, **backend: object
 def test_sim_calls_results_and_requests_per_call(fake_credentials, kind, n):
     """2,000 (500) calls at concurrency 200: every result right, and what each call cost in
     requests: one Invoke; Event: the worker's one PUT, the client's GET that reads
-    it plus fewer than half a GET that came too early, and hardly any LIST (the
-    old poller listed every shard every 0.5 s: 0.2 LISTs a call here);
+    it plus at most one GET that came too early (a fraction of one on a quiet machine), and
+    hardly any LIST (the old poller listed every shard every 0.5 s: 0.2 LISTs a call here);
     RequestResponse: no S3 request per call."""
     with SimService(function=WrenpackFunction(_square, duration=0.05), concurrency=200, invoke_latency=0.005) as sim:
         sim.s3.create_bucket("simbucket")
@@ -56,7 +56,7 @@ def test_sim_calls_results_and_requests_per_call(fake_credentials, kind, n):
         assert "THROTTLED" not in client
         if kind == "Event":
             assert worker == {"PUT": n}
-            assert n <= client["GET"] <= 1.5 * n, client
+            assert n <= client["GET"] <= 2 * n, client
             assert client.get("LIST", 0) <= 0.01 * n, client
         else:
             assert worker == {}

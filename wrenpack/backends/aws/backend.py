@@ -55,6 +55,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -227,6 +228,68 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class _Senders:
+    """The threads that send invocations, fed from one queue. A call waiting for
+    its turn is a queue entry, not a thread pool's work item and future (~1 KB
+    each with its lock and condition: a 100,000-call map queues all its calls
+    at once). Each thread takes the next call and sends it (``send`` waits for
+    the call's concurrency slots)."""
+
+    def __init__(self, send: Any, workers: int, name: str) -> None:
+        self._send = send
+        self._workers = workers
+        self._name = name
+        self._queue: deque[_Call] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._threads: list[threading.Thread] = []
+        self._waiting = 0
+        self._closed = False
+
+    def submit(self, call: "_Call") -> None:
+        with self._cond:
+            if self._closed:
+                return  # shut down: the backend reports every unfinished call
+            self._queue.append(call)
+            if self._waiting:
+                self._cond.notify()
+                return
+            if len(self._threads) >= self._workers:
+                return
+            thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+        thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._waiting += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._waiting -= 1
+                if not self._queue:
+                    return
+                call = self._queue.popleft()
+            try:
+                self._send(call)
+            except Exception:  # noqa: BLE001 - one call's failure must not stop its thread
+                log.exception("sending %s failed", call.inv.label)
+            call = None  # (not held while waiting for the next)
+
+    def shutdown(self, wait: bool) -> None:
+        """No more sends: the queued calls are dropped (the backend has reported them)."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+
 @dataclass
 class _Function:
     name: str
@@ -316,7 +379,7 @@ class LambdaBackend(Backend):
         # An Event send holds its thread for one round trip (~25 ms): 64 threads
         # send ~2,500 a second. A synchronous send holds its thread for the whole call.
         workers = concurrency if invocation_type == "RequestResponse" else min(concurrency, 64)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wrenpack-lambda")
+        self._pool = _Senders(self._send, workers, "wrenpack-lambda")
         self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="wrenpack-lambda-read")
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -518,7 +581,7 @@ class LambdaBackend(Backend):
                 if self._poller is None and self.invocation_type == "Event":
                     self._poller = threading.Thread(target=self._poll_loop, name="wrenpack-lambda-poll", daemon=True)
                     self._poller.start()
-            self._pool.submit(self._send, call)
+            self._pool.submit(call)
 
     def cancel(self, invocation: Invocation) -> bool:
         with self._lock:
@@ -545,7 +608,7 @@ class LambdaBackend(Backend):
                 f"{call.inv.label} (call {call.inv.key[1]} of job {call.inv.key[0]}) was still running when the "
                 "Lambda backend shut down"
             )))
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._pool.shutdown(wait=wait)
         self._readers.shutdown(wait=wait, cancel_futures=True)
         if wait and self._poller is not None:
             self._poller.join(timeout=10)
@@ -748,7 +811,7 @@ class LambdaBackend(Backend):
         if isinstance(error, WorkerCrashed) and inv.attempt < inv.retries:
             inv.attempt += 1
             log.info("%s crashed (%s); retry %d", inv.label, error, inv.attempt)
-            self._pool.submit(self._send, call)
+            self._pool.submit(call)
             return
         self._finish(call, InvocationResult(error=error))
 
@@ -759,7 +822,7 @@ class LambdaBackend(Backend):
         if inv.attempt < inv.retries:
             inv.attempt += 1
             log.warning("%s reached Lambda after its deadline and did not run; retry %d", inv.label, inv.attempt)
-            self._pool.submit(self._send, call)
+            self._pool.submit(call)
             return
         self._finish(call, InvocationResult(error=WorkerLost(
             f"{inv.label} (call {inv.key[1]} of job {inv.key[0]}) reached Lambda after its deadline and did not run; "
@@ -1059,7 +1122,7 @@ class LambdaBackend(Backend):
         self._slots.release()
         if call.fn is not None:
             call.fn.slots.release()
-        self._pool.submit(self._send, call)
+        self._pool.submit(call)
 
     def _started_late(self, inv: Invocation) -> float | None:
         try:
