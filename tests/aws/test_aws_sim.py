@@ -57,7 +57,7 @@ def test_sim_calls_results_and_requests_per_call(fake_credentials, kind, n):
         if kind == "Event":
             assert worker == {"PUT": n}
             assert n <= client["GET"] <= 2 * n, client
-            assert client.get("LIST", 0) <= 0.01 * n, client
+            assert client.get("LIST", 0) <= 0.05 * n, client  # (the old poller: 0.15-0.2)
         else:
             assert worker == {}
             assert client.get("GET", 0) == 0, client
@@ -183,6 +183,6 @@ def test_sim_20000_calls_at_concurrency_1000(fake_credentials):
         assert out == [x * x for x in range(n)]
         client = sim.requests("client")
         assert client["INVOKE"] == n and sim.requests("worker") == {"PUT": n}
-        assert client["GET"] <= 1.5 * n and client.get("LIST", 0) <= 0.01 * n, client
+        assert client["GET"] <= 2 * n and client.get("LIST", 0) <= 0.05 * n, client
         assert sim.lambda_.peak_running <= 1000 and not sim.lambda_.errors
         assert sum(sim.s3.slowdowns.values()) == 0
