@@ -12,6 +12,18 @@ beside the designs of PyWren (~$13 per million in requests) and Lithops
 (~$16), and wrenpack, earlier polling (~$6.2), as counted from their code.
 
     python benchmarks/bench_lambda_cost.py [--calls 1000] [--duration-s 1] [--memory 1024] [--rounds 5]
+    python benchmarks/bench_lambda_cost.py --sim [--calls 1000] [--sim-concurrency 100] [--jitter 0.1] [--speed 20]
+
+``--sim``: the same backend and boto3 clients against the simulated Lambda +
+S3 of tests/aws/sim_service.py instead (benchmarks/_simrun.py), for calls
+that really last 1 s and 60 s (the 60 s ones on a clock ``--speed`` times
+faster than real time, which the client's poller is given too, so its
+decisions keep their proportions), each call's duration uniform within
++-``--jitter`` of it, at concurrency 100: requests per call by kind, dollars
+per million calls in requests, and how late results were delivered (from
+the call's end to its future's result, on the simulation's clock). Targets:
+Event <= $6 per million calls (the result's PUT, $5, is the floor), and
+RequestResponse <= $0.25.
 
 The four runs are repeated ``--rounds`` times (default 5), their order
 flipped every round; each count is the median of the rounds with its
@@ -54,8 +66,14 @@ def main() -> int:
     ap.add_argument("--duration-s", type=float, default=1.0, help="assumed duration of one call, for GB-seconds")
     ap.add_argument("--memory", type=int, default=1024, help="MB, for GB-seconds")
     ap.add_argument("--environments", type=int, default=4, help="emulated execution environments")
+    ap.add_argument("--sim", action="store_true", help="against the simulated service: 1 s and 60 s calls")
+    ap.add_argument("--sim-concurrency", type=int, default=100)
+    ap.add_argument("--jitter", type=float, default=0.1, help="--sim: durations uniform within +- this fraction")
+    ap.add_argument("--speed", type=float, default=20.0, help="--sim: the 60 s calls' clock, times real time")
     _fair.add_arguments(ap, hogs=False)
     args = ap.parse_args()
+    if args.sim:
+        return simulated(args)
 
     for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
         del os.environ[key]
@@ -138,6 +156,47 @@ def main() -> int:
     print("\nrequest designs for comparison ($ per million calls, requests only): "
           + ", ".join(f"{k} ~${v:g}" for k, v in DESIGNS.items()))
     print("targets: RequestResponse small results < $1; Event < $6")
+    return 0
+
+
+def simulated(args: argparse.Namespace) -> int:
+    """Event and RequestResponse, 1 s and 60 s calls, through the simulated service."""
+    import logging
+
+    import _simrun
+
+    _simrun.fake_aws_env()
+    logging.basicConfig(level=logging.WARNING)
+    configs = [f"{kind}/{duration:g}" for duration in (1.0, 60.0) for kind in ("Event", "RequestResponse")]
+    runs: dict[str, list[_simrun.SimRun]] = {c: [] for c in configs}
+    for rnd in range(args.rounds):
+        for config in _fair.order(configs, rnd):
+            kind, duration = config.split("/")
+            speed = 1.0 if float(duration) <= 1 else args.speed
+            runs[config].append(_simrun.run(kind, args.calls, args.sim_concurrency, float(duration), jitter=args.jitter,
+                                            speed=speed, seed=rnd))
+        print(f"round {rnd + 1} of {args.rounds} done", flush=True)
+    n = args.calls
+    print(f"\n{n} calls per run at concurrency {args.sim_concurrency}, durations +-{args.jitter:.0%}; simulated Lambda + S3 "
+          f"(real boto3 clients; 60 s calls on a clock {args.speed:g}x real time); {_fair.load_note()}")
+    print("requests per call (S3 of the client and the workers, Invoke), medians of the rounds:\n")
+    kinds = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE"]
+    print(f"{'invocation':16} {'call':>5} " + " ".join(f"{k:>7}" for k in kinds)
+          + f" {'$/M req':>8} {'delay p50':>9} {'p95':>6} {'max':>6}")
+    for config, got in runs.items():
+        kind, duration = config.split("/")
+        per = {k: statistics.median(r.per_call.get(k, 0.0) for r in got) for k in kinds}
+        print(f"{kind:16} {duration + ' s':>5} " + " ".join(f"{per[k]:7.3f}" for k in kinds)
+              + f" {statistics.median(r.dollars for r in got):8.2f} {statistics.median(r.delay(0.5) for r in got):8.2f}s"
+              f" {statistics.median(r.delay(0.95) for r in got):5.2f}s {statistics.median(max(r.delays) for r in got):5.2f}s")
+    print(f"\nmedians of {args.rounds} rounds (order flipped every round); min..max of the rounds:")
+    for config, got in runs.items():
+        print(f"  {config:22}: $/M req {_fair.spread([r.dollars for r in got], '$', fmt='.2f')}; "
+              f"delay p50 {_fair.spread([r.delay(0.5) for r in got], 's', fmt='.2f')}; wall {_fair.spread([r.wall_s for r in got])}")
+    print("delay: from a call's end (its status) to its future's result, seconds of the simulation's clock")
+    print("request designs for comparison ($ per million calls, requests only): "
+          + ", ".join(f"{k} ~${v:g}" for k, v in DESIGNS.items()))
+    print("targets: Event <= $6 per million calls; RequestResponse <= $0.25")
     return 0
 
 

@@ -197,8 +197,13 @@ def main() -> None:
     def trivial_run(name: str) -> float:
         return trivial_calls(name, args.calls)
 
+    many_memory: dict[str, list[float]] = {n: [] for n in names}
+
     def many_run(name: str) -> float:
-        return trivial_calls(name, args.many_calls)
+        with PeakRSS() as peak:
+            elapsed = trivial_calls(name, args.many_calls)
+        many_memory[name].append(peak.mb)
+        return elapsed
 
     def latency_run(name: str) -> float:
         samples = []
@@ -274,6 +279,8 @@ def main() -> None:
             med = statistics.median(values)
             ratio = f"  {med / base:5.2f}x processpool" if key != "mixed" else ""
             extra = f"  driver peak +{statistics.median(memory[name]):.0f} MB" if key == "data" else ""
+            if key == "many":
+                extra = f"  driver peak +{statistics.median(many_memory[name]):.0f} MB"
             print(f"  {name:12s} {med * mul:9.3f} {unit}{ratio}{extra}  (min {min(values) * mul:.3f} .. max {max(values) * mul:.3f})")
     print("\ntargets: trivial <= 1.0x processpool, data <= 0.5x processpool, latency <= 1 ms, mixed <= 1.05x ideal")
 

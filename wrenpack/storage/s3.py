@@ -129,7 +129,7 @@ class S3Store(Store):
         redact.install()  # botocore's debug logs would show the key id, token and request bodies
 
         try:
-            session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+            session = _fast_timestamps(boto3.session.Session(profile_name=self.profile, region_name=self.region))
         except Exception as exc:  # botocore.exceptions.ProfileNotFound
             raise ConfigError(f"AWS profile {self.profile!r} not found ({exc}); fix aws_profile or ~/.aws/config") from None
         cfg = Config(
@@ -365,6 +365,37 @@ class S3Store(Store):
                     f"{first.get('Code')} {first.get('Message')}"
                 )
         return len(keys)
+
+
+def _fast_timestamps(made: Any) -> Any:
+    """``made`` (a boto3 session), its clients parsing S3's timestamps with the
+    standard library: botocore's default hands every one to dateutil's generic
+    parser (~85 us; this takes ~4), which made a GET's Last-Modified header a
+    tenth of the request's client CPU and a job's cleanup (a LIST of all its
+    objects, a LastModified each) a fifth of a 100,000-call driver's. The same
+    datetimes (timezone-aware) for S3's two formats; anything else goes to
+    botocore's own parser."""
+    import email.utils
+    from datetime import datetime
+
+    from botocore.utils import parse_timestamp
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str) and value:
+            try:
+                parsed = (datetime.fromisoformat(value[:-1] + "+00:00") if value[-1] == "Z"
+                          else email.utils.parsedate_to_datetime(value) if value[-1] == "T" else None)
+            except (TypeError, ValueError):
+                parsed = None
+            if parsed is not None and parsed.tzinfo is not None:
+                return parsed
+        return parse_timestamp(value)
+
+    try:
+        made._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse)
+    except Exception:  # noqa: BLE001 - another botocore: its own parser, as before
+        pass
+    return made
 
 
 def _add_if_none_match(params: dict[str, Any], **_: Any) -> None:

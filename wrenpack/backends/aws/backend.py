@@ -20,10 +20,17 @@ them and reads what the calls left.
         result object itself: no S3 request. Longer calls store their result: if
         an idle connection is dropped while one runs, the client waits for that
         object instead of invoking the call again (botocore retries nothing here).
-    Event (202: queued in Lambda): poller thread every `poll_interval` s, per job:
-        per shard with many calls in flight: LIST (StartAfter = below the lowest
-        pending call), else a direct GET per call; each ended call's object is
-        read once, by a small pool, and handed to the executor (``data``).
+    Event (202: queued in Lambda): a poller thread checks each call in flight
+        when it is due: just after its expected end (send-to-start delay and
+        run time of the job's ended calls, else the profile's duration), then
+        at gaps proportional to its elapsed time (0.1..30 s); without any
+        estimate at gaps of half its elapsed time (from ``poll_interval``).
+        The calls due in one round, per shard: one LIST (StartAfter = below
+        the lowest due call) when that saves more GETs that would find nothing
+        than a LIST costs (12.5 GETs' price), else a direct GET per call, which
+        reads the result when it is there. No shard is listed with no call
+        due, and with nothing in flight the poller sleeps. Each ended call's
+        object is read once, by a small pool, and handed to the executor (``data``).
         deadline = send + timeout + margin; a call that starts later than half
         the margin after its send (it waited in Lambda's queue) marks its start
         in the store, and its deadline then counts from that start. A call with
@@ -41,11 +48,14 @@ for that attempt to start; the handler refuses it then without running anything.
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json
 import logging
 import random
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -118,11 +128,166 @@ def _probe_gap(poll_interval: float, probes: int) -> float:
     return min(poll_interval * 2 ** min(probes - 1, 30), max(PROBE_GAP_MAX, poll_interval))
 
 
-#: Per shard, up to this many calls in flight are probed with direct GETs
-#: (two 404s while running); more are found with one LIST (~12 GETs' price).
-STRAGGLER_GETS = 6
+#: S3's prices of a LIST and a GET (us-east-1, per million): a LIST is worth it
+#: when it saves more than this many GETs that would find nothing.
+LIST_OVER_GET = 5.00 / 0.40
 #: Threads that read ended calls' objects.
 READERS = 8
+#: Event calls' checks: the shortest and the longest gap between two checks of
+#: one call (s). Without an estimate of its duration a call is checked in its
+#: job's rounds, at gaps of ``UNKNOWN_RATIO`` of the time since the job's first
+#: send (so it is found at most about that fraction of its duration late); with
+#: one, at its typical end, at the slowest twentieth's end, then at gaps of
+#: ``OVERDUE_RATIO`` of its elapsed time.
+CHECK_GAP_MIN = 0.1
+CHECK_GAP_MAX = 30.0
+UNKNOWN_RATIO = 0.5
+OVERDUE_RATIO = 0.1
+#: the quantile of a job's durations its calls are first checked at (a check
+#: that comes too early costs a GET; one that comes late, the delay)
+TYPICAL_Q = 0.75
+#: checks due within this much of each other are made in one round (s)
+ROUND_S = 0.02
+#: the durations of a job's latest calls kept for its estimate
+DURATIONS_KEPT = 128
+
+
+class _RealClock:
+    """Wall-clock time (a test or benchmark passes a faster clock with the same methods)."""
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+    @staticmethod
+    def wait(event: Any, seconds: float | None) -> Any:
+        return event.wait(seconds)
+
+
+class _JobTimes:
+    """What a job's ended calls say about how long its running ones take: the
+    durations the workers report, how long a call took from its send to its
+    start, and how often a check found a result (whether a LIST would pay)."""
+
+    def __init__(self, first_sent: float, expected_s: float | None = None) -> None:
+        #: when the job's first call was sent: the rounds of checks before any estimate count from it
+        self.first_sent = first_sent
+        self.prior = expected_s
+        self.durations: list[float] = []
+        self.delays: list[float] = []
+        self.hit_rate = 0.5
+        self.changed = False  # the estimate went from none to one: rescheduled once
+        #: ``expected()`` as last worked out, and the calls recorded since (it is
+        #: worked out again once they are an eighth of the kept ones: each check asks)
+        self._expected: tuple[float, float, float] | None = None
+        self._since = 0
+
+    def record(self, status: dict[str, Any] | None, sent_at: float) -> None:
+        if not status:
+            return
+        try:
+            start, end = float(status["start"]), float(status["end"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if not self.durations and self.prior is None:
+            self.changed = True
+        self.durations.append(max(0.0, end - start))
+        self.delays.append(min(max(0.0, start - sent_at), 30.0))
+        self._since += 1
+        if len(self.durations) > DURATIONS_KEPT:
+            del self.durations[: len(self.durations) - DURATIONS_KEPT]
+            del self.delays[: len(self.delays) - DURATIONS_KEPT]
+
+    def checked(self, found: bool) -> None:
+        self.hit_rate = 0.9 * self.hit_rate + (0.1 if found else 0.0)
+
+    def expected(self) -> tuple[float, float, float] | None:
+        """(seconds from send to start, run time, spread) of the job's calls: the
+        median delay and the TYPICAL_Q run time of its latest ended calls and
+        how far the slowest twentieth of them ran past that; before any has ended,
+        the profile's duration."""
+        if self.durations:
+            if self._expected is None or self._since * 8 >= len(self.durations):
+                self._expected, self._since = self._work_out(), 0
+            return self._expected
+        if self.prior is not None:
+            return 0.0, self.prior, max(0.1 * self.prior, CHECK_GAP_MIN)
+        return None
+
+    def _work_out(self) -> tuple[float, float, float]:
+        run = _quantile(self.durations, TYPICAL_Q)
+        # A few ended calls are the job's shortest so far: until there are more,
+        # the gap after the typical end is wider (fewer checks that find nothing).
+        floor = (0.05 if len(self.durations) >= 16 else 0.1) * run
+        return (_quantile(self.delays, 0.5), run,
+                max(_quantile(self.durations, 0.95) - run, floor, CHECK_GAP_MIN))
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _Senders:
+    """The threads that send invocations, fed from one queue. A call waiting for
+    its turn is a queue entry, not a thread pool's work item and future (~1 KB
+    each with its lock and condition: a 100,000-call map queues all its calls
+    at once). Each thread takes the next call and sends it (``send`` waits for
+    the call's concurrency slots)."""
+
+    def __init__(self, send: Any, workers: int, name: str) -> None:
+        self._send = send
+        self._workers = workers
+        self._name = name
+        self._queue: deque[_Call] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._threads: list[threading.Thread] = []
+        self._waiting = 0
+        self._closed = False
+
+    def submit(self, call: "_Call") -> None:
+        with self._cond:
+            if self._closed:
+                return  # shut down: the backend reports every unfinished call
+            self._queue.append(call)
+            if self._waiting:
+                self._cond.notify()
+                return
+            if len(self._threads) >= self._workers:
+                return
+            thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+        thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._waiting += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._waiting -= 1
+                if not self._queue:
+                    return
+                call = self._queue.popleft()
+            try:
+                self._send(call)
+            except Exception:  # noqa: BLE001 - one call's failure must not stop its thread
+                log.exception("sending %s failed", call.inv.label)
+            call = None  # (not held while waiting for the next)
+
+    def shutdown(self, wait: bool) -> None:
+        """No more sends: the queued calls are dropped (the backend has reported them)."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
 
 
 @dataclass
@@ -147,9 +312,12 @@ class _Call:
     sent_at: float = 0.0
     deadline: float = 0.0
     in_flight: bool = False
-    #: direct reads of a few calls back off: the next one not before this time
-    next_probe: float = 0.0
-    probes: int = 0
+    #: checks of an Event call for its result: how many found nothing, and which
+    #: of its entries in the poller's schedule is current
+    checks: int = 0
+    token: int = 0
+    #: when the call began, from its start mark (it waited in Lambda's queue)
+    began: float = 0.0
     reading: bool = False
     extended: bool = False
     cancelled: bool = False
@@ -177,6 +345,7 @@ class LambdaBackend(Backend):
         throttle_give_up_s: float = 600.0,
         reply_within_s: float = REPLY_WITHIN_S,
         client: Any = None,
+        clock: Any = None,
     ) -> None:
         if invocation_type not in ("Event", "RequestResponse"):
             raise ConfigError(f"invocation_type {invocation_type!r} is not valid; use 'Event' or 'RequestResponse'")
@@ -196,6 +365,9 @@ class LambdaBackend(Backend):
         self.throttle_give_up_s = throttle_give_up_s
         self.reply_within_s = reply_within_s
         self._client = client
+        #: the time and timed waits (``time()``, ``wait(event, s)``): wall-clock time unless a simulation passes its own
+        self._clock = clock or _RealClock()
+        self._now = self._clock.time
         self._client_lock = threading.Lock()
         self._lock = threading.Lock()
         self._fn_lock = threading.Lock()
@@ -205,15 +377,25 @@ class LambdaBackend(Backend):
         self._unreserved: tuple[threading.BoundedSemaphore, int] | None = None
         self._calls: dict[tuple[str, str], _Call] = {}
         self._slots = threading.BoundedSemaphore(concurrency)
-        # Event sends return in milliseconds: a few threads suffice. A
-        # synchronous send holds its thread for the whole call.
-        workers = concurrency if invocation_type == "RequestResponse" else min(concurrency, 32)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wrenpack-lambda")
+        # An Event send holds its thread for one round trip (~25 ms): 64 threads
+        # send ~2,500 a second. A synchronous send holds its thread for the whole call.
+        workers = concurrency if invocation_type == "RequestResponse" else min(concurrency, 64)
+        self._pool = _Senders(self._send, workers, "wrenpack-lambda")
         self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="wrenpack-lambda-read")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._poller: threading.Thread | None = None
+        #: Event calls in flight by when they are next checked: (due, token, call)
+        self._schedule: list[tuple[float, int, _Call]] = []
+        self._tokens = itertools.count(1)
+        #: when the poller wakes next (a sooner check wakes it)
+        self._next_round = float("inf")
+        self._job_times: dict[str, _JobTimes] = {}
+        #: a job got its first estimate: the poller reschedules its calls at once
+        self._replan = False
+        #: requests the poller made, by kind (LIST, GET that found nothing, GET that found the result)
+        self.poll_requests: dict[str, int] = {"LIST": 0, "GET_MISS": 0, "GET_HIT": 0}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -401,7 +583,7 @@ class LambdaBackend(Backend):
                 if self._poller is None and self.invocation_type == "Event":
                     self._poller = threading.Thread(target=self._poll_loop, name="wrenpack-lambda-poll", daemon=True)
                     self._poller.start()
-            self._pool.submit(self._send, call)
+            self._pool.submit(call)
 
     def cancel(self, invocation: Invocation) -> bool:
         with self._lock:
@@ -428,7 +610,7 @@ class LambdaBackend(Backend):
                 f"{call.inv.label} (call {call.inv.key[1]} of job {call.inv.key[0]}) was still running when the "
                 "Lambda backend shut down"
             )))
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._pool.shutdown(wait=wait)
         self._readers.shutdown(wait=wait, cancel_futures=True)
         if wait and self._poller is not None:
             self._poller.join(timeout=10)
@@ -436,8 +618,8 @@ class LambdaBackend(Backend):
     def _drain_limit(self) -> float:
         with_deadline = [c.deadline for c in self._calls.values() if c.deadline]
         longest = max((c.inv.timeout_s for c in self._calls.values()), default=0.0)
-        horizon = max(with_deadline, default=time.time() + longest + self.deadline_margin_s)
-        return max(0.0, horizon - time.time()) + 2 * self.deadline_margin_s + 5
+        horizon = max(with_deadline, default=self._now() + longest + self.deadline_margin_s)
+        return max(0.0, horizon - self._now()) + 2 * self.deadline_margin_s + 5
 
     # -- sending ------------------------------------------------------------
     def _too_large(self, inv: Invocation, size: int) -> PayloadTooLarge | None:
@@ -470,7 +652,7 @@ class LambdaBackend(Backend):
                 inv.event["reply_within_s"] = self.reply_within_s
             if not event_type:
                 with self._lock:
-                    call.sent_at = time.time()
+                    call.sent_at = self._now()
                 self.started(inv)
             try:
                 resp = self._invoke_with_backoff(fn.name, inv)
@@ -482,14 +664,14 @@ class LambdaBackend(Backend):
                 return
             if event_type:
                 with self._lock:
-                    call.sent_at = time.time()
-                    call.next_probe, call.probes = call.sent_at + self.poll_interval, 0
+                    call.sent_at = self._now()
+                    call.checks = 0
                     call.deadline = call.sent_at + inv.timeout_s + self.deadline_margin_s
                     call.extended = False
                     call.in_flight = True
+                    self._plan(call, call.sent_at)
                 released = True  # the slots are released when the call finishes
                 self.started(inv)
-                self._wake.set()
                 return
             try:
                 body = resp["Payload"].read() if resp.get("Payload") is not None else b""
@@ -508,7 +690,7 @@ class LambdaBackend(Backend):
 
     def _payload(self, inv: Invocation) -> bytes:
         """The event as sent now: its deadline (and an Event's start mark) counted from this send."""
-        now = time.time()
+        now = self._now()
         if self.invocation_type == "Event":
             inv.event["mark_start_after"] = now + self.deadline_margin_s / 2
             # Lambda may hold an Event in its queue; the client waits for it to start as long
@@ -568,7 +750,7 @@ class LambdaBackend(Backend):
         latest possible end (its deadline to start, plus its timeout, plus the margin)."""
         inv = call.inv
         where = f"{inv.label} (call {inv.key[1]} of job {inv.key[0]})"
-        latest = float(inv.event.get("deadline") or time.time()) + inv.timeout_s + self.deadline_margin_s
+        latest = float(inv.event.get("deadline") or self._now()) + inv.timeout_s + self.deadline_margin_s
         log.warning("%s: the connection to Lambda broke while the call ran (%s); waiting for its result in the store "
                     "instead of invoking it again", where, exc)
         probes = 0
@@ -577,11 +759,11 @@ class LambdaBackend(Backend):
             if found is not None:
                 self._finish(call, found)
                 return
-            now = time.time()
+            now = self._now()
             if now > latest:
                 break
             probes += 1
-            self._stop.wait(min(_probe_gap(self.poll_interval, probes), latest - now + 0.05))
+            self._clock.wait(self._stop, min(_probe_gap(self.poll_interval, probes), latest - now + 0.05))
         if self._stop.is_set():
             return  # shutdown reports it
         self._finish(call, InvocationResult(error=WorkerLost(
@@ -631,18 +813,18 @@ class LambdaBackend(Backend):
         if isinstance(error, WorkerCrashed) and inv.attempt < inv.retries:
             inv.attempt += 1
             log.info("%s crashed (%s); retry %d", inv.label, error, inv.attempt)
-            self._pool.submit(self._send, call)
+            self._pool.submit(call)
             return
         self._finish(call, InvocationResult(error=error))
 
     def _expired(self, call: _Call, doc: dict[str, Any]) -> None:
         """The handler refused the attempt as past its deadline: nothing ran, so it may be sent again."""
         inv = call.inv
-        skew = float(doc.get("now") or 0.0) - time.time()
+        skew = float(doc.get("now") or 0.0) - self._now()
         if inv.attempt < inv.retries:
             inv.attempt += 1
             log.warning("%s reached Lambda after its deadline and did not run; retry %d", inv.label, inv.attempt)
-            self._pool.submit(self._send, call)
+            self._pool.submit(call)
             return
         self._finish(call, InvocationResult(error=WorkerLost(
             f"{inv.label} (call {inv.key[1]} of job {inv.key[0]}) reached Lambda after its deadline and did not run; "
@@ -681,85 +863,205 @@ class LambdaBackend(Backend):
         return InvocationResult(status=status)
 
     # -- polling --------------------------------------------------------------
+    # Each Event call in flight has one entry in ``_schedule``: when it is next
+    # checked. A call is checked just after its expected end (its job's ended
+    # calls say how long calls take: send-to-start delay and run time, 75th
+    # percentiles; before any has ended, the profile's duration when the
+    # executor passes one as ``extra["expected_s"]``), and after that, or
+    # without any estimate, at gaps proportional to its elapsed time (bounded
+    # by CHECK_GAP_MIN..CHECK_GAP_MAX). The checks due in one round are made
+    # per shard: one LIST when it saves more GETs that would find nothing than
+    # a LIST costs (LIST_OVER_GET, with the job's recent hit rate), else a
+    # direct GET per call, which reads the result when it is there. A shard
+    # with no call due is not listed, and with nothing in flight the poller
+    # sleeps until a call is sent.
+    def _times(self, inv: Invocation) -> _JobTimes:
+        job_id = inv.key[0]
+        times = self._job_times.get(job_id)
+        if times is None:
+            expected = inv.extra.get("expected_s")
+            times = _JobTimes(self._now(), float(expected) if isinstance(expected, (int, float)) and expected > 0 else None)
+            if len(self._job_times) >= 256:  # the oldest job's figures go
+                self._job_times.pop(next(iter(self._job_times)))
+            self._job_times[job_id] = times
+        return times
+
+    def _next_check(self, call: _Call, now: float) -> float:
+        """When to check ``call`` next (lock held): with its job's estimate, at the
+        typical end, then a spread later (the slowest twentieth's end), then at gaps
+        of OVERDUE_RATIO of its elapsed time; without one, in its job's rounds."""
+        times = self._times(call.inv)
+        base = call.began or call.sent_at
+        elapsed = max(0.0, now - base)
+        expected = times.expected()
+        if expected is None:
+            # The job's rounds: its calls sent together are due together, so one
+            # LIST of the job can answer for all of them.
+            t0, due = times.first_sent, times.first_sent + self.poll_interval
+            while due <= now or due - call.sent_at < self.poll_interval / 2:
+                due += min(max(UNKNOWN_RATIO * (due - t0), self.poll_interval), CHECK_GAP_MAX)
+        else:
+            delay, run, spread = expected
+            typical = base + (0.0 if call.began else delay) + run + 0.05
+            if now < typical:
+                due = typical
+            elif now < typical + spread:
+                due = now + spread
+            else:
+                due = now + min(max(OVERDUE_RATIO * elapsed, spread, CHECK_GAP_MIN), CHECK_GAP_MAX)
+        return min(due, max(call.deadline, now + CHECK_GAP_MIN))
+
+    def _plan(self, call: _Call, now: float) -> None:
+        """Put ``call`` in the schedule at its next check (lock held); wake the poller if that is sooner."""
+        if call.done or not call.in_flight:
+            return
+        due = self._next_check(call, now)
+        call.token = next(self._tokens)
+        heapq.heappush(self._schedule, (due, call.token, call))
+        if due < self._next_round:
+            self._next_round = due
+            self._wake.set()
+
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.poll_interval)
-            self._wake.clear()
+            with self._lock:
+                nxt = self._schedule[0][0] if self._schedule else float("inf")
+                self._next_round = nxt
+                self._wake.clear()
+            now = self._now()
+            if nxt > now and not self._replan:
+                self._clock.wait(self._wake, None if nxt == float("inf") else nxt - now + ROUND_S / 2)
+                continue
             if self._stop.is_set():
                 return
             try:
                 self._poll_once()
             except Exception:  # noqa: BLE001 - one failed poll must not stop the poller
                 log.warning("polling the store for call status failed; retrying", exc_info=True)
-                time.sleep(self.poll_interval)
+                self._clock.wait(self._stop, self.poll_interval)
 
     def _poll_once(self) -> None:
+        now = self._now()
+        due: dict[tuple[str, int], list[_Call]] = {}
+        late: list[_Call] = []
         with self._lock:
-            pending = [c for c in self._calls.values() if not c.done]
-        by_shard: dict[tuple[str, int], list[_Call]] = {}
-        for call in pending:
-            by_shard.setdefault((call.inv.key[0], keys.shard_of(call.inv.key[1])), []).append(call)
-        now = time.time()
-        for (job_id, shard), calls in by_shard.items():
-            ready = [c for c in calls if c.in_flight and not c.reading]
-            late = [c for c in ready if now > c.deadline]
-            for call in late:
+            self._replan = False
+            for job_id, times in self._job_times.items():
+                if times.changed:
+                    # The job's first estimate: its calls waiting far out are checked at their expected end.
+                    times.changed = False
+                    for call in self._calls.values():
+                        if call.inv.key[0] == job_id and call.in_flight and not call.reading and not call.done:
+                            self._plan(call, now)
+            while self._schedule and self._schedule[0][0] <= now + ROUND_S:
+                _, token, call = heapq.heappop(self._schedule)
+                if token != call.token or call.done or not call.in_flight or call.reading:
+                    continue  # a stale entry: the call was rescheduled, read, resent or ended
+                call.token = 0
                 call.reading = True
-                self._readers.submit(self._guard, call, self._deadline_passed)
-            ready = [c for c in ready if not c.reading]
-            if not ready:
-                continue
-            if len(ready) <= STRAGGLER_GETS:
-                for call in ready:
-                    if now >= call.next_probe:
-                        # 0.5, 1, 2, 4, 8 s after the send, then every 5 s: a 404 costs a GET
-                        call.probes += 1
-                        call.next_probe = now + _probe_gap(self.poll_interval, call.probes)
-                        self._read_later(call, probe=True)
+                if now > call.deadline:
+                    late.append(call)
+                else:
+                    due.setdefault((call.inv.key[0], keys.shard_of(call.inv.key[1])), []).append(call)
+        for call in late:
+            self._readers.submit(self._guard, call, self._deadline_passed)
+        unknown: dict[str, list[_Call]] = {}
+        for (job_id, shard), calls in due.items():
+            times = self._times(calls[0].inv)
+            if times.expected() is None:
+                unknown.setdefault(job_id, []).extend(calls)
+            elif len(calls) * (1.0 - times.hit_rate) > LIST_OVER_GET:
+                self._list_shard(job_id, shard, calls, times)
             else:
-                for call in self._listed(job_id, shard, calls, ready):
-                    self._read_later(call, probe=False)
+                self._probe(calls)
+        for job_id, calls in unknown.items():
+            # Nothing of the job has ended yet, so nothing is in its result prefix but
+            # what ended since: one LIST of all its shards finds it (the first result
+            # then times every call's checks).
+            times = self._times(calls[0].inv)
+            if len(calls) * (1.0 - times.hit_rate) > LIST_OVER_GET:
+                self._list_shard(job_id, None, calls, times)
+            else:
+                self._probe(calls)
 
-    def _listed(self, job_id: str, shard: int, calls: list[_Call], ready: list[_Call]) -> list[_Call]:
-        """The calls of one shard whose result or segment record exists: one
-        LIST that starts just below the shard's lowest unfinished call."""
-        lowest = min(int(c.inv.key[1]) for c in calls if c.inv.key[1].isdigit()) if calls else 0
-        start_after = keys.result_key(job_id, keys.call_id(lowest - keys.RESULT_SHARDS)) if lowest >= keys.RESULT_SHARDS else None
-        names = {k.rsplit("/", 1)[-1] for k in self.store.iter_list(keys.shard_prefix(job_id, shard), start_after=start_after)}
-        return [c for c in ready if f"{c.inv.key[1]}.res" in names or _segment_name(c.inv) in names]
+    def _probe(self, calls: list[_Call]) -> None:
+        for call in calls:
+            self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=True))
 
-    def _read_later(self, call: _Call, probe: bool) -> None:
-        with self._lock:
-            if call.done or call.reading:
-                return
-            call.reading = True
-        self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe))
+    def _list_shard(self, job_id: str, shard: int | None, calls: list[_Call], times: _JobTimes) -> None:
+        """One LIST of the shard (``None``: of all the job's shards), from just
+        below its lowest due call: the due calls listed are read, the others
+        checked again later, and calls that ended before they were due are read too."""
+        start_after = None
+        if shard is not None:
+            lowest = min((int(c.inv.key[1]) for c in calls if c.inv.key[1].isdigit()), default=0)
+            if lowest >= keys.RESULT_SHARDS:
+                start_after = keys.result_key(job_id, keys.call_id(lowest - keys.RESULT_SHARDS))
+        prefix = keys.result_prefix(job_id) if shard is None else keys.shard_prefix(job_id, shard)
+        try:
+            self.poll_requests["LIST"] += 1
+            names = {k.rsplit("/", 1)[-1] for k in self.store.iter_list(prefix, start_after=start_after)}
+        except Exception:
+            with self._lock:
+                for call in calls:
+                    call.reading = False
+                    self._plan(call, self._now())
+            raise
+        found_ids = {name.split(".", 1)[0] for name in names}
+        for call in calls:
+            listed = call.inv.key[1] in found_ids
+            times.checked(listed)
+            if listed:
+                self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=False))
+            else:
+                with self._lock:
+                    call.checks += 1
+                    call.reading = False
+                    self._plan(call, self._now())
+        due_ids = {c.inv.key[1] for c in calls}
+        for cid in found_ids - due_ids:
+            with self._lock:
+                call = self._calls.get((job_id, cid))
+                if call is None or call.done or not call.in_flight or call.reading:
+                    continue
+                call.reading = True
+                call.token = 0
+            self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=False))
 
     def _guard(self, call: _Call, work: Any) -> None:
-        """Run one call's read; whatever goes wrong fails or retries that call only."""
+        """Run one call's read; whatever goes wrong fails or retries that call only.
+        A call still running afterwards goes back in the schedule."""
         try:
             work(call)
         except WrenpackError as exc:
-            if time.time() > call.deadline:
+            if self._now() > call.deadline:
                 self._finish(call, InvocationResult(error=exc))
             else:
                 log.info("reading the outcome of %s failed (%s); trying again", call.inv.label, exc)
         except Exception as exc:  # noqa: BLE001
             log.warning("reading the outcome of %s failed", call.inv.label, exc_info=True)
-            if time.time() > call.deadline:
+            if self._now() > call.deadline:
                 self._finish(call, InvocationResult(error=WorkerLost(f"{call.inv.label}: reading its outcome failed: {exc}")))
         finally:
-            call.reading = False
+            with self._lock:
+                call.reading = False
+                if not call.done and call.in_flight and not call.token:
+                    self._plan(call, self._now())
 
     def _read_and_finish(self, call: _Call, probe: bool) -> None:
         # A segment record appears only near the call's timeout (a checkpointed call
         # goes on when its time is nearly up): before that a probe reads only the result.
         inv = call.inv
-        segments = not probe or time.time() >= call.sent_at + 0.8 * inv.timeout_s
+        segments = not probe or self._now() >= call.sent_at + 0.8 * inv.timeout_s
         found = self._read_result(inv, segments=segments)
+        if probe:
+            self.poll_requests["GET_HIT" if found is not None else "GET_MISS"] += 1
+            self._times(inv).checked(found is not None)
         if found is not None:
             self._finish(call, found)
-        elif not probe:
+            return
+        call.checks += 1
+        if not probe:
             log.debug("%s was listed but not found; trying again", call.inv.label)
 
     def _deadline_passed(self, call: _Call) -> None:
@@ -770,8 +1072,9 @@ class LambdaBackend(Backend):
         inv, fn = call.inv, call.fn
         window = inv.timeout_s + self.deadline_margin_s
         started = self._started_late(inv)
-        now = time.time()
+        now = self._now()
         if started is not None:
+            call.began = started
             if fn is not None:
                 fn.last_progress = max(fn.last_progress, now)
             if not call.extended and started + window > call.deadline:
@@ -821,12 +1124,12 @@ class LambdaBackend(Backend):
         self._slots.release()
         if call.fn is not None:
             call.fn.slots.release()
-        self._pool.submit(self._send, call)
+        self._pool.submit(call)
 
     def _started_late(self, inv: Invocation) -> float | None:
         try:
             blob = self.store.get(keys.start_key(*inv.key))
-            return start_mark.open_start(auth.decode_secret(inv.event["secret"]), *inv.key, blob, time.time())
+            return start_mark.open_start(auth.decode_secret(inv.event["secret"]), *inv.key, blob, self._now())
         except ObjectNotFound:
             return None
         except CorruptObject as exc:  # not the call's own mark: never trusted with its deadline
@@ -848,7 +1151,14 @@ class LambdaBackend(Backend):
             if call.fn is not None:
                 call.fn.slots.release()
         if call.fn is not None and result.status is not None:
-            call.fn.last_progress = time.time()
+            call.fn.last_progress = self._now()
+        if result.status is not None and self.invocation_type == "Event" and call.sent_at:
+            with self._lock:
+                times = self._times(call.inv)
+                times.record(result.status, call.sent_at)
+                if times.changed:  # the job's first estimate: its calls are rescheduled now
+                    self._replan = True
+                    self._wake.set()
         self._report(call.inv, result)
 
     @staticmethod

@@ -1,0 +1,132 @@
+"""One map through the real Lambda backend against the simulated Lambda + S3
+(``tests/aws/sim_service.py``): requests per call by kind, wall and driver
+CPU, how late results were delivered. Shared by bench_lambda_cost.py (--sim)
+and bench_lambda_scale.py. Benchmarks only."""
+from __future__ import annotations
+
+import os
+import random
+import resource
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: us-east-1, first tier ($ per million requests)
+PRICE = {"INVOKE": 0.20, "PUT": 5.00, "COPY": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0}
+KINDS = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE"]
+
+
+def fake_aws_env() -> None:
+    """Credentials and region for boto3 that reach nothing but the simulator."""
+    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
+        del os.environ[key]
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_REGION="us-east-1", AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+@dataclass
+class SimRun:
+    calls: int
+    wall_s: float
+    #: requests per call by kind: S3 of both sides (client and worker) and Lambda invokes
+    per_call: dict[str, float]
+    client_per_call: dict[str, float]
+    driver_cpu_s: float
+    sim_cpu_s: float
+    peak_rss_mb: float
+    #: seconds (on the simulation's clock) from a call's end to its future's result
+    delays: list[float] = field(default_factory=list)
+    throttled: int = 0
+    slowdowns: int = 0
+    #: the most bytes the simulated S3 held at once (in the driver's memory here, not on AWS)
+    sim_peak_mb: float = 0.0
+
+    @property
+    def dollars(self) -> float:
+        """Requests' price per million calls."""
+        return sum(self.per_call.get(k, 0.0) * PRICE.get(k, 0.0) for k in self.per_call)
+
+    @property
+    def invokes_per_s(self) -> float:
+        return self.calls / self.wall_s
+
+    def delay(self, q: float) -> float:
+        d = sorted(self.delays)
+        return d[min(len(d) - 1, int(q * len(d)))] if d else float("nan")
+
+
+def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: float = 0.1, speed: float = 1.0,
+        invoke_latency: float = 0.025, s3_latency: float = 0.0, seed: int = 0, warm: int = 4,
+        measure_delays: bool = True) -> SimRun:
+    """``calls`` calls of ``duration`` s (uniform +-``jitter`` of it) at ``concurrency``,
+    ``kind`` "Event" or "RequestResponse", on a clock ``speed`` times real time."""
+    import wrenpack
+    from tests.aws.sim_service import Clock, ScaledClock, SimService
+    from tests.aws.sim_worker import WrenpackFunction
+    from wrenpack.backends.aws.backend import LambdaBackend
+    from wrenpack.executor import Executor
+    from wrenpack.storage.s3 import S3Store
+
+    clock = Clock() if speed == 1.0 else ScaledClock(speed)
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def length(event: dict[str, Any]) -> float:
+        with lock:
+            return duration * (1.0 + jitter * (2 * rng.random() - 1))
+
+    sim = SimService(clock, function=WrenpackFunction(identity, duration=length), concurrency=max(concurrency, 1000),
+                     invoke_latency=invoke_latency, s3_latency=s3_latency)
+    sim.s3.create_bucket("simbench")
+    try:
+        store = S3Store("simbench", "bench", endpoint_url=sim.s3_url, region="us-east-1")
+        kwargs: dict[str, Any] = {}
+        if speed != 1.0:
+            kwargs["clock"] = clock
+        backend = LambdaBackend(store, function_name="sim", endpoint_url=sim.lambda_url, region="us-east-1",
+                                concurrency=concurrency, invocation_type=kind, **kwargs)
+        with Executor(backend=backend, storage="s3://simbench/bench", s3_endpoint_url=sim.s3_url,
+                      lambda_endpoint_url=sim.lambda_url, function_name="sim", aws_region="us-east-1", memory=1024,
+                      timeout=900, retries=0, invocation_type=kind, concurrency=concurrency) as ex:
+            f = wrenpack.remote(identity, executor=ex)
+            if warm:
+                wrenpack.get(f.map(range(warm)))  # clients made, function looked up: not counted
+            sim.reset_counts()
+            done_at: dict[int, float] = {}
+            cpu0, sim0 = time.process_time(), sim.cpu_s
+            t0 = time.perf_counter()
+            futures = f.map(range(calls))
+            if measure_delays:
+                for i, fut in enumerate(futures):
+                    fut.add_done_callback(lambda _f, i=i: done_at.__setitem__(i, clock.time()))
+            out = wrenpack.get(futures)
+            wall = time.perf_counter() - t0
+            cpu, sim_cpu = time.process_time() - cpu0, sim.cpu_s - sim0
+            if out != list(range(calls)):
+                raise AssertionError("wrong results from the simulated run")
+            delays = [done_at[i] - float(fut.status["end"]) for i, fut in enumerate(futures)
+                      if i in done_at and fut.status and "end" in fut.status]
+            del futures, out
+        counts = sim.requests(None)
+        client = sim.requests("client")
+        return SimRun(calls, wall, {k: v / calls for k, v in counts.items() if k in PRICE},
+                      {k: v / calls for k, v in client.items()}, cpu - sim_cpu, sim_cpu,
+                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, delays,
+                      throttled=counts.get("THROTTLED", 0), slowdowns=sum(sim.s3.slowdowns.values()),
+                      sim_peak_mb=sim.s3.peak_bytes / 2**20)
+    finally:
+        sim.close()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,102 @@
+"""One driver at scale on Lambda, simulated: 100,000 calls at concurrency 1,000.
+
+The real Lambda backend and its real boto3 clients (Lambda and S3) run
+against the simulated service of tests/aws/sim_service.py, in this process:
+every Invoke waits ``--invoke-latency`` (25 ms) like a round trip, at most
+``--concurrency`` calls run at once (Event calls beyond it wait in the
+simulated queue, RequestResponse calls get 429), S3 refuses over 3,500
+writes or 5,500 reads a second per prefix (503 SlowDown), and each call,
+``--duration`` s long, writes the sealed result object a wrenpack worker
+writes (tests/aws/sim_worker.py), which the client verifies.
+
+Prints, per invocation type: invocations per second (calls / wall time from
+map to the last result, the job's cleanup included), requests per call by
+kind (S3 of the client and the workers, and Invoke), the driver's peak
+resident memory (and how much of it is the simulated S3's objects, which
+on AWS would not be in the driver), and driver CPU per call (the process's
+CPU time less the simulator's own, measured by the simulator).
+
+Each round runs in a fresh process (a peak RSS is a high-water mark), the
+invocation types alternating; median and min..max of the rounds. This
+machine is shared (2 cores): figures are loaded ones, and the simulator's
+CPU shares the driver's GIL.
+
+    python benchmarks/bench_lambda_scale.py [--calls 100000] [--concurrency 1000] [--rounds 5]
+        [--kinds Event,RequestResponse] [--duration 0.1] [--invoke-latency 0.025]
+
+Targets: >= 1,000 invocations/s with 25 ms invoke latency; driver peak < 300 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _fair  # noqa: E402
+import _simrun  # noqa: E402
+
+
+def one(args: argparse.Namespace) -> None:
+    import logging
+
+    _simrun.fake_aws_env()
+    logging.basicConfig(level=logging.WARNING)
+    r = _simrun.run(args.one, args.calls, args.concurrency, args.duration, jitter=0.1,
+                    invoke_latency=args.invoke_latency, measure_delays=False)
+    print(json.dumps({"wall": r.wall_s, "per_call": r.per_call, "cpu": r.driver_cpu_s, "sim_cpu": r.sim_cpu_s,
+                      "peak": r.peak_rss_mb, "sim_peak": r.sim_peak_mb, "throttled": r.throttled,
+                      "slowdowns": r.slowdowns}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=100_000)
+    ap.add_argument("--concurrency", type=int, default=1000)
+    ap.add_argument("--duration", type=float, default=0.1, help="each call's run time, s (+-10%%)")
+    ap.add_argument("--invoke-latency", type=float, default=0.025)
+    ap.add_argument("--kinds", default="Event,RequestResponse")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    _fair.add_arguments(ap, hogs=False)
+    args = ap.parse_args()
+    if args.one:
+        one(args)
+        return 0
+    kinds = args.kinds.split(",")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for rnd in range(args.rounds):
+        for kind in _fair.order(kinds, rnd):
+            cmd = [sys.executable, __file__, "--one", kind, "--calls", str(args.calls), "--concurrency",
+                   str(args.concurrency), "--duration", str(args.duration), "--invoke-latency", str(args.invoke_latency)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                print(out.stdout, out.stderr, file=sys.stderr)
+                raise SystemExit(f"round {rnd + 1} {kind} failed")
+            runs[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"round {rnd + 1} of {args.rounds} done", flush=True)
+
+    n = args.calls
+    print(f"\n{n} calls at concurrency {args.concurrency}, {args.duration:g} s each (+-10%), invoke latency "
+          f"{args.invoke_latency * 1e3:g} ms; simulated Lambda + S3, real boto3 clients; {_fair.load_note()}")
+    print(f"medians of {args.rounds} rounds, one process per round, the kinds alternating (min..max)")
+    for kind, got in runs.items():
+        print(f"\n{kind}")
+        print(f"  invocations/s      {_fair.spread([n / g['wall'] for g in got], '/s', fmt='.0f')}")
+        print(f"  wall               {_fair.spread([g['wall'] for g in got])}")
+        print(f"  driver CPU / call  {_fair.spread([g['cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')}"
+              f" (simulator's own, excluded: {_fair.spread([g['sim_cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')})")
+        print(f"  driver peak RSS    {_fair.spread([g['peak'] for g in got], 'MB', fmt='.0f')}"
+              f" (of it, the simulated S3's objects at their peak: {_fair.spread([g['sim_peak'] for g in got], 'MB', fmt='.0f')})")
+        kinds_seen = sorted({k for g in got for k in g["per_call"]})
+        per = {k: sorted(g["per_call"].get(k, 0.0) for g in got)[len(got) // 2] for k in kinds_seen}
+        print("  requests / call    " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()))
+        print(f"  throttled invokes  {[g['throttled'] for g in got]}; S3 SlowDown {[g['slowdowns'] for g in got]}")
+    print("\ntargets: >= 1,000 invocations/s; driver peak < 300 MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
