@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 
-
 from tests.peers._adapter import (
     FUTURES,
     PICKLING,

@@ -100,6 +100,8 @@ XFAIL: dict[str, str] = {
     "TestsWrenpackShutdown::test_shutdown_with_pickle_error": because(PICKLING, "expects PicklingError from result(), not submit()"),
     "TestsWrenpackShutdown::test_shutdown_with_sys_exit_at_pickle": because(PICKLING, "expects PicklingError from result(), not submit()"),
     "TestsWrenpackShutdown::test_processes_terminate": because(SHARES_NOTHING, "reads executor._processes"),
+    # (Past that it would meet a deviation, not yet fixed: an Executor dropped without shutdown is never
+    # collected, its collector thread holds it, and its local workers live until the program exits.)
     "TestsWrenpackShutdown::test_processes_terminate_on_executor_gc": because(SHARES_NOTHING, "reads executor._processes"),
     "TestsWrenpackShutdown::test_processes_crash_handling_after_executor_gc": because(SHARES_NOTHING, TEST_EVENT),
     "TestsWrenpackShutdown::test_context_manager_shutdown": because(SHARES_NOTHING, "reads executor._processes"),
