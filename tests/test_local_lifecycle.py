@@ -284,3 +284,28 @@ def test_workers_stop_when_the_driver_is_interrupted_or_killed(tmp_path, how):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _pid_of_call(_: int) -> int:
+    return os.getpid()
+
+
+def test_two_backends_in_one_process_each_hold_their_workers_to_their_own_cgroups(tmp_path):
+    """Worker cgroups are named by the driver's pid and the worker's number: two
+    backends alive at once (or one still being stopped) each numbered their first
+    worker 1, and the second worker found the name taken and ran without limits."""
+    first, second = LocalBackend(concurrency=1), LocalBackend(concurrency=1)
+    if first._cgroups is None:
+        first.shutdown()
+        second.shutdown()
+        pytest.skip("memory cgroups (v1, root) are unavailable here")
+    executors = [wrenpack.Executor(storage=str(tmp_path / name), backend=b) for name, b in (("a", first), ("b", second))]
+    try:
+        for ex in executors:
+            assert ex.submit(_pid_of_call, 0).result(timeout=60)
+        (w1,), (w2,) = first._workers, second._workers
+        assert w1.cgroup is not None and w2.cgroup is not None, "a worker runs without its memory cgroup"
+        assert w1.cgroup.path != w2.cgroup.path
+    finally:
+        for ex in executors:
+            ex.shutdown()

@@ -78,6 +78,10 @@ _IDLE_S = 0.1
 #: workers that die before they are ready, in a row, before a runtime's calls fail
 _START_TRIES = 3
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
+#: worker numbers, unique in this process: a worker's cgroups are named by the
+#: driver's pid and its number, and another backend's worker (one still being
+#: stopped) must not hold the name, or the new worker would run without limits
+_worker_ids = itertools.count(1)
 
 
 class LocalBackend(Backend):
@@ -117,7 +121,6 @@ class LocalBackend(Backend):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._ids = itertools.count(1)
         self._draining = False
         self._stopping = False
         self._closed = False
@@ -511,7 +514,7 @@ class LocalBackend(Backend):
     def _spawn(self, runtime: str | None) -> Worker:
         if self._base_env is None:
             self._base_env = base_environment()
-        worker = Worker(next(self._ids), runtime, self.work_dir, self._cgroups, self._base_env, self._pids_cgroups)
+        worker = Worker(next(_worker_ids), runtime, self.work_dir, self._cgroups, self._base_env, self._pids_cgroups)
         self._workers.append(worker)
         self._selector.register(worker.sock, selectors.EVENT_READ, ("io", worker))
         if worker.pidfd is not None:
