@@ -78,10 +78,6 @@ class WrenpackLokyMixin(_executor_mixin.ExecutorMixin):
         """(loky's checks the pool's broken flag and processes, which wrenpack does not have; the fixture shuts down)"""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "deviation, not yet fixed: an Executor dropped without shutdown() is never collected (its collector thread "
-    "holds it) and its workers live until the program exits; a process pool is collected and stops its workers "
-    "once the calls launched have run"))
 def test_dropped_executor_is_collected():
     """loky's test_processes_terminate_on_executor_gc past the lines that read
     the pool's processes: the launched calls still finish, and the executor
@@ -89,6 +85,7 @@ def test_dropped_executor_is_collected():
     executor = PeerExecutor(2)
     results = executor.map(sleep_and_return, [0.1] * 4, range(4))
     collected = weakref.ref(executor)
+    backend = executor.backend
     del executor
     try:
         deadline = time.monotonic() + 2  # (loky allows 1 s)
@@ -97,6 +94,11 @@ def test_dropped_executor_is_collected():
             time.sleep(0.05)
         assert list(results) == list(range(4))
         assert collected() is None
+        # and its warm workers went with it (as a pool's processes do), not at the program's exit
+        deadline = time.monotonic() + 10
+        while backend.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backend.worker_pids() == []
     finally:
         left = collected()
         if left is not None:

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -76,6 +77,7 @@ class CallTable:
     _jobs: dict[str, RunningJob]
     _completions: queue.SimpleQueue
     _collector: threading.Thread | None
+    _collector_finalizer: weakref.finalize | None
     _reads: queue.SimpleQueue
     _readers: list[threading.Thread]
     _plans: set[Any]
@@ -128,27 +130,12 @@ class CallTable:
         for, is closed as soon as possible."""
         with self._lock:
             if len(self._readers) < _READERS and self._reads.qsize() >= len(self._readers):
-                reader = threading.Thread(target=self._read_loop, name="wrenpack-reader", daemon=True)
+                # (the queues, not the executor: a thread must not keep a dropped executor alive)
+                reader = threading.Thread(target=_read_loop, args=(self._reads, self._completions),
+                                          name="wrenpack-reader", daemon=True)
                 self._readers.append(reader)
                 reader.start()
         self._reads.put((inv, result))
-
-    def _read_loop(self) -> None:
-        while True:
-            item = self._reads.get()
-            if item is None:
-                return
-            inv, result = item
-            reply = result.private
-            try:
-                read = _Read(reply.read())
-            except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it
-                read = _Read(exc)
-            finally:
-                reply.close()
-            result.private = read
-            self._completions.put((inv, result))
-            item = inv = result = reply = read = None  # (held while waiting, the last result outlived its future)
 
     def _cancel(self, job_id: str, cid: str) -> bool:
         """Take back a call that has not started (``WrenFuture.cancel``)."""
@@ -191,24 +178,14 @@ class CallTable:
     def _ensure_collector(self) -> None:
         with self._lock:
             if self._collector is None or not self._collector.is_alive():
-                self._collector = threading.Thread(target=self._collect, name="wrenpack-collector", daemon=True)
+                # It holds the executor only while completing a call: an executor the
+                # program dropped is collected once its calls ended (as a process pool
+                # is), and its finalizer ends this thread and the backend's workers.
+                self._collector = threading.Thread(target=_collect, args=(weakref.ref(self), self._completions),
+                                                   name="wrenpack-collector", daemon=True)
                 self._collector.start()
-
-    def _collect(self) -> None:
-        while True:
-            item = self._completions.get()
-            if item is None:
-                return
-            inv, result = item
-            try:
-                self._complete(inv, result)
-            except BaseException as exc:  # noqa: BLE001 - fail this call, never stop the others
-                self._fail_completion(inv, exc)
-            finally:
-                if result.private is not None:
-                    result.private.close()  # read or not: a memfd's pages are the worker's until closed
-                # Not held while waiting for the next: the last result would outlive its future.
-                item = inv = result = None
+                if self._collector_finalizer is None:
+                    self._collector_finalizer = weakref.finalize(self, self._completions.put, None)
 
     def _fail_completion(self, inv: Invocation, exc: BaseException) -> None:
         job = self._jobs.get(inv.key[0])
@@ -432,3 +409,45 @@ def os_reason(exc: OSError) -> str:
     """An OSError as a short reason (``No space left on device: '/x'``)."""
     reason = exc.strerror or type(exc).__name__
     return f"{reason}: {exc.filename!r}" if exc.filename else reason
+
+
+def _collect(table_ref: "weakref.ref[CallTable]", completions: queue.SimpleQueue) -> None:
+    """The collector thread: completes each call the backend reported, in turn."""
+    while True:
+        item = completions.get()
+        if item is None:
+            return
+        inv, result = item
+        table = table_ref()
+        try:
+            if table is None:  # (dropped with a call in flight: nobody waits for it)
+                continue
+            try:
+                table._complete(inv, result)
+            except BaseException as exc:  # noqa: BLE001 - fail this call, never stop the others
+                table._fail_completion(inv, exc)
+        finally:
+            if result.private is not None:
+                result.private.close()  # read or not: a memfd's pages are the worker's until closed
+            # Not held while waiting for the next: the last result would outlive its future,
+            # and the executor would outlive the program's last reference to it.
+            item = inv = result = table = None
+
+
+def _read_loop(reads: queue.SimpleQueue, completions: queue.SimpleQueue) -> None:
+    """A reader thread: reads handed-off results, then queues them for the collector."""
+    while True:
+        item = reads.get()
+        if item is None:
+            return
+        inv, result = item
+        reply = result.private
+        try:
+            read = _Read(reply.read())
+        except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it
+            read = _Read(exc)
+        finally:
+            reply.close()
+        result.private = read
+        completions.put((inv, result))
+        item = inv = result = reply = read = None

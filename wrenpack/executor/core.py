@@ -93,6 +93,7 @@ class Executor(CallTable, cf.Executor):
         self._jobs: dict[str, RunningJob] = {}
         self._completions: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
+        self._collector_finalizer: weakref.finalize | None = None
         #: results handed off as memfds are read (copied out) here, in parallel, as they arrive
         self._reads: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
         self._readers: list[threading.Thread] = []
@@ -113,6 +114,7 @@ class Executor(CallTable, cf.Executor):
         _executors.add(self)
         if backend_obj is not None:
             self._billed_per_call = backend_obj.capabilities.billed_per_call
+            self._release_when_dropped(backend_obj)
             _exit_first()
 
     # -- public -----------------------------------------------------------------
@@ -124,8 +126,15 @@ class Executor(CallTable, cf.Executor):
                     raise ExecutorShutdown("this executor was shut down; create a new one")
                 self._backend = create_backend(self.config.backend, self.config)
                 self._billed_per_call = self._backend.capabilities.billed_per_call
+                self._release_when_dropped(self._backend)
                 _exit_first()
             return self._backend
+
+    def _release_when_dropped(self, backend: Backend) -> None:
+        """An executor the program dropped without ``shutdown`` (collected once its
+        calls ended, as a process pool is) stops its backend's warm workers then,
+        not at the program's exit. (At exit, the exit handler does it.)"""
+        weakref.finalize(self, _stop_dropped_backend, backend).atexit = False
 
     @property
     def capabilities(self) -> Capabilities:
@@ -587,6 +596,13 @@ def check_executor(executor: Any, source: str) -> None:
 
 _default: Executor | None = None
 _default_lock = threading.Lock()
+
+
+def _stop_dropped_backend(backend: Backend) -> None:
+    try:
+        backend.shutdown(wait=False)
+    except Exception:  # noqa: BLE001 - a finalizer must not raise; nothing waits on it
+        log.debug("stopping a dropped executor's backend failed", exc_info=True)
 
 
 def default_executor() -> Executor:
