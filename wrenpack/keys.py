@@ -8,6 +8,7 @@
     jobs/<job_id>/result/<s>/<call_id>.<n>.seg  segment n of a split call saved a checkpoint (JSON status)
     jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start (sealed)
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
+    jobs/<job_id>/cancel/<call_id or "job">     a cancel marker: the calls (or all of the job's) to stop (sealed)
     jobs/<job_id>/owner.json                    the client process that launched the job (MAC under the user's key, never unpickled)
 
 ``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
@@ -78,6 +79,14 @@ def checkpoint_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/checkpoint/{call_id}.pkl"
 
 
+def cancel_key(job_id: str, call_id: str | None = None) -> str:
+    """A cancel marker (``wrenpack.worker.cancel``): one call's, or with no
+    ``call_id`` the job's. A running call whose event names it as its
+    ``cancel_key`` ends early when a marker sealed with the job's secret
+    appears there and names it."""
+    return f"{JOBS}{job_id}/cancel/{call_id if call_id is not None else 'job'}"
+
+
 def call_id_from_key(key: str) -> str:
     return key.rsplit("/", 1)[-1].split(".", 1)[0]
 
@@ -87,7 +96,7 @@ def call_id(index: int) -> str:
 
 
 #: The kinds of object that are sealed (``wrenpack.auth``), one per key family above.
-KINDS = ("func", "input", "result", "segment", "checkpoint", "start", "owner")
+KINDS = ("func", "input", "result", "segment", "checkpoint", "start", "owner", "cancel")
 
 
 def identity(job_id: str, kind: str, call_id: str = "", segment: int | None = None) -> str:

@@ -160,29 +160,56 @@ def _watch_parent(parent: int, worker_dir: str | None) -> None:
     die(worker_dir)
 
 
-def _children_left() -> bool:
-    """Reap the children that exited; whether any is left (one system call when none is)."""
+def _children_left(keep: set[int] = frozenset()) -> bool:  # type: ignore[assignment]
+    """Reap the children that exited; whether any is left besides ``keep`` (the
+    isolation's zygote: one system call, and a short read, when none is)."""
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return False
         if pid == 0:
-            return True
+            break
+    if not keep:
+        return True
+    return bool(_direct_children() - keep)
+
+
+def _direct_children() -> set[int]:
+    """This process's children (every thread's), from /proc."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return {-1}
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                out.update(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            return {-1}  # unknown: assume there are some
+    return out
 
 
 def end_call_processes() -> int:
     """Every process the call started ends with it, as on Lambda, where nothing a
     call left runs on after it (the environment is frozen): none may outlive it
     here, or run on into the next call. This worker is their subreaper, so
-    any still running is a descendant (its cgroups list them too). How many were ended."""
-    if not _children_left():
+    any still running is a descendant (its cgroups list them too). The
+    isolation's zygote and the job's child (``wrenpack.worker.isolation``) stay,
+    and with them nothing else: the processes below the child are the call's.
+    How many were ended."""
+    from wrenpack.worker import isolation
+
+    keep = isolation.keepers()
+    child = {isolation._child.pid} if isolation._child is not None else set()
+    if not _children_left(keep) and not _below(child):
         return 0
     me = os.getpid()
     cgroups = _own_cgroups()
     ended: set[int] = set()
     for _ in range(50):
-        pids = set(_descendants() + _cgroup_tasks(cgroups, me))
+        pids = set(_descendants() + _cgroup_tasks(cgroups, me)) - keep
         if not pids:
             break
         for pid in pids:
@@ -194,9 +221,22 @@ def end_call_processes() -> int:
         _children_left()
         time.sleep(0.002)
     deadline = time.monotonic() + 5.0
-    while _children_left() and time.monotonic() < deadline:  # the killed ones' exits (reparented here)
+    while _children_left(keep) and time.monotonic() < deadline:  # the killed ones' exits (reparented here)
         time.sleep(0.002)
     return len(ended)
+
+
+def _below(keep: set[int]) -> bool:
+    """Whether the job's child has children (processes its call started)."""
+    for pid in keep:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    if f.read().strip():
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
@@ -266,10 +306,12 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             t0 = time.perf_counter()
             blob = b""
             out = None
+            child_died = False
             try:
                 reply, blob, out = worker_reply.of_call(handler(event, ctx))
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
                 reply = worker_reply.failed(f"{type(exc).__name__}: {exc}", memory.peak_rss_mb())
+                child_died = True
             finally:
                 for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)
                     _close(fd)
@@ -278,7 +320,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                     ctx.result_slab = None
             elapsed = time.perf_counter() - t0
             end_call_processes()
-            worker_reply.measured(reply, elapsed, children=_children_usage() != before,
+            worker_reply.measured(reply, elapsed, children=child_died or _children_usage() != before,
                                   tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -304,6 +346,11 @@ def main(config: dict[str, Any]) -> None:
     # the call never stops for the terminal; a read from it fails instead of stopping).
     for sig in (signal.SIGTTOU, signal.SIGTTIN):
         signal.signal(sig, signal.SIG_IGN)
+    # Before any event, and before any thread: the zygote that forks each job's
+    # child is a copy of this process as it is now, which never held a secret.
+    from wrenpack.worker import handler, isolation  # noqa: F401 - imported for the zygote's copy
+
+    isolation.prepare()
     threading.Thread(target=_watch_parent, args=(parent, worker_dir), name="wrenpack-parent-watch", daemon=True).start()
     sock = socket.socket(fileno=int(config["fd"]))
     try:
