@@ -49,6 +49,7 @@ from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
 from wrenpack.worker import callscope, checkpoint, handoff, isolation, memory, plain, refs, sdk, unpickling
 from wrenpack.worker import cancel as cancel_marker
+from wrenpack.worker.context import LocalContext
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -583,8 +584,11 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
 # -- isolation: the parent's side ------------------------------------------------------
 #: the exit kinds a job's child may report
 _CHILD_KINDS = frozenset({"ok", "error", "timeout", "checkpointed"})
-#: how often a running call's cancel marker is looked for (a GET each time on S3)
-CANCEL_POLL_S = 1.0
+#: how often a running call's cancel marker is looked for (a GET each time on S3, so
+#: a call shorter than the first look costs none; a 1 GB call costs ~60x a GET per 2 s)
+CANCEL_POLL_S = 2.0
+#: when a call's cancel marker is first looked for
+CANCEL_FIRST_S = 1.0
 #: a child that dies this close to the deadline ran out of time
 _CHILD_GRACE_S = 0.1
 
@@ -741,7 +745,7 @@ class _CancelWatch:
         self.store = store
         self.ev = ev
         self.key = str(ev.extra["cancel_key"])
-        self.next = time.monotonic() + min(CANCEL_POLL_S, 0.2)
+        self.next = time.monotonic() + CANCEL_FIRST_S
 
     def __call__(self) -> bool:
         now = time.monotonic()
@@ -765,8 +769,6 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     """Run one call in a job's child (``isolation._child_main``): the outcome's
     pickle as raw bytes (or a hand-off memfd), and what the status gains."""
     global _child_store
-    from wrenpack.worker.context import LocalContext
-
     start = float(head.get("start") or time.time())
     os.environ.update(head.get("env_set") or {})
     extra = dict(head.get("extra") or {})

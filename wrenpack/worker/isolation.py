@@ -126,6 +126,7 @@ class _Zygote:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        sock.settimeout(10.0)  # a zygote that stops answering is replaced, never waited on for ever
         self.lock = threading.Lock()
 
 
@@ -203,11 +204,20 @@ def _close_fds_except(keep: set[int]) -> None:
 def _zygote_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the zygote
     """Fork a child for each request; nothing else. Its children are reaped by the kernel."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Nothing of another job's may attach to it, or to the processes it forks before
+    # they have a job of their own (``_child_main`` makes a job's process dumpable).
+    _prctl(_PR_SET_DUMPABLE, 0)
     worker = os.getppid()
     _close_fds_except({sock.fileno()})
     _forget_process_files()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import gc
+
+    # What the zygote holds stays out of the collector's passes in its forks: a pass
+    # would write to every object's page, copying the whole heap into each child.
+    gc.collect()
+    gc.freeze()
     while True:
         try:
             _head, _blob, fds = recv(sock)
@@ -272,37 +282,18 @@ class Child:
     """A forked child running one job's calls (held by the parent)."""
 
     def __init__(self, job_id: str) -> None:
-        global _zygote
         self.job_id = job_id
         self.funcs: set[str] = set()
-        mine, theirs = socket.socketpair()
-        pid = None
-        for attempt in range(2):
-            zygote = _zygote
-            if zygote is None or attempt:
-                zygote = _zygote = _replace_zygote(zygote)
-            try:
-                with zygote.lock:
-                    send(zygote.sock, {"fork": True}, fds=[theirs.fileno()])
-                    head, _blob, extra = recv(zygote.sock)
-                for fd in extra:
-                    os.close(fd)
-                pid = int(head["pid"])
-                break
-            except (OSError, EOFError, KeyError, ValueError, TypeError):
-                continue
-        theirs.close()
-        if pid is None:
-            mine.close()
-            raise ChildGone("could not start a process for the job's code")
-        self.pid = pid
-        self.sock = mine
+        self.pid, self.sock = _take_spare()
         self.status: int | None = None
+        #: its last call left processes behind, by its own report (a false "no" spares only its own job's)
+        self.left_processes = False
         self.pidfd: int | None = None
         try:
-            self.pidfd = os.pidfd_open(pid)
+            self.pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
             pass
+        _request_spare()  # the next job's process is forked while this one's call runs
 
     def exit_status(self, wait_s: float = 1.0) -> int | None:
         """The child's wait status once it has exited (it is this process's child:
@@ -323,10 +314,16 @@ class Child:
             time.sleep(0.001)
 
     def kill(self) -> None:
-        """End the child and every process it started."""
-        for pid in [self.pid, *_descendants(self.pid)]:
-            _kill(pid if pid != self.pid else None, self.pidfd if pid == self.pid else None, pid)
-        self.exit_status()
+        """End the child and every process it started (reaped later: ``end_strays``)."""
+        below = _descendants(self.pid) if _children_of(self.pid) else []
+        _kill(None, self.pidfd, self.pid)
+        for pid in below:
+            _kill(pid, None, pid)
+        if self.pidfd is not None:
+            import select
+
+            select.select([self.pidfd], [], [], 0.1)  # its exit, to reap it now (a few microseconds)
+        self.exit_status(0.0)
         try:
             self.sock.close()
         except OSError:
@@ -339,11 +336,108 @@ class Child:
             self.pidfd = None
 
     def alive(self) -> bool:
+        if self.sock.fileno() < 0:
+            return False
+        if self.pidfd is not None:
+            import select
+
+            return not select.select([self.pidfd], [], [], 0)[0]  # readable: it exited
         try:
             os.kill(self.pid, 0)
         except (ProcessLookupError, PermissionError):
             return False
-        return self.sock.fileno() >= 0
+        return True
+
+
+#: the parent's end of a process asked of the zygote and not yet handed a job (one at most)
+_spare: socket.socket | None = None
+#: its pid, once the zygote said (it is orphaned to this process only after saying)
+_spare_pid: int | None = None
+
+
+def _poll_spare() -> None:
+    """Read the zygote's answer about the spare process if it has come (no wait)."""
+    global _spare_pid
+    if _spare is None or _spare_pid is not None or _zygote is None:
+        return
+    sock = _zygote.sock
+    with _zygote.lock:
+        try:
+            ready = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return
+        if not ready:
+            return
+        try:
+            head, _blob, extra = recv(sock)
+        except (OSError, EOFError, ValueError):
+            return
+    for fd in extra:
+        os.close(fd)
+    try:
+        _spare_pid = int(head["pid"])
+    except (KeyError, ValueError, TypeError):
+        pass
+
+
+def _request_spare() -> None:
+    """Ask the zygote for a process for the next job (its pid is read when it is taken)."""
+    global _spare, _zygote
+    if _spare is not None:
+        return
+    if _zygote is None:
+        _zygote = _replace_zygote(None)
+    mine, theirs = socket.socketpair()
+    try:
+        with _zygote.lock:
+            send(_zygote.sock, {"fork": True}, fds=[theirs.fileno()])
+    except OSError:
+        mine.close()
+        return
+    finally:
+        theirs.close()
+    _spare = mine
+
+
+def _take_spare() -> tuple[int, socket.socket]:
+    """A process for a new job: the one asked for before, else a new one (a
+    fresh zygote first if the zygote is gone)."""
+    global _spare, _spare_pid, _zygote
+    for attempt in range(2):
+        if attempt:
+            _zygote = _replace_zygote(_zygote)
+        _request_spare()
+        mine, _spare = _spare, None
+        known, _spare_pid = _spare_pid, None
+        if mine is None or _zygote is None:
+            continue
+        if known is not None:
+            return known, mine
+        try:
+            with _zygote.lock:
+                head, _blob, extra = recv(_zygote.sock)
+            for fd in extra:
+                os.close(fd)
+            return int(head["pid"]), mine
+        except (OSError, EOFError, KeyError, ValueError, TypeError):
+            mine.close()
+    raise ChildGone("could not start a process for the job's code")
+
+
+def _children_of(pid: int) -> set[int]:
+    """``pid``'s children (every thread's), from /proc: no scan of every process."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.update(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def _kill(pid: int | None, pidfd: int | None, fallback: int) -> None:
@@ -357,6 +451,10 @@ def _kill(pid: int | None, pidfd: int | None, fallback: int) -> None:
 
 
 def _replace_zygote(old: _Zygote | None) -> _Zygote:
+    global _spare, _spare_pid
+    if _spare is not None:
+        _spare.close()
+        _spare, _spare_pid = None, None
     if old is not None:
         try:
             old.sock.close()
@@ -402,6 +500,12 @@ def current_child() -> Child | None:
     return _child
 
 
+def call_left_processes() -> bool:
+    """Whether the last call's child says processes it started are still there."""
+    child = _child
+    return child is not None and child.left_processes
+
+
 def child_for(job_id: str) -> Child:
     """The child for ``job_id``'s calls: the running one if it serves that job,
     else a new one (the old one, and all it started, ended first)."""
@@ -424,9 +528,23 @@ def end_child() -> None:
         end_strays()
 
 
+def protected() -> set[int]:
+    """``keepers`` and every process below the zygote (a fork it is making):
+    what ending a call's processes must leave alone. Scans /proc: only when a
+    call left processes."""
+    keep = keepers()
+    if _zygote is not None:
+        keep.update(_descendants(_zygote.pid))
+    return keep
+
+
 def keepers() -> set[int]:
-    """The processes that outlive a call: the zygote and the job's child."""
-    out = set()
+    """The processes that outlive a call: the zygote, the next job's process
+    (once the zygote said which) and the job's child. Call it after listing the
+    processes to judge: the next job's process is orphaned to this one only
+    after the zygote said which it is."""
+    _poll_spare()
+    out = {_spare_pid} if _spare_pid is not None else set()
     if _zygote is not None:
         out.add(_zygote.pid)
     if _child is not None:
@@ -435,30 +553,29 @@ def keepers() -> set[int]:
 
 
 def end_strays() -> int:
-    """Processes left below this one other than the zygote and the current
-    child (orphans of a call come here: this process is their subreaper)."""
-    keep = keepers()
+    """Processes left below this one other than the zygote, the spare and the
+    current child: orphans of a call (this process is their subreaper, so they
+    are its children) and what they started. Cheap when there are none."""
+    _reap()
     ended = 0
     for _ in range(20):
-        pids = [p for p in _descendants(os.getpid()) if p not in keep and not _is_below(p, keep)]
-        if not pids:
+        strays = _children_of(os.getpid())
+        strays -= keepers()
+        if not strays:
             break
+        pids = set(strays)
+        for pid in strays:
+            pids.update(_descendants(pid))
+        pids -= protected()
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         ended += len(pids)
+        time.sleep(0.001)
         _reap()
-        time.sleep(0.002)
-    _reap()
     return ended
-
-
-def _is_below(pid: int, keep: set[int]) -> bool:
-    """``pid`` is a process of the current child's (not a stray)."""
-    child = _child
-    return child is not None and pid in _descendants(child.pid)
 
 
 def die_like(status: int | None) -> None:
@@ -537,6 +654,8 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
             raise ChildGone(f"the call's process broke the worker's protocol ({exc}): did its code write to "
                             "a descriptor it inherited?", died=False) from None
         kind = got.get("t")
+        if kind == "done":
+            child.left_processes = got.get("children") is not False
         if kind not in ("done", "ckpt_get", "ckpt_put", "derive"):
             for fd in got_fds:
                 os.close(fd)
@@ -592,20 +711,41 @@ def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]]) -> 
     _runner = runner
 
 
+def _has_children() -> bool:
+    """Whether processes a call started are still there (below this one: it is
+    their subreaper); reaps those that exited."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
 def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
     """Run this job's calls until the parent closes the socket."""
     runner = _runner
     if runner is None:
         os._exit(1)
     _forget_process_files()
-    _prctl(_PR_SET_DUMPABLE, 1)
+    # Orphans of its calls stay below it, where its report after each call counts them.
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     rpc = _Rpc(sock)
+    first = True
     while True:
         try:
             head, blob, fds = recv(sock)
         except (EOFError, OSError):
             os._exit(0)
+        if first:
+            # Its job's first call: the earlier job's process is gone by now (the parent
+            # ended it first), so none can attach to this one once it is dumpable (its
+            # own /proc files, the memory meter's reset, core dumps need that).
+            _prctl(_PR_SET_DUMPABLE, 1)
+            first = False
         reply, out, out_fds = runner(head, blob, fds, rpc)
+        reply["children"] = _has_children()
         try:
             send(sock, reply, out, out_fds)
         except OSError:

@@ -85,9 +85,12 @@ def _descendants() -> list[int]:
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
-            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            ppid = int(fields[1])
         except (OSError, ValueError, IndexError):
             continue
+        if fields[0] == b"Z":
+            continue  # exited, waiting for its parent to reap it: nothing to end
         children.setdefault(ppid, []).append(int(entry))
     out, stack = [], [os.getpid()]
     while stack:
@@ -160,19 +163,17 @@ def _watch_parent(parent: int, worker_dir: str | None) -> None:
     die(worker_dir)
 
 
-def _children_left(keep: set[int] = frozenset()) -> bool:  # type: ignore[assignment]
-    """Reap the children that exited; whether any is left besides ``keep`` (the
-    isolation's zygote: one system call, and a short read, when none is)."""
+def _children_left(which: bool = False) -> "bool | set[int]":
+    """Reap the children that exited; whether any is left (one system call when
+    none is), or with ``which`` the set of them (a short read of /proc)."""
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return False
+            return set() if which else False
         if pid == 0:
             break
-    if not keep:
-        return True
-    return bool(_direct_children() - keep)
+    return _direct_children() if which else True
 
 
 def _direct_children() -> set[int]:
@@ -201,15 +202,21 @@ def end_call_processes() -> int:
     How many were ended."""
     from wrenpack.worker import isolation
 
-    keep = isolation.keepers()
-    child = {isolation._child.pid} if isolation._child is not None else set()
-    if not _children_left(keep) and not _below(child):
+    if isolation.active():
+        # The call ran in its job's child, the subreaper of what it started: the
+        # child's report says whether anything is left (a call that died took its
+        # processes' parent with it; ``isolation.end_child`` ended those).
+        _children_left()  # (reaps)
+        if not isolation.call_left_processes():
+            return 0
+    elif not _children_left():
         return 0
     me = os.getpid()
     cgroups = _own_cgroups()
     ended: set[int] = set()
     for _ in range(50):
-        pids = set(_descendants() + _cgroup_tasks(cgroups, me)) - keep
+        pids = set(_descendants() + _cgroup_tasks(cgroups, me))
+        pids -= isolation.protected()  # (after listing them: see keepers)
         if not pids:
             break
         for pid in pids:
@@ -221,22 +228,25 @@ def end_call_processes() -> int:
         _children_left()
         time.sleep(0.002)
     deadline = time.monotonic() + 5.0
-    while _children_left(keep) and time.monotonic() < deadline:  # the killed ones' exits (reparented here)
+    while time.monotonic() < deadline:  # the killed ones' exits (reparented here, or to the job's child, which reaps its own)
+        _children_left()
+        if not any(_running(pid) for pid in ended):
+            break
         time.sleep(0.002)
+    child = isolation.current_child()
+    if child is not None:
+        child.left_processes = False
     return len(ended)
 
 
-def _below(keep: set[int]) -> bool:
-    """Whether the job's child has children (processes its call started)."""
-    for pid in keep:
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    if f.read().strip():
-                        return True
-        except OSError:
-            continue
-    return False
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
