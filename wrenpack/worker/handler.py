@@ -517,9 +517,11 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
     return _Ran(kind, outcome, run_s, extra, ckpt)
 
 
-def _timeout_outcome(ev: Event, ckpt_used: bool) -> bytes:
+def _timeout_outcome(ev: Event, ckpt_used: bool, stopped: bool = False) -> bytes:
     timeout = ev.timeout_s
     limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
+    if stopped:
+        limit += " and was stopped (it did not stop itself: signals could not reach it)"
     if ckpt_used:
         fix = ("the time between two checkpoint offers was longer than the time left to save; "
                "offer more often or raise timeout=")
@@ -661,11 +663,11 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
                     None, {"cancelled": True})
     except isolation.ChildGone as exc:
         child = isolation.current_child()
-        status = child.exit_status() if child is not None and exc.died else None
+        status = child.exit_status(0.5) if child is not None and exc.died else None
         isolation.end_child()
         get_remaining = getattr(context, "get_remaining_time_in_millis", None)
         if get_remaining is not None and get_remaining() / 1000.0 <= _CHILD_GRACE_S:
-            return _Ran("timeout", _timeout_outcome(ev, False), None, {})
+            return _Ran("timeout", _timeout_outcome(ev, False, stopped=True), None, {})
         if not exc.died:
             # The job's own code broke its channel: its call fails, nothing else does.
             return _Ran("error", error_outcome(WrenpackError(f"{ev.label}: {exc}"), "wrenpack", tb_text=""), None, {})

@@ -632,7 +632,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
             raise Cancelled()
         if not ready:
             if wait_until is not None and time.time() > wait_until:
-                raise ChildGone("the call's process did not answer by its deadline")
+                raise ChildGone("the call's process did not answer by its deadline", died=False)
             continue
         if not any(fd == child.sock.fileno() for fd, _ in ready):
             # Only the pidfd: the child exited; a last message may still be in the socket.
