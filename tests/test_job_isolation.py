@@ -216,3 +216,35 @@ def test_a_jobs_code_cannot_patch_or_spy_on_a_later_job(make_executor, backend):
         assert len(ex.backend.worker_pids()) == 1
         assert _pids(after) == {warm}, "the worker did not survive job A's writes"
     gc.collect()
+
+
+def kill_siblings(_):
+    """Job A kills every process of its worker it can find (the worker aside)."""
+    me, worker = os.getpid(), os.getppid()
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (me, worker):
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == worker:
+            try:
+                os.kill(int(entry), 9)
+                killed.append(int(entry))
+            except OSError:
+                pass
+    return killed
+
+
+def test_a_job_that_kills_what_it_reaches_does_not_stop_the_next(make_executor, backend):
+    ex = make_executor(concurrency=1, retries=0)
+    a = ex.submit(kill_siblings, 0)
+    assert a.result(timeout=120)  # it found something to kill (the worker's other processes)
+    b = wrenpack.remote(genuine, executor=ex).map(range(4))
+    assert [f.result(timeout=120) for f in b] == [(x * x, False) for x in range(4)]
+    if backend == "local":
+        assert _pids(b) == {a.status.get("pid")}, "the worker was replaced"

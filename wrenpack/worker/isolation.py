@@ -144,7 +144,7 @@ def prepare() -> None:
     calls run in per-job children. Called by a local worker at start and by the
     handler module when Lambda loads it."""
     global _zygote, _prepared
-    if _prepared:
+    if _prepared or os.environ.get("WRENPACK_ZYGOTE") == "1":
         return
     if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
         return  # (not Linux: calls run in the handler's process, as before)
@@ -182,7 +182,7 @@ def _spawn_zygote() -> _Zygote:
             "from wrenpack.worker import handler;_zygote_main(socket.socket(fileno=c['fd']))")
     config = {"fd": theirs.fileno(), "paths": [p for p in sys.path]}
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], pass_fds=[theirs.fileno()],
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, WRENPACK_ZYGOTE="1"))
     theirs.close()
     return _Zygote(proc.pid, mine)
 
@@ -204,6 +204,7 @@ def _close_fds_except(keep: set[int]) -> None:
 def _zygote_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the zygote
     """Fork a child for each request; nothing else. Its children are reaped by the kernel."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.environ.pop("WRENPACK_ZYGOTE", None)
     # Nothing of another job's may attach to it, or to the processes it forks before
     # they have a job of their own (``_child_main`` makes a job's process dumpable).
     _prctl(_PR_SET_DUMPABLE, 0)
@@ -451,7 +452,7 @@ def _kill(pid: int | None, pidfd: int | None, fallback: int) -> None:
 
 
 def _replace_zygote(old: _Zygote | None) -> _Zygote:
-    global _spare, _spare_pid
+    global _spare, _spare_pid, _zygote
     if _spare is not None:
         _spare.close()
         _spare, _spare_pid = None, None
@@ -465,7 +466,8 @@ def _replace_zygote(old: _Zygote | None) -> _Zygote:
         except (ProcessLookupError, PermissionError):
             pass
     log.info("the worker's zygote is gone; starting a fresh one")
-    return _spawn_zygote()
+    _zygote = _spawn_zygote()
+    return _zygote
 
 
 def _descendants(root: int) -> list[int]:
@@ -515,8 +517,15 @@ def child_for(job_id: str) -> Child:
         return child
     if child is not None:
         end_child()
-    _child = Child(job_id)
-    return _child
+    for _attempt in range(2):
+        child = Child(job_id)
+        if child.alive():
+            _child = child
+            return child
+        # Its process is gone (a job's code may kill what it can reach): a fresh zygote.
+        child.kill()
+        _replace_zygote(_zygote)
+    raise ChildGone("could not start a process for the job's code", died=False)
 
 
 def end_child() -> None:
@@ -618,7 +627,10 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
     nothing has come by then; ``cancelled``: polled while waiting."""
     import select
 
-    send(child.sock, head, blob, fds)
+    try:
+        send(child.sock, head, blob, fds)
+    except OSError as exc:
+        raise ChildGone(f"the call's process died ({exc})") from None
     poller = select.poll()
     poller.register(child.sock, select.POLLIN)
     if child.pidfd is not None:
