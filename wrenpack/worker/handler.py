@@ -653,6 +653,7 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
         got, data, got_fds = isolation.run_call(child, head, blob, fds, _Requests(store, ev), wait_until, watch)
         child.funcs.add(fkey)
+        isolation.request_spare()
         return _child_outcome(ev, got, data, got_fds)
     except (MissingDependency, SerializationError, StoreError, SdkTooOld, CorruptObject) as exc:
         return _Ran("error", error_outcome(exc, "wrenpack", tb_text=""), None, {})

@@ -294,7 +294,6 @@ class Child:
             self.pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
             pass
-        _request_spare()  # the next job's process is forked while this one's call runs
 
     def exit_status(self, wait_s: float = 1.0) -> int | None:
         """The child's wait status once it has exited (it is this process's child:
@@ -378,6 +377,15 @@ def _poll_spare() -> None:
     try:
         _spare_pid = int(head["pid"])
     except (KeyError, ValueError, TypeError):
+        pass
+
+
+def request_spare() -> None:
+    """Have a process ready for the next job: forked by the zygote while this
+    process seals and replies (a job's first call then forks nothing)."""
+    try:
+        _request_spare()
+    except (OSError, ChildGone):
         pass
 
 
