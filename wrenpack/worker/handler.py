@@ -5,6 +5,13 @@ Flow of one call::
     event --> open store --> load function (cached per job) --> load arguments
           --> run --> write one result object: status + outcome (first complete write wins)
 
+In a local worker and on Lambda the run happens in a process of the call's job
+that holds no secret (``wrenpack.worker.isolation``): this process verifies
+the function's and arguments' bytes, hands them over, answers what needs the
+secret (``_Requests``: checkpoints, a sub-job's secret), watches the call's
+cancel marker (``_CancelWatch``), and seals what comes back (``_finish``).
+Called in-process without isolation (tests), it runs the call itself.
+
 The event is a small JSON-able dict built by the client and validated here,
 both through ``wrenpack.wire.event.Event`` (version, schema, keys under the job's
 prefix, on Lambda the store the function was deployed for). It carries the

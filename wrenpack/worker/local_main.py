@@ -6,7 +6,9 @@ the headers are ``wire.driver_message`` and ``wire.worker_reply``); the worker
 runs them in order and replies once per call, with the result object itself
 when it is small (the reply's blob). Each call gets Lambda's environment variables, its own deadline and a
 private temporary directory (TMPDIR), and its peak memory is measured from a
-reset high-water mark.
+reset high-water mark. The user's code runs in a process of its job, never in
+this one, which holds the secrets (``wrenpack.worker.isolation``: the zygote is
+forked in ``main``, before the first event).
 
 The worker never outlives its driver: a parent-death signal, and a thread
 watching the driver's pidfd (or its parent pid), stop it and every process its
