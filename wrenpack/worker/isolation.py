@@ -595,10 +595,29 @@ def end_strays() -> int:
     return ended
 
 
+#: set when the worker stops (its driver is gone): a child's death is then no crash to mirror
+stopping = False
+
+
+def stop() -> None:
+    """The worker is stopping on purpose: end the zygote first, so it forks nothing more,
+    and let the child's coming death be no crash of the worker's (``die_like``)."""
+    global stopping
+    stopping = True
+    zygote = _zygote
+    if zygote is not None:
+        try:
+            os.kill(zygote.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def die_like(status: int | None) -> None:
     """End this process as the job's child ended (its wait status): a crash in
     the call's code is the invocation's crash, as when it ran in this process
     (the local backend retries it, or names the signal; Lambda restarts the runtime)."""
+    while stopping:  # the worker is being stopped (``stop``): that ends this process
+        time.sleep(1.0)
     if status is None or os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status) if status is not None else signal.SIGKILL
         sys.stdout.flush()

@@ -111,6 +111,14 @@ def die(worker_dir: str | None) -> None:
         return
     me = os.getpid()
     cgroups = _own_cgroups()
+    # First: the zygote forks nothing more, and the call's end is no crash. (Looked up,
+    # not imported: the driver may die while this worker still imports its modules.)
+    isolation = sys.modules.get("wrenpack.worker.isolation")
+    try:
+        if isolation is not None:
+            isolation.stop()
+    except Exception:  # noqa: BLE001 - half imported: nothing of it runs yet
+        pass
     for _ in range(20):
         pids = _descendants() + _cgroup_tasks(cgroups, me)
         if not pids:
@@ -120,19 +128,26 @@ def die(worker_dir: str | None) -> None:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        _children_left()  # (reaps what exited: a process is in its cgroup until reaped)
         time.sleep(0.005)
     for cgroup in cgroups:
         # Leave the cgroup for its parent, then remove it: nobody else will.
         try:
             with open(os.path.join(os.path.dirname(cgroup), "cgroup.procs"), "w") as f:
                 f.write(str(me))
-            for _ in range(20):
+            for _ in range(200):  # up to a second: killed processes may take a moment to exit
                 try:
                     os.rmdir(cgroup)
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
+                    for pid in _cgroup_tasks([cgroup], me):
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except (ProcessLookupError, PermissionError):
+                            pass
+                    _children_left()
                     time.sleep(0.005)
         except OSError:
             pass
@@ -375,6 +390,10 @@ def main(config: dict[str, Any]) -> None:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+    if _dying.locked():
+        # The driver died and ``die`` is ending the call's processes and removing the
+        # worker's cgroups (the socket broke meanwhile): it ends this process when done.
+        time.sleep(30)
     os._exit(0)
 
 
