@@ -150,7 +150,7 @@ def prepare() -> None:
         return  # (not Linux: calls run in the handler's process, as before)
     _zygote = _fork_zygote()
     _prepared = True
-    # Orphans of a call stay below this process, where ``end_strays`` finds them.
+    # Orphans of a job's processes stay below this process, where ``Child.kill`` finds them.
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     # A child of the same user cannot read this process's memory (/proc/<pid>/mem, ptrace).
     _prctl(_PR_SET_DUMPABLE, 0)
@@ -314,15 +314,34 @@ class Child:
             time.sleep(0.001)
 
     def kill(self) -> None:
-        """End the child and every process it started (reaped later: ``end_strays``)."""
-        below = _descendants(self.pid) if _children_of(self.pid) else []
-        _kill(None, self.pidfd, self.pid)
-        for pid in below:
-            _kill(pid, None, pid)
-        if self.pidfd is not None:
-            import select
+        """End the child and every process it started, without waiting for them to exit.
 
-            select.select([self.pidfd], [], [], 0.1)  # its exit, to reap it now (a few microseconds)
+        The child first: once it has SIGKILL pending it runs no more of its code, and
+        no fork of its completes (the kernel refuses a fork to a process with a fatal
+        signal pending). Then what it started, looked for until nothing new turns up:
+        a process forked just before is a child of a process killed already, or,
+        once that one has exited, of this process (their subreaper); every process
+        killed forks nothing more. So when this returns, nothing of the job's runs
+        its code any more; they are reaped later (``_reap``)."""
+        _kill(None, self.pidfd, self.pid)
+        killed = {self.pid}
+        me = os.getpid()
+        for _ in range(100):
+            found = _children_of(self.pid) | (_children_of(me) - keepers())
+            stack = list(found - killed)
+            new: set[int] = set()
+            while stack:
+                pid = stack.pop()
+                if pid in killed or pid in new:
+                    continue
+                new.add(pid)
+                stack.extend(_children_of(pid))
+            new -= killed
+            if not new:
+                break
+            for pid in new:
+                _kill(pid, None, pid)
+            killed |= new
         self.exit_status(0.0)
         try:
             self.sock.close()
@@ -506,6 +525,18 @@ def _descendants(root: int) -> list[int]:
 _child: Child | None = None
 
 
+#: seconds spent ending a job's process and taking the next since ``take_start_cost``
+_start_cost = 0.0
+
+
+def take_start_cost() -> float:
+    """What changing jobs cost since the last look (a local worker leaves it out of the
+    call's time it reports, which the scheduler learns a function's call time from)."""
+    global _start_cost
+    cost, _start_cost = _start_cost, 0.0
+    return cost
+
+
 def current_child() -> Child | None:
     return _child
 
@@ -519,16 +550,18 @@ def call_left_processes() -> bool:
 def child_for(job_id: str) -> Child:
     """The child for ``job_id``'s calls: the running one if it serves that job,
     else a new one (the old one, and all it started, ended first)."""
-    global _child
+    global _child, _start_cost
     child = _child
     if child is not None and child.job_id == job_id and child.alive():
         return child
+    t0 = time.perf_counter()
     if child is not None:
         end_child()
     for _attempt in range(2):
         child = Child(job_id)
         if child.alive():
             _child = child
+            _start_cost += time.perf_counter() - t0
             return child
         # Its process is gone (a job's code may kill what it can reach): a fresh zygote.
         child.kill()
@@ -542,7 +575,7 @@ def end_child() -> None:
     child, _child = _child, None
     if child is not None:
         child.kill()
-        end_strays()
+        _reap()
 
 
 def protected() -> set[int]:
@@ -567,36 +600,6 @@ def keepers() -> set[int]:
     if _child is not None:
         out.add(_child.pid)
     return out
-
-
-def end_strays() -> int:
-    """Processes left below this one other than the zygote, the spare and the
-    current child: orphans of a call (this process is their subreaper, so they
-    are its children) and what they started. Cheap when there are none."""
-    _reap()
-    ended = 0
-    for _ in range(20):
-        strays = _children_of(os.getpid())
-        strays -= keepers()
-        if not strays:
-            break
-        pids = set(strays)
-        for pid in strays:
-            pids.update(_descendants(pid))
-        pids -= protected()
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        ended += len(pids)
-        time.sleep(0.001)
-        _reap()
-    return ended
-
-
-#: set when the worker stops (its driver is gone): a child's death is then no crash to mirror
-stopping = False
 
 
 def stop() -> None:

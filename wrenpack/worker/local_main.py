@@ -294,7 +294,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
     """Run calls from ``sock`` until it closes."""
     import tempfile
 
-    from wrenpack.worker import memory
+    from wrenpack.worker import isolation, memory
     from wrenpack.worker.context import LocalContext
     from wrenpack.worker.handler import handler
 
@@ -345,7 +345,8 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 if getattr(ctx, "result_slab", None) is not None:  # the result did not go in it
                     _close(ctx.result_slab)
                     ctx.result_slab = None
-            elapsed = time.perf_counter() - t0
+            # (without the change of job's process: once per job, not the call's own time)
+            elapsed = max(0.0, time.perf_counter() - t0 - isolation.take_start_cost())
             end_call_processes()
             worker_reply.measured(reply, elapsed, children=child_died or _children_usage() != before,
                                   tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
