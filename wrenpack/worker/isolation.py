@@ -602,6 +602,10 @@ def keepers() -> set[int]:
     return out
 
 
+#: set when the worker stops (its driver is gone): a child's death is then no crash to mirror
+stopping = False
+
+
 def stop() -> None:
     """The worker is stopping on purpose: end the zygote first, so it forks nothing more,
     and let the child's coming death be no crash of the worker's (``die_like``)."""
