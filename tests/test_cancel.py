@@ -10,6 +10,7 @@ which only the job's secret can seal.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import time
 
@@ -87,14 +88,19 @@ def test_a_running_call_is_cancelled_and_the_worker_is_reusable(make_executor, b
 
 def test_cancel_marker_is_sealed_with_the_job_secret():
     secret, other = auth.new_secret(), auth.new_secret()
-    key = keys.cancel_key("job1", "00003")
+    key = keys.call_cancel_key("job1", "00003")
     marker = cancel_marker.seal_marker(secret, "job1", key, ["00003"])
     assert cancel_marker.names_call(secret, "job1", key, marker, "00003")
     assert not cancel_marker.names_call(secret, "job1", key, marker, "00004")
     # A stranger without the secret, a marker moved to another key or job: ignored.
     assert not cancel_marker.names_call(secret, "job1", key, cancel_marker.seal_marker(other, "job1", key), "00003")
-    assert not cancel_marker.names_call(secret, "job1", keys.cancel_key("job1", "00004"), marker, "00003")
-    assert not cancel_marker.names_call(secret, "job2", key, marker, "00003")
+    assert not cancel_marker.names_call(secret, "job1", keys.call_cancel_key("job1", "00004"), marker, "00003")
+    assert not cancel_marker.names_call(secret, "job2", keys.call_cancel_key("job2", "00003"), marker, "00003")
     assert not cancel_marker.names_call(secret, "job1", key, b"garbage", "00003")
-    everything = cancel_marker.seal_marker(secret, "job1", keys.cancel_key("job1"))
-    assert cancel_marker.names_call(secret, "job1", keys.cancel_key("job1"), everything, "00042")
+    # The job's marker (what a job's cancel writes: any record, sealed as the job's "cancel" object) stops every call.
+    job_key = keys.cancel_key("job1")
+    record = json.dumps({"at": 1.0, "host": "h", "pid": 1}).encode()
+    job_marker = auth.seal(secret, keys.identity("job1", "cancel"), record)
+    assert cancel_marker.names_call(secret, "job1", job_key, job_marker, "00042")
+    assert not cancel_marker.names_call(secret, "job1", job_key, auth.seal(other, keys.identity("job1", "cancel"), record), "00042")
+    assert not cancel_marker.names_call(secret, "job1", job_key, marker, "00042")  # a call's marker moved there

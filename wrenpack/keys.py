@@ -8,7 +8,8 @@
     jobs/<job_id>/result/<s>/<call_id>.<n>.seg  segment n of a split call saved a checkpoint (JSON status)
     jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start (sealed)
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
-    jobs/<job_id>/cancel/<call_id or "job">     a cancel marker: the calls (or all of the job's) to stop (sealed)
+    jobs/<job_id>/cancel                        the job's cancel marker: every call stops (sealed)
+    jobs/<job_id>/cancel.<call_id>              one call's cancel marker (sealed)
     jobs/<job_id>/owner.json                    the client process that launched the job (MAC under the user's key, never unpickled)
 
 ``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
@@ -79,12 +80,17 @@ def checkpoint_key(job_id: str, call_id: str) -> str:
     return f"{JOBS}{job_id}/checkpoint/{call_id}.pkl"
 
 
-def cancel_key(job_id: str, call_id: str | None = None) -> str:
-    """A cancel marker (``wrenpack.worker.cancel``): one call's, or with no
-    ``call_id`` the job's. A running call whose event names it as its
-    ``cancel_key`` ends early when a marker sealed with the job's secret
-    appears there and names it."""
-    return f"{JOBS}{job_id}/cancel/{call_id if call_id is not None else 'job'}"
+def cancel_key(job_id: str) -> str:
+    """A job's cancel marker: present (and authentic) once the whole job is
+    cancelled (``wrenpack.worker.cancel``). A call whose event names it as its
+    ``cancel_key`` ends early when it appears."""
+    return f"{JOBS}{job_id}/cancel"
+
+
+def call_cancel_key(job_id: str, call_id: str) -> str:
+    """One call's cancel marker (``wrenpack.cancel`` of a running call on Lambda):
+    the key a call's event names as its ``cancel_key`` unless its job's is there."""
+    return f"{JOBS}{job_id}/cancel.{call_id}"
 
 
 def call_id_from_key(key: str) -> str:

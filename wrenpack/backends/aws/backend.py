@@ -395,7 +395,7 @@ class LambdaBackend(Backend):
             # The handler ends the call early when a sealed marker appears there (``cancel_calls``);
             # a job-wide key (a job's own cancel) may be there already.
             if not inv.event.get("cancel_key"):
-                inv.event["cancel_key"] = keys.cancel_key(*inv.key)
+                inv.event["cancel_key"] = keys.call_cancel_key(*inv.key)
             too_large = self._too_large(inv, len(event_format.dumps(inv.event)) + _SEND_FIELDS)
             if too_large is not None:
                 call.done = True  # nothing is sent: the call fails before it is launched
@@ -423,7 +423,8 @@ class LambdaBackend(Backend):
         at its event's ``cancel_key``, sealed with its job's secret
         (``wrenpack.worker.cancel``), which the handler looks for every few seconds
         while the call runs; it then ends the call's code and reports ``CallCancelled``.
-        Calls that share a marker key (a job's) are added to what it names."""
+        A call whose event watches its job's marker instead (a spawned job's) is not
+        stopped alone: it stops with its job."""
         stopped: set[tuple[str, str]] = set()
         unsent: list[Invocation] = []
         markers: dict[str, list[Invocation]] = {}
@@ -438,7 +439,8 @@ class LambdaBackend(Backend):
                     unsent.append(call.inv)
                     continue
                 cancel_key = call.inv.event.get("cancel_key")
-                if cancel_key:
+                if cancel_key and cancel_key == keys.call_cancel_key(*call.inv.key):
+                    # (a call that watches its job's marker stops with its job: ``Job.cancel``)
                     markers.setdefault(str(cancel_key), []).append(call.inv)
             if unsent:
                 self._idle.notify_all()
