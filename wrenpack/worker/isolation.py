@@ -379,13 +379,16 @@ def _poll_spare() -> None:
     global _spare_pid
     if _spare is None or _spare_pid is not None or _zygote is None:
         return
+    import select
+
     sock = _zygote.sock
     with _zygote.lock:
         try:
-            ready = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            # (select, not a non-blocking recv: with a timeout set on the socket,
+            # Python waits for data after the kernel says there is none)
+            if not select.select([sock], [], [], 0)[0] or not sock.recv(1, socket.MSG_PEEK):
+                return
         except OSError:
-            return
-        if not ready:
             return
         try:
             head, _blob, extra = recv(sock)
