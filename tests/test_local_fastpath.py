@@ -64,11 +64,19 @@ def count_calls():
     return _COUNTER["n"]
 
 
-def test_a_warm_worker_keeps_a_function_by_its_content_across_jobs(ex):
+def test_a_warm_worker_keeps_no_state_of_one_job_for_the_next(ex):
     # Pickled by value (defined in a test module), the function's globals come
-    # with it: a worker that loaded it again for each job would count 1, 1, 1.
+    # with it; each job's code runs in a process of its own (``worker.isolation``),
+    # so what one job's call did to them is not there for the next job's.
     first = [wrenpack.remote(count_calls, executor=ex).remote().result(timeout=60) for _ in range(3)]
-    assert first == [first[0], first[0] + 1, first[0] + 2]
+    assert first == [first[0]] * 3
+    # Within a job, calls run in that job's process, one after another, which keeps them.
+    ex_one = wrenpack.Executor(storage=ex.config.storage, concurrency=1)
+    try:
+        counted = [f.result(timeout=60) for f in wrenpack.remote(count_calls, executor=ex_one).starmap([()] * 8)]
+    finally:
+        ex_one.shutdown()
+    assert max(counted) > 1
     # Different content is a different function, never the cached one.
     step = 10
 

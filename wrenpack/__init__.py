@@ -18,6 +18,7 @@ _LAZY: dict[str, str] = {
     "RemoteFunction": "wrenpack.remote_function",
     "map_reduce": "wrenpack.executor.mapreduce",
     "get": "wrenpack.futures",
+    "cancel": "wrenpack.futures",
     "wait": "wrenpack.futures",
     "as_completed": "wrenpack.futures",
     "WrenFuture": "wrenpack.futures",
@@ -55,6 +56,7 @@ _LAZY: dict[str, str] = {
     "TaskTimeout": "wrenpack.errors",
     "EphemeralStorageExceeded": "wrenpack.errors",
     "WorkerCrashed": "wrenpack.errors",
+    "CallCancelled": "wrenpack.errors",
     "WorkerLost": "wrenpack.errors",
     "MissingDependency": "wrenpack.errors",
     "RemoteError": "wrenpack.errors",
@@ -84,7 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.errors import *  # noqa: F401,F403
     from wrenpack.executor import Executor
     from wrenpack.integrations import register_joblib
-    from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, get, wait
+    from wrenpack.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, WrenFuture, as_completed, cancel, get, wait
     from wrenpack.executor.core import job_report
     from wrenpack.executor.mapreduce import map_reduce
     from wrenpack.report import JobReport

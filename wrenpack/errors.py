@@ -6,6 +6,8 @@ This module is imported by the worker side too: standard library only.
 """
 from __future__ import annotations
 
+import concurrent.futures
+
 
 class WrenpackError(Exception):
     """Root of all wrenpack errors."""
@@ -92,6 +94,11 @@ class EphemeralStorageExceeded(TaskError):
 
 class WorkerCrashed(TaskError):
     """The worker process died (signal, segfault) and retries ran out."""
+
+
+class CallCancelled(TaskError, concurrent.futures.CancelledError):
+    """The call was cancelled while it ran (``wrenpack.cancel``); a
+    ``concurrent.futures.CancelledError``, as a cancelled future raises."""
 
 
 class WorkerLost(TaskError):

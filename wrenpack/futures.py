@@ -19,7 +19,7 @@ from wrenpack import progress as progress_display
 from wrenpack.errors import ConfigTypeError, RemoteTraceback  # noqa: F401 - re-exported
 from wrenpack.worker import refs
 
-__all__ = ["WrenFuture", "AsCompleted", "get", "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
+__all__ = ["WrenFuture", "AsCompleted", "get", "wait", "as_completed", "cancel", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 
 class WrenFuture(cf.Future):
@@ -53,6 +53,8 @@ class WrenFuture(cf.Future):
         # Set by the executor: take the call back if it has not started; keep
         # its job's objects for a pickled reference; what the reference holds.
         self._canceller: Callable[[], bool] | None = None
+        #: the executor's ``cancel_calls``: stops the call even once it runs (``wrenpack.cancel``)
+        self._stopper: Callable[[list[tuple[str, str]]], set[tuple[str, str]]] | None = None
         self._pin: Callable[[], bool] | None = None
         self._ref: dict[str, Any] | None = None
         #: keeps its job's secret known in this process while the future lives (``refs.JobKey``)
@@ -144,6 +146,7 @@ class WrenFuture(cf.Future):
         finally:
             self._done_callbacks = []
             self._canceller = None
+            self._stopper = None
             self._pin = _gone  # (a reference taken now travels with the outcome)
             self._launch_now = None
             self._members = []
@@ -197,6 +200,38 @@ def _gone() -> bool:
 #: what a map's plan holds in place of a future that is done (``WrenFuture.hold_in``)
 ENDED = WrenFuture("", "", "ended")
 ENDED.set_result(None)
+
+
+def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
+    """Cancel calls, whether they wait or run: one that has not started is taken
+    back (as ``fut.cancel()`` does, and its future is cancelled); one that runs is
+    stopped (locally its processes are ended, every one it started; on Lambda
+    the handler ends it within a few seconds of a sealed cancel marker) and its
+    future fails with ``concurrent.futures.CancelledError`` (``CallCancelled``).
+    ``fut.cancel()`` keeps the standard library's contract: only pending calls.
+
+    Returns, per future, whether it was cancelled or will end cancelled (False:
+    it was done already, or its backend cannot stop a running call)."""
+    futs, _single = _as_list(futures, "wrenpack.cancel()")
+    out: list[bool | None] = [None] * len(futs)
+    by_stopper: dict[int, tuple[Callable[..., Any], list[int]]] = {}
+    for i, fut in enumerate(futs):
+        if fut.done():
+            out[i] = fut.cancelled()
+            continue
+        if fut.cancel():
+            out[i] = True
+            continue
+        stopper = getattr(fut, "_stopper", None)
+        if stopper is None or not getattr(fut, "job_id", ""):
+            out[i] = False
+            continue
+        by_stopper.setdefault(id(stopper.__self__) if hasattr(stopper, "__self__") else id(stopper), (stopper, []))[1].append(i)
+    for stopper, indexes in by_stopper.values():
+        stopped = stopper([(futs[i].job_id, futs[i].call_id) for i in indexes])
+        for i in indexes:
+            out[i] = (futs[i].job_id, futs[i].call_id) in stopped
+    return [bool(x) for x in out]
 
 
 def _as_list(futures: WrenFuture | Iterable[WrenFuture], what: str = "wrenpack.get()") -> tuple[list[WrenFuture], bool]:

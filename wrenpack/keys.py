@@ -8,10 +8,11 @@
     jobs/<job_id>/result/<s>/<call_id>.<n>.seg  segment n of a split call saved a checkpoint (JSON status)
     jobs/<job_id>/start/<call_id>               a call that began late (queued in Lambda) marks its start (sealed)
     jobs/<job_id>/checkpoint/<call_id>.pkl      the latest saved state of a split call
+    jobs/<job_id>/cancel                        the job's cancel marker: every call stops (sealed)
+    jobs/<job_id>/cancel.<call_id>              one call's cancel marker (sealed)
     jobs/<job_id>/owner.json                    the client process that launched the job (MAC under the user's key, never unpickled)
     jobs/<job_id>/job.json                      a spawned job's record: function, calls, settings, retention (MAC under the user's key)
     jobs/<job_id>/progress.json                 a spawned job's counts and state, as its supervisor sees them (sealed)
-    jobs/<job_id>/cancel                        a spawned job was cancelled: its calls stop, queued ones never start (sealed)
 
 ``<s>`` is the call's shard (its index modulo ``RESULT_SHARDS``): the records
 workers write spread over a few prefixes, so one job is not capped by one
@@ -89,14 +90,21 @@ def progress_key(job_id: str) -> str:
     return f"{JOBS}{job_id}/progress.json"
 
 
+def checkpoint_key(job_id: str, call_id: str) -> str:
+    return f"{JOBS}{job_id}/checkpoint/{call_id}.pkl"
+
+
 def cancel_key(job_id: str) -> str:
-    """A spawned job's cancel marker: present (and authentic) once the job is
-    cancelled. Every call's event names it (``cancel_key``)."""
+    """A job's cancel marker: present (and authentic) once the whole job is
+    cancelled (``wrenpack.worker.cancel``). A call whose event names it as its
+    ``cancel_key`` ends early when it appears."""
     return f"{JOBS}{job_id}/cancel"
 
 
-def checkpoint_key(job_id: str, call_id: str) -> str:
-    return f"{JOBS}{job_id}/checkpoint/{call_id}.pkl"
+def call_cancel_key(job_id: str, call_id: str) -> str:
+    """One call's cancel marker (``wrenpack.cancel`` of a running call on Lambda):
+    the key a call's event names as its ``cancel_key`` unless its job's is there."""
+    return f"{JOBS}{job_id}/cancel.{call_id}"
 
 
 def call_id_from_key(key: str) -> str:

@@ -127,6 +127,8 @@ class Capabilities:
     enforces: frozenset[str] = frozenset()
     #: Calls that may run at once.
     concurrency: int = 1
+    #: ``Backend.cancel_calls`` stops calls that are already running (not only queued ones).
+    cancel_running: bool = False
 
 
 class Backend(abc.ABC):
@@ -160,6 +162,17 @@ class Backend(abc.ABC):
         never run (and ``on_done`` will not be called for it). The default
         cannot recall anything."""
         return False
+
+    def cancel_calls(self, calls: "list[tuple[str, str]]") -> "set[tuple[str, str]]":
+        """Stop these calls (``(job_id, call_id)``, as ``Invocation.key``) even
+        if they are running: the ones returned will end, soon, through
+        ``on_done`` with a ``CallCancelled`` error (a
+        ``concurrent.futures.CancelledError``), whatever they had done; the
+        others were not found running here (done, or never launched). Locally
+        every process a call started ends with it; on Lambda the handler sees
+        the call's cancel marker (``event["cancel_key"]``) within a few seconds.
+        The default stops nothing (``Capabilities.cancel_running`` is False)."""
+        return set()
 
     @staticmethod
     def started(invocation: Invocation) -> None:

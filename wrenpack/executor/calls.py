@@ -26,7 +26,7 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
-from wrenpack.errors import CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError, WrenpackError
+from wrenpack.errors import CallCancelled, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError, WrenpackError
 from wrenpack.executor.options import CallOptions
 from wrenpack.futures import WrenFuture
 from wrenpack.storage import Store
@@ -136,6 +136,27 @@ class CallTable:
                 self._readers.append(reader)
                 reader.start()
         self._reads.put((inv, result))
+
+    def cancel_calls(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Stop these calls (``(job_id, call_id)``) of this executor, running or
+        not (``wrenpack.cancel``): a pending one is taken back (its future is
+        cancelled), a running one is stopped by the backend
+        (``Backend.cancel_calls``) and its future fails with ``CallCancelled``,
+        a ``concurrent.futures.CancelledError``. The calls that will end so."""
+        running: list[tuple[str, str]] = []
+        out: set[tuple[str, str]] = set()
+        for job_id, cid in calls:
+            if self._cancel(job_id, cid):
+                out.add((job_id, cid))
+                continue
+            with self._lock:
+                job = self._jobs.get(job_id)
+                if job is not None and cid not in job.finished and cid in job.invocations:
+                    running.append((job_id, cid))
+        backend = self._backend
+        if running and backend is not None:
+            out |= backend.cancel_calls(running)
+        return out
 
     def _cancel(self, job_id: str, cid: str) -> bool:
         """Take back a call that has not started (``WrenFuture.cancel``)."""
@@ -271,7 +292,8 @@ class CallTable:
 
     def _should_retry(self, job: RunningJob, inv: Invocation, exc: Any) -> bool:
         on = job.options.retry_on
-        return bool(on) and not self._stopping and inv.attempt < inv.retries and isinstance(exc, on)
+        return bool(on) and not self._stopping and inv.attempt < inv.retries and isinstance(exc, on) \
+            and not isinstance(exc, CallCancelled)  # (a cancelled call stays cancelled, whatever retry_on says)
 
     def _retry(self, job: RunningJob, inv: Invocation) -> None:
         """Launch a call again after an error the user listed in ``retry_on``."""

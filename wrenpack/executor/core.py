@@ -355,6 +355,7 @@ class Executor(CallTable, cf.Executor):
                 fut.job_id, fut.call_id = job_id, cid
                 refs.register(fut)
             fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
+            fut._stopper = self.cancel_calls
             fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
             fut._job_key = job_key
             fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,

@@ -163,6 +163,14 @@ def begin(ev: Any, store: Any, deadline_fn: Any) -> Checkpoint:
     return _current
 
 
+def begin_with(ckpt: Checkpoint) -> Checkpoint:
+    """Make ``ckpt`` the running call's checkpoint (a job's child: one whose
+    saves and restores go through the parent, which holds the secret)."""
+    global _current
+    _current = ckpt
+    return ckpt
+
+
 def end() -> None:
     global _current
     _current = None

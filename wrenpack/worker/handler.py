@@ -5,6 +5,13 @@ Flow of one call::
     event --> open store --> load function (cached per job) --> load arguments
           --> run --> write one result object: status + outcome (first complete write wins)
 
+In a local worker and on Lambda the run happens in a process of the call's job
+that holds no secret (``wrenpack.worker.isolation``): this process verifies
+the function's and arguments' bytes, hands them over, answers what needs the
+secret (``_Requests``: checkpoints, a sub-job's secret), watches the call's
+cancel marker (``_CancelWatch``), and seals what comes back (``_finish``).
+Called in-process without isolation (tests), it runs the call itself.
+
 The event is a small JSON-able dict built by the client and validated here,
 both through ``wrenpack.wire.event.Event`` (version, schema, keys under the job's
 prefix, on Lambda the store the function was deployed for). It carries the
@@ -38,14 +45,18 @@ import cloudpickle
 
 from wrenpack import auth, keys
 from wrenpack.errors import (
-    CorruptObject, MissingDependency, ProtocolError, RemoteError, SdkTooOld, SerializationError, StoreError, TaskTimeout,
+    CallCancelled, CorruptObject, MissingDependency, ObjectNotFound, ProtocolError, RemoteError, SdkTooOld, SerializationError,
+    StoreError, TaskTimeout, WrenpackError,
 )
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
-from wrenpack.wire.event import Event
+from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
+from wrenpack.wire.event import _ID as _JOB_ID, Event
 from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
-from wrenpack.worker import callscope, checkpoint, handoff, memory, plain, refs, sdk, unpickling
+from wrenpack.worker import callscope, checkpoint, handoff, isolation, memory, plain, refs, sdk, unpickling
+from wrenpack.worker import cancel as cancel_marker
+from wrenpack.worker.context import LocalContext
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -238,8 +249,19 @@ def _load_function(store: Store, ev: Event, cache_key: Any) -> Callable[..., Any
 
     The hash comes in the event, which is as trusted as the secret beside it;
     the bytes it names are checked against it before they are unpickled and
-    cached, whether they came inline in the event or sealed from the store.
-    A client on another Python minor version is refused first: 3.11 to 3.13
+    cached, whether they came inline in the event or sealed from the store."""
+    hit = _functions.get(cache_key)
+    if hit is not None:
+        _check_python(ev)
+        return hit[0]
+    data = _function_bytes(store, ev)
+    fn = _loads(data, "the function")
+    _functions[cache_key] = (fn, len(data))
+    return fn
+
+
+def _check_python(ev: Event) -> None:
+    """A client on another Python minor version is refused first: 3.11 to 3.13
     unpickle each other's code objects, which then crash or misbehave when run."""
     python = ev.extra.get("python")
     if python is not None and python != _PYTHON:
@@ -248,9 +270,12 @@ def _load_function(store: Store, ev: Event, cache_key: Any) -> Callable[..., Any
             f"that only the same minor version runs; call from Python {_PYTHON}, or run the workers on Python {python} "
             f"(wrenpack deploy --python {python}, or an image built with it)"
         )
-    hit = _functions.get(cache_key)
-    if hit is not None:
-        return hit[0]
+
+
+def _function_bytes(store: Store, ev: Event) -> Any:
+    """The function's pickle, verified (inline: against ``func_hash``; from the
+    store: its seal, then the hash); nothing is unpickled here."""
+    _check_python(ev)
     digest = ev.extra.get("func_hash")
     inline = ev.extra.get("func_inline")
     if inline is not None:
@@ -260,9 +285,7 @@ def _load_function(store: Store, ev: Event, cache_key: Any) -> Callable[..., Any
         data = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "func"), store.get(ev.func_key), ev.func_key)
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
         raise CorruptObject(f"{ev.label}: the function's bytes do not match the event's func_hash; nothing was unpickled; re-run the call")
-    fn = _loads(data, "the function")
-    _functions[cache_key] = (fn, len(data))
-    return fn
+    return data
 
 
 class _JobStore:
@@ -376,8 +399,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
     A malformed event raises ``ProtocolError`` (nothing runs, nothing is written);
     an event past its ``deadline`` is refused (``_expired``). A probe
-    (``wrenpack.worker.sdk``) is answered with the worker's versions."""
-    global soft_deadline
+    (``wrenpack.worker.sdk``) is answered with the worker's versions.
+
+    In a worker that set up isolation (a local worker, a Lambda container:
+    ``wrenpack.worker.isolation``) the user's code runs in a child process of
+    its job that holds no secret; this process verifies, seals and writes."""
     if sdk.is_probe(event):
         return sdk.probe(event)
     start = time.time()
@@ -386,28 +412,68 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if deadline is not None and start > deadline:
         return _expired(ev, deadline, start)
     job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
+    if isolation.active():
+        return _handle_isolated(event, ev, job_store, context, start)
     store: Any = job_store
     func_key = _function_key(ev)  # (before the peak mark: it may free earlier functions' memory)
     peak_mark = memory.start_peak()
     children_before = memory.children_peak_mb()
-    job_id, call_id = ev.job_id, ev.call_id
     user_data.bind(job_store._store)  # wrenpack.store() inside the call is this store
     refs.learn(ev.extra.get("ref_secrets"))  # futures among the arguments verify with these
-    refs.enter_call(job_id, ev.secret, ev.extra.get("chain") or ())
+    refs.enter_call(ev.job_id, ev.secret, ev.extra.get("chain") or ())
+    _mark_start(store, event, start, ev.secret)
+    try:
+        ran = _execute(
+            ev, event, context, start,
+            load_fn=lambda: _load_function(store, ev, func_key),
+            load_args=lambda: _load_args(store, ev, context),
+            begin_checkpoint=lambda: checkpoint.begin(ev, store, lambda: soft_deadline),
+            before=lambda: sdk.check(ev.store),  # an SDK that cannot write the result fails the call first
+        )
+    finally:
+        user_data.bind(None)
+        refs.enter_call(None)
+    peak = memory.peak_since(peak_mark)
+    children_after = memory.children_peak_mb()
+    ran.extra["peak_rss_mb"] = round(peak, 2) if peak is not None else None
+    ran.extra["children_peak_rss_mb"] = round(children_after, 2) if children_after > children_before else None
+    if ran.ckpt is not None:
+        ran.extra["ckpt_restored"] = ran.ckpt.restored
+        ran.extra["ckpt_saves"] = ran.ckpt.saves
+        if ran.ckpt.used:
+            ran.extra["checkpoint"] = ran.ckpt.stats()
+    return _finish(ev, event, store, job_store, context, start, ran)
+
+
+class _Ran:
+    """What running the user's code came to: the exit kind, the outcome's pickle
+    (or a hand-off), the function's own time and what the status gains."""
+
+    def __init__(self, kind: str, outcome: Any, run_s: float | None, extra: dict[str, Any], ckpt: Any = None) -> None:
+        self.kind = kind
+        self.outcome = outcome
+        self.run_s = run_s
+        self.extra = extra
+        self.ckpt = ckpt
+
+
+def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, load_fn: Callable[[], Any],
+             load_args: Callable[[], Any], begin_checkpoint: Callable[[], Any], before: Callable[[], None] | None = None) -> _Ran:
+    """Load the function and arguments, run the call, pickle its outcome: the part
+    that runs the user's code (in the handler's process, or in a job's child)."""
+    global soft_deadline
     kind = "ok"
     run_s: float | None = None  # the function's own time, without loading it and its arguments
-    extra_status: dict[str, Any] = {}
     disarm = None
     ckpt = None
     scope = callscope.CallScope(event)  # the call's env= and captured output
-    _mark_start(store, event, start, ev.secret)
     try:
-        # An SDK that cannot write the result fails the call before the user's code runs.
-        sdk.check(ev.store)
-        fn = _load_function(store, ev, func_key)
-        args, kwargs = _load_args(store, ev, context)
+        if before is not None:
+            before()
+        fn = load_fn()
+        args, kwargs = load_args()
         disarm = _arm_deadline(context, ev.timeout_s, start)
-        ckpt = checkpoint.begin(ev, store, lambda: soft_deadline)
+        ckpt = begin_checkpoint()
         run_start = time.perf_counter()
         try:
             value = scope.run(fn, *args, **kwargs)
@@ -416,8 +482,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         try:
             with refs.sealing_scope():  # futures in the result carry no secret into the store
                 slab = _take_slab(context)
-                outcome = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
-                                        _result_room(context) if slab is not None else None)
+                outcome: Any = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
+                                             _result_room(context) if slab is not None else None)
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
@@ -433,15 +499,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             kind, outcome = "checkpointed", b""
         else:
             kind = "timeout"
-            timeout = ev.timeout_s
-            limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
-            if ckpt is not None and ckpt.used:
-                fix = ("the time between two checkpoint offers was longer than the time left to save; "
-                       "offer more often or raise timeout=")
-            else:
-                fix = ("raise timeout= (at most 900 s on Lambda) or make it resumable with "
-                       "wrenpack.checkpoint so it is split across invocations")
-            outcome = error_outcome(TaskTimeout(f"ran past {limit}; {fix}"), "wrenpack", tb_text="")
+            outcome = _timeout_outcome(ev, ckpt is not None and ckpt.used)
     except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -462,27 +520,42 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             disarm()
         soft_deadline = None
         checkpoint.end()
-        user_data.bind(None)
-        refs.enter_call(None)
-    if ckpt is not None and ckpt.used:
-        extra_status["checkpoint"] = ckpt.stats()
-    if kind != "checkpointed" and ckpt is not None and (ckpt.restored or ckpt.saves):
+    extra = scope.status()
+    return _Ran(kind, outcome, run_s, extra, ckpt)
+
+
+def _timeout_outcome(ev: Event, ckpt_used: bool, stopped: bool = False) -> bytes:
+    timeout = ev.timeout_s
+    limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
+    if stopped:
+        limit += " and was stopped (it did not stop itself: signals could not reach it)"
+    if ckpt_used:
+        fix = ("the time between two checkpoint offers was longer than the time left to save; "
+               "offer more often or raise timeout=")
+    else:
+        fix = ("raise timeout= (at most 900 s on Lambda) or make it resumable with "
+               "wrenpack.checkpoint so it is split across invocations")
+    return error_outcome(TaskTimeout(f"ran past {limit}; {fix}"), "wrenpack", tb_text="")
+
+
+def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, context: Any, start: float, ran: _Ran) -> dict[str, Any]:
+    """Status record, then the outcome: in the reply, as a hand-off, or sealed into the store."""
+    job_id, call_id = ev.job_id, ev.call_id
+    kind, outcome, extra = ran.kind, ran.outcome, ran.extra
+    restored, saves = extra.pop("ckpt_restored", False), extra.pop("ckpt_saves", 0)
+    if kind != "checkpointed" and (restored or saves):
         store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
-    peak = memory.peak_since(peak_mark)
-    children_after = memory.children_peak_mb()
     status = status_record.record(
         job_id, call_id, ev.attempt, ev.segment, kind, start, end,
-        peak_rss_mb=round(peak, 2) if peak is not None else None,
-        children_peak_rss_mb=round(children_after, 2) if children_after > children_before else None,
+        peak_rss_mb=extra.pop("peak_rss_mb", None), children_peak_rss_mb=extra.pop("children_peak_rss_mb", None),
         host=_HOST, pid=os.getpid(), python=_PYTHON, request_id=getattr(context, "aws_request_id", None),
     )
-    if run_s is not None:
-        status["run_s"] = run_s
+    if ran.run_s is not None:
+        status["run_s"] = ran.run_s
     if ev.store.get("type") == "s3":
         status["botocore"] = sdk.checked()[0]  # the SDK that wrote it (`wrenpack doctor` shows it)
-    status.update(extra_status)
-    status.update(scope.status())
+    status.update(extra)
     if job_store.wrote:
         status["stored"] = True
     if kind == "checkpointed":
@@ -515,6 +588,340 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if not status["first"]:
         _check_existing_result(store, ev, rkey)
     return status
+
+
+# -- isolation: the parent's side ------------------------------------------------------
+#: the exit kinds a job's child may report
+_CHILD_KINDS = frozenset({"ok", "error", "timeout", "checkpointed"})
+#: how often a running call's cancel marker is looked for (a GET each time on S3, so
+#: a call shorter than the first look costs none; a 1 GB call costs ~60x a GET per 2 s)
+CANCEL_POLL_S = 2.0
+#: when a call's cancel marker is first looked for
+CANCEL_FIRST_S = 1.0
+#: a child that dies this close to the deadline ran out of time
+_CHILD_GRACE_S = 0.1
+
+
+def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, context: Any, start: float) -> dict[str, Any]:
+    """Run the call in its job's child (``wrenpack.worker.isolation``): this
+    process verifies the function and arguments, serves the child's requests
+    that need the secret, watches the cancel marker, and seals the outcome."""
+    store: Any = job_store
+    _mark_start(store, event, start, ev.secret)
+    fds: list[int] = list(getattr(context, "handoff_fds", None) or [])
+    if context is not None and fds:
+        context.handoff_fds = []  # ours now: given to the child (closed here after sending)
+    try:
+        ran = _run_in_child(ev, event, store, context, fds, start)
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    return _finish(ev, event, store, job_store, context, start, ran)
+
+
+def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fds: list[int], start: float) -> _Ran:
+    try:
+        sdk.check(ev.store)
+        digest = ev.extra.get("func_hash")
+        fkey = digest if digest is not None else "job:" + ev.job_id
+        child = isolation.child_for(ev.job_id)
+        func = b"" if fkey in child.funcs else _function_bytes(store, ev)
+        if not func:
+            _check_python(ev)
+        args = ev.args
+        if "key" in args and "handoff" not in args and "inline" not in args:
+            arg_bytes: Any = auth.unseal_view(ev.secret, keys.identity(ev.job_id, "input", ev.call_id), store.get(args["key"]), args["key"])
+            spec: dict[str, Any] = {k: v for k, v in args.items() if k != "key"}
+        elif "inline" in args:
+            arg_bytes = base64.b64decode(args["inline"])
+            spec = {k: v for k, v in args.items() if k != "inline"}
+        else:
+            arg_bytes, spec = b"", dict(args)
+        remaining = None
+        get_remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if get_remaining is not None:
+            remaining = get_remaining() / 1000.0
+        deadline = None if remaining is None else time.time() + remaining
+        head = {
+            "t": "call", "job_id": ev.job_id, "call_id": ev.call_id, "attempt": ev.attempt, "segment": ev.segment,
+            "timeout_s": ev.timeout_s, "function_name": ev.function_name, "checkpoint": ev.checkpoint, "start": start,
+            "fkey": fkey, "func_len": len(func), "args": spec, "deadline": deadline,
+            "memory_mb": getattr(context, "memory_limit_in_mb", None),
+            "store": ev.store, "extra": {k: v for k, v in ev.extra.items() if k in _CHILD_EXTRA},
+            "env_set": {k: os.environ[k] for k in _CALL_ENV if k in os.environ},
+        }
+        blob = bytes(func) + bytes(arg_bytes) if func else arg_bytes
+        # The child stops itself just before the deadline; one stuck where signals
+        # do not reach is given up on at the deadline (Lambda would end the invocation).
+        wait_until = None if deadline is None else deadline - 0.02
+        watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
+        got, data, got_fds = isolation.run_call(child, head, blob, fds, _Requests(store, ev), wait_until, watch)
+        child.funcs.add(fkey)
+        isolation.request_spare()
+        return _child_outcome(ev, got, data, got_fds)
+    except (MissingDependency, SerializationError, StoreError, SdkTooOld, CorruptObject) as exc:
+        return _Ran("error", error_outcome(exc, "wrenpack", tb_text=""), None, {})
+    except isolation.Cancelled:
+        isolation.end_child()
+        log.info("%s: cancelled (its cancel marker appeared)", ev.label)
+        return _Ran("error", error_outcome(CallCancelled(f"{ev.label} was cancelled while it ran"), "wrenpack", tb_text=""),
+                    None, {"cancelled": True})
+    except isolation.ChildGone as exc:
+        child = isolation.current_child()
+        status = child.exit_status(0.5) if child is not None and exc.died else None
+        isolation.end_child()
+        get_remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if get_remaining is not None and get_remaining() / 1000.0 <= _CHILD_GRACE_S:
+            return _Ran("timeout", _timeout_outcome(ev, False, stopped=True), None, {})
+        if not exc.died:
+            # The job's own code broke its channel: its call fails, nothing else does.
+            return _Ran("error", error_outcome(WrenpackError(f"{ev.label}: {exc}"), "wrenpack", tb_text=""), None, {})
+        log.warning("%s: the process running the call died (wait status %s); this worker ends the same way", ev.label, status)
+        isolation.die_like(status)
+        raise
+
+
+#: the event fields a child needs (never the secret)
+_CHILD_EXTRA = ("ref_secrets", "chain", "handoff", "env", "capture_logs", "python")
+#: environment variables the parent sets per call (a local worker's limits) that the child takes on
+_CALL_ENV = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_TIMEOUT", "WRENPACK_EPHEMERAL_STORAGE_MB")
+
+
+def _child_outcome(ev: Event, got: dict[str, Any], data: bytearray, got_fds: list[int]) -> _Ran:
+    """The child's report, checked: it can say anything about its own call, nothing else."""
+    kind = got.get("kind")
+    if kind not in _CHILD_KINDS:
+        for fd in got_fds:
+            os.close(fd)
+        raise isolation.ChildGone(f"the call's process reported the exit kind {kind!r}")
+    extra: dict[str, Any] = {}
+    for name, types in (("run_s", (int, float)), ("logs", (str,)), ("checkpoint", (dict,)),
+                        ("peak_rss_mb", (int, float)), ("children_peak_rss_mb", (int, float)),
+                        ("ckpt_restored", (bool,)), ("ckpt_saves", (int,))):
+        value = got.get(name)
+        if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+            extra[name] = value
+    run_s = extra.pop("run_s", None)
+    layout = got.get("handoff")
+    if layout is not None:
+        if len(got_fds) != 1 or not isinstance(layout, dict) or not isinstance(layout.get("size"), int):
+            for fd in got_fds:
+                os.close(fd)
+            raise isolation.ChildGone("the call's process sent a hand-off without its memory file")
+        return _Ran(kind, handoff.Sealed(got_fds[0], layout), run_s, extra)
+    for fd in got_fds:
+        os.close(fd)
+    return _Ran(kind, bytes(data), run_s, extra)
+
+
+class _Requests:
+    """What the job's child asks of the parent while a call runs: what needs the secret."""
+
+    def __init__(self, store: Any, ev: Event) -> None:
+        self.store = store
+        self.ev = ev
+
+    def __call__(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
+        ev = self.ev
+        what = head.get("t")
+        if what == "ckpt_get":
+            key = keys.checkpoint_key(ev.job_id, ev.call_id)
+            try:
+                sealed = self.store.get(key)
+            except ObjectNotFound:
+                return {"none": True}, b""
+            return {}, open_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, sealed)
+        if what == "ckpt_put":
+            sealed = seal_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, bytes(blob))
+            self.store.put(keys.checkpoint_key(ev.job_id, ev.call_id), sealed)
+            return {"bytes": len(sealed)}, b""
+        if what == "derive":
+            job_id = head.get("job_id")
+            if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+                raise ProtocolError(f"{job_id!r} is not a wrenpack job id")
+            return {"secret": auth.encode_secret(refs.derive(ev.secret, job_id))}, b""
+        raise ProtocolError(f"unknown request {what!r}")
+
+
+class _CancelWatch:
+    """Whether the call's cancel marker (``event["cancel_key"]``) is in the store:
+    looked for at most every ``CANCEL_POLL_S``; only a marker sealed with the
+    job's secret that names this call (or all of the job's) counts."""
+
+    def __init__(self, store: Any, ev: Event) -> None:
+        self.store = store
+        self.ev = ev
+        self.key = str(ev.extra["cancel_key"])
+        self.next = time.monotonic() + CANCEL_FIRST_S
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + CANCEL_POLL_S
+        try:
+            blob = self.store.get(self.key)
+        except (ObjectNotFound, StoreError):
+            return False
+        except Exception:  # noqa: BLE001 - a store hiccup never fails the call
+            return False
+        return cancel_marker.names_call(self.ev.secret, self.ev.job_id, self.key, blob, self.ev.call_id)
+
+
+# -- isolation: the child's side ---------------------------------------------------------
+_child_store: tuple[Any, Store] | None = None
+
+
+def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any) -> tuple[dict[str, Any], Any, list[int]]:
+    """Run one call in a job's child (``isolation._child_main``): the outcome's
+    pickle as raw bytes (or a hand-off memfd), and what the status gains."""
+    global _child_store
+    start = float(head.get("start") or time.time())
+    os.environ.update(head.get("env_set") or {})
+    extra = dict(head.get("extra") or {})
+    ev = object.__new__(Event)
+    ev.__dict__.update(job_id=head["job_id"], call_id=head["call_id"], store=head["store"], secret=b"",
+                       args=head["args"], attempt=head["attempt"], segment=head["segment"], timeout_s=head["timeout_s"],
+                       function_name=head["function_name"], checkpoint=head["checkpoint"], extra=extra)
+    deadline = head.get("deadline")
+    context = LocalContext(function_name=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack"),
+                           memory_mb=int(head.get("memory_mb") or 0),
+                           deadline=deadline if deadline is not None else time.time() + 900.0)
+    if deadline is None:
+        context.get_remaining_time_in_millis = None  # type: ignore[assignment]
+    context.handoff_fds = list(fds)
+    func_len = int(head.get("func_len") or 0)
+    view = memoryview(blob)
+    spec = head["store"]
+    token = repr(sorted(spec.items()))
+    if _child_store is None or _child_store[0] != token:
+        _child_store = (token, _LazyStore(spec))
+    store = _child_store[1]
+
+    def load_fn() -> Any:
+        fkey = head["fkey"]
+        hit = _functions.get(fkey)
+        if hit is not None:
+            return hit[0]
+        if not func_len:
+            raise CorruptObject(f"{ev.label}: the function did not come with the call; re-run it")
+        fn = _loads(view[:func_len], "the function")
+        _functions.clear()  # one job's process: its function, nothing else
+        _functions[fkey] = (fn, func_len)
+        return fn
+
+    def load_args() -> Any:
+        args = ev.args
+        rest = view[func_len:]
+        if context.handoff_fds or "handoff" in args:
+            return _load_child_args(ev, args, rest, context)
+        return _loads(rest, "the call's arguments")
+
+    peak_mark = memory.start_peak()
+    children_before = memory.children_peak_mb()
+    user_data.bind(store)
+    refs.learn(extra.get("ref_secrets"))
+    refs.enter_call(ev.job_id, b"", extra.get("chain") or (), derive=lambda job_id: _ask_secret(rpc, job_id))
+    try:
+        ran = _execute(ev, ev_dict(head, extra), context, start, load_fn=load_fn, load_args=load_args,
+                       begin_checkpoint=lambda: checkpoint.begin_with(ChildCheckpoint(rpc, ev, lambda: soft_deadline)))
+    finally:
+        user_data.bind(None)
+        refs.enter_call(None)
+        for fd in context.handoff_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if context.result_slab is not None:
+            try:
+                os.close(context.result_slab)
+            except OSError:
+                pass
+    peak = memory.peak_since(peak_mark)
+    children_after = memory.children_peak_mb()
+    reply: dict[str, Any] = {"t": "done", "kind": ran.kind, "run_s": ran.run_s, **ran.extra,
+                             "peak_rss_mb": round(peak, 2) if peak is not None else None,
+                             "children_peak_rss_mb": round(children_after, 2) if children_after > children_before else None}
+    if ran.ckpt is not None:
+        reply["ckpt_restored"] = ran.ckpt.restored
+        reply["ckpt_saves"] = ran.ckpt.saves
+        if ran.ckpt.used:
+            reply["checkpoint"] = ran.ckpt.stats()
+    if isinstance(ran.outcome, handoff.Sealed):
+        sealed = ran.outcome
+        fd, sealed.fd = sealed.fd, None
+        reply["handoff"] = sealed.layout
+        return reply, b"", [fd] if fd is not None else []
+    return reply, ran.outcome, []
+
+
+class _LazyStore:
+    """The call's store in a job's child, opened on first use: most calls never
+    touch it, and opening an S3 store imports boto3."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self._store: Store | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._store is None:
+            self._store = open_store(self.spec)
+        return getattr(self._store, name)
+
+
+def ev_dict(head: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """What ``callscope.CallScope`` reads of the event."""
+    return {"env": extra.get("env"), "capture_logs": extra.get("capture_logs")}
+
+
+def _load_child_args(ev: Event, args: dict[str, Any], rest: memoryview, context: Any) -> Any:
+    loads = lambda data, buffers=None: _loads(data, "the call's arguments", buffers)  # noqa: E731
+    with handoff.call_blobs(context, args, loads) as sent:
+        if "handoff" in args:
+            return handoff.load(sent.take_main(), args["handoff"], "call's arguments", private=True, loads=loads)
+        return loads(rest)
+
+
+def _ask_secret(rpc: Any, job_id: str) -> bytes:
+    answer, _ = rpc.ask({"t": "derive", "job_id": job_id})
+    return auth.decode_secret(answer["secret"])
+
+
+class ChildCheckpoint(checkpoint.Checkpoint):
+    """A checkpoint in a job's child: the parent opens and seals it (it holds the secret)."""
+
+    def __init__(self, rpc: Any, ev: Event, deadline_fn: Any) -> None:
+        super().__init__(store=rpc, key=keys.checkpoint_key(ev.job_id, ev.call_id), deadline_fn=deadline_fn,
+                         label=ev.label, learned=ev.checkpoint or {}, event=ev)
+        self._rpc = rpc
+
+    def restore(self, default: Any = None) -> Any:
+        self.used = True
+        self._last = time.perf_counter()
+        answer, data = self._rpc.ask({"t": "ckpt_get"})
+        if answer.get("none"):
+            return default
+        self.restored = True
+        try:
+            return cloudpickle.loads(bytes(data))
+        except Exception as exc:  # noqa: BLE001
+            raise CorruptObject(f"the checkpoint of {self.label} is authentic but cannot be unpickled "
+                                f"({type(exc).__name__}: {exc}); re-run") from None
+
+    def save(self, state: Any) -> None:
+        self.used = True
+        t0 = time.perf_counter()
+        with refs.sealing_scope():  # futures in the state carry no secret into the store
+            state_bytes = cloudpickle.dumps(state)
+        answer, _ = self._rpc.ask({"t": "ckpt_put"}, state_bytes)
+        self.save_s = time.perf_counter() - t0
+        self.saves += 1
+        self.state_bytes = int(answer.get("bytes") or len(state_bytes))
+        self._last = time.perf_counter()
 
 
 #: Lambda's synchronous response limit, 6 MB and 100 bytes, less room for the runtime's JSON spacing.
@@ -552,3 +959,11 @@ def _check_existing_result(store: Store, ev: Event, rkey: str) -> None:
     if not is_authentic_result(ev.secret, ev.job_id, ev.call_id, existing):
         log.warning("%s: the result key %s held an object wrenpack did not write for this call; "
                     "the call will fail with CorruptObject", ev.label, rkey)
+
+
+isolation.set_runner(run_in_child)
+
+if _on_lambda():
+    # Lambda loads this module at its init, before the first event: the zygote
+    # forked now never held a secret (``wrenpack.worker.isolation``).
+    isolation.prepare()

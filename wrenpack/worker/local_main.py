@@ -6,7 +6,9 @@ the headers are ``wire.driver_message`` and ``wire.worker_reply``); the worker
 runs them in order and replies once per call, with the result object itself
 when it is small (the reply's blob). Each call gets Lambda's environment variables, its own deadline and a
 private temporary directory (TMPDIR), and its peak memory is measured from a
-reset high-water mark.
+reset high-water mark. The user's code runs in a process of its job, never in
+this one, which holds the secrets (``wrenpack.worker.isolation``: the zygote is
+forked in ``main``, before the first event).
 
 The worker never outlives its driver: a parent-death signal, and a thread
 watching the driver's pidfd (or its parent pid), stop it and every process its
@@ -85,9 +87,12 @@ def _descendants() -> list[int]:
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
-            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            ppid = int(fields[1])
         except (OSError, ValueError, IndexError):
             continue
+        if fields[0] == b"Z":
+            continue  # exited, waiting for its parent to reap it: nothing to end
         children.setdefault(ppid, []).append(int(entry))
     out, stack = [], [os.getpid()]
     while stack:
@@ -106,6 +111,14 @@ def die(worker_dir: str | None) -> None:
         return
     me = os.getpid()
     cgroups = _own_cgroups()
+    # First: the zygote forks nothing more, and the call's end is no crash. (Looked up,
+    # not imported: the driver may die while this worker still imports its modules.)
+    isolation = sys.modules.get("wrenpack.worker.isolation")
+    try:
+        if isolation is not None:
+            isolation.stop()
+    except Exception:  # noqa: BLE001 - half imported: nothing of it runs yet
+        pass
     for _ in range(20):
         pids = _descendants() + _cgroup_tasks(cgroups, me)
         if not pids:
@@ -115,19 +128,26 @@ def die(worker_dir: str | None) -> None:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        _children_left()  # (reaps what exited: a process is in its cgroup until reaped)
         time.sleep(0.005)
     for cgroup in cgroups:
         # Leave the cgroup for its parent, then remove it: nobody else will.
         try:
             with open(os.path.join(os.path.dirname(cgroup), "cgroup.procs"), "w") as f:
                 f.write(str(me))
-            for _ in range(20):
+            for _ in range(200):  # up to a second: killed processes may take a moment to exit
                 try:
                     os.rmdir(cgroup)
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
+                    for pid in _cgroup_tasks([cgroup], me):
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except (ProcessLookupError, PermissionError):
+                            pass
+                    _children_left()
                     time.sleep(0.005)
         except OSError:
             pass
@@ -160,29 +180,60 @@ def _watch_parent(parent: int, worker_dir: str | None) -> None:
     die(worker_dir)
 
 
-def _children_left() -> bool:
-    """Reap the children that exited; whether any is left (one system call when none is)."""
+def _children_left(which: bool = False) -> "bool | set[int]":
+    """Reap the children that exited; whether any is left (one system call when
+    none is), or with ``which`` the set of them (a short read of /proc)."""
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return False
+            return set() if which else False
         if pid == 0:
-            return True
+            break
+    return _direct_children() if which else True
+
+
+def _direct_children() -> set[int]:
+    """This process's children (every thread's), from /proc."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return {-1}
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                out.update(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            return {-1}  # unknown: assume there are some
+    return out
 
 
 def end_call_processes() -> int:
     """Every process the call started ends with it, as on Lambda, where nothing a
     call left runs on after it (the environment is frozen): none may outlive it
     here, or run on into the next call. This worker is their subreaper, so
-    any still running is a descendant (its cgroups list them too). How many were ended."""
-    if not _children_left():
+    any still running is a descendant (its cgroups list them too). The
+    isolation's zygote and the job's child (``wrenpack.worker.isolation``) stay,
+    and with them nothing else: the processes below the child are the call's.
+    How many were ended."""
+    from wrenpack.worker import isolation
+
+    if isolation.active():
+        # The call ran in its job's child, the subreaper of what it started: the
+        # child's report says whether anything is left (a call that died took its
+        # processes' parent with it; ``isolation.end_child`` ended those).
+        _children_left()  # (reaps)
+        if not isolation.call_left_processes():
+            return 0
+    elif not _children_left():
         return 0
     me = os.getpid()
     cgroups = _own_cgroups()
     ended: set[int] = set()
     for _ in range(50):
         pids = set(_descendants() + _cgroup_tasks(cgroups, me))
+        pids -= isolation.protected()  # (after listing them: see keepers)
         if not pids:
             break
         for pid in pids:
@@ -194,9 +245,25 @@ def end_call_processes() -> int:
         _children_left()
         time.sleep(0.002)
     deadline = time.monotonic() + 5.0
-    while _children_left() and time.monotonic() < deadline:  # the killed ones' exits (reparented here)
+    while time.monotonic() < deadline:  # the killed ones' exits (reparented here, or to the job's child, which reaps its own)
+        _children_left()
+        if not any(_running(pid) for pid in ended):
+            break
         time.sleep(0.002)
+    child = isolation.current_child()
+    if child is not None:
+        child.left_processes = False
     return len(ended)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
@@ -227,7 +294,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
     """Run calls from ``sock`` until it closes."""
     import tempfile
 
-    from wrenpack.worker import memory
+    from wrenpack.worker import isolation, memory
     from wrenpack.worker.context import LocalContext
     from wrenpack.worker.handler import handler
 
@@ -266,19 +333,22 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             t0 = time.perf_counter()
             blob = b""
             out = None
+            child_died = False
             try:
                 reply, blob, out = worker_reply.of_call(handler(event, ctx))
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
                 reply = worker_reply.failed(f"{type(exc).__name__}: {exc}", memory.peak_rss_mb())
+                child_died = True
             finally:
                 for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)
                     _close(fd)
                 if getattr(ctx, "result_slab", None) is not None:  # the result did not go in it
                     _close(ctx.result_slab)
                     ctx.result_slab = None
-            elapsed = time.perf_counter() - t0
+            # (without the change of job's process: once per job, not the call's own time)
+            elapsed = max(0.0, time.perf_counter() - t0 - isolation.take_start_cost())
             end_call_processes()
-            worker_reply.measured(reply, elapsed, children=_children_usage() != before,
+            worker_reply.measured(reply, elapsed, children=child_died or _children_usage() != before,
                                   tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -304,6 +374,11 @@ def main(config: dict[str, Any]) -> None:
     # the call never stops for the terminal; a read from it fails instead of stopping).
     for sig in (signal.SIGTTOU, signal.SIGTTIN):
         signal.signal(sig, signal.SIG_IGN)
+    # Before any event, and before any thread: the zygote that forks each job's
+    # child is a copy of this process as it is now, which never held a secret.
+    from wrenpack.worker import handler, isolation  # noqa: F401 - imported for the zygote's copy
+
+    isolation.prepare()
     threading.Thread(target=_watch_parent, args=(parent, worker_dir), name="wrenpack-parent-watch", daemon=True).start()
     sock = socket.socket(fileno=int(config["fd"]))
     try:
@@ -316,6 +391,10 @@ def main(config: dict[str, Any]) -> None:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+    if _dying.locked():
+        # The driver died and ``die`` is ending the call's processes and removing the
+        # worker's cgroups (the socket broke meanwhile): it ends this process when done.
+        time.sleep(30)
     os._exit(0)
 
 

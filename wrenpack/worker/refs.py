@@ -66,6 +66,9 @@ _keyring_lock = threading.Lock()
 _scopes = threading.local()
 #: The call this process is running now (worker side): (job id, secret, chain of its ancestor jobs).
 _current: tuple[str, bytes, tuple[str, ...]] | None = None
+#: In a job's child, which holds no secret (``wrenpack.worker.isolation``): asks
+#: the parent for a sub-job's secret, derived there from the job's own
+_deriver: Any = None
 
 
 def _decode(text: str) -> bytes:
@@ -103,7 +106,13 @@ def _derive(parent_secret: bytes, job_id: str) -> bytes:
     return hmac.new(parent_secret, b"wrenpack-subjob:" + job_id.encode(), hashlib.sha256).digest()
 
 
-def enter_call(job_id: str | None, secret: bytes = b"", chain: list[str] | tuple[str, ...] = ()) -> None:
+def derive(parent_secret: bytes, job_id: str) -> bytes:
+    """The secret of a job launched inside a call of the job whose secret is ``parent_secret``."""
+    return _derive(parent_secret, job_id)
+
+
+def enter_call(job_id: str | None, secret: bytes = b"", chain: list[str] | tuple[str, ...] = (),
+               derive: Any = None) -> None:
     """The handler says which call runs now (``None``: none, the secrets it
     brought are forgotten), so jobs launched inside derive their secret.
 
@@ -111,11 +120,12 @@ def enter_call(job_id: str | None, secret: bytes = b"", chain: list[str] | tuple
     (``CallRef``), so forgetting them does not stop one read later; a future
     of a job the call launched, kept by user code after the call, can no
     longer be pickled with its secret here (a clear error where it is read)."""
-    global _current
+    global _current, _deriver
     _current = None if job_id is None else (job_id, secret, tuple(chain))
+    _deriver = derive if job_id is not None else None
     if job_id is None:
         _forget_call()
-    else:
+    elif secret:
         remember(job_id, secret, for_call=True)
 
 
@@ -144,6 +154,8 @@ def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
     cur = _current
     if cur is None:
         secret, chain = os.urandom(32), []
+    elif not cur[1] and _deriver is not None:
+        secret, chain = _deriver(job_id), [*cur[2], cur[0]]  # a job's child: the parent derives it
     else:
         secret, chain = _derive(cur[1], job_id), [*cur[2], cur[0]]
     remember(job_id, secret, for_call=cur is not None)

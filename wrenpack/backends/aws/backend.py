@@ -66,6 +66,7 @@ import wrenpack.backends.aws.deploy as deploy
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
 from wrenpack.errors import (
+    CallCancelled,
     ConfigError,
     CorruptObject,
     MemoryLimitExceeded,
@@ -81,6 +82,7 @@ from wrenpack.storage import Store, store_for_config
 from wrenpack.storage.s3 import _code
 from wrenpack.wire import event as event_format, result as result_format, start as start_mark
 from wrenpack.wire.segment import open_segment
+from wrenpack.worker import cancel as cancel_marker
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +407,7 @@ class LambdaBackend(Backend):
             billed_per_call=self.bills_per_call,
             enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
             concurrency=self.concurrency,
+            cancel_running=True,
         )
 
     @classmethod
@@ -573,6 +576,10 @@ class LambdaBackend(Backend):
                 self._report(inv, InvocationResult(error=fn))
                 continue
             call.fn = fn
+            # The handler ends the call early when a sealed marker appears there (``cancel_calls``);
+            # a job-wide key (a job's own cancel) may be there already.
+            if not inv.event.get("cancel_key"):
+                inv.event["cancel_key"] = keys.call_cancel_key(*inv.key)
             too_large = self._too_large(inv, len(event_format.dumps(inv.event)) + _SEND_FIELDS)
             if too_large is not None:
                 call.done = True  # nothing is sent: the call fails before it is launched
@@ -594,6 +601,49 @@ class LambdaBackend(Backend):
             self._calls.pop(invocation.key, None)
             self._idle.notify_all()
         return True
+
+    def cancel_calls(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Stop these calls: one not sent yet ends now; one sent gets a cancel marker
+        at its event's ``cancel_key``, sealed with its job's secret
+        (``wrenpack.worker.cancel``), which the handler looks for every few seconds
+        while the call runs; it then ends the call's code and reports ``CallCancelled``.
+        A call whose event watches its job's marker instead (a spawned job's) is not
+        stopped alone: it stops with its job."""
+        stopped: set[tuple[str, str]] = set()
+        unsent: list[Invocation] = []
+        markers: dict[str, list[Invocation]] = {}
+        with self._lock:
+            for key in calls:
+                call = self._calls.get(tuple(key))  # type: ignore[arg-type]
+                if call is None or call.done:
+                    continue
+                if not call.in_flight and not call.sent_at:
+                    call.cancelled = call.done = True
+                    self._calls.pop(call.inv.key, None)
+                    unsent.append(call.inv)
+                    continue
+                cancel_key = call.inv.event.get("cancel_key")
+                if cancel_key and cancel_key == keys.call_cancel_key(*call.inv.key):
+                    # (a call that watches its job's marker stops with its job: ``Job.cancel``)
+                    markers.setdefault(str(cancel_key), []).append(call.inv)
+            if unsent:
+                self._idle.notify_all()
+        for inv in unsent:
+            stopped.add(inv.key)
+            self._report(inv, InvocationResult(error=CallCancelled(f"{inv.label} was cancelled (wrenpack.cancel) before it ran")))
+        for cancel_key, invs in markers.items():
+            job_id = invs[0].event["job_id"]
+            secret = auth.decode_secret(invs[0].event["secret"])
+            names: set[str] | None = {inv.event["call_id"] for inv in invs}
+            try:
+                names = _merged(names, cancel_marker.open_marker(secret, job_id, cancel_key, self.store.get(cancel_key)))
+            except ObjectNotFound:
+                pass
+            except CorruptObject:
+                log.warning("the cancel marker %s was not written by wrenpack for job %s; replacing it", cancel_key, job_id)
+            self.store.put(cancel_key, cancel_marker.seal_marker(secret, job_id, cancel_key, names))
+            stopped |= {inv.key for inv in invs}
+        return stopped
 
     def shutdown(self, wait: bool = True) -> None:
         if wait:
@@ -1167,6 +1217,13 @@ class LambdaBackend(Backend):
             inv.on_done(inv, result)
         except Exception:  # noqa: BLE001 - a failing callback must not kill our threads
             log.exception("on_done callback failed for call %s", inv.key)
+
+
+def _merged(names: set[str] | None, existing: set[str] | None) -> set[str] | None:
+    """The calls two markers name together (None: all of the job's)."""
+    if names is None or existing is None:
+        return None
+    return names | existing
 
 
 def _past(deadline: Any, now: float) -> bool:

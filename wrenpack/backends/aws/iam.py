@@ -42,12 +42,14 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
                   Condition={"Null": {"s3:if-none-match": "false"}}),
             allow("MarkLateStart", ["s3:PutObject"], [f"{base}jobs/*/start/*"]),
             allow("ReadBackResults", ["s3:GetObject"], [f"{base}jobs/*/result/*"]),
+            # A running call looks for its cancel marker (sealed by the client; only read here).
+            allow("CancelMarkers", ["s3:GetObject"], [f"{base}jobs/*/cancel", f"{base}jobs/*/cancel.*"]),
             allow("Checkpoints", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
                   [f"{base}jobs/*/checkpoint/*"]),
             # A call's first segment reads a checkpoint not there yet, and a call handed another call's
             # future waits for its result: S3 answers a missing key 404 only to a caller that may list
             # it, else 403 AccessDenied, which fails the call.
-            listing("MayBeMissing", ["jobs/*/checkpoint/*", "jobs/*/result/*"]),
+            listing("MayBeMissing", ["jobs/*/checkpoint/*", "jobs/*/result/*", "jobs/*/cancel", "jobs/*/cancel.*"]),
             allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], user),
             listing("ListUserData", ["data/*", "shuffle/*"]),
             allow("Logs", ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],

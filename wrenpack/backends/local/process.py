@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 from wrenpack.backends.base import Invocation
 from wrenpack.backends.local.linux import MAX_TASKS, CgroupFactory, MemoryCgroup, PidsCgroup, PidsCgroupFactory
-from wrenpack.errors import EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
 from wrenpack.limits import memory_for
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.handoff import Sealed
@@ -58,6 +58,9 @@ from wrenpack.worker.memory import dir_usage, peak_rss_mb
 log = logging.getLogger("wrenpack.backends.local")
 
 MiB = 1024 * 1024
+#: the private memory of a worker's processes that run no user code, beyond the
+#: one process a worker was before jobs were isolated (its cgroup measured 12 MB more at a call's peak)
+ISOLATION_MB = 16
 SAMPLE_S = 0.01
 TMP_CHECK_S = 0.1
 CHILD_CHECK_S = 0.1
@@ -90,8 +93,12 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _tree_usage(pid: int, rss: bool = True) -> tuple[float, int]:
-    """(MB resident in the process's descendants, processes and threads of its
-    whole tree); (0, 0) without psutil."""
+    """(MB of memory of the process's descendants, processes and threads of its
+    whole tree); (0, 0) without psutil.
+
+    A descendant's memory is its private pages where Linux says (``smaps_rollup``):
+    the worker's job processes (``wrenpack.worker.isolation``) are forks of it whose
+    pages it shares, counted once, in the worker's own resident size."""
     try:
         import psutil
 
@@ -101,12 +108,27 @@ def _tree_usage(pid: int, rss: bool = True) -> tuple[float, int]:
             try:
                 tasks += child.num_threads()
                 if rss:
-                    total += child.memory_info().rss
+                    private = _private_bytes(child.pid)
+                    total += private if private is not None else child.memory_info().rss
             except psutil.Error:
                 pass
         return total / MiB, tasks
     except Exception:  # noqa: BLE001
         return 0.0, 0
+
+
+def _private_bytes(pid: int) -> int | None:
+    """Bytes only this process maps (its private clean and dirty pages), or None."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    total = 0
+    for line in text.splitlines():
+        if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -321,10 +343,14 @@ class Worker:
         self.peak_mb = 0.0
 
     def _apply_limit(self) -> bool:
-        """The cgroup's limit: the call's memory plus the unread hand-offs (lock held)."""
+        """The cgroup's limit: the call's memory plus the unread hand-offs, plus what
+        the worker's processes that run no user code hold of their own (the parent
+        that keeps the secrets, the zygote and the spare job process:
+        ``wrenpack.worker.isolation``), so a call has the memory it had when it ran
+        in the worker's one process (lock held)."""
         if self.cgroup is None or self.limit_mb is None:
             return True
-        ok = self.cgroup.set_limit_bytes(self.limit_mb * MiB + self.unread)
+        ok = self.cgroup.set_limit_bytes(self.limit_mb * MiB + self.unread + ISOLATION_MB * MiB)
         self._limit_stuck = not ok
         return ok
 
@@ -437,6 +463,8 @@ class Worker:
                 "or thread past them fails with EAGAIN), and was stopped; start fewer, e.g. a pool of a few hundred")
         if reason == "shutdown":
             return WrenpackError(f"{label}: the local backend shut down before the call finished")
+        if reason == "cancelled":
+            return cancelled_error(label)
         if inv.attempt < inv.retries:
             return None
         tries = inv.attempt + 1
@@ -590,6 +618,10 @@ def memory_error(label: str, limit: int, peak: float, args_mb: float | None = No
         f"{label} exceeded its memory limit of {limit} MB (measured peak {seen:.0f} MB{counted}); "
         f"raise memory= to memory={memory_for(seen)} (the peak x 1.10 + 32 MB, as `wrenpack profile` recommends)"
     )
+
+
+def cancelled_error(label: str) -> CallCancelled:
+    return CallCancelled(f"{label} was cancelled (wrenpack.cancel) and stopped, with every process it started")
 
 
 def tmp_error(label: str, limit: int, used: int) -> EphemeralStorageExceeded:

@@ -55,7 +55,7 @@ from typing import Any
 
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
-from wrenpack.backends.local.process import Worker, base_environment
+from wrenpack.backends.local.process import Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.wire import worker_reply
@@ -130,6 +130,8 @@ class LocalBackend(Backend):
         self._base_env: dict[str, str] | None = None
         #: calls that ended, waiting for their on_done outside the lock
         self._done: deque[tuple[Invocation, InvocationResult]] = deque()
+        #: id() of calls cancelled while they waited in a worker: their reply reports the cancel
+        self._stop_on_reply: set[int] = set()
         #: when the dispatcher wakes by itself next (time.time(); 0 while it is awake)
         self._sleep_until = 0.0
         self._start_failures: dict[str | None, int] = {}
@@ -150,6 +152,7 @@ class LocalBackend(Backend):
             warm_pool=True,
             enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
             concurrency=self.concurrency,
+            cancel_running=True,
         )
 
     @classmethod
@@ -199,6 +202,35 @@ class LocalBackend(Backend):
                 return False
             self._queued.discard(id(invocation))
             return True
+
+    def cancel_calls(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Stop these calls, running or not: a queued one is taken out, a running
+        one's worker is killed with every process the call started (its cgroup, else
+        its process group and descendants) and replaced, as after a timeout; the
+        calls waiting behind it go back to the queue. Each ends through ``on_done``
+        with ``CallCancelled``."""
+        wanted = set(calls)
+        stopped: set[tuple[str, str]] = set()
+        with self._lock:
+            for inv in list(self._queue):
+                if inv.key in wanted and id(inv) in self._queued:
+                    self._queued.discard(id(inv))
+                    stopped.add(inv.key)
+                    self._finish(inv, error=cancelled_error(inv.label))
+            for worker in list(self._workers):
+                if worker.kill_reason:
+                    continue
+                for i, inv in enumerate(list(worker.inflight)):
+                    if inv.key not in wanted:
+                        continue
+                    stopped.add(inv.key)
+                    if i == 0:
+                        self._requeue_waiting(worker)
+                        worker.kill("cancelled")
+                        break
+                    self._stop_on_reply.add(id(inv))
+        self._wake()  # the dispatcher reports them (``on_done`` runs outside the lock)
+        return stopped
 
     def shutdown(self, wait: bool = True) -> None:
         """``wait=True``: run what is queued and in flight, then stop. ``wait=False``: stop the
@@ -328,6 +360,10 @@ class LocalBackend(Backend):
         now = time.time()
         worker.idle_since = time.monotonic()
         error, replace = worker.verdict(inv, head)
+        if id(inv) in self._stop_on_reply:
+            # Cancelled while it waited in the worker behind another call: it ran, its outcome is dropped.
+            self._stop_on_reply.discard(id(inv))
+            error = cancelled_error(inv.label)
         self._learn(inv, head.get("elapsed"))
         if worker.inflight:
             worker.begin(now)

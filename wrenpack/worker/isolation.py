@@ -1,0 +1,807 @@
+"""Jobs isolated from each other in a warm worker: the user's code never runs
+in the process that holds the secrets.
+
+A warm worker (a local worker process, or a Lambda container, which serves
+every job of its function) runs many jobs one after another. The process that
+receives an event holds that job's secret: code running in it could read the
+secret, or patch the handler so a later job's secret leaks or its results
+lie under a valid MAC. So the worker is split::
+
+    parent (secret holder)            zygote (never held a secret)
+      receives the event                forked at start-up, before any event
+      verifies func + args bytes        forks one child per job on request
+      seals and writes the outcome          |
+      serves the child's requests       child (one job's code, no secret)
+        checkpoint get/put (sealed)       unpickles the function and arguments
+        sub-job secret derivation         runs the calls of that one job
+      watches the cancel marker           returns raw outcome bytes
+
+* The **zygote** is forked before the worker sees any event (a local worker's
+  start, Lambda's init), so nothing it forks ever had a secret in memory,
+  not even freed memory. If it dies, a fresh interpreter is started in its
+  place (``_spawn_zygote``): forking the parent again would copy its heap.
+* A **child** runs the calls of one job only; when a call of another job comes,
+  it is killed with everything it started, and a new one forked. Calls of the
+  same job reuse it (the warm fast path: the function is unpickled once).
+* The child gets verified bytes (function, arguments, hand-off memfds) over a
+  socketpair and sends back the outcome's pickle, never touching a secret:
+  a checkpoint is sealed and opened by the parent (``ckpt_get``/``ckpt_put``),
+  a job launched inside the call gets its secret from the parent
+  (``derive``: the HMAC of this job's secret and the new job's id, so the
+  child learns the sub-job's secret, never its own job's). References to other
+  jobs' calls among the arguments verify with the secrets the client put in
+  this job's event (``ref_secrets``); those are given to the child, since its
+  caller handed it those futures.
+* The parent trusts nothing the child says beyond its own job's outcome: the
+  child's messages are JSON heads and raw bytes (nothing from it is
+  unpickled in the parent), and the outcome is sealed for the job the parent
+  holds the secret of.
+* On Linux the parent is made non-dumpable (``PR_SET_DUMPABLE``), so a child
+  of the same (non-root) user cannot read its memory through ``/proc/<pid>/mem``
+  or ptrace. A child running as root can (locally as root; never on Lambda).
+
+Standard library and cloudpickle only: this runs in the worker.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
+_HEAD = struct.Struct("!IQ")
+#: the most a child's message head may hold (the parent reads nothing larger)
+_MAX_HEAD = 1 << 20
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+# -- framing: a JSON head, a blob, descriptors on the first byte ------------------
+def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[int] | None = None) -> None:
+    data = json.dumps(head, separators=(",", ":")).encode()
+    view = memoryview(blob) if blob else memoryview(b"")
+    first = _HEAD.pack(len(data), view.nbytes) + data
+    if fds:
+        socket.send_fds(sock, [first[:1]], fds)
+        first = first[1:]
+    sock.sendall(first)
+    if view.nbytes:
+        sock.sendall(view)
+
+
+def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        if not fds and got == 0:
+            msg, anc, _flags, _addr = sock.recvmsg(min(n, 65536), socket.CMSG_SPACE(64 * 4))
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += list(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
+            k = len(msg)
+            view[got : got + k] = msg
+        else:
+            k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("the other end closed")
+        got += k
+    return buf
+
+
+def recv(sock: socket.socket) -> tuple[dict[str, Any], bytearray, list[int]]:
+    """One message: (head, blob, descriptors that came with it)."""
+    fds: list[int] = []
+    fixed = _recv_exact(sock, _HEAD.size, fds)
+    head_len, blob_len = _HEAD.unpack(fixed)
+    if head_len > _MAX_HEAD:
+        raise ValueError("a message head is too large")
+    head = json.loads(bytes(_recv_exact(sock, head_len, fds)))
+    blob = _recv_exact(sock, blob_len, fds) if blob_len else bytearray()
+    if not isinstance(head, dict):
+        raise ValueError("a message head is not an object")
+    return head, blob, fds
+
+
+# -- the zygote -----------------------------------------------------------------------
+class _Zygote:
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        sock.settimeout(10.0)  # a zygote that stops answering is replaced, never waited on for ever
+        self.lock = threading.Lock()
+
+
+_zygote: _Zygote | None = None
+_prepared = False
+
+
+def active() -> bool:
+    """Calls run in per-job children (``prepare`` was called in this process)."""
+    return _prepared
+
+
+def prepare() -> None:
+    """Fork the zygote now, before this process sees any event; from here on
+    calls run in per-job children. Called by a local worker at start and by the
+    handler module when Lambda loads it."""
+    global _zygote, _prepared
+    if _prepared or os.environ.get("WRENPACK_ZYGOTE") == "1":
+        return
+    if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
+        return  # (not Linux: calls run in the handler's process, as before)
+    _zygote = _fork_zygote()
+    _prepared = True
+    # Orphans of a job's processes stay below this process, where ``Child.kill`` finds them.
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    # A child of the same user cannot read this process's memory (/proc/<pid>/mem, ptrace).
+    _prctl(_PR_SET_DUMPABLE, 0)
+
+
+def _fork_zygote() -> _Zygote:
+    mine, theirs = socket.socketpair()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the zygote
+        try:
+            mine.close()
+            _zygote_main(theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return _Zygote(pid, mine)
+
+
+def _spawn_zygote() -> _Zygote:
+    """A zygote from a fresh interpreter: forking this process would copy the
+    secrets it has held into it."""
+    import subprocess
+
+    mine, theirs = socket.socketpair()
+    code = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
+            "import socket;from wrenpack.worker.isolation import _zygote_main;"
+            "from wrenpack.worker import handler;_zygote_main(socket.socket(fileno=c['fd']))")
+    config = {"fd": theirs.fileno(), "paths": [p for p in sys.path]}
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], pass_fds=[theirs.fileno()],
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, WRENPACK_ZYGOTE="1"))
+    theirs.close()
+    return _Zygote(proc.pid, mine)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor but ``keep``: a child inherits no socket, pipe or file of the parent's."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _zygote_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the zygote
+    """Fork a child for each request; nothing else. Its children are reaped by the kernel."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.environ.pop("WRENPACK_ZYGOTE", None)
+    # Nothing of another job's may attach to it, or to the processes it forks before
+    # they have a job of their own (``_child_main`` makes a job's process dumpable).
+    _prctl(_PR_SET_DUMPABLE, 0)
+    worker = os.getppid()
+    _close_fds_except({sock.fileno()})
+    _forget_process_files()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import gc
+
+    # What the zygote holds stays out of the collector's passes in its forks: a pass
+    # would write to every object's page, copying the whole heap into each child.
+    gc.collect()
+    gc.freeze()
+    while True:
+        try:
+            _head, _blob, fds = recv(sock)
+        except (EOFError, OSError):
+            os._exit(0)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _fork_child(sock, fds[0], worker)
+            finally:
+                os._exit(0)
+        os.close(fds[0])
+
+
+def _fork_child(sock: socket.socket, fd: int, worker: int) -> None:  # pragma: no cover - the zygote's fork
+    """Fork the job's child and exit: the child is orphaned to the worker, the
+    subreaper, whose child it then is (the worker reads its exit status; a
+    crash of the call is the invocation's crash, as before)."""
+    me = os.getpid()
+    pid = os.fork()
+    if pid:
+        try:
+            send(sock, {"pid": pid})
+        finally:
+            os._exit(0)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    sock.close()
+    _close_fds_except({fd})
+    deadline = time.monotonic() + 5.0
+    while os.getppid() == me and time.monotonic() < deadline:
+        time.sleep(0.0002)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != worker:
+        os._exit(0)  # the worker is gone (or this was not orphaned to it)
+    _child_main(socket.socket(fileno=fd))
+
+
+def _forget_process_files() -> None:
+    """Kept descriptors of another process's /proc files, now closed."""
+    try:
+        from wrenpack.worker import memory
+
+        memory._own.clear()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# -- the parent's side of a child ------------------------------------------------------
+class ChildGone(Exception):
+    """The job's child died (``died``) or broke the protocol while it ran a call."""
+
+    def __init__(self, message: str, died: bool = True) -> None:
+        super().__init__(message)
+        self.died = died
+
+
+class Child:
+    """A forked child running one job's calls (held by the parent)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.funcs: set[str] = set()
+        self.pid, self.sock = _take_spare()
+        self.status: int | None = None
+        #: its last call left processes behind, by its own report (a false "no" spares only its own job's)
+        self.left_processes = False
+        self.pidfd: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            pass
+
+    def exit_status(self, wait_s: float = 1.0) -> int | None:
+        """The child's wait status once it has exited (it is this process's child:
+        orphaned to it at its start), or None if it has not by ``wait_s``."""
+        if self.status is not None:
+            return self.status
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid:
+                self.status = status
+                return status
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+
+    def kill(self) -> None:
+        """End the child and every process it started, without waiting for them to exit.
+
+        The child first: once it has SIGKILL pending it runs no more of its code, and
+        no fork of its completes (the kernel refuses a fork to a process with a fatal
+        signal pending). Then what it started, looked for until nothing new turns up:
+        a process forked just before is a child of a process killed already, or,
+        once that one has exited, of this process (their subreaper); every process
+        killed forks nothing more. So when this returns, nothing of the job's runs
+        its code any more; they are reaped later (``_reap``)."""
+        _kill(None, self.pidfd, self.pid)
+        killed = {self.pid}
+        me = os.getpid()
+        for _ in range(100):
+            found = _children_of(self.pid) | (_children_of(me) - keepers())
+            stack = list(found - killed)
+            new: set[int] = set()
+            while stack:
+                pid = stack.pop()
+                if pid in killed or pid in new:
+                    continue
+                new.add(pid)
+                stack.extend(_children_of(pid))
+            new -= killed
+            if not new:
+                break
+            for pid in new:
+                _kill(pid, None, pid)
+            killed |= new
+        self.exit_status(0.0)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.pidfd is not None:
+            try:
+                os.close(self.pidfd)
+            except OSError:
+                pass
+            self.pidfd = None
+
+    def alive(self) -> bool:
+        if self.sock.fileno() < 0:
+            return False
+        if self.pidfd is not None:
+            import select
+
+            return not select.select([self.pidfd], [], [], 0)[0]  # readable: it exited
+        try:
+            os.kill(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+
+#: the parent's end of a process asked of the zygote and not yet handed a job (one at most)
+_spare: socket.socket | None = None
+#: its pid, once the zygote said (it is orphaned to this process only after saying)
+_spare_pid: int | None = None
+
+
+def _poll_spare() -> None:
+    """Read the zygote's answer about the spare process if it has come (no wait)."""
+    global _spare_pid
+    if _spare is None or _spare_pid is not None or _zygote is None:
+        return
+    import select
+
+    sock = _zygote.sock
+    with _zygote.lock:
+        try:
+            # (select, not a non-blocking recv: with a timeout set on the socket,
+            # Python waits for data after the kernel says there is none)
+            if not select.select([sock], [], [], 0)[0] or not sock.recv(1, socket.MSG_PEEK):
+                return
+        except OSError:
+            return
+        try:
+            head, _blob, extra = recv(sock)
+        except (OSError, EOFError, ValueError):
+            return
+    for fd in extra:
+        os.close(fd)
+    try:
+        _spare_pid = int(head["pid"])
+    except (KeyError, ValueError, TypeError):
+        pass
+
+
+def request_spare() -> None:
+    """Have a process ready for the next job: forked by the zygote while this
+    process seals and replies (a job's first call then forks nothing)."""
+    try:
+        _request_spare()
+    except (OSError, ChildGone):
+        pass
+
+
+def _request_spare() -> None:
+    """Ask the zygote for a process for the next job (its pid is read when it is taken)."""
+    global _spare, _zygote
+    if _spare is not None:
+        return
+    if _zygote is None:
+        _zygote = _replace_zygote(None)
+    mine, theirs = socket.socketpair()
+    try:
+        with _zygote.lock:
+            send(_zygote.sock, {"fork": True}, fds=[theirs.fileno()])
+    except OSError:
+        mine.close()
+        return
+    finally:
+        theirs.close()
+    _spare = mine
+
+
+def _take_spare() -> tuple[int, socket.socket]:
+    """A process for a new job: the one asked for before, else a new one (a
+    fresh zygote first if the zygote is gone)."""
+    global _spare, _spare_pid, _zygote
+    for attempt in range(2):
+        if attempt:
+            _zygote = _replace_zygote(_zygote)
+        _request_spare()
+        mine, _spare = _spare, None
+        known, _spare_pid = _spare_pid, None
+        if mine is None or _zygote is None:
+            continue
+        if known is not None:
+            return known, mine
+        try:
+            with _zygote.lock:
+                head, _blob, extra = recv(_zygote.sock)
+            for fd in extra:
+                os.close(fd)
+            return int(head["pid"]), mine
+        except (OSError, EOFError, KeyError, ValueError, TypeError):
+            mine.close()
+    raise ChildGone("could not start a process for the job's code")
+
+
+def _children_of(pid: int) -> set[int]:
+    """``pid``'s children (every thread's), from /proc: no scan of every process."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.update(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _kill(pid: int | None, pidfd: int | None, fallback: int) -> None:
+    try:
+        if pidfd is not None and hasattr(signal, "pidfd_send_signal"):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(pid if pid is not None else fallback, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def _replace_zygote(old: _Zygote | None) -> _Zygote:
+    global _spare, _spare_pid, _zygote
+    if _spare is not None:
+        _spare.close()
+        _spare, _spare_pid = None, None
+    if old is not None:
+        try:
+            old.sock.close()
+        except OSError:
+            pass
+        try:
+            os.kill(old.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    log.info("the worker's zygote is gone; starting a fresh one")
+    _zygote = _spawn_zygote()
+    return _zygote
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (a /proc scan: the worker side has no psutil)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [root]
+    while stack:
+        for kid in children.get(stack.pop(), []):
+            out.append(kid)
+            stack.append(kid)
+    return out
+
+
+_child: Child | None = None
+
+
+#: seconds spent ending a job's process and taking the next since ``take_start_cost``
+_start_cost = 0.0
+
+
+def take_start_cost() -> float:
+    """What changing jobs cost since the last look (a local worker leaves it out of the
+    call's time it reports, which the scheduler learns a function's call time from)."""
+    global _start_cost
+    cost, _start_cost = _start_cost, 0.0
+    return cost
+
+
+def current_child() -> Child | None:
+    return _child
+
+
+def call_left_processes() -> bool:
+    """Whether the last call's child says processes it started are still there."""
+    child = _child
+    return child is not None and child.left_processes
+
+
+def child_for(job_id: str) -> Child:
+    """The child for ``job_id``'s calls: the running one if it serves that job,
+    else a new one (the old one, and all it started, ended first)."""
+    global _child, _start_cost
+    child = _child
+    if child is not None and child.job_id == job_id and child.alive():
+        return child
+    t0 = time.perf_counter()
+    if child is not None:
+        end_child()
+    for _attempt in range(2):
+        child = Child(job_id)
+        if child.alive():
+            _child = child
+            _start_cost += time.perf_counter() - t0
+            return child
+        # Its process is gone (a job's code may kill what it can reach): a fresh zygote.
+        child.kill()
+        _replace_zygote(_zygote)
+    raise ChildGone("could not start a process for the job's code", died=False)
+
+
+def end_child() -> None:
+    """End the current child (a call of it went wrong, or its job changed)."""
+    global _child
+    child, _child = _child, None
+    if child is not None:
+        child.kill()
+        _reap()
+
+
+def protected() -> set[int]:
+    """``keepers`` and every process below the zygote (a fork it is making):
+    what ending a call's processes must leave alone. Scans /proc: only when a
+    call left processes."""
+    keep = keepers()
+    if _zygote is not None:
+        keep.update(_descendants(_zygote.pid))
+    return keep
+
+
+def keepers() -> set[int]:
+    """The processes that outlive a call: the zygote, the next job's process
+    (once the zygote said which) and the job's child. Call it after listing the
+    processes to judge: the next job's process is orphaned to this one only
+    after the zygote said which it is."""
+    _poll_spare()
+    out = {_spare_pid} if _spare_pid is not None else set()
+    if _zygote is not None:
+        out.add(_zygote.pid)
+    if _child is not None:
+        out.add(_child.pid)
+    return out
+
+
+#: set when the worker stops (its driver is gone): a child's death is then no crash to mirror
+stopping = False
+
+
+def stop() -> None:
+    """The worker is stopping on purpose: end the zygote first, so it forks nothing more,
+    and let the child's coming death be no crash of the worker's (``die_like``)."""
+    global stopping
+    stopping = True
+    zygote = _zygote
+    if zygote is not None:
+        try:
+            os.kill(zygote.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def die_like(status: int | None) -> None:
+    """End this process as the job's child ended (its wait status): a crash in
+    the call's code is the invocation's crash, as when it ran in this process
+    (the local backend retries it, or names the signal; Lambda restarts the runtime)."""
+    while stopping:  # the worker is being stopped (``stop``): that ends this process
+        time.sleep(1.0)
+    if status is None or os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status) if status is not None else signal.SIGKILL
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+        os.kill(os.getpid(), sig)
+        time.sleep(1.0)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def _reap() -> None:
+    zpid = _zygote.pid if _zygote is not None else None
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid == zpid:
+            log.info("the worker's zygote exited")
+
+
+# -- one call, parent side ---------------------------------------------------------
+def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], serve: Callable[[dict[str, Any], bytearray], tuple[dict[str, Any], Any]],
+             wait_until: float | None, cancelled: Callable[[], bool] | None = None) -> tuple[dict[str, Any], bytearray, list[int]]:
+    """Send one call to ``child`` and serve its requests until it reports the
+    outcome: (head, outcome bytes, descriptors). ``serve(head, blob)`` answers a
+    request (checkpoint, derivation). ``wait_until``: give up (``ChildGone``) if
+    nothing has come by then; ``cancelled``: polled while waiting."""
+    import select
+
+    try:
+        send(child.sock, head, blob, fds)
+    except OSError as exc:
+        raise ChildGone(f"the call's process died ({exc})") from None
+    poller = select.poll()
+    poller.register(child.sock, select.POLLIN)
+    if child.pidfd is not None:
+        poller.register(child.pidfd, select.POLLIN)
+    while True:
+        timeout = 0.25
+        if wait_until is not None:
+            timeout = min(timeout, max(0.0, wait_until - time.time()))
+        ready = poller.poll(int(timeout * 1000) + 1)
+        if cancelled is not None and cancelled():
+            raise Cancelled()
+        if not ready:
+            if wait_until is not None and time.time() > wait_until:
+                raise ChildGone("the call's process did not answer by its deadline", died=False)
+            continue
+        if not any(fd == child.sock.fileno() for fd, _ in ready):
+            # Only the pidfd: the child exited; a last message may still be in the socket.
+            poller.unregister(child.pidfd)
+            try:
+                child.sock.setblocking(False)
+                peek = child.sock.recv(1, socket.MSG_PEEK)
+            except OSError:
+                peek = b""
+            finally:
+                child.sock.setblocking(True)
+            if not peek:
+                raise ChildGone("the call's process died")
+        try:
+            got, data, got_fds = recv(child.sock)
+        except (EOFError, OSError) as exc:
+            raise ChildGone(f"the call's process died ({exc})") from None
+        except (ValueError, struct.error) as exc:
+            raise ChildGone(f"the call's process broke the worker's protocol ({exc}): did its code write to "
+                            "a descriptor it inherited?", died=False) from None
+        kind = got.get("t")
+        if kind == "done":
+            child.left_processes = got.get("children") is not False
+        if kind not in ("done", "ckpt_get", "ckpt_put", "derive"):
+            for fd in got_fds:
+                os.close(fd)
+            raise ChildGone(f"the call's process sent a message of kind {kind!r}", died=False)
+        if kind == "done":
+            return got, data, got_fds
+        for fd in got_fds:
+            os.close(fd)
+        try:
+            answer, answer_blob = serve(got, data)
+        except Exception as exc:  # noqa: BLE001 - reported to the child, which raises it in the call
+            answer, answer_blob = {"error": f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__}, b""
+        try:
+            send(child.sock, answer, answer_blob)
+        except OSError:
+            raise ChildGone("the call's process died") from None
+
+
+class Cancelled(Exception):
+    """The call's cancel marker appeared while it ran."""
+
+
+# -- the child ----------------------------------------------------------------------
+class _Rpc:
+    """The child's way to ask the parent for what needs the job's secret."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def ask(self, head: dict[str, Any], blob: Any = b"") -> tuple[dict[str, Any], bytearray]:
+        with self.lock:
+            send(self.sock, head, blob)
+            answer, data, fds = recv(self.sock)
+        for fd in fds:
+            os.close(fd)
+        if "error" in answer:
+            from wrenpack import errors
+
+            cls = getattr(errors, str(answer.get("kind")), None)
+            if not (isinstance(cls, type) and issubclass(cls, errors.WrenpackError)):
+                cls = errors.WrenpackError
+            raise cls(str(answer["error"]))
+        return answer, data
+
+
+#: runs one call in a child: ``handler.run_in_child`` (set by the handler module, which imports this one)
+_runner: Callable[..., tuple[dict[str, Any], Any, list[int]]] | None = None
+
+
+def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]]) -> None:
+    global _runner
+    _runner = runner
+
+
+def _has_children() -> bool:
+    """Whether processes a call started are still there (below this one: it is
+    their subreaper); reaps those that exited."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
+    """Run this job's calls until the parent closes the socket."""
+    runner = _runner
+    if runner is None:
+        os._exit(1)
+    _forget_process_files()
+    # Orphans of its calls stay below it, where its report after each call counts them.
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    rpc = _Rpc(sock)
+    first = True
+    while True:
+        try:
+            head, blob, fds = recv(sock)
+        except (EOFError, OSError):
+            os._exit(0)
+        if first:
+            # Its job's first call: the earlier job's process is gone by now (the parent
+            # ended it first), so none can attach to this one once it is dumpable (its
+            # own /proc files, the memory meter's reset, core dumps need that).
+            _prctl(_PR_SET_DUMPABLE, 1)
+            first = False
+        reply, out, out_fds = runner(head, blob, fds, rpc)
+        reply["children"] = _has_children()
+        try:
+            send(sock, reply, out, out_fds)
+        except OSError:
+            os._exit(0)
+        finally:
+            for fd in out_fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
