@@ -219,7 +219,8 @@ def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
         if fut.done():
             out[i] = fut.cancelled()
             continue
-        if fut.cancel():
+        # (the class's cancel, not an instance's: a wrapper that maps its own cancel() here must not recurse)
+        if WrenFuture.cancel(fut):
             out[i] = True
             continue
         stopper = getattr(fut, "_stopper", None)

@@ -50,7 +50,7 @@ SHARES_NOTHING = "Calls share nothing with the caller"
 AT_EXIT = "Calls still running when the program exits"
 PICKLING = "Pickling fails with `SerializationError`"
 WORKER_DIES = "A worker that dies fails its own call"
-CANCEL = "`cancel()` takes back only calls not started"
+CANCEL = "`fut.cancel()` takes back only calls not started"
 FUTURES = "A future unpickled in a process"
 
 DIFFERENCES = (POOL_SIZE, POOL_SETTINGS, SHARES_NOTHING, AT_EXIT, PICKLING, WORKER_DIES, CANCEL, FUTURES)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.peers._adapter import CANCEL, FUTURES, PICKLING, because
+from tests.peers._adapter import FUTURES, PICKLING, because
 
 pytest.importorskip("numpy", reason="PyWren's tests use numpy; pip install -e '.[test]'")
 pytest.importorskip("six", reason="PyWren's tests import six; pip install six")
@@ -38,7 +38,6 @@ __all__ = ["ConfigErrors", "EnvVars", "Futures", "Limits", "RuntimeCaching", "Se
 WRENCONFIG = "builds PyWren configuration dicts (pywren.wrenconfig) for its executor: they have no wrenpack counterpart to map onto"
 
 XFAIL: dict[str, str] = {
-    "SimpleAsync::test_cancel": because(CANCEL, "cancels a call that has been running for 2 s and expects result() to raise"),
     "SimpleAsync::test_exit": because(PICKLING, "expects 'non-zero return code' for sys.exit() in the function"),
     "Futures::test_succeeded_errored": because(FUTURES, "calls PyWren's fut.succeeded()/errored()"),
     "RuntimeCaching::test_cached_runtime": because(FUTURES, "reads PyWren's fut.run_status['runtime_cached']"),

@@ -6,7 +6,8 @@ return wrenpack futures; ``wait``/``get_all_results`` are ``wrenpack.wait`` and
 ``wrenpack.get``. PyWren's performance knobs of ``map`` (``invoke_pool_threads``,
 ``data_all_as_one``, ``use_cached_runtime``, ``overwrite_invoke_args``,
 ``exclude_modules``) change nothing a call computes and are accepted and
-ignored; ``extra_env`` is wrenpack's ``env``; ``extra_meta`` is refused (wrenpack
+ignored; ``extra_env`` is wrenpack's ``env``; a future's ``cancel()`` is
+``wrenpack.cancel`` (PyWren's stops a running call); ``extra_meta`` is refused (wrenpack
 has no per-call metadata). PyWren's configuration dicts (``pywren.wrenconfig``,
 ``lambda_executor(config)``) have no counterpart and are not provided.
 
@@ -62,7 +63,12 @@ class Executor:
         fn = wrenpack.remote(func, executor=self._ex)
         if extra_env:
             fn = fn.options(env=dict(extra_env))
-        return fn.map(list(iterdata))
+        futures = fn.map(list(iterdata))
+        for fut in futures:
+            # PyWren's ResponseFuture.cancel() stops the call, running or not: wrenpack.cancel
+            # (a concurrent.futures Future's cancel() takes back only a call not started).
+            fut.cancel = lambda fut=fut: wrenpack.cancel([fut])[0]
+        return futures
 
     def reduce(self, function: Callable[[list[Any]], Any], list_of_futures: list[Any], extra_env: dict[str, str] | None = None,
                extra_meta: dict[str, Any] | None = None) -> wrenpack.WrenFuture:
