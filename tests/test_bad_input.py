@@ -430,3 +430,19 @@ def test_an_idle_worker_exits_about_keep_warm_after_it_went_idle(tmp_path):
             lifetimes.append(time.monotonic() - idle)
     # (a loaded machine may delay one exit; the best of three is about keep_warm, not the dispatcher's 0.1 s sleep)
     assert min(lifetimes) < keep_warm + 0.05, lifetimes
+
+
+def test_a_keep_warm_shorter_than_a_workers_start_still_hands_it_the_call(tmp_path, caplog):
+    """A worker was idle from its spawn, not from when it was ready: with keep_warm under a
+    worker's start-up time it was retired as soon as it was ready, before the call it was
+    started for reached it, then the next one, for as long as that went on (a minute in CI)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="wrenpack.backends.local")
+    with wrenpack.Executor(storage=str(tmp_path), concurrency=1, keep_warm=0.001) as ex:
+        t0 = time.monotonic()
+        for i in range(3):
+            assert ex.submit(worker_pid, i).result(timeout=60)
+        took = time.monotonic() - t0
+    started = [r for r in caplog.records if "started local worker" in r.getMessage()]
+    assert len(started) <= 3, f"{len(started)} workers started for 3 calls in {took:.1f} s"

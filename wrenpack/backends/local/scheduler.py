@@ -350,6 +350,10 @@ class LocalBackend(Backend):
     def _on_reply(self, worker: Worker, head: dict[str, Any], blob: bytes) -> None:
         if "ready" in head:
             worker.ready = True
+            # Idle from now, not from its spawn: with a keep_warm shorter than a start,
+            # a worker was retired the moment it was ready, before the call it was
+            # started for reached it, and the next one too, for as long as that went on.
+            worker.idle_since = time.monotonic()
             self._start_failures.pop(worker.runtime, None)
             if worker.inflight:
                 worker.begin(time.time())  # calls sent while it started: the clock starts now
@@ -579,8 +583,13 @@ class LocalBackend(Backend):
 
     def _reap_idle(self) -> None:
         now = time.monotonic()
-        for worker in list(self._workers):
-            if not worker.inflight and worker.ready and not worker.kill_reason and now - worker.idle_since >= self.keep_warm:
+        expired = [w for w in self._workers
+                   if not w.inflight and w.ready and not w.kill_reason and now - w.idle_since >= self.keep_warm]
+        if not expired:
+            return
+        waiting = {inv.runtime for inv in self._queue if id(inv) in self._queued}
+        for worker in expired:
+            if worker.runtime not in waiting:  # (a call waits that it can take: it is not idle)
                 self._retire(worker)
 
     def _retire(self, worker: Worker) -> None:
