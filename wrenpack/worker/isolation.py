@@ -289,6 +289,9 @@ class Child:
         self.status: int | None = None
         #: its last call left processes behind, by its own report (a false "no" spares only its own job's)
         self.left_processes = False
+        #: its last call started processes (ended or not), by its own report: one the kernel
+        #: stopped at the memory limit is the call's breach (the worker's verdict looks then)
+        self.started_processes = False
         self.pidfd: int | None = None
         try:
             self.pidfd = os.pidfd_open(self.pid)
@@ -544,6 +547,14 @@ def current_child() -> Child | None:
     return _child
 
 
+def call_started_processes() -> bool:
+    """Whether the last call's child says the call started processes (its
+    descendants' usage changed): the worker's own ``RUSAGE_CHILDREN`` does not see
+    them, since they are the child's."""
+    child = _child
+    return child is not None and child.started_processes
+
+
 def call_left_processes() -> bool:
     """Whether the last call's child says processes it started are still there."""
     child = _child
@@ -705,6 +716,8 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
         kind = got.get("t")
         if kind == "done":
             child.left_processes = got.get("children") is not False
+            # (a false "no" only hides its own call's processes from its own verdict)
+            child.started_processes = child.left_processes or got.get("started") is not False
         if kind not in ("done", "ckpt_get", "ckpt_put", "derive"):
             for fd in got_fds:
                 os.close(fd)
@@ -772,6 +785,15 @@ def _has_children() -> bool:
             return True
 
 
+def _descendants_usage() -> tuple[float, int]:
+    """CPU time and page faults of the waited-for descendants: changed by any
+    process the call started (the child is their subreaper, so it reaps them)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime, ru.ru_minflt
+
+
 def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
     """Run this job's calls until the parent closes the socket."""
     runner = _runner
@@ -793,8 +815,10 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             # own /proc files, the memory meter's reset, core dumps need that).
             _prctl(_PR_SET_DUMPABLE, 1)
             first = False
+        before = _descendants_usage()
         reply, out, out_fds = runner(head, blob, fds, rpc)
         reply["children"] = _has_children()
+        reply["started"] = reply["children"] or _descendants_usage() != before
         try:
             send(sock, reply, out, out_fds)
         except OSError:

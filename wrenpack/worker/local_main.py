@@ -348,7 +348,8 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             # (without the change of job's process: once per job, not the call's own time)
             elapsed = max(0.0, time.perf_counter() - t0 - isolation.take_start_cost())
             end_call_processes()
-            worker_reply.measured(reply, elapsed, children=child_died or _children_usage() != before,
+            worker_reply.measured(reply, elapsed, children=child_died or _children_usage() != before
+                                  or isolation.call_started_processes(),
                                   tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
             sys.stdout.flush()
             sys.stderr.flush()
