@@ -41,6 +41,7 @@ def expected(n):
     return sum(i * i for i in range(n))
 
 
+@pytest.mark.slow  # (10 s of timeouts; the emulated Lambda's checkpoint tests cover the path)
 def test_ten_times_the_timeout_finishes_exactly(tmp_path):
     ex = wrenpack.Executor(storage=str(tmp_path), concurrency=2, keep_objects=True)
     try:

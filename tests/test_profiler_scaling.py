@@ -107,7 +107,7 @@ def test_far_extrapolation_warns_and_long_runs_need_segments():
 
 @pytest.mark.parametrize("fn,sizes", [
     (targets.linear_cost, [1000, 2000, 3000, 4000]),
-    (targets.quadratic_cost, [500, 1000, 1500, 2000]),
+    pytest.param(targets.quadratic_cost, [500, 1000, 1500, 2000], marks=pytest.mark.slow),  # (10 s; O(n) covers the path)
 ], ids=["O(n)", "O(n^2)"])
 def test_prediction_at_4x_is_close_and_not_low(fn, sizes):
     """Deterministic memory and sleep-timed work, so a loaded machine does not move the figures."""

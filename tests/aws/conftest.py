@@ -248,3 +248,15 @@ def s3_server(request):
         return S3Server("moto", request.getfixturevalue("moto_endpoint"), request.getfixturevalue("bucket"), True)
     # rclone serve s3 ignores If-None-Match: conditional writes are best effort there.
     return S3Server("rclone", request.getfixturevalue("rclone_endpoint"), "wrenpack-test", False)
+
+
+#: tests whose every store x invocation type variant costs seconds: the default run keeps one
+#: variant (Event on moto), ``-m slow`` runs the others
+ONE_VARIANT_BY_DEFAULT = {"test_checkpointed_call_goes_on_across_invocations", "test_errors_match_the_local_backend"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if getattr(item, "originalname", None) in ONE_VARIANT_BY_DEFAULT and "[Event-moto]" not in item.name:
+            item.add_marker(pytest.mark.slow)

@@ -127,7 +127,7 @@ def count(key, values):
     return sum(values)
 
 
-@pytest.mark.parametrize("server", ["moto", "rclone"])
+@pytest.mark.parametrize("server", ["moto", pytest.param("rclone", marks=pytest.mark.slow)])
 def test_every_feature_runs_as_the_client_and_the_worker_under_their_policies(server, iam, bucket, monkeypatch, capsys):
     """Deploy (with reserved concurrency), maps of both invocation types, checkpoints, a shuffle,
     the concurrency caps, doctor and clean: nothing any identity asks for is refused."""
