@@ -83,40 +83,39 @@ def open_job(user_key: bytes | None, job_id: str, data: bytes) -> dict[str, Any]
     return record
 
 
+def _seal_json(secret: bytes, job_id: str, kind: str, record: dict[str, Any]) -> bytes:
+    data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    return auth.seal(secret, keys.identity(job_id, kind), data)
+
+
+def _open_json(secret: bytes, job_id: str, kind: str, key: str, blob: bytes, fix: str) -> dict[str, Any]:
+    """The JSON object sealed in ``blob`` as the job's ``kind``; ``CorruptObject`` otherwise."""
+    data = auth.unseal(secret, keys.identity(job_id, kind), blob, key)
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise CorruptObject(f"{key} is authentic but unreadable{fix}")
+    return record
+
+
 def seal_progress(secret: bytes, job_id: str, progress: dict[str, Any]) -> bytes:
     """The sealed progress record."""
-    data = json.dumps(progress, sort_keys=True, separators=(",", ":")).encode()
-    return auth.seal(secret, keys.identity(job_id, "progress"), data)
+    return _seal_json(secret, job_id, "progress", progress)
 
 
 def open_progress(secret: bytes, job_id: str, blob: bytes) -> dict[str, Any]:
     """A progress record ``seal_progress`` made for the job; ``CorruptObject`` otherwise."""
-    key = keys.progress_key(job_id)
-    data = auth.unseal(secret, keys.identity(job_id, "progress"), blob, key)
-    try:
-        progress = json.loads(data)
-    except ValueError:
-        progress = None
-    if not isinstance(progress, dict):
-        raise CorruptObject(f"{key} is authentic but unreadable; re-run the job")
-    return progress
+    return _open_json(secret, job_id, "progress", keys.progress_key(job_id), blob, "; re-run the job")
 
 
 def seal_cancel(secret: bytes, job_id: str, marker: dict[str, Any]) -> bytes:
     """The sealed cancel marker."""
-    data = json.dumps(marker, sort_keys=True, separators=(",", ":")).encode()
-    return auth.seal(secret, keys.identity(job_id, "cancel"), data)
+    return _seal_json(secret, job_id, "cancel", marker)
 
 
 def open_cancel(secret: bytes, job_id: str, blob: bytes) -> dict[str, Any]:
     """A cancel marker ``seal_cancel`` made for the job; ``CorruptObject`` for anything else
     (a marker a stranger planted cancels nothing)."""
-    key = keys.cancel_key(job_id)
-    data = auth.unseal(secret, keys.identity(job_id, "cancel"), blob, key)
-    try:
-        marker = json.loads(data)
-    except ValueError:
-        marker = None
-    if not isinstance(marker, dict):
-        raise CorruptObject(f"{key} is authentic but unreadable")
-    return marker
+    return _open_json(secret, job_id, "cancel", keys.cancel_key(job_id), blob, "")
