@@ -48,6 +48,7 @@ import ctypes
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -503,8 +504,9 @@ def _replace_zygote(old: _Zygote | None) -> _Zygote:
     return _zygote
 
 
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root`` (a /proc scan: the worker side has no psutil)."""
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (a /proc scan: the worker side has no psutil;
+    a zombie, exited and waiting to be reaped, is left out: nothing of it runs)."""
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
@@ -516,8 +518,11 @@ def _descendants(root: int) -> list[int]:
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
-            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            ppid = int(fields[1])
         except (OSError, ValueError, IndexError):
+            continue
+        if fields[0] == b"Z":
             continue
         children.setdefault(ppid, []).append(int(entry))
     out, stack = [], [root]
@@ -598,7 +603,7 @@ def protected() -> set[int]:
     call left processes."""
     keep = keepers()
     if _zygote is not None:
-        keep.update(_descendants(_zygote.pid))
+        keep.update(descendants(_zygote.pid))
     return keep
 
 
@@ -785,11 +790,10 @@ def _has_children() -> bool:
             return True
 
 
-def _descendants_usage() -> tuple[float, int]:
-    """CPU time and page faults of the waited-for descendants: changed by any
-    process the call started (the child is their subreaper, so it reaps them)."""
-    import resource
-
+def children_usage() -> tuple[float, int]:
+    """CPU time and page faults of this process's waited-for descendants: they
+    change when a call started processes (the worker's, and a job's process, the
+    subreaper of its call's processes, compare them before and after a call)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime, ru.ru_minflt
 
@@ -815,10 +819,10 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             # own /proc files, the memory meter's reset, core dumps need that).
             _prctl(_PR_SET_DUMPABLE, 1)
             first = False
-        before = _descendants_usage()
+        before = children_usage()
         reply, out, out_fds = runner(head, blob, fds, rpc)
         reply["children"] = _has_children()
-        reply["started"] = reply["children"] or _descendants_usage() != before
+        reply["started"] = reply["children"] or children_usage() != before
         try:
             send(sock, reply, out, out_fds)
         except OSError:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import resource
 import select
 import shutil
 import signal
@@ -74,34 +73,6 @@ def _cgroup_tasks(cgroups: list[str], me: int) -> list[int]:
     return pids
 
 
-def _descendants() -> list[int]:
-    """Every process below this one (a /proc scan: the worker side has no psutil)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            ppid = int(fields[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if fields[0] == b"Z":
-            continue  # exited, waiting for its parent to reap it: nothing to end
-        children.setdefault(ppid, []).append(int(entry))
-    out, stack = [], [os.getpid()]
-    while stack:
-        for kid in children.get(stack.pop(), []):
-            out.append(kid)
-            stack.append(kid)
-    return out
-
-
 _dying = threading.Lock()
 
 
@@ -120,7 +91,7 @@ def die(worker_dir: str | None) -> None:
     except Exception:  # noqa: BLE001 - half imported: nothing of it runs yet
         pass
     for _ in range(20):
-        pids = _descendants() + _cgroup_tasks(cgroups, me)
+        pids = isolation.descendants(os.getpid()) + _cgroup_tasks(cgroups, me)
         if not pids:
             break
         for pid in set(pids):
@@ -232,7 +203,7 @@ def end_call_processes() -> int:
     cgroups = _own_cgroups()
     ended: set[int] = set()
     for _ in range(50):
-        pids = set(_descendants() + _cgroup_tasks(cgroups, me))
+        pids = set(isolation.descendants(os.getpid()) + _cgroup_tasks(cgroups, me))
         pids -= isolation.protected()  # (after listing them: see keepers)
         if not pids:
             break
@@ -276,11 +247,6 @@ def _close(fd: int | None) -> None:
             os.close(fd)
         except OSError:
             pass
-
-
-def _children_usage() -> tuple[float, int]:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime, ru.ru_minflt
 
 
 def _apply_limits(limits: list[Any]) -> None:
@@ -329,7 +295,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             ctx.private_reply = bool(reply_limit)
             # The call's arguments as sealed memfds, when they came that way (the handler checks them).
             ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]
-            before = _children_usage()
+            before = isolation.children_usage()
             t0 = time.perf_counter()
             blob = b""
             out = None
@@ -348,7 +314,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             # (without the change of job's process: once per job, not the call's own time)
             elapsed = max(0.0, time.perf_counter() - t0 - isolation.take_start_cost())
             end_call_processes()
-            worker_reply.measured(reply, elapsed, children=child_died or _children_usage() != before
+            worker_reply.measured(reply, elapsed, children=child_died or isolation.children_usage() != before
                                   or isolation.call_started_processes(),
                                   tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
             sys.stdout.flush()
