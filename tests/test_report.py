@@ -434,3 +434,12 @@ def test_a_report_shows_inline_in_a_notebook(tmp_path, monkeypatch):
     page = shown[0]["data"]["text/html"]
     assert page.count('<tr class="call"') == 5 and "<svg" in page and "(estimated)" in page
     assert shown[0]["data"]["text/plain"].startswith("<JobReport double: 5 calls (5 finished)")
+
+
+def test_what_is_not_a_future_is_named_in_one_line():
+    from wrenpack.errors import ConfigTypeError
+
+    with pytest.raises(ConfigTypeError, match=r"report\(\) takes futures, but item 0 is int"):
+        wrenpack.job_report([1])
+    with pytest.raises(ConfigTypeError, match=r"report\(\) takes a future or an iterable of futures, not int"):
+        wrenpack.job_report(3)

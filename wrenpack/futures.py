@@ -212,7 +212,7 @@ def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
 
     Returns, per future, whether it was cancelled or will end cancelled (False:
     it was done already, or its backend cannot stop a running call)."""
-    futs, _single = _as_list(futures, "wrenpack.cancel()")
+    futs, _single = as_list(futures, "wrenpack.cancel()")
     out: list[bool | None] = [None] * len(futs)
     by_stopper: dict[int, tuple[Callable[..., Any], list[int]]] = {}
     for i, fut in enumerate(futs):
@@ -235,7 +235,7 @@ def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
     return [bool(x) for x in out]
 
 
-def _as_list(futures: WrenFuture | Iterable[WrenFuture], what: str = "wrenpack.get()") -> tuple[list[WrenFuture], bool]:
+def as_list(futures: WrenFuture | Iterable[WrenFuture], what: str = "wrenpack.get()") -> tuple[list[WrenFuture], bool]:
     """The futures given (one, or an iterable of them), checked: anything else
     is a ``ConfigTypeError`` naming it, not an AttributeError from inside."""
     if isinstance(futures, cf.Future):
@@ -268,7 +268,7 @@ def get(
     where it is not a terminal; False shows nothing; "bar", "notebook" or
     "log" choose one display.
     """
-    futs, single = _as_list(futures)
+    futs, single = as_list(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
     waitable = [f for f in futs if not isinstance(f, refs.CallRef)]
     mode = progress_display.choose(progress, len(futs))
@@ -326,7 +326,7 @@ def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_whe
     An unpickled future whose call this process did not launch (``refs.CallRef``)
     resolves only by looking at the store, which ``concurrent.futures.wait`` never
     does (it waited forever): such futures are looked at here while waiting."""
-    futs, _ = _as_list(futures, "wrenpack.wait()")
+    futs, _ = as_list(futures, "wrenpack.wait()")
     polled = [f for f in futs if isinstance(f, refs.CallRef)]
     if not polled:
         return cf.wait(futs, timeout=timeout, return_when=return_when)
@@ -346,7 +346,7 @@ def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_whe
 def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) -> "AsCompleted":
     """The futures as they finish: ``for`` (like ``concurrent.futures.as_completed``)
     or ``async for`` (like ``asyncio.as_completed``), with each one's timeout rule."""
-    futs, _ = _as_list(futures, "wrenpack.as_completed()")
+    futs, _ = as_list(futures, "wrenpack.as_completed()")
     return AsCompleted(futs, timeout)
 
 

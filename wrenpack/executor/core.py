@@ -58,7 +58,7 @@ from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.executor.prepared import Prepared
-from wrenpack.futures import WrenFuture
+from wrenpack.futures import WrenFuture, as_list
 from wrenpack.wire.event import event_dict
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import handoff, plain, refs
@@ -189,7 +189,8 @@ class Executor(CallTable, cf.Executor):
         base: dict[str, Any] = {"backend": c.backend, "architecture": c.architecture, "billed": self._billed_per_call,
                                 "memory_mb": c.memory, "timeout_s": c.timeout, "ephemeral_storage_mb": c.ephemeral_storage,
                                 "retries": c.retries}
-        return JobReport.from_futures(futures, dict(base, **settings))
+        futs, _single = as_list(futures, "report()")  # (one line for what is not a future)
+        return JobReport.from_futures(futs, dict(base, **settings))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls after this. ``cancel_futures`` cancels the calls that have
