@@ -11,6 +11,7 @@ from wrenpack import keys
 from wrenpack.config import Config
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound
 from wrenpack.storage import open_store
+from wrenpack.storage.base import Store
 from wrenpack.storage.local import LocalStore
 from wrenpack.wire import result
 
@@ -31,6 +32,23 @@ def test_local_store_basics(tmp_path):
     assert s.list("a/") == ["a/e.bin"]
     s.delete("a/e.bin")
     s.delete("a/e.bin")  # absent: no error
+
+
+def test_list_folders_one_level_without_empty_or_linked_folders(tmp_path):
+    """The jobs of a store come from one level (``wrenpack jobs``, ``clean``):
+    empty folders and links are none of the store's jobs."""
+    store = LocalStore(str(tmp_path / "s"))
+    for key in ("jobs/a/x.pkl", "jobs/a/result/0/1.res", "jobs/b/c/d.pkl", "jobs/loose.txt", "other/z/y"):
+        store.put(key, b"x")
+    (tmp_path / "s" / "jobs" / "empty").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f").write_bytes(b"x")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "s" / "jobs" / "linked")
+    assert store.list_folders("jobs/") == ["a", "b"]
+    assert store.list_folders("jobs/b/") == ["c"]
+    assert store.list_folders("nothing/") == []
+    # The default (a store without its own) agrees, from the full listing.
+    assert Store.list_folders(store, "jobs/") == ["a", "b"]
 
 
 def test_if_absent_first_write_wins_under_races(tmp_path):

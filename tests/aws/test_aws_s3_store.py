@@ -170,3 +170,17 @@ def test_unreachable_endpoint_is_one_line_store_error():
     with pytest.raises(StoreError, match="cannot reach S3") as info:
         s.get("k")
     assert "\n" not in str(info.value)
+
+
+def test_list_folders_reads_one_level(store):
+    """``wrenpack jobs`` finds the jobs from one level of the listing (S3's
+    CommonPrefixes), not from every object under them."""
+    for key in ("jobs/a/x.pkl", "jobs/a/result/0/1.res", "jobs/b/c/d.pkl", "jobs/loose.txt", "other/z/y"):
+        store.put(key, b"x")
+    assert store.list_folders("jobs/") == ["a", "b"]
+    assert store.list_folders("jobs/b/") == ["c"]
+    assert store.list_folders("nothing/") == []
+    calls = []
+    store.client.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda params, **kw: calls.append(dict(params)))
+    store.list_folders("jobs/")
+    assert len(calls) == 1 and calls[0].get("Delimiter") == "/"

@@ -28,12 +28,6 @@ from wrenpack.wire import owner as owner_record
 TMP_AGE_S = 300.0
 
 
-def job_ids(store: Any) -> list[str]:
-    """Every job that has objects in the store."""
-    found = {key[len(keys.JOBS):].split("/", 1)[0] for key in store.list(keys.JOBS)}
-    return sorted(j for j in found if j)
-
-
 def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, str]:
     """(state, why): "live" (its owner process runs), "stale" (its owner is gone),
     or "unknown" (no owner record, one not sealed with the user's owner ``key``,
@@ -58,6 +52,7 @@ def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, s
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
+    from wrenpack.job.client import job_ids
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),

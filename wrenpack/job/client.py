@@ -495,9 +495,8 @@ def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None
 
 # -- for `wrenpack jobs` and `wrenpack clean` ------------------------------------------
 def job_ids(store: Store) -> list[str]:
-    """Every job that has objects in the store."""
-    found = {key[len(keys.JOBS):].split("/", 1)[0] for key in store.list(keys.JOBS)}
-    return sorted(j for j in found if j)
+    """Every job that has objects in the store (one level listed, not every object)."""
+    return [j for j in store.list_folders(keys.JOBS) if j]
 
 
 def describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:

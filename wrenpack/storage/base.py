@@ -73,6 +73,14 @@ class Store(abc.ABC):
     def list(self, prefix: str) -> list[str]:
         """All keys that start with ``prefix``, sorted."""
 
+    def list_folders(self, prefix: str) -> list[str]:
+        """The names one level below ``prefix`` (a folder, ending in "/") under
+        which keys exist, sorted: the jobs of a store without listing every one
+        of their objects (default: from ``list``; stores that can list a level
+        alone override it)."""
+        found = {key[len(prefix):].split("/", 1)[0] for key in self.list(prefix) if "/" in key[len(prefix):]}
+        return sorted(found)
+
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; absent keys are not an error."""

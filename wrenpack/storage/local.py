@@ -292,6 +292,34 @@ class LocalStore(Store):
         out.sort()
         return out
 
+    def list_folders(self, prefix: str) -> list[str]:
+        # One directory read (and one per folder, to leave out empty ones), not a
+        # walk of every object below: ``wrenpack jobs`` on a store of large jobs.
+        if not prefix.endswith("/"):
+            return super().list_folders(prefix)
+        parts = [p for p in prefix.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise StoreError(f"invalid store prefix {prefix!r}: prefixes are relative paths without '..'")
+        out = []
+        try:
+            with self._dir(parts) as dfd:
+                for entry in os.scandir(dfd):
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    try:
+                        sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+                    except OSError:
+                        continue  # (removed meanwhile, or a link: not a folder of the store's)
+                    try:
+                        with os.scandir(sub) as inner:
+                            if any(not e.name.startswith(".tmp-") for e in inner):
+                                out.append(entry.name)
+                    finally:
+                        os.close(sub)
+        except _ABSENT:
+            return []
+        return sorted(out)
+
     def delete(self, key: str) -> None:
         *dirs, name = self._parts(key)
         try:

@@ -366,6 +366,25 @@ class S3Store(Store):
                 )
         return len(keys)
 
+    def list_folders(self, prefix: str) -> list[str]:
+        # One LIST per 1,000 folders (S3's CommonPrefixes), not one per 1,000 objects.
+        if not prefix.endswith("/"):
+            return super().list_folders(prefix)
+        full = self._key(prefix)
+        out: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/", PaginationConfig={"PageSize": self.list_page_size}
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", ()):
+                    name = common["Prefix"][len(full):].rstrip("/")
+                    if name:
+                        out.append(name)
+        except Exception as exc:
+            raise self._error(exc, "list", prefix or None) from None
+        return sorted(out)
+
 
 def _fast_timestamps(made: Any) -> Any:
     """``made`` (a boto3 session), its clients parsing S3's timestamps with the
