@@ -243,6 +243,14 @@ def test_save_writes_a_png_with_matplotlib(job, tmp_path):
     assert (pixels == checkpointed).all(axis=2).sum() > 500  # the checkpointed call's long bars are drawn
 
 
+def test_png_to_an_unwritable_path_is_one_line(job, tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (pip install 'wrenpack[plot]')")
+    with pytest.raises(ConfigError) as err:
+        job[1].save(tmp_path / "missing-dir" / "job.png")
+    assert "could not write" in str(err.value) and "choose a writable path" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_png_without_matplotlib_names_the_fix(job, tmp_path, monkeypatch):
     import builtins
 

@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from wrenpack import figure
 from wrenpack.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -581,15 +582,10 @@ class JobReport:
 
     def to_png(self, path: str | Path) -> Path:
         """The timeline as a PNG (matplotlib: ``pip install 'wrenpack[plot]'``)."""
-        try:
-            import matplotlib
+        plt = figure.pyplot(ConfigError("saving a job report as .png needs matplotlib: pip install 'wrenpack[plot]' "
+                                        "(or save it as .html)"))
+        from matplotlib.patches import Patch
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            from matplotlib.patches import Patch
-        except ImportError:
-            raise ConfigError("saving a job report as .png needs matplotlib: pip install 'wrenpack[plot]' "
-                              "(or save it as .html)") from None
         calls = self._data["calls"]
         n = max(len(calls), 1)
         fig, ax = plt.subplots(figsize=(10, min(2 + n * 0.12, 30)), dpi=100)
@@ -608,14 +604,10 @@ class JobReport:
             ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {job['calls']} calls, {self.total_usd_text()}", fontsize=10)
             ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper right", fontsize=7, ncol=3)
             fig.tight_layout()
-            out = Path(path)
-            try:
-                fig.savefig(out)
-            except OSError as exc:
-                raise ConfigError(f"could not write {out}: {exc.strerror or exc}; choose a writable path") from None
-        finally:
+        except BaseException:
             plt.close(fig)
-        return out
+            raise
+        return figure.save(fig, path, lambda why: ConfigError(f"{why}; choose a writable path"))
 
     def save(self, path: str | Path) -> Path:
         """Write the report to ``path``: ``.html`` (the page), ``.json``

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wrenpack import figure
 from wrenpack.errors import ProfileError
 from wrenpack.profiler.model import Profile
 
 
 def plot_memory(prof: Profile, path: str | Path) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ProfileError("--plot needs matplotlib: pip install 'wrenpack[plot]'") from None
+    plt = figure.pyplot(ProfileError("--plot needs matplotlib: pip install 'wrenpack[plot]'"))
     t = prof.samples.get("t") or []
     rss = prof.samples.get("rss_mb") or []
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
@@ -32,11 +27,4 @@ def plot_memory(prof: Profile, path: str | Path) -> Path:
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    try:
-        fig.savefig(out)
-    except OSError as exc:
-        raise ProfileError(f"could not write {out}: {exc.strerror or exc}; choose a writable path for --plot") from None
-    finally:
-        plt.close(fig)
-    return out
+    return figure.save(fig, path, lambda why: ProfileError(f"{why}; choose a writable path for --plot"))
