@@ -627,7 +627,7 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         sdk.check(ev.store)
         digest = ev.extra.get("func_hash")
         fkey = digest if digest is not None else "job:" + ev.job_id
-        child = isolation.child_for(ev.job_id)
+        child = isolation.child_for(_domain_of(ev, fkey))
         func = b"" if fkey in child.funcs else _function_bytes(store, ev)
         if not func:
             _check_python(ev)
@@ -684,7 +684,16 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         raise
 
 
-#: the event fields a child needs (never the secret)
+def _domain_of(ev: Event, fkey: str) -> str:
+    """Which job process may run the call: its event's isolation domain (an event
+    without one, from an older client: its job) and its function. Calls of one
+    function from one driver process share a process; a call of other code
+    never runs where another function's calls ran, whatever domain it names."""
+    domain = ev.extra.get("domain")
+    return f"{domain}/{fkey}" if domain is not None else f"job:{ev.job_id}/{fkey}"
+
+
+#: the event fields a child needs (never the secret, nor the domain)
 _CHILD_EXTRA = ("ref_secrets", "chain", "handoff", "env", "capture_logs", "python")
 #: environment variables the parent sets per call (a local worker's limits) that the child takes on
 _CALL_ENV = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_TIMEOUT", "WRENPACK_EPHEMERAL_STORAGE_MB")

@@ -1,5 +1,6 @@
 """Jobs isolated from each other in a warm worker: the user's code never runs
-in the process that holds the secrets.
+in the process that holds the secrets, and code from one isolation domain never
+runs where another domain's ran.
 
 A warm worker (a local worker process, or a Lambda container, which serves
 every job of its function) runs many jobs one after another. The process that
@@ -9,33 +10,48 @@ lie under a valid MAC. So the worker is split::
 
     parent (secret holder)            zygote (never held a secret)
       receives the event                forked at start-up, before any event
-      verifies func + args bytes        forks one child per job on request
+      verifies func + args bytes        forks one child per domain on request
       seals and writes the outcome          |
-      serves the child's requests       child (one job's code, no secret)
-        checkpoint get/put (sealed)       unpickles the function and arguments
-        sub-job secret derivation         runs the calls of that one job
+      serves the child's requests       child (one domain's code, no secret)
+        checkpoint get/put (sealed)       unpickles the function once
+        sub-job secret derivation         runs the calls of that one domain
       watches the cancel marker           returns raw outcome bytes
 
+* An **isolation domain** is what may share a child: the event's ``domain``
+  with the function's content hash (``handler._domain_of``). The client makes
+  the domain the HMAC of the function's hash under a random key of its own
+  process (``wire.event.isolation_domain``), so calls of one function (same
+  pickled bytes, closure included) from one driver process share a warm child,
+  as a process pool's worker or a Lambda warm container is shared: its globals,
+  imports and threads stay from call to call, whichever job (``remote()``,
+  ``map``) the call belongs to. Nothing else shares it: another function,
+  the same function from another driver process (another key; a fork gets a
+  new one), or a call inside a call (launched from the child's process, with
+  its key) always gets a new child. No other job can name the domain: the
+  child gets neither the domain nor a secret, and job code never sees an
+  event. An event without a domain (an older client) is its job's own domain.
 * The **zygote** is forked before the worker sees any event (a local worker's
   start, Lambda's init), so nothing it forks ever had a secret in memory,
   not even freed memory. If it dies, a fresh interpreter is started in its
   place (``_spawn_zygote``): forking the parent again would copy its heap.
-* A **child** runs the calls of one job only; when a call of another job comes,
-  it is killed with everything it started, and a new one forked. Calls of the
-  same job reuse it (the warm fast path: the function is unpickled once).
+* A **child** runs the calls of one domain only; when a call of another
+  domain comes, it is killed with everything it started, and the spare forked
+  ahead takes its place (``request_spare``: the zygote forks it while the
+  parent seals and replies, so a new domain's first call forks nothing).
 * The child gets verified bytes (function, arguments, hand-off memfds) over a
   socketpair and sends back the outcome's pickle, never touching a secret:
   a checkpoint is sealed and opened by the parent (``ckpt_get``/``ckpt_put``),
   a job launched inside the call gets its secret from the parent
-  (``derive``: the HMAC of this job's secret and the new job's id, so the
-  child learns the sub-job's secret, never its own job's). References to other
-  jobs' calls among the arguments verify with the secrets the client put in
-  this job's event (``ref_secrets``); those are given to the child, since its
-  caller handed it those futures.
-* The parent trusts nothing the child says beyond its own job's outcome: the
+  (``derive``: the HMAC of the current call's job secret and the new job's id,
+  so the child learns the sub-job's secret, never its own job's). Each request
+  is answered for the call running now, whose job the parent holds the secret
+  of. References to other jobs' calls among the arguments verify with the
+  secrets the client put in this job's event (``ref_secrets``); those are given
+  to the child, since its caller handed it those futures.
+* The parent trusts nothing the child says beyond its own call's outcome: the
   child's messages are JSON heads and raw bytes (nothing from it is
-  unpickled in the parent), and the outcome is sealed for the job the parent
-  holds the secret of.
+  unpickled in the parent), and the outcome is sealed for the call's job,
+  with that job's secret.
 * On Linux the parent is made non-dumpable (``PR_SET_DUMPABLE``), so a child
   of the same (non-root) user cannot read its memory through ``/proc/<pid>/mem``
   or ptrace. A child running as root can (locally as root; never on Lambda).
@@ -76,30 +92,37 @@ def _prctl(option: int, value: int) -> bool:
 
 
 # -- framing: a JSON head, a blob, descriptors on the first byte ------------------
+#: a message whose head and blob together are at most this many bytes is read in one system call
+_ONE_READ = 1 << 16
+
+
 def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[int] | None = None) -> None:
+    """One message in one ``sendmsg`` (the peer wakes once, with all of it): the
+    fixed part, the JSON head and the blob, descriptors with its first byte."""
     data = json.dumps(head, separators=(",", ":")).encode()
-    view = memoryview(blob) if blob else memoryview(b"")
+    view = memoryview(blob).cast("B") if blob else memoryview(b"")
     first = _HEAD.pack(len(data), view.nbytes) + data
-    if fds:
-        socket.send_fds(sock, [first[:1]], fds)
-        first = first[1:]
-    sock.sendall(first)
-    if view.nbytes:
-        sock.sendall(view)
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))] if fds else []
+    sent = sock.sendmsg([first, view] if view.nbytes else [first], anc)
+    # (a socket with a timeout, or a signal, may take part of it: the rest follows)
+    if sent < len(first):
+        sock.sendall(first[sent:])
+        sent = len(first)
+    if sent - len(first) < view.nbytes:
+        sock.sendall(view[sent - len(first):])
 
 
-def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytearray:
+def _recv_exact(sock: socket.socket, n: int, fds: list[int] | None) -> bytearray:
+    """``n`` bytes; ``fds``: the message's first read, whose descriptors are added to it."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        if not fds and got == 0:
-            msg, anc, _flags, _addr = sock.recvmsg(min(n, 65536), socket.CMSG_SPACE(64 * 4))
+        if fds is not None and got == 0:
+            k, anc, _flags, _addr = sock.recvmsg_into([view], socket.CMSG_SPACE(64 * 4))
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds += list(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
-            k = len(msg)
-            view[got : got + k] = msg
         else:
             k = sock.recv_into(view[got:], n - got)
         if k == 0:
@@ -109,14 +132,21 @@ def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytearray:
 
 
 def recv(sock: socket.socket) -> tuple[dict[str, Any], bytearray, list[int]]:
-    """One message: (head, blob, descriptors that came with it)."""
+    """One message: (head, blob, descriptors that came with it). A small one takes
+    two reads (the fixed part, then the rest), a larger one three (its blob is
+    read into a buffer of its own, never copied)."""
     fds: list[int] = []
     fixed = _recv_exact(sock, _HEAD.size, fds)
     head_len, blob_len = _HEAD.unpack(fixed)
     if head_len > _MAX_HEAD:
         raise ValueError("a message head is too large")
-    head = json.loads(bytes(_recv_exact(sock, head_len, fds)))
-    blob = _recv_exact(sock, blob_len, fds) if blob_len else bytearray()
+    if head_len + blob_len <= _ONE_READ:
+        rest = _recv_exact(sock, head_len + blob_len, None)
+        head = json.loads(bytes(rest[:head_len]))
+        blob = rest[head_len:] if blob_len else bytearray()
+    else:
+        head = json.loads(bytes(_recv_exact(sock, head_len, None)))
+        blob = _recv_exact(sock, blob_len, None) if blob_len else bytearray()
     if not isinstance(head, dict):
         raise ValueError("a message head is not an object")
     return head, blob, fds
@@ -281,10 +311,11 @@ class ChildGone(Exception):
 
 
 class Child:
-    """A forked child running one job's calls (held by the parent)."""
+    """A forked child running the calls of one isolation domain (held by the parent)."""
 
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
+    def __init__(self, domain: str) -> None:
+        #: the calls it may run (``child_for``)
+        self.domain = domain
         self.funcs: set[str] = set()
         self.pid, self.sock = _take_spare()
         self.status: int | None = None
@@ -566,18 +597,19 @@ def call_left_processes() -> bool:
     return child is not None and child.left_processes
 
 
-def child_for(job_id: str) -> Child:
-    """The child for ``job_id``'s calls: the running one if it serves that job,
-    else a new one (the old one, and all it started, ended first)."""
+def child_for(domain: str) -> Child:
+    """The child for the calls of ``domain`` (the event's isolation domain and
+    the function: ``handler._domain_of``): the running one if it serves that
+    domain, else a new one (the old one, and all it started, ended first)."""
     global _child, _start_cost
     child = _child
-    if child is not None and child.job_id == job_id and child.alive():
+    if child is not None and child.domain == domain and child.alive():
         return child
     t0 = time.perf_counter()
     if child is not None:
         end_child()
     for _attempt in range(2):
-        child = Child(job_id)
+        child = Child(domain)
         if child.alive():
             _child = child
             _start_cost += time.perf_counter() - t0
