@@ -650,6 +650,7 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
             "timeout_s": ev.timeout_s, "function_name": ev.function_name, "checkpoint": ev.checkpoint, "start": start,
             "fkey": fkey, "func_len": len(func), "args": spec, "deadline": deadline,
             "memory_mb": getattr(context, "memory_limit_in_mb", None),
+            "request_id": getattr(context, "aws_request_id", None),
             "store": ev.store, "extra": {k: v for k, v in ev.extra.items() if k in _CHILD_EXTRA},
             "env_set": {k: os.environ[k] for k in _CALL_ENV if k in os.environ},
         }
@@ -798,7 +799,8 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     deadline = head.get("deadline")
     context = LocalContext(function_name=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack"),
                            memory_mb=int(head.get("memory_mb") or 0),
-                           deadline=deadline if deadline is not None else time.time() + 900.0)
+                           deadline=deadline if deadline is not None else time.time() + 900.0,
+                           request_id=head.get("request_id") or None)  # (the invocation's: none made here)
     if deadline is None:
         context.get_remaining_time_in_millis = None  # type: ignore[assignment]
     context.handoff_fds = list(fds)
