@@ -603,7 +603,7 @@ _CHILD_GRACE_S = 0.1
 
 
 def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, context: Any, start: float) -> dict[str, Any]:
-    """Run the call in its job's child (``wrenpack.worker.isolation``): this
+    """Run the call in its domain's child (``wrenpack.worker.isolation``): this
     process verifies the function and arguments, serves the child's requests
     that need the secret, watches the cancel marker, and seals the outcome."""
     store: Any = job_store
@@ -661,7 +661,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
         got, data, got_fds = isolation.run_call(child, head, blob, fds, _Requests(store, ev), wait_until, watch)
         child.funcs.add(fkey)
-        isolation.request_spare()
+        if not isolation.spare_after_reply:
+            isolation.request_spare()
         return _child_outcome(ev, got, data, got_fds)
     except (MissingDependency, SerializationError, StoreError, SdkTooOld, CorruptObject) as exc:
         return _Ran("error", error_outcome(exc, "wrenpack", tb_text=""), None, {})
@@ -820,7 +821,7 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
         if not func_len:
             raise CorruptObject(f"{ev.label}: the function did not come with the call; re-run it")
         fn = _loads(view[:func_len], "the function")
-        _functions.clear()  # one job's process: its function, nothing else
+        _functions.clear()  # one domain's process: its function, nothing else
         _functions[fkey] = (fn, func_len)
         return fn
 
@@ -972,7 +973,28 @@ def _check_existing_result(store: Store, ev: Event, rkey: str) -> None:
                     "the call will fail with CorruptObject", ev.label, rkey)
 
 
-isolation.set_runner(run_in_child)
+def warm_up() -> None:
+    """Run a call of nothing through ``run_in_child``, in a job's process that waits
+    for its first call (``isolation._child_main``): the modules, code and objects the
+    call path touches are then copied from the zygote's pages (a fork shares them
+    until written, and reference counts write) before a call waits for it. It sends
+    nothing, opens no store and holds no secret; what it left is dropped."""
+    global _child_store
+    fn = cloudpickle.dumps(lambda x: x)
+    args = cloudpickle.dumps(((b"",), {}))
+    now = time.time()
+    head = {"job_id": "warm-up", "call_id": "00000", "store": {"type": "local", "root": "/"}, "args": {"inline": ""},
+            "attempt": 0, "segment": 0, "timeout_s": 60.0, "function_name": "warm-up", "checkpoint": None,
+            "fkey": "warm-up", "func_len": len(fn), "start": now, "deadline": now + 60.0, "memory_mb": 128,
+            "request_id": "warm-up", "extra": {"capture_logs": 1024}}
+    try:
+        run_in_child(head, bytearray(fn + args), [], rpc=None)
+    finally:
+        _functions.clear()
+        _child_store = None
+
+
+isolation.set_runner(run_in_child, warm_up)
 
 if _on_lambda():
     # Lambda loads this module at its init, before the first event: the zygote

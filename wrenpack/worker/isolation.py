@@ -173,13 +173,13 @@ _prepared = False
 
 
 def active() -> bool:
-    """Calls run in per-job children (``prepare`` was called in this process)."""
+    """Calls run in per-domain children (``prepare`` was called in this process)."""
     return _prepared
 
 
 def prepare() -> None:
     """Fork the zygote now, before this process sees any event; from here on
-    calls run in per-job children. Called by a local worker at start and by the
+    calls run in per-domain children. Called by a local worker at start and by the
     handler module when Lambda loads it."""
     global _zygote, _prepared
     if _prepared or os.environ.get("WRENPACK_ZYGOTE") == "1":
@@ -444,9 +444,17 @@ def _poll_spare() -> None:
         pass
 
 
+#: set by a local worker, which asks for the spare after the reply has gone
+#: (``local_main.serve``): asking wakes the zygote, whose fork then competes with the reply
+spare_after_reply = False
+
+
 def request_spare() -> None:
-    """Have a process ready for the next job: forked by the zygote while this
-    process seals and replies (a job's first call then forks nothing)."""
+    """Have a process ready for the next domain: forked by the zygote while this
+    process seals and replies (a new domain's first call then forks nothing).
+    Nothing to do while the spare asked for before is not taken."""
+    if not _prepared:
+        return
     try:
         _request_spare()
     except (OSError, ChildGone):
@@ -812,9 +820,14 @@ class _Rpc:
 _runner: Callable[..., tuple[dict[str, Any], Any, list[int]]] | None = None
 
 
-def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]]) -> None:
-    global _runner
+#: runs the call path once on nothing in a process waiting for its first call (``handler.warm_up``)
+_warm_up: Callable[[], None] | None = None
+
+
+def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]], warm_up: Callable[[], None] | None = None) -> None:
+    global _runner, _warm_up
     _runner = runner
+    _warm_up = warm_up
 
 
 def _has_children() -> bool:
@@ -837,8 +850,17 @@ def children_usage() -> tuple[float, int]:
     return ru.ru_utime + ru.ru_stime, ru.ru_minflt
 
 
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
-    """Run this job's calls until the parent closes the socket."""
+    """Run this domain's calls until the parent closes the socket."""
     runner = _runner
     if runner is None:
         os._exit(1)
@@ -847,13 +869,21 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     rpc = _Rpc(sock)
     first = True
+    if _warm_up is not None and not _readable(sock):
+        # While it waits to be taken (a spare), it runs the call path once on nothing:
+        # the pages that copies from the zygote are copied now, not on the first call's
+        # clock. (Not when its first call is there already: that would only delay it.)
+        try:
+            _warm_up()
+        except Exception:  # noqa: BLE001 - only a head start: the first call runs all of it anyway
+            pass
     while True:
         try:
             head, blob, fds = recv(sock, from_parent=True)
         except (EOFError, OSError):
             os._exit(0)
         if first:
-            # Its job's first call: the earlier job's process is gone by now (the parent
+            # Its domain's first call: the earlier domain's process is gone by now (the parent
             # ended it first), so none can attach to this one once it is dumpable (its
             # own /proc files, the memory meter's reset, core dumps need that).
             _prctl(_PR_SET_DUMPABLE, 1)
