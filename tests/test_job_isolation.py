@@ -248,3 +248,96 @@ def test_a_job_that_kills_what_it_reaches_does_not_stop_the_next(make_executor, 
     assert [f.result(timeout=120) for f in b] == [(x * x, False) for x in range(4)]
     if backend == "local":
         assert _pids(b) == {a.status.get("pid")}, "the worker was replaced"
+
+
+
+_WARM_COUNT = 0
+
+
+def warm_counter(_):
+    """Counts its calls in a global of the process it runs in: warm state a later call may see."""
+    global _WARM_COUNT
+    _WARM_COUNT += 1
+    builtins._wrenpack_warm_mark = True  # what a patch left in a process looks like to a later call
+    return os.getpid(), _WARM_COUNT
+
+
+def _by_process(got):
+    """{pid: the counts its calls returned, in order}."""
+    out: dict = {}
+    for pid, n in got:
+        out.setdefault(pid, []).append(n)
+    return out
+
+
+def _fresh(counts):
+    """Each process's calls counted 1, 2, 3...: it ran these calls and nothing of theirs before."""
+    return all(ns == list(range(1, len(ns) + 1)) for ns in counts.values())
+
+
+@pytest.fixture
+def domain_key():
+    """This process as a driver that has launched nothing yet (a domain key of its own)."""
+    from wrenpack.wire import event
+
+    event._forget_domain_key()
+    yield event
+    event._forget_domain_key()
+
+
+def test_calls_of_one_function_from_one_driver_share_a_warm_process(make_executor, backend, domain_key):
+    """Repeated ``.remote()`` of one function is one isolation domain: its calls run in
+    the same job process (as a process pool's worker), which keeps its globals."""
+    ex = make_executor(concurrency=1, retries=0)
+    f = wrenpack.remote(warm_counter, executor=ex)
+    got = [f.remote(i).result(timeout=120) for i in range(6)]
+    counts = _by_process(got)
+    assert _fresh(counts), got
+    if backend == "local":
+        assert len(counts) == 1, got  # one process, each call seeing the state the one before left
+    else:  # (the emulated Lambda keeps more than one execution environment)
+        assert any(len(ns) > 1 for ns in counts.values()), got
+
+
+def sees_warm_mark(_):
+    return os.getpid(), hasattr(builtins, "_wrenpack_warm_mark")
+
+
+def test_another_function_or_another_driver_never_shares_the_process(make_executor, backend, domain_key):
+    """Another function never runs in the process of a function's calls, and the same
+    function from another driver process (a domain key of its own: here this
+    process's key is replaced, as in a fork) gets a new job process, without the
+    state the first driver's calls left."""
+    ex = make_executor(concurrency=1, retries=0)
+    f = wrenpack.remote(warm_counter, executor=ex)
+    first = [f.remote(i).result(timeout=120) for i in range(2)]
+    others = [wrenpack.remote(sees_warm_mark, executor=ex).remote(i).result(timeout=120) for i in range(2)]
+    assert not any(marked for _, marked in others), others
+    assert not {pid for pid, _ in others} & {pid for pid, _ in first}
+    after = [f.remote(i).result(timeout=120) for i in range(2)]
+    assert not {pid for pid, _ in after} & {pid for pid, _ in others}, "a process another function ran in was reused"
+    if backend == "local":  # (one worker: the other function's calls ended the process of f's)
+        assert _fresh(_by_process(after)) and not {pid for pid, _ in after} & {pid for pid, _ in first}, (first, after)
+    # The same function as another driver process launches it (its own domain key).
+    domain_key._forget_domain_key()
+    again = [f.remote(i).result(timeout=120) for i in range(3)]
+    assert _fresh(_by_process(again)), (first, after, again)
+    assert not {pid for pid, _ in again} & {pid for pid, _ in first + after}, "another driver's calls shared a process"
+
+
+def test_a_forked_driver_has_a_domain_key_of_its_own(domain_key):
+    digest = "ab" * 32
+    mine = domain_key.isolation_domain(digest)
+    assert domain_key.isolation_domain(digest) == mine and domain_key.isolation_domain("cd" * 32) != mine
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked driver
+        try:
+            os.write(write, domain_key.isolation_domain(digest).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    theirs = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(theirs) == 64 and theirs != mine

@@ -64,12 +64,16 @@ def count_calls():
     return _COUNTER["n"]
 
 
-def test_a_warm_worker_keeps_no_state_of_one_job_for_the_next(ex):
+def test_a_warm_worker_keeps_state_only_for_the_same_function_from_the_same_driver(ex):
     # Pickled by value (defined in a test module), the function's globals come
-    # with it; each job's code runs in a process of its own (``worker.isolation``),
-    # so what one job's call did to them is not there for the next job's.
+    # with it. Calls of one function from one driver share a warm process
+    # (``worker.isolation``'s domain), as a process pool's worker is shared, so
+    # one job's call sees what the one before did to them...
     first = [wrenpack.remote(count_calls, executor=ex).remote().result(timeout=60) for _ in range(3)]
-    assert first == [first[0]] * 3
+    assert first == [1, 2, 3]
+    # ...and once another function has run there, its process is a new one.
+    assert wrenpack.remote(plus_one, executor=ex).remote(0).result(timeout=60) == 1
+    assert wrenpack.remote(count_calls, executor=ex).remote().result(timeout=60) == 1
     # Within a job, calls run in that job's process, one after another, which keeps them.
     ex_one = wrenpack.Executor(storage=ex.config.storage, concurrency=1)
     try:

@@ -59,7 +59,7 @@ from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.executor.prepared import Prepared
 from wrenpack.futures import WrenFuture, as_list
-from wrenpack.wire.event import event_dict
+from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import handoff, plain, refs
 
@@ -302,6 +302,7 @@ class Executor(CallTable, cf.Executor):
         inline_fn = len(fn_bytes) * len(payloads) <= INLINE_FUNCTION_BYTES and len(fn_bytes) <= self.config.inline_limit
         extra_event["func_hash"], func_text = _function_text(fn_bytes, inline_fn)
         extra_event["python"] = PYTHON
+        extra_event["domain"] = isolation_domain(extra_event["func_hash"])  # calls of fn from this process share a warm job process
         if inline_fn:
             extra_event["func_inline"] = func_text
         inline_args = [_travels(data, self.config.inline_limit) for data in payloads]

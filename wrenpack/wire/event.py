@@ -19,11 +19,21 @@ event then, running nothing and writing nothing (Lambda may deliver an event
 late, or twice). ``reply_within_s`` (RequestResponse): a call that ran longer
 stores its result object instead of replying with it, so a client whose idle
 connection was dropped finds it in the store.
+
+``domain`` (``isolation_domain``): which of a warm worker's job processes may
+run the call (``wrenpack.worker.isolation``). Calls with the same domain and
+function share one warm process; the client makes it unguessable, the HMAC of
+the function's content hash under a random key of the client's process, so
+only calls of the same function from the same driver process share one. An
+event without it (an older client) is its own job's domain.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +75,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "deadline": (int, float, type(None)),        # client clock: the attempt is not waited for if it starts later (refused)
     "reply_within_s": (int, float, type(None)),  # a result returns in the reply only from a call that ran at most this long
     "python": (str,),                   # the client's Python X.Y: a worker on another refuses the call (bytecode)
+    "domain": (str,),                   # isolation domain: calls sharing it (and the function) share a job process
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _good_hashes: set[str] = set()  # func_hash values already checked
@@ -170,6 +181,9 @@ class Event:
             if len(_good_hashes) > 256:
                 _good_hashes.clear()
             _good_hashes.add(func_hash)  # (a warm worker's calls name a few functions, again and again)
+        domain = d.get("domain")
+        if domain is not None and not _SHA256.match(domain):
+            raise ProtocolError("the event's domain is not a sha256 hex digest; invoke through wrenpack")
         if "func_inline" in d and "func_hash" not in d:
             raise ProtocolError("the event carries its function inline without its func_hash")
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
@@ -218,6 +232,46 @@ def event_dict(job_id: str, call_id: str, store: dict[str, Any], secret: bytes, 
     if extra:
         d.update(extra)
     return d
+
+
+#: this process's key for isolation domains (made on first use, a new one in every fork)
+_domain_key: bytes | None = None
+#: (function hash, its domain) of the last launch: a loop of ``.remote()`` computes it once
+_last_domain: tuple[str, str] | None = None
+
+
+def isolation_domain(func_hash: str) -> str:
+    """The event's ``domain`` for a function with content hash ``func_hash``:
+    HMAC-SHA256 under a random 32-byte key of this process. Calls of one
+    function from this process share a warm job process in a worker (as a
+    process pool's worker is shared); another function, or the same one from
+    another process (its own key), never does. The key never leaves this
+    process, and the job's code never sees an event, so no other job can name
+    the domain.
+
+    Per process, not per executor: code in this process can read every
+    executor's secrets here anyway, so executors of one process keeping apart
+    would protect nothing."""
+    global _domain_key, _last_domain
+    last = _last_domain
+    if last is not None and last[0] == func_hash:
+        return last[1]
+    key = _domain_key
+    if key is None:
+        key = _domain_key = os.urandom(32)
+    domain = hmac.new(key, func_hash.encode(), hashlib.sha256).hexdigest()
+    _last_domain = (func_hash, domain)
+    return domain
+
+
+def _forget_domain_key() -> None:
+    """A forked process is another driver: a key of its own (its calls share nothing with its parent's)."""
+    global _domain_key, _last_domain
+    _domain_key, _last_domain = None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_domain_key)
 
 
 def _check_type(name: str, value: Any, types: tuple[type, ...]) -> None:

@@ -603,7 +603,7 @@ _CHILD_GRACE_S = 0.1
 
 
 def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, context: Any, start: float) -> dict[str, Any]:
-    """Run the call in its job's child (``wrenpack.worker.isolation``): this
+    """Run the call in its domain's child (``wrenpack.worker.isolation``): this
     process verifies the function and arguments, serves the child's requests
     that need the secret, watches the cancel marker, and seals the outcome."""
     store: Any = job_store
@@ -627,7 +627,7 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         sdk.check(ev.store)
         digest = ev.extra.get("func_hash")
         fkey = digest if digest is not None else "job:" + ev.job_id
-        child = isolation.child_for(ev.job_id)
+        child = isolation.child_for(_domain_of(ev, fkey))
         func = b"" if fkey in child.funcs else _function_bytes(store, ev)
         if not func:
             _check_python(ev)
@@ -650,6 +650,7 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
             "timeout_s": ev.timeout_s, "function_name": ev.function_name, "checkpoint": ev.checkpoint, "start": start,
             "fkey": fkey, "func_len": len(func), "args": spec, "deadline": deadline,
             "memory_mb": getattr(context, "memory_limit_in_mb", None),
+            "request_id": getattr(context, "aws_request_id", None),
             "store": ev.store, "extra": {k: v for k, v in ev.extra.items() if k in _CHILD_EXTRA},
             "env_set": {k: os.environ[k] for k in _CALL_ENV if k in os.environ},
         }
@@ -660,7 +661,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
         got, data, got_fds = isolation.run_call(child, head, blob, fds, _Requests(store, ev), wait_until, watch)
         child.funcs.add(fkey)
-        isolation.request_spare()
+        if not isolation.spare_after_reply:
+            isolation.request_spare()
         return _child_outcome(ev, got, data, got_fds)
     except (MissingDependency, SerializationError, StoreError, SdkTooOld, CorruptObject) as exc:
         return _Ran("error", error_outcome(exc, "wrenpack", tb_text=""), None, {})
@@ -684,7 +686,16 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         raise
 
 
-#: the event fields a child needs (never the secret)
+def _domain_of(ev: Event, fkey: str) -> str:
+    """Which job process may run the call: its event's isolation domain (an event
+    without one, from an older client: its job) and its function. Calls of one
+    function from one driver process share a process; a call of other code
+    never runs where another function's calls ran, whatever domain it names."""
+    domain = ev.extra.get("domain")
+    return f"{domain}/{fkey}" if domain is not None else f"job:{ev.job_id}/{fkey}"
+
+
+#: the event fields a child needs (never the secret, nor the domain)
 _CHILD_EXTRA = ("ref_secrets", "chain", "handoff", "env", "capture_logs", "python")
 #: environment variables the parent sets per call (a local worker's limits) that the child takes on
 _CALL_ENV = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_TIMEOUT", "WRENPACK_EPHEMERAL_STORAGE_MB")
@@ -789,7 +800,8 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     deadline = head.get("deadline")
     context = LocalContext(function_name=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack"),
                            memory_mb=int(head.get("memory_mb") or 0),
-                           deadline=deadline if deadline is not None else time.time() + 900.0)
+                           deadline=deadline if deadline is not None else time.time() + 900.0,
+                           request_id=head.get("request_id") or None)  # (the invocation's: none made here)
     if deadline is None:
         context.get_remaining_time_in_millis = None  # type: ignore[assignment]
     context.handoff_fds = list(fds)
@@ -809,7 +821,7 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
         if not func_len:
             raise CorruptObject(f"{ev.label}: the function did not come with the call; re-run it")
         fn = _loads(view[:func_len], "the function")
-        _functions.clear()  # one job's process: its function, nothing else
+        _functions.clear()  # one domain's process: its function, nothing else
         _functions[fkey] = (fn, func_len)
         return fn
 
@@ -961,7 +973,28 @@ def _check_existing_result(store: Store, ev: Event, rkey: str) -> None:
                     "the call will fail with CorruptObject", ev.label, rkey)
 
 
-isolation.set_runner(run_in_child)
+def warm_up() -> None:
+    """Run a call of nothing through ``run_in_child``, in a job's process that waits
+    for its first call (``isolation._child_main``): the modules, code and objects the
+    call path touches are then copied from the zygote's pages (a fork shares them
+    until written, and reference counts write) before a call waits for it. It sends
+    nothing, opens no store and holds no secret; what it left is dropped."""
+    global _child_store
+    fn = cloudpickle.dumps(lambda x: x)
+    args = cloudpickle.dumps(((b"",), {}))
+    now = time.time()
+    head = {"job_id": "warm-up", "call_id": "00000", "store": {"type": "local", "root": "/"}, "args": {"inline": ""},
+            "attempt": 0, "segment": 0, "timeout_s": 60.0, "function_name": "warm-up", "checkpoint": None,
+            "fkey": "warm-up", "func_len": len(fn), "start": now, "deadline": now + 60.0, "memory_mb": 128,
+            "request_id": "warm-up", "extra": {"capture_logs": 1024}}
+    try:
+        run_in_child(head, bytearray(fn + args), [], rpc=None)
+    finally:
+        _functions.clear()
+        _child_store = None
+
+
+isolation.set_runner(run_in_child, warm_up)
 
 if _on_lambda():
     # Lambda loads this module at its init, before the first event: the zygote

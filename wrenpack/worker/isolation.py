@@ -1,5 +1,6 @@
 """Jobs isolated from each other in a warm worker: the user's code never runs
-in the process that holds the secrets.
+in the process that holds the secrets, and code from one isolation domain never
+runs where another domain's ran.
 
 A warm worker (a local worker process, or a Lambda container, which serves
 every job of its function) runs many jobs one after another. The process that
@@ -9,33 +10,48 @@ lie under a valid MAC. So the worker is split::
 
     parent (secret holder)            zygote (never held a secret)
       receives the event                forked at start-up, before any event
-      verifies func + args bytes        forks one child per job on request
+      verifies func + args bytes        forks one child per domain on request
       seals and writes the outcome          |
-      serves the child's requests       child (one job's code, no secret)
-        checkpoint get/put (sealed)       unpickles the function and arguments
-        sub-job secret derivation         runs the calls of that one job
+      serves the child's requests       child (one domain's code, no secret)
+        checkpoint get/put (sealed)       unpickles the function once
+        sub-job secret derivation         runs the calls of that one domain
       watches the cancel marker           returns raw outcome bytes
 
+* An **isolation domain** is what may share a child: the event's ``domain``
+  with the function's content hash (``handler._domain_of``). The client makes
+  the domain the HMAC of the function's hash under a random key of its own
+  process (``wire.event.isolation_domain``), so calls of one function (same
+  pickled bytes, closure included) from one driver process share a warm child,
+  as a process pool's worker or a Lambda warm container is shared: its globals,
+  imports and threads stay from call to call, whichever job (``remote()``,
+  ``map``) the call belongs to. Nothing else shares it: another function,
+  the same function from another driver process (another key; a fork gets a
+  new one), or a call inside a call (launched from the child's process, with
+  its key) always gets a new child. No other job can name the domain: the
+  child gets neither the domain nor a secret, and job code never sees an
+  event. An event without a domain (an older client) is its job's own domain.
 * The **zygote** is forked before the worker sees any event (a local worker's
   start, Lambda's init), so nothing it forks ever had a secret in memory,
   not even freed memory. If it dies, a fresh interpreter is started in its
   place (``_spawn_zygote``): forking the parent again would copy its heap.
-* A **child** runs the calls of one job only; when a call of another job comes,
-  it is killed with everything it started, and a new one forked. Calls of the
-  same job reuse it (the warm fast path: the function is unpickled once).
+* A **child** runs the calls of one domain only; when a call of another
+  domain comes, it is killed with everything it started, and the spare forked
+  ahead takes its place (``request_spare``: the zygote forks it while the
+  parent seals and replies, so a new domain's first call forks nothing).
 * The child gets verified bytes (function, arguments, hand-off memfds) over a
   socketpair and sends back the outcome's pickle, never touching a secret:
   a checkpoint is sealed and opened by the parent (``ckpt_get``/``ckpt_put``),
   a job launched inside the call gets its secret from the parent
-  (``derive``: the HMAC of this job's secret and the new job's id, so the
-  child learns the sub-job's secret, never its own job's). References to other
-  jobs' calls among the arguments verify with the secrets the client put in
-  this job's event (``ref_secrets``); those are given to the child, since its
-  caller handed it those futures.
-* The parent trusts nothing the child says beyond its own job's outcome: the
+  (``derive``: the HMAC of the current call's job secret and the new job's id,
+  so the child learns the sub-job's secret, never its own job's). Each request
+  is answered for the call running now, whose job the parent holds the secret
+  of. References to other jobs' calls among the arguments verify with the
+  secrets the client put in this job's event (``ref_secrets``); those are given
+  to the child, since its caller handed it those futures.
+* The parent trusts nothing the child says beyond its own call's outcome: the
   child's messages are JSON heads and raw bytes (nothing from it is
-  unpickled in the parent), and the outcome is sealed for the job the parent
-  holds the secret of.
+  unpickled in the parent), and the outcome is sealed for the call's job,
+  with that job's secret.
 * On Linux the parent is made non-dumpable (``PR_SET_DUMPABLE``), so a child
   of the same (non-root) user cannot read its memory through ``/proc/<pid>/mem``
   or ptrace. A child running as root can (locally as root; never on Lambda).
@@ -47,6 +63,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import marshal
 import os
 import resource
 import signal
@@ -76,30 +93,41 @@ def _prctl(option: int, value: int) -> bool:
 
 
 # -- framing: a JSON head, a blob, descriptors on the first byte ------------------
-def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[int] | None = None) -> None:
-    data = json.dumps(head, separators=(",", ":")).encode()
-    view = memoryview(blob) if blob else memoryview(b"")
+#: a message whose head and blob together are at most this many bytes is read in one system call
+_ONE_READ = 1 << 16
+
+
+def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[int] | None = None,
+         to_child: bool = False) -> None:
+    """One message in one ``sendmsg`` (the peer wakes once, with all of it): the
+    fixed part, the head and the blob, descriptors with its first byte. The head
+    is JSON, or with ``to_child`` (the parent's messages to a job's child, which
+    trusts its parent) ``marshal``, which costs a fraction to write and read.
+    Nothing a child sends is read as anything but JSON."""
+    data = marshal.dumps(head) if to_child else json.dumps(head, separators=(",", ":")).encode()
+    view = memoryview(blob).cast("B") if blob else memoryview(b"")
     first = _HEAD.pack(len(data), view.nbytes) + data
-    if fds:
-        socket.send_fds(sock, [first[:1]], fds)
-        first = first[1:]
-    sock.sendall(first)
-    if view.nbytes:
-        sock.sendall(view)
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))] if fds else []
+    sent = sock.sendmsg([first, view] if view.nbytes else [first], anc)
+    # (a socket with a timeout, or a signal, may take part of it: the rest follows)
+    if sent < len(first):
+        sock.sendall(first[sent:])
+        sent = len(first)
+    if sent - len(first) < view.nbytes:
+        sock.sendall(view[sent - len(first):])
 
 
-def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytearray:
+def _recv_exact(sock: socket.socket, n: int, fds: list[int] | None) -> bytearray:
+    """``n`` bytes; ``fds``: the message's first read, whose descriptors are added to it."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        if not fds and got == 0:
-            msg, anc, _flags, _addr = sock.recvmsg(min(n, 65536), socket.CMSG_SPACE(64 * 4))
+        if fds is not None and got == 0:
+            k, anc, _flags, _addr = sock.recvmsg_into([view], socket.CMSG_SPACE(64 * 4))
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds += list(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
-            k = len(msg)
-            view[got : got + k] = msg
         else:
             k = sock.recv_into(view[got:], n - got)
         if k == 0:
@@ -108,15 +136,24 @@ def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytearray:
     return buf
 
 
-def recv(sock: socket.socket) -> tuple[dict[str, Any], bytearray, list[int]]:
-    """One message: (head, blob, descriptors that came with it)."""
+def recv(sock: socket.socket, from_parent: bool = False) -> tuple[dict[str, Any], bytearray, list[int]]:
+    """One message: (head, blob, descriptors that came with it). A small one takes
+    two reads (the fixed part, then the rest), a larger one three (its blob is
+    read into a buffer of its own, never copied). ``from_parent``: a job's child
+    reading its parent's message (a ``marshal`` head: ``send(to_child=True)``)."""
+    loads = marshal.loads if from_parent else json.loads
     fds: list[int] = []
     fixed = _recv_exact(sock, _HEAD.size, fds)
     head_len, blob_len = _HEAD.unpack(fixed)
     if head_len > _MAX_HEAD:
         raise ValueError("a message head is too large")
-    head = json.loads(bytes(_recv_exact(sock, head_len, fds)))
-    blob = _recv_exact(sock, blob_len, fds) if blob_len else bytearray()
+    if head_len + blob_len <= _ONE_READ:
+        rest = _recv_exact(sock, head_len + blob_len, None)
+        head = loads(bytes(rest[:head_len]))
+        blob = rest[head_len:] if blob_len else bytearray()
+    else:
+        head = loads(bytes(_recv_exact(sock, head_len, None)))
+        blob = _recv_exact(sock, blob_len, None) if blob_len else bytearray()
     if not isinstance(head, dict):
         raise ValueError("a message head is not an object")
     return head, blob, fds
@@ -136,13 +173,13 @@ _prepared = False
 
 
 def active() -> bool:
-    """Calls run in per-job children (``prepare`` was called in this process)."""
+    """Calls run in per-domain children (``prepare`` was called in this process)."""
     return _prepared
 
 
 def prepare() -> None:
     """Fork the zygote now, before this process sees any event; from here on
-    calls run in per-job children. Called by a local worker at start and by the
+    calls run in per-domain children. Called by a local worker at start and by the
     handler module when Lambda loads it."""
     global _zygote, _prepared
     if _prepared or os.environ.get("WRENPACK_ZYGOTE") == "1":
@@ -281,10 +318,11 @@ class ChildGone(Exception):
 
 
 class Child:
-    """A forked child running one job's calls (held by the parent)."""
+    """A forked child running the calls of one isolation domain (held by the parent)."""
 
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
+    def __init__(self, domain: str) -> None:
+        #: the calls it may run (``child_for``)
+        self.domain = domain
         self.funcs: set[str] = set()
         self.pid, self.sock = _take_spare()
         self.status: int | None = None
@@ -406,9 +444,17 @@ def _poll_spare() -> None:
         pass
 
 
+#: set by a local worker, which asks for the spare after the reply has gone
+#: (``local_main.serve``): asking wakes the zygote, whose fork then competes with the reply
+spare_after_reply = False
+
+
 def request_spare() -> None:
-    """Have a process ready for the next job: forked by the zygote while this
-    process seals and replies (a job's first call then forks nothing)."""
+    """Have a process ready for the next domain: forked by the zygote while this
+    process seals and replies (a new domain's first call then forks nothing).
+    Nothing to do while the spare asked for before is not taken."""
+    if not _prepared:
+        return
     try:
         _request_spare()
     except (OSError, ChildGone):
@@ -566,18 +612,19 @@ def call_left_processes() -> bool:
     return child is not None and child.left_processes
 
 
-def child_for(job_id: str) -> Child:
-    """The child for ``job_id``'s calls: the running one if it serves that job,
-    else a new one (the old one, and all it started, ended first)."""
+def child_for(domain: str) -> Child:
+    """The child for the calls of ``domain`` (the event's isolation domain and
+    the function: ``handler._domain_of``): the running one if it serves that
+    domain, else a new one (the old one, and all it started, ended first)."""
     global _child, _start_cost
     child = _child
-    if child is not None and child.job_id == job_id and child.alive():
+    if child is not None and child.domain == domain and child.alive():
         return child
     t0 = time.perf_counter()
     if child is not None:
         end_child()
     for _attempt in range(2):
-        child = Child(job_id)
+        child = Child(domain)
         if child.alive():
             _child = child
             _start_cost += time.perf_counter() - t0
@@ -681,7 +728,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
     import select
 
     try:
-        send(child.sock, head, blob, fds)
+        send(child.sock, head, blob, fds, to_child=True)
     except OSError as exc:
         raise ChildGone(f"the call's process died ({exc})") from None
     poller = select.poll()
@@ -736,7 +783,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
         except Exception as exc:  # noqa: BLE001 - reported to the child, which raises it in the call
             answer, answer_blob = {"error": f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__}, b""
         try:
-            send(child.sock, answer, answer_blob)
+            send(child.sock, answer, answer_blob, to_child=True)
         except OSError:
             raise ChildGone("the call's process died") from None
 
@@ -756,7 +803,7 @@ class _Rpc:
     def ask(self, head: dict[str, Any], blob: Any = b"") -> tuple[dict[str, Any], bytearray]:
         with self.lock:
             send(self.sock, head, blob)
-            answer, data, fds = recv(self.sock)
+            answer, data, fds = recv(self.sock, from_parent=True)
         for fd in fds:
             os.close(fd)
         if "error" in answer:
@@ -773,9 +820,14 @@ class _Rpc:
 _runner: Callable[..., tuple[dict[str, Any], Any, list[int]]] | None = None
 
 
-def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]]) -> None:
-    global _runner
+#: runs the call path once on nothing in a process waiting for its first call (``handler.warm_up``)
+_warm_up: Callable[[], None] | None = None
+
+
+def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]], warm_up: Callable[[], None] | None = None) -> None:
+    global _runner, _warm_up
     _runner = runner
+    _warm_up = warm_up
 
 
 def _has_children() -> bool:
@@ -798,8 +850,17 @@ def children_usage() -> tuple[float, int]:
     return ru.ru_utime + ru.ru_stime, ru.ru_minflt
 
 
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
-    """Run this job's calls until the parent closes the socket."""
+    """Run this domain's calls until the parent closes the socket."""
     runner = _runner
     if runner is None:
         os._exit(1)
@@ -808,13 +869,21 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     rpc = _Rpc(sock)
     first = True
+    if _warm_up is not None and not _readable(sock):
+        # While it waits to be taken (a spare), it runs the call path once on nothing:
+        # the pages that copies from the zygote are copied now, not on the first call's
+        # clock. (Not when its first call is there already: that would only delay it.)
+        try:
+            _warm_up()
+        except Exception:  # noqa: BLE001 - only a head start: the first call runs all of it anyway
+            pass
     while True:
         try:
-            head, blob, fds = recv(sock)
+            head, blob, fds = recv(sock, from_parent=True)
         except (EOFError, OSError):
             os._exit(0)
         if first:
-            # Its job's first call: the earlier job's process is gone by now (the parent
+            # Its domain's first call: the earlier domain's process is gone by now (the parent
             # ended it first), so none can attach to this one once it is dumpable (its
             # own /proc files, the memory meter's reset, core dumps need that).
             _prctl(_PR_SET_DUMPABLE, 1)

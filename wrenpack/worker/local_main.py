@@ -6,9 +6,10 @@ the headers are ``wire.driver_message`` and ``wire.worker_reply``); the worker
 runs them in order and replies once per call, with the result object itself
 when it is small (the reply's blob). Each call gets Lambda's environment variables, its own deadline and a
 private temporary directory (TMPDIR), and its peak memory is measured from a
-reset high-water mark. The user's code runs in a process of its job, never in
-this one, which holds the secrets (``wrenpack.worker.isolation``: the zygote is
-forked in ``main``, before the first event).
+reset high-water mark. The user's code runs in a process of its isolation
+domain (the calls of one function from one driver), never in this one, which
+holds the secrets (``wrenpack.worker.isolation``: the zygote is forked in
+``main``, before the first event).
 
 The worker never outlives its driver: a parent-death signal, and a thread
 watching the driver's pidfd (or its parent pid), stop it and every process its
@@ -269,6 +270,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
         tempfile.tempdir = tmpdir
     function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local")
     memory_mb = 0
+    isolation.spare_after_reply = True
     _send(sock, worker_reply.ready(os.getpid()))
     calls = 0
     fds: list[int] = []  # hand-offs received, not yet given to a call (oldest first)
@@ -324,6 +326,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             finally:
                 if out is not None:
                     out.close()  # the driver holds the pages now; they go when it closes its copy
+            isolation.request_spare()  # (after the reply: the zygote's fork does not delay it)
 
 
 def main(config: dict[str, Any]) -> None:

@@ -276,8 +276,13 @@ class LocalBackend(Backend):
                 with self._lock:
                     if self._stopping:
                         break
-                    if self._draining and not self._pending():
+                    drained = self._draining and not self._pending()
+                if drained:
+                    if not self._done:
                         break
+                    self._report()  # (its callbacks may launch more: looked at again)
+                    continue
+                with self._lock:
                     started = self._assign_locked()
                     now = time.time()
                     wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + _IDLE_S)
@@ -286,8 +291,11 @@ class LocalBackend(Backend):
                     if polling:
                         timeout = min(timeout, 0.05)
                     self._sleep_until = now + timeout
+                # The calls that ended are reported here, the last thing before the sleep:
+                # a caller woken by its result then gets the GIL as soon as this thread
+                # sleeps, not after the next round's planning.
                 self._after_assign(started)
-                events = self._selector.select(timeout=timeout)
+                events = self._selector.select(timeout=max(0.0, self._sleep_until - time.time()))
                 with self._lock:
                     self._sleep_until = 0.0
                     for key, mask in events:
@@ -298,7 +306,6 @@ class LocalBackend(Backend):
                                 self._on_exit(worker)
                     self._watch()
                     self._reap_idle()
-                self._report()
         except Exception:  # noqa: BLE001 - fail every pending call rather than hang
             log.exception("wrenpack local backend: dispatcher failed")
         finally:
