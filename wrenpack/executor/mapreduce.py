@@ -14,7 +14,10 @@ In the last three the mappers' output goes worker -> store -> worker
 sizes and the final results, and removes every intermediate object when the
 job ends, failed or not. The objects are pickled by wrenpack, so they are
 sealed with a secret generated here for the job; it travels to the tasks in
-their call arguments.
+their call arguments. On a warm pool (local workers) a shuffle's mappers and
+reducers go out as one launch, so the reducers run in the processes the
+mappers warmed and start as soon as the last sections are written; elsewhere
+the reducers are launched as the map phase ends (a few early, on idle slots).
 """
 from __future__ import annotations
 
