@@ -221,7 +221,8 @@ def test_on_a_warm_pool_the_reducers_run_in_the_processes_the_mappers_warmed(exe
 
 def test_reducers_with_other_options_than_the_mappers_launch_on_their_own(executor, caplog):
     caplog.set_level("DEBUG", logger="wrenpack.executor.mapreduce")
-    reducer = wrenpack.remote(_pid_reduce, executor=executor, memory=384)
+    other = 384 if executor.config.memory != 384 else 512  # not the mappers' memory
+    reducer = wrenpack.remote(_pid_reduce, executor=executor, memory=other)
     out = wrenpack.map_reduce(_pid_parts, range(6), reducer, partitions=2, partitioned=True,
                               executor=executor).result(timeout=120)
     assert [values for _, _, values in out] == [list(range(6)), sorted(-x for x in range(6))]
