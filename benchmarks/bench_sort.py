@@ -9,7 +9,7 @@ their key range and write it), from the stored input to the stored output,
 verified afterwards (untimed). Baseline, in the same run: a child process
 loads the same input objects into one array (untimed) and sorts it with the
 same ``sort_records`` the reducers run (numpy's sort of the key prefixes,
-numbered: the fastest one-process sort of these records we found, 2.5x faster
+numbered: the fastest one-process sort of these records we found, 3x faster
 than an argsort of the 10-byte keys as byte strings); its read and write
 times are printed too.
 
@@ -17,10 +17,11 @@ The baseline's sort is timed warm: it sorts once untimed, then once timed. Its
 first sort in a fresh process touches ~400 MB of memory it has never used,
 and on this VM (virtio-balloon free page reporting, ``page_reporting_order``
 9: free 2 MB blocks are handed back to the hypervisor within seconds) the
-first touch of such a huge page costs about 2 ms per MB, not 0.1: a cold sort
-took 0.8..1.7 s where a warm one takes 0.25 s, depending on what the kernel
-had lying free. Warm, it cannot flatter wrenpack, whose calls do pay that cost
-where they allocate; the cold time is printed for reference.
+first touch of such a huge page costs about 2 ms per MB, not 0.1: this sort
+takes 0.3..1.5 s cold against 0.25 s warm, depending on what the kernel had
+lying free (the old baseline's spread, 0.79 s in one round and ~1.66 s in the
+others, was that). Warm, it cannot flatter wrenpack, whose calls do pay that
+cost where they allocate; the cold time is printed for reference.
 
 Both run on the same cores. The
 driver's peak RSS is this process's own (the workers and the baseline run in
