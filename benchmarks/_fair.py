@@ -17,19 +17,23 @@ value and the CPU affinity decide the rest. So each benchmark:
   from outside, so a difference there is reported, never hidden) and prints
   what each side had (``check``: one line that says "alike" or "NOT alike");
 - can load the machine with CPU hogs in its own session (``Hogs``), where the
-  user's other programs run, to show what a busy machine does to each side.
+  user's other programs run, to show what a busy machine does to each side;
+- runs its rounds with ``run_rounds`` (the alternation and the hogs in one
+  place), and a shuffle benchmark prints where wrenpack's time went with
+  ``ShuffleStages`` (what ``map_reduce`` logs per run).
 
 Benchmarks only: the library never imports this.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 #: the fewest rounds a benchmark runs by default
 ROUNDS = 5
@@ -49,6 +53,17 @@ def order(names: Sequence[str], rnd: int) -> list[str]:
     (With more than two systems every one of them also moves off the first place.)"""
     names = list(names)
     return names if rnd % 2 == 0 else names[::-1]
+
+
+def run_rounds(systems: dict[str, Callable[[], None]], rounds: int, hogs: int = 0) -> "Hogs":
+    """Run every system once per round, ``rounds`` rounds, alternating (``order``), under
+    ``hogs`` CPU hogs; returns the ``Hogs`` (its ``describe`` goes beside the results)."""
+    with Hogs(hogs) as load:
+        for rnd in range(rounds):
+            print(f" round {rnd + 1}:", flush=True)
+            for name in order(list(systems), rnd):
+                systems[name]()
+    return load
 
 
 def spread(values: Sequence[float], unit: str = "s", scale: float = 1.0, fmt: str = ".3f") -> str:
@@ -213,6 +228,45 @@ class Hogs:
         if not self.n:
             return "no CPU hogs"
         return f"{self.n} CPU hog{'s' if self.n > 1 else ''} in the benchmark's own session"
+
+
+class ShuffleStages(logging.Handler):
+    """The statistics each ``map_reduce`` shuffle logs at DEBUG (bytes, requests, seconds
+    per stage), one dict per run; ``attach`` starts collecting, ``print_breakdown`` prints them."""
+
+    LOGGER = "wrenpack.executor.mapreduce"
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.runs: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stats = getattr(record, "wrenpack_shuffle", None)
+        if stats is not None:
+            self.runs.append(stats)
+
+    def attach(self) -> "ShuffleStages":
+        log = logging.getLogger(self.LOGGER)
+        log.addHandler(self)
+        log.setLevel(logging.DEBUG)
+        return self
+
+    def cpu(self) -> list[float]:
+        """Each run's task CPU seconds (the "[cpu]" stages, summed over the tasks)."""
+        return [sum(v for k, v in r["stages"].items() if k.endswith("[cpu]")) for r in self.runs]
+
+    def print_breakdown(self) -> None:
+        """Median and min..max of every stage over the runs, then the last run's shuffle."""
+        if not self.runs:
+            return
+        print(f"where wrenpack's time goes (median of the rounds; task stages are summed over the tasks, "
+              f"i.e. CPU-ish seconds on {os.cpu_count()} cores; the phases are wall time):")
+        for name in self.runs[-1]["stages"]:
+            print(f"  {name:34s} {spread([r['stages'][name] for r in self.runs if name in r['stages']])}")
+        last = self.runs[-1]
+        mb = last["bytes"] / 1e6
+        print(f"  shuffle: {mb:.{0 if mb >= 100 else 1}f} MB in {last['puts']} objects written, {last['gets']} sections "
+              f"read; reducers started early, per round: {[r.get('early_reducers', 0) for r in self.runs]}")
 
 
 def load_note() -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -30,7 +29,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import _fair  # noqa: E402
 import wordcount as example  # noqa: E402
-from bench_sort import _Stages  # noqa: E402
 
 import wrenpack  # noqa: E402
 from wrenpack.executor import default_executor  # noqa: E402
@@ -81,10 +79,7 @@ def main() -> int:
     ap.add_argument("--chunk-size", type=int, default=16_000_000)
     ap.add_argument("--objects", type=int, default=8, help="stored text objects (default 8)")
     args = ap.parse_args()
-    stages = _Stages()
-    mr_log = logging.getLogger("wrenpack.executor.mapreduce")
-    mr_log.addHandler(stages)
-    mr_log.setLevel(logging.DEBUG)
+    stages = _fair.ShuffleStages().attach()
 
     cores = os.cpu_count()
     prefix = f"bench-wc-{uuid.uuid4().hex[:8]}/"
@@ -129,11 +124,7 @@ def main() -> int:
         print(f"word count {sum(sizes) / 1e6:.0f} MB in {args.objects} objects (made in {time.perf_counter() - t0:.1f} s), "
               f"chunks of {args.chunk_size / 1e6:g} MB, {args.partitions} partitions, "
               f"{wrenpack.Executor().config.concurrency or cores} local workers on {cores} cores; {_fair.load_note()}")
-        with _fair.Hogs(args.hogs) as hogs:
-            for rnd in range(args.rounds):
-                print(f" round {rnd + 1}:", flush=True)
-                for name in _fair.order(list(systems), rnd):
-                    systems[name]()
+        hogs = _fair.run_rounds(systems, args.rounds, args.hogs)
     finally:
         store.delete_prefix(prefix)
     print(_fair.check({"wrenpack's workers": w_sched, "one-process baseline": b_sched}) + f"; {hogs.describe()}")
@@ -141,13 +132,7 @@ def main() -> int:
     print(f"  one process  {_fair.spread(base)}")
     print(f"ratio wrenpack / one process: {statistics.median(ours) / statistics.median(base):.2f}x (target <= 0.60x); "
           f"counts {'the same' if ok else 'DIFFER'}; {_fair.load_note()}")
-    if stages.runs:
-        print("where wrenpack's time goes (median of the rounds; task stages summed over the tasks, phases wall time):")
-        for name in stages.runs[-1]["stages"]:
-            print(f"  {name:34s} {_fair.spread([r['stages'][name] for r in stages.runs if name in r['stages']])}")
-        last = stages.runs[-1]
-        print(f"  shuffle: {last['bytes'] / 1e6:.1f} MB in {last['puts']} objects written, {last['gets']} sections read; reducers started early, per round: "
-              f"{[r.get('early_reducers', 0) for r in stages.runs]}")
+    stages.print_breakdown()
     return 0 if ok else 1
 
 

@@ -65,9 +65,27 @@ def checksum(records: np.ndarray) -> int:
 
 
 def sort_records(records: np.ndarray) -> np.ndarray:
-    """Records sorted by their 10-byte key: numpy's argsort of the keys as byte strings."""
-    keys = np.ascontiguousarray(records[:, :KEY]).view(f"S{KEY}").ravel()
-    return np.take(records, np.argsort(keys), axis=0)  # np.take: 4x faster than records[order] here
+    """Records sorted by their 10-byte key.
+
+    ``np.sort`` of one uint64 per record is numpy's fastest sort (vectorized), far
+    faster than an argsort of the keys as byte strings. So each record's number
+    goes into the low bits of its key's first 8 bytes (read big-endian, so the
+    numbers compare as the keys do), and the sorted numbers give the order.
+    Records whose remaining high bits are equal (rare: about one pair in 3
+    million random records) are then put in order by their whole key."""
+    n = len(records)
+    bits = max(1, (n - 1).bit_length())  # enough low bits for a record's number
+    prefix = np.ascontiguousarray(records[:, :8]).view(">u8").ravel().astype(np.uint64)
+    numbered = prefix >> np.uint64(bits) << np.uint64(bits) | np.arange(n, dtype=np.uint64)
+    numbered.sort()
+    order = (numbered & np.uint64((1 << bits) - 1)).astype(np.intp)
+    high = numbered >> np.uint64(bits)
+    tied = np.flatnonzero(high[1:] == high[:-1])
+    if len(tied):
+        at = np.union1d(tied, tied + 1)  # every position in a run of equal high bits, runs in order
+        keys = np.ascontiguousarray(records[order[at], :KEY]).view(f"S{KEY}").ravel()
+        order[at] = order[at][np.argsort(keys, kind="stable")]
+    return np.take(records, order, axis=0)  # np.take: 4x faster than records[order] here
 
 
 def generate(part: int, count: int, seed: int, prefix: str) -> tuple[int, int]:
@@ -79,7 +97,7 @@ def generate(part: int, count: int, seed: int, prefix: str) -> tuple[int, int]:
 
 def partition_of(records: np.ndarray, partitions: int) -> np.ndarray:
     """Range partition on the first two key bytes: partition i holds smaller keys than i + 1."""
-    top = records[:, 0].astype(np.uint32) << 8 | records[:, 1]
+    top = records.view(">u2")[:, 0].astype(np.uint32)  # the first two bytes of each row, big-endian
     return (top * partitions >> 16).astype(np.uint16)
 
 

@@ -174,7 +174,7 @@ def test_a_failing_straggler_stops_the_reducers_waiting_for_it(executor, caplog)
                               executor=executor)
     with pytest.raises(KeyError, match="straggler"):
         fut.result(timeout=120)
-    assert any("started early" in r.getMessage() for r in caplog.records)
+    assert any("started early" in r.getMessage() or "launched together" in r.getMessage() for r in caplog.records)
     # the early reducer stopped at the abort, not at its waiting budget (a quarter of its timeout)
     assert time.monotonic() - t0 < 30
     assert _left(executor) == []
@@ -189,4 +189,42 @@ def test_an_early_reducer_that_waits_too_long_runs_again_after_the_map_phase(exe
     assert out == {0: [0, 3], 1: [1], 2: [2]}
     assert _stats(caplog)["early_reducers"] >= 1
     assert any("ran out of waiting time" in r.getMessage() for r in caplog.records)
+    assert _left(executor) == []
+
+
+def _pid_parts(x):
+    import os
+
+    return [[(os.getpid(), x)], [(os.getpid(), -x)]]
+
+
+def _pid_reduce(i, parts):
+    import os
+
+    return os.getpid(), {pid for part in parts for pid, _ in part}, sorted(v for part in parts for _, v in part)
+
+
+def test_on_a_warm_pool_the_reducers_run_in_the_processes_the_mappers_warmed(executor, caplog):
+    # One launch, one job: a worker runs the reducers in the process it ran the mappers in
+    # (a job's process is the job's own: a launch of its own would start cold ones).
+    if not executor.backend.capabilities.warm_pool:
+        pytest.skip("a backend without a warm pool launches the reducers after the map phase")
+    caplog.set_level("DEBUG", logger="wrenpack.executor.mapreduce")
+    out = wrenpack.map_reduce(_pid_parts, range(6), _pid_reduce, partitions=2, partitioned=True,
+                              executor=executor).result(timeout=120)
+    assert [values for _, _, values in out] == [list(range(6)), sorted(-x for x in range(6))]
+    for reducer_pid, mapper_pids, _ in out:
+        assert reducer_pid in mapper_pids
+    assert _stats(caplog)["early_reducers"] == 2  # every reducer went out with the mappers
+    assert _left(executor) == []
+
+
+def test_reducers_with_other_options_than_the_mappers_launch_on_their_own(executor, caplog):
+    caplog.set_level("DEBUG", logger="wrenpack.executor.mapreduce")
+    other = 384 if executor.config.memory != 384 else 512  # not the mappers' memory
+    reducer = wrenpack.remote(_pid_reduce, executor=executor, memory=other)
+    out = wrenpack.map_reduce(_pid_parts, range(6), reducer, partitions=2, partitioned=True,
+                              executor=executor).result(timeout=120)
+    assert [values for _, _, values in out] == [list(range(6)), sorted(-x for x in range(6))]
+    assert not any("launched together" in r.getMessage() for r in caplog.records)
     assert _left(executor) == []

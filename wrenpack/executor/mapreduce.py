@@ -14,7 +14,10 @@ In the last three the mappers' output goes worker -> store -> worker
 sizes and the final results, and removes every intermediate object when the
 job ends, failed or not. The objects are pickled by wrenpack, so they are
 sealed with a secret generated here for the job; it travels to the tasks in
-their call arguments.
+their call arguments. On a warm pool (local workers) a shuffle's mappers and
+reducers go out as one launch, so the reducers run in the processes the
+mappers warmed and start as soon as the last sections are written; elsewhere
+the reducers are launched as the map phase ends (a few early, on idle slots).
 """
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ from wrenpack.futures import WrenFuture
 from wrenpack.worker import shuffle
 
 log = logging.getLogger(__name__)
+
+#: The most mappers whose reducers are launched with them (``RunningJob._together``):
+#: each of those reducers reads every mapper's index.
+TOGETHER_MAPPERS = 64
 
 
 def map_reduce(
@@ -187,12 +194,16 @@ class RunningJob:
     def shuffle(self, items: list[Any], partitions: int, partitioned: bool,
                 partition_fn: Callable[[Any, int], int] | None) -> Any:
         task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
-        maps = self._map(task, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options,
-                         f"{_name(self.mapper)} (map)")
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
-        r_label = f"{_name(self.reducer)} (reduce)"
-        t0 = time.perf_counter()
-        mapped, early = self._map_phase(maps, reducer, partitions, r_label)
+        m_label, r_label = f"{_name(self.mapper)} (map)", f"{_name(self.reducer)} (reduce)"
+        if self._together(len(items)):
+            maps, early = self._launch_together(task, reducer, items, partitions, m_label, r_label)
+            t0 = time.perf_counter()
+            mapped = self._mapped(maps, aborting=True)
+        else:
+            maps = self._map(task, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options, m_label)
+            t0 = time.perf_counter()
+            mapped, early = self._map_phase(maps, reducer, partitions, r_label)
         t_map = time.perf_counter() - t0
 
         def sections(p: int) -> list[tuple[int, Any]]:
@@ -232,6 +243,60 @@ class RunningJob:
             merged.update(part)
         return merged
 
+    def _together(self, mappers: int) -> bool:
+        """Whether the mappers and reducers go out as one launch (``_launch_together``).
+
+        On a warm pool (local workers) each launch is a job, and a worker runs a job's
+        calls in a process of that job's own, started when the job's first call
+        arrives there: the user's imports (numpy, ...) load again, on the critical
+        path of every worker at the start of the reduce phase. One launch keeps the
+        process the mappers warmed. The pool runs calls in the order they were
+        launched, so a reducer gets a slot only when every mapper has one: it never
+        holds a slot a mapper needs. It needs the mappers and reducers to have the
+        same options, and each reducer reads every mapper's index (a small object),
+        hence a bound on the mappers."""
+        caps = self.executor.backend.capabilities
+        return (bool(getattr(caps, "warm_pool", False)) and mappers <= TOGETHER_MAPPERS
+                and self.m_options == self.r_options)
+
+    def _launch_together(self, task: Callable[..., Any], reducer: Callable[..., Any], items: list[Any],
+                         partitions: int, m_label: str, r_label: str) -> tuple[list[WrenFuture], dict[int, WrenFuture]]:
+        """The mappers, then every reducer, in one launch (one job); returns their futures.
+        Each reducer waits for the mappers' indexes as an early reducer does (up to a
+        quarter of its timeout; after that the driver runs it again, ``shuffle``)."""
+        self.executor.check_open()
+        budget = self._budget()
+        waiting = list(range(len(items)))
+        calls = [("map", item, i, self.secret) for i, item in enumerate(items)]
+        calls += [("reduce", p, [], self.secret, waiting, budget) for p in range(partitions)]
+        labels = [f"{m_label}[{i}]" for i in range(len(items))] + [f"{r_label}[{p}]" for p in range(partitions)]
+        futures = [WrenFuture(label=label) for label in labels]
+        both = shuffle.make_task(task, reducer)
+        launched = self.executor.launch(both, [(args, {}) for args in calls], self.m_options,
+                                        label=f"{m_label} and {r_label}", futures=futures)
+        with self._lock:
+            self.launched.extend(launched)
+        log.debug("map_reduce %s: %d mappers and %d reducers launched together (one job)", self.shuffle_id,
+                  len(items), partitions)
+        maps = launched[: len(items)]
+        return maps, dict(enumerate(launched[len(items):]))
+
+    def _budget(self) -> float:
+        """How long a reducer started before the map phase ended waits for the mappers."""
+        return max(1.0, 0.25 * float(getattr(self.r_options, "timeout", 0) or 0))
+
+    def _mapped(self, maps: list[WrenFuture], aborting: bool) -> list[Any]:
+        """The mappers' outputs; if one failed, the waiting reducers are told to stop
+        (an abort object) before its exception is raised here."""
+        cf.wait(maps, return_when=cf.FIRST_EXCEPTION)
+        if aborting and any(f.done() and f.exception() is not None for f in maps):
+            try:
+                shuffle.abort(self.executor.store, self.shuffle_id, self.secret)
+            except Exception:  # noqa: BLE001 - the reducers then wait out their budget
+                log.warning("map_reduce %s: could not tell the waiting reducers to stop", self.shuffle_id,
+                            exc_info=True)
+        return self._results(maps)
+
     def _map_phase(self, maps: list[WrenFuture], reducer: Callable[..., Any], partitions: int,
                    label: str) -> tuple[list[Any], dict[int, WrenFuture]]:
         """Wait for the mappers; returns their outputs and the reducers started meanwhile.
@@ -246,19 +311,13 @@ class RunningJob:
         abort object) before its exception is raised here."""
         slots = getattr(self.executor.backend.capabilities, "concurrency", 0) or 0
         stragglers = max(1, len(maps) // 10)
-        budget = max(1.0, 0.25 * float(getattr(self.r_options, "timeout", 0) or 0))
+        budget = self._budget()
         index = {id(f): i for i, f in enumerate(maps)}
         done: dict[int, Any] = {}
         early: dict[int, WrenFuture] = {}
         for fut in cf.as_completed(maps):
             if fut.exception() is not None:
-                if early:
-                    try:
-                        shuffle.abort(self.executor.store, self.shuffle_id, self.secret)
-                    except Exception:  # noqa: BLE001 - the reducers then wait out their budget
-                        log.warning("map_reduce %s: could not tell the early reducers to stop", self.shuffle_id,
-                                    exc_info=True)
-                self._results(maps)  # waits for the other mappers, raises the first failure
+                self._mapped(maps, aborting=bool(early))  # waits for the other mappers, raises the first failure
             done[index[id(fut)]] = fut.result()
             waiting = [i for i in range(len(maps)) if i not in done]
             if not waiting or len(waiting) > stragglers:

@@ -404,6 +404,19 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
     return shuffle_reduce
 
 
+def make_task(mapper: Callable[..., Any], reducer: Callable[..., Any]) -> Callable[..., Any]:
+    """One function for a shuffle's mappers (``("map", ...)``) and reducers
+    (``("reduce", ...)``), so the driver can launch them as one job: a warm
+    worker then runs them in one process and the user's imports load once."""
+
+    def shuffle_task(role: str, *args: Any) -> Any:
+        if role == "map":
+            return mapper(*args)
+        return reducer(*args)
+
+    return shuffle_task
+
+
 def make_leaf(fn: Callable[[Any], Any], shuffle_id: str) -> Callable[..., None]:
     """A mapper whose value stays in the store for a reduce level to read."""
 
