@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from wrenpack.errors import CorruptObject, ExecutorShutdown, WrenpackError
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.profiled import code_key, uses_checkpoint
-from wrenpack.futures import WrenFuture
+from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
 
@@ -94,11 +95,13 @@ def _checkpoints(fn: Callable[..., Any]) -> bool:
         return True
 
 
-class _Plan:
-    """One map's calls: their futures, and how and when they are launched."""
+class _Plan(CallOwner):
+    """One map's calls: their futures, and how and when they are launched. It
+    acts for the calls it holds back (``CallOwner``): cancel, launch now."""
 
     def __init__(self, executor: Executor, fn: Callable[..., Any], options: CallOptions, label: str, key: str,
                  prepared: Prepared, workers: int) -> None:
+        super().__init__()
         self.executor = executor
         self.fn = fn
         self.options = options
@@ -111,9 +114,12 @@ class _Plan:
         self.items: list[WrenFuture] = []
         self.held: list[int] = []
         self.released = False
+        #: set once the calls held back are launched (or failed)
+        self.launched_all = threading.Event()
 
     def make_items(self) -> None:
-        self.items = [WrenFuture("", "", f"{self.label}[{i}]") for i in range(len(self.prepared.payloads))]
+        created = time.time()  # (one reading for the map's calls)
+        self.items = [WrenFuture("", "", f"{self.label}[{i}]", created_at=created) for i in range(len(self.prepared.payloads))]
 
     def let_go_when_done(self) -> None:
         """``items`` lets go of each future as its call ends: the plan lives while
@@ -147,26 +153,30 @@ class _Plan:
         for group, gfut in zip(groups, gfuts):
             members = [self.items[i] for i in group]
             gfut._members = members
+            owner = _Group(self, gfut)
             for j, item in enumerate(members):
                 item.job_id, item.call_id = gfut.job_id, f"{gfut.call_id}.{j}"
-                item._canceller = lambda item=item, gfut=gfut: self._cancel_member(item, gfut)
-                item._pin = gfut._pin
-                if gfut._ref is not None:
-                    item._ref = dict(gfut._ref, call_id=item.call_id, label=item.label, item=j)
-                item._job_key = gfut._job_key
-                _ready(item)
+                item._owner, item._where, item._job_key = owner, gfut._where, gfut._job_key
             gfut.add_done_callback(lambda done, group=group: self._group_ended(done, group))
 
     def hold(self, indices: list[int]) -> None:
         """The rest of a new function's map waits for its first timed call."""
         for i in indices:
-            item = self.items[i]
-            item._launched = threading.Event()
-            item._launch_now = self.release  # pickling it needs it launched
-            item._canceller = lambda i=i: self._cancel_held(i)
+            self.items[i]._owner = self
         with self.lock:
             self.held = indices
         self.executor.hold(self)
+
+    # -- CallOwner: what a held call's future asks ---------------------------------
+    def cancel_call(self, fut: WrenFuture) -> bool:
+        slot = fut._slot
+        return self._cancel_held(slot[1] if slot is not None else self.items.index(fut))
+
+    def launch_call(self, fut: WrenFuture) -> None:
+        self.release()  # (pickling it needs it launched)
+
+    def launched(self, fut: WrenFuture, timeout: float) -> None:
+        self.launched_all.wait(timeout)
 
     def release(self) -> None:
         """Launch the held calls: grouped if the function's calls are short."""
@@ -189,14 +199,14 @@ class _Plan:
         except BaseException as exc:  # noqa: BLE001 - the calls fail, never silently stay pending
             self._fail([self.items[i] for i in held], exc)
         finally:
-            for i in held:
-                _ready(self.items[i])
+            self.launched_all.set()
             self.executor.unhold(self)
 
     def abandon(self) -> None:
         """The probes could not launch (the error goes to the caller): nothing else will."""
         with self.lock:
             self.released, self.held = True, []
+        self.launched_all.set()
         self.executor.unhold(self)
 
     # -- outcomes ---------------------------------------------------------------------
@@ -246,10 +256,9 @@ class _Plan:
         if seconds:
             self._learn(_mean_call(seconds, getattr(outcomes, "waited", None)))
         for j, item in enumerate(members):
-            status = dict(gfut.status or {}, group={"size": len(members), "index": j})
-            if seconds:
-                status["duration_s"] = seconds[j]
-            item.status, item.segments, item.logs = status, gfut.segments, gfut.logs
+            # (the group's record, with the call's place and duration: made when read)
+            item.set_group_status(gfut, len(members), j, seconds[j] if seconds else None)
+            item.segments, item.logs = gfut.segments, gfut.logs
             outcome = outcomes[j]
             if outcome[0] == "ok":
                 item._resolve(True, outcome[1])
@@ -322,6 +331,18 @@ def _mean_call(seconds: list[float], waited: float | None) -> float:
     return min(estimates)
 
 
-def _ready(item: WrenFuture) -> None:
-    if item._launched is not None:
-        item._launched.set()
+class _Group(CallOwner):
+    """Acts for the calls of one group (one invocation): cancelling one takes
+    the group back (its other calls go again), a reference to one keeps the
+    group's job."""
+
+    __slots__ = ("plan", "gfut")
+
+    def __init__(self, plan: _Plan, gfut: WrenFuture) -> None:
+        self.plan, self.gfut = plan, gfut
+
+    def cancel_call(self, fut: WrenFuture) -> bool:
+        return self.plan._cancel_member(fut, self.gfut)
+
+    def pin_call(self, fut: WrenFuture) -> bool:
+        return self.gfut._pin_call()
