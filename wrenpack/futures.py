@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import sys
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
@@ -182,7 +181,7 @@ class WrenFuture(cf.Future):
         # second sees the first's write, so the record is never lost to a race.
         if value is not None and self.auto is not None:
             value = dict(value, auto=self.auto)  # a copy: a batch's calls share their batch's record
-        self._status = value if value is None or self.auto is not None else pack_status(value)
+        self._status = value if value is None or self.auto is not None else pack_status(value, self.call_id)
         auto = self.auto
         if value is not None and auto is not None:
             status = self.status
@@ -360,17 +359,18 @@ class WrenFuture(cf.Future):
             owner = self._owner
             if owner is not None:
                 # Launched now if it waits to be: the call that will read it must
-                # not be ahead of it in the backend's queue.
+                # not be behind that call in the backend's queue.
                 owner.launch_call(self)
-            ref = self.reference()
-            if ref is None:
-                if owner is not None:
+                if self.reference() is None:
                     owner.launched(self, 10)
-                elif self._launched is not None:
-                    if self._launch_now is not None:
-                        self._launch_now()
-                    self._launched.wait(10)
-                ref = self.reference()
+                now = self._owner
+                if now is not None and now is not owner:
+                    now.launch_call(self)  # (a map's plan handed it to a job, whose window may hold it)
+            elif self._launched is not None and self.reference() is None:
+                if self._launch_now is not None:
+                    self._launch_now()
+                self._launched.wait(10)
+            ref = self.reference()
             if ref is None:
                 raise TypeError(f"the future of {self.label} is not a remote call's own; it can be pickled once it is done")
             if self._pin_call():
@@ -418,16 +418,35 @@ _MAX_SHAPES = 512
 _SCALARS = frozenset({int, float, bool, type(None)})
 
 
-def pack_status(value: Any) -> Any:
-    """``value`` packed (``_PackedStatus``) if it is a dict of scalars; else as it is."""
+#: strings seen lately in status records (a host name, a job id, "ok"), each kept once
+_STRINGS: dict[str, str] = {}
+_MAX_STRINGS = 256
+
+
+def _shared_str(text: str) -> str:
+    """``text``, or the equal string a record seen lately had: what repeats in
+    every record (the host, the job id) is kept once. Unique ones (a request
+    id) pass through; a few hundred are remembered at most."""
+    if len(text) > 64:
+        return text
+    seen = _STRINGS.get(text)
+    if seen is None:
+        if len(_STRINGS) >= _MAX_STRINGS:
+            _STRINGS.clear()
+        seen = _STRINGS.setdefault(text, text)
+    return seen
+
+
+def pack_status(value: Any, own: str = "") -> Any:
+    """``value`` packed (``_PackedStatus``) if it is a dict of scalars; else as
+    it is. ``own``: a string the record likely holds (its call's id), kept once."""
     if type(value) is not dict or len(value) < 4:
         return value
     values: list[Any] = []
     for v in value.values():
         t = type(v)
         if t is str:
-            if len(v) <= 64:
-                v = sys.intern(v)
+            v = own if v == own else _shared_str(v)
         elif t not in _SCALARS:
             return value
         values.append(v)

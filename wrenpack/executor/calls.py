@@ -94,6 +94,10 @@ class RunningJob(CallOwner):
     def __post_init__(self) -> None:
         self.calls = self.calls or len(self.futures)
 
+    def __repr__(self) -> str:
+        return (f"<RunningJob {self.job_id} of {self.label}: {self.calls} calls, {self.ended} ended, "
+                f"{self.inflight} launched and not ended>")
+
     def finished(self, cid: str) -> bool:
         """Whether call ``cid`` has ended (or is being resolved)."""
         return cid not in self.futures or cid in self.ending
@@ -338,11 +342,11 @@ class CallTable:
         # What the call ran with (the worker's record does not say): a job report shows and prices it.
         final["memory_mb"], final["timeout_s"] = inv.memory_mb, inv.timeout_s
         retried = fut._retried
-        if retried is None:
-            retried = fut._retried = []
         if retried:
             final["retried"] = list(retried)
         if not ok and self._should_retry(job, inv, value):
+            if retried is None:
+                retried = fut._retried = []
             retried.append(f"{type(value).__name__}: {value}")
             fut.retried_statuses.append(dict(final, error=retried[-1]))
             self._retry(job, inv)

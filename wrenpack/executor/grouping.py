@@ -76,10 +76,10 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     futures = list(plan.items)  # (the caller's list)
     plan.let_go_when_done()
     if est is not None:
-        plan.launch_groups(list(range(len(calls))), est)
+        plan.launch_groups(range(len(calls)), est)
         return futures
     probes = workers
-    plan.hold(list(range(probes, len(calls))))  # before the probes: one may end at once
+    plan.hold(range(probes, len(calls)))  # before the probes: one may end at once
     try:
         plan.launch_single(list(range(probes)), probe=True)
     except BaseException:
@@ -112,7 +112,9 @@ class _Plan(CallOwner):
         self.lock = threading.Lock()
         #: the calls' futures (``make_items``), bound to an invocation when each launches
         self.items: list[WrenFuture] = []
-        self.held: list[int] = []
+        #: the calls held back (a range, until ``release``), and those cancelled meanwhile
+        self.held: Sequence[int] = ()
+        self.taken: set[int] = set()
         self.released = False
         #: set once the calls held back are launched (or failed)
         self.launched_all = threading.Event()
@@ -128,18 +130,26 @@ class _Plan(CallOwner):
             item.hold_in(self.items, i)
 
     # -- launching ------------------------------------------------------------------
-    def _subset(self, indices: list[int]) -> Prepared:
+    def _subset(self, indices: Sequence[int]) -> Prepared:
         return Prepared(self.prepared.fn_bytes, [self.prepared.payloads[i] for i in indices])
 
-    def launch_single(self, indices: list[int], probe: bool = False) -> None:
+    def launch_single(self, indices: Sequence[int], probe: bool = False) -> None:
         """Each call alone, its own invocation and limits, in the given futures."""
         futures = [self.items[i] for i in indices]
         self.executor.launch(self.fn, (), self.options, self.label, prepared=self._subset(indices), futures=futures)
+        self._let_go(indices)
         if probe:
             for fut in futures:
                 fut.add_done_callback(self._probe_done)
 
-    def launch_groups(self, indices: list[int], est: float) -> None:
+    def _let_go(self, indices: Sequence[int]) -> None:
+        """The plan no longer needs these calls' pickled arguments: their job
+        has them (launched alone), or they ended (a group's calls)."""
+        payloads = self.prepared.payloads
+        for i in indices:
+            payloads[i] = None
+
+    def launch_groups(self, indices: Sequence[int], est: float) -> None:
         size = max(1, min(MAX_GROUP, int(GROUP_S / max(est, 1e-6)),
                           math.ceil(len(indices) / (self.workers * GROUPS_PER_WORKER))))
         if size == 1:
@@ -159,7 +169,7 @@ class _Plan(CallOwner):
                 item._owner, item._where, item._job_key = owner, gfut._where, gfut._job_key
             gfut.add_done_callback(lambda done, group=group: self._group_ended(done, group))
 
-    def hold(self, indices: list[int]) -> None:
+    def hold(self, indices: Sequence[int]) -> None:
         """The rest of a new function's map waits for its first timed call."""
         for i in indices:
             self.items[i]._owner = self
@@ -184,8 +194,10 @@ class _Plan(CallOwner):
             if self.released:
                 return
             self.released = True
-            held = [i for i in self.held if not self.items[i].done()]
-            self.held = []
+            held = self.held
+            if self.taken or any(self.items[i].done() for i in held):  # (cancelled meanwhile)
+                held = [i for i in held if i not in self.taken and not self.items[i].done()]
+            self.held = ()
         try:
             est = self.executor.call_seconds.get(self.key)
             if not held:
@@ -205,7 +217,7 @@ class _Plan(CallOwner):
     def abandon(self) -> None:
         """The probes could not launch (the error goes to the caller): nothing else will."""
         with self.lock:
-            self.released, self.held = True, []
+            self.released, self.held = True, ()
         self.launched_all.set()
         self.executor.unhold(self)
 
@@ -228,15 +240,16 @@ class _Plan(CallOwner):
             timings.clear()
         timings[self.key] = seconds if old is None or seconds > old else 0.5 * (old + seconds)
 
-    def _group_ended(self, gfut: WrenFuture, group: list[int]) -> None:
+    def _group_ended(self, gfut: WrenFuture, group: Sequence[int]) -> None:
         try:
             self._group_done(gfut, group)
+            self._let_go([i for i in group if self.items[i].done()])  # (the others go again, alone)
         except BaseException as exc:  # noqa: BLE001 - never leave a call pending
             log.debug("completing a group of %s failed", self.label, exc_info=True)
             self._fail([self.items[i] for i in group],
                        WrenpackError(f"{self.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}"))
 
-    def _group_done(self, gfut: WrenFuture, group: list[int]) -> None:
+    def _group_done(self, gfut: WrenFuture, group: Sequence[int]) -> None:
         members = [self.items[i] for i in group]
         if gfut.cancelled():
             asked = [i for i in group if getattr(self.items[i], "_cancel_asked", False)]
@@ -265,7 +278,7 @@ class _Plan(CallOwner):
             else:
                 item._resolve(False, rebuild_exception(outcome, item.label))
 
-    def _again(self, group: list[int], exc: BaseException | None) -> None:
+    def _again(self, group: Sequence[int], exc: BaseException | None) -> None:
         """A group ended without its calls' outcomes: run them again, each alone
         (``exc``: why the group failed), or fail them when that must not be retried."""
         todo = [i for i in group if not self.items[i].done()]
@@ -294,9 +307,9 @@ class _Plan(CallOwner):
     # -- cancelling -------------------------------------------------------------------
     def _cancel_held(self, i: int) -> bool:
         with self.lock:
-            if self.released or i not in self.held:
+            if self.released or i not in self.held or i in self.taken:
                 return False
-            self.held.remove(i)
+            self.taken.add(i)
         return True
 
     def _cancel_member(self, item: WrenFuture, gfut: WrenFuture) -> bool:
