@@ -204,7 +204,9 @@ class Executor(CallTable, cf.Executor):
                 for fut in plan.items:
                     fut.cancel()
             for job in jobs:
-                for fut in list(job.futures.values()):
+                # The last first: those not launched yet go before a launched one's end
+                # makes room in the window for them.
+                for fut in reversed(list(job.futures.values())):
                     fut.cancel()
         if wait and threading.current_thread() is not self._collector:
             # Calls a map holds back (wrenpack.executor.grouping) launch within moments; wait for them too.
@@ -524,7 +526,7 @@ class Executor(CallTable, cf.Executor):
             self._stopping = True
             log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
                         "" if self.config.keep_objects else " and removing their objects from the store")
-            for fut in running:
+            for fut in reversed(running):  # (the last first: see ``shutdown``)
                 fut.cancel()
             with self._lock:
                 backend = self._backend
