@@ -175,7 +175,7 @@ def test_a_done_future_keeps_its_status_packed_until_read():
     try:
         futs = []
         for i in range(5000):
-            fut = WrenFuture("20261205-172058-95652d0b", f"{i:05d}", f"f[{i}]")
+            fut = WrenFuture("20261205-172058-95652d0b", f"{i:05d}", f"f[{i}]", register=False)  # (as the executor makes them)
             fut.status = json.loads(text)  # (a record as a worker's reply brings it)
             fut.set_result(i)
             futs.append(fut)

@@ -82,7 +82,7 @@ class WrenFuture(cf.Future):
     _condition = _CONDITION
 
     def __init__(self, job_id: str = "", call_id: str = "", label: str = "future", *,
-                 created_at: float | None = None) -> None:
+                 created_at: float | None = None, register: bool = True) -> None:
         self._state = _base.PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
@@ -133,6 +133,11 @@ class WrenFuture(cf.Future):
         #: the list (and index) of a map's plan that holds this future while the map
         #: runs; it holds ``ENDED`` instead once this future is done (``hold_in``)
         self._slot: tuple[list[Any], int] | None = None
+        if register and job_id and call_id:
+            # (the executor's futures are registered when they are pickled: a
+            # reference to one can only come back after that, and an entry costs
+            # 200 bytes a call)
+            refs.register(self)
 
     @property
     def segment_statuses(self) -> list[dict[str, Any]]:

@@ -28,7 +28,8 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
     for g, (group, gfut) in enumerate(zip(groups, group_futures)):
         first = g * chunksize
         owner = _Batch(gfut)
-        items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]", created_at=gfut.created_at)
+        items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]", created_at=gfut.created_at,
+                            register=False)
                  for j in range(len(group))]
         for item in items:
             item._owner, item._where, item._job_key = owner, gfut._where, gfut._job_key

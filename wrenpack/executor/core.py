@@ -156,9 +156,10 @@ class Executor(CallTable, cf.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
-        """Like ``concurrent.futures.Executor.map``: all calls launch now; the
-        iterator yields results in order, raises a call's exception, and
-        ``TimeoutError`` if a result is not there ``timeout`` s after this call.
+        """Like ``concurrent.futures.Executor.map``: all calls are accepted now
+        (and handed to the backend as it has room); the iterator yields
+        results in order, raises a call's exception, and ``TimeoutError`` if a
+        result is not there ``timeout`` s after this call.
         ``chunksize > 1`` runs that many calls per invocation."""
         self.check_open()
         end = None if timeout is None else time.monotonic() + timeout
@@ -352,7 +353,7 @@ class Executor(CallTable, cf.Executor):
         for i in range(n):
             cid = keys.call_id(i)
             if given is None:
-                fut = WrenFuture(job_id, cid, f"{label}[{i}]" if n > 1 else label, created_at=created)
+                fut = WrenFuture(job_id, cid, f"{label}[{i}]" if n > 1 else label, created_at=created, register=False)
             else:
                 fut = given[i]
                 fut.job_id, fut.call_id = job_id, cid
