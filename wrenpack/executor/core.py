@@ -9,7 +9,9 @@ invocation results back into resolved futures. ``Executor`` is a
          pickle fn and every call's arguments in one by-value scope (nothing launches if one fails)
          -> fn sealed -> jobs/<job>/func.pkl; small arguments inline in the event,
          large ones sealed -> jobs/<job>/input/<call>.pkl
-      2. backend.invoke(Invocation(wire.event.event_dict(..., secret), limits, on_start, on_done))
+      2. every call's future at once; its invocation (the job's event with its id and arguments)
+         made and handed to the backend a window at a time (twice its concurrency, at least 256),
+         the next ones as calls end (``CallTable._fill``): backend.invoke_many([Invocation(...)])
     on_start (backend thread) -> the future turns RUNNING (PENDING before: cancel() may take it back)
     on_done (backend thread) -> completion queue -> collector thread -> _complete:
       status "ok"/"error"  -> the result object from the reply (result.data) or
