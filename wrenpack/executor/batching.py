@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from wrenpack.errors import ConfigError
-from wrenpack.futures import WrenFuture
+from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
 
@@ -27,13 +27,12 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
     out: list[WrenFuture] = []
     for g, (group, gfut) in enumerate(zip(groups, group_futures)):
         first = g * chunksize
-        items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]") for j in range(len(group))]
-        for j, item in enumerate(items):
-            # Cancelling an item takes back its whole group (they run as one invocation).
-            item._canceller, item._pin = gfut.cancel, gfut._pin
-            if gfut._ref is not None:
-                item._ref = dict(gfut._ref, call_id=item.call_id, label=item.label, item=j)
-                item._job_key = gfut._job_key
+        owner = _Batch(gfut)
+        items = [WrenFuture(gfut.job_id, f"{gfut.call_id}.{j}", f"{label}[{first + j}]", created_at=gfut.created_at,
+                            register=False)
+                 for j in range(len(group))]
+        for item in items:
+            item._owner, item._where, item._job_key = owner, gfut._where, gfut._job_key
 
         def resolve(done: WrenFuture, items: list[WrenFuture] = items) -> None:
             if done.cancelled():
@@ -42,7 +41,11 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
                 return
             exc = done.exception()
             for j, item in enumerate(items):
-                item.status, item.segments, item.logs = done.status, done.segments, done.logs
+                item.segments, item.logs = done.segments, done.logs
+                if item.auto is None:
+                    item._status = done._status  # (the batch's record, shared)
+                else:
+                    item.status = done.status
                 if exc is not None:
                     item._resolve(False, exc)
                     continue
@@ -55,3 +58,19 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
         gfut.add_done_callback(resolve)
         out.extend(items)
     return out
+
+
+class _Batch(CallOwner):
+    """Acts for the calls of one batch: they run as one invocation, so
+    cancelling one takes back the whole batch."""
+
+    __slots__ = ("gfut",)
+
+    def __init__(self, gfut: WrenFuture) -> None:
+        self.gfut = gfut
+
+    def cancel_call(self, fut: WrenFuture) -> bool:
+        return self.gfut.cancel()
+
+    def pin_call(self, fut: WrenFuture) -> bool:
+        return self.gfut._pin_call()

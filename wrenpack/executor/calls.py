@@ -28,7 +28,7 @@ from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
 from wrenpack.errors import CallCancelled, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError, WrenpackError
 from wrenpack.executor.options import CallOptions
-from wrenpack.futures import WrenFuture
+from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.storage import Store
 from wrenpack.wire import result as result_format, segment as segment_format
 from wrenpack.worker import handoff, refs
@@ -39,8 +39,22 @@ log = logging.getLogger("wrenpack.executor")
 QUICK_RESULT_BYTES = 64 * 1024
 
 
-@dataclass
-class RunningJob:
+#: a map's calls handed to the backend ahead of its concurrency, per slot (the launch window)
+WINDOW_PER_SLOT = 2
+#: ... and at least this many (a backend of few workers takes calls in batches: ``LocalBackend``)
+MIN_WINDOW = 256
+
+
+@dataclass(eq=False)
+class RunningJob(CallOwner):
+    """One launch's calls while any is not done, and its launch window: the
+    calls' futures exist from the start, but a call's invocation (its event,
+    what the backend keeps for it) is made only when the backend has room for
+    it, ``ahead`` calls launched and not ended at a time, and is let go of when
+    the call ends. A map of 100,000 calls holds 100,000 small futures and
+    pickles, not 100,000 events. The job acts for its pending futures
+    (``CallOwner``): cancel, pin, stop, launch now."""
+
     job_id: str
     label: str
     #: the futures of the calls not finished yet: a finished call's future is let go
@@ -49,10 +63,8 @@ class RunningJob:
     options: CallOptions
     #: The job's key (``wrenpack.auth``): only in memory and in its events, never in the store.
     secret: bytes = b""
-    #: the latest invocation of each call (for cancel and retries)
+    #: the latest invocation of each launched call not ended yet (for cancel and retries)
     invocations: dict[str, Invocation] = field(default_factory=dict)
-    #: calls already resolved or cancelled
-    finished: set[str] = field(default_factory=set)
     #: a future of this job was pickled: keep its objects until shutdown
     pinned: bool = False
     #: the job may have objects in the store (else there is nothing to delete when it ends)
@@ -61,9 +73,52 @@ class RunningJob:
     key: Any = None
     #: how many calls the job has (``futures`` shrinks as they finish)
     calls: int = 0
+    #: how many have ended (resolved or cancelled), and those being resolved right now
+    ended: int = 0
+    ending: set[str] = field(default_factory=set)
+    # -- the launch window (``CallTable._fill``) --
+    #: the executor that launched it
+    table: Any = None
+    #: each call's pickled arguments until it is launched (or taken back): then None
+    payloads: list[Any] = field(default_factory=list)
+    #: the event every call's starts from (its call id, arguments and label added)
+    template: dict[str, Any] = field(default_factory=dict)
+    #: calls launched and not ended at most; launched, not ended; the next call to launch
+    ahead: int = MIN_WINDOW
+    inflight: int = 0
+    next: int = 0
+    #: a thread is launching calls (``_fill``); another asked it to look again
+    filling: bool = False
+    fill_again: bool = False
 
     def __post_init__(self) -> None:
         self.calls = self.calls or len(self.futures)
+
+    def __repr__(self) -> str:
+        return (f"<RunningJob {self.job_id} of {self.label}: {self.calls} calls, {self.ended} ended, "
+                f"{self.inflight} launched and not ended>")
+
+    def finished(self, cid: str) -> bool:
+        """Whether call ``cid`` has ended (or is being resolved)."""
+        return cid not in self.futures or cid in self.ending
+
+    def unlaunched(self) -> bool:
+        return self.next < len(self.payloads)
+
+    # -- CallOwner: what a pending future asks of its job --
+    def cancel_call(self, fut: WrenFuture) -> bool:
+        return self.table._cancel(self.job_id, fut.call_id)
+
+    def pin_call(self, fut: WrenFuture) -> bool:
+        return self.table._pin(self.job_id, fut.call_id)
+
+    def stop_calls(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        return self.table.cancel_calls(calls)
+
+    def launch_call(self, fut: WrenFuture) -> None:
+        # A reference to it may make another call wait for it: it must not wait
+        # behind that call in the backend's queue.
+        self.table._launch_now(self, fut.call_id)
 
 
 class CallTable:
@@ -121,7 +176,7 @@ class CallTable:
         if status.get("exit") == "checkpointed" or status.get("stored"):
             return False
         # The job's last call deletes its objects: not on the backend's thread.
-        return not job.stored or len(job.finished) < job.calls - 1
+        return not job.stored or job.ended < job.calls - 1
 
     def _read_soon(self, inv: Invocation, result: InvocationResult) -> None:
         """Read a handed-off result in a reader thread now, not in its turn in the
@@ -151,7 +206,7 @@ class CallTable:
                 continue
             with self._lock:
                 job = self._jobs.get(job_id)
-                if job is not None and cid not in job.finished and cid in job.invocations:
+                if job is not None and not job.finished(cid) and cid in job.invocations:
                     running.append((job_id, cid))
         backend = self._backend
         if running and backend is not None:
@@ -159,16 +214,29 @@ class CallTable:
         return out
 
     def _cancel(self, job_id: str, cid: str) -> bool:
-        """Take back a call that has not started (``WrenFuture.cancel``)."""
+        """Take back a call that has not started (``WrenFuture.cancel``): one
+        not launched yet leaves the window; a launched one, if its backend
+        gives it back."""
         with self._lock:
             job = self._jobs.get(job_id)
             backend = self._backend
-            if job is None or cid in job.finished or backend is None:
+            if job is None or job.finished(cid) or backend is None:
                 return False
-            inv = job.invocations[cid]
-        if not backend.cancel(inv):
+            inv = job.invocations.get(cid)
+            data = None
+            if inv is None:
+                i = int(cid)
+                data = job.payloads[i] if i < len(job.payloads) else None
+                if data is None:
+                    return False  # being launched right now
+                job.payloads[i] = None
+        if inv is None:
+            _close_handoff(data)
+            log.debug("%s: cancelled before it was launched", job.futures[cid].label)
+        elif not backend.cancel(inv):
             return False
-        log.debug("%s: cancelled before it started", inv.label)
+        else:
+            log.debug("%s: cancelled before it started", inv.label)
         self._resolve(job, cid, False, None, cancelled=True)
         return True
 
@@ -178,7 +246,7 @@ class CallTable:
         resolves elsewhere. False if the call is done or about to be."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or cid in job.finished:
+            if job is None or job.finished(cid):
                 return False
             job.pinned = True
             return True
@@ -230,7 +298,7 @@ class CallTable:
     def _complete(self, inv: Invocation, result: InvocationResult) -> None:
         job_id, cid = inv.key
         job = self._jobs.get(job_id)
-        if job is None or cid in job.finished:
+        if job is None or job.finished(cid):
             return
         fut = job.futures[cid]
         fut.segments += 1
@@ -273,10 +341,12 @@ class CallTable:
         final["attempt"] = inv.attempt
         # What the call ran with (the worker's record does not say): a job report shows and prices it.
         final["memory_mb"], final["timeout_s"] = inv.memory_mb, inv.timeout_s
-        retried = fut.__dict__.setdefault("_retried", [])
+        retried = fut._retried
         if retried:
             final["retried"] = list(retried)
         if not ok and self._should_retry(job, inv, value):
+            if retried is None:
+                retried = fut._retried = []
             retried.append(f"{type(value).__name__}: {value}")
             fut.retried_statuses.append(dict(final, error=retried[-1]))
             self._retry(job, inv)
@@ -307,42 +377,141 @@ class CallTable:
 
     def _resolve(self, job: RunningJob, cid: str, ok: bool, value: Any, data: bytes | Callable[[], bytes] | None = None,
                  cancelled: bool = False) -> None:
-        """The one place a call ends: bookkeeping, the job's objects, then the future."""
+        """The one place a call ends: bookkeeping, the job's objects, the next
+        calls of its window, then the future."""
         with self._lock:
-            if cid in job.finished:
+            fut = job.futures.get(cid)
+            if fut is None or cid in job.ending:
                 return
-            job.finished.add(cid)
+            job.ending.add(cid)
+            job.ended += 1
+            inv = job.invocations.pop(cid, None)  # (what it was launched with is let go of now)
+            if inv is not None:
+                job.inflight -= 1
             persist = job.pinned and data is not None
-            last = len(job.finished) == job.calls
+            last = job.ended == job.calls
             if last:
                 self._jobs.pop(job.job_id, None)
                 if job.pinned:
                     self._kept_jobs.add(job.job_id)
                     self._kept_keys.append(job.key)
             idle = last and self._idle()
-        inv = job.invocations.get(cid)
+            more = not last and inv is not None and job.unlaunched()
         if inv is not None and inv.handoff is not None:
             inv.handoff.close()  # no attempt or segment needs the arguments again
+        inv = None
         if idle:
             handoff.drain_pool()  # the argument memfds kept for next calls: none are coming
+        if more:
+            self._fill(job)
         if persist:
             # A pickled reference reads the result from the store, not from our reply.
             try:
                 self.store.put(keys.result_key(job.job_id, cid), data() if callable(data) else data, if_absent=True)
             except Exception:  # noqa: BLE001
-                log.warning("could not store the result of %s for its pickled future", job.futures[cid].label, exc_info=True)
+                log.warning("could not store the result of %s for its pickled future", fut.label, exc_info=True)
         if last and job.stored and not job.pinned and not self.config.keep_objects:
             self._delete_job(job.job_id)
-        fut = job.futures[cid]
         if not cancelled:
             fut._resolve(ok, value)
         with self._lock:
             # Let go of it: the caller holds it as long as it needs the result
             # (concurrent.futures keeps no finished future either).
             job.futures.pop(cid, None)
+            job.ending.discard(cid)
         fut = None
         if last:
             self._job_ended()
+
+    # -- the launch window ----------------------------------------------------------
+    def _fill(self, job: RunningJob, *, raising: bool = False) -> None:
+        """Launch the job's next calls while its window has room: at the start
+        all it holds, then in batches of an eighth of it as calls end (one
+        backend request per batch, not per call). One thread fills a job at a
+        time; a call that ends meanwhile asks it to look again. ``raising``:
+        the launch itself, whose caller gets the backend's error (else the
+        calls that could not be launched fail with it)."""
+        with self._lock:
+            if job.filling:
+                job.fill_again = True
+                return
+            job.filling = True
+        batch = max(1, job.ahead // 8)
+        first = raising
+        try:
+            while True:
+                with self._lock:
+                    job.fill_again = False
+                    room = job.ahead - job.inflight
+                    take: list[tuple[int, Any]] = []
+                    if (first or room >= batch) and not self._stopping:
+                        payloads = job.payloads
+                        while room > 0 and job.next < len(payloads):
+                            i = job.next
+                            job.next += 1
+                            data = payloads[i]
+                            if data is None:
+                                continue  # taken back, or launched already (``_launch_now``)
+                            payloads[i] = None
+                            take.append((i, data))
+                            room -= 1
+                        job.inflight += len(take)
+                    if not take:
+                        if not job.fill_again:
+                            job.filling = False
+                            return
+                        continue
+                try:
+                    self._send(job, take)
+                except BaseException as exc:
+                    if first:
+                        raise
+                    self._fail_unlaunched(job, take, exc)
+                first = False
+        except BaseException:
+            with self._lock:
+                job.filling = False
+            raise
+
+    def _launch_now(self, job: RunningJob, cid: str) -> None:
+        """Launch call ``cid`` now, ahead of its turn (its future is being pickled)."""
+        with self._lock:
+            i = int(cid)
+            data = job.payloads[i] if i < len(job.payloads) and not self._stopping else None
+            if data is None:
+                return  # launched, taken back, or ended
+            job.payloads[i] = None
+            job.inflight += 1
+        try:
+            self._send(job, [(i, data)])
+        except BaseException as exc:  # noqa: BLE001 - the call fails with it
+            self._fail_unlaunched(job, [(i, data)], exc)
+
+    def _send(self, job: RunningJob, take: list[tuple[int, Any]]) -> None:
+        """Make the invocations of these calls (``(index, pickled arguments)``) and hand them to the backend."""
+        invocations = [self._invocation(job, i, data) for i, data in take]
+        with self._lock:
+            for inv in invocations:
+                job.invocations[inv.key[1]] = inv
+        self._live_backend().invoke_many(invocations)
+
+    def _fail_unlaunched(self, job: RunningJob, take: list[tuple[int, Any]], exc: BaseException) -> None:
+        """The backend refused calls (it was shut down, say): they fail with its
+        error, and so do the calls still waiting to be launched (none ever would be)."""
+        log.debug("job %s: launching calls failed", job.job_id, exc_info=True)
+        err = exc if isinstance(exc, Exception) else WrenpackError(f"{job.label}: the calls could not be launched: {exc!r}")
+        with self._lock:
+            for i, _d in take:
+                if keys.call_id(i) not in job.invocations:
+                    job.inflight -= 1  # (its invocation was never made: ``_resolve`` will not count it)
+            rest = [(i, d) for i, d in enumerate(job.payloads) if d is not None]
+            for i, _d in rest:
+                job.payloads[i] = None
+            job.next = len(job.payloads)
+        for i, data in take + rest:
+            _close_handoff(data)
+            cid = keys.call_id(i)
+            self._resolve(job, cid, False, err)
 
     def _idle(self) -> bool:
         """No job runs and no map holds calls back (lock held)."""
@@ -409,6 +578,11 @@ class CallTable:
         if outcome.ok:
             return status, outcome.value, True
         return status, outcome.rebuild(label), False
+
+
+def _close_handoff(data: Any) -> None:
+    if isinstance(data, handoff.Args):
+        data.close()
 
 
 #: threads reading handed-off results at once

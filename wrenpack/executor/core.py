@@ -9,7 +9,9 @@ invocation results back into resolved futures. ``Executor`` is a
          pickle fn and every call's arguments in one by-value scope (nothing launches if one fails)
          -> fn sealed -> jobs/<job>/func.pkl; small arguments inline in the event,
          large ones sealed -> jobs/<job>/input/<call>.pkl
-      2. backend.invoke(Invocation(wire.event.event_dict(..., secret), limits, on_start, on_done))
+      2. every call's future at once; its invocation (the job's event with its id and arguments)
+         made and handed to the backend a window at a time (twice its concurrency, at least 256),
+         the next ones as calls end (``CallTable._fill``): backend.invoke_many([Invocation(...)])
     on_start (backend thread) -> the future turns RUNNING (PENDING before: cancel() may take it back)
     on_done (backend thread) -> completion queue -> collector thread -> _complete:
       status "ok"/"error"  -> the result object from the reply (result.data) or
@@ -53,7 +55,7 @@ from wrenpack.errors import (
     PayloadTooLarge,
     StoreError,
 )
-from wrenpack.executor.calls import CallTable, RunningJob, os_reason
+from wrenpack.executor.calls import MIN_WINDOW, WINDOW_PER_SLOT, CallTable, RunningJob, os_reason
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import owner_record
@@ -156,9 +158,10 @@ class Executor(CallTable, cf.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
-        """Like ``concurrent.futures.Executor.map``: all calls launch now; the
-        iterator yields results in order, raises a call's exception, and
-        ``TimeoutError`` if a result is not there ``timeout`` s after this call.
+        """Like ``concurrent.futures.Executor.map``: all calls are accepted now
+        (and handed to the backend as it has room); the iterator yields
+        results in order, raises a call's exception, and ``TimeoutError`` if a
+        result is not there ``timeout`` s after this call.
         ``chunksize > 1`` runs that many calls per invocation."""
         self.check_open()
         end = None if timeout is None else time.monotonic() + timeout
@@ -204,7 +207,9 @@ class Executor(CallTable, cf.Executor):
                 for fut in plan.items:
                     fut.cancel()
             for job in jobs:
-                for fut in list(job.futures.values()):
+                # The last first: those not launched yet go before a launched one's end
+                # makes room in the window for them.
+                for fut in reversed(list(job.futures.values())):
                     fut.cancel()
         if wait and threading.current_thread() is not self._collector:
             # Calls a map holds back (wrenpack.executor.grouping) launch within moments; wait for them too.
@@ -311,30 +316,25 @@ class Executor(CallTable, cf.Executor):
         # which replies with results): a small call then touches no store at all.
         stored = (not inline_fn or not all(inline_args) or self.config.keep_objects
                   or not self.backend.capabilities.calls_end_with_driver)
+        del inline_args
         if not stored:
             extra_event["owner"] = owner_record(label, job_id)
-        args_specs: list[dict[str, Any]] = []
+        # The launch takes the payloads over: each is let go of once its call is
+        # launched (large arguments once they are in the store, now).
+        payloads = prepared.payloads
         try:
             if stored:
                 store.put(keys.owner_key(job_id), json.dumps(owner_record(label, job_id)).encode())
             if not inline_fn:
                 store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
             for i, data in enumerate(payloads):
+                if _travels(data, self.config.inline_limit):
+                    continue
                 cid = keys.call_id(i)
                 main = data.main if isinstance(data, handoff.Args) else data
-                if isinstance(main, handoff.Sealed):
-                    args_spec: dict[str, Any] = {"handoff": main.layout}  # local backend: the memfd goes with the call
-                elif len(main) <= self.config.inline_limit:
-                    args_spec = {"inline": base64.b64encode(main).decode("ascii")}
-                else:
-                    key = keys.input_key(job_id, cid)
-                    store.put(key, auth.seal(secret, keys.identity(job_id, "input", cid), main))
-                    args_spec = {"key": key}
-                if isinstance(data, handoff.Args) and data.blobs:
-                    args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
-                if isinstance(data, handoff.Args) and data.slab is not None and data.slab.fd is not None:
-                    args_spec["slab"] = True  # a memfd for the result goes with the call, last
-                args_specs.append(args_spec)
+                store.put(keys.input_key(job_id, cid), auth.seal(secret, keys.identity(job_id, "input", cid), main))
+                if not isinstance(data, handoff.Args):
+                    payloads[i] = _STORED
         except (OSError, StoreError) as exc:
             self._delete_job(job_id)
             _close_handoffs(payloads)
@@ -344,59 +344,80 @@ class Executor(CallTable, cf.Executor):
             raise StoreError(f"cannot write the objects of {label} to {store.url}: {os_reason(exc)}; "
                              "free space or fix the storage= location") from None
         given = futures
-        futures: dict[str, WrenFuture] = {}
-        invocations = []
-        for i, args_spec in enumerate(args_specs):
+        n = len(payloads)
+        job = RunningJob(job_id, label, {}, options, secret, stored=stored, key=job_key, pinned=spawned is not None,
+                         calls=n, table=self, payloads=payloads, ahead=self._window())
+        # Every call's event is this one with its call id, arguments and label (made when it is launched).
+        job.template = event_dict(job_id=job_id, call_id="", store=spec, secret=secret, args={},
+                                  timeout_s=options.timeout, function_name=label, extra=extra_event)
+        where = (spec, chain)  # (shared by the futures: a reference to a call is made from it)
+        created = time.time()
+        out: list[WrenFuture] = []
+        for i in range(n):
             cid = keys.call_id(i)
             if given is None:
-                call_label = f"{label}[{i}]" if len(payloads) > 1 else label
-                fut = WrenFuture(job_id, cid, call_label)
+                fut = WrenFuture(job_id, cid, f"{label}[{i}]" if n > 1 else label, created_at=created, register=False)
             else:
                 fut = given[i]
-                call_label = fut.label
                 fut.job_id, fut.call_id = job_id, cid
-                refs.register(fut)
-            fut._canceller = lambda job_id=job_id, cid=cid: self._cancel(job_id, cid)
-            fut._stopper = self.cancel_calls
-            fut._pin = lambda job_id=job_id, cid=cid: self._pin(job_id, cid)
-            fut._job_key = job_key
-            fut._ref = {"job_id": job_id, "call_id": cid, "label": call_label, "store": spec, "chain": chain,
-                        "result_job": job_id, "result_call": cid, "item": None}
-            futures[cid] = fut
-            event = event_dict(job_id=job_id, call_id=cid, store=spec, secret=secret, args=args_spec,
-                                        timeout_s=options.timeout, function_name=call_label, extra=extra_event)
-            invocations.append(
-                Invocation(
-                    event=event,
-                    on_done=self._on_done,
-                    on_start=self._on_start,
-                    memory_mb=options.memory,
-                    timeout_s=options.timeout,
-                    ephemeral_storage_mb=options.ephemeral_storage,
-                    retries=options.retries,
-                    runtime=options.runtime,
-                    extra={"label": call_label},
-                    handoff=payloads[i] if isinstance(payloads[i], handoff.Args) else None,
-                )
-            )
-        # (its own dict: the job lets go of each future as its call ends, maybe before invoke_many returns)
-        job = RunningJob(job_id, label, dict(futures), options, secret, stored=stored, key=job_key,
-                         pinned=spawned is not None)
-        job.invocations = {inv.key[1]: inv for inv in invocations}
+            fut._owner, fut._where, fut._job_key = job, where, job_key
+            out.append(fut)
+        # (its own dict: the job lets go of each future as its call ends, maybe before the launch returns)
+        job.futures = {fut.call_id: fut for fut in out}
         with self._lock:
             self._jobs[job_id] = job
         self._ensure_collector()
-        log.info("job %s: launching %d call(s) of %s on %s", job_id, len(invocations), label, self.backend.name)
+        log.info("job %s: launching %d call(s) of %s on %s (%d at a time at most)", job_id, n, label, self.backend.name,
+                 job.ahead)
         try:
-            self.backend.invoke_many(invocations)
+            self._fill(job, raising=True)
         except BaseException:
             with self._lock:
                 self._jobs.pop(job_id, None)
             self._delete_job(job_id)
             _close_handoffs(payloads)
+            _close_handoffs(inv.handoff for inv in list(job.invocations.values()))
             self._drain_if_idle()
             raise
-        return list(futures.values())
+        return out
+
+    def _window(self) -> int:
+        """How many of a launch's calls are handed to the backend and not ended
+        at a time: a few per call the backend runs at once, so it never waits
+        for the next while the driver holds only that many events."""
+        return max(MIN_WINDOW, WINDOW_PER_SLOT * self.backend.capabilities.concurrency)
+
+    def _invocation(self, job: RunningJob, i: int, data: Any) -> Invocation:
+        """Call ``i``'s invocation, made when it is launched: its event (the job's
+        template with its id, arguments and label), its limits, its hand-off."""
+        cid = keys.call_id(i)
+        options = job.options
+        main = data.main if isinstance(data, handoff.Args) else data
+        if data is _STORED or (not isinstance(main, handoff.Sealed) and len(main) > self.config.inline_limit):  # type: ignore[arg-type]
+            args_spec: dict[str, Any] = {"key": keys.input_key(job.job_id, cid)}
+        elif isinstance(main, handoff.Sealed):
+            args_spec = {"handoff": main.layout}  # local backend: the memfd goes with the call
+        else:
+            args_spec = {"inline": base64.b64encode(main).decode("ascii")}
+        if isinstance(data, handoff.Args) and data.blobs:
+            args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
+        if isinstance(data, handoff.Args) and data.slab is not None and data.slab.fd is not None:
+            args_spec["slab"] = True  # a memfd for the result goes with the call, last
+        fut = job.futures.get(cid)
+        call_label = fut.label if fut is not None else f"{job.label}[{i}]"
+        event = dict(job.template, call_id=cid, args=args_spec, function_name=call_label)
+        return Invocation(
+            event=event,
+            on_done=self._on_done,
+            on_start=self._on_start,
+            memory_mb=options.memory,
+            timeout_s=options.timeout,
+            ephemeral_storage_mb=options.ephemeral_storage,
+            retries=options.retries,
+            runtime=options.runtime,
+            extra={"label": call_label},
+            handoff=data if isinstance(data, handoff.Args) else None,
+        )
 
     def prepare(self, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
                 options: CallOptions, label: str, *, packer: handoff.Packer | None = None,
@@ -509,7 +530,7 @@ class Executor(CallTable, cf.Executor):
             self._stopping = True
             log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
                         "" if self.config.keep_objects else " and removing their objects from the store")
-            for fut in running:
+            for fut in reversed(running):  # (the last first: see ``shutdown``)
                 fut.cancel()
             with self._lock:
                 backend = self._backend
@@ -571,9 +592,20 @@ def _close_handoffs(items: Iterable[Any]) -> None:
             item.close()
 
 
+class _Stored:
+    """A call's arguments that were written to the store at launch (``Executor.launch``)."""
+
+    __slots__ = ()
+
+
+_STORED = _Stored()
+
+
 def _travels(data: Any, inline_limit: int) -> bool:
     """Whether a call's pickled arguments go with its invocation (inline, or a
     hand-off memfd) rather than into the store."""
+    if data is _STORED:
+        return False
     main = data.main if isinstance(data, handoff.Args) else data
     return isinstance(main, handoff.Sealed) or len(main) <= inline_limit
 

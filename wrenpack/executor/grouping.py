@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from wrenpack.errors import CorruptObject, ExecutorShutdown, WrenpackError
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.profiled import code_key, uses_checkpoint
-from wrenpack.futures import WrenFuture
+from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
 
@@ -75,10 +76,10 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     futures = list(plan.items)  # (the caller's list)
     plan.let_go_when_done()
     if est is not None:
-        plan.launch_groups(list(range(len(calls))), est)
+        plan.launch_groups(range(len(calls)), est)
         return futures
     probes = workers
-    plan.hold(list(range(probes, len(calls))))  # before the probes: one may end at once
+    plan.hold(range(probes, len(calls)))  # before the probes: one may end at once
     try:
         plan.launch_single(list(range(probes)), probe=True)
     except BaseException:
@@ -94,11 +95,13 @@ def _checkpoints(fn: Callable[..., Any]) -> bool:
         return True
 
 
-class _Plan:
-    """One map's calls: their futures, and how and when they are launched."""
+class _Plan(CallOwner):
+    """One map's calls: their futures, and how and when they are launched. It
+    acts for the calls it holds back (``CallOwner``): cancel, launch now."""
 
     def __init__(self, executor: Executor, fn: Callable[..., Any], options: CallOptions, label: str, key: str,
                  prepared: Prepared, workers: int) -> None:
+        super().__init__()
         self.executor = executor
         self.fn = fn
         self.options = options
@@ -109,11 +112,16 @@ class _Plan:
         self.lock = threading.Lock()
         #: the calls' futures (``make_items``), bound to an invocation when each launches
         self.items: list[WrenFuture] = []
-        self.held: list[int] = []
+        #: the calls held back (a range, until ``release``), and those cancelled meanwhile
+        self.held: Sequence[int] = ()
+        self.taken: set[int] = set()
         self.released = False
+        #: set once the calls held back are launched (or failed)
+        self.launched_all = threading.Event()
 
     def make_items(self) -> None:
-        self.items = [WrenFuture("", "", f"{self.label}[{i}]") for i in range(len(self.prepared.payloads))]
+        created = time.time()  # (one reading for the map's calls)
+        self.items = [WrenFuture("", "", f"{self.label}[{i}]", created_at=created) for i in range(len(self.prepared.payloads))]
 
     def let_go_when_done(self) -> None:
         """``items`` lets go of each future as its call ends: the plan lives while
@@ -122,18 +130,26 @@ class _Plan:
             item.hold_in(self.items, i)
 
     # -- launching ------------------------------------------------------------------
-    def _subset(self, indices: list[int]) -> Prepared:
+    def _subset(self, indices: Sequence[int]) -> Prepared:
         return Prepared(self.prepared.fn_bytes, [self.prepared.payloads[i] for i in indices])
 
-    def launch_single(self, indices: list[int], probe: bool = False) -> None:
+    def launch_single(self, indices: Sequence[int], probe: bool = False) -> None:
         """Each call alone, its own invocation and limits, in the given futures."""
         futures = [self.items[i] for i in indices]
         self.executor.launch(self.fn, (), self.options, self.label, prepared=self._subset(indices), futures=futures)
+        self._let_go(indices)
         if probe:
             for fut in futures:
                 fut.add_done_callback(self._probe_done)
 
-    def launch_groups(self, indices: list[int], est: float) -> None:
+    def _let_go(self, indices: Sequence[int]) -> None:
+        """The plan no longer needs these calls' pickled arguments: their job
+        has them (launched alone), or they ended (a group's calls)."""
+        payloads = self.prepared.payloads
+        for i in indices:
+            payloads[i] = None
+
+    def launch_groups(self, indices: Sequence[int], est: float) -> None:
         size = max(1, min(MAX_GROUP, int(GROUP_S / max(est, 1e-6)),
                           math.ceil(len(indices) / (self.workers * GROUPS_PER_WORKER))))
         if size == 1:
@@ -147,26 +163,30 @@ class _Plan:
         for group, gfut in zip(groups, gfuts):
             members = [self.items[i] for i in group]
             gfut._members = members
+            owner = _Group(self, gfut)
             for j, item in enumerate(members):
                 item.job_id, item.call_id = gfut.job_id, f"{gfut.call_id}.{j}"
-                item._canceller = lambda item=item, gfut=gfut: self._cancel_member(item, gfut)
-                item._pin = gfut._pin
-                if gfut._ref is not None:
-                    item._ref = dict(gfut._ref, call_id=item.call_id, label=item.label, item=j)
-                item._job_key = gfut._job_key
-                _ready(item)
+                item._owner, item._where, item._job_key = owner, gfut._where, gfut._job_key
             gfut.add_done_callback(lambda done, group=group: self._group_ended(done, group))
 
-    def hold(self, indices: list[int]) -> None:
+    def hold(self, indices: Sequence[int]) -> None:
         """The rest of a new function's map waits for its first timed call."""
         for i in indices:
-            item = self.items[i]
-            item._launched = threading.Event()
-            item._launch_now = self.release  # pickling it needs it launched
-            item._canceller = lambda i=i: self._cancel_held(i)
+            self.items[i]._owner = self
         with self.lock:
             self.held = indices
         self.executor.hold(self)
+
+    # -- CallOwner: what a held call's future asks ---------------------------------
+    def cancel_call(self, fut: WrenFuture) -> bool:
+        slot = fut._slot
+        return self._cancel_held(slot[1] if slot is not None else self.items.index(fut))
+
+    def launch_call(self, fut: WrenFuture) -> None:
+        self.release()  # (pickling it needs it launched)
+
+    def launched(self, fut: WrenFuture, timeout: float) -> None:
+        self.launched_all.wait(timeout)
 
     def release(self) -> None:
         """Launch the held calls: grouped if the function's calls are short."""
@@ -174,8 +194,10 @@ class _Plan:
             if self.released:
                 return
             self.released = True
-            held = [i for i in self.held if not self.items[i].done()]
-            self.held = []
+            held = self.held
+            if self.taken or any(self.items[i].done() for i in held):  # (cancelled meanwhile)
+                held = [i for i in held if i not in self.taken and not self.items[i].done()]
+            self.held = ()
         try:
             est = self.executor.call_seconds.get(self.key)
             if not held:
@@ -189,14 +211,14 @@ class _Plan:
         except BaseException as exc:  # noqa: BLE001 - the calls fail, never silently stay pending
             self._fail([self.items[i] for i in held], exc)
         finally:
-            for i in held:
-                _ready(self.items[i])
+            self.launched_all.set()
             self.executor.unhold(self)
 
     def abandon(self) -> None:
         """The probes could not launch (the error goes to the caller): nothing else will."""
         with self.lock:
-            self.released, self.held = True, []
+            self.released, self.held = True, ()
+        self.launched_all.set()
         self.executor.unhold(self)
 
     # -- outcomes ---------------------------------------------------------------------
@@ -218,15 +240,16 @@ class _Plan:
             timings.clear()
         timings[self.key] = seconds if old is None or seconds > old else 0.5 * (old + seconds)
 
-    def _group_ended(self, gfut: WrenFuture, group: list[int]) -> None:
+    def _group_ended(self, gfut: WrenFuture, group: Sequence[int]) -> None:
         try:
             self._group_done(gfut, group)
+            self._let_go([i for i in group if self.items[i].done()])  # (the others go again, alone)
         except BaseException as exc:  # noqa: BLE001 - never leave a call pending
             log.debug("completing a group of %s failed", self.label, exc_info=True)
             self._fail([self.items[i] for i in group],
                        WrenpackError(f"{self.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}"))
 
-    def _group_done(self, gfut: WrenFuture, group: list[int]) -> None:
+    def _group_done(self, gfut: WrenFuture, group: Sequence[int]) -> None:
         members = [self.items[i] for i in group]
         if gfut.cancelled():
             asked = [i for i in group if getattr(self.items[i], "_cancel_asked", False)]
@@ -246,17 +269,16 @@ class _Plan:
         if seconds:
             self._learn(_mean_call(seconds, getattr(outcomes, "waited", None)))
         for j, item in enumerate(members):
-            status = dict(gfut.status or {}, group={"size": len(members), "index": j})
-            if seconds:
-                status["duration_s"] = seconds[j]
-            item.status, item.segments, item.logs = status, gfut.segments, gfut.logs
+            # (the group's record, with the call's place and duration: made when read)
+            item.set_group_status(gfut, len(members), j, seconds[j] if seconds else None)
+            item.segments, item.logs = gfut.segments, gfut.logs
             outcome = outcomes[j]
             if outcome[0] == "ok":
                 item._resolve(True, outcome[1])
             else:
                 item._resolve(False, rebuild_exception(outcome, item.label))
 
-    def _again(self, group: list[int], exc: BaseException | None) -> None:
+    def _again(self, group: Sequence[int], exc: BaseException | None) -> None:
         """A group ended without its calls' outcomes: run them again, each alone
         (``exc``: why the group failed), or fail them when that must not be retried."""
         todo = [i for i in group if not self.items[i].done()]
@@ -285,9 +307,9 @@ class _Plan:
     # -- cancelling -------------------------------------------------------------------
     def _cancel_held(self, i: int) -> bool:
         with self.lock:
-            if self.released or i not in self.held:
+            if self.released or i not in self.held or i in self.taken:
                 return False
-            self.held.remove(i)
+            self.taken.add(i)
         return True
 
     def _cancel_member(self, item: WrenFuture, gfut: WrenFuture) -> bool:
@@ -322,6 +344,18 @@ def _mean_call(seconds: list[float], waited: float | None) -> float:
     return min(estimates)
 
 
-def _ready(item: WrenFuture) -> None:
-    if item._launched is not None:
-        item._launched.set()
+class _Group(CallOwner):
+    """Acts for the calls of one group (one invocation): cancelling one takes
+    the group back (its other calls go again), a reference to one keeps the
+    group's job."""
+
+    __slots__ = ("plan", "gfut")
+
+    def __init__(self, plan: _Plan, gfut: WrenFuture) -> None:
+        self.plan, self.gfut = plan, gfut
+
+    def cancel_call(self, fut: WrenFuture) -> bool:
+        return self.plan._cancel_member(fut, self.gfut)
+
+    def pin_call(self, fut: WrenFuture) -> bool:
+        return self.gfut._pin_call()
