@@ -2,8 +2,8 @@
 ``CallTable._fill``): the futures exist at once, each call's event and
 invocation only from its launch to its end, so a driver of 100,000 calls
 holds small futures and pickles, not 100,000 events. And the futures
-themselves are small (``WrenFuture``: slots, one shared condition, packed
-status records)."""
+themselves are small (``WrenFuture``: slots, one shared lock, a condition of
+their own only when waited on, packed status records)."""
 from __future__ import annotations
 
 import gc
@@ -200,10 +200,47 @@ def test_futures_of_many_calls_wait_each_for_its_own():
     threads = [threading.Thread(target=waiter, args=(i,)) for i in range(0, 50, 7)]
     for t in threads:
         t.start()
-    for i, fut in enumerate(futs):  # every change wakes the shared condition: each waiter looks again
+    for i, fut in enumerate(futs):
         fut.set_result(i)
     for t in threads:
         t.join(30)
     assert got == {i: i for i in range(0, 50, 7)}
     with pytest.raises(TimeoutError):
         WrenFuture().result(timeout=0.05)
+
+
+def test_a_thread_waiting_on_its_future_is_not_woken_by_the_others(monkeypatch):
+    """Threads each blocked on a future of their own (a thread pool around
+    ``.remote()``) are woken by their own future's end only: with one condition
+    for all, every call's end woke every waiting thread."""
+    import wrenpack.futures as futures_module
+
+    wakeups = []
+
+    class Counting(threading.Condition):
+        def wait(self, timeout=None):
+            out = super().wait(timeout)
+            wakeups.append(1)
+            return out
+
+    monkeypatch.setattr(futures_module, "_CONDITION", Counting(futures_module._LOCK))
+    monkeypatch.setattr(futures_module, "_own_condition", lambda: Counting(futures_module._LOCK))
+    futs = [WrenFuture("job", f"{i:05d}", f"f[{i}]") for i in range(400)]
+    waiting = futs[:8]
+    threads = [threading.Thread(target=f.result, args=(30,)) for f in waiting]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while sum(len(f._condition._waiters) for f in waiting) < len(waiting):
+        assert time.monotonic() < deadline, "the waiters did not block"
+        time.sleep(0.005)
+    for i, fut in enumerate(futs[len(waiting):]):  # 392 other futures end
+        fut.set_result(i)
+    time.sleep(0.1)
+    assert len(wakeups) == 0, f"{len(wakeups)} wake-ups of threads whose futures had not ended"
+    for fut in waiting:
+        fut.set_result("mine")
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert len(wakeups) == len(waiting)

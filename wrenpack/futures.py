@@ -22,13 +22,22 @@ from wrenpack.worker import refs
 __all__ = ["WrenFuture", "AsCompleted", "get", "wait", "as_completed", "cancel", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 
-#: The lock and condition of every ``WrenFuture`` (``concurrent.futures`` gives
-#: each future a ``threading.Condition`` of its own: 1.4 KB, most of a pending
-#: future's memory, for 100,000 calls 140 MB). A state change holds it for a few
-#: instructions; a thread blocked in ``result()``/``exception()`` waits on it and
-#: looks again at its own future when woken (the standard library's waiters,
-#: ``wait`` and ``as_completed``, are woken through ``_waiters``, as for any future).
-_CONDITION = threading.Condition(threading.RLock())
+#: The lock of every ``WrenFuture``, and the condition of those nobody waits on
+#: (``concurrent.futures`` gives each future a ``threading.Condition`` of its own:
+#: 1.4 KB, most of a pending future's memory, for 100,000 calls 140 MB). A state
+#: change holds the lock for a few instructions. A thread about to block in
+#: ``result()``/``exception()`` gives that future a condition of its own on the
+#: same lock (``_wait_done``), so a change of another future never wakes it: with
+#: many threads each waiting on its own call, one condition for all would wake
+#: every one of them at every call's end. (The standard library's waiters, ``wait``
+#: and ``as_completed``, are woken through ``_waiters``, as for any future.)
+_LOCK = threading.RLock()
+_CONDITION = threading.Condition(_LOCK)
+
+
+def _own_condition() -> threading.Condition:
+    """A waited-on future's own condition, on the shared lock."""
+    return threading.Condition(_LOCK)
 _DONE_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED})
 _CANCELLED_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
 #: a future's callbacks before the first is added (a list is made then)
@@ -67,22 +76,23 @@ class WrenFuture(cf.Future):
     it started). Pickles to a reference to its call (``wrenpack.worker.refs``).
 
     A map of 100,000 calls has 100,000 of these alive at once, so each is
-    small: its fields in slots, one lock and condition shared by all
-    (``_CONDITION``), no per-future closures (its ``_owner`` acts for it), a
-    status record kept packed until it is read, and no entry in the table of
-    live futures (``refs.register``) until it is pickled."""
+    small: its fields in slots, one lock shared by all and a condition of its
+    own only once a thread waits on it (``_CONDITION``), no per-future closures
+    (its ``_owner`` acts for it), a status record kept packed until it is read,
+    and no entry in the table of live futures (``refs.register``) until it is
+    pickled."""
 
     # (the base class's fields too: its __init__, which makes a Condition per future, is not called)
     __slots__ = ("_state", "_result", "_exception", "_waiters", "_done_callbacks",
                  "job_id", "call_id", "label", "auto", "_status", "logs", "segments", "expected_segments",
                  "_segment_statuses", "_retried_statuses", "_retried", "created_at", "started_at",
                  "_owner", "_where", "_canceller", "_stopper", "_pin", "_ref", "_job_key",
-                 "_launched", "_members", "_launch_now", "_slot")
-
-    _condition = _CONDITION
+                 "_launched", "_members", "_launch_now", "_slot", "_condition")
 
     def __init__(self, job_id: str = "", call_id: str = "", label: str = "future", *,
                  created_at: float | None = None, register: bool = True) -> None:
+        #: ``_CONDITION``, or a condition of its own on the same lock once a thread waits on it
+        self._condition = _CONDITION
         self._state = _base.PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
@@ -235,18 +245,24 @@ class WrenFuture(cf.Future):
             _base.LOGGER.exception("exception calling callback for %r", self)
 
     def _wait_done(self, timeout: float | None) -> None:
-        """Wait (``_CONDITION`` held) until done, or ``timeout`` s. Every future's
-        change wakes the shared condition: look again until it is this one's."""
+        """Wait (the lock held) until done, or ``timeout`` s, on a condition of this
+        future's own: made on the shared lock the first time a thread waits, so
+        locking stays the same and only this future's changes wake the waiter."""
+        if self._state in _DONE_STATES:
+            return
+        cond = self._condition
+        if cond is _CONDITION:
+            cond = self._condition = _own_condition()
         if timeout is None:
             while self._state not in _DONE_STATES:
-                _CONDITION.wait()
+                cond.wait()
             return
         end = time.monotonic() + timeout
         while self._state not in _DONE_STATES:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            _CONDITION.wait(left)
+            cond.wait(left)
 
     def result(self, timeout: float | None = None) -> Any:
         try:
