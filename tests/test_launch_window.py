@@ -244,3 +244,37 @@ def test_a_thread_waiting_on_its_future_is_not_woken_by_the_others(monkeypatch):
         t.join(30)
     assert not any(t.is_alive() for t in threads)
     assert len(wakeups) == len(waiting)
+
+
+@pytest.mark.parametrize("profiled, chunksize, expected", [(None, None, None), (3.0, None, 3.0), (3.0, 2, 6.0), (100.0, None, 60.0)])
+def test_the_profiles_run_time_goes_with_each_invocation(holding, monkeypatch, profiled, chunksize, expected):
+    """A backend's completion checks start from the saved profile's run time (a
+    Lambda poller then checks a 60 s call near its end): a batch's is its calls'
+    together, a call past its timeout's is the timeout (one segment)."""
+    import wrenpack.executor.launch as launch
+
+    monkeypatch.setattr(launch, "profiled_duration", lambda *a, **k: profiled)
+    ex, backend = holding
+    f = wrenpack.remote(nothing, executor=ex, timeout=60)
+    futs = f.map(range(4), chunksize=chunksize)
+    deadline = time.monotonic() + 10
+    while not backend.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held = list(backend.held.values())
+    assert held
+    assert {inv.extra.get("expected_s") for inv in held} == {expected}
+    for fut in futs:
+        fut.cancel()
+
+
+def test_cancelling_the_calls_of_a_batch_waiting_to_start(holding):
+    """A batch's member cancelled before it starts: the batch is taken back and
+    its members told, once (cancel() raised "Future in unexpected state" when the
+    member, told already, was told again)."""
+    ex, backend = holding
+    futs = wrenpack.remote(nothing, executor=ex).map(range(4), chunksize=2)
+    deadline = time.monotonic() + 10
+    while not backend.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [fut.cancel() for fut in futs] == [True] * 4
+    assert all(fut.cancelled() for fut in futs)

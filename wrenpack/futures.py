@@ -307,8 +307,11 @@ class WrenFuture(cf.Future):
             return False
         if not super().cancel():
             return False
-        # Nobody will pick it up later (as a pool worker would): wake waiters now.
-        self.set_running_or_notify_cancel()
+        with _CONDITION:
+            # Nobody will pick it up later (as a pool worker would): wake waiters now,
+            # unless taking the call back did (a batch's members are told of its cancel).
+            if self._state == _base.CANCELLED:
+                self.set_running_or_notify_cancel()
         return True
 
     def __await__(self) -> Generator[Any, None, Any]:

@@ -415,7 +415,8 @@ class Executor(CallTable, cf.Executor):
             ephemeral_storage_mb=options.ephemeral_storage,
             retries=options.retries,
             runtime=options.runtime,
-            extra={"label": call_label},
+            # (``expected_s``: the profile's run time, where a backend's completion checks start)
+            extra={"label": call_label} if options.expected_s is None else {"label": call_label, "expected_s": options.expected_s},
             handoff=data if isinstance(data, handoff.Args) else None,
         )
 

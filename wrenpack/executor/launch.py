@@ -18,6 +18,7 @@ its profile's reading, its code hash); a ``RemoteFunction`` keeps one.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -40,7 +41,7 @@ log = logging.getLogger("wrenpack")
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
-#: how long a launch's reading of the saved profiles is kept (``expected_segments``)
+#: how long a launch's reading of the saved profiles is kept (``expected_run``)
 SEGMENTS_KEPT_S = 1.0
 
 _AUTO = ("memory", "timeout", "ephemeral_storage")
@@ -53,8 +54,8 @@ class LaunchState:
         self.lock = threading.Lock()
         #: (executor, its config, the options resolved for them)
         self.resolved: tuple[Any, Any, CallOptions] | None = None
-        #: (valid until, settings, code objects, segments): ``expected_segments``
-        self.segments: tuple[float, Any, tuple[Any, ...], int] | None = None
+        #: (valid until, settings, code objects, (segments, seconds)): ``expected_run``
+        self.segments: tuple[float, Any, tuple[Any, ...], tuple[int, float | None]] | None = None
         #: (code stamp, code hash): ``profiled.profiled_duration``
         self.code_hash: tuple[Any, str] | None = None
 
@@ -119,9 +120,14 @@ def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     """Launch calls that share ``options`` by the strategy that fits them."""
     caps = executor.capabilities
     label = getattr(fn, "__qualname__", None) or "function"
-    expected = expected_segments(fn, options, caps.cpu_scales_with_memory, label, state)
+    expected, seconds = expected_run(fn, options, caps.cpu_scales_with_memory, label, state)
     if chunksize == "auto":
         chunksize = _auto_chunksize(fn, len(calls), options, caps.cpu_scales_with_memory, caps.concurrency)
+    if seconds is not None:
+        # The backend's completion checks start from it (a Lambda poller checks a
+        # 60 s call near its end, not every second from its start); a batch runs its calls in turn.
+        per = seconds * (chunksize if isinstance(chunksize, int) and chunksize > 1 else 1)
+        options = dataclasses.replace(options, expected_s=min(per, options.timeout))
     futures = None
     if chunksize is not None and chunksize != 1:
         futures = launch_batched(executor, fn, calls, options, label, chunksize)
@@ -146,9 +152,10 @@ def _auto_chunksize(fn: Callable[..., Any], n: int, options: CallOptions, lambda
     return max(1, min(int(per_invocation / duration), math.ceil(n / workers)))
 
 
-def expected_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool, label: str,
-                      state: LaunchState) -> int:
-    """How many invocations a call should take, from the function's saved profile.
+def expected_run(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool, label: str,
+                 state: LaunchState) -> tuple[int, float | None]:
+    """How many invocations a call should take, and how long each runs, from the
+    function's saved profile ((1, None) without one).
 
     A call that its profile says will outrun ``timeout`` is split across
     invocations if the function checkpoints (this says how many to expect),
@@ -167,18 +174,19 @@ def expected_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: 
     if kept is not None and now < kept[0] and kept[1] == where and len(kept[2]) == len(code) \
             and all(a is b for a, b in zip(kept[2], code)):
         return kept[3]
-    segments = _count_segments(fn, options, lambda_cpu, label, state)
-    state.segments = (now + SEGMENTS_KEPT_S, where, code, segments)
-    return segments
+    run = _count_segments(fn, options, lambda_cpu, label, state)
+    state.segments = (now + SEGMENTS_KEPT_S, where, code, run)
+    return run
 
 
-def _count_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool, label: str, state: LaunchState) -> int:
+def _count_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool, label: str,
+                    state: LaunchState) -> tuple[int, float | None]:
     duration = profiled_duration(fn, options.memory, lambda_cpu, state)
     if duration is None:
-        return 1
+        return 1, None
     usable = options.timeout * 0.85  # the soft deadline and the save leave the rest
     if duration <= usable:
-        return 1
+        return 1, duration
     segments = math.ceil(duration / usable)
     if uses_checkpoint(fn):
         log.info("%s: its profile says ~%.0f s per call, more than timeout=%g s: expect about %d checkpointed "
@@ -187,7 +195,7 @@ def _count_segments(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bo
         log.warning("%s: its profile says ~%.0f s per call, more than timeout=%g s: calls will fail with "
                     "TaskTimeout; raise timeout= or offer the loop's state to wrenpack.checkpoint() so each "
                     "call is split into ~%d invocations", label, duration, options.timeout, segments)
-    return segments
+    return segments, min(duration, options.timeout)
 
 
 #: "auto" option -> the profile's key for it

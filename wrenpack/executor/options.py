@@ -34,6 +34,8 @@ class CallOptions:
     env: dict[str, str] = field(default_factory=dict)
     capture_logs: int = LOG_TAIL_BYTES
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how long one invocation runs, by the function's saved profile (None: unknown)
+    expected_s: float | None = None
 
 
 def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
