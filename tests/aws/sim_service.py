@@ -95,12 +95,17 @@ class ScaledClock(Clock):
     """A clock ``speed`` times faster than real time (it starts at the real time
     of its creation, so its readings look like epoch seconds)."""
 
-    def __init__(self, speed: float) -> None:
+    def __init__(self, speed: float, origin: tuple[float, float] | None = None) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
         self.speed = float(speed)
-        self._t0 = time.time()
-        self._m0 = time.monotonic()
+        # (epoch, monotonic) of its start: another process on this machine given the
+        # same origin reads the same time (CLOCK_MONOTONIC is the machine's).
+        self._t0, self._m0 = origin if origin is not None else (time.time(), time.monotonic())
+
+    @property
+    def origin(self) -> tuple[float, float]:
+        return self._t0, self._m0
 
     def time(self) -> float:
         return self._t0 + (time.monotonic() - self._m0) * self.speed
