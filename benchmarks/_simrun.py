@@ -16,8 +16,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: us-east-1, first tier ($ per million requests)
-PRICE = {"INVOKE": 0.20, "PUT": 5.00, "COPY": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0}
-KINDS = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE"]
+#: WATCH: the GETs with which the handler looks for a running call's cancel marker (every 2 s)
+PRICE = {"INVOKE": 0.20, "PUT": 5.00, "COPY": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0,
+         "WATCH": 0.40}
+KINDS = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE", "WATCH"]
 
 
 def fake_aws_env() -> None:
@@ -57,6 +59,11 @@ class SimRun:
         return sum(self.per_call.get(k, 0.0) * PRICE.get(k, 0.0) for k in self.per_call)
 
     @property
+    def dollars_without_watch(self) -> float:
+        """``dollars`` less the handler's cancel-marker GETs."""
+        return self.dollars - self.per_call.get("WATCH", 0.0) * PRICE["WATCH"]
+
+    @property
     def invokes_per_s(self) -> float:
         return self.calls / self.wall_s
 
@@ -67,12 +74,14 @@ class SimRun:
 
 def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: float = 0.1, speed: float = 1.0,
         invoke_latency: float = 0.025, s3_latency: float = 0.0, seed: int = 0, warm: int = 4,
-        measure_delays: bool = True) -> SimRun:
+        measure_delays: bool = True, in_process: bool = False) -> SimRun:
     """``calls`` calls of ``duration`` s (uniform +-``jitter`` of it) at ``concurrency``,
     ``kind`` "Event" or "RequestResponse", on a clock ``speed`` times real time.
     The simulated service runs in a process of its own (``tests/aws/sim_server.py``),
     reached over HTTP on 127.0.0.1, as AWS is not in the driver's process: the
-    driver's CPU is its own."""
+    driver's CPU is its own. ``in_process``: the simulator in this process instead,
+    its requests handed over inside botocore (no socket; the simulator's measured
+    CPU is subtracted from the driver's), as these benchmarks ran before."""
     import wrenpack
     from tests.aws.sim_server import RemoteSim
     from tests.aws.sim_service import Clock, ScaledClock
@@ -81,8 +90,9 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
     from wrenpack.storage.s3 import S3Store
 
     clock = Clock() if speed == 1.0 else ScaledClock(speed)
-    sim = RemoteSim(duration=duration, jitter=jitter, seed=seed, clock=clock, concurrency=max(concurrency, 1000),
-                    invoke_latency=invoke_latency, s3_latency=s3_latency, buckets=("simbench",))
+    opts = dict(duration=duration, jitter=jitter, seed=seed, clock=clock, concurrency=max(concurrency, 1000),
+                invoke_latency=invoke_latency, s3_latency=s3_latency, buckets=("simbench",))
+    sim: Any = _InProcessSim(**opts) if in_process else RemoteSim(**opts)
     try:
         store = S3Store("simbench", "bench", endpoint_url=sim.s3_url, region="us-east-1")
         kwargs: dict[str, Any] = {}
@@ -109,6 +119,8 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
             out = wrenpack.get(futures)
             wall = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
+            if in_process:
+                cpu -= sim.stats()["process_cpu_s"] - sim0
             if out != list(range(calls)):
                 raise AssertionError("wrong results from the simulated run")
             delays = [done_at[i] - float(fut.status["end"]) for i, fut in enumerate(futures)
@@ -126,6 +138,46 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
                       sim_peak_mb=stats["peak_bytes"] / 2**20)
     finally:
         sim.close()
+
+
+class _InProcessSim:
+    """``RemoteSim``'s interface to a ``SimService`` in this process."""
+
+    def __init__(self, *, duration: float, jitter: float, seed: int, clock: Any, concurrency: int,
+                 invoke_latency: float, s3_latency: float, buckets: tuple[str, ...]) -> None:
+        import random
+        import threading
+
+        from tests.aws.sim_service import SimService
+        from tests.aws.sim_worker import WrenpackFunction
+
+        rng = random.Random(seed)
+        lock = threading.Lock()
+
+        def length(event: dict[str, Any]) -> float:
+            with lock:
+                return duration * (1.0 + jitter * (2 * rng.random() - 1))
+
+        self._sim = SimService(clock, function=WrenpackFunction(identity, duration=length), concurrency=concurrency,
+                               invoke_latency=invoke_latency, s3_latency=s3_latency)
+        for bucket in buckets:
+            self._sim.s3.create_bucket(bucket)
+        self.s3_url, self.lambda_url = self._sim.s3_url, self._sim.lambda_url
+
+    def requests(self, side: str | None = "client") -> dict[str, int]:
+        return self._sim.requests(side)
+
+    def reset_counts(self) -> None:
+        self._sim.reset_counts()
+
+    def stats(self) -> dict[str, Any]:
+        sim = self._sim
+        # (the simulator's own CPU, as it measures it: here "process" is the driver's too)
+        return {"process_cpu_s": sim.cpu_s, "peak_bytes": sim.s3.peak_bytes,
+                "slowdowns": sum(sim.s3.slowdowns.values()), "errors": list(sim.lambda_.errors[:20])}
+
+    def close(self) -> None:
+        self._sim.close()
 
 
 def median(values: list[float]) -> float:

@@ -314,6 +314,11 @@ class SimS3:
                 self.slowdowns[part[1]] += 1
             raise SlowDown(f"over the request rate of s3://{bucket}/{part[1]}")
 
+    def count(self, kind: str, n: int = 1, side: str = "worker") -> None:
+        """Count ``n`` requests of ``kind`` that are not simulated one by one (no rate limit, no effect)."""
+        with self._lock:
+            self.counts[(side, kind)] += n
+
     def put(self, bucket: str, key: str, data: bytes, *, if_absent: bool = False, side: str = "worker",
             kind: str = "PUT") -> bool:
         """Store ``data``; with ``if_absent`` False (nothing written) if the key exists."""

@@ -61,7 +61,8 @@ def test_a_request_response_call_past_60_s_returns_in_its_reply(fake_credentials
             futures = f.map(range(n))
             assert wrenpack.get(futures) == [x * x for x in range(n)]
             assert all(fut.status["end"] - fut.status["start"] >= 80 for fut in futures)
-        assert sim.requests("worker") == {}, sim.requests("worker")
+        # (the worker wrote nothing; it only looked for the calls' cancel markers while they ran)
+        assert set(sim.requests("worker")) <= {"WATCH"}, sim.requests("worker")
         client = sim.requests("client")
         assert client.get("INVOKE") == n
         # (per job, not per call: its owner record, and its cleanup's listing and delete)
