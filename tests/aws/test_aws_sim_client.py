@@ -141,3 +141,20 @@ def test_a_jobs_cleanup_leaves_nothing_and_lists_only_what_it_did_not_read(fake_
         assert sim.s3.keys("simbucket", "t/jobs/") == []
         job_listings = [u for u in listed if f"jobs%2F{job_id}%2F&" in u or u.endswith(f"jobs%2F{job_id}%2F")]
         assert 1 <= len(job_listings) <= 2, job_listings
+
+
+@pytest.mark.parametrize("kind", ["RequestResponse", "Event"])
+def test_a_map_after_a_small_one_runs_at_full_concurrency(fake_credentials, kind):
+    """A map of 2 calls, then one of 60 calls of 0.3 s at concurrency 20: the second
+    has its 20 calls running at once. The sender threads the first map started were
+    counted as waiting while the second queued its calls, so no thread was added:
+    its calls went 2 at a time (RequestResponse: a thread holds its call)."""
+    with SimService(function=WrenpackFunction(_square, duration=0.3), concurrency=100, invoke_latency=0.01) as sim:
+        sim.s3.create_bucket("simbucket")
+        backend = _backend(sim, kind, 20)
+        with _executor(sim, backend, kind, 20, timeout=60) as ex:
+            f = wrenpack.remote(_square, executor=ex)
+            assert wrenpack.get(f.map(range(2))) == [0, 1]
+            sim.lambda_.peak_running = 0
+            assert wrenpack.get(f.map(range(60))) == [x * x for x in range(60)]
+        assert sim.lambda_.peak_running >= 18, sim.lambda_.peak_running

@@ -266,8 +266,12 @@ class _Senders:
             self._queue.append(call)
             if self._waiting:
                 self._cond.notify()
-                return
-            if len(self._threads) >= self._workers:
+            # A waiting thread counts as waiting until it runs again: while calls are
+            # queued faster than the woken threads take them (a map queues all its calls
+            # at once), it is not one per queued call. More calls queued than threads
+            # waiting get more threads, up to ``workers`` (else a map after a small one
+            # was sent by the small one's few threads: 4 synchronous calls at a time).
+            if len(self._queue) <= self._waiting or len(self._threads) >= self._workers:
                 return
             thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
             self._threads.append(thread)
