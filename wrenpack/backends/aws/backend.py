@@ -390,8 +390,9 @@ class LambdaBackend(Backend):
         #: timeout), unless the connection's keepalive cannot be set (REPLY_WITHIN_S)
         self.reply_within_s = reply_within_s
         self._client = client
-        #: the synchronous client's connections probe while idle (``_keepalive_probes``)
-        self._keepalive_set = client is not None
+        #: the synchronous client's connections probe while idle (``_keepalive_probes``;
+        #: a client handed in is tuned here, one made later in ``_make_client``)
+        self._keepalive_set = client is not None and invocation_type == "RequestResponse" and _keepalive_probes(client)
         #: the time and timed waits (``time()``, ``wait(event, s)``): wall-clock time unless a simulation passes its own
         self._clock = clock or _RealClock()
         self._now = self._clock.time
