@@ -24,7 +24,8 @@ process; a request whose host is a registered simulator's goes to it and gets
 an ``AWSResponse`` back, every other request goes out as before. So the whole
 client path runs except the socket, and 1,000s of requests per second cost
 only the client's own CPU plus a few microseconds of the simulator's (which it
-measures: ``SimService.cpu_s``).
+measures: ``SimService.cpu_s``). ``tests/aws/sim_server.py`` serves the same
+service over real HTTP from a process of its own (what the benchmarks use).
 
 What it models (every figure configurable):
 
