@@ -158,3 +158,23 @@ def test_a_map_after_a_small_one_runs_at_full_concurrency(fake_credentials, kind
             sim.lambda_.peak_running = 0
             assert wrenpack.get(f.map(range(60))) == [x * x for x in range(60)]
         assert sim.lambda_.peak_running >= 18, sim.lambda_.peak_running
+
+
+def test_a_cleanup_takes_only_the_known_keys_under_its_prefix():
+    """The keys a driver remembers are handed to the cleanup of the prefix they are
+    under, once: a sub-prefix of a job, a job, all jobs; nothing outside ``jobs/``,
+    nothing of a location that did not ask for it."""
+    from wrenpack.storage.s3 import _KnownKeys
+
+    known = _KnownKeys()
+    here, elsewhere = (None, "b", "p"), (None, "b", "q")
+    known.enable(here)
+    for key in ["jobs/j1/func.pkl", "jobs/j1/result/0/00000.res", "jobs/j1/input/00001.pkl",
+                "jobs/j2/result/1/00001.res", "data/x"]:
+        known.add(here, key)
+        known.add(elsewhere, key)
+    assert known.take(elsewhere, "jobs/") == []
+    assert known.take(here, "jobs/j1/result/") == ["jobs/j1/result/0/00000.res"]
+    assert known.take(here, "jobs/j1/") == ["jobs/j1/func.pkl", "jobs/j1/input/00001.pkl"]
+    assert known.take(here, "jobs/") == ["jobs/j2/result/1/00001.res"]
+    assert known.take(here, "jobs/") == []

@@ -56,8 +56,10 @@ class _KnownKeys:
     entries. Only stores whose location a driver registers (``remember_job_keys``)
     record anything: a worker's store writes keys it never deletes."""
 
-    #: the most keys held in all: beyond, keys are no longer recorded (a cleanup then lists more)
-    LIMIT = 2_000_000
+    #: the most keys held in all (~70 bytes each: a 100,000-call job's results are ~7 MB);
+    #: beyond, keys are no longer recorded (a cleanup then lists more). Jobs kept with
+    #: ``keep_objects`` are never deleted by their driver: their keys stay until this fills.
+    LIMIT = 300_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -72,11 +74,11 @@ class _KnownKeys:
     def add(self, where: tuple[str | None, str, str], key: str) -> None:
         if where not in self._on or not key.startswith(_JOBS):
             return
-        job = key[len(_JOBS):].split("/", 1)[0]
+        job, _, rest = key[len(_JOBS):].partition("/")
         with self._lock:
             if self._count >= self.LIMIT:
                 return
-            self._keys.setdefault((*where, job), []).append(key)
+            self._keys.setdefault((*where, job), []).append(rest)  # (below the job's prefix)
             self._count += 1
 
     def take(self, where: tuple[str | None, str, str], prefix: str) -> list[str]:
@@ -88,11 +90,11 @@ class _KnownKeys:
             for entry in [e for e in self._keys if e[:3] == where]:
                 job_prefix = f"{_JOBS}{entry[3]}/"
                 if job_prefix.startswith(prefix):
-                    keys = self._keys.pop(entry)
+                    keys = [job_prefix + k for k in self._keys.pop(entry)]
                 elif prefix.startswith(job_prefix):
-                    keys = [k for k in self._keys[entry] if k.startswith(prefix)]
-                    rest = [k for k in self._keys[entry] if not k.startswith(prefix)]
-                    self._keys[entry] = rest
+                    below = prefix[len(job_prefix):]
+                    keys = [job_prefix + k for k in self._keys[entry] if k.startswith(below)]
+                    self._keys[entry] = [k for k in self._keys[entry] if not k.startswith(below)]
                 else:
                     continue
                 self._count -= len(keys)
