@@ -5,11 +5,9 @@ and bench_lambda_scale.py. Benchmarks only."""
 from __future__ import annotations
 
 import os
-import random
 import resource
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +16,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: us-east-1, first tier ($ per million requests)
-PRICE = {"INVOKE": 0.20, "PUT": 5.00, "COPY": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0}
-KINDS = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE"]
+#: WATCH: the GETs with which the handler looks for a running call's cancel marker (every 2 s)
+PRICE = {"INVOKE": 0.20, "PUT": 5.00, "COPY": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0,
+         "WATCH": 0.40}
+KINDS = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE", "WATCH"]
 
 
 def fake_aws_env() -> None:
@@ -41,20 +41,27 @@ class SimRun:
     #: requests per call by kind: S3 of both sides (client and worker) and Lambda invokes
     per_call: dict[str, float]
     client_per_call: dict[str, float]
+    #: the driver process's CPU (the simulator runs in a process of its own)
     driver_cpu_s: float
+    #: the simulator process's CPU over the same run (HTTP and all)
     sim_cpu_s: float
     peak_rss_mb: float
     #: seconds (on the simulation's clock) from a call's end to its future's result
     delays: list[float] = field(default_factory=list)
     throttled: int = 0
     slowdowns: int = 0
-    #: the most bytes the simulated S3 held at once (in the driver's memory here, not on AWS)
+    #: the most bytes the simulated S3 held at once (in the simulator's process)
     sim_peak_mb: float = 0.0
 
     @property
     def dollars(self) -> float:
         """Requests' price per million calls."""
         return sum(self.per_call.get(k, 0.0) * PRICE.get(k, 0.0) for k in self.per_call)
+
+    @property
+    def dollars_without_watch(self) -> float:
+        """``dollars`` less the handler's cancel-marker GETs."""
+        return self.dollars - self.per_call.get("WATCH", 0.0) * PRICE["WATCH"]
 
     @property
     def invokes_per_s(self) -> float:
@@ -67,27 +74,25 @@ class SimRun:
 
 def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: float = 0.1, speed: float = 1.0,
         invoke_latency: float = 0.025, s3_latency: float = 0.0, seed: int = 0, warm: int = 4,
-        measure_delays: bool = True) -> SimRun:
+        measure_delays: bool = True, in_process: bool = False) -> SimRun:
     """``calls`` calls of ``duration`` s (uniform +-``jitter`` of it) at ``concurrency``,
-    ``kind`` "Event" or "RequestResponse", on a clock ``speed`` times real time."""
+    ``kind`` "Event" or "RequestResponse", on a clock ``speed`` times real time.
+    The simulated service runs in a process of its own (``tests/aws/sim_server.py``),
+    reached over HTTP on 127.0.0.1, as AWS is not in the driver's process: the
+    driver's CPU is its own. ``in_process``: the simulator in this process instead,
+    its requests handed over inside botocore (no socket; the simulator's measured
+    CPU is subtracted from the driver's), as these benchmarks ran before."""
     import wrenpack
-    from tests.aws.sim_service import Clock, ScaledClock, SimService
-    from tests.aws.sim_worker import WrenpackFunction
+    from tests.aws.sim_server import RemoteSim
+    from tests.aws.sim_service import Clock, ScaledClock
     from wrenpack.backends.aws.backend import LambdaBackend
     from wrenpack.executor import Executor
     from wrenpack.storage.s3 import S3Store
 
     clock = Clock() if speed == 1.0 else ScaledClock(speed)
-    rng = random.Random(seed)
-    lock = threading.Lock()
-
-    def length(event: dict[str, Any]) -> float:
-        with lock:
-            return duration * (1.0 + jitter * (2 * rng.random() - 1))
-
-    sim = SimService(clock, function=WrenpackFunction(identity, duration=length), concurrency=max(concurrency, 1000),
-                     invoke_latency=invoke_latency, s3_latency=s3_latency)
-    sim.s3.create_bucket("simbench")
+    opts = dict(duration=duration, jitter=jitter, seed=seed, clock=clock, concurrency=max(concurrency, 1000),
+                invoke_latency=invoke_latency, s3_latency=s3_latency, buckets=("simbench",))
+    sim: Any = _InProcessSim(**opts) if in_process else RemoteSim(**opts)
     try:
         store = S3Store("simbench", "bench", endpoint_url=sim.s3_url, region="us-east-1")
         kwargs: dict[str, Any] = {}
@@ -101,9 +106,11 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
             f = wrenpack.remote(identity, executor=ex)
             if warm:
                 wrenpack.get(f.map(range(warm)))  # clients made, function looked up: not counted
+            time.sleep(0.2)  # the warm job's cleanup
             sim.reset_counts()
             done_at: dict[int, float] = {}
-            cpu0, sim0 = time.process_time(), sim.cpu_s
+            sim0 = sim.stats()["process_cpu_s"]
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             futures = f.map(range(calls))
             if measure_delays:
@@ -111,21 +118,66 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
                     fut.add_done_callback(lambda _f, i=i: done_at.__setitem__(i, clock.time()))
             out = wrenpack.get(futures)
             wall = time.perf_counter() - t0
-            cpu, sim_cpu = time.process_time() - cpu0, sim.cpu_s - sim0
+            cpu = time.process_time() - cpu0
+            if in_process:
+                cpu -= sim.stats()["process_cpu_s"] - sim0
             if out != list(range(calls)):
                 raise AssertionError("wrong results from the simulated run")
             delays = [done_at[i] - float(fut.status["end"]) for i, fut in enumerate(futures)
                       if i in done_at and fut.status and "end" in fut.status]
             del futures, out
+        stats = sim.stats()
+        if stats["errors"]:
+            raise AssertionError(f"the simulator failed: {stats['errors'][:3]}")
         counts = sim.requests(None)
         client = sim.requests("client")
         return SimRun(calls, wall, {k: v / calls for k, v in counts.items() if k in PRICE},
-                      {k: v / calls for k, v in client.items()}, cpu - sim_cpu, sim_cpu,
+                      {k: v / calls for k, v in client.items()}, cpu, stats["process_cpu_s"] - sim0,
                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, delays,
-                      throttled=counts.get("THROTTLED", 0), slowdowns=sum(sim.s3.slowdowns.values()),
-                      sim_peak_mb=sim.s3.peak_bytes / 2**20)
+                      throttled=counts.get("THROTTLED", 0), slowdowns=stats["slowdowns"],
+                      sim_peak_mb=stats["peak_bytes"] / 2**20)
     finally:
         sim.close()
+
+
+class _InProcessSim:
+    """``RemoteSim``'s interface to a ``SimService`` in this process."""
+
+    def __init__(self, *, duration: float, jitter: float, seed: int, clock: Any, concurrency: int,
+                 invoke_latency: float, s3_latency: float, buckets: tuple[str, ...]) -> None:
+        import random
+        import threading
+
+        from tests.aws.sim_service import SimService
+        from tests.aws.sim_worker import WrenpackFunction
+
+        rng = random.Random(seed)
+        lock = threading.Lock()
+
+        def length(event: dict[str, Any]) -> float:
+            with lock:
+                return duration * (1.0 + jitter * (2 * rng.random() - 1))
+
+        self._sim = SimService(clock, function=WrenpackFunction(identity, duration=length), concurrency=concurrency,
+                               invoke_latency=invoke_latency, s3_latency=s3_latency)
+        for bucket in buckets:
+            self._sim.s3.create_bucket(bucket)
+        self.s3_url, self.lambda_url = self._sim.s3_url, self._sim.lambda_url
+
+    def requests(self, side: str | None = "client") -> dict[str, int]:
+        return self._sim.requests(side)
+
+    def reset_counts(self) -> None:
+        self._sim.reset_counts()
+
+    def stats(self) -> dict[str, Any]:
+        sim = self._sim
+        # (the simulator's own CPU, as it measures it: here "process" is the driver's too)
+        return {"process_cpu_s": sim.cpu_s, "peak_bytes": sim.s3.peak_bytes,
+                "slowdowns": sum(sim.s3.slowdowns.values()), "errors": list(sim.lambda_.errors[:20])}
+
+    def close(self) -> None:
+        self._sim.close()
 
 
 def median(values: list[float]) -> float:

@@ -1,7 +1,9 @@
 """One driver at scale on Lambda, simulated: 100,000 calls at concurrency 1,000.
 
 The real Lambda backend and its real boto3 clients (Lambda and S3) run
-against the simulated service of tests/aws/sim_service.py, in this process:
+against the simulated service of tests/aws/sim_service.py, served over HTTP
+on 127.0.0.1 by a process of its own (tests/aws/sim_server.py; AWS is not in
+the driver's process either):
 every Invoke waits ``--invoke-latency`` (25 ms) like a round trip, at most
 ``--concurrency`` calls run at once (Event calls beyond it wait in the
 simulated queue, RequestResponse calls get 429), S3 refuses over 3,500
@@ -13,16 +15,19 @@ Prints, per invocation type: invocations per second (calls / wall time from
 map to the last result, the job's cleanup included), requests per call by
 kind (S3 of the client and the workers, and Invoke), the driver's peak
 resident memory (and how much of it is the simulated S3's objects, which
-on AWS would not be in the driver), and driver CPU per call (the process's
-CPU time less the simulator's own, measured by the simulator).
+on AWS would not be in the driver), and driver CPU per call (the driver
+process's CPU time, its HTTP included; the simulator's process's is shown
+beside it). ``--in-process`` runs the simulator in the driver's process
+instead, requests handed over inside botocore (no socket), its measured CPU
+subtracted: how this benchmark ran before.
 
 Each round runs in a fresh process (a peak RSS is a high-water mark), the
 invocation types alternating; median and min..max of the rounds. This
 machine is shared (2 cores): figures are loaded ones, and the simulator's
-CPU shares the driver's GIL.
+process competes with the driver for them.
 
     python benchmarks/bench_lambda_scale.py [--calls 100000] [--concurrency 1000] [--rounds 5]
-        [--kinds Event,RequestResponse] [--duration 0.1] [--invoke-latency 0.025]
+        [--kinds Event,RequestResponse] [--duration 0.1] [--invoke-latency 0.025] [--in-process]
 
 Targets: >= 1,000 invocations/s with 25 ms invoke latency; driver peak < 300 MB.
 """
@@ -46,7 +51,7 @@ def one(args: argparse.Namespace) -> None:
     _simrun.fake_aws_env()
     logging.basicConfig(level=logging.WARNING)
     r = _simrun.run(args.one, args.calls, args.concurrency, args.duration, jitter=0.1,
-                    invoke_latency=args.invoke_latency, measure_delays=False)
+                    invoke_latency=args.invoke_latency, measure_delays=False, in_process=args.in_process)
     print(json.dumps({"wall": r.wall_s, "per_call": r.per_call, "cpu": r.driver_cpu_s, "sim_cpu": r.sim_cpu_s,
                       "peak": r.peak_rss_mb, "sim_peak": r.sim_peak_mb, "throttled": r.throttled,
                       "slowdowns": r.slowdowns}))
@@ -59,6 +64,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=0.1, help="each call's run time, s (+-10%%)")
     ap.add_argument("--invoke-latency", type=float, default=0.025)
     ap.add_argument("--kinds", default="Event,RequestResponse")
+    ap.add_argument("--in-process", action="store_true",
+                    help="the simulator in the driver's process, requests handed over inside botocore (no socket; "
+                         "its CPU subtracted), as this benchmark ran before")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     _fair.add_arguments(ap, hogs=False)
     args = ap.parse_args()
@@ -71,6 +79,8 @@ def main() -> int:
         for kind in _fair.order(kinds, rnd):
             cmd = [sys.executable, __file__, "--one", kind, "--calls", str(args.calls), "--concurrency",
                    str(args.concurrency), "--duration", str(args.duration), "--invoke-latency", str(args.invoke_latency)]
+            if args.in_process:
+                cmd.append("--in-process")
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(out.stdout, out.stderr, file=sys.stderr)
@@ -80,16 +90,18 @@ def main() -> int:
 
     n = args.calls
     print(f"\n{n} calls at concurrency {args.concurrency}, {args.duration:g} s each (+-10%), invoke latency "
-          f"{args.invoke_latency * 1e3:g} ms; simulated Lambda + S3, real boto3 clients; {_fair.load_note()}")
+          f"{args.invoke_latency * 1e3:g} ms; simulated Lambda + S3 "
+          f"{'in the driver (no socket)' if args.in_process else 'in a process of its own, over HTTP'}, real boto3 "
+          f"clients; {_fair.load_note()}")
     print(f"medians of {args.rounds} rounds, one process per round, the kinds alternating (min..max)")
     for kind, got in runs.items():
         print(f"\n{kind}")
         print(f"  invocations/s      {_fair.spread([n / g['wall'] for g in got], '/s', fmt='.0f')}")
         print(f"  wall               {_fair.spread([g['wall'] for g in got])}")
         print(f"  driver CPU / call  {_fair.spread([g['cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')}"
-              f" (simulator's own, excluded: {_fair.spread([g['sim_cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')})")
+              f" (the simulator's: {_fair.spread([g['sim_cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')})")
         print(f"  driver peak RSS    {_fair.spread([g['peak'] for g in got], 'MB', fmt='.0f')}"
-              f" (of it, the simulated S3's objects at their peak: {_fair.spread([g['sim_peak'] for g in got], 'MB', fmt='.0f')})")
+              f" (the simulated S3's objects at their peak{', in it' if args.in_process else ', in its process'}: {_fair.spread([g['sim_peak'] for g in got], 'MB', fmt='.0f')})")
         kinds_seen = sorted({k for g in got for k in g["per_call"]})
         per = {k: sorted(g["per_call"].get(k, 0.0) for g in got)[len(got) // 2] for k in kinds_seen}
         print("  requests / call    " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()))

@@ -24,7 +24,8 @@ process; a request whose host is a registered simulator's goes to it and gets
 an ``AWSResponse`` back, every other request goes out as before. So the whole
 client path runs except the socket, and 1,000s of requests per second cost
 only the client's own CPU plus a few microseconds of the simulator's (which it
-measures: ``SimService.cpu_s``).
+measures: ``SimService.cpu_s``). ``tests/aws/sim_server.py`` serves the same
+service over real HTTP from a process of its own (what the benchmarks use).
 
 What it models (every figure configurable):
 
@@ -95,12 +96,17 @@ class ScaledClock(Clock):
     """A clock ``speed`` times faster than real time (it starts at the real time
     of its creation, so its readings look like epoch seconds)."""
 
-    def __init__(self, speed: float) -> None:
+    def __init__(self, speed: float, origin: tuple[float, float] | None = None) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
         self.speed = float(speed)
-        self._t0 = time.time()
-        self._m0 = time.monotonic()
+        # (epoch, monotonic) of its start: another process on this machine given the
+        # same origin reads the same time (CLOCK_MONOTONIC is the machine's).
+        self._t0, self._m0 = origin if origin is not None else (time.time(), time.monotonic())
+
+    @property
+    def origin(self) -> tuple[float, float]:
+        return self._t0, self._m0
 
     def time(self) -> float:
         return self._t0 + (time.monotonic() - self._m0) * self.speed
@@ -308,6 +314,11 @@ class SimS3:
             with self._lock:
                 self.slowdowns[part[1]] += 1
             raise SlowDown(f"over the request rate of s3://{bucket}/{part[1]}")
+
+    def count(self, kind: str, n: int = 1, side: str = "worker") -> None:
+        """Count ``n`` requests of ``kind`` that are not simulated one by one (no rate limit, no effect)."""
+        with self._lock:
+            self.counts[(side, kind)] += n
 
     def put(self, bucket: str, key: str, data: bytes, *, if_absent: bool = False, side: str = "worker",
             kind: str = "PUT") -> bool:

@@ -11,6 +11,11 @@ value is ``compute(*args, **kwargs)`` of the call's inline arguments
 (cloudpickled by this very client, so unpickling them here is unpickling our
 own test data), and ``duration(event)`` says how long the call takes.
 
+The GETs with which the real handler looks for the call's cancel marker
+while it runs (``handler.CANCEL_FIRST_S`` after its start, then every
+``CANCEL_POLL_S``) are counted, as kind ``WATCH`` on the worker's side, but
+not made one by one (no rate limit, no effect: no marker is ever there here).
+
 Not simulated: loading the function (a real worker GETs ``func.pkl`` once per
 fresh execution environment unless it travels inline), checkpoints and
 segments, arguments stored in S3 (``args.key``), logs.
@@ -32,9 +37,12 @@ from wrenpack.wire.outcome import Outcome
 class WrenpackFunction(SimFunction):
     """A simulated wrenpack worker: ``compute`` gives each call's value, ``duration`` its run time."""
 
-    def __init__(self, compute: Callable[..., Any] = lambda x: x, duration: float | Callable[[dict[str, Any]], float] = 0.0) -> None:
+    def __init__(self, compute: Callable[..., Any] = lambda x: x, duration: float | Callable[[dict[str, Any]], float] = 0.0,
+                 watch_cancel: bool = True) -> None:
         self.compute = compute
         self._duration = duration
+        #: count the cancel marker's GETs the real handler makes while a call runs
+        self.watch_cancel = watch_cancel
         #: a call whose write the simulated S3 refused (SlowDown) after the worker's retries
         self.lost_writes = 0
 
@@ -83,6 +91,10 @@ class WrenpackFunction(SimFunction):
         except Exception as exc:  # noqa: BLE001 - the call's own error, as a worker reports it
             outcome = Outcome.from_exception(exc).dumps()
             kind = "error"
+        if self.watch_cancel and event.get("cancel_key"):
+            looks = _cancel_looks(ctx.end - ctx.start)
+            if looks:
+                ctx.s3.count("WATCH", looks)
         status = status_record.record(job_id, call_id, attempt, segment, kind, ctx.start, ctx.end, peak_rss_mb=60.0,
                                       children_peak_rss_mb=None, host="sim", pid=os.getpid(), python="3.12",
                                       request_id=ctx.request_id)
@@ -94,6 +106,13 @@ class WrenpackFunction(SimFunction):
             return dict(status, first=True, result=result_format.to_reply(blob, text=True))
         status["first"] = self._put(ctx, event, keys.result_key(job_id, call_id), blob, if_absent=True)
         return status
+
+
+def _cancel_looks(run_s: float) -> int:
+    """How many times the real handler looks for a call's cancel marker (a GET each on S3) in ``run_s`` seconds."""
+    from wrenpack.worker.handler import CANCEL_FIRST_S, CANCEL_POLL_S
+
+    return 0 if run_s < CANCEL_FIRST_S else 1 + int((run_s - CANCEL_FIRST_S) // CANCEL_POLL_S)
 
 
 __all__ = ["WrenpackFunction", "NoSuchKey"]

@@ -166,7 +166,10 @@ def test_sim_checks_of_long_calls_do_not_grow_with_their_duration(fake_credentia
         assert out == [x * x for x in range(n)]
         assert idle == {}
         client = sim.requests("client")
-        assert client["INVOKE"] == n and sim.requests("worker") == {"PUT": n}
+        # (and the handler's looks for each call's cancel marker while it runs: 15 in 30 s)
+        worker = sim.requests("worker")
+        assert client["INVOKE"] == n and worker.pop("PUT") == n and set(worker) == {"WATCH"}
+        assert 14 * n <= worker["WATCH"] <= 17 * n, worker
         assert n <= client["GET"] <= 2 * n, client
         assert client.get("LIST", 0) <= 0.05 * n, client
         assert client.get("HEAD", 0) == 0, client

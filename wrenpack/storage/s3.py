@@ -43,6 +43,66 @@ _CLIENT_LOCK = threading.Lock()
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 #: set while a PutObject of a too old botocore must carry If-None-Match by hand (``_add_if_none_match``)
 _HEADER = threading.local()
+#: where a job's objects live (``wrenpack.keys``; not imported: this module is the store's alone)
+_JOBS = "jobs/"
+
+
+class _KnownKeys:
+    """The keys of each job that this process wrote or read, by store location
+    and job: a job's cleanup deletes them directly, and its listing (which it
+    still makes, for what others wrote: start marks, segment records, results
+    nobody read) then returns only what is left, usually nothing. Listing a
+    100,000-call job first cost its driver 100 LIST pages of 1,000 parsed
+    entries. Only stores whose location a driver registers (``remember_job_keys``)
+    record anything: a worker's store writes keys it never deletes."""
+
+    #: the most keys held in all (~70 bytes each: a 100,000-call job's results are ~7 MB);
+    #: beyond, keys are no longer recorded (a cleanup then lists more). Jobs kept with
+    #: ``keep_objects`` are never deleted by their driver: their keys stay until this fills.
+    LIMIT = 300_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._on: set[tuple[str | None, str, str]] = set()
+        self._keys: dict[tuple[str | None, str, str, str], list[str]] = {}
+        self._count = 0
+
+    def enable(self, where: tuple[str | None, str, str]) -> None:
+        with self._lock:
+            self._on.add(where)
+
+    def add(self, where: tuple[str | None, str, str], key: str) -> None:
+        if where not in self._on or not key.startswith(_JOBS):
+            return
+        job, _, rest = key[len(_JOBS):].partition("/")
+        with self._lock:
+            if self._count >= self.LIMIT:
+                return
+            self._keys.setdefault((*where, job), []).append(rest)  # (below the job's prefix)
+            self._count += 1
+
+    def take(self, where: tuple[str | None, str, str], prefix: str) -> list[str]:
+        """The recorded keys under ``prefix``, forgotten (a cleanup deletes them)."""
+        if where not in self._on:
+            return []
+        out: list[str] = []
+        with self._lock:
+            for entry in [e for e in self._keys if e[:3] == where]:
+                job_prefix = f"{_JOBS}{entry[3]}/"
+                if job_prefix.startswith(prefix):
+                    keys = [job_prefix + k for k in self._keys.pop(entry)]
+                elif prefix.startswith(job_prefix):
+                    below = prefix[len(job_prefix):]
+                    keys = [job_prefix + k for k in self._keys[entry] if k.startswith(below)]
+                    self._keys[entry] = [k for k in self._keys[entry] if not k.startswith(below)]
+                else:
+                    continue
+                self._count -= len(keys)
+                out.extend(keys)
+        return sorted(set(out))
+
+
+_KNOWN = _KnownKeys()
 
 
 class S3Store(Store):
@@ -160,6 +220,16 @@ class S3Store(Store):
         state["_client"] = None
         return state
 
+    @property
+    def _where(self) -> tuple[str | None, str, str]:
+        return self.endpoint_url, self.bucket, self.prefix
+
+    def remember_job_keys(self) -> None:
+        """Record, in this process, the job keys that stores at this location write
+        or read, so that deleting a job's objects need not list them first
+        (a driver's backend calls this; a worker's store records nothing)."""
+        _KNOWN.enable(self._where)
+
     # -- helpers ------------------------------------------------------------
     def _key(self, key: str) -> str:
         if not key or key.startswith("/"):
@@ -204,6 +274,7 @@ class S3Store(Store):
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
         except Exception as exc:
             raise self._error(exc, "write", key) from None
+        _KNOWN.add(self._where, key)
         return True
 
     def _put_conditional(self, full: str, data: bytes) -> bool:
@@ -218,6 +289,7 @@ class S3Store(Store):
                     client.put_object(Bucket=self.bucket, Key=full, Body=data, **condition)
                 finally:
                     _HEADER.on = False
+                _KNOWN.add(self._where, self._rel(full))
                 return True
             except Exception as exc:
                 code = _code(exc)
@@ -256,6 +328,7 @@ class S3Store(Store):
             extra = {"IfNoneMatch": "*"} if if_absent else {}
             client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
                                              MultipartUpload={"Parts": parts}, **extra)
+            _KNOWN.add(self._where, self._rel(full))
             return True
         except Exception as exc:
             with contextlib.suppress(Exception):
@@ -272,11 +345,13 @@ class S3Store(Store):
     def get(self, key: str) -> bytes:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return resp["Body"].read()
+            data = resp["Body"].read()
         except Exception as exc:
             if _code(exc) in _NOT_FOUND:
                 raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
             raise self._error(exc, "read", key) from None
+        _KNOWN.add(self._where, key)
+        return data
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         if end <= start:
@@ -350,7 +425,16 @@ class S3Store(Store):
             raise self._error(exc, "delete", key) from None
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
+        # The keys this process knows exist go first, unlisted; the listing then finds
+        # the rest (what workers wrote and nobody read), so everything under it goes.
+        known = _KNOWN.take(self._where, prefix)
+        self._delete_keys(known, prefix)
+        rest = self.list(prefix)
+        self._delete_keys(rest, prefix)
+        return len(set(known) | set(rest))
+
+    def _delete_keys(self, keys: list[str], prefix: str) -> None:
+        """DeleteObjects, a batch at a time (a key already gone counts as deleted)."""
         for i in range(0, len(keys), self.delete_batch):
             batch = [{"Key": self._key(k)} for k in keys[i : i + self.delete_batch]]
             try:
@@ -364,7 +448,6 @@ class S3Store(Store):
                     f"S3 refused to delete {len(errors)} object(s) under {self.url}, e.g. {first.get('Key')}: "
                     f"{first.get('Code')} {first.get('Message')}"
                 )
-        return len(keys)
 
     def list_folders(self, prefix: str) -> list[str]:
         # One LIST per 1,000 folders (S3's CommonPrefixes), not one per 1,000 objects.

@@ -16,10 +16,13 @@ them and reads what the calls left.
            function with reserved concurrency has its own (read once, logged)
         -> sender threads: lambda.invoke (backoff on throttling/5xx)
     RequestResponse: the reply carries the handler's status and, when it fits
-        (``reply_limit``) and the call was short (``reply_within_s``), the sealed
-        result object itself: no S3 request. Longer calls store their result: if
-        an idle connection is dropped while one runs, the client waits for that
-        object instead of invoking the call again (botocore retries nothing here).
+        (``reply_limit``), the sealed result object itself: no S3 request, for a
+        call of any length up to its timeout. The connection is held that long
+        (read timeout above the function's timeout, TCP keepalive probes every
+        ``KEEPALIVE_IDLE_S`` so a NAT does not drop it idle). A result too large
+        for the reply is stored; if a connection breaks while a call runs, the
+        client waits for that object instead of invoking the call again (botocore
+        retries nothing here).
     Event (202: queued in Lambda): a poller thread checks each call in flight
         when it is due: just after its expected end (send-to-start delay and
         run time of the job's ended calls, else the profile's duration), then
@@ -94,11 +97,20 @@ RESPONSE_LIMIT = SYNC_PAYLOAD_LIMIT + 100
 #: A result object at most this big returns in a RequestResponse reply: 6 MB
 #: response limit, less room for the JSON status, less base64's 4/3 growth.
 REPLY_LIMIT = (SYNC_PAYLOAD_LIMIT - 64 * 1024) * 3 // 4
-#: RequestResponse: a call that runs longer than this stores its result instead of
-#: replying with it (s). Routers drop connections idle for minutes (a NAT gateway
-#: after 350 s); a stored result outlives the connection, and costs one PUT and one
-#: GET, nothing beside a minute of Lambda.
+#: RequestResponse, where the connection's keepalive probes could not be set (an
+#: unknown botocore): a call that runs longer than this stores its result instead
+#: of replying with it (s), since routers drop connections idle for minutes (a NAT
+#: gateway after 350 s) and a stored result outlives the connection (a PUT and a
+#: GET, $5.40 per million calls).
 REPLY_WITHIN_S = 60.0
+#: TCP keepalive of a RequestResponse connection: the first probe after this many
+#: idle seconds, then every KEEPALIVE_INTERVAL_S, given up after KEEPALIVE_PROBES
+#: unanswered. Well under the idle timeouts of NAT gateways and load balancers
+#: (350 s), so a connection that waits minutes for a call's reply is not dropped;
+#: the kernel's default first probe comes after 2 hours.
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 15
+KEEPALIVE_PROBES = 4
 #: Room the event's deadline and start mark add to its size when it is sent (bytes).
 _SEND_FIELDS = 128
 #: Lambda's Invoke error codes for a request payload over its limit.
@@ -254,8 +266,12 @@ class _Senders:
             self._queue.append(call)
             if self._waiting:
                 self._cond.notify()
-                return
-            if len(self._threads) >= self._workers:
+            # A waiting thread counts as waiting until it runs again: while calls are
+            # queued faster than the woken threads take them (a map queues all its calls
+            # at once), it is not one per queued call. More calls queued than threads
+            # waiting get more threads, up to ``workers`` (else a map after a small one
+            # was sent by the small one's few threads: 4 synchronous calls at a time).
+            if len(self._queue) <= self._waiting or len(self._threads) >= self._workers:
                 return
             thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
             self._threads.append(thread)
@@ -345,7 +361,7 @@ class LambdaBackend(Backend):
         poll_interval: float = 0.5,
         deadline_margin_s: float = 30.0,
         throttle_give_up_s: float = 600.0,
-        reply_within_s: float = REPLY_WITHIN_S,
+        reply_within_s: float | None = None,
         client: Any = None,
         clock: Any = None,
     ) -> None:
@@ -354,6 +370,10 @@ class LambdaBackend(Backend):
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         self.store = store
+        remember = getattr(store, "remember_job_keys", None)
+        if remember is not None:
+            # The job's cleanup deletes the keys this driver wrote and read without listing them.
+            remember()
         self.function_name = function_name
         self.region = region
         self.profile = profile
@@ -365,8 +385,14 @@ class LambdaBackend(Backend):
         self.poll_interval = poll_interval
         self.deadline_margin_s = deadline_margin_s
         self.throttle_give_up_s = throttle_give_up_s
+        #: RequestResponse: a call that runs longer than this (s) stores its result
+        #: instead of replying; None: no call does (a reply waits up to the call's
+        #: timeout), unless the connection's keepalive cannot be set (REPLY_WITHIN_S)
         self.reply_within_s = reply_within_s
         self._client = client
+        #: the synchronous client's connections probe while idle (``_keepalive_probes``;
+        #: a client handed in is tuned here, one made later in ``_make_client``)
+        self._keepalive_set = client is not None and invocation_type == "RequestResponse" and _keepalive_probes(client)
         #: the time and timed waits (``time()``, ``wait(event, s)``): wall-clock time unless a simulation passes its own
         self._clock = clock or _RealClock()
         self._now = self._clock.time
@@ -450,14 +476,33 @@ class LambdaBackend(Backend):
             # connection it would send the call again while the first may still run
             # (``_after_drop`` decides instead, from the store).
             retries={"mode": "standard", "total_max_attempts": 1} if sync else {"mode": "standard", "max_attempts": 3},
-            max_pool_connections=max(10, min(self.concurrency, 256)),
+            # A synchronous call holds its connection for its whole run: one per call in
+            # flight, else urllib3 opens (and discards) a connection per call beyond the pool.
+            max_pool_connections=max(10, self.concurrency if sync else min(self.concurrency, 256)),
+            # The parameters are wrenpack's own (FunctionName, InvocationType, Payload bytes).
+            parameter_validation=False,
             connect_timeout=10,
             # above the longest function timeout (900 s): a synchronous call's reply comes at its end
             read_timeout=960 if sync else 60,
             # the connection of a long synchronous call is idle for its whole run
             tcp_keepalive=sync,
         )
-        return session.client("lambda", endpoint_url=self.endpoint_url, config=cfg)
+        client = session.client("lambda", endpoint_url=self.endpoint_url, config=cfg)
+        if sync:
+            self._keepalive_set = _keepalive_probes(client)
+            if not self._keepalive_set:
+                log.info("cannot set TCP keepalive probes on the Lambda client's connections; RequestResponse calls "
+                         "longer than %g s store their results (a PUT and a GET each)", REPLY_WITHIN_S)
+        return client
+
+    def _reply_within(self, inv: Invocation) -> float:
+        """How long a RequestResponse call may run and still reply with its result (s)."""
+        if self.reply_within_s is not None:
+            return self.reply_within_s
+        if not self._keepalive_set:
+            return REPLY_WITHIN_S
+        # The connection waits for the reply up to the call's end, which its timeout bounds.
+        return float(inv.timeout_s) + self.deadline_margin_s
 
     # -- functions ----------------------------------------------------------
     def settings_for(self, inv: Invocation) -> FunctionSettings:
@@ -699,7 +744,8 @@ class LambdaBackend(Backend):
                 inv.event.pop("reply_within_s", None)
             else:
                 inv.event["reply_limit"] = REPLY_LIMIT
-                inv.event["reply_within_s"] = self.reply_within_s
+                _ = self.client  # made first: whether its connections keep alive decides
+                inv.event["reply_within_s"] = self._reply_within(inv)
             if not event_type:
                 with self._lock:
                     call.sent_at = self._now()
@@ -795,9 +841,11 @@ class LambdaBackend(Backend):
 
     def _after_drop(self, call: _Call, exc: BaseException) -> None:
         """A RequestResponse call's connection broke after the Invoke was sent. The call
-        may run to its end on Lambda, so it is not invoked again: a call that ran past
-        ``reply_within_s`` stores its result, which is waited for until the call's
-        latest possible end (its deadline to start, plus its timeout, plus the margin)."""
+        may run to its end on Lambda, so it is not invoked again. A call whose result the
+        reply could not carry (over ``reply_limit``, or past ``reply_within_s`` where one
+        is set) stores it, and that object is waited for until the call's latest possible
+        end (its deadline to start, plus its timeout, plus the margin); a result that was
+        to come in the reply is lost with the connection, and the call fails ``WorkerLost``."""
         inv = call.inv
         where = f"{inv.label} (call {inv.key[1]} of job {inv.key[0]})"
         latest = float(inv.event.get("deadline") or self._now()) + inv.timeout_s + self.deadline_margin_s
@@ -817,8 +865,9 @@ class LambdaBackend(Backend):
         if self._stop.is_set():
             return  # shutdown reports it
         self._finish(call, InvocationResult(error=WorkerLost(
-            f"{where}: the connection to Lambda broke while it ran and no result reached the store by its latest end; "
-            "it was not invoked again (it may have run once); use invocation_type='Event' where connections drop"
+            f"{where}: the connection to Lambda broke while it ran and no result reached the store by its latest end "
+            "(a result that fits the reply travels only in it); it was not invoked again (it may have run once); "
+            "use invocation_type='Event' where connections drop"
         )))
 
     def _finish_sync(self, call: _Call, resp: dict[str, Any], body: bytes) -> None:
@@ -1217,6 +1266,33 @@ class LambdaBackend(Backend):
             inv.on_done(inv, result)
         except Exception:  # noqa: BLE001 - a failing callback must not kill our threads
             log.exception("on_done callback failed for call %s", inv.key)
+
+
+def _keepalive_probes(client: Any) -> bool:
+    """Make the connections ``client`` opens from now on send TCP keepalive
+    probes after KEEPALIVE_IDLE_S idle seconds (botocore's ``tcp_keepalive``
+    turns keepalive on, but leaves the kernel's 2-hour first probe). botocore
+    has no setting for the timing, so its session's socket options are
+    extended; True when they took (its pools then open sockets with them)."""
+    import socket
+
+    tuning = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        if hasattr(socket, name):
+            tuning.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    if len(tuning) < 2:
+        return False  # no way to shorten the first probe here
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    manager = getattr(session, "_manager", None)
+    pool_kw = getattr(manager, "connection_pool_kw", None)
+    options = getattr(session, "_socket_options", None)
+    if not isinstance(pool_kw, dict) or not isinstance(options, list):
+        return False
+    merged = [o for o in options if (o[0], o[1]) not in {(t[0], t[1]) for t in tuning}] + tuning
+    session._socket_options = merged  # proxies' pools, made later
+    pool_kw["socket_options"] = merged
+    return True
 
 
 def _merged(names: set[str] | None, existing: set[str] | None) -> set[str] | None:
