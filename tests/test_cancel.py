@@ -104,3 +104,18 @@ def test_cancel_marker_is_sealed_with_the_job_secret():
     assert cancel_marker.names_call(secret, "job1", job_key, job_marker, "00042")
     assert not cancel_marker.names_call(secret, "job1", job_key, auth.seal(other, keys.identity("job1", "cancel"), record), "00042")
     assert not cancel_marker.names_call(secret, "job1", job_key, marker, "00042")  # a call's marker moved there
+
+
+def test_a_running_call_looks_for_its_cancel_marker_less_often_as_it_runs():
+    """A GET per look on S3: looks 2 s in, then after gaps as long as the call has
+    run, so a long call's looks grow with the log of its run time (every 2 s was 30
+    GETs, $12 per million 60 s calls), and a call cancelled t s in ends by about 2t."""
+    from wrenpack.worker.handler import cancel_look_after, cancel_looks
+
+    assert cancel_looks(1.9) == 0
+    assert cancel_looks(2.0) == 1
+    assert cancel_looks(30.0) == 4  # 2, 4, 8, 16
+    assert cancel_looks(60.0) == 5  # and 32
+    assert cancel_looks(900.0) <= 20  # gaps at most 60 s
+    for elapsed in (2.0, 5.0, 30.0, 600.0):
+        assert cancel_look_after(elapsed) <= max(elapsed, 2.0)

@@ -12,9 +12,9 @@ value is ``compute(*args, **kwargs)`` of the call's inline arguments
 own test data), and ``duration(event)`` says how long the call takes.
 
 The GETs with which the real handler looks for the call's cancel marker
-while it runs (``handler.CANCEL_FIRST_S`` after its start, then every
-``CANCEL_POLL_S``) are counted, as kind ``WATCH`` on the worker's side, but
-not made one by one (no rate limit, no effect: no marker is ever there here).
+while it runs (``handler.CANCEL_FIRST_S`` after its start, then after gaps
+as long as it has run: ``handler.cancel_looks``) are counted, as kind
+``WATCH`` on the worker's side, but not made one by one (no rate limit, no effect: no marker is ever there here).
 
 Not simulated: loading the function (a real worker GETs ``func.pkl`` once per
 fresh execution environment unless it travels inline), checkpoints and
@@ -110,9 +110,9 @@ class WrenpackFunction(SimFunction):
 
 def _cancel_looks(run_s: float) -> int:
     """How many times the real handler looks for a call's cancel marker (a GET each on S3) in ``run_s`` seconds."""
-    from wrenpack.worker.handler import CANCEL_FIRST_S, CANCEL_POLL_S
+    from wrenpack.worker.handler import cancel_looks
 
-    return 0 if run_s < CANCEL_FIRST_S else 1 + int((run_s - CANCEL_FIRST_S) // CANCEL_POLL_S)
+    return cancel_looks(run_s)
 
 
 __all__ = ["WrenpackFunction", "NoSuchKey"]

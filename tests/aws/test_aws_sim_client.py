@@ -136,7 +136,7 @@ def test_a_jobs_cleanup_leaves_nothing_and_lists_only_what_it_did_not_read(fake_
         with _executor(sim, backend, "Event", 100) as ex:
             f = wrenpack.remote(_square, executor=ex)
             futures = f.map(range(n))
-            job_id = futures[0]._ref["job_id"]
+            job_id = futures[0].job_id
             assert wrenpack.get(futures) == [x * x for x in range(n)]
         assert sim.s3.keys("simbucket", "t/jobs/") == []
         job_listings = [u for u in listed if f"jobs%2F{job_id}%2F&" in u or u.endswith(f"jobs%2F{job_id}%2F")]
