@@ -16,7 +16,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: us-east-1, first tier ($ per million requests)
-#: WATCH: the GETs with which the handler looks for a running call's cancel marker (every 2 s)
+#: WATCH: the GETs with which the handler looks for a running call's cancel marker (``handler.cancel_looks``)
 PRICE = {"INVOKE": 0.20, "PUT": 5.00, "COPY": 5.00, "POST": 5.00, "LIST": 5.00, "GET": 0.40, "HEAD": 0.40, "DELETE": 0.0,
          "WATCH": 0.40}
 KINDS = ["INVOKE", "PUT", "GET", "HEAD", "LIST", "POST", "DELETE", "WATCH"]

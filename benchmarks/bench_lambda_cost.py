@@ -21,8 +21,8 @@ faster than real time, which the client's poller is given too, so its
 decisions keep their proportions), each call's duration uniform within
 +-``--jitter`` of it, at concurrency 100: requests per call by kind, dollars
 per million calls in requests (also without ``WATCH``, the GETs with which
-the handler looks for a running call's cancel marker every 2 s), and how
-late results were delivered (from the call's end to its future's result, on
+the handler looks for a running call's cancel marker 2 s in, then after
+gaps as long as it has run), and how late results were delivered (from the call's end to its future's result, on
 the simulation's clock). The simulated service runs in a process of its own
 (tests/aws/sim_server.py). Targets:
 Event <= $6 per million calls (the result's PUT, $5, is the floor), and
@@ -199,8 +199,8 @@ def simulated(args: argparse.Namespace) -> int:
               f"(without WATCH {_fair.spread([r.dollars_without_watch for r in got], '$', fmt='.2f')}); "
               f"delay p50 {_fair.spread([r.delay(0.5) for r in got], 's', fmt='.2f')}; wall {_fair.spread([r.wall_s for r in got])}")
     print("delay: from a call's end (its status) to its future's result, seconds of the simulation's clock")
-    print("WATCH: the GETs with which the handler looks for a running call's cancel marker (1 s after its start, "
-          "then every 2 s), counted, not simulated one by one")
+    print("WATCH: the GETs with which the handler looks for a running call's cancel marker (2 s after its start, "
+          "then after gaps as long as it has run: 4, 8, 16, 32 s...), counted, not simulated one by one")
     print("request designs for comparison ($ per million calls, requests only): "
           + ", ".join(f"{k} ~${v:g}" for k, v in DESIGNS.items()))
     print("targets: Event <= $6 per million calls; RequestResponse <= $0.25")
