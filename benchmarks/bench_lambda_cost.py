@@ -23,8 +23,8 @@ decisions keep their proportions), each call's duration uniform within
 per million calls in requests (also without ``WATCH``, the GETs with which
 the handler looks for a running call's cancel marker 2 s in, then after
 gaps as long as it has run), and how late results were delivered (from the
-call's end to its future's result, on the simulation's clock). The simulated service runs in a process of its own
-(tests/aws/sim_server.py). Targets:
+call's end to its future's result, on the simulation's clock). The simulated
+service runs in a process of its own (tests/aws/sim_server.py). Targets:
 Event <= $6 per million calls (the result's PUT, $5, is the floor), and
 RequestResponse <= $0.25.
 
