@@ -260,3 +260,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if getattr(item, "originalname", None) in ONE_VARIANT_BY_DEFAULT and "[Event-moto]" not in item.name:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def fake_credentials(monkeypatch):
+    """boto3 clients for the simulated service: made-up keys, no profile, config or endpoint from the environment."""
+    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
+        monkeypatch.delenv(key)
+    for key, value in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                           AWS_REGION="us-east-1", AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+                           AWS_CONFIG_FILE=os.devnull).items():
+        monkeypatch.setenv(key, value)

@@ -2,7 +2,6 @@
 real boto3 clients, genuine sealed results, every request counted."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -11,16 +10,6 @@ from wrenpack.executor import Executor
 
 from tests.aws.sim_service import ScaledClock, SimFunction, SimService
 from tests.aws.sim_worker import WrenpackFunction
-
-
-@pytest.fixture
-def fake_credentials(monkeypatch):
-    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
-        monkeypatch.delenv(key)
-    for key, value in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                           AWS_REGION="us-east-1", AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-                           AWS_CONFIG_FILE=os.devnull).items():
-        monkeypatch.setenv(key, value)
 
 
 def _square(x):

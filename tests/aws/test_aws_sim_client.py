@@ -4,7 +4,6 @@ synchronous connections probe while idle, and a job's cleanup removes every
 object without listing the ones its driver already knows."""
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
@@ -14,16 +13,6 @@ from wrenpack.executor import Executor
 
 from tests.aws.sim_service import ScaledClock, SimService
 from tests.aws.sim_worker import WrenpackFunction
-
-
-@pytest.fixture
-def fake_credentials(monkeypatch):
-    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
-        monkeypatch.delenv(key)
-    for key, value in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                           AWS_REGION="us-east-1", AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-                           AWS_CONFIG_FILE=os.devnull).items():
-        monkeypatch.setenv(key, value)
 
 
 def _square(x):
