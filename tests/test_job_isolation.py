@@ -285,6 +285,7 @@ def domain_key():
     event._forget_domain_key()
 
 
+@pytest.mark.backends("local", "lambda", slow=("lambda",))  # (the isolation tests keep Lambda's; this is the warm path)
 def test_calls_of_one_function_from_one_driver_share_a_warm_process(make_executor, backend, domain_key):
     """Repeated ``.remote()`` of one function is one isolation domain: its calls run in
     the same job process (as a process pool's worker), which keeps its globals."""
