@@ -56,6 +56,7 @@ from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
 from wrenpack.worker import callscope, checkpoint, handoff, isolation, memory, plain, refs, sdk, unpickling
 from wrenpack.worker import cancel as cancel_marker
+from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.context import LocalContext
 
 log = logging.getLogger(__name__)
@@ -862,16 +863,7 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     finally:
         user_data.bind(None)
         refs.enter_call(None)
-        for fd in context.handoff_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if context.result_slab is not None:
-            try:
-                os.close(context.result_slab)
-            except OSError:
-                pass
+        close_quietly(*context.handoff_fds, context.result_slab)
     peak = memory.peak_since(peak_mark)
     children_after = memory.children_peak_mb()
     reply: dict[str, Any] = {"t": "done", "kind": ran.kind, "run_s": ran.run_s, **ran.extra,

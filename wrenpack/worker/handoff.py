@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 from wrenpack.errors import CorruptObject
 from wrenpack.wire import handoff as handoff_format
+from wrenpack.worker.fds import close_all, close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,7 @@ def _keep(fd: int) -> None:
             _pool.append((fd, size))
             _pool_bytes += size
             return
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    close_quietly(fd)
 
 
 def drain_pool() -> None:
@@ -146,11 +144,7 @@ def drain_pool() -> None:
     with _lock:
         kept, _pool[:] = list(_pool), []
         _pool_bytes = 0
-    for fd, _size in kept:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    close_all(fd for fd, _size in kept)
 
 
 class Sealed:
@@ -387,12 +381,7 @@ class call_blobs:
 
     def __exit__(self, *exc: Any) -> None:
         _loading.blobs = None
-        for fd in [self.main, *self._fds]:
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_quietly(self.main, *self._fds)
         self.main = None
         self._fds = []
         # Each loader refers to this object: a cycle that kept every shared

@@ -74,17 +74,20 @@ import threading
 import time
 from typing import Any, Callable
 
+from wrenpack.worker.fds import close_all, close_quietly
+
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
-_PR_SET_CHILD_SUBREAPER = 36
+PR_SET_CHILD_SUBREAPER = 36
 _HEAD = struct.Struct("!IQ")
 #: the most a child's message head may hold (the parent reads nothing larger)
 _MAX_HEAD = 1 << 20
 
 
-def _prctl(option: int, value: int) -> bool:
+def prctl(option: int, value: int) -> bool:
+    """Linux's ``prctl(option, value)`` through libc; False where it fails or is absent."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(option, value, 0, 0, 0) == 0
@@ -189,9 +192,9 @@ def prepare() -> None:
     _zygote = _fork_zygote()
     _prepared = True
     # Orphans of a job's processes stay below this process, where ``Child.kill`` finds them.
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     # A child of the same user cannot read this process's memory (/proc/<pid>/mem, ptrace).
-    _prctl(_PR_SET_DUMPABLE, 0)
+    prctl(_PR_SET_DUMPABLE, 0)
 
 
 def _fork_zygote() -> _Zygote:
@@ -231,21 +234,16 @@ def _close_fds_except(keep: set[int]) -> None:
         fds = [int(n) for n in os.listdir("/proc/self/fd")]
     except OSError:
         fds = list(range(3, 1024))
-    for fd in fds:
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    close_all(fd for fd in fds if fd > 2 and fd not in keep)
 
 
 def _zygote_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the zygote
     """Fork a child for each request; nothing else. Its children are reaped by the kernel."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     os.environ.pop("WRENPACK_ZYGOTE", None)
     # Nothing of another job's may attach to it, or to the processes it forks before
     # they have a job of their own (``_child_main`` makes a job's process dumpable).
-    _prctl(_PR_SET_DUMPABLE, 0)
+    prctl(_PR_SET_DUMPABLE, 0)
     worker = os.getppid()
     _close_fds_except({sock.fileno()})
     _forget_process_files()
@@ -292,7 +290,7 @@ def _fork_child(sock: socket.socket, fd: int, worker: int) -> None:  # pragma: n
     deadline = time.monotonic() + 5.0
     while os.getppid() == me and time.monotonic() < deadline:
         time.sleep(0.0002)
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != worker:
         os._exit(0)  # the worker is gone (or this was not orphaned to it)
     _child_main(socket.socket(fileno=fd))
@@ -389,12 +387,8 @@ class Child:
             self.sock.close()
         except OSError:
             pass
-        if self.pidfd is not None:
-            try:
-                os.close(self.pidfd)
-            except OSError:
-                pass
-            self.pidfd = None
+        close_quietly(self.pidfd)
+        self.pidfd = None
 
     def alive(self) -> bool:
         if self.sock.fileno() < 0:
@@ -866,7 +860,7 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
         os._exit(1)
     _forget_process_files()
     # Orphans of its calls stay below it, where its report after each call counts them.
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     rpc = _Rpc(sock)
     first = True
     if _warm_up is not None and not _readable(sock):
@@ -886,7 +880,7 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             # Its domain's first call: the earlier domain's process is gone by now (the parent
             # ended it first), so none can attach to this one once it is dumpable (its
             # own /proc files, the memory meter's reset, core dumps need that).
-            _prctl(_PR_SET_DUMPABLE, 1)
+            prctl(_PR_SET_DUMPABLE, 1)
             first = False
         before = children_usage()
         reply, out, out_fds = runner(head, blob, fds, rpc)
@@ -897,8 +891,4 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
         except OSError:
             os._exit(0)
         finally:
-            for fd in out_fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            close_all(out_fds)

@@ -21,7 +21,6 @@ Standard library only (besides the handler's cloudpickle).
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import select
@@ -34,18 +33,7 @@ import time
 from typing import Any
 
 from wrenpack.wire import driver_message, frames, worker_reply
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def _prctl(option: int, value: int) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
+from wrenpack.worker.fds import close_quietly
 
 def _own_cgroups() -> list[str]:
     """This worker's cgroup directories (memory, pids) that the backend made for it."""
@@ -242,14 +230,6 @@ def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int 
     frames.send(sock, worker_reply.dumps(head), blob, fd)
 
 
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
 def _apply_limits(limits: list[Any]) -> None:
     memory_mb, timeout_s, storage_mb = limits
     os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(memory_mb)
@@ -309,9 +289,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 child_died = True
             finally:
                 for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)
-                    _close(fd)
+                    close_quietly(fd)
                 if getattr(ctx, "result_slab", None) is not None:  # the result did not go in it
-                    _close(ctx.result_slab)
+                    close_quietly(ctx.result_slab)
                     ctx.result_slab = None
             # (without the change of job's process: once per job, not the call's own time)
             elapsed = max(0.0, time.perf_counter() - t0 - isolation.take_start_cost())
@@ -331,13 +311,15 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
 
 def main(config: dict[str, Any]) -> None:
     """Entry point (``wrenpack.backends.local.process`` starts ``python -c`` with this)."""
+    from wrenpack.worker import isolation
+
     worker_dir = config.get("dir")
     parent = int(config.get("parent") or os.getppid())
     # The kernel's backstop if this process cannot run Python when the driver dies.
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: die(worker_dir))
     # Orphans of a call (daemonised children) stay below this process, where the kill finds them.
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
     # The worker is in the driver's session, in a background process group: on a terminal
     # set to stop background writers (stty tostop) a call's print would stop it. Ignored,
     # the write goes through, as it did when workers had no terminal (and as on Lambda,
@@ -346,7 +328,7 @@ def main(config: dict[str, Any]) -> None:
         signal.signal(sig, signal.SIG_IGN)
     # Before any event, and before any thread: the zygote that forks each job's
     # child is a copy of this process as it is now, which never held a secret.
-    from wrenpack.worker import handler, isolation  # noqa: F401 - imported for the zygote's copy
+    from wrenpack.worker import handler  # noqa: F401 - imported for the zygote's copy
 
     isolation.prepare()
     threading.Thread(target=_watch_parent, args=(parent, worker_dir), name="wrenpack-parent-watch", daemon=True).start()

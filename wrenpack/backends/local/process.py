@@ -52,6 +52,7 @@ from wrenpack.backends.local.linux import MAX_TASKS, CgroupFactory, MemoryCgroup
 from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
 from wrenpack.limits import memory_for
 from wrenpack.wire import driver_message, frames, worker_reply
+from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.handoff import Sealed
 from wrenpack.worker.memory import dir_usage, peak_rss_mb
 
@@ -543,22 +544,14 @@ class Worker:
                 os.killpg(self.pid, signal.SIGKILL)  # children left in its process group
             except (ProcessLookupError, PermissionError):
                 pass
-        for fd_owner in (self.sock,):
-            try:
-                fd_owner.close()
-            except OSError:
-                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
         while self._in_fds:  # hand-offs of replies never read
-            try:
-                os.close(self._in_fds.popleft())
-            except OSError:
-                pass
-        if self.pidfd is not None:
-            try:
-                os.close(self.pidfd)
-            except OSError:
-                pass
-            self.pidfd = None
+            close_quietly(self._in_fds.popleft())
+        close_quietly(self.pidfd)
+        self.pidfd = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -60,6 +60,7 @@ from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.wire import worker_reply
 from wrenpack.worker import handoff as _handoff
+from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.memory import dir_usage
 
 log = logging.getLogger("wrenpack.backends.local")
@@ -689,11 +690,7 @@ class LocalBackend(Backend):
             self._finish(inv, error=WrenpackError(f"{inv.label}: the local backend shut down before the call started"))
         self._report()
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_quietly(self._wake_r, self._wake_w)
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         _live.discard(self)
