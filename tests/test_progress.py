@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 import wrenpack
 from wrenpack import progress
 from wrenpack.config import Config
+from tests.notebooks import KERNEL, local_kernel
 from wrenpack.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,28 +146,12 @@ NOTEBOOK_RUN = "print(wrenpack.get(wrenpack.remote(nap).map([0.2] * 4)))"
 def run_notebook(tmp_path: Path, monkeypatch, block_widgets: bool):
     """Run the two cells above in a real kernel (this interpreter's, through
     ipykernel); the notebook with its outputs and widget state."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    if importlib.util.find_spec("ipykernel") is None:
-        pytest.skip("ipykernel is not installed (pip install -e '.[test]')")
-    # A kernelspec of our own, so a system-wide "python3" never runs instead; Jupyter's
-    # and IPython's files go to the test's directory.
-    spec = tmp_path / "jupyter" / "kernels" / "wrenpack-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "wrenpack test", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("WRENPACK_STORAGE", str(tmp_path / "store"))
-    monkeypatch.setenv("WRENPACK_CONCURRENCY", "2")
+    nbformat, nbclient = local_kernel(tmp_path, monkeypatch)
     monkeypatch.delenv("WRENPACK_PROGRESS")  # automatic, as a user's notebook has it
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     block = "sys.modules['ipywidgets'] = None  # as if it were not installed" if block_widgets else ""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_SETUP.format(block=block)), nbformat.v4.new_code_cell(NOTEBOOK_RUN)]
-    nbclient.NotebookClient(nb, kernel_name="wrenpack-test", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert nb.cells[0].outputs[0]["text"].strip() == "True", "the kernel was not detected"
     return nb
 

@@ -9,13 +9,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
 import wrenpack
+from tests.notebooks import KERNEL, local_kernel
 from tests.test_checkpoint import expected, stepper
 from wrenpack.errors import ConfigError
 from wrenpack.report import COLORS, JobReport, add_plot_arguments, billed_ms, prices, write_plot
@@ -418,25 +417,12 @@ def test_a_lambda_job_is_priced_as_billed(make_executor):
 def test_a_report_shows_inline_in_a_notebook(tmp_path, monkeypatch):
     """The last expression of a cell, in a real kernel (this interpreter's,
     through ipykernel): Jupyter shows the report's HTML, timeline and all."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install -e '.[test]')")
-    spec = tmp_path / "jupyter" / "kernels" / "wrenpack-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "wrenpack test", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("WRENPACK_STORAGE", str(tmp_path / "store"))
-    monkeypatch.setenv("WRENPACK_CONCURRENCY", "2")
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nbformat, nbclient = local_kernel(tmp_path, monkeypatch)
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("import wrenpack\nfrom tests.test_report import double\n"
                                           "futs = wrenpack.remote(double).map(range(5))\nwrenpack.get(futs)\n"
                                           "wrenpack.job_report(futs)")]
-    nbclient.NotebookClient(nb, kernel_name="wrenpack-test", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
     shown = [o for o in nb.cells[0].outputs if o["output_type"] == "execute_result"]
     assert len(shown) == 1, nb.cells[0].outputs
     page = shown[0]["data"]["text/html"]
