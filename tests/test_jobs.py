@@ -282,14 +282,15 @@ def _gone(pids, within: float = 20.0) -> None:
     assert not [p for p in pids if alive(p)], "a process of the job outlived it"
 
 
+#: a driver that spawns a map of {calls} calls, prints the job's id and waits to be killed
 DRIVER = """
-import sys, time, wrenpack
+import time, wrenpack
 
 def slow_square(x):
     time.sleep(0.05)
     return x * x
 
-job = wrenpack.remote(slow_square).spawn_map(range(40))
+job = wrenpack.remote(slow_square).spawn_map(range({calls}))
 print(job.id, flush=True)
 time.sleep(600)
 """
@@ -310,7 +311,7 @@ def test_a_sigkilled_drivers_spawned_map_finishes_and_another_process_attaches(b
     settings, env = _settings_in_env(backend, backend_settings, home, monkeypatch,
                                      concurrency=2 if backend == "local" else 8)
     script = home / "driver.py"
-    script.write_text(textwrap.dedent(DRIVER))
+    script.write_text(textwrap.dedent(DRIVER.format(calls=40)))
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=home)
     job_id = driver.stdout.readline().strip()
     driver.send_signal(signal.SIGKILL)  # at once: the job must go on without it
@@ -414,24 +415,13 @@ def test_a_job_whose_supervisor_is_killed_fails_its_remaining_calls_as_lost(home
     assert [s["state"] for s in job.statuses()][-1] == "lost"
 
 
-INTERRUPTED_DRIVER = """
-import time, wrenpack
-
-def slow_square(x):
-    time.sleep(0.05)
-    return x * x
-
-job = wrenpack.remote(slow_square).spawn_map(range(20))
-print(job.id, flush=True)
-time.sleep(600)
-"""
 
 
 @pytest.mark.slow
 def test_a_terminals_ctrl_c_stops_the_driver_but_not_its_spawned_job(home):
     env = _env_of({"concurrency": 2, "timeout": 30})
     script = home / "driver.py"
-    script.write_text(textwrap.dedent(INTERRUPTED_DRIVER))
+    script.write_text(textwrap.dedent(DRIVER.format(calls=20)))
     # the driver leads a process group, as a shell's foreground job does; ^C is SIGINT to that group
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env, cwd=home, start_new_session=True, preexec_fn=interruptible)
