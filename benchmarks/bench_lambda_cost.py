@@ -200,10 +200,13 @@ def simulated(args: argparse.Namespace) -> int:
               f"delay p50 {_fair.spread([r.delay(0.5) for r in got], 's', fmt='.2f')}; wall {_fair.spread([r.wall_s for r in got])}")
     print("delay: from a call's end (its status) to its future's result, seconds of the simulation's clock")
     print("WATCH: the GETs with which the handler looks for a running call's cancel marker (2 s after its start, "
-          "then after gaps as long as it has run: 4, 8, 16, 32 s...), counted, not simulated one by one")
+          "then after gaps as long as it has run: 4, 8, 16, 32 s...), counted, not simulated one by one; "
+          "'no WATCH' is what a function launched with cancellable=False costs (its calls make none: "
+          "tests/aws/test_aws_cancellable.py)")
     print("request designs for comparison ($ per million calls, requests only): "
           + ", ".join(f"{k} ~${v:g}" for k, v in DESIGNS.items()))
-    print("targets: Event <= $6 per million calls; RequestResponse <= $0.25")
+    print("targets: Event <= $6 per million calls; RequestResponse <= $0.25 (with the watch, the default, and with "
+          "cancellable=False)")
     return 0
 
 

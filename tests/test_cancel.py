@@ -86,6 +86,33 @@ def test_a_running_call_is_cancelled_and_the_worker_is_reusable(make_executor, b
     assert wrenpack.cancel(fut) == [False]  # done already
 
 
+def nap(seconds):
+    time.sleep(seconds)
+    return "finished"
+
+
+def test_a_call_launched_with_cancellable_false_runs_to_its_end(make_executor, backend):
+    """``cancellable=False`` (no cancel-marker looks on Lambda): a running call keeps
+    ``concurrent.futures``' contract on every backend, a queued one is still taken back."""
+    ex = make_executor(concurrency=1, retries=0)
+    f = wrenpack.remote(nap, executor=ex, timeout=60, cancellable=False)
+    fut = f.remote(2.5)
+    queued = f.remote(0)
+    deadline = time.monotonic() + 60
+    while not fut.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fut.running()
+    time.sleep(0.5)
+    assert wrenpack.cancel([fut, queued]) == [False, True]
+    assert queued.cancelled()
+    assert fut.result(timeout=60) == "finished"
+
+
+def test_cancellable_must_be_a_bool():
+    with pytest.raises(wrenpack.ConfigError, match=r"^cancellable='no' \(from @wrenpack.remote\) must be True or False"):
+        wrenpack.remote(square, cancellable="no")
+
+
 def test_cancel_marker_is_sealed_with_the_job_secret():
     secret, other = auth.new_secret(), auth.new_secret()
     key = keys.call_cancel_key("job1", "00003")

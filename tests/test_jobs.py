@@ -238,6 +238,29 @@ def test_a_spawned_job_runs_detached_and_its_results_come_from_the_store(home):
     assert single.results(timeout=60) == [49]
 
 
+def _nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_cancelling_an_uncancellable_spawned_job_lets_its_running_call_finish(home):
+    """``cancellable=False``: the job's cancel takes back its queued calls, and the running
+    one runs to its end and keeps its result (on Lambda its invocation never looks for the
+    job's cancel marker)."""
+    ex = Executor(backend="local", concurrency=1, timeout=30)
+    job = wrenpack.remote(_nap, executor=ex, cancellable=False).spawn_map([2.0, 0.0])
+    futs = job.futures()
+    deadline = time.monotonic() + 30
+    while (job.status() or {}).get("running", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job.cancel()
+    cf.wait(futs, timeout=60)
+    assert futs[0].result() == 2.0
+    with pytest.raises(cf.CancelledError):
+        futs[1].result()
+    assert job.status()["state"] == "cancelled"
+
+
 class BrokenBackend:
     """A backend that cannot start (registered at run time, as a plug-in is)."""
 

@@ -502,7 +502,8 @@ def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
     ``fut.cancel()`` keeps the standard library's contract: only pending calls.
 
     Returns, per future, whether it was cancelled or will end cancelled (False:
-    it was done already, or its backend cannot stop a running call)."""
+    it was done already, its backend cannot stop a running call, or the call
+    was launched with ``cancellable=False``)."""
     futs, _single = as_list(futures, "wrenpack.cancel()")
     out: list[bool | None] = [None] * len(futs)
     by_stopper: dict[int, tuple[Callable[..., Any], list[int]]] = {}

@@ -197,7 +197,9 @@ class CallTable:
         not (``wrenpack.cancel``): a pending one is taken back (its future is
         cancelled), a running one is stopped by the backend
         (``Backend.cancel_calls``) and its future fails with ``CallCancelled``,
-        a ``concurrent.futures.CancelledError``. The calls that will end so."""
+        a ``concurrent.futures.CancelledError``; one launched with
+        ``cancellable=False`` runs on, on every backend alike. The calls that
+        will end so."""
         running: list[tuple[str, str]] = []
         out: set[tuple[str, str]] = set()
         for job_id, cid in calls:
@@ -206,7 +208,7 @@ class CallTable:
                 continue
             with self._lock:
                 job = self._jobs.get(job_id)
-                if job is not None and not job.finished(cid) and cid in job.invocations:
+                if job is not None and job.options.cancellable and not job.finished(cid) and cid in job.invocations:
                     running.append((job_id, cid))
         backend = self._backend
         if running and backend is not None:

@@ -415,8 +415,7 @@ class Executor(CallTable, cf.Executor):
             ephemeral_storage_mb=options.ephemeral_storage,
             retries=options.retries,
             runtime=options.runtime,
-            # (``expected_s``: the profile's run time, where a backend's completion checks start)
-            extra={"label": call_label} if options.expected_s is None else {"label": call_label, "expected_s": options.expected_s},
+            extra=_invocation_extra(call_label, options),
             handoff=data if isinstance(data, handoff.Args) else None,
         )
 
@@ -556,6 +555,19 @@ def new_job_id() -> str:
 
 
 _last_function: tuple[bytes, str, str | None] | None = None
+
+
+def _invocation_extra(label: str, options: CallOptions) -> dict[str, Any]:
+    """What a backend learns of a call beyond its event: its label, the profile's
+    run time (``expected_s``: where a backend's completion checks start) and,
+    when running calls cannot be stopped (``cancellable=False``), that its
+    invocation need not look for a cancel marker."""
+    extra: dict[str, Any] = {"label": label}
+    if options.expected_s is not None:
+        extra["expected_s"] = options.expected_s
+    if not options.cancellable:
+        extra["cancellable"] = False
+    return extra
 
 
 def _function_text(fn_bytes: bytes, inline: bool) -> tuple[str, str | None]:

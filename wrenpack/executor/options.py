@@ -16,7 +16,8 @@ from wrenpack.errors import ConfigError
 LOG_TAIL_BYTES = 64 * 1024
 
 #: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
-OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env", "auto_size")
+OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env", "auto_size",
+                "cancellable")
 
 
 @dataclass
@@ -36,6 +37,12 @@ class CallOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     #: how long one invocation runs, by the function's saved profile (None: unknown)
     expected_s: float | None = None
+    #: whether a running call can be stopped (``wrenpack.cancel``, ``Job.cancel``). On
+    #: Lambda that costs the call's invocation a look for its cancel marker 2 s in and
+    #: then after gaps as long as it has run (an S3 GET each: 5 for a 60 s call,
+    #: $2 per million such calls); False saves them, and running calls then keep
+    #: ``concurrent.futures``' contract on every backend: they run to their end.
+    cancellable: bool = True
 
 
 def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
@@ -63,6 +70,9 @@ def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
             out[name] = _retry_on(value, source)
         elif name == "env":
             out[name] = _env(value, source)
+        elif name == "cancellable" and not isinstance(value, bool):
+            raise ConfigError(f"cancellable={value!r} (from {source}) must be True or False (False: running calls are "
+                              "never stopped early, and on Lambda they do not look for a cancel marker)")
         elif name == "auto_size" and not callable(value):
             raise ConfigError(f"auto_size={value!r} (from {source}) must be a function of the call's arguments returning "
                               "its input size (the n of the function's scaling profile), e.g. auto_size=lambda xs: len(xs)")
@@ -91,8 +101,6 @@ def _env(value: Any, source: str) -> dict[str, str]:
     return {k: str(v) for k, v in value.items()}
 
 
-
-
 def resolve_options(config: Config, given: dict[str, Any]) -> CallOptions:
     """The limits calls run under: ``given`` (checked here), else ``config``'s."""
     c = config
@@ -106,6 +114,7 @@ def resolve_options(config: Config, given: dict[str, Any]) -> CallOptions:
         runtime=pick("runtime", c.runtime),
         retry_on=given.get("retry_on", ()),
         env=given.get("env", {}),
+        cancellable=given.get("cancellable", True),
     )
     if opts.runtime is not None:
         # Fail here, before anything launches, if it is not a built runtime.

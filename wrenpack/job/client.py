@@ -218,6 +218,12 @@ class Job:
             log.warning("%s; ignored", exc)
             return False
 
+    @property
+    def stops_running(self) -> bool:
+        """Whether a cancel stops the job's running calls (False: it was spawned with
+        ``cancellable=False``, and they run to their end, keeping their results)."""
+        return (self.record.get("settings") or {}).get("cancellable", True) is not False
+
     def supervisor(self) -> tuple[bool | None, dict[str, Any] | None]:
         """(alive, owner record) of the process that runs the job's calls: alive is
         None when that cannot be told (another host; no authentic record yet, for
@@ -346,8 +352,9 @@ class Job:
 
     def cancel(self) -> bool:
         """Cancel the job: its queued calls never start, running ones are stopped
-        where the backend can stop them, and futures not done fail with
-        ``CancelledError``. False if the job had already ended."""
+        where the backend can stop them (unless it was spawned with
+        ``cancellable=False``: they run to their end and keep their results), and
+        futures not done fail with ``CancelledError``. False if the job had already ended."""
         if (self.progress() or {}).get("state") in job_record.FINAL_STATES:
             return False
         marker = {"at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
@@ -435,7 +442,7 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
     if now < next_check[0]:
         return False
     next_check[0] = now + LIVENESS_S
-    if job.cancelled():
+    if job.stops_running and job.cancelled():
         _collect(job, by_cid, started)
         _fail_rest(job, futs, True, "")
         return True

@@ -91,6 +91,7 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         "retention_s": retention_s,
         "settings": {"memory": options.memory, "timeout": options.timeout,
                      "ephemeral_storage": options.ephemeral_storage, "retries": options.retries,
+                     "cancellable": options.cancellable,
                      "architecture": getattr(config, "architecture", "x86_64"),
                      "billed": bool(getattr(backend_class(config.backend), "bills_per_call", False))},
     }

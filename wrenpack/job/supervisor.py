@@ -84,6 +84,8 @@ class Supervisor:
         self.cancelled = False
         #: calls that failed because the job was cancelled while they ran
         self.stopped: set[str] = set()
+        #: whether a cancel stops running calls (``cancellable``, the job's option)
+        self.stops_running = True
         self.billed_ms = 0
         self.invocations = 0
         self._lock = threading.Lock()
@@ -106,10 +108,12 @@ class Supervisor:
             refs.remember(ref_job, ref_secret)
         options = spec["options"]
         options.extra = dict(options.extra)
-        # Every call names the job's cancel marker; locally each marks its start (Lambda's backend
-        # marks the starts of calls that waited in its queue).
-        options.extra["event"] = dict(options.extra.get("event", {}), cancel_key=keys.cancel_key(job_id),
-                                      mark_start_after=0)
+        # Every call names the job's cancel marker (unless its running calls cannot be stopped:
+        # ``cancellable=False``); locally each marks its start (Lambda's backend marks the starts
+        # of calls that waited in its queue).
+        self.stops_running = options.cancellable
+        watch = {"cancel_key": keys.cancel_key(job_id)} if options.cancellable else {}
+        options.extra["event"] = dict(options.extra.get("event", {}), **watch, mark_start_after=0)
         prepared = Prepared(spec["fn_bytes"], spec["payloads"], {(j, tuple(c)) for j, c in spec["referenced"]})
         spec["fn_bytes"] = spec["payloads"] = None  # (the launch holds what it needs)
         try:
@@ -149,7 +153,7 @@ class Supervisor:
             self.invocations += max(1, fut.segments) if not fut.cancelled() else 0
         if fut.cancelled():
             return
-        if self.cancelled:
+        if self.cancelled and self.stops_running:
             self.stopped.add(fut.call_id)  # stopped by the cancel: no result (attached futures get CancelledError)
             return
         exc = fut.exception()
@@ -197,9 +201,15 @@ class Supervisor:
             return False
 
     def _cancel(self) -> None:
-        log.info("job %s: cancelled; stopping its calls", self.job_id)
         self.cancelled = True
-        self.executor.stop()
+        if self.stops_running:
+            log.info("job %s: cancelled; stopping its calls", self.job_id)
+            self.executor.stop()
+            return
+        log.info("job %s: cancelled; its queued calls will not start, and its running ones run to their end "
+                 "(cancellable=False)", self.job_id)
+        for fut in self.futures:
+            fut.cancel()
 
     # -- progress --------------------------------------------------------------------
     def _write_progress(self, state: str = "running") -> None:

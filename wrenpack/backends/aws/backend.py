@@ -622,8 +622,9 @@ class LambdaBackend(Backend):
                 continue
             call.fn = fn
             # The handler ends the call early when a sealed marker appears there (``cancel_calls``);
-            # a job-wide key (a job's own cancel) may be there already.
-            if not inv.event.get("cancel_key"):
+            # a job-wide key (a job's own cancel) may be there already. A call that cannot be
+            # stopped (``cancellable=False``) names none: its invocation never looks.
+            if not inv.event.get("cancel_key") and inv.extra.get("cancellable", True):
                 inv.event["cancel_key"] = keys.call_cancel_key(*inv.key)
             too_large = self._too_large(inv, len(event_format.dumps(inv.event)) + _SEND_FIELDS)
             if too_large is not None:
