@@ -147,5 +147,9 @@ def test_short_lived_child_counted_under_cpu_load():
         error = abs(prof.peak_memory_mb - expected) / expected
         print(f"child_spike under load: profiler {prof.peak_memory_mb:.1f} MB, OS {expected:.1f} MB ({error:.1%}), "
               f"sources {prof.memory_sources}")
-        assert error <= 0.03, (prof.peak_memory_mb, expected, prof.memory_sources)
+        # The child is never missed: its ru_maxrss is part of the max. When the load keeps the sampler
+        # from seeing runner and child at once, the figure reads up to the runner's baseline low, as
+        # docs/profile.md says (a max, not a sum: a sum would double a forked child's shared pages).
+        assert expected * 0.97 - prof.baseline_mb <= prof.peak_memory_mb <= expected * 1.03, \
+            (prof.peak_memory_mb, expected, prof.baseline_mb, prof.memory_sources)
         assert prof.memory_mb >= expected * 1.10
