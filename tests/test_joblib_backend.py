@@ -55,7 +55,7 @@ class Counted:
         def counting(fn, calls, options, label=None, **kwargs):
             futures = launch(fn, calls, options, label=label, **kwargs)
             with self._lock:
-                self.sizes.append(len(fn))
+                self.sizes.append(len(calls[0][0][0]))  # (the batch: run_batch's argument)
                 self.labels.append(label)
                 self.unfinished += 1
                 self.most_unfinished = max(self.most_unfinished, self.unfinished)
@@ -109,6 +109,9 @@ def test_parallel_backend_results_in_order_from_workers(counted):
         out = Parallel()(delayed(square_where)(i) for i in range(30))
     assert [v for v, _ in out] == [i * i for i in range(30)]
     assert os.getpid() not in {pid for _, pid in out}
+    # every batch is a call of one function, so the batches share each worker's warm process
+    # (a process per batch re-imported the tasks' packages: a grid search took 30-70 s, not a few)
+    assert len({pid for _, pid in out}) <= 3 < len(counted.sizes), (out, counted.sizes)
     assert sum(counted.sizes) == 30
     assert list(Parallel(backend="wrenpack", n_jobs=2, return_as="generator_unordered")(
         delayed(square_where)(i) for i in range(4))) != []
