@@ -9,7 +9,11 @@ Data goes worker -> store -> worker: a mapper writes each byte once (pickle
 protocol 5 keeps arrays and bytes out of the pickle; the MAC and the write go
 through the data together), a reducer reads its section by range, mapped
 rather than copied on the local store. The driver only sees where each
-partition's section is and the final results. wrenpack pickles these objects itself, so each is sealed
+partition's section is and the final results. On the local store a reducer
+whose function has returned gives back the memory of the sections it read
+(``_release_sections``), so the next task's writes reuse those pages; and a
+shuffle task's process keeps the large blocks a task frees for the next task
+(``reuse_freed_memory``). wrenpack pickles these objects itself, so each is sealed
 with a secret the driver generated for this map_reduce; it reaches the tasks
 inside their call arguments (never as a store object of its own) and an
 object that fails verification is never unpickled. The tasks are closures
