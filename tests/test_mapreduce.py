@@ -228,3 +228,18 @@ def test_reducers_with_other_options_than_the_mappers_launch_on_their_own(execut
     assert [values for _, _, values in out] == [list(range(6)), sorted(-x for x in range(6))]
     assert not any("launched together" in r.getMessage() for r in caplog.records)
     assert _left(executor) == []
+
+
+def test_a_second_map_reduce_of_the_same_functions_runs_in_the_processes_the_first_warmed(executor):
+    # The map_reduce's id travels with each call, not inside the task function, so the
+    # next map_reduce of the same functions is the same isolation domain: its tasks run
+    # in the job processes the first one started (imports loaded, freed memory kept).
+    if not executor.backend.capabilities.warm_pool:
+        pytest.skip("a backend without a warm pool has no job processes to reuse")
+    runs = [wrenpack.map_reduce(_pid_parts, range(4), _pid_reduce, partitions=2, partitioned=True,
+                                executor=executor).result(timeout=120) for _ in range(2)]
+    first = {pid for reducer_pid, mapper_pids, _ in runs[0] for pid in (reducer_pid, *mapper_pids)}
+    second = {pid for reducer_pid, mapper_pids, _ in runs[1] for pid in (reducer_pid, *mapper_pids)}
+    assert second <= first, (first, second)
+    assert [values for _, _, values in runs[1]] == [list(range(4)), sorted(-x for x in range(4))]
+    assert _left(executor) == []

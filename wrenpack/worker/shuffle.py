@@ -485,15 +485,24 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
     return shuffle_reduce
 
 
-def make_task(mapper: Callable[..., Any], reducer: Callable[..., Any]) -> Callable[..., Any]:
-    """One function for a shuffle's mappers (``("map", ...)``) and reducers
-    (``("reduce", ...)``), so the driver can launch them as one job: a warm
-    worker then runs them in one process and the user's imports load once."""
+def make_task(mapper: Callable[[Any], Any], reducer: Callable[..., Any], partitions: int,
+              partition_fn: Callable[[Any, int], int] | None, partitioned: bool) -> Callable[..., Any]:
+    """One function for a shuffle's mappers (``("map", shuffle_id, item, index, secret)``)
+    and reducers (``("reduce", shuffle_id, partition, ...)``), so the driver can launch
+    them as one job: a warm worker then runs them in one process and the user's
+    imports load once.
 
-    def shuffle_task(role: str, *args: Any) -> Any:
+    The map_reduce's id comes with each call, not in the function: so every
+    map_reduce of the same user functions (and partitioning) from one driver
+    process is the same function, hence the same isolation domain
+    (``wire.event.isolation_domain``), and runs in the job processes the one
+    before warmed (its imports loaded, the memory its tasks freed kept:
+    ``reuse_freed_memory``), as a second ``f.map`` of the same ``f`` does."""
+
+    def shuffle_task(role: str, shuffle_id: str, *args: Any) -> Any:
         if role == "map":
-            return mapper(*args)
-        return reducer(*args)
+            return make_mapper(mapper, shuffle_id, partitions, partition_fn, partitioned)(*args)
+        return make_reducer(reducer, shuffle_id, partitioned)(*args)
 
     return shuffle_task
 
