@@ -23,6 +23,7 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import ctypes
+import os
 import pickle
 import struct
 import time
@@ -296,6 +297,14 @@ def reuse_freed_memory() -> bool:
     return _reusing
 
 
+def _keep_freed_memory() -> None:
+    """``reuse_freed_memory`` where a task runs in an invocation (Lambda's, or a local
+    worker's: both set ``AWS_LAMBDA_FUNCTION_NAME``); a task called in some other
+    process (a test's) leaves that process's malloc as it was."""
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        reuse_freed_memory()
+
+
 def _store() -> Store:
     store = user_data._bound
     if store is None:
@@ -352,7 +361,7 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
 
     def shuffle_map(item: Any, index: int, secret: bytes) -> dict[str, Any]:
         store = _store()
-        reuse_freed_memory()
+        _keep_freed_memory()
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn(item)
         if partitioned:
@@ -448,7 +457,7 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
     def shuffle_reduce(partition: int, sections: list[tuple[int, tuple[int, int, int]]], secret: bytes,
                        waiting: Sequence[int] = (), budget: float = 0.0) -> dict[str, Any]:
         store = _store()
-        reuse_freed_memory()
+        _keep_freed_memory()
         t0, c0 = time.perf_counter(), time.process_time()
         read = list(sections)
         got = dict(zip((m for m, _ in read),
