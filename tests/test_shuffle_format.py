@@ -310,3 +310,21 @@ def test_a_shuffle_task_keeps_freed_memory_for_the_next_one():
         pytest.skip("glibc's mallopt is not available here")
     faults = {how: int(run.stdout) for how, run in runs.items()}
     assert faults["reuse"] < 8 < faults["default"], faults
+
+
+def test_a_reducer_waiting_on_the_local_store_looks_often(tmp_path, monkeypatch):
+    """A look-up in the local store costs microseconds: a waiting reducer's interval stays
+    at most ``LocalStore.max_poll_s`` (it grows toward half a second on S3, where each is a GET)."""
+    store = LocalStore(tmp_path / "store")
+    secret = shuffle.new_secret()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 30:  # the mapper writes its index at last
+            shuffle.put(store, shuffle.keys.shuffle_index_key("poll", 0), secret, [(0, 0, 10)])
+
+    monkeypatch.setattr(shuffle.time, "sleep", sleep)
+    assert shuffle._wait_for(store, "poll", 0, secret, [0], budget=60.0) == [(0, (0, 0, 10))]
+    assert len(slept) == 30 and max(slept) <= LocalStore.max_poll_s
+    assert slept[0] == shuffle._POLL[0]

@@ -44,6 +44,10 @@ _ABSENT = (FileNotFoundError, NotADirectoryError)
 
 
 class LocalStore(Store):
+    #: a reducer waiting for a mapper's index looks at least this often (``shuffle._wait_for``): a
+    #: look-up here is a failed open, microseconds, while each 0.1 s of a longer interval is latency
+    max_poll_s = 0.02
+
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "LocalStore":
         return cls(spec["root"])

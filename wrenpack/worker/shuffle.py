@@ -409,7 +409,8 @@ def _sorted_keys(groups: dict[Any, Any]) -> list[Any]:
         return list(groups)
 
 
-#: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing)
+#: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing);
+#: a store whose look-ups cost next to nothing caps the interval lower (its ``max_poll_s``)
 _POLL = (0.01, 0.5)
 
 
@@ -437,7 +438,7 @@ def _wait_for(store: Store, shuffle_id: str, partition: int, secret: bytes, wait
             if time.monotonic() > deadline:
                 return None
             time.sleep(delay)
-            delay = min(_POLL[1], delay * 1.5)
+            delay = min(getattr(store, "max_poll_s", _POLL[1]), delay * 1.5)
             continue
         m = left.pop(0)
         if where[partition] is not None:
