@@ -6,11 +6,11 @@
 wrenpack side: ``examples/sort.py``'s shuffle sort (mappers range-partition
 their stored object, wrenpack writes the parts to the store, reducers sort
 their key range and write it), from the stored input to the stored output,
-verified afterwards (untimed). From the second round on its tasks run in the
-job processes the first round started (a map_reduce of the same functions
-from one driver process is the same isolation domain, as a second ``f.map``
-of one ``f`` is): numpy is imported there already and the memory earlier
-tasks freed is kept. The first round, which starts them, is printed apart. Baseline, in the same run: a child process
+verified afterwards (untimed). Every round starts its own job processes on
+the workers (numpy imported there): a map_reduce of the same functions right
+after another would run in the processes that one started, but the
+verification between rounds runs another function, and a worker ends a job
+process before it runs another isolation domain's call. Baseline, in the same run: a child process
 loads the same input objects into one array (untimed) and sorts it with the
 same ``sort_records`` the reducers run (numpy's sort of the key prefixes,
 numbered: the fastest one-process sort of these records we found, 3x faster
@@ -201,7 +201,6 @@ def main() -> int:
     print(f"median wrenpack shuffle sort: {t_ours:.2f} s   median numpy sort: {t_np:.2f} s "
           f"(with read + write: {t_np_all:.2f} s); {args.rounds} rounds, alternating")
     print(f"  wrenpack shuffle sort   {_fair.spread(ours)}")
-    print(f"  wrenpack, first round   {ours[0]:.3f} s  (its job processes started, numpy imported there)")
     print(f"  numpy sort              {_fair.spread([b['sort_s'] for b in base])}")
     print(f"  numpy sort, cold        {_fair.spread([b['cold_sort_s'] for b in base])}  (its first in the process: "
           "not compared)")
