@@ -192,7 +192,7 @@ class LocalStore(Store):
             return 0
         try:
             fd = self._open(key, _RELEASE_FLAGS)
-        except ObjectNotFound:
+        except (ObjectNotFound, StoreError):  # gone, or not writable here: its bytes stay
             return 0
         try:
             last = min(end, os.fstat(fd).st_size) // mmap.PAGESIZE * mmap.PAGESIZE
