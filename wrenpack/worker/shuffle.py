@@ -278,12 +278,13 @@ def reuse_freed_memory() -> bool:
     reducer's concatenation and sorted output: tens of MB each) is memory the
     process has never touched. First touch costs system time for every page,
     and far more on a VM whose balloon was handed the free pages back (about
-    2 ms per MB against 0.1). The tasks of one map_reduce run in a process of
-    their own job (``isolation``: killed before another job's call runs there),
-    so keeping what one task freed holds no memory past the job, and its
-    mappers' and reducers' arrays are alike in size: the next task reuses the
-    pages instead of faulting in new ones. What stays allocated is at most what
-    a task of this job used at its peak, which its memory limit already allowed.
+    2 ms per MB against 0.1). A shuffle's tasks run in a process of their own
+    isolation domain (``isolation``: ended before another domain's call runs
+    there; ``make_task``: the map_reduces of these same functions), so what one
+    task freed is kept only for tasks of the same functions, whose mappers' and
+    reducers' arrays are alike in size: the next task reuses the pages instead of
+    faulting in new ones. What stays allocated is at most what one of those
+    tasks used at its peak, which the same memory limit already allowed.
     Once per process; False where there is no glibc ``mallopt`` (musl, macOS)."""
     global _reusing
     if _reusing is None:
