@@ -301,9 +301,22 @@ def reuse_freed_memory() -> bool:
 def _keep_freed_memory() -> None:
     """``reuse_freed_memory`` where a task runs in an invocation (Lambda's, or a local
     worker's: both set ``AWS_LAMBDA_FUNCTION_NAME``); a task called in some other
-    process (a test's) leaves that process's malloc as it was."""
-    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-        reuse_freed_memory()
+    process (a test's) leaves that process's malloc as it was.
+
+    A task whose process already holds more than half of this call's memory limit
+    (what earlier tasks kept, when this map_reduce asks for less memory than one
+    of the same functions before it) first hands the free heap back
+    (``malloc_trim``): kept memory must never be what pushes a call over its limit."""
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or not reuse_freed_memory():
+        return
+    try:
+        limit = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0")) << 20
+        with open("/proc/self/statm", "rb") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return
+    if limit and resident > limit // 2:
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _store() -> Store:
