@@ -228,3 +228,80 @@ def test_reducers_with_other_options_than_the_mappers_launch_on_their_own(execut
     assert [values for _, _, values in out] == [list(range(6)), sorted(-x for x in range(6))]
     assert not any("launched together" in r.getMessage() for r in caplog.records)
     assert _left(executor) == []
+
+
+def test_a_second_map_reduce_of_the_same_functions_runs_in_the_processes_the_first_warmed(executor):
+    # The map_reduce's id travels with each call, not inside the task function, so the
+    # next map_reduce of the same functions is the same isolation domain: its tasks run
+    # in the job processes the first one started (imports loaded, freed memory kept).
+    if not executor.backend.capabilities.warm_pool:
+        pytest.skip("a backend without a warm pool has no job processes to reuse")
+    runs = [wrenpack.map_reduce(_pid_parts, range(4), _pid_reduce, partitions=2, partitioned=True,
+                                executor=executor).result(timeout=120) for _ in range(2)]
+    first = {pid for reducer_pid, mapper_pids, _ in runs[0] for pid in (reducer_pid, *mapper_pids)}
+    second = {pid for reducer_pid, mapper_pids, _ in runs[1] for pid in (reducer_pid, *mapper_pids)}
+    assert second <= first, (first, second)
+    assert [values for _, _, values in runs[1]] == [list(range(4)), sorted(-x for x in range(4))]
+    assert _left(executor) == []
+
+
+def _refaults(i, parts):
+    import resource
+
+    block = bytearray(64 << 20)  # allocated and zeroed: touched
+    del block
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    again = bytearray(64 << 20)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    del again
+    return after - before
+
+
+def test_a_shuffle_task_reuses_the_memory_it_freed(executor):
+    # In the worker, a shuffle task's process keeps big freed blocks (glibc would unmap
+    # them, and the next allocation would touch new memory: a page fault per page).
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt is what keeps freed blocks; this Python's C library is not glibc")
+    out = wrenpack.map_reduce(_pid_parts, range(2), _refaults, partitions=2, partitioned=True,
+                              executor=executor).result(timeout=120)
+    assert all(faults < 8 for faults in out), out
+
+
+def _resident_mb():
+    import resource
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() >> 20
+
+
+def _hold(limit_share=0.4):
+    import os
+
+    block = bytearray(int(int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]) * limit_share) << 20)
+    del block  # freed: a shuffle task's process keeps it for the next task
+
+
+def _holding_parts(x):
+    _hold()
+    return [[x], [-x]]
+
+
+def _report_then_hold(i, parts):
+    resident = _resident_mb()
+    _hold()
+    return resident
+
+
+def test_memory_kept_from_an_earlier_map_reduce_is_handed_back_under_a_smaller_limit(executor):
+    # The next map_reduce of the same functions runs in the processes the first ran in,
+    # here with half the memory limit: what the first kept must not count against it.
+    import platform
+
+    if platform.libc_ver()[0] != "glibc" or not executor.backend.capabilities.warm_pool:
+        pytest.skip("needs glibc (mallopt, malloc_trim) and a warm pool")
+    for memory in (512, 256):
+        out = wrenpack.map_reduce(_holding_parts, range(4), _report_then_hold, partitions=2, partitioned=True,
+                                  executor=executor, memory=memory).result(timeout=120)
+    assert max(out) < 256 // 2 + 64, out  # without the hand-back, the first run's ~205 MB would be resident too

@@ -7,7 +7,11 @@ takes, and (``-m slow``: moto's server is slow to start) on S3 through moto.
 """
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import pytest
@@ -218,3 +222,109 @@ def test_section_bytes_are_the_golden_bytes(monkeypatch, mac):
 def test_plan_objects_combines_small_partitions_and_keeps_large_ones_alone():
     assert shuffle.plan_objects([5, 0, 5, 5, 20, 1], target=10) == [[0, 2], [3], [4], [5]]
     assert shuffle.plan_objects([0, 0]) == []
+
+
+# -- what a reducer gives back, and what it must keep -------------------------------
+def _blocks(store: LocalStore, key: str) -> int:
+    return os.stat(os.path.join(store.root, key)).st_blocks
+
+
+def _skip_unless_ranges_free(store: LocalStore, where: object) -> None:
+    store.put("probe", bytes(3 * 4096))
+    if store.release_range("probe", 0, 3 * 4096) == 0:
+        pytest.skip(f"the file system of {where} cannot free a range of a file (no MADV_REMOVE)")
+    store.delete("probe")
+
+
+def test_release_range_frees_whole_pages_inside_the_range_only(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    _skip_unless_ranges_free(store, tmp_path)
+    store.put("obj", b"a" * 5000 + b"b" * 20000 + b"c" * 5000)
+    before = _blocks(store, "obj")
+    freed = store.release_range("obj", 5000, 25000)
+    assert freed == 16384  # pages 2..5: the pages at the edges hold the neighbours' bytes too
+    assert _blocks(store, "obj") < before
+    data = store.get("obj")
+    assert data[:5000] == b"a" * 5000 and data[25000:] == b"c" * 5000  # the neighbours are intact
+    assert data[8192:24576] == bytes(16384) and data[5000:8192] == b"b" * 3192
+    assert store.release_range("missing", 0, 10_000) == 0 and store.release_range("obj", 100, 4000) == 0
+
+
+def test_a_reducer_gives_back_its_sections_and_they_are_not_read_again(tmp_path):
+    """A reducer done with its partition frees the section's memory in the store; what
+    is read there afterwards fails authentication instead of passing as data."""
+    store = LocalStore(tmp_path / "store")
+    _skip_unless_ranges_free(store, tmp_path)
+    secret = shuffle.new_secret()
+    parts = [b"x" * 100_000, b"y" * 100_000]
+    where = shuffle.put_sections(store, "rel1", 0, secret, parts)
+    key = shuffle.part_key("rel1", 0, where[0][0])
+    before = _blocks(store, key)
+    task = shuffle.make_reducer(lambda p, got: sum(len(g) for g in got), "rel1", partitioned=True)
+    user_data.bind(store)
+    try:
+        assert task(0, [(0, where[0])], secret)["value"] == 100_000
+    finally:
+        user_data.bind(None)
+    assert _blocks(store, key) < before
+    with pytest.raises(CorruptObject, match="failed authentication"):
+        shuffle.get_section(store, "rel1", 0, 0, secret, where[0])
+    assert shuffle.get_section(store, "rel1", 0, 1, secret, where[1]) == parts[1]  # the other partition's is kept
+
+
+def test_a_section_the_reducers_value_points_into_is_kept(tmp_path):
+    """A value that is a view of the mapped section (numpy arrays are not copied on
+    read) keeps the section's bytes: they are still the value's."""
+    np = pytest.importorskip("numpy")
+    store = LocalStore(tmp_path / "store")
+    secret = shuffle.new_secret()
+    arr = np.arange(200_000, dtype=np.int64)
+    where = shuffle.put_sections(store, "rel2", 0, secret, [arr, arr[:10]])
+    task = shuffle.make_reducer(lambda p, got: got[0][::2], "rel2", partitioned=True)
+    user_data.bind(store)
+    try:
+        value = task(0, [(0, where[0])], secret)["value"]
+    finally:
+        user_data.bind(None)
+    assert (value == arr[::2]).all()
+    assert (shuffle.get_section(store, "rel2", 0, 0, secret, where[0]) == arr).all()
+
+
+def test_a_shuffle_task_keeps_freed_memory_for_the_next_one():
+    """After ``reuse_freed_memory`` a large block freed and allocated again costs no new
+    page faults (glibc would otherwise unmap it and map fresh memory: first touch)."""
+    probe = textwrap.dedent("""
+        import resource, sys
+        from wrenpack.worker import shuffle
+        if sys.argv[1] == "reuse" and not shuffle.reuse_freed_memory():
+            sys.exit("no glibc mallopt")
+        block = bytearray(64 << 20)  # allocated and zeroed: touched
+        del block
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = bytearray(64 << 20)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    runs = {how: subprocess.run([sys.executable, "-c", probe, how], capture_output=True, text=True)
+            for how in ("reuse", "default")}
+    if "no glibc mallopt" in runs["reuse"].stderr:
+        pytest.skip("glibc's mallopt is not available here")
+    faults = {how: int(run.stdout) for how, run in runs.items()}
+    assert faults["reuse"] < 8 < faults["default"], faults
+
+
+def test_a_reducer_waiting_on_the_local_store_looks_often(tmp_path, monkeypatch):
+    """A look-up in the local store costs microseconds: a waiting reducer's interval stays
+    at most ``LocalStore.max_poll_s`` (it grows toward half a second on S3, where each is a GET)."""
+    store = LocalStore(tmp_path / "store")
+    secret = shuffle.new_secret()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 30:  # the mapper writes its index at last
+            shuffle.put(store, shuffle.keys.shuffle_index_key("poll", 0), secret, [(0, 0, 10)])
+
+    monkeypatch.setattr(shuffle.time, "sleep", sleep)
+    assert shuffle._wait_for(store, "poll", 0, secret, [0], budget=60.0) == [(0, (0, 0, 10))]
+    assert len(slept) == 30 and max(slept) <= LocalStore.max_poll_s
+    assert slept[0] == shuffle._POLL[0]

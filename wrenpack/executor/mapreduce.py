@@ -197,7 +197,8 @@ class RunningJob:
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
         m_label, r_label = f"{_name(self.mapper)} (map)", f"{_name(self.reducer)} (reduce)"
         if self._together(len(items)):
-            maps, early = self._launch_together(task, reducer, items, partitions, m_label, r_label)
+            both = shuffle.make_task(self.mapper, self.reducer, partitions, partition_fn, partitioned)
+            maps, early = self._launch_together(both, items, partitions, m_label, r_label)
             t0 = time.perf_counter()
             mapped = self._mapped(maps, aborting=True)
         else:
@@ -259,19 +260,20 @@ class RunningJob:
         return (bool(getattr(caps, "warm_pool", False)) and mappers <= TOGETHER_MAPPERS
                 and self.m_options == self.r_options)
 
-    def _launch_together(self, task: Callable[..., Any], reducer: Callable[..., Any], items: list[Any],
-                         partitions: int, m_label: str, r_label: str) -> tuple[list[WrenFuture], dict[int, WrenFuture]]:
-        """The mappers, then every reducer, in one launch (one job); returns their futures.
-        Each reducer waits for the mappers' indexes as an early reducer does (up to a
-        quarter of its timeout; after that the driver runs it again, ``shuffle``)."""
+    def _launch_together(self, both: Callable[..., Any], items: list[Any], partitions: int, m_label: str,
+                         r_label: str) -> tuple[list[WrenFuture], dict[int, WrenFuture]]:
+        """The mappers, then every reducer, in one launch (one job) of ``both``
+        (``shuffle.make_task``); returns their futures. Each reducer waits for the
+        mappers' indexes as an early reducer does (up to a quarter of its timeout;
+        after that the driver runs it again, ``shuffle``)."""
         self.executor.check_open()
         budget = self._budget()
         waiting = list(range(len(items)))
-        calls = [("map", item, i, self.secret) for i, item in enumerate(items)]
-        calls += [("reduce", p, [], self.secret, waiting, budget) for p in range(partitions)]
+        sid = self.shuffle_id
+        calls = [("map", sid, item, i, self.secret) for i, item in enumerate(items)]
+        calls += [("reduce", sid, p, [], self.secret, waiting, budget) for p in range(partitions)]
         labels = [f"{m_label}[{i}]" for i in range(len(items))] + [f"{r_label}[{p}]" for p in range(partitions)]
         futures = [WrenFuture(label=label) for label in labels]
-        both = shuffle.make_task(task, reducer)
         launched = self.executor.launch(both, [(args, {}) for args in calls], self.m_options,
                                         label=f"{m_label} and {r_label}", futures=futures)
         with self._lock:

@@ -35,6 +35,7 @@ from wrenpack.storage.base import Store
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RELEASE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: a mapped object is read whole right away (its MAC), so its pages are mapped in one go, not one fault each
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
@@ -43,6 +44,10 @@ _ABSENT = (FileNotFoundError, NotADirectoryError)
 
 
 class LocalStore(Store):
+    #: a reducer waiting for a mapper's index looks at least this often (``shuffle._wait_for``): a
+    #: look-up here is a failed open, microseconds, while each 0.1 s of a longer interval is latency
+    max_poll_s = 0.02
+
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "LocalStore":
         return cls(spec["root"])
@@ -168,6 +173,39 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
+    def release_range(self, key: str, start: int, end: int) -> int:
+        """Give back the memory of bytes ``[start, end)`` of an object whose only reader
+        is done with them; returns how many bytes were released.
+
+        For ``map_reduce``'s shuffle objects: each partition's section is read by
+        one reducer, and on ``/dev/shm`` the file's pages are memory until the job
+        ends. Released as each reducer finishes, they are free pages the next
+        task's writes reuse at once, rather than new pages the kernel (on a VM,
+        the hypervisor) must supply. The exception to "replaced, never
+        rewritten": the whole pages inside the range read as zeros afterwards
+        (the pages at its edges, shared with the neighbouring sections, stay), so
+        a later read of the section fails its MAC. A missing object or a file
+        system that cannot free a range (no ``MADV_REMOVE``) releases nothing."""
+        remove = getattr(mmap, "MADV_REMOVE", None)
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        if remove is None or end - first < mmap.PAGESIZE:
+            return 0
+        try:
+            fd = self._open(key, _RELEASE_FLAGS)
+        except (ObjectNotFound, StoreError):  # gone, or not writable here: its bytes stay
+            return 0
+        try:
+            last = min(end, os.fstat(fd).st_size) // mmap.PAGESIZE * mmap.PAGESIZE
+            if last <= first:
+                return 0
+            with mmap.mmap(fd, last - first, flags=mmap.MAP_SHARED, offset=first) as mapped:
+                mapped.madvise(remove)
+            return last - first
+        except OSError:
+            return 0
+        finally:
+            os.close(fd)
+
     def _put(self, key: str, data: Iterable[Any], if_absent: bool) -> bool:
         *dirs, name = self._parts(key)
         tmp = f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}"
@@ -201,12 +239,12 @@ class LocalStore(Store):
                 return True
         raise AssertionError("not reached: the second try returns or raises")
 
-    def _open(self, key: str) -> int:
+    def _open(self, key: str, flags: int = _READ_FLAGS) -> int:
         """A descriptor of the object's file (not a link); ``ObjectNotFound`` if absent."""
         *dirs, name = self._parts(key)
         try:
             with self._dir(dirs) as dfd:
-                return os.open(name, _READ_FLAGS, dir_fd=dfd)
+                return os.open(name, flags, dir_fd=dfd)
         except _ABSENT:
             raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
         except OSError as exc:

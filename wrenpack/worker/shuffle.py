@@ -9,7 +9,11 @@ Data goes worker -> store -> worker: a mapper writes each byte once (pickle
 protocol 5 keeps arrays and bytes out of the pickle; the MAC and the write go
 through the data together), a reducer reads its section by range, mapped
 rather than copied on the local store. The driver only sees where each
-partition's section is and the final results. wrenpack pickles these objects itself, so each is sealed
+partition's section is and the final results. On the local store a reducer
+whose function has returned gives back the memory of the sections it read
+(``_release_sections``), so the next task's writes reuse those pages; and a
+shuffle task's process keeps the large blocks a task frees for the next task
+(``reuse_freed_memory``). wrenpack pickles these objects itself, so each is sealed
 with a secret the driver generated for this map_reduce; it reaches the tasks
 inside their call arguments (never as a store object of its own) and an
 object that fails verification is never unpickled. The tasks are closures
@@ -18,9 +22,12 @@ Standard library and cloudpickle only.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import pickle
 import struct
 import time
+import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
@@ -220,9 +227,96 @@ def put_sections(store: Store, shuffle_id: str, mapper: int, secret: bytes, part
 def get_section(store: Store, shuffle_id: str, mapper: int, partition: int, secret: bytes,
                 where: tuple[int, int, int]) -> Any:
     """Partition ``partition``'s section of mapper ``mapper``'s object, checked (one ranged read)."""
+    return _read_section(store, shuffle_id, mapper, partition, secret, where)[0]
+
+
+def _read_section(store: Store, shuffle_id: str, mapper: int, partition: int, secret: bytes,
+                  where: tuple[int, int, int]) -> tuple[Any, "weakref.ref[Any] | None"]:
+    """``get_section``, and a weak reference to the mapping the value points into
+    (None where the store copied the bytes): dead once nothing holds a view of it."""
     n, start, end = where
     key = part_key(shuffle_id, mapper, n)
-    return _open(store.get_range_buffer(key, start, end), key, secret, partition)
+    blob = store.get_range_buffer(key, start, end)
+    try:
+        mapping = weakref.ref(blob.obj) if isinstance(blob, memoryview) else None
+    except TypeError:  # bytes and bytearrays take no weak references: nothing is mapped
+        mapping = None
+    return _open(blob, key, secret, partition), mapping
+
+
+def _release_sections(store: Store, shuffle_id: str, read: Sequence[tuple[int, tuple[int, int, int]]],
+                      mappings: Sequence["weakref.ref[Any] | None"]) -> int:
+    """Give back the store's memory of the sections a reducer is done with
+    (``LocalStore.release_range``: a section is read by its partition's reducer
+    alone); returns the bytes released. Only sections whose mapping is gone:
+    if the reducer's value (or anything it kept) still points into one, its
+    bytes must stay. A store without ``release_range`` (S3) keeps everything."""
+    release = getattr(store, "release_range", None)
+    if release is None:
+        return 0
+    freed = 0
+    for (m, (n, start, end)), mapping in zip(read, mappings):
+        if mapping is not None and mapping() is not None:
+            continue
+        freed += release(part_key(shuffle_id, m, n), start, end)
+    return freed
+
+
+#: glibc's ``mallopt`` parameters (``<malloc.h>``)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: a shuffle task's blocks below this come from the heap and are kept there when freed
+REUSE_BELOW = 1 << 30
+_reusing: bool | None = None
+
+
+def reuse_freed_memory() -> bool:
+    """Make this process's malloc keep the big blocks a task frees, for the next task to reuse.
+
+    By default glibc gives every block over 32 MB its own mapping and unmaps it
+    when it is freed (smaller ones it keeps only below a threshold that moves),
+    so each of a shuffle task's large arrays (a mapper's grouped records, a
+    reducer's concatenation and sorted output: tens of MB each) is memory the
+    process has never touched. First touch costs system time for every page,
+    and far more on a VM whose balloon was handed the free pages back (about
+    2 ms per MB against 0.1). A shuffle's tasks run in a process of their own
+    isolation domain (``isolation``: ended before another domain's call runs
+    there; ``make_task``: the map_reduces of these same functions), so what one
+    task freed is kept only for tasks of the same functions, whose mappers' and
+    reducers' arrays are alike in size: the next task reuses the pages instead of
+    faulting in new ones. What stays allocated is at most what one of those
+    tasks used at its peak, which the same memory limit already allowed.
+    Once per process; False where there is no glibc ``mallopt`` (musl, macOS)."""
+    global _reusing
+    if _reusing is None:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            _reusing = (mallopt(_M_MMAP_THRESHOLD, REUSE_BELOW) == 1
+                        and mallopt(_M_TRIM_THRESHOLD, REUSE_BELOW) == 1)
+        except (OSError, AttributeError):
+            _reusing = False
+    return _reusing
+
+
+def _keep_freed_memory() -> None:
+    """``reuse_freed_memory`` where a task runs in an invocation (Lambda's, or a local
+    worker's: both set ``AWS_LAMBDA_FUNCTION_NAME``); a task called in some other
+    process (a test's) leaves that process's malloc as it was.
+
+    A task whose process already holds more than half of this call's memory limit
+    (what earlier tasks kept, when this map_reduce asks for less memory than one
+    of the same functions before it) first hands the free heap back
+    (``malloc_trim``): kept memory must never be what pushes a call over its limit."""
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or not reuse_freed_memory():
+        return
+    try:
+        limit = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0")) << 20
+        with open("/proc/self/statm", "rb") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return
+    if limit and resident > limit // 2:
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _store() -> Store:
@@ -281,6 +375,7 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
 
     def shuffle_map(item: Any, index: int, secret: bytes) -> dict[str, Any]:
         store = _store()
+        _keep_freed_memory()
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn(item)
         if partitioned:
@@ -328,7 +423,8 @@ def _sorted_keys(groups: dict[Any, Any]) -> list[Any]:
         return list(groups)
 
 
-#: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing)
+#: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing);
+#: a store whose look-ups cost next to nothing caps the interval lower (its ``max_poll_s``)
 _POLL = (0.01, 0.5)
 
 
@@ -356,7 +452,7 @@ def _wait_for(store: Store, shuffle_id: str, partition: int, secret: bytes, wait
             if time.monotonic() > deadline:
                 return None
             time.sleep(delay)
-            delay = min(_POLL[1], delay * 1.5)
+            delay = min(getattr(store, "max_poll_s", _POLL[1]), delay * 1.5)
             continue
         m = left.pop(0)
         if where[partition] is not None:
@@ -376,16 +472,20 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
     def shuffle_reduce(partition: int, sections: list[tuple[int, tuple[int, int, int]]], secret: bytes,
                        waiting: Sequence[int] = (), budget: float = 0.0) -> dict[str, Any]:
         store = _store()
+        _keep_freed_memory()
         t0, c0 = time.perf_counter(), time.process_time()
-        got = dict(zip((m for m, _ in sections),
-                       _parallel(lambda s: get_section(store, shuffle_id, s[0], partition, secret, s[1]), sections)))
+        read = list(sections)
+        got = dict(zip((m for m, _ in read),
+                       _parallel(lambda s: _read_section(store, shuffle_id, s[0], partition, secret, s[1]), read)))
         if waiting:
             more = _wait_for(store, shuffle_id, partition, secret, waiting, budget)
             if more is None:
                 return {"again": True, "stages": {}}
+            read += more
             got.update(zip((m for m, _ in more),
-                           _parallel(lambda s: get_section(store, shuffle_id, s[0], partition, secret, s[1]), more)))
-        parts = [got[m] for m in sorted(got)]  # in mapper order
+                           _parallel(lambda s: _read_section(store, shuffle_id, s[0], partition, secret, s[1]), more)))
+        parts = [got[m][0] for m in sorted(got)]  # in mapper order
+        mappings = [got[m][1] for m, _ in read]
         del got
         t1, c1 = time.perf_counter(), time.process_time()
         if partitioned:
@@ -397,22 +497,36 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
                     groups.setdefault(k, []).append(v)
             del parts
             value = {k: fn(k, groups[k]) for k in _sorted_keys(groups)}
+            del groups
         t2, c2 = time.perf_counter(), time.process_time()
+        parts = []  # (the user's function has returned: what it kept of the parts is in its value)
+        _release_sections(store, shuffle_id, read, mappings)
+        t3, c3 = time.perf_counter(), time.process_time()
         return {"value": value, "stages": _stages(("reduce: read+verify+unpickle", t1 - t0, c1 - c0),
-                                                  ("reduce (user code)", t2 - t1, c2 - c1))}
+                                                  ("reduce (user code)", t2 - t1, c2 - c1),
+                                                  ("reduce: release sections", t3 - t2, c3 - c2))}
 
     return shuffle_reduce
 
 
-def make_task(mapper: Callable[..., Any], reducer: Callable[..., Any]) -> Callable[..., Any]:
-    """One function for a shuffle's mappers (``("map", ...)``) and reducers
-    (``("reduce", ...)``), so the driver can launch them as one job: a warm
-    worker then runs them in one process and the user's imports load once."""
+def make_task(mapper: Callable[[Any], Any], reducer: Callable[..., Any], partitions: int,
+              partition_fn: Callable[[Any, int], int] | None, partitioned: bool) -> Callable[..., Any]:
+    """One function for a shuffle's mappers (``("map", shuffle_id, item, index, secret)``)
+    and reducers (``("reduce", shuffle_id, partition, ...)``), so the driver can launch
+    them as one job: a warm worker then runs them in one process and the user's
+    imports load once.
 
-    def shuffle_task(role: str, *args: Any) -> Any:
+    The map_reduce's id comes with each call, not in the function: so every
+    map_reduce of the same user functions (and partitioning) from one driver
+    process is the same function, hence the same isolation domain
+    (``wire.event.isolation_domain``), and runs in the job processes the one
+    before warmed (its imports loaded, the memory its tasks freed kept:
+    ``reuse_freed_memory``), as a second ``f.map`` of the same ``f`` does."""
+
+    def shuffle_task(role: str, shuffle_id: str, *args: Any) -> Any:
         if role == "map":
-            return mapper(*args)
-        return reducer(*args)
+            return make_mapper(mapper, shuffle_id, partitions, partition_fn, partitioned)(*args)
+        return make_reducer(reducer, shuffle_id, partitioned)(*args)
 
     return shuffle_task
 
