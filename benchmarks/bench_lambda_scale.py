@@ -28,6 +28,7 @@ process competes with the driver for them.
 
     python benchmarks/bench_lambda_scale.py [--calls 100000] [--concurrency 1000] [--rounds 5]
         [--kinds Event,RequestResponse] [--duration 0.1] [--invoke-latency 0.025] [--in-process]
+        [--send-processes N]
 
 Targets: >= 1,000 invocations/s with 25 ms invoke latency; driver peak < 300 MB.
 """
@@ -51,8 +52,10 @@ def one(args: argparse.Namespace) -> None:
     _simrun.fake_aws_env()
     logging.basicConfig(level=logging.WARNING)
     r = _simrun.run(args.one, args.calls, args.concurrency, args.duration, jitter=0.1,
-                    invoke_latency=args.invoke_latency, measure_delays=False, in_process=args.in_process)
+                    invoke_latency=args.invoke_latency, measure_delays=False, in_process=args.in_process,
+                    send_processes=args.send_processes)
     print(json.dumps({"wall": r.wall_s, "per_call": r.per_call, "cpu": r.driver_cpu_s, "sim_cpu": r.sim_cpu_s,
+                      "senders_cpu": r.senders_cpu_s,
                       "peak": r.peak_rss_mb, "sim_peak": r.sim_peak_mb, "throttled": r.throttled,
                       "slowdowns": r.slowdowns}))
 
@@ -67,6 +70,9 @@ def main() -> int:
     ap.add_argument("--in-process", action="store_true",
                     help="the simulator in the driver's process, requests handed over inside botocore (no socket; "
                          "its CPU subtracted), as this benchmark ran before")
+    ap.add_argument("--send-processes", type=int, default=0,
+                    help="the backend's sender processes (LambdaBackend(send_processes=)): boto3's requests made "
+                         "there, off the driver's GIL; their CPU is shown apart")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     _fair.add_arguments(ap, hogs=False)
     args = ap.parse_args()
@@ -78,7 +84,8 @@ def main() -> int:
     for rnd in range(args.rounds):
         for kind in _fair.order(kinds, rnd):
             cmd = [sys.executable, __file__, "--one", kind, "--calls", str(args.calls), "--concurrency",
-                   str(args.concurrency), "--duration", str(args.duration), "--invoke-latency", str(args.invoke_latency)]
+                   str(args.concurrency), "--duration", str(args.duration), "--invoke-latency", str(args.invoke_latency),
+                   "--send-processes", str(args.send_processes)]
             if args.in_process:
                 cmd.append("--in-process")
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -100,6 +107,9 @@ def main() -> int:
         print(f"  wall               {_fair.spread([g['wall'] for g in got])}")
         print(f"  driver CPU / call  {_fair.spread([g['cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')}"
               f" (the simulator's: {_fair.spread([g['sim_cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')})")
+        if args.send_processes:
+            print(f"  senders' CPU/call  {_fair.spread([g['senders_cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')}"
+                  f" ({args.send_processes} sender processes, together)")
         print(f"  driver peak RSS    {_fair.spread([g['peak'] for g in got], 'MB', fmt='.0f')}"
               f" (the simulated S3's objects at their peak{', in it' if args.in_process else ', in its process'}: {_fair.spread([g['sim_peak'] for g in got], 'MB', fmt='.0f')})")
         kinds_seen = sorted({k for g in got for k in g["per_call"]})
