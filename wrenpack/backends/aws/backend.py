@@ -534,8 +534,10 @@ class LambdaBackend(Backend):
                     self._keepalive_set = self._senders.keepalive_set
             senders = self._senders
         if senders is not None and not senders.alive:
-            log.warning("the Lambda backend's sender processes have ended; sending from this process")
-            self._senders_failed = True
+            with self._client_lock:
+                first, self._senders_failed = not self._senders_failed, True
+            if first:
+                log.warning("the Lambda backend's sender processes have ended; sending from this process")
             return None
         return senders
 

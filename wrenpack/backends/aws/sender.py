@@ -145,7 +145,12 @@ class _Child:
         self._waiting: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self.alive = True
+        self.keepalive = False
+        self._index = index
         _write_frame(self._out, spec)
+
+    def wait_ready(self) -> None:
+        """Wait for the child's clients (its first frame), then start taking its replies."""
         got = _read_frame(self._in)
         if got is None or not got[0].get(_READY):
             self.close()
@@ -153,7 +158,7 @@ class _Child:
             raise errors.ConfigError(str(problem)) if got and got[0].get("error") == "ConfigError" else \
                 SenderLost(f"the Lambda backend's sender process did not start: {problem}")
         self.keepalive = bool(got[0].get("keepalive"))
-        self._reader = threading.Thread(target=self._read_loop, name=f"wrenpack-lambda-sender-{index}", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name=f"wrenpack-lambda-sender-{self._index}", daemon=True)
         self._reader.start()
 
     def request(self, head: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
@@ -228,6 +233,8 @@ class SenderProcesses:
         try:
             for i in range(max(1, count)):
                 self._children.append(_Child(spec, i))
+            for child in self._children:  # (they start side by side: ~0.5 s each, mostly importing boto3)
+                child.wait_ready()
         except BaseException:
             self.close()
             raise
