@@ -28,7 +28,7 @@ process competes with the driver for them.
 
     python benchmarks/bench_lambda_scale.py [--calls 100000] [--concurrency 1000] [--rounds 5]
         [--kinds Event,RequestResponse] [--duration 0.1] [--invoke-latency 0.025] [--in-process]
-        [--send-processes N]
+        [--send-processes N[,M]]
 
 Targets: >= 1,000 invocations/s with 25 ms invoke latency; driver peak < 300 MB.
 """
@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +55,7 @@ def one(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     r = _simrun.run(args.one, args.calls, args.concurrency, args.duration, jitter=0.1,
                     invoke_latency=args.invoke_latency, measure_delays=False, in_process=args.in_process,
-                    send_processes=args.send_processes)
+                    send_processes=int(args.send_processes))
     print(json.dumps({"wall": r.wall_s, "per_call": r.per_call, "cpu": r.driver_cpu_s, "sim_cpu": r.sim_cpu_s,
                       "senders_cpu": r.senders_cpu_s,
                       "peak": r.peak_rss_mb, "sim_peak": r.sim_peak_mb, "throttled": r.throttled,
@@ -70,9 +72,9 @@ def main() -> int:
     ap.add_argument("--in-process", action="store_true",
                     help="the simulator in the driver's process, requests handed over inside botocore (no socket; "
                          "its CPU subtracted), as this benchmark ran before")
-    ap.add_argument("--send-processes", type=int, default=0,
+    ap.add_argument("--send-processes", default="0",
                     help="the backend's sender processes (LambdaBackend(send_processes=)): boto3's requests made "
-                         "there, off the driver's GIL; their CPU is shown apart")
+                         "there, off the driver's GIL, their CPU shown apart; a list (0,2) compares them, alternating")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     _fair.add_arguments(ap, hogs=False)
     args = ap.parse_args()
@@ -80,36 +82,43 @@ def main() -> int:
         one(args)
         return 0
     kinds = args.kinds.split(",")
-    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    senders = [int(x) for x in str(args.send_processes).split(",")]
+    systems = [(kind, sp) for kind in kinds for sp in senders]
+    runs: dict[tuple[str, int], list[dict]] = {system: [] for system in systems}
     for rnd in range(args.rounds):
-        for kind in _fair.order(kinds, rnd):
+        for kind, sp in _fair.order(systems, rnd):
             cmd = [sys.executable, __file__, "--one", kind, "--calls", str(args.calls), "--concurrency",
                    str(args.concurrency), "--duration", str(args.duration), "--invoke-latency", str(args.invoke_latency),
-                   "--send-processes", str(args.send_processes)]
+                   "--send-processes", str(sp)]
             if args.in_process:
                 cmd.append("--in-process")
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(out.stdout, out.stderr, file=sys.stderr)
                 raise SystemExit(f"round {rnd + 1} {kind} failed")
-            runs[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"round {rnd + 1} of {args.rounds} done", flush=True)
+            runs[(kind, sp)].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"round {rnd + 1} of {args.rounds} done ({_fair.load_note()})", flush=True)
 
     n = args.calls
+    cores = os.cpu_count() or 1
     print(f"\n{n} calls at concurrency {args.concurrency}, {args.duration:g} s each (+-10%), invoke latency "
           f"{args.invoke_latency * 1e3:g} ms; simulated Lambda + S3 "
           f"{'in the driver (no socket)' if args.in_process else 'in a process of its own, over HTTP'}, real boto3 "
           f"clients; {_fair.load_note()}")
-    print(f"medians of {args.rounds} rounds, one process per round, the kinds alternating (min..max)")
-    for kind, got in runs.items():
-        print(f"\n{kind}")
+    print(f"medians of {args.rounds} rounds, one process per round, the systems alternating (min..max)")
+    for (kind, sp), got in runs.items():
+        print(f"\n{kind}, {f'{sp} sender processes' if sp else 'sent from the driver'}")
         print(f"  invocations/s      {_fair.spread([n / g['wall'] for g in got], '/s', fmt='.0f')}")
         print(f"  wall               {_fair.spread([g['wall'] for g in got])}")
         print(f"  driver CPU / call  {_fair.spread([g['cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')}"
               f" (the simulator's: {_fair.spread([g['sim_cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')})")
-        if args.send_processes:
+        if sp:
             print(f"  senders' CPU/call  {_fair.spread([g['senders_cpu'] / n for g in got], 'ms', 1e3, fmt='.3f')}"
-                  f" ({args.send_processes} sender processes, together)")
+                  f" ({sp} sender processes, together)")
+        driver = statistics.median(g["cpu"] / n for g in got)
+        total = statistics.median((g["cpu"] + g["senders_cpu"] + g["sim_cpu"]) / n for g in got)
+        print(f"  bounds             the driver's one core: {1 / driver:.0f}/s; this machine's {cores} cores, "
+              f"everything on them (driver, senders, simulator: {total * 1e3:.3f} ms a call): {cores / total:.0f}/s")
         print(f"  driver peak RSS    {_fair.spread([g['peak'] for g in got], 'MB', fmt='.0f')}"
               f" (the simulated S3's objects at their peak{', in it' if args.in_process else ', in its process'}: {_fair.spread([g['sim_peak'] for g in got], 'MB', fmt='.0f')})")
         kinds_seen = sorted({k for g in got for k in g["per_call"]})
