@@ -14,7 +14,9 @@ them and reads what the calls left.
            functions; within it, the functions without reserved concurrency
            share one budget of the account's unreserved concurrency, and a
            function with reserved concurrency has its own (read once, logged)
-        -> sender threads: lambda.invoke (backoff on throttling/5xx)
+        -> sender threads: lambda.invoke (backoff on throttling/5xx); with
+           ``send_processes``, the request itself (and an Event result's GET) is
+           made by boto3 in a sender process (``sender``), off this process's GIL
     RequestResponse: the reply carries the handler's status and, when it fits
         (``reply_limit``), the sealed result object itself: no S3 request, for a
         call of any length up to its timeout. The connection is held that long
@@ -759,7 +761,7 @@ class LambdaBackend(Backend):
             senders, self._senders = self._senders, None
             self._senders_failed = True  # (shut down: none started again)
         if senders is not None:
-            senders.close()
+            senders.close(wait)
 
     def _drain_limit(self) -> float:
         with_deadline = [c.deadline for c in self._calls.values() if c.deadline]

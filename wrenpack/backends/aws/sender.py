@@ -202,7 +202,9 @@ class _Child:
                     waiter.head = {"lost": True}
                     waiter.lock.release()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """End the child: its stdin closes, it finishes the requests it carries and exits
+        (``wait``: waited for, up to 10 s, then killed)."""
         with self._write_lock:
             self.alive = False
             try:
@@ -210,6 +212,8 @@ class _Child:
                     self.proc.stdin.close()
             except OSError:
                 pass
+        if not wait:
+            return
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -272,9 +276,9 @@ class SenderProcesses:
             raise _remote_error(head)
         return body
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         for child in self._children:
-            child.close()
+            child.close(wait)
 
 
 # -- the child --------------------------------------------------------------------
