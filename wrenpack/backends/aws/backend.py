@@ -797,8 +797,13 @@ class LambdaBackend(Backend):
                 inv.event.pop("reply_within_s", None)
             else:
                 inv.event["reply_limit"] = REPLY_LIMIT
-                if self._sender_processes() is None:
-                    _ = self.client  # made first: whether its connections keep alive decides
+                try:
+                    # made first (this process's client or the senders'): whether their connections keep alive decides
+                    if self._sender_processes() is None:
+                        _ = self.client
+                except WrenpackError as exc:
+                    self._finish(call, InvocationResult(error=exc))
+                    return
                 inv.event["reply_within_s"] = self._reply_within(inv)
             if not event_type:
                 with self._lock:
