@@ -19,7 +19,11 @@ on AWS would not be in the driver), and driver CPU per call (the driver
 process's CPU time, its HTTP included; the simulator's process's is shown
 beside it). ``--in-process`` runs the simulator in the driver's process
 instead, requests handed over inside botocore (no socket), its measured CPU
-subtracted: how this benchmark ran before.
+subtracted: how this benchmark ran before. ``--send-processes 0,2`` compares
+the backend's sender processes (``LambdaBackend(send_processes=)``: boto3's
+requests made in child processes), their CPU shown apart; "bounds" is the
+rate the driver's one core supports (1 / its CPU per call) and the most this
+machine could do with all the CPU a call takes (driver, senders, simulator).
 
 Each round runs in a fresh process (a peak RSS is a high-water mark), the
 invocation types alternating; median and min..max of the rounds. This
