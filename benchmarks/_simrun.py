@@ -52,6 +52,8 @@ class SimRun:
     slowdowns: int = 0
     #: the most bytes the simulated S3 held at once (in the simulator's process)
     sim_peak_mb: float = 0.0
+    #: the backend's sender processes' CPU over the run (``send_processes``)
+    senders_cpu_s: float = 0.0
 
     @property
     def dollars(self) -> float:
@@ -74,14 +76,16 @@ class SimRun:
 
 def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: float = 0.1, speed: float = 1.0,
         invoke_latency: float = 0.025, s3_latency: float = 0.0, seed: int = 0, warm: int = 4,
-        measure_delays: bool = True, in_process: bool = False) -> SimRun:
+        measure_delays: bool = True, in_process: bool = False, send_processes: int = 0) -> SimRun:
     """``calls`` calls of ``duration`` s (uniform +-``jitter`` of it) at ``concurrency``,
     ``kind`` "Event" or "RequestResponse", on a clock ``speed`` times real time.
     The simulated service runs in a process of its own (``tests/aws/sim_server.py``),
     reached over HTTP on 127.0.0.1, as AWS is not in the driver's process: the
     driver's CPU is its own. ``in_process``: the simulator in this process instead,
     its requests handed over inside botocore (no socket; the simulator's measured
-    CPU is subtracted from the driver's), as these benchmarks ran before."""
+    CPU is subtracted from the driver's), as these benchmarks ran before.
+    ``send_processes``: the backend's sender processes (``LambdaBackend(send_processes=)``),
+    whose CPU is measured apart (``senders_cpu_s``)."""
     import wrenpack
     from tests.aws.sim_server import RemoteSim
     from tests.aws.sim_service import Clock, ScaledClock
@@ -99,7 +103,8 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
         if speed != 1.0:
             kwargs["clock"] = clock
         backend = LambdaBackend(store, function_name="sim", endpoint_url=sim.lambda_url, region="us-east-1",
-                                concurrency=concurrency, invocation_type=kind, **kwargs)
+                                concurrency=concurrency, invocation_type=kind, send_processes=send_processes,
+                                **kwargs)
         with Executor(backend=backend, storage="s3://simbench/bench", s3_endpoint_url=sim.s3_url,
                       lambda_endpoint_url=sim.lambda_url, function_name="sim", aws_region="us-east-1", memory=1024,
                       timeout=900, retries=0, invocation_type=kind, concurrency=concurrency) as ex:
@@ -111,6 +116,7 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
             done_at: dict[int, float] = {}
             sim0 = sim.stats()["process_cpu_s"]
             cpu0 = time.process_time()
+            senders0 = _children_cpu(os.getpid(), sim)
             t0 = time.perf_counter()
             futures = f.map(range(calls))
             if measure_delays:
@@ -119,6 +125,7 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
             out = wrenpack.get(futures)
             wall = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
+            senders_cpu = _children_cpu(os.getpid(), sim) - senders0
             if in_process:
                 cpu -= sim.stats()["process_cpu_s"] - sim0
             if out != list(range(calls)):
@@ -135,9 +142,32 @@ def run(kind: str, calls: int, concurrency: int, duration: float, *, jitter: flo
                       {k: v / calls for k, v in client.items()}, cpu, stats["process_cpu_s"] - sim0,
                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, delays,
                       throttled=counts.get("THROTTLED", 0), slowdowns=stats["slowdowns"],
-                      sim_peak_mb=stats["peak_bytes"] / 2**20)
+                      sim_peak_mb=stats["peak_bytes"] / 2**20, senders_cpu_s=senders_cpu)
     finally:
         sim.close()
+
+
+def _children_cpu(pid: int, sim: Any) -> float:
+    """CPU seconds (user + system) of ``pid``'s running child processes but the
+    simulator's: the Lambda backend's sender processes (Linux /proc; 0 elsewhere)."""
+    total = 0.0
+    skip = getattr(sim, "pid", None)
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    children: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # (a child is listed under the thread that started it)
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            continue
+    for child in children:
+        if int(child) == skip:
+            continue
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 class _InProcessSim:

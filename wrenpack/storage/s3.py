@@ -230,6 +230,11 @@ class S3Store(Store):
         (a driver's backend calls this; a worker's store records nothing)."""
         _KNOWN.enable(self._where)
 
+    def remember_key(self, key: str) -> None:
+        """Record ``key`` as one this process read (``remember_job_keys``) when another
+        client read it for it (the Lambda backend's sender processes)."""
+        _KNOWN.add(self._where, key)
+
     # -- helpers ------------------------------------------------------------
     def _key(self, key: str) -> str:
         if not key or key.startswith("/"):

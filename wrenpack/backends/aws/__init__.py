@@ -4,7 +4,8 @@
 ``deploy`` names, packages and creates the functions (one per settings set);
 ``doctor`` checks a set-up; ``iam`` writes the least-privilege policies;
 ``runtimes`` knows which Python runtimes Lambda still takes, and until when;
-``clients`` reads the AWS settings they share. The command line
+``clients`` reads the AWS settings they share; ``sender`` runs the backend's
+requests in child processes when asked (``send_processes``). The command line
 (``wrenpack deploy``, ``doctor``, ``iam-policy``) only parses arguments and
 prints what these return: nothing here imports it.
 """

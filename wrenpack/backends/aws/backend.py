@@ -14,7 +14,9 @@ them and reads what the calls left.
            functions; within it, the functions without reserved concurrency
            share one budget of the account's unreserved concurrency, and a
            function with reserved concurrency has its own (read once, logged)
-        -> sender threads: lambda.invoke (backoff on throttling/5xx)
+        -> sender threads: lambda.invoke (backoff on throttling/5xx); with
+           ``send_processes``, the request itself (and an Event result's GET) is
+           made by boto3 in a sender process (``sender``), off this process's GIL
     RequestResponse: the reply carries the handler's status and, when it fits
         (``reply_limit``), the sealed result object itself: no S3 request, for a
         call of any length up to its timeout. The connection is held that long
@@ -66,6 +68,7 @@ from typing import Any
 from wrenpack import auth, keys
 import wrenpack.backends.aws.clients as clients
 import wrenpack.backends.aws.deploy as deploy
+from wrenpack.backends.aws.sender import SenderLost, SenderProcesses
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
 from wrenpack.errors import (
@@ -82,7 +85,7 @@ from wrenpack.errors import (
     WrenpackError,
 )
 from wrenpack.storage import Store, store_for_config
-from wrenpack.storage.s3 import _code
+from wrenpack.storage.s3 import S3Store, _code
 from wrenpack.wire import event as event_format, result as result_format, start as start_mark
 from wrenpack.wire.segment import open_segment
 from wrenpack.worker import cancel as cancel_marker
@@ -103,14 +106,10 @@ REPLY_LIMIT = (SYNC_PAYLOAD_LIMIT - 64 * 1024) * 3 // 4
 #: gateway after 350 s) and a stored result outlives the connection (a PUT and a
 #: GET, $5.40 per million calls).
 REPLY_WITHIN_S = 60.0
-#: TCP keepalive of a RequestResponse connection: the first probe after this many
-#: idle seconds, then every KEEPALIVE_INTERVAL_S, given up after KEEPALIVE_PROBES
-#: unanswered. Well under the idle timeouts of NAT gateways and load balancers
-#: (350 s), so a connection that waits minutes for a call's reply is not dropped;
-#: the kernel's default first probe comes after 2 hours.
-KEEPALIVE_IDLE_S = 60
-KEEPALIVE_INTERVAL_S = 15
-KEEPALIVE_PROBES = 4
+#: TCP keepalive of a RequestResponse connection (``clients.keepalive_probes``).
+KEEPALIVE_IDLE_S = clients.KEEPALIVE_IDLE_S
+KEEPALIVE_INTERVAL_S = clients.KEEPALIVE_INTERVAL_S
+KEEPALIVE_PROBES = clients.KEEPALIVE_PROBES
 #: Room the event's deadline and start mark add to its size when it is sent (bytes).
 _SEND_FIELDS = 128
 #: Lambda's Invoke error codes for a request payload over its limit.
@@ -119,7 +118,7 @@ _TOO_LARGE_CODES = {"RequestEntityTooLargeException", "RequestTooLargeException"
 _NOT_SENT = {"EndpointConnectionError", "ConnectTimeoutError"}
 #: A RequestResponse invocation that failed with these was sent and may be running.
 _DROPPED = {"ConnectionClosedError", "ReadTimeoutError", "ResponseStreamingError", "ProtocolError",
-            "IncompleteRead", "ConnectionResetError", "RemoteDisconnected"}
+            "IncompleteRead", "ConnectionResetError", "RemoteDisconnected", "SenderLost"}
 #: How Lambda says that a runtime was killed at its memory limit: error types, and
 #: words of the error message (signal: killed is the kernel's OOM kill; exit status
 #: 137 is a wrapper's report of it; older runtimes said "Process exited before
@@ -362,6 +361,7 @@ class LambdaBackend(Backend):
         deadline_margin_s: float = 30.0,
         throttle_give_up_s: float = 600.0,
         reply_within_s: float | None = None,
+        send_processes: int = 0,
         client: Any = None,
         clock: Any = None,
     ) -> None:
@@ -389,10 +389,15 @@ class LambdaBackend(Backend):
         #: instead of replying; None: no call does (a reply waits up to the call's
         #: timeout), unless the connection's keepalive cannot be set (REPLY_WITHIN_S)
         self.reply_within_s = reply_within_s
+        #: processes that make the Invoke requests (and the result GETs of an S3 store)
+        #: with boto3 clients of their own (``sender``): 0, this process's threads do
+        self.send_processes = max(0, int(send_processes))
+        self._senders: SenderProcesses | None = None
+        self._senders_failed = False
         self._client = client
-        #: the synchronous client's connections probe while idle (``_keepalive_probes``;
+        #: the synchronous client's connections probe while idle (``clients.keepalive_probes``;
         #: a client handed in is tuned here, one made later in ``_make_client``)
-        self._keepalive_set = client is not None and invocation_type == "RequestResponse" and _keepalive_probes(client)
+        self._keepalive_set = client is not None and invocation_type == "RequestResponse" and clients.keepalive_probes(client)
         #: the time and timed waits (``time()``, ``wait(event, s)``): wall-clock time unless a simulation passes its own
         self._clock = clock or _RealClock()
         self._now = self._clock.time
@@ -458,19 +463,18 @@ class LambdaBackend(Backend):
     # -- boto3 ------------------------------------------------------------
     @property
     def client(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
         with self._client_lock:  # sender threads race here on first use
             if self._client is None:
                 self._client = self._make_client()
         return self._client
 
-    def _make_client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        session = clients.checked_session(boto3.session.Session(profile_name=self.profile, region_name=self.region),
-                                          self.profile)
+    def _lambda_config(self) -> dict[str, Any]:
+        """The Lambda client's botocore ``Config`` arguments (this process's, and each sender process's)."""
         sync = self.invocation_type == "RequestResponse"
-        cfg = Config(
+        return dict(
             # Throttling is retried by our own, longer backoff loop below. A synchronous
             # Invoke is never retried by botocore: after a read timeout or a dropped
             # connection it would send the call again while the first may still run
@@ -487,13 +491,57 @@ class LambdaBackend(Backend):
             # the connection of a long synchronous call is idle for its whole run
             tcp_keepalive=sync,
         )
-        client = session.client("lambda", endpoint_url=self.endpoint_url, config=cfg)
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        session = clients.checked_session(boto3.session.Session(profile_name=self.profile, region_name=self.region),
+                                          self.profile)
+        sync = self.invocation_type == "RequestResponse"
+        client = session.client("lambda", endpoint_url=self.endpoint_url, config=Config(**self._lambda_config()))
         if sync:
-            self._keepalive_set = _keepalive_probes(client)
+            self._keepalive_set = clients.keepalive_probes(client)
             if not self._keepalive_set:
                 log.info("cannot set TCP keepalive probes on the Lambda client's connections; RequestResponse calls "
                          "longer than %g s store their results (a PUT and a GET each)", REPLY_WITHIN_S)
         return client
+
+    def _sender_processes(self) -> SenderProcesses | None:
+        """The sender processes (started on first use), None when this process sends
+        (``send_processes`` 0, or they could not start: logged, and then it does)."""
+        senders = self._senders
+        if senders is not None and senders.alive:
+            return senders
+        if not self.send_processes or self._senders_failed or self._stop.is_set():
+            return None
+        with self._client_lock:
+            if self._senders is None and not self._senders_failed:
+                store = self.store
+                s3 = isinstance(store, S3Store) and hasattr(store, "remember_key")
+                try:
+                    self._senders = SenderProcesses(
+                        self.send_processes, profile=self.profile, region=self.region, endpoint_url=self.endpoint_url,
+                        lambda_config=self._lambda_config(), keepalive=self.invocation_type == "RequestResponse",
+                        store=store.spec if s3 else None, store_profile=getattr(store, "profile", None) if s3 else None,
+                        # a synchronous call holds its request for its whole run
+                        threads=self.concurrency + 16 if self.invocation_type == "RequestResponse" else 64 + READERS)
+                except ConfigError:
+                    raise  # no region or credentials: the same one-line error as this process's client
+                except Exception as exc:  # noqa: BLE001 - no child process here: this process sends
+                    self._senders_failed = True
+                    log.warning("the Lambda backend's sender processes did not start (%s); sending from this process", exc)
+                    return None
+                if self.invocation_type == "RequestResponse":
+                    self._keepalive_set = self._senders.keepalive_set
+            senders = self._senders
+        if senders is not None and not senders.alive:
+            with self._client_lock:
+                first, self._senders_failed = not self._senders_failed, True
+            if first:
+                log.warning("the Lambda backend's sender processes have ended; sending from this process")
+            return None
+        return senders
 
     def _reply_within(self, inv: Invocation) -> float:
         """How long a RequestResponse call may run and still reply with its result (s)."""
@@ -710,6 +758,11 @@ class LambdaBackend(Backend):
         self._readers.shutdown(wait=wait, cancel_futures=True)
         if wait and self._poller is not None:
             self._poller.join(timeout=10)
+        with self._client_lock:
+            senders, self._senders = self._senders, None
+            self._senders_failed = True  # (shut down: none started again)
+        if senders is not None:
+            senders.close(wait)
 
     def _drain_limit(self) -> float:
         with_deadline = [c.deadline for c in self._calls.values() if c.deadline]
@@ -745,7 +798,13 @@ class LambdaBackend(Backend):
                 inv.event.pop("reply_within_s", None)
             else:
                 inv.event["reply_limit"] = REPLY_LIMIT
-                _ = self.client  # made first: whether its connections keep alive decides
+                try:
+                    # made first (this process's client or the senders'): whether their connections keep alive decides
+                    if self._sender_processes() is None:
+                        _ = self.client
+                except WrenpackError as exc:
+                    self._finish(call, InvocationResult(error=exc))
+                    return
                 inv.event["reply_within_s"] = self._reply_within(inv)
             if not event_type:
                 with self._lock:
@@ -807,6 +866,9 @@ class LambdaBackend(Backend):
         while True:
             payload = self._payload(inv)
             try:
+                senders = self._sender_processes()
+                if senders is not None:
+                    return senders.invoke(name, self.invocation_type, payload)
                 return self.client.invoke(FunctionName=name, InvocationType=self.invocation_type, Payload=payload)
             except Exception as exc:  # botocore ClientError and connection errors
                 code = _code(exc)
@@ -940,12 +1002,25 @@ class LambdaBackend(Backend):
             return InvocationResult(error=exc)
         return InvocationResult(status=status, data=data)
 
+    def _get(self, key: str) -> bytes:
+        """The store's object ``key``: read by a sender process when there are any (the
+        store then records the key as read here, for the job's cleanup), else by the store."""
+        senders = self._sender_processes()
+        if senders is None or not senders.has_store:
+            return self.store.get(key)
+        try:
+            data = senders.get(key)
+        except SenderLost:
+            return self.store.get(key)
+        self.store.remember_key(key)  # type: ignore[attr-defined]
+        return data
+
     def _read_result(self, inv: Invocation, segments: bool = True) -> InvocationResult | None:
         """One GET for the result object (a second for the segment record if
         none): None while the call is still running."""
         job_id, cid = inv.key
         try:
-            return self._result_from(inv, self.store.get(keys.result_key(job_id, cid)))
+            return self._result_from(inv, self._get(keys.result_key(job_id, cid)))
         except ObjectNotFound:
             pass
         if not segments:
@@ -1267,33 +1342,6 @@ class LambdaBackend(Backend):
             inv.on_done(inv, result)
         except Exception:  # noqa: BLE001 - a failing callback must not kill our threads
             log.exception("on_done callback failed for call %s", inv.key)
-
-
-def _keepalive_probes(client: Any) -> bool:
-    """Make the connections ``client`` opens from now on send TCP keepalive
-    probes after KEEPALIVE_IDLE_S idle seconds (botocore's ``tcp_keepalive``
-    turns keepalive on, but leaves the kernel's 2-hour first probe). botocore
-    has no setting for the timing, so its session's socket options are
-    extended; True when they took (its pools then open sockets with them)."""
-    import socket
-
-    tuning = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
-        if hasattr(socket, name):
-            tuning.append((socket.IPPROTO_TCP, getattr(socket, name), value))
-    if len(tuning) < 2:
-        return False  # no way to shorten the first probe here
-    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
-    manager = getattr(session, "_manager", None)
-    pool_kw = getattr(manager, "connection_pool_kw", None)
-    options = getattr(session, "_socket_options", None)
-    if not isinstance(pool_kw, dict) or not isinstance(options, list):
-        return False
-    merged = [o for o in options if (o[0], o[1]) not in {(t[0], t[1]) for t in tuning}] + tuning
-    session._socket_options = merged  # proxies' pools, made later
-    pool_kw["socket_options"] = merged
-    return True
 
 
 def _merged(names: set[str] | None, existing: set[str] | None) -> set[str] | None:

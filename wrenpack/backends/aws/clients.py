@@ -19,6 +19,16 @@ FIX_CREDENTIALS = "set AWS_PROFILE (or aws_profile, --profile) or AWS_ACCESS_KEY
 NO_CREDENTIALS = f"no AWS credentials found; {FIX_CREDENTIALS}"
 
 
+#: TCP keepalive of a RequestResponse connection: the first probe after this many
+#: idle seconds, then every KEEPALIVE_INTERVAL_S, given up after KEEPALIVE_PROBES
+#: unanswered. Well under the idle timeouts of NAT gateways and load balancers
+#: (350 s), so a connection that waits minutes for a call's reply is not dropped;
+#: the kernel's default first probe comes after 2 hours.
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 15
+KEEPALIVE_PROBES = 4
+
+
 def session(cfg: Any, checked: bool = True) -> Any:
     """A boto3 session for the configured profile and region; ``checked``: one
     with a region and credentials, else the one-line error naming the fix
@@ -81,3 +91,30 @@ def error_code(exc: BaseException) -> str | None:
 def aws_error(exc: Exception, doing: str) -> WrenpackError:
     """One line for a failed AWS request: what was being done, the error code, its first line."""
     return WrenpackError(f"{doing} failed: {error_code(exc) or type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def keepalive_probes(client: Any) -> bool:
+    """Make the connections ``client`` opens from now on send TCP keepalive
+    probes after KEEPALIVE_IDLE_S idle seconds (botocore's ``tcp_keepalive``
+    turns keepalive on, but leaves the kernel's 2-hour first probe). botocore
+    has no setting for the timing, so its session's socket options are
+    extended; True when they took (its pools then open sockets with them)."""
+    import socket
+
+    tuning = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        if hasattr(socket, name):
+            tuning.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    if len(tuning) < 2:
+        return False  # no way to shorten the first probe here
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    manager = getattr(session, "_manager", None)
+    pool_kw = getattr(manager, "connection_pool_kw", None)
+    options = getattr(session, "_socket_options", None)
+    if not isinstance(pool_kw, dict) or not isinstance(options, list):
+        return False
+    merged = [o for o in options if (o[0], o[1]) not in {(t[0], t[1]) for t in tuning}] + tuning
+    session._socket_options = merged  # proxies' pools, made later
+    pool_kw["socket_options"] = merged
+    return True
