@@ -103,6 +103,9 @@ class Config:
     architecture: str = "x86_64"
     #: create the Lambda function for a settings set on its first use (copying a deployed one's role and runtime)
     lambda_auto_deploy: bool = False
+    #: child processes that make the Lambda backend's requests with boto3 clients of their own,
+    #: off the driver's GIL (0: the driver's threads send); worth it with a core each to spare
+    lambda_send_processes: int = 0
 
     def __post_init__(self) -> None:
         # Whatever built it (load, replace, Config(...)), a Config holds only valid values.
@@ -323,6 +326,7 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "storage": lambda v, src: _storage(v, src),
     "function_name": lambda v, src: _function_name(v, src),
     "inline_limit": _at_least("inline_limit", 0),
+    "lambda_send_processes": _at_least("lambda_send_processes", 0),
     "keep_warm": _at_least("keep_warm", 0, inclusive=False, real=True),
     "invocation_type": _one_of("invocation_type", ("Event", "RequestResponse")),
     "architecture": _one_of("architecture", limits.ARCHITECTURES),

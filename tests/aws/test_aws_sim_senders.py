@@ -123,3 +123,18 @@ def test_a_failed_request_in_a_sender_reads_as_botocores():
     exc = _remote_error({"error": "ReadTimeoutError", "message": "Read timed out."})
     assert type(exc).__name__ == "ReadTimeoutError" and _code(exc) is None
     assert isinstance(_remote_error({"error": "ObjectNotFound", "message": "gone"}), ObjectNotFound)
+
+
+def test_the_lambda_send_processes_setting_sends_from_child_processes(fake_credentials, sim):
+    """The setting (``lambda_send_processes``, or WRENPACK_LAMBDA_SEND_PROCESSES) reaches the
+    backend an executor builds from its settings; a bad value is one line, before anything runs."""
+    with pytest.raises(wrenpack.ConfigError, match=r"^lambda_send_processes=-1 \(from argument\) must be"):
+        Executor(backend="lambda", lambda_send_processes=-1)
+    with Executor(backend="lambda", storage="s3://simbucket/t", s3_endpoint_url=sim.s3_url,
+                  lambda_endpoint_url=sim.lambda_url, function_name="sim", aws_region="us-east-1", memory=1024,
+                  timeout=60, retries=0, concurrency=SIM_CONCURRENCY, lambda_send_processes=1) as ex:
+        in_driver = []
+        ex.backend.client.meta.events.register("before-call.lambda.Invoke", lambda **kw: in_driver.append(1))
+        assert wrenpack.get(wrenpack.remote(_identity, executor=ex).map(range(8))) == list(range(8))
+        assert ex.backend.send_processes == 1 and len(ex.backend._senders._children) == 1
+    assert not in_driver

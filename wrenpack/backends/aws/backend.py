@@ -458,6 +458,7 @@ class LambdaBackend(Backend):
             invocation_type=getattr(config, "invocation_type", None) or "Event",
             architecture=getattr(config, "architecture", None) or "x86_64",
             auto_deploy=bool(getattr(config, "lambda_auto_deploy", False)),
+            send_processes=int(getattr(config, "lambda_send_processes", 0) or 0),
         )
 
     # -- boto3 ------------------------------------------------------------
