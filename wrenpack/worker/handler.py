@@ -669,9 +669,13 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
             "fkey": fkey, "func_len": len(func), "args": spec, "deadline": deadline,
             "memory_mb": getattr(context, "memory_limit_in_mb", None),
             "request_id": getattr(context, "aws_request_id", None),
-            "store": ev.store, "extra": {k: v for k, v in ev.extra.items() if k in _CHILD_EXTRA},
-            "env_set": {k: os.environ[k] for k in _CALL_ENV if k in os.environ},
+            "store": ev.store, "extra": {k: ev.extra[k] for k in _CHILD_EXTRA if k in ev.extra},
         }
+        call_env = getattr(context, "call_env", None)
+        if call_env is None:
+            call_env = {k: os.environ[k] for k in _CALL_ENV if k in os.environ}
+        if call_env != child.env:
+            head["env_set"] = child.env = call_env  # (the child keeps what it was given: sent when it changes)
         blob = bytes(func) + bytes(arg_bytes) if func else arg_bytes
         # The child stops itself just before the deadline; one stuck where signals
         # do not reach is given up on at the deadline (Lambda would end the invocation).
@@ -716,6 +720,7 @@ def _domain_of(ev: Event, fkey: str) -> str:
 #: the event fields a child needs (never the secret, nor the domain)
 _CHILD_EXTRA = ("ref_secrets", "chain", "handoff", "env", "capture_logs", "python")
 #: environment variables the parent sets per call (a local worker's limits) that the child takes on
+#: (a local worker names them in its context, ``call_env``, as it sets them: not read on every call)
 _CALL_ENV = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_TIMEOUT", "WRENPACK_EPHEMERAL_STORAGE_MB")
 
 
@@ -828,9 +833,8 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     func_len = int(head.get("func_len") or 0)
     view = memoryview(blob)
     spec = head["store"]
-    token = repr(sorted(spec.items()))
-    if _child_store is None or _child_store[0] != token:
-        _child_store = (token, _LazyStore(spec))
+    if _child_store is None or _child_store[0] != spec:
+        _child_store = (dict(spec), _LazyStore(spec))
     store = _child_store[1]
 
     def load_fn() -> Any:
@@ -852,8 +856,7 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
             return _load_child_args(ev, args, rest, context)
         return _loads(rest, "the call's arguments")
 
-    peak_mark = memory.start_peak()
-    children_before = memory.children_peak_mb()
+    peak_mark, children_before = _call_marks()
     user_data.bind(store)
     refs.learn(extra.get("ref_secrets"))
     refs.enter_call(ev.job_id, b"", extra.get("chain") or (), derive=lambda job_id: _ask_secret(rpc, job_id))
@@ -880,6 +883,31 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
         reply["handoff"] = sealed.layout
         return reply, b"", [fd] if fd is not None else []
     return reply, ran.outcome, []
+
+
+#: (when, the peak meter's mark, the children's peak) taken after the last reply went (``after_reply``)
+_marks: tuple[float, Any, float] | None = None
+#: marks older than this are taken again when the call comes: memory a thread the
+#: last call left running used between calls is not this call's beyond that long
+MARKS_KEPT_S = 0.05
+
+
+def after_reply() -> None:
+    """In a job's process, once a call's reply has gone: the next call's memory
+    marks (the peak meter's reset, the children's peak) are taken now, while the
+    parent and the driver handle the reply, not on the next call's clock."""
+    global _marks
+    _marks = (time.monotonic(), memory.start_peak(), memory.children_peak_mb())
+
+
+def _call_marks() -> tuple[Any, float]:
+    """The call's memory marks: those ``after_reply`` took if they are recent,
+    else taken now."""
+    global _marks
+    marks, _marks = _marks, None
+    if marks is not None and marks[1] is not None and time.monotonic() - marks[0] <= MARKS_KEPT_S:
+        return marks[1], marks[2]
+    return memory.start_peak(), memory.children_peak_mb()
 
 
 class _LazyStore:
@@ -1005,7 +1033,7 @@ def warm_up() -> None:
         _child_store = None
 
 
-isolation.set_runner(run_in_child, warm_up)
+isolation.set_runner(run_in_child, warm_up, after_reply)
 
 if _on_lambda():
     # Lambda loads this module at its init, before the first event: the zygote
