@@ -142,19 +142,25 @@ class LocalBackend(Backend):
         #: messages sent to workers and the calls they carried (batching, for tests and diagnostics)
         self.messages_sent = 0
         self.calls_sent = 0
+        self._capabilities: tuple[tuple[Any, ...], Capabilities] | None = None
         _live.add(self)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            calls_end_with_driver=True,
-            reply_results=self.reply_limit > 0,
-            handoff=self.handoff,
-            warm_pool=True,
-            enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
-            concurrency=self.concurrency,
-            cancel_running=True,
-        )
+        # (asked a few times per launch: made again only when what it says changes)
+        said = (self.reply_limit > 0, self.handoff, self.concurrency)
+        kept = self._capabilities
+        if kept is None or kept[0] != said:
+            kept = self._capabilities = (said, Capabilities(
+                calls_end_with_driver=True,
+                reply_results=said[0],
+                handoff=said[1],
+                warm_pool=True,
+                enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
+                concurrency=said[2],
+                cancel_running=True,
+            ))
+        return kept[1]
 
     @classmethod
     def from_config(cls, config: Any) -> "LocalBackend":
@@ -181,10 +187,6 @@ class LocalBackend(Backend):
                 # An idle warm worker takes the call from this thread: no wait
                 # for the dispatcher to be scheduled first.
                 started, sent_to = self._send_to_idle(flush=False)
-        # RUNNING before the bytes go: once they do, the reply races this thread
-        # for the GIL, and whatever it still does here delays the reply's reading.
-        for inv in started:
-            self.started(inv)
         with self._lock:
             if started:
                 for worker in sent_to:
@@ -195,6 +197,11 @@ class LocalBackend(Backend):
                 w.outbuf or w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
         if wake:
             self._wake()
+        # RUNNING once the bytes went: while the worker runs the call, not before it
+        # gets it. (Its reply is read on the dispatcher's thread; a call reported done
+        # first stays done: a future that is not pending is not made RUNNING.)
+        for inv in started:
+            self.started(inv)
 
     def cancel(self, invocation: Invocation) -> bool:
         """Remove a call no worker has taken yet; its ``on_done`` is then never called."""
@@ -292,15 +299,18 @@ class LocalBackend(Backend):
                     if polling:
                         timeout = min(timeout, 0.05)
                     self._sleep_until = now + timeout
-                # The calls that ended are reported here, the last thing before the sleep:
-                # a caller woken by its result then gets the GIL as soon as this thread
-                # sleeps, not after the next round's planning.
                 self._after_assign(started)
                 events = self._selector.select(timeout=max(0.0, self._sleep_until - time.time()))
                 with self._lock:
                     self._sleep_until = 0.0
                     for key, mask in events:
                         self._event(key.data, mask)
+                if self._done:
+                    # The calls that ended are reported as soon as their replies are read, before
+                    # this round's looking and the next one's planning: the caller's wake-up (a
+                    # thread the kernel must schedule) overlaps those, which it would wait behind.
+                    self._report()
+                with self._lock:
                     if polling:
                         for worker in list(self._workers):
                             if worker.pidfd is None and worker.exited():
