@@ -307,6 +307,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
     calls = 0
     fds: list[int] = []  # hand-offs received, not yet given to a call (oldest first)
     reader = frames.Reader(sock)
+    decoder = driver_message.Decoder()
     while True:
         got = reader.next(fds)
         if got is None:
@@ -316,7 +317,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             call_env = _apply_limits(msg["limits"])
             memory_mb = int(msg["limits"][0])
         reply_limit = msg.get("reply_limit")
-        for call, event in driver_message.events(msg):
+        for call, event in decoder.events(msg):
             calls += 1
             ctx = LocalContext(
                 function_name=function_name,
