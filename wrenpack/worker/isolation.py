@@ -100,6 +100,10 @@ def prctl(option: int, value: int) -> bool:
 _ONE_READ = 1 << 16
 
 
+#: compact JSON (one encoder: ``json.dumps`` with separators makes one per call)
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[int] | None = None,
          to_child: bool = False) -> None:
     """One message in one ``sendmsg`` (the peer wakes once, with all of it): the
@@ -107,7 +111,7 @@ def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[i
     is JSON, or with ``to_child`` (the parent's messages to a job's child, which
     trusts its parent) ``marshal``, which costs a fraction to write and read.
     Nothing a child sends is read as anything but JSON."""
-    data = marshal.dumps(head) if to_child else json.dumps(head, separators=(",", ":")).encode()
+    data = marshal.dumps(head) if to_child else _JSON.encode(head).encode()
     view = memoryview(blob).cast("B") if blob else memoryview(b"")
     first = _HEAD.pack(len(data), view.nbytes) + data
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))] if fds else []
@@ -403,8 +407,10 @@ class Child:
         #: the calls it may run (``child_for``)
         self.domain = domain
         self.funcs: set[str] = set()
-        #: the per-call environment (``handler.CALL_ENV``) it was given last: sent again only when it changes
+        #: the per-call environment (``handler._CALL_ENV``) it was given last: sent again only when it changes
         self.env: dict[str, str] | None = None
+        #: its socket and pidfd, polled while it runs a call (``run_call``)
+        self.poller: Any = None
         self.pid, self.sock = _take_spare()
         self.status: int | None = None
         #: its last call left processes behind, by its own report (a false "no" spares only its own job's)
@@ -808,10 +814,12 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
         send(child.sock, head, blob, fds, to_child=True)
     except OSError as exc:
         raise ChildGone(f"the call's process died ({exc})") from None
-    poller = select.poll()
-    poller.register(child.sock, select.POLLIN)
-    if child.pidfd is not None:
-        poller.register(child.pidfd, select.POLLIN)
+    poller = child.poller
+    if poller is None:
+        poller = child.poller = select.poll()  # (kept for the child's next calls)
+        poller.register(child.sock, select.POLLIN)
+        if child.pidfd is not None:
+            poller.register(child.pidfd, select.POLLIN)
     while True:
         timeout = 0.25
         if wait_until is not None:
@@ -826,6 +834,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
         if not any(fd == child.sock.fileno() for fd, _ in ready):
             # Only the pidfd: the child exited; a last message may still be in the socket.
             poller.unregister(child.pidfd)
+            child.poller = None
             try:
                 child.sock.setblocking(False)
                 peek = child.sock.recv(1, socket.MSG_PEEK)
@@ -950,6 +959,7 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     rpc = _Rpc(sock)
     first = True
+    before: tuple[float, int] | None = None
     if _warm_up is not None and not _readable(sock):
         # While it waits to be taken (a spare), it runs the call path once on nothing:
         # the pages that copies from the zygote are copied now, not on the first call's
@@ -969,7 +979,8 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             # own /proc files, the memory meter's reset, core dumps need that).
             prctl(_PR_SET_DUMPABLE, 1)
             first = False
-        before = children_usage()
+        if before is None:
+            before = children_usage()
         reply, out, out_fds = runner(head, blob, fds, rpc)
         reply["children"] = _has_children()
         reply["started"] = reply["children"] or children_usage() != before
@@ -979,5 +990,9 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             os._exit(0)
         finally:
             close_all(out_fds)
+        # The next call's marks, taken while the parent and the driver handle the reply: only
+        # this process reaps what its calls started (``_has_children``), so the usage of its
+        # waited-for children is the same when the next call comes.
+        before = children_usage()
         if _after_reply is not None:
-            _after_reply()  # (the parent and the driver have the reply now: off the next call's clock)
+            _after_reply()
