@@ -126,12 +126,14 @@ def _disarm() -> None:
 _last_store: tuple[dict[str, Any], tuple[Any, ...], Store] | None = None
 
 
-def _store_for(spec: dict[str, Any]) -> Store:
+def _store_for(spec: dict[str, Any], pinned: tuple[str | None, bool] | None = None) -> Store:
     """The event's store, once checked (``_check_store``); the same spec is not
     checked again while what the check depends on (the pinned store, whether
-    this is Lambda) is the same."""
+    this is Lambda) is the same. ``pinned``: those two as the caller knows them
+    (a local worker's context: ``store_pin``), else read from the environment."""
     global _last_store
-    pinned = (os.environ.get("WRENPACK_STORE_URL"), _on_lambda())
+    if pinned is None:
+        pinned = store_pin()
     last = _last_store
     if last is not None and last[0] == spec and last[1] == pinned:
         return last[2]
@@ -142,6 +144,12 @@ def _store_for(spec: dict[str, Any]) -> Store:
         store = _stores[token] = open_store(spec)
     _last_store = (dict(spec), pinned, store)
     return store
+
+
+def store_pin() -> tuple[str | None, bool]:
+    """What the event's store is checked against: the store the worker was
+    deployed for (``WRENPACK_STORE_URL``), and whether this is Lambda."""
+    return os.environ.get("WRENPACK_STORE_URL"), _on_lambda()
 
 
 def _on_lambda() -> bool:
@@ -413,7 +421,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     deadline = ev.extra.get("deadline")
     if deadline is not None and start > deadline:
         return _expired(ev, deadline, start)
-    job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
+    job_store = _JobStore(_store_for(ev.store, getattr(context, "store_pin", None)), ev.job_id, ev.extra.get("owner"))
     if isolation.active():
         return _handle_isolated(event, ev, job_store, context, start)
     store: Any = job_store

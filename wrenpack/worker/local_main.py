@@ -293,7 +293,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
 
     from wrenpack.worker import isolation, memory
     from wrenpack.worker.context import LocalContext
-    from wrenpack.worker.handler import handler
+    from wrenpack.worker.handler import handler, store_pin as handler_store_pin
 
     tmpdir = os.environ.get("TMPDIR")
     if tmpdir:
@@ -302,6 +302,9 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
     function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local")
     memory_mb = 0
     call_env: dict[str, str] | None = None  # (None until limits come: the handler reads the environment)
+    # What the handler's store check depends on (``handler._store_for``): set when this worker
+    # started, and nothing runs in this process that could change it.
+    store_pin = handler_store_pin()
     isolation.spare_after_reply = True
     _send(sock, worker_reply.ready(os.getpid()))
     calls = 0
@@ -329,6 +332,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             # process and the driver hold: the outcome needs no MAC (wrenpack.backends.local.replies).
             ctx.private_reply = bool(reply_limit)
             ctx.call_env = call_env  # type: ignore[attr-defined]
+            ctx.store_pin = store_pin  # type: ignore[attr-defined]
             # The call's arguments as sealed memfds, when they came that way (the handler checks them).
             ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]
             before = isolation.children_usage()
