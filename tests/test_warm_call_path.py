@@ -157,3 +157,25 @@ def test_a_jobs_process_uses_memory_marks_taken_after_its_last_reply_only_while_
     handler.after_reply()
     monkeypatch.setattr(handler, "_marks", (time.monotonic() - 2 * handler.MARKS_KEPT_S, *handler._marks[1:]))
     assert handler._call_marks() == (("faults", 4), 7.0)  # too old: taken at the call
+
+
+def test_warm_calls_on_a_sampled_worker_do_not_wake_the_dispatcher(tmp_path, monkeypatch):
+    """Without a cgroup a running call is sampled every few milliseconds; a call handed to
+    an idle worker from the caller's thread woke the dispatcher every time so it would
+    sample it. While calls come one after another it sleeps no longer than a sample, and
+    the call's own reply is the one wake-up it needs."""
+    from wrenpack.backends.local import LocalBackend
+
+    backend = LocalBackend(concurrency=1, use_cgroups=False)
+    wakes = []
+    original = backend._wake
+    monkeypatch.setattr(backend, "_wake", lambda: wakes.append(1) or original())
+    with wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend) as ex:
+        f = wrenpack.remote(plus_one, executor=ex)
+        assert f.remote(0).result(timeout=60) == 1  # (the worker starts: the dispatcher is woken for it)
+        assert f.remote(0).result(timeout=60) == 1
+        wakes.clear()
+        n = 30
+        assert [f.remote(i).result(timeout=60) for i in range(n)] == [i + 1 for i in range(n)]
+        # (each came within _BUSY_S of the last reply on a quiet machine; a busy one may stall a few)
+        assert len(wakes) <= n // 3, f"{len(wakes)} wake-ups of the dispatcher for {n} warm calls"

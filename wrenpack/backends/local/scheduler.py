@@ -55,7 +55,7 @@ from typing import Any
 
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
-from wrenpack.backends.local.process import Worker, base_environment, cancelled_error
+from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.wire import worker_reply
@@ -78,6 +78,9 @@ _MAX_BATCH = 256
 _IDLE_S = 0.1
 #: workers that die before they are ready, in a row, before a runtime's calls fail
 _START_TRIES = 3
+#: for this long after a reply, the dispatcher sleeps no longer than a sampling interval
+#: while a worker without a cgroup is idle: the next call may come from the caller's thread
+_BUSY_S = 0.05
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
 #: worker numbers, unique in this process: a worker's cgroups are named by the
 #: driver's pid and its number, and another backend's worker (one still being
@@ -135,6 +138,8 @@ class LocalBackend(Backend):
         self._stop_on_reply: set[int] = set()
         #: when the dispatcher wakes by itself next (time.time(); 0 while it is awake)
         self._sleep_until = 0.0
+        #: when a worker's last reply came (time.time()): calls are coming one after another
+        self._last_reply = 0.0
         self._start_failures: dict[str | None, int] = {}
         #: expected seconds per call, by function
         self._estimates: dict[Any, float] = {}
@@ -295,6 +300,13 @@ class LocalBackend(Backend):
                     now = time.time()
                     wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + _IDLE_S)
                     timeout = min(_IDLE_S, max(0.0, wakeup - now), self._idle_expiry())
+                    if now - self._last_reply < _BUSY_S and any(w.cgroup is None and w.ready and not w.inflight
+                                                                for w in self._workers):
+                        # Calls come one after another (``.remote()`` in a loop): an idle worker
+                        # without a cgroup, whose next call is sampled from its start, is looked at
+                        # on its sampling clock anyway, so a call handed to it from the caller's
+                        # thread needs no wake-up of this thread (``invoke_many``).
+                        timeout = min(timeout, SAMPLE_S)
                     polling = any(w.pidfd is None for w in self._workers)
                     if polling:
                         timeout = min(timeout, 0.05)
@@ -379,7 +391,7 @@ class LocalBackend(Backend):
         if not worker.inflight:
             return
         inv = worker.inflight.popleft()
-        now = time.time()
+        now = self._last_reply = time.time()
         worker.idle_since = time.monotonic()
         error, replace = worker.verdict(inv, head)
         if id(inv) in self._stop_on_reply:
