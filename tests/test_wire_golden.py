@@ -112,8 +112,19 @@ def _message() -> dict[str, Any]:
     return driver_message.message(driver_message.calls(_MSG_EVENTS), [512, 30.0, 512], 1048576, 65536)
 
 
+#: the next message to the same worker: its first call is what differs from the first one's (``"last"``)
+#: (its new values made when the module loads: marshal marks an object referred to more than
+#: once, and a literal is referred to by the module's code too, for as long as that is kept)
+_NEXT_EVENTS = [(dict(_MSG_EVENTS[0][0], job_id=JOB[:-1] + "z", args={"inline": "".join(("AQ", "=="))}), 30.0, 0)]
+
+
 def _message_bytes() -> bytes:
     msg = _message()  # held by a name while it is written, as the driver holds it (marshal marks shared objects)
+    return driver_message.dumps(msg)
+
+
+def _next_message_bytes() -> bytes:
+    msg = driver_message.message(driver_message.calls(_NEXT_EVENTS, _MSG_EVENTS[0][0]), None, 1048576, 65536)
     return driver_message.dumps(msg)
 
 
@@ -133,7 +144,7 @@ CASES: dict[str, Callable[[], list[bytes]]] = {
                            job_record.seal_progress(SECRET, JOB, _PROGRESS), job_record.seal_cancel(SECRET, JOB, _CANCEL)],
     "handoff": lambda: [json.dumps(handoff.image(*_LAYOUT_INPUT)[1]).encode(), handoff.image(*_LAYOUT_INPUT)[0]],
     "frames": lambda: [b"".join(frames.encode(h, b) for h, b in _FRAMES)],
-    "driver_message": lambda: [_message_bytes()],
+    "driver_message": lambda: [_message_bytes(), _next_message_bytes()],
     "worker_reply": lambda: [worker_reply.dumps(head) for head in _reply_headers()],
 }
 
@@ -212,9 +223,13 @@ def _decode_frames(parts: list[bytes]) -> None:
 def _decode_driver_message(parts: list[bytes]) -> None:
     msg = driver_message.loads(parts[0])
     assert msg["limits"] == [512, 30.0, 512]
-    got = list(driver_message.events(msg))
+    decoder = driver_message.Decoder()
+    got = list(decoder.events(msg))
     assert [e for _c, e in got] == [dict(e, reply_limit=1048576, handoff=65536) for e, _t, _n in _MSG_EVENTS]
     assert [(c["timeout_s"], c.get("fd", 0)) for c, _e in got] == [(t, n) for _e, t, n in _MSG_EVENTS]
+    following = driver_message.loads(parts[1])
+    assert following["calls"][0]["last"] and set(following["calls"][0]["changed"]) == {"job_id", "args"}
+    assert [e for _c, e in decoder.events(following)] == [dict(e, reply_limit=1048576, handoff=65536) for e, _t, _n in _NEXT_EVENTS]
 
 
 def _decode_worker_reply(parts: list[bytes]) -> None:

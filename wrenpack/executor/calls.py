@@ -144,8 +144,9 @@ class CallTable:
     # -- lifecycle hooks (backend threads) --------------------------------------
     def _on_start(self, inv: Invocation) -> None:
         job = self._jobs.get(inv.key[0])
-        if job is not None and inv.key[1] in job.futures:
-            job.futures[inv.key[1]]._mark_running()
+        fut = job.futures.get(inv.key[1]) if job is not None else None
+        if fut is not None:  # (a call may end before its start is reported: then it stays done)
+            fut._mark_running()
 
     def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
         if result.private is not None and result.private.slow and result.error is None:

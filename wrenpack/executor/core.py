@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from wrenpack import auth, config as _config, keys, serialize
 from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_names, create_backend
@@ -111,6 +111,8 @@ class Executor(CallTable, cf.Executor):
         self.call_seconds: dict[str, float] = {}
         #: maps whose later calls wait to be launched (``hold``)
         self._plans: set[Any] = set()
+        #: the next single call's job identity, made while the last one ran (``_make_identity``): one at most
+        self._ahead: list[_Identity] = []
         #: whether this executor's backend bills calls as Lambda does (known once it has one): ``report``
         self._billed_per_call: bool | None = None
         _executors.add(self)
@@ -122,6 +124,9 @@ class Executor(CallTable, cf.Executor):
     # -- public -----------------------------------------------------------------
     @property
     def backend(self) -> Backend:
+        backend = self._backend
+        if backend is not None:  # (made already: asked a few times per launch, no lock needed to read it)
+            return backend
         with self._lock:
             if self._backend is None:
                 if self._released:
@@ -275,17 +280,21 @@ class Executor(CallTable, cf.Executor):
         if futures is None:
             self.check_open()
         label = label or getattr(fn, "__qualname__", "function")
-        job_id = new_job_id() if spawned is None else spawned[0]
+        ahead = self._identity_made(label) if spawned is None else None
+        job_id = ahead.job_id if ahead is not None else new_job_id() if spawned is None else spawned[0]
         if prepared is None:
             prepared = self.prepare(fn, calls, options, label)
         fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
         store = self.store
-        if spawned is None:
+        if ahead is not None:
+            secret, chain = ahead.secret, []
+        elif spawned is None:
             secret, chain = refs.new_job_secret(job_id)
         else:
             secret, chain = spawned[1], []
             refs.remember(job_id, secret)
-        job_key = refs.JobKey(job_id)  # the job's futures hold it: the secret is forgotten with the last
+        # the job's futures hold it: the secret is forgotten with the last
+        job_key = ahead.key if ahead is not None else refs.JobKey(job_id)
         spec = store.spec
         extra_event = dict(options.extra.get("event", {}))
         if chain:
@@ -318,7 +327,8 @@ class Executor(CallTable, cf.Executor):
                   or not self.backend.capabilities.calls_end_with_driver)
         del inline_args
         if not stored:
-            extra_event["owner"] = owner_record(label, job_id)
+            extra_event["owner"] = ahead.owner if ahead is not None else owner_record(label, job_id)
+        ahead = None
         # The launch takes the payloads over: each is let go of once its call is
         # launched (large arguments once they are in the store, now).
         payloads = prepared.payloads
@@ -367,8 +377,9 @@ class Executor(CallTable, cf.Executor):
         with self._lock:
             self._jobs[job_id] = job
         self._ensure_collector()
-        log.info("job %s: launching %d call(s) of %s on %s (%d at a time at most)", job_id, n, label, self.backend.name,
-                 job.ahead)
+        if log.isEnabledFor(logging.INFO):
+            log.info("job %s: launching %d call(s) of %s on %s (%d at a time at most)", job_id, n, label, self.backend.name,
+                     job.ahead)
         try:
             self._fill(job, raising=True)
         except BaseException:
@@ -379,7 +390,36 @@ class Executor(CallTable, cf.Executor):
             _close_handoffs(inv.handoff for inv in list(job.invocations.values()))
             self._drain_if_idle()
             raise
+        if spawned is None and n == 1 and given is None:
+            self._make_identity(label)
         return out
+
+    def _make_identity(self, label: str) -> None:
+        """A single call was just sent (``.remote()``, ``submit``): the next job's
+        identity (id, secret, sealed owner record) is made now, while the worker
+        runs this one, rather than on the next call's clock. Not inside a call,
+        where a new job's secret is derived from the running call's."""
+        if refs.in_call():
+            return
+        job_id = new_job_id()
+        secret, chain = refs.new_job_secret(job_id)
+        if chain:
+            return
+        self._ahead = [_Identity(label, os.getpid(), time.monotonic(), job_id, secret, refs.JobKey(job_id),
+                                 owner_record(label, job_id))]
+
+    def _identity_made(self, label: str) -> "_Identity | None":
+        """The identity ``_make_identity`` made for a job of ``label``, if it is
+        fresh (``IDENTITY_KEPT_S``; made by this process, not inside a call);
+        taken once (another one is dropped, and its secret with its key)."""
+        try:
+            ahead = self._ahead.pop()
+        except IndexError:
+            return None
+        if ahead.label != label or ahead.pid != os.getpid() or time.monotonic() - ahead.made > IDENTITY_KEPT_S \
+                or refs.in_call():
+            return None
+        return ahead
 
     def _window(self) -> int:
         """How many of a launch's calls are handed to the backend and not ended
@@ -547,6 +587,23 @@ class Executor(CallTable, cf.Executor):
                     if not fut.done():
                         self._resolve(job, cid, False, stopped)
         self._release()
+
+
+#: how long an identity made ahead for the next single call (``Executor._make_identity``) is used:
+#: a job's id and owner record say when it was made, to the second
+IDENTITY_KEPT_S = 0.5
+
+
+class _Identity(NamedTuple):
+    """A job's identity, made before its launch (``Executor._make_identity``)."""
+
+    label: str
+    pid: int
+    made: float
+    job_id: str
+    secret: bytes
+    key: Any  # refs.JobKey: the secret is forgotten when the identity (unused) or the job's futures go
+    owner: dict[str, Any]
 
 
 def new_job_id() -> str:

@@ -34,6 +34,8 @@ class _Tail:
                 self.parts, self.size = [joined], len(joined)
 
     def text(self) -> str:
+        if not self.parts:
+            return ""
         data = "".join(self.parts).encode("utf-8", "replace")[-self.limit :]
         return data.decode("utf-8", "ignore")
 
@@ -64,7 +66,8 @@ class CallScope:
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
+        if self.env:
+            os.environ.update(self.env)
         streams = (sys.stdout, sys.stderr)
         if self.tail is not None:
             sys.stdout, sys.stderr = _Tee(sys.stdout, self.tail), _Tee(sys.stderr, self.tail)

@@ -126,12 +126,14 @@ def _disarm() -> None:
 _last_store: tuple[dict[str, Any], tuple[Any, ...], Store] | None = None
 
 
-def _store_for(spec: dict[str, Any]) -> Store:
+def _store_for(spec: dict[str, Any], pinned: tuple[str | None, bool] | None = None) -> Store:
     """The event's store, once checked (``_check_store``); the same spec is not
     checked again while what the check depends on (the pinned store, whether
-    this is Lambda) is the same."""
+    this is Lambda) is the same. ``pinned``: those two as the caller knows them
+    (a local worker's context: ``store_pin``), else read from the environment."""
     global _last_store
-    pinned = (os.environ.get("WRENPACK_STORE_URL"), _on_lambda())
+    if pinned is None:
+        pinned = store_pin()
     last = _last_store
     if last is not None and last[0] == spec and last[1] == pinned:
         return last[2]
@@ -142,6 +144,12 @@ def _store_for(spec: dict[str, Any]) -> Store:
         store = _stores[token] = open_store(spec)
     _last_store = (dict(spec), pinned, store)
     return store
+
+
+def store_pin() -> tuple[str | None, bool]:
+    """What the event's store is checked against: the store the worker was
+    deployed for (``WRENPACK_STORE_URL``), and whether this is Lambda."""
+    return os.environ.get("WRENPACK_STORE_URL"), _on_lambda()
 
 
 def _on_lambda() -> bool:
@@ -337,13 +345,14 @@ def _load_args(store: Store, ev: Event, context: Any = None) -> tuple[tuple[Any,
 
 
 def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None, slab: int | None = None,
-                  room: int | None = None) -> "bytes | handoff.Sealed":
+                  room: int | None = None, plain_tried: bool = False) -> "bytes | handoff.Sealed":
     """Pickle a success outcome: bytes, or on a local worker that takes hand-offs
     (``event["handoff"]``) a memfd when it is larger than that: the one the driver
     gave for it (``slab``) while the result fits in it and in ``room``, else a
     sealed one of our own. Small plain data is pickled without cloudpickle's
-    set-up (``wrenpack.worker.plain``: the same bytes)."""
-    if slab is None:
+    set-up (``wrenpack.worker.plain``: the same bytes; ``plain_tried``: the
+    caller did that already)."""
+    if slab is None and not plain_tried:
         data = plain.dumps(outcome)
         if data is not None and (handoff_min is None or len(data) <= handoff_min):
             return data
@@ -412,7 +421,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     deadline = ev.extra.get("deadline")
     if deadline is not None and start > deadline:
         return _expired(ev, deadline, start)
-    job_store = _JobStore(_store_for(ev.store), ev.job_id, ev.extra.get("owner"))
+    job_store = _JobStore(_store_for(ev.store, getattr(context, "store_pin", None)), ev.job_id, ev.extra.get("owner"))
     if isolation.active():
         return _handle_isolated(event, ev, job_store, context, start)
     store: Any = job_store
@@ -481,10 +490,14 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         finally:
             run_s = time.perf_counter() - run_start
         try:
-            with refs.sealing_scope():  # futures in the result carry no secret into the store
-                slab = _take_slab(context)
-                outcome: Any = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
-                                             _result_room(context) if slab is not None else None)
+            slab = _take_slab(context)
+            handoff_min = ev.extra.get("handoff")
+            outcome: Any = plain.dumps(("ok", value)) if slab is None else None
+            if outcome is None or (handoff_min is not None and len(outcome) > handoff_min):
+                with refs.sealing_scope():  # futures in the result carry no secret into the store
+                    outcome = _dump_outcome(("ok", value), handoff_min, slab,
+                                            _result_room(context) if slab is not None else None, plain_tried=True)
+            # (else small plain data, which holds no future: as _dump_outcome would pickle it)
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
@@ -669,9 +682,13 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
             "fkey": fkey, "func_len": len(func), "args": spec, "deadline": deadline,
             "memory_mb": getattr(context, "memory_limit_in_mb", None),
             "request_id": getattr(context, "aws_request_id", None),
-            "store": ev.store, "extra": {k: v for k, v in ev.extra.items() if k in _CHILD_EXTRA},
-            "env_set": {k: os.environ[k] for k in _CALL_ENV if k in os.environ},
+            "store": ev.store, "extra": {k: ev.extra[k] for k in _CHILD_EXTRA if k in ev.extra},
         }
+        call_env = getattr(context, "call_env", None)
+        if call_env is None:
+            call_env = {k: os.environ[k] for k in _CALL_ENV if k in os.environ}
+        if call_env != child.env:
+            head["env_set"] = child.env = call_env  # (the child keeps what it was given: sent when it changes)
         blob = bytes(func) + bytes(arg_bytes) if func else arg_bytes
         # The child stops itself just before the deadline; one stuck where signals
         # do not reach is given up on at the deadline (Lambda would end the invocation).
@@ -716,6 +733,7 @@ def _domain_of(ev: Event, fkey: str) -> str:
 #: the event fields a child needs (never the secret, nor the domain)
 _CHILD_EXTRA = ("ref_secrets", "chain", "handoff", "env", "capture_logs", "python")
 #: environment variables the parent sets per call (a local worker's limits) that the child takes on
+#: (a local worker names them in its context, ``call_env``, as it sets them: not read on every call)
 _CALL_ENV = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_TIMEOUT", "WRENPACK_EPHEMERAL_STORAGE_MB")
 
 
@@ -811,7 +829,9 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     pickle as raw bytes (or a hand-off memfd), and what the status gains."""
     global _child_store
     start = float(head.get("start") or time.time())
-    os.environ.update(head.get("env_set") or {})
+    env_set = head.get("env_set")
+    if env_set:  # (sent when it changes: the process keeps it)
+        os.environ.update(env_set)
     extra = dict(head.get("extra") or {})
     ev = object.__new__(Event)
     ev.__dict__.update(job_id=head["job_id"], call_id=head["call_id"], store=head["store"], secret=b"",
@@ -828,9 +848,8 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     func_len = int(head.get("func_len") or 0)
     view = memoryview(blob)
     spec = head["store"]
-    token = repr(sorted(spec.items()))
-    if _child_store is None or _child_store[0] != token:
-        _child_store = (token, _LazyStore(spec))
+    if _child_store is None or _child_store[0] != spec:
+        _child_store = (dict(spec), _LazyStore(spec))
     store = _child_store[1]
 
     def load_fn() -> Any:
@@ -852,8 +871,7 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
             return _load_child_args(ev, args, rest, context)
         return _loads(rest, "the call's arguments")
 
-    peak_mark = memory.start_peak()
-    children_before = memory.children_peak_mb()
+    peak_mark, children_before = _call_marks()
     user_data.bind(store)
     refs.learn(extra.get("ref_secrets"))
     refs.enter_call(ev.job_id, b"", extra.get("chain") or (), derive=lambda job_id: _ask_secret(rpc, job_id))
@@ -880,6 +898,31 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
         reply["handoff"] = sealed.layout
         return reply, b"", [fd] if fd is not None else []
     return reply, ran.outcome, []
+
+
+#: (when, the peak meter's mark, the children's peak) taken after the last reply went (``after_reply``)
+_marks: tuple[float, Any, float] | None = None
+#: marks older than this are taken again when the call comes: memory a thread the
+#: last call left running used between calls is not this call's beyond that long
+MARKS_KEPT_S = 0.05
+
+
+def after_reply() -> None:
+    """In a job's process, once a call's reply has gone: the next call's memory
+    marks (the peak meter's reset, the children's peak) are taken now, while the
+    parent and the driver handle the reply, not on the next call's clock."""
+    global _marks
+    _marks = (time.monotonic(), memory.start_peak(), memory.children_peak_mb())
+
+
+def _call_marks() -> tuple[Any, float]:
+    """The call's memory marks: those ``after_reply`` took if they are recent,
+    else taken now."""
+    global _marks
+    marks, _marks = _marks, None
+    if marks is not None and marks[1] is not None and time.monotonic() - marks[0] <= MARKS_KEPT_S:
+        return marks[1], marks[2]
+    return memory.start_peak(), memory.children_peak_mb()
 
 
 class _LazyStore:
@@ -1005,7 +1048,7 @@ def warm_up() -> None:
         _child_store = None
 
 
-isolation.set_runner(run_in_child, warm_up)
+isolation.set_runner(run_in_child, warm_up, after_reply)
 
 if _on_lambda():
     # Lambda loads this module at its init, before the first event: the zygote

@@ -100,6 +100,10 @@ def prctl(option: int, value: int) -> bool:
 _ONE_READ = 1 << 16
 
 
+#: compact JSON (one encoder: ``json.dumps`` with separators makes one per call)
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[int] | None = None,
          to_child: bool = False) -> None:
     """One message in one ``sendmsg`` (the peer wakes once, with all of it): the
@@ -107,7 +111,7 @@ def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[i
     is JSON, or with ``to_child`` (the parent's messages to a job's child, which
     trusts its parent) ``marshal``, which costs a fraction to write and read.
     Nothing a child sends is read as anything but JSON."""
-    data = marshal.dumps(head) if to_child else json.dumps(head, separators=(",", ":")).encode()
+    data = marshal.dumps(head) if to_child else _JSON.encode(head).encode()
     view = memoryview(blob).cast("B") if blob else memoryview(b"")
     first = _HEAD.pack(len(data), view.nbytes) + data
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))] if fds else []
@@ -139,12 +143,93 @@ def _recv_exact(sock: socket.socket, n: int, fds: list[int] | None) -> bytearray
     return buf
 
 
-def recv(sock: socket.socket, from_parent: bool = False) -> tuple[dict[str, Any], bytearray, list[int]]:
+#: each reading thread's buffer for a message read whole (``recv(whole=True)``)
+_reading = threading.local()
+
+
+def _recv_whole(sock: socket.socket, loads: Callable[[bytes], Any]) -> tuple[dict[str, Any], bytearray, list[int]] | None:
+    """A message read in one system call, when it is small and all there: (head,
+    blob, descriptors); None when what came is only its start (``recv`` reads the
+    rest). Used only between a parent and its job's child, where each side sends
+    one message and then waits for the other's: bytes after the message can only
+    be the peer breaking the protocol, and are refused as such (``ValueError``)."""
+    view = getattr(_reading, "view", None)
+    if view is None:
+        view = _reading.view = memoryview(bytearray(_ONE_READ + _HEAD.size))
+    fds: list[int] = []
+    k, anc, _flags, _addr = sock.recvmsg_into([view], socket.CMSG_SPACE(64 * 4))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += list(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
+    if k == 0:
+        close_all(fds)
+        raise EOFError("the other end closed")
+    if k >= _HEAD.size:
+        head_len, blob_len = _HEAD.unpack_from(view)
+        end = _HEAD.size + head_len + blob_len
+        if k > end:
+            close_all(fds)
+            raise ValueError("bytes came after a message")
+        if k == end:
+            if head_len > _MAX_HEAD:
+                close_all(fds)
+                raise ValueError("a message head is too large")
+            head = loads(bytes(view[_HEAD.size:_HEAD.size + head_len]))
+            if not isinstance(head, dict):
+                close_all(fds)
+                raise ValueError("a message head is not an object")
+            return head, bytearray(view[_HEAD.size + head_len:end]) if blob_len else bytearray(), fds
+    # Only the message's start came (a large one, or a slow writer): the rest as before.
+    return _recv_rest(sock, bytes(view[:k]), fds, loads)
+
+
+def _recv_rest(sock: socket.socket, start: bytes, fds: list[int], loads: Callable[[bytes], Any]) -> tuple[dict[str, Any], bytearray, list[int]]:
+    """A message whose first bytes (``start``) were read already."""
+    if len(start) < _HEAD.size:
+        start += bytes(_recv_exact(sock, _HEAD.size - len(start), None))
+    head_len, blob_len = _HEAD.unpack_from(start)
+    if head_len > _MAX_HEAD:
+        close_all(fds)
+        raise ValueError("a message head is too large")
+    body = start[_HEAD.size:]
+    rest = head_len + blob_len - len(body)
+    if rest < 0:
+        close_all(fds)
+        raise ValueError("bytes came after a message")
+    if len(body) < head_len:
+        body += bytes(_recv_exact(sock, head_len - len(body), None))
+        rest = blob_len
+    head = loads(bytes(body[:head_len]))
+    if not isinstance(head, dict):
+        close_all(fds)
+        raise ValueError("a message head is not an object")
+    got = body[head_len:]
+    if rest <= 0:
+        return head, bytearray(got), fds
+    # The blob read into a buffer of its own, its start copied in (never the whole of it again).
+    blob = bytearray(blob_len)
+    view = memoryview(blob)
+    view[:len(got)] = got
+    at = len(got)
+    while at < blob_len:
+        k = sock.recv_into(view[at:], blob_len - at)
+        if k == 0:
+            close_all(fds)
+            raise EOFError("the other end closed")
+        at += k
+    return head, blob, fds
+
+
+def recv(sock: socket.socket, from_parent: bool = False, whole: bool = False) -> tuple[dict[str, Any], bytearray, list[int]]:
     """One message: (head, blob, descriptors that came with it). A small one takes
     two reads (the fixed part, then the rest), a larger one three (its blob is
     read into a buffer of its own, never copied). ``from_parent``: a job's child
-    reading its parent's message (a ``marshal`` head: ``send(to_child=True)``)."""
+    reading its parent's message (a ``marshal`` head: ``send(to_child=True)``).
+    ``whole``: between a parent and its job's child (one message at a time each
+    way), a small message is read in one system call (``_recv_whole``)."""
     loads = marshal.loads if from_parent else json.loads
+    if whole:
+        return _recv_whole(sock, loads)
     fds: list[int] = []
     fixed = _recv_exact(sock, _HEAD.size, fds)
     head_len, blob_len = _HEAD.unpack(fixed)
@@ -322,6 +407,10 @@ class Child:
         #: the calls it may run (``child_for``)
         self.domain = domain
         self.funcs: set[str] = set()
+        #: the per-call environment (``handler._CALL_ENV``) it was given last: sent again only when it changes
+        self.env: dict[str, str] | None = None
+        #: its socket and pidfd, polled while it runs a call (``run_call``)
+        self.poller: Any = None
         self.pid, self.sock = _take_spare()
         self.status: int | None = None
         #: its last call left processes behind, by its own report (a false "no" spares only its own job's)
@@ -725,10 +814,12 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
         send(child.sock, head, blob, fds, to_child=True)
     except OSError as exc:
         raise ChildGone(f"the call's process died ({exc})") from None
-    poller = select.poll()
-    poller.register(child.sock, select.POLLIN)
-    if child.pidfd is not None:
-        poller.register(child.pidfd, select.POLLIN)
+    poller = child.poller
+    if poller is None:
+        poller = child.poller = select.poll()  # (kept for the child's next calls)
+        poller.register(child.sock, select.POLLIN)
+        if child.pidfd is not None:
+            poller.register(child.pidfd, select.POLLIN)
     while True:
         timeout = 0.25
         if wait_until is not None:
@@ -743,6 +834,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
         if not any(fd == child.sock.fileno() for fd, _ in ready):
             # Only the pidfd: the child exited; a last message may still be in the socket.
             poller.unregister(child.pidfd)
+            child.poller = None
             try:
                 child.sock.setblocking(False)
                 peek = child.sock.recv(1, socket.MSG_PEEK)
@@ -753,7 +845,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
             if not peek:
                 raise ChildGone("the call's process died")
         try:
-            got, data, got_fds = recv(child.sock)
+            got, data, got_fds = recv(child.sock, whole=True)
         except (EOFError, OSError) as exc:
             raise ChildGone(f"the call's process died ({exc})") from None
         except (ValueError, struct.error) as exc:
@@ -797,7 +889,7 @@ class _Rpc:
     def ask(self, head: dict[str, Any], blob: Any = b"") -> tuple[dict[str, Any], bytearray]:
         with self.lock:
             send(self.sock, head, blob)
-            answer, data, fds = recv(self.sock, from_parent=True)
+            answer, data, fds = recv(self.sock, from_parent=True, whole=True)
         for fd in fds:
             os.close(fd)
         if "error" in answer:
@@ -816,12 +908,16 @@ _runner: Callable[..., tuple[dict[str, Any], Any, list[int]]] | None = None
 
 #: runs the call path once on nothing in a process waiting for its first call (``handler.warm_up``)
 _warm_up: Callable[[], None] | None = None
+#: runs in a job's process after each reply has gone, while it waits for its next call (``handler.after_reply``)
+_after_reply: Callable[[], None] | None = None
 
 
-def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]], warm_up: Callable[[], None] | None = None) -> None:
-    global _runner, _warm_up
+def set_runner(runner: Callable[..., tuple[dict[str, Any], Any, list[int]]], warm_up: Callable[[], None] | None = None,
+               after_reply: Callable[[], None] | None = None) -> None:
+    global _runner, _warm_up, _after_reply
     _runner = runner
     _warm_up = warm_up
+    _after_reply = after_reply
 
 
 def _has_children() -> bool:
@@ -863,6 +959,7 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     rpc = _Rpc(sock)
     first = True
+    before: tuple[float, int] | None = None
     if _warm_up is not None and not _readable(sock):
         # While it waits to be taken (a spare), it runs the call path once on nothing:
         # the pages that copies from the zygote are copied now, not on the first call's
@@ -873,7 +970,7 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             pass
     while True:
         try:
-            head, blob, fds = recv(sock, from_parent=True)
+            head, blob, fds = recv(sock, from_parent=True, whole=True)
         except (EOFError, OSError):
             os._exit(0)
         if first:
@@ -882,7 +979,8 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             # own /proc files, the memory meter's reset, core dumps need that).
             prctl(_PR_SET_DUMPABLE, 1)
             first = False
-        before = children_usage()
+        if before is None:
+            before = children_usage()
         reply, out, out_fds = runner(head, blob, fds, rpc)
         reply["children"] = _has_children()
         reply["started"] = reply["children"] or children_usage() != before
@@ -892,3 +990,9 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             os._exit(0)
         finally:
             close_all(out_fds)
+        # The next call's marks, taken while the parent and the driver handle the reply: only
+        # this process reaps what its calls started (``_has_children``), so the usage of its
+        # waited-for children is the same when the next call comes.
+        before = children_usage()
+        if _after_reply is not None:
+            _after_reply()

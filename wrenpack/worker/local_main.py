@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.fds import close_quietly
@@ -226,15 +226,65 @@ def _running(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
+#: a directory whose last change is at least this much older than a count that found it
+#: empty is empty while it stays unchanged: file times are coarse (a few milliseconds), so a
+#: change made just after a count may keep the time the directory had
+_QUIET_S = 0.05
+
+
+class TmpMeter:
+    """Bytes in the worker's temporary directory after each call (``memory.dir_usage``),
+    without walking it after every call of a function that leaves it empty.
+
+    An empty directory that has not changed since stays empty: whatever a call
+    puts in it (a file, a directory, a name moved in) is a new entry, and a new
+    entry changes the directory's modification time. A file that only grows
+    changes nothing there, so a directory that holds anything is counted after
+    every call, as is one whose time or identity changed, or whose last change
+    was too recent to tell from one made just after the count (``_QUIET_S``)."""
+
+    def __init__(self, path: str, count: Callable[[str], int]) -> None:
+        self.path = path
+        self._count = count  # (``memory.dir_usage``)
+        #: (device, inode, modification time) when it was last found empty, long enough after its last change
+        self._empty: tuple[int, int, int] | None = None
+
+    def usage(self) -> int:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is not None and self._empty == (st.st_dev, st.st_ino, st.st_mtime_ns):
+            return 0
+        self._empty = None
+        now_ns = time.time_ns()
+        total = self._count(self.path)
+        if total == 0 and st is not None and now_ns - st.st_mtime_ns >= _QUIET_S * 1e9 and not _has_entries(self.path):
+            self._empty = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        return total
+
+
+def _has_entries(path: str) -> bool:
+    """Whether the directory holds anything (empty files count: a byte total of 0 says nothing of them)."""
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is not None
+    except OSError:
+        return True
+
+
 def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int | None = None) -> None:
     frames.send(sock, worker_reply.dumps(head), blob, fd)
 
 
-def _apply_limits(limits: list[Any]) -> None:
+def _apply_limits(limits: list[Any]) -> dict[str, str]:
+    """Set the calls' limits in the environment, as Lambda does; what was set
+    (each call's context names it, ``call_env``: the handler does not read it again per call)."""
     memory_mb, timeout_s, storage_mb = limits
-    os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(memory_mb)
-    os.environ["AWS_LAMBDA_FUNCTION_TIMEOUT"] = str(max(1, int(timeout_s)))
-    os.environ["WRENPACK_EPHEMERAL_STORAGE_MB"] = str(storage_mb)
+    env = {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb), "AWS_LAMBDA_FUNCTION_TIMEOUT": str(max(1, int(timeout_s))),
+           "WRENPACK_EPHEMERAL_STORAGE_MB": str(storage_mb)}
+    os.environ.update(env)
+    return env
 
 
 def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
@@ -243,28 +293,34 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
 
     from wrenpack.worker import isolation, memory
     from wrenpack.worker.context import LocalContext
-    from wrenpack.worker.handler import handler
+    from wrenpack.worker.handler import handler, store_pin as handler_store_pin
 
     tmpdir = os.environ.get("TMPDIR")
     if tmpdir:
         tempfile.tempdir = tmpdir
+    tmp_meter = TmpMeter(tmpdir, memory.dir_usage) if tmpdir else None
     function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-local")
     memory_mb = 0
+    call_env: dict[str, str] | None = None  # (None until limits come: the handler reads the environment)
+    # What the handler's store check depends on (``handler._store_for``): set when this worker
+    # started, and nothing runs in this process that could change it.
+    store_pin = handler_store_pin()
     isolation.spare_after_reply = True
     _send(sock, worker_reply.ready(os.getpid()))
     calls = 0
     fds: list[int] = []  # hand-offs received, not yet given to a call (oldest first)
     reader = frames.Reader(sock)
+    decoder = driver_message.Decoder()
     while True:
         got = reader.next(fds)
         if got is None:
             return
         msg = driver_message.loads(got[0])
         if msg.get("limits"):
-            _apply_limits(msg["limits"])
+            call_env = _apply_limits(msg["limits"])
             memory_mb = int(msg["limits"][0])
         reply_limit = msg.get("reply_limit")
-        for call, event in driver_message.events(msg):
+        for call, event in decoder.events(msg):
             calls += 1
             ctx = LocalContext(
                 function_name=function_name,
@@ -275,6 +331,8 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             # Replies the backend asked for come back over this socket, which only this
             # process and the driver hold: the outcome needs no MAC (wrenpack.backends.local.replies).
             ctx.private_reply = bool(reply_limit)
+            ctx.call_env = call_env  # type: ignore[attr-defined]
+            ctx.store_pin = store_pin  # type: ignore[attr-defined]
             # The call's arguments as sealed memfds, when they came that way (the handler checks them).
             ctx.handoff_fds = [fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))]
             before = isolation.children_usage()
@@ -298,7 +356,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             end_call_processes()
             worker_reply.measured(reply, elapsed, children=child_died or isolation.children_usage() != before
                                   or isolation.call_started_processes(),
-                                  tmp_bytes=memory.dir_usage(tmpdir) if tmpdir else 0)
+                                  tmp_bytes=tmp_meter.usage() if tmp_meter is not None else 0)
             sys.stdout.flush()
             sys.stderr.flush()
             try:

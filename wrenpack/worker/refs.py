@@ -148,6 +148,11 @@ class JobKey:
             pass
 
 
+def in_call() -> bool:
+    """Whether this process runs a call now (a new job's secret is then derived from it)."""
+    return _current is not None
+
+
 def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
     """A new job's secret and its chain of ancestor jobs: random in a client;
     inside a call, derived from the call's job's secret (the client re-derives it)."""

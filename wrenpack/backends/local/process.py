@@ -191,6 +191,8 @@ class Worker:
         self.sock.setblocking(False)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
+        #: the first event of the last message sent, as the worker keeps it
+        self._sent_event: dict[str, Any] | None = None
         #: [offset in outbuf, descriptors to send with the bytes from there]
         self._out_fds: deque[list[Any]] = deque()
         #: descriptors received and not yet matched with their reply (oldest first)
@@ -236,8 +238,12 @@ class Worker:
         limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
         changed = limits != self.limits
         self.limits = limits
-        msg = driver_message.message(driver_message.calls([(_event(inv), inv.timeout_s, _fd_count(inv)) for inv in calls]),
-                                     list(limits) if changed else None, reply_limit, handoff_min)
+        items = [(_event(inv), inv.timeout_s, _fd_count(inv)) for inv in calls]
+        msg = driver_message.message(driver_message.calls(items, self._sent_event), list(limits) if changed else None,
+                                     reply_limit, handoff_min)
+        # What the worker keeps of this message (``driver_message.Decoder``): the next one's
+        # first call may be sent as what differs from it. (A copy: the invocation's own may change.)
+        self._sent_event = dict(items[0][0])
         was_idle = not self.inflight
         if was_idle and self.cgroup is not None and self.limit_mb != first.memory_mb:
             with self._limit_lock:

@@ -55,7 +55,7 @@ from typing import Any
 
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
-from wrenpack.backends.local.process import Worker, base_environment, cancelled_error
+from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.wire import worker_reply
@@ -78,6 +78,9 @@ _MAX_BATCH = 256
 _IDLE_S = 0.1
 #: workers that die before they are ready, in a row, before a runtime's calls fail
 _START_TRIES = 3
+#: for this long after a reply, the dispatcher sleeps no longer than a sampling interval
+#: while a worker without a cgroup is idle: the next call may come from the caller's thread
+_BUSY_S = 0.05
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
 #: worker numbers, unique in this process: a worker's cgroups are named by the
 #: driver's pid and its number, and another backend's worker (one still being
@@ -135,6 +138,8 @@ class LocalBackend(Backend):
         self._stop_on_reply: set[int] = set()
         #: when the dispatcher wakes by itself next (time.time(); 0 while it is awake)
         self._sleep_until = 0.0
+        #: when a worker's last reply came (time.time()): calls are coming one after another
+        self._last_reply = 0.0
         self._start_failures: dict[str | None, int] = {}
         #: expected seconds per call, by function
         self._estimates: dict[Any, float] = {}
@@ -142,19 +147,25 @@ class LocalBackend(Backend):
         #: messages sent to workers and the calls they carried (batching, for tests and diagnostics)
         self.messages_sent = 0
         self.calls_sent = 0
+        self._capabilities: tuple[tuple[Any, ...], Capabilities] | None = None
         _live.add(self)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            calls_end_with_driver=True,
-            reply_results=self.reply_limit > 0,
-            handoff=self.handoff,
-            warm_pool=True,
-            enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
-            concurrency=self.concurrency,
-            cancel_running=True,
-        )
+        # (asked a few times per launch: made again only when what it says changes)
+        said = (self.reply_limit > 0, self.handoff, self.concurrency)
+        kept = self._capabilities
+        if kept is None or kept[0] != said:
+            kept = self._capabilities = (said, Capabilities(
+                calls_end_with_driver=True,
+                reply_results=said[0],
+                handoff=said[1],
+                warm_pool=True,
+                enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
+                concurrency=said[2],
+                cancel_running=True,
+            ))
+        return kept[1]
 
     @classmethod
     def from_config(cls, config: Any) -> "LocalBackend":
@@ -181,10 +192,6 @@ class LocalBackend(Backend):
                 # An idle warm worker takes the call from this thread: no wait
                 # for the dispatcher to be scheduled first.
                 started, sent_to = self._send_to_idle(flush=False)
-        # RUNNING before the bytes go: once they do, the reply races this thread
-        # for the GIL, and whatever it still does here delays the reply's reading.
-        for inv in started:
-            self.started(inv)
         with self._lock:
             if started:
                 for worker in sent_to:
@@ -195,6 +202,11 @@ class LocalBackend(Backend):
                 w.outbuf or w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
         if wake:
             self._wake()
+        # RUNNING once the bytes went: while the worker runs the call, not before it
+        # gets it. (Its reply is read on the dispatcher's thread; a call reported done
+        # first stays done: a future that is not pending is not made RUNNING.)
+        for inv in started:
+            self.started(inv)
 
     def cancel(self, invocation: Invocation) -> bool:
         """Remove a call no worker has taken yet; its ``on_done`` is then never called."""
@@ -288,19 +300,29 @@ class LocalBackend(Backend):
                     now = time.time()
                     wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + _IDLE_S)
                     timeout = min(_IDLE_S, max(0.0, wakeup - now), self._idle_expiry())
+                    if now - self._last_reply < _BUSY_S and any(w.cgroup is None and w.ready and not w.inflight
+                                                                for w in self._workers):
+                        # Calls come one after another (``.remote()`` in a loop): an idle worker
+                        # without a cgroup, whose next call is sampled from its start, is looked at
+                        # on its sampling clock anyway, so a call handed to it from the caller's
+                        # thread needs no wake-up of this thread (``invoke_many``).
+                        timeout = min(timeout, SAMPLE_S)
                     polling = any(w.pidfd is None for w in self._workers)
                     if polling:
                         timeout = min(timeout, 0.05)
                     self._sleep_until = now + timeout
-                # The calls that ended are reported here, the last thing before the sleep:
-                # a caller woken by its result then gets the GIL as soon as this thread
-                # sleeps, not after the next round's planning.
                 self._after_assign(started)
                 events = self._selector.select(timeout=max(0.0, self._sleep_until - time.time()))
                 with self._lock:
                     self._sleep_until = 0.0
                     for key, mask in events:
                         self._event(key.data, mask)
+                if self._done:
+                    # The calls that ended are reported as soon as their replies are read, before
+                    # this round's looking and the next one's planning: the caller's wake-up (a
+                    # thread the kernel must schedule) overlaps those, which it would wait behind.
+                    self._report()
+                with self._lock:
                     if polling:
                         for worker in list(self._workers):
                             if worker.pidfd is None and worker.exited():
@@ -369,7 +391,7 @@ class LocalBackend(Backend):
         if not worker.inflight:
             return
         inv = worker.inflight.popleft()
-        now = time.time()
+        now = self._last_reply = time.time()
         worker.idle_since = time.monotonic()
         error, replace = worker.verdict(inv, head)
         if id(inv) in self._stop_on_reply:

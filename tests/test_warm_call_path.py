@@ -1,0 +1,181 @@
+"""A warm single call's path does per-call work once: the next job's identity is
+made while the last call runs, a message between a worker and its job's
+process is read in one system call, an empty temporary directory is not walked
+after every call, a job's process takes a call's memory marks while it waits
+for it. Each of these stays exact: the records, messages and counts are the
+same as when they were made on the call's own clock."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+import wrenpack
+from wrenpack.executor import core, owner
+from wrenpack.wire import owner as owner_wire
+from wrenpack.worker import handler, isolation, memory
+from wrenpack.worker.local_main import TmpMeter
+
+pytestmark = pytest.mark.executor_settings(concurrency=1)
+
+
+def plus_one(x):
+    return x + 1
+
+
+def times_two(x):
+    return 2 * x
+
+
+def test_owner_records_seal_over_the_same_canonical_json():
+    rng = random.Random(7)
+    records = [
+        {"host": "h\u00e9\"\\x", "pid": 1, "start": None, "created": 1e22, "label": "f[3] \u2603 \n"},
+        {"host": "vm", "pid": True, "start": "1", "created": 0.5, "label": "bool pid: the general path"},
+        {"host": "vm", "pid": 2, "start": "1", "created": 5e-324, "label": "x", "mac": "ignored"},
+        {"host": "vm", "pid": 2, "start": "1", "created": 3, "label": "an int time: the general path"},
+    ] + [{"host": "vm", "pid": rng.randrange(1 << 22), "start": str(rng.random()),
+          "created": rng.random() * 10 ** rng.randint(-6, 12), "label": rng.choice(["a", "b\u00e9", "c d"])}
+         for _ in range(2000)]
+    for record in records:
+        want = json.dumps({k: v for k, v in record.items() if k != "mac"}, sort_keys=True, separators=(",", ":"))
+        assert owner_wire._canonical(record) == want
+    key = os.urandom(32)
+    sealed = owner_wire.seal(key, "20260101-000000-00000001", records[0])
+    assert owner_wire.verify(key, "20260101-000000-00000001", sealed)
+    assert not owner_wire.verify(key, "20260101-000000-00000002", sealed)
+    assert not owner_wire.verify(key, "20260101-000000-00000001", dict(sealed, label="other"))
+
+
+def test_the_next_single_calls_identity_is_made_while_one_runs(ex):
+    f = wrenpack.remote(plus_one, executor=ex)
+    assert f.remote(0).result(timeout=60) == 1  # (a cold start: what it made ahead may be stale by now)
+    assert f.remote(0).result(timeout=60) == 1
+    made = ex._ahead[0]
+    ex._ahead[:] = [made._replace(made=time.monotonic())]  # (fresh, however busy the machine is)
+    assert made.label == "plus_one"
+    key = owner.user_key()
+    assert key is not None and owner_wire.verify(key, made.job_id, made.owner)
+    fut = f.remote(1)
+    assert fut.job_id == made.job_id and fut.result(timeout=60) == 2
+    assert ex._ahead and ex._ahead[0].job_id != made.job_id
+    # Another function's call, or one made too long ago: a fresh identity, never a reused one.
+    other = wrenpack.remote(times_two, executor=ex).remote(3)
+    assert other.result(timeout=60) == 6 and other.job_id != ex._ahead[0].job_id
+    stale = ex._ahead[0]
+    ex._ahead[:] = [stale._replace(made=time.monotonic() - 2 * core.IDENTITY_KEPT_S)]
+    fut = wrenpack.remote(times_two, executor=ex).remote(4)
+    assert fut.result(timeout=60) == 8 and fut.job_id != stale.job_id
+    ids = [f.remote(i).job_id for i in range(5)]
+    assert len(set(ids)) == 5
+
+
+class _CountingSocket:
+    """A socket whose reads are counted."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reads = 0
+
+    def recvmsg_into(self, *args):
+        self.reads += 1
+        return self.sock.recvmsg_into(*args)
+
+    def recv_into(self, *args):
+        self.reads += 1
+        return self.sock.recv_into(*args)
+
+
+@pytest.mark.parametrize("size", [0, 100, 60_000, 70_000, 3 << 20])
+def test_a_message_to_or_from_a_jobs_process_is_read_whole(size):
+    a, b = socket.socketpair()
+    with a, b:
+        blob = os.urandom(size)
+        for to_child in (True, False):
+            sender = threading.Thread(target=isolation.send, args=(a, {"n": size}, blob), kwargs={"to_child": to_child})
+            sender.start()
+            counted = _CountingSocket(b)
+            head, got, fds = isolation.recv(counted, from_parent=to_child, whole=True)
+            sender.join()
+            assert head == {"n": size} and bytes(got) == blob and fds == []
+            if size <= 60_000:
+                assert counted.reads == 1  # one system call for a small message, not a read per part
+
+
+def test_bytes_after_a_message_from_a_jobs_process_break_the_protocol():
+    a, b = socket.socketpair()
+    with a, b:
+        isolation.send(a, {"t": "done"})
+        isolation.send(a, {"t": "done", "forged": True})
+        with pytest.raises(ValueError):
+            isolation.recv(b, whole=True)
+
+
+def test_an_empty_tmp_directory_is_not_walked_after_every_call(tmp_path):
+    walks = []
+
+    def count(path):
+        walks.append(path)
+        return memory.dir_usage(path)
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    past = time.time() - 10
+    os.utime(tmp, (past, past))
+    meter = TmpMeter(str(tmp), count)
+    assert [meter.usage() for _ in range(50)] == [0] * 50
+    assert len(walks) == 1
+    (tmp / "f").write_bytes(b"x" * 100_000)
+    assert meter.usage() >= 100_000
+    with open(tmp / "f", "ab") as f:  # grows without a new entry: a directory that holds anything is counted each time
+        f.write(b"y" * 200_000)
+    assert meter.usage() >= 300_000
+    (tmp / "f").unlink()
+    (tmp / "d").mkdir()
+    (tmp / "d" / "g").write_bytes(b"z" * 50_000)
+    assert meter.usage() >= 50_000
+    (tmp / "d" / "g").unlink()
+    (tmp / "d").rmdir()
+    assert meter.usage() == 0
+
+
+def test_a_jobs_process_uses_memory_marks_taken_after_its_last_reply_only_while_fresh(monkeypatch):
+    taken = []
+    monkeypatch.setattr(memory, "start_peak", lambda: taken.append("start") or ("faults", len(taken)))
+    monkeypatch.setattr(memory, "children_peak_mb", lambda: 7.0)
+    monkeypatch.setattr(handler, "_marks", None)
+    handler.after_reply()
+    assert taken == ["start"]
+    assert handler._call_marks() == (("faults", 1), 7.0)  # taken while it waited: not again
+    assert taken == ["start"]
+    assert handler._call_marks() == (("faults", 2), 7.0)  # used once
+    handler.after_reply()
+    monkeypatch.setattr(handler, "_marks", (time.monotonic() - 2 * handler.MARKS_KEPT_S, *handler._marks[1:]))
+    assert handler._call_marks() == (("faults", 4), 7.0)  # too old: taken at the call
+
+
+def test_warm_calls_on_a_sampled_worker_do_not_wake_the_dispatcher(tmp_path, monkeypatch):
+    """Without a cgroup a running call is sampled every few milliseconds; a call handed to
+    an idle worker from the caller's thread woke the dispatcher every time so it would
+    sample it. While calls come one after another it sleeps no longer than a sample, and
+    the call's own reply is the one wake-up it needs."""
+    from wrenpack.backends.local import LocalBackend
+
+    backend = LocalBackend(concurrency=1, use_cgroups=False)
+    wakes = []
+    original = backend._wake
+    monkeypatch.setattr(backend, "_wake", lambda: wakes.append(1) or original())
+    with wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend) as ex:
+        f = wrenpack.remote(plus_one, executor=ex)
+        assert f.remote(0).result(timeout=60) == 1  # (the worker starts: the dispatcher is woken for it)
+        assert f.remote(0).result(timeout=60) == 1
+        wakes.clear()
+        n = 30
+        assert [f.remote(i).result(timeout=60) for i in range(n)] == [i + 1 for i in range(n)]
+        # (each came within _BUSY_S of the last reply on a quiet machine; a busy one may stall a few)
+        assert len(wakes) <= n // 3, f"{len(wakes)} wake-ups of the dispatcher for {n} warm calls"
