@@ -205,8 +205,8 @@ def simulated(args: argparse.Namespace) -> int:
           "tests/aws/test_aws_cancellable.py)")
     print("request designs for comparison ($ per million calls, requests only): "
           + ", ".join(f"{k} ~${v:g}" for k, v in DESIGNS.items()))
-    print("targets: Event <= $6 per million calls; RequestResponse <= $0.25 (with the watch, the default, and with "
-          "cancellable=False)")
+    print("targets: Event <= $6 per million calls; RequestResponse <= $0.25 ('$/M req' is the default, whose running "
+          "calls can be stopped; 'no WATCH' is cancellable=False)")
     return 0
 
 
