@@ -40,7 +40,7 @@ def test_most_at_once_counts_overlaps():
     assert most_at_once([(0, 5), (1, 2), (1, 3), (4, 6)]) == 3
 
 
-@pytest.mark.parametrize("kind", ["Event", "RequestResponse"])
+@pytest.mark.parametrize("kind", ["Event", pytest.param("RequestResponse", marks=pytest.mark.slow)])
 def test_two_memory_sizes_share_the_accounts_unreserved_concurrency(kind, moto_endpoint, bucket, lambda_endpoint):
     lambda_endpoint.deploy(memory=1024, timeout=TIMEOUT)
     lambda_endpoint.deploy(memory=2048, timeout=TIMEOUT)
