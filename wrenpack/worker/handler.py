@@ -345,22 +345,24 @@ def _load_args(store: Store, ev: Event, context: Any = None) -> tuple[tuple[Any,
 
 
 def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None, slab: int | None = None,
-                  room: int | None = None, plain_tried: bool = False) -> "bytes | handoff.Sealed":
+                  room: int | None = None) -> "bytes | handoff.Sealed":
     """Pickle a success outcome: bytes, or on a local worker that takes hand-offs
     (``event["handoff"]``) a memfd when it is larger than that: the one the driver
     gave for it (``slab``) while the result fits in it and in ``room``, else a
     sealed one of our own. Small plain data is pickled without cloudpickle's
-    set-up (``wrenpack.worker.plain``: the same bytes; ``plain_tried``: the
-    caller did that already)."""
-    if slab is None and not plain_tried:
+    set-up (``wrenpack.worker.plain``: the same bytes) and without a sealing
+    scope (plain data holds no future); anything else inside one, so futures
+    in the result carry no secret into the store."""
+    if slab is None:
         data = plain.dumps(outcome)
         if data is not None and (handoff_min is None or len(data) <= handoff_min):
             return data
-    if handoff_min is None:
-        if slab is not None:
-            os.close(slab)
-        return cloudpickle.dumps(outcome)
-    return handoff.dump(outcome, handoff_min, slab=slab, room=room)
+    with refs.sealing_scope():
+        if handoff_min is None:
+            if slab is not None:
+                os.close(slab)
+            return cloudpickle.dumps(outcome)
+        return handoff.dump(outcome, handoff_min, slab=slab, room=room)
 
 
 def _result_room(context: Any) -> int | None:
@@ -491,13 +493,8 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             run_s = time.perf_counter() - run_start
         try:
             slab = _take_slab(context)
-            handoff_min = ev.extra.get("handoff")
-            outcome: Any = plain.dumps(("ok", value)) if slab is None else None
-            if outcome is None or (handoff_min is not None and len(outcome) > handoff_min):
-                with refs.sealing_scope():  # futures in the result carry no secret into the store
-                    outcome = _dump_outcome(("ok", value), handoff_min, slab,
-                                            _result_room(context) if slab is not None else None, plain_tried=True)
-            # (else small plain data, which holds no future: as _dump_outcome would pickle it)
+            outcome: Any = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
+                                         _result_room(context) if slab is not None else None)
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
                 f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"

@@ -124,6 +124,15 @@ def send(sock: socket.socket, head: dict[str, Any], blob: Any = b"", fds: list[i
         sock.sendall(view[sent - len(first):])
 
 
+def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors a ``recvmsg`` brought (``SCM_RIGHTS``)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4])
+    return fds
+
+
 def _recv_exact(sock: socket.socket, n: int, fds: list[int] | None) -> bytearray:
     """``n`` bytes; ``fds``: the message's first read, whose descriptors are added to it."""
     buf = bytearray(n)
@@ -132,9 +141,7 @@ def _recv_exact(sock: socket.socket, n: int, fds: list[int] | None) -> bytearray
     while got < n:
         if fds is not None and got == 0:
             k, anc, _flags, _addr = sock.recvmsg_into([view], socket.CMSG_SPACE(64 * 4))
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds += list(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
+            fds += _fds_in(anc)
         else:
             k = sock.recv_into(view[got:], n - got)
         if k == 0:
@@ -158,9 +165,7 @@ def _recv_whole(sock: socket.socket, loads: Callable[[bytes], Any]) -> tuple[dic
         view = _reading.view = memoryview(bytearray(_ONE_READ + _HEAD.size))
     fds: list[int] = []
     k, anc, _flags, _addr = sock.recvmsg_into([view], socket.CMSG_SPACE(64 * 4))
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += list(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
+    fds += _fds_in(anc)
     if k == 0:
         close_all(fds)
         raise EOFError("the other end closed")
