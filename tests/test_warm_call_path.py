@@ -179,3 +179,116 @@ def test_warm_calls_on_a_sampled_worker_do_not_wake_the_dispatcher(tmp_path, mon
         assert [f.remote(i).result(timeout=60) for i in range(n)] == [i + 1 for i in range(n)]
         # (each came within _BUSY_S of the last reply on a quiet machine; a busy one may stall a few)
         assert len(wakes) <= n // 3, f"{len(wakes)} wake-ups of the dispatcher for {n} warm calls"
+
+
+def nap(s):
+    time.sleep(s)
+    return s
+
+
+def crash(_):
+    os._exit(3)
+
+
+def _local_executor(tmp_path, **kw):
+    from wrenpack.backends.local import LocalBackend
+
+    return wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(**kw))
+
+
+def test_a_waiting_callers_thread_reads_its_calls_reply(tmp_path, monkeypatch):
+    """A caller blocked on a warm call's future reads the worker's reply itself:
+    the dispatcher does not read it and then wake the caller (one thread
+    hand-off fewer on the way back). Any thread that waits does; the
+    dispatcher reads what nobody waits for."""
+    with _local_executor(tmp_path, concurrency=1) as ex:
+        threads = []
+        original = ex._on_done
+        monkeypatch.setattr(ex, "_on_done", lambda inv, result: threads.append(threading.current_thread()) or original(inv, result))
+        f = wrenpack.remote(plus_one, executor=ex)
+        assert f.remote(0).result(timeout=60) == 1  # (the worker starts)
+        threads.clear()
+        assert [f.remote(i).result(timeout=60) for i in range(20)] == list(range(1, 21))
+        assert threads == [threading.current_thread()] * 20
+        # From another thread too; and a future nobody waits on is read by the dispatcher.
+        out = []
+        t = threading.Thread(target=lambda: out.append((f.remote(5).result(timeout=60), threading.current_thread())))
+        threads.clear()
+        t.start()
+        t.join(60)
+        assert out and out[0][0] == 6 and threads == [out[0][1]]
+        threads.clear()
+        fut = f.remote(7)
+        deadline = time.monotonic() + 60
+        while not fut.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fut.result() == 8 and threads and threads[0] is ex.backend._thread
+        # The worker's socket went back to the dispatcher each time: a map after it runs as before.
+        assert wrenpack.get(f.map(range(30)), progress=False) == list(range(1, 31))
+
+
+def test_a_timeout_given_to_result_holds_while_the_caller_reads_the_reply(tmp_path):
+    with _local_executor(tmp_path, concurrency=1) as ex:
+        f = wrenpack.remote(nap, executor=ex, timeout=30)
+        assert f.remote(0).result(timeout=60) == 0
+        fut = f.remote(1.5)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            fut.result(timeout=0.4)
+        waited = time.monotonic() - t0
+        assert 0.35 <= waited < 0.9, waited
+        assert fut.result(timeout=60) == 1.5
+        fut = f.remote(0.6)  # longer than one poll by the caller (``_WAIT_HERE_S``): it then waits as before
+        assert fut.result(timeout=60) == 0.6
+
+
+def test_a_call_that_ends_its_worker_while_the_caller_reads_fails_at_once(tmp_path):
+    with _local_executor(tmp_path, concurrency=1) as ex:
+        f = wrenpack.remote(plus_one, executor=ex)
+        assert f.remote(0).result(timeout=60) == 1
+        t0 = time.monotonic()
+        with pytest.raises(Exception) as info:
+            wrenpack.remote(crash, executor=ex, retries=0).remote(0).result(timeout=60)
+        assert time.monotonic() - t0 < 20
+        assert "crash" in str(info.value)
+        slow = wrenpack.remote(nap, executor=ex, timeout=1)
+        t0 = time.monotonic()
+        with pytest.raises(wrenpack.TaskTimeout):
+            slow.remote(5).result(timeout=60)
+        assert time.monotonic() - t0 < 4.5
+        assert f.remote(1).result(timeout=60) == 2  # a new worker took over
+
+
+def test_cancelling_a_call_its_caller_waits_on_stops_it(tmp_path):
+    with _local_executor(tmp_path, concurrency=1) as ex:
+        f = wrenpack.remote(nap, executor=ex, timeout=60)
+        assert f.remote(0).result(timeout=60) == 0
+        fut = f.remote(30)
+        threading.Timer(0.5, lambda: wrenpack.cancel([fut])).start()
+        t0 = time.monotonic()
+        with pytest.raises(wrenpack.CallCancelled):
+            fut.result(timeout=60)
+        assert time.monotonic() - t0 < 10
+
+
+def test_threads_waiting_on_their_own_warm_calls_each_get_their_own_result(tmp_path):
+    with _local_executor(tmp_path, concurrency=2) as ex:
+        f = wrenpack.remote(times_two, executor=ex)
+        assert f.remote(1).result(timeout=60) == 2
+        errors = []
+
+        def loop(k):
+            try:
+                for i in range(60):
+                    fut = f.remote(k * 1000 + i)
+                    assert fut.result(timeout=60) == 2 * (k * 1000 + i)
+                    assert fut.result(timeout=60) == 2 * (k * 1000 + i)  # (twice: done, read from the future)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors

@@ -69,6 +69,10 @@ class CallOwner:
     def launched(self, fut: "WrenFuture", timeout: float) -> None:
         """Wait up to ``timeout`` s for ``fut``'s call to be launched."""
 
+    def wait_here(self, fut: "WrenFuture", timeout: float | None) -> None:
+        """A thread blocks on ``fut`` (up to ``timeout`` s): its call's outcome
+        may be read on that thread (``Backend.wait_here``); returns at once if not."""
+
 
 class WrenFuture(cf.Future):
     """The future of one remote call: PENDING until the call starts running,
@@ -266,6 +270,12 @@ class WrenFuture(cf.Future):
 
     def result(self, timeout: float | None = None) -> Any:
         try:
+            owner = self._owner
+            if owner is not None and self._state not in _DONE_STATES:
+                start = time.monotonic()
+                owner.wait_here(self, timeout)
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (time.monotonic() - start))
             with _CONDITION:
                 self._wait_done(timeout)
                 if self._state in _CANCELLED_STATES:

@@ -174,6 +174,15 @@ class Backend(abc.ABC):
         The default stops nothing (``Capabilities.cancel_running`` is False)."""
         return set()
 
+    def wait_here(self, invocation: Invocation, until: float) -> None:
+        """A thread is blocked on ``invocation``'s future: the backend may read
+        the call's outcome on that thread, until ``time.time()`` reaches
+        ``until`` at most, instead of its own thread reading it and then waking
+        the waiter (one thread hand-off fewer on a call's way back). It returns
+        early whenever it cannot; ``on_done`` is still called exactly once, on
+        whichever thread read the outcome. The default does nothing."""
+        return None
+
     @staticmethod
     def started(invocation: Invocation) -> None:
         """Report that ``invocation`` begins running (calls its ``on_start``);

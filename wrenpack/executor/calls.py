@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -108,6 +110,11 @@ class RunningJob(CallOwner):
     # -- CallOwner: what a pending future asks of its job --
     def cancel_call(self, fut: WrenFuture) -> bool:
         return self.table._cancel(self.job_id, fut.call_id)
+
+    def wait_here(self, fut: WrenFuture, timeout: float | None) -> None:
+        inv = self.invocations.get(fut.call_id)
+        if inv is not None and not self.table._stopping:
+            self.table.backend.wait_here(inv, math.inf if timeout is None else time.time() + timeout)
 
     def pin_call(self, fut: WrenFuture) -> bool:
         return self.table._pin(self.job_id, fut.call_id)

@@ -207,6 +207,8 @@ class Worker:
         self.pids_cgroup: PidsCgroup | None = _join(pids_cgroups, f"wrenpack-{os.getpid()}-w{wid}", self.pid, "pids cgroup")
         self.ready = False
         self.retiring = False
+        #: a caller's thread reads this worker's reply (``LocalBackend.wait_here``): not the dispatcher
+        self.borrowed = False
         #: calls sent, oldest first; the first is running, the rest wait in the worker
         self.inflight: deque[Invocation] = deque()
         self.limits: tuple[int, float, int] | None = None

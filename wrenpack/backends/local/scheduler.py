@@ -44,6 +44,7 @@ import itertools
 import logging
 import math
 import os
+import select
 import selectors
 import shutil
 import tempfile
@@ -81,6 +82,8 @@ _START_TRIES = 3
 #: for this long after a reply, the dispatcher sleeps no longer than a sampling interval
 #: while a worker without a cgroup is idle: the next call may come from the caller's thread
 _BUSY_S = 0.05
+#: the longest a waiting caller polls a worker's socket before it looks at its future again (``wait_here``)
+_WAIT_HERE_S = 0.25
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
 #: worker numbers, unique in this process: a worker's cgroups are named by the
 #: driver's pid and its number, and another backend's worker (one still being
@@ -207,6 +210,68 @@ class LocalBackend(Backend):
         # first stays done: a future that is not pending is not made RUNNING.)
         for inv in started:
             self.started(inv)
+
+    def wait_here(self, invocation: Invocation, until: float) -> None:
+        """Read the reply of a call running alone on its worker on the waiting
+        caller's thread: the worker's socket is taken out of the dispatcher's
+        selector meanwhile (its exit, its meters and its deadline stay the
+        dispatcher's), polled here, read under the lock as the dispatcher would
+        read it, and given back. A reply is a worker's write straight to the
+        thread that wants it: no wake-up of the dispatcher, then of the caller.
+
+        Returns at ``until`` (at most ``_WAIT_HERE_S`` at a time: the caller
+        looks at its future again), when the reply was read, or at once when the
+        call is not alone on a ready worker (queued, behind another call, on a
+        worker starting, or this is the dispatcher's own thread)."""
+        if threading.current_thread() is self._thread:
+            return
+        with self._lock:
+            worker = self._alone_on(invocation)
+            if worker is None:
+                return
+            try:
+                key = self._selector.unregister(worker.sock)
+                fd = os.dup(worker.sock.fileno())  # (polled here even if the dispatcher closes the worker's)
+            except (KeyError, ValueError, OSError):
+                return
+            worker.borrowed = True
+        readable = False
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            wait_s = min(until - time.time(), _WAIT_HERE_S)
+            readable = wait_s > 0 and bool(poller.poll(int(wait_s * 1000) + 1))
+        finally:
+            os.close(fd)
+            with self._lock:
+                worker.borrowed = False
+                if worker in self._workers and (not readable or self._read(worker)):
+                    self._give_back(worker, key.data)
+                woken = self._queued and not self._stopping
+        if woken:
+            self._wake()  # the worker may be free for what waits: the dispatcher hands it out
+        self._report()
+
+    def _alone_on(self, invocation: Invocation) -> Worker | None:
+        """The ready worker running ``invocation`` and nothing else, with nothing left
+        to write to it (lock held); None if there is none."""
+        for worker in self._workers:
+            inflight = worker.inflight
+            if len(inflight) == 1 and inflight[0] is invocation:
+                if worker.ready and not worker.outbuf and not worker.kill_reason and not worker.retiring \
+                        and not worker.borrowed:
+                    return worker
+                return None
+        return None
+
+    def _give_back(self, worker: Worker, data: Any) -> None:
+        """The dispatcher watches a worker's socket again (lock held), for writing
+        too if calls were sent to it meanwhile and wait to be written."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.outbuf else 0)
+        try:
+            self._selector.register(worker.sock, events, data)
+        except (KeyError, ValueError, OSError):
+            pass
 
     def cancel(self, invocation: Invocation) -> bool:
         """Remove a call no worker has taken yet; its ``on_done`` is then never called."""
@@ -356,12 +421,15 @@ class LocalBackend(Backend):
         if kind == "exit":
             self._on_exit(worker)
             return
+        if worker.borrowed:
+            return  # a waiting caller reads it now (``wait_here``): it gives the socket back after
         if mask & selectors.EVENT_WRITE and worker.flush():
             self._selector.modify(worker.sock, selectors.EVENT_READ, ("io", worker))
         if mask & selectors.EVENT_READ:
             self._read(worker)
 
-    def _read(self, worker: Worker) -> None:
+    def _read(self, worker: Worker) -> bool:
+        """Handle the worker's replies read so far; False at the end of its stream."""
         messages = worker.receive()
         if messages is None:
             # End of stream: the process's exit (pidfd) says what happened; stop listening.
@@ -371,11 +439,12 @@ class LocalBackend(Backend):
                 pass
             if worker.pidfd is None or not worker.exited():
                 worker.kill(worker.kill_reason or "lost")
-            return
+            return False
         for head, blob in messages:
             if worker.kill_reason:
                 break
             self._on_reply(worker, head, blob)
+        return True
 
     def _on_reply(self, worker: Worker, head: dict[str, Any], blob: bytes) -> None:
         if "ready" in head:
