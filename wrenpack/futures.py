@@ -268,14 +268,19 @@ class WrenFuture(cf.Future):
                 return
             cond.wait(left)
 
+    def _wait_here(self, timeout: float | None) -> float | None:
+        """Let the owner read this call's outcome on this thread (``CallOwner.wait_here``)
+        before it waits on the condition; the timeout left."""
+        owner = self._owner
+        if owner is None or self._state in _DONE_STATES:
+            return timeout
+        start = time.monotonic()
+        owner.wait_here(self, timeout)
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
     def result(self, timeout: float | None = None) -> Any:
         try:
-            owner = self._owner
-            if owner is not None and self._state not in _DONE_STATES:
-                start = time.monotonic()
-                owner.wait_here(self, timeout)
-                if timeout is not None:
-                    timeout = max(0.0, timeout - (time.monotonic() - start))
+            timeout = self._wait_here(timeout)
             with _CONDITION:
                 self._wait_done(timeout)
                 if self._state in _CANCELLED_STATES:
@@ -577,7 +582,10 @@ def get(
     if mode is not None and waitable:
         progress_display.wait(waitable, timeout, mode)
     else:
-        pending = _wait_all(waitable, timeout)
+        left = timeout
+        if len(waitable) == 1 and isinstance(waitable[0], WrenFuture):
+            left = waitable[0]._wait_here(timeout)  # (one call: its reply may be read on this thread)
+        pending = _wait_all(waitable, left)
         if pending:
             raise cf.TimeoutError(f"{pending} of {len(futs)} calls not finished after {timeout} s")
     results = []
