@@ -150,7 +150,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def invoke(self, invocation: Invocation) -> None:
         """Start ``invocation`` (non-blocking). ``on_done`` is called exactly once,
-        from a backend thread, when it has ended one way or another. Crash retries
+        from a backend thread (or the caller's, in ``wait_here``), when it has
+        ended one way or another. Crash retries
         (up to ``invocation.retries``) happen inside the backend."""
 
     def invoke_many(self, invocations: list[Invocation]) -> None:
