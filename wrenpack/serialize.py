@@ -264,14 +264,10 @@ def dumps_function_cached(fn: Callable[..., Any], user_modules: set[types.Module
     the pickle is made is caught by running the checks again after it."""
     if not _CP_HELPERS or not isinstance(fn, types.FunctionType):
         return dumps_function(fn, user_modules)
+    kept = cached_pickle(fn, user_modules)
+    if kept is not None:
+        return kept
     modules = frozenset(m.__name__ for m in user_modules)
-    with _pickled_lock:
-        hit = _pickled.get(id(fn))
-    if hit is not None and hit[0] is fn and hit[1] == modules and _still_valid(hit[2]):
-        with _pickled_lock:
-            if id(fn) in _pickled:
-                _pickled.move_to_end(id(fn))
-        return hit[3]
     try:
         checks = _checks(fn)
     except _Uncacheable:
@@ -287,6 +283,35 @@ def dumps_function_cached(fn: Callable[..., Any], user_modules: set[types.Module
         else:
             _pickled.pop(id(fn), None)
     return data
+
+
+def cached_pickle(fn: Callable[..., Any], user_modules: set[types.ModuleType]) -> bytes | None:
+    """The pickle ``dumps_function_cached`` keeps for ``fn`` while every one of
+    its checks still holds (the same bytes object each time), else None. It
+    never pickles: the caller runs it inside its ``by_value(user_modules)``
+    scope, as ``dumps_function_cached`` is run."""
+    with _pickled_lock:
+        hit = _pickled.get(id(fn))
+    if hit is None or hit[0] is not fn:
+        return None
+    modules = frozenset(m.__name__ for m in user_modules) if user_modules else _NO_NAMES
+    if hit[1] != modules or not _still_valid(hit[2]):
+        return None
+    with _pickled_lock:
+        if id(fn) in _pickled:
+            _pickled.move_to_end(id(fn))
+    return hit[3]
+
+
+def is_cached_pickle(fn: Callable[..., Any], data: bytes) -> bool:
+    """Whether ``data`` is the pickle of ``fn`` that ``dumps_function_cached`` keeps
+    (a launch that would reuse it checks it with ``cached_pickle``)."""
+    with _pickled_lock:
+        hit = _pickled.get(id(fn))
+    return hit is not None and hit[0] is fn and hit[3] is data
+
+
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 def _still_valid(checks: list[tuple[Any, ...]]) -> bool:

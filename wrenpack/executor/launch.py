@@ -24,7 +24,7 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from wrenpack.errors import ConfigError
 from wrenpack.executor.batching import launch_batched
@@ -58,6 +58,27 @@ class LaunchState:
         self.segments: tuple[float, Any, tuple[Any, ...], tuple[int, float | None]] | None = None
         #: (code stamp, code hash): ``profiled.profiled_duration``
         self.code_hash: tuple[Any, str] | None = None
+        #: what the last single call's full launch derived (``Executor.launch``'s ``keep``)
+        self.job: Any = None
+        #: the next single call's shortcut (``_relaunch``): made with the last full one
+        self.single: _Single | None = None
+
+
+class _Single(NamedTuple):
+    """What a single call's launch needs besides its arguments, while the
+    function, its options (``given``), the executor and its configuration,
+    and the profile's reading (``run``) stay the same."""
+
+    given: dict[str, Any]
+    executor: Any
+    config: Any
+    #: the options as resolved (before the profile's reading), and the backend's CPU by memory
+    resolved: CallOptions
+    lambda_cpu: bool
+    label: str
+    run: tuple[int, float | None]
+    #: the executor's part (``core.SingleJob``)
+    job: Any
 
 
 def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
@@ -66,6 +87,12 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     ``given`` (already checked by ``check_options``); the futures in order."""
     if not calls:
         return []
+    if state is not None and chunksize is None and len(calls) == 1:
+        single = state.single
+        if single is not None:
+            fut = _relaunch(executor, fn, calls[0], given, state, single)
+            if fut is not None:
+                return [fut]
     state = state or LaunchState()
     given = dict(given)
     size_fn = given.pop("auto_size", None)
@@ -79,7 +106,29 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     else:
         options = executor.options(**given)
         state.resolved = (executor, executor.config, options)
+    if chunksize is None and len(calls) == 1:
+        state.single = None
+        return _launch_with(executor, fn, calls, options, chunksize, state, given)
     return _launch_with(executor, fn, calls, options, chunksize, state)
+
+
+def _relaunch(executor: Executor, fn: Callable[..., Any], call: Call, given: dict[str, Any], state: LaunchState,
+              single: _Single) -> WrenFuture | None:
+    """A single call launched from what the last one derived (``Executor.relaunch``),
+    if the function, its options, the executor, its configuration and the
+    profile's reading are the same; None (nothing launched) if anything differs."""
+    if single.executor is not executor or single.config is not executor.config or not (given is single.given
+                                                                                       or given == single.given):
+        return None
+    resolved = state.resolved
+    if resolved is None or resolved[2] is not single.resolved:
+        return None
+    if expected_run(fn, single.resolved, single.lambda_cpu, single.label, state) != single.run:
+        return None
+    fut = executor.relaunch(fn, call, single.job)
+    if fut is not None:
+        fut.expected_segments = single.run[0]
+    return fut
 
 
 def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
@@ -116,10 +165,13 @@ def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
 
 
 def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], options: CallOptions,
-                 chunksize: int | str | None, state: LaunchState) -> list[WrenFuture]:
-    """Launch calls that share ``options`` by the strategy that fits them."""
+                 chunksize: int | str | None, state: LaunchState, given: dict[str, Any] | None = None) -> list[WrenFuture]:
+    """Launch calls that share ``options`` by the strategy that fits them.
+    ``given``: a single call's options as given (not "auto"), whose launch is
+    kept for the next single call (``state.single``)."""
     caps = executor.capabilities
     label = getattr(fn, "__qualname__", None) or "function"
+    resolved = options
     expected, seconds = expected_run(fn, options, caps.cpu_scales_with_memory, label, state)
     if chunksize == "auto":
         chunksize = _auto_chunksize(fn, len(calls), options, caps.cpu_scales_with_memory, caps.concurrency)
@@ -136,7 +188,13 @@ def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
         futures = feed_map(executor, fn, calls, options, label)  # large arguments, streamed
         if futures is None:
             futures = grouped_map(executor, fn, calls, options, label)  # short calls, grouped
-    if futures is None:
+    if futures is None and given is not None:
+        futures = executor.launch(fn, calls, options, label=label, keep=state)
+        job, state.job = state.job, None
+        if job is not None:
+            state.single = _Single(dict(given), executor, executor.config, resolved, caps.cpu_scales_with_memory,
+                                   label, (expected, seconds), job)
+    elif futures is None:
         futures = executor.launch(fn, calls, options, label=label)
     for fut in futures:
         fut.expected_segments = expected
