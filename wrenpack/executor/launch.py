@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from wrenpack.errors import ConfigError
 from wrenpack.executor.batching import launch_batched
+from wrenpack.executor.environ import getenv
 from wrenpack.executor.feed import launch_map as feed_map
 from wrenpack.executor.grouping import launch_map as grouped_map
 from wrenpack.executor.options import CallOptions
@@ -223,7 +224,7 @@ def expected_run(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool,
     ``SEGMENTS_KEPT_S`` while the settings, the working directory, the
     function's code, defaults and cells and this process's saved profiles
     stay the same (a profile another process saves is seen within that time)."""
-    where = (options.memory, options.timeout, lambda_cpu, os.getcwd(), os.environ.get("WRENPACK_PROFILE_DIR"),
+    where = (options.memory, options.timeout, lambda_cpu, os.getcwd(), getenv("WRENPACK_PROFILE_DIR"),
              profile_saves())
     code = (getattr(fn, "__code__", None), getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None),
             *(getattr(fn, "__closure__", None) or ()))
