@@ -290,8 +290,7 @@ def cached_pickle(fn: Callable[..., Any], user_modules: set[types.ModuleType]) -
     its checks still holds (the same bytes object each time), else None. It
     never pickles: the caller runs it inside its ``by_value(user_modules)``
     scope, as ``dumps_function_cached`` is run."""
-    with _pickled_lock:
-        hit = _pickled.get(id(fn))
+    hit = _pickled.get(id(fn))  # (one lookup of the C OrderedDict: atomic; changes to it take the lock)
     if hit is None or hit[0] is not fn:
         return None
     modules = frozenset(m.__name__ for m in user_modules) if user_modules else _NO_NAMES

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import binascii
 import concurrent.futures as cf
 import hashlib
 import json
@@ -505,7 +506,7 @@ class Executor(CallTable, cf.Executor):
         elif isinstance(main, handoff.Sealed):
             args_spec = {"handoff": main.layout}  # local backend: the memfd goes with the call
         else:
-            args_spec = {"inline": base64.b64encode(main).decode("ascii")}
+            args_spec = {"inline": binascii.b2a_base64(main, newline=False).decode("ascii")}  # (base64.b64encode's own)
         if isinstance(data, handoff.Args) and data.blobs:
             args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
         if isinstance(data, handoff.Args) and data.slab is not None and data.slab.fd is not None:
@@ -673,9 +674,18 @@ class _Identity(NamedTuple):
     owner: dict[str, Any]
 
 
+#: (a second since the epoch, its local time as a job id's stamp): ids made within a second share it
+_stamp: tuple[int, str] = (-1, "")
+
+
 def new_job_id() -> str:
-    """A fresh job id: when it was made, and 32 random bits."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
+    """A fresh job id: when it was made (local time, to the second), and 32 random bits."""
+    global _stamp
+    now = int(time.time())
+    stamp = _stamp
+    if stamp[0] != now:
+        stamp = _stamp = (now, time.strftime("%Y%m%d-%H%M%S", time.localtime(now)))
+    return f"{stamp[1]}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
 
 
 class SingleJob(NamedTuple):

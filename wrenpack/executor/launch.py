@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -231,7 +232,7 @@ def expected_run(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool,
     now = time.monotonic()
     kept = state.segments
     if kept is not None and now < kept[0] and kept[1] == where and len(kept[2]) == len(code) \
-            and all(a is b for a, b in zip(kept[2], code)):
+            and all(map(operator.is_, kept[2], code)):
         return kept[3]
     run = _count_segments(fn, options, lambda_cpu, label, state)
     state.segments = (now + SEGMENTS_KEPT_S, where, code, run)
