@@ -171,4 +171,4 @@ def test_the_shortcut_is_not_taken_inside_a_call(ex, full, monkeypatch):
     kept = f._state.single
     assert kept is not None
     monkeypatch.setattr(core.refs, "in_call", lambda: True)
-    assert ex.relaunch(add_k, ((1,), {}), kept.job) is None
+    assert ex.relaunch_payload(add_k, ((1,), {}), kept.job) is None

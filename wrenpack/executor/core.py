@@ -369,14 +369,13 @@ class Executor(CallTable, cf.Executor):
         return self._start(job_id, label, options, secret, job_key, payloads, extra_event, stored=stored,
                            chain=chain, spawned=spawned, futures=futures)
 
-    def relaunch(self, fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]], kept: "SingleJob") -> WrenFuture | None:
-        """One more single call of a function whose last single call ``launch``
-        derived ``kept`` from (``.remote()`` in a loop): launched as ``launch``
-        would, without deriving again what cannot have changed. None, and
-        nothing done, where that cannot be vouched for; the caller then
-        launches it in full. The caller checked that the function's options,
-        their resolution and its profile's reading are the ones ``kept`` was
-        made with.
+    def relaunch_payload(self, fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]],
+                         kept: "SingleJob") -> bytes | None:
+        """A single call's pickled arguments if it can be launched from ``kept``
+        (what the last single call's ``launch`` derived from the function, its
+        options and this executor: ``relaunch``); None where that cannot be
+        vouched for (then the call takes the full launch). Nothing is launched,
+        stored or pickled but the arguments.
 
         It applies while this executor is open, in the process and on the
         backend that made ``kept``, outside a call (where a job's secret is
@@ -384,8 +383,7 @@ class Executor(CallTable, cf.Executor):
         small enough to travel in the event, and while the function's pickle
         cache vouches for the very bytes ``kept`` holds (its checks cover the
         code, globals, defaults, closure cells and names: a change to any of
-        them pickles the function again, and the call takes the full launch).
-        Each call is its own job, with its own id, secret and owner record."""
+        them pickles the function again, and the call takes the full launch)."""
         if self._closed or self._backend is not kept.backend or kept.pid != os.getpid() or refs.in_call():
             return None
         args, kwargs = call
@@ -396,6 +394,15 @@ class Executor(CallTable, cf.Executor):
         with serialize.by_value(user_modules):
             if serialize.cached_pickle(fn, user_modules) is not kept.fn_bytes:
                 return None
+        return data
+
+    def relaunch(self, data: bytes, kept: "SingleJob") -> WrenFuture:
+        """Launch one more single call, its arguments ``data`` from
+        ``relaunch_payload``, as ``launch`` would, without deriving again what
+        cannot have changed (the caller checked that the function's options,
+        their resolution and its profile's reading are the ones ``kept`` was
+        made with). Each call is its own job, with its own id, secret and
+        owner record."""
         label = kept.label
         ahead = self._identity_made(label)
         if ahead is not None:

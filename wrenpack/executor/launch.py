@@ -89,10 +89,11 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     ``given`` (already checked by ``check_options``); the futures in order."""
     if not calls:
         return []
+    run = None
     if state is not None and chunksize is None and len(calls) == 1:
         single = state.single
         if single is not None:
-            fut = _relaunch(executor, fn, calls[0], given, state, single)
+            fut, run = _relaunch(executor, fn, calls[0], given, state, single)
             if fut is not None:
                 return [fut]
     state = state or LaunchState()
@@ -110,27 +111,8 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
         state.resolved = (executor, executor.config, options)
     if chunksize is None and len(calls) == 1:
         state.single = None
-        return _launch_with(executor, fn, calls, options, chunksize, state, given)
+        return _launch_with(executor, fn, calls, options, chunksize, state, given, run)
     return _launch_with(executor, fn, calls, options, chunksize, state)
-
-
-def _relaunch(executor: Executor, fn: Callable[..., Any], call: Call, given: dict[str, Any], state: LaunchState,
-              single: _Single) -> WrenFuture | None:
-    """A single call launched from what the last one derived (``Executor.relaunch``),
-    if the function, its options, the executor, its configuration and the
-    profile's reading are the same; None (nothing launched) if anything differs."""
-    if single.executor is not executor or single.config is not executor.config or not (given is single.given
-                                                                                       or given == single.given):
-        return None
-    resolved = state.resolved
-    if resolved is None or resolved[2] is not single.resolved:
-        return None
-    if expected_run(fn, single.resolved, single.lambda_cpu, single.label, state) != single.run:
-        return None
-    fut = executor.relaunch(fn, call, single.job)
-    if fut is not None:
-        fut.expected_segments = single.run[0]
-    return fut
 
 
 def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
@@ -166,15 +148,41 @@ def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     return out  # type: ignore[return-value]
 
 
+def _relaunch(executor: Executor, fn: Callable[..., Any], call: Call, given: dict[str, Any], state: LaunchState,
+              single: _Single) -> tuple[WrenFuture | None, tuple[int, float | None] | None]:
+    """A single call launched from what the last one derived (``Executor.relaunch``),
+    if the function, its options, the executor, its configuration and the
+    profile's reading are the same: (its future, None). Else (None, the
+    profile's reading if it was taken, for the full launch to use: it asks
+    with the same function, options and backend)."""
+    if single.executor is not executor or single.config is not executor.config or not (given is single.given
+                                                                                       or given == single.given):
+        return None, None
+    resolved = state.resolved
+    if resolved is None or resolved[2] is not single.resolved:
+        return None, None
+    data = executor.relaunch_payload(fn, call, single.job)
+    if data is None:
+        return None, None
+    run = expected_run(fn, single.resolved, single.lambda_cpu, single.label, state)
+    if run != single.run:
+        return None, run
+    fut = executor.relaunch(data, single.job)
+    fut.expected_segments = run[0]
+    return fut, None
+
+
 def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], options: CallOptions,
-                 chunksize: int | str | None, state: LaunchState, given: dict[str, Any] | None = None) -> list[WrenFuture]:
+                 chunksize: int | str | None, state: LaunchState, given: dict[str, Any] | None = None,
+                 run: tuple[int, float | None] | None = None) -> list[WrenFuture]:
     """Launch calls that share ``options`` by the strategy that fits them.
     ``given``: a single call's options as given (not "auto"), whose launch is
-    kept for the next single call (``state.single``)."""
+    kept for the next single call (``state.single``); ``run``: the profile's
+    reading for them, if ``_relaunch`` just took it."""
     caps = executor.capabilities
     label = getattr(fn, "__qualname__", None) or "function"
     resolved = options
-    expected, seconds = expected_run(fn, options, caps.cpu_scales_with_memory, label, state)
+    expected, seconds = run or expected_run(fn, options, caps.cpu_scales_with_memory, label, state)
     if chunksize == "auto":
         chunksize = _auto_chunksize(fn, len(calls), options, caps.cpu_scales_with_memory, caps.concurrency)
     if seconds is not None:
