@@ -172,3 +172,59 @@ def test_the_shortcut_is_not_taken_inside_a_call(ex, full, monkeypatch):
     assert kept is not None
     monkeypatch.setattr(core.refs, "in_call", lambda: True)
     assert ex.relaunch_payload(add_k, ((1,), {}), kept.job) is None
+
+
+def test_submodule_scan_matches_cloudpickles(monkeypatch):
+    """``serialize._imported_submodules`` (the pickle check's scan of sys.modules)
+    gives what cloudpickle's own walk gives, including a name it cannot split."""
+    import collections.abc
+    import concurrent.futures
+    import email.mime.text
+    import json
+    import types
+
+    import cloudpickle
+
+    from wrenpack import serialize
+
+    def uses():
+        return concurrent.futures.Future, json.decoder, email.mime.text, collections.abc, email.charset
+
+    deps = (concurrent, json, email, collections, 3, "x")
+    expected = tuple(cloudpickle.cloudpickle._find_imported_submodules(uses.__code__, deps))
+    assert concurrent.futures in expected and json.decoder in expected and email.mime.text in expected
+    assert serialize._imported_submodules(uses.__code__, deps) == expected
+    # A package whose submodule is imported only now: the check sees it at once.
+    fake = types.ModuleType("wp_fakepkg")
+    fake.__package__ = "wp_fakepkg"
+    sub = types.ModuleType("wp_fakepkg.decoder")
+    monkeypatch.setitem(__import__("sys").modules, "wp_fakepkg", fake)
+    before = serialize._imported_submodules(uses.__code__, (fake,))
+    monkeypatch.setitem(__import__("sys").modules, "wp_fakepkg.decoder", sub)
+    assert before == () and serialize._imported_submodules(uses.__code__, (fake,)) == (sub,)
+    monkeypatch.setitem(__import__("sys").modules, "wp_fake\0odd", fake)  # (not split exactly: cloudpickle's walk)
+    assert serialize._imported_submodules(uses.__code__, (fake,)) == (sub,)
+
+
+def uses_xml(x):
+    try:
+        return XML.dom is not None
+    except AttributeError:
+        return False
+
+
+XML = __import__("xml")
+
+
+def test_a_submodule_imported_between_calls_is_shipped_on_the_next_call(ex, full, monkeypatch):
+    import sys
+
+    for name in [n for n in sys.modules if n == "xml.dom" or n.startswith("xml.dom.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delattr(XML, "dom", raising=False)
+    f = wrenpack.remote(uses_xml, executor=ex)
+    [f.remote(0).result(timeout=60) for _ in range(2)]  # (the worker may have imported xml.dom itself)
+    assert full == ["uses_xml"]
+    import xml.dom  # noqa: F401 - now the function's pickle names the submodule, and the worker imports it
+    assert f.remote(0).result(timeout=60) is True
+    assert full == ["uses_xml", "uses_xml"]

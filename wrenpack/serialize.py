@@ -338,12 +338,51 @@ def _still_valid(checks: list[tuple[Any, ...]]) -> bool:
             if should_ref(obj) is not check[2]:
                 return False
         elif kind == _SUBMODULES:
-            if tuple(_cp._find_imported_submodules(obj, check[2])) != check[3]:
+            if _imported_submodules(obj, check[2]) != check[3]:
                 return False
         elif kind == _LIST:
             if obj != check[2]:
                 return False
     return True
+
+
+def _imported_submodules(code: types.CodeType, deps: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """cloudpickle's ``_find_imported_submodules(code, deps)``, as a tuple: the
+    submodules of the packages among ``deps`` imported now whose names the code
+    can address, in ``sys.modules``' order. cloudpickle walks every name in
+    ``sys.modules`` in Python for each package (hundreds once numpy is
+    imported), which a warm call's pickle check would do on every call; here
+    the names are joined into one string and searched for the package's
+    prefix in C. (A name that is not a string, or holds the separator, takes
+    cloudpickle's own walk.) None if a module left ``sys.modules`` meanwhile."""
+    packages = [x for x in deps if isinstance(x, types.ModuleType) and hasattr(x, "__package__") and x.__package__]
+    if not packages:
+        return ()
+    modules = sys.modules
+    names = list(modules)
+    try:
+        joined = "\0".join(names)
+    except TypeError:  # (older pytest put None in sys.modules)
+        return tuple(_cp._find_imported_submodules(code, deps))
+    if joined.count("\0") != len(names) - 1:
+        return tuple(_cp._find_imported_submodules(code, deps))
+    joined = "\0" + joined + "\0"  # every name between two separators
+    co_names = set(code.co_names)
+    found: list[Any] = []
+    try:
+        for package in packages:
+            prefix = package.__name__ + "."
+            needle = "\0" + prefix
+            at = joined.find(needle)
+            while at >= 0:
+                end = joined.index("\0", at + 1)
+                name = joined[at + 1:end]
+                if not set(name[len(prefix):].split(".")) - co_names:
+                    found.append(modules[name])
+                at = joined.find(needle, end)
+    except KeyError:
+        return None
+    return tuple(found)
 
 
 def _checks(fn: types.FunctionType) -> list[tuple[Any, ...]]:
