@@ -202,6 +202,11 @@ def test_submodule_scan_matches_cloudpickles(monkeypatch):
     before = serialize._imported_submodules(uses.__code__, (fake,))
     monkeypatch.setitem(__import__("sys").modules, "wp_fakepkg.decoder", sub)
     assert before == () and serialize._imported_submodules(uses.__code__, (fake,)) == (sub,)
+    assert serialize._imported_submodules(uses.__code__, (fake,)) == (sub,)  # (the scan's outcome kept)
+    other = types.ModuleType("wp_fakepkg.decoder")
+    monkeypatch.setitem(__import__("sys").modules, "wp_fakepkg.decoder", other)  # same names, another module
+    assert serialize._imported_submodules(uses.__code__, (fake,)) == (other,)
+    monkeypatch.setitem(__import__("sys").modules, "wp_fakepkg.decoder", sub)
     monkeypatch.setitem(__import__("sys").modules, "wp_fake\0odd", fake)  # (not split exactly: cloudpickle's walk)
     assert serialize._imported_submodules(uses.__code__, (fake,)) == (sub,)
 

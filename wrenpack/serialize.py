@@ -346,43 +346,71 @@ def _still_valid(checks: list[tuple[Any, ...]]) -> bool:
     return True
 
 
+#: the names in sys.modules when they were last scanned (``_imported_submodules``), and what
+#: each (package prefix, code names) found among them: while the names stay the same, so does that
+_scanned: tuple[list[Any], dict[tuple[str, tuple[str, ...]], tuple[str, ...]]] = ([], {})
+_scanned_lock = threading.Lock()
+
+
 def _imported_submodules(code: types.CodeType, deps: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """cloudpickle's ``_find_imported_submodules(code, deps)``, as a tuple: the
     submodules of the packages among ``deps`` imported now whose names the code
     can address, in ``sys.modules``' order. cloudpickle walks every name in
     ``sys.modules`` in Python for each package (hundreds once numpy is
-    imported), which a warm call's pickle check would do on every call; here
-    the names are joined into one string and searched for the package's
-    prefix in C. (A name that is not a string, or holds the separator, takes
-    cloudpickle's own walk.) None if a module left ``sys.modules`` meanwhile."""
+    imported), which a warm call's pickle check would do on every call. Here
+    the walk's outcome (which names) is kept while the names in sys.modules
+    are the very same, in the same order (a comparison in C); else the names
+    are joined into one string and searched for each package's prefix in C (a
+    name that is not a string, or holds the separator, takes cloudpickle's own
+    walk). The modules are looked up afresh each time. None if one left
+    ``sys.modules`` meanwhile."""
     packages = [x for x in deps if isinstance(x, types.ModuleType) and hasattr(x, "__package__") and x.__package__]
     if not packages:
         return ()
+    global _scanned
     modules = sys.modules
     names = list(modules)
-    try:
-        joined = "\0".join(names)
-    except TypeError:  # (older pytest put None in sys.modules)
-        return tuple(_cp._find_imported_submodules(code, deps))
-    if joined.count("\0") != len(names) - 1:
-        return tuple(_cp._find_imported_submodules(code, deps))
-    joined = "\0" + joined + "\0"  # every name between two separators
-    co_names = set(code.co_names)
+    kept_names, found_names = _scanned
+    if names != kept_names:
+        found_names = {}
+        with _scanned_lock:
+            _scanned = (names, found_names)
+    co_names = code.co_names
     found: list[Any] = []
+    joined = None
     try:
         for package in packages:
             prefix = package.__name__ + "."
-            needle = "\0" + prefix
-            at = joined.find(needle)
-            while at >= 0:
-                end = joined.index("\0", at + 1)
-                name = joined[at + 1:end]
-                if not set(name[len(prefix):].split(".")) - co_names:
-                    found.append(modules[name])
-                at = joined.find(needle, end)
+            key = (prefix, co_names)
+            hit = found_names.get(key)
+            if hit is None:
+                if joined is None:
+                    try:
+                        joined = "\0".join(names)
+                    except TypeError:  # (older pytest put None in sys.modules)
+                        return tuple(_cp._find_imported_submodules(code, deps))
+                    if joined.count("\0") != len(names) - 1:
+                        return tuple(_cp._find_imported_submodules(code, deps))
+                    joined = "\0" + joined + "\0"  # every name between two separators
+                hit = found_names[key] = _names_under(joined, prefix, set(co_names))
+            found.extend(modules[name] for name in hit)
     except KeyError:
         return None
     return tuple(found)
+
+
+def _names_under(joined: str, prefix: str, co_names: set[str]) -> tuple[str, ...]:
+    """The names in ``joined`` (NUL-separated) under ``prefix`` whose every part the code names."""
+    needle = "\0" + prefix
+    out = []
+    at = joined.find(needle)
+    while at >= 0:
+        end = joined.index("\0", at + 1)
+        name = joined[at + 1:end]
+        if not set(name[len(prefix):].split(".")) - co_names:
+            out.append(name)
+        at = joined.find(needle, end)
+    return tuple(out)
 
 
 def _checks(fn: types.FunctionType) -> list[tuple[Any, ...]]:
