@@ -456,7 +456,10 @@ class Executor(CallTable, cf.Executor):
             log.info("job %s: launching %d call(s) of %s on %s (%d at a time at most)", job_id, n, label, self.backend.name,
                      job.ahead)
         try:
-            self._fill(job, raising=True)
+            if n == 1 and given is None:
+                self._send_single(job)
+            else:
+                self._fill(job, raising=True)
         except BaseException:
             with self._lock:
                 self._jobs.pop(job_id, None)
