@@ -269,7 +269,7 @@ class Executor(CallTable, cf.Executor):
         futures: Sequence[WrenFuture] | None = None,
         *,
         spawned: tuple[str, bytes] | None = None,
-        keep: LaunchState | None = None,
+        keep: list[SingleJob] | None = None,
     ) -> list[WrenFuture]:
         """Launch one call per ``(args, kwargs)`` (or per payload of ``prepared``);
         return their futures in order. ``futures``: the futures to resolve, made
@@ -280,12 +280,9 @@ class Executor(CallTable, cf.Executor):
         secret were made by the process that spawned it: its results stay in
         the store for whoever attaches to it (the job is pinned).
 
-        ``keep``: the function's ``LaunchState``, given for a single call; what
-        this launch derived from the function, its options and this executor
-        is kept in its ``job`` (a ``SingleJob``, or None where it does not
-        apply) for ``relaunch``."""
-        if keep is not None:
-            keep.job = None
+        ``keep``: given (empty) for a single call: what this launch derived
+        from the function, its options and this executor is added to it (a
+        ``SingleJob``, for ``relaunch``) where that applies."""
         if futures is None:
             self.check_open()
         label = label or getattr(fn, "__qualname__", "function")
@@ -337,8 +334,8 @@ class Executor(CallTable, cf.Executor):
         del inline_args
         if keep is not None and not stored and not chain and not ref_secrets and spawned is None and futures is None \
                 and len(payloads) == 1 and prepared_here and serialize.is_cached_pickle(fn, fn_bytes):
-            keep.job = SingleJob(os.getpid(), self._backend, fn_bytes, options, label,
-                                 min(self.config.inline_limit, options.memory * 1024 * 1024), dict(extra_event))
+            keep.append(SingleJob(os.getpid(), self._backend, fn_bytes, options, label,
+                                  min(self.config.inline_limit, options.memory * 1024 * 1024), dict(extra_event)))
         if not stored:
             extra_event["owner"] = ahead.owner if ahead is not None else owner_record(label, job_id)
         ahead = None

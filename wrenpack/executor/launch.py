@@ -60,8 +60,6 @@ class LaunchState:
         self.segments: tuple[float, Any, tuple[Any, ...], tuple[int, float | None]] | None = None
         #: (code stamp, code hash): ``profiled.profiled_duration``
         self.code_hash: tuple[Any, str] | None = None
-        #: what the last single call's full launch derived (``Executor.launch``'s ``keep``)
-        self.job: Any = None
         #: the next single call's shortcut (``_relaunch``): made with the last full one
         self.single: _Single | None = None
 
@@ -199,11 +197,11 @@ def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
         if futures is None:
             futures = grouped_map(executor, fn, calls, options, label)  # short calls, grouped
     if futures is None and given is not None:
-        futures = executor.launch(fn, calls, options, label=label, keep=state)
-        job, state.job = state.job, None
-        if job is not None:
+        kept: list[Any] = []
+        futures = executor.launch(fn, calls, options, label=label, keep=kept)
+        if kept:
             state.single = _Single(dict(given), executor, executor.config, resolved, caps.cpu_scales_with_memory,
-                                   label, (expected, seconds), job)
+                                   label, (expected, seconds), kept[0])
     elif futures is None:
         futures = executor.launch(fn, calls, options, label=label)
     for fut in futures:
