@@ -233,3 +233,12 @@ def test_a_submodule_imported_between_calls_is_shipped_on_the_next_call(ex, full
     import xml.dom  # noqa: F401 - now the function's pickle names the submodule, and the worker imports it
     assert f.remote(0).result(timeout=60) is True
     assert full == ["uses_xml", "uses_xml"]
+
+
+def test_submit_of_a_remote_function_and_auto_size_take_the_shortcut_too(ex, full):
+    f = wrenpack.remote(add_k, executor=ex, auto_size=lambda x: x)
+    assert [f.remote(i).result(timeout=60) for i in range(3)] == [1, 2, 3]
+    assert [ex.submit(f, i).result(timeout=60) for i in range(3)] == [1, 2, 3]
+    assert full == ["add_k"]
+    assert [ex.submit(add_k, i).result(timeout=60) for i in range(2)] == [1, 2]  # (a plain function: full launches)
+    assert full == ["add_k"] * 3

@@ -94,8 +94,10 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
             fut, run = _relaunch(executor, fn, calls[0], given, state, single)
             if fut is not None:
                 return [fut]
+    # (a state of this launch only, as submit() of a plain function makes: nothing to keep for the next call)
+    keep = state is not None and chunksize is None and len(calls) == 1
     state = state or LaunchState()
-    given = dict(given)
+    as_given, given = given, dict(given)
     size_fn = given.pop("auto_size", None)
     auto = any(given.get(name) == "auto" for name in _AUTO)
     if auto:
@@ -107,9 +109,9 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     else:
         options = executor.options(**given)
         state.resolved = (executor, executor.config, options)
-    if chunksize is None and len(calls) == 1:
+    if keep:
         state.single = None
-        return _launch_with(executor, fn, calls, options, chunksize, state, given, run)
+        return _launch_with(executor, fn, calls, options, chunksize, state, as_given, run)
     return _launch_with(executor, fn, calls, options, chunksize, state)
 
 
