@@ -264,14 +264,10 @@ def dumps_function_cached(fn: Callable[..., Any], user_modules: set[types.Module
     the pickle is made is caught by running the checks again after it."""
     if not _CP_HELPERS or not isinstance(fn, types.FunctionType):
         return dumps_function(fn, user_modules)
+    kept = cached_pickle(fn, user_modules)
+    if kept is not None:
+        return kept
     modules = frozenset(m.__name__ for m in user_modules)
-    with _pickled_lock:
-        hit = _pickled.get(id(fn))
-    if hit is not None and hit[0] is fn and hit[1] == modules and _still_valid(hit[2]):
-        with _pickled_lock:
-            if id(fn) in _pickled:
-                _pickled.move_to_end(id(fn))
-        return hit[3]
     try:
         checks = _checks(fn)
     except _Uncacheable:
@@ -287,6 +283,34 @@ def dumps_function_cached(fn: Callable[..., Any], user_modules: set[types.Module
         else:
             _pickled.pop(id(fn), None)
     return data
+
+
+def cached_pickle(fn: Callable[..., Any], user_modules: set[types.ModuleType]) -> bytes | None:
+    """The pickle ``dumps_function_cached`` keeps for ``fn`` while every one of
+    its checks still holds (the same bytes object each time), else None. It
+    never pickles: the caller runs it inside its ``by_value(user_modules)``
+    scope, as ``dumps_function_cached`` is run."""
+    hit = _pickled.get(id(fn))  # (one lookup of the C OrderedDict: atomic; changes to it take the lock)
+    if hit is None or hit[0] is not fn:
+        return None
+    modules = frozenset(m.__name__ for m in user_modules) if user_modules else _NO_NAMES
+    if hit[1] != modules or not _still_valid(hit[2]):
+        return None
+    with _pickled_lock:
+        if id(fn) in _pickled:
+            _pickled.move_to_end(id(fn))
+    return hit[3]
+
+
+def is_cached_pickle(fn: Callable[..., Any], data: bytes) -> bool:
+    """Whether ``data`` is the pickle of ``fn`` that ``dumps_function_cached`` keeps
+    (a launch that would reuse it checks it with ``cached_pickle``)."""
+    with _pickled_lock:
+        hit = _pickled.get(id(fn))
+    return hit is not None and hit[0] is fn and hit[3] is data
+
+
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 def _still_valid(checks: list[tuple[Any, ...]]) -> bool:
@@ -314,12 +338,79 @@ def _still_valid(checks: list[tuple[Any, ...]]) -> bool:
             if should_ref(obj) is not check[2]:
                 return False
         elif kind == _SUBMODULES:
-            if tuple(_cp._find_imported_submodules(obj, check[2])) != check[3]:
+            if _imported_submodules(obj, check[2]) != check[3]:
                 return False
         elif kind == _LIST:
             if obj != check[2]:
                 return False
     return True
+
+
+#: the names in sys.modules when they were last scanned (``_imported_submodules``), and what
+#: each (package prefix, code names) found among them: while the names stay the same, so does that
+_scanned: tuple[list[Any], dict[tuple[str, tuple[str, ...]], tuple[str, ...]]] = ([], {})
+_scanned_lock = threading.Lock()
+
+
+def _imported_submodules(code: types.CodeType, deps: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """cloudpickle's ``_find_imported_submodules(code, deps)``, as a tuple: the
+    submodules of the packages among ``deps`` imported now whose names the code
+    can address, in ``sys.modules``' order. cloudpickle walks every name in
+    ``sys.modules`` in Python for each package (hundreds once numpy is
+    imported), which a warm call's pickle check would do on every call. Here
+    the walk's outcome (which names) is kept while the names in sys.modules
+    are the very same, in the same order (a comparison in C); else the names
+    are joined into one string and searched for each package's prefix in C (a
+    name that is not a string, or holds the separator, takes cloudpickle's own
+    walk). The modules are looked up afresh each time. None if one left
+    ``sys.modules`` meanwhile."""
+    packages = [x for x in deps if isinstance(x, types.ModuleType) and hasattr(x, "__package__") and x.__package__]
+    if not packages:
+        return ()
+    global _scanned
+    modules = sys.modules
+    names = list(modules)
+    kept_names, found_names = _scanned
+    if names != kept_names:
+        found_names = {}
+        with _scanned_lock:
+            _scanned = (names, found_names)
+    co_names = code.co_names
+    found: list[Any] = []
+    joined = None
+    try:
+        for package in packages:
+            prefix = package.__name__ + "."
+            key = (prefix, co_names)
+            hit = found_names.get(key)
+            if hit is None:
+                if joined is None:
+                    try:
+                        joined = "\0".join(names)
+                    except TypeError:  # (older pytest put None in sys.modules)
+                        return tuple(_cp._find_imported_submodules(code, deps))
+                    if joined.count("\0") != len(names) - 1:
+                        return tuple(_cp._find_imported_submodules(code, deps))
+                    joined = "\0" + joined + "\0"  # every name between two separators
+                hit = found_names[key] = _names_under(joined, prefix, set(co_names))
+            found.extend(modules[name] for name in hit)
+    except KeyError:
+        return None
+    return tuple(found)
+
+
+def _names_under(joined: str, prefix: str, co_names: set[str]) -> tuple[str, ...]:
+    """The names in ``joined`` (NUL-separated) under ``prefix`` whose every part the code names."""
+    needle = "\0" + prefix
+    out = []
+    at = joined.find(needle)
+    while at >= 0:
+        end = joined.index("\0", at + 1)
+        name = joined[at + 1:end]
+        if not set(name[len(prefix):].split(".")) - co_names:
+            out.append(name)
+        at = joined.find(needle, end)
+    return tuple(out)
 
 
 def _checks(fn: types.FunctionType) -> list[tuple[Any, ...]]:

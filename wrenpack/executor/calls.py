@@ -483,6 +483,22 @@ class CallTable:
                 job.filling = False
             raise
 
+    def _send_single(self, job: RunningJob) -> None:
+        """A new job's one call handed to the backend, as ``_fill(job, raising=True)``
+        hands it (its window has room for it; the backend's error is raised),
+        in fewer steps (``.remote()`` in a loop launches one per call). Taken
+        back meanwhile, or the program exiting: ``_fill`` decides."""
+        with self._lock:
+            data = job.payloads[0] if job.payloads and not job.filling and not self._stopping else None
+            if data is not None:
+                job.payloads[0] = None
+                job.next = 1
+                job.inflight += 1
+        if data is None:
+            self._fill(job, raising=True)
+            return
+        self._send(job, [(0, data)])
+
     def _launch_now(self, job: RunningJob, cid: str) -> None:
         """Launch call ``cid`` now, ahead of its turn (its future is being pickled)."""
         with self._lock:

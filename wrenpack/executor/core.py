@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import binascii
 import concurrent.futures as cf
 import hashlib
 import json
@@ -268,6 +269,7 @@ class Executor(CallTable, cf.Executor):
         futures: Sequence[WrenFuture] | None = None,
         *,
         spawned: tuple[str, bytes] | None = None,
+        keep: list[SingleJob] | None = None,
     ) -> list[WrenFuture]:
         """Launch one call per ``(args, kwargs)`` (or per payload of ``prepared``);
         return their futures in order. ``futures``: the futures to resolve, made
@@ -276,12 +278,17 @@ class Executor(CallTable, cf.Executor):
 
         ``spawned``: (id, secret) of a spawned job (``wrenpack.job``), whose id and
         secret were made by the process that spawned it: its results stay in
-        the store for whoever attaches to it (the job is pinned)."""
+        the store for whoever attaches to it (the job is pinned).
+
+        ``keep``: given (empty) for a single call: what this launch derived
+        from the function, its options and this executor is added to it (a
+        ``SingleJob``, for ``relaunch``) where that applies."""
         if futures is None:
             self.check_open()
         label = label or getattr(fn, "__qualname__", "function")
         ahead = self._identity_made(label) if spawned is None else None
         job_id = ahead.job_id if ahead is not None else new_job_id() if spawned is None else spawned[0]
+        prepared_here = prepared is None
         if prepared is None:
             prepared = self.prepare(fn, calls, options, label)
         fn_bytes, payloads, referenced = prepared.fn_bytes, prepared.payloads, prepared.referenced
@@ -295,7 +302,6 @@ class Executor(CallTable, cf.Executor):
             refs.remember(job_id, secret)
         # the job's futures hold it: the secret is forgotten with the last
         job_key = ahead.key if ahead is not None else refs.JobKey(job_id)
-        spec = store.spec
         extra_event = dict(options.extra.get("event", {}))
         if chain:
             extra_event["chain"] = chain
@@ -326,6 +332,10 @@ class Executor(CallTable, cf.Executor):
         stored = (not inline_fn or not all(inline_args) or self.config.keep_objects
                   or not self.backend.capabilities.calls_end_with_driver)
         del inline_args
+        if keep is not None and not stored and not chain and not ref_secrets and spawned is None and futures is None \
+                and len(payloads) == 1 and prepared_here and serialize.is_cached_pickle(fn, fn_bytes):
+            keep.append(SingleJob(os.getpid(), self._backend, fn_bytes, options, label,
+                                  min(self.config.inline_limit, options.memory * 1024 * 1024), dict(extra_event)))
         if not stored:
             extra_event["owner"] = ahead.owner if ahead is not None else owner_record(label, job_id)
         ahead = None
@@ -353,6 +363,68 @@ class Executor(CallTable, cf.Executor):
                 raise
             raise StoreError(f"cannot write the objects of {label} to {store.url}: {os_reason(exc)}; "
                              "free space or fix the storage= location") from None
+        return self._start(job_id, label, options, secret, job_key, payloads, extra_event, stored=stored,
+                           chain=chain, spawned=spawned, futures=futures)
+
+    def relaunch_payload(self, fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]],
+                         kept: "SingleJob") -> bytes | None:
+        """A single call's pickled arguments if it can be launched from ``kept``
+        (what the last single call's ``launch`` derived from the function, its
+        options and this executor: ``relaunch``); None where that cannot be
+        vouched for (then the call takes the full launch). Nothing is launched,
+        stored or pickled but the arguments.
+
+        It applies while this executor is open, in the process and on the
+        backend that made ``kept``, outside a call (where a job's secret is
+        derived from the call's), to arguments of builtin types that pickle
+        small enough to travel in the event, and while the function's pickle
+        cache vouches for the very bytes ``kept`` holds (its checks cover the
+        code, globals, defaults, closure cells and names: a change to any of
+        them pickles the function again, and the call takes the full launch)."""
+        if self._closed or self._backend is not kept.backend or kept.pid != os.getpid() or refs.in_call():
+            return None
+        args, kwargs = call
+        data = plain.dumps((args, kwargs))
+        if data is None or len(data) > kept.limit:
+            return None
+        user_modules = serialize.user_modules_of(fn)
+        with serialize.by_value(user_modules):
+            if serialize.cached_pickle(fn, user_modules) is not kept.fn_bytes:
+                return None
+        return data
+
+    def relaunch(self, data: bytes, kept: "SingleJob") -> WrenFuture:
+        """Launch one more single call, its arguments ``data`` from
+        ``relaunch_payload``, as ``launch`` would, without deriving again what
+        cannot have changed (the caller checked that the function's options,
+        their resolution and its profile's reading are the ones ``kept`` was
+        made with). Each call is its own job, with its own id, secret and
+        owner record."""
+        label = kept.label
+        ahead = self._identity_made(label)
+        if ahead is not None:
+            job_id, secret, job_key, owner = ahead.job_id, ahead.secret, ahead.key, ahead.owner
+            ahead = None
+        else:
+            job_id = new_job_id()
+            secret, chain = refs.new_job_secret(job_id)  # (outside a call: no chain)
+            job_key = refs.JobKey(job_id)
+            owner = owner_record(label, job_id)
+        extra_event = dict(kept.extra)
+        if "env" in extra_event:
+            extra_event["env"] = dict(extra_event["env"])  # (each event its own, as a full launch makes it)
+        # (this process's domain key, asked as a full launch asks it: a forked process has its own)
+        extra_event["domain"] = isolation_domain(extra_event["func_hash"])
+        extra_event["owner"] = owner
+        return self._start(job_id, label, kept.options, secret, job_key, [data], extra_event, stored=False,
+                           chain=[], spawned=None, futures=None)[0]
+
+    def _start(self, job_id: str, label: str, options: CallOptions, secret: bytes, job_key: Any, payloads: list[Any],
+               extra_event: dict[str, Any], *, stored: bool, chain: list[str], spawned: tuple[str, bytes] | None,
+               futures: Sequence[WrenFuture] | None) -> list[WrenFuture]:
+        """A launch's job, once its objects are stored: its futures, its place in
+        the call table, its first calls handed to the backend."""
+        spec = self.store.spec
         given = futures
         n = len(payloads)
         job = RunningJob(job_id, label, {}, options, secret, stored=stored, key=job_key, pinned=spawned is not None,
@@ -381,7 +453,10 @@ class Executor(CallTable, cf.Executor):
             log.info("job %s: launching %d call(s) of %s on %s (%d at a time at most)", job_id, n, label, self.backend.name,
                      job.ahead)
         try:
-            self._fill(job, raising=True)
+            if n == 1 and given is None:
+                self._send_single(job)
+            else:
+                self._fill(job, raising=True)
         except BaseException:
             with self._lock:
                 self._jobs.pop(job_id, None)
@@ -438,7 +513,7 @@ class Executor(CallTable, cf.Executor):
         elif isinstance(main, handoff.Sealed):
             args_spec = {"handoff": main.layout}  # local backend: the memfd goes with the call
         else:
-            args_spec = {"inline": base64.b64encode(main).decode("ascii")}
+            args_spec = {"inline": binascii.b2a_base64(main, newline=False).decode("ascii")}  # (base64.b64encode's own)
         if isinstance(data, handoff.Args) and data.blobs:
             args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
         if isinstance(data, handoff.Args) and data.slab is not None and data.slab.fd is not None:
@@ -606,9 +681,35 @@ class _Identity(NamedTuple):
     owner: dict[str, Any]
 
 
+#: (a second since the epoch, its local time as a job id's stamp): ids made within a second share it
+_stamp: tuple[int, str] = (-1, "")
+
+
 def new_job_id() -> str:
-    """A fresh job id: when it was made, and 32 random bits."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
+    """A fresh job id: when it was made (local time, to the second), and 32 random bits."""
+    global _stamp
+    now = int(time.time())
+    stamp = _stamp
+    if stamp[0] != now:
+        stamp = _stamp = (now, time.strftime("%Y%m%d-%H%M%S", time.localtime(now)))
+    return f"{stamp[1]}-{os.urandom(4).hex()}"  # (uuid4 costs 5x more)
+
+
+class SingleJob(NamedTuple):
+    """What a single call's full launch derived from its function, its options
+    and the executor, kept in the function's ``LaunchState`` for the next
+    single call (``Executor.relaunch``)."""
+
+    pid: int
+    backend: Any
+    #: the function's pickle (``serialize.cached_pickle`` must still give this very object)
+    fn_bytes: bytes
+    options: CallOptions
+    label: str
+    #: arguments that pickle to more bytes than this take the full launch (inline, and within memory=)
+    limit: int
+    #: the event's fields beyond the call's own (function, python, domain, env, ...), but the owner record
+    extra: dict[str, Any]
 
 
 _last_function: tuple[bytes, str, str | None] | None = None

@@ -21,13 +21,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from wrenpack.errors import ConfigError
 from wrenpack.executor.batching import launch_batched
+from wrenpack.executor.environ import getenv
 from wrenpack.executor.feed import launch_map as feed_map
 from wrenpack.executor.grouping import launch_map as grouped_map
 from wrenpack.executor.options import CallOptions
@@ -58,6 +60,25 @@ class LaunchState:
         self.segments: tuple[float, Any, tuple[Any, ...], tuple[int, float | None]] | None = None
         #: (code stamp, code hash): ``profiled.profiled_duration``
         self.code_hash: tuple[Any, str] | None = None
+        #: the next single call's shortcut (``_relaunch``): made with the last full one
+        self.single: _Single | None = None
+
+
+class _Single(NamedTuple):
+    """What a single call's launch needs besides its arguments, while the
+    function, its options (``given``), the executor and its configuration,
+    and the profile's reading (``run``) stay the same."""
+
+    given: dict[str, Any]
+    executor: Any
+    config: Any
+    #: the options as resolved (before the profile's reading), and the backend's CPU by memory
+    resolved: CallOptions
+    lambda_cpu: bool
+    label: str
+    run: tuple[int, float | None]
+    #: the executor's part (``core.SingleJob``)
+    job: Any
 
 
 def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
@@ -66,8 +87,17 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     ``given`` (already checked by ``check_options``); the futures in order."""
     if not calls:
         return []
+    run = None
+    if state is not None and chunksize is None and len(calls) == 1:
+        single = state.single
+        if single is not None:
+            fut, run = _relaunch(executor, fn, calls[0], given, state, single)
+            if fut is not None:
+                return [fut]
+    # (a state of this launch only, as submit() of a plain function makes: nothing to keep for the next call)
+    keep = state is not None and chunksize is None and len(calls) == 1
     state = state or LaunchState()
-    given = dict(given)
+    as_given, given = given, dict(given)
     size_fn = given.pop("auto_size", None)
     auto = any(given.get(name) == "auto" for name in _AUTO)
     if auto:
@@ -79,6 +109,9 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     else:
         options = executor.options(**given)
         state.resolved = (executor, executor.config, options)
+    if keep:
+        state.single = None
+        return _launch_with(executor, fn, calls, options, chunksize, state, as_given, run)
     return _launch_with(executor, fn, calls, options, chunksize, state)
 
 
@@ -115,12 +148,41 @@ def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     return out  # type: ignore[return-value]
 
 
+def _relaunch(executor: Executor, fn: Callable[..., Any], call: Call, given: dict[str, Any], state: LaunchState,
+              single: _Single) -> tuple[WrenFuture | None, tuple[int, float | None] | None]:
+    """A single call launched from what the last one derived (``Executor.relaunch``),
+    if the function, its options, the executor, its configuration and the
+    profile's reading are the same: (its future, None). Else (None, the
+    profile's reading if it was taken, for the full launch to use: it asks
+    with the same function, options and backend)."""
+    if single.executor is not executor or single.config is not executor.config or not (given is single.given
+                                                                                       or given == single.given):
+        return None, None
+    resolved = state.resolved
+    if resolved is None or resolved[2] is not single.resolved:
+        return None, None
+    data = executor.relaunch_payload(fn, call, single.job)
+    if data is None:
+        return None, None
+    run = expected_run(fn, single.resolved, single.lambda_cpu, single.label, state)
+    if run != single.run:
+        return None, run
+    fut = executor.relaunch(data, single.job)
+    fut.expected_segments = run[0]
+    return fut, None
+
+
 def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], options: CallOptions,
-                 chunksize: int | str | None, state: LaunchState) -> list[WrenFuture]:
-    """Launch calls that share ``options`` by the strategy that fits them."""
+                 chunksize: int | str | None, state: LaunchState, given: dict[str, Any] | None = None,
+                 run: tuple[int, float | None] | None = None) -> list[WrenFuture]:
+    """Launch calls that share ``options`` by the strategy that fits them.
+    ``given``: a single call's options as given (not "auto"), whose launch is
+    kept for the next single call (``state.single``); ``run``: the profile's
+    reading for them, if ``_relaunch`` just took it."""
     caps = executor.capabilities
     label = getattr(fn, "__qualname__", None) or "function"
-    expected, seconds = expected_run(fn, options, caps.cpu_scales_with_memory, label, state)
+    resolved = options
+    expected, seconds = run or expected_run(fn, options, caps.cpu_scales_with_memory, label, state)
     if chunksize == "auto":
         chunksize = _auto_chunksize(fn, len(calls), options, caps.cpu_scales_with_memory, caps.concurrency)
     if seconds is not None:
@@ -136,7 +198,13 @@ def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
         futures = feed_map(executor, fn, calls, options, label)  # large arguments, streamed
         if futures is None:
             futures = grouped_map(executor, fn, calls, options, label)  # short calls, grouped
-    if futures is None:
+    if futures is None and given is not None:
+        kept: list[Any] = []
+        futures = executor.launch(fn, calls, options, label=label, keep=kept)
+        if kept:
+            state.single = _Single(dict(given), executor, executor.config, resolved, caps.cpu_scales_with_memory,
+                                   label, (expected, seconds), kept[0])
+    elif futures is None:
         futures = executor.launch(fn, calls, options, label=label)
     for fut in futures:
         fut.expected_segments = expected
@@ -165,14 +233,14 @@ def expected_run(fn: Callable[..., Any], options: CallOptions, lambda_cpu: bool,
     ``SEGMENTS_KEPT_S`` while the settings, the working directory, the
     function's code, defaults and cells and this process's saved profiles
     stay the same (a profile another process saves is seen within that time)."""
-    where = (options.memory, options.timeout, lambda_cpu, os.getcwd(), os.environ.get("WRENPACK_PROFILE_DIR"),
+    where = (options.memory, options.timeout, lambda_cpu, os.getcwd(), getenv("WRENPACK_PROFILE_DIR"),
              profile_saves())
     code = (getattr(fn, "__code__", None), getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None),
             *(getattr(fn, "__closure__", None) or ()))
     now = time.monotonic()
     kept = state.segments
     if kept is not None and now < kept[0] and kept[1] == where and len(kept[2]) == len(code) \
-            and all(a is b for a, b in zip(kept[2], code)):
+            and all(map(operator.is_, kept[2], code)):
         return kept[3]
     run = _count_segments(fn, options, lambda_cpu, label, state)
     state.segments = (now + SEGMENTS_KEPT_S, where, code, run)

@@ -17,6 +17,7 @@ import stat
 import time
 from typing import Any
 
+from wrenpack.executor.environ import getenv
 from wrenpack.wire import owner as owner_wire
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ def key_path() -> str:
     """The user's owner key: in wrenpack's cache directory (``WRENPACK_CACHE_DIR``,
     else ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``)."""
     global _key_path
-    env = os.environ
-    where = (env.get("WRENPACK_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+    where = (getenv("WRENPACK_CACHE_DIR"), getenv("XDG_CACHE_HOME"), getenv("HOME"))
     kept = _key_path
     if kept is not None and kept[0] == where:
         return kept[1]
