@@ -120,5 +120,5 @@ def test_sync_iteration_is_unchanged(remote):
     it = wrenpack.as_completed(futs + futs[:1])  # each future once, as concurrent.futures does
     assert next(it) in futs and len(list(it)) == 2
     with pytest.raises(cf.TimeoutError):
-        for _ in wrenpack.as_completed(remote(nap).map([2.0]), timeout=0.1):
+        for _ in wrenpack.as_completed(remote(nap).map([0.5]), timeout=0.1):
             pass
