@@ -116,10 +116,10 @@ def test_runtime_error_after_shutdown(make_executor):
 
 
 def test_future_result_timeout(executor):
-    fut = executor.submit(sleeper, 1.0)
+    fut = executor.submit(sleeper, 0.3)  # (six times the wait below: it cannot end within it)
     with pytest.raises(TimeoutError):
         fut.result(timeout=0.05)
-    assert fut.result(timeout=30) == 1.0
+    assert fut.result(timeout=30) == 0.3
 
 
 # -- futures travel ---------------------------------------------------------------
