@@ -394,11 +394,23 @@ def test_concurrency_is_capped_by_reserved_and_account_concurrency(moto_endpoint
 
 
 # -- completion -----------------------------------------------------------
-def test_a_corrupt_result_object_fails_only_its_call(moto_endpoint, bucket, lambda_endpoint):
+def waits_for(path, x):
+    """``x`` after ``x`` seconds and, given a ``path``, once it exists: the test creates it when
+    it is ready (under pytest's temporary directory, which every sandbox sees), 4 s at most."""
+    time.sleep(x)
+    deadline = time.time() + 4
+    while path is not None and not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.01)
+    return x
+
+
+def test_a_corrupt_result_object_fails_only_its_call(moto_endpoint, bucket, lambda_endpoint, tmp_path):
+    release = str(tmp_path / "release")
     with _executor(moto_endpoint, bucket, lambda_endpoint, "corrupt", keep_objects=False) as ex:
-        futs = wrenpack.remote(sleeps, executor=ex).map([1.5 if i == 3 else 0.05 for i in range(12)])
+        futs = wrenpack.remote(waits_for, executor=ex).starmap([(release if i == 3 else None, 0.05) for i in range(12)])
         # Written first, the garbage wins the conditional write, as a broken store's object would.
         ex.store.put(keys.result_key(futs[3].job_id, futs[3].call_id), b"not a result object")
+        open(release, "w").close()  # only now may call 3 end and write its result
         for i, fut in enumerate(futs):
             if i == 3:
                 with pytest.raises(CorruptObject, match="corrupt"):
@@ -486,13 +498,14 @@ def _identity(x):
     return x
 
 
-def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambda_endpoint):
+def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambda_endpoint, tmp_path):
     """On the emulated Lambda path: with one call in flight at a time,
     the next one has not been invoked yet, so cancel() takes it back (its
     callbacks run, Lambda never sees it); a running call cannot be cancelled."""
+    release = str(tmp_path / "release")
     with _executor(moto_endpoint, bucket, lambda_endpoint, "cancel", invocation_type="RequestResponse",
                    concurrency=1) as ex:
-        running = ex.submit(sleeps, 1.5)
+        running = ex.submit(waits_for, release, 0.1)  # runs until released below
         queued = ex.submit(square, 3)
         seen = []
         queued.add_done_callback(lambda f: seen.append(f.cancelled()))
@@ -503,7 +516,8 @@ def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambd
         assert queued.cancel() is True
         assert queued.cancelled() and seen == [True]
         assert running.cancel() is False
-        assert running.result(timeout=30) == 1.5
+        open(release, "w").close()
+        assert running.result(timeout=30) == 0.1
         # the slot is free again: the next call runs
         assert ex.submit(square, 4).result(timeout=30) == 16
 
