@@ -62,12 +62,12 @@ def test_wrenpack_wait_first_completed_and_timeout(remote):
         return s
 
     f = remote(nap)
-    futs = f.map([0.0, 1.5])
+    futs = f.map([0.0, 0.5])
     done, pending = wrenpack.wait(futs, timeout=20, return_when=wrenpack.FIRST_COMPLETED)
     assert futs[0] in done
     done, pending = wrenpack.wait(futs, timeout=0.01)
     with pytest.raises(cf.TimeoutError):
-        wrenpack.get(f.map([1.0]), timeout=0.05)
+        wrenpack.get(f.map([0.3]), timeout=0.05)  # (six times the timeout: it cannot end within it)
     wrenpack.get(futs)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import os
 import time
 
 import pytest
@@ -14,6 +15,14 @@ import wrenpack
 def nap(s):
     time.sleep(s)
     return s
+
+
+def held(path, value):
+    """``value`` once ``path`` exists: the test creates it when it is done with the running call (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
 
 
 def fails(x):
@@ -63,12 +72,12 @@ def test_gather_and_the_loop_stays_free_while_waiting(remote):
     assert len(ticks) >= 5, "awaiting a call blocked the event loop"
 
 
-def test_wait_for_timeout_cancels_a_call_that_has_not_started(one_worker):
-    f = wrenpack.remote(nap, executor=one_worker)
+def test_wait_for_timeout_cancels_a_call_that_has_not_started(one_worker, tmp_path):
+    release = str(tmp_path / "release")
 
     async def main():
-        running = f.remote(1.0)
-        queued = f.remote(0.0)
+        running = wrenpack.remote(held, executor=one_worker).remote(release, 1.0)  # runs until released below
+        queued = wrenpack.remote(nap, executor=one_worker).remote(0.0)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(queued, 0.2)
         return running, queued
@@ -76,6 +85,7 @@ def test_wait_for_timeout_cancels_a_call_that_has_not_started(one_worker):
     running, queued = asyncio.run(main())
     # as asyncio.wait_for does: the awaited one is cancelled; the call had not started, so it never runs
     assert queued.cancelled()
+    open(release, "w").close()
     assert running.result(timeout=30) == 1.0
 
 
@@ -89,8 +99,10 @@ def test_async_for_as_completed_yields_in_completion_order(remote):
     assert asyncio.run(main()) == [0.0, 0.8]
 
 
-def test_async_for_timeout_is_asyncios_and_cancels_nothing(remote):
-    futs = remote(nap).map([0.0, 2.0])
+def test_async_for_timeout_is_asyncios_and_cancels_nothing(remote, tmp_path):
+    release = str(tmp_path / "release")
+    futs = remote(held).starmap([(release, 0.0), (release + "-later", 2.0)])  # the second runs until released below
+    open(release, "w").close()
 
     async def main():
         got = []
@@ -101,6 +113,7 @@ def test_async_for_timeout_is_asyncios_and_cancels_nothing(remote):
 
     assert asyncio.run(main()) == [0.0]
     assert not futs[1].cancelled()
+    open(release + "-later", "w").close()
     assert futs[1].result(timeout=30) == 2.0
 
 
@@ -120,5 +133,5 @@ def test_sync_iteration_is_unchanged(remote):
     it = wrenpack.as_completed(futs + futs[:1])  # each future once, as concurrent.futures does
     assert next(it) in futs and len(list(it)) == 2
     with pytest.raises(cf.TimeoutError):
-        for _ in wrenpack.as_completed(remote(nap).map([2.0]), timeout=0.1):
+        for _ in wrenpack.as_completed(remote(nap).map([0.5]), timeout=0.1):
             pass

@@ -30,6 +30,15 @@ def sleeper(s):
     return s
 
 
+def held(path, value):
+    """``value`` once ``path`` exists: the test creates it when it is done looking at the running
+    call (under pytest's tmp, which the emulated Lambda's sandboxes see too); 4 s at most."""
+    deadline = time.monotonic() + 4  # (within the emulated Lambda's 5 s timeout)
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
 def keywords(self=None, fn=None, items=None, chunk=None):
     return {"self": self, "fn": fn, "items": items}
 
@@ -58,15 +67,18 @@ def test_keyword_names_reach_the_function(executor, remote):
 
 
 def test_map_timeout_raises_timeout_error(executor):
-    results = executor.map(sleeper, [0.01, 5], timeout=1.0)
+    # 1.5 s, not 5: it cannot end within the 1 s timeout either way, and it runs on after the test
+    # (a running call is not taken back), holding one of the module executor's two slots from the next
+    results = executor.map(sleeper, [0.01, 1.5], timeout=1.0)
     assert next(results) == 0.01
     with pytest.raises(TimeoutError):
         next(results)
 
 
-def test_states_cancel_and_callbacks(one_worker):
+def test_states_cancel_and_callbacks(one_worker, tmp_path):
     ex = one_worker
-    first = ex.submit(sleeper, 1.0)
+    release = str(tmp_path / "release")
+    first = ex.submit(held, release, 1.0)  # runs until released below
     queued = ex.submit(sleeper, 0.01)
     deadline = time.monotonic() + 30
     while not first.running() and time.monotonic() < deadline:
@@ -81,6 +93,7 @@ def test_states_cancel_and_callbacks(one_worker):
     with pytest.raises(cf.CancelledError):
         queued.result()
     assert not first.cancel()  # running: too late
+    open(release, "w").close()
     assert first.result(timeout=30) == 1.0
     assert "state=finished returned float" in repr(first)
     done, not_done = cf.wait([first, queued], timeout=5)
@@ -116,10 +129,10 @@ def test_runtime_error_after_shutdown(make_executor):
 
 
 def test_future_result_timeout(executor):
-    fut = executor.submit(sleeper, 1.0)
+    fut = executor.submit(sleeper, 0.3)  # (six times the wait below: it cannot end within it)
     with pytest.raises(TimeoutError):
         fut.result(timeout=0.05)
-    assert fut.result(timeout=30) == 1.0
+    assert fut.result(timeout=30) == 0.3
 
 
 # -- futures travel ---------------------------------------------------------------
@@ -305,18 +318,20 @@ def _files_containing(store, needles):
     return hits
 
 
-def test_a_future_in_stored_arguments_carries_no_secret_into_the_store(make_executor):
+def test_a_future_in_stored_arguments_carries_no_secret_into_the_store(make_executor, tmp_path):
     """The authentication rule holds for travelling futures: the referenced job's secret
     travels in the invocation, never inside an object in the store."""
     import base64
 
     ex = make_executor(inline_limit=0, keep_objects=True)
-    slow = ex.submit(sleeper, 1.5)
+    release = str(tmp_path / "release")
+    slow = ex.submit(held, release, 1.5)  # runs until released below
     secret = ex._jobs[slow.job_id].secret
     # pickled by the user, the reference keeps its secret (the user holds that pickle)
     assert base64.b64encode(secret) in pickle.dumps(slow)
     out = ex.submit(add_one_to, slow)
     assert not slow.done()  # it travelled as a reference, not with its value
+    open(release, "w").close()
     assert out.result(timeout=60) == 2.5
     assert _files_containing(ex.store, [secret, base64.b64encode(secret)]) == []
 

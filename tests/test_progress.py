@@ -71,10 +71,15 @@ def test_progress_true_in_a_pipe_prints_periodic_lines(tmp_path):
 
 
 def test_progress_log_setting_and_auto_in_a_pipe(tmp_path):
-    proc = run_script(tmp_path, PIPE_SCRIPT.format(progress="None"), WRENPACK_PROGRESS="log")
+    (tmp_path / "log").mkdir()
+    (tmp_path / "auto").mkdir()
+    with cf.ThreadPoolExecutor(2) as pool:  # two programs of their own (folder, store) at once
+        logged = pool.submit(run_script, tmp_path / "log", PIPE_SCRIPT.format(progress="None"), WRENPACK_PROGRESS="log")
+        auto = pool.submit(run_script, tmp_path / "auto", PIPE_SCRIPT.format(progress="None"))
+    proc = logged.result()
     assert proc.returncode == 0, proc.stderr
     assert LINE.match(proc.stderr.splitlines()[-1]), proc.stderr
-    proc = run_script(tmp_path, PIPE_SCRIPT.format(progress="None"))  # automatic: nothing in a pipe
+    proc = auto.result()  # automatic: nothing in a pipe
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
@@ -85,7 +90,7 @@ def test_log_lines_in_process_and_on_timeout(remote, capsys, monkeypatch):
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("wrenpack: 3/3 calls done, ") and all(LINE.match(line) for line in err)
     with pytest.raises(cf.TimeoutError, match="1 of 1 calls not finished after 0.2 s"):
-        wrenpack.get(f.map([3.0]), timeout=0.2, progress="log")
+        wrenpack.get(f.map([1.0]), timeout=0.2, progress="log")  # (five times the timeout: it cannot end within it)
     assert capsys.readouterr().err.splitlines()[-1].startswith("wrenpack: 0/1 calls done, ")
 
 

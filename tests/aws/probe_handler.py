@@ -20,6 +20,11 @@ def handler(event: dict[str, Any], context: Any = None) -> Any:
     if op == "sleep":
         time.sleep(event["s"])
         return {"slept": event["s"], "pid": os.getpid(), "tag": event.get("tag")}
+    if op == "hold":  # until the test creates the file ``until`` (at most ``s`` seconds)
+        end = time.monotonic() + event["s"]
+        while not os.path.exists(event["until"]) and time.monotonic() < end:
+            time.sleep(0.01)
+        return {"released": os.path.exists(event["until"]), "pid": os.getpid()}
     if op == "reply":
         return "x" * event["n"]
     if op == "echo":

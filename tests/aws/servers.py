@@ -305,9 +305,15 @@ class Emulator:
             start_new_session=True,
         )
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, settle: bool = True) -> None:
+        """Wait until the RIE listens; with ``settle``, then ``check_alive`` after a moment
+        (a pool starting several settles once for them all)."""
         wait_listening(self.port, self.proc, "RIE", self.log.name)
-        time.sleep(0.05)
+        if settle:
+            time.sleep(0.05)
+            self.check_alive()
+
+    def check_alive(self) -> None:
         if self.proc.poll() is not None:  # something else answered on its port
             raise RuntimeError(f"RIE exited with {self.proc.returncode} after its port answered; see {self.log.name}")
 
@@ -432,10 +438,16 @@ class Dispatcher:
         self.server, self.url, self._thread = serve_on_loopback(self._handler_class())
 
     # -- functions -----------------------------------------------------------
+    #: the control-plane client ``pool`` asks moto with (made once: a client takes ~0.1 s to make)
+    _moto_client: Any = None
+
     def _moto_lambda(self) -> Any:
+        """(Called with ``_pools_lock`` held.)"""
         import boto3
 
-        return boto3.client("lambda", endpoint_url=self.moto_url, region_name=REGION)
+        if self._moto_client is None:
+            self._moto_client = boto3.client("lambda", endpoint_url=self.moto_url, region_name=REGION)
+        return self._moto_client
 
     def pool(self, name: str) -> FunctionPool | None:
         with self._pools_lock:
@@ -469,7 +481,10 @@ class Dispatcher:
                 emulators.append(Emulator(self.binary, env, self.log_dir / f"rie-{tag}.log", float(hard), sandbox,
                                           self.python))
             for emu in emulators:
-                emu.wait_ready()
+                emu.wait_ready(settle=False)
+            time.sleep(0.05)
+            for emu in emulators:
+                emu.check_alive()
             # Start each runtime now: Lambda does not count a cold start in the
             # call's timeout, the RIE would (and the tests' timeouts are 3 s).
             warm = [threading.Thread(target=emu.forward, args=(b'{"warmup": true}',)) for emu in emulators]

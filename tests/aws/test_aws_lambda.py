@@ -115,13 +115,20 @@ def test_runs_inside_the_lambda_runtime(lam):
     assert all(v["pid"] != os.getpid() for v in values)
 
 
-def _error_outcomes(ex):
-    """(type of a user exception, type of a timeout) as ``result()`` raises them on ``ex``."""
+def _launch_error_calls(ex):
+    """Launch the calls ``_error_outcomes`` reads: each backend's wait for its timeout
+    overlaps the other's (the outcomes are the same as launched one after the other)."""
     errs = wrenpack.remote(fails, executor=ex).map([1, 2, 3])
+    slow = wrenpack.remote(sleeps, executor=ex, timeout=TIMEOUT).map([0.1, 10])
+    return errs, slow
+
+
+def _error_outcomes(launched):
+    """(type of a user exception, type of a timeout) as ``result()`` raises them for ``launched``."""
+    errs, slow = launched
     assert errs[0].result() == 1
     with pytest.raises(ValueError, match="bad input 3") as user:
         errs[2].result()
-    slow = wrenpack.remote(sleeps, executor=ex, timeout=TIMEOUT).map([0.1, 10])
     assert slow[0].result() == 0.1
     with pytest.raises(TaskTimeout) as timeout:
         slow[1].result()
@@ -130,14 +137,23 @@ def _error_outcomes(ex):
 
 @pytest.fixture(scope="module")
 def local_outcomes(local_executor):
-    """The local backend's outcomes, measured once for the four Lambda variants
-    (the same calls on the same backend: a second run would repeat its 5 s timeout)."""
-    return _error_outcomes(local_executor)
+    """``local_outcomes()``: the local backend's outcomes, launched once for the four Lambda
+    variants (a second run would repeat its 5 s timeout) and read when first asked, so they
+    run while the first variant's calls do."""
+    launched = _launch_error_calls(local_executor)
+    read: list[tuple[type, type]] = []
+
+    def get() -> tuple[type, type]:
+        if not read:
+            read.append(_error_outcomes(launched))
+        return read[0]
+
+    return get
 
 
 def test_errors_match_the_local_backend(lam, local_outcomes):
     """The same user exception and the same timeout error type on both backends."""
-    assert _error_outcomes(lam) == local_outcomes == (ValueError, TaskTimeout)
+    assert _error_outcomes(_launch_error_calls(lam)) == local_outcomes() == (ValueError, TaskTimeout)
 
 
 def test_throttling_is_retried_with_backoff(lam, lambda_endpoint):
@@ -378,11 +394,23 @@ def test_concurrency_is_capped_by_reserved_and_account_concurrency(moto_endpoint
 
 
 # -- completion -----------------------------------------------------------
-def test_a_corrupt_result_object_fails_only_its_call(moto_endpoint, bucket, lambda_endpoint):
+def waits_for(path, x):
+    """``x`` after ``x`` seconds and, given a ``path``, once it exists: the test creates it when
+    it is ready (under pytest's temporary directory, which every sandbox sees), 4 s at most."""
+    time.sleep(x)
+    deadline = time.time() + 4
+    while path is not None and not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.01)
+    return x
+
+
+def test_a_corrupt_result_object_fails_only_its_call(moto_endpoint, bucket, lambda_endpoint, tmp_path):
+    release = str(tmp_path / "release")
     with _executor(moto_endpoint, bucket, lambda_endpoint, "corrupt", keep_objects=False) as ex:
-        futs = wrenpack.remote(sleeps, executor=ex).map([1.5 if i == 3 else 0.05 for i in range(12)])
+        futs = wrenpack.remote(waits_for, executor=ex).starmap([(release if i == 3 else None, 0.05) for i in range(12)])
         # Written first, the garbage wins the conditional write, as a broken store's object would.
         ex.store.put(keys.result_key(futs[3].job_id, futs[3].call_id), b"not a result object")
+        open(release, "w").close()  # only now may call 3 end and write its result
         for i, fut in enumerate(futs):
             if i == 3:
                 with pytest.raises(CorruptObject, match="corrupt"):
@@ -470,13 +498,14 @@ def _identity(x):
     return x
 
 
-def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambda_endpoint):
+def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambda_endpoint, tmp_path):
     """On the emulated Lambda path: with one call in flight at a time,
     the next one has not been invoked yet, so cancel() takes it back (its
     callbacks run, Lambda never sees it); a running call cannot be cancelled."""
+    release = str(tmp_path / "release")
     with _executor(moto_endpoint, bucket, lambda_endpoint, "cancel", invocation_type="RequestResponse",
                    concurrency=1) as ex:
-        running = ex.submit(sleeps, 1.5)
+        running = ex.submit(waits_for, release, 0.1)  # runs until released below
         queued = ex.submit(square, 3)
         seen = []
         queued.add_done_callback(lambda f: seen.append(f.cancelled()))
@@ -487,7 +516,8 @@ def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambd
         assert queued.cancel() is True
         assert queued.cancelled() and seen == [True]
         assert running.cancel() is False
-        assert running.result(timeout=30) == 1.5
+        open(release, "w").close()
+        assert running.result(timeout=30) == 0.1
         # the slot is free again: the next call runs
         assert ex.submit(square, 4).result(timeout=30) == 16
 

@@ -3,6 +3,7 @@ deploy commands, as a user meets them: ``wrenpack deploy`` / ``doctor`` /
 ``iam-policy`` against moto on 127.0.0.1 (moto records functions, never runs them)."""
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import json
 import os
@@ -177,16 +178,28 @@ def _cli(*argv, drop=(), **env):
 def test_deploy_and_doctor_without_region_or_credentials_say_so_in_one_line(moto_endpoint, bucket):
     common = ("--storage", f"s3://{bucket}/oneline", "--lambda-endpoint-url", moto_endpoint,
               "--s3-endpoint-url", moto_endpoint, "--role", ROLE, "--python", "3.12")
-    code, _, err = _cli("deploy", *common, drop=("AWS_DEFAULT_REGION", "AWS_REGION"))
+    # five commands that change nothing (each fails before it would), run at once: each one's
+    # time is mostly its interpreter's start and imports
+    regionless, keyless = ("AWS_DEFAULT_REGION", "AWS_REGION"), ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        no_region, no_credentials, no_role, doctor_json, doctor = [
+            pool.submit(_cli, "deploy", *common, drop=regionless),
+            pool.submit(_cli, "deploy", *common, "--region", "us-east-1", drop=keyless),
+            pool.submit(_cli, "deploy", *common[:-4], "--python", "3.12", "--region", "us-east-1",
+                        "--function-name", "wp-norole"),
+            pool.submit(_cli, "doctor", "--json", *common[:6], drop=regionless),
+            pool.submit(_cli, "doctor", *common[:6], drop=regionless),
+        ]
+    code, _, err = no_region.result()
     assert code == 1 and "no AWS region" in error_line(err) and "--region" in err
-    code, _, err = _cli("deploy", *common, "--region", "us-east-1", drop=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    code, _, err = no_credentials.result()
     assert code == 1 and "no AWS credentials" in error_line(err) and "AWS_PROFILE" in err
-    code, _, err = _cli("deploy", *common[:-4], "--python", "3.12", "--region", "us-east-1", "--function-name", "wp-norole")
+    code, _, err = no_role.result()
     assert code == 1 and "--role ARN" in error_line(err)
-    code, out, err = _cli("doctor", "--json", *common[:6], drop=("AWS_DEFAULT_REGION", "AWS_REGION"))
+    code, out, err = doctor_json.result()
     checks = {c["check"]: c for c in json.loads(out)["checks"]}
     assert code == 1 and "Traceback" not in err and "no AWS region" in checks["credentials"]["detail"]
-    code, out, err = _cli("doctor", *common[:6], drop=("AWS_DEFAULT_REGION", "AWS_REGION"))
+    code, out, err = doctor.result()
     assert code == 1 and "Traceback" not in err and "[tool.wrenpack]" in out  # the table prints details as text
 
 

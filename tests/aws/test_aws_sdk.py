@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import boto3
 import pytest
 
+from tests.aws import servers
 from tests.aws.iam_proxy import credentials
 from tests.aws.servers import REGION, REPO
 from wrenpack import auth, keys
@@ -33,7 +37,21 @@ OLDER = "1.35.1"
 
 
 def _install(version: str, root) -> str:
-    target = root / f"botocore-{version}"
+    """boto3 and botocore ``version`` in a directory of their own: kept in the test cache
+    (``servers.CACHE``, as the emulator's binary is) once complete, so a session installs
+    each version only the first time; else in ``root``."""
+    cached: Path | None = servers.CACHE.resolve() / "old-sdk" / f"botocore-{version}"
+    if cached.is_relative_to("/tmp"):  # a sandbox's /tmp is its own: the runtime would not see it there
+        cached, target = None, root / f"botocore-{version}"
+    elif (cached / COMPLETE).exists():
+        return str(cached)
+    else:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            target = Path(tempfile.mkdtemp(prefix=f".botocore-{version}-", dir=cached.parent))
+            target.chmod(0o755)  # (mkdtemp's 0700) readable by whoever runs a runtime
+        except OSError:  # no writable cache: this session's own copy
+            cached, target = None, root / f"botocore-{version}"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", str(target),
          f"boto3=={version}", f"botocore=={version}"],
@@ -42,8 +60,24 @@ def _install(version: str, root) -> str:
     if proc.returncode != 0:
         from tests.conftest import aws_unavailable
 
+        if cached is not None:
+            shutil.rmtree(target, ignore_errors=True)
         aws_unavailable(f"`pip install --target ... botocore=={version}` failed: {proc.stderr.strip()[-300:]}")
-    return str(target)
+    if cached is None:
+        return str(target)
+    (target / COMPLETE).touch()
+    try:
+        target.rename(cached)  # atomic: another session's complete copy or none
+    except OSError:  # another session's copy is there
+        if (cached / COMPLETE).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            return str(cached)
+        return str(target)
+    return str(cached)
+
+
+#: the marker of a complete install in the cache
+COMPLETE = ".installed"
 
 
 @pytest.fixture(scope="module")

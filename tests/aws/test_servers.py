@@ -124,6 +124,15 @@ def _occupy(client, name: str, seconds: float) -> threading.Thread:
     return t
 
 
+def _hold(client, name: str, release) -> threading.Thread:
+    """A RequestResponse call that holds one of ``name``'s concurrency until the file
+    ``release`` exists (at most 8 s, within the probe's 10 s hard limit): as long as a loaded
+    machine needs, no longer."""
+    t = threading.Thread(target=invoke, args=(client, name, {"op": "hold", "s": 8, "until": str(release)}))
+    t.start()
+    return t
+
+
 def _wait_running(lambda_endpoint, name: str, n: int = 1) -> None:
     deadline = time.time() + 20
     while lambda_endpoint.pools.get(name) is None or lambda_endpoint.pools[name].running < n:
@@ -131,14 +140,15 @@ def _wait_running(lambda_endpoint, name: str, n: int = 1) -> None:
         time.sleep(0.02)
 
 
-def test_request_response_beyond_reserved_or_account_concurrency_is_429(lambda_endpoint, client):
+def test_request_response_beyond_reserved_or_account_concurrency_is_429(lambda_endpoint, client, tmp_path):
     name = probe(lambda_endpoint, reserved=1)
-    busy = _occupy(client, name, 2.0)  # long enough to still run on a loaded machine
+    busy = _hold(client, name, tmp_path / "release-reserved")
     _wait_running(lambda_endpoint, name)
     with pytest.raises(client.exceptions.TooManyRequestsException) as info:
         invoke(client, name, {"op": "echo"})
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
     assert info.value.response["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+    (tmp_path / "release-reserved").touch()
     busy.join()
     assert invoke(client, name, {"op": "echo"})[1] == {"size": 0}
     # the account's concurrency: every function's calls count
@@ -147,11 +157,14 @@ def test_request_response_beyond_reserved_or_account_concurrency_is_429(lambda_e
     lambda_endpoint.drain()
     lambda_endpoint.account_concurrency = 1
     try:
-        busy = _occupy(client, name, 2.0)  # long enough to still run on a loaded machine
+        busy = _hold(client, name, tmp_path / "release-account")
         _wait_running(lambda_endpoint, name)
-        with pytest.raises(client.exceptions.TooManyRequestsException) as info:
-            invoke(client, other, {"op": "echo"})
-        assert info.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
+        try:
+            with pytest.raises(client.exceptions.TooManyRequestsException) as info:
+                invoke(client, other, {"op": "echo"})
+            assert info.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
+        finally:
+            (tmp_path / "release-account").touch()
         busy.join()
     finally:
         lambda_endpoint.account_concurrency = 1000
