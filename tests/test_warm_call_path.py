@@ -314,3 +314,23 @@ def test_get_of_one_warm_call_reads_its_reply_on_the_callers_thread(tmp_path, mo
         with pytest.raises(TimeoutError):
             wrenpack.get(slow.remote(1.5), timeout=0.4)
         assert time.monotonic() - t0 < 0.9
+
+
+def test_a_caller_that_cannot_watch_the_socket_leaves_it_to_the_dispatcher(tmp_path, monkeypatch):
+    """Out of descriptors (``os.dup`` fails): the caller waits as before and the
+    dispatcher, which still watches the worker's socket, reads the reply."""
+    import types
+
+    from wrenpack.backends.local import scheduler
+
+    def no_dup(fd):
+        raise OSError(24, "Too many open files")
+
+    ex = _local_executor(tmp_path, concurrency=1)
+    try:
+        f = wrenpack.remote(nap, executor=ex)
+        assert f.remote(0).result(timeout=60) == 0
+        monkeypatch.setattr(scheduler, "os", types.SimpleNamespace(**{**vars(os), "dup": no_dup}))
+        assert [f.remote(0.02).result(timeout=10) for _ in range(3)] == [0.02] * 3
+    finally:
+        ex.shutdown(wait=False)  # (a reply nobody reads would keep a waiting shutdown forever)

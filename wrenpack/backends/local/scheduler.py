@@ -230,9 +230,13 @@ class LocalBackend(Backend):
             if worker is None:
                 return
             try:
-                key = self._selector.unregister(worker.sock)
                 fd = os.dup(worker.sock.fileno())  # (polled here even if the dispatcher closes the worker's)
+            except OSError:
+                return
+            try:
+                key = self._selector.unregister(worker.sock)
             except (KeyError, ValueError, OSError):
+                os.close(fd)
                 return
             worker.borrowed = True
         readable = False
