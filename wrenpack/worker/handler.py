@@ -713,7 +713,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         if not exc.died:
             # The job's own code broke its channel: its call fails, nothing else does.
             return _Ran("error", error_outcome(WrenpackError(f"{ev.label}: {exc}"), "wrenpack", tb_text=""), None, {})
-        log.warning("%s: the process running the call died (wait status %s); this worker ends the same way", ev.label, status)
+        if not isolation.stopping:  # (stopped on purpose: the driver is gone, nobody is told of this call)
+            log.warning("%s: the process running the call died (wait status %s); this worker ends the same way", ev.label, status)
         isolation.die_like(status)
         raise
 
