@@ -133,6 +133,22 @@ def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
+def _check_head_size(head_len: int, fds: list[int]) -> None:
+    """Refuse a message whose head would be larger than ``_MAX_HEAD`` (its descriptors closed)."""
+    if head_len > _MAX_HEAD:
+        close_all(fds)
+        raise ValueError("a message head is too large")
+
+
+def _head(loads: Callable[[bytes], Any], data: bytes, fds: list[int]) -> dict[str, Any]:
+    """A message's head, which must be an object (else its descriptors are closed and it is refused)."""
+    head = loads(data)
+    if not isinstance(head, dict):
+        close_all(fds)
+        raise ValueError("a message head is not an object")
+    return head
+
+
 def _recv_exact(sock: socket.socket, n: int, fds: list[int] | None) -> bytearray:
     """``n`` bytes; ``fds``: the message's first read, whose descriptors are added to it."""
     buf = bytearray(n)
@@ -176,13 +192,8 @@ def _recv_whole(sock: socket.socket, loads: Callable[[bytes], Any]) -> tuple[dic
             close_all(fds)
             raise ValueError("bytes came after a message")
         if k == end:
-            if head_len > _MAX_HEAD:
-                close_all(fds)
-                raise ValueError("a message head is too large")
-            head = loads(bytes(view[_HEAD.size:_HEAD.size + head_len]))
-            if not isinstance(head, dict):
-                close_all(fds)
-                raise ValueError("a message head is not an object")
+            _check_head_size(head_len, fds)
+            head = _head(loads, bytes(view[_HEAD.size:_HEAD.size + head_len]), fds)
             return head, bytearray(view[_HEAD.size + head_len:end]) if blob_len else bytearray(), fds
     # Only the message's start came (a large one, or a slow writer): the rest as before.
     return _recv_rest(sock, bytes(view[:k]), fds, loads)
@@ -193,9 +204,7 @@ def _recv_rest(sock: socket.socket, start: bytes, fds: list[int], loads: Callabl
     if len(start) < _HEAD.size:
         start += bytes(_recv_exact(sock, _HEAD.size - len(start), None))
     head_len, blob_len = _HEAD.unpack_from(start)
-    if head_len > _MAX_HEAD:
-        close_all(fds)
-        raise ValueError("a message head is too large")
+    _check_head_size(head_len, fds)
     body = start[_HEAD.size:]
     rest = head_len + blob_len - len(body)
     if rest < 0:
@@ -204,10 +213,7 @@ def _recv_rest(sock: socket.socket, start: bytes, fds: list[int], loads: Callabl
     if len(body) < head_len:
         body += bytes(_recv_exact(sock, head_len - len(body), None))
         rest = blob_len
-    head = loads(bytes(body[:head_len]))
-    if not isinstance(head, dict):
-        close_all(fds)
-        raise ValueError("a message head is not an object")
+    head = _head(loads, bytes(body[:head_len]), fds)
     got = body[head_len:]
     if rest <= 0:
         return head, bytearray(got), fds
@@ -238,17 +244,14 @@ def recv(sock: socket.socket, from_parent: bool = False, whole: bool = False) ->
     fds: list[int] = []
     fixed = _recv_exact(sock, _HEAD.size, fds)
     head_len, blob_len = _HEAD.unpack(fixed)
-    if head_len > _MAX_HEAD:
-        raise ValueError("a message head is too large")
+    _check_head_size(head_len, fds)
     if head_len + blob_len <= _ONE_READ:
         rest = _recv_exact(sock, head_len + blob_len, None)
-        head = loads(bytes(rest[:head_len]))
+        head = _head(loads, bytes(rest[:head_len]), fds)
         blob = rest[head_len:] if blob_len else bytearray()
     else:
-        head = loads(bytes(_recv_exact(sock, head_len, None)))
+        head = _head(loads, bytes(_recv_exact(sock, head_len, None)), fds)
         blob = _recv_exact(sock, blob_len, None) if blob_len else bytearray()
-    if not isinstance(head, dict):
-        raise ValueError("a message head is not an object")
     return head, blob, fds
 
 
