@@ -401,22 +401,16 @@ class Executor(CallTable, cf.Executor):
         made with). Each call is its own job, with its own id, secret and
         owner record."""
         label = kept.label
-        ahead = self._identity_made(label)
-        if ahead is not None:
-            job_id, secret, job_key, owner = ahead.job_id, ahead.secret, ahead.key, ahead.owner
-            ahead = None
-        else:
-            job_id = new_job_id()
-            secret, chain = refs.new_job_secret(job_id)  # (outside a call: no chain)
-            job_key = refs.JobKey(job_id)
-            owner = owner_record(label, job_id)
+        # (outside a call, which ``relaunch_payload`` checked: a new identity has no chain)
+        ident = self._identity_made(label) or _new_identity(label)
+        assert ident is not None
         extra_event = dict(kept.extra)
         if "env" in extra_event:
             extra_event["env"] = dict(extra_event["env"])  # (each event its own, as a full launch makes it)
         # (this process's domain key, asked as a full launch asks it: a forked process has its own)
         extra_event["domain"] = isolation_domain(extra_event["func_hash"])
-        extra_event["owner"] = owner
-        return self._start(job_id, label, kept.options, secret, job_key, [data], extra_event, stored=False,
+        extra_event["owner"] = ident.owner
+        return self._start(ident.job_id, label, kept.options, ident.secret, ident.key, [data], extra_event, stored=False,
                            chain=[], spawned=None, futures=None)[0]
 
     def _start(self, job_id: str, label: str, options: CallOptions, secret: bytes, job_key: Any, payloads: list[Any],
@@ -476,12 +470,9 @@ class Executor(CallTable, cf.Executor):
         where a new job's secret is derived from the running call's."""
         if refs.in_call():
             return
-        job_id = new_job_id()
-        secret, chain = refs.new_job_secret(job_id)
-        if chain:
-            return
-        self._ahead = [_Identity(label, os.getpid(), time.monotonic(), job_id, secret, refs.JobKey(job_id),
-                                 owner_record(label, job_id))]
+        ident = _new_identity(label)
+        if ident is not None:
+            self._ahead = [ident]
 
     def _identity_made(self, label: str) -> "_Identity | None":
         """The identity ``_make_identity`` made for a job of ``label``, if it is
@@ -679,6 +670,16 @@ class _Identity(NamedTuple):
     secret: bytes
     key: Any  # refs.JobKey: the secret is forgotten when the identity (unused) or the job's futures go
     owner: dict[str, Any]
+
+
+def _new_identity(label: str) -> _Identity | None:
+    """A new job's identity: id, secret, key and sealed owner record; None inside a
+    call, where the secret is derived from the call's and has a chain (the launch makes it then)."""
+    job_id = new_job_id()
+    secret, chain = refs.new_job_secret(job_id)
+    if chain:
+        return None
+    return _Identity(label, os.getpid(), time.monotonic(), job_id, secret, refs.JobKey(job_id), owner_record(label, job_id))
 
 
 #: (a second since the epoch, its local time as a job id's stamp): ids made within a second share it
