@@ -55,6 +55,17 @@ def test_wrong_types_are_one_line_type_errors(tmp_path, what, make, match):
     _one_line(info.value)
 
 
+def test_a_wait_whose_timeout_is_not_seconds_is_one_line_and_loses_nothing(executor):
+    fut = wrenpack.remote(square, executor=executor).remote(3)
+    for what, wait in (("result", lambda: fut.result(timeout="1")), ("exception", lambda: fut.exception(timeout=[1])),
+                       ("result", lambda: fut.result(timeout=True)), ("wrenpack.get", lambda: wrenpack.get(fut, timeout="1"))):
+        with pytest.raises(TypeError, match=rf"{what}\(timeout=.*must be a number of seconds, or None") as info:
+            wait()
+        assert isinstance(info.value, ConfigError)
+        _one_line(info.value)
+    assert fut.result(timeout=60) == 9 and wrenpack.get(fut, timeout=60.0) == 9
+
+
 # -- values that were accepted and meant something else: refused ------------------------------
 REFUSED = [
     ("storage='file://'", {"storage": "file://"}, "names no absolute path"),

@@ -268,9 +268,10 @@ class WrenFuture(cf.Future):
                 return
             cond.wait(left)
 
-    def _wait_here(self, timeout: float | None) -> float | None:
+    def _wait_here(self, timeout: float | None, what: str = "result") -> float | None:
         """Let the owner read this call's outcome on this thread (``CallOwner.wait_here``)
-        before it waits on the condition; the timeout left."""
+        before it waits on the condition; the timeout left (checked: ``what`` names the call)."""
+        _check_timeout(timeout, what)
         owner = self._owner
         if owner is None or self._state in _DONE_STATES:
             return timeout
@@ -292,6 +293,7 @@ class WrenFuture(cf.Future):
             self = None  # noqa: PLW0642 - (as concurrent.futures: the traceback must not hold the future)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        _check_timeout(timeout, "exception")
         with _CONDITION:
             self._wait_done(timeout)
             if self._state in _CANCELLED_STATES:
@@ -576,6 +578,7 @@ def get(
     "log" choose one display.
     """
     futs, single = as_list(futures)
+    _check_timeout(timeout, "wrenpack.get")
     deadline = None if timeout is None else time.monotonic() + timeout
     waitable = [f for f in futs if not isinstance(f, refs.CallRef)]
     mode = progress_display.choose(progress, len(futs))
@@ -584,7 +587,7 @@ def get(
     else:
         left = timeout
         if len(waitable) == 1 and isinstance(waitable[0], WrenFuture):
-            left = waitable[0]._wait_here(timeout)  # (one call: its reply may be read on this thread)
+            left = waitable[0]._wait_here(timeout, "wrenpack.get")  # (one call: its reply may be read on this thread)
         pending = _wait_all(waitable, left)
         if pending:
             raise cf.TimeoutError(f"{pending} of {len(futs)} calls not finished after {timeout} s")
@@ -622,6 +625,13 @@ class _CountDown:
     def add(self) -> None:
         with self.lock:
             self.left += 1
+
+
+def _check_timeout(timeout: Any, what: str) -> None:
+    """A wait's ``timeout``: seconds (a number) or None; anything else is one line naming it."""
+    if timeout is not None and (type(timeout) is bool or not isinstance(timeout, (int, float))):
+        raise ConfigTypeError(f"{what}(timeout={timeout!r}): timeout must be a number of seconds, or None to wait "
+                              "until the calls end")
 
 
 def _wait_all(futures: Sequence[cf.Future], timeout: float | None) -> int:
