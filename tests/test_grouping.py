@@ -70,6 +70,10 @@ def test_shutdown_cancelling_futures_ends_every_call(tmp_path):
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=1), retries=0)
     f = wrenpack.remote(double, executor=ex)
     blocker = ex.submit(time.sleep, 0.5)
+    deadline = time.monotonic() + 30
+    while not blocker.running() and not blocker.done() and time.monotonic() < deadline:
+        time.sleep(0.005)  # a call its worker has not started yet is cancelled too (as a pool's)
+    assert blocker.running() or blocker.done()
     futs = f.map(range(300))  # new function: most calls are held back for the timing
     ex.shutdown(wait=True, cancel_futures=True)
     assert blocker.result(timeout=5) is None
