@@ -241,6 +241,48 @@ def test_lines_refuse_an_unknown_encoding_or_handler_before_reading(data):
         r.lines(errors="lenient")
 
 
+_WIDE = "héllo\nĊ\u0a00 wörld\n\nend"  # Ċ and \u0a00: a 0x0a byte inside a character in UTF-16 and UTF-32
+
+
+@pytest.mark.parametrize("encoding, text", [("utf-16", _WIDE), ("utf-16-be", _WIDE), ("utf-32", _WIDE),
+                                            ("cp500", "héllo\nwörld\n\nend")],  # (EBCDIC: a newline is b'%')
+                         ids=["utf-16", "utf-16-be", "utf-32", "cp500"])
+def test_lines_of_text_whose_newline_is_not_the_byte_read_whole_objects_as_a_stream(data, monkeypatch, encoding, text):
+    _write(data, "w/t.txt", (text + "\n").encode(encoding))
+    (r,) = data.objects("w/")
+    want = text.split("\n")
+    assert list(r.lines(encoding=encoding)) == want
+    monkeypatch.setattr("wrenpack.storage.data._BLOCK", 3)  # characters cut by the reads' edges
+    assert list(r.lines(encoding=encoding)) == want
+    _write(data, "w/t.txt", text.encode(encoding))  # no newline at the end: the same lines
+    assert list(r.lines(encoding=encoding)) == want
+
+
+def test_a_decode_error_in_a_stream_names_the_byte_in_the_object(data, monkeypatch):
+    _write(data, "w/bad.txt", "ab\ncd".encode("utf-16-le") + b"\x00\xd8" + "x\n".encode("utf-16-le"))
+    (r,) = data.objects("w/")
+    monkeypatch.setattr("wrenpack.storage.data._BLOCK", 3)
+    with pytest.raises(wrenpack.TextDecodeError, match=r"bad.txt: byte 10 \(b'\\x00\\xd8'\) is not valid utf-16-le"):
+        list(r.lines(encoding="utf-16-le"))
+    assert list(r.lines(encoding="utf-16-le", errors="replace")) == ["ab", "cd\ufffdx"]
+
+
+def test_lines_refuse_chunks_or_delimiters_that_would_cut_a_wide_character(data):
+    _write(data, "w/t.txt", ("x" * 40 + "\n").encode("utf-16") * 50)
+    chunks = data.objects("w/", chunk_size=1000)
+    assert len(chunks) > 1
+    with pytest.raises(ConfigError) as info:
+        chunks[1].lines(encoding="utf-16")  # at the call, not at the first line
+    msg = str(info.value)
+    assert "\n" not in msg and "part 2 of" in msg and "b'\\n\\x00'" in msg and "chunk_size=None" in msg
+    _write(data, "z/t.bin", "a\0b".encode("utf-16"))
+    (z,) = data.objects("z/", delimiter=b"\0")
+    with pytest.raises(ConfigError, match=r"split at the byte b'\\x00'.*raw=True"):
+        z.lines(encoding="utf-16")
+    assert list(z.lines(raw=True)) == list(z.records())
+    assert list(data.objects("w/", chunk_size=1000)[0].lines(encoding="latin-1"))  # one-byte text: chunks as before
+
+
 def test_a_decode_error_in_a_call_reaches_the_client_whole(remote, executor):
     s = wrenpack.store(executor)
     s.put("dec/t.txt", _LATIN1)

@@ -358,7 +358,15 @@ class ObjectRange:
         object, the byte's offset in it and the ways on: the text's own
         ``encoding=`` ("latin-1" decodes any byte), ``errors="replace"`` (U+FFFD for
         each bad byte) or ``"surrogateescape"`` (lossless), or ``raw=True``.
-        A bad encoding or errors name fails here, before anything is read."""
+        A bad encoding or errors name fails here, before anything is read.
+
+        Records are split at a byte (the delimiter), which is right for text
+        whose newline is that one byte (UTF-8, Latin-1, the CJK legacy codecs).
+        In UTF-16 or UTF-32 a newline is 2 or 4 bytes and the byte ``\\n`` also
+        occurs inside other characters: a whole object is then decoded as one
+        stream and split at its newlines; a chunk of one (``chunk_size``), or a
+        delimiter that is not one of the text's characters, is refused here in
+        one line, since its edges may cut a character in two."""
         if raw:
             return self.records()
         try:
@@ -368,7 +376,43 @@ class ObjectRange:
             raise ConfigError(f"lines(encoding={encoding!r}, errors={errors!r}): {exc}; give a Python codec name "
                               "(\"utf-8\", \"latin-1\", ...) and an error handler (\"strict\", \"replace\", \"ignore\", "
                               "\"surrogateescape\")") from None
+        if self.record_size is None and self.delimiter:
+            own = _char_bytes(self.delimiter.decode("latin-1"), encoding)
+            if own != self.delimiter:
+                if self.delimiter == b"\n" and self.parts == 1:
+                    return self._decoded_stream(encoding, errors)
+                what = "a newline" if self.delimiter == b"\n" else f"the character {self.delimiter.decode('latin-1')!r}"
+                is_ = f"is {own!r}" if own is not None else "cannot be written"
+                cut = (f"this range is part {self.part + 1} of {self.parts} of the object, cut at the byte "
+                       f"{self.delimiter!r}" if self.parts > 1 else f"its records are split at the byte {self.delimiter!r}")
+                raise ConfigError(f"lines(encoding={encoding!r}): {self.url}: {cut}, but in {encoding} {what} {is_}, so "
+                                  "a split there can cut a character in two; read whole objects (wrenpack.objects(..., "
+                                  "chunk_size=None), delimiter=b'\\n': lines() decodes each as one stream) or "
+                                  "lines(raw=True) for bytes")
         return self._decoded(encoding, errors)
+
+    def _decoded_stream(self, encoding: str, errors: str) -> Iterator[str]:
+        """The whole range decoded as one stream (its byte order mark read once),
+        split at newlines as ``records()`` splits at ``b"\\n"``."""
+        decoder = codecs.getincrementaldecoder(encoding)(errors)
+        at = self.start  # the offset in the object of the next block read
+        rest = ""
+        with self.open() as f:
+            while True:
+                block = f.read(_BLOCK)
+                held = decoder.getstate()[0]  # bytes of a character the last block ended inside
+                try:
+                    text = decoder.decode(block, final=not block)
+                except UnicodeDecodeError as exc:
+                    raise _decode_error(self, exc, at - len(held)) from None
+                at += len(block)
+                pieces = (rest + text).split("\n")
+                rest = pieces.pop()
+                yield from pieces
+                if not block:
+                    if rest:
+                        yield rest
+                    return
 
     def _decoded(self, encoding: str, errors: str) -> Iterator[str]:
         at = self.bounds()[0]  # the current record's offset in the object
@@ -380,6 +424,17 @@ class ObjectRange:
                 raise _decode_error(self, exc, at) from None
             yield text
             at += len(rec) + gap
+
+
+def _char_bytes(char: str, encoding: str) -> bytes | None:
+    """How ``encoding`` writes ``char`` in the middle of a text (no byte order
+    mark); None if it cannot."""
+    encoder = codecs.getincrementalencoder(encoding)()
+    try:
+        encoder.encode(char)  # (the first carries a byte order mark, if the codec writes one)
+        return encoder.encode(char)
+    except UnicodeEncodeError:
+        return None
 
 
 def _decode_error(r: ObjectRange, exc: UnicodeDecodeError, at: int) -> TextDecodeError:
