@@ -17,11 +17,14 @@ it ends a word as a space would. A word is ASCII letters and apostrophes, so
 latin-1 ``café`` counts as ``caf``, as UTF-8 ``café`` does. ``--encoding
 latin-1`` reads such text as what it is; ``--errors strict`` stops at the first
 byte that does not decode instead, with one line naming the object, the byte's
-offset and the options that read it.
+offset and the options that read it. Text whose newline is not the byte
+``\\n`` (``--encoding utf-16``, ``utf-32``) is read a whole file per map call,
+since a chunk's edge could cut one of its characters in two.
 """
 from __future__ import annotations
 
 import argparse
+import codecs
 import collections
 import functools
 import random
@@ -74,6 +77,14 @@ def _not_utf8(seed: int) -> bytes:
     return "\r\n".join(lines).encode("latin-1") + b"\n\x00\xff\xfe binary tail \x80\n"
 
 
+def newline_is_one_byte(encoding: str) -> bool:
+    """Whether ``encoding`` writes a newline as the byte ``\\n`` (inside a text,
+    after any byte order mark): then chunks cut at that byte cut no character."""
+    encoder = codecs.getincrementalencoder(encoding)()
+    encoder.encode("\n")
+    return encoder.encode("\n") == b"\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", nargs="?", help="a text file, a directory, or s3://bucket/prefix")
@@ -88,7 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.small and not args.source:
         ap.error("give a source (file, directory or s3:// prefix), or --small")
-    chunk_size = int(float(re.sub(r"(?i)mb$", "e6", re.sub(r"(?i)kb$", "e3", args.chunk_size))))
+    chunk_size: int | None = int(float(re.sub(r"(?i)mb$", "e6", re.sub(r"(?i)kb$", "e3", args.chunk_size))))
+    try:  # checked here, before anything launches
+        codecs.lookup(args.encoding)
+        codecs.lookup_error(args.errors)
+    except LookupError as exc:
+        print(f"wordcount: {exc}; give --encoding a Python codec name (utf-8, latin-1, utf-16, ...) and --errors "
+              "replace, ignore or strict", file=sys.stderr)
+        return 2
+    if not newline_is_one_byte(args.encoding):
+        print(f"wordcount: {args.encoding} text: one map call per file, not per --chunk-size (a chunk's edge could cut "
+              "a character in two)", file=sys.stderr)
+        chunk_size = None
     try:
         if not args.small:
             counts = wordcount(wrenpack.objects(args.source, chunk_size=chunk_size), args.partitions,

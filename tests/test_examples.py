@@ -1,8 +1,10 @@
 """Every example's --small mode runs, checks its own output and leaves nothing in the store."""
 from __future__ import annotations
 
+import collections
 import importlib.util
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -50,6 +52,28 @@ def test_wordcount_strict_stops_at_text_that_is_not_utf8_in_one_line(tmp_path):
     assert re.search(r"/3\.txt: byte \d+ \(b'\\x[0-9a-f]{2}'\) is not valid utf-8", lines[0]), lines[0]
     assert "--encoding" in lines[0] and "--errors replace" in lines[0]
     assert [p for p in store.rglob("*") if p.is_file()] == []
+
+
+def test_wordcount_reads_utf16_text_whole_and_refuses_an_unknown_encoding_before_launch(tmp_path):
+    rng = random.Random(7)
+    vocab = "naïve café über data map reduce Ċat it's".split()  # Ċ: a 0x0a byte inside it in UTF-16
+    lines = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 9))) for _ in range(2000)]
+    (tmp_path / "in.txt").write_bytes("\n".join(lines).encode("utf-16"))
+    want = collections.Counter(w for line in lines for w in re.findall(r"[a-z']+", line.lower()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    script = str(REPO / "examples" / "wordcount.py")
+    proc = subprocess.run([sys.executable, script, "in.txt", "--encoding", "utf-16", "--chunk-size", "10KB",
+                           "--top", "100"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    got = {w: int(n) for n, w in (line.split() for line in proc.stdout.splitlines())}
+    assert got == dict(want)  # (before: every chunk past the first stopped at a cut character)
+    assert "one map call per file" in proc.stderr
+    bad = subprocess.run([sys.executable, script, "in.txt", "--encoding", "utf-9"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "unknown encoding: utf-9" in bad.stderr
+    assert not (tmp_path / "store").exists() or [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
 
 
 def test_parameter_server_small(tmp_path):
