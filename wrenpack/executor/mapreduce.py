@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
-from wrenpack.errors import ConfigError
+from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, check_options
@@ -75,6 +75,12 @@ def map_reduce(
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
     check_executor(options.get("executor"), "map_reduce")
+    for name, flag in (("partitioned", partitioned), ("per_object", per_object)):
+        if not isinstance(flag, bool):  # ('no' would be taken as True)
+            raise ConfigTypeError(f"map_reduce({name}={flag!r}): must be True or False")
+    if partition_fn is not None and not callable(partition_fn):
+        raise ConfigTypeError(f"map_reduce(partition_fn={partition_fn!r}): must be a function (key, R) -> a partition "
+                              "number 0..R-1, or None for a stable hash")
     items = list(items)
     shuffled = partitions is not None or per_object or fan_in is not None
     if not shuffled:
