@@ -81,8 +81,14 @@ def newline_is_one_byte(encoding: str) -> bool:
     """Whether ``encoding`` writes a newline as the byte ``\\n`` (inside a text,
     after any byte order mark): then chunks cut at that byte cut no character."""
     encoder = codecs.getincrementalencoder(encoding)()
-    encoder.encode("\n")
-    return encoder.encode("\n") == b"\n"
+    try:
+        encoder.encode("\n")
+        newline = encoder.encode("\n")
+    except TypeError:
+        newline = None
+    if not isinstance(newline, bytes):  # (a codec from bytes to bytes, or str to str: "hex", "rot13")
+        raise LookupError(f"{encoding!r} is not a text encoding")
+    return newline == b"\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give a source (file, directory or s3:// prefix), or --small")
     chunk_size: int | None = int(float(re.sub(r"(?i)mb$", "e6", re.sub(r"(?i)kb$", "e3", args.chunk_size))))
     try:  # checked here, before anything launches
-        codecs.lookup(args.encoding)
         codecs.lookup_error(args.errors)
+        whole_files = not newline_is_one_byte(args.encoding)
     except LookupError as exc:
         print(f"wordcount: {exc}; give --encoding a Python codec name (utf-8, latin-1, utf-16, ...) and --errors "
               "replace, ignore or strict", file=sys.stderr)
         return 2
-    if not newline_is_one_byte(args.encoding):
+    if whole_files:
         print(f"wordcount: {args.encoding} text: one map call per file, not per --chunk-size (a chunk's edge could cut "
               "a character in two)", file=sys.stderr)
         chunk_size = None

@@ -239,6 +239,14 @@ def test_lines_refuse_an_unknown_encoding_or_handler_before_reading(data):
         r.lines(encoding="utf-9")  # at the call, not at the first line
     with pytest.raises(ConfigError, match="unknown error handler"):
         r.lines(errors="lenient")
+    with pytest.raises(ConfigError, match="'hex' is not a text encoding"):
+        r.lines(encoding="hex")  # a codec, but from bytes to bytes
+    for kwargs, match in ((dict(encoding=None), r"lines\(encoding=None\): must be a str"),
+                          (dict(encoding=b"utf-8"), "encoding=b'utf-8'"), (dict(errors=None), "errors=None"),
+                          (dict(raw="yes"), r"lines\(raw='yes'\): must be True")):
+        with pytest.raises(TypeError, match=match) as info:  # (a ConfigError too)
+            r.lines(**kwargs)
+        assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
 
 
 _WIDE = "héllo\nĊ\u0a00 wörld\n\nend"  # Ċ and \u0a00: a 0x0a byte inside a character in UTF-16 and UTF-32

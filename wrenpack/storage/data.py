@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from wrenpack.errors import ConfigError, ObjectNotFound, StoreError, TextDecodeError
+from wrenpack.errors import ConfigError, ConfigTypeError, ObjectNotFound, StoreError, TextDecodeError
 from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
 
 #: Where the user's objects live in wrenpack's store.
@@ -367,10 +367,17 @@ class ObjectRange:
         stream and split at its newlines; a chunk of one (``chunk_size``), or a
         delimiter that is not one of the text's characters, is refused here in
         one line, since its edges may cut a character in two."""
+        if not isinstance(raw, bool):
+            raise ConfigTypeError(f"lines(raw={raw!r}): must be True (bytes) or False (text)")
+        for name, value in (("encoding", encoding), ("errors", errors)):
+            if not isinstance(value, str):
+                raise ConfigTypeError(f"lines({name}={value!r}): must be a str, e.g. encoding=\"latin-1\", "
+                                      "errors=\"replace\"")
         if raw:
             return self.records()
         try:
-            codecs.lookup(encoding)
+            if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):  # (how bytes.decode tells them)
+                raise LookupError(f"{encoding!r} is not a text encoding (bytes.decode refuses it)")
             codecs.lookup_error(errors)
         except LookupError as exc:
             raise ConfigError(f"lines(encoding={encoding!r}, errors={errors!r}): {exc}; give a Python codec name "
