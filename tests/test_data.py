@@ -156,6 +156,9 @@ def test_objects_from_local_paths(tmp_path):
         DataStore(open_store(str(tmp_path / "empty"))).objects("x/")
     with pytest.raises(ConfigError, match="chunk_size"):
         objects(str(d), chunk_size=0)
+    for kwargs in (dict(chunk_size=True), dict(record_size=True), dict(chunk_size="1MB")):  # (True was taken as 1 byte)
+        with pytest.raises(ConfigError, match=f"{next(iter(kwargs))}=.* must be a whole number of bytes"):
+            objects(str(d), **kwargs)
 
 
 def test_map_over_stored_chunks_reads_in_the_worker(remote, executor):

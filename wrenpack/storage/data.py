@@ -495,9 +495,9 @@ def _stream(store: Store, key: str, start: int, end: int) -> io.BufferedReader:
 
 def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int | None, delimiter: bytes | None,
             record_size: int | None, source: str) -> list[ObjectRange]:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise ConfigError(f"chunk_size={chunk_size!r} must be a whole number of bytes, at least 1")
-    if record_size is not None and (not isinstance(record_size, int) or record_size < 1):
+    if record_size is not None and (not isinstance(record_size, int) or isinstance(record_size, bool) or record_size < 1):
         raise ConfigError(f"record_size={record_size!r} must be a whole number of bytes, at least 1")
     if delimiter is not None and (not isinstance(delimiter, bytes) or len(delimiter) != 1):
         # One byte: with longer ones, a range edge inside a run of delimiters is ambiguous.
