@@ -46,7 +46,21 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 100MB or 1GB")
     scale = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
-    return int(float(m.group(1)) * scale)
+    size = int(float(m.group(1)) * scale)
+    if size < RECORD:
+        raise argparse.ArgumentTypeError(f"size {text!r} holds no {RECORD}-byte record; use e.g. 100MB")
+    return size
+
+
+def at_least_one(text: str) -> int:
+    """A count of calls: a whole number, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of calls, at least 1")
+    return n
 
 
 def as_records(buf: bytes | memoryview) -> np.ndarray:
@@ -192,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=parse_size, default=parse_size("100MB"), help="bytes of records (default 100MB)")
     ap.add_argument("--small", action="store_true", help="2 MB, 4 mappers, 3 reducers (the tests run this)")
-    ap.add_argument("--mappers", type=int, help="input objects / map calls (default: one per ~64 MB, at least 2)")
-    ap.add_argument("--partitions", type=int, help="reducers (default: as many as mappers)")
+    ap.add_argument("--mappers", type=at_least_one, help="input objects / map calls (default: one per ~64 MB, at least 2)")
+    ap.add_argument("--partitions", type=at_least_one, help="reducers (default: as many as mappers)")
     ap.add_argument("--memory", type=int, default=3008,
                     help="MB per call (default 3008: on the local backend a worker's memory cgroup is also charged "
                          "for the /dev/shm store objects it wrote)")

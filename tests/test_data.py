@@ -130,6 +130,14 @@ def test_buffers_map_the_same_bytes_as_read_returns_and_put_takes_buffers(data):
         data.put("buf/bad", memoryview(text)[::2])
 
 
+def test_an_empty_buffer_of_any_shape_is_an_empty_object(data):
+    np = pytest.importorskip("numpy", reason="numpy makes the empty 2-D buffer (pip install -e '.[test]')")
+    data.put("e/k", memoryview(np.zeros((0, 100), dtype=np.uint8)))  # (a shuffle's empty partition of records)
+    assert data.get("e/k") == b"" and data.size("e/k") == 0
+    with pytest.raises(StoreError, match="not contiguous"):
+        data.put("e/k", memoryview(np.zeros((10, 10), dtype=np.uint8)[:, ::2]))
+
+
 def test_one_range_per_object_without_chunk_size(data):
     _write(data, "o/1", b"a\nb")
     _write(data, "o/2", b"")

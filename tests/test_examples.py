@@ -34,6 +34,24 @@ def test_sort_small(tmp_path):
     assert "sorted and verified" in out and "same checksum (a permutation)" in out
 
 
+def test_sort_of_fewer_records_than_partitions_and_counts_refused_before_launch(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    script = str(REPO / "examples" / "sort.py")
+    # One record, two mappers and reducers: a mapper and a reducer have none (an empty array
+    # of records was refused by the store as "not contiguous").
+    proc = subprocess.run([sys.executable, script, "--size", "150", "--mappers", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and "sorted and verified" in proc.stdout, proc.stderr
+    for args, match in ((["--partitions", "0"], "--partitions: '0' is not a whole number of calls"),
+                        (["--size", "0"], "--size: size '0' holds no 100-byte record")):
+        bad = subprocess.run([sys.executable, script, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode == 2 and match in bad.stderr.splitlines()[-1], bad.stderr
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+
+
 def test_wordcount_small(tmp_path):
     assert "matches the local count" in run_example("wordcount.py", tmp_path)
 
