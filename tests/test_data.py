@@ -32,6 +32,24 @@ def test_storage_handle_roundtrip_under_data_prefix(data):
     assert data.delete_prefix("a/") == 1 and data.list() == []
 
 
+@pytest.mark.parametrize("start, end", [(2, 5), (5, 2), (-3, None), (None, -3), (-3, -1), (8, 100), (100, 200),
+                                        (-100, 3), (0, 0), (3, None), (None, 4)])
+def test_a_range_of_an_object_is_what_slicing_its_bytes_gives(data, start, end):
+    whole = data.put("r/x", b"0123456789") or b"0123456789"
+    assert data.get("r/x", start, end) == whole[start:end]  # (a negative start was an OSError)
+    assert data.open("r/x", start or 0, end).read() == whole[start or 0 : end]
+
+
+def test_a_range_that_is_not_byte_offsets_is_one_line(data):
+    data.put("r/x", b"0123456789")
+    for start, end in (("1", None), (True, None), (0, 2.5)):
+        with pytest.raises(TypeError, match=r"get\(start=.*must be a byte offset") as info:
+            data.get("r/x", start, end)
+        assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+    with pytest.raises(TypeError, match=r"open\(start='1'"):
+        data.open("r/x", "1")
+
+
 def test_storage_handle_refuses_text_and_bad_keys(data):
     with pytest.raises(StoreError, match="needs bytes"):
         data.put("k", "text")

@@ -176,20 +176,34 @@ class DataStore:
         self.store.put_chunks(self._full(key), [view])
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The object's bytes, or bytes ``[start, end)`` of it."""
+        """The object's bytes, or bytes ``[start, end)`` of it, as ``data[start:end]``
+        would give them (a negative offset counts from the end)."""
         if start is None and end is None:
             return self.store.get(self._full(key))
-        start = start or 0
-        if end is None:
-            end = self.store.size(self._full(key))
-        return self.store.get_range(self._full(key), start, end)
+        full = self._full(key)
+        start, end = self._span(full, "get", start, end)
+        return self.store.get_range(full, start, end) if end > start else b""
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> io.BufferedReader:
-        """A binary stream over the object (or bytes ``[start, end)``), read in blocks as it is consumed."""
+        """A binary stream over the object (or bytes ``[start, end)``, as ``get``
+        takes them), read in blocks as it is consumed."""
         full = self._full(key)
-        if end is None:
-            end = self.store.size(full)
-        return _stream(self.store, full, start, end)
+        start, end = self._span(full, "open", start, end)
+        return _stream(self.store, full, start, max(start, end))
+
+    def _span(self, full: str, what: str, start: Any, end: Any) -> tuple[int, int]:
+        """``[start, end)`` as offsets in the object, as a slice's are resolved: None
+        is its start or end, a negative offset counts from its end, and both are
+        clamped to it. The size is asked for only when it is needed."""
+        for name, value in (("start", start), ("end", end)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ConfigTypeError(f"{what}(start={start!r}, end={end!r}): {name} must be a byte offset (an int, "
+                                      "negative from the end) or None")
+        size: int | None = None
+        if end is None or (start or 0) < 0 or end < 0:
+            size = self.store.size(full)
+        start, end = slice(start, end).indices(size)[:2] if size is not None else (start or 0, end)
+        return start, end
 
     def size(self, key: str) -> int:
         return self.store.size(self._full(key))
