@@ -261,6 +261,16 @@ def test_lines_take_an_encoding_an_error_handler_or_give_bytes(data):
         list(f.lines(encoding="ascii"))
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_lines_end_without_their_crlf_as_in_a_text_file(data, encoding):
+    text = "a,b\r\nc\rd,e\r\n\r\nlast\r"
+    _write(data, "c/t.csv", text.encode(encoding))
+    ranges = data.objects("c/", chunk_size=7 if encoding == "utf-8" else None)
+    assert [line for r in ranges for line in r.lines(encoding=encoding)] == ["a,b", "c\rd,e", "", "last"]
+    if encoding == "utf-8":  # (the bytes are the records, as they are)
+        assert [rec for r in ranges for rec in r.lines(raw=True)] == [b"a,b\r", b"c\rd,e\r", b"\r", b"last\r"]
+
+
 def test_lines_refuse_an_unknown_encoding_or_handler_before_reading(data):
     _write(data, "l/t.txt", b"x")
     (r,) = data.objects("l/")

@@ -368,7 +368,8 @@ class ObjectRange:
 
     def lines(self, encoding: str = "utf-8", errors: str = "strict", raw: bool = False) -> Iterator[Any]:
         """The records decoded as text (``bytes.decode(encoding, errors)``), or as
-        bytes with ``raw=True`` (``records()``).
+        bytes with ``raw=True`` (``records()``). Lines split at newlines end as in
+        Python's text files: without their ``\\r\\n`` or ``\\n``.
 
         Stored text is whatever someone wrote: strict UTF-8 (the default) stops at
         the first byte that does not decode with a ``TextDecodeError`` naming the
@@ -432,22 +433,27 @@ class ObjectRange:
                 at += len(block)
                 pieces = (rest + text).split("\n")
                 rest = pieces.pop()
-                yield from pieces
+                for piece in pieces:
+                    yield piece[:-1] if piece.endswith("\r") else piece
                 if not block:
                     if rest:
-                        yield rest
+                        yield rest[:-1] if rest.endswith("\r") else rest
                     return
 
     def _decoded(self, encoding: str, errors: str) -> Iterator[str]:
         at = self.bounds()[0]  # the current record's offset in the object
         gap = 0 if self.record_size is not None or not self.delimiter else len(self.delimiter)
+        crlf = self.delimiter == b"\n" and self.record_size is None
         for rec in self.records():
+            size = len(rec)
+            if crlf and rec.endswith(b"\r"):
+                rec = rec[:-1]
             try:
                 text = rec.decode(encoding, errors)
             except UnicodeDecodeError as exc:
                 raise _decode_error(self, exc, at) from None
             yield text
-            at += len(rec) + gap
+            at += size + gap
 
 
 def _char_bytes(char: str, encoding: str) -> bytes | None:
