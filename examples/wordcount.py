@@ -91,13 +91,33 @@ def newline_is_one_byte(encoding: str) -> bool:
     return newline == b"\n"
 
 
+def parse_size(text: str) -> int:
+    """``16MB``, ``500KB``, ``1GB`` or a number of bytes; at least 1."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([KMG]?B?)\s*", text.upper().replace("E", "e"))
+    size = int(float(m.group(1)) * {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]) \
+        if m else 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 16MB, 500KB or a number of bytes")
+    return size
+
+
+def positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, at least 1")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", nargs="?", help="a text file, a directory, or s3://bucket/prefix")
     ap.add_argument("--small", action="store_true", help="count generated text and check it against a local count")
-    ap.add_argument("--chunk-size", default="16MB", help="bytes per map call (default 16MB)")
-    ap.add_argument("--partitions", type=int, default=4, help="reducers (default 4)")
-    ap.add_argument("--top", type=int, default=10, help="how many of the most common words to print")
+    ap.add_argument("--chunk-size", type=parse_size, default="16MB", help="bytes per map call (default 16MB)")
+    ap.add_argument("--partitions", type=positive, default=4, help="reducers (default 4)")
+    ap.add_argument("--top", type=positive, default=10, help="how many of the most common words to print")
     ap.add_argument("--encoding", default="utf-8", help="the text's encoding (default utf-8)")
     ap.add_argument("--errors", default="replace",
                     help="what a byte that does not decode does: replace (default: U+FFFD, ends a word), ignore, "
@@ -105,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.small and not args.source:
         ap.error("give a source (file, directory or s3:// prefix), or --small")
-    chunk_size: int | None = int(float(re.sub(r"(?i)mb$", "e6", re.sub(r"(?i)kb$", "e3", args.chunk_size))))
+    chunk_size: int | None = args.chunk_size
     try:  # checked here, before anything launches
         codecs.lookup_error(args.errors)
         whole_files = not newline_is_one_byte(args.encoding)

@@ -94,6 +94,16 @@ def test_wordcount_reads_utf16_text_whole_and_refuses_an_unknown_encoding_before
     assert not (tmp_path / "store").exists() or [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.parametrize("args, match", [(["--chunk-size", "abc"], "--chunk-size: bad size 'abc'"),
+                                         (["--chunk-size", "0"], "--chunk-size: bad size '0'"),
+                                         (["--top", "-1"], "--top: '-1' is not a whole number")])
+def test_wordcount_refuses_bad_arguments_in_one_line(tmp_path, args, match):
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "wordcount.py"), str(tmp_path), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr  # (abc was a ValueError traceback)
+    assert match in proc.stderr.splitlines()[-1]
+
+
 def test_parameter_server_small(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server binary on PATH (.ci/run installs it with apt-get install redis-server)")
