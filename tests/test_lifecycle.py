@@ -279,6 +279,73 @@ def test_stray_tmp_files_go_with_their_job_and_are_swept(tmp_path):
     assert sweep_tmp(store, 300) == 1 and not old.exists() and young.exists()
 
 
+def _files(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _dirs, files in os.walk(root) for f in files)
+
+
+def test_temporary_files_of_writers_that_are_gone_are_removed(tmp_path):
+    store = LocalStore(str(tmp_path))
+    store.put("data/keep/x", b"x")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # (a process that has exited: its pid names no running process now)
+    orphan = tmp_path / "data" / "t" / "u" / f".tmp-{dead}-1-0"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half")
+    (tmp_path / "data" / "keep" / f".tmp-{dead}-1-1").write_bytes(b"half")
+    writing = tmp_path / "data" / "w" / f".tmp-{os.getpid()}-1-2"  # a writer that still runs: left alone
+    writing.parent.mkdir(parents=True)
+    writing.write_bytes(b"writing")
+    t0 = time.monotonic()
+    assert store.remove_stopped_writes(grace_s=0.2) == 2
+    assert time.monotonic() - t0 >= 0.2  # (it gave the running writer its grace)
+    assert _files(tmp_path) == ["data/keep/x", f"data/w/.tmp-{os.getpid()}-1-2"]
+    assert not (tmp_path / "data" / "t").exists()  # the folders that held only the orphan went with it
+
+
+def _write_forever(root: str) -> None:
+    """A call stopped in the middle of a write: its temporary file is there, the rename never comes."""
+    os.makedirs(os.path.join(root, "data", "half"), exist_ok=True)
+    with open(os.path.join(root, "data", "half", f".tmp-{os.getpid()}-1-0"), "wb") as f:
+        f.write(b"x" * 1000)
+        f.flush()
+        time.sleep(60)
+
+
+def test_a_call_stopped_in_the_middle_of_a_write_leaves_nothing_in_the_store(tmp_path):
+    root = str(tmp_path / "store")
+    ex = wrenpack.Executor(storage=root, concurrency=1, retries=0)
+    fut = wrenpack.remote(_write_forever, executor=ex, timeout=1).remote(root)
+    with pytest.raises(wrenpack.TaskTimeout):
+        fut.result(timeout=60)
+    assert any(".tmp-" in f for f in _files(root))
+    ex.shutdown()
+    assert _files(root) == []  # (before: the call's temporary file stayed until `wrenpack clean`)
+    assert not os.path.exists(os.path.join(root, "data", "half"))
+
+
+def test_a_map_reduce_running_at_exit_leaves_no_intermediate_objects(tmp_path):
+    root = tmp_path / "store"
+    out = _run_script(tmp_path, {"storage": str(root), "concurrency": 2}, """
+        import os, time, wrenpack
+        def mapper(x):
+            time.sleep(0.3)
+            return [(x % 3, b"v" * 100_000)]
+        def reducer(key, values):
+            time.sleep(60)
+        fut = wrenpack.map_reduce(mapper, range(8), reducer, partitions=3)
+        deadline = time.monotonic() + 60
+        while not any(f for _d, _s, f in os.walk(os.path.join(os.environ["WRENPACK_STORAGE"], "shuffle"))):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        print("exiting")  # while mappers still write their parts
+    """)
+    assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
+    assert "still running at exit" in out.stderr
+    # (before: parts and indexes stayed under shuffle/ in 2 of 3 runs, when the program ended
+    # before the map_reduce's own thread removed them)
+    assert _files(root) == []
+
+
 # -- wrenpack clean --stale / --all -------------------------------------------------------
 def _clean(tmp_path, *argv):
     from wrenpack.cli.cmd_clean import cmd_clean

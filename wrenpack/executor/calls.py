@@ -147,6 +147,7 @@ class CallTable:
     _kept_keys: list[Any]
     _stopping: bool
     _release_when_idle: bool
+    stopped_writes: bool
 
     # -- lifecycle hooks (backend threads) --------------------------------------
     def _on_start(self, inv: Invocation) -> None:
@@ -316,6 +317,8 @@ class CallTable:
         if (result.data is None and result.private is None) or (status is not None and status.get("stored")) \
                 or result.error is not None:
             job.stored = True  # the worker wrote to the store (or may have, before it failed)
+        if result.error is not None or (status is not None and status.get("exit") == "timeout"):
+            self.stopped_writes = True  # the call was stopped where it was: maybe in the middle of a write
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
             # Acted on only when authentic: a planted record must not relaunch the call.
             status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))

@@ -104,6 +104,12 @@ class Executor(CallTable, cf.Executor):
         self._release_when_idle = False
         self._released = False
         self._stopping = False  # at exit: no retries, no new segments
+        #: a call's process may have been stopped mid-write (killed at a limit, crashed, cancelled,
+        #: stopped at exit): the store's ``remove_stopped_writes`` runs when the executor is released
+        self.stopped_writes = False
+        #: prefixes of objects made for calls of this executor outside their jobs' folders (a
+        #: map_reduce's intermediates), removed when it is released if nothing removed them first
+        self._owned_prefixes: set[str] = set()
         self._exited = False  # the interpreter is exiting (``_exit`` ran)
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
@@ -238,6 +244,18 @@ class Executor(CallTable, cf.Executor):
         return None
 
     # -- what the launch strategies use (wrenpack.executor.feed, .grouping, ...) ----
+    def own_prefix(self, prefix: str) -> None:
+        """Objects under ``prefix`` (a folder, ending in "/") are made for this
+        executor's calls outside their jobs' folders (a map_reduce's
+        intermediates): removed when the executor is released unless
+        ``disown_prefix`` came first (their maker removed them)."""
+        with self._lock:
+            self._owned_prefixes.add(prefix)
+
+    def disown_prefix(self, prefix: str) -> None:
+        with self._lock:
+            self._owned_prefixes.discard(prefix)
+
     def check_open(self) -> None:
         """Raise ``ExecutorShutdown`` if no new calls may be launched."""
         if self._closed:
@@ -605,6 +623,19 @@ class Executor(CallTable, cf.Executor):
             for job_id in kept:
                 self._delete_job(job_id)
         with self._lock:
+            owned, self._owned_prefixes = set(self._owned_prefixes), set()
+        for prefix in sorted(owned) if not self.config.keep_objects else ():
+            try:  # (a map_reduce the program's exit stopped: its own cleanup never ran)
+                self.store.delete_prefix(prefix)
+            except Exception:  # noqa: BLE001
+                log.warning("could not delete the objects under %s", prefix, exc_info=True)
+        if self.stopped_writes:
+            # (after the backend stopped: the processes it ended are gone, and with them their writes)
+            try:
+                self.store.remove_stopped_writes()
+            except Exception:  # noqa: BLE001 - what is left is `wrenpack clean`'s then
+                log.debug("could not remove unfinished writes from %s", self.store.url, exc_info=True)
+        with self._lock:
             readers, self._readers = self._readers, []
         for _ in readers:
             self._reads.put(None)  # after the reads already queued
@@ -634,6 +665,7 @@ class Executor(CallTable, cf.Executor):
         running = [f for job in jobs for f in list(job.futures.values()) if not f.done()]
         if running:
             self._stopping = True
+            self.stopped_writes = True
             log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
                         "" if self.config.keep_objects else " and removing their objects from the store")
             for fut in reversed(running):  # (the last first: see ``shutdown``)

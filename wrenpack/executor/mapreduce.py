@@ -166,6 +166,7 @@ class RunningJob:
         self.m_options, self.r_options = m_options, r_options
         self.shuffle_id = uuid.uuid4().hex[:12]
         self.secret = shuffle.new_secret()
+        executor.own_prefix(shuffle.prefix(self.shuffle_id))  # (removed by the executor if the program exits first)
         self.launched: list[WrenFuture] = []
         self._lock = threading.Lock()
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
@@ -195,6 +196,8 @@ class RunningJob:
         except Exception:  # noqa: BLE001
             log.warning("could not delete map_reduce %s's objects under %s", self.shuffle_id,
                         shuffle.prefix(self.shuffle_id), exc_info=True)
+            return
+        self.executor.disown_prefix(shuffle.prefix(self.shuffle_id))
 
     # -- the forms -----------------------------------------------------------------
     def shuffle(self, items: list[Any], partitions: int, partitioned: bool,

@@ -92,6 +92,13 @@ class Store(abc.ABC):
             self.delete(key)
         return len(keys)
 
+    def remove_stopped_writes(self, grace_s: float = 1.0) -> int:
+        """Remove what writers stopped mid-write left (a call killed at its limit,
+        cancelled, or stopped at the program's exit): a local store's temporary
+        files of processes that are gone. How many went; a store whose unfinished
+        writes leave nothing behind that can be seen (this default) does nothing."""
+        return 0
+
     def iter_list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         """Keys under ``prefix`` in order; with ``start_after``, only those after it."""
         for key in self.list(prefix):

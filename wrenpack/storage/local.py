@@ -393,6 +393,74 @@ class LocalStore(Store):
         return removed
 
 
+    def remove_stopped_writes(self, grace_s: float = 1.0) -> int:
+        """Remove the temporary files (``.tmp-<pid>-...``) of writers that are gone,
+        and the directories that held only those. A writer still running is given
+        ``grace_s`` to end (a call's process killed a moment ago may not have
+        exited yet); one that runs on is left alone. One walk of the store."""
+        import time
+
+        found: list[tuple[str, str, int]] = []  # (directory, name, writer's pid)
+        for rel_dir, _dirs, files, _fd in self._walk(""):
+            for name in files:
+                pid = _writer_pid(name)
+                if pid is not None:
+                    found.append((rel_dir, name, pid))
+        deadline = time.monotonic() + grace_s
+        while True:
+            running = {pid for _d, _n, pid in found if _process_runs(pid)}
+            if not running or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        removed = 0
+        emptied: set[str] = set()
+        for rel_dir, name, pid in found:
+            if pid in running:
+                continue
+            parts = [p for p in rel_dir.split("/") if p]
+            with contextlib.suppress(OSError), self._dir(parts) as dfd:
+                os.unlink(name, dir_fd=dfd)
+                removed += 1
+                emptied.add(rel_dir)
+        for rel_dir in sorted(emptied, key=lambda d: -d.count("/")):  # the deepest first, then up while empty
+            parts = [p for p in rel_dir.split("/") if p]
+            while parts:
+                try:
+                    with self._dir(parts[:-1]) as dfd:
+                        os.rmdir(parts[-1], dir_fd=dfd)
+                except OSError:
+                    break  # not empty (or gone): what is above it holds something too
+                parts.pop()
+        return removed
+
+
+def _writer_pid(name: str) -> int | None:
+    """The process that writes a temporary file named ``.tmp-<pid>-...``; None for other names."""
+    if not name.startswith(".tmp-"):
+        return None
+    head = name[5:].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state = stat_line[stat_line.rindex(b")") + 2 : stat_line.rindex(b")") + 3]
+    return state not in (b"Z", b"X")
+
+
 def _lexists(name: str, dir_fd: int) -> bool:
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
