@@ -151,18 +151,29 @@ def check_output(chunk) -> dict:
 def generate_input(size: int, mappers: int, prefix: str, seed: int = 0, memory: int = 1024) -> tuple[int, int]:
     """``mappers`` calls write the input under ``prefix/in/``; returns (records, checksum)."""
     per_part = max(1, size // RECORD // mappers)
-    made = wrenpack.get(wrenpack.remote(generate, memory=memory).map(range(mappers), count=per_part, seed=seed, prefix=prefix))
+    futures = wrenpack.remote(generate, memory=memory).map(range(mappers), count=per_part, seed=seed, prefix=prefix)
+    made = _get_or_stop(futures)
     return sum(c for c, _ in made), sum(s for _, s in made) % 2**64
+
+
+def _get_or_stop(futures):
+    """``wrenpack.get(futures)``; interrupted (Ctrl-C) or failed, the calls still
+    running are stopped first, so none writes after ``run_sort`` removed the objects."""
+    try:
+        return wrenpack.get(futures)
+    except BaseException:
+        wrenpack.cancel(futures)
+        raise
 
 
 def sort_stored(prefix: str, partitions: int, memory: int = 1024) -> list[tuple[int, int]]:
     """Sort ``prefix/in/*`` into ``prefix/out/<i>`` through the shuffle; (partition, records) of each reducer."""
     inputs = wrenpack.store().objects(f"{prefix}/in/", record_size=RECORD)
-    return wrenpack.map_reduce(
+    return _get_or_stop(wrenpack.map_reduce(
         lambda chunk: split(chunk, partitions), inputs,
         lambda i, parts: merge(i, parts, prefix),
         partitions=partitions, partitioned=True, memory=memory,
-    ).result()
+    ))
 
 
 def verify(prefix: str, n_in: int, sum_in: int, memory: int = 1024) -> dict[str, bool]:
