@@ -57,6 +57,16 @@ def test_storage_handle_refuses_text_and_bad_keys(data):
         data.put("../escape", b"x")
     with pytest.raises(StoreError, match="invalid data key"):
         data.get("/abs")
+    # Read as 'a/b' by a local store and as another key by S3: refused on both.
+    for key, fix in (("a//b", "a/b"), ("a/./b", "a/b"), ("a/", "a"), ("./a", "a")):
+        with pytest.raises(StoreError, match=rf"invalid data key .*: a key's parts .* use '{fix}'"):
+            data.put(key, b"x")
+    # The store's half-written files: never listed, and removed once their writer is gone.
+    for key in (".tmp-1-2-3", "x/.tmp-999-1-0"):
+        with pytest.raises(StoreError, match="names starting with '.tmp-' are the store's half-written files"):
+            data.put(key, b"x")
+    data.put(".hidden/.tmpfile", b"x")  # (other names starting with a dot are keys like any)
+    assert data.list() == [".hidden/.tmpfile"]
 
 
 def test_storage_handle_inside_a_call_is_the_executors_store(remote, executor):

@@ -143,7 +143,16 @@ class DataStore:
         return f"DataStore({self.url()})"
 
     def _full(self, key: str) -> str:
-        return self.prefix + _check_key(key)
+        _check_key(key)
+        parts = key.split("/")
+        if any(p in ("", ".") for p in parts):
+            # (a local store would read 'a//b' as 'a/b', S3 as another key: refused alike)
+            raise StoreError(f"invalid data key {key!r}: a key's parts between '/' are names, not empty or '.'; "
+                             f"use {'/'.join(p for p in parts if p not in ('', '.')) or 'a name'!r}")
+        if any(p.startswith(".tmp-") for p in parts):
+            raise StoreError(f"invalid data key {key!r}: names starting with '.tmp-' are the store's half-written "
+                             "files (never listed, removed once their writer is gone); choose another name")
+        return self.prefix + key
 
     def url(self, key: str = "") -> str:
         """Where ``key`` is, for messages (``s3://bucket/prefix/data/key`` or a file URL)."""
