@@ -176,10 +176,14 @@ def sort_stored(prefix: str, partitions: int, memory: int = 1024) -> list[tuple[
     ))
 
 
-def verify(prefix: str, n_in: int, sum_in: int, memory: int = 1024) -> dict[str, bool]:
-    """Check ``prefix/out/*`` against the input's count and checksum, in remote calls."""
+def verify(prefix: str, n_in: int, sum_in: int, memory: int = 1024, here: bool = False) -> dict[str, bool]:
+    """Check ``prefix/out/*`` against the input's count and checksum, in remote
+    calls (or in this process, ``here``)."""
     outputs = wrenpack.store().objects(f"{prefix}/out/", record_size=RECORD)
-    out = wrenpack.get(wrenpack.remote(check_output, memory=memory).map(outputs))
+    if here:
+        out = [check_output(chunk) for chunk in outputs]
+    else:
+        out = wrenpack.get(wrenpack.remote(check_output, memory=memory).map(outputs))
     n_out, sum_out = sum(r["count"] for r in out), sum(r["checksum"] for r in out) % 2**64
     nonempty = [r for r in out if r["count"]]
     return {
