@@ -30,6 +30,7 @@ import stat
 import threading
 from typing import Any, Iterable, Iterator
 
+from wrenpack import process_state
 from wrenpack.errors import ObjectNotFound, StoreError
 from wrenpack.storage.base import Store
 
@@ -408,7 +409,7 @@ class LocalStore(Store):
                     found.append((rel_dir, name, pid))
         deadline = time.monotonic() + grace_s
         while True:
-            running = {pid for _d, _n, pid in found if _process_runs(pid)}
+            running = {pid for _d, _n, pid in found if process_state.runs(pid)}
             if not running or time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
@@ -440,25 +441,6 @@ def _writer_pid(name: str) -> int | None:
         return None
     head = name[5:].split("-", 1)[0]
     return int(head) if head.isdigit() else None
-
-
-def _process_runs(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    state = stat_line[stat_line.rindex(b")") + 2 : stat_line.rindex(b")") + 3]
-    return state not in (b"Z", b"X")
 
 
 def _lexists(name: str, dir_fd: int) -> bool:

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from wrenpack import process_state
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.fds import close_quietly
 
@@ -207,23 +208,13 @@ def end_call_processes() -> int:
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:  # the killed ones' exits (reparented here, or to the job's child, which reaps its own)
         _children_left()
-        if not any(_running(pid) for pid in ended):
+        if not any(process_state.runs(pid) for pid in ended):
             break
         time.sleep(0.002)
     child = isolation.current_child()
     if child is not None:
         child.left_processes = False
     return len(ended)
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not exited (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
 
 
 #: a directory whose last change is at least this much older than a count that found it
