@@ -389,6 +389,44 @@ def test_clean_stale_and_all(tmp_path, capsys, monkeypatch):
     assert store.list("jobs/") == []
 
 
+def test_clean_stale_removes_the_intermediates_of_a_killed_map_reduce(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))  # this test's own owner key
+    root = tmp_path / "store"
+    settings = {"storage": str(root), "concurrency": 2}
+    script = tmp_path / "prog.py"
+    script.write_text(_PREAMBLE + textwrap.dedent("""
+        import os, time, wrenpack
+        def mapper(x):
+            return [(x % 3, x)]
+        def reducer(key, values):
+            time.sleep(60)
+        fut = wrenpack.map_reduce(mapper, range(6), reducer, partitions=3)
+        while not any(f.startswith("m") for _d, _s, files in os.walk(os.path.join(os.environ["WRENPACK_STORAGE"], "shuffle"))
+                      for f in files):
+            time.sleep(0.02)
+        print("ready", flush=True)
+        time.sleep(60)
+    """))
+    env = dict(_program_env(settings), WRENPACK_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        store = LocalStore(str(root))
+        (sid,) = store.list_folders("shuffle/")
+        assert store.exists(keys.shuffle_owner_key(sid))
+        assert _clean(tmp_path, "--stale") == 0  # its driver runs: kept
+        assert json.loads(capsys.readouterr().out)["map_reduces"] == 0 and store.list(f"shuffle/{sid}/")
+        with pytest.raises(wrenpack.ConfigError, match=f"still running \\(map_reduce {sid}"):
+            _clean(tmp_path, "--all")
+    finally:
+        proc.kill()  # (SIGKILL: no exit handler removes anything)
+        proc.wait()
+    assert store.list(f"shuffle/{sid}/")  # what a killed driver leaves
+    assert _clean(tmp_path, "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["map_reduces"] == 1 and store.list("shuffle/") == []  # (before: never removed, not even by --all)
+
+
 # -- thread-safe by-value pickling --------------------------------------------------------
 @pytest.mark.backends(slow=("toy", "lambda"))  # 20 maps of 3 calls: 5-8 s on each of these
 def test_four_threads_mapping_user_module_functions(tmp_path, monkeypatch, make_executor):

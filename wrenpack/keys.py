@@ -148,6 +148,18 @@ def shuffle_prefix(shuffle_id: str) -> str:
     return f"{SHUFFLE}{shuffle_id}/"
 
 
+def shuffle_owner_key(shuffle_id: str) -> str:
+    """Who runs the map_reduce whose intermediates are under ``shuffle_prefix``
+    (an owner record, as a job's): ``wrenpack clean --stale`` removes those of
+    a program that is gone (killed before it removed them)."""
+    return f"{SHUFFLE}{shuffle_id}/owner.json"
+
+
+def shuffle_owner_id(shuffle_id: str) -> str:
+    """The name a shuffle's owner record is sealed for (never a job's id)."""
+    return f"shuffle/{shuffle_id}"
+
+
 def shuffle_shard(n: int) -> str:
     return f"{n % SHUFFLE_SHARDS:02x}"
 

@@ -50,6 +50,16 @@ def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, s
     return owner_state(job_id, record, key)
 
 
+def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tuple[str, str]:
+    """``job_state`` of a map_reduce's intermediates (``shuffle/<id>/``), from the
+    owner record its driver wrote there (none: "unknown")."""
+    try:
+        record: dict[str, Any] | None = owner_record.loads(store.get(keys.shuffle_owner_key(shuffle_id)))
+    except (ObjectNotFound, StoreError, ValueError):
+        record = None
+    return owner_state(keys.shuffle_owner_id(shuffle_id), record, key)
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
     from wrenpack.job.client import job_ids
@@ -76,8 +86,17 @@ def cmd_clean(args: argparse.Namespace) -> int:
             elif state == "retained":
                 retained[j] = why
         skipped = sorted(kept) + sorted(retained)
+        shuffles = []
+        for sid in store.list_folders(keys.SHUFFLE):
+            state, why = shuffle_state(store, sid, key)
+            if state == "stale" or (state == "unknown" and args.force):
+                shuffles.append(sid)
+            elif state == "unknown":
+                kept[f"map_reduce {sid}"] = why
+        skipped = sorted(kept) + sorted(retained)
     else:
         named = job_ids(store) if args.all else [j.strip("/") for j in args.job_ids]
+        shuffles = store.list_folders(keys.SHUFFLE) if args.all else []
         if not args.all:
             unknown = [j for j in named if not j or not store.list(keys.job_prefix(j))]
             if unknown:
@@ -94,6 +113,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 shown = ", ".join(spawned_live[:3]) + (" ..." if len(spawned_live) > 3 else "")
                 raise ConfigError(f"{len(spawned_live)} spawned job(s) are still running ({shown}); cancel them "
                                   "first (wrenpack jobs cancel ID), then clean")
+        # (a running map_reduce's intermediates: the program that runs it still reads them)
+        live += [f"map_reduce {sid}" for sid in shuffles if shuffle_state(store, sid, key)[0] == "live"]
         if live and not args.force:
             shown = ", ".join(live[:3]) + (" ..." if len(live) > 3 else "")
             raise ConfigError(f"{len(live)} job(s) belong to a program still running ({shown}); "
@@ -103,6 +124,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
         removed = {keys.JOBS: store.delete_prefix(keys.JOBS)}
     else:
         removed = {keys.job_prefix(j): store.delete_prefix(keys.job_prefix(j)) for j in targets}
+    for sid in shuffles:  # a map_reduce's intermediates, and its owner record with them
+        removed[keys.shuffle_prefix(sid)] = store.delete_prefix(keys.shuffle_prefix(sid))
     _remove_logs(targets)
     swept = 0
     from wrenpack.storage.local import LocalStore, sweep_tmp
@@ -112,10 +135,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
     total = sum(removed.values())
     if args.json:
         print(json.dumps({"store": store.url, "removed": total, "prefixes": removed, "jobs": len(targets),
+                          "map_reduces": len(shuffles),
                           "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained}}))
     else:
         extra = f", {swept} stray temporary file(s)" if swept else ""
-        print(f"removed {total} object(s) of {len(targets)} job(s){extra} from {store.url}")
+        of = f"{len(targets)} job(s)" + (f" and {len(shuffles)} map_reduce(s)' intermediates" if shuffles else "")
+        print(f"removed {total} object(s) of {of}{extra} from {store.url}")
         if kept:
             shown = "; ".join(f"{j}: {why}" for j, why in list(kept.items())[:3]) + ("; ..." if len(kept) > 3 else "")
             print(f"kept {len(kept)} job(s) whose owner cannot be checked ({shown}); remove them by name, "

@@ -22,16 +22,19 @@ the reducers are launched as the map phase ends (a few early, on idle slots).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 import threading
 import time
 import uuid
 from typing import Any, Callable, Iterable
 
+from wrenpack import keys
 from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, check_options
+from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture
 from wrenpack.worker import shuffle
 
@@ -167,6 +170,9 @@ class RunningJob:
         self.shuffle_id = uuid.uuid4().hex[:12]
         self.secret = shuffle.new_secret()
         executor.own_prefix(shuffle.prefix(self.shuffle_id))  # (removed by the executor if the program exits first)
+        # Who runs it: `wrenpack clean --stale` removes the intermediates of a program killed before it could.
+        record = owner_record(f"map_reduce {self.shuffle_id}", keys.shuffle_owner_id(self.shuffle_id))
+        executor.store.put(keys.shuffle_owner_key(self.shuffle_id), json.dumps(record).encode())
         self.launched: list[WrenFuture] = []
         self._lock = threading.Lock()
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
