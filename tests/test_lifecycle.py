@@ -340,9 +340,9 @@ def test_a_map_reduce_running_at_exit_leaves_no_intermediate_objects(tmp_path):
         print("exiting")  # while mappers still write their parts
     """)
     assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
-    assert "still running at exit" in out.stderr
     # (before: parts and indexes stayed under shuffle/ in 2 of 3 runs, when the program ended
-    # before the map_reduce's own thread removed them)
+    # before the map_reduce's own thread removed them; whether calls still ran at that moment
+    # depends on the machine's load, what is left must not)
     assert _files(root) == []
 
 
