@@ -281,6 +281,25 @@ def test_lines_end_without_their_crlf_as_in_a_text_file(data, encoding):
         assert [rec for r in ranges for rec in r.lines(raw=True)] == [b"a,b\r", b"c\rd,e\r", b"\r", b"last\r"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252", "shift_jis", "utf-8-sig"])
+def test_lines_are_what_a_text_file_python_opens_gives_whatever_the_bytes(data, monkeypatch, encoding):
+    """Random bytes (newlines, CRs, broken sequences) read in blocks of 1, 3 and 1 MB give
+    the lines of ``bytes.decode`` of the whole, split at newlines without their \\r."""
+    rng = random.Random(encoding)
+    alphabet = [b"a", b"\n", b"\r", b"\r\n", b"\xe2\x82", b"\xac", b"\xff", b"\x83", b"\x81\n", "é".encode("utf-8"),
+                "日本".encode(encoding, "ignore")]
+    for _ in range(40):
+        raw = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 50)))
+        _write(data, "z/x", raw)
+        (r,) = data.objects("z/")
+        for errors in ("replace", "ignore", "surrogateescape"):
+            want = raw.decode(encoding, errors).split("\n")
+            want = [w[:-1] if w.endswith("\r") else w for w in (want[:-1] if want[-1] == "" else want)]
+            for block in (1, 3, 1 << 20):  # (a \r\n, a character, cut by a read's edge)
+                monkeypatch.setattr("wrenpack.storage.data._LINES_BLOCK", block)
+                assert list(r.lines(encoding=encoding, errors=errors)) == want, (raw, errors, block)
+
+
 def test_lines_refuse_an_unknown_encoding_or_handler_before_reading(data):
     _write(data, "l/t.txt", b"x")
     (r,) = data.objects("l/")

@@ -34,6 +34,9 @@ USER_PREFIX = "data/"
 _SCAN = 64 * 1024
 #: Read-ahead of a range stream (one GET per block on S3).
 _BLOCK = 8 * 1024 * 1024
+#: what ``lines()`` decodes at a time: large enough that the per-line work is C's, small
+#: enough that its text and lines stay a few MB in a call held to 128 MB
+_LINES_BLOCK = 1024 * 1024
 
 _bound: Store | None = None
 _opened: dict[str, Store] = {}
@@ -412,9 +415,9 @@ class ObjectRange:
                               "\"surrogateescape\")") from None
         if self.record_size is None and self.delimiter:
             own = _char_bytes(self.delimiter.decode("latin-1"), encoding)
+            if self.delimiter == b"\n" and (own == b"\n" or self.parts == 1):
+                return self._decoded_stream(encoding, errors)
             if own != self.delimiter:
-                if self.delimiter == b"\n" and self.parts == 1:
-                    return self._decoded_stream(encoding, errors)
                 what = "a newline" if self.delimiter == b"\n" else f"the character {self.delimiter.decode('latin-1')!r}"
                 is_ = f"is {own!r}" if own is not None else "cannot be written"
                 cut = (f"this range is part {self.part + 1} of {self.parts} of the object, cut at the byte "
@@ -426,43 +429,46 @@ class ObjectRange:
         return self._decoded(encoding, errors)
 
     def _decoded_stream(self, encoding: str, errors: str) -> Iterator[str]:
-        """The whole range decoded as one stream (its byte order mark read once),
-        split at newlines as ``records()`` splits at ``b"\\n"``."""
+        """The range's lines: its bytes decoded as one stream (a byte order mark
+        read once; a character cut by a read's edge joined), split at newlines,
+        each without its ``\\r\\n`` or ``\\n``. A block at a time, in C: a
+        strict decode stops at the block holding the first bad byte."""
         decoder = codecs.getincrementaldecoder(encoding)(errors)
-        at = self.start  # the offset in the object of the next block read
+        at = self.bounds()[0]  # the offset in the object of the next block read
         rest = ""
         with self.open() as f:
             while True:
-                block = f.read(_BLOCK)
+                block = f.read(_LINES_BLOCK)
                 held = decoder.getstate()[0]  # bytes of a character the last block ended inside
                 try:
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as exc:
                     raise _decode_error(self, exc, at - len(held)) from None
                 at += len(block)
-                pieces = (rest + text).split("\n")
+                if rest:
+                    text = rest + text
+                pieces = text.split("\n")
                 rest = pieces.pop()
-                for piece in pieces:
-                    yield piece[:-1] if piece.endswith("\r") else piece
+                if "\r" in text:
+                    yield from (p[:-1] if p.endswith("\r") else p for p in pieces)
+                else:
+                    yield from pieces
                 if not block:
                     if rest:
                         yield rest[:-1] if rest.endswith("\r") else rest
                     return
 
     def _decoded(self, encoding: str, errors: str) -> Iterator[str]:
+        """Records split at another delimiter, or of a fixed size, each decoded."""
         at = self.bounds()[0]  # the current record's offset in the object
         gap = 0 if self.record_size is not None or not self.delimiter else len(self.delimiter)
-        crlf = self.delimiter == b"\n" and self.record_size is None
         for rec in self.records():
-            size = len(rec)
-            if crlf and rec.endswith(b"\r"):
-                rec = rec[:-1]
             try:
                 text = rec.decode(encoding, errors)
             except UnicodeDecodeError as exc:
                 raise _decode_error(self, exc, at) from None
             yield text
-            at += size + gap
+            at += len(rec) + gap
 
 
 def _char_bytes(char: str, encoding: str) -> bytes | None:
