@@ -305,3 +305,19 @@ def test_memory_kept_from_an_earlier_map_reduce_is_handed_back_under_a_smaller_l
         out = wrenpack.map_reduce(_holding_parts, range(4), _report_then_hold, partitions=2, partitioned=True,
                                   executor=executor, memory=memory).result(timeout=120)
     assert max(out) < 256 // 2 + 64, out  # without the hand-back, the first run's ~205 MB would be resident too
+
+
+def test_a_partition_fn_may_return_numpy_integers_but_not_bools(executor):
+    """A partition number is any integer (numpy's too, as a list index takes it); a bool
+    is refused in one line as True is everywhere a number is asked for."""
+    np = pytest.importorskip("numpy")
+    out = wrenpack.map_reduce(lambda n: [(n, n)], range(6), count, partitions=3,
+                              partition_fn=lambda k, r: np.int64(k % r), executor=executor).result(timeout=60)
+    assert out == {0: 0, 3: 3, 1: 1, 4: 4, 2: 2, 5: 5}
+    for returns, shown in ((lambda k, r: k > 2, "True"), (lambda k, r: np.bool_(k > 2), "True_?"),
+                           (lambda k, r: 1.0, "1.0"), (lambda k, r: -1, "-1")):
+        with pytest.raises(ValueError, match=rf"partition_fn\(3, 2\) returned .*{shown}, not 0..1; make it return a partition number") as info:
+            wrenpack.map_reduce(lambda n: [(n, n)], [3], count, partitions=2, partition_fn=returns,
+                                executor=executor).result(timeout=60)
+        assert "\n" not in str(info.value)
+    assert _left(executor) == []

@@ -23,6 +23,7 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 import pickle
 import struct
@@ -367,6 +368,20 @@ def _output(out: Any, must: str, fix: str) -> Iterable[Any]:
     return out
 
 
+def _partition_number(p: Any, key: Any, partitions: int) -> int:
+    """What ``partition_fn`` returned, as a partition number: any integer (numpy's
+    too, as a list index takes it) in 0..R-1. A bool is refused as everywhere a
+    number is asked for (``k > pivot`` means two partitions only by accident)."""
+    try:
+        number = None if isinstance(p, bool) else operator.index(p)
+    except TypeError:
+        number = None
+    if number is None or not 0 <= number < partitions:
+        raise ConfigError(f"partition_fn({key!r:.40}, {partitions}) returned {p!r:.40}, not 0..{partitions - 1}; make it "
+                          f"return a partition number, an int in that range (not a {type(p).__name__})")
+    return number
+
+
 def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
                 partition_fn: Callable[[Any, int], int] | None, partitioned: bool) -> Callable[..., dict[str, Any]]:
     """A mapper that writes its output as sealed partition sections (``put_sections``);
@@ -392,9 +407,8 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
                 except (TypeError, ValueError):
                     raise ConfigTypeError(f"{_PAIRS}, it yielded {type(record).__name__} {record!r:.60}; {_PAIRS_FIX}") from None
                 p = where(k, partitions)
-                if not (isinstance(p, int) and 0 <= p < partitions):
-                    raise ConfigError(f"partition_fn({k!r:.40}, {partitions}) returned {p!r}, not 0..{partitions - 1}; "
-                                      "make it return a partition number")
+                if type(p) is not int or not 0 <= p < partitions:
+                    p = _partition_number(p, k, partitions)
                 parts[p].append((k, v))
         t1, c1 = time.perf_counter(), time.process_time()
         sections = put_sections(store, shuffle_id, index, secret, parts)
