@@ -321,3 +321,16 @@ def test_a_partition_fn_may_return_numpy_integers_but_not_bools(executor):
                                 executor=executor).result(timeout=60)
         assert "\n" not in str(info.value)
     assert _left(executor) == []
+
+
+def test_partitions_and_fan_in_may_be_numpy_integers(executor):
+    """partitions=R computed with numpy (np.int64) is a whole number as range() takes it; True is not."""
+    np = pytest.importorskip("numpy")
+    out = wrenpack.map_reduce(lambda n: [(n % 3, 1)], range(6), count, partitions=np.int64(2),
+                              executor=executor).result(timeout=60)
+    assert out == {0: 2, 1: 2, 2: 2}
+    assert wrenpack.map_reduce(str, range(5), "".join, fan_in=np.int32(2), executor=executor).result(timeout=60) == "01234"
+    for bad in ({"partitions": True}, {"partitions": np.int64(0)}, {"fan_in": True}, {"fan_in": 2.0}):
+        with pytest.raises(ConfigError, match=f"{list(bad)[0]}=.* must be a whole number"):
+            wrenpack.map_reduce(lambda n: [(n, 1)], [1], count, executor=executor, **bad)
+    assert _left(executor) == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import operator
 import threading
 import time
 import uuid
@@ -87,10 +88,14 @@ def map_reduce(
         if partitioned or partition_fn is not None:
             raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
         return _single(mapper, items, reducer, options)
-    if partitions is not None and (not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1):
-        raise ConfigError(f"partitions={partitions!r} must be a whole number of reducers, at least 1")
-    if fan_in is not None and (not isinstance(fan_in, int) or isinstance(fan_in, bool) or fan_in < 2):
-        raise ConfigError(f"fan_in={fan_in!r} must be a whole number of values per reduce, at least 2")
+    if partitions is not None:
+        given, partitions = partitions, _whole(partitions)
+        if partitions is None or partitions < 1:
+            raise ConfigError(f"partitions={given!r} must be a whole number of reducers, at least 1")
+    if fan_in is not None:
+        given, fan_in = fan_in, _whole(fan_in)
+        if fan_in is None or fan_in < 2:
+            raise ConfigError(f"fan_in={given!r} must be a whole number of values per reduce, at least 2")
     if partitions is not None and (per_object or fan_in is not None):
         raise ConfigError("partitions= (a shuffle) does not combine with per_object= or fan_in=; choose one form")
     if partitions is None and (partitioned or partition_fn is not None):
@@ -130,6 +135,17 @@ def map_reduce(
     outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
     threading.Thread(target=run, name="wrenpack-map-reduce", daemon=True).start()
     return outer
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number as ``range()`` takes one (numpy's
+    integers too); None for anything else, True and False included."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _name(fn: Any) -> str:
