@@ -462,3 +462,13 @@ def test_a_keep_warm_shorter_than_a_workers_start_still_hands_it_the_call(tmp_pa
         took = time.monotonic() - t0
     started = [r for r in caplog.records if "started local worker" in r.getMessage()]
     assert len(started) <= 3, f"{len(started)} workers started for 3 calls in {took:.1f} s"
+
+
+# -- map_reduce: its functions and options ---------------------------------------------------
+@pytest.mark.parametrize("kw", [{}, {"partitions": 2}, {"fan_in": 2}], ids=["single", "shuffle", "tree"])
+def test_map_reduce_of_something_not_a_function_is_a_type_error_naming_the_argument(executor, kw):
+    for args, name, shown in (((3, [1], sum), "mapper", "3"), ((square, [1], None), "reducer", "None")):
+        with pytest.raises(TypeError, match=rf"map_reduce\({name}={shown}\): must be a function") as info:
+            wrenpack.map_reduce(*args, executor=executor, **kw)
+        assert isinstance(info.value, ConfigError)
+        _one_line(info.value)

@@ -76,6 +76,10 @@ def map_reduce(
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
     check_executor(options.get("executor"), "map_reduce")
+    for name, fn in (("mapper", mapper), ("reducer", reducer)):
+        if not callable(fn):
+            raise ConfigTypeError(f"map_reduce({name}={fn!r:.40}): must be a function (or a @wrenpack.remote one); "
+                                  "the call is map_reduce(mapper, items, reducer, ...)")
     for name, flag in (("partitioned", partitioned), ("per_object", per_object)):
         if not isinstance(flag, bool):  # ('no' would be taken as True)
             raise ConfigTypeError(f"map_reduce({name}={flag!r}): must be True or False")
