@@ -334,3 +334,97 @@ def test_partitions_and_fan_in_may_be_numpy_integers(executor):
         with pytest.raises(ConfigError, match=f"{list(bad)[0]}=.* must be a whole number"):
             wrenpack.map_reduce(lambda n: [(n, 1)], [1], count, executor=executor, **bad)
     assert _left(executor) == []
+
+
+# -- map_reduce as a concurrent.futures user expects of its future and its executor -------------
+FORMS = {"single": ({}, sum), "shuffle": ({"partitions": 2}, count), "tree": ({"fan_in": 2}, sum)}
+
+
+def _pairs_or_value(form):
+    return (lambda x: [(x % 2, x)]) if form == "shuffle" else (lambda x: x)
+
+
+def _sleepy(form, seconds):
+    def mapper(x):
+        import time
+
+        time.sleep(seconds)
+        return [(x % 2, x)] if form == "shuffle" else x
+
+    return mapper
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_what_cannot_be_launched_is_raised_by_map_reduce_itself(make_executor, form):
+    """As submit() raises them: an item or a reducer that cannot be pickled, and an executor
+    that was shut down, fail map_reduce(...) at once; nothing runs (the shuffle and tree
+    forms raised them only from result(), after the mappers had run)."""
+    import threading
+
+    from wrenpack.errors import ExecutorShutdown, SerializationError
+
+    ex = make_executor(concurrency=2)
+    kw, reducer = FORMS[form]
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match="_thread.lock"):
+        wrenpack.map_reduce(_pairs_or_value(form), [1, lock], reducer, executor=ex, **kw)
+    with pytest.raises(SerializationError, match="lock"):
+        wrenpack.map_reduce(_pairs_or_value(form), [1, 2], lambda *a: lock, executor=ex, **kw)
+    ex.shutdown()
+    with pytest.raises(ExecutorShutdown):
+        wrenpack.map_reduce(_pairs_or_value(form), [1, 2], reducer, executor=ex, **kw)
+    assert _left(ex) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_shutdown_waits_for_a_running_map_reduce(make_executor, form):
+    """shutdown(wait=True), a `with` block's end, waits for a map_reduce accepted before it,
+    which completes (its later phases were refused with ExecutorShutdown and the future failed)."""
+    ex = make_executor(concurrency=2)
+    kw, reducer = FORMS[form]
+    fut = wrenpack.map_reduce(_sleepy(form, 0.3), range(3), reducer, executor=ex, **kw)
+    ex.shutdown(wait=True)
+    assert fut.done()
+    assert fut.result(timeout=0) == ({0: 2, 1: 1} if form == "shuffle" else 3)
+    assert _left(ex) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_shutdown_with_cancel_futures_cancels_a_running_map_reduce(make_executor, form):
+    """shutdown(cancel_futures=True): the calls not started never run, the future fails with
+    CallCancelled (a CancelledError) once the running ones end, and nothing is left."""
+    import concurrent.futures as cf
+
+    from wrenpack.errors import CallCancelled
+
+    ex = make_executor(concurrency=2)
+    kw, reducer = FORMS[form]
+    fut = wrenpack.map_reduce(_sleepy(form, 1.0), range(6), reducer, executor=ex, **kw)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert fut.done() and time.monotonic() - t0 < 10
+    with pytest.raises(CallCancelled, match="cancel_futures=True") as info:
+        fut.result(timeout=0)
+    assert isinstance(info.value, cf.CancelledError) and "\n" not in str(info.value)
+    assert _left(ex) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_wrenpack_cancel_stops_a_running_map_reduce(executor, form):
+    """wrenpack.cancel(fut) stops a map_reduce as it stops a running call: its calls end
+    now, its future fails with CallCancelled, its objects are removed; fut.cancel() keeps
+    the standard library's contract (False: it runs). It returned [False] and ran on."""
+    from wrenpack.errors import CallCancelled
+
+    kw, reducer = FORMS[form]
+    fut = wrenpack.map_reduce(_sleepy(form, 60), range(3), reducer, executor=executor, **kw)
+    time.sleep(0.3)
+    assert fut.cancel() is False
+    t0 = time.monotonic()
+    assert wrenpack.cancel(fut) == [True]
+    with pytest.raises(CallCancelled, match=r"wrenpack.cancel\(\) stopped it"):
+        fut.result(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert _left(executor) == []
+    assert wrenpack.map_reduce(_pairs_or_value(form), [1], reducer, executor=executor, **kw).result(timeout=60) in (1, {1: 1})
