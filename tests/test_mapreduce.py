@@ -428,3 +428,14 @@ def test_wrenpack_cancel_stops_a_running_map_reduce(executor, form):
     assert time.monotonic() - t0 < 10
     assert _left(executor) == []
     assert wrenpack.map_reduce(_pairs_or_value(form), [1], reducer, executor=executor, **kw).result(timeout=60) in (1, {1: 1})
+
+
+@pytest.mark.parametrize("partition_fn", [None, lambda k, r: 0], ids=["default hash", "partition_fn"])
+def test_an_unhashable_key_is_one_line_naming_it(executor, partition_fn):
+    """A key that cannot be a dict key (a list) is a TypeError naming the key and the fix,
+    not a bare "unhashable type: 'list'" from inside the reducer."""
+    with pytest.raises(TypeError, match=r"key \[1, 2\] \(a list\) is not hashable.*a tuple") as info:
+        wrenpack.map_reduce(lambda x: [([x, x + 1], 1)], [1], count, partitions=2, partition_fn=partition_fn,
+                            executor=executor).result(timeout=60)
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+    assert _left(executor) == []

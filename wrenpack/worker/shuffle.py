@@ -342,7 +342,16 @@ def default_partition(key: Any, partitions: int) -> int:
         return zlib.crc32(key.encode()) % partitions
     if isinstance(key, (bytes, bytearray)):
         return zlib.crc32(key) % partitions
+    try:
+        hash(key)  # (here, in the mapper: its reducer groups values by key)
+    except TypeError:
+        raise _unhashable(key) from None
     return zlib.crc32(repr(key).encode()) % partitions
+
+
+def _unhashable(key: Any) -> ConfigTypeError:
+    return ConfigTypeError(f"map_reduce: the mapper's key {key!r:.40} (a {type(key).__name__}) is not hashable, and "
+                           "each reducer groups values by key; make keys hashable: a tuple for a list, a frozenset for a set")
 
 
 def _empty(part: Any) -> bool:
@@ -508,7 +517,10 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
             groups: dict[Any, list[Any]] = {}
             for records in parts:
                 for k, v in records:
-                    groups.setdefault(k, []).append(v)
+                    try:
+                        groups.setdefault(k, []).append(v)
+                    except TypeError:
+                        raise _unhashable(k) from None
             del parts
             value = {k: fn(k, groups[k]) for k in _sorted_keys(groups)}
             del groups
