@@ -472,3 +472,13 @@ def test_map_reduce_of_something_not_a_function_is_a_type_error_naming_the_argum
             wrenpack.map_reduce(*args, executor=executor, **kw)
         assert isinstance(info.value, ConfigError)
         _one_line(info.value)
+
+
+@pytest.mark.parametrize("kw", [{}, {"partitions": 2}, {"fan_in": 2}], ids=["single", "shuffle", "tree"])
+@pytest.mark.parametrize("option,match", [({"timeout": -1}, "timeout=-1"), ({"memory": "x"}, "memory='x'"),
+                                          ({"bogus": 3}, "unknown option.*bogus")])
+def test_map_reduce_bad_options_are_one_line_naming_map_reduce(executor, kw, option, match):
+    """Every form says the option came from map_reduce (the shuffle forms said "from options")."""
+    with pytest.raises(ConfigError, match=rf"{match}.*\(from map_reduce\)") as info:
+        wrenpack.map_reduce(square, [1], sum, executor=executor, **kw, **option)
+    _one_line(info.value)

@@ -177,7 +177,7 @@ def _options(executor: Executor, given: dict[str, Any]) -> CallOptions:
     if auto:
         raise ConfigError(f"{', '.join(auto)}='auto' is not supported by map_reduce's shuffle forms; give numbers "
                           "(wrenpack profile recommends them)")
-    return executor.options(**given)
+    return executor.options(**check_options(given, "map_reduce"))  # (checked here: errors name map_reduce)
 
 
 class _Follow:
