@@ -439,3 +439,23 @@ def test_an_unhashable_key_is_one_line_naming_it(executor, partition_fn):
                             executor=executor).result(timeout=60)
     assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
     assert _left(executor) == []
+
+
+def test_equal_keys_of_other_types_meet_in_one_reducer(executor):
+    """The default hash sends keys that are equal (so one dict key: 3, 3.0, np.int64(3);
+    ('a', 1) and ('a', 1.0)) to one partition, as a dict groups them; they went to
+    different reducers and the merged result silently kept one reducer's value. A str
+    that does not encode as UTF-8 (a lone surrogate, from errors="surrogateescape")
+    is a key like any other; it was a UnicodeEncodeError from inside the mapper."""
+    np = pytest.importorskip("numpy")
+
+    def mapper(x):
+        return [(3, 1), (np.int64(3), 1), (3.0, 1), (np.float32(3), 1), (("a", 1), 1), (("a", 1.0), 1),
+                (frozenset({1, 2}), 1), (frozenset({2.0, 1}), 1), ("\udcff", 1), (None, 1), (2.5, 1)]
+
+    out = wrenpack.map_reduce(mapper, [0, 1], count, partitions=4, executor=executor).result(timeout=60)
+    assert out == {3: 8, ("a", 1): 4, frozenset({1, 2}): 4, "\udcff": 2, None: 2, 2.5: 2}
+    for a, b in ((3, np.int64(3)), (3, 3.0), (("a", (1, b"x")), ("a", (1.0, b"x"))), (True, 1), (-7, -7.0)):
+        assert all(shuffle.default_partition(a, r) == shuffle.default_partition(b, r) for r in (2, 7, 64))
+    assert shuffle.default_partition(10, 4) == 2 and shuffle.default_partition("ab", 1000) == __import__("zlib").crc32(b"ab") % 1000
+    assert _left(executor) == []

@@ -23,6 +23,7 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import ctypes
+import numbers
 import operator
 import os
 import pickle
@@ -335,18 +336,43 @@ def _parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
 
 
 def default_partition(key: Any, partitions: int) -> int:
-    """A hash that is the same in every process (``hash()`` of a str is not)."""
-    if isinstance(key, int):
-        return key % partitions
-    if isinstance(key, str):
-        return zlib.crc32(key.encode()) % partitions
+    """A hash that is the same in every process (``hash()`` of a str is not), and the
+    same for keys that are equal, which a dict takes as one key (3, 3.0 and
+    np.int64(3); ('a', 1) and ('a', 1.0)): so they meet in one reducer."""
+    return _stable_hash(key) % partitions
+
+
+def _stable_hash(key: Any) -> int:
+    kind = type(key)
+    if kind is str:
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))  # (a lone surrogate, from surrogateescape, too)
+    if kind is int:
+        return key
     if isinstance(key, (bytes, bytearray)):
-        return zlib.crc32(key) % partitions
+        return zlib.crc32(key)
+    if isinstance(key, str):
+        return zlib.crc32(str.encode(key, "utf-8", "surrogatepass"))
+    if isinstance(key, numbers.Number):
+        if isinstance(key, numbers.Integral):
+            return int(key)
+        try:
+            if key == int(key):  # type: ignore[call-overload]
+                return int(key)  # type: ignore[call-overload]
+        except (TypeError, ValueError, OverflowError):  # complex, inf, nan
+            pass
+        return hash(key)  # (numbers' hashes are the same in every process, and equal for equal numbers)
+    if isinstance(key, tuple):
+        return zlib.crc32(b"".join((_stable_hash(x) & _MASK).to_bytes(8, "little") for x in key), len(key))
+    if isinstance(key, frozenset):
+        return sum(_stable_hash(x) & _MASK for x in key) & _MASK
     try:
         hash(key)  # (here, in the mapper: its reducer groups values by key)
     except TypeError:
         raise _unhashable(key) from None
-    return zlib.crc32(repr(key).encode()) % partitions
+    return zlib.crc32(repr(key).encode("utf-8", "backslashreplace"))
+
+
+_MASK = (1 << 64) - 1
 
 
 def _unhashable(key: Any) -> ConfigTypeError:
