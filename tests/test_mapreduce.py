@@ -459,3 +459,13 @@ def test_equal_keys_of_other_types_meet_in_one_reducer(executor):
         assert all(shuffle.default_partition(a, r) == shuffle.default_partition(b, r) for r in (2, 7, 64))
     assert shuffle.default_partition(10, 4) == 2 and shuffle.default_partition("ab", 1000) == __import__("zlib").crc32(b"ab") % 1000
     assert _left(executor) == []
+
+
+def test_a_partition_fn_that_splits_a_key_is_refused_not_merged_over(executor):
+    """A partition_fn that sends equal keys to two partitions gives two reducer values for
+    one key: one line naming the key and the partitions, not a dict that silently keeps one."""
+    with pytest.raises(ValueError, match=r"key 3(\.0)? was reduced in partitions 0 and 1.*partition_fn") as info:
+        wrenpack.map_reduce(lambda x: [(3, 1), (3.0, 1)], [0], count, partitions=2,
+                            partition_fn=lambda k, r: 0 if type(k) is int else 1, executor=executor).result(timeout=60)
+    assert "\n" not in str(info.value)
+    assert _left(executor) == []

@@ -145,6 +145,19 @@ def map_reduce(
     return job.follow.outer
 
 
+def _split_key(results: list[dict[Any, Any]]) -> ConfigError:
+    """Two reducers gave a value for one key: equal keys went to two partitions."""
+    seen: dict[Any, int] = {}
+    for p, part in enumerate(results):
+        for key in part:
+            if key in seen:
+                return ConfigError(f"map_reduce: key {key!r:.40} was reduced in partitions {seen[key]} and {p}, so the "
+                                   "result would keep one of its values; make partition_fn send equal keys to one "
+                                   "partition")
+            seen[key] = p
+    return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
+
+
 def _whole(value: Any) -> int | None:
     """``value`` as an int if it is a whole number as ``range()`` takes one (numpy's
     integers too); None for anything else, True and False included."""
@@ -386,6 +399,8 @@ class RunningJob:
         merged: dict[Any, Any] = {}
         for part in results:
             merged.update(part)
+        if len(merged) != sum(len(part) for part in results):
+            raise _split_key(results)
         return merged
 
     def _together(self, mappers: int) -> bool:
