@@ -482,3 +482,14 @@ def test_map_reduce_bad_options_are_one_line_naming_map_reduce(executor, kw, opt
     with pytest.raises(ConfigError, match=rf"{match}.*\(from map_reduce\)") as info:
         wrenpack.map_reduce(square, [1], sum, executor=executor, **kw, **option)
     _one_line(info.value)
+
+
+def test_a_partitioned_mapper_that_returns_a_dict_is_told_to_return_its_parts_in_order(executor):
+    """The fix named for a dict fits the form: with partitioned=True a dict of partition -> part
+    is to be returned as a list in partition order (it said to return list(d.items()), pairs)."""
+    fut = wrenpack.map_reduce(lambda x: {0: [x], 1: [x]}, [1], lambda i, parts: parts, partitions=2, partitioned=True,
+                              executor=executor)
+    with pytest.raises(TypeError, match=r"returned dict .*; return \[d\[i\] for i in range\(2\)\]") as info:
+        fut.result(timeout=60)
+    assert "list(d.items())" not in str(info.value)
+    _one_line(info.value)

@@ -391,13 +391,13 @@ _PAIRS = "the mapper must yield (key, value) pairs (or return a list of them)"
 _PAIRS_FIX = "make it return [(key, value), ...], or return one part per partition with partitioned=True"
 
 
-def _output(out: Any, must: str, fix: str) -> Iterable[Any]:
+def _output(out: Any, must: str, fix: str, dict_fix: str = "return list(d.items()) for a dict d of keys to values") -> Iterable[Any]:
     """A mapper's output, checked: output that cannot be iterated (None from a
     mapper that forgot to return, a number) is a ``ConfigTypeError`` saying what
     the mapper must return, not a bare "object is not iterable"; so is text (its
     characters) and a dict (its keys: a two-letter key would pass as a pair)."""
     if isinstance(out, dict):
-        fix = "return list(d.items()) for a dict d of keys to values"
+        fix = dict_fix
     if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__iter__"):
         raise ConfigTypeError(f"{must}, it returned {type(out).__name__} {out!r:.60}; {fix}")
     return out
@@ -430,7 +430,8 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
         out = fn(item)
         if partitioned:
             parts = list(_output(out, f"with partitioned=True the mapper must return {partitions} parts (one per partition)",
-                                 "return a list of one part per partition"))
+                                 "return a list of one part per partition",
+                                 f"return [d[i] for i in range({partitions})] for a dict d of partitions to parts"))
             if len(parts) != partitions:
                 raise ConfigError(f"with partitioned=True the mapper must return {partitions} parts (one per "
                                   f"partition), it returned {len(parts)}")
