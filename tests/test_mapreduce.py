@@ -469,3 +469,13 @@ def test_a_partition_fn_that_splits_a_key_is_refused_not_merged_over(executor):
                             partition_fn=lambda k, r: 0 if type(k) is int else 1, executor=executor).result(timeout=60)
     assert "\n" not in str(info.value)
     assert _left(executor) == []
+
+
+def test_keys_of_types_that_do_not_compare_are_still_sorted_within_their_type(executor):
+    """Keys sorted within each partition: where they cannot all be compared (str and int,
+    None), numbers come first, then each type's keys sorted, the types by name; they came
+    in the order they were first seen, which depended on the mappers' order."""
+    keys = [2, "b", 1.5, None, "a", 1]
+    for order in (keys, keys[::-1]):
+        out = wrenpack.map_reduce(lambda k: [(k, 1)], order, count, partitions=1, executor=executor).result(timeout=60)
+        assert list(out) == [1, 1.5, 2, None, "a", "b"]

@@ -68,7 +68,9 @@ def map_reduce(
       partition ``partition_fn(key, R)`` (default: a stable hash); reducer i gets
       partition i from every mapper and is called ``reducer(key, values)`` per key;
       the future gives ``{key: value}`` (keys sorted within each partition, partitions
-      in order, so a range ``partition_fn`` gives sorted output). With
+      in order, so a range ``partition_fn`` gives sorted output; keys that do not all
+      compare, str and int, are sorted within their type: numbers first, then the
+      other types by name). With
       ``partitioned=True`` the mapper returns R parts itself and reducer i is called
       ``reducer(i, parts)`` with partition i's non-empty parts in mapper order; the
       future gives the R reducers' results in a list.

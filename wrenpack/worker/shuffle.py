@@ -467,10 +467,25 @@ def _stages(*stages: tuple[str, float, float]) -> dict[str, float]:
 
 
 def _sorted_keys(groups: dict[Any, Any]) -> list[Any]:
+    """The keys sorted; keys that do not all compare (str and int, None) sorted within
+    their type: numbers first, then the other types by name (a type whose keys do not
+    compare among themselves keeps them in the order they were first seen)."""
     try:
         return sorted(groups)
-    except TypeError:  # keys of mixed types: first-seen order
-        return list(groups)
+    except TypeError:
+        pass
+    by_type: dict[str, list[Any]] = {}
+    for key in groups:
+        by_type.setdefault("" if isinstance(key, numbers.Real) else type(key).__qualname__, []).append(key)
+    out: list[Any] = []
+    for name in sorted(by_type):
+        same = by_type[name]
+        try:
+            same = sorted(same)
+        except TypeError:  # (sorted, not sort: a failed sort leaves a list half sorted)
+            pass
+        out += same
+    return out
 
 
 #: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing);
