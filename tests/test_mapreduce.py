@@ -479,3 +479,30 @@ def test_keys_of_types_that_do_not_compare_are_still_sorted_within_their_type(ex
     for order in (keys, keys[::-1]):
         out = wrenpack.map_reduce(lambda k: [(k, 1)], order, count, partitions=1, executor=executor).result(timeout=60)
         assert list(out) == [1, 1.5, 2, None, "a", "b"]
+
+
+def test_a_map_reduce_running_at_exit_leaves_nothing_in_the_store(tmp_path):
+    """At exit running calls are stopped and their objects removed; a running map_reduce's
+    intermediate objects (shuffle/...) were left behind, its thread never got to remove them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time, wrenpack\n"
+        "ex = wrenpack.Executor(storage=sys.argv[1], concurrency=2)\n"
+        "def m(x):\n"
+        "    import time\n"
+        "    if x >= 2:\n"
+        "        time.sleep(30)\n"
+        "    return [(x, b'x' * 1000)]\n"
+        "f = wrenpack.map_reduce(m, range(4), lambda k, vs: len(vs), partitions=2, executor=ex)\n"
+        "deadline = time.monotonic() + 20\n"
+        "while len(ex.store.list('shuffle/')) < 4 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(0.5)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    left = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in left if p.startswith("shuffle")], left
