@@ -506,3 +506,27 @@ def test_a_map_reduce_running_at_exit_leaves_nothing_in_the_store(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
     left = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
     assert not [p for p in left if p.startswith("shuffle")], left
+
+
+def _returns_a_lock(form):
+    def mapper(x):
+        import threading
+
+        return [(x, threading.Lock())] if form == "shuffle" else threading.Lock()
+
+    return mapper
+
+
+@pytest.mark.parametrize("form", ["shuffle", "tree"])
+def test_a_mapper_output_that_cannot_be_pickled_is_one_line_naming_it(executor, form):
+    """As a call's result that cannot be pickled: a SerializationError naming what and the fix;
+    it was a bare TypeError "cannot pickle '_thread.lock' object" from inside the shuffle."""
+    from wrenpack.errors import SerializationError
+
+    kw = {"partitions": 2} if form == "shuffle" else {"fan_in": 2}
+    reducer = count if form == "shuffle" else len
+    with pytest.raises(SerializationError, match=r"the mapper's .* could not be pickled: cannot pickle '_thread.lock' "
+                                                 r"object; return plain data") as info:
+        wrenpack.map_reduce(_returns_a_lock(form), [1, 2], reducer, executor=executor, **kw).result(timeout=60)
+    assert "\n" not in str(info.value)
+    assert _left(executor) == []

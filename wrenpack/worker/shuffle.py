@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterable, Sequence
 import cloudpickle
 
 from wrenpack import auth, keys
-from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, WrenpackError
+from wrenpack.errors import (ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError,
+                             WrenpackError)
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
 
@@ -93,8 +94,9 @@ _ZEROS = bytes(_ALIGN)
 _MAX_BUFFERS = 1 << 24
 
 
-def _frames(obj: Any) -> list[Any]:
-    """The object's pieces in the format above (buffers are the caller's memory, not copies)."""
+def _frames(obj: Any, what: str = "the value") -> list[Any]:
+    """The object's pieces in the format above (buffers are the caller's memory, not copies).
+    ``what`` names it in the ``SerializationError`` if it cannot be pickled."""
     magic = _FRAME
     if type(obj) in (bytes, bytearray):
         magic, header, raws = _RAW, type(obj).__name__.encode(), [memoryview(obj)]
@@ -104,7 +106,12 @@ def _frames(obj: Any) -> list[Any]:
             header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)  # the C pickler: records by the million
         except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle can
             buffers = []
-            header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            try:
+                header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            except Exception as exc:  # noqa: BLE001 - a lock, a socket, a generator: named, in one line
+                raise SerializationError(f"map_reduce: {what} (a {type(obj).__name__}) could not be pickled: "
+                                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                                         "return plain data instead") from None
         raws = [b.raw() for b in buffers]
     prefix = magic + struct.pack(f"<{2 + len(raws)}Q", len(raws), len(header), *(r.nbytes for r in raws))
     pieces: list[Any] = [prefix, header]
@@ -163,10 +170,10 @@ def _open(blob: Any, key: str, secret: bytes, section: int | None = None) -> Any
     return pickle.loads(header, buffers=[view[a:b] for a, b in spans])
 
 
-def put(store: Store, key: str, secret: bytes, obj: Any) -> int:
+def put(store: Store, key: str, secret: bytes, obj: Any, what: str = "the value") -> int:
     """Write ``obj`` sealed at ``key``; the MAC and the write go through it together,
     a piece at a time (keyed BLAKE3 when installed: ``auth``). Returns the size."""
-    chunks = auth.seal_stream(secret, identity(key), _frames(obj), fast=True)
+    chunks = auth.seal_stream(secret, identity(key), _frames(obj, what), fast=True)
     return store.put_chunks(key, chunks)
 
 
@@ -196,7 +203,8 @@ def put_sections(store: Store, shuffle_id: str, mapper: int, secret: bytes, part
                  target: int = COMBINE_BYTES) -> list[tuple[int, int, int] | None]:
     """Write a mapper's parts as sealed sections of ``plan_objects``' objects (written in
     parallel); returns, per partition, ``(object number, start, end)`` or None (empty)."""
-    framed = [None if _empty(part) else _frames(part) for part in parts]
+    framed = [None if _empty(part) else _frames(part, f"the mapper's output for partition {p}")
+              for p, part in enumerate(parts)]
     sizes = [0 if f is None else sum(memoryview(x).nbytes for x in f) + auth.TRAILER_BYTES * auth._enabled
              for f in framed]
     groups = plan_objects(sizes, target)
@@ -603,7 +611,7 @@ def make_leaf(fn: Callable[[Any], Any], shuffle_id: str) -> Callable[..., None]:
     """A mapper whose value stays in the store for a reduce level to read."""
 
     def tree_map(item: Any, index: int, secret: bytes) -> None:
-        put(_store(), tree_key(shuffle_id, 0, index), secret, fn(item))
+        put(_store(), tree_key(shuffle_id, 0, index), secret, fn(item), "the mapper's value")
 
     return tree_map
 
@@ -617,7 +625,7 @@ def make_node(fn: Callable[[list[Any]], Any], shuffle_id: str) -> Callable[..., 
         value = fn(values)
         if last:
             return value
-        put(store, tree_key(shuffle_id, level, index), secret, value)
+        put(store, tree_key(shuffle_id, level, index), secret, value, "the reducer's value")
         return None
 
     return tree_reduce
