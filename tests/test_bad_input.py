@@ -493,3 +493,13 @@ def test_a_partitioned_mapper_that_returns_a_dict_is_told_to_return_its_parts_in
         fut.result(timeout=60)
     assert "list(d.items())" not in str(info.value)
     _one_line(info.value)
+
+
+@pytest.mark.parametrize("kw", [{}, {"partitions": 2}], ids=["single", "shuffle"])
+@pytest.mark.parametrize("items,shown", [(None, "None"), (5, "5")])
+def test_map_reduce_items_that_are_not_iterable_is_one_line(executor, kw, items, shown):
+    """A bare "'NoneType' object is not iterable" said neither which argument nor what to pass."""
+    with pytest.raises(TypeError, match=rf"map_reduce\(items={shown}\): must be an iterable") as info:
+        wrenpack.map_reduce(square, items, sum, executor=executor, **kw)
+    assert isinstance(info.value, ConfigError)
+    _one_line(info.value)

@@ -89,7 +89,13 @@ def map_reduce(
     if partition_fn is not None and not callable(partition_fn):
         raise ConfigTypeError(f"map_reduce(partition_fn={partition_fn!r}): must be a function (key, R) -> a partition "
                               "number 0..R-1, or None for a stable hash")
-    items = list(items)
+    try:
+        items = list(items)
+    except TypeError:
+        if hasattr(items, "__iter__"):
+            raise  # (an iterable whose own iteration failed: its error, as list() gives it)
+        raise ConfigTypeError(f"map_reduce(items={items!r:.40}): must be an iterable of items (a list, a range, "
+                              "wrenpack.objects(...)), one mapper call each") from None
     shuffled = partitions is not None or per_object or fan_in is not None
     if not shuffled:
         if partitioned or partition_fn is not None:
