@@ -124,7 +124,8 @@ def map_reduce(
     r_options = _options(executor, {**r_opts, **options})
     label = f"map_reduce({_name(m_fn)}, {_name(r_fn)})"
     if not items:
-        raise ConfigError(f"{label}: no items to map")
+        raise ConfigError(f"{label}: no items to map; pass at least one (an empty wrenpack.objects() listing: its "
+                          "prefix holds no objects), or skip the map_reduce when there is nothing to reduce")
     executor.check_open()
     job = RunningJob(executor, m_fn, r_fn, m_options, r_options, label)
     # The first phase launches here: what cannot be launched (an executor shut
