@@ -530,3 +530,22 @@ def test_a_mapper_output_that_cannot_be_pickled_is_one_line_naming_it(executor, 
         wrenpack.map_reduce(_returns_a_lock(form), [1, 2], reducer, executor=executor, **kw).result(timeout=60)
     assert "\n" not in str(info.value)
     assert _left(executor) == []
+
+
+def test_a_shuffle_leaves_its_executor_idle(make_executor):
+    """A shuffle whose reducers were all launched with the mappers launched an empty job for
+    "the rest": a job of no calls never ends, so the executor never went idle again and
+    shutdown(wait=False) never stopped its workers (one such job per map_reduce)."""
+    ex = make_executor(concurrency=2)
+    for _ in range(2):
+        assert wrenpack.map_reduce(lambda x: [(x % 2, x)], range(4), count, partitions=2,
+                                   executor=ex).result(timeout=60) == {0: 2, 1: 4}
+    deadline = time.monotonic() + 5
+    while ex._jobs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not ex._jobs, ex._jobs
+    ex.shutdown(wait=False)
+    deadline = time.monotonic() + 5
+    while not ex._released and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ex._released

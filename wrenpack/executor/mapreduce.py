@@ -318,6 +318,8 @@ class RunningJob:
         self.stats: dict[str, Any] = {}
 
     def _map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], options: CallOptions, label: str) -> list[WrenFuture]:
+        if not calls:  # (a job of no calls would never end, and its executor never be idle again)
+            return []
         self.follow.check()
         made = [WrenFuture(label=f"{label}[{i}]" if len(calls) > 1 else label) for i in range(len(calls))]
         futures = self.executor.launch(fn, [(args, {}) for args in calls], options, label=label, futures=made)
