@@ -420,8 +420,9 @@ def _partition_number(p: Any, key: Any, partitions: int) -> int:
     except TypeError:
         number = None
     if number is None or not 0 <= number < partitions:
+        kind = "" if type(p) is int else f" (not a {type(p).__name__})"
         raise ConfigError(f"partition_fn({key!r:.40}, {partitions}) returned {p!r:.40}, not 0..{partitions - 1}; make it "
-                          f"return a partition number, an int in that range (not a {type(p).__name__})")
+                          f"return a partition number, an int in that range{kind}")
     return number
 
 
