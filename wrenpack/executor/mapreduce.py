@@ -490,9 +490,10 @@ class RunningJob:
             if fut.cancelled() or fut.exception() is not None:
                 self._mapped(maps, aborting=bool(early))  # waits for the other mappers, raises the first failure
             done[index[id(fut)]] = fut.result()
-            waiting = [i for i in range(len(maps)) if i not in done]
-            if not waiting or len(waiting) > stragglers:
+            left = len(maps) - len(done)
+            if not left or left > stragglers:  # (counted: listing them at every end was quadratic in the mappers)
                 continue
+            waiting = [i for i in range(len(maps)) if i not in done]
             free = slots - len(waiting) - sum(1 for f in early.values() if not f.done())
             while free > 0 and len(early) < min(partitions, max(stragglers, partitions // 10)):
                 p = len(early)
