@@ -462,3 +462,53 @@ def test_a_keep_warm_shorter_than_a_workers_start_still_hands_it_the_call(tmp_pa
         took = time.monotonic() - t0
     started = [r for r in caplog.records if "started local worker" in r.getMessage()]
     assert len(started) <= 3, f"{len(started)} workers started for 3 calls in {took:.1f} s"
+
+
+# -- map_reduce: its functions and options ---------------------------------------------------
+@pytest.mark.parametrize("kw", [{}, {"partitions": 2}, {"fan_in": 2}], ids=["single", "shuffle", "tree"])
+def test_map_reduce_of_something_not_a_function_is_a_type_error_naming_the_argument(executor, kw):
+    for args, name, shown in (((3, [1], sum), "mapper", "3"), ((square, [1], None), "reducer", "None")):
+        with pytest.raises(TypeError, match=rf"map_reduce\({name}={shown}\): must be a function") as info:
+            wrenpack.map_reduce(*args, executor=executor, **kw)
+        assert isinstance(info.value, ConfigError)
+        _one_line(info.value)
+
+
+@pytest.mark.parametrize("kw", [{}, {"partitions": 2}, {"fan_in": 2}], ids=["single", "shuffle", "tree"])
+@pytest.mark.parametrize("option,match", [({"timeout": -1}, "timeout=-1"), ({"memory": "x"}, "memory='x'"),
+                                          ({"bogus": 3}, "unknown option.*bogus")])
+def test_map_reduce_bad_options_are_one_line_naming_map_reduce(executor, kw, option, match):
+    """Every form says the option came from map_reduce (the shuffle forms said "from options")."""
+    with pytest.raises(ConfigError, match=rf"{match}.*\(from map_reduce\)") as info:
+        wrenpack.map_reduce(square, [1], sum, executor=executor, **kw, **option)
+    _one_line(info.value)
+
+
+def test_a_partitioned_mapper_that_returns_a_dict_is_told_to_return_its_parts_in_order(executor):
+    """The fix named for a dict fits the form: with partitioned=True a dict of partition -> part
+    is to be returned as a list in partition order (it said to return list(d.items()), pairs)."""
+    fut = wrenpack.map_reduce(lambda x: {0: [x], 1: [x]}, [1], lambda i, parts: parts, partitions=2, partitioned=True,
+                              executor=executor)
+    with pytest.raises(TypeError, match=r"returned dict .*; return \[d\[i\] for i in range\(2\)\]") as info:
+        fut.result(timeout=60)
+    assert "list(d.items())" not in str(info.value)
+    _one_line(info.value)
+
+
+@pytest.mark.parametrize("kw", [{}, {"partitions": 2}], ids=["single", "shuffle"])
+@pytest.mark.parametrize("items,shown", [(None, "None"), (5, "5")])
+def test_map_reduce_items_that_are_not_iterable_is_one_line(executor, kw, items, shown):
+    """A bare "'NoneType' object is not iterable" said neither which argument nor what to pass."""
+    with pytest.raises(TypeError, match=rf"map_reduce\(items={shown}\): must be an iterable") as info:
+        wrenpack.map_reduce(square, items, sum, executor=executor, **kw)
+    assert isinstance(info.value, ConfigError)
+    _one_line(info.value)
+
+
+@pytest.mark.parametrize("kw", [{"partitions": 2}, {"fan_in": 2}, {"per_object": True}], ids=["shuffle", "tree", "per_object"])
+def test_map_reduce_of_no_items_names_the_fix(executor, kw):
+    """An empty list (or an empty wrenpack.objects() listing) is refused before launch in one
+    line that says what to do, not only "no items to map"."""
+    with pytest.raises(ConfigError, match=r"no items to map; pass at least one") as info:
+        wrenpack.map_reduce(square, [], sum, executor=executor, **kw)
+    _one_line(info.value)

@@ -305,3 +305,247 @@ def test_memory_kept_from_an_earlier_map_reduce_is_handed_back_under_a_smaller_l
         out = wrenpack.map_reduce(_holding_parts, range(4), _report_then_hold, partitions=2, partitioned=True,
                                   executor=executor, memory=memory).result(timeout=120)
     assert max(out) < 256 // 2 + 64, out  # without the hand-back, the first run's ~205 MB would be resident too
+
+
+def test_a_partition_fn_may_return_numpy_integers_but_not_bools(executor):
+    """A partition number is any integer (numpy's too, as a list index takes it); a bool
+    is refused in one line as True is everywhere a number is asked for."""
+    np = pytest.importorskip("numpy")
+    out = wrenpack.map_reduce(lambda n: [(n, n)], range(6), count, partitions=3,
+                              partition_fn=lambda k, r: np.int64(k % r), executor=executor).result(timeout=60)
+    assert out == {0: 0, 3: 3, 1: 1, 4: 4, 2: 2, 5: 5}
+    for returns, shown in ((lambda k, r: k > 2, "True"), (lambda k, r: np.bool_(k > 2), "True_?"),
+                           (lambda k, r: 1.0, "1.0"), (lambda k, r: -1, "-1")):
+        with pytest.raises(ValueError, match=rf"partition_fn\(3, 2\) returned .*{shown}, not 0..1; make it return a partition number") as info:
+            wrenpack.map_reduce(lambda n: [(n, n)], [3], count, partitions=2, partition_fn=returns,
+                                executor=executor).result(timeout=60)
+        assert "\n" not in str(info.value)
+    assert _left(executor) == []
+
+
+def test_partitions_and_fan_in_may_be_numpy_integers(executor):
+    """partitions=R computed with numpy (np.int64) is a whole number as range() takes it; True is not."""
+    np = pytest.importorskip("numpy")
+    out = wrenpack.map_reduce(lambda n: [(n % 3, 1)], range(6), count, partitions=np.int64(2),
+                              executor=executor).result(timeout=60)
+    assert out == {0: 2, 1: 2, 2: 2}
+    assert wrenpack.map_reduce(str, range(5), "".join, fan_in=np.int32(2), executor=executor).result(timeout=60) == "01234"
+    for bad in ({"partitions": True}, {"partitions": np.int64(0)}, {"fan_in": True}, {"fan_in": 2.0}):
+        with pytest.raises(ConfigError, match=f"{list(bad)[0]}=.* must be a whole number"):
+            wrenpack.map_reduce(lambda n: [(n, 1)], [1], count, executor=executor, **bad)
+    assert _left(executor) == []
+
+
+# -- map_reduce as a concurrent.futures user expects of its future and its executor -------------
+FORMS = {"single": ({}, sum), "shuffle": ({"partitions": 2}, count), "tree": ({"fan_in": 2}, sum)}
+
+
+def _pairs_or_value(form):
+    return (lambda x: [(x % 2, x)]) if form == "shuffle" else (lambda x: x)
+
+
+def _sleepy(form, seconds):
+    def mapper(x):
+        import time
+
+        time.sleep(seconds)
+        return [(x % 2, x)] if form == "shuffle" else x
+
+    return mapper
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_what_cannot_be_launched_is_raised_by_map_reduce_itself(make_executor, form):
+    """As submit() raises them: an item or a reducer that cannot be pickled, and an executor
+    that was shut down, fail map_reduce(...) at once; nothing runs (the shuffle and tree
+    forms raised them only from result(), after the mappers had run)."""
+    import threading
+
+    from wrenpack.errors import ExecutorShutdown, SerializationError
+
+    ex = make_executor(concurrency=2)
+    kw, reducer = FORMS[form]
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match="_thread.lock"):
+        wrenpack.map_reduce(_pairs_or_value(form), [1, lock], reducer, executor=ex, **kw)
+    with pytest.raises(SerializationError, match="lock"):
+        wrenpack.map_reduce(_pairs_or_value(form), [1, 2], lambda *a: lock, executor=ex, **kw)
+    ex.shutdown()
+    with pytest.raises(ExecutorShutdown):
+        wrenpack.map_reduce(_pairs_or_value(form), [1, 2], reducer, executor=ex, **kw)
+    assert _left(ex) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_shutdown_waits_for_a_running_map_reduce(make_executor, form):
+    """shutdown(wait=True), a `with` block's end, waits for a map_reduce accepted before it,
+    which completes (its later phases were refused with ExecutorShutdown and the future failed)."""
+    ex = make_executor(concurrency=2)
+    kw, reducer = FORMS[form]
+    fut = wrenpack.map_reduce(_sleepy(form, 0.3), range(3), reducer, executor=ex, **kw)
+    ex.shutdown(wait=True)
+    assert fut.done()
+    assert fut.result(timeout=0) == ({0: 2, 1: 1} if form == "shuffle" else 3)
+    assert _left(ex) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_shutdown_with_cancel_futures_cancels_a_running_map_reduce(make_executor, form):
+    """shutdown(cancel_futures=True): the calls not started never run, the future fails with
+    CallCancelled (a CancelledError) once the running ones end, and nothing is left."""
+    import concurrent.futures as cf
+
+    from wrenpack.errors import CallCancelled
+
+    ex = make_executor(concurrency=2)
+    kw, reducer = FORMS[form]
+    fut = wrenpack.map_reduce(_sleepy(form, 1.0), range(6), reducer, executor=ex, **kw)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert fut.done() and time.monotonic() - t0 < 10
+    with pytest.raises(CallCancelled, match="cancel_futures=True") as info:
+        fut.result(timeout=0)
+    assert isinstance(info.value, cf.CancelledError) and "\n" not in str(info.value)
+    assert _left(ex) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_wrenpack_cancel_stops_a_running_map_reduce(executor, form):
+    """wrenpack.cancel(fut) stops a map_reduce as it stops a running call: its calls end
+    now, its future fails with CallCancelled, its objects are removed; fut.cancel() keeps
+    the standard library's contract (False: it runs). It returned [False] and ran on."""
+    from wrenpack.errors import CallCancelled
+
+    kw, reducer = FORMS[form]
+    fut = wrenpack.map_reduce(_sleepy(form, 60), range(3), reducer, executor=executor, **kw)
+    time.sleep(0.3)
+    assert fut.cancel() is False
+    t0 = time.monotonic()
+    assert wrenpack.cancel(fut) == [True]
+    with pytest.raises(CallCancelled, match=r"wrenpack.cancel\(\) stopped it"):
+        fut.result(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert _left(executor) == []
+    assert wrenpack.map_reduce(_pairs_or_value(form), [1], reducer, executor=executor, **kw).result(timeout=60) in (1, {1: 1})
+
+
+@pytest.mark.parametrize("partition_fn", [None, lambda k, r: 0], ids=["default hash", "partition_fn"])
+def test_an_unhashable_key_is_one_line_naming_it(executor, partition_fn):
+    """A key that cannot be a dict key (a list) is a TypeError naming the key and the fix,
+    not a bare "unhashable type: 'list'" from inside the reducer."""
+    with pytest.raises(TypeError, match=r"key \[1, 2\] \(a list\) is not hashable.*a tuple") as info:
+        wrenpack.map_reduce(lambda x: [([x, x + 1], 1)], [1], count, partitions=2, partition_fn=partition_fn,
+                            executor=executor).result(timeout=60)
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+    assert _left(executor) == []
+
+
+def test_equal_keys_of_other_types_meet_in_one_reducer(executor):
+    """The default hash sends keys that are equal (so one dict key: 3, 3.0, np.int64(3);
+    ('a', 1) and ('a', 1.0)) to one partition, as a dict groups them; they went to
+    different reducers and the merged result silently kept one reducer's value. A str
+    that does not encode as UTF-8 (a lone surrogate, from errors="surrogateescape")
+    is a key like any other; it was a UnicodeEncodeError from inside the mapper."""
+    np = pytest.importorskip("numpy")
+
+    def mapper(x):
+        return [(3, 1), (np.int64(3), 1), (3.0, 1), (np.float32(3), 1), (("a", 1), 1), (("a", 1.0), 1),
+                (frozenset({1, 2}), 1), (frozenset({2.0, 1}), 1), ("\udcff", 1), (None, 1), (2.5, 1)]
+
+    out = wrenpack.map_reduce(mapper, [0, 1], count, partitions=4, executor=executor).result(timeout=60)
+    assert out == {3: 8, ("a", 1): 4, frozenset({1, 2}): 4, "\udcff": 2, None: 2, 2.5: 2}
+    for a, b in ((3, np.int64(3)), (3, 3.0), (("a", (1, b"x")), ("a", (1.0, b"x"))), (True, 1), (-7, -7.0)):
+        assert all(shuffle.default_partition(a, r) == shuffle.default_partition(b, r) for r in (2, 7, 64))
+    assert shuffle.default_partition(10, 4) == 2 and shuffle.default_partition("ab", 1000) == __import__("zlib").crc32(b"ab") % 1000
+    assert _left(executor) == []
+
+
+def test_a_partition_fn_that_splits_a_key_is_refused_not_merged_over(executor):
+    """A partition_fn that sends equal keys to two partitions gives two reducer values for
+    one key: one line naming the key and the partitions, not a dict that silently keeps one."""
+    with pytest.raises(ValueError, match=r"key 3(\.0)? was reduced in partitions 0 and 1.*partition_fn") as info:
+        wrenpack.map_reduce(lambda x: [(3, 1), (3.0, 1)], [0], count, partitions=2,
+                            partition_fn=lambda k, r: 0 if type(k) is int else 1, executor=executor).result(timeout=60)
+    assert "\n" not in str(info.value)
+    assert _left(executor) == []
+
+
+def test_keys_of_types_that_do_not_compare_are_still_sorted_within_their_type(executor):
+    """Keys sorted within each partition: where they cannot all be compared (str and int,
+    None), numbers come first, then each type's keys sorted, the types by name; they came
+    in the order they were first seen, which depended on the mappers' order."""
+    keys = [2, "b", 1.5, None, "a", 1]
+    for order in (keys, keys[::-1]):
+        out = wrenpack.map_reduce(lambda k: [(k, 1)], order, count, partitions=1, executor=executor).result(timeout=60)
+        assert list(out) == [1, 1.5, 2, None, "a", "b"]
+
+
+def test_a_map_reduce_running_at_exit_leaves_nothing_in_the_store(tmp_path):
+    """At exit running calls are stopped and their objects removed; a running map_reduce's
+    intermediate objects (shuffle/...) were left behind, its thread never got to remove them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time, wrenpack\n"
+        "ex = wrenpack.Executor(storage=sys.argv[1], concurrency=2)\n"
+        "def m(x):\n"
+        "    import time\n"
+        "    if x >= 2:\n"
+        "        time.sleep(30)\n"
+        "    return [(x, b'x' * 1000)]\n"
+        "f = wrenpack.map_reduce(m, range(4), lambda k, vs: len(vs), partitions=2, executor=ex)\n"
+        "deadline = time.monotonic() + 20\n"
+        "while len(ex.store.list('shuffle/')) < 4 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(0.5)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    left = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in left if p.startswith("shuffle")], left
+
+
+def _returns_a_lock(form):
+    def mapper(x):
+        import threading
+
+        return [(x, threading.Lock())] if form == "shuffle" else threading.Lock()
+
+    return mapper
+
+
+@pytest.mark.parametrize("form", ["shuffle", "tree"])
+def test_a_mapper_output_that_cannot_be_pickled_is_one_line_naming_it(executor, form):
+    """As a call's result that cannot be pickled: a SerializationError naming what and the fix;
+    it was a bare TypeError "cannot pickle '_thread.lock' object" from inside the shuffle."""
+    from wrenpack.errors import SerializationError
+
+    kw = {"partitions": 2} if form == "shuffle" else {"fan_in": 2}
+    reducer = count if form == "shuffle" else len
+    with pytest.raises(SerializationError, match=r"the mapper's .* could not be pickled: cannot pickle '_thread.lock' "
+                                                 r"object; return plain data") as info:
+        wrenpack.map_reduce(_returns_a_lock(form), [1, 2], reducer, executor=executor, **kw).result(timeout=60)
+    assert "\n" not in str(info.value)
+    assert _left(executor) == []
+
+
+def test_a_shuffle_leaves_its_executor_idle(make_executor):
+    """A shuffle whose reducers were all launched with the mappers launched an empty job for
+    "the rest": a job of no calls never ends, so the executor never went idle again and
+    shutdown(wait=False) never stopped its workers (one such job per map_reduce)."""
+    ex = make_executor(concurrency=2)
+    for _ in range(2):
+        assert wrenpack.map_reduce(lambda x: [(x % 2, x)], range(4), count, partitions=2,
+                                   executor=ex).result(timeout=60) == {0: 2, 1: 4}
+    deadline = time.monotonic() + 5
+    while ex._jobs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not ex._jobs, ex._jobs
+    ex.shutdown(wait=False)
+    deadline = time.monotonic() + 5
+    while not ex._released and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ex._released

@@ -684,6 +684,9 @@ class Executor(CallTable, cf.Executor):
                 for cid, fut in list(job.futures.items()):
                     if not fut.done():
                         self._resolve(job, cid, False, stopped)
+        held = [f for plan in list(self._plans) for f in plan.items]
+        if held:  # (a map_reduce ends moments after its calls: it removes its intermediate objects then)
+            cf.wait(held, timeout=3)
         self._release()
 
 

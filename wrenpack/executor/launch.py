@@ -82,13 +82,19 @@ class _Single(NamedTuple):
 
 
 def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
-                 chunksize: int | str | None = None, state: LaunchState | None = None) -> list[WrenFuture]:
+                 chunksize: int | str | None = None, state: LaunchState | None = None,
+                 futures: list[WrenFuture] | None = None) -> list[WrenFuture]:
     """Launch ``fn`` once per ``(args, kwargs)`` of ``calls`` under the options
-    ``given`` (already checked by ``check_options``); the futures in order."""
+    ``given`` (already checked by ``check_options``); the futures in order.
+    ``futures``: made before, for calls of work accepted before a shutdown
+    (``map_reduce``'s reduce): they launch after one too (``Executor.launch``),
+    one invocation per call."""
     if not calls:
         return []
     run = None
-    if state is not None and chunksize is None and len(calls) == 1:
+    if futures is not None:
+        chunksize = None
+    elif state is not None and chunksize is None and len(calls) == 1:
         single = state.single
         if single is not None:
             fut, run = _relaunch(executor, fn, calls[0], given, state, single)
@@ -101,7 +107,7 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     size_fn = given.pop("auto_size", None)
     auto = any(given.get(name) == "auto" for name in _AUTO)
     if auto:
-        return _launch_auto(executor, fn, calls, given, chunksize, state, size_fn)
+        return _launch_auto(executor, fn, calls, given, chunksize, state, size_fn, futures)
     # The same function, options and configuration resolve to the same limits.
     cached = state.resolved
     if cached is not None and cached[0] is executor and cached[1] is executor.config:
@@ -109,14 +115,15 @@ def launch_calls(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
     else:
         options = executor.options(**given)
         state.resolved = (executor, executor.config, options)
-    if keep:
+    if keep and futures is None:
         state.single = None
         return _launch_with(executor, fn, calls, options, chunksize, state, as_given, run)
-    return _launch_with(executor, fn, calls, options, chunksize, state)
+    return _launch_with(executor, fn, calls, options, chunksize, state, futures=futures)
 
 
 def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], given: dict[str, Any],
-                 chunksize: int | str | None, state: LaunchState, size_fn: Callable[..., Any] | None) -> list[WrenFuture]:
+                 chunksize: int | str | None, state: LaunchState, size_fn: Callable[..., Any] | None,
+                 made: list[WrenFuture] | None = None) -> list[WrenFuture]:
     """"auto" settings: each call's from the function's profile (a scaling
     profile sizes each call at its own input size), the calls launched in
     groups of equal settings, the futures back in the calls' order. What each
@@ -141,7 +148,8 @@ def _launch_auto(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
         log.info("%s: %s (%d call%s): %s", label, ", ".join(f"{k}={record[k]}" for k in names), len(indices),
                  "" if len(indices) == 1 else "s", record["why"])
         options = executor.options(**dict(given, **dict(zip(names, settings))))
-        futures = _launch_with(executor, fn, [calls[i] for i in indices], options, chunksize, state)
+        futures = _launch_with(executor, fn, [calls[i] for i in indices], options, chunksize, state,
+                               futures=None if made is None else [made[i] for i in indices])
         for i, fut in zip(indices, futures):
             fut.set_auto(record if len(indices) == 1 else dict(record))
             out[i] = fut
@@ -174,12 +182,15 @@ def _relaunch(executor: Executor, fn: Callable[..., Any], call: Call, given: dic
 
 def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], options: CallOptions,
                  chunksize: int | str | None, state: LaunchState, given: dict[str, Any] | None = None,
-                 run: tuple[int, float | None] | None = None) -> list[WrenFuture]:
+                 run: tuple[int, float | None] | None = None, *,
+                 futures: list[WrenFuture] | None = None) -> list[WrenFuture]:
     """Launch calls that share ``options`` by the strategy that fits them.
     ``given``: a single call's options as given (not "auto"), whose launch is
     kept for the next single call (``state.single``); ``run``: the profile's
-    reading for them, if ``_relaunch`` just took it."""
-    caps = executor.capabilities
+    reading for them, if ``_relaunch`` just took it. ``futures``: made before
+    (``launch_calls``): one invocation per call, even after a shutdown."""
+    made = futures
+    caps = executor.capabilities if made is None else executor.backend.capabilities
     label = getattr(fn, "__qualname__", None) or "function"
     resolved = options
     expected, seconds = run or expected_run(fn, options, caps.cpu_scales_with_memory, label, state)
@@ -191,7 +202,9 @@ def _launch_with(executor: Executor, fn: Callable[..., Any], calls: list[Call], 
         per = seconds * (chunksize if isinstance(chunksize, int) and chunksize > 1 else 1)
         options = dataclasses.replace(options, expected_s=min(per, options.timeout))
     futures = None
-    if chunksize is not None and chunksize != 1:
+    if made is not None:
+        futures = executor.launch(fn, calls, options, label=label, futures=made)
+    elif chunksize is not None and chunksize != 1:
         futures = launch_batched(executor, fn, calls, options, label, chunksize)
     elif chunksize is None and len(calls) > 1:
         # None: the strategy does not apply to these calls

@@ -22,20 +22,22 @@ the reducers are launched as the map phase ends (a few early, on idle slots).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
+import operator
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from wrenpack import keys
-from wrenpack.errors import ConfigError, ConfigTypeError
+from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, check_options
 from wrenpack.executor.owner import owner_record
-from wrenpack.futures import WrenFuture
+from wrenpack.futures import WrenFuture, cancel
 from wrenpack.worker import shuffle
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,9 @@ def map_reduce(
       partition ``partition_fn(key, R)`` (default: a stable hash); reducer i gets
       partition i from every mapper and is called ``reducer(key, values)`` per key;
       the future gives ``{key: value}`` (keys sorted within each partition, partitions
-      in order, so a range ``partition_fn`` gives sorted output). With
+      in order, so a range ``partition_fn`` gives sorted output; keys that do not all
+      compare, str and int, are sorted within their type: numbers first, then the
+      other types by name). With
       ``partitioned=True`` the mapper returns R parts itself and reducer i is called
       ``reducer(i, parts)`` with partition i's non-empty parts in mapper order; the
       future gives the R reducers' results in a list.
@@ -78,22 +82,36 @@ def map_reduce(
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
     check_executor(options.get("executor"), "map_reduce")
+    for name, fn in (("mapper", mapper), ("reducer", reducer)):
+        if not callable(fn):
+            raise ConfigTypeError(f"map_reduce({name}={fn!r:.40}): must be a function (or a @wrenpack.remote one); "
+                                  "the call is map_reduce(mapper, items, reducer, ...)")
     for name, flag in (("partitioned", partitioned), ("per_object", per_object)):
         if not isinstance(flag, bool):  # ('no' would be taken as True)
             raise ConfigTypeError(f"map_reduce({name}={flag!r}): must be True or False")
     if partition_fn is not None and not callable(partition_fn):
         raise ConfigTypeError(f"map_reduce(partition_fn={partition_fn!r}): must be a function (key, R) -> a partition "
                               "number 0..R-1, or None for a stable hash")
-    items = list(items)
+    try:
+        items = list(items)
+    except TypeError:
+        if hasattr(items, "__iter__"):
+            raise  # (an iterable whose own iteration failed: its error, as list() gives it)
+        raise ConfigTypeError(f"map_reduce(items={items!r:.40}): must be an iterable of items (a list, a range, "
+                              "wrenpack.objects(...)), one mapper call each") from None
     shuffled = partitions is not None or per_object or fan_in is not None
     if not shuffled:
         if partitioned or partition_fn is not None:
             raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
         return _single(mapper, items, reducer, options)
-    if partitions is not None and (not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1):
-        raise ConfigError(f"partitions={partitions!r} must be a whole number of reducers, at least 1")
-    if fan_in is not None and (not isinstance(fan_in, int) or isinstance(fan_in, bool) or fan_in < 2):
-        raise ConfigError(f"fan_in={fan_in!r} must be a whole number of values per reduce, at least 2")
+    if partitions is not None:
+        given, partitions = partitions, _whole(partitions)
+        if partitions is None or partitions < 1:
+            raise ConfigError(f"partitions={given!r} must be a whole number of reducers, at least 1")
+    if fan_in is not None:
+        given, fan_in = fan_in, _whole(fan_in)
+        if fan_in is None or fan_in < 2:
+            raise ConfigError(f"fan_in={given!r} must be a whole number of values per reduce, at least 2")
     if partitions is not None and (per_object or fan_in is not None):
         raise ConfigError("partitions= (a shuffle) does not combine with per_object= or fan_in=; choose one form")
     if partitions is None and (partitioned or partition_fn is not None):
@@ -107,32 +125,60 @@ def map_reduce(
     executor = executor or m_exec or default_executor()
     m_options = _options(executor, {**m_opts, **options})
     r_options = _options(executor, {**r_opts, **options})
-    job = RunningJob(executor, m_fn, r_fn, m_options, r_options)
     label = f"map_reduce({_name(m_fn)}, {_name(r_fn)})"
-    outer = WrenFuture("map_reduce", job.shuffle_id, label)
     if not items:
-        raise ConfigError(f"{label}: no items to map")
-    if partitions is not None:
-        target: Callable[[], Any] = lambda: job.shuffle(items, partitions, partitioned, partition_fn)  # noqa: E731
-    elif per_object:
-        target = lambda: job.per_object(items, fan_in)  # noqa: E731
-    else:
-        target = lambda: job.tree(items, fan_in or 2)  # noqa: E731
+        raise ConfigError(f"{label}: no items to map; pass at least one (an empty wrenpack.objects() listing: its "
+                          "prefix holds no objects), or skip the map_reduce when there is nothing to reduce")
+    executor.check_open()
+    job = RunningJob(executor, m_fn, r_fn, m_options, r_options, label)
+    # The first phase launches here: what cannot be launched (an executor shut
+    # down, an item or a function that does not pickle) is raised to the caller
+    # as submit() raises it, before anything runs. The rest runs on a thread.
+    with job.follow.starting():
+        if partitions is not None:
+            finish = job.shuffle(items, partitions, partitioned, partition_fn)
+        elif per_object:
+            finish = job.per_object(items, fan_in)
+        else:
+            finish = job.tree(items, fan_in or 2)
 
     def run() -> None:
         # The intermediate objects are gone before the future resolves.
         try:
-            value = target()
+            value = finish()
         except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
             job.cleanup()
-            outer.set_exception(exc)
+            job.follow.fail(exc)
             return
         job.cleanup()
-        outer.set_result(value)
+        job.follow.succeed(value)
 
-    outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
     threading.Thread(target=run, name="wrenpack-map-reduce", daemon=True).start()
-    return outer
+    return job.follow.outer
+
+
+def _split_key(results: list[dict[Any, Any]]) -> ConfigError:
+    """Two reducers gave a value for one key: equal keys went to two partitions."""
+    seen: dict[Any, int] = {}
+    for p, part in enumerate(results):
+        for key in part:
+            if key in seen:
+                return ConfigError(f"map_reduce: key {key!r:.40} was reduced in partitions {seen[key]} and {p}, so the "
+                                   "result would keep one of its values; make partition_fn send equal keys to one "
+                                   "partition")
+            seen[key] = p
+    return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number as ``range()`` takes one (numpy's
+    integers too); None for anything else, True and False included."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _name(fn: Any) -> str:
@@ -156,14 +202,113 @@ def _options(executor: Executor, given: dict[str, Any]) -> CallOptions:
     if auto:
         raise ConfigError(f"{', '.join(auto)}='auto' is not supported by map_reduce's shuffle forms; give numbers "
                           "(wrenpack profile recommends them)")
-    return executor.options(**given)
+    return executor.options(**check_options(given, "map_reduce"))  # (checked here: errors name map_reduce)
+
+
+class _Follow:
+    """A running map_reduce as its executors and its caller see it: the outer
+    future, the calls launched so far, and whether it was stopped.
+
+    Its later phases are calls accepted with the map_reduce, not new work, so
+    the executors hold it (``Executor.hold``, ``items``): ``shutdown(wait=True)``
+    (a ``with`` block's end) waits for the future and lets those phases launch
+    (their futures are made first: ``Executor.launch(futures=...)``);
+    ``shutdown(cancel_futures=True)`` cancels ``later``, the calls not launched
+    yet, and so the job: its pending calls are cancelled, its running ones end,
+    and its future fails with ``CallCancelled``. ``wrenpack.cancel`` of the
+    future stops the running calls too (the future's ``_stopper``)."""
+
+    def __init__(self, executors: Iterable[Executor], label: str, job_id: str) -> None:
+        self.executors = list({id(e): e for e in executors}.values())
+        self.label = label
+        self.outer = WrenFuture("map_reduce", job_id, label)
+        self.later = WrenFuture("", "", f"{label}: calls not launched yet")
+        self.items = [self.later, self.outer]  # what shutdown waits for (or cancels)
+        self.launched: list[WrenFuture] = []
+        self.lock = threading.Lock()
+        self.stopped: str | None = None  # why, once stopped
+        self.outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
+        self.outer._stopper = self._stop_outer
+        self.later.add_done_callback(self._later_done)
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Held by the executors while the first phase launches; let go if that fails."""
+        for executor in self.executors:
+            executor.hold(self)
+        try:
+            yield
+        except BaseException:
+            self.stop("its first phase could not be launched", running_too=True)
+            self._end()
+            raise
+
+    def add(self, futures: list[WrenFuture]) -> None:
+        """Calls just launched; stopped at once if the job was stopped meanwhile."""
+        with self.lock:
+            self.launched.extend(futures)
+            stopped = self.stopped
+        if stopped is not None:
+            cancel(futures)
+            raise self.cancelled()
+
+    def check(self) -> None:
+        """Before a launch: nothing more is launched once the job was stopped."""
+        if self.stopped is not None:
+            raise self.cancelled()
+
+    def cancelled(self) -> CallCancelled:
+        return CallCancelled(f"{self.label} was cancelled ({self.stopped}); the calls it had not started never ran "
+                             "and its intermediate objects are removed")
+
+    def stop(self, why: str, running_too: bool) -> None:
+        with self.lock:
+            if self.stopped is None:
+                self.stopped = why
+            launched = [f for f in self.launched if not f.done()]
+        if running_too:
+            cancel(launched)
+        else:
+            for fut in reversed(launched):  # (the last first, as shutdown cancels a job's calls)
+                fut.cancel()
+
+    def _later_done(self, fut: WrenFuture) -> None:
+        if fut.cancelled():  # shutdown(cancel_futures=True), or the interpreter's exit
+            fut.set_running_or_notify_cancel()  # (its owner's part, as a pool's: now wait() counts it done)
+            self.stop("its executor was shut down with cancel_futures=True", running_too=False)
+
+    def _stop_outer(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """``wrenpack.cancel(outer)``: stop every call, running or not."""
+        if self.outer.done():
+            return set()
+        self.stop("wrenpack.cancel() stopped it", running_too=True)
+        return {(self.outer.job_id, self.outer.call_id)}
+
+    def _end(self) -> None:
+        try:
+            self.later.set_result(None)
+        except cf.InvalidStateError:  # (cancelled)
+            pass
+        for executor in self.executors:
+            executor.unhold(self)
+
+    def succeed(self, value: Any) -> None:
+        self._end()
+        if self.stopped is not None:  # (wrenpack.cancel said it would end cancelled)
+            self.outer.set_exception(self.cancelled())
+        else:
+            self.outer.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        self._end()
+        self.outer.set_exception(self.cancelled() if self.stopped is not None else exc)
 
 
 class RunningJob:
     """One shuffle/tree/per-object map_reduce: its secret, its tasks, its cleanup."""
 
     def __init__(self, executor: Executor, mapper: Callable[..., Any], reducer: Callable[..., Any],
-                 m_options: CallOptions, r_options: CallOptions) -> None:
+                 m_options: CallOptions, r_options: CallOptions, label: str) -> None:
         self.executor = executor
         self.mapper, self.reducer = mapper, reducer
         self.m_options, self.r_options = m_options, r_options
@@ -173,17 +318,24 @@ class RunningJob:
         # Who runs it: `wrenpack clean --stale` removes the intermediates of a program killed before it could.
         record = owner_record(f"map_reduce {self.shuffle_id}", keys.shuffle_owner_id(self.shuffle_id))
         executor.store.put(keys.shuffle_owner_key(self.shuffle_id), json.dumps(record).encode())
-        self.launched: list[WrenFuture] = []
+        self.follow = _Follow([executor], label, self.shuffle_id)
         self._lock = threading.Lock()
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
         #: a shuffle's bytes, requests (objects written, sections read) and seconds per stage
         self.stats: dict[str, Any] = {}
 
     def _map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], options: CallOptions, label: str) -> list[WrenFuture]:
-        futures = self.executor.launch(fn, [(args, {}) for args in calls], options, label=label)
-        with self._lock:
-            self.launched.extend(futures)
+        if not calls:  # (a job of no calls would never end, and its executor never be idle again)
+            return []
+        self.follow.check()
+        made = [WrenFuture(label=f"{label}[{i}]" if len(calls) > 1 else label) for i in range(len(calls))]
+        futures = self.executor.launch(fn, [(args, {}) for args in calls], options, label=label, futures=made)
+        self.follow.add(futures)
         return futures
+
+    def _pickles(self, fn: Callable[..., Any], label: str) -> None:
+        """Raise now, before the mappers run, if a later phase's function cannot be sent."""
+        self.executor.prepare(fn, [], self.r_options, label)
 
     def _results(self, futures: list[WrenFuture]) -> list[Any]:
         """Results in order; on a failure, wait for the rest (their objects must land before cleanup), then raise."""
@@ -191,8 +343,8 @@ class RunningJob:
         return [f.result() for f in futures]
 
     def cleanup(self) -> None:
-        with self._lock:
-            launched = list(self.launched)
+        with self.follow.lock:
+            launched = list(self.follow.launched)
         cf.wait(launched)  # nothing may write after the delete
         if self.executor.config.keep_objects:
             return
@@ -207,18 +359,28 @@ class RunningJob:
 
     # -- the forms -----------------------------------------------------------------
     def shuffle(self, items: list[Any], partitions: int, partitioned: bool,
-                partition_fn: Callable[[Any, int], int] | None) -> Any:
+                partition_fn: Callable[[Any, int], int] | None) -> Callable[[], Any]:
+        """Launch the mappers (and, on a warm pool, the reducers with them); returns
+        what waits for them and runs the rest (``_shuffled``)."""
         task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
         m_label, r_label = f"{_name(self.mapper)} (map)", f"{_name(self.reducer)} (reduce)"
-        if self._together(len(items)):
+        together = self._together(len(items))
+        if together:
             both = shuffle.make_task(self.mapper, self.reducer, partitions, partition_fn, partitioned)
             maps, early = self._launch_together(both, items, partitions, m_label, r_label)
-            t0 = time.perf_counter()
+        else:
+            self._pickles(reducer, r_label)
+            maps = self._map(task, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options, m_label)
+        t0 = time.perf_counter()
+        return lambda: self._shuffled(maps, early if together else None, t0, reducer, partitions, partitioned, r_label)
+
+    def _shuffled(self, maps: list[WrenFuture], early: dict[int, WrenFuture] | None, t0: float,
+                  reducer: Callable[..., Any], partitions: int, partitioned: bool, r_label: str) -> Any:
+        """The rest of a shuffle, once its mappers (and, launched together, its reducers) are out."""
+        if early is not None:
             mapped = self._mapped(maps, aborting=True)
         else:
-            maps = self._map(task, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options, m_label)
-            t0 = time.perf_counter()
             mapped, early = self._map_phase(maps, reducer, partitions, r_label)
         t_map = time.perf_counter() - t0
 
@@ -229,7 +391,7 @@ class RunningJob:
         n_sections = sum(len(sections(p)) for p in range(partitions))
         nbytes = sum(w[2] - w[1] for out in mapped for w in out["where"] if w is not None)
         log.info("map_reduce %s: %d mappers wrote %.1f MB in %d objects (%d partition sections); %d reducers started "
-                 "early, launching %d", self.shuffle_id, len(items), nbytes / 1e6, len(objects), n_sections, len(early),
+                 "early, launching %d", self.shuffle_id, len(maps), nbytes / 1e6, len(objects), n_sections, len(early),
                  partitions - len(early))
         t0 = time.perf_counter()
         futures = dict(early)
@@ -257,6 +419,8 @@ class RunningJob:
         merged: dict[Any, Any] = {}
         for part in results:
             merged.update(part)
+        if len(merged) != sum(len(part) for part in results):
+            raise _split_key(results)
         return merged
 
     def _together(self, mappers: int) -> bool:
@@ -281,7 +445,6 @@ class RunningJob:
         (``shuffle.make_task``); returns their futures. Each reducer waits for the
         mappers' indexes as an early reducer does (up to a quarter of its timeout;
         after that the driver runs it again, ``shuffle``)."""
-        self.executor.check_open()
         budget = self._budget()
         waiting = list(range(len(items)))
         sid = self.shuffle_id
@@ -289,10 +452,10 @@ class RunningJob:
         calls += [("reduce", sid, p, [], self.secret, waiting, budget) for p in range(partitions)]
         labels = [f"{m_label}[{i}]" for i in range(len(items))] + [f"{r_label}[{p}]" for p in range(partitions)]
         futures = [WrenFuture(label=label) for label in labels]
+        self.follow.check()
         launched = self.executor.launch(both, [(args, {}) for args in calls], self.m_options,
                                         label=f"{m_label} and {r_label}", futures=futures)
-        with self._lock:
-            self.launched.extend(launched)
+        self.follow.add(launched)
         log.debug("map_reduce %s: %d mappers and %d reducers launched together (one job)", self.shuffle_id,
                   len(items), partitions)
         maps = launched[: len(items)]
@@ -306,7 +469,7 @@ class RunningJob:
         """The mappers' outputs; if one failed, the waiting reducers are told to stop
         (an abort object) before its exception is raised here."""
         cf.wait(maps, return_when=cf.FIRST_EXCEPTION)
-        if aborting and any(f.done() and f.exception() is not None for f in maps):
+        if aborting and any(f.done() and (f.cancelled() or f.exception() is not None) for f in maps):
             try:
                 shuffle.abort(self.executor.store, self.shuffle_id, self.secret)
             except Exception:  # noqa: BLE001 - the reducers then wait out their budget
@@ -333,12 +496,13 @@ class RunningJob:
         done: dict[int, Any] = {}
         early: dict[int, WrenFuture] = {}
         for fut in cf.as_completed(maps):
-            if fut.exception() is not None:
+            if fut.cancelled() or fut.exception() is not None:
                 self._mapped(maps, aborting=bool(early))  # waits for the other mappers, raises the first failure
             done[index[id(fut)]] = fut.result()
-            waiting = [i for i in range(len(maps)) if i not in done]
-            if not waiting or len(waiting) > stragglers:
+            left = len(maps) - len(done)
+            if not left or left > stragglers:  # (counted: listing them at every end was quadratic in the mappers)
                 continue
+            waiting = [i for i in range(len(maps)) if i not in done]
             free = slots - len(waiting) - sum(1 for f in early.values() if not f.done())
             while free > 0 and len(early) < min(partitions, max(stragglers, partitions // 10)):
                 p = len(early)
@@ -384,12 +548,23 @@ class RunningJob:
                          f"{_name(self.mapper)} (map)")
         return [((0, i), fut) for i, fut in enumerate(maps)]
 
-    def tree(self, items: list[Any], fan_in: int) -> Any:
-        return self._reduce_tree(self._leaves(items), fan_in, f"{_name(self.reducer)} (reduce)").result()
+    def tree(self, items: list[Any], fan_in: int) -> Callable[[], Any]:
+        """Launch the mappers; returns what runs the reduce levels."""
+        label = f"{_name(self.reducer)} (reduce)"
+        self._pickles(shuffle.make_node(self.reducer, self.shuffle_id), label)
+        leaves = self._leaves(items)
+        return lambda: self._reduce_tree(leaves, fan_in, label).result()
 
-    def per_object(self, items: list[Any], fan_in: int | None) -> dict[str, Any]:
+    def per_object(self, items: list[Any], fan_in: int | None) -> Callable[[], dict[str, Any]]:
+        """Launch the mappers; returns what runs each object's reduces."""
+        self._pickles(shuffle.make_node(self.reducer, self.shuffle_id), f"{_name(self.reducer)} (reduce)")
+        leaves = self._leaves(items)
+        return lambda: self._per_object(items, leaves, fan_in)
+
+    def _per_object(self, items: list[Any], leaves: list[tuple[tuple[int, int], WrenFuture | None]],
+                    fan_in: int | None) -> dict[str, Any]:
         by_object: dict[str, list[tuple[tuple[int, int], WrenFuture | None]]] = {}
-        for item, leaf in zip(items, self._leaves(items)):
+        for item, leaf in zip(items, leaves):
             by_object.setdefault(item.key, []).append(leaf)
         # Each object's reduces start as soon as its own chunks are done.
         with cf.ThreadPoolExecutor(min(32, len(by_object)), thread_name_prefix="wrenpack-reduce") as pool:
@@ -417,19 +592,29 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
 
     m_exec, m_fn, m_opts, m_state = parts(mapper)
     r_exec, r_fn, r_opts, r_state = parts(reducer)
-    map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
-    outer = WrenFuture("map_reduce", "reduce", f"map_reduce({getattr(r_fn, '__qualname__', 'reducer')})")
+    r_name = getattr(r_fn, "__qualname__", "reducer")
+    # The reducer launches once the mappers are done: what would keep it from
+    # launching then is raised now, before anything runs.
+    r_exec.check_open()
+    r_exec.prepare(r_fn, [], r_exec.options(), r_name)
+    follow = _Follow([m_exec, r_exec], f"map_reduce({r_name})", "reduce")
+    with follow.starting():
+        map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
+        follow.add(map_futures)
 
     def chain() -> None:
         try:
             results = [f.result() for f in map_futures]
-            inner = launch_calls(r_exec, r_fn, [((results,), {})], r_opts, None, r_state)[0]
+            follow.check()
+            inner = launch_calls(r_exec, r_fn, [((results,), {})], r_opts, None, r_state,
+                                 futures=[WrenFuture(label=r_name)])[0]
+            follow.add([inner])
             value = inner.result()
-            outer.status = inner.status
-            outer.set_result(value)
+            follow.outer.status = inner.status
         except BaseException as exc:  # noqa: BLE001 - propagated to the caller's future
-            outer.set_exception(exc)
+            follow.fail(exc)
+            return
+        follow.succeed(value)
 
-    outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
     threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True).start()
-    return outer
+    return follow.outer

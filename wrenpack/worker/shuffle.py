@@ -23,6 +23,8 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import ctypes
+import numbers
+import operator
 import os
 import pickle
 import struct
@@ -35,7 +37,8 @@ from typing import Any, Callable, Iterable, Sequence
 import cloudpickle
 
 from wrenpack import auth, keys
-from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, WrenpackError
+from wrenpack.errors import (ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError,
+                             WrenpackError)
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
 
@@ -91,8 +94,9 @@ _ZEROS = bytes(_ALIGN)
 _MAX_BUFFERS = 1 << 24
 
 
-def _frames(obj: Any) -> list[Any]:
-    """The object's pieces in the format above (buffers are the caller's memory, not copies)."""
+def _frames(obj: Any, what: str = "the value") -> list[Any]:
+    """The object's pieces in the format above (buffers are the caller's memory, not copies).
+    ``what`` names it in the ``SerializationError`` if it cannot be pickled."""
     magic = _FRAME
     if type(obj) in (bytes, bytearray):
         magic, header, raws = _RAW, type(obj).__name__.encode(), [memoryview(obj)]
@@ -102,7 +106,12 @@ def _frames(obj: Any) -> list[Any]:
             header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)  # the C pickler: records by the million
         except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle can
             buffers = []
-            header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            try:
+                header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            except Exception as exc:  # noqa: BLE001 - a lock, a socket, a generator: named, in one line
+                raise SerializationError(f"map_reduce: {what} (a {type(obj).__name__}) could not be pickled: "
+                                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                                         "return plain data instead") from None
         raws = [b.raw() for b in buffers]
     prefix = magic + struct.pack(f"<{2 + len(raws)}Q", len(raws), len(header), *(r.nbytes for r in raws))
     pieces: list[Any] = [prefix, header]
@@ -161,10 +170,10 @@ def _open(blob: Any, key: str, secret: bytes, section: int | None = None) -> Any
     return pickle.loads(header, buffers=[view[a:b] for a, b in spans])
 
 
-def put(store: Store, key: str, secret: bytes, obj: Any) -> int:
+def put(store: Store, key: str, secret: bytes, obj: Any, what: str = "the value") -> int:
     """Write ``obj`` sealed at ``key``; the MAC and the write go through it together,
     a piece at a time (keyed BLAKE3 when installed: ``auth``). Returns the size."""
-    chunks = auth.seal_stream(secret, identity(key), _frames(obj), fast=True)
+    chunks = auth.seal_stream(secret, identity(key), _frames(obj, what), fast=True)
     return store.put_chunks(key, chunks)
 
 
@@ -194,7 +203,8 @@ def put_sections(store: Store, shuffle_id: str, mapper: int, secret: bytes, part
                  target: int = COMBINE_BYTES) -> list[tuple[int, int, int] | None]:
     """Write a mapper's parts as sealed sections of ``plan_objects``' objects (written in
     parallel); returns, per partition, ``(object number, start, end)`` or None (empty)."""
-    framed = [None if _empty(part) else _frames(part) for part in parts]
+    framed = [None if _empty(part) else _frames(part, f"the mapper's output for partition {p}")
+              for p, part in enumerate(parts)]
     sizes = [0 if f is None else sum(memoryview(x).nbytes for x in f) + auth.TRAILER_BYTES * auth._enabled
              for f in framed]
     groups = plan_objects(sizes, target)
@@ -334,14 +344,48 @@ def _parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
 
 
 def default_partition(key: Any, partitions: int) -> int:
-    """A hash that is the same in every process (``hash()`` of a str is not)."""
-    if isinstance(key, int):
-        return key % partitions
-    if isinstance(key, str):
-        return zlib.crc32(key.encode()) % partitions
+    """A hash that is the same in every process (``hash()`` of a str is not), and the
+    same for keys that are equal, which a dict takes as one key (3, 3.0 and
+    np.int64(3); ('a', 1) and ('a', 1.0)): so they meet in one reducer."""
+    return _stable_hash(key) % partitions
+
+
+def _stable_hash(key: Any) -> int:
+    kind = type(key)
+    if kind is str:
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))  # (a lone surrogate, from surrogateescape, too)
+    if kind is int:
+        return key
     if isinstance(key, (bytes, bytearray)):
-        return zlib.crc32(key) % partitions
-    return zlib.crc32(repr(key).encode()) % partitions
+        return zlib.crc32(key)
+    if isinstance(key, str):
+        return zlib.crc32(str.encode(key, "utf-8", "surrogatepass"))
+    if isinstance(key, numbers.Number):
+        if isinstance(key, numbers.Integral):
+            return int(key)
+        try:
+            if key == int(key):  # type: ignore[call-overload]
+                return int(key)  # type: ignore[call-overload]
+        except (TypeError, ValueError, OverflowError):  # complex, inf, nan
+            pass
+        return hash(key)  # (numbers' hashes are the same in every process, and equal for equal numbers)
+    if isinstance(key, tuple):
+        return zlib.crc32(b"".join((_stable_hash(x) & _MASK).to_bytes(8, "little") for x in key), len(key))
+    if isinstance(key, frozenset):
+        return sum(_stable_hash(x) & _MASK for x in key) & _MASK
+    try:
+        hash(key)  # (here, in the mapper: its reducer groups values by key)
+    except TypeError:
+        raise _unhashable(key) from None
+    return zlib.crc32(repr(key).encode("utf-8", "backslashreplace"))
+
+
+_MASK = (1 << 64) - 1
+
+
+def _unhashable(key: Any) -> ConfigTypeError:
+    return ConfigTypeError(f"map_reduce: the mapper's key {key!r:.40} (a {type(key).__name__}) is not hashable, and "
+                           "each reducer groups values by key; make keys hashable: a tuple for a list, a frozenset for a set")
 
 
 def _empty(part: Any) -> bool:
@@ -355,16 +399,31 @@ _PAIRS = "the mapper must yield (key, value) pairs (or return a list of them)"
 _PAIRS_FIX = "make it return [(key, value), ...], or return one part per partition with partitioned=True"
 
 
-def _output(out: Any, must: str, fix: str) -> Iterable[Any]:
+def _output(out: Any, must: str, fix: str, dict_fix: str = "return list(d.items()) for a dict d of keys to values") -> Iterable[Any]:
     """A mapper's output, checked: output that cannot be iterated (None from a
     mapper that forgot to return, a number) is a ``ConfigTypeError`` saying what
     the mapper must return, not a bare "object is not iterable"; so is text (its
     characters) and a dict (its keys: a two-letter key would pass as a pair)."""
     if isinstance(out, dict):
-        fix = "return list(d.items()) for a dict d of keys to values"
+        fix = dict_fix
     if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__iter__"):
         raise ConfigTypeError(f"{must}, it returned {type(out).__name__} {out!r:.60}; {fix}")
     return out
+
+
+def _partition_number(p: Any, key: Any, partitions: int) -> int:
+    """What ``partition_fn`` returned, as a partition number: any integer (numpy's
+    too, as a list index takes it) in 0..R-1. A bool is refused as everywhere a
+    number is asked for (``k > pivot`` means two partitions only by accident)."""
+    try:
+        number = None if isinstance(p, bool) else operator.index(p)
+    except TypeError:
+        number = None
+    if number is None or not 0 <= number < partitions:
+        kind = "" if type(p) is int else f" (not a {type(p).__name__})"
+        raise ConfigError(f"partition_fn({key!r:.40}, {partitions}) returned {p!r:.40}, not 0..{partitions - 1}; make it "
+                          f"return a partition number, an int in that range{kind}")
+    return number
 
 
 def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
@@ -380,7 +439,8 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
         out = fn(item)
         if partitioned:
             parts = list(_output(out, f"with partitioned=True the mapper must return {partitions} parts (one per partition)",
-                                 "return a list of one part per partition"))
+                                 "return a list of one part per partition",
+                                 f"return [d[i] for i in range({partitions})] for a dict d of partitions to parts"))
             if len(parts) != partitions:
                 raise ConfigError(f"with partitioned=True the mapper must return {partitions} parts (one per "
                                   f"partition), it returned {len(parts)}")
@@ -392,9 +452,8 @@ def make_mapper(fn: Callable[[Any], Any], shuffle_id: str, partitions: int,
                 except (TypeError, ValueError):
                     raise ConfigTypeError(f"{_PAIRS}, it yielded {type(record).__name__} {record!r:.60}; {_PAIRS_FIX}") from None
                 p = where(k, partitions)
-                if not (isinstance(p, int) and 0 <= p < partitions):
-                    raise ConfigError(f"partition_fn({k!r:.40}, {partitions}) returned {p!r}, not 0..{partitions - 1}; "
-                                      "make it return a partition number")
+                if type(p) is not int or not 0 <= p < partitions:
+                    p = _partition_number(p, k, partitions)
                 parts[p].append((k, v))
         t1, c1 = time.perf_counter(), time.process_time()
         sections = put_sections(store, shuffle_id, index, secret, parts)
@@ -417,10 +476,25 @@ def _stages(*stages: tuple[str, float, float]) -> dict[str, float]:
 
 
 def _sorted_keys(groups: dict[Any, Any]) -> list[Any]:
+    """The keys sorted; keys that do not all compare (str and int, None) sorted within
+    their type: numbers first, then the other types by name (a type whose keys do not
+    compare among themselves keeps them in the order they were first seen)."""
     try:
         return sorted(groups)
-    except TypeError:  # keys of mixed types: first-seen order
-        return list(groups)
+    except TypeError:
+        pass
+    by_type: dict[str, list[Any]] = {}
+    for key in groups:
+        by_type.setdefault("" if isinstance(key, numbers.Real) else type(key).__qualname__, []).append(key)
+    out: list[Any] = []
+    for name in sorted(by_type):
+        same = by_type[name]
+        try:
+            same = sorted(same)
+        except TypeError:  # (sorted, not sort: a failed sort leaves a list half sorted)
+            pass
+        out += same
+    return out
 
 
 #: how often a reducer started early looks for the index of a mapper it waits for (seconds, growing);
@@ -494,7 +568,10 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
             groups: dict[Any, list[Any]] = {}
             for records in parts:
                 for k, v in records:
-                    groups.setdefault(k, []).append(v)
+                    try:
+                        groups.setdefault(k, []).append(v)
+                    except TypeError:
+                        raise _unhashable(k) from None
             del parts
             value = {k: fn(k, groups[k]) for k in _sorted_keys(groups)}
             del groups
@@ -535,7 +612,7 @@ def make_leaf(fn: Callable[[Any], Any], shuffle_id: str) -> Callable[..., None]:
     """A mapper whose value stays in the store for a reduce level to read."""
 
     def tree_map(item: Any, index: int, secret: bytes) -> None:
-        put(_store(), tree_key(shuffle_id, 0, index), secret, fn(item))
+        put(_store(), tree_key(shuffle_id, 0, index), secret, fn(item), "the mapper's value")
 
     return tree_map
 
@@ -549,7 +626,7 @@ def make_node(fn: Callable[[list[Any]], Any], shuffle_id: str) -> Callable[..., 
         value = fn(values)
         if last:
             return value
-        put(store, tree_key(shuffle_id, level, index), secret, value)
+        put(store, tree_key(shuffle_id, level, index), secret, value, "the reducer's value")
         return None
 
     return tree_reduce
