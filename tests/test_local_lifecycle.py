@@ -3,6 +3,7 @@ killed, nothing left behind, workers that never outlive their driver, and the
 call-lifecycle hooks (on_start, cancel, draining shutdown)."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
@@ -287,6 +288,33 @@ def test_workers_stop_when_the_driver_is_interrupted_or_killed(tmp_path, how):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_cgroups_left_by_processes_that_are_gone_are_removed_and_live_ones_kept(tmp_path):
+    """A driver killed together with its workers removes nothing: the next backend's start
+    removes the empty groups of wrenpack processes that are gone (before, they stayed), and
+    leaves those of a process that runs, or that hold a task."""
+    bases = [f.base for f in (CgroupFactory.detect(), PidsCgroupFactory.detect()) if f is not None]
+    if not bases:
+        pytest.skip("no cgroups this process may make (cgroup v1 memory or pids), so none can be left behind")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        made = []
+        for base in bases:
+            for name in (f"wrenpack-{dead}-w1", f"wrenpack-probe-{dead}", f"wrenpack-{runner.pid}-w1"):
+                os.mkdir(os.path.join(base, name))
+                made.append(os.path.join(base, name))
+        CgroupFactory.detect(), PidsCgroupFactory.detect()  # (what a local backend's start does)
+        left = [p for p in made if os.path.isdir(p)]
+        assert left == [os.path.join(b, f"wrenpack-{runner.pid}-w1") for b in bases]  # (its process runs)
+    finally:
+        runner.kill()
+        runner.wait()
+        for p in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(p)
 
 
 def _pid_of_call(_: int) -> int:

@@ -11,11 +11,15 @@ process of the user on the machine, not the worker's, and root ignores it.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
 import signal
+import threading
 import time
 
+from wrenpack import process_state
 from wrenpack.config import env_flag
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,9 @@ class Cgroup:
         return not self.pids()
 
     def remove(self) -> bool:
-        """Remove the (empty) cgroup; a few tries, as killed tasks leave it asynchronously."""
+        """Remove the (empty) cgroup; a few tries, as killed tasks leave it
+        asynchronously. One whose tasks take longer (a loaded machine) is tried
+        again at this process's exit (``_remove_later``)."""
         for attempt in range(20):
             try:
                 os.rmdir(self.path)
@@ -74,10 +80,72 @@ class Cgroup:
                 return True
             except OSError:
                 if attempt == 19:
-                    log.debug("could not remove cgroup %s", self.path)
+                    log.debug("could not remove cgroup %s yet; trying again at exit", self.path)
+                    _remove_later(self.path)
                     return False
                 time.sleep(0.005)
         return False
+
+
+#: cgroups whose removal failed while killed tasks were still leaving them
+_unremoved: set[str] = set()
+_unremoved_lock = threading.Lock()
+
+
+def _remove_later(path: str) -> None:
+    with _unremoved_lock:
+        if not _unremoved:
+            atexit.register(remove_unremoved, 2.0)
+        _unremoved.add(path)
+
+
+def remove_unremoved(wait_s: float = 0.0) -> None:
+    """Remove the cgroups ``Cgroup.remove`` could not, waiting up to ``wait_s``
+    for their last tasks to leave."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with _unremoved_lock:
+            left = list(_unremoved)
+        for path in left:
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            with _unremoved_lock:
+                _unremoved.discard(path)
+        if not _unremoved or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
+
+
+#: a worker's group (``wrenpack-<driver pid>-w<n>``) or a probe's (``wrenpack-probe-<pid>``)
+_OURS = re.compile(r"wrenpack-(?:probe-)?(\d+)(?:-w\d+)?")
+
+
+def remove_stale(base: str) -> int:
+    """Remove the empty groups under ``base`` that wrenpack made for a process that
+    is gone (a driver killed together with its workers, whose exit removed
+    nothing); how many. A group that still holds a task is left alone."""
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    me = os.getpid()
+    for name in names:
+        m = _OURS.fullmatch(name)
+        if m is None or int(m.group(1)) == me or process_state.runs(int(m.group(1))):
+            continue
+        try:
+            os.rmdir(os.path.join(base, name))
+            removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d cgroup(s) under %s left by wrenpack processes that are gone", removed, base)
+    return removed
 
 
 class MemoryCgroup(Cgroup):
@@ -169,6 +237,7 @@ class CgroupFactory:
         if base is None or not _probe(base, "memory.limit_in_bytes", str(256 * MiB)):
             log.debug("memory cgroups unavailable; sampling memory instead")
             return None
+        remove_stale(base)
         return cls(base)
 
     def create(self, name: str) -> MemoryCgroup | None:
@@ -204,6 +273,7 @@ class PidsCgroupFactory:
         if base is None or not _probe(base, "pids.max", str(MAX_TASKS)):
             log.debug("pids cgroups unavailable; sampling a call's processes and threads instead")
             return None
+        remove_stale(base)
         return cls(base)
 
     def create(self, name: str, limit: int = MAX_TASKS) -> PidsCgroup | None:
