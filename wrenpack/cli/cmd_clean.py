@@ -85,7 +85,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 kept[j] = why
             elif state == "retained":
                 retained[j] = why
-        skipped = sorted(kept) + sorted(retained)
         shuffles = []
         for sid in store.list_folders(keys.SHUFFLE):
             state, why = shuffle_state(store, sid, key)
