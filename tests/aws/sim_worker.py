@@ -45,6 +45,8 @@ class WrenpackFunction(SimFunction):
         self.watch_cancel = watch_cancel
         #: a call whose write the simulated S3 refused (SlowDown) after the worker's retries
         self.lost_writes = 0
+        #: start marks written: a queued Event call that starts after ``mark_start_after`` writes one
+        self.start_marks = 0
 
     def duration(self, event: dict[str, Any]) -> float:
         return self._duration(event) if callable(self._duration) else float(self._duration)
@@ -75,6 +77,7 @@ class WrenpackFunction(SimFunction):
         if after is not None and ctx.start > float(after):
             secret = auth.decode_secret(event["secret"])
             mark = start_mark.seal_start(secret, event["job_id"], event["call_id"], ctx.start, event.get("attempt", 0))
+            self.start_marks += 1
             self._put(ctx, event, keys.start_key(event["job_id"], event["call_id"]), mark)
 
     def finish(self, event: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
