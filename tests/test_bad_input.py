@@ -503,12 +503,3 @@ def test_map_reduce_items_that_are_not_iterable_is_one_line(executor, kw, items,
         wrenpack.map_reduce(square, items, sum, executor=executor, **kw)
     assert isinstance(info.value, ConfigError)
     _one_line(info.value)
-
-
-@pytest.mark.parametrize("kw", [{"partitions": 2}, {"fan_in": 2}, {"per_object": True}], ids=["shuffle", "tree", "per_object"])
-def test_map_reduce_of_no_items_names_the_fix(executor, kw):
-    """An empty list (or an empty wrenpack.objects() listing) is refused before launch in one
-    line that says what to do, not only "no items to map"."""
-    with pytest.raises(ConfigError, match=r"no items to map; pass at least one") as info:
-        wrenpack.map_reduce(square, [], sum, executor=executor, **kw)
-    _one_line(info.value)

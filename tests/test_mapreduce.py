@@ -92,6 +92,34 @@ def test_tree_reduce_keeps_order_and_cleans_up(executor):
     assert _left(executor) == []
 
 
+def test_no_items_give_each_forms_result_for_no_data(executor):
+    """An empty input is no data, not an error: every form gives what it gives for no
+    data, as the plain form (one ``reducer([])`` call) always did. The tree form
+    used to loop for ever on its driver thread (no level ever had one value left),
+    the per-object form raised a ThreadPoolExecutor error, and the shuffle forms were refused."""
+    def pairs(x):
+        return [(x, 1)]
+
+    def parts(x):
+        return [b"", b""]
+
+    def seen(values):
+        return ("reduced", values)
+
+    def by_part(i, got):
+        return (i, got)
+
+    for items in ([], iter(())):
+        assert wrenpack.map_reduce(pairs, items, seen, executor=executor).result(timeout=60) == ("reduced", [])
+        assert wrenpack.map_reduce(pairs, items, seen, fan_in=2, executor=executor).result(timeout=60) == ("reduced", [])
+        assert wrenpack.map_reduce(pairs, items, count, partitions=3, executor=executor).result(timeout=60) == {}
+        assert wrenpack.map_reduce(parts, items, by_part, partitions=2, partitioned=True,
+                                   executor=executor).result(timeout=60) == [(0, []), (1, [])]
+        assert wrenpack.map_reduce(pairs, items, seen, per_object=True, executor=executor).result(timeout=60) == {}
+        assert wrenpack.map_reduce(pairs, items, seen, per_object=True, fan_in=2, executor=executor).result(timeout=60) == {}
+    assert _left(executor) == []
+
+
 def test_a_failing_mapper_fails_the_job_and_leaves_nothing(executor):
     def sometimes(n):
         if n == 3:

@@ -78,6 +78,10 @@ def map_reduce(
       ``reducer(i, parts)`` with partition i's non-empty parts in mapper order; the
       future gives the R reducers' results in a list.
 
+    No items are no data, not an error: the plain and ``fan_in`` forms call
+    ``reducer([])``, ``partitions=R`` gives ``{}`` (with ``partitioned=True``, the R
+    results of ``reducer(i, [])``), ``per_object`` gives ``{}``.
+
     Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
@@ -126,9 +130,6 @@ def map_reduce(
     m_options = _options(executor, {**m_opts, **options})
     r_options = _options(executor, {**r_opts, **options})
     label = f"map_reduce({_name(m_fn)}, {_name(r_fn)})"
-    if not items:
-        raise ConfigError(f"{label}: no items to map; pass at least one (an empty wrenpack.objects() listing: its "
-                          "prefix holds no objects), or skip the map_reduce when there is nothing to reduce")
     executor.check_open()
     job = RunningJob(executor, m_fn, r_fn, m_options, r_options, label)
     # The first phase launches here: what cannot be launched (an executor shut
@@ -523,8 +524,9 @@ class RunningJob:
         level_items = leaves
         level = 1
         while True:
-            width = len(level_items) if fan_in is None else fan_in
-            groups = [level_items[i : i + width] for i in range(0, len(level_items), width)]
+            width = max(1, len(level_items) if fan_in is None else fan_in)
+            # (no items at all: one reduce of no values, ``reducer([])``, as the plain form calls it)
+            groups = [level_items[i : i + width] for i in range(0, len(level_items), width)] or [[]]
             last = len(groups) == 1
             out: list[tuple[tuple[int, int], WrenFuture | None]] = []
             for group in groups:
@@ -566,6 +568,8 @@ class RunningJob:
         by_object: dict[str, list[tuple[tuple[int, int], WrenFuture | None]]] = {}
         for item, leaf in zip(items, leaves):
             by_object.setdefault(item.key, []).append(leaf)
+        if not by_object:
+            return {}  # (an empty listing: no object, no reduce)
         # Each object's reduces start as soon as its own chunks are done.
         with cf.ThreadPoolExecutor(min(32, len(by_object)), thread_name_prefix="wrenpack-reduce") as pool:
             finals = {key: pool.submit(self._reduce_tree, leaves, fan_in, f"{_name(self.reducer)} (reduce {key})")
