@@ -86,8 +86,12 @@ def main() -> None:
     print(f"  segments        {segments}")
     saves = [s["save_s"] for s in stats if s.get("saves")]
     sizes = [s["state_bytes"] for s in stats if s.get("saves")]
-    print(f"  save time median {statistics.median(saves) * 1000:.2f} ms (max {max(saves) * 1000:.2f} ms) over {len(saves)} saves, "
-          f"state {statistics.median(sizes) / 1024:.1f} KB")
+    if saves:
+        print(f"  save time median {statistics.median(saves) * 1000:.2f} ms (max {max(saves) * 1000:.2f} ms) over {len(saves)} saves, "
+              f"state {statistics.median(sizes) / 1024:.1f} KB")
+    else:  # (a run shorter than its timeout's checkpoint point: nothing to time)
+        print(f"  no checkpoint was saved: each call ended before its first save; give --steps x --step-ms "
+              f"well over --timeout {args.timeout:g} s to measure them")
     print(f"overhead ratio checkpointed/uninterrupted (medians): {ratio:.3f}x  (target <= 1.05x); per round: "
           f"{_fair.spread([b / a for a, b in zip(whole, split)], 'x')}")
 
