@@ -184,3 +184,26 @@ def test_list_folders_reads_one_level(store):
     store.client.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda params, **kw: calls.append(dict(params)))
     store.list_folders("jobs/")
     assert len(calls) == 1 and calls[0].get("Delimiter") == "/"
+
+
+def test_delete_prefix_aborts_the_uploads_left_unfinished_under_it(store, s3_server):
+    """A writer stopped between its first part and its completion (a call killed at its
+    timeout while it wrote a large result) leaves an upload that no object listing shows
+    and S3 keeps, and bills, until it is aborted: deleting the prefix (a job's cleanup)
+    used to leave it. Uploads under other prefixes are not touched."""
+    client, bucket = store.client, store.bucket
+    mine = client.create_multipart_upload(Bucket=bucket, Key=store._key("jobs/j1/result/00001"))["UploadId"]
+    client.upload_part(Bucket=bucket, Key=store._key("jobs/j1/result/00001"), UploadId=mine, PartNumber=1, Body=b"x" * 1024)
+    other_key = store._key("jobs/j2/result/00001")
+    other = client.create_multipart_upload(Bucket=bucket, Key=other_key)["UploadId"]
+    store.put("jobs/j1/func.pkl", b"f")
+
+    def unfinished() -> set[str]:
+        got = client.list_multipart_uploads(Bucket=bucket, Prefix=store.prefix + "/")
+        return {u["UploadId"] for u in got.get("Uploads") or ()}
+
+    if mine not in unfinished():
+        pytest.skip(f"{s3_server.name} does not list unfinished multipart uploads")
+    assert store.delete_prefix("jobs/j1/") == 1
+    assert unfinished() == {other}
+    client.abort_multipart_upload(Bucket=bucket, Key=other_key, UploadId=other)

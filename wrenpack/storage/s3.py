@@ -436,7 +436,33 @@ class S3Store(Store):
         self._delete_keys(known, prefix)
         rest = self.list(prefix)
         self._delete_keys(rest, prefix)
+        self._abort_unfinished_uploads(prefix)
         return len(set(known) | set(rest))
+
+    def _abort_unfinished_uploads(self, prefix: str) -> int:
+        """Abort the multipart uploads left unfinished under ``prefix``: a writer stopped
+        between its first part and its completion (a call killed at its timeout while
+        it wrote a large result) leaves parts that no listing of objects shows and
+        that S3 keeps, and bills, until the upload is aborted. Whatever is under a
+        prefix being deleted is no longer wanted, unfinished or not; an upload still
+        going on fails its writer, as its object would have been deleted anyway. Best
+        effort: a store that cannot list them (a policy without
+        s3:ListBucketMultipartUploads, an S3-compatible server without the call)
+        leaves them to a lifecycle rule. How many were aborted."""
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix  # (as ``iter_list`` lists it)
+        aborted = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages:
+                for upload in page.get("Uploads") or ():
+                    with contextlib.suppress(Exception):  # (gone meanwhile: completed or aborted by its writer)
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                        aborted += 1
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; the objects themselves are gone
+            log.debug("could not list unfinished uploads under %s: %s", full, exc)
+        if aborted:
+            log.info("aborted %d unfinished multipart upload(s) under %s", aborted, full)
+        return aborted
 
     def _delete_keys(self, keys: list[str], prefix: str) -> None:
         """DeleteObjects, a batch at a time (a key already gone counts as deleted)."""
