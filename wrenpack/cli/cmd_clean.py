@@ -62,13 +62,16 @@ def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tupl
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
-    from wrenpack.job.client import job_ids
+    from wrenpack.job.client import check_job_id, job_ids
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
                                    ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
     if sum((bool(args.job_ids), args.all, args.stale)) != 1:
         raise ConfigError("name the jobs to remove (wrenpack clean JOB_ID ...), or pass --all or --stale (one of them)")
+    # A named job is one id (a trailing slash allowed): a path ("JOB/result", "..") would remove
+    # part of a job, or of another, without the checks below seeing it.
+    given = [check_job_id(j.rstrip("/") or j, "wrenpack clean") for j in args.job_ids]
     store = store_for_config(current(**overrides))
     key = user_key(create=False)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
@@ -94,7 +97,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 kept[f"map_reduce {sid}"] = why
         skipped = sorted(kept) + sorted(retained)
     else:
-        named = job_ids(store) if args.all else [j.strip("/") for j in args.job_ids]
+        named = job_ids(store) if args.all else given
         shuffles = store.list_folders(keys.SHUFFLE) if args.all else []
         if not args.all:
             unknown = [j for j in named if not j or not store.list(keys.job_prefix(j))]

@@ -74,9 +74,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from wrenpack.job.client import open_job
+    from wrenpack.job.client import check_job_id, open_job
 
-    return open_job(_store(args), args.job_id)
+    # (a trailing slash: a folder name the shell completed; anything else that is not an id is
+    # refused before the store is opened)
+    job_id = check_job_id(args.job_id.rstrip("/") or args.job_id, f"wrenpack jobs {args.action}")
+    return open_job(_store(args), job_id)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -121,11 +124,11 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="the store (default: the storage setting)")
-    p.add_argument("--region")
-    p.add_argument("--profile")
-    p.add_argument("--s3-endpoint-url")
+def _common(p: argparse.ArgumentParser, default: Any = None) -> None:
+    p.add_argument("--storage", default=default, help="the store (default: the storage setting)")
+    p.add_argument("--region", default=default)
+    p.add_argument("--profile", default=default)
+    p.add_argument("--s3-endpoint-url", default=default)
 
 
 def register(subparsers: Any, name: str) -> None:
@@ -136,15 +139,18 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document")
     _common(p)
     p.set_defaults(func=cmd_jobs, action=None)
+    # The actions' options default to nothing (SUPPRESS), so one given before the action
+    # (`wrenpack jobs --storage S cancel ID`) is not reset by the action's parser.
+    quiet = argparse.SUPPRESS
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     show = sub.add_parser("show", help="one job: record, counts, cost and every call's status",
                           description="Show one spawned job: its record, counts, cost and every call's status.")
     show.add_argument("job_id", metavar="ID")
-    show.add_argument("--json", action="store_true", help="one JSON document")
+    show.add_argument("--json", action="store_true", default=quiet, help="one JSON document")
     add_plot_arguments(show)
-    _common(show)
+    _common(show, quiet)
     cancel = sub.add_parser("cancel", help="cancel a spawned job (queued calls never start)",
                             description="Cancel a spawned job: its queued calls never start, running ones are "
                                         "stopped, and its futures fail with CancelledError.")
     cancel.add_argument("job_id", metavar="ID")
-    _common(cancel)
+    _common(cancel, quiet)

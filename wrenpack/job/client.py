@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -52,6 +53,21 @@ IN_FLIGHT_GRACE_S = 660.0
 WATCH_FAILURES = 8
 #: how long a spawned job's supervisor may take to write its owner record (s)
 START_GRACE_S = 300.0
+
+
+#: what a job id is: one path segment of letters, digits, '.', '_' and '-' (``new_job_id`` makes
+#: '20261205-143416-73377e87'). Anything else would name other objects of the store ("JOB/result",
+#: ".."), or a file name the store cannot have, so it is refused before the store is read.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_job_id(job_id: Any, where: str = "attach()") -> str:
+    """``job_id`` if it is a job id; ``ConfigError`` (one line, naming the fix) otherwise."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        shown = repr(job_id) if len(repr(job_id)) <= 60 else repr(job_id)[:57] + "..."
+        raise ConfigError(f"{where}: {shown} is not a job id; give one such as 20261205-143416-73377e87 "
+                          "(job.id, or one `wrenpack jobs` lists)")
+    return job_id
 
 
 class JobNotFound(WrenpackError):
@@ -103,14 +119,14 @@ def attach(job_id: str, storage: str | None = None) -> "Job":
     from wrenpack.config import current
     from wrenpack.storage import store_for_config
 
-    if not isinstance(job_id, str) or not job_id or "/" in job_id:
-        raise ConfigError(f"attach() needs a job id such as job.id or one `wrenpack jobs` lists, not {job_id!r}")
+    check_job_id(job_id)
     store = store_for_config(current(storage=storage) if storage else current())
     return open_job(store, job_id)
 
 
 def open_job(store: Store, job_id: str) -> "Job":
     """``attach`` on a store already open."""
+    check_job_id(job_id)
     key = user_key(create=False)
     record = read_record(store, job_id, key)
     assert key is not None  # (read_record verified the record with it)
