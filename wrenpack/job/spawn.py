@@ -21,6 +21,7 @@ is gone; locally it owns the worker processes.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -51,6 +52,8 @@ log = logging.getLogger("wrenpack.job")
 
 #: how long the supervisor may take to start and take the calls (s)
 START_TIMEOUT_S = 120.0
+#: how long a supervisor killed before it started is waited for (s)
+STOP_WAIT_S = 10.0
 _BOOT = "import sys;from wrenpack.job.supervisor import main;sys.exit(main())"
 _AUTO = ("memory", "timeout", "ephemeral_storage")
 
@@ -150,13 +153,13 @@ def _start_supervisor(job_id: str, label: str, spec: bytes) -> None:
     # Reaped by a thread while this process lives (no zombie); by init once it is gone.
     threading.Thread(target=proc.wait, name=f"wrenpack-reap-{job_id}", daemon=True).start()
     assert proc.stdin is not None and proc.stdout is not None
+    reply = b""
     try:
         try:
             proc.stdin.write(spec)
             proc.stdin.close()
         except BrokenPipeError:
             pass  # it ended early: its log says why (below)
-        reply = b""
         end = time.monotonic() + START_TIMEOUT_S
         fd = proc.stdout.fileno()
         while b"\n" not in reply and time.monotonic() < end:
@@ -167,13 +170,30 @@ def _start_supervisor(job_id: str, label: str, spec: bytes) -> None:
             if not chunk:
                 break
             reply += chunk
+    except BaseException:
+        # Interrupted (^C) before the supervisor answered: it ends here, before the caller
+        # removes the job's objects, so it can neither run the calls of a job nobody has the id
+        # of nor write its owner record after that removal; its log (nobody was told of it) goes too.
+        _stop(proc)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     finally:
         proc.stdout.close()
     if reply.strip() != b"ok":
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)  # (one that timed out, or said something else)
         raise WrenpackError(f"the supervisor of job {job_id} ({label}) did not start: {_last_line(path)}; "
                             f"its log is {path}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a supervisor that did not start, and wait (a little) until it is gone."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("the supervisor (pid %d) did not end within %.0f s of being killed", proc.pid, STOP_WAIT_S)
 
 
 def _last_line(path: str) -> str:

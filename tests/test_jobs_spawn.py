@@ -1,0 +1,99 @@
+"""``spawn_map`` cut short: a driver interrupted (^C) or killed while it hands a job to
+its supervisor. It never returned the job, so nobody has its id: nothing of the job may
+run on, or stay in the store.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import pytest
+
+import wrenpack
+from tests.processes import alive
+from tests.test_jobs import ROOT, _store
+from wrenpack import keys
+from wrenpack.executor import Executor
+from wrenpack.job import spawn
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A store and an owner key of this test's own, in the environment (as in test_jobs)."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WRENPACK_STORAGE", str(tmp_path / "store"))
+    return tmp_path
+
+
+def _square(x):
+    return x * x
+
+
+def _wait_gone(pid: int, within: float = 30.0) -> None:
+    end = time.monotonic() + within
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not alive(pid), f"the supervisor (pid {pid}) outlived a spawn_map that never returned"
+
+
+def test_a_spawn_map_interrupted_before_its_supervisor_answered_leaves_nothing(home, monkeypatch):
+    """^C while spawn_map waited for the supervisor's "ok": the job's objects were removed,
+    and then the supervisor, left running, wrote its owner record (an "orphaned" job)."""
+    started: list[subprocess.Popen] = []
+
+    class Popen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spawn, "subprocess", types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE,
+                                                                   TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.setattr(spawn, "select", types.SimpleNamespace(select=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        wrenpack.remote(_square, executor=Executor(backend="local")).spawn_map([1, 2])
+    (proc,) = started
+    _wait_gone(proc.pid)
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []  # (its log: nobody was told of the job)
+
+
+DYING_DRIVER = """
+import os, signal, subprocess, types, wrenpack
+from wrenpack.job import spawn
+
+class Popen(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        print(self.pid, flush=True)
+
+def killed(*_args, **_kwargs):  # the spec is written; the supervisor's answer is never read
+    os.kill(os.getpid(), signal.SIGKILL)
+
+spawn.subprocess = types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE)
+spawn.select = types.SimpleNamespace(select=killed)
+
+def square(x):
+    return x * x
+
+wrenpack.remote(square).spawn_map(range(3))
+"""
+
+
+def test_a_driver_killed_inside_spawn_map_leaves_no_job_behind(home):
+    """SIGKILL between handing the job over and reading the supervisor's "ok": the job's
+    record and owner record stayed, listed as a lost job for its whole retention (7 days)."""
+    script = home / "driver.py"
+    script.write_text(textwrap.dedent(DYING_DRIVER))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
+    assert out.returncode == -9, out.stderr
+    _wait_gone(int(out.stdout.split()[0]))
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []
