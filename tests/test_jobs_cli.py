@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import time
 
+import cloudpickle
 import pytest
 
-from tests.test_jobs import _cli, _finish, _plant, _store
+from tests.test_jobs import _cli, _finish, _plant, _record, _store
 from wrenpack import keys
 from wrenpack.errors import ConfigError
 from wrenpack.executor.owner import owner_record, user_key
-from wrenpack.job import attach
+from wrenpack.job import Job, attach
+from wrenpack.job.client import open_job
+from wrenpack.wire import job_record, owner as owner_wire, result as result_format, status as status_record
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -77,3 +80,66 @@ def test_options_given_before_the_action_are_not_dropped(home, tmp_path):
     # given after the action, as before
     out = _cli("jobs", "show", JOB, "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["id"] == JOB
+
+
+def _plant_with(store, job_id: str, **settings) -> Job:
+    record = _record(job_id)
+    record["settings"] = dict(record["settings"], **settings)
+    store.put(keys.job_record_key(job_id), job_record.seal_job(user_key(), job_id, record))
+    return open_job(store, job_id)
+
+
+def _supervised(job: Job, alive: bool = True, outlive: bool = False) -> None:
+    """Its supervisor: this process (alive), or one that is gone; and a progress record saying it runs."""
+    record = owner_record("f", None)
+    if not alive:
+        record["start"] = "0"  # (this pid, another process: the one that had it is gone)
+    job.store.put(keys.owner_key(job.id), json.dumps(owner_wire.seal(user_key(), job.id, record)).encode())
+    progress = {"state": "running", "done": 0, "failed": 0, "running": 1, "queued": job.calls - 1, "cancelled": 0,
+                "invocations": 1, "billed_ms": 0, "updated": time.time(), "ended": None, "outlive": outlive,
+                "in_flight": ["00000"] if outlive else []}
+    job.store.put(keys.progress_key(job.id), job_record.seal_progress(job._secret, job.id, progress))
+
+
+def test_clean_of_a_running_spawned_job_says_to_cancel_it_not_to_force(home):
+    """It said "pass --force", and --force then said "cancel them first"."""
+    store = _store()
+    job = _plant(store, JOB, user_key())
+    _supervised(job)
+    for args in (("clean", JOB), ("clean", "--all")):
+        out = _cli(*args)
+        assert out.returncode == 1 and "wrenpack jobs cancel" in out.stderr and "--force" not in out.stderr, out
+        assert store.exists(keys.job_record_key(JOB))
+
+
+def test_cancel_says_what_happens_to_the_running_calls_and_refuses_a_lost_job(home):
+    store = _store()
+    kept = _plant_with(store, JOB, cancellable=False)
+    _supervised(kept)
+    out = _cli("jobs", "cancel", JOB)
+    # it said "running ones are stopped", which a cancellable=False job's are not
+    assert out.returncode == 0 and "run to their end" in out.stdout and "stopped" not in out.stdout, out
+    out = _cli("jobs", "cancel", JOB)
+    assert out.returncode == 0 and "already cancelled" in out.stdout, out
+    # a lost job (its supervisor gone, and its local calls with it) has nothing left to cancel
+    lost = _plant(store, "20260101-000000-0000dead", user_key())
+    _supervised(lost, alive=False)
+    assert lost.status()["state"] == "lost" and not lost.cancel() and not lost.cancelled()
+    out = _cli("jobs", "cancel", lost.id)
+    assert out.returncode == 1 and "already ended (lost)" in out.stderr and out.stderr.count("\n") == 1, out
+    # ... but one whose calls outlive it (Lambda) may still have calls running: the marker stops them
+    sent = _plant(store, "20260101-000000-0000beef", user_key())
+    _supervised(sent, alive=False, outlive=True)
+    assert sent.cancel() and sent.cancelled()
+
+
+def test_jobs_show_says_how_a_failed_call_ended(home):
+    store = _store()
+    job = _plant(store, JOB, user_key(), calls=1)
+    now = time.time()
+    status = status_record.record(JOB, "00000", 0, 0, "timeout", now - 3, now, 20.0, None, "h", 1, "3.12", None)
+    store.put(keys.result_key(JOB, "00000"),
+              result_format.seal_result(job._secret, JOB, "00000", status, cloudpickle.dumps(None)))
+    _finish(job, "failed")
+    out = _cli("jobs", "show", JOB)
+    assert out.returncode == 0 and "00000  failed" in out.stdout and "(timeout)" in out.stdout, out

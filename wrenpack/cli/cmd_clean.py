@@ -106,8 +106,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 raise ConfigError(f"no job {shown} in the store {store.url}; nothing was removed: check the id "
                                   "(a future's .job_id) and --storage, or remove orphaned jobs with --stale")
         live = [j for j in named if job_state(store, j, key)[0] == "live"]
-        if live and args.force:
-            # A spawned job's supervisor would go on writing its results: --force never removes it while it runs.
+        if live:
+            # A spawned job's supervisor would go on writing its results: --force never removes it while
+            # it runs, so the way out is to cancel it (not --force, which the message below names).
             from wrenpack.job.client import removal_state
 
             spawned_live = [j for j in live if (removal_state(store, j, key) or ("",))[0] == "live"]

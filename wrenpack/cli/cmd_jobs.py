@@ -110,17 +110,22 @@ def _show(args: argparse.Namespace) -> int:
         extra = ""
         if rec.get("duration_s") is not None:
             extra = f" {rec['duration_s']:.3f} s, peak {rec.get('peak_rss_mb')} MB, attempts {rec.get('attempts')}"
-        if rec.get("error"):
-            extra += f" ({rec['error']})"
+        why = rec.get("error") or (rec.get("exit") if rec.get("exit") not in (None, "ok") else None)
+        if why:  # (what the worker's status record says: an error's type, or how the call ended)
+            extra += f" ({why})"
         print(f"  {rec['call_id']}  {rec['state']}{extra}")
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
     job = _open(args)
+    again = job.cancelled()
     if not job.cancel():
         raise WrenpackError(f"job {job.id} has already ended ({job.status()['state']}); nothing to cancel")
-    print(f"cancelled job {job.id}: queued calls will not start, running ones are stopped")
+    running = "running ones are stopped" if job.stops_running else \
+        "running ones run to their end (it was spawned with cancellable=False)"
+    said = f"job {job.id} was already cancelled" if again else f"cancelled job {job.id}"
+    print(f"{said}: queued calls will not start, {running}; `wrenpack jobs show {job.id}` follows it")
     return 0
 
 

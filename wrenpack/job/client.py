@@ -370,8 +370,14 @@ class Job:
         """Cancel the job: its queued calls never start, running ones are stopped
         where the backend can stop them (unless it was spawned with
         ``cancellable=False``: they run to their end and keep their results), and
-        futures not done fail with ``CancelledError``. False if the job had already ended."""
-        if (self.progress() or {}).get("state") in job_record.FINAL_STATES:
+        futures not done fail with ``CancelledError``. False if the job had already ended
+        (its calls all ended, or its supervisor is gone and its calls with it: "lost")."""
+        progress = self.progress() or {}
+        if progress.get("state") in job_record.FINAL_STATES:
+            return False
+        if not progress.get("outlive") and self.supervisor()[0] is False:
+            # (a lost job whose calls could not outlive its supervisor: nothing runs to cancel. On
+            # Lambda the calls it had sent may still run, and the marker stops them.)
             return False
         marker = {"at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
         self.store.put(keys.cancel_key(self.id), job_record.seal_cancel(self._secret, self.id, marker))
