@@ -143,3 +143,23 @@ def test_jobs_show_says_how_a_failed_call_ended(home):
     _finish(job, "failed")
     out = _cli("jobs", "show", JOB)
     assert out.returncode == 0 and "00000  failed" in out.stdout and "(timeout)" in out.stdout, out
+
+
+def test_one_unreadable_job_does_not_hide_the_others(home):
+    """An object of one job that cannot be read (here: a directory where its progress record
+    should be) made `wrenpack jobs` and `wrenpack clean --stale` fail as a whole."""
+    store = _store()
+    good = _plant(store, JOB, user_key())
+    _finish(good)
+    broken = _plant(store, "20260101-000000-0000dead", user_key())
+    (home / "store" / keys.progress_key(broken.id)).mkdir()
+    out = _cli("jobs", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["id"]: r for r in json.loads(out.stdout)["jobs"]}
+    assert rows[JOB]["state"] == "done"
+    assert rows[broken.id]["state"] == "unreadable" and "progress.json" in rows[broken.id]["why"]
+    out = _cli("jobs")
+    assert out.returncode == 0 and "unreadable" in out.stdout, out.stderr
+    out = _cli("clean", "--stale", "--json")
+    assert out.returncode == 0, out.stderr
+    assert broken.id in json.loads(out.stdout)["skipped"] and store.exists(keys.job_record_key(broken.id))

@@ -39,7 +39,10 @@ def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, s
     verify or its supervisor ran on another host and has not finished."""
     from wrenpack.job.client import removal_state
 
-    spawned = removal_state(store, job_id, key)
+    try:
+        spawned = removal_state(store, job_id, key)
+    except StoreError as exc:  # (one job's unreadable object: that job is in doubt, not the whole clean)
+        return "unknown", f"it cannot be read ({exc})"
     if spawned is not None:
         state, why = spawned
         return ("stale" if state == "expired" else state), why

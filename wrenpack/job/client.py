@@ -531,7 +531,17 @@ def job_ids(store: Store) -> list[str]:
 def describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
     """One row of ``wrenpack jobs``: a spawned job's status and owner; a job
     launched with ``.map()`` (no job record) as its owner record says; a job
-    whose record does not verify as ``"untrusted"`` (nothing else of it read)."""
+    whose record does not verify as ``"untrusted"`` (nothing else of it read);
+    one an object of which cannot be read as ``"unreadable"`` (one broken job
+    does not hide the others)."""
+    try:
+        return _describe(store, job_id, key)
+    except StoreError as exc:
+        log.debug("describing job %s failed", job_id, exc_info=True)
+        return {"id": job_id, "spawned": None, "state": "unreadable", "why": str(exc)}
+
+
+def _describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
     try:
         job = Job(store, job_id, read_record(store, job_id, key), job_record.derive_secret(key, job_id) if key else b"")
     except NotSpawned:
