@@ -163,3 +163,19 @@ def test_one_unreadable_job_does_not_hide_the_others(home):
     out = _cli("clean", "--stale", "--json")
     assert out.returncode == 0, out.stderr
     assert broken.id in json.loads(out.stdout)["skipped"] and store.exists(keys.job_record_key(broken.id))
+
+
+def test_a_store_path_that_does_not_exist_is_not_created_by_jobs_or_clean(home, tmp_path):
+    """`wrenpack jobs --storage TYPO` made the directory TYPO (and its parents) and said "no jobs"."""
+    typo = tmp_path / "no" / "such" / "store"
+    out = _cli("jobs", "--storage", str(typo))
+    assert out.returncode == 0 and "no store there" in out.stdout, out
+    out = _cli("jobs", "--json", "--storage", str(typo))
+    assert out.returncode == 0 and json.loads(out.stdout) == {"store": f"file://{typo}", "jobs": []}
+    for args in (("jobs", "show", JOB), ("jobs", "cancel", JOB), ("clean", JOB)):
+        out = _cli(*args, "--storage", str(typo))
+        assert out.returncode == 1 and "there is no store at" in out.stderr and out.stderr.count("\n") == 1, out
+    for args in (("clean", "--stale"), ("clean", "--all")):
+        out = _cli(*args, "--json", "--storage", str(typo))
+        assert out.returncode == 0 and json.loads(out.stdout)["removed"] == 0, out
+    assert not (tmp_path / "no").exists()

@@ -65,7 +65,7 @@ def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tupl
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
-    from wrenpack.job.client import check_job_id, job_ids
+    from wrenpack.job.client import check_job_id, job_ids, missing_local_store
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
@@ -75,7 +75,19 @@ def cmd_clean(args: argparse.Namespace) -> int:
     # A named job is one id (a trailing slash allowed): a path ("JOB/result", "..") would remove
     # part of a job, or of another, without the checks below seeing it.
     given = [check_job_id(j.rstrip("/") or j, "wrenpack clean") for j in args.job_ids]
-    store = store_for_config(current(**overrides))
+    config = current(**overrides)
+    missing = missing_local_store(config)
+    if missing is not None:  # (not created: a mistyped --storage must not leave a directory)
+        if given:
+            raise ConfigError(f"no job {given[0]!r}: there is no store at {missing}; nothing was removed: check "
+                              "--storage (or the storage setting)")
+        if args.json:
+            print(json.dumps({"store": missing, "removed": 0, "prefixes": {}, "jobs": 0, "map_reduces": 0,
+                              "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
+        else:
+            print(f"removed 0 object(s) of 0 job(s) from {missing} (there is no store there: check --storage)")
+        return 0
+    store = store_for_config(config)
     key = user_key(create=False)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
     retained: dict[str, str] = {}  # --stale: spawned jobs kept for their retention

@@ -21,12 +21,19 @@ from wrenpack.report import add_plot_arguments, write_plot
 
 
 def _store(args: argparse.Namespace) -> Any:
+    """The store the options name; None for a local one that does not exist (not created)."""
     from wrenpack.config import current
+    from wrenpack.job.client import missing_local_store
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
                                    ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
-    return store_for_config(current(**overrides))
+    config = current(**overrides)
+    missing = missing_local_store(config)
+    if missing is not None:
+        args.missing_store = missing
+        return None
+    return store_for_config(config)
 
 
 def _when(t: Any) -> str:
@@ -57,12 +64,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return _cancel(args)
     store = _store(args)
     key = user_key(create=False)
-    rows = [describe(store, j, key) for j in job_ids(store)]
+    rows = [describe(store, j, key) for j in job_ids(store)] if store is not None else []
+    url = store.url if store is not None else args.missing_store
     if args.json:
-        print(json.dumps({"store": store.url, "jobs": rows}, default=str))
+        print(json.dumps({"store": url, "jobs": rows}, default=str))
         return 0
     if not rows:
-        print(f"no jobs in {store.url}")
+        print(f"no jobs in {url}" + ("" if store is not None else " (there is no store there: check --storage)"))
         return 0
     head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED", "OWNER", "STARTED", "COST")
     table = [head] + [(r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
@@ -74,12 +82,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from wrenpack.job.client import check_job_id, open_job
+    from wrenpack.job.client import JobNotFound, check_job_id, open_job
 
     # (a trailing slash: a folder name the shell completed; anything else that is not an id is
     # refused before the store is opened)
     job_id = check_job_id(args.job_id.rstrip("/") or args.job_id, f"wrenpack jobs {args.action}")
-    return open_job(_store(args), job_id)
+    store = _store(args)
+    if store is None:
+        raise JobNotFound(f"no job {job_id!r}: there is no store at {args.missing_store}; check --storage "
+                          "(or the storage setting)")
+    return open_job(store, job_id)
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -523,6 +523,22 @@ def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None
 
 
 # -- for `wrenpack jobs` and `wrenpack clean` ------------------------------------------
+def missing_local_store(config: Any) -> str | None:
+    """The URL of the local store ``config`` names when that directory does not
+    exist, else None. Opening a local store creates it: a command that only reads
+    or removes jobs (``wrenpack jobs``, ``wrenpack clean``) must not, or a mistyped
+    ``--storage`` leaves a directory behind and answers "no jobs" as if it were a store."""
+    from wrenpack.storage import parse_store_url
+
+    storage = getattr(config, "storage", None)
+    if not isinstance(storage, str):
+        return None
+    spec = parse_store_url(storage)
+    if spec.get("type") != "local" or os.path.lexists(spec["root"]):
+        return None
+    return f"file://{spec['root']}"
+
+
 def job_ids(store: Store) -> list[str]:
     """Every job that has objects in the store (one level listed, not every object)."""
     return [j for j in store.list_folders(keys.JOBS) if j]
