@@ -17,6 +17,7 @@ import wrenpack
 from tests.processes import alive
 from tests.test_jobs import ROOT, _store
 from wrenpack import keys
+from wrenpack.errors import ConfigError
 from wrenpack.executor import Executor
 from wrenpack.job import spawn
 
@@ -97,3 +98,36 @@ def test_a_driver_killed_inside_spawn_map_leaves_no_job_behind(home):
     _wait_gone(int(out.stdout.split()[0]))
     assert _store().list(keys.JOBS) == []
     assert os.listdir(home / "cache" / "jobs") == []
+
+
+def _nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def _plus_one(fut):
+    return fut.result() + 1
+
+
+def test_futures_of_calls_that_end_with_the_program_are_refused_as_arguments(home):
+    """A future of a running ``.map()`` call, passed to ``spawn_map``, was a reference to a
+    call that the driver's exit stops (and whose objects it removes): the spawned calls
+    waited on it until their timeout and failed with TaskTimeout."""
+    with Executor(backend="local", concurrency=1) as ex:
+        running = wrenpack.remote(_nap, executor=ex).map([30.0])
+        with pytest.raises(ConfigError, match=r"has not finished .*wrenpack\.get") as err:
+            wrenpack.remote(_plus_one, executor=ex).spawn_map(running)
+        assert "\n" not in str(err.value)
+        assert not [k for k in _store().list(keys.JOBS) if k.endswith("/job.json")]  # nothing was spawned
+        assert running[0].cancel()  # (stopped: the executor's exit need not wait for it)
+        # a done one travels with its result
+        done = wrenpack.remote(_nap, executor=ex).map([0.0])
+        wrenpack.get(done)
+        assert wrenpack.remote(_plus_one, executor=ex).spawn_map(done).results(timeout=60) == [1.0]
+
+
+def test_futures_of_a_spawned_job_are_arguments_another_spawned_job_reads(home):
+    ex = Executor(backend="local", concurrency=2)
+    first = wrenpack.remote(_nap, executor=ex).spawn_map([0.5])
+    second = wrenpack.remote(_plus_one, executor=ex).spawn_map(first.futures())
+    assert second.results(timeout=60) == [1.5]

@@ -80,6 +80,7 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         raise WrenpackError(f"cannot spawn {label}: there is no usable owner key at {key_path()} to seal the job "
                             "with; make its directory writable (or set WRENPACK_CACHE_DIR)")
     prepared = executor.prepare(fn, calls, options, label, handoffs=False)
+    _check_references(executor, label, prepared.referenced)
     job_id = new_job_id()
     secret = job_record.derive_secret(key, job_id)
     config = executor.config
@@ -127,6 +128,23 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         raise
     log.info("job %s: spawned %d call(s) of %s on %s", job_id, len(calls), label, config.backend)
     return Job(store, job_id, record, secret)
+
+
+def _check_references(executor: "Executor", label: str, referenced: set[tuple[str, tuple[str, ...]]]) -> None:
+    """Refuse arguments that are futures of calls which end with this program.
+
+    A future that is done travels with its outcome; one that is not is a reference
+    its call's result is read through. The calls of ``.map()``/``.remote()`` are
+    stopped, and their objects removed, when this program exits: a spawned call
+    waiting on one would wait until its timeout. Only a spawned job's calls (it
+    has a job record) outlive this program."""
+    store = executor.store
+    ending = sorted({job for job, _chain in referenced if not store.exists(keys.job_record_key(job))})
+    if ending:
+        raise ConfigError(f"{label}: an argument is a future of a call that has not finished (job {ending[0]}, "
+                          "launched with .map()/.remote()): its calls end with this program, so the spawned job "
+                          "could never read it; pass its result instead (wrenpack.get(futures)), or launch those "
+                          "calls with spawn_map too and pass that job's futures")
 
 
 def _user() -> str:
