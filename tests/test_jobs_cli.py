@@ -179,3 +179,24 @@ def test_a_store_path_that_does_not_exist_is_not_created_by_jobs_or_clean(home, 
         out = _cli(*args, "--json", "--storage", str(typo))
         assert out.returncode == 0 and json.loads(out.stdout)["removed"] == 0, out
     assert not (tmp_path / "no").exists()
+
+
+def _store_result(job: Job, call_id: str, value) -> None:
+    now = time.time()
+    status = status_record.record(job.id, call_id, 0, 0, "ok", now, now, 20.0, None, "h", 1, "3.12", None)
+    job.store.put(keys.result_key(job.id, call_id),
+                  result_format.seal_result(job._secret, job.id, call_id, status, cloudpickle.dumps(("ok", value))))
+
+
+def test_results_of_an_attached_job_show_progress_as_get_does(home, monkeypatch, capsys):
+    """Job.results() passed progress=False to wrenpack.get: waiting on a spawned job (hours,
+    perhaps) showed nothing, whatever the `progress` setting said."""
+    job = _plant(_store(), JOB, user_key(), calls=2)
+    _store_result(job, "00000", 10)
+    _store_result(job, "00001", 11)
+    _finish(job)
+    monkeypatch.setenv("WRENPACK_PROGRESS", "log")
+    assert attach(JOB).results(timeout=30) == [10, 11]
+    assert "wrenpack: 2/2 calls done" in capsys.readouterr().err
+    assert attach(JOB).results(timeout=30, progress=False) == [10, 11]
+    assert capsys.readouterr().err == ""

@@ -206,11 +206,14 @@ class Job:
         _done, pending = cf.wait(self.futures(), timeout=timeout)
         return not pending
 
-    def results(self, timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
-        """The calls' results in order (``wrenpack.get`` of ``futures()``)."""
+    def results(self, timeout: float | None = None, return_exceptions: bool = False,
+                progress: bool | str | None = None) -> list[Any]:
+        """The calls' results in order: ``wrenpack.get`` of ``futures()``, with its
+        ``progress`` display (None: a bar on a terminal, or what the ``progress``
+        setting says), since a spawned job is the long wait that needs one."""
         from wrenpack.futures import get
 
-        return get(self.futures(), timeout=timeout, progress=False, return_exceptions=return_exceptions)
+        return get(self.futures(), timeout=timeout, progress=progress, return_exceptions=return_exceptions)
 
     # -- state -------------------------------------------------------------------
     def progress(self) -> dict[str, Any] | None:
