@@ -200,3 +200,15 @@ def test_results_of_an_attached_job_show_progress_as_get_does(home, monkeypatch,
     assert "wrenpack: 2/2 calls done" in capsys.readouterr().err
     assert attach(JOB).results(timeout=30, progress=False) == [10, 11]
     assert capsys.readouterr().err == ""
+
+
+def test_cancel_takes_json_as_the_other_actions_do(home):
+    """`wrenpack jobs cancel ID --json` was a usage error, and `wrenpack jobs --json cancel ID`
+    printed text."""
+    job = _plant(_store(), JOB, user_key())
+    _supervised(job)
+    for args, already in ((("jobs", "cancel", JOB, "--json"), False), (("jobs", "--json", "cancel", JOB), True)):
+        out = _cli(*args)
+        assert out.returncode == 0, out
+        assert json.loads(out.stdout) == {"id": JOB, "cancelled": True, "already": already, "stops_running": True}
+    assert job.cancelled()

@@ -1,4 +1,4 @@
-"""``wrenpack jobs [--json]``, ``wrenpack jobs show ID [--json]``, ``wrenpack jobs cancel ID``.
+"""``wrenpack jobs [--json]``, ``wrenpack jobs show ID [--json]``, ``wrenpack jobs cancel ID [--json]``.
 
 Lists the jobs in the store: spawned ones (``f.spawn_map``) with their state,
 call counts (done, failed, running, queued), owner, start and cost so far
@@ -136,6 +136,9 @@ def _cancel(args: argparse.Namespace) -> int:
         raise WrenpackError(f"job {job.id} has already ended ({job.status()['state']}); nothing to cancel")
     running = "running ones are stopped" if job.stops_running else \
         "running ones run to their end (it was spawned with cancellable=False)"
+    if args.json:
+        print(json.dumps({"id": job.id, "cancelled": True, "already": again, "stops_running": job.stops_running}))
+        return 0
     said = f"job {job.id} was already cancelled" if again else f"cancelled job {job.id}"
     print(f"{said}: queued calls will not start, {running}; `wrenpack jobs show {job.id}` follows it")
     return 0
@@ -170,4 +173,5 @@ def register(subparsers: Any, name: str) -> None:
                             description="Cancel a spawned job: its queued calls never start, running ones are "
                                         "stopped, and its futures fail with CancelledError.")
     cancel.add_argument("job_id", metavar="ID")
+    cancel.add_argument("--json", action="store_true", default=quiet, help="one JSON document")
     _common(cancel, quiet)
