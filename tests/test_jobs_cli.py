@@ -17,7 +17,7 @@ from wrenpack.errors import ConfigError
 from wrenpack.executor.owner import owner_record, user_key
 from wrenpack.job import Job, attach
 from wrenpack.job.client import open_job
-from wrenpack.wire import job_record, owner as owner_wire, result as result_format, status as status_record
+from wrenpack.wire import job_record, owner as owner_wire, result as result_format, start as start_mark, status as status_record
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -212,3 +212,33 @@ def test_cancel_takes_json_as_the_other_actions_do(home):
         assert out.returncode == 0, out
         assert json.loads(out.stdout) == {"id": JOB, "cancelled": True, "already": already, "stops_running": True}
     assert job.cancelled()
+
+
+def _mark_start(job: Job, call_id: str) -> None:
+    job.store.put(keys.start_key(job.id, call_id), start_mark.seal_start(job._secret, job.id, call_id, time.time(), 0))
+
+
+def test_the_calls_of_a_running_job_are_running_or_queued_not_lost(home):
+    """`wrenpack jobs show` (Job.statuses, the report) called every unfinished call of a job
+    that was running normally "lost": any progress state, "running" too, counted as its end."""
+    store = _store()
+    job = _plant(store, JOB, user_key(), calls=3)
+    _supervised(job)
+    _store_result(job, "00000", 1)
+    _mark_start(job, "00001")
+    assert [s["state"] for s in job.statuses()] == ["done", "running", "queued"]
+    out = _cli("jobs", "show", JOB, "--json")
+    assert [c["state"] for c in json.loads(out.stdout)["calls_status"]] == ["done", "running", "queued"]
+    assert [c["state"] for c in job.report().to_json()["calls"]][1:] == ["running", "queued"]
+    _finish(job)  # (ended without results for two calls)
+    assert [s["state"] for s in job.statuses()] == ["done", "lost", "lost"]
+    cancelled = _plant(store, "20260101-000000-0000beef", user_key(), calls=2)
+    _supervised(cancelled)
+    _mark_start(cancelled, "00000")
+    assert cancelled.cancel()
+    assert [s["state"] for s in cancelled.statuses()] == ["cancelled", "cancelled"]
+    kept = _plant_with(store, "20260101-000000-0000cafe", cancellable=False)
+    _supervised(kept)
+    _mark_start(kept, "00000")
+    assert kept.cancel()
+    assert [s["state"] for s in kept.statuses()] == ["running", "cancelled"]  # (runs to its end)

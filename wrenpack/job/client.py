@@ -291,6 +291,12 @@ class Job:
         ``{"call_id", "state": "running", "start"}`` or ``"queued"`` (and
         "cancelled" or "lost" once the job ended without it). Every record is
         verified first; none is unpickled."""
+        # The job's state first: once it has ended, every result it will have is in the store, so a
+        # call without one was cancelled or lost; while it runs (or is "starting"), such a call is
+        # running or queued.
+        state = self.status()["state"]
+        ended = {"cancelled": "cancelled", "cancelling": "cancelled", "done": "lost", "failed": "lost",
+                 "lost": "lost"}.get(state)
         finished: dict[str, dict[str, Any]] = {}
         for key in self.store.list(keys.result_prefix(self.id)):
             if not key.endswith(".res"):
@@ -306,15 +312,15 @@ class Job:
             finished[cid] = dict(status, call_id=cid, state="done" if status.get("exit") == "ok" else "failed",
                                  attempts=int(status.get("attempt") or 0) + 1)
         started = self._starts()
-        final = (self.progress() or {}).get("state")
-        ended = "cancelled" if final == "cancelled" or self.cancelled() else "lost" if final else None
         out = []
         for i in range(self.calls):
             cid = keys.call_id(i)
             if cid in finished:
                 out.append(finished[cid])
             elif cid in started:
-                out.append({"call_id": cid, "state": ended or "running", "start": started[cid]})
+                # (a cancelled job spawned with cancellable=False lets its running calls run to their end)
+                stopped = ended if state != "cancelling" or self.stops_running else None
+                out.append({"call_id": cid, "state": stopped or "running", "start": started[cid]})
             else:
                 out.append({"call_id": cid, "state": ended or "queued"})
         return out
