@@ -242,3 +242,15 @@ def test_the_calls_of_a_running_job_are_running_or_queued_not_lost(home):
     _mark_start(kept, "00000")
     assert kept.cancel()
     assert [s["state"] for s in kept.statuses()] == ["running", "cancelled"]  # (runs to its end)
+
+
+def test_clean_says_there_is_no_owner_key_rather_than_calling_a_job_forged(home, monkeypatch, tmp_path):
+    """Run where there is no owner key (another machine, a new cache directory), `clean --stale`
+    kept each spawned job as 'not sealed with your owner key (another user's, or forged)'."""
+    _plant(_store(), JOB, user_key())
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "elsewhere"))
+    out = _cli("clean", "--stale", "--json")
+    assert out.returncode == 0, out.stderr
+    why = json.loads(out.stdout)["skipped_why"][JOB]
+    assert "there is no owner key" in why and "forged" not in why, why
+    assert not (tmp_path / "elsewhere" / "owner.key").exists()  # (no key was made by looking)

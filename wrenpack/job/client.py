@@ -609,6 +609,8 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
     except JobNotFound:
         return None
     except CorruptObject:
+        if key is None:  # (nothing to check it with: not a sign that it is another user's)
+            return "unknown", f"there is no owner key ({key_path()}) to check its job record with"
         return "unknown", "its job record is not sealed with your owner key (another user's, or forged)"
     assert key is not None
     job = Job(store, job_id, record, job_record.derive_secret(key, job_id))
