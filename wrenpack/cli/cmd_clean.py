@@ -85,7 +85,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
             print(json.dumps({"store": missing, "removed": 0, "prefixes": {}, "jobs": 0, "map_reduces": 0,
                               "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
         else:
-            print(f"removed 0 object(s) of 0 job(s) from {missing} (there is no store there: check --storage)")
+            hint = ": check --storage" if args.storage else " yet"
+            print(f"removed 0 object(s) of 0 job(s) from {missing} (there is no store there{hint})")
         return 0
     store = store_for_config(config)
     key = user_key(create=False)

@@ -70,7 +70,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(json.dumps({"store": url, "jobs": rows}, default=str))
         return 0
     if not rows:
-        print(f"no jobs in {url}" + ("" if store is not None else " (there is no store there: check --storage)"))
+        hint = "" if store is not None else " (there is no store there: check --storage)" if args.storage else \
+            " (there is no store there yet)"
+        print(f"no jobs in {url}{hint}")
         return 0
     head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED", "OWNER", "STARTED", "COST")
     table = [head] + [(r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
