@@ -254,3 +254,18 @@ def test_clean_says_there_is_no_owner_key_rather_than_calling_a_job_forged(home,
     why = json.loads(out.stdout)["skipped_why"][JOB]
     assert "there is no owner key" in why and "forged" not in why, why
     assert not (tmp_path / "elsewhere" / "owner.key").exists()  # (no key was made by looking)
+
+
+def test_the_job_list_prints_no_control_characters_from_the_store(home):
+    """A job's id is a folder name anyone who can write to the store picks: `wrenpack jobs`
+    printed it raw, so an escape sequence in it reached the terminal and a newline forged a row."""
+    store = _store()
+    _plant(store, JOB, user_key())
+    for name in ("evil\x1b]0;owned\x07", f"x\n{JOB}  f  done"):
+        store.put(f"jobs/{name}/func.pkl", b"x")
+    out = _cli("jobs")
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert len(out.stdout.splitlines()) == 4 and "\\x1b]0;owned\\x07" in out.stdout, out.stdout
+    out = _cli("clean", "--stale")  # (it names the jobs it keeps)
+    assert out.returncode == 0 and "\x1b" not in out.stdout and "\\x1b" in out.stdout, out

@@ -65,7 +65,7 @@ def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tupl
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
-    from wrenpack.job.client import check_job_id, job_ids, missing_local_store
+    from wrenpack.job.client import check_job_id, job_ids, missing_local_store, printable
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
@@ -161,7 +161,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
         of = f"{len(targets)} job(s)" + (f" and {len(shuffles)} map_reduce(s)' intermediates" if shuffles else "")
         print(f"removed {total} object(s) of {of}{extra} from {store.url}")
         if kept:
-            shown = "; ".join(f"{j}: {why}" for j, why in list(kept.items())[:3]) + ("; ..." if len(kept) > 3 else "")
+            shown = "; ".join(printable(f"{j}: {why}") for j, why in list(kept.items())[:3]) + \
+                ("; ..." if len(kept) > 3 else "")
             print(f"kept {len(kept)} job(s) whose owner cannot be checked ({shown}); remove them by name, "
                   "or with --stale --force")
         if retained:

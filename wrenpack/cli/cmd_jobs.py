@@ -55,7 +55,7 @@ def _counts(row: dict[str, Any]) -> str:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from wrenpack.executor.owner import user_key
-    from wrenpack.job.client import describe, job_ids
+    from wrenpack.job.client import describe, job_ids, printable
 
     action = getattr(args, "action", None)
     if action == "show":
@@ -75,8 +75,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(f"no jobs in {url}{hint}")
         return 0
     head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED", "OWNER", "STARTED", "COST")
-    table = [head] + [(r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
-                       f"${r['cost']:.6f}" if "cost" in r else "-") for r in rows]
+    table = [head] + [tuple(map(printable, (
+        r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
+        f"${r['cost']:.6f}" if "cost" in r else "-"))) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())

@@ -532,6 +532,13 @@ def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None
 
 
 # -- for `wrenpack jobs` and `wrenpack clean` ------------------------------------------
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, for a terminal: a job's id is a folder
+    name in the store, which anyone who can write there chooses, and a terminal obeys the
+    escape sequences it is sent (and a newline starts a row of its own)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def missing_local_store(config: Any) -> str | None:
     """The URL of the local store ``config`` names when that directory does not
     exist, else None. Opening a local store creates it: a command that only reads
