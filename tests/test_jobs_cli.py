@@ -269,3 +269,24 @@ def test_the_job_list_prints_no_control_characters_from_the_store(home):
     assert len(out.stdout.splitlines()) == 4 and "\\x1b]0;owned\\x07" in out.stdout, out.stdout
     out = _cli("clean", "--stale")  # (it names the jobs it keeps)
     assert out.returncode == 0 and "\x1b" not in out.stdout and "\\x1b" in out.stdout, out
+
+
+def test_a_retention_beyond_any_date_is_refused_and_one_in_the_store_breaks_nothing(home):
+    """retention=1e300 was accepted; then `wrenpack jobs show` and `wrenpack clean --stale`
+    (for every job in the store) failed with OverflowError: timestamp out of range."""
+    from wrenpack.job.client import check_retention
+
+    for huge in (1e300, "1000000000d", 101 * 365 * 86400):
+        with pytest.raises(ConfigError, match="longer than 100 years") as err:
+            check_retention(huge)
+        assert "\n" not in str(err.value)
+    assert check_retention("36500d") == 36500 * 86400
+    with pytest.raises(ConfigError, match="job_retention"):
+        check_retention(None, 1e300)
+    # a record that holds one (written before this check) is shown and kept
+    job = _plant(_store(), JOB, user_key(), retention_s=1e300)
+    _finish(job)
+    out = _cli("jobs", "show", JOB)
+    assert out.returncode == 0 and "kept until -" in out.stdout, out
+    out = _cli("clean", "--stale", "--json")
+    assert out.returncode == 0 and JOB in json.loads(out.stdout)["skipped"], out

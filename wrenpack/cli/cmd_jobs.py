@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from wrenpack.errors import WrenpackError
@@ -37,7 +36,9 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _when(t: Any) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+    from wrenpack.job.client import when
+
+    return when(t)
 
 
 def _owner(row: dict[str, Any]) -> str:

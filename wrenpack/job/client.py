@@ -87,10 +87,30 @@ def log_path(job_id: str) -> str:
     return os.path.join(logs_dir(), f"{job_id}.log")
 
 
+#: the longest retention (s): 100 years. Longer ones are not dates (a time_t of 1e300 s
+#: made `wrenpack jobs show` and `wrenpack clean --stale` fail), and not meant: a job kept
+#: that long is one to remove by name (`wrenpack clean ID`).
+MAX_RETENTION_S = 100 * 365 * 86400.0
+
+
 def check_retention(retention: Any, default: float = DEFAULT_RETENTION_S) -> float:
     """``retention=`` in seconds (a number, or text such as ``"7d"``, ``"12h"``,
     ``"30m"``); ``default`` (the ``job_retention`` setting) when None."""
-    return default if retention is None else parse_retention(retention, "retention=")
+    source = "job_retention" if retention is None else "retention="
+    seconds = default if retention is None else parse_retention(retention, "retention=")
+    if seconds > MAX_RETENTION_S:
+        raise ConfigError(f"{source} {retention if retention is not None else seconds!r} is longer than 100 years; "
+                          "give at most '36500d' (a job kept until you remove it: `wrenpack clean ID` removes it "
+                          "whatever its retention)")
+    return seconds
+
+
+def when(t: Any) -> str:
+    """A timestamp as local time, or "-" for none (or for one no date can show)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+    except (OverflowError, OSError, ValueError):
+        return "-"
 
 
 def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
@@ -629,7 +649,7 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
         if owner is None:
             return "live", "it was spawned moments ago and its supervisor is starting"
         return "unknown", f"its supervisor ran on host {owner.get('host')!r}, where it may still run"
-    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.expires))
+    until = when(job.expires)
     if time.time() < job.expires:
         return "retained", f"it is kept until {until} (retention)"
     return "expired", f"its retention ended at {until}"
