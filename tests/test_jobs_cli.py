@@ -15,7 +15,7 @@ from tests.test_jobs import _cli, _finish, _plant, _record, _store
 from wrenpack import keys
 from wrenpack.errors import ConfigError
 from wrenpack.executor.owner import owner_record, user_key
-from wrenpack.job import Job, attach
+from wrenpack.job import Job, JobNotFound, attach
 from wrenpack.job.client import open_job
 from wrenpack.wire import job_record, owner as owner_wire, result as result_format, start as start_mark, status as status_record
 
@@ -290,3 +290,17 @@ def test_a_retention_beyond_any_date_is_refused_and_one_in_the_store_breaks_noth
     assert out.returncode == 0 and "kept until -" in out.stdout, out
     out = _cli("clean", "--stale", "--json")
     assert out.returncode == 0 and JOB in json.loads(out.stdout)["skipped"], out
+
+
+def test_a_job_removed_while_held_says_so_instead_of_waiting(home):
+    """A Job held across `wrenpack clean ID` (a notebook's, say): its futures waited, the job
+    "starting" for 5 minutes, then failed as if its supervisor had died."""
+    store = _store()
+    job = _plant(store, JOB, user_key(), calls=2)
+    _supervised(job)
+    store.delete_prefix(keys.job_prefix(JOB))
+    assert job.status()["state"] == "removed"
+    start = time.monotonic()
+    outcomes = job.results(timeout=20, return_exceptions=True)
+    assert time.monotonic() - start < 10
+    assert all(isinstance(o, JobNotFound) and "was removed from the store" in str(o) for o in outcomes), outcomes

@@ -280,11 +280,14 @@ class Job:
     def status(self) -> dict[str, Any]:
         """Counts and state: ``{"state", "calls", "done", "failed", "running",
         "queued", "cancelled", "created", "updated", "cost"}``. ``state`` is
-        "starting", "running", "cancelling", "done", "failed", "cancelled", or
-        "lost" (its supervisor ended before its calls did)."""
+        "starting", "running", "cancelling", "done", "failed", "cancelled",
+        "lost" (its supervisor ended before its calls did), or "removed" (its
+        objects were removed from the store since it was opened: ``wrenpack clean``)."""
         progress = self.progress() or {}
         state = progress.get("state", "starting")
-        if state not in job_record.FINAL_STATES:
+        if not progress and self.removed():
+            state = "removed"
+        elif state not in job_record.FINAL_STATES:
             alive, _owner = self.supervisor()
             if alive is False:
                 progress = self.progress() or progress  # (it may have ended between the two reads)
@@ -395,6 +398,11 @@ class Job:
                 continue
         return out
 
+    def removed(self) -> bool:
+        """Whether the job's record is gone from the store (``wrenpack clean`` removed the
+        job after this ``Job`` was opened): its results, if it had any, went with it."""
+        return not self.store.exists(keys.job_record_key(self.id))
+
     def cancel(self) -> bool:
         """Cancel the job: its queued calls never start, running ones are stopped
         where the backend can stop them (unless it was spawned with
@@ -498,6 +506,14 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
         _fail_rest(job, futs, True, "")
         return True
     progress = job.progress() or {}
+    if not progress and job.removed():
+        # (without this, such futures waited: "starting" for START_GRACE_S, then "lost" as if its supervisor had died)
+        _collect(job, by_cid, started)
+        err = f"job {job.id} was removed from the store {job.store.url} (wrenpack clean) before this call's result was read"
+        for fut in futs:
+            if not fut.done():
+                fut._resolve(False, JobNotFound(f"{fut.label}: {err}"))
+        return True
     state = progress.get("state")
     alive: bool | None = True
     if state not in job_record.FINAL_STATES:
