@@ -113,14 +113,17 @@ def test_futures_of_calls_that_end_with_the_program_are_refused_as_arguments(hom
     """A future of a running ``.map()`` call, passed to ``spawn_map``, was a reference to a
     call that the driver's exit stops (and whose objects it removes): the spawned calls
     waited on it until their timeout and failed with TaskTimeout."""
-    with Executor(backend="local", concurrency=1) as ex:
+    ex = Executor(backend="local", concurrency=1)
+    try:
         running = wrenpack.remote(_nap, executor=ex).map([30.0])
         with pytest.raises(ConfigError, match=r"has not finished .*wrenpack\.get") as err:
             wrenpack.remote(_plus_one, executor=ex).spawn_map(running)
         assert "\n" not in str(err.value)
         assert not [k for k in _store().list(keys.JOBS) if k.endswith("/job.json")]  # nothing was spawned
-        assert running[0].cancel()  # (stopped: the executor's exit need not wait for it)
-        # a done one travels with its result
+    finally:
+        ex.stop()  # (its running call: not waited for)
+    # a done one travels with its result
+    with Executor(backend="local", concurrency=1) as ex:
         done = wrenpack.remote(_nap, executor=ex).map([0.0])
         wrenpack.get(done)
         assert wrenpack.remote(_plus_one, executor=ex).spawn_map(done).results(timeout=60) == [1.0]
@@ -131,3 +134,20 @@ def test_futures_of_a_spawned_job_are_arguments_another_spawned_job_reads(home):
     first = wrenpack.remote(_nap, executor=ex).spawn_map([0.5])
     second = wrenpack.remote(_plus_one, executor=ex).spawn_map(first.futures())
     assert second.results(timeout=60) == [1.5]
+
+
+def _two(x, y=0):
+    return x + y
+
+
+def test_calls_the_function_cannot_take_are_refused_before_anything_is_spawned(home):
+    """f.spawn(1, retention="3d") spawned a job whose call failed later, detached, with
+    TypeError (spawn passes every keyword to the function), as did a missing argument."""
+    f = wrenpack.remote(_two, executor=Executor(backend="local"))
+    for spawn_it, expected in ((lambda: f.spawn(1, retention="3d"), "for a retention use f.spawn_map"),
+                               (lambda: f.spawn(), "missing a required argument: 'x'"),
+                               (lambda: f.spawn_map([1, 2], z=3), "call 0 does not fit")):
+        with pytest.raises(ConfigError, match=expected) as err:
+            spawn_it()
+        assert "\n" not in str(err.value)
+    assert _store().list(keys.JOBS) == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import inspect
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
     label = getattr(fn, "__qualname__", None) or "function"
     if not calls:
         raise ConfigError(f"spawn_map({label}) got no items; pass at least one (a job of no calls has nothing to run)")
+    _check_arguments(fn, label, calls)
     if refs._current is not None:  # (inside a remote call: its job secret chain, not a user key)
         raise ConfigError(f"{label}: spawn_map/spawn inside a remote call is not supported; use .map() there")
     retention_s = check_retention(retention, executor.config.job_retention)
@@ -128,6 +130,24 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         raise
     log.info("job %s: spawned %d call(s) of %s on %s", job_id, len(calls), label, config.backend)
     return Job(store, job_id, record, secret)
+
+
+def _check_arguments(fn: Callable[..., Any], label: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    """Refuse calls the function cannot take (a missing or unknown argument): a spawned
+    call fails where nobody watches, after this program is gone, so the mistake is named
+    here, before anything is spawned. A function whose signature cannot be read is not checked."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    for i, (args, kwargs) in enumerate(calls):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            hint = (" (spawn() passes every keyword to the function; for a retention use "
+                    "f.spawn_map([x], retention=...))") if "retention" in kwargs else ""
+            raise ConfigError(f"{label}: call {i} does not fit {label}{signature}: {exc}{hint}; nothing was "
+                              "spawned") from None
 
 
 def _check_references(executor: "Executor", label: str, referenced: set[tuple[str, tuple[str, ...]]]) -> None:
