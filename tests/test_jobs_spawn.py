@@ -4,6 +4,7 @@ run on, or stay in the store.
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -151,3 +152,22 @@ def test_calls_the_function_cannot_take_are_refused_before_anything_is_spawned(h
             spawn_it()
         assert "\n" not in str(err.value)
     assert _store().list(keys.JOBS) == []
+
+
+def _quiet(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, verbose=False, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+@_quiet
+def _wrapped(x):
+    return x
+
+
+def test_a_wrapper_is_checked_by_its_own_signature_not_its_functions(home):
+    """functools.wraps makes inspect.signature show the wrapped function's: a keyword only the
+    wrapper takes would have been refused."""
+    job = wrenpack.remote(_wrapped, executor=Executor(backend="local")).spawn(3, verbose=True)
+    assert job.results(timeout=60) == [3]

@@ -137,7 +137,7 @@ def _check_arguments(fn: Callable[..., Any], label: str, calls: list[tuple[tuple
     call fails where nobody watches, after this program is gone, so the mistake is named
     here, before anything is spawned. A function whose signature cannot be read is not checked."""
     try:
-        signature = inspect.signature(fn)
+        signature = inspect.signature(fn, follow_wrapped=False)  # (a wrapper may take what its function does not)
     except (TypeError, ValueError):
         return
     for i, (args, kwargs) in enumerate(calls):
