@@ -175,7 +175,9 @@ def register(subparsers: Any, name: str) -> None:
     _common(show, quiet)
     cancel = sub.add_parser("cancel", help="cancel a spawned job (queued calls never start)",
                             description="Cancel a spawned job: its queued calls never start, running ones are "
-                                        "stopped, and its futures fail with CancelledError.")
+                                        "stopped (unless it was spawned with cancellable=False: they run to their "
+                                        "end), and its futures fail with CancelledError. Exit codes: 0 ok, 1 no "
+                                        "such job or it has already ended, 2 usage.")
     cancel.add_argument("job_id", metavar="ID")
     cancel.add_argument("--json", action="store_true", default=quiet, help="one JSON document")
     _common(cancel, quiet)
