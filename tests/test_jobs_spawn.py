@@ -132,9 +132,13 @@ def test_futures_of_calls_that_end_with_the_program_are_refused_as_arguments(hom
 
 def test_futures_of_a_spawned_job_are_arguments_another_spawned_job_reads(home):
     ex = Executor(backend="local", concurrency=2)
-    first = wrenpack.remote(_nap, executor=ex).spawn_map([0.5])
+    first = wrenpack.remote(_nap, executor=ex).spawn_map([1.0])
+    # (its supervisor names the job on its command line: `ps`, `pgrep -f ID` find it)
+    _alive, owner = first.supervisor()
+    with open(f"/proc/{owner['pid']}/cmdline", "rb") as f:
+        assert first.id in f.read().decode().split("\0")
     second = wrenpack.remote(_plus_one, executor=ex).spawn_map(first.futures())
-    assert second.results(timeout=60) == [1.5]
+    assert second.results(timeout=60) == [2.0]
 
 
 def _two(x, y=0):

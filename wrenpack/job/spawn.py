@@ -184,7 +184,8 @@ def _start_supervisor(job_id: str, label: str, spec: bytes) -> None:
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # (the job's id as an argument it ignores: `ps` and `pgrep -f ID` tell whose supervisor it is)
+        proc = subprocess.Popen([sys.executable, "-c", _BOOT, job_id], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=log_fd, cwd=os.getcwd(), env=env, start_new_session=True, close_fds=True)
     finally:
         os.close(log_fd)
