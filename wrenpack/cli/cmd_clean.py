@@ -39,7 +39,10 @@ def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, s
     verify or its supervisor ran on another host and has not finished."""
     from wrenpack.job.client import removal_state
 
-    spawned = removal_state(store, job_id, key)
+    try:
+        spawned = removal_state(store, job_id, key)
+    except StoreError as exc:  # (one job's unreadable object: that job is in doubt, not the whole clean)
+        return "unknown", f"it cannot be read ({exc})"
     if spawned is not None:
         state, why = spawned
         return ("stale" if state == "expired" else state), why
@@ -62,14 +65,30 @@ def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tupl
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
-    from wrenpack.job.client import job_ids
+    from wrenpack.job.client import check_job_id, job_ids, missing_local_store, printable
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
                                    ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
     if sum((bool(args.job_ids), args.all, args.stale)) != 1:
         raise ConfigError("name the jobs to remove (wrenpack clean JOB_ID ...), or pass --all or --stale (one of them)")
-    store = store_for_config(current(**overrides))
+    # A named job is one id (a trailing slash allowed): a path ("JOB/result", "..") would remove
+    # part of a job, or of another, without the checks below seeing it.
+    given = [check_job_id(j.rstrip("/") or j, "wrenpack clean") for j in args.job_ids]
+    config = current(**overrides)
+    missing = missing_local_store(config)
+    if missing is not None:  # (not created: a mistyped --storage must not leave a directory)
+        if given:
+            raise ConfigError(f"no job {given[0]!r}: there is no store at {missing}; nothing was removed: check "
+                              "--storage (or the storage setting)")
+        if args.json:
+            print(json.dumps({"store": missing, "removed": 0, "prefixes": {}, "jobs": 0, "map_reduces": 0,
+                              "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
+        else:
+            hint = ": check --storage" if args.storage else " yet"
+            print(f"removed 0 object(s) of 0 job(s) from {missing} (there is no store there{hint})")
+        return 0
+    store = store_for_config(config)
     key = user_key(create=False)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
     retained: dict[str, str] = {}  # --stale: spawned jobs kept for their retention
@@ -94,7 +113,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 kept[f"map_reduce {sid}"] = why
         skipped = sorted(kept) + sorted(retained)
     else:
-        named = job_ids(store) if args.all else [j.strip("/") for j in args.job_ids]
+        named = job_ids(store) if args.all else given
         shuffles = store.list_folders(keys.SHUFFLE) if args.all else []
         if not args.all:
             unknown = [j for j in named if not j or not store.list(keys.job_prefix(j))]
@@ -103,8 +122,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 raise ConfigError(f"no job {shown} in the store {store.url}; nothing was removed: check the id "
                                   "(a future's .job_id) and --storage, or remove orphaned jobs with --stale")
         live = [j for j in named if job_state(store, j, key)[0] == "live"]
-        if live and args.force:
-            # A spawned job's supervisor would go on writing its results: --force never removes it while it runs.
+        if live:
+            # A spawned job's supervisor would go on writing its results: --force never removes it while
+            # it runs, so the way out is to cancel it (not --force, which the message below names).
             from wrenpack.job.client import removal_state
 
             spawned_live = [j for j in live if (removal_state(store, j, key) or ("",))[0] == "live"]
@@ -141,7 +161,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
         of = f"{len(targets)} job(s)" + (f" and {len(shuffles)} map_reduce(s)' intermediates" if shuffles else "")
         print(f"removed {total} object(s) of {of}{extra} from {store.url}")
         if kept:
-            shown = "; ".join(f"{j}: {why}" for j, why in list(kept.items())[:3]) + ("; ..." if len(kept) > 3 else "")
+            shown = "; ".join(printable(f"{j}: {why}") for j, why in list(kept.items())[:3]) + \
+                ("; ..." if len(kept) > 3 else "")
             print(f"kept {len(kept)} job(s) whose owner cannot be checked ({shown}); remove them by name, "
                   "or with --stale --force")
         if retained:

@@ -1,4 +1,4 @@
-"""``wrenpack jobs [--json]``, ``wrenpack jobs show ID [--json]``, ``wrenpack jobs cancel ID``.
+"""``wrenpack jobs [--json]``, ``wrenpack jobs show ID [--json]``, ``wrenpack jobs cancel ID [--json]``.
 
 Lists the jobs in the store: spawned ones (``f.spawn_map``) with their state,
 call counts (done, failed, running, queued), owner, start and cost so far
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from wrenpack.errors import WrenpackError
@@ -21,16 +20,25 @@ from wrenpack.report import add_plot_arguments, write_plot
 
 
 def _store(args: argparse.Namespace) -> Any:
+    """The store the options name; None for a local one that does not exist (not created)."""
     from wrenpack.config import current
+    from wrenpack.job.client import missing_local_store
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
                                    ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
-    return store_for_config(current(**overrides))
+    config = current(**overrides)
+    missing = missing_local_store(config)
+    if missing is not None:
+        args.missing_store = missing
+        return None
+    return store_for_config(config)
 
 
 def _when(t: Any) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+    from wrenpack.job.client import when
+
+    return when(t)
 
 
 def _owner(row: dict[str, Any]) -> str:
@@ -48,7 +56,7 @@ def _counts(row: dict[str, Any]) -> str:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from wrenpack.executor.owner import user_key
-    from wrenpack.job.client import describe, job_ids
+    from wrenpack.job.client import describe, job_ids, printable
 
     action = getattr(args, "action", None)
     if action == "show":
@@ -57,16 +65,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return _cancel(args)
     store = _store(args)
     key = user_key(create=False)
-    rows = [describe(store, j, key) for j in job_ids(store)]
+    rows = [describe(store, j, key) for j in job_ids(store)] if store is not None else []
+    url = store.url if store is not None else args.missing_store
     if args.json:
-        print(json.dumps({"store": store.url, "jobs": rows}, default=str))
+        print(json.dumps({"store": url, "jobs": rows}, default=str))
         return 0
     if not rows:
-        print(f"no jobs in {store.url}")
+        hint = "" if store is not None else " (there is no store there: check --storage)" if args.storage else \
+            " (there is no store there yet)"
+        print(f"no jobs in {url}{hint}")
         return 0
     head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED", "OWNER", "STARTED", "COST")
-    table = [head] + [(r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
-                       f"${r['cost']:.6f}" if "cost" in r else "-") for r in rows]
+    table = [head] + [tuple(map(printable, (
+        r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
+        f"${r['cost']:.6f}" if "cost" in r else "-"))) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
@@ -74,9 +86,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from wrenpack.job.client import open_job
+    from wrenpack.job.client import JobNotFound, check_job_id, open_job
 
-    return open_job(_store(args), args.job_id)
+    # (a trailing slash: a folder name the shell completed; anything else that is not an id is
+    # refused before the store is opened)
+    job_id = check_job_id(args.job_id.rstrip("/") or args.job_id, f"wrenpack jobs {args.action}")
+    store = _store(args)
+    if store is None:
+        raise JobNotFound(f"no job {job_id!r}: there is no store at {args.missing_store}; check --storage "
+                          "(or the storage setting)")
+    return open_job(store, job_id)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -107,25 +126,33 @@ def _show(args: argparse.Namespace) -> int:
         extra = ""
         if rec.get("duration_s") is not None:
             extra = f" {rec['duration_s']:.3f} s, peak {rec.get('peak_rss_mb')} MB, attempts {rec.get('attempts')}"
-        if rec.get("error"):
-            extra += f" ({rec['error']})"
+        why = rec.get("error") or (rec.get("exit") if rec.get("exit") not in (None, "ok") else None)
+        if why:  # (what the worker's status record says: an error's type, or how the call ended)
+            extra += f" ({why})"
         print(f"  {rec['call_id']}  {rec['state']}{extra}")
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
     job = _open(args)
+    again = job.cancelled()
     if not job.cancel():
         raise WrenpackError(f"job {job.id} has already ended ({job.status()['state']}); nothing to cancel")
-    print(f"cancelled job {job.id}: queued calls will not start, running ones are stopped")
+    running = "running ones are stopped" if job.stops_running else \
+        "running ones run to their end (it was spawned with cancellable=False)"
+    if args.json:
+        print(json.dumps({"id": job.id, "cancelled": True, "already": again, "stops_running": job.stops_running}))
+        return 0
+    said = f"job {job.id} was already cancelled" if again else f"cancelled job {job.id}"
+    print(f"{said}: queued calls will not start, {running}; `wrenpack jobs show {job.id}` follows it")
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="the store (default: the storage setting)")
-    p.add_argument("--region")
-    p.add_argument("--profile")
-    p.add_argument("--s3-endpoint-url")
+def _common(p: argparse.ArgumentParser, default: Any = None) -> None:
+    p.add_argument("--storage", default=default, help="the store (default: the storage setting)")
+    p.add_argument("--region", default=default)
+    p.add_argument("--profile", default=default)
+    p.add_argument("--s3-endpoint-url", default=default)
 
 
 def register(subparsers: Any, name: str) -> None:
@@ -136,15 +163,21 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document")
     _common(p)
     p.set_defaults(func=cmd_jobs, action=None)
+    # The actions' options default to nothing (SUPPRESS), so one given before the action
+    # (`wrenpack jobs --storage S cancel ID`) is not reset by the action's parser.
+    quiet = argparse.SUPPRESS
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     show = sub.add_parser("show", help="one job: record, counts, cost and every call's status",
                           description="Show one spawned job: its record, counts, cost and every call's status.")
     show.add_argument("job_id", metavar="ID")
-    show.add_argument("--json", action="store_true", help="one JSON document")
+    show.add_argument("--json", action="store_true", default=quiet, help="one JSON document")
     add_plot_arguments(show)
-    _common(show)
+    _common(show, quiet)
     cancel = sub.add_parser("cancel", help="cancel a spawned job (queued calls never start)",
                             description="Cancel a spawned job: its queued calls never start, running ones are "
-                                        "stopped, and its futures fail with CancelledError.")
+                                        "stopped (unless it was spawned with cancellable=False: they run to their "
+                                        "end), and its futures fail with CancelledError. Exit codes: 0 ok, 1 no "
+                                        "such job or it has already ended, 2 usage.")
     cancel.add_argument("job_id", metavar="ID")
-    _common(cancel)
+    cancel.add_argument("--json", action="store_true", default=quiet, help="one JSON document")
+    _common(cancel, quiet)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -54,6 +55,21 @@ WATCH_FAILURES = 8
 START_GRACE_S = 300.0
 
 
+#: what a job id is: one path segment of letters, digits, '.', '_' and '-' (``new_job_id`` makes
+#: '20261205-143416-73377e87'). Anything else would name other objects of the store ("JOB/result",
+#: ".."), or a file name the store cannot have, so it is refused before the store is read.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_job_id(job_id: Any, where: str = "attach()") -> str:
+    """``job_id`` if it is a job id; ``ConfigError`` (one line, naming the fix) otherwise."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        shown = repr(job_id) if len(repr(job_id)) <= 60 else repr(job_id)[:57] + "..."
+        raise ConfigError(f"{where}: {shown} is not a job id; give one such as 20261205-143416-73377e87 "
+                          "(job.id, or one `wrenpack jobs` lists)")
+    return job_id
+
+
 class JobNotFound(WrenpackError):
     """No job of that id in the store."""
 
@@ -71,10 +87,30 @@ def log_path(job_id: str) -> str:
     return os.path.join(logs_dir(), f"{job_id}.log")
 
 
+#: the longest retention (s): 100 years. Longer ones are not dates (a time_t of 1e300 s
+#: made `wrenpack jobs show` and `wrenpack clean --stale` fail), and not meant: a job kept
+#: that long is one to remove by name (`wrenpack clean ID`).
+MAX_RETENTION_S = 100 * 365 * 86400.0
+
+
 def check_retention(retention: Any, default: float = DEFAULT_RETENTION_S) -> float:
     """``retention=`` in seconds (a number, or text such as ``"7d"``, ``"12h"``,
     ``"30m"``); ``default`` (the ``job_retention`` setting) when None."""
-    return default if retention is None else parse_retention(retention, "retention=")
+    source = "job_retention" if retention is None else "retention="
+    seconds = default if retention is None else parse_retention(retention, "retention=")
+    if seconds > MAX_RETENTION_S:
+        raise ConfigError(f"{source} {retention if retention is not None else seconds!r} is longer than 100 years; "
+                          "give at most '36500d' (a job kept until you remove it: `wrenpack clean ID` removes it "
+                          "whatever its retention)")
+    return seconds
+
+
+def when(t: Any) -> str:
+    """A timestamp as local time, or "-" for none (or for one no date can show)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+    except (OverflowError, OSError, ValueError):
+        return "-"
 
 
 def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
@@ -103,14 +139,14 @@ def attach(job_id: str, storage: str | None = None) -> "Job":
     from wrenpack.config import current
     from wrenpack.storage import store_for_config
 
-    if not isinstance(job_id, str) or not job_id or "/" in job_id:
-        raise ConfigError(f"attach() needs a job id such as job.id or one `wrenpack jobs` lists, not {job_id!r}")
+    check_job_id(job_id)
     store = store_for_config(current(storage=storage) if storage else current())
     return open_job(store, job_id)
 
 
 def open_job(store: Store, job_id: str) -> "Job":
     """``attach`` on a store already open."""
+    check_job_id(job_id)
     key = user_key(create=False)
     record = read_record(store, job_id, key)
     assert key is not None  # (read_record verified the record with it)
@@ -190,11 +226,14 @@ class Job:
         _done, pending = cf.wait(self.futures(), timeout=timeout)
         return not pending
 
-    def results(self, timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
-        """The calls' results in order (``wrenpack.get`` of ``futures()``)."""
+    def results(self, timeout: float | None = None, return_exceptions: bool = False,
+                progress: bool | str | None = None) -> list[Any]:
+        """The calls' results in order: ``wrenpack.get`` of ``futures()``, with its
+        ``progress`` display (None: a bar on a terminal, or what the ``progress``
+        setting says), since a spawned job is the long wait that needs one."""
         from wrenpack.futures import get
 
-        return get(self.futures(), timeout=timeout, progress=False, return_exceptions=return_exceptions)
+        return get(self.futures(), timeout=timeout, progress=progress, return_exceptions=return_exceptions)
 
     # -- state -------------------------------------------------------------------
     def progress(self) -> dict[str, Any] | None:
@@ -241,11 +280,14 @@ class Job:
     def status(self) -> dict[str, Any]:
         """Counts and state: ``{"state", "calls", "done", "failed", "running",
         "queued", "cancelled", "created", "updated", "cost"}``. ``state`` is
-        "starting", "running", "cancelling", "done", "failed", "cancelled", or
-        "lost" (its supervisor ended before its calls did)."""
+        "starting", "running", "cancelling", "done", "failed", "cancelled",
+        "lost" (its supervisor ended before its calls did), or "removed" (its
+        objects were removed from the store since it was opened: ``wrenpack clean``)."""
         progress = self.progress() or {}
         state = progress.get("state", "starting")
-        if state not in job_record.FINAL_STATES:
+        if not progress and self.removed():
+            state = "removed"
+        elif state not in job_record.FINAL_STATES:
             alive, _owner = self.supervisor()
             if alive is False:
                 progress = self.progress() or progress  # (it may have ended between the two reads)
@@ -272,6 +314,12 @@ class Job:
         ``{"call_id", "state": "running", "start"}`` or ``"queued"`` (and
         "cancelled" or "lost" once the job ended without it). Every record is
         verified first; none is unpickled."""
+        # The job's state first: once it has ended, every result it will have is in the store, so a
+        # call without one was cancelled or lost; while it runs (or is "starting"), such a call is
+        # running or queued.
+        state = self.status()["state"]
+        ended = {"cancelled": "cancelled", "cancelling": "cancelled", "done": "lost", "failed": "lost",
+                 "lost": "lost"}.get(state)
         finished: dict[str, dict[str, Any]] = {}
         for key in self.store.list(keys.result_prefix(self.id)):
             if not key.endswith(".res"):
@@ -287,15 +335,15 @@ class Job:
             finished[cid] = dict(status, call_id=cid, state="done" if status.get("exit") == "ok" else "failed",
                                  attempts=int(status.get("attempt") or 0) + 1)
         started = self._starts()
-        final = (self.progress() or {}).get("state")
-        ended = "cancelled" if final == "cancelled" or self.cancelled() else "lost" if final else None
         out = []
         for i in range(self.calls):
             cid = keys.call_id(i)
             if cid in finished:
                 out.append(finished[cid])
             elif cid in started:
-                out.append({"call_id": cid, "state": ended or "running", "start": started[cid]})
+                # (a cancelled job spawned with cancellable=False lets its running calls run to their end)
+                stopped = ended if state != "cancelling" or self.stops_running else None
+                out.append({"call_id": cid, "state": stopped or "running", "start": started[cid]})
             else:
                 out.append({"call_id": cid, "state": ended or "queued"})
         return out
@@ -350,12 +398,23 @@ class Job:
                 continue
         return out
 
+    def removed(self) -> bool:
+        """Whether the job's record is gone from the store (``wrenpack clean`` removed the
+        job after this ``Job`` was opened): its results, if it had any, went with it."""
+        return not self.store.exists(keys.job_record_key(self.id))
+
     def cancel(self) -> bool:
         """Cancel the job: its queued calls never start, running ones are stopped
         where the backend can stop them (unless it was spawned with
         ``cancellable=False``: they run to their end and keep their results), and
-        futures not done fail with ``CancelledError``. False if the job had already ended."""
-        if (self.progress() or {}).get("state") in job_record.FINAL_STATES:
+        futures not done fail with ``CancelledError``. False if the job had already ended
+        (its calls all ended, or its supervisor is gone and its calls with it: "lost")."""
+        progress = self.progress() or {}
+        if progress.get("state") in job_record.FINAL_STATES:
+            return False
+        if not progress.get("outlive") and self.supervisor()[0] is False:
+            # (a lost job whose calls could not outlive its supervisor: nothing runs to cancel. On
+            # Lambda the calls it had sent may still run, and the marker stops them.)
             return False
         marker = {"at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
         self.store.put(keys.cancel_key(self.id), job_record.seal_cancel(self._secret, self.id, marker))
@@ -447,6 +506,14 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
         _fail_rest(job, futs, True, "")
         return True
     progress = job.progress() or {}
+    if not progress and job.removed():
+        # (without this, such futures waited: "starting" for START_GRACE_S, then "lost" as if its supervisor had died)
+        _collect(job, by_cid, started)
+        err = f"job {job.id} was removed from the store {job.store.url} (wrenpack clean) before this call's result was read"
+        for fut in futs:
+            if not fut.done():
+                fut._resolve(False, JobNotFound(f"{fut.label}: {err}"))
+        return True
     state = progress.get("state")
     alive: bool | None = True
     if state not in job_record.FINAL_STATES:
@@ -501,6 +568,29 @@ def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None
 
 
 # -- for `wrenpack jobs` and `wrenpack clean` ------------------------------------------
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, for a terminal: a job's id is a folder
+    name in the store, which anyone who can write there chooses, and a terminal obeys the
+    escape sequences it is sent (and a newline starts a row of its own)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def missing_local_store(config: Any) -> str | None:
+    """The URL of the local store ``config`` names when that directory does not
+    exist, else None. Opening a local store creates it: a command that only reads
+    or removes jobs (``wrenpack jobs``, ``wrenpack clean``) must not, or a mistyped
+    ``--storage`` leaves a directory behind and answers "no jobs" as if it were a store."""
+    from wrenpack.storage import parse_store_url
+
+    storage = getattr(config, "storage", None)
+    if not isinstance(storage, str):
+        return None
+    spec = parse_store_url(storage)
+    if spec.get("type") != "local" or os.path.lexists(spec["root"]):
+        return None
+    return f"file://{spec['root']}"
+
+
 def job_ids(store: Store) -> list[str]:
     """Every job that has objects in the store (one level listed, not every object)."""
     return [j for j in store.list_folders(keys.JOBS) if j]
@@ -509,7 +599,17 @@ def job_ids(store: Store) -> list[str]:
 def describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
     """One row of ``wrenpack jobs``: a spawned job's status and owner; a job
     launched with ``.map()`` (no job record) as its owner record says; a job
-    whose record does not verify as ``"untrusted"`` (nothing else of it read)."""
+    whose record does not verify as ``"untrusted"`` (nothing else of it read);
+    one an object of which cannot be read as ``"unreadable"`` (one broken job
+    does not hide the others)."""
+    try:
+        return _describe(store, job_id, key)
+    except StoreError as exc:
+        log.debug("describing job %s failed", job_id, exc_info=True)
+        return {"id": job_id, "spawned": None, "state": "unreadable", "why": str(exc)}
+
+
+def _describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
     try:
         job = Job(store, job_id, read_record(store, job_id, key), job_record.derive_secret(key, job_id) if key else b"")
     except NotSpawned:
@@ -552,6 +652,8 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
     except JobNotFound:
         return None
     except CorruptObject:
+        if key is None:  # (nothing to check it with: not a sign that it is another user's)
+            return "unknown", f"there is no owner key ({key_path()}) to check its job record with"
         return "unknown", "its job record is not sealed with your owner key (another user's, or forged)"
     assert key is not None
     job = Job(store, job_id, record, job_record.derive_secret(key, job_id))
@@ -563,7 +665,7 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
         if owner is None:
             return "live", "it was spawned moments ago and its supervisor is starting"
         return "unknown", f"its supervisor ran on host {owner.get('host')!r}, where it may still run"
-    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.expires))
+    until = when(job.expires)
     if time.time() < job.expires:
         return "retained", f"it is kept until {until} (retention)"
     return "expired", f"its retention ended at {until}"

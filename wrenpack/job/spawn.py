@@ -21,7 +21,9 @@ is gone; locally it owns the worker processes.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
+import inspect
 import json
 import logging
 import os
@@ -51,6 +53,8 @@ log = logging.getLogger("wrenpack.job")
 
 #: how long the supervisor may take to start and take the calls (s)
 START_TIMEOUT_S = 120.0
+#: how long a supervisor killed before it started is waited for (s)
+STOP_WAIT_S = 10.0
 _BOOT = "import sys;from wrenpack.job.supervisor import main;sys.exit(main())"
 _AUTO = ("memory", "timeout", "ephemeral_storage")
 
@@ -61,6 +65,7 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
     label = getattr(fn, "__qualname__", None) or "function"
     if not calls:
         raise ConfigError(f"spawn_map({label}) got no items; pass at least one (a job of no calls has nothing to run)")
+    _check_arguments(fn, label, calls)
     if refs._current is not None:  # (inside a remote call: its job secret chain, not a user key)
         raise ConfigError(f"{label}: spawn_map/spawn inside a remote call is not supported; use .map() there")
     retention_s = check_retention(retention, executor.config.job_retention)
@@ -77,6 +82,7 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         raise WrenpackError(f"cannot spawn {label}: there is no usable owner key at {key_path()} to seal the job "
                             "with; make its directory writable (or set WRENPACK_CACHE_DIR)")
     prepared = executor.prepare(fn, calls, options, label, handoffs=False)
+    _check_references(executor, label, prepared.referenced)
     job_id = new_job_id()
     secret = job_record.derive_secret(key, job_id)
     config = executor.config
@@ -126,6 +132,41 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
     return Job(store, job_id, record, secret)
 
 
+def _check_arguments(fn: Callable[..., Any], label: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    """Refuse calls the function cannot take (a missing or unknown argument): a spawned
+    call fails where nobody watches, after this program is gone, so the mistake is named
+    here, before anything is spawned. A function whose signature cannot be read is not checked."""
+    try:
+        signature = inspect.signature(fn, follow_wrapped=False)  # (a wrapper may take what its function does not)
+    except (TypeError, ValueError):
+        return
+    for i, (args, kwargs) in enumerate(calls):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            hint = (" (spawn() passes every keyword to the function; for a retention use "
+                    "f.spawn_map([x], retention=...))") if "retention" in kwargs else ""
+            raise ConfigError(f"{label}: call {i} does not fit {label}{signature}: {exc}{hint}; nothing was "
+                              "spawned") from None
+
+
+def _check_references(executor: "Executor", label: str, referenced: set[tuple[str, tuple[str, ...]]]) -> None:
+    """Refuse arguments that are futures of calls which end with this program.
+
+    A future that is done travels with its outcome; one that is not is a reference
+    its call's result is read through. The calls of ``.map()``/``.remote()`` are
+    stopped, and their objects removed, when this program exits: a spawned call
+    waiting on one would wait until its timeout. Only a spawned job's calls (it
+    has a job record) outlive this program."""
+    store = executor.store
+    ending = sorted({job for job, _chain in referenced if not store.exists(keys.job_record_key(job))})
+    if ending:
+        raise ConfigError(f"{label}: an argument is a future of a call that has not finished (job {ending[0]}, "
+                          "launched with .map()/.remote()): its calls end with this program, so the spawned job "
+                          "could never read it; pass its result instead (wrenpack.get(futures)), or launch those "
+                          "calls with spawn_map too and pass that job's futures")
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -143,20 +184,21 @@ def _start_supervisor(job_id: str, label: str, spec: bytes) -> None:
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # (the job's id as an argument it ignores: `ps` and `pgrep -f ID` tell whose supervisor it is)
+        proc = subprocess.Popen([sys.executable, "-c", _BOOT, job_id], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=log_fd, cwd=os.getcwd(), env=env, start_new_session=True, close_fds=True)
     finally:
         os.close(log_fd)
     # Reaped by a thread while this process lives (no zombie); by init once it is gone.
     threading.Thread(target=proc.wait, name=f"wrenpack-reap-{job_id}", daemon=True).start()
     assert proc.stdin is not None and proc.stdout is not None
+    reply = b""
     try:
         try:
             proc.stdin.write(spec)
             proc.stdin.close()
         except BrokenPipeError:
             pass  # it ended early: its log says why (below)
-        reply = b""
         end = time.monotonic() + START_TIMEOUT_S
         fd = proc.stdout.fileno()
         while b"\n" not in reply and time.monotonic() < end:
@@ -167,13 +209,30 @@ def _start_supervisor(job_id: str, label: str, spec: bytes) -> None:
             if not chunk:
                 break
             reply += chunk
+    except BaseException:
+        # Interrupted (^C) before the supervisor answered: it ends here, before the caller
+        # removes the job's objects, so it can neither run the calls of a job nobody has the id
+        # of nor write its owner record after that removal; its log (nobody was told of it) goes too.
+        _stop(proc)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     finally:
         proc.stdout.close()
     if reply.strip() != b"ok":
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)  # (one that timed out, or said something else)
         raise WrenpackError(f"the supervisor of job {job_id} ({label}) did not start: {_last_line(path)}; "
                             f"its log is {path}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a supervisor that did not start, and wait (a little) until it is gone."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("the supervisor (pid %d) did not end within %.0f s of being killed", proc.pid, STOP_WAIT_S)
 
 
 def _last_line(path: str) -> str:

@@ -22,6 +22,7 @@ on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from wrenpack.errors import CorruptObject, ObjectNotFound
 from wrenpack.executor import Executor, Prepared
 from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture
+from wrenpack.job.client import log_path
 from wrenpack.wire import job_record, result as result_format, status as status_record
 from wrenpack.wire.outcome import error_tuple
 from wrenpack.worker import refs
@@ -95,14 +97,27 @@ class Supervisor:
     def run(self) -> int:
         spec, job_id = self.spec, self.job_id
         self.store.put(keys.owner_key(job_id), json.dumps(owner_record(self.label, job_id)).encode())
-        sys.stdout.write("ok\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write("ok\n")
+            sys.stdout.flush()
+            told = True
+        except OSError:  # (BrokenPipeError) the spawning process is gone: it never returned the job
+            told = False
         # The pipes to the spawning process end here; fds 0 and 1 stay open on /dev/null, so no
         # file or socket opened later (a worker's, which inherits them) takes their numbers.
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)
         os.close(null)
+        if not told:
+            # Killed or interrupted inside spawn_map, it never gave anyone the job's id: nothing
+            # is run, and the job's objects (its record, this owner record) are not left behind.
+            log.error("job %s: the process that spawned it ended before spawn_map returned; nothing was run "
+                      "and the job's objects and this log are removed", job_id)
+            self.store.delete_prefix(keys.job_prefix(job_id))
+            with contextlib.suppress(OSError):
+                os.unlink(log_path(job_id))
+            return 1
         log.info("job %s: running %d call(s) of %s", job_id, len(spec["payloads"]), self.label)
         for ref_job, ref_secret in spec["ref_secrets"].items():
             refs.remember(ref_job, ref_secret)

@@ -1,0 +1,177 @@
+"""``spawn_map`` cut short: a driver interrupted (^C) or killed while it hands a job to
+its supervisor. It never returned the job, so nobody has its id: nothing of the job may
+run on, or stay in the store.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import pytest
+
+import wrenpack
+from tests.processes import alive
+from tests.test_jobs import ROOT, _store
+from wrenpack import keys
+from wrenpack.errors import ConfigError
+from wrenpack.executor import Executor
+from wrenpack.job import spawn
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A store and an owner key of this test's own, in the environment (as in test_jobs)."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WRENPACK_STORAGE", str(tmp_path / "store"))
+    return tmp_path
+
+
+def _square(x):
+    return x * x
+
+
+def _wait_gone(pid: int, within: float = 30.0) -> None:
+    end = time.monotonic() + within
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not alive(pid), f"the supervisor (pid {pid}) outlived a spawn_map that never returned"
+
+
+def test_a_spawn_map_interrupted_before_its_supervisor_answered_leaves_nothing(home, monkeypatch):
+    """^C while spawn_map waited for the supervisor's "ok": the job's objects were removed,
+    and then the supervisor, left running, wrote its owner record (an "orphaned" job)."""
+    started: list[subprocess.Popen] = []
+
+    class Popen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spawn, "subprocess", types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE,
+                                                                   TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.setattr(spawn, "select", types.SimpleNamespace(select=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        wrenpack.remote(_square, executor=Executor(backend="local")).spawn_map([1, 2])
+    (proc,) = started
+    _wait_gone(proc.pid)
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []  # (its log: nobody was told of the job)
+
+
+DYING_DRIVER = """
+import os, signal, subprocess, types, wrenpack
+from wrenpack.job import spawn
+
+class Popen(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        print(self.pid, flush=True)
+
+def killed(*_args, **_kwargs):  # the spec is written; the supervisor's answer is never read
+    os.kill(os.getpid(), signal.SIGKILL)
+
+spawn.subprocess = types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE)
+spawn.select = types.SimpleNamespace(select=killed)
+
+def square(x):
+    return x * x
+
+wrenpack.remote(square).spawn_map(range(3))
+"""
+
+
+def test_a_driver_killed_inside_spawn_map_leaves_no_job_behind(home):
+    """SIGKILL between handing the job over and reading the supervisor's "ok": the job's
+    record and owner record stayed, listed as a lost job for its whole retention (7 days)."""
+    script = home / "driver.py"
+    script.write_text(textwrap.dedent(DYING_DRIVER))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
+    assert out.returncode == -9, out.stderr
+    _wait_gone(int(out.stdout.split()[0]))
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []
+
+
+def _nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def _plus_one(fut):
+    return fut.result() + 1
+
+
+def test_futures_of_calls_that_end_with_the_program_are_refused_as_arguments(home):
+    """A future of a running ``.map()`` call, passed to ``spawn_map``, was a reference to a
+    call that the driver's exit stops (and whose objects it removes): the spawned calls
+    waited on it until their timeout and failed with TaskTimeout."""
+    ex = Executor(backend="local", concurrency=1)
+    try:
+        running = wrenpack.remote(_nap, executor=ex).map([30.0])
+        with pytest.raises(ConfigError, match=r"has not finished .*wrenpack\.get") as err:
+            wrenpack.remote(_plus_one, executor=ex).spawn_map(running)
+        assert "\n" not in str(err.value)
+        assert not [k for k in _store().list(keys.JOBS) if k.endswith("/job.json")]  # nothing was spawned
+    finally:
+        ex.stop()  # (its running call: not waited for)
+    # a done one travels with its result
+    with Executor(backend="local", concurrency=1) as ex:
+        done = wrenpack.remote(_nap, executor=ex).map([0.0])
+        wrenpack.get(done)
+        assert wrenpack.remote(_plus_one, executor=ex).spawn_map(done).results(timeout=60) == [1.0]
+
+
+def test_futures_of_a_spawned_job_are_arguments_another_spawned_job_reads(home):
+    ex = Executor(backend="local", concurrency=2)
+    first = wrenpack.remote(_nap, executor=ex).spawn_map([1.0])
+    # (its supervisor names the job on its command line: `ps`, `pgrep -f ID` find it)
+    _alive, owner = first.supervisor()
+    with open(f"/proc/{owner['pid']}/cmdline", "rb") as f:
+        assert first.id in f.read().decode().split("\0")
+    second = wrenpack.remote(_plus_one, executor=ex).spawn_map(first.futures())
+    assert second.results(timeout=60) == [2.0]
+
+
+def _two(x, y=0):
+    return x + y
+
+
+def test_calls_the_function_cannot_take_are_refused_before_anything_is_spawned(home):
+    """f.spawn(1, retention="3d") spawned a job whose call failed later, detached, with
+    TypeError (spawn passes every keyword to the function), as did a missing argument."""
+    f = wrenpack.remote(_two, executor=Executor(backend="local"))
+    for spawn_it, expected in ((lambda: f.spawn(1, retention="3d"), "for a retention use f.spawn_map"),
+                               (lambda: f.spawn(), "missing a required argument: 'x'"),
+                               (lambda: f.spawn_map([1, 2], z=3), "call 0 does not fit")):
+        with pytest.raises(ConfigError, match=expected) as err:
+            spawn_it()
+        assert "\n" not in str(err.value)
+    assert _store().list(keys.JOBS) == []
+
+
+def _quiet(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, verbose=False, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+@_quiet
+def _wrapped(x):
+    return x
+
+
+def test_a_wrapper_is_checked_by_its_own_signature_not_its_functions(home):
+    """functools.wraps makes inspect.signature show the wrapped function's: a keyword only the
+    wrapper takes would have been refused."""
+    job = wrenpack.remote(_wrapped, executor=Executor(backend="local")).spawn(3, verbose=True)
+    assert job.results(timeout=60) == [3]
