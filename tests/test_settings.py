@@ -46,7 +46,9 @@ def test_bad_option_fails_where_given(name, value, allowed):
 @pytest.mark.parametrize(
     "name,value,allowed",
     [("concurrency", "0", ">= 1"), ("keep_warm", "-1", "> 0"), ("keep_warm", "0", "> 0"), ("inline_limit", "-1", ">= 0"),
-     ("memory", "1500.7", "whole number"), ("memory", "nan", "whole number"), ("retries", "1.5", "whole number")],
+     ("memory", "1500.7", "whole number"), ("memory", "nan", "whole number"), ("retries", "1.5", "whole number"),
+     # (read as 1e300 s, it was accepted; every spawned job then had a date no command could show)
+     ("job_retention", "1e300", "longer than 100 years"), ("job_retention", "36501d", "longer than 100 years")],
 )
 def test_bad_environment_variable_names_itself(monkeypatch, name, value, allowed):
     var = f"WRENPACK_{name.upper()}"

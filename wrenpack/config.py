@@ -33,9 +33,15 @@ else:  # pragma: no cover
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 
 
+#: the longest retention (s): 100 years. Longer ones are not dates (a time_t of 1e300 s
+#: made `wrenpack jobs show` and `wrenpack clean --stale` fail), and not meant: a job kept
+#: that long is one to remove by name (`wrenpack clean ID`).
+MAX_RETENTION_S = 100 * 365 * 86400.0
+
+
 def parse_retention(value: Any, source: str = "retention=") -> float:
     """A retention in seconds: a number above 0, or text such as ``"7d"``,
-    ``"12h"``, ``"30m"``, ``"90s"``; a ``ConfigError`` naming ``source`` otherwise."""
+    ``"12h"``, ``"30m"``, ``"90s"``, at most 100 years; a ``ConfigError`` naming ``source`` otherwise."""
     seconds: Any = value
     if isinstance(value, str):
         text = value.strip().lower()
@@ -46,6 +52,9 @@ def parse_retention(value: Any, source: str = "retention=") -> float:
             seconds = None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"{source} {value!r} must be a number of seconds above 0, or text such as '7d', '12h' or '30m'")
+    if seconds > MAX_RETENTION_S:
+        raise ConfigError(f"{source} {value!r} is longer than 100 years; give at most '36500d' (a job kept until you "
+                          "remove it: `wrenpack clean ID` removes it whatever its retention)")
     return float(seconds)
 
 

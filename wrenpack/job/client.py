@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from wrenpack import auth, keys
-from wrenpack.config import DEFAULT_RETENTION_S, parse_retention
+from wrenpack.config import DEFAULT_RETENTION_S, MAX_RETENTION_S, parse_retention
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, StoreError, WorkerLost, WrenpackError
 from wrenpack.executor.owner import key_path, owner_alive, user_key
 from wrenpack.futures import WrenFuture
@@ -87,21 +87,13 @@ def log_path(job_id: str) -> str:
     return os.path.join(logs_dir(), f"{job_id}.log")
 
 
-#: the longest retention (s): 100 years. Longer ones are not dates (a time_t of 1e300 s
-#: made `wrenpack jobs show` and `wrenpack clean --stale` fail), and not meant: a job kept
-#: that long is one to remove by name (`wrenpack clean ID`).
-MAX_RETENTION_S = 100 * 365 * 86400.0
-
-
 def check_retention(retention: Any, default: float = DEFAULT_RETENTION_S) -> float:
     """``retention=`` in seconds (a number, or text such as ``"7d"``, ``"12h"``,
-    ``"30m"``); ``default`` (the ``job_retention`` setting) when None."""
-    source = "job_retention" if retention is None else "retention="
+    ``"30m"``; at most 100 years); ``default`` (the ``job_retention`` setting, checked
+    alike when it was read) when None."""
     seconds = default if retention is None else parse_retention(retention, "retention=")
-    if seconds > MAX_RETENTION_S:
-        raise ConfigError(f"{source} {retention if retention is not None else seconds!r} is longer than 100 years; "
-                          "give at most '36500d' (a job kept until you remove it: `wrenpack clean ID` removes it "
-                          "whatever its retention)")
+    if retention is None and seconds > MAX_RETENTION_S:  # (a setting made in code, not read through parse_retention)
+        parse_retention(seconds, "setting 'job_retention'")
     return seconds
 
 
