@@ -30,3 +30,20 @@ def test_no_command_is_usage_error():
 def test_unknown_command_is_usage_error():
     out = run("frobnicate")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_output_to_a_reader_gone_away_ends_quietly(tmp_path):
+    """`wrenpack jobs ... | head` whose reader has gone: the command ends with 141 (as SIGPIPE
+    ends other tools) and says nothing. It ended in a BrokenPipeError traceback (Python's
+    "Exception ignored ... BrokenPipeError" at its exit flush, exit 120)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run([sys.executable, "-m", "wrenpack", "jobs", "--storage", str(tmp_path / "none")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""

@@ -3,13 +3,15 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``;
 the module is imported only when its command is named, so ``wrenpack --help``
 and each command stay quick. Errors derived from ``WrenpackError`` print one
-line and exit 1; bad usage exits 2 (argparse's convention).
+line and exit 1; bad usage exits 2 (argparse's convention); output to a reader
+that went away (``| head``) ends the command with 141, as SIGPIPE ends other tools.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -54,7 +56,28 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+#: what a shell reports for a command SIGPIPE ended (128 + 13): the exit of a reader gone away
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. Output to a reader that went away
+    (``wrenpack jobs show ID | head``) ends the command quietly, as it ends
+    other tools, instead of a ``BrokenPipeError`` traceback."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # (a reader gone shows here, not in the interpreter's flush at exit)
+        return code
+    except BrokenPipeError:
+        # Nothing more reaches the reader: stdout goes to /dev/null, so the interpreter's
+        # own flush at exit fails no more either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from wrenpack.errors import WrenpackError
 
     argv = list(sys.argv[1:] if argv is None else argv)
