@@ -196,6 +196,42 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     assert code == 0 and "removed 1 object" in out
 
 
+def test_clean_aborts_old_unfinished_uploads_under_wrenpacks_prefixes(aws_cli, capsys, bucket, monkeypatch):
+    """A writer stopped mid-upload (a call killed while it saved a large checkpoint, or
+    wrote user data through wrenpack.store()) leaves an unfinished multipart upload
+    that S3 bills until it is aborted, and no object listing shows: `clean` now aborts
+    those over a day old under jobs/, shuffle/ and data/, never others (another
+    application's, under the same store prefix), never recent ones."""
+    import datetime
+
+    import boto3
+
+    from wrenpack.cli import cmd_clean
+
+    client = boto3.client("s3", endpoint_url=aws_cli, region_name="us-east-1")
+    started = {}
+    for key in ("cli/jobs/j9/checkpoint/00000", "cli/data/big.bin", "cli/other-app/upload"):
+        started[key] = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def uploads() -> list[dict]:
+        return client.list_multipart_uploads(Bucket=bucket, Prefix="cli/").get("Uploads") or []
+
+    try:
+        # Uploads started a moment ago may be writers at work: kept (moto dates every upload
+        # 2010-11-10, as if a day old, so only a server that tells their age shows this).
+        if all(u["Initiated"] > datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1) for u in uploads()):
+            code, out, _ = run(capsys, "clean", "--stale", "--json")
+            assert code == 0 and json.loads(out)["tmp_swept"] == 0
+            assert {u["Key"] for u in uploads()} == set(started)
+        monkeypatch.setattr(cmd_clean, "UPLOAD_AGE_S", 0.0)  # as if they had started a day ago
+        code, out, _ = run(capsys, "clean", "--stale")
+        assert code == 0 and "2 unfinished upload(s) over a day old" in out, out
+        assert {u["Key"] for u in uploads()} == {"cli/other-app/upload"}
+    finally:
+        for u in uploads():
+            client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+
+
 def test_doctor_warns_when_the_store_ignores_if_none_match(rclone_endpoint):
     """rclone serve s3 answers a second conditional write with 200: first-write-wins would be lost."""
     from wrenpack.backends.aws.doctor import _check_conditional_writes

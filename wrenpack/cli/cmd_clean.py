@@ -26,6 +26,9 @@ from wrenpack.wire import owner as owner_record
 
 #: temporary files younger than this may belong to a write in progress
 TMP_AGE_S = 300.0
+#: an S3 multipart upload unfinished this long after it started is a stopped writer's (s): a call
+#: runs at most 15 minutes, and a driver's upload of gigabytes over a slow link takes hours, not a day
+UPLOAD_AGE_S = 86400.0
 
 
 def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, str]:
@@ -151,13 +154,20 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     if isinstance(store, LocalStore):
         swept = sweep_tmp(store, TMP_AGE_S)
+    else:
+        from wrenpack.storage.data import USER_PREFIX
+        from wrenpack.storage.s3 import S3Store
+
+        if isinstance(store, S3Store):  # (a writer's unfinished multipart uploads: billed until aborted)
+            swept = sum(store.abort_unfinished_uploads(p, UPLOAD_AGE_S) for p in (keys.JOBS, keys.SHUFFLE, USER_PREFIX))
     total = sum(removed.values())
     if args.json:
         print(json.dumps({"store": store.url, "removed": total, "prefixes": removed, "jobs": len(targets),
                           "map_reduces": len(shuffles),
                           "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained}}))
     else:
-        extra = f", {swept} stray temporary file(s)" if swept else ""
+        extra = (f", {swept} stray temporary file(s)" if isinstance(store, LocalStore) else
+                 f", {swept} unfinished upload(s) over a day old") if swept else ""
         of = f"{len(targets)} job(s)" + (f" and {len(shuffles)} map_reduce(s)' intermediates" if shuffles else "")
         print(f"removed {total} object(s) of {of}{extra} from {store.url}")
         if kept:

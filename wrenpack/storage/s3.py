@@ -436,25 +436,38 @@ class S3Store(Store):
         self._delete_keys(known, prefix)
         rest = self.list(prefix)
         self._delete_keys(rest, prefix)
-        self._abort_unfinished_uploads(prefix)
+        self.abort_unfinished_uploads(prefix)
         return len(set(known) | set(rest))
 
-    def _abort_unfinished_uploads(self, prefix: str) -> int:
-        """Abort the multipart uploads left unfinished under ``prefix``: a writer stopped
-        between its first part and its completion (a call killed at its timeout while
-        it wrote a large result) leaves parts that no listing of objects shows and
-        that S3 keeps, and bills, until the upload is aborted. Whatever is under a
-        prefix being deleted is no longer wanted, unfinished or not; an upload still
-        going on fails its writer, as its object would have been deleted anyway. Best
-        effort: a store that cannot list them (a policy without
+    def abort_unfinished_uploads(self, prefix: str, older_than_s: float | None = None) -> int:
+        """Abort the multipart uploads left unfinished under ``prefix`` (those started
+        more than ``older_than_s`` ago, if given): a writer stopped between its first
+        part and its completion (a call killed while it saved a large checkpoint or
+        wrote a shuffle section) leaves parts that no listing of objects shows and
+        that S3 keeps, and bills, until the upload is aborted. ``delete_prefix`` aborts
+        all of them: whatever is under a prefix being deleted is no longer wanted,
+        and an upload still going on fails its writer, as its object would have been
+        deleted anyway; ``wrenpack clean`` aborts old ones anywhere under wrenpack's
+        prefixes. Best effort: a store that cannot list them (a policy without
         s3:ListBucketMultipartUploads, an S3-compatible server without the call)
         leaves them to a lifecycle rule. How many were aborted."""
+        import datetime
+
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix  # (as ``iter_list`` lists it)
+        cutoff = None
+        if older_than_s is not None:
+            try:
+                cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_s)
+            except OverflowError:  # (older than any date: none is)
+                return 0
         aborted = 0
         try:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full)
             for page in pages:
                 for upload in page.get("Uploads") or ():
+                    started = upload.get("Initiated")
+                    if cutoff is not None and not (isinstance(started, datetime.datetime) and started < cutoff):
+                        continue  # (recent, or of unknown age: maybe a writer still at work)
                     with contextlib.suppress(Exception):  # (gone meanwhile: completed or aborted by its writer)
                         self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                         aborted += 1
