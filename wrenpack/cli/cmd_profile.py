@@ -38,7 +38,7 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--input", metavar="MODULE:FUNCTION", help="scaling: make_input(n) returns the first argument")
     p.add_argument("--sizes", metavar="N,N,...", help="scaling: input sizes to measure (at least three)")
     p.add_argument("--target", dest="scale_target", type=_target, metavar="N", help="scaling: size to predict (48000000, 48M)")
-    p.add_argument("--max-time", type=float, metavar="SECONDS", help="stop a run that takes longer than this")
+    p.add_argument("--max-time", type=_seconds, metavar="SECONDS", help="stop a run that takes longer than this")
     p.add_argument("--no-save", action="store_true", help="do not save the profile under .wrenpack/profiles/")
     p.set_defaults(func=run)
 
@@ -87,6 +87,17 @@ def _target(text: str) -> int:
         return _count(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (e.g. 48000000 or 48M)") from None
+
+
+def _seconds(text: str) -> float:
+    """--max-time: a positive number of seconds (0 once meant no limit at all, and -1 ran the call anyway)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds (e.g. --max-time 60)")
+    return value
 
 
 def _sizes(text: str | None) -> list[int]:

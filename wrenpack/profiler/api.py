@@ -52,10 +52,12 @@ def run_profile(
 
     ``started``: the first run, already started (``launcher.start_job`` with
     this call's job): the command line starts it before importing the rest."""
-    if repeat < 1:
+    if repeat < 1 or not _timeout_ok(timeout):
         if started is not None:
             started.wait()  # (nothing left behind)
-        raise ProfileError(f"repeat must be at least 1, got {repeat}; pass --repeat 1 or more")
+        if repeat < 1:
+            raise ProfileError(f"repeat must be at least 1, got {repeat}; pass --repeat 1 or more")
+        _check_timeout(timeout)
     call = {"args": tuple(args), "kwargs": dict(kwargs or {})}
     runs = [_measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout, started=started if i == 0 else None)
             for i in range(repeat)]
@@ -97,6 +99,7 @@ def predict_scaling(
     (``sizing.Sizer``); the rule reading n from a call's first argument is found
     here (``sizing.size_rule``).
     """
+    _check_timeout(timeout)
     sizes = sorted({int(n) for n in sizes})
     if len(sizes) < 3:
         raise ProfileError(f"scaling needs at least three distinct sizes, got {sizes}; e.g. --sizes 1000,2000,4000,8000")
@@ -278,6 +281,18 @@ def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _timeout_ok(timeout: float | None) -> bool:
+    return timeout is None or (isinstance(timeout, (int, float)) and timeout > 0)  # (NaN is not > 0)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """Refuse a timeout that is not a positive number before anything runs: the launcher read 0 as
+    "no limit" (a hung call ran for ever) and a negative one as "stop at once", after the start."""
+    if not _timeout_ok(timeout):
+        raise ProfileError(f"timeout must be a positive number of seconds, got {timeout!r}; pass e.g. timeout=60 "
+                           "(--max-time 60), or None for no limit")
 
 
 def _name(fn: Target) -> str:
