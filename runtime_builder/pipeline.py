@@ -117,6 +117,44 @@ def _check_writable(path: str, flag: str) -> None:
                          f"writable {flag} DIR (or fix its permissions)") from None
 
 
+#: zstd's levels that ``--zstd-level`` takes (the library clamps others silently)
+ZSTD_LEVELS = (1, 22)
+
+
+def known_rules(extra_rules: Iterable[trim.Rule] = ()) -> set[str]:
+    """Every name ``--disable-rule`` accepts: the trim rules, ``strip-so``, ``duplicate-libs``, each optional
+    component's rule and ``optional`` (all of them)."""
+    names = {r.name for r in trim.default_rules(keep_boto3=False, requested=set(), kept_tests=set(),
+                                                doc_dirs_without_init=set(), owner={})}
+    names |= {trim.STRIP_RULE, trim.DUPLICATE_RULE, "optional"} | set(components.by_rule())
+    return names | {r.name for r in extra_rules}
+
+
+def _check_options(tmp_size_mb: int, zstd_level: int | None, disabled_rules: Iterable[str],
+                   extra_rules: Iterable[trim.Rule]) -> None:
+    """Refuse, before anything is resolved, options that would be ignored or measured against a limit
+    Lambda does not have: a --tmp-size outside Lambda's /tmp range (100 MiB made a budget no function
+    can have, 100000 passed a 97 GiB runtime), a --zstd-level zstd clamps without a word, a misspelt
+    --disable-rule that turned nothing off."""
+    from wrenpack.limits import MAX_EPHEMERAL_MB, MIN_EPHEMERAL_MB
+
+    if isinstance(tmp_size_mb, bool) or not isinstance(tmp_size_mb, int) or \
+            not MIN_EPHEMERAL_MB <= tmp_size_mb <= MAX_EPHEMERAL_MB:
+        raise BuildError(f"--tmp-size {tmp_size_mb!r} is outside Lambda's ephemeral storage range: give a whole "
+                         f"number of MiB in {MIN_EPHEMERAL_MB}..{MAX_EPHEMERAL_MB} (the function's /tmp size)")
+    lo, hi = ZSTD_LEVELS
+    if zstd_level is not None and (isinstance(zstd_level, bool) or not isinstance(zstd_level, int)
+                                   or not lo <= zstd_level <= hi):
+        raise BuildError(f"--zstd-level {zstd_level!r} is not a zstd level: give a whole number in {lo}..{hi} "
+                         f"(default {pack.DEFAULT_ZSTD_LEVEL}; --max-compression uses {pack.MAX_ZSTD_LEVEL})")
+    known = known_rules(extra_rules)
+    unknown = [r for r in disabled_rules if r not in known]
+    if unknown:
+        plain = sorted(n for n in known if not n.startswith(components.PREFIX))
+        raise BuildError(f"unknown --disable-rule {unknown[0]!r}: the rules are {', '.join(plain)}, and "
+                         f"optional:<component> ({', '.join(sorted(components.by_rule()))})")
+
+
 def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (),
           pyproject: str | None = None, profile: str | None = None, lock: str | None = None,
           python: str | None = None, arch: str | None = None,
@@ -140,6 +178,9 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         raise BuildError(f"unknown --target {target!r}: use layer or archive")
     if artifacts not in ("auto", "all"):
         raise BuildError(f"unknown artifacts {artifacts!r}: use auto (what the target needs) or all")
+    _check_options(tmp_size_mb, zstd_level, disabled_rules, extra_rules)
+    if trim.STRIP_RULE in set(disabled_rules):  # the rule is applied while copying, not by the plan
+        strip = False
     output = os.path.abspath(output)
     cache_root = os.path.abspath(cache_dir or default_cache_dir())
     _check_writable(output, "--output")
