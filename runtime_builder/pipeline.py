@@ -359,6 +359,15 @@ def _resolve(inp: inputs_mod.Inputs, tgt: Target, work: str, seed_lock: str, upg
             if not (name in inp.from_profile and best) or any(f["name"] == name for f in fallbacks):
                 raise
             old = next((r for r in inp.requirements if inputs_mod._name(r) == name), name)
+            if getattr(exc, "released", None) is False:
+                # not a release without a target wheel: a project installed from elsewhere (the user's own,
+                # editable), and the index's project of that name may be another one. Never swapped in.
+                raise BuildError(
+                    f"the profile pins {old}, but the index has no release {exc.pinned} of {name} (its newest "  # type: ignore[attr-defined]
+                    f"with a wheel for {tgt.label} is {best}): the {name} installed here came from elsewhere (your "
+                    f"own or an editable project?), and the index's {name} may be another project; fix: ship that "
+                    f"code with the function, or require {name} yourself (PACKAGE or -r) if the index's is the same "
+                    f"project") from None
             log.warning("the profile pins %s, which has no wheel for %s; using %s==%s, the newest version that has "
                         "one (pin it yourself to silence this)", old, tgt.label, name, best)
             inp.replace(name, f"{name}=={best}")

@@ -107,3 +107,65 @@ def test_summary_shows_package_text_as_written(monkeypatch):
     out = buf.getvalue()
     for text in ("cannot import [/x] from [bold]y", "a[/b]", "/o/[x]"):
         assert text in out, (text, out)
+
+
+# ---------------------------------------------------------------- --from-profile and projects not from the index
+
+NO_DIST = "ERROR: No matching distribution found for {spec}\n"
+
+
+@pytest.fixture
+def fake_index(monkeypatch, tmp_path):
+    """pip-compile that finds no file for the pins in ``missing``; the index's versions from ``versions``."""
+    state = {"versions": {}, "calls": []}
+
+    def compile_lock(requirements_in, lock_out, target, **k):
+        state["calls"].append(requirements_in)
+        for line in requirements_in.splitlines():
+            if line in state["missing"]:
+                raise resolve.explain_resolve(NO_DIST.format(spec=line), target)
+        raise BuildError("stop: resolved")
+
+    monkeypatch.setattr(resolve, "compile_lock", compile_lock)
+    monkeypatch.setattr(resolve, "probe", lambda names, target, index=None: resolve.Probe(
+        {n: state["versions"][n] for n in names if n in state["versions"]}))
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    return state
+
+
+def _profile(tmp_path, packages):
+    import json
+
+    path = tmp_path / "prof.json"
+    path.write_text(json.dumps({"schema": "wrenpack.profile/1", "packages": packages}))
+    return str(path)
+
+
+def test_a_profile_pin_the_index_never_released_is_not_swapped_for_another_project(fake_index, tmp_path):
+    # the profile of a function importing the user's own `utils` 0.0.1.dev0 (not from any index) built the
+    # index's unrelated `utils` 1.0.1 instead, with only a note: a stranger's code under the imported name
+    fake_index["missing"] = {"utils==0.0.1.dev0"}
+    fake_index["versions"]["utils"] = {"target": ["1.0.0", "1.0.1"], "any": ["1.0.0", "1.0.1"]}
+    prof = _profile(tmp_path, [{"name": "utils", "version": "0.0.1.dev0"}])
+    with pytest.raises(BuildError) as info:
+        runtime_builder.build(profile=prof, output=str(tmp_path / "out"), verify_imports=False)
+    message = str(info.value)
+    assert "stop: resolved" not in message, "it fell back to the index's utils"
+    assert "utils==0.0.1.dev0" in message and "no release 0.0.1.dev0" in message and "\n" not in message, message
+    assert len(fake_index["calls"]) == 1
+
+
+def test_a_released_profile_pin_without_a_target_wheel_still_falls_back(fake_index, tmp_path):
+    fake_index["missing"] = {"numpy==2.4.6"}
+    fake_index["versions"]["numpy"] = {"target": ["2.2.5", "2.2.6"], "any": ["2.2.5", "2.2.6", "2.4.6"]}
+    prof = _profile(tmp_path, [{"name": "numpy", "version": "2.4.6"}])
+    with pytest.raises(BuildError, match="stop: resolved"):
+        runtime_builder.build(profile=prof, output=str(tmp_path / "out"), verify_imports=False)
+    assert "numpy==2.2.6" in fake_index["calls"][-1]
+
+
+def test_a_requirement_for_a_version_never_released_says_so(fake_index, tmp_path):
+    fake_index["missing"] = {"six==99.0"}
+    fake_index["versions"]["six"] = {"target": ["1.16.0", "1.17.0"], "any": ["1.16.0", "1.17.0"]}
+    with pytest.raises(BuildError, match=r"the index has no release 99\.0 of six.*pin six==1\.17\.0"):
+        runtime_builder.build(["six==99.0"], output=str(tmp_path / "out"), verify_imports=False)
