@@ -223,3 +223,17 @@ def test_plot_without_matplotlib_is_refused_before_anything_runs(capsys, no_laun
     code = cli_main(["profile", "profiler_targets:tiny", "--plot", "m.png", "--no-save"])
     err = capsys.readouterr().err
     assert code == 1 and "pip install 'wrenpack[plot]'" in err, err
+
+
+# ---------------------------------------------------------------- recommendations
+
+
+@pytest.mark.parametrize("tmp_mb", [400, 460, 500, 511, 512, 513, 600, 1000])
+def test_ephemeral_storage_keeps_its_margin_just_below_512(tmp_mb):
+    # a call that wrote 500 MB under /tmp was recommended 512 MB (2% headroom) while one that wrote 513 MB got
+    # 581: the margin (x 1.10 + 16 MB) applied only above 512 MB of use
+    r = recommend.recommend(peak_mb=100, wall_s=1, cpu_s=0, tmp_peak_mb=tmp_mb)
+    want = max(512, -(-(tmp_mb * 1.1 + 16) // 1))
+    assert r["ephemeral_storage_mb"] == want, r["ephemeral_storage_mb"]
+    assert isinstance(r["ephemeral_storage_mb"], int) and 512 <= r["ephemeral_storage_mb"] <= 10240
+    assert any("ephemeral storage" in n for n in r["notes"]) == (want > 512)
