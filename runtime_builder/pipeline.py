@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,10 +81,28 @@ def _builder_fingerprint() -> str:
 
 
 def target_interpreter(target: Target) -> str | None:
-    """A local interpreter of the target's Python version, if any."""
+    """A local interpreter of the target's Python version, if any.
+
+    A ``pythonX.Y`` on PATH is used only once it has run and said it is X.Y: a pyenv shim of a version
+    installed but not selected is on PATH too, and fails (exit 127); taken on trust, it passed the check
+    "no pythonX.Y interpreter here" and the build failed after installing, at the bytecode stage."""
     if f"{sys.version_info.major}.{sys.version_info.minor}" == target.python:
         return sys.executable
-    return shutil.which(f"python{target.python}")
+    found = shutil.which(f"python{target.python}")
+    if found is None:
+        return None
+    try:
+        proc = subprocess.run([found, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("not using %s: %s", found, exc)
+        return None
+    if proc.returncode != 0 or proc.stdout.strip() != target.python:
+        log.info("not using %s as python%s: it %s", found, target.python,
+                 f"says it is {proc.stdout.strip()}" if proc.returncode == 0 else
+                 f"failed (exit {proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[0]}")
+        return None
+    return found
 
 
 #: The stages, in the order they run (``stage_seconds`` keys; publish is timed after the manifest is written).

@@ -169,3 +169,31 @@ def test_a_requirement_for_a_version_never_released_says_so(fake_index, tmp_path
     fake_index["versions"]["six"] = {"target": ["1.16.0", "1.17.0"], "any": ["1.16.0", "1.17.0"]}
     with pytest.raises(BuildError, match=r"the index has no release 99\.0 of six.*pin six==1\.17\.0"):
         runtime_builder.build(["six==99.0"], output=str(tmp_path / "out"), verify_imports=False)
+
+
+# ---------------------------------------------------------------- the target's interpreter
+
+
+def _fake_python(tmp_path, body):
+    path = tmp_path / "python3.12"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("body", [
+    "echo 'pyenv: python3.12: command not found' >&2; exit 127",  # a pyenv shim of a version not selected
+    'exec "' + __import__("sys").executable + '" "$@"',  # a python3.12 name that runs another version
+])
+def test_a_python_on_path_that_is_not_the_target_version_is_not_used(body, tmp_path, monkeypatch, no_resolve):
+    # `--python 3.12 --no-verify` found pyenv's python3.12 shim (3.12 installed but not selected), resolved and
+    # installed, then failed with "compiling bytecode failed: ['      Python versions to be found at the same
+    # time.']"; with the import check on, it was not refused up front as "no python3.12 interpreter here"
+    from runtime_builder.pipeline import target_interpreter
+    from runtime_builder.targets import Target
+
+    fake = _fake_python(tmp_path, body)
+    monkeypatch.setattr(pipeline.shutil, "which", lambda name, *a, **k: fake if name == "python3.12" else None)
+    assert target_interpreter(Target.make("3.12")) is None
+    with pytest.raises(BuildError, match=r"cannot verify a python3\.12-x86_64 runtime: no python3\.12 interpreter"):
+        runtime_builder.build(["six"], python="3.12", output=str(no_resolve / "out"))
