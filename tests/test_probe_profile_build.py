@@ -197,3 +197,24 @@ def test_a_python_on_path_that_is_not_the_target_version_is_not_used(body, tmp_p
     assert target_interpreter(Target.make("3.12")) is None
     with pytest.raises(BuildError, match=r"cannot verify a python3\.12-x86_64 runtime: no python3\.12 interpreter"):
         runtime_builder.build(["six"], python="3.12", output=str(no_resolve / "out"))
+
+
+# ---------------------------------------------------------------- the layer budget
+
+
+def test_layer_budget_leaves_room_for_the_functions_own_package():
+    # Lambda's 250 MiB counts the function's package with its layers, and wrenpack deploys its handler
+    # package (worker code and cloudpickle, ~0.5 MiB unzipped) beside the runtime layer: a 249.8 MiB
+    # runtime passed the check and then could not be deployed
+    import zipfile
+
+    from runtime_builder import budget
+    from wrenpack.backends.aws.deploy import handler_package
+
+    handler = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(handler_package())).infolist())
+    limit = budget.limit_for("layer")
+    assert limit + handler <= 250 * budget.MIB, (limit, handler)
+    from wrenpack.errors import BudgetExceeded
+
+    with pytest.raises(BudgetExceeded, match="function's own package"):
+        budget.check(250 * budget.MIB - handler // 2, {"big": 250 * budget.MIB}, target="layer")

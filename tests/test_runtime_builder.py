@@ -265,7 +265,8 @@ def test_trim_keeps_test_modules_that_code_imports(tmp_path):
 
 def test_budget_check_and_message():
     budget.check(10, {"a": 10}, target="layer")
-    with pytest.raises(BudgetExceeded, match=r"300\.0 MiB unzipped, over the 250 MiB layer limit by 50\.0 MiB"):
+    with pytest.raises(BudgetExceeded, match=r"300\.0 MiB unzipped, over the 250 MiB layer limit \(less 1 MiB kept "
+                                             r"for the function's own package\) by 51\.0 MiB"):
         budget.check(300 * budget.MIB, {"big": 200 * budget.MIB, "small": 100 * budget.MIB})
 
 
@@ -618,6 +619,7 @@ def _fit_inputs(tmp_path):
 def test_fit_picks_sourceless_when_only_sourceless_fits(cache, tmp_path, monkeypatch, caplog):
     req = _fit_inputs(tmp_path)
     monkeypatch.setattr(budget, "LAYER_LIMIT", 1 * budget.MIB)  # a lowered budget: seconds, not minutes
+    monkeypatch.setattr(budget, "FUNCTION_PACKAGE_RESERVE", 0)
     with pytest.raises(BudgetExceeded) as exc:
         runtime_builder.build(requirements_files=[req], output=str(tmp_path / "plain"), cache_dir=cache)
     text = _one_line(exc)

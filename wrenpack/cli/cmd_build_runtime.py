@@ -32,7 +32,8 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--python", metavar="X.Y", help="target Python version (default: this interpreter's)")
     p.add_argument("--arch", choices=list(limits.ARCHITECTURES), default="x86_64", help="target architecture")
     p.add_argument("--target", choices=["layer", "archive"], default="layer",
-                   help="size budget to enforce: layer (250 MiB unzipped) or archive (extracted into /tmp)")
+                   help="size budget to enforce: layer (250 MiB unzipped, less 1 MiB for the function's own package) "
+                        "or archive (extracted into /tmp)")
     p.add_argument("--tmp-size", type=int, default=512, metavar="MiB",
                    help="the function's /tmp size for --target archive (512-10240)")
     p.add_argument("--sourceless", action="store_true", help="ship .pyc only (smaller; no source in tracebacks)")
