@@ -237,3 +237,36 @@ def test_ephemeral_storage_keeps_its_margin_just_below_512(tmp_mb):
     assert r["ephemeral_storage_mb"] == want, r["ephemeral_storage_mb"]
     assert isinstance(r["ephemeral_storage_mb"], int) and 512 <= r["ephemeral_storage_mb"] <= 10240
     assert any("ephemeral storage" in n for n in r["notes"]) == (want > 512)
+
+
+# ---------------------------------------------------------------- threads
+
+
+THREADS = textwrap.dedent("""\
+    import threading, time
+
+    def many_threads(n, hold=0.5):
+        ev = threading.Event()
+        ts = [threading.Thread(target=ev.wait) for _ in range(n)]
+        for t in ts:
+            t.start()
+        time.sleep(hold)
+        ev.set()
+        for t in ts:
+            t.join()
+        return n
+""")
+
+
+def test_more_threads_than_lambda_allows_are_counted_and_noted(tmp_path, monkeypatch):
+    # 1,100 threads profiled as fine (a 33 MB peak, no note): on Lambda (1,024 processes and threads per
+    # execution environment) and on the local backend the call fails to start its threads
+    (tmp_path / "threads_mod.py").write_text(THREADS)
+    monkeypatch.chdir(tmp_path)
+    prof = run_profile("threads_mod:many_threads", (1100,), save=False)
+    assert prof.threads >= 1100, prof.threads
+    assert prof.to_dict()["threads"] == prof.threads
+    assert any("1,024" in n and "threads" in n for n in prof.recommended["notes"]), prof.recommended["notes"]
+    few = run_profile("threads_mod:many_threads", (4, 0.2), save=False)
+    assert 5 <= few.threads < 50, few.threads
+    assert not any("1,024" in n for n in few.recommended["notes"]), few.recommended["notes"]

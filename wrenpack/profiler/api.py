@@ -392,6 +392,7 @@ def _measure(
         "tmp_peak_mb": launch.get("tmp_peak_mb", 0.0),
         "tmp_final_mb": launch.get("tmp_final_mb", 0.0),
         "processes": launch.get("max_processes", 1),
+        "threads": launch.get("max_threads", 1),
         "memory_sources": {
             "self_vmhwm_mb": self_hwm,
             "tree_sampled_peak_mb": tree_peak,
@@ -489,7 +490,9 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
     tmp_peak = max(r["tmp_peak_mb"] for r in runs)
     waits = [r.get("wait_s") for r in runs]
     wait = max(waits) if all(w is not None for w in waits) else None  # type: ignore[type-var]
-    rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak, wait_s=wait)
+    threads = max(r.get("threads", 1) for r in runs)
+    rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak, wait_s=wait,
+                              threads=threads)
     mapped = worst_peak_run["memory_sources"].get("file_mapped_at_peak_mb", 0.0)
     if mapped > max(16.0, 0.10 * max(peaks)):
         rec["notes"].append(
@@ -515,6 +518,7 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
         tmp_peak_mb=round(tmp_peak, 3),
         tmp_final_mb=round(max(r["tmp_final_mb"] for r in runs), 3),
         processes=max(r["processes"] for r in runs),
+        threads=threads,
         network=dict(NETWORK_NOT_MEASURABLE),
         packages=pkgs,
         local_modules=local,

@@ -181,10 +181,10 @@ def _read_json(path: str) -> dict | None:
 # --------------------------------------------------------------------------- launcher side
 
 
-def _status(pid: int) -> tuple[int, int, int]:
-    """(VmRSS, VmHWM, RssFile) in kB from /proc; zeros once the process is gone."""
-    got = proc_status(pid, (b"VmHWM:", b"VmRSS:", b"RssFile:"))
-    return got.get(b"VmRSS:", 0), got.get(b"VmHWM:", 0), got.get(b"RssFile:", 0)
+def _status(pid: int) -> tuple[int, int, int, int]:
+    """(VmRSS, VmHWM, RssFile in kB, Threads) from /proc; zeros once the process is gone."""
+    got = proc_status(pid, (b"VmHWM:", b"VmRSS:", b"RssFile:", b"Threads:"))
+    return got.get(b"VmRSS:", 0), got.get(b"VmHWM:", 0), got.get(b"RssFile:", 0), got.get(b"Threads:", 0)
 
 
 _dir_bytes = dir_usage
@@ -301,6 +301,7 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
     tree_peak_kb = 0
     curve_peak_kb = file_at_peak_kb = 0
     max_procs = 1
+    max_threads = 1  # (Lambda allows 1,024 processes and threads together)
     tmp_peak = 0
     timed_out = False
     tick = 0
@@ -314,17 +315,19 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
             sample = False  # the runner has its figures; what it does next is bookkeeping
         if sample:
             now = time.time()
-            rss, _, file_kb = _status(proc.pid)
+            rss, _, file_kb, threads = _status(proc.pid)
             curve_kb = rss
             peak_kb = rss
             if tick % SCAN_EVERY == 0:
                 kids = tree.descendants()
             for kid in kids:
-                k_rss, k_hwm, k_file = _status(kid)
+                k_rss, k_hwm, k_file, k_threads = _status(kid)
                 file_kb += k_file
                 curve_kb += k_rss
                 peak_kb += max(k_rss, k_hwm)  # a child's own high-water mark catches its spikes between samples
+                threads += k_threads
             max_procs = max(max_procs, 1 + len(kids))
+            max_threads = max(max_threads, threads)
             if curve_kb > curve_peak_kb:
                 curve_peak_kb, file_at_peak_kb = curve_kb, file_kb
             tree_peak_kb = max(tree_peak_kb, peak_kb)
@@ -358,6 +361,7 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
         "tree_peak_mb": tree_peak_kb / 1024.0,
         "file_mapped_at_peak_mb": file_at_peak_kb / 1024.0,
         "max_processes": max_procs,
+        "max_threads": max_threads,
         "tmp_peak_mb": max(tmp_peak, tmp_final) / 2**20,
         "tmp_final_mb": tmp_final / 2**20,
     }

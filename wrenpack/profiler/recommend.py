@@ -39,6 +39,8 @@ from wrenpack.limits import (
 )
 
 MB_PER_VCPU = 1769
+#: Lambda's limit on processes and threads, together, per execution environment
+MAX_THREADS = 1024
 MAX_VCPUS = 6
 TIMEOUT_FACTOR = 1.5
 TIMEOUT_EXTRA_S = 10
@@ -100,13 +102,19 @@ def cost(memory_mb: float, duration_s: float) -> dict[str, Any]:
 
 
 def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 0.0, *,
-              wait_s: float | None = None, untrusted_time: str | None = None) -> dict[str, Any]:
+              wait_s: float | None = None, untrusted_time: str | None = None, threads: int = 0) -> dict[str, Any]:
     """Memory, timeout, /tmp and cost for a call that peaked at ``peak_mb``.
 
     ``wait_s``: the measured non-CPU wait (see :func:`duration_at`); without it
     the wall time stands in. ``untrusted_time``: why the time figures cannot be
-    trusted; the timeout is then Lambda's maximum, not a figure made from them."""
+    trusted; the timeout is then Lambda's maximum, not a figure made from them. ``threads``: the most
+    threads (processes' main threads included) the call ran at once; above Lambda's limit it gets a note
+    (no memory setting raises it)."""
     notes: list[str] = []
+    if threads > MAX_THREADS:
+        notes.append(f"ran {threads:,} threads and processes at once; Lambda allows {MAX_THREADS:,} per execution "
+                     "environment (the local backend too): starting more fails there (RuntimeError \"can't start new "
+                     "thread\", BlockingIOError on fork); bound the pool or split the work into more calls")
     memory = memory_for(peak_mb)
     if peak_mb * (1 + MEMORY_MARGIN_FRACTION) + MEMORY_MARGIN_FIXED_MB > MAX_MEMORY_MB:
         notes.append(

@@ -52,6 +52,7 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
     measured.add_row("CPU user / sys", f"{prof.cpu_user_s:.3f} / {prof.cpu_sys_s:.3f} s", busy)
     measured.add_row("/tmp peak", _mb(prof.tmp_peak_mb), f"{prof.tmp_final_mb:,.1f} MB left at the end")
     measured.add_row("processes", str(prof.processes), "the call's process tree, at most")
+    measured.add_row("threads", str(prof.threads), "of those processes, at most (Lambda allows 1,024 in all)")
     measured.add_row("network", "not measurable", "no per-process counters on Linux")
     if prof.result_bytes:
         measured.add_row("result", f"{prof.result_bytes:,} bytes", f"pickled in {prof.serialize_s:.3f} s")
