@@ -270,3 +270,25 @@ def test_more_threads_than_lambda_allows_are_counted_and_noted(tmp_path, monkeyp
     few = run_profile("threads_mod:many_threads", (4, 0.2), save=False)
     assert 5 <= few.threads < 50, few.threads
     assert not any("1,024" in n for n in few.recommended["notes"]), few.recommended["notes"]
+
+
+# ---------------------------------------------------------------- path/to/file.py targets
+
+
+def test_a_file_inside_a_package_is_loaded_as_its_module_so_relative_imports_work(tmp_path, monkeypatch, capsys):
+    # `wrenpack profile pkg/mod.py:f` on a module with `from . import helper` failed: "attempted relative
+    # import with no known parent package" (the file was loaded as a top-level module `mod`)
+    pkg = tmp_path / "proj" / "pkgx"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("X = 41\n")
+    (pkg / "sub" / "mod.py").write_text("from .. import helper\n\ndef f():\n    return helper.X + 1\n")
+    monkeypatch.chdir(tmp_path)
+    code = cli_main(["profile", "proj/pkgx/sub/mod.py:f", "--no-save", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert '"result_bytes"' in out
+    # a file outside any package is still loaded as a top-level module
+    (tmp_path / "plain.py").write_text("def g():\n    return 1\n")
+    assert cli_main(["profile", "plain.py:g", "--no-save", "--json"]) == 0, capsys.readouterr().err
