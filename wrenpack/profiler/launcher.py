@@ -281,11 +281,15 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
     parent = job.get("parent_pid")
 
     def _stop(signum: int, frame: Any) -> None:
+        # Once only: a killed multi-threaded caller sends the death signal once per thread that ends (each
+        # time the launcher is handed on), and a second stop inside the first one's import broke it half-way.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _end_all(proc.pid, tree)
-        if parent is not None and os.getppid() != parent:  # the caller is gone: nobody else removes the folder
-            import shutil
-
-            shutil.rmtree(jobdir, ignore_errors=True)
+        # A stopped run's figures are never read, so its folder goes here too: when the caller died, nobody
+        # else removes it. (Not "if getppid() changed": the death signal comes when the caller's *thread*
+        # ends, and another of its threads may adopt the launcher meanwhile.)
+        _remove_tree(jobdir)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _stop)
@@ -447,6 +451,27 @@ def _end_all(runner: int, tree: _Tree) -> None:
         if not left or time.monotonic() > deadline:
             return
         time.sleep(0.005)
+
+
+def _remove_tree(path: str) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)`` without importing shutil (in a signal handler, on the
+    launcher's small set of imports)."""
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            try:
+                os.unlink(os.path.join(dirpath, name))
+            except OSError:
+                pass
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            try:
+                os.unlink(full) if os.path.islink(full) else os.rmdir(full)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _reap(pids: list[int]) -> None:
