@@ -174,6 +174,50 @@ def _check_options(tmp_size_mb: int, zstd_level: int | None, disabled_rules: Ite
                          f"optional:<component> ({', '.join(sorted(components.by_rule()))})")
 
 
+def _lock_hash_counts(lock_text: str) -> dict[str, int]:
+    """Canonical name of every requirement line -> how many ``--hash`` options it has (any algorithm pip takes)."""
+    import re
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    out: dict[str, int] = {}
+    current: str | None = None
+    for raw in lock_text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not raw[:1].isspace() and not line.startswith("-"):
+            try:
+                current = canonicalize_name(Requirement(line.rstrip("\\").split("--hash")[0].strip()).name)
+            except InvalidRequirement:
+                current = None
+            if current:
+                out.setdefault(current, 0)
+        if current:
+            out[current] += len(re.findall(r"--hash[= ]\w+:[0-9a-fA-F]+", line))
+    return out
+
+
+def _check_lock(path: str, lock_text: str) -> None:
+    """Refuse a --lock that ``pip install --require-hashes`` cannot install exactly, before anything runs: a
+    lock without hashes got as far as the install and failed there with pip's message cut mid-sentence."""
+    hashes = _lock_hash_counts(lock_text)
+    pinned = resolve.pins(lock_text)
+    fix = ("fix: build from the requirements instead (the build writes a hashed requirements.lock), or "
+           "regenerate the lock with pip-compile --generate-hashes")
+    if not hashes:
+        raise BuildError(f"lock file {path} holds no requirements; {fix}")
+    loose = sorted(set(hashes) - set(pinned))
+    if loose:
+        raise BuildError(f"lock file {path} has requirements not pinned with ==: {', '.join(loose[:5])}; {fix}")
+    bare = sorted(n for n in pinned if not hashes.get(n))
+    if bare:
+        named = ", ".join(f"{n}=={pinned[n]}" for n in bare[:5]) + (f" and {len(bare) - 5} more" if len(bare) > 5 else "")
+        raise BuildError(f"lock file {path} has no --hash for {named}: the install checks every file against "
+                         f"the lock's hashes; {fix}")
+
+
 def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (),
           pyproject: str | None = None, profile: str | None = None, lock: str | None = None,
           python: str | None = None, arch: str | None = None,
@@ -212,6 +256,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
                 lock_text = f.read()
         except OSError as exc:
             raise BuildError(f"cannot read lock file {lock}: {exc.strerror}; check --lock") from None
+        _check_lock(lock, lock_text)
     elif not inp.requirements and not (profile or pyproject or list(requirements_files)):
         raise BuildError("nothing to build: give package names, -r requirements.txt, --pyproject, "
                          "--from-profile or --lock")

@@ -218,3 +218,29 @@ def test_layer_budget_leaves_room_for_the_functions_own_package():
 
     with pytest.raises(BudgetExceeded, match="function's own package"):
         budget.check(250 * budget.MIB - handler // 2, {"big": 250 * budget.MIB}, target="layer")
+
+
+# ---------------------------------------------------------------- --lock
+
+
+@pytest.mark.parametrize("text,message", [
+    ("six==1.17.0\n", r"no --hash for six==1\.17\.0"),
+    ("six>=1.16 \\\n    --hash=sha256:" + "a" * 64 + "\n", r"not pinned with ==: six"),
+    ("# only a comment\n", r"holds no requirements"),
+])
+def test_a_lock_that_pip_cannot_install_exactly_is_refused_before_anything_runs(text, message, tmp_path,
+                                                                              monkeypatch):
+    # a lock without hashes got as far as pip install and then failed with pip's message cut mid-sentence:
+    # "Hashes are required in --require-hashes mode, ... (If you did not enable --require- (run with -v ...)"
+    from runtime_builder import installer
+
+    def refuse(*a, **k):
+        raise AssertionError("the build went on with a lock pip cannot install")
+
+    monkeypatch.setattr(installer, "install", refuse)
+    monkeypatch.setattr(pipeline, "_precheck_wheels", refuse)
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(text)
+    with pytest.raises(BuildError, match=message) as info:
+        runtime_builder.build(lock=str(lock), output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    assert "\n" not in str(info.value) and str(lock) in str(info.value)
