@@ -552,8 +552,12 @@ def _choose_mode(size: int, sourceless_size: int, per_dist: dict[str, int], opti
                              sorted(per_dist.items(), key=lambda kv: -kv[1])[:10])
     kind, sl = allowed[0]
     fitting = [r for r in tried if r["fits"]]
-    hint = (f"; a {fitting[0]['mode']} would fit ({at_least}{fitting[0]['bytes'] / budget.MIB:.1f} MiB): "
-            f"pass --fit to build the first mode that fits" if fitting else "")
+    # Before bytecode the sizes are lower bounds: a sourceless layer's .pyc added 34 MiB to the scipy stack's
+    # 220.5, and the layer that "would fit" did not (--fit then built an archive).
+    fits = ("might fit" if lower_bound else "would fit")
+    hint = (f"; a {fitting[0]['mode']} {fits} ({at_least}{fitting[0]['bytes'] / budget.MIB:.1f} MiB"
+            f"{' before bytecode' if lower_bound else ''}): pass --fit to build the first mode that fits"
+            if fitting else "")
     try:
         budget.check(sourceless_size if sl else size, per_dist, target=kind, tmp_mb=tmp_mb)
     except BudgetExceeded as exc:

@@ -244,3 +244,19 @@ def test_a_lock_that_pip_cannot_install_exactly_is_refused_before_anything_runs(
     with pytest.raises(BuildError, match=message) as info:
         runtime_builder.build(lock=str(lock), output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
     assert "\n" not in str(info.value) and str(lock) in str(info.value)
+
+
+def test_a_mode_that_fits_only_before_bytecode_is_not_promised():
+    # the early check (sizes before bytecode) said "a sourceless layer would fit (at least 220.5 MiB): pass
+    # --fit" for the scipy stack; its bytecode took it to 254.4 MiB, and --fit built an archive instead
+    from runtime_builder import budget
+    from wrenpack.errors import BudgetExceeded
+
+    options = {"tmp_size_mb": 512, "fit": False, "target": "layer", "sourceless": False}
+    with pytest.raises(BudgetExceeded) as info:
+        pipeline._choose_mode(300 * budget.MIB, 220 * budget.MIB, {"big": 300 * budget.MIB}, options, {},
+                              lower_bound=True)
+    message = str(info.value)
+    assert "might fit (at least 220.0 MiB before bytecode)" in message and "would fit" not in message, message
+    with pytest.raises(BudgetExceeded, match=r"would fit \(220\.0 MiB\)"):
+        pipeline._choose_mode(300 * budget.MIB, 220 * budget.MIB, {"big": 300 * budget.MIB}, options, {})
