@@ -292,3 +292,29 @@ def test_a_file_inside_a_package_is_loaded_as_its_module_so_relative_imports_wor
     # a file outside any package is still loaded as a top-level module
     (tmp_path / "plain.py").write_text("def g():\n    return 1\n")
     assert cli_main(["profile", "plain.py:g", "--no-save", "--json"]) == 0, capsys.readouterr().err
+
+
+ORPHANS = textwrap.dedent("""\
+    import os, time
+
+    def short_daemons(n):
+        for _ in range(n):
+            pid = os.fork()
+            if pid == 0:  # a daemon's double fork: the grandchild outlives its parent by a moment
+                if os.fork() == 0:
+                    time.sleep(0.005)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            time.sleep(0.01)
+        time.sleep(0.3)
+        return n
+""")
+
+
+def test_ended_orphans_are_collected_not_counted_as_running(tmp_path, monkeypatch):
+    # the launcher adopts the call's orphans; those that ended stayed zombies under it until the run's end,
+    # each counted as a process (and a thread): 60 short daemons read as 60 processes at once
+    (tmp_path / "orphans_mod.py").write_text(ORPHANS)
+    monkeypatch.chdir(tmp_path)
+    prof = run_profile("orphans_mod:short_daemons", (60,), save=False)
+    assert prof.processes < 20 and prof.threads < 30, (prof.processes, prof.threads)

@@ -323,6 +323,7 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
             curve_kb = rss
             peak_kb = rss
             if tick % SCAN_EVERY == 0:
+                _reap(kids)  # adopted orphans that ended: collected (as init would), not counted as running
                 kids = tree.descendants()
             for kid in kids:
                 k_rss, k_hwm, k_file, k_threads = _status(kid)
