@@ -199,6 +199,30 @@ def _lock_hash_counts(lock_text: str) -> dict[str, int]:
     return out
 
 
+def _is_runtime_manifest(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "manifest_version" in data and "content_hash" in data
+
+
+def _check_output(output: str) -> None:
+    """Refuse, before anything runs, an --output whose python/, manifest.json, layer.zip or runtime.tar.zst
+    no build wrote (there is no wrenpack manifest.json beside them): publishing replaces those, and
+    ``-o .`` in a project with a python/ folder of its own deleted it without a word. (A requirements.lock
+    alone is fine: a committed lock seeds the build.)"""
+    ours = (layout.SITE, layout.MANIFEST, layout.LAYER_ZIP, layout.ARCHIVE)
+    present = [n for n in ours if os.path.lexists(os.path.join(output, n))]
+    if not present or _is_runtime_manifest(os.path.join(output, layout.MANIFEST)):
+        return
+    names = ", ".join(n + "/" if n == layout.SITE else n for n in present)
+    raise BuildError(f"--output {output} holds {names} that no wrenpack build wrote (no wrenpack {layout.MANIFEST}), "
+                     f"and a build replaces them; fix: pass a new or empty --output DIR (default "
+                     f"{layout.DEFAULT_OUTPUT})")
+
+
 def _check_lock(path: str, lock_text: str) -> None:
     """Refuse a --lock that ``pip install --require-hashes`` cannot install exactly, before anything runs: a
     lock without hashes got as far as the install and failed there with pip's message cut mid-sentence."""
@@ -247,6 +271,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
     output = os.path.abspath(output)
     cache_root = os.path.abspath(cache_dir or default_cache_dir())
     _check_writable(output, "--output")
+    _check_output(output)
     _check_writable(cache_root, "--cache-dir")
     inp = inputs_mod.gather(packages, requirements_files, pyproject, profile)
     lock_text = None

@@ -260,3 +260,30 @@ def test_a_mode_that_fits_only_before_bytecode_is_not_promised():
     assert "might fit (at least 220.0 MiB before bytecode)" in message and "would fit" not in message, message
     with pytest.raises(BudgetExceeded, match=r"would fit \(220\.0 MiB\)"):
         pipeline._choose_mode(300 * budget.MIB, 220 * budget.MIB, {"big": 300 * budget.MIB}, options, {})
+
+
+# ---------------------------------------------------------------- --output that holds someone else's files
+
+
+@pytest.mark.parametrize("theirs", ["python/mycode.py", "manifest.json", "layer.zip"])
+def test_an_output_holding_files_no_build_wrote_is_refused_before_anything_runs(theirs, no_resolve):
+    # `wrenpack build-runtime six -o .` in a project with a python/ folder of its own deleted that folder
+    # (and replaced its manifest.json) without a word
+    out = no_resolve / "proj"
+    (out / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (out / theirs).write_text('{"mine": 1}')
+    with pytest.raises(BuildError, match=r"--output .*proj.* holds .* that no wrenpack build wrote") as info:
+        runtime_builder.build(["six"], output=str(out))
+    assert "\n" not in str(info.value)
+    assert (out / theirs).read_text() == '{"mine": 1}'
+
+
+def test_an_output_a_build_wrote_is_replaced(tmp_path, monkeypatch):
+    out = tmp_path / "rt"
+    (out / "python").mkdir(parents=True)
+    (out / "manifest.json").write_text('{"manifest_version": 1, "content_hash": "abc"}')
+    pipeline._check_output(str(out))  # (no error)
+    pipeline._check_output(str(tmp_path / "new"))
+    (tmp_path / "lockonly").mkdir()
+    (tmp_path / "lockonly" / "requirements.lock").write_text("six==1.17.0\n")  # a committed lock seeds the build
+    pipeline._check_output(str(tmp_path / "lockonly"))
