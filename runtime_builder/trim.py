@@ -361,6 +361,36 @@ def size_rules(root: str, files: dict[str, int], owner: dict[str, str],
     return rules, kept
 
 
+#: specifier operators that bound a version from above (or pin it): Lambda's SDK copy may fall outside
+_BOUNDED = ("<", "<=", "==", "===", "~=")
+
+
+def sdk_pinned_by(root: str) -> list[tuple[str, str]]:
+    """``(distribution, requirement)`` for every distribution in ``root`` (not the SDK itself) that needs
+    boto3, botocore or s3transfer below some version, or at one: the ``lambda-provided`` rule would swap in
+    Lambda's copy, whatever its version (aiobotocore, which s3fs pulls, requires botocore>=1.37.2,<1.37.4).
+    A requirement only of an extra is not counted."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out: list[tuple[str, str]] = []
+    for d in metadata.distributions(path=[root]):
+        name = canonical(d.metadata["Name"] or "")
+        if name in LAMBDA_PROVIDED:
+            continue
+        for text in d.requires or []:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            if canonical(req.name) not in LAMBDA_PROVIDED or (req.marker and "extra" in str(req.marker)):
+                continue
+            if any(spec.operator in _BOUNDED for spec in req.specifier):
+                out.append((name, f"{req.name}{req.specifier}"))
+    return sorted(out)
+
+
 def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
          extra_rules: Iterable[Rule] = (), disabled: Iterable[str] = (), imported: Iterable[str] = ()) -> Plan:
     """Decide what each rule removes from the raw tree at ``root``.
@@ -392,6 +422,11 @@ def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
                 anc.add(d)
             d = os.path.dirname(d)
     keep_stubs = lazy_stubs(root, files)
+    pins = sdk_pinned_by(root)
+    if pins and not keep_boto3:
+        log.warning("keeping %s in the runtime: %s (Lambda's own copy may be another version)",
+                    "/".join(sorted(LAMBDA_PROVIDED)), "; ".join(f"{d} requires {s}" for d, s in pins[:3]))
+        keep_boto3 = True
     rules = default_rules(keep_boto3=keep_boto3, requested={canonical(r) for r in requested},
                           kept_tests=kept_tests, doc_dirs_without_init=anc, owner=owner, keep_stubs=keep_stubs)
     off = set(disabled)

@@ -3,6 +3,7 @@ and text from packages shown as written. Fast: nothing here downloads or install
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
@@ -287,3 +288,37 @@ def test_an_output_a_build_wrote_is_replaced(tmp_path, monkeypatch):
     (tmp_path / "lockonly").mkdir()
     (tmp_path / "lockonly" / "requirements.lock").write_text("six==1.17.0\n")  # a committed lock seeds the build
     pipeline._check_output(str(tmp_path / "lockonly"))
+
+
+# ---------------------------------------------------------------- Lambda's SDK and packages that pin it
+
+
+def _fake_dist(root, name, version, requires=(), modules=None):
+    modules = modules or [name.replace("-", "_")]
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"] + [f"Requires-Dist: {r}" for r in requires]
+    (info / "METADATA").write_text("\n".join(meta) + "\n")
+    record = [f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
+    for m in modules:
+        (root / m).mkdir()
+        (root / m / "__init__.py").write_text("X = 1\n")
+        record.append(f"{m}/__init__.py,,")
+    (info / "RECORD").write_text("\n".join(record) + "\n")
+
+
+def test_the_sdk_stays_when_a_package_pins_a_version_lambdas_may_not_have(tmp_path):
+    # s3fs -> aiobotocore requires botocore>=1.37.2,<1.37.4: trimmed as "Lambda provides it", the runtime got
+    # Lambda's botocore instead, a version aiobotocore does not work with
+    from runtime_builder import trim
+
+    pinned = tmp_path / "pinned"
+    _fake_dist(pinned, "botocore", "1.37.3")
+    _fake_dist(pinned, "aiobotocore", "2.21.1", requires=["botocore<1.37.4,>=1.37.2", "aiohttp>=3.9"])
+    plan = trim.plan(str(pinned))
+    assert os.path.join("botocore", "__init__.py") not in plan.removed, plan.removed
+    loose = tmp_path / "loose"
+    _fake_dist(loose, "botocore", "1.37.3")
+    _fake_dist(loose, "user-lib", "1.0", requires=["botocore>=1.20", "boto3; extra == 'aws'"])
+    plan = trim.plan(str(loose))
+    assert plan.removed.get(os.path.join("botocore", "__init__.py")) == "lambda-provided", plan.removed
