@@ -361,19 +361,26 @@ def size_rules(root: str, files: dict[str, int], owner: dict[str, str],
     return rules, kept
 
 
-#: specifier operators that bound a version from above (or pin it): Lambda's SDK copy may fall outside
-_BOUNDED = ("<", "<=", "==", "===", "~=")
-
-
 def sdk_pinned_by(root: str) -> list[tuple[str, str]]:
-    """``(distribution, requirement)`` for every distribution in ``root`` (not the SDK itself) that needs
-    boto3, botocore or s3transfer below some version, or at one: the ``lambda-provided`` rule would swap in
-    Lambda's copy, whatever its version (aiobotocore, which s3fs pulls, requires botocore>=1.37.2,<1.37.4).
-    A requirement only of an extra is not counted."""
+    """``(distribution, requirement)`` for every distribution in ``root`` (not the SDK itself) that caps
+    boto3, botocore or s3transfer within their major version series (``<1.37.4``, ``==1.35.0``,
+    ``~=1.35.0``), where Lambda's own copy, of whatever version, may well fall outside: the
+    ``lambda-provided`` rule would swap it in (aiobotocore, which s3fs pulls, requires
+    botocore>=1.37.2,<1.37.4). A cap at the next major version (``<2``, ``~=1.35``) is no such pin, and a
+    requirement only of an extra is not counted."""
     from importlib import metadata
 
     from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
 
+    installed = {}
+    for d in metadata.distributions(path=[root]):
+        name = canonical(d.metadata["Name"] or "")
+        if name in LAMBDA_PROVIDED:
+            try:
+                installed[name] = Version(d.version).major
+            except InvalidVersion:
+                installed[name] = 1
     out: list[tuple[str, str]] = []
     for d in metadata.distributions(path=[root]):
         name = canonical(d.metadata["Name"] or "")
@@ -384,9 +391,11 @@ def sdk_pinned_by(root: str) -> list[tuple[str, str]]:
                 req = Requirement(text)
             except InvalidRequirement:
                 continue
-            if canonical(req.name) not in LAMBDA_PROVIDED or (req.marker and "extra" in str(req.marker)):
+            sdk = canonical(req.name)
+            if sdk not in LAMBDA_PROVIDED or (req.marker and "extra" in str(req.marker)):
                 continue
-            if any(spec.operator in _BOUNDED for spec in req.specifier):
+            newest_of_series = f"{installed.get(sdk, 1)}.999999.0"
+            if req.specifier and not req.specifier.contains(newest_of_series, prereleases=True):
                 out.append((name, f"{req.name}{req.specifier}"))
     return sorted(out)
 

@@ -317,8 +317,13 @@ def test_the_sdk_stays_when_a_package_pins_a_version_lambdas_may_not_have(tmp_pa
     _fake_dist(pinned, "aiobotocore", "2.21.1", requires=["botocore<1.37.4,>=1.37.2", "aiohttp>=3.9"])
     plan = trim.plan(str(pinned))
     assert os.path.join("botocore", "__init__.py") not in plan.removed, plan.removed
+    exact = tmp_path / "exact"
+    _fake_dist(exact, "botocore", "1.37.3")
+    _fake_dist(exact, "pins-it", "1.0", requires=["botocore~=1.37.0"])
+    assert os.path.join("botocore", "__init__.py") not in trim.plan(str(exact)).removed
     loose = tmp_path / "loose"
     _fake_dist(loose, "botocore", "1.37.3")
-    _fake_dist(loose, "user-lib", "1.0", requires=["botocore>=1.20", "boto3; extra == 'aws'"])
+    _fake_dist(loose, "user-lib", "1.0", requires=["botocore>=1.20,<2", "boto3==1.35.0; extra == 'aws'"])
+    _fake_dist(loose, "other-lib", "1.0", requires=["botocore~=1.35"])
     plan = trim.plan(str(loose))
     assert plan.removed.get(os.path.join("botocore", "__init__.py")) == "lambda-provided", plan.removed
