@@ -59,7 +59,9 @@ def compile_tree(python: str, root: str, *, sourceless: bool = False, files: lis
     proc = subprocess.run([python, "-s", "-c", _SCRIPT, json.dumps(args)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise BuildError(f"compiling bytecode failed: {proc.stderr.strip().splitlines()[-1:]}")
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        raise BuildError(f"compiling bytecode with {python} failed (exit {proc.returncode}): "
+                         f"{lines[-1] if lines else 'no message'}; fix: check that interpreter runs (`{python} -V`)")
     if sourceless:
         for dirpath, _, filenames in os.walk(root):
             for fn in filenames:

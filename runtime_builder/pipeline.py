@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,10 +81,28 @@ def _builder_fingerprint() -> str:
 
 
 def target_interpreter(target: Target) -> str | None:
-    """A local interpreter of the target's Python version, if any."""
+    """A local interpreter of the target's Python version, if any.
+
+    A ``pythonX.Y`` on PATH is used only once it has run and said it is X.Y: a pyenv shim of a version
+    installed but not selected is on PATH too, and fails (exit 127); taken on trust, it passed the check
+    "no pythonX.Y interpreter here" and the build failed after installing, at the bytecode stage."""
     if f"{sys.version_info.major}.{sys.version_info.minor}" == target.python:
         return sys.executable
-    return shutil.which(f"python{target.python}")
+    found = shutil.which(f"python{target.python}")
+    if found is None:
+        return None
+    try:
+        proc = subprocess.run([found, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("not using %s: %s", found, exc)
+        return None
+    if proc.returncode != 0 or proc.stdout.strip() != target.python:
+        log.info("not using %s as python%s: it %s", found, target.python,
+                 f"says it is {proc.stdout.strip()}" if proc.returncode == 0 else
+                 f"failed (exit {proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[0]}")
+        return None
+    return found
 
 
 #: The stages, in the order they run (``stage_seconds`` keys; publish is timed after the manifest is written).
@@ -117,6 +136,112 @@ def _check_writable(path: str, flag: str) -> None:
                          f"writable {flag} DIR (or fix its permissions)") from None
 
 
+#: zstd's levels that ``--zstd-level`` takes (the library clamps others silently)
+ZSTD_LEVELS = (1, 22)
+
+
+def known_rules(extra_rules: Iterable[trim.Rule] = ()) -> set[str]:
+    """Every name ``--disable-rule`` accepts: the trim rules, ``strip-so``, ``duplicate-libs``, each optional
+    component's rule and ``optional`` (all of them)."""
+    names = {r.name for r in trim.default_rules(keep_boto3=False, requested=set(), kept_tests=set(),
+                                                doc_dirs_without_init=set(), owner={})}
+    names |= {trim.STRIP_RULE, trim.DUPLICATE_RULE, "optional"} | set(components.by_rule())
+    return names | {r.name for r in extra_rules}
+
+
+def _check_options(tmp_size_mb: int, zstd_level: int | None, disabled_rules: Iterable[str],
+                   extra_rules: Iterable[trim.Rule]) -> None:
+    """Refuse, before anything is resolved, options that would be ignored or measured against a limit
+    Lambda does not have: a --tmp-size outside Lambda's /tmp range (100 MiB made a budget no function
+    can have, 100000 passed a 97 GiB runtime), a --zstd-level zstd clamps without a word, a misspelt
+    --disable-rule that turned nothing off."""
+    from wrenpack.limits import MAX_EPHEMERAL_MB, MIN_EPHEMERAL_MB
+
+    if isinstance(tmp_size_mb, bool) or not isinstance(tmp_size_mb, int) or \
+            not MIN_EPHEMERAL_MB <= tmp_size_mb <= MAX_EPHEMERAL_MB:
+        raise BuildError(f"--tmp-size {tmp_size_mb!r} is outside Lambda's ephemeral storage range: give a whole "
+                         f"number of MiB in {MIN_EPHEMERAL_MB}..{MAX_EPHEMERAL_MB} (the function's /tmp size)")
+    lo, hi = ZSTD_LEVELS
+    if zstd_level is not None and (isinstance(zstd_level, bool) or not isinstance(zstd_level, int)
+                                   or not lo <= zstd_level <= hi):
+        raise BuildError(f"--zstd-level {zstd_level!r} is not a zstd level: give a whole number in {lo}..{hi} "
+                         f"(default {pack.DEFAULT_ZSTD_LEVEL}; --max-compression uses {pack.MAX_ZSTD_LEVEL})")
+    known = known_rules(extra_rules)
+    unknown = [r for r in disabled_rules if r not in known]
+    if unknown:
+        plain = sorted(n for n in known if not n.startswith(components.PREFIX))
+        raise BuildError(f"unknown --disable-rule {unknown[0]!r}: the rules are {', '.join(plain)}, and "
+                         f"optional:<component> ({', '.join(sorted(components.by_rule()))})")
+
+
+def _lock_hash_counts(lock_text: str) -> dict[str, int]:
+    """Canonical name of every requirement line -> how many ``--hash`` options it has (any algorithm pip takes)."""
+    import re
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    out: dict[str, int] = {}
+    current: str | None = None
+    for raw in lock_text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not raw[:1].isspace() and not line.startswith("-"):
+            try:
+                current = canonicalize_name(Requirement(line.rstrip("\\").split("--hash")[0].strip()).name)
+            except InvalidRequirement:
+                current = None
+            if current:
+                out.setdefault(current, 0)
+        if current:
+            out[current] += len(re.findall(r"--hash[= ]\w+:[0-9a-fA-F]+", line))
+    return out
+
+
+def _is_runtime_manifest(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "manifest_version" in data and "content_hash" in data
+
+
+def _check_output(output: str) -> None:
+    """Refuse, before anything runs, an --output whose python/, manifest.json, layer.zip or runtime.tar.zst
+    no build wrote (there is no wrenpack manifest.json beside them): publishing replaces those, and
+    ``-o .`` in a project with a python/ folder of its own deleted it without a word. (A requirements.lock
+    alone is fine: a committed lock seeds the build.)"""
+    ours = (layout.SITE, layout.MANIFEST, layout.LAYER_ZIP, layout.ARCHIVE)
+    present = [n for n in ours if os.path.lexists(os.path.join(output, n))]
+    if not present or _is_runtime_manifest(os.path.join(output, layout.MANIFEST)):
+        return
+    names = ", ".join(n + "/" if n == layout.SITE else n for n in present)
+    raise BuildError(f"--output {output} holds {names} that no wrenpack build wrote (no wrenpack {layout.MANIFEST}), "
+                     f"and a build replaces them; fix: pass a new or empty --output DIR (default "
+                     f"{layout.DEFAULT_OUTPUT})")
+
+
+def _check_lock(path: str, lock_text: str) -> None:
+    """Refuse a --lock that ``pip install --require-hashes`` cannot install exactly, before anything runs: a
+    lock without hashes got as far as the install and failed there with pip's message cut mid-sentence."""
+    hashes = _lock_hash_counts(lock_text)
+    pinned = resolve.pins(lock_text)
+    fix = ("fix: build from the requirements instead (the build writes a hashed requirements.lock), or "
+           "regenerate the lock with pip-compile --generate-hashes")
+    if not hashes:
+        raise BuildError(f"lock file {path} holds no requirements; {fix}")
+    loose = sorted(set(hashes) - set(pinned))
+    if loose:
+        raise BuildError(f"lock file {path} has requirements not pinned with ==: {', '.join(loose[:5])}; {fix}")
+    bare = sorted(n for n in pinned if not hashes.get(n))
+    if bare:
+        named = ", ".join(f"{n}=={pinned[n]}" for n in bare[:5]) + (f" and {len(bare) - 5} more" if len(bare) > 5 else "")
+        raise BuildError(f"lock file {path} has no --hash for {named}: the install checks every file against "
+                         f"the lock's hashes; {fix}")
+
+
 def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (),
           pyproject: str | None = None, profile: str | None = None, lock: str | None = None,
           python: str | None = None, arch: str | None = None,
@@ -140,9 +265,13 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         raise BuildError(f"unknown --target {target!r}: use layer or archive")
     if artifacts not in ("auto", "all"):
         raise BuildError(f"unknown artifacts {artifacts!r}: use auto (what the target needs) or all")
+    _check_options(tmp_size_mb, zstd_level, disabled_rules, extra_rules)
+    if trim.STRIP_RULE in set(disabled_rules):  # the rule is applied while copying, not by the plan
+        strip = False
     output = os.path.abspath(output)
     cache_root = os.path.abspath(cache_dir or default_cache_dir())
     _check_writable(output, "--output")
+    _check_output(output)
     _check_writable(cache_root, "--cache-dir")
     inp = inputs_mod.gather(packages, requirements_files, pyproject, profile)
     lock_text = None
@@ -152,6 +281,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
                 lock_text = f.read()
         except OSError as exc:
             raise BuildError(f"cannot read lock file {lock}: {exc.strerror}; check --lock") from None
+        _check_lock(lock, lock_text)
     elif not inp.requirements and not (profile or pyproject or list(requirements_files)):
         raise BuildError("nothing to build: give package names, -r requirements.txt, --pyproject, "
                          "--from-profile or --lock")
@@ -318,6 +448,15 @@ def _resolve(inp: inputs_mod.Inputs, tgt: Target, work: str, seed_lock: str, upg
             if not (name in inp.from_profile and best) or any(f["name"] == name for f in fallbacks):
                 raise
             old = next((r for r in inp.requirements if inputs_mod._name(r) == name), name)
+            if getattr(exc, "released", None) is False:
+                # not a release without a target wheel: a project installed from elsewhere (the user's own,
+                # editable), and the index's project of that name may be another one. Never swapped in.
+                raise BuildError(
+                    f"the profile pins {old}, but the index has no release {exc.pinned} of {name} (its newest "  # type: ignore[attr-defined]
+                    f"with a wheel for {tgt.label} is {best}): the {name} installed here came from elsewhere (your "
+                    f"own or an editable project?), and the index's {name} may be another project; fix: ship that "
+                    f"code with the function, or require {name} yourself (PACKAGE or -r) if the index's is the same "
+                    f"project") from None
             log.warning("the profile pins %s, which has no wheel for %s; using %s==%s, the newest version that has "
                         "one (pin it yourself to silence this)", old, tgt.label, name, best)
             inp.replace(name, f"{name}=={best}")
@@ -438,8 +577,12 @@ def _choose_mode(size: int, sourceless_size: int, per_dist: dict[str, int], opti
                              sorted(per_dist.items(), key=lambda kv: -kv[1])[:10])
     kind, sl = allowed[0]
     fitting = [r for r in tried if r["fits"]]
-    hint = (f"; a {fitting[0]['mode']} would fit ({at_least}{fitting[0]['bytes'] / budget.MIB:.1f} MiB): "
-            f"pass --fit to build the first mode that fits" if fitting else "")
+    # Before bytecode the sizes are lower bounds: a sourceless layer's .pyc added 34 MiB to the scipy stack's
+    # 220.5, and the layer that "would fit" did not (--fit then built an archive).
+    fits = ("might fit" if lower_bound else "would fit")
+    hint = (f"; a {fitting[0]['mode']} {fits} ({at_least}{fitting[0]['bytes'] / budget.MIB:.1f} MiB"
+            f"{' before bytecode' if lower_bound else ''}): pass --fit to build the first mode that fits"
+            if fitting else "")
     try:
         budget.check(sourceless_size if sl else size, per_dist, target=kind, tmp_mb=tmp_mb)
     except BudgetExceeded as exc:

@@ -290,10 +290,12 @@ def explain_resolve(output: str, target: Target, stage: str = "resolving", index
     if m:
         spec = m.group(1).rstrip(")")
         labels: set[str] = set()
+        pinned: str | None = None
         try:
             req = Requirement(spec)
             name = canonicalize_name(req.name)
             labels = {lbl for lbl in (local_label(s.version) for s in req.specifier) if lbl}
+            pinned = next((s.version for s in req.specifier if s.operator in ("==", "===")), None)
         except InvalidRequirement:
             name = canonicalize_name(re.split(r"[<>=!~;\[ ]", spec)[0])
         where = f"python{target.python} on manylinux {target.machine} (glibc {target.glibc[0]}.{target.glibc[1]})"
@@ -317,6 +319,12 @@ def explain_resolve(output: str, target: Target, stage: str = "resolving", index
         best = newest(candidates)
         plus = "/".join(f"+{lbl}" for lbl in sorted(labels))
         why = ""
+        # A pin of a version the index never released is no missing wheel: the distribution installed here came
+        # from elsewhere (the user's own or an editable project), and the index's project of that name may be
+        # another one entirely (pipeline._resolve must not swap it in).
+        released = None if pinned is None or found is None else _released(pinned, found["any"])
+        if released is False:
+            what = f"the index has no release {pinned} of {name}"
         if best:
             fix = f"the newest version with one is {best}: pin {name}=={best}, or build it in a Lambda image with --docker"
         elif labels:
@@ -326,10 +334,13 @@ def explain_resolve(output: str, target: Target, stage: str = "resolving", index
                    f"in the requirements file), or choose another --python")
         else:
             fix = "no version has one: build it in a Lambda image with --docker"
-        err = NoSuitableWheel(f"no wheel of {spec} for {where}{unread}{why}; fix: {fix}")
+        head = what if released is False else f"no wheel of {spec} for {where}"
+        err = NoSuitableWheel(f"{head}{unread}{why}; fix: {fix}")
         err.kind = "no-wheel"  # type: ignore[attr-defined]
         err.name = name  # type: ignore[attr-defined]
         err.newest = best  # type: ignore[attr-defined]
+        err.pinned = pinned  # type: ignore[attr-defined]
+        err.released = released  # type: ignore[attr-defined]
         return err
     for ln in lines:
         if ln.startswith(MARKER):
@@ -340,6 +351,21 @@ def explain_resolve(output: str, target: Target, stage: str = "resolving", index
             if info.get("type") == "Unsupported":
                 return ResolveFailed(f"the resolver cannot run: {info['message']}", "unsupported")
     return ResolveFailed(f"{stage} requirements failed: {_last_error(output)} (run with -v for pip's output)", "other")
+
+
+def _released(version: str, versions: list[str]) -> bool:
+    """Whether ``version`` is one of the index's ``versions`` (compared as versions: 1.0 is 1.0.0)."""
+    try:
+        want = Version(version)
+    except InvalidVersion:
+        return version in versions
+    for v in versions:
+        try:
+            if Version(v) == want:
+                return True
+        except InvalidVersion:
+            continue
+    return False
 
 
 def _package_parent() -> str:

@@ -361,6 +361,45 @@ def size_rules(root: str, files: dict[str, int], owner: dict[str, str],
     return rules, kept
 
 
+def sdk_pinned_by(root: str) -> list[tuple[str, str]]:
+    """``(distribution, requirement)`` for every distribution in ``root`` (not the SDK itself) that caps
+    boto3, botocore or s3transfer within their major version series (``<1.37.4``, ``==1.35.0``,
+    ``~=1.35.0``), where Lambda's own copy, of whatever version, may well fall outside: the
+    ``lambda-provided`` rule would swap it in (aiobotocore, which s3fs pulls, requires
+    botocore>=1.37.2,<1.37.4). A cap at the next major version (``<2``, ``~=1.35``) is no such pin, and a
+    requirement only of an extra is not counted."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
+    installed = {}
+    for d in metadata.distributions(path=[root]):
+        name = canonical(d.metadata["Name"] or "")
+        if name in LAMBDA_PROVIDED:
+            try:
+                installed[name] = Version(d.version).major
+            except InvalidVersion:
+                installed[name] = 1
+    out: list[tuple[str, str]] = []
+    for d in metadata.distributions(path=[root]):
+        name = canonical(d.metadata["Name"] or "")
+        if name in LAMBDA_PROVIDED:
+            continue
+        for text in d.requires or []:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            sdk = canonical(req.name)
+            if sdk not in LAMBDA_PROVIDED or (req.marker and "extra" in str(req.marker)):
+                continue
+            newest_of_series = f"{installed.get(sdk, 1)}.999999.0"
+            if req.specifier and not req.specifier.contains(newest_of_series, prereleases=True):
+                out.append((name, f"{req.name}{req.specifier}"))
+    return sorted(out)
+
+
 def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
          extra_rules: Iterable[Rule] = (), disabled: Iterable[str] = (), imported: Iterable[str] = ()) -> Plan:
     """Decide what each rule removes from the raw tree at ``root``.
@@ -392,6 +431,11 @@ def plan(root: str, *, keep_boto3: bool = False, requested: Iterable[str] = (),
                 anc.add(d)
             d = os.path.dirname(d)
     keep_stubs = lazy_stubs(root, files)
+    pins = sdk_pinned_by(root)
+    if pins and not keep_boto3:
+        log.warning("keeping %s in the runtime: %s (Lambda's own copy may be another version)",
+                    "/".join(sorted(LAMBDA_PROVIDED)), "; ".join(f"{d} requires {s}" for d, s in pins[:3]))
+        keep_boto3 = True
     rules = default_rules(keep_boto3=keep_boto3, requested={canonical(r) for r in requested},
                           kept_tests=kept_tests, doc_dirs_without_init=anc, owner=owner, keep_stubs=keep_stubs)
     off = set(disabled)

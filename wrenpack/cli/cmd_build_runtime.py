@@ -32,7 +32,8 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--python", metavar="X.Y", help="target Python version (default: this interpreter's)")
     p.add_argument("--arch", choices=list(limits.ARCHITECTURES), default="x86_64", help="target architecture")
     p.add_argument("--target", choices=["layer", "archive"], default="layer",
-                   help="size budget to enforce: layer (250 MiB unzipped) or archive (extracted into /tmp)")
+                   help="size budget to enforce: layer (250 MiB unzipped, less 1 MiB for the function's own package) "
+                        "or archive (extracted into /tmp)")
     p.add_argument("--tmp-size", type=int, default=512, metavar="MiB",
                    help="the function's /tmp size for --target archive (512-10240)")
     p.add_argument("--sourceless", action="store_true", help="ship .pyc only (smaller; no source in tracebacks)")
@@ -150,6 +151,7 @@ def _docker_recipe(args: argparse.Namespace, lambda_dockerfile: str) -> tuple[st
 
 def _print_human(res: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape as e  # package names, paths and import errors are shown as written, not as markup
     from rich.table import Table
 
     m = res.manifest
@@ -161,7 +163,7 @@ def _print_human(res: Any) -> None:
     pk.add_column("after MiB", justify="right")
     for p in sorted(m["packages"], key=lambda p: -p["bytes_after"])[:12]:
         after = "provided by Lambda" if p["name"] in m.get("provided_by_lambda", []) else f"{p['bytes_after'] / MIB:.1f}"
-        pk.add_row(p["name"], p["version"], f"{p['bytes_before'] / MIB:.1f}", after)
+        pk.add_row(e(p["name"]), e(p["version"]), f"{p['bytes_before'] / MIB:.1f}", after)
     console.print(pk)
     rules = Table(title="trim rules", title_justify="left")
     rules.add_column("rule")
@@ -169,21 +171,21 @@ def _print_human(res: Any) -> None:
     rules.add_column("files", justify="right")
     rules.add_column("rolled back for")
     for name, r in sorted(m["rules"].items(), key=lambda kv: -kv[1]["bytes_saved"]):
-        rules.add_row(name, f"{r['bytes_saved'] / MIB:.1f}", str(r["files"]), ", ".join(r.get("rolled_back_for", [])))
+        rules.add_row(e(name), f"{r['bytes_saved'] / MIB:.1f}", str(r["files"]), e(", ".join(r.get("rolled_back_for", []))))
     rules.add_row("(bytecode added)", f"{-m['bytecode']['bytes_added'] / MIB:.1f}", "", "")
     console.print(rules)
     mode = m.get("mode") or {}
     if mode.get("why"):
-        console.print(f"--fit chose a [bold]{mode['name']}[/bold]: {mode['why']}")
+        console.print(f"--fit chose a [bold]{mode['name']}[/bold]: {e(mode['why'])}")
     for fb in m.get("fallbacks", []):
-        console.print(f"[yellow]note:[/yellow] the profile pinned {fb['profile']} (no wheel for the target); "
-                      f"built {fb['name']}=={fb['using']}")
+        console.print("[yellow]note:[/yellow] " + e(f"the profile pinned {fb['profile']} (no wheel for the target); "
+                                                     f"built {fb['name']}=={fb['using']}"))
     comp = m.get("components") or {}
     for name, mods in sorted((comp.get("kept") or {}).items()):
-        console.print(f"kept optional component {name}: the function imports {', '.join(mods[:3])}")
+        console.print(e(f"kept optional component {name}: the function imports {', '.join(mods[:3])}"))
     for rb in m.get("rollbacks", []):
-        console.print(f"[yellow]rolled back[/yellow] rule {rb['rule']} for {', '.join(rb['dists'])} "
-                      f"({len(rb['files'])} files): `import {rb.get('module')}` raised {rb.get('error')}")
+        console.print("[yellow]rolled back[/yellow] " + e(f"rule {rb['rule']} for {', '.join(rb['dists'])} "
+                      f"({len(rb['files'])} files): `import {rb.get('module')}` raised {rb.get('error')}"))
     s = m["sizes"]
     limit = m["target"]["limit_bytes"]
     verified = (f"{len(m['verified']['modules'])} modules import" if m["verified"]["ok"]
@@ -203,7 +205,7 @@ def _print_human(res: Any) -> None:
             console.print(f"stages when it was built (s): {stages}")
     else:
         console.print(f"stages (s): {_stages(res.stage_seconds)}")
-    console.print(f"output: {res.output}  (python/ is the runtime; commit {res.lock})")
+    console.print(e(f"output: {res.output}  (python/ is the runtime; commit {res.lock})"))
 
 
 def _stages(seconds: dict[str, float]) -> str:
@@ -220,11 +222,12 @@ def _artifacts(sizes: dict[str, Any]) -> str:
 
 def _print_budget_table(rows: list[tuple[str, int]]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="largest packages (over budget)", title_justify="left")
     t.add_column("package")
     t.add_column("MiB", justify="right")
     for name, size in rows:
-        t.add_row(name, f"{size / MIB:.1f}")
+        t.add_row(escape(name), f"{size / MIB:.1f}")
     Console(file=sys.stderr).print(t)

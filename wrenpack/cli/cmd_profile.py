@@ -38,7 +38,7 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--input", metavar="MODULE:FUNCTION", help="scaling: make_input(n) returns the first argument")
     p.add_argument("--sizes", metavar="N,N,...", help="scaling: input sizes to measure (at least three)")
     p.add_argument("--target", dest="scale_target", type=_target, metavar="N", help="scaling: size to predict (48000000, 48M)")
-    p.add_argument("--max-time", type=float, metavar="SECONDS", help="stop a run that takes longer than this")
+    p.add_argument("--max-time", type=_seconds, metavar="SECONDS", help="stop a run that takes longer than this")
     p.add_argument("--no-save", action="store_true", help="do not save the profile under .wrenpack/profiles/")
     p.set_defaults(func=run)
 
@@ -89,6 +89,17 @@ def _target(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (e.g. 48000000 or 48M)") from None
 
 
+def _seconds(text: str) -> float:
+    """--max-time: a positive number of seconds (0 once meant no limit at all, and -1 ran the call anyway)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds (e.g. --max-time 60)")
+    return value
+
+
 def _sizes(text: str | None) -> list[int]:
     try:
         return [_count(s) for s in (text or "").split(",") if s.strip()]
@@ -128,6 +139,27 @@ def _start_first_run(args: argparse.Namespace, pos: list[Any], kw: dict[str, Any
     return launcher.start_job(job, {"args": tuple(pos), "kwargs": kw}, timeout=args.max_time, plain=True)
 
 
+def _check_plot(path: str) -> None:
+    """Refuse a --plot the picture cannot be made for before anything runs: without matplotlib, or
+    into a folder that is missing or not writable, the call was measured first and the error came after."""
+    import importlib.util
+    import os
+
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ProfileError("--plot needs matplotlib: pip install 'wrenpack[plot]' (or drop --plot)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ProfileError(f"--plot {path} is a directory; give a file name such as {os.path.join(path, 'memory.png')}")
+    if not os.path.isdir(folder):
+        raise ProfileError(f"--plot {path}: no folder {folder}; create it or choose a writable path for --plot")
+    if not os.access(folder, os.W_OK):
+        raise ProfileError(f"--plot {path}: folder {folder} is not writable; choose a writable path for --plot")
+
+
 def _freeze_at_exit() -> None:
     """At exit, before the interpreter's final garbage collection, move every object to the permanent
     generation: that collection then skips what the profiler, rich and argparse left (~15 ms of CPU
@@ -146,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         raise ProfileError(f"target {args.target!r} needs a function: MODULE:FUNCTION or path/to/file.py:FUNCTION")
     pos = [_literal(a) for a in args.args]
     kw = _kwargs(args.kwargs)
+    if args.plot:
+        _check_plot(args.plot)
     scaling = args.input or args.sizes or args.scale_target
     started = None if scaling else _start_first_run(args, pos, kw)
 

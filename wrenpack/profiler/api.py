@@ -52,10 +52,12 @@ def run_profile(
 
     ``started``: the first run, already started (``launcher.start_job`` with
     this call's job): the command line starts it before importing the rest."""
-    if repeat < 1:
+    if repeat < 1 or not _timeout_ok(timeout):
         if started is not None:
             started.wait()  # (nothing left behind)
-        raise ProfileError(f"repeat must be at least 1, got {repeat}; pass --repeat 1 or more")
+        if repeat < 1:
+            raise ProfileError(f"repeat must be at least 1, got {repeat}; pass --repeat 1 or more")
+        _check_timeout(timeout)
     call = {"args": tuple(args), "kwargs": dict(kwargs or {})}
     runs = [_measure(fn, call, timeout=timeout, quiet_stdout=quiet_stdout, started=started if i == 0 else None)
             for i in range(repeat)]
@@ -97,6 +99,7 @@ def predict_scaling(
     (``sizing.Sizer``); the rule reading n from a call's first argument is found
     here (``sizing.size_rule``).
     """
+    _check_timeout(timeout)
     sizes = sorted({int(n) for n in sizes})
     if len(sizes) < 3:
         raise ProfileError(f"scaling needs at least three distinct sizes, got {sizes}; e.g. --sizes 1000,2000,4000,8000")
@@ -280,6 +283,18 @@ def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict
 # --------------------------------------------------------------------------- internals
 
 
+def _timeout_ok(timeout: float | None) -> bool:
+    return timeout is None or (isinstance(timeout, (int, float)) and timeout > 0)  # (NaN is not > 0)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """Refuse a timeout that is not a positive number before anything runs: the launcher read 0 as
+    "no limit" (a hung call ran for ever) and a negative one as "stop at once", after the start."""
+    if not _timeout_ok(timeout):
+        raise ProfileError(f"timeout must be a positive number of seconds, got {timeout!r}; pass e.g. timeout=60 "
+                           "(--max-time 60), or None for no limit")
+
+
 def _name(fn: Target) -> str:
     if isinstance(fn, str):
         return fn
@@ -377,6 +392,7 @@ def _measure(
         "tmp_peak_mb": launch.get("tmp_peak_mb", 0.0),
         "tmp_final_mb": launch.get("tmp_final_mb", 0.0),
         "processes": launch.get("max_processes", 1),
+        "threads": launch.get("max_threads", 1),
         "memory_sources": {
             "self_vmhwm_mb": self_hwm,
             "tree_sampled_peak_mb": tree_peak,
@@ -474,7 +490,9 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
     tmp_peak = max(r["tmp_peak_mb"] for r in runs)
     waits = [r.get("wait_s") for r in runs]
     wait = max(waits) if all(w is not None for w in waits) else None  # type: ignore[type-var]
-    rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak, wait_s=wait)
+    threads = max(r.get("threads", 1) for r in runs)
+    rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak, wait_s=wait,
+                              threads=threads)
     mapped = worst_peak_run["memory_sources"].get("file_mapped_at_peak_mb", 0.0)
     if mapped > max(16.0, 0.10 * max(peaks)):
         rec["notes"].append(
@@ -500,6 +518,7 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
         tmp_peak_mb=round(tmp_peak, 3),
         tmp_final_mb=round(max(r["tmp_final_mb"] for r in runs), 3),
         processes=max(r["processes"] for r in runs),
+        threads=threads,
         network=dict(NETWORK_NOT_MEASURABLE),
         packages=pkgs,
         local_modules=local,

@@ -143,7 +143,8 @@ def start_job(job: dict[str, Any], call: dict[str, Any], timeout: float | None =
     jobdir = tempfile.mkdtemp(prefix="wrenpack-profile-")
     try:
         with open(os.path.join(jobdir, "job.json"), "w") as f:
-            json.dump(dict(job, timeout_s=timeout), f)
+            # parent_pid: a launcher whose caller died ends the run and removes this folder (``_adopt_orphans``)
+            json.dump(dict(job, timeout_s=timeout, parent_pid=os.getpid()), f)
         with open(os.path.join(jobdir, "call.pkl"), "wb") as f:
             if plain:
                 import pickle
@@ -180,24 +181,28 @@ def _read_json(path: str) -> dict | None:
 # --------------------------------------------------------------------------- launcher side
 
 
-def _status(pid: int) -> tuple[int, int, int]:
-    """(VmRSS, VmHWM, RssFile) in kB from /proc; zeros once the process is gone."""
-    got = proc_status(pid, (b"VmHWM:", b"VmRSS:", b"RssFile:"))
-    return got.get(b"VmRSS:", 0), got.get(b"VmHWM:", 0), got.get(b"RssFile:", 0)
+def _status(pid: int) -> tuple[int, int, int, int]:
+    """(VmRSS, VmHWM, RssFile in kB, Threads) from /proc; zeros once the process is gone."""
+    got = proc_status(pid, (b"VmHWM:", b"VmRSS:", b"RssFile:", b"Threads:"))
+    return got.get(b"VmRSS:", 0), got.get(b"VmHWM:", 0), got.get(b"RssFile:", 0), got.get(b"Threads:", 0)
 
 
 _dir_bytes = dir_usage
 
 
 class _Tree:
-    """The runner's descendants, from a parent-pid scan of /proc (psutil where /proc is absent).
+    """The processes the measured call started, from a parent-pid scan of /proc (psutil where /proc is
+    absent): every descendant of ``root`` but ``exclude``.
 
-    A scan reads every process's stat file (~1.5 ms for ~100 processes), so it
-    runs every ``SCAN_EVERY`` samples; the descendants found are read every sample.
+    The root is the launcher, not the runner: the launcher is the call's child subreaper
+    (``_adopt_orphans``), so a process the call daemonised (a double fork) is reparented to it and is
+    still found, measured and ended. A scan reads every process's stat file (~1.5 ms for ~100
+    processes), so it runs every ``SCAN_EVERY`` samples; the descendants found are read every sample.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, exclude: int | None = None) -> None:
         self.pid = pid
+        self.exclude = exclude
         self._proc = os.path.isdir("/proc/self")
         self._root = None
         if not self._proc:
@@ -208,27 +213,33 @@ class _Tree:
             except Exception:  # noqa: BLE001 - psutil absent or the process gone: the root alone
                 self._root = None
 
-    def descendants(self) -> list[int]:
+    def descendants(self, live: bool = False) -> list[int]:
+        """``live``: without zombies (ended, waiting to be collected: nothing of them runs)."""
         if not self._proc:
             try:
-                return [p.pid for p in self._root.children(recursive=True)] if self._root else []
+                kids = [p.pid for p in self._root.children(recursive=True)] if self._root else []
             except Exception:  # noqa: BLE001
                 return []
+            return [k for k in kids if k != self.exclude]
         kids: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
                     with open(f"/proc/{entry}/stat", "rb") as f:
                         data = f.read()
-                    ppid = int(data[data.rindex(b")") + 2 :].split(None, 2)[1])
+                    state, ppid_text = data[data.rindex(b")") + 2 :].split(None, 2)[:2]
+                    ppid = int(ppid_text)
                 except (OSError, ValueError, IndexError):
+                    continue
+                if live and state == b"Z":
                     continue
                 kids.setdefault(ppid, []).append(int(entry))
         out: list[int] = []
         todo = list(kids.get(self.pid, ()))
         while todo:
             pid = todo.pop()
-            out.append(pid)
+            if pid != self.exclude:
+                out.append(pid)
             todo.extend(kids.get(pid, ()))
         return out
 
@@ -266,21 +277,35 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
         proc = _Started(pid)
     assert t_start is not None
 
+    tree = _Tree(os.getpid(), exclude=proc.pid)
+    parent = job.get("parent_pid")
+
     def _stop(signum: int, frame: Any) -> None:
-        _kill_group(proc.pid)
+        # Once only: a killed multi-threaded caller sends the death signal once per thread that ends (each
+        # time the launcher is handed on), and a second stop inside the first one's import broke it half-way.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _end_all(proc.pid, tree)
+        # A stopped run's figures are never read, so its folder goes here too: when the caller died, nobody
+        # else removes it. (Not "if getppid() changed": the death signal comes when the caller's *thread*
+        # ends, and another of its threads may adopt the launcher meanwhile.)
+        _remove_tree(jobdir)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    _adopt_orphans()
+    if parent is not None and os.getppid() != parent:  # the caller died before the line above
+        _stop(signal.SIGTERM, None)
 
     exited = _exit_waiter(proc.pid)
-    tree = _Tree(proc.pid)
     result_path = os.path.join(jobdir, "result.json")
     times: list[float] = []
     rss_curve: list[float] = []
     tree_peak_kb = 0
     curve_peak_kb = file_at_peak_kb = 0
     max_procs = 1
+    max_threads = 1  # (Lambda allows 1,024 processes and threads together)
     tmp_peak = 0
     timed_out = False
     tick = 0
@@ -294,17 +319,20 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
             sample = False  # the runner has its figures; what it does next is bookkeeping
         if sample:
             now = time.time()
-            rss, _, file_kb = _status(proc.pid)
+            rss, _, file_kb, threads = _status(proc.pid)
             curve_kb = rss
             peak_kb = rss
             if tick % SCAN_EVERY == 0:
+                _reap(kids)  # adopted orphans that ended: collected (as init would), not counted as running
                 kids = tree.descendants()
             for kid in kids:
-                k_rss, k_hwm, k_file = _status(kid)
+                k_rss, k_hwm, k_file, k_threads = _status(kid)
                 file_kb += k_file
                 curve_kb += k_rss
                 peak_kb += max(k_rss, k_hwm)  # a child's own high-water mark catches its spikes between samples
+                threads += k_threads
             max_procs = max(max_procs, 1 + len(kids))
+            max_threads = max(max_threads, threads)
             if curve_kb > curve_peak_kb:
                 curve_peak_kb, file_at_peak_kb = curve_kb, file_kb
             tree_peak_kb = max(tree_peak_kb, peak_kb)
@@ -316,7 +344,7 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
             tick += 1
         if timeout and time.time() - t_start > timeout:
             timed_out = True
-            _kill_group(proc.pid)
+            _end_all(proc.pid, tree)
         # Not sampling any more (the runner has its figures): only its exit and the timeout are waited for.
         next_t += interval if sample else max(interval, IDLE_WAIT_S)
         delay = next_t - time.monotonic()
@@ -338,10 +366,11 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
         "tree_peak_mb": tree_peak_kb / 1024.0,
         "file_mapped_at_peak_mb": file_at_peak_kb / 1024.0,
         "max_processes": max_procs,
+        "max_threads": max_threads,
         "tmp_peak_mb": max(tmp_peak, tmp_final) / 2**20,
         "tmp_final_mb": tmp_final / 2**20,
     }
-    _kill_group(proc.pid)  # daemons the call left behind
+    _end_all(proc.pid, tree)  # what the call left behind: its group, other sessions, daemons
     with open(os.path.join(jobdir, "launch.json.part"), "w") as f:
         json.dump(report, f)
     os.replace(os.path.join(jobdir, "launch.json.part"), os.path.join(jobdir, "launch.json"))
@@ -377,6 +406,83 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+#: how long the launcher keeps ending the call's processes (one may fork while it is being killed)
+END_ALL_S = 2.0
+
+
+def _adopt_orphans() -> None:
+    """Make the launcher the child subreaper of the call's processes, and have it stopped (SIGTERM,
+    which ends them) when its caller dies.
+
+    Killing the runner's process group missed what the call started in a session of its own
+    (``start_new_session=True``, a daemon's double fork): such processes outlived the profile, and a
+    timed-out call's kept running. As subreaper the launcher inherits every orphan of the call, so
+    ``_Tree`` finds them and ``_end_all`` ends them. And a caller killed outright (``kill``, SIGKILL:
+    no ``Started.wait`` runs) left the launcher sampling a hung call for ever, and its job folder in
+    the temp directory. The death signal goes when the *thread* that started the launcher ends: the
+    caller waits for it in that thread (``Started.wait``). Linux only; elsewhere a no-op."""
+    try:
+        import ctypes  # (~3 ms, after the runner was started: its start does not wait for this)
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
+def _end_all(runner: int, tree: _Tree) -> None:
+    """SIGKILL the runner's process group and every other process of the call's tree, then reap the
+    orphans adopted (``_adopt_orphans``). Repeated until none is left (a process may fork between the
+    scan and its kill), for at most ``END_ALL_S``."""
+    _kill_group(runner)
+    deadline = time.monotonic() + END_ALL_S
+    while True:
+        left = tree.descendants(live=True)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _reap(left)
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
+def _remove_tree(path: str) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)`` without importing shutil (in a signal handler, on the
+    launcher's small set of imports)."""
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            try:
+                os.unlink(os.path.join(dirpath, name))
+            except OSError:
+                pass
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            try:
+                os.unlink(full) if os.path.islink(full) else os.rmdir(full)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _reap(pids: list[int]) -> None:
+    """Collect the exit status of those of ``pids`` that are the launcher's children (the orphans it
+    adopted) and ended. Never a wait for any child: the sampling loop's ``wait4`` takes the runner's."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except OSError:  # not its child (a descendant's), or already collected
+            pass
 
 
 if __name__ == "__main__":

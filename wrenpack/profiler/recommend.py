@@ -14,8 +14,8 @@ Rules (all stated in every report, see :data:`RULES`):
   Without the split it is max(wall, cpu_time / vCPUs).
 * timeout = estimated duration x 1.5 + 10 s, rounded up, at most 900 s.
   Longer work needs checkpointed segments of at most 810 s (90% of 900 s).
-* ephemeral storage = 512 MB unless /tmp use exceeds it, then
-  peak /tmp x 1.10 + 16 MB, within 512..10,240.
+* ephemeral storage = peak /tmp x 1.10 + 16 MB, rounded up, within
+  512..10,240 (so 512 MB up to ~450 MB of /tmp use).
 * cost per call = memory (GB) x billed duration (1 ms steps) x GB-s price
   + request price, for x86_64 and arm64, from ``wrenpack/data/lambda_prices.json``.
 """
@@ -28,6 +28,7 @@ from importlib import resources
 from typing import Any
 
 from wrenpack.limits import (
+    MAX_EPHEMERAL_MB,
     MAX_MEMORY_MB,
     MAX_TIMEOUT_S,
     MEMORY_MARGIN_FIXED_MB,
@@ -38,6 +39,8 @@ from wrenpack.limits import (
 )
 
 MB_PER_VCPU = 1769
+#: Lambda's limit on processes and threads, together, per execution environment
+MAX_THREADS = 1024
 MAX_VCPUS = 6
 TIMEOUT_FACTOR = 1.5
 TIMEOUT_EXTRA_S = 10
@@ -52,7 +55,8 @@ RULES = {
     "memory": f"peak x {1 + MEMORY_MARGIN_FRACTION:.2f} + {MEMORY_MARGIN_FIXED_MB} MB (worker runtime), "
     f"rounded up, within {MIN_MEMORY_MB}..{MAX_MEMORY_MB} MB",
     "timeout": f"estimated Lambda duration x {TIMEOUT_FACTOR} + {TIMEOUT_EXTRA_S} s, rounded up, at most {MAX_TIMEOUT_S} s",
-    "ephemeral_storage": f"{DEFAULT_TMP_MB} MB, or peak /tmp x {1 + TMP_MARGIN_FRACTION:.2f} + {TMP_MARGIN_FIXED_MB} MB above that",
+    "ephemeral_storage": f"peak /tmp x {1 + TMP_MARGIN_FRACTION:.2f} + {TMP_MARGIN_FIXED_MB} MB, rounded up, within "
+    f"{DEFAULT_TMP_MB}..{MAX_EPHEMERAL_MB} MB",
     "duration": f"cpu time / min(cores busy, vCPUs) + non-CPU wait (I/O, sleeps), vCPUs = memory / {MB_PER_VCPU} "
     f"(at most {MAX_VCPUS}); max(wall, cpu time / vCPUs) where the wait was not measured",
 }
@@ -98,13 +102,19 @@ def cost(memory_mb: float, duration_s: float) -> dict[str, Any]:
 
 
 def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 0.0, *,
-              wait_s: float | None = None, untrusted_time: str | None = None) -> dict[str, Any]:
+              wait_s: float | None = None, untrusted_time: str | None = None, threads: int = 0) -> dict[str, Any]:
     """Memory, timeout, /tmp and cost for a call that peaked at ``peak_mb``.
 
     ``wait_s``: the measured non-CPU wait (see :func:`duration_at`); without it
     the wall time stands in. ``untrusted_time``: why the time figures cannot be
-    trusted; the timeout is then Lambda's maximum, not a figure made from them."""
+    trusted; the timeout is then Lambda's maximum, not a figure made from them. ``threads``: the most
+    threads (processes' main threads included) the call ran at once; above Lambda's limit it gets a note
+    (no memory setting raises it)."""
     notes: list[str] = []
+    if threads > MAX_THREADS:
+        notes.append(f"ran {threads:,} threads and processes at once; Lambda allows {MAX_THREADS:,} per execution "
+                     "environment (the local backend too): starting more fails there (RuntimeError \"can't start new "
+                     "thread\", BlockingIOError on fork); bound the pool or split the work into more calls")
     memory = memory_for(peak_mb)
     if peak_mb * (1 + MEMORY_MARGIN_FRACTION) + MEMORY_MARGIN_FIXED_MB > MAX_MEMORY_MB:
         notes.append(
@@ -149,12 +159,15 @@ def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 
                 f"checkpoint it ({segments} segment(s) of at most {SEGMENT_S} s) to be safe"
             )
         timeout = MAX_TIMEOUT_S
+    # The margin holds whenever it takes the setting above the default: applied only above 512 MB of use, a
+    # call that wrote 500 MB got 512 MB (2% headroom) while one that wrote 513 MB got 581.
     tmp = DEFAULT_TMP_MB
-    if tmp_peak_mb > DEFAULT_TMP_MB:
-        tmp = max(DEFAULT_TMP_MB, min(MAX_MEMORY_MB, math.ceil(tmp_peak_mb * (1 + TMP_MARGIN_FRACTION) + TMP_MARGIN_FIXED_MB)))
+    want_tmp = math.ceil(tmp_peak_mb * (1 + TMP_MARGIN_FRACTION) + TMP_MARGIN_FIXED_MB) if tmp_peak_mb > 0 else 0
+    if want_tmp > DEFAULT_TMP_MB:
+        tmp = min(MAX_EPHEMERAL_MB, want_tmp)
         notes.append(f"wrote {tmp_peak_mb:,.0f} MB under /tmp: set ephemeral storage to {tmp:,} MB")
-        if tmp_peak_mb * (1 + TMP_MARGIN_FRACTION) > MAX_MEMORY_MB:
-            notes.append(f"/tmp use exceeds Lambda's {MAX_MEMORY_MB:,} MB ephemeral storage maximum")
+        if tmp_peak_mb * (1 + TMP_MARGIN_FRACTION) > MAX_EPHEMERAL_MB:
+            notes.append(f"/tmp use exceeds Lambda's {MAX_EPHEMERAL_MB:,} MB ephemeral storage maximum")
     return {
         "memory_mb": memory,
         "timeout_s": timeout,

@@ -1,9 +1,14 @@
-"""A Profile as readable tables (rich), for people; ``--json`` is for machines."""
+"""A Profile as readable tables (rich), for people; ``--json`` is for machines.
+
+Every text that comes from the user (target, arguments, source lines, package names, notes that quote
+them, paths) is escaped: rich reads ``[...]`` as markup, so ``b[i] = 1`` showed as ``b = 1`` and an
+argument holding ``[/x]`` crashed the report."""
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wrenpack.profiler import sizing
@@ -28,7 +33,7 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
     rep = prof.repeat or {}
     n = rep.get("n", 1)
 
-    measured = Table(title=f"wrenpack profile: {prof.target}({prof.args})", show_header=True, title_justify="left")
+    measured = Table(title=escape(f"wrenpack profile: {prof.target}({prof.args})"), show_header=True, title_justify="left")
     measured.add_column("measured")
     measured.add_column("value", justify="right")
     measured.add_column("", style="dim")
@@ -47,6 +52,7 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
     measured.add_row("CPU user / sys", f"{prof.cpu_user_s:.3f} / {prof.cpu_sys_s:.3f} s", busy)
     measured.add_row("/tmp peak", _mb(prof.tmp_peak_mb), f"{prof.tmp_final_mb:,.1f} MB left at the end")
     measured.add_row("processes", str(prof.processes), "the call's process tree, at most")
+    measured.add_row("threads", str(prof.threads), "of those processes, at most (Lambda allows 1,024 in all)")
     measured.add_row("network", "not measurable", "no per-process counters on Linux")
     if prof.result_bytes:
         measured.add_row("result", f"{prof.result_bytes:,} bytes", f"pickled in {prof.serialize_s:.3f} s")
@@ -62,9 +68,9 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
         pk.add_column("distribution")
         pk.add_column("version")
         for item in prof.packages:
-            pk.add_row(item["name"], str(item.get("version") or "?"))
+            pk.add_row(escape(item["name"]), escape(str(item.get("version") or "?")))
         for name in prof.local_modules:
-            pk.add_row(f"{name} (project module)", "-", style="dim")
+            pk.add_row(escape(f"{name} (project module)"), "-", style="dim")
         console.print(pk)
 
     if prof.scaling:
@@ -80,13 +86,13 @@ def render(prof: Profile, plot: str | None = None, console: Console | None = Non
                 f"{row['mem_mb']:,.1f}" if "mem_mb" in row else "",
                 f"{row['increment_mb']:,.1f}" if "increment_mb" in row else "",
                 str(row.get("occurrences", "")),
-                row["source"],
+                escape(row["source"]),
             )
         console.print(lt)
     if plot:
-        console.print(f"memory curve written to {plot}")
+        console.print(f"memory curve written to {escape(str(plot))}")
     if saved:
-        console.print(f"[dim]saved as {saved} (used by memory=\"auto\")[/dim]")
+        console.print(f"[dim]saved as {escape(saved)} (used by memory=\"auto\")[/dim]")
 
 
 def _recommended(console: Console, title: str, rec: dict[str, Any]) -> None:
@@ -109,12 +115,12 @@ def _recommended(console: Console, title: str, rec: dict[str, Any]) -> None:
         t.caption = f"prices: {prices.get('region')}, {prices.get('date')} (wrenpack/data/lambda_prices.json)"
     console.print(t)
     for note in rec.get("notes", []):
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
 def _scaling(console: Console, sc: dict[str, Any]) -> None:
     split = sc.get("wait_s") is not None  # profiles saved before CPU and wait were fitted apart have neither
-    t = Table(title=f"scaling with {sc['input']}(n)", title_justify="left")
+    t = Table(title=escape(f"scaling with {sc['input']}(n)"), title_justify="left")
     t.add_column("n", justify="right")
     t.add_column("memory above baseline", justify="right")
     t.add_column("wall time", justify="right")
@@ -159,5 +165,5 @@ def _scaling(console: Console, sc: dict[str, Any]) -> None:
         console.print("memory=\"auto\" sizes each call at its own n, read as "
                       + (sizing.describe_rule(rule) if rule else "nothing (no measure is in proportion to n: pass auto_size=)"))
     for w in sc.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
     _recommended(console, f"recommended Lambda settings at n={sc['target']:,}", sc["recommended"])

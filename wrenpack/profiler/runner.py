@@ -166,6 +166,13 @@ def _write(jobdir: str, result: dict) -> None:
     os.replace(path + ".part", path)
 
 
+def _same_file(a: str | None, b: str) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _load_target(spec: str):
     """``module:attr`` or ``path/to/file.py:attr`` -> the object."""
     import importlib
@@ -180,11 +187,32 @@ def _load_target(spec: str):
             raise LookupError(f"no such file {mod_part!r}; give an existing path/to/file.py:FUNCTION")
         directory, name = os.path.split(path)
         name = name[:-3] if name.endswith(".py") else name
-        sys.path.insert(0, directory)
-        spec_ = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec_)
-        sys.modules[name] = module
-        spec_.loader.exec_module(module)
+        # A file inside a package is imported as its module (pkg/sub/mod.py -> pkg.sub.mod, from the folder
+        # above the package): loaded as a top-level ``mod``, its relative imports failed ("attempted relative
+        # import with no known parent package").
+        parts = [] if name == "__init__" else [name]
+        root = directory
+        while os.path.isfile(os.path.join(root, "__init__.py")):
+            root, package = os.path.split(root)
+            parts.insert(0, package)
+        module = None
+        if root != directory and parts and all(p.isidentifier() for p in parts):
+            dotted = ".".join(parts)
+            sys.path.insert(0, root)
+            try:
+                module = importlib.import_module(dotted)
+            except ModuleNotFoundError as exc:  # the package's name is another's, imported already
+                if not exc.name or not (dotted + ".").startswith(exc.name + "."):
+                    raise
+            if not _same_file(getattr(module, "__file__", None), path):  # (likewise)
+                sys.path.remove(root)
+                module = None
+        if module is None:
+            sys.path.insert(0, directory)
+            spec_ = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[name] = module
+            spec_.loader.exec_module(module)
     else:
         try:
             module = importlib.import_module(mod_part)
