@@ -278,6 +278,23 @@ def test_tiny_call_claims_no_cores():
     assert recommend.recommend(peak_mb=20, wall_s=6e-7, cpu_s=1e-5)["notes"] == []
 
 
+def test_time_waiting_for_a_core_is_not_the_calls(monkeypatch):
+    """A CPU-bound call profiled on a busy machine waits for a core half the time: its
+    cores busy were CPU over wall (0.5), so it got no CPU-bound note and a 2-core call
+    no "kept 2 cores busy" note. The wait (runq) is the machine's load, not the call's."""
+    from wrenpack.profiler.recommend import cores_busy
+
+    monkeypatch.setattr(recommend, "_cores_here", lambda: 2)
+    notes = recommend.recommend(peak_mb=20, wall_s=2.0, cpu_s=1.0, wait_s=0.0, runq_s=1.0)["notes"]
+    assert any(n.startswith("CPU-bound") for n in notes), notes
+    assert not any(n.startswith("CPU-bound") for n in recommend.recommend(peak_mb=20, wall_s=2.0, cpu_s=1.0)["notes"])
+    assert cores_busy(1.0, 2.0, 1.0) == pytest.approx(1.0)
+    assert cores_busy(2.0, 1.5, 1.0) == pytest.approx(2.0)  # two threads, one core taken by another program
+    assert cores_busy(4.0, 2.0, 4.0) == pytest.approx(2.0)  # four threads on two cores wait for each other
+    assert cores_busy(0.2, 2.0, 0.0) == pytest.approx(0.1)  # mostly I/O
+    assert cores_busy(1.0, 0.001, 0.5) == 0.0  # too short to tell
+
+
 def test_stdlib_and_unowned_installed_modules_are_not_project_modules():
     import sysconfig
 

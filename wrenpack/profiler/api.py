@@ -491,8 +491,9 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
     waits = [r.get("wait_s") for r in runs]
     wait = max(waits) if all(w is not None for w in waits) else None  # type: ignore[type-var]
     threads = max(r.get("threads", 1) for r in runs)
+    longest = max(runs, key=lambda r: r["duration_s"])
     rec = recommend.recommend(max(peaks), max(durations), max(r["cpu_s"] for r in runs), tmp_peak, wait_s=wait,
-                              threads=threads)
+                              threads=threads, runq_s=longest.get("runq_s"))
     mapped = worst_peak_run["memory_sources"].get("file_mapped_at_peak_mb", 0.0)
     if mapped > max(16.0, 0.10 * max(peaks)):
         rec["notes"].append(
@@ -511,8 +512,9 @@ def _assemble(runs: list[dict[str, Any]], args_repr: str) -> Profile:
         cpu_sys_s=median_run["cpu_sys_s"],
         wait_s=median_run.get("wait_s"),
         runq_s=median_run.get("runq_s"),
-        # below 10 ms the CPU clock's granularity makes cpu/wall meaningless ("14 cores" for a 0.6 us call)
-        cores_busy=round(cpu / duration, 3) if duration >= recommend.MIN_CORES_WALL_S else 0.0,
+        # (below 10 ms the CPU clock's granularity makes cpu/wall meaningless: "14 cores" for a 0.6 us call;
+        # the time its threads waited for a core is the machine's load, not the call's)
+        cores_busy=round(recommend.cores_busy(cpu, duration, median_run.get("runq_s")), 3),
         serialize_s=median_run["serialize_s"],
         result_bytes=median_run["result_bytes"],
         tmp_peak_mb=round(tmp_peak, 3),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -50,6 +51,31 @@ DEFAULT_TMP_MB = MIN_EPHEMERAL_MB
 MIN_CORES_WALL_S = 0.01
 TMP_MARGIN_FRACTION = 0.10
 TMP_MARGIN_FIXED_MB = 16
+
+
+def _cores_here() -> int:
+    """The cores this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cores_busy(cpu_s: float, wall_s: float, runq_s: float | None = None) -> float:
+    """How many cores the call kept busy: its CPU time over the wall time it would
+    have taken with a core free whenever it wanted one. ``runq_s`` is the time its
+    threads sat runnable waiting for a core (the machine's load: another program's
+    work is not the call's); without it the whole wall time counts, which makes a
+    CPU-bound call on a busy machine look half idle. ``runq_s`` sums every thread's
+    wait, so a call whose own threads outnumber the cores (waiting for each other) is
+    never taken below ``cpu_s`` over the cores here. 0 below ``MIN_CORES_WALL_S``
+    (the CPU clock's granularity makes the ratio noise)."""
+    if wall_s < MIN_CORES_WALL_S:
+        return 0.0
+    busy_wall = wall_s
+    if runq_s:
+        busy_wall = min(wall_s, max(wall_s - runq_s, cpu_s / _cores_here(), MIN_CORES_WALL_S))
+    return cpu_s / busy_wall
 
 RULES = {
     "memory": f"peak x {1 + MEMORY_MARGIN_FRACTION:.2f} + {MEMORY_MARGIN_FIXED_MB} MB (worker runtime), "
@@ -102,14 +128,16 @@ def cost(memory_mb: float, duration_s: float) -> dict[str, Any]:
 
 
 def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 0.0, *,
-              wait_s: float | None = None, untrusted_time: str | None = None, threads: int = 0) -> dict[str, Any]:
+              wait_s: float | None = None, untrusted_time: str | None = None, threads: int = 0,
+              runq_s: float | None = None) -> dict[str, Any]:
     """Memory, timeout, /tmp and cost for a call that peaked at ``peak_mb``.
 
     ``wait_s``: the measured non-CPU wait (see :func:`duration_at`); without it
     the wall time stands in. ``untrusted_time``: why the time figures cannot be
     trusted; the timeout is then Lambda's maximum, not a figure made from them. ``threads``: the most
     threads (processes' main threads included) the call ran at once; above Lambda's limit it gets a note
-    (no memory setting raises it)."""
+    (no memory setting raises it). ``runq_s``: the time the call's threads waited for a core, left
+    out of the cores it kept busy (``cores_busy``)."""
     notes: list[str] = []
     if threads > MAX_THREADS:
         notes.append(f"ran {threads:,} threads and processes at once; Lambda allows {MAX_THREADS:,} per execution "
@@ -121,7 +149,7 @@ def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 
             f"peak {peak_mb:,.0f} MB plus margin exceeds Lambda's {MAX_MEMORY_MB:,} MB: "
             "split the input or reduce memory use"
         )
-    cores = cpu_s / wall_s if wall_s >= MIN_CORES_WALL_S else 0.0
+    cores = cores_busy(cpu_s, wall_s, runq_s)
     cpu_there = vcpus(memory)
     if cores > 1.1:
         want = min(MAX_MEMORY_MB, math.ceil(cores * MB_PER_VCPU))
