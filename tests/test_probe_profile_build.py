@@ -57,6 +57,17 @@ def test_cli_unknown_trim_rule_is_one_line(no_resolve, capsys):
     assert len(lines) == 1 and "unknown --disable-rule 'nosuchrule'" in lines[0], err
 
 
+@pytest.mark.parametrize("python", ["3.15", "4.0", "3.9"])
+def test_cli_python_lambda_has_no_runtime_for_is_one_line(python, no_resolve, capsys):
+    # a layer or archive runs on a managed runtime: --python 3.15 or 4.0 resolved and installed for a
+    # runtime Lambda does not have, and only a deploy would have found out
+    code = cli_main(["build-runtime", "six", "-o", str(no_resolve / "out"), "--python", python])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert f"Lambda has no python{python} runtime" in lines[0] and "--docker --python" in lines[0], lines[0]
+    assert not (no_resolve / "out").exists()
+
+
 def test_component_rules_and_optional_are_known():
     known = pipeline.known_rules()
     assert {"tests", "docs", "duplicate-libs", "optional", "optional:pyarrow.flight", "strip-so"} <= known

@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
     import runtime_builder
 
+    if args.python is not None:
+        _check_lambda_python(args.python)
     if args.cache_dir is None:
         env_directory("WRENPACK_CACHE_DIR")  # the builder's default cache: a ConfigError naming it if unusable
     try:
@@ -135,6 +137,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(res)
     return 0
+
+
+def _check_lambda_python(python: str) -> None:
+    """A layer or archive runs on one of Lambda's managed Python runtimes: a version
+    Lambda has none of (3.15 before AWS adds it, 4.0, 3.9) is refused in one line
+    before anything is resolved, naming the runtimes there are and the container
+    image that carries any Python."""
+    from wrenpack.errors import ConfigError
+
+    wanted = runtimes.minor(python)
+    if runtimes.find(wanted) is None:
+        known = ", ".join(r.python for r in runtimes.table())
+        raise ConfigError(f"--python {python}: Lambda has no python{wanted} runtime for a layer or archive to run on "
+                          f"(it has {known}, as AWS listed them in {runtimes.table_date()}); give one of those, or "
+                          f"build a container image that carries Python {wanted}: --docker --python {wanted}")
 
 
 def _docker_recipe(args: argparse.Namespace, lambda_dockerfile: str) -> tuple[str, str | None]:
