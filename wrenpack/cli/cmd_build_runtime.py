@@ -49,7 +49,8 @@ def register(subparsers: Any, name: str) -> None:
                    help="do not import this module in the check (repeatable)")
     p.add_argument("--disable-rule", dest="disabled_rules", action="append", default=[], metavar="RULE",
                    help="turn off a trim rule (repeatable): build-tools, lambda-provided, pycache, tests, "
-                        "sources, stubs, docs, scripts-data, dist-info, duplicate-libs, optional (every optional "
+                        "sources, stubs, docs, scripts-data, dist-info, duplicate-libs, static-libs, strip-so (= --no-strip), "
+                        "optional (every optional "
                         "component) or one component's rule, e.g. optional:pyarrow.flight")
     p.add_argument("--installer", choices=["auto", "uv", "pip"], default=None,
                    help="who downloads and unpacks the wheels: auto (uv when installed, else pip; the default, "
