@@ -57,6 +57,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -369,6 +370,13 @@ class LambdaBackend(Backend):
             raise ConfigError(f"invocation_type {invocation_type!r} is not valid; use 'Event' or 'RequestResponse'")
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if client is None:
+            # A mistyped region names a host that does not exist: said now, before the
+            # store's first request would spend botocore's retries on it (~40 s).
+            clients.check_region(region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                                 (endpoint_url, "lambda"))
+        if isinstance(store, S3Store):
+            clients.check_region(getattr(store, "region", None), (getattr(store, "endpoint_url", None), "s3"))
         self.store = store
         remember = getattr(store, "remember_job_keys", None)
         if remember is not None:
@@ -497,8 +505,9 @@ class LambdaBackend(Backend):
         import boto3
         from botocore.config import Config
 
-        session = clients.checked_session(boto3.session.Session(profile_name=self.profile, region_name=self.region),
-                                          self.profile)
+        made = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        clients.check_region(made.region_name, (self.endpoint_url, "lambda"))  # (one from the profile: checked here)
+        session = clients.checked_session(made, self.profile)
         sync = self.invocation_type == "RequestResponse"
         client = session.client("lambda", endpoint_url=self.endpoint_url, config=Config(**self._lambda_config()))
         if sync:
