@@ -66,6 +66,12 @@ INLINE_ZIP_LIMIT = 50 * 1000 * 1000
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 LOCAL_PYTHON = "%d.%d" % sys.version_info[:2]
 
+#: Lambda's limit on a function's code and all its layers, unzipped: "250 MB", which AWS
+#: counts as 262,144,000 bytes (250 MiB). A layer over it publishes, but the function that
+#: uses it is refused, so deploy checks it before uploading anything.
+UNZIPPED_LIMIT = 250 * 1024 * 1024
+MIB = 1024 * 1024
+
 #: Environment variables deploy sets on every function it creates.
 ENV_FAMILY = "WRENPACK_FUNCTION_FAMILY"
 ENV_SETTINGS = "WRENPACK_FUNCTION_SETTINGS"
@@ -162,6 +168,67 @@ def handler_package() -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, path.read_bytes())
     return buf.getvalue()
+
+
+def unzipped_size(data: bytes, what: str) -> int:
+    """The bytes ``data`` (a zip) holds once extracted, as Lambda counts them."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return sum(info.file_size for info in zf.infolist())
+    except zipfile.BadZipFile as exc:
+        raise ConfigError(f"{what} is not a zip file ({exc}); rebuild it with `wrenpack build-runtime`") from None
+
+
+def check_layer_fits(layer_zip: Path, data: bytes, handler: bytes) -> None:
+    """A layer whose contents and the handler package pass Lambda's 250 MB unzipped
+    limit is refused here, in one line, before it is uploaded (Lambda would refuse
+    the function only after the layer was published)."""
+    layer, code = unzipped_size(data, str(layer_zip)), unzipped_size(handler, "the handler package")
+    total = layer + code
+    if total > UNZIPPED_LIMIT:
+        raise ConfigError(
+            f"{layer_zip} unzips to {layer / MIB:.1f} MiB, with the handler package {total / MIB:.1f} MiB: over Lambda's "
+            f"{UNZIPPED_LIMIT // MIB} MiB limit for a function's code and layers by {(total - UNZIPPED_LIMIT) / MIB:.1f} MiB; "
+            "deploy it as an S3 archive extracted to /tmp (--runtime-archive, with --ephemeral-storage to fit), "
+            "a container image (--image-uri), or rebuild it smaller (`wrenpack build-runtime`)")
+
+
+def tree_size(root: Path) -> int:
+    """The bytes of the files under ``root``, hard links counted once (as the archive stores and extracts them)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(folder, name))
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def check_archive_fits(python_dir: Path, tree_bytes: int, archive_bytes: int,
+                       all_settings: Sequence["FunctionSettings"]) -> None:
+    """A runtime archive is downloaded to /tmp and extracted beside it on a call's
+    cold start: a function whose ephemeral storage cannot hold both is refused
+    here, in one line naming the --ephemeral-storage that fits, rather than
+    failing every call on Lambda with a full disk (the emulator's /tmp has no such
+    limit). ``archive_bytes`` 0: the tree alone, checked before the archive is made."""
+    need = archive_bytes + tree_bytes
+    need_mb = math.ceil(need / MIB)
+    small = [st for st in all_settings if st.ephemeral_storage * MIB < need]
+    if not small:
+        return
+    if need_mb > limits.MAX_EPHEMERAL_MB:
+        fix = (f"that is over Lambda's largest /tmp ({limits.MAX_EPHEMERAL_MB} MB): deploy a container image "
+               "(--image-uri) or rebuild the runtime smaller")
+    else:
+        fix = (f"deploy with --ephemeral-storage {max(need_mb, limits.MIN_EPHEMERAL_MB)} or more (up to "
+               f"{limits.MAX_EPHEMERAL_MB}; the calls' own files in /tmp come on top)")
+    what = f"the {archive_bytes / MIB:.1f} MiB download and its extracted tree" if archive_bytes else "its extracted tree"
+    raise ConfigError(
+        f"the runtime archive of {python_dir} needs {need_mb} MB of /tmp on a cold start ({what}), more than the "
+        f"{small[0].ephemeral_storage} MB of /tmp of {small[0].describe()}; {fix}")
 
 
 def runtime_tar_gz(python_dir: Path) -> bytes:
@@ -297,7 +364,9 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         layer_zip = Path(request.runtime_dir) / "layer.zip"
         if not layer_zip.is_file():
             raise ConfigError(f"{layer_zip} not found; point --runtime-dir at a `wrenpack build-runtime` output directory")
-        content = _code_location(cfg, layer_zip.read_bytes(), bucket, prefix, "layer")
+        layer_bytes = layer_zip.read_bytes()
+        check_layer_fits(layer_zip, layer_bytes, handler_package())
+        content = _code_location(cfg, layer_bytes, bucket, prefix, "layer")
         try:
             layer = lam.publish_layer_version(
                 LayerName=f"{base}-runtime", Content=content, CompatibleRuntimes=[f"python{python}"],
@@ -310,7 +379,10 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         python_dir = Path(request.runtime_archive) / "python"
         if not python_dir.is_dir():
             raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
+        tree = tree_size(python_dir)
+        check_archive_fits(python_dir, tree, 0, all_settings)
         data = runtime_tar_gz(python_dir)
+        check_archive_fits(python_dir, tree, len(data), all_settings)
         sha = hashlib.sha256(data).hexdigest()
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
         s3 = clients.s3_client(cfg)

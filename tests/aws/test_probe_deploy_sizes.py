@@ -1,0 +1,100 @@
+"""Runtimes that Lambda would refuse, or that would fill /tmp, are refused by
+``wrenpack deploy`` in one line before anything is uploaded.
+
+Neither moto nor the emulator enforce these: moto takes a layer of any size, and
+the emulated sandbox's /tmp is not limited to the function's ephemeral storage.
+So before, such a deploy "worked" here and failed on AWS: a layer over the 250 MB
+unzipped limit was published and then the function refused (or, for an archive
+larger than /tmp, every call failed on its cold start with a full disk).
+
+The endpoints here are a closed port: with the check, no request is made at all
+(without it, the deploy reached for the port and failed otherwise).
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import pytest
+
+from wrenpack.backends.aws import deploy
+from wrenpack.backends.aws.deploy import DeployRequest, FunctionSettings, deploy_functions
+from wrenpack.config import current
+from wrenpack.errors import ConfigError
+from tests.aws.runtime_dates import deploy_as_of_a_live_day
+
+MIB = 1024 * 1024
+NOWHERE = "http://127.0.0.1:9"  # nothing listens there
+
+
+@pytest.fixture(autouse=True)
+def _live_python(monkeypatch):
+    deploy_as_of_a_live_day(monkeypatch)
+
+
+def _cfg():
+    return current(storage="s3://wrenpack-test/sizes", aws_region="us-east-1", s3_endpoint_url=NOWHERE,
+                   lambda_endpoint_url=NOWHERE)
+
+
+def _no_request(monkeypatch):
+    """Any AWS client made from here on fails the test at its first request."""
+    import botocore.endpoint
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("deploy made an AWS request before refusing the runtime")
+
+    monkeypatch.setattr(botocore.endpoint.Endpoint, "make_request", refuse)
+
+
+def _layer(root, unzipped_mb: int) -> str:
+    """A build-runtime-like output whose layer.zip unzips to ``unzipped_mb`` MiB (zeros: a small zip)."""
+    out = root / "build"
+    out.mkdir()
+    with zipfile.ZipFile(out / "layer.zip", "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("python/big.bin", "w", force_zip64=True) as f:
+            chunk = bytes(MIB)
+            for _ in range(unzipped_mb):
+                f.write(chunk)
+    return str(out)
+
+
+def test_a_layer_over_250_mb_unzipped_is_refused_before_it_is_uploaded(tmp_path, monkeypatch):
+    runtime = _layer(tmp_path, 251)
+    _no_request(monkeypatch)
+    with pytest.raises(ConfigError) as info:
+        deploy_functions(_cfg(), DeployRequest(runtime_dir=runtime, role="arn:aws:iam::123456789012:role/w"))
+    message = str(info.value)
+    assert "unzips to 251.0 MiB" in message and "over Lambda's 250 MiB limit" in message
+    assert "--runtime-archive" in message and "--image-uri" in message and "\n" not in message
+
+
+def test_a_layer_under_the_limit_passes_the_check(tmp_path):
+    data = (tmp_path / "l.zip")
+    with zipfile.ZipFile(data, "w") as zf:
+        zf.writestr("python/x.py", b"x = 1\n")
+    deploy.check_layer_fits(data, data.read_bytes(), deploy.handler_package())
+
+
+def test_a_runtime_archive_larger_than_tmp_is_refused_naming_the_ephemeral_storage_that_fits(tmp_path, monkeypatch):
+    python_dir = tmp_path / "build" / "python"
+    python_dir.mkdir(parents=True)
+    with open(python_dir / "big.so", "wb") as f:  # sparse: 600 MiB to stat, nothing on disk
+        f.truncate(600 * MIB)
+    os.link(python_dir / "big.so", python_dir / "same.so")  # a hard link is stored and extracted once
+    _no_request(monkeypatch)
+    with pytest.raises(ConfigError) as info:
+        deploy_functions(_cfg(), DeployRequest(runtime_archive=str(tmp_path / "build"), ephemeral_storage=[512],
+                                               role="arn:aws:iam::123456789012:role/w"))
+    message = str(info.value)
+    assert "needs 600 MB of /tmp" in message and "ephemeral_storage=512 MB" in message
+    assert "--ephemeral-storage 600 or more" in message and "\n" not in message
+
+
+def test_an_archive_that_fits_every_functions_tmp_passes_and_counts_the_download_too(tmp_path):
+    small, large = (FunctionSettings.for_call(1024, 60, mb) for mb in (512, 2048))
+    deploy.check_archive_fits(tmp_path, 400 * MIB, 0, [small, large])
+    with pytest.raises(ConfigError, match=r"needs 550 MB of /tmp .*the 150.0 MiB download.*ephemeral_storage=512 MB"):
+        deploy.check_archive_fits(tmp_path, 400 * MIB, 150 * MIB, [large, small])
+    with pytest.raises(ConfigError, match="over Lambda's largest /tmp"):
+        deploy.check_archive_fits(tmp_path, 11000 * MIB, 0, [large])
