@@ -98,3 +98,15 @@ def test_an_archive_that_fits_every_functions_tmp_passes_and_counts_the_download
         deploy.check_archive_fits(tmp_path, 400 * MIB, 150 * MIB, [large, small])
     with pytest.raises(ConfigError, match="over Lambda's largest /tmp"):
         deploy.check_archive_fits(tmp_path, 11000 * MIB, 0, [large])
+
+
+@pytest.mark.parametrize("role", ["wrenpack-worker", "arn:aws:iam::12:role/w", "arn:aws:iam::123456789012:user/w"])
+def test_a_role_that_is_no_role_arn_is_refused_before_any_request(role, monkeypatch):
+    _no_request(monkeypatch)
+    with pytest.raises(ConfigError, match="is not an IAM role ARN"):
+        deploy_functions(_cfg(), DeployRequest(role=role))
+
+
+def test_role_arns_of_every_partition_and_with_paths_pass():
+    for role in ("arn:aws:iam::123456789012:role/w", "arn:aws-cn:iam::123456789012:role/service-role/w_1+=,.@-"):
+        assert deploy.ROLE_ARN.fullmatch(role)

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import zipfile
@@ -71,6 +72,9 @@ LOCAL_PYTHON = "%d.%d" % sys.version_info[:2]
 #: uses it is refused, so deploy checks it before uploading anything.
 UNZIPPED_LIMIT = 250 * 1024 * 1024
 MIB = 1024 * 1024
+
+#: what Lambda takes as a function's Role (CreateFunction's pattern)
+ROLE_ARN = re.compile(r"arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")
 
 #: Environment variables deploy sets on every function it creates.
 ENV_FAMILY = "WRENPACK_FUNCTION_FAMILY"
@@ -344,6 +348,10 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
     runtime_dir = request.runtime_dir or request.runtime_archive
     if runtime_dir:
         check_manifest(runtime_dir, python, arch)
+    if request.role and not ROLE_ARN.fullmatch(request.role):
+        # Lambda answers a ValidationException only after the runtime was uploaded.
+        raise ConfigError(f"--role {request.role!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME); "
+                          "pass the execution role's ARN (aws iam get-role --role-name NAME)")
     if request.reserved_concurrency is not None and request.reserved_concurrency < 0:
         raise ConfigError(f"--reserved-concurrency {request.reserved_concurrency} must be 0 or more")
     all_settings = settings_to_deploy(request, cfg, python, runtime_dir)
