@@ -587,16 +587,27 @@ class LambdaBackend(Backend):
                 conf = deploy.auto_deploy(self.client, name, settings, self.function_name,
                                           store_url=getattr(self.store, "url", None), runtime_dir=inv.runtime,
                                           where=self._where())
+            store_url = self._store_url()
+            why = deploy.store_refusal(conf, store_url)
+            if why:
+                raise ConfigError(
+                    f"Lambda function {name!r} cannot run this executor's calls: {why} ({store_url} here); set storage "
+                    f"to a location inside the function's store, or deploy a family of functions for this one "
+                    f"(`wrenpack deploy --function-name NAME --storage {store_url}`, then function_name=NAME)")
             slots, cap = self._slots_for(name)
             fn = _Function(name, settings, int(conf.get("MemorySize") or settings.memory), slots, cap)
             self._functions[name] = fn
             return fn
 
+    def _store_url(self) -> str | None:
+        """``s3://BUCKET/PREFIX`` of this backend's store (its ``url`` names the endpoint too), None off S3."""
+        bucket = getattr(self.store, "bucket", None)
+        return f"s3://{bucket}/{getattr(self.store, 'prefix', '')}".rstrip("/") if bucket else None
+
     def _where(self) -> dict[str, str | None]:
         """Where this backend's functions live and serve, as `wrenpack deploy` options
         (``FunctionSettings.deploy_command``): a printed command then runs as printed."""
-        bucket = getattr(self.store, "bucket", None)
-        storage = f"s3://{bucket}/{getattr(self.store, 'prefix', '')}".rstrip("/") if bucket else None
+        storage = self._store_url()
         region = getattr(getattr(self.client, "meta", None), "region_name", None) or self.region
         return {"region": region, "storage": storage, "profile": self.profile,
                 "lambda_endpoint_url": self.endpoint_url, "s3_endpoint_url": getattr(self.store, "endpoint_url", None)}

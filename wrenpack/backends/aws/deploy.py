@@ -593,6 +593,33 @@ def missing_function_help(lam: Any, settings: FunctionSettings, base: str, runti
     return f"create it with `{cmd}`" + (f" ({'; '.join(unknown)})" if unknown else ""), True
 
 
+def store_refusal(conf: dict[str, Any], store_url: str | None) -> str | None:
+    """Why the function whose configuration is ``conf`` refuses every call of a
+    client whose store is ``store_url`` (one clause), None when it serves that
+    store or that cannot be told (the configuration could not be read).
+
+    The handler refuses an event naming another bucket, or a prefix outside the
+    one it was deployed for (``ENV_STORE``), without writing anything: an Event
+    call then showed only as lost after its timeout plus the margin, blamed on
+    memory or timeout. The client knows both stores before it sends anything."""
+    from wrenpack.storage import parse_store_url
+
+    if not conf.get("FunctionName") or not store_url or not store_url.startswith("s3://"):
+        return None
+    pinned = ((conf.get("Environment") or {}).get("Variables") or {}).get(ENV_STORE)
+    if not pinned:
+        return f"it was deployed without a store ({ENV_STORE}), so it refuses every call"
+    try:
+        want, have = parse_store_url(pinned), parse_store_url(store_url)
+    except ConfigError:
+        return f"it serves the store {pinned!r}, which is no store URL, so it refuses every call"
+    base, prefix = str(want.get("prefix", "")).strip("/"), str(have.get("prefix", "")).strip("/")
+    if want.get("type") == "s3" and have.get("bucket") == want.get("bucket") and (
+            not base or prefix == base or prefix.startswith(base + "/")):
+        return None
+    return f"it serves the store {pinned} and refuses every call whose store lies outside it"
+
+
 def create_from_template(lam: Any, name: str, settings: FunctionSettings, template: dict[str, Any], base: str,
                          store_url: str | None = None) -> dict[str, Any]:
     """The function for ``settings``, a copy of ``template`` with its own

@@ -15,7 +15,8 @@ from typing import Any
 import wrenpack.backends.aws.clients as clients
 import wrenpack.backends.aws.probe as probe
 import wrenpack.backends.aws.runtimes as runtimes
-from wrenpack.backends.aws.deploy import LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help
+from wrenpack.backends.aws.deploy import (LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help,
+                                          store_refusal)
 from wrenpack.errors import WrenpackError
 from wrenpack.storage import store_for_config
 
@@ -122,7 +123,13 @@ def _check_function(cfg: Any) -> Outcome:
             raise WrenpackError(f"function {name!r} for the default settings (memory={cfg.memory}, timeout={cfg.timeout:g}, "
                                 f"ephemeral_storage={cfg.ephemeral_storage}) not found; {hint}") from None
         raise
-    return True, f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}", conf
+    described = f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}"
+    why = store_refusal(conf, clients.store_url(cfg))
+    if why:
+        # (returned: the checks that read the function's configuration still run)
+        return False, (f"{described}; {why}: set storage inside it, or deploy functions for this store under "
+                       f"another function_name (`wrenpack deploy --function-name NAME --storage {clients.store_url(cfg)}`)"), conf
+    return True, described, conf
 
 
 def _where(cfg: Any, lam: Any) -> dict[str, str | None]:
