@@ -110,3 +110,57 @@ def test_a_role_that_is_no_role_arn_is_refused_before_any_request(role, monkeypa
 def test_role_arns_of_every_partition_and_with_paths_pass():
     for role in ("arn:aws:iam::123456789012:role/w", "arn:aws-cn:iam::123456789012:role/service-role/w_1+=,.@-"):
         assert deploy.ROLE_ARN.fullmatch(role)
+
+
+# -- lambda_auto_deploy copies a runtime archive only to functions whose /tmp holds it ----------------
+@pytest.mark.iam_identity("deploy")
+def test_deploy_records_the_tmp_a_runtime_archive_needs(tmp_path, monkeypatch, moto_endpoint, bucket):
+    python_dir = tmp_path / "build" / "python"
+    python_dir.mkdir(parents=True)
+    with open(python_dir / "big.so", "wb") as f:
+        f.truncate(100 * MIB)  # sparse: 100 MiB to stat
+    made = []
+    monkeypatch.setattr(deploy, "deploy_function", lambda lam, name, settings, code, package, env, **kw: made.append(env) or {})
+    cfg = current(storage=f"s3://{bucket}/sizes", aws_region="us-east-1", s3_endpoint_url=moto_endpoint,
+                  lambda_endpoint_url=NOWHERE)
+    deploy_functions(cfg, DeployRequest(runtime_archive=str(tmp_path / "build"), ephemeral_storage=[1024]))
+    assert 100 < int(made[0][deploy.ENV_RUNTIME_TMP]) < 105  # the tree and its (small) download
+    s3 = __import__("boto3").client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="sizes/").get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+class _Family:
+    """A Lambda client that lists one deployed function of family ``fam``: a runtime archive needing 600 MB of /tmp."""
+
+    def __init__(self, settings: FunctionSettings) -> None:
+        import dataclasses
+        import json
+
+        self.conf = {"FunctionName": "fam-template", "Role": "arn:aws:iam::123456789012:role/w", "Runtime": "python3.12",
+                     "Handler": deploy.ARCHIVE_HANDLER, "Environment": {"Variables": {
+                         deploy.ENV_FAMILY: "fam", deploy.ENV_SETTINGS: json.dumps(dataclasses.asdict(settings)),
+                         deploy.ENV_RUNTIME_TMP: "600", "WRENPACK_RUNTIME_ARCHIVE": "s3://bkt/runtimes/r.tar.gz"}}}
+
+    def list_functions(self, **kw):
+        return {"Functions": [self.conf]}
+
+    def create_function(self, **kw):
+        raise AssertionError("auto-deploy created a function whose /tmp cannot hold its runtime archive")
+
+    get_function_configuration = create_function
+
+
+def test_auto_deploy_refuses_a_copy_whose_tmp_cannot_hold_the_runtime_archive():
+    template = FunctionSettings.for_call(1024, 60, 1024, python="3.12")
+    wanted = FunctionSettings.for_call(3008, 60, 512, python="3.12")
+    with pytest.raises(ConfigError) as info:
+        deploy.auto_deploy(_Family(template), wanted.function_name("fam"), wanted, "fam", on=deploy_day())
+    message = str(info.value)
+    assert "needs 600 MB of /tmp" in message and "ephemeral_storage=600 or more" in message and "\n" not in message
+
+
+def deploy_day():
+    from datetime import date
+
+    return date(2026, 12, 6)

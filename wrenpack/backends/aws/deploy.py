@@ -81,6 +81,9 @@ ENV_FAMILY = "WRENPACK_FUNCTION_FAMILY"
 ENV_SETTINGS = "WRENPACK_FUNCTION_SETTINGS"
 #: The store the function serves (the handler refuses events for another, see docs/aws.md).
 ENV_STORE = "WRENPACK_STORE_URL"
+#: The MB of /tmp a function's runtime archive needs on a cold start (its download and extracted tree):
+#: lambda_auto_deploy refuses to copy the function to settings with less ephemeral storage.
+ENV_RUNTIME_TMP = "WRENPACK_RUNTIME_TMP_MB"
 #: MaximumEventAgeInSeconds of every function: an Event call still queued in
 #: Lambda after an hour is dropped. The client reports a call that has neither
 #: started nor ended by its deadline as lost (or sends it again) once Lambda's
@@ -212,17 +215,18 @@ def tree_size(root: Path) -> int:
 
 
 def check_archive_fits(python_dir: Path, tree_bytes: int, archive_bytes: int,
-                       all_settings: Sequence["FunctionSettings"]) -> None:
+                       all_settings: Sequence["FunctionSettings"]) -> int:
     """A runtime archive is downloaded to /tmp and extracted beside it on a call's
     cold start: a function whose ephemeral storage cannot hold both is refused
     here, in one line naming the --ephemeral-storage that fits, rather than
     failing every call on Lambda with a full disk (the emulator's /tmp has no such
-    limit). ``archive_bytes`` 0: the tree alone, checked before the archive is made."""
+    limit). ``archive_bytes`` 0: the tree alone, checked before the archive is made.
+    The MB of /tmp it needs (``ENV_RUNTIME_TMP``: auto-deploy checks the copies it makes)."""
     need = archive_bytes + tree_bytes
     need_mb = math.ceil(need / MIB)
     small = [st for st in all_settings if st.ephemeral_storage * MIB < need]
     if not small:
-        return
+        return need_mb
     if need_mb > limits.MAX_EPHEMERAL_MB:
         fix = (f"that is over Lambda's largest /tmp ({limits.MAX_EPHEMERAL_MB} MB): deploy a container image "
                "(--image-uri) or rebuild the runtime smaller")
@@ -390,7 +394,7 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         tree = tree_size(python_dir)
         check_archive_fits(python_dir, tree, 0, all_settings)
         data = runtime_tar_gz(python_dir)
-        check_archive_fits(python_dir, tree, len(data), all_settings)
+        env[ENV_RUNTIME_TMP] = str(check_archive_fits(python_dir, tree, len(data), all_settings))
         sha = hashlib.sha256(data).hexdigest()
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
         s3 = clients.s3_client(cfg)
@@ -508,6 +512,13 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
         why = runtimes.refusal(settings.python, on, creating=True)
         if why:
             raise ConfigError(f"lambda_auto_deploy cannot create {name!r}: {why}")
+    needs = ((template.get("Environment") or {}).get("Variables") or {}).get(ENV_RUNTIME_TMP)
+    if needs and str(needs).isdigit() and settings.ephemeral_storage < int(needs):
+        # The copy would fail every cold start on Lambda, extracting the archive into a /tmp too small.
+        raise ConfigError(
+            f"lambda_auto_deploy cannot create {name!r} ({settings.describe()}): its runtime archive "
+            f"({template.get('FunctionName')}'s) needs {needs} MB of /tmp on a cold start; run the call with "
+            f"ephemeral_storage={max(int(needs), limits.MIN_EPHEMERAL_MB)} or more")
     log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
     try:
         return create_from_template(lam, name, settings, template, base, store_url=store_url)
