@@ -587,6 +587,13 @@ class LambdaBackend(Backend):
                 conf = deploy.auto_deploy(self.client, name, settings, self.function_name,
                                           store_url=getattr(self.store, "url", None), runtime_dir=inv.runtime,
                                           where=self._where())
+            stale = deploy.protocol_refusal(conf)
+            if stale:
+                variables = (conf.get("Environment") or {}).get("Variables") or {}
+                redeploy = settings.deploy_command(self.function_name, inv.runtime,
+                                                   archive=bool(variables.get("WRENPACK_RUNTIME_ARCHIVE")), **self._where())
+                raise ConfigError(f"Lambda function {name!r} cannot run this executor's calls: {stale}; redeploy it "
+                                  f"with this wrenpack: `{redeploy}`")
             store_url = self._store_url()
             why = deploy.store_refusal(conf, store_url)
             if why:

@@ -56,6 +56,7 @@ from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.profiler.model import Profile
 from wrenpack.profiler.store import profiles_dir
 from wrenpack.storage.s3 import _code
+from wrenpack.wire import event as event_format
 from wrenpack.worker import worker_files
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ ENV_FAMILY = "WRENPACK_FUNCTION_FAMILY"
 ENV_SETTINGS = "WRENPACK_FUNCTION_SETTINGS"
 #: The store the function serves (the handler refuses events for another, see docs/aws.md).
 ENV_STORE = "WRENPACK_STORE_URL"
+#: The event protocol (``wrenpack.wire.event.VERSION``) and the wrenpack version of a zip
+#: package's handler: a client that speaks another protocol is told before it sends a call,
+#: which that handler would refuse without writing anything (an Event call then looks lost).
+ENV_PROTOCOL = "WRENPACK_EVENT_PROTOCOL"
+ENV_VERSION = "WRENPACK_VERSION"
 #: The MB of /tmp a function's runtime archive needs on a cold start (its download and extracted tree):
 #: lambda_auto_deploy refuses to copy the function to settings with less ephemeral storage.
 ENV_RUNTIME_TMP = "WRENPACK_RUNTIME_TMP_MB"
@@ -428,6 +434,12 @@ def deploy_function(lam: Any, name: str, settings: FunctionSettings, code: dict[
     updated (its runtime takes no new functions), the error if it does not exist."""
     env = dict(env)
     env[ENV_SETTINGS] = json.dumps(dataclasses.asdict(settings), sort_keys=True, separators=(",", ":"))
+    if package.get("PackageType") == "Image":
+        # (an image carries whatever wrenpack it was built with: nothing known here)
+        env.pop(ENV_PROTOCOL, None)
+        env.pop(ENV_VERSION, None)
+    else:  # the handler package is this wrenpack's
+        env[ENV_PROTOCOL], env[ENV_VERSION] = str(event_format.VERSION), wrenpack.__version__
     common = dict(MemorySize=settings.memory, Timeout=settings.timeout, EphemeralStorage={"Size": settings.ephemeral_storage},
                   Environment={"Variables": env})
     summary: dict[str, Any] = {"function": name, "python": settings.python, "memory": settings.memory,
@@ -602,6 +614,18 @@ def missing_function_help(lam: Any, settings: FunctionSettings, base: str, runti
         ("ROLE_ARN", "the functions' execution role, see `wrenpack iam-policy --for worker`", not role),
         ("IMAGE_URI", "the image's ECR URI", image == "IMAGE_URI")) if missing]
     return f"create it with `{cmd}`" + (f" ({'; '.join(unknown)})" if unknown else ""), True
+
+
+def protocol_refusal(conf: dict[str, Any]) -> str | None:
+    """Why the function whose configuration is ``conf`` refuses every event this
+    client sends (one clause): its handler speaks another event protocol. None when
+    it speaks this one, or that is not known (deployed before deploy recorded it, an image)."""
+    variables = (conf.get("Environment") or {}).get("Variables") or {}
+    theirs = variables.get(ENV_PROTOCOL)
+    if theirs is None or str(theirs) == str(event_format.VERSION):
+        return None
+    return (f"its handler (wrenpack {variables.get(ENV_VERSION, '?')}) speaks event protocol {theirs} and this client "
+            f"(wrenpack {wrenpack.__version__}) speaks {event_format.VERSION}, so it refuses every call")
 
 
 def store_refusal(conf: dict[str, Any], store_url: str | None) -> str | None:

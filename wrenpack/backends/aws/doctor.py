@@ -16,7 +16,7 @@ import wrenpack.backends.aws.clients as clients
 import wrenpack.backends.aws.probe as probe
 import wrenpack.backends.aws.runtimes as runtimes
 from wrenpack.backends.aws.deploy import (LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help,
-                                          store_refusal)
+                                          protocol_refusal, store_refusal)
 from wrenpack.errors import WrenpackError
 from wrenpack.storage import store_for_config
 
@@ -124,6 +124,9 @@ def _check_function(cfg: Any) -> Outcome:
                                 f"ephemeral_storage={cfg.ephemeral_storage}) not found; {hint}") from None
         raise
     described = f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}"
+    stale = protocol_refusal(conf)
+    if stale:
+        return False, f"{described}; {stale}: redeploy it with this wrenpack (`wrenpack deploy`)", conf
     why = store_refusal(conf, clients.store_url(cfg))
     if why:
         # (returned: the checks that read the function's configuration still run)
