@@ -22,7 +22,7 @@ from tests.aws import servers
 from wrenpack.backends.aws import deploy
 from wrenpack.backends.aws.doctor import doctor_checks
 from wrenpack.config import current
-from wrenpack.errors import ConfigError
+from wrenpack.errors import ConfigError, ProtocolError
 from wrenpack.executor import Executor
 from wrenpack.wire import event as event_format
 
@@ -84,3 +84,19 @@ def test_unknown_protocols_are_not_judged():
     """Functions deployed before deploy recorded it, and images (whatever wrenpack they carry)."""
     assert deploy.protocol_refusal({"FunctionName": "f", "Environment": {"Variables": {}}}) is None
     assert deploy.protocol_refusal({}) is None
+
+
+def test_a_refusal_the_check_could_not_foresee_is_not_retried_as_a_crash(function, moto_endpoint, bucket, lambda_endpoint,
+                                                                          monkeypatch):
+    """A function deployed before deploy recorded its protocol: the handler's refusal comes back
+    as a ProtocolError naming the fix, once (it was WorkerCrashed, and sent again on each retry)."""
+    monkeypatch.setattr(event_format, "VERSION", event_format.VERSION + 1)
+    monkeypatch.setattr(deploy, "protocol_refusal", lambda conf: None)  # nothing recorded
+    with Executor(**_settings(moto_endpoint, bucket, lambda_endpoint, "rr-refused", invocation_type="RequestResponse",
+                              retries=2, concurrency=1)) as ex:
+        fut = wrenpack.remote(abs, executor=ex).remote(-1)
+        with pytest.raises(ProtocolError, match="refused the call: .*redeploy the worker") as info:
+            fut.result(timeout=60)
+        ran = [a for _, j, c, _, a in lambda_endpoint.calls if (j, c) == (fut.job_id, fut.call_id)]
+    assert "\n" not in str(info.value)
+    assert ran == [0]  # sent once: not retried

@@ -79,6 +79,7 @@ from wrenpack.errors import (
     MemoryLimitExceeded,
     ObjectNotFound,
     PayloadTooLarge,
+    ProtocolError,
     TaskError,
     TaskTimeout,
     WorkerCrashed,
@@ -1410,6 +1411,10 @@ def _reply_error(body: bytes, function_error: str | None, inv: Invocation, funct
         )
     if "timed out" in low:
         return TaskTimeout(f"{where} exceeded its {inv.timeout_s:g} s timeout on Lambda ({message}); raise timeout or split the work")
+    if error_type == "ProtocolError":
+        # The handler refused the event (another protocol, another store, a malformed event):
+        # it ran nothing, and would refuse it again, so it is not a crash to retry.
+        return ProtocolError(f"{where}: the Lambda function refused the call: {message}")
     if error_type in _OOM_TYPES or any(word in low for word in _OOM_WORDS):
         return MemoryLimitExceeded(
             f"{where} was killed by Lambda at its function's {memory_mb} MB memory limit ({shown}); "
