@@ -74,12 +74,19 @@ def test_doctor_says_the_function_serves_another_store(moto_endpoint, bucket, la
 
 
 def test_stores_inside_the_functions_store_are_served():
-    conf = {"FunctionName": "f", "Environment": {"Variables": {"WRENPACK_STORE_URL": "s3://bkt/team"}}}
+    def conf_of(**variables):
+        return {"FunctionName": "f", "Environment": {"Variables": {"WRENPACK_FUNCTION_FAMILY": "fam", **variables}}}
+
+    conf = conf_of(WRENPACK_STORE_URL="s3://bkt/team")
     assert store_refusal(conf, "s3://bkt/team") is None
     assert store_refusal(conf, "s3://bkt/team/run-1") is None
     assert "serves the store s3://bkt/team" in store_refusal(conf, "s3://bkt/teammate")
     assert "serves the store s3://bkt/team" in store_refusal(conf, "s3://cde/team")
-    assert store_refusal({"FunctionName": "f", "Environment": {"Variables": {"WRENPACK_STORE_URL": "s3://bkt"}}},
+    assert store_refusal(conf_of(WRENPACK_STORE_URL="s3://bkt"), "s3://bkt/x") is None
+    assert "deployed without a store" in store_refusal(conf_of(), "s3://bkt/x")
+    # nothing is known: the configuration could not be read, its variables could not (KMS), or
+    # the function was not deployed by wrenpack
+    assert store_refusal({}, "s3://bkt/x") is None
+    assert store_refusal({"FunctionName": "f", "Environment": {"Error": {"ErrorCode": "AccessDeniedException"}}},
                          "s3://bkt/x") is None
-    assert "deployed without a store" in store_refusal({"FunctionName": "f"}, "s3://bkt/x")
-    assert store_refusal({}, "s3://bkt/x") is None  # the configuration could not be read: nothing is known
+    assert store_refusal({"FunctionName": "f"}, "s3://bkt/x") is None

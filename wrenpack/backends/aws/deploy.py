@@ -641,7 +641,11 @@ def store_refusal(conf: dict[str, Any], store_url: str | None) -> str | None:
 
     if not conf.get("FunctionName") or not store_url or not store_url.startswith("s3://"):
         return None
-    pinned = ((conf.get("Environment") or {}).get("Variables") or {}).get(ENV_STORE)
+    variables = (conf.get("Environment") or {}).get("Variables") or {}
+    if ENV_FAMILY not in variables:
+        # Not readable (a KMS key this caller may not use), or not deployed by wrenpack: nothing is known.
+        return None
+    pinned = variables.get(ENV_STORE)
     if not pinned:
         return f"it was deployed without a store ({ENV_STORE}), so it refuses every call"
     try:
