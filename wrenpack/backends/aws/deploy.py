@@ -87,7 +87,7 @@ ENV_STORE = "WRENPACK_STORE_URL"
 #: which that handler would refuse without writing anything (an Event call then looks lost).
 ENV_PROTOCOL = "WRENPACK_EVENT_PROTOCOL"
 ENV_VERSION = "WRENPACK_VERSION"
-#: The MB of /tmp a function's runtime archive needs on a cold start (its download and extracted tree):
+#: The MB of /tmp a function's runtime archive needs on a cold start (its extracted tree):
 #: lambda_auto_deploy refuses to copy the function to settings with less ephemeral storage.
 ENV_RUNTIME_TMP = "WRENPACK_RUNTIME_TMP_MB"
 #: MaximumEventAgeInSeconds of every function: an Event call still queued in
@@ -220,17 +220,15 @@ def tree_size(root: Path) -> int:
     return total
 
 
-def check_archive_fits(python_dir: Path, tree_bytes: int, archive_bytes: int,
-                       all_settings: Sequence["FunctionSettings"]) -> int:
-    """A runtime archive is downloaded to /tmp and extracted beside it on a call's
-    cold start: a function whose ephemeral storage cannot hold both is refused
-    here, in one line naming the --ephemeral-storage that fits, rather than
-    failing every call on Lambda with a full disk (the emulator's /tmp has no such
-    limit). ``archive_bytes`` 0: the tree alone, checked before the archive is made.
-    The MB of /tmp it needs (``ENV_RUNTIME_TMP``: auto-deploy checks the copies it makes)."""
-    need = archive_bytes + tree_bytes
-    need_mb = math.ceil(need / MIB)
-    small = [st for st in all_settings if st.ephemeral_storage * MIB < need]
+def check_archive_fits(python_dir: Path, tree_bytes: int, all_settings: Sequence["FunctionSettings"]) -> int:
+    """A runtime archive is extracted into /tmp on a call's cold start (as it
+    downloads: the archive itself is not kept beside its tree): a function whose
+    ephemeral storage cannot hold the tree is refused here, in one line naming
+    the --ephemeral-storage that fits, rather than failing every call on Lambda
+    with a full disk (the emulator's /tmp has no such limit). The MB of /tmp it
+    needs (``ENV_RUNTIME_TMP``: auto-deploy checks the copies it makes)."""
+    need_mb = math.ceil(tree_bytes / MIB)
+    small = [st for st in all_settings if st.ephemeral_storage * MIB < tree_bytes]
     if not small:
         return need_mb
     if need_mb > limits.MAX_EPHEMERAL_MB:
@@ -239,10 +237,9 @@ def check_archive_fits(python_dir: Path, tree_bytes: int, archive_bytes: int,
     else:
         fix = (f"deploy with --ephemeral-storage {max(need_mb, limits.MIN_EPHEMERAL_MB)} or more (up to "
                f"{limits.MAX_EPHEMERAL_MB}; the calls' own files in /tmp come on top)")
-    what = f"the {archive_bytes / MIB:.1f} MiB download and its extracted tree" if archive_bytes else "its extracted tree"
     raise ConfigError(
-        f"the runtime archive of {python_dir} needs {need_mb} MB of /tmp on a cold start ({what}), more than the "
-        f"{small[0].ephemeral_storage} MB of /tmp of {small[0].describe()}; {fix}")
+        f"the runtime archive of {python_dir} needs {need_mb} MB of /tmp on a cold start (its extracted tree), more "
+        f"than the {small[0].ephemeral_storage} MB of /tmp of {small[0].describe()}; {fix}")
 
 
 def runtime_tar_gz(python_dir: Path) -> bytes:
@@ -397,10 +394,8 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         python_dir = Path(request.runtime_archive) / "python"
         if not python_dir.is_dir():
             raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
-        tree = tree_size(python_dir)
-        check_archive_fits(python_dir, tree, 0, all_settings)
+        env[ENV_RUNTIME_TMP] = str(check_archive_fits(python_dir, tree_size(python_dir), all_settings))
         data = runtime_tar_gz(python_dir)
-        env[ENV_RUNTIME_TMP] = str(check_archive_fits(python_dir, tree, len(data), all_settings))
         sha = hashlib.sha256(data).hexdigest()
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
         s3 = clients.s3_client(cfg)
