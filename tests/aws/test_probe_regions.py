@@ -84,3 +84,20 @@ def test_a_server_of_the_users_own_may_name_any_region(monkeypatch):
     cfg = SimpleNamespace(aws_profile=None, aws_region="default", lambda_endpoint_url="http://127.0.0.1:9",
                           s3_endpoint_url="http://127.0.0.1:9")
     assert clients.session(cfg).region_name == "default"
+
+
+def test_a_region_from_the_profile_is_checked_too(tmp_path, monkeypatch):
+    """The region in ~/.aws/config (no aws_region, no AWS_REGION): the store's first request used it."""
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-1a\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    start = time.monotonic()
+    ex = Executor(backend="lambda", storage="s3://wrenpack-test/regions", retries=0, concurrency=2)
+    try:
+        with pytest.raises(ConfigError, match="'eu-west-1a' is not an AWS region .*use eu-west-1"):
+            wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=30)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+    assert time.monotonic() - start < 10

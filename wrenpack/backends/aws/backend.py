@@ -57,7 +57,6 @@ import heapq
 import itertools
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -374,10 +373,10 @@ class LambdaBackend(Backend):
         if client is None:
             # A mistyped region names a host that does not exist: said now, before the
             # store's first request would spend botocore's retries on it (~40 s).
-            clients.check_region(region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-                                 (endpoint_url, "lambda"))
+            clients.check_region(clients.configured_region(region, profile), (endpoint_url, "lambda"))
         if isinstance(store, S3Store):
-            clients.check_region(getattr(store, "region", None), (getattr(store, "endpoint_url", None), "s3"))
+            clients.check_region(clients.configured_region(getattr(store, "region", None), getattr(store, "profile", None)),
+                                 (getattr(store, "endpoint_url", None), "s3"))
         self.store = store
         remember = getattr(store, "remember_job_keys", None)
         if remember is not None:

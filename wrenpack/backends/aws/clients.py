@@ -51,6 +51,21 @@ def known_regions() -> tuple[str, tuple[str, ...]]:
     return botocore.__version__, tuple(sorted(found))
 
 
+def configured_region(region: str | None, profile: str | None = None) -> str | None:
+    """The region boto3 will use: ``region``, else AWS_REGION/AWS_DEFAULT_REGION, else the
+    profile's in ~/.aws/config (None when none is set or the profile cannot be read: the
+    client's own error says that later)."""
+    found = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if found:
+        return found
+    try:
+        import boto3
+
+        return boto3.session.Session(profile_name=profile).region_name
+    except Exception:  # noqa: BLE001 - a missing profile: reported by the session that needs it
+        return None
+
+
 def _custom_endpoint(endpoint_url: str | None, service: str) -> bool:
     """Whether ``service``'s requests go to an endpoint of the user's (an emulator, MinIO, ...), not AWS's."""
     return bool(endpoint_url or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL"))
