@@ -78,6 +78,7 @@ from wrenpack.errors import (
     MemoryLimitExceeded,
     ObjectNotFound,
     PayloadTooLarge,
+    ProtocolError,
     TaskError,
     TaskTimeout,
     WorkerCrashed,
@@ -369,6 +370,13 @@ class LambdaBackend(Backend):
             raise ConfigError(f"invocation_type {invocation_type!r} is not valid; use 'Event' or 'RequestResponse'")
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if client is None:
+            # A mistyped region names a host that does not exist: said now, before the
+            # store's first request would spend botocore's retries on it (~40 s).
+            clients.check_region(clients.configured_region(region, profile), (endpoint_url, "lambda"))
+        if isinstance(store, S3Store):
+            clients.check_region(clients.configured_region(getattr(store, "region", None), getattr(store, "profile", None)),
+                                 (getattr(store, "endpoint_url", None), "s3"))
         self.store = store
         remember = getattr(store, "remember_job_keys", None)
         if remember is not None:
@@ -497,8 +505,9 @@ class LambdaBackend(Backend):
         import boto3
         from botocore.config import Config
 
-        session = clients.checked_session(boto3.session.Session(profile_name=self.profile, region_name=self.region),
-                                          self.profile)
+        made = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        clients.check_region(made.region_name, (self.endpoint_url, "lambda"))  # (one from the profile: checked here)
+        session = clients.checked_session(made, self.profile)
         sync = self.invocation_type == "RequestResponse"
         client = session.client("lambda", endpoint_url=self.endpoint_url, config=Config(**self._lambda_config()))
         if sync:
@@ -578,16 +587,34 @@ class LambdaBackend(Backend):
                 conf = deploy.auto_deploy(self.client, name, settings, self.function_name,
                                           store_url=getattr(self.store, "url", None), runtime_dir=inv.runtime,
                                           where=self._where())
+            stale = deploy.protocol_refusal(conf)
+            if stale:
+                variables = (conf.get("Environment") or {}).get("Variables") or {}
+                redeploy = settings.deploy_command(self.function_name, inv.runtime,
+                                                   archive=bool(variables.get("WRENPACK_RUNTIME_ARCHIVE")), **self._where())
+                raise ConfigError(f"Lambda function {name!r} cannot run this executor's calls: {stale}; redeploy it "
+                                  f"with this wrenpack: `{redeploy}`")
+            store_url = self._store_url()
+            why = deploy.store_refusal(conf, store_url)
+            if why:
+                raise ConfigError(
+                    f"Lambda function {name!r} cannot run this executor's calls: {why} ({store_url} here); set storage "
+                    f"to a location inside the function's store, or deploy a family of functions for this one "
+                    f"(`wrenpack deploy --function-name NAME --storage {store_url}`, then function_name=NAME)")
             slots, cap = self._slots_for(name)
             fn = _Function(name, settings, int(conf.get("MemorySize") or settings.memory), slots, cap)
             self._functions[name] = fn
             return fn
 
+    def _store_url(self) -> str | None:
+        """``s3://BUCKET/PREFIX`` of this backend's store (its ``url`` names the endpoint too), None off S3."""
+        bucket = getattr(self.store, "bucket", None)
+        return f"s3://{bucket}/{getattr(self.store, 'prefix', '')}".rstrip("/") if bucket else None
+
     def _where(self) -> dict[str, str | None]:
         """Where this backend's functions live and serve, as `wrenpack deploy` options
         (``FunctionSettings.deploy_command``): a printed command then runs as printed."""
-        bucket = getattr(self.store, "bucket", None)
-        storage = f"s3://{bucket}/{getattr(self.store, 'prefix', '')}".rstrip("/") if bucket else None
+        storage = self._store_url()
         region = getattr(getattr(self.client, "meta", None), "region_name", None) or self.region
         return {"region": region, "storage": storage, "profile": self.profile,
                 "lambda_endpoint_url": self.endpoint_url, "s3_endpoint_url": getattr(self.store, "endpoint_url", None)}
@@ -1383,6 +1410,10 @@ def _reply_error(body: bytes, function_error: str | None, inv: Invocation, funct
         )
     if "timed out" in low:
         return TaskTimeout(f"{where} exceeded its {inv.timeout_s:g} s timeout on Lambda ({message}); raise timeout or split the work")
+    if error_type == "ProtocolError":
+        # The handler refused the event (another protocol, another store, a malformed event):
+        # it ran nothing, and would refuse it again, so it is not a crash to retry.
+        return ProtocolError(f"{where}: the Lambda function refused the call: {message}")
     if error_type in _OOM_TYPES or any(word in low for word in _OOM_WORDS):
         return MemoryLimitExceeded(
             f"{where} was killed by Lambda at its function's {memory_mb} MB memory limit ({shown}); "

@@ -7,6 +7,10 @@ them one way and fails with the same one-line error.
 """
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from functools import lru_cache
 from typing import Any
 
 from wrenpack.errors import ConfigError, WrenpackError
@@ -29,6 +33,74 @@ KEEPALIVE_INTERVAL_S = 15
 KEEPALIVE_PROBES = 4
 
 
+#: what to set when the region is not one AWS has (the same words everywhere)
+FIX_REGION = ("set --region, aws_region (WRENPACK_AWS_REGION, [tool.wrenpack]) or AWS_DEFAULT_REGION to the region "
+              "of your bucket and functions, e.g. us-east-1")
+
+
+@lru_cache(maxsize=1)
+def known_regions() -> tuple[str, tuple[str, ...]]:
+    """(botocore's version, every region of every partition where botocore knows Lambda)."""
+    import botocore
+    import botocore.session
+
+    made = botocore.session.Session()
+    found: set[str] = set()
+    for partition in made.get_available_partitions():
+        found.update(made.get_available_regions("lambda", partition_name=partition))
+    return botocore.__version__, tuple(sorted(found))
+
+
+def configured_region(region: str | None, profile: str | None = None) -> str | None:
+    """The region boto3 will use: ``region``, else AWS_REGION/AWS_DEFAULT_REGION, else the
+    profile's in ~/.aws/config (None when none is set or the profile cannot be read: the
+    client's own error says that later)."""
+    found = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if found:
+        return found
+    try:
+        import boto3
+
+        return boto3.session.Session(profile_name=profile).region_name
+    except Exception:  # noqa: BLE001 - a missing profile: reported by the session that needs it
+        return None
+
+
+def _custom_endpoint(endpoint_url: str | None, service: str) -> bool:
+    """Whether ``service``'s requests go to an endpoint of the user's (an emulator, MinIO, ...), not AWS's."""
+    return bool(endpoint_url or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL"))
+
+
+def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None:
+    """Refuse a region AWS does not have, in one line naming the fix, before any request.
+
+    boto3 builds the host name from the region, so a mistyped one (an
+    availability zone ``us-east-1a``, ``US-EAST-1``, ``eu-wset-1``) is a host
+    that does not exist: every request then fails after botocore's retries
+    (about 40 s) with "Could not connect to the endpoint URL ... check the
+    network", which names the wrong fix. ``endpoints``: (endpoint URL,
+    service) of the clients the region serves; when every one is the user's
+    own (an emulator, an S3-compatible store), any region name is theirs to
+    choose and nothing is checked."""
+    if not region or (endpoints and all(_custom_endpoint(url, service) for url, service in endpoints)):
+        return
+    version, known = known_regions()
+    if region in known or not known:
+        return
+    zone = re.fullmatch(r"(.+-\d+)[a-z]", region)
+    tidy = region.strip().lower().replace("_", "-")
+    if zone and zone.group(1) in known:
+        why = f"it names an availability zone of {zone.group(1)}: use {zone.group(1)}"
+    elif tidy in known:
+        why = f"regions are written {tidy}"
+    else:
+        close = difflib.get_close_matches(region.lower(), known, n=1)
+        why = (f"did you mean {close[0]}? " if close else "") + \
+              f"if AWS opened it after botocore {version}, upgrade boto3 (pip install -U boto3)"
+    raise ConfigError(f"aws_region {region!r} is not an AWS region (botocore {version} knows {len(known)}; {why}); "
+                      f"{FIX_REGION}")
+
+
 def session(cfg: Any, checked: bool = True) -> Any:
     """A boto3 session for the configured profile and region; ``checked``: one
     with a region and credentials, else the one-line error naming the fix
@@ -40,7 +112,11 @@ def session(cfg: Any, checked: bool = True) -> Any:
         made = boto3.session.Session(profile_name=profile, region_name=getattr(cfg, "aws_region", None))
     except Exception as exc:
         raise ConfigError(f"cannot open AWS profile {profile!r}: {exc}; fix aws_profile") from None
-    return checked_session(made, profile) if checked else made
+    if not checked:
+        return made
+    check_region(made.region_name, (getattr(cfg, "lambda_endpoint_url", None), "lambda"),
+                 (getattr(cfg, "s3_endpoint_url", None), "s3"))
+    return checked_session(made, profile)
 
 
 def checked_session(made: Any, profile: str | None = None) -> Any:

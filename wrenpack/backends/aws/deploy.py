@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import zipfile
@@ -55,6 +56,7 @@ from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.profiler.model import Profile
 from wrenpack.profiler.store import profiles_dir
 from wrenpack.storage.s3 import _code
+from wrenpack.wire import event as event_format
 from wrenpack.worker import worker_files
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,28 @@ INLINE_ZIP_LIMIT = 50 * 1000 * 1000
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 LOCAL_PYTHON = "%d.%d" % sys.version_info[:2]
 
+#: Lambda's limit on a function's code and all its layers, unzipped: "250 MB", which AWS
+#: counts as 262,144,000 bytes (250 MiB). A layer over it publishes, but the function that
+#: uses it is refused, so deploy checks it before uploading anything.
+UNZIPPED_LIMIT = 250 * 1024 * 1024
+MIB = 1024 * 1024
+
+#: what Lambda takes as a function's Role (CreateFunction's pattern)
+ROLE_ARN = re.compile(r"arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")
+
 #: Environment variables deploy sets on every function it creates.
 ENV_FAMILY = "WRENPACK_FUNCTION_FAMILY"
 ENV_SETTINGS = "WRENPACK_FUNCTION_SETTINGS"
 #: The store the function serves (the handler refuses events for another, see docs/aws.md).
 ENV_STORE = "WRENPACK_STORE_URL"
+#: The event protocol (``wrenpack.wire.event.VERSION``) and the wrenpack version of a zip
+#: package's handler: a client that speaks another protocol is told before it sends a call,
+#: which that handler would refuse without writing anything (an Event call then looks lost).
+ENV_PROTOCOL = "WRENPACK_EVENT_PROTOCOL"
+ENV_VERSION = "WRENPACK_VERSION"
+#: The MB of /tmp a function's runtime archive needs on a cold start (its extracted tree):
+#: lambda_auto_deploy refuses to copy the function to settings with less ephemeral storage.
+ENV_RUNTIME_TMP = "WRENPACK_RUNTIME_TMP_MB"
 #: MaximumEventAgeInSeconds of every function: an Event call still queued in
 #: Lambda after an hour is dropped. The client reports a call that has neither
 #: started nor ended by its deadline as lost (or sends it again) once Lambda's
@@ -162,6 +181,65 @@ def handler_package() -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, path.read_bytes())
     return buf.getvalue()
+
+
+def unzipped_size(data: bytes, what: str) -> int:
+    """The bytes ``data`` (a zip) holds once extracted, as Lambda counts them."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return sum(info.file_size for info in zf.infolist())
+    except zipfile.BadZipFile as exc:
+        raise ConfigError(f"{what} is not a zip file ({exc}); rebuild it with `wrenpack build-runtime`") from None
+
+
+def check_layer_fits(layer_zip: Path, data: bytes, handler: bytes) -> None:
+    """A layer whose contents and the handler package pass Lambda's 250 MB unzipped
+    limit is refused here, in one line, before it is uploaded (Lambda would refuse
+    the function only after the layer was published)."""
+    layer, code = unzipped_size(data, str(layer_zip)), unzipped_size(handler, "the handler package")
+    total = layer + code
+    if total > UNZIPPED_LIMIT:
+        raise ConfigError(
+            f"{layer_zip} unzips to {layer / MIB:.1f} MiB, with the handler package {total / MIB:.1f} MiB: over Lambda's "
+            f"{UNZIPPED_LIMIT // MIB} MiB limit for a function's code and layers by {(total - UNZIPPED_LIMIT) / MIB:.1f} MiB; "
+            "deploy it as an S3 archive extracted to /tmp (--runtime-archive, with --ephemeral-storage to fit), "
+            "a container image (--image-uri), or rebuild it smaller (`wrenpack build-runtime`)")
+
+
+def tree_size(root: Path) -> int:
+    """The bytes of the files under ``root``, hard links counted once (as the archive stores and extracts them)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(folder, name))
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def check_archive_fits(python_dir: Path, tree_bytes: int, all_settings: Sequence["FunctionSettings"]) -> int:
+    """A runtime archive is extracted into /tmp on a call's cold start (as it
+    downloads: the archive itself is not kept beside its tree): a function whose
+    ephemeral storage cannot hold the tree is refused here, in one line naming
+    the --ephemeral-storage that fits, rather than failing every call on Lambda
+    with a full disk (the emulator's /tmp has no such limit). The MB of /tmp it
+    needs (``ENV_RUNTIME_TMP``: auto-deploy checks the copies it makes)."""
+    need_mb = math.ceil(tree_bytes / MIB)
+    small = [st for st in all_settings if st.ephemeral_storage * MIB < tree_bytes]
+    if not small:
+        return need_mb
+    if need_mb > limits.MAX_EPHEMERAL_MB:
+        fix = (f"that is over Lambda's largest /tmp ({limits.MAX_EPHEMERAL_MB} MB): deploy a container image "
+               "(--image-uri) or rebuild the runtime smaller")
+    else:
+        fix = (f"deploy with --ephemeral-storage {max(need_mb, limits.MIN_EPHEMERAL_MB)} or more (up to "
+               f"{limits.MAX_EPHEMERAL_MB}; the calls' own files in /tmp come on top)")
+    raise ConfigError(
+        f"the runtime archive of {python_dir} needs {need_mb} MB of /tmp on a cold start (its extracted tree), more "
+        f"than the {small[0].ephemeral_storage} MB of /tmp of {small[0].describe()}; {fix}")
 
 
 def runtime_tar_gz(python_dir: Path) -> bytes:
@@ -277,6 +355,10 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
     runtime_dir = request.runtime_dir or request.runtime_archive
     if runtime_dir:
         check_manifest(runtime_dir, python, arch)
+    if request.role and not ROLE_ARN.fullmatch(request.role):
+        # Lambda answers a ValidationException only after the runtime was uploaded.
+        raise ConfigError(f"--role {request.role!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME); "
+                          "pass the execution role's ARN (aws iam get-role --role-name NAME)")
     if request.reserved_concurrency is not None and request.reserved_concurrency < 0:
         raise ConfigError(f"--reserved-concurrency {request.reserved_concurrency} must be 0 or more")
     all_settings = settings_to_deploy(request, cfg, python, runtime_dir)
@@ -297,7 +379,9 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         layer_zip = Path(request.runtime_dir) / "layer.zip"
         if not layer_zip.is_file():
             raise ConfigError(f"{layer_zip} not found; point --runtime-dir at a `wrenpack build-runtime` output directory")
-        content = _code_location(cfg, layer_zip.read_bytes(), bucket, prefix, "layer")
+        layer_bytes = layer_zip.read_bytes()
+        check_layer_fits(layer_zip, layer_bytes, handler_package())
+        content = _code_location(cfg, layer_bytes, bucket, prefix, "layer")
         try:
             layer = lam.publish_layer_version(
                 LayerName=f"{base}-runtime", Content=content, CompatibleRuntimes=[f"python{python}"],
@@ -310,6 +394,7 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         python_dir = Path(request.runtime_archive) / "python"
         if not python_dir.is_dir():
             raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
+        env[ENV_RUNTIME_TMP] = str(check_archive_fits(python_dir, tree_size(python_dir), all_settings))
         data = runtime_tar_gz(python_dir)
         sha = hashlib.sha256(data).hexdigest()
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
@@ -344,6 +429,12 @@ def deploy_function(lam: Any, name: str, settings: FunctionSettings, code: dict[
     updated (its runtime takes no new functions), the error if it does not exist."""
     env = dict(env)
     env[ENV_SETTINGS] = json.dumps(dataclasses.asdict(settings), sort_keys=True, separators=(",", ":"))
+    if package.get("PackageType") == "Image":
+        # (an image carries whatever wrenpack it was built with: nothing known here)
+        env.pop(ENV_PROTOCOL, None)
+        env.pop(ENV_VERSION, None)
+    else:  # the handler package is this wrenpack's
+        env[ENV_PROTOCOL], env[ENV_VERSION] = str(event_format.VERSION), wrenpack.__version__
     common = dict(MemorySize=settings.memory, Timeout=settings.timeout, EphemeralStorage={"Size": settings.ephemeral_storage},
                   Environment={"Variables": env})
     summary: dict[str, Any] = {"function": name, "python": settings.python, "memory": settings.memory,
@@ -428,6 +519,13 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
         why = runtimes.refusal(settings.python, on, creating=True)
         if why:
             raise ConfigError(f"lambda_auto_deploy cannot create {name!r}: {why}")
+    needs = ((template.get("Environment") or {}).get("Variables") or {}).get(ENV_RUNTIME_TMP)
+    if needs and str(needs).isdigit() and settings.ephemeral_storage < int(needs):
+        # The copy would fail every cold start on Lambda, extracting the archive into a /tmp too small.
+        raise ConfigError(
+            f"lambda_auto_deploy cannot create {name!r} ({settings.describe()}): its runtime archive "
+            f"({template.get('FunctionName')}'s) needs {needs} MB of /tmp on a cold start; run the call with "
+            f"ephemeral_storage={max(int(needs), limits.MIN_EPHEMERAL_MB)} or more")
     log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
     try:
         return create_from_template(lam, name, settings, template, base, store_url=store_url)
@@ -511,6 +609,49 @@ def missing_function_help(lam: Any, settings: FunctionSettings, base: str, runti
         ("ROLE_ARN", "the functions' execution role, see `wrenpack iam-policy --for worker`", not role),
         ("IMAGE_URI", "the image's ECR URI", image == "IMAGE_URI")) if missing]
     return f"create it with `{cmd}`" + (f" ({'; '.join(unknown)})" if unknown else ""), True
+
+
+def protocol_refusal(conf: dict[str, Any]) -> str | None:
+    """Why the function whose configuration is ``conf`` refuses every event this
+    client sends (one clause): its handler speaks another event protocol. None when
+    it speaks this one, or that is not known (deployed before deploy recorded it, an image)."""
+    variables = (conf.get("Environment") or {}).get("Variables") or {}
+    theirs = variables.get(ENV_PROTOCOL)
+    if theirs is None or str(theirs) == str(event_format.VERSION):
+        return None
+    return (f"its handler (wrenpack {variables.get(ENV_VERSION, '?')}) speaks event protocol {theirs} and this client "
+            f"(wrenpack {wrenpack.__version__}) speaks {event_format.VERSION}, so it refuses every call")
+
+
+def store_refusal(conf: dict[str, Any], store_url: str | None) -> str | None:
+    """Why the function whose configuration is ``conf`` refuses every call of a
+    client whose store is ``store_url`` (one clause), None when it serves that
+    store or that cannot be told (the configuration could not be read).
+
+    The handler refuses an event naming another bucket, or a prefix outside the
+    one it was deployed for (``ENV_STORE``), without writing anything: an Event
+    call then showed only as lost after its timeout plus the margin, blamed on
+    memory or timeout. The client knows both stores before it sends anything."""
+    from wrenpack.storage import parse_store_url
+
+    if not conf.get("FunctionName") or not store_url or not store_url.startswith("s3://"):
+        return None
+    variables = (conf.get("Environment") or {}).get("Variables") or {}
+    if ENV_FAMILY not in variables:
+        # Not readable (a KMS key this caller may not use), or not deployed by wrenpack: nothing is known.
+        return None
+    pinned = variables.get(ENV_STORE)
+    if not pinned:
+        return f"it was deployed without a store ({ENV_STORE}), so it refuses every call"
+    try:
+        want, have = parse_store_url(pinned), parse_store_url(store_url)
+    except ConfigError:
+        return f"it serves the store {pinned!r}, which is no store URL, so it refuses every call"
+    base, prefix = str(want.get("prefix", "")).strip("/"), str(have.get("prefix", "")).strip("/")
+    if want.get("type") == "s3" and have.get("bucket") == want.get("bucket") and (
+            not base or prefix == base or prefix.startswith(base + "/")):
+        return None
+    return f"it serves the store {pinned} and refuses every call whose store lies outside it"
 
 
 def create_from_template(lam: Any, name: str, settings: FunctionSettings, template: dict[str, Any], base: str,

@@ -15,7 +15,8 @@ from typing import Any
 import wrenpack.backends.aws.clients as clients
 import wrenpack.backends.aws.probe as probe
 import wrenpack.backends.aws.runtimes as runtimes
-from wrenpack.backends.aws.deploy import LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help
+from wrenpack.backends.aws.deploy import (LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help,
+                                          protocol_refusal, store_refusal)
 from wrenpack.errors import WrenpackError
 from wrenpack.storage import store_for_config
 
@@ -72,8 +73,17 @@ def _check_credentials(cfg: Any) -> Outcome:
     return True, f"{ident['Arn']} in {session.region_name}", session
 
 
-def _check_storage(cfg: Any) -> Outcome:
+def _store(cfg: Any) -> Any:
+    """The configured store; on S3, a region AWS does not have is refused in one line
+    first (its requests would each take botocore's retries to fail: ``clients.check_region``)."""
     store = store_for_config(cfg)
+    if str(getattr(store, "url", "")).startswith("s3://"):
+        clients.check_region(getattr(store, "region", None), (getattr(store, "endpoint_url", None), "s3"))
+    return store
+
+
+def _check_storage(cfg: Any) -> Outcome:
+    store = _store(cfg)
     key = "doctor/probe"
     store.put(key, b"ok")
     ok = store.get(key) == b"ok"
@@ -84,7 +94,7 @@ def _check_storage(cfg: Any) -> Outcome:
 def _check_conditional_writes(cfg: Any) -> Outcome:
     """Two conditional writes of one key: the second must be refused (412), or
     a call Lambda delivers twice could overwrite its first result."""
-    store = store_for_config(cfg)
+    store = _store(cfg)
     if getattr(store, "conditional_writes", True) is False:
         return None, f"{store.url}: conditional_writes is off: first-write-wins is best effort (HEAD then PUT)", None
     key = "doctor/probe-if-none-match"
@@ -113,7 +123,16 @@ def _check_function(cfg: Any) -> Outcome:
             raise WrenpackError(f"function {name!r} for the default settings (memory={cfg.memory}, timeout={cfg.timeout:g}, "
                                 f"ephemeral_storage={cfg.ephemeral_storage}) not found; {hint}") from None
         raise
-    return True, f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}", conf
+    described = f"{conf['FunctionName']}: {conf.get('MemorySize')} MB, {conf.get('Timeout')} s, state {conf.get('State', '?')}"
+    stale = protocol_refusal(conf)
+    if stale:
+        return False, f"{described}; {stale}: redeploy it with this wrenpack (`wrenpack deploy`)", conf
+    why = store_refusal(conf, clients.store_url(cfg))
+    if why:
+        # (returned: the checks that read the function's configuration still run)
+        return False, (f"{described}; {why}: set storage inside it, or deploy functions for this store under "
+                       f"another function_name (`wrenpack deploy --function-name NAME --storage {clients.store_url(cfg)}`)"), conf
+    return True, described, conf
 
 
 def _where(cfg: Any, lam: Any) -> dict[str, str | None]:

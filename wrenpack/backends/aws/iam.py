@@ -6,23 +6,52 @@ changes; docs/aws.md explains each statement and what it does not stop.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from wrenpack.backends.aws.clients import bucket_prefix
+from wrenpack.errors import ConfigError
 
 #: who a policy is for: "client" runs jobs, "worker" is the function's execution role, "deploy" is client + deploy,
 #: "acceptance" is deploy + deleting what `wrenpack doctor --acceptance` creates
 ROLES = ("client", "worker", "deploy", "acceptance")
 
 
+#: an IAM role's name (the part after ``role/``, without a path)
+_ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}")
+
+
+def partition(region: str | None) -> str:
+    """The ARN partition of ``region`` (``aws-cn`` for China, ``aws-us-gov`` for GovCloud, ...):
+    a policy naming ``arn:aws:`` resources grants nothing there. ``aws`` when unknown."""
+    if not region or region == "*":
+        return "aws"
+    try:
+        import botocore.session
+
+        return str(botocore.session.Session().get_partition_for_region(region))
+    except Exception:  # noqa: BLE001 - a region botocore does not know: AWS's commercial partition
+        return "aws"
+
+
 def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None = None) -> dict[str, Any]:
     """A least-privilege policy for ``role`` (one of ``ROLES``); ``worker_role``,
-    for "deploy": the only execution role it may pass (default: one named like the function)."""
+    for "deploy": the only execution role it may pass (default: one named like the function).
+    An account id or role that no ARN can hold is refused in one line: the policy
+    would be accepted by IAM and then match nothing, so every request would be denied."""
+    account = str(account).strip()
+    if account != "*" and not re.fullmatch(r"\d{12}", account):
+        raise ConfigError(f"--account {account!r} is not an AWS account id (12 digits, e.g. 123456789012); "
+                          "pass yours (aws sts get-caller-identity) or leave it out for '*'")
+    if worker_role and not worker_role.startswith("arn:") and not _ROLE_NAME.fullmatch(worker_role):
+        raise ConfigError(f"--worker-role {worker_role!r} is neither a role ARN nor a role name (up to 64 letters, "
+                          "digits and +=,.@_-); pass the execution role's ARN (arn:aws:iam::ACCOUNT:role/NAME)")
     bucket, prefix = bucket_prefix(cfg)
-    base = f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}"
     region = getattr(cfg, "aws_region", None) or "*"
+    arn = f"arn:{partition(region)}"
+    base = f"{arn}:s3:::{bucket}/{prefix + '/' if prefix else ''}"
     # deploy makes one function per settings set, all named <function_name>-<hash>
-    fn_arn = f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}-*"
+    fn_arn = f"{arn}:lambda:{region}:{account}:function:{cfg.function_name}-*"
     jobs = f"{base}jobs/*"
     user = [f"{base}data/*", f"{base}shuffle/*"]
 
@@ -31,7 +60,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
 
     def listing(sid: str, prefixes: list[str]) -> dict[str, Any]:
         full = [f"{prefix}/{p}" if prefix else p for p in prefixes]
-        return allow(sid, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}",
+        return allow(sid, ["s3:ListBucket"], f"{arn}:s3:::{bucket}",
                      Condition={"StringLike": {"s3:prefix": full}})
 
     if role == "worker":
@@ -53,7 +82,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], user),
             listing("ListUserData", ["data/*", "shuffle/*"]),
             allow("Logs", ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                  f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-*:*"),
+                  f"{arn}:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-*:*"),
         ]
         return {"Version": "2012-10-17", "Statement": statements}
     statements = [
@@ -72,7 +101,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
     ]
     if role in ("deploy", "acceptance"):
         if worker_role and not worker_role.startswith("arn:"):
-            worker_role = f"arn:aws:iam::{account}:role/{worker_role}"
+            worker_role = f"{arn}:iam::{account}:role/{worker_role}"
         statements += [
             allow("Deploy", ["lambda:CreateFunction", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
                              "lambda:PutFunctionEventInvokeConfig", "lambda:GetFunction",
@@ -81,23 +110,23 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             # family to copy; ListFunctions takes no resource ARN, so "*" is its narrowest scope.
             allow("FindFamily", ["lambda:ListFunctions"], "*"),
             allow("Layer", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion"], [
-                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime",
-                f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]),
+                f"{arn}:lambda:{region}:{account}:layer:{cfg.function_name}-runtime",
+                f"{arn}:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"]),
             allow("UploadRuntimes", ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
                   [f"{base}runtimes/*", f"{base}deploy/*"]),
-            allow("PassWorkerRole", ["iam:PassRole"], worker_role or f"arn:aws:iam::{account}:role/{cfg.function_name}",
+            allow("PassWorkerRole", ["iam:PassRole"], worker_role or f"{arn}:iam::{account}:role/{cfg.function_name}",
                   Condition={"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}),
         ]
     if role == "acceptance":
         # Its functions are <function_name>-acc<run id>-*; it deletes them, their logs and what it uploaded.
         statements += [
             allow("AcceptanceCleanup", ["lambda:DeleteFunction"],
-                  f"arn:aws:lambda:{region}:{account}:function:{cfg.function_name}-acc*"),
+                  f"{arn}:lambda:{region}:{account}:function:{cfg.function_name}-acc*"),
             allow("AcceptanceLayers", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion", "lambda:DeleteLayerVersion"],
-                  f"arn:aws:lambda:{region}:{account}:layer:{cfg.function_name}-acc*"),
+                  f"{arn}:lambda:{region}:{account}:layer:{cfg.function_name}-acc*"),
             allow("AcceptanceReads", ["lambda:GetAccountSettings", "lambda:ListLayerVersions"], "*"),
             allow("AcceptanceLogs", ["logs:DeleteLogGroup"],
-                  f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-acc*"),
+                  f"{arn}:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-acc*"),
             allow("AcceptanceUploads", ["s3:DeleteObject"], [f"{base}runtimes/*", f"{base}deploy/*"]),
             # it lists those prefixes before and after deploying, to delete only what it uploaded
             listing("AcceptanceListUploads", ["runtimes/*", "deploy/*"]),

@@ -1,0 +1,103 @@
+"""A region AWS does not have is said in one line, before any request.
+
+boto3 makes the host name from the region, so a mistyped region (an
+availability zone, capitals, a typo) names a host that does not exist. Before,
+a map, ``wrenpack doctor`` and ``wrenpack deploy`` each spent botocore's
+retries on it (about 40 s a request) and then said "Could not connect to the
+endpoint URL ... check the network and s3_endpoint_url": the wrong fix. No
+server is needed here: the refusal comes before any connection.
+"""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+import wrenpack
+from wrenpack.backends.aws import clients
+from wrenpack.backends.aws.doctor import doctor_checks
+from wrenpack.config import current
+from wrenpack.errors import ConfigError
+from wrenpack.executor import Executor
+
+MISTAKES = [
+    ("us-east-1a", "availability zone of us-east-1: use us-east-1"),
+    ("US-EAST-1", "regions are written us-east-1"),
+    ("us_east_1", "regions are written us-east-1"),
+    ("eu-wset-1", "did you mean eu-west-1"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_endpoints(monkeypatch):
+    """The requests would go to AWS's own hosts (nothing here reaches them: none is made)."""
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.mark.parametrize("region,why", MISTAKES)
+def test_a_map_on_a_region_aws_does_not_have_fails_at_once_naming_the_region(region, why):
+    start = time.monotonic()
+    ex = Executor(backend="lambda", storage="s3://wrenpack-test/regions", aws_region=region, retries=0, concurrency=2)
+    try:
+        with pytest.raises(ConfigError) as info:
+            wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=30)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+    message = str(info.value)
+    assert f"aws_region {region!r} is not an AWS region" in message and why in message
+    assert "--region" in message and "\n" not in message
+    assert time.monotonic() - start < 10  # not botocore's retries against a host that does not exist
+
+
+@pytest.mark.parametrize("region,why", MISTAKES[:2])
+def test_doctor_says_the_region_in_each_check_at_once(region, why):
+    start = time.monotonic()
+    checks = doctor_checks(current(storage="s3://wrenpack-test/regions", aws_region=region))
+    assert [c["check"] for c in checks] == ["credentials", "storage", "conditional writes"]
+    for c in checks:
+        assert not c["ok"] and why in c["detail"], c
+    assert time.monotonic() - start < 10
+
+
+def test_deploy_refuses_the_region_before_any_request():
+    cfg = current(storage="s3://wrenpack-test/regions", aws_region="eu-wset-1")
+    with pytest.raises(ConfigError, match="did you mean eu-west-1"):
+        clients.lambda_client(cfg)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1", "ap-southeast-5", None])
+def test_every_region_aws_has_passes(region):
+    clients.check_region(region, (None, "lambda"), (None, "s3"))
+
+
+def test_a_server_of_the_users_own_may_name_any_region(monkeypatch):
+    """MinIO, Ceph or an emulator: their region names are theirs (Ceph's is often 'default')."""
+    clients.check_region("default", ("http://127.0.0.1:9000", "lambda"), ("http://127.0.0.1:9000", "s3"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    clients.check_region("default", (None, "s3"))
+    # ... but a client that goes to AWS still needs one of AWS's
+    with pytest.raises(ConfigError, match="'default' is not an AWS region"):
+        clients.check_region("default", (None, "lambda"), (None, "s3"))
+    cfg = SimpleNamespace(aws_profile=None, aws_region="default", lambda_endpoint_url="http://127.0.0.1:9",
+                          s3_endpoint_url="http://127.0.0.1:9")
+    assert clients.session(cfg).region_name == "default"
+
+
+def test_a_region_from_the_profile_is_checked_too(tmp_path, monkeypatch):
+    """The region in ~/.aws/config (no aws_region, no AWS_REGION): the store's first request used it."""
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-1a\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    start = time.monotonic()
+    ex = Executor(backend="lambda", storage="s3://wrenpack-test/regions", retries=0, concurrency=2)
+    try:
+        with pytest.raises(ConfigError, match="'eu-west-1a' is not an AWS region .*use eu-west-1"):
+            wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=30)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+    assert time.monotonic() - start < 10
