@@ -91,7 +91,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
         listing("ListJobObjects", ["jobs/*", "data/*", "shuffle/*"]),
         # Deleting a job's objects aborts the multipart uploads its stopped calls left unfinished
         # (``S3Store.delete_prefix``): S3 bills their parts until then. The action takes no prefix condition.
-        allow("UnfinishedUploads", ["s3:ListBucketMultipartUploads"], f"arn:aws:s3:::{bucket}"),
+        allow("UnfinishedUploads", ["s3:ListBucketMultipartUploads"], f"{arn}:s3:::{bucket}"),
         allow("Invoke", ["lambda:InvokeFunction"], fn_arn),
         allow("Doctor", ["lambda:GetFunctionConfiguration", "lambda:GetFunctionEventInvokeConfig",
                          "lambda:GetFunctionConcurrency"], fn_arn),
