@@ -73,3 +73,40 @@ def test_a_reply_that_would_pass_lambdas_response_limit_is_not_sent():
     assert _reply_fits(dict(status, result="a" * (6 * 1024 * 1024 - 400_000)))
     assert not _reply_fits(dict(status, result="a" * (6 * 1024 * 1024 - 300_000)))
     assert _reply_fits(dict(status, result=b"a" * (7 * 1024 * 1024)))  # a local worker's reply: no Lambda limit
+
+
+def fills_tmp():
+    try:
+        raise OSError(28, "No space left on device")  # (what a write to a full /tmp raises)
+    except OSError as exc:
+        raise RuntimeError("could not save the intermediate file") from exc
+
+
+def raises_plain_oserror():
+    raise OSError(2, "No such file or directory")
+
+
+def test_a_call_that_fills_lambdas_tmp_fails_as_past_its_ephemeral_storage(tmp_path, monkeypatch):
+    """Locally a call past its /tmp fails with EphemeralStorageExceeded (the backend measures
+    it); on Lambda, whose /tmp is size-limited, the user's write failed with ENOSPC and the
+    call came back as that OSError (or whatever the user's code made of it): not the same
+    failure for the same call. Other errors stay the user's own."""
+    from wrenpack.errors import EphemeralStorageExceeded
+
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "wrenpack-worker")
+    monkeypatch.delenv("WRENPACK_LOCAL_WORKER", raising=False)
+    store = LocalStore(tmp_path / "s")
+    monkeypatch.setenv("WRENPACK_STORE_URL", str(tmp_path / "s"))  # (a deployed function knows its store)
+
+    def raised(fn):
+        reply = handler(_event(store, "00000", fn), _ctx())
+        assert reply["exit"] == "error"
+        _status, outcome = result.open_result(SECRET, f"jd-{fn.__name__}", "00000",
+                                              store.get(keys.result_key(f"jd-{fn.__name__}", "00000")), "r")
+        return outcome.rebuild("f(0)")
+
+    got = raised(fills_tmp)
+    assert isinstance(got, EphemeralStorageExceeded), repr(got)
+    assert "filled its /tmp" in str(got) and "raise ephemeral_storage=" in str(got)
+    assert "No space left on device" in str(got) and "fills_tmp" in str(got.__cause__)  # (the user's traceback)
+    assert type(raised(raises_plain_oserror)) is FileNotFoundError

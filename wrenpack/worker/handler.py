@@ -28,6 +28,7 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -45,8 +46,8 @@ import cloudpickle
 
 from wrenpack import auth, keys
 from wrenpack.errors import (
-    CallCancelled, CorruptObject, MissingDependency, ObjectNotFound, ProtocolError, RemoteError, SdkTooOld, SerializationError,
-    StoreError, TaskTimeout, WrenpackError,
+    CallCancelled, CorruptObject, EphemeralStorageExceeded, MissingDependency, ObjectNotFound, ProtocolError, RemoteError,
+    SdkTooOld, SerializationError, StoreError, TaskTimeout, WrenpackError,
 )
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
@@ -523,6 +524,12 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         elif isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingDependency):
             exc = _missing(exc)
             outcome = error_outcome(exc, "wrenpack", tb_text="")
+        elif _on_lambda() and _disk_full(exc) is not None:
+            # Lambda's /tmp is the only place a call can write, and a size-limited one: a full one
+            # is the call's ephemeral storage, as the local backend, which measures it, says.
+            tb_text = user_traceback(exc)
+            exc = _tmp_full(ev, exc)
+            outcome = error_outcome(exc, "wrenpack", tb_text=tb_text)
         else:
             # Without the handler's own frame: the user sees only their code.
             outcome = error_outcome(exc, "user", user_traceback(exc))
@@ -533,6 +540,36 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         checkpoint.end()
     extra = scope.status()
     return _Ran(kind, outcome, run_s, extra, ckpt)
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """``exc``, or the exception it was raised from or during, that says "no space left on device"."""
+    seen = 0
+    at: BaseException | None = exc
+    while at is not None and seen < 16:
+        if isinstance(at, OSError) and at.errno == errno.ENOSPC:
+            return at
+        at = at.__cause__ or at.__context__
+        seen += 1
+    return None
+
+
+def _tmp_full(ev: Event, exc: BaseException) -> EphemeralStorageExceeded:
+    """What the local backend says of a call past its /tmp, for one that filled Lambda's."""
+    import tempfile
+
+    try:
+        st = os.statvfs(tempfile.gettempdir())
+        size = f" ({st.f_blocks * st.f_frsize / (1024 * 1024):.0f} MB)"
+    except OSError:
+        size = ""
+    full = _disk_full(exc)
+    said = f"{type(exc).__name__}: {exc}"
+    if full is not None and full is not exc:
+        said += f", from {type(full).__name__}: {full}"
+    return EphemeralStorageExceeded(
+        f"{ev.label} filled its /tmp{size}, its ephemeral_storage ({said}); raise "
+        "ephemeral_storage= (up to 10240 MB) or write less / stream to the store")
 
 
 def _timeout_outcome(ev: Event, ckpt_used: bool, stopped: bool = False) -> bytes:
