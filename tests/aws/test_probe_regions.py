@@ -40,12 +40,9 @@ def _no_endpoints(monkeypatch):
 @pytest.mark.parametrize("region,why", MISTAKES)
 def test_a_map_on_a_region_aws_does_not_have_fails_at_once_naming_the_region(region, why):
     start = time.monotonic()
-    ex = Executor(backend="lambda", storage="s3://wrenpack-test/regions", aws_region=region, retries=0, concurrency=2)
-    try:
-        with pytest.raises(ConfigError) as info:
-            wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=30)
-    finally:
-        ex.shutdown(wait=False, cancel_futures=True)
+    with pytest.raises(ConfigError) as info:  # (at the executor's making, now: its store is made there)
+        _run_one(Executor(backend="lambda", storage="s3://wrenpack-test/regions", aws_region=region, retries=0,
+                          concurrency=2))
     message = str(info.value)
     assert f"aws_region {region!r} is not an AWS region" in message and why in message
     assert "--region" in message and "\n" not in message
@@ -59,6 +56,21 @@ def test_doctor_says_the_region_in_each_check_at_once(region, why):
     assert [c["check"] for c in checks] == ["credentials", "storage", "conditional writes"]
     for c in checks:
         assert not c["ok"] and why in c["detail"], c
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("argv", [["clean", "--all"], ["jobs"], ["jobs", "show", "20261205-143416-73377e87"]])
+def test_the_store_commands_and_a_local_map_on_s3_say_the_region_at_once(argv, capsys):
+    """`wrenpack clean`/`jobs` and the local backend with an S3 store went through
+    the store alone, which did not check the region: ~40 s, then "check the network"."""
+    from wrenpack.cli import main
+
+    start = time.monotonic()
+    code = main([*argv, "--storage", "s3://wrenpack-test/regions", "--region", "eu-wset-1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "did you mean eu-west-1" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ConfigError, match="it names an availability zone of us-east-1"):
+        Executor(backend="local", storage="s3://wrenpack-test/regions", aws_region="us-east-1a")
     assert time.monotonic() - start < 10
 
 
@@ -94,10 +106,13 @@ def test_a_region_from_the_profile_is_checked_too(tmp_path, monkeypatch):
     for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(key, raising=False)
     start = time.monotonic()
-    ex = Executor(backend="lambda", storage="s3://wrenpack-test/regions", retries=0, concurrency=2)
+    with pytest.raises(ConfigError, match="'eu-west-1a' is not an AWS region .*use eu-west-1"):
+        _run_one(Executor(backend="lambda", storage="s3://wrenpack-test/regions", retries=0, concurrency=2))
+    assert time.monotonic() - start < 10
+
+
+def _run_one(ex: Executor) -> None:
     try:
-        with pytest.raises(ConfigError, match="'eu-west-1a' is not an AWS region .*use eu-west-1"):
-            wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=30)
+        wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=30)
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
-    assert time.monotonic() - start < 10

@@ -50,14 +50,15 @@ def store_for_config(config: Any) -> Store:
     spec = parse_store_url(storage) if isinstance(storage, str) else dict(storage)
     if spec.get("type") != "s3":
         return open_store(spec)
+    from wrenpack.backends.aws import clients
     from wrenpack.storage.s3 import S3Store
 
-    return S3Store.from_spec(
-        spec,
-        region=getattr(config, "aws_region", None),
-        endpoint_url=getattr(config, "s3_endpoint_url", None),
-        profile=getattr(config, "aws_profile", None),
-    )
+    region, profile = getattr(config, "aws_region", None), getattr(config, "aws_profile", None)
+    endpoint_url = getattr(config, "s3_endpoint_url", None)
+    # A mistyped region names a host that does not exist: said now, in one line, before the
+    # store's first request spends botocore's retries on it (~40 s, then "check the network").
+    clients.check_region(clients.configured_region(region, profile), (endpoint_url, "s3"))
+    return S3Store.from_spec(spec, region=region, endpoint_url=endpoint_url, profile=profile)
 
 
 #: an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-' today; buckets made
