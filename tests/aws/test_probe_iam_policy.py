@@ -48,6 +48,24 @@ def test_every_arn_is_in_the_regions_partition(region, partition):
         assert arns and all(r.startswith(f"arn:{partition}:") for r in arns), (role, arns)
 
 
+@pytest.mark.parametrize("where", ["AWS_REGION", "AWS_DEFAULT_REGION", "profile"])
+def test_the_partition_of_a_region_set_outside_wrenpack_counts_too(where, monkeypatch, tmp_path):
+    """AWS_REGION=cn-north-1 (or the profile's region), which boto3 and deploy use, gave arn:aws:
+    ARNs and region '*': a policy that grants nothing in China. Only aws_region counted."""
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    if where == "profile":
+        config = tmp_path / "config"
+        config.write_text("[default]\nregion = cn-north-1\n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    else:
+        monkeypatch.setenv(where, "cn-north-1")
+    policy = iam_policy(current(storage="s3://wrenpack-test/p"), "client", "123456789012")
+    arns = [r for r in _resources(policy) if r != "*"]
+    assert all(r.startswith("arn:aws-cn:") for r in arns), arns
+    assert any(r.startswith("arn:aws-cn:lambda:cn-north-1:") for r in arns), arns
+
+
 def test_the_command_line_exits_1_with_the_line(capsys):
     assert main(["iam-policy", "--storage", "s3://wrenpack-test/p", "--account", "12"]) == 1
     err = capsys.readouterr().err.strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from wrenpack.backends.aws.clients import bucket_prefix
+from wrenpack.backends.aws.clients import bucket_prefix, configured_region
 from wrenpack.errors import ConfigError
 
 #: who a policy is for: "client" runs jobs, "worker" is the function's execution role, "deploy" is client + deploy,
@@ -47,7 +47,9 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
         raise ConfigError(f"--worker-role {worker_role!r} is neither a role ARN nor a role name (up to 64 letters, "
                           "digits and +=,.@_-); pass the execution role's ARN (arn:aws:iam::ACCOUNT:role/NAME)")
     bucket, prefix = bucket_prefix(cfg)
-    region = getattr(cfg, "aws_region", None) or "*"
+    # (the region boto3 will use, as deploy and the backend see it: aws_region, else AWS_REGION /
+    # AWS_DEFAULT_REGION, else the profile's; its partition is the ARNs' own)
+    region = configured_region(getattr(cfg, "aws_region", None), getattr(cfg, "aws_profile", None)) or "*"
     arn = f"arn:{partition(region)}"
     base = f"{arn}:s3:::{bucket}/{prefix + '/' if prefix else ''}"
     # deploy makes one function per settings set, all named <function_name>-<hash>
