@@ -1,23 +1,31 @@
 """The progress ``wrenpack.get`` shows while it waits, wherever the user is.
 
-- ``"bar"``: a terminal (stderr is a TTY) gets a rich bar that disappears when done;
+- ``"bar"``: a terminal (stderr is a TTY that can redraw a line) gets a rich
+  bar that disappears when done; where it cannot be drawn (a pipe, a file,
+  ``TERM=dumb``) the ``"log"`` lines stand in for it;
 - ``"notebook"``: a Jupyter kernel gets a widget (ipywidgets, when installed),
   else an HTML line that updates itself in place;
-- ``"log"``: anywhere else (a pipe, a CI log, a file), a plain line on stderr
-  every ``LOG_EVERY_S`` seconds and one at the end:
+- ``"log"``: anywhere else (a pipe, a CI log, a file), a plain line every
+  ``LOG_EVERY_S`` seconds and one at the end:
   ``wrenpack: 40/100 calls done, 2 failed, 12 s``.
 
 ``progress=None`` (the default, or the ``progress`` setting) shows the bar on a
 terminal and the widget in a notebook, for more than one call, and nothing
 elsewhere; ``progress=True`` shows whichever fits, the log lines included.
 
-Progress is output the user asked for, not a log record: it goes to stderr (or
-the notebook) whether or not logging is configured, as a progress bar does.
+Progress is output the user asked for: the ``"log"`` lines are records of the
+``wrenpack.progress`` logger (INFO) where the program's logging takes them, and
+plain lines on stderr where it does not (no logging configured, or only
+warnings), so asking for them always shows them. While the bar is up, what the
+program writes to the terminal through ``sys.stdout``/``sys.stderr`` or its
+logging handlers is printed above it, never into it.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import html
+import logging
+import os
 import sys
 import threading
 import time
@@ -25,10 +33,14 @@ from typing import Any, Sequence
 
 from wrenpack import config
 
+log = logging.getLogger(__name__)
+
 #: seconds between two lines of the ``"log"`` display
 LOG_EVERY_S = 10.0
 #: seconds between two redraws of the notebook display (the last state is always drawn)
 NOTEBOOK_EVERY_S = 0.2
+#: seconds between two redraws of the notebook display when nothing ended (its elapsed time)
+NOTEBOOK_TICK_S = 1.0
 
 
 def choose(progress: Any, count: int) -> str | None:
@@ -71,8 +83,16 @@ def in_jupyter_kernel() -> bool:
 
 
 def _stderr_is_terminal() -> bool:
+    """True if stderr is a terminal that can redraw a line (not ``TERM=dumb``:
+    an Emacs shell, some CI consoles, which print a bar's every frame, or none)."""
+    if os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
+        return False
+    return _is_tty(sys.stderr)
+
+
+def _is_tty(stream: Any) -> bool:
     try:
-        return sys.stderr is not None and sys.stderr.isatty()
+        return stream is not None and bool(stream.isatty())
     except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
         return False
 
@@ -87,7 +107,7 @@ def wait(futures: Sequence[cf.Future], timeout: float | None, mode: str) -> None
     for fut in futures:
         fut.add_done_callback(tally.finished)
     del futures  # (the tally counts; a timeout's traceback then holds no future)
-    display = _DISPLAYS[mode](total)
+    display = _display(mode, total)
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     done = failed = 0
@@ -159,30 +179,112 @@ class _Display:
         pass
 
 
-class _Bar(_Display):
-    """A rich bar on stderr, gone when the wait ends (the terminal stays clean)."""
-
-    def __init__(self, total: int) -> None:
-        super().__init__(total)
+def _display(mode: str, total: int) -> _Display:
+    """The display for ``mode``; a bar where none can be drawn (stderr is not a
+    terminal, or a dumb one) is the log lines instead: a bar there would show
+    nothing and leave an empty line."""
+    if mode == "bar":
         # rich costs a tenth of a second to import: only a wait that shows it pays
         from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_interactive:  # (rich's own test: TERM=dumb, TTY_INTERACTIVE=0, not a TTY)
+            return _Log(total)
+        return _Bar(total, console)
+    return _DISPLAYS[mode](total)
+
+
+class _Bar(_Display):
+    """A rich bar on stderr, gone when the wait ends (the terminal stays clean).
+
+    While it is up, rich prints what goes to ``sys.stderr`` above it, and
+    ``sys.stdout`` too when stdout is a terminal (when it is a file, as in
+    ``prog > out.txt``, what is printed stays in the file). The program's
+    logging handlers that write to the terminal are pointed at the same place
+    for the wait: they hold the stream they were made with, and their lines
+    would otherwise be written into the bar's line and stay there."""
+
+    def __init__(self, total: int, console: Any) -> None:
+        super().__init__(total)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(TextColumn("[bold]wrenpack"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]}"),
-                                  TimeElapsedColumn(), transient=True, console=Console(stderr=True))
+                                  TimeElapsedColumn(), transient=True, console=console,
+                                  redirect_stdout=_is_tty(sys.stdout), redirect_stderr=True)
         self._task = self._progress.add_task("calls", total=total, failed="")
-        self._progress.start()
+        # (before the bar is drawn: a record logged as it starts goes above it too)
+        self._moved = _follow_sys_streams()
+        try:
+            self._progress.start()
+        except BaseException:
+            _restore_handlers(self._moved)
+            raise
 
     def update(self, done: int, failed: int, elapsed: float) -> None:
         self._progress.update(self._task, completed=done, failed=f"[red]{failed} failed" if failed else "")
 
     def close(self, done: int, failed: int, elapsed: float) -> None:
-        self.update(done, failed, elapsed)
-        self._progress.stop()
+        try:
+            self.update(done, failed, elapsed)
+        finally:
+            try:
+                self._progress.stop()
+            finally:
+                _restore_handlers(self._moved)  # (after: a record logged as the bar goes is not erased with it)
+
+
+class _SysStream:
+    """Writes to whatever ``sys.<name>`` is at the time of each write: what a
+    logging handler of the terminal writes to while the bar is up, so that its
+    records go where rich puts ``sys.stderr`` (above the bar), and, once the
+    bar is gone, to the terminal again."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def write(self, text: str) -> int:
+        return getattr(sys, self._name).write(text)
+
+    def flush(self) -> None:
+        getattr(sys, self._name).flush()
+
+    def __getattr__(self, attr: str) -> Any:  # (encoding, isatty, fileno: the stream's)
+        return getattr(getattr(sys, self._name), attr)
+
+
+def _follow_sys_streams() -> list[tuple[logging.StreamHandler, Any, Any]]:
+    """Point every logging handler that writes to ``sys.stdout`` or
+    ``sys.stderr`` (the objects they are now) at a ``_SysStream`` of it;
+    what to restore. File handlers, and those of other streams, are left alone."""
+    streams = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}
+    loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
+    moved = []
+    for handler in {id(h): h for lg in loggers for h in list(lg.handlers)}.values():
+        if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+            continue
+        old = getattr(handler, "stream", None)
+        if old is None or id(old) not in streams:
+            continue
+        new = _SysStream(streams[id(old)])
+        try:
+            handler.setStream(new)
+        except AttributeError:  # a handler whose stream is a property (it follows sys.stderr already)
+            continue
+        moved.append((handler, old, new))
+    return moved
+
+
+def _restore_handlers(moved: list[tuple[logging.StreamHandler, Any, Any]]) -> None:
+    for handler, old, new in moved:
+        if handler.stream is new:  # (unless the program pointed it elsewhere meanwhile)
+            handler.setStream(old)
 
 
 class _Log(_Display):
-    """A line on stderr every ``LOG_EVERY_S`` seconds, and one at the end."""
+    """A line every ``LOG_EVERY_S`` seconds, and one at the end: a record of the
+    ``wrenpack.progress`` logger where the program's logging takes INFO records
+    (its format, its files), else a plain line on stderr (no logging set up, or
+    only warnings: the user asked for progress, so it is shown)."""
 
     def __init__(self, total: int) -> None:
         super().__init__(total)
@@ -202,6 +304,9 @@ class _Log(_Display):
         self._write(status_line(done, self.total, failed, elapsed))
 
     def _write(self, line: str) -> None:
+        if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+            log.info("%s", line)
+            return
         if self._stream is None:
             return
         try:
@@ -222,6 +327,7 @@ class _Notebook(_Display):
         from IPython.display import display
 
         self._last = 0.0
+        self._behind = False  # a change is not drawn yet (it came too soon after the last redraw)
         self._bar: Any = None
         self._handle: Any = None
         try:
@@ -234,13 +340,18 @@ class _Notebook(_Display):
             display(ipywidgets.HBox([self._bar, self._label]))
 
     def next_update(self, now: float) -> float | None:
-        return None
+        # A change held back is drawn once the time between redraws has passed,
+        # not when the next call ends (which may be long after); with none, the
+        # elapsed time is redrawn now and then.
+        return max(0.0, self._last + (NOTEBOOK_EVERY_S if self._behind else NOTEBOOK_TICK_S) - now)
 
     def update(self, done: int, failed: int, elapsed: float, final: bool = False) -> None:
         now = time.monotonic()
         if not final and now - self._last < NOTEBOOK_EVERY_S:
+            self._behind = True
             return  # (each redraw is a message to the front end)
         self._last = now
+        self._behind = False
         if self._bar is not None:
             self._bar.value = done
             self._label.value = status_line(done, self.total, failed, elapsed)
