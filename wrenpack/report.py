@@ -584,24 +584,37 @@ class JobReport:
         """The timeline as a PNG (matplotlib: ``pip install 'wrenpack[plot]'``)."""
         plt = figure.pyplot(ConfigError("saving a job report as .png needs matplotlib: pip install 'wrenpack[plot]' "
                                         "(or save it as .html)"))
+        from matplotlib.collections import PolyCollection
         from matplotlib.patches import Patch
 
         calls = self._data["calls"]
         n = max(len(calls), 1)
+        wall = max(self._data["job"]["wall_s"], 1e-3)
         fig, ax = plt.subplots(figsize=(10, min(2 + n * 0.12, 30)), dpi=100)
         try:
-            for kind in KINDS:  # one bar collection per kind
-                bars = [(c["index"], seg["start"], max(seg["end"] - seg["start"], 1e-4))
-                        for c in calls for seg in c["timeline"] if seg["kind"] == kind]
-                if bars:
-                    ys, lefts, widths = zip(*bars)
-                    ax.barh(ys, widths, left=lefts, height=0.8, color=COLORS[kind], linewidth=0)
+            # One collection per kind (barh makes an artist per bar: 10,000 calls took 20 s to draw);
+            # waits first, invocations over them; a bar narrower than a pixel is drawn 1 px wide.
+            least = wall / 1000
+            for kind in KINDS:
+                boxes = []
+                for c in calls:
+                    y0, y1 = c["index"] - 0.4, c["index"] + 0.4
+                    for seg in c["timeline"]:
+                        if seg["kind"] == kind:
+                            x0 = seg["start"]
+                            x1 = max(seg["end"], x0 + least)
+                            boxes.append(((x0, y0), (x0, y1), (x1, y1), (x1, y0)))
+                if boxes:
+                    ax.add_collection(PolyCollection(boxes, facecolors=COLORS[kind], linewidths=0, antialiaseds=False))
+            ax.set_xlim(0, wall * 1.01)
             ax.set_ylim(n - 0.5, -0.5)
             ax.set_xlabel("seconds since the job began")
             ax.set_ylabel("call")
             job = self._data["job"]
             name = job["label"] or job["id"]
-            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {job['calls']} calls, {self.total_usd_text()}", fontsize=10)
+            # (parse_math off: a "$" in a label or the cost is text, not matplotlib's math)
+            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {job['calls']} calls, {self.total_usd_text()}", fontsize=10,
+                         parse_math=False)
             ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper right", fontsize=7, ncol=3)
             fig.tight_layout()
         except BaseException:

@@ -1,0 +1,113 @@
+"""A job report as a user checks it: its PNG (a valid image, drawn quickly for a
+big map, whatever the job's label says), its HTML page in a real headless
+browser (no console error, untrusted text shown as text), its JSON against the
+documented layout. Built from plain status records: no backend."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from html.parser import HTMLParser
+
+import pytest
+
+from wrenpack.report import COLORS, JobReport
+from wrenpack.wire import status as status_record
+
+EVIL = "<script>alert(\"x\")</script> & 'q' \"dq\" </title></svg><img src=x onerror=alert(1)>"
+
+
+def _rec(call, exit="ok", start=100.0, seconds=0.5, **extra):
+    r = status_record.record("job1", call, 0, 0, exit, start, start + seconds, 50.0, None, "h", 1, "3.12", None)
+    r.update(extra)
+    return r
+
+
+def _rgb(kind):
+    return tuple(int(COLORS[kind][i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _pixels(path):
+    image = pytest.importorskip("matplotlib.image", reason="reading the PNG needs matplotlib")
+    return (image.imread(str(path))[:, :, :3] * 255).round().astype(int)
+
+
+@pytest.mark.parametrize("label", ["x$\\undefinedcmd", "budget in $ \\frac{", "a_b^c $"])
+def test_a_png_whose_label_has_dollars_is_drawn_with_the_label_as_text(tmp_path, label):
+    """The PNG's title is the label and the cost ("$0.0000123"). Before, a
+    label with a "$" made matplotlib read the text between it and the cost's
+    "$" as math: "x$\\undefinedcmd" failed with a many-line ValueError from its
+    parser (and a label it could parse was drawn as math italics)."""
+    pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (pip install 'wrenpack[plot]')")
+    report = JobReport([_rec("00000"), _rec("00001", exit="error", error="boom")], {"memory_mb": 128, "label": label})
+    png = report.save(tmp_path / "job.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = _pixels(png)
+    assert (pixels == _rgb("failed")).all(axis=2).any() and (pixels == _rgb("finished")).all(axis=2).any()
+
+
+@pytest.mark.slow  # (2-3 s: matplotlib's import and a 10,000-row figure)
+def test_the_png_of_ten_thousand_calls_is_drawn_in_seconds(tmp_path):
+    """Before: one matplotlib artist per bar, 12-23 s for 10,000 calls (while
+    the report itself builds in a fraction of a second)."""
+    pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (pip install 'wrenpack[plot]')")
+    records = [_rec(f"{i:05d}", exit="ok" if i % 7 else "error", start=100.0 + i * 0.001, seconds=0.05, created_at=99.0 + i * 0.0005)
+               for i in range(10_000)]
+    start = time.monotonic()
+    report = JobReport(records, {"memory_mb": 128})
+    built = time.monotonic() - start
+    png = report.save(tmp_path / "big.png")
+    took = time.monotonic() - start
+    assert built < 2 and took < 8, (built, took)  # (about 0.3 s and 1 s on an idle machine)
+    pixels = _pixels(png)
+    for kind in ("queued", "finished", "failed"):
+        assert (pixels == _rgb(kind)).all(axis=2).sum() > 100, kind
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no headless browser: install Debian's chromium (apt-get install -y --no-install-recommends chromium)")
+
+
+class _Texts(HTMLParser):
+    """The elements and the text of the page as the browser's DOM holds them."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: set[str] = set()
+        self.handlers: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.handlers += [name for name, _ in attrs if name.startswith("on")]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_untrusted_text_is_text_in_a_real_browser_with_no_console_error(tmp_path):
+    """A label, a call id, an error and a setting that hold markup: the browser
+    shows them as text (no script, no image, no handler in its DOM), logs no
+    console message, and the page's figures are those of the JSON."""
+    browser = _chromium()
+    records = [_rec("00000", label=EVIL), _rec("00001", exit="error", error=EVIL, label="f[1]"),
+               {"call_id": EVIL, "state": "queued", "created_at": 100.0}]
+    report = JobReport(records, {"memory_mb": 128, "label": EVIL, "job_id": EVIL, "backend": EVIL, "now": 101.0})
+    page = report.save(tmp_path / "job.html")
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CONSOLE" not in out.stderr, [line for line in out.stderr.splitlines() if "CONSOLE" in line]
+    dom = _Texts()
+    dom.feed(out.stdout)
+    assert not dom.tags & {"script", "img", "iframe", "object"} and dom.handlers == [], (dom.tags, dom.handlers)
+    text = "".join(dom.text)
+    assert text.count(EVIL) >= 3  # the title, the call's label, the error (at least), each whole
+    data = json.loads(report.save(tmp_path / "job.json").read_text())
+    assert data["job"]["label"] == EVIL and data["calls"][1]["error"] == EVIL and data["calls"][2]["call_id"] == EVIL
