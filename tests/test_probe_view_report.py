@@ -111,3 +111,20 @@ def test_untrusted_text_is_text_in_a_real_browser_with_no_console_error(tmp_path
     assert text.count(EVIL) >= 3  # the title, the call's label, the error (at least), each whole
     data = json.loads(report.save(tmp_path / "job.json").read_text())
     assert data["job"]["label"] == EVIL and data["calls"][1]["error"] == EVIL and data["calls"][2]["call_id"] == EVIL
+
+
+def test_a_misspelt_report_setting_is_named_in_one_line(tmp_path):
+    """``ex.report(futs, lable="nightly")`` used to be accepted and ignored (the
+    report had no label, and the typo sat in its settings table)."""
+    import wrenpack
+    from wrenpack.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^a job report has no setting 'lable'; the settings are job_id, label, .*now$"):
+        JobReport([_rec("00000")], {"lable": "nightly"})
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"))
+    try:
+        with pytest.raises(ConfigError, match=r"no setting 'memory'.*memory_mb"):
+            ex.report([], memory=512)
+    finally:
+        ex.shutdown()
+    assert JobReport([_rec("00000")], {"label": "nightly", "memory_mb": 128}).to_json()["job"]["label"] == "nightly"

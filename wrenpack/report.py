@@ -69,6 +69,10 @@ S3_MODEL = ("per job: 1 PUT (owner record) + 1 LIST (removing its objects); per 
             "checkpoint save 1 PUT, per restore 1 GET. Not counted: the client's polling LISTs, and functions or "
             "arguments too large to travel in the event (each 1 PUT, plus a GET per invocation)")
 
+#: the settings a report takes (``JobReport``'s docstring says what each does)
+SETTINGS = ("job_id", "label", "backend", "architecture", "billed", "memory_mb", "timeout_s", "ephemeral_storage_mb",
+            "retries", "s3_requests", "now")
+
 #: the output formats ``save`` and ``--plot`` take
 FORMATS = (".html", ".json", ".png")
 
@@ -178,6 +182,10 @@ class JobReport:
 
     def __init__(self, records: Iterable[Any], settings: Mapping[str, Any] | None = None) -> None:
         self.settings: dict[str, Any] = dict(settings or {})
+        unknown = [k for k in self.settings if k not in SETTINGS]
+        if unknown:  # (a misspelt one would be ignored, and its figure silently not the one asked for)
+            raise ConfigError(f"a job report has no setting {', '.join(map(repr, unknown))}; "
+                              f"the settings are {', '.join(SETTINGS)}")
         self.now = _number(self.settings.get("now")) or time.time()
         rows: dict[Any, list[dict[str, Any]]] = {}
         for raw in records:
