@@ -271,3 +271,17 @@ def test_the_notebook_line_catches_up_with_calls_that_ended_in_a_burst(monkeypat
     assert wrenpack.get(futs, progress="notebook") == [1, 1, 1]
     assert seen_two.is_set() and any(s.startswith("wrenpack: 2/3") for s in shown[:-1]), shown
     assert shown[-1].startswith("wrenpack: 3/3 calls done")
+
+
+def test_cancelled_calls_are_named_not_passed_off_as_run(capsys):
+    """Cancelled calls count as done (they will not run), and the line says
+    how many were cancelled; before, "3/3 calls done, 1 failed" for a call
+    that ran, one that failed and one that never ran."""
+    futs = [cf.Future() for _ in range(3)]
+    assert futs[2].cancel()
+    _finish(futs[:1])
+    _finish(futs[1:2], ValueError("bad"))
+    out = wrenpack.get(futs, progress="log", return_exceptions=True)
+    assert out[0] == 1 and isinstance(out[1], ValueError) and isinstance(out[2], cf.CancelledError)
+    assert re.match(r"^wrenpack: 3/3 calls done, 1 failed, 1 cancelled, \d+ s$", capsys.readouterr().err.splitlines()[-1])
+    assert progress.status_line(40, 100, 2, 12.0) == "wrenpack: 40/100 calls done, 2 failed, 12 s"  # (the README's line)

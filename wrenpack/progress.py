@@ -7,7 +7,8 @@
   else an HTML line that updates itself in place;
 - ``"log"``: anywhere else (a pipe, a CI log, a file), a plain line every
   ``LOG_EVERY_S`` seconds and one at the end:
-  ``wrenpack: 40/100 calls done, 2 failed, 12 s``.
+  ``wrenpack: 40/100 calls done, 2 failed, 12 s`` (and ``, 3 cancelled``
+  when some were).
 
 ``progress=None`` (the default, or the ``progress`` setting) shows the bar on a
 terminal and the widget in a notebook, for more than one call, and nothing
@@ -29,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from wrenpack import config
 
@@ -110,25 +111,32 @@ def wait(futures: Sequence[cf.Future], timeout: float | None, mode: str) -> None
     display = _display(mode, total)
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
-    done = failed = 0
+    counts = Counts(0, 0, 0)
     try:
         while True:
             now = time.monotonic()
             waits = [t for t in (display.next_update(now), None if deadline is None else deadline - now) if t is not None]
-            done, failed = tally.wait_for_change(done, min(waits) if waits else None)
+            counts = tally.wait_for_change(counts.done, min(waits) if waits else None)
             now = time.monotonic()
-            if done >= total:
+            if counts.done >= total:
                 return
-            display.update(done, failed, now - start)
+            display.update(counts, now - start)
             if deadline is not None and now >= deadline:
-                raise cf.TimeoutError(f"{total - done} of {total} calls not finished after {timeout} s")
+                raise cf.TimeoutError(f"{total - counts.done} of {total} calls not finished after {timeout} s")
     finally:
-        done, failed = tally.counts()
-        display.close(done, failed, time.monotonic() - start)
+        display.close(tally.counts(), time.monotonic() - start)
+
+
+class Counts(NamedTuple):
+    """How many calls are done (failed and cancelled included), failed, cancelled."""
+
+    done: int
+    failed: int
+    cancelled: int
 
 
 class _Tally:
-    """How many of the futures are done and how many failed, counted by their
+    """How many of the futures are done, failed and cancelled, counted by their
     done callbacks (from whichever thread finishes them): one pass over the
     futures, however long the wait."""
 
@@ -136,30 +144,39 @@ class _Tally:
         self._changed = threading.Condition(threading.Lock())
         self._done = 0
         self._failed = 0
+        self._cancelled = 0
 
     def finished(self, fut: cf.Future) -> None:
-        failed = not fut.cancelled() and fut.exception() is not None
+        cancelled = fut.cancelled()
+        failed = not cancelled and fut.exception() is not None
         with self._changed:
             self._done += 1
             self._failed += failed
+            self._cancelled += cancelled
             self._changed.notify_all()
 
-    def counts(self) -> tuple[int, int]:
+    def counts(self) -> Counts:
         with self._changed:
-            return self._done, self._failed
+            return Counts(self._done, self._failed, self._cancelled)
 
-    def wait_for_change(self, seen: int, timeout: float | None) -> tuple[int, int]:
+    def wait_for_change(self, seen: int, timeout: float | None) -> Counts:
         """The counts once more than ``seen`` are done, or after ``timeout`` s."""
         with self._changed:
             if self._done == seen and (timeout is None or timeout > 0):
                 self._changed.wait(timeout)
-            return self._done, self._failed
+            return Counts(self._done, self._failed, self._cancelled)
 
 
-def status_line(done: int, total: int, failed: int, elapsed: float) -> str:
-    """``wrenpack: 40/100 calls done, 2 failed, 12 s``."""
+def status_line(done: int, total: int, failed: int, elapsed: float, cancelled: int = 0) -> str:
+    """``wrenpack: 40/100 calls done, 2 failed, 12 s``; the cancelled calls,
+    counted as done, are named too (``, 3 cancelled``): they did not run."""
     failures = f", {failed} failed" if failed else ""
-    return f"wrenpack: {done}/{total} calls done{failures}, {elapsed:.0f} s"
+    cancels = f", {cancelled} cancelled" if cancelled else ""
+    return f"wrenpack: {done}/{total} calls done{failures}{cancels}, {elapsed:.0f} s"
+
+
+def _line(counts: Counts, total: int, elapsed: float) -> str:
+    return status_line(counts.done, total, counts.failed, elapsed, counts.cancelled)
 
 
 class _Display:
@@ -172,10 +189,10 @@ class _Display:
     def next_update(self, now: float) -> float | None:
         return None
 
-    def update(self, done: int, failed: int, elapsed: float) -> None:
+    def update(self, counts: Counts, elapsed: float) -> None:
         pass
 
-    def close(self, done: int, failed: int, elapsed: float) -> None:
+    def close(self, counts: Counts, elapsed: float) -> None:
         pass
 
 
@@ -220,12 +237,14 @@ class _Bar(_Display):
             _restore_handlers(self._moved)
             raise
 
-    def update(self, done: int, failed: int, elapsed: float) -> None:
-        self._progress.update(self._task, completed=done, failed=f"[red]{failed} failed" if failed else "")
+    def update(self, counts: Counts, elapsed: float) -> None:
+        notes = [f"[red]{counts.failed} failed[/]"] if counts.failed else []
+        notes += [f"[yellow]{counts.cancelled} cancelled[/]"] if counts.cancelled else []
+        self._progress.update(self._task, completed=counts.done, failed=" ".join(notes))
 
-    def close(self, done: int, failed: int, elapsed: float) -> None:
+    def close(self, counts: Counts, elapsed: float) -> None:
         try:
-            self.update(done, failed, elapsed)
+            self.update(counts, elapsed)
         finally:
             try:
                 self._progress.stop()
@@ -294,14 +313,14 @@ class _Log(_Display):
     def next_update(self, now: float) -> float | None:
         return max(0.0, self._next - now)
 
-    def update(self, done: int, failed: int, elapsed: float) -> None:
+    def update(self, counts: Counts, elapsed: float) -> None:
         now = time.monotonic()
         if now >= self._next:
-            self._write(status_line(done, self.total, failed, elapsed))
+            self._write(_line(counts, self.total, elapsed))
             self._next = now + LOG_EVERY_S
 
-    def close(self, done: int, failed: int, elapsed: float) -> None:
-        self._write(status_line(done, self.total, failed, elapsed))
+    def close(self, counts: Counts, elapsed: float) -> None:
+        self._write(_line(counts, self.total, elapsed))
 
     def _write(self, line: str) -> None:
         if log.isEnabledFor(logging.INFO) and log.hasHandlers():
@@ -333,7 +352,7 @@ class _Notebook(_Display):
         try:
             import ipywidgets
         except ImportError:
-            self._handle = display(self._bundle(0, 0, 0.0), raw=True, display_id=True)
+            self._handle = display(self._bundle(Counts(0, 0, 0), 0.0), raw=True, display_id=True)
         else:
             self._bar = ipywidgets.IntProgress(value=0, min=0, max=max(total, 1), description="wrenpack", bar_style="info")
             self._label = ipywidgets.Label(value=status_line(0, total, 0, 0.0))
@@ -345,7 +364,7 @@ class _Notebook(_Display):
         # elapsed time is redrawn now and then.
         return max(0.0, self._last + (NOTEBOOK_EVERY_S if self._behind else NOTEBOOK_TICK_S) - now)
 
-    def update(self, done: int, failed: int, elapsed: float, final: bool = False) -> None:
+    def update(self, counts: Counts, elapsed: float, final: bool = False) -> None:
         now = time.monotonic()
         if not final and now - self._last < NOTEBOOK_EVERY_S:
             self._behind = True
@@ -353,19 +372,19 @@ class _Notebook(_Display):
         self._last = now
         self._behind = False
         if self._bar is not None:
-            self._bar.value = done
-            self._label.value = status_line(done, self.total, failed, elapsed)
+            self._bar.value = counts.done
+            self._label.value = _line(counts, self.total, elapsed)
             if final:
-                self._bar.bar_style = "danger" if failed or done < self.total else "success"
+                self._bar.bar_style = "danger" if counts.failed or counts.done < self.total else "success"
         else:
-            self._handle.update(self._bundle(done, failed, elapsed), raw=True)
+            self._handle.update(self._bundle(counts, elapsed), raw=True)
 
-    def close(self, done: int, failed: int, elapsed: float) -> None:
-        self.update(done, failed, elapsed, final=True)
+    def close(self, counts: Counts, elapsed: float) -> None:
+        self.update(counts, elapsed, final=True)
 
-    def _bundle(self, done: int, failed: int, elapsed: float) -> dict[str, str]:
-        line = status_line(done, self.total, failed, elapsed)
-        bar = f'<progress value="{done}" max="{max(self.total, 1)}" style="width: 20em"></progress>'
+    def _bundle(self, counts: Counts, elapsed: float) -> dict[str, str]:
+        line = _line(counts, self.total, elapsed)
+        bar = f'<progress value="{counts.done}" max="{max(self.total, 1)}" style="width: 20em"></progress>'
         return {"text/plain": line, "text/html": f"<div>{bar} <code>{html.escape(line)}</code></div>"}
 
 
