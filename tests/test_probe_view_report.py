@@ -128,3 +128,19 @@ def test_a_misspelt_report_setting_is_named_in_one_line(tmp_path):
     finally:
         ex.shutdown()
     assert JobReport([_rec("00000")], {"label": "nightly", "memory_mb": 128}).to_json()["job"]["label"] == "nightly"
+
+
+def test_a_future_wrenpack_did_not_make_is_named_in_one_line():
+    """A plain ``concurrent.futures.Future`` among the futures (a thread pool's):
+    before, ``AttributeError: 'Future' object has no attribute 'status'``."""
+    import concurrent.futures as cf
+
+    from wrenpack.errors import ConfigError
+    from wrenpack.futures import WrenFuture
+
+    mine = WrenFuture("j", "00000", "f[0]")
+    foreign = cf.Future()
+    foreign.set_result(1)
+    with pytest.raises(ConfigError, match=r"^a job report takes the futures wrenpack returned, but item 1 is a Future it did not make; leave it out$"):
+        JobReport.from_futures([mine, foreign])
+    assert [c["state"] for c in JobReport.from_futures([mine]).calls] == ["queued"]

@@ -655,6 +655,9 @@ def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
     """A future's invocation records, for ``JobReport``: its checkpointed
     segments, its retried attempts, then its outcome (or its state while
     it runs), each tagged with the row and the client's times."""
+    if not hasattr(fut, "status"):  # (a future wrenpack did not make: no record of what it did or cost)
+        raise ConfigError(f"a job report takes the futures wrenpack returned, but item {row} is a {type(fut).__name__} "
+                          "it did not make; leave it out")
     base = {"row": row, "label": getattr(fut, "label", None), "created_at": getattr(fut, "created_at", None),
             "started_at": getattr(fut, "started_at", None), "job_id": getattr(fut, "job_id", None) or None,
             "call_id": getattr(fut, "call_id", None) or None}
