@@ -144,3 +144,23 @@ def test_a_future_wrenpack_did_not_make_is_named_in_one_line():
     with pytest.raises(ConfigError, match=r"^a job report takes the futures wrenpack returned, but item 1 is a Future it did not make; leave it out$"):
         JobReport.from_futures([mine, foreign])
     assert [c["state"] for c in JobReport.from_futures([mine]).calls] == ["queued"]
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def test_a_failure_whose_message_cannot_be_shown_still_has_its_row():
+    """A call that raised an exception whose ``str()`` itself fails made the
+    report fail (RuntimeError from inside it); one whose message begins with a
+    newline showed only its type. Now: the type alone, and the first line
+    that says something."""
+    from wrenpack.futures import WrenFuture
+
+    odd, blank_first = WrenFuture("j", "00000", "f[0]"), WrenFuture("j", "00001", "f[1]")
+    odd.set_exception(_Unprintable())
+    blank_first.set_exception(ValueError("\n  the second line says why\nthird"))
+    report = JobReport.from_futures([odd, blank_first])
+    assert [c["error"] for c in report.calls] == ["_Unprintable", "ValueError: the second line says why"]
+    assert [c["state"] for c in report.calls] == ["failed", "failed"]

@@ -673,7 +673,7 @@ def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
         else:
             exc = fut.exception()
             state = "failed" if exc is not None else "finished"
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300] if exc is not None else None
+            error = _error_text(exc) if exc is not None else None
         record = dict(base, **{k: v for k, v in status.items() if v is not None})
         record.update(row=row, label=base["label"], state=state, created_at=base["created_at"], started_at=base["started_at"])
         if error:
@@ -682,6 +682,18 @@ def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
     else:
         out.append(dict(base, state="running" if fut.running() else "queued"))
     return out
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters): its first
+    line that is not blank, and the type alone when ``str(exc)`` itself fails
+    (a report is read when something went wrong: it must not fail too)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        text = ""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return (f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:300]
 
 
 # -- the command line: ``wrenpack jobs show ID --plot out.html`` ----------------------
