@@ -29,23 +29,24 @@ PROGRAM = """
     import concurrent.futures as cf, logging, os, sys, threading
     {setup}
     import wrenpack
-    futs = [cf.Future() for _ in range(3)]
+    futs = [cf.Future() for _ in range({count})]
     GO = int(sys.argv[1])
 
     def feeder():
         os.read(GO, 1)  # the test saw the bar
         {before_finish}
-        for f in futs:
+        for i, f in enumerate(futs):
             f.set_running_or_notify_cancel()
-            f.set_result(1)
+            f.set_result(1) if i % 100 != 7 else f.set_exception(ValueError(i))
 
     threading.Thread(target=feeder, daemon=True).start()
-    print("got", wrenpack.get(futs, progress={progress!r}), flush=True)
+    out = wrenpack.get(futs, progress={progress!r}, return_exceptions=True)
+    print("got", out if len(out) < 10 else len(out), flush=True)
 """
 
 
-def program(progress="bar", setup="", before_finish="pass") -> str:
-    return textwrap.dedent(PROGRAM).format(progress=progress, setup=setup, before_finish=before_finish)
+def program(progress="bar", setup="", before_finish="pass", count=3) -> str:
+    return textwrap.dedent(PROGRAM).format(progress=progress, setup=setup, before_finish=before_finish, count=count)
 
 
 def run_in_pty(code: str, trigger: str | None = "0/3", timeout: float = 60.0, columns: int = 80,
@@ -185,3 +186,21 @@ def test_a_dumb_terminal_gets_no_stray_line(progress):
     else:
         assert lines[-1] == "got [1, 1, 1]" and all(re.match(r"^wrenpack: \d/3 calls done, \d+ s$", line) for line in lines[:-1]), repr(out)
         assert lines[-2].startswith("wrenpack: 3/3 calls done"), repr(out)
+
+
+@pytest.mark.parametrize("columns", [24, 40, 60])
+def test_a_narrow_terminal_shows_the_whole_count(columns):
+    """The count and the elapsed time are what the bar is for: on a narrow
+    terminal the bar itself gives way (shorter, then none). Before, rich cut the
+    count first: "41234/1000…" at 50 columns, "4…" at 30."""
+    out, rc = run_in_pty(program(count=12_000), trigger="wrenpack", columns=columns)
+    assert rc == 0, repr(out)
+    frames = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", frame).rstrip() for frame in re.split(r"\r|\n", out)]
+    frames = [f for f in frames if f.startswith("wrenpack")]
+    assert frames and all(len(f) <= columns for f in frames), frames
+    assert all(re.match(r"wrenpack( [━╸╺ -]+)?\s+\d+/12000( |$)", f) for f in frames), frames  # the count, whole
+    whole = r"wrenpack( [━╸╺ -]+)?\s+\d+/12000(\s+\d+ failed)?\s+\d:\d\d:\d\d"
+    if columns >= len("wrenpack 12000/12000 120 failed 0:00:00"):  # (room for all but the bar)
+        assert not [f for f in frames if not re.fullmatch(whole, f)], frames
+        assert any("12000/12000 120 failed" in f for f in frames), frames[-3:]
+    assert screen(out) == ["got 12000"], repr(out)

@@ -223,12 +223,16 @@ class _Bar(_Display):
 
     def __init__(self, total: int, console: Any) -> None:
         super().__init__(total)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._progress = Progress(TextColumn("[bold]wrenpack"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]}"),
-                                  TimeElapsedColumn(), transient=True, console=console,
-                                  redirect_stdout=_is_tty(sys.stdout), redirect_stderr=True)
-        self._task = self._progress.add_task("calls", total=total, failed="")
+        # The count and the elapsed time are what the bar is for: on a narrow
+        # terminal the bar gives way (shorter, then none), so that they are whole.
+        reserve = len(f"wrenpack {total}/{total} {total} failed 0:00:00") + 2
+        width = max(0, min(40, console.width - reserve))
+        bar = [BarColumn(bar_width=width)] if width >= 8 else []
+        self._progress = Progress(TextColumn("[bold]wrenpack"), *bar, TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                  transient=True, console=console, redirect_stdout=_is_tty(sys.stdout), redirect_stderr=True)
+        self._task = self._progress.add_task("calls", total=total, status=f"{0:>{len(str(total))}}/{total}")
         # (before the bar is drawn: a record logged as it starts goes above it too)
         self._moved = _follow_sys_streams()
         try:
@@ -238,9 +242,10 @@ class _Bar(_Display):
             raise
 
     def update(self, counts: Counts, elapsed: float) -> None:
-        notes = [f"[red]{counts.failed} failed[/]"] if counts.failed else []
-        notes += [f"[yellow]{counts.cancelled} cancelled[/]"] if counts.cancelled else []
-        self._progress.update(self._task, completed=counts.done, failed=" ".join(notes))
+        status = f"[green]{counts.done:>{len(str(self.total))}}/{self.total}[/]"
+        status += f" [red]{counts.failed} failed[/]" if counts.failed else ""
+        status += f" [yellow]{counts.cancelled} cancelled[/]" if counts.cancelled else ""
+        self._progress.update(self._task, completed=counts.done, status=status)
 
     def close(self, counts: Counts, elapsed: float) -> None:
         try:
