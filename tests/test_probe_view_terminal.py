@@ -204,3 +204,15 @@ def test_a_narrow_terminal_shows_the_whole_count(columns):
         assert not [f for f in frames if not re.fullmatch(whole, f)], frames
         assert any("12000/12000 120 failed" in f for f in frames), frames[-3:]
     assert screen(out) == ["got 12000"], repr(out)
+
+
+def test_futures_already_done_draw_no_bar():
+    """``get`` on futures that are all done (after ``wait``, or a second
+    ``get``) has nothing to wait for: no bar flashes up and away (before: a
+    frame at 0/3 and its erasure)."""
+    code = program(setup="", before_finish="pass").replace(
+        "threading.Thread(target=feeder, daemon=True).start()",
+        "[(f.set_running_or_notify_cancel(), f.set_result(1)) for f in futs]")
+    out, rc = run_in_pty(code, trigger=None)
+    assert rc == 0, repr(out)
+    assert out == "got [1, 1, 1]\r\n", repr(out)

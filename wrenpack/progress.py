@@ -104,11 +104,12 @@ def wait(futures: Sequence[cf.Future], timeout: float | None, mode: str) -> None
     total = len(futures)
     if not total:
         return
+    finished = mode == "bar" and all(fut.done() for fut in futures)
     tally = _Tally()
     for fut in futures:
         fut.add_done_callback(tally.finished)
     del futures  # (the tally counts; a timeout's traceback then holds no future)
-    display = _display(mode, total)
+    display = _display(mode, total, finished)
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     counts = Counts(0, 0, 0)
@@ -196,10 +197,11 @@ class _Display:
         pass
 
 
-def _display(mode: str, total: int) -> _Display:
+def _display(mode: str, total: int, finished: bool = False) -> _Display:
     """The display for ``mode``; a bar where none can be drawn (stderr is not a
     terminal, or a dumb one) is the log lines instead: a bar there would show
-    nothing and leave an empty line."""
+    nothing and leave an empty line. ``finished``: every call is done already,
+    so a bar would only flash up and away: none is drawn."""
     if mode == "bar":
         # rich costs a tenth of a second to import: only a wait that shows it pays
         from rich.console import Console
@@ -207,7 +209,7 @@ def _display(mode: str, total: int) -> _Display:
         console = Console(stderr=True)
         if not console.is_interactive:  # (rich's own test: TERM=dumb, TTY_INTERACTIVE=0, not a TTY)
             return _Log(total)
-        return _Bar(total, console)
+        return _Display(total) if finished else _Bar(total, console)
     return _DISPLAYS[mode](total)
 
 
