@@ -249,6 +249,7 @@ def test_the_notebook_line_catches_up_with_calls_that_ended_in_a_burst(monkeypat
     fake_display.display = lambda bundle, raw=False, display_id=None: (shown.append(bundle["text/plain"]), _FakeHandle(shown))[1]
     monkeypatch.setitem(sys.modules, "IPython.display", fake_display)
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # the HTML line (no widgets)
+    monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: True)
     monkeypatch.setattr(progress, "NOTEBOOK_EVERY_S", 0.3)
     futs = [cf.Future() for _ in range(3)]
     seen_two = threading.Event()
@@ -285,3 +286,23 @@ def test_cancelled_calls_are_named_not_passed_off_as_run(capsys):
     assert out[0] == 1 and isinstance(out[1], ValueError) and isinstance(out[2], cf.CancelledError)
     assert re.match(r"^wrenpack: 3/3 calls done, 1 failed, 1 cancelled, \d+ s$", capsys.readouterr().err.splitlines()[-1])
     assert progress.status_line(40, 100, 2, 12.0) == "wrenpack: 40/100 calls done, 2 failed, 12 s"  # (the README's line)
+
+
+@pytest.mark.parametrize("ipython", ["installed", "missing"])
+def test_the_notebook_display_outside_a_notebook_is_what_fits_there(capsys, monkeypatch, ipython):
+    """``progress="notebook"`` (or the setting, shared by a project's notebooks
+    and scripts) in a plain program: the display that fits there (here, stderr
+    is not a terminal: the log lines). Before, with IPython installed the widget's
+    text ("HBox(children=...") was printed to stdout; without it, get failed
+    with ModuleNotFoundError."""
+    if ipython == "missing":
+        monkeypatch.setitem(sys.modules, "IPython", None)
+        monkeypatch.setitem(sys.modules, "IPython.display", None)
+    futs = [cf.Future() for _ in range(2)]
+    _finish(futs[:1])
+    import threading
+
+    threading.Timer(0.05, _finish, (futs[1:],)).start()
+    assert wrenpack.get(futs, progress="notebook") == [1, 1]
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.match(r"^wrenpack: 2/2 calls done, \d+ s$", captured.err.splitlines()[-1]), captured

@@ -4,7 +4,8 @@
   bar that disappears when done; where it cannot be drawn (a pipe, a file,
   ``TERM=dumb``) the ``"log"`` lines stand in for it;
 - ``"notebook"``: a Jupyter kernel gets a widget (ipywidgets, when installed),
-  else an HTML line that updates itself in place;
+  else an HTML line that updates itself in place; outside a kernel, the bar
+  or the log lines stand in for it;
 - ``"log"``: anywhere else (a pipe, a CI log, a file), a plain line every
   ``LOG_EVERY_S`` seconds and one at the end:
   ``wrenpack: 40/100 calls done, 2 failed, 12 s`` (and ``, 3 cancelled``
@@ -200,8 +201,13 @@ class _Display:
 def _display(mode: str, total: int, finished: bool = False) -> _Display:
     """The display for ``mode``; a bar where none can be drawn (stderr is not a
     terminal, or a dumb one) is the log lines instead: a bar there would show
-    nothing and leave an empty line. ``finished``: every call is done already,
+    nothing and leave an empty line. The notebook's display outside a Jupyter
+    kernel is the one that fits there (the ``progress`` setting may be shared
+    by a project's notebooks and scripts): there it would print its widget's
+    text, or fail without IPython. ``finished``: every call is done already,
     so a bar would only flash up and away: none is drawn."""
+    if mode == "notebook" and not in_jupyter_kernel():
+        mode = "bar" if _stderr_is_terminal() else "log"
     if mode == "bar":
         # rich costs a tenth of a second to import: only a wait that shows it pays
         from rich.console import Console
