@@ -164,3 +164,17 @@ def test_a_failure_whose_message_cannot_be_shown_still_has_its_row():
     report = JobReport.from_futures([odd, blank_first])
     assert [c["error"] for c in report.calls] == ["_Unprintable", "ValueError: the second line says why"]
     assert [c["state"] for c in report.calls] == ["failed", "failed"]
+
+
+def test_s3_requests_are_counted_per_job_as_the_model_says():
+    """The S3 model counts an owner record PUT and a clean-up LIST per job; a
+    report of futures from two jobs (a map launched as several jobs, or two
+    maps) counted them once. Three calls of two jobs, one invocation each."""
+    a, b = _rec("00000"), _rec("00001")
+    c = dict(_rec("00000"), job_id="job2")
+    s3 = JobReport([a, b, c], {"memory_mb": 128}).cost["s3"]
+    assert (s3["put"], s3["get"], s3["list"]) == (2 + 3, 3, 2)
+    assert "per job: 1 PUT" in s3["basis"]
+    s3 = JobReport([a, b], {"memory_mb": 128}).cost["s3"]
+    assert (s3["put"], s3["get"], s3["list"]) == (1 + 2, 2, 1)
+    assert JobReport([], {}).cost["s3"]["list"] == 0

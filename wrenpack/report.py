@@ -240,7 +240,9 @@ class JobReport:
                 seg["start"] = round(seg["start"] - t0, 6)
                 seg["end"] = round(seg["end"] - t0, 6)
         requests_usd = total["requests"] * per_request
-        s3 = self._s3(total, len(calls))
+        # (the model's per-job requests: a map launched as several jobs, or futures of two, made each)
+        jobs = len({c["job_id"] for c in calls if c.get("job_id")}) or (1 if calls else 0)
+        s3 = self._s3(total, jobs)
         if total["unpriced"]:
             notes.append(f"{total['unpriced']} invocation(s) left no record of their duration (a worker that died, an "
                          "event that expired): counted as requests, not priced by duration")
@@ -424,7 +426,7 @@ class JobReport:
             "_t0": t0,
         }
 
-    def _s3(self, total: dict[str, Any], calls: int) -> dict[str, Any]:
+    def _s3(self, total: dict[str, Any], jobs: int) -> dict[str, Any]:
         table = prices().get("s3_requests") or {}
         given = self.settings.get("s3_requests")
         if isinstance(given, Mapping):
@@ -432,8 +434,7 @@ class JobReport:
             basis = "counted (given with the job's settings)"
         else:
             inv = total["invocations"] + total["unpriced"]
-            counts = {"put": (1 if calls else 0) + inv + total["saves"], "get": inv + total["restores"],
-                      "list": 1 if calls else 0}
+            counts = {"put": jobs + inv + total["saves"], "get": inv + total["restores"], "list": jobs}
             basis = "estimated: " + S3_MODEL
         usd = sum(counts[k] * float(table.get(f"per_thousand_{k}", 0.0)) / 1000.0 for k in counts)
         return dict(counts, usd=usd, basis=basis)
