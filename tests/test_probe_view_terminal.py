@@ -216,3 +216,16 @@ def test_futures_already_done_draw_no_bar():
     out, rc = run_in_pty(code, trigger=None)
     assert rc == 0, repr(out)
     assert out == "got [1, 1, 1]\r\n", repr(out)
+
+
+def test_what_the_program_prints_meanwhile_is_written_as_it_was_printed():
+    """Lines printed while the bar is up are the program's own: a long one is
+    not cut into several (the terminal wraps it; a copy is one line), brackets
+    are not read as markup, and a partial line flushed without its newline is
+    not given one. Before, rich's redirection did all three."""
+    long_line = "result " + "[bold]x[/bold] " * 20 + "http://example.com/" + "a" * 80
+    before_finish = (f"print({long_line!r}); print('partial [red]', end='', flush=True); "
+                     "print(' and the rest'); logging.getLogger('app').warning('%s', 'w' * 120)")
+    out, rc = run_in_pty(program(setup="logging.basicConfig(format='%(message)s')", before_finish=before_finish), columns=80)
+    assert rc == 0, repr(out)
+    assert screen(out) == [long_line, "partial [red] and the rest", "w" * 120, "got [1, 1, 1]"], repr(out)

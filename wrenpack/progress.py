@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import html
+import io
 import logging
 import os
 import sys
@@ -222,12 +223,13 @@ def _display(mode: str, total: int, finished: bool = False) -> _Display:
 class _Bar(_Display):
     """A rich bar on stderr, gone when the wait ends (the terminal stays clean).
 
-    While it is up, rich prints what goes to ``sys.stderr`` above it, and
-    ``sys.stdout`` too when stdout is a terminal (when it is a file, as in
-    ``prog > out.txt``, what is printed stays in the file). The program's
-    logging handlers that write to the terminal are pointed at the same place
-    for the wait: they hold the stream they were made with, and their lines
-    would otherwise be written into the bar's line and stay there."""
+    While it is up, what the program writes to ``sys.stderr`` is printed above
+    it, line by line as written (``_Above``), and ``sys.stdout`` too when
+    stdout is a terminal (when it is a file, as in ``prog > out.txt``, what is
+    printed stays in the file). The program's logging handlers that write to
+    the terminal are pointed at the same place for the wait: they hold the
+    stream they were made with, and their lines would otherwise be written
+    into the bar's line and stay there."""
 
     def __init__(self, total: int, console: Any) -> None:
         super().__init__(total)
@@ -238,15 +240,22 @@ class _Bar(_Display):
         reserve = len(f"wrenpack {total}/{total} {total} failed 0:00:00") + 2
         width = max(0, min(40, console.width - reserve))
         bar = [BarColumn(bar_width=width)] if width >= 8 else []
+        # (rich's own redirection cuts long lines at the terminal's width, reads
+        # brackets in a flushed partial line as markup and ends it with a newline)
         self._progress = Progress(TextColumn("[bold]wrenpack"), *bar, TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                                  transient=True, console=console, redirect_stdout=_is_tty(sys.stdout), redirect_stderr=True)
+                                  transient=True, console=console, redirect_stdout=False, redirect_stderr=False)
         self._task = self._progress.add_task("calls", total=total, status=f"{0:>{len(str(total))}}/{total}")
-        # (before the bar is drawn: a record logged as it starts goes above it too)
+        # (before the bar is drawn: what is written as it starts goes above it too)
         self._moved = _follow_sys_streams()
+        self._streams = {"stderr": sys.stderr}
+        if _is_tty(sys.stdout):
+            self._streams["stdout"] = sys.stdout
+        for name, stream in self._streams.items():
+            setattr(sys, name, _Above(console, stream))
         try:
             self._progress.start()
         except BaseException:
-            _restore_handlers(self._moved)
+            self._put_back()
             raise
 
     def update(self, counts: Counts, elapsed: float) -> None:
@@ -262,7 +271,76 @@ class _Bar(_Display):
             try:
                 self._progress.stop()
             finally:
-                _restore_handlers(self._moved)  # (after: a record logged as the bar goes is not erased with it)
+                self._put_back()  # (after: what is written as the bar goes is not erased with it)
+
+    def _put_back(self) -> None:
+        for name, stream in self._streams.items():
+            above = getattr(sys, name)
+            if isinstance(above, _Above) and above.file is stream:  # (unless the program replaced it meanwhile)
+                setattr(sys, name, stream)
+                above.release()
+        _restore_handlers(self._moved)
+
+
+class _Above(io.TextIOBase):
+    """``sys.stderr`` (or ``sys.stdout``) while the bar is up: each complete
+    line written is printed above the bar as it was written (no markup, no
+    cutting at the terminal's width: the terminal wraps it); a partial line
+    waits for its end, or for the bar to go (``release``)."""
+
+    def __init__(self, console: Any, file: Any) -> None:
+        super().__init__()
+        self.file = file
+        self._console = console
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        from rich.text import Text
+
+        with self._lock:
+            head, newline, self._partial = (self._partial + text).rpartition("\n")
+        if newline:
+            self._console.print(Text("\n").join(Text.from_ansi(line) for line in head.split("\n")), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # (a partial line is shown with its end: written now, the bar would be drawn after it)
+
+    def release(self) -> None:
+        """The bar is gone: what is left of a partial line goes to the stream."""
+        with self._lock:
+            partial, self._partial = self._partial, ""
+        if partial:
+            self.file.write(partial)
+        self.file.flush()
+
+    @property
+    def rich_proxied_file(self) -> Any:
+        """The stream itself: where rich's console (which follows ``sys.stderr``) writes the bar."""
+        return self.file
+
+    def isatty(self) -> bool:
+        return _is_tty(self.file)
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.file, "encoding", "utf-8")
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self.file, "errors", None)
+
+    def __getattr__(self, name: str) -> Any:  # (errors, buffer, ...: the stream's)
+        return getattr(self.file, name)
 
 
 class _SysStream:
