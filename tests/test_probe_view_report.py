@@ -178,3 +178,31 @@ def test_s3_requests_are_counted_per_job_as_the_model_says():
     s3 = JobReport([a, b], {"memory_mb": 128}).cost["s3"]
     assert (s3["put"], s3["get"], s3["list"]) == (1 + 2, 2, 1)
     assert JobReport([], {}).cost["s3"]["list"] == 0
+
+
+def test_the_saved_json_has_the_documented_layout(tmp_path):
+    """``save("job.json")`` parses, and holds exactly the fields
+    ``JobReport.to_json``'s docstring lists (schema 1), for finished, failed,
+    checkpointed, running and queued calls alike."""
+    records = [_rec("00000"), _rec("00001", exit="error", error="boom"),
+               _rec("00002", exit="checkpointed", checkpoint={"saves": 1, "restored": False}),
+               dict(_rec("00002", start=101.0), segment=1, checkpoint={"saves": 0, "restored": True}),
+               {"call_id": "00003", "job_id": "job1", "state": "running", "start": 100.5, "created_at": 99.0},
+               {"call_id": "00004", "job_id": "job1", "state": "queued", "created_at": 99.5}]
+    data = json.loads(JobReport(records, {"memory_mb": 128, "now": 102.0}).save(tmp_path / "job.json").read_text())
+    assert set(data) == {"schema", "job", "cost", "calls"} and data["schema"] == 1
+    assert set(data["job"]) == {"id", "label", "backend", "calls", "states", "retried_calls", "checkpointed_calls", "start",
+                                "end", "wall_s", "settings"}
+    assert set(data["cost"]) == {"estimated", "basis", "currency", "architecture", "invocations", "requests", "billed_ms",
+                                 "gb_s", "duration_usd", "requests_usd", "s3", "total_usd", "prices", "notes"}
+    assert set(data["cost"]["s3"]) == {"put", "get", "list", "usd", "basis"}
+    for call in data["calls"]:
+        assert set(call) == {"index", "label", "job_id", "call_id", "state", "error", "attempts", "retried", "segments", "exit",
+                             "memory_mb", "memory_source", "timeout_s", "auto", "peak_rss_mb", "run_s", "queued_s",
+                             "invocations", "billed_ms", "gb_s", "cost_usd", "timeline"}
+        assert call["memory_source"] in ("call", "auto", "job", "unknown")
+        for seg in call["timeline"]:
+            extra = {"segment", "attempt", "exit"} if seg["kind"] != "queued" or "segment" in seg else set()
+            assert set(seg) == {"kind", "start", "end"} | extra and 0 <= seg["start"] <= seg["end"] <= data["job"]["wall_s"]
+    assert [c["state"] for c in data["calls"]] == ["finished", "failed", "finished", "running", "queued"]
+    assert sum(data["job"]["states"].values()) == data["job"]["calls"] == 5

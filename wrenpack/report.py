@@ -453,7 +453,8 @@ class JobReport:
                         segments, exit, memory_mb, memory_source ("call", "auto", "job", "unknown"),
                         timeout_s, auto, peak_rss_mb, run_s, queued_s, invocations,
                         billed_ms, gb_s, cost_usd (duration only),
-                        timeline: [{kind, start, end (s from job start), segment, attempt, exit}]}]}
+                        timeline: [{kind, start, end (s from job start), and for an
+                                    invocation's bar segment, attempt, exit}]}]}
         """
         return json.loads(json.dumps(self._data, default=str))  # (a copy; a record's odd value as text)
 
