@@ -50,11 +50,11 @@ def program(progress="bar", setup="", before_finish="pass", count=3) -> str:
 
 
 def run_in_pty(code: str, trigger: str | None = "0/3", timeout: float = 60.0, columns: int = 80,
-               env: dict[str, str] | None = None) -> tuple[str, int]:
+               env: dict[str, str] | None = None, times: int = 1) -> tuple[str, int]:
     """Run ``code`` with a pseudo-terminal as its stdin, stdout and stderr; once
-    ``trigger`` has appeared in what it wrote (None: at once), write a byte to
-    the pipe whose descriptor it gets as ``sys.argv[1]``. Its output (decoded)
-    and exit code."""
+    ``trigger`` has appeared ``times`` times in what it wrote (None: at once),
+    write a byte to the pipe whose descriptor it gets as ``sys.argv[1]``. Its
+    output (decoded) and exit code."""
     go_read, go_write = os.pipe()
     os.set_inheritable(go_read, True)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_") and k not in ("NO_COLOR", "FORCE_COLOR")}
@@ -85,7 +85,7 @@ def run_in_pty(code: str, trigger: str | None = "0/3", timeout: float = 60.0, co
                 if not chunk:
                     break
                 out += chunk
-            if not sent and trigger.encode() in out:
+            if not sent and out.count(trigger.encode()) >= times:
                 os.write(go_write, b"g")
                 sent = True
         else:
@@ -229,3 +229,28 @@ def test_what_the_program_prints_meanwhile_is_written_as_it_was_printed():
     out, rc = run_in_pty(program(setup="logging.basicConfig(format='%(message)s')", before_finish=before_finish), columns=80)
     assert rc == 0, repr(out)
     assert screen(out) == [long_line, "partial [red] and the rest", "w" * 120, "got [1, 1, 1]"], repr(out)
+
+
+def test_two_threads_waiting_at_once_share_the_bar():
+    """Two threads each in ``get`` with a bar, whose calls all end at once: one
+    bar with a row for each wait, gone when both end. (A bar per wait, each
+    redirecting the terminal's streams through the other's, hung.)"""
+    code = textwrap.dedent("""
+        import concurrent.futures as cf, os, sys, threading
+        import wrenpack
+        lists = {"a": [cf.Future() for _ in range(3)], "b": [cf.Future() for _ in range(5)]}
+        got = {}
+        waits = [threading.Thread(target=lambda n=n: got.setdefault(n, wrenpack.get(lists[n], progress="bar"))) for n in lists]
+        for t in waits:
+            t.start()
+        os.read(int(sys.argv[1]), 1)  # the test saw both rows
+        for f in lists["a"] + lists["b"]:
+            f.set_running_or_notify_cancel()
+            f.set_result(1)
+        for t in waits:
+            t.join()
+        print("got", got["a"], got["b"], flush=True)
+    """)
+    out, rc = run_in_pty(code, trigger="0/5", times=5, timeout=30)
+    assert rc == 0, repr(out)
+    assert "0/3" in out and screen(out) == ["got [1, 1, 1] [1, 1, 1, 1, 1]"], repr(out)

@@ -221,7 +221,43 @@ def _display(mode: str, total: int, finished: bool = False) -> _Display:
 
 
 class _Bar(_Display):
-    """A rich bar on stderr, gone when the wait ends (the terminal stays clean).
+    """A row of the rich bar on stderr, gone when the wait ends (the terminal
+    stays clean). Waits at once in several threads share one bar (``_Shared``),
+    a row each: two bars would fight over the line."""
+
+    def __init__(self, total: int, console: Any) -> None:
+        super().__init__(total)
+        global _shared
+        with _shared_lock:
+            if _shared is None:
+                _shared = _Shared(console, total)
+            self._shared = _shared
+            self._shared.users += 1
+            self._task = self._shared.progress.add_task("calls", total=total, status=f"{0:>{len(str(total))}}/{total}")
+
+    def update(self, counts: Counts, elapsed: float) -> None:
+        status = f"[green]{counts.done:>{len(str(self.total))}}/{self.total}[/]"
+        status += f" [red]{counts.failed} failed[/]" if counts.failed else ""
+        status += f" [yellow]{counts.cancelled} cancelled[/]" if counts.cancelled else ""
+        self._shared.progress.update(self._task, completed=counts.done, status=status)
+
+    def close(self, counts: Counts, elapsed: float) -> None:
+        global _shared
+        try:
+            self.update(counts, elapsed)  # (the last frame shows the final count)
+        finally:
+            with _shared_lock:  # (held while the bar goes: a new one starts once the streams are back)
+                self._shared.users -= 1
+                if self._shared.users:
+                    self._shared.progress.remove_task(self._task)
+                else:
+                    if _shared is self._shared:
+                        _shared = None
+                    self._shared.stop()
+
+
+class _Shared:
+    """The bar itself: rich's live display, with a row per wait.
 
     While it is up, what the program writes to ``sys.stderr`` is printed above
     it, line by line as written (``_Above``), and ``sys.stdout`` too when
@@ -231,10 +267,10 @@ class _Bar(_Display):
     stream they were made with, and their lines would otherwise be written
     into the bar's line and stay there."""
 
-    def __init__(self, total: int, console: Any) -> None:
-        super().__init__(total)
+    def __init__(self, console: Any, total: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self.users = 0
         # The count and the elapsed time are what the bar is for: on a narrow
         # terminal the bar gives way (shorter, then none), so that they are whole.
         reserve = len(f"wrenpack {total}/{total} {total} failed 0:00:00") + 2
@@ -242,9 +278,8 @@ class _Bar(_Display):
         bar = [BarColumn(bar_width=width)] if width >= 8 else []
         # (rich's own redirection cuts long lines at the terminal's width, reads
         # brackets in a flushed partial line as markup and ends it with a newline)
-        self._progress = Progress(TextColumn("[bold]wrenpack"), *bar, TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                                  transient=True, console=console, redirect_stdout=False, redirect_stderr=False)
-        self._task = self._progress.add_task("calls", total=total, status=f"{0:>{len(str(total))}}/{total}")
+        self.progress = Progress(TextColumn("[bold]wrenpack"), *bar, TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                 transient=True, console=console, redirect_stdout=False, redirect_stderr=False)
         # (before the bar is drawn: what is written as it starts goes above it too)
         self._moved = _follow_sys_streams()
         self._streams = {"stderr": sys.stderr}
@@ -253,25 +288,16 @@ class _Bar(_Display):
         for name, stream in self._streams.items():
             setattr(sys, name, _Above(console, stream))
         try:
-            self._progress.start()
+            self.progress.start()
         except BaseException:
             self._put_back()
             raise
 
-    def update(self, counts: Counts, elapsed: float) -> None:
-        status = f"[green]{counts.done:>{len(str(self.total))}}/{self.total}[/]"
-        status += f" [red]{counts.failed} failed[/]" if counts.failed else ""
-        status += f" [yellow]{counts.cancelled} cancelled[/]" if counts.cancelled else ""
-        self._progress.update(self._task, completed=counts.done, status=status)
-
-    def close(self, counts: Counts, elapsed: float) -> None:
+    def stop(self) -> None:
         try:
-            self.update(counts, elapsed)
+            self.progress.stop()
         finally:
-            try:
-                self._progress.stop()
-            finally:
-                self._put_back()  # (after: what is written as the bar goes is not erased with it)
+            self._put_back()  # (after: what is written as the bar goes is not erased with it)
 
     def _put_back(self) -> None:
         for name, stream in self._streams.items():
@@ -280,6 +306,11 @@ class _Bar(_Display):
                 setattr(sys, name, stream)
                 above.release()
         _restore_handlers(self._moved)
+
+
+#: the bar that is up, if any (``_Bar``s share it)
+_shared: _Shared | None = None
+_shared_lock = threading.Lock()
 
 
 class _Above(io.TextIOBase):
