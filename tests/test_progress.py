@@ -182,3 +182,127 @@ def test_notebook_widget(tmp_path, monkeypatch):
     labels = [m["state"]["value"] for m in state.values() if m["model_name"] == "LabelModel"]
     assert bars == [{**bars[0], "value": 4, "max": 4, "bar_style": "success"}]
     assert len(labels) == 1 and re.match(r"^wrenpack: 4/4 calls done, \d+ s$", labels[0])
+
+
+# -- probes of what the user sees (no backend: plain futures a thread finishes) -----------
+
+def _finish(futs, exc=None):
+    for f in futs:
+        f.set_running_or_notify_cancel()
+        if exc is None:
+            f.set_result(1)
+        else:
+            f.set_exception(exc)
+
+
+def test_log_lines_are_log_records_where_logging_takes_them(caplog, capsys, monkeypatch):
+    """A program that logs at INFO gets the progress lines as records of
+    ``wrenpack.progress`` (its format, its files), not as prints beside its log;
+    and at a bounded rate, however fast calls end. Before, they were always
+    written to stderr."""
+    import logging
+    import threading
+    import time
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.2)
+    caplog.set_level(logging.INFO, logger="wrenpack.progress")
+    futs = [cf.Future() for _ in range(300)]
+    go = threading.Event()
+
+    def feeder():
+        go.wait()
+        for f in futs[:-1]:
+            _finish([f])
+        _finish([futs[-1]], ValueError("last"))
+
+    threading.Thread(target=feeder, daemon=True).start()
+    go.set()
+    start = time.monotonic()
+    assert len(wrenpack.get(futs, progress="log", return_exceptions=True)) == 300
+    took = time.monotonic() - start
+    lines = [r.getMessage() for r in caplog.records if r.name == "wrenpack.progress"]
+    assert lines and lines[-1].startswith("wrenpack: 300/300 calls done, 1 failed, ") and all(LINE.match(m) for m in lines)
+    assert all(r.levelname == "INFO" for r in caplog.records if r.name == "wrenpack.progress")
+    assert len(lines) <= 2 + took / 0.2 and capsys.readouterr().err == ""  # (not a line per call; nothing printed)
+
+
+class _FakeHandle:
+    """What ``IPython.display.display(..., display_id=True)`` returns: each update redraws it."""
+
+    def __init__(self, shown):
+        self.shown = shown
+
+    def update(self, bundle, raw=False):
+        self.shown.append(bundle["text/plain"])
+
+
+def test_the_notebook_line_catches_up_with_calls_that_ended_in_a_burst(monkeypatch):
+    """Redraws are at most one per ``NOTEBOOK_EVERY_S``; a change that came
+    within that time of the last redraw is drawn once the time has passed, not
+    left undrawn until some later call ends (before: the line said 1/3 while two
+    were done, for as long as the third ran)."""
+    import threading
+    import time
+
+    shown: list[str] = []
+    fake_display = types.ModuleType("IPython.display")
+    fake_display.display = lambda bundle, raw=False, display_id=None: (shown.append(bundle["text/plain"]), _FakeHandle(shown))[1]
+    monkeypatch.setitem(sys.modules, "IPython.display", fake_display)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # the HTML line (no widgets)
+    monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: True)
+    monkeypatch.setattr(progress, "NOTEBOOK_EVERY_S", 0.3)
+    futs = [cf.Future() for _ in range(3)]
+    seen_two = threading.Event()
+
+    def shows(prefix):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(s.startswith(prefix) for s in shown):
+            time.sleep(0.01)
+
+    def feeder():
+        shows("wrenpack: 0/3")  # the line is up
+        _finish(futs[:1])
+        shows("wrenpack: 1/3")  # ... and redrawn
+        _finish(futs[1:2])  # at once: within the time between two redraws
+        shows("wrenpack: 2/3")
+        seen_two.set()
+        _finish(futs[2:])
+
+    threading.Thread(target=feeder, daemon=True).start()
+    assert wrenpack.get(futs, progress="notebook") == [1, 1, 1]
+    assert seen_two.is_set() and any(s.startswith("wrenpack: 2/3") for s in shown[:-1]), shown
+    assert shown[-1].startswith("wrenpack: 3/3 calls done")
+
+
+def test_cancelled_calls_are_named_not_passed_off_as_run(capsys):
+    """Cancelled calls count as done (they will not run), and the line says
+    how many were cancelled; before, "3/3 calls done, 1 failed" for a call
+    that ran, one that failed and one that never ran."""
+    futs = [cf.Future() for _ in range(3)]
+    assert futs[2].cancel()
+    _finish(futs[:1])
+    _finish(futs[1:2], ValueError("bad"))
+    out = wrenpack.get(futs, progress="log", return_exceptions=True)
+    assert out[0] == 1 and isinstance(out[1], ValueError) and isinstance(out[2], cf.CancelledError)
+    assert re.match(r"^wrenpack: 3/3 calls done, 1 failed, 1 cancelled, \d+ s$", capsys.readouterr().err.splitlines()[-1])
+    assert progress.status_line(40, 100, 2, 12.0) == "wrenpack: 40/100 calls done, 2 failed, 12 s"  # (the README's line)
+
+
+@pytest.mark.parametrize("ipython", ["installed", "missing"])
+def test_the_notebook_display_outside_a_notebook_is_what_fits_there(capsys, monkeypatch, ipython):
+    """``progress="notebook"`` (or the setting, shared by a project's notebooks
+    and scripts) in a plain program: the display that fits there (here, stderr
+    is not a terminal: the log lines). Before, with IPython installed the widget's
+    text ("HBox(children=...") was printed to stdout; without it, get failed
+    with ModuleNotFoundError."""
+    if ipython == "missing":
+        monkeypatch.setitem(sys.modules, "IPython", None)
+        monkeypatch.setitem(sys.modules, "IPython.display", None)
+    futs = [cf.Future() for _ in range(2)]
+    _finish(futs[:1])
+    import threading
+
+    threading.Timer(0.05, _finish, (futs[1:],)).start()
+    assert wrenpack.get(futs, progress="notebook") == [1, 1]
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.match(r"^wrenpack: 2/2 calls done, \d+ s$", captured.err.splitlines()[-1]), captured

@@ -69,6 +69,10 @@ S3_MODEL = ("per job: 1 PUT (owner record) + 1 LIST (removing its objects); per 
             "checkpoint save 1 PUT, per restore 1 GET. Not counted: the client's polling LISTs, and functions or "
             "arguments too large to travel in the event (each 1 PUT, plus a GET per invocation)")
 
+#: the settings a report takes (``JobReport``'s docstring says what each does)
+SETTINGS = ("job_id", "label", "backend", "architecture", "billed", "memory_mb", "timeout_s", "ephemeral_storage_mb",
+            "retries", "s3_requests", "now")
+
 #: the output formats ``save`` and ``--plot`` take
 FORMATS = (".html", ".json", ".png")
 
@@ -178,6 +182,10 @@ class JobReport:
 
     def __init__(self, records: Iterable[Any], settings: Mapping[str, Any] | None = None) -> None:
         self.settings: dict[str, Any] = dict(settings or {})
+        unknown = [k for k in self.settings if k not in SETTINGS]
+        if unknown:  # (a misspelt one would be ignored, and its figure silently not the one asked for)
+            raise ConfigError(f"a job report has no setting {', '.join(map(repr, unknown))}; "
+                              f"the settings are {', '.join(SETTINGS)}")
         self.now = _number(self.settings.get("now")) or time.time()
         rows: dict[Any, list[dict[str, Any]]] = {}
         for raw in records:
@@ -232,7 +240,9 @@ class JobReport:
                 seg["start"] = round(seg["start"] - t0, 6)
                 seg["end"] = round(seg["end"] - t0, 6)
         requests_usd = total["requests"] * per_request
-        s3 = self._s3(total, len(calls))
+        # (the model's per-job requests: a map launched as several jobs, or futures of two, made each)
+        jobs = len({c["job_id"] for c in calls if c.get("job_id")}) or (1 if calls else 0)
+        s3 = self._s3(total, jobs)
         if total["unpriced"]:
             notes.append(f"{total['unpriced']} invocation(s) left no record of their duration (a worker that died, an "
                          "event that expired): counted as requests, not priced by duration")
@@ -416,7 +426,7 @@ class JobReport:
             "_t0": t0,
         }
 
-    def _s3(self, total: dict[str, Any], calls: int) -> dict[str, Any]:
+    def _s3(self, total: dict[str, Any], jobs: int) -> dict[str, Any]:
         table = prices().get("s3_requests") or {}
         given = self.settings.get("s3_requests")
         if isinstance(given, Mapping):
@@ -424,8 +434,7 @@ class JobReport:
             basis = "counted (given with the job's settings)"
         else:
             inv = total["invocations"] + total["unpriced"]
-            counts = {"put": (1 if calls else 0) + inv + total["saves"], "get": inv + total["restores"],
-                      "list": 1 if calls else 0}
+            counts = {"put": jobs + inv + total["saves"], "get": inv + total["restores"], "list": jobs}
             basis = "estimated: " + S3_MODEL
         usd = sum(counts[k] * float(table.get(f"per_thousand_{k}", 0.0)) / 1000.0 for k in counts)
         return dict(counts, usd=usd, basis=basis)
@@ -444,7 +453,8 @@ class JobReport:
                         segments, exit, memory_mb, memory_source ("call", "auto", "job", "unknown"),
                         timeout_s, auto, peak_rss_mb, run_s, queued_s, invocations,
                         billed_ms, gb_s, cost_usd (duration only),
-                        timeline: [{kind, start, end (s from job start), segment, attempt, exit}]}]}
+                        timeline: [{kind, start, end (s from job start), and for an
+                                    invocation's bar segment, attempt, exit}]}]}
         """
         return json.loads(json.dumps(self._data, default=str))  # (a copy; a record's odd value as text)
 
@@ -584,24 +594,37 @@ class JobReport:
         """The timeline as a PNG (matplotlib: ``pip install 'wrenpack[plot]'``)."""
         plt = figure.pyplot(ConfigError("saving a job report as .png needs matplotlib: pip install 'wrenpack[plot]' "
                                         "(or save it as .html)"))
+        from matplotlib.collections import PolyCollection
         from matplotlib.patches import Patch
 
         calls = self._data["calls"]
         n = max(len(calls), 1)
+        wall = max(self._data["job"]["wall_s"], 1e-3)
         fig, ax = plt.subplots(figsize=(10, min(2 + n * 0.12, 30)), dpi=100)
         try:
-            for kind in KINDS:  # one bar collection per kind
-                bars = [(c["index"], seg["start"], max(seg["end"] - seg["start"], 1e-4))
-                        for c in calls for seg in c["timeline"] if seg["kind"] == kind]
-                if bars:
-                    ys, lefts, widths = zip(*bars)
-                    ax.barh(ys, widths, left=lefts, height=0.8, color=COLORS[kind], linewidth=0)
+            # One collection per kind (barh makes an artist per bar: 10,000 calls took 20 s to draw);
+            # waits first, invocations over them; a bar narrower than a pixel is drawn 1 px wide.
+            least = wall / 1000
+            for kind in KINDS:
+                boxes = []
+                for c in calls:
+                    y0, y1 = c["index"] - 0.4, c["index"] + 0.4
+                    for seg in c["timeline"]:
+                        if seg["kind"] == kind:
+                            x0 = seg["start"]
+                            x1 = max(seg["end"], x0 + least)
+                            boxes.append(((x0, y0), (x0, y1), (x1, y1), (x1, y0)))
+                if boxes:
+                    ax.add_collection(PolyCollection(boxes, facecolors=COLORS[kind], linewidths=0, antialiaseds=False))
+            ax.set_xlim(0, wall * 1.01)
             ax.set_ylim(n - 0.5, -0.5)
             ax.set_xlabel("seconds since the job began")
             ax.set_ylabel("call")
             job = self._data["job"]
             name = job["label"] or job["id"]
-            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {job['calls']} calls, {self.total_usd_text()}", fontsize=10)
+            # (parse_math off: a "$" in a label or the cost is text, not matplotlib's math)
+            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {job['calls']} calls, {self.total_usd_text()}", fontsize=10,
+                         parse_math=False)
             ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper right", fontsize=7, ncol=3)
             fig.tight_layout()
         except BaseException:
@@ -634,6 +657,9 @@ def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
     """A future's invocation records, for ``JobReport``: its checkpointed
     segments, its retried attempts, then its outcome (or its state while
     it runs), each tagged with the row and the client's times."""
+    if not hasattr(fut, "status"):  # (a future wrenpack did not make: no record of what it did or cost)
+        raise ConfigError(f"a job report takes the futures wrenpack returned, but item {row} is a {type(fut).__name__} "
+                          "it did not make; leave it out")
     base = {"row": row, "label": getattr(fut, "label", None), "created_at": getattr(fut, "created_at", None),
             "started_at": getattr(fut, "started_at", None), "job_id": getattr(fut, "job_id", None) or None,
             "call_id": getattr(fut, "call_id", None) or None}
@@ -649,7 +675,7 @@ def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
         else:
             exc = fut.exception()
             state = "failed" if exc is not None else "finished"
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300] if exc is not None else None
+            error = _error_text(exc) if exc is not None else None
         record = dict(base, **{k: v for k, v in status.items() if v is not None})
         record.update(row=row, label=base["label"], state=state, created_at=base["created_at"], started_at=base["started_at"])
         if error:
@@ -658,6 +684,18 @@ def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
     else:
         out.append(dict(base, state="running" if fut.running() else "queued"))
     return out
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters): its first
+    line that is not blank, and the type alone when ``str(exc)`` itself fails
+    (a report is read when something went wrong: it must not fail too)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        text = ""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return (f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:300]
 
 
 # -- the command line: ``wrenpack jobs show ID --plot out.html`` ----------------------
