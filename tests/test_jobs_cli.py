@@ -304,3 +304,15 @@ def test_a_job_removed_while_held_says_so_instead_of_waiting(home):
     outcomes = job.results(timeout=20, return_exceptions=True)
     assert time.monotonic() - start < 10
     assert all(isinstance(o, JobNotFound) and "was removed from the store" in str(o) for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("billed,said", [(False, "estimated: what they would cost on Lambda"), (True, "(billed;")])
+def test_jobs_show_says_what_its_cost_holds(home, billed, said):
+    """`jobs show` printed "cost $0.000011" where the job's report said "$0.000048 (estimated)":
+    the line holds Lambda's price of the invocations only, and on a local backend an estimate."""
+    store = _store()
+    job = _plant_with(store, JOB, billed=billed)
+    _supervised(job)
+    out = _cli("jobs", "show", JOB)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("cost"))
+    assert said in line and "S3 requests not counted" in line and "--plot" in line, line

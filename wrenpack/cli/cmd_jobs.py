@@ -121,7 +121,11 @@ def _show(args: argparse.Namespace) -> int:
     print(f"owner      {_owner(row)}; supervisor pid {sup.get('pid', '-')} "
           f"({'running' if sup.get('alive') else 'ended' if sup.get('alive') is False else 'unknown'})")
     print(f"started    {_when(row.get('created'))}; ended {_when(row.get('ended'))}; kept until {_when(row.get('expires'))}")
-    print(f"cost       ${row['cost']:.6f} ({row['invocations']} invocations, {row['billed_ms'] / 1000:.3f} s billed)")
+    # (Lambda's price of the invocations and their billed time; S3's requests are the report's to
+    # estimate, so this says what it holds: on a local backend, what the calls would cost on Lambda)
+    billed = "billed" if settings.get("billed") else "estimated: what they would cost on Lambda"
+    print(f"cost       ${row['cost']:.6f} ({billed}; {row['invocations']} invocations, {row['billed_ms'] / 1000:.3f} s; "
+          "Lambda only, S3 requests not counted: --plot FILE reports them)")
     for rec in row["calls_status"]:
         extra = ""
         if rec.get("duration_s") is not None:
