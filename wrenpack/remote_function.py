@@ -5,10 +5,11 @@ its ``LaunchState``, and every launch goes through ``executor.launch_calls``."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Generic, Iterable, TypeVar, overload
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.executor import Executor, LaunchState, check_executor, check_options, default_executor, launch_calls
+from wrenpack.executor.batching import check_chunksize
 from wrenpack.futures import WrenFuture
 from wrenpack.job import Job
 from wrenpack.job.spawn import spawn_calls
@@ -63,12 +64,17 @@ class RemoteFunction(Generic[T]):
         own future); the limits then apply to the whole group. ``chunksize="auto"``
         groups calls that the function's saved profile says are short, so each
         invocation runs about a second (never more than half its timeout)."""
-        calls = [((item,), kwargs) for item in items]
+        if chunksize is not None:
+            chunksize = check_chunksize(chunksize, "map()")
+        calls = [((item,), kwargs) for item in _iterate(items, "map()")]
         return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
 
     def starmap(self, items: Iterable[Iterable[Any]], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
-        calls = [(tuple(item), kwargs) for item in items]
+        if chunksize is not None:
+            chunksize = check_chunksize(chunksize, "starmap()")
+        calls = [(item if type(item) is tuple else _arguments(item, i), kwargs)
+                 for i, item in enumerate(_iterate(items, "starmap()"))]
         return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
 
     def spawn_map(self, items: Iterable[Any], /, *, retention: Any = None, chunksize: Any = None, **kwargs: Any) -> "Job":
@@ -82,7 +88,7 @@ class RemoteFunction(Generic[T]):
         if chunksize is not None:
             raise ConfigError(f"spawn_map runs one invocation per call; chunksize={chunksize!r} is for .map() "
                               "(leave it out, or group the items yourself)")
-        calls = [((item,), kwargs) for item in items]
+        calls = [((item,), kwargs) for item in _iterate(items, "spawn_map()")]
         return spawn_calls(self.executor, self.fn, calls, self._options, retention)
 
     def spawn(self, /, *args: Any, **kwargs: Any) -> "Job":
@@ -110,6 +116,27 @@ class RemoteFunction(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
+
+
+def _iterate(items: Any, what: str) -> Iterator[Any]:
+    """An iterator over a map's items, or one line saying they are no iterable
+    (the bare ``'int' object is not iterable`` named neither the map nor the fix)."""
+    try:
+        return iter(items)
+    except TypeError:
+        raise ConfigTypeError(f"{what} takes an iterable of items (a list, a range, a generator), one call each, not "
+                              f"{type(items).__name__}; for one call, use .remote()") from None
+
+
+def _arguments(item: Any, index: int) -> tuple[Any, ...]:
+    """A starmap item as the call's positional arguments."""
+    try:
+        args = iter(item)
+    except TypeError:
+        raise ConfigTypeError(f"starmap() takes an iterable of argument tuples, but item {index} is "
+                              f"{type(item).__name__} {item!r:.40}; pass [(a, b), ...], or use map() for one "
+                              "argument per call") from None
+    return tuple(args)
 
 
 @overload

@@ -4,9 +4,10 @@ the executor's; each item's future is resolved from it here, with the item's
 own outcome (an exception rebuilt under the item's label)."""
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Callable
 
-from wrenpack.errors import ConfigError
+from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
@@ -16,6 +17,27 @@ if TYPE_CHECKING:
     from wrenpack.executor.options import CallOptions
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def check_chunksize(chunksize: Any, what: str) -> Any:
+    """A map's ``chunksize`` (``what`` names the map), checked where the map is
+    called, before the backend starts: a whole number of at least 1 (any
+    integer type, as ``concurrent.futures`` takes), "auto", or None. A type that
+    is no whole number (text, a float, a bool) is a ``ConfigTypeError``, a
+    number below 1 a ``ConfigError`` (``ValueError``), as the process pool's."""
+    if chunksize is None or (type(chunksize) is str and chunksize == "auto"):
+        return chunksize
+    fix = "the number of calls each invocation runs, or 'auto'"
+    try:
+        if isinstance(chunksize, bool):
+            raise TypeError
+        n = operator.index(chunksize)
+    except TypeError:
+        raise ConfigTypeError(f"{what}: chunksize={chunksize!r:.40} must be a whole number of at least 1 ({fix}), "
+                              f"not {type(chunksize).__name__}") from None
+    if n < 1:
+        raise ConfigError(f"{what}: chunksize={chunksize!r} must be a whole number of at least 1 ({fix})")
+    return n
 
 
 def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call], options: CallOptions, label: str,

@@ -1,0 +1,92 @@
+"""What a user coming from ``concurrent.futures`` (or a peer's test suite) does
+with wrenpack's client API and got wrong answers for: a pool size given where
+``ProcessPoolExecutor`` takes it, maps over something that is no iterable,
+waits whose ``timeout`` is no number of seconds, chunk sizes of the wrong
+type. Each is one line naming the problem and the fix, raised before
+anything launches (no backend started)."""
+from __future__ import annotations
+
+import pytest
+
+import wrenpack
+from wrenpack.errors import ConfigError, WrenpackError
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert isinstance(exc, WrenpackError), type(exc)
+    assert msg and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def _refused(call, exc_type, match) -> str:
+    with pytest.raises(exc_type, match=match) as info:
+        call()
+    assert isinstance(info.value, ConfigError)
+    return _one_line(info.value)
+
+
+def test_a_pool_size_given_first_names_concurrency(tmp_path):
+    # ProcessPoolExecutor(4): here the first argument is a Config; an int fell
+    # through to an AttributeError ("'int' object has no attribute 'replace'").
+    msg = _refused(lambda: wrenpack.Executor(4, storage=str(tmp_path)), TypeError, r"Executor\(4\)")
+    assert "concurrency=4" in msg
+    _refused(lambda: wrenpack.Executor("local"), TypeError, "wrenpack.Config")
+
+
+def test_maps_over_no_iterable_are_one_line_and_launch_nothing(make_executor):
+    ex = make_executor()
+    f = wrenpack.remote(square, executor=ex)
+    _refused(lambda: f.map(3), TypeError, r"map\(\) takes an iterable of items.*not int")
+    _refused(lambda: f.map(None), TypeError, r"map\(\) takes an iterable of items.*not NoneType")
+    _refused(lambda: f.starmap([(1,), 2]), TypeError, r"starmap\(\).*item 1 is int")
+    _refused(lambda: ex.map(square, 3), TypeError, r"map\(\).*iterable 1 is int")
+    _refused(lambda: ex.map(add, [1], 5), TypeError, r"map\(\).*iterable 2 is int")
+    _refused(lambda: f.spawn_map(7), TypeError, r"spawn_map\(\) takes an iterable of items.*not int")
+    assert ex._backend is None and not ex._jobs  # nothing started
+    # what is iterable still maps, generators included
+    assert wrenpack.get(f.map(i for i in range(3))) == [0, 1, 4]
+    assert wrenpack.get(f.starmap(iter([(2,), (3,)]))) == [4, 9]
+    assert list(ex.map(add, (i for i in range(3)), [10, 20])) == [10, 21]
+
+
+def test_waits_whose_timeout_is_no_seconds_are_one_line(make_executor):
+    ex = make_executor()
+    fut = ex.submit(square, 3)
+    _refused(lambda: wrenpack.wait([fut], timeout="1"), TypeError, r"wrenpack.wait\(timeout='1'\).*number of seconds")
+    # refused when as_completed is called, not at the first next() (a TypeError from inside before)
+    _refused(lambda: wrenpack.as_completed([fut], timeout="1"), TypeError,
+             r"wrenpack.as_completed\(timeout='1'\).*number of seconds")
+    assert fut.result(timeout=60) == 9
+    other = make_executor()
+    _refused(lambda: other.map(square, [1], timeout="1"), TypeError, r"map\(timeout='1'\).*number of seconds")
+    _refused(lambda: other.map(square, [1], timeout=True), TypeError, r"map\(timeout=True\)")
+    assert other._backend is None and not other._jobs
+    assert list(other.map(square, [2], timeout=60)) == [4]
+
+
+@pytest.mark.parametrize("chunksize,exc_type", [("x", TypeError), (2.5, TypeError), (True, TypeError),
+                                                (0, ValueError), (-3, ValueError)])
+def test_a_bad_chunksize_is_refused_before_the_backend_starts(make_executor, chunksize, exc_type):
+    ex = make_executor()
+    f = wrenpack.remote(square, executor=ex)
+    _refused(lambda: ex.map(square, [1, 2, 3], chunksize=chunksize), exc_type, rf"chunksize={chunksize!r}")
+    _refused(lambda: f.map([1, 2, 3], chunksize=chunksize), exc_type, rf"chunksize={chunksize!r}")
+    _refused(lambda: f.starmap([(1,), (2,)], chunksize=chunksize), exc_type, rf"chunksize={chunksize!r}")
+    assert ex._backend is None and not ex._jobs
+
+
+def test_chunksizes_that_are_whole_numbers_still_map(executor):
+    f = wrenpack.remote(square, executor=executor)
+    assert list(executor.map(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+    assert list(executor.map(square, range(3), chunksize=1)) == [0, 1, 4]
+    assert wrenpack.get(f.map(range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+    assert wrenpack.get(f.map(range(3), chunksize="auto")) == [0, 1, 4]
