@@ -2,8 +2,9 @@
 with wrenpack's client API and got wrong answers for: a pool size given where
 ``ProcessPoolExecutor`` takes it, maps over something that is no iterable,
 waits whose ``timeout`` is no number of seconds, chunk sizes of the wrong
-type. Each is one line naming the problem and the fix, raised before
-anything launches (no backend started)."""
+type, and ``@wrenpack.remote`` on a method. Each is one line naming the
+problem and the fix, raised before anything launches (no backend started),
+or, for the method, the plain method's behaviour."""
 from __future__ import annotations
 
 import pytest
@@ -90,3 +91,60 @@ def test_chunksizes_that_are_whole_numbers_still_map(executor):
     assert list(executor.map(square, range(3), chunksize=1)) == [0, 1, 4]
     assert wrenpack.get(f.map(range(5), chunksize=2)) == [0, 1, 4, 9, 16]
     assert wrenpack.get(f.map(range(3), chunksize="auto")) == [0, 1, 4]
+
+
+def test_a_remote_method_binds_its_instance_as_a_method_does(executor):
+    class Scaler:
+        def __init__(self, k):
+            self.k = k
+
+        @wrenpack.remote(executor=executor)
+        def scale(self, x, plus=0):
+            return self.k * x + plus
+
+    s = Scaler(3)
+    # a plain call of the method: before, self was not passed ("missing 1 required positional argument")
+    assert s.scale(2) == 6 and s.scale.local(2, plus=1) == 7
+    assert s.scale.remote(2).result(timeout=60) == 6
+    assert wrenpack.get(s.scale.map([1, 2], plus=1)) == [4, 7]
+    assert wrenpack.get(s.scale.starmap([(1,), (2, 5)])) == [3, 11]
+    assert s.scale.options(memory=256).remote(4).result(timeout=60) == 12
+    assert executor.submit(s.scale, 5).result(timeout=60) == 15
+    assert list(executor.map(s.scale, [1, 2])) == [3, 6]
+    # on the class it is the function itself, taking the instance explicitly
+    assert isinstance(Scaler.scale, wrenpack.RemoteFunction)
+    assert Scaler.scale.remote(Scaler(2), 5).result(timeout=60) == 10
+    assert Scaler.scale(Scaler(2), 1) == 2
+    assert Scaler(4).scale.__name__ == "scale"
+
+
+class _Calls:
+    """Remote functions kept as class attributes that are not methods: they bind
+    nothing, as a builtin or a ``functools.partial`` kept there binds nothing."""
+
+    length = wrenpack.remote(len)
+
+    @staticmethod
+    @wrenpack.remote
+    def twice(x):
+        return 2 * x
+
+
+def test_remote_functions_that_do_not_bind_are_left_alone(executor):
+    c = _Calls()
+    assert c.length([1, 2, 3]) == 3
+    assert c.twice(4) == 8 and _Calls.twice(5) == 10
+    assert c.length.options(executor=executor).remote([1, 2]).result(timeout=60) == 2
+    assert c.twice.options(executor=executor).remote(6).result(timeout=60) == 12
+
+
+def test_a_remote_methods_signature_is_the_bound_methods():
+    import inspect
+
+    class Model:
+        @wrenpack.remote
+        def predict(self, x, *, scale=1):
+            return x * scale
+
+    assert str(inspect.signature(Model().predict)) == "(x, *, scale=1)"
+    assert str(inspect.signature(Model.predict)) == "(self, x, *, scale=1)"

@@ -34,6 +34,26 @@ class RemoteFunction(Generic[T]):
         self._options = options
         self._state = LaunchState()
 
+    def __get__(self, instance: Any, owner: type | None = None) -> "RemoteFunction[T]":
+        """``@wrenpack.remote`` on a method: looked up on an instance, the function
+        is bound to it as a plain method is, so ``obj.m(x)``, ``obj.m.remote(x)``
+        and ``obj.m.map(xs)`` pass ``obj`` as ``self`` (it travels with each
+        call). On the class, or when the wrapped callable binds nothing (a
+        builtin, a ``functools.partial``, a staticmethod's function), this
+        function itself. Only attribute lookups on instances come here: a
+        module-level function's calls never do."""
+        bind = getattr(type(self.fn), "__get__", None)
+        if instance is None or bind is None:
+            return self
+        method = bind(self.fn, instance, owner)
+        if method is self.fn:
+            return self
+        bound = object.__new__(type(self))
+        bound.__dict__.update(self.__dict__)  # (name, docstring, executor, options)
+        bound.fn = bound.__wrapped__ = method  # (its signature is the bound method's: no self)
+        bound._state = LaunchState()  # (what a launch keeps is for one function object: not shared with the unbound one)
+        return bound
+
     # -- local ------------------------------------------------------------------
     def __call__(self, /, *args: Any, **kwargs: Any) -> T:
         return self.fn(*args, **kwargs)
