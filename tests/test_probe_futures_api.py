@@ -148,3 +148,24 @@ def test_a_remote_methods_signature_is_the_bound_methods():
 
     assert str(inspect.signature(Model().predict)) == "(x, *, scale=1)"
     assert str(inspect.signature(Model.predict)) == "(self, x, *, scale=1)"
+
+
+def exits_at_four(x):
+    import os
+
+    if x == 4:
+        os._exit(3)
+    return x
+
+
+def test_a_chunk_whose_worker_dies_names_its_own_calls(make_executor):
+    # chunksize=3: items 3, 4, 5 run in the second invocation. Its error named
+    # "exits_at_four[1]" (the chunk's index), which is another item's label.
+    ex = make_executor(retries=0)
+    futs = wrenpack.remote(exits_at_four, executor=ex).map(range(7), chunksize=3)
+    out = wrenpack.get(futs, return_exceptions=True)
+    assert out[:3] == [0, 1, 2] and out[6] == 6
+    for i in (3, 4, 5):
+        assert isinstance(out[i], wrenpack.WorkerCrashed), out[i]
+        assert str(out[i]).startswith("exits_at_four[3:6]: "), out[i]
+    assert [f.label for f in futs] == [f"exits_at_four[{i}]" for i in range(7)]

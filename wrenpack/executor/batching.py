@@ -45,7 +45,12 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
     if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
         raise ConfigError(f"chunksize={chunksize!r} must be a whole number of at least 1")
     groups = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-    group_futures = executor.launch(Batch(fn), [((group,), {}) for group in groups], options, label=label)
+    # Each invocation is named by the items it runs ("f[3:6]"), not by its own index
+    # ("f[1]"): that is another item's name, and a chunk's error, which each of its
+    # items raises, and the worker's log named it so.
+    made = [WrenFuture("", "", _chunk_label(label, g * chunksize, len(group))) for g, group in enumerate(groups)]
+    executor.check_open()  # (given futures, ``launch`` does not check: it launches held calls after a shutdown)
+    group_futures = executor.launch(Batch(fn), [((group,), {}) for group in groups], options, label=label, futures=made)
     out: list[WrenFuture] = []
     for g, (group, gfut) in enumerate(zip(groups, group_futures)):
         first = g * chunksize
@@ -80,6 +85,11 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
         gfut.add_done_callback(resolve)
         out.extend(items)
     return out
+
+
+def _chunk_label(label: str, first: int, size: int) -> str:
+    """A chunk's name: its items' indices as a slice of the map."""
+    return f"{label}[{first}]" if size == 1 else f"{label}[{first}:{first + size}]"
 
 
 class _Batch(CallOwner):
