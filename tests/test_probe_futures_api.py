@@ -169,3 +169,54 @@ def test_a_chunk_whose_worker_dies_names_its_own_calls(make_executor):
         assert isinstance(out[i], wrenpack.WorkerCrashed), out[i]
         assert str(out[i]).startswith("exits_at_four[3:6]: "), out[i]
     assert [f.label for f in futs] == [f"exits_at_four[{i}]" for i in range(7)]
+
+
+class _RetiresTheDefault:
+    """An argument that calls ``configure()`` (which retires the default executor)
+    while the launch pickles it, once: what another thread's ``configure()`` does
+    at that moment, or between ``.remote()``'s look-up of the default executor and
+    its launch."""
+
+    configured = 0
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def __reduce__(self):
+        if not type(self).configured:
+            type(self).configured += 1
+            wrenpack.configure(**self.settings)
+        return (int, (7,))
+
+
+def identity(x):
+    return x
+
+
+def test_a_call_racing_configure_runs_on_the_new_default_executor(tmp_path, monkeypatch):
+    # It failed with ExecutorShutdown "this executor was shut down; create a new one":
+    # the user shut nothing down. (Seen with threads calling .remote() while the main
+    # thread called configure(): 1 call in ~30 failed.)
+    from wrenpack import config as wconfig
+    from wrenpack.executor import default_executor, reset_default_executor
+
+    monkeypatch.setattr(wconfig, "_global_overrides", {})
+    wrenpack.configure(storage=str(tmp_path / "a"), concurrency=1)
+    try:
+        f = wrenpack.remote(identity)
+        assert f.remote(1).result(timeout=60) == 1
+        for launch in (lambda arg: f.remote(arg).result(timeout=60),
+                       lambda arg: wrenpack.get(f.map([1, arg, 3]), timeout=60)[1],
+                       lambda arg: wrenpack.get(f.starmap([(arg,)]), timeout=60)[0]):
+            old = default_executor()
+            _RetiresTheDefault.configured = 0
+            assert launch(_RetiresTheDefault({"concurrency": 1})) == 7
+            assert _RetiresTheDefault.configured == 1 and old._closed and default_executor() is not old
+        # an executor given to the function is the user's own: its shutdown is theirs to hear of
+        ex = wrenpack.Executor(storage=str(tmp_path / "b"))
+        g = wrenpack.remote(identity, executor=ex)
+        ex.shutdown()
+        with pytest.raises(wrenpack.ExecutorShutdown):
+            g.remote(1)
+    finally:
+        reset_default_executor()

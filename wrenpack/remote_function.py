@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
-from wrenpack.errors import ConfigError, ConfigTypeError
+from wrenpack.errors import ConfigError, ConfigTypeError, ExecutorShutdown
 from wrenpack.executor import Executor, LaunchState, check_executor, check_options, default_executor, launch_calls
 from wrenpack.executor.batching import check_chunksize
 from wrenpack.futures import WrenFuture
@@ -75,7 +75,11 @@ class RemoteFunction(Generic[T]):
 
     def remote(self, /, *args: Any, **kwargs: Any) -> WrenFuture:
         """Run one call remotely; returns its future. Every keyword is the function's."""
-        return launch_calls(self.executor, self.fn, [(args, kwargs)], self._options, None, self._state)[0]
+        executor = self._executor or default_executor()
+        try:
+            return launch_calls(executor, self.fn, [(args, kwargs)], self._options, None, self._state)[0]
+        except ExecutorShutdown as exc:
+            return self._on_new_default(exc, executor, [(args, kwargs)], None)[0]
 
     def map(self, items: Iterable[Any], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per item, ``fn(item, **kwargs)``; futures in the items' order.
@@ -87,7 +91,7 @@ class RemoteFunction(Generic[T]):
         if chunksize is not None:
             chunksize = check_chunksize(chunksize, "map()")
         calls = [((item,), kwargs) for item in _iterate(items, "map()")]
-        return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
+        return self._launch(calls, chunksize)
 
     def starmap(self, items: Iterable[Iterable[Any]], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
@@ -95,7 +99,37 @@ class RemoteFunction(Generic[T]):
             chunksize = check_chunksize(chunksize, "starmap()")
         calls = [(item if type(item) is tuple else _arguments(item, i), kwargs)
                  for i, item in enumerate(_iterate(items, "starmap()"))]
-        return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
+        return self._launch(calls, chunksize)
+
+    def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: Any) -> list[WrenFuture]:
+        executor = self._executor or default_executor()
+        try:
+            return launch_calls(executor, self.fn, calls, self._options, chunksize, self._state)
+        except ExecutorShutdown as exc:
+            return self._on_new_default(exc, executor, calls, chunksize)
+
+    def _on_new_default(self, exc: ExecutorShutdown, executor: Executor,
+                        calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: Any) -> list[WrenFuture]:
+        """A launch found ``executor`` shut down. When it is the default one, that was
+        ``configure()`` retiring it (in another thread, or while the arguments were
+        pickled) after this launch looked it up: the user shut nothing down, so the
+        new default executor takes the calls. None was launched on the old one (a
+        launch that meets a shut-down executor starts none of its calls; with
+        "auto" settings, whose groups of calls launch one after another, that is
+        not sure, and the error is raised). An executor given to the function is
+        the user's own: its shutdown is raised, as at interpreter exit."""
+        while True:
+            if self._executor is not None or executor._exited or any(
+                    self._options.get(name) == "auto" for name in ("memory", "timeout", "ephemeral_storage")):
+                raise exc
+            new = default_executor()
+            if new is executor:
+                raise exc
+            executor = new
+            try:
+                return launch_calls(executor, self.fn, calls, self._options, chunksize, self._state)
+            except ExecutorShutdown as again:
+                exc = again
 
     def spawn_map(self, items: Iterable[Any], /, *, retention: Any = None, chunksize: Any = None, **kwargs: Any) -> "Job":
         """Like ``map``, as a job that outlives this program: returns a
