@@ -220,3 +220,27 @@ def test_a_call_racing_configure_runs_on_the_new_default_executor(tmp_path, monk
             g.remote(1)
     finally:
         reset_default_executor()
+
+
+def plus_one(x):
+    return x + 1
+
+
+def test_a_map_accepted_before_shutdown_runs_all_its_calls(make_executor):
+    # A map of short calls of a function the executor had not timed launches a
+    # first call per worker and holds the rest until one ends (then launches them
+    # in groups). Those groups went through the check that refuses new calls after
+    # a shutdown: leaving a `with` block (or shutdown(wait=False)) right after the
+    # map failed 98 of its 100 calls with ExecutorShutdown, where the process
+    # pool (and the README) run every call accepted before the shutdown.
+    with make_executor(concurrency=2) as ex:
+        results = ex.map(plus_one, range(100))
+        futs = wrenpack.remote(plus_one, executor=ex).map(range(100, 200))
+    assert list(results) == list(range(1, 101))
+    assert wrenpack.get(futs, timeout=60) == list(range(101, 201))
+    ex = make_executor(concurrency=2)
+    futs = wrenpack.remote(plus_one, executor=ex).map(range(100))
+    ex.shutdown(wait=False)
+    assert wrenpack.get(futs, timeout=60) == list(range(1, 101))
+    with pytest.raises(wrenpack.ExecutorShutdown):
+        ex.map(plus_one, range(100))  # (new calls are still refused)
