@@ -244,3 +244,35 @@ def test_a_map_accepted_before_shutdown_runs_all_its_calls(make_executor):
     assert wrenpack.get(futs, timeout=60) == list(range(1, 101))
     with pytest.raises(wrenpack.ExecutorShutdown):
         ex.map(plus_one, range(100))  # (new calls are still refused)
+
+
+def wait_for_file(path, value):
+    """``value`` once ``path`` exists (the test creates it), 30 s at most."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def test_the_calls_of_a_running_chunk_are_running(make_executor, tmp_path):
+    # Each item of a chunksize=k map has its own future; they stayed PENDING
+    # while their chunk ran (running() never True, no started_at), where a
+    # future is RUNNING while its call runs.
+    import time
+
+    ex = make_executor(concurrency=1, retries=0)
+    gate = str(tmp_path / "go")
+    futs = wrenpack.remote(wait_for_file, executor=ex).map([gate] * 4, chunksize=2, value=1)
+    deadline = time.monotonic() + 30
+    while not futs[0].running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert [f.running() for f in futs] == [True, True, False, False]
+        assert futs[0].started_at is not None and futs[2].started_at is None
+        assert not futs[1].cancel() and futs[3].cancel() is True  # a running chunk stays; a queued one is taken back
+    finally:
+        open(gate, "w").close()
+    assert wrenpack.get(futs[:2], timeout=60) == [1, 1] and futs[2].cancelled()

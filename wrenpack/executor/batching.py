@@ -60,6 +60,14 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
                  for j in range(len(group))]
         for item in items:
             item._owner, item._where, item._job_key = owner, gfut._where, gfut._job_key
+        # The items run while their chunk does: RUNNING with it (``_mark_running``), as any
+        # call's future is; they stayed PENDING until done. A chunk that began meanwhile is
+        # told here (marking twice is harmless).
+        if not gfut.done():
+            gfut._members = items
+            if gfut.running():
+                for item in items:
+                    item._mark_running()
 
         def resolve(done: WrenFuture, items: list[WrenFuture] = items) -> None:
             if done.cancelled():
