@@ -1,10 +1,13 @@
 """What a user coming from ``concurrent.futures`` (or a peer's test suite) does
-with wrenpack's client API and got wrong answers for: a pool size given where
+with wrenpack's client API and got wrong answers for.
+
+Bad input, each refused in one line naming the problem and the fix before
+anything launches (no backend started): a pool size given where
 ``ProcessPoolExecutor`` takes it, maps over something that is no iterable,
-waits whose ``timeout`` is no number of seconds, chunk sizes of the wrong
-type, and ``@wrenpack.remote`` on a method. Each is one line naming the
-problem and the fix, raised before anything launches (no backend started),
-or, for the method, the plain method's behaviour."""
+waits whose ``timeout`` is no number of seconds, chunk sizes of the wrong type.
+And the contract: ``@wrenpack.remote`` on a method behaves as the method; a
+map accepted before a shutdown runs all its calls; a chunk's calls are RUNNING
+while it runs and its error names them; a call racing ``configure()`` runs."""
 from __future__ import annotations
 
 import pytest
