@@ -694,6 +694,7 @@ def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_whe
     resolves only by looking at the store, which ``concurrent.futures.wait`` never
     does (it waited forever): such futures are looked at here while waiting."""
     futs, _ = as_list(futures, "wrenpack.wait()")
+    _check_timeout(timeout, "wrenpack.wait")
     polled = [f for f in futs if isinstance(f, refs.CallRef)]
     if not polled:
         return cf.wait(futs, timeout=timeout, return_when=return_when)
@@ -714,6 +715,7 @@ def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) ->
     """The futures as they finish: ``for`` (like ``concurrent.futures.as_completed``)
     or ``async for`` (like ``asyncio.as_completed``), with each one's timeout rule."""
     futs, _ = as_list(futures, "wrenpack.as_completed()")
+    _check_timeout(timeout, "wrenpack.as_completed")  # (here, not at the first next(): nothing is lost by then)
     return AsCompleted(futs, timeout)
 
 

@@ -5,10 +5,11 @@ its ``LaunchState``, and every launch goes through ``executor.launch_calls``."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Generic, Iterable, TypeVar, overload
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
-from wrenpack.errors import ConfigError, ConfigTypeError
+from wrenpack.errors import ConfigError, ConfigTypeError, ExecutorShutdown
 from wrenpack.executor import Executor, LaunchState, check_executor, check_options, default_executor, launch_calls
+from wrenpack.executor.batching import check_chunksize
 from wrenpack.futures import WrenFuture
 from wrenpack.job import Job
 from wrenpack.job.spawn import spawn_calls
@@ -33,6 +34,26 @@ class RemoteFunction(Generic[T]):
         self._options = options
         self._state = LaunchState()
 
+    def __get__(self, instance: Any, owner: type | None = None) -> "RemoteFunction[T]":
+        """``@wrenpack.remote`` on a method: looked up on an instance, the function
+        is bound to it as a plain method is, so ``obj.m(x)``, ``obj.m.remote(x)``
+        and ``obj.m.map(xs)`` pass ``obj`` as ``self`` (it travels with each
+        call). On the class, or when the wrapped callable binds nothing (a
+        builtin, a ``functools.partial``, a staticmethod's function), this
+        function itself. Only attribute lookups on instances come here: a
+        module-level function's calls never do."""
+        bind = getattr(type(self.fn), "__get__", None)
+        if instance is None or bind is None:
+            return self
+        method = bind(self.fn, instance, owner)
+        if method is self.fn:
+            return self
+        bound = object.__new__(type(self))
+        bound.__dict__.update(self.__dict__)  # (name, docstring, executor, options)
+        bound.fn = bound.__wrapped__ = method  # (its signature is the bound method's: no self)
+        bound._state = LaunchState()  # (what a launch keeps is for one function object: not shared with the unbound one)
+        return bound
+
     # -- local ------------------------------------------------------------------
     def __call__(self, /, *args: Any, **kwargs: Any) -> T:
         return self.fn(*args, **kwargs)
@@ -54,7 +75,11 @@ class RemoteFunction(Generic[T]):
 
     def remote(self, /, *args: Any, **kwargs: Any) -> WrenFuture:
         """Run one call remotely; returns its future. Every keyword is the function's."""
-        return launch_calls(self.executor, self.fn, [(args, kwargs)], self._options, None, self._state)[0]
+        executor = self._executor or default_executor()
+        try:
+            return launch_calls(executor, self.fn, [(args, kwargs)], self._options, None, self._state)[0]
+        except ExecutorShutdown as exc:
+            return self._on_new_default(exc, executor, [(args, kwargs)], None)[0]
 
     def map(self, items: Iterable[Any], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per item, ``fn(item, **kwargs)``; futures in the items' order.
@@ -63,13 +88,48 @@ class RemoteFunction(Generic[T]):
         own future); the limits then apply to the whole group. ``chunksize="auto"``
         groups calls that the function's saved profile says are short, so each
         invocation runs about a second (never more than half its timeout)."""
-        calls = [((item,), kwargs) for item in items]
-        return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
+        if chunksize is not None:
+            chunksize = check_chunksize(chunksize, "map()")
+        calls = [((item,), kwargs) for item in _iterate(items, "map()")]
+        return self._launch(calls, chunksize)
 
     def starmap(self, items: Iterable[Iterable[Any]], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
-        calls = [(tuple(item), kwargs) for item in items]
-        return launch_calls(self.executor, self.fn, calls, self._options, chunksize, self._state)
+        if chunksize is not None:
+            chunksize = check_chunksize(chunksize, "starmap()")
+        calls = [(item if type(item) is tuple else _arguments(item, i), kwargs)
+                 for i, item in enumerate(_iterate(items, "starmap()"))]
+        return self._launch(calls, chunksize)
+
+    def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: Any) -> list[WrenFuture]:
+        executor = self._executor or default_executor()
+        try:
+            return launch_calls(executor, self.fn, calls, self._options, chunksize, self._state)
+        except ExecutorShutdown as exc:
+            return self._on_new_default(exc, executor, calls, chunksize)
+
+    def _on_new_default(self, exc: ExecutorShutdown, executor: Executor,
+                        calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: Any) -> list[WrenFuture]:
+        """A launch found ``executor`` shut down. When it is the default one, that was
+        ``configure()`` retiring it (in another thread, or while the arguments were
+        pickled) after this launch looked it up: the user shut nothing down, so the
+        new default executor takes the calls. None was launched on the old one (a
+        launch that meets a shut-down executor starts none of its calls; with
+        "auto" settings, whose groups of calls launch one after another, that is
+        not sure, and the error is raised). An executor given to the function is
+        the user's own: its shutdown is raised, as at interpreter exit."""
+        while True:
+            if self._executor is not None or executor._exited or any(
+                    self._options.get(name) == "auto" for name in ("memory", "timeout", "ephemeral_storage")):
+                raise exc
+            new = default_executor()
+            if new is executor:
+                raise exc
+            executor = new
+            try:
+                return launch_calls(executor, self.fn, calls, self._options, chunksize, self._state)
+            except ExecutorShutdown as again:
+                exc = again
 
     def spawn_map(self, items: Iterable[Any], /, *, retention: Any = None, chunksize: Any = None, **kwargs: Any) -> "Job":
         """Like ``map``, as a job that outlives this program: returns a
@@ -82,7 +142,7 @@ class RemoteFunction(Generic[T]):
         if chunksize is not None:
             raise ConfigError(f"spawn_map runs one invocation per call; chunksize={chunksize!r} is for .map() "
                               "(leave it out, or group the items yourself)")
-        calls = [((item,), kwargs) for item in items]
+        calls = [((item,), kwargs) for item in _iterate(items, "spawn_map()")]
         return spawn_calls(self.executor, self.fn, calls, self._options, retention)
 
     def spawn(self, /, *args: Any, **kwargs: Any) -> "Job":
@@ -110,6 +170,27 @@ class RemoteFunction(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {getattr(self.fn, '__qualname__', self.fn)}>"
+
+
+def _iterate(items: Any, what: str) -> Iterator[Any]:
+    """An iterator over a map's items, or one line saying they are no iterable
+    (the bare ``'int' object is not iterable`` named neither the map nor the fix)."""
+    try:
+        return iter(items)
+    except TypeError:
+        raise ConfigTypeError(f"{what} takes an iterable of items (a list, a range, a generator), one call each, not "
+                              f"{type(items).__name__}; for one call, use .remote()") from None
+
+
+def _arguments(item: Any, index: int) -> tuple[Any, ...]:
+    """A starmap item as the call's positional arguments."""
+    try:
+        args = iter(item)
+    except TypeError:
+        raise ConfigTypeError(f"starmap() takes an iterable of argument tuples, but item {index} is "
+                              f"{type(item).__name__} {item!r:.40}; pass [(a, b), ...], or use map() for one "
+                              "argument per call") from None
+    return tuple(args)
 
 
 @overload

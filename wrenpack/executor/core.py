@@ -56,12 +56,13 @@ from wrenpack.errors import (
     PayloadTooLarge,
     StoreError,
 )
+from wrenpack.executor.batching import check_chunksize
 from wrenpack.executor.calls import MIN_WINDOW, WINDOW_PER_SLOT, CallTable, RunningJob, os_reason
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.executor.prepared import Prepared
-from wrenpack.futures import WrenFuture, as_list
+from wrenpack.futures import WrenFuture, _check_timeout, as_list
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import handoff, plain, refs
@@ -84,6 +85,12 @@ class Executor(CallTable, cf.Executor):
     ``Executor(backend=...)`` takes a backend name or a ready ``Backend``."""
 
     def __init__(self, config: Config | None = None, /, *, backend: Backend | str | None = None, **overrides: Any) -> None:
+        if config is not None and not isinstance(config, Config):
+            # (``ProcessPoolExecutor(4)``'s habit: the pool size is a setting here, not the first argument)
+            hint = f"the number of calls at once is concurrency=: Executor(concurrency={config!r})" \
+                if isinstance(config, int) and not isinstance(config, bool) else "settings are keywords: Executor(concurrency=4, memory=1024)"
+            raise ConfigTypeError(f"Executor({config!r:.40}): the first argument is a wrenpack.Config, not "
+                                  f"{type(config).__name__}; {hint}")
         backend_obj = backend if isinstance(backend, Backend) else None
         if backend_obj is None and backend is not None:
             overrides["backend"] = backend
@@ -176,9 +183,18 @@ class Executor(CallTable, cf.Executor):
         result is not there ``timeout`` s after this call.
         ``chunksize > 1`` runs that many calls per invocation."""
         self.check_open()
-        end = None if timeout is None else time.monotonic() + timeout
+        _check_timeout(timeout, "map")  # (a bad one would fail only at the first result, after the launch)
+        chunksize = check_chunksize(chunksize, "map()")
         fn, given, state = _launchable(fn)
-        futs = launch_calls(self, fn, [(args, {}) for args in zip(*iterables)], given, None if chunksize == 1 else chunksize, state)
+        iters = []
+        for i, iterable in enumerate(iterables, 1):
+            try:
+                iters.append(iter(iterable))
+            except TypeError:
+                raise ConfigTypeError(f"map(): iterable {i} is {type(iterable).__name__}, not an iterable; pass a list, "
+                                      "a range or a generator of the function's arguments (one per call)") from None
+        end = None if timeout is None else time.monotonic() + timeout
+        futs = launch_calls(self, fn, [(args, {}) for args in zip(*iters)], given, None if chunksize == 1 else chunksize, state)
 
         def results() -> Iterator[Any]:
             # No local names the yielded result or its future: while the caller

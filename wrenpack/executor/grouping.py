@@ -157,8 +157,13 @@ class _Plan(CallOwner):
             return
         groups = [indices[i : i + size] for i in range(0, len(indices), size)]
         payloads = self.prepared.payloads
+        # In futures of their own (as ``launch_single`` launches): the calls of a map accepted
+        # before a shutdown launch after one too (``Executor.launch``), where the check for
+        # new calls failed every call held back until a first one ended. Each group is named
+        # by its calls ("f[100:104]"), not by its own index, which is another call's name.
+        made = [WrenFuture("", "", _group_label(self.label, g)) for g in groups]
         gfuts = self.executor.launch(Batch(self.fn, pickled=True), [(([payloads[i] for i in g],), {}) for g in groups],
-                                     self.options, self.label)
+                                     self.options, self.label, futures=made)
         log.debug("%s: %d calls in %d groups of up to %d (about %.0f us each)", self.label, len(indices), len(groups), size, est * 1e6)
         for group, gfut in zip(groups, gfuts):
             members = [self.items[i] for i in group]
@@ -320,6 +325,14 @@ class _Plan(CallOwner):
             return True
         item._cancel_asked = False  # type: ignore[attr-defined]
         return False
+
+
+def _group_label(label: str, group: Sequence[int]) -> str:
+    """A group's name: its calls' indices in the map (a slice when they follow each other)."""
+    first, last = group[0], group[-1]
+    if len(group) == 1:
+        return f"{label}[{first}]"
+    return f"{label}[{first}:{last + 1}]" if last - first + 1 == len(group) else f"{label}[{first}..{last}]"
 
 
 def _mean_call(seconds: list[float], waited: float | None) -> float:
