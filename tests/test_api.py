@@ -197,6 +197,19 @@ def test_sys_exit_in_the_function_does_not_exit_the_caller(remote):
         remote(quits).remote(0).result()
 
 
+def test_keyboard_interrupt_in_the_function_is_its_error_not_a_crash(remote):
+    """It killed the job's process and came back as WorkerCrashed ("died (exit code 0) ...
+    look for a crash in native code"), retried as a crash; re-raised as is, it would
+    read as the caller's own ^C. It is the call's error, as sys.exit() is."""
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    f = remote(interrupted)
+    with pytest.raises(wrenpack.RemoteError, match="raised KeyboardInterrupt"):
+        f.remote(0).result(timeout=120)
+    assert f.remote(1).exception(timeout=120) is not None  # (the worker serves on)
+
+
 def test_chunksize_auto_groups_short_calls_from_the_profile(remote, executor, tmp_path, monkeypatch):
     from wrenpack.profiler import store
     from wrenpack.profiler.codehash import code_hash

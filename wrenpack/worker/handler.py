@@ -513,13 +513,15 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             kind = "timeout"
             outcome = _timeout_outcome(ev, ckpt is not None and ckpt.used)
     except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
-        if isinstance(exc, KeyboardInterrupt):
-            raise
         kind = "error"
-        if isinstance(exc, SystemExit):
-            # Re-raised on the client, a SystemExit would end the caller's program.
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # Re-raised on the client, a SystemExit would end the caller's program, and a
+            # KeyboardInterrupt would read as the user's own ^C there. (Nothing interrupts a
+            # call from outside with it: workers are not in the terminal's foreground group.)
             tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            exc = RemoteError(f"the function called sys.exit({exc.code!r}); return a value or raise an exception instead")
+            what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+                "raised KeyboardInterrupt (or got SIGINT)"
+            exc = RemoteError(f"the function {what}; return a value or raise an exception instead")
             outcome = error_outcome(exc, "wrenpack", tb_text=tb_text)
         elif isinstance(exc, ModuleNotFoundError) and not isinstance(exc, MissingDependency):
             exc = _missing(exc)
