@@ -138,6 +138,49 @@ def test_calls_running_at_exit_are_stopped_and_removed(tmp_path, backend_setting
     assert _objects(settings) == []
 
 
+def test_calls_running_at_exit_where_they_outlive_the_program_are_cancelled(tmp_path, backend_settings, capabilities,
+                                                                          backend, capsys):
+    """Where calls outlive their driver (Lambda's Event invocations), the exit took back only
+    calls not sent yet: those running ran to their end (billed), their results landed after
+    the job's objects were removed, with no owner record left for `clean --stale` to judge,
+    while the warning said they were stopped. Now each gets its cancel marker, which survives
+    the removal with the owner record, and `wrenpack clean --stale` removes what they wrote."""
+    if capabilities.calls_end_with_driver or not capabilities.cancel_running:
+        pytest.skip(f"calls on {backend} end with their driver, or cannot be stopped once running")
+    from wrenpack.cli import main
+
+    settings = backend_settings()
+    out = _run_script(tmp_path, settings, """
+        import time, wrenpack
+        @wrenpack.remote(retries=0)
+        def slow(x):
+            time.sleep(8)
+            return x
+        futs = slow.map(range(2))
+        while not all(f.running() for f in futs):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        print("exiting")
+    """)
+    assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
+    assert "run on where they are until they next look for the cancel marker" in out.stderr, out.stderr
+    left = _objects(settings)
+    assert left and all(k.endswith(("/owner.json", "/cancel.00000", "/cancel.00001")) or "/cancel" in k for k in left), left
+    store = store_for_config(wrenpack.Config(**settings))
+    deadline = time.monotonic() + 30
+    results: list[str] = []
+    while time.monotonic() < deadline and len(results) < 2:  # (each stops at its first look, 2 s in)
+        results = [k for k in store.list("jobs/") if "/result/" in k]
+        time.sleep(0.25)
+    assert len(results) == 2, store.list("jobs/")
+    for key in results:
+        assert b'"exit":"ok"' not in store.get(key), key  # stopped, not run to its end
+    where = ["--storage", settings["storage"]] + (["--s3-endpoint-url", settings["s3_endpoint_url"]]
+                                                  if settings.get("s3_endpoint_url") else [])
+    assert main(["clean", "--stale", *where]) == 0, capsys.readouterr().err
+    assert _objects(settings) == []
+
+
 def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilities, backend):
     _calls_end_with_driver(capabilities, backend)
     settings = backend_settings()

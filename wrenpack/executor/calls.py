@@ -144,6 +144,7 @@ class CallTable:
     _readers: list[threading.Thread]
     _plans: set[Any]
     _kept_jobs: set[str]
+    _outliving: set[str]
     _kept_keys: list[Any]
     _stopping: bool
     _release_when_idle: bool
@@ -562,6 +563,15 @@ class CallTable:
 
     def _delete_job(self, job_id: str) -> None:
         try:
+            if job_id in self._outliving:
+                # Calls of it run on elsewhere (stopped at exit): its cancel markers stay for them to
+                # find, and its owner record for `wrenpack clean --stale`, which removes what they write late.
+                prefix = keys.job_prefix(job_id)
+                cancels = (keys.cancel_key(job_id), keys.call_cancel_key(job_id, ""))
+                for key in self.store.list(prefix):
+                    if key != keys.owner_key(job_id) and not key.startswith(cancels):
+                        self.store.delete(key)
+                return
             self.store.delete_prefix(keys.job_prefix(job_id))
         except Exception as exc:  # noqa: BLE001 - the results are already read
             log.warning("could not delete the objects of job %s from %s: %s", job_id, self.store.url, exc)

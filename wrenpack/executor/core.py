@@ -118,6 +118,10 @@ class Executor(CallTable, cf.Executor):
         #: map_reduce's intermediates), removed when it is released if nothing removed them first
         self._owned_prefixes: set[str] = set()
         self._exited = False  # the interpreter is exiting (``_exit`` ran)
+        #: jobs whose calls run on after this program exits (sent to a backend whose calls outlive
+        #: their driver, stopped only by a cancel marker): their objects go at exit but the markers
+        #: and the owner record, which `wrenpack clean --stale` removes with what the calls write late
+        self._outliving: set[str] = set()
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
         self._kept_keys: list[Any] = []  # their secrets stay known while they are kept
@@ -669,6 +673,26 @@ class Executor(CallTable, cf.Executor):
         uses it)."""
         self._exit()
 
+    def _stop_outliving_calls(self, backend: Any, running: list[WrenFuture]) -> set[tuple[str, str]]:
+        """At exit, on a backend whose calls outlive their driver (Lambda): the running
+        calls that were sent get their cancel markers (``Backend.cancel_calls``), since
+        taking back a pending future stops nothing already sent. Their jobs are marked
+        so that the markers and owner records survive the removal of their objects
+        (``_delete_job``). The calls so stopped."""
+        if backend is None or backend.capabilities.calls_end_with_driver or not backend.capabilities.cancel_running:
+            return set()
+        sent = [(f.job_id, f.call_id) for f in running if not f.done()]
+        if not sent:
+            return set()
+        try:
+            stopped = self.cancel_calls(sent)
+        except Exception:  # noqa: BLE001 - the store may be what failed: the calls then run to their end
+            log.warning("could not write the cancel markers of the calls still running", exc_info=True)
+            stopped = set(sent)
+        with self._lock:
+            self._outliving.update(job_id for job_id, _cid in sent)
+        return stopped
+
     def _exit(self) -> None:
         """Interpreter exit (or Ctrl-C): stop calls still running, remove what
         they left in the store (unless keep_objects), stop the backend."""
@@ -682,12 +706,20 @@ class Executor(CallTable, cf.Executor):
         if running:
             self._stopping = True
             self.stopped_writes = True
-            log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
-                        "" if self.config.keep_objects else " and removing their objects from the store")
             for fut in reversed(running):  # (the last first: see ``shutdown``)
                 fut.cancel()
             with self._lock:
                 backend = self._backend
+            outliving = self._stop_outliving_calls(backend, running)
+            if outliving:
+                log.warning("wrenpack: %d call(s) still running at exit; those already sent (%d) run on where they "
+                            "are until they next look for the cancel marker written for them now%s", len(running),
+                            len(outliving), "" if self.config.keep_objects else
+                            "; their jobs' objects are removed, and what they write afterwards goes with "
+                            "`wrenpack clean --stale`")
+            else:
+                log.warning("wrenpack: %d call(s) still running at exit; stopping them%s", len(running),
+                            "" if self.config.keep_objects else " and removing their objects from the store")
             if backend is not None:
                 try:
                     backend.shutdown(wait=False)
