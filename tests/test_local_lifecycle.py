@@ -340,3 +340,33 @@ def test_two_backends_in_one_process_each_hold_their_workers_to_their_own_cgroup
     finally:
         for ex in executors:
             ex.shutdown()
+
+
+def _square(x):
+    return x * x
+
+
+def test_shutdown_leaves_no_process_of_the_pool_not_even_a_zombie(tmp_path):
+    """A worker killed at shutdown could not collect its zygote, job process and spare:
+    they became zombies of init, which here (and in a container whose first process is
+    the driver) never collects them, so every executor left five behind for good. Idle
+    workers now exit by themselves, collecting them first."""
+    import psutil
+
+    me = psutil.Process()
+    with wrenpack.Executor(concurrency=2, storage=str(tmp_path / "s")) as ex:
+        assert list(ex.map(_square, range(4))) == [0, 1, 4, 9]
+        tree = me.children(recursive=True)
+        assert len(tree) >= 4  # (two workers, each with its zygote and its job's process)
+    # (this machine's init collects orphans within a second or two; one that never does would keep them)
+    deadline = time.monotonic() + 0.5
+    left = []
+    while time.monotonic() < deadline:
+        left = []
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left.append((proc.pid, proc.status()))
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == [], left

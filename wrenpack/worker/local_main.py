@@ -396,7 +396,35 @@ def main(config: dict[str, Any]) -> None:
         # The driver died and ``die`` is ending the call's processes and removing the
         # worker's cgroups (the socket broke meanwhile): it ends this process when done.
         time.sleep(30)
+    end_own_processes()
     os._exit(0)
+
+
+def end_own_processes(wait_s: float = 1.0) -> None:
+    """The driver closed the connection: end the zygote, the job's process, the spare and
+    whatever is left below this worker, and collect them before it exits. Left to the
+    worker's exit, they would be orphans handed to init as zombies, which an init that
+    does not collect orphans (a container whose first process is the driver) keeps."""
+    isolation = sys.modules.get("wrenpack.worker.isolation")
+    if isolation is not None:
+        try:
+            isolation.stop()  # (the zygote first: it forks nothing more)
+            isolation.end_child()
+        except Exception:  # noqa: BLE001 - what is left is killed below
+            pass
+    deadline = time.monotonic() + wait_s
+    while True:
+        pids = isolation.descendants(os.getpid()) if isolation is not None else []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not _children_left() and not pids:
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
 
 
 if __name__ == "__main__":  # pragma: no cover - started by the local backend

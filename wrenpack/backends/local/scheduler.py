@@ -47,6 +47,8 @@ import os
 import select
 import selectors
 import shutil
+import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -702,6 +704,25 @@ class LocalBackend(Backend):
         self._requeue_waiting(worker, keep_first=False)
         worker.kill(worker.kill_reason or "retired")
 
+    def _let_idle_workers_exit(self, wait_s: float = 1.0) -> None:
+        """Close the connection of each worker with no call: it then ends its job's
+        processes and its zygote, waits for them, and exits (``local_main``). Killed
+        outright, it could not collect them: they stayed zombies of init, which on a
+        machine (or container) whose first process does not collect orphans stay
+        for good. What has not exited within ``wait_s`` is killed as before."""
+        idle = [w for w in list(self._workers) if not w.inflight and w.proc.returncode is None]
+        for worker in idle:
+            try:
+                worker.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait_s
+        for worker in idle:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+
     def _requeue_waiting(self, worker: Worker, keep_first: bool = True) -> None:
         """Calls sent to ``worker`` but not started go back to the front of the queue."""
         keep = 1 if keep_first else 0
@@ -772,6 +793,7 @@ class LocalBackend(Backend):
                 return
             self._closed = True
             self._stopping = True
+        self._let_idle_workers_exit()
         for worker in list(self._workers):
             self._requeue_waiting(worker)
             worker.kill(worker.kill_reason or "shutdown")
