@@ -105,6 +105,25 @@ def test_exception_whose_type_cannot_be_rebuilt(remote):
         remote(raise_unpicklable).remote(1).result()
 
 
+class TwoPartError(Exception):
+    """An exception whose __init__ takes other arguments than it passes up."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def test_exception_whose_init_takes_other_arguments_keeps_its_type(remote):
+    """It pickles as TwoPartError(message), which fails to load (code missing): it came back
+    as RemoteError "could not be rebuilt". It now travels as its type, args and attributes."""
+    def raises_two_part(x):
+        raise TwoPartError("two parts", code=7)
+
+    with pytest.raises(TwoPartError, match="two parts") as info:
+        remote(raises_two_part).remote(1).result(timeout=120)
+    assert info.value.code == 7 and "raises_two_part" in str(info.value.__cause__)
+
+
 def test_map_reduce(remote, executor):
     fut = wrenpack.map_reduce(square, range(10), sum, executor=executor)
     assert fut.result(timeout=60) == sum(x * x for x in range(10))

@@ -32,12 +32,39 @@ def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tu
     its type name and message. ``kind``: "user" (theirs) or "wrenpack" (ours)."""
     if tb_text is None:
         tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        exc_bytes: bytes | None = cloudpickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - an unpicklable exception is still reported
-        exc_bytes = None
+    exc_bytes: bytes | None = None
+    for way in (exc, _ByState(exc)):
+        try:
+            data = cloudpickle.dumps(way)
+            # An exception pickles as its type called with its args, which fails to load when its
+            # __init__ takes other arguments than it passes up (``def __init__(self, a, b):
+            # super().__init__(a)``): then it travels as its type, args and attributes, no __init__ run.
+            cloudpickle.loads(data)
+        except Exception:  # noqa: BLE001 - an exception that cannot travel is still reported by name
+            continue
+        exc_bytes = data
+        break
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return ("error", exc_bytes, name, str(exc), tb_text, kind)
+
+
+class _ByState:
+    """Pickles an exception as its type, args and attributes (``_without_init`` rebuilds it)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return _without_init, (type(exc), exc.args, dict(getattr(exc, "__dict__", None) or {}))
+
+
+def _without_init(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """An exception of ``cls`` with ``args`` and ``state``, its __init__ not run."""
+    exc = BaseException.__new__(cls)  # type: ignore[call-overload]
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 def user_traceback(exc: BaseException) -> str:
