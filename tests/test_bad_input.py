@@ -21,7 +21,7 @@ import pytest
 import wrenpack
 from wrenpack.wire import outcome as outcome_format
 from wrenpack.config import Config, current
-from wrenpack.errors import ConfigError, MissingDependency, SerializationError, WrenpackError
+from wrenpack.errors import ConfigError, ConfigTypeError, MissingDependency, SerializationError, WrenpackError
 
 
 def square(x):
@@ -503,3 +503,24 @@ def test_map_reduce_items_that_are_not_iterable_is_one_line(executor, kw, items,
         wrenpack.map_reduce(square, items, sum, executor=executor, **kw)
     assert isinstance(info.value, ConfigError)
     _one_line(info.value)
+
+
+def _yields(x):
+    yield x
+
+
+async def _async_square(x):
+    return x * x
+
+
+@pytest.mark.parametrize("fn,what,fix", [(_yields, "a generator function", "return list(_yields(x))"),
+                                         (_async_square, "an async function", "asyncio.run(_async_square(x))")])
+def test_a_generator_or_async_function_is_refused_before_launch(executor, fn, what, fix):
+    """Each call ran, then failed in the worker: "the result (a generator) could not be
+    pickled" (and "coroutine ... was never awaited" on the worker's stderr)."""
+    f = wrenpack.remote(fn, executor=executor)
+    for launch in (lambda: f.remote(1), lambda: f.map([1, 2]), lambda: executor.submit(fn, 1)):
+        with pytest.raises(ConfigTypeError, match=f"is {what}") as info:
+            launch()
+        assert fix in str(info.value)
+        _one_line(info.value)

@@ -198,12 +198,32 @@ def _by_value(modules: set[types.ModuleType]) -> Iterator[None]:
 def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] | None = None) -> bytes:
     """Pickle a function for the workers, by value where they could not import it
     (``user_modules``: ``user_modules_of(fn)``, when the caller has it already)."""
+    _check_returns_values(fn)
     with by_value(user_modules_of(fn) if user_modules is None else user_modules):
         try:
             return dumps(fn)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
             where = describe_unpicklable(fn, f"function {getattr(fn, '__qualname__', fn)!r}")
             raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
+
+
+def _check_returns_values(fn: Callable[..., Any]) -> None:
+    """A generator or async function is refused before anything launches: each call would
+    return a generator or a coroutine, which cannot travel back from a worker (every call
+    would fail there, "cannot pickle 'generator' object", after it ran)."""
+    import inspect
+
+    from wrenpack.errors import ConfigTypeError
+
+    name = getattr(fn, "__name__", None) or "f"
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigTypeError(f"{name} is a generator function: its calls would return generators, which cannot come "
+                              f"back from a worker; send a function that returns a list, e.g. "
+                              f"def {name}_list(x): return list({name}(x))")
+    if inspect.iscoroutinefunction(fn):
+        raise ConfigTypeError(f"{name} is an async function: its calls would return coroutines, which cannot come back "
+                              f"from a worker; send a plain function that runs it, e.g. "
+                              f"def {name}_run(x): return asyncio.run({name}(x))")
 
 
 class _Uncacheable(Exception):
