@@ -246,3 +246,17 @@ def test_chunksize_auto_groups_short_calls_from_the_profile(remote, executor, tm
     futs = f.map(range(40), chunksize="auto")
     assert wrenpack.get(futs) == [x * 2 for x in range(40)]
     assert len({fut.status["call_id"] for fut in futs}) == 2  # 40 calls / 2 workers, each ~0.2 s
+
+
+def test_the_status_of_a_call_whose_process_died_says_how_it_ended(remote):
+    """With no record from the worker its status had only attempt, memory_mb and timeout_s:
+    fut.status["exit"] was a KeyError, and the job report could not place the call."""
+    import os
+    import signal
+
+    def dies(_):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    fut = remote(dies, retries=0).remote(0)
+    assert isinstance(fut.exception(timeout=120), wrenpack.WorkerCrashed)
+    assert fut.status["exit"] == "error" and fut.status["error"] == "WorkerCrashed", fut.status

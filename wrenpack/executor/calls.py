@@ -355,6 +355,11 @@ class CallTable:
         final["attempt"] = inv.attempt
         # What the call ran with (the worker's record does not say): a job report shows and prices it.
         final["memory_mb"], final["timeout_s"] = inv.memory_mb, inv.timeout_s
+        if not ok and "exit" not in final:
+            # (no record from the worker: the call's process died, hit a limit, or its result could not
+            # be read; its status says how it ended all the same, as a worker's does for an exception)
+            final["exit"] = "error"
+            final.setdefault("error", type(value).__name__)
         retried = fut._retried
         if retried:
             final["retried"] = list(retried)
