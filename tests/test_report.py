@@ -437,3 +437,12 @@ def test_what_is_not_a_future_is_named_in_one_line():
         wrenpack.job_report([1])
     with pytest.raises(ConfigTypeError, match=r"report\(\) takes a future or an iterable of futures, not int"):
         wrenpack.job_report(3)
+
+
+def test_a_report_of_an_executor_whose_backend_has_not_started_knows_how_it_bills(tmp_path):
+    """It showed "billed None" in its settings (the backend is made on the first launch)."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "s"))
+    try:
+        assert ex.report([]).to_json()["job"]["settings"]["billed"] is False
+    finally:
+        ex.shutdown()

@@ -221,7 +221,12 @@ class Executor(CallTable, cf.Executor):
         from wrenpack.report import JobReport
 
         c = self.config
-        base: dict[str, Any] = {"backend": c.backend, "architecture": c.architecture, "billed": self._billed_per_call,
+        billed = self._billed_per_call
+        if billed is None:  # (its backend has not started: the class says it without starting one)
+            from wrenpack.backends import backend_class
+
+            billed = bool(getattr(backend_class(c.backend), "bills_per_call", False))
+        base: dict[str, Any] = {"backend": c.backend, "architecture": c.architecture, "billed": billed,
                                 "memory_mb": c.memory, "timeout_s": c.timeout, "ephemeral_storage_mb": c.ephemeral_storage,
                                 "retries": c.retries}
         futs, _single = as_list(futures, "report()")  # (one line for what is not a future)
