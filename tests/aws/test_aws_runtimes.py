@@ -203,19 +203,21 @@ def test_deploy_and_doctor_without_region_or_credentials_say_so_in_one_line(moto
     assert code == 1 and "Traceback" not in err and "[tool.wrenpack]" in out  # the table prints details as text
 
 
-def test_launching_on_lambda_without_a_region_fails_each_call_in_one_line(moto_endpoint, bucket, monkeypatch):
+def test_launching_on_lambda_without_a_region_is_refused_before_anything_is_stored(moto_endpoint, bucket, monkeypatch):
+    """Each call used to be launched, its job's objects stored, and its future then failed."""
     import wrenpack
     from wrenpack.errors import ConfigError
     from wrenpack.executor import Executor
+    from wrenpack.storage.s3 import S3Store
 
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     monkeypatch.delenv("AWS_REGION")
     with Executor(backend="lambda", storage=f"s3://{bucket}/noregion", s3_endpoint_url=moto_endpoint,
                   lambda_endpoint_url=moto_endpoint, retries=0) as ex:
-        fut = wrenpack.remote(abs, executor=ex).remote(-1)
         with pytest.raises(ConfigError, match="no AWS region") as info:
-            fut.result(timeout=60)
+            wrenpack.remote(abs, executor=ex).remote(-1)
     assert "\n" not in str(info.value) and "--region" in str(info.value)
+    assert S3Store(bucket, "noregion", endpoint_url=moto_endpoint, region="us-east-1").list("jobs/") == []
 
 
 # -- doctor ------------------------------------------------------------------------------

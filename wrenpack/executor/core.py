@@ -372,8 +372,11 @@ class Executor(CallTable, cf.Executor):
         # A job that stores nothing at launch leaves its owner record to the
         # worker, written before the first object it stores (local backend,
         # which replies with results): a small call then touches no store at all.
+        # (the backend first: one that cannot be made, a Lambda backend without a region say, is
+        # said before anything of the job is stored)
+        capabilities = self.backend.capabilities
         stored = (not inline_fn or not all(inline_args) or self.config.keep_objects
-                  or not self.backend.capabilities.calls_end_with_driver)
+                  or not capabilities.calls_end_with_driver)
         del inline_args
         if keep is not None and not stored and not chain and not ref_secrets and spawned is None and futures is None \
                 and len(payloads) == 1 and prepared_here and serialize.is_cached_pickle(fn, fn_bytes):

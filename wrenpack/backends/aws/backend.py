@@ -373,7 +373,12 @@ class LambdaBackend(Backend):
         if client is None:
             # A mistyped region names a host that does not exist: said now, before the
             # store's first request would spend botocore's retries on it (~40 s).
-            clients.check_region(clients.configured_region(region, profile), (endpoint_url, "lambda"))
+            found = clients.configured_region(region, profile)
+            if found is None and profile is None:
+                # (none anywhere: said before anything of a job is stored, not by its first invocation;
+                # with a profile that cannot be read, its client says why when it is made)
+                raise ConfigError(clients.NO_REGION)
+            clients.check_region(found, (endpoint_url, "lambda"))
         if isinstance(store, S3Store):
             clients.check_region(clients.configured_region(getattr(store, "region", None), getattr(store, "profile", None)),
                                  (getattr(store, "endpoint_url", None), "s3"))
