@@ -218,6 +218,13 @@ def test_launching_on_lambda_without_a_region_is_refused_before_anything_is_stor
             wrenpack.remote(abs, executor=ex).remote(-1)
     assert "\n" not in str(info.value) and "--region" in str(info.value)
     assert S3Store(bucket, "noregion", endpoint_url=moto_endpoint, region="us-east-1").list("jobs/") == []
+    # A spawned job's supervisor makes its backend: the driver checks the settings it will run with
+    # (its job was stored and its supervisor started, and every call then failed in it).
+    with Executor(backend="lambda", storage=f"s3://{bucket}/noregion", s3_endpoint_url=moto_endpoint,
+                  lambda_endpoint_url=moto_endpoint, retries=0) as ex:
+        with pytest.raises(ConfigError, match="no AWS region"):
+            wrenpack.remote(abs, executor=ex).spawn_map([-1])
+    assert S3Store(bucket, "noregion", endpoint_url=moto_endpoint, region="us-east-1").list("jobs/") == []
 
 
 # -- doctor ------------------------------------------------------------------------------

@@ -147,6 +147,13 @@ class Backend(abc.ABC):
         """The backend the settings ask for (``wrenpack.Config``)."""
         return cls()
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse settings this backend cannot run with (one line naming the fix), without
+        making one: what launches calls elsewhere (a spawned job's supervisor) checks them
+        before anything of the job is stored. Default: nothing to check."""
+        return None
+
     @abc.abstractmethod
     def invoke(self, invocation: Invocation) -> None:
         """Start ``invocation`` (non-blocking). ``on_done`` is called exactly once,

@@ -69,6 +69,10 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
     if refs._current is not None:  # (inside a remote call: its job secret chain, not a user key)
         raise ConfigError(f"{label}: spawn_map/spawn inside a remote call is not supported; use .map() there")
     retention_s = check_retention(retention, executor.config.job_retention)
+    # (the settings the supervisor's backend will run with: refused now, before the job is stored)
+    check = getattr(backend_class(executor.config.backend), "check_config", None)  # (a plug-in may not have one)
+    if check is not None:
+        check(executor.config)
     given = dict(given)
     given.pop("auto_size", None)
     auto = [name for name in _AUTO if given.get(name) == "auto"]

@@ -342,6 +342,17 @@ class _Call:
     done: bool = False
 
 
+def _check_region(region: str | None, profile: str | None, endpoint_url: str | None) -> None:
+    """A region AWS does not have names a host that does not exist: said now, before the
+    store's first request would spend botocore's retries on it (~40 s); none anywhere is
+    said now too, before anything of a job is stored, not by its first invocation (with a
+    profile that cannot be read, its client says why when it is made)."""
+    found = clients.configured_region(region, profile)
+    if found is None and profile is None:
+        raise ConfigError(clients.NO_REGION)
+    clients.check_region(found, (endpoint_url, "lambda"))
+
+
 class LambdaBackend(Backend):
     name = "lambda"
     bills_per_call = True
@@ -371,14 +382,7 @@ class LambdaBackend(Backend):
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if client is None:
-            # A mistyped region names a host that does not exist: said now, before the
-            # store's first request would spend botocore's retries on it (~40 s).
-            found = clients.configured_region(region, profile)
-            if found is None and profile is None:
-                # (none anywhere: said before anything of a job is stored, not by its first invocation;
-                # with a profile that cannot be read, its client says why when it is made)
-                raise ConfigError(clients.NO_REGION)
-            clients.check_region(found, (endpoint_url, "lambda"))
+            _check_region(region, profile, endpoint_url)
         if isinstance(store, S3Store):
             clients.check_region(clients.configured_region(getattr(store, "region", None), getattr(store, "profile", None)),
                                  (getattr(store, "endpoint_url", None), "s3"))
@@ -453,6 +457,11 @@ class LambdaBackend(Backend):
             concurrency=self.concurrency,
             cancel_running=True,
         )
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        _check_region(getattr(config, "aws_region", None), getattr(config, "aws_profile", None),
+                      getattr(config, "lambda_endpoint_url", None))
 
     @classmethod
     def from_config(cls, config: Any) -> "LambdaBackend":
