@@ -174,31 +174,6 @@ def _check_options(tmp_size_mb: int, zstd_level: int | None, disabled_rules: Ite
                          f"optional:<component> ({', '.join(sorted(components.by_rule()))})")
 
 
-def _lock_hash_counts(lock_text: str) -> dict[str, int]:
-    """Canonical name of every requirement line -> how many ``--hash`` options it has (any algorithm pip takes)."""
-    import re
-
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
-
-    out: dict[str, int] = {}
-    current: str | None = None
-    for raw in lock_text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not raw[:1].isspace() and not line.startswith("-"):
-            try:
-                current = canonicalize_name(Requirement(line.rstrip("\\").split("--hash")[0].strip()).name)
-            except InvalidRequirement:
-                current = None
-            if current:
-                out.setdefault(current, 0)
-        if current:
-            out[current] += len(re.findall(r"--hash[= ]\w+:[0-9a-fA-F]+", line))
-    return out
-
-
 def _is_runtime_manifest(path: str) -> bool:
     try:
         with open(path, encoding="utf-8") as f:
@@ -226,7 +201,7 @@ def _check_output(output: str) -> None:
 def _check_lock(path: str, lock_text: str) -> None:
     """Refuse a --lock that ``pip install --require-hashes`` cannot install exactly, before anything runs: a
     lock without hashes got as far as the install and failed there with pip's message cut mid-sentence."""
-    hashes = _lock_hash_counts(lock_text)
+    hashes = resolve.lock_hash_counts(lock_text)
     pinned = resolve.pins(lock_text)
     fix = ("fix: build from the requirements instead (the build writes a hashed requirements.lock), or "
            "regenerate the lock with pip-compile --generate-hashes")

@@ -208,6 +208,17 @@ def select_wheels(locked: dict[str, str], target: Target, index: list[str] | Non
 
 def lock_hashes(lock_text: str) -> dict[str, list[str]]:
     """Canonical name -> the ``sha256:...`` hashes the lock allows for it."""
+    return _hash_options(lock_text, r"--hash[= ](sha256:[0-9a-fA-F]{64})")
+
+
+def lock_hash_counts(lock_text: str) -> dict[str, int]:
+    """Canonical name of every requirement line -> how many ``--hash`` options it has (any algorithm pip takes)."""
+    return {name: len(found) for name, found in _hash_options(lock_text, r"--hash[= ](\w+:[0-9a-fA-F]+)").items()}
+
+
+def _hash_options(lock_text: str, pattern: str) -> dict[str, list[str]]:
+    """Canonical name of every requirement line of a pip lock -> what ``pattern`` finds in
+    it and in its continuation lines (its ``--hash`` options)."""
     out: dict[str, list[str]] = {}
     current: str | None = None
     for raw in lock_text.splitlines():
@@ -221,7 +232,7 @@ def lock_hashes(lock_text: str) -> dict[str, list[str]]:
             except InvalidRequirement:
                 current = None
         if current:
-            out.setdefault(current, []).extend(re.findall(r"--hash[= ](sha256:[0-9a-fA-F]{64})", line))
+            out.setdefault(current, []).extend(re.findall(pattern, line))
     return out
 
 
