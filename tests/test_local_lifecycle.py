@@ -353,10 +353,10 @@ def test_shutdown_leaves_no_process_of_the_pool_not_even_a_zombie(tmp_path):
     workers now exit by themselves, collecting them first."""
     import psutil
 
-    me = psutil.Process()
     with wrenpack.Executor(concurrency=2, storage=str(tmp_path / "s")) as ex:
         assert list(ex.map(_square, range(4))) == [0, 1, 4, 9]
-        tree = me.children(recursive=True)
+        workers = [psutil.Process(pid) for pid in ex.backend.worker_pids()]  # (this executor's, not the suite's)
+        tree = workers + [p for w in workers for p in w.children(recursive=True)]
         assert len(tree) >= 4  # (two workers, each with its zygote and its job's process)
     # (this machine's init collects orphans within a second or two; one that never does would keep them)
     deadline = time.monotonic() + 0.5
