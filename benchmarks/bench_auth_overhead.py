@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -140,7 +141,8 @@ def inproc(args: argparse.Namespace) -> None:
     from wrenpack.worker.context import LocalContext
     from wrenpack.worker.handler import handler
 
-    store = LocalStore(tempfile.mkdtemp(prefix="wrenpack-bench-"))
+    where = tempfile.mkdtemp(prefix="wrenpack-bench-")
+    store = LocalStore(where)
     cases = {"1000 calls": (trivial, [(i,) for i in range(args.calls)]),
              f"{args.mib} MiB": (echo_big, [(os.urandom(args.mib * 2**20),) for _ in range(args.big_calls)])}
     times: dict[str, list[float]] = {f"{c} {m}": [] for c in cases for m in ("auth", "no auth")}
@@ -165,6 +167,7 @@ def inproc(args: argparse.Namespace) -> None:
                 times[f"{case} {mode}"].append(time.process_time() - t0)
                 store.delete_prefix(keys.job_prefix(job))
     auth._enabled = True
+    shutil.rmtree(where, ignore_errors=True)  # (its folder: made here)
     print(f"\nin one process (the handler called directly), CPU seconds, medians over {args.rounds} rounds:")
     for case in cases:
         a, b = statistics.median(times[f"{case} auth"]), statistics.median(times[f"{case} no auth"])

@@ -50,8 +50,8 @@ def main() -> None:
     step_s = args.step_ms / 1000
     expected = sum(i * 0.5 for i in range(args.steps))
     whole, split, segments, stats = [], [], [], []
-    with wrenpack.Executor(storage=tempfile.mkdtemp(prefix="wrenpack-bench-"), concurrency=1) as ex, \
-            _fair.Hogs(args.hogs) as hogs:
+    with tempfile.TemporaryDirectory(prefix="wrenpack-bench-") as where, \
+            wrenpack.Executor(storage=where, concurrency=1) as ex, _fair.Hogs(args.hogs) as hogs:
         long_run = wrenpack.remote(work, executor=ex, timeout=60)
         short_run = wrenpack.remote(work, executor=ex, timeout=args.timeout)
         long_run.remote(5, step_s, 1).result()  # warm the worker

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -137,6 +138,7 @@ def main() -> int:
             proxy.stop()
         servers.stop(moto)
         moto_log.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # (the servers' logs and sandboxes: made here)
 
     n = args.calls
     compute = n * args.duration_s * args.memory / 1024 * GB_S_X86 * 1e6 / n

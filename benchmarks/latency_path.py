@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _fair  # noqa: E402
 
 _DRIVER = r"""
-import json, os, statistics, sys, tempfile, time
+import json, os, shutil, statistics, sys, tempfile, time
 import concurrent.futures as cf
 import psutil
 
@@ -53,7 +53,8 @@ def main(kind, calls):
     else:
         import wrenpack
         from wrenpack.backends.local import LocalBackend
-        ex = wrenpack.Executor(storage=tempfile.mkdtemp(), backend=LocalBackend(concurrency=2))
+        where = tempfile.mkdtemp(prefix="wrenpack-bench-")
+        ex = wrenpack.Executor(storage=where, backend=LocalBackend(concurrency=2))
         f = wrenpack.remote(trivial, executor=ex)
         one = lambda i: f.remote(i).result()
     for i in range(300):
@@ -89,6 +90,8 @@ def main(kind, calls):
         roles["worker"] = sum(v for _, v in workers)
         roles["job process"] = sum(v for pid, v in busy if by_pid[pid].ppid() != me.pid)
     ex.shutdown()
+    if kind != "processpool":
+        shutil.rmtree(where, ignore_errors=True)  # (the store's folder: this driver made it)
     print(json.dumps({"latency_s": statistics.median(samples), "cpu_s": roles}))
 
 main(sys.argv[1], int(sys.argv[2]))

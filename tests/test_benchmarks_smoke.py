@@ -12,10 +12,21 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
+def _temporary() -> set[str]:
+    """What the benchmarks could leave in the temporary directory (their folders, tempfile's)."""
+    import tempfile
+
+    root = tempfile.gettempdir()
+    return {n for n in os.listdir(root) if n.startswith(("tmp", "wrenpack-bench-", "wrenpack-cost-", "bench-spawn-"))}
+
+
 def _run(script: str, *args: str, timeout: float = 240) -> str:
+    before = _temporary()
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=os.path.dirname(BENCH))
     assert proc.returncode == 0, f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    # (a benchmark leaves nothing behind either: latency_path left an empty store folder per driver run)
+    assert _temporary() - before == set(), f"{script} left {sorted(_temporary() - before)} in the temporary directory"
     return proc.stdout
 
 
