@@ -7,6 +7,7 @@ import contextlib
 import glob
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -370,3 +371,29 @@ def test_shutdown_leaves_no_process_of_the_pool_not_even_a_zombie(tmp_path):
             break
         time.sleep(0.05)
     assert left == [], left
+
+
+def test_work_folders_of_drivers_that_are_gone_are_removed_by_the_next_backend(tmp_path):
+    """A driver killed together with its workers (SIGKILL to its process group) removes
+    nothing, and no worker is left to: its work folder (workers' /tmp) stayed in the
+    temporary directory for good. The next local backend removes those of drivers that
+    are gone, and leaves a running driver's alone."""
+    import tempfile
+
+    from wrenpack.backends.local.scheduler import WORK_DIR_PREFIX
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    root = tempfile.gettempdir()
+    stale = os.path.join(root, f"{WORK_DIR_PREFIX}{dead_pid}-abc123")
+    live = os.path.join(root, f"{WORK_DIR_PREFIX}1-abc123")  # (pid 1 runs)
+    for folder in (stale, live):
+        os.makedirs(os.path.join(folder, "w1", "tmp"), exist_ok=True)
+    try:
+        with wrenpack.Executor(concurrency=1, storage=str(tmp_path / "s")) as ex:
+            assert ex.submit(_square, 3).result(timeout=60) == 9
+            assert os.path.basename(ex.backend.work_dir).startswith(f"{WORK_DIR_PREFIX}{os.getpid()}-")
+        assert not os.path.exists(stale) and os.path.isdir(live)
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)

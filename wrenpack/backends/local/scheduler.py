@@ -44,6 +44,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import select
 import selectors
 import shutil
@@ -56,6 +57,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+from wrenpack import process_state
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
@@ -93,6 +95,33 @@ _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
 _worker_ids = itertools.count(1)
 
 
+#: a local backend's work folder in the temporary directory: this, its driver's pid, "-", a random part
+WORK_DIR_PREFIX = "wrenpack-local-"
+_STALE_WORK_DIR = re.compile(re.escape(WORK_DIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+
+
+def remove_stale_work_dirs() -> int:
+    """Remove the work folders (workers' /tmp, sockets' folder) of local backends whose
+    driver is gone: a driver killed together with its workers (a SIGKILL to its process
+    group) removes nothing, and no worker is left to. How many went. One whose driver
+    runs, or whose name carries no pid, is left alone."""
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        m = _STALE_WORK_DIR.fullmatch(name)
+        if m is None or int(m.group(1)) == os.getpid() or process_state.runs(int(m.group(1))):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed %d work folder(s) in %s left by local backends whose driver is gone", removed, root)
+    return removed
+
+
 class LocalBackend(Backend):
     """Runs invocations in warm worker processes on this machine."""
 
@@ -120,7 +149,10 @@ class LocalBackend(Backend):
         self._pids_cgroups = None if use_cgroups is False else PidsCgroupFactory.detect()
         if use_cgroups and self._cgroups is None:
             raise WrenpackError("memory cgroups were requested but cannot be created here; run as root on cgroup v1, or drop use_cgroups")
-        self.work_dir = work_dir or tempfile.mkdtemp(prefix="wrenpack-local-")
+        if work_dir is None:
+            remove_stale_work_dirs()
+        # (the driver's pid in its name: a backend started later removes it if this driver is killed with its workers)
+        self.work_dir = work_dir or tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}-")
         self._own_work_dir = work_dir is None
         self._queue: deque[Invocation] = deque()
         #: id() of every queued, not cancelled invocation
