@@ -360,3 +360,12 @@ def test_the_launcher_starts_without_subprocess():
             "print('subprocess' in sys.modules)")
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_a_call_near_lambdas_limit_is_told_what_checkpoints_are_for():
+    """A 600 s call was told to "checkpoint it (1 segment(s) of at most 810 s) to be safe": one
+    segment is no split. The note says the timeout is Lambda's most and what a checkpoint buys."""
+    rec = recommend.recommend(peak_mb=50, wall_s=600.0, cpu_s=0.5, wait_s=599.5)  # (mostly waiting: 600 s there too)
+    assert rec["timeout_s"] == 900 and rec["segments"] == 1
+    (note,) = [n for n in rec["notes"] if "margin" in n]
+    assert "segment(s)" not in note and "would be stopped" in note and "wrenpack.checkpoint" in note, note

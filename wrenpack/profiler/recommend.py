@@ -183,8 +183,10 @@ def recommend(peak_mb: float, wall_s: float, cpu_s: float, tmp_peak_mb: float = 
             )
         else:
             notes.append(
-                f"estimated duration {duration:,.0f} s leaves less than the usual margin under {MAX_TIMEOUT_S} s; "
-                f"checkpoint it ({segments} segment(s) of at most {SEGMENT_S} s) to be safe"
+                f"estimated duration {duration:,.0f} s leaves less than the usual margin (x{TIMEOUT_FACTOR} + "
+                f"{TIMEOUT_EXTRA_S} s) under Lambda's {MAX_TIMEOUT_S} s: the timeout is the most Lambda allows, and a "
+                f"run slower than this one would be stopped; save checkpoints (wrenpack.checkpoint) and such a run "
+                f"goes on in a next segment instead"
             )
         timeout = MAX_TIMEOUT_S
     # The margin holds whenever it takes the setting above the default: applied only above 512 MB of use, a
