@@ -175,3 +175,33 @@ def test_a_wrapper_is_checked_by_its_own_signature_not_its_functions(home):
     wrapper takes would have been refused."""
     job = wrenpack.remote(_wrapped, executor=Executor(backend="local")).spawn(3, verbose=True)
     assert job.results(timeout=60) == [3]
+
+
+def test_the_final_progress_record_is_tried_again_after_a_store_error(tmp_path, monkeypatch):
+    """A store error on the supervisor's last progress write left the job "lost" to every
+    attached process, although every call's result was stored: it was tried once."""
+    import threading
+
+    from wrenpack.job import supervisor as sup_module
+    from wrenpack.storage.local import LocalStore
+    from wrenpack.wire import job_record
+
+    class Flaky(LocalStore):
+        fails = 2
+
+        def put(self, key, data, if_absent=False):
+            if key.endswith("progress.json") and Flaky.fails:
+                Flaky.fails -= 1
+                raise OSError("the store hiccupped")
+            return super().put(key, data, if_absent=if_absent)
+
+    sup = object.__new__(sup_module.Supervisor)
+    sup.job_id, sup.secret, sup.store = "20261206-050000-abcdef12", b"s" * 32, Flaky(str(tmp_path / "s"))
+    sup.futures, sup.stopped, sup.cancelled = [], set(), False
+    sup.billed_ms, sup.invocations, sup.outlive = 0, 0, False
+    sup._lock, sup._written = threading.Lock(), None
+    monkeypatch.setattr(sup_module.Supervisor, "FINAL_RETRIES_S", (0.0, 0.0, 0.0))
+    assert sup._write_final("done") is True and Flaky.fails == 0
+    from wrenpack import keys
+    record = job_record.open_progress(sup.secret, sup.job_id, sup.store.get(keys.progress_key(sup.job_id)))
+    assert record["state"] == "done"

@@ -152,7 +152,7 @@ class Supervisor:
             self._write_progress()
         state = "cancelled" if self.cancelled else "failed" if any(
             not f.cancelled() and f.exception() is not None for f in self.futures) else "done"
-        self._write_progress(state)
+        self._write_final(state)
         log.info("job %s: %s", job_id, state)
         self.executor.shutdown(wait=True)
         return 0
@@ -227,7 +227,23 @@ class Supervisor:
             fut.cancel()
 
     # -- progress --------------------------------------------------------------------
-    def _write_progress(self, state: str = "running") -> None:
+    #: pauses between the tries of the last progress record (s): about half a minute in all
+    FINAL_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+    def _write_final(self, state: str) -> bool:
+        """The job's last progress record, tried again after a store error: without it an
+        attached process would find the supervisor gone and the job "lost", although every
+        call's result is in the store."""
+        for pause in (*self.FINAL_RETRIES_S, None):
+            if self._write_progress(state):
+                return True
+            if pause is not None:
+                time.sleep(pause)
+        log.error("job %s: its final state (%s) could not be written; it will show as lost", self.job_id, state)
+        return False
+
+    def _write_progress(self, state: str = "running") -> bool:
+        """Write the progress record if it changed; whether it is written (False: a store error)."""
         counts = {"done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}
         in_flight = []
         for fut in self.futures:
@@ -243,7 +259,7 @@ class Supervisor:
         with self._lock:
             seen = (state, tuple(counts.values()), self.billed_ms, tuple(in_flight))
         if state == "running" and seen == self._written:
-            return
+            return True
         now = time.time()
         with self._lock:
             progress = dict(counts, state=state, invocations=self.invocations, billed_ms=self.billed_ms, updated=now,
@@ -252,5 +268,7 @@ class Supervisor:
         try:
             self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
             self._written = seen
+            return True
         except Exception:  # noqa: BLE001 - the next write tries again
             log.warning("could not write the progress of job %s", self.job_id, exc_info=True)
+            return False
