@@ -316,3 +316,12 @@ def test_jobs_show_says_what_its_cost_holds(home, billed, said):
     out = _cli("jobs", "show", JOB)
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("cost"))
     assert said in line and "S3 requests not counted" in line and "--plot" in line, line
+
+
+def test_jobs_help_shows_the_action_as_optional():
+    """`wrenpack jobs` alone lists the jobs: its usage said `ACTION ...` as if one were required."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "wrenpack", "jobs", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "[ACTION]" in out.stdout.split("\n\n")[0], out.stdout

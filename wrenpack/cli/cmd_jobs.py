@@ -170,7 +170,7 @@ def register(subparsers: Any, name: str) -> None:
     # The actions' options default to nothing (SUPPRESS), so one given before the action
     # (`wrenpack jobs --storage S cancel ID`) is not reset by the action's parser.
     quiet = argparse.SUPPRESS
-    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub = p.add_subparsers(dest="action", metavar="[ACTION]")
     show = sub.add_parser("show", help="one job: record, counts, cost and every call's status",
                           description="Show one spawned job: its record, counts, cost and every call's status.")
     show.add_argument("job_id", metavar="ID")
