@@ -338,3 +338,11 @@ def test_the_sdk_stays_when_a_package_pins_a_version_lambdas_may_not_have(tmp_pa
     _fake_dist(loose, "other-lib", "1.0", requires=["botocore~=1.35"])
     plan = trim.plan(str(loose))
     assert plan.removed.get(os.path.join("botocore", "__init__.py")) == "lambda-provided", plan.removed
+
+
+def test_docker_build_refuses_the_options_it_would_ignore(no_resolve, capsys):
+    # --docker builds an image with Dockerfile.runtime: --zstd-level, --fit, --tmp-size... were ignored without a word
+    code = cli_main(["build-runtime", "six", "-o", str(no_resolve / "out"), "--docker", "--zstd-level", "5", "--fit"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert "--fit, --zstd-level apply to a layer or archive build, not to --docker" in lines[0], lines[0]

@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.docker:
         from runtime_builder import docker_build
 
+        _refuse_options_docker_ignores(args)
+
         dockerfile, base_image = _docker_recipe(args, docker_build.DOCKERFILE)
         out = docker_build.build_image(
             args.packages, requirements_files=args.requirements, pyproject=args.pyproject, profile=args.profile,
@@ -138,6 +140,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(res)
     return 0
+
+
+#: options of a layer or archive build that a --docker build (an image) has no use for: (dest, default, flag)
+_NOT_FOR_DOCKER = (("target", "layer", "--target"), ("tmp_size", 512, "--tmp-size"), ("strip", True, "--no-strip"),
+                   ("verify", True, "--no-verify"), ("verify_modules", [], "--verify-import"),
+                   ("skip_imports", [], "--skip-import"), ("disabled_rules", [], "--disable-rule"),
+                   ("installer", None, "--installer"), ("upgrade", False, "--upgrade"), ("use_cache", True, "--no-cache"),
+                   ("cache_dir", None, "--cache-dir"), ("fit", False, "--fit"), ("zstd_level", None, "--zstd-level"),
+                   ("max_compression", False, "--max-compression"), ("artifacts", "auto", "--artifacts"))
+
+
+def _refuse_options_docker_ignores(args: argparse.Namespace) -> None:
+    """A --docker build makes an image with Dockerfile.runtime: the layer and archive
+    options would be ignored without a word, so one given is refused in one line."""
+    from wrenpack.errors import ConfigError
+
+    given = [flag for dest, default, flag in _NOT_FOR_DOCKER if getattr(args, dest, default) != default]
+    if given:
+        raise ConfigError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a layer or archive build, "
+                          "not to --docker (an image built with Dockerfile.runtime); drop "
+                          f"{'it' if len(given) == 1 else 'them'} or drop --docker")
 
 
 def _check_lambda_python(python: str) -> None:
