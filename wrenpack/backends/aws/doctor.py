@@ -73,17 +73,8 @@ def _check_credentials(cfg: Any) -> Outcome:
     return True, f"{ident['Arn']} in {session.region_name}", session
 
 
-def _store(cfg: Any) -> Any:
-    """The configured store; on S3, a region AWS does not have is refused in one line
-    first (its requests would each take botocore's retries to fail: ``clients.check_region``)."""
-    store = store_for_config(cfg)
-    if str(getattr(store, "url", "")).startswith("s3://"):
-        clients.check_region(getattr(store, "region", None), (getattr(store, "endpoint_url", None), "s3"))
-    return store
-
-
 def _check_storage(cfg: Any) -> Outcome:
-    store = _store(cfg)
+    store = store_for_config(cfg)  # (on S3, a region AWS does not have: refused there, in one line)
     key = "doctor/probe"
     store.put(key, b"ok")
     ok = store.get(key) == b"ok"
@@ -94,7 +85,7 @@ def _check_storage(cfg: Any) -> Outcome:
 def _check_conditional_writes(cfg: Any) -> Outcome:
     """Two conditional writes of one key: the second must be refused (412), or
     a call Lambda delivers twice could overwrite its first result."""
-    store = _store(cfg)
+    store = store_for_config(cfg)
     if getattr(store, "conditional_writes", True) is False:
         return None, f"{store.url}: conditional_writes is off: first-write-wins is best effort (HEAD then PUT)", None
     key = "doctor/probe-if-none-match"
