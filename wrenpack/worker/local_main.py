@@ -80,17 +80,7 @@ def die(worker_dir: str | None) -> None:
             isolation.stop()
     except Exception:  # noqa: BLE001 - half imported: nothing of it runs yet
         pass
-    for _ in range(20):
-        pids = isolation.descendants(os.getpid()) + _cgroup_tasks(cgroups, me)
-        if not pids:
-            break
-        for pid in set(pids):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        _children_left()  # (reaps what exited: a process is in its cgroup until reaped)
-        time.sleep(0.005)
+    _kill_all_below(cgroups, wait_s=0.2)
     for cgroup in cgroups:
         # Leave the cgroup for its parent, then remove it: nobody else will.
         try:
@@ -412,17 +402,27 @@ def end_own_processes(wait_s: float = 1.0) -> None:
             isolation.end_child()
         except Exception:  # noqa: BLE001 - what is left is killed below
             pass
+    _kill_all_below([], wait_s)
+
+
+def _kill_all_below(cgroups: list[str], wait_s: float) -> None:
+    """SIGKILL every process below this worker (its subreaper) and in its ``cgroups``,
+    collecting those that exit, until none is left or ``wait_s`` has passed. The
+    isolation module is looked up, not imported: this may run while the worker still
+    imports its modules (then there is nothing of it to end)."""
+    me = os.getpid()
+    isolation = sys.modules.get("wrenpack.worker.isolation")
+    descendants = getattr(isolation, "descendants", None)
     deadline = time.monotonic() + wait_s
     while True:
-        pids = isolation.descendants(os.getpid()) if isolation is not None else []
+        pids = set(descendants(me) if descendants is not None else []) | set(_cgroup_tasks(cgroups, me))
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if not _children_left() and not pids:
-            return
-        if time.monotonic() > deadline:
+        left = _children_left()  # (reaps what exited: a process is in its cgroup until reaped)
+        if (not pids and not left) or time.monotonic() > deadline:
             return
         time.sleep(0.002)
 
