@@ -133,10 +133,8 @@ def remove_stale(base: str) -> int:
         names = os.listdir(base)
     except OSError:
         return 0
-    me = os.getpid()
     for name in names:
-        m = _OURS.fullmatch(name)
-        if m is None or int(m.group(1)) == me or process_state.runs(int(m.group(1))):
+        if not process_state.left_by_gone_process(name, _OURS):
             continue
         try:
             os.rmdir(os.path.join(base, name))

@@ -112,8 +112,7 @@ def remove_stale_work_dirs() -> int:
         return 0
     removed = 0
     for name in names:
-        m = _STALE_WORK_DIR.fullmatch(name)
-        if m is None or int(m.group(1)) == os.getpid() or process_state.runs(int(m.group(1))):
+        if not process_state.left_by_gone_process(name, _STALE_WORK_DIR):
             continue
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         removed += 1
