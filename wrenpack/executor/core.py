@@ -593,6 +593,8 @@ class Executor(CallTable, cf.Executor):
             with refs.sealing_scope() as referenced, serialize.by_value(user_modules):
                 if fn_bytes is None:
                     fn_bytes = serialize.dumps_function_cached(fn, user_modules)
+                # (the calls' isolation domain, as their events name it: an argument memfd is written again only for it)
+                domain = isolation_domain(_function_text(fn_bytes, False)[0])
                 for i, (args, kwargs) in enumerate(calls, first):
                     # Small builtin data: the standard pickler's bytes, cloudpickle's own (``plain``).
                     data = plain.dumps((args, kwargs))
@@ -605,7 +607,8 @@ class Executor(CallTable, cf.Executor):
                     if packer is None:
                         payloads.append(serialize.dumps_call(args, kwargs, what, user_modules))
                     else:  # local backend: straight into sealed memfds as they are pickled
-                        payloads.append(packer.pack(args, kwargs, lambda a, k, spill, what=what: serialize.dumps_call(a, k, what, user_modules, spill)))
+                        payloads.append(packer.pack(args, kwargs, lambda a, k, spill, what=what: serialize.dumps_call(a, k, what, user_modules, spill),
+                                                    domain))
             limit = options.memory * 1024 * 1024
             for i, data in enumerate(payloads, first):
                 size = data.size if isinstance(data, handoff.Args) else len(data)

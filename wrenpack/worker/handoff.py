@@ -11,7 +11,9 @@ unpickled; then it maps it and unpickles. Two files stay unsealed, both the
 driver's own and written again (fresh pages cost three times written ones):
 an argument memfd holding only a pickle stream, which the worker reads into
 the objects it builds and keeps no view of (``_pool``: the driver writes the
-next call's arguments into it once this call ended), and the memfd the driver
+next call's arguments into it once this call ended; only a call of the same
+isolation domain's, since the job's process that read it may still hold it
+writable, and code of one domain must not reach another's arguments), and the memfd the driver
 gives a call for its result (``Spill(slab=)``), accepted back only if it is that
 very file (``load(own=)``). The channel authenticates what comes
 through it, as it does for the inline arguments and the secret in the event, so
@@ -99,20 +101,28 @@ def _release() -> None:
 #: already holds are written about three times faster than fresh ones (10 MiB:
 #: 3 ms against 10 ms here), and a map that streams its arguments (``wrenpack.feed``)
 #: then writes its window's pages warm
-_pool: list[tuple[int, int]] = []  # (fd, its size)
+#: kept argument memfds by isolation domain (``wire.event.isolation_domain``): a
+#: memfd goes back only to calls of the domain whose process read it. That process
+#: runs the user's code, which can keep the file open for writing (an unsealed
+#: memfd, reopened through ``/proc/self/fd``) and write into it later; given to
+#: another function's call, what that call ran with would be this code's choice.
+_pool: dict[str, list[tuple[int, int]]] = {}  # domain -> [(fd, its size)]
 _pool_bytes = 0
 #: the most the pool keeps, in all and of one memfd
 POOL_BYTES = 256 * 1024 * 1024
 SLAB_MAX = 64 * 1024 * 1024
 
 
-def _take_kept() -> int | None:
-    """A kept argument memfd (offset reset) to pickle into, or None."""
+def _take_kept(domain: str) -> int | None:
+    """A kept argument memfd of ``domain`` (offset reset) to pickle into, or None."""
     global _pool_bytes
     with _lock:
-        while _pool:
-            fd, size = _pool.pop()
+        kept = _pool.get(domain)
+        while kept:
+            fd, size = kept.pop()
             _pool_bytes -= size
+            if not kept:
+                del _pool[domain]
             try:
                 os.lseek(fd, 0, os.SEEK_SET)
             except OSError:
@@ -121,8 +131,8 @@ def _take_kept() -> int | None:
     return None
 
 
-def _keep(fd: int) -> None:
-    """Keep an argument memfd no receiver reads any more, or close it."""
+def _keep(fd: int, domain: str) -> None:
+    """Keep an argument memfd no receiver reads any more for ``domain``'s next calls, or close it."""
     global _pool_bytes
     try:
         size = os.fstat(fd).st_size
@@ -132,7 +142,7 @@ def _keep(fd: int) -> None:
         size = -1
     with _lock:
         if 0 <= size <= SLAB_MAX and _pool_bytes + size <= POOL_BYTES:
-            _pool.append((fd, size))
+            _pool.setdefault(domain, []).append((fd, size))
             _pool_bytes += size
             return
     close_quietly(fd)
@@ -142,9 +152,10 @@ def drain_pool() -> None:
     """Close the kept memfds (their pages go back to the system)."""
     global _pool_bytes
     with _lock:
-        kept, _pool[:] = list(_pool), []
+        kept = [fd for fds in _pool.values() for fd, _size in fds]
+        _pool.clear()
         _pool_bytes = 0
-    close_all(fd for fd, _size in kept)
+    close_all(kept)
 
 
 class Sealed:
@@ -152,13 +163,13 @@ class Sealed:
     (``share`` adds a holder), or when collected."""
 
     def __init__(self, fd: int | None, layout: Any, counted: bool = False, on_close: Callable[[], None] | None = None,
-                 recycle: bool = False) -> None:
+                 recycle: str | None = None) -> None:
         self.fd: int | None = fd
         self.layout = layout
         self._counted = counted
         self._holders = 1
         self._on_close = on_close
-        #: an unsealed argument memfd: back to the pool when closed (its call ended)
+        #: an unsealed argument memfd: back to this isolation domain's pool when closed (its call ended)
         self.recycle = recycle
 
     @property
@@ -181,8 +192,8 @@ class Sealed:
         fd, self.fd = self.fd, None
         if fd is not None:
             try:
-                if self.recycle:
-                    _keep(fd)
+                if self.recycle is not None:
+                    _keep(fd, self.recycle)
                 else:
                     os.close(fd)
             except OSError:
@@ -287,9 +298,11 @@ class Packer:
         self._shared = {k for k, n in seen.items() if n > 1}
         self._blobs: dict[int, tuple[Any, Sealed]] = {}  # id -> (the object, kept alive; its blob)
 
-    def pack(self, args: tuple[Any, ...], kwargs: dict[str, Any], dump: Callable[..., Any]) -> "bytes | Args":
+    def pack(self, args: tuple[Any, ...], kwargs: dict[str, Any], dump: Callable[..., Any], domain: str) -> "bytes | Args":
         """``dump(args, kwargs, spill)`` pickles (naming what fails); bytes when
-        nothing is handed off (small, or the memfd budget is spent)."""
+        nothing is handed off (small, or the memfd budget is spent). ``domain`` is
+        the call's isolation domain: its argument memfd is written again only for
+        calls of that domain (``_pool``)."""
         used: list[Sealed] = []
         if self._shared:
             index: dict[int, int] = {}
@@ -307,7 +320,7 @@ class Packer:
 
             args = tuple(swap(v) for v in args)
             kwargs = {k: swap(v) for k, v in kwargs.items()}
-        spill = Spill(self.threshold, "wrenpack-args", counted=True, reuse=True) if reserve() else Spill(1 << 62, oob=False)
+        spill = Spill(self.threshold, "wrenpack-args", counted=True, reuse=domain) if reserve() else Spill(1 << 62, oob=False)
         main = dump(args, kwargs, spill)
         if isinstance(main, bytes) and not used:
             return main
@@ -397,7 +410,7 @@ class Spill:
     the pickler's ``buffer_callback``) are appended after the stream."""
 
     def __init__(self, threshold: int, name: str = "wrenpack", oob: bool = True, counted: bool = False,
-                 reuse: bool = False, slab: int | None = None, room: int | None = None) -> None:
+                 reuse: str | None = None, slab: int | None = None, room: int | None = None) -> None:
         self.threshold = threshold
         self.name_ = name
         self.oob = oob
@@ -408,8 +421,9 @@ class Spill:
         self._room = 0
         #: the most this result may put in ``slab`` (the worker's memory left)
         self._budget = room
-        #: arguments: write into a kept memfd, and leave it unsealed to be kept
-        #: again when it holds only the stream (the worker reads it, maps nothing)
+        #: arguments: the isolation domain of the call they are for, whose kept memfd
+        #: they are written into, left unsealed to be kept again for that domain when
+        #: it holds only the stream (the worker reads it, maps nothing)
         self.reuse = reuse
         self._mem = bytearray()
         self._fd: int | None = None
@@ -432,7 +446,7 @@ class Spill:
                 self._mem = bytearray()
                 return
             os.close(slab)
-        fd = _take_kept() if self.reuse else None
+        fd = _take_kept(self.reuse) if self.reuse is not None else None
         self._fd = fd if fd is not None else os.memfd_create(self.name_, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         if self._mem:
             self._write_all(memoryview(self._mem))
@@ -509,10 +523,10 @@ class Spill:
             # In the driver's own memfd: it knows the file, and checks it is the one it gave.
             self._room = 0
             return Sealed(fd, layout)
-        if self.reuse and not self._buffers:
+        if self.reuse is not None and not self._buffers:
             # Read by the worker with positioned reads into the objects it builds, and
             # not touched once its call ended: no seal, so it can be written again.
-            return Sealed(fd, layout, counted=self.counted, recycle=True)
+            return Sealed(fd, layout, counted=self.counted, recycle=self.reuse)
         self._buffers = []
         if os.fstat(fd).st_size != self._pos:
             os.ftruncate(fd, self._pos)  # a kept memfd, larger: the receiver sees exactly the layout
