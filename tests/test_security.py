@@ -735,3 +735,19 @@ def test_the_owner_key_is_private_and_a_shared_one_is_not_trusted(tmp_path, monk
         assert owner.user_key() is None
     assert "not a private file of yours" in caplog.text and "owner_record" not in caplog.text
     assert owner.owner_record("f", "j1").get("mac") is None  # written unsealed: `clean --stale` keeps its job
+
+
+def test_planted_records_nested_too_deep_are_refused_as_corrupt_not_a_recursion_error():
+    """Records read from the store before their MAC is checked (a job record, an
+    owner record, a result's status): JSON arrays nested past the parser's depth
+    are as planted as any other bytes, and are refused the same way, not with a
+    RecursionError that escapes the readers' guards."""
+    from wrenpack.wire import job_record, owner as owner_wire, status as status_wire
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(CorruptObject, match="not a job record"):
+        job_record.open_job(b"k" * 32, "job-1", deep)
+    with pytest.raises(ValueError, match="nests too deep"):
+        owner_wire.loads(deep)
+    with pytest.raises(ValueError, match="nests too deep"):
+        status_wire.loads(deep)

@@ -68,7 +68,7 @@ def open_job(user_key: bytes | None, job_id: str, data: bytes) -> dict[str, Any]
     where = keys.job_record_key(job_id)
     try:
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # (read before its MAC is checked: nested too deep is no record either)
         record = None
     if not isinstance(record, dict):
         raise CorruptObject(f"{where} is not a job record; it was not written by wrenpack: remove the job "

@@ -33,8 +33,12 @@ def dumps(record: dict[str, Any]) -> bytes:
 
 
 def loads(data: bytes) -> dict[str, Any]:
-    """A record ``dumps`` wrote; ValueError if it is not a JSON object."""
-    record = json.loads(data)
+    """A record ``dumps`` wrote; ValueError if it is not a JSON object (arrays nested
+    too deep for the parser too: it is read from the store before its MAC is checked)."""
+    try:
+        record = json.loads(data)
+    except RecursionError:
+        raise ValueError("an owner record nests too deep") from None
     if not isinstance(record, dict):
         raise ValueError(f"an owner record is a JSON {type(record).__name__}, not an object")
     return record

@@ -58,8 +58,13 @@ def dumps(status: dict[str, Any]) -> bytes:
 
 
 def loads(data: bytes | memoryview) -> dict[str, Any]:
-    """A record as ``dumps`` (or ``json.dumps``) wrote it; ValueError if it is not a JSON object."""
-    status = json.loads(bytes(data))
+    """A record as ``dumps`` (or ``json.dumps``) wrote it; ValueError if it is not a JSON object.
+    (Read before its MAC is checked, where it comes from the store: arrays nested
+    too deep for the parser are a ValueError too, not a RecursionError.)"""
+    try:
+        status = json.loads(bytes(data))
+    except RecursionError:
+        raise ValueError("a status record nests too deep") from None
     if not isinstance(status, dict):
         raise ValueError(f"a status record is a JSON {type(status).__name__}, not an object")
     return status
