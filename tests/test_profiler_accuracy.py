@@ -150,6 +150,9 @@ def test_short_lived_child_counted_under_cpu_load():
         # The child is never missed: its ru_maxrss is part of the max. When the load keeps the sampler
         # from seeing runner and child at once, the figure reads up to the runner's baseline low, as
         # docs/profile.md says (a max, not a sum: a sum would double a forked child's shared pages).
-        assert expected * 0.97 - prof.baseline_mb <= prof.peak_memory_mb <= expected * 1.03, \
+        # When it does see them at once, runner and (exec'd, nothing shared) child are both resident:
+        # up to the runner's baseline above an OS figure whose own sampling missed the runner beside
+        # a child this short (then it is the child's ru_maxrss alone).
+        assert expected * 0.97 - prof.baseline_mb <= prof.peak_memory_mb <= (expected + prof.baseline_mb) * 1.03, \
             (prof.peak_memory_mb, expected, prof.baseline_mb, prof.memory_sources)
         assert prof.memory_mb >= expected * 1.10
