@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import _signal
+import resource
 import signal
 import socket
 import sys
@@ -861,10 +862,29 @@ class _CancelWatch:
 _child_store: tuple[Any, Store] | None = None
 
 
+#: Lambda's limit on a process's open file descriptors (soft and hard: a call cannot raise it there)
+MAX_OPEN_FILES = 1024
+
+
+def hold_open_files(limit: int = MAX_OPEN_FILES) -> None:
+    """Hold this process (a job's child, which runs the user's code) and what it
+    starts to ``limit`` open files, as Lambda does: an open past it fails with
+    EMFILE there, and a call that worked under the machine's larger limit would
+    fail only once deployed. Checked on every call (two system calls), since a
+    call may raise its own limit where the worker runs as root."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft > limit or hard > limit or soft == resource.RLIM_INFINITY or hard == resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    except (OSError, ValueError):
+        log.debug("could not hold the call's process to %d open files", limit, exc_info=True)
+
+
 def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any) -> tuple[dict[str, Any], Any, list[int]]:
     """Run one call in a job's child (``isolation._child_main``): the outcome's
     pickle as raw bytes (or a hand-off memfd), and what the status gains."""
     global _child_store
+    hold_open_files()
     start = float(head.get("start") or time.time())
     env_set = head.get("env_set")
     if env_set:  # (sent when it changes: the process keeps it)

@@ -1,0 +1,42 @@
+"""Probes of the local backend's Lambda limits, from the outside: each limit is
+Lambda's, fails only the call that broke it, and leaves the pool working."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import wrenpack
+from wrenpack.backends.local import LocalBackend
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    ex = wrenpack.Executor(storage=str(tmp_path_factory.mktemp("store")), backend=LocalBackend(concurrency=2))
+    yield ex
+    ex.shutdown()
+
+
+def open_files(n):
+    """Open ``n`` descriptors at once; how many it got (closed again before returning)."""
+    opened = []
+    try:
+        for _ in range(n):
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+        return len(opened)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def test_a_call_is_held_to_lambdas_1024_file_descriptors(pool):
+    """Lambda gives a call 1,024 file descriptors (EMFILE past them); the local
+    worker gave it the machine's limit (20,000 here), so a call that opened
+    2,000 files worked locally and failed on Lambda."""
+    f = wrenpack.remote(open_files, executor=pool)
+    futs = f.map([100, 2000, 100])
+    assert futs[0].result(timeout=60) == 100 and futs[2].result(timeout=60) == 100
+    with pytest.raises(OSError) as info:
+        futs[1].result(timeout=60)
+    assert info.value.errno == 24  # EMFILE, as on Lambda
+    assert f.remote(500).result(timeout=60) == 500  # the worker serves the next call
