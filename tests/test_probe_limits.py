@@ -3,6 +3,7 @@ Lambda's, fails only the call that broke it, and leaves the pool working."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -40,3 +41,27 @@ def test_a_call_is_held_to_lambdas_1024_file_descriptors(pool):
         futs[1].result(timeout=60)
     assert info.value.errno == 24  # EMFILE, as on Lambda
     assert f.remote(500).result(timeout=60) == 500  # the worker serves the next call
+
+
+def count_to(x):
+    """Item 1 counts to 150 in 10 ms steps (1.5 s: two segments under a 1 s
+    timeout), the others to 3; each returns its own x and how far it counted."""
+    ckpt = wrenpack.checkpoint()
+    state = ckpt.restore(default={"x": x, "i": 0})
+    n = 150 if x == 1 else 3
+    while state["i"] < n:
+        time.sleep(0.01)
+        state["i"] += 1
+        ckpt.offer(state)
+    return state["x"], state["i"]
+
+
+def test_a_checkpoint_in_a_chunk_is_restored_only_by_the_call_that_saved_it(pool):
+    """The calls of a chunksize=k group share one invocation and so one checkpoint
+    key: the next segment ran the group again from its first call, whose restore()
+    returned the state the second one had saved. Its future then resolved, without
+    an error, to the other call's result ((1, 72) for x=0)."""
+    f = wrenpack.remote(count_to, executor=pool, timeout=1)
+    futs = f.map([0, 1, 2, 3], chunksize=2)
+    assert [fut.result(timeout=60) for fut in futs] == [(0, 3), (1, 150), (2, 3), (3, 3)]
+    assert futs[1].segments >= 2

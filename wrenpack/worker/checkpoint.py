@@ -48,6 +48,11 @@ class SegmentDone(BaseException):
     """Ends an invocation after its state was saved (not an error)."""
 
 
+#: What a call of a group (``chunksize``: several calls in one invocation, one
+#: checkpoint key) saves around its state: the tag, its index in the group, the state.
+_ITEM_TAG = "wrenpack.checkpoint.item"
+
+
 def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -> bytes:
     """The sealed checkpoint of ``state``, saved in ``segment`` (``wire.checkpoint``)."""
     with refs.sealing_scope():  # futures in the state carry no secret into the store
@@ -84,6 +89,34 @@ class Checkpoint:
         self.saves = 0
         self.state_bytes = 0
         self.used = False
+        #: the index of the running call in its group (``begin_item``); None: not in a group
+        self.item: int | None = None
+
+    def begin_item(self, index: int) -> None:
+        """The group's call ``index`` begins (``chunksize``: the calls of a group run
+        one after the other in one invocation and share its checkpoint key). Its
+        saves are tagged with the index and its ``restore`` returns only a state
+        saved under it: the next segment runs the group again from its first call,
+        which must not resume from the state another call saved. (The calls before
+        the one that saved run again: a group's calls are not kept between segments.)"""
+        self.item = index
+        self._last = time.perf_counter()
+        self._steps.clear()
+
+    def _wrap(self, state: Any) -> Any:
+        """What is pickled for ``state``: tagged with the call's index in its group."""
+        return state if self.item is None else (_ITEM_TAG, self.item, state)
+
+    def _unwrap(self, loaded: Any, default: Any) -> Any:
+        """The state saved for the running call, else ``default`` (another call of
+        the group saved it: this one starts afresh; ``restored`` stays as it was)."""
+        if self.item is None:
+            self.restored = True
+            return loaded
+        if isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _ITEM_TAG and loaded[1] == self.item:
+            self.restored = True
+            return loaded[2]
+        return default
 
     @property
     def active(self) -> bool:
@@ -100,9 +133,8 @@ class Checkpoint:
             blob = self._store.get(self._key)
         except ObjectNotFound:
             return default
-        self.restored = True
         ev = self._event
-        return decode(blob, ev.secret, ev.job_id, ev.call_id, ev.segment, self.label)
+        return self._unwrap(decode(blob, ev.secret, ev.job_id, ev.call_id, ev.segment, self.label), default)
 
     def time_left(self) -> float:
         deadline = self._deadline_fn() if self._deadline_fn else None
@@ -129,7 +161,7 @@ class Checkpoint:
             return
         t0 = time.perf_counter()
         ev = self._event
-        blob = encode(state, ev.secret, ev.job_id, ev.call_id, ev.segment)
+        blob = encode(self._wrap(state), ev.secret, ev.job_id, ev.call_id, ev.segment)
         self._store.put(self._key, blob)
         self.save_s = time.perf_counter() - t0
         self.saves += 1

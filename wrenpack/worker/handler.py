@@ -28,8 +28,10 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import base64
+import copy
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import _signal
@@ -56,7 +58,7 @@ from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.wire.event import _ID as _JOB_ID, Event
 from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
-from wrenpack.worker import callscope, checkpoint, handoff, isolation, memory, plain, refs, sdk, unpickling
+from wrenpack.worker import batch, callscope, checkpoint, handoff, isolation, memory, plain, refs, sdk, unpickling
 from wrenpack.worker import cancel as cancel_marker
 from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.context import LocalContext
@@ -488,6 +490,7 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         args, kwargs = load_args()
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = begin_checkpoint()
+        fn = _per_item(fn, ckpt)
         run_start = time.perf_counter()
         try:
             value = scope.run(fn, *args, **kwargs)
@@ -543,6 +546,24 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         checkpoint.end()
     extra = scope.status()
     return _Ran(kind, outcome, run_s, extra, ckpt)
+
+
+def _per_item(fn: Any, ckpt: Any) -> Any:
+    """``fn``, or for a group of calls (``chunksize``: a ``worker.batch.Batch``) a
+    copy that tells the checkpoint which of its calls runs (``Checkpoint.begin_item``):
+    the group's calls share one checkpoint key, and a call must resume only from a
+    state it saved itself. The cached function is not changed."""
+    if ckpt is None or not isinstance(fn, batch.Batch):
+        return fn
+    inner, indices = fn.fn, itertools.count()
+
+    def one_call(*args: Any, **kwargs: Any) -> Any:
+        ckpt.begin_item(next(indices))
+        return inner(*args, **kwargs)
+
+    counted = copy.copy(fn)
+    counted.fn = one_call
+    return counted
 
 
 def _disk_full(exc: BaseException) -> OSError | None:
@@ -1028,18 +1049,18 @@ class ChildCheckpoint(checkpoint.Checkpoint):
         answer, data = self._rpc.ask({"t": "ckpt_get"})
         if answer.get("none"):
             return default
-        self.restored = True
         try:
-            return cloudpickle.loads(bytes(data))
+            loaded = cloudpickle.loads(bytes(data))
         except Exception as exc:  # noqa: BLE001
             raise CorruptObject(f"the checkpoint of {self.label} is authentic but cannot be unpickled "
                                 f"({type(exc).__name__}: {exc}); re-run") from None
+        return self._unwrap(loaded, default)
 
     def save(self, state: Any) -> None:
         self.used = True
         t0 = time.perf_counter()
         with refs.sealing_scope():  # futures in the state carry no secret into the store
-            state_bytes = cloudpickle.dumps(state)
+            state_bytes = cloudpickle.dumps(self._wrap(state))
         answer, _ = self._rpc.ask({"t": "ckpt_put"}, state_bytes)
         self.save_s = time.perf_counter() - t0
         self.saves += 1
