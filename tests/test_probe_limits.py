@@ -65,3 +65,23 @@ def test_a_checkpoint_in_a_chunk_is_restored_only_by_the_call_that_saved_it(pool
     futs = f.map([0, 1, 2, 3], chunksize=2)
     assert [fut.result(timeout=60) for fut in futs] == [(0, 3), (1, 150), (2, 3), (3, 3)]
     assert futs[1].segments >= 2
+
+
+def test_no_cgroups_false_keeps_the_pids_cgroup_as_it_keeps_the_memory_one(monkeypatch):
+    """WRENPACK_NO_CGROUPS is a boolean word (``env_flag``) for the memory group, but the
+    pids group read any non-empty value as yes: with WRENPACK_NO_CGROUPS=0 a call's
+    processes and threads were only sampled every 0.1 s (a fork bomb got past 1,024
+    before the kill) while its memory stayed in a cgroup."""
+    from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
+
+    monkeypatch.delenv("WRENPACK_NO_CGROUPS", raising=False)
+    if PidsCgroupFactory.detect() is None:
+        pytest.skip("this machine gives no pids cgroups (cgroup v1 as root)")
+    monkeypatch.setenv("WRENPACK_NO_CGROUPS", "0")
+    assert CgroupFactory.detect() is not None
+    assert PidsCgroupFactory.detect() is not None
+    monkeypatch.setenv("WRENPACK_NO_CGROUPS", "yes")
+    assert PidsCgroupFactory.detect() is None
+    monkeypatch.setenv("WRENPACK_NO_CGROUPS", "maybe")
+    with pytest.raises(wrenpack.ConfigError, match="must be a boolean word"):
+        PidsCgroupFactory.detect()
