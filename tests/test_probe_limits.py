@@ -85,3 +85,40 @@ def test_no_cgroups_false_keeps_the_pids_cgroup_as_it_keeps_the_memory_one(monke
     monkeypatch.setenv("WRENPACK_NO_CGROUPS", "maybe")
     with pytest.raises(wrenpack.ConfigError, match="must be a boolean word"):
         PidsCgroupFactory.detect()
+
+
+def test_a_file_with_several_names_in_tmp_counts_once(tmp_path):
+    """/tmp holds a hard-linked file's blocks once (``git clone`` of a local repository
+    links its objects, ``cp -al`` its files); dir_usage counted them once per name."""
+    from wrenpack.worker.memory import dir_usage
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a").write_bytes(os.urandom(2 * 1024 * 1024))
+    os.link(tmp_path / "a", tmp_path / "b")
+    os.link(tmp_path / "a", tmp_path / "sub" / "c")
+    (tmp_path / "d").write_bytes(os.urandom(1024 * 1024))
+    used = dir_usage(str(tmp_path))
+    assert 3 * 1024 * 1024 <= used < 3.5 * 1024 * 1024
+
+
+def link_twice(mb):
+    """Write ``mb`` MB to /tmp under one name and link two more names to it."""
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "data")
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(b"x" * (1 << 20))
+    os.link(path, path + ".copy1")
+    os.link(path, path + ".copy2")
+    time.sleep(0.3)  # (the worker's /tmp is measured every 0.1 s while the call runs)
+    for name in (path, path + ".copy1", path + ".copy2"):
+        os.remove(name)
+    return mb
+
+
+def test_a_call_whose_tmp_holds_one_file_under_three_names_is_within_its_storage(pool):
+    """200 MB linked under three names is 200 MB of a 512 MB /tmp, as on Lambda,
+    not 600 MB: the call was stopped with EphemeralStorageExceeded."""
+    f = wrenpack.remote(link_twice, executor=pool, ephemeral_storage=512)
+    assert f.remote(200).result(timeout=60) == 200
