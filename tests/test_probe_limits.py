@@ -122,3 +122,28 @@ def test_a_call_whose_tmp_holds_one_file_under_three_names_is_within_its_storage
     not 600 MB: the call was stopped with EphemeralStorageExceeded."""
     f = wrenpack.remote(link_twice, executor=pool, ephemeral_storage=512)
     assert f.remote(200).result(timeout=60) == 200
+
+
+def state_with_a_lock(n):
+    """A checkpointed loop whose state holds a lock, which no pickle can carry."""
+    import threading
+
+    ckpt = wrenpack.checkpoint()
+    state = ckpt.restore(default={"i": 0, "lock": threading.Lock()})
+    while state["i"] < n:
+        time.sleep(0.01)
+        state["i"] += 1
+        ckpt.offer(state)
+    return state["i"]
+
+
+def test_a_checkpoint_state_that_cannot_be_pickled_is_a_one_line_serialization_error(pool):
+    """The save's pickling error came back as the user's own bare TypeError ('cannot
+    pickle _thread.lock object'), naming neither the checkpoint nor a fix."""
+    f = wrenpack.remote(state_with_a_lock, executor=pool, timeout=1)
+    with pytest.raises(wrenpack.SerializationError) as info:
+        f.remote(200).result(timeout=60)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "checkpoint" in message and "_thread.lock" in message and "restore()" in message
+    assert f.remote(0).result(timeout=60) == 0  # the worker serves the next call

@@ -32,7 +32,7 @@ from typing import Any
 import cloudpickle
 
 from wrenpack import keys
-from wrenpack.errors import CorruptObject, ObjectNotFound
+from wrenpack.errors import CorruptObject, ObjectNotFound, SerializationError
 from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.worker import refs
 
@@ -53,11 +53,25 @@ class SegmentDone(BaseException):
 _ITEM_TAG = "wrenpack.checkpoint.item"
 
 
+def dumps_state(state: Any) -> bytes:
+    """The pickle of a checkpoint's ``state``; one that cannot be pickled is a
+    ``SerializationError`` naming the checkpoint and the fix (the pickler's own
+    error, raised from inside ``offer``, named neither; the client adds the call's name)."""
+    try:
+        with refs.sealing_scope():  # futures in the state carry no secret into the store
+            return cloudpickle.dumps(state)
+    except Exception as exc:  # noqa: BLE001 - whatever the pickler raises
+        what = type(state[2] if isinstance(state, tuple) and len(state) == 3 and state[0] == _ITEM_TAG else state).__name__
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise SerializationError(
+            f"the checkpoint state (a {what}) could not be pickled ({type(exc).__name__}: {reason}); "
+            "offer plain data (numbers, text, lists, dicts, arrays) and rebuild the rest after restore()"
+        ) from None
+
+
 def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -> bytes:
     """The sealed checkpoint of ``state``, saved in ``segment`` (``wire.checkpoint``)."""
-    with refs.sealing_scope():  # futures in the state carry no secret into the store
-        state_bytes = cloudpickle.dumps(state)
-    return seal_checkpoint(secret, job_id, call_id, segment, state_bytes)
+    return seal_checkpoint(secret, job_id, call_id, segment, dumps_state(state))
 
 
 def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:

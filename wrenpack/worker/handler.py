@@ -1059,8 +1059,7 @@ class ChildCheckpoint(checkpoint.Checkpoint):
     def save(self, state: Any) -> None:
         self.used = True
         t0 = time.perf_counter()
-        with refs.sealing_scope():  # futures in the state carry no secret into the store
-            state_bytes = cloudpickle.dumps(self._wrap(state))
+        state_bytes = checkpoint.dumps_state(self._wrap(state))
         answer, _ = self._rpc.ask({"t": "ckpt_put"}, state_bytes)
         self.save_s = time.perf_counter() - t0
         self.saves += 1
