@@ -712,6 +712,7 @@ def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, con
 
 
 def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fds: list[int], start: float) -> _Ran:
+    requests: _Requests | None = None
     try:
         sdk.check(ev.store)
         digest = ev.extra.get("func_hash")
@@ -752,7 +753,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         # do not reach is given up on at the deadline (Lambda would end the invocation).
         wait_until = None if deadline is None else deadline - 0.02
         watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
-        got, data, got_fds = isolation.run_call(child, head, blob, fds, _Requests(store, ev), wait_until, watch)
+        requests = _Requests(store, ev)
+        got, data, got_fds = isolation.run_call(child, head, blob, fds, requests, wait_until, watch)
         child.funcs.add(fkey)
         if not isolation.spare_after_reply:
             isolation.request_spare()
@@ -770,6 +772,13 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         isolation.end_child()
         get_remaining = getattr(context, "get_remaining_time_in_millis", None)
         if get_remaining is not None and get_remaining() / 1000.0 <= _CHILD_GRACE_S:
+            saves = requests.saves if requests is not None else 0
+            if saves:
+                # Stopped after saving (its reply came late, or it was stuck where the soft
+                # deadline cannot reach): the next segment goes on from the save, as for a
+                # segment that overran the soft deadline after one (``_execute``).
+                log.info("%s: stopped at its deadline after a checkpoint save; the next segment resumes from it", ev.label)
+                return _Ran("checkpointed", b"", None, {"ckpt_saves": saves})
             return _Ran("timeout", _timeout_outcome(ev, False, stopped=True), None, {})
         if not exc.died:
             # The job's own code broke its channel: its call fails, nothing else does.
@@ -829,6 +838,9 @@ class _Requests:
     def __init__(self, store: Any, ev: Event) -> None:
         self.store = store
         self.ev = ev
+        #: checkpoints saved in this segment: a child given up on at the deadline after
+        #: one goes on from it in the next segment (``_run_in_child``)
+        self.saves = 0
 
     def __call__(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
         ev = self.ev
@@ -843,6 +855,7 @@ class _Requests:
         if what == "ckpt_put":
             sealed = seal_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, bytes(blob))
             self.store.put(keys.checkpoint_key(ev.job_id, ev.call_id), sealed)
+            self.saves += 1
             return {"bytes": len(sealed)}, b""
         if what == "derive":
             job_id = head.get("job_id")
