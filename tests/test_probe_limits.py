@@ -174,3 +174,23 @@ def test_a_call_stopped_at_its_deadline_after_a_save_goes_on_from_the_save(pool)
     fut = wrenpack.remote(save_then_stuck, executor=pool, timeout=1).remote(0)
     assert fut.result(timeout=60) == "resumed from the save"
     assert fut.segments == 2
+
+
+def restore_then_stuck(_):
+    """Checkpoints (restore, offer), then one step is stuck past the timeout where
+    the soft deadline cannot reach it."""
+    import signal
+
+    ckpt = wrenpack.checkpoint()
+    ckpt.restore(default=None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+    time.sleep(3)
+    ckpt.offer({})
+
+
+def test_a_checkpointing_call_stopped_at_its_deadline_is_told_to_offer_more_often(pool):
+    """The timeout of a call stopped from outside told it to 'make it resumable with
+    wrenpack.checkpoint', which it was: the fix is a shorter step between offers."""
+    with pytest.raises(wrenpack.TaskTimeout) as info:
+        wrenpack.remote(restore_then_stuck, executor=pool, timeout=1).remote(0).result(timeout=60)
+    assert "offer more often" in str(info.value) and "make it resumable" not in str(info.value)

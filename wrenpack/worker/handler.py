@@ -779,7 +779,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
                 # segment that overran the soft deadline after one (``_execute``).
                 log.info("%s: stopped at its deadline after a checkpoint save; the next segment resumes from it", ev.label)
                 return _Ran("checkpointed", b"", None, {"ckpt_saves": saves})
-            return _Ran("timeout", _timeout_outcome(ev, False, stopped=True), None, {})
+            used = requests is not None and requests.used_checkpoint
+            return _Ran("timeout", _timeout_outcome(ev, used, stopped=True), None, {})
         if not exc.died:
             # The job's own code broke its channel: its call fails, nothing else does.
             return _Ran("error", error_outcome(WrenpackError(f"{ev.label}: {exc}"), "wrenpack", tb_text=""), None, {})
@@ -841,10 +842,14 @@ class _Requests:
         #: checkpoints saved in this segment: a child given up on at the deadline after
         #: one goes on from it in the next segment (``_run_in_child``)
         self.saves = 0
+        #: whether the call used its checkpoint (a restore or a save): its timeout then names that fix
+        self.used_checkpoint = False
 
     def __call__(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
         ev = self.ev
         what = head.get("t")
+        if what in ("ckpt_get", "ckpt_put"):
+            self.used_checkpoint = True
         if what == "ckpt_get":
             key = keys.checkpoint_key(ev.job_id, ev.call_id)
             try:
