@@ -194,3 +194,41 @@ def test_a_checkpointing_call_stopped_at_its_deadline_is_told_to_offer_more_ofte
     with pytest.raises(wrenpack.TaskTimeout) as info:
         wrenpack.remote(restore_then_stuck, executor=pool, timeout=1).remote(0).result(timeout=60)
     assert "offer more often" in str(info.value) and "make it resumable" not in str(info.value)
+
+
+def restore_when_told(gate):
+    """Waits for ``gate`` to exist, then restores its checkpoint."""
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    return wrenpack.checkpoint().restore(default="nothing saved")
+
+
+def test_a_planted_checkpoint_fails_its_call_alone_with_a_one_line_corrupt_object(pool, tmp_path):
+    """A checkpoint at a running call's key that wrenpack did not seal for it (garbage,
+    or one sealed with another job's secret) fails that call with CorruptObject before
+    anything is unpickled; the message read 'CorruptObject: jobs/...' (the type twice)."""
+    import cloudpickle
+
+    from wrenpack import keys
+    from wrenpack.wire.checkpoint import seal_checkpoint
+
+    store = pool.store
+    f = wrenpack.remote(restore_when_told, executor=pool, timeout=30)
+    planted = {
+        "garbage": b"WRCK2\0\0\0\0" + b"x" * 64,
+        "another job's": seal_checkpoint(os.urandom(32), "20261206-000000-00000000", "00000", 0, cloudpickle.dumps("planted")),
+    }
+    for name, blob in planted.items():
+        gate = str(tmp_path / name)
+        fut = f.remote(gate)
+        while not fut.running():
+            time.sleep(0.01)
+        store.put(keys.checkpoint_key(fut.job_id, fut.call_id), blob)
+        open(gate, "w").close()
+        with pytest.raises(wrenpack.CorruptObject) as info:
+            fut.result(timeout=60)
+        message = str(info.value)
+        assert "nothing was unpickled" in message and "\n" not in message
+        assert "CorruptObject" not in message, message
+    ok = f.remote(str(tmp_path / "garbage"))  # (its gate is there: it runs at once)
+    assert ok.result(timeout=60) == "nothing saved"

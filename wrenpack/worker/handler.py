@@ -846,6 +846,14 @@ class _Requests:
         self.used_checkpoint = False
 
     def __call__(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
+        try:
+            return self._answer(head, blob)
+        except WrenpackError as exc:
+            # Raised in the call as this type with this message (``isolation._Rpc.ask``),
+            # which names the problem already: not prefixed with the type's name again.
+            return {"error": str(exc), "kind": type(exc).__name__}, b""
+
+    def _answer(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
         ev = self.ev
         what = head.get("t")
         if what in ("ckpt_get", "ckpt_put"):
