@@ -232,3 +232,32 @@ def test_a_planted_checkpoint_fails_its_call_alone_with_a_one_line_corrupt_objec
         assert "CorruptObject" not in message, message
     ok = f.remote(str(tmp_path / "garbage"))  # (its gate is there: it runs at once)
     assert ok.result(timeout=60) == "nothing saved"
+
+
+class SlowToSave:
+    """A piece of state that takes 0.25 s to pickle, as a few hundred MB of arrays do."""
+
+    def __reduce__(self):
+        time.sleep(0.25)
+        return (SlowToSave, ())
+
+
+def steps_with_a_slow_state(n):
+    ckpt = wrenpack.checkpoint()
+    state = ckpt.restore(default={"i": 0, "big": SlowToSave()})
+    while state["i"] < n:
+        time.sleep(0.01)
+        state["i"] += 1
+        ckpt.offer(state)
+    return state["i"]
+
+
+def test_a_state_slower_to_save_than_guessed_is_measured_before_the_first_segment_ends(pool):
+    """The first segment guessed 50 ms for a save it had never timed: a state that
+    takes longer (0.25 s here; a few hundred MB on Lambda's S3) began its first save
+    too late, the deadline stopped it halfway and the call failed with TaskTimeout
+    ('offer more often'), though each step took 10 ms. Halfway through a first segment
+    with no save timed yet, an offer saves once (the segment goes on) to time it."""
+    fut = wrenpack.remote(steps_with_a_slow_state, executor=pool, timeout=2).remote(200)
+    assert fut.result(timeout=60) == 200
+    assert fut.segments >= 2

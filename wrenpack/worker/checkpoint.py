@@ -14,7 +14,8 @@ The user's function stays a plain loop::
 ``offer`` times the steps between offers. Only when the time left before the
 deadline falls below what the next step plus a save are expected to take
 does it pickle the state, write it to the store and end the invocation
-(raising ``SegmentDone``, which the handler catches). The client then launches
+(raising ``SegmentDone``, which the handler catches); in a first segment, with
+no save timed yet, one save halfway through times it (``TIMING_SAVE_AT``). The client then launches
 the same call again; ``restore`` returns the saved state, and the loop goes
 on where it stopped. A worker that dies, or a segment that overruns after a
 save, resumes from the last saved state. Checkpoints are removed when the
@@ -42,6 +43,12 @@ log = logging.getLogger(__name__)
 SAFETY = 1.5
 #: A save's cost before one has been measured: seconds.
 FIRST_SAVE_GUESS = 0.05
+#: With no save timed yet (a call's first segment), the first offer after this
+#: fraction of the segment's time saves once without ending the segment: the
+#: time the save took then says when the last save must begin. A state slower
+#: to save than the guess (hundreds of MB) otherwise began its only save too
+#: late and was stopped by the deadline halfway. Calls that end sooner save nothing.
+TIMING_SAVE_AT = 0.5
 
 
 class SegmentDone(BaseException):
@@ -98,6 +105,9 @@ class Checkpoint:
         self._steps: deque[float] = deque(maxlen=8)
         learned = learned or {}
         self.save_s = float(learned.get("save_s", FIRST_SAVE_GUESS))
+        #: whether a save has been timed (in an earlier segment, or in this one)
+        self._save_timed = "save_s" in learned
+        self._begun = time.time()
         self.step_s = float(learned.get("step_s", 0.0))
         self.restored = False
         self.saves = 0
@@ -163,7 +173,13 @@ class Checkpoint:
         if not self.active:
             return
         expected_step = max(max(self._steps), self.step_s)
-        if self.time_left() > SAFETY * (expected_step + self.save_s) + 0.02:
+        left = self.time_left()
+        if left > SAFETY * (expected_step + self.save_s) + 0.02:
+            if not self._save_timed and self._deadline_fn is not None:
+                deadline = self._deadline_fn()
+                if deadline is not None and left < TIMING_SAVE_AT * (deadline - self._begun):
+                    self.save(state)  # timed (``save_s``); the segment goes on
+                    self._save_timed = True
             return
         self.save(state)
         raise SegmentDone()
