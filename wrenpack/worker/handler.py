@@ -28,11 +28,14 @@ Standard library and cloudpickle only.
 from __future__ import annotations
 
 import base64
+import copy
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import _signal
+import resource
 import signal
 import socket
 import sys
@@ -55,7 +58,7 @@ from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.wire.event import _ID as _JOB_ID, Event
 from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
-from wrenpack.worker import callscope, checkpoint, handoff, isolation, memory, plain, refs, sdk, unpickling
+from wrenpack.worker import batch, callscope, checkpoint, handoff, isolation, memory, plain, refs, sdk, unpickling
 from wrenpack.worker import cancel as cancel_marker
 from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.context import LocalContext
@@ -487,6 +490,7 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         args, kwargs = load_args()
         disarm = _arm_deadline(context, ev.timeout_s, start)
         ckpt = begin_checkpoint()
+        fn = _per_item(fn, ckpt)
         run_start = time.perf_counter()
         try:
             value = scope.run(fn, *args, **kwargs)
@@ -542,6 +546,24 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         checkpoint.end()
     extra = scope.status()
     return _Ran(kind, outcome, run_s, extra, ckpt)
+
+
+def _per_item(fn: Any, ckpt: Any) -> Any:
+    """``fn``, or for a group of calls (``chunksize``: a ``worker.batch.Batch``) a
+    copy that tells the checkpoint which of its calls runs (``Checkpoint.begin_item``):
+    the group's calls share one checkpoint key, and a call must resume only from a
+    state it saved itself. The cached function is not changed."""
+    if ckpt is None or not isinstance(fn, batch.Batch):
+        return fn
+    inner, indices = fn.fn, itertools.count()
+
+    def one_call(*args: Any, **kwargs: Any) -> Any:
+        ckpt.begin_item(next(indices))
+        return inner(*args, **kwargs)
+
+    counted = copy.copy(fn)
+    counted.fn = one_call
+    return counted
 
 
 def _disk_full(exc: BaseException) -> OSError | None:
@@ -690,6 +712,7 @@ def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, con
 
 
 def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fds: list[int], start: float) -> _Ran:
+    requests: _Requests | None = None
     try:
         sdk.check(ev.store)
         digest = ev.extra.get("func_hash")
@@ -730,7 +753,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         # do not reach is given up on at the deadline (Lambda would end the invocation).
         wait_until = None if deadline is None else deadline - 0.02
         watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
-        got, data, got_fds = isolation.run_call(child, head, blob, fds, _Requests(store, ev), wait_until, watch)
+        requests = _Requests(store, ev)
+        got, data, got_fds = isolation.run_call(child, head, blob, fds, requests, wait_until, watch)
         child.funcs.add(fkey)
         if not isolation.spare_after_reply:
             isolation.request_spare()
@@ -748,7 +772,15 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         isolation.end_child()
         get_remaining = getattr(context, "get_remaining_time_in_millis", None)
         if get_remaining is not None and get_remaining() / 1000.0 <= _CHILD_GRACE_S:
-            return _Ran("timeout", _timeout_outcome(ev, False, stopped=True), None, {})
+            saves = requests.saves if requests is not None else 0
+            if saves:
+                # Stopped after saving (its reply came late, or it was stuck where the soft
+                # deadline cannot reach): the next segment goes on from the save, as for a
+                # segment that overran the soft deadline after one (``_execute``).
+                log.info("%s: stopped at its deadline after a checkpoint save; the next segment resumes from it", ev.label)
+                return _Ran("checkpointed", b"", None, {"ckpt_saves": saves})
+            used = requests is not None and requests.used_checkpoint
+            return _Ran("timeout", _timeout_outcome(ev, used, stopped=True), None, {})
         if not exc.died:
             # The job's own code broke its channel: its call fails, nothing else does.
             return _Ran("error", error_outcome(WrenpackError(f"{ev.label}: {exc}"), "wrenpack", tb_text=""), None, {})
@@ -807,10 +839,25 @@ class _Requests:
     def __init__(self, store: Any, ev: Event) -> None:
         self.store = store
         self.ev = ev
+        #: checkpoints saved in this segment: a child given up on at the deadline after
+        #: one goes on from it in the next segment (``_run_in_child``)
+        self.saves = 0
+        #: whether the call used its checkpoint (a restore or a save): its timeout then names that fix
+        self.used_checkpoint = False
 
     def __call__(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
+        try:
+            return self._answer(head, blob)
+        except WrenpackError as exc:
+            # Raised in the call as this type with this message (``isolation._Rpc.ask``),
+            # which names the problem already: not prefixed with the type's name again.
+            return {"error": str(exc), "kind": type(exc).__name__}, b""
+
+    def _answer(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
         ev = self.ev
         what = head.get("t")
+        if what in ("ckpt_get", "ckpt_put"):
+            self.used_checkpoint = True
         if what == "ckpt_get":
             key = keys.checkpoint_key(ev.job_id, ev.call_id)
             try:
@@ -821,6 +868,7 @@ class _Requests:
         if what == "ckpt_put":
             sealed = seal_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, bytes(blob))
             self.store.put(keys.checkpoint_key(ev.job_id, ev.call_id), sealed)
+            self.saves += 1
             return {"bytes": len(sealed)}, b""
         if what == "derive":
             job_id = head.get("job_id")
@@ -861,10 +909,29 @@ class _CancelWatch:
 _child_store: tuple[Any, Store] | None = None
 
 
+#: Lambda's limit on a process's open file descriptors (soft and hard: a call cannot raise it there)
+MAX_OPEN_FILES = 1024
+
+
+def hold_open_files(limit: int = MAX_OPEN_FILES) -> None:
+    """Hold this process (a job's child, which runs the user's code) and what it
+    starts to ``limit`` open files, as Lambda does: an open past it fails with
+    EMFILE there, and a call that worked under the machine's larger limit would
+    fail only once deployed. Checked on every call (two system calls), since a
+    call may raise its own limit where the worker runs as root."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft > limit or hard > limit or soft == resource.RLIM_INFINITY or hard == resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    except (OSError, ValueError):
+        log.debug("could not hold the call's process to %d open files", limit, exc_info=True)
+
+
 def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any) -> tuple[dict[str, Any], Any, list[int]]:
     """Run one call in a job's child (``isolation._child_main``): the outcome's
     pickle as raw bytes (or a hand-off memfd), and what the status gains."""
     global _child_store
+    hold_open_files()
     start = float(head.get("start") or time.time())
     env_set = head.get("env_set")
     if env_set:  # (sent when it changes: the process keeps it)
@@ -1008,18 +1075,17 @@ class ChildCheckpoint(checkpoint.Checkpoint):
         answer, data = self._rpc.ask({"t": "ckpt_get"})
         if answer.get("none"):
             return default
-        self.restored = True
         try:
-            return cloudpickle.loads(bytes(data))
+            loaded = cloudpickle.loads(bytes(data))
         except Exception as exc:  # noqa: BLE001
             raise CorruptObject(f"the checkpoint of {self.label} is authentic but cannot be unpickled "
                                 f"({type(exc).__name__}: {exc}); re-run") from None
+        return self._unwrap(loaded, default)
 
     def save(self, state: Any) -> None:
         self.used = True
         t0 = time.perf_counter()
-        with refs.sealing_scope():  # futures in the state carry no secret into the store
-            state_bytes = cloudpickle.dumps(state)
+        state_bytes = checkpoint.dumps_state(self._wrap(state))
         answer, _ = self._rpc.ask({"t": "ckpt_put"}, state_bytes)
         self.save_s = time.perf_counter() - t0
         self.saves += 1

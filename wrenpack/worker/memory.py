@@ -149,8 +149,11 @@ def children_peak_mb() -> float:
 
 def dir_usage(path: str) -> int:
     """Bytes a directory tree takes on its filesystem (allocated blocks, as a
-    size-limited /tmp counts them; a sparse file counts what it really holds)."""
+    size-limited /tmp counts them; a sparse file counts what it really holds).
+    A file with several names (hard links: ``git clone`` of a local repository,
+    ``cp -al``) holds its blocks once, and is counted once."""
     total = 0
+    linked: set[tuple[int, int]] = set()
     stack = [path]
     while stack:
         top = stack.pop()
@@ -161,7 +164,12 @@ def dir_usage(path: str) -> int:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                         else:
-                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                            st = entry.stat(follow_symlinks=False)
+                            if st.st_nlink > 1:
+                                if (st.st_dev, st.st_ino) in linked:
+                                    continue
+                                linked.add((st.st_dev, st.st_ino))
+                            total += st.st_blocks * 512
                     except OSError:
                         pass
         except OSError:

@@ -265,7 +265,7 @@ class PidsCgroupFactory:
 
     @classmethod
     def detect(cls) -> "PidsCgroupFactory | None":
-        if os.environ.get("WRENPACK_NO_CGROUPS"):
+        if env_flag("WRENPACK_NO_CGROUPS"):  # (a boolean word, read as the memory group reads it)
             return None
         base = _own_group("pids")
         if base is None or not _probe(base, "pids.max", str(MAX_TASKS)):
