@@ -296,3 +296,40 @@ def test_without_cgroups_a_call_past_1024_processes_is_stopped_and_its_children_
     finally:
         _kill(pids)
         ex.shutdown()
+
+
+_KEPT: list = []
+
+
+def keep_then_allocate(keep_mb, mb):
+    """Keeps ``keep_mb`` in the warm job process (a module-level list, as a cache would), then allocates ``mb``."""
+    if keep_mb:
+        _KEPT.append(allocate_block(keep_mb))
+    return allocate(mb)
+
+
+def allocate_block(mb):
+    block = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return block
+
+
+def test_a_lower_memory_setting_is_held_on_a_worker_warm_with_more(tmp_path):
+    """A call with memory=512 after one with memory=2048 that kept 700 MB in its
+    warm process: on Lambda another memory size is another environment, so the
+    512 MB call is held to 512 MB (it ran unlimited here: the cgroup could not be
+    lowered below what the warm process held, and the limit was dropped)."""
+    from wrenpack.backends.local.linux import CgroupFactory
+
+    if CgroupFactory.detect() is None:
+        pytest.skip("needs memory cgroups (without them the limit is sampled per call, from the call's own peak)")
+    ex = wrenpack.Executor(storage=str(tmp_path), backend=LocalBackend(concurrency=1))
+    try:
+        f = wrenpack.remote(keep_then_allocate, executor=ex)
+        assert f.options(memory=2048).remote(700, 10).result(timeout=60) == 10
+        assert f.options(memory=512).remote(0, 100).result(timeout=60) == 100  # a fresh environment: it fits
+        with pytest.raises(wrenpack.MemoryLimitExceeded, match="512 MB"):
+            f.options(memory=512).remote(0, 700).result(timeout=60)
+    finally:
+        ex.shutdown()

@@ -351,6 +351,23 @@ class Worker:
         self.next_child_check = now + CHILD_CHECK_S
         self.peak_mb = 0.0
 
+    def holds(self, memory_mb: int) -> bool:
+        """Whether this idle worker can take a call of ``memory_mb`` now: False if its
+        cgroup's limit cannot come down to it because the worker holds more already
+        (a warm job process of an earlier call with more memory kept it). On Lambda
+        another memory size is another environment; here the worker is replaced
+        (``LocalBackend._take``), or the call would run with no limit at all."""
+        if self.cgroup is None or self.limit_mb is None or memory_mb >= self.limit_mb:
+            return True
+        with self._limit_lock:
+            old, self.limit_mb = self.limit_mb, memory_mb
+            if self._apply_limit():
+                self.cgroup.reset_peak()
+                return True
+            self.limit_mb = old
+            self._apply_limit()
+            return False
+
     def _apply_limit(self) -> bool:
         """The cgroup's limit: the call's memory plus the unread hand-offs, plus what
         the worker's processes that run no user code hold of their own (the parent

@@ -561,6 +561,11 @@ class LocalBackend(Backend):
         head = self._next_queued()
         if head is None or head.runtime != worker.runtime:
             return []
+        if not worker.inflight and not worker.holds(head.memory_mb):
+            log.info("local worker %d holds more memory than %d MB (kept by an earlier call's warm process): "
+                     "replaced, as Lambda gives another memory size another environment", worker.wid, head.memory_mb)
+            self._retire(worker)
+            return []
         est = self._estimates.get(head.event.get("func_key"))
         if worker.inflight:
             last = worker.inflight[-1]
