@@ -1,0 +1,110 @@
+"""Attacks on wrenpack's promises, each a regression test of a defect found by probing.
+
+"A call's result is what that call produced, or an error. Nothing is unpickled that
+wrenpack did not write and authenticate, and no job's code can reach another job's
+secrets or results." The attackers: a job's code in a worker (same user as every
+other job's code on the local backend, so it can write to the store directory too),
+and anyone else with write access to the store.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import wrenpack
+from wrenpack import keys
+from wrenpack.errors import CorruptObject
+from wrenpack.storage.local import LocalStore
+
+
+def plus_one(x):
+    return x + 1
+
+
+def _in_thread(fn, wait_s: float):
+    """``fn()``'s value or exception, or "hung" if it has not returned within ``wait_s``."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(wait_s)
+    if t.is_alive():
+        return "hung"
+    return box.get("error", box.get("value"))
+
+
+def _unblock(path: str) -> None:
+    """Open a FIFO for writing once, so a reader stuck on it (the defect) returns."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+# -- a FIFO (or any non-file) planted at a key ---------------------------------------------
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_non_file_planted_at_a_key_is_refused_and_never_blocks_the_reader(tmp_path, kind):
+    store = LocalStore(tmp_path / "store")
+    key = keys.result_key("j1", "00000")
+    store.put(keys.func_key("j1"), b"x")
+    path = os.path.join(store.root, key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mkfifo(path) if kind == "fifo" else os.mkdir(path)
+    try:
+        for read in (lambda: store.get(key), lambda: store.get_buffer(key), lambda: store.get_range(key, 0, 10),
+                     lambda: store.get_range_buffer(key, 0, 10)):
+            got = _in_thread(read, 3.0)
+            assert got != "hung", "reading a FIFO planted at a key blocked the reader"
+            assert isinstance(got, CorruptObject), got
+            assert "not a regular file" in str(got) and key in str(got)
+        assert store.release_range(key, 0, 1 << 20) == 0
+        # The squatted key stays squatted (the first write wins): the reader is what must fail.
+        assert store.put(key, b"late", if_absent=True) is False
+    finally:
+        if kind == "fifo":
+            _unblock(path)
+
+
+def test_a_fifo_planted_at_a_pending_result_key_fails_the_call_and_hangs_nothing(tmp_path, monkeypatch):
+    """A job's code (or anyone who can write to the store) makes a FIFO at another
+    call's result key before its worker writes it: the worker finds the key taken,
+    looks at what is there, and the driver reads it. Both opened the FIFO and waited
+    for a writer for ever (the call hung to its timeout, and the worker's parent with it)."""
+    from wrenpack.backends.local import LocalBackend
+
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), retries=0, keep_objects=True, timeout=60,
+                           backend=LocalBackend(concurrency=1, reply_limit=0))
+    planted: list[str] = []
+    original = LocalStore.put
+
+    def put(self, key, data, *, if_absent=False):
+        out = original(self, key, data, if_absent=if_absent)
+        if self is ex.store and key.endswith("owner.json") and not planted:
+            path = os.path.join(ex.store.root, keys.result_key(key.split("/")[1], keys.call_id(0)))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkfifo(path)
+            planted.append(path)
+        return out
+
+    monkeypatch.setattr(LocalStore, "put", put)
+    try:
+        fut = wrenpack.remote(plus_one, executor=ex).remote(1)
+        got = _in_thread(lambda: fut.exception(timeout=15), 20)
+        assert planted, "the attack did not run"
+        assert got != "hung", "the driver hung on the FIFO"
+        assert isinstance(got, CorruptObject), got
+        assert "not a regular file" in str(got)
+        # The worker was not left stuck: the next call runs.
+        assert wrenpack.remote(plus_one, executor=ex).remote(2).result(timeout=15) == 3
+    finally:
+        for path in planted:
+            _unblock(path)
+        ex.shutdown()
