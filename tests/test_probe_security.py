@@ -202,3 +202,45 @@ def test_a_recycled_argument_memfd_cannot_carry_another_jobs_arguments(tmp_path)
         assert got == len(big), f"job B's call ran with job A's arguments: its result is {got!r}"
     finally:
         ex.shutdown()
+
+
+# -- a keyed-BLAKE3 trailer on an object that is never one ----------------------------------
+def test_a_planted_blake3_trailer_makes_no_reader_import_anything(tmp_path, monkeypatch):
+    """Only map_reduce's shuffle objects are sealed with keyed BLAKE3. Any other
+    object carrying a ``WPB3`` trailer made its reader import ``blake3`` (the first
+    time in that process) before failing it. A job's code that can put an object at
+    its own checkpoint key (a worker's role may) and write a ``blake3.py`` where
+    ``sys.path`` looks first (on Lambda, a runtime archive extracted to /tmp: every
+    job of the container can write there) then ran its code in the worker's parent,
+    the process that holds every later job's secret. Here the parent's checkpoint
+    read (``ckpt_get``) meets such an object: it must fail without importing."""
+    import sys
+
+    from wrenpack import auth
+    from wrenpack.wire.event import Event, inline_args
+    from wrenpack.worker import handler
+
+    marker = tmp_path / "imported"
+    planted = tmp_path / "writable-on-sys-path"
+    planted.mkdir()
+    (planted / "blake3.py").write_text(f"open({str(marker)!r}, 'w').write('ran in the reader')\n")
+    monkeypatch.syspath_prepend(str(planted))
+    monkeypatch.delitem(sys.modules, "blake3", raising=False)
+    monkeypatch.setattr(auth, "_blake3", auth._UNSET)  # a process that has not looked for blake3 yet
+
+    store = LocalStore(tmp_path / "store")
+    secret = b"k" * 32
+    ev = Event.from_dict(Event(job_id="jobA", call_id="00000", store=store.spec, secret=secret,
+                               args=inline_args(b"x")).to_dict())
+    store.put(keys.checkpoint_key("jobA", "00000"), b"anything" + auth.MAGIC_B3 + b"\0" * auth.TAG_BYTES)
+    with pytest.raises(CorruptObject, match="checkpoint/00000.pkl failed authentication"):
+        handler._Requests(store, ev)({"t": "ckpt_get"}, bytearray())
+    assert not marker.exists(), "reading a planted object imported code from sys.path in the worker's parent"
+    # The same for every other sealed kind read with unseal (cancel markers, segment records, ...).
+    for blob in (b"", b"x" * 3, b"data" + auth.MAGIC_B3 + b"\1" * auth.TAG_BYTES):
+        with pytest.raises(CorruptObject, match="failed authentication"):
+            auth.unseal(secret, keys.identity("jobA", "cancel"), blob, keys.cancel_key("jobA"))
+    assert not marker.exists()
+    # What wrenpack seals still opens.
+    sealed = auth.seal(secret, keys.identity("jobA", "cancel"), b"ok")
+    assert auth.unseal(secret, keys.identity("jobA", "cancel"), sealed, "k") == b"ok"
