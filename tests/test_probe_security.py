@@ -244,3 +244,42 @@ def test_a_planted_blake3_trailer_makes_no_reader_import_anything(tmp_path, monk
     # What wrenpack seals still opens.
     sealed = auth.seal(secret, keys.identity("jobA", "cancel"), b"ok")
     assert auth.unseal(secret, keys.identity("jobA", "cancel"), sealed, "k") == b"ok"
+
+
+# -- a job's code writing a bogus message to its parent -------------------------------------
+def _write_to_parent(kind):
+    """Job code that finds its process's socket to the worker's parent and writes a
+    message head announcing an absurd blob (``kind`` "huge": more than an index can
+    hold; "big": 32 TiB), then waits; "plain": a normal call."""
+    import socket
+    import struct
+
+    if kind == "plain":
+        return "fine"
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            s = socket.socket(fileno=os.dup(int(name)))
+            size = 2**64 - 1 if kind == "huge" else 2**45
+            s.sendall(struct.pack("!IQ", 2, size) + b"{}")
+            time.sleep(3)
+    return "unreached"
+
+
+@pytest.mark.parametrize("kind", ["huge", "big"])
+def test_a_bogus_message_size_from_the_jobs_process_fails_its_call_as_a_protocol_break(tmp_path, kind):
+    """The parent read the announced size and allocated it: OverflowError or MemoryError
+    escaped as "the worker handler failed", and the job's process, its socket holding the
+    rest of the bogus message, was kept for the function's next call."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), retries=0, concurrency=1, timeout=30)
+    try:
+        f = wrenpack.remote(_write_to_parent, executor=ex)
+        err = f.remote(kind).exception(timeout=20)
+        assert isinstance(err, wrenpack.WrenpackError), err
+        assert "broke the worker's protocol" in str(err), err
+        assert f.remote("plain").result(timeout=20) == "fine"
+    finally:
+        ex.shutdown()

@@ -133,11 +133,28 @@ def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _check_head_size(head_len: int, fds: list[int]) -> None:
-    """Refuse a message whose head would be larger than ``_MAX_HEAD`` (its descriptors closed)."""
+def _max_blob() -> int:
+    """The most a message's blob can hold: this machine's memory (a peer announcing
+    more is not sending a real one, and allocating it would fail as MemoryError or
+    OverflowError rather than as the protocol break it is)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return sys.maxsize
+
+
+_MAX_BLOB = _max_blob()
+
+
+def _check_head_size(head_len: int, fds: list[int], blob_len: int = 0) -> None:
+    """Refuse a message whose head would be larger than ``_MAX_HEAD``, or whose blob
+    than ``_MAX_BLOB`` (its descriptors closed)."""
     if head_len > _MAX_HEAD:
         close_all(fds)
         raise ValueError("a message head is too large")
+    if blob_len > _MAX_BLOB:
+        close_all(fds)
+        raise ValueError(f"a message announces {blob_len} bytes, more than this machine's memory")
 
 
 def _head(loads: Callable[[bytes], Any], data: bytes, fds: list[int]) -> dict[str, Any]:
@@ -204,7 +221,7 @@ def _recv_rest(sock: socket.socket, start: bytes, fds: list[int], loads: Callabl
     if len(start) < _HEAD.size:
         start += bytes(_recv_exact(sock, _HEAD.size - len(start), None))
     head_len, blob_len = _HEAD.unpack_from(start)
-    _check_head_size(head_len, fds)
+    _check_head_size(head_len, fds, blob_len)
     body = start[_HEAD.size:]
     rest = head_len + blob_len - len(body)
     if rest < 0:
@@ -244,7 +261,7 @@ def recv(sock: socket.socket, from_parent: bool = False, whole: bool = False) ->
     fds: list[int] = []
     fixed = _recv_exact(sock, _HEAD.size, fds)
     head_len, blob_len = _HEAD.unpack(fixed)
-    _check_head_size(head_len, fds)
+    _check_head_size(head_len, fds, blob_len)
     if head_len + blob_len <= _ONE_READ:
         rest = _recv_exact(sock, head_len + blob_len, None)
         head = _head(loads, bytes(rest[:head_len]), fds)
