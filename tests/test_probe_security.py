@@ -51,21 +51,26 @@ def _unblock(path: str) -> None:
 
 
 # -- a FIFO (or any non-file) planted at a key ---------------------------------------------
-@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
 def test_a_non_file_planted_at_a_key_is_refused_and_never_blocks_the_reader(tmp_path, kind):
     store = LocalStore(tmp_path / "store")
     key = keys.result_key("j1", "00000")
     store.put(keys.func_key("j1"), b"x")
     path = os.path.join(store.root, key)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.mkfifo(path) if kind == "fifo" else os.mkdir(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        os.mkdir(path)
+    else:  # a link to another job's genuine object
+        os.symlink(os.path.join(store.root, keys.func_key("j1")), path)
     try:
         for read in (lambda: store.get(key), lambda: store.get_buffer(key), lambda: store.get_range(key, 0, 10),
                      lambda: store.get_range_buffer(key, 0, 10)):
             got = _in_thread(read, 3.0)
             assert got != "hung", "reading a FIFO planted at a key blocked the reader"
             assert isinstance(got, CorruptObject), got
-            assert "not a regular file" in str(got) and key in str(got)
+            assert ("symbolic link" if kind == "symlink" else "not a regular file") in str(got) and key in str(got)
         assert store.release_range(key, 0, 1 << 20) == 0
         # The squatted key stays squatted (the first write wins): the reader is what must fail.
         assert store.put(key, b"late", if_absent=True) is False

@@ -245,7 +245,7 @@ class LocalStore(Store):
     def _open(self, key: str, flags: int = _READ_FLAGS) -> int:
         """A descriptor of the object's file (not a link); ``ObjectNotFound`` if absent.
 
-        Only a regular file is an object: a FIFO, socket, device or directory at a
+        Only a regular file is an object: a FIFO, socket, device, directory or link at a
         key was put there by something other than wrenpack (whoever can write to the
         store can make one at a pending call's key). Read, a FIFO would block the
         reader (the driver, a worker's parent) for ever, a directory fails as an
@@ -257,6 +257,9 @@ class LocalStore(Store):
         except _ABSENT:
             raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # (O_NOFOLLOW met a link, at the key or a folder on the way)
+                raise CorruptObject(f"cannot read {key} from {self.url}: it is (or lies under) a symbolic link, so wrenpack did "
+                                    "not write it; nothing was read: remove it, re-run the job and check who can write to the store") from None
             raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
         try:
             mode = os.fstat(fd).st_mode
@@ -265,8 +268,8 @@ class LocalStore(Store):
             raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise CorruptObject(f"{key} in {self.url} is not a regular file (a {_file_kind(mode)}), so wrenpack did not "
-                                "write it; nothing was read: remove it, re-run the job and check who can write to the store")
+            raise CorruptObject(f"cannot read {key} from {self.url}: it is not a regular file (a {_file_kind(mode)}), so wrenpack "
+                                "did not write it; nothing was read: remove it, re-run the job and check who can write to the store")
         return fd  # (O_NONBLOCK stays: it changes nothing for a regular file)
 
     def get(self, key: str) -> bytes:
