@@ -288,3 +288,21 @@ def test_a_bogus_message_size_from_the_jobs_process_fails_its_call_as_a_protocol
         assert f.remote("plain").result(timeout=20) == "fine"
     finally:
         ex.shutdown()
+
+
+# -- an unverified status peek of a planted result object ------------------------------------
+@pytest.mark.xfail(strict=True, reason="wrenpack/wire/result.py (outside this file's scope): unpack catches ValueError "
+                                       "from the status JSON, not the RecursionError of a deeply nested one")
+def test_a_planted_result_whose_status_nests_deeply_is_corrupt_not_a_recursion_error():
+    """The Lambda backend peeks at a result object's status before verifying it
+    (``backend._result_from``), expecting ``CorruptObject`` for a bad one. A planted
+    object whose status is ``[[[[...]]]]`` raised RecursionError instead: the poller's
+    guard logged it and tried again until the call's deadline (WorkerLost), where a
+    planted object fails its call at once."""
+    import struct
+
+    from wrenpack.wire import result
+
+    head = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(CorruptObject, match="corrupt"):
+        result.unpack(result.MAGIC + struct.pack(">I", len(head)) + head)
