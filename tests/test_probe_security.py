@@ -201,7 +201,13 @@ def test_a_recycled_argument_memfd_cannot_carry_another_jobs_arguments(tmp_path)
         a = wrenpack.remote(_job_a, executor=ex)
         quick, slow = a.starmap([(_GrabArgsMemfd(address), big), (0, b"", address)])
         assert quick.result(timeout=30) >= 1, "the attack did not get the memfd"
-        time.sleep(0.3)
+        from wrenpack.worker import handoff
+
+        deadline = time.time() + 5
+        while not handoff._pool and time.time() < deadline:  # (the call's memfd goes back as its call is closed)
+            time.sleep(0.01)
+        assert handoff._pool, "the driver kept no argument memfd to write again"
+        time.sleep(0.3)  # (the other call of job A has the memfd and writes into it)
         got = wrenpack.remote(_job_b, executor=ex).remote(big).result(timeout=30)
         slow.result(timeout=30)
         assert got == len(big), f"job B's call ran with job A's arguments: its result is {got!r}"
