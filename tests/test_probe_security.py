@@ -312,3 +312,51 @@ def test_a_planted_result_whose_status_nests_deeply_is_corrupt_not_a_recursion_e
     head = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(CorruptObject, match="corrupt"):
         result.unpack(result.MAGIC + struct.pack(">I", len(head)) + head)
+
+
+# -- a job's processes outliving the switch to another job ----------------------------------
+def _hopping_processes(beat, n):
+    """Job A: ``n`` processes that each fork and exit at once, over and over (a new pid
+    every time), appending to ``beat`` as they go; its report says it left nothing, so
+    they stay until another domain's call comes and the job's process is ended."""
+    from wrenpack.worker import isolation
+
+    isolation._has_children = lambda: False  # the call's "did I leave processes?" report, patched to lie
+    start = time.time()
+    for _ in range(n):
+        if os.fork() == 0:
+            try:
+                while time.time() < start + 2.5:
+                    if os.fork():
+                        os._exit(0)
+                    with open(beat, "a") as f:
+                        f.write(".")
+            finally:
+                os._exit(0)
+    time.sleep(0.2)
+    return "left running"
+
+
+def _watch(beat):
+    """Job B (another function): how much job A's processes wrote while B ran."""
+    before = os.path.getsize(beat)
+    time.sleep(0.4)
+    return os.path.getsize(beat) - before
+
+
+def test_no_process_of_a_job_runs_on_into_another_jobs_call(tmp_path):
+    """Ending a job's process walked the tree, then killed what it had found; a process
+    killed after its children were read could complete a fork in between, and the next
+    look started from the processes not killed yet, so that new child (reachable only
+    through its killed parent until that exited) was never found: processes that fork
+    and exit in a loop ran on into the next job's call on the same worker."""
+    beat = tmp_path / "beat"
+    beat.write_bytes(b"")
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), retries=0, concurrency=1, timeout=30)
+    try:
+        for _ in range(3):
+            assert wrenpack.remote(_hopping_processes, executor=ex).remote(str(beat), 24).result(timeout=20) == "left running"
+            during = wrenpack.remote(_watch, executor=ex).remote(str(beat)).result(timeout=20)
+            assert during == 0, f"job A's processes wrote {during} bytes during job B's call"
+    finally:
+        ex.shutdown()

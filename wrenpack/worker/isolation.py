@@ -481,21 +481,26 @@ class Child:
         killed = {self.pid}
         me = os.getpid()
         for _ in range(100):
-            found = _children_of(self.pid) | (_children_of(me) - keepers())
-            stack = list(found - killed)
-            new: set[int] = set()
+            # Each look walks the whole tree, through the processes killed already: one
+            # killed after its children were read may have finished a fork in between
+            # (a fork completes unless the kill came first), and until it has exited that
+            # new process is its child, reachable through it alone. A process is killed
+            # as soon as it is found, so the window for such a fork is one read wide.
+            stack = list(_children_of(self.pid) | (_children_of(me) - keepers()))
+            seen: set[int] = set()
+            new = False
             while stack:
                 pid = stack.pop()
-                if pid in killed or pid in new:
+                if pid in seen:
                     continue
-                new.add(pid)
+                seen.add(pid)
+                if pid not in killed:
+                    _kill(pid, None, pid)
+                    killed.add(pid)
+                    new = True
                 stack.extend(_children_of(pid))
-            new -= killed
             if not new:
                 break
-            for pid in new:
-                _kill(pid, None, pid)
-            killed |= new
         self.exit_status(0.0)
         try:
             self.sock.close()
