@@ -360,3 +360,52 @@ def test_no_process_of_a_job_runs_on_into_another_jobs_call(tmp_path):
             assert during == 0, f"job A's processes wrote {during} bytes during job B's call"
     finally:
         ex.shutdown()
+
+
+def test_a_keeper_that_is_gone_protects_nothing_that_takes_its_pid(monkeypatch):
+    """Ending a call's processes (and a job's) spares the worker's zygote, the spare
+    process forked ahead and the job's process, by pid. A job's code can kill the spare
+    or the zygote (same user); once collected, their pids are free, and pids wrap (32768
+    here): a process of the job that takes one (fork until it does) was spared by every
+    later end of a call or job, running on beside other jobs' calls. Keepers are now known
+    by their process (a pidfd), not their number: one that has exited protects nothing."""
+    import socket
+
+    from wrenpack.worker import isolation
+
+    def sleeper() -> int:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        return pid
+
+    zygote_pid, spare_pid = sleeper(), sleeper()
+    ours, theirs = socket.socketpair()
+    spare_end, _spare_other = socket.socketpair()
+    zygote = isolation._Zygote(zygote_pid, ours)
+    try:
+        monkeypatch.setattr(isolation, "_zygote", zygote)
+        monkeypatch.setattr(isolation, "_spare", spare_end)
+        monkeypatch.setattr(isolation, "_spare_pid", None)
+        monkeypatch.setattr(isolation, "_spare_pidfd", None, raising=False)
+        monkeypatch.setattr(isolation, "_child", None)
+        isolation.send(theirs, {"pid": spare_pid})  # the zygote's answer: which process the spare is
+        assert isolation.keepers() == {zygote_pid, spare_pid}
+        for pid in (zygote_pid, spare_pid):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)  # gone and collected: the pid is anyone's next
+        assert isolation.keepers() == set(), "processes that are gone still protect whatever takes their pids"
+        assert isolation.protected() == set()
+    finally:
+        for pid in (zygote_pid, spare_pid):
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        for s in (ours, theirs, spare_end, _spare_other):
+            s.close()
+        for fd in (getattr(zygote, "pidfd", None), getattr(isolation, "_spare_pidfd", None)):
+            if fd is not None:
+                os.close(fd)

@@ -66,6 +66,7 @@ import logging
 import marshal
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -276,9 +277,30 @@ def recv(sock: socket.socket, from_parent: bool = False, whole: bool = False) ->
 class _Zygote:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
+        #: the process itself, not its number: once it has exited and been collected, its pid
+        #: may be any process's next (``keepers`` must not protect that one)
+        self.pidfd = _pidfd(pid)
         self.sock = sock
         sock.settimeout(10.0)  # a zygote that stops answering is replaced, never waited on for ever
         self.lock = threading.Lock()
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor of process ``pid`` (``pidfd_open``), or None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _gone(pidfd: int | None) -> bool:
+    """Whether the process of ``pidfd`` has exited (False when that cannot be told)."""
+    if pidfd is None:
+        return False
+    try:
+        return bool(select.select([pidfd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 _zygote: _Zygote | None = None
@@ -513,8 +535,6 @@ class Child:
         if self.sock.fileno() < 0:
             return False
         if self.pidfd is not None:
-            import select
-
             return not select.select([self.pidfd], [], [], 0)[0]  # readable: it exited
         try:
             os.kill(self.pid, 0)
@@ -527,15 +547,25 @@ class Child:
 _spare: socket.socket | None = None
 #: its pid, once the zygote said (it is orphaned to this process only after saying)
 _spare_pid: int | None = None
+#: and a descriptor of that process (``_pidfd``), opened when the zygote said: it cannot have
+#: been collected by then (its pid is held until this process collects it)
+_spare_pidfd: int | None = None
+
+
+def _forget_spare_pid() -> int | None:
+    """The spare's pid, forgotten here (with its descriptor): it is being taken or dropped."""
+    global _spare_pid, _spare_pidfd
+    pid, fd = _spare_pid, _spare_pidfd
+    _spare_pid, _spare_pidfd = None, None
+    close_quietly(fd)
+    return pid
 
 
 def _poll_spare() -> None:
     """Read the zygote's answer about the spare process if it has come (no wait)."""
-    global _spare_pid
+    global _spare_pid, _spare_pidfd
     if _spare is None or _spare_pid is not None or _zygote is None:
         return
-    import select
-
     sock = _zygote.sock
     with _zygote.lock:
         try:
@@ -554,7 +584,8 @@ def _poll_spare() -> None:
     try:
         _spare_pid = int(head["pid"])
     except (KeyError, ValueError, TypeError):
-        pass
+        return
+    _spare_pidfd = _pidfd(_spare_pid)
 
 
 #: set by a local worker, which asks for the spare after the reply has gone
@@ -596,13 +627,13 @@ def _request_spare() -> None:
 def _take_spare() -> tuple[int, socket.socket]:
     """A process for a new job: the one asked for before, else a new one (a
     fresh zygote first if the zygote is gone)."""
-    global _spare, _spare_pid, _zygote
+    global _spare, _zygote
     for attempt in range(2):
         if attempt:
             _zygote = _replace_zygote(_zygote)
         _request_spare()
         mine, _spare = _spare, None
-        known, _spare_pid = _spare_pid, None
+        known = _forget_spare_pid()
         if mine is None or _zygote is None:
             continue
         if known is not None:
@@ -645,19 +676,19 @@ def _kill(pid: int | None, pidfd: int | None, fallback: int) -> None:
 
 
 def _replace_zygote(old: _Zygote | None) -> _Zygote:
-    global _spare, _spare_pid, _zygote
+    global _spare, _zygote
     if _spare is not None:
         _spare.close()
-        _spare, _spare_pid = None, None
+        _spare = None
+        _forget_spare_pid()
     if old is not None:
         try:
             old.sock.close()
         except OSError:
             pass
-        try:
-            os.kill(old.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill(old.pid, old.pidfd, old.pid)  # (by its descriptor: its pid may be another's by now)
+        close_quietly(old.pidfd)
+        old.pidfd = None
     log.info("the worker's zygote is gone; starting a fresh one")
     _zygote = _spawn_zygote()
     return _zygote
@@ -762,7 +793,7 @@ def protected() -> set[int]:
     what ending a call's processes must leave alone. Scans /proc: only when a
     call left processes."""
     keep = keepers()
-    if _zygote is not None:
+    if _zygote is not None and _zygote.pid in keep:  # (a zygote that is gone protects nothing below its old pid)
         keep.update(descendants(_zygote.pid))
     return keep
 
@@ -773,10 +804,13 @@ def keepers() -> set[int]:
     processes to judge: the next job's process is orphaned to this one only
     after the zygote said which it is."""
     _poll_spare()
-    out = {_spare_pid} if _spare_pid is not None else set()
-    if _zygote is not None:
+    # Only those still running: one that has exited and been collected leaves a pid that a
+    # job's process may take next (pids wrap), and protecting that one would let it outlive
+    # its job, into the next job's calls.
+    out = {_spare_pid} if _spare_pid is not None and not _gone(_spare_pidfd) else set()
+    if _zygote is not None and not _gone(_zygote.pidfd):
         out.add(_zygote.pid)
-    if _child is not None:
+    if _child is not None and not _gone(_child.pidfd):
         out.add(_child.pid)
     return out
 
@@ -792,10 +826,7 @@ def stop() -> None:
     stopping = True
     zygote = _zygote
     if zygote is not None:
-        try:
-            os.kill(zygote.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill(zygote.pid, zygote.pidfd, zygote.pid)
 
 
 def die_like(status: int | None) -> None:
@@ -838,8 +869,6 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
     outcome: (head, outcome bytes, descriptors). ``serve(head, blob)`` answers a
     request (checkpoint, derivation). ``wait_until``: give up (``ChildGone``) if
     nothing has come by then; ``cancelled``: polled while waiting."""
-    import select
-
     try:
         send(child.sock, head, blob, fds, to_child=True)
     except OSError as exc:
@@ -971,8 +1000,6 @@ def children_usage() -> tuple[float, int]:
 
 
 def _readable(sock: socket.socket) -> bool:
-    import select
-
     try:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
