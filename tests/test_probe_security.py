@@ -409,3 +409,59 @@ def test_a_keeper_that_is_gone_protects_nothing_that_takes_its_pid(monkeypatch):
         for fd in (getattr(zygote, "pidfd", None), getattr(isolation, "_spare_pidfd", None)):
             if fd is not None:
                 os.close(fd)
+
+
+# -- the secret-holding parent importing after a job's code ran --------------------------------
+_PLANTED_SUBPROCESS = '''
+import os, sys
+with open(os.environ["PROBE_MARKER"], "a") as f:
+    f.write(f"{os.getpid()}\\n")  # job A's code, running in whatever process imported this
+_here = os.path.dirname(os.path.abspath(__file__))
+_mine = sys.modules.pop(__name__)
+_path = sys.path[:]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+try:
+    import subprocess as _real  # the standard library's, so that nothing else shows
+finally:
+    sys.path[:] = _path
+sys.modules[__name__] = _real
+'''
+
+_WORKER_SCRIPT = '''
+import os, sys
+sys.path.insert(0, os.environ["PROBE_REPO"])
+from wrenpack.worker import handler, isolation  # a worker's start: the zygote is forked from this
+isolation.prepare()
+# Job A's code: a module written where the worker's sys.path looks first (the driver's
+# script folder or cwd locally, a --runtime-archive tree in /tmp on Lambda), and the zygote killed.
+sys.path.insert(0, os.environ["PROBE_PLANTED"])
+os.kill(isolation._zygote.pid, 9)
+# The next domain's call: the worker replaces the zygote it lost.
+child = isolation.child_for("b" * 64 + "/f")
+print("pid", os.getpid(), "child alive", child.alive())
+isolation.end_child()
+isolation.stop()
+'''
+
+
+def test_replacing_a_killed_zygote_imports_nothing_into_the_secret_holding_parent(tmp_path):
+    """A job's code can kill its worker's zygote (same user); the worker's parent then
+    starts a fresh one, and imported ``subprocess`` to do it, for the first time, after
+    job code had run: from the first folder on ``sys.path`` that has one, which job code
+    can write to (the driver's folder or cwd, first on a local worker's path; a runtime
+    archive's tree in /tmp on Lambda). The planted module ran in the process that holds
+    every later job's secret. The parent now imports it at start, before any event."""
+    import subprocess
+    import sys
+
+    planted = tmp_path / "on-the-path"
+    planted.mkdir()
+    (planted / "subprocess.py").write_text(_PLANTED_SUBPROCESS)
+    marker = tmp_path / "ran-in"
+    env = dict(os.environ, PROBE_REPO=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               PROBE_PLANTED=str(planted), PROBE_MARKER=str(marker))
+    out = subprocess.run([sys.executable, "-c", _WORKER_SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "child alive True" in out.stdout, out.stdout + out.stderr
+    parent = out.stdout.split()[1]
+    ran_in = marker.read_text().split() if marker.exists() else []
+    assert parent not in ran_in, "job code planted on sys.path ran in the worker's parent"

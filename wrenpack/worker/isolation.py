@@ -323,6 +323,7 @@ def prepare() -> None:
         return  # (not Linux: calls run in the handler's process, as before)
     _zygote = _fork_zygote()
     _prepared = True
+    _import_what_a_respawn_needs()
     # Orphans of a job's processes stay below this process, where ``Child.kill`` finds them.
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     # A child of the same user cannot read this process's memory (/proc/<pid>/mem, ptrace).
@@ -344,10 +345,30 @@ def _fork_zygote() -> _Zygote:
     return _Zygote(pid, mine)
 
 
+#: ``subprocess``, imported by ``prepare`` (``_import_what_a_respawn_needs``)
+_subprocess: Any = None
+
+
+def _import_what_a_respawn_needs() -> None:
+    """Import now, before any event, what starting a fresh zygote needs (``_spawn_zygote``).
+
+    This process holds the secrets; after a job's code has run, nothing may be imported
+    into it: an import finds the first file of that name on ``sys.path``, and job code
+    can write into folders there (the driver's folder or cwd, first on a local worker's
+    path; on Lambda, a runtime archive's tree in /tmp). A job's code can kill the zygote
+    (same user), and replacing it imported ``subprocess`` for the first time."""
+    global _subprocess
+    import subprocess
+
+    _subprocess = subprocess
+
+
 def _spawn_zygote() -> _Zygote:
     """A zygote from a fresh interpreter: forking this process would copy the
     secrets it has held into it."""
-    import subprocess
+    subprocess = _subprocess
+    if subprocess is None:  # (not prepared: no job's code has run in this process)
+        import subprocess
 
     mine, theirs = socket.socketpair()
     code = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
