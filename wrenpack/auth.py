@@ -24,11 +24,12 @@ sealed with keyed BLAKE3 instead, when the optional ``blake3`` package is
 installed where the object is written: 4.6 to 5 GB/s on one core here, four
 times HMAC-SHA256. Its trailer says so (``WPB3`` instead of ``WPA1``, same
 length); its key is HMAC-SHA256(secret, a fixed label), so the two MACs never
-share a key. A reader accepts both; one without ``blake3`` refuses a ``WPB3``
-object with a ``CorruptObject`` that says to install it (nothing unpickled).
-Every other object stays ``WPA1``: the driver and a Lambda runtime need not
-have the same optional packages, while a shuffle's writer and reader are
-tasks of one job on one runtime.
+share a key. A shuffle reader (``verify_parts``) accepts both; one without ``blake3``
+refuses a ``WPB3`` object with a ``CorruptObject`` that says to install it (nothing
+unpickled). Every other object stays ``WPA1``, and ``unseal``/``unseal_view`` refuse
+``WPB3`` outright (a planted trailer would otherwise make any reader import
+``blake3``): the driver and a Lambda runtime need not have the same optional
+packages, while a shuffle's writer and reader are tasks of one job on one runtime.
 """
 from __future__ import annotations
 
@@ -213,19 +214,30 @@ def unseal(secret: bytes, identity: str, blob: bytes, key: str) -> bytes:
 
 
 def unseal_view(secret: bytes, identity: str, blob: bytes, key: str) -> memoryview:
-    """``unseal`` without copying the data: a view into ``blob`` (for unpickling)."""
+    """``unseal`` without copying the data: a view into ``blob`` (for unpickling).
+
+    Only ``WPA1`` (HMAC-SHA256): wrenpack seals nothing but map_reduce's shuffle
+    objects with keyed BLAKE3, and those are checked by ``verify_parts``. A ``WPB3``
+    trailer here is refused before anything else happens: accepting it would make
+    whoever can write to the store able to have any reader (a worker's secret-holding
+    process, the driver) import ``blake3`` on demand, from wherever ``sys.path`` finds
+    it first (on Lambda, a runtime archive's tree in /tmp, which every job's code on
+    the container can write to)."""
     if not _enabled:
         return memoryview(blob)
     view = memoryview(blob)
-    if len(view) < TRAILER_BYTES or view[-TRAILER_BYTES:-TAG_BYTES] not in (MAGIC, MAGIC_B3):
+    magic = view[-TRAILER_BYTES:-TAG_BYTES] if len(view) >= TRAILER_BYTES else b""
+    if magic == MAGIC_B3:
+        raise CorruptObject(
+            f"{key} failed authentication (it carries a keyed-BLAKE3 trailer, which wrenpack writes only on "
+            "map_reduce's shuffle objects); nothing was unpickled: re-run the job and check who can write to the store"
+        )
+    if magic != MAGIC:
         raise CorruptObject(
             f"{key} failed authentication (not a sealed wrenpack object); nothing was unpickled: "
             "something other than wrenpack wrote it, re-run the job"
         )
     data = view[:-TRAILER_BYTES]
-    if view[-TRAILER_BYTES:-TAG_BYTES] == MAGIC_B3:
-        verify_parts(secret, identity, bytes(view[-TRAILER_BYTES:]), [data], key)
-        return data
     if not hmac.compare_digest(_tag(secret, identity, data), view[-TAG_BYTES:]):
         raise CorruptObject(
             f"{key} failed authentication (altered, or written for another call or job); nothing was unpickled: "

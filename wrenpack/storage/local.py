@@ -31,12 +31,14 @@ import threading
 from typing import Any, Iterable, Iterator
 
 from wrenpack import process_state
-from wrenpack.errors import ObjectNotFound, StoreError
+from wrenpack.errors import CorruptObject, ObjectNotFound, StoreError
 from wrenpack.storage.base import Store
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_RELEASE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+#: (``O_NONBLOCK``: opening a FIFO someone planted at a key would otherwise wait for a writer for ever;
+#: it changes nothing for the regular files objects are, and ``_open`` refuses anything else)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_RELEASE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: a mapped object is read whole right away (its MAC), so its pages are mapped in one go, not one fault each
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
@@ -241,15 +243,34 @@ class LocalStore(Store):
         raise AssertionError("not reached: the second try returns or raises")
 
     def _open(self, key: str, flags: int = _READ_FLAGS) -> int:
-        """A descriptor of the object's file (not a link); ``ObjectNotFound`` if absent."""
+        """A descriptor of the object's file (not a link); ``ObjectNotFound`` if absent.
+
+        Only a regular file is an object: a FIFO, socket, device, directory or link at a
+        key was put there by something other than wrenpack (whoever can write to the
+        store can make one at a pending call's key). Read, a FIFO would block the
+        reader (the driver, a worker's parent) for ever, a directory fails as an
+        I/O error and a device reads whatever it holds; each is ``CorruptObject``."""
         *dirs, name = self._parts(key)
         try:
             with self._dir(dirs) as dfd:
-                return os.open(name, flags, dir_fd=dfd)
+                fd = os.open(name, flags, dir_fd=dfd)
         except _ABSENT:
             raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # (O_NOFOLLOW met a link, at the key or a folder on the way)
+                raise CorruptObject(f"cannot read {key} from {self.url}: it is (or lies under) a symbolic link, so wrenpack did "
+                                    "not write it; nothing was read: remove it, re-run the job and check who can write to the store") from None
             raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise CorruptObject(f"cannot read {key} from {self.url}: it is not a regular file (a {_file_kind(mode)}), so wrenpack "
+                                "did not write it; nothing was read: remove it, re-run the job and check who can write to the store")
+        return fd  # (O_NONBLOCK stays: it changes nothing for a regular file)
 
     def get(self, key: str) -> bytes:
         fd = self._open(key)
@@ -466,6 +487,15 @@ def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
                         os.unlink(name, dir_fd=fd)
                         removed += 1
     return removed
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in a word."""
+    for test, word in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "directory"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return word
+    return "special file"
 
 
 def _reason(exc: OSError) -> str:

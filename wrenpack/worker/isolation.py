@@ -66,6 +66,7 @@ import logging
 import marshal
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -133,11 +134,28 @@ def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _check_head_size(head_len: int, fds: list[int]) -> None:
-    """Refuse a message whose head would be larger than ``_MAX_HEAD`` (its descriptors closed)."""
+def _max_blob() -> int:
+    """The most a message's blob can hold: this machine's memory (a peer announcing
+    more is not sending a real one, and allocating it would fail as MemoryError or
+    OverflowError rather than as the protocol break it is)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return sys.maxsize
+
+
+_MAX_BLOB = _max_blob()
+
+
+def _check_head_size(head_len: int, fds: list[int], blob_len: int = 0) -> None:
+    """Refuse a message whose head would be larger than ``_MAX_HEAD``, or whose blob
+    than ``_MAX_BLOB`` (its descriptors closed)."""
     if head_len > _MAX_HEAD:
         close_all(fds)
         raise ValueError("a message head is too large")
+    if blob_len > _MAX_BLOB:
+        close_all(fds)
+        raise ValueError(f"a message announces {blob_len} bytes, more than this machine's memory")
 
 
 def _head(loads: Callable[[bytes], Any], data: bytes, fds: list[int]) -> dict[str, Any]:
@@ -204,7 +222,7 @@ def _recv_rest(sock: socket.socket, start: bytes, fds: list[int], loads: Callabl
     if len(start) < _HEAD.size:
         start += bytes(_recv_exact(sock, _HEAD.size - len(start), None))
     head_len, blob_len = _HEAD.unpack_from(start)
-    _check_head_size(head_len, fds)
+    _check_head_size(head_len, fds, blob_len)
     body = start[_HEAD.size:]
     rest = head_len + blob_len - len(body)
     if rest < 0:
@@ -244,7 +262,7 @@ def recv(sock: socket.socket, from_parent: bool = False, whole: bool = False) ->
     fds: list[int] = []
     fixed = _recv_exact(sock, _HEAD.size, fds)
     head_len, blob_len = _HEAD.unpack(fixed)
-    _check_head_size(head_len, fds)
+    _check_head_size(head_len, fds, blob_len)
     if head_len + blob_len <= _ONE_READ:
         rest = _recv_exact(sock, head_len + blob_len, None)
         head = _head(loads, bytes(rest[:head_len]), fds)
@@ -259,9 +277,30 @@ def recv(sock: socket.socket, from_parent: bool = False, whole: bool = False) ->
 class _Zygote:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
+        #: the process itself, not its number: once it has exited and been collected, its pid
+        #: may be any process's next (``keepers`` must not protect that one)
+        self.pidfd = _pidfd(pid)
         self.sock = sock
         sock.settimeout(10.0)  # a zygote that stops answering is replaced, never waited on for ever
         self.lock = threading.Lock()
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor of process ``pid`` (``pidfd_open``), or None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _gone(pidfd: int | None) -> bool:
+    """Whether the process of ``pidfd`` has exited (False when that cannot be told)."""
+    if pidfd is None:
+        return False
+    try:
+        return bool(select.select([pidfd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 _zygote: _Zygote | None = None
@@ -284,6 +323,7 @@ def prepare() -> None:
         return  # (not Linux: calls run in the handler's process, as before)
     _zygote = _fork_zygote()
     _prepared = True
+    _import_what_a_respawn_needs()
     # Orphans of a job's processes stay below this process, where ``Child.kill`` finds them.
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     # A child of the same user cannot read this process's memory (/proc/<pid>/mem, ptrace).
@@ -305,10 +345,30 @@ def _fork_zygote() -> _Zygote:
     return _Zygote(pid, mine)
 
 
+#: ``subprocess``, imported by ``prepare`` (``_import_what_a_respawn_needs``)
+_subprocess: Any = None
+
+
+def _import_what_a_respawn_needs() -> None:
+    """Import now, before any event, what starting a fresh zygote needs (``_spawn_zygote``).
+
+    This process holds the secrets; after a job's code has run, nothing may be imported
+    into it: an import finds the first file of that name on ``sys.path``, and job code
+    can write into folders there (the driver's folder or cwd, first on a local worker's
+    path; on Lambda, a runtime archive's tree in /tmp). A job's code can kill the zygote
+    (same user), and replacing it imported ``subprocess`` for the first time."""
+    global _subprocess
+    import subprocess
+
+    _subprocess = subprocess
+
+
 def _spawn_zygote() -> _Zygote:
     """A zygote from a fresh interpreter: forking this process would copy the
     secrets it has held into it."""
-    import subprocess
+    subprocess = _subprocess
+    if subprocess is None:  # (not prepared: no job's code has run in this process)
+        import subprocess
 
     mine, theirs = socket.socketpair()
     code = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
@@ -464,21 +524,26 @@ class Child:
         killed = {self.pid}
         me = os.getpid()
         for _ in range(100):
-            found = _children_of(self.pid) | (_children_of(me) - keepers())
-            stack = list(found - killed)
-            new: set[int] = set()
+            # Each look walks the whole tree, through the processes killed already: one
+            # killed after its children were read may have finished a fork in between
+            # (a fork completes unless the kill came first), and until it has exited that
+            # new process is its child, reachable through it alone. A process is killed
+            # as soon as it is found, so the window for such a fork is one read wide.
+            stack = list(_children_of(self.pid) | (_children_of(me) - keepers()))
+            seen: set[int] = set()
+            new = False
             while stack:
                 pid = stack.pop()
-                if pid in killed or pid in new:
+                if pid in seen:
                     continue
-                new.add(pid)
+                seen.add(pid)
+                if pid not in killed:
+                    _kill(pid, None, pid)
+                    killed.add(pid)
+                    new = True
                 stack.extend(_children_of(pid))
-            new -= killed
             if not new:
                 break
-            for pid in new:
-                _kill(pid, None, pid)
-            killed |= new
         self.exit_status(0.0)
         try:
             self.sock.close()
@@ -491,8 +556,6 @@ class Child:
         if self.sock.fileno() < 0:
             return False
         if self.pidfd is not None:
-            import select
-
             return not select.select([self.pidfd], [], [], 0)[0]  # readable: it exited
         try:
             os.kill(self.pid, 0)
@@ -505,15 +568,25 @@ class Child:
 _spare: socket.socket | None = None
 #: its pid, once the zygote said (it is orphaned to this process only after saying)
 _spare_pid: int | None = None
+#: and a descriptor of that process (``_pidfd``), opened when the zygote said: it cannot have
+#: been collected by then (its pid is held until this process collects it)
+_spare_pidfd: int | None = None
+
+
+def _forget_spare_pid() -> int | None:
+    """The spare's pid, forgotten here (with its descriptor): it is being taken or dropped."""
+    global _spare_pid, _spare_pidfd
+    pid, fd = _spare_pid, _spare_pidfd
+    _spare_pid, _spare_pidfd = None, None
+    close_quietly(fd)
+    return pid
 
 
 def _poll_spare() -> None:
     """Read the zygote's answer about the spare process if it has come (no wait)."""
-    global _spare_pid
+    global _spare_pid, _spare_pidfd
     if _spare is None or _spare_pid is not None or _zygote is None:
         return
-    import select
-
     sock = _zygote.sock
     with _zygote.lock:
         try:
@@ -532,7 +605,8 @@ def _poll_spare() -> None:
     try:
         _spare_pid = int(head["pid"])
     except (KeyError, ValueError, TypeError):
-        pass
+        return
+    _spare_pidfd = _pidfd(_spare_pid)
 
 
 #: set by a local worker, which asks for the spare after the reply has gone
@@ -574,13 +648,13 @@ def _request_spare() -> None:
 def _take_spare() -> tuple[int, socket.socket]:
     """A process for a new job: the one asked for before, else a new one (a
     fresh zygote first if the zygote is gone)."""
-    global _spare, _spare_pid, _zygote
+    global _spare, _zygote
     for attempt in range(2):
         if attempt:
             _zygote = _replace_zygote(_zygote)
         _request_spare()
         mine, _spare = _spare, None
-        known, _spare_pid = _spare_pid, None
+        known = _forget_spare_pid()
         if mine is None or _zygote is None:
             continue
         if known is not None:
@@ -623,19 +697,19 @@ def _kill(pid: int | None, pidfd: int | None, fallback: int) -> None:
 
 
 def _replace_zygote(old: _Zygote | None) -> _Zygote:
-    global _spare, _spare_pid, _zygote
+    global _spare, _zygote
     if _spare is not None:
         _spare.close()
-        _spare, _spare_pid = None, None
+        _spare = None
+        _forget_spare_pid()
     if old is not None:
         try:
             old.sock.close()
         except OSError:
             pass
-        try:
-            os.kill(old.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill(old.pid, old.pidfd, old.pid)  # (by its descriptor: its pid may be another's by now)
+        close_quietly(old.pidfd)
+        old.pidfd = None
     log.info("the worker's zygote is gone; starting a fresh one")
     _zygote = _spawn_zygote()
     return _zygote
@@ -740,7 +814,7 @@ def protected() -> set[int]:
     what ending a call's processes must leave alone. Scans /proc: only when a
     call left processes."""
     keep = keepers()
-    if _zygote is not None:
+    if _zygote is not None and _zygote.pid in keep:  # (a zygote that is gone protects nothing below its old pid)
         keep.update(descendants(_zygote.pid))
     return keep
 
@@ -751,10 +825,13 @@ def keepers() -> set[int]:
     processes to judge: the next job's process is orphaned to this one only
     after the zygote said which it is."""
     _poll_spare()
-    out = {_spare_pid} if _spare_pid is not None else set()
-    if _zygote is not None:
+    # Only those still running: one that has exited and been collected leaves a pid that a
+    # job's process may take next (pids wrap), and protecting that one would let it outlive
+    # its job, into the next job's calls.
+    out = {_spare_pid} if _spare_pid is not None and not _gone(_spare_pidfd) else set()
+    if _zygote is not None and not _gone(_zygote.pidfd):
         out.add(_zygote.pid)
-    if _child is not None:
+    if _child is not None and not _gone(_child.pidfd):
         out.add(_child.pid)
     return out
 
@@ -770,10 +847,7 @@ def stop() -> None:
     stopping = True
     zygote = _zygote
     if zygote is not None:
-        try:
-            os.kill(zygote.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill(zygote.pid, zygote.pidfd, zygote.pid)
 
 
 def die_like(status: int | None) -> None:
@@ -816,8 +890,6 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
     outcome: (head, outcome bytes, descriptors). ``serve(head, blob)`` answers a
     request (checkpoint, derivation). ``wait_until``: give up (``ChildGone``) if
     nothing has come by then; ``cancelled``: polled while waiting."""
-    import select
-
     try:
         send(child.sock, head, blob, fds, to_child=True)
     except OSError as exc:
@@ -949,8 +1021,6 @@ def children_usage() -> tuple[float, int]:
 
 
 def _readable(sock: socket.socket) -> bool:
-    import select
-
     try:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
