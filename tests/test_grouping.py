@@ -174,3 +174,55 @@ def test_a_batch_reports_the_time_it_waited_for_a_cpu():
                                               text=True, timeout=60).stdout.split())
     # Sharing one CPU with a spinning process: about half the wall time is waiting.
     assert 0.2 * total < waited < total
+
+
+def sleep_on(x, long_one, marker):
+    if x == long_one:
+        open(marker, "w").close()
+        time.sleep(30)
+    return x
+
+
+def _wait_for(path, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_stopping_one_running_call_of_an_explicit_chunk_stops_the_chunk(tmp_path):
+    """``wrenpack.cancel`` of a running item of a ``chunksize=k`` map: the chunk
+    is one invocation, so it is stopped and all its items end cancelled (as
+    cancelling a waiting item takes back the chunk); other chunks keep their
+    results. It answered [False] and the item ran to its end."""
+    marker = str(tmp_path / "running")
+    with wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=2), retries=0) as ex:
+        f = wrenpack.remote(sleep_on, executor=ex)
+        futs = f.map([0, 1, 2, 3], long_one=1, marker=marker, chunksize=2)
+        _wait_for(marker)
+        t0 = time.monotonic()
+        assert wrenpack.cancel(futs[1]) == [True]
+        for fut in futs[:2]:
+            with pytest.raises(wrenpack.CallCancelled):
+                fut.result(timeout=20)
+        assert time.monotonic() - t0 < 15, "the chunk ran on after it was stopped"
+        assert [fut.result(timeout=20) for fut in futs[2:]] == [2, 3]
+
+
+def test_stopping_one_running_call_of_an_automatic_group_stops_only_it(tmp_path):
+    """Calls grouped automatically keep their own cancellation: stopping one that
+    runs stops its group's invocation, and the group's other calls run again,
+    each with its own result."""
+    marker = str(tmp_path / "running")
+    with wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=1), retries=0) as ex:
+        f = wrenpack.remote(sleep_on, executor=ex)
+        wrenpack.get(f.map(range(40), long_one=-1, marker=marker))  # timed: short, so grouped from now on
+        futs = f.map(range(60), long_one=30, marker=marker)
+        _wait_for(marker)
+        assert type(futs[30]._owner).__name__ == "_Group", "the call did not run in a group: the test proves nothing"
+        assert wrenpack.cancel(futs[30]) == [True]
+        with pytest.raises(wrenpack.CallCancelled):
+            futs[30].result(timeout=20)
+        for x, fut in enumerate(futs):
+            if x != 30:
+                assert fut.result(timeout=20) == x

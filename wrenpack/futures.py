@@ -544,6 +544,16 @@ def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
     return [bool(x) for x in out]
 
 
+def stop_running(fut: WrenFuture) -> bool:
+    """Stop ``fut``'s call while it runs (what ``cancel`` does to a running call):
+    the invocation of a group of calls, for its members' ``stop_calls``. True if
+    it will end so."""
+    stopper = fut._stop_calls()
+    if stopper is None or not fut.job_id or fut.done():
+        return False
+    return (fut.job_id, fut.call_id) in stopper([(fut.job_id, fut.call_id)])
+
+
 def as_list(futures: WrenFuture | Iterable[WrenFuture], what: str = "wrenpack.get()") -> tuple[list[WrenFuture], bool]:
     """The futures given (one, or an iterable of them), checked: anything else
     is a ``ConfigTypeError`` naming it, not an AttributeError from inside."""

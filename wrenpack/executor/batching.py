@@ -8,7 +8,7 @@ import operator
 from typing import TYPE_CHECKING, Any, Callable
 
 from wrenpack.errors import ConfigError, ConfigTypeError
-from wrenpack.futures import CallOwner, WrenFuture
+from wrenpack.futures import CallOwner, WrenFuture, stop_running
 from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
 
@@ -111,6 +111,12 @@ class _Batch(CallOwner):
 
     def cancel_call(self, fut: WrenFuture) -> bool:
         return self.gfut.cancel()
+
+    def stop_calls(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """``wrenpack.cancel`` of running items: their chunk is one invocation, so
+        it is stopped, and all its items end cancelled (as cancelling a waiting
+        item takes the whole chunk back)."""
+        return set(calls) if stop_running(self.gfut) else set()
 
     def pin_call(self, fut: WrenFuture) -> bool:
         return self.gfut._pin_call()

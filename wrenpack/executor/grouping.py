@@ -27,10 +27,10 @@ import time
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from wrenpack.errors import CorruptObject, ExecutorShutdown, WrenpackError
+from wrenpack.errors import CallCancelled, CorruptObject, ExecutorShutdown, WrenpackError
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.profiled import code_key, uses_checkpoint
-from wrenpack.futures import CallOwner, WrenFuture
+from wrenpack.futures import CallOwner, WrenFuture, stop_running
 from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
 
@@ -267,6 +267,15 @@ class _Plan(CallOwner):
             return
         exc = gfut.exception()
         if exc is not None:
+            stopped = [i for i in group if getattr(self.items[i], "_stop_asked", False)]
+            if stopped and isinstance(exc, CancelledError):
+                # Stopped for these of its calls (``wrenpack.cancel``): they end so, the others go again.
+                for i in stopped:
+                    item = self.items[i]
+                    if not item.done():
+                        item._resolve(False, CallCancelled(f"{item.label} was cancelled while it ran"))
+                self._again([i for i in group if i not in stopped], None)
+                return
             self._again(group, exc)
             return
         outcomes = gfut.result()
@@ -316,6 +325,18 @@ class _Plan(CallOwner):
                 return False
             self.taken.add(i)
         return True
+
+    def _stop_members(self, calls: list[tuple[str, str]], gfut: WrenFuture) -> set[tuple[str, str]]:
+        """Stop a running group for some of its calls (``_Group.stop_calls``)."""
+        wanted = set(calls)
+        members = [item for item in (gfut._members or ()) if (item.job_id, item.call_id) in wanted and not item.done()]
+        for item in members:
+            item._stop_asked = True  # type: ignore[attr-defined]
+        if not members or not stop_running(gfut):
+            for item in members:
+                item._stop_asked = False  # type: ignore[attr-defined]
+            return set()
+        return {(item.job_id, item.call_id) for item in members}
 
     def _cancel_member(self, item: WrenFuture, gfut: WrenFuture) -> bool:
         """Cancel one call of a group not started yet: the group is taken back and
@@ -369,6 +390,12 @@ class _Group(CallOwner):
 
     def cancel_call(self, fut: WrenFuture) -> bool:
         return self.plan._cancel_member(fut, self.gfut)
+
+    def stop_calls(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """``wrenpack.cancel`` of running calls of the group: its invocation is
+        stopped; those calls end cancelled, the group's others run again
+        (``_Plan._group_done``), as for one cancelled while the group waited."""
+        return self.plan._stop_members(calls, self.gfut)
 
     def pin_call(self, fut: WrenFuture) -> bool:
         return self.gfut._pin_call()
