@@ -333,3 +333,39 @@ def test_a_lower_memory_setting_is_held_on_a_worker_warm_with_more(tmp_path):
             f.options(memory=512).remote(0, 700).result(timeout=60)
     finally:
         ex.shutdown()
+
+
+def write_tmp(mb):
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "blob")
+    with open(path, "wb") as fh:
+        chunk = b"\1" * (1024 * 1024)
+        for _ in range(mb):
+            fh.write(chunk)
+    os.remove(path)
+    return mb
+
+
+def test_tmp_on_tmpfs_does_not_count_as_the_calls_memory(tmp_path, monkeypatch):
+    """Where the temporary directory is a tmpfs (as /tmp is on Fedora or Arch, or
+    TMPDIR=/dev/shm), a call's /tmp pages were charged to its memory cgroup: a
+    memory=256 call writing 400 MB to /tmp failed with MemoryLimitExceeded ("raise
+    memory="), where on Lambda /tmp is storage of its own. The workers' /tmp goes
+    on a disk-backed folder (/var/tmp) instead."""
+    import tempfile
+
+    from wrenpack.backends.local import linux
+
+    if linux.CgroupFactory.detect() is None:
+        pytest.skip("needs memory cgroups (without them /tmp is never counted as memory)")
+    if linux.filesystem_type("/dev/shm") != "tmpfs" or linux.filesystem_type("/var/tmp") in (None, "tmpfs"):
+        pytest.skip("needs /dev/shm on tmpfs and /var/tmp on a disk-backed file system")
+    monkeypatch.setattr(tempfile, "tempdir", "/dev/shm")
+    ex = wrenpack.Executor(storage=str(tmp_path / "s"), backend=LocalBackend(concurrency=1))
+    try:
+        assert linux.filesystem_type(ex.backend.work_dir) != "tmpfs"
+        f = wrenpack.remote(write_tmp, executor=ex, memory=256, ephemeral_storage=1024)
+        assert f.remote(400).result(timeout=60) == 400
+    finally:
+        ex.shutdown()

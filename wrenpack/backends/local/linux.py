@@ -92,6 +92,29 @@ _unremoved: set[str] = set()
 _unremoved_lock = threading.Lock()
 
 
+def filesystem_type(path: str) -> str | None:
+    """The type of the file system ``path`` is on (``"tmpfs"``, ``"ext4"``...), from
+    ``/proc/self/mountinfo``; None where that cannot be read."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        # (octal escapes in mount points: \040 for a space)
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, tail.split()[0]
+    return kind
+
+
 def _remove_later(path: str) -> None:
     with _unremoved_lock:
         if not _unremoved:

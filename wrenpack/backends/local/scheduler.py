@@ -59,6 +59,7 @@ from typing import Any
 
 from wrenpack import process_state
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
+from wrenpack.backends.local import linux
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
@@ -100,24 +101,52 @@ WORK_DIR_PREFIX = "wrenpack-local-"
 _STALE_WORK_DIR = re.compile(re.escape(WORK_DIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
 
 
+#: where the work folder goes when the temporary directory is a tmpfs and calls have memory cgroups
+DISK_TMP = "/var/tmp"
+_warned_tmpfs = False
+
+
+def work_root(memory_cgroups: bool) -> str:
+    """The folder the work folder (the workers' /tmp) is made in: the temporary
+    directory, unless calls have memory cgroups and it is a tmpfs (/tmp on Fedora
+    or Arch, TMPDIR=/dev/shm). A tmpfs page is charged to the memory cgroup of
+    the process that wrote it, so a call's /tmp files would count as its memory
+    (MemoryLimitExceeded where Lambda, whose /tmp is storage of its own, has
+    room); /var/tmp, disk-backed, is used instead where it is writable."""
+    global _warned_tmpfs
+    root = tempfile.gettempdir()
+    if not memory_cgroups or linux.filesystem_type(root) != "tmpfs":
+        return root
+    if os.access(DISK_TMP, os.W_OK | os.X_OK) and linux.filesystem_type(DISK_TMP) not in (None, "tmpfs"):
+        return DISK_TMP
+    if not _warned_tmpfs:
+        _warned_tmpfs = True
+        log.warning("the temporary directory %s is a tmpfs and %s is not a disk-backed folder this user can write: what "
+                    "calls write to /tmp counts as their memory here (not on Lambda); set TMPDIR to a folder on disk", root, DISK_TMP)
+    return root
+
+
 def remove_stale_work_dirs() -> int:
     """Remove the work folders (workers' /tmp, sockets' folder) of local backends whose
     driver is gone: a driver killed together with its workers (a SIGKILL to its process
     group) removes nothing, and no worker is left to. How many went. One whose driver
-    runs, or whose name carries no pid, is left alone."""
-    root = tempfile.gettempdir()
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return 0
+    runs, or whose name carries no pid, is left alone. Both places a work folder
+    goes are looked at (``work_root``)."""
     removed = 0
-    for name in names:
-        if not process_state.left_by_gone_process(name, _STALE_WORK_DIR):
+    for root in dict.fromkeys((tempfile.gettempdir(), DISK_TMP)):
+        try:
+            names = os.listdir(root)
+        except OSError:
             continue
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        removed += 1
-    if removed:
-        log.info("removed %d work folder(s) in %s left by local backends whose driver is gone", removed, root)
+        gone = 0
+        for name in names:
+            if not process_state.left_by_gone_process(name, _STALE_WORK_DIR):
+                continue
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            gone += 1
+        if gone:
+            log.info("removed %d work folder(s) in %s left by local backends whose driver is gone", gone, root)
+        removed += gone
     return removed
 
 
@@ -151,7 +180,7 @@ class LocalBackend(Backend):
         if work_dir is None:
             remove_stale_work_dirs()
         # (the driver's pid in its name: a backend started later removes it if this driver is killed with its workers)
-        self.work_dir = work_dir or tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}-")
+        self.work_dir = work_dir or tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}-", dir=work_root(self._cgroups is not None))
         self._own_work_dir = work_dir is None
         self._queue: deque[Invocation] = deque()
         #: id() of every queued, not cancelled invocation
