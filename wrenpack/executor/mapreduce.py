@@ -135,13 +135,18 @@ def map_reduce(
     # The first phase launches here: what cannot be launched (an executor shut
     # down, an item or a function that does not pickle) is raised to the caller
     # as submit() raises it, before anything runs. The rest runs on a thread.
-    with job.follow.starting():
-        if partitions is not None:
-            finish = job.shuffle(items, partitions, partitioned, partition_fn)
-        elif per_object:
-            finish = job.per_object(items, fan_in)
-        else:
-            finish = job.tree(items, fan_in or 2)
+    # Refused, it leaves nothing: its owner record is already in the store.
+    try:
+        with job.follow.starting():
+            if partitions is not None:
+                finish = job.shuffle(items, partitions, partitioned, partition_fn)
+            elif per_object:
+                finish = job.per_object(items, fan_in)
+            else:
+                finish = job.tree(items, fan_in or 2)
+    except BaseException:
+        job.cleanup()
+        raise
 
     def run() -> None:
         # The intermediate objects are gone before the future resolves.
