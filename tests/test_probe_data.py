@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import wrenpack
-from wrenpack.errors import SerializationError
+from wrenpack.errors import ConfigError, SerializationError
 from wrenpack.worker import shuffle
 
 
@@ -39,3 +39,36 @@ def test_a_map_reduce_refused_at_launch_leaves_nothing_while_its_executor_lives(
     assert _left(ex) == []
     # and the executor still runs the next one
     assert wrenpack.map_reduce(mapper, [1, 2], reducer, executor=ex, **kw).result(timeout=60) == want
+
+
+# -- ObjectRange.lines ------------------------------------------------------------------------------
+@pytest.mark.parametrize("errors", ["xmlcharrefreplace", "namereplace"])
+def test_lines_refuses_an_error_handler_for_encoding_only_at_the_call(tmp_path, errors):
+    """bytes.decode takes these names and fails only at the first byte that does not
+    decode, in the worker, with "TypeError: don't know how to handle UnicodeDecodeError
+    in error callback" (wordcount.py --errors xmlcharrefreplace ended in that traceback)."""
+    (tmp_path / "t.txt").write_bytes(b"caf\xe9\nok\n")
+    (r,) = wrenpack.objects(str(tmp_path / "t.txt"))
+    with pytest.raises(ConfigError, match=f"'{errors}' is an error handler for encoding text, not for decoding it"):
+        r.lines(errors=errors)  # at the call, before anything is read
+    assert list(r.lines(errors="backslashreplace")) == ["caf\\xe9", "ok"]  # (one that decodes: as before)
+
+
+def test_utf16_text_without_a_byte_order_mark_is_one_line_naming_the_object_and_the_byte_order(tmp_path):
+    """The stream decoder refuses UTF-16 without a BOM with a bare UnicodeError (not a
+    UnicodeDecodeError): it escaped lines() with no object named and no way on, and
+    past `except UnicodeDecodeError` (wordcount.py printed a traceback)."""
+    (tmp_path / "le.txt").write_bytes("héllo\nwörld\n".encode("utf-16-le"))
+    (r,) = wrenpack.objects(str(tmp_path / "le.txt"))
+    with pytest.raises(wrenpack.TextDecodeError) as info:
+        list(r.lines(encoding="utf-16"))
+    msg = str(info.value)
+    assert "\n" not in msg and "le.txt: byte 0 " in msg and "does not start with BOM" in msg, msg
+    assert 'lines(encoding="utf-16-le")' in msg and "raw=True" in msg
+    assert isinstance(info.value, UnicodeDecodeError)
+    assert list(r.lines(encoding="utf-16-le")) == ["héllo", "wörld"]  # the way it names
+    (tmp_path / "bom.txt").write_bytes("héllo\r\nwörld".encode("utf-16"))  # with a BOM: as before
+    assert list(wrenpack.objects(str(tmp_path / "bom.txt"))[0].lines(encoding="utf-16")) == ["héllo", "wörld"]
+    (tmp_path / "be.txt").write_bytes("x\n".encode("utf-32-be"))
+    with pytest.raises(wrenpack.TextDecodeError, match="be.txt: byte 0 "):  # (its decoder guesses, then stops)
+        list(wrenpack.objects(str(tmp_path / "be.txt"))[0].lines(encoding="utf-32"))

@@ -409,6 +409,7 @@ class ObjectRange:
             if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):  # (how bytes.decode tells them)
                 raise LookupError(f"{encoding!r} is not a text encoding (bytes.decode refuses it)")
             codecs.lookup_error(errors)
+            _check_decodes_with(errors)
         except LookupError as exc:
             raise ConfigError(f"lines(encoding={encoding!r}, errors={errors!r}): {exc}; give a Python codec name "
                               "(\"utf-8\", \"latin-1\", ...) and an error handler (\"strict\", \"replace\", \"ignore\", "
@@ -444,6 +445,8 @@ class ObjectRange:
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as exc:
                     raise _decode_error(self, exc, at - len(held)) from None
+                except UnicodeError as exc:  # (UTF-16/32 without a byte order mark: the stream decoder's own)
+                    raise _stream_error(self, exc, encoding, bytes(block[:4]), at) from None
                 at += len(block)
                 if rest:
                     text = rest + text
@@ -471,6 +474,19 @@ class ObjectRange:
             at += len(rec) + gap
 
 
+def _check_decodes_with(errors: str) -> None:
+    """``LookupError`` if ``errors`` names a handler for encoding only
+    ("xmlcharrefreplace", "namereplace"): ``bytes.decode`` takes its name and
+    fails only at the first byte that does not decode, in the worker, with a
+    TypeError that names neither the object nor the fix."""
+    try:
+        b"\xff".decode("utf-8", errors)
+    except TypeError as exc:  # "don't know how to handle UnicodeDecodeError in error callback"
+        raise LookupError(f"{errors!r} is an error handler for encoding text, not for decoding it ({exc})") from None
+    except Exception:  # noqa: BLE001 - strict, or a handler of the user's own that refuses this byte: it decodes
+        pass
+
+
 def _char_bytes(char: str, encoding: str) -> bytes | None:
     """How ``encoding`` writes ``char`` in the middle of a text (no byte order
     mark); None if it cannot."""
@@ -491,6 +507,17 @@ def _decode_error(r: ObjectRange, exc: UnicodeDecodeError, at: int) -> TextDecod
                "pass the text's encoding (lines(encoding=\"latin-1\") reads any byte), lines(errors=\"replace\") to "
                "replace what does not decode, or lines(raw=True) for bytes")
     return TextDecodeError(message, exc.encoding, bytes(near), exc.start - lo, exc.end - lo, exc.reason)
+
+
+def _stream_error(r: ObjectRange, exc: UnicodeError, encoding: str, first: bytes, at: int) -> TextDecodeError:
+    """The one-line error for a stream the decoder refuses as a whole: UTF-16 and
+    UTF-32 text that does not start with a byte order mark (Python's text files
+    refuse it too, where ``bytes.decode`` would guess this machine's byte order)."""
+    name = codecs.lookup(encoding).name
+    way = (f"pass its byte order: lines(encoding=\"{name}-le\") or lines(encoding=\"{name}-be\")"
+           if name in ("utf-16", "utf-32") else "pass the text's encoding")
+    message = f"{r.url}: byte {at} ({first!r}): {exc} in {encoding}; {way}, or lines(raw=True) for bytes"
+    return TextDecodeError(message, encoding, first, 0, len(first), str(exc))
 
 
 def _record_start(store: Store, key: str, x: int, size: int, delim: bytes) -> int:
