@@ -2,7 +2,11 @@
 store's object ranges and lines(), and the sort and wordcount examples."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +76,39 @@ def test_utf16_text_without_a_byte_order_mark_is_one_line_naming_the_object_and_
     (tmp_path / "be.txt").write_bytes("x\n".encode("utf-32-be"))
     with pytest.raises(wrenpack.TextDecodeError, match="be.txt: byte 0 "):  # (its decoder guesses, then stops)
         list(wrenpack.objects(str(tmp_path / "be.txt"))[0].lines(encoding="utf-32"))
+
+
+# -- the examples -------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _example(name: str, tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, str(REPO / "examples" / name), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _stored(tmp_path: Path) -> list[Path]:
+    store = tmp_path / "store"
+    return [p for p in store.rglob("*") if p.is_file()] if store.exists() else []
+
+
+@pytest.mark.parametrize("errors", ["xmlcharrefreplace", "namereplace"])
+def test_wordcount_refuses_an_encode_only_errors_handler_before_launch(tmp_path, errors):
+    """It was accepted (codecs.lookup_error knows it), the map calls ran, and the first
+    byte that did not decode ended the program in a worker's TypeError traceback."""
+    proc = _example("wordcount.py", tmp_path, "--small", "--errors", errors)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and f"--errors {errors} is an error handler for encoding" in proc.stderr
+    assert not (tmp_path / "store" / "data").exists() or _stored(tmp_path) == []  # nothing was written: refused first
+
+
+def test_wordcount_small_with_a_whole_file_encoding_counts_text_in_it(tmp_path):
+    """--small --encoding utf-16 said "one map call per file", then read its 2000-byte
+    chunks anyway and stopped at lines()' refusal of a chunk of UTF-16 text."""
+    proc = _example("wordcount.py", tmp_path, "--small", "--encoding", "utf-16")
+    assert proc.returncode == 0, proc.stderr
+    assert "matches the local count" in proc.stdout and "utf-16 text, a file per map call" in proc.stdout
+    assert _stored(tmp_path) == []
