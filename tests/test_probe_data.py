@@ -112,3 +112,36 @@ def test_wordcount_small_with_a_whole_file_encoding_counts_text_in_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "matches the local count" in proc.stdout and "utf-16 text, a file per map call" in proc.stdout
     assert _stored(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--memory", "0"], "argument --memory: memory=0 MB is outside Lambda's range"),
+    (["--memory", "64"], "argument --memory: memory=64 MB is outside Lambda's range"),
+    (["--memory", "lots"], "argument --memory: memory='lots' must be a whole number of MB in 128..10240"),
+    (["--partitions", "70000"], "argument --partitions: '70000' is more than 65,536 reducers"),
+])
+def test_sort_refuses_a_bad_memory_or_too_many_partitions_before_launch(tmp_path, args, match):
+    """--memory 0 (or 64) ended in a ConfigError traceback from the first launch; --partitions
+    over 65,536 ran (minutes of empty reducers) with partition_of's uint32/uint16 arithmetic
+    wrapping, so records went to the wrong key range."""
+    proc = _example("sort.py", tmp_path, "--small", *args, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert match in proc.stderr.splitlines()[-1], proc.stderr
+    assert _stored(tmp_path) == []
+
+
+def test_sort_partition_of_keeps_key_order_up_to_its_most_partitions():
+    """The bound the CLI now enforces is the one partition_of is right up to: partition
+    numbers never decrease as keys grow, and all of 0..R-1 are reached."""
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import sort
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    import numpy as np
+
+    records = np.zeros((1 << 16, sort.RECORD), np.uint8)
+    records[:, :2] = np.arange(1 << 16, dtype=">u2").view(np.uint8).reshape(-1, 2)  # every two-byte prefix, in order
+    for r in (1, 3, 256, 257, sort.MAX_PARTITIONS):
+        where = sort.partition_of(records, r).astype(np.int64)
+        assert (np.diff(where) >= 0).all() and where[0] == 0 and where[-1] == r - 1, r
