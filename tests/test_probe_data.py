@@ -170,3 +170,29 @@ def test_chunks_of_one_long_line_find_their_edges_in_few_reads(tmp_path, monkeyp
     assert reads[0] <= 6 * len(ranges), reads  # (before: 1,121 reads for these 129 ranges)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     assert [rec for r in ranges for rec in r.records()] == [b"head", line, b"mid", line, b"tail"]
+
+
+def test_store_put_takes_bytes_like_objects_and_refuses_a_nul_in_a_key_in_one_line(executor):
+    """put(key, numpy_array) was refused as "needs bytes, got ndarray; encode text or
+    pickle it" although the same array's memoryview was taken; a key with a NUL ended in
+    the local store's bare "ValueError: embedded null byte"."""
+    import array
+
+    import numpy as np
+
+    s = wrenpack.store(executor)
+    a = np.arange(12, dtype="<i4").reshape(3, 4)
+    try:
+        s.put("probe/np", a)
+        s.put("probe/arr", array.array("B", b"abc"))
+        assert np.frombuffer(s.get("probe/np"), "<i4").tolist() == list(range(12))
+        assert s.get("probe/arr") == b"abc"
+        with pytest.raises(wrenpack.StoreError, match="not contiguous"):
+            s.put("probe/t", a.T)
+        with pytest.raises(wrenpack.StoreError, match="needs bytes, got str"):
+            s.put("probe/s", "text")
+        for call in (lambda: s.put("probe/a\0b", b"x"), lambda: s.get("a\0b"), lambda: s.exists("a\0b")):
+            with pytest.raises(wrenpack.StoreError, match="cannot hold a NUL character"):
+                call()
+    finally:
+        s.delete_prefix("probe/")

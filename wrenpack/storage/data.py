@@ -126,6 +126,8 @@ class _Files(Store):
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
         raise StoreError(f"invalid data key {key!r}: use a relative path such as 'inputs/part-0' (no leading '/', no '..')")
+    if "\0" in key:  # (a file name cannot hold one: the local store failed with a bare ValueError)
+        raise StoreError(f"invalid data key {key!r}: a key cannot hold a NUL character ('\\0'); remove it")
     return key
 
 
@@ -168,11 +170,16 @@ class DataStore:
         return f"{self.store.url}/{self.prefix}{key}"
 
     def put(self, key: str, data: bytes | bytearray | memoryview | io.IOBase) -> None:
-        """Write ``data`` (bytes, or a binary file object) at ``key``, atomically."""
+        """Write ``data`` (bytes or any bytes-like object: a contiguous numpy array, array.array; or a binary
+        file object) at ``key``, atomically."""
         if hasattr(data, "read"):
             data = data.read()  # type: ignore[union-attr]
-        if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
-            raise StoreError(f"put({key!r}, ...) needs bytes, got {type(data).__name__}; encode text (s.encode()) or pickle it yourself")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            try:  # any other bytes-like object (a numpy array, array.array, mmap), as file.write takes them
+                data = memoryview(data)  # type: ignore[arg-type]
+            except TypeError:
+                raise StoreError(f"put({key!r}, ...) needs bytes, got {type(data).__name__}; encode text (s.encode()) "
+                                 "or pickle it yourself") from None
         if isinstance(data, bytes):
             self.store.put(self._full(key), data)
             return
