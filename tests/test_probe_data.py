@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import wrenpack
-from wrenpack.errors import ConfigError, SerializationError
+from wrenpack.errors import ConfigError, ConfigTypeError, SerializationError
 from wrenpack.worker import shuffle
 
 
@@ -196,3 +196,39 @@ def test_store_put_takes_bytes_like_objects_and_refuses_a_nul_in_a_key_in_one_li
                 call()
     finally:
         s.delete_prefix("probe/")
+
+
+class _Word:
+    """A key of the user's own: equal by value, hashed by value, with object's repr (its address)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __eq__(self, other):
+        return isinstance(other, _Word) and self.text == other.text
+
+    def __hash__(self):
+        return hash(self.text)
+
+
+def test_a_key_equal_by_value_but_with_an_address_repr_is_one_line_not_a_blame_of_partition_fn(executor):
+    """Keys of such a class were partitioned by a hash of their repr, which names each
+    object's address: equal keys went to partitions by chance, and the job failed (or
+    not, by luck of the addresses) with "make partition_fn send equal keys to one
+    partition", a partition_fn the user never gave."""
+    def words(n):
+        return [(_Word(w), 1) for w in ("a", "b", "a", "c")]
+
+    def total(key, ones):
+        return sum(ones)
+
+    with pytest.raises(ConfigTypeError, match=r"key <.*_Word object at 0x.*> \(a _Word\) has no hash that is the same in "
+                                              r"every process.*give it a __repr__ that shows its value"):
+        wrenpack.map_reduce(words, range(4), total, partitions=3, executor=executor).result(timeout=60)
+    # one partition needs no hash; a partition_fn of the user's own is the user's hash
+    out = wrenpack.map_reduce(words, range(4), total, partitions=1, executor=executor).result(timeout=60)
+    assert {k.text: v for k, v in out.items()} == {"a": 8, "b": 4, "c": 4}
+    out = wrenpack.map_reduce(words, range(4), total, partitions=3, partition_fn=lambda k, r: ord(k.text) % r,
+                              executor=executor).result(timeout=60)
+    assert {k.text: v for k, v in out.items()} == {"a": 8, "b": 4, "c": 4}
+    assert _left(executor) == []
