@@ -232,3 +232,21 @@ def test_a_key_equal_by_value_but_with_an_address_repr_is_one_line_not_a_blame_o
                               executor=executor).result(timeout=60)
     assert {k.text: v for k, v in out.items()} == {"a": 8, "b": 4, "c": 4}
     assert _left(executor) == []
+
+
+def test_utf8_sig_lines_do_not_depend_on_where_the_chunks_are_cut(tmp_path):
+    """Only an object's first bytes are its byte order mark: a chunk (or a record) that
+    began with U+FEFF had it dropped, as if it were one, so `cat a.txt b.txt` of two files
+    saved with BOMs gave other lines in chunks than whole."""
+    import codecs
+
+    raw = codecs.BOM_UTF8 + b"one\ntwo\n" + codecs.BOM_UTF8 + b"three\nfour"
+    (tmp_path / "cat.txt").write_bytes(raw)
+    want = ["one", "two", "\ufeffthree", "four"]  # what bytes.decode("utf-8-sig") of the whole gives
+    assert raw.decode("utf-8-sig").split("\n") == want
+    for chunk in (None, 4, 8, 11):
+        ranges = wrenpack.objects(str(tmp_path / "cat.txt"), chunk_size=chunk)
+        assert [line for r in ranges for line in r.lines(encoding="utf-8-sig")] == want, chunk
+    (tmp_path / "semi.txt").write_bytes(codecs.BOM_UTF8 + b"a;" + codecs.BOM_UTF8 + b"b")  # records at another byte
+    (r,) = wrenpack.objects(str(tmp_path / "semi.txt"), delimiter=b";")
+    assert list(r.lines(encoding="utf-8-sig")) == ["a", "\ufeffb"]

@@ -441,8 +441,8 @@ class ObjectRange:
         read once; a character cut by a read's edge joined), split at newlines,
         each without its ``\\r\\n`` or ``\\n``. A block at a time, in C: a
         strict decode stops at the block holding the first bad byte."""
-        decoder = codecs.getincrementaldecoder(encoding)(errors)
         at = self.bounds()[0]  # the offset in the object of the next block read
+        decoder = codecs.getincrementaldecoder(_past_start(encoding, at))(errors)
         rest = ""
         with self.open() as f:
             while True:
@@ -474,7 +474,7 @@ class ObjectRange:
         gap = 0 if self.record_size is not None or not self.delimiter else len(self.delimiter)
         for rec in self.records():
             try:
-                text = rec.decode(encoding, errors)
+                text = rec.decode(_past_start(encoding, at), errors)
             except UnicodeDecodeError as exc:
                 raise _decode_error(self, exc, at) from None
             yield text
@@ -492,6 +492,17 @@ def _check_decodes_with(errors: str) -> None:
         raise LookupError(f"{errors!r} is an error handler for encoding text, not for decoding it ({exc})") from None
     except Exception:  # noqa: BLE001 - strict, or a handler of the user's own that refuses this byte: it decodes
         pass
+
+
+def _past_start(encoding: str, at: int) -> str:
+    """The codec for text that begins at byte ``at`` of its object: only the object's
+    first bytes can be its byte order mark, so past them "utf-8-sig" reads as
+    "utf-8" (a U+FEFF there is a character, as a whole-object read keeps it: a
+    chunk or record that began with one dropped it, so the lines depended on
+    where the chunks were cut; ``cat a.txt b.txt`` of two files with BOMs has one)."""
+    if at > 0 and codecs.lookup(encoding).name == "utf-8-sig":
+        return "utf-8"
+    return encoding
 
 
 def _char_bytes(char: str, encoding: str) -> bytes | None:
