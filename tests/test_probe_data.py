@@ -250,3 +250,30 @@ def test_utf8_sig_lines_do_not_depend_on_where_the_chunks_are_cut(tmp_path):
     (tmp_path / "semi.txt").write_bytes(codecs.BOM_UTF8 + b"a;" + codecs.BOM_UTF8 + b"b")  # records at another byte
     (r,) = wrenpack.objects(str(tmp_path / "semi.txt"), delimiter=b";")
     assert list(r.lines(encoding="utf-8-sig")) == ["a", "\ufeffb"]
+
+
+def test_a_bit_flipped_in_a_partition_object_during_a_map_reduce_fails_it_with_corrupt_object(executor):
+    """End to end, as an attacker with write access to the store would: mapper 1 flips a
+    bit in mapper 0's partition object before its own index is written, so every reducer
+    reads it after the flip; the job fails with CorruptObject and leaves nothing."""
+    from wrenpack.errors import CorruptObject
+
+    def mapper(i):
+        if i == 1:
+            import time
+
+            store = wrenpack.store().store  # the store under wrenpack's own objects
+            for _ in range(1000):
+                written = [k for k in store.list(shuffle.PREFIX) if "/m00000-" in k]
+                if written:
+                    break
+                time.sleep(0.01)
+            blob = bytearray(store.get(written[0]))
+            blob[len(blob) // 2] ^= 1
+            store.put(written[0], bytes(blob))
+        return [(i, b"x" * 1000)]
+
+    fut = wrenpack.map_reduce(mapper, [0, 1], lambda k, vs: len(vs), partitions=1, executor=executor)
+    with pytest.raises(CorruptObject, match="m00000-000 failed authentication.*nothing was unpickled"):
+        fut.result(timeout=60)
+    assert _left(executor) == []
