@@ -277,3 +277,18 @@ def test_a_bit_flipped_in_a_partition_object_during_a_map_reduce_fails_it_with_c
     with pytest.raises(CorruptObject, match="m00000-000 failed authentication.*nothing was unpickled"):
         fut.result(timeout=60)
     assert _left(executor) == []
+
+
+def test_lines_of_a_raw_byte_chunk_are_refused_not_cut_through_characters(tmp_path):
+    """A chunk made with delimiter=None ends at any byte: lines() decoded it as one
+    record, so errors="replace" gave U+FFFD for characters its edges cut ('h\\ufffd',
+    '\\ufffdl' for 'hé'), and strict named valid UTF-8 as invalid. It is refused in one
+    line; a whole object stays one record, and raw=True gives the bytes as before."""
+    (tmp_path / "t.txt").write_bytes("héllo\nwörld\n".encode())
+    chunks = wrenpack.objects(str(tmp_path / "t.txt"), delimiter=None, chunk_size=2)
+    for errors in ("strict", "replace"):
+        with pytest.raises(ConfigError, match=r"t.txt: this range is part 1 of 7 .*delimiter=None.*delimiter=b'\\n'"):
+            chunks[0].lines(errors=errors)
+    assert b"".join(rec for r in chunks for rec in r.lines(raw=True)) == "héllo\nwörld\n".encode()
+    (whole,) = wrenpack.objects(str(tmp_path / "t.txt"), delimiter=None)
+    assert list(whole.lines()) == ["héllo\nwörld\n"]

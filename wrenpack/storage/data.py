@@ -403,7 +403,8 @@ class ObjectRange:
         occurs inside other characters: a whole object is then decoded as one
         stream and split at its newlines; a chunk of one (``chunk_size``), or a
         delimiter that is not one of the text's characters, is refused here in
-        one line, since its edges may cut a character in two."""
+        one line, since its edges may cut a character in two. So is a chunk of raw
+        byte ranges (``delimiter=None``): its edges fall at any byte."""
         if not isinstance(raw, bool):
             raise ConfigTypeError(f"lines(raw={raw!r}): must be True (bytes) or False (text)")
         for name, value in (("encoding", encoding), ("errors", errors)):
@@ -434,6 +435,12 @@ class ObjectRange:
                                   "a split there can cut a character in two; read whole objects (wrenpack.objects(..., "
                                   "chunk_size=None), delimiter=b'\\n': lines() decodes each as one stream) or "
                                   "lines(raw=True) for bytes")
+        if self.record_size is None and not self.delimiter and self.parts > 1:
+            # (decoded, its edges gave U+FFFD or a TextDecodeError for text that is valid as a whole)
+            raise ConfigError(f"lines(): {self.url}: this range is part {self.part + 1} of {self.parts} of the object, "
+                              "cut at any byte (delimiter=None), so its edges can cut a character and a line in two; "
+                              "make the ranges with wrenpack.objects(..., delimiter=b'\\n') for lines, or read bytes "
+                              "(lines(raw=True), read())")
         return self._decoded(encoding, errors)
 
     def _decoded_stream(self, encoding: str, errors: str) -> Iterator[str]:
