@@ -292,3 +292,12 @@ def test_lines_of_a_raw_byte_chunk_are_refused_not_cut_through_characters(tmp_pa
     assert b"".join(rec for r in chunks for rec in r.lines(raw=True)) == "héllo\nwörld\n".encode()
     (whole,) = wrenpack.objects(str(tmp_path / "t.txt"), delimiter=None)
     assert list(whole.lines()) == ["héllo\nwörld\n"]
+
+
+def test_objects_takes_a_pathlib_path(tmp_path):
+    """wrenpack.objects(Path(...)) was refused ("needs an s3:// URL, a path or
+    wrenpack.store(), got PosixPath"): a path, as open() takes one."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"x\ny\n")
+    assert [r.read() for r in wrenpack.objects(tmp_path / "d")] == [b"x\ny\n"]
+    assert [line for r in wrenpack.objects(tmp_path / "d" / "a.txt", chunk_size=2) for line in r.lines()] == ["x", "y"]

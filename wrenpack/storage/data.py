@@ -621,7 +621,7 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
     return out
 
 
-def objects(source: "str | DataStore", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
+def objects(source: "str | os.PathLike[str] | DataStore", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
             record_size: int | None = None, executor: Any = None) -> list[ObjectRange]:
     """One ``ObjectRange`` per object under ``source``, or per ~``chunk_size`` bytes.
 
@@ -632,6 +632,10 @@ def objects(source: "str | DataStore", *, chunk_size: int | None = None, delimit
     fixed ``record_size`` bytes. Use with ``f.map(wrenpack.objects(...))``."""
     if isinstance(source, DataStore):
         return source.objects(chunk_size=chunk_size, delimiter=delimiter, record_size=record_size)
+    if isinstance(source, os.PathLike):  # (a pathlib.Path, as open() takes one)
+        source = os.fspath(source)
+        if isinstance(source, bytes):
+            source = os.fsdecode(source)
     if not isinstance(source, str):
         raise ConfigError(f"objects() needs an s3:// URL, a path or wrenpack.store(), got {type(source).__name__}")
     if source.startswith("s3://"):
