@@ -301,3 +301,13 @@ def test_objects_takes_a_pathlib_path(tmp_path):
     (tmp_path / "d" / "a.txt").write_bytes(b"x\ny\n")
     assert [r.read() for r in wrenpack.objects(tmp_path / "d")] == [b"x\ny\n"]
     assert [line for r in wrenpack.objects(tmp_path / "d" / "a.txt", chunk_size=2) for line in r.lines()] == ["x", "y"]
+
+
+def test_a_partition_fn_with_partitioned_true_is_refused_not_ignored(ex):
+    """With partitioned=True the mapper returns its parts and partition_fn was never
+    called: the job ran, the user's partitioning silently not applied."""
+    with pytest.raises(ConfigError, match="with partitioned=True the mapper returns its R parts itself and "
+                                          "partition_fn would never be called"):
+        wrenpack.map_reduce(lambda x: [[x], []], [1, 2], lambda i, parts: parts, partitions=2, partitioned=True,
+                            partition_fn=lambda k, r: 1, executor=ex)
+    assert _left(ex) == []

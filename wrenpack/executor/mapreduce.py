@@ -120,6 +120,9 @@ def map_reduce(
         raise ConfigError("partitions= (a shuffle) does not combine with per_object= or fan_in=; choose one form")
     if partitions is None and (partitioned or partition_fn is not None):
         raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
+    if partitioned and partition_fn is not None:  # (it was ignored without a word)
+        raise ConfigError("partition_fn= sends (key, value) pairs to partitions; with partitioned=True the mapper "
+                          "returns its R parts itself and partition_fn would never be called: give one or the other")
     if per_object and any(not hasattr(item, "key") for item in items):
         raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
 
