@@ -311,3 +311,20 @@ def test_a_partition_fn_with_partitioned_true_is_refused_not_ignored(ex):
         wrenpack.map_reduce(lambda x: [[x], []], [1, 2], lambda i, parts: parts, partitions=2, partitioned=True,
                             partition_fn=lambda k, r: 1, executor=ex)
     assert _left(ex) == []
+
+
+@pytest.mark.parametrize("mapper, reducer, kw, match", [
+    (_pairs, lambda values: 0, {"partitions": 2}, r"the reducer <lambda>\(values\) is called reducer\(key, values\) once "
+                                                   r"per key with partitions=R: too many positional arguments"),
+    (_pairs, lambda parts: 0, {"partitions": 2, "partitioned": True}, r"reducer\(i, parts\) with partitioned=True"),
+    (_same, _count, {"fan_in": 2}, r"the reducer _count\(key, values\) is called reducer\(values\).*missing a required"),
+    (_same, _count, {}, r"the reducer _count\(key, values\) is called reducer\(values\)"),
+    (lambda a, b: 0, sum, {}, r"the mapper <lambda>\(a, b\) is called mapper\(item\)"),
+])
+def test_a_function_that_cannot_take_its_arguments_is_refused_before_launch(ex, mapper, reducer, kw, match):
+    """A one-argument reducer given partitions=R (the plain form's reducer(results)) ran
+    every mapper first, then failed each reducer with a TypeError; now one line, before
+    anything runs (nothing is launched: the executor's store stays empty)."""
+    with pytest.raises(ConfigTypeError, match=match):
+        wrenpack.map_reduce(mapper, [1, 2], reducer, executor=ex, **kw)
+    assert ex.store.list("") == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import inspect
 import json
 import logging
 import operator
@@ -107,6 +108,7 @@ def map_reduce(
     if not shuffled:
         if partitioned or partition_fn is not None:
             raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
+        _check_signatures(mapper, reducer, None, False)
         return _single(mapper, items, reducer, options)
     if partitions is not None:
         given, partitions = partitions, _whole(partitions)
@@ -125,6 +127,7 @@ def map_reduce(
                           "returns its R parts itself and partition_fn would never be called: give one or the other")
     if per_object and any(not hasattr(item, "key") for item in items):
         raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
+    _check_signatures(mapper, reducer, partitions, partitioned)
 
     executor = options.pop("executor", None)
     m_fn, m_exec, m_opts, _m_state = _unwrap(mapper)
@@ -177,6 +180,33 @@ def _split_key(results: list[dict[Any, Any]]) -> ConfigError:
                                    "partition")
             seen[key] = p
     return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
+
+
+def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool) -> None:
+    """The mapper and the reducer each take what the form calls them with (``_check_signature``)."""
+    _check_signature(mapper, "mapper(item)", 1)
+    if partitions is not None:
+        _check_signature(reducer, "reducer(i, parts) with partitioned=True" if partitioned else
+                         "reducer(key, values) once per key with partitions=R", 2)
+    else:
+        _check_signature(reducer, "reducer(values), values a list of mapper results", 1)
+
+
+def _check_signature(fn: Any, call: str, args: int) -> None:
+    """Refuse, before anything launches, a function that cannot take the arguments its
+    part of the job is called with (a one-argument reducer given partitions=R, say):
+    otherwise every mapper runs first, and each reducer fails with a TypeError."""
+    inner = _unwrap(fn)[0]
+    try:
+        signature = inspect.signature(inner)
+    except (TypeError, ValueError):  # (a builtin without one: called as given)
+        return
+    try:
+        signature.bind(*range(args))
+    except TypeError as exc:
+        role = call.partition("(")[0]
+        raise ConfigTypeError(f"map_reduce: the {role} {_name(inner)}{signature} is called {call}: {exc}; give a "
+                              f"{role} that takes {args} argument{'s' if args > 1 else ''}") from None
 
 
 def _whole(value: Any) -> int | None:
