@@ -328,3 +328,16 @@ def test_a_function_that_cannot_take_its_arguments_is_refused_before_launch(ex, 
     with pytest.raises(ConfigTypeError, match=match):
         wrenpack.map_reduce(mapper, [1, 2], reducer, executor=ex, **kw)
     assert ex.store.list("") == []
+
+
+def test_a_directory_with_a_dangling_symlink_or_a_fifo_lists_its_regular_files(tmp_path):
+    """objects(dir) failed with a bare FileNotFoundError for a dangling symlink in it, and
+    listed a FIFO as an empty object whose read() blocked for ever (open() of a FIFO
+    waits for a writer). Only regular files (and symlinks to them) are objects."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"a\n")
+    (tmp_path / "d" / "link.txt").symlink_to(tmp_path / "d" / "a.txt")
+    (tmp_path / "d" / "broken").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "d" / "fifo")
+    ranges = wrenpack.objects(tmp_path / "d")
+    assert [(r.key, r.read()) for r in ranges] == [("a.txt", b"a\n"), ("link.txt", b"a\n")]

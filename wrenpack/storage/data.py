@@ -109,7 +109,9 @@ class _Files(Store):
             rel = os.path.relpath(dirpath, self.root)
             for name in files:
                 key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
-                if key.startswith(prefix):
+                # Regular files only (a symlink to one too): a dangling symlink failed the listing with
+                # a bare FileNotFoundError, and a FIFO listed as empty blocked its reader for ever.
+                if key.startswith(prefix) and os.path.isfile(os.path.join(dirpath, name)):
                     out.append(key)
         return sorted(out)
 
