@@ -341,3 +341,12 @@ def test_a_directory_with_a_dangling_symlink_or_a_fifo_lists_its_regular_files(t
     os.mkfifo(tmp_path / "d" / "fifo")
     ranges = wrenpack.objects(tmp_path / "d")
     assert [(r.key, r.read()) for r in ranges] == [("a.txt", b"a\n"), ("link.txt", b"a\n")]
+
+
+def test_the_default_partition_of_one_names_an_unhashable_key_in_the_mapper():
+    """With one partition no stable hash is computed (a key of any hashable type goes to
+    partition 0), but a key that is not hashable is still refused there, in the mapper,
+    not after every mapper ran."""
+    assert shuffle.default_partition(_Word("a"), 1) == 0
+    with pytest.raises(ConfigTypeError, match=r"key \[1, 2\] \(a list\) is not hashable"):
+        shuffle.default_partition([1, 2], 1)

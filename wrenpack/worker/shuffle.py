@@ -347,8 +347,12 @@ def default_partition(key: Any, partitions: int) -> int:
     """A hash that is the same in every process (``hash()`` of a str is not), and the
     same for keys that are equal, which a dict takes as one key (3, 3.0 and
     np.int64(3); ('a', 1) and ('a', 1.0)): so they meet in one reducer."""
-    if partitions == 1:
-        return 0  # (no hash needed: every key meets in the one reducer)
+    if partitions == 1:  # no stable hash needed: every key meets in the one reducer
+        try:
+            hash(key)  # (an unhashable key is still named here, in the mapper)
+        except TypeError:
+            raise _unhashable(key) from None
+        return 0
     return _stable_hash(key) % partitions
 
 
