@@ -350,3 +350,13 @@ def test_the_default_partition_of_one_names_an_unhashable_key_in_the_mapper():
     assert shuffle.default_partition(_Word("a"), 1) == 0
     with pytest.raises(ConfigTypeError, match=r"key \[1, 2\] \(a list\) is not hashable"):
         shuffle.default_partition([1, 2], 1)
+
+
+def test_a_delimiter_with_record_size_is_refused_not_ignored(tmp_path):
+    """objects(..., delimiter=b";", record_size=4) cut fixed 4-byte records and ignored the
+    delimiter without a word; the default newline (not asked for) still goes with record_size."""
+    (tmp_path / "r.bin").write_bytes(b"ab;cd;efgh")
+    with pytest.raises(ConfigError, match=r"delimiter=b';' and record_size=4 both say where records end"):
+        wrenpack.objects(tmp_path / "r.bin", delimiter=b";", record_size=4)
+    (r,) = wrenpack.objects(tmp_path / "r.bin", record_size=4)
+    assert list(r.records()) == [b"ab;c", b"d;ef", b"gh"]

@@ -603,6 +603,9 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
         # One byte: with longer ones, a range edge inside a run of delimiters is ambiguous.
         raise ConfigError(f"delimiter={delimiter!r} must be one byte (e.g. b'\\n', b'\\0') or None; "
                           "use record_size= for fixed-size records")
+    if record_size is not None and delimiter not in (None, b"\n"):  # (b"\n" is the default: not asked for)
+        raise ConfigError(f"delimiter={delimiter!r} and record_size={record_size} both say where records end; give "
+                          "one (a delimiter would be ignored: records are record_size bytes each)")
     if not found:
         raise StoreError(f"no objects under {source}; check the path or prefix")
     step = chunk_size
