@@ -2,6 +2,7 @@
 store's object ranges and lines(), and the sort and wordcount examples."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -360,3 +361,26 @@ def test_a_delimiter_with_record_size_is_refused_not_ignored(tmp_path):
         wrenpack.objects(tmp_path / "r.bin", delimiter=b";", record_size=4)
     (r,) = wrenpack.objects(tmp_path / "r.bin", record_size=4)
     assert list(r.records()) == [b"ab;c", b"d;ef", b"gh"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Point:
+    x: float
+
+
+def test_equal_keys_the_default_partition_split_are_named_with_the_reason_not_a_partition_fn(executor):
+    """A dataclass's P(x=0) == P(x=0.0), but the default partition hashes such keys by
+    repr: they were reduced in two partitions and the job failed saying "make partition_fn
+    send equal keys to one partition", a partition_fn the user never gave."""
+    r = 2
+    for n in range(50):  # two equal keys whose reprs the default hash sends apart (found, not assumed)
+        if shuffle.default_partition(_Point(n), r) != shuffle.default_partition(_Point(float(n)), r):
+            break
+    else:
+        pytest.fail("no pair of equal keys split by the default partition in 50 tries")
+    fut = wrenpack.map_reduce(lambda i: [(_Point(n), 1), (_Point(float(n)), 1)], range(2), _count, partitions=r,
+                              executor=executor)
+    with pytest.raises(ConfigError, match=r"the equal keys _Point\(x=\d+(\.0)?\) and _Point\(x=\d+(\.0)?\) were reduced in "
+                                          r"partitions 0 and 1: the default partition_fn hashes .* by their repr"):
+        fut.result(timeout=60)
+    assert _left(executor) == []

@@ -169,16 +169,28 @@ def map_reduce(
     return job.follow.outer
 
 
-def _split_key(results: list[dict[Any, Any]]) -> ConfigError:
-    """Two reducers gave a value for one key: equal keys went to two partitions."""
-    seen: dict[Any, int] = {}
+def _split_key(results: list[dict[Any, Any]], own_partition_fn: bool = True) -> ConfigError:
+    """Two reducers gave a value for one key: equal keys went to two partitions.
+
+    Without a partition_fn of the user's, the default one split them: it hashes
+    str, bytes, numbers, tuples and frozensets by value and other keys by their
+    repr, so equal keys whose reprs differ (a dataclass's P(x=1) and P(x=1.0))
+    can part; the message says so instead of blaming a partition_fn never given."""
+    seen: dict[Any, tuple[int, Any]] = {}
     for p, part in enumerate(results):
         for key in part:
             if key in seen:
-                return ConfigError(f"map_reduce: key {key!r:.40} was reduced in partitions {seen[key]} and {p}, so the "
-                                   "result would keep one of its values; make partition_fn send equal keys to one "
-                                   "partition")
-            seen[key] = p
+                first, other = seen[key]
+                if own_partition_fn:
+                    return ConfigError(f"map_reduce: key {key!r:.40} was reduced in partitions {first} and {p}, so "
+                                       "the result would keep one of its values; make partition_fn send equal keys to "
+                                       "one partition")
+                return ConfigError(f"map_reduce: the equal keys {other!r:.40} and {key!r:.40} were reduced in "
+                                   f"partitions {first} and {p}: the default partition_fn hashes str, bytes, numbers, "
+                                   "tuples and frozensets by value and other keys by their repr, and these reprs "
+                                   "differ; give keys of those types (a tuple of the fields), or a partition_fn that "
+                                   "sends equal keys to one partition")
+            seen[key] = (p, key)
     return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
 
 
@@ -360,6 +372,7 @@ class RunningJob:
         self.follow = _Follow([executor], label, self.shuffle_id)
         self._lock = threading.Lock()
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
+        self.partition_fn: Callable[[Any, int], int] | None = None  # (a shuffle's, if the user gave one)
         #: a shuffle's bytes, requests (objects written, sections read) and seconds per stage
         self.stats: dict[str, Any] = {}
 
@@ -401,6 +414,7 @@ class RunningJob:
                 partition_fn: Callable[[Any, int], int] | None) -> Callable[[], Any]:
         """Launch the mappers (and, on a warm pool, the reducers with them); returns
         what waits for them and runs the rest (``_shuffled``)."""
+        self.partition_fn = partition_fn
         task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
         m_label, r_label = f"{_name(self.mapper)} (map)", f"{_name(self.reducer)} (reduce)"
@@ -459,7 +473,7 @@ class RunningJob:
         for part in results:
             merged.update(part)
         if len(merged) != sum(len(part) for part in results):
-            raise _split_key(results)
+            raise _split_key(results, self.partition_fn is not None)
         return merged
 
     def _together(self, mappers: int) -> bool:
