@@ -241,7 +241,7 @@ def run_sort(size: int, mappers: int, partitions: int, seed: int = 0, memory: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=parse_size, default=parse_size("100MB"), help="bytes of records (default 100MB)")
+    ap.add_argument("--size", type=parse_size, help="bytes of records (default 100MB)")
     ap.add_argument("--small", action="store_true", help="2 MB, 4 mappers, 3 reducers (the tests run this)")
     ap.add_argument("--mappers", type=at_least_one, help="input objects / map calls (default: one per ~64 MB, at least 2)")
     ap.add_argument("--partitions", type=partition_count, help="reducers (default: as many as mappers)")
@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                          "for the /dev/shm store objects it wrote)")
     ap.add_argument("--keep", action="store_true", help="keep the input and output objects")
     args = ap.parse_args(argv)
-    size = 2_000_000 if args.small else args.size
+    if args.small and args.size is not None:  # (--small's 2 MB won over it without a word)
+        ap.error("--small sorts 2 MB: give --small or --size, not both")
+    size = 2_000_000 if args.small else args.size or parse_size("100MB")
     mappers = args.mappers or (4 if args.small else max(2, math.ceil(size / 64e6)))
     partitions = args.partitions or (3 if args.small else mappers)
     result = run_sort(size, mappers, partitions, memory=args.memory, keep=args.keep)

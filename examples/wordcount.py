@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.small and not args.source:
         ap.error("give a source (file, directory or s3:// prefix), or --small")
+    if args.small and args.source:  # (the source was ignored without a word)
+        ap.error("--small counts generated text: give a source or --small, not both")
     chunk_size: int | None = args.chunk_size
     try:  # checked here, before anything launches
         codecs.lookup_error(args.errors)

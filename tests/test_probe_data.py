@@ -384,3 +384,16 @@ def test_equal_keys_the_default_partition_split_are_named_with_the_reason_not_a_
                                           r"partitions 0 and 1: the default partition_fn hashes .* by their repr"):
         fut.result(timeout=60)
     assert _left(executor) == []
+
+
+@pytest.mark.parametrize("name, args, match", [
+    ("sort.py", ["--small", "--size", "1GB"], "--small sorts 2 MB: give --small or --size, not both"),
+    ("wordcount.py", ["--small", "some/dir"], "--small counts generated text: give a source or --small, not both"),
+])
+def test_small_with_a_size_or_a_source_is_refused_not_ignored(tmp_path, name, args, match):
+    """--small ran its own 2 MB (or generated text) and ignored the --size or source given
+    with it, printing results for data the user had not asked about."""
+    proc = _example(name, tmp_path, *args, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert match in proc.stderr.splitlines()[-1]
+    assert _stored(tmp_path) == []
