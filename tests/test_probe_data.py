@@ -397,3 +397,22 @@ def test_small_with_a_size_or_a_source_is_refused_not_ignored(tmp_path, name, ar
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert match in proc.stderr.splitlines()[-1]
     assert _stored(tmp_path) == []
+
+
+def test_per_object_refuses_two_sources_with_one_key_instead_of_merging_them(ex, tmp_path):
+    """objects("d1") + objects("d2") of two directories that both hold a.txt: per_object
+    gave {'a.txt': 33}, the two files reduced as one object."""
+    for name, text in (("d1", b"1\n2\n"), ("d2", b"10\n20\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.txt").write_bytes(text)
+
+    def total(r):
+        return sum(int(x) for x in r.records())
+
+    items = wrenpack.objects(tmp_path / "d1") + wrenpack.objects(tmp_path / "d2", chunk_size=3)
+    with pytest.raises(ConfigError, match=r"per_object=True: .*d1/a.txt and .*d2/a.txt have the same key 'a.txt'"):
+        wrenpack.map_reduce(total, items, sum, per_object=True, executor=ex)
+    assert _left(ex) == []
+    # one source, chunked: its chunks share the key, as before
+    assert wrenpack.map_reduce(total, wrenpack.objects(tmp_path / "d2", chunk_size=3), sum, per_object=True,
+                               executor=ex).result(timeout=60) == {"a.txt": 30}

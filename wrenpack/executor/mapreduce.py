@@ -127,6 +127,8 @@ def map_reduce(
                           "returns its R parts itself and partition_fn would never be called: give one or the other")
     if per_object and any(not hasattr(item, "key") for item in items):
         raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
+    if per_object:
+        _check_one_source_per_key(items)
     _check_signatures(mapper, reducer, partitions, partitioned)
 
     executor = options.pop("executor", None)
@@ -192,6 +194,19 @@ def _split_key(results: list[dict[Any, Any]], own_partition_fn: bool = True) -> 
                                    "sends equal keys to one partition")
             seen[key] = (p, key)
     return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
+
+
+def _check_one_source_per_key(items: list[Any]) -> None:
+    """per_object=True groups the chunks by object key: two objects of one key in two
+    sources (``objects("day1/") + objects("day2/")`` of local directories, two
+    buckets) would be reduced as one, their values summed together without a word."""
+    first: dict[str, Any] = {}
+    for item in items:
+        where = getattr(item, "url", None)
+        seen = first.setdefault(item.key, where)
+        if seen != where:
+            raise ConfigError(f"per_object=True: {seen} and {where} have the same key {item.key!r}, so they would be "
+                              "reduced as one object; run one map_reduce per source (or give them other names)")
 
 
 def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool) -> None:
