@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import signal
 import sys
 import time
 import uuid
@@ -261,5 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result["ok"] else 1
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (kill, timeout, a cancelled CI job) ends the program as Ctrl-C does:
+    through run_sort's finally, which stops the calls and removes the input and output
+    objects (hundreds of MB: in memory on the default /dev/shm store). By default it
+    ended the process at once and left them in the store."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -29,6 +29,7 @@ import collections
 import functools
 import random
 import re
+import signal
 import sys
 import uuid
 
@@ -188,5 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (kill, timeout, a cancelled CI job) ends the program as Ctrl-C does:
+    through the finally of --small, which removes the text it wrote. By default it
+    ended the process at once and left that in the store."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -416,3 +416,31 @@ def test_per_object_refuses_two_sources_with_one_key_instead_of_merging_them(ex,
     # one source, chunked: its chunks share the key, as before
     assert wrenpack.map_reduce(total, wrenpack.objects(tmp_path / "d2", chunk_size=3), sum, per_object=True,
                                executor=ex).result(timeout=60) == {"a.txt": 30}
+
+
+@pytest.mark.parametrize("name, args", [("sort.py", ["--size", "100MB", "--memory", "1024"]), ("wordcount.py", ["--small"])])
+def test_an_example_stopped_by_sigterm_leaves_nothing_in_the_store(tmp_path, name, args):
+    """kill/timeout/a cancelled CI job (SIGTERM) ended sort.py at once: its input and output
+    objects stayed in the store (426 MB for --size 200MB, in memory on /dev/shm). It now
+    ends as Ctrl-C does, through the finally that stops the calls and removes them."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / name), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in _stored(tmp_path) if "/data/" in str(p)]:  # its data is in the store: stop it now
+            assert proc.poll() is None and time.monotonic() < deadline, "it ended before it wrote anything"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _stored(tmp_path) == [], err
+    assert proc.returncode == 128 + signal.SIGTERM, err
