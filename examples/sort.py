@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import signal
 import sys
 import time
 import uuid
@@ -35,9 +36,12 @@ except ImportError:
     sys.exit("examples/sort.py needs numpy, which the examples extra installs: pip install -e '.[examples]'")
 
 import wrenpack
+from wrenpack.limits import check_memory
 
 RECORD = 100
 KEY = 10
+#: the most reducers ``partition_of`` tells apart: one per value of a key's first two bytes
+MAX_PARTITIONS = 1 << 16
 _MULT = np.random.default_rng(12345).integers(1, 2**63, size=RECORD // 4, dtype=np.uint64) | np.uint64(1)
 
 
@@ -61,6 +65,25 @@ def at_least_one(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of calls, at least 1")
     return n
+
+
+def partition_count(text: str) -> int:
+    """A count of reducers: at least 1, at most 65,536, as many as ``partition_of``'s
+    two key bytes tell apart (with more, its arithmetic would wrap and the output
+    would come out unsorted)."""
+    n = at_least_one(text)
+    if n > MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_PARTITIONS:,} reducers (the range partition is "
+                                         "on the keys' first two bytes: more could only be empty)")
+    return n
+
+
+def memory_mb(text: str) -> int:
+    """MB per call, in Lambda's range: checked here, not in a traceback from the first launch."""
+    try:
+        return check_memory(int(text) if text.strip().lstrip("-").isdigit() else text, name="memory")
+    except wrenpack.WrenpackError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def as_records(buf: bytes | memoryview) -> np.ndarray:
@@ -219,16 +242,18 @@ def run_sort(size: int, mappers: int, partitions: int, seed: int = 0, memory: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=parse_size, default=parse_size("100MB"), help="bytes of records (default 100MB)")
+    ap.add_argument("--size", type=parse_size, help="bytes of records (default 100MB)")
     ap.add_argument("--small", action="store_true", help="2 MB, 4 mappers, 3 reducers (the tests run this)")
     ap.add_argument("--mappers", type=at_least_one, help="input objects / map calls (default: one per ~64 MB, at least 2)")
-    ap.add_argument("--partitions", type=at_least_one, help="reducers (default: as many as mappers)")
-    ap.add_argument("--memory", type=int, default=3008,
+    ap.add_argument("--partitions", type=partition_count, help="reducers (default: as many as mappers)")
+    ap.add_argument("--memory", type=memory_mb, default=3008,
                     help="MB per call (default 3008: on the local backend a worker's memory cgroup is also charged "
                          "for the /dev/shm store objects it wrote)")
     ap.add_argument("--keep", action="store_true", help="keep the input and output objects")
     args = ap.parse_args(argv)
-    size = 2_000_000 if args.small else args.size
+    if args.small and args.size is not None:  # (--small's 2 MB won over it without a word)
+        ap.error("--small sorts 2 MB: give --small or --size, not both")
+    size = 2_000_000 if args.small else args.size or parse_size("100MB")
     mappers = args.mappers or (4 if args.small else max(2, math.ceil(size / 64e6)))
     partitions = args.partitions or (3 if args.small else mappers)
     result = run_sort(size, mappers, partitions, memory=args.memory, keep=args.keep)
@@ -237,5 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result["ok"] else 1
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (kill, timeout, a cancelled CI job) ends the program as Ctrl-C does:
+    through run_sort's finally, which stops the calls and removes the input and output
+    objects (hundreds of MB: in memory on the default /dev/shm store). By default it
+    ended the process at once and left them in the store."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -29,6 +29,7 @@ import collections
 import functools
 import random
 import re
+import signal
 import sys
 import uuid
 
@@ -56,10 +57,12 @@ def wordcount(chunks: list, partitions: int, encoding: str = "utf-8", errors: st
     return wrenpack.map_reduce(mapper, chunks, add, partitions=partitions).result()
 
 
-def local_count(texts: list[bytes], encoding: str, errors: str) -> collections.Counter:
-    """The same count in this process, line by line as the mappers decode."""
-    return collections.Counter(w for t in texts for line in t.split(b"\n")
-                               for w in WORD.findall(line.decode(encoding, errors).lower()))
+def local_count(texts: list[bytes], encoding: str, errors: str, whole_files: bool = False) -> collections.Counter:
+    """The same count in this process, line by line as the mappers decode (a whole
+    file at a time for text whose newline is not the byte ``\\n``)."""
+    lines = ((t.decode(encoding, errors).split("\n") for t in texts) if whole_files else
+             ([line.decode(encoding, errors) for line in t.split(b"\n")] for t in texts))
+    return collections.Counter(w for per_file in lines for line in per_file for w in WORD.findall(line.lower()))
 
 
 def _text(seed: int, lines: int) -> str:
@@ -75,6 +78,17 @@ def _not_utf8(seed: int) -> bytes:
     vocab = "café naïve déjà über map reduce word it's".split()
     lines = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 8))) for _ in range(200)]
     return "\r\n".join(lines).encode("latin-1") + b"\n\x00\xff\xfe binary tail \x80\n"
+
+
+def check_decodes_with(errors: str) -> None:
+    """``LookupError`` if ``errors`` is an error handler for encoding only
+    (xmlcharrefreplace, namereplace): decoding with it fails at the first bad byte."""
+    try:
+        b"\xff".decode("ascii", errors)
+    except TypeError:
+        raise LookupError(f"--errors {errors} is an error handler for encoding text, not for decoding it") from None
+    except UnicodeDecodeError:  # (strict)
+        pass
 
 
 def newline_is_one_byte(encoding: str) -> bool:
@@ -125,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.small and not args.source:
         ap.error("give a source (file, directory or s3:// prefix), or --small")
+    if args.small and args.source:  # (the source was ignored without a word)
+        ap.error("--small counts generated text: give a source or --small, not both")
     chunk_size: int | None = args.chunk_size
     try:  # checked here, before anything launches
         codecs.lookup_error(args.errors)
+        check_decodes_with(args.errors)
         whole_files = not newline_is_one_byte(args.encoding)
     except LookupError as exc:
         print(f"wordcount: {exc}; give --encoding a Python codec name (utf-8, latin-1, utf-16, ...) and --errors "
@@ -144,19 +161,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             store = wrenpack.store()
             prefix = f"wordcount-{uuid.uuid4().hex[:8]}/"
-            # UTF-8 text, text that is not UTF-8, and an empty file
-            texts = [_text(i, 400).encode() for i in range(3)] + [_not_utf8(3), b""]
+            if whole_files:  # text written in that encoding, a whole file per map call
+                texts = [_text(i, 400).encode(args.encoding) for i in range(3)] + [b""]
+                what = f"{args.encoding} text, a file per map call"
+            else:  # UTF-8 text, text that is not UTF-8, and an empty file
+                texts = [_text(i, 400).encode() for i in range(3)] + [_not_utf8(3), b""]
+                what = f"one file not UTF-8, read with --encoding {args.encoding} --errors {args.errors}"
             try:
                 for i, text in enumerate(texts):
                     store.put(f"{prefix}{i}.txt", text)
-                counts = wordcount(store.objects(prefix, chunk_size=2000), args.partitions, args.encoding, args.errors)
+                counts = wordcount(store.objects(prefix, chunk_size=None if whole_files else 2000), args.partitions,
+                                   args.encoding, args.errors)
             finally:
                 store.delete_prefix(prefix)
-            if counts != dict(local_count(texts, args.encoding, args.errors)):
+            if counts != dict(local_count(texts, args.encoding, args.errors, whole_files)):
                 print("MISMATCH with the local count", file=sys.stderr)
                 return 1
-            print(f"matches the local count: {sum(counts.values())} words, {len(counts)} distinct "
-                  f"(one file not UTF-8, read with --encoding {args.encoding} --errors {args.errors})")
+            print(f"matches the local count: {sum(counts.values())} words, {len(counts)} distinct ({what})")
     except wrenpack.TextDecodeError as exc:  # --errors strict, and a file that does not decode
         print(f"wordcount: {exc} (here: --encoding ENCODING, or --errors replace)", file=sys.stderr)
         return 1
@@ -168,5 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (kill, timeout, a cancelled CI job) ends the program as Ctrl-C does:
+    through the finally of --small, which removes the text it wrote. By default it
+    ended the process at once and left that in the store."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import inspect
 import json
 import logging
 import operator
@@ -107,6 +108,7 @@ def map_reduce(
     if not shuffled:
         if partitioned or partition_fn is not None:
             raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
+        _check_signatures(mapper, reducer, None, False)
         return _single(mapper, items, reducer, options)
     if partitions is not None:
         given, partitions = partitions, _whole(partitions)
@@ -120,8 +122,14 @@ def map_reduce(
         raise ConfigError("partitions= (a shuffle) does not combine with per_object= or fan_in=; choose one form")
     if partitions is None and (partitioned or partition_fn is not None):
         raise ConfigError("partitioned= and partition_fn= need partitions=R (the number of reducers)")
+    if partitioned and partition_fn is not None:  # (it was ignored without a word)
+        raise ConfigError("partition_fn= sends (key, value) pairs to partitions; with partitioned=True the mapper "
+                          "returns its R parts itself and partition_fn would never be called: give one or the other")
     if per_object and any(not hasattr(item, "key") for item in items):
         raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
+    if per_object:
+        _check_one_source_per_key(items)
+    _check_signatures(mapper, reducer, partitions, partitioned)
 
     executor = options.pop("executor", None)
     m_fn, m_exec, m_opts, _m_state = _unwrap(mapper)
@@ -135,13 +143,18 @@ def map_reduce(
     # The first phase launches here: what cannot be launched (an executor shut
     # down, an item or a function that does not pickle) is raised to the caller
     # as submit() raises it, before anything runs. The rest runs on a thread.
-    with job.follow.starting():
-        if partitions is not None:
-            finish = job.shuffle(items, partitions, partitioned, partition_fn)
-        elif per_object:
-            finish = job.per_object(items, fan_in)
-        else:
-            finish = job.tree(items, fan_in or 2)
+    # Refused, it leaves nothing: its owner record is already in the store.
+    try:
+        with job.follow.starting():
+            if partitions is not None:
+                finish = job.shuffle(items, partitions, partitioned, partition_fn)
+            elif per_object:
+                finish = job.per_object(items, fan_in)
+            else:
+                finish = job.tree(items, fan_in or 2)
+    except BaseException:
+        job.cleanup()
+        raise
 
     def run() -> None:
         # The intermediate objects are gone before the future resolves.
@@ -158,17 +171,69 @@ def map_reduce(
     return job.follow.outer
 
 
-def _split_key(results: list[dict[Any, Any]]) -> ConfigError:
-    """Two reducers gave a value for one key: equal keys went to two partitions."""
-    seen: dict[Any, int] = {}
+def _split_key(results: list[dict[Any, Any]], own_partition_fn: bool = True) -> ConfigError:
+    """Two reducers gave a value for one key: equal keys went to two partitions.
+
+    Without a partition_fn of the user's, the default one split them: it hashes
+    str, bytes, numbers, tuples and frozensets by value and other keys by their
+    repr, so equal keys whose reprs differ (a dataclass's P(x=1) and P(x=1.0))
+    can part; the message says so instead of blaming a partition_fn never given."""
+    seen: dict[Any, tuple[int, Any]] = {}
     for p, part in enumerate(results):
         for key in part:
             if key in seen:
-                return ConfigError(f"map_reduce: key {key!r:.40} was reduced in partitions {seen[key]} and {p}, so the "
-                                   "result would keep one of its values; make partition_fn send equal keys to one "
-                                   "partition")
-            seen[key] = p
+                first, other = seen[key]
+                if own_partition_fn:
+                    return ConfigError(f"map_reduce: key {key!r:.40} was reduced in partitions {first} and {p}, so "
+                                       "the result would keep one of its values; make partition_fn send equal keys to "
+                                       "one partition")
+                return ConfigError(f"map_reduce: the equal keys {other!r:.40} and {key!r:.40} were reduced in "
+                                   f"partitions {first} and {p}: the default partition_fn hashes str, bytes, numbers, "
+                                   "tuples and frozensets by value and other keys by their repr, and these reprs "
+                                   "differ; give keys of those types (a tuple of the fields), or a partition_fn that "
+                                   "sends equal keys to one partition")
+            seen[key] = (p, key)
     return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
+
+
+def _check_one_source_per_key(items: list[Any]) -> None:
+    """per_object=True groups the chunks by object key: two objects of one key in two
+    sources (``objects("day1/") + objects("day2/")`` of local directories, two
+    buckets) would be reduced as one, their values summed together without a word."""
+    first: dict[str, Any] = {}
+    for item in items:
+        where = getattr(item, "url", None)
+        seen = first.setdefault(item.key, where)
+        if seen != where:
+            raise ConfigError(f"per_object=True: {seen} and {where} have the same key {item.key!r}, so they would be "
+                              "reduced as one object; run one map_reduce per source (or give them other names)")
+
+
+def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool) -> None:
+    """The mapper and the reducer each take what the form calls them with (``_check_signature``)."""
+    _check_signature(mapper, "mapper(item)", 1)
+    if partitions is not None:
+        _check_signature(reducer, "reducer(i, parts) with partitioned=True" if partitioned else
+                         "reducer(key, values) once per key with partitions=R", 2)
+    else:
+        _check_signature(reducer, "reducer(values), values a list of mapper results", 1)
+
+
+def _check_signature(fn: Any, call: str, args: int) -> None:
+    """Refuse, before anything launches, a function that cannot take the arguments its
+    part of the job is called with (a one-argument reducer given partitions=R, say):
+    otherwise every mapper runs first, and each reducer fails with a TypeError."""
+    inner = _unwrap(fn)[0]
+    try:
+        signature = inspect.signature(inner)
+    except (TypeError, ValueError):  # (a builtin without one: called as given)
+        return
+    try:
+        signature.bind(*range(args))
+    except TypeError as exc:
+        role = call.partition("(")[0]
+        raise ConfigTypeError(f"map_reduce: the {role} {_name(inner)}{signature} is called {call}: {exc}; give a "
+                              f"{role} that takes {args} argument{'s' if args > 1 else ''}") from None
 
 
 def _whole(value: Any) -> int | None:
@@ -322,6 +387,7 @@ class RunningJob:
         self.follow = _Follow([executor], label, self.shuffle_id)
         self._lock = threading.Lock()
         self._nodes = 0  # tree nodes get unique indices across every tree of this job
+        self.partition_fn: Callable[[Any, int], int] | None = None  # (a shuffle's, if the user gave one)
         #: a shuffle's bytes, requests (objects written, sections read) and seconds per stage
         self.stats: dict[str, Any] = {}
 
@@ -363,6 +429,7 @@ class RunningJob:
                 partition_fn: Callable[[Any, int], int] | None) -> Callable[[], Any]:
         """Launch the mappers (and, on a warm pool, the reducers with them); returns
         what waits for them and runs the rest (``_shuffled``)."""
+        self.partition_fn = partition_fn
         task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
         m_label, r_label = f"{_name(self.mapper)} (map)", f"{_name(self.reducer)} (reduce)"
@@ -421,7 +488,7 @@ class RunningJob:
         for part in results:
             merged.update(part)
         if len(merged) != sum(len(part) for part in results):
-            raise _split_key(results)
+            raise _split_key(results, self.partition_fn is not None)
         return merged
 
     def _together(self, mappers: int) -> bool:

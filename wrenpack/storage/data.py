@@ -109,7 +109,9 @@ class _Files(Store):
             rel = os.path.relpath(dirpath, self.root)
             for name in files:
                 key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
-                if key.startswith(prefix):
+                # Regular files only (a symlink to one too): a dangling symlink failed the listing with
+                # a bare FileNotFoundError, and a FIFO listed as empty blocked its reader for ever.
+                if key.startswith(prefix) and os.path.isfile(os.path.join(dirpath, name)):
                     out.append(key)
         return sorted(out)
 
@@ -126,6 +128,8 @@ class _Files(Store):
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
         raise StoreError(f"invalid data key {key!r}: use a relative path such as 'inputs/part-0' (no leading '/', no '..')")
+    if "\0" in key:  # (a file name cannot hold one: the local store failed with a bare ValueError)
+        raise StoreError(f"invalid data key {key!r}: a key cannot hold a NUL character ('\\0'); remove it")
     return key
 
 
@@ -168,11 +172,16 @@ class DataStore:
         return f"{self.store.url}/{self.prefix}{key}"
 
     def put(self, key: str, data: bytes | bytearray | memoryview | io.IOBase) -> None:
-        """Write ``data`` (bytes, or a binary file object) at ``key``, atomically."""
+        """Write ``data`` (bytes or any bytes-like object: a contiguous numpy array, array.array; or a binary
+        file object) at ``key``, atomically."""
         if hasattr(data, "read"):
             data = data.read()  # type: ignore[union-attr]
-        if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
-            raise StoreError(f"put({key!r}, ...) needs bytes, got {type(data).__name__}; encode text (s.encode()) or pickle it yourself")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            try:  # any other bytes-like object (a numpy array, array.array, mmap), as file.write takes them
+                data = memoryview(data)  # type: ignore[arg-type]
+            except TypeError:
+                raise StoreError(f"put({key!r}, ...) needs bytes, got {type(data).__name__}; encode text (s.encode()) "
+                                 "or pickle it yourself") from None
         if isinstance(data, bytes):
             self.store.put(self._full(key), data)
             return
@@ -396,7 +405,8 @@ class ObjectRange:
         occurs inside other characters: a whole object is then decoded as one
         stream and split at its newlines; a chunk of one (``chunk_size``), or a
         delimiter that is not one of the text's characters, is refused here in
-        one line, since its edges may cut a character in two."""
+        one line, since its edges may cut a character in two. So is a chunk of raw
+        byte ranges (``delimiter=None``): its edges fall at any byte."""
         if not isinstance(raw, bool):
             raise ConfigTypeError(f"lines(raw={raw!r}): must be True (bytes) or False (text)")
         for name, value in (("encoding", encoding), ("errors", errors)):
@@ -409,6 +419,7 @@ class ObjectRange:
             if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):  # (how bytes.decode tells them)
                 raise LookupError(f"{encoding!r} is not a text encoding (bytes.decode refuses it)")
             codecs.lookup_error(errors)
+            _check_decodes_with(errors)
         except LookupError as exc:
             raise ConfigError(f"lines(encoding={encoding!r}, errors={errors!r}): {exc}; give a Python codec name "
                               "(\"utf-8\", \"latin-1\", ...) and an error handler (\"strict\", \"replace\", \"ignore\", "
@@ -426,6 +437,12 @@ class ObjectRange:
                                   "a split there can cut a character in two; read whole objects (wrenpack.objects(..., "
                                   "chunk_size=None), delimiter=b'\\n': lines() decodes each as one stream) or "
                                   "lines(raw=True) for bytes")
+        if self.record_size is None and not self.delimiter and self.parts > 1:
+            # (decoded, its edges gave U+FFFD or a TextDecodeError for text that is valid as a whole)
+            raise ConfigError(f"lines(): {self.url}: this range is part {self.part + 1} of {self.parts} of the object, "
+                              "cut at any byte (delimiter=None), so its edges can cut a character and a line in two; "
+                              "make the ranges with wrenpack.objects(..., delimiter=b'\\n') for lines, or read bytes "
+                              "(lines(raw=True), read())")
         return self._decoded(encoding, errors)
 
     def _decoded_stream(self, encoding: str, errors: str) -> Iterator[str]:
@@ -433,8 +450,8 @@ class ObjectRange:
         read once; a character cut by a read's edge joined), split at newlines,
         each without its ``\\r\\n`` or ``\\n``. A block at a time, in C: a
         strict decode stops at the block holding the first bad byte."""
-        decoder = codecs.getincrementaldecoder(encoding)(errors)
         at = self.bounds()[0]  # the offset in the object of the next block read
+        decoder = codecs.getincrementaldecoder(_past_start(encoding, at))(errors)
         rest = ""
         with self.open() as f:
             while True:
@@ -444,6 +461,8 @@ class ObjectRange:
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as exc:
                     raise _decode_error(self, exc, at - len(held)) from None
+                except UnicodeError as exc:  # (UTF-16/32 without a byte order mark: the stream decoder's own)
+                    raise _stream_error(self, exc, encoding, bytes(block[:4]), at) from None
                 at += len(block)
                 if rest:
                     text = rest + text
@@ -464,11 +483,35 @@ class ObjectRange:
         gap = 0 if self.record_size is not None or not self.delimiter else len(self.delimiter)
         for rec in self.records():
             try:
-                text = rec.decode(encoding, errors)
+                text = rec.decode(_past_start(encoding, at), errors)
             except UnicodeDecodeError as exc:
                 raise _decode_error(self, exc, at) from None
             yield text
             at += len(rec) + gap
+
+
+def _check_decodes_with(errors: str) -> None:
+    """``LookupError`` if ``errors`` names a handler for encoding only
+    ("xmlcharrefreplace", "namereplace"): ``bytes.decode`` takes its name and
+    fails only at the first byte that does not decode, in the worker, with a
+    TypeError that names neither the object nor the fix."""
+    try:
+        b"\xff".decode("utf-8", errors)
+    except TypeError as exc:  # "don't know how to handle UnicodeDecodeError in error callback"
+        raise LookupError(f"{errors!r} is an error handler for encoding text, not for decoding it ({exc})") from None
+    except Exception:  # noqa: BLE001 - strict, or a handler of the user's own that refuses this byte: it decodes
+        pass
+
+
+def _past_start(encoding: str, at: int) -> str:
+    """The codec for text that begins at byte ``at`` of its object: only the object's
+    first bytes can be its byte order mark, so past them "utf-8-sig" reads as
+    "utf-8" (a U+FEFF there is a character, as a whole-object read keeps it: a
+    chunk or record that began with one dropped it, so the lines depended on
+    where the chunks were cut; ``cat a.txt b.txt`` of two files with BOMs has one)."""
+    if at > 0 and codecs.lookup(encoding).name == "utf-8-sig":
+        return "utf-8"
+    return encoding
 
 
 def _char_bytes(char: str, encoding: str) -> bytes | None:
@@ -493,19 +536,38 @@ def _decode_error(r: ObjectRange, exc: UnicodeDecodeError, at: int) -> TextDecod
     return TextDecodeError(message, exc.encoding, bytes(near), exc.start - lo, exc.end - lo, exc.reason)
 
 
+def _stream_error(r: ObjectRange, exc: UnicodeError, encoding: str, first: bytes, at: int) -> TextDecodeError:
+    """The one-line error for a stream the decoder refuses as a whole: UTF-16 and
+    UTF-32 text that does not start with a byte order mark (Python's text files
+    refuse it too, where ``bytes.decode`` would guess this machine's byte order)."""
+    name = codecs.lookup(encoding).name
+    way = (f"pass its byte order: lines(encoding=\"{name}-le\") or lines(encoding=\"{name}-be\")"
+           if name in ("utf-16", "utf-32") else "pass the text's encoding")
+    message = f"{r.url}: byte {at} ({first!r}): {exc} in {encoding}; {way}, or lines(raw=True) for bytes"
+    return TextDecodeError(message, encoding, first, 0, len(first), str(exc))
+
+
 def _record_start(store: Store, key: str, x: int, size: int, delim: bytes) -> int:
-    """The first record start at or after ``x``: 0, or just after a delimiter byte."""
+    """The first record start at or after ``x``: 0, or just after a delimiter byte.
+
+    Each read is twice the last (from 64 KB up to a read-ahead block), so a
+    record of n bytes costs about log n requests, not n / 64 KB: every chunk
+    that begins inside one long line reads on to the line's end (an empty
+    chunk's bounds are where the next record starts, so the ranges tile the
+    object), which in 64 KB reads was thousands of GETs per chunk on S3."""
     if x <= 0:
         return 0
     pos = x - 1  # a delimiter just before x makes x itself a record start
+    step = _SCAN
     while pos < size:
-        window = store.get_range(key, pos, min(size, pos + _SCAN))
+        window = store.get_range(key, pos, min(size, pos + step))
         if not window:
             break
         i = window.find(delim)
         if i >= 0:
             return min(size, pos + i + 1)
         pos += len(window)
+        step = min(2 * step, _BLOCK)
     return size
 
 
@@ -541,6 +603,9 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
         # One byte: with longer ones, a range edge inside a run of delimiters is ambiguous.
         raise ConfigError(f"delimiter={delimiter!r} must be one byte (e.g. b'\\n', b'\\0') or None; "
                           "use record_size= for fixed-size records")
+    if record_size is not None and delimiter not in (None, b"\n"):  # (b"\n" is the default: not asked for)
+        raise ConfigError(f"delimiter={delimiter!r} and record_size={record_size} both say where records end; give "
+                          "one (a delimiter would be ignored: records are record_size bytes each)")
     if not found:
         raise StoreError(f"no objects under {source}; check the path or prefix")
     step = chunk_size
@@ -561,7 +626,7 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
     return out
 
 
-def objects(source: "str | DataStore", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
+def objects(source: "str | os.PathLike[str] | DataStore", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
             record_size: int | None = None, executor: Any = None) -> list[ObjectRange]:
     """One ``ObjectRange`` per object under ``source``, or per ~``chunk_size`` bytes.
 
@@ -572,6 +637,10 @@ def objects(source: "str | DataStore", *, chunk_size: int | None = None, delimit
     fixed ``record_size`` bytes. Use with ``f.map(wrenpack.objects(...))``."""
     if isinstance(source, DataStore):
         return source.objects(chunk_size=chunk_size, delimiter=delimiter, record_size=record_size)
+    if isinstance(source, os.PathLike):  # (a pathlib.Path, as open() takes one)
+        source = os.fspath(source)
+        if isinstance(source, bytes):
+            source = os.fsdecode(source)
     if not isinstance(source, str):
         raise ConfigError(f"objects() needs an s3:// URL, a path or wrenpack.store(), got {type(source).__name__}")
     if source.startswith("s3://"):

@@ -347,6 +347,12 @@ def default_partition(key: Any, partitions: int) -> int:
     """A hash that is the same in every process (``hash()`` of a str is not), and the
     same for keys that are equal, which a dict takes as one key (3, 3.0 and
     np.int64(3); ('a', 1) and ('a', 1.0)): so they meet in one reducer."""
+    if partitions == 1:  # no stable hash needed: every key meets in the one reducer
+        try:
+            hash(key)  # (an unhashable key is still named here, in the mapper)
+        except TypeError:
+            raise _unhashable(key) from None
+        return 0
     return _stable_hash(key) % partitions
 
 
@@ -377,6 +383,13 @@ def _stable_hash(key: Any) -> int:
         hash(key)  # (here, in the mapper: its reducer groups values by key)
     except TypeError:
         raise _unhashable(key) from None
+    if kind.__repr__ is object.__repr__ and kind.__hash__ is not object.__hash__:
+        # Equal keys, by its own __eq__ and __hash__, but each repr names its address: they would
+        # go to partitions by chance and be refused (as if a partition_fn had split them), or not.
+        raise ConfigTypeError(f"map_reduce: the mapper's key {key!r:.60} (a {kind.__qualname__}) has no hash that is "
+                              f"the same in every process: keys of other types are partitioned by their repr, and "
+                              f"{kind.__qualname__}'s names its address; give it a __repr__ that shows its value (a "
+                              "dataclass has one), use a tuple or str key, or pass partition_fn=")
     return zlib.crc32(repr(key).encode("utf-8", "backslashreplace"))
 
 
