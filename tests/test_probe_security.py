@@ -16,7 +16,7 @@ import pytest
 
 import wrenpack
 from wrenpack import keys
-from wrenpack.errors import CorruptObject
+from wrenpack.errors import CorruptObject, ObjectNotFound, StoreError
 from wrenpack.storage.local import LocalStore
 
 
@@ -69,9 +69,16 @@ def test_a_non_file_planted_at_a_key_is_refused_and_never_blocks_the_reader(tmp_
                      lambda: store.get_range_buffer(key, 0, 10)):
             got = _in_thread(read, 3.0)
             assert got != "hung", "reading a FIFO planted at a key blocked the reader"
+            if kind == "directory":  # (a folder: as on S3, no object has its name, and none can be written there)
+                assert isinstance(got, ObjectNotFound), got
+                continue
             assert isinstance(got, CorruptObject), got
             assert ("symbolic link" if kind == "symlink" else "not a regular file") in str(got) and key in str(got)
         assert store.release_range(key, 0, 1 << 20) == 0
+        if kind == "directory":
+            with pytest.raises(StoreError, match="use another key"):
+                store.put(key, b"late", if_absent=True)
+            return
         # The squatted key stays squatted (the first write wins): the reader is what must fail.
         assert store.put(key, b"late", if_absent=True) is False
     finally:
@@ -79,7 +86,8 @@ def test_a_non_file_planted_at_a_key_is_refused_and_never_blocks_the_reader(tmp_
             _unblock(path)
 
 
-def test_a_fifo_planted_at_a_pending_result_key_fails_the_call_and_hangs_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_planted_at_a_pending_result_key_fails_the_call_and_hangs_nothing(tmp_path, monkeypatch, kind):
     """A job's code (or anyone who can write to the store) makes a FIFO at another
     call's result key before its worker writes it: the worker finds the key taken,
     looks at what is there, and the driver reads it. Both opened the FIFO and waited
@@ -96,7 +104,10 @@ def test_a_fifo_planted_at_a_pending_result_key_fails_the_call_and_hangs_nothing
         if self is ex.store and key.endswith("owner.json") and not planted:
             path = os.path.join(ex.store.root, keys.result_key(key.split("/")[1], keys.call_id(0)))
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.mkfifo(path)
+            if kind == "fifo":
+                os.mkfifo(path)
+            else:  # (a folder holding an object: a key no object can take in a local store)
+                os.makedirs(os.path.join(path, "x"))
             planted.append(path)
         return out
 
@@ -106,8 +117,11 @@ def test_a_fifo_planted_at_a_pending_result_key_fails_the_call_and_hangs_nothing
         got = _in_thread(lambda: fut.exception(timeout=15), 20)
         assert planted, "the attack did not run"
         assert got != "hung", "the driver hung on the FIFO"
-        assert isinstance(got, CorruptObject), got
-        assert "not a regular file" in str(got)
+        if kind == "fifo":
+            assert isinstance(got, CorruptObject), got
+            assert "not a regular file" in str(got)
+        else:
+            assert isinstance(got, wrenpack.WrenpackError) and "use another key" in str(got), repr(got)
         # The worker was not left stuck: the next call runs.
         assert wrenpack.remote(plus_one, executor=ex).remote(2).result(timeout=15) == 3
     finally:

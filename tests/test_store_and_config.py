@@ -169,3 +169,28 @@ def test_public_names_are_not_shadowed_by_submodules():
             assert getattr(wp, name) is not None
     importlib.import_module("wrenpack.remote_function")
     assert callable(wp.remote) and callable(wp.checkpoint)
+
+
+def test_a_key_that_is_a_folder_of_other_objects_is_no_object_and_cannot_be_written(tmp_path):
+    """In a local store ``dir/a`` makes ``dir`` a folder. As on S3, no object is
+    named ``dir``: its size and read are ObjectNotFound (size gave the folder's
+    4096 bytes, get a CorruptObject blaming whoever wrote it). Writing ``dir`` (or
+    under the object ``dir/a``) cannot work in folders where it does on S3: one
+    line saying so (it said "free space"), and ``if_absent`` no longer answers
+    "already there" for a key no object holds."""
+    from wrenpack.errors import StoreError
+    from wrenpack.storage.local import LocalStore
+
+    s = LocalStore(str(tmp_path / "s"))
+    s.put("dir/a", b"x")
+    assert not s.exists("dir")
+    for read in (lambda: s.size("dir"), lambda: s.get("dir"), lambda: s.get_range("dir", 0, 1)):
+        with pytest.raises(ObjectNotFound, match="not found"):
+            read()
+    for write in (lambda: s.put("dir", b"y"), lambda: s.put("dir", b"y", if_absent=True),
+                  lambda: s.put_chunks("dir", [b"y"])):
+        with pytest.raises(StoreError, match="an object cannot have the name of a folder of others .*use another key"):
+            write()
+    with pytest.raises(StoreError, match="nothing can go under an object .*use another key"):
+        s.put("dir/a/b", b"y")
+    assert s.get("dir/a") == b"x" and s.list("dir") == ["dir/a"]

@@ -126,8 +126,7 @@ class LocalStore(Store):
         try:
             return self._put(key, (data,), if_absent)
         except OSError as exc:  # disk full, read-only, a file where a folder should be
-            raise StoreError(f"cannot write {key} to {self.url}: {_reason(exc)}; free space, or fix the store "
-                             "directory, or set storage= to another one") from None
+            raise self._write_error(key, exc) from None
 
     def put_chunks(self, key: str, chunks: Iterable[Any]) -> int:
         """Each piece is written to the file as it comes (one copy, into the page cache)."""
@@ -141,9 +140,22 @@ class LocalStore(Store):
         try:
             self._put(key, counted(), False)
         except OSError as exc:
-            raise StoreError(f"cannot write {key} to {self.url}: {_reason(exc)}; free space, or fix the store "
-                             "directory, or set storage= to another one") from None
+            raise self._write_error(key, exc) from None
         return written[0]
+
+    def _write_error(self, key: str, exc: OSError) -> StoreError:
+        """One line for a write that failed: a key that is a folder of other objects
+        here, or lies under an object (both fine on S3, not in folders), or the
+        file system's own reason."""
+        if exc.errno == errno.EISDIR:
+            return StoreError(f"cannot write {key} to {self.url}: objects are stored under {key}/, and in a local store "
+                              "an object cannot have the name of a folder of others (S3 allows it); use another key")
+        if exc.errno == errno.ENOTDIR:
+            return StoreError(f"cannot write {key} to {self.url}: a part of its path is a file (an object), and in a local "
+                              "store nothing can go under one (S3 allows it); use another key, or if that file is not an "
+                              "object of yours, fix the store directory or set storage= to another one")
+        return StoreError(f"cannot write {key} to {self.url}: {_reason(exc)}; free space, or fix the store "
+                          "directory, or set storage= to another one")
 
     def get_buffer(self, key: str) -> Any:
         """The object's file mapped read-only (nothing copied; the file is replaced,
@@ -215,6 +227,8 @@ class LocalStore(Store):
         for last in (False, True):
             with self._dir(dirs, create=True) as dfd:
                 if if_absent and _lexists(name, dfd):
+                    if _is_folder(name, dfd):  # (no object is there, and none can be)
+                        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), key)
                     return False
                 try:
                     fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=dfd)
@@ -266,6 +280,9 @@ class LocalStore(Store):
         except OSError as exc:
             os.close(fd)
             raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
+        if stat.S_ISDIR(mode):  # (a folder of other objects: as on S3, no object has its name)
+            os.close(fd)
+            raise ObjectNotFound(f"object {key!r} not found in {self.url} (objects are stored under {key}/)")
         if not stat.S_ISREG(mode):
             os.close(fd)
             raise CorruptObject(f"cannot read {key} from {self.url}: it is not a regular file (a {_file_kind(mode)}), so wrenpack "
@@ -308,8 +325,11 @@ class LocalStore(Store):
 
     def size(self, key: str) -> int:
         st = self._stat(key)
-        if st is None:
+        if st is None or stat.S_ISDIR(st.st_mode):  # (a folder of other objects: as on S3, no object has its name)
             raise ObjectNotFound(f"object {key!r} not found in {self.url}")
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptObject(f"{key} in {self.url} is not a regular file (a {_file_kind(st.st_mode)}), so wrenpack did not "
+                                "write it: remove it, re-run the job and check who can write to the store")
         return st.st_size
 
     def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
@@ -462,6 +482,13 @@ def _writer_pid(name: str) -> int | None:
         return None
     head = name[5:].split("-", 1)[0]
     return int(head) if head.isdigit() else None
+
+
+def _is_folder(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _lexists(name: str, dir_fd: int) -> bool:
