@@ -369,3 +369,20 @@ def test_tmp_on_tmpfs_does_not_count_as_the_calls_memory(tmp_path, monkeypatch):
         assert f.remote(400).result(timeout=60) == 400
     finally:
         ex.shutdown()
+
+
+def test_a_call_killed_at_its_memory_limit_is_told_once_not_also_on_the_terminal(tmp_path, capfd):
+    """The kernel's OOM kill of a call's process is the call's MemoryLimitExceeded;
+    the worker also printed "the process running the call died (wait status 9)"
+    on the user's terminal (its stderr), beside the progress bar."""
+    from wrenpack.backends.local import linux
+
+    if linux.CgroupFactory.detect() is None:
+        pytest.skip("needs memory cgroups (without them the call is stopped by the driver, not killed by the kernel)")
+    ex = wrenpack.Executor(storage=str(tmp_path / "s"), backend=LocalBackend(concurrency=1), retries=0)
+    try:
+        with pytest.raises(wrenpack.MemoryLimitExceeded):
+            wrenpack.remote(allocate, executor=ex, memory=128).remote(400).result(timeout=60)
+    finally:
+        ex.shutdown()
+    assert "the process running the call died" not in capfd.readouterr().err

@@ -785,7 +785,10 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
             # The job's own code broke its channel: its call fails, nothing else does.
             return _Ran("error", error_outcome(WrenpackError(f"{ev.label}: {exc}"), "wrenpack", tb_text=""), None, {})
         if not isolation.stopping:  # (stopped on purpose: the driver is gone, nobody is told of this call)
-            log.warning("%s: the process running the call died (wait status %s); this worker ends the same way", ev.label, status)
+            # A local worker's driver tells the user itself (MemoryLimitExceeded for the kernel's
+            # OOM kill, WorkerCrashed): at WARNING this line came on the user's terminal too.
+            log.log(logging.INFO if isinstance(context, LocalContext) else logging.WARNING,
+                    "%s: the process running the call died (wait status %s); this worker ends the same way", ev.label, status)
         isolation.die_like(status)
         raise
 
