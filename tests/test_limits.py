@@ -386,3 +386,37 @@ def test_a_call_killed_at_its_memory_limit_is_told_once_not_also_on_the_terminal
     finally:
         ex.shutdown()
     assert "the process running the call died" not in capfd.readouterr().err
+
+
+def write_and_hold_deleted(mb, hold_s):
+    """Writes ``mb`` MB to a ``tempfile.TemporaryFile()`` (deleted at once, its blocks
+    taken while it is open) and holds it ``hold_s`` s; kept open after the call if
+    ``hold_s`` is negative (in a global, as a cache would)."""
+    import tempfile
+
+    fh = tempfile.TemporaryFile()
+    chunk = b"\1" * (1024 * 1024)
+    for _ in range(mb):
+        fh.write(chunk)
+    fh.flush()
+    if hold_s < 0:
+        _KEPT.append(fh)
+    else:
+        time.sleep(hold_s)
+        fh.close()
+    return mb
+
+
+@pytest.mark.parametrize("hold_s", [0.5, -1], ids=["held-during-the-call", "kept-after-the-call"])
+def test_a_deleted_file_still_open_counts_against_tmp(tmp_path, hold_s):
+    """A 600 MB ``TemporaryFile()`` under ephemeral_storage=512: on Lambda the write
+    fails with ENOSPC; locally it went unseen (it is in no directory listing), and
+    the call succeeded."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "s"), backend=LocalBackend(concurrency=1), retries=0)
+    try:
+        f = wrenpack.remote(write_and_hold_deleted, executor=ex, ephemeral_storage=512, memory=256)
+        with pytest.raises(wrenpack.EphemeralStorageExceeded, match="ephemeral_storage=512 MB"):
+            f.remote(600, hold_s).result(timeout=60)
+        assert f.remote(8, 0).result(timeout=60) == 8  # the worker serves the next call
+    finally:
+        ex.shutdown()

@@ -11,6 +11,7 @@ import os
 import resource
 import sys
 import threading
+from typing import Iterable
 
 _KIB_PER_MIB = 1024.0
 _PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / (1024.0 * 1024.0) if hasattr(os, "sysconf") else 4096 / (1024.0 * 1024.0)
@@ -175,3 +176,33 @@ def dir_usage(path: str) -> int:
         except OSError:
             pass
     return total
+
+
+def open_deleted_bytes(path: str, pids: Iterable[int]) -> int:
+    """Bytes of files under ``path`` that were deleted while ``pids`` still hold them
+    open (``tempfile.TemporaryFile()``, a file written then unlinked): gone from the
+    directory, their blocks stay taken until the last descriptor closes, and Lambda's
+    /tmp counts them (a write past its size fails with ENOSPC). Each file once."""
+    prefix = os.path.join(os.path.realpath(path), "")
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # gone, or not ours to look at
+            continue
+        for fd in fds:
+            where = f"{fd_dir}/{fd}"
+            try:
+                target = os.readlink(where)
+                if not (target.startswith(prefix) and target.endswith(" (deleted)")):
+                    continue
+                st = os.stat(where)  # (the open file itself, through the descriptor's link)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+

@@ -54,7 +54,7 @@ from wrenpack.limits import memory_for
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.handoff import Sealed
-from wrenpack.worker.memory import dir_usage, peak_rss_mb
+from wrenpack.worker.memory import dir_usage, open_deleted_bytes, peak_rss_mb
 
 log = logging.getLogger("wrenpack.backends.local")
 
@@ -422,10 +422,22 @@ class Worker:
             return "memory"
         if now >= self.next_tmp_check:
             self.next_tmp_check = now + TMP_CHECK_S
-            self.tmp_bytes = dir_usage(self.tmpdir)
+            self.tmp_bytes = dir_usage(self.tmpdir) + open_deleted_bytes(self.tmpdir, self._processes())
             if self.tmp_bytes > inv.ephemeral_storage_mb * MiB:
                 return "tmp"
         return None
+
+    def _processes(self) -> list[int]:
+        """The worker's processes (its cgroup's, else its tree's): whose open files are looked at."""
+        for group in (self.cgroup, self.pids_cgroup):
+            if group is not None:
+                return group.pids()
+        try:
+            import psutil
+
+            return [self.pid, *(p.pid for p in psutil.Process(self.pid).children(recursive=True))]
+        except Exception:  # noqa: BLE001 - gone, or no psutil: its own files only
+            return [self.pid]
 
     def next_wakeup(self) -> float:
         """When the running call must be looked at next: with a cgroup the kernel
