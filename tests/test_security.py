@@ -751,3 +751,21 @@ def test_planted_records_nested_too_deep_are_refused_as_corrupt_not_a_recursion_
         owner_wire.loads(deep)
     with pytest.raises(ValueError, match="nests too deep"):
         status_wire.loads(deep)
+
+
+def test_a_fifo_squatting_a_result_key_is_reported_as_planted(tmp_path, caplog):
+    """The worker finds its call's result key taken and looks at what is there: a
+    FIFO (which reads as CorruptObject, never blocking) is an object wrenpack did not
+    write, and is logged so, as a planted file is; it was passed over in silence."""
+    from wrenpack.worker import handler as worker_handler
+
+    store = LocalStore(str(tmp_path / "store"))
+    ev = Event.from_dict(Event(job_id="jobA", call_id="00000", store=store.spec, secret=b"k" * 32,
+                               args=inline_args(b"x")).to_dict())
+    rkey = keys.result_key("jobA", "00000")
+    path = os.path.join(store.root, rkey)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mkfifo(path)
+    with caplog.at_level("WARNING", logger="wrenpack.worker.handler"):
+        worker_handler._check_existing_result(store, ev, rkey)
+    assert "held an object wrenpack did not write" in caplog.text

@@ -1126,6 +1126,8 @@ def _check_existing_result(store: Store, ev: Event, rkey: str) -> None:
     so a squatted key ends in an error, never in a value wrenpack did not compute."""
     try:
         existing = store.get(rkey)
+    except CorruptObject:  # (not even a file: a FIFO, a link planted there)
+        existing = b""
     except StoreError:
         return
     if not is_authentic_result(ev.secret, ev.job_id, ev.call_id, existing):
