@@ -420,3 +420,22 @@ def test_a_deleted_file_still_open_counts_against_tmp(tmp_path, hold_s):
         assert f.remote(8, 0).result(timeout=60) == 8  # the worker serves the next call
     finally:
         ex.shutdown()
+
+
+def test_a_worker_killed_at_the_timeout_of_a_later_segment_says_to_offer_more_often():
+    """A worker the driver had to kill at the deadline (its parent stuck storing a
+    large save, say) told a checkpointing call to "make it resumable with
+    wrenpack.checkpoint", which it was: a later segment's timeout names the fix
+    that applies. A first segment's still names checkpointing."""
+    from types import SimpleNamespace
+
+    from wrenpack.backends.base import Invocation
+    from wrenpack.backends.local.process import Worker
+
+    worker = SimpleNamespace(kill_reason="timeout", oom_kills=lambda: 0)
+    later = Invocation(event={"segment": 2, "checkpoint": {"save_s": 1.5}}, on_done=lambda *a: None, timeout_s=60,
+                       extra={"label": "step[3]"})
+    first = Invocation(event={"segment": 0, "checkpoint": None}, on_done=lambda *a: None, timeout_s=60, extra={"label": "step[3]"})
+    told = str(Worker.death_error(worker, later))
+    assert "offer more often" in told and "make it resumable" not in told and "step[3]" in told
+    assert "make it resumable with wrenpack.checkpoint" in str(Worker.death_error(worker, first))

@@ -487,6 +487,10 @@ class Worker:
         reason = self.kill_reason
         oom = self.oom_kills() > 0
         if reason == "timeout":
+            if inv.event.get("segment") or inv.event.get("checkpoint"):  # (a later segment: it checkpoints already)
+                return TaskTimeout(
+                    f"{label} ran past its {inv.timeout_s:g} s timeout and was stopped, though it checkpoints: a step or a "
+                    "save took longer than the time left; offer more often (smaller steps, a smaller state) or raise timeout=")
             return TaskTimeout(
                 f"{label} ran past its {inv.timeout_s:g} s timeout and was stopped; raise timeout= (at most 900 s on "
                 "Lambda) or make it resumable with wrenpack.checkpoint so it is split across invocations")
