@@ -148,6 +148,14 @@ def _hard_link_out(tree: str) -> str:
     return "wp_tamper_other.py was changed"
 
 
+def _swap_whole_tree(tree: str) -> str:
+    # The folder itself moved away and a copy put in its place (every inode new).
+    os.rename(tree, tree + ".moved")
+    shutil.copytree(tree + ".moved", tree, symlinks=True)
+    _rmtree(tree + ".moved")
+    return "its folder was replaced"
+
+
 def _chmod_only(tree: str) -> str:
     _writable(os.path.join(tree, "wp_tamper_pkg"))
     os.chmod(os.path.join(tree, "wp_tamper_pkg"), 0o555)
@@ -155,7 +163,7 @@ def _chmod_only(tree: str) -> str:
 
 
 @pytest.mark.parametrize("change", [_modify_same_size, _modify_and_restore, _replace_by_rename, _add_module, _add_pth,
-                                    _add_stdlib_shadow, _hard_link_out, _chmod_only], ids=lambda f: f.__name__[1:])
+                                    _add_stdlib_shadow, _hard_link_out, _swap_whole_tree, _chmod_only], ids=lambda f: f.__name__[1:])
 def test_a_change_to_the_extracted_tree_is_seen_and_named(container, change):
     tree = container()
     assert runtime_archive.tampered() is None
@@ -263,9 +271,12 @@ def job_b():  # job B's code: imports what its runtime gives it
 
 print("A", call("a" * 64 + "/fa", job_a), flush=True)
 if MODE == "modify-kill-zygote":
-    os.kill(isolation._zygote.pid, 9)  # (job A's code can: same user) a fresh zygote is started from the tree
-    time.sleep(0.1)
-    isolation.request_spare()
+    os.kill(isolation._zygote.pid, 9)  # (job A's code can: same user)
+    try:  # a fresh zygote, while job A's domain is the current one: not from the changed tree
+        isolation._replace_zygote(isolation._zygote)
+        print("respawn started", flush=True)
+    except isolation.ChildGone as exc:
+        print("respawn refused:", exc, flush=True)
 try:
     print("B", call("b" * 64 + "/fb", job_b), flush=True)
 except isolation.ChildGone as exc:
@@ -313,4 +324,7 @@ def test_code_a_job_planted_in_the_tree_never_runs_in_a_later_jobs_call(served_a
     assert (kind, value, sub, shadowed) == ("ok", 1, False, False), out.stdout + out.stderr
     assert tree == lines["tree"].split()[1]  # (the same folder, extracted again)
     assert "was changed by a job's code" in out.stderr, out.stderr
+    if mode == "modify-kill-zygote":
+        assert "respawn refused: the runtime tree in /tmp was changed by a job's code (wp_tamper_pkg/__init__.py was " \
+               "changed): no process is started from it" in out.stdout, out.stdout + out.stderr
     print(json.dumps({"mode": mode, "check_s": lines["tree"].split("cost ")[1]}))

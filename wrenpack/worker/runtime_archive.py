@@ -168,6 +168,10 @@ def _free_name(sha: str) -> str:
 
 def _rmtree(path: str) -> None:
     """Remove a tree, its read-only folders made writable first (links not followed)."""
+    if os.path.islink(path) or os.path.lexists(path) and not os.path.isdir(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
     for dirpath, _dirs, _files in os.walk(path):  # (top-down: each folder writable before its entries go)
         with contextlib.suppress(OSError):
             os.chmod(dirpath, 0o700)
@@ -271,8 +275,10 @@ def _difference(before: list[tuple[Any, ...]], now: list[tuple[Any, ...]]) -> st
             found.append((folder, f"{path} was added"))
         else:
             found.append((folder, f"{path} was {'replaced' if was[0] != now_is[0] else 'changed'}"))
+    if before[0][1:3] != now[0][1:3]:
+        return "its folder was replaced"
     if not found:
-        return "its folder was replaced or changed" if before[:1] != now[:1] else "its entries were reordered"
+        return "its folder was changed" if before[0] != now[0] else "its entries were reordered"
     return min(found, key=lambda f: f[0])[1]  # (the first file's, else the first folder's)
 
 
@@ -332,7 +338,7 @@ def _fetch_and_extract(url: str, sha: str, dest: str) -> None:
     body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
     stream = _Hashing(body)
     tmp = dest + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _rmtree(tmp)  # (whatever is there: a link would have the archive extracted where it points)
     if not hasattr(tarfile, "data_filter"):
         _download_then_extract(stream, url, sha, key, tmp)
     else:
