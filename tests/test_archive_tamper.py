@@ -242,7 +242,7 @@ def job_a():  # job A's code: it changes the tree every later job's process impo
     pkg = os.path.join(tree, "wp_tamper_pkg")
     os.chmod(tree, 0o755)
     os.chmod(pkg, 0o755)
-    if MODE in ("modify", "modify-kill-zygote"):
+    if MODE in ("modify", "modify-kill-zygote", "modify-archive-gone"):
         with open(os.path.join(pkg, "__init__.py"), "w") as f:
             f.write(PLANT + "VALUE = 666\n")
     elif MODE == "add":
@@ -277,6 +277,10 @@ if MODE == "modify-kill-zygote":
         print("respawn started", flush=True)
     except isolation.ChildGone as exc:
         print("respawn refused:", exc, flush=True)
+if MODE == "modify-archive-gone":  # (the archive cannot be downloaded again)
+    import boto3
+    bucket, _, key = os.environ["WRENPACK_RUNTIME_ARCHIVE"][5:].partition("/")
+    boto3.client("s3").delete_object(Bucket=bucket, Key=key)
 try:
     print("B", call("b" * 64 + "/fb", job_b), flush=True)
 except isolation.ChildGone as exc:
@@ -302,7 +306,7 @@ def served_archive(moto_endpoint, bucket):
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open") or not hasattr(os, "fork"),
                     reason="the worker's isolation (zygote, one process per domain) needs Linux with pidfd_open")
-@pytest.mark.parametrize("mode", ["modify", "add", "pth", "modify-kill-zygote"])
+@pytest.mark.parametrize("mode", ["modify", "add", "pth", "modify-kill-zygote", "modify-archive-gone"])
 def test_code_a_job_planted_in_the_tree_never_runs_in_a_later_jobs_call(served_archive, tmp_path, mode):
     marker = tmp_path / "planted-ran"
     env = dict(os.environ, **served_archive, WRENPACK_RUNTIME_ROOT=str(tmp_path / "rt"), TAMPER_MODE=mode,
@@ -318,6 +322,14 @@ def test_code_a_job_planted_in_the_tree_never_runs_in_a_later_jobs_call(served_a
     assert "changed" in lines["A"], out.stdout + out.stderr
     ran = marker.read_text() if marker.exists() else ""
     assert not ran, f"code job A planted in the runtime tree ran in job B's call: {ran}\n{out.stdout}"
+    if mode == "modify-archive-gone":  # B's call fails, saying what happened, in one line
+        (failed,) = [line for line in out.stdout.splitlines() if line.startswith("B failed")]
+        print(failed)
+        assert failed.startswith("B failed: the runtime tree in /tmp was changed by an earlier job's code "
+                                 "(wp_tamper_pkg/__init__.py was changed) and extracting the runtime archive again "
+                                 "failed ("), failed
+        assert failed.endswith("; the call did not run") and "NoSuchKey" in failed, failed
+        return
     assert "B" in lines and "B failed" not in out.stdout, out.stdout + out.stderr
     kind, outcome = eval(lines["B"][2:], {})  # (the reply's kind and the call's outcome, printed as a tuple)
     value, sub, shadowed, tree = outcome[1]

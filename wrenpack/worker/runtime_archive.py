@@ -213,22 +213,29 @@ def _seal(dest: str) -> None:
 
 def _fingerprint(root: str) -> list[tuple[Any, ...]]:
     """Every entry of the tree, in the order the walk meets them: (name, inode, mode,
-    size, ctime in ns), the root's first with its device. An unchanged folder lists in
-    the same order; a changed one has a new ctime anyway. One ``lstat`` per entry:
-    links are recorded, never followed."""
+    size, ctime in ns), the root's first with its device, each folder's path before its
+    entries. An unchanged folder lists in the same order; a changed one has a new ctime
+    anyway. One ``fstatat`` per entry, relative to its folder's descriptor (no path
+    looked up again): links are recorded, never followed."""
     st = os.lstat(root)
     out: list[tuple[Any, ...]] = [("", st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_ctime_ns)]
     append = out.append
     stack = [root]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     while stack:
         path = stack.pop()
         append((path,))  # (which folder the entries below are in: a moved subtree shows)
-        with os.scandir(path) as entries:
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                append((entry.name, st.st_ino, st.st_mode, st.st_size, st.st_ctime_ns))
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
+        fd = os.open(path, flags)
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    append((name, st.st_ino, st.st_mode, st.st_size, st.st_ctime_ns))
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(os.path.join(path, name))
+        finally:
+            os.close(fd)
     return out
 
 
@@ -308,7 +315,7 @@ def renew() -> str:
                               capture_output=True, text=True, timeout=900)
         if proc.returncode != 0 or not os.path.isdir(dest):
             lines = (proc.stderr or "").strip().splitlines()
-            raise RuntimeError(f"extracting the runtime archive again failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+            raise RuntimeError(lines[-1] if lines else f"the extraction exited with status {proc.returncode}")
         _seal(dest)
     log.warning("the runtime tree %s was extracted again from %s", dest, url)
     return dest
