@@ -340,3 +340,58 @@ def test_code_a_job_planted_in_the_tree_never_runs_in_a_later_jobs_call(served_a
         assert "respawn refused: the runtime tree in /tmp was changed by a job's code (wp_tamper_pkg/__init__.py was " \
                "changed): no process is started from it" in out.stdout, out.stdout + out.stderr
     print(json.dumps({"mode": mode, "check_s": lines["tree"].split("cost ")[1]}))
+
+
+# -- the zygote is forked at the runtime's init, never while an event is in hand ---------------
+_FIRST_EVENT = r'''
+import os, sys, time, pickle
+import cloudpickle
+from wrenpack.worker import runtime_archive  # Lambda's init: it loads the handler's module
+from wrenpack.worker import isolation
+SECRET = "c2VjcmV0LW9mLXRoZS1maXJzdC1ldmVudA=="
+try:  # the container's first event (whatever it holds: the handler refuses this one)
+    runtime_archive.handler({"v": 1, "secret": SECRET, "job_id": "first"}, None)
+except Exception as exc:
+    print("first event refused:", type(exc).__name__, flush=True)
+
+
+def job_b():  # a later job's code looks through its own process for an event someone had
+    found = []
+    f = sys._getframe()
+    while f is not None:
+        found += [v["secret"] for v in f.f_locals.values() if isinstance(v, dict) and "secret" in v]
+        f = f.f_back
+    return found
+
+
+child = isolation.child_for("b" * 64 + "/fb")
+fb, ab = cloudpickle.dumps(job_b), cloudpickle.dumps(((), {}))
+now = time.time()
+head = {"t": "call", "job_id": "job-b", "call_id": "00000", "store": {"type": "local", "root": "/"},
+        "args": {"inline": ""}, "attempt": 0, "segment": 0, "timeout_s": 60.0, "function_name": "f",
+        "checkpoint": None, "fkey": "fb", "func_len": len(fb), "start": now, "deadline": now + 60,
+        "memory_mb": 128, "request_id": "r", "extra": {}}
+got, data, fds = isolation.run_call(child, head, fb + ab, [], lambda h, b: ({"error": "no"}, b""), now + 60)
+print("B", got.get("kind"), pickle.loads(bytes(data)), flush=True)
+isolation.end_child()
+isolation.stop()
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open") or not hasattr(os, "fork"),
+                    reason="the worker's isolation (zygote, one process per domain) needs Linux with pidfd_open")
+def test_a_later_jobs_process_holds_nothing_of_the_containers_first_event(served_archive, tmp_path):
+    """With the archive's handler, the handler's module (whose import forks the zygote) was
+    loaded at the first event, not at the runtime's init: the zygote, and every job's process
+    forked from it, held that event, secret and all, on its stack."""
+    env = dict(os.environ, **served_archive, WRENPACK_RUNTIME_ROOT=str(tmp_path / "rt"), PYTHONPATH=REPO,
+               AWS_LAMBDA_FUNCTION_NAME="wp-archive-test")
+    env.pop("WRENPACK_LOCAL_WORKER", None)
+    try:
+        out = subprocess.run([sys.executable, "-c", _FIRST_EVENT], env=env, capture_output=True, text=True, timeout=60,
+                             cwd=tmp_path)
+    finally:
+        _rmtree(str(tmp_path / "rt"))
+    lines = [line for line in out.stdout.splitlines() if line.startswith("B ")]
+    assert out.returncode == 0 and lines, out.stdout + out.stderr
+    assert lines == ["B ok ('ok', [])"], "a job's process holds the first event's secret: " + lines[0]

@@ -423,3 +423,21 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     from wrenpack.worker.handler import handler as run
 
     return run(event, context)
+
+
+def _init_on_lambda() -> None:
+    """At the runtime's init (Lambda loads this module then, before any event): extract
+    the runtime and load the handler's module, whose import forks the zygote
+    (``wrenpack.worker.isolation``). Loaded at the first event instead, the zygote, and
+    every job's process it forks, had that event on its stack, its job's secret and all.
+    A failure here is the runtime's init error (Lambda starts it again for the next
+    event), never a fork with an event in hand."""
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or os.environ.get("WRENPACK_LOCAL_WORKER") == "1":
+        return
+    if not os.environ.get("WRENPACK_RUNTIME_ARCHIVE"):
+        return
+    ensure_runtime()
+    import wrenpack.worker.handler  # noqa: F401 - forks the zygote now
+
+
+_init_on_lambda()
