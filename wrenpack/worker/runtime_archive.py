@@ -201,9 +201,15 @@ def _seal(dest: str) -> None:
     probe = os.path.join(ROOT, f".tick-{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
-        for _ in range(2000):  # (a clock tick is at most 10 ms; this ends after the first)
+        # (a kernel clock tick is at most 10 ms; a file system keeping whole seconds takes up to one)
+        deadline = time.monotonic() + 3.0
+        while True:
             os.write(fd, b"x")
             if os.fstat(fd).st_ctime_ns > newest:
+                break
+            if time.monotonic() > deadline:
+                log.warning("the clock did not move past the runtime tree's change times: a change made as it "
+                            "was extracted may not be seen")
                 break
             time.sleep(0.0005)
     finally:
