@@ -13,15 +13,18 @@ job B's call.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import types
+from typing import Any
 
 import pytest
 
@@ -76,6 +79,22 @@ def container(tmp_path, monkeypatch):
     yield start
     getattr(runtime_archive, "_release", lambda: None)()
     _rmtree(str(root))
+
+
+def _run_worker(script: str, env: dict[str, str], cwd: Any) -> subprocess.CompletedProcess:
+    """Run a worker script in a session of its own: on a timeout, it and everything it
+    started is killed (nothing of it keeps the output pipes open, nothing stays behind)."""
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # (a zygote or job process it left)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _rmtree(path: str) -> None:
@@ -217,10 +236,9 @@ def test_the_tree_never_stands_in_for_the_standard_library(container):
 _WORKER = r'''
 import os, sys, time, pickle
 import cloudpickle
-from wrenpack.worker import runtime_archive
+from wrenpack.worker import runtime_archive  # Lambda's init: the runtime extracted, the zygote forked
 tree = runtime_archive.ensure_runtime()
-from wrenpack.worker import handler, isolation  # (a worker's start: the zygote is forked now)
-isolation.prepare()
+from wrenpack.worker import handler, isolation
 MODE, MARKER = os.environ["TAMPER_MODE"], os.environ["TAMPER_MARKER"]
 PLANT = "import os\nopen(%r, 'a').write('ran in %%d\\n' %% os.getpid())\n" % MARKER
 
@@ -310,11 +328,11 @@ def served_archive(moto_endpoint, bucket):
 def test_code_a_job_planted_in_the_tree_never_runs_in_a_later_jobs_call(served_archive, tmp_path, mode):
     marker = tmp_path / "planted-ran"
     env = dict(os.environ, **served_archive, WRENPACK_RUNTIME_ROOT=str(tmp_path / "rt"), TAMPER_MODE=mode,
-               TAMPER_MARKER=str(marker), PYTHONPATH=REPO)
+               TAMPER_MARKER=str(marker), PYTHONPATH=REPO, AWS_LAMBDA_FUNCTION_NAME="wp-archive-test")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("WRENPACK_LOCAL_WORKER", None)
     try:
-        out = subprocess.run([sys.executable, "-c", _WORKER], env=env, capture_output=True, text=True, timeout=60,
-                             cwd=tmp_path)
+        out = _run_worker(_WORKER, env, tmp_path)
     finally:
         _rmtree(str(tmp_path / "rt"))
     lines = {line.split(" ", 1)[0]: line for line in out.stdout.splitlines()}
@@ -388,8 +406,7 @@ def test_a_later_jobs_process_holds_nothing_of_the_containers_first_event(served
                AWS_LAMBDA_FUNCTION_NAME="wp-archive-test")
     env.pop("WRENPACK_LOCAL_WORKER", None)
     try:
-        out = subprocess.run([sys.executable, "-c", _FIRST_EVENT], env=env, capture_output=True, text=True, timeout=60,
-                             cwd=tmp_path)
+        out = _run_worker(_FIRST_EVENT, env, tmp_path)
     finally:
         _rmtree(str(tmp_path / "rt"))
     lines = [line for line in out.stdout.splitlines() if line.startswith("B ")]

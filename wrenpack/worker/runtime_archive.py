@@ -317,8 +317,10 @@ def renew() -> str:
         code = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
                 "from wrenpack.worker import runtime_archive as r;r._fetch_and_extract(c['url'],c['sha'],c['dest'])")
         config = {"paths": paths, "url": url, "sha": sha, "dest": dest}
+        # (without Lambda's function name: importing this module there must not start a worker, ``_init_on_lambda``)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_FUNCTION_NAME"}
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(config)], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=900)
+                              capture_output=True, text=True, timeout=900, env=env)
         if proc.returncode != 0 or not os.path.isdir(dest):
             lines = (proc.stderr or "").strip().splitlines()
             raise RuntimeError(lines[-1] if lines else f"the extraction exited with status {proc.returncode}")
