@@ -391,6 +391,13 @@ head = {"t": "call", "job_id": "job-b", "call_id": "00000", "store": {"type": "l
         "memory_mb": 128, "request_id": "r", "extra": {}}
 got, data, fds = isolation.run_call(child, head, fb + ab, [], lambda h, b: ({"error": "no"}, b""), now + 60)
 print("B", got.get("kind"), pickle.loads(bytes(data)), flush=True)
+try:  # the parent, once a job's code has run, imports nothing from the tree (it may have been changed)
+    import wp_tamper_other  # noqa: F401
+    print("parent import done", flush=True)
+except ImportError as exc:
+    print("parent import refused:", exc, flush=True)
+import colorsys  # noqa: F401 - (elsewhere: as usual)
+print("parent stdlib import done", flush=True)
 isolation.end_child()
 isolation.stop()
 '''
@@ -412,3 +419,21 @@ def test_a_later_jobs_process_holds_nothing_of_the_containers_first_event(served
     lines = [line for line in out.stdout.splitlines() if line.startswith("B ")]
     assert out.returncode == 0 and lines, out.stdout + out.stderr
     assert lines == ["B ok ('ok', [])"], "a job's process holds the first event's secret: " + lines[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open") or not hasattr(os, "fork"),
+                    reason="the worker's isolation (zygote, one process per domain) needs Linux with pidfd_open")
+def test_the_secret_holding_process_imports_nothing_from_the_tree_once_a_job_ran(served_archive, tmp_path):
+    """The current domain's code can change the tree at any moment, between two checks: a module
+    the worker's parent imported from it afterwards would run beside every later job's secret."""
+    env = dict(os.environ, **served_archive, WRENPACK_RUNTIME_ROOT=str(tmp_path / "rt"), PYTHONPATH=REPO,
+               AWS_LAMBDA_FUNCTION_NAME="wp-archive-test")
+    env.pop("WRENPACK_LOCAL_WORKER", None)
+    try:
+        out = _run_worker(_FIRST_EVENT, env, tmp_path)
+    finally:
+        _rmtree(str(tmp_path / "rt"))
+    assert out.returncode == 0 and "parent stdlib import done" in out.stdout, out.stdout + out.stderr
+    assert "parent import refused: wp_tamper_other is not imported into the worker's process that holds the jobs' " \
+           "secrets: it is in the runtime tree in /tmp, which a job's code can change; import it at the worker's " \
+           "init" in out.stdout, out.stdout + out.stderr

@@ -824,6 +824,7 @@ def _check_runtime_tree() -> None:
     archive = _runtime_archive()
     if archive is None:
         return
+    archive.guard_parent()  # (from the first job's call on, nothing of the tree is imported here)
     problem = archive.tampered()
     if problem is None:
         return

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.machinery
 import json
 import logging
 import os
@@ -293,6 +294,39 @@ def _difference(before: list[tuple[Any, ...]], now: list[tuple[Any, ...]]) -> st
     if not found:
         return "its folder was changed" if before[0] != now[0] else "its entries were reordered"
     return min(found, key=lambda f: f[0])[1]  # (the first file's, else the first folder's)
+
+
+class _NoImportsFromTheTree:
+    """The first finder on ``sys.meta_path`` of the worker's secret-holding process once a
+    job's code may have run (``guard_parent``): an import there that would load a module
+    from the tree is refused. The current domain's code can change the tree at any
+    moment, and a module it planted, imported into this process, would run with every
+    later job's secret in reach. The process imports what it needs at init; one that
+    imports from the tree later fails loudly instead of running what the tree holds."""
+
+    def __init__(self, tree: str) -> None:
+        self.tree = os.path.join(os.path.normpath(tree), "")
+        self.pid = os.getpid()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if os.getpid() != self.pid:
+            return None  # (a fork: not the process holding the secrets)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None:
+            return None
+        where = [spec.origin or "", *(spec.submodule_search_locations or [])]
+        if any(os.path.join(os.path.normpath(w), "").startswith(self.tree) for w in where if w):
+            raise ImportError(f"{name} is not imported into the worker's process that holds the jobs' secrets: it is "
+                              f"in the runtime tree in /tmp, which a job's code can change; import it at the worker's init")
+        return None  # (the usual finders load it)
+
+
+def guard_parent() -> None:
+    """From now on this process imports nothing from the tree (``_NoImportsFromTheTree``):
+    called by the isolation before the first call of a job's code."""
+    if _ready is None or any(isinstance(f, _NoImportsFromTheTree) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _NoImportsFromTheTree(_ready))
 
 
 def renew() -> str:
