@@ -34,7 +34,12 @@ runtime re-inits, while every later job's process imports from the tree. So:
   on a difference ``renew`` extracts the archive again, downloaded and
   hash-checked by a fresh interpreter whose ``sys.path`` leaves the tree out
   (nothing of the changed tree is imported into the secret-holding parent),
-  and the zygote and the spare process are replaced.
+  and the zygote and the spare process are replaced;
+* once a job's code may have run, the parent imports nothing from the tree
+  (``guard_parent``): the current domain's code can change it between checks;
+* the runtime is extracted and the handler's module (whose import forks the
+  zygote) loaded at Lambda's init (``_init_on_lambda``), never while an event,
+  with its job's secret, is in the process's hands.
 
 Standard library and boto3 only.
 """
