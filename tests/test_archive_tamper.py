@@ -437,3 +437,15 @@ def test_the_secret_holding_process_imports_nothing_from_the_tree_once_a_job_ran
     assert "parent import refused: wp_tamper_other is not imported into the worker's process that holds the jobs' " \
            "secrets: it is in the runtime tree in /tmp, which a job's code can change; import it at the worker's " \
            "init" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_link_left_at_the_lock_file_truncates_nothing(container, tmp_path):
+    """A job's code could leave a link at the extraction's lock file: the next runtime
+    process opened it for writing, truncating whatever file of the user it pointed at."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    root = runtime_archive.ROOT
+    os.makedirs(root, exist_ok=True)
+    os.symlink(victim, os.path.join(root, os.environ["WRENPACK_RUNTIME_SHA256"] + ".lock"))
+    container()
+    assert victim.read_text() == "keep me\n"

@@ -130,9 +130,18 @@ def _put_on_path(dest: str) -> None:
 @contextlib.contextmanager
 def _root_lock(sha: str) -> Any:
     """One extraction at a time under ROOT (also what keeps /tmp from holding two trees)."""
-    with open(os.path.join(ROOT, f"{sha}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    path = os.path.join(ROOT, f"{sha}.lock")
+    try:  # (not through a link a job's code left there: opening for writing would truncate its target)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def _in_use(path: str) -> bool:
