@@ -449,3 +449,82 @@ def test_a_link_left_at_the_lock_file_truncates_nothing(container, tmp_path):
     os.symlink(victim, os.path.join(root, os.environ["WRENPACK_RUNTIME_SHA256"] + ".lock"))
     container()
     assert victim.read_text() == "keep me\n"
+
+
+# -- end to end: Lambda's runtime (RIE + awslambdaric), the real handler, two jobs in one container -----
+def _e2e_job_a(tree_marker: str) -> str:
+    """Job A's code: rewrite the runtime's package so that it reports who imports it."""
+    import wp_tamper_pkg
+
+    pkg = os.path.dirname(wp_tamper_pkg.__file__)
+    os.chmod(os.path.dirname(pkg), 0o755)
+    os.chmod(pkg, 0o755)
+    with open(os.path.join(pkg, "__init__.py"), "w") as f:
+        f.write(f"import os\nopen({tree_marker!r}, 'a').write('ran in %d\\n' % os.getpid())\nVALUE = 666\n")
+    return pkg
+
+
+def _e2e_job_b(_: int) -> int:
+    import wp_tamper_pkg
+
+    return wp_tamper_pkg.VALUE
+
+
+def test_through_lambdas_runtime_job_a_changing_the_tree_does_not_reach_job_b(request, moto_endpoint, bucket, tmp_path,
+                                                                            monkeypatch):
+    """The deployed archive function in an emulated container (RIE + awslambdaric, one
+    execution environment): job A's call rewrites a module of the runtime, job B's call
+    imports it. Job B's call returned job A's value before (its code ran in B's call)."""
+    import importlib.util
+
+    from tests.aws import servers
+
+    if importlib.util.find_spec("awslambdaric") is None:
+        pytest.skip("awslambdaric is not installed (pip install -e '.[test]'): Lambda's runtime cannot be emulated")
+    try:
+        servers.rie_binary()
+    except servers.Unavailable as exc:
+        pytest.skip(f"the Lambda runtime interface emulator is not available: {exc}")
+    lambda_endpoint = request.getfixturevalue("lambda_endpoint")
+    import wrenpack
+    from tests.aws.runtime_dates import deploy_as_of_a_live_day
+    from wrenpack.backends.aws.deploy import DeployRequest, deploy_functions
+    from wrenpack.config import current
+    from wrenpack.executor import Executor
+
+    deploy_as_of_a_live_day(monkeypatch)
+    build = tmp_path / "build" / "python"
+    for name, data in FILES.items():
+        (build / name).parent.mkdir(parents=True, exist_ok=True)
+        (build / name).write_bytes(data)
+    (build.parent / "manifest.json").write_text(json.dumps({"target": {"python": f"{sys.version_info.major}."
+                                                                                f"{sys.version_info.minor}",
+                                                                      "arch": "x86_64"}, "cache_key": "tamper-test"}))
+    base_env = dict(lambda_endpoint.base_env)
+    lambda_endpoint.base_env.update(AWS_ENDPOINT_URL_S3=moto_endpoint, WRENPACK_RUNTIME_ROOT=str(tmp_path / "rt"))
+    cfg = current(function_name="wp-tamper", storage=f"s3://{bucket}/tamper-e2e", aws_region="us-east-1",
+                  s3_endpoint_url=moto_endpoint, lambda_endpoint_url=lambda_endpoint.url)
+    marker = tmp_path / "planted-ran"
+    name = None
+    try:
+        done = deploy_functions(cfg, DeployRequest(memory=[1024], timeout=[20], ephemeral_storage=[512],
+                                                   role=lambda_endpoint.role_arn, runtime_archive=str(build.parent)))
+        name = done[0]["function"]
+        lambda_endpoint.environments[name] = 1  # (one container: both jobs run in it)
+        with Executor(backend="lambda", storage=f"s3://{bucket}/tamper-e2e", s3_endpoint_url=moto_endpoint,
+                      lambda_endpoint_url=lambda_endpoint.url, function_name="wp-tamper", aws_region="us-east-1",
+                      memory=1024, timeout=20, ephemeral_storage=512, concurrency=1, retries=0,
+                      runtime=str(build.parent)) as ex:
+            changed = wrenpack.remote(_e2e_job_a, executor=ex).map([str(marker)])
+            assert wrenpack.get(changed)[0].endswith("wp_tamper_pkg")
+            assert wrenpack.get(wrenpack.remote(_e2e_job_b, executor=ex).map([1])) == [1]
+        assert not marker.exists(), f"code job A planted ran in job B's call: {marker.read_text()}"
+    finally:
+        lambda_endpoint.base_env.clear()
+        lambda_endpoint.base_env.update(base_env)
+        with lambda_endpoint._pools_lock:
+            pools = [lambda_endpoint.pools.pop(n) for n in list(lambda_endpoint.pools) if n == name]
+        for pool in pools:
+            for emu in pool.emulators:
+                emu.stop()
+        _rmtree(str(tmp_path / "rt"))
