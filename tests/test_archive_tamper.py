@@ -519,6 +519,8 @@ def test_through_lambdas_runtime_job_a_changing_the_tree_does_not_reach_job_b(re
             assert wrenpack.get(changed)[0].endswith("wp_tamper_pkg")
             assert wrenpack.get(wrenpack.remote(_e2e_job_b, executor=ex).map([1])) == [1]
         assert not marker.exists(), f"code job A planted ran in job B's call: {marker.read_text()}"
+        log = (lambda_endpoint.log_dir / f"rie-{name}-0.log").read_text(errors="replace")
+        assert "the runtime tree in /tmp was changed by a job's code (wp_tamper_pkg/__init__.py was changed)" in log, log
     finally:
         lambda_endpoint.base_env.clear()
         lambda_endpoint.base_env.update(base_env)
