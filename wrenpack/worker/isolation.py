@@ -370,12 +370,18 @@ def _spawn_zygote() -> _Zygote:
     if subprocess is None:  # (not prepared: no job's code has run in this process)
         import subprocess
 
+    archive = _runtime_archive()
+    problem = archive.tampered() if archive is not None else None
+    if problem is not None:  # (``_check_runtime_tree`` extracts it again before the next domain's call)
+        raise ChildGone(f"the runtime tree in /tmp was changed by a job's code ({problem}): no process is started "
+                        "from it", died=False)
     mine, theirs = socket.socketpair()
     code = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
             "import socket;from wrenpack.worker.isolation import _zygote_main;"
             "from wrenpack.worker import handler;_zygote_main(socket.socket(fileno=c['fd']))")
     config = {"fd": theirs.fileno(), "paths": [p for p in sys.path]}
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], pass_fds=[theirs.fileno()],
+    flags = ["-B"] if sys.dont_write_bytecode else []  # (as this process: ``runtime_archive.ensure_runtime``)
+    proc = subprocess.Popen([sys.executable, *flags, "-c", code, json.dumps(config)], pass_fds=[theirs.fileno()],
                             stdin=subprocess.DEVNULL, env=dict(os.environ, WRENPACK_ZYGOTE="1"))
     theirs.close()
     return _Zygote(proc.pid, mine)
@@ -788,6 +794,7 @@ def child_for(domain: str) -> Child:
     t0 = time.perf_counter()
     if child is not None:
         end_child()
+    _check_runtime_tree()
     for _attempt in range(2):
         child = Child(domain)
         if child.alive():
@@ -798,6 +805,52 @@ def child_for(domain: str) -> Child:
         child.kill()
         _replace_zygote(_zygote)
     raise ChildGone("could not start a process for the job's code", died=False)
+
+
+def _runtime_archive() -> Any:
+    """``wrenpack.worker.runtime_archive`` if this worker runs from an archived runtime
+    (its module is loaded then: it is the handler), else None. Never imported here."""
+    return sys.modules.get("wrenpack.worker.runtime_archive")
+
+
+def _check_runtime_tree() -> None:
+    """Before a new domain's process takes its first call (the previous domain's
+    processes are killed by now): the archived runtime's tree in /tmp must be as this
+    process extracted it, since job code can write there and every later domain's
+    process imports from it. If it was changed, nothing runs from it: every process
+    below this one (the spare and the zygote, which may have loaded from the changed
+    tree, and anything they started) is killed, the archive is extracted again, and a
+    fresh zygote is started from the new tree. If that fails, the call fails (``ChildGone``)."""
+    archive = _runtime_archive()
+    if archive is None:
+        return
+    archive.guard_parent()  # (from the first job's call on, nothing of the tree is imported here)
+    problem = archive.tampered()
+    if problem is None:
+        return
+    log.warning("the runtime tree in /tmp was changed by a job's code (%s): killing the worker's job "
+                "processes and extracting the runtime archive again", problem)
+    _kill_everything_below()
+    try:
+        archive.renew()
+    except Exception as exc:  # noqa: BLE001 - the call fails with what happened, in one line
+        raise ChildGone(f"the runtime tree in /tmp was changed by an earlier job's code ({problem}) and extracting "
+                        f"the runtime archive again failed ({exc}); the call did not run", died=False) from None
+    _replace_zygote(_zygote)
+
+
+def _kill_everything_below() -> None:
+    """Kill every process below this one (it is their subreaper) and wait until none runs."""
+    me = os.getpid()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        pids = descendants(me)
+        if not pids:
+            break
+        for pid in pids:
+            _kill(pid, None, pid)
+        time.sleep(0.002)
+    _reap()
 
 
 def end_child() -> None:
