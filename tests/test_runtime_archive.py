@@ -48,6 +48,8 @@ class _Body:
 def container(tmp_path, monkeypatch):
     """A container's first call: ROOT under tmp_path, boto3's client serving ``served[0]``."""
     root = tmp_path / "tmp-runtime"
+    # (as root, the worker writes no bytecode into its read-only tree: restored after the test)
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
     served: list[bytes] = []
     bodies: list[_Body] = []
 

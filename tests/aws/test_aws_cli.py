@@ -137,8 +137,18 @@ def test_runtime_archive_deploy_and_bootstrap(aws_cli, role_arn, capsys, tmp_pat
     where = runtime_archive.ensure_runtime()
     assert where.endswith(env["WRENPACK_RUNTIME_SHA256"])
     assert importlib.import_module("wp_archived_pkg").VALUE == 42
+    # A second runtime start in the container trusts nothing an earlier process left in /tmp
+    # (a job's code could have changed it): the tree is extracted afresh, without what was planted.
+    import os
+    import stat
+
+    pkg = os.path.join(where, "wp_archived_pkg")
+    os.chmod(pkg, os.stat(pkg).st_mode | stat.S_IWUSR)  # (the tree's folders are read-only: a job's code can undo that)
+    with open(os.path.join(pkg, "planted.py"), "w") as fh:
+        fh.write("PLANTED = True\n")
     monkeypatch.setattr(runtime_archive, "_ready", None)
-    assert runtime_archive.ensure_runtime() == where  # second container start: no download
+    assert runtime_archive.ensure_runtime() == where
+    assert not os.path.exists(os.path.join(pkg, "planted.py"))
     sys.modules.pop("wp_archived_pkg", None)
 
 
