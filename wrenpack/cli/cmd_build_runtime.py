@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         m = res.manifest
         print(json.dumps({
-            "ok": True, "output": res.output, "site_dir": res.site_dir, "layer_zip": res.layer_zip, "archive": res.archive,
+            "ok": True, "output": res.output, "site_dir": res.site_dir,
+            "layer_zip": _written(res.layer_zip, m, "layer_zip"), "archive": _written(res.archive, m, "archive"),
             "lock": res.lock, "manifest": res.manifest_path, "cache_hit": res.cache_hit,
             "seconds": round(res.seconds, 3), "target": m["target"], "sizes": m["sizes"],
             "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
@@ -140,6 +141,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(res)
     return 0
+
+
+def _written(path: str, manifest: dict[str, Any], key: str) -> str | None:
+    """The artifact's path if this build wrote it, else None: ``--artifacts auto`` writes only what
+    the target needs, and a summary naming a file that is not there sends a script to open nothing.
+    The manifest's ``files`` says what was written; a manifest without it, whether the file is there."""
+    files = manifest.get("files")
+    if isinstance(files, dict) and key in files:
+        return path if files[key] else None
+    return path if os.path.exists(path) else None
 
 
 #: options of a layer or archive build that a --docker build (an image) has no use for: (dest, default, flag)

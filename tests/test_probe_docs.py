@@ -1,0 +1,49 @@
+"""What a new user hits running README.md and docs/*.md as written (the probe-docs pass).
+
+Each test here failed before its fix; they run without the network and without AWS.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from wrenpack.cli import main
+
+
+def _fake_build_result(output: Path, files: dict[str, str | None]):
+    """A BuildResult as runtime_builder returns it, for an output holding only ``files``."""
+    from runtime_builder.pipeline import BuildResult
+
+    (output / "python").mkdir(parents=True)
+    for key in ("layer_zip", "archive", "lock"):
+        if files.get(key):
+            (output / files[key]).write_bytes(b"x")
+    manifest = {"target": {"python": "3.11", "arch": "x86_64", "kind": "layer"}, "sizes": {}, "packages": {},
+                "rules": {}, "verified": {"ok": True}, "content_hash": "0" * 64, "files": files}
+    (output / "manifest.json").write_text(json.dumps(manifest))
+    return BuildResult(output=str(output), site_dir=str(output / "python"),
+                       manifest_path=str(output / "manifest.json"), layer_zip=str(output / "layer.zip"),
+                       archive=str(output / "runtime.tar.zst"), lock=str(output / "requirements.lock"),
+                       manifest=manifest, cache_hit=True, seconds=0.0)
+
+
+@pytest.mark.parametrize("files, present, absent", [
+    ({"site": "python", "layer_zip": "layer.zip", "archive": None, "lock": "requirements.lock"}, "layer_zip", "archive"),
+    ({"site": "python", "layer_zip": None, "archive": "runtime.tar.zst", "lock": "requirements.lock"}, "archive", "layer_zip"),
+])
+def test_build_runtime_json_names_only_artifacts_it_wrote(tmp_path, monkeypatch, capsys, files, present, absent):
+    """`wrenpack build-runtime six --json` (target layer, --artifacts auto) printed
+    "archive": ".../runtime.tar.zst", a file the build never wrote: a script that read the path
+    and opened it failed. An artifact the target did not need is null in the summary."""
+    import runtime_builder
+
+    out = tmp_path / "rt"
+    res = _fake_build_result(out, files)
+    monkeypatch.setattr(runtime_builder, "build", lambda *a, **k: res)
+    assert main(["build-runtime", "six", "--output", str(out), "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary[absent] is None
+    assert summary[present] is not None and os.path.exists(summary[present])
