@@ -47,3 +47,14 @@ def test_build_runtime_json_names_only_artifacts_it_wrote(tmp_path, monkeypatch,
     summary = json.loads(capsys.readouterr().out)
     assert summary[absent] is None
     assert summary[present] is not None and os.path.exists(summary[present])
+
+
+def test_clean_help_says_what_it_removes_and_its_exit_codes(capsys):
+    """`wrenpack clean --help` had no description at all (`jobs` and `jobs cancel` state theirs): a user
+    could not learn there that a running spawned job must be cancelled first, or what exit 1 means."""
+    with pytest.raises(SystemExit) as ex:
+        main(["clean", "--help"])
+    assert ex.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit codes: 0 ok, 1 no such job or refused, 2 usage." in text
+    assert "wrenpack jobs cancel ID" in text
