@@ -92,10 +92,24 @@ def start_redis() -> tuple[subprocess.Popen, str]:
     raise SystemExit("redis-server did not start listening within 10 s")
 
 
-def train(url: str, workers: int, steps: int, dim: int) -> dict:
+def connect(url: str):
+    """A client of the Redis at ``url``, checked with a PING before any call is launched: a URL
+    nobody answers at (or one redis-py cannot parse) is one line naming it, not redis's traceback."""
     import redis
 
-    r = redis.Redis.from_url(url)
+    try:
+        r = redis.Redis.from_url(url)
+        r.ping()
+    except (redis.exceptions.RedisError, ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SystemExit(f"examples/parameter_server.py: cannot reach Redis at {url} ({reason}); start one there, "
+                         "give a reachable --redis-url (redis://HOST:PORT/DB), or leave it out to start "
+                         "redis-server on 127.0.0.1") from None
+    return r
+
+
+def train(url: str, workers: int, steps: int, dim: int) -> dict:
+    r = connect(url)
     prefix = f"wrenpack-ps-{uuid.uuid4().hex[:8]}"
     keys = [f"{prefix}:w:{j}" for j in range(dim)]
     try:

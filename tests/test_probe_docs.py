@@ -58,3 +58,35 @@ def test_clean_help_says_what_it_removes_and_its_exit_codes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "Exit codes: 0 ok, 1 no such job or refused, 2 usage." in text
     assert "wrenpack jobs cancel ID" in text
+
+
+def _example(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"probe_docs_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("url", [f"redis://127.0.0.1:{_closed_port()}/0", "127.0.0.1:6379"])
+def test_parameter_server_unreachable_redis_url_is_one_line(url):
+    """README: parameter_server.py "uses --redis-url". A URL nobody listens on (or one without a
+    scheme) ended in two chained 60-line redis tracebacks (the second from the clean-up in
+    `finally`); it is one line naming the URL and what to do, before any call is launched."""
+    pytest.importorskip("numpy")
+    pytest.importorskip("redis")
+    ps = _example("parameter_server")
+    with pytest.raises(SystemExit) as ex:
+        ps.main(["--small", "--redis-url", url])
+    msg = str(ex.value.code)
+    assert "\n" not in msg and url in msg and "--redis-url" in msg
