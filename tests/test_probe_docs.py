@@ -90,3 +90,29 @@ def test_parameter_server_unreachable_redis_url_is_one_line(url):
         ps.main(["--small", "--redis-url", url])
     msg = str(ex.value.code)
     assert "\n" not in msg and url in msg and "--redis-url" in msg
+
+
+@pytest.mark.parametrize("script, args", [
+    ("quickstart.py", ["--no-build", "--no-profile", "--tasks", "0"]),
+    ("quickstart.py", ["--no-build", "--no-profile", "--tasks", "-3"]),
+    ("parameter_server.py", ["--workers", "0", "--redis-url", "redis://127.0.0.1:1/0"]),
+    ("parameter_server.py", ["--steps", "0", "--redis-url", "redis://127.0.0.1:1/0"]),
+    ("parameter_server.py", ["--dim", "-1", "--redis-url", "redis://127.0.0.1:1/0"]),
+])
+def test_example_counts_must_be_positive(tmp_path, script, args):
+    """`python examples/quickstart.py --tasks 0` ended in `ValueError: max() arg is an empty sequence`
+    after starting the backend; `parameter_server.py --workers 0` ran nothing and printed DID NOT
+    CONVERGE. A count below 1 is a usage error from the argument parser (exit 2), before anything runs."""
+    import subprocess
+    import sys
+
+    if script == "parameter_server.py":
+        pytest.importorskip("numpy")
+        pytest.importorskip("redis")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "WRENPACK_STORAGE": str(tmp_path / "store")}
+    proc = subprocess.run([sys.executable, str(root / "examples" / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "a whole number >= 1" in proc.stderr.strip().splitlines()[-1]
