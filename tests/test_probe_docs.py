@@ -116,3 +116,22 @@ def test_example_counts_must_be_positive(tmp_path, script, args):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "a whole number >= 1" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_build_runtime_installer_uv_without_uv_names_the_option(tmp_path, monkeypatch, capsys):
+    """docs/build-runtime.md: `--installer uv` "fails rather than falling back", and options are
+    checked before anything is resolved. Without uv, `wrenpack build-runtime six --installer uv`
+    resolved first, then failed with "WRENPACK_INSTALLER=uv but no uv was found ... or unset
+    WRENPACK_INSTALLER": a variable the user never set. It now fails at once, naming --installer."""
+    import runtime_builder
+    from runtime_builder import installer
+
+    monkeypatch.delenv("WRENPACK_INSTALLER", raising=False)
+    monkeypatch.setattr(installer, "find_uv", lambda: None)
+    called = []
+    monkeypatch.setattr(runtime_builder, "build", lambda *a, **k: called.append(1))
+    rc = main(["build-runtime", "six", "--installer", "uv", "--output", str(tmp_path / "rt"),
+               "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and not called
+    assert "--installer uv" in err and "WRENPACK_INSTALLER" not in err and len(err.splitlines()) == 1

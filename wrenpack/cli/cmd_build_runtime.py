@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.python is not None:
         _check_lambda_python(args.python)
+    _check_installer(args.installer)
     if args.cache_dir is None:
         env_directory("WRENPACK_CACHE_DIR")  # the builder's default cache: a ConfigError naming it if unusable
     try:
@@ -141,6 +142,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(res)
     return 0
+
+
+def _check_installer(installer: str | None) -> None:
+    """``--installer uv`` forces uv and never falls back to pip: without a uv, refuse it now, naming the
+    option, rather than after resolving with the builder's message about ``WRENPACK_INSTALLER``."""
+    if installer != "uv":
+        return
+    from runtime_builder.installer import find_uv
+
+    if find_uv() is None:
+        from wrenpack.errors import ConfigError
+
+        raise ConfigError("--installer uv but no uv was found; fix: pip install uv (or 'wrenpack[fast]'), "
+                          "set WRENPACK_UV to its path, or pass --installer auto (uv when installed, else pip)")
 
 
 def _written(path: str, manifest: dict[str, Any], key: str) -> str | None:
