@@ -135,3 +135,13 @@ def test_build_runtime_installer_uv_without_uv_names_the_option(tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert rc == 1 and not called
     assert "--installer uv" in err and "WRENPACK_INSTALLER" not in err and len(err.splitlines()) == 1
+
+
+def test_profile_without_target_names_only_the_target_as_required(capsys):
+    """`wrenpack profile` with nothing said "the following arguments are required: target, ARG",
+    but ARG is optional (`wrenpack profile mod:fn` with no arguments is the common case)."""
+    with pytest.raises(SystemExit) as ex:
+        main(["profile"])
+    assert ex.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("the following arguments are required: target"), last
