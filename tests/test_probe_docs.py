@@ -145,3 +145,16 @@ def test_profile_without_target_names_only_the_target_as_required(capsys):
     assert ex.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.endswith("the following arguments are required: target"), last
+
+
+def test_iam_policy_refuses_a_region_aws_does_not_have(capsys):
+    """README: the Lambda backend, deploy, doctor and the S3 stores refuse a region AWS does not
+    have (`us-east-1a`) in one line. `wrenpack iam-policy --region us-east-1a` printed a policy whose
+    Lambda ARNs name `us-east-1a`, exit 0: attached to a role, it grants nothing and says nothing."""
+    pytest.importorskip("botocore")
+    rc = main(["iam-policy", "--storage", "s3://mybucket/prefix", "--region", "us-east-1a"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert "us-east-1a" in err and "use us-east-1" in err and len(err.strip().splitlines()) == 1
+    assert main(["iam-policy", "--storage", "s3://mybucket/prefix", "--region", "us-east-1"]) == 0
+    assert ":lambda:us-east-1:" in capsys.readouterr().out
