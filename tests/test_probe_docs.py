@@ -158,3 +158,21 @@ def test_iam_policy_refuses_a_region_aws_does_not_have(capsys):
     assert "us-east-1a" in err and "use us-east-1" in err and len(err.strip().splitlines()) == 1
     assert main(["iam-policy", "--storage", "s3://mybucket/prefix", "--region", "us-east-1"]) == 0
     assert ":lambda:us-east-1:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra", [["idna"], ["-r", "requirements.txt"], ["--pyproject", "pyproject.toml"]])
+def test_build_runtime_lock_with_requirements_is_refused(tmp_path, monkeypatch, capsys, extra):
+    """`wrenpack build-runtime idna --lock requirements.lock` built the lock alone, exit 0: the runtime
+    had no idna and nothing said so (--lock installs the lock exactly; the builder ignores other
+    requirements). Requirements beside --lock are refused in one line before anything runs.
+    (--from-profile stays allowed: its imported modules still choose what the import check proves.)"""
+    import runtime_builder
+
+    monkeypatch.chdir(tmp_path)
+    called = []
+    monkeypatch.setattr(runtime_builder, "build", lambda *a, **k: called.append(1))
+    rc = main(["build-runtime", *extra, "--lock", "requirements.lock", "--output", str(tmp_path / "rt"),
+               "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and not called
+    assert "--lock" in err and len(err.splitlines()) == 1

@@ -88,6 +88,7 @@ def register(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from wrenpack.errors import BudgetExceeded, BuildError
 
+    _check_lock_alone(args)
     if args.docker:
         from runtime_builder import docker_build
 
@@ -142,6 +143,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(res)
     return 0
+
+
+def _check_lock_alone(args: argparse.Namespace) -> None:
+    """``--lock`` installs the lock exactly, with no resolution: requirements given beside it would be
+    ignored without a word (a package named but not locked would be missing from the runtime), so they
+    are refused. ``--from-profile`` may stay: its imported modules choose what the import check proves."""
+    if not args.lock:
+        return
+    given = [flag for flag, value in (("PACKAGE", args.packages), ("-r", args.requirements),
+                                      ("--pyproject", args.pyproject)) if value]
+    if given:
+        from wrenpack.errors import ConfigError
+
+        raise ConfigError(f"--lock {args.lock} installs exactly that lock, so {', '.join(given)} beside it would be "
+                          "ignored; drop them, or build from them without --lock (the build writes a new hashed "
+                          "requirements.lock)")
 
 
 def _check_installer(installer: str | None) -> None:
