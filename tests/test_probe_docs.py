@@ -176,3 +176,13 @@ def test_build_runtime_lock_with_requirements_is_refused(tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip()
     assert rc == 1 and not called
     assert "--lock" in err and len(err.splitlines()) == 1
+
+
+def test_build_runtime_help_states_the_defaults_the_docs_give(capsys):
+    """docs/build-runtime.md gives `--output DIR (default .wrenpack/runtime)`; `--help` named none of the
+    defaults of --output, --arch, --target, --tmp-size, so a user could not tell there where the runtime goes."""
+    with pytest.raises(SystemExit):
+        main(["build-runtime", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for said in ("(default .wrenpack/runtime)", "(default x86_64)", "default layer", "default 512"):
+        assert said in text, said

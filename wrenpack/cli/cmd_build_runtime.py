@@ -30,12 +30,12 @@ def register(subparsers: Any, name: str) -> None:
                    help="the packages a `wrenpack profile --json` run saw imported, at their local versions")
     p.add_argument("--lock", metavar="FILE", help="install exactly this hashed lock file (skip resolution)")
     p.add_argument("--python", metavar="X.Y", help="target Python version (default: this interpreter's)")
-    p.add_argument("--arch", choices=list(limits.ARCHITECTURES), default="x86_64", help="target architecture")
+    p.add_argument("--arch", choices=list(limits.ARCHITECTURES), default="x86_64", help="target architecture (default x86_64)")
     p.add_argument("--target", choices=["layer", "archive"], default="layer",
                    help="size budget to enforce: layer (250 MiB unzipped, less 1 MiB for the function's own package) "
-                        "or archive (extracted into /tmp)")
+                        "or archive (extracted into /tmp); default layer")
     p.add_argument("--tmp-size", type=int, default=512, metavar="MiB",
-                   help="the function's /tmp size for --target archive (512-10240)")
+                   help="the function's /tmp size for --target archive (512-10240; default 512)")
     p.add_argument("--sourceless", action="store_true", help="ship .pyc only (smaller; no source in tracebacks)")
     p.add_argument("--keep-boto3", action="store_true",
                    help="ship boto3/botocore/s3transfer in the runtime (trimmed by default: Lambda's runtime "
@@ -69,7 +69,8 @@ def register(subparsers: Any, name: str) -> None:
                    help="auto: only what the target needs (layer.zip for layer, runtime.tar.zst for archive); "
                         "all: both")
     p.add_argument("--output", "-o", default=".wrenpack/runtime", metavar="DIR",
-                   help="where python/, manifest.json, layer.zip, runtime.tar.zst, requirements.lock go")
+                   help="where python/, manifest.json, layer.zip, runtime.tar.zst, requirements.lock go "
+                        "(default .wrenpack/runtime)")
     p.add_argument("--docker", action="store_true",
                    help="build inside a Lambda base image with Dockerfile.runtime (needs a Docker engine)")
     p.add_argument("--base-image", default=None, metavar="IMAGE",
