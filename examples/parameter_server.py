@@ -92,10 +92,24 @@ def start_redis() -> tuple[subprocess.Popen, str]:
     raise SystemExit("redis-server did not start listening within 10 s")
 
 
-def train(url: str, workers: int, steps: int, dim: int) -> dict:
+def connect(url: str):
+    """A client of the Redis at ``url``, checked with a PING before any call is launched: a URL
+    nobody answers at (or one redis-py cannot parse) is one line naming it, not redis's traceback."""
     import redis
 
-    r = redis.Redis.from_url(url)
+    try:
+        r = redis.Redis.from_url(url)
+        r.ping()
+    except (redis.exceptions.RedisError, ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SystemExit(f"examples/parameter_server.py: cannot reach Redis at {url} ({reason}); start one there, "
+                         "give a reachable --redis-url (redis://HOST:PORT/DB), or leave it out to start "
+                         "redis-server on 127.0.0.1") from None
+    return r
+
+
+def train(url: str, workers: int, steps: int, dim: int) -> dict:
+    r = connect(url)
     prefix = f"wrenpack-ps-{uuid.uuid4().hex[:8]}"
     keys = [f"{prefix}:w:{j}" for j in range(dim)]
     try:
@@ -112,12 +126,23 @@ def train(url: str, workers: int, steps: int, dim: int) -> dict:
             "error": float(np.linalg.norm(w - true_model(dim))), "worker_losses": [s["loss"] for s in stats]}
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for a count: a whole number >= 1 (0 calls would have nothing to show)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--redis-url", help="use this Redis instead of starting redis-server on 127.0.0.1")
-    ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=400, help="SGD steps per worker")
-    ap.add_argument("--dim", type=int, default=20)
+    ap.add_argument("--workers", type=positive_int, default=8)
+    ap.add_argument("--steps", type=positive_int, default=400, help="SGD steps per worker")
+    ap.add_argument("--dim", type=positive_int, default=20)
     ap.add_argument("--small", action="store_true", help="3 workers x 150 steps, checked (the tests run this)")
     args = ap.parse_args(argv)
     if args.small:

@@ -25,9 +25,20 @@ def estimate_pi(seed: int, samples: int = 200_000) -> float:
     return 4.0 * inside / samples
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for a count: a whole number >= 1 (0 calls would have nothing to show)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", type=int, default=40, help="how many remote calls (default 40)")
+    ap.add_argument("--tasks", type=positive_int, default=40, help="how many remote calls (default 40)")
     ap.add_argument("--no-build", action="store_true", help="skip building a runtime")
     ap.add_argument("--no-profile", action="store_true", help="skip profiling")
     args = ap.parse_args()

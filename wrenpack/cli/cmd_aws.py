@@ -58,7 +58,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_iam_policy(args: argparse.Namespace) -> int:
-    print(json.dumps(iam_policy(_config(args), args.role_for, args.account, args.worker_role), indent=2))
+    from wrenpack.backends.aws.clients import check_region, configured_region
+
+    cfg = _config(args)
+    # The policy makes no request, so nothing else would say that the region its ARNs name does not
+    # exist (an availability zone, us-east-1a): such a policy grants nothing once attached.
+    check_region(configured_region(cfg.aws_region, cfg.aws_profile),
+                 (cfg.lambda_endpoint_url, "lambda"), (cfg.s3_endpoint_url, "s3"))
+    print(json.dumps(iam_policy(cfg, args.role_for, args.account, args.worker_role), indent=2))
     return 0
 
 

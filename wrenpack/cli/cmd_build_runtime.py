@@ -30,12 +30,12 @@ def register(subparsers: Any, name: str) -> None:
                    help="the packages a `wrenpack profile --json` run saw imported, at their local versions")
     p.add_argument("--lock", metavar="FILE", help="install exactly this hashed lock file (skip resolution)")
     p.add_argument("--python", metavar="X.Y", help="target Python version (default: this interpreter's)")
-    p.add_argument("--arch", choices=list(limits.ARCHITECTURES), default="x86_64", help="target architecture")
+    p.add_argument("--arch", choices=list(limits.ARCHITECTURES), default="x86_64", help="target architecture (default x86_64)")
     p.add_argument("--target", choices=["layer", "archive"], default="layer",
                    help="size budget to enforce: layer (250 MiB unzipped, less 1 MiB for the function's own package) "
-                        "or archive (extracted into /tmp)")
+                        "or archive (extracted into /tmp); default layer")
     p.add_argument("--tmp-size", type=int, default=512, metavar="MiB",
-                   help="the function's /tmp size for --target archive (512-10240)")
+                   help="the function's /tmp size for --target archive (512-10240; default 512)")
     p.add_argument("--sourceless", action="store_true", help="ship .pyc only (smaller; no source in tracebacks)")
     p.add_argument("--keep-boto3", action="store_true",
                    help="ship boto3/botocore/s3transfer in the runtime (trimmed by default: Lambda's runtime "
@@ -69,7 +69,8 @@ def register(subparsers: Any, name: str) -> None:
                    help="auto: only what the target needs (layer.zip for layer, runtime.tar.zst for archive); "
                         "all: both")
     p.add_argument("--output", "-o", default=".wrenpack/runtime", metavar="DIR",
-                   help="where python/, manifest.json, layer.zip, runtime.tar.zst, requirements.lock go")
+                   help="where python/, manifest.json, layer.zip, runtime.tar.zst, requirements.lock go "
+                        "(default .wrenpack/runtime)")
     p.add_argument("--docker", action="store_true",
                    help="build inside a Lambda base image with Dockerfile.runtime (needs a Docker engine)")
     p.add_argument("--base-image", default=None, metavar="IMAGE",
@@ -88,6 +89,7 @@ def register(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from wrenpack.errors import BudgetExceeded, BuildError
 
+    _check_lock_alone(args)
     if args.docker:
         from runtime_builder import docker_build
 
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.python is not None:
         _check_lambda_python(args.python)
+    _check_installer(args.installer)
     if args.cache_dir is None:
         env_directory("WRENPACK_CACHE_DIR")  # the builder's default cache: a ConfigError naming it if unusable
     try:
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         m = res.manifest
         print(json.dumps({
-            "ok": True, "output": res.output, "site_dir": res.site_dir, "layer_zip": res.layer_zip, "archive": res.archive,
+            "ok": True, "output": res.output, "site_dir": res.site_dir,
+            "layer_zip": _written(res.layer_zip, m, "layer_zip"), "archive": _written(res.archive, m, "archive"),
             "lock": res.lock, "manifest": res.manifest_path, "cache_hit": res.cache_hit,
             "seconds": round(res.seconds, 3), "target": m["target"], "sizes": m["sizes"],
             "packages": m["packages"], "rules": m["rules"], "verified": m["verified"],
@@ -140,6 +144,46 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(res)
     return 0
+
+
+def _check_lock_alone(args: argparse.Namespace) -> None:
+    """``--lock`` installs the lock exactly, with no resolution: requirements given beside it would be
+    ignored without a word (a package named but not locked would be missing from the runtime), so they
+    are refused. ``--from-profile`` may stay: its imported modules choose what the import check proves."""
+    if not args.lock:
+        return
+    given = [flag for flag, value in (("PACKAGE", args.packages), ("-r", args.requirements),
+                                      ("--pyproject", args.pyproject)) if value]
+    if given:
+        from wrenpack.errors import ConfigError
+
+        raise ConfigError(f"--lock {args.lock} installs exactly that lock, so {', '.join(given)} beside it would be "
+                          "ignored; drop them, or build from them without --lock (the build writes a new hashed "
+                          "requirements.lock)")
+
+
+def _check_installer(installer: str | None) -> None:
+    """``--installer uv`` forces uv and never falls back to pip: without a uv, refuse it now, naming the
+    option, rather than after resolving with the builder's message about ``WRENPACK_INSTALLER``."""
+    if installer != "uv":
+        return
+    from runtime_builder.installer import find_uv
+
+    if find_uv() is None:
+        from wrenpack.errors import ConfigError
+
+        raise ConfigError("--installer uv but no uv was found; fix: pip install uv (or 'wrenpack[fast]'), "
+                          "set WRENPACK_UV to its path, or pass --installer auto (uv when installed, else pip)")
+
+
+def _written(path: str, manifest: dict[str, Any], key: str) -> str | None:
+    """The artifact's path if this build wrote it, else None: ``--artifacts auto`` writes only what
+    the target needs, and a summary naming a file that is not there sends a script to open nothing.
+    The manifest's ``files`` says what was written; a manifest without it, whether the file is there."""
+    files = manifest.get("files")
+    if isinstance(files, dict) and key in files:
+        return path if files[key] else None
+    return path if os.path.exists(path) else None
 
 
 #: options of a layer or archive build that a --docker build (an image) has no use for: (dest, default, flag)

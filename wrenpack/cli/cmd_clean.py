@@ -192,7 +192,12 @@ def _remove_logs(job_ids: list[str]) -> None:
 
 
 def register(subparsers: Any, name: str) -> None:
-    p = subparsers.add_parser(name, help="remove a job's objects (orphaned jobs, or all jobs) from the store")
+    p = subparsers.add_parser(
+        name, help="remove a job's objects (orphaned jobs, or all jobs) from the store",
+        description="Remove jobs' objects from the store: the jobs named, those whose owner is gone (--stale), or "
+                    "every job (--all); stray .tmp-* files older than five minutes go too (on S3: multipart uploads "
+                    "left unfinished for over a day). A spawned job whose supervisor runs is never removed: cancel "
+                    "it first (wrenpack jobs cancel ID). Exit codes: 0 ok, 1 no such job or refused, 2 usage.")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="job(s) to remove")
     p.add_argument("--stale", action="store_true", help="remove the jobs whose owner process is gone (as their "
                    "owner records sealed with your key say)")

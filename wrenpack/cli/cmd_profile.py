@@ -29,7 +29,8 @@ def register(subparsers: Any, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", help="MODULE:FUNCTION or path/to/file.py:FUNCTION")
-    p.add_argument("args", nargs="*", metavar="ARG", help="positional arguments, as Python literals")
+    # default=[]: argparse counts a "*" positional without a default as required in its error message
+    p.add_argument("args", nargs="*", default=[], metavar="ARG", help="positional arguments, as Python literals")
     p.add_argument("--kwargs", metavar="DICT", help="keyword arguments: JSON or a Python dict literal")
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times (fresh process each), report min/median/max")
     p.add_argument("--json", action="store_true", help="print the profile as JSON (schema wrenpack.profile/1)")
