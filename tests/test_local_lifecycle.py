@@ -397,3 +397,43 @@ def test_work_folders_of_drivers_that_are_gone_are_removed_by_the_next_backend(t
     finally:
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(live, ignore_errors=True)
+
+
+_RETURNS_A_FUTURE = textwrap.dedent("""
+    import os, wrenpack
+
+    @wrenpack.remote
+    def f(x):
+        return x + 1
+
+    @wrenpack.remote
+    def launcher(x):
+        return f.remote(x)  # a job launched in the call's process, its future returned
+
+    print(os.getpid(), flush=True)
+    assert launcher.remote(1).result(timeout=60).result(timeout=60) == 2
+""")
+
+
+def test_a_program_whose_call_returns_a_future_leaves_nothing_behind(tmp_path):
+    """A future returned from a remote call: the job it names was launched in the
+    call's process, which is gone before anyone removed its result object (kept for
+    the reference), and whose own local backend made its workers' cgroups inside the
+    worker's. The store kept that object after the program's normal exit (with no
+    owner record, so `clean --stale` kept it too), and the nested cgroups stayed, the
+    worker's with them. The program that received the future removes its job at the
+    end, and a worker's cgroups go with the ones inside them."""
+    store = tmp_path / "store"
+    script = tmp_path / "returns_a_future.py"
+    script.write_text(_RETURNS_A_FUTURE)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, WRENPACK_STORAGE=str(store)), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[0])
+    left = [os.path.relpath(os.path.join(d, f), store) for d, _, files in os.walk(store) for f in files]
+    assert left == [], left
+    groups = glob.glob(f"/sys/fs/cgroup/**/wrenpack-{pid}-*", recursive=True)
+    for group in sorted(groups, key=len, reverse=True):  # (removed for the next runs: deepest first)
+        with contextlib.suppress(OSError):
+            os.rmdir(group)
+    assert groups == []

@@ -333,7 +333,9 @@ class CallTable:
             # The backend's own channel (``Backend``'s ``PrivateReply``): its reader says what came.
             stored = status
             try:
-                outcome, raw = result.private.read()
+                with refs.adopting() as adopted:
+                    outcome, raw = result.private.read()
+                self._adopt([*adopted, *getattr(result.private, "adopted", ())])
                 ok = outcome.ok
                 value = outcome.value if ok else outcome.rebuild(fut.label)
                 # Only for a pinned job: the result as the sealed object a pickled future reads.
@@ -618,10 +620,21 @@ class CallTable:
                 raise CorruptObject(
                     f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
                 ) from None
-        status, outcome = result_format.open_result(job.secret, job_id, cid, data, f"result object of {label}")
+        with refs.adopting() as adopted:
+            status, outcome = result_format.open_result(job.secret, job_id, cid, data, f"result object of {label}")
+        self._adopt(adopted)
         if outcome.ok:
             return status, outcome.value, True
         return status, outcome.rebuild(label), False
+
+    def _adopt(self, adopted: list[dict[str, Any]]) -> None:
+        """Jobs launched in a call's process whose futures the call returned (``refs.adopting``):
+        kept, and removed with this executor's own kept jobs when it is released (their
+        launcher is gone and removed nothing). Only those in this executor's store."""
+        jobs = {j for ref in adopted if ref.get("store") == self.store.spec for j in (ref["job_id"], ref["result_job"])}
+        if jobs:
+            with self._lock:
+                self._kept_jobs.update(jobs)
 
 
 def _close_handoff(data: Any) -> None:
@@ -638,6 +651,8 @@ class _Read(PrivateReply):
 
     def __init__(self, value: Any) -> None:
         self.value = value
+        #: references to calls launched elsewhere that it held (``refs.adopting``)
+        self.adopted: list[dict[str, Any]] = []
 
     def read(self) -> tuple[Any, bytes | None]:
         if isinstance(self.value, BaseException):
@@ -683,7 +698,9 @@ def _read_loop(reads: queue.SimpleQueue, completions: queue.SimpleQueue) -> None
         inv, result = item
         reply = result.private
         try:
-            read = _Read(reply.read())
+            with refs.adopting() as adopted:
+                read = _Read(reply.read())
+            read.adopted = adopted
         except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it
             read = _Read(exc)
         finally:

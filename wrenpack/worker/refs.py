@@ -57,7 +57,29 @@ def rebuild(ref: dict[str, Any]) -> cf.Future:
         return fut
     if ref.get("secret"):
         remember(ref["result_job"], _decode(ref["secret"]))
+    adopted = getattr(_adopting, "refs", None)
+    if adopted is not None:
+        adopted.append(ref)
     return CallRef(ref)
+
+
+_adopting = threading.local()
+
+
+@contextlib.contextmanager
+def adopting() -> Iterator[list[dict[str, Any]]]:
+    """While a call's outcome is unpickled where it was launched: the references it
+    held to calls launched elsewhere (a future the call returned, whose job was
+    launched in the call's process). That process is gone without removing the job's
+    objects, which the reference reads: the receiver removes them when it is done
+    (``CallTable._adopt``), as it does its own jobs' kept for pickled futures."""
+    outer = getattr(_adopting, "refs", None)
+    got: list[dict[str, Any]] = []
+    _adopting.refs = got
+    try:
+        yield got
+    finally:
+        _adopting.refs = outer
 
 
 # -- job secrets: in memory only ---------------------------------------------------

@@ -12,6 +12,7 @@ process of the user on the machine, not the worker's, and root ignores it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -48,10 +49,17 @@ class Cgroup:
         self._write("cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in self._read("cgroup.procs").split()]
-        except (OSError, ValueError):
-            return []
+        """The processes in the group and in the groups below it: a call that runs a
+        local backend of its own (a job launched inside the call) makes its workers'
+        groups inside this one, and v1's ``cgroup.procs`` lists a group's own only."""
+        out: list[int] = []
+        for path in (self.path, *_groups_below(self.path)):
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    out.extend(int(p) for p in f.read().split())
+            except (OSError, ValueError):
+                pass
+        return out
 
     def kill_all(self, rounds: int = 50) -> bool:
         """SIGKILL every process in the cgroup (setsid'd and daemonised ones too),
@@ -74,6 +82,9 @@ class Cgroup:
         again at this process's exit (``_remove_later``)."""
         for attempt in range(20):
             try:
+                for below in _groups_below(self.path):  # (deepest first: a group holding groups cannot go)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rmdir(below)
                 os.rmdir(self.path)
                 return True
             except FileNotFoundError:
@@ -85,6 +96,14 @@ class Cgroup:
                     return False
                 time.sleep(0.005)
         return False
+
+
+def _groups_below(path: str) -> list[str]:
+    """The cgroups inside the group at ``path`` (its folders), deepest first."""
+    try:
+        return [root for root, _dirs, _files in os.walk(path, topdown=False) if root != path]
+    except OSError:
+        return []
 
 
 #: cgroups whose removal failed while killed tasks were still leaving them
@@ -131,6 +150,9 @@ def remove_unremoved(wait_s: float = 0.0) -> None:
             left = list(_unremoved)
         for path in left:
             try:
+                for below in _groups_below(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rmdir(below)
                 os.rmdir(path)
             except FileNotFoundError:
                 pass
@@ -159,8 +181,11 @@ def remove_stale(base: str) -> int:
     for name in names:
         if not process_state.left_by_gone_process(name, _OURS):
             continue
+        group = os.path.join(base, name)
         try:
-            os.rmdir(os.path.join(base, name))
+            for below in _groups_below(group):  # (a job's own local backend's groups inside a worker's)
+                os.rmdir(below)
+            os.rmdir(group)
             removed += 1
         except OSError:
             pass
