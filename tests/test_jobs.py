@@ -192,6 +192,24 @@ def test_attach_on_a_plain_maps_job_says_to_use_spawn_map(home):
         assert out.returncode == 0 and out.stdout.startswith("usage: wrenpack jobs"), args
 
 
+def test_attach_to_a_running_local_map_or_a_missing_store_says_why_in_one_line(home, tmp_path):
+    """A local .map() keeps nothing in the store while it runs: attach() said only "no job
+    ... `wrenpack jobs` lists the jobs there", not that only spawned jobs can be attached
+    to. And attach(id, storage=<a folder that does not exist>) made that folder."""
+    from wrenpack.job import JobNotFound
+
+    with Executor(backend="local", concurrency=1) as ex:
+        fut = ex.submit(time.sleep, 3)
+        with pytest.raises(JobNotFound, match="spawn_map") as err:
+            attach(fut.job_id)
+        assert "\n" not in str(err.value)
+        fut.cancel() or wrenpack.cancel(fut)
+    missing = tmp_path / "no" / "such" / "store"
+    with pytest.raises(JobNotFound, match="there is no store at"):
+        attach("20260101-000000-0000abcd", storage=str(missing))
+    assert not (tmp_path / "no").exists()
+
+
 # -- one small spawned job, end to end --------------------------------------------------------
 def _square(x):
     return x * x

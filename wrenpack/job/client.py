@@ -116,7 +116,8 @@ def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
                              "that launched them, so no other process can attach to it; launch it with "
                              "f.spawn_map(items) (or f.spawn(...)) to attach from elsewhere") from None
         raise JobNotFound(f"no job {job_id!r} in the store {store.url}; `wrenpack jobs` lists the jobs there "
-                          "(check the id and storage=)") from None
+                          "(check the id and storage=; only jobs launched with f.spawn_map() or f.spawn() can be "
+                          "attached to: a local .map()'s calls keep nothing in the store)") from None
     record = job_record.open_job(key, job_id, data)
     if not record.get("spawned"):
         raise NotSpawned(f"job {job_id} was not spawned: its calls end with the program that launched them; "
@@ -132,7 +133,11 @@ def attach(job_id: str, storage: str | None = None) -> "Job":
     from wrenpack.storage import store_for_config
 
     check_job_id(job_id)
-    store = store_for_config(current(storage=storage) if storage else current())
+    config = current(storage=storage) if storage else current()
+    missing = missing_local_store(config)
+    if missing is not None:  # (opening a local store creates it: a mistyped storage= would leave a folder)
+        raise JobNotFound(f"no job {job_id!r}: there is no store at {missing}; check storage= (or the storage setting)")
+    store = store_for_config(config)
     return open_job(store, job_id)
 
 
