@@ -169,19 +169,25 @@ def test_one_unreadable_job_does_not_hide_the_others(home, caplog):
 
 
 def test_a_store_path_that_does_not_exist_is_not_created_by_jobs_or_clean(home, tmp_path):
-    """`wrenpack jobs --storage TYPO` made the directory TYPO (and its parents) and said "no jobs"."""
+    """`wrenpack jobs --storage TYPO` made the directory TYPO (and its parents) and said "no jobs".
+    Its --json (and clean's) told a missing store from an empty one only in the text
+    output: ``store_exists`` says it."""
     typo = tmp_path / "no" / "such" / "store"
     out = _cli("jobs", "--storage", str(typo))
     assert out.returncode == 0 and "no store there" in out.stdout, out
     out = _cli("jobs", "--json", "--storage", str(typo))
-    assert out.returncode == 0 and json.loads(out.stdout) == {"store": f"file://{typo}", "jobs": []}
+    assert out.returncode == 0 and json.loads(out.stdout) == {"store": f"file://{typo}", "store_exists": False, "jobs": []}
     for args in (("jobs", "show", JOB), ("jobs", "cancel", JOB), ("clean", JOB)):
         out = _cli(*args, "--storage", str(typo))
         assert out.returncode == 1 and "there is no store at" in out.stderr and out.stderr.count("\n") == 1, out
     for args in (("clean", "--stale"), ("clean", "--all")):
         out = _cli(*args, "--json", "--storage", str(typo))
         assert out.returncode == 0 and json.loads(out.stdout)["removed"] == 0, out
+        assert json.loads(out.stdout)["store_exists"] is False
     assert not (tmp_path / "no").exists()
+    out = _cli("clean", "--stale", "--json", "--storage", str(tmp_path))
+    assert json.loads(out.stdout)["store_exists"] is True
+    assert json.loads(_cli("jobs", "--json", "--storage", str(tmp_path)).stdout)["store_exists"] is True
 
 
 def _store_result(job: Job, call_id: str, value) -> None:

@@ -85,8 +85,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
             raise ConfigError(f"no job {given[0]!r}: there is no store at {missing}; nothing was removed: check "
                               "--storage (or the storage setting)")
         if args.json:
-            print(json.dumps({"store": missing, "removed": 0, "prefixes": {}, "jobs": 0, "map_reduces": 0,
-                              "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
+            print(json.dumps({"store": missing, "store_exists": False, "removed": 0, "prefixes": {}, "jobs": 0,
+                              "map_reduces": 0, "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
         else:
             hint = ": check --storage" if args.storage else " yet"
             print(f"removed 0 object(s) of 0 job(s) from {missing} (there is no store there{hint})")
@@ -162,7 +162,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
             swept = sum(store.abort_unfinished_uploads(p, UPLOAD_AGE_S) for p in (keys.JOBS, keys.SHUFFLE, USER_PREFIX))
     total = sum(removed.values())
     if args.json:
-        print(json.dumps({"store": store.url, "removed": total, "prefixes": removed, "jobs": len(targets),
+        print(json.dumps({"store": store.url, "store_exists": True, "removed": total, "prefixes": removed, "jobs": len(targets),
                           "map_reduces": len(shuffles),
                           "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained}}))
     else:

@@ -68,7 +68,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     rows = [describe(store, j, key) for j in job_ids(store)] if store is not None else []
     url = store.url if store is not None else args.missing_store
     if args.json:
-        print(json.dumps({"store": url, "jobs": rows}, default=str))
+        print(json.dumps({"store": url, "store_exists": store is not None, "jobs": rows}, default=str))
         return 0
     if not rows:
         hint = "" if store is not None else " (there is no store there: check --storage)" if args.storage else \
