@@ -47,6 +47,32 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "executor_settings(**settings): the settings of the `ex` fixture's executor")
 
 
+#: shared-memory files the headless browser of the report tests may leave (Chromium's own,
+#: when a helper process of it outlives the page): removed at the end of the run
+_BROWSER_SHM = ("/dev/shm", ".org.chromium.Chromium.")
+_shm_before: set[str] = set()
+
+
+def _browser_shm_files() -> set[str]:
+    folder, prefix = _BROWSER_SHM
+    try:
+        return {name for name in os.listdir(folder) if name.startswith(prefix)}
+    except OSError:
+        return set()
+
+
+def pytest_sessionstart(session):
+    _shm_before.update(_browser_shm_files())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for name in _browser_shm_files() - _shm_before:  # (only what this run's browsers made)
+        try:
+            os.remove(os.path.join(_BROWSER_SHM[0], name))
+        except OSError:
+            pass
+
+
 def pytest_generate_tests(metafunc):
     marker = metafunc.definition.get_closest_marker("backends")
     if marker is not None and "backend" in metafunc.fixturenames:
