@@ -82,10 +82,7 @@ class Cgroup:
         again at this process's exit (``_remove_later``)."""
         for attempt in range(20):
             try:
-                for below in _groups_below(self.path):  # (deepest first: a group holding groups cannot go)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.rmdir(below)
-                os.rmdir(self.path)
+                _remove_group(self.path)
                 return True
             except FileNotFoundError:
                 return True
@@ -96,6 +93,15 @@ class Cgroup:
                     return False
                 time.sleep(0.005)
         return False
+
+
+def _remove_group(path: str) -> None:
+    """``os.rmdir`` of a cgroup and of the groups inside it, deepest first (a group
+    holding groups cannot go; one already gone is fine): the group's OSError otherwise."""
+    for below in _groups_below(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(below)
+    os.rmdir(path)
 
 
 def _groups_below(path: str) -> list[str]:
@@ -150,10 +156,7 @@ def remove_unremoved(wait_s: float = 0.0) -> None:
             left = list(_unremoved)
         for path in left:
             try:
-                for below in _groups_below(path):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.rmdir(below)
-                os.rmdir(path)
+                _remove_group(path)
             except FileNotFoundError:
                 pass
             except OSError:
@@ -183,9 +186,7 @@ def remove_stale(base: str) -> int:
             continue
         group = os.path.join(base, name)
         try:
-            for below in _groups_below(group):  # (a job's own local backend's groups inside a worker's)
-                os.rmdir(below)
-            os.rmdir(group)
+            _remove_group(group)  # (with a job's own local backend's groups inside a worker's)
             removed += 1
         except OSError:
             pass
