@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 
 def runs(pid: int) -> bool:
@@ -40,3 +41,57 @@ def left_by_gone_process(name: str, pattern: re.Pattern[str]) -> bool:
         return False
     pid = int(m.group(1))
     return pid != os.getpid() and not runs(pid)
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks after boot), which tells a process
+    from a later one that reuses its pid; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read().decode("ascii", "replace")
+        return stat_line.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_marker() -> str:
+    """What a process working for this one (a local worker, and each process forked
+    from it) carries in its command line: ``works_for`` finds it there, so that a
+    killed driver's jobs count as running while its workers still end their calls
+    (which may write their objects meanwhile)."""
+    pid = os.getpid()
+    return f"wrenpack-owner={pid}:{start_time(pid)}"
+
+
+#: (when scanned, the command lines of the processes running then)
+_scan: tuple[float, list[bytes]] | None = None
+SCAN_REUSE_S = 1.0
+
+
+def _command_lines() -> list[bytes]:
+    """Every process's command line, from /proc (a scan is reused for a second:
+    a clean of many jobs reads /proc once)."""
+    global _scan
+    now = time.monotonic()
+    if _scan is not None and now - _scan[0] < SCAN_REUSE_S:
+        return _scan[1]
+    lines = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    lines.append(f.read())
+            except OSError:
+                pass  # (gone meanwhile)
+    _scan = (now, lines)
+    return lines
+
+
+def works_for(pid: int, start: object) -> bool:
+    """Whether a process still runs that carries the ``worker_marker`` of process
+    (``pid``, ``start``): a local worker outlives its killed driver for the moment
+    it takes to end its call."""
+    if start is None:
+        return False
+    marker = f'"wrenpack-owner={pid}:{start}"'.encode()
+    return any(marker in line for line in _command_lines())

@@ -18,22 +18,12 @@ import time
 from typing import Any
 
 from wrenpack.executor.environ import getenv
+from wrenpack.process_state import start_time, works_for
 from wrenpack.wire import owner as owner_wire
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time (clock ticks after boot), which tells a live
-    owner from a new process that reuses its pid; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read().decode("ascii", "replace")
-        return stat_line.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 #: (the variables key_path reads, the path they gave): every launch asks
@@ -138,22 +128,24 @@ def owner_record(label: str = "", job_id: str | None = None) -> dict[str, Any]:
     global _me
     pid = os.getpid()
     if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
-        _me = (pid, socket.gethostname(), _process_start(pid))
+        _me = (pid, socket.gethostname(), start_time(pid))
     record = {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
     key = user_key() if job_id is not None else None
     return owner_wire.seal(key, job_id, record) if key is not None and job_id is not None else record
 
 
 def owner_alive(record: dict[str, Any]) -> bool | None:
-    """True if the owner process lives, False if it is gone, None if it ran on
-    another host (cannot tell from here)."""
+    """True if the owner process lives, or a local worker of it still ends its call;
+    False if they are gone; None if it ran on another host (cannot tell from here)."""
     if record.get("host") != socket.gethostname():
         return None
     pid = record.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    start = _process_start(pid)
-    return start is not None and (record.get("start") is None or start == record.get("start"))
+    start = start_time(pid)
+    if start is not None and (record.get("start") is None or start == record.get("start")):
+        return True
+    return works_for(pid, record.get("start"))
 
 
 def owner_state(job_id: str, record: dict[str, Any] | None, key: bytes | None) -> tuple[str, str]:
@@ -169,4 +161,8 @@ def owner_state(job_id: str, record: dict[str, Any] | None, key: bytes | None) -
     alive = owner_alive(record)
     if alive is None:
         return "unknown", f"it was launched on host {record.get('host')!r}, where its owner may still run"
-    return ("live", f"its owner (pid {record.get('pid')}) still runs") if alive else ("stale", "its owner is gone")
+    if not alive:
+        return "stale", "its owner is gone"
+    if start_time(record["pid"]) is None:
+        return "live", f"its owner (pid {record.get('pid')}) is gone, but its workers still end their calls"
+    return "live", f"its owner (pid {record.get('pid')}) still runs"

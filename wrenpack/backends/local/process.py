@@ -51,6 +51,7 @@ from wrenpack.backends.base import Invocation
 from wrenpack.backends.local.linux import MAX_TASKS, CgroupFactory, MemoryCgroup, PidsCgroup, PidsCgroupFactory
 from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
 from wrenpack.limits import memory_for
+from wrenpack.process_state import worker_marker
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.handoff import Sealed
@@ -171,7 +172,8 @@ class Worker:
         env = dict(base_env, TMPDIR=self.tmpdir, TMP=self.tmpdir, TEMP=self.tmpdir)
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"local/worker-{wid}"
         parent_sock, child_sock = socket.socketpair()
-        config = {"fd": child_sock.fileno(), "parent": os.getpid(), "dir": self.dir, "paths": paths}
+        config = {"fd": child_sock.fileno(), "parent": os.getpid(), "dir": self.dir, "paths": paths,
+                  "owner": worker_marker()}  # (`clean --stale` keeps the driver's jobs while this process runs)
         try:
             self.proc = subprocess.Popen(
                 [*cmd, json.dumps(config)],
