@@ -135,6 +135,8 @@ def test_a_failing_mapper_fails_the_job_and_leaves_nothing(executor):
 def test_bad_forms_are_one_line_errors(executor):
     with pytest.raises(ConfigError, match="partitions=0"):
         wrenpack.map_reduce(words, TEXTS, count, partitions=0, executor=executor)
+    with pytest.raises(ConfigError, match=r"partitions=10000000 is more reducers than one map_reduce runs \(at most 100,000\)"):
+        wrenpack.map_reduce(words, TEXTS, count, partitions=10**7, executor=executor)  # (before: launched 10 million calls)
     with pytest.raises(ConfigError, match="need partitions=R"):
         wrenpack.map_reduce(words, TEXTS, count, partitioned=True, executor=executor)
     with pytest.raises(ConfigError, match="per_object=True needs"):

@@ -42,6 +42,9 @@ from wrenpack.futures import WrenFuture, cancel
 from wrenpack.worker import shuffle
 
 log = logging.getLogger(__name__)
+#: the most reducers a shuffle is split into (each is one call, launched whether its partition
+#: holds data or not; a 1 TB sort on 1,000 functions needs a few thousand)
+MAX_PARTITIONS = 100_000
 
 #: The most mappers whose reducers are launched with them (``RunningJob._together``):
 #: each of those reducers reads every mapper's index.
@@ -114,6 +117,9 @@ def map_reduce(
         given, partitions = partitions, _whole(partitions)
         if partitions is None or partitions < 1:
             raise ConfigError(f"partitions={given!r} must be a whole number of reducers, at least 1")
+        if partitions > MAX_PARTITIONS:  # (each is a reducer call: a typo of a few zeros would launch millions)
+            raise ConfigError(f"partitions={given!r} is more reducers than one map_reduce runs (at most "
+                              f"{MAX_PARTITIONS:,}); use fewer: a partition of 100 MB or more keeps each reducer busy")
     if fan_in is not None:
         given, fan_in = fan_in, _whole(fan_in)
         if fan_in is None or fan_in < 2:
