@@ -432,6 +432,60 @@ def test_clean_stale_and_all(tmp_path, capsys, monkeypatch):
     assert store.list("jobs/") == []
 
 
+def test_clean_stale_waits_out_the_late_writes_of_calls_that_outlive_their_driver(tmp_path, capsys, monkeypatch):
+    """On Lambda the calls a killed driver sent run on, and write, after it is gone: the first
+    clean --stale removes what they wrote so far but keeps the owner record (and the cancel markers
+    they look for) for as long as they may still write; later cleans remove the late writes, and
+    the record once that time has passed (before: the record went at once, and what came later
+    had no owner record, so --stale kept it for good)."""
+    from wrenpack.executor import owner_record
+    from wrenpack.executor.owner import user_key
+    from wrenpack.wire import owner as owner_wire
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    store = LocalStore(str(tmp_path / "store"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def gone(job, late_s=None, **extra):
+        record = dict(owner_record("f"), pid=dead.pid, start="1", **extra)
+        if late_s is not None:
+            record["late_s"] = late_s
+        return owner_wire.seal(user_key(), job, record)
+
+    for job, record in (("lambda", gone("lambda", 1530.0)), ("local", gone("local"))):
+        store.put(keys.owner_key(job), json.dumps(record).encode())
+        for name in ("func.pkl", "args/c0", "cancel", "cancel.c1"):
+            store.put(f"jobs/{job}/{name}", b"x")
+    before = time.time()
+    assert _clean(tmp_path, "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 2 and set(out["awaiting_late_writes"]) == {"lambda"}
+    assert before + 1530 <= out["awaiting_late_writes"]["lambda"] <= time.time() + 1530
+    assert store.list("jobs/local/") == []
+    assert sorted(store.list("jobs/lambda/")) == ["jobs/lambda/cancel", "jobs/lambda/cancel.c1", keys.owner_key("lambda")]
+    record = json.loads(store.get(keys.owner_key("lambda")))
+    assert owner_wire.verify(user_key(), "lambda", record) and before <= record["swept"] <= time.time()
+
+    store.put("jobs/lambda/result/c0", b"late")  # a call's late write
+    assert _clean(tmp_path, "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["removed"] == 1 and "lambda" in out["awaiting_late_writes"]
+    assert json.loads(store.get(keys.owner_key("lambda")))["swept"] == record["swept"]  # (counted from the first)
+
+    # Once that time has passed, all of it goes.
+    store.put(keys.owner_key("lambda"), json.dumps(gone("lambda", 1530.0, swept=time.time() - 1531)).encode())
+    assert _clean(tmp_path, "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["awaiting_late_writes"] == {} and store.list("jobs/") == []
+
+    # A late_s nobody sealed decides nothing: the record does not verify, the job is kept as unknown.
+    forged = dict(gone("forged", 1530.0), late_s=10**9)
+    store.put(keys.owner_key("forged"), json.dumps(forged).encode())
+    assert _clean(tmp_path, "--stale") == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == ["forged"]
+
+
 def test_clean_stale_removes_the_intermediates_of_a_killed_map_reduce(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))  # this test's own owner key
     root = tmp_path / "store"

@@ -182,6 +182,10 @@ def test_duplicate_delivery_keeps_the_first_result(moto_endpoint, bucket, lambda
         first = fut.result()
         job_id, call_id = fut.job_id, fut.call_id
         stored = ex.store.get(keys.result_key(job_id, call_id))
+        # Its calls run on after a killed driver: the owner record says for how long at most, for
+        # `wrenpack clean --stale` (an Event's wait to start, Lambda's longest timeout, the margins).
+        owner = json.loads(ex.store.get(keys.owner_key(job_id)))
+        assert owner["late_s"] == ex.backend.capabilities.late_writes_s == 600 + 900 + 2 * 30
         # Deliver the same call again, as Lambda may do with an async event.
         event = dict(sent[0], attempt=1)
         client = boto3.client("lambda", endpoint_url=lambda_endpoint.url, region_name="us-east-1")

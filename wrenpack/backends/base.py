@@ -129,6 +129,12 @@ class Capabilities:
     concurrency: int = 1
     #: ``Backend.cancel_calls`` stops calls that are already running (not only queued ones).
     cancel_running: bool = False
+    #: How long after its driver is gone a call it sent may still write objects (s): 0
+    #: where calls end with the driver. A job's owner record carries it, so that
+    #: ``wrenpack clean --stale`` keeps the record (and the job's cancel markers) that
+    #: long after it first removes the job's objects, and a later clean removes what
+    #: such calls wrote late instead of leaving objects nothing names an owner of.
+    late_writes_s: float = 0.0
 
 
 class Backend(abc.ABC):

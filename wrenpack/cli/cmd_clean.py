@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from typing import Any
 
 from wrenpack import keys
@@ -86,7 +87,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
                               "--storage (or the storage setting)")
         if args.json:
             print(json.dumps({"store": missing, "store_exists": False, "removed": 0, "prefixes": {}, "jobs": 0,
-                              "map_reduces": 0, "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
+                              "map_reduces": 0, "awaiting_late_writes": {}, "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
         else:
             hint = ": check --storage" if args.storage else " yet"
             print(f"removed 0 object(s) of 0 job(s) from {missing} (there is no store there{hint})")
@@ -142,12 +143,29 @@ def cmd_clean(args: argparse.Namespace) -> int:
             raise ConfigError(f"{len(live)} job(s) belong to a program still running ({shown}); "
                               "wait for it to end, use --stale for orphaned jobs only, or pass --force")
         targets, skipped = named, []
+    # --stale: a gone driver's calls on Lambda may still write for a while: what they wrote so far
+    # goes, the owner record (and the cancel markers they look for) until then, for a later clean.
+    late: dict[str, float] = {}
+    if args.stale and key is not None:
+        now = time.time()
+        for j in targets:
+            until = _late_writes_until(store, keys.owner_key(j), j, key, now)
+            if until is not None:
+                late[j] = until
+        for sid in shuffles:
+            until = _late_writes_until(store, keys.shuffle_owner_key(sid), keys.shuffle_owner_id(sid), key, now)
+            if until is not None:
+                late[f"map_reduce {sid}"] = until
     if args.all and args.force and not live:
         removed = {keys.JOBS: store.delete_prefix(keys.JOBS)}
     else:
-        removed = {keys.job_prefix(j): store.delete_prefix(keys.job_prefix(j)) for j in targets}
+        removed = {keys.job_prefix(j): (_remove_all_but(store, keys.job_prefix(j), keys.owner_key(j), keys.cancel_key(j),
+                                                        keys.call_cancel_key(j, ""))
+                                        if j in late else store.delete_prefix(keys.job_prefix(j))) for j in targets}
     for sid in shuffles:  # a map_reduce's intermediates, and its owner record with them
-        removed[keys.shuffle_prefix(sid)] = store.delete_prefix(keys.shuffle_prefix(sid))
+        prefix = keys.shuffle_prefix(sid)
+        removed[prefix] = (_remove_all_but(store, prefix, keys.shuffle_owner_key(sid)) if f"map_reduce {sid}" in late
+                           else store.delete_prefix(prefix))
     _remove_logs(targets)
     swept = 0
     from wrenpack.storage.local import LocalStore, sweep_tmp
@@ -163,7 +181,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     total = sum(removed.values())
     if args.json:
         print(json.dumps({"store": store.url, "store_exists": True, "removed": total, "prefixes": removed, "jobs": len(targets),
-                          "map_reduces": len(shuffles),
+                          "map_reduces": len(shuffles), "awaiting_late_writes": late,
                           "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained}}))
     else:
         extra = (f", {swept} stray temporary file(s)" if isinstance(store, LocalStore) else
@@ -177,7 +195,43 @@ def cmd_clean(args: argparse.Namespace) -> int:
                   "or with --stale --force")
         if retained:
             print(f"kept {len(retained)} spawned job(s) within their retention (remove one by name)")
+        if late:
+            until = time.strftime("%H:%M", time.localtime(max(late.values())))
+            print(f"kept the owner record of {len(late)} job(s) whose calls, sent before their program was gone, may "
+                  f"still write until {until}; a `wrenpack clean --stale` after that removes what they wrote")
     return 0
+
+
+def _late_writes_until(store: Any, owner_key: str, record_id: str, key: bytes, now: float) -> float | None:
+    """Until when a stale job's (or map_reduce's) calls may still write, if that is still
+    ahead: its sealed owner record says how long they may run on after their driver
+    (``late_s``, on Lambda); the first clean that finds the driver gone marks the record
+    (``swept``, sealed again) and the wait counts from then. None: they can no longer."""
+    try:
+        record = owner_record.loads(store.get(owner_key))
+    except (ObjectNotFound, StoreError, ValueError):
+        return None
+    late = record.get("late_s")
+    if type(late) not in (int, float) or not late > 0 or not owner_record.verify(key, record_id, record):
+        return None
+    swept = record.get("swept")
+    if type(swept) not in (int, float):
+        swept = now
+        marked = {k: v for k, v in record.items() if k != "mac"}
+        marked["swept"] = now
+        store.put(owner_key, json.dumps(owner_record.seal(key, record_id, marked)).encode())
+    until = float(swept) + float(late)
+    return until if now < until else None
+
+
+def _remove_all_but(store: Any, prefix: str, *kept: str) -> int:
+    """Remove the objects under ``prefix`` but ``kept`` (keys, or key prefixes ending in "/")."""
+    removed = 0
+    for name in store.list(prefix):
+        if not name.startswith(kept):
+            store.delete(name)
+            removed += 1
+    return removed
 
 
 def _remove_logs(job_ids: list[str]) -> None:

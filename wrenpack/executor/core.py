@@ -390,7 +390,7 @@ class Executor(CallTable, cf.Executor):
         payloads = prepared.payloads
         try:
             if stored:
-                store.put(keys.owner_key(job_id), json.dumps(owner_record(label, job_id)).encode())
+                store.put(keys.owner_key(job_id), json.dumps(owner_record(label, job_id, capabilities.late_writes_s)).encode())
             if not inline_fn:
                 store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
             for i, data in enumerate(payloads):

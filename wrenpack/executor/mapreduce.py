@@ -388,7 +388,8 @@ class RunningJob:
         self.secret = shuffle.new_secret()
         executor.own_prefix(shuffle.prefix(self.shuffle_id))  # (removed by the executor if the program exits first)
         # Who runs it: `wrenpack clean --stale` removes the intermediates of a program killed before it could.
-        record = owner_record(f"map_reduce {self.shuffle_id}", keys.shuffle_owner_id(self.shuffle_id))
+        record = owner_record(f"map_reduce {self.shuffle_id}", keys.shuffle_owner_id(self.shuffle_id),
+                              executor.backend.capabilities.late_writes_s)
         executor.store.put(keys.shuffle_owner_key(self.shuffle_id), json.dumps(record).encode())
         self.follow = _Follow([executor], label, self.shuffle_id)
         self._lock = threading.Lock()

@@ -122,14 +122,18 @@ def user_key(create: bool = True) -> bytes | None:
 _me: tuple[int, str, str | None] | None = None
 
 
-def owner_record(label: str = "", job_id: str | None = None) -> dict[str, Any]:
+def owner_record(label: str = "", job_id: str | None = None, late_writes_s: float = 0.0) -> dict[str, Any]:
     """What jobs/<job>/owner.json holds: who launched the job, and when; sealed
-    for ``job_id`` with the user's key (``user_key``) when one is given."""
+    for ``job_id`` with the user's key (``user_key``) when one is given. Where calls
+    outlive their driver, ``late_writes_s`` (``Capabilities.late_writes_s``) is how long
+    after it a call may still write (``late_s``: ``wrenpack clean --stale`` waits for it)."""
     global _me
     pid = os.getpid()
     if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
         _me = (pid, socket.gethostname(), start_time(pid))
-    record = {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
+    record: dict[str, Any] = {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
+    if late_writes_s > 0:
+        record["late_s"] = float(late_writes_s)
     key = user_key() if job_id is not None else None
     return owner_wire.seal(key, job_id, record) if key is not None and job_id is not None else record
 

@@ -85,6 +85,7 @@ from wrenpack.errors import (
     WorkerLost,
     WrenpackError,
 )
+from wrenpack.limits import MAX_TIMEOUT_S
 from wrenpack.storage import Store, store_for_config
 from wrenpack.storage.s3 import S3Store, _code
 from wrenpack.wire import event as event_format, result as result_format, start as start_mark
@@ -456,6 +457,10 @@ class LambdaBackend(Backend):
             enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
             concurrency=self.concurrency,
             cancel_running=True,
+            # (an event may wait in Lambda's queue until its deadline, then run up to Lambda's
+            # longest timeout; a checkpointed call's next segment is launched by the driver only)
+            late_writes_s=(self.throttle_give_up_s if self.invocation_type == "Event" else self.deadline_margin_s)
+            + MAX_TIMEOUT_S + 2 * self.deadline_margin_s,
         )
 
     @classmethod
