@@ -63,12 +63,12 @@ def worker_marker() -> str:
     return f"wrenpack-owner={pid}:{start_time(pid)}"
 
 
-#: (when scanned, the command lines of the processes running then)
-_scan: tuple[float, list[bytes]] | None = None
+#: (when scanned, the pids and command lines of the processes running then)
+_scan: tuple[float, list[tuple[str, bytes]]] | None = None
 SCAN_REUSE_S = 1.0
 
 
-def _command_lines() -> list[bytes]:
+def _command_lines() -> list[tuple[str, bytes]]:
     """Every process's command line, from /proc (a scan is reused for a second:
     a clean of many jobs reads /proc once)."""
     global _scan
@@ -80,7 +80,7 @@ def _command_lines() -> list[bytes]:
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/cmdline", "rb") as f:
-                    lines.append(f.read())
+                    lines.append((name, f.read()))
             except OSError:
                 pass  # (gone meanwhile)
     _scan = (now, lines)
@@ -94,4 +94,11 @@ def works_for(pid: int, start: object) -> bool:
     if start is None:
         return False
     marker = f'"wrenpack-owner={pid}:{start}"'.encode()
-    return any(marker in line for line in _command_lines())
+    for name, line in _command_lines():
+        if marker in line:
+            try:
+                if os.stat(f"/proc/{name}").st_uid == os.geteuid():  # (another user's copy of it counts for nothing)
+                    return True
+            except OSError:
+                pass
+    return False
