@@ -62,6 +62,7 @@ from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.executor.prepared import Prepared
+from wrenpack.executor.termination import exit_on_sigterm
 from wrenpack.futures import WrenFuture, _check_timeout, as_list
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.storage import Store, store_for_config
@@ -134,6 +135,7 @@ class Executor(CallTable, cf.Executor):
         #: whether this executor's backend bills calls as Lambda does (known once it has one): ``report``
         self._billed_per_call: bool | None = None
         _executors.add(self)
+        exit_on_sigterm()
         if backend_obj is not None:
             self._billed_per_call = backend_obj.capabilities.billed_per_call
             self._release_when_dropped(backend_obj)

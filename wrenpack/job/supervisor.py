@@ -61,6 +61,9 @@ def main() -> int:
     redact.install(logging.getLogger().handlers)  # no job secret in the log
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a terminal's keys and hang-up do not reach a spawned job
+    from wrenpack.executor.termination import leave_default
+
+    leave_default()  # (its executor would otherwise stop the job's calls on SIGTERM, as a driver's does)
     # The spawning process's own bytes, from its pipe: its sys.path, then the job.
     head = json.loads(sys.stdin.buffer.readline())
     sys.path[:0] = [p for p in head["sys_path"] if p not in sys.path]
