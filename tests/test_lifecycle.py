@@ -479,6 +479,18 @@ def test_clean_stale_waits_out_the_late_writes_of_calls_that_outlive_their_drive
     out = json.loads(capsys.readouterr().out)
     assert out["awaiting_late_writes"] == {} and store.list("jobs/") == []
 
+    # A driver's exit names the calls it stopped (``running``): once each has its result, none will
+    # write again and the job goes at once; until then, its record stays.
+    for job, results in (("stopped", ["00000", "00001"]), ("stopping", ["00000"])):
+        store.put(keys.owner_key(job), json.dumps(gone(job, 1530.0, running=["00000", "00001"])).encode())
+        for cid in results:
+            store.put(keys.result_key(job, cid), b"r")
+    assert _clean(tmp_path, "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 2 and set(out["awaiting_late_writes"]) == {"stopping"}
+    assert store.list("jobs/") == [keys.owner_key("stopping")]
+    store.delete_prefix(keys.job_prefix("stopping"))
+
     # A late_s nobody sealed decides nothing: the record does not verify, the job is kept as unknown.
     forged = dict(gone("forged", 1530.0), late_s=10**9)
     store.put(keys.owner_key("forged"), json.dumps(forged).encode())

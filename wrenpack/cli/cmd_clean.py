@@ -206,13 +206,19 @@ def _late_writes_until(store: Any, owner_key: str, record_id: str, key: bytes, n
     """Until when a stale job's (or map_reduce's) calls may still write, if that is still
     ahead: its sealed owner record says how long they may run on after their driver
     (``late_s``, on Lambda); the first clean that finds the driver gone marks the record
-    (``swept``, sealed again) and the wait counts from then. None: they can no longer."""
+    (``swept``, sealed again) and the wait counts from then. None: they can no longer
+    (that time has passed, or the calls its driver's exit stopped, ``running``, have
+    all written their results)."""
     try:
         record = owner_record.loads(store.get(owner_key))
     except (ObjectNotFound, StoreError, ValueError):
         return None
     late = record.get("late_s")
     if type(late) not in (int, float) or not late > 0 or not owner_record.verify(key, record_id, record):
+        return None
+    running = record.get("running")  # (the calls its driver's exit stopped: once each has its result, none writes)
+    if isinstance(running, list) and all(isinstance(c, str) and store.exists(keys.result_key(record_id, c))
+                                         for c in running):
         return None
     swept = record.get("swept")
     if type(swept) not in (int, float):

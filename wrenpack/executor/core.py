@@ -60,7 +60,7 @@ from wrenpack.executor.batching import check_chunksize
 from wrenpack.executor.calls import MIN_WINDOW, WINDOW_PER_SLOT, CallTable, RunningJob, os_reason
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, resolve_options
-from wrenpack.executor.owner import owner_record
+from wrenpack.executor.owner import mark_still_running, owner_record
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import exit_on_sigterm
 from wrenpack.futures import WrenFuture, _check_timeout, as_list
@@ -704,6 +704,14 @@ class Executor(CallTable, cf.Executor):
             stopped = set(sent)
         with self._lock:
             self._outliving.update(job_id for job_id, _cid in sent)
+        by_job: dict[str, list[str]] = {}
+        for job_id, cid in sent:
+            by_job.setdefault(job_id, []).append(cid)
+        for job_id, cids in by_job.items():
+            try:
+                mark_still_running(self.store, job_id, cids)
+            except Exception:  # noqa: BLE001 - `clean --stale` then keeps the record for its late_s
+                log.debug("could not name the calls of job %s still running in its owner record", job_id, exc_info=True)
         return stopped
 
     def _exit(self) -> None:

@@ -10,6 +10,7 @@ the owner from a new process that reuses its pid.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import stat
 import time
 from typing import Any
 
+from wrenpack import keys
 from wrenpack.executor.environ import getenv
 from wrenpack.process_state import start_time, works_for
 from wrenpack.wire import owner as owner_wire
@@ -170,3 +172,23 @@ def owner_state(job_id: str, record: dict[str, Any] | None, key: bytes | None) -
     if start_time(record["pid"]) is None:
         return "live", f"its owner (pid {record.get('pid')}) is gone, but its workers still end their calls"
     return "live", f"its owner (pid {record.get('pid')}) still runs"
+
+
+def mark_still_running(store: Any, job_id: str, call_ids: list[str]) -> None:
+    """At exit, where calls outlive their driver (stopped by their cancel markers, they
+    write their results soon after): the job's owner record names the calls still
+    running, so that ``wrenpack clean --stale`` removes the whole job as soon as each
+    has its result in the store, rather than keeping the record for the record's
+    ``late_s`` (as it must for a killed driver's, which names nothing)."""
+    key = user_key(create=False)
+    if key is None:
+        return
+    try:
+        record = owner_wire.loads(store.get(keys.owner_key(job_id)))
+    except Exception:  # noqa: BLE001 - no record to mark: `clean --stale` then waits out late_s
+        return
+    if not owner_wire.verify(key, job_id, record):
+        return
+    marked = {k: v for k, v in record.items() if k != "mac"}
+    marked["running"] = sorted(call_ids)
+    store.put(keys.owner_key(job_id), json.dumps(owner_wire.seal(key, job_id, marked)).encode())
