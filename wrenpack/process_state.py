@@ -2,8 +2,10 @@
 
 A local worker asks it of the processes it ended after a call, the local store
 of a temporary file's writer (``LocalStore.remove_stopped_writes``), the local
-backend of the driver that made a cgroup or work folder (``left_by_gone_process``). Worker
-side: the standard library only."""
+backend of the driver that made a cgroup or work folder (``left_by_gone_process``);
+``wrenpack clean --stale`` whether a gone driver's local workers still run (``works_for``,
+from the marker ``worker_marker`` puts in their command lines). Worker side: the
+standard library only."""
 from __future__ import annotations
 
 import os

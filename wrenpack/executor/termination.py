@@ -39,7 +39,7 @@ def exit_on_sigterm() -> None:
     pid = os.getpid()
     if _installed_in == pid or threading.current_thread() is not threading.main_thread():
         return
-    if "wrenpack.worker.handler" in sys.modules:  # a worker (local or Lambda), or a job's supervisor's
+    if "wrenpack.worker.handler" in sys.modules:  # a worker (local or Lambda): its own handling
         return
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -64,6 +64,7 @@ _first: float | None = None
 
 
 def _stop(signum: int, frame: Any) -> None:
+    """The handler: the first SIGTERM raises SystemExit in the main thread."""
     global _first
     if os.getpid() != _installed_in:  # a forked child: the default action, as before
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
