@@ -110,14 +110,14 @@ def test_newline_chunks_split_no_record_and_lose_none(data, chunk):
     by_key: dict[str, list[bytes]] = {}
     for r in pickle.loads(pickle.dumps(ranges)):
         by_key.setdefault(r.key, []).extend(r.records())
-    assert by_key["data/t/a.txt"] == lines
-    assert by_key["data/t/b.txt"] == lines
-    assert by_key["data/t/c.txt"] == []
-    assert by_key["data/t/d.txt"] == [b"one-long-record-" * 20]
+    assert by_key["t/a.txt"] == lines
+    assert by_key["t/b.txt"] == lines
+    assert by_key["t/c.txt"] == []
+    assert by_key["t/d.txt"] == [b"one-long-record-" * 20]
     # The aligned ranges tile each object exactly.
-    for key in ("data/t/a.txt", "data/t/b.txt"):
+    for key in ("t/a.txt", "t/b.txt"):
         spans = [r.bounds() for r in ranges if r.key == key]
-        assert spans[0][0] == 0 and spans[-1][1] == data.store.size(key)
+        assert spans[0][0] == 0 and spans[-1][1] == data.size(key)
         assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
 
 
@@ -170,7 +170,10 @@ def test_one_range_per_object_without_chunk_size(data):
     _write(data, "o/1", b"a\nb")
     _write(data, "o/2", b"")
     ranges = data.objects("o/")
-    assert [(r.key, r.size, r.parts) for r in ranges] == [("data/o/1", 3, 1), ("data/o/2", 0, 1)]
+    # A range's key is the one put() was given and get() takes (before: "data/o/1", which get() did not find).
+    assert [(r.key, r.size, r.parts) for r in ranges] == [("o/1", 3, 1), ("o/2", 0, 1)]
+    assert [data.get(r.key) for r in ranges] == [b"a\nb", b""] and ranges[0].name == "1"
+    assert ranges[0].stored_key == "data/o/1" and ranges[0].url.endswith("/data/o/1")
     assert ranges[0].read() == b"a\nb" and ranges[1].read() == b""
     assert len(pickle.dumps(ranges[0])) < 400  # a handle, not the data
 
@@ -210,7 +213,7 @@ def test_map_over_stored_chunks_reads_in_the_worker(remote, executor):
     assert len(ranges) > 4
     got = wrenpack.get(remote(count).map(ranges))
     assert sum(n for _, n, _ in got) == 500
-    assert {k for k, _, _ in got} == {"data/m/a.txt", "data/m/b.txt"}
+    assert {k for k, _, _ in got} == {"m/a.txt", "m/b.txt"}
     s.delete_prefix("m/")
 
 

@@ -74,9 +74,9 @@ def test_reducer_per_object(executor):
         return sum(int(x) for x in r.records())
 
     out = wrenpack.map_reduce(total, ranges, sum, per_object=True, executor=executor).result(timeout=120)
-    assert out == {"data/po/a.txt": sum(range(100)), "data/po/b.txt": sum(range(100, 130))}
+    assert out == {"po/a.txt": sum(range(100)), "po/b.txt": sum(range(100, 130))}
     out = wrenpack.map_reduce(total, ranges, sum, per_object=True, fan_in=2, executor=executor).result(timeout=120)
-    assert out == {"data/po/a.txt": sum(range(100)), "data/po/b.txt": sum(range(100, 130))}
+    assert out == {"po/a.txt": sum(range(100)), "po/b.txt": sum(range(100, 130))}
     s.delete_prefix("po/")
     assert _left(executor) == []
 

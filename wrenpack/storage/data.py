@@ -250,7 +250,8 @@ class DataStore:
                 record_size: int | None = None) -> list["ObjectRange"]:
         """``wrenpack.objects`` over this handle's keys under ``prefix``."""
         found = [(k, s) for k, s in self.store.list_sizes(self.prefix + prefix)]
-        return _ranges(self.store.spec, found, chunk_size, delimiter, record_size, source=self.url(prefix))
+        return _ranges(self.store.spec, found, chunk_size, delimiter, record_size, source=self.url(prefix),
+                       prefix=self.prefix)
 
 
 def _reopen(spec: dict[str, Any], prefix: str) -> DataStore:
@@ -304,22 +305,30 @@ class ObjectRange:
     #: this chunk's number within its object, and how many chunks the object has
     part: int = 0
     parts: int = 1
+    #: what the store puts before ``key`` (``data/`` for ``wrenpack.store()``'s objects, whose
+    #: ``key`` is the one ``put`` was given and ``get`` takes)
+    prefix: str = ""
     _bounds: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_bounds"} | {"_bounds": None}
 
     @property
+    def stored_key(self) -> str:
+        """The object's key in its store (``prefix`` + ``key``)."""
+        return self.prefix + self.key
+
+    @property
     def url(self) -> str:
         if self.spec.get("type") == "s3":
-            return f"s3://{self.spec['bucket']}/" + (f"{self.spec['prefix']}/" if self.spec.get("prefix") else "") + self.key
+            return f"s3://{self.spec['bucket']}/" + (f"{self.spec['prefix']}/" if self.spec.get("prefix") else "") + self.stored_key
         if self.spec.get("type") in ("local", "files"):
-            return os.path.join(self.spec["root"], self.key)
-        return self.key
+            return os.path.join(self.spec["root"], self.stored_key)
+        return self.stored_key
 
     @property
     def name(self) -> str:
-        """The object's last path component (``a.txt`` of ``data/logs/a.txt``)."""
+        """The object's last path component (``a.txt`` of ``logs/a.txt``)."""
         return self.key.rsplit("/", 1)[-1]
 
     def _store(self) -> Store:
@@ -332,8 +341,8 @@ class ObjectRange:
                 self._bounds = (self.start, self.end)
             else:
                 store = self._store()
-                a = _record_start(store, self.key, self.start, self.size, self.delimiter)
-                b = a if a >= self.end else _record_start(store, self.key, self.end, self.size, self.delimiter)
+                a = _record_start(store, self.stored_key, self.start, self.size, self.delimiter)
+                b = a if a >= self.end else _record_start(store, self.stored_key, self.end, self.size, self.delimiter)
                 self._bounds = (a, max(a, b))
         return self._bounds
 
@@ -341,20 +350,20 @@ class ObjectRange:
         """The range's bytes (whole records only)."""
         a, b = self.bounds()
         if a == 0 and b == self.size and self.parts == 1:
-            return self._store().get(self.key)
-        return self._store().get_range(self.key, a, b)
+            return self._store().get(self.stored_key)
+        return self._store().get_range(self.stored_key, a, b)
 
     def buffer(self) -> Any:
         """The range's bytes (whole records only) as a read-only buffer: on the local
         store the object's file mapped, nothing copied (``numpy.frombuffer`` of it
         reads the store's pages); elsewhere the bytes ``read`` returns."""
         a, b = self.bounds()
-        return self._store().get_range_buffer(self.key, a, b)
+        return self._store().get_range_buffer(self.stored_key, a, b)
 
     def open(self) -> io.BufferedReader:
         """A binary stream over the range, read in blocks as it is consumed."""
         a, b = self.bounds()
-        return _stream(self._store(), self.key, a, b)
+        return _stream(self._store(), self.stored_key, a, b)
 
     def records(self) -> Iterator[bytes]:
         """The range's records as bytes, without their delimiter (the last one may lack it)."""
@@ -594,7 +603,8 @@ def _stream(store: Store, key: str, start: int, end: int) -> io.BufferedReader:
 
 
 def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int | None, delimiter: bytes | None,
-            record_size: int | None, source: str) -> list[ObjectRange]:
+            record_size: int | None, source: str, prefix: str = "") -> list[ObjectRange]:
+    """The ranges of the objects ``found`` (their stored keys, each under ``prefix``, and sizes)."""
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise ConfigError(f"chunk_size={chunk_size!r} must be a whole number of bytes, at least 1")
     if record_size is not None and (not isinstance(record_size, int) or isinstance(record_size, bool) or record_size < 1):
@@ -612,9 +622,10 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
     if step is not None and record_size is not None:
         step = max(record_size, step // record_size * record_size)
     out: list[ObjectRange] = []
-    for key, size in found:
+    for stored, size in found:
+        key = stored[len(prefix):]
         if step is None or size <= step:
-            out.append(ObjectRange(spec, key, 0, size, size, delimiter, record_size))
+            out.append(ObjectRange(spec, key, 0, size, size, delimiter, record_size, prefix=prefix))
             continue
         edges = list(range(0, size, step))
         if record_size is not None and size - edges[-1] < record_size and len(edges) > 1:
@@ -622,7 +633,7 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
         edges.append(size)
         parts = len(edges) - 1
         for i in range(parts):
-            out.append(ObjectRange(spec, key, edges[i], edges[i + 1], size, delimiter, record_size, i, parts))
+            out.append(ObjectRange(spec, key, edges[i], edges[i + 1], size, delimiter, record_size, i, parts, prefix))
     return out
 
 
