@@ -50,6 +50,9 @@ log = logging.getLogger("wrenpack.job.supervisor")
 
 #: the progress record is written at most this often (s), and the cancel marker looked for
 PROGRESS_S = 0.5
+#: the error kind of a failure this process records for a call (``wire.outcome.error_tuple``): its
+#: message names the call already, so ``rebuild_exception`` keeps it as it is (only "wrenpack" is relabelled)
+LABELLED = "wrenpack-labelled"
 
 
 def main() -> int:
@@ -184,7 +187,9 @@ class Supervisor:
                                                       "error", now, now, None, None, "", 0, "", None)
         record.update(exit="error", error=type(exc).__name__)
         try:
-            outcome = cloudpickle.dumps(error_tuple(exc, "wrenpack", ""))
+            # (kind LABELLED: the executor here already named the call in the message; an attached
+            # process relabels "wrenpack" errors, which read "f[0]: f[0]: the worker process died")
+            outcome = cloudpickle.dumps(error_tuple(exc, LABELLED, ""))
             blob = result_format.seal_result(self.secret, self.job_id, fut.call_id, record, outcome)
             self.store.put(keys.result_key(self.job_id, fut.call_id), blob, if_absent=True)
         except Exception:  # noqa: BLE001 - an attached process then reports the call lost
