@@ -296,6 +296,17 @@ class Job:
         counts = {name: int(progress.get(name, 0)) for name in ("done", "failed", "running", "queued", "cancelled")}
         if not progress:
             counts["queued"] = self.calls
+        if state == "lost":
+            # Its supervisor is gone: what it last counted as queued never starts, and what it counted
+            # as running ended with it (the futures fail with WorkerLost), except calls sent where they
+            # outlive it (Lambda), which may still end until the latest they could (as ``_watch_round``).
+            waiting = 0
+            if progress.get("outlive"):
+                timeout = float((self.record.get("settings") or {}).get("timeout") or 900)
+                if time.time() < float(progress.get("updated") or 0) + timeout + IN_FLIGHT_GRACE_S:
+                    waiting = min(counts["running"], len(progress.get("in_flight") or ()))
+            counts["failed"] += counts["queued"] + counts["running"] - waiting
+            counts["running"], counts["queued"] = waiting, 0
         settings = self.record.get("settings") or {}
         cost = lambda_cost(float(settings.get("memory", 1024)), float(progress.get("billed_ms", 0)),
                            int(progress.get("invocations", 0)), str(settings.get("architecture", "x86_64")))
