@@ -1,0 +1,93 @@
+"""Spawned jobs probed from outside (the probe-jobs helper): what an attached
+process and ``wrenpack jobs`` are told, in the cases the other job tests leave out.
+
+Each test failed before the fix its docstring names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import wrenpack
+from tests.test_jobs import _cli, _record, _store
+from wrenpack import keys
+from wrenpack.executor.owner import user_key
+from wrenpack.job.client import open_job
+from wrenpack.wire import job_record, owner as owner_wire
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A store and an owner key of this test's own, in the environment (so subprocesses share them)."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WRENPACK_STORAGE", str(tmp_path / "store"))
+    return tmp_path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _lost_job(store, job_id: str, progress: dict, calls: int = 6, timeout: float = 3.0):
+    """A spawned job whose supervisor (a process that has ended) last wrote ``progress``."""
+    key = user_key()
+    record = _record(job_id, calls=calls)
+    record["settings"]["timeout"] = timeout
+    store.put(keys.job_record_key(job_id), job_record.seal_job(key, job_id, record))
+    owner = {"host": socket.gethostname(), "pid": _dead_pid(), "start": "1", "created": time.time(), "label": "f"}
+    store.put(keys.owner_key(job_id), owner_wire.dumps(owner_wire.seal(key, job_id, owner)))
+    job = open_job(store, job_id)
+    progress = dict({"state": "running", "invocations": 0, "billed_ms": 0, "updated": time.time(), "ended": None},
+                    **progress)
+    store.put(keys.progress_key(job_id), job_record.seal_progress(job._secret, job_id, progress))
+    return job
+
+
+def test_a_lost_jobs_counts_say_that_nothing_of_it_runs_or_waits(home):
+    """A job whose supervisor died showed its last counts ("lost: 1 done, 0 failed, 2 running,
+    3 queued" in `wrenpack jobs show`, 1/0/2/3 in the list) although nothing of it runs any more
+    and its futures have all failed with WorkerLost: the calls it had not finished count as failed."""
+    store = _store()
+    job = _lost_job(store, "20260101-000000-10570001",
+                    {"done": 1, "failed": 0, "running": 2, "queued": 3, "cancelled": 0, "in_flight": []})
+    status = job.status()
+    assert status["state"] == "lost"
+    assert (status["done"], status["failed"], status["running"], status["queued"]) == (1, 5, 0, 0), status
+    listed = _cli("jobs", "--json")
+    row = next(r for r in json.loads(listed.stdout)["jobs"] if r["id"] == job.id)
+    assert (row["state"], row["running"], row["queued"], row["failed"]) == ("lost", 0, 0, 5), row
+    shown = _cli("jobs", "show", job.id)
+    assert "lost: 1 done, 5 failed, 0 running, 0 queued" in shown.stdout, shown.stdout
+
+    # On Lambda the calls it had sent run on: they count as running until the latest they could end.
+    sent = _lost_job(store, "20260101-000000-10570002",
+                     {"done": 1, "failed": 0, "running": 2, "queued": 3, "cancelled": 0, "outlive": True,
+                      "in_flight": [keys.call_id(1), keys.call_id(2)]})
+    status = sent.status()
+    assert (status["state"], status["running"], status["queued"], status["failed"]) == ("lost", 2, 0, 3), status
+
+
+def test_a_failure_its_supervisor_records_names_the_call_once(home):
+    """A call that failed without a result of its own (here its worker died) read
+    "crash[0]: crash[0]: the worker process died ..." in an attached process: the supervisor
+    stored the executor's message, which names the call, and the attached side named it again."""
+
+    def crash(x):
+        if x == 0:
+            os._exit(3)
+        return x
+
+    job = wrenpack.remote(crash).options(retries=0, timeout=30).spawn_map(range(2))
+    futs = job.futures()
+    with pytest.raises(wrenpack.WorkerCrashed) as err:
+        futs[0].result(timeout=60)
+    assert str(err.value).startswith(f"{futs[0].label}: the worker process died"), str(err.value)
+    assert futs[1].result(timeout=60) == 1
