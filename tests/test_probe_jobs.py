@@ -91,3 +91,36 @@ def test_a_failure_its_supervisor_records_names_the_call_once(home):
         futs[0].result(timeout=60)
     assert str(err.value).startswith(f"{futs[0].label}: the worker process died"), str(err.value)
     assert futs[1].result(timeout=60) == 1
+
+
+def test_calls_a_job_sent_to_lambda_are_running_to_an_attached_process(home):
+    """On Lambda a call writes a start mark only after it waited in Lambda's queue (the backend sets
+    the event's mark_start_after), so an attached process showed every running call of a spawned job
+    there as queued: futures never running(), statuses() and `jobs show` "queued" while the job's
+    counts said "4 running" (seen on the emulated Lambda). The calls its supervisor has sent (its
+    progress record's in_flight) are running; once it died, until the latest they could end."""
+    from wrenpack.executor.owner import owner_record
+
+    store = _store()
+    job = _lost_job(store, "20260101-000000-5e070001",
+                    {"done": 0, "failed": 0, "running": 2, "queued": 4, "cancelled": 0, "outlive": True,
+                     "in_flight": [keys.call_id(0), keys.call_id(1)]})
+    store.put(keys.owner_key(job.id), json.dumps(owner_record("f", job.id)).encode())  # its supervisor: this process
+    assert job.status()["state"] == "running"
+    assert [s["state"] for s in job.statuses()] == ["running"] * 2 + ["queued"] * 4
+    futs = job.futures()
+    end = time.monotonic() + 10
+    while not futs[1].running() and time.monotonic() < end:
+        time.sleep(0.05)
+    assert [f.running() for f in futs] == [True] * 2 + [False] * 4
+    store.put(keys.progress_key(job.id), job_record.seal_progress(job._secret, job.id, {  # (its watcher ends)
+        "state": "cancelled", "done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 6, "invocations": 0,
+        "billed_ms": 0, "updated": time.time(), "ended": time.time()}))
+    assert job.wait(10)
+
+    # its supervisor died: the calls it had sent may still end; the others are lost
+    lost = _lost_job(store, "20260101-000000-5e070002",
+                     {"done": 0, "failed": 0, "running": 2, "queued": 4, "cancelled": 0, "outlive": True,
+                      "in_flight": [keys.call_id(0), keys.call_id(1)]})
+    assert lost.status()["state"] == "lost"
+    assert [s["state"] for s in lost.statuses()] == ["running"] * 2 + ["lost"] * 4

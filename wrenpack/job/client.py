@@ -300,11 +300,7 @@ class Job:
             # Its supervisor is gone: what it last counted as queued never starts, and what it counted
             # as running ended with it (the futures fail with WorkerLost), except calls sent where they
             # outlive it (Lambda), which may still end until the latest they could (as ``_watch_round``).
-            waiting = 0
-            if progress.get("outlive"):
-                timeout = float((self.record.get("settings") or {}).get("timeout") or 900)
-                if time.time() < float(progress.get("updated") or 0) + timeout + IN_FLIGHT_GRACE_S:
-                    waiting = min(counts["running"], len(progress.get("in_flight") or ()))
+            waiting = min(counts["running"], len(self._outliving(progress)))
             counts["failed"] += counts["queued"] + counts["running"] - waiting
             counts["running"], counts["queued"] = waiting, 0
         settings = self.record.get("settings") or {}
@@ -314,6 +310,17 @@ class Job:
                 "created": self.created, "updated": progress.get("updated"), "ended": progress.get("ended"),
                 "invocations": int(progress.get("invocations", 0)), "billed_ms": float(progress.get("billed_ms", 0)),
                 "cost": cost}
+
+    def _outliving(self, progress: dict[str, Any]) -> set[str]:
+        """The calls its supervisor had sent where calls outlive it (Lambda), when it died:
+        they may still end until their timeout plus ``IN_FLIGHT_GRACE_S`` after its last
+        progress record (``_watch_round`` waits for them that long)."""
+        if not progress.get("outlive"):
+            return set()
+        timeout = float((self.record.get("settings") or {}).get("timeout") or 900)
+        if time.time() >= float(progress.get("updated") or 0) + timeout + IN_FLIGHT_GRACE_S:
+            return set()
+        return {cid for cid in progress.get("in_flight") or () if isinstance(cid, str)}
 
     def statuses(self) -> list[dict[str, Any]]:
         """One record per call, in call order: the status record its worker wrote
@@ -326,6 +333,10 @@ class Job:
         # call without one was cancelled or lost; while it runs (or is "starting"), such a call is
         # running or queued.
         state = self.status()["state"]
+        progress = self.progress() or {}
+        # calls sent to Lambda: running while the job runs, and after its supervisor died until they could end
+        sent = _sent(progress) if state in ("running", "cancelling") else self._outliving(progress) if state == "lost" \
+            else set()
         ended = {"cancelled": "cancelled", "cancelling": "cancelled", "done": "lost", "failed": "lost",
                  "lost": "lost"}.get(state)
         finished: dict[str, dict[str, Any]] = {}
@@ -348,10 +359,12 @@ class Job:
             cid = keys.call_id(i)
             if cid in finished:
                 out.append(finished[cid])
-            elif cid in started:
+            elif cid in started or cid in sent:
                 # (a cancelled job spawned with cancellable=False lets its running calls run to their end)
                 stopped = ended if state != "cancelling" or self.stops_running else None
-                out.append({"call_id": cid, "state": stopped or "running", "start": started[cid]})
+                if cid in sent and state == "lost":
+                    stopped = None
+                out.append({"call_id": cid, "state": stopped or "running", "start": started.get(cid)})
             else:
                 out.append({"call_id": cid, "state": ended or "queued"})
         return out
@@ -523,6 +536,10 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
                 fut._resolve(False, JobNotFound(f"{fut.label}: {err}"))
         return True
     state = progress.get("state")
+    for cid in _sent(progress):  # (calls sent to Lambda mark no start of their own: ``_sent``)
+        fut = by_cid.get(cid)
+        if fut is not None and not fut.done():
+            fut._mark_running()
     alive: bool | None = True
     if state not in job_record.FINAL_STATES:
         alive, _owner = job.supervisor()
@@ -549,6 +566,17 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
             return False
         _fail_rest(job, futs, False, why)
     return True
+
+
+def _sent(progress: dict[str, Any]) -> set[str]:
+    """The calls a running job's supervisor has sent where calls outlive it (Lambda) and
+    that have not ended (its progress record's ``in_flight``): they count as running, as
+    its counts say. A call there writes a start mark only after it waited in Lambda's
+    queue (the backend sets the event's ``mark_start_after``), so without this an
+    attached process saw every running call of a job on Lambda as queued."""
+    if not progress.get("outlive") or progress.get("state") != "running":
+        return set()
+    return {cid for cid in progress.get("in_flight") or () if isinstance(cid, str)}
 
 
 def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None:
