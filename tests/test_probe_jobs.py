@@ -124,3 +124,30 @@ def test_calls_a_job_sent_to_lambda_are_running_to_an_attached_process(home):
                       "in_flight": [keys.call_id(0), keys.call_id(1)]})
     assert lost.status()["state"] == "lost"
     assert [s["state"] for s in lost.statuses()] == ["running"] * 2 + ["lost"] * 4
+
+
+def test_a_call_stopped_by_the_jobs_cancel_is_shown_cancelled_not_failed(home):
+    """On Lambda a running call that a cancel stops ends with an outcome of its own (CallCancelled,
+    its status record marked cancelled); `jobs show` of the cancelled job listed it as
+    "failed 2.181 s, peak None MB, attempts 1 (error)" under "0 failed, 6 cancelled" (seen on the
+    emulated Lambda)."""
+    import cloudpickle
+
+    from wrenpack.errors import CallCancelled
+    from wrenpack.wire import result as result_format, status as status_record
+    from wrenpack.wire.outcome import error_tuple
+
+    store = _store()
+    job = _lost_job(store, "20260101-000000-ca9ce101",
+                    {"state": "cancelled", "done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 2,
+                     "ended": time.time()}, calls=2)
+    now = time.time()
+    record = status_record.record(job.id, keys.call_id(0), 0, 0, "error", now - 2.0, now, None, None, "h", 1, "3.11", None)
+    record["cancelled"] = True
+    outcome = cloudpickle.dumps(error_tuple(CallCancelled("f[0] was cancelled while it ran"), "wrenpack", ""))
+    store.put(keys.result_key(job.id, keys.call_id(0)), result_format.seal_result(job._secret, job.id, keys.call_id(0),
+                                                                                    record, outcome))
+    assert [s["state"] for s in job.statuses()] == ["cancelled", "cancelled"]
+    shown = _cli("jobs", "show", job.id)
+    line = next(x for x in shown.stdout.splitlines() if x.strip().startswith(keys.call_id(0)))
+    assert "cancelled" in line and "failed" not in line and "(error)" not in line and "None" not in line, line

@@ -351,8 +351,10 @@ class Job:
             except (ObjectNotFound, CorruptObject) as exc:
                 log.warning("%s", exc)
                 continue
-            finished[cid] = dict(status, call_id=cid, state="done" if status.get("exit") == "ok" else "failed",
-                                 attempts=int(status.get("attempt") or 0) + 1)
+            # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
+            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
+            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
+            finished[cid] = dict(status, call_id=cid, state=ended_as, attempts=int(status.get("attempt") or 0) + 1)
         started = self._starts()
         out = []
         for i in range(self.calls):
