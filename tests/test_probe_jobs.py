@@ -151,3 +151,43 @@ def test_a_call_stopped_by_the_jobs_cancel_is_shown_cancelled_not_failed(home):
     shown = _cli("jobs", "show", job.id)
     line = next(x for x in shown.stdout.splitlines() if x.strip().startswith(keys.call_id(0)))
     assert "cancelled" in line and "failed" not in line and "(error)" not in line and "None" not in line, line
+
+
+def test_a_cancelled_jobs_cost_counts_the_calls_its_cancel_stopped(tmp_path):
+    """On Lambda the calls a cancel stops run on until they see the marker, are billed, and write
+    an outcome of their own; the supervisor counted nothing of them ("billed; 3 invocations,
+    0.000 s" for three calls billed 2.2 s each on the emulated Lambda). It now waits (bounded) for
+    those outcomes and counts their time."""
+    import threading
+
+    import cloudpickle
+
+    from wrenpack.errors import CallCancelled
+    from wrenpack.job import supervisor as sup_module
+    from wrenpack.storage.local import LocalStore
+    from wrenpack.wire import result as result_format, status as status_record
+    from wrenpack.wire.outcome import error_tuple
+
+    sup = object.__new__(sup_module.Supervisor)
+    sup.job_id, sup.secret, sup.store = "20261206-050000-abcdef13", b"s" * 32, LocalStore(str(tmp_path / "s"))
+    sup.futures, sup.stopped, sup.cancelled = [], {keys.call_id(0), keys.call_id(1)}, True
+    sup.billed_ms, sup.invocations, sup.outlive = 0, 2, True
+    sup._lock, sup._written = threading.Lock(), None
+
+    def late_outcome():  # (written while the supervisor waits, as a stopped call's is)
+        time.sleep(0.3)
+        now = time.time()
+        record = status_record.record(sup.job_id, keys.call_id(0), 0, 0, "error", now - 2.2, now, None, None, "h", 1,
+                                      "3.11", None)
+        record["cancelled"] = True
+        outcome = cloudpickle.dumps(error_tuple(CallCancelled("f[0] was cancelled while it ran"), "wrenpack", ""))
+        sup.store.put(keys.result_key(sup.job_id, keys.call_id(0)),
+                      result_format.seal_result(sup.secret, sup.job_id, keys.call_id(0), record, outcome))
+
+    writer = threading.Thread(target=late_outcome)
+    writer.start()
+    t = time.monotonic()
+    assert sup._bill_stopped(1.5) is True  # call 1 never writes one: waited for until the bound
+    writer.join()
+    assert 1.4 < time.monotonic() - t < 5
+    assert 2200 <= sup.billed_ms <= 2201  # (ceil of 2.2 s as a float)

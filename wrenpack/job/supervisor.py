@@ -35,7 +35,7 @@ from typing import Any
 
 import cloudpickle
 
-from wrenpack import keys
+from wrenpack import auth, keys
 from wrenpack.backends import backend_names, register_backend
 from wrenpack.errors import CorruptObject, ObjectNotFound
 from wrenpack.executor import Executor, Prepared
@@ -161,7 +161,52 @@ class Supervisor:
         self._write_final(state)
         log.info("job %s: %s", job_id, state)
         self.executor.shutdown(wait=True)
+        # Calls the cancel stopped where calls outlive this process (Lambda) end on their own, a
+        # little later: waited for (so `wrenpack clean` keeps the job until they have written), and billed.
+        wait_s = float(options.timeout) + self.STOPPED_GRACE_S if self.outlive else 0.0
+        if self.stopped and self._bill_stopped(wait_s):
+            self._write_final(state)
         return 0
+
+    #: how long past the job's timeout the outcomes of calls a cancel stopped on Lambda are waited for (s)
+    STOPPED_GRACE_S = 30.0
+
+    def _bill_stopped(self, wait_s: float) -> bool:
+        """Count the billed time of the calls the job's cancel stopped while they ran, from the
+        outcomes they write (on Lambda a stopped call ends with one of its own, marked cancelled,
+        and its time is billed; before, a cancelled job's cost left it out), waiting up to
+        ``wait_s`` for them; whether any was found."""
+        pending, found = set(self.stopped), False
+        end = time.monotonic() + wait_s
+        while True:
+            for cid in sorted(pending):
+                key = keys.result_key(self.job_id, cid)
+                try:
+                    blob = self.store.get(key)
+                except ObjectNotFound:
+                    continue
+                except Exception:  # noqa: BLE001 - a store hiccup: look again
+                    log.debug("could not read %s", key, exc_info=True)
+                    continue
+                pending.discard(cid)
+                try:
+                    data = auth.unseal_view(self.secret, keys.identity(self.job_id, "result", cid), blob, key)
+                    status, _outcome = result_format.unpack(data, f"result object of call {cid}")
+                except CorruptObject as exc:
+                    log.warning("%s", exc)
+                    continue
+                duration = status.get("duration_s") if isinstance(status, dict) else None
+                if type(duration) in (int, float) and math.isfinite(duration) and duration > 0:
+                    with self._lock:
+                        self.billed_ms += math.ceil(float(duration) * 1000)
+                    found = True
+            if not pending or time.monotonic() >= end:
+                break
+            time.sleep(PROGRESS_S)
+        if pending and wait_s > 0:
+            log.warning("job %s: %d call(s) stopped by its cancel wrote no outcome within %.0f s; their time is "
+                        "not in its cost", self.job_id, len(pending), wait_s)
+        return found
 
     # -- calls ending ----------------------------------------------------------------
     def _ended(self, fut: WrenFuture) -> None:
