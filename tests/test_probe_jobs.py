@@ -191,3 +191,20 @@ def test_a_cancelled_jobs_cost_counts_the_calls_its_cancel_stopped(tmp_path):
     writer.join()
     assert 1.4 < time.monotonic() - t < 5
     assert 2200 <= sup.billed_ms <= 2201  # (ceil of 2.2 s as a float)
+
+
+def test_a_running_job_whose_record_was_overwritten_is_not_removed_by_clean(home):
+    """Whoever can write to the store could replace a running spawned job's record (job.json) with
+    anything: `clean` then judged the job "unknown", so `wrenpack clean ID` and `clean --stale --force`
+    removed it while its supervisor ran, which went on writing into the removed folder (objects no
+    record owns, kept by every later --stale). Its sealed owner record still says that it runs."""
+    from wrenpack.executor.owner import owner_record
+
+    store = _store()
+    job_id = "20260101-000000-f0a9ed01"
+    store.put(keys.owner_key(job_id), json.dumps(owner_record("f", job_id)).encode())  # its supervisor: this process
+    store.put(keys.job_record_key(job_id), b'{"spawned": true, "calls": 1}')  # a stranger's
+    for args in (("clean", job_id), ("clean", job_id, "--force"), ("clean", "--stale", "--force"),
+                 ("clean", "--all", "--force")):
+        _cli(*args)
+        assert store.exists(keys.owner_key(job_id)) and store.exists(keys.job_record_key(job_id)), args

@@ -677,6 +677,15 @@ def _plain_row(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
             "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified and record else None}
 
 
+def _verified_owner(store: Store, job_id: str, key: bytes) -> dict[str, Any] | None:
+    """The job's owner record if it is sealed with ``key`` for ``job_id``, else None."""
+    try:
+        record = owner_wire.loads(store.get(keys.owner_key(job_id)))
+    except (ObjectNotFound, ValueError):
+        return None
+    return record if owner_wire.verify(key, job_id, record) else None
+
+
 def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, str] | None:
     """How ``wrenpack clean`` may treat a spawned job: ("live", why) while its
     supervisor runs, ("retained", why) until its retention ends, ("expired", why)
@@ -692,6 +701,14 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
     except CorruptObject:
         if key is None:  # (nothing to check it with: not a sign that it is another user's)
             return "unknown", f"there is no owner key ({key_path()}) to check its job record with"
+        # A record anyone who can write to the store may have replaced: the sealed owner record
+        # still says whether the process that runs the job's calls lives (before, `clean ID` and
+        # `clean --stale --force` removed a running job whose record had been overwritten, and its
+        # supervisor went on writing into the removed folder).
+        owner = _verified_owner(store, job_id, key)
+        if owner is not None and owner_alive(owner):
+            return "live", (f"its job record is not sealed with your owner key (forged?), but its sealed owner "
+                            f"record says its process (pid {owner.get('pid')}) still runs")
         return "unknown", "its job record is not sealed with your owner key (another user's, or forged)"
     assert key is not None
     job = Job(store, job_id, record, job_record.derive_secret(key, job_id))
