@@ -156,8 +156,9 @@ def test_a_call_stopped_by_the_jobs_cancel_is_shown_cancelled_not_failed(home):
 def test_a_cancelled_jobs_cost_counts_the_calls_its_cancel_stopped(tmp_path):
     """On Lambda the calls a cancel stops run on until they see the marker, are billed, and write
     an outcome of their own; the supervisor counted nothing of them ("billed; 3 invocations,
-    0.000 s" for three calls billed 2.2 s each on the emulated Lambda). It now waits (bounded) for
-    those outcomes and counts their time."""
+    0.000 s" for three calls billed 2.2 s each on the emulated Lambda), and counted a call that
+    finished before it saw the marker as cancelled ("0 done, 3 cancelled" beside three results).
+    It now waits (bounded) for those outcomes, counts their time and how each ended."""
     import threading
 
     import cloudpickle
@@ -172,7 +173,7 @@ def test_a_cancelled_jobs_cost_counts_the_calls_its_cancel_stopped(tmp_path):
     sup.job_id, sup.secret, sup.store = "20261206-050000-abcdef13", b"s" * 32, LocalStore(str(tmp_path / "s"))
     sup.futures, sup.stopped, sup.cancelled = [], {keys.call_id(0), keys.call_id(1)}, True
     sup.billed_ms, sup.invocations, sup.outlive = 0, 2, True
-    sup._lock, sup._written = threading.Lock(), None
+    sup._lock, sup._written, sup.settled = threading.Lock(), None, {}
 
     def late_outcome():  # (written while the supervisor waits, as a stopped call's is)
         time.sleep(0.3)
@@ -184,13 +185,20 @@ def test_a_cancelled_jobs_cost_counts_the_calls_its_cancel_stopped(tmp_path):
         sup.store.put(keys.result_key(sup.job_id, keys.call_id(0)),
                       result_format.seal_result(sup.secret, sup.job_id, keys.call_id(0), record, outcome))
 
+    # call 2 finished before it saw the marker: its result is there, and it counts as done
+    now = time.time()
+    done = status_record.record(sup.job_id, keys.call_id(2), 0, 0, "ok", now - 1.0, now, None, None, "h", 1, "3.11", None)
+    sup.store.put(keys.result_key(sup.job_id, keys.call_id(2)), result_format.seal_result(
+        sup.secret, sup.job_id, keys.call_id(2), done, cloudpickle.dumps(("ok", 2))))
+    sup.stopped.add(keys.call_id(2))
     writer = threading.Thread(target=late_outcome)
     writer.start()
     t = time.monotonic()
-    assert sup._bill_stopped(1.5) is True  # call 1 never writes one: waited for until the bound
+    sup._settle_stopped(1.5)  # call 1 never writes one: waited for until the bound
     writer.join()
     assert 1.4 < time.monotonic() - t < 5
-    assert 2200 <= sup.billed_ms <= 2201  # (ceil of 2.2 s as a float)
+    assert 3200 <= sup.billed_ms <= 3201  # (ceils of 2.2 s and 1 s as floats)
+    assert sup.settled == {keys.call_id(0): "cancelled", keys.call_id(2): "done"}
 
 
 def test_a_running_job_whose_record_was_overwritten_is_not_removed_by_clean(home):
@@ -208,3 +216,36 @@ def test_a_running_job_whose_record_was_overwritten_is_not_removed_by_clean(home
                  ("clean", "--all", "--force")):
         _cli(*args)
         assert store.exists(keys.owner_key(job_id)) and store.exists(keys.job_record_key(job_id)), args
+
+
+def test_a_call_that_finishes_while_its_job_is_being_cancelled_keeps_its_result(home):
+    """An attached process failed every call not yet done with CancelledError as soon as it saw the
+    cancel marker; on Lambda the stopped calls run on until they see it, and one that finishes first
+    stores its result: another process attached later got that result, statuses() said "done",
+    and the first process had called it cancelled. Futures now end with the job's final record."""
+    import concurrent.futures as cf
+
+    import cloudpickle
+
+    from wrenpack.executor.owner import owner_record
+    from wrenpack.wire import result as result_format, status as status_record
+
+    store = _store()
+    job = _lost_job(store, "20260101-000000-ca9ce102",
+                    {"done": 0, "failed": 0, "running": 2, "queued": 0, "cancelled": 0}, calls=2)
+    store.put(keys.owner_key(job.id), json.dumps(owner_record("f", job.id)).encode())  # its supervisor: this process
+    futs = job.futures()
+    assert job.cancel()
+    time.sleep(1.5)  # (the watcher looks for the marker and the job's state every second)
+    assert not any(f.done() for f in futs)
+    assert job.status()["state"] == "cancelling"
+    now = time.time()
+    record = status_record.record(job.id, keys.call_id(0), 0, 0, "ok", now - 1, now, None, None, "h", 1, "3.11", None)
+    store.put(keys.result_key(job.id, keys.call_id(0)), result_format.seal_result(
+        job._secret, job.id, keys.call_id(0), record, cloudpickle.dumps(("ok", 42))))
+    store.put(keys.progress_key(job.id), job_record.seal_progress(job._secret, job.id, {
+        "state": "cancelled", "done": 1, "failed": 0, "running": 0, "queued": 0, "cancelled": 1, "invocations": 2,
+        "billed_ms": 0, "updated": time.time(), "ended": time.time()}))
+    assert futs[0].result(timeout=10) == 42
+    with pytest.raises(cf.CancelledError):
+        futs[1].result(timeout=10)

@@ -524,10 +524,8 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
     if now < next_check[0]:
         return False
     next_check[0] = now + LIVENESS_S
-    if job.stops_running and job.cancelled():
-        _collect(job, by_cid, started)
-        _fail_rest(job, futs, True, "")
-        return True
+    # (a cancel marker ends nothing here: the job's final record does, which its supervisor writes once
+    # the calls it stopped have ended, so a call that finished first keeps its result here too)
     progress = job.progress() or {}
     if not progress and job.removed():
         # (without this, such futures waited: "starting" for START_GRACE_S, then "lost" as if its supervisor had died)
@@ -551,8 +549,8 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
     if state not in job_record.FINAL_STATES and alive is not False:
         return False
     _collect(job, by_cid, started)
-    if state == "cancelled":
-        _fail_rest(job, futs, True, "")
+    if state == "cancelled" or (state not in job_record.FINAL_STATES and job.stops_running and job.cancelled()):
+        _fail_rest(job, futs, True, "")  # (cancelled, or cancelled and then its supervisor died)
     elif state in job_record.FINAL_STATES:
         _fail_rest(job, futs, False, f"job {job.id} ended without a result for this call")
     else:

@@ -92,6 +92,8 @@ class Supervisor:
         self.cancelled = False
         #: calls that failed because the job was cancelled while they ran
         self.stopped: set[str] = set()
+        #: how those of them that wrote an outcome ended ("done", "failed", "cancelled"; ``_settle_stopped``)
+        self.settled: dict[str, str] = {}
         #: whether a cancel stops running calls (``cancellable``, the job's option)
         self.stops_running = True
         self.billed_ms = 0
@@ -158,25 +160,26 @@ class Supervisor:
             self._write_progress()
         state = "cancelled" if self.cancelled else "failed" if any(
             not f.cancelled() and f.exception() is not None for f in self.futures) else "done"
+        if self.stopped:
+            # Calls the cancel stopped where calls outlive this process (Lambda) run on until they see
+            # the marker, and end with an outcome of their own (a result, if they finished first): they
+            # are waited for before the final record, which attached processes wait for (so none calls a
+            # call cancelled that then ends with a result), and `wrenpack clean` keeps the job meanwhile.
+            self._settle_stopped(float(options.timeout) + self.STOPPED_GRACE_S if self.outlive else 0.0)
         self._write_final(state)
         log.info("job %s: %s", job_id, state)
         self.executor.shutdown(wait=True)
-        # Calls the cancel stopped where calls outlive this process (Lambda) end on their own, a
-        # little later: waited for (so `wrenpack clean` keeps the job until they have written), and billed.
-        wait_s = float(options.timeout) + self.STOPPED_GRACE_S if self.outlive else 0.0
-        if self.stopped and self._bill_stopped(wait_s):
-            self._write_final(state)
         return 0
 
     #: how long past the job's timeout the outcomes of calls a cancel stopped on Lambda are waited for (s)
     STOPPED_GRACE_S = 30.0
 
-    def _bill_stopped(self, wait_s: float) -> bool:
-        """Count the billed time of the calls the job's cancel stopped while they ran, from the
-        outcomes they write (on Lambda a stopped call ends with one of its own, marked cancelled,
-        and its time is billed; before, a cancelled job's cost left it out), waiting up to
-        ``wait_s`` for them; whether any was found."""
-        pending, found = set(self.stopped), False
+    def _settle_stopped(self, wait_s: float) -> None:
+        """The outcomes of the calls the job's cancel stopped while they ran, waited for up to
+        ``wait_s``: each is counted as it ended (done if it finished first, cancelled if it saw the
+        marker) and its time billed (on Lambda it is; before, a cancelled job's cost left it out
+        and its counts called finished calls cancelled)."""
+        pending = set(self.stopped)
         end = time.monotonic() + wait_s
         while True:
             for cid in sorted(pending):
@@ -195,18 +198,20 @@ class Supervisor:
                 except CorruptObject as exc:
                     log.warning("%s", exc)
                     continue
-                duration = status.get("duration_s") if isinstance(status, dict) else None
-                if type(duration) in (int, float) and math.isfinite(duration) and duration > 0:
-                    with self._lock:
+                if not isinstance(status, dict):
+                    continue
+                duration = status.get("duration_s")
+                with self._lock:
+                    if type(duration) in (int, float) and math.isfinite(duration) and duration > 0:
                         self.billed_ms += math.ceil(float(duration) * 1000)
-                    found = True
+                    self.settled[cid] = "done" if status.get("exit") == "ok" else \
+                        "cancelled" if status.get("cancelled") is True else "failed"
             if not pending or time.monotonic() >= end:
                 break
             time.sleep(PROGRESS_S)
         if pending and wait_s > 0:
             log.warning("job %s: %d call(s) stopped by its cancel wrote no outcome within %.0f s; their time is "
                         "not in its cost", self.job_id, len(pending), wait_s)
-        return found
 
     # -- calls ending ----------------------------------------------------------------
     def _ended(self, fut: WrenFuture) -> None:
@@ -300,7 +305,9 @@ class Supervisor:
         counts = {"done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}
         in_flight = []
         for fut in self.futures:
-            if fut.cancelled() or fut.call_id in self.stopped:
+            if fut.call_id in self.settled:
+                counts[self.settled[fut.call_id]] += 1
+            elif fut.cancelled() or fut.call_id in self.stopped:
                 counts["cancelled"] += 1
             elif fut.done():
                 counts["done" if fut.exception() is None else "failed"] += 1
