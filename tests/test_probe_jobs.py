@@ -148,6 +148,7 @@ def test_a_call_stopped_by_the_jobs_cancel_is_shown_cancelled_not_failed(home):
     store.put(keys.result_key(job.id, keys.call_id(0)), result_format.seal_result(job._secret, job.id, keys.call_id(0),
                                                                                     record, outcome))
     assert [s["state"] for s in job.statuses()] == ["cancelled", "cancelled"]
+    assert [c["state"] for c in job.report().to_json()["calls"]] == ["cancelled", "cancelled"]
     shown = _cli("jobs", "show", job.id)
     line = next(x for x in shown.stdout.splitlines() if x.strip().startswith(keys.call_id(0)))
     assert "cancelled" in line and "failed" not in line and "(error)" not in line and "None" not in line, line

@@ -402,6 +402,8 @@ class Job:
                     rec.update(state="failed", error="the job's supervisor ended before this call did")
                 elif state in ("running", "queued", "cancelled"):
                     rec["state"] = state
+            elif state == "cancelled":  # (stopped by the job's cancel while it ran: its outcome says so)
+                rec["state"] = state
             records.append(rec)
         return JobReport(records, {
             "job_id": self.id, "label": self.function, "backend": self.record.get("backend"),
