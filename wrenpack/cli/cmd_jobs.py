@@ -129,9 +129,11 @@ def _show(args: argparse.Namespace) -> int:
     for rec in row["calls_status"]:
         extra = ""
         if rec.get("duration_s") is not None:
-            extra = f" {rec['duration_s']:.3f} s, peak {rec.get('peak_rss_mb')} MB, attempts {rec.get('attempts')}"
+            peak = rec.get("peak_rss_mb")  # (none where it cannot be measured: Lambda)
+            extra = (f" {rec['duration_s']:.3f} s, " + (f"peak {peak} MB, " if peak is not None else "") +
+                     f"attempts {rec.get('attempts')}")
         why = rec.get("error") or (rec.get("exit") if rec.get("exit") not in (None, "ok") else None)
-        if why:  # (what the worker's status record says: an error's type, or how the call ended)
+        if why and rec["state"] != "cancelled":  # (what the worker's status record says: an error's type, or how the call ended)
             extra += f" ({why})"
         print(f"  {rec['call_id']}  {rec['state']}{extra}")
     return 0

@@ -296,6 +296,13 @@ class Job:
         counts = {name: int(progress.get(name, 0)) for name in ("done", "failed", "running", "queued", "cancelled")}
         if not progress:
             counts["queued"] = self.calls
+        if state == "lost":
+            # Its supervisor is gone: what it last counted as queued never starts, and what it counted
+            # as running ended with it (the futures fail with WorkerLost), except calls sent where they
+            # outlive it (Lambda), which may still end until the latest they could (as ``_watch_round``).
+            waiting = min(counts["running"], len(self._outliving(progress)))
+            counts["failed"] += counts["queued"] + counts["running"] - waiting
+            counts["running"], counts["queued"] = waiting, 0
         settings = self.record.get("settings") or {}
         cost = lambda_cost(float(settings.get("memory", 1024)), float(progress.get("billed_ms", 0)),
                            int(progress.get("invocations", 0)), str(settings.get("architecture", "x86_64")))
@@ -303,6 +310,17 @@ class Job:
                 "created": self.created, "updated": progress.get("updated"), "ended": progress.get("ended"),
                 "invocations": int(progress.get("invocations", 0)), "billed_ms": float(progress.get("billed_ms", 0)),
                 "cost": cost}
+
+    def _outliving(self, progress: dict[str, Any]) -> set[str]:
+        """The calls its supervisor had sent where calls outlive it (Lambda), when it died:
+        they may still end until their timeout plus ``IN_FLIGHT_GRACE_S`` after its last
+        progress record (``_watch_round`` waits for them that long)."""
+        if not progress.get("outlive"):
+            return set()
+        timeout = float((self.record.get("settings") or {}).get("timeout") or 900)
+        if time.time() >= float(progress.get("updated") or 0) + timeout + IN_FLIGHT_GRACE_S:
+            return set()
+        return {cid for cid in progress.get("in_flight") or () if isinstance(cid, str)}
 
     def statuses(self) -> list[dict[str, Any]]:
         """One record per call, in call order: the status record its worker wrote
@@ -315,6 +333,10 @@ class Job:
         # call without one was cancelled or lost; while it runs (or is "starting"), such a call is
         # running or queued.
         state = self.status()["state"]
+        progress = self.progress() or {}
+        # calls sent to Lambda: running while the job runs, and after its supervisor died until they could end
+        sent = _sent(progress) if state in ("running", "cancelling") else self._outliving(progress) if state == "lost" \
+            else set()
         ended = {"cancelled": "cancelled", "cancelling": "cancelled", "done": "lost", "failed": "lost",
                  "lost": "lost"}.get(state)
         finished: dict[str, dict[str, Any]] = {}
@@ -329,18 +351,22 @@ class Job:
             except (ObjectNotFound, CorruptObject) as exc:
                 log.warning("%s", exc)
                 continue
-            finished[cid] = dict(status, call_id=cid, state="done" if status.get("exit") == "ok" else "failed",
-                                 attempts=int(status.get("attempt") or 0) + 1)
+            # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
+            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
+            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
+            finished[cid] = dict(status, call_id=cid, state=ended_as, attempts=int(status.get("attempt") or 0) + 1)
         started = self._starts()
         out = []
         for i in range(self.calls):
             cid = keys.call_id(i)
             if cid in finished:
                 out.append(finished[cid])
-            elif cid in started:
+            elif cid in started or cid in sent:
                 # (a cancelled job spawned with cancellable=False lets its running calls run to their end)
                 stopped = ended if state != "cancelling" or self.stops_running else None
-                out.append({"call_id": cid, "state": stopped or "running", "start": started[cid]})
+                if cid in sent and state == "lost":
+                    stopped = None
+                out.append({"call_id": cid, "state": stopped or "running", "start": started.get(cid)})
             else:
                 out.append({"call_id": cid, "state": ended or "queued"})
         return out
@@ -376,6 +402,8 @@ class Job:
                     rec.update(state="failed", error="the job's supervisor ended before this call did")
                 elif state in ("running", "queued", "cancelled"):
                     rec["state"] = state
+            elif state == "cancelled":  # (stopped by the job's cancel while it ran: its outcome says so)
+                rec["state"] = state
             records.append(rec)
         return JobReport(records, {
             "job_id": self.id, "label": self.function, "backend": self.record.get("backend"),
@@ -498,10 +526,8 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
     if now < next_check[0]:
         return False
     next_check[0] = now + LIVENESS_S
-    if job.stops_running and job.cancelled():
-        _collect(job, by_cid, started)
-        _fail_rest(job, futs, True, "")
-        return True
+    # (a cancel marker ends nothing here: the job's final record does, which its supervisor writes once
+    # the calls it stopped have ended, so a call that finished first keeps its result here too)
     progress = job.progress() or {}
     if not progress and job.removed():
         # (without this, such futures waited: "starting" for START_GRACE_S, then "lost" as if its supervisor had died)
@@ -512,6 +538,10 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
                 fut._resolve(False, JobNotFound(f"{fut.label}: {err}"))
         return True
     state = progress.get("state")
+    for cid in _sent(progress):  # (calls sent to Lambda mark no start of their own: ``_sent``)
+        fut = by_cid.get(cid)
+        if fut is not None and not fut.done():
+            fut._mark_running()
     alive: bool | None = True
     if state not in job_record.FINAL_STATES:
         alive, _owner = job.supervisor()
@@ -521,8 +551,8 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
     if state not in job_record.FINAL_STATES and alive is not False:
         return False
     _collect(job, by_cid, started)
-    if state == "cancelled":
-        _fail_rest(job, futs, True, "")
+    if state == "cancelled" or (state not in job_record.FINAL_STATES and job.stops_running and job.cancelled()):
+        _fail_rest(job, futs, True, "")  # (cancelled, or cancelled and then its supervisor died)
     elif state in job_record.FINAL_STATES:
         _fail_rest(job, futs, False, f"job {job.id} ended without a result for this call")
     else:
@@ -538,6 +568,17 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
             return False
         _fail_rest(job, futs, False, why)
     return True
+
+
+def _sent(progress: dict[str, Any]) -> set[str]:
+    """The calls a running job's supervisor has sent where calls outlive it (Lambda) and
+    that have not ended (its progress record's ``in_flight``): they count as running, as
+    its counts say. A call there writes a start mark only after it waited in Lambda's
+    queue (the backend sets the event's ``mark_start_after``), so without this an
+    attached process saw every running call of a job on Lambda as queued."""
+    if not progress.get("outlive") or progress.get("state") != "running":
+        return set()
+    return {cid for cid in progress.get("in_flight") or () if isinstance(cid, str)}
 
 
 def _collect(job: Job, by_cid: dict[str, WrenFuture], started: set[str]) -> None:
@@ -636,6 +677,15 @@ def _plain_row(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
             "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified and record else None}
 
 
+def _verified_owner(store: Store, job_id: str, key: bytes) -> dict[str, Any] | None:
+    """The job's owner record if it is sealed with ``key`` for ``job_id``, else None."""
+    try:
+        record = owner_wire.loads(store.get(keys.owner_key(job_id)))
+    except (ObjectNotFound, ValueError):
+        return None
+    return record if owner_wire.verify(key, job_id, record) else None
+
+
 def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, str] | None:
     """How ``wrenpack clean`` may treat a spawned job: ("live", why) while its
     supervisor runs, ("retained", why) until its retention ends, ("expired", why)
@@ -651,6 +701,14 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
     except CorruptObject:
         if key is None:  # (nothing to check it with: not a sign that it is another user's)
             return "unknown", f"there is no owner key ({key_path()}) to check its job record with"
+        # A record anyone who can write to the store may have replaced: the sealed owner record
+        # still says whether the process that runs the job's calls lives (before, `clean ID` and
+        # `clean --stale --force` removed a running job whose record had been overwritten, and its
+        # supervisor went on writing into the removed folder).
+        owner = _verified_owner(store, job_id, key)
+        if owner is not None and owner_alive(owner):
+            return "live", (f"its job record is not sealed with your owner key (forged?), but its sealed owner "
+                            f"record says its process (pid {owner.get('pid')}) still runs")
         return "unknown", "its job record is not sealed with your owner key (another user's, or forged)"
     assert key is not None
     job = Job(store, job_id, record, job_record.derive_secret(key, job_id))

@@ -35,7 +35,7 @@ from typing import Any
 
 import cloudpickle
 
-from wrenpack import keys
+from wrenpack import auth, keys
 from wrenpack.backends import backend_names, register_backend
 from wrenpack.errors import CorruptObject, ObjectNotFound
 from wrenpack.executor import Executor, Prepared
@@ -50,6 +50,9 @@ log = logging.getLogger("wrenpack.job.supervisor")
 
 #: the progress record is written at most this often (s), and the cancel marker looked for
 PROGRESS_S = 0.5
+#: the error kind of a failure this process records for a call (``wire.outcome.error_tuple``): its
+#: message names the call already, so ``rebuild_exception`` keeps it as it is (only "wrenpack" is relabelled)
+LABELLED = "wrenpack-labelled"
 
 
 def main() -> int:
@@ -89,6 +92,8 @@ class Supervisor:
         self.cancelled = False
         #: calls that failed because the job was cancelled while they ran
         self.stopped: set[str] = set()
+        #: how those of them that wrote an outcome ended ("done", "failed", "cancelled"; ``_settle_stopped``)
+        self.settled: dict[str, str] = {}
         #: whether a cancel stops running calls (``cancellable``, the job's option)
         self.stops_running = True
         self.billed_ms = 0
@@ -155,10 +160,58 @@ class Supervisor:
             self._write_progress()
         state = "cancelled" if self.cancelled else "failed" if any(
             not f.cancelled() and f.exception() is not None for f in self.futures) else "done"
+        if self.stopped:
+            # Calls the cancel stopped where calls outlive this process (Lambda) run on until they see
+            # the marker, and end with an outcome of their own (a result, if they finished first): they
+            # are waited for before the final record, which attached processes wait for (so none calls a
+            # call cancelled that then ends with a result), and `wrenpack clean` keeps the job meanwhile.
+            self._settle_stopped(float(options.timeout) + self.STOPPED_GRACE_S if self.outlive else 0.0)
         self._write_final(state)
         log.info("job %s: %s", job_id, state)
         self.executor.shutdown(wait=True)
         return 0
+
+    #: how long past the job's timeout the outcomes of calls a cancel stopped on Lambda are waited for (s)
+    STOPPED_GRACE_S = 30.0
+
+    def _settle_stopped(self, wait_s: float) -> None:
+        """The outcomes of the calls the job's cancel stopped while they ran, waited for up to
+        ``wait_s``: each is counted as it ended (done if it finished first, cancelled if it saw the
+        marker) and its time billed (on Lambda it is; before, a cancelled job's cost left it out
+        and its counts called finished calls cancelled)."""
+        pending = set(self.stopped)
+        end = time.monotonic() + wait_s
+        while True:
+            for cid in sorted(pending):
+                key = keys.result_key(self.job_id, cid)
+                try:
+                    blob = self.store.get(key)
+                except ObjectNotFound:
+                    continue
+                except Exception:  # noqa: BLE001 - a store hiccup: look again
+                    log.debug("could not read %s", key, exc_info=True)
+                    continue
+                pending.discard(cid)
+                try:
+                    data = auth.unseal_view(self.secret, keys.identity(self.job_id, "result", cid), blob, key)
+                    status, _outcome = result_format.unpack(data, f"result object of call {cid}")
+                except CorruptObject as exc:
+                    log.warning("%s", exc)
+                    continue
+                if not isinstance(status, dict):
+                    continue
+                duration = status.get("duration_s")
+                with self._lock:
+                    if type(duration) in (int, float) and math.isfinite(duration) and duration > 0:
+                        self.billed_ms += math.ceil(float(duration) * 1000)
+                    self.settled[cid] = "done" if status.get("exit") == "ok" else \
+                        "cancelled" if status.get("cancelled") is True else "failed"
+            if not pending or time.monotonic() >= end:
+                break
+            time.sleep(PROGRESS_S)
+        if pending and wait_s > 0:
+            log.warning("job %s: %d call(s) stopped by its cancel wrote no outcome within %.0f s; their time is "
+                        "not in its cost", self.job_id, len(pending), wait_s)
 
     # -- calls ending ----------------------------------------------------------------
     def _ended(self, fut: WrenFuture) -> None:
@@ -184,7 +237,9 @@ class Supervisor:
                                                       "error", now, now, None, None, "", 0, "", None)
         record.update(exit="error", error=type(exc).__name__)
         try:
-            outcome = cloudpickle.dumps(error_tuple(exc, "wrenpack", ""))
+            # (kind LABELLED: the executor here already named the call in the message; an attached
+            # process relabels "wrenpack" errors, which read "f[0]: f[0]: the worker process died")
+            outcome = cloudpickle.dumps(error_tuple(exc, LABELLED, ""))
             blob = result_format.seal_result(self.secret, self.job_id, fut.call_id, record, outcome)
             self.store.put(keys.result_key(self.job_id, fut.call_id), blob, if_absent=True)
         except Exception:  # noqa: BLE001 - an attached process then reports the call lost
@@ -250,7 +305,9 @@ class Supervisor:
         counts = {"done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}
         in_flight = []
         for fut in self.futures:
-            if fut.cancelled() or fut.call_id in self.stopped:
+            if fut.call_id in self.settled:
+                counts[self.settled[fut.call_id]] += 1
+            elif fut.cancelled() or fut.call_id in self.stopped:
                 counts["cancelled"] += 1
             elif fut.done():
                 counts["done" if fut.exception() is None else "failed"] += 1
