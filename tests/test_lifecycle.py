@@ -113,6 +113,11 @@ README_PROGRAMS = {
 
 
 @pytest.mark.parametrize("name", sorted(README_PROGRAMS))
+# 2-3 s each on the emulated Lambda. Its "map" is what its "errors" and "large results" run too (a map
+# whose results are stored, then removed at exit); its "executor" is the `with Executor()` of
+# local-executor and toy-executor, whose removal from S3 tests/aws/test_aws_lambda.py's
+# test_queued_calls_are_not_lost_or_sent_twice checks.
+@pytest.mark.slow_variants("lambda-map", "lambda-executor")
 def test_readme_programs_leave_no_objects(tmp_path, backend_settings, name):
     settings = backend_settings()
     out = _run_script(tmp_path, settings, README_PROGRAMS[name])
