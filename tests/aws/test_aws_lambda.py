@@ -24,8 +24,8 @@ from wrenpack.wire import start as start_mark
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 
 TIMEOUT = 5
-#: the timeout of the function the lost-call tests deploy: they wait it out (5 s each time on the default)
-LOST_TIMEOUT = 2
+#: the timeout of the function the tests that wait a timeout out deploy (5 s each time on the default)
+SHORT_TIMEOUT = 2
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +121,7 @@ def _launch_error_calls(ex):
     """Launch the calls ``_error_outcomes`` reads: each backend's wait for its timeout
     overlaps the other's (the outcomes are the same as launched one after the other)."""
     errs = wrenpack.remote(fails, executor=ex).map([1, 2, 3])
-    slow = wrenpack.remote(sleeps, executor=ex, timeout=TIMEOUT).map([0.1, 10])
+    slow = wrenpack.remote(sleeps, executor=ex, timeout=SHORT_TIMEOUT).map([0.1, 10])
     return errs, slow
 
 
@@ -140,7 +140,7 @@ def _error_outcomes(launched):
 @pytest.fixture(scope="module")
 def local_outcomes(local_executor):
     """``local_outcomes()``: the local backend's outcomes, launched once for the four Lambda
-    variants (a second run would repeat its 5 s timeout) and read when first asked, so they
+    variants (a second run would repeat its timeout) and read when first asked, so they
     run while the first variant's calls do."""
     launched = _launch_error_calls(local_executor)
     read: list[tuple[type, type]] = []
@@ -153,8 +153,9 @@ def local_outcomes(local_executor):
     return get
 
 
-def test_errors_match_the_local_backend(lam, local_outcomes):
+def test_errors_match_the_local_backend(lam, local_outcomes, lambda_endpoint):
     """The same user exception and the same timeout error type on both backends."""
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
     assert _error_outcomes(_launch_error_calls(lam)) == local_outcomes() == (ValueError, TaskTimeout)
 
 
@@ -199,10 +200,10 @@ def test_duplicate_delivery_keeps_the_first_result(moto_endpoint, bucket, lambda
 def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
     """Event: no result by timeout + margin -> WorkerLost. RequestResponse: the
     reply says the runtime died -> WorkerCrashed at once."""
-    lambda_endpoint.deploy(memory=1024, timeout=LOST_TIMEOUT)
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
     for kind, expected in (("Event", WorkerLost), ("RequestResponse", WorkerCrashed)):
         with _executor(moto_endpoint, bucket, lambda_endpoint, f"lost-{kind}", invocation_type=kind,
-                       timeout=LOST_TIMEOUT) as ex:
+                       timeout=SHORT_TIMEOUT) as ex:
             backend = LambdaBackend(
                 ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
                 region="us-east-1", invocation_type=kind, poll_interval=0.2, deadline_margin_s=0.5,
@@ -219,7 +220,7 @@ def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
                 # counted from the invocation's arrival at the endpoint: the launch itself (boto3
                 # clients, the function's configuration) takes seconds on a loaded machine.
                 sent = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
-                assert ended - start >= LOST_TIMEOUT and ended - sent < LOST_TIMEOUT + 5, (start, sent, ended)
+                assert ended - start >= SHORT_TIMEOUT and ended - sent < SHORT_TIMEOUT + 5, (start, sent, ended)
                 assert "CloudWatch" in str(info.value)
 
 
@@ -228,9 +229,9 @@ def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lamb
     (unsealed, or sealed for another call) is ignored and logged, and so is a genuine
     one whose start is far ahead: a lost call is still reported lost after its timeout
     (before start marks were sealed, the unsealed one held its call for ever)."""
-    lambda_endpoint.deploy(memory=1024, timeout=LOST_TIMEOUT)
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
     with _executor(moto_endpoint, bucket, lambda_endpoint, "forged-start", invocation_type="Event",
-                   timeout=LOST_TIMEOUT) as ex:
+                   timeout=SHORT_TIMEOUT) as ex:
         backend = LambdaBackend(
             ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
             region="us-east-1", invocation_type="Event", poll_interval=0.2, deadline_margin_s=0.5,
@@ -263,7 +264,7 @@ def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lamb
                     with pytest.raises(WorkerLost, match="CloudWatch"):
                         fut.result(timeout=60)
                     arrived = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
-                    assert time.time() - arrived < LOST_TIMEOUT + 10
+                    assert time.time() - arrived < SHORT_TIMEOUT + 10
         finally:
             stop.set()
             planter.join()
