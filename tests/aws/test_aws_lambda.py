@@ -470,9 +470,11 @@ def test_chunksize_5_with_a_function_from_the_users_module(lam, lambda_endpoint)
     assert len([c for c in lambda_endpoint.calls[before:] if c[1] == job]) == 3  # 12 calls in 3 invocations
 
 
-def test_checkpointed_call_goes_on_across_invocations(lam):
-    fut = wrenpack.remote(stepper, executor=lam).remote(280, 0.02)  # >= 5.6 s of work (sleeps) under a 5 s timeout
-    assert fut.result(timeout=120) == sum(i * i for i in range(280))
+def test_checkpointed_call_goes_on_across_invocations(lam, lambda_endpoint):
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
+    # >= 2.8 s of work (sleeps) under a 2 s timeout
+    fut = wrenpack.remote(stepper, executor=lam, timeout=SHORT_TIMEOUT).remote(140, 0.02)
+    assert fut.result(timeout=120) == sum(i * i for i in range(140))
     assert fut.segments >= 2
 
 
