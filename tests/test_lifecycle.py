@@ -135,7 +135,8 @@ def test_calls_running_at_exit_are_stopped_and_removed(tmp_path, backend_setting
         def slow(x):
             time.sleep(60)
         futs = slow.map(range(3))
-        time.sleep(1.0)
+        while not any(f.running() for f in futs):  # (was 1 s of sleep)
+            time.sleep(0.05)
         print("exiting")
     """)
     assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
