@@ -45,6 +45,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names, slow=()): run the executor fixtures of these tests on each backend "
                                        "named (default: local, toy and lambda); on those in `slow` only with -m slow")
     config.addinivalue_line("markers", "executor_settings(**settings): the settings of the `ex` fixture's executor")
+    config.addinivalue_line("markers", "slow_variants(*ids): these parametrized variants of a test (ids as in "
+                                       "its name's brackets, e.g. 'lambda-map') run only with -m slow")
+
+
+@pytest.hookimpl(tryfirst=True)  # (before the -m option deselects)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marker = item.get_closest_marker("slow_variants")
+        callspec = getattr(item, "callspec", None)
+        if marker is not None and callspec is not None and callspec.id in marker.args:
+            item.add_marker(pytest.mark.slow)
 
 
 #: shared-memory files the headless browser of the report tests may leave (Chromium's own,

@@ -65,7 +65,12 @@ def test_a_running_call_is_cancelled_and_the_worker_is_reusable(make_executor, b
     while not fut.running() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fut.running()
-    time.sleep(2.0 if backend == "local" else 3.0)
+    if backend == "local":  # cancelled once it has started its child (2 s of sleep took that for granted)
+        while not os.path.exists(pid_file) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(pid_file)
+    else:
+        time.sleep(3.0)
     assert not fut.cancel()  # the standard contract: a running call is not taken back by cancel()
     assert wrenpack.cancel([queued]) == [True] and queued.cancelled()
     t0 = time.monotonic()

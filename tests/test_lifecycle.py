@@ -113,6 +113,11 @@ README_PROGRAMS = {
 
 
 @pytest.mark.parametrize("name", sorted(README_PROGRAMS))
+# 2-3 s each on the emulated Lambda. Its "map" is what its "errors" and "large results" run too (a map
+# whose results are stored, then removed at exit); its "executor" is the `with Executor()` of
+# local-executor and toy-executor, whose removal from S3 tests/aws/test_aws_lambda.py's
+# test_queued_calls_are_not_lost_or_sent_twice checks.
+@pytest.mark.slow_variants("lambda-map", "lambda-executor")
 def test_readme_programs_leave_no_objects(tmp_path, backend_settings, name):
     settings = backend_settings()
     out = _run_script(tmp_path, settings, README_PROGRAMS[name])
@@ -130,7 +135,8 @@ def test_calls_running_at_exit_are_stopped_and_removed(tmp_path, backend_setting
         def slow(x):
             time.sleep(60)
         futs = slow.map(range(3))
-        time.sleep(1.0)
+        while not any(f.running() for f in futs):  # (was 1 s of sleep)
+            time.sleep(0.05)
         print("exiting")
     """)
     assert out.returncode == 0 and "exiting" in out.stdout, out.stderr

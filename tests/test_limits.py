@@ -86,9 +86,10 @@ def test_tmp_limit(remote):
     def write(mb):
         import tempfile
 
+        block = os.urandom(1024 * 1024)  # (one random MB written again and again: 600 MB of urandom took 1.5 s)
         with open(os.path.join(tempfile.gettempdir(), "blob"), "wb") as fh:
             for _ in range(mb):
-                fh.write(os.urandom(1024 * 1024))
+                fh.write(block)
         return mb
 
     f = remote(write, ephemeral_storage=512)

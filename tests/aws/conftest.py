@@ -250,15 +250,26 @@ def s3_server(request):
     return S3Server("rclone", request.getfixturevalue("rclone_endpoint"), "wrenpack-test", False)
 
 
-#: tests whose every store x invocation type variant costs seconds: the default run keeps one
-#: variant (Event on moto), ``-m slow`` runs the others
-ONE_VARIANT_BY_DEFAULT = {"test_checkpointed_call_goes_on_across_invocations", "test_errors_match_the_local_backend"}
+#: tests of tests/aws/test_aws_lambda.py's ``lam`` (store x invocation type) whose default run keeps
+#: only these variants; ``-m slow`` runs the others
+DEFAULT_VARIANTS = {
+    # every variant costs seconds: Event on moto
+    "test_checkpointed_call_goes_on_across_invocations": {"Event-moto"},
+    "test_errors_match_the_local_backend": {"Event-moto"},
+    # the endpoint's throttling, whatever the store: both invocation types on moto
+    "test_throttling_is_retried_with_backoff": {"Event-moto", "RequestResponse-moto"},
+    # the stricter store where the workers write to it (Event: results and shuffle; a
+    # RequestResponse reply carries its results, and its shuffle is Event-rclone's)
+    "test_map_50_items_through_the_emulator": {"Event-moto", "RequestResponse-moto", "Event-rclone"},
+    "test_map_reduce_with_a_shuffle": {"Event-moto", "RequestResponse-moto", "Event-rclone"},
+}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if getattr(item, "originalname", None) in ONE_VARIANT_BY_DEFAULT and "[Event-moto]" not in item.name:
+        kept = DEFAULT_VARIANTS.get(getattr(item, "originalname", None))
+        if kept is not None and not any(f"[{variant}]" in item.name for variant in kept):
             item.add_marker(pytest.mark.slow)
 
 

@@ -24,6 +24,8 @@ from wrenpack.wire import start as start_mark
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 
 TIMEOUT = 5
+#: the timeout of the function the tests that wait a timeout out deploy (5 s each time on the default)
+SHORT_TIMEOUT = 2
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +121,7 @@ def _launch_error_calls(ex):
     """Launch the calls ``_error_outcomes`` reads: each backend's wait for its timeout
     overlaps the other's (the outcomes are the same as launched one after the other)."""
     errs = wrenpack.remote(fails, executor=ex).map([1, 2, 3])
-    slow = wrenpack.remote(sleeps, executor=ex, timeout=TIMEOUT).map([0.1, 10])
+    slow = wrenpack.remote(sleeps, executor=ex, timeout=SHORT_TIMEOUT).map([0.1, 10])
     return errs, slow
 
 
@@ -138,7 +140,7 @@ def _error_outcomes(launched):
 @pytest.fixture(scope="module")
 def local_outcomes(local_executor):
     """``local_outcomes()``: the local backend's outcomes, launched once for the four Lambda
-    variants (a second run would repeat its 5 s timeout) and read when first asked, so they
+    variants (a second run would repeat its timeout) and read when first asked, so they
     run while the first variant's calls do."""
     launched = _launch_error_calls(local_executor)
     read: list[tuple[type, type]] = []
@@ -151,8 +153,9 @@ def local_outcomes(local_executor):
     return get
 
 
-def test_errors_match_the_local_backend(lam, local_outcomes):
+def test_errors_match_the_local_backend(lam, local_outcomes, lambda_endpoint):
     """The same user exception and the same timeout error type on both backends."""
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
     assert _error_outcomes(_launch_error_calls(lam)) == local_outcomes() == (ValueError, TaskTimeout)
 
 
@@ -201,8 +204,10 @@ def test_duplicate_delivery_keeps_the_first_result(moto_endpoint, bucket, lambda
 def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
     """Event: no result by timeout + margin -> WorkerLost. RequestResponse: the
     reply says the runtime died -> WorkerCrashed at once."""
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
     for kind, expected in (("Event", WorkerLost), ("RequestResponse", WorkerCrashed)):
-        with _executor(moto_endpoint, bucket, lambda_endpoint, f"lost-{kind}", invocation_type=kind) as ex:
+        with _executor(moto_endpoint, bucket, lambda_endpoint, f"lost-{kind}", invocation_type=kind,
+                       timeout=SHORT_TIMEOUT) as ex:
             backend = LambdaBackend(
                 ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
                 region="us-east-1", invocation_type=kind, poll_interval=0.2, deadline_margin_s=0.5,
@@ -219,7 +224,7 @@ def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
                 # counted from the invocation's arrival at the endpoint: the launch itself (boto3
                 # clients, the function's configuration) takes seconds on a loaded machine.
                 sent = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
-                assert ended - start >= TIMEOUT and ended - sent < TIMEOUT + 5, (start, sent, ended)
+                assert ended - start >= SHORT_TIMEOUT and ended - sent < SHORT_TIMEOUT + 5, (start, sent, ended)
                 assert "CloudWatch" in str(info.value)
 
 
@@ -228,7 +233,9 @@ def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lamb
     (unsealed, or sealed for another call) is ignored and logged, and so is a genuine
     one whose start is far ahead: a lost call is still reported lost after its timeout
     (before start marks were sealed, the unsealed one held its call for ever)."""
-    with _executor(moto_endpoint, bucket, lambda_endpoint, "forged-start", invocation_type="Event") as ex:
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "forged-start", invocation_type="Event",
+                   timeout=SHORT_TIMEOUT) as ex:
         backend = LambdaBackend(
             ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
             region="us-east-1", invocation_type="Event", poll_interval=0.2, deadline_margin_s=0.5,
@@ -261,7 +268,7 @@ def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lamb
                     with pytest.raises(WorkerLost, match="CloudWatch"):
                         fut.result(timeout=60)
                     arrived = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
-                    assert time.time() - arrived < TIMEOUT + 10
+                    assert time.time() - arrived < SHORT_TIMEOUT + 10
         finally:
             stop.set()
             planter.join()
@@ -362,16 +369,16 @@ def test_memory_auto_runs_with_the_profiled_memory(moto_endpoint, bucket, lambda
 
 # -- concurrency and deadlines -------------------------------------------
 def test_queued_calls_are_not_lost_or_sent_twice(moto_endpoint, bucket, lambda_endpoint):
-    """10 calls of 0.6 s behind one execution environment wait up to ~6 s in
-    Lambda's queue, past the 4 s timeout + 0.5 s margin counted from the send."""
-    lambda_endpoint.deploy(memory=1088, timeout=4, environments=1)
+    """10 calls of 0.35 s behind one execution environment wait up to ~3.5 s in
+    Lambda's queue, past the 2 s timeout + 0.5 s margin counted from the send."""
+    lambda_endpoint.deploy(memory=1088, timeout=2, environments=1)
     with _executor(moto_endpoint, bucket, lambda_endpoint, "queued", concurrency=10) as ex:
         ex._backend = LambdaBackend(
             ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
             region="us-east-1", concurrency=10, poll_interval=0.2, deadline_margin_s=0.5,
         )
-        futs = wrenpack.remote(sleeps, executor=ex, memory=1088, timeout=4).map([0.6] * 10)
-        assert wrenpack.get(futs) == [0.6] * 10
+        futs = wrenpack.remote(sleeps, executor=ex, memory=1088, timeout=2).map([0.35] * 10)
+        assert wrenpack.get(futs) == [0.35] * 10
         job = futs[0].job_id
     sent = [(c, a) for _, j, c, _, a in lambda_endpoint.calls if j == job]
     assert sorted(sent) == [(keys.call_id(i), 0) for i in range(10)]  # each call once, first attempt
@@ -467,9 +474,11 @@ def test_chunksize_5_with_a_function_from_the_users_module(lam, lambda_endpoint)
     assert len([c for c in lambda_endpoint.calls[before:] if c[1] == job]) == 3  # 12 calls in 3 invocations
 
 
-def test_checkpointed_call_goes_on_across_invocations(lam):
-    fut = wrenpack.remote(stepper, executor=lam).remote(280, 0.02)  # >= 5.6 s of work (sleeps) under a 5 s timeout
-    assert fut.result(timeout=120) == sum(i * i for i in range(280))
+def test_checkpointed_call_goes_on_across_invocations(lam, lambda_endpoint):
+    lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
+    # >= 2.8 s of work (sleeps) under a 2 s timeout
+    fut = wrenpack.remote(stepper, executor=lam, timeout=SHORT_TIMEOUT).remote(140, 0.02)
+    assert fut.result(timeout=120) == sum(i * i for i in range(140))
     assert fut.segments >= 2
 
 

@@ -37,6 +37,8 @@ from wrenpack.errors import SerializationError
 
 CLIENT = Path(__file__).resolve().parent / "python_client.py"
 SUITE_PYTHONS = [v.strip() for v in os.environ.get("WRENPACK_SUITE_PYTHONS", "3.12").split(",") if v.strip()]
+#: the client's function's timeout: its checkpointed call's first segment waits it out (5 s on the default function)
+CLIENT_TIMEOUT = 2
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +72,11 @@ def _subprocess_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def endpoint_for(env: pythons.PythonEnv, session_endpoint: servers.LambdaEndpoint, log_dir: Path) -> Iterator[servers.LambdaEndpoint]:
-    """A Lambda endpoint whose runtimes run ``env``'s Python, with its default function
-    deployed: the session's own when that is the same interpreter, else a new one
-    beside it (the same moto, emulator binary and role), stopped afterwards."""
+    """A Lambda endpoint whose runtimes run ``env``'s Python, with the client's function
+    (``CLIENT_TIMEOUT``) deployed: the session's own when that is the same interpreter,
+    else a new one beside it (the same moto, emulator binary and role), stopped afterwards."""
     if env.python == session_endpoint.python:
+        session_endpoint.deploy(timeout=CLIENT_TIMEOUT)
         yield session_endpoint
         return
     endpoint = servers.LambdaEndpoint(session_endpoint.binary, dict(session_endpoint.base_env), log_dir,
@@ -82,7 +85,7 @@ def endpoint_for(env: pythons.PythonEnv, session_endpoint: servers.LambdaEndpoin
     endpoint.function_name = f"wrenpack-py{env.version.replace('.', '')}"
     endpoint.role_arn = session_endpoint.role_arn
     try:
-        endpoint.deploy()
+        endpoint.deploy(timeout=CLIENT_TIMEOUT)
         yield endpoint
     finally:
         endpoint.stop()
@@ -102,7 +105,7 @@ def test_client_and_worker_on_each_python(version, python_env, lambda_endpoint, 
     with endpoint_for(env, lambda_endpoint, tmp_path_factory.mktemp(f"rie-py{version}")) as endpoint:
         conf = {"storage": f"s3://{bucket}/pythons-{version}", "s3_endpoint_url": endpoint.moto_url,
                 "lambda_endpoint_url": endpoint.url, "function_name": endpoint.function_name, "aws_region": REGION,
-                "timeout": servers.FUNCTION_TIMEOUT, "invocation_type": "RequestResponse"}
+                "timeout": CLIENT_TIMEOUT, "invocation_type": "RequestResponse"}
         client = subprocess.Popen([env.python, str(CLIENT), json.dumps(conf)], cwd=str(REPO), env=_subprocess_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
