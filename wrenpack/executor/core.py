@@ -135,7 +135,7 @@ class Executor(CallTable, cf.Executor):
         #: whether this executor's backend bills calls as Lambda does (known once it has one): ``report``
         self._billed_per_call: bool | None = None
         _executors.add(self)
-        exit_on_sigterm()
+        exit_on_sigterm(_at_exit)
         if backend_obj is not None:
             self._billed_per_call = backend_obj.capabilities.billed_per_call
             self._release_when_dropped(backend_obj)

@@ -1,20 +1,23 @@
-"""SIGTERM ends a driver as Ctrl-C does.
+"""SIGTERM stops a driver's calls and removes their objects before the driver ends.
 
 ``kill``, ``timeout``, a cancelled CI job, ``docker stop`` and a batch
 scheduler's preemption send SIGTERM, whose default action ends the process at
-once: no exit hook runs, so calls already sent to Lambda ran on and the jobs'
-objects (arguments, a map_reduce's intermediates) stayed in the store. With
-an executor made, a program that left SIGTERM at its default gets a handler
-that raises ``SystemExit(143)`` in the main thread instead: ``finally`` blocks
-run, then the exit hook stops the calls still running and removes their
-objects (``Executor._exit``), as after Ctrl-C. A later SIGTERM ends the
-process at once, as before; one within a second of the first is the same
-request sent twice (``timeout`` signals the program, then its process group)
-and is ignored.
+once: no exit hook ran, so calls already sent to Lambda ran on and the jobs'
+objects (arguments, a map_reduce's intermediates) stayed in the store. With an
+executor made, a program that left SIGTERM at its default gets a handler that
+runs wrenpack's exit cleanup (``Executor._exit``: running calls stopped, their
+objects removed, as at a normal exit) and then lets SIGTERM's default action end
+the process, as before: the same exit status, and nothing else of the program
+runs (no ``finally``, no other exit hook), so a program or framework that
+catches ``SystemExit`` (a test runner, a server loop) still ends. The cleanup
+runs in a thread of its own, waited for at most ``CLEANUP_S``. A SIGTERM more
+than a second after the first ends the process at once; one within a second is
+the same request sent twice (``timeout`` signals the program, then its process
+group) and is ignored.
 
 A program's own handler (or an ignored SIGTERM) is left alone, as are wrenpack's
-own worker processes (they handle it themselves) and a process forked from the
-driver (it ends as it did: the signal's default action).
+own worker processes (they handle it themselves), a spawned job's supervisor
+(``leave_default``) and a process forked from the driver (the default action).
 """
 from __future__ import annotations
 
@@ -24,18 +27,27 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+#: the longest the cleanup is waited for before the process ends anyway (s)
+CLEANUP_S = 30.0
+#: a SIGTERM this soon after the first is the same request again (s)
+REPEAT_S = 1.0
+
 #: the process that installed the handler (a forked child inherits it, and ends by default)
 _installed_in: int | None = None
+#: what the handler runs before the process ends (``wrenpack.executor.core``'s exit hook)
+_cleanup: Callable[[], None] | None = None
+#: when the first SIGTERM came (monotonic clock)
+_first: float | None = None
 
 
-def exit_on_sigterm() -> None:
+def exit_on_sigterm(cleanup: Callable[[], None]) -> None:
     """Install the handler, once per process, if SIGTERM is at its default and this is
     the main thread of a driver (not a wrenpack worker, which has its own)."""
-    global _installed_in
+    global _installed_in, _cleanup
     pid = os.getpid()
     if _installed_in == pid or threading.current_thread() is not threading.main_thread():
         return
@@ -44,6 +56,7 @@ def exit_on_sigterm() -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return  # the program's own choice
+        _cleanup = cleanup
         signal.signal(signal.SIGTERM, _stop)
     except (ValueError, OSError):  # (not the main interpreter, or no signals here)
         return
@@ -57,26 +70,35 @@ def leave_default() -> None:
     _installed_in = os.getpid()
 
 
-#: a SIGTERM this soon after the first is the same request again (s)
-REPEAT_S = 1.0
-#: when the first SIGTERM came (monotonic clock)
-_first: float | None = None
-
-
 def _stop(signum: int, frame: Any) -> None:
-    """The handler: the first SIGTERM raises SystemExit in the main thread."""
+    """The handler: wrenpack's cleanup, then the default action."""
     global _first
     if os.getpid() != _installed_in:  # a forked child: the default action, as before
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
+        _end(signum)
     now = time.monotonic()
     if _first is not None:
         if now - _first < REPEAT_S:
             return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # asked again: the process ends at once
-        os.kill(os.getpid(), signum)
-        return
+        _end(signum)  # asked again: the process ends now
     _first = now
-    log.info("wrenpack: SIGTERM: ending the program as Ctrl-C does (its calls are stopped, their objects removed)")
-    raise SystemExit(128 + signum)
+    cleanup = _cleanup
+    if cleanup is not None:
+        log.info("wrenpack: SIGTERM: stopping the calls still running and removing their objects, then ending")
+        # (a thread of its own: this one may have been stopped holding a lock the cleanup takes)
+        worker = threading.Thread(target=cleanup, name="wrenpack-sigterm-cleanup", daemon=True)
+        worker.start()
+        worker.join(CLEANUP_S)
+    _end(signum)
+
+
+def _end(signum: int) -> None:
+    """SIGTERM's default action: the process ends, with the status a shell shows for it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - ending anyway
+            pass
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1)  # (the signal ends the process before this returns)
+    os._exit(128 + signum)
