@@ -487,7 +487,7 @@ class JobReport:
         job, cost = d["job"], d["cost"]
         e = html.escape
         out = [f"<div class=\"wrenpack-report\">{_STYLE}"]
-        name = job["label"] or job["id"] or f"{job['calls']} calls"
+        name = job["label"] or job["id"] or _n_calls(job["calls"])
         out.append(f"<h2>wrenpack job report: {e(str(name))}</h2>")
         head = [("job", job["id"]), ("backend", job["backend"]), ("calls", job["calls"]),
                 ("states", ", ".join(f"{n} {k}" for k, n in job["states"].items() if n)),
@@ -623,7 +623,7 @@ class JobReport:
             job = self._data["job"]
             name = job["label"] or job["id"]
             # (parse_math off: a "$" in a label or the cost is text, not matplotlib's math)
-            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {job['calls']} calls, {self.total_usd_text()}", fontsize=10,
+            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {_n_calls(job['calls'])}, {self.total_usd_text()}", fontsize=10,
                          parse_math=False)
             ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper right", fontsize=7, ncol=3)
             fig.tight_layout()
@@ -650,7 +650,7 @@ class JobReport:
         job = self._data["job"]
         states = ", ".join(f"{n} {k}" for k, n in job["states"].items() if n)
         name = job["label"] or job["id"]
-        return f"<JobReport{' ' + str(name) if name else ''}: {job['calls']} calls ({states or 'none'}), {self.total_usd_text()}>"
+        return f"<JobReport{' ' + str(name) if name else ''}: {_n_calls(job['calls'])} ({states or 'none'}), {self.total_usd_text()}>"
 
 
 def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
@@ -735,11 +735,20 @@ def write_plot(report: JobReport, path: str | None) -> Path | None:
 # -- helpers ------------------------------------------------------------------------
 
 def _usd(value: float) -> str:
-    if value == 0:
-        return "$0"
-    if value >= 0.01:
+    """``$1.2345``, ``$0.0000123``; a figure under a cent keeps two significant
+    digits, however small (a 1 ms call at 128 MB costs $0.0000000021: at a fixed
+    8 decimals it showed as "$0.")."""
+    if value == 0 or not math.isfinite(value):
+        return "$0" if value == 0 else f"${value}"
+    if abs(value) >= 0.01:
         return f"${value:,.4f}"
-    return f"${value:.8f}".rstrip("0")
+    decimals = max(8, 1 - math.floor(math.log10(abs(value))))
+    return f"${value:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _n_calls(n: int) -> str:
+    """``1 call``, ``3 calls``."""
+    return f"{n:,} call{'' if n == 1 else 's'}"
 
 
 def _fmt(value: Any) -> str:
