@@ -1,0 +1,109 @@
+"""What a user sees of a job, probed from outside: the figures of a job report
+and of ``wrenpack jobs``, and the exit codes of the commands, as a demanding
+user reads them. No backend is started: the reports are built from status
+records, the commands read a store planted in a temporary directory."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from wrenpack.cli import main
+from wrenpack.report import JobReport
+
+
+def _one_call(ms: float, memory_mb: int = 128) -> JobReport:
+    return JobReport([{"call_id": "00000", "start": 100.0, "end": 100.0 + ms / 1000, "exit": "ok",
+                       "memory_mb": memory_mb}], {"now": 200.0})
+
+
+def test_a_call_that_cost_a_fraction_of_a_nanodollar_shows_its_cost():
+    """A 1 ms call at 128 MB costs $0.0000000021 of duration. The page's table
+    of calls showed it as "$0." (eight decimals, zeros stripped, the dot left):
+    neither zero nor the figure. Every figure under a cent keeps two
+    significant digits, and none ends in a bare dot."""
+    from wrenpack.report import _usd
+
+    report = _one_call(1)
+    cost = report.calls[0]["cost_usd"]
+    assert 1e-9 < cost < 5e-9
+    cells = re.findall(r'<td>(\$[^<]*)</td>', report.to_html())
+    assert cells and not [c for c in cells if c.endswith(".")], cells
+    assert _usd(cost) in cells and float(_usd(cost)[1:]) == pytest.approx(cost, rel=0.05), cells
+    for value, shown in ((2.0833e-9, "$0.0000000021"), (1e-10, "$0.0000000001"), (1.54e-7, "$0.00000015"),
+                         (3.16e-05, "$0.0000316"), (0.0123, "$0.0123"), (1234.5, "$1,234.5000"), (0, "$0")):
+        assert _usd(value) == shown, (value, _usd(value))
+
+
+def test_one_call_is_one_call():
+    """The report's one-line summary (its repr, what a notebook's text view and
+    a log show) said "1 calls"."""
+    assert repr(_one_call(5)).startswith("<JobReport 00000: 1 call (1 finished), $")
+    two = JobReport([{"call_id": c, "start": 1.0, "end": 2.0, "exit": "ok", "memory_mb": 128} for c in ("a", "b")],
+                    {"now": 3.0})
+    assert ": 2 calls (2 finished)" in repr(two)
+
+
+@pytest.mark.parametrize("args", [(), ("--json",), ("--all", "--stale"), ("JOB-1", "--all")])
+def test_clean_with_nothing_or_too_much_to_remove_is_a_usage_error(tmp_path, capsys, args):
+    """`wrenpack clean --help` says "Exit codes: 0 ok, 1 no such job or refused,
+    2 usage", but `wrenpack clean` naming nothing to remove (or both --all and
+    --stale) exited 1, as a refusal would: a script could not tell the two apart."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["clean", "--storage", str(tmp_path / "store"), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: wrenpack clean") and "--all or --stale" in err.splitlines()[-1], err
+
+
+def test_clean_help_says_what_json_does(capsys):
+    """`clean --help` listed a bare `--json` with no word of what it does (`jobs` says "one JSON document")."""
+    with pytest.raises(SystemExit):
+        main(["clean", "--help"])
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("--json"))
+    assert "JSON" in line, line
+
+
+def _plant(store, job_id: str, name: str, data: bytes) -> None:
+    folder = store / "jobs" / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+
+
+def test_jobs_json_rows_have_the_same_fields_in_every_state(tmp_path, capsys, monkeypatch):
+    """`wrenpack jobs --json`: a spawned job's row has its counts and cost; the
+    row of a job launched with .map() (its owner record only), or one whose
+    record does not verify, had only a few of those keys, so a script reading
+    row["done"] or row["cost"] failed with KeyError on the first such row. Every
+    row now has every field (None where there is no figure)."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    store = tmp_path / "store"
+    _plant(store, "20261206-000000-aaaaaaaa", "owner.json", b'{"host": "h", "pid": 1}')  # a .map() job's
+    _plant(store, "20261206-000000-bbbbbbbb", "job.json", b"not a record")  # forged, or another user's
+    assert main(["jobs", "--json", "--storage", str(store)]) == 0
+    rows = json.loads(capsys.readouterr().out)["jobs"]
+    assert len(rows) == 2
+    fields = {"id", "spawned", "function", "state", "calls", "done", "failed", "running", "queued", "cancelled",
+              "created", "ended", "cost", "owner", "settings"}
+    for row in rows:
+        assert fields <= set(row), (fields - set(row), row)
+    assert {json.dumps(sorted(row)) for row in rows} == {json.dumps(sorted(rows[0]))}  # the same keys
+
+
+def test_jobs_table_shows_a_tiny_cost_as_a_figure(tmp_path, capsys, monkeypatch):
+    """`wrenpack jobs` printed each job's cost at six decimals: a spawned job of
+    a few short calls (a few tenths of a micro-dollar) showed "$0.000000",
+    as if it had cost nothing."""
+    from wrenpack.cli import cmd_jobs
+
+    row = {"id": "20261206-000000-cccccccc", "spawned": True, "function": "f", "state": "done", "calls": 1,
+           "done": 1, "failed": 0, "running": 0, "queued": 0, "cancelled": 0, "created": 1.0, "cost": 2.0208e-7,
+           "owner": {"user": "u", "host": "h"}}
+    monkeypatch.setattr("wrenpack.job.client.job_ids", lambda store: [row["id"]])
+    monkeypatch.setattr("wrenpack.job.client.describe", lambda store, job_id, key: dict(row))
+    monkeypatch.setattr(cmd_jobs, "_store", lambda args: type("S", (), {"url": "file:///x"})())
+    assert main(["jobs"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.rstrip().endswith("$0.0000002"), line
