@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -107,3 +108,46 @@ def test_jobs_table_shows_a_tiny_cost_as_a_figure(tmp_path, capsys, monkeypatch)
     assert main(["jobs"]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert line.rstrip().endswith("$0.0000002"), line
+
+
+def test_the_notebook_widget_of_cancelled_calls_is_not_green(monkeypatch):
+    """In a notebook, a wait whose calls were cancelled (``wrenpack.cancel``,
+    ``shutdown(cancel_futures=True)``) ended with the widget's bar green
+    ("success"), as if every call had run and succeeded; its label said
+    "3/3 calls done, 2 cancelled". It is yellow ("warning") now; red as before
+    for failures, green only when every call ran and succeeded."""
+    import concurrent.futures as cf
+    import types
+
+    import wrenpack
+    from wrenpack import progress
+
+    class Widget:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    bars = []
+    widgets = types.ModuleType("ipywidgets")
+    widgets.IntProgress = lambda **kw: bars.append(Widget(**kw)) or bars[-1]
+    widgets.Label = Widget
+    widgets.HBox = lambda children: children
+    display = types.ModuleType("IPython.display")
+    display.display = lambda *a, **kw: None
+    monkeypatch.setitem(sys.modules, "ipywidgets", widgets)
+    monkeypatch.setitem(sys.modules, "IPython.display", display)
+    monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: True)
+
+    def ended(outcomes):
+        futs = [cf.Future() for _ in outcomes]
+        for fut, outcome in zip(futs, outcomes):
+            if outcome == "cancelled":
+                fut.cancel()
+                continue
+            fut.set_running_or_notify_cancel()
+            fut.set_result(1) if outcome == "ok" else fut.set_exception(ValueError(outcome))
+        wrenpack.get(futs, progress="notebook", return_exceptions=True)
+        return bars[-1].bar_style
+
+    assert ended(["ok", "cancelled", "cancelled"]) == "warning"
+    assert ended(["ok", "failed", "cancelled"]) == "danger"
+    assert ended(["ok", "ok"]) == "success"
