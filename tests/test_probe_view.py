@@ -151,3 +151,32 @@ def test_the_notebook_widget_of_cancelled_calls_is_not_green(monkeypatch):
     assert ended(["ok", "cancelled", "cancelled"]) == "warning"
     assert ended(["ok", "failed", "cancelled"]) == "danger"
     assert ended(["ok", "ok"]) == "success"
+
+
+def test_the_png_legend_does_not_cover_the_timeline(tmp_path, monkeypatch):
+    """The PNG's legend was drawn inside the plot's upper right corner, over
+    the first calls' rows: a first call that ran to the job's end had the end
+    of its bar hidden under it. The legend is beside the plot now."""
+    pytest.importorskip("matplotlib")
+    from wrenpack import figure
+
+    drawn = {}
+    save = figure.save
+
+    def keep(fig, path, unwritable):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        drawn["axes"], drawn["legend"] = ax.get_window_extent(), ax.get_legend().get_window_extent()
+        drawn["width"] = fig.bbox.width
+        low, high = sorted(ax.get_ylim())
+        drawn["rows"] = [t for t in ax.get_yticks() if low <= t <= high]
+        return save(fig, path, unwritable)
+
+    monkeypatch.setattr(figure, "save", keep)
+    records = [{"call_id": "long", "start": 0.0, "end": 10.0, "exit": "ok", "memory_mb": 128},
+               {"call_id": "short", "start": 1.0, "end": 2.0, "exit": "error", "memory_mb": 128}]
+    JobReport(records, {"now": 20.0}).save(tmp_path / "job.png")
+    axes, legend = drawn["axes"], drawn["legend"]
+    assert not axes.overlaps(legend), (axes, legend)
+    assert legend.x1 <= drawn["width"], (legend, drawn["width"])  # and it is on the page
+    assert drawn["rows"] == [0, 1], drawn["rows"]

@@ -596,6 +596,7 @@ class JobReport:
                                         "(or save it as .html)"))
         from matplotlib.collections import PolyCollection
         from matplotlib.patches import Patch
+        from matplotlib.ticker import MaxNLocator
 
         calls = self._data["calls"]
         n = max(len(calls), 1)
@@ -618,6 +619,7 @@ class JobReport:
                     ax.add_collection(PolyCollection(boxes, facecolors=COLORS[kind], linewidths=0, antialiaseds=False))
             ax.set_xlim(0, wall * 1.01)
             ax.set_ylim(n - 0.5, -0.5)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # (calls are numbered: no "call 0.5" of one or two)
             ax.set_xlabel("seconds since the job began")
             ax.set_ylabel("call")
             job = self._data["job"]
@@ -625,7 +627,9 @@ class JobReport:
             # (parse_math off: a "$" in a label or the cost is text, not matplotlib's math)
             ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {_n_calls(job['calls'])}, {self.total_usd_text()}", fontsize=10,
                          parse_math=False)
-            ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper right", fontsize=7, ncol=3)
+            # (beside the plot, not over it: inside, it hid the end of the first calls' bars)
+            ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      borderaxespad=0.0, fontsize=7)
             fig.tight_layout()
         except BaseException:
             plt.close(fig)
