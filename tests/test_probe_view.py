@@ -32,6 +32,8 @@ def test_a_call_that_cost_a_fraction_of_a_nanodollar_shows_its_cost():
     cells = re.findall(r'<td>(\$[^<]*)</td>', report.to_html())
     assert cells and not [c for c in cells if c.endswith(".")], cells
     assert _usd(cost) in cells and float(_usd(cost)[1:]) == pytest.approx(cost, rel=0.05), cells
+    text = re.sub(r"<[^>]+>", " ", report.to_html())  # (what the page shows; its data-usd attributes are for programs)
+    assert "e-0" not in text and "$0.0000166667 per GB-s" in text, "a price in scientific notation"  # (was $1.66667e-05)
     for value, shown in ((2.0833e-9, "$0.0000000021"), (1e-10, "$0.0000000001"), (1.54e-7, "$0.00000015"),
                          (3.16e-05, "$0.0000316"), (0.0123, "$0.0123"), (1234.5, "$1,234.5000"), (0, "$0")):
         assert _usd(value) == shown, (value, _usd(value))
@@ -180,3 +182,29 @@ def test_the_png_legend_does_not_cover_the_timeline(tmp_path, monkeypatch):
     assert not axes.overlaps(legend), (axes, legend)
     assert legend.x1 <= drawn["width"], (legend, drawn["width"])  # and it is on the page
     assert drawn["rows"] == [0, 1], drawn["rows"]
+
+
+def test_the_job_settings_are_those_the_calls_ran_with():
+    """``wrenpack.job_report(futs)`` of ``@wrenpack.remote(memory=128, timeout=1)``
+    calls said, under "Job settings", memory_mb 1024 and timeout_s 300: the
+    default executor's, which no call ran with (each call's row said 128 MB,
+    1 s). Where every call's record says what it ran with, the job's settings
+    say that; calls that ran with different ones are listed (the page says
+    "per call"); a record that does not say leaves the setting given."""
+    executor_defaults = {"memory_mb": 1024, "timeout_s": 300.0, "retries": 1}
+    same = [{"call_id": str(i), "start": 1.0, "end": 2.0, "exit": "ok", "memory_mb": 128, "timeout_s": 1.0} for i in range(3)]
+    report = JobReport(same, dict(executor_defaults, now=3.0))
+    settings = report.to_json()["job"]["settings"]
+    assert (settings["memory_mb"], settings["timeout_s"], settings["retries"]) == (128, 1.0, 1), settings
+    page = report.to_html()
+    assert "<th>memory_mb</th><td>128</td>" in page and "<th>timeout_s</th><td>1</td>" in page, page
+    assert "1024" not in page.split('id="settings"')[1].split("</table>")[0]
+
+    mixed = same[:2] + [dict(same[2], memory_mb=2048)]
+    report = JobReport(mixed, dict(executor_defaults, now=3.0))
+    assert report.to_json()["job"]["settings"]["memory_mb"] == [128, 2048]
+    assert "128, 2048 (per call)" in report.to_html()
+
+    unsaid = [{k: v for k, v in r.items() if k not in ("memory_mb", "timeout_s")} for r in same]
+    settings = JobReport(unsaid, dict(executor_defaults, now=3.0)).to_json()["job"]["settings"]
+    assert (settings["memory_mb"], settings["timeout_s"]) == (1024, 300.0), settings

@@ -234,8 +234,15 @@ class JobReport:
         t0 = min(t0_candidates) if t0_candidates else self.now
         t1_candidates = [seg["end"] for c in calls for seg in c["timeline"]]
         t1 = max(t1_candidates) if t1_candidates else t0
+        # What the calls ran with, where each call's own record says it: the settings given (an
+        # executor's defaults) are not what a function's own options (memory=, timeout=) made them run with.
+        ran: dict[str, Any] = {}
+        for name, own in (("memory_mb", "_memory_own"), ("timeout_s", "_timeout_own")):
+            if calls and all(c[own] for c in calls):
+                values = sorted({c[name] for c in calls})
+                ran[name] = values[0] if len(values) == 1 else values
         for c in calls:
-            del c["_t0"]
+            del c["_t0"], c["_memory_own"], c["_timeout_own"]
             for seg in c["timeline"]:
                 seg["start"] = round(seg["start"] - t0, 6)
                 seg["end"] = round(seg["end"] - t0, 6)
@@ -283,7 +290,7 @@ class JobReport:
             "start": t0,
             "end": t1,
             "wall_s": round(t1 - t0 if calls else 0.0, 6),
-            "settings": {k: v for k, v in s.items() if k not in ("now", "s3_requests") and _jsonable(v)},
+            "settings": dict({k: v for k, v in s.items() if k not in ("now", "s3_requests") and _jsonable(v)}, **ran),
         }
         return {"schema": SCHEMA, "job": job, "cost": cost, "calls": calls}
 
@@ -424,6 +431,9 @@ class JobReport:
             "cost_usd": call_usd,
             "timeline": timeline,
             "_t0": t0,
+            "_memory_own": memory is not None and memory_source in ("call", "auto"),
+            "_timeout_own": timeout is not None and any(_number(src.get(k)) is not None for src in (final, meta["auto"] if isinstance(meta.get("auto"), Mapping) else {})
+                                                        for k in ("timeout_s", "timeout")),
         }
 
     def _s3(self, total: dict[str, Any], jobs: int) -> dict[str, Any]:
@@ -508,15 +518,16 @@ class JobReport:
             f"<tr><td>{e(a)}</td><td>{e(b)}</td><td data-field=\"{f}\" data-usd=\"{v!r}\">{e(c)}</td></tr>" for a, b, c, f, v in rows)
             + "</table>")
         p = cost["prices"]
+        per_gb_s_text = f"${p['per_gb_second']:.12f}".rstrip("0")  # ($0.0000166667, not $1.66667e-05)
         out.append(f"<p class=\"note\">{e(cost['basis'])}. Prices: {e(str(p['region']))}, {e(str(p['date']))}, "
-                   f"{e(cost['architecture'])}, ${p['per_gb_second']} per GB-s, ${p['per_request'] * 1e6:g} per million "
+                   f"{e(cost['architecture'])}, {per_gb_s_text} per GB-s, ${p['per_request'] * 1e6:g} per million "
                    f"requests ({e(p['file'])}). S3: {e(s3['basis'])}.</p>")
         for note in cost["notes"]:
             out.append(f"<p class=\"note\">{e(note)}</p>")
         settings = job["settings"]
         if settings:
             out.append("<h3>Job settings</h3><table class=\"kv\" id=\"settings\">" + "".join(
-                f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in settings.items()) + "</table>")
+                f"<tr><th>{e(str(k))}</th><td>{e(_setting(v))}</td></tr>" for k, v in settings.items()) + "</table>")
         autos = _auto_groups(d["calls"])
         if autos:
             out.append("<h3>What \"auto\" chose</h3><table class=\"grid\" id=\"auto\"><tr><th>calls</th><th>memory</th>"
@@ -748,6 +759,13 @@ def _usd(value: float) -> str:
         return f"${value:,.4f}"
     decimals = max(8, 1 - math.floor(math.log10(abs(value))))
     return f"${value:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _setting(value: Any) -> str:
+    """A job setting as the page shows it: calls that ran with different ones list them."""
+    if isinstance(value, list):
+        return ", ".join(map(_fmt, value)) + " (per call)"
+    return _fmt(value) if isinstance(value, float) else str(value)
 
 
 def _n_calls(n: int) -> str:
