@@ -208,3 +208,25 @@ def test_the_job_settings_are_those_the_calls_ran_with():
     unsaid = [{k: v for k, v in r.items() if k not in ("memory_mb", "timeout_s")} for r in same]
     settings = JobReport(unsaid, dict(executor_defaults, now=3.0)).to_json()["job"]["settings"]
     assert (settings["memory_mb"], settings["timeout_s"]) == (1024, 300.0), settings
+
+
+def test_jobs_show_json_calls_have_the_same_fields_in_every_state(capsys, monkeypatch):
+    """`wrenpack jobs show ID --json` while the job runs: an ended call's entry
+    has its exit, start, end, duration and peak; a running one had only
+    call_id, state and start, a queued one call_id and state, so a script
+    reading call["duration_s"] failed on the first call not ended yet."""
+    from wrenpack.cli import cmd_jobs
+
+    statuses = [{"call_id": "00000", "attempt": 0, "segment": 0, "exit": "ok", "start": 1.0, "end": 2.0,
+                 "duration_s": 1.0, "peak_rss_mb": 20.0, "state": "done", "attempts": 1},
+                {"call_id": "00001", "state": "running", "start": 1.5},
+                {"call_id": "00002", "state": "queued"}]
+    job = type("J", (), {"store": None, "id": "20261206-000000-dddddddd", "statuses": lambda self: [dict(s) for s in statuses]})()
+    monkeypatch.setattr(cmd_jobs, "_open", lambda args: job)
+    monkeypatch.setattr("wrenpack.job.client.describe", lambda store, job_id, key: {"id": job_id, "state": "running"})
+    monkeypatch.setattr("wrenpack.executor.owner.user_key", lambda create=False: None)
+    assert main(["jobs", "show", job.id, "--json"]) == 0
+    calls = json.loads(capsys.readouterr().out)["calls_status"]
+    assert [c["state"] for c in calls] == ["done", "running", "queued"]
+    assert all(set(cmd_jobs.CALL_FIELDS) <= set(c) for c in calls), calls  # every call has every field
+    assert calls[2]["duration_s"] is None and calls[1]["start"] == 1.5 and calls[0]["duration_s"] == 1.0

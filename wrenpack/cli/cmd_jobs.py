@@ -24,6 +24,10 @@ from wrenpack.report import _usd, add_plot_arguments, write_plot
 ROW_FIELDS = ("id", "spawned", "function", "state", "why", "calls", "done", "failed", "running", "queued", "cancelled",
               "created", "updated", "ended", "invocations", "billed_ms", "cost", "backend", "owner", "retention_s",
               "expires", "settings", "supervisor")
+#: the fields of each call of `wrenpack jobs show ID --json` ("calls_status"), in every state: a queued or
+#: running call, with no outcome record yet, holds None where an ended one has its figures
+CALL_FIELDS = ("call_id", "state", "exit", "error", "attempt", "attempts", "segment", "start", "end", "duration_s",
+               "peak_rss_mb")
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -112,7 +116,7 @@ def _show(args: argparse.Namespace) -> int:
 
     job = _open(args)  # (the one-line errors: not found, not spawned, untrusted)
     row = describe(job.store, job.id, user_key(create=False))
-    row["calls_status"] = job.statuses()
+    row["calls_status"] = [dict({k: rec.get(k) for k in CALL_FIELDS}, **rec) for rec in job.statuses()]
     if args.plot:
         written = write_plot(job.report(), args.plot)
         print(f"report: {written}", file=sys.stderr)
