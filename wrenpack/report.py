@@ -235,10 +235,11 @@ class JobReport:
         t1_candidates = [seg["end"] for c in calls for seg in c["timeline"]]
         t1 = max(t1_candidates) if t1_candidates else t0
         # What the calls ran with, where each call's own record says it: the settings given (an
-        # executor's defaults) are not what a function's own options (memory=, timeout=) made them run with.
+        # executor's defaults) are not what a function's own options (memory=, timeout=) made them run
+        # with. ("auto" stays: what it chose for each call is the page's "auto" table.)
         ran: dict[str, Any] = {}
         for name, own in (("memory_mb", "_memory_own"), ("timeout_s", "_timeout_own")):
-            if calls and all(c[own] for c in calls):
+            if calls and all(c[own] for c in calls) and not isinstance(s.get(name), str):
                 values = sorted({c[name] for c in calls})
                 ran[name] = values[0] if len(values) == 1 else values
         for c in calls:
@@ -432,8 +433,7 @@ class JobReport:
             "timeline": timeline,
             "_t0": t0,
             "_memory_own": memory is not None and memory_source in ("call", "auto"),
-            "_timeout_own": timeout is not None and any(_number(src.get(k)) is not None for src in (final, meta["auto"] if isinstance(meta.get("auto"), Mapping) else {})
-                                                        for k in ("timeout_s", "timeout")),
+            "_timeout_own": timeout is not None and _timeout(dict(final, auto=meta.get("auto")), {}) is not None,
         }
 
     def _s3(self, total: dict[str, Any], jobs: int) -> dict[str, Any]:
