@@ -230,3 +230,25 @@ def test_jobs_show_json_calls_have_the_same_fields_in_every_state(capsys, monkey
     assert [c["state"] for c in calls] == ["done", "running", "queued"]
     assert all(set(cmd_jobs.CALL_FIELDS) <= set(c) for c in calls), calls  # every call has every field
     assert calls[2]["duration_s"] is None and calls[1]["start"] == 1.5 and calls[0]["duration_s"] == 1.0
+
+
+def test_a_call_that_failed_with_no_run_timed_is_marked_failed_on_the_timeline(tmp_path):
+    """A call stopped at its memory limit (its worker killed: no record of its
+    run) has a queued bar, from its making to a worker taking it, and nothing
+    else: its timeline row, on the page and in the PNG, was a grey bar alone, as
+    if it were still waiting, beside a row the table calls failed. Its end is
+    marked in the failed colour now (as a call with no bar at all already was)."""
+    records = [{"call_id": "a", "created_at": 100.0, "started_at": 100.4, "state": "failed",
+                "error": "MemoryLimitExceeded: a exceeded its memory limit of 128 MB"},
+               {"call_id": "b", "created_at": 100.0, "start": 100.5, "end": 101.0, "exit": "ok", "memory_mb": 128}]
+    report = JobReport(records, {"now": 102.0})
+    svg = report._svg()
+    row = re.search(r'<g class="row" data-index="0"[^>]*>(.*?)</g>', svg).group(1)
+    marks = re.findall(r'<rect class="seg failed mark" x="([\d.]+)"[^>]*fill="([^"]+)"', row)
+    queued_end = re.search(r'<rect class="seg queued" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', row).groups()
+    assert len(marks) == 1 and marks[0][1] == "#d64545", row
+    assert float(marks[0][0]) == pytest.approx(float(queued_end[0]) + float(queued_end[1]), abs=0.05), (marks, queued_end)
+    other = re.search(r'<g class="row" data-index="1"[^>]*>(.*?)</g>', svg).group(1)
+    assert "mark" not in other  # (a call with a bar of its run needs none)
+    if __import__("importlib").util.find_spec("matplotlib"):
+        report.save(tmp_path / "job.png")  # (drawn there too)

@@ -593,10 +593,11 @@ class JobReport:
                     what += f" (segment {seg['segment']}, attempt {seg['attempt']}, exit {seg.get('exit')})"
                 out.append(f"<rect class=\"seg {seg['kind']}\" x=\"{sx:.2f}\" y=\"{y + 1}\" width=\"{sw:.2f}\" "
                            f"height=\"{max(row - 2, 1)}\" fill=\"{COLORS[seg['kind']]}\"><title>{e(what)}</title></rect>")
-            if not c["timeline"]:  # nothing timed (a call that failed before a worker wrote a record)
-                out.append(f"<rect class=\"seg {c['state']} mark\" x=\"{left}\" y=\"{y + 1}\" width=\"3\" height=\"{max(row - 2, 1)}\" "
-                           f"fill=\"{COLORS.get(c['state'], '#888')}\"><title>{e(c['label'])}: {c['state']} (no timing recorded)"
-                           f"</title></rect>")
+            mark = _unrun_mark(c)
+            if mark is not None:  # ended with no run timed (a worker that died, a memory limit): its end is marked
+                out.append(f"<rect class=\"seg {c['state']} mark\" x=\"{left + mark * scale:.2f}\" y=\"{y + 1}\" width=\"3\" "
+                           f"height=\"{max(row - 2, 1)}\" fill=\"{COLORS.get(c['state'], '#888')}\"><title>{e(c['label'])}: "
+                           f"{c['state']} (no timing recorded)</title></rect>")
             out.append("</g>")
         out.append("</svg>")
         return "".join(out)
@@ -621,11 +622,13 @@ class JobReport:
                 boxes = []
                 for c in calls:
                     y0, y1 = c["index"] - 0.4, c["index"] + 0.4
-                    for seg in c["timeline"]:
-                        if seg["kind"] == kind:
-                            x0 = seg["start"]
-                            x1 = max(seg["end"], x0 + least)
-                            boxes.append(((x0, y0), (x0, y1), (x1, y1), (x1, y0)))
+                    segs = [(seg["start"], seg["end"]) for seg in c["timeline"] if seg["kind"] == kind]
+                    mark = _unrun_mark(c)
+                    if mark is not None and c["state"] == kind:  # (its end, as the page marks it)
+                        segs.append((mark, mark + 3 * least))
+                    for x0, end in segs:
+                        x1 = max(end, x0 + least)
+                        boxes.append(((x0, y0), (x0, y1), (x1, y1), (x1, y0)))
                 if boxes:
                     ax.add_collection(PolyCollection(boxes, facecolors=COLORS[kind], linewidths=0, antialiaseds=False))
             ax.set_xlim(0, wall * 1.01)
@@ -759,6 +762,16 @@ def _usd(value: float) -> str:
         return f"${value:,.4f}"
     decimals = max(8, 1 - math.floor(math.log10(abs(value))))
     return f"${value:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _unrun_mark(call: dict[str, Any]) -> float | None:
+    """Where a call that ended with no invocation timed (it failed: a worker
+    that died, a memory limit; or it was cancelled) is marked on the timeline:
+    at the end of its wait, or at 0 with none. None for a call with a bar of its
+    own run, or one still to run: its bars say it all."""
+    if call["state"] not in ("failed", "cancelled", "finished") or any(seg["kind"] != "queued" for seg in call["timeline"]):
+        return None
+    return max((seg["end"] for seg in call["timeline"]), default=0.0)
 
 
 def _setting(value: Any) -> str:
