@@ -496,8 +496,9 @@ class _Notebook(_Display):
         if self._bar is not None:
             self._bar.value = counts.done
             self._label.value = _line(counts, self.total, elapsed)
-            if final:
-                self._bar.bar_style = "danger" if counts.failed or counts.done < self.total else "success"
+            if final:  # (red: failed or not all done; yellow: some never ran; green: all ran and succeeded)
+                self._bar.bar_style = "danger" if counts.failed or counts.done < self.total else \
+                    "warning" if counts.cancelled else "success"
         else:
             self._handle.update(self._bundle(counts, elapsed), raw=True)
 

@@ -234,8 +234,16 @@ class JobReport:
         t0 = min(t0_candidates) if t0_candidates else self.now
         t1_candidates = [seg["end"] for c in calls for seg in c["timeline"]]
         t1 = max(t1_candidates) if t1_candidates else t0
+        # What the calls ran with, where each call's own record says it: the settings given (an
+        # executor's defaults) are not what a function's own options (memory=, timeout=) made them run
+        # with. ("auto" stays: what it chose for each call is the page's "auto" table.)
+        ran: dict[str, Any] = {}
+        for name, own in (("memory_mb", "_memory_own"), ("timeout_s", "_timeout_own")):
+            if calls and all(c[own] for c in calls) and not isinstance(s.get(name), str):
+                values = sorted({c[name] for c in calls})
+                ran[name] = values[0] if len(values) == 1 else values
         for c in calls:
-            del c["_t0"]
+            del c["_t0"], c["_memory_own"], c["_timeout_own"]
             for seg in c["timeline"]:
                 seg["start"] = round(seg["start"] - t0, 6)
                 seg["end"] = round(seg["end"] - t0, 6)
@@ -283,7 +291,7 @@ class JobReport:
             "start": t0,
             "end": t1,
             "wall_s": round(t1 - t0 if calls else 0.0, 6),
-            "settings": {k: v for k, v in s.items() if k not in ("now", "s3_requests") and _jsonable(v)},
+            "settings": dict({k: v for k, v in s.items() if k not in ("now", "s3_requests") and _jsonable(v)}, **ran),
         }
         return {"schema": SCHEMA, "job": job, "cost": cost, "calls": calls}
 
@@ -424,6 +432,8 @@ class JobReport:
             "cost_usd": call_usd,
             "timeline": timeline,
             "_t0": t0,
+            "_memory_own": memory is not None and memory_source in ("call", "auto"),
+            "_timeout_own": timeout is not None and _timeout(dict(final, auto=meta.get("auto")), {}) is not None,
         }
 
     def _s3(self, total: dict[str, Any], jobs: int) -> dict[str, Any]:
@@ -487,7 +497,7 @@ class JobReport:
         job, cost = d["job"], d["cost"]
         e = html.escape
         out = [f"<div class=\"wrenpack-report\">{_STYLE}"]
-        name = job["label"] or job["id"] or f"{job['calls']} calls"
+        name = job["label"] or job["id"] or _n_calls(job["calls"])
         out.append(f"<h2>wrenpack job report: {e(str(name))}</h2>")
         head = [("job", job["id"]), ("backend", job["backend"]), ("calls", job["calls"]),
                 ("states", ", ".join(f"{n} {k}" for k, n in job["states"].items() if n)),
@@ -508,15 +518,16 @@ class JobReport:
             f"<tr><td>{e(a)}</td><td>{e(b)}</td><td data-field=\"{f}\" data-usd=\"{v!r}\">{e(c)}</td></tr>" for a, b, c, f, v in rows)
             + "</table>")
         p = cost["prices"]
+        per_gb_s_text = f"${p['per_gb_second']:.12f}".rstrip("0")  # ($0.0000166667, not $1.66667e-05)
         out.append(f"<p class=\"note\">{e(cost['basis'])}. Prices: {e(str(p['region']))}, {e(str(p['date']))}, "
-                   f"{e(cost['architecture'])}, ${p['per_gb_second']} per GB-s, ${p['per_request'] * 1e6:g} per million "
+                   f"{e(cost['architecture'])}, {per_gb_s_text} per GB-s, ${p['per_request'] * 1e6:g} per million "
                    f"requests ({e(p['file'])}). S3: {e(s3['basis'])}.</p>")
         for note in cost["notes"]:
             out.append(f"<p class=\"note\">{e(note)}</p>")
         settings = job["settings"]
         if settings:
             out.append("<h3>Job settings</h3><table class=\"kv\" id=\"settings\">" + "".join(
-                f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in settings.items()) + "</table>")
+                f"<tr><th>{e(str(k))}</th><td>{e(_setting(v))}</td></tr>" for k, v in settings.items()) + "</table>")
         autos = _auto_groups(d["calls"])
         if autos:
             out.append("<h3>What \"auto\" chose</h3><table class=\"grid\" id=\"auto\"><tr><th>calls</th><th>memory</th>"
@@ -582,10 +593,11 @@ class JobReport:
                     what += f" (segment {seg['segment']}, attempt {seg['attempt']}, exit {seg.get('exit')})"
                 out.append(f"<rect class=\"seg {seg['kind']}\" x=\"{sx:.2f}\" y=\"{y + 1}\" width=\"{sw:.2f}\" "
                            f"height=\"{max(row - 2, 1)}\" fill=\"{COLORS[seg['kind']]}\"><title>{e(what)}</title></rect>")
-            if not c["timeline"]:  # nothing timed (a call that failed before a worker wrote a record)
-                out.append(f"<rect class=\"seg {c['state']} mark\" x=\"{left}\" y=\"{y + 1}\" width=\"3\" height=\"{max(row - 2, 1)}\" "
-                           f"fill=\"{COLORS.get(c['state'], '#888')}\"><title>{e(c['label'])}: {c['state']} (no timing recorded)"
-                           f"</title></rect>")
+            mark = _unrun_mark(c)
+            if mark is not None:  # ended with no run timed (a worker that died, a memory limit): its end is marked
+                out.append(f"<rect class=\"seg {c['state']} mark\" x=\"{left + mark * scale:.2f}\" y=\"{y + 1}\" width=\"3\" "
+                           f"height=\"{max(row - 2, 1)}\" fill=\"{COLORS.get(c['state'], '#888')}\"><title>{e(c['label'])}: "
+                           f"{c['state']} (no timing recorded)</title></rect>")
             out.append("</g>")
         out.append("</svg>")
         return "".join(out)
@@ -596,6 +608,7 @@ class JobReport:
                                         "(or save it as .html)"))
         from matplotlib.collections import PolyCollection
         from matplotlib.patches import Patch
+        from matplotlib.ticker import MaxNLocator
 
         calls = self._data["calls"]
         n = max(len(calls), 1)
@@ -609,23 +622,28 @@ class JobReport:
                 boxes = []
                 for c in calls:
                     y0, y1 = c["index"] - 0.4, c["index"] + 0.4
-                    for seg in c["timeline"]:
-                        if seg["kind"] == kind:
-                            x0 = seg["start"]
-                            x1 = max(seg["end"], x0 + least)
-                            boxes.append(((x0, y0), (x0, y1), (x1, y1), (x1, y0)))
+                    segs = [(seg["start"], seg["end"]) for seg in c["timeline"] if seg["kind"] == kind]
+                    mark = _unrun_mark(c)
+                    if mark is not None and c["state"] == kind:  # (its end, as the page marks it)
+                        segs.append((mark, mark + 3 * least))
+                    for x0, end in segs:
+                        x1 = max(end, x0 + least)
+                        boxes.append(((x0, y0), (x0, y1), (x1, y1), (x1, y0)))
                 if boxes:
                     ax.add_collection(PolyCollection(boxes, facecolors=COLORS[kind], linewidths=0, antialiaseds=False))
             ax.set_xlim(0, wall * 1.01)
             ax.set_ylim(n - 0.5, -0.5)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # (calls are numbered: no "call 0.5" of one or two)
             ax.set_xlabel("seconds since the job began")
             ax.set_ylabel("call")
             job = self._data["job"]
             name = job["label"] or job["id"]
             # (parse_math off: a "$" in a label or the cost is text, not matplotlib's math)
-            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {job['calls']} calls, {self.total_usd_text()}", fontsize=10,
+            ax.set_title(f"wrenpack job{' ' + str(name) if name else ''}: {_n_calls(job['calls'])}, {self.total_usd_text()}", fontsize=10,
                          parse_math=False)
-            ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper right", fontsize=7, ncol=3)
+            # (beside the plot, not over it: inside, it hid the end of the first calls' bars)
+            ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in KINDS], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      borderaxespad=0.0, fontsize=7)
             fig.tight_layout()
         except BaseException:
             plt.close(fig)
@@ -650,7 +668,7 @@ class JobReport:
         job = self._data["job"]
         states = ", ".join(f"{n} {k}" for k, n in job["states"].items() if n)
         name = job["label"] or job["id"]
-        return f"<JobReport{' ' + str(name) if name else ''}: {job['calls']} calls ({states or 'none'}), {self.total_usd_text()}>"
+        return f"<JobReport{' ' + str(name) if name else ''}: {_n_calls(job['calls'])} ({states or 'none'}), {self.total_usd_text()}>"
 
 
 def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
@@ -735,11 +753,37 @@ def write_plot(report: JobReport, path: str | None) -> Path | None:
 # -- helpers ------------------------------------------------------------------------
 
 def _usd(value: float) -> str:
-    if value == 0:
-        return "$0"
-    if value >= 0.01:
+    """``$1.2345``, ``$0.0000123``; a figure under a cent keeps two significant
+    digits, however small (a 1 ms call at 128 MB costs $0.0000000021: at a fixed
+    8 decimals it showed as "$0.")."""
+    if value == 0 or not math.isfinite(value):
+        return "$0" if value == 0 else f"${value}"
+    if abs(value) >= 0.01:
         return f"${value:,.4f}"
-    return f"${value:.8f}".rstrip("0")
+    decimals = max(8, 1 - math.floor(math.log10(abs(value))))
+    return f"${value:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _unrun_mark(call: dict[str, Any]) -> float | None:
+    """Where a call that ended with no invocation timed (it failed: a worker
+    that died, a memory limit; or it was cancelled) is marked on the timeline:
+    at the end of its wait, or at 0 with none. None for a call with a bar of its
+    own run, or one still to run: its bars say it all."""
+    if call["state"] not in ("failed", "cancelled", "finished") or any(seg["kind"] != "queued" for seg in call["timeline"]):
+        return None
+    return max((seg["end"] for seg in call["timeline"]), default=0.0)
+
+
+def _setting(value: Any) -> str:
+    """A job setting as the page shows it: calls that ran with different ones list them."""
+    if isinstance(value, list):
+        return ", ".join(map(_fmt, value)) + " (per call)"
+    return _fmt(value) if isinstance(value, float) else str(value)
+
+
+def _n_calls(n: int) -> str:
+    """``1 call``, ``3 calls``."""
+    return f"{n:,} call{'' if n == 1 else 's'}"
 
 
 def _fmt(value: Any) -> str:

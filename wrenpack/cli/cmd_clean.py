@@ -75,7 +75,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
                                    ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
     if sum((bool(args.job_ids), args.all, args.stale)) != 1:
-        raise ConfigError("name the jobs to remove (wrenpack clean JOB_ID ...), or pass --all or --stale (one of them)")
+        # (usage, as its --help says: exit 2 with the usage line, as argparse's own errors)
+        args.parser.error("name the jobs to remove (wrenpack clean JOB_ID ...), or pass --all or --stale (one of them)")
     # A named job is one id (a trailing slash allowed): a path ("JOB/result", "..") would remove
     # part of a job, or of another, without the checks below seeing it.
     given = [check_job_id(j.rstrip("/") or j, "wrenpack clean") for j in args.job_ids]
@@ -268,5 +269,5 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--region")
     p.add_argument("--profile")
     p.add_argument("--s3-endpoint-url")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_clean)
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(func=cmd_clean, parser=p)

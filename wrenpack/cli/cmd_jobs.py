@@ -16,7 +16,18 @@ import sys
 from typing import Any
 
 from wrenpack.errors import WrenpackError
-from wrenpack.report import add_plot_arguments, write_plot
+from wrenpack.report import _usd, add_plot_arguments, write_plot
+
+#: the fields of each row of `wrenpack jobs --json`, in every state: a job launched with .map(), one whose
+#: record does not verify or cannot be read holds None where a spawned job has a figure (a script reading
+#: row["done"] or row["cost"] must not fail on the first such row)
+ROW_FIELDS = ("id", "spawned", "function", "state", "why", "calls", "done", "failed", "running", "queued", "cancelled",
+              "created", "updated", "ended", "invocations", "billed_ms", "cost", "backend", "owner", "retention_s",
+              "expires", "settings", "supervisor")
+#: the fields of each call of `wrenpack jobs show ID --json` ("calls_status"), in every state: a queued or
+#: running call, with no outcome record yet, holds None where an ended one has its figures
+CALL_FIELDS = ("call_id", "state", "exit", "error", "attempt", "attempts", "segment", "start", "end", "duration_s",
+               "peak_rss_mb")
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -68,7 +79,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     rows = [describe(store, j, key) for j in job_ids(store)] if store is not None else []
     url = store.url if store is not None else args.missing_store
     if args.json:
-        print(json.dumps({"store": url, "store_exists": store is not None, "jobs": rows}, default=str))
+        whole = [dict({k: r.get(k) for k in ROW_FIELDS}, **r) for r in rows]
+        print(json.dumps({"store": url, "store_exists": store is not None, "jobs": whole}, default=str))
         return 0
     if not rows:
         hint = "" if store is not None else " (there is no store there: check --storage)" if args.storage else \
@@ -78,7 +90,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED", "OWNER", "STARTED", "COST")
     table = [head] + [tuple(map(printable, (
         r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
-        f"${r['cost']:.6f}" if "cost" in r else "-"))) for r in rows]
+        _usd(r["cost"]) if r.get("cost") is not None else "-"))) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
@@ -104,7 +116,7 @@ def _show(args: argparse.Namespace) -> int:
 
     job = _open(args)  # (the one-line errors: not found, not spawned, untrusted)
     row = describe(job.store, job.id, user_key(create=False))
-    row["calls_status"] = job.statuses()
+    row["calls_status"] = [dict({k: rec.get(k) for k in CALL_FIELDS}, **rec) for rec in job.statuses()]
     if args.plot:
         written = write_plot(job.report(), args.plot)
         print(f"report: {written}", file=sys.stderr)
@@ -124,7 +136,7 @@ def _show(args: argparse.Namespace) -> int:
     # (Lambda's price of the invocations and their billed time; S3's requests are the report's to
     # estimate, so this says what it holds: on a local backend, what the calls would cost on Lambda)
     billed = "billed" if settings.get("billed") else "estimated: what they would cost on Lambda"
-    print(f"cost       ${row['cost']:.6f} ({billed}; {row['invocations']} invocations, {row['billed_ms'] / 1000:.3f} s; "
+    print(f"cost       {_usd(row['cost'])} ({billed}; {row['invocations']} invocations, {row['billed_ms'] / 1000:.3f} s; "
           "Lambda only, S3 requests not counted: --plot FILE reports them)")
     for rec in row["calls_status"]:
         extra = ""
