@@ -101,6 +101,14 @@ def cancel_key(job_id: str) -> str:
     return f"{JOBS}{job_id}/cancel"
 
 
+def kept_for_late_writes(job_id: str) -> tuple[str, ...]:
+    """What of a job stays while calls of it may still run where they outlive their
+    driver (Lambda): its owner record, for ``wrenpack clean --stale``, and its cancel
+    markers, the job's and each call's (``cancel_key`` is a prefix of both), for the
+    calls to find (``Store.delete_prefix_except`` takes these)."""
+    return owner_key(job_id), cancel_key(job_id)
+
+
 def call_cancel_key(job_id: str, call_id: str) -> str:
     """One call's cancel marker (``wrenpack.cancel`` of a running call on Lambda):
     the key a call's event names as its ``cancel_key`` unless its job's is there."""

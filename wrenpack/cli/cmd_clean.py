@@ -160,13 +160,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if args.all and args.force and not live:
         removed = {keys.JOBS: store.delete_prefix(keys.JOBS)}
     else:
-        removed = {keys.job_prefix(j): (_remove_all_but(store, keys.job_prefix(j), keys.owner_key(j), keys.cancel_key(j),
-                                                        keys.call_cancel_key(j, ""))
+        removed = {keys.job_prefix(j): (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
                                         if j in late else store.delete_prefix(keys.job_prefix(j))) for j in targets}
     for sid in shuffles:  # a map_reduce's intermediates, and its owner record with them
         prefix = keys.shuffle_prefix(sid)
-        removed[prefix] = (_remove_all_but(store, prefix, keys.shuffle_owner_key(sid)) if f"map_reduce {sid}" in late
-                           else store.delete_prefix(prefix))
+        removed[prefix] = (store.delete_prefix_except(prefix, (keys.shuffle_owner_key(sid),))
+                           if f"map_reduce {sid}" in late else store.delete_prefix(prefix))
     _remove_logs(targets)
     swept = 0
     from wrenpack.storage.local import LocalStore, sweep_tmp
@@ -229,16 +228,6 @@ def _late_writes_until(store: Any, owner_key: str, record_id: str, key: bytes, n
         store.put(owner_key, json.dumps(owner_record.seal(key, record_id, marked)).encode())
     until = float(swept) + float(late)
     return until if now < until else None
-
-
-def _remove_all_but(store: Any, prefix: str, *kept: str) -> int:
-    """Remove the objects under ``prefix`` but ``kept`` (keys, or key prefixes ending in "/")."""
-    removed = 0
-    for name in store.list(prefix):
-        if not name.startswith(kept):
-            store.delete(name)
-            removed += 1
-    return removed
 
 
 def _remove_logs(job_ids: list[str]) -> None:

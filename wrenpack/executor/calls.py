@@ -573,11 +573,7 @@ class CallTable:
             if job_id in self._outliving:
                 # Calls of it run on elsewhere (stopped at exit): its cancel markers stay for them to
                 # find, and its owner record for `wrenpack clean --stale`, which removes what they write late.
-                prefix = keys.job_prefix(job_id)
-                cancels = (keys.cancel_key(job_id), keys.call_cancel_key(job_id, ""))
-                for key in self.store.list(prefix):
-                    if key != keys.owner_key(job_id) and not key.startswith(cancels):
-                        self.store.delete(key)
+                self.store.delete_prefix_except(keys.job_prefix(job_id), keys.kept_for_late_writes(job_id))
                 return
             self.store.delete_prefix(keys.job_prefix(job_id))
         except Exception as exc:  # noqa: BLE001 - the results are already read

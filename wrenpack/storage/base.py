@@ -92,6 +92,14 @@ class Store(abc.ABC):
             self.delete(key)
         return len(keys)
 
+    def delete_prefix_except(self, prefix: str, kept: tuple[str, ...]) -> int:
+        """Remove every key under ``prefix`` but those that start with one of ``kept``;
+        return how many went."""
+        keys = [key for key in self.list(prefix) if not key.startswith(kept)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
     def remove_stopped_writes(self, grace_s: float = 1.0) -> int:
         """Remove what writers stopped mid-write left (a call killed at its limit,
         cancelled, or stopped at the program's exit): a local store's temporary
