@@ -5,6 +5,7 @@ and a map_reduce's intermediates, its jobs' stored arguments (and on Lambda, cal
 on) stayed."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -23,6 +25,22 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_CACHE_DIR=str(tmp_path / "cache"),
                WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2", PYTHONPATH=str(REPO))
     return env
+
+
+@contextlib.contextmanager
+def _ready(tmp_path: Path, script: str, **popen: Any) -> Iterator[subprocess.Popen]:
+    """The program ``script`` started, once it printed "ready"; killed at the end if it still runs."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def _stored(tmp_path: Path) -> list[str]:
@@ -50,19 +68,12 @@ _MAP_REDUCE = """
 def test_a_map_reduce_ended_by_sigterm_leaves_nothing_in_the_store(tmp_path, to_group):
     """``kill PID`` signals the driver; ``timeout`` signals it, then its whole process group
     (the driver gets it twice: the second, within a second, is the same request, not "now")."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_MAP_REDUCE)], cwd=tmp_path, env=_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
+    with _ready(tmp_path, _MAP_REDUCE, start_new_session=True) as proc:
         assert any(p.startswith("shuffle/") for p in _stored(tmp_path))
         proc.send_signal(signal.SIGTERM)
         if to_group:
             os.killpg(proc.pid, signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == -signal.SIGTERM, err  # (ended by the signal, as before)
     assert _stored(tmp_path) == [], err  # (before: the shuffle's objects and owner record stayed)
     assert "Traceback" not in err and "still running at exit" in err, err
@@ -137,20 +148,13 @@ def test_a_repeated_sigterm_is_one_request_within_a_second_and_ends_the_driver_a
     """``timeout`` signals the program, then its process group: the second SIGTERM is the same
     request and must not cut the cleanup short. One that comes later is the user insisting: the
     process ends at once (a cleanup that hangs can still be ended)."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SLOW_CLEANUP.format(cleanup_s=3 if cleaned else 30))],
-                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
+    with _ready(tmp_path, _SLOW_CLEANUP.format(cleanup_s=3 if cleaned else 30)) as proc:
         proc.send_signal(signal.SIGTERM)
         assert proc.stdout.readline().strip() == "cleaning"
         time.sleep(gap_s)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == -signal.SIGTERM, err
     if cleaned:
         assert out.split() == ["cleaned"], err  # (the duplicate did not end it mid-cleanup)
@@ -161,7 +165,7 @@ def test_a_repeated_sigterm_is_one_request_within_a_second_and_ends_the_driver_a
 def test_a_program_that_catches_everything_still_ends(tmp_path):
     """The handler raises nothing into the program: one that catches BaseException around its
     wait (a test runner, a server loop) still ends by SIGTERM, after wrenpack's cleanup."""
-    script = textwrap.dedent("""
+    script = """
         import time, wrenpack
         def slow(x):
             time.sleep(60)
@@ -173,17 +177,10 @@ def test_a_program_that_catches_everything_still_ends(tmp_path):
             print("caught", type(exc).__name__, flush=True)
             time.sleep(5)
             print("went on", flush=True)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
+    """
+    with _ready(tmp_path, script) as proc:
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
     assert "still running at exit" in err and _stored(tmp_path) == [], err
