@@ -3,6 +3,7 @@ own outcome and limits: batched calls fail one by one, a memory limit or a
 timeout stops only the call that broke it, nothing waits behind a long call."""
 from __future__ import annotations
 
+import concurrent.futures
 import time
 
 import pytest
@@ -92,3 +93,52 @@ def test_long_calls_are_not_queued_behind_a_running_one(ex):
     elapsed = time.monotonic() - t0
     # Ideal: the two 1 s calls on different workers, the short ones beside them.
     assert elapsed < 1.0 + 0.6, f"{elapsed:.2f} s: a call waited behind a long one"
+
+
+def steady_nap(s):
+    time.sleep(s)
+    return s
+
+
+def test_steady_longer_calls_go_to_a_worker_just_before_its_running_call_ends(ex):
+    """A function whose calls take about the same time each has its next call sent
+    to a worker shortly before the running one is expected to end, so the worker
+    starts it without a round trip through the driver; every result is its own."""
+    f = wrenpack.remote(steady_nap, executor=ex)
+    ahead = ex.backend.calls_sent_ahead
+    items = [0.2 + i * 1e-6 for i in range(12)]
+    assert wrenpack.get(f.map(items)) == items
+    assert ex.backend.calls_sent_ahead > ahead, "no call of a steady function was sent ahead of its worker's reply"
+
+
+def varied_nap(s):
+    time.sleep(s)
+    return s
+
+
+def test_calls_whose_times_vary_are_never_sent_ahead(ex):
+    f = wrenpack.remote(varied_nap, executor=ex)
+    ahead = ex.backend.calls_sent_ahead
+    items = [0.05, 0.3] * 6
+    assert wrenpack.get(f.map(items)) == items
+    assert ex.backend.calls_sent_ahead == ahead
+
+
+def test_cancelling_a_map_whose_calls_were_sent_ahead_ends_every_call(ex):
+    """Cancelled while calls wait in the workers behind running ones: each future
+    ends, cancelled or with its own result, and nothing hangs."""
+    f = wrenpack.remote(steady_nap, executor=ex)
+    assert wrenpack.get(f.map([0.15] * 8)) == [0.15] * 8  # steady: later calls go ahead
+    ahead = ex.backend.calls_sent_ahead
+    futs = f.map([0.15] * 24)
+    time.sleep(0.8)
+    for fut in futs:
+        fut.cancel()
+    outcomes = []
+    for fut in futs:
+        try:
+            outcomes.append(fut.result(timeout=30))
+        except concurrent.futures.CancelledError:
+            outcomes.append("cancelled")
+    assert set(outcomes) <= {0.15, "cancelled"} and "cancelled" in outcomes
+    assert ex.backend.calls_sent_ahead > ahead
