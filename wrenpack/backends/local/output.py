@@ -158,6 +158,7 @@ class Relay:
         self._removed: list[WorkerOutput] = []
         self._outputs: set[WorkerOutput] = set()
         self._stopping = False
+        self._closed = False  # (its descriptors are closed: their numbers may be another file's by now)
         self._thread: threading.Thread | None = None
 
     @staticmethod
@@ -204,10 +205,13 @@ class Relay:
             self._close_all()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
 
     def _run(self) -> None:
         try:
@@ -264,16 +268,20 @@ class Relay:
 
     def _close_all(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             outputs = self._outputs | set(self._added) | set(self._removed)
             self._outputs, self._added, self._removed = set(), [], []
         for output in outputs:
             self._close(output)
-        try:
-            self._selector.close()
-        except OSError:
-            pass
-        for fd in (self._wake_r, self._wake_w):
+        with self._lock:
+            self._closed = True
             try:
-                os.close(fd)
+                self._selector.close()
             except OSError:
                 pass
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
