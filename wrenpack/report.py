@@ -36,7 +36,9 @@ import html
 import json
 import logging
 import math
+import threading
 import time
+import weakref
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -201,12 +203,19 @@ class JobReport:
 
     # -- building -------------------------------------------------------------
     @classmethod
-    def from_futures(cls, futures: Iterable[Any], settings: Mapping[str, Any] | None = None) -> "JobReport":
-        """The report of a map's (or any) futures, running or done, one row each."""
+    def from_futures(cls, futures: Iterable[Any], settings: Mapping[str, Any] | None = None,
+                     defaults: Mapping[str, Any] | None = None) -> "JobReport":
+        """The report of a map's (or any) futures, running or done, one row each.
+        ``defaults``: settings for what neither ``settings`` nor the futures' job
+        say (an executor's); the futures of one spawned job bring that job's own
+        (its memory, architecture, whether billed: ``job.client.SpawnedJobKey``)."""
         records: list[dict[str, Any]] = []
+        spawned: list[Any] = []
         for i, fut in enumerate(futures):
             records.extend(records_of_future(fut, i))
-        settings = dict(settings or {})
+            spawned.append(_spawned_settings(fut))
+        own = spawned[0] if spawned and all(s is not None and s == spawned[0] for s in spawned) else {}
+        settings = {**(defaults or {}), **own, **(settings or {})}
         if "job_id" not in settings:
             jobs = {r.get("job_id") for r in records if r.get("job_id")}
             if len(jobs) == 1:
@@ -671,13 +680,83 @@ class JobReport:
         return f"<JobReport{' ' + str(name) if name else ''}: {_n_calls(job['calls'])} ({states or 'none'}), {self.total_usd_text()}>"
 
 
+class Parts:
+    """The calls a future stands for, when it is no call of its own: a
+    ``map_reduce``'s future stands for its mappers and reducers (both phases),
+    and its report is theirs (``records_of_future``). The futures are kept
+    while the job runs; ``settle`` keeps only their records once it has ended,
+    so the outer future does not hold the mappers' results."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: each call: its future, or (once settled) its records
+        self._items: list[Any] = []
+
+    def add(self, futures: Iterable[Any]) -> None:
+        with self._lock:
+            self._items.extend(futures)
+
+    def settle(self) -> None:
+        """The job has ended: the records of its calls replace their futures."""
+        with self._lock:
+            items = list(self._items)
+        settled = [records_of_future(item, None) if not isinstance(item, list) and item.done() else item for item in items]
+        with self._lock:
+            self._items[: len(settled)] = settled
+
+    def records(self, row: Any) -> list[dict[str, Any]]:
+        """The records of every call, one row each (``(row, i)``)."""
+        with self._lock:
+            items = list(self._items)
+        out: list[dict[str, Any]] = []
+        for i, item in enumerate(items):
+            if isinstance(item, list):
+                out.extend(dict(r, row=(row, i)) for r in item)
+            else:
+                out.extend(records_of_future(item, (row, i)))
+        return out
+
+
+#: futures that stand for calls of their own (``Parts``), weakly: they go with the future
+_parts: "weakref.WeakKeyDictionary[Any, Parts]" = weakref.WeakKeyDictionary()
+
+
+def stands_for(fut: Any) -> Parts:
+    """The ``Parts`` of a future that stands for calls of its own (made on first use):
+    its report shows them in its place."""
+    parts = _parts.get(fut)
+    if parts is None:
+        parts = _parts[fut] = Parts()
+    return parts
+
+
 def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
     """A future's invocation records, for ``JobReport``: its checkpointed
     segments, its retried attempts, then its outcome (or its state while
-    it runs), each tagged with the row and the client's times."""
+    it runs), each tagged with the row and the client's times. A future
+    that stands for calls of its own (a ``map_reduce``'s: ``Parts``) gives
+    theirs, a row each."""
     if not hasattr(fut, "status"):  # (a future wrenpack did not make: no record of what it did or cost)
         raise ConfigError(f"a job report takes the futures wrenpack returned, but item {row} is a {type(fut).__name__} "
                           "it did not make; leave it out")
+    parts = _parts.get(fut)
+    if parts is not None:
+        return parts.records(row)
+    spawned = _spawned_settings(fut)
+    if spawned:
+        # (what the spawned job's calls ran with, for records that do not say: not the reporting executor's defaults)
+        return [dict({k: spawned[k] for k in ("memory_mb", "timeout_s") if spawned.get(k) is not None}, **r)
+                for r in _records_of_call(fut, row)]
+    return _records_of_call(fut, row)
+
+
+def _spawned_settings(fut: Any) -> Mapping[str, Any] | None:
+    """The settings of the spawned job a future is a call of (``Job.report_settings``), or None."""
+    settings = getattr(getattr(fut, "_job_key", None), "report_settings", None)
+    return settings if isinstance(settings, Mapping) else None
+
+
+def _records_of_call(fut: Any, row: Any) -> list[dict[str, Any]]:
     base = {"row": row, "label": getattr(fut, "label", None), "created_at": getattr(fut, "created_at", None),
             "started_at": getattr(fut, "started_at", None), "job_id": getattr(fut, "job_id", None) or None,
             "call_id": getattr(fut, "call_id", None) or None}
@@ -705,15 +784,25 @@ def records_of_future(fut: Any, row: Any) -> list[dict[str, Any]]:
 
 
 def _error_text(exc: BaseException) -> str:
-    """``Type: first line of the message`` (at most 300 characters): its first
-    line that is not blank, and the type alone when ``str(exc)`` itself fails
-    (a report is read when something went wrong: it must not fail too)."""
+    """``Type: first line of the message`` (``error_line``), the type alone when
+    ``str(exc)`` itself fails (a report is read when something went wrong: it
+    must not fail too)."""
     try:
         text = str(exc)
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises
         text = ""
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return (f"{type(exc).__name__}: {first}" if first else type(exc).__name__)[:300]
+    return error_line(type(exc).__name__, text)
+
+
+def error_line(type_name: str, message: str) -> str:
+    """How a report (and ``wrenpack jobs show``) names a failed call's error:
+    ``Type: first line of the message`` (its first line that is not blank; at
+    most 300 characters), with credentials and job secrets redacted
+    (``wrenpack.redact``): a report is a file that gets shared."""
+    from wrenpack.redact import redact
+
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    return redact(f"{type_name}: {first}" if first else type_name)[:300]
 
 
 # -- the command line: ``wrenpack jobs show ID --plot out.html`` ----------------------

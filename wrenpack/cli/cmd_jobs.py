@@ -112,7 +112,7 @@ def _open(args: argparse.Namespace) -> Any:
 
 def _show(args: argparse.Namespace) -> int:
     from wrenpack.executor.owner import user_key
-    from wrenpack.job.client import describe
+    from wrenpack.job.client import describe, printable
 
     job = _open(args)  # (the one-line errors: not found, not spawned, untrusted)
     row = describe(job.store, job.id, user_key(create=False))
@@ -144,10 +144,11 @@ def _show(args: argparse.Namespace) -> int:
             peak = rec.get("peak_rss_mb")  # (none where it cannot be measured: Lambda)
             extra = (f" {rec['duration_s']:.3f} s, " + (f"peak {peak} MB, " if peak is not None else "") +
                      f"attempts {rec.get('attempts')}")
+        # (the error's type and the first line of its message, redacted as the report's; or how the call ended)
         why = rec.get("error") or (rec.get("exit") if rec.get("exit") not in (None, "ok") else None)
-        if why and rec["state"] != "cancelled":  # (what the worker's status record says: an error's type, or how the call ended)
-            extra += f" ({why})"
-        print(f"  {rec['call_id']}  {rec['state']}{extra}")
+        if why and rec["state"] != "cancelled":
+            extra += f" ({printable(str(why))})"
+        print(f"  {printable(str(rec['call_id']))}  {rec['state']}{extra}")
     return 0
 
 

@@ -232,7 +232,7 @@ class Executor(CallTable, cf.Executor):
                                 "memory_mb": c.memory, "timeout_s": c.timeout, "ephemeral_storage_mb": c.ephemeral_storage,
                                 "retries": c.retries}
         futs, _single = as_list(futures, "report()")  # (one line for what is not a future)
-        return JobReport.from_futures(futs, dict(base, **settings))
+        return JobReport.from_futures(futs, settings, defaults=base)  # (a spawned job's futures bring its own)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls after this. ``cancel_futures`` cancels the calls that have

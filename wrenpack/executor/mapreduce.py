@@ -39,6 +39,7 @@ from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, check_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture, cancel
+from wrenpack.report import stands_for
 from wrenpack.worker import shuffle
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,9 @@ class _Follow:
     ``shutdown(cancel_futures=True)`` cancels ``later``, the calls not launched
     yet, and so the job: its pending calls are cancelled, its running ones end,
     and its future fails with ``CallCancelled``. ``wrenpack.cancel`` of the
-    future stops the running calls too (the future's ``_stopper``)."""
+    future stops the running calls too (the future's ``_stopper``). The
+    future's report (``wrenpack.job_report``) is that of every call launched,
+    mappers and reducers (``wrenpack.report.Parts``)."""
 
     def __init__(self, executors: Iterable[Executor], label: str, job_id: str) -> None:
         self.executors = list({id(e): e for e in executors}.values())
@@ -297,6 +300,8 @@ class _Follow:
         self.later = WrenFuture("", "", f"{label}: calls not launched yet")
         self.items = [self.later, self.outer]  # what shutdown waits for (or cancels)
         self.launched: list[WrenFuture] = []
+        #: what the outer future's report shows: every call launched, both phases
+        self.parts = stands_for(self.outer)
         self.lock = threading.Lock()
         self.stopped: str | None = None  # why, once stopped
         self.outer.set_running_or_notify_cancel()  # it runs from now on: cancel() cannot take it back (as a pool's future)
@@ -319,6 +324,7 @@ class _Follow:
         """Calls just launched; stopped at once if the job was stopped meanwhile."""
         with self.lock:
             self.launched.extend(futures)
+            self.parts.add(futures)
             stopped = self.stopped
         if stopped is not None:
             cancel(futures)
@@ -357,6 +363,7 @@ class _Follow:
         return {(self.outer.job_id, self.outer.call_id)}
 
     def _end(self) -> None:
+        self.parts.settle()  # (their records stay for the report; the futures, and their results, go)
         try:
             self.later.set_result(None)
         except cf.InvalidStateError:  # (cancelled)

@@ -20,8 +20,10 @@ them (``WorkerLost``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import io
 import logging
 import os
+import pickle
 import re
 import socket
 import threading
@@ -33,7 +35,7 @@ from wrenpack.config import DEFAULT_RETENTION_S, MAX_RETENTION_S, parse_retentio
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, StoreError, WorkerLost, WrenpackError
 from wrenpack.executor.owner import key_path, owner_alive, user_key
 from wrenpack.futures import WrenFuture
-from wrenpack.report import JobReport, lambda_cost
+from wrenpack.report import JobReport, error_line, lambda_cost
 from wrenpack.storage import Store
 from wrenpack.wire import job_record, owner as owner_wire, result as result_format, segment as segment_format, start as start_mark
 from wrenpack.worker import refs
@@ -164,7 +166,8 @@ class Job:
         self._lock = threading.Lock()
         self._futures: list[WrenFuture] | None = None
         self._watcher: threading.Thread | None = None
-        self._key = refs.JobKey(job_id)
+        # (its futures hold it: a report of them is priced with the job's own settings)
+        self._key = SpawnedJobKey(job_id, self.report_settings())
         refs.remember(job_id, secret)  # a future of this job pickled here carries it (as a launched one's does)
 
     # -- what the record says ----------------------------------------------------
@@ -355,6 +358,10 @@ class Job:
             # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
             ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
             finished[cid] = dict(status, call_id=cid, state=ended_as, attempts=int(status.get("attempt") or 0) + 1)
+            if ended_as == "failed":
+                error = error_of(_outcome)  # (the status says at most the type; the outcome has the message)
+                if error is not None:
+                    finished[cid]["error"] = error
         started = self._starts()
         out = []
         for i in range(self.calls):
@@ -392,7 +399,6 @@ class Job:
         """The job's report (``wrenpack.report.JobReport``): its timeline, the
         settings its calls ran with and its cost, running or ended; in a
         notebook it shows inline, ``.save("job.html")`` writes a page."""
-        settings = self.record.get("settings") or {}
         records = []
         for rec in self.statuses() + self.segment_statuses():
             rec = dict(rec, job_id=self.id)
@@ -405,11 +411,17 @@ class Job:
             elif state == "cancelled":  # (stopped by the job's cancel while it ran: its outcome says so)
                 rec["state"] = state
             records.append(rec)
-        return JobReport(records, {
-            "job_id": self.id, "label": self.function, "backend": self.record.get("backend"),
-            "billed": bool(settings.get("billed")), "architecture": settings.get("architecture") or "x86_64",
-            "memory_mb": settings.get("memory"), "timeout_s": settings.get("timeout"),
-            "ephemeral_storage_mb": settings.get("ephemeral_storage"), "retries": settings.get("retries")})
+        return JobReport(records, dict(self.report_settings(), job_id=self.id, label=self.function))
+
+    def report_settings(self) -> dict[str, Any]:
+        """What its calls ran with and what prices them, as ``JobReport`` takes it:
+        the settings of the job's record (memory, timeout, architecture, billed...),
+        not the defaults of whichever executor reports on its futures."""
+        settings = self.record.get("settings") or {}
+        return {"backend": self.record.get("backend"), "billed": bool(settings.get("billed")),
+                "architecture": settings.get("architecture") or "x86_64", "memory_mb": settings.get("memory"),
+                "timeout_s": settings.get("timeout"), "ephemeral_storage_mb": settings.get("ephemeral_storage"),
+                "retries": settings.get("retries")}
 
     def _starts(self) -> dict[str, float]:
         """When each started call began (its sealed start mark)."""
@@ -462,6 +474,41 @@ class Job:
         fut.status = status
         fut.segments = max(1, int(status.get("segment") or 0) + 1)
         fut._resolve(True, outcome.value) if outcome.ok else fut._resolve(False, outcome.rebuild(fut.label))
+
+
+class _PlainData(pickle.Unpickler):
+    """Loads a pickle of plain data (tuples, strings, bytes, numbers, None) and
+    refuses one that names any class or function: nothing of the call's is run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def error_of(outcome: bytes | memoryview) -> str | None:
+    """``Type: first line of the message`` of a verified error outcome
+    (``wire.outcome``'s 6-tuple: its type's name and message are strings, read
+    without unpickling the exception itself), as ``JobReport`` names a failed
+    call's error (``report.error_line``: redacted); None for anything else."""
+    try:
+        loaded = _PlainData(io.BytesIO(bytes(outcome))).load()
+    except Exception:  # noqa: BLE001 - not an error tuple of plain data: the status's own word stands
+        return None
+    if not (isinstance(loaded, tuple) and len(loaded) == 6 and loaded[0] == "error"
+            and isinstance(loaded[2], str) and isinstance(loaded[3], str)):
+        return None
+    return error_line(loaded[2].rpartition(".")[2] or loaded[2], loaded[3])
+
+
+class SpawnedJobKey(refs.JobKey):
+    """A spawned job's ``JobKey``, which its futures hold: also the settings its
+    calls ran with, so a report of those futures (``wrenpack.job_report``) prices
+    them at the job's memory and architecture (``report.records_of_future``)."""
+
+    __slots__ = ("report_settings",)
+
+    def __init__(self, job_id: str, report_settings: dict[str, Any]) -> None:
+        super().__init__(job_id)
+        self.report_settings = report_settings
 
 
 def _cannot_cancel() -> bool:

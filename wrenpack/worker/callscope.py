@@ -2,7 +2,8 @@
 (environment variables set for the call, restored after) and the capture of
 what it prints (``capture_logs``: the last that many bytes of stdout and
 stderr, returned in the status as ``logs``; the output still goes where it
-always went: the driver's terminal locally, CloudWatch on Lambda).
+always went: locally the driver's ``sys.stdout``/``sys.stderr``, through the backend's
+relay (``wrenpack.backends.local.output``); CloudWatch on Lambda).
 
 Only Python-level writes (``print``, ``sys.stdout.write``, logging to the
 streams) are captured, not output written straight to file descriptor 1 or 2

@@ -380,6 +380,8 @@ def main(config: dict[str, Any]) -> None:
     # the call never stops for the terminal; a read from it fails instead of stopping).
     for sig in (signal.SIGTTOU, signal.SIGTTIN):
         signal.signal(sig, signal.SIG_IGN)
+    if config.get("relay"):
+        _line_streams()
     # Before any event, and before any thread: the zygote that forks each job's
     # child is a copy of this process as it is now, which never held a secret.
     from wrenpack.worker import handler  # noqa: F401 - imported for the zygote's copy
@@ -403,6 +405,19 @@ def main(config: dict[str, Any]) -> None:
         time.sleep(30)
     end_own_processes()
     os._exit(0)
+
+
+def _line_streams() -> None:
+    """stdout and stderr written line by line, in UTF-8: the driver relays what they
+    carry line by line as it comes (``wrenpack.backends.local.output``), and a pipe's
+    stream would otherwise hold a call's prints until 8 KiB had gathered. The job's
+    processes, forked from this one, write the same way."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if not stream.isatty():
+                stream.reconfigure(encoding="utf-8", line_buffering=True)  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):  # (replaced, closed, or not a text stream)
+            pass
 
 
 def end_own_processes(wait_s: float = 1.0) -> None:

@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 from wrenpack.backends.base import Invocation
 from wrenpack.backends.local.linux import MAX_TASKS, CgroupFactory, MemoryCgroup, PidsCgroup, PidsCgroupFactory
+from wrenpack.backends.local.output import Relay, WorkerOutput
 from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
 from wrenpack.limits import memory_for
 from wrenpack.process_state import worker_marker
@@ -162,7 +163,10 @@ class Worker:
     """A warm worker process and the meters of the call it runs."""
 
     def __init__(self, wid: int, runtime: str | None, work_dir: str, cgroups: CgroupFactory | None, base_env: dict[str, str],
-                 pids_cgroups: PidsCgroupFactory | None = None) -> None:
+                 pids_cgroups: PidsCgroupFactory | None = None, relay: Relay | None = None) -> None:
+        """``relay``: the worker's stdout and stderr are pipes it reads, and what the
+        worker prints goes to the driver's streams through it (``output``); without
+        one the worker writes to the driver's own descriptors 1 and 2."""
         self.wid = wid
         self.runtime = runtime
         self.dir = os.path.join(work_dir, f"w{wid}")
@@ -173,21 +177,34 @@ class Worker:
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"local/worker-{wid}"
         parent_sock, child_sock = socket.socketpair()
         config = {"fd": child_sock.fileno(), "parent": os.getpid(), "dir": self.dir, "paths": paths,
-                  "owner": worker_marker()}  # (`clean --stale` keeps the driver's jobs while this process runs)
+                  "owner": worker_marker(),  # (`clean --stale` keeps the driver's jobs while this process runs)
+                  "relay": relay is not None}  # (its stdout and stderr are pipes the driver reads)
+        stdio: dict[str, int] = {}
+        pipes = None
         try:
+            if relay is not None:
+                pipes = relay.pipes()
+                stdio = {"stdout": pipes[0][1], "stderr": pipes[1][1]}
             self.proc = subprocess.Popen(
                 [*cmd, json.dumps(config)],
                 pass_fds=[child_sock.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,
+                **stdio,  # type: ignore[arg-type]
                 **_OWN_GROUP,  # the driver's session (its CPU share), a group of its own
             )
         except BaseException:
             parent_sock.close()
+            if pipes is not None:
+                close_quietly(pipes[0][0], pipes[1][0])
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
         finally:
             child_sock.close()
+            if pipes is not None:
+                close_quietly(pipes[0][1], pipes[1][1])
+        #: what the worker prints, on its way to the driver's streams (None: it writes to the driver's own)
+        self.output: WorkerOutput | None = relay.add(pipes[0][0], pipes[1][0]) if relay is not None and pipes is not None else None
         self.pid = self.proc.pid
         self.sock = parent_sock
         self.sock.setblocking(False)
@@ -595,6 +612,8 @@ class Worker:
             close_quietly(self._in_fds.popleft())
         close_quietly(self.pidfd)
         self.pidfd = None
+        if self.output is not None:
+            self.output.finish()  # (after the kills: what it and its processes wrote is all in the pipes)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

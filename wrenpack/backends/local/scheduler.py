@@ -61,6 +61,7 @@ from wrenpack import process_state
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.backends.local import linux
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
+from wrenpack.backends.local.output import Relay, WorkerOutput
 from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import ConfigError, WrenpackError
@@ -168,12 +169,15 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, concurrency: int | None = None, keep_warm: float = 300.0, use_cgroups: bool | None = None, work_dir: str | None = None,
-                 reply_limit: int = 1024 * 1024, handoff: bool | None = None) -> None:
+                 reply_limit: int = 1024 * 1024, handoff: bool | None = None, relay_output: bool = True) -> None:
         """``reply_limit``: result objects at most this many bytes come back in the
         worker's reply instead of through the store (0: always through the store).
         ``handoff``: large arguments and results travel as sealed memfds over the
         worker's socket, not through the store (default: where Linux has them,
-        unless ``reply_limit`` is 0)."""
+        unless ``reply_limit`` is 0). ``relay_output``: what workers print goes
+        to this process's ``sys.stdout``/``sys.stderr``, whole lines, a call's
+        before its future resolves (``wrenpack.backends.local.output``); False:
+        workers write to this process's descriptors 1 and 2 themselves."""
         if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
             raise ConfigError(f"concurrency={concurrency!r} must be a whole number of at least 1")
         if isinstance(keep_warm, bool) or not isinstance(keep_warm, (int, float)) or not math.isfinite(keep_warm) or keep_warm <= 0:
@@ -209,8 +213,11 @@ class LocalBackend(Backend):
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._base_env: dict[str, str] | None = None
-        #: calls that ended, waiting for their on_done outside the lock
-        self._done: deque[tuple[Invocation, InvocationResult]] = deque()
+        #: reads what the workers print (made with the first worker)
+        self._relay_output = bool(relay_output)
+        self._relay: Relay | None = None
+        #: calls that ended, waiting for their on_done outside the lock, with their worker's output to write first
+        self._done: deque[tuple[Invocation, InvocationResult, WorkerOutput | None]] = deque()
         #: id() of calls cancelled while they waited in a worker: their reply reports the cancel
         self._stop_on_reply: set[int] = set()
         #: when the dispatcher wakes by itself next (time.time(); 0 while it is awake)
@@ -559,7 +566,7 @@ class LocalBackend(Backend):
         if error is not None:
             if handoff is not None:
                 handoff.close()
-            self._finish(inv, error=error)
+            self._finish(inv, error=error, output=worker.output)
         else:
             data, outcome = worker_reply.payload(head, blob)
             private: PrivateReply | None = None
@@ -567,22 +574,27 @@ class LocalBackend(Backend):
                 private = HandedOff(inv, handoff)
             elif outcome is not None:
                 private = PickledOutcome(inv.label, outcome)
-            self._finish(inv, status=head["status"], data=data, private=private)
+            self._finish(inv, status=head["status"], data=data, private=private, output=worker.output)
         if replace:
             self._retire(worker)
 
     def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None, data: bytes | None = None,
-                private: PrivateReply | None = None) -> None:
-        """A call ended: its ``on_done`` runs once the lock is released (``_report``)."""
-        self._done.append((inv, InvocationResult(status=status, error=error, data=data, private=private)))
+                private: PrivateReply | None = None, output: WorkerOutput | None = None) -> None:
+        """A call ended: its ``on_done`` runs once the lock is released (``_report``),
+        after what its worker printed (``output``) is written."""
+        self._done.append((inv, InvocationResult(status=status, error=error, data=data, private=private), output))
 
     def _report(self) -> None:
-        """Run the ``on_done`` callbacks of the calls that ended (lock not held)."""
+        """Run the ``on_done`` callbacks of the calls that ended (lock not held), each
+        once what its worker printed before its reply is written: the call's output
+        comes before its result, and none is left behind at the end of a map."""
         while self._done:
             try:
-                inv, result = self._done.popleft()
+                inv, result, output = self._done.popleft()
             except IndexError:
                 return
+            if output is not None:
+                output.drain()
             try:
                 inv.on_done(inv, result)
             except Exception:  # noqa: BLE001
@@ -787,7 +799,9 @@ class LocalBackend(Backend):
     def _spawn(self, runtime: str | None) -> Worker:
         if self._base_env is None:
             self._base_env = base_environment()
-        worker = Worker(next(_worker_ids), runtime, self.work_dir, self._cgroups, self._base_env, self._pids_cgroups)
+        if self._relay is None and self._relay_output:
+            self._relay = Relay()
+        worker = Worker(next(_worker_ids), runtime, self.work_dir, self._cgroups, self._base_env, self._pids_cgroups, self._relay)
         self._workers.append(worker)
         self._selector.register(worker.sock, selectors.EVENT_READ, ("io", worker))
         if worker.pidfd is not None:
@@ -934,6 +948,8 @@ class LocalBackend(Backend):
         for inv in queued:
             self._finish(inv, error=WrenpackError(f"{inv.label}: the local backend shut down before the call started"))
         self._report()
+        if self._relay is not None:
+            self._relay.stop()  # (what the workers' processes wrote before they ended is written by now)
         self._selector.close()
         close_quietly(self._wake_r, self._wake_w)
         if self._own_work_dir:
