@@ -75,6 +75,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from wrenpack.worker import streams
 from wrenpack.worker.fds import close_all, close_quietly
 
 log = logging.getLogger(__name__)
@@ -1080,16 +1081,6 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
-def _flush_streams() -> None:
-    """Write out what the call left in ``sys.stdout``/``sys.stderr`` (a print
-    without its newline): the process's buffers, written before the call's reply."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a stream the call replaced or closed
-            pass
-
-
 def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
     """Run this domain's calls until the parent closes the socket."""
     runner = _runner
@@ -1123,7 +1114,7 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
         if before is None:
             before = children_usage()
         reply, out, out_fds = runner(head, blob, fds, rpc)
-        _flush_streams()  # (what the call printed is written before its reply: the driver relays it first)
+        streams.end_call_output()  # (what the call printed is written before its reply: the driver relays it first)
         reply["children"] = _has_children()
         reply["started"] = reply["children"] or children_usage() != before
         try:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from wrenpack import process_state
 from wrenpack.wire import driver_message, frames, worker_reply
+from wrenpack.worker import streams
 from wrenpack.worker.fds import close_quietly
 
 def _own_cgroups() -> list[str]:
@@ -353,8 +354,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             worker_reply.measured(reply, elapsed, children=child_died or isolation.children_usage() != before
                                   or isolation.call_started_processes(),
                                   tmp_bytes=tmp_meter.usage() + _held_deleted(tmpdir, elapsed) if tmp_meter is not None else 0)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            streams.end_call_output()  # (what the call printed goes before its reply)
             try:
                 _send(sock, reply, blob, out.fd if out is not None else None)
             finally:
@@ -381,7 +381,7 @@ def main(config: dict[str, Any]) -> None:
     for sig in (signal.SIGTTOU, signal.SIGTTIN):
         signal.signal(sig, signal.SIG_IGN)
     if config.get("relay"):
-        _line_streams()
+        streams.line_streams()
     # Before any event, and before any thread: the zygote that forks each job's
     # child is a copy of this process as it is now, which never held a secret.
     from wrenpack.worker import handler  # noqa: F401 - imported for the zygote's copy
@@ -405,19 +405,6 @@ def main(config: dict[str, Any]) -> None:
         time.sleep(30)
     end_own_processes()
     os._exit(0)
-
-
-def _line_streams() -> None:
-    """stdout and stderr written line by line, in UTF-8: the driver relays what they
-    carry line by line as it comes (``wrenpack.backends.local.output``), and a pipe's
-    stream would otherwise hold a call's prints until 8 KiB had gathered. The job's
-    processes, forked from this one, write the same way."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if not stream.isatty():
-                stream.reconfigure(encoding="utf-8", line_buffering=True)  # type: ignore[union-attr]
-        except (AttributeError, OSError, ValueError):  # (replaced, closed, or not a text stream)
-            pass
 
 
 def end_own_processes(wait_s: float = 1.0) -> None:
