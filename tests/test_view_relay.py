@@ -100,3 +100,38 @@ def test_on_a_terminal_the_calls_lines_go_above_the_bar_never_into_it(tmp_path):
         own = [line for line in shown if line.startswith(f"call {i} ")]
         assert own == [f"call {i} line {j}" for j in range(5)] + [f"call {i} warns"], shown
     assert len(shown) == 3 * 6 + 1, shown  # nothing else left on the screen: no bar glued to a line
+
+
+
+def test_a_line_a_queued_call_is_writing_is_not_cut_when_the_call_before_it_ends(capsys):
+    """Short calls go to a worker several at a time; when the first one's reply is
+    read, the next may be in the middle of a line. The driver writes the whole
+    lines it has and keeps the rest for its end (the worker ends each call's open
+    line itself, before its reply): the line comes whole."""
+    import os
+
+    from wrenpack.backends.local.output import Relay
+
+    relay = Relay()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    output = relay.add(out_r, err_r)
+    try:
+        os.write(out_w, b"first call done\npart one, ")
+        output.drain()  # (the first call's reply was read)
+        assert capsys.readouterr().out == "first call done\n"
+        os.write(out_w, b"part two\n")
+        output.drain()
+        assert capsys.readouterr().out == "part one, part two\n"
+        os.write(out_w, b"left open at the end")
+        os.close(out_w)
+        os.close(err_w)
+        out_w = err_w = -1
+        output.finish()
+        relay.stop()
+        assert capsys.readouterr().out == "left open at the end\n"
+    finally:
+        for fd in (out_w, err_w):
+            if fd >= 0:
+                os.close(fd)
+        relay.stop()

@@ -17,9 +17,10 @@ a worker's line broke into the bar's line (which is redrawn with ``\\r``).
   streams (and its job's process flushes its own) before it sends a call's
   reply, so when the reply is read, what the call printed is in the pipe:
   the scheduler drains the worker's pipes (``WorkerOutput.drain``) before it
-  runs the call's ``on_done``. What the call left of a line without its end
-  is ended there (the call is over), so it cannot be glued to the next
-  call's output. A worker that dies or is stopped is drained to the end of
+  runs the call's ``on_done``. A line the call left without its end is ended
+  by the worker (``wrenpack.worker.streams``), so it cannot be glued to the
+  next call's output, and the next call's line, which a worker running calls
+  back to back may be writing already, is not cut. A worker that dies or is stopped is drained to the end of
   its pipes (``finish``), and the relay reads everything left before the
   backend's shutdown returns: nothing is lost at the end of a map.
 - **No full pipe.** A thread (``wrenpack-local-output``) reads every worker's
@@ -127,10 +128,12 @@ class WorkerOutput:
         self.finished = False
 
     def drain(self) -> None:
-        """A call of this worker ended (its reply was read): write what it printed,
-        its last line ended if it had no end. Any thread."""
+        """A call of this worker ended (its reply was read): write what it printed.
+        Its worker ended the line it left open (``wrenpack.worker.streams``); what
+        follows the last line end is the next call's, which a worker running calls
+        back to back may be writing already: it waits for its end. Any thread."""
         for pipe in self.pipes:
-            pipe.pump(until_empty=True, end_line=True)
+            pipe.pump(until_empty=True, end_line=False)
 
     def finish(self) -> None:
         """The worker is gone: write what is left, then the relay closes the pipes
