@@ -128,10 +128,11 @@ def test_cancelling_a_map_whose_calls_were_sent_ahead_ends_every_call(ex):
     """Cancelled while calls wait in the workers behind running ones: each future
     ends, cancelled or with its own result, and nothing hangs."""
     f = wrenpack.remote(steady_nap, executor=ex)
-    assert wrenpack.get(f.map([0.15] * 8)) == [0.15] * 8  # steady: later calls go ahead
     ahead = ex.backend.calls_sent_ahead
-    futs = f.map([0.15] * 24)
-    time.sleep(0.8)
+    futs = f.map([0.15] * 24)  # (steady after its first calls: later ones go ahead)
+    deadline = time.monotonic() + 20
+    while ex.backend.calls_sent_ahead == ahead and time.monotonic() < deadline:
+        time.sleep(0.002)
     for fut in futs:
         fut.cancel()
     outcomes = []
@@ -142,3 +143,54 @@ def test_cancelling_a_map_whose_calls_were_sent_ahead_ends_every_call(ex):
             outcomes.append("cancelled")
     assert set(outcomes) <= {0.15, "cancelled"} and "cancelled" in outcomes
     assert ex.backend.calls_sent_ahead > ahead
+
+
+def test_cancelling_calls_stops_those_waiting_in_a_worker_behind_a_running_one(ex):
+    """``wrenpack.cancel`` of a map whose next call already waits in a worker (sent
+    ahead of a steady call's end): that call is cancelled too, not put back in the
+    queue to run after the worker is stopped."""
+    f = wrenpack.remote(steady_nap, executor=ex)
+    ahead = ex.backend.calls_sent_ahead
+    futs = f.map([0.3] * 12)  # (steady after its first calls: later ones go ahead)
+    deadline = time.monotonic() + 20
+    while ex.backend.calls_sent_ahead == ahead and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert ex.backend.calls_sent_ahead > ahead
+    done_before = [fut.done() for fut in futs]
+    wrenpack.cancel(futs)
+    for fut, was_done in zip(futs, done_before):
+        if was_done:
+            continue
+        with pytest.raises(concurrent.futures.CancelledError):
+            fut.result(timeout=30)
+
+
+def nap_and_mark(args):
+    seconds, mark = args
+    time.sleep(seconds)
+    with open(mark, "w") as f:
+        f.write("ran to its end")
+    return seconds
+
+
+def test_a_longer_call_cancelled_while_it_waits_in_a_worker_does_not_run(ex, tmp_path):
+    """Cancelled while it waits behind a running call that is not: when its turn
+    comes it is stopped at once (its worker replaced), not run to its end first."""
+    f = wrenpack.remote(nap_and_mark, executor=ex)
+    ahead = ex.backend.calls_sent_ahead
+    items = [(0.3, str(tmp_path / f"call{i}")) for i in range(12)]  # (steady after its first calls: later ones go ahead)
+    futs = f.map(items)
+    deadline = time.monotonic() + 20
+    while ex.backend.calls_sent_ahead == ahead and time.monotonic() < deadline:
+        time.sleep(0.002)
+    with ex.backend._lock:
+        waiting = [w.inflight[1].key for w in ex.backend._workers if len(w.inflight) > 1]
+    assert waiting, "no call was sent ahead"
+    victim = next(i for i, fut in enumerate(futs) if (fut.job_id, fut.call_id) == waiting[0])
+    wrenpack.cancel([futs[victim]])
+    with pytest.raises(concurrent.futures.CancelledError):
+        futs[victim].result(timeout=30)
+    for i, fut in enumerate(futs):
+        if i != victim:
+            assert fut.result(timeout=30) == 0.3
+    assert not (tmp_path / f"call{victim}").exists(), "the cancelled call ran to its end"

@@ -379,11 +379,8 @@ class LocalBackend(Backend):
         wanted = set(calls)
         stopped: set[tuple[str, str]] = set()
         with self._lock:
-            for inv in list(self._queue):
-                if inv.key in wanted and id(inv) in self._queued:
-                    self._queued.discard(id(inv))
-                    stopped.add(inv.key)
-                    self._finish(inv, error=cancelled_error(inv.label))
+            # The workers first: a stopped worker's waiting calls go back to the queue, where
+            # the wanted ones among them are taken out with the others.
             for worker in list(self._workers):
                 if worker.kill_reason:
                     continue
@@ -396,6 +393,11 @@ class LocalBackend(Backend):
                         worker.kill("cancelled")
                         break
                     self._stop_on_reply.add(id(inv))
+            for inv in list(self._queue):
+                if inv.key in wanted and id(inv) in self._queued:
+                    self._queued.discard(id(inv))
+                    stopped.add(inv.key)
+                    self._finish(inv, error=cancelled_error(inv.label))
         self._wake()  # the dispatcher reports them (``on_done`` runs outside the lock)
         return stopped
 
@@ -575,8 +577,23 @@ class LocalBackend(Backend):
             elif outcome is not None:
                 private = PickledOutcome(inv.label, outcome)
             self._finish(inv, status=head["status"], data=data, private=private, output=worker.output)
+        if worker.inflight and id(worker.inflight[0]) in self._stop_on_reply and not worker.kill_reason and not replace:
+            self._stop_started(worker)
         if replace:
             self._retire(worker)
+
+    def _stop_started(self, worker: Worker) -> None:
+        """The call that starts now on ``worker`` was cancelled while it waited
+        there (lock held). A short one runs, its outcome dropped; a longer one
+        (sent ahead of a steady call's end) is stopped as a running call is: its
+        worker killed and replaced, the calls behind it back in the queue."""
+        nxt = worker.inflight[0]
+        est = self._estimates.get(nxt.event.get("func_key"))
+        if est is not None and est <= _PIPELINE_MAX_S:
+            return
+        self._stop_on_reply.discard(id(nxt))
+        self._requeue_waiting(worker)
+        worker.kill("cancelled")
 
     def _finish(self, inv: Invocation, status: dict[str, Any] | None = None, error: WrenpackError | None = None, data: bytes | None = None,
                 private: PrivateReply | None = None, output: WorkerOutput | None = None) -> None:
