@@ -809,6 +809,11 @@ _CHILD_EXTRA = ("ref_secrets", "chain", "handoff", "env", "capture_logs", "pytho
 _CALL_ENV = ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_TIMEOUT", "WRENPACK_EPHEMERAL_STORAGE_MB")
 
 
+#: what a child's report may add to the call's status, and the types each may have (a bool is no number here)
+_CHILD_FIELDS = (("run_s", (int, float)), ("logs", (str,)), ("checkpoint", (dict,)), ("peak_rss_mb", (int, float)),
+                 ("children_peak_rss_mb", (int, float)), ("ckpt_restored", (bool,)), ("ckpt_saves", (int,)))
+
+
 def _child_outcome(ev: Event, got: dict[str, Any], data: bytearray, got_fds: list[int]) -> _Ran:
     """The child's report, checked: it can say anything about its own call, nothing else."""
     kind = got.get("kind")
@@ -817,11 +822,11 @@ def _child_outcome(ev: Event, got: dict[str, Any], data: bytearray, got_fds: lis
             os.close(fd)
         raise isolation.ChildGone(f"the call's process reported the exit kind {kind!r}")
     extra: dict[str, Any] = {}
-    for name, types in (("run_s", (int, float)), ("logs", (str,)), ("checkpoint", (dict,)),
-                        ("peak_rss_mb", (int, float)), ("children_peak_rss_mb", (int, float)),
-                        ("ckpt_restored", (bool,)), ("ckpt_saves", (int,))):
+    for name, types in _CHILD_FIELDS:
         value = got.get(name)
-        if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        if value is None:
+            continue
+        if type(value) in types or (isinstance(value, types) and not (isinstance(value, bool) and bool not in types)):
             extra[name] = value
     run_s = extra.pop("run_s", None)
     layout = got.get("handoff")

@@ -161,6 +161,19 @@ def _direct_children() -> set[int]:
     return out
 
 
+#: ``wrenpack.worker.isolation`` once imported (``_import_isolation``): the calls' bookkeeping
+#: asks for it after every call, and an import statement costs a look-up each time
+_isolation: Any = None
+
+
+def _import_isolation() -> Any:
+    global _isolation
+    from wrenpack.worker import isolation
+
+    _isolation = isolation
+    return isolation
+
+
 def end_call_processes() -> int:
     """Every process the call started ends with it, as on Lambda, where nothing a
     call left runs on after it (the environment is frozen): none may outlive it
@@ -169,8 +182,7 @@ def end_call_processes() -> int:
     isolation's zygote and the job's child (``wrenpack.worker.isolation``) stay,
     and with them nothing else: the processes below the child are the call's.
     How many were ended."""
-    from wrenpack.worker import isolation
-
+    isolation = _isolation or _import_isolation()
     if isolation.active():
         # The call ran in its job's child, the subreaper of what it started: the
         # child's report says whether anything is left (a call that died took its
@@ -255,9 +267,11 @@ def _held_deleted(tmpdir: str, elapsed: float) -> int:
     """Bytes of files in ``tmpdir`` deleted but held open by the job's process after a
     call (``tempfile.TemporaryFile()`` kept in a global): Lambda's /tmp counts them.
     (During a call the driver looks for them too, with the worker's other processes.)"""
-    from wrenpack.worker import isolation, memory
+    if elapsed < _HELD_DELETED_MIN_S:
+        return 0
+    from wrenpack.worker import memory
 
-    child = isolation.current_child() if elapsed >= _HELD_DELETED_MIN_S else None
+    child = (_isolation or _import_isolation()).current_child()
     return memory.open_deleted_bytes(tmpdir, [child.pid]) if child is not None else 0
 
 
@@ -305,6 +319,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
     isolation.spare_after_reply = True
     _send(sock, worker_reply.ready(os.getpid()))
     calls = 0
+    pid = os.getpid()  # (this process serves every call: the zygote's forks run no part of this loop)
     fds: list[int] = []  # hand-offs received, not yet given to a call (oldest first)
     reader = frames.Reader(sock)
     decoder = driver_message.Decoder()
@@ -323,7 +338,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
                 function_name=function_name,
                 memory_mb=memory_mb,
                 deadline=time.time() + float(call["timeout_s"]),
-                request_id=f"{os.getpid()}-{calls}",
+                request_id=f"{pid}-{calls}",
             )
             # Replies the backend asked for come back over this socket, which only this
             # process and the driver hold: the outcome needs no MAC (wrenpack.backends.local.replies).
