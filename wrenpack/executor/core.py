@@ -546,16 +546,17 @@ class Executor(CallTable, cf.Executor):
         template with its id, arguments and label), its limits, its hand-off."""
         cid = keys.call_id(i)
         options = job.options
-        main = data.main if isinstance(data, handoff.Args) else data
+        is_args = type(data) is not bytes and isinstance(data, handoff.Args)  # (bytes: a single call's, mostly)
+        main = data.main if is_args else data
         if data is _STORED or (not isinstance(main, handoff.Sealed) and len(main) > self.config.inline_limit):  # type: ignore[arg-type]
             args_spec: dict[str, Any] = {"key": keys.input_key(job.job_id, cid)}
         elif isinstance(main, handoff.Sealed):
             args_spec = {"handoff": main.layout}  # local backend: the memfd goes with the call
         else:
             args_spec = {"inline": binascii.b2a_base64(main, newline=False).decode("ascii")}  # (base64.b64encode's own)
-        if isinstance(data, handoff.Args) and data.blobs:
+        if is_args and data.blobs:
             args_spec["blobs"] = [blob.layout for blob in data.blobs]  # shared with other calls
-        if isinstance(data, handoff.Args) and data.slab is not None and data.slab.fd is not None:
+        if is_args and data.slab is not None and data.slab.fd is not None:
             args_spec["slab"] = True  # a memfd for the result goes with the call, last
         fut = job.futures.get(cid)
         call_label = fut.label if fut is not None else f"{job.label}[{i}]"
@@ -570,7 +571,7 @@ class Executor(CallTable, cf.Executor):
             retries=options.retries,
             runtime=options.runtime,
             extra=_invocation_extra(call_label, options),
-            handoff=data if isinstance(data, handoff.Args) else None,
+            handoff=data if is_args else None,
         )
 
     def prepare(self, fn: Callable[..., Any], calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
