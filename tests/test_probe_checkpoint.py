@@ -213,17 +213,37 @@ def test_cancel_between_segments(ex, tmp_path):
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
 
 
-def test_shutdown_cancel_futures_stops_a_checkpointing_call(tmp_path):
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, retries=0)
-    log_path = str(tmp_path / "log")
-    fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(100_000, 0.01, log_path)
-    assert _wait_for(lambda: len(_lines(log_path)) >= 2)
-    t0 = time.monotonic()
-    ex.shutdown(wait=True, cancel_futures=True)
-    assert time.monotonic() - t0 < 10
-    assert fut.done()
-    assert fut.exception(timeout=0) is not None
-    assert not glob.glob(str(tmp_path / "store" / "jobs" / fut.job_id / "*"))
+_EXITS_MID_CALL = """
+import sys, time
+sys.path.insert(0, {root!r})
+import wrenpack
+from tests.test_probe_checkpoint import stepper, _lines
+ex = wrenpack.Executor(storage={store!r}, concurrency=1)
+fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(100_000, 0.01, {log!r})
+while len(_lines({log!r})) < 2:
+    time.sleep(0.02)
+print("exiting", flush=True)
+"""
+
+
+def test_a_program_that_exits_mid_call_leaves_nothing_behind(tmp_path):
+    """A program that ends while its checkpointed call runs (between or during segments):
+    the call is stopped, no further segment starts, and its objects are gone."""
+    import subprocess
+    import sys
+
+    store, log = str(tmp_path / "store"), str(tmp_path / "log")
+    before = set(glob.glob("/dev/shm/wrenpack-*"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _EXITS_MID_CALL.format(root=root, store=store, log=log)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
+    seen = len(_lines(log))
+    time.sleep(2.0)
+    assert len(_lines(log)) == seen
+    left = [p for p in glob.glob(store + "/**", recursive=True) if os.path.isfile(p)]
+    assert not left, left
+    assert set(glob.glob("/dev/shm/wrenpack-*")) <= before
 
 
 # -- security: the checkpoint in the store -------------------------------------------------------------
@@ -314,3 +334,36 @@ def test_chunksize_group_whose_calls_each_need_most_of_a_segment(ex):
     # two calls of ~0.9 s each in one group under a 1 s timeout: each call must keep its progress
     futs = wrenpack.remote(stepper, executor=ex, timeout=1).map([45, 45], step_s=0.02, chunksize=2)
     assert wrenpack.get(futs, timeout=40) == [expected(45)] * 2
+
+
+# -- a later segment that runs out of time before it saves ---------------------------------------------
+def late_once(n, marker, always=False):
+    """A loop whose second segment, once (or ``always``), takes one step longer than the time left."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    if state["i"] and (always or not os.path.exists(marker)):
+        open(marker, "a").close()
+        time.sleep(5)  # (a busy machine that kept the process from the CPU looks the same)
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"]
+
+
+def test_a_late_segment_runs_again_from_the_last_save(ex, tmp_path):
+    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(80, str(tmp_path / "m"))
+    assert fut.result(timeout=60) == 80
+    assert [s["error"].split(":")[0] for s in fut.retried_statuses] == ["TaskTimeout"]
+    assert fut.retried_statuses[0]["segment"] == 1
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+def test_a_segment_late_every_time_fails_after_one_rerun(ex, tmp_path):
+    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(80, str(tmp_path / "m"), always=True)
+    t0 = time.monotonic()
+    with pytest.raises(wrenpack.TaskTimeout, match="offer more often") as info:
+        fut.result(timeout=60)
+    assert time.monotonic() - t0 < 10 and "\n" not in str(info.value)
+    assert len(fut.retried_statuses) == 1
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))

@@ -49,6 +49,19 @@ FIRST_SAVE_GUESS = 0.05
 #: to save than the guess (hundreds of MB) otherwise began its only save too
 #: late and was stopped by the deadline halfway. Calls that end sooner save nothing.
 TIMING_SAVE_AT = 0.5
+#: A later segment that ran out of time before it saved (a step longer than the time
+#: left, or only a busy machine that kept the process from the CPU as its last save
+#: was due) runs again from the checkpoint the segment before saved, this many times,
+#: before its call fails with ``TaskTimeout``. (A call that had run dozens of segments
+#: failed on one such late save, seen locally with 1 s timeouts on a loaded machine.)
+#: The worker keeps the checkpoint for it; the client relaunches the segment
+#: (``executor.calls.CallTable._complete``).
+LATE_RERUNS = 1
+
+
+def rerun_late(segment: int, attempt: int) -> bool:
+    """Whether a timeout of this ``segment`` (its ``attempt``) is run again from the last save."""
+    return segment > 0 and attempt < LATE_RERUNS
 
 
 class SegmentDone(BaseException):

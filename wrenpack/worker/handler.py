@@ -626,7 +626,8 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
     job_id, call_id = ev.job_id, ev.call_id
     kind, outcome, extra = ran.kind, ran.outcome, ran.extra
     restored, saves = extra.pop("ckpt_restored", False), extra.pop("ckpt_saves", 0)
-    if kind != "checkpointed" and (restored or saves):
+    if kind != "checkpointed" and (restored or saves) and \
+            not (kind == "timeout" and checkpoint.rerun_late(ev.segment, ev.attempt)):  # (kept for the re-run)
         store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
     status = status_record.record(
