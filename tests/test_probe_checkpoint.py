@@ -187,7 +187,7 @@ def test_exception_after_a_resume_is_the_users(ex):
 
 # -- many at once -------------------------------------------------------------------------------
 def test_map_of_checkpointing_calls_keeps_each_calls_state(ex):
-    ns = [60 + 7 * k for k in range(6)]
+    ns = [40 + 8 * k for k in range(4)]
     futs = wrenpack.remote(stepper, executor=ex, timeout=1).map(ns, step_s=0.02)
     assert wrenpack.get(futs, timeout=120) == [expected(n) for n in ns]
     assert max(f.segments for f in futs) >= 2
@@ -367,3 +367,15 @@ def test_a_segment_late_every_time_fails_after_one_rerun(ex, tmp_path):
     assert time.monotonic() - t0 < 10 and "\n" not in str(info.value)
     assert len(fut.retried_statuses) == 1
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+# -- the same on the emulated Lambda (tests/aws: moto's S3, the Runtime Interface Emulator) ------------
+@pytest.mark.slow  # (~13 s: deploys a 2 s function; test_aws_lambda covers a plain checkpointed call by default)
+@pytest.mark.backends("lambda")
+def test_on_lambda_groups_finish_and_a_loop_that_never_restores_is_refused(make_executor, backend):
+    lam = make_executor(concurrency=2, retries=0)
+    futs = wrenpack.remote(stepper, executor=lam, timeout=2).map([70, 70], step_s=0.02, chunksize=2)
+    assert wrenpack.get(futs, timeout=120) == [expected(70)] * 2
+    fut = wrenpack.remote(never_restores, executor=lam, timeout=2).remote(10_000)
+    with pytest.raises(wrenpack.TaskError, match="without calling restore"):
+        fut.result(timeout=60)
