@@ -28,12 +28,13 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
-from wrenpack.errors import CallCancelled, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError, WrenpackError
+from wrenpack.errors import (CallCancelled, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
+                             TaskTimeout, WrenpackError)
 from wrenpack.executor.options import CallOptions
 from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.storage import Store
 from wrenpack.wire import result as result_format, segment as segment_format
-from wrenpack.worker import handoff, refs
+from wrenpack.worker import checkpoint, handoff, refs
 
 log = logging.getLogger("wrenpack.executor")
 
@@ -185,6 +186,8 @@ class CallTable:
         status = result.status or {}
         if status.get("exit") == "checkpointed" or status.get("stored"):
             return False
+        if status.get("exit") == "timeout" and int(inv.event.get("segment", 0)):
+            return False  # (maybe run again from its last save: ``_late_segment``)
         # The job's last call deletes its objects: not on the backend's thread.
         return not job.stored or job.ended < job.calls - 1
 
@@ -365,12 +368,13 @@ class CallTable:
         retried = fut._retried
         if retried:
             final["retried"] = list(retried)
-        if not ok and self._should_retry(job, inv, value):
+        late = not ok and self._late_segment(inv, value)
+        if late or (not ok and self._should_retry(job, inv, value)):
             if retried is None:
                 retried = fut._retried = []
             retried.append(f"{type(value).__name__}: {value}")
             fut.retried_statuses.append(dict(final, error=retried[-1]))
-            self._retry(job, inv)
+            self._retry(job, inv, late=late)
             return
         fut.status, fut.logs = final, logs
         if not ok and logs and isinstance(value, BaseException):
@@ -386,11 +390,23 @@ class CallTable:
         return bool(on) and not self._stopping and inv.attempt < inv.retries and isinstance(exc, on) \
             and not isinstance(exc, CallCancelled)  # (a cancelled call stays cancelled, whatever retry_on says)
 
-    def _retry(self, job: RunningJob, inv: Invocation) -> None:
-        """Launch a call again after an error the user listed in ``retry_on``."""
+    def _late_segment(self, inv: Invocation, exc: Any) -> bool:
+        """A later segment of a checkpointed call that ran out of time before it
+        saved: run again from the checkpoint the segment before saved
+        (``checkpoint.LATE_RERUNS`` times) rather than failing a call that made progress."""
+        return isinstance(exc, TaskTimeout) and not self._stopping and \
+            checkpoint.rerun_late(int(inv.event.get("segment", 0)), inv.attempt)
+
+    def _retry(self, job: RunningJob, inv: Invocation, late: bool = False) -> None:
+        """Launch a call again after an error the user listed in ``retry_on`` (``late``:
+        a checkpointed call's segment that ran out of time, from its last save)."""
         _job_id, cid = inv.key
         attempt = inv.attempt + 1
-        log.warning("%s failed; retrying (attempt %d of %d) as retry_on asks", inv.label, attempt + 1, inv.retries + 1)
+        if late:
+            log.info("%s: segment %s ran out of time before it saved; running it again from the last checkpoint",
+                     inv.label, inv.event.get("segment"))
+        else:
+            log.warning("%s failed; retrying (attempt %d of %d) as retry_on asks", inv.label, attempt + 1, inv.retries + 1)
         # The failed attempt's result object would win the next write ("first wins").
         self.store.delete(keys.result_key(job.job_id, cid))
         again = dataclasses.replace(inv, attempt=attempt, event=dict(inv.event, attempt=attempt))

@@ -33,7 +33,7 @@ from typing import Any
 import cloudpickle
 
 from wrenpack import keys
-from wrenpack.errors import CorruptObject, ObjectNotFound, SerializationError
+from wrenpack.errors import CorruptObject, ObjectNotFound, SerializationError, TaskError
 from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.worker import refs
 
@@ -49,15 +49,40 @@ FIRST_SAVE_GUESS = 0.05
 #: to save than the guess (hundreds of MB) otherwise began its only save too
 #: late and was stopped by the deadline halfway. Calls that end sooner save nothing.
 TIMING_SAVE_AT = 0.5
+#: A later segment that ran out of time before it saved (a step longer than the time
+#: left, or only a busy machine that kept the process from the CPU as its last save
+#: was due) runs again from the checkpoint the segment before saved, this many times,
+#: before its call fails with ``TaskTimeout``. (A call that had run dozens of segments
+#: failed on one such late save, seen locally with 1 s timeouts on a loaded machine.)
+#: The worker keeps the checkpoint for it; the client relaunches the segment
+#: (``executor.calls.CallTable._complete``).
+LATE_RERUNS = 1
+
+
+def rerun_late(segment: int, attempt: int) -> bool:
+    """Whether a timeout of this ``segment`` (its ``attempt``) is run again from the last save."""
+    return segment > 0 and attempt < LATE_RERUNS
 
 
 class SegmentDone(BaseException):
     """Ends an invocation after its state was saved (not an error)."""
 
 
-#: What a call of a group (``chunksize``: several calls in one invocation, one
-#: checkpoint key) saves around its state: the tag, its index in the group, the state.
-_ITEM_TAG = "wrenpack.checkpoint.item"
+class Refused(BaseException):
+    """The checkpoint was used in a way that can never finish (a save in a later
+    segment that did not restore the state the segment before saved): the call
+    fails with ``error``, a one-line ``TaskError``. A ``BaseException``, as
+    ``SegmentDone``: a loop's ``except Exception`` does not swallow it."""
+
+    def __init__(self, error: TaskError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: What a group's checkpoint holds (``chunksize``: several calls in one invocation,
+#: one checkpoint key): the tag, the results of the calls that finished (index ->
+#: pickle), and the states the others saved (index -> pickle).
+_GROUP_TAG = "wrenpack.checkpoint.group"
 
 
 def dumps_state(state: Any) -> bytes:
@@ -68,10 +93,9 @@ def dumps_state(state: Any) -> bytes:
         with refs.sealing_scope():  # futures in the state carry no secret into the store
             return cloudpickle.dumps(state)
     except Exception as exc:  # noqa: BLE001 - whatever the pickler raises
-        what = type(state[2] if isinstance(state, tuple) and len(state) == 3 and state[0] == _ITEM_TAG else state).__name__
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise SerializationError(
-            f"the checkpoint state (a {what}) could not be pickled ({type(exc).__name__}: {reason}); "
+            f"the checkpoint state (a {type(state).__name__}) could not be pickled ({type(exc).__name__}: {reason}); "
             "offer plain data (numbers, text, lists, dicts, arrays) and rebuild the rest after restore()"
         ) from None
 
@@ -81,14 +105,28 @@ def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -
     return seal_checkpoint(secret, job_id, call_id, segment, dumps_state(state))
 
 
-def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:
-    """Verify, then unpickle. Only a checkpoint this call saved in this segment or
-    the one before (the latest save, whatever retries happened) is accepted."""
-    data = open_checkpoint(secret, job_id, call_id, segment, blob)
+def _loads(data: Any, label: str) -> Any:
     try:
         return cloudpickle.loads(data)
     except Exception as exc:  # noqa: BLE001
         raise CorruptObject(f"the checkpoint of {label} is authentic but cannot be unpickled ({type(exc).__name__}: {exc}); re-run") from None
+
+
+def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:
+    """Verify, then unpickle. Only a checkpoint this call saved in this segment or
+    the one before (the latest save, whatever retries happened) is accepted."""
+    return _loads(open_checkpoint(secret, job_id, call_id, segment, blob), label)
+
+
+class _Group:
+    """A group's checkpoint, read once per segment: the pickled results of its
+    finished calls and the pickled states of the others (by index)."""
+
+    def __init__(self, done: dict[int, bytes] | None = None, states: dict[int, bytes] | None = None) -> None:
+        self.done = done or {}
+        self.states = states or {}
+        #: results of calls finished in this segment, pickled only if a later call saves
+        self.fresh: dict[int, Any] = {}
 
 
 class Checkpoint:
@@ -115,50 +153,105 @@ class Checkpoint:
         self.used = False
         #: the index of the running call in its group (``begin_item``); None: not in a group
         self.item: int | None = None
+        #: whether the running call (the group's running call) asked for its state in this segment
+        self._asked = False
+        #: a group's checkpoint, once read in this segment (``_group``)
+        self._group_cache: _Group | None = None
 
     def begin_item(self, index: int) -> None:
         """The group's call ``index`` begins (``chunksize``: the calls of a group run
-        one after the other in one invocation and share its checkpoint key). Its
-        saves are tagged with the index and its ``restore`` returns only a state
-        saved under it: the next segment runs the group again from its first call,
-        which must not resume from the state another call saved. (The calls before
-        the one that saved run again: a group's calls are not kept between segments.)"""
+        one after the other in one invocation and share its checkpoint key). The
+        group's checkpoint keeps each call's state apart, and the results of the
+        calls that finished: the next segment runs the group again from its first
+        call, and a call resumes from the state it saved itself, or is not run again
+        at all once it finished (``item_result``). Without that, calls that each need
+        most of a segment overwrote each other's state and the group never finished."""
         self.item = index
+        self._asked = False
         self._last = time.perf_counter()
         self._steps.clear()
-
-    def _wrap(self, state: Any) -> Any:
-        """What is pickled for ``state``: tagged with the call's index in its group."""
-        return state if self.item is None else (_ITEM_TAG, self.item, state)
-
-    def _unwrap(self, loaded: Any, default: Any) -> Any:
-        """The state saved for the running call, else ``default`` (another call of
-        the group saved it: this one starts afresh; ``restored`` stays as it was)."""
-        if self.item is None:
-            self.restored = True
-            return loaded
-        if isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _ITEM_TAG and loaded[1] == self.item:
-            self.restored = True
-            return loaded[2]
-        return default
 
     @property
     def active(self) -> bool:
         """True inside a remote call that can be split."""
         return self._store is not None
 
-    def restore(self, default: Any = None) -> Any:
-        """The state saved by an earlier segment of this call, else ``default``."""
-        self.used = True
-        self._last = time.perf_counter()
-        if not self.active or self._key is None:
-            return default
+    # -- the bytes in the store (a job's child asks its parent instead: ``handler.ChildCheckpoint``) --
+    def _fetch(self) -> Any:
+        """The verified pickle of the saved checkpoint, or None if there is none."""
         try:
             blob = self._store.get(self._key)
         except ObjectNotFound:
-            return default
+            return None
         ev = self._event
-        return self._unwrap(decode(blob, ev.secret, ev.job_id, ev.call_id, ev.segment, self.label), default)
+        return open_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, blob)
+
+    def _push(self, data: bytes) -> int:
+        """Seal and store ``data`` (a pickle); the stored size."""
+        ev = self._event
+        blob = seal_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, data)
+        self._store.put(self._key, blob)
+        return len(blob)
+
+    def _group(self) -> _Group:
+        if self._group_cache is None:
+            data = self._fetch()
+            loaded = _loads(data, self.label) if data is not None else None
+            if isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _GROUP_TAG:
+                self._group_cache = _Group(dict(loaded[1]), dict(loaded[2]))
+            else:
+                self._group_cache = _Group()
+        return self._group_cache
+
+    def _later(self) -> bool:
+        """Whether an earlier invocation of this call may have saved (a later segment, or a retry)."""
+        ev = self._event
+        return ev is not None and (int(ev.segment or 0) > 0 or int(getattr(ev, "attempt", 0) or 0) > 0)
+
+    # -- a group's finished calls -------------------------------------------------------------
+    def item_result(self, index: int) -> tuple[bool, Any]:
+        """(True, its result) if the group's call ``index`` finished in an earlier segment."""
+        if not self.active or self._key is None or not self._later():
+            return False, None
+        data = self._group().done.get(index)
+        if data is None:
+            return False, None
+        self.restored = True
+        return True, _loads(data, self.label)
+
+    def item_done(self, index: int, value: Any) -> None:
+        """The group's call ``index`` returned ``value``: kept with the group's next save."""
+        if not self.active or self._key is None:
+            return
+        if self._group_cache is None and not self.saves:
+            if not self._later():
+                self._group_cache = _Group()  # nothing saved before this segment: no read
+            else:
+                self._group()
+        group = self._group_cache
+        assert group is not None
+        group.fresh[index] = value
+        group.states.pop(index, None)
+
+    # -- the API ------------------------------------------------------------------------------
+    def restore(self, default: Any = None) -> Any:
+        """The state saved by an earlier segment of this call, else ``default``."""
+        self.used = True
+        self._asked = True
+        self._last = time.perf_counter()
+        if not self.active or self._key is None:
+            return default
+        if self.item is None:
+            data = self._fetch()
+            if data is None:
+                return default
+            self.restored = True
+            return _loads(data, self.label)
+        saved = self._group().states.get(self.item)
+        if saved is None:
+            return default  # (another call of the group saved: this one starts afresh)
+        self.restored = True
+        return _loads(saved, self.label)
 
     def time_left(self) -> float:
         deadline = self._deadline_fn() if self._deadline_fn else None
@@ -184,18 +277,44 @@ class Checkpoint:
         self.save(state)
         raise SegmentDone()
 
+    def _check_progress(self) -> None:
+        """A save in a later segment by a call that never asked for the state the
+        segment before saved would start over in every segment, forever: refused."""
+        if self._asked or not self._later():
+            return
+        ev = self._event
+        if self.item is None:
+            if not int(ev.segment or 0):
+                return  # (a retry of the first segment: bounded by retries)
+        elif self.item not in self._group().states:
+            return  # (this call of the group saved nothing yet)
+        what = "" if self.item is None else f" (call {self.item} of its group)"
+        raise Refused(TaskError(
+            f"{self.label}{what} saved a checkpoint in segment {ev.segment} without calling restore() first, so every "
+            "segment starts over and the call never finishes; begin with state = wrenpack.checkpoint().restore(default=...) "
+            "and go on from the state it returns"))
+
     def save(self, state: Any) -> None:
         """Save now (``offer`` calls this when a save is due)."""
         self.used = True
         if not self.active or self._key is None:
             return
+        self._check_progress()
         t0 = time.perf_counter()
-        ev = self._event
-        blob = encode(self._wrap(state), ev.secret, ev.job_id, ev.call_id, ev.segment)
-        self._store.put(self._key, blob)
+        if self.item is None:
+            data = dumps_state(state)
+        else:
+            group = self._group_cache if self._group_cache is not None else \
+                self._group() if self._later() or self.saves else _Group()
+            self._group_cache = group
+            for index, value in list(group.fresh.items()):
+                group.done[index] = dumps_state(value)
+                del group.fresh[index]
+            group.states[self.item] = dumps_state(state)
+            data = cloudpickle.dumps((_GROUP_TAG, group.done, group.states))
+        self.state_bytes = self._push(data)
         self.save_s = time.perf_counter() - t0
         self.saves += 1
-        self.state_bytes = len(blob)
         self._last = time.perf_counter()
 
     def stats(self) -> dict[str, float]:

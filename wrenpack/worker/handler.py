@@ -506,6 +506,9 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             ) from None
     except checkpoint.SegmentDone:
         kind, outcome = "checkpointed", b""
+    except checkpoint.Refused as exc:
+        kind = "error"
+        outcome = error_outcome(exc.error, "wrenpack", tb_text="")
     except (MissingDependency, SerializationError, StoreError, SdkTooOld) as exc:
         kind = "error"
         outcome = error_outcome(exc, "wrenpack", tb_text="")
@@ -551,15 +554,23 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
 def _per_item(fn: Any, ckpt: Any) -> Any:
     """``fn``, or for a group of calls (``chunksize``: a ``worker.batch.Batch``) a
     copy that tells the checkpoint which of its calls runs (``Checkpoint.begin_item``):
-    the group's calls share one checkpoint key, and a call must resume only from a
-    state it saved itself. The cached function is not changed."""
+    the group's calls share one checkpoint key, a call must resume only from a
+    state it saved itself, and a call that returned in an earlier segment is not
+    run again (its result was saved with the group's checkpoint). The cached
+    function is not changed."""
     if ckpt is None or not isinstance(fn, batch.Batch):
         return fn
     inner, indices = fn.fn, itertools.count()
 
     def one_call(*args: Any, **kwargs: Any) -> Any:
-        ckpt.begin_item(next(indices))
-        return inner(*args, **kwargs)
+        index = next(indices)
+        ckpt.begin_item(index)
+        finished, value = ckpt.item_result(index)
+        if finished:
+            return value  # (it returned in an earlier segment: not run again)
+        value = inner(*args, **kwargs)
+        ckpt.item_done(index, value)
+        return value
 
     counted = copy.copy(fn)
     counted.fn = one_call
@@ -615,7 +626,8 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
     job_id, call_id = ev.job_id, ev.call_id
     kind, outcome, extra = ran.kind, ran.outcome, ran.extra
     restored, saves = extra.pop("ckpt_restored", False), extra.pop("ckpt_saves", 0)
-    if kind != "checkpointed" and (restored or saves):
+    if kind != "checkpointed" and (restored or saves) and \
+            not (kind == "timeout" and checkpoint.rerun_late(ev.segment, ev.attempt)):  # (kept for the re-run)
         store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
     status = status_record.record(
@@ -1077,28 +1089,13 @@ class ChildCheckpoint(checkpoint.Checkpoint):
                          label=ev.label, learned=ev.checkpoint or {}, event=ev)
         self._rpc = rpc
 
-    def restore(self, default: Any = None) -> Any:
-        self.used = True
-        self._last = time.perf_counter()
+    def _fetch(self) -> Any:
         answer, data = self._rpc.ask({"t": "ckpt_get"})
-        if answer.get("none"):
-            return default
-        try:
-            loaded = cloudpickle.loads(bytes(data))
-        except Exception as exc:  # noqa: BLE001
-            raise CorruptObject(f"the checkpoint of {self.label} is authentic but cannot be unpickled "
-                                f"({type(exc).__name__}: {exc}); re-run") from None
-        return self._unwrap(loaded, default)
+        return None if answer.get("none") else bytes(data)
 
-    def save(self, state: Any) -> None:
-        self.used = True
-        t0 = time.perf_counter()
-        state_bytes = checkpoint.dumps_state(self._wrap(state))
-        answer, _ = self._rpc.ask({"t": "ckpt_put"}, state_bytes)
-        self.save_s = time.perf_counter() - t0
-        self.saves += 1
-        self.state_bytes = int(answer.get("bytes") or len(state_bytes))
-        self._last = time.perf_counter()
+    def _push(self, data: bytes) -> int:
+        answer, _ = self._rpc.ask({"t": "ckpt_put"}, data)
+        return int(answer.get("bytes") or len(data))
 
 
 #: Lambda's synchronous response limit, 6 MB and 100 bytes, less room for the runtime's JSON spacing.

@@ -1,0 +1,381 @@
+"""Probes of checkpoint splitting the way a demanding user (or an attacker) would try it:
+calls longer than their timeout, states that cannot be pickled or change type, loops
+that never restore, exceptions and cancellation between segments, tampered and
+moved checkpoints, and what is left behind. Local backend, short timeouts."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import glob
+import json
+import os
+import threading
+import time
+
+import pytest
+
+import wrenpack
+from wrenpack import keys
+
+
+def stepper(n, step_s=0.01, log_path=None):
+    """A plain loop that offers its state after every step."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "acc": 0})
+    if log_path:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"pid": os.getpid(), "start_i": state["i"], "t": time.time()}) + "\n")
+    while state["i"] < n:
+        t_end = time.perf_counter() + step_s
+        while time.perf_counter() < t_end:
+            pass
+        state["acc"] += state["i"] ** 2
+        state["i"] += 1
+        cp.offer(state)
+    return state["acc"]
+
+
+def expected(n):
+    return sum(i * i for i in range(n))
+
+
+def _lines(path):
+    return [json.loads(line) for line in open(path).read().splitlines()] if os.path.exists(path) else []
+
+
+@pytest.fixture
+def ex(tmp_path):
+    made = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=0)
+    yield made
+    made.shutdown()
+
+
+def _wait_for(pred, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# -- the headline: longer than the timeout, finished exactly ---------------------------------------
+def test_call_three_times_its_timeout_finishes_exactly(ex, tmp_path):
+    log_path = str(tmp_path / "log")
+    fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(250, 0.01, log_path)
+    assert fut.result(timeout=60) == expected(250)
+    starts = _lines(log_path)
+    assert fut.segments == len(starts) >= 3
+    assert [s["start_i"] for s in starts] == sorted(s["start_i"] for s in starts)  # never went backwards
+    assert len(fut.segment_statuses) == fut.segments - 1
+    assert [s["segment"] for s in fut.segment_statuses + [fut.status]] == list(range(fut.segments))
+    assert all(s["exit"] == "checkpointed" for s in fut.segment_statuses) and fut.status["exit"] == "ok"
+    assert all(s["duration_s"] < 1.0 for s in fut.segment_statuses)
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+def changes_type(n):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default=0)
+    while True:
+        if isinstance(state, int):
+            time.sleep(0.05)
+            state += 1
+            if state >= n:
+                state = [state]
+        elif isinstance(state, list):
+            time.sleep(0.05)
+            state.append(len(state))
+            if len(state) >= n:
+                state = ("done", tuple(state))
+        else:
+            return state
+        cp.offer(state)
+
+
+def test_state_that_changes_type_between_segments(ex):
+    fut = wrenpack.remote(changes_type, executor=ex, timeout=1).remote(20)
+    value = fut.result(timeout=60)
+    assert value == ("done", (20, *range(1, 20)))
+    assert fut.segments >= 2
+
+
+# -- bad states ----------------------------------------------------------------------------------
+def unpicklable_state(n):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "lock": threading.Lock()})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"]
+
+
+def test_state_that_cannot_be_pickled_fails_in_one_line(ex):
+    fut = wrenpack.remote(unpicklable_state, executor=ex, timeout=1).remote(200)
+    with pytest.raises(wrenpack.SerializationError) as info:
+        fut.result(timeout=60)
+    msg = str(info.value)
+    assert "\n" not in msg and "checkpoint" in msg and "lock" in msg.lower(), msg
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+# -- loops that cannot make progress ----------------------------------------------------------------
+def never_restores(n):
+    cp = wrenpack.checkpoint()
+    state = {"i": 0}  # forgot cp.restore(): every segment starts over
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"]
+
+
+def test_a_loop_that_never_restores_is_stopped_and_told_why(ex):
+    fut = wrenpack.remote(never_restores, executor=ex, timeout=1).remote(10_000)
+    t0 = time.monotonic()
+    with pytest.raises(wrenpack.WrenpackError) as info:
+        fut.result(timeout=30)
+    assert time.monotonic() - t0 < 15
+    msg = str(info.value)
+    assert "\n" not in msg and "restore" in msg, msg
+
+
+def never_checkpoints(seconds):
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        pass
+    return "done"
+
+
+def test_no_checkpoint_past_the_timeout_is_a_timeout_naming_the_fix(ex):
+    fut = wrenpack.remote(never_checkpoints, executor=ex, timeout=1).remote(5)
+    with pytest.raises(wrenpack.TaskTimeout) as info:
+        fut.result(timeout=30)
+    msg = str(info.value)
+    assert "\n" not in msg and "wrenpack.checkpoint" in msg and "timeout=" in msg, msg
+    assert fut.segments == 1
+
+
+# -- after a resume ------------------------------------------------------------------------------
+class Boom(Exception):
+    pass
+
+
+def fails_after_resume(n, fail_at):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        if state["i"] == fail_at:
+            raise Boom(f"failed at {state['i']}")
+        cp.offer(state)
+    return state["i"]
+
+
+def test_exception_after_a_resume_is_the_users(ex):
+    fut = wrenpack.remote(fails_after_resume, executor=ex, timeout=1).remote(500, 80)
+    with pytest.raises(Boom, match="failed at 80"):
+        fut.result(timeout=60)
+    assert fut.segments >= 2
+    tb = fut.exception().__cause__
+    assert isinstance(tb, wrenpack.errors.RemoteTraceback) and "fails_after_resume" in str(tb)
+    assert "raise Boom" in str(tb)
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+    assert fut.status["exit"] == "error"
+
+
+# -- many at once -------------------------------------------------------------------------------
+def test_map_of_checkpointing_calls_keeps_each_calls_state(ex):
+    ns = [40 + 8 * k for k in range(4)]
+    futs = wrenpack.remote(stepper, executor=ex, timeout=1).map(ns, step_s=0.02)
+    assert wrenpack.get(futs, timeout=120) == [expected(n) for n in ns]
+    assert max(f.segments for f in futs) >= 2
+
+
+def test_chunksize_group_of_checkpointing_calls(ex):
+    ns = [40, 45, 50, 55]
+    futs = wrenpack.remote(stepper, executor=ex, timeout=1).map(ns, step_s=0.02, chunksize=2)
+    assert wrenpack.get(futs, timeout=120) == [expected(n) for n in ns]
+
+
+# -- cancellation ------------------------------------------------------------------------------
+def test_cancel_between_segments(ex, tmp_path):
+    log_path = str(tmp_path / "log")
+    fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(100_000, 0.01, log_path)
+    assert _wait_for(lambda: len(_lines(log_path)) >= 2)
+    assert wrenpack.cancel(fut) == [True]
+    with pytest.raises(cf.CancelledError):
+        fut.result(timeout=15)
+    seen = len(_lines(log_path))
+    time.sleep(2.5)
+    assert len(_lines(log_path)) == seen  # no further segment launched
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+_EXITS_MID_CALL = """
+import sys, time
+sys.path.insert(0, {root!r})
+import wrenpack
+from tests.test_probe_checkpoint import stepper, _lines
+ex = wrenpack.Executor(storage={store!r}, concurrency=1)
+fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(100_000, 0.01, {log!r})
+while len(_lines({log!r})) < 2:
+    time.sleep(0.02)
+print("exiting", flush=True)
+"""
+
+
+def test_a_program_that_exits_mid_call_leaves_nothing_behind(tmp_path):
+    """A program that ends while its checkpointed call runs (between or during segments):
+    the call is stopped, no further segment starts, and its objects are gone."""
+    import subprocess
+    import sys
+
+    store, log = str(tmp_path / "store"), str(tmp_path / "log")
+    before = set(glob.glob("/dev/shm/wrenpack-*"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _EXITS_MID_CALL.format(root=root, store=store, log=log)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
+    seen = len(_lines(log))
+    time.sleep(2.0)
+    assert len(_lines(log)) == seen
+    left = [p for p in glob.glob(store + "/**", recursive=True) if os.path.isfile(p)]
+    assert not left, left
+    assert set(glob.glob("/dev/shm/wrenpack-*")) <= before
+
+
+# -- security: the checkpoint in the store -------------------------------------------------------------
+def gated_stepper(n, step_s, log_path, gate):
+    """``stepper`` whose later segments wait for ``gate`` (a file) before restoring: the test
+    changes the stored checkpoint between two segments."""
+    cp = wrenpack.checkpoint()
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps({"pid": os.getpid()}) + "\n")
+    if len(_lines(log_path)) > 1:
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+    state = cp.restore(default={"i": 0, "acc": 0})
+    while state["i"] < n:
+        time.sleep(step_s)
+        state["acc"] += state["i"] ** 2
+        state["i"] += 1
+        cp.offer(state)
+    return state["acc"]
+
+
+def _between_segments(ex, tmp_path, change):
+    """Run ``gated_stepper``; once its first segment saved, ``change(store, key)``, then let it go on."""
+    log_path, gate = str(tmp_path / "log"), str(tmp_path / "gate")
+    fut = wrenpack.remote(gated_stepper, executor=ex, timeout=3).remote(300, 0.01, log_path, gate)
+    assert _wait_for(lambda: len(_lines(log_path)) >= 2)  # the second segment waits at the gate
+    change(ex.store, keys.checkpoint_key(fut.job_id, fut.call_id))
+    open(gate, "w").close()
+    return fut
+
+
+def test_a_flipped_bit_in_a_stored_checkpoint_is_refused(ex, tmp_path):
+    def flip(store, key):
+        bad = bytearray(store.get(key))
+        bad[len(bad) // 2] ^= 0x01
+        store.put(key, bytes(bad))
+
+    fut = _between_segments(ex, tmp_path, flip)
+    with pytest.raises(wrenpack.CorruptObject) as info:
+        fut.result(timeout=60)
+    assert "\n" not in str(info.value) and "failed authentication" in str(info.value)
+    assert fut.segments == 2
+
+
+def test_a_checkpoint_of_another_job_is_refused(ex, tmp_path):
+    a = wrenpack.remote(stepper, executor=ex, timeout=1).remote(300, 0.01)
+    a_key = keys.checkpoint_key(a.job_id, a.call_id)
+    assert _wait_for(lambda: ex.store.exists(a_key))
+    stolen = ex.store.get(a_key)
+    # job B, the same function and call number, at the same segment: A's checkpoint moved into B's place
+    b = _between_segments(ex, tmp_path, lambda store, key: store.put(key, stolen))
+    with pytest.raises(wrenpack.CorruptObject, match="failed authentication"):
+        b.result(timeout=60)
+    assert a.result(timeout=60) == expected(300)
+
+
+def test_nothing_left_behind(tmp_path):
+    before = set(glob.glob("/dev/shm/wrenpack-*"))
+    store = tmp_path / "store"
+    with wrenpack.Executor(storage=str(store), concurrency=2, retries=0) as ex:
+        f = wrenpack.remote(stepper, executor=ex, timeout=1)
+        futs = [f.remote(120, 0.01), f.remote(50, 0.0)]
+        assert wrenpack.get(futs, timeout=60) == [expected(120), expected(50)]
+    left = [p for p in glob.glob(str(store / "**"), recursive=True) if os.path.isfile(p)]
+    assert not left, left
+    assert set(glob.glob("/dev/shm/wrenpack-*")) <= before
+
+
+# -- the checkpoint API -------------------------------------------------------------------------------
+def test_outside_a_remote_call_checkpoint_is_a_no_op():
+    cp = wrenpack.checkpoint()
+    assert not cp.active
+    assert cp.restore() is None and cp.restore(default=3) == 3
+    cp.offer({"x": 1})
+    cp.save({"x": 1})
+    assert cp.time_left() == float("inf")
+
+
+def test_wrong_arguments_to_the_checkpoint_api():
+    with pytest.raises(TypeError):
+        wrenpack.checkpoint(5)
+    cp = wrenpack.checkpoint()
+    with pytest.raises(TypeError):
+        cp.offer()
+
+
+def test_chunksize_group_whose_calls_each_need_most_of_a_segment(ex):
+    # two calls of ~0.9 s each in one group under a 1 s timeout: each call must keep its progress
+    futs = wrenpack.remote(stepper, executor=ex, timeout=1).map([45, 45], step_s=0.02, chunksize=2)
+    assert wrenpack.get(futs, timeout=40) == [expected(45)] * 2
+
+
+# -- a later segment that runs out of time before it saves ---------------------------------------------
+def late_once(n, marker, always=False):
+    """A loop whose second segment, once (or ``always``), takes one step longer than the time left."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    if state["i"] and (always or not os.path.exists(marker)):
+        open(marker, "a").close()
+        time.sleep(5)  # (a busy machine that kept the process from the CPU looks the same)
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"]
+
+
+def test_a_late_segment_runs_again_from_the_last_save(ex, tmp_path):
+    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(80, str(tmp_path / "m"))
+    assert fut.result(timeout=60) == 80
+    assert [s["error"].split(":")[0] for s in fut.retried_statuses] == ["TaskTimeout"]
+    assert fut.retried_statuses[0]["segment"] == 1
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+def test_a_segment_late_every_time_fails_after_one_rerun(ex, tmp_path):
+    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(80, str(tmp_path / "m"), always=True)
+    t0 = time.monotonic()
+    with pytest.raises(wrenpack.TaskTimeout, match="offer more often") as info:
+        fut.result(timeout=60)
+    assert time.monotonic() - t0 < 10 and "\n" not in str(info.value)
+    assert len(fut.retried_statuses) == 1
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+# -- the same on the emulated Lambda (tests/aws: moto's S3, the Runtime Interface Emulator) ------------
+@pytest.mark.slow  # (~13 s: deploys a 2 s function; test_aws_lambda covers a plain checkpointed call by default)
+@pytest.mark.backends("lambda")
+def test_on_lambda_groups_finish_and_a_loop_that_never_restores_is_refused(make_executor, backend):
+    lam = make_executor(concurrency=2, retries=0)
+    futs = wrenpack.remote(stepper, executor=lam, timeout=2).map([70, 70], step_s=0.02, chunksize=2)
+    assert wrenpack.get(futs, timeout=120) == [expected(70)] * 2
+    fut = wrenpack.remote(never_restores, executor=lam, timeout=2).remote(10_000)
+    with pytest.raises(wrenpack.TaskError, match="without calling restore"):
+        fut.result(timeout=60)
