@@ -66,8 +66,9 @@ def test_call_three_times_its_timeout_finishes_exactly(ex, tmp_path):
     starts = _lines(log_path)
     assert fut.segments == len(starts) >= 3
     assert [s["start_i"] for s in starts] == sorted(s["start_i"] for s in starts)  # never went backwards
-    assert len(fut.segment_statuses) == fut.segments - 1
-    assert [s["segment"] for s in fut.segment_statuses + [fut.status]] == list(range(fut.segments))
+    # (a segment late to save on a loaded machine runs again once: an invocation more, its status a retried one)
+    assert len(fut.segment_statuses) == fut.segments - 1 - len(fut.retried_statuses)
+    assert [s["segment"] for s in fut.segment_statuses + [fut.status]] == list(range(len(fut.segment_statuses) + 1))
     assert all(s["exit"] == "checkpointed" for s in fut.segment_statuses) and fut.status["exit"] == "ok"
     assert all(s["duration_s"] < 1.0 for s in fut.segment_statuses)
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
