@@ -261,10 +261,17 @@ class LocalBackend(Backend):
             if started:
                 for worker in sent_to:
                     worker.flush()
+                # What a socket did not take now (a message larger than its buffer) is written
+                # by the dispatcher when the socket can take more: it must watch it for that.
+                # Woken, it would not: it watches for writing only after calls it sent itself
+                # (``_after_assign``), and when these were the last calls queued it sends
+                # none; the worker then waited for the rest of its message and the driver
+                # for its reply, until the call's timeout.
+                self._watch_io()
             # The dispatcher must look again unless it will anyway, soon enough for
             # every call just started (their meters and deadlines), and nothing waits.
             wake = not started or self._next_queued() is not None or any(
-                w.outbuf or w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
+                w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
         if wake:
             self._wake()
         # RUNNING once the bytes went: while the worker runs the call, not before it
@@ -705,6 +712,10 @@ class LocalBackend(Backend):
                 self._retire(other)
 
     def _watch_io(self) -> None:
+        """Watch for writing the socket of each worker with bytes left to write (lock
+        held): ``_event`` writes them as the socket takes them. Whoever leaves bytes
+        in a worker's ``outbuf`` calls this (a borrowed socket is watched again when
+        it is given back: ``_give_back``)."""
         for worker in self._workers:
             if worker.outbuf:
                 try:
