@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
@@ -80,3 +81,21 @@ def test_a_maps_group_the_socket_did_not_take_whole_is_not_lost(ex, half_written
     failed = [r.getMessage() for r in caplog.records if "group of" in r.getMessage()]
     assert not failed, f"a group was lost until its timeout: {failed[0]}"
     assert half_written_by_callers, "no group went from this thread: the test missed its path"
+
+
+def test_a_group_that_ran_past_its_timeout_is_run_again_with_a_warning(ex, caplog):
+    """A group stopped at its timeout runs its calls again one by one; that costs the
+    whole wait, and the user hears of it (at WARNING: which calls, why, which attempt)."""
+    caplog.set_level(logging.INFO, logger="wrenpack")
+    futs = wrenpack.remote(nap_at, executor=ex, timeout=2).map(range(400))
+    assert wrenpack.get(futs, progress=False, return_exceptions=True)[:3] == [0, 1, 2]
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "the group of" in r.getMessage()]
+    assert warned, [r.getMessage() for r in caplog.records]
+    text = warned[0].getMessage()
+    assert "TaskTimeout" in text and "2nd attempt" in text and "nap_at[" in text, text
+
+
+def nap_at(x):
+    if x == 300:
+        time.sleep(3)
+    return x

@@ -370,7 +370,7 @@ class CallTable:
                 retried = fut._retried = []
             retried.append(f"{type(value).__name__}: {value}")
             fut.retried_statuses.append(dict(final, error=retried[-1]))
-            self._retry(job, inv)
+            self._retry(job, inv, value)
             return
         fut.status, fut.logs = final, logs
         if not ok and logs and isinstance(value, BaseException):
@@ -386,11 +386,12 @@ class CallTable:
         return bool(on) and not self._stopping and inv.attempt < inv.retries and isinstance(exc, on) \
             and not isinstance(exc, CallCancelled)  # (a cancelled call stays cancelled, whatever retry_on says)
 
-    def _retry(self, job: RunningJob, inv: Invocation) -> None:
+    def _retry(self, job: RunningJob, inv: Invocation, exc: BaseException) -> None:
         """Launch a call again after an error the user listed in ``retry_on``."""
         _job_id, cid = inv.key
         attempt = inv.attempt + 1
-        log.warning("%s failed; retrying (attempt %d of %d) as retry_on asks", inv.label, attempt + 1, inv.retries + 1)
+        log.warning("%s failed (%s: %s); retrying (attempt %d of %d) as retry_on asks", inv.label, type(exc).__name__,
+                    exc, attempt + 1, inv.retries + 1)
         # The failed attempt's result object would win the next write ("first wins").
         self.store.delete(keys.result_key(job.job_id, cid))
         again = dataclasses.replace(inv, attempt=attempt, event=dict(inv.event, attempt=attempt))
