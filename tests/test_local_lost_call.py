@@ -99,3 +99,25 @@ def nap_at(x):
     if x == 300:
         time.sleep(3)
     return x
+
+
+def test_the_dispatcher_sleeps_while_workers_start(make_executor, monkeypatch):
+    """A starting worker's calls have no clock yet: the dispatcher waits for its
+    "ready" in the selector. It counted their wake-up, due at 0, and spun: tens of
+    thousands of selects without a wait through each start, a CPU the starting
+    workers lacked (a fresh map's first calls came twice as late on 2 cores)."""
+    ex = make_executor(concurrency=2)
+    backend = ex.backend
+    zero_waits = []
+    original = backend._selector.select
+
+    def select(timeout=None):
+        if timeout is not None and timeout <= 0:
+            zero_waits.append(timeout)
+        return original(timeout)
+
+    monkeypatch.setattr(backend._selector, "select", select)
+    futs = [wrenpack.remote(size_of, executor=ex).remote("x" * i) for i in range(2)]  # (both workers start)
+    assert [fut.result(timeout=60) for fut in futs] == [0, 1]
+    assert backend.worker_starts == 2
+    assert len(zero_waits) < 50, f"the dispatcher looked {len(zero_waits)} times without waiting while workers started"

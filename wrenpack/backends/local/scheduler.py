@@ -436,7 +436,11 @@ class LocalBackend(Backend):
                 with self._lock:
                     started = self._assign_locked()
                     now = time.time()
-                    wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + _IDLE_S)
+                    # (A starting worker's calls have no clock yet, only a wake-up due at 0: counted,
+                    # they made this loop spin, a CPU the starting workers lacked. Its "ready"
+                    # comes on its socket, its death on its pidfd, both in the selector.)
+                    wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and w.ready and not w.kill_reason),
+                                 default=now + _IDLE_S)
                     timeout = min(_IDLE_S, max(0.0, wakeup - now), self._idle_expiry())
                     if now - self._last_reply < _BUSY_S and any(w.cgroup is None and w.ready and not w.inflight
                                                                 for w in self._workers):
