@@ -374,7 +374,7 @@ class CallTable:
                 retried = fut._retried = []
             retried.append(f"{type(value).__name__}: {value}")
             fut.retried_statuses.append(dict(final, error=retried[-1]))
-            self._retry(job, inv, late=late)
+            self._retry(job, inv, value, late=late)
             return
         fut.status, fut.logs = final, logs
         if not ok and logs and isinstance(value, BaseException):
@@ -397,7 +397,7 @@ class CallTable:
         return isinstance(exc, TaskTimeout) and not self._stopping and \
             checkpoint.rerun_late(int(inv.event.get("segment", 0)), inv.attempt)
 
-    def _retry(self, job: RunningJob, inv: Invocation, late: bool = False) -> None:
+    def _retry(self, job: RunningJob, inv: Invocation, exc: BaseException, late: bool = False) -> None:
         """Launch a call again after an error the user listed in ``retry_on`` (``late``:
         a checkpointed call's segment that ran out of time, from its last save)."""
         _job_id, cid = inv.key
@@ -406,7 +406,8 @@ class CallTable:
             log.info("%s: segment %s ran out of time before it saved; running it again from the last checkpoint",
                      inv.label, inv.event.get("segment"))
         else:
-            log.warning("%s failed; retrying (attempt %d of %d) as retry_on asks", inv.label, attempt + 1, inv.retries + 1)
+            log.warning("%s failed (%s: %s); retrying (attempt %d of %d) as retry_on asks", inv.label, type(exc).__name__,
+                        exc, attempt + 1, inv.retries + 1)
         # The failed attempt's result object would win the next write ("first wins").
         self.store.delete(keys.result_key(job.job_id, cid))
         again = dataclasses.replace(inv, attempt=attempt, event=dict(inv.event, attempt=attempt))

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from wrenpack.errors import CallCancelled, CorruptObject, ExecutorShutdown, WrenpackError
+from wrenpack.errors import CallCancelled, CorruptObject, ExecutorShutdown, TaskTimeout, WorkerCrashed, WorkerLost, WrenpackError
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.profiled import code_key, uses_checkpoint
 from wrenpack.futures import CallOwner, WrenFuture, stop_running
@@ -301,8 +301,13 @@ class _Plan(CallOwner):
         ex = self.executor
         final = isinstance(exc, (CorruptObject, ExecutorShutdown, CancelledError)) or ex._stopping
         if exc is not None and not final:
-            log.info("%s: a group of %d calls failed (%s: %s); running them one by one", self.label, len(todo),
-                     type(exc).__name__, exc)
+            # A group stopped at its timeout, or whose worker died, cost the whole wait and
+            # runs every call again: the user hears of it (a call whose dispatch or reply was
+            # lost looked like this, silently). A limit a call broke is named by its own run.
+            level = logging.WARNING if isinstance(exc, (TaskTimeout, WorkerCrashed, WorkerLost)) else logging.INFO
+            log.log(level, "%s: the group of %d calls failed (%s: %s); running each of its %d unfinished calls again on "
+                    "its own (their 2nd attempt)", _group_label(self.label, group), len(group), type(exc).__name__, exc,
+                    len(todo))
         if final:
             self._fail([self.items[i] for i in todo], exc)
             return

@@ -284,10 +284,17 @@ class LocalBackend(Backend):
             if started:
                 for worker in sent_to:
                     worker.flush()
+                # What a socket did not take now (a message larger than its buffer) is written
+                # by the dispatcher when the socket can take more: it must watch it for that.
+                # Woken, it would not: it watches for writing only after calls it sent itself
+                # (``_after_assign``), and when these were the last calls queued it sends
+                # none; the worker then waited for the rest of its message and the driver
+                # for its reply, until the call's timeout.
+                self._watch_io()
             # The dispatcher must look again unless it will anyway, soon enough for
             # every call just started (their meters and deadlines), and nothing waits.
             wake = not started or self._next_queued() is not None or any(
-                w.outbuf or w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
+                w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
         if wake:
             self._wake()
         # RUNNING once the bytes went: while the worker runs the call, not before it
@@ -454,7 +461,11 @@ class LocalBackend(Backend):
                 with self._lock:
                     started = self._assign_locked()
                     now = time.time()
-                    wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and not w.kill_reason), default=now + _IDLE_S)
+                    # (A starting worker's calls have no clock yet, only a wake-up due at 0: counted,
+                    # they made this loop spin, a CPU the starting workers lacked. Its "ready"
+                    # comes on its socket, its death on its pidfd, both in the selector.)
+                    wakeup = min((w.next_wakeup() for w in self._workers if w.inflight and w.ready and not w.kill_reason),
+                                 default=now + _IDLE_S)
                     if self._queued:  # a busy worker's next call may go ahead of its reply (one due already was offered above)
                         wakeup = min([wakeup, *(at for w in self._workers if w.inflight and not w.kill_reason and not w.retiring
                                                 and (at := self._prefetch_at(w)) > now)])
@@ -797,6 +808,10 @@ class LocalBackend(Backend):
                 self._retire(other)
 
     def _watch_io(self) -> None:
+        """Watch for writing the socket of each worker with bytes left to write (lock
+        held): ``_event`` writes them as the socket takes them. Whoever leaves bytes
+        in a worker's ``outbuf`` calls this (a borrowed socket is watched again when
+        it is given back: ``_give_back``)."""
         for worker in self._workers:
             if worker.outbuf:
                 try:
