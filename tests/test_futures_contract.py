@@ -18,7 +18,10 @@ import pytest
 import wrenpack
 from wrenpack.errors import ExecutorShutdown, TaskTimeout
 
-pytestmark = pytest.mark.backends()
+# The toy backend (a process per call, results through the store) takes the path of the emulated
+# Lambda's Event calls here, so its variants run with -m slow; what is its own (registration, the
+# deadline kill, a crashed call tried again) is tests/test_toy_backend.py's, in the default run.
+pytestmark = pytest.mark.backends(slow=("toy",))
 
 
 def square(x):

@@ -28,7 +28,9 @@ from wrenpack.errors import StoreError, WrenpackError
 from wrenpack.storage import store_for_config
 from wrenpack.storage.local import LocalStore
 
-pytestmark = pytest.mark.backends()
+# The toy backend's variants run with -m slow: its calls outlive the driver and write an owner record,
+# as the emulated Lambda's do, whose variants stay; what is the toy's own is tests/test_toy_backend.py's.
+pytestmark = pytest.mark.backends(slow=("toy",))
 
 
 def square(x):
@@ -251,7 +253,7 @@ def test_store_error_while_completing_fails_the_future(tmp_path, exc):
         ex.shutdown()
 
 
-@pytest.mark.backends(slow=("lambda",))  # 5 s there: three calls one after another, then a new default executor
+@pytest.mark.backends(slow=("toy", "lambda"))  # 5 s on lambda: three calls one after another, then a new default executor
 def test_configure_mid_flight_lets_the_old_executor_finish(backend_settings, monkeypatch):
     monkeypatch.setattr(wconfig, "_global_overrides", {})
     settings = backend_settings(concurrency=1)
