@@ -115,11 +115,11 @@ README_PROGRAMS = {
 
 
 @pytest.mark.parametrize("name", sorted(README_PROGRAMS))
-# 2-3 s each on the emulated Lambda. Its "map" is what its "errors" and "large results" run too (a map
+# 2-3 s each on the emulated Lambda. Its "map" and "errors" are what its "large results" runs too (a map
 # whose results are stored, then removed at exit); its "executor" is the `with Executor()` of
-# local-executor and toy-executor, whose removal from S3 tests/aws/test_aws_lambda.py's
+# local-executor, whose removal from S3 tests/aws/test_aws_lambda.py's
 # test_queued_calls_are_not_lost_or_sent_twice checks.
-@pytest.mark.slow_variants("lambda-map", "lambda-executor")
+@pytest.mark.slow_variants("lambda-map", "lambda-executor", "lambda-errors")
 def test_readme_programs_leave_no_objects(tmp_path, backend_settings, name):
     settings = backend_settings()
     out = _run_script(tmp_path, settings, README_PROGRAMS[name])
@@ -654,6 +654,7 @@ def test_by_value_scopes_in_threads_never_pickle_by_reference(tmp_path, monkeypa
     assert "wp_user_mod3" not in cloudpickle.list_registry_pickle_by_value()
 
 
+@pytest.mark.slow_variants("lambda")  # (the registry is the driver's; by value on Lambda: test_aws_lambda's test_chunksize_5_*)
 def test_a_module_the_user_registered_stays_registered(executor, tmp_path, monkeypatch):
     mod_dir = tmp_path / "m"
     mod_dir.mkdir()
