@@ -18,7 +18,10 @@ import pytest
 import wrenpack
 from wrenpack.errors import ExecutorShutdown, TaskTimeout
 
-pytestmark = pytest.mark.backends()
+# The toy backend (a process per call, results through the store) takes the path of the emulated
+# Lambda's Event calls here, so its variants run with -m slow; what is its own (registration, the
+# deadline kill, a crashed call tried again) is tests/test_toy_backend.py's, in the default run.
+pytestmark = pytest.mark.backends(slow=("toy",))
 
 
 def square(x):
@@ -49,6 +52,7 @@ def one_worker(make_executor):
     return make_executor(concurrency=1, retries=0)
 
 
+@pytest.mark.slow_variants("lambda")  # (Lambda: test_aws_lambda's test_submit_and_futures_between_calls_on_lambda and test_chunksize_5_*)
 def test_is_a_concurrent_futures_executor(executor):
     assert isinstance(executor, cf.Executor)
     fut = executor.submit(square, 7)
@@ -66,6 +70,7 @@ def test_keyword_names_reach_the_function(executor, remote):
     assert [x["fn"] for x in wrenpack.get(f.map([1, 2], fn=9, items=10))] == [9, 9]
 
 
+@pytest.mark.slow_variants("lambda")  # (the driver's wait; Lambda adds nothing to it)
 def test_map_timeout_raises_timeout_error(executor):
     # 1.5 s, not 5: it cannot end within the 1 s timeout either way, and it runs on after the test
     # (a running call is not taken back), holding one of the module executor's two slots from the next
@@ -75,6 +80,7 @@ def test_map_timeout_raises_timeout_error(executor):
         next(results)
 
 
+@pytest.mark.slow_variants("lambda")  # (Lambda: test_aws_lambda's test_cancel_of_a_call_not_yet_invoked_on_lambda)
 def test_states_cancel_and_callbacks(one_worker, tmp_path):
     ex = one_worker
     release = str(tmp_path / "release")
@@ -144,6 +150,7 @@ def give_back(x):
     return x
 
 
+@pytest.mark.slow_variants("lambda")  # (Lambda: test_aws_lambda's test_submit_and_futures_between_calls_on_lambda)
 def test_futures_pass_into_and_out_of_calls(executor, remote):
     slow = executor.submit(sleeper, 0.5)
     # a future passed into a call resolves there (read from the store)
@@ -224,6 +231,7 @@ def slow_first_time(path):
     return "second try"
 
 
+@pytest.mark.slow_variants("lambda")  # (4 s there; Lambda's TaskTimeout: test_aws_lambda's test_errors_match_the_local_backend)
 def test_retry_on_task_timeout(executor, remote, tmp_path):
     fut = remote(slow_first_time, timeout=1, retries=1, retry_on=(TaskTimeout,)).remote(str(tmp_path / "m"))
     assert fut.result(timeout=60) == "second try"

@@ -28,7 +28,9 @@ from wrenpack.errors import StoreError, WrenpackError
 from wrenpack.storage import store_for_config
 from wrenpack.storage.local import LocalStore
 
-pytestmark = pytest.mark.backends()
+# The toy backend's variants run with -m slow: its calls outlive the driver and write an owner record,
+# as the emulated Lambda's do, whose variants stay; what is the toy's own is tests/test_toy_backend.py's.
+pytestmark = pytest.mark.backends(slow=("toy",))
 
 
 def square(x):
@@ -113,11 +115,11 @@ README_PROGRAMS = {
 
 
 @pytest.mark.parametrize("name", sorted(README_PROGRAMS))
-# 2-3 s each on the emulated Lambda. Its "map" is what its "errors" and "large results" run too (a map
+# 2-3 s each on the emulated Lambda. Its "map" and "errors" are what its "large results" runs too (a map
 # whose results are stored, then removed at exit); its "executor" is the `with Executor()` of
-# local-executor and toy-executor, whose removal from S3 tests/aws/test_aws_lambda.py's
+# local-executor, whose removal from S3 tests/aws/test_aws_lambda.py's
 # test_queued_calls_are_not_lost_or_sent_twice checks.
-@pytest.mark.slow_variants("lambda-map", "lambda-executor")
+@pytest.mark.slow_variants("lambda-map", "lambda-executor", "lambda-errors")
 def test_readme_programs_leave_no_objects(tmp_path, backend_settings, name):
     settings = backend_settings()
     out = _run_script(tmp_path, settings, README_PROGRAMS[name])
@@ -251,7 +253,7 @@ def test_store_error_while_completing_fails_the_future(tmp_path, exc):
         ex.shutdown()
 
 
-@pytest.mark.backends(slow=("lambda",))  # 5 s there: three calls one after another, then a new default executor
+@pytest.mark.backends(slow=("toy", "lambda"))  # 5 s on lambda: three calls one after another, then a new default executor
 def test_configure_mid_flight_lets_the_old_executor_finish(backend_settings, monkeypatch):
     monkeypatch.setattr(wconfig, "_global_overrides", {})
     settings = backend_settings(concurrency=1)
@@ -652,6 +654,7 @@ def test_by_value_scopes_in_threads_never_pickle_by_reference(tmp_path, monkeypa
     assert "wp_user_mod3" not in cloudpickle.list_registry_pickle_by_value()
 
 
+@pytest.mark.slow_variants("lambda")  # (the registry is the driver's; by value on Lambda: test_aws_lambda's test_chunksize_5_*)
 def test_a_module_the_user_registered_stays_registered(executor, tmp_path, monkeypatch):
     mod_dir = tmp_path / "m"
     mod_dir.mkdir()

@@ -8,6 +8,7 @@ once. Counted from the calls' own start and end times (their status records).
 """
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -19,9 +20,10 @@ from wrenpack.executor import Executor
 TIMEOUT = 10  # the two functions test_aws_lambda deploys for two memory sizes (six runtimes starting need it)
 
 
-def sleeps(x):
+def memory_seen(x):
+    """``x`` seconds, then the memory and the name of the function the call ran on."""
     time.sleep(x)
-    return x
+    return int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0)), os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
@@ -51,12 +53,16 @@ def test_two_memory_sizes_share_the_accounts_unreserved_concurrency(kind, moto_e
                       aws_region=REGION, concurrency=8, timeout=TIMEOUT, retries=0, invocation_type=kind)
         ex.backend.poll_interval = 0.1
         try:
-            small = wrenpack.remote(sleeps, executor=ex, memory=1024).map([0.4] * 6)
-            big = wrenpack.remote(sleeps, executor=ex, memory=2048).map([0.4] * 6)
-            assert wrenpack.get(small + big) == [0.4] * 12
+            small = wrenpack.remote(memory_seen, executor=ex, memory=1024).map([0.4] * 6)
+            big = wrenpack.remote(memory_seen, executor=ex, memory=2048).map([0.4] * 6)
+            small_seen, big_seen = wrenpack.get(small), wrenpack.get(big)
         finally:
             ex.shutdown()
     finally:
         lambda_endpoint.account_concurrency = 1000
+    # each call ran on the function deployed for its memory, and saw it (test_aws_lambda's
+    # test_two_maps_with_different_memory_at_once checks this alone, with -m slow)
+    assert {m for m, _ in small_seen} == {1024} and {m for m, _ in big_seen} == {2048}
+    assert len({n for _, n in small_seen} | {n for _, n in big_seen}) == 2
     seen = most_at_once([(f.status["start"], f.status["end"]) for f in small + big])
     assert 2 <= seen <= 3, seen

@@ -321,6 +321,7 @@ def memory_seen(x):
     return int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0)), os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
 
 
+@pytest.mark.slow  # (test_aws_concurrency's test_two_memory_sizes_share_the_accounts_unreserved_concurrency[Event] checks the same, and the shared budget)
 def test_two_maps_with_different_memory_at_once(moto_endpoint, bucket, lambda_endpoint):
     """Each call runs on the function deployed for its memory and sees it."""
     # 10 s: six runtimes starting at once on a small machine need more than 3 s (RIE counts init in the timeout)
@@ -347,6 +348,7 @@ def test_settings_without_a_function_fail_before_launch(moto_endpoint, bucket, l
 
 
 @pytest.mark.iam_identity("deploy")  # auto-deploys
+@pytest.mark.slow  # (test_memory_auto_runs_with_the_profiled_memory auto-deploys a function and checks its settings the same way)
 def test_auto_deploy_creates_the_function_on_first_use(moto_endpoint, bucket, lambda_endpoint):
     with _executor(moto_endpoint, bucket, lambda_endpoint, "autodeploy", lambda_auto_deploy=True, timeout=10) as ex:
         seen = wrenpack.get(wrenpack.remote(memory_seen, executor=ex, memory=1792).map([1, 2]))
@@ -363,8 +365,12 @@ def test_memory_auto_runs_with_the_profiled_memory(moto_endpoint, bucket, lambda
     monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
     with _executor(moto_endpoint, bucket, lambda_endpoint, "auto-mem", lambda_auto_deploy=True, timeout=10) as ex:
         fut = wrenpack.remote(memory_seen, executor=ex, memory="auto").remote(1)
-        memory, _ = fut.result(timeout=120)
+        memory, name = fut.result(timeout=120)
     assert memory == auto_settings(memory_seen, (1,))["memory_mb"]
+    # the function was made on first use, with the call's settings (as test_auto_deploy_creates_the_function_on_first_use)
+    lam = boto3.client("lambda", endpoint_url=lambda_endpoint.url, region_name="us-east-1")
+    conf = lam.get_function_configuration(FunctionName=name)
+    assert (conf["MemorySize"], conf["Timeout"]) == (memory, 10)
 
 
 # -- concurrency and deadlines -------------------------------------------
