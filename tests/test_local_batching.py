@@ -124,15 +124,21 @@ def test_calls_whose_times_vary_are_never_sent_ahead(ex):
     assert ex.backend.calls_sent_ahead == ahead
 
 
+def _wait_for_a_call_sent_ahead(ex, ahead: int) -> None:
+    """Until the backend sent a call to a worker ahead of its running call's end
+    (``calls_sent_ahead`` past ``ahead``), 20 s at most."""
+    deadline = time.monotonic() + 20
+    while ex.backend.calls_sent_ahead == ahead and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
 def test_cancelling_a_map_whose_calls_were_sent_ahead_ends_every_call(ex):
     """Cancelled while calls wait in the workers behind running ones: each future
     ends, cancelled or with its own result, and nothing hangs."""
     f = wrenpack.remote(steady_nap, executor=ex)
     ahead = ex.backend.calls_sent_ahead
     futs = f.map([0.15] * 24)  # (steady after its first calls: later ones go ahead)
-    deadline = time.monotonic() + 20
-    while ex.backend.calls_sent_ahead == ahead and time.monotonic() < deadline:
-        time.sleep(0.002)
+    _wait_for_a_call_sent_ahead(ex, ahead)
     for fut in futs:
         fut.cancel()
     outcomes = []
@@ -152,9 +158,7 @@ def test_cancelling_calls_stops_those_waiting_in_a_worker_behind_a_running_one(e
     f = wrenpack.remote(steady_nap, executor=ex)
     ahead = ex.backend.calls_sent_ahead
     futs = f.map([0.3] * 12)  # (steady after its first calls: later ones go ahead)
-    deadline = time.monotonic() + 20
-    while ex.backend.calls_sent_ahead == ahead and time.monotonic() < deadline:
-        time.sleep(0.002)
+    _wait_for_a_call_sent_ahead(ex, ahead)
     assert ex.backend.calls_sent_ahead > ahead
     done_before = [fut.done() for fut in futs]
     wrenpack.cancel(futs)
@@ -180,9 +184,7 @@ def test_a_longer_call_cancelled_while_it_waits_in_a_worker_does_not_run(ex, tmp
     ahead = ex.backend.calls_sent_ahead
     items = [(0.3, str(tmp_path / f"call{i}")) for i in range(12)]  # (steady after its first calls: later ones go ahead)
     futs = f.map(items)
-    deadline = time.monotonic() + 20
-    while ex.backend.calls_sent_ahead == ahead and time.monotonic() < deadline:
-        time.sleep(0.002)
+    _wait_for_a_call_sent_ahead(ex, ahead)
     with ex.backend._lock:
         waiting = [w.inflight[1].key for w in ex.backend._workers if len(w.inflight) > 1]
     assert waiting, "no call was sent ahead"

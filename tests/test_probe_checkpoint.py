@@ -14,28 +14,8 @@ import time
 import pytest
 
 import wrenpack
+from tests.test_checkpoint import expected, stepper
 from wrenpack import keys
-
-
-def stepper(n, step_s=0.01, log_path=None):
-    """A plain loop that offers its state after every step."""
-    cp = wrenpack.checkpoint()
-    state = cp.restore(default={"i": 0, "acc": 0})
-    if log_path:
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "start_i": state["i"], "t": time.time()}) + "\n")
-    while state["i"] < n:
-        t_end = time.perf_counter() + step_s
-        while time.perf_counter() < t_end:
-            pass
-        state["acc"] += state["i"] ** 2
-        state["i"] += 1
-        cp.offer(state)
-    return state["acc"]
-
-
-def expected(n):
-    return sum(i * i for i in range(n))
 
 
 def _lines(path):
