@@ -93,6 +93,13 @@ def launch_map(executor: Executor, fn: Callable[..., Any], calls: Sequence[Call]
     return futures
 
 
+def _run_seconds(fut: WrenFuture) -> float | None:
+    """The function's own time in an ended call (its status's ``run_s``, else its duration)."""
+    status = fut.status or {}
+    duration = status.get("run_s", status.get("duration_s"))
+    return float(duration) if isinstance(duration, (int, float)) else None
+
+
 def _checkpoints(fn: Callable[..., Any]) -> bool:
     try:
         return uses_checkpoint(fn)
@@ -258,10 +265,9 @@ class _Plan(CallOwner):
 
     # -- outcomes ---------------------------------------------------------------------
     def _timed(self, fut: WrenFuture) -> None:
-        status = fut.status or {}
-        duration = status.get("run_s", status.get("duration_s"))
-        if isinstance(duration, (int, float)):
-            self._learn(float(duration))
+        duration = _run_seconds(fut)
+        if duration is not None:
+            self._learn(duration)
 
     def _probe_done(self, fut: WrenFuture, probe_round: int = 1) -> None:
         """A probe ended: what it took is learnt and the held calls go. A later
@@ -273,11 +279,10 @@ class _Plan(CallOwner):
         if probe_round == 1:
             self._timed(fut)
         else:
-            status = fut.status or {}
-            duration = status.get("run_s", status.get("duration_s"))
+            duration = _run_seconds(fut)
             timings = self.executor.call_seconds
-            if isinstance(duration, (int, float)) and duration < timings.get(self.key, math.inf):
-                timings[self.key] = float(duration)
+            if duration is not None and duration < timings.get(self.key, math.inf):
+                timings[self.key] = duration
         self.release()
 
     def _learn(self, seconds: float) -> None:
