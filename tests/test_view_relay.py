@@ -135,3 +135,13 @@ def test_a_line_a_queued_call_is_writing_is_not_cut_when_the_call_before_it_ends
             if fd >= 0:
                 os.close(fd)
         relay.stop()
+
+
+def test_relay_output_must_be_a_bool():
+    import pytest
+
+    from wrenpack.backends.local import LocalBackend
+
+    with pytest.raises(wrenpack.ConfigError, match=r"^relay_output='no' must be True .* or False") as info:
+        LocalBackend(relay_output="no")
+    assert "\n" not in str(info.value)

@@ -182,6 +182,9 @@ class LocalBackend(Backend):
             raise ConfigError(f"concurrency={concurrency!r} must be a whole number of at least 1")
         if isinstance(keep_warm, bool) or not isinstance(keep_warm, (int, float)) or not math.isfinite(keep_warm) or keep_warm <= 0:
             raise ConfigError(f"keep_warm={keep_warm!r} must be a number of seconds above 0")
+        if not isinstance(relay_output, bool):
+            raise ConfigError(f"relay_output={relay_output!r} must be True (workers' output through this process's "
+                              "sys.stdout/sys.stderr) or False (straight to its descriptors 1 and 2)")
         self.concurrency = concurrency or os.cpu_count() or 1
         self.keep_warm = float(keep_warm)
         self.reply_limit = int(reply_limit)
@@ -214,7 +217,7 @@ class LocalBackend(Backend):
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._base_env: dict[str, str] | None = None
         #: reads what the workers print (made with the first worker)
-        self._relay_output = bool(relay_output)
+        self._relay_output = relay_output
         self._relay: Relay | None = None
         #: calls that ended, waiting for their on_done outside the lock, with their worker's output to write first
         self._done: deque[tuple[Invocation, InvocationResult, WorkerOutput | None]] = deque()
