@@ -11,6 +11,8 @@ import re
 import sys
 import textwrap
 
+import pytest
+
 import wrenpack
 from tests.test_probe_view_terminal import REPO, run_in_pty, screen
 
@@ -144,4 +146,21 @@ def test_relay_output_must_be_a_bool():
 
     with pytest.raises(wrenpack.ConfigError, match=r"^relay_output='no' must be True .* or False") as info:
         LocalBackend(relay_output="no")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"handoff": "no"}, r"^handoff='no' must be True .* False .* or None"),
+    ({"handoff": 1}, r"^handoff=1 must be True"),
+    ({"reply_limit": "1024"}, r"^reply_limit='1024' must be a whole number of bytes, 0 or more"),
+    ({"reply_limit": -1}, r"^reply_limit=-1 must be"),
+    ({"reply_limit": 1.5}, r"^reply_limit=1.5 must be"),
+    ({"reply_limit": True}, r"^reply_limit=True must be"),
+])
+def test_handoff_and_reply_limit_are_checked_in_one_line(kwargs, says):
+    """``handoff='no'`` was taken as True and ``reply_limit='1024'`` or ``-1`` went through ``int()``."""
+    from wrenpack.backends.local import LocalBackend
+
+    with pytest.raises(wrenpack.ConfigError, match=says) as info:
+        LocalBackend(**kwargs)
     assert "\n" not in str(info.value)

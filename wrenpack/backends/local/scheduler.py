@@ -182,14 +182,20 @@ class LocalBackend(Backend):
             raise ConfigError(f"concurrency={concurrency!r} must be a whole number of at least 1")
         if isinstance(keep_warm, bool) or not isinstance(keep_warm, (int, float)) or not math.isfinite(keep_warm) or keep_warm <= 0:
             raise ConfigError(f"keep_warm={keep_warm!r} must be a number of seconds above 0")
+        if isinstance(reply_limit, bool) or not isinstance(reply_limit, int) or reply_limit < 0:
+            raise ConfigError(f"reply_limit={reply_limit!r} must be a whole number of bytes, 0 or more "
+                              "(0: every result through the store)")
+        if handoff is not None and not isinstance(handoff, bool):
+            raise ConfigError(f"handoff={handoff!r} must be True (large arguments and results as sealed memfds), "
+                              "False (through the store) or None (where Linux has them, unless reply_limit is 0)")
         if not isinstance(relay_output, bool):
             raise ConfigError(f"relay_output={relay_output!r} must be True (workers' output through this process's "
                               "sys.stdout/sys.stderr) or False (straight to its descriptors 1 and 2)")
         self.concurrency = concurrency or os.cpu_count() or 1
         self.keep_warm = float(keep_warm)
-        self.reply_limit = int(reply_limit)
+        self.reply_limit = reply_limit
         #: the executor asks this before it pickles arguments into memfds
-        self.handoff = (self.reply_limit > 0 if handoff is None else bool(handoff)) and _handoff.available()
+        self.handoff = (reply_limit > 0 if handoff is None else handoff) and _handoff.available()
         self._handoff_min = _handoff.RESULT_MIN if self.handoff else None
         self._cgroups = None if use_cgroups is False else CgroupFactory.detect()
         #: each worker held to Lambda's 1,024 processes and threads (else sampled: ``Worker.sample``)
