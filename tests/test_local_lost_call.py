@@ -20,7 +20,9 @@ lost until its timeout).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 import time
 
@@ -121,3 +123,41 @@ def test_the_dispatcher_sleeps_while_workers_start(make_executor, monkeypatch):
     assert [fut.result(timeout=60) for fut in futs] == [0, 1]
     assert backend.worker_starts == 2
     assert len(zero_waits) < 50, f"the dispatcher looked {len(zero_waits)} times without waiting while workers started"
+
+
+class _ShortOfBuffersOnce:
+    """A worker's socket whose first write fails as when the kernel is short of buffers."""
+
+    def __init__(self, sock, err):
+        self._sock, self._err, self.failed = sock, err, 0
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def _once(self):
+        if not self.failed:
+            self.failed += 1
+            raise OSError(self._err, os.strerror(self._err))
+
+    def send(self, data, *args):
+        self._once()
+        return self._sock.send(data, *args)
+
+    def sendmsg(self, *args):
+        self._once()
+        return self._sock.sendmsg(*args)
+
+
+@pytest.mark.parametrize("err", [errno.ENOBUFS, errno.ENOMEM], ids=["ENOBUFS", "ENOMEM"])
+def test_a_write_the_kernel_refuses_for_a_moment_is_written_again(ex, err):
+    """A write to a worker's socket failing with ENOBUFS or ENOMEM (the kernel short of
+    memory for a moment) was taken for a gone worker: the message was dropped, and the
+    call sat until its timeout (then ran again, ``attempt`` 1) though the worker was fine."""
+    f = wrenpack.remote(size_of, executor=ex, timeout=3)
+    assert f.remote("x").result(timeout=60) == 1
+    (worker,) = ex.backend._workers
+    flaky = worker.sock = _ShortOfBuffersOnce(worker.sock, err)
+    fut = f.remote("xyz")
+    assert fut.result(timeout=60) == 3
+    assert flaky.failed == 1, "the write did not go through the failing socket: the test missed its path"
+    assert fut.status["attempt"] == 0, "the call was lost until its timeout and ran again"

@@ -33,6 +33,7 @@ SCM_RIGHTS on the message's first bytes.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -57,6 +58,10 @@ from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.handoff import Sealed
 from wrenpack.worker.memory import dir_usage, open_deleted_bytes, peak_rss_mb
+
+#: errors of a write to a worker's socket that say "not now" (the kernel is short of memory or
+#: buffers), not "the worker is gone": the bytes stay to be written again
+_SEND_LATER = frozenset({errno.ENOBUFS, errno.ENOMEM})
 
 log = logging.getLogger("wrenpack.backends.local")
 
@@ -301,7 +306,11 @@ class Worker:
                     n = self.sock.send(self.outbuf)
             except (BlockingIOError, InterruptedError):
                 return False
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _SEND_LATER:
+                    # (the kernel is short of buffers for a moment: what is left goes with the next write;
+                    # dropping it would leave the worker waiting for the rest of a message)
+                    return False
                 # The worker is gone; its exit is seen from the process and handled there.
                 self.outbuf.clear()
                 marks.clear()
