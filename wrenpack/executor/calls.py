@@ -600,8 +600,8 @@ class CallTable:
         """Launch the next segment of a checkpointed call."""
         event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
         if status.get("checkpoint"):
-            # What this segment learned (step and save times) tunes the next one.
-            event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
+            # What this segment learned (step and save times; the state it began from) tunes and checks the next one.
+            event["checkpoint"] = {k: status["checkpoint"][k] for k in checkpoint.LEARNED if k in status["checkpoint"]}
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.label, event["segment"] - 1, event["segment"])
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
 
