@@ -6,6 +6,7 @@ The headline runs on the emulated Lambda too (with -m slow)."""
 from __future__ import annotations
 
 import pickle
+import random
 import threading
 import time
 
@@ -124,6 +125,31 @@ def test_a_segment_that_ends_at_its_first_offer_is_not_taken_for_no_progress(mak
     starts = [s["checkpoint"]["start"] for s in fut.segment_statuses]
     assert starts == [ck.fingerprint({"i": 0}), ck.fingerprint({"i": 1})]
     assert [s["checkpoint"]["saves"] for s in fut.segment_statuses] == [1, 1]
+
+
+# -- the backstop -----------------------------------------------------------------------------------
+def never_the_same(n):
+    """Starts over every segment, with a state never the same twice (an unseeded generator)."""
+    ckpt = wrenpack.checkpoint()
+    ckpt.restore(default=None)
+    rng = random.Random()
+    total = 0.0
+    for i in range(n):
+        time.sleep(0.4)
+        total += rng.random()
+        ckpt.offer({"i": i, "total": total})
+    return total
+
+
+def test_max_segments_stops_what_the_fingerprints_cannot_see(make_executor, monkeypatch):
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", 3)  # (read by the client when a segment saved)
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(never_the_same, executor=ex, timeout=1).remote(1000)
+    msg = str(_error(fut))
+    assert "\n" not in msg and msg.startswith("never_the_same ran 3 checkpointed segments without finishing"), msg
+    assert "MAX_SEGMENTS" in msg and "restore() returns" in msg, msg
+    assert fut.segments == 3 and [s["checkpoint"]["repeats"] for s in fut.segment_statuses] == [0, 0, 0]
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
 
 
 # -- the rule, on a Checkpoint driven directly ------------------------------------------------------------

@@ -37,6 +37,9 @@ to begin from the state the segment before began from fails with a one-line
 ``TaskError`` at that first offer, a moment in. (Comparing what consecutive
 segments saved at their ends misses the common case: a loop that starts
 over ends wherever the deadline finds it, rarely twice on the same step.)
+A state that is never the same twice (a clock, an unseeded random generator
+in it) is not caught so: ``MAX_SEGMENTS``, checked by the client, bounds
+every call.
 """
 from __future__ import annotations
 
@@ -86,6 +89,12 @@ STUCK_REPEATS = 2
 #: nearly free for a call that never splits; a larger state is fingerprinted from the
 #: second segment on, and a loop that makes no progress is stopped one segment later.
 FIRST_FINGERPRINT_BYTES = 1 << 20
+#: The most segments one call may run; the client fails it with a one-line ``TaskError``
+#: at the next (``executor.calls.CallTable._continue``). A backstop for a loop whose
+#: state is never the same twice and that makes no progress all the same, which the
+#: fingerprints cannot see; generous (1000 segments of Lambda's 900 s are over 10 days).
+#: Raise it before launching a call that needs more.
+MAX_SEGMENTS = 1000
 #: What a segment's ``Checkpoint.stats`` tells the next one of its call: the client copies
 #: these keys into the next event's ``checkpoint`` (``learned``).
 LEARNED = ("save_s", "step_s", "start", "repeats", "item")
