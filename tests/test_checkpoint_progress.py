@@ -101,6 +101,23 @@ def test_a_chunksize_group_whose_call_starts_over_is_stopped(make_executor):
         futs[1].result(timeout=5)  # (the group's other call fails with it)
 
 
+def never_restores(n):
+    ckpt = wrenpack.checkpoint()
+    for i in range(n):
+        time.sleep(0.4)
+        ckpt.offer(i)
+    return n
+
+
+def test_a_loop_that_never_calls_restore_is_named_once(make_executor):
+    # (the refusal that was there before: its message named the call twice, as "f: f saved ...")
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(never_restores, executor=ex, timeout=1).remote(1000)
+    msg = str(_error(fut))
+    assert msg.startswith("never_restores: segment 1 saved a checkpoint without calling restore() first"), msg
+    assert fut.segments == 2
+
+
 # -- loops that progress are not refused ---------------------------------------------------------------
 def one_long_step_first(n, long_s):
     """Offers at the top of its loop; its first step takes most of a segment, the others 10 ms."""

@@ -382,9 +382,10 @@ class Checkpoint:
                 return  # (a retry of the first segment: bounded by retries)
         elif self.item not in self._group().states:
             return  # (this call of the group saved nothing yet)
-        what = "" if self.item is None else f" (call {self.item} of its group)"
+        what = "" if self.item is None else f" of call {self.item} of its group"
+        # (no label: the client puts the call's name before a TaskError's message)
         raise Refused(TaskError(
-            f"{self.label}{what} saved a checkpoint in segment {ev.segment} without calling restore() first, so every "
+            f"segment {ev.segment}{what} saved a checkpoint without calling restore() first, so every "
             "segment starts over and the call never finishes; begin with state = wrenpack.checkpoint().restore(default=...) "
             "and go on from the state it returns"))
 
