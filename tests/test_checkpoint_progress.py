@@ -132,11 +132,12 @@ def one_long_step_first(n, long_s):
 
 def test_a_segment_that_ends_at_its_first_offer_is_not_taken_for_no_progress(make_executor):
     # Segment 0 saves {"i": 1} after its long step; segment 1, which learned that a step may
-    # take 0.65 s, finds too little time left at its first offer and saves {"i": 1} again at
-    # once; segment 2 (its steps now timed at 10 ms) begins from {"i": 1} as segment 1 did,
-    # and goes on to finish. One such repeat is not refused (``checkpoint.STUCK_REPEATS``).
+    # take 0.6 s, finds too little time left at its first offer (it never has more than 0.9 s
+    # of its 1 s, and wants 1.5 x (0.6 s + a save)) and saves {"i": 1} again at once; segment 2
+    # (its steps now timed at 10 ms) begins from {"i": 1} as segment 1 did, and goes on to
+    # finish. One such repeat is not refused (``checkpoint.STUCK_REPEATS``).
     ex = make_executor(concurrency=1, retries=0)
-    fut = wrenpack.remote(one_long_step_first, executor=ex, timeout=1).remote(20, 0.65)
+    fut = wrenpack.remote(one_long_step_first, executor=ex, timeout=1).remote(20, 0.6)
     assert fut.result(timeout=30) == 20
     assert fut.segments == 3
     starts = [s["checkpoint"]["start"] for s in fut.segment_statuses]
