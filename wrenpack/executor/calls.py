@@ -29,7 +29,7 @@ import cloudpickle
 from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
 from wrenpack.errors import (CallCancelled, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
-                             TaskTimeout, WrenpackError)
+                             TaskError, TaskTimeout, WrenpackError)
 from wrenpack.executor.options import CallOptions
 from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.storage import Store
@@ -597,13 +597,31 @@ class CallTable:
             log.warning("could not delete the objects of job %s from %s: %s", job_id, self.store.url, exc)
 
     def _continue(self, inv: Invocation, status: dict[str, Any]) -> None:
-        """Launch the next segment of a checkpointed call."""
+        """Launch the next segment of a checkpointed call, or fail it once it ran
+        ``checkpoint.MAX_SEGMENTS`` (a backstop for a loop that never finishes)."""
         event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
+        if event["segment"] >= checkpoint.MAX_SEGMENTS:
+            self._too_many_segments(inv, event["segment"])
+            return
         if status.get("checkpoint"):
-            # What this segment learned (step and save times) tunes the next one.
-            event["checkpoint"] = {k: status["checkpoint"][k] for k in ("save_s", "step_s") if k in status["checkpoint"]}
+            # What this segment learned (step and save times; the state it began from) tunes and checks the next one.
+            event["checkpoint"] = {k: status["checkpoint"][k] for k in checkpoint.LEARNED if k in status["checkpoint"]}
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.label, event["segment"] - 1, event["segment"])
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
+
+    def _too_many_segments(self, inv: Invocation, segments: int) -> None:
+        job_id, cid = inv.key
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        try:
+            self.store.delete(keys.checkpoint_key(job_id, cid))  # (as the worker does when a call ends)
+        except Exception:  # noqa: BLE001 - the job's clean-up removes it too
+            log.debug("could not delete the checkpoint of %s", inv.label, exc_info=True)
+        self._resolve(job, cid, False, TaskError(
+            f"{inv.label} ran {segments} checkpointed segments without finishing, the most "
+            "wrenpack.worker.checkpoint.MAX_SEGMENTS allows; if its loop does not go on from the state restore() "
+            "returns, make it do so; if the call needs more segments, raise MAX_SEGMENTS before launching it"))
 
     def _read_segment(self, job: RunningJob, cid: str, segment: int) -> dict[str, Any]:
         """The verified record of a segment that saved a checkpoint."""

@@ -22,9 +22,28 @@ save, resumes from the last saved state. Checkpoints are removed when the
 call completes. A checkpoint is sealed with the job's secret as this call's
 and this segment's (its format: ``wrenpack.wire.checkpoint``), so a planted or
 moved one fails with ``CorruptObject`` before anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
+
+A loop that cannot finish is stopped rather than re-run segment after
+segment, each one the whole timeout (on Lambda a paid invocation of up to
+15 minutes). A save in a later segment that never called ``restore`` fails
+at once (``_check_progress``). A loop that calls it but goes on from
+something else (``ckpt.restore(default=0)`` on a line of its own, then
+``for i in range(n): ... ckpt.offer(i)``), or whose state never changes,
+begins every segment from the same state: the first state a call offers in
+a segment is fingerprinted (a hash of its pickle, streamed: no copy is
+kept; in a group, per call), the fingerprint goes to the next segment with
+what it learned (``LEARNED``), and the ``STUCK_REPEATS``-th segment in a row
+to begin from the state the segment before began from fails with a one-line
+``TaskError`` at that first offer, a moment in. (Comparing what consecutive
+segments saved at their ends misses the common case: a loop that starts
+over ends wherever the deadline finds it, rarely twice on the same step.)
+A state that is never the same twice (a clock, an unseeded random generator
+in it) is not caught so: ``MAX_SEGMENTS``, checked by the client, bounds
+every call.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
@@ -57,6 +76,28 @@ TIMING_SAVE_AT = 0.5
 #: The worker keeps the checkpoint for it; the client relaunches the segment
 #: (``executor.calls.CallTable._complete``).
 LATE_RERUNS = 1
+#: A call fails at the first offer of the segment that is the ``STUCK_REPEATS``-th in a row
+#: to begin from the state the segment before began from (its first offer, fingerprinted):
+#: with 2, once segments 0, 1 and 2 began alike, segment 2 fails a moment in. A loop that does
+#: not go on from what ``restore`` returned, or whose state never changes, would repeat them
+#: forever. Not 1: a segment that saves at its first offer (a step in the segment before took
+#: most of a segment, so the time left looks too short) makes the next one begin where it
+#: began, and that one goes on; so may a step that only just fits in a segment, now and then.
+STUCK_REPEATS = 2
+#: In a call's first segment (most calls have no other) its first offered state is
+#: fingerprinted only while its pickle stays below this size, so that an ``offer`` stays
+#: nearly free for a call that never splits; a larger state is fingerprinted from the
+#: second segment on, and a loop that makes no progress is stopped one segment later.
+FIRST_FINGERPRINT_BYTES = 1 << 20
+#: The most segments one call may run; the client fails it with a one-line ``TaskError``
+#: at the next (``executor.calls.CallTable._continue``). A backstop for a loop whose
+#: state is never the same twice and that makes no progress all the same, which the
+#: fingerprints cannot see; generous (1000 segments of Lambda's 900 s are over 10 days).
+#: Raise it before launching a call that needs more.
+MAX_SEGMENTS = 1000
+#: What a segment's ``Checkpoint.stats`` tells the next one of its call: the client copies
+#: these keys into the next event's ``checkpoint`` (``learned``).
+LEARNED = ("save_s", "step_s", "start", "repeats", "item")
 
 
 def rerun_late(segment: int, attempt: int) -> bool:
@@ -70,7 +111,8 @@ class SegmentDone(BaseException):
 
 class Refused(BaseException):
     """The checkpoint was used in a way that can never finish (a save in a later
-    segment that did not restore the state the segment before saved): the call
+    segment that did not restore the state the segment before saved, or segments
+    that keep beginning from the same state: ``STUCK_REPEATS``): the call
     fails with ``error``, a one-line ``TaskError``. A ``BaseException``, as
     ``SegmentDone``: a loop's ``except Exception`` does not swallow it."""
 
@@ -98,6 +140,44 @@ def dumps_state(state: Any) -> bytes:
             f"the checkpoint state (a {type(state).__name__}) could not be pickled ({type(exc).__name__}: {reason}); "
             "offer plain data (numbers, text, lists, dicts, arrays) and rebuild the rest after restore()"
         ) from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Digest:
+    """A file that hashes what is written to it (``fingerprint``)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.limit = limit
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes  # (bytes, or a ``PickleBuffer``: an array's data, written as it is)
+        self.size += n
+        if self.limit is not None and self.size > self.limit:
+            raise _TooLarge()
+        self.hash.update(data)
+        return n
+
+
+def fingerprint(state: Any, limit: int | None = None) -> str | None:
+    """A hash of ``state``'s pickle (as ``dumps_state`` pickles it), streamed: no copy of
+    the pickle is made. None if the pickle is larger than ``limit`` bytes, or if the
+    state cannot be pickled (a save says so, should one be due)."""
+    sink = _Digest(limit)
+    try:
+        with refs.sealing_scope():
+            cloudpickle.Pickler(sink).dump(state)
+    except Exception:  # noqa: BLE001 - too large, or whatever the pickler raises
+        return None
+    return sink.hash.hexdigest()[:32]
+
+
+def _digest(pickled: bytes) -> str:
+    return hashlib.sha256(pickled).hexdigest()[:32]
 
 
 def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -> bytes:
@@ -142,6 +222,8 @@ class Checkpoint:
         self._last = time.perf_counter()
         self._steps: deque[float] = deque(maxlen=8)
         learned = learned or {}
+        #: what the segment before learned (``LEARNED``)
+        self._learned = learned
         self.save_s = float(learned.get("save_s", FIRST_SAVE_GUESS))
         #: whether a save has been timed (in an earlier segment, or in this one)
         self._save_timed = "save_s" in learned
@@ -157,6 +239,14 @@ class Checkpoint:
         self._asked = False
         #: a group's checkpoint, once read in this segment (``_group``)
         self._group_cache: _Group | None = None
+        #: whether the running call offered (or saved) a state yet in this segment; the
+        #: fingerprint of that first state, and how many segments in a row, up to this
+        #: one, began from the state the segment before began from (``_began``)
+        self._started = False
+        self._start: str | None = None
+        self._repeats = 0
+        #: (item, start, repeats) of the call that saved last: what ``stats`` hands on
+        self._saved_start: tuple[int | None, str | None, int] = (None, None, 0)
 
     def begin_item(self, index: int) -> None:
         """The group's call ``index`` begins (``chunksize``: the calls of a group run
@@ -168,6 +258,7 @@ class Checkpoint:
         most of a segment overwrote each other's state and the group never finished."""
         self.item = index
         self._asked = False
+        self._started, self._start, self._repeats = False, None, 0
         self._last = time.perf_counter()
         self._steps.clear()
 
@@ -265,6 +356,9 @@ class Checkpoint:
         self._steps.append(step)
         if not self.active:
             return
+        if not self._started and self._key is not None:
+            self._began(state=state)
+            self._last = time.perf_counter()  # (the fingerprint is not part of the next step)
         expected_step = max(max(self._steps), self.step_s)
         left = self.time_left()
         if left > SAFETY * (expected_step + self.save_s) + 0.02:
@@ -288,11 +382,48 @@ class Checkpoint:
                 return  # (a retry of the first segment: bounded by retries)
         elif self.item not in self._group().states:
             return  # (this call of the group saved nothing yet)
-        what = "" if self.item is None else f" (call {self.item} of its group)"
+        what = "" if self.item is None else f" of call {self.item} of its group"
+        # (no label: the client puts the call's name before a TaskError's message)
         raise Refused(TaskError(
-            f"{self.label}{what} saved a checkpoint in segment {ev.segment} without calling restore() first, so every "
+            f"segment {ev.segment}{what} saved a checkpoint without calling restore() first, so every "
             "segment starts over and the call never finishes; begin with state = wrenpack.checkpoint().restore(default=...) "
             "and go on from the state it returns"))
+
+    def _segment(self) -> int:
+        ev = self._event
+        return int(getattr(ev, "segment", 0) or 0) if ev is not None else 0
+
+    def _began(self, state: Any = None, pickled: bytes | None = None) -> None:
+        """The running call's first state in this segment (``state``, or its ``pickled``
+        bytes when a save comes first): fingerprinted, and compared with the one the
+        segment before began with. The ``STUCK_REPEATS``-th segment in a row that began
+        where the one before began is refused here, at its start, not at its end."""
+        self._started = True
+        segment = self._segment()
+        if pickled is not None:
+            self._start = _digest(pickled)
+        else:
+            self._start = fingerprint(state, None if segment else FIRST_FINGERPRINT_BYTES)
+        learned = self._learned
+        same = segment > 0 and self._start is not None and learned.get("start") == self._start \
+            and learned.get("item") == self.item
+        try:
+            before = int(learned.get("repeats") or 0) if same else 0
+        except (TypeError, ValueError):
+            before = 0
+        self._repeats = before + 1 if same else 0
+        if self._repeats < STUCK_REPEATS:
+            return
+        first = segment - self._repeats
+        earlier = f"segment {first}" if first == segment - 1 else \
+            f"segments {first} and {segment - 1}" if first == segment - 2 else f"segments {first} to {segment - 1}"
+        what = "" if self.item is None else f" of call {self.item} of its group"
+        # (no label: the client puts the call's name before a TaskError's message)
+        raise Refused(TaskError(
+            f"segment {segment}{what} began from the same state as {earlier} (its first offer() was the same), so "
+            "no segment makes progress and the call would never finish; start the loop from the state restore() "
+            "returns (state = ckpt.restore(default=...), then go on from state) and offer a state that records "
+            "the loop's progress"))
 
     def save(self, state: Any) -> None:
         """Save now (``offer`` calls this when a save is due)."""
@@ -301,8 +432,12 @@ class Checkpoint:
             return
         self._check_progress()
         t0 = time.perf_counter()
+        pickled = dumps_state(state)
+        if not self._started:
+            self._began(pickled=pickled)
+        self._saved_start = (self.item, self._start, self._repeats)
         if self.item is None:
-            data = dumps_state(state)
+            data = pickled
         else:
             group = self._group_cache if self._group_cache is not None else \
                 self._group() if self._later() or self.saves else _Group()
@@ -310,21 +445,31 @@ class Checkpoint:
             for index, value in list(group.fresh.items()):
                 group.done[index] = dumps_state(value)
                 del group.fresh[index]
-            group.states[self.item] = dumps_state(state)
+            group.states[self.item] = pickled
             data = cloudpickle.dumps((_GROUP_TAG, group.done, group.states))
         self.state_bytes = self._push(data)
         self.save_s = time.perf_counter() - t0
         self.saves += 1
         self._last = time.perf_counter()
 
-    def stats(self) -> dict[str, float]:
-        return {
+    def stats(self) -> dict[str, Any]:
+        """What the status record shows of the checkpoint; the ``LEARNED`` keys of it
+        tune the next segment, and say what state the call that saved last began
+        this segment with (``start``, a fingerprint), how many segments in a row began
+        so (``repeats``), and that call's index in its group (``item``)."""
+        out: dict[str, Any] = {
             "saves": self.saves,
             "save_s": round(self.save_s, 6),
             "step_s": round(max(self._steps) if self._steps else self.step_s, 6),
             "state_bytes": self.state_bytes,
             "restored": self.restored,
         }
+        item, start, repeats = self._saved_start
+        if start is not None:
+            out["start"], out["repeats"] = start, repeats
+            if item is not None:
+                out["item"] = item
+        return out
 
 
 _current: Checkpoint | None = None

@@ -1,0 +1,243 @@
+"""A checkpointed call whose segments make no progress is stopped with one line saying
+what happened and the fix, not re-run forever (on Lambda each segment is a paid
+invocation of up to 15 minutes); a loop that progresses, however unevenly, is not.
+1 s timeouts: loops with long steps end their segments early to keep the tests short.
+The headline runs on the emulated Lambda too (with -m slow)."""
+from __future__ import annotations
+
+import pickle
+import random
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import wrenpack
+from wrenpack import keys
+from wrenpack.storage.local import LocalStore
+from wrenpack.wire.event import Event, inline_args
+from wrenpack.worker import checkpoint as ck
+
+
+# -- loops that start over every segment ---------------------------------------------------------------
+def ignores_restore(n):
+    """The defect as users write it: restore() on a line of its own, the loop from 0."""
+    ckpt = wrenpack.checkpoint()
+    ckpt.restore(default=0)
+    total = 0
+    for i in range(n):
+        total += i
+        ckpt.offer(i)
+    return total
+
+
+def _error(fut):
+    """The call's exception; a call still running after 15 s (what the defect did) is cancelled
+    (a stuck call would keep its executor's shutdown waiting) and the test fails."""
+    try:
+        exc = fut.exception(timeout=15)
+    finally:
+        if not fut.done():
+            wrenpack.cancel(fut)
+    assert isinstance(exc, wrenpack.TaskError), repr(exc)
+    return exc
+
+
+def _refused(fut, segments):
+    msg = str(_error(fut))
+    assert "\n" not in msg, msg
+    assert f"segment {segments - 1}" in msg and "began from the same state as" in msg, msg
+    assert "start the loop from the state restore() returns" in msg, msg
+    assert fut.segments == segments
+    return msg
+
+
+@pytest.mark.backends("local", "lambda", slow=("lambda",))
+def test_a_loop_that_ignores_what_restore_returns_is_stopped_in_its_third_segment(make_executor, backend):
+    # Each segment ends wherever the timeout finds its counter (rarely twice on the same i),
+    # but begins from the same state: segments 1 and 2 repeat segment 0, and segment 2 is
+    # refused at its first offer rather than at its end.
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(ignores_restore, executor=ex, timeout=1).remote(10**12)
+    msg = _refused(fut, 3)
+    assert msg.startswith("ignores_restore: segment 2 began from the same state as segments 0 and 1"), msg
+    assert [s["checkpoint"]["repeats"] for s in fut.segment_statuses] == [0, 1]
+    assert fut.segment_statuses[0]["checkpoint"]["start"] == ck.fingerprint(0)
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+def forgets_to_update(n):
+    """Restores, but never writes its progress into the state it offers."""
+    ckpt = wrenpack.checkpoint()
+    state = ckpt.restore(default={"i": 0})
+    for _i in range(state["i"], n):
+        time.sleep(0.4)  # (a step this long ends each 1 s segment after one step)
+        ckpt.offer(state)
+    return n
+
+
+def test_a_state_that_never_changes_is_stopped(make_executor):
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(forgets_to_update, executor=ex, timeout=1).remote(1000)
+    _refused(fut, 3)
+
+
+def ignores_restore_slowly(n):
+    ckpt = wrenpack.checkpoint()
+    ckpt.restore(default=0)
+    for i in range(n):
+        time.sleep(0.4)
+        ckpt.offer(i)
+    return n
+
+
+def test_a_chunksize_group_whose_call_starts_over_is_stopped(make_executor):
+    ex = make_executor(concurrency=1, retries=0)
+    futs = wrenpack.remote(ignores_restore_slowly, executor=ex, timeout=1).map([1000, 1000], chunksize=2)
+    msg = _refused(futs[0], 3)
+    assert msg.startswith("ignores_restore_slowly[0:2]: segment 2 of call 0 of its group began"), msg
+    with pytest.raises(wrenpack.TaskError, match="of call 0 of its group"):
+        futs[1].result(timeout=5)  # (the group's other call fails with it)
+
+
+def never_restores(n):
+    ckpt = wrenpack.checkpoint()
+    for i in range(n):
+        time.sleep(0.4)
+        ckpt.offer(i)
+    return n
+
+
+def test_a_loop_that_never_calls_restore_is_named_once(make_executor):
+    # (the refusal that was there before: its message named the call twice, as "f: f saved ...")
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(never_restores, executor=ex, timeout=1).remote(1000)
+    msg = str(_error(fut))
+    assert msg.startswith("never_restores: segment 1 saved a checkpoint without calling restore() first"), msg
+    assert fut.segments == 2
+
+
+# -- loops that progress are not refused ---------------------------------------------------------------
+def one_long_step_first(n, long_s):
+    """Offers at the top of its loop; its first step takes most of a segment, the others 10 ms."""
+    ckpt = wrenpack.checkpoint()
+    state = ckpt.restore(default={"i": 0})
+    while state["i"] < n:
+        ckpt.offer(state)
+        time.sleep(long_s if state["i"] == 0 else 0.01)
+        state["i"] += 1
+    return state["i"]
+
+
+def test_a_segment_that_ends_at_its_first_offer_is_not_taken_for_no_progress(make_executor):
+    # Segment 0 saves {"i": 1} after its long step; segment 1, which learned that a step may
+    # take 0.6 s, finds too little time left at its first offer (it never has more than 0.9 s
+    # of its 1 s, and wants 1.5 x (0.6 s + a save)) and saves {"i": 1} again at once; segment 2
+    # (its steps now timed at 10 ms) begins from {"i": 1} as segment 1 did, and goes on to
+    # finish. One such repeat is not refused (``checkpoint.STUCK_REPEATS``).
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(one_long_step_first, executor=ex, timeout=1).remote(20, 0.6)
+    assert fut.result(timeout=30) == 20
+    assert fut.segments == 3
+    starts = [s["checkpoint"]["start"] for s in fut.segment_statuses]
+    assert starts == [ck.fingerprint({"i": 0}), ck.fingerprint({"i": 1})]
+    assert [s["checkpoint"]["saves"] for s in fut.segment_statuses] == [1, 1]
+
+
+# -- the backstop -----------------------------------------------------------------------------------
+def never_the_same(n):
+    """Starts over every segment, with a state never the same twice (an unseeded generator)."""
+    ckpt = wrenpack.checkpoint()
+    ckpt.restore(default=None)
+    rng = random.Random()
+    total = 0.0
+    for i in range(n):
+        time.sleep(0.4)
+        total += rng.random()
+        ckpt.offer({"i": i, "total": total})
+    return total
+
+
+def test_max_segments_stops_what_the_fingerprints_cannot_see(make_executor, monkeypatch):
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", 3)  # (read by the client when a segment saved)
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(never_the_same, executor=ex, timeout=1).remote(1000)
+    msg = str(_error(fut))
+    assert "\n" not in msg and msg.startswith("never_the_same ran 3 checkpointed segments without finishing"), msg
+    assert "MAX_SEGMENTS" in msg and "restore() returns" in msg, msg
+    assert fut.segments == 3 and [s["checkpoint"]["repeats"] for s in fut.segment_statuses] == [0, 0, 0]
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+# -- the rule, on a Checkpoint driven directly ------------------------------------------------------------
+SECRET = b"k" * 32
+
+
+def _checkpoint(tmp_path, segment, learned=None):
+    store = LocalStore(tmp_path / "s")
+    ev = Event(job_id="j1", call_id="00000", store=store.spec, secret=SECRET, segment=segment, checkpoint=learned,
+               args=inline_args(cloudpickle.dumps(((), {}))), function_name="f")
+    return ck.Checkpoint(store, keys.checkpoint_key("j1", "00000"), lambda: time.time() + 100, label="f",
+                         learned=learned, event=ev)
+
+
+def test_the_second_repeat_in_a_row_is_refused_at_the_first_offer(tmp_path):
+    state = {"i": 0, "data": list(range(50))}
+    start = ck.fingerprint(state)
+    cp = _checkpoint(tmp_path, 4, {"save_s": 0.001, "start": start, "repeats": 1})
+    cp.restore(default=None)
+    with pytest.raises(ck.Refused) as info:
+        cp.offer(state)
+    assert str(info.value.error).startswith("segment 4 began from the same state as segments 2 and 3")
+    # the first repeat goes on, and hands its count to the next segment
+    cp = _checkpoint(tmp_path, 4, {"save_s": 0.001, "start": start, "repeats": 0})
+    cp.restore(default=None)
+    cp.offer(state)
+    state["i"] += 1
+    cp.save(state)  # (the state the segment began from counts, not the one it saves)
+    assert (cp.stats()["start"], cp.stats()["repeats"]) == (start, 1)
+    # another state, or another call of the group that began from that state, is no repeat
+    for learned_item, item, offered in ((None, None, {"i": 9}), (0, 1, state), (None, 0, state)):
+        cp = _checkpoint(tmp_path, 4, {"save_s": 0.001, "start": ck.fingerprint(offered if item is None else state),
+                                       "repeats": 1, "item": learned_item})
+        if item is not None:
+            cp.begin_item(item)
+        cp.restore(default=None)
+        cp.offer(state)
+        cp.save(state)
+        assert cp.stats()["repeats"] == 0 and cp.stats().get("item") == item
+
+
+def test_a_save_before_any_offer_counts_as_the_state_the_segment_began_from(tmp_path):
+    cp = _checkpoint(tmp_path, 1, {"save_s": 0.001, "start": ck.fingerprint([1, 2]), "repeats": 0})
+    cp.restore(default=None)
+    cp.save([1, 2])
+    assert cp.stats()["repeats"] == 1
+    cp = _checkpoint(tmp_path, 2, {"save_s": 0.001, "start": ck.fingerprint([1, 2]), "repeats": 1})
+    cp.restore(default=None)
+    with pytest.raises(ck.Refused):
+        cp.save([1, 2])
+
+
+def test_fingerprints_match_the_saved_pickle_and_cost_little_in_a_first_segment(tmp_path):
+    # (an array's data reaches the hash as a PickleBuffer, as numpy's does)
+    for state in (0, {"a": [1.5, "x"], "b": b"\0" * 3_000_000}, ("t", {3, 4}),
+                  {"array": pickle.PickleBuffer(bytearray(b"\1" * 300_000))}):
+        assert ck.fingerprint(state) == ck._digest(ck.dumps_state(state))
+    big = {"b": b"\1" * (ck.FIRST_FINGERPRINT_BYTES + 1)}
+    assert ck.fingerprint(big, ck.FIRST_FINGERPRINT_BYTES) is None
+    assert ck.fingerprint({"lock": threading.Lock()}) is None  # (a save, if one is due, says why)
+    # segment 0 fingerprints a large state no further than the budget; a later segment in full
+    cp = _checkpoint(tmp_path, 0)
+    cp.restore(default=None)
+    cp.offer(big)
+    assert cp._start is None
+    cp = _checkpoint(tmp_path, 1)
+    cp.restore(default=None)
+    cp.offer(big)
+    assert cp._start == ck.fingerprint(big)
+    # a state that cannot be pickled is no error until a save is due (a call that never splits)
+    cp = _checkpoint(tmp_path, 0)
+    cp.offer({"lock": threading.Lock()})
+    assert cp._start is None
