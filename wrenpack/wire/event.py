@@ -60,7 +60,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "segment": (int,),
     "timeout_s": (int, float, type(None)),
     "function_name": (str,),
-    "checkpoint": (dict, type(None)),   # what earlier segments learned: save_s, step_s
+    "checkpoint": (dict, type(None)),   # what earlier segments learned (checkpoint.LEARNED): save_s, step_s, start, repeats, item
     "reply_limit": (int, type(None)),   # contract 2: result object in the reply if at most this many bytes
     "env": (dict, type(None)),          # environment variables for the call
     "capture_logs": (int, type(None)),  # bytes of the call's log tail in the status
