@@ -127,6 +127,46 @@ def test_a_forked_child_ends_by_default(tmp_path):
     assert proc.stdout.split() == [str(int(signal.SIGTERM)), "2"] and proc.returncode == 0, proc.stderr
 
 
+def test_a_sigterm_sent_right_after_a_fork_ends_the_child(tmp_path):
+    """A child forked from the driver has SIGTERM's default action from its first
+    instruction. It inherited wrenpack's Python handler, which runs only once the
+    child is back in the interpreter, and a SIGTERM that came before that was
+    dropped: 17 of 20 children signalled right after their fork ran on, and a
+    fork-context ``multiprocessing.Pool``'s ``terminate()`` (``with Pool(...)``)
+    hung on such a worker (the benchmark against mp.Pool did, at its end)."""
+    script = textwrap.dedent("""
+        import multiprocessing, os, signal, time, wrenpack
+        def f(x):
+            return x
+        assert wrenpack.remote(f).remote(1).result() == 1
+        ran_on = 0
+        for _ in range(10):
+            child = os.fork()
+            if child == 0:
+                time.sleep(20)
+                os._exit(0)
+            os.kill(child, signal.SIGTERM)  # (at once: the child may not be back in Python yet)
+            deadline = time.monotonic() + 5
+            while not os.waitpid(child, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    ran_on += 1
+                    os.kill(child, signal.SIGKILL)
+                    os.waitpid(child, 0)
+                    break
+                time.sleep(0.005)
+        print("ran on", ran_on, flush=True)
+        for _ in range(3):
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                assert pool.map(abs, [-1, -2]) == [1, 2]
+        print("pools ended", flush=True)
+        assert signal.getsignal(signal.SIGTERM).__name__ == "_stop"  # (the driver's own handler stays)
+        print(wrenpack.remote(f).remote(2).result(), flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.splitlines() == ["ran on 0", "pools ended", "2"] and proc.returncode == 0, proc.stdout + proc.stderr
+
+
 _SLOW_CLEANUP = """
     import sys, time, wrenpack
     from wrenpack.executor import termination
