@@ -241,3 +241,42 @@ def test_fingerprints_match_the_saved_pickle_and_cost_little_in_a_first_segment(
     cp = _checkpoint(tmp_path, 0)
     cp.offer({"lock": threading.Lock()})
     assert cp._start is None
+
+
+# -- cancel between segments ------------------------------------------------------------------------------
+def counts_on(n):
+    """Progresses one short step at a time, saving its counter near each 1 s segment's end."""
+    ckpt = wrenpack.checkpoint()
+    i = ckpt.restore(default=0)
+    while i < n:
+        time.sleep(0.02)
+        i += 1
+        ckpt.offer(i)
+    return i
+
+
+@pytest.mark.backends("local", "lambda")
+def test_a_call_cancelled_while_its_segments_run_launches_no_more(make_executor, backend):
+    """``wrenpack.cancel`` of a checkpointed call: it ends cancelled, and no segment is
+    launched after. A worker looks for a running call's cancel marker only 2 s into a
+    segment, so on Lambda a call whose segments end sooner (a 1 s timeout) never saw it:
+    the client launched segment after segment, the call ran to its end (here 200 s of
+    work), and an executor's shutdown waited for it."""
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(10_000)
+    deadline = time.monotonic() + 30
+    while fut.segments < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fut.segments >= 1, "the call never ended a segment"
+    time.sleep(0.3)  # (its next segment running: a cancel as one segment ends is not this test's case)
+    assert wrenpack.cancel(fut) == [True]
+    try:
+        with pytest.raises(wrenpack.errors.CallCancelled):
+            fut.result(timeout=10)  # (was: still running)
+    finally:
+        if not fut.done():
+            ex.shutdown(wait=False, cancel_futures=True)
+    ended_after = fut.segments
+    time.sleep(1.5)
+    assert fut.segments == ended_after, "a segment ran after the call was cancelled"
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))

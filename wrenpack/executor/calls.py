@@ -93,6 +93,9 @@ class RunningJob(CallOwner):
     #: a thread is launching calls (``_fill``); another asked it to look again
     filling: bool = False
     fill_again: bool = False
+    #: calls asked to stop while they ran (``cancel_calls``): a checkpointed one whose
+    #: segment ends before its worker saw the cancel marker has no next segment
+    stop_asked: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.calls = self.calls or len(self.futures)
@@ -223,6 +226,7 @@ class CallTable:
                 job = self._jobs.get(job_id)
                 if job is not None and job.options.cancellable and not job.finished(cid) and cid in job.invocations:
                     running.append((job_id, cid))
+                    job.stop_asked.add(cid)
         backend = self._backend
         if running and backend is not None:
             out |= backend.cancel_calls(running)
@@ -327,6 +331,11 @@ class CallTable:
             # Acted on only when authentic: a planted record must not relaunch the call.
             status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
             fut.segment_statuses.append(dict(status, memory_mb=inv.memory_mb, timeout_s=inv.timeout_s))
+            if cid in job.stop_asked:
+                # (its worker looks for the cancel marker only a while into a segment: on Lambda,
+                # segments shorter than that were launched one after another, and the call never ended)
+                self._end_between_segments(inv, CallCancelled(f"{inv.label} was cancelled between two of its segments"))
+                return
             self._continue(inv, status)
             return
         data: Any = None
@@ -422,6 +431,7 @@ class CallTable:
             if fut is None or cid in job.ending:
                 return
             job.ending.add(cid)
+            job.stop_asked.discard(cid)
             job.ended += 1
             inv = job.invocations.pop(cid, None)  # (what it was launched with is let go of now)
             if inv is not None:
@@ -610,6 +620,13 @@ class CallTable:
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
 
     def _too_many_segments(self, inv: Invocation, segments: int) -> None:
+        self._end_between_segments(inv, TaskError(
+            f"{inv.label} ran {segments} checkpointed segments without finishing, the most "
+            "wrenpack.worker.checkpoint.MAX_SEGMENTS allows; if its loop does not go on from the state restore() "
+            "returns, make it do so; if the call needs more segments, raise MAX_SEGMENTS before launching it"))
+
+    def _end_between_segments(self, inv: Invocation, error: Exception) -> None:
+        """A checkpointed call ends with ``error`` instead of its next segment; its checkpoint goes."""
         job_id, cid = inv.key
         job = self._jobs.get(job_id)
         if job is None:
@@ -618,10 +635,7 @@ class CallTable:
             self.store.delete(keys.checkpoint_key(job_id, cid))  # (as the worker does when a call ends)
         except Exception:  # noqa: BLE001 - the job's clean-up removes it too
             log.debug("could not delete the checkpoint of %s", inv.label, exc_info=True)
-        self._resolve(job, cid, False, TaskError(
-            f"{inv.label} ran {segments} checkpointed segments without finishing, the most "
-            "wrenpack.worker.checkpoint.MAX_SEGMENTS allows; if its loop does not go on from the state restore() "
-            "returns, make it do so; if the call needs more segments, raise MAX_SEGMENTS before launching it"))
+        self._resolve(job, cid, False, error)
 
     def _read_segment(self, job: RunningJob, cid: str, segment: int) -> dict[str, Any]:
         """The verified record of a segment that saved a checkpoint."""
