@@ -32,10 +32,12 @@ import pytest
 import wrenpack
 from tests.aws import iam_proxy, servers
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
+from tests.botocore_models import share_loaded_models
 from wrenpack import Executor
 from wrenpack.backends import Backend, Invocation, create_backend, register_backend
 
 register_backend("toy", "tests.toy_backend:ToyBackend")  # the toy backend: one folder, this one line
+share_loaded_models()  # botocore's models parsed once per process, not once per boto3 session (tests/botocore_models.py)
 
 #: the backends a module marked ``backends()`` runs on
 BACKENDS = ("local", "toy", "lambda")
