@@ -199,6 +199,8 @@ def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilitie
             def slow(x):
                 time.sleep(60)
             futs = slow.map(range(3))
+            while not any(f.running() for f in futs):  # (was 1 s of sleep in the test)
+                time.sleep(0.05)
             print("waiting", flush=True)
             wrenpack.get(futs)
         """)],
@@ -206,7 +208,7 @@ def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilitie
         preexec_fn=interruptible,
     )
     assert proc.stdout.readline().strip() == "waiting"
-    time.sleep(1.0)
+    time.sleep(0.1)  # (the program is in wrenpack.get, with calls running)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
