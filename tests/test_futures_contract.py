@@ -156,13 +156,13 @@ def give_back(x):
 
 @pytest.mark.slow_variants("lambda")  # (Lambda: test_aws_lambda's test_submit_and_futures_between_calls_on_lambda)
 def test_futures_pass_into_and_out_of_calls(executor, remote):
-    slow = executor.submit(sleeper, 0.5)
+    slow = executor.submit(sleeper, 0.3)  # (still running when it is passed on, just below)
     # a future passed into a call resolves there (read from the store)
-    assert remote(add_one_to).remote(slow).result(timeout=60) == 1.5
+    assert remote(add_one_to).remote(slow).result(timeout=60) == 1.3
     # a future returned from a call is this process's own future again
-    pending = executor.submit(sleeper, 0.3)
+    pending = executor.submit(sleeper, 0.2)
     back = remote(give_back).remote(pending).result(timeout=60)
-    assert back is pending and back.result(timeout=60) == 0.3
+    assert back is pending and back.result(timeout=60) == 0.2
     # a map whose calls return futures resolves to their results when asked
     inner = [executor.submit(square, i) for i in range(3)]
     outer = remote(give_back).map(inner)

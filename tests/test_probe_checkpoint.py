@@ -344,8 +344,9 @@ def late_once(n, marker, always=False):
 
 
 def test_a_late_segment_runs_again_from_the_last_save(ex, tmp_path):
-    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(80, str(tmp_path / "m"))
-    assert fut.result(timeout=60) == 80
+    # (60 steps of 20 ms: more than a 1 s segment holds, so a second segment comes)
+    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(60, str(tmp_path / "m"))
+    assert fut.result(timeout=60) == 60
     assert [s["error"].split(":")[0] for s in fut.retried_statuses] == ["TaskTimeout"]
     assert fut.retried_statuses[0]["segment"] == 1
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
