@@ -253,16 +253,20 @@ def test_map_iterator_keeps_no_reference_to_the_last_result(executor):
         assert wr() is None
 
 
-def dummy_then_slow(i):
-    time.sleep(0 if i == 0 else 1.0)
+def dummy_then_held(i, release):
+    """At once for item 0; the others run until the file ``release`` exists (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while i and not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return Dummy()
 
 
-def test_a_dropped_result_is_not_kept_while_the_rest_of_the_map_runs(executor):
+def test_a_dropped_result_is_not_kept_while_the_rest_of_the_map_runs(executor, tmp_path):
     """The same, while the map's other calls still run: neither the map's plan (calls
     held back, then grouped) nor its job keeps a finished call's future."""
-    for _ in range(2):  # (the second map of the function is launched another way: it is known now)
-        results = executor.map(dummy_then_slow, range(5))
+    for n in range(2):  # (the second map of the function is launched another way: it is known now)
+        release = str(tmp_path / f"release-{n}")
+        results = executor.map(dummy_then_held, range(5), [release] * 5)
         obj = next(results)
         wr = weakref.ref(obj)
         del obj
@@ -272,6 +276,9 @@ def test_a_dropped_result_is_not_kept_while_the_rest_of_the_map_runs(executor):
             time.sleep(0.005)
         assert wr() is None
         results.close()  # (the calls not started are cancelled)
+        # The running ones end now (they slept 1 s, which the next map, and the next tests on
+        # this module's executor, waited out).
+        open(release, "w").close()
 
 
 def test_wait_and_as_completed_on_futures_unpickled_after_their_calls_ended(executor):

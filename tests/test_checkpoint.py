@@ -79,7 +79,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path):
     log_path = str(tmp_path / "log.jsonl")
     try:
         f = wrenpack.remote(stepper, executor=ex, timeout=1, retries=2)
-        fut = f.remote(300, 0.01, log_path)
+        fut = f.remote(200, 0.01, log_path)  # (2 s of steps: three segments, the second one killed)
         # wait until the second segment is running, then kill its worker
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -90,7 +90,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path):
         time.sleep(0.3)
         second = json.loads(lines[1])
         os.kill(second["pid"], signal.SIGKILL)
-        assert fut.result(timeout=60) == expected(300)
+        assert fut.result(timeout=60) == expected(200)
         starts = [json.loads(line) for line in open(log_path).read().splitlines()]
         # the invocation after the kill restarted from the same saved state as the killed one
         after_kill = starts[2]

@@ -52,8 +52,8 @@ def size_of(data, extra):
     return len(data)
 
 
-def slow_len(data):
-    time.sleep(0.3)
+def slow_len(data, seconds=0.15):
+    time.sleep(seconds)
     return len(data)
 
 
@@ -145,7 +145,8 @@ def test_a_crashed_call_is_retried_with_its_own_arguments(tmp_path):
 
 def test_calls_not_launched_yet_cancel_and_shutdown_waits_for_the_rest(tmp_path):
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(concurrency=1), retries=0)
-    futs = wrenpack.remote(slow_len, executor=ex).map([os.urandom(MiB) for _ in range(8)])
+    # (0.3 s calls: the last is launched ~1.5 s after the map, well after the cancel below)
+    futs = wrenpack.remote(slow_len, executor=ex).map([os.urandom(MiB) for _ in range(8)], seconds=0.3)
     assert futs[-1].cancel()  # never launched: taken out of the feed
     ex.shutdown(wait=True)
     assert futs[-1].cancelled()

@@ -106,6 +106,10 @@ def test_states_cancel_and_callbacks(one_worker, tmp_path):
     assert not not_done
 
 
+# (Lambda, by default: test_lifecycle's test_shutdown_without_wait_drains_in_the_background[lambda] runs the
+# same three queued calls to their end after the executor's shutdown, and its
+# test_on_start_cancel_and_draining_shutdown[lambda] the backend's shutdown(wait=True) that drains them)
+@pytest.mark.backends(slow=("toy", "lambda"))
 def test_shutdown_wait_runs_queued_calls(one_worker):
     futs = [one_worker.submit(sleeper, 0.2) for _ in range(3)]
     one_worker.shutdown(wait=True)
@@ -152,13 +156,13 @@ def give_back(x):
 
 @pytest.mark.slow_variants("lambda")  # (Lambda: test_aws_lambda's test_submit_and_futures_between_calls_on_lambda)
 def test_futures_pass_into_and_out_of_calls(executor, remote):
-    slow = executor.submit(sleeper, 0.5)
+    slow = executor.submit(sleeper, 0.3)  # (still running when it is passed on, just below)
     # a future passed into a call resolves there (read from the store)
-    assert remote(add_one_to).remote(slow).result(timeout=60) == 1.5
+    assert remote(add_one_to).remote(slow).result(timeout=60) == 1.3
     # a future returned from a call is this process's own future again
-    pending = executor.submit(sleeper, 0.3)
+    pending = executor.submit(sleeper, 0.2)
     back = remote(give_back).remote(pending).result(timeout=60)
-    assert back is pending and back.result(timeout=60) == 0.3
+    assert back is pending and back.result(timeout=60) == 0.2
     # a map whose calls return futures resolves to their results when asked
     inner = [executor.submit(square, i) for i in range(3)]
     outer = remote(give_back).map(inner)
@@ -190,10 +194,10 @@ def test_a_future_that_is_no_call_cannot_travel_until_done():
 
 
 def test_pickled_future_of_a_batched_call(executor, remote):
-    futs = remote(sleeper).map([0.2, 0.3, 0.4], chunksize=3)
+    futs = remote(sleeper).map([0.1, 0.15, 0.2], chunksize=3)  # (pickled below while their batch runs)
     blobs = [pickle.dumps(f) for f in futs]
-    assert wrenpack.get(futs) == [0.2, 0.3, 0.4]
-    assert remote(add_one_to).remote(pickle.loads(blobs[2])).result(timeout=60) == 1.4
+    assert wrenpack.get(futs) == [0.1, 0.15, 0.2]
+    assert remote(add_one_to).remote(pickle.loads(blobs[2])).result(timeout=60) == 1.2
 
 
 # -- retries you choose -----------------------------------------------------------

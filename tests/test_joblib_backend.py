@@ -164,7 +164,7 @@ def test_parallel_timeout_is_joblibs(counted):
     counted.reset()
     with pytest.raises(multiprocessing.TimeoutError):
         with parallel_config(backend="wrenpack", executor=counted.executor, n_jobs=2):
-            Parallel(batch_size=1, timeout=0.5)(delayed(time.sleep)(s) for s in [1.5] * 4)
+            Parallel(batch_size=1, timeout=0.5)(delayed(time.sleep)(s) for s in [1.0] * 4)  # (twice the timeout)
     assert len(counted.sizes) == 2  # the two waiting for a slot were dropped
     counted.reset()
 

@@ -221,19 +221,20 @@ def test_results_the_driver_has_not_read_yet_do_not_shrink_the_next_call(tmp_pat
     import threading
 
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), backend=backend, retries=0)
-    gate = threading.Event()
+    gate, reading = threading.Event(), threading.Event()
     from wrenpack.backends.local import replies as local_replies
 
     original = local_replies.read_handed_off
 
     def slow_reader(inv, sealed):  # the driver lags behind its worker
+        reading.set()
         gate.wait(60)
         return original(inv, sealed)
 
     monkeypatch.setattr(local_replies, "read_handed_off", slow_reader)
     try:
         first = wrenpack.remote(big_result, executor=ex, memory=512).remote(250)
-        time.sleep(0.5)
+        assert reading.wait(30)  # (the first call ended: its result waits to be read; was 0.5 s of sleep)
         # 250 MB of the worker's first result are still unread (and charged to its cgroup):
         # the next call in that worker still has its full 512 MB.
         marker = tmp_path / "allocated"

@@ -240,11 +240,24 @@ _SHOW_WORKERS = textwrap.dedent(
     backend = default_executor().backend
     while len(backend.worker_pids()) < 2 or any(not w.inflight for w in backend._workers):
         time.sleep(0.05)
-    time.sleep(0.5)
     print(" ".join(map(str, backend.worker_pids())), flush=True)
     time.sleep(120)
     """
 ).strip()
+
+
+def _sleep_children(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are a call's ``sleep 120`` child."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).cmdline()[:2] == ["sleep", "120"]:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
 
 
 def _descendants_of(pids: list[int]) -> list[int]:
@@ -269,12 +282,12 @@ def test_workers_stop_when_the_driver_is_interrupted_or_killed(tmp_path, how):
         workers = [int(p) for p in line.split()]
         assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else line
         deadline = time.monotonic() + 20
-        while True:  # each worker runs a call that starts a child
+        while True:  # each worker runs a call that starts a child (the program waited 0.5 s for them before)
             everything = workers + _descendants_of(workers)
-            if len(everything) >= 4 or time.monotonic() > deadline:
+            if (len(everything) >= 4 and len(_sleep_children(everything)) >= 2) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert len(everything) >= 4
+        assert len(everything) >= 4 and len(_sleep_children(everything)) >= 2
         os.kill(proc.pid, how)
         proc.wait(timeout=10)
         assert _wait_dead(everything, 5) == [], "processes of the map outlived the driver"

@@ -89,7 +89,7 @@ def test_a_group_that_ran_past_its_timeout_is_run_again_with_a_warning(ex, caplo
     """A group stopped at its timeout runs its calls again one by one; that costs the
     whole wait, and the user hears of it (at WARNING: which calls, why, which attempt)."""
     caplog.set_level(logging.INFO, logger="wrenpack")
-    futs = wrenpack.remote(nap_at, executor=ex, timeout=2).map(range(400))
+    futs = wrenpack.remote(nap_at, executor=ex, timeout=1).map(range(400))  # (Lambda's shortest timeout)
     assert wrenpack.get(futs, progress=False, return_exceptions=True)[:3] == [0, 1, 2]
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "the group of" in r.getMessage()]
     assert warned, [r.getMessage() for r in caplog.records]
@@ -99,7 +99,7 @@ def test_a_group_that_ran_past_its_timeout_is_run_again_with_a_warning(ex, caplo
 
 def nap_at(x):
     if x == 300:
-        time.sleep(3)
+        time.sleep(2)  # (twice the test's timeout)
     return x
 
 

@@ -429,7 +429,7 @@ def test_shutdown_with_cancel_futures_cancels_a_running_map_reduce(make_executor
 
     ex = make_executor(concurrency=2)
     kw, reducer = FORMS[form]
-    fut = wrenpack.map_reduce(_sleepy(form, 1.0), range(6), reducer, executor=ex, **kw)
+    fut = wrenpack.map_reduce(_sleepy(form, 0.5), range(6), reducer, executor=ex, **kw)  # (still running 0.2 s in)
     time.sleep(0.2)
     t0 = time.monotonic()
     ex.shutdown(wait=True, cancel_futures=True)

@@ -196,7 +196,7 @@ def test_cancel_between_segments(ex, tmp_path):
     with pytest.raises(cf.CancelledError):
         fut.result(timeout=15)
     seen = len(_lines(log_path))
-    time.sleep(2.5)
+    time.sleep(1.5)  # (segments last 1 s: one let through after the cancel would have started by then)
     assert len(_lines(log_path)) == seen  # no further segment launched
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
 
@@ -227,7 +227,7 @@ def test_a_program_that_exits_mid_call_leaves_nothing_behind(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
     seen = len(_lines(log))
-    time.sleep(2.0)
+    time.sleep(1.5)  # (segments last 1 s: one let through after the exit would have started by then)
     assert len(_lines(log)) == seen
     left = [p for p in glob.glob(store + "/**", recursive=True) if os.path.isfile(p)]
     assert not left, left
@@ -256,7 +256,7 @@ def gated_stepper(n, step_s, log_path, gate):
 def _between_segments(ex, tmp_path, change):
     """Run ``gated_stepper``; once its first segment saved, ``change(store, key)``, then let it go on."""
     log_path, gate = str(tmp_path / "log"), str(tmp_path / "gate")
-    fut = wrenpack.remote(gated_stepper, executor=ex, timeout=3).remote(300, 0.01, log_path, gate)
+    fut = wrenpack.remote(gated_stepper, executor=ex, timeout=2).remote(300, 0.01, log_path, gate)
     assert _wait_for(lambda: len(_lines(log_path)) >= 2)  # the second segment waits at the gate
     change(ex.store, keys.checkpoint_key(fut.job_id, fut.call_id))
     open(gate, "w").close()
@@ -277,7 +277,7 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_refused(ex, tmp_path):
 
 
 def test_a_checkpoint_of_another_job_is_refused(ex, tmp_path):
-    a = wrenpack.remote(stepper, executor=ex, timeout=1).remote(300, 0.01)
+    a = wrenpack.remote(stepper, executor=ex, timeout=1).remote(150, 0.01)  # (two segments: it saves once)
     a_key = keys.checkpoint_key(a.job_id, a.call_id)
     assert _wait_for(lambda: ex.store.exists(a_key))
     stolen = ex.store.get(a_key)
@@ -285,7 +285,7 @@ def test_a_checkpoint_of_another_job_is_refused(ex, tmp_path):
     b = _between_segments(ex, tmp_path, lambda store, key: store.put(key, stolen))
     with pytest.raises(wrenpack.CorruptObject, match="failed authentication"):
         b.result(timeout=60)
-    assert a.result(timeout=60) == expected(300)
+    assert a.result(timeout=60) == expected(150)
 
 
 @pytest.mark.slow  # (test_map_of_checkpointing_calls_keeps_each_calls_state makes the same checks after a map of such calls)
@@ -344,8 +344,9 @@ def late_once(n, marker, always=False):
 
 
 def test_a_late_segment_runs_again_from_the_last_save(ex, tmp_path):
-    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(80, str(tmp_path / "m"))
-    assert fut.result(timeout=60) == 80
+    # (60 steps of 20 ms: more than a 1 s segment holds, so a second segment comes)
+    fut = wrenpack.remote(late_once, executor=ex, timeout=1).remote(60, str(tmp_path / "m"))
+    assert fut.result(timeout=60) == 60
     assert [s["error"].split(":")[0] for s in fut.retried_statuses] == ["TaskTimeout"]
     assert fut.retried_statuses[0]["segment"] == 1
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))

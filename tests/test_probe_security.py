@@ -169,9 +169,10 @@ class _GrabArgsMemfd:
         return (grab, ())
 
 
-def _job_a(grabbed, data, address=None):
+def _job_a(grabbed, data, address=None, stop=None):
     """Job A's function: the call given ``address`` waits for the grabbed memfds and
-    writes its own arguments into them until it has run 4 s; the other call returns."""
+    writes its own arguments into them until the file ``stop`` exists (the test makes it
+    once job B's call ended), 10 s at most; the other call returns."""
     if address is None:
         return grabbed
     import pickle
@@ -185,8 +186,8 @@ def _job_a(grabbed, data, address=None):
     srv.settimeout(10)
     conn, _ = srv.accept()
     _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 16)
-    end = time.time() + 4
-    while time.time() < end:
+    end = time.time() + 10
+    while time.time() < end and not os.path.exists(stop):
         for fd in fds:
             os.pwrite(fd, evil, 0)
         time.sleep(0.0002)
@@ -207,10 +208,11 @@ def test_a_recycled_argument_memfd_cannot_carry_another_jobs_arguments(tmp_path)
 
     ex = wrenpack.Executor(storage=str(tmp_path / "store"), retries=0, concurrency=2, timeout=60)
     address = f"wrenpack-probe-{uuid.uuid4().hex}"
+    stop = tmp_path / "stop"
     big = b"a" * 200_000  # above inline_limit: the arguments travel in a memfd
     try:
         a = wrenpack.remote(_job_a, executor=ex)
-        quick, slow = a.starmap([(_GrabArgsMemfd(address), big), (0, b"", address)])
+        quick, slow = a.starmap([(_GrabArgsMemfd(address), big), (0, b"", address, str(stop))])
         assert quick.result(timeout=30) >= 1, "the attack did not get the memfd"
         from wrenpack.worker import handoff
 
@@ -220,6 +222,7 @@ def test_a_recycled_argument_memfd_cannot_carry_another_jobs_arguments(tmp_path)
         assert handoff._pool, "the driver kept no argument memfd to write again"
         time.sleep(0.3)  # (the other call of job A has the memfd and writes into it)
         got = wrenpack.remote(_job_b, executor=ex).remote(big).result(timeout=30)
+        stop.touch()  # (job A wrote all through job B's call: it stops now, not after a fixed 4 s)
         slow.result(timeout=30)
         assert got == len(big), f"job B's call ran with job A's arguments: its result is {got!r}"
     finally:

