@@ -611,19 +611,16 @@ class CallTable:
         ``checkpoint.MAX_SEGMENTS`` (a backstop for a loop that never finishes)."""
         event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
         if event["segment"] >= checkpoint.MAX_SEGMENTS:
-            self._too_many_segments(inv, event["segment"])
+            self._end_between_segments(inv, TaskError(
+                f"{inv.label} ran {event['segment']} checkpointed segments without finishing, the most "
+                "wrenpack.worker.checkpoint.MAX_SEGMENTS allows; if its loop does not go on from the state restore() "
+                "returns, make it do so; if the call needs more segments, raise MAX_SEGMENTS before launching it"))
             return
         if status.get("checkpoint"):
             # What this segment learned (step and save times; the state it began from) tunes and checks the next one.
             event["checkpoint"] = {k: status["checkpoint"][k] for k in checkpoint.LEARNED if k in status["checkpoint"]}
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.label, event["segment"] - 1, event["segment"])
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
-
-    def _too_many_segments(self, inv: Invocation, segments: int) -> None:
-        self._end_between_segments(inv, TaskError(
-            f"{inv.label} ran {segments} checkpointed segments without finishing, the most "
-            "wrenpack.worker.checkpoint.MAX_SEGMENTS allows; if its loop does not go on from the state restore() "
-            "returns, make it do so; if the call needs more segments, raise MAX_SEGMENTS before launching it"))
 
     def _end_between_segments(self, inv: Invocation, error: Exception) -> None:
         """A checkpointed call ends with ``error`` instead of its next segment; its checkpoint goes."""
