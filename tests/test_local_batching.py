@@ -196,3 +196,32 @@ def test_a_longer_call_cancelled_while_it_waits_in_a_worker_does_not_run(ex, tmp
         if i != victim:
             assert fut.result(timeout=30) == 0.3
     assert not (tmp_path / f"call{victim}").exists(), "the cancelled call ran to its end"
+
+
+def nap_and_count(args):
+    seconds, runs = args
+    time.sleep(seconds)
+    with open(runs, "a") as f:
+        f.write(f"{seconds}\n")
+    return seconds
+
+
+def test_a_call_sent_ahead_of_an_overrunning_call_goes_to_a_worker_left_idle(ex, tmp_path):
+    """A steady function's call sent to a worker ahead of its running call's end
+    waits behind it when that call runs far past the usual time. Once the other
+    worker is idle with nothing queued, it takes that call (taken back before it
+    started: it runs once, there): the short calls end long before the long one."""
+    runs = tmp_path / "runs"
+    f = wrenpack.remote(nap_and_count, executor=ex)
+    recalled = ex.backend.calls_recalled
+    items = [(0.1 + i * 1e-6, str(runs)) for i in range(16)]
+    items[8] = (4.0, str(runs))  # (after the first calls were timed: the map's calls are steady by then)
+    futs = f.map(items)
+    short = futs[:8] + futs[9:]
+    done, waiting = concurrent.futures.wait(short, timeout=3.5)
+    assert not waiting, f"{len(waiting)} short call(s) still waited behind the long one after 3.5 s"
+    assert not futs[8].done()
+    assert ex.backend.calls_recalled > recalled
+    assert [fut.result(timeout=30) for fut in futs] == [seconds for seconds, _ in items]
+    ran = runs.read_text().split()
+    assert len(ran) == len(items) and len(set(ran)) == len(items), f"a call taken back ran where it was sent as well: {ran}"

@@ -105,6 +105,7 @@ def _reply_headers() -> list[dict[str, Any]]:
         worker_reply.measured(private, 0.25, children=True, tmp_bytes=4096),
         worker_reply.measured(handed, 0.125, children=False, tmp_bytes=0),
         worker_reply.measured(worker_reply.failed("RuntimeError: broken", 12.5), 0.0625, children=False, tmp_bytes=0),
+        worker_reply.withdrawn(),
     ]
 
 
@@ -128,6 +129,12 @@ def _next_message_bytes() -> bytes:
     return driver_message.dumps(msg)
 
 
+def _ahead_message_bytes() -> bytes:
+    """A call sent ahead of the running one's end (the worker claims it first)."""
+    msg = driver_message.message(driver_message.calls(_NEXT_EVENTS, _MSG_EVENTS[0][0], ahead=True), None, 1048576, 65536)
+    return driver_message.dumps(msg)
+
+
 CASES: dict[str, Callable[[], list[bytes]]] = {
     "event": lambda: [event.dumps(event.event_dict(**_EVENT_ARGS))],
     "outcome": lambda: [
@@ -144,7 +151,7 @@ CASES: dict[str, Callable[[], list[bytes]]] = {
                            job_record.seal_progress(SECRET, JOB, _PROGRESS), job_record.seal_cancel(SECRET, JOB, _CANCEL)],
     "handoff": lambda: [json.dumps(handoff.image(*_LAYOUT_INPUT)[1]).encode(), handoff.image(*_LAYOUT_INPUT)[0]],
     "frames": lambda: [b"".join(frames.encode(h, b) for h, b in _FRAMES)],
-    "driver_message": lambda: [_message_bytes(), _next_message_bytes()],
+    "driver_message": lambda: [_message_bytes(), _next_message_bytes(), _ahead_message_bytes()],
     "worker_reply": lambda: [worker_reply.dumps(head) for head in _reply_headers()],
 }
 
@@ -230,16 +237,19 @@ def _decode_driver_message(parts: list[bytes]) -> None:
     following = driver_message.loads(parts[1])
     assert following["calls"][0]["last"] and set(following["calls"][0]["changed"]) == {"job_id", "args"}
     assert [e for _c, e in decoder.events(following)] == [dict(e, reply_limit=1048576, handoff=65536) for e, _t, _n in _NEXT_EVENTS]
+    ahead = driver_message.loads(parts[2])
+    assert [c.get("ahead") for c in ahead["calls"]] == [True] and "ahead" not in following["calls"][0]
 
 
 def _decode_worker_reply(parts: list[bytes]) -> None:
     heads = [worker_reply.loads(p) for p in parts]
     assert heads == _reply_headers()
-    ready, small, private, handed, failed = heads
+    ready, small, private, handed, failed, withdrawn = heads
     assert ready == {"ready": 4321}
     assert small["status"] == {"exit": "ok"} and worker_reply.payload(small, b"r") == (b"r", None)
     assert private["status"] == _STATUS and worker_reply.payload(private, b"o") == (None, b"o")
     assert handed["handoff"] == _Handed.layout and "error" in failed
+    assert withdrawn == {"withdrawn": True}
 
 
 DECODE: dict[str, Callable[[list[bytes]], None]] = {

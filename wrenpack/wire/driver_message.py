@@ -7,6 +7,7 @@
                {"last": true, "changed": {...}, "gone": [...], "timeout_s": s, "fd": n},
                                                  what differs from the previous message's first event
                {"changed": {...}, "gone": [...], "timeout_s": s, "fd": n}, ...],   later ones: what differs
+               (a call may add "ahead": true: sent ahead of the running call's end, see below)
      "limits": [memory_mb, timeout_s, ephemeral_storage_mb],   only when they change
      "reply_limit": bytes, "handoff": bytes}                   optional; given to every call's event
 
@@ -19,6 +20,15 @@ secret, arguments and owner record change, not its function, store or domain):
 a message's first call may carry only what differs from the first event of the
 message before it on the same socket (``"last"``), which the worker keeps
 (``Decoder``).
+
+A call marked ``"ahead"`` was sent while the worker still ran another call
+(``LocalBackend._prefetch_at``), and the driver may take it back until it
+starts: it wrote one byte to the worker's *ahead pipe* when it sent it, and
+the worker reads a byte from that pipe before it starts the call. The driver
+takes a call back by reading that byte itself (``Worker.recall``): exactly one
+of the two reads gets it, so the call runs where it was sent, or the worker
+answers ``{"withdrawn": true}`` (``worker_reply.withdrawn``) without running
+it and the driver sends it elsewhere.
 
 The header is ``marshal`` (a fifth of JSON's time to write, a third to read,
 on every call; marshal makes only plain values, and no code runs when it
@@ -34,15 +44,17 @@ import marshal
 from typing import Any, Iterator
 
 #: The message header's fields and encoding; a change of either is a new version (tests/test_wire_golden.py).
-VERSION = 2
+VERSION = 3
 
 
-def calls(items: list[tuple[dict[str, Any], float, int]], last: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def calls(items: list[tuple[dict[str, Any], float, int]], last: dict[str, Any] | None = None,
+          ahead: bool = False) -> list[dict[str, Any]]:
     """The message's calls from ``(event, timeout_s, descriptors)`` each: the
     first event whole, each later one as what differs from the first.
     ``last``: the first event of the previous message to the same worker
     (``Decoder`` keeps it there): the first event is then sent as what differs
-    from it, unless most of it does."""
+    from it, unless most of it does. ``ahead``: the one call is sent ahead of
+    the running call's end (the worker claims it from the ahead pipe first)."""
     base = items[0][0]
     first: dict[str, Any] = {"event": base}
     if last is not None:
@@ -52,6 +64,10 @@ def calls(items: list[tuple[dict[str, Any], float, int]], last: dict[str, Any] |
     out: list[dict[str, Any]] = [_call(first, *items[0][1:])]
     for event, timeout_s, nfds in items[1:]:
         out.append(_call(_diff(event, base), timeout_s, nfds))
+    if ahead:
+        if len(out) != 1:
+            raise ValueError("only a message of one call is sent ahead")
+        out[0]["ahead"] = True
     return out
 
 

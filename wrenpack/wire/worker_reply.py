@@ -10,6 +10,8 @@
      "children": true,              a child process ended during the call (look for OOM kills)
      "tmp_bytes": n}                what the call left in its /tmp
     {"error": text, "peak_rss_mb": mb, "elapsed": s, ...}   the handler itself failed
+    {"withdrawn": true}                                     a call sent ahead that the driver took back
+                                                            (``wire.driver_message``): not run, no outcome
 
 The header is ``marshal``: the driver already unpickles the outcomes this
 worker sends on the same private socketpair (``Executor._read_private``),
@@ -25,7 +27,7 @@ import marshal
 from typing import Any
 
 #: The reply header's fields and encoding; a change of either is a new version (tests/test_wire_golden.py).
-VERSION = 1
+VERSION = 2
 
 
 def ready(pid: int) -> dict[str, Any]:
@@ -61,6 +63,11 @@ def of_call(returned: dict[str, Any]) -> tuple[dict[str, Any], bytes, Any]:
 def failed(error: str, peak_rss_mb: float) -> dict[str, Any]:
     """The reply of a call whose handler raised (the worker goes on serving)."""
     return {"error": error, "peak_rss_mb": peak_rss_mb}
+
+
+def withdrawn() -> dict[str, Any]:
+    """The reply to a call sent ahead that the driver took back before it started."""
+    return {"withdrawn": True}
 
 
 def measured(reply: dict[str, Any], elapsed: float, children: bool, tmp_bytes: int) -> dict[str, Any]:

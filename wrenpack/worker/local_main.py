@@ -288,6 +288,18 @@ def _send(sock: socket.socket, head: dict[str, Any], blob: bytes = b"", fd: int 
     frames.send(sock, worker_reply.dumps(head), blob, fd)
 
 
+def _claim(ahead_fd: int | None) -> bool:
+    """Whether a call sent ahead is still this worker's to run: the byte the driver
+    wrote to the ahead pipe when it sent it is read here, unless the driver read it
+    back first (``Worker.recall``). One of the two reads gets it, never both."""
+    if ahead_fd is None:
+        return True  # (a driver that sends nothing ahead)
+    try:
+        return bool(os.read(ahead_fd, 1))  # (b"": the driver is gone; nothing is run for it)
+    except BlockingIOError:
+        return False
+
+
 def _apply_limits(limits: list[Any]) -> dict[str, str]:
     """Set the calls' limits in the environment, as Lambda does; what was set
     (each call's context names it, ``call_env``: the handler does not read it again per call)."""
@@ -298,8 +310,9 @@ def _apply_limits(limits: list[Any]) -> dict[str, str]:
     return env
 
 
-def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
-    """Run calls from ``sock`` until it closes."""
+def serve(sock: socket.socket, worker_dir: str | None = None, ahead_fd: int | None = None) -> None:
+    """Run calls from ``sock`` until it closes. ``ahead_fd``: the read end of the
+    pipe a call sent ahead is claimed from (``_claim``)."""
     import tempfile
 
     from wrenpack.worker import isolation, memory
@@ -333,6 +346,11 @@ def serve(sock: socket.socket, worker_dir: str | None = None) -> None:
             memory_mb = int(msg["limits"][0])
         reply_limit = msg.get("reply_limit")
         for call, event in decoder.events(msg):
+            if call.get("ahead") and not _claim(ahead_fd):
+                # Taken back by the driver while the call before it ran: it runs elsewhere.
+                close_quietly(*[fds.pop(0) for _ in range(min(int(call.get("fd") or 0), len(fds)))])
+                _send(sock, worker_reply.withdrawn())
+                continue
             calls += 1
             ctx = LocalContext(
                 function_name=function_name,
@@ -404,8 +422,11 @@ def main(config: dict[str, Any]) -> None:
     isolation.prepare()
     threading.Thread(target=_watch_parent, args=(parent, worker_dir), name="wrenpack-parent-watch", daemon=True).start()
     sock = socket.socket(fileno=int(config["fd"]))
+    ahead_fd = config.get("ahead_fd")
+    if ahead_fd is not None:
+        os.set_inheritable(int(ahead_fd), False)  # (nothing a call starts holds it)
     try:
-        serve(sock, worker_dir)
+        serve(sock, worker_dir, int(ahead_fd) if ahead_fd is not None else None)
     except (BrokenPipeError, ConnectionError, EOFError):
         pass  # the driver closed the connection: a quiet exit
     finally:

@@ -181,7 +181,12 @@ class Worker:
         env = dict(base_env, TMPDIR=self.tmpdir, TMP=self.tmpdir, TEMP=self.tmpdir)
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"local/worker-{wid}"
         parent_sock, child_sock = socket.socketpair()
-        config = {"fd": child_sock.fileno(), "parent": os.getpid(), "dir": self.dir, "paths": paths,
+        # The ahead pipe: a byte in it for each call sent ahead and not yet started, read by
+        # whichever of the two claims the call first (``recall``; ``wire.driver_message``).
+        ahead_r, ahead_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ahead_r: int | None = ahead_r
+        self._ahead_w: int | None = ahead_w
+        config = {"fd": child_sock.fileno(), "ahead_fd": ahead_r, "parent": os.getpid(), "dir": self.dir, "paths": paths,
                   "owner": worker_marker(),  # (`clean --stale` keeps the driver's jobs while this process runs)
                   "relay": relay is not None}  # (its stdout and stderr are pipes the driver reads)
         stdio: dict[str, int] = {}
@@ -192,7 +197,7 @@ class Worker:
                 stdio = {"stdout": pipes[0][1], "stderr": pipes[1][1]}
             self.proc = subprocess.Popen(
                 [*cmd, json.dumps(config)],
-                pass_fds=[child_sock.fileno()],
+                pass_fds=[child_sock.fileno(), ahead_r],
                 stdin=subprocess.DEVNULL,
                 env=env,
                 **stdio,  # type: ignore[arg-type]
@@ -200,6 +205,7 @@ class Worker:
             )
         except BaseException:
             parent_sock.close()
+            close_quietly(ahead_r, ahead_w)
             if pipes is not None:
                 close_quietly(pipes[0][0], pipes[1][0])
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -235,6 +241,10 @@ class Worker:
         self.borrowed = False
         #: calls sent, oldest first; the first is running, the rest wait in the worker
         self.inflight: deque[Invocation] = deque()
+        #: the call sent ahead of the running one's end that may still be taken back (``recall``)
+        self.ahead: Invocation | None = None
+        #: calls taken back whose ``withdrawn`` reply is still to come
+        self.withdrawn = 0
         self.limits: tuple[int, float, int] | None = None
         self.limit_mb: int | None = None
         #: bytes of results this worker handed back that the driver has not read yet:
@@ -256,17 +266,23 @@ class Worker:
         self.tasks = 0
 
     # -- sending ---------------------------------------------------------------
-    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None, flush: bool = True) -> None:
+    def send(self, calls: list[Invocation], reply_limit: int | None, handoff_min: int | None = None, flush: bool = True,
+             ahead: bool = False) -> None:
         """Queue ``calls`` in one message (same limits); the first begins now if the worker was idle.
         ``handoff_min``: results pickled larger than this come back as sealed memfds.
-        ``flush=False``: the caller flushes (``flush()``) when it is ready for the reply."""
+        ``flush=False``: the caller flushes (``flush()``) when it is ready for the reply.
+        ``ahead``: one call sent ahead of the running call's end, which ``recall`` may take back."""
         first = calls[0]
         limits = (first.memory_mb, first.timeout_s, first.ephemeral_storage_mb)
         changed = limits != self.limits
         self.limits = limits
         items = [(_event(inv), inv.timeout_s, _fd_count(inv)) for inv in calls]
-        msg = driver_message.message(driver_message.calls(items, self._sent_event), list(limits) if changed else None,
+        ahead_w = self._ahead_w if ahead else None
+        msg = driver_message.message(driver_message.calls(items, self._sent_event, ahead=ahead_w is not None), list(limits) if changed else None,
                                      reply_limit, handoff_min)
+        if ahead_w is not None:
+            os.write(ahead_w, b"a")  # (a byte per call sent ahead and not started: never a full pipe)
+            self.ahead = first
         # What the worker keeps of this message (``driver_message.Decoder``): the next one's
         # first call may be sent as what differs from it. (A copy: the invocation's own may change.)
         self._sent_event = dict(items[0][0])
@@ -319,6 +335,22 @@ class Worker:
             for mark in marks:
                 mark[0] -= n
         return True
+
+    def recall(self) -> Invocation | None:
+        """Take back the call sent ahead (``ahead``), if the worker has not started
+        it: it leaves ``inflight``, and the worker answers it with ``withdrawn``
+        (counted in ``withdrawn`` until then). None if it has started, or there is none."""
+        inv, self.ahead = self.ahead, None
+        if inv is None or self._ahead_r is None or len(self.inflight) < 2 or self.inflight[-1] is not inv:
+            return None
+        try:
+            if not os.read(self._ahead_r, 1):
+                return None
+        except OSError:  # (BlockingIOError: the worker read the byte, the call is its)
+            return None
+        self.inflight.pop()
+        self.withdrawn += 1
+        return inv
 
     # -- receiving -------------------------------------------------------------
     def receive(self) -> list[tuple[dict[str, Any], bytes]] | None:
@@ -619,8 +651,8 @@ class Worker:
             pass
         while self._in_fds:  # hand-offs of replies never read
             close_quietly(self._in_fds.popleft())
-        close_quietly(self.pidfd)
-        self.pidfd = None
+        close_quietly(self.pidfd, self._ahead_r, self._ahead_w)
+        self.pidfd = self._ahead_r = self._ahead_w = None
         if self.output is not None:
             self.output.finish()  # (after the kills: what it and its processes wrote is all in the pipes)
         shutil.rmtree(self.dir, ignore_errors=True)

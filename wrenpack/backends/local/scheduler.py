@@ -244,6 +244,8 @@ class LocalBackend(Backend):
         self.calls_sent = 0
         #: calls of steady functions sent to a worker before its running call ended (``_prefetch_at``)
         self.calls_sent_ahead = 0
+        #: of those, calls taken back before they started, for a worker that was idle (``_recall_ahead``)
+        self.calls_recalled = 0
         self._capabilities: tuple[tuple[Any, ...], Capabilities] | None = None
         _live.add(self)
 
@@ -352,7 +354,8 @@ class LocalBackend(Backend):
                 worker.borrowed = False
                 if worker in self._workers and (not readable or self._read(worker)):
                     self._give_back(worker, key.data)
-                woken = self._queued and not self._stopping
+                # (and when the worker is idle now, a call another sent ahead may come to it)
+                woken = (self._queued or self._ahead_held()) and not self._stopping
         if woken:
             self._wake()  # the worker may be free for what waits: the dispatcher hands it out
         self._report()
@@ -408,6 +411,10 @@ class LocalBackend(Backend):
                         self._requeue_waiting(worker)
                         worker.kill("cancelled")
                         break
+                    if inv is worker.ahead and worker.recall() is inv:
+                        # (taken back before it started: its worker and the running call go on)
+                        self._finish(inv, error=cancelled_error(inv.label))
+                        continue
                     self._stop_on_reply.add(id(inv))
             for inv in list(self._queue):
                 if inv.key in wanted and id(inv) in self._queued:
@@ -561,6 +568,9 @@ class LocalBackend(Backend):
         return True
 
     def _on_reply(self, worker: Worker, head: dict[str, Any], blob: bytes) -> None:
+        if "withdrawn" in head:
+            worker.withdrawn = max(0, worker.withdrawn - 1)  # (a call taken back: it runs elsewhere)
+            return
         if "ready" in head:
             worker.ready = True
             # Idle from now, not from its spawn: with a keep_warm shorter than a start,
@@ -574,6 +584,7 @@ class LocalBackend(Backend):
         if not worker.inflight:
             return
         inv = worker.inflight.popleft()
+        worker.ahead = None  # (the call sent ahead of this one's end starts now: it stays)
         now = self._last_reply = time.time()
         worker.idle_since = time.monotonic()
         error, replace = worker.verdict(inv, head)
@@ -647,8 +658,9 @@ class LocalBackend(Backend):
             self._queue.popleft()
         return None
 
-    def _take(self, worker: Worker) -> list[Invocation]:
-        """The calls to hand ``worker`` now (lock held): automatic batching.
+    def _take(self, worker: Worker) -> tuple[list[Invocation], bool]:
+        """The calls to hand ``worker`` now (lock held), and whether the one call is
+        sent ahead of the running call's end (``_prefetch_at``): automatic batching.
 
         A function's first calls go one per worker and are timed; then a worker
         is kept ``_BATCH_S`` of expected work ahead, so each message (and each
@@ -657,31 +669,31 @@ class LocalBackend(Backend):
         waits behind a long one while another worker could take it."""
         head = self._next_queued()
         if head is None or head.runtime != worker.runtime:
-            return []
+            return [], False
         if not worker.inflight and not worker.holds(head.memory_mb):
             log.info("local worker %d holds more memory than %d MB (kept by an earlier call's warm process): "
                      "replaced, as Lambda gives another memory size another environment", worker.wid, head.memory_mb)
             self._retire(worker)
-            return []
+            return [], False
         est = self._estimates.get(head.event.get("func_key"))
         if worker.inflight:
             last = worker.inflight[-1]
             if est is None or _limits(head) != _limits(last):
-                return []
+                return [], False
             if est > _PIPELINE_MAX_S:
                 if self._prefetch_at(worker) > time.time():
-                    return []
+                    return [], False
                 ahead = self._pop_queued(1, worker.runtime, _limits(head))
                 self.calls_sent_ahead += len(ahead)
-                return ahead
+                return ahead, True
             room = int((_BATCH_S - len(worker.inflight) * est) / est)
         else:
             room = 1 if est is None else max(1, int(_BATCH_S / max(est, 1e-6)))
         # Fair share: the rest of the queue is left for the other workers.
         room = min(room, _MAX_BATCH, -(-len(self._queued) // self.concurrency))
         if room < 1:
-            return []
-        return self._pop_queued(room, worker.runtime, _limits(head))
+            return [], False
+        return self._pop_queued(room, worker.runtime, _limits(head)), False
 
     def _pop_queued(self, room: int, runtime: str | None, limits: Any) -> list[Invocation]:
         """Up to ``room`` calls from the head of the queue, while they share
@@ -705,10 +717,12 @@ class LocalBackend(Backend):
         to take longer than ``_PIPELINE_MAX_S``: a little before that call is
         expected to end (``_PREFETCH_LEAD``), if its function's calls take about
         the same time each (``_steady``); never while it holds two (lock held).
-        A call that runs past its function's usual time would hold the one sent
-        early behind it while another worker might take it: where the times vary,
-        nothing is sent early."""
-        if len(worker.inflight) != 1 or not worker.ready or not worker.started:
+        A call that runs past its function's usual time holds the one sent early
+        behind it until another worker is idle with nothing queued, which then
+        takes it (``_recall_ahead``); where the times vary, nothing is sent early.
+        Nothing is sent ahead while a call taken back is still to be answered
+        (``Worker.withdrawn``)."""
+        if len(worker.inflight) != 1 or not worker.ready or not worker.started or worker.withdrawn:
             return math.inf
         typical = self._steady(worker.inflight[0].event.get("func_key"))
         if typical is None:
@@ -724,9 +738,30 @@ class LocalBackend(Backend):
             return None
         return seen[1]
 
+    def _recall_ahead(self) -> None:
+        """Nothing is queued and a worker is idle: a call sent ahead of a running call's
+        end (``_prefetch_at``) that still waits behind it is taken back, if its worker
+        has not started it (``Worker.recall``), and goes to the front of the queue, where
+        the idle worker takes it now rather than when the running call ends, later
+        than its function's usual time (lock held)."""
+        idle = [w for w in self._workers if w.ready and not w.inflight and not w.retiring and not w.kill_reason]
+        for worker in self._workers:
+            inv = worker.ahead
+            if inv is None or worker.kill_reason:
+                continue
+            taker = next((w for w in idle if w.runtime == inv.runtime), None)
+            if taker is None:
+                continue
+            if worker.recall() is inv:
+                idle.remove(taker)  # (one call for each idle worker: another waits where it was sent)
+                self.calls_recalled += 1
+                self._requeue_front([inv])
+
     def _assign_locked(self) -> list[Invocation]:
         """Hand out queued calls, start workers for the rest (lock held); the calls started."""
         started: list[Invocation] = []
+        if not self._queued and self._ahead_held():
+            self._recall_ahead()
         if self._queued:
             # A starting worker takes calls too: they run as soon as it has imported the handler.
             usable = [w for w in self._workers if not w.retiring and not w.kill_reason]
@@ -737,6 +772,10 @@ class LocalBackend(Backend):
         if head is not None and not self._stopping:
             self._grow(head)
         return started
+
+    def _ahead_held(self) -> bool:
+        """Whether a call sent ahead may still be taken back (lock held)."""
+        return any(w.ahead is not None for w in self._workers)
 
     def _send_to_idle(self, flush: bool = True) -> tuple[list[Invocation], list[Worker]]:
         """Queued calls to idle, ready workers only (lock held; the caller's thread):
@@ -754,9 +793,9 @@ class LocalBackend(Backend):
         return started, workers
 
     def _send(self, worker: Worker, flush: bool = True) -> list[Invocation]:
-        calls = self._take(worker)
+        calls, ahead = self._take(worker)
         if calls:
-            worker.send(calls, self.reply_limit, self._handoff_min, flush=flush)
+            worker.send(calls, self.reply_limit, self._handoff_min, flush=flush, ahead=ahead)
             self.messages_sent += 1
             self.calls_sent += len(calls)
         return calls
@@ -909,6 +948,7 @@ class LocalBackend(Backend):
     def _requeue_waiting(self, worker: Worker, keep_first: bool = True) -> None:
         """Calls sent to ``worker`` but not started go back to the front of the queue."""
         keep = 1 if keep_first else 0
+        worker.ahead = None
         waiting = list(worker.inflight)[keep:]
         while len(worker.inflight) > keep:
             worker.inflight.pop()
