@@ -161,3 +161,31 @@ def test_a_write_the_kernel_refuses_for_a_moment_is_written_again(ex, err):
     assert fut.result(timeout=60) == 3
     assert flaky.failed == 1, "the write did not go through the failing socket: the test missed its path"
     assert fut.status["attempt"] == 0, "the call was lost until its timeout and ran again"
+
+
+class _ShortOfBuffersFor(_ShortOfBuffersOnce):
+    """A worker's socket whose writes fail for ``seconds``, as when the kernel stays short of memory."""
+
+    def __init__(self, sock, err, seconds):
+        super().__init__(sock, err)
+        self._until = time.monotonic() + seconds
+
+    def _once(self):
+        if time.monotonic() < self._until:
+            self.failed += 1
+            raise OSError(self._err, os.strerror(self._err))
+
+
+def test_a_write_the_kernel_keeps_refusing_is_tried_again_on_a_clock_not_in_a_spin(ex):
+    """While the kernel keeps refusing a worker's write (ENOMEM for 0.3 s), its socket
+    is still writable: watched for writing, the dispatcher woke at once, tried the
+    write, and looked again, thousands of times a second on a machine short of memory.
+    The write is tried again every few milliseconds instead, and goes through."""
+    f = wrenpack.remote(size_of, executor=ex, timeout=10)
+    assert f.remote("x").result(timeout=60) == 1
+    (worker,) = ex.backend._workers
+    flaky = worker.sock = _ShortOfBuffersFor(worker.sock, errno.ENOMEM, 0.3)
+    fut = f.remote("xyz")
+    assert fut.result(timeout=60) == 3
+    assert fut.status["attempt"] == 0
+    assert 1 <= flaky.failed <= 150, f"the write was tried {flaky.failed} times in 0.3 s"

@@ -72,6 +72,8 @@ ISOLATION_MB = 16
 SAMPLE_S = 0.01
 TMP_CHECK_S = 0.1
 CHILD_CHECK_S = 0.1
+#: how long after the kernel refused a write for want of memory or buffers it is tried again
+WRITE_AGAIN_S = 0.005
 _BOOT = (
     # setpgid first: on Python 3.10 Popen cannot do it (no process_group=) and a
     # preexec_fn is unsafe in a driver with threads; it does nothing when Popen did.
@@ -225,6 +227,9 @@ class Worker:
         self._sent_event: dict[str, Any] | None = None
         #: [offset in outbuf, descriptors to send with the bytes from there]
         self._out_fds: deque[list[Any]] = deque()
+        #: when a write the kernel refused for want of memory or buffers is tried again
+        #: (``flush``): the socket stays writable meanwhile, and watching it would spin
+        self.write_again_at = 0.0
         #: descriptors received and not yet matched with their reply (oldest first)
         self._in_fds: deque[int] = deque()
         self.pidfd: int | None = None
@@ -326,12 +331,14 @@ class Worker:
                 if exc.errno in _SEND_LATER:
                     # (the kernel is short of buffers for a moment: what is left goes with the next write;
                     # dropping it would leave the worker waiting for the rest of a message)
+                    self.write_again_at = time.time() + WRITE_AGAIN_S
                     return False
                 # The worker is gone; its exit is seen from the process and handled there.
                 self.outbuf.clear()
                 marks.clear()
                 return True
             del self.outbuf[:n]
+            self.write_again_at = 0.0
             for mark in marks:
                 mark[0] -= n
         return True

@@ -305,7 +305,7 @@ class LocalBackend(Backend):
             # The dispatcher must look again unless it will anyway, soon enough for
             # every call just started (their meters and deadlines), and nothing waits.
             wake = not started or self._next_queued() is not None or any(
-                w.next_wakeup() < self._sleep_until for w in self._workers if w.inflight)
+                w.next_wakeup() < self._sleep_until or w.write_again_at for w in self._workers if w.inflight)
         if wake:
             self._wake()
         # RUNNING once the bytes went: while the worker runs the call, not before it
@@ -375,7 +375,7 @@ class LocalBackend(Backend):
     def _give_back(self, worker: Worker, data: Any) -> None:
         """The dispatcher watches a worker's socket again (lock held), for writing
         too if calls were sent to it meanwhile and wait to be written."""
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.outbuf else 0)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.outbuf and not worker.write_again_at else 0)
         try:
             self._selector.register(worker.sock, events, data)
         except (KeyError, ValueError, OSError):
@@ -485,7 +485,8 @@ class LocalBackend(Backend):
                     if self._queued:  # a busy worker's next call may go ahead of its reply (one due already was offered above)
                         wakeup = min([wakeup, *(at for w in self._workers if w.inflight and not w.kill_reason and not w.retiring
                                                 and (at := self._prefetch_at(w)) > now)])
-                    timeout = min(_IDLE_S, max(0.0, wakeup - now), self._idle_expiry())
+                    timeout = min(_IDLE_S, max(0.0, wakeup - now), self._idle_expiry(),
+                                  *(w.write_again_at - now for w in self._workers if w.write_again_at))
                     if now - self._last_reply < _BUSY_S and any(w.cgroup is None and w.ready and not w.inflight
                                                                 for w in self._workers):
                         # Calls come one after another (``.remote()`` in a loop): an idle worker
@@ -509,6 +510,7 @@ class LocalBackend(Backend):
                     # thread the kernel must schedule) overlaps those, which it would wait behind.
                     self._report()
                 with self._lock:
+                    self._write_again(time.time())
                     if polling:
                         for worker in list(self._workers):
                             if worker.pidfd is None and worker.exited():
@@ -544,7 +546,8 @@ class LocalBackend(Backend):
             return
         if worker.borrowed:
             return  # a waiting caller reads it now (``wait_here``): it gives the socket back after
-        if mask & selectors.EVENT_WRITE and worker.flush():
+        if mask & selectors.EVENT_WRITE and (worker.flush() or worker.write_again_at):
+            # (written, or refused for want of memory: tried again on the clock, ``_write_again``)
             self._selector.modify(worker.sock, selectors.EVENT_READ, ("io", worker))
         if mask & selectors.EVENT_READ:
             self._read(worker)
@@ -855,13 +858,23 @@ class LocalBackend(Backend):
             if other is not None:
                 self._retire(other)
 
+    def _write_again(self, now: float) -> None:
+        """Write again what the kernel refused for want of memory or buffers, once its
+        time came (lock held): a socket that is writable all along is not watched
+        meanwhile, or the dispatcher would spin on it for as long as the kernel is short."""
+        for worker in self._workers:
+            if worker.write_again_at and worker.write_again_at <= now and not worker.borrowed:
+                worker.write_again_at = 0.0
+                if not worker.flush() and not worker.write_again_at:
+                    self._watch_io()  # (the socket is full: written as it takes more)
+
     def _watch_io(self) -> None:
         """Watch for writing the socket of each worker with bytes left to write (lock
         held): ``_event`` writes them as the socket takes them. Whoever leaves bytes
         in a worker's ``outbuf`` calls this (a borrowed socket is watched again when
         it is given back: ``_give_back``)."""
         for worker in self._workers:
-            if worker.outbuf:
+            if worker.outbuf and not worker.write_again_at:
                 try:
                     self._selector.modify(worker.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("io", worker))
                 except (KeyError, ValueError):
