@@ -280,3 +280,44 @@ def test_a_call_cancelled_while_its_segments_run_launches_no_more(make_executor,
     time.sleep(1.5)
     assert fut.segments == ended_after, "a segment ran after the call was cancelled"
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+# -- a chunksize group's finished calls are not run again in its later segments ----------------------------
+def runs_once(spec, log_path):
+    """Appends its name to ``log_path`` each time it runs; "raises" fails, "returns" returns at
+    once, "long" counts on over two 1 s segments (saving its counter near the first's end)."""
+    kind, n = spec
+    with open(log_path, "a") as f:
+        f.write(kind + "\n")
+    if kind == "raises":
+        raise ValueError("raised in the first segment")
+    ckpt = wrenpack.checkpoint()
+    i = ckpt.restore(default=0)
+    while i < n:
+        time.sleep(0.02)
+        i += 1
+        ckpt.offer(i)
+    return i
+
+
+def test_a_chunksize_groups_calls_that_ended_are_not_run_again_in_its_next_segment(make_executor, tmp_path):
+    # The group's third call needs two segments; the first two ended in the first segment, one
+    # by raising. The next segment runs the group from its first call again: a call that
+    # returned is given its saved result, and one that raised must likewise keep its saved
+    # error, not run again (its side effects would repeat).
+    ex = make_executor(concurrency=1, retries=0)
+    log_path = str(tmp_path / "runs.log")
+    futs = wrenpack.remote(runs_once, executor=ex, timeout=1).map(
+        [("raises", 0), ("returns", 0), ("long", 60)], log_path=log_path, chunksize=3)
+    assert futs[2].result(timeout=30) == 60
+    assert futs[2].segments >= 2, "the group never checkpointed: this test's case did not happen"
+    with pytest.raises(ValueError, match="raised in the first segment") as info:
+        futs[0].result(timeout=5)
+    remote = str(info.value.__cause__)  # (the traceback it raised with, in the segment it ran in)
+    assert "runs_once" in remote and "raised in the first segment" in remote, remote
+    assert futs[1].result(timeout=5) == 0
+    with open(log_path) as f:
+        runs = f.read().split()
+    assert runs.count("raises") == 1, runs
+    assert runs.count("returns") == 1, runs
+    assert runs.count("long") == futs[2].segments, runs
