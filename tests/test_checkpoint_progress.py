@@ -168,6 +168,46 @@ def test_max_segments_stops_what_the_fingerprints_cannot_see(make_executor, monk
     assert "MAX_SEGMENTS" in msg and "restore() returns" in msg, msg
     assert fut.segments == 3 and [s["checkpoint"]["repeats"] for s in fut.segment_statuses] == [0, 0, 0]
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+    # Its status says how it ended, as any failed call's does (it was None): its last
+    # invocation's record, failed with the error's type.
+    status = fut.status
+    assert status is not None, "a call stopped by MAX_SEGMENTS has no status"
+    assert status["exit"] == "error" and status["error"] == "TaskError", status
+    assert status["segment"] == 2 and status["call_id"] == fut.call_id and status["timeout_s"] == 1, status
+    assert status["start"] == fut.segment_statuses[-1]["start"]  # (no invocation of its own: none ran)
+    report = ex.report([fut])
+    assert report.calls[0]["state"] == "failed" and report.calls[0]["invocations"] == 3, report.calls[0]
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", 2.5, None, True])
+def test_a_bad_max_segments_is_refused_before_anything_launches(make_executor, monkeypatch, tmp_path, bad):
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", bad)
+    ex = make_executor(concurrency=1, retries=0)
+    ran = tmp_path / "ran"
+    f = wrenpack.remote(runs_once, executor=ex, timeout=1)
+    for launch in (lambda: f.remote(("returns", 0), str(ran)), lambda: f.map([("returns", 0)] * 3, log_path=str(ran)),
+                   lambda: f.map([("returns", 0)] * 3, log_path=str(ran), chunksize=2)):
+        with pytest.raises(wrenpack.errors.ConfigError) as info:
+            launch()
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"wrenpack.worker.checkpoint.MAX_SEGMENTS = {bad!r}"), msg
+        assert "whole number of at least 1" in msg and "set it to" in msg, msg
+    assert not ran.exists(), "a call ran"
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", 1000)
+    assert f.remote(("returns", 0), str(ran)).result(timeout=30) == 0
+
+
+def test_a_max_segments_made_bad_while_a_call_runs_fails_it_at_its_next_segment(make_executor, monkeypatch):
+    # (read again where a segment saved: the call fails with the same line, not a TypeError from inside)
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(10_000)
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", "many")
+    with pytest.raises(wrenpack.errors.ConfigError) as info:
+        fut.result(timeout=15)
+    msg = str(info.value)
+    assert "\n" not in msg and "wrenpack.worker.checkpoint.MAX_SEGMENTS = 'many'" in msg, msg
+    assert fut.segments == 1 and fut.status["exit"] == "error", fut.status
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
 
 
 # -- the rule, on a Checkpoint driven directly ------------------------------------------------------------

@@ -28,7 +28,7 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
-from wrenpack.errors import (CallCancelled, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
+from wrenpack.errors import (CallCancelled, ConfigError, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
                              TaskError, TaskTimeout, WrenpackError)
 from wrenpack.executor.options import CallOptions
 from wrenpack.futures import CallOwner, WrenFuture
@@ -610,7 +610,12 @@ class CallTable:
         """Launch the next segment of a checkpointed call, or fail it once it ran
         ``checkpoint.MAX_SEGMENTS`` (a backstop for a loop that never finishes)."""
         event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
-        if event["segment"] >= checkpoint.MAX_SEGMENTS:
+        try:
+            bound = checkpoint.max_segments()  # (checked at launch too; changed since, it fails the call here)
+        except ConfigError as exc:
+            self._end_between_segments(inv, type(exc)(f"{inv.label}: {exc}"))
+            return
+        if event["segment"] >= bound:
             self._end_between_segments(inv, TaskError(
                 f"{inv.label} ran {event['segment']} checkpointed segments without finishing, the most "
                 "wrenpack.worker.checkpoint.MAX_SEGMENTS allows; if its loop does not go on from the state restore() "
@@ -623,11 +628,23 @@ class CallTable:
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
 
     def _end_between_segments(self, inv: Invocation, error: Exception) -> None:
-        """A checkpointed call ends with ``error`` instead of its next segment; its checkpoint goes."""
+        """A checkpointed call ends with ``error`` instead of its next segment; its checkpoint goes.
+        Its status says so as any failed call's does: its last invocation's record (the
+        segment that saved), with ``exit`` "error" and the error's type (it was None)."""
         job_id, cid = inv.key
         job = self._jobs.get(job_id)
         if job is None:
             return
+        fut = job.futures.get(cid)
+        if fut is not None and not job.finished(cid):
+            final = dict(fut.segment_statuses[-1]) if fut.segment_statuses else {}
+            logs = final.pop("logs", None)
+            final.update(exit="error", error=type(error).__name__, attempt=inv.attempt,
+                         memory_mb=inv.memory_mb, timeout_s=inv.timeout_s)
+            if fut._retried:
+                final["retried"] = list(fut._retried)
+            fut.status, fut.logs = final, logs
+        fut = None
         try:
             self.store.delete(keys.checkpoint_key(job_id, cid))  # (as the worker does when a call ends)
         except Exception:  # noqa: BLE001 - the job's clean-up removes it too

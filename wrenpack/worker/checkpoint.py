@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import time
 from collections import deque
 from typing import Any
@@ -52,7 +53,7 @@ from typing import Any
 import cloudpickle
 
 from wrenpack import keys
-from wrenpack.errors import CorruptObject, ObjectNotFound, SerializationError, TaskError
+from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError, TaskError
 from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.worker import refs
 
@@ -93,11 +94,33 @@ FIRST_FINGERPRINT_BYTES = 1 << 20
 #: at the next (``executor.calls.CallTable._continue``). A backstop for a loop whose
 #: state is never the same twice and that makes no progress all the same, which the
 #: fingerprints cannot see; generous (1000 segments of Lambda's 900 s are over 10 days).
-#: Raise it before launching a call that needs more.
+#: Raise it before launching a call that needs more (a whole number of at least 1:
+#: anything else is refused at the next launch, ``max_segments``).
 MAX_SEGMENTS = 1000
 #: What a segment's ``Checkpoint.stats`` tells the next one of its call: the client copies
 #: these keys into the next event's ``checkpoint`` (``learned``).
 LEARNED = ("save_s", "step_s", "start", "repeats", "item")
+
+
+def max_segments() -> int:
+    """``MAX_SEGMENTS``, checked (the client reads it at each launch and where a segment
+    saved): a whole number of at least 1. Anything else (0 or a negative number, which
+    failed every checkpointed call after its first segment; text or None, which failed
+    it with a ``TypeError`` from inside; a float or a bool, taken for a number) is a
+    one-line ``ConfigError`` (``ConfigTypeError`` for a type) naming it and the fix."""
+    value = MAX_SEGMENTS
+    what = (f"wrenpack.worker.checkpoint.MAX_SEGMENTS = {value!r:.40} must be a whole number of at least 1 "
+            "(the most checkpointed segments one call may run; default 1000)")
+    fix = "set it to one, e.g. wrenpack.worker.checkpoint.MAX_SEGMENTS = 5000"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ConfigTypeError(f"{what}, not {type(value).__name__}; {fix}") from None
+    if n < 1:
+        raise ConfigError(f"{what}; {fix}")
+    return n
 
 
 def rerun_late(segment: int, attempt: int) -> bool:
