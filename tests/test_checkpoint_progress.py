@@ -5,6 +5,7 @@ invocation of up to 15 minutes); a loop that progresses, however unevenly, is no
 The headline runs on the emulated Lambda too (with -m slow)."""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import pickle
 import random
 import threading
@@ -361,3 +362,106 @@ def test_a_chunksize_groups_calls_that_ended_are_not_run_again_in_its_next_segme
     assert runs.count("raises") == 1, runs
     assert runs.count("returns") == 1, runs
     assert runs.count("long") == futs[2].segments, runs
+
+
+# -- cancel at the exact boundary between two segments ------------------------------------------------------
+class _Boundary:
+    """Holds a checkpointed call at one point between its first two segments (``where``):
+    "reported" (the segment's checkpointed reply is in, not yet completed), "continuing"
+    (completed; the next segment not yet decided on) or "launching" (decided; about to be
+    handed to the backend). The test acts there, then lets it go on."""
+
+    def __init__(self, ex, monkeypatch, where):
+        self.reached, self.go = threading.Event(), threading.Event()
+        self.where, self.fired = where, False
+        self.inside = threading.local()
+        complete, go_on, live = ex._complete, ex._continue, ex._live_backend
+
+        def held_complete(inv, result):
+            if where == "reported" and (result.status or {}).get("exit") == "checkpointed":
+                self._hold()
+            return complete(inv, result)
+
+        def held_continue(inv, status):
+            if where == "continuing":
+                self._hold()
+            self.inside.on = True
+            try:
+                return go_on(inv, status)
+            finally:
+                self.inside.on = False
+
+        def held_live():
+            if where == "launching" and getattr(self.inside, "on", False):
+                self._hold()
+            return live()
+
+        monkeypatch.setattr(ex, "_complete", held_complete)
+        monkeypatch.setattr(ex, "_continue", held_continue)
+        monkeypatch.setattr(ex, "_live_backend", held_live)
+
+    def _hold(self):
+        if self.fired:
+            return
+        self.fired = True
+        self.reached.set()
+        assert self.go.wait(30), "the test never let the call go on"
+
+    def wait(self):
+        assert self.reached.wait(30), f"the call never reached {self.where}"
+
+
+def _outcome(fut, timeout=15):
+    """("result", value) or ("cancelled", None) (CancelledError, or CallCancelled, which is one)."""
+    try:
+        return ("result", fut.result(timeout=timeout))
+    except cf.CancelledError:
+        return ("cancelled", None)
+
+
+@pytest.mark.backends("local", "lambda", slow=("lambda",))
+@pytest.mark.parametrize("where", ["reported", "continuing", "launching"])
+def test_cancel_at_a_segment_boundary_says_what_happens_to_the_call(make_executor, backend, monkeypatch, where):
+    """``wrenpack.cancel`` of a checkpointed call between two segments: True iff the call
+    ends cancelled (``concurrent.futures``' rule). It answered False (the backend ran no
+    segment of it then) but kept the call marked, so the next segment that saved ended it
+    cancelled all the same; ``fut.cancel()`` (pending calls only) is False there, and the
+    call runs on to its result."""
+    ex = make_executor(concurrency=1, retries=0)
+    boundary = _Boundary(ex, monkeypatch, where)
+    fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(100)  # (three segments)
+    boundary.wait()
+    try:
+        assert fut.cancel() is False  # (it runs: fut.cancel() leaves it be)
+        said = wrenpack.cancel(fut)
+    finally:
+        boundary.go.set()
+    outcome = _outcome(fut)
+    assert outcome == (("cancelled", None) if said == [True] else ("result", 100)), (said, outcome)
+    # Where the next segment was not decided on yet, it is never launched: the cancel wins.
+    if where != "launching":
+        assert said == [True] and fut.segments == 1, (said, fut.segments)
+        assert fut.status["exit"] == "error" and fut.status["error"] == "CallCancelled", fut.status
+        assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+def sleeps(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_call_whose_next_segment_waits_for_a_worker_is_cancelled(make_executor):
+    """A checkpointed call whose next segment waits in the backend's queue (the one worker is
+    busy with another call): ``wrenpack.cancel`` takes that segment back, and the call ends
+    cancelled."""
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(10_000)
+    other = wrenpack.remote(sleeps, executor=ex, timeout=10).remote(2.0)  # (runs once the first segment ends)
+    deadline = time.monotonic() + 15
+    while not (fut.segments >= 1 and other.running()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fut.segments == 1 and other.running(), (fut.segments, other.running())
+    assert wrenpack.cancel(fut) == [True]
+    assert _outcome(fut, timeout=5) == ("cancelled", None)
+    assert fut.segments == 1
+    assert other.result(timeout=10) == 2.0
