@@ -456,12 +456,14 @@ def test_a_call_whose_next_segment_waits_for_a_worker_is_cancelled(make_executor
     cancelled."""
     ex = make_executor(concurrency=1, retries=0)
     fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(10_000)
-    other = wrenpack.remote(sleeps, executor=ex, timeout=10).remote(2.0)  # (runs once the first segment ends)
+    other = wrenpack.remote(sleeps, executor=ex, timeout=10).remote(1.0)  # (runs once the first segment ends)
     deadline = time.monotonic() + 15
     while not (fut.segments >= 1 and other.running()) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert fut.segments == 1 and other.running(), (fut.segments, other.running())
+    assert fut.segments >= 1 and other.running(), (fut.segments, other.running())
+    ran = fut.segments
     assert wrenpack.cancel(fut) == [True]
-    assert _outcome(fut, timeout=5) == ("cancelled", None)
-    assert fut.segments == 1
-    assert other.result(timeout=10) == 2.0
+    assert _outcome(fut, timeout=5) == ("cancelled", None)  # (was: no outcome, ever)
+    assert fut.segments == ran and fut.status["error"] == "CallCancelled", fut.status
+    assert other.result(timeout=10) == 1.0
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))

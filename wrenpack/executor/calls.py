@@ -400,7 +400,7 @@ class CallTable:
             # Acted on only when authentic: a planted record must not relaunch the call.
             try:
                 record = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
-            except WrenpackError:
+            except Exception:
                 with self._lock:
                     stop = self._next_or_stop(job, cid)
                 if not stop:
@@ -714,16 +714,18 @@ class CallTable:
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
 
     def _end_between_segments(self, inv: Invocation, error: Exception) -> None:
-        """A checkpointed call ends with ``error`` instead of its next segment; its checkpoint goes.
-        Its status says so as any failed call's does: its last invocation's record (the
-        segment that saved), with ``exit`` "error" and the error's type (it was None)."""
+        """A checkpointed call ends with ``error`` instead of its next segment (or attempt:
+        ``_cancel``); its checkpoint goes. Its status says so as any failed call's does: its
+        last invocation's record (the segment that saved, or the attempt that failed), with
+        ``exit`` "error" and the error's type (it was None)."""
         job_id, cid = inv.key
         job = self._jobs.get(job_id)
         if job is None:
             return
         fut = job.futures.get(cid)
         if fut is not None and not job.finished(cid):
-            final = dict(fut.segment_statuses[-1]) if fut.segment_statuses else {}
+            last = fut._retried_statuses if inv.attempt and fut._retried_statuses else fut._segment_statuses
+            final = dict(last[-1]) if last else {}
             logs = final.pop("logs", None)
             final.update(exit="error", error=type(error).__name__, attempt=inv.attempt,
                          memory_mb=inv.memory_mb, timeout_s=inv.timeout_s)
