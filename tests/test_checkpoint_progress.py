@@ -5,6 +5,7 @@ invocation of up to 15 minutes); a loop that progresses, however unevenly, is no
 The headline runs on the emulated Lambda too (with -m slow)."""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import pickle
 import random
 import threading
@@ -168,6 +169,46 @@ def test_max_segments_stops_what_the_fingerprints_cannot_see(make_executor, monk
     assert "MAX_SEGMENTS" in msg and "restore() returns" in msg, msg
     assert fut.segments == 3 and [s["checkpoint"]["repeats"] for s in fut.segment_statuses] == [0, 0, 0]
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+    # Its status says how it ended, as any failed call's does (it was None): its last
+    # invocation's record, failed with the error's type.
+    status = fut.status
+    assert status is not None, "a call stopped by MAX_SEGMENTS has no status"
+    assert status["exit"] == "error" and status["error"] == "TaskError", status
+    assert status["segment"] == 2 and status["call_id"] == fut.call_id and status["timeout_s"] == 1, status
+    assert status["start"] == fut.segment_statuses[-1]["start"]  # (no invocation of its own: none ran)
+    report = ex.report([fut])
+    assert report.calls[0]["state"] == "failed" and report.calls[0]["invocations"] == 3, report.calls[0]
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", 2.5, None, True])
+def test_a_bad_max_segments_is_refused_before_anything_launches(make_executor, monkeypatch, tmp_path, bad):
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", bad)
+    ex = make_executor(concurrency=1, retries=0)
+    ran = tmp_path / "ran"
+    f = wrenpack.remote(runs_once, executor=ex, timeout=1)
+    for launch in (lambda: f.remote(("returns", 0), str(ran)), lambda: f.map([("returns", 0)] * 3, log_path=str(ran)),
+                   lambda: f.map([("returns", 0)] * 3, log_path=str(ran), chunksize=2)):
+        with pytest.raises(wrenpack.errors.ConfigError) as info:
+            launch()
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"wrenpack.worker.checkpoint.MAX_SEGMENTS = {bad!r}"), msg
+        assert "whole number of at least 1" in msg and "set it to" in msg, msg
+    assert not ran.exists(), "a call ran"
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", 1000)
+    assert f.remote(("returns", 0), str(ran)).result(timeout=30) == 0
+
+
+def test_a_max_segments_made_bad_while_a_call_runs_fails_it_at_its_next_segment(make_executor, monkeypatch):
+    # (read again where a segment saved: the call fails with the same line, not a TypeError from inside)
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(10_000)
+    monkeypatch.setattr(ck, "MAX_SEGMENTS", "many")
+    with pytest.raises(wrenpack.errors.ConfigError) as info:
+        fut.result(timeout=15)
+    msg = str(info.value)
+    assert "\n" not in msg and "wrenpack.worker.checkpoint.MAX_SEGMENTS = 'many'" in msg, msg
+    assert fut.segments == 1 and fut.status["exit"] == "error", fut.status
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
 
 
 # -- the rule, on a Checkpoint driven directly ------------------------------------------------------------
@@ -279,4 +320,150 @@ def test_a_call_cancelled_while_its_segments_run_launches_no_more(make_executor,
     ended_after = fut.segments
     time.sleep(1.5)
     assert fut.segments == ended_after, "a segment ran after the call was cancelled"
+    assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+# -- a chunksize group's finished calls are not run again in its later segments ----------------------------
+def runs_once(spec, log_path):
+    """Appends its name to ``log_path`` each time it runs; "raises" fails, "returns" returns at
+    once, "long" counts on over two 1 s segments (saving its counter near the first's end)."""
+    kind, n = spec
+    with open(log_path, "a") as f:
+        f.write(kind + "\n")
+    if kind == "raises":
+        raise ValueError("raised in the first segment")
+    ckpt = wrenpack.checkpoint()
+    i = ckpt.restore(default=0)
+    while i < n:
+        time.sleep(0.02)
+        i += 1
+        ckpt.offer(i)
+    return i
+
+
+def test_a_chunksize_groups_calls_that_ended_are_not_run_again_in_its_next_segment(make_executor, tmp_path):
+    # The group's third call needs two segments; the first two ended in the first segment, one
+    # by raising. The next segment runs the group from its first call again: a call that
+    # returned is given its saved result, and one that raised must likewise keep its saved
+    # error, not run again (its side effects would repeat).
+    ex = make_executor(concurrency=1, retries=0)
+    log_path = str(tmp_path / "runs.log")
+    futs = wrenpack.remote(runs_once, executor=ex, timeout=1).map(
+        [("raises", 0), ("returns", 0), ("long", 60)], log_path=log_path, chunksize=3)
+    assert futs[2].result(timeout=30) == 60
+    assert futs[2].segments >= 2, "the group never checkpointed: this test's case did not happen"
+    with pytest.raises(ValueError, match="raised in the first segment") as info:
+        futs[0].result(timeout=5)
+    remote = str(info.value.__cause__)  # (the traceback it raised with, in the segment it ran in)
+    assert "runs_once" in remote and "raised in the first segment" in remote, remote
+    assert futs[1].result(timeout=5) == 0
+    with open(log_path) as f:
+        runs = f.read().split()
+    assert runs.count("raises") == 1, runs
+    assert runs.count("returns") == 1, runs
+    assert runs.count("long") == futs[2].segments, runs
+
+
+# -- cancel at the exact boundary between two segments ------------------------------------------------------
+class _Boundary:
+    """Holds a checkpointed call at one point between its first two segments (``where``):
+    "reported" (the segment's checkpointed reply is in, not yet completed), "continuing"
+    (completed; the next segment not yet decided on) or "launching" (decided; about to be
+    handed to the backend). The test acts there, then lets it go on."""
+
+    def __init__(self, ex, monkeypatch, where):
+        self.reached, self.go = threading.Event(), threading.Event()
+        self.where, self.fired = where, False
+        self.inside = threading.local()
+        complete, go_on, live = ex._complete, ex._continue, ex._live_backend
+
+        def held_complete(inv, result):
+            if where == "reported" and (result.status or {}).get("exit") == "checkpointed":
+                self._hold()
+            return complete(inv, result)
+
+        def held_continue(inv, status):
+            if where == "continuing":
+                self._hold()
+            self.inside.on = True
+            try:
+                return go_on(inv, status)
+            finally:
+                self.inside.on = False
+
+        def held_live():
+            if where == "launching" and getattr(self.inside, "on", False):
+                self._hold()
+            return live()
+
+        monkeypatch.setattr(ex, "_complete", held_complete)
+        monkeypatch.setattr(ex, "_continue", held_continue)
+        monkeypatch.setattr(ex, "_live_backend", held_live)
+
+    def _hold(self):
+        if self.fired:
+            return
+        self.fired = True
+        self.reached.set()
+        assert self.go.wait(30), "the test never let the call go on"
+
+    def wait(self):
+        assert self.reached.wait(30), f"the call never reached {self.where}"
+
+
+def _outcome(fut, timeout=15):
+    """("result", value) or ("cancelled", None) (CancelledError, or CallCancelled, which is one)."""
+    try:
+        return ("result", fut.result(timeout=timeout))
+    except cf.CancelledError:
+        return ("cancelled", None)
+
+
+@pytest.mark.backends("local", "lambda", slow=("lambda",))
+@pytest.mark.parametrize("where", ["reported", "continuing", "launching"])
+def test_cancel_at_a_segment_boundary_says_what_happens_to_the_call(make_executor, backend, monkeypatch, where):
+    """``wrenpack.cancel`` of a checkpointed call between two segments: True iff the call
+    ends cancelled (``concurrent.futures``' rule). It answered False (the backend ran no
+    segment of it then) but kept the call marked, so the next segment that saved ended it
+    cancelled all the same; ``fut.cancel()`` (pending calls only) is False there, and the
+    call runs on to its result."""
+    ex = make_executor(concurrency=1, retries=0)
+    boundary = _Boundary(ex, monkeypatch, where)
+    fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(100)  # (three segments)
+    boundary.wait()
+    try:
+        assert fut.cancel() is False  # (it runs: fut.cancel() leaves it be)
+        said = wrenpack.cancel(fut)
+    finally:
+        boundary.go.set()
+    outcome = _outcome(fut)
+    assert outcome == (("cancelled", None) if said == [True] else ("result", 100)), (said, outcome)
+    # Where the next segment was not decided on yet, it is never launched: the cancel wins.
+    if where != "launching":
+        assert said == [True] and fut.segments == 1, (said, fut.segments)
+        assert fut.status["exit"] == "error" and fut.status["error"] == "CallCancelled", fut.status
+        assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+
+
+def sleeps(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_call_whose_next_segment_waits_for_a_worker_is_cancelled(make_executor):
+    """A checkpointed call whose next segment waits in the backend's queue (the one worker is
+    busy with another call): ``wrenpack.cancel`` takes that segment back, and the call ends
+    cancelled."""
+    ex = make_executor(concurrency=1, retries=0)
+    fut = wrenpack.remote(counts_on, executor=ex, timeout=1).remote(10_000)
+    other = wrenpack.remote(sleeps, executor=ex, timeout=10).remote(1.0)  # (runs once the first segment ends)
+    deadline = time.monotonic() + 15
+    while not (fut.segments >= 1 and other.running()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fut.segments >= 1 and other.running(), (fut.segments, other.running())
+    ran = fut.segments
+    assert wrenpack.cancel(fut) == [True]
+    assert _outcome(fut, timeout=5) == ("cancelled", None)  # (was: no outcome, ever)
+    assert fut.segments == ran and fut.status["error"] == "CallCancelled", fut.status
+    assert other.result(timeout=10) == 1.0
     assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))

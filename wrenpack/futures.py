@@ -322,6 +322,11 @@ class WrenFuture(cf.Future):
             return super().cancel()
         if not taken:
             return False
+        return self._taken_back()
+
+    def _taken_back(self) -> bool:
+        """Its call was taken back (it will never run): CANCELLED, and its waiters
+        and callbacks told; False if it is not pending (then it is not changed)."""
         if not super().cancel():
             return False
         with _CONDITION:

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 import weakref
+from concurrent.futures import _base
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,7 +29,7 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
-from wrenpack.errors import (CallCancelled, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
+from wrenpack.errors import (CallCancelled, ConfigError, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
                              TaskError, TaskTimeout, WrenpackError)
 from wrenpack.executor.options import CallOptions
 from wrenpack.futures import CallOwner, WrenFuture
@@ -96,6 +97,11 @@ class RunningJob(CallOwner):
     #: calls asked to stop while they ran (``cancel_calls``): a checkpointed one whose
     #: segment ends before its worker saw the cancel marker has no next segment
     stop_asked: set[str] = field(default_factory=set)
+    #: checkpointed calls at a segment boundary (made on the first): "between" from the
+    #: moment a segment's checkpointed reply is in until the next segment is decided on,
+    #: "cancelled" once a stop asked meanwhile ended the call there. What ``cancel_calls``
+    #: answers for a call no backend runs at that moment (``_at_boundary``).
+    boundary: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.calls = self.calls or len(self.futures)
@@ -162,6 +168,8 @@ class CallTable:
             fut._mark_running()
 
     def _on_done(self, inv: Invocation, result: InvocationResult) -> None:
+        if result.error is None and result.status is not None and result.status.get("exit") == "checkpointed":
+            self._between(inv)
         if result.private is not None and result.private.slow and result.error is None:
             self._read_soon(inv, result)
             return
@@ -215,32 +223,84 @@ class CallTable:
         (``Backend.cancel_calls``) and its future fails with ``CallCancelled``,
         a ``concurrent.futures.CancelledError``; one launched with
         ``cancellable=False`` runs on, on every backend alike. The calls that
-        will end so."""
-        running: list[tuple[str, str]] = []
+        will end so, and only those: a checkpointed call between two of its
+        segments, which no backend runs then, ends cancelled there if its next
+        segment was not decided on yet (then it is never launched), else it runs
+        on and is not among them (``_at_boundary``)."""
+        running: list[tuple[str, str, RunningJob]] = []
         out: set[tuple[str, str]] = set()
         for job_id, cid in calls:
-            if self._cancel(job_id, cid):
+            if self._cancel(job_id, cid, stopping=True):
                 out.add((job_id, cid))
                 continue
             with self._lock:
                 job = self._jobs.get(job_id)
                 if job is not None and job.options.cancellable and not job.finished(cid) and cid in job.invocations:
-                    running.append((job_id, cid))
+                    running.append((job_id, cid, job))
                     job.stop_asked.add(cid)
+        if not running:
+            return out
         backend = self._backend
-        if running and backend is not None:
-            out |= backend.cancel_calls(running)
+        stopped = backend.cancel_calls([(job_id, cid) for job_id, cid, _job in running]) if backend is not None else set()
+        out |= stopped
+        with self._lock:
+            for job_id, cid, job in running:
+                if (job_id, cid) not in stopped and self._at_boundary(job, cid):
+                    out.add((job_id, cid))
         return out
 
-    def _cancel(self, job_id: str, cid: str) -> bool:
+    def _at_boundary(self, job: RunningJob, cid: str) -> bool:
+        """A call asked to stop that the backend did not find running (lock held):
+        True if it ends cancelled at its segment boundary (it did, or its next
+        segment is not decided on yet, and the decision will see the stop);
+        else the stop is withdrawn and the call runs on (it ended, or its next
+        segment or attempt is being launched) to its own outcome."""
+        state = job.boundary.get(cid) if job.boundary is not None else None
+        if state == "cancelled" or (state == "between" and cid in job.stop_asked):
+            return True
+        job.stop_asked.discard(cid)
+        return False
+
+    def _between(self, inv: Invocation) -> None:
+        """A segment of the call ended with a checkpoint: it is between two segments until
+        the next is decided on (``_next_or_stop``)."""
+        with self._lock:
+            job = self._jobs.get(inv.key[0])
+            if job is not None and not job.finished(inv.key[1]):
+                if job.boundary is None:
+                    job.boundary = {}
+                job.boundary[inv.key[1]] = "between"
+
+    def _next_or_stop(self, job: RunningJob, cid: str) -> bool:
+        """The decision at a segment boundary (lock held): True if a stop was asked (the
+        call ends cancelled there), else False (its next segment may go; a stop asked
+        from now on is the backend's to make, or withdrawn: ``_at_boundary``)."""
+        boundary = job.boundary
+        if cid in job.stop_asked:
+            if boundary is None:
+                boundary = job.boundary = {}
+            boundary[cid] = "cancelled"
+            return True
+        if boundary is not None:
+            boundary.pop(cid, None)
+        return False
+
+    def _cancel(self, job_id: str, cid: str, stopping: bool = False) -> bool:
         """Take back a call that has not started (``WrenFuture.cancel``): one
         not launched yet leaves the window; a launched one, if its backend
-        gives it back."""
+        gives it back. ``stopping``: for ``cancel_calls``, which ends the
+        future itself (no ``WrenFuture.cancel`` does after it); a call whose
+        future runs (its next segment, or its next attempt, waits to start)
+        is taken back too, and ends with ``CallCancelled``."""
         with self._lock:
             job = self._jobs.get(job_id)
             backend = self._backend
             if job is None or job.finished(cid) or backend is None:
                 return False
+            fut = job.futures[cid]
+            ran = fut._state == _base.RUNNING or fut.segments > 0  # (the state read alone: no future's lock under ours)
+            if ran and not stopping:
+                return False  # (``fut.cancel()`` takes back pending calls only)
             inv = job.invocations.get(cid)
             data = None
             if inv is None:
@@ -251,12 +311,20 @@ class CallTable:
                 job.payloads[i] = None
         if inv is None:
             _close_handoff(data)
-            log.debug("%s: cancelled before it was launched", job.futures[cid].label)
+            log.debug("%s: cancelled before it was launched", fut.label)
         elif not backend.cancel(inv):
             return False
+        elif ran:
+            segment = int(inv.event.get("segment", 0))
+            log.debug("%s: cancelled before its segment %d (attempt %d) started", inv.label, segment, inv.attempt)
+            what = "between two of its segments" if segment else "before its next attempt"
+            self._end_between_segments(inv, CallCancelled(f"{inv.label} was cancelled {what}"))
+            return True
         else:
             log.debug("%s: cancelled before it started", inv.label)
         self._resolve(job, cid, False, None, cancelled=True)
+        if stopping and not fut._taken_back():
+            fut._resolve(False, CallCancelled(f"{fut.label} was cancelled before it ran"))
         return True
 
     def _pin(self, job_id: str, cid: str) -> bool:
@@ -328,15 +396,19 @@ class CallTable:
         if result.error is not None or (status is not None and status.get("exit") == "timeout"):
             self.stopped_writes = True  # the call was stopped where it was: maybe in the middle of a write
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
+            self._between(inv)  # (as ``_on_done`` marked it)
             # Acted on only when authentic: a planted record must not relaunch the call.
-            status = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
-            fut.segment_statuses.append(dict(status, memory_mb=inv.memory_mb, timeout_s=inv.timeout_s))
-            if cid in job.stop_asked:
-                # (its worker looks for the cancel marker only a while into a segment: on Lambda,
-                # segments shorter than that were launched one after another, and the call never ended)
-                self._end_between_segments(inv, CallCancelled(f"{inv.label} was cancelled between two of its segments"))
-                return
-            self._continue(inv, status)
+            try:
+                record = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
+            except Exception:
+                with self._lock:
+                    stop = self._next_or_stop(job, cid)
+                if not stop:
+                    raise
+                record = None  # (a call that ends cancelled needs no record)
+            if record is not None:
+                fut.segment_statuses.append(dict(record, memory_mb=inv.memory_mb, timeout_s=inv.timeout_s))
+            self._continue(inv, record or {})
             return
         data: Any = None
         if result.error is not None:
@@ -432,6 +504,8 @@ class CallTable:
                 return
             job.ending.add(cid)
             job.stop_asked.discard(cid)
+            if job.boundary is not None and job.boundary.get(cid) == "between":
+                del job.boundary[cid]
             job.ended += 1
             inv = job.invocations.pop(cid, None)  # (what it was launched with is let go of now)
             if inv is not None:
@@ -607,10 +681,27 @@ class CallTable:
             log.warning("could not delete the objects of job %s from %s: %s", job_id, self.store.url, exc)
 
     def _continue(self, inv: Invocation, status: dict[str, Any]) -> None:
-        """Launch the next segment of a checkpointed call, or fail it once it ran
-        ``checkpoint.MAX_SEGMENTS`` (a backstop for a loop that never finishes)."""
+        """Launch the next segment of a checkpointed call; or end it cancelled if a
+        stop was asked while it was between segments (``_next_or_stop``), or fail
+        it once it ran ``checkpoint.MAX_SEGMENTS`` (a backstop for a loop that never finishes)."""
+        job_id, cid = inv.key
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.finished(cid):
+                return
+            stop = (job.boundary or {}).get(cid) == "cancelled" or self._next_or_stop(job, cid)
+        if stop:
+            # (its worker looks for the cancel marker only a while into a segment: on Lambda,
+            # segments shorter than that were launched one after another, and the call never ended)
+            self._end_between_segments(inv, CallCancelled(f"{inv.label} was cancelled between two of its segments"))
+            return
         event = dict(inv.event, segment=int(inv.event.get("segment", 0)) + 1, attempt=0)
-        if event["segment"] >= checkpoint.MAX_SEGMENTS:
+        try:
+            bound = checkpoint.max_segments()  # (checked at launch too; changed since, it fails the call here)
+        except ConfigError as exc:
+            self._end_between_segments(inv, type(exc)(f"{inv.label}: {exc}"))
+            return
+        if event["segment"] >= bound:
             self._end_between_segments(inv, TaskError(
                 f"{inv.label} ran {event['segment']} checkpointed segments without finishing, the most "
                 "wrenpack.worker.checkpoint.MAX_SEGMENTS allows; if its loop does not go on from the state restore() "
@@ -623,11 +714,25 @@ class CallTable:
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
 
     def _end_between_segments(self, inv: Invocation, error: Exception) -> None:
-        """A checkpointed call ends with ``error`` instead of its next segment; its checkpoint goes."""
+        """A checkpointed call ends with ``error`` instead of its next segment (or attempt:
+        ``_cancel``); its checkpoint goes. Its status says so as any failed call's does: its
+        last invocation's record (the segment that saved, or the attempt that failed), with
+        ``exit`` "error" and the error's type (it was None)."""
         job_id, cid = inv.key
         job = self._jobs.get(job_id)
         if job is None:
             return
+        fut = job.futures.get(cid)
+        if fut is not None and not job.finished(cid):
+            last = fut._retried_statuses if inv.attempt and fut._retried_statuses else fut._segment_statuses
+            final = dict(last[-1]) if last else {}
+            logs = final.pop("logs", None)
+            final.update(exit="error", error=type(error).__name__, attempt=inv.attempt,
+                         memory_mb=inv.memory_mb, timeout_s=inv.timeout_s)
+            if fut._retried:
+                final["retried"] = list(fut._retried)
+            fut.status, fut.logs = final, logs
+        fut = None
         try:
             self.store.delete(keys.checkpoint_key(job_id, cid))  # (as the worker does when a call ends)
         except Exception:  # noqa: BLE001 - the job's clean-up removes it too

@@ -66,7 +66,7 @@ from wrenpack.executor.termination import exit_on_sigterm
 from wrenpack.futures import WrenFuture, _check_timeout, as_list
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.storage import Store, store_for_config
-from wrenpack.worker import handoff, plain, refs
+from wrenpack.worker import checkpoint, handoff, plain, refs
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,7 @@ class Executor(CallTable, cf.Executor):
         ``SingleJob``, for ``relaunch``) where that applies."""
         if futures is None:
             self.check_open()
+        checkpoint.max_segments()  # (a module setting: a bad value is refused before anything of the job is made)
         label = label or getattr(fn, "__qualname__", "function")
         ahead = self._identity_made(label) if spawned is None else None
         job_id = ahead.job_id if ahead is not None else new_job_id() if spawned is None else spawned[0]
@@ -448,6 +449,7 @@ class Executor(CallTable, cf.Executor):
         their resolution and its profile's reading are the ones ``kept`` was
         made with). Each call is its own job, with its own id, secret and
         owner record."""
+        checkpoint.max_segments()  # (as ``launch`` checks it)
         label = kept.label
         # (outside a call, which ``relaunch_payload`` checked: a new identity has no chain)
         ident = self._identity_made(label) or _new_identity(label)

@@ -33,6 +33,16 @@ def _run_queue_wait() -> float | None:
         return None
 
 
+class Ended(Exception):
+    """Raised by a group's call to give its outcome tuple as it is (a call of a
+    checkpointed group that raised, in this segment or an earlier one: the
+    outcome its checkpoint keeps, ``worker.handler._per_item``)."""
+
+    def __init__(self, outcome: tuple[Any, ...]) -> None:
+        super().__init__(outcome[3] if len(outcome) > 3 else "")
+        self.outcome = outcome
+
+
 class Batch:
     """Calls ``fn`` once per ``(args, kwargs)``; returns one outcome tuple each.
 
@@ -54,6 +64,8 @@ class Batch:
             try:
                 args, kwargs = cloudpickle.loads(call) if self.pickled else call
                 out.append(("ok", self.fn(*args, **kwargs)))
+            except Ended as ended:
+                out.append(ended.outcome)
             except Exception as exc:  # noqa: BLE001 - kept per item; BaseExceptions end the batch
                 out.append(error_tuple(exc, "user", user_traceback(exc)))
             out.seconds.append(clock() - t0)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import time
 from collections import deque
 from typing import Any
@@ -52,7 +53,7 @@ from typing import Any
 import cloudpickle
 
 from wrenpack import keys
-from wrenpack.errors import CorruptObject, ObjectNotFound, SerializationError, TaskError
+from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError, TaskError
 from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.worker import refs
 
@@ -93,11 +94,33 @@ FIRST_FINGERPRINT_BYTES = 1 << 20
 #: at the next (``executor.calls.CallTable._continue``). A backstop for a loop whose
 #: state is never the same twice and that makes no progress all the same, which the
 #: fingerprints cannot see; generous (1000 segments of Lambda's 900 s are over 10 days).
-#: Raise it before launching a call that needs more.
+#: Raise it before launching a call that needs more (a whole number of at least 1:
+#: anything else is refused at the next launch, ``max_segments``).
 MAX_SEGMENTS = 1000
 #: What a segment's ``Checkpoint.stats`` tells the next one of its call: the client copies
 #: these keys into the next event's ``checkpoint`` (``learned``).
 LEARNED = ("save_s", "step_s", "start", "repeats", "item")
+
+
+def max_segments() -> int:
+    """``MAX_SEGMENTS``, checked (the client reads it at each launch and where a segment
+    saved): a whole number of at least 1. Anything else (0 or a negative number, which
+    failed every checkpointed call after its first segment; text or None, which failed
+    it with a ``TypeError`` from inside; a float or a bool, taken for a number) is a
+    one-line ``ConfigError`` (``ConfigTypeError`` for a type) naming it and the fix."""
+    value = MAX_SEGMENTS
+    what = (f"wrenpack.worker.checkpoint.MAX_SEGMENTS = {value!r:.40} must be a whole number of at least 1 "
+            "(the most checkpointed segments one call may run; default 1000)")
+    fix = "set it to one, e.g. wrenpack.worker.checkpoint.MAX_SEGMENTS = 5000"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ConfigTypeError(f"{what}, not {type(value).__name__}; {fix}") from None
+    if n < 1:
+        raise ConfigError(f"{what}; {fix}")
+    return n
 
 
 def rerun_late(segment: int, attempt: int) -> bool:
@@ -122,8 +145,9 @@ class Refused(BaseException):
 
 
 #: What a group's checkpoint holds (``chunksize``: several calls in one invocation,
-#: one checkpoint key): the tag, the results of the calls that finished (index ->
-#: pickle), and the states the others saved (index -> pickle).
+#: one checkpoint key): the tag, the results of the calls that returned (index ->
+#: pickle), the states the others saved (index -> pickle), and the outcomes of the
+#: calls that raised (index -> error 6-tuple, ``wire.outcome.error_tuple``).
 _GROUP_TAG = "wrenpack.checkpoint.group"
 
 
@@ -200,11 +224,14 @@ def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, 
 
 class _Group:
     """A group's checkpoint, read once per segment: the pickled results of its
-    finished calls and the pickled states of the others (by index)."""
+    calls that returned, the error tuples of those that raised, and the pickled
+    states of the others (by index)."""
 
-    def __init__(self, done: dict[int, bytes] | None = None, states: dict[int, bytes] | None = None) -> None:
+    def __init__(self, done: dict[int, bytes] | None = None, states: dict[int, bytes] | None = None,
+                 failed: dict[int, tuple[Any, ...]] | None = None) -> None:
         self.done = done or {}
         self.states = states or {}
+        self.failed = failed or {}
         #: results of calls finished in this segment, pickled only if a later call saves
         self.fresh: dict[int, Any] = {}
 
@@ -254,7 +281,7 @@ class Checkpoint:
         group's checkpoint keeps each call's state apart, and the results of the
         calls that finished: the next segment runs the group again from its first
         call, and a call resumes from the state it saved itself, or is not run again
-        at all once it finished (``item_result``). Without that, calls that each need
+        at all once it returned or raised (``item_result``). Without that, calls that each need
         most of a segment overwrote each other's state and the group never finished."""
         self.item = index
         self._asked = False
@@ -288,8 +315,8 @@ class Checkpoint:
         if self._group_cache is None:
             data = self._fetch()
             loaded = _loads(data, self.label) if data is not None else None
-            if isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _GROUP_TAG:
-                self._group_cache = _Group(dict(loaded[1]), dict(loaded[2]))
+            if isinstance(loaded, tuple) and len(loaded) in (3, 4) and loaded[0] == _GROUP_TAG:
+                self._group_cache = _Group(dict(loaded[1]), dict(loaded[2]), dict(loaded[3]) if len(loaded) == 4 else None)
             else:
                 self._group_cache = _Group()
         return self._group_cache
@@ -300,20 +327,24 @@ class Checkpoint:
         return ev is not None and (int(ev.segment or 0) > 0 or int(getattr(ev, "attempt", 0) or 0) > 0)
 
     # -- a group's finished calls -------------------------------------------------------------
-    def item_result(self, index: int) -> tuple[bool, Any]:
-        """(True, its result) if the group's call ``index`` finished in an earlier segment."""
+    def item_result(self, index: int) -> tuple[Any, ...] | None:
+        """The outcome of the group's call ``index`` if it ended in an earlier segment:
+        ``("ok", its result)``, or the error 6-tuple of what it raised; None if it did not."""
         if not self.active or self._key is None or not self._later():
-            return False, None
-        data = self._group().done.get(index)
-        if data is None:
-            return False, None
-        self.restored = True
-        return True, _loads(data, self.label)
+            return None
+        group = self._group()
+        data = group.done.get(index)
+        if data is not None:
+            self.restored = True
+            return ("ok", _loads(data, self.label))
+        failed = group.failed.get(index)
+        if failed is not None:
+            self.restored = True
+            return failed
+        return None
 
-    def item_done(self, index: int, value: Any) -> None:
-        """The group's call ``index`` returned ``value``: kept with the group's next save."""
-        if not self.active or self._key is None:
-            return
+    def _ended_items(self) -> _Group:
+        """The group's checkpoint, to note a call that ended in this segment."""
         if self._group_cache is None and not self.saves:
             if not self._later():
                 self._group_cache = _Group()  # nothing saved before this segment: no read
@@ -321,7 +352,24 @@ class Checkpoint:
                 self._group()
         group = self._group_cache
         assert group is not None
+        return group
+
+    def item_done(self, index: int, value: Any) -> None:
+        """The group's call ``index`` returned ``value``: kept with the group's next save."""
+        if not self.active or self._key is None:
+            return
+        group = self._ended_items()
         group.fresh[index] = value
+        group.states.pop(index, None)
+
+    def item_failed(self, index: int, outcome: tuple[Any, ...]) -> None:
+        """The group's call ``index`` raised (``outcome``: its error 6-tuple): kept with the
+        group's next save, so that a later segment of the group gives it that outcome
+        again instead of running the call a second time (its side effects would repeat)."""
+        if not self.active or self._key is None:
+            return
+        group = self._ended_items()
+        group.failed[index] = outcome
         group.states.pop(index, None)
 
     # -- the API ------------------------------------------------------------------------------
@@ -446,7 +494,7 @@ class Checkpoint:
                 group.done[index] = dumps_state(value)
                 del group.fresh[index]
             group.states[self.item] = pickled
-            data = cloudpickle.dumps((_GROUP_TAG, group.done, group.states))
+            data = cloudpickle.dumps((_GROUP_TAG, group.done, group.states, group.failed))
         self.state_bytes = self._push(data)
         self.save_s = time.perf_counter() - t0
         self.saves += 1

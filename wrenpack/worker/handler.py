@@ -555,9 +555,9 @@ def _per_item(fn: Any, ckpt: Any) -> Any:
     """``fn``, or for a group of calls (``chunksize``: a ``worker.batch.Batch``) a
     copy that tells the checkpoint which of its calls runs (``Checkpoint.begin_item``):
     the group's calls share one checkpoint key, a call must resume only from a
-    state it saved itself, and a call that returned in an earlier segment is not
-    run again (its result was saved with the group's checkpoint). The cached
-    function is not changed."""
+    state it saved itself, and a call that returned or raised in an earlier
+    segment is not run again (its outcome was saved with the group's checkpoint:
+    a call runs once, its side effects too). The cached function is not changed."""
     if ckpt is None or not isinstance(fn, batch.Batch):
         return fn
     inner, indices = fn.fn, itertools.count()
@@ -565,10 +565,17 @@ def _per_item(fn: Any, ckpt: Any) -> Any:
     def one_call(*args: Any, **kwargs: Any) -> Any:
         index = next(indices)
         ckpt.begin_item(index)
-        finished, value = ckpt.item_result(index)
-        if finished:
-            return value  # (it returned in an earlier segment: not run again)
-        value = inner(*args, **kwargs)
+        ended = ckpt.item_result(index)
+        if ended is not None:  # (it ended in an earlier segment: not run again)
+            if ended[0] == "ok":
+                return ended[1]
+            raise batch.Ended(ended)
+        try:
+            value = inner(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - kept per call, as ``Batch`` keeps it
+            outcome = error_tuple(exc, "user", user_traceback(exc))
+            ckpt.item_failed(index, outcome)
+            raise batch.Ended(outcome) from None
         ckpt.item_done(index, value)
         return value
 
