@@ -178,8 +178,9 @@ def nap_and_mark(args):
 
 
 def test_a_longer_call_cancelled_while_it_waits_in_a_worker_does_not_run(ex, tmp_path):
-    """Cancelled while it waits behind a running call that is not: when its turn
-    comes it is stopped at once (its worker replaced), not run to its end first."""
+    """Cancelled while it waits behind a running call that is not: it never runs to
+    its end (taken back from its worker; or, had the worker claimed it already,
+    stopped at once when its turn comes, its worker replaced)."""
     f = wrenpack.remote(nap_and_mark, executor=ex)
     ahead = ex.backend.calls_sent_ahead
     items = [(0.3, str(tmp_path / f"call{i}")) for i in range(12)]  # (steady after its first calls: later ones go ahead)
@@ -225,3 +226,56 @@ def test_a_call_sent_ahead_of_an_overrunning_call_goes_to_a_worker_left_idle(ex,
     assert [fut.result(timeout=30) for fut in futs] == [seconds for seconds, _ in items]
     ran = runs.read_text().split()
     assert len(ran) == len(items) and len(set(ran)) == len(items), f"a call taken back ran where it was sent as well: {ran}"
+
+
+def nap_and_sum(args):
+    seconds, block, runs = args
+    time.sleep(seconds)
+    with open(runs, "a") as f:
+        f.write(f"{seconds}\n")
+    return seconds, sum(block[::4096])
+
+
+def test_a_call_taken_back_keeps_its_large_arguments(ex, tmp_path):
+    """A call whose arguments travel as sealed memfds beside its message (hand-off),
+    taken back from the worker it was sent ahead to: the worker closes the
+    descriptors it received for it, and the worker that runs it gets them again,
+    whole. Every call runs once, with its own arguments."""
+    runs = tmp_path / "runs"
+    f = wrenpack.remote(nap_and_sum, executor=ex)
+    blocks = [bytes([i]) * (3 << 20) for i in range(16)]  # (3 MiB each: past the hand-off size)
+    items = [(0.1 + i * 1e-6, blocks[i], str(runs)) for i in range(16)]
+    items[8] = (4.0, blocks[8], str(runs))
+    recalled = ex.backend.calls_recalled
+    futs = f.map(items)
+    short = futs[:8] + futs[9:]
+    _done, waiting = concurrent.futures.wait(short, timeout=3.5)
+    assert not waiting, f"{len(waiting)} short call(s) still waited behind the long one after 3.5 s"
+    assert ex.backend.calls_recalled > recalled
+    assert [fut.result(timeout=30) for fut in futs] == [(s, sum(b[::4096])) for s, b, _ in items]
+    assert len(runs.read_text().split()) == len(items)
+
+
+def test_a_call_sent_ahead_and_cancelled_is_taken_back_without_stopping_its_worker(ex, tmp_path):
+    """Cancelling a call that waits in a worker behind a running one (sent ahead of
+    its end) takes it back: the running call ends with its own result on the same
+    worker, which is not replaced, and the cancelled call never runs."""
+    f = wrenpack.remote(nap_and_mark, executor=ex)
+    ahead = ex.backend.calls_sent_ahead
+    items = [(0.3, str(tmp_path / f"call{i}")) for i in range(12)]
+    futs = f.map(items)
+    _wait_for_a_call_sent_ahead(ex, ahead)
+    with ex.backend._lock:
+        waiting = [w.inflight[1].key for w in ex.backend._workers if len(w.inflight) > 1]
+        starts, recalled = ex.backend.worker_starts, ex.backend.calls_recalled
+    assert waiting, "no call was sent ahead"
+    victim = next(i for i, fut in enumerate(futs) if (fut.job_id, fut.call_id) == waiting[0])
+    wrenpack.cancel([futs[victim]])
+    with pytest.raises(concurrent.futures.CancelledError):
+        futs[victim].result(timeout=30)
+    for i, fut in enumerate(futs):
+        if i != victim:
+            assert fut.result(timeout=30) == 0.3
+    assert not (tmp_path / f"call{victim}").exists(), "the cancelled call ran"
+    assert ex.backend.calls_recalled == recalled + 1
+    assert ex.backend.worker_starts == starts, "a worker was stopped and replaced to cancel a call that had not started"

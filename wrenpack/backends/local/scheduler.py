@@ -244,7 +244,7 @@ class LocalBackend(Backend):
         self.calls_sent = 0
         #: calls of steady functions sent to a worker before its running call ended (``_prefetch_at``)
         self.calls_sent_ahead = 0
-        #: of those, calls taken back before they started, for a worker that was idle (``_recall_ahead``)
+        #: of those, calls taken back before they started: for a worker left idle (``_recall_ahead``), or cancelled
         self.calls_recalled = 0
         self._capabilities: tuple[tuple[Any, ...], Capabilities] | None = None
         _live.add(self)
@@ -413,6 +413,7 @@ class LocalBackend(Backend):
                         break
                     if inv is worker.ahead and worker.recall() is inv:
                         # (taken back before it started: its worker and the running call go on)
+                        self.calls_recalled += 1
                         self._finish(inv, error=cancelled_error(inv.label))
                         continue
                     self._stop_on_reply.add(id(inv))
