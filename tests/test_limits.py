@@ -29,6 +29,40 @@ def test_memory_limit(remote):
         futs[1].result()
 
 
+def test_tmp_checks_come_as_often_as_the_room_left_needs():
+    """A running call's /tmp is looked at every 0.1 s near its limit, less often far below it
+    (each look costs the driver every descriptor of the worker's processes), never past 0.5 s."""
+    from wrenpack.backends.local import process
+
+    mib = 1024 * 1024
+    assert process.tmp_check_interval(0) == process.TMP_CHECK_S == 0.1
+    assert process.tmp_check_interval(100 * mib) == 0.1  # (100 MB left: full in 0.05 s at 2 GiB/s)
+    assert process.tmp_check_interval(512 * mib) == pytest.approx(0.25)
+    assert process.tmp_check_interval(10240 * mib) == process.TMP_CHECK_MAX_S == 0.5
+
+
+def nap_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_call_far_below_its_tmp_limit_is_not_looked_at_ten_times_a_second(tmp_path, monkeypatch):
+    """With nothing in its /tmp and 512 MB of room, a 1.5 s call is looked at about every
+    0.25 s, not every 0.1 s (fifteen looks, each ~0.4 ms of the driver's CPU)."""
+    from wrenpack.backends.local import process
+
+    looks = []
+    real = process.open_deleted_bytes
+    monkeypatch.setattr(process, "open_deleted_bytes", lambda *a: looks.append(1) or real(*a))
+    ex = wrenpack.Executor(storage=str(tmp_path), backend=LocalBackend(concurrency=1))
+    try:
+        f = wrenpack.remote(nap_for, executor=ex, ephemeral_storage=512)
+        assert f.remote(1.5).result(timeout=60) == 1.5
+    finally:
+        ex.shutdown()
+    assert 1 <= len(looks) <= 8, f"{len(looks)} looks at a 1.5 s call's /tmp"
+
+
 def test_memory_limit_without_cgroups_uses_high_water_mark(tmp_path):
     ex = wrenpack.Executor(storage=str(tmp_path), backend=LocalBackend(concurrency=1, use_cgroups=False))
     try:

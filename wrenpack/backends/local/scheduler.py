@@ -22,7 +22,8 @@ Limits, per call:
   process tree, at the deadline plus a grace period. The worker is replaced
   after a timeout, as on Lambda.
 - /tmp: each worker has a private temporary directory (TMPDIR) whose size is
-  checked while the call runs: ``EphemeralStorageExceeded``.
+  checked while the call runs (every 0.1 s near the limit, up to 0.5 s apart
+  far below it: ``process.tmp_check_interval``): ``EphemeralStorageExceeded``.
 - processes and threads: at most 1,024 per worker, Lambda's limit, held by a
   cgroup v1 pids group where this process can create one (a fork or thread
   past it fails with EAGAIN, as on Lambda); else counted on the sampling clock
