@@ -4,6 +4,7 @@ timeout stops only the call that broke it, nothing waits behind a long call."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 
 import pytest
@@ -279,3 +280,29 @@ def test_a_call_sent_ahead_and_cancelled_is_taken_back_without_stopping_its_work
     assert not (tmp_path / f"call{victim}").exists(), "the cancelled call ran"
     assert ex.backend.calls_recalled == recalled + 1
     assert ex.backend.worker_starts == starts, "a worker was stopped and replaced to cancel a call that had not started"
+
+
+def test_a_call_its_worker_gives_back_unrun_is_sent_again(ex, caplog):
+    """A call sent ahead whose byte in the ahead pipe is gone when its turn comes (read
+    by something of the worker's, not by the driver) is answered ``withdrawn`` without
+    running: the driver sends it again, rather than waiting for it until its deadline."""
+    f = wrenpack.remote(steady_nap, executor=ex, timeout=30)
+    ahead = ex.backend.calls_sent_ahead
+    futs = f.map([0.2 + i * 1e-6 for i in range(12)])
+    stolen = b""
+    for _ in range(5):
+        if stolen:
+            break
+        _wait_for_a_call_sent_ahead(ex, ahead)
+        ahead = ex.backend.calls_sent_ahead
+        with ex.backend._lock:
+            holder = next((w for w in ex.backend._workers if w.ahead is not None), None)
+            try:
+                stolen = holder is not None and os.read(holder._ahead_r, 1)  # (as a thief in the worker would)
+            except BlockingIOError:  # (its worker claimed it a moment ago: the next one)
+                pass
+    assert stolen, "no call was waiting sent ahead"
+    t0 = time.monotonic()
+    assert [fut.result(timeout=30) for fut in futs] == [0.2 + i * 1e-6 for i in range(12)]
+    assert time.monotonic() - t0 < 10
+    assert "gave it back unrun" in caplog.text

@@ -574,7 +574,16 @@ class LocalBackend(Backend):
 
     def _on_reply(self, worker: Worker, head: dict[str, Any], blob: bytes) -> None:
         if "withdrawn" in head:
-            worker.withdrawn = max(0, worker.withdrawn - 1)  # (a call taken back: it runs elsewhere)
+            if worker.withdrawn:
+                worker.withdrawn -= 1  # (a call taken back: it runs elsewhere)
+            elif worker.inflight:
+                # A call the driver did not take back, and its worker did not run (the byte it
+                # was sent with was gone: read by something else of the worker's): sent again.
+                inv = worker.inflight.popleft()
+                log.warning("%s: its worker gave it back unrun (the ahead pipe's byte was gone); sending it again", inv.label)
+                if worker.inflight:
+                    worker.begin(time.time())
+                self._requeue_front([inv])
             return
         if "ready" in head:
             worker.ready = True
