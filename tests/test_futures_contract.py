@@ -140,6 +140,7 @@ def test_runtime_error_after_shutdown(make_executor):
     assert issubclass(ExecutorShutdown, wrenpack.WrenpackError)
 
 
+@pytest.mark.slow_variants("lambda")  # (the driver's wait, as test_map_timeout_raises_timeout_error's; Lambda adds nothing to it)
 def test_future_result_timeout(executor):
     fut = executor.submit(sleeper, 0.3)  # (six times the wait below: it cannot end within it)
     with pytest.raises(TimeoutError):
