@@ -180,20 +180,21 @@ def test_max_segments_stops_what_the_fingerprints_cannot_see(make_executor, monk
     assert report.calls[0]["state"] == "failed" and report.calls[0]["invocations"] == 3, report.calls[0]
 
 
-@pytest.mark.parametrize("bad", [0, -1, "5", 2.5, None, True])
-def test_a_bad_max_segments_is_refused_before_anything_launches(make_executor, monkeypatch, tmp_path, bad):
-    monkeypatch.setattr(ck, "MAX_SEGMENTS", bad)
+def test_a_bad_max_segments_is_refused_before_anything_launches(make_executor, monkeypatch, tmp_path):
+    # (each bad value on one executor, then a good value on it: one call runs, not one per value)
     ex = make_executor(concurrency=1, retries=0)
     ran = tmp_path / "ran"
     f = wrenpack.remote(runs_once, executor=ex, timeout=1)
-    for launch in (lambda: f.remote(("returns", 0), str(ran)), lambda: f.map([("returns", 0)] * 3, log_path=str(ran)),
-                   lambda: f.map([("returns", 0)] * 3, log_path=str(ran), chunksize=2)):
-        with pytest.raises(wrenpack.errors.ConfigError) as info:
-            launch()
-        msg = str(info.value)
-        assert "\n" not in msg and msg.startswith(f"wrenpack.worker.checkpoint.MAX_SEGMENTS = {bad!r}"), msg
-        assert "whole number of at least 1" in msg and "set it to" in msg, msg
-    assert not ran.exists(), "a call ran"
+    for bad in (0, -1, "5", 2.5, None, True):
+        monkeypatch.setattr(ck, "MAX_SEGMENTS", bad)
+        for launch in (lambda: f.remote(("returns", 0), str(ran)), lambda: f.map([("returns", 0)] * 3, log_path=str(ran)),
+                       lambda: f.map([("returns", 0)] * 3, log_path=str(ran), chunksize=2)):
+            with pytest.raises(wrenpack.errors.ConfigError) as info:
+                launch()
+            msg = str(info.value)
+            assert "\n" not in msg and msg.startswith(f"wrenpack.worker.checkpoint.MAX_SEGMENTS = {bad!r}"), msg
+            assert "whole number of at least 1" in msg and "set it to" in msg, msg
+        assert not ran.exists(), f"a call ran with MAX_SEGMENTS = {bad!r}"
     monkeypatch.setattr(ck, "MAX_SEGMENTS", 1000)
     assert f.remote(("returns", 0), str(ran)).result(timeout=30) == 0
 

@@ -62,6 +62,7 @@ def test_is_a_concurrent_futures_executor(executor):
     assert list(executor.map(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
 
 
+@pytest.mark.slow_variants("lambda")  # (names bound by the driver; by value on Lambda: test_aws_lambda's test_chunksize_5_*)
 def test_keyword_names_reach_the_function(executor, remote):
     assert executor.submit(keywords, self=1, fn=2, items=3).result(timeout=60) == {"self": 1, "fn": 2, "items": 3}
     f = remote(keywords)
@@ -127,6 +128,7 @@ def test_shutdown_cancel_futures(one_worker):
     assert all(f.cancelled() for f in queued)
 
 
+@pytest.mark.slow_variants("lambda")  # (refused by the driver before any backend; Lambda's shutdown: test_shutdown_cancel_futures)
 def test_runtime_error_after_shutdown(make_executor):
     ex = make_executor(concurrency=1)
     with ex:
@@ -138,6 +140,7 @@ def test_runtime_error_after_shutdown(make_executor):
     assert issubclass(ExecutorShutdown, wrenpack.WrenpackError)
 
 
+@pytest.mark.slow_variants("lambda")  # (the driver's wait, as test_map_timeout_raises_timeout_error's; Lambda adds nothing to it)
 def test_future_result_timeout(executor):
     fut = executor.submit(sleeper, 0.3)  # (six times the wait below: it cannot end within it)
     with pytest.raises(TimeoutError):

@@ -218,6 +218,7 @@ def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilitie
     assert _objects(settings) == []
 
 
+@pytest.mark.slow_variants("lambda")  # (the driver writes and keeps them; on Lambda: test_aws_lambda's test_duplicate_delivery_*)
 def test_keep_objects_keeps_them_and_owner_is_recorded(make_executor):
     ex = make_executor(concurrency=1, keep_objects=True)
     with ex:
@@ -687,6 +688,7 @@ class Adder:
         return x + self.n
 
 
+@pytest.mark.slow_variants("lambda")  # (wrapped by the driver; by value on Lambda: test_aws_lambda's test_chunksize_5_*)
 def test_callable_object_with_an_fn_attribute(remote):
     f = remote(Adder(10))
     assert f(1) == 11
