@@ -5,6 +5,7 @@ Lambda. Standard library only (the worker imports wrenpack modules freely).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 from wrenpack.errors import ConfigError
@@ -58,11 +59,23 @@ def whole_number(name: str, value: Any, source: str | None = None, allowed: str 
             raise bad
         return int(value)
     try:
-        import operator
-
         return operator.index(value)
     except TypeError:
         raise bad from None
+
+
+def integral(value: Any) -> int | None:
+    """``value`` as an int if it is of a whole-number type, as ``range()`` takes one
+    (numpy's integers too); None for anything else: text, floats, and True and False,
+    which are numbers only by accident. The strict form of ``whole_number``, for
+    arguments of the API (``chunksize``, ``partitions``, ``MAX_SEGMENTS``), where
+    text or a float is a mistake rather than a value from a file."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def real_number(name: str, value: Any, source: str | None = None, allowed: str = "a number") -> float:

@@ -4,10 +4,10 @@ the executor's; each item's future is resolved from it here, with the item's
 own outcome (an exception rebuilt under the item's label)."""
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING, Any, Callable
 
 from wrenpack.errors import ConfigError, ConfigTypeError
+from wrenpack.limits import integral
 from wrenpack.futures import CallOwner, WrenFuture, stop_running
 from wrenpack.wire.outcome import rebuild_exception
 from wrenpack.worker.batch import Batch
@@ -28,13 +28,10 @@ def check_chunksize(chunksize: Any, what: str) -> Any:
     if chunksize is None or (type(chunksize) is str and chunksize == "auto"):
         return chunksize
     fix = "the number of calls each invocation runs, or 'auto'"
-    try:
-        if isinstance(chunksize, bool):
-            raise TypeError
-        n = operator.index(chunksize)
-    except TypeError:
+    n = integral(chunksize)
+    if n is None:
         raise ConfigTypeError(f"{what}: chunksize={chunksize!r:.40} must be a whole number of at least 1 ({fix}), "
-                              f"not {type(chunksize).__name__}") from None
+                              f"not {type(chunksize).__name__}")
     if n < 1:
         raise ConfigError(f"{what}: chunksize={chunksize!r} must be a whole number of at least 1 ({fix})")
     return n

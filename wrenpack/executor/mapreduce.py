@@ -26,7 +26,6 @@ import contextlib
 import inspect
 import json
 import logging
-import operator
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ from wrenpack import keys
 from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
+from wrenpack.limits import integral
 from wrenpack.executor.options import CallOptions, check_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture, cancel
@@ -115,14 +115,14 @@ def map_reduce(
         _check_signatures(mapper, reducer, None, False)
         return _single(mapper, items, reducer, options)
     if partitions is not None:
-        given, partitions = partitions, _whole(partitions)
+        given, partitions = partitions, integral(partitions)
         if partitions is None or partitions < 1:
             raise ConfigError(f"partitions={given!r} must be a whole number of reducers, at least 1")
         if partitions > MAX_PARTITIONS:  # (each is a reducer call: a typo of a few zeros would launch millions)
             raise ConfigError(f"partitions={given!r} is more reducers than one map_reduce runs (at most "
                               f"{MAX_PARTITIONS:,}); use fewer: a partition of 100 MB or more keeps each reducer busy")
     if fan_in is not None:
-        given, fan_in = fan_in, _whole(fan_in)
+        given, fan_in = fan_in, integral(fan_in)
         if fan_in is None or fan_in < 2:
             raise ConfigError(f"fan_in={given!r} must be a whole number of values per reduce, at least 2")
     if partitions is not None and (per_object or fan_in is not None):
@@ -241,17 +241,6 @@ def _check_signature(fn: Any, call: str, args: int) -> None:
         role = call.partition("(")[0]
         raise ConfigTypeError(f"map_reduce: the {role} {_name(inner)}{signature} is called {call}: {exc}; give a "
                               f"{role} that takes {args} argument{'s' if args > 1 else ''}") from None
-
-
-def _whole(value: Any) -> int | None:
-    """``value`` as an int if it is a whole number as ``range()`` takes one (numpy's
-    integers too); None for anything else, True and False included."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _name(fn: Any) -> str:

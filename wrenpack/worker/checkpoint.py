@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import operator
 import time
 from collections import deque
 from typing import Any
@@ -53,6 +52,7 @@ from typing import Any
 import cloudpickle
 
 from wrenpack import keys
+from wrenpack.limits import integral
 from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError, TaskError
 from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
 from wrenpack.worker import refs
@@ -112,12 +112,9 @@ def max_segments() -> int:
     what = (f"wrenpack.worker.checkpoint.MAX_SEGMENTS = {value!r:.40} must be a whole number of at least 1 "
             "(the most checkpointed segments one call may run; default 1000)")
     fix = "set it to one, e.g. wrenpack.worker.checkpoint.MAX_SEGMENTS = 5000"
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        n = operator.index(value)
-    except TypeError:
-        raise ConfigTypeError(f"{what}, not {type(value).__name__}; {fix}") from None
+    n = integral(value)
+    if n is None:
+        raise ConfigTypeError(f"{what}, not {type(value).__name__}; {fix}")
     if n < 1:
         raise ConfigError(f"{what}; {fix}")
     return n
