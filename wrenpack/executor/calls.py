@@ -396,7 +396,7 @@ class CallTable:
         if result.error is not None or (status is not None and status.get("exit") == "timeout"):
             self.stopped_writes = True  # the call was stopped where it was: maybe in the middle of a write
         if result.error is None and status is not None and status.get("exit") == "checkpointed":
-            self._between(inv)  # (as ``_on_done`` marked it)
+            # (between two segments since ``_on_done``, the only way here, marked it)
             # Acted on only when authentic: a planted record must not relaunch the call.
             try:
                 record = self._read_segment(job, cid, int(inv.event.get("segment", 0)))
