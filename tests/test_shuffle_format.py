@@ -21,7 +21,7 @@ from wrenpack.errors import CorruptObject, ObjectNotFound
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
 from wrenpack.storage.local import LocalStore
-from wrenpack.worker import shuffle
+from wrenpack.worker import callscope, shuffle
 
 
 class DictStore(Store):
@@ -251,7 +251,7 @@ def test_release_range_frees_whole_pages_inside_the_range_only(tmp_path):
 
 
 def test_a_reducer_gives_back_its_sections_and_they_are_not_read_again(tmp_path):
-    """A reducer done with its partition frees the section's memory in the store; what
+    """A reducer whose result has gone frees the section's memory in the store; what
     is read there afterwards fails authentication instead of passing as data."""
     store = LocalStore(tmp_path / "store")
     _skip_unless_ranges_free(store, tmp_path)
@@ -264,6 +264,8 @@ def test_a_reducer_gives_back_its_sections_and_they_are_not_read_again(tmp_path)
     user_data.bind(store)
     try:
         assert task(0, [(0, where[0])], secret)["value"] == 100_000
+        assert _blocks(store, key) == before  # (kept until the result has gone: a run again reads them)
+        callscope.run_after_reply()  # (as the handler does once the reply has gone)
     finally:
         user_data.bind(None)
     assert _blocks(store, key) < before
@@ -284,6 +286,7 @@ def test_a_section_the_reducers_value_points_into_is_kept(tmp_path):
     user_data.bind(store)
     try:
         value = task(0, [(0, where[0])], secret)["value"]
+        callscope.run_after_reply()
     finally:
         user_data.bind(None)
     assert (value == arr[::2]).all()

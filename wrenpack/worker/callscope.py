@@ -7,14 +7,23 @@ relay (``wrenpack.backends.local.output``); CloudWatch on Lambda).
 
 Only Python-level writes (``print``, ``sys.stdout.write``, logging to the
 streams) are captured, not output written straight to file descriptor 1 or 2
-by native code or child processes. Standard library only.
+by native code or child processes.
+
+And what a call leaves to be done once its reply has gone (``after_reply``).
+Standard library only.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 from typing import Any, Callable, TextIO
+
+log = logging.getLogger("wrenpack.worker")
+
+#: what calls asked to run once their reply has gone (``after_reply``), oldest first
+_after_reply: list[Callable[[], Any]] = []
 
 
 class _Tail:
@@ -86,3 +95,27 @@ class CallScope:
     def status(self) -> dict[str, Any]:
         """What the status record gains: ``logs``, when captured."""
         return {"logs": self.tail.text()} if self.tail is not None else {}
+
+
+def after_reply(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` in this process once the running call's reply has gone.
+
+    For what the call's own retry would still need: a reducer gives back the
+    memory of the shuffle sections it read (``shuffle._release_sections``) only
+    when its result is on its way to the driver, since a worker that dies while
+    it pickles or sends that result makes the driver run the partition again,
+    and the sections must still be there to be read. Run by the handler after
+    a job's process has sent its reply (``handler.after_reply``), or, where no
+    such hook runs, before the process's next call (``run_after_reply``)."""
+    _after_reply.append(fn)
+
+
+def run_after_reply() -> None:
+    """What calls left for after their reply (``after_reply``), now; an error in one
+    is logged and the rest still run."""
+    while _after_reply:
+        fn = _after_reply.pop(0)
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - a clean-up: the call's outcome is already the driver's
+            log.warning("work a call left for after its reply failed", exc_info=True)

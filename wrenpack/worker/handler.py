@@ -423,6 +423,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if sdk.is_probe(event):
         return sdk.probe(event)
     start = time.time()
+    if callscope._after_reply:  # (left by the last call here, where no hook ran after its reply)
+        callscope.run_after_reply()
     ev = Event.from_dict(event)
     deadline = ev.extra.get("deadline")
     if deadline is not None and start > deadline:
@@ -1039,10 +1041,12 @@ MARKS_KEPT_S = 0.05
 
 
 def after_reply() -> None:
-    """In a job's process, once a call's reply has gone: the next call's memory
+    """In a job's process, once a call's reply has gone: what the call left for
+    then (``callscope.after_reply``), and the next call's memory
     marks (the peak meter's reset, the children's peak) are taken now, while the
     parent and the driver handle the reply, not on the next call's clock."""
     global _marks
+    callscope.run_after_reply()  # (first: what it frees is not the next call's memory)
     _marks = (time.monotonic(), memory.start_peak(), memory.children_peak_mb())
 
 

@@ -10,7 +10,7 @@ protocol 5 keeps arrays and bytes out of the pickle; the MAC and the write go
 through the data together), a reducer reads its section by range, mapped
 rather than copied on the local store. The driver only sees where each
 partition's section is and the final results. On the local store a reducer
-whose function has returned gives back the memory of the sections it read
+whose result has gone gives back the memory of the sections it read
 (``_release_sections``), so the next task's writes reuse those pages; and a
 shuffle task's process keeps the large blocks a task frees for the next task
 (``reuse_freed_memory``). wrenpack pickles these objects itself, so each is sealed
@@ -41,6 +41,7 @@ from wrenpack.errors import (ConfigError, ConfigTypeError, CorruptObject, Object
                              WrenpackError)
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
+from wrenpack.worker import callscope
 
 PREFIX = keys.SHUFFLE
 #: Parallel reads/writes of one task's partition objects (S3 latency hides behind these).
@@ -590,11 +591,11 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
             del groups
         t2, c2 = time.perf_counter(), time.process_time()
         parts = []  # (the user's function has returned: what it kept of the parts is in its value)
-        _release_sections(store, shuffle_id, read, mappings)
-        t3, c3 = time.perf_counter(), time.process_time()
+        # Released once the result is on its way (not before it is pickled and sent: a
+        # worker that dies meanwhile has the partition run again, which reads them again).
+        callscope.after_reply(lambda: _release_sections(store, shuffle_id, read, mappings))
         return {"value": value, "stages": _stages(("reduce: read+verify+unpickle", t1 - t0, c1 - c0),
-                                                  ("reduce (user code)", t2 - t1, c2 - c1),
-                                                  ("reduce: release sections", t3 - t2, c3 - c2))}
+                                                  ("reduce (user code)", t2 - t1, c2 - c1))}
 
     return shuffle_reduce
 
