@@ -186,5 +186,7 @@ def shuffle_index_key(shuffle_id: str, mapper: int) -> str:
 
 
 def shuffle_abort_key(shuffle_id: str) -> str:
-    """Written by the driver when a mapper failed: reducers that wait for mappers stop."""
+    """Written by the driver when a mapper failed ("abort": reducers that wait for mappers
+    stop) or is run again ("again": they give up waiting; their partitions run after the
+    map phase)."""
     return f"{SHUFFLE}{shuffle_id}/abort"

@@ -50,6 +50,8 @@ MAX_PARTITIONS = 100_000
 #: The most mappers whose reducers are launched with them (``RunningJob._together``):
 #: each of those reducers reads every mapper's index.
 TOGETHER_MAPPERS = 64
+#: how often the driver looks whether a mapper is being run again while reducers wait (seconds)
+_RETRY_LOOK_S = 0.2
 
 
 def map_reduce(
@@ -539,7 +541,10 @@ class RunningJob:
     def _mapped(self, maps: list[WrenFuture], aborting: bool) -> list[Any]:
         """The mappers' outputs; if one failed, the waiting reducers are told to stop
         (an abort object) before its exception is raised here."""
-        cf.wait(maps, return_when=cf.FIRST_EXCEPTION)
+        if aborting:
+            self._wait_for_mappers(maps)
+        else:
+            cf.wait(maps, return_when=cf.FIRST_EXCEPTION)
         if aborting and any(f.done() and (f.cancelled() or f.exception() is not None) for f in maps):
             try:
                 shuffle.abort(self.executor.store, self.shuffle_id, self.secret)
@@ -547,6 +552,30 @@ class RunningJob:
                 log.warning("map_reduce %s: could not tell the waiting reducers to stop", self.shuffle_id,
                             exc_info=True)
         return self._results(maps)
+
+    def _wait_for_mappers(self, maps: list[WrenFuture]) -> None:
+        """Wait until every mapper is done or one failed, while reducers wait for them.
+
+        A mapper run again (its worker died, or ``retry_on``) goes to the back of the
+        pool's queue, behind reducers launched with it (``_launch_together``) that may
+        hold every slot while they wait for that very mapper, each for its whole
+        budget. So once a mapper is run again, the waiting reducers are told to give
+        up waiting (``shuffle.stop_waiting``): their partitions run once the map phase
+        is over, as early reducers' that ran out of time do."""
+        told = False
+        while True:
+            _done, pending = cf.wait(maps, timeout=None if told else _RETRY_LOOK_S, return_when=cf.FIRST_EXCEPTION)
+            if not pending or any(f.done() and (f.cancelled() or f.exception() is not None) for f in maps):
+                return
+            if not told and any(f._retried for f in pending):
+                log.info("map_reduce %s: a mapper runs again; the reducers waiting for it give up their slots",
+                         self.shuffle_id)
+                try:
+                    shuffle.stop_waiting(self.executor.store, self.shuffle_id, self.secret)
+                except Exception:  # noqa: BLE001 - the reducers then wait out their budget
+                    log.warning("map_reduce %s: could not tell the waiting reducers to give up", self.shuffle_id,
+                                exc_info=True)
+                told = True
 
     def _map_phase(self, maps: list[WrenFuture], reducer: Callable[..., Any], partitions: int,
                    label: str) -> tuple[list[Any], dict[int, WrenFuture]]:

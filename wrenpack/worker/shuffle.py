@@ -521,12 +521,21 @@ def abort(store: Store, shuffle_id: str, secret: bytes) -> None:
     put(store, keys.shuffle_abort_key(shuffle_id), secret, "abort")
 
 
+def stop_waiting(store: Store, shuffle_id: str, secret: bytes) -> None:
+    """Tell the reducers that wait for mappers to give up waiting, without failing: a
+    mapper is run again (its worker died), and its run again may need a slot a waiting
+    reducer holds. They end with ``{"again": True}``, and the driver runs their
+    partitions once the map phase is over (the driver writes this)."""
+    put(store, keys.shuffle_abort_key(shuffle_id), secret, "again")
+
+
 def _wait_for(store: Store, shuffle_id: str, partition: int, secret: bytes, waiting: Sequence[int],
               budget: float) -> list[tuple[int, tuple[int, int, int]]] | None:
     """The sections of ``waiting`` mappers as each writes its index; None if ``budget``
     seconds pass first (the driver then runs this partition again, after the map phase).
-    ``WrenpackError`` if the driver says a mapper failed. One mapper is looked for at a
-    time, so a waiting reducer costs one GET (and one HEAD) per poll, whatever it waits for."""
+    ``WrenpackError`` if the driver says a mapper failed, None at once if it says a mapper
+    runs again (``stop_waiting``). One mapper is looked for at a time, so a waiting
+    reducer costs one GET (and one HEAD) per poll, whatever it waits for."""
     left = list(waiting)
     found: list[tuple[int, tuple[int, int, int]]] = []
     deadline = time.monotonic() + budget
@@ -536,6 +545,8 @@ def _wait_for(store: Store, shuffle_id: str, partition: int, secret: bytes, wait
             where = get(store, keys.shuffle_index_key(shuffle_id, left[0]), secret)
         except ObjectNotFound:
             if store.exists(keys.shuffle_abort_key(shuffle_id)):
+                if get(store, keys.shuffle_abort_key(shuffle_id), secret) == "again":
+                    return None
                 raise WrenpackError("a mapper of this map_reduce failed, so this reducer stopped waiting for it") from None
             if time.monotonic() > deadline:
                 return None

@@ -680,7 +680,10 @@ class LocalBackend(Backend):
         is kept ``_BATCH_S`` of expected work ahead, so each message (and each
         round trip) carries several short calls. Calls expected to take longer
         than ``_PIPELINE_MAX_S`` are never queued behind a running one: no call
-        waits behind a long one while another worker could take it."""
+        waits behind a long one while another worker could take it. Nor is a call
+        run again (``attempt``: its worker died, or ``retry_on``): the calls it would
+        wait behind may be waiting for it (a map_reduce's reducers launched with
+        their mappers wait for a mapper that runs again), and it has lost time once."""
         head = self._next_queued()
         if head is None or head.runtime != worker.runtime:
             return [], False
@@ -692,7 +695,7 @@ class LocalBackend(Backend):
         est = self._estimates.get(head.event.get("func_key"))
         if worker.inflight:
             last = worker.inflight[-1]
-            if est is None or _limits(head) != _limits(last):
+            if est is None or _limits(head) != _limits(last) or head.attempt:
                 return [], False
             if est > _PIPELINE_MAX_S:
                 if self._prefetch_at(worker) > time.time():
@@ -719,8 +722,8 @@ class LocalBackend(Backend):
             if id(inv) not in self._queued:
                 queue.popleft()
                 continue
-            if inv.runtime != runtime or _limits(inv) != limits:
-                break
+            if inv.runtime != runtime or _limits(inv) != limits or (calls and inv.attempt):
+                break  # (a call run again heads a message of its own: ``_take``)
             queue.popleft()
             self._queued.discard(id(inv))
             calls.append(inv)
