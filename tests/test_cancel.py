@@ -187,17 +187,20 @@ def _cancelled_or_result(fut, timeout=30):
 
 
 @pytest.mark.backends("lambda")
-@pytest.mark.parametrize("kind", ["plain", "checkpointed", "raises"])
+@pytest.mark.parametrize("kind", ["plain", "checkpointed", "raises", "pickled"])
 def test_a_call_that_finishes_before_its_worker_sees_the_cancel_ends_cancelled(make_executor, backend, monkeypatch,
                                                                                tmp_path, kind):
     """On Lambda ``wrenpack.cancel`` of a running call writes its cancel marker and says True;
     the handler looks for the marker only every few seconds, so the call may finish first.
     It still ends cancelled (``CallCancelled``, its status a cancelled call's), never with
-    its result or its own error. (It ended with them.) Deterministic: the marker's write is
-    dropped, as if the worker's next look came after the call's end."""
+    its result or its own error (it ended with them); "pickled": a reference to it read
+    from the store afterwards says cancelled too, not the result its worker stored.
+    Deterministic: the marker's write is dropped, as if the worker's next look came after
+    the call's end."""
     ex = make_executor(concurrency=1, retries=0)
     ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
     fut = wrenpack.remote(finishes_on_signal, executor=ex).remote(kind, ready, go)
+    ref = fut.__reduce__()[1][0] if kind == "pickled" else None  # (what pickling it makes: its job is kept)
     marker = keys.call_cancel_key(fut.job_id, fut.call_id)
     store, put = ex.backend.store, ex.backend.store.put
     dropped = []
@@ -224,6 +227,10 @@ def test_a_call_that_finishes_before_its_worker_sees_the_cancel_ends_cancelled(m
     assert fut.status.get("cancelled") is True, fut.status
     assert fut.segments == (2 if kind == "checkpointed" else 1)
     assert wrenpack.cancel(fut) == [False]  # (done already, as any call stopped while it ran)
+    if ref is not None:
+        from wrenpack.worker import refs
+
+        assert isinstance(refs.CallRef(ref).exception(timeout=30), wrenpack.CallCancelled)
 
 
 class _Hold:

@@ -225,7 +225,9 @@ class CallTable:
         not (``wrenpack.cancel``): a pending one is taken back (its future is
         cancelled), a running one is stopped by the backend
         (``Backend.cancel_calls``) and its future fails with ``CallCancelled``,
-        a ``concurrent.futures.CancelledError``; one launched with
+        a ``concurrent.futures.CancelledError``, whatever outcome comes in for it
+        (on Lambda it may finish before its worker sees the cancel marker:
+        ``_stop_wins``); one launched with
         ``cancellable=False`` runs on, on every backend alike. The calls that
         will end so, and only those: a checkpointed call between two of its
         segments, which no backend runs then, ends cancelled there if its next
