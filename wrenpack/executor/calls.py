@@ -283,8 +283,9 @@ class CallTable:
         withdrawn, which ``cancel_calls`` answers (or answered) True: the call ends
         cancelled, whatever it brought (on Lambda a call may finish before its worker
         looks for the cancel marker). Marked so: a ``cancel_calls`` still waiting for
-        its backend's answer answers True too (``_at_boundary``)."""
-        if cid not in job.stop_asked:
+        its backend's answer answers True too (``_at_boundary``). Not at exit, whose
+        stops (``_stop_outliving_calls``) answer no one: its calls end as it ends them."""
+        if cid not in job.stop_asked or self._stopping:
             return False
         if job.boundary is None:
             job.boundary = {}
