@@ -346,3 +346,30 @@ def test_cancel_while_a_call_is_handed_to_the_backend_says_what_happens(make_exe
     assert outcome == (("cancelled", None) if took or said == [True] else ("result", 36)), (took, said, outcome)
     # The executor goes on: its next call runs.
     assert wrenpack.remote(square, executor=ex, timeout=30).remote(5).result(timeout=60) == 25
+
+
+@pytest.mark.backends("local")
+def test_a_local_call_whose_reply_is_not_read_yet_is_cancelled_not_finished(make_executor, backend, tmp_path):
+    """Locally the stop and the reply are decided under the backend's lock: a call that has
+    returned, its reply waiting unread on its worker's socket, is stopped by
+    ``wrenpack.cancel`` (True) and ends cancelled; its reply is dropped with the worker.
+    (Deterministic: the test holds the backend's lock while the reply comes in.)"""
+    import select
+
+    ex = make_executor(concurrency=1, retries=0)
+    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
+    fut = wrenpack.remote(finishes_on_signal, executor=ex, timeout=30).remote("plain", ready, go)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.path.exists(ready), "the call never ran"
+    backend_obj = ex.backend
+    with backend_obj._lock:  # (the dispatcher reads no reply meanwhile)
+        [worker] = [w for w in backend_obj._workers if w.inflight]
+        open(go, "w").close()
+        readable, _, _ = select.select([worker.sock], [], [], 30)
+        assert readable, "the call's reply never came"
+        said = wrenpack.cancel(fut)  # (the lock is reentrant: the backend's cancel runs under it)
+    assert said == [True]
+    assert _cancelled_or_result(fut) == ("cancelled", None)
+    assert wrenpack.remote(square, executor=ex, timeout=30).remote(4).result(timeout=60) == 16
