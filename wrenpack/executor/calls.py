@@ -481,8 +481,6 @@ class CallTable:
                 value = CallCancelled(f"{fut.label} was cancelled while it ran")
             ok, data = False, None
             final.update(exit="error", error="CallCancelled", cancelled=True)
-            if job.pinned:
-                self._store_cancelled(job, cid, final, value)
         retried = fut._retried
         if retried:
             final["retried"] = list(retried)
@@ -501,6 +499,8 @@ class CallTable:
                 cause.logs = logs
             elif cause is None:
                 value.__cause__ = RemoteTraceback("", logs)
+        if stopped and job.pinned:
+            self._store_cancelled(job, cid, final, value)
         self._resolve(job, cid, ok, value, data=data)
 
     def _should_retry(self, job: RunningJob, inv: Invocation, exc: Any) -> bool:
