@@ -172,7 +172,7 @@ def finishes_on_signal(kind, ready_path, go_path):
     deadline = time.monotonic() + 4.0
     while not os.path.exists(go_path) and time.monotonic() < deadline:
         time.sleep(0.002)
-    if kind == "raises":
+    if kind in ("raises", "retried"):
         raise ValueError("finished by raising")
     return "finished"
 
@@ -187,19 +187,21 @@ def _cancelled_or_result(fut, timeout=30):
 
 
 @pytest.mark.backends("lambda")
-@pytest.mark.parametrize("kind", ["plain", "checkpointed", "raises", "pickled"])
+@pytest.mark.parametrize("kind", ["plain", "checkpointed", "raises", "retried", "pickled"])
 def test_a_call_that_finishes_before_its_worker_sees_the_cancel_ends_cancelled(make_executor, backend, monkeypatch,
                                                                                tmp_path, kind):
     """On Lambda ``wrenpack.cancel`` of a running call writes its cancel marker and says True;
     the handler looks for the marker only every few seconds, so the call may finish first.
     It still ends cancelled (``CallCancelled``, its status a cancelled call's), never with
-    its result or its own error (it ended with them); "pickled": a reference to it read
-    from the store afterwards says cancelled too, not the result its worker stored.
+    its result or its own error (it ended with them); "retried": an error its ``retry_on``
+    names does not run it again (it did); "pickled": a reference to it read from the
+    store afterwards says cancelled too, not the result its worker stored.
     Deterministic: the marker's write is dropped, as if the worker's next look came after
     the call's end."""
-    ex = make_executor(concurrency=1, retries=0)
+    ex = make_executor(concurrency=1, retries=1 if kind == "retried" else 0)
     ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
-    fut = wrenpack.remote(finishes_on_signal, executor=ex).remote(kind, ready, go)
+    options = {"retry_on": (ValueError,)} if kind == "retried" else {}
+    fut = wrenpack.remote(finishes_on_signal, executor=ex, **options).remote(kind, ready, go)
     ref = fut.__reduce__()[1][0] if kind == "pickled" else None  # (what pickling it makes: its job is kept)
     marker = keys.call_cancel_key(fut.job_id, fut.call_id)
     store, put = ex.backend.store, ex.backend.store.put
@@ -226,6 +228,8 @@ def test_a_call_that_finishes_before_its_worker_sees_the_cancel_ends_cancelled(m
     assert fut.status["exit"] == "error" and fut.status["error"] == "CallCancelled", fut.status
     assert fut.status.get("cancelled") is True, fut.status
     assert fut.segments == (2 if kind == "checkpointed" else 1)
+    with open(ready) as f:
+        assert f.read().split() == ["ready"]  # (it ran once: no attempt after the cancel)
     assert wrenpack.cancel(fut) == [False]  # (done already, as any call stopped while it ran)
     if ref is not None:
         from wrenpack.worker import refs
