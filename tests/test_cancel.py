@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -152,3 +153,230 @@ def test_a_running_call_looks_for_its_cancel_marker_less_often_as_it_runs():
     assert cancel_looks(900.0) <= 20  # gaps at most 60 s
     for elapsed in (2.0, 5.0, 30.0, 600.0):
         assert cancel_look_after(elapsed) <= max(elapsed, 2.0)
+
+
+# -- a running call that finishes before its worker sees the cancel ------------------------------------
+def finishes_on_signal(kind, ready_path, go_path):
+    """Runs until the test's go file appears, then ends at once: returns "finished" (or raises,
+    kind "raises"). Kind "checkpointed" saves and ends its first segment at its start, so it is
+    the second segment that runs and finishes. Waits at most 4 s (within the 5 s function)."""
+    if kind == "checkpointed":
+        from wrenpack.worker.checkpoint import SegmentDone
+
+        ckpt = wrenpack.checkpoint()
+        if ckpt.restore(default=0) == 0:
+            ckpt.save(1)
+            raise SegmentDone()
+    with open(ready_path, "a") as f:
+        f.write("ready\n")
+    deadline = time.monotonic() + 4.0
+    while not os.path.exists(go_path) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if kind in ("raises", "retried"):
+        raise ValueError("finished by raising")
+    return "finished"
+
+
+def _cancelled_or_result(fut, timeout=30):
+    try:
+        return ("result", fut.result(timeout=timeout))
+    except cf.CancelledError:
+        return ("cancelled", None)
+    except ValueError as exc:
+        return ("raised", str(exc))
+
+
+@pytest.mark.backends("lambda")
+@pytest.mark.parametrize("kind", ["plain", "checkpointed", "raises", "retried", "pickled"])
+def test_a_call_that_finishes_before_its_worker_sees_the_cancel_ends_cancelled(make_executor, backend, monkeypatch,
+                                                                               tmp_path, kind):
+    """On Lambda ``wrenpack.cancel`` of a running call writes its cancel marker and says True;
+    the handler looks for the marker only every few seconds, so the call may finish first.
+    It still ends cancelled (``CallCancelled``, its status a cancelled call's), never with
+    its result or its own error (it ended with them); "retried": an error its ``retry_on``
+    names does not run it again (it did); "pickled": a reference to it read from the
+    store afterwards says cancelled too, not the result its worker stored.
+    Deterministic: the marker's write is dropped, as if the worker's next look came after
+    the call's end."""
+    # (checkpointed: with RequestResponse the first segment's reply says at once that it saved; an
+    # Event call's segment record is looked for only near its timeout, where real segments end)
+    ex = make_executor(concurrency=1, retries=1 if kind == "retried" else 0,
+                       invocation_type="RequestResponse" if kind == "checkpointed" else "Event")
+    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
+    options = {"retry_on": (ValueError,)} if kind == "retried" else {}
+    fut = wrenpack.remote(finishes_on_signal, executor=ex, **options).remote(kind, ready, go)
+    ref = fut.__reduce__()[1][0] if kind == "pickled" else None  # (what pickling it makes: its job is kept)
+    marker = keys.call_cancel_key(fut.job_id, fut.call_id)
+    store, put = ex.backend.store, ex.backend.store.put
+    dropped = []
+
+    def put_but_the_marker(key, data, *args, **kwargs):
+        if key == marker:
+            dropped.append(key)
+            return None
+        return put(key, data, *args, **kwargs)
+
+    monkeypatch.setattr(store, "put", put_but_the_marker)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.path.exists(ready), "the call never ran"
+    try:
+        said = wrenpack.cancel(fut)
+    finally:
+        open(go, "w").close()
+    assert said == [True] and dropped == [marker], (said, dropped)
+    assert _cancelled_or_result(fut) == ("cancelled", None)
+    assert isinstance(fut.exception(0), wrenpack.CallCancelled)
+    assert fut.status["exit"] == "error" and fut.status["error"] == "CallCancelled", fut.status
+    assert fut.status.get("cancelled") is True, fut.status
+    assert fut.segments == (2 if kind == "checkpointed" else 1)
+    with open(ready) as f:
+        assert f.read().split() == ["ready"]  # (it ran once: no attempt after the cancel)
+    assert wrenpack.cancel(fut) == [False]  # (done already, as any call stopped while it ran)
+    if ref is not None:
+        from wrenpack.worker import refs
+
+        assert isinstance(refs.CallRef(ref).exception(timeout=30), wrenpack.CallCancelled)
+
+
+class _Hold:
+    """Holds the thread that reaches ``hold()`` first until the test lets it go on."""
+
+    def __init__(self):
+        self.reached, self.go = threading.Event(), threading.Event()
+        self.fired = False
+        self.lock = threading.Lock()
+
+    def hold(self):
+        with self.lock:
+            if self.fired:
+                return
+            self.fired = True
+        self.reached.set()
+        assert self.go.wait(30), "the test never let the call go on"
+
+    def wait(self):
+        assert self.reached.wait(60), "the call never reached the point the test holds it at"
+
+
+@pytest.mark.parametrize("where", ["reported", "answering"])
+def test_cancel_as_a_running_calls_outcome_comes_in_says_what_happens(make_executor, backend, monkeypatch, where):
+    """``wrenpack.cancel`` of a call whose outcome is coming in: True iff the call ends
+    cancelled. "reported": the backend has reported the outcome (it runs the call no
+    more), the executor has not completed it: False, and the call ends with its result.
+    "answering": the outcome is completed while the cancel waits for the backend's answer
+    (which is then "not running"): the stop asked wins, True, and the call ends cancelled."""
+    ex = make_executor(concurrency=1, retries=0)
+    held = _Hold()
+    on_done = ex._on_done
+
+    def held_on_done(inv, result):
+        if result.error is None and (result.status or {}).get("exit") == "ok":
+            held.hold()
+        return on_done(inv, result)
+
+    monkeypatch.setattr(ex, "_on_done", held_on_done)  # (bound into each invocation as it is made)
+    if where == "answering":
+        backend_obj = ex.backend
+        cancel_calls = backend_obj.cancel_calls
+
+        def answer_once_it_ended(calls):
+            held.go.set()  # its outcome is completed now, the stop asked already
+            assert _wait_done(fut), "the call's outcome was not completed"
+            return cancel_calls(calls)
+
+        monkeypatch.setattr(backend_obj, "cancel_calls", answer_once_it_ended)
+    fut = wrenpack.remote(square, executor=ex, timeout=30).remote(7)
+    held.wait()
+    try:
+        assert fut.cancel() is False  # (it ran: fut.cancel() leaves it be)
+        said = wrenpack.cancel(fut)
+    finally:
+        held.go.set()
+    outcome = _cancelled_or_result(fut)
+    assert outcome == (("cancelled", None) if said == [True] else ("result", 49)), (said, outcome)
+    assert said == ([False] if where == "reported" else [True]), said
+    if where == "answering":
+        assert fut.status["exit"] == "error" and fut.status["error"] == "CallCancelled", fut.status
+
+
+def _wait_done(fut, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not fut.done() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return fut.done()
+
+
+@pytest.mark.parametrize("where", ["taking", "sending"])
+def test_cancel_while_a_call_is_handed_to_the_backend_says_what_happens(make_executor, backend, monkeypatch, where):
+    """A cancel that comes while the call is handed to the backend: "taking" (its arguments
+    taken from the launch window, its invocation not made yet), "sending" (its invocation
+    made and recorded, the backend not given it yet). ``fut.cancel()`` and ``wrenpack.cancel``
+    answer what happens: True only if the call ends cancelled, else it runs to its result,
+    and either way its future ends (none is left pending, no call lost)."""
+    ex = make_executor(concurrency=1, retries=0)
+    held = _Hold()
+    jobs = []
+    if where == "taking":
+        invocation = ex._invocation
+
+        def held_invocation(job, i, data):
+            jobs.append(job)
+            held.hold()
+            return invocation(job, i, data)
+
+        monkeypatch.setattr(ex, "_invocation", held_invocation)
+    else:
+        backend_obj = ex.backend
+        invoke_many = backend_obj.invoke_many
+
+        def held_invoke_many(invocations):
+            jobs.append(ex._jobs[invocations[0].key[0]])
+            held.hold()
+            return invoke_many(invocations)
+
+        monkeypatch.setattr(backend_obj, "invoke_many", held_invoke_many)
+    launched = []
+    launcher = threading.Thread(target=lambda: launched.append(wrenpack.remote(square, executor=ex, timeout=30).remote(6)))
+    launcher.start()
+    held.wait()
+    try:
+        fut = jobs[0].futures[keys.call_id(0)]
+        took = fut.cancel()
+        said = wrenpack.cancel(fut)
+    finally:
+        held.go.set()
+        launcher.join(30)
+    assert launched and launched[0] is fut
+    outcome = _cancelled_or_result(fut)
+    assert outcome == (("cancelled", None) if took or said == [True] else ("result", 36)), (took, said, outcome)
+    # The executor goes on: its next call runs.
+    assert wrenpack.remote(square, executor=ex, timeout=30).remote(5).result(timeout=60) == 25
+
+
+@pytest.mark.backends("local")
+def test_a_local_call_whose_reply_is_not_read_yet_is_cancelled_not_finished(make_executor, backend, tmp_path):
+    """Locally the stop and the reply are decided under the backend's lock: a call that has
+    returned, its reply waiting unread on its worker's socket, is stopped by
+    ``wrenpack.cancel`` (True) and ends cancelled; its reply is dropped with the worker.
+    (Deterministic: the test holds the backend's lock while the reply comes in.)"""
+    import select
+
+    ex = make_executor(concurrency=1, retries=0)
+    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
+    fut = wrenpack.remote(finishes_on_signal, executor=ex, timeout=30).remote("plain", ready, go)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.path.exists(ready), "the call never ran"
+    backend_obj = ex.backend
+    with backend_obj._lock:  # (the dispatcher reads no reply meanwhile)
+        [worker] = [w for w in backend_obj._workers if w.inflight]
+        open(go, "w").close()
+        readable, _, _ = select.select([worker.sock], [], [], 30)
+        assert readable, "the call's reply never came"
+        said = wrenpack.cancel(fut)  # (the lock is reentrant: the backend's cancel runs under it)
+    assert said == [True]
+    assert _cancelled_or_result(fut) == ("cancelled", None)
+    assert wrenpack.remote(square, executor=ex, timeout=30).remote(4).result(timeout=60) == 16

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import weakref
-from concurrent.futures import _base
+from concurrent.futures import CancelledError, _base
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +35,7 @@ from wrenpack.executor.options import CallOptions
 from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.storage import Store
 from wrenpack.wire import result as result_format, segment as segment_format
+from wrenpack.wire.outcome import error_tuple
 from wrenpack.worker import checkpoint, handoff, refs
 
 log = logging.getLogger("wrenpack.executor")
@@ -94,13 +95,16 @@ class RunningJob(CallOwner):
     #: a thread is launching calls (``_fill``); another asked it to look again
     filling: bool = False
     fill_again: bool = False
-    #: calls asked to stop while they ran (``cancel_calls``): a checkpointed one whose
-    #: segment ends before its worker saw the cancel marker has no next segment
+    #: calls asked to stop while they ran (``cancel_calls``), until the stop is withdrawn
+    #: (``_at_boundary``): whatever outcome comes in for one (its result, its own error: on
+    #: Lambda a call may end before its worker sees the cancel marker) ends it cancelled
+    #: (``_stop_wins``), and a checkpointed one has no next segment
     stop_asked: set[str] = field(default_factory=set)
-    #: checkpointed calls at a segment boundary (made on the first): "between" from the
-    #: moment a segment's checkpointed reply is in until the next segment is decided on,
-    #: "cancelled" once a stop asked meanwhile ended the call there. What ``cancel_calls``
-    #: answers for a call no backend runs at that moment (``_at_boundary``).
+    #: checkpointed calls at a segment boundary, and calls a stop ended (made on the first):
+    #: "between" from the moment a segment's checkpointed reply is in until the next segment
+    #: is decided on, "cancelled" once a stop asked ended the call (there, or as its outcome
+    #: came in). What ``cancel_calls`` answers for a call no backend runs at that moment
+    #: (``_at_boundary``).
     boundary: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -221,7 +225,9 @@ class CallTable:
         not (``wrenpack.cancel``): a pending one is taken back (its future is
         cancelled), a running one is stopped by the backend
         (``Backend.cancel_calls``) and its future fails with ``CallCancelled``,
-        a ``concurrent.futures.CancelledError``; one launched with
+        a ``concurrent.futures.CancelledError``, whatever outcome comes in for it
+        (on Lambda it may finish before its worker sees the cancel marker:
+        ``_stop_wins``); one launched with
         ``cancellable=False`` runs on, on every backend alike. The calls that
         will end so, and only those: a checkpointed call between two of its
         segments, which no backend runs then, ends cancelled there if its next
@@ -251,7 +257,8 @@ class CallTable:
 
     def _at_boundary(self, job: RunningJob, cid: str) -> bool:
         """A call asked to stop that the backend did not find running (lock held):
-        True if it ends cancelled at its segment boundary (it did, or its next
+        True if it ends cancelled (it did: its outcome came in while the stop was
+        asked, ``_stop_wins``, or it was at its segment boundary; or its next
         segment is not decided on yet, and the decision will see the stop);
         else the stop is withdrawn and the call runs on (it ended, or its next
         segment or attempt is being launched) to its own outcome."""
@@ -270,6 +277,20 @@ class CallTable:
                 if job.boundary is None:
                     job.boundary = {}
                 job.boundary[inv.key[1]] = "between"
+
+    def _stop_wins(self, job: RunningJob, cid: str) -> bool:
+        """A call's outcome came in (lock held): True if a stop was asked of it and not
+        withdrawn, which ``cancel_calls`` answers (or answered) True: the call ends
+        cancelled, whatever it brought (on Lambda a call may finish before its worker
+        looks for the cancel marker). Marked so: a ``cancel_calls`` still waiting for
+        its backend's answer answers True too (``_at_boundary``). Not at exit, whose
+        stops (``_stop_outliving_calls``) answer no one: its calls end as it ends them."""
+        if cid not in job.stop_asked or self._stopping:
+            return False
+        if job.boundary is None:
+            job.boundary = {}
+        job.boundary[cid] = "cancelled"
+        return True
 
     def _next_or_stop(self, job: RunningJob, cid: str) -> bool:
         """The decision at a segment boundary (lock held): True if a stop was asked (the
@@ -374,6 +395,10 @@ class CallTable:
         else:
             log.debug("completing %s failed", inv.label, exc_info=True)
             err = WrenpackError(f"{inv.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}")
+        with self._lock:
+            stopped = not job.finished(inv.key[1]) and self._stop_wins(job, inv.key[1])
+        if stopped and not isinstance(err, CancelledError):
+            err = CallCancelled(f"{inv.label} was cancelled while it ran")
         try:
             self._resolve(job, inv.key[1], False, err)
         except Exception:  # noqa: BLE001 - last resort: the future itself
@@ -446,6 +471,16 @@ class CallTable:
             # be read; its status says how it ended all the same, as a worker's does for an exception)
             final["exit"] = "error"
             final.setdefault("error", type(value).__name__)
+        with self._lock:
+            stopped = self._stop_wins(job, cid)
+        if stopped:
+            # ``wrenpack.cancel`` said True (or will): the call ends cancelled, not with what it
+            # brought, and is not tried again. Its status is a cancelled call's (as the handler's
+            # own for one that saw its marker), with what the worker recorded of its run.
+            if not isinstance(value, CancelledError):
+                value = CallCancelled(f"{fut.label} was cancelled while it ran")
+            ok, data = False, None
+            final.update(exit="error", error="CallCancelled", cancelled=True)
         retried = fut._retried
         if retried:
             final["retried"] = list(retried)
@@ -464,6 +499,8 @@ class CallTable:
                 cause.logs = logs
             elif cause is None:
                 value.__cause__ = RemoteTraceback("", logs)
+        if stopped and job.pinned:
+            self._store_cancelled(job, cid, final, value)
         self._resolve(job, cid, ok, value, data=data)
 
     def _should_retry(self, job: RunningJob, inv: Invocation, exc: Any) -> bool:
@@ -747,6 +784,17 @@ class CallTable:
         except ObjectNotFound:
             raise CorruptObject(f"{key}: the call reported a checkpointed segment but its record is missing; re-run the call") from None
         return segment_format.open_segment(job.secret, job.job_id, cid, segment, blob)
+
+    def _store_cancelled(self, job: RunningJob, cid: str, status: dict[str, Any], error: BaseException) -> None:
+        """A pinned job's call that ends cancelled though its worker finished first: its
+        result object (which the worker may have written, and a pickled future reads)
+        says cancelled too."""
+        try:
+            outcome = cloudpickle.dumps(error_tuple(error, "wrenpack", ""))
+            self.store.put(keys.result_key(job.job_id, cid),
+                           result_format.seal_result(job.secret, job.job_id, cid, dict(status), outcome))
+        except Exception:  # noqa: BLE001
+            log.warning("could not store the cancel of call %s of job %s for its pickled future", cid, job.job_id, exc_info=True)
 
     def _sealed_copy(self, job: RunningJob, cid: str, status: dict[str, Any] | None, value: Any) -> bytes:
         """A handed-off result as the sealed result object a pickled future reads from the store."""

@@ -160,7 +160,13 @@ class LocalStore(Store):
     def get_buffer(self, key: str) -> Any:
         """The object's file mapped read-only (nothing copied; the file is replaced,
         never rewritten, by this store's writers, so the mapping keeps the object
-        it opened)."""
+        it opened, even once it is deleted). The one thing that breaks a mapping:
+        a process of this user (any code it runs can reach the private root) that
+        truncates the file in place, which wrenpack never does: touching the pages
+        past the new end then raises SIGBUS, which ends the reading process (a call
+        fails as crashed, "signal SIGBUS"; run again, it maps the shorter file,
+        whose MAC fails: ``CorruptObject``). ``release_range`` keeps the size: its
+        pages read as zeros."""
         fd = self._open(key)
         try:
             size = os.fstat(fd).st_size
@@ -174,7 +180,7 @@ class LocalStore(Store):
 
     def get_range_buffer(self, key: str, start: int, end: int) -> Any:
         """Bytes ``[start, end)`` of the object's file, mapped read-only (the mapping
-        starts at the page below ``start``; nothing is copied)."""
+        starts at the page below ``start``; nothing is copied; as ``get_buffer``)."""
         fd = self._open(key)
         try:
             end = min(end, os.fstat(fd).st_size)
