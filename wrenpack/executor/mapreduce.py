@@ -36,7 +36,7 @@ from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.limits import integral
-from wrenpack.executor.options import CallOptions, check_options
+from wrenpack.executor.options import CallOptions, check_known, check_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture, cancel
 from wrenpack.report import stands_for
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 #: the most reducers a shuffle is split into (each is one call, launched whether its partition
 #: holds data or not; a 1 TB sort on 1,000 functions needs a few thousand)
 MAX_PARTITIONS = 100_000
+
+#: map_reduce's own keywords (the rest are call options), as an unknown keyword's message lists them
+OWN_KEYWORDS = ("partitions", "partitioned", "partition_fn", "per_object", "fan_in", "executor")
 
 #: The most mappers whose reducers are launched with them (``RunningJob._together``):
 #: each of those reducers reads every mapper's index.
@@ -90,6 +93,9 @@ def map_reduce(
     Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
+    # First: a misspelt keyword (partiton=4) lands in ``options``, and any later check
+    # (the reducer's signature for a form the user did not mean) would blame something else.
+    check_known(options, "map_reduce", OWN_KEYWORDS)
     check_executor(options.get("executor"), "map_reduce")
     for name, fn in (("mapper", mapper), ("reducer", reducer)):
         if not callable(fn):
