@@ -142,7 +142,7 @@ def map_reduce(
         raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
     if per_object:
         _check_one_source_per_key(items)
-    _check_signatures(mapper, reducer, partitions, partitioned)
+    _check_signatures(mapper, reducer, partitions, partitioned, partition_fn)
 
     executor = options.pop("executor", None)
     m_fn, m_exec, m_opts, _m_state = _unwrap(mapper)
@@ -222,9 +222,13 @@ def _check_one_source_per_key(items: list[Any]) -> None:
                               "reduced as one object; run one map_reduce per source (or give them other names)")
 
 
-def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool) -> None:
-    """The mapper and the reducer each take what the form calls them with (``_check_signature``)."""
+def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool,
+                      partition_fn: Any = None) -> None:
+    """The mapper, the reducer and a partition_fn each take what the form calls them with
+    (``_check_signature``)."""
     _check_signature(mapper, "mapper(item)", 1)
+    if partition_fn is not None:
+        _check_signature(partition_fn, "partition_fn(key, R) for each pair a mapper returns", 2)
     if partitions is not None:
         _check_signature(reducer, "reducer(i, parts) with partitioned=True" if partitioned else
                          "reducer(key, values) once per key with partitions=R", 2)
