@@ -31,8 +31,8 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
-from wrenpack import keys
-from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError
+from wrenpack import keys, serialize
+from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError, SerializationError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.limits import integral
@@ -165,6 +165,9 @@ def map_reduce(
                 finish = job.per_object(items, fan_in)
             else:
                 finish = job.tree(items, fan_in or 2)
+    except SerializationError as exc:
+        job.cleanup()
+        raise _unsendable_item(items, label, exc) from None
     except BaseException:
         job.cleanup()
         raise
@@ -207,6 +210,20 @@ def _split_key(results: list[dict[Any, Any]], own_partition_fn: bool = True) -> 
                                    "sends equal keys to one partition")
             seen[key] = (p, key)
     return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
+
+
+def _unsendable_item(items: list[Any], label: str, exc: SerializationError) -> SerializationError:
+    """What could not be sent, in the user's terms: a mapper call's arguments are an
+    internal task tuple (item, index, secret...), so the launch's own message said
+    "argument 2 of call 3"; this one names ``items[3]`` (and the part of it that does
+    not pickle). ``exc`` itself when every item pickles (a function did not)."""
+    for i, item in enumerate(items):
+        try:
+            serialize.dumps(item)
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - (as the launch's own pickling catches them)
+            where = serialize.describe_unpicklable(item, f"items[{i}] of {label}")
+            return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
+    return exc
 
 
 def _check_one_source_per_key(items: list[Any]) -> None:
@@ -682,9 +699,12 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
     r_exec.check_open()
     r_exec.prepare(r_fn, [], r_exec.options(), r_name)
     follow = _Follow([m_exec, r_exec], f"map_reduce({r_name})", "reduce")
-    with follow.starting():
-        map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
-        follow.add(map_futures)
+    try:
+        with follow.starting():
+            map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
+            follow.add(map_futures)
+    except SerializationError as exc:
+        raise _unsendable_item(items, f"map_reduce({_name(m_fn)}, {_name(r_fn)})", exc) from None
 
     def chain() -> None:
         try:
