@@ -50,6 +50,31 @@ def test_a_range_that_is_not_byte_offsets_is_one_line(data):
         data.open("r/x", "1")
 
 
+def test_whole_number_arguments_take_any_integral_type_but_bool(data, tmp_path):
+    """partitions=np.int64(2) and fan_in=np.int32(3) were taken, objects(chunk_size=np.int64(100))
+    ("must be a whole number of bytes") and get("k", np.int64(1), 3) ("must be a byte offset
+    (an int...)") refused: whole numbers are read alike (limits.integral) across the data API."""
+    np = pytest.importorskip("numpy")
+    data.put("n/x", b"abc\n" * 100)
+    assert data.get("n/x", np.int64(1), np.int32(3)) == b"bc"
+    assert data.get("n/x", np.int64(-2)) == b"c\n"
+    assert data.open("n/x", np.uint8(4), np.int64(7)).read() == b"abc"
+    as_ints = [(r.start, r.end) for r in data.objects("n/", chunk_size=100)]
+    assert [(r.start, r.end) for r in data.objects("n/", chunk_size=np.int64(100))] == as_ints
+    assert all(type(r.start) is int and type(r.end) is int for r in data.objects("n/", chunk_size=np.int64(100)))
+    fixed = [(r.start, r.end) for r in data.objects("n/", chunk_size=np.int16(40), record_size=np.int64(8))]
+    assert fixed == [(r.start, r.end) for r in data.objects("n/", chunk_size=40, record_size=8)]
+    (tmp_path / "f.txt").write_bytes(b"abc\n" * 100)
+    assert len(objects(str(tmp_path / "f.txt"), chunk_size=np.int64(100))) == 4
+    for bad in (True, np.bool_(True), 100.0, "100"):
+        with pytest.raises(ConfigError, match="chunk_size=.* must be a whole number of bytes"):
+            data.objects("n/", chunk_size=bad)
+        with pytest.raises(ConfigError, match="record_size=.* must be a whole number of bytes"):
+            data.objects("n/", record_size=bad)
+        with pytest.raises(TypeError, match=r"get\(start=.*must be a byte offset"):
+            data.get("n/x", bad, 3)
+
+
 def test_storage_handle_refuses_text_and_bad_keys(data):
     with pytest.raises(StoreError, match="needs bytes"):
         data.put("k", "text")
