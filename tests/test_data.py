@@ -94,6 +94,44 @@ def test_storage_handle_refuses_text_and_bad_keys(data):
     assert data.list() == [".hidden/.tmpfile"]
 
 
+def _ops(data, key):
+    return {"put": lambda: data.put(key, b"1"), "get": lambda: data.get(key), "get range": lambda: data.get(key, 0, 1),
+            "size": lambda: data.size(key), "exists": lambda: data.exists(key), "delete": lambda: data.delete(key),
+            "open": lambda: data.open(key)}
+
+
+def test_a_key_too_long_for_either_store_is_refused_alike_in_one_line(data):
+    """delete('x' * 300) raised a bare OSError (File name too long), get/size/exists/open a
+    StoreError, and put said to free space. A key part longer than a file name (255 bytes)
+    or a key longer than S3 takes (1024 bytes with what precedes it) is refused by every
+    operation in one line naming the limit, before the store is touched, on a local store and
+    on S3 alike: a key that works in a local run works on Lambda, and the other way round."""
+    from wrenpack.storage.s3 import S3Store
+
+    class NoRequests:
+        def __getattr__(self, name):
+            raise AssertionError(f"S3 was asked ({name}) for a key refused before any request")
+
+    s3 = S3Store("bucket", "pre/fix")
+    s3._client = NoRequests()
+    for store in (data, DataStore(s3)):
+        for key, what in (("x" * 300, r"its part 'xxxx.*' is 300 bytes: a key's parts between '/' hold at most 255"),
+                          ("d/" + "é" * 128, r"its part 'éééé.*' is 256 bytes: a key's parts between '/' hold at most 255"),
+                          ("/".join(["y" * 200] * 6), r"it is 1205 bytes: S3 keys hold at most 1024 bytes")):
+            for op, call in _ops(store, key).items():
+                with pytest.raises(StoreError, match=rf"invalid data key .*: {what}.*; shorten it") as info:
+                    call()
+                assert "\n" not in str(info.value) and len(str(info.value)) < 400, (op, str(info.value))
+    assert data.store.list("") == []  # (nothing written, no folder made)
+    for key in ("x" * 255, "d/" + "é" * 127, "/".join(["y" * 200] * 5)):
+        data.put(key, b"1")
+        assert data.get(key) == b"1" and data.exists(key) and data.size(key) == 1 and key in data.list()
+        data.delete(key)
+        assert not data.exists(key)
+    # (a prefix is no key: nothing can be under one too long, and it is said with no error)
+    assert data.list("x" * 300 + "/") == [] and data.delete_prefix("x" * 300 + "/") == 0
+
+
 def test_storage_handle_inside_a_call_is_the_executors_store(remote, executor):
     client = wrenpack.store(executor)
     client.put("handle/in.txt", b"from the client")

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from wrenpack.errors import ConfigError, ConfigTypeError, ObjectNotFound, StoreError, TextDecodeError
 from wrenpack.limits import integral
 from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
+from wrenpack.storage.base import MAX_KEY_BYTES, MAX_PART_BYTES, key_bytes, long_part, shown
 
 #: Where the user's objects live in wrenpack's store.
 USER_PREFIX = "data/"
@@ -160,7 +161,24 @@ class DataStore:
         if any(p.startswith(".tmp-") for p in parts):
             raise StoreError(f"invalid data key {key!r}: names starting with '.tmp-' are the store's half-written "
                              "files (never listed, removed once their writer is gone); choose another name")
+        # Held to both stores' limits on either, so a key that works in a local run works on S3 and the other
+        # way round: a part is a file name locally (S3 takes longer ones), a key at most 1024 bytes on S3.
+        long = long_part(key)
+        if long is not None:
+            raise StoreError(f"invalid data key {shown(key)}: its part {shown(long[0])} is {long[1]} bytes: a key's "
+                             f"parts between '/' hold at most {MAX_PART_BYTES} bytes (a local store's file names; "
+                             "held to it on S3 too, so a key works on both); shorten it")
+        before = self._before()
+        if len(key) > (MAX_KEY_BYTES - len(before)) // 4 and key_bytes(before + key) > MAX_KEY_BYTES:
+            raise StoreError(f"invalid data key {shown(key)}: it is {key_bytes(key)} bytes: S3 keys hold at most "
+                             f"{MAX_KEY_BYTES} bytes, {MAX_KEY_BYTES - key_bytes(before)} of them after {before!r} here "
+                             "(held to it in a local store too, so a key works on both); shorten it")
         return self.prefix + key
+
+    def _before(self) -> str:
+        """What precedes a key in its store's key space (S3 counts it in its 1024 bytes)."""
+        spec = self.store.spec
+        return (f"{spec['prefix']}/" if spec.get("type") == "s3" and spec.get("prefix") else "") + self.prefix
 
     def url(self, key: str = "") -> str:
         """Where ``key`` is, for messages (``s3://bucket/prefix/data/key`` or a file URL)."""
