@@ -223,3 +223,23 @@ def test_a_key_part_longer_than_a_file_name_is_one_line_for_every_operation(tmp_
         assert s.list_folders(prefix) == []
     s.put("d/" + "y" * 255, b"1")  # (the longest a part can be)
     assert s.list("d/") == ["d/" + "y" * 255] and s.delete_prefix("d/") == 1
+
+
+def test_delete_of_a_folder_of_other_objects_is_no_error_and_other_failures_one_line(tmp_path, monkeypatch):
+    """As on S3, no object is named 'dir' when 'dir/a' exists: its delete is that of a key not
+    there (no error, 'dir/a' stays); it raised a bare IsADirectoryError. Any other failure of the
+    file system is a StoreError in one line (it was a bare OSError)."""
+    from wrenpack.errors import StoreError
+
+    s = LocalStore(str(tmp_path / "s"))
+    s.put("dir/a", b"x")
+    s.delete("dir")
+    assert s.get("dir/a") == b"x"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "unlink", refused)
+    with pytest.raises(StoreError, match=r"cannot delete dir/a from file://.*: Permission denied") as info:
+        s.delete("dir/a")
+    assert "\n" not in str(info.value)

@@ -419,6 +419,11 @@ class LocalStore(Store):
                 os.unlink(name, dir_fd=dfd)
         except _ABSENT:
             pass
+        except IsADirectoryError:  # (a folder of other objects: as on S3, no object has its name, so none goes)
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot delete {key} from {self.url}: {_reason(exc)}; fix the store directory, or set "
+                             "storage= to another one") from None
 
     def delete_prefix(self, prefix: str) -> int:
         # One walk from the bottom of the prefix's directory: its keys go, then the
