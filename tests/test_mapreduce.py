@@ -425,6 +425,33 @@ def test_an_item_that_cannot_be_pickled_is_named_by_its_place_in_items(executor,
     assert _left(executor) == []
 
 
+@pytest.mark.parametrize("form,role", [("single", "mapper"), ("single", "reducer"), ("shuffle", "mapper"),
+                                       ("shuffle", "reducer"), ("shuffle", "partition_fn"), ("tree", "mapper"),
+                                       ("tree", "reducer")])
+def test_a_function_that_cannot_be_pickled_is_named_by_its_role(executor, form, role):
+    """The shuffle and tree forms send the user's functions inside wrappers of their own, so
+    it said "closure variable 'lock' of closure variable 'reducer' of function
+    'make_task.<locals>.shuffle_task'": now the reducer, named as the user knows it."""
+    import threading
+
+    from wrenpack.errors import SerializationError
+
+    kw, reducer = FORMS[form]
+    lock = threading.Lock()
+    mapper = _pairs_or_value(form)
+    fns = {"mapper": mapper, "reducer": reducer, "partition_fn": lambda k, r: 0}
+    held = {"mapper": lambda x: lock and mapper(x), "reducer": lambda *a: lock and reducer(*a),
+            "partition_fn": lambda k, r: lock and 0}
+    fns[role] = held[role]
+    if form == "shuffle":
+        kw = {**kw, "partition_fn": fns["partition_fn"]}
+    with pytest.raises(SerializationError, match=rf"^cannot send closure variable 'lock' of the {role} .*<lambda> of "
+                                                 r"map_reduce\(.*\) \(a _thread.lock\): cannot pickle") as info:
+        wrenpack.map_reduce(fns["mapper"], [1, 2], fns["reducer"], executor=executor, **kw)
+    assert "make_" not in str(info.value) and "\n" not in str(info.value)
+    assert _left(executor) == []
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_shutdown_waits_for_a_running_map_reduce(make_executor, form):
     """shutdown(wait=True), a `with` block's end, waits for a map_reduce accepted before it,

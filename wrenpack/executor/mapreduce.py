@@ -167,7 +167,8 @@ def map_reduce(
                 finish = job.tree(items, fan_in or 2)
     except SerializationError as exc:
         job.cleanup()
-        raise _unsendable_item(items, label, exc) from None
+        functions = {"mapper": m_fn, "reducer": r_fn, "partition_fn": partition_fn}
+        raise _unsendable({k: f for k, f in functions.items() if f is not None}, items, label, exc) from None
     except BaseException:
         job.cleanup()
         raise
@@ -212,15 +213,25 @@ def _split_key(results: list[dict[Any, Any]], own_partition_fn: bool = True) -> 
     return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
 
 
-def _unsendable_item(items: list[Any], label: str, exc: SerializationError) -> SerializationError:
-    """What could not be sent, in the user's terms: a mapper call's arguments are an
-    internal task tuple (item, index, secret...), so the launch's own message said
-    "argument 2 of call 3"; this one names ``items[3]`` (and the part of it that does
-    not pickle). ``exc`` itself when every item pickles (a function did not)."""
+def _unsendable(functions: dict[str, Any], items: list[Any], label: str, exc: SerializationError) -> SerializationError:
+    """What could not be sent, in the user's terms. The shuffle and tree forms send the
+    user's functions inside wrappers of their own (``shuffle.make_task``...), and a
+    mapper call's arguments are an internal task tuple (item, index, secret...), so the
+    launch's own message said "closure variable 'reducer' of function 'make_task.<locals>
+    .shuffle_task'" or "argument 2 of call 3"; this one names the reducer, or ``items[3]``
+    (and the part of it that does not pickle). ``exc`` itself if each of them pickles."""
+    for role, fn in functions.items():
+        inner = _unwrap(fn)[0]
+        try:
+            with serialize.by_value(serialize.user_modules_of(inner)):  # (as the launch pickles it)
+                serialize.dumps(inner)
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - (as the launch's own pickling catches them)
+            where = serialize.describe_unpicklable(inner, f"the {role} {_name(inner)} of {label}")
+            return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
     for i, item in enumerate(items):
         try:
             serialize.dumps(item)
-        except (Exception, SystemExit) as err:  # noqa: BLE001 - (as the launch's own pickling catches them)
+        except (Exception, SystemExit) as err:  # noqa: BLE001
             where = serialize.describe_unpicklable(item, f"items[{i}] of {label}")
             return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
     return exc
@@ -696,15 +707,19 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
     r_name = getattr(r_fn, "__qualname__", "reducer")
     # The reducer launches once the mappers are done: what would keep it from
     # launching then is raised now, before anything runs.
+    label = f"map_reduce({_name(m_fn)}, {_name(r_fn)})"
     r_exec.check_open()
-    r_exec.prepare(r_fn, [], r_exec.options(), r_name)
+    try:
+        r_exec.prepare(r_fn, [], r_exec.options(), r_name)
+    except SerializationError as exc:
+        raise _unsendable({"reducer": r_fn}, [], label, exc) from None
     follow = _Follow([m_exec, r_exec], f"map_reduce({r_name})", "reduce")
     try:
         with follow.starting():
             map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
             follow.add(map_futures)
     except SerializationError as exc:
-        raise _unsendable_item(items, f"map_reduce({_name(m_fn)}, {_name(r_fn)})", exc) from None
+        raise _unsendable({"mapper": m_fn}, items, label, exc) from None
 
     def chain() -> None:
         try:
