@@ -491,6 +491,40 @@ def test_map_reduce_bad_options_are_one_line_naming_map_reduce(executor, kw, opt
     _one_line(info.value)
 
 
+@pytest.mark.parametrize("reducer", [lambda k, vs: 0, sum], ids=["reducer(key, values)", "reducer(values)"])
+@pytest.mark.parametrize("typo,meant", [("partiton", "partitions"), ("partitons", "partitions"), ("fanin", "fan_in"),
+                                        ("per_objects", "per_object"), ("partition_func", "partition_fn"),
+                                        ("memroy", "memory")])
+def test_a_misspelt_map_reduce_keyword_is_named_first_with_its_close_match(executor, reducer, typo, meant):
+    """partiton=4 with a reducer(key, values) was blamed on the reducer ("is called
+    reducer(values)"), never naming the typo; with a reducer(values) "known:" listed the call
+    options only, not map_reduce's own keywords, and offered no close match."""
+    with pytest.raises(ConfigError, match=rf"unknown option {typo} \(from map_reduce\): did you mean {meant}\? \(known: ") as info:
+        wrenpack.map_reduce(square, [1], reducer, executor=executor, **{typo: 4})
+    msg = _one_line(info.value)
+    for name in ("partitions", "partitioned", "partition_fn", "per_object", "fan_in", "executor", "memory", "timeout"):
+        assert f" {name}," in msg or f" {name})" in msg, (name, msg)
+    # nothing close: no guess, the names still listed
+    with pytest.raises(ConfigError, match=r"unknown option bogus \(from map_reduce\); known: .*fan_in") as info:
+        wrenpack.map_reduce(square, [1], reducer, executor=executor, partitions=2, bogus=1)
+    assert "did you mean" not in _one_line(info.value)
+
+
+@pytest.mark.parametrize("partition_fn,shown", [(lambda k: 0, r"<lambda>\(k\)"), (lambda: 0, r"<lambda>\(\)"),
+                                                (lambda k, r, s: 0, r"<lambda>\(k, r, s\)")])
+def test_a_partition_fn_that_cannot_take_key_and_r_is_refused_before_launch(executor, partition_fn, shown):
+    """Every mapper ran, then a bare "TypeError: <lambda>() takes 1 positional argument
+    but 2 were given" came from result(); the mapper and the reducer were checked already."""
+    with pytest.raises(ConfigTypeError, match=rf"the partition_fn {shown} is called partition_fn\(key, R\).*give a "
+                                              "partition_fn that takes 2 arguments") as info:
+        wrenpack.map_reduce(lambda x: [(x, x)], [1, 2], lambda k, vs: 0, partitions=2, partition_fn=partition_fn,
+                            executor=executor)  # (no result(): refused by map_reduce itself)
+    _one_line(info.value)
+    out = wrenpack.map_reduce(lambda x: [(x, x)], [1, 2], lambda k, vs: sum(vs), partitions=2,
+                              partition_fn=lambda k, r=0, *more: k % 2, executor=executor).result(timeout=60)
+    assert out == {2: 2, 1: 1}
+
+
 def test_a_partitioned_mapper_that_returns_a_dict_is_told_to_return_its_parts_in_order(executor):
     """The fix named for a dict fits the form: with partitioned=True a dict of partition -> part
     is to be returned as a list in partition order (it said to return list(d.items()), pairs)."""

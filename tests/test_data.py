@@ -50,6 +50,31 @@ def test_a_range_that_is_not_byte_offsets_is_one_line(data):
         data.open("r/x", "1")
 
 
+def test_whole_number_arguments_take_any_integral_type_but_bool(data, tmp_path):
+    """partitions=np.int64(2) and fan_in=np.int32(3) were taken, objects(chunk_size=np.int64(100))
+    ("must be a whole number of bytes") and get("k", np.int64(1), 3) ("must be a byte offset
+    (an int...)") refused: whole numbers are read alike (limits.integral) across the data API."""
+    np = pytest.importorskip("numpy")
+    data.put("n/x", b"abc\n" * 100)
+    assert data.get("n/x", np.int64(1), np.int32(3)) == b"bc"
+    assert data.get("n/x", np.int64(-2)) == b"c\n"
+    assert data.open("n/x", np.uint8(4), np.int64(7)).read() == b"abc"
+    as_ints = [(r.start, r.end) for r in data.objects("n/", chunk_size=100)]
+    assert [(r.start, r.end) for r in data.objects("n/", chunk_size=np.int64(100))] == as_ints
+    assert all(type(r.start) is int and type(r.end) is int for r in data.objects("n/", chunk_size=np.int64(100)))
+    fixed = [(r.start, r.end) for r in data.objects("n/", chunk_size=np.int16(40), record_size=np.int64(8))]
+    assert fixed == [(r.start, r.end) for r in data.objects("n/", chunk_size=40, record_size=8)]
+    (tmp_path / "f.txt").write_bytes(b"abc\n" * 100)
+    assert len(objects(str(tmp_path / "f.txt"), chunk_size=np.int64(100))) == 4
+    for bad in (True, np.bool_(True), 100.0, "100"):
+        with pytest.raises(ConfigError, match="chunk_size=.* must be a whole number of bytes"):
+            data.objects("n/", chunk_size=bad)
+        with pytest.raises(ConfigError, match="record_size=.* must be a whole number of bytes"):
+            data.objects("n/", record_size=bad)
+        with pytest.raises(TypeError, match=r"get\(start=.*must be a byte offset"):
+            data.get("n/x", bad, 3)
+
+
 def test_storage_handle_refuses_text_and_bad_keys(data):
     with pytest.raises(StoreError, match="needs bytes"):
         data.put("k", "text")
@@ -67,6 +92,44 @@ def test_storage_handle_refuses_text_and_bad_keys(data):
             data.put(key, b"x")
     data.put(".hidden/.tmpfile", b"x")  # (other names starting with a dot are keys like any)
     assert data.list() == [".hidden/.tmpfile"]
+
+
+def _ops(data, key):
+    return {"put": lambda: data.put(key, b"1"), "get": lambda: data.get(key), "get range": lambda: data.get(key, 0, 1),
+            "size": lambda: data.size(key), "exists": lambda: data.exists(key), "delete": lambda: data.delete(key),
+            "open": lambda: data.open(key)}
+
+
+def test_a_key_too_long_for_either_store_is_refused_alike_in_one_line(data):
+    """delete('x' * 300) raised a bare OSError (File name too long), get/size/exists/open a
+    StoreError, and put said to free space. A key part longer than a file name (255 bytes)
+    or a key longer than S3 takes (1024 bytes with what precedes it) is refused by every
+    operation in one line naming the limit, before the store is touched, on a local store and
+    on S3 alike: a key that works in a local run works on Lambda, and the other way round."""
+    from wrenpack.storage.s3 import S3Store
+
+    class NoRequests:
+        def __getattr__(self, name):
+            raise AssertionError(f"S3 was asked ({name}) for a key refused before any request")
+
+    s3 = S3Store("bucket", "pre/fix")
+    s3._client = NoRequests()
+    for store in (data, DataStore(s3)):
+        for key, what in (("x" * 300, r"its part 'xxxx.*' is 300 bytes: a key's parts between '/' hold at most 255"),
+                          ("d/" + "é" * 128, r"its part 'éééé.*' is 256 bytes: a key's parts between '/' hold at most 255"),
+                          ("/".join(["y" * 200] * 6), r"it is 1205 bytes: S3 keys hold at most 1024 bytes")):
+            for op, call in _ops(store, key).items():
+                with pytest.raises(StoreError, match=rf"invalid data key .*: {what}.*; shorten it") as info:
+                    call()
+                assert "\n" not in str(info.value) and len(str(info.value)) < 400, (op, str(info.value))
+    assert data.store.list("") == []  # (nothing written, no folder made)
+    for key in ("x" * 255, "d/" + "é" * 127, "/".join(["y" * 200] * 5)):
+        data.put(key, b"1")
+        assert data.get(key) == b"1" and data.exists(key) and data.size(key) == 1 and key in data.list()
+        data.delete(key)
+        assert not data.exists(key)
+    # (a prefix is no key: nothing can be under one too long, and it is said with no error)
+    assert data.list("x" * 300 + "/") == [] and data.delete_prefix("x" * 300 + "/") == 0
 
 
 def test_storage_handle_inside_a_call_is_the_executors_store(remote, executor):

@@ -407,6 +407,52 @@ def test_what_cannot_be_launched_is_raised_by_map_reduce_itself(make_executor, f
 
 
 @pytest.mark.parametrize("form", FORMS)
+def test_an_item_that_cannot_be_pickled_is_named_by_its_place_in_items(executor, form):
+    """It said "cannot send argument 2 of call 3 of pairs (map) and add (reduce)": argument 2
+    of the internal task tuple (argument 0 in the plain form), not the user's items[3]."""
+    import threading
+
+    from wrenpack.errors import SerializationError
+
+    kw, reducer = FORMS[form]
+    lock = threading.Lock()
+    for items, where in (([1, 2, 3, lock], r"items\[3\]"), ([(1, lock)], r"item 1 of items\[0\]")):
+        with pytest.raises(SerializationError, match=rf"^cannot send {where} of map_reduce\(.*\) \(a _thread.lock\): "
+                                                     r"cannot pickle '_thread.lock' object; pass plain data") as info:
+            wrenpack.map_reduce(_pairs_or_value(form), items, reducer, executor=executor, **kw)
+        assert "argument" not in str(info.value) and "call 3" not in str(info.value)
+        assert "\n" not in str(info.value)
+    assert _left(executor) == []
+
+
+@pytest.mark.parametrize("form,role", [("single", "mapper"), ("single", "reducer"), ("shuffle", "mapper"),
+                                       ("shuffle", "reducer"), ("shuffle", "partition_fn"), ("tree", "mapper"),
+                                       ("tree", "reducer")])
+def test_a_function_that_cannot_be_pickled_is_named_by_its_role(executor, form, role):
+    """The shuffle and tree forms send the user's functions inside wrappers of their own, so
+    it said "closure variable 'lock' of closure variable 'reducer' of function
+    'make_task.<locals>.shuffle_task'": now the reducer, named as the user knows it."""
+    import threading
+
+    from wrenpack.errors import SerializationError
+
+    kw, reducer = FORMS[form]
+    lock = threading.Lock()
+    mapper = _pairs_or_value(form)
+    fns = {"mapper": mapper, "reducer": reducer, "partition_fn": lambda k, r: 0}
+    held = {"mapper": lambda x: lock and mapper(x), "reducer": lambda *a: lock and reducer(*a),
+            "partition_fn": lambda k, r: lock and 0}
+    fns[role] = held[role]
+    if form == "shuffle":
+        kw = {**kw, "partition_fn": fns["partition_fn"]}
+    with pytest.raises(SerializationError, match=rf"^cannot send closure variable 'lock' of the {role} .*<lambda> of "
+                                                 r"map_reduce\(.*\) \(a _thread.lock\): cannot pickle") as info:
+        wrenpack.map_reduce(fns["mapper"], [1, 2], fns["reducer"], executor=executor, **kw)
+    assert "make_" not in str(info.value) and "\n" not in str(info.value)
+    assert _left(executor) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_shutdown_waits_for_a_running_map_reduce(make_executor, form):
     """shutdown(wait=True), a `with` block's end, waits for a map_reduce accepted before it,
     which completes (its later phases were refused with ExecutorShutdown and the future failed)."""

@@ -194,3 +194,52 @@ def test_a_key_that_is_a_folder_of_other_objects_is_no_object_and_cannot_be_writ
     with pytest.raises(StoreError, match="nothing can go under one .*use another key"):
         s.put("dir/a/b", b"y")
     assert s.get("dir/a") == b"x" and s.list("dir") == ["dir/a"]
+
+
+def _every_key_operation(s, key):
+    return {"put": lambda: s.put(key, b"1"), "put if_absent": lambda: s.put(key, b"1", if_absent=True),
+            "put_chunks": lambda: s.put_chunks(key, [b"1"]), "get": lambda: s.get(key),
+            "get_range": lambda: s.get_range(key, 0, 1), "get_buffer": lambda: s.get_buffer(key),
+            "size": lambda: s.size(key), "exists": lambda: s.exists(key), "delete": lambda: s.delete(key)}
+
+
+def test_a_key_part_longer_than_a_file_name_is_one_line_for_every_operation(tmp_path):
+    """A local store keeps each '/'-separated part of a key as a file name (at most 255 bytes):
+    delete() of a longer one raised a bare OSError (File name too long), the reads a
+    StoreError, put one saying to free space. Every operation now refuses it alike, naming the
+    limit, before touching the file system; a listing under such a prefix is empty."""
+    from wrenpack.errors import StoreError
+
+    s = LocalStore(str(tmp_path / "s"))
+    for key in ("x" * 300, "d/" + "y" * 256, "z" * 256 + "/a"):
+        for op, call in _every_key_operation(s, key).items():
+            with pytest.raises(StoreError, match=r"invalid store key .*: its part .* is (256|300) bytes") as info:
+                call()
+            msg = str(info.value)
+            assert "at most 255 bytes" in msg and "free space" not in msg and "\n" not in msg, (op, msg)
+        assert s.release_range(key, 0, 1 << 20) == 0
+    for prefix in ("x" * 300, "x" * 300 + "/", "a/" + "x" * 300 + "/b"):
+        assert s.list(prefix) == [] and s.list_sizes(prefix) == [] and s.delete_prefix(prefix) == 0
+        assert s.list_folders(prefix) == []
+    s.put("d/" + "y" * 255, b"1")  # (the longest a part can be)
+    assert s.list("d/") == ["d/" + "y" * 255] and s.delete_prefix("d/") == 1
+
+
+def test_delete_of_a_folder_of_other_objects_is_no_error_and_other_failures_one_line(tmp_path, monkeypatch):
+    """As on S3, no object is named 'dir' when 'dir/a' exists: its delete is that of a key not
+    there (no error, 'dir/a' stays); it raised a bare IsADirectoryError. Any other failure of the
+    file system is a StoreError in one line (it was a bare OSError)."""
+    from wrenpack.errors import StoreError
+
+    s = LocalStore(str(tmp_path / "s"))
+    s.put("dir/a", b"x")
+    s.delete("dir")
+    assert s.get("dir/a") == b"x"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "unlink", refused)
+    with pytest.raises(StoreError, match=r"cannot delete dir/a from file://.*: Permission denied") as info:
+        s.delete("dir/a")
+    assert "\n" not in str(info.value)

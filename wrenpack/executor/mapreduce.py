@@ -31,12 +31,12 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
-from wrenpack import keys
-from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError
+from wrenpack import keys, serialize
+from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError, SerializationError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.limits import integral
-from wrenpack.executor.options import CallOptions, check_options
+from wrenpack.executor.options import CallOptions, check_known, check_options
 from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture, cancel
 from wrenpack.report import stands_for
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 #: the most reducers a shuffle is split into (each is one call, launched whether its partition
 #: holds data or not; a 1 TB sort on 1,000 functions needs a few thousand)
 MAX_PARTITIONS = 100_000
+
+#: map_reduce's own keywords (the rest are call options), as an unknown keyword's message lists them
+OWN_KEYWORDS = ("partitions", "partitioned", "partition_fn", "per_object", "fan_in", "executor")
 
 #: The most mappers whose reducers are launched with them (``RunningJob._together``):
 #: each of those reducers reads every mapper's index.
@@ -92,6 +95,9 @@ def map_reduce(
     Other keywords are call options (``memory``, ``timeout``, ..., ``executor``),
     for the mapper and the reducers. A failed call fails the future with its
     exception; the other calls still finish and nothing is left in the store."""
+    # First: a misspelt keyword (partiton=4) lands in ``options``, and any later check
+    # (the reducer's signature for a form the user did not mean) would blame something else.
+    check_known(options, "map_reduce", OWN_KEYWORDS)
     check_executor(options.get("executor"), "map_reduce")
     for name, fn in (("mapper", mapper), ("reducer", reducer)):
         if not callable(fn):
@@ -138,7 +144,7 @@ def map_reduce(
         raise ConfigError("per_object=True needs wrenpack.objects(...) ranges as items (each has a .key)")
     if per_object:
         _check_one_source_per_key(items)
-    _check_signatures(mapper, reducer, partitions, partitioned)
+    _check_signatures(mapper, reducer, partitions, partitioned, partition_fn)
 
     executor = options.pop("executor", None)
     m_fn, m_exec, m_opts, _m_state = _unwrap(mapper)
@@ -161,6 +167,10 @@ def map_reduce(
                 finish = job.per_object(items, fan_in)
             else:
                 finish = job.tree(items, fan_in or 2)
+    except SerializationError as exc:
+        job.cleanup()
+        functions = {"mapper": m_fn, "reducer": r_fn, "partition_fn": partition_fn}
+        raise _unsendable({k: f for k, f in functions.items() if f is not None}, items, label, exc) from None
     except BaseException:
         job.cleanup()
         raise
@@ -205,6 +215,30 @@ def _split_key(results: list[dict[Any, Any]], own_partition_fn: bool = True) -> 
     return ConfigError("map_reduce: a key was reduced in two partitions; make partition_fn send equal keys to one partition")
 
 
+def _unsendable(functions: dict[str, Any], items: list[Any], label: str, exc: SerializationError) -> SerializationError:
+    """What could not be sent, in the user's terms. The shuffle and tree forms send the
+    user's functions inside wrappers of their own (``shuffle.make_task``...), and a
+    mapper call's arguments are an internal task tuple (item, index, secret...), so the
+    launch's own message said "closure variable 'reducer' of function 'make_task.<locals>
+    .shuffle_task'" or "argument 2 of call 3"; this one names the reducer, or ``items[3]``
+    (and the part of it that does not pickle). ``exc`` itself if each of them pickles."""
+    for role, fn in functions.items():
+        inner = _unwrap(fn)[0]
+        try:
+            with serialize.by_value(serialize.user_modules_of(inner)):  # (as the launch pickles it)
+                serialize.dumps(inner)
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - (as the launch's own pickling catches them)
+            where = serialize.describe_unpicklable(inner, f"the {role} {_name(inner)} of {label}")
+            return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
+    for i, item in enumerate(items):
+        try:
+            serialize.dumps(item)
+        except (Exception, SystemExit) as err:  # noqa: BLE001
+            where = serialize.describe_unpicklable(item, f"items[{i}] of {label}")
+            return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
+    return exc
+
+
 def _check_one_source_per_key(items: list[Any]) -> None:
     """per_object=True groups the chunks by object key: two objects of one key in two
     sources (``objects("day1/") + objects("day2/")`` of local directories, two
@@ -218,9 +252,13 @@ def _check_one_source_per_key(items: list[Any]) -> None:
                               "reduced as one object; run one map_reduce per source (or give them other names)")
 
 
-def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool) -> None:
-    """The mapper and the reducer each take what the form calls them with (``_check_signature``)."""
+def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool,
+                      partition_fn: Any = None) -> None:
+    """The mapper, the reducer and a partition_fn each take what the form calls them with
+    (``_check_signature``)."""
     _check_signature(mapper, "mapper(item)", 1)
+    if partition_fn is not None:
+        _check_signature(partition_fn, "partition_fn(key, R) for each pair a mapper returns", 2)
     if partitions is not None:
         _check_signature(reducer, "reducer(i, parts) with partitioned=True" if partitioned else
                          "reducer(key, values) once per key with partitions=R", 2)
@@ -698,12 +736,19 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
     r_name = getattr(r_fn, "__qualname__", "reducer")
     # The reducer launches once the mappers are done: what would keep it from
     # launching then is raised now, before anything runs.
+    label = f"map_reduce({_name(m_fn)}, {_name(r_fn)})"
     r_exec.check_open()
-    r_exec.prepare(r_fn, [], r_exec.options(), r_name)
+    try:
+        r_exec.prepare(r_fn, [], r_exec.options(), r_name)
+    except SerializationError as exc:
+        raise _unsendable({"reducer": r_fn}, [], label, exc) from None
     follow = _Follow([m_exec, r_exec], f"map_reduce({r_name})", "reduce")
-    with follow.starting():
-        map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
-        follow.add(map_futures)
+    try:
+        with follow.starting():
+            map_futures = launch_calls(m_exec, m_fn, [((item,), {}) for item in items], m_opts, None, m_state)
+            follow.add(map_futures)
+    except SerializationError as exc:
+        raise _unsendable({"mapper": m_fn}, items, label, exc) from None
 
     def chain() -> None:
         try:

@@ -3,9 +3,10 @@ where they are given (decorator, ``options()``, ``submit``) so a bad one fails
 at once, naming the option, where it came from and what is allowed."""
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from wrenpack import limits
 from wrenpack.backends.runtime_paths import site_dir
@@ -45,13 +46,30 @@ class CallOptions:
     cancellable: bool = True
 
 
-def check_options(options: dict[str, Any], source: str) -> dict[str, Any]:
+def check_known(given: Iterable[str], source: str, own: Sequence[str] = ()) -> None:
+    """A ConfigError naming the keywords in ``given`` that are neither call options nor
+    ``own`` (the keywords ``source`` itself takes, ``map_reduce``'s ``partitions``...),
+    each with its close match, if it has one, and every known name. One line."""
+    known = [*own, *(name for name in OPTION_NAMES if name not in own)]
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+    guesses = [(name, found[0]) for name, found in close.items() if found]
+    plural = "s" if len(unknown) > 1 else ""
+    said = f"unknown option{plural} {', '.join(unknown)} (from {source})"
+    if not guesses:
+        raise ConfigError(f"{said}; known: {', '.join(known)}")
+    meant = guesses[0][1] if len(unknown) == 1 else ", ".join(f"{meant} (for {name})" for name, meant in guesses)
+    raise ConfigError(f"{said}: did you mean {meant}? (known: {', '.join(known)})")
+
+
+def check_options(options: dict[str, Any], source: str, own: Sequence[str] = ()) -> dict[str, Any]:
     """Validate per-function options where they are given (``"auto"`` allowed
     for memory, timeout and ephemeral_storage), so a bad one fails at once with
-    a ConfigError naming the option, its source and what is allowed."""
-    unknown = set(options) - set(OPTION_NAMES)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} (from {source}); known: {', '.join(OPTION_NAMES)}")
+    a ConfigError naming the option, its source and what is allowed (an unknown
+    one with its close match among the options and ``own``: ``check_known``)."""
+    check_known(options, source, own)
     out = dict(options)
     for name, value in options.items():
         if value is None or (value == "auto" and name in ("memory", "timeout", "ephemeral_storage")):

@@ -12,6 +12,39 @@ import abc
 from typing import Any, Iterable, Iterator
 
 
+#: The most bytes in one '/'-separated part of a key: a local store keeps each part as a
+#: file name, and file systems hold names of at most 255 bytes (Linux's NAME_MAX). Keys of
+#: ``wrenpack.store()`` are held to it on S3 too, so that a key works on both.
+MAX_PART_BYTES = 255
+#: The most bytes in a key, S3's limit (the whole key in the bucket, the store's prefix too).
+MAX_KEY_BYTES = 1024
+
+
+def key_bytes(text: str) -> int:
+    """How many bytes ``text`` is in a key (UTF-8, as S3 counts, and as a local store's
+    file names are written: ``os.fsencode``)."""
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def long_part(key: str) -> tuple[str, int] | None:
+    """The first '/'-separated part of ``key`` longer than ``MAX_PART_BYTES``, and its
+    length in bytes; None if every part fits in a file name."""
+    if len(key) <= MAX_PART_BYTES // 4:  # (no part of so few characters can be too long: the common case)
+        return None
+    for part in key.split("/"):
+        if len(part) > MAX_PART_BYTES // 4 and key_bytes(part) > MAX_PART_BYTES:
+            return part, key_bytes(part)
+    return None
+
+
+def shown(text: str, chars: int = 40) -> str:
+    """``repr(text)``, cut after ``chars`` characters (a key of 300 in a message is noise)."""
+    if len(text) <= chars:
+        return repr(text)
+    cut = repr(text[:chars])
+    return f"{cut[:-1]}...{cut[-1]}"
+
+
 class Store(abc.ABC):
     """Abstract object store. Implementations: ``LocalStore``, ``S3Store``."""
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from wrenpack.errors import ConfigError, ConfigTypeError, ObjectNotFound, StoreError, TextDecodeError
+from wrenpack.limits import integral
 from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
+from wrenpack.storage.base import MAX_KEY_BYTES, MAX_PART_BYTES, key_bytes, long_part, shown
 
 #: Where the user's objects live in wrenpack's store.
 USER_PREFIX = "data/"
@@ -159,7 +161,24 @@ class DataStore:
         if any(p.startswith(".tmp-") for p in parts):
             raise StoreError(f"invalid data key {key!r}: names starting with '.tmp-' are the store's half-written "
                              "files (never listed, removed once their writer is gone); choose another name")
+        # Held to both stores' limits on either, so a key that works in a local run works on S3 and the other
+        # way round: a part is a file name locally (S3 takes longer ones), a key at most 1024 bytes on S3.
+        long = long_part(key)
+        if long is not None:
+            raise StoreError(f"invalid data key {shown(key)}: its part {shown(long[0])} is {long[1]} bytes: a key's "
+                             f"parts between '/' hold at most {MAX_PART_BYTES} bytes (a local store's file names; "
+                             "held to it on S3 too, so a key works on both); shorten it")
+        before = self._before()
+        if len(key) > (MAX_KEY_BYTES - len(before)) // 4 and key_bytes(before + key) > MAX_KEY_BYTES:
+            raise StoreError(f"invalid data key {shown(key)}: it is {key_bytes(key)} bytes: S3 keys hold at most "
+                             f"{MAX_KEY_BYTES} bytes, {MAX_KEY_BYTES - key_bytes(before)} of them after {before!r} here "
+                             "(held to it in a local store too, so a key works on both); shorten it")
         return self.prefix + key
+
+    def _before(self) -> str:
+        """What precedes a key in its store's key space (S3 counts it in its 1024 bytes)."""
+        spec = self.store.spec
+        return (f"{spec['prefix']}/" if spec.get("type") == "s3" and spec.get("prefix") else "") + self.prefix
 
     def url(self, key: str = "") -> str:
         """Where ``key`` is, for messages (``s3://bucket/prefix/data/key`` or a file URL)."""
@@ -216,10 +235,14 @@ class DataStore:
         """``[start, end)`` as offsets in the object, as a slice's are resolved: None
         is its start or end, a negative offset counts from its end, and both are
         clamped to it. The size is asked for only when it is needed."""
+        offsets = []
         for name, value in (("start", start), ("end", end)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ConfigTypeError(f"{what}(start={start!r}, end={end!r}): {name} must be a byte offset (an int, "
-                                      "negative from the end) or None")
+            offset = None if value is None else integral(value)
+            if value is not None and offset is None:
+                raise ConfigTypeError(f"{what}(start={start!r}, end={end!r}): {name} must be a byte offset (a whole "
+                                      "number, negative from the end) or None")
+            offsets.append(offset)
+        start, end = offsets
         size: int | None = None
         if end is None or (start or 0) < 0 or end < 0:
             size = self.store.size(full)
@@ -605,10 +628,15 @@ def _stream(store: Store, key: str, start: int, end: int) -> io.BufferedReader:
 def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int | None, delimiter: bytes | None,
             record_size: int | None, source: str, prefix: str = "") -> list[ObjectRange]:
     """The ranges of the objects ``found`` (their stored keys, each under ``prefix``, and sizes)."""
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise ConfigError(f"chunk_size={chunk_size!r} must be a whole number of bytes, at least 1")
-    if record_size is not None and (not isinstance(record_size, int) or isinstance(record_size, bool) or record_size < 1):
-        raise ConfigError(f"record_size={record_size!r} must be a whole number of bytes, at least 1")
+    # (any whole-number type, numpy's too, as range() takes one: limits.integral; not True, a float or text)
+    if chunk_size is not None:
+        given, chunk_size = chunk_size, integral(chunk_size)
+        if chunk_size is None or chunk_size < 1:
+            raise ConfigError(f"chunk_size={given!r} must be a whole number of bytes, at least 1")
+    if record_size is not None:
+        given, record_size = record_size, integral(record_size)
+        if record_size is None or record_size < 1:
+            raise ConfigError(f"record_size={given!r} must be a whole number of bytes, at least 1")
     if delimiter is not None and (not isinstance(delimiter, bytes) or len(delimiter) != 1):
         # One byte: with longer ones, a range edge inside a run of delimiters is ambiguous.
         raise ConfigError(f"delimiter={delimiter!r} must be one byte (e.g. b'\\n', b'\\0') or None; "

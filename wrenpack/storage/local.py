@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator
 
 from wrenpack import process_state
 from wrenpack.errors import CorruptObject, ObjectNotFound, StoreError
-from wrenpack.storage.base import Store
+from wrenpack.storage.base import MAX_PART_BYTES, Store, long_part, shown
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: (``O_NONBLOCK``: opening a FIFO someone planted at a key would otherwise wait for a writer for ever;
@@ -96,6 +96,11 @@ class LocalStore(Store):
         parts = [p for p in key.split("/") if p not in ("", ".")] if key and not key.startswith("/") else []
         if not parts or ".." in parts or key.endswith("/"):
             raise StoreError(f"invalid store key {key!r}: keys are relative paths without '..'")
+        long = long_part(key)
+        if long is not None:  # (refused alike by every operation, before the file system says ENAMETOOLONG)
+            raise StoreError(f"invalid store key {shown(key)}: its part {shown(long[0])} is {long[1]} bytes: a local "
+                             f"store keeps each part between '/' as a file name, which holds at most {MAX_PART_BYTES} "
+                             "bytes; shorten it")
         return parts
 
     @contextlib.contextmanager
@@ -154,6 +159,9 @@ class LocalStore(Store):
             return StoreError(f"cannot write {key} to {self.url}: a part of its path is a file (an object), and in a local "
                               "store nothing can go under one (S3 allows it); use another key, or if that file is not an "
                               "object of yours, fix the store directory or set storage= to another one")
+        if exc.errno == errno.ENAMETOOLONG:  # (a file system whose names hold fewer than MAX_PART_BYTES)
+            return StoreError(f"cannot write {shown(key)} to {self.url}: a part of the key between '/' is longer than "
+                              "this file system's file names hold; shorten it, or set storage= to another file system")
         return StoreError(f"cannot write {key} to {self.url}: {_reason(exc)}; free space, or fix the store "
                           "directory, or set storage= to another one")
 
@@ -353,6 +361,8 @@ class LocalStore(Store):
         parts = [p for p in directory.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise StoreError(f"invalid store prefix {directory!r}: prefixes are relative paths without '..'")
+        if long_part(directory) is not None:
+            return  # (no folder has a name the file system cannot hold: nothing is under it)
         try:
             with self._dir(parts) as dfd:
                 base = "/".join(parts)
@@ -386,6 +396,8 @@ class LocalStore(Store):
         parts = [p for p in prefix.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise StoreError(f"invalid store prefix {prefix!r}: prefixes are relative paths without '..'")
+        if long_part(prefix) is not None:
+            return []  # (as _walk: nothing is under a folder name too long for the file system)
         out = []
         try:
             with self._dir(parts) as dfd:
@@ -413,6 +425,11 @@ class LocalStore(Store):
                 os.unlink(name, dir_fd=dfd)
         except _ABSENT:
             pass
+        except IsADirectoryError:  # (a folder of other objects: as on S3, no object has its name, so none goes)
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot delete {key} from {self.url}: {_reason(exc)}; fix the store directory, or set "
+                             "storage= to another one") from None
 
     def delete_prefix(self, prefix: str) -> int:
         # One walk from the bottom of the prefix's directory: its keys go, then the

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
-from wrenpack.storage.base import Store
+from wrenpack.storage.base import MAX_KEY_BYTES, Store, key_bytes, shown
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,11 @@ class S3Store(Store):
     def _key(self, key: str) -> str:
         if not key or key.startswith("/"):
             raise StoreError(f"invalid store key {key!r}: keys are relative paths")
-        return f"{self.prefix}/{key}" if self.prefix else key
+        full = f"{self.prefix}/{key}" if self.prefix else key
+        if len(full) > MAX_KEY_BYTES // 4 and key_bytes(full) > MAX_KEY_BYTES:  # (said before S3 is asked)
+            raise StoreError(f"invalid store key {shown(key)}: with the store's prefix it is {key_bytes(full)} bytes, "
+                             f"and S3 keys hold at most {MAX_KEY_BYTES}; shorten it")
+        return full
 
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
