@@ -425,6 +425,26 @@ def test_lines_refuse_chunks_or_delimiters_that_would_cut_a_wide_character(data)
     assert list(data.objects("w/", chunk_size=1000)[0].lines(encoding="latin-1"))  # one-byte text: chunks as before
 
 
+@pytest.mark.parametrize("encoding", ["iso2022_jp", "iso-2022-kr", "hz"])
+def test_lines_of_shift_state_text_read_whole_objects_and_refuse_pieces(data, encoding):
+    """ISO-2022 keeps a shift state across newlines: a shifted run that goes on past one
+    (which its decoders take) read from a chunk's start decoded to other characters,
+    silently (an outside probe: '日本' read as 'F|K\\' from the second chunk); in HZ a
+    "~" before a newline joins two lines, which a chunk cut there split."""
+    shifted = {"iso2022_jp": b"\x1b$BF|K\\\nF|K\\\x1b(B\nabc\n", "iso-2022-kr": "한국\n".encode("iso-2022-kr") * 3,
+               "hz": b"ab~\ncd\n~{VPND~}\nabc\n"}[encoding]  # (HZ's "~\\n" joins two lines)
+    _write(data, "s/t.txt", shifted)
+    (whole,) = data.objects("s/")
+    assert list(whole.lines(encoding=encoding)) == shifted.decode(encoding).splitlines()
+    chunks = data.objects("s/", chunk_size=8)
+    assert len(chunks) > 1
+    for piece in (chunks[0], chunks[-1], data.objects("s/", delimiter=b"a")[0]):
+        with pytest.raises(ConfigError, match="keeps a shift state") as info:
+            piece.lines(encoding=encoding)
+        assert "\n" not in str(info.value) and "chunk_size=None" in str(info.value)
+    assert b"".join(b for c in chunks for b in c.lines(raw=True))  # (bytes: as before)
+
+
 def test_a_decode_error_in_a_call_reaches_the_client_whole(remote, executor):
     s = wrenpack.store(executor)
     s.put("dec/t.txt", _LATIN1)

@@ -421,8 +421,9 @@ class ObjectRange:
 
     def lines(self, encoding: str = "utf-8", errors: str = "strict", raw: bool = False) -> Iterator[Any]:
         """The records decoded as text (``bytes.decode(encoding, errors)``), or as
-        bytes with ``raw=True`` (``records()``). Lines split at newlines end as in
-        Python's text files: without their ``\\r\\n`` or ``\\n``.
+        bytes with ``raw=True`` (``records()``). Lines end at newlines, without
+        their ``\\r\\n`` or ``\\n`` as in Python's text files; unlike them, a lone
+        ``\\r`` does not end a line (records are split at one byte).
 
         Stored text is whatever someone wrote: strict UTF-8 (the default) stops at
         the first byte that does not decode with a ``TextDecodeError`` naming the
@@ -432,7 +433,10 @@ class ObjectRange:
         A bad encoding or errors name fails here, before anything is read.
 
         Records are split at a byte (the delimiter), which is right for text
-        whose newline is that one byte (UTF-8, Latin-1, the CJK legacy codecs).
+        whose newline is that one byte (UTF-8, Latin-1, Shift JIS, GB18030, Big5).
+        ISO-2022 and HZ text keeps a state across newlines (a shifted run, a
+        line joined to the next): only whole objects are read in them (one
+        stream); a chunk, a record or a range of one is refused in one line.
         In UTF-16 or UTF-32 a newline is 2 or 4 bytes and the byte ``\\n`` also
         occurs inside other characters: a whole object is then decoded as one
         stream and split at its newlines; a chunk of one (``chunk_size``), or a
@@ -456,6 +460,17 @@ class ObjectRange:
             raise ConfigError(f"lines(encoding={encoding!r}, errors={errors!r}): {exc}; give a Python codec name "
                               "(\"utf-8\", \"latin-1\", ...) and an error handler (\"strict\", \"replace\", \"ignore\", "
                               "\"surrogateescape\")") from None
+        whole = self.parts == 1 and self.record_size is None and self.delimiter in (b"\n", None)
+        if codecs.lookup(encoding).name in _SHIFT_STATE_CODECS and not whole:
+            cut = (f"this range is part {self.part + 1} of {self.parts} of the object" if self.parts > 1 else
+                   f"its records are read one by one (record_size={self.record_size})" if self.record_size else
+                   f"its records are split at the byte {self.delimiter!r}")
+            raise ConfigError(f"lines(encoding={encoding!r}): {self.url}: {cut}, but {encoding} text keeps a shift "
+                              "state from one line to the next (escape sequences switch character sets; HZ's '~' joins "
+                              "lines), so a piece "
+                              "decoded on its own can read differently from the whole; read whole objects "
+                              "(wrenpack.objects(..., chunk_size=None), delimiter=b'\\n': lines() decodes each as one "
+                              "stream) or lines(raw=True) for bytes")
         if self.record_size is None and self.delimiter:
             own = _char_bytes(self.delimiter.decode("latin-1"), encoding)
             if self.delimiter == b"\n" and (own == b"\n" or self.parts == 1):
@@ -533,6 +548,15 @@ def _check_decodes_with(errors: str) -> None:
         raise LookupError(f"{errors!r} is an error handler for encoding text, not for decoding it ({exc})") from None
     except Exception:  # noqa: BLE001 - strict, or a handler of the user's own that refuses this byte: it decodes
         pass
+
+
+#: codecs whose decoder carries state across newlines: ISO-2022's escape sequences (text
+#: Python's own encoder wrote returns to ASCII before each newline, but a decoder takes a
+#: shifted run that goes on past one) and HZ's "~" before a newline, which joins two lines.
+#: A piece that begins after a newline can decode differently on its own than inside the
+#: whole (``lines`` refuses such pieces).
+_SHIFT_STATE_CODECS = frozenset({"iso2022_jp", "iso2022_jp_1", "iso2022_jp_2", "iso2022_jp_2004", "iso2022_jp_3",
+                                 "iso2022_jp_ext", "iso2022_kr", "hz"})
 
 
 def _past_start(encoding: str, at: int) -> str:
