@@ -250,6 +250,21 @@ def test_release_range_frees_whole_pages_inside_the_range_only(tmp_path):
     assert store.release_range("missing", 0, 10_000) == 0 and store.release_range("obj", 100, 4000) == 0
 
 
+def test_a_mappers_index_gives_each_reducer_its_own_entry(tmp_path):
+    """A mapper's index is a flat table a reducer reads its own entry from (an empty
+    partition has none): not a list of R tuples each reducer unpickled, which made a
+    shuffle's early reducers quadratic in the partitions."""
+    store = LocalStore(tmp_path / "store")
+    secret = shuffle.new_secret()
+    sections = [(0, 0, 10), None, (1, 4096, 5000), (1, 5000, 5001)]
+    shuffle.put_index(store, "idx", 3, secret, sections)
+    for p, where in enumerate(sections):
+        assert shuffle._wait_for(store, "idx", p, secret, [3], budget=1.0) == ([(3, where)] if where else [])
+    shuffle.put(store, shuffle.keys.shuffle_index_key("idx", 4), secret, sections)  # sealed, but not an index
+    with pytest.raises(CorruptObject, match="not a mapper's index"):
+        shuffle._wait_for(store, "idx", 0, secret, [4], budget=1.0)
+
+
 def test_a_reducer_gives_back_its_sections_and_they_are_not_read_again(tmp_path):
     """A reducer whose result has gone frees the section's memory in the store; what
     is read there afterwards fails authentication instead of passing as data."""
@@ -325,7 +340,7 @@ def test_a_reducer_waiting_on_the_local_store_looks_often(tmp_path, monkeypatch)
     def sleep(seconds: float) -> None:
         slept.append(seconds)
         if len(slept) == 30:  # the mapper writes its index at last
-            shuffle.put(store, shuffle.keys.shuffle_index_key("poll", 0), secret, [(0, 0, 10)])
+            shuffle.put_index(store, "poll", 0, secret, [(0, 0, 10)])
 
     monkeypatch.setattr(shuffle.time, "sleep", sleep)
     assert shuffle._wait_for(store, "poll", 0, secret, [0], budget=60.0) == [(0, (0, 0, 10))]
