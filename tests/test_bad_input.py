@@ -565,3 +565,24 @@ def test_a_generator_or_async_function_is_refused_before_launch(executor, fn, wh
             launch()
         assert fix in str(info.value)
         _one_line(info.value)
+
+
+def add_y(x, y=1):
+    return x + y
+
+
+def keywords_of(x, **kw):
+    return sorted(kw)
+
+
+def test_map_keywords_the_function_does_not_take_are_one_line_before_launch(remote):
+    """``f.map(xs, **kw)`` passes its keywords to every call: a misspelt ``chunksize``
+    (``chunksise=2``) went to the function and failed every call in its worker."""
+    f = remote(add_y)
+    for form, call in (("map", lambda: f.map([1, 2], chunksise=2)), ("starmap", lambda: f.starmap([(1,)], chunksise=2))):
+        with pytest.raises(ConfigTypeError, match=rf"{form}\(\): add_y\(\) takes no keyword 'chunksise' .*did you mean "
+                                                  r"chunksize=\? add_y takes: x, y") as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert wrenpack.get(f.map([1, 2], y=10)) == [11, 12]  # what it takes still goes to each call
+    assert wrenpack.get(remote(keywords_of).map([1], anything=1)) == [["anything"]]  # (**kw takes any)

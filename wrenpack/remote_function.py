@@ -90,6 +90,8 @@ class RemoteFunction(Generic[T]):
         invocation runs about a second (never more than half its timeout)."""
         if chunksize is not None:
             chunksize = check_chunksize(chunksize, "map()")
+        if kwargs:
+            _check_keywords(self.fn, kwargs, "map()")
         calls = [((item,), kwargs) for item in _iterate(items, "map()")]
         return self._launch(calls, chunksize)
 
@@ -97,6 +99,8 @@ class RemoteFunction(Generic[T]):
         """One call per argument tuple, ``fn(*item, **kwargs)``."""
         if chunksize is not None:
             chunksize = check_chunksize(chunksize, "starmap()")
+        if kwargs:
+            _check_keywords(self.fn, kwargs, "starmap()")
         calls = [(item if type(item) is tuple else _arguments(item, i), kwargs)
                  for i, item in enumerate(_iterate(items, "starmap()"))]
         return self._launch(calls, chunksize)
@@ -197,6 +201,33 @@ def _arguments(item: Any, index: int) -> tuple[Any, ...]:
 def remote(fn: Callable[..., T], **options: Any) -> RemoteFunction[T]: ...
 @overload
 def remote(fn: None = None, **options: Any) -> Callable[[Callable[..., T]], RemoteFunction[T]]: ...
+
+
+def _check_keywords(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
+    """The keywords ``map``/``starmap`` pass on to every call must be ones ``fn`` takes: a
+    misspelt ``chunksize`` (``chunksise=2``) would otherwise go to the function and fail
+    every call in its worker. Checked once, before anything launches; a function whose
+    signature cannot be read (some builtins) is left to its calls."""
+    import difflib
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [name for name, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [name for name in kwargs if name not in takes]
+    if not unknown:
+        return
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    close = difflib.get_close_matches(unknown[0], ["chunksize", *takes], n=1)
+    hint = f"did you mean {close[0]}=? " if close else ""
+    raise ConfigTypeError(f"{where}: {name}() takes no keyword {', '.join(repr(k) for k in unknown)} ({where[:-2]} passes "
+                          f"its keywords other than chunksize to every call); {hint}{name} takes: "
+                          f"{', '.join(takes) or 'no keywords'}")
 
 
 def remote(fn: Callable[..., T] | None = None, **options: Any) -> Any:
