@@ -338,3 +338,34 @@ def test_a_caller_that_cannot_watch_the_socket_leaves_it_to_the_dispatcher(tmp_p
         assert [f.remote(0.02).result(timeout=10) for _ in range(3)] == [0.02] * 3
     finally:
         ex.shutdown(wait=False)  # (a reply nobody reads would keep a waiting shutdown forever)
+
+
+def test_ctrl_c_while_the_caller_completes_its_call_is_raised_after_it(tmp_path, monkeypatch):
+    """Ctrl-C that lands while the waiting caller's thread completes its call (the
+    reply read there) is raised once the call is complete and the worker given back:
+    it was raised inside the completion, which failed the call with it ("wrenpack
+    could not complete the call: KeyboardInterrupt") and swallowed the interrupt."""
+    import signal
+
+    with _local_executor(tmp_path, concurrency=1) as ex:
+        f = wrenpack.remote(nap, executor=ex)
+        assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
+        complete = type(ex)._complete
+        interrupted = []
+
+        def complete_interrupted(self, inv, result):
+            if not interrupted and threading.current_thread() is threading.main_thread():
+                interrupted.append(inv.label)
+                os.kill(os.getpid(), signal.SIGINT)  # (its handler runs at the next bytecode, in this thread)
+            return complete(self, inv, result)
+
+        monkeypatch.setattr(type(ex), "_complete", complete_interrupted)
+        for _ in range(20):  # (until a reply is read on this thread: most are, the machine allowing)
+            fut = f.remote(0.02)
+            try:
+                assert fut.result(timeout=60) == 0.02
+            except KeyboardInterrupt:
+                break
+        assert interrupted, "no reply was read on the caller's thread in 20 calls"
+        assert fut.result(timeout=60) == 0.02  # completed as it ran, not failed with the interrupt
+        assert [f.remote(0.01).result(timeout=60) for _ in range(3)] == [0.01] * 3  # its worker goes on

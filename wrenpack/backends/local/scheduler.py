@@ -41,6 +41,7 @@ when the driver dies (see ``local_main``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import math
@@ -58,7 +59,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from wrenpack import process_state
+from wrenpack import interrupts, process_state
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult, PrivateReply
 from wrenpack.backends.local import linux
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
@@ -103,6 +104,8 @@ _START_TRIES = 3
 _BUSY_S = 0.05
 #: the longest a waiting caller polls a worker's socket before it looks at its future again (``wait_here``)
 _WAIT_HERE_S = 0.25
+#: (``wait_here`` when no reply came: nothing to hold Ctrl-C back for)
+_NOTHING_HELD = contextlib.nullcontext()
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
 #: worker numbers, unique in this process: a worker's cgroups are named by the
 #: driver's pid and its number, and another backend's worker (one still being
@@ -351,15 +354,18 @@ class LocalBackend(Backend):
             readable = wait_s > 0 and bool(poller.poll(int(wait_s * 1000) + 1))
         finally:
             os.close(fd)
-            with self._lock:
-                worker.borrowed = False
-                if worker in self._workers and (not readable or self._read(worker)):
-                    self._give_back(worker, key.data)
-                # (and when the worker is idle now, a call another sent ahead may come to it)
-                woken = (self._queued or self._ahead_held()) and not self._stopping
-        if woken:
-            self._wake()  # the worker may be free for what waits: the dispatcher hands it out
-        self._report()
+            # A reply that came is read, the worker given back and the call completed with Ctrl-C
+            # held back until then (``interrupts``): cut short, the call failed with the interrupt.
+            with interrupts.Held() if readable else _NOTHING_HELD:
+                with self._lock:
+                    worker.borrowed = False
+                    if worker in self._workers and (not readable or self._read(worker)):
+                        self._give_back(worker, key.data)
+                    # (and when the worker is idle now, a call another sent ahead may come to it)
+                    woken = (self._queued or self._ahead_held()) and not self._stopping
+                if woken:
+                    self._wake()  # the worker may be free for what waits: the dispatcher hands it out
+                self._report()  # (the calls read here are completed here)
 
     def _alone_on(self, invocation: Invocation) -> Worker | None:
         """The ready worker running ``invocation`` and nothing else, with nothing left
