@@ -27,6 +27,7 @@ import argparse
 import codecs
 import collections
 import functools
+import os
 import random
 import re
 import signal
@@ -200,6 +201,19 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def exit_quietly_on_broken_pipe(run) -> int:
+    """``run()``, flushed; if whoever reads the output went away (``| head -1``), end
+    quietly, as a well-behaved command does, with SIGPIPE's status and no traceback
+    (--small removed its text from the store before it printed)."""
+    try:
+        status = run()
+        sys.stdout.flush()  # (piped output is buffered: a closed pipe shows here, or at exit)
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+        return 128 + signal.SIGPIPE
+
+
 if __name__ == "__main__":
     exit_on_sigterm()
-    sys.exit(main())
+    sys.exit(exit_quietly_on_broken_pipe(main))
