@@ -167,3 +167,19 @@ def test_output_into_a_closed_pipe_ends_quietly_and_cleans_the_store(tmp_path, n
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141 and "Error" not in err, err  # (128 + SIGPIPE, as a command killed by it)
     assert _stored(tmp_path) == []
+
+
+def test_wordcount_on_utf16_without_a_byte_order_mark_names_the_byte_order_options(tmp_path):
+    """The advice ended "(here: --encoding ENCODING, or --errors replace)" though --errors
+    replace was in effect (the default) and could not help: the way on is the byte order."""
+    (tmp_path / "nobom.txt").write_bytes("hello world\n".encode("utf-16-le"))
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "wordcount.py"), "nobom.txt", "--encoding", "utf-16"],
+                          cwd=tmp_path, env=_example_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.endswith("(here: --encoding utf-16-le or --encoding utf-16-be, the byte order the text was written in)")
+    assert "--errors replace" not in last
+    fixed = subprocess.run([sys.executable, str(REPO / "examples" / "wordcount.py"), "nobom.txt", "--encoding",
+                            "utf-16-le"], cwd=tmp_path, env=_example_env(tmp_path), capture_output=True, text=True,
+                           timeout=120)
+    assert fixed.returncode == 0 and fixed.stdout.split() == ["1", "hello", "1", "world"], fixed.stderr
