@@ -5,7 +5,8 @@ sorted by a shuffle through the object store.
     python examples/sort.py --small               # 2 MB, what the test suite runs
 
 1. ``generate``: M calls each write ``size / M`` bytes of random records to
-   ``wrenpack.store()`` (under ``sort-<run>/in/``) and return their count and
+   ``wrenpack.store()`` (under ``sort-<run>/in/``; whole records, ``size // 100``
+   of them in all, split as evenly as they go) and return their count and
    checksum (the driver never holds the data).
 2. ``wrenpack.map_reduce(split, objects, merge, partitions=R, partitioned=True)``:
    each mapper reads its object (``record_size=100``, so no record is cut),
