@@ -41,6 +41,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -119,6 +120,9 @@ _signalled: float | None = None
 #: a signal this soon after the first is the same request sent twice (``timeout`` signals the
 #: program, then its process group; Ctrl-C reaches the whole foreground group) (s)
 _REPEAT_S = 1.0
+#: how long the cleanup after a signal may take before the processes are killed and the
+#: benchmark ends anyway (it takes a second or two; a pool's shutdown can hang) (s)
+_CLEANUP_S = 15.0
 #: which of them it was
 _signum = signal.SIGTERM
 
@@ -127,7 +131,8 @@ def _end_cleanly(signum: int, frame: Any) -> None:
     """SIGTERM or SIGINT: ``SystemExit`` in the main thread, so the ``with`` blocks and
     ``finally`` clauses stop the hogs, shut the pools down and remove the temporary
     folders, and the exit hooks run. A repeat within ``_REPEAT_S`` is ignored (the
-    cleanup runs on); a later one ends the process at once, as the signal's default."""
+    cleanup runs on); a later one, or a cleanup still running after ``_CLEANUP_S``,
+    kills every process the benchmark started and ends it at once (``_end_now``)."""
     global _signalled, _signum
     if os.getpid() != _installed_in:  # a pool's worker forked from the benchmark: the signal's default
         signal.signal(signum, signal.SIG_DFL)
@@ -137,13 +142,56 @@ def _end_cleanly(signum: int, frame: Any) -> None:
     if _signalled is not None:
         if now - _signalled < _REPEAT_S:
             return
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        _end_now(signum, "asked again")
         return
     _signalled, _signum = now, signum
     name = signal.Signals(signum).name
     print(f"\n{name}: stopping the hogs and pools, removing temporary files, then ending", file=sys.stderr, flush=True)
+    watchdog = threading.Timer(_CLEANUP_S, _end_now, (signum, f"the cleanup still ran after {_CLEANUP_S:g} s"))
+    watchdog.daemon = True
+    watchdog.start()
     raise SystemExit(128 + signum)
+
+
+def _end_now(signum: int, why: str) -> None:
+    """End at once, but not leaving a process behind: every process this one started
+    (and theirs) is killed first, then this one ends (the signal's default action, or
+    ``os._exit`` with its status from the watchdog's thread)."""
+    print(f"{signal.Signals(signum).name}: {why}: killing the benchmark's processes and ending", file=sys.stderr,
+          flush=True)
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if threading.current_thread() is threading.main_thread():  # (the handler: end as the signal would)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        time.sleep(1)
+    os._exit(128 + signum)  # (the watchdog's thread may not change a signal's action)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux's /proc; none elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def main(fn: Callable[[], "int | None"]) -> None:
