@@ -427,7 +427,8 @@ class Hogs:
     def code() -> str:
         """A busy loop that ends with this process however it ends (SIGKILL too): Linux's
         parent-death signal, asked for before the loop; on a system without it, the
-        hog still stops when the block ends."""
+        hog still stops when the block ends. Ctrl-C, which reaches the whole foreground
+        process group, is left to the benchmark (a hog printed a KeyboardInterrupt traceback)."""
         return ("import ctypes, os, signal\n"
                 "try:\n"
                 "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG\n"
@@ -435,6 +436,7 @@ class Hogs:
                 "    pass\n"
                 f"if os.getppid() != {os.getpid()}:  # (the parent ended before prctl)\n"
                 "    raise SystemExit\n"
+                "signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C: the benchmark stops it, no traceback)\n"
                 "while True: pass")
 
     @property
