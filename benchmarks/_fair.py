@@ -20,32 +20,226 @@ value and the CPU affinity decide the rest. So each benchmark:
   user's other programs run, to show what a busy machine does to each side;
 - runs its rounds with ``run_rounds`` (the alternation and the hogs in one
   place), and a shuffle benchmark prints where wrenpack's time went with
-  ``ShuffleStages`` (what ``map_reduce`` logs per run).
+  ``ShuffleStages`` (what ``map_reduce`` logs per run);
+- refuses a bad ``--rounds`` or ``--hogs`` in one line before anything runs, and
+  says so when a run has fewer than ``ROUNDS`` rounds (``parse_args``,
+  ``rounds_label``): its ratios are a quick look, not a figure against a target;
+- ends cleanly on SIGTERM and SIGINT (``parse_args``: the signal raises
+  ``SystemExit`` in the main thread, so every ``with`` and ``finally`` runs): no
+  hog, pool worker or temporary folder is left behind.
 
 Benchmarks only: the library never imports this.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 #: the fewest rounds a benchmark runs by default
 ROUNDS = 5
 
 
+def at_least(least: int, what: str = "a whole number") -> Callable[[str], int]:
+    """An argparse ``type``: a whole number, at least ``least`` (so argparse refuses
+    anything else in one line, before anything runs)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = least - 1
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}, at least {least}")
+        return n
+
+    parse.__name__ = f"at least {least}"
+    return parse
+
+
+#: the units ``size`` takes (decimal, as the README's sizes: 1 MB is 1,000,000 bytes)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}
+
+
+def size(text: str) -> int:
+    """An argparse ``type``: a size in bytes, ``500KB``, ``100MB``, ``1GB`` or a
+    number (B, KB, MB, GB: powers of 1,000), at least 1 byte."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
+    n = int(float(m.group(1)) * _UNITS[m.group(2)]) if m else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; give a number with B, KB, MB or GB (powers of 1,000), "
+                                         "e.g. 500KB, 100MB or 1GB")
+    return n
+
+
 def add_arguments(ap: argparse.ArgumentParser, rounds: int = ROUNDS, hogs: bool = True) -> None:
-    """``--rounds`` (default at least ``ROUNDS``) and, where load makes sense, ``--hogs N``."""
-    ap.add_argument("--rounds", type=int, default=max(rounds, ROUNDS),
-                    help=f"rounds, systems alternating in each (default {max(rounds, ROUNDS)})")
+    """``--rounds`` (default at least ``ROUNDS``; at least 1) and, where load makes sense,
+    ``--hogs N`` (at least 0). Parse with ``parse_args``."""
+    ap.add_argument("--rounds", type=at_least(1, "a whole number of rounds"), default=max(rounds, ROUNDS),
+                    help=f"rounds, systems alternating in each (default {max(rounds, ROUNDS)}; fewer than {ROUNDS} "
+                         "is a quick look whose ratios do not count against the targets)")
     if hogs:
-        ap.add_argument("--hogs", type=int, default=0,
+        ap.add_argument("--hogs", type=at_least(0, "a whole number of CPU hogs"), default=0,
                         help="busy-looping processes in this benchmark's own session for the whole run (a busy machine)")
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``ap.parse_args``, then: SIGTERM and SIGINT end the benchmark cleanly
+    (``end_on_signals``), and a run of fewer than ``ROUNDS`` rounds says, in one
+    line before it starts, that its ratios do not count against the targets."""
+    args = ap.parse_args(argv)
+    end_on_signals()
+    rounds = getattr(args, "rounds", None)
+    if rounds is not None and rounds < ROUNDS:
+        print(f"NOTE: {rounds} round{'' if rounds == 1 else 's'}, fewer than {ROUNDS}: a quick look, whose ratios do "
+              f"not count against the targets (measured over at least {ROUNDS} rounds: leave out --rounds, or give "
+              f"{ROUNDS} or more)", flush=True)
+    return args
+
+
+def rounds_label(rounds: int) -> str:
+    """``5 rounds``; below ``ROUNDS``, marked as not counting: for the results' header."""
+    text = f"{rounds} round{'' if rounds == 1 else 's'}"
+    return text if rounds >= ROUNDS else f"{text} [QUICK LOOK, fewer than {ROUNDS}: not counted against the targets]"
+
+
+#: the process that installed ``_end_cleanly`` (a child forked from it inherits the handler)
+_installed_in: int | None = None
+#: when the first SIGTERM or SIGINT came (monotonic clock), None before
+_signalled: float | None = None
+#: a signal this soon after the first is the same request sent twice (``timeout`` signals the
+#: program, then its process group; Ctrl-C reaches the whole foreground group) (s)
+_REPEAT_S = 1.0
+#: how long the cleanup after a signal may take before the processes are killed and the
+#: benchmark ends anyway (it takes a second or two; a pool's shutdown can hang) (s)
+_CLEANUP_S = 15.0
+#: which of them it was
+_signum = signal.SIGTERM
+
+
+def _end_cleanly(signum: int, frame: Any) -> None:
+    """SIGTERM or SIGINT: ``SystemExit`` in the main thread, so the ``with`` blocks and
+    ``finally`` clauses stop the hogs, shut the pools down and remove the temporary
+    folders, and the exit hooks run. A repeat within ``_REPEAT_S`` is ignored (the
+    cleanup runs on); a later one, or a cleanup still running after ``_CLEANUP_S``,
+    kills every process the benchmark started and ends it at once (``_end_now``)."""
+    global _signalled, _signum
+    if os.getpid() != _installed_in:  # a pool's worker forked from the benchmark: the signal's default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    now = time.monotonic()
+    if _signalled is not None:
+        if now - _signalled < _REPEAT_S:
+            return
+        _end_now(signum, "asked again")
+        return
+    _signalled, _signum = now, signum
+    name = signal.Signals(signum).name
+    print(f"\n{name}: stopping the hogs and pools, removing temporary files, then ending", file=sys.stderr, flush=True)
+    watchdog = threading.Timer(_CLEANUP_S, _end_now, (signum, f"the cleanup still ran after {_CLEANUP_S:g} s"))
+    watchdog.daemon = True
+    watchdog.start()
+    raise SystemExit(128 + signum)
+
+
+def _end_now(signum: int, why: str) -> None:
+    """End at once, but not leaving a process behind: every process this one started
+    (and theirs) is killed first, then this one ends (the signal's default action, or
+    ``os._exit`` with its status from the watchdog's thread)."""
+    print(f"{signal.Signals(signum).name}: {why}: killing the benchmark's processes and ending", file=sys.stderr,
+          flush=True)
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if threading.current_thread() is threading.main_thread():  # (the handler: end as the signal would)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        time.sleep(1)
+    os._exit(128 + signum)  # (the watchdog's thread may not change a signal's action)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux's /proc; none elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def main(fn: Callable[[], "int | None"]) -> None:
+    """Run a benchmark's ``main`` and exit with its status. After SIGTERM or SIGINT (see
+    ``parse_args``), the status is 128 + the signal's number, without a traceback, whatever
+    exception the signal's ``SystemExit`` became on its way out (wrenpack turns one raised
+    while it pickles a call into a ``SerializationError``)."""
+    try:
+        status = fn()
+    except BaseException as exc:
+        if _signalled is None or os.getpid() != _installed_in:
+            raise
+        if not isinstance(exc, SystemExit):
+            print(f"({signal.Signals(_signum).name} came inside code that made it a {type(exc).__name__})",
+                  file=sys.stderr)
+        status = 128 + _signum
+    sys.exit(status)
+
+
+@contextlib.contextmanager
+def shut_down_after(ex: Any) -> Iterator[Any]:
+    """``with`` block for a ``wrenpack.Executor``: shut down at its end, waited for; after an
+    exception (a signal's ``SystemExit``), not waited for: a map the signal interrupted
+    can leave a call that never resolves, and ``shutdown(wait=True)`` then waited for it
+    for good. wrenpack's exit hook stops what is left, with a bounded wait."""
+    try:
+        yield ex
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown()
+
+
+def raise_if_signalled() -> None:
+    """``SystemExit`` again if a signal came: for a loop around code that catches it (the
+    worker's handler called in-process turns its function's ``SystemExit`` into a result)."""
+    if _signalled is not None and os.getpid() == _installed_in:
+        raise SystemExit(128 + _signum)
+
+
+def end_on_signals() -> None:
+    """Install ``_end_cleanly`` for SIGTERM and SIGINT (main thread only). With its own
+    SIGTERM handler set first, wrenpack leaves it alone (its own would end the process
+    after wrenpack's cleanup, with no ``finally`` of the benchmark run: hogs and pools left)."""
+    global _installed_in
+    _installed_in = os.getpid()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _end_cleanly)
 
 
 def order(names: Sequence[str], rnd: int) -> list[str]:
@@ -189,10 +383,14 @@ def run_like(reference: Sequence[int], argv: list[str], **kwargs: Any) -> tuple[
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
     with subprocess.Popen(argv, **kwargs) as proc:
-        if reference:
-            align(reference, [proc.pid])
-        sched = Scheduling.of(proc.pid)
-        out, err = proc.communicate()
+        try:
+            if reference:
+                align(reference, [proc.pid])
+            sched = Scheduling.of(proc.pid)
+            out, err = proc.communicate()
+        except BaseException:  # (SIGTERM, Ctrl-C: the baseline stops too, as subprocess.run does)
+            proc.kill()
+            raise
     done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     if check_rc:
         done.check_returncode()
@@ -211,7 +409,12 @@ class Hogs:
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Hogs":
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        try:
+            for _ in range(self.n):
+                self.procs.append(subprocess.Popen([sys.executable, "-c", self.code()]))
+        except BaseException:  # (a signal while starting them: the started ones stop too)
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -219,6 +422,22 @@ class Hogs:
             p.kill()
         for p in self.procs:
             p.wait()
+
+    @staticmethod
+    def code() -> str:
+        """A busy loop that ends with this process however it ends (SIGKILL too): Linux's
+        parent-death signal, asked for before the loop; on a system without it, the
+        hog still stops when the block ends. Ctrl-C, which reaches the whole foreground
+        process group, is left to the benchmark (a hog printed a KeyboardInterrupt traceback)."""
+        return ("import ctypes, os, signal\n"
+                "try:\n"
+                "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG\n"
+                "except (OSError, AttributeError):\n"
+                "    pass\n"
+                f"if os.getppid() != {os.getpid()}:  # (the parent ended before prctl)\n"
+                "    raise SystemExit\n"
+                "signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C: the benchmark stops it, no traceback)\n"
+                "while True: pass")
 
     @property
     def pids(self) -> list[int]:

@@ -32,6 +32,7 @@ import shutil
 import statistics
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--store", default=None, help="object store location (default: wrenpack's default)")
     ap.add_argument("--inproc-only", action="store_true", help="only the one-process CPU measurement")
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     inproc(args)  # first: no executor threads alive to blur its CPU times
     if args.inproc_only:
         return
@@ -76,25 +77,25 @@ def main() -> None:
     from wrenpack.backends.local import LocalBackend
 
     executors = {}
-    for mode in ("auth", "no auth"):
-        if mode == "no auth":
-            os.environ["_WRENPACK_BENCHMARK_NO_AUTH"] = "1"  # inherited by this executor's workers
-            auth._enabled = False
-        # handoff=False: large data through sealed store objects, the path this measures
-        # (by default the local backend hands it over as memfds, with no MAC at all).
-        ex = wrenpack.Executor(storage=args.store, backend=LocalBackend(concurrency=args.workers, handoff=False))
-        fs = (wrenpack.remote(trivial, executor=ex, memory=256, timeout=120),
-              wrenpack.remote(echo_big, executor=ex, memory=1024, timeout=120))
-        _time(fs[0], small[:50])  # start the workers (with this mode's environment)
-        _time(fs[1], big[:2])
-        executors[mode] = (ex, fs)
-        os.environ.pop("_WRENPACK_BENCHMARK_NO_AUTH", None)
-        auth._enabled = True
+    try:  # (the executors shut down however the run ends: SIGTERM and Ctrl-C too)
+        for mode in ("auth", "no auth"):
+            if mode == "no auth":
+                os.environ["_WRENPACK_BENCHMARK_NO_AUTH"] = "1"  # inherited by this executor's workers
+                auth._enabled = False
+            # handoff=False: large data through sealed store objects, the path this measures
+            # (by default the local backend hands it over as memfds, with no MAC at all).
+            ex = wrenpack.Executor(storage=args.store, backend=LocalBackend(concurrency=args.workers, handoff=False))
+            fs = (wrenpack.remote(trivial, executor=ex, memory=256, timeout=120),
+                  wrenpack.remote(echo_big, executor=ex, memory=1024, timeout=120))
+            executors[mode] = (ex, fs)
+            _time(fs[0], small[:50])  # start the workers (with this mode's environment)
+            _time(fs[1], big[:2])
+            os.environ.pop("_WRENPACK_BENCHMARK_NO_AUTH", None)
+            auth._enabled = True
 
-    rows: dict[str, list[float]] = {f"{w} {m}": [] for w in ("1000 calls", f"{args.mib} MiB") for m in executors}
-    pids = {mode: ex.backend.worker_pids() for mode, (ex, _) in executors.items()}
-    problems = _fair.align(pids["auth"], pids["no auth"])
-    try:
+        rows: dict[str, list[float]] = {f"{w} {m}": [] for w in ("1000 calls", f"{args.mib} MiB") for m in executors}
+        pids = {mode: ex.backend.worker_pids() for mode, (ex, _) in executors.items()}
+        problems = _fair.align(pids["auth"], pids["no auth"])
         with _fair.Hogs(args.hogs) as hogs:
             for r in range(args.rounds):
                 for mode in _fair.order(list(executors), r):  # alternate who goes first
@@ -105,16 +106,20 @@ def main() -> None:
                 auth._enabled = True
                 print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in rows.items()), flush=True)
             scheduling = _fair.check({mode: ex.backend.worker_pids() for mode, (ex, _) in executors.items()})
+    except BaseException:  # (SIGTERM, Ctrl-C: see _fair.shut_down_after)
+        for ex, _ in executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
         auth._enabled = True
-        for ex, _ in executors.values():
-            ex.shutdown()
+    for ex, _ in executors.values():
+        ex.shutdown()
     print(f"\n{scheduling}; {hogs.describe()}; {_fair.load_note()}")
     for p in problems:
         print(f"  not aligned: {p}")
 
     med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"\nmedians over {args.rounds} rounds ({args.calls} trivial calls; {args.big_calls} calls moving "
+    print(f"\nmedians over {_fair.rounds_label(args.rounds)} ({args.calls} trivial calls; {args.big_calls} calls moving "
           f"{args.mib} MiB each way):")
     for name in ("1000 calls", f"{args.mib} MiB"):
         a, b = med[f"{name} auth"], med[f"{name} no auth"]
@@ -132,17 +137,25 @@ def inproc(args: argparse.Namespace) -> None:
     in both modes, so this ratio bounds what sealing adds to a real map from above."""
     import tempfile
 
+    from wrenpack.storage.local import LocalStore
+
+    where = tempfile.mkdtemp(prefix="wrenpack-bench-")
+    try:  # (its folder removed however the run ends: SIGTERM and Ctrl-C too, see _fair.parse_args)
+        _inproc(args, LocalStore(where))
+    finally:
+        auth._enabled = True
+        shutil.rmtree(where, ignore_errors=True)  # (its folder: made here)
+
+
+def _inproc(args: argparse.Namespace, store: Any) -> None:
     import cloudpickle
 
     from wrenpack import keys
     from wrenpack.wire.event import Event, inline_args
     from wrenpack.wire.result import open_result
-    from wrenpack.storage.local import LocalStore
     from wrenpack.worker.context import LocalContext
     from wrenpack.worker.handler import handler
 
-    where = tempfile.mkdtemp(prefix="wrenpack-bench-")
-    store = LocalStore(where)
     cases = {"1000 calls": (trivial, [(i,) for i in range(args.calls)]),
              f"{args.mib} MiB": (echo_big, [(os.urandom(args.mib * 2**20),) for _ in range(args.big_calls)])}
     times: dict[str, list[float]] = {f"{c} {m}": [] for c in cases for m in ("auth", "no auth")}
@@ -163,12 +176,12 @@ def inproc(args: argparse.Namespace) -> None:
                         spec = inline_args(data)
                     event = Event(job_id=job, call_id=cid, store=store.spec, secret=secret, args=spec).to_dict()
                     handler(event, LocalContext(function_name="b", memory_mb=1024, deadline=time.time() + 60))
+                    _fair.raise_if_signalled()  # (the handler turns a SystemExit into the call's result)
                     open_result(secret, job, cid, store.get(keys.result_key(job, cid)), "r")
                 times[f"{case} {mode}"].append(time.process_time() - t0)
                 store.delete_prefix(keys.job_prefix(job))
     auth._enabled = True
-    shutil.rmtree(where, ignore_errors=True)  # (its folder: made here)
-    print(f"\nin one process (the handler called directly), CPU seconds, medians over {args.rounds} rounds:")
+    print(f"\nin one process (the handler called directly), CPU seconds, medians over {_fair.rounds_label(args.rounds)}:")
     for case in cases:
         a, b = statistics.median(times[f"{case} auth"]), statistics.median(times[f"{case} no auth"])
         print(f"  {case:<11} auth {a:.3f} s   no auth {b:.3f} s   ratio {a / b:.3f}  ({(a / b - 1) * 100:+.1f}%); "
@@ -176,4 +189,4 @@ def inproc(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _fair.main(main)

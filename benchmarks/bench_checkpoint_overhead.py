@@ -46,12 +46,12 @@ def main() -> None:
     _fair.add_arguments(ap)
     ap.add_argument("--state-kb", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=1.0)
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     step_s = args.step_ms / 1000
     expected = sum(i * 0.5 for i in range(args.steps))
     whole, split, segments, stats = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="wrenpack-bench-") as where, \
-            wrenpack.Executor(storage=where, concurrency=1) as ex, _fair.Hogs(args.hogs) as hogs:
+            _fair.shut_down_after(wrenpack.Executor(storage=where, concurrency=1)) as ex, _fair.Hogs(args.hogs) as hogs:
         long_run = wrenpack.remote(work, executor=ex, timeout=60)
         short_run = wrenpack.remote(work, executor=ex, timeout=args.timeout)
         long_run.remote(5, step_s, 1).result()  # warm the worker
@@ -78,9 +78,9 @@ def main() -> None:
         scheduling = _fair.check({"uninterrupted and checkpointed (one worker)": seen})
         load = _fair.load_note()
     ratio = statistics.median(split) / statistics.median(whole)
-    print(f"{args.rounds} rounds, the two alternating; {hogs.describe()}; {load} at the end")
+    print(f"{_fair.rounds_label(args.rounds)}, the two alternating; {hogs.describe()}; {load} at the end")
     print(scheduling)
-    print(f"{args.steps} steps x {args.step_ms:g} ms, state ~{args.state_kb} KB, timeout {args.timeout:g} s, {args.rounds} rounds")
+    print(f"{args.steps} steps x {args.step_ms:g} ms, state ~{args.state_kb} KB, timeout {args.timeout:g} s")
     print(f"  uninterrupted   {_fair.spread(whole)}")
     print(f"  checkpointed    {_fair.spread(split)}")
     print(f"  segments        {segments}")
@@ -97,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _fair.main(main)

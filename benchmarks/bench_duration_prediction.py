@@ -68,7 +68,7 @@ def actual(fn, make, target: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _fair.add_arguments(ap)
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     errors: dict[tuple[str, str], list[float]] = {}
     walls: dict[str, list[float]] = {}
     truths: dict[str, list[float]] = {}
@@ -87,7 +87,7 @@ def main() -> None:
                 print(f"round {rnd + 1} {name:<10} truth {got['truth']:.3f} s (wall {got['wall']:.3f}, waited for a core "
                       f"{got['runq']:.3f}); predicted: " + ", ".join(f"{s} {preds[s]:.3f}" for s in order), flush=True)
     print()
-    print(f"{args.rounds} rounds, hogs={args.hogs}, target = {FACTOR}x the largest measured size, "
+    print(f"{_fair.rounds_label(args.rounds)}, hogs={args.hogs}, target = {FACTOR}x the largest measured size, "
           f"{time.perf_counter() - started:.0f} s; {_fair.load_note()} at the end")
     me = _fair.Scheduling.of(os.getpid())
     print(f"scheduling: both methods and the truth alike: the profiler's runner, in a session of its own, nice {me.nice}, "
@@ -102,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _fair.main(main)

@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--jitter", type=float, default=0.1, help="--sim: durations uniform within +- this fraction")
     ap.add_argument("--speed", type=float, default=20.0, help="--sim: the 60 s calls' clock, times real time")
     _fair.add_arguments(ap, hogs=False)
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     if args.sim:
         return simulated(args)
 
@@ -153,7 +153,7 @@ def main() -> int:
         print(f"{kind:16} {chunksize:>5} " + " ".join(f"{per[k]:7.3f}" for k in kinds)
               + f" {dollars:8.2f} {dollars + compute:9.2f} {DESIGNS['PyWren'] / max(dollars, 1e-9):8.1f}x"
               f" {DESIGNS['Lithops'] / max(dollars, 1e-9):9.1f}x {wall:6.1f}")
-    print(f"\nmedians of {args.rounds} rounds (order flipped every round); min..max of the rounds:")
+    print(f"\nmedians of {_fair.rounds_label(args.rounds)} (order flipped every round); min..max of the rounds:")
     for (kind, chunksize), got in runs.items():
         req = [sum(c.get(k, 0) / n * PRICE[k] for k in kinds) for c, _ in got]
         print(f"  {kind:16} chunk {chunksize:>2}: $/M req {_fair.spread(req, '$', fmt='.2f')}; wall {_fair.spread([w for _, w in got])}")
@@ -195,7 +195,7 @@ def simulated(args: argparse.Namespace) -> int:
               + f" {statistics.median(r.dollars for r in got):8.2f} {statistics.median(r.dollars_without_watch for r in got):8.2f}"
               f" {statistics.median(r.delay(0.5) for r in got):8.2f}s"
               f" {statistics.median(r.delay(0.95) for r in got):5.2f}s {statistics.median(max(r.delays) for r in got):5.2f}s")
-    print(f"\nmedians of {args.rounds} rounds (order flipped every round); min..max of the rounds:")
+    print(f"\nmedians of {_fair.rounds_label(args.rounds)} (order flipped every round); min..max of the rounds:")
     for config, got in runs.items():
         print(f"  {config:22}: $/M req {_fair.spread([r.dollars for r in got], '$', fmt='.2f')} "
               f"(without WATCH {_fair.spread([r.dollars_without_watch for r in got], '$', fmt='.2f')}); "
@@ -213,4 +213,4 @@ def simulated(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _fair.main(main)

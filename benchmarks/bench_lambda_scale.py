@@ -81,7 +81,7 @@ def main() -> int:
                          "there, off the driver's GIL, their CPU shown apart; a list (0,2) compares them, alternating")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     _fair.add_arguments(ap, hogs=False)
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     if args.one:
         one(args)
         return 0
@@ -109,7 +109,7 @@ def main() -> int:
           f"{args.invoke_latency * 1e3:g} ms; simulated Lambda + S3 "
           f"{'in the driver (no socket)' if args.in_process else 'in a process of its own, over HTTP'}, real boto3 "
           f"clients; {_fair.load_note()}")
-    print(f"medians of {args.rounds} rounds, one process per round, the systems alternating (min..max)")
+    print(f"medians of {_fair.rounds_label(args.rounds)}, one process per round, the systems alternating (min..max)")
     for (kind, sp), got in runs.items():
         print(f"\n{kind}, {f'{sp} sender processes' if sp else 'sent from the driver'}")
         print(f"  invocations/s      {_fair.spread([n / g['wall'] for g in got], '/s', fmt='.0f')}")
@@ -134,4 +134,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _fair.main(main)

@@ -134,6 +134,7 @@ class Systems:
     """The systems under test, each with its pool warm, mapping one function over items."""
 
     def __init__(self, workers: int) -> None:
+        self.closed = False
         self.ex = wrenpack.Executor(concurrency=workers)
         self.ppe = cf.ProcessPoolExecutor(workers)
         self.mpp = mp.get_context("fork").Pool(workers)
@@ -180,30 +181,53 @@ class Systems:
             out["joblib"] = [p.pid for p in psutil.Process().children() if p.pid not in known]
         return out
 
-    def close(self) -> None:
-        self.ex.shutdown()
-        self.ppe.shutdown()
-        self.mpp.terminate()
+    def close(self, wait: bool = True) -> None:
+        """Every pool stopped, whatever the others do (also when a signal ended the run midway:
+        a pool left running kept its workers, and they the benchmark's stdout, after it ended). Once."""
+        if self.closed:
+            return
+        self.closed = True
+        # (after a signal, wrenpack's executor is not waited for: see _fair.shut_down_after)
+        stops = [lambda: self.ex.shutdown(wait=wait, cancel_futures=True), lambda: self.ppe.shutdown(cancel_futures=True),
+                 self.mpp.terminate, self.mpp.join]
+        if self.joblib is not None:  # (loky's reusable executor: its workers and resource tracker)
+            from joblib.externals.loky import get_reusable_executor
+
+            stops.append(lambda: get_reusable_executor().shutdown(wait=True, kill_workers=True))
+        for stop in stops:
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - the other pools still stop
+                print(f"closing the pools: {exc!r}", file=sys.stderr)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _fair.add_arguments(ap)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--calls", type=int, default=1000)
-    ap.add_argument("--many-calls", type=int, default=10000)
-    ap.add_argument("--latency-calls", type=int, default=200)
-    ap.add_argument("--data-calls", type=int, default=100)
-    ap.add_argument("--data-mib", type=int, default=10)
+    ap.add_argument("--workers", type=_fair.at_least(1), default=2)
+    ap.add_argument("--calls", type=_fair.at_least(1), default=1000)
+    ap.add_argument("--many-calls", type=_fair.at_least(1), default=10000)
+    ap.add_argument("--latency-calls", type=_fair.at_least(1), default=200)
+    ap.add_argument("--data-calls", type=_fair.at_least(1), default=100)
+    ap.add_argument("--data-mib", type=_fair.at_least(1), default=10)
     ap.add_argument("--data-distinct", action="store_true",
                     help="data: a different object per call (no argument is shared between calls)")
-    ap.add_argument("--cpu-calls", type=int, default=40)
+    ap.add_argument("--cpu-calls", type=_fair.at_least(1), default=40)
     ap.add_argument("--cpu-s", type=float, default=0.1, help="cpu: seconds of work per call")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the mixed workload's call durations")
     ap.add_argument("--only", default="trivial,many,latency,data,cpu,mixed")
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     only = set(args.only.split(","))
     systems = Systems(args.workers)
+    try:
+        run(args, only, systems)
+    except BaseException:  # (SIGTERM and Ctrl-C too: _fair.parse_args makes them a SystemExit)
+        systems.close(wait=False)
+        raise
+    systems.close()
+
+
+def run(args: argparse.Namespace, only: set[str], systems: Systems) -> None:
     names = systems.names()
     times: dict[str, dict[str, list[float]]] = {}
     memory: dict[str, list[float]] = {n: [] for n in names}
@@ -281,21 +305,19 @@ def main() -> None:
         systems.map(name, echo, [b"x"] * 4)
         systems.map(name, nap, [0.0] * 4)
         systems.map(name, spin, [1] * 4)
-    try:
-        with _fair.Hogs(args.hogs) as hogs:
-            groups = systems.pids(hogs.pids)
-            problems = _fair.align(groups["wrenpack"], [p for n, ps in groups.items() if n != "wrenpack" for p in ps])
-            for r in range(args.rounds):
-                for key, run in workloads.items():
-                    for name in _fair.order(names, r):  # alternate, so drift hits all alike
-                        times[key][name].append(run(name))
-            # after the rounds: the processes that ran them (a pool may have replaced one)
-            scheduling = _fair.check(systems.pids(hogs.pids))
-            load = _fair.load_note()
-    finally:
-        systems.close()
+    with _fair.Hogs(args.hogs) as hogs:
+        groups = systems.pids(hogs.pids)
+        problems = _fair.align(groups["wrenpack"], [p for n, ps in groups.items() if n != "wrenpack" for p in ps])
+        for r in range(args.rounds):
+            for key, run in workloads.items():
+                for name in _fair.order(names, r):  # alternate, so drift hits all alike
+                    times[key][name].append(run(name))
+        # after the rounds: the processes that ran them (a pool may have replaced one)
+        scheduling = _fair.check(systems.pids(hogs.pids))
+        load = _fair.load_note()
+    systems.close()
 
-    print(f"{args.workers} workers, {args.rounds} rounds (systems alternating), {hogs.describe()}; {load} at the end")
+    print(f"{args.workers} workers, {_fair.rounds_label(args.rounds)} (systems alternating), {hogs.describe()}; {load} at the end")
     print(scheduling)
     for p in problems:
         print(f"  not aligned: {p}")
@@ -328,4 +350,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _fair.main(main)

@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--fn", choices=("nothing", "work"), default="nothing")
     ap.add_argument("--n", type=int, default=None, help="the argument of work (default: its own)")
     ap.add_argument("--phases", type=int, default=5, help="CLI runs under strace for the per-phase breakdown (0: none)")
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     n = args.n if args.fn == "work" else None
     compile_bytecode()
     with _fair.Hogs(args.hogs) as hogs:
@@ -195,7 +195,7 @@ def main() -> None:
           f"{_fair.cpu_list(me.cpus)}, which the runner inherits ({auto}); {hogs.describe()}")
     print("bytecode: wrenpack's modules and _workload compiled beforehand, as an installed wheel has them"
           + (" (PYTHONDONTWRITEBYTECODE is set here)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""))
-    print(f"call: _workload.{args.fn}({'' if n is None else n}); {args.rounds} rounds, order rotated each round, after one warm-up")
+    print(f"call: _workload.{args.fn}({'' if n is None else n}); {_fair.rounds_label(args.rounds)}, order rotated each round, after one warm-up")
     print("warm-up (first run; builds the package map's disk cache if absent): "
           + ", ".join(f"{k} {v:.3f} s" for k, v in warm.items()))
     for name in names:
@@ -212,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _fair.main(main)

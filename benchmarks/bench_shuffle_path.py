@@ -37,9 +37,10 @@ M = P = 8
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=lambda s: int(float(s.upper().rstrip("MB")) * 1e6), default=300_000_000)
+    ap.add_argument("--size", type=_fair.size, default=300_000_000,
+                    help="bytes of parts: 300MB, 1GB or a number (B, KB, MB, GB: powers of 1,000; default 300MB)")
     _fair.add_arguments(ap, hogs=False)
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     sections = hasattr(shuffle, "put_sections")
     blake3 = auth._load_blake3() if hasattr(auth, "_load_blake3") else None
     rng = np.random.default_rng(0)
@@ -91,7 +92,7 @@ def main() -> int:
     mb = M * P * rows * 100 / 1e6
     print(f"shuffle object path, {mb:.0f} MB as {M} mappers x {P} partitions, "
           f"{'sections (put_sections/get_section)' if sections else 'one object per partition (put/get)'}; "
-          f"{args.rounds} rounds alternating; {_fair.load_note()}")
+          f"{_fair.rounds_label(args.rounds)} alternating; {_fair.load_note()}")
     for name, g in got.items():
         print(f"  {name}")
         for what, values in g.items():
@@ -102,4 +103,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _fair.main(main)

@@ -132,14 +132,14 @@ def main() -> int:
     ap.add_argument("--size", type=sort_example.parse_size, default=sort_example.parse_size("500MB"))
     _fair.add_arguments(ap)
     ap.add_argument("--repeats", type=int, dest="rounds", help=argparse.SUPPRESS)  # the old name of --rounds
-    ap.add_argument("--mappers", type=int, default=8)
-    ap.add_argument("--partitions", type=int, default=8)
-    ap.add_argument("--memory", type=int, default=3008,
+    ap.add_argument("--mappers", type=sort_example.at_least_one, default=8, help="input objects / map calls (default 8)")
+    ap.add_argument("--partitions", type=sort_example.partition_count, default=8, help="reducers (default 8)")
+    ap.add_argument("--memory", type=sort_example.memory_mb, default=3008,
                     help="MB per call (default 3008: on the local backend a worker's memory cgroup is also "
                          "charged for the /dev/shm store objects it wrote)")
     ap.add_argument("--no-script", dest="script", action="store_false",
                     help="leave out the like-for-like one-process script (read, sort, write; cold)")
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     stages = _fair.ShuffleStages().attach()
 
     cores = os.cpu_count()
@@ -218,7 +218,7 @@ def main() -> int:
     t_np = statistics.median(b["sort_s"] for b in base)
     t_np_all = statistics.median(b["read_s"] + b["sort_s"] + b["write_s"] for b in base)
     print(f"median wrenpack shuffle sort: {t_ours:.2f} s   median numpy sort: {t_np:.2f} s "
-          f"(with read + write: {t_np_all:.2f} s); {args.rounds} rounds, alternating")
+          f"(with read + write: {t_np_all:.2f} s); {_fair.rounds_label(args.rounds)}, alternating")
     print(f"  wrenpack shuffle sort   {_fair.spread(ours)}")
     print(f"  wrenpack sort, cold     {_fair.spread(ours_cold)}  (each round's first: its job processes start)")
     print(f"  numpy sort              {_fair.spread([b['sort_s'] for b in base])}")
@@ -247,4 +247,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _fair.main(main)

@@ -58,7 +58,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=40)
     _fair.add_arguments(ap, hogs=False)
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     made = None
     if "WRENPACK_CACHE_DIR" not in os.environ:  # (the spawned jobs' logs and owner key: removed at the end)
         made = os.environ["WRENPACK_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-spawn-cache-")
@@ -70,7 +70,7 @@ def main() -> int:
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
-    print(f"{args.calls} trivial calls, concurrency 2, {args.rounds} rounds; {_fair.load_note()}")
+    print(f"{args.calls} trivial calls, concurrency 2, {_fair.rounds_label(args.rounds)}; {_fair.load_note()}")
     print("scheduling: NOT alike by design: the spawned job's supervisor and workers have a session of their own")
     for system, rows in got.items():
         print(f"{system:6} returns: {_fair.spread([r[0] for r in rows])}; all results: {_fair.spread([r[1] for r in rows])}")
@@ -78,4 +78,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _fair.main(main)

@@ -72,13 +72,15 @@ def make_text(part: int, size: int, prefix: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=lambda s: int(float(s.upper().rstrip("MB")) * 1e6), default=100_000_000,
-                    help="MB of text (default 100MB)")
+    ap.add_argument("--size", type=_fair.size, default=100_000_000,
+                    help="bytes of text: 100MB, 500KB, 1GB or a number (B, KB, MB, GB: powers of 1,000; default 100MB)")
     _fair.add_arguments(ap)
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--chunk-size", type=int, default=16_000_000)
-    ap.add_argument("--objects", type=int, default=8, help="stored text objects (default 8)")
-    args = ap.parse_args()
+    ap.add_argument("--partitions", type=_fair.at_least(1, "a whole number of reducers"), default=4,
+                    help="reducers (default 4)")
+    ap.add_argument("--chunk-size", type=_fair.size, default=16_000_000, help="bytes per map call (default 16MB)")
+    ap.add_argument("--objects", type=_fair.at_least(1, "a whole number of objects"), default=8,
+                    help="stored text objects (default 8)")
+    args = _fair.parse_args(ap)
     stages = _fair.ShuffleStages().attach()
 
     cores = os.cpu_count()
@@ -128,6 +130,7 @@ def main() -> int:
     finally:
         store.delete_prefix(prefix)
     print(_fair.check({"wrenpack's workers": w_sched, "one-process baseline": b_sched}) + f"; {hogs.describe()}")
+    print(f"{_fair.rounds_label(args.rounds)}, alternating")
     print(f"  wrenpack     {_fair.spread(ours)}")
     print(f"  one process  {_fair.spread(base)}")
     print(f"ratio wrenpack / one process: {statistics.median(ours) / statistics.median(base):.2f}x (target <= 0.60x); "
@@ -137,4 +140,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _fair.main(main)

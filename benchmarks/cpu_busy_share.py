@@ -100,9 +100,9 @@ def main() -> None:
     ap.add_argument("--maps", type=int, default=3, help="maps per driver and round (default 3)")
     ap.add_argument("--calls", type=int, default=40, help="calls per map (default 40)")
     ap.add_argument("--call-s", type=float, default=0.1, help="seconds of CPU per call, roughly (default 0.1)")
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     n = _spins_for(args.call_s)
-    print(f"{args.calls} CPU-bound calls of ~{args.call_s:g} s on 2 workers, {args.maps} maps per driver, {args.rounds} rounds; "
+    print(f"{args.calls} CPU-bound calls of ~{args.call_s:g} s on 2 workers, {args.maps} maps per driver, {_fair.rounds_label(args.rounds)}; "
           f"load average before: {os.getloadavg()[0]:.2f}")
     got: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEMS}
 
@@ -130,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _fair.main(main)

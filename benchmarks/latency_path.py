@@ -116,8 +116,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _fair.add_arguments(ap)
     ap.add_argument("--calls", type=int, default=3000, help="timed warm calls per driver (default 3000)")
-    args = ap.parse_args()
-    print(f"one warm call's path, {args.calls} calls per driver, {args.rounds} rounds; load average before: "
+    args = _fair.parse_args(ap)
+    print(f"one warm call's path, {args.calls} calls per driver, {_fair.rounds_label(args.rounds)}; load average before: "
           f"{os.getloadavg()[0]:.2f}")
     got: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEMS}
 
@@ -141,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _fair.main(main)

@@ -5,7 +5,8 @@ sorted by a shuffle through the object store.
     python examples/sort.py --small               # 2 MB, what the test suite runs
 
 1. ``generate``: M calls each write ``size / M`` bytes of random records to
-   ``wrenpack.store()`` (under ``sort-<run>/in/``) and return their count and
+   ``wrenpack.store()`` (under ``sort-<run>/in/``; whole records, ``size // 100``
+   of them in all, split as evenly as they go) and return their count and
    checksum (the driver never holds the data).
 2. ``wrenpack.map_reduce(split, objects, merge, partitions=R, partitioned=True)``:
    each mapper reads its object (``record_size=100``, so no record is cut),
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
 import sys
@@ -129,8 +131,9 @@ def sort_records(records: np.ndarray) -> np.ndarray:
     return np.take(records, order, axis=0)  # np.take: 4x faster than records[order] here
 
 
-def generate(part: int, count: int, seed: int, prefix: str) -> tuple[int, int]:
-    """Write ``count`` random records as one input object; return (count, checksum)."""
+def generate(part: int, counts: list[int], seed: int, prefix: str) -> tuple[int, int]:
+    """Write ``counts[part]`` random records as one input object; return (count, checksum)."""
+    count = counts[part]
     data = np.random.default_rng([seed, part]).bytes(count * RECORD)
     wrenpack.store().put(f"{prefix}/in/{part:05d}", data)
     return count, checksum(as_records(data))
@@ -172,11 +175,19 @@ def check_output(chunk) -> dict:
 
 
 def generate_input(size: int, mappers: int, prefix: str, seed: int = 0, memory: int = 1024) -> tuple[int, int]:
-    """``mappers`` calls write the input under ``prefix/in/``; returns (records, checksum)."""
-    per_part = max(1, size // RECORD // mappers)
-    futures = wrenpack.remote(generate, memory=memory).map(range(mappers), count=per_part, seed=seed, prefix=prefix)
+    """``mappers`` calls write the input under ``prefix/in/``, ``size // RECORD`` records
+    in all (the first ``records % mappers`` objects one more; with fewer records than
+    mappers, some objects are empty); returns (records, checksum)."""
+    counts = split_count(size // RECORD, mappers)
+    futures = wrenpack.remote(generate, memory=memory).map(range(mappers), counts=counts, seed=seed, prefix=prefix)
     made = _get_or_stop(futures)
     return sum(c for c, _ in made), sum(s for _, s in made) % 2**64
+
+
+def split_count(records: int, parts: int) -> list[int]:
+    """``records`` over ``parts``, as even as can be, summing to ``records`` (each part
+    was given ``max(1, records // parts)``: 10 records on 100 mappers made 100)."""
+    return [records // parts + (i < records % parts) for i in range(parts)]
 
 
 def _get_or_stop(futures):
@@ -256,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     size = 2_000_000 if args.small else args.size or parse_size("100MB")
     mappers = args.mappers or (4 if args.small else max(2, math.ceil(size / 64e6)))
     partitions = args.partitions or (3 if args.small else mappers)
+    records = size // RECORD
+    if size % RECORD or records < mappers:  # (say what is sorted when it is not what the numbers suggest)
+        note = f"{records:,} record{'s' if records != 1 else ''} of {RECORD} bytes"
+        if size % RECORD:
+            note += f" ({size % RECORD} bytes of --size {size:,} left over)"
+        if records < mappers:
+            note += f", fewer than the {mappers} mappers: {mappers - records} of their objects are empty"
+        print(f"sort.py: {note}", file=sys.stderr)
     result = run_sort(size, mappers, partitions, memory=args.memory, keep=args.keep)
     print(f"{'sorted and verified' if result['ok'] else 'VERIFICATION FAILED'}: "
           f"{result['bytes'] / 1e6:.0f} MB in {result['sort_s']:.2f} s")
@@ -274,6 +293,20 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def exit_quietly_on_broken_pipe(run) -> int:
+    """``run()``, flushed; if whoever reads the output went away (``| head -1``), end
+    quietly, as a well-behaved command does, with SIGPIPE's status and no traceback.
+    (run_sort's ``finally`` has removed the store objects by then: the error came
+    from a ``print`` and went up through it.)"""
+    try:
+        status = run()
+        sys.stdout.flush()  # (piped output is buffered: a closed pipe shows here, or at exit)
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+        return 128 + signal.SIGPIPE
+
+
 if __name__ == "__main__":
     exit_on_sigterm()
-    sys.exit(main())
+    sys.exit(exit_quietly_on_broken_pipe(main))

@@ -27,6 +27,7 @@ import argparse
 import codecs
 import collections
 import functools
+import os
 import random
 import re
 import signal
@@ -105,6 +106,19 @@ def newline_is_one_byte(encoding: str) -> bool:
     return newline == b"\n"
 
 
+def cli_advice(exc: UnicodeDecodeError, encoding: str, errors: str) -> str:
+    """The options that read text the library's error names, as this command spells them.
+    UTF-16 and UTF-32 text without a byte order mark stops whatever ``--errors`` says
+    (the stream has no byte order to decode in): its way on is the byte order, not
+    ``--errors replace``, which was suggested even when it was already in effect."""
+    name = codecs.lookup(encoding).name
+    if name in ("utf-16", "utf-32") and (errors != "strict" or "BOM" in str(exc.reason)):
+        return f"--encoding {name}-le or --encoding {name}-be, the byte order the text was written in"
+    if errors == "strict":
+        return "--encoding ENCODING, or --errors replace"
+    return "--encoding ENCODING"
+
+
 def parse_size(text: str) -> int:
     """``16MB``, ``500KB``, ``1GB`` or a number of bytes; at least 1."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([KMG]?B?)\s*", text.upper().replace("E", "e"))
@@ -178,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("MISMATCH with the local count", file=sys.stderr)
                 return 1
             print(f"matches the local count: {sum(counts.values())} words, {len(counts)} distinct ({what})")
-    except wrenpack.TextDecodeError as exc:  # --errors strict, and a file that does not decode
-        print(f"wordcount: {exc} (here: --encoding ENCODING, or --errors replace)", file=sys.stderr)
+    except wrenpack.TextDecodeError as exc:  # --errors strict and a byte that does not decode, or no byte order mark
+        print(f"wordcount: {exc} (here: {cli_advice(exc, args.encoding, args.errors)})", file=sys.stderr)
         return 1
     except wrenpack.WrenpackError as exc:  # an unknown --encoding or --errors, a missing source...
         print(f"wordcount: {exc}", file=sys.stderr)
@@ -200,6 +214,19 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def exit_quietly_on_broken_pipe(run) -> int:
+    """``run()``, flushed; if whoever reads the output went away (``| head -1``), end
+    quietly, as a well-behaved command does, with SIGPIPE's status and no traceback
+    (--small removed its text from the store before it printed)."""
+    try:
+        status = run()
+        sys.stdout.flush()  # (piped output is buffered: a closed pipe shows here, or at exit)
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+        return 128 + signal.SIGPIPE
+
+
 if __name__ == "__main__":
     exit_on_sigterm()
-    sys.exit(main())
+    sys.exit(exit_quietly_on_broken_pipe(main))

@@ -132,3 +132,54 @@ def test_a_missing_dependency_is_one_line_naming_the_extra(tmp_path, name, missi
     assert len(lines) == 1, proc.stderr
     package = "scikit-learn" if missing == "sklearn" else missing
     assert f"examples/{name} needs {package}" in lines[0] and "pip install -e '.[examples]'" in lines[0]
+
+
+def _example_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+def _stored(tmp_path: Path) -> list[Path]:
+    return [p for p in (tmp_path / "store").rglob("*") if p.is_file()] if (tmp_path / "store").exists() else []
+
+
+def test_sort_generates_the_records_asked_for_even_with_more_mappers_than_records(tmp_path):
+    # 10 records on 20 mappers: each mapper made max(1, 10 // 20) = 1, so 20 records were
+    # generated and sorted, twice what --size asked for, without a word
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "sort.py"), "--size", "1000", "--mappers", "20"],
+                          cwd=tmp_path, env=_example_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("generated 10 records ") and "sorted and verified" in proc.stdout, proc.stdout
+    assert "10 records of 100 bytes, fewer than the 20 mappers: 10 of their objects are empty" in proc.stderr
+    assert _stored(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, args", [("sort.py", ["--size", "1000", "--mappers", "2"]), ("wordcount.py", ["--small"])])
+def test_output_into_a_closed_pipe_ends_quietly_and_cleans_the_store(tmp_path, name, args):
+    """``example | head -1``: the reader gone, the next print ended in a BrokenPipeError
+    traceback (exit status 1)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / name), *args], cwd=tmp_path,
+                            env=_example_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # (as head does after its line: every write now fails)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141 and "Error" not in err, err  # (128 + SIGPIPE, as a command killed by it)
+    assert _stored(tmp_path) == []
+
+
+def test_wordcount_on_utf16_without_a_byte_order_mark_names_the_byte_order_options(tmp_path):
+    """The advice ended "(here: --encoding ENCODING, or --errors replace)" though --errors
+    replace was in effect (the default) and could not help: the way on is the byte order."""
+    (tmp_path / "nobom.txt").write_bytes("hello world\n".encode("utf-16-le"))
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "wordcount.py"), "nobom.txt", "--encoding", "utf-16"],
+                          cwd=tmp_path, env=_example_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.endswith("(here: --encoding utf-16-le or --encoding utf-16-be, the byte order the text was written in)")
+    assert "--errors replace" not in last
+    fixed = subprocess.run([sys.executable, str(REPO / "examples" / "wordcount.py"), "nobom.txt", "--encoding",
+                            "utf-16-le"], cwd=tmp_path, env=_example_env(tmp_path), capture_output=True, text=True,
+                           timeout=120)
+    assert fixed.returncode == 0 and fixed.stdout.split() == ["1", "hello", "1", "world"], fixed.stderr

@@ -1,0 +1,77 @@
+"""A benchmark's bad argument is one line naming it and the fix (exit status 2), before
+anything runs; a run of fewer rounds than the targets are measured over says so."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false",
+               PYTHONPATH=os.path.dirname(BENCH) + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+@pytest.mark.parametrize("script, args, match", [
+    # (each ended in a traceback after running: StatisticsError, the median of no rounds)
+    ("bench_checkpoint_overhead.py", ["--rounds", "0"], "--rounds: '0' is not a whole number of rounds, at least 1"),
+    ("bench_auth_overhead.py", ["--rounds", "-3", "--inproc-only"], "--rounds: '-3' is not a whole number of rounds"),
+    # (ran with "-1 CPU hog")
+    ("bench_map_vs_processpool.py", ["--hogs", "-1"], "--hogs: '-1' is not a whole number of CPU hogs, at least 0"),
+    # (ZeroDivisionError; ConfigError after generating the input)
+    ("bench_sort.py", ["--mappers", "0"], "--mappers: '0' is not a whole number of calls, at least 1"),
+    ("bench_sort.py", ["--partitions", "0"], "--partitions: '0' is not a whole number of calls, at least 1"),
+    ("bench_wordcount.py", ["--partitions", "0"], "--partitions: '0' is not a whole number of reducers, at least 1"),
+    # ("invalid <lambda> value")
+    ("bench_wordcount.py", ["--size", "1TB"], "--size: bad size '1TB'; give a number with B, KB, MB or GB"),
+    ("bench_shuffle_path.py", ["--size", "lots"], "--size: bad size 'lots'"),
+], ids=lambda v: v if isinstance(v, str) and v.endswith(".py") else None)
+def test_a_bad_argument_is_one_line_before_anything_runs(tmp_path, script, args, match):
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
+                          timeout=60, env=_env(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert match in proc.stderr.splitlines()[-1], proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "store").exists()  # (nothing ran)
+
+
+def _fair():
+    spec = importlib.util.spec_from_file_location("_fair", os.path.join(BENCH, "_fair.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_fair"] = module  # (its dataclasses look their module up there)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["_fair"]
+    return module
+
+
+def test_sizes_take_the_units_the_examples_take():
+    # bench_wordcount's --size took only MB ("1GB" and "500KB": "invalid <lambda> value")
+    size = _fair().size
+    assert [size(s) for s in ("1GB", "500KB", "100MB", "20mb", "1.5M", "4096", "7B")] == \
+        [10**9, 500_000, 10**8, 2 * 10**7, 1_500_000, 4096, 7]
+
+
+def test_fewer_rounds_than_the_targets_say_so_in_a_line_and_in_the_table(tmp_path):
+    """--rounds 1..4 printed ratios beside the targets with no word that the targets are
+    measured over at least 5 rounds."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_checkpoint_overhead.py"), "--rounds", "2",
+                           "--steps", "4", "--step-ms", "1"], capture_output=True, text=True, timeout=120,
+                          env=_env(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    notes = [line for line in lines if "do not count against the targets" in line]
+    assert len(notes) == 1 and notes[0].startswith("NOTE: 2 rounds, fewer than 5") and lines[0] == notes[0], lines
+    assert any(line.startswith("2 rounds [QUICK LOOK, fewer than 5: not counted against the targets]")
+               for line in lines), lines
+
+
+def test_five_rounds_have_no_such_note():
+    assert _fair().rounds_label(5) == "5 rounds" and _fair().rounds_label(7) == "7 rounds"
