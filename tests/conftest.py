@@ -416,6 +416,28 @@ def lambda_dispatcher(binary, moto_url: str, role_arn: str, tmp_path_factory,
     return dispatcher
 
 
+# -- a built runtime (runtime_builder), for tests/test_runtime_builder.py and tests/test_runtime_local.py --------
+#: what the small runtime holds besides cloudpickle (always added): pure-Python packages and one with a
+#: compiled extension (msgpack)
+SMALL_RUNTIME_PACKAGES = ["six", "idna", "msgpack"]
+
+
+@pytest.fixture(scope="session")
+def runtime_cache(tmp_path_factory) -> str:
+    """A build cache of the session's own (``runtime_builder.build(cache_dir=...)``)."""
+    return str(tmp_path_factory.mktemp("wrenpack-cache"))
+
+
+@pytest.fixture(scope="session")
+def small_runtime(runtime_cache, tmp_path_factory):
+    """The small runtime (``SMALL_RUNTIME_PACKAGES``, every artifact), built once per session: a
+    build resolves with pip (seconds), and tests that only run on a runtime need not build their own."""
+    import runtime_builder
+
+    out = str(tmp_path_factory.mktemp("rt") / "runtime")
+    return runtime_builder.build(SMALL_RUNTIME_PACKAGES, output=out, cache_dir=runtime_cache, artifacts="all")
+
+
 @pytest.fixture(scope="session")
 def profile_of():
     """``profile_of(name, args)``: ``run_profile`` of a ``profiler_targets`` function, once per
