@@ -20,6 +20,7 @@ handler); where they cannot be had, its tests are skipped with the reason.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import itertools
 import json
@@ -99,6 +100,18 @@ def _write_project_bytecode() -> None:
 def pytest_sessionstart(session):
     _shm_before.update(_browser_shm_files())
     _write_project_bytecode()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """What is alive once every test module is imported (numpy, boto3's models, matplotlib, the
+    collected items: ~107,000 objects that the collector tracks) lives until the session ends: it
+    is collected once, then frozen (``gc.freeze``), so that no later full collection walks it
+    again (a test's ``gc.collect()``, and Python's own, every so many allocations, with the GIL
+    held). Objects a test makes are collected as before. The 100 tests of test_bad_input,
+    test_memory_release and test_launch_window took 0.6-1.6 s less CPU in 3 alternated runs."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -437,6 +450,28 @@ def lambda_dispatcher(binary, moto_url: str, role_arn: str, tmp_path_factory,
     if enforcer is not None:
         dispatcher.authorize = enforcer.judge
     return dispatcher
+
+
+# -- a built runtime (runtime_builder), for tests/test_runtime_builder.py and tests/test_runtime_local.py --------
+#: what the small runtime holds besides cloudpickle (always added): pure-Python packages and one with a
+#: compiled extension (msgpack)
+SMALL_RUNTIME_PACKAGES = ["six", "idna", "msgpack"]
+
+
+@pytest.fixture(scope="session")
+def runtime_cache(tmp_path_factory) -> str:
+    """A build cache of the session's own (``runtime_builder.build(cache_dir=...)``)."""
+    return str(tmp_path_factory.mktemp("wrenpack-cache"))
+
+
+@pytest.fixture(scope="session")
+def small_runtime(runtime_cache, tmp_path_factory):
+    """The small runtime (``SMALL_RUNTIME_PACKAGES``, every artifact), built once per session: a
+    build resolves with pip (seconds), and tests that only run on a runtime need not build their own."""
+    import runtime_builder
+
+    out = str(tmp_path_factory.mktemp("rt") / "runtime")
+    return runtime_builder.build(SMALL_RUNTIME_PACKAGES, output=out, cache_dir=runtime_cache, artifacts="all")
 
 
 @pytest.fixture(scope="session")

@@ -256,7 +256,8 @@ def gated_stepper(n, step_s, log_path, gate):
 def _between_segments(ex, tmp_path, change):
     """Run ``gated_stepper``; once its first segment saved, ``change(store, key)``, then let it go on."""
     log_path, gate = str(tmp_path / "log"), str(tmp_path / "gate")
-    fut = wrenpack.remote(gated_stepper, executor=ex, timeout=2).remote(300, 0.01, log_path, gate)
+    # (1 s segments: the first saves near 0.9 s; the second waits at the gate for the few ms the change takes)
+    fut = wrenpack.remote(gated_stepper, executor=ex, timeout=1).remote(300, 0.01, log_path, gate)
     assert _wait_for(lambda: len(_lines(log_path)) >= 2)  # the second segment waits at the gate
     change(ex.store, keys.checkpoint_key(fut.job_id, fut.call_id))
     open(gate, "w").close()

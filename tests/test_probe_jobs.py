@@ -93,14 +93,16 @@ def test_a_failure_its_supervisor_records_names_the_call_once(home):
     assert futs[1].result(timeout=60) == 1
 
 
-def test_calls_a_job_sent_to_lambda_are_running_to_an_attached_process(home):
+def test_calls_a_job_sent_to_lambda_are_running_to_an_attached_process(home, monkeypatch):
     """On Lambda a call writes a start mark only after it waited in Lambda's queue (the backend sets
     the event's mark_start_after), so an attached process showed every running call of a spawned job
     there as queued: futures never running(), statuses() and `jobs show` "queued" while the job's
     counts said "4 running" (seen on the emulated Lambda). The calls its supervisor has sent (its
     progress record's in_flight) are running; once it died, until the latest they could end."""
     from wrenpack.executor.owner import owner_record
+    from wrenpack.job import client
 
+    monkeypatch.setattr(client, "LIVENESS_S", 0.2)  # (its watcher reads the final record at its next look: 1 s)
     store = _store()
     job = _lost_job(store, "20260101-000000-5e070001",
                     {"done": 0, "failed": 0, "running": 2, "queued": 4, "cancelled": 0, "outlive": True,
@@ -219,7 +221,7 @@ def test_a_running_job_whose_record_was_overwritten_is_not_removed_by_clean(home
         assert store.exists(keys.owner_key(job_id)) and store.exists(keys.job_record_key(job_id)), args
 
 
-def test_a_call_that_finishes_while_its_job_is_being_cancelled_keeps_its_result(home):
+def test_a_call_that_finishes_while_its_job_is_being_cancelled_keeps_its_result(home, monkeypatch):
     """An attached process failed every call not yet done with CancelledError as soon as it saw the
     cancel marker; on Lambda the stopped calls run on until they see it, and one that finishes first
     stores its result: another process attached later got that result, statuses() said "done",
@@ -231,13 +233,18 @@ def test_a_call_that_finishes_while_its_job_is_being_cancelled_keeps_its_result(
     from wrenpack.executor.owner import owner_record
     from wrenpack.wire import result as result_format, status as status_record
 
+    from wrenpack.job import client
+
+    # The watcher looks for the marker and the job's state every LIVENESS_S (1 s): every 0.2 s
+    # here, so that the wait below sees two looks or more in 0.6 s, not 1.5 s.
+    monkeypatch.setattr(client, "LIVENESS_S", 0.2)
     store = _store()
     job = _lost_job(store, "20260101-000000-ca9ce102",
                     {"done": 0, "failed": 0, "running": 2, "queued": 0, "cancelled": 0}, calls=2)
     store.put(keys.owner_key(job.id), json.dumps(owner_record("f", job.id)).encode())  # its supervisor: this process
     futs = job.futures()
     assert job.cancel()
-    time.sleep(1.5)  # (the watcher looks for the marker and the job's state every second)
+    time.sleep(0.6)
     assert not any(f.done() for f in futs)
     assert job.status()["state"] == "cancelling"
     now = time.time()

@@ -33,11 +33,20 @@ def executor(tmp_path):
     ex.shutdown()
 
 
+@pytest.fixture
+def memory_only(monkeypatch):
+    """For tests of what a scaling profile says of memory, its size rule and where it is kept:
+    each size's short call is timed for 0.05 s, not ``api.MIN_TIMED_S`` (0.25 s, ~1.2 s of a
+    4-size profile). Their timeouts, if any, come from whatever time fit that gives; the time
+    fits themselves are test_time_is_split_into_cpu_and_wait's and test_short_calls_are_repeated_..."""
+    monkeypatch.setattr(api, "MIN_TIMED_S", 0.05)
+
+
 SIZES = [1_000_000, 2_000_000, 3_000_000, 4_000_000]
 TARGET = 24_000_000  # 192 MB of growth: above what the largest measured size's recommendation allows
 
 
-def test_scaling_and_single_call_profiles_are_kept_apart(tmp_path):
+def test_scaling_and_single_call_profiles_are_kept_apart(tmp_path, memory_only):
     single = run_profile(targets.eight_bytes, (1000,))
     scaled = predict_scaling(targets.eight_bytes, targets.make_input, SIZES[:3], TARGET)
     key = code_hash(targets.eight_bytes)
@@ -62,7 +71,7 @@ def test_size_rule_finds_value_len_and_nbytes():
 
 
 @linux_only
-def test_memory_auto_sizes_each_call_from_the_scaling_profile(executor, caplog):
+def test_memory_auto_sizes_each_call_from_the_scaling_profile(executor, caplog, memory_only):
     """The call at the target runs (the largest measured size's figure, 128 MB, would not hold it)."""
     prof = predict_scaling(targets.eight_bytes, targets.make_input, SIZES, TARGET)
     assert prof.memory_mb < prof.scaling["recommended"]["memory_mb"]  # the old answer was the largest measured size's
@@ -87,7 +96,7 @@ def test_memory_auto_sizes_each_call_from_the_scaling_profile(executor, caplog):
 
 
 @linux_only
-def test_auto_size_reads_a_size_no_measure_finds(executor):
+def test_auto_size_reads_a_size_no_measure_finds(executor, memory_only):
     prof = predict_scaling(targets.eight_bytes_boxed, targets.make_box, SIZES[:3], TARGET)
     assert prof.scaling["size_rule"] is None and any("auto_size" in w for w in prof.scaling["warnings"])
     plain = wrenpack.remote(targets.eight_bytes_boxed, executor=executor, memory="auto")

@@ -24,18 +24,19 @@ from runtime_builder import budget, elf, pack, trim, verify
 from wrenpack.cli import main as cli_main
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
+#: the small runtime's packages (the session's ``small_runtime``, tests/conftest.py)
 PKGS = ["six", "idna", "msgpack"]
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("wrenpack-cache"))
+def cache(runtime_cache):
+    return runtime_cache
 
 
 @pytest.fixture(scope="session")
-def small(cache, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("rt") / "runtime")
-    return runtime_builder.build(PKGS, output=out, cache_dir=cache, artifacts="all")
+def small(small_runtime):
+    """The small runtime of PKGS, built once per session (tests/conftest.py; test_runtime_local runs on it too)."""
+    return small_runtime
 
 
 def _sha(path):

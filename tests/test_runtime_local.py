@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-import runtime_builder
 import wrenpack
 
 
 @pytest.fixture(scope="module")
-def tiny_runtime(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rt")
-    # only cloudpickle (always added) and one small pure-Python package
-    return runtime_builder.build(["six"], output=str(out / "runtime"), cache_dir=str(out / "cache")).output
+def tiny_runtime(small_runtime):
+    """A runtime of cloudpickle (always added) and a few small packages, six among them but not
+    rich: the session's small runtime (tests/conftest.py), which tests/test_runtime_builder.py
+    builds and checks (a build of its own here resolved with pip again: ~3 s)."""
+    names = {p["name"] for p in small_runtime.manifest["packages"]}
+    assert "six" in names and "rich" not in names, names
+    return small_runtime.output
 
 
 def uses_six(x):
