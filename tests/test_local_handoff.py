@@ -416,3 +416,40 @@ def test_keep_objects_keeps_arguments_and_results_in_the_store(tmp_path):
         assert ex.store.exists(keys.result_key(fut.job_id, fut.call_id))
     finally:
         ex.shutdown()
+
+
+def test_a_kept_argument_memfd_the_kernel_will_not_seal_yet_goes_to_a_fresh_one():
+    """A domain's kept argument memfd is written again for its next call; one with large
+    buffers is sealed. With its pages still held where the last call was read (here: a
+    writable shared mapping, as a job's process can keep), sealing failed with EBUSY: the
+    call failed with a SerializationError, and the memfd leaked (seen once in a full run).
+    The bytes now go to a fresh memfd, which is sealed, and nothing leaks."""
+    import mmap
+
+    kept = os.memfd_create("kept", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.write(kept, b"k" * 100_000)
+    held = mmap.mmap(kept, 100_000, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    probe = os.dup(kept)
+    try:
+        with pytest.raises(OSError):  # (the kernel's refusal this is about)
+            fcntl.fcntl(probe, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+    finally:
+        os.close(probe)
+    inode = os.fstat(kept).st_ino
+    before = len(os.listdir("/proc/self/fd"))
+    handoff._keep(kept, "domain-under-test")
+    np = pytest.importorskip("numpy")
+    value = [np.arange(100_000), "small"]  # (an array: its buffer goes out of band, so the memfd is sealed)
+    spill = handoff.Spill(0, "wrenpack-args", reuse="domain-under-test")
+    cloudpickle.Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump(value)
+    sealed = spill.finish()
+    try:
+        assert isinstance(sealed, handoff.Sealed) and os.fstat(sealed.fd).st_ino != inode
+        assert fcntl.fcntl(sealed.fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+        fd, sealed.fd = sealed.fd, None
+        got = handoff.load(fd, sealed.layout, "the arguments", private=True, loads=lambda f, b: pickle.load(f, buffers=b))
+        assert (got[0] == value[0]).all() and got[1] == "small"
+    finally:
+        held.close()
+        handoff.drain_pool()
+    assert len(os.listdir("/proc/self/fd")) <= before - 1  # (the kept one closed, the fresh one consumed)

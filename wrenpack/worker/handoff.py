@@ -35,6 +35,7 @@ Standard library and cloudpickle only: the worker imports this.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import mmap
@@ -466,11 +467,8 @@ class Spill:
         """The result outgrew the driver's memfd: on in a new one of our own (the
         driver's is never grown, so its pages stay all charged to the driver)."""
         assert self._fd is not None
-        slab, written = self._fd, self._pos
-        fd = os.memfd_create(self.name_, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        done = 0
-        while done < written:
-            done += os.sendfile(fd, slab, done, written - done) or _fail_copy()
+        slab = self._fd
+        fd = _copied(slab, self._pos, self.name_)
         os.close(slab)
         self._fd, self._room = fd, 0
 
@@ -528,9 +526,23 @@ class Spill:
             # not touched once its call ended: no seal, so it can be written again.
             return Sealed(fd, layout, counted=self.counted, recycle=self.reuse)
         self._buffers = []
-        if os.fstat(fd).st_size != self._pos:
-            os.ftruncate(fd, self._pos)  # a kept memfd, larger: the receiver sees exactly the layout
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        try:
+            if os.fstat(fd).st_size != self._pos:
+                os.ftruncate(fd, self._pos)  # a kept memfd, larger: the receiver sees exactly the layout
+            try:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or self.reuse is None:
+                    raise
+                # A kept memfd the kernel will not seal against writes yet (its pages still held
+                # where its last call was read): the bytes go to a fresh one, sealed instead.
+                fresh = _copied(fd, self._pos, self.name_)
+                os.close(fd)
+                fd = fresh
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        except BaseException:
+            os.close(fd)  # (taken from self._fd above: ``discard`` no longer sees it)
+            raise
         return Sealed(fd, layout, counted=self.counted)
 
     def discard(self) -> None:
@@ -545,6 +557,19 @@ class Spill:
         if self.counted:
             self.counted = False
             _release()
+
+
+def _copied(src: int, size: int, name: str) -> int:
+    """A new memfd (sealable) holding the first ``size`` bytes of memfd ``src``, copied in the kernel."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        done = 0
+        while done < size:
+            done += os.sendfile(fd, src, done, size - done) or _fail_copy()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _fail_copy() -> int:
