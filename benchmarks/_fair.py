@@ -46,6 +46,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from wrenpack.process_state import descendants
+
 #: the fewest rounds a benchmark runs by default
 ROUNDS = 5
 
@@ -159,7 +161,7 @@ def _end_now(signum: int, why: str) -> None:
     ``os._exit`` with its status from the watchdog's thread)."""
     print(f"{signal.Signals(signum).name}: {why}: killing the benchmark's processes and ending", file=sys.stderr,
           flush=True)
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -169,29 +171,6 @@ def _end_now(signum: int, why: str) -> None:
         os.kill(os.getpid(), signum)
         time.sleep(1)
     os._exit(128 + signum)  # (the watchdog's thread may not change a signal's action)
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (Linux's /proc; none elsewhere)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = [e for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        return []
-    for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def main(fn: Callable[[], "int | None"]) -> None:

@@ -4,8 +4,9 @@ A local worker asks it of the processes it ended after a call, the local store
 of a temporary file's writer (``LocalStore.remove_stopped_writes``), the local
 backend of the driver that made a cgroup or work folder (``left_by_gone_process``);
 ``wrenpack clean --stale`` whether a gone driver's local workers still run (``works_for``,
-from the marker ``worker_marker`` puts in their command lines). Worker side: the
-standard library only."""
+from the marker ``worker_marker`` puts in their command lines); and which processes
+run below one (``descendants``: a worker ending what a call left, a benchmark ending
+its pools). Worker side: the standard library only."""
 from __future__ import annotations
 
 import os
@@ -104,3 +105,32 @@ def works_for(pid: int, start: object) -> bool:
             except OSError:
                 pass
     return False
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (a /proc scan: the worker side has no psutil;
+    a zombie, exited and waiting to be reaped, is left out: nothing of it runs)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            ppid = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if fields[0] == b"Z":
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [root]
+    while stack:
+        for kid in children.get(stack.pop(), []):
+            out.append(kid)
+            stack.append(kid)
+    return out

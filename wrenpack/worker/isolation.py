@@ -75,6 +75,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from wrenpack.process_state import descendants  # noqa: F401 - (callers name it isolation.descendants)
 from wrenpack.worker import streams
 from wrenpack.worker.fds import close_all, close_quietly
 
@@ -720,35 +721,6 @@ def _replace_zygote(old: _Zygote | None) -> _Zygote:
     log.info("the worker's zygote is gone; starting a fresh one")
     _zygote = _spawn_zygote()
     return _zygote
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (a /proc scan: the worker side has no psutil;
-    a zombie, exited and waiting to be reaped, is left out: nothing of it runs)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            ppid = int(fields[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if fields[0] == b"Z":
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, stack = [], [root]
-    while stack:
-        for kid in children.get(stack.pop(), []):
-            out.append(kid)
-            stack.append(kid)
-    return out
 
 
 _child: Child | None = None
