@@ -423,8 +423,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if sdk.is_probe(event):
         return sdk.probe(event)
     start = time.time()
-    if callscope._after_reply:  # (left by the last call here, where no hook ran after its reply)
-        callscope.run_after_reply()
+    callscope.run_after_reply()  # (what the last call here left, where no hook ran after its reply)
     ev = Event.from_dict(event)
     deadline = ev.extra.get("deadline")
     if deadline is not None and start > deadline:

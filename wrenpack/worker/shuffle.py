@@ -25,7 +25,6 @@ from __future__ import annotations
 import array
 import ctypes
 import numbers
-import operator
 import os
 import pickle
 import struct
@@ -41,6 +40,7 @@ from wrenpack import auth, keys
 from wrenpack.errors import (ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError,
                              WrenpackError)
 from wrenpack.storage import Store
+from wrenpack.limits import integral
 from wrenpack.storage import data as user_data
 from wrenpack.worker import callscope
 
@@ -430,10 +430,7 @@ def _partition_number(p: Any, key: Any, partitions: int) -> int:
     """What ``partition_fn`` returned, as a partition number: any integer (numpy's
     too, as a list index takes it) in 0..R-1. A bool is refused as everywhere a
     number is asked for (``k > pivot`` means two partitions only by accident)."""
-    try:
-        number = None if isinstance(p, bool) else operator.index(p)
-    except TypeError:
-        number = None
+    number = integral(p)
     if number is None or not 0 <= number < partitions:
         kind = "" if type(p) is int else f" (not a {type(p).__name__})"
         raise ConfigError(f"partition_fn({key!r:.40}, {partitions}) returned {p!r:.40}, not 0..{partitions - 1}; make it "
