@@ -222,19 +222,15 @@ def _unsendable(functions: dict[str, Any], items: list[Any], label: str, exc: Se
     launch's own message said "closure variable 'reducer' of function 'make_task.<locals>
     .shuffle_task'" or "argument 2 of call 3"; this one names the reducer, or ``items[3]``
     (and the part of it that does not pickle). ``exc`` itself if each of them pickles."""
-    for role, fn in functions.items():
-        inner = _unwrap(fn)[0]
+    inner = [_unwrap(fn)[0] for fn in functions.values()]
+    candidates = [(f, f"the {role} {_name(f)} of {label}", serialize.user_modules_of(f)) for role, f in zip(functions, inner)]
+    candidates += [(item, f"items[{i}] of {label}", set()) for i, item in enumerate(items)]
+    for obj, what, modules in candidates:
         try:
-            with serialize.by_value(serialize.user_modules_of(inner)):  # (as the launch pickles it)
-                serialize.dumps(inner)
+            with serialize.by_value(modules):  # (the functions' modules by value, as the launch pickles them)
+                serialize.dumps(obj)
         except (Exception, SystemExit) as err:  # noqa: BLE001 - (as the launch's own pickling catches them)
-            where = serialize.describe_unpicklable(inner, f"the {role} {_name(inner)} of {label}")
-            return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
-    for i, item in enumerate(items):
-        try:
-            serialize.dumps(item)
-        except (Exception, SystemExit) as err:  # noqa: BLE001
-            where = serialize.describe_unpicklable(item, f"items[{i}] of {label}")
+            where = serialize.describe_unpicklable(obj, what)
             return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
     return exc
 
