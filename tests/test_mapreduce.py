@@ -425,6 +425,25 @@ def test_an_item_that_cannot_be_pickled_is_named_by_its_place_in_items(executor,
     assert _left(executor) == []
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_an_item_too_large_for_the_mappers_memory_is_named_by_its_place_in_items(executor, form):
+    """It said "the arguments of call 2 of <lambda> pickle to 129 MB": the mapper's call, not
+    the user's items[2]; checked before anything runs, and the next map_reduce still works."""
+    from wrenpack.errors import PayloadTooLarge
+
+    kw, reducer = FORMS[form]
+    big = b"x" * (129 * 2**20)
+    with pytest.raises(PayloadTooLarge, match=r"^items\[2\] of map_reduce\(.*\) pickles to 129 MB, more than the "
+                                              r"mapper's memory=128 MB; raise memory=") as info:
+        wrenpack.map_reduce(_pairs_or_value(form), [b"a", b"b", big], reducer, executor=executor, memory=128, **kw)
+    assert "call 2" not in str(info.value) and "\n" not in str(info.value)
+    assert info.value.call_index == 2
+    del big
+    assert _left(executor) == []
+    expected = {0: 2, 1: 4} if form == "shuffle" else 6
+    assert wrenpack.map_reduce(_pairs_or_value(form), [1, 2, 3], reducer, executor=executor, **kw).result() == expected
+
+
 @pytest.mark.parametrize("form,role", [("single", "mapper"), ("single", "reducer"), ("shuffle", "mapper"),
                                        ("shuffle", "reducer"), ("shuffle", "partition_fn"), ("tree", "mapper"),
                                        ("tree", "reducer")])

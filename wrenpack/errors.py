@@ -73,7 +73,17 @@ class ProtocolError(WrenpackError):
 
 
 class PayloadTooLarge(WrenpackError):
-    """An argument or result is larger than the configured maximum."""
+    """An argument or result is larger than the configured maximum.
+
+    Raised for a launch's arguments, it says which call (``call_index``, the
+    index in the launch) and how large they pickle (``size``, bytes), so a
+    caller that launched calls on the user's behalf (``map_reduce``'s mappers)
+    can name the item in the user's terms; ``limit_mb`` is the memory setting it exceeds. (Attributes, not constructor
+    arguments: an exception pickles its ``args`` and its ``__dict__``.)"""
+
+    call_index: int | None = None
+    size: int | None = None
+    limit_mb: int | None = None
 
 
 class TaskError(WrenpackError):

@@ -618,10 +618,12 @@ class Executor(CallTable, cf.Executor):
             for i, data in enumerate(payloads, first):
                 size = data.size if isinstance(data, handoff.Args) else len(data)
                 if size > limit:
-                    raise PayloadTooLarge(
+                    too_large = PayloadTooLarge(
                         f"the arguments of call {i} of {label} pickle to {size / 2**20:.0f} MB, more than its "
                         f"memory={options.memory} MB; raise memory= or pass a path/URL and load the data inside the function"
                     )
+                    too_large.call_index, too_large.size, too_large.limit_mb = i, size, options.memory
+                    raise too_large
         except BaseException:
             _close_handoffs(payloads)
             self._drain_if_idle()

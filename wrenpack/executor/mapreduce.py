@@ -32,7 +32,7 @@ import uuid
 from typing import Any, Callable, Iterable, Iterator
 
 from wrenpack import keys, serialize
-from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError, SerializationError
+from wrenpack.errors import CallCancelled, ConfigError, ConfigTypeError, PayloadTooLarge, SerializationError
 from wrenpack.executor.core import Executor, check_executor, default_executor
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.limits import integral
@@ -171,6 +171,9 @@ def map_reduce(
         job.cleanup()
         functions = {"mapper": m_fn, "reducer": r_fn, "partition_fn": partition_fn}
         raise _unsendable({k: f for k, f in functions.items() if f is not None}, items, label, exc) from None
+    except PayloadTooLarge as exc:
+        job.cleanup()
+        raise _item_too_large(exc, items, label) from None
     except BaseException:
         job.cleanup()
         raise
@@ -233,6 +236,20 @@ def _unsendable(functions: dict[str, Any], items: list[Any], label: str, exc: Se
             where = serialize.describe_unpicklable(obj, what)
             return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
     return exc
+
+
+def _item_too_large(exc: PayloadTooLarge, items: list[Any], label: str) -> PayloadTooLarge:
+    """A mapper call's arguments too large, in the user's terms: the launch's own
+    message says "call 3 of m (map)", and the mapper's call ``i`` is ``items[i]``
+    (the calls after the items, launched with them, are reducers: ``exc`` itself)."""
+    i = exc.call_index
+    if i is None or exc.size is None or not 0 <= i < len(items):
+        return exc
+    named = PayloadTooLarge(
+        f"items[{i}] of {label} pickles to {exc.size / 2**20:.0f} MB, more than the mapper's memory={exc.limit_mb} MB; "
+        "raise memory=, or pass the data as a wrenpack.store() object or a path/URL and load it inside the mapper")
+    named.call_index, named.size, named.limit_mb = i, exc.size, exc.limit_mb
+    return named
 
 
 def _check_one_source_per_key(items: list[Any]) -> None:
@@ -745,6 +762,8 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
             follow.add(map_futures)
     except SerializationError as exc:
         raise _unsendable({"mapper": m_fn}, items, label, exc) from None
+    except PayloadTooLarge as exc:
+        raise _item_too_large(exc, items, label) from None
 
     def chain() -> None:
         try:
