@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -66,6 +67,23 @@ def at_least(least: int, what: str = "a whole number") -> Callable[[str], int]:
         return n
 
     parse.__name__ = f"at least {least}"
+    return parse
+
+
+def at_least_real(least: float, what: str = "a number", above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number, at least ``least`` (more than it with
+    ``above``), refused by argparse in one line otherwise, before anything runs."""
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x) or x < least or (above and x == least):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}, {'more than' if above else 'at least'} {least:g}")
+        return x
+
+    parse.__name__ = f"{'more than' if above else 'at least'} {least:g}"
     return parse
 
 

@@ -37,7 +37,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _fair  # noqa: E402
 from runtime_builder import build, installer  # noqa: E402
 from runtime_builder.targets import Target  # noqa: E402
 
@@ -100,14 +102,16 @@ def _stat(xs: list[float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--max-minutes", type=float, default=40.0, help="drop to 3 rounds when 5 would take longer")
+    ap.add_argument("--rounds", type=_fair.at_least(1, "a whole number of rounds"), default=5,
+                    help="rounds, systems alternating (default 5; fewer is a quick look)")
+    ap.add_argument("--max-minutes", type=_fair.at_least_real(0, "a number of minutes", above=True), default=40.0,
+                    help="drop to 3 rounds when 5 would take longer")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "scipy-stack"))
     ap.add_argument("--skip-pandas-pyarrow", action="store_true")
     ap.add_argument("--only-pandas-pyarrow", action="store_true", help="only the pandas + pyarrow size (no timing)")
     ap.add_argument("--pip-fallback", action="store_true",
                     help="also time wrenpack installing with pip (WRENPACK_INSTALLER=pip), as without uv")
-    args = ap.parse_args()
+    args = _fair.parse_args(ap)
     out = os.path.abspath(args.out)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)

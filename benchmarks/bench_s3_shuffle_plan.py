@@ -47,12 +47,15 @@ import argparse
 import bisect
 import math
 import random
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _fair  # noqa: E402
 from wrenpack import auth, keys  # noqa: E402
 from wrenpack.storage.s3 import MULTIPART_CHUNK, MULTIPART_THRESHOLD  # noqa: E402
 from wrenpack.worker import shuffle  # noqa: E402
@@ -64,11 +67,13 @@ SECTION_OVERHEAD = 4 + 8 * 3 + 200 + 64 + auth.TRAILER_BYTES
 
 
 def parse_size(text: str) -> int:
-    units = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
-    for unit, scale in units.items():
-        if text.upper().endswith(unit):
-            return int(float(text[: -len(unit)]) * scale)
-    return int(text)
+    """An argparse ``type``: ``1TB``, ``500GB``... (powers of 1,000) or bytes, at least 1 MB."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)?\s*", text.upper())
+    n = int(float(m.group(1)) * {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, None: 1}[m.group(2)]) if m else 0
+    if n < 10**6:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; give at least 1MB, with KB, MB, GB or TB (powers of "
+                                         "1,000), e.g. 1TB")
+    return n
 
 
 #: request start times by (prefix, "PUT" or "GET")
@@ -197,15 +202,21 @@ def report(name: str, r: dict) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=parse_size, default=parse_size("1TB"))
-    ap.add_argument("--functions", type=int, default=1000, help="mappers, and as many reducers (default 1000)")
-    ap.add_argument("--mbps", type=float, default=90.0, help="S3 bandwidth of one function, MB/s (default 90)")
-    ap.add_argument("--latency-ms", type=float, default=25.0, help="time to first byte of a request (default 25 ms)")
-    ap.add_argument("--ramp", type=float, default=2.0, help="seconds over which the functions start (default 2)")
-    ap.add_argument("--data-prefixes", type=int, default=100,
+    ap.add_argument("--functions", type=_fair.at_least(1, "a whole number of functions"), default=1000,
+                    help="mappers, and as many reducers (default 1000)")
+    ap.add_argument("--mbps", type=_fair.at_least_real(0, "a bandwidth in MB/s", above=True), default=90.0,
+                    help="S3 bandwidth of one function, MB/s (default 90)")
+    ap.add_argument("--latency-ms", type=_fair.at_least_real(0, "a latency in ms"), default=25.0,
+                    help="time to first byte of a request (default 25 ms)")
+    ap.add_argument("--ramp", type=_fair.at_least_real(0, "a number of seconds"), default=2.0,
+                    help="seconds over which the functions start (default 2)")
+    ap.add_argument("--data-prefixes", type=_fair.at_least(1, "a whole number of prefixes"), default=100,
                     help="prefixes the user's input and output objects spread over (the user's layout; default 100)")
-    ap.add_argument("--map-cpu", type=float, default=2.0, help="mapper CPU seconds per GB (default 2)")
-    ap.add_argument("--reduce-cpu", type=float, default=8.0, help="reducer CPU seconds per GB, the sort (default 8)")
-    args = ap.parse_args()
+    ap.add_argument("--map-cpu", type=_fair.at_least_real(0, "CPU seconds per GB"), default=2.0,
+                    help="mapper CPU seconds per GB (default 2)")
+    ap.add_argument("--reduce-cpu", type=_fair.at_least_real(0, "CPU seconds per GB"), default=8.0,
+                    help="reducer CPU seconds per GB, the sort (default 8)")
+    args = _fair.parse_args(ap)
     n = args.functions
     print(f"sort {args.size / 1e12:g} TB on {n} mappers and {n} reducers: {args.size / n / 1e9:.2f} GB per function, "
           f"{args.size / n / n / 1e6:.2f} MB per partition section; {args.mbps:g} MB/s and {args.latency_ms:g} ms per "

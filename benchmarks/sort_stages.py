@@ -23,7 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import _fair  # noqa: E402
 import sort as sort_example  # noqa: E402
 
 import wrenpack  # noqa: E402
@@ -102,11 +104,12 @@ def profile(prefix: str, mappers: int, partitions: int, passes: int) -> list[dic
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=sort_example.parse_size, default=sort_example.parse_size("300MB"))
-    ap.add_argument("--mappers", type=int, default=8)
-    ap.add_argument("--partitions", type=int, default=8)
-    ap.add_argument("--passes", type=int, default=2)
-    ap.add_argument("--memory", type=int, default=3008)
-    args = ap.parse_args()
+    ap.add_argument("--mappers", type=sort_example.at_least_one, default=8, help="input objects / map tasks (default 8)")
+    ap.add_argument("--partitions", type=sort_example.partition_count, default=8, help="reduce tasks (default 8)")
+    ap.add_argument("--passes", type=_fair.at_least(1, "a whole number of passes"), default=2,
+                    help="passes over the same data in one worker process (default 2)")
+    ap.add_argument("--memory", type=sort_example.memory_mb, default=3008, help="MB for the profiling call (default 3008)")
+    args = _fair.parse_args(ap)
     prefix = f"sort-stages-{uuid.uuid4().hex[:8]}"
     try:
         sort_example.generate_input(args.size, args.mappers, prefix, memory=args.memory)

@@ -32,6 +32,14 @@ def _env(tmp_path) -> dict[str, str]:
     # ("invalid <lambda> value")
     ("bench_wordcount.py", ["--size", "1TB"], "--size: bad size '1TB'; give a number with B, KB, MB or GB"),
     ("bench_shuffle_path.py", ["--size", "lots"], "--size: bad size 'lots'"),
+    # (sort_stages: ZeroDivisionError after generating the input; the S3 plan: a ZeroDivisionError or a
+    # nonsense schedule; the scipy stack: the median of no rounds after building a runtime)
+    ("sort_stages.py", ["--mappers", "0"], "--mappers: '0' is not a whole number of calls, at least 1"),
+    ("sort_stages.py", ["--passes", "0"], "--passes: '0' is not a whole number of passes, at least 1"),
+    ("bench_s3_shuffle_plan.py", ["--functions", "0"], "--functions: '0' is not a whole number of functions, at least 1"),
+    ("bench_s3_shuffle_plan.py", ["--mbps", "nan"], "--mbps: 'nan' is not a bandwidth in MB/s, more than 0"),
+    ("bench_s3_shuffle_plan.py", ["--size", "1XB"], "--size: bad size '1XB'; give at least 1MB"),
+    ("bench_runtime_scipy_stack.py", ["--rounds", "0"], "--rounds: '0' is not a whole number of rounds, at least 1"),
 ], ids=lambda v: v if isinstance(v, str) and v.endswith(".py") else None)
 def test_a_bad_argument_is_one_line_before_anything_runs(tmp_path, script, args, match):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
