@@ -380,7 +380,7 @@ def test_a_job_launched_inside_a_call_derives_its_secret_from_the_call():
 def keyring_size():
     from wrenpack.worker import refs
 
-    return len(refs._keyring)
+    return len(refs.kept_secrets())
 
 
 @pytest.mark.backends(slow=("toy", "lambda"))  # 52 calls one after another: 7 s on toy, 14 s on lambda
@@ -410,5 +410,5 @@ def test_the_driver_forgets_a_jobs_secret_with_its_last_future(one_worker):
     assert refs.secret_for(kept.job_id) is not None  # a live future can still travel
     del futs
     gc.collect()
-    assert set(refs._keyring) & jobs == {kept.job_id}, "secrets of jobs whose futures are gone are still kept"
+    assert refs.kept_secrets() & jobs == {kept.job_id}, "secrets of jobs whose futures are gone are still kept"
     assert pickle.loads(pickle.dumps(kept)).result(timeout=60) == 9

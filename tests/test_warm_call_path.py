@@ -369,3 +369,81 @@ def test_ctrl_c_while_the_caller_completes_its_call_is_raised_after_it(tmp_path,
         assert interrupted, "no reply was read on the caller's thread in 20 calls"
         assert fut.result(timeout=60) == 0.02  # completed as it ran, not failed with the interrupt
         assert [f.remote(0.01).result(timeout=60) for _ in range(3)] == [0.01] * 3  # its worker goes on
+
+
+def test_a_sigterm_handlers_exit_while_the_caller_reads_its_reply_comes_after_the_call_completes(tmp_path, monkeypatch):
+    """A program whose SIGTERM handler raises SystemExit, and whose ``except SystemExit``
+    shuts its executor down: a SIGTERM that landed while the waiting caller's thread read
+    its call's reply cut the read short, the call never completed, and
+    ``shutdown(wait=True)`` waited for it for good (one SIGTERM in ~10 sent to a loop of
+    ``.remote(i).result()``). Only SIGINT was held there."""
+    import signal
+
+    from wrenpack.backends.local import LocalBackend
+
+    def on_term(signum, frame):
+        raise SystemExit(143)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with _local_executor(tmp_path, concurrency=1) as ex:
+            f = wrenpack.remote(nap, executor=ex)
+            assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
+            read = LocalBackend._read
+            interrupted = []
+
+            def read_interrupted(self, worker):
+                if not interrupted and threading.current_thread() is threading.main_thread():
+                    interrupted.append(worker)
+                    os.kill(os.getpid(), signal.SIGTERM)  # (its handler runs at the next bytecode, in this thread)
+                return read(self, worker)
+
+            monkeypatch.setattr(LocalBackend, "_read", read_interrupted)
+            for _ in range(20):  # (until a reply is read on this thread: most are, the machine allowing)
+                fut = f.remote(0.02)
+                try:
+                    assert fut.result(timeout=60) == 0.02
+                except SystemExit:
+                    break
+            assert interrupted, "no reply was read on the caller's thread in 20 calls"
+            assert fut.done() and fut.result(timeout=0) == 0.02  # completed as it ran
+            t0 = time.monotonic()
+            ex.shutdown(wait=True)
+            assert time.monotonic() - t0 < 10
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_a_signal_that_comes_while_a_jobs_key_is_freed_is_raised_not_lost():
+    """Python runs a signal's handler at the first bytecode after the signal, and
+    what a finaliser raises is printed and dropped. ``JobKey.__del__`` was the first
+    Python code to run after a map's futures were freed, so a SIGTERM handler's
+    ``SystemExit`` (or Ctrl-C) that came then was lost and the program went on: about
+    one SIGTERM in 20 sent to a loop of 5,000-call maps. Here the signal comes, and
+    the last future's key is freed, in C code only (no bytecode between them)."""
+    import _thread
+    import functools
+    import operator
+    import signal
+
+    from wrenpack.worker import refs
+
+    class Came(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Came
+
+    holder = [refs.JobKey("20260101-000000-cccccccc")]
+    refs.remember("20260101-000000-cccccccc", b"s" * 32)
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        # the signal comes (as if from outside: its handler runs at the next bytecode),
+        # then the key is freed, in C calls only
+        came = functools.partial(_thread.interrupt_main, signal.SIGUSR1)
+        with pytest.raises(Came):
+            list(map(operator.methodcaller("__call__"), [came, holder.clear]))
+        assert holder == []
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert "20260101-000000-cccccccc" not in refs.kept_secrets()  # and its job's secret is forgotten

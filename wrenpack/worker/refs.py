@@ -106,6 +106,7 @@ def remember(job_id: str, secret: bytes, for_call: bool = False) -> None:
     """Keep a job's secret in this process's memory, to verify its results
     (``for_call``: only while the running call runs)."""
     with _keyring_lock:
+        _forget_gone_keys()
         if for_call and job_id not in _keyring:
             _call_added.append(job_id)
         _keyring[job_id] = secret
@@ -119,6 +120,7 @@ def learn(secrets: dict[str, str] | None) -> None:
 
 def _forget_call() -> None:
     with _keyring_lock:
+        _forget_gone_keys()
         for job_id in _call_added:
             _keyring.pop(job_id, None)
         _call_added.clear()
@@ -151,23 +153,49 @@ def enter_call(job_id: str | None, secret: bytes = b"", chain: list[str] | tuple
         remember(job_id, secret, for_call=True)
 
 
+#: the weak references to the live ``JobKey``s (what keeps them, and so their callbacks, alive),
+#: each with its job's id
+_key_refs: "dict[weakref.ref[JobKey], str]" = {}
+#: the references of the ``JobKey``s gone since the keyring was last looked at
+_keys_gone: list["weakref.ref[JobKey]"] = []
+
+
 class JobKey:
     """Held by a job's futures (and by its executor while the job runs or is
     kept for references): when the last holder goes, this process forgets the
     job's secret. A driver would otherwise keep one per job it ever launched;
     references rebuilt from it keep the secret they need (``CallRef``), and a
-    reference pickled by the user carries its own."""
+    reference pickled by the user carries its own.
 
-    __slots__ = ("job_id",)
+    No Python code runs when one goes (no ``__del__``): Python runs a signal's
+    handler at the first bytecode after the signal came, and an exception
+    raised in a finaliser is printed and dropped. A SIGTERM handler raising
+    ``SystemExit`` (or Ctrl-C's ``KeyboardInterrupt``) that came while a map's
+    futures were being freed was raised in ``JobKey.__del__`` and lost: the
+    program went on as if the signal had never come. Its weak reference's
+    callback is ``list.append`` (C), and the job's secret is forgotten the next
+    time this process looks at its keyring (``_forget_gone_keys``)."""
+
+    __slots__ = ("job_id", "__weakref__")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
+        _key_refs[weakref.ref(self, _keys_gone.append)] = job_id  # (dict and list operations: atomic)
 
-    def __del__(self) -> None:
-        try:
-            _keyring.pop(self.job_id, None)  # one dict operation: atomic, and no lock a collector could meet held
-        except Exception:  # noqa: BLE001 - at interpreter exit the module may be gone already
-            pass
+
+def kept_secrets() -> set[str]:
+    """The jobs whose secrets this process keeps now (their ``JobKey`` alive, or their call running)."""
+    with _keyring_lock:
+        _forget_gone_keys()
+        return set(_keyring)
+
+
+def _forget_gone_keys() -> None:
+    """Forget the secrets of the jobs whose ``JobKey`` went (``_keyring_lock`` held)."""
+    while _keys_gone:
+        job_id = _key_refs.pop(_keys_gone.pop(), None)
+        if job_id is not None:
+            _keyring.pop(job_id, None)
 
 
 def in_call() -> bool:
@@ -193,6 +221,7 @@ def secret_for(job_id: str, chain: list[str] | tuple[str, ...] = ()) -> bytes | 
     """The secret of ``job_id``, known here or derived along ``chain``; None if neither."""
     path = [*chain, job_id]
     with _keyring_lock:
+        _forget_gone_keys()
         for i in range(len(path) - 1, -1, -1):
             secret = _keyring.get(path[i])
             if secret is not None:
