@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import cloudpickle
 
 from wrenpack import keys
+from wrenpack.boot import NO_CWD
 from wrenpack.backends import backend_class
 from wrenpack.errors import ConfigError, StoreError, WrenpackError
 from wrenpack.executor.core import new_job_id
@@ -55,7 +56,10 @@ log = logging.getLogger("wrenpack.job")
 START_TIMEOUT_S = 120.0
 #: how long a supervisor killed before it started is waited for (s)
 STOP_WAIT_S = 10.0
-_BOOT = "import sys;from wrenpack.job.supervisor import main;sys.exit(main())"
+#: the supervisor's boot line: wrenpack from where the spawning process has it (``sys.argv[2]``; not
+#: ``PYTHONPATH``, which the job's workers, and so its calls, would inherit); the user's sys.path
+#: follows in the spec
+_BOOT = NO_CWD + "sys.path.insert(0,sys.argv[2]);from wrenpack.job.supervisor import main;sys.exit(main())"
 _AUTO = ("memory", "timeout", "ephemeral_storage")
 
 
@@ -183,14 +187,11 @@ def _start_supervisor(job_id: str, label: str, spec: bytes) -> None:
     os.makedirs(logs_dir(), mode=0o700, exist_ok=True)
     path = log_path(job_id)
     log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    env = dict(os.environ)
-    # wrenpack itself from where this process has it (the user's sys.path follows in the spec)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     try:
         # (the job's id as an argument it ignores: `ps` and `pgrep -f ID` tell whose supervisor it is)
-        proc = subprocess.Popen([sys.executable, "-c", _BOOT, job_id], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=log_fd, cwd=os.getcwd(), env=env, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen([sys.executable, "-c", _BOOT, job_id, here], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=log_fd, cwd=os.getcwd(), start_new_session=True, close_fds=True)
     finally:
         os.close(log_fd)
     # Reaped by a thread while this process lives (no zombie); by init once it is gone.

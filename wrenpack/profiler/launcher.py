@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # (imported where used: the launcher itself, started -I -S, never needs it, and it is
     import subprocess  # the largest of its imports, on the core the measured call shares with the caller)
 
+from wrenpack.boot import NO_CWD
 from wrenpack.worker.memory import dir_usage, proc_status
 
 
@@ -53,7 +54,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 #: the runner's command line after the interpreter: ``[*RUNNER_ARGS, JOBDIR]`` (not ``-m``: runpy's imports)
-RUNNER_ARGS = ["-c", "import sys; from wrenpack.profiler.runner import main; sys.stdout.flush(); sys.exit(main(sys.argv[1]))"]
+RUNNER_ARGS = ["-c", NO_CWD + "from wrenpack.profiler.runner import main;sys.stdout.flush();sys.exit(main(sys.argv[1]))"]
 #: the launcher's first lines: start the runner, then import the sampler (see ``launcher_command``)
 _BOOT = """\
 import os, sys, time

@@ -75,6 +75,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from wrenpack.boot import NO_CWD
 from wrenpack.process_state import descendants  # noqa: F401 - (callers name it isolation.descendants)
 from wrenpack.worker import streams
 from wrenpack.worker.fds import close_all, close_quietly
@@ -378,7 +379,7 @@ def _spawn_zygote() -> _Zygote:
         raise ChildGone(f"the runtime tree in /tmp was changed by a job's code ({problem}): no process is started "
                         "from it", died=False)
     mine, theirs = socket.socketpair()
-    code = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
+    code = (NO_CWD + "import json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
             "import socket;from wrenpack.worker.isolation import _zygote_main;"
             "from wrenpack.worker import handler;_zygote_main(socket.socket(fileno=c['fd']))")
     config = {"fd": theirs.fileno(), "paths": [p for p in sys.path]}

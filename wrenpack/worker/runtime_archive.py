@@ -62,6 +62,8 @@ import tarfile
 import time
 from typing import Any
 
+from wrenpack.boot import NO_CWD
+
 log = logging.getLogger(__name__)
 
 ROOT = os.environ.get("WRENPACK_RUNTIME_ROOT", "/tmp/wrenpack-runtime")
@@ -362,7 +364,7 @@ def renew() -> str:
         _rmtree(dest)
         _rmtree(dest + ".partial")
         paths = [p for p in sys.path if os.path.normpath(p) != os.path.normpath(dest)]
-        code = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
+        code = (NO_CWD + "import json;c=json.loads(sys.argv[1]);sys.path[:]=c['paths'];"
                 "from wrenpack.worker import runtime_archive as r;r._fetch_and_extract(c['url'],c['sha'],c['dest'])")
         config = {"paths": paths, "url": url, "sha": sha, "dest": dest}
         # (without Lambda's function name: importing this module there must not start a worker, ``_init_on_lambda``)

@@ -43,12 +43,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wrenpack import errors
+from wrenpack.boot import NO_CWD
 
 log = logging.getLogger(__name__)
 
 _FRAME = struct.Struct("<II")
 #: what a sender process runs (not ``-m``: the package imports this module first)
-_CHILD = "import sys; from wrenpack.backends.aws.sender import main; sys.exit(main())"
+_CHILD = NO_CWD + "from wrenpack.backends.aws.sender import main;sys.exit(main())"
 #: the head of a reply that says the child's clients are made
 _READY = "ready"
 

@@ -49,6 +49,7 @@ from collections import deque
 from typing import Any, Callable
 
 from wrenpack.backends.base import Invocation
+from wrenpack.boot import NO_CWD
 from wrenpack.backends.local.linux import MAX_TASKS, CgroupFactory, MemoryCgroup, PidsCgroup, PidsCgroupFactory
 from wrenpack.backends.local.output import Relay, WorkerOutput
 from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
@@ -83,7 +84,7 @@ WRITE_AGAIN_S = 0.005
 _BOOT = (
     # setpgid first: on Python 3.10 Popen cannot do it (no process_group=) and a
     # preexec_fn is unsafe in a driver with threads; it does nothing when Popen did.
-    "import os;os.setpgid(0,0);import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
+    NO_CWD + "import os;os.setpgid(0,0);import json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
     "from wrenpack.worker.local_main import main;main(c)"
 )
 #: a process group of its own from the start, where Popen can make one (Python 3.11+)
