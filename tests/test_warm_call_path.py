@@ -414,6 +414,49 @@ def test_a_sigterm_handlers_exit_while_the_caller_reads_its_reply_comes_after_th
         signal.signal(signal.SIGTERM, old)
 
 
+def test_a_sigterm_handlers_exit_just_before_the_signals_are_held_is_raised_after_the_call_completes(tmp_path,
+                                                                                                   monkeypatch):
+    """The reply came and the signals were not held yet: a SystemExit landing there (here:
+    as the hold begins) left the worker borrowed and its reply unread for good, and
+    ``shutdown(wait=True)`` waited forever (one SIGTERM in ~40 to a loop of ``.remote()``)."""
+    import _thread
+    import signal
+
+    from wrenpack import interrupts
+
+    def on_term(signum, frame):
+        raise SystemExit(143)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with _local_executor(tmp_path, concurrency=1) as ex:
+            f = wrenpack.remote(nap, executor=ex)
+            assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
+            enter = interrupts.Held.__enter__
+            came = []
+
+            def enter_late(self):
+                if not came and threading.current_thread() is threading.main_thread():
+                    came.append(1)
+                    _thread.interrupt_main(signal.SIGTERM)  # (its handler runs at the next bytecode: in enter)
+                return enter(self)
+
+            monkeypatch.setattr(interrupts.Held, "__enter__", enter_late)
+            for _ in range(20):  # (until a reply is read on this thread: most are, the machine allowing)
+                fut = f.remote(0.02)
+                try:
+                    assert fut.result(timeout=60) == 0.02
+                except SystemExit:
+                    break
+            assert came, "no reply was read on the caller's thread in 20 calls"
+            assert fut.result(timeout=30) == 0.02  # completed as it ran
+            t0 = time.monotonic()
+            ex.shutdown(wait=True)
+            assert time.monotonic() - t0 < 10
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_a_signal_that_comes_while_a_jobs_key_is_freed_is_raised_not_lost():
     """Python runs a signal's handler at the first bytecode after the signal, and
     what a finaliser raises is printed and dropped. ``JobKey.__del__`` was the first

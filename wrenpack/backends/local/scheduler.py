@@ -41,7 +41,6 @@ when the driver dies (see ``local_main``).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import logging
 import math
@@ -104,8 +103,6 @@ _START_TRIES = 3
 _BUSY_S = 0.05
 #: the longest a waiting caller polls a worker's socket before it looks at its future again (``wait_here``)
 _WAIT_HERE_S = 0.25
-#: (``wait_here`` when no reply came: nothing to hold Ctrl-C back for)
-_NOTHING_HELD = contextlib.nullcontext()
 _live: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
 #: worker numbers, unique in this process: a worker's cgroups are named by the
 #: driver's pid and its number, and another backend's worker (one still being
@@ -353,19 +350,43 @@ class LocalBackend(Backend):
             wait_s = min(until - time.time(), _WAIT_HERE_S)
             readable = wait_s > 0 and bool(poller.poll(int(wait_s * 1000) + 1))
         finally:
-            os.close(fd)
-            # A reply that came is read, the worker given back and the call completed with Ctrl-C
-            # held back until then (``interrupts``): cut short, the call failed with the interrupt.
-            with interrupts.Held() if readable else _NOTHING_HELD:
-                with self._lock:
-                    worker.borrowed = False
-                    if worker in self._workers and (not readable or self._read(worker)):
-                        self._give_back(worker, key.data)
-                    # (and when the worker is idle now, a call another sent ahead may come to it)
-                    woken = (self._queued or self._ahead_held()) and not self._stopping
-                if woken:
-                    self._wake()  # the worker may be free for what waits: the dispatcher hands it out
-                self._report()  # (the calls read here are completed here)
+            self._end_wait_here(worker, key.data, fd, readable)
+
+    def _end_wait_here(self, worker: Worker, data: Any, fd: int, readable: bool) -> None:
+        """The end of ``wait_here``: a reply that came is read, the worker given back
+        and the call completed, with the signals programs handle held back until then
+        (``interrupts``: cut short, the call failed with Ctrl-C's interrupt).
+
+        Until they are held, a handler's exception (Ctrl-C, a SIGTERM handler's
+        ``SystemExit``) can land between any two bytecodes; landing before the worker
+        was given back, it left the reply unread for good, the call never ended and
+        ``shutdown(wait=True)`` in the program's ``except SystemExit`` waited forever.
+        So the end begins again until it has begun, and such an exception is raised
+        once it is done. (One raised inside, with the signals held, is the code's own.)"""
+        came: BaseException | None = None
+        while True:
+            begun = False
+            try:
+                with interrupts.Held():
+                    begun = True
+                    os.close(fd)
+                    with self._lock:
+                        worker.borrowed = False
+                        if worker in self._workers and (not readable or self._read(worker)):
+                            self._give_back(worker, data)
+                        # (and when the worker is idle now, a call another sent ahead may come to it)
+                        woken = (self._queued or self._ahead_held()) and not self._stopping
+                    if woken:
+                        self._wake()  # the worker may be free for what waits: the dispatcher hands it out
+                    self._report()  # (the calls read here are completed here)
+            except BaseException as exc:
+                if begun:
+                    raise  # (from the work, or a held signal's handler once it was done)
+                came = came or exc
+                continue
+            break
+        if came is not None:
+            raise came
 
     def _alone_on(self, invocation: Invocation) -> Worker | None:
         """The ready worker running ``invocation`` and nothing else, with nothing left
