@@ -267,10 +267,15 @@ class Job:
         """(alive, owner record) of the process that runs the job's calls: alive is
         None when that cannot be told (another host; no authentic record yet, for
         ``START_GRACE_S`` after the job was spawned), False once a job that old
-        has no authentic record (its spawning process died before it started)."""
+        has no authentic record (its spawning process died before it started).
+        False at once when there is no owner record at all: the supervisor writes its
+        owner record before the job record (``spawn``), so such a job's never started
+        (an older wrenpack's driver, killed inside spawn_map, left its record)."""
         try:
             record: dict[str, Any] | None = owner_wire.loads(self.store.get(keys.owner_key(self.id)))
-        except (ObjectNotFound, ValueError):
+        except ObjectNotFound:
+            return False, None
+        except ValueError:
             record = None
         key = user_key(create=False)
         if record is None or key is None or not owner_wire.verify(key, self.id, record):
@@ -736,7 +741,7 @@ def _verified_owner(store: Store, job_id: str, key: bytes) -> dict[str, Any] | N
 def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, str] | None:
     """How ``wrenpack clean`` may treat a spawned job: ("live", why) while its
     supervisor runs, ("retained", why) until its retention ends, ("expired", why)
-    after, ("unknown", why) when that cannot be told (a record that does not
+    after (or at once if its supervisor never started), ("unknown", why) when that cannot be told (a record that does not
     verify, a supervisor on another host still running its calls). None for a
     job that has no job record (launched with ``.map()``: its owner record decides)."""
     try:
@@ -764,9 +769,13 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
         return "live", f"its supervisor (pid {owner.get('pid') if owner else '?'}) still runs its calls"
     final = (job.progress() or {}).get("state") in job_record.FINAL_STATES
     if alive is None and not final:
-        if owner is None:
-            return "live", "it was spawned moments ago and its supervisor is starting"
+        if owner is None:  # (one there, but not sealed with the key: a supervisor writes one that is, first)
+            return "unknown", "its owner record is not sealed with your owner key (another user's, or forged)"
         return "unknown", f"its supervisor ran on host {owner.get('host')!r}, where it may still run"
+    if owner is None and not store.exists(keys.owner_key(job_id)) and not store.exists(keys.progress_key(job_id)):
+        # Its supervisor never started (an older wrenpack's driver, killed inside spawn_map, left the record):
+        # nothing ran, and nobody was given its id; kept for its retention, it showed "lost" all that time.
+        return "expired", "its supervisor never started (its driver was killed inside spawn_map): nothing ran"
     until = when(job.expires)
     if time.time() < job.expires:
         return "retained", f"it is kept until {until} (retention)"
