@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import io
 import logging
+import math
 import os
 import pickle
 import re
@@ -304,20 +305,31 @@ class Job:
         counts = {name: int(progress.get(name, 0)) for name in ("done", "failed", "running", "queued", "cancelled")}
         if not progress:
             counts["queued"] = self.calls
+        billed_ms, invocations = float(progress.get("billed_ms", 0)), int(progress.get("invocations", 0))
         if state == "lost":
-            # Its supervisor is gone: what it last counted as queued never starts, and what it counted
-            # as running ended with it (the futures fail with WorkerLost), except calls sent where they
-            # outlive it (Lambda), which may still end until the latest they could (as ``_watch_round``).
-            waiting = min(counts["running"], len(self._outliving(progress)))
-            counts["failed"] += counts["queued"] + counts["running"] - waiting
-            counts["running"], counts["queued"] = waiting, 0
+            # Its supervisor is gone: the counts are the results in the store (its last progress record
+            # missed the calls that ended after it, and says nothing if it was never written or does not
+            # verify: before, "0 done, 4 failed" over two results). A call without one failed with it (the
+            # futures fail with WorkerLost; CancelledError if the job was cancelled), except calls sent
+            # where they outlive it (Lambda), which may still end until the latest they could (``_watch_round``).
+            ended = self._outcomes()
+            counts = {name: 0 for name in counts}
+            for _status, _outcome, ended_as in ended.values():
+                counts[ended_as] += 1
+            waiting = self._outliving(progress) - set(ended)
+            rest = self.calls - len(ended) - len(waiting)
+            counts["running"] = len(waiting)
+            counts["cancelled" if self.stops_running and self.cancelled() else "failed"] += max(0, rest)
+            ran = [float(st["duration_s"]) for st, _o, _e in ended.values()
+                   if type(st.get("duration_s")) in (int, float) and math.isfinite(st["duration_s"]) and st["duration_s"] > 0]
+            billed_ms = max(billed_ms, float(sum(math.ceil(d * 1000) for d in ran)))
+            invocations = max(invocations, len(ended))
         settings = self.record.get("settings") or {}
-        cost = lambda_cost(float(settings.get("memory", 1024)), float(progress.get("billed_ms", 0)),
-                           int(progress.get("invocations", 0)), str(settings.get("architecture", "x86_64")))
+        cost = lambda_cost(float(settings.get("memory", 1024)), billed_ms, invocations,
+                           str(settings.get("architecture", "x86_64")))
         return {"id": self.id, "function": self.function, "state": state, "calls": self.calls, **counts,
                 "created": self.created, "updated": progress.get("updated"), "ended": progress.get("ended"),
-                "invocations": int(progress.get("invocations", 0)), "billed_ms": float(progress.get("billed_ms", 0)),
-                "cost": cost}
+                "invocations": invocations, "billed_ms": billed_ms, "cost": cost}
 
     def _outliving(self, progress: dict[str, Any]) -> set[str]:
         """The calls its supervisor had sent where calls outlive it (Lambda), when it died:
@@ -348,23 +360,10 @@ class Job:
         ended = {"cancelled": "cancelled", "cancelling": "cancelled", "done": "lost", "failed": "lost",
                  "lost": "lost"}.get(state)
         finished: dict[str, dict[str, Any]] = {}
-        for key in self.store.list(keys.result_prefix(self.id)):
-            if not key.endswith(".res"):
-                continue
-            cid = keys.call_id_from_key(key)
-            try:
-                blob = self.store.get(key)
-                data = auth.unseal_view(self._secret, keys.identity(self.id, "result", cid), blob, key)
-                status, _outcome = result_format.unpack(data, f"result object of call {cid}")
-            except (ObjectNotFound, CorruptObject) as exc:
-                log.warning("%s", exc)
-                continue
-            # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
-            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
-            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
+        for cid, (status, outcome, ended_as) in self._outcomes().items():
             finished[cid] = dict(status, call_id=cid, state=ended_as, attempts=int(status.get("attempt") or 0) + 1)
             if ended_as == "failed":
-                error = error_of(_outcome)  # (the status says at most the type; the outcome has the message)
+                error = error_of(outcome)  # (the status says at most the type; the outcome has the message)
                 if error is not None:
                     finished[cid]["error"] = error
         started = self._starts()
@@ -381,6 +380,27 @@ class Job:
                 out.append({"call_id": cid, "state": stopped or "running", "start": started.get(cid)})
             else:
                 out.append({"call_id": cid, "state": ended or "queued"})
+        return out
+
+    def _outcomes(self) -> dict[str, tuple[dict[str, Any], Any, str]]:
+        """(status record, outcome, "done" | "failed" | "cancelled") of each call whose result
+        object is in the store, each verified first (none unpickled)."""
+        out = {}
+        for key in self.store.list(keys.result_prefix(self.id)):
+            if not key.endswith(".res"):
+                continue
+            cid = keys.call_id_from_key(key)
+            try:
+                blob = self.store.get(key)
+                data = auth.unseal_view(self._secret, keys.identity(self.id, "result", cid), blob, key)
+                status, outcome = result_format.unpack(data, f"result object of call {cid}")
+            except (ObjectNotFound, CorruptObject) as exc:
+                log.warning("%s", exc)
+                continue
+            # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
+            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
+            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
+            out[cid] = (status, outcome, ended_as)
         return out
 
     def segment_statuses(self) -> list[dict[str, Any]]:
