@@ -150,6 +150,23 @@ def test_clean_keeps_live_and_retained_spawned_jobs_and_removes_expired_ones(hom
     assert out.returncode == 0 and not store.list(keys.job_prefix(retained.id))
 
 
+def test_a_done_job_can_be_cleaned_while_its_supervisor_stops_its_workers(home):
+    """Its final record written, its supervisor still stopping its workers (a second or two): `clean ID`
+    refused ("still running; cancel them first") while `jobs cancel` said it had already ended."""
+    store = _store()
+    key = user_key()
+    job = _plant(store, "20260101-000000-0000d0e0", key)
+    store.put(keys.owner_key(job.id), json.dumps(owner_record("f", job.id)).encode())  # its supervisor: this process
+    assert removal_state(store, job.id, key)[0] == "live"
+    _finish(job)
+    assert removal_state(store, job.id, key)[0] == "retained"
+    cancel = _cli("jobs", "cancel", job.id)
+    assert cancel.returncode == 1 and "already ended" in cancel.stderr, cancel
+    out = _cli("clean", job.id)
+    assert out.returncode == 0, out.stderr
+    assert not store.list(keys.job_prefix(job.id))
+
+
 def test_retention_and_spawn_arguments_are_checked_before_anything_runs(home):
     assert check_retention(None) == 7 * 24 * 3600
     assert check_retention("12h") == 12 * 3600 and check_retention(30) == 30.0

@@ -785,9 +785,11 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
     assert key is not None
     job = Job(store, job_id, record, job_record.derive_secret(key, job_id))
     alive, owner = job.supervisor()
-    if alive:
-        return "live", f"its supervisor (pid {owner.get('pid') if owner else '?'}) still runs its calls"
     final = (job.progress() or {}).get("state") in job_record.FINAL_STATES
+    if alive and not final:
+        # (once its final record is written, every call has ended and its supervisor only stops its
+        # workers, a second or two: before, `clean ID` refused a job `jobs cancel` said had ended)
+        return "live", f"its supervisor (pid {owner.get('pid') if owner else '?'}) still runs its calls"
     if alive is None and not final:
         if owner is None:  # (one there, but not sealed with the key: a supervisor writes one that is, first)
             return "unknown", "its owner record is not sealed with your owner key (another user's, or forged)"
