@@ -21,6 +21,8 @@ from wrenpack.executor.owner import user_key
 from wrenpack.job.client import open_job
 from wrenpack.wire import job_record, owner as owner_wire
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -109,6 +111,27 @@ def test_a_lost_jobs_counts_and_cost_are_those_of_its_results(home):
     assert (row["done"], row["failed"]) == (2, 2), row
     shown = _cli("jobs", "show", job.id)
     assert "lost: 2 done, 2 failed, 0 running, 0 queued" in shown.stdout, shown.stdout
+
+
+def test_a_job_whose_progress_record_was_tampered_with_shows_its_results_and_warns_once(home):
+    """Its supervisor gone, every call done, its progress record overwritten: `jobs show` said
+    "lost: 0 done, 2 failed" over two calls that were done, and printed the same WARNING 9 times."""
+    store = _store()
+    job = _lost_job(store, "20260101-000000-7a3e0001",
+                    {"state": "done", "done": 2, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}, calls=2)
+    for i in (0, 1):
+        _store_ok(job, keys.call_id(i), i)
+    sealed = store.get(keys.progress_key(job.id))
+    store.put(keys.progress_key(job.id), sealed.replace(b'"done":2', b'"done":0').replace(b'"failed":0', b'"failed":2'))
+    assert job.progress() is None
+    status = job.status()
+    assert (status["state"], status["done"], status["failed"]) == ("done", 2, 0), status
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    shown = subprocess.run([sys.executable, "-m", "wrenpack", "jobs", "show", job.id], capture_output=True, text=True,
+                           timeout=60, env=env, cwd=ROOT)
+    assert "done: 2 done, 0 failed" in shown.stdout, shown.stdout
+    warnings = [line for line in shown.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, shown.stderr
 
 
 def test_a_failure_its_supervisor_records_names_the_call_once(home):

@@ -73,6 +73,22 @@ def check_job_id(job_id: Any, where: str = "attach()") -> str:
     return job_id
 
 
+#: the warnings this process gave about a job's objects that do not verify (``_warn_once``)
+_warned: set[str] = set()
+
+
+def _warn_once(store: Store, message: str) -> None:
+    """Warn of an object of ``store`` that does not verify once per process: a job's status reads
+    its progress record several times (`wrenpack jobs show` printed the same WARNING nine times)."""
+    seen = f"{store.url}\0{message}"
+    if seen in _warned:
+        log.debug("%s", message)
+        return
+    if len(_warned) < 10000:
+        _warned.add(seen)
+    log.warning("%s", message)
+
+
 class JobNotFound(WrenpackError):
     """No job of that id in the store."""
 
@@ -244,7 +260,7 @@ class Job:
         except ObjectNotFound:
             return None
         except CorruptObject as exc:
-            log.warning("%s", exc)
+            _warn_once(self.store, str(exc))
             return None
 
     def cancelled(self) -> bool:
@@ -255,7 +271,7 @@ class Job:
         except ObjectNotFound:
             return False
         except CorruptObject as exc:
-            log.warning("%s; ignored", exc)
+            _warn_once(self.store, f"{exc}; ignored")
             return False
 
     @property
@@ -324,6 +340,10 @@ class Job:
                    if type(st.get("duration_s")) in (int, float) and math.isfinite(st["duration_s"]) and st["duration_s"] > 0]
             billed_ms = max(billed_ms, float(sum(math.ceil(d * 1000) for d in ran)))
             invocations = max(invocations, len(ended))
+            if len(ended) == self.calls:
+                # Every call has its result: the job ended, though its final record is missing or does not
+                # verify (before, "lost, 2 failed" over two calls that were done)
+                state = "cancelled" if self.cancelled() else "failed" if counts["failed"] else "done"
         settings = self.record.get("settings") or {}
         cost = lambda_cost(float(settings.get("memory", 1024)), billed_ms, invocations,
                            str(settings.get("architecture", "x86_64")))
@@ -395,7 +415,7 @@ class Job:
                 data = auth.unseal_view(self._secret, keys.identity(self.id, "result", cid), blob, key)
                 status, outcome = result_format.unpack(data, f"result object of call {cid}")
             except (ObjectNotFound, CorruptObject) as exc:
-                log.warning("%s", exc)
+                _warn_once(self.store, str(exc))
                 continue
             # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
             # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
@@ -415,7 +435,7 @@ class Job:
                 segment = int(key.rsplit(".", 2)[-2])
                 status = segment_format.open_segment(self._secret, self.id, cid, segment, self.store.get(key))
             except (ValueError, ObjectNotFound, CorruptObject) as exc:
-                log.warning("%s: %s", key, exc)
+                _warn_once(self.store, f"{key}: {exc}")
                 continue
             out.append(dict(status, call_id=cid, segment=segment))
         return out
