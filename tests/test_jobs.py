@@ -142,6 +142,8 @@ def test_clean_keeps_live_and_retained_spawned_jobs_and_removes_expired_ones(hom
     report = json.loads(out.stdout)
     assert report["jobs"] == 1 and not store.list(keys.job_prefix(expired.id))
     assert retained.id in report["skipped"]
+    # a running one is skipped too, saying why (before, --json left it out)
+    assert live.id in report["skipped"] and "still runs" in report["skipped_why"][live.id]
     for refused in (("clean", "--all"), ("clean", "--all", "--force"), ("clean", live.id, "--force")):
         out = _cli(*refused)
         assert out.returncode == 1 and "still running" in out.stderr, out
