@@ -54,7 +54,8 @@ LIVENESS_S = 1.0
 IN_FLIGHT_GRACE_S = 660.0
 #: store errors in a row after which a watcher fails the futures left (with the error)
 WATCH_FAILURES = 8
-#: how long a spawned job's supervisor may take to write its owner record (s)
+#: how long a spawned job whose owner record does not verify counts as starting (s): its supervisor
+#: writes a verifiable one before the job record, so one without any owner record never started
 START_GRACE_S = 300.0
 
 
@@ -282,12 +283,12 @@ class Job:
 
     def supervisor(self) -> tuple[bool | None, dict[str, Any] | None]:
         """(alive, owner record) of the process that runs the job's calls: alive is
-        None when that cannot be told (another host; no authentic record yet, for
-        ``START_GRACE_S`` after the job was spawned), False once a job that old
-        has no authentic record (its spawning process died before it started).
-        False at once when there is no owner record at all: the supervisor writes its
-        owner record before the job record (``spawn``), so such a job's never started
-        (an older wrenpack's driver, killed inside spawn_map, left its record)."""
+        None when that cannot be told (another host; an owner record that does not
+        verify, for ``START_GRACE_S`` after the job was spawned), False once a job that
+        old has no authentic record. False at once when there is no owner record at all:
+        the supervisor writes its owner record before the job record (``spawn``), so
+        such a job's never started (an older wrenpack's driver, killed inside spawn_map,
+        left its record; before, it was "starting" for ``START_GRACE_S``)."""
         try:
             record: dict[str, Any] | None = owner_wire.loads(self.store.get(keys.owner_key(self.id)))
         except ObjectNotFound:
