@@ -139,6 +139,9 @@ def test_futures_of_a_spawned_job_are_arguments_another_spawned_job_reads(home):
         assert first.id in f.read().decode().split("\0")
     second = wrenpack.remote(_plus_one, executor=ex).spawn_map(first.futures())
     assert second.results(timeout=60) == [2.0]
+    # (its log said "256 at a time at most", the calls handed ahead to its 2 workers)
+    with open(first.log_path) as f:
+        assert "(2 at a time at most)" in f.read()
 
 
 def _two(x, y=0):

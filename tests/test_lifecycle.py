@@ -432,7 +432,7 @@ def test_clean_stale_and_all(tmp_path, capsys, monkeypatch):
     assert _clean(tmp_path, "--stale") == 0
     out = json.loads(capsys.readouterr().out)
     # A job without an owner record is kept: whether its owner runs cannot be checked.
-    assert out["jobs"] == 1 and out["skipped"] == ["nobody"]
+    assert out["jobs"] == 1 and out["skipped"] == ["nobody", "live"]
     assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == ["live", "nobody"]
     assert _clean(tmp_path, "--stale", "--force") == 0  # the user's override: those too, never a live one
     assert json.loads(capsys.readouterr().out)["jobs"] == 1

@@ -21,6 +21,8 @@ from wrenpack.executor.owner import user_key
 from wrenpack.job.client import open_job
 from wrenpack.wire import job_record, owner as owner_wire
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -58,6 +60,7 @@ def test_a_lost_jobs_counts_say_that_nothing_of_it_runs_or_waits(home):
     store = _store()
     job = _lost_job(store, "20260101-000000-10570001",
                     {"done": 1, "failed": 0, "running": 2, "queued": 3, "cancelled": 0, "in_flight": []})
+    _store_ok(job, keys.call_id(0), 0)  # (the call its last counts say is done)
     status = job.status()
     assert status["state"] == "lost"
     assert (status["done"], status["failed"], status["running"], status["queued"]) == (1, 5, 0, 0), status
@@ -71,8 +74,64 @@ def test_a_lost_jobs_counts_say_that_nothing_of_it_runs_or_waits(home):
     sent = _lost_job(store, "20260101-000000-10570002",
                      {"done": 1, "failed": 0, "running": 2, "queued": 3, "cancelled": 0, "outlive": True,
                       "in_flight": [keys.call_id(1), keys.call_id(2)]})
+    _store_ok(sent, keys.call_id(0), 0)
     status = sent.status()
     assert (status["state"], status["running"], status["queued"], status["failed"]) == ("lost", 2, 0, 3), status
+
+
+def _store_ok(job, call_id: str, value, duration_s: float = 0.5) -> None:
+    """``call_id``'s result object, as its worker writes it."""
+    import cloudpickle
+
+    from wrenpack.wire import result as result_format, status as status_record
+
+    now = time.time()
+    record = status_record.record(job.id, call_id, 0, 0, "ok", now - duration_s, now, duration_s, None, "h", 1,
+                                  "3.12", None)
+    job.store.put(keys.result_key(job.id, call_id),
+                  result_format.seal_result(job._secret, job.id, call_id, record, cloudpickle.dumps(("ok", value))))
+
+
+def test_a_lost_jobs_counts_and_cost_are_those_of_its_results(home):
+    """Its supervisor killed just after two calls ended, before its next progress record: status(),
+    `jobs show` and `jobs --json` said "0 done, 4 failed" and cost $0, while results() gave
+    [0, 1, WorkerLost, WorkerLost]: the counts were its last progress record's."""
+    store = _store()
+    job = _lost_job(store, "20260101-000000-10570003",
+                    {"done": 0, "failed": 0, "running": 4, "queued": 0, "cancelled": 0, "in_flight": []}, calls=4)
+    for i in (0, 1):
+        _store_ok(job, keys.call_id(i), i)
+    status = job.status()
+    assert (status["state"], status["done"], status["failed"], status["running"], status["queued"]) == \
+        ("lost", 2, 2, 0, 0), status
+    assert status["billed_ms"] == 1000 and status["invocations"] == 2 and status["cost"] > 0, status
+    results = job.results(timeout=10, return_exceptions=True, progress=False)
+    assert results[:2] == [0, 1] and all(isinstance(r, wrenpack.WorkerLost) for r in results[2:]), results
+    row = next(r for r in json.loads(_cli("jobs", "--json").stdout)["jobs"] if r["id"] == job.id)
+    assert (row["done"], row["failed"]) == (2, 2), row
+    shown = _cli("jobs", "show", job.id)
+    assert "lost: 2 done, 2 failed, 0 running, 0 queued" in shown.stdout, shown.stdout
+
+
+def test_a_job_whose_progress_record_was_tampered_with_shows_its_results_and_warns_once(home):
+    """Its supervisor gone, every call done, its progress record overwritten: `jobs show` said
+    "lost: 0 done, 2 failed" over two calls that were done, and printed the same WARNING 9 times."""
+    store = _store()
+    job = _lost_job(store, "20260101-000000-7a3e0001",
+                    {"state": "done", "done": 2, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}, calls=2)
+    for i in (0, 1):
+        _store_ok(job, keys.call_id(i), i)
+    sealed = store.get(keys.progress_key(job.id))
+    store.put(keys.progress_key(job.id), sealed.replace(b'"done":2', b'"done":0').replace(b'"failed":0', b'"failed":2'))
+    assert job.progress() is None
+    status = job.status()
+    assert (status["state"], status["done"], status["failed"]) == ("done", 2, 0), status
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    shown = subprocess.run([sys.executable, "-m", "wrenpack", "jobs", "show", job.id], capture_output=True, text=True,
+                           timeout=60, env=env, cwd=ROOT)
+    assert "done: 2 done, 0 failed" in shown.stdout, shown.stdout
+    warnings = [line for line in shown.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, shown.stderr
 
 
 def test_a_failure_its_supervisor_records_names_the_call_once(home):

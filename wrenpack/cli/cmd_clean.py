@@ -97,6 +97,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     key = user_key(create=False)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
     retained: dict[str, str] = {}  # --stale: spawned jobs kept for their retention
+    running: dict[str, str] = {}  # --stale: jobs kept because their owner (a spawned job's supervisor) runs
     live: list[str] = []
     if args.stale:
         # Only what the user's own sealed record says is gone; a job in doubt is kept (--force removes it too).
@@ -109,6 +110,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 kept[j] = why
             elif state == "retained":
                 retained[j] = why
+            elif state == "live":  # (before, left out of "skipped": --json did not say it was there)
+                running[j] = why
         shuffles = []
         for sid in store.list_folders(keys.SHUFFLE):
             state, why = shuffle_state(store, sid, key)
@@ -116,7 +119,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 shuffles.append(sid)
             elif state == "unknown":
                 kept[f"map_reduce {sid}"] = why
-        skipped = sorted(kept) + sorted(retained)
+        skipped = sorted(kept) + sorted(retained) + sorted(running)
     else:
         named = job_ids(store) if args.all else given
         shuffles = store.list_folders(keys.SHUFFLE) if args.all else []
@@ -182,7 +185,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"store": store.url, "store_exists": True, "removed": total, "prefixes": removed, "jobs": len(targets),
                           "map_reduces": len(shuffles), "awaiting_late_writes": late,
-                          "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained}}))
+                          "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained, **running}}))
     else:
         extra = (f", {swept} stray temporary file(s)" if isinstance(store, LocalStore) else
                  f", {swept} unfinished upload(s) over a day old") if swept else ""
@@ -195,6 +198,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
                   "or with --stale --force")
         if retained:
             print(f"kept {len(retained)} spawned job(s) within their retention (remove one by name)")
+        if running:
+            print(f"kept {len(running)} job(s) still running")
         if late:
             until = time.strftime("%H:%M", time.localtime(max(late.values())))
             print(f"kept the owner record of {len(late)} job(s) whose calls, sent before their program was gone, may "

@@ -494,8 +494,9 @@ class Executor(CallTable, cf.Executor):
             self._jobs[job_id] = job
         self._ensure_collector()
         if log.isEnabledFor(logging.INFO):
+            # (the calls that may run at once, not the window handed to the backend: "256 at a time" ran 2)
             log.info("job %s: launching %d call(s) of %s on %s (%d at a time at most)", job_id, n, label, self.backend.name,
-                     job.ahead)
+                     min(job.ahead, self.backend.capabilities.concurrency))
         try:
             if n == 1 and given is None:
                 self._send_single(job)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import io
 import logging
+import math
 import os
 import pickle
 import re
@@ -53,7 +54,8 @@ LIVENESS_S = 1.0
 IN_FLIGHT_GRACE_S = 660.0
 #: store errors in a row after which a watcher fails the futures left (with the error)
 WATCH_FAILURES = 8
-#: how long a spawned job's supervisor may take to write its owner record (s)
+#: how long a spawned job whose owner record does not verify counts as starting (s): its supervisor
+#: writes a verifiable one before the job record, so one without any owner record never started
 START_GRACE_S = 300.0
 
 
@@ -70,6 +72,22 @@ def check_job_id(job_id: Any, where: str = "attach()") -> str:
         raise ConfigError(f"{where}: {shown} is not a job id; give one such as 20261205-143416-73377e87 "
                           "(job.id, or one `wrenpack jobs` lists)")
     return job_id
+
+
+#: the warnings this process gave about a job's objects that do not verify (``_warn_once``)
+_warned: set[str] = set()
+
+
+def _warn_once(store: Store, message: str) -> None:
+    """Warn of an object of ``store`` that does not verify once per process: a job's status reads
+    its progress record several times (`wrenpack jobs show` printed the same WARNING nine times)."""
+    seen = f"{store.url}\0{message}"
+    if seen in _warned:
+        log.debug("%s", message)
+        return
+    if len(_warned) < 10000:
+        _warned.add(seen)
+    log.warning("%s", message)
 
 
 class JobNotFound(WrenpackError):
@@ -243,7 +261,7 @@ class Job:
         except ObjectNotFound:
             return None
         except CorruptObject as exc:
-            log.warning("%s", exc)
+            _warn_once(self.store, str(exc))
             return None
 
     def cancelled(self) -> bool:
@@ -254,7 +272,7 @@ class Job:
         except ObjectNotFound:
             return False
         except CorruptObject as exc:
-            log.warning("%s; ignored", exc)
+            _warn_once(self.store, f"{exc}; ignored")
             return False
 
     @property
@@ -265,12 +283,17 @@ class Job:
 
     def supervisor(self) -> tuple[bool | None, dict[str, Any] | None]:
         """(alive, owner record) of the process that runs the job's calls: alive is
-        None when that cannot be told (another host; no authentic record yet, for
-        ``START_GRACE_S`` after the job was spawned), False once a job that old
-        has no authentic record (its spawning process died before it started)."""
+        None when that cannot be told (another host; an owner record that does not
+        verify, for ``START_GRACE_S`` after the job was spawned), False once a job that
+        old has no authentic record. False at once when there is no owner record at all:
+        the supervisor writes its owner record before the job record (``spawn``), so
+        such a job's never started (an older wrenpack's driver, killed inside spawn_map,
+        left its record; before, it was "starting" for ``START_GRACE_S``)."""
         try:
             record: dict[str, Any] | None = owner_wire.loads(self.store.get(keys.owner_key(self.id)))
-        except (ObjectNotFound, ValueError):
+        except ObjectNotFound:
+            return False, None
+        except ValueError:
             record = None
         key = user_key(create=False)
         if record is None or key is None or not owner_wire.verify(key, self.id, record):
@@ -299,20 +322,35 @@ class Job:
         counts = {name: int(progress.get(name, 0)) for name in ("done", "failed", "running", "queued", "cancelled")}
         if not progress:
             counts["queued"] = self.calls
+        billed_ms, invocations = float(progress.get("billed_ms", 0)), int(progress.get("invocations", 0))
         if state == "lost":
-            # Its supervisor is gone: what it last counted as queued never starts, and what it counted
-            # as running ended with it (the futures fail with WorkerLost), except calls sent where they
-            # outlive it (Lambda), which may still end until the latest they could (as ``_watch_round``).
-            waiting = min(counts["running"], len(self._outliving(progress)))
-            counts["failed"] += counts["queued"] + counts["running"] - waiting
-            counts["running"], counts["queued"] = waiting, 0
+            # Its supervisor is gone: the counts are the results in the store (its last progress record
+            # missed the calls that ended after it, and says nothing if it was never written or does not
+            # verify: before, "0 done, 4 failed" over two results). A call without one failed with it (the
+            # futures fail with WorkerLost; CancelledError if the job was cancelled), except calls sent
+            # where they outlive it (Lambda), which may still end until the latest they could (``_watch_round``).
+            ended = self._outcomes()
+            counts = {name: 0 for name in counts}
+            for _status, _outcome, ended_as in ended.values():
+                counts[ended_as] += 1
+            waiting = self._outliving(progress) - set(ended)
+            rest = self.calls - len(ended) - len(waiting)
+            counts["running"] = len(waiting)
+            counts["cancelled" if self.stops_running and self.cancelled() else "failed"] += max(0, rest)
+            ran = [float(st["duration_s"]) for st, _o, _e in ended.values()
+                   if type(st.get("duration_s")) in (int, float) and math.isfinite(st["duration_s"]) and st["duration_s"] > 0]
+            billed_ms = max(billed_ms, float(sum(math.ceil(d * 1000) for d in ran)))
+            invocations = max(invocations, len(ended))
+            if len(ended) == self.calls:
+                # Every call has its result: the job ended, though its final record is missing or does not
+                # verify (before, "lost, 2 failed" over two calls that were done)
+                state = "cancelled" if self.cancelled() else "failed" if counts["failed"] else "done"
         settings = self.record.get("settings") or {}
-        cost = lambda_cost(float(settings.get("memory", 1024)), float(progress.get("billed_ms", 0)),
-                           int(progress.get("invocations", 0)), str(settings.get("architecture", "x86_64")))
+        cost = lambda_cost(float(settings.get("memory", 1024)), billed_ms, invocations,
+                           str(settings.get("architecture", "x86_64")))
         return {"id": self.id, "function": self.function, "state": state, "calls": self.calls, **counts,
                 "created": self.created, "updated": progress.get("updated"), "ended": progress.get("ended"),
-                "invocations": int(progress.get("invocations", 0)), "billed_ms": float(progress.get("billed_ms", 0)),
-                "cost": cost}
+                "invocations": invocations, "billed_ms": billed_ms, "cost": cost}
 
     def _outliving(self, progress: dict[str, Any]) -> set[str]:
         """The calls its supervisor had sent where calls outlive it (Lambda), when it died:
@@ -343,23 +381,10 @@ class Job:
         ended = {"cancelled": "cancelled", "cancelling": "cancelled", "done": "lost", "failed": "lost",
                  "lost": "lost"}.get(state)
         finished: dict[str, dict[str, Any]] = {}
-        for key in self.store.list(keys.result_prefix(self.id)):
-            if not key.endswith(".res"):
-                continue
-            cid = keys.call_id_from_key(key)
-            try:
-                blob = self.store.get(key)
-                data = auth.unseal_view(self._secret, keys.identity(self.id, "result", cid), blob, key)
-                status, _outcome = result_format.unpack(data, f"result object of call {cid}")
-            except (ObjectNotFound, CorruptObject) as exc:
-                log.warning("%s", exc)
-                continue
-            # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
-            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
-            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
+        for cid, (status, outcome, ended_as) in self._outcomes().items():
             finished[cid] = dict(status, call_id=cid, state=ended_as, attempts=int(status.get("attempt") or 0) + 1)
             if ended_as == "failed":
-                error = error_of(_outcome)  # (the status says at most the type; the outcome has the message)
+                error = error_of(outcome)  # (the status says at most the type; the outcome has the message)
                 if error is not None:
                     finished[cid]["error"] = error
         started = self._starts()
@@ -378,6 +403,27 @@ class Job:
                 out.append({"call_id": cid, "state": ended or "queued"})
         return out
 
+    def _outcomes(self) -> dict[str, tuple[dict[str, Any], Any, str]]:
+        """(status record, outcome, "done" | "failed" | "cancelled") of each call whose result
+        object is in the store, each verified first (none unpickled)."""
+        out = {}
+        for key in self.store.list(keys.result_prefix(self.id)):
+            if not key.endswith(".res"):
+                continue
+            cid = keys.call_id_from_key(key)
+            try:
+                blob = self.store.get(key)
+                data = auth.unseal_view(self._secret, keys.identity(self.id, "result", cid), blob, key)
+                status, outcome = result_format.unpack(data, f"result object of call {cid}")
+            except (ObjectNotFound, CorruptObject) as exc:
+                _warn_once(self.store, str(exc))
+                continue
+            # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
+            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
+            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
+            out[cid] = (status, outcome, ended_as)
+        return out
+
     def segment_statuses(self) -> list[dict[str, Any]]:
         """The records of the segments that ended in a checkpoint (a split call's
         earlier invocations), each verified first, in key order."""
@@ -390,7 +436,7 @@ class Job:
                 segment = int(key.rsplit(".", 2)[-2])
                 status = segment_format.open_segment(self._secret, self.id, cid, segment, self.store.get(key))
             except (ValueError, ObjectNotFound, CorruptObject) as exc:
-                log.warning("%s: %s", key, exc)
+                _warn_once(self.store, f"{key}: {exc}")
                 continue
             out.append(dict(status, call_id=cid, segment=segment))
         return out
@@ -736,7 +782,7 @@ def _verified_owner(store: Store, job_id: str, key: bytes) -> dict[str, Any] | N
 def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, str] | None:
     """How ``wrenpack clean`` may treat a spawned job: ("live", why) while its
     supervisor runs, ("retained", why) until its retention ends, ("expired", why)
-    after, ("unknown", why) when that cannot be told (a record that does not
+    after (or at once if its supervisor never started), ("unknown", why) when that cannot be told (a record that does not
     verify, a supervisor on another host still running its calls). None for a
     job that has no job record (launched with ``.map()``: its owner record decides)."""
     try:
@@ -760,13 +806,19 @@ def removal_state(store: Store, job_id: str, key: bytes | None) -> tuple[str, st
     assert key is not None
     job = Job(store, job_id, record, job_record.derive_secret(key, job_id))
     alive, owner = job.supervisor()
-    if alive:
-        return "live", f"its supervisor (pid {owner.get('pid') if owner else '?'}) still runs its calls"
     final = (job.progress() or {}).get("state") in job_record.FINAL_STATES
+    if alive and not final:
+        # (once its final record is written, every call has ended and its supervisor only stops its
+        # workers, a second or two: before, `clean ID` refused a job `jobs cancel` said had ended)
+        return "live", f"its supervisor (pid {owner.get('pid') if owner else '?'}) still runs its calls"
     if alive is None and not final:
-        if owner is None:
-            return "live", "it was spawned moments ago and its supervisor is starting"
+        if owner is None:  # (one there, but not sealed with the key: a supervisor writes one that is, first)
+            return "unknown", "its owner record is not sealed with your owner key (another user's, or forged)"
         return "unknown", f"its supervisor ran on host {owner.get('host')!r}, where it may still run"
+    if owner is None and not store.exists(keys.owner_key(job_id)) and not store.exists(keys.progress_key(job_id)):
+        # Its supervisor never started (an older wrenpack's driver, killed inside spawn_map, left the record):
+        # nothing ran, and nobody was given its id; kept for its retention, it showed "lost" all that time.
+        return "expired", "its supervisor never started (its driver was killed inside spawn_map): nothing ran"
     until = when(job.expires)
     if time.time() < job.expires:
         return "retained", f"it is kept until {until} (retention)"

@@ -6,11 +6,13 @@
       1. options resolved and checked; function and arguments pickled (nothing
          starts if one cannot be), as bytes (they go to another process)
       2. a job id; its secret derived from the user's key (``wire.job_record``)
-      3. the job record -> jobs/<job>/job.json (sealed with the user's key)
+      3. the job record (sealed with the user's key), in the spec
       4. the supervisor: a new Python process in a session of its own (so
          neither a SIGKILL of this process nor a terminal's ^C reaches it),
-         handed the pickled calls on its stdin; it writes its owner record
-         and says "ok" before this returns (``wrenpack.job.supervisor``)
+         handed the pickled calls on its stdin; once it has them all it writes
+         its owner record, then the job record (jobs/<job>/job.json), and says
+         "ok" before this returns (``wrenpack.job.supervisor``): nothing is
+         stored for a job whose spawning process died before it was handed over
       5. a ``Job`` whose futures resolve from the store
 
 The supervisor runs the calls through an ``Executor`` of its own (the same
@@ -40,7 +42,7 @@ import cloudpickle
 from wrenpack import keys
 from wrenpack.boot import NO_CWD
 from wrenpack.backends import backend_class
-from wrenpack.errors import ConfigError, StoreError, WrenpackError
+from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.executor.core import new_job_id
 from wrenpack.executor.owner import key_path, user_key
 from wrenpack.job.client import Job, check_retention, log_path, logs_dir
@@ -122,14 +124,16 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
         # the backend's class (by reference): one registered at run time is known to the supervisor too
         "backend": (config.backend, backend_class(config.backend)),
     }
+    # The sealed record goes with the spec: the supervisor stores it (after its owner record) once it has
+    # the whole spec, so a driver killed before that (while it writes tens of MB of arguments) leaves
+    # nothing in the store; before, the record stayed, "starting" for START_GRACE_S, then "lost".
+    spec["record_blob"] = job_record.seal_job(key, job_id, record)
     try:
-        store.put(keys.job_record_key(job_id), job_record.seal_job(key, job_id, record))
-    except OSError as exc:
-        raise StoreError(f"cannot write the job record of {label} to {store.url}: {exc}; fix the storage= location") from None
-    try:
-        # sys.path first, as a line of its own: unpickling the rest may import the user's modules
-        head = json.dumps({"sys_path": list(sys.path)}).encode() + b"\n"
-        _start_supervisor(job_id, label, head + cloudpickle.dumps(spec))
+        # sys.path first, as a line of its own (unpickling the rest may import the user's modules), and
+        # the size of the rest: a supervisor that gets less knows the spawning process died mid-write
+        body = cloudpickle.dumps(spec)
+        head = json.dumps({"sys_path": list(sys.path), "size": len(body)}).encode() + b"\n"
+        _start_supervisor(job_id, label, head + body)
     except BaseException:
         try:
             store.delete_prefix(keys.job_prefix(job_id))

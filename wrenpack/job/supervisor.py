@@ -3,10 +3,13 @@
 Started by ``wrenpack.job.spawn`` in a session of its own, with its stderr
 on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
 
-1. reads the job (settings, pickled function and arguments, secret) from its
-   stdin, written by the process that spawned it and by nobody else;
+1. reads the job (settings, pickled function and arguments, secret, sealed
+   job record) from its stdin, written by the process that spawned it and by
+   nobody else; if that process died before it wrote it all, exits, having
+   stored nothing;
 2. writes its owner record (``jobs/<job>/owner.json``, sealed with the user's
-   key: while it lives, ``wrenpack clean`` keeps the job) and says "ok";
+   key: while it lives, ``wrenpack clean`` keeps the job), then the job record
+   (``jobs/<job>/job.json``), and says "ok";
 3. launches the calls through an ``Executor`` of its own with the job's id and
    secret, ``keep_objects`` on (local workers store every result; nothing is
    deleted when the calls end), each event naming the job's cancel marker
@@ -67,14 +70,30 @@ def main() -> int:
     from wrenpack.executor.termination import leave_default
 
     leave_default()  # (its executor would otherwise stop the job's calls on SIGTERM, as a driver's does)
-    # The spawning process's own bytes, from its pipe: its sys.path, then the job.
-    head = json.loads(sys.stdin.buffer.readline())
-    sys.path[:0] = [p for p in head["sys_path"] if p not in sys.path]
-    spec = cloudpickle.loads(sys.stdin.buffer.read())
+    job_id = sys.argv[1] if len(sys.argv) > 1 else "?"
+    # The spawning process's own bytes, from its pipe: its sys.path and the size of the rest, then the job.
     try:
+        head = json.loads(sys.stdin.buffer.readline())
+        size = int(head["size"])
+        body = sys.stdin.buffer.read(size)
+    except (ValueError, KeyError, TypeError, OSError):
+        body, size = b"", -1
+    if len(body) != size:
+        # Its spawning process ended (killed inside spawn_map) before it handed the whole job over: nothing
+        # of the job was stored (spawn_map leaves that to this process, below), so nothing runs and
+        # nothing is left behind; nobody was told of the job, so its log goes too.
+        log.error("job %s: the process that spawned it ended before it handed the job over; nothing was run or "
+                  "stored", job_id)
+        with contextlib.suppress(OSError):
+            os.unlink(log_path(job_id))
+        return 1
+    try:
+        sys.path[:0] = [p for p in head["sys_path"] if p not in sys.path]
+        spec = cloudpickle.loads(body)
+        del body
         return Supervisor(spec).run()
     except BaseException:
-        log.exception("the supervisor of job %s failed", spec.get("job_id"))
+        log.exception("the supervisor of job %s failed", job_id)
         return 1
 
 
@@ -104,7 +123,10 @@ class Supervisor:
 
     def run(self) -> int:
         spec, job_id = self.spec, self.job_id
+        # The owner record first, then the job record (sealed by spawn_map): a job record is never without
+        # the owner record that says whether its supervisor runs (``Job.supervisor``).
         self.store.put(keys.owner_key(job_id), json.dumps(owner_record(self.label, job_id)).encode())
+        self.store.put(keys.job_record_key(job_id), spec.pop("record_blob"))
         try:
             sys.stdout.write("ok\n")
             sys.stdout.flush()
