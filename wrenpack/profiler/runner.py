@@ -161,9 +161,12 @@ _children_maxrss_mb = children_peak_mb
 
 def _write(jobdir: str, result: dict) -> None:
     path = os.path.join(jobdir, "result.json")
-    with open(path + ".part", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".part", path)
+    try:
+        with open(path + ".part", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".part", path)
+    except FileNotFoundError:  # the folder is gone: its caller ended the run (nobody reads this any more)
+        pass
 
 
 def _same_file(a: str | None, b: str) -> bool:
