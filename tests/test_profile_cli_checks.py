@@ -101,3 +101,21 @@ def test_a_plain_function_still_runs(targets, capsys):
     code, out, err = cli(f"{mod}:ok", "--no-save", "--json", capsys=capsys)
     assert code == 0, err
     assert marker.exists()
+
+
+def test_the_package_map_is_kept_in_wrenpack_cache_dir(tmp_path):
+    # it went to ~/.cache/wrenpack/packages-*.json whatever WRENPACK_CACHE_DIR said
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "tgt.py").write_text("def ok(n=1):\n    return n\n")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
+    env.update(HOME=str(tmp_path / "home"), WRENPACK_CACHE_DIR=str(tmp_path / "cache"),
+               WRENPACK_PROFILE_DIR=str(tmp_path / "profiles"), PYTHONPATH=os.pathsep.join([root, str(tmp_path)]))
+    proc = subprocess.run([sys.executable, "-m", "wrenpack", "profile", "tgt:ok", "--no-save", "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name.startswith("packages-") for p in (tmp_path / "cache").iterdir()] == [True]
+    assert not (tmp_path / "home").exists()
