@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from wrenpack.errors import ProfileError
+from wrenpack.cli import json_errors
 
 EPILOG = """\
 examples:
@@ -194,6 +195,7 @@ def _freeze_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
+@json_errors
 def run(args: argparse.Namespace) -> int:
     _freeze_at_exit()
     if ":" not in args.target:
