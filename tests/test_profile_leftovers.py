@@ -104,3 +104,23 @@ def test_the_measured_call_runs_with_the_callers_signal_mask(tmp_path):
     assert out.read_text() == f"[{int(signal.SIGUSR1)}]"  # the call: the caller's own mask
     assert proc.stdout.strip() == f"[{int(signal.SIGUSR1)}]"  # the caller's mask is as it was after the run
     assert _left(tmp) == []
+
+
+def test_waiting_holds_no_descriptor_and_no_signal_after_it(tmp_path, monkeypatch):
+    from wrenpack.profiler import launcher
+
+    (tmp_path / "tgt2.py").write_text("def quick():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    fds = len(os.listdir("/proc/self/fd"))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    for _ in range(2):
+        started = launcher.start_job(launcher.job_spec("tgt2:quick"), {"args": (), "kwargs": {}}, plain=True)
+        assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, ())  # (held while the folder is ours)
+        result, launch = started.wait()
+        assert result["duration_s"] >= 0 and launch["exit_code"] == 0
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == mask
+    assert _left(tmp_path) == []

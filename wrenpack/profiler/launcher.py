@@ -171,17 +171,32 @@ class Started:
 
     def _wait_or_stop(self) -> set[int]:
         """Wait for the launcher to exit; the held stop signals that came first, if any (then it still runs)."""
+        import subprocess
+
         proc = self.proc
         if not self.held:
             proc.wait()
             return set()
-        waiter = _exit_waiter(proc.pid)
-        while proc.poll() is None:
-            pending = signal.sigpending() & self.held
-            if pending:
-                return {int(s) for s in pending}
-            waiter(PENDING_CHECK_S)
-        return set()
+        try:  # (woken when the launcher exits: a run ends when it does, not up to PENDING_CHECK_S later)
+            fd: int | None = os.pidfd_open(proc.pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            fd = None
+        try:
+            while proc.poll() is None:
+                pending = signal.sigpending() & self.held
+                if pending:
+                    return {int(s) for s in pending}
+                if fd is not None:
+                    select.select([fd], [], [], PENDING_CHECK_S)
+                else:
+                    try:
+                        proc.wait(PENDING_CHECK_S)
+                    except subprocess.TimeoutExpired:
+                        pass
+            return set()
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def _end_launcher(proc: subprocess.Popen) -> None:
