@@ -258,8 +258,8 @@ def _check_output(output: str, lock: str | None = None) -> None:
     if layout.LOCK in names and REPORT not in names and not _is_build_lock(os.path.join(output, layout.LOCK),
                                                                            lock):
         raise BuildError(f"--output {output} holds a {layout.LOCK} that no wrenpack build wrote (not a hashed "
-                         f"lock pinning cloudpickle), and a build replaces it; {fix}, or build from that lock "
-                         f"with -r {os.path.join(output, layout.LOCK)}")
+                         f"lock pinning cloudpickle), and a build replaces it; {fix}, with -r "
+                         f"{os.path.join(output, layout.LOCK)} to build from that lock")
 
 
 def _check_lock(path: str, lock_text: str) -> None:
