@@ -45,6 +45,9 @@ def build_image(packages: Iterable[str] = (), *, requirements_files: Iterable[st
     """Build the image; ``network`` is the build containers' network mode (e.g. ``host``), which pip needs;
     ``dockerfile``: the recipe (``Dockerfile.runtime`` on Lambda's base image, or the custom-runtime one)."""
     tgt = Target.make(python, arch)
+    from runtime_builder.pipeline import _check_output
+
+    _check_output(os.path.abspath(output), lock)  # its requirements.lock is replaced too
     client = docker_client()
     if not os.path.exists(dockerfile):
         raise BuildError(f"{dockerfile} is missing; reinstall wrenpack from a source checkout")

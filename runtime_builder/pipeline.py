@@ -174,28 +174,92 @@ def _check_options(tmp_size_mb: int, zstd_level: int | None, disabled_rules: Ite
                          f"optional:<component> ({', '.join(sorted(components.by_rule()))})")
 
 
-def _is_runtime_manifest(path: str) -> bool:
+def _load_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except (OSError, ValueError):
+        return None
+
+
+def _is_runtime_manifest(path: str) -> bool:
+    """A ``manifest.json`` a build wrote: the version, content hash, target and packages a build records."""
+    data = _load_json(path)
+    return (isinstance(data, dict) and isinstance(data.get("manifest_version"), int)
+            and isinstance(data.get("content_hash"), str) and isinstance(data.get("target"), dict)
+            and isinstance(data.get("packages"), list))
+
+
+def _is_build_report(path: str) -> bool:
+    """A ``build-report.json`` a failed build wrote (``ok: false``, the stage and the error)."""
+    data = _load_json(path)
+    return isinstance(data, dict) and data.get("ok") is False and "stage" in data and "error" in data
+
+
+def _is_build_lock(path: str, lock: str | None) -> bool:
+    """A lone ``requirements.lock`` a build wrote (and committed): every pin hashed, cloudpickle among them
+    (a build from requirements always adds it), or exactly the ``--lock`` this build installs (rewriting it
+    changes nothing)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
         return False
-    return isinstance(data, dict) and "manifest_version" in data and "content_hash" in data
+    if lock is not None:
+        try:
+            with open(lock, encoding="utf-8") as f:
+                if f.read() == text:
+                    return True
+        except (OSError, UnicodeDecodeError):
+            pass
+    hashes = resolve.lock_hash_counts(text)
+    return "cloudpickle" in hashes and all(hashes.values())
 
 
-def _check_output(output: str) -> None:
-    """Refuse, before anything runs, an --output whose python/, manifest.json, layer.zip or runtime.tar.zst
-    no build wrote (there is no wrenpack manifest.json beside them): publishing replaces those, and
-    ``-o .`` in a project with a python/ folder of its own deleted it without a word. (A requirements.lock
-    alone is fine: a committed lock seeds the build.)"""
-    ours = (layout.SITE, layout.MANIFEST, layout.LAYER_ZIP, layout.ARCHIVE)
-    present = [n for n in ours if os.path.lexists(os.path.join(output, n))]
-    if not present or _is_runtime_manifest(os.path.join(output, layout.MANIFEST)):
+#: what a build writes into --output, and nothing else
+BUILD_FILES = (layout.SITE, layout.MANIFEST, layout.LAYER_ZIP, layout.ARCHIVE, layout.LOCK, REPORT)
+
+
+def _check_output(output: str, lock: str | None = None) -> None:
+    """Refuse, before anything runs, an existing non-empty --output that is not a previous build's output:
+    publishing replaces its python/, manifest.json, layer.zip, runtime.tar.zst and requirements.lock, and
+    ``-o .`` in a project deleted its own python/ folder, ``-o proj`` replaced the project's own lock,
+    ``-o /etc`` wrote into /etc, all without a word.
+
+    A previous build's output holds only what a build writes (:data:`BUILD_FILES`) and is recognised by its
+    wrenpack ``manifest.json`` or, after a failed build, its ``build-report.json``; a directory holding only a
+    ``requirements.lock`` is one when that lock is a build's (a committed lock seeds the build, see
+    :func:`_is_build_lock`). ``lock``: the ``--lock`` file being installed, if any."""
+    try:
+        names = sorted(os.listdir(output))
+    except (FileNotFoundError, NotADirectoryError):
         return
-    names = ", ".join(n + "/" if n == layout.SITE else n for n in present)
-    raise BuildError(f"--output {output} holds {names} that no wrenpack build wrote (no wrenpack {layout.MANIFEST}), "
-                     f"and a build replaces them; fix: pass a new or empty --output DIR (default "
-                     f"{layout.DEFAULT_OUTPUT})")
+    except OSError as exc:
+        raise BuildError(f"cannot read --output {output} ({exc.strerror}); fix: pass a new or empty "
+                         f"--output DIR (default {layout.DEFAULT_OUTPUT})") from None
+    if not names:
+        return
+    fix = f"fix: pass a new or empty --output DIR (default {layout.DEFAULT_OUTPUT})"
+    foreign = [n for n in names if n not in BUILD_FILES]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise BuildError(f"--output {output} holds {shown} that no wrenpack build wrote (it is not a build's "
+                         f"output, and a build writes its files there); {fix}")
+    if _is_runtime_manifest(os.path.join(output, layout.MANIFEST)):
+        return
+    artifacts = [n for n in names if n in (layout.SITE, layout.MANIFEST, layout.LAYER_ZIP, layout.ARCHIVE)]
+    if artifacts:
+        shown = ", ".join(n + "/" if n == layout.SITE else n for n in artifacts)
+        raise BuildError(f"--output {output} holds {shown} that no wrenpack build wrote (no wrenpack "
+                         f"{layout.MANIFEST}), and a build replaces them; {fix}")
+    if REPORT in names and not _is_build_report(os.path.join(output, REPORT)):
+        raise BuildError(f"--output {output} holds a {REPORT} that no wrenpack build wrote, and a build "
+                         f"replaces it; {fix}")
+    if layout.LOCK in names and REPORT not in names and not _is_build_lock(os.path.join(output, layout.LOCK),
+                                                                           lock):
+        raise BuildError(f"--output {output} holds a {layout.LOCK} that no wrenpack build wrote (not a hashed "
+                         f"lock pinning cloudpickle), and a build replaces it; {fix}, with -r "
+                         f"{os.path.join(output, layout.LOCK)} to build from that lock")
 
 
 def _check_lock(path: str, lock_text: str) -> None:
@@ -245,8 +309,8 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         strip = False
     output = os.path.abspath(output)
     cache_root = os.path.abspath(cache_dir or default_cache_dir())
+    _check_output(output, lock)  # first: /etc is writable to root, and the probe would write into it
     _check_writable(output, "--output")
-    _check_output(output)
     _check_writable(cache_root, "--cache-dir")
     inp = inputs_mod.gather(packages, requirements_files, pyproject, profile)
     lock_text = None

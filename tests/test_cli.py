@@ -47,3 +47,33 @@ def test_output_to_a_reader_gone_away_ends_quietly(tmp_path):
         os.close(write_end)
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
+
+
+def test_json_errors_are_a_document_on_stdout_too(tmp_path, capsys):
+    """Under --json an error after parsing is {"ok": false, "error", "message"} on stdout, as build-runtime
+    --json prints it, besides the one line on stderr: jobs, jobs show/cancel, clean and profile printed
+    nothing on stdout. Usage errors stay argparse's (exit 2, nothing on stdout)."""
+    import json
+
+    import pytest
+
+    from wrenpack.cli import main
+
+    none = str(tmp_path / "none")
+    for argv, error in ((["jobs", "--json", "--storage", "s3://"], "ConfigError"),
+                        (["jobs", "show", "nosuch", "--json", "--storage", none], "JobNotFound"),
+                        (["jobs", "cancel", "nosuch", "--json", "--storage", none], "JobNotFound"),
+                        (["clean", "nosuch", "--json", "--storage", none], "ConfigError"),
+                        (["profile", "nocolon", "--json"], "ProfileError")):
+        assert main(argv) == 1, argv
+        out = capsys.readouterr()
+        doc = json.loads(out.out)
+        assert doc["ok"] is False and doc["error"] == error, (argv, doc)
+        assert out.err.count("\n") == 1 and out.err == f"wrenpack: error: {doc['message']}\n", (argv, out.err)
+    # without --json: the line alone
+    assert main(["jobs", "show", "nosuch", "--storage", none]) == 1
+    assert capsys.readouterr().out == ""
+    # usage errors: argparse's
+    with pytest.raises(SystemExit) as info:
+        main(["profile", "m:f", "--json", "--repeat", "x"])
+    assert info.value.code == 2 and capsys.readouterr().out == ""

@@ -293,11 +293,12 @@ def test_an_output_holding_files_no_build_wrote_is_refused_before_anything_runs(
 def test_an_output_a_build_wrote_is_replaced(tmp_path, monkeypatch):
     out = tmp_path / "rt"
     (out / "python").mkdir(parents=True)
-    (out / "manifest.json").write_text('{"manifest_version": 1, "content_hash": "abc"}')
+    (out / "manifest.json").write_text('{"manifest_version": 1, "content_hash": "abc", "target": {}, "packages": []}')
     pipeline._check_output(str(out))  # (no error)
     pipeline._check_output(str(tmp_path / "new"))
     (tmp_path / "lockonly").mkdir()
-    (tmp_path / "lockonly" / "requirements.lock").write_text("six==1.17.0\n")  # a committed lock seeds the build
+    (tmp_path / "lockonly" / "requirements.lock").write_text(  # a build's committed lock seeds the build
+        "cloudpickle==3.1.1 --hash=sha256:" + "a" * 64 + "\nsix==1.17.0 --hash=sha256:" + "b" * 64 + "\n")
     pipeline._check_output(str(tmp_path / "lockonly"))
 
 

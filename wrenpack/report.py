@@ -807,11 +807,12 @@ def error_line(type_name: str, message: str) -> str:
 
 # -- the command line: ``wrenpack jobs show ID --plot out.html`` ----------------------
 
-def check_plot_path(path: str) -> str:
-    """``path`` if it names a format ``save`` writes; else a one-line ConfigError."""
+def check_plot_path(path: str, formats: tuple[str, ...] = FORMATS, what: str = "a job report") -> str:
+    """``path`` if it names one of ``formats`` (by default those ``save`` writes); else a one-line
+    ConfigError. ``wrenpack profile --plot`` checks its memory curve's formats with it too."""
     suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise ConfigError(f"cannot write a job report to {path!r}: name a file ending in {', '.join(FORMATS)}")
+    if suffix not in formats:
+        raise ConfigError(f"cannot write {what} to {path!r}: name a file ending in {', '.join(formats)}")
     return path
 
 

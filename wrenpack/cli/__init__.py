@@ -3,17 +3,19 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``;
 the module is imported only when its command is named, so ``wrenpack --help``
 and each command stay quick. Errors derived from ``WrenpackError`` print one
-line and exit 1; bad usage exits 2 (argparse's convention); output to a reader
+line and exit 1 (under ``--json`` a command also prints ``{"ok": false, ...}`` on stdout: ``json_errors``);
+bad usage exits 2 (argparse's convention); output to a reader
 that went away (``| head``) ends the command with 141, as SIGPIPE ends other tools.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 #: command name -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,6 +56,26 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=help_, add_help=False)
     return parser
+
+
+def json_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command's ``run`` that, under ``--json``, also prints a failure as a JSON document on stdout,
+    ``{"ok": false, "error": TYPE, "message": ...}`` (as ``build-runtime --json`` does), before the usual one
+    line on stderr: a script reading stdout got nothing at all (usage errors stay argparse's, exit 2)."""
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        from wrenpack.errors import WrenpackError
+
+        try:
+            return run(args)
+        except WrenpackError as exc:
+            if getattr(args, "json", False) is True:
+                import json
+
+                print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}))
+            raise
+
+    return wrapped
 
 
 #: what a shell reports for a command SIGPIPE ended (128 + 13): the exit of a reader gone away

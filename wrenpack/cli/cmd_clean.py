@@ -24,6 +24,7 @@ from wrenpack import keys
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
 from wrenpack.executor.owner import owner_state, user_key
 from wrenpack.wire import owner as owner_record
+from wrenpack.cli import json_errors
 
 #: temporary files younger than this may belong to a write in progress
 TMP_AGE_S = 300.0
@@ -67,6 +68,7 @@ def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tupl
     return owner_state(keys.shuffle_owner_id(shuffle_id), record, key)
 
 
+@json_errors
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
     from wrenpack.job.client import check_job_id, job_ids, missing_local_store, printable

@@ -17,6 +17,7 @@ from typing import Any
 
 from wrenpack.errors import WrenpackError
 from wrenpack.report import _usd, add_plot_arguments, write_plot
+from wrenpack.cli import json_errors
 
 #: the fields of each row of `wrenpack jobs --json`, in every state: a job launched with .map(), one whose
 #: record does not verify or cannot be read holds None where a spawned job has a figure (a script reading
@@ -65,6 +66,7 @@ def _counts(row: dict[str, Any]) -> str:
     return f"{row['done']}/{row['failed']}/{row['running']}/{row['queued']}"
 
 
+@json_errors
 def cmd_jobs(args: argparse.Namespace) -> int:
     from wrenpack.executor.owner import user_key
     from wrenpack.job.client import describe, job_ids, printable

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import sys
 import threading
 from typing import Any
 
 from wrenpack.errors import ProfileError
+from wrenpack.cli import json_errors
 
 EPILOG = """\
 examples:
@@ -34,7 +36,8 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("--kwargs", metavar="DICT", help="keyword arguments: JSON or a Python dict literal")
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times (fresh process each), report min/median/max")
     p.add_argument("--json", action="store_true", help="print the profile as JSON (schema wrenpack.profile/1)")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the memory-over-time curve (needs wrenpack[plot])")
+    p.add_argument("--plot", metavar="FILE.png", type=_plot_path,
+                   help="draw the memory-over-time curve: .png, .svg or .pdf (needs wrenpack[plot])")
     p.add_argument("--lines", action="store_true", help="also show memory per source line (memory_profiler; slow)")
     p.add_argument("--input", metavar="MODULE:FUNCTION", help="scaling: make_input(n) returns the first argument")
     p.add_argument("--sizes", metavar="N,N,...", help="scaling: input sizes to measure (at least three)")
@@ -70,6 +73,9 @@ def _kwargs(text: str | None) -> dict[str, Any]:
 
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
 
+#: what ``--plot`` writes the memory curve as (formats matplotlib writes with its own Agg backend)
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
 
 def _count(text: str) -> int:
     """An input size: ``48000000``, ``48_000_000``, ``48M``, ``2k`` (powers of ten)."""
@@ -78,16 +84,32 @@ def _count(text: str) -> int:
     if scale != 1:
         t = t[:-1]
     value = float(t) * scale if "." in t or "e" in t.lower() else int(t) * scale
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):  # (1e999 is infinite: int() raised OverflowError)
         raise ValueError(text)
     return int(value)
 
 
 def _target(text: str) -> int:
+    """--target: a positive whole number, checked as the arguments are parsed (before anything runs)."""
     try:
-        return _count(text)
+        value = _count(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (e.g. 48000000 or 48M)") from None
+        value = 0
+    if value <= 0:  # (0 read as "no --target" and asked for it)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (e.g. 48000000 or 48M)")
+    return value
+
+
+def _plot_path(path: str) -> str:
+    """--plot: a file name matplotlib writes the memory curve to, checked as the arguments are parsed, as
+    ``wrenpack jobs show --plot`` checks its (``x.txt`` got matplotlib's ValueError after the run)."""
+    from wrenpack.errors import ConfigError
+    from wrenpack.report import check_plot_path
+
+    try:
+        return check_plot_path(path, formats=PLOT_FORMATS, what="the memory curve")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -173,6 +195,7 @@ def _freeze_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
+@json_errors
 def run(args: argparse.Namespace) -> int:
     _freeze_at_exit()
     if ":" not in args.target:

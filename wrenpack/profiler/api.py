@@ -353,7 +353,7 @@ def _measure(
     error = result.get("error")
     if error == "load":
         message = result.get("message", "")
-        if result.get("type") == "LookupError":
+        if result.get("type") in ("LookupError", "Refused"):  # (runner.Refused: a generator or async function)
             raise ProfileError(message)
         raise ProfileError(f"could not load {name} in a fresh process: {result.get('type')}: {message}")
     if error == "raised":

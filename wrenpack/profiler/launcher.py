@@ -63,14 +63,14 @@ tmp = os.path.join({jobdir!r}, "tmp")
 os.makedirs(tmp, exist_ok=True)
 env = dict(os.environ, TMPDIR=tmp, TEMP=tmp, TMP=tmp)
 pid = os.posix_spawn(sys.executable, [sys.executable, *{runner_args!r}, {jobdir!r}], env,
-                     file_actions={actions}, setsid=True)
+                     file_actions={actions}, setsid=True{sigmask})
 sys.path.insert(0, {root!r})
 from wrenpack.profiler.launcher import main
 sys.exit(main({jobdir!r}, pid, t_start))
 """
 
 
-def launcher_command(jobdir: str, stdout_to_stderr: bool = False) -> list[str]:
+def launcher_command(jobdir: str, stdout_to_stderr: bool = False, runner_mask: list[int] | None = None) -> list[str]:
     """The launcher's command line: isolated and without ``site`` (``-I -S``),
     starting the runner before it imports anything.
 
@@ -80,13 +80,15 @@ def launcher_command(jobdir: str, stdout_to_stderr: bool = False) -> list[str]:
     the runner (in a session of its own, ``TMPDIR`` private, stdout to stderr
     for ``--json``) with ``os.posix_spawn`` first, so its own imports overlap
     the runner's start instead of preceding it; the runner gets the ordinary
-    interpreter and environment."""
+    interpreter and environment, and ``runner_mask`` as its blocked signals (the caller's own: the
+    launcher starts with the caller's stop signals blocked, see ``start_job``)."""
     if not hasattr(os, "posix_spawn"):  # pragma: no cover - not POSIX
         boot = (f"import sys; sys.path.insert(0, {_ROOT!r}); from wrenpack.profiler.launcher import main; "
                 f"sys.exit(main({jobdir!r}))")
     else:
         actions = "[(os.POSIX_SPAWN_DUP2, 2, 1)]" if stdout_to_stderr else "None"
-        boot = _BOOT.format(jobdir=jobdir, root=_ROOT, actions=actions, runner_args=RUNNER_ARGS)
+        sigmask = "" if runner_mask is None else f", setsigmask={sorted(runner_mask)!r}"
+        boot = _BOOT.format(jobdir=jobdir, root=_ROOT, actions=actions, runner_args=RUNNER_ARGS, sigmask=sigmask)
     return [sys.executable, "-I", "-S", "-c", boot]
 
 
@@ -101,51 +103,196 @@ def job_spec(target: str | None, *, quiet_stdout: bool = False, lines: bool = Fa
     return job
 
 
-class Started:
-    """A measured call under way: the job's folder and its launcher process."""
+#: the signals that end a caller without running its cleanup (their default action): held while the caller
+#: owns a job's folder, so it always removes it (see ``start_job``)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+#: how often a caller that holds the stop signals looks whether one came (its latency to stop)
+PENDING_CHECK_S = 0.1
 
-    def __init__(self, jobdir: str, proc: subprocess.Popen) -> None:
+
+def _hold_stop_signals() -> set[int]:
+    """Block :data:`STOP_SIGNALS` in this thread; the ones this blocked (not blocked before)."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        return set()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    return {int(s) for s in STOP_SIGNALS if s not in before}
+
+
+def _release_stop_signals(held: set[int]) -> None:
+    """Unblock what :func:`_hold_stop_signals` blocked: a stop signal that came meanwhile acts now."""
+    if held:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+class Started:
+    """A measured call under way: the job's folder and its launcher process.
+
+    From ``start_job`` until ``wait`` returns, the calling thread holds SIGTERM and SIGHUP (blocked):
+    whoever owns the folder removes it. A caller ended by one (``timeout``, a cancelled CI job) while
+    creating the folder, or after the launcher had finished and before removing it, left
+    /tmp/wrenpack-profile-* behind; the launcher, started with them blocked, takes them once its own
+    handler (which ends the run and removes the folder) is in place. ``wait`` looks for one every
+    ``PENDING_CHECK_S``; one that came ends the run, and acts once the folder is gone."""
+
+    def __init__(self, jobdir: str, proc: subprocess.Popen, held: set[int] | None = None) -> None:
         self.jobdir = jobdir
         self.proc = proc
+        self.held = held or set()
 
     def wait(self) -> tuple[dict, dict]:
         """Wait for the run; ``(runner_result, launcher_report)``; the job's folder is removed."""
         import shutil
-        import subprocess
 
         proc = self.proc
+        launch = None
         try:
             try:
-                proc.wait()
+                stopped = self._wait_or_stop()
             except BaseException:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                _end_launcher(proc)
                 raise
+            if stopped:
+                _end_launcher(proc)
+                raise JobFailed(f"stopped by signal {min(stopped)}")
             launch = _read_json(os.path.join(self.jobdir, "launch.json"))
             result = _read_json(os.path.join(self.jobdir, "result.json"))
             if launch is None:
                 raise JobFailed(f"the profiling launcher failed (exit {proc.returncode})")
             return result or {}, launch
         finally:
-            shutil.rmtree(self.jobdir, ignore_errors=True)
+            if launch is None:  # the launcher did not finish: a runner it left (a call that killed it) ends first
+                _end_runner(self.jobdir)
+            for _ in range(5):  # (a folder something still wrote into while it was removed: again)
+                shutil.rmtree(self.jobdir, ignore_errors=True)
+                if not os.path.lexists(self.jobdir):
+                    break
+            held, self.held = self.held, set()
+            _release_stop_signals(held)  # (a stop signal that came acts here, the folder gone)
+
+    def _wait_or_stop(self) -> set[int]:
+        """Wait for the launcher to exit; the held stop signals that came first, if any (then it still runs)."""
+        import subprocess
+
+        proc = self.proc
+        if not self.held:
+            proc.wait()
+            return set()
+        try:  # (woken when the launcher exits: a run ends when it does, not up to PENDING_CHECK_S later)
+            fd: int | None = os.pidfd_open(proc.pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            fd = None
+        try:
+            while proc.poll() is None:
+                pending = signal.sigpending() & self.held
+                if pending:
+                    return {int(s) for s in pending}
+                if fd is not None:
+                    select.select([fd], [], [], PENDING_CHECK_S)
+                else:
+                    try:
+                        proc.wait(PENDING_CHECK_S)
+                    except subprocess.TimeoutExpired:
+                        pass
+            return set()
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _end_launcher(proc: subprocess.Popen) -> None:
+    """Stop a launcher (its handler ends the run and removes the folder) and collect it."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _end_runner(jobdir: str) -> None:
+    """SIGKILL the runner of ``jobdir`` (and its process group) if it outlived its launcher, and wait until it
+    is gone: a call that killed its launcher left the runner (in a session of its own) writing into the
+    folder while the caller removed it (a FileNotFoundError traceback, or a folder left with its
+    result.json). The runner is the process whose last argument is ``jobdir`` (Linux: /proc)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # pragma: no cover - no /proc: the runner's writes into a removed folder fail quietly
+        return
+    want = os.fsencode(jobdir)
+    for entry in entries:
+        if not entry.isdigit() or not _is_runner(int(entry), want):
+            continue
+        pid = int(entry)
+        try:  # a pidfd pins the process: checked again through it, the kill cannot reach another one
+            fd: int | None = os.pidfd_open(pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            fd = None
+        try:
+            if not _is_runner(pid, want):
+                continue
+            try:
+                if os.getpgid(pid) == pid:  # (its session's leader: the call's processes in its group too)
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+            deadline = time.monotonic() + END_ALL_S
+            while time.monotonic() < deadline and _alive(pid):
+                if fd is not None:
+                    select.select([fd], [], [], 0.05)
+                else:
+                    time.sleep(0.005)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _is_runner(pid: int, jobdir: bytes) -> bool:
+    """Process ``pid`` is the runner of ``jobdir`` (``[python, *RUNNER_ARGS, jobdir]``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    if argv and argv[-1] == b"":
+        argv.pop()
+    return len(argv) >= 2 and argv[-1] == jobdir
+
+
+def _alive(pid: int) -> bool:
+    """Running still (not gone, not a zombie: a zombie writes nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:][:1] != b"Z"
 
 
 def start_job(job: dict[str, Any], call: dict[str, Any], timeout: float | None = None, plain: bool = False) -> Started:
-    """Start one measured call and return at once (``Started.wait`` for its figures).
+    """Start one measured call and return at once (``Started.wait`` for its figures, which must follow:
+    the calling thread holds SIGTERM and SIGHUP until it returns, see ``Started``).
 
     ``plain``: the call holds only plain values (the command line's literals), so
     the standard pickle writes it and cloudpickle need not be imported here; a
     function or anything defined in ``__main__`` needs cloudpickle (by value)."""
     import tempfile
 
-    jobdir = tempfile.mkdtemp(prefix="wrenpack-profile-")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, ()) if hasattr(signal, "pthread_sigmask") else None
+    held = _hold_stop_signals()
+    try:
+        jobdir = tempfile.mkdtemp(prefix="wrenpack-profile-")
+    except BaseException:
+        _release_stop_signals(held)
+        raise
     try:
         with open(os.path.join(jobdir, "job.json"), "w") as f:
-            # parent_pid: a launcher whose caller died ends the run and removes this folder (``_adopt_orphans``)
-            json.dump(dict(job, timeout_s=timeout, parent_pid=os.getpid()), f)
+            # parent_pid: a launcher whose caller died ends the run and removes this folder (``_adopt_orphans``);
+            # unblock: the stop signals it starts with blocked (the caller's), taken once its handler is in place
+            json.dump(dict(job, timeout_s=timeout, parent_pid=os.getpid(), unblock=sorted(held)), f)
         with open(os.path.join(jobdir, "call.pkl"), "wb") as f:
             if plain:
                 import pickle
@@ -157,13 +304,15 @@ def start_job(job: dict[str, Any], call: dict[str, Any], timeout: float | None =
                 cloudpickle.dump(call, f)
         import subprocess
 
-        proc = subprocess.Popen(launcher_command(jobdir, bool(job.get("stdout_to_stderr"))), cwd=job.get("cwd"))
+        mask = None if before is None else [int(s) for s in before]
+        proc = subprocess.Popen(launcher_command(jobdir, bool(job.get("stdout_to_stderr")), mask), cwd=job.get("cwd"))
     except BaseException:
         import shutil
 
         shutil.rmtree(jobdir, ignore_errors=True)
+        _release_stop_signals(held)
         raise
-    return Started(jobdir, proc)
+    return Started(jobdir, proc, held)
 
 
 def run_job(job: dict[str, Any], call: dict[str, Any], timeout: float | None = None) -> tuple[dict, dict]:
@@ -295,6 +444,8 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if job.get("unblock") and hasattr(signal, "pthread_sigmask"):  # (one that came meanwhile stops the run here)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, job["unblock"])
     _adopt_orphans()
     if parent is not None and os.getppid() != parent:  # the caller died before the line above
         _stop(signal.SIGTERM, None)

@@ -7,7 +7,7 @@ that belong to no distribution are reported as the project's own code.
 The module -> distribution map (``importlib.metadata.packages_distributions()``)
 reads every installed distribution's file list: 0.07 s here, 0.38 s in a larger
 environment, paid by every ``wrenpack profile``. It is kept on disk
-(``$XDG_CACHE_HOME/wrenpack/``, else ``~/.cache/wrenpack/``) under a key of the
+(``$WRENPACK_CACHE_DIR``, else ``$XDG_CACHE_HOME/wrenpack/``, else ``~/.cache/wrenpack/``) under a key of the
 interpreter, ``sys.path`` and, in each path entry, the distributions' metadata
 folders (``*.dist-info``, ``*.egg-info``) with their modification times:
 installing, upgrading or removing a distribution adds, renames or rewrites one,
@@ -34,6 +34,12 @@ CACHE_VERSION = 2
 
 
 def cache_dir() -> str:
+    """wrenpack's cache directory, as the rest of wrenpack finds it (the runtime cache, the owner key):
+    ``WRENPACK_CACHE_DIR``, else ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``. (The map went to
+    ``~/.cache/wrenpack`` even with ``WRENPACK_CACHE_DIR`` set: into a home that may be read-only, or shared.)"""
+    env = os.environ.get("WRENPACK_CACHE_DIR", "")
+    if env.strip():
+        return os.path.expanduser(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "wrenpack")
 

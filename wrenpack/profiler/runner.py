@@ -161,9 +161,12 @@ _children_maxrss_mb = children_peak_mb
 
 def _write(jobdir: str, result: dict) -> None:
     path = os.path.join(jobdir, "result.json")
-    with open(path + ".part", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".part", path)
+    try:
+        with open(path + ".part", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".part", path)
+    except FileNotFoundError:  # the folder is gone: its caller ended the run (nobody reads this any more)
+        pass
 
 
 def _same_file(a: str | None, b: str) -> bool:
@@ -233,6 +236,38 @@ def _load_target(spec: str):
     return obj
 
 
+class Refused(TypeError):
+    """A target the profiler will not call: reported to the caller as its one-line message."""
+
+
+#: code flags of a function whose call returns a generator or a coroutine (inspect's CO_GENERATOR,
+#: CO_COROUTINE, CO_ASYNC_GENERATOR: read here without importing inspect, a few ms of every run's start)
+_CO_GENERATOR, _CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+
+
+def _check_returns_values(fn) -> None:
+    """Refuse, before calling it, a generator or async function, as ``@wrenpack.remote`` does: its call
+    returns a generator or a coroutine that does no work until iterated or awaited, so the figures would be
+    of nothing, and pickling the result failed after the run ("cannot pickle 'coroutine' object", with a
+    "never awaited" RuntimeWarning)."""
+    import functools
+
+    inner = fn
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    inner = getattr(inner, "__func__", inner)  # (a bound method)
+    flags = getattr(getattr(inner, "__code__", None), "co_flags", 0)
+    name = getattr(fn, "__name__", None) or getattr(inner, "__name__", None) or "f"
+    if flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR):
+        raise Refused(f"{name} is a generator function: its calls return generators, which do no work until "
+                      f"iterated, so there is nothing to measure; profile a function that returns a list, e.g. "
+                      f"def {name}_list(x): return list({name}(x))")
+    if flags & _CO_COROUTINE:
+        raise Refused(f"{name} is an async function: its calls return coroutines, which do no work until awaited, "
+                      f"so there is nothing to measure; profile a plain function that runs it, e.g. "
+                      f"def {name}_run(x): return asyncio.run({name}(x))")
+
+
 def _line_report(lp) -> list:
     import linecache
 
@@ -272,6 +307,7 @@ def main(jobdir: str) -> int:
             call_bytes = f.read()
         call = cloudpickle.loads(call_bytes)
         fn = call.get("fn") or _load_target(job["target"])
+        _check_returns_values(fn)
         make_input = call.get("make_input")
         if make_input is None and job.get("input_target"):
             make_input = _load_target(job["input_target"])
