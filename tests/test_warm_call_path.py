@@ -490,3 +490,47 @@ def test_a_signal_that_comes_while_a_jobs_key_is_freed_is_raised_not_lost():
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert "20260101-000000-cccccccc" not in refs.kept_secrets()  # and its job's secret is forgotten
+
+
+def test_a_signal_that_comes_while_the_main_thread_waits_for_a_futures_lock_does_not_leave_it_held():
+    """``threading.Condition.__enter__`` is Python code, and Python runs a pending signal's
+    handler right after the call that took the lock returns: a Ctrl-C that came while the
+    main thread waited for the futures' lock was raised inside ``__enter__``, the lock taken
+    and never given back, and the collector, completing the next call, waited for it for
+    good. Here another thread holds the lock, the signal comes, and the lock is let go."""
+    import _thread
+    import signal
+
+    from wrenpack import futures
+    from wrenpack.futures import WrenFuture
+
+    class Came(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Came
+
+    fut = WrenFuture("20260101-000000-dddddddd", "00000", "f")
+    waiting = threading.Event()
+
+    def hold_then_signal():
+        with futures._LOCK:
+            waiting.set()
+            time.sleep(0.3)  # (the main thread is blocked taking the lock meanwhile)
+            _thread.interrupt_main(signal.SIGUSR1)
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        holder = threading.Thread(target=hold_then_signal)
+        holder.start()
+        waiting.wait(10)
+        with pytest.raises(Came):
+            fut.done()  # (``with self._condition``: the standard library's own method)
+        holder.join(10)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    free = []
+    other = threading.Thread(target=lambda: free.append(futures._LOCK.acquire(timeout=2) and futures._LOCK.release() is None))
+    other.start()
+    other.join(10)
+    assert free == [True], "the futures' lock is still held by the main thread"

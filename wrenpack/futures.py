@@ -32,12 +32,33 @@ __all__ = ["WrenFuture", "AsCompleted", "get", "wait", "as_completed", "cancel",
 #: every one of them at every call's end. (The standard library's waiters, ``wait``
 #: and ``as_completed``, are woken through ``_waiters``, as for any future.)
 _LOCK = threading.RLock()
-_CONDITION = threading.Condition(_LOCK)
+
+
+class _Condition(threading.Condition):
+    """A condition on ``_LOCK`` whose ``with`` is the lock's own, in C.
+
+    ``threading.Condition.__enter__`` is Python code: Python runs a signal's
+    handler right after the call that took the lock returns, so a Ctrl-C (or a
+    SIGTERM handler's ``SystemExit``) that came while the main thread waited for
+    the lock was raised inside ``__enter__``, with the lock taken and no ``with``
+    entered to give it back. Every future's lock stayed held by a main thread
+    that had moved on, and the collector, completing the next call, waited for
+    it for good (``shutdown(wait=True)`` hung: one Ctrl-C in ~30 to a loop of
+    5,000-call maps). The lock's own ``__enter__``/``__exit__`` run no bytecode,
+    so the ``with`` is entered once the lock is taken, and left through
+    ``__exit__`` whatever is raised inside. (Bound methods of a C object, not
+    functions: looked up on the class, they are called as they are.)"""
+
+    __enter__ = _LOCK.__enter__  # type: ignore[assignment]
+    __exit__ = _LOCK.__exit__  # type: ignore[assignment]
+
+
+_CONDITION = _Condition(_LOCK)
 
 
 def _own_condition() -> threading.Condition:
     """A waited-on future's own condition, on the shared lock."""
-    return threading.Condition(_LOCK)
+    return _Condition(_LOCK)
 _DONE_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED})
 _CANCELLED_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
 #: a future's callbacks before the first is added (a list is made then)
