@@ -144,7 +144,10 @@ class _Tally:
     futures, however long the wait."""
 
     def __init__(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
+        # ``with self._lock``, not ``with self._changed``: a C lock's ``with`` is entered once the lock is
+        # taken, where Condition.__enter__ (Python) could be left by a Ctrl-C with it taken (``futures._Condition``)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._done = 0
         self._failed = 0
         self._cancelled = 0
@@ -152,19 +155,19 @@ class _Tally:
     def finished(self, fut: cf.Future) -> None:
         cancelled = fut.cancelled()
         failed = not cancelled and fut.exception() is not None
-        with self._changed:
+        with self._lock:
             self._done += 1
             self._failed += failed
             self._cancelled += cancelled
             self._changed.notify_all()
 
     def counts(self) -> Counts:
-        with self._changed:
+        with self._lock:
             return Counts(self._done, self._failed, self._cancelled)
 
     def wait_for_change(self, seen: int, timeout: float | None) -> Counts:
         """The counts once more than ``seen`` are done, or after ``timeout`` s."""
-        with self._changed:
+        with self._lock:
             if self._done == seen and (timeout is None or timeout > 0):
                 self._changed.wait(timeout)
             return Counts(self._done, self._failed, self._cancelled)

@@ -95,7 +95,10 @@ class _Feed:
         self.items = [WrenFuture("", "", f"{label}[{i}]") for i in range(len(calls))]
         for i, item in enumerate(self.items):
             item.hold_in(self.items, i)  # (an ended call's future is let go of: its result is the caller's)
-        self.cond = threading.Condition()
+        # ``with self.lock``, not ``with self.cond``: a C lock's ``with`` is entered once the lock is taken,
+        # where Condition.__enter__ (Python) could be left by a Ctrl-C with it taken (``futures._Condition``)
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         #: calls launched (or taken out) already, by index
         self.taken: set[int] = {0}
         self.next = 1
@@ -133,7 +136,7 @@ class _Feed:
     def _run(self) -> None:
         try:
             while True:
-                with self.cond:
+                with self.lock:
                     while self.running >= self.window:
                         self.cond.wait()
                     i = self._claim_next()
@@ -178,7 +181,7 @@ class _Feed:
         args = prepared.payloads[0] if prepared.payloads else None
         if not isinstance(args, handoff.Args):
             return
-        with self.cond:
+        with self.lock:
             self.args_of[i] = args
             slab = self.slabs.pop() if self.slabs else None
             make = slab is None and self.slab_room and self.slabs_made < self.window
@@ -188,7 +191,7 @@ class _Feed:
         if make:
             slab = _new_slab(room)
             if slab is None:
-                with self.cond:
+                with self.lock:
                     self.slabs_made -= 1
         args.slab = slab
         args.slab_back = lambda args, i=i: self._slab_back(i, args)
@@ -196,7 +199,7 @@ class _Feed:
     def _slab_back(self, i: int, args: handoff.Args) -> None:
         """Call ``i`` ended, its result read (``Args.close``, before its future
         resolves): its result memfd goes to the next call, or is closed."""
-        with self.cond:
+        with self.lock:
             self.args_of.pop(i, None)
             slab, args.slab = args.slab, None
             size = args.result_size
@@ -221,14 +224,14 @@ class _Feed:
         return free
 
     def _ended(self, _fut: WrenFuture) -> None:
-        with self.cond:
+        with self.lock:
             self.running -= 1
             self.cond.notify()
 
     # -- the caller's threads ---------------------------------------------------------
     def _launch_now(self, i: int) -> None:
         """Its future is being pickled into another call's arguments: launch it now."""
-        with self.cond:
+        with self.lock:
             if i in self.taken:
                 return
             self.taken.add(i)
@@ -237,14 +240,14 @@ class _Feed:
 
     def _take_out(self, i: int) -> bool:
         """Cancel a call not launched yet."""
-        with self.cond:
+        with self.lock:
             if i in self.taken:
                 return False
             self.taken.add(i)
         return True
 
     def _fail_rest(self, exc: BaseException) -> None:
-        with self.cond:
+        with self.lock:
             rest = [i for i in range(len(self.items)) if i not in self.taken]
             self.taken.update(rest)
         err = exc if isinstance(exc, Exception) else WrenpackError(f"{self.label}: the calls could not be launched: {exc!r}")
@@ -255,7 +258,7 @@ class _Feed:
 
     def _finish(self) -> None:
         self.packer.close()  # each launched call holds the shared objects it refers to
-        with self.cond:
+        with self.lock:
             self.done_launching = True
             close = self._unneeded_slabs()
             self.slabs_made -= len(close)
