@@ -534,3 +534,42 @@ def test_a_signal_that_comes_while_the_main_thread_waits_for_a_futures_lock_does
     other.start()
     other.join(10)
     assert free == [True], "the futures' lock is still held by the main thread"
+
+
+def test_ctrl_c_just_after_the_caller_takes_its_workers_socket_leaves_the_call_to_the_dispatcher(tmp_path):
+    """Ctrl-C landing as the waiting caller took the worker's socket out of the dispatcher's
+    selector (before its wait began) left it out for good: the reply was never read and the
+    call never ended (a program's ``shutdown(wait=True)`` after Ctrl-C hung, ~1 in 60)."""
+    import _thread
+    import signal
+
+    ex = _local_executor(tmp_path, concurrency=1)
+    try:  # (not ``with``: its shutdown(wait=True) waited for good for a call whose reply nobody read)
+        f = wrenpack.remote(nap, executor=ex)
+        assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
+        backend = ex.backend
+        unregister = backend._selector.unregister
+        came = []
+
+        def unregister_interrupted(sock):
+            key = unregister(sock)
+            if not came and threading.current_thread() is threading.main_thread():
+                came.append(1)
+                _thread.interrupt_main(signal.SIGINT)  # (its handler runs at the next bytecode)
+            return key
+
+        backend._selector.unregister = unregister_interrupted
+        try:
+            for _ in range(20):  # (until this thread waits for a reply: most calls, the machine allowing)
+                fut = f.remote(0.05)
+                try:
+                    assert fut.result(timeout=60) == 0.05
+                except KeyboardInterrupt:
+                    break
+        finally:
+            backend._selector.unregister = unregister
+        assert came, "the caller's thread never waited for a reply in 20 calls"
+        assert fut.result(timeout=30) == 0.05  # its reply read by the dispatcher
+        assert f.remote(0.01).result(timeout=60) == 0.01
+    finally:
+        ex.shutdown(wait=False)

@@ -329,28 +329,33 @@ class LocalBackend(Backend):
         worker starting, or this is the dispatcher's own thread)."""
         if threading.current_thread() is self._thread:
             return
-        with self._lock:
-            worker = self._alone_on(invocation)
-            if worker is None:
-                return
-            try:
-                fd = os.dup(worker.sock.fileno())  # (polled here even if the dispatcher closes the worker's)
-            except OSError:
-                return
-            try:
-                key = self._selector.unregister(worker.sock)
-            except (KeyError, ValueError, OSError):
-                os.close(fd)
-                return
-            worker.borrowed = True
+        # (a signal's exception can land after any call below returns: whatever was done of the
+        # borrowing by then is undone in ``_end_wait_here``, which the key, taken first, makes run)
+        key: selectors.SelectorKey | None = None
+        worker: Worker | None = None
+        fd = -1
         readable = False
         try:
+            with self._lock:
+                worker = self._alone_on(invocation)
+                if worker is None:
+                    return
+                try:
+                    key = self._selector.get_key(worker.sock)
+                except (KeyError, ValueError):
+                    return
+                fd = os.dup(worker.sock.fileno())  # (polled here even if the dispatcher closes the worker's)
+                worker.borrowed = True
+                self._selector.unregister(worker.sock)
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             wait_s = min(until - time.time(), _WAIT_HERE_S)
             readable = wait_s > 0 and bool(poller.poll(int(wait_s * 1000) + 1))
+        except (KeyError, ValueError, OSError):
+            readable = False  # (the worker's socket closed meanwhile: the dispatcher has it)
         finally:
-            self._end_wait_here(worker, key.data, fd, readable)
+            if key is not None and worker is not None:
+                self._end_wait_here(worker, key.data, fd, readable)
 
     def _end_wait_here(self, worker: Worker, data: Any, fd: int, readable: bool) -> None:
         """The end of ``wait_here``: a reply that came is read, the worker given back
@@ -369,7 +374,8 @@ class LocalBackend(Backend):
             try:
                 with interrupts.Held():
                     begun = True
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
                     with self._lock:
                         worker.borrowed = False
                         if worker in self._workers and (not readable or self._read(worker)):
