@@ -375,19 +375,22 @@ def test_memory_auto_runs_with_the_profiled_memory(moto_endpoint, bucket, lambda
 
 # -- concurrency and deadlines -------------------------------------------
 def test_queued_calls_are_not_lost_or_sent_twice(moto_endpoint, bucket, lambda_endpoint):
-    """10 calls of 0.35 s behind one execution environment wait up to ~3.5 s in
-    Lambda's queue, past the 2 s timeout + 0.5 s margin counted from the send."""
-    lambda_endpoint.deploy(memory=1088, timeout=2, environments=1)
-    with _executor(moto_endpoint, bucket, lambda_endpoint, "queued", concurrency=10) as ex:
+    """7 calls of 0.35 s behind one execution environment wait up to ~2.5 s in
+    Lambda's queue: the last two start past the 1 s timeout + 0.5 s margin counted
+    from the send (10 calls under a 2 s timeout took a second longer to show it)."""
+    lambda_endpoint.deploy(memory=1088, timeout=1, environments=1)
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "queued", concurrency=7) as ex:
         ex._backend = LambdaBackend(
             ex.store, function_name=lambda_endpoint.function_name, endpoint_url=lambda_endpoint.url,
-            region="us-east-1", concurrency=10, poll_interval=0.2, deadline_margin_s=0.5,
+            region="us-east-1", concurrency=7, poll_interval=0.2, deadline_margin_s=0.5,
         )
-        futs = wrenpack.remote(sleeps, executor=ex, memory=1088, timeout=2).map([0.35] * 10)
-        assert wrenpack.get(futs) == [0.35] * 10
+        futs = wrenpack.remote(sleeps, executor=ex, memory=1088, timeout=1).map([0.35] * 7)
+        assert wrenpack.get(futs) == [0.35] * 7
         job = futs[0].job_id
+    starts = sorted(f.status["start"] for f in futs)
+    assert starts[-1] - lambda_endpoint.arrived[(job, futs[0].call_id)] > 1.5  # (a call did wait past its deadline)
     sent = [(c, a) for _, j, c, _, a in lambda_endpoint.calls if j == job]
-    assert sorted(sent) == [(keys.call_id(i), 0) for i in range(10)]  # each call once, first attempt
+    assert sorted(sent) == [(keys.call_id(i), 0) for i in range(7)]  # each call once, first attempt
     assert ex.store.list(keys.job_prefix(job)) == []  # start marks are cleaned up with the job
 
 
