@@ -573,3 +573,43 @@ def test_ctrl_c_just_after_the_caller_takes_its_workers_socket_leaves_the_call_t
         assert f.remote(0.01).result(timeout=60) == 0.01
     finally:
         ex.shutdown(wait=False)
+
+
+def test_ctrl_c_between_handing_a_call_to_a_worker_and_sending_it_does_not_strand_it(tmp_path):
+    """``.remote()`` hands its call to an idle worker from the caller's thread, then writes
+    it. Ctrl-C (or a SIGTERM handler's SystemExit) landing in between left the bytes in the
+    worker's buffer, never watched, so the worker never got them and ``shutdown(wait=True)``
+    waited for the call for good (~1 SIGTERM in 40 to a loop of ``.remote()``)."""
+    import _thread
+    import signal
+
+    from wrenpack.backends.local import LocalBackend
+
+    ex = _local_executor(tmp_path, concurrency=1)
+    try:
+        f = wrenpack.remote(nap, executor=ex)
+        assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
+        send_to_idle = LocalBackend._send_to_idle
+        came = []
+
+        def send_then_interrupt(self, flush=True):
+            out = send_to_idle(self, flush=flush)
+            if out[0] and not came and threading.current_thread() is threading.main_thread():
+                came.append(1)
+                _thread.interrupt_main(signal.SIGINT)  # (its handler runs at the next bytecode)
+            return out
+
+        ex.backend._send_to_idle = send_then_interrupt.__get__(ex.backend)
+        for _ in range(20):
+            try:
+                f.remote(0.01).result(timeout=60)
+            except KeyboardInterrupt:
+                break
+        del ex.backend._send_to_idle
+        assert came, "no call was handed to an idle worker from this thread in 20 calls"
+        ended = threading.Thread(target=ex.shutdown, kwargs={"wait": True}, daemon=True)
+        ended.start()
+        ended.join(20)
+        assert not ended.is_alive(), "shutdown(wait=True) waits for a call its worker never got"
+    finally:
+        ex.shutdown(wait=False)

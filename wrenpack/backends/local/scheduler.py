@@ -511,6 +511,10 @@ class LocalBackend(Backend):
                     continue
                 with self._lock:
                     started = self._assign_locked()
+                    # (bytes a caller's thread left in a worker's outbuf unwatched: a signal's exception
+                    # that landed in ``invoke_many`` between handing calls to a worker and flushing them
+                    # left the worker without its calls, and shutdown(wait=True) waiting for them for good)
+                    self._watch_io()
                     now = time.time()
                     # (A starting worker's calls have no clock yet, only a wake-up due at 0: counted,
                     # they made this loop spin, a CPU the starting workers lacked. Its "ready"
