@@ -102,3 +102,42 @@ def test_user_modules_of_looks_inside_a_batch(tmp_path, monkeypatch):
     import wp_batch_usermod
 
     assert {m.__name__ for m in serialize.user_modules_of(Batch(wp_batch_usermod.inc))} == {"wp_batch_usermod"}
+
+
+class _ExitsWhilePickled:
+    """Pickling it lets a pending signal's handler run (as a SIGTERM that comes mid-pickle does)."""
+
+    def __reduce__(self):
+        import _thread
+        import signal
+
+        _thread.interrupt_main(signal.SIGUSR1)
+        len([])  # (a call: the handler runs here)
+        return (int, (0,))
+
+
+class _CallsExitWhilePickled:
+    def __reduce__(self):
+        sys.exit(3)
+
+
+def test_a_signal_handlers_exit_while_arguments_are_pickled_ends_the_program(remote):
+    """A program's SIGTERM handler raising SystemExit while a map pickled its arguments was
+    taken for the argument's own fault ("cannot send the arguments of call 0 of f: pickling
+    it called sys.exit(143)"): the program went on. A __reduce__ that calls sys.exit is still
+    the argument's fault, in one line."""
+    import signal
+
+    def on_term(signum, frame):
+        raise SystemExit(143)
+
+    f = remote(str)
+    old = signal.signal(signal.SIGUSR1, on_term)
+    try:
+        with pytest.raises(SystemExit) as info:
+            f.map([1, _ExitsWhilePickled()])
+        assert info.value.code == 143
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    with pytest.raises(wrenpack.SerializationError, match=r"called sys.exit\(3\)"):
+        f.map([1, _CallsExitWhilePickled()])

@@ -203,6 +203,8 @@ def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] |
         try:
             return dumps(fn)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
+            if raised_by_a_signal(exc):
+                raise
             where = describe_unpicklable(fn, f"function {getattr(fn, '__qualname__', fn)!r}")
             raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
 
@@ -547,6 +549,8 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
                 spill.discard()
                 raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
+            if raised_by_a_signal(exc):
+                raise
             for i, value in enumerate(args):
                 if not _picklable(value):
                     where = describe_unpicklable(value, f"argument {i} of {label}")
@@ -564,6 +568,31 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
 _FIX = "pass plain data, or create the object inside the function"
 
 
+def raised_by_a_signal(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a signal's Python handler (a SIGTERM handler's
+    ``SystemExit`` that landed while the arguments were pickled), not from what was
+    pickled: a ``sys.exit()`` in a ``__reduce__`` is reported as the object's fault, and
+    the program's own exit was, so its SIGTERM ended nothing ("the arguments of call 0
+    of f: pickling it called sys.exit(143)"). Told by its traceback: a frame of a
+    handler of one of ``interrupts.HELD`` now set."""
+    import signal
+
+    from wrenpack.interrupts import HELD
+
+    codes = set()
+    for signum in HELD:
+        handler = signal.getsignal(signum)
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _short(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"pickling it called sys.exit({exc.code!r})"
@@ -575,7 +604,9 @@ def _picklable(obj: Any) -> bool:
     try:
         cloudpickle.dumps(obj)
         return True
-    except (Exception, SystemExit):  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
+        if raised_by_a_signal(exc):
+            raise
         return False
 
 

@@ -233,6 +233,8 @@ def _unsendable(functions: dict[str, Any], items: list[Any], label: str, exc: Se
             with serialize.by_value(modules):  # (the functions' modules by value, as the launch pickles them)
                 serialize.dumps(obj)
         except (Exception, SystemExit) as err:  # noqa: BLE001 - (as the launch's own pickling catches them)
+            if serialize.raised_by_a_signal(err):
+                raise
             where = serialize.describe_unpicklable(obj, what)
             return SerializationError(f"cannot send {where}: {serialize._short(err)}; {serialize._FIX}")
     return exc
