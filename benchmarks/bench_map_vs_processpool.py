@@ -188,8 +188,11 @@ class Systems:
             return
         self.closed = True
         # (after a signal, wrenpack's executor is not waited for: see _fair.shut_down_after)
+        # (mp.Pool: closed, so its workers end at its sentinels; terminate() SIGTERMs them, and under a CPU
+        # hog one was left blocked on the task queue's lock, which its killed sibling held, and join()
+        # waited for it for good: the whole run's output lost)
         stops = [lambda: self.ex.shutdown(wait=wait, cancel_futures=True), lambda: self.ppe.shutdown(cancel_futures=True),
-                 self.mpp.terminate, self.mpp.join]
+                 self.mpp.close if wait else self.mpp.terminate, self.mpp.join]
         if self.joblib is not None:  # (loky's reusable executor: its workers and resource tracker)
             from joblib.externals.loky import get_reusable_executor
 
