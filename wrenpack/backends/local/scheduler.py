@@ -927,7 +927,8 @@ class LocalBackend(Backend):
         for worker in self._workers:
             if worker.outbuf and not worker.write_again_at:
                 try:
-                    self._selector.modify(worker.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("io", worker))
+                    if not self._selector.get_key(worker.sock).events & selectors.EVENT_WRITE:  # (the dispatcher asks every turn)
+                        self._selector.modify(worker.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("io", worker))
                 except (KeyError, ValueError):
                     pass
 
