@@ -541,6 +541,8 @@ def test_clean_stale_removes_the_intermediates_of_a_killed_map_reduce(tmp_path, 
         assert json.loads(capsys.readouterr().out)["map_reduces"] == 0 and store.list(f"shuffle/{sid}/")
         with pytest.raises(wrenpack.ConfigError, match=f"still running \\(map_reduce {sid}"):
             _clean(tmp_path, "--all")
+        # (under --json the refusal is also a JSON line on stdout, as build-runtime --json gives it)
+        assert json.loads(capsys.readouterr().out)["ok"] is False
     finally:
         proc.kill()  # (SIGKILL: no exit handler removes anything)
         proc.wait()

@@ -140,7 +140,7 @@ def _run_backend(sim: SimService, kind: str, n: int, concurrency: int, clock=Non
 
 def test_sim_checks_of_long_calls_do_not_grow_with_their_duration(fake_credentials):
     """200 calls of 30 s (+-10%) at concurrency 100, on a clock 60x real time: each call costs
-    its Invoke, its worker's PUT and under two GETs, and the job a few LISTs, however long
+    its Invoke, its worker's PUT and under three GETs, and the job a few LISTs, however long
     the calls run (every shard listed every 0.5 s would be ~0.8 LIST a call); and
     nothing is asked of S3 once nothing is in flight."""
     import random
@@ -163,7 +163,11 @@ def test_sim_checks_of_long_calls_do_not_grow_with_their_duration(fake_credentia
         # machine's delays, 60x on this clock, hold a queued call back.
         assert client["INVOKE"] == n and worker.pop("PUT") == n + fn.start_marks and set(worker) == {"WATCH"}
         assert 4 * n <= worker["WATCH"] <= 4.4 * n, worker
-        assert n <= client["GET"] <= 2 * n, client
+        # (the GETs are of the results, some asked before they were written: a call the driver expects
+        # to have ended is looked for again. 266-524 in 10 runs here, 1.3-2.6 a call, as the machine's
+        # delays, 60x on this clock, move the calls' ends; the bound was 2n, and failed 1 run in 5.
+        # Looked for every 2 s, a 30 s call would cost 15)
+        assert n <= client["GET"] <= 3 * n, client
         # (the job's LISTs: one per poll round in which many of its calls are due; how many rounds
         # that is depends on how fast the driver's clients are on this 60x clock: 8-9 here when
         # every boto3 session parsed botocore's models again, 9-11 since the tests share them;
