@@ -28,7 +28,7 @@ def on_term(signum, frame):
     raise SystemExit(143)
 
 if __name__ == "__main__":
-    where = tempfile.mkdtemp(prefix="wrenpack-stress-")
+    where = tempfile.mkdtemp(prefix="store-", dir=sys.argv[3])  # (in the test's folder: a killed run's stays there)
     ex = wrenpack.Executor(storage=where, backend=LocalBackend(concurrency=2))
     if sys.argv[2] == "TERM":
         signal.signal(signal.SIGTERM, on_term)
@@ -56,7 +56,7 @@ def test_a_stopped_loop_of_calls_ends(tmp_path, how, sig):
     script.write_text(_VICTIM)
     rng = random.Random(7)
     for _ in range(15):
-        proc = subprocess.Popen([sys.executable, str(script), how, sig], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, str(script), how, sig, str(tmp_path)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=dict(os.environ, WRENPACK_PROGRESS="false"))
         assert proc.stdout.readline().strip() == "ready"
         try:
