@@ -200,6 +200,31 @@ def _local_executor(tmp_path, **kw):
     return wrenpack.Executor(storage=str(tmp_path / "store"), backend=LocalBackend(**kw))
 
 
+def _until_interrupted(f, seconds, interrupt):
+    """Calls ``f.remote(seconds)`` one after another until one's ``result()`` raises ``interrupt``
+    (at most 20: most replies are read on the caller's thread, the machine allowing); the last future."""
+    for _ in range(20):
+        fut = f.remote(seconds)
+        try:
+            assert fut.result(timeout=60) == seconds
+        except interrupt:
+            break
+    return fut
+
+
+@pytest.fixture
+def sigterm_exits():
+    """SIGTERM's handler raises SystemExit(143), as a program's own would, for the test."""
+    import signal
+
+    def on_term(signum, frame):
+        raise SystemExit(143)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
 def test_a_waiting_callers_thread_reads_its_calls_reply(tmp_path, monkeypatch):
     """A caller blocked on a warm call's future reads the worker's reply itself:
     the dispatcher does not read it and then wake the caller (one thread
@@ -360,18 +385,13 @@ def test_ctrl_c_while_the_caller_completes_its_call_is_raised_after_it(tmp_path,
             return complete(self, inv, result)
 
         monkeypatch.setattr(type(ex), "_complete", complete_interrupted)
-        for _ in range(20):  # (until a reply is read on this thread: most are, the machine allowing)
-            fut = f.remote(0.02)
-            try:
-                assert fut.result(timeout=60) == 0.02
-            except KeyboardInterrupt:
-                break
+        fut = _until_interrupted(f, 0.02, KeyboardInterrupt)
         assert interrupted, "no reply was read on the caller's thread in 20 calls"
         assert fut.result(timeout=60) == 0.02  # completed as it ran, not failed with the interrupt
         assert [f.remote(0.01).result(timeout=60) for _ in range(3)] == [0.01] * 3  # its worker goes on
 
 
-def test_a_sigterm_handlers_exit_while_the_caller_reads_its_reply_comes_after_the_call_completes(tmp_path, monkeypatch):
+def test_a_sigterm_handlers_exit_while_the_caller_reads_its_reply_comes_after_the_call_completes(tmp_path, monkeypatch, sigterm_exits):
     """A program whose SIGTERM handler raises SystemExit, and whose ``except SystemExit``
     shuts its executor down: a SIGTERM that landed while the waiting caller's thread read
     its call's reply cut the read short, the call never completed, and
@@ -381,41 +401,30 @@ def test_a_sigterm_handlers_exit_while_the_caller_reads_its_reply_comes_after_th
 
     from wrenpack.backends.local import LocalBackend
 
-    def on_term(signum, frame):
-        raise SystemExit(143)
+    with _local_executor(tmp_path, concurrency=1) as ex:
+        f = wrenpack.remote(nap, executor=ex)
+        assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
+        read = LocalBackend._read
+        interrupted = []
 
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        with _local_executor(tmp_path, concurrency=1) as ex:
-            f = wrenpack.remote(nap, executor=ex)
-            assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
-            read = LocalBackend._read
-            interrupted = []
+        def read_interrupted(self, worker):
+            if not interrupted and threading.current_thread() is threading.main_thread():
+                interrupted.append(worker)
+                os.kill(os.getpid(), signal.SIGTERM)  # (its handler runs at the next bytecode, in this thread)
+            return read(self, worker)
 
-            def read_interrupted(self, worker):
-                if not interrupted and threading.current_thread() is threading.main_thread():
-                    interrupted.append(worker)
-                    os.kill(os.getpid(), signal.SIGTERM)  # (its handler runs at the next bytecode, in this thread)
-                return read(self, worker)
-
-            monkeypatch.setattr(LocalBackend, "_read", read_interrupted)
-            for _ in range(20):  # (until a reply is read on this thread: most are, the machine allowing)
-                fut = f.remote(0.02)
-                try:
-                    assert fut.result(timeout=60) == 0.02
-                except SystemExit:
-                    break
-            assert interrupted, "no reply was read on the caller's thread in 20 calls"
-            assert fut.done() and fut.result(timeout=0) == 0.02  # completed as it ran
-            t0 = time.monotonic()
-            ex.shutdown(wait=True)
-            assert time.monotonic() - t0 < 10
-    finally:
-        signal.signal(signal.SIGTERM, old)
+        monkeypatch.setattr(LocalBackend, "_read", read_interrupted)
+        fut = _until_interrupted(f, 0.02, SystemExit)
+        assert interrupted, "no reply was read on the caller's thread in 20 calls"
+        assert fut.done() and fut.result(timeout=0) == 0.02  # completed as it ran
+        t0 = time.monotonic()
+        ex.shutdown(wait=True)
+        assert time.monotonic() - t0 < 10
 
 
 def test_a_sigterm_handlers_exit_just_before_the_signals_are_held_is_raised_after_the_call_completes(tmp_path,
-                                                                                                   monkeypatch):
+                                                                                                   monkeypatch,
+                                                                                                   sigterm_exits):
     """The reply came and the signals were not held yet: a SystemExit landing there (here:
     as the hold begins) left the worker borrowed and its reply unread for good, and
     ``shutdown(wait=True)`` waited forever (one SIGTERM in ~40 to a loop of ``.remote()``)."""
@@ -424,37 +433,25 @@ def test_a_sigterm_handlers_exit_just_before_the_signals_are_held_is_raised_afte
 
     from wrenpack import interrupts
 
-    def on_term(signum, frame):
-        raise SystemExit(143)
+    with _local_executor(tmp_path, concurrency=1) as ex:
+        f = wrenpack.remote(nap, executor=ex)
+        assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
+        enter = interrupts.Held.__enter__
+        came = []
 
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        with _local_executor(tmp_path, concurrency=1) as ex:
-            f = wrenpack.remote(nap, executor=ex)
-            assert f.remote(0.02).result(timeout=60) == 0.02  # (the worker starts)
-            enter = interrupts.Held.__enter__
-            came = []
+        def enter_late(self):
+            if not came and threading.current_thread() is threading.main_thread():
+                came.append(1)
+                _thread.interrupt_main(signal.SIGTERM)  # (its handler runs at the next bytecode: in enter)
+            return enter(self)
 
-            def enter_late(self):
-                if not came and threading.current_thread() is threading.main_thread():
-                    came.append(1)
-                    _thread.interrupt_main(signal.SIGTERM)  # (its handler runs at the next bytecode: in enter)
-                return enter(self)
-
-            monkeypatch.setattr(interrupts.Held, "__enter__", enter_late)
-            for _ in range(20):  # (until a reply is read on this thread: most are, the machine allowing)
-                fut = f.remote(0.02)
-                try:
-                    assert fut.result(timeout=60) == 0.02
-                except SystemExit:
-                    break
-            assert came, "no reply was read on the caller's thread in 20 calls"
-            assert fut.result(timeout=30) == 0.02  # completed as it ran
-            t0 = time.monotonic()
-            ex.shutdown(wait=True)
-            assert time.monotonic() - t0 < 10
-    finally:
-        signal.signal(signal.SIGTERM, old)
+        monkeypatch.setattr(interrupts.Held, "__enter__", enter_late)
+        fut = _until_interrupted(f, 0.02, SystemExit)
+        assert came, "no reply was read on the caller's thread in 20 calls"
+        assert fut.result(timeout=30) == 0.02  # completed as it ran
+        t0 = time.monotonic()
+        ex.shutdown(wait=True)
+        assert time.monotonic() - t0 < 10
 
 
 def test_a_signal_that_comes_while_a_jobs_key_is_freed_is_raised_not_lost():
@@ -560,12 +557,7 @@ def test_ctrl_c_just_after_the_caller_takes_its_workers_socket_leaves_the_call_t
 
         backend._selector.unregister = unregister_interrupted
         try:
-            for _ in range(20):  # (until this thread waits for a reply: most calls, the machine allowing)
-                fut = f.remote(0.05)
-                try:
-                    assert fut.result(timeout=60) == 0.05
-                except KeyboardInterrupt:
-                    break
+            fut = _until_interrupted(f, 0.05, KeyboardInterrupt)
         finally:
             backend._selector.unregister = unregister
         assert came, "the caller's thread never waited for a reply in 20 calls"
