@@ -188,6 +188,69 @@ def test_pickled_future_resolves_in_another_process(executor):
     assert again.result(timeout=0) == 25
 
 
+def dies_after(s):
+    time.sleep(s)
+    os._exit(9)
+
+
+def reads_its_future(fut):
+    """What ``fut.result()`` gives inside a call: (outcome or exception type, message, seconds it took)."""
+    start = time.monotonic()
+    try:
+        return "result", fut.result(), round(time.monotonic() - start, 1)
+    except BaseException as exc:  # noqa: BLE001 - the test looks at what came
+        return type(exc).__name__, str(exc), round(time.monotonic() - start, 1)
+
+
+@pytest.mark.slow_variants("lambda")  # (there a dead call is WorkerLost after its timeout plus 30 s)
+def test_a_future_passed_into_a_call_fails_there_as_its_call_did(make_executor):
+    """A call whose process died ends with no result object of its own; a call reading its
+    future gets that call's error at once (it used to wait for a result until its own timeout)."""
+    producers, readers = make_executor(concurrency=1, retries=0), make_executor(concurrency=1, retries=0)
+    doomed = producers.submit(dies_after, 0.5)
+    reader = wrenpack.remote(reads_its_future, executor=readers, timeout=120).remote(doomed)
+    error = doomed.exception(timeout=120)
+    assert isinstance(error, (wrenpack.WorkerCrashed, wrenpack.WorkerLost)), error
+    kind, message, took = reader.result(timeout=120)
+    assert kind == type(error).__name__ and "dies_after" in message, message
+    assert took < 60
+
+
+def test_a_future_passed_into_a_call_and_cancelled_before_it_ran(make_executor, tmp_path):
+    producers, readers = make_executor(concurrency=1, retries=0), make_executor(concurrency=1, retries=0)
+    release = str(tmp_path / "release")
+    blocker = producers.submit(held, release, 1)  # the producers' one worker is busy...
+    queued = producers.submit(square, 3)  # ...so this waits
+    reader = wrenpack.remote(reads_its_future, executor=readers, timeout=60).remote(queued)
+    time.sleep(0.5)
+    assert queued.cancel()
+    open(release, "w").close()
+    kind, message, took = reader.result(timeout=60)
+    assert kind == "CallCancelled" and "cancelled before it ran" in message, message
+    assert issubclass(wrenpack.CallCancelled, cf.CancelledError)
+    assert blocker.result(timeout=60) == 1
+
+
+def test_a_pickled_future_whose_job_is_gone_says_so(make_executor):
+    """The launcher pickled a running call's future, read its result and shut its executor down,
+    which removed the job's objects: the reference, read in another process later, fails in one
+    line instead of waiting for ever."""
+    import subprocess
+    import sys
+
+    ex = make_executor(concurrency=1)
+    fut = ex.submit(sleeper, 0.3)
+    blob = pickle.dumps(fut)
+    assert fut.result(timeout=60) == 0.3
+    ex.shutdown()
+    code = ("import pickle,sys,time; f = pickle.loads(sys.stdin.buffer.read()); t = time.monotonic()\n"
+            "try: f.result(timeout=60)\nexcept Exception as e: print(type(e).__name__, round(time.monotonic() - t), e)")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120, check=True)
+    kind, took, message = out.stdout.decode().strip().split(" ", 2)
+    assert kind == "ObjectNotFound" and "is gone from" in message and ".spawn()" in message, out
+    assert int(took) < 20
+
+
 def test_a_future_that_is_no_call_cannot_travel_until_done():
     fut = wrenpack.WrenFuture("job", "call", "combined")
     with pytest.raises(TypeError, match="once it is done"):

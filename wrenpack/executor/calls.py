@@ -15,6 +15,7 @@ launch side and the completion side can each be read whole.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import queue
@@ -32,10 +33,11 @@ from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateRepl
 from wrenpack.errors import (CallCancelled, ConfigError, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
                              TaskError, TaskTimeout, WrenpackError)
 from wrenpack.executor.options import CallOptions
+from wrenpack.executor.owner import owner_record
 from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.storage import Store
 from wrenpack.wire import result as result_format, segment as segment_format
-from wrenpack.wire.outcome import error_tuple
+from wrenpack.wire.outcome import LABELLED, error_tuple
 from wrenpack.worker import checkpoint, handoff, refs
 
 log = logging.getLogger("wrenpack.executor")
@@ -356,8 +358,17 @@ class CallTable:
             job = self._jobs.get(job_id)
             if job is None or job.finished(cid):
                 return False
-            job.pinned = True
-            return True
+            unrecorded = not job.pinned and not job.stored
+            job.pinned = job.stored = True
+        if unrecorded:
+            # A job that stored nothing at launch gets its owner record now: a reference reads
+            # the job as gone (``CallRef``) when the record is, once its objects are removed.
+            try:
+                self.store.put(keys.owner_key(job_id), json.dumps(
+                    owner_record(job.label, job_id, self.backend.capabilities.late_writes_s)).encode(), if_absent=True)
+            except Exception:  # noqa: BLE001 - a reference then only waits for the result
+                log.warning("could not write the owner record of job %s for its pickled future", job_id, exc_info=True)
+        return True
 
     def _track(self, inv: Invocation) -> Invocation:
         with self._lock:
@@ -547,7 +558,8 @@ class CallTable:
             inv = job.invocations.pop(cid, None)  # (what it was launched with is let go of now)
             if inv is not None:
                 job.inflight -= 1
-            persist = job.pinned and data is not None
+            pinned = job.pinned
+            persist = pinned and data is not None
             last = job.ended == job.calls
             if last:
                 self._jobs.pop(job.job_id, None)
@@ -569,6 +581,8 @@ class CallTable:
                 self.store.put(keys.result_key(job.job_id, cid), data() if callable(data) else data, if_absent=True)
             except Exception:  # noqa: BLE001
                 log.warning("could not store the result of %s for its pickled future", fut.label, exc_info=True)
+        elif pinned and not ok:
+            self._store_failure(job, cid, fut, value)
         if last and job.stored and not job.pinned and not self.config.keep_objects:
             self._delete_job(job.job_id)
         if not cancelled:
@@ -795,6 +809,26 @@ class CallTable:
                            result_format.seal_result(job.secret, job.job_id, cid, dict(status), outcome))
         except Exception:  # noqa: BLE001
             log.warning("could not store the cancel of call %s of job %s for its pickled future", cid, job.job_id, exc_info=True)
+
+    def _store_failure(self, job: RunningJob, cid: str, fut: WrenFuture, error: BaseException | None) -> None:
+        """A pinned job's call that ended without a result object of its own (its
+        process died, it hit a limit, it was lost or cancelled before it ran): the
+        result object a pickled future reads says so, as the future here does.
+        Without it a reference waited for a result that never came, until its
+        own call's timeout. A worker's own error outcome, in the store already,
+        stays (the write is only if absent)."""
+        if error is None:
+            error = CallCancelled(f"{fut.label} was cancelled before it ran")
+        status = dict(fut.status or {})
+        status.update(exit="error", error=type(error).__name__)
+        status.pop("logs", None)
+        try:
+            # (kind LABELLED: the message names the call already)
+            outcome = cloudpickle.dumps(error_tuple(error, LABELLED, ""))
+            self.store.put(keys.result_key(job.job_id, cid),
+                           result_format.seal_result(job.secret, job.job_id, cid, status, outcome), if_absent=True)
+        except Exception:  # noqa: BLE001
+            log.warning("could not store the failure of %s for its pickled future", fut.label, exc_info=True)
 
     def _sealed_copy(self, job: RunningJob, cid: str, status: dict[str, Any] | None, value: Any) -> bytes:
         """A handed-off result as the sealed result object a pickled future reads from the store."""

@@ -46,16 +46,13 @@ from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture
 from wrenpack.job.client import log_path
 from wrenpack.wire import job_record, result as result_format, status as status_record
-from wrenpack.wire.outcome import error_tuple
+from wrenpack.wire.outcome import LABELLED, error_tuple
 from wrenpack.worker import refs
 
 log = logging.getLogger("wrenpack.job.supervisor")
 
 #: the progress record is written at most this often (s), and the cancel marker looked for
 PROGRESS_S = 0.5
-#: the error kind of a failure this process records for a call (``wire.outcome.error_tuple``): its
-#: message names the call already, so ``rebuild_exception`` keeps it as it is (only "wrenpack" is relabelled)
-LABELLED = "wrenpack-labelled"
 
 
 def main() -> int:

@@ -27,6 +27,11 @@ from wrenpack.errors import CorruptObject, MissingDependency, RemoteError, Remot
 VERSION = 1
 
 
+#: an error outcome's kind when the driver's side wrote it, its message naming the call already
+#: (a "wrenpack" kind is relabelled with the call's name where it is read)
+LABELLED = "wrenpack-labelled"
+
+
 def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tuple[Any, ...]:
     """The one place the error 6-tuple is built; an unpicklable exception keeps
     its type name and message. ``kind``: "user" (theirs) or "wrenpack" (ours)."""

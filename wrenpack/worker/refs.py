@@ -289,6 +289,9 @@ def finished(label: str, state: str, value: Any) -> cf.Future:
 
 
 _stores: dict[str, Any] = {}
+#: how long a reference's result may be missing before it asks whether its job is still there, and how often then
+_GONE_AFTER_S = 1.0
+_GONE_EVERY_S = 5.0
 
 
 def _store(spec: dict[str, Any]) -> Any:
@@ -313,6 +316,9 @@ class CallRef(cf.Future):
         self._fetching = threading.Lock()
         #: the secret its result verifies with, as known where it was rebuilt
         self._secret = secret_for(ref["result_job"], ref.get("chain") or ())
+        #: when the store was first found without the result, and last asked whether the job is there at all
+        self._missing_since: float | None = None
+        self._job_checked = 0.0
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_ref(self._ref, self._secret)
@@ -326,10 +332,19 @@ class CallRef(cf.Future):
                 return True
             ref = self._ref
             key = keys.result_key(ref["result_job"], ref["result_call"])
+            store = _store(ref["store"])
             try:
-                blob = _store(ref["store"]).get(key)
+                blob = store.get(key)
             except ObjectNotFound:
+                if self._job_gone(store):
+                    self.set_exception(ObjectNotFound(
+                        f"{self.label}: its job {ref['result_job']} is gone from {store.url}, and its result with it: the "
+                        "program that launched the call ended (or shut its executor down) and removed the job's objects "
+                        "before this reference was read; read a pickled future while its launcher runs, or launch the "
+                        "call with .spawn() for a result that outlives its launcher"))
+                    return True
                 return False
+            self._missing_since = None
             try:
                 secret = self._secret or secret_for(ref["result_job"], ref.get("chain") or ())
                 if secret is None:
@@ -353,6 +368,23 @@ class CallRef(cf.Future):
             else:
                 self.set_exception(outcome.rebuild(self.label))
             return True
+
+    def _job_gone(self, store: Any) -> bool:
+        """Whether the call's job has no objects left (its owner record, which a job
+        whose future was pickled has from then until its objects are removed, is
+        gone too): a result that is not there yet then never will be. Asked once
+        the result has been missing for ``_GONE_AFTER_S``, then every
+        ``_GONE_EVERY_S``: a look costs a request (a HEAD on S3)."""
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        if now - self._missing_since < _GONE_AFTER_S or now - self._job_checked < _GONE_EVERY_S:
+            return False
+        self._job_checked = now
+        try:
+            return not store.exists(keys.owner_key(self._ref["result_job"]))
+        except WrenpackError:
+            return False  # (the store did not answer: looked at again later)
 
     def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
