@@ -119,3 +119,30 @@ def test_the_package_map_is_kept_in_wrenpack_cache_dir(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [p.name.startswith("packages-") for p in (tmp_path / "cache").iterdir()] == [True]
     assert not (tmp_path / "home").exists()
+
+
+def test_the_cache_keeps_a_bounded_number_of_package_maps(tmp_path, monkeypatch):
+    """Each path (the profiled script's folder is its first entry) has a map of its own: the
+    least recently used go once there are more than ``KEEP_MAPS``; one read is used, so kept."""
+    import os
+
+    from wrenpack.profiler import packages
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path))
+    old = []
+    for i in range(packages.KEEP_MAPS + 5):
+        path = tmp_path / f"packages-old{i:02d}.json"
+        path.write_text('{"modules": {}, "dists": {}}')
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        old.append(path)
+    (tmp_path / "owner.key").write_bytes(b"k" * 32)  # (not a map: left alone)
+    monkeypatch.setattr(packages, "_paths_key", lambda: "old00")
+    packages._Cache()  # read: old00 is the most recently used now
+    monkeypatch.setattr(packages, "_paths_key", lambda: "fresh")
+    cache = packages._Cache()
+    cache.dirty = True
+    cache.save()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len([n for n in left if n.startswith("packages-")]) == packages.KEEP_MAPS
+    assert "packages-fresh.json" in left and "packages-old00.json" in left and "owner.key" in left
+    assert "packages-old01.json" not in left and f"packages-old{packages.KEEP_MAPS + 4:02d}.json" in left

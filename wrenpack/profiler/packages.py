@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 IMPLIED = {"wrenpack", "cloudpickle"}
 #: bump when the cached file's layout changes
 CACHE_VERSION = 2
+#: package maps kept in the cache directory at most, the least recently used removed first: the key
+#: changes with the path, whose first entry is the profiled script's folder, so a user who profiles
+#: scripts from many folders (or a test suite's temporary ones) would otherwise add a file each time
+KEEP_MAPS = 16
 
 
 def cache_dir() -> str:
@@ -79,6 +83,7 @@ class _Cache:
             with open(self.path) as f:
                 data = json.load(f)
             self.modules, self.dists = data["modules"], data.get("dists", {})
+            os.utime(self.path)  # (used now: the last to be removed, ``_prune``)
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if self.modules is None:
@@ -113,6 +118,25 @@ class _Cache:
             self.dirty = False
         except OSError as exc:  # a read-only home must not stop profiling
             log.debug("could not keep the package map in %s: %s", self.path, exc)
+            return
+        _prune(os.path.dirname(self.path), keep=self.path)
+
+
+def _prune(folder: str, keep: str) -> None:
+    """Remove all but the ``KEEP_MAPS`` most recently used package maps in ``folder`` (never ``keep``)."""
+    try:
+        with os.scandir(folder) as it:
+            maps = [(e.stat().st_mtime_ns, e.path) for e in it
+                    if e.name.startswith("packages-") and e.name.endswith(".json") and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return
+    maps.sort(reverse=True)
+    for _mtime, path in maps[KEEP_MAPS:]:
+        if path != keep:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 _cache: _Cache | None = None
