@@ -454,3 +454,10 @@ def test_a_decode_error_in_a_call_reaches_the_client_whole(remote, executor):
     assert isinstance(info.value, UnicodeDecodeError)
     assert remote(lambda r: list(r.lines(errors="replace"))).remote(r).result(timeout=60)[2] == "caf\ufffd au lait"
     s.delete_prefix("dec/")
+    # with raw=True too (they were taken and ignored): a misspelt name is said alike, whatever else is asked
+    for kwargs, match in ((dict(encoding="no-such-codec"), "unknown encoding: no-such-codec"),
+                          (dict(errors="nonsense"), "unknown error handler"), (dict(encoding="hex"), "not a text")):
+        with pytest.raises(ConfigError, match=match) as info:
+            r.lines(raw=True, **kwargs)
+        assert "\n" not in str(info.value)
+    assert list(r.lines(encoding="latin-1", errors="replace", raw=True)) == [b"x"]  # (valid names: bytes, as asked)

@@ -449,9 +449,7 @@ class ObjectRange:
             if not isinstance(value, str):
                 raise ConfigTypeError(f"lines({name}={value!r}): must be a str, e.g. encoding=\"latin-1\", "
                                       "errors=\"replace\"")
-        if raw:
-            return self.records()
-        try:
+        try:  # (checked with raw=True too: the names are the caller's, and a misspelt one is said alike)
             if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):  # (how bytes.decode tells them)
                 raise LookupError(f"{encoding!r} is not a text encoding (bytes.decode refuses it)")
             codecs.lookup_error(errors)
@@ -527,6 +525,8 @@ class ObjectRange:
     def _decoded(self, encoding: str, errors: str) -> Iterator[str]:
         """Records split at another delimiter, or of a fixed size, each decoded."""
         at = self.bounds()[0]  # the current record's offset in the object
+        if raw:
+            return self.records()
         gap = 0 if self.record_size is not None or not self.delimiter else len(self.delimiter)
         for rec in self.records():
             try:
