@@ -461,3 +461,24 @@ def test_a_decode_error_in_a_call_reaches_the_client_whole(remote, executor):
             r.lines(raw=True, **kwargs)
         assert "\n" not in str(info.value)
     assert list(r.lines(encoding="latin-1", errors="replace", raw=True)) == [b"x"]  # (valid names: bytes, as asked)
+@pytest.mark.parametrize("chunk", [None, 1, 5, 6, 100])
+def test_a_decode_error_after_a_byte_order_mark_names_the_byte_in_the_object(data, monkeypatch, chunk):
+    """utf-8-sig text with a BOM named the bad byte 3 bytes early (the BOM's length): its decoder
+    drops the BOM and counts from what follows. Read as one stream, in chunks, or as records."""
+    bom = b"\xef\xbb\xbf"
+    _write(data, "s/t.txt", bom + b"ab\xffcd\nok\n")
+    for ranges in (data.objects("s/", chunk_size=chunk), data.objects("s/", chunk_size=chunk, delimiter=b"|")):
+        with pytest.raises(wrenpack.TextDecodeError, match=r"t.txt: byte 5 \(b'\\xff'\) is not valid utf-8"):
+            for r in ranges:
+                list(r.lines(encoding="utf-8-sig"))
+    _write(data, "s/t.txt", bom + b"ab\n\xff\n")  # in the second record
+    with pytest.raises(wrenpack.TextDecodeError, match=r"byte 6 "):
+        list(data.objects("s/", delimiter=b"\n", record_size=None)[0].lines(encoding="utf-8-sig"))
+    monkeypatch.setattr("wrenpack.storage.data._LINES_BLOCK", 4)  # past the first block: right before too
+    with pytest.raises(wrenpack.TextDecodeError, match=r"byte 6 "):
+        list(data.objects("s/")[0].lines(encoding="utf-8-sig"))
+    _write(data, "s/t.txt", bom + b"a" * 10 + b"\xff\n")
+    with pytest.raises(wrenpack.TextDecodeError, match=r"byte 13 "):
+        list(data.objects("s/")[0].lines(encoding="utf-8-sig"))
+
+

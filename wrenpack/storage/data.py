@@ -505,7 +505,7 @@ class ObjectRange:
                 try:
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as exc:
-                    raise _decode_error(self, exc, at - len(held)) from None
+                    raise _decode_error(self, exc, at - len(held) + _skipped(held + block, exc)) from None
                 except UnicodeError as exc:  # (UTF-16/32 without a byte order mark: the stream decoder's own)
                     raise _stream_error(self, exc, encoding, bytes(block[:4]), at) from None
                 at += len(block)
@@ -532,7 +532,7 @@ class ObjectRange:
             try:
                 text = rec.decode(_past_start(encoding, at), errors)
             except UnicodeDecodeError as exc:
-                raise _decode_error(self, exc, at) from None
+                raise _decode_error(self, exc, at + _skipped(rec, exc)) from None
             yield text
             at += len(rec) + gap
 
@@ -647,6 +647,16 @@ class _RangeReader(io.RawIOBase):
 
 def _stream(store: Store, key: str, start: int, end: int) -> io.BufferedReader:
     return io.BufferedReader(_RangeReader(store, key, start, end), buffer_size=_BLOCK)
+
+def _skipped(data: bytes, exc: UnicodeDecodeError) -> int:
+    """How many of ``data``'s first bytes the decoder that failed on it did not give
+    the error's offsets from: "utf-8-sig" drops a byte order mark and decodes the
+    rest, whose offsets ``exc.start`` counts (so the bad byte was named 3 bytes early)."""
+    skipped = len(data) - len(exc.object)
+    if 0 < skipped <= len(data) and data[skipped:] == exc.object:
+        return skipped
+    return 0
+
 
 
 def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int | None, delimiter: bytes | None,
