@@ -139,6 +139,30 @@ def test_a_key_too_long_for_either_store_is_refused_alike_in_one_line(data):
     assert data.list("x" * 300 + "/") == [] and data.delete_prefix("x" * 300 + "/") == 0
 
 
+def test_a_key_s3_cannot_hold_is_refused_alike_on_every_store_in_one_line(data):
+    """'logs/a\\udcffb.txt' (what os.listdir gives for a file name that is not UTF-8: a lone
+    surrogate) was a key to a local store and a UnicodeEncodeError wrapped in "S3 failed to write"
+    on S3: a key that works in a local run must work on S3. Refused by every operation, on either
+    store, before the store is touched, in one line naming the character and a way on."""
+    from wrenpack.storage.s3 import S3Store
+
+    s3 = S3Store("bucket", "pre/fix")
+    s3._client = _NoRequests()
+    for store in (data, DataStore(s3)):
+        for key in ("logs/a\udcffb.txt", "\ud800", "x/\udc80/y"):
+            calls = dict(_ops(store, key), list=lambda s=store, k=key: s.list(k),
+                         objects=lambda s=store, k=key: s.objects(k), delete_prefix=lambda s=store, k=key: s.delete_prefix(k))
+            for op, call in calls.items():
+                what = "prefix" if op in ("list", "objects", "delete_prefix") else "key"
+                with pytest.raises(StoreError, match=rf"invalid data {what} .*: character \d+ \('\\ud[89a-f][0-9a-f]{{2}}'\) "
+                                   r"is a lone surrogate .*urllib.parse.quote\(os.fsencode\(name\)\)") as info:
+                    call()
+                assert "\n" not in str(info.value), (op, str(info.value))
+    assert data.store.list("") == []  # (nothing written, no folder made)
+    data.put("logs/a%FFb.txt", b"1")  # (the way on: the name's bytes, quoted)
+    assert data.list("logs/") == ["logs/a%FFb.txt"]
+
+
 def test_storage_handle_inside_a_call_is_the_executors_store(remote, executor):
     client = wrenpack.store(executor)
     client.put("handle/in.txt", b"from the client")

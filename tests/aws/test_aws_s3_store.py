@@ -250,3 +250,11 @@ def test_a_read_sees_one_version_of_an_object_replaced_meanwhile(store, monkeypa
                 assert type(info.value).__name__ == "ObjectChanged"
     assert b"".join(r.read() for r in data.objects("t/", chunk_size=4000)) == b"D" * 12_000
 
+
+def test_a_key_s3_cannot_hold_is_refused_before_s3_is_asked(store):
+    """A key with a lone surrogate (os.listdir's name for a file whose name is not UTF-8) failed on
+    S3 with a UnicodeEncodeError wrapped in "S3 failed to write", where a local store took it."""
+    from wrenpack.storage.data import DataStore
+
+    with pytest.raises(StoreError, match=r"invalid data key 'logs/a\\udcffb.txt': character 6 .* is a lone surrogate"):
+        DataStore(store).put("logs/a\udcffb.txt", b"1")

@@ -153,6 +153,18 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _check_text(text: str, what: str) -> None:
+    """Refuse a key (or prefix) that is not text S3 can hold, on every store alike: a lone
+    surrogate ('\udcff', what ``os.listdir`` gives for a file name that is not UTF-8) is a file
+    name to a local store but cannot be sent to S3 (it failed there with a UnicodeEncodeError)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"invalid data {what} {shown(text)}: character {exc.start} ({text[exc.start]!r}) is a lone "
+                         "surrogate (what os.listdir gives for a file name that is not UTF-8), which an S3 key cannot "
+                         "hold; make the key valid text, e.g. urllib.parse.quote(os.fsencode(name))") from None
+
+
 class DataStore:
     """Bytes under a prefix (``data/``) of wrenpack's store: get/put/list/delete/open.
 
@@ -171,6 +183,7 @@ class DataStore:
 
     def _full(self, key: str) -> str:
         _check_key(key)
+        _check_text(key, "key")
         parts = key.split("/")
         if any(p in ("", ".") for p in parts):
             # (a local store would read 'a//b' as 'a/b', S3 as another key: refused alike)
@@ -267,6 +280,7 @@ class DataStore:
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (relative to this handle), sorted."""
+        _check_text(prefix, "prefix")
         n = len(self.prefix)
         return [k[n:] for k in self.store.list(self.prefix + prefix)]
 
@@ -277,11 +291,13 @@ class DataStore:
         """Remove every key under ``prefix``; returns how many."""
         if prefix:
             _check_key(prefix)
+            _check_text(prefix, "prefix")
         return self.store.delete_prefix(self.prefix + prefix)
 
     def objects(self, prefix: str = "", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
                 record_size: int | None = None) -> list["ObjectRange"]:
         """``wrenpack.objects`` over this handle's keys under ``prefix``."""
+        _check_text(prefix, "prefix")
         found = self.store.list_versions(self.prefix + prefix)
         return _ranges(self.store.spec, found, chunk_size, delimiter, record_size, source=self.url(prefix),
                        prefix=self.prefix)
