@@ -589,8 +589,10 @@ class FileReader(Reader):
             os.close(fd)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # (a reader dropped unclosed: its descriptor goes with it)
             self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit, os may be gone already
+            pass
 
 
 #: ``os.preadv`` reads straight into a stream's buffer (Linux, the BSDs); elsewhere ``pread`` and a copy
