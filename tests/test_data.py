@@ -1,6 +1,7 @@
 """The storage handle and maps over stored data (object ranges, chunk edges)."""
 from __future__ import annotations
 
+import os
 import pickle
 import random
 
@@ -33,7 +34,10 @@ def test_storage_handle_roundtrip_under_data_prefix(data):
 
 
 @pytest.mark.parametrize("start, end", [(2, 5), (5, 2), (-3, None), (None, -3), (-3, -1), (8, 100), (100, 200),
-                                        (-100, 3), (0, 0), (3, None), (None, 4)])
+                                        (-100, 3), (0, 0), (3, None), (None, 4),
+                                        # offsets past any object (get(k, 0, 10**30) was a bare OverflowError)
+                                        (0, 10**30), (0, 2**63), (3, 2**63 - 1), (10**30, None), (-10**30, 2),
+                                        (10**30, 10**31), (-10**30, 10**30), (None, -10**30)])
 def test_a_range_of_an_object_is_what_slicing_its_bytes_gives(data, start, end):
     whole = data.put("r/x", b"0123456789") or b"0123456789"
     assert data.get("r/x", start, end) == whole[start:end]  # (a negative start was an OSError)
@@ -100,6 +104,13 @@ def _ops(data, key):
             "open": lambda: data.open(key)}
 
 
+class _NoRequests:
+    """An S3 client for keys refused before any request: any use fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"S3 was asked ({name}) for a key refused before any request")
+
+
 def test_a_key_too_long_for_either_store_is_refused_alike_in_one_line(data):
     """delete('x' * 300) raised a bare OSError (File name too long), get/size/exists/open a
     StoreError, and put said to free space. A key part longer than a file name (255 bytes)
@@ -108,12 +119,8 @@ def test_a_key_too_long_for_either_store_is_refused_alike_in_one_line(data):
     on S3 alike: a key that works in a local run works on Lambda, and the other way round."""
     from wrenpack.storage.s3 import S3Store
 
-    class NoRequests:
-        def __getattr__(self, name):
-            raise AssertionError(f"S3 was asked ({name}) for a key refused before any request")
-
     s3 = S3Store("bucket", "pre/fix")
-    s3._client = NoRequests()
+    s3._client = _NoRequests()
     for store in (data, DataStore(s3)):
         for key, what in (("x" * 300, r"its part 'xxxx.*' is 300 bytes: a key's parts between '/' hold at most 255"),
                           ("d/" + "é" * 128, r"its part 'éééé.*' is 256 bytes: a key's parts between '/' hold at most 255"),
@@ -130,6 +137,30 @@ def test_a_key_too_long_for_either_store_is_refused_alike_in_one_line(data):
         assert not data.exists(key)
     # (a prefix is no key: nothing can be under one too long, and it is said with no error)
     assert data.list("x" * 300 + "/") == [] and data.delete_prefix("x" * 300 + "/") == 0
+
+
+def test_a_key_s3_cannot_hold_is_refused_alike_on_every_store_in_one_line(data):
+    """'logs/a\\udcffb.txt' (what os.listdir gives for a file name that is not UTF-8: a lone
+    surrogate) was a key to a local store and a UnicodeEncodeError wrapped in "S3 failed to write"
+    on S3: a key that works in a local run must work on S3. Refused by every operation, on either
+    store, before the store is touched, in one line naming the character and a way on."""
+    from wrenpack.storage.s3 import S3Store
+
+    s3 = S3Store("bucket", "pre/fix")
+    s3._client = _NoRequests()
+    for store in (data, DataStore(s3)):
+        for key in ("logs/a\udcffb.txt", "\ud800", "x/\udc80/y"):
+            calls = dict(_ops(store, key), list=lambda s=store, k=key: s.list(k),
+                         objects=lambda s=store, k=key: s.objects(k), delete_prefix=lambda s=store, k=key: s.delete_prefix(k))
+            for op, call in calls.items():
+                what = "prefix" if op in ("list", "objects", "delete_prefix") else "key"
+                with pytest.raises(StoreError, match=rf"invalid data {what} .*: character \d+ \('\\ud[89a-f][0-9a-f]{{2}}'\) "
+                                   r"is a lone surrogate .*urllib.parse.quote\(os.fsencode\(name\)\)") as info:
+                    call()
+                assert "\n" not in str(info.value), (op, str(info.value))
+    assert data.store.list("") == []  # (nothing written, no folder made)
+    data.put("logs/a%FFb.txt", b"1")  # (the way on: the name's bytes, quoted)
+    assert data.list("logs/") == ["logs/a%FFb.txt"]
 
 
 def test_storage_handle_inside_a_call_is_the_executors_store(remote, executor):
@@ -293,6 +324,76 @@ def test_local_store_writes_again_after_another_process_removed_the_directory(tm
     assert worker.get("data/out/0") == b"b"
 
 
+# --------------------------------------------------------------------------- one version per read
+
+def _is_changed(info, what=""):
+    assert type(info.value).__name__ == "ObjectChanged" and "\n" not in str(info.value), (what, str(info.value))
+
+
+def test_a_stream_read_while_its_object_is_replaced_gives_one_version(data, monkeypatch):
+    """open() and an ObjectRange asked the store for each block by key again: an object replaced
+    (an atomic put) while it was read gave the old version's first blocks and the new one's rest,
+    with no error. A local read keeps the file it opened: all of the old version."""
+    monkeypatch.setattr("wrenpack.storage.data._BLOCK", 1024)
+    old = b"A" * 10_000
+    data.put("t/x", old)
+    for start, end in ((0, None), (100, -100), (-9000, None)):
+        with data.open("t/x", start, end) as f:
+            first = f.read(1000)
+            data.put("t/x", b"B" * 12_000)
+            assert first + f.read() == old[start:end]
+        data.put("t/x", old)
+    for how, want in (("records", b"old line"), ("lines", "old line"), ("open", b"old line\n")):
+        for chunk, i in ((None, 0), (9000, 0), (9000, 1)):
+            data.put("t/y", b"old line\n" * 2000)
+            r = data.objects("t/y", chunk_size=chunk)[i]
+            it = iter(getattr(r, how)())
+            got = [next(it)]
+            data.put("t/y", b"NEW\n" * 5000)
+            got += list(it)
+            assert set(got) == {want} and len(got) == (r.end - r.start) // 9, (how, r)
+
+
+@pytest.mark.parametrize("replacement", [b"ABCDEFGHIJ\n" * 3, b"abcdefghij\n" * 20, b"9876543210\n" * 10],
+                         ids=["shorter", "longer", "same size"])
+def test_a_range_listed_before_its_object_was_replaced_refuses_to_read_it(data, tmp_path, replacement):
+    """Ranges are listed with their object's size: one replaced before it was read gave the new
+    object's bytes cut at the old size (or nothing), silently. Each read of a range listed before
+    says the object changed since, in one line, whatever the new one's size."""
+    data.put("sr/x", b"0123456789\n" * 10)
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "x").write_bytes(b"0123456789\n" * 10)
+    listed = [data.objects("sr/", chunk_size=40), data.objects("sr/"),
+              objects(str(tmp_path / "files"), chunk_size=40), objects(str(tmp_path / "files" / "x"))]
+    data.put("sr/x", replacement)
+    (tmp_path / "new").write_bytes(replacement)
+    os.replace(tmp_path / "new", tmp_path / "files" / "x")  # (as a tool that writes a file anew does)
+    for r in pickle.loads(pickle.dumps([r for ranges in listed for r in ranges])):  # (as a worker gets them)
+        reads = {"read": r.read, "buffer": r.buffer, "records": lambda r=r: list(r.records()),
+                 "lines": lambda r=r: list(r.lines()), "open": lambda r=r: r.open().read()}
+        if r.parts > 1:
+            reads["bounds"] = r.bounds  # (a chunk's edges: read too)
+        for how, read in reads.items():
+            with pytest.raises(StoreError, match=r"/x changed since it was listed.*; list it again .* and read it again") as info:
+                read()
+            _is_changed(info, how)
+    # listed again, the new object reads whole
+    assert b"".join(r.read() for r in data.objects("sr/", chunk_size=40)) == replacement
+    assert b"".join(r.read() for r in objects(str(tmp_path / "files"), chunk_size=40)) == replacement
+
+
+def test_a_range_of_a_file_that_grew_since_it_was_listed_refuses_to_read_it(tmp_path):
+    """A file of the user's own, appended to after it was listed: its chunks' edges were found in
+    the longer file and the last chunk stopped at the old size. Said, as for a replaced one."""
+    (tmp_path / "log.txt").write_bytes(b"line\n" * 100)
+    ranges = objects(str(tmp_path / "log.txt"), chunk_size=100)
+    with open(tmp_path / "log.txt", "ab") as f:
+        f.write(b"more\n")
+    with pytest.raises(StoreError, match=r"log.txt changed since it was listed \(500 bytes then, 505 now\)") as info:
+        list(ranges[-1].records())
+    _is_changed(info)
+
+
 # --------------------------------------------------------------------------- text that is not UTF-8
 
 _LATIN1 = "hello\nworld\n".encode() + "café au lait\n".encode("latin-1") + "naïve\nend".encode("latin-1")
@@ -375,6 +476,13 @@ def test_lines_refuse_an_unknown_encoding_or_handler_before_reading(data):
         r.lines(errors="lenient")
     with pytest.raises(ConfigError, match="'hex' is not a text encoding"):
         r.lines(encoding="hex")  # a codec, but from bytes to bytes
+    # with raw=True too (they were taken and ignored): a misspelt name is said alike, whatever else is asked
+    for kwargs, match in ((dict(encoding="no-such-codec"), "unknown encoding: no-such-codec"),
+                          (dict(errors="nonsense"), "unknown error handler"), (dict(encoding="hex"), "not a text")):
+        with pytest.raises(ConfigError, match=match) as info:
+            r.lines(raw=True, **kwargs)
+        assert "\n" not in str(info.value)
+    assert list(r.lines(encoding="latin-1", errors="replace", raw=True)) == [b"x"]  # (valid names: bytes, as asked)
     for kwargs, match in ((dict(encoding=None), r"lines\(encoding=None\): must be a str"),
                           (dict(encoding=b"utf-8"), "encoding=b'utf-8'"), (dict(errors=None), "errors=None"),
                           (dict(raw="yes"), r"lines\(raw='yes'\): must be True")):
@@ -397,7 +505,29 @@ def test_lines_of_text_whose_newline_is_not_the_byte_read_whole_objects_as_a_str
     monkeypatch.setattr("wrenpack.storage.data._BLOCK", 3)  # characters cut by the reads' edges
     assert list(r.lines(encoding=encoding)) == want
     _write(data, "w/t.txt", text.encode(encoding))  # no newline at the end: the same lines
+    (r,) = data.objects("w/")  # (listed again: a range listed before refuses the object replaced since)
     assert list(r.lines(encoding=encoding)) == want
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5, 6, 100])
+def test_a_decode_error_after_a_byte_order_mark_names_the_byte_in_the_object(data, monkeypatch, chunk):
+    """utf-8-sig text with a BOM named the bad byte 3 bytes early (the BOM's length): its decoder
+    drops the BOM and counts from what follows. Read as one stream, in chunks, or as records."""
+    bom = b"\xef\xbb\xbf"
+    _write(data, "s/t.txt", bom + b"ab\xffcd\nok\n")
+    for ranges in (data.objects("s/", chunk_size=chunk), data.objects("s/", chunk_size=chunk, delimiter=b"|")):
+        with pytest.raises(wrenpack.TextDecodeError, match=r"t.txt: byte 5 \(b'\\xff'\) is not valid utf-8"):
+            for r in ranges:
+                list(r.lines(encoding="utf-8-sig"))
+    _write(data, "s/t.txt", bom + b"ab\n\xff\n")  # in the second record
+    with pytest.raises(wrenpack.TextDecodeError, match=r"byte 6 "):
+        list(data.objects("s/", delimiter=b"\n", record_size=None)[0].lines(encoding="utf-8-sig"))
+    monkeypatch.setattr("wrenpack.storage.data._LINES_BLOCK", 4)  # past the first block: right before too
+    with pytest.raises(wrenpack.TextDecodeError, match=r"byte 6 "):
+        list(data.objects("s/")[0].lines(encoding="utf-8-sig"))
+    _write(data, "s/t.txt", bom + b"a" * 10 + b"\xff\n")
+    with pytest.raises(wrenpack.TextDecodeError, match=r"byte 13 "):
+        list(data.objects("s/")[0].lines(encoding="utf-8-sig"))
 
 
 def test_a_decode_error_in_a_stream_names_the_byte_in_the_object(data, monkeypatch):

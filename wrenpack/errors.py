@@ -41,6 +41,11 @@ class ObjectNotFound(StoreError):
     """A key that should exist does not."""
 
 
+class ObjectChanged(StoreError):
+    """An object was replaced while it was read, or since it was listed (its size or
+    version differs): what was read would mix two versions, so nothing more is given."""
+
+
 class CorruptObject(StoreError):
     """An object exists but cannot be decoded."""
 

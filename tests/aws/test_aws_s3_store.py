@@ -207,3 +207,54 @@ def test_delete_prefix_aborts_the_uploads_left_unfinished_under_it(store, s3_ser
     assert store.delete_prefix("jobs/j1/") == 1
     assert unfinished() == {other}
     client.abort_multipart_upload(Bucket=bucket, Key=other_key, UploadId=other)
+
+
+def test_a_read_sees_one_version_of_an_object_replaced_meanwhile(store, monkeypatch):
+    """A stream (``store().open()``, an ``ObjectRange``) asked S3 for each block by key again: an
+    object replaced while it was read gave the old version's first blocks and the new one's rest,
+    with no error, and a range listed before a replacement read the new object cut at the old size.
+    The first response's ETag (or the listing's) now goes with every later GET as If-Match: a
+    replaced object is one line, and an unchanged one costs no request more than before."""
+    from wrenpack.storage.data import DataStore
+
+    monkeypatch.setattr("wrenpack.storage.data._BLOCK", 1024)
+    data = DataStore(store)
+    data.put("t/x", b"A" * 10_000)
+    sent: list[tuple[str, dict]] = []
+    for op in ("GetObject", "HeadObject"):
+        store.client.meta.events.register(f"provide-client-params.s3.{op}",
+                                          lambda params, _op=op, **kw: sent.append((_op, dict(params))))
+    with data.open("t/x") as f:
+        first = f.read(1000)
+        data.put("t/x", b"B" * 12_000)
+        with pytest.raises(StoreError, match=r"s3://.*/data/t/x changed while it was read.*: it was replaced; read it again") as info:
+            f.read()
+    assert type(info.value).__name__ == "ObjectChanged" and "\n" not in str(info.value)
+    assert first == b"A" * 1000
+    # unchanged: one HEAD (the size open() needs, as before) and one GET a block, each pinned to the version
+    sent.clear()
+    with data.open("t/x") as f:
+        assert b"".join(iter(lambda: f.read(1000), b"")) == b"B" * 12_000
+    asked = list(sent)
+    etag = store.client.head_object(Bucket=store.bucket, Key=store._key("data/t/x"))["ETag"]
+    assert [op for op, _ in asked] == ["HeadObject"] + ["GetObject"] * 12
+    assert all(params.get("IfMatch") == etag for _, params in asked[1:])  # (the HEAD found the version)
+    # a range listed before a replacement (of another size, or the same) is refused, not cut at the old size
+    for replacement in (b"C" * 5_000, b"D" * 12_000):
+        ranges = data.objects("t/", chunk_size=4000)
+        data.put("t/x", replacement)
+        for r in ranges:
+            for read in (r.read, lambda r=r: list(r.records())):
+                with pytest.raises(StoreError, match=r"/data/t/x changed since it was listed.*list it again") as info:
+                    read()
+                assert type(info.value).__name__ == "ObjectChanged"
+    assert b"".join(r.read() for r in data.objects("t/", chunk_size=4000)) == b"D" * 12_000
+
+
+def test_a_key_s3_cannot_hold_is_refused_before_s3_is_asked(store):
+    """A key with a lone surrogate (os.listdir's name for a file whose name is not UTF-8) failed on
+    S3 with a UnicodeEncodeError wrapped in "S3 failed to write", where a local store took it."""
+    from wrenpack.storage.data import DataStore
+
+    with pytest.raises(StoreError, match=r"invalid data key 'logs/a\\udcffb.txt': character 6 .* is a lone surrogate"):
+        DataStore(store).put("logs/a\udcffb.txt", b"1")

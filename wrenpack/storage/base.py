@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 from typing import Any, Iterable, Iterator
 
+from wrenpack.errors import ObjectChanged
+
 
 #: The most bytes in one '/'-separated part of a key: a local store keeps each part as a
 #: file name, and file systems hold names of at most 255 bytes (Linux's NAME_MAX). Keys of
@@ -43,6 +45,67 @@ def shown(text: str, chars: int = 40) -> str:
         return repr(text)
     cut = repr(text[:chars])
     return f"{cut[:-1]}...{cut[-1]}"
+
+
+def changed(where: str, *, listed: bool, why: str = "") -> ObjectChanged:
+    """The one-line error for an object read while, or after, it was replaced."""
+    if listed:
+        return ObjectChanged(f"{where} changed since it was listed{f' ({why})' if why else ''}: it was replaced; "
+                             "list it again (wrenpack.objects) and read it again")
+    return ObjectChanged(f"{where} changed while it was read{f' ({why})' if why else ''}: it was replaced; read it again")
+
+
+class Reader:
+    """Reads of one version of one object: every read sees the version the first saw,
+    or the one a listing saw (``size``, ``version``), or raises ``ObjectChanged``.
+
+    A stream read block by block (``open``, ``ObjectRange``) asked the store for each
+    block by key again, so an object replaced mid-read (a ``put`` is atomic, but only
+    per request) gave the old version's first blocks and the new one's rest, with no
+    error; a range listed before a replacement read the new object with the old size.
+    This default is what a store without versions can do: each read asks again, and
+    a listed ``size`` is taken as given (no check costs no request)."""
+
+    def __init__(self, store: "Store", key: str, size: int | None = None, version: str | None = None) -> None:
+        self.store, self.key = store, key
+        self._size = size
+        #: the version a listing gave, or (once read) the one the first read found; None if unknown
+        self.version = version
+
+    def size(self) -> int:
+        """The object's size (the listed one, or asked for once)."""
+        if self._size is None:
+            self._size = self.store.size(self.key)
+        return self._size
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` (fewer past the object's end)."""
+        if end <= start:
+            return b""
+        if self._size is not None:
+            end = min(end, self._size)
+        return self.store.get_range(self.key, start, end) if end > start else b""
+
+    def readinto(self, buf: Any, pos: int) -> int:
+        """Bytes from ``pos`` into ``buf`` (a writable buffer); how many (0 at the end)."""
+        data = self.read(pos, pos + len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def buffer(self, start: int, end: int) -> Any:
+        """``read`` as a read-only buffer: mapped where the store can (``get_range_buffer``)."""
+        if self._size is not None:
+            end = min(end, self._size)
+        return self.store.get_range_buffer(self.key, start, end) if end > start else b""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class Store(abc.ABC):
@@ -153,6 +216,18 @@ class Store(abc.ABC):
     def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
         """``(key, size)`` of every key under ``prefix``, sorted (for splitting objects into chunks)."""
         return [(key, self.size(key)) for key in self.list(prefix)]
+
+    def list_versions(self, prefix: str) -> list[tuple[str, int, str | None]]:
+        """``(key, size, version)`` of every key under ``prefix``, sorted: ``list_sizes``
+        with what ``reader`` checks a later read against (an S3 ETag; a local file's
+        identity), so a range listed before its object was replaced is not read in the
+        new one. None where the store cannot tell (this default)."""
+        return [(key, size, None) for key, size in self.list_sizes(prefix)]
+
+    def reader(self, key: str, size: int | None = None, version: str | None = None) -> Reader:
+        """A ``Reader`` of one version of ``key``: that of the listing (``size``,
+        ``version`` from ``list_versions``) if given, else the one its first read finds."""
+        return Reader(self, key, size, version)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url})"

@@ -28,7 +28,8 @@ from typing import Any, Iterator
 from wrenpack.errors import ConfigError, ConfigTypeError, ObjectNotFound, StoreError, TextDecodeError
 from wrenpack.limits import integral
 from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
-from wrenpack.storage.base import MAX_KEY_BYTES, MAX_PART_BYTES, key_bytes, long_part, shown
+from wrenpack.storage.base import MAX_KEY_BYTES, MAX_PART_BYTES, Reader, key_bytes, long_part, shown
+from wrenpack.storage.local import FileReader, file_version
 
 #: Where the user's objects live in wrenpack's store.
 USER_PREFIX = "data/"
@@ -120,6 +121,23 @@ class _Files(Store):
     def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
         return [(k, os.path.getsize(self._path(k))) for k in self.list(prefix)]
 
+    def list_versions(self, prefix: str) -> list[tuple[str, int, str | None]]:
+        out = []
+        for k in self.list(prefix):
+            try:
+                st = os.stat(self._path(k))
+            except FileNotFoundError:
+                continue  # (removed since the listing)
+            out.append((k, st.st_size, file_version(st)))
+        return out
+
+    def reader(self, key: str, size: int | None = None, version: str | None = None) -> Reader:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"file {self._path(key)} not found") from None
+        return FileReader(fd, f"file://{self._path(key)}", size, version)
+
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         raise StoreError(f"{self.url} is read-only here: write with wrenpack.store().put")
 
@@ -133,6 +151,18 @@ def _check_key(key: str) -> str:
     if "\0" in key:  # (a file name cannot hold one: the local store failed with a bare ValueError)
         raise StoreError(f"invalid data key {key!r}: a key cannot hold a NUL character ('\\0'); remove it")
     return key
+
+
+def _check_text(text: str, what: str) -> None:
+    """Refuse a key (or prefix) that is not text S3 can hold, on every store alike: a lone
+    surrogate ('\udcff', what ``os.listdir`` gives for a file name that is not UTF-8) is a file
+    name to a local store but cannot be sent to S3 (it failed there with a UnicodeEncodeError)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"invalid data {what} {shown(text)}: character {exc.start} ({text[exc.start]!r}) is a lone "
+                         "surrogate (what os.listdir gives for a file name that is not UTF-8), which an S3 key cannot "
+                         "hold; make the key valid text, e.g. urllib.parse.quote(os.fsencode(name))") from None
 
 
 class DataStore:
@@ -153,6 +183,7 @@ class DataStore:
 
     def _full(self, key: str) -> str:
         _check_key(key)
+        _check_text(key, "key")
         parts = key.split("/")
         if any(p in ("", ".") for p in parts):
             # (a local store would read 'a//b' as 'a/b', S3 as another key: refused alike)
@@ -221,33 +252,25 @@ class DataStore:
         if start is None and end is None:
             return self.store.get(self._full(key))
         full = self._full(key)
-        start, end = self._span(full, "get", start, end)
-        return self.store.get_range(full, start, end) if end > start else b""
+        start, end = _offsets("get", start, end)
+        with self.store.reader(full) as reader:  # (the size, if needed, and the bytes: of one version)
+            start, end = _span(reader, start, end)
+            return reader.read(start, end)
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> io.BufferedReader:
         """A binary stream over the object (or bytes ``[start, end)``, as ``get``
-        takes them), read in blocks as it is consumed."""
+        takes them), read in blocks as it is consumed: all of one version of it
+        (``ObjectChanged`` if it is replaced while it is read and the store cannot
+        keep the old one, as S3 cannot)."""
         full = self._full(key)
-        start, end = self._span(full, "open", start, end)
-        return _stream(self.store, full, start, max(start, end))
-
-    def _span(self, full: str, what: str, start: Any, end: Any) -> tuple[int, int]:
-        """``[start, end)`` as offsets in the object, as a slice's are resolved: None
-        is its start or end, a negative offset counts from its end, and both are
-        clamped to it. The size is asked for only when it is needed."""
-        offsets = []
-        for name, value in (("start", start), ("end", end)):
-            offset = None if value is None else integral(value)
-            if value is not None and offset is None:
-                raise ConfigTypeError(f"{what}(start={start!r}, end={end!r}): {name} must be a byte offset (a whole "
-                                      "number, negative from the end) or None")
-            offsets.append(offset)
-        start, end = offsets
-        size: int | None = None
-        if end is None or (start or 0) < 0 or end < 0:
-            size = self.store.size(full)
-        start, end = slice(start, end).indices(size)[:2] if size is not None else (start or 0, end)
-        return start, end
+        start, end = _offsets("open", start, end)
+        reader = self.store.reader(full)
+        try:
+            start, end = _span(reader, start, end)
+        except BaseException:
+            reader.close()
+            raise
+        return _stream(reader, start, max(start, end))
 
     def size(self, key: str) -> int:
         return self.store.size(self._full(key))
@@ -257,6 +280,7 @@ class DataStore:
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (relative to this handle), sorted."""
+        _check_text(prefix, "prefix")
         n = len(self.prefix)
         return [k[n:] for k in self.store.list(self.prefix + prefix)]
 
@@ -267,14 +291,42 @@ class DataStore:
         """Remove every key under ``prefix``; returns how many."""
         if prefix:
             _check_key(prefix)
+            _check_text(prefix, "prefix")
         return self.store.delete_prefix(self.prefix + prefix)
 
     def objects(self, prefix: str = "", *, chunk_size: int | None = None, delimiter: bytes | None = b"\n",
                 record_size: int | None = None) -> list["ObjectRange"]:
         """``wrenpack.objects`` over this handle's keys under ``prefix``."""
-        found = [(k, s) for k, s in self.store.list_sizes(self.prefix + prefix)]
+        _check_text(prefix, "prefix")
+        found = self.store.list_versions(self.prefix + prefix)
         return _ranges(self.store.spec, found, chunk_size, delimiter, record_size, source=self.url(prefix),
                        prefix=self.prefix)
+
+
+def _offsets(what: str, start: Any, end: Any) -> tuple[int | None, int | None]:
+    """``start`` and ``end`` as whole numbers (or None); ``ConfigTypeError`` for anything else."""
+    offsets = []
+    for name, value in (("start", start), ("end", end)):
+        offset = None if value is None else integral(value)
+        if value is not None and offset is None:
+            raise ConfigTypeError(f"{what}(start={start!r}, end={end!r}): {name} must be a byte offset (a whole "
+                                  "number, negative from the end) or None")
+        offsets.append(offset)
+    return offsets[0], offsets[1]
+
+
+#: an end offset past any object (S3's largest is 5 TiB): clamped to the object's size, not sent on
+#: (``data[0:10**30]`` is the whole object; the local store's read of that many bytes overflowed)
+_FAR = 1 << 60
+
+
+def _span(reader: Reader, start: int | None, end: int | None) -> tuple[int, int]:
+    """``[start, end)`` as offsets in the object, as a slice's are resolved: None
+    is its start or end, a negative offset counts from its end, and both are
+    clamped to it. The size is asked for only when it is needed."""
+    if end is None or (start or 0) < 0 or end < 0 or end >= _FAR or (start or 0) >= _FAR:
+        return slice(start, end).indices(reader.size())[:2]
+    return start or 0, end
 
 
 def _reopen(spec: dict[str, Any], prefix: str) -> DataStore:
@@ -331,6 +383,9 @@ class ObjectRange:
     #: what the store puts before ``key`` (``data/`` for ``wrenpack.store()``'s objects, whose
     #: ``key`` is the one ``put`` was given and ``get`` takes)
     prefix: str = ""
+    #: the object's version when it was listed (an S3 ETag, a local file's identity; None if the store
+    #: has none): a read checks it, with ``size``, so a range never reads an object replaced since
+    version: str | None = None
     _bounds: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -357,36 +412,48 @@ class ObjectRange:
     def _store(self) -> Store:
         return _open(self.spec)
 
-    def bounds(self) -> tuple[int, int]:
+    def _reader(self) -> Reader:
+        """A reader of the version listed: the object as it was when this range was
+        made, or ``ObjectChanged`` (its edges, its size, its records: all of that one)."""
+        return self._store().reader(self.stored_key, self.size, self.version)
+
+    def bounds(self, reader: Reader | None = None) -> tuple[int, int]:
         """The byte range of the whole records this range owns."""
         if self._bounds is None:
             if self.parts == 1 or self.record_size is not None or not self.delimiter:
                 self._bounds = (self.start, self.end)
+            elif reader is None:
+                with self._reader() as own:
+                    return self.bounds(own)
             else:
-                store = self._store()
-                a = _record_start(store, self.stored_key, self.start, self.size, self.delimiter)
-                b = a if a >= self.end else _record_start(store, self.stored_key, self.end, self.size, self.delimiter)
+                a = _record_start(reader, self.start, self.size, self.delimiter)
+                b = a if a >= self.end else _record_start(reader, self.end, self.size, self.delimiter)
                 self._bounds = (a, max(a, b))
         return self._bounds
 
     def read(self) -> bytes:
         """The range's bytes (whole records only)."""
-        a, b = self.bounds()
-        if a == 0 and b == self.size and self.parts == 1:
-            return self._store().get(self.stored_key)
-        return self._store().get_range(self.stored_key, a, b)
+        with self._reader() as reader:
+            a, b = self.bounds(reader)
+            return reader.read(a, b)
 
     def buffer(self) -> Any:
         """The range's bytes (whole records only) as a read-only buffer: on the local
         store the object's file mapped, nothing copied (``numpy.frombuffer`` of it
         reads the store's pages); elsewhere the bytes ``read`` returns."""
-        a, b = self.bounds()
-        return self._store().get_range_buffer(self.stored_key, a, b)
+        with self._reader() as reader:
+            a, b = self.bounds(reader)
+            return reader.buffer(a, b)
 
     def open(self) -> io.BufferedReader:
         """A binary stream over the range, read in blocks as it is consumed."""
-        a, b = self.bounds()
-        return _stream(self._store(), self.stored_key, a, b)
+        reader = self._reader()
+        try:
+            a, b = self.bounds(reader)
+        except BaseException:
+            reader.close()
+            raise
+        return _stream(reader, a, b)
 
     def records(self) -> Iterator[bytes]:
         """The range's records as bytes, without their delimiter (the last one may lack it)."""
@@ -449,9 +516,7 @@ class ObjectRange:
             if not isinstance(value, str):
                 raise ConfigTypeError(f"lines({name}={value!r}): must be a str, e.g. encoding=\"latin-1\", "
                                       "errors=\"replace\"")
-        if raw:
-            return self.records()
-        try:
+        try:  # (checked with raw=True too: the names are the caller's, and a misspelt one is said alike)
             if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):  # (how bytes.decode tells them)
                 raise LookupError(f"{encoding!r} is not a text encoding (bytes.decode refuses it)")
             codecs.lookup_error(errors)
@@ -460,6 +525,8 @@ class ObjectRange:
             raise ConfigError(f"lines(encoding={encoding!r}, errors={errors!r}): {exc}; give a Python codec name "
                               "(\"utf-8\", \"latin-1\", ...) and an error handler (\"strict\", \"replace\", \"ignore\", "
                               "\"surrogateescape\")") from None
+        if raw:
+            return self.records()
         whole = self.parts == 1 and self.record_size is None and self.delimiter in (b"\n", None)
         if codecs.lookup(encoding).name in _SHIFT_STATE_CODECS and not whole:
             cut = (f"this range is part {self.part + 1} of {self.parts} of the object" if self.parts > 1 else
@@ -497,17 +564,17 @@ class ObjectRange:
         read once; a character cut by a read's edge joined), split at newlines,
         each without its ``\\r\\n`` or ``\\n``. A block at a time, in C: a
         strict decode stops at the block holding the first bad byte."""
-        at = self.bounds()[0]  # the offset in the object of the next block read
-        decoder = codecs.getincrementaldecoder(_past_start(encoding, at))(errors)
         rest = ""
         with self.open() as f:
+            at = self.bounds()[0]  # the offset in the object of the next block read (open found it)
+            decoder = codecs.getincrementaldecoder(_past_start(encoding, at))(errors)
             while True:
                 block = f.read(_LINES_BLOCK)
                 held = decoder.getstate()[0]  # bytes of a character the last block ended inside
                 try:
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as exc:
-                    raise _decode_error(self, exc, at - len(held)) from None
+                    raise _decode_error(self, exc, at - len(held) + _skipped(held + block, exc)) from None
                 except UnicodeError as exc:  # (UTF-16/32 without a byte order mark: the stream decoder's own)
                     raise _stream_error(self, exc, encoding, bytes(block[:4]), at) from None
                 at += len(block)
@@ -532,7 +599,7 @@ class ObjectRange:
             try:
                 text = rec.decode(_past_start(encoding, at), errors)
             except UnicodeDecodeError as exc:
-                raise _decode_error(self, exc, at) from None
+                raise _decode_error(self, exc, at + _skipped(rec, exc)) from None
             yield text
             at += len(rec) + gap
 
@@ -581,6 +648,16 @@ def _char_bytes(char: str, encoding: str) -> bytes | None:
         return None
 
 
+def _skipped(data: bytes, exc: UnicodeDecodeError) -> int:
+    """How many of ``data``'s first bytes the decoder that failed on it did not give
+    the error's offsets from: "utf-8-sig" drops a byte order mark and decodes the
+    rest, whose offsets ``exc.start`` counts (so the bad byte was named 3 bytes early)."""
+    skipped = len(data) - len(exc.object)
+    if 0 < skipped <= len(data) and data[skipped:] == exc.object:
+        return skipped
+    return 0
+
+
 def _decode_error(r: ObjectRange, exc: UnicodeDecodeError, at: int) -> TextDecodeError:
     """The one-line error for a record that did not decode (``at``: its offset)."""
     bad = exc.object[exc.start : exc.end]
@@ -603,7 +680,7 @@ def _stream_error(r: ObjectRange, exc: UnicodeError, encoding: str, first: bytes
     return TextDecodeError(message, encoding, first, 0, len(first), str(exc))
 
 
-def _record_start(store: Store, key: str, x: int, size: int, delim: bytes) -> int:
+def _record_start(reader: Reader, x: int, size: int, delim: bytes) -> int:
     """The first record start at or after ``x``: 0, or just after a delimiter byte.
 
     Each read is twice the last (from 64 KB up to a read-ahead block), so a
@@ -616,7 +693,7 @@ def _record_start(store: Store, key: str, x: int, size: int, delim: bytes) -> in
     pos = x - 1  # a delimiter just before x makes x itself a record start
     step = _SCAN
     while pos < size:
-        window = store.get_range(key, pos, min(size, pos + step))
+        window = reader.read(pos, min(size, pos + step))
         if not window:
             break
         i = window.find(delim)
@@ -628,8 +705,10 @@ def _record_start(store: Store, key: str, x: int, size: int, delim: bytes) -> in
 
 
 class _RangeReader(io.RawIOBase):
-    def __init__(self, store: Store, key: str, start: int, end: int) -> None:
-        self._store, self._key, self._pos, self._end = store, key, start, end
+    """Bytes ``[start, end)`` of one ``Reader`` (one version of the object), closed with it."""
+
+    def __init__(self, reader: Reader, start: int, end: int) -> None:
+        self._reader, self._pos, self._end = reader, start, end
 
     def readable(self) -> bool:
         return True
@@ -638,20 +717,30 @@ class _RangeReader(io.RawIOBase):
         n = min(len(buf), self._end - self._pos)
         if n <= 0:
             return 0
-        data = self._store.get_range(self._key, self._pos, self._pos + n)
-        got = len(data)
-        buf[:got] = data
+        got = self._reader.readinto(memoryview(buf)[:n], self._pos)
         self._pos += got
         return got
 
+    def readall(self) -> bytes:
+        """The rest in one read (``RawIOBase``'s reads 8 KB at a time)."""
+        data = self._reader.read(self._pos, self._end) if self._end > self._pos else b""
+        self._pos += len(data)
+        return data
 
-def _stream(store: Store, key: str, start: int, end: int) -> io.BufferedReader:
-    return io.BufferedReader(_RangeReader(store, key, start, end), buffer_size=_BLOCK)
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        finally:
+            super().close()
 
 
-def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int | None, delimiter: bytes | None,
-            record_size: int | None, source: str, prefix: str = "") -> list[ObjectRange]:
-    """The ranges of the objects ``found`` (their stored keys, each under ``prefix``, and sizes)."""
+def _stream(reader: Reader, start: int, end: int) -> io.BufferedReader:
+    return io.BufferedReader(_RangeReader(reader, start, end), buffer_size=_BLOCK)
+
+
+def _ranges(spec: dict[str, Any], found: list[tuple[str, int, str | None]], chunk_size: int | None,
+            delimiter: bytes | None, record_size: int | None, source: str, prefix: str = "") -> list[ObjectRange]:
+    """The ranges of the objects ``found`` (their stored keys, each under ``prefix``, sizes and versions)."""
     # (any whole-number type, numpy's too, as range() takes one: limits.integral; not True, a float or text)
     if chunk_size is not None:
         given, chunk_size = chunk_size, integral(chunk_size)
@@ -674,10 +763,10 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
     if step is not None and record_size is not None:
         step = max(record_size, step // record_size * record_size)
     out: list[ObjectRange] = []
-    for stored, size in found:
+    for stored, size, version in found:
         key = stored[len(prefix):]
         if step is None or size <= step:
-            out.append(ObjectRange(spec, key, 0, size, size, delimiter, record_size, prefix=prefix))
+            out.append(ObjectRange(spec, key, 0, size, size, delimiter, record_size, prefix=prefix, version=version))
             continue
         edges = list(range(0, size, step))
         if record_size is not None and size - edges[-1] < record_size and len(edges) > 1:
@@ -685,7 +774,8 @@ def _ranges(spec: dict[str, Any], found: list[tuple[str, int]], chunk_size: int 
         edges.append(size)
         parts = len(edges) - 1
         for i in range(parts):
-            out.append(ObjectRange(spec, key, edges[i], edges[i + 1], size, delimiter, record_size, i, parts, prefix))
+            out.append(ObjectRange(spec, key, edges[i], edges[i + 1], size, delimiter, record_size, i, parts, prefix,
+                                   version))
     return out
 
 
@@ -719,16 +809,17 @@ def objects(source: "str | os.PathLike[str] | DataStore", *, chunk_size: int | N
             config = current()
         s3 = S3Store(parsed["bucket"], "", region=config.aws_region, endpoint_url=config.s3_endpoint_url,
                      profile=config.aws_profile)
-        found = [(k, s) for k, s in s3.list_sizes(prefix) if not k.endswith("/")]
-        exact = [(k, s) for k, s in found if k == prefix]
+        found = [item for item in s3.list_versions(prefix) if not item[0].endswith("/")]
+        exact = [item for item in found if item[0] == prefix]
         return _ranges(s3.spec, exact or found, chunk_size, delimiter, record_size, source)
     if "://" in source and not source.startswith("file://"):
         raise ConfigError(f"unsupported source {source!r}; use s3://bucket/prefix, a path, or wrenpack.store()")
     path = os.path.abspath(os.path.expanduser(source[7:] if source.startswith("file://") else source))
     if os.path.isfile(path):
-        root, found = os.path.dirname(path), [(os.path.basename(path), os.path.getsize(path))]
+        st = os.stat(path)
+        root, found = os.path.dirname(path), [(os.path.basename(path), st.st_size, file_version(st))]
     elif os.path.isdir(path):
-        root, found = path, _Files(path).list_sizes("")
+        root, found = path, _Files(path).list_versions("")
     else:
         raise StoreError(f"{source} does not exist; give an existing file or directory, or an s3:// URL")
     return _ranges({"type": "files", "root": root}, found, chunk_size, delimiter, record_size, source)

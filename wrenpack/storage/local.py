@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator
 
 from wrenpack import process_state
 from wrenpack.errors import CorruptObject, ObjectNotFound, StoreError
-from wrenpack.storage.base import MAX_PART_BYTES, Store, long_part, shown
+from wrenpack.storage.base import MAX_PART_BYTES, Reader, Store, changed, long_part, shown
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: (``O_NONBLOCK``: opening a FIFO someone planted at a key would otherwise wait for a writer for ever;
@@ -191,16 +191,20 @@ class LocalStore(Store):
         starts at the page below ``start``; nothing is copied; as ``get_buffer``)."""
         fd = self._open(key)
         try:
-            end = min(end, os.fstat(fd).st_size)
-            if end <= start:
-                return b""
-            base = start - start % mmap.ALLOCATIONGRANULARITY
-            mapped = mmap.mmap(fd, end - base, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=base)
-            return memoryview(mapped)[start - base :]
+            return self._map(fd, key, start, min(end, os.fstat(fd).st_size))
         except OSError as exc:
             raise StoreError(f"cannot read {key} from {self.url}: {_reason(exc)}") from None
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _map(fd: int, key: str, start: int, end: int) -> Any:
+        """Bytes ``[start, end)`` of the file ``fd`` (``end`` within it), mapped read-only."""
+        if end <= start:
+            return b""
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(fd, end - base, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=base)
+        return memoryview(mapped)[start - base :]
 
     def release_range(self, key: str, start: int, end: int) -> int:
         """Give back the memory of bytes ``[start, end)`` of an object whose only reader
@@ -347,12 +351,18 @@ class LocalStore(Store):
         return st.st_size
 
     def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
+        return [(key, size) for key, size, _version in self.list_versions(prefix)]
+
+    def list_versions(self, prefix: str) -> list[tuple[str, int, str | None]]:
         out = []
         for key in self.list(prefix):
             st = self._stat(key)
             if st is not None:  # (else removed since the listing)
-                out.append((key, st.st_size))
+                out.append((key, st.st_size, file_version(st)))
         return out
+
+    def reader(self, key: str, size: int | None = None, version: str | None = None) -> Reader:
+        return FileReader(self._open(key), f"{self.url}/{key}", size, version)
 
     def _walk(self, directory: str, topdown: bool = True) -> Iterator[tuple[str, list[str], list[str], int]]:
         """``os.fwalk`` of ``directory`` (a key prefix's folder, "" for the root),
@@ -497,6 +507,96 @@ class LocalStore(Store):
                     break  # not empty (or gone): what is above it holds something too
                 parts.pop()
         return removed
+
+
+def file_version(st: os.stat_result) -> str:
+    """A file's identity, as a listing records it and a reader checks it: a ``put``
+    writes a new file (another inode) and renames it in; a file rewritten in place
+    (someone's own, ``objects("/path")``) gets a new modification time."""
+    return f"{st.st_ino}-{st.st_mtime_ns}"
+
+
+class FileReader(Reader):
+    """Reads of one open file: the version it opened, whatever is renamed over its
+    name meanwhile (an atomic ``put``), each read one ``pread`` (no open per block).
+    A file that differs from what a listing saw, or that shrinks while it is read
+    (rewritten in place: never by wrenpack), raises ``ObjectChanged``."""
+
+    def __init__(self, fd: int, where: str, size: int | None = None, version: str | None = None) -> None:
+        self._fd: int | None = fd
+        self._where = where
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            self.close()
+            raise
+        now = file_version(st)
+        if (version is not None and version != now) or (size is not None and size != st.st_size):
+            self.close()
+            why = f"{size} bytes then, {st.st_size} now" if size is not None and size != st.st_size else ""
+            raise changed(where, listed=True, why=why)
+        self._size, self.version = st.st_size, now
+
+    def size(self) -> int:
+        return self._size  # type: ignore[return-value]
+
+    def _file(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"read of {self._where} after it was closed")
+        return self._fd
+
+    def read(self, start: int, end: int) -> bytes:
+        end = min(end, self._size)  # type: ignore[type-var]
+        if end <= start:
+            return b""
+        data = os.pread(self._file(), end - start, start)
+        if len(data) < end - start:  # (a regular file gives all of a pread within its size, unless it shrank)
+            data += self._rest(start + len(data), end)
+        return data
+
+    def readinto(self, buf: Any, pos: int) -> int:
+        view = memoryview(buf).cast("B")
+        n = min(len(view), self._size - pos)  # type: ignore[operator]
+        if n <= 0:
+            return 0
+        got = os.preadv(self._file(), [view[:n]], pos) if _PREADV else self._copy(view, pos, n)
+        if got < n:
+            more = self._rest(pos + got, pos + n)
+            view[got:n] = more
+        return n
+
+    def _copy(self, view: memoryview, pos: int, n: int) -> int:
+        data = os.pread(self._file(), n, pos)
+        view[: len(data)] = data
+        return len(data)
+
+    def _rest(self, start: int, end: int) -> bytes:
+        """The bytes a short read left, read again; ``ObjectChanged`` if the file ends early."""
+        out = b""
+        while start + len(out) < end:
+            more = os.pread(self._file(), end - start - len(out), start + len(out))
+            if not more:
+                raise changed(self._where, listed=False, why=f"it was {self._size} bytes, now it ends at {start + len(out)}")
+            out += more
+        return out
+
+    def buffer(self, start: int, end: int) -> Any:
+        return LocalStore._map(self._file(), self._where, start, min(end, self._size))  # type: ignore[type-var]
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:  # (a reader dropped unclosed: its descriptor goes with it)
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit, os may be gone already
+            pass
+
+
+#: ``os.preadv`` reads straight into a stream's buffer (Linux, the BSDs); elsewhere ``pread`` and a copy
+_PREADV = hasattr(os, "preadv")
 
 
 def _writer_pid(name: str) -> int | None:

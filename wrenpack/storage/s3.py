@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
-from wrenpack.storage.base import MAX_KEY_BYTES, Store, key_bytes, shown
+from wrenpack.storage.base import MAX_KEY_BYTES, Reader, Store, changed, key_bytes, shown
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,10 @@ class S3Store(Store):
             raise self._error(exc, "check", key) from None
 
     def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
-        # The listing carries each object's size: no HEAD per object.
+        return [(key, size) for key, size, _etag in self.list_versions(prefix)]
+
+    def list_versions(self, prefix: str) -> list[tuple[str, int, str | None]]:
+        # The listing carries each object's size and ETag: no HEAD per object.
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         out = []
         try:
@@ -405,10 +408,14 @@ class S3Store(Store):
                 Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
             )
             for page in pages:
-                out.extend((self._rel(obj["Key"]), int(obj["Size"])) for obj in page.get("Contents", ()))
+                out.extend((self._rel(obj["Key"]), int(obj["Size"]), obj.get("ETag") or None)
+                           for obj in page.get("Contents", ()))
         except Exception as exc:
             raise self._error(exc, "list", prefix or None) from None
         return sorted(out)
+
+    def reader(self, key: str, size: int | None = None, version: str | None = None) -> Reader:
+        return S3Reader(self, key, size, version)
 
     def iter_list(self, prefix: str, start_after: str | None = None):  # type: ignore[override]
         """Keys under ``prefix``; ``start_after`` resumes a listing after a key
@@ -515,6 +522,80 @@ class S3Store(Store):
         except Exception as exc:
             raise self._error(exc, "list", prefix or None) from None
         return sorted(out)
+
+
+class S3Reader(Reader):
+    """Ranged GETs of one version of an object: the ETag a listing gave, or the one
+    the first response carries, goes with every later GET as ``If-Match``, so S3
+    answers 412 rather than another version's bytes (no request more than before:
+    one header). A server that ignores ``If-Match`` is caught by the ETag and total
+    size each response carries. Either way: ``ObjectChanged``."""
+
+    def __init__(self, store: "S3Store", key: str, size: int | None = None, version: str | None = None) -> None:
+        super().__init__(store, key, size, version)
+        self._s3 = store
+        self._full = store._key(key)
+        self._listed = size is not None or version is not None
+        self._seen = False  # (a response came: a later mismatch is a change while reading, not since listing)
+
+    def _changed(self, why: str = "") -> Exception:
+        return changed(f"s3://{self._s3.bucket}/{self._full}", listed=self._listed and not self._seen, why=why)
+
+    def _check(self, resp: dict[str, Any], total: int | None) -> None:
+        etag = resp.get("ETag") or None
+        if self.version is None:
+            self.version = etag
+        elif etag is not None and etag.strip('"') != self.version.strip('"'):
+            raise self._changed(f"ETag {etag}, was {self.version}")
+        if total is not None:
+            if self._size is None:
+                self._size = total
+            elif total != self._size:
+                raise self._changed(f"{self._size} bytes then, {total} now")
+        self._seen = True
+
+    def _call(self, op: str, **kw: Any) -> dict[str, Any]:
+        if self.version is not None:  # (quoted, as HTTP has it: some servers list ETags without the quotes)
+            kw["IfMatch"] = f'"{self.version.strip(chr(34))}"'
+        try:
+            return getattr(self._s3.client, op)(Bucket=self._s3.bucket, Key=self._full, **kw)
+        except Exception as exc:
+            code = _code(exc)
+            if code in ("PreconditionFailed", "412"):
+                raise self._changed() from None
+            if code in _NOT_FOUND:
+                raise ObjectNotFound(f"object {self.key!r} not found in {self._s3.url}") from None
+            if code in ("InvalidRange", "416"):
+                raise _PastEnd from None
+            raise self._s3._error(exc, "read", self.key) from None
+
+    def size(self) -> int:
+        if self._size is None:
+            resp = self._call("head_object")
+            self._check(resp, int(resp["ContentLength"]))
+        return self._size  # type: ignore[return-value]
+
+    def read(self, start: int, end: int) -> bytes:
+        if self._size is not None:
+            end = min(end, self._size)
+        if end <= start:
+            return b""
+        try:
+            resp = self._call("get_object", Range=f"bytes={start}-{end - 1}")
+        except _PastEnd:
+            if self._size is not None:  # (within the size known: the object is shorter now)
+                raise self._changed(f"{self._size} bytes then, fewer than {start + 1} now") from None
+            return b""
+        total = resp.get("ContentRange", "").rpartition("/")[2]
+        self._check(resp, int(total) if total.isdigit() else None)
+        try:
+            return resp["Body"].read()
+        except Exception as exc:
+            raise self._s3._error(exc, "read", self.key) from None
+
+
+class _PastEnd(Exception):
+    """A ranged GET that begins at or past the object's end (416): no bytes."""
 
 
 def _fast_timestamps(made: Any) -> Any:
