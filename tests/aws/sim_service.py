@@ -542,8 +542,11 @@ class SimS3:
                             seen.add(cp)
                             common.append(f"<CommonPrefixes><Prefix>{escape(cp)}</Prefix></CommonPrefixes>")
                         continue
+                with self._lock:  # (the object's own ETag, as S3 lists it: a reader checks ranges against it)
+                    data = self._bucket(bucket).data.get(k)
+                etag = _etag(data) if data is not None else '"0"'
                 contents.append(f"<Contents><Key>{escape(k)}</Key><LastModified>{_iso()}</LastModified>"
-                                f"<ETag>&quot;0&quot;</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>")
+                                f"<ETag>{escape(etag)}</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>")
             nxt = ""
             if truncated:
                 nxt = f"<NextContinuationToken>{base64.urlsafe_b64encode(found[-1][0].encode()).decode()}</NextContinuationToken>"

@@ -78,6 +78,9 @@ def test_sim_s3_slows_down_beyond_a_prefix_rate(fake_credentials):
         listed = s3.list_objects_v2(Bucket="simbucket", Prefix="a/", StartAfter="a/298", MaxKeys=20)
         stored = sorted(f"a/{i}" for i, code in enumerate(codes) if code == 200)
         assert [o["Key"] for o in listed["Contents"]] == [k for k in stored if k > "a/298"][:20]
+        # (each listed with its own ETag, as S3 lists it: a listed range's reads are checked against it)
+        head = s3.head_object(Bucket="simbucket", Key=listed["Contents"][0]["Key"])
+        assert listed["Contents"][0]["ETag"] == head["ETag"] != '"0"'
 
 
 def test_sim_lambda_throttles_sync_calls_beyond_concurrency(fake_credentials):
