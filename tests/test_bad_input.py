@@ -586,3 +586,117 @@ def test_map_keywords_the_function_does_not_take_are_one_line_before_launch(remo
         assert "\n" not in str(info.value)
     assert wrenpack.get(f.map([1, 2], y=10)) == [11, 12]  # what it takes still goes to each call
     assert wrenpack.get(remote(keywords_of).map([1], anything=1)) == [["anything"]]  # (**kw takes any)
+
+
+def _no_launch(*args, **kwargs):
+    raise AssertionError("launched: the call should have been refused before launch")
+
+
+def _keyword_only(x, /, y=2, *, z):
+    return x + y + z
+
+
+class _Unreadable:
+    """A callable whose signature cannot be read (``inspect.signature`` raises)."""
+
+    __signature__ = "not a signature"
+
+    def __call__(self, *args, **kwargs):
+        return len(args) + len(kwargs)
+
+
+@pytest.mark.parametrize("launch,match", [
+    (lambda f: f.remote(1, 2, 3), r"remote\(\): the call does not fit add_y\(x, y=1\): too many positional arguments; "
+                               r"nothing was launched"),
+    (lambda f: f.remote(), r"remote\(\): the call does not fit add_y\(x, y=1\): missing a required argument: 'x'"),
+    (lambda f: f.remote(1, z=3), r"remote\(\): .*unexpected keyword argument 'z' \(add_y takes: x, y\)"),
+    (lambda f: f.remote(1, yy=3), r"unexpected keyword argument 'yy' \(did you mean y=\? add_y takes: x, y\)"),
+    (lambda f: f.remote(1, x=3), r"remote\(\): .*multiple values for argument 'x'"),
+    (lambda f: f.remote(1, memory=2048), r"every keyword goes to the function; options go to f\.options\(memory=\.\.\.\)"),
+    (lambda f: f.options(timeout=30).remote(1, 2, 3), r"remote\(\): the call does not fit add_y\(x, y=1\): too many"),
+    (lambda f: f.starmap([(1,), (1, 2), (1, 2, 3), (4,)]),
+     r"starmap\(\): items\[2\] does not fit add_y\(x, y=1\): too many positional arguments; nothing was launched"),
+    (lambda f: f.starmap([(1,), ()]), r"starmap\(\): items\[1\] does not fit .*missing a required argument: 'x'"),
+    (lambda f: f.starmap(iter([[1, 2], [3, 4, 5]])), r"starmap\(\): items\[1\] does not fit"),
+    (lambda f: f.starmap([(1,), (2,)], x=1), r"starmap\(\): items\[0\] does not fit .*multiple values for argument 'x'"),
+    (lambda f: f.map([1, 2], x=1), r"map\(\): items\[0\] does not fit .*multiple values for argument 'x'"),
+])
+def test_remote_and_starmap_arguments_the_function_cannot_take_are_refused_before_launch(remote, monkeypatch, launch,
+                                                                                         match):
+    """``f.remote(1, 2, 3)``, ``f.remote()``, ``f.remote(1, z=3)`` and ``f.starmap([(1, 2, 3)])``
+    launched, and each call failed in its worker with TypeError, where ``f.map([1], z=3)``
+    and ``f.spawn(1, 2, 3)`` were refused before launch: now one line each, and a bad
+    starmap item (named by its index) launches none of the others."""
+    f = remote(add_y)
+    monkeypatch.setattr("wrenpack.remote_function.launch_calls", _no_launch)
+    with pytest.raises(ConfigTypeError, match=match) as info:
+        launch(f)
+    assert isinstance(info.value, TypeError)  # (as the call itself would have raised)
+    _one_line(info.value)
+
+
+def test_map_of_a_function_that_cannot_take_one_item_is_refused_before_launch(remote, monkeypatch):
+    """``f.map(xs)`` calls ``f(item)``: a function of two arguments (or a required
+    keyword) failed every call in its worker."""
+    monkeypatch.setattr("wrenpack.remote_function.launch_calls", _no_launch)
+    with pytest.raises(ConfigTypeError, match=r"map\(\): items\[0\] does not fit _keyword_only\(x, /, y=2, \*, z\): "
+                                              r"missing a required argument: 'z' \(map\(\) calls it as fn\(item, "
+                                              r"\*\*keywords\) for each item; for tuples of arguments use starmap\(\)\)") as info:
+        remote(_keyword_only).map([1, 2])
+    _one_line(info.value)
+    with pytest.raises(ConfigTypeError, match=r"map\(\): items\[0\] does not fit .*missing a required argument: 'y'"):
+        remote(lambda x, y: x + y).map(range(3))
+
+
+def test_calls_that_fit_still_run_and_unreadable_signatures_are_not_checked(remote, executor):
+    """What the function takes still launches (by position, by keyword, its own
+    defaults); a function whose signature cannot be read (a builtin, a callable with
+    a broken ``__signature__``) or that takes ``*args``/``**kwargs`` is left to its calls."""
+    f = remote(add_y)
+    assert f.remote(1).result(timeout=60) == 2
+    assert f.remote(x=1, y=5).result(timeout=60) == 6
+    assert f.options(timeout=30).remote(2, 3).result(timeout=60) == 5
+    assert wrenpack.get(f.starmap([(1,), (1, 2)])) == [2, 3]
+    assert remote(_keyword_only).remote(1, z=3).result(timeout=60) == 6
+    assert remote(keywords_of).remote(1, a=1, b=2).result(timeout=60) == ["a", "b"]
+    assert remote(max).remote(3, 9, 4).result(timeout=60) == 9  # (no signature: not checked)
+    assert wrenpack.get(remote(divmod).starmap([(7, 2), (9, 4)])) == [(3, 1), (2, 1)]
+    assert remote(_Unreadable()).remote(1, 2, k=3).result(timeout=60) == 3
+    with pytest.raises(TypeError):  # (not checked: its own error, from the call)
+        remote(max).remote().result(timeout=60)
+    # Executor.submit and Executor.map stay as concurrent.futures has them: the error is the future's
+    fut = executor.submit(add_y, 1, 2, 3)
+    with pytest.raises(TypeError, match="positional argument"):
+        fut.result(timeout=60)
+
+
+def test_the_quick_test_of_a_call_never_passes_what_bind_refuses():
+    """``Shape.fits`` (the warm path's test, no ``bind``) may only say yes where
+    ``Signature.bind`` does; where it says no, ``bind`` decides."""
+    import functools
+    import inspect
+    import itertools
+
+    from wrenpack.executor.arguments import Shape
+
+    def kinds(a, b, /, c, d=1, *args, e, f=2, **kw):
+        pass
+
+    def plain(a, b=1, *, c):
+        pass
+
+    names = ["a", "b", "c", "d", "e", "f", "kw", "args", "z"]
+    for fn in (add_y, square, _keyword_only, keywords_of, kinds, plain, lambda: 0, lambda *a: 0,
+               functools.partial(add_y, y=3), functools.partial(kinds, 1), divmod):
+        signature = inspect.signature(fn, follow_wrapped=False)
+        shape = Shape(fn, signature)
+        for n, k in itertools.product(range(5), range(3)):
+            for keywords in itertools.combinations(names + ["x", "y"], k):
+                args, kwargs = tuple(range(n)), dict.fromkeys(keywords, 0)
+                try:
+                    signature.bind(*args, **kwargs)
+                    fits = True
+                except TypeError:
+                    fits = False
+                assert fits or not shape.fits(args, kwargs), (fn, args, kwargs)
+                assert (shape.why_not(args, kwargs) is None) == fits, (fn, args, kwargs)

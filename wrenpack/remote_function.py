@@ -9,6 +9,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 from wrenpack.errors import ConfigError, ConfigTypeError, ExecutorShutdown
 from wrenpack.executor import Executor, LaunchState, check_executor, check_options, default_executor, launch_calls
+from wrenpack.executor.arguments import check_call, check_calls, check_keywords
 from wrenpack.executor.batching import check_chunksize
 from wrenpack.futures import WrenFuture
 from wrenpack.job import Job
@@ -71,10 +72,14 @@ class RemoteFunction(Generic[T]):
         """A copy with some options changed: ``f.options(memory=2048).map(...)``,
         ``f.options(env={"OMP_NUM_THREADS": "1"}, retry_on=(ConnectionError,))``."""
         executor = options.pop("executor", self._executor)
-        return RemoteFunction(self.fn, executor=executor, _source="options()", **{**self._options, **options})
+        copy = RemoteFunction(self.fn, executor=executor, _source="options()", **{**self._options, **options})
+        copy._state.shape = self._state.shape  # (the same function: its signature, if read, need not be read again)
+        return copy
 
     def remote(self, /, *args: Any, **kwargs: Any) -> WrenFuture:
-        """Run one call remotely; returns its future. Every keyword is the function's."""
+        """Run one call remotely; returns its future. Every keyword is the function's.
+        Arguments the function cannot take are refused here, before launch."""
+        check_call(self.fn, args, kwargs, self._state, "remote()")
         executor = self._executor or default_executor()
         try:
             return launch_calls(executor, self.fn, [(args, kwargs)], self._options, None, self._state)[0]
@@ -91,8 +96,10 @@ class RemoteFunction(Generic[T]):
         if chunksize is not None:
             chunksize = check_chunksize(chunksize, "map()")
         if kwargs:
-            _check_keywords(self.fn, kwargs, "map()")
+            check_keywords(self.fn, kwargs, "map()", self._state)
         calls = [((item,), kwargs) for item in _iterate(items, "map()")]
+        # (every call is fn(item, **kwargs): the first one fits or none does)
+        check_calls(self.fn, calls[:1], "map()", self._state, hint=_map_hint)
         return self._launch(calls, chunksize)
 
     def starmap(self, items: Iterable[Iterable[Any]], /, *, chunksize: int | str | None = None, **kwargs: Any) -> list[WrenFuture]:
@@ -100,9 +107,10 @@ class RemoteFunction(Generic[T]):
         if chunksize is not None:
             chunksize = check_chunksize(chunksize, "starmap()")
         if kwargs:
-            _check_keywords(self.fn, kwargs, "starmap()")
+            check_keywords(self.fn, kwargs, "starmap()", self._state)
         calls = [(item if type(item) is tuple else _arguments(item, i), kwargs)
                  for i, item in enumerate(_iterate(items, "starmap()"))]
+        check_calls(self.fn, calls, "starmap()", self._state)  # (each item: none launches if one does not fit)
         return self._launch(calls, chunksize)
 
     def _launch(self, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], chunksize: Any) -> list[WrenFuture]:
@@ -186,6 +194,11 @@ def _iterate(items: Any, what: str) -> Iterator[Any]:
                               f"{type(items).__name__}; for one call, use .remote()") from None
 
 
+def _map_hint(kwargs: dict[str, Any]) -> str:
+    """What ``map`` passes: a function of more than one argument wants ``starmap``."""
+    return " (map() calls it as fn(item, **keywords) for each item; for tuples of arguments use starmap())"
+
+
 def _arguments(item: Any, index: int) -> tuple[Any, ...]:
     """A starmap item as the call's positional arguments."""
     try:
@@ -201,33 +214,6 @@ def _arguments(item: Any, index: int) -> tuple[Any, ...]:
 def remote(fn: Callable[..., T], **options: Any) -> RemoteFunction[T]: ...
 @overload
 def remote(fn: None = None, **options: Any) -> Callable[[Callable[..., T]], RemoteFunction[T]]: ...
-
-
-def _check_keywords(fn: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
-    """The keywords ``map``/``starmap`` pass on to every call must be ones ``fn`` takes: a
-    misspelt ``chunksize`` (``chunksise=2``) would otherwise go to the function and fail
-    every call in its worker. Checked once, before anything launches; a function whose
-    signature cannot be read (some builtins) is left to its calls."""
-    import difflib
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    takes = [name for name, p in params.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    unknown = [name for name in kwargs if name not in takes]
-    if not unknown:
-        return
-    name = getattr(fn, "__qualname__", None) or type(fn).__name__
-    close = difflib.get_close_matches(unknown[0], ["chunksize", *takes], n=1)
-    hint = f"did you mean {close[0]}=? " if close else ""
-    raise ConfigTypeError(f"{where}: {name}() takes no keyword {', '.join(repr(k) for k in unknown)} ({where[:-2]} passes "
-                          f"its keywords other than chunksize to every call); {hint}{name} takes: "
-                          f"{', '.join(takes) or 'no keywords'}")
 
 
 def remote(fn: Callable[..., T] | None = None, **options: Any) -> Any:

@@ -5,7 +5,9 @@ backend with one store.
   launch of one invocation per call, the call table that alone resolves
   futures, retries, segments, job clean-up);
 - ``options``: option names, checks and resolution; ``owner``: owner records;
-  ``prepared``: a launch's pickled function and arguments;
+  ``prepared``: a launch's pickled function and arguments; ``arguments``: do
+  a launch's calls fit its function (checked before ``.remote``/``.map``/
+  ``.starmap``/``.spawn`` launch);
 - ``launch``: the one launch path every API goes through, which picks a
   strategy: ``batching`` (chunksize), ``feed`` (large arguments, streamed),
   ``grouping`` (short calls, grouped), or one invocation per call;

@@ -14,7 +14,7 @@ here with a function, its calls, its options and a chunk size.
          (``Executor.launch``); each uses only the executor's public methods
 
 ``LaunchState`` keeps what a function's launches learn (its resolved options,
-its profile's reading, its code hash); a ``RemoteFunction`` keeps one.
+its profile's reading, its code hash, its signature); a ``RemoteFunction`` keeps one.
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ class LaunchState:
         self.code_hash: tuple[Any, str] | None = None
         #: the next single call's shortcut (``_relaunch``): made with the last full one
         self.single: _Single | None = None
+        #: what its signature says its calls may be (``arguments.shape_of``; ``arguments.UNREAD`` when unreadable)
+        self.shape: Any = None
 
 
 class _Single(NamedTuple):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import inspect
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from wrenpack import keys
 from wrenpack.boot import NO_CWD
 from wrenpack.backends import backend_class
 from wrenpack.errors import ConfigError, WrenpackError
+from wrenpack.executor.arguments import check_calls
 from wrenpack.executor.core import new_job_id
 from wrenpack.executor.owner import key_path, user_key
 from wrenpack.job.client import Job, check_retention, log_path, logs_dir
@@ -147,19 +147,13 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
 def _check_arguments(fn: Callable[..., Any], label: str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
     """Refuse calls the function cannot take (a missing or unknown argument): a spawned
     call fails where nobody watches, after this program is gone, so the mistake is named
-    here, before anything is spawned. A function whose signature cannot be read is not checked."""
-    try:
-        signature = inspect.signature(fn, follow_wrapped=False)  # (a wrapper may take what its function does not)
-    except (TypeError, ValueError):
-        return
-    for i, (args, kwargs) in enumerate(calls):
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            hint = (" (spawn() passes every keyword to the function; for a retention use "
-                    "f.spawn_map([x], retention=...))") if "retention" in kwargs else ""
-            raise ConfigError(f"{label}: call {i} does not fit {label}{signature}: {exc}{hint}; nothing was "
-                              "spawned") from None
+    here, before anything is spawned (``arguments.check_calls``, as every launch)."""
+    check_calls(fn, calls, label, which="call {}", verb="spawned", hint=_retention_hint)
+
+
+def _retention_hint(kwargs: dict[str, Any]) -> str:
+    return (" (spawn() passes every keyword to the function; for a retention use "
+            "f.spawn_map([x], retention=...))") if "retention" in kwargs else ""
 
 
 def _check_references(executor: "Executor", label: str, referenced: set[tuple[str, tuple[str, ...]]]) -> None:
