@@ -313,6 +313,20 @@ def test_bad_retry_on_and_env_are_config_errors():
         wrenpack.remote(square, retry_on="ConnectionError")
     with pytest.raises(wrenpack.ConfigError, match=r"env=.*\(from options\(\)\) must be a dict"):
         wrenpack.remote(square).options(env={"A": object()})
+    # (no environment variable holds a NUL: each call failed in its worker with a bare ValueError)
+    with pytest.raises(wrenpack.ConfigError, match=r"env\['BAD'\] \(from options\(\)\) holds a NUL byte"):
+        wrenpack.remote(square).options(env={"GOOD": "1", "BAD": "x\0y"})
+
+
+def test_a_variable_that_cannot_be_set_leaves_none_set_for_the_next_call(monkeypatch):
+    """The worker's side: an event's env set in part (one the process cannot hold, from a client
+    that did not check) is undone with the call, not left for the next call on the worker."""
+    from wrenpack.worker.callscope import CallScope
+
+    monkeypatch.delenv("WP_GOOD", raising=False)
+    with pytest.raises(ValueError):
+        CallScope({"env": {"WP_GOOD": "set", "WP_BAD": "x\0y"}}).run(os.environ.get, "WP_GOOD")
+    assert "WP_GOOD" not in os.environ
 
 
 # -- env, return_exceptions, logs ---------------------------------------------------
@@ -350,6 +364,8 @@ def chatty(x):
     print("hello from", x)
     print("x" * 100_000)  # more than the 64 KB kept
     print("last words", x, file=sys.stderr)
+    sys.stdout.buffer.write(b"raw bytes %d\n" % x)  # (a Python-level write too)
+    sys.stdout.flush()
     if x == 2:
         raise RuntimeError("boom")
     return x
@@ -359,7 +375,7 @@ def test_logs_are_captured_and_shown_with_errors(remote):
     futs = remote(chatty).map([1, 2])
     assert futs[0].result(timeout=60) == 1
     logs = futs[0].logs
-    assert logs.rstrip().endswith("last words 1") and 60_000 < len(logs.encode()) <= 64 * 1024
+    assert "last words 1" in logs and "raw bytes 1" in logs and 60_000 < len(logs.encode()) <= 64 * 1024
     with pytest.raises(RuntimeError) as info:
         futs[1].result(timeout=60)
     assert "last words 2" in futs[1].logs

@@ -116,7 +116,13 @@ def _env(value: Any, source: str) -> dict[str, str]:
     )
     if not ok:
         raise ConfigError(f"env={value!r} (from {source}) must be a dict of variable names to text, e.g. env={{'OMP_NUM_THREADS': '1'}}")
-    return {k: str(v) for k, v in value.items()}
+    env = {k: str(v) for k, v in value.items()}
+    for k, v in env.items():
+        if "\0" in v:
+            # (the process environment is C strings: setting it failed in each call's worker, a bare ValueError)
+            raise ConfigError(f"env[{k!r}] (from {source}) holds a NUL byte ('\\0'), which no environment variable "
+                              "can hold; remove it (pass binary data as an argument)")
+    return env
 
 
 def resolve_options(config: Config, given: dict[str, Any]) -> CallOptions:

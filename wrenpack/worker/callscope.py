@@ -5,8 +5,8 @@ stderr, returned in the status as ``logs``; the output still goes where it
 always went: locally the driver's ``sys.stdout``/``sys.stderr``, through the backend's
 relay (``wrenpack.backends.local.output``); CloudWatch on Lambda).
 
-Only Python-level writes (``print``, ``sys.stdout.write``, logging to the
-streams) are captured, not output written straight to file descriptor 1 or 2
+Only Python-level writes (``print``, ``sys.stdout.write``, ``sys.stdout.buffer.write``,
+logging to the streams) are captured, not output written straight to file descriptor 1 or 2
 by native code or child processes.
 
 And what a call leaves to be done once its reply has gone (``after_reply``).
@@ -62,6 +62,32 @@ class _Tee:
             self._tail.add(text)
         return self._stream.write(text)
 
+    @property
+    def buffer(self) -> Any:
+        """The stream's binary buffer, its writes kept in ``tail`` too (decoded as the
+        stream would: ``sys.stdout.buffer.write`` is a Python-level write as ``print`` is)."""
+        return _BinaryTee(self._stream.buffer, self._tail, getattr(self._stream, "encoding", None) or "utf-8")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _BinaryTee:
+    """A binary stream that writes through to ``stream`` and keeps a decoded copy in ``tail``."""
+
+    def __init__(self, stream: Any, tail: _Tail, encoding: str) -> None:
+        self._stream = stream
+        self._tail = tail
+        self._encoding = encoding
+
+    def write(self, data: Any) -> int:
+        written = self._stream.write(data)
+        try:
+            self._tail.add(bytes(data).decode(self._encoding, "replace"))
+        except (TypeError, ValueError, LookupError):
+            pass  # (not bytes-like: the stream's own write said so already)
+        return written
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
@@ -76,12 +102,13 @@ class CallScope:
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         saved = {k: os.environ.get(k) for k in self.env}
-        if self.env:
-            os.environ.update(self.env)
         streams = (sys.stdout, sys.stderr)
-        if self.tail is not None:
-            sys.stdout, sys.stderr = _Tee(sys.stdout, self.tail), _Tee(sys.stderr, self.tail)
         try:
+            # (inside the try: a variable that cannot be set, after others were, leaves none set for the next call)
+            if self.env:
+                os.environ.update(self.env)
+            if self.tail is not None:
+                sys.stdout, sys.stderr = _Tee(sys.stdout, self.tail), _Tee(sys.stderr, self.tail)
             return fn(*args, **kwargs)
         finally:
             if self.tail is not None:
