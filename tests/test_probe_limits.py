@@ -261,3 +261,35 @@ def test_a_state_slower_to_save_than_guessed_is_measured_before_the_first_segmen
     fut = wrenpack.remote(steps_with_a_slow_state, executor=pool, timeout=2).remote(200)
     assert fut.result(timeout=60) == 200
     assert fut.segments >= 2
+
+
+def fill_tmp(name, mb, keep):
+    """Write ``mb`` MB to /tmp/<name>; remove it again unless ``keep`` (kept, the /tmp at the
+    call's end holds it: the meter samples while it runs and may miss a short-lived file)."""
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), name)
+    block = b"z" * (1024 * 1024)
+    with open(path, "wb") as fh:
+        for _ in range(mb):
+            fh.write(block)
+    if not keep:
+        os.remove(path)
+    return mb
+
+
+def test_a_full_tmp_says_what_earlier_calls_left_counts(tmp_path):
+    """/tmp outlives a call on a warm worker, as on Lambda: 300 MB one call left and 250 MB
+    the next writes are over 512 MB. The error named the second call as having written all
+    550 MB; it says what the worker's /tmp held and that earlier calls' files count."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "s"), backend=LocalBackend(concurrency=1), retries=0)
+    try:
+        f = wrenpack.remote(fill_tmp, executor=ex, ephemeral_storage=512, memory=256)
+        assert f.remote("left", 300, True).result(timeout=60) == 300
+        with pytest.raises(wrenpack.EphemeralStorageExceeded, match="more than ephemeral_storage=512 MB") as info:
+            f.remote("mine", 250, True).result(timeout=60)
+        message = str(info.value)
+        assert "worker's /tmp held" in message and "earlier calls on this warm worker" in message, message
+        assert " wrote " not in message
+    finally:
+        ex.shutdown()

@@ -744,6 +744,7 @@ def cancelled_error(label: str) -> CallCancelled:
 
 def tmp_error(label: str, limit: int, used: int) -> EphemeralStorageExceeded:
     return EphemeralStorageExceeded(
-        f"{label} wrote {used / MiB:.0f} MB to its /tmp, more than ephemeral_storage={limit} MB; "
-        "raise ephemeral_storage= (up to 10240 MB) or write less / stream to the store"
+        f"{label}: its worker's /tmp held {used / MiB:.0f} MB, more than ephemeral_storage={limit} MB (files earlier "
+        "calls on this warm worker left there count too, as on Lambda, where /tmp outlives a call); raise "
+        "ephemeral_storage= (up to 10240 MB), or write less / stream to the store and remove what calls leave in /tmp"
     )
