@@ -48,10 +48,11 @@ def test_a_reused_descriptor_number_is_never_written(tmp_path):
     if not memory.reset_peak():
         pytest.skip("/proc/self/clear_refs is not writable here")
     fd = memory._own_fd("clear_refs", os.O_WRONLY)
-    os.close(fd)  # user code closed it behind our back...
     victim = tmp_path / "user-file"
-    opened = os.open(victim, os.O_WRONLY | os.O_CREAT)
+    opened = os.open(victim, os.O_WRONLY | os.O_CREAT)  # (before the close: never the same number)
+    os.close(fd)  # user code closed it behind our back...
     reused = os.dup2(opened, fd)  # ...and one of its files took the number
+    assert opened != reused
     os.close(opened)
     try:
         assert memory.reset_peak()
@@ -63,11 +64,14 @@ def test_a_reused_descriptor_number_is_never_written(tmp_path):
 def test_status_read_through_a_reused_number_is_read_again(tmp_path):
     memory.peak_rss_mb()
     fd = memory._own_fd("status", os.O_RDONLY, checked=False)
-    os.close(fd)
     victim = tmp_path / "user-file"
     victim.write_bytes(b"VmHWM:\t999999999 kB\n")
+    # (opened before the close: had it taken the closed number itself, dup2 did nothing and the close
+    # below closed that number, the file was never read through it and the test failed by test order)
     opened = os.open(victim, os.O_RDONLY)
+    os.close(fd)
     reused = os.dup2(opened, fd)
+    assert opened != reused
     os.close(opened)
     try:
         peak = memory.peak_rss_mb()
