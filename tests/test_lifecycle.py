@@ -720,6 +720,7 @@ def _wait_for(predicate, within: float = 30) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow_variants("local")  # (test_local_lifecycle's test_on_start_cancel_and_draining_shutdown: these steps on the local backend, and more)
 def test_on_start_cancel_and_draining_shutdown(captured):
     calls = captured(_nap, [0.3, 0.3, 0.3, 0.3])
     invs, done, started = calls.invocations, calls.done, calls.started
@@ -736,6 +737,7 @@ def test_on_start_cancel_and_draining_shutdown(captured):
     assert invs[3].key[1] not in done  # a cancelled call never reports
 
 
+@pytest.mark.slow_variants("local")  # (test_local_lifecycle's test_shutdown_without_wait_fails_queued_and_running_calls_clearly, on the local backend)
 def test_shutdown_without_wait_fails_every_call_left_once(captured):
     calls = captured(_nap, [3, 3, 3])
     invs, done, started = calls.invocations, calls.done, calls.started

@@ -111,6 +111,7 @@ def never_restores(n):
     return state["i"]
 
 
+@pytest.mark.slow  # (test_checkpoint_progress's test_a_loop_that_never_calls_restore_is_named_once: the same refusal, its message in full, within 15 s)
 def test_a_loop_that_never_restores_is_stopped_and_told_why(ex):
     fut = wrenpack.remote(never_restores, executor=ex, timeout=1).remote(10_000)
     t0 = time.monotonic()
@@ -181,6 +182,7 @@ def test_map_of_checkpointing_calls_keeps_each_calls_state(tmp_path):
     assert set(glob.glob("/dev/shm/wrenpack-*")) <= before
 
 
+@pytest.mark.slow  # (test_checkpoint_progress's test_a_chunksize_groups_calls_that_ended_are_not_run_again_in_its_next_segment: a group's call resumed across segments, every result checked)
 def test_chunksize_group_of_checkpointing_calls(ex):
     ns = [40, 45, 50, 55]
     futs = wrenpack.remote(stepper, executor=ex, timeout=1).map(ns, step_s=0.02, chunksize=2)
@@ -188,6 +190,7 @@ def test_chunksize_group_of_checkpointing_calls(ex):
 
 
 # -- cancellation ------------------------------------------------------------------------------
+@pytest.mark.slow  # (test_checkpoint_progress's test_a_call_cancelled_while_its_segments_run_launches_no_more[local]: the same cancel, no segment after, no checkpoint left)
 def test_cancel_between_segments(ex, tmp_path):
     log_path = str(tmp_path / "log")
     fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(100_000, 0.01, log_path)
