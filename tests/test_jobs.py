@@ -295,6 +295,33 @@ def test_cancelling_an_uncancellable_spawned_job_lets_its_running_call_finish(ho
     assert job.status()["state"] == "cancelled"
 
 
+def test_cancelling_a_spawned_job_stops_its_running_call_as_wrenpack_cancel_does(home):
+    """``job.cancel()`` (and `wrenpack jobs cancel`) of a job with a running call: the call ended
+    "failed" with "the local backend shut down before the call finished" (its supervisor stopped
+    its executor as at the interpreter's exit; on Lambda: WorkerLost), not CancelledError as the
+    README says; the queued call raised CancelledError but said cancelled() False; and the running
+    call's run was not billed (billed_ms 0), though Lambda bills a cancelled call's run."""
+    ex = Executor(backend="local", concurrency=1, timeout=30)
+    job = wrenpack.remote(_nap, executor=ex).spawn_map([30.0, 0.0])
+    futs = job.futures()
+    deadline = time.monotonic() + 30
+    while (job.status() or {}).get("running", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # (it runs a second at least: that is billed)
+    assert job.cancel()
+    assert job.wait(20)
+    with pytest.raises(wrenpack.CallCancelled):
+        futs[0].result()
+    with pytest.raises(cf.CancelledError):
+        futs[1].result()
+    assert futs[1].cancelled()  # (never ran: cancelled, as a queued call wrenpack.cancel takes back)
+    status = job.status()
+    assert (status["state"], status["failed"], status["cancelled"], status["invocations"]) == ("cancelled", 0, 2, 1)
+    assert 1000 <= status["billed_ms"] < 30000, status
+    assert [s["state"] for s in job.statuses()] == ["cancelled", "cancelled"]
+    assert job.report().to_json()["cost"]["billed_ms"] == status["billed_ms"]
+
+
 class BrokenBackend:
     """A backend that cannot start (registered at run time, as a plug-in is)."""
 
@@ -447,8 +474,17 @@ def test_cancel_stops_a_spawned_job_and_clean_never_removed_it_while_live(backen
         if outcomes[int(fut.call_id)] == "cancelled":
             with pytest.raises(cf.CancelledError):
                 fut.result()
+    # the calls it stopped while they ran end CallCancelled (not "the local backend shut down", nor
+    # WorkerLost on Lambda), with their run billed; those it took back before they ran are cancelled()
+    for fut in futs:
+        if outcomes[int(fut.call_id)] == "cancelled" and not fut.cancelled():
+            assert isinstance(fut.exception(), wrenpack.CallCancelled) and fut.status.get("duration_s", 0) > 0, fut.status
+    assert sum(f.cancelled() for f in futs) >= len(futs) - 8, outcomes
     _gone(seen)
-    assert job.status()["state"] == "cancelled"
+    status = job.status()
+    assert status["state"] == "cancelled" and status["failed"] == 0, status
+    assert status["done"] == outcomes.count("ok") and status["cancelled"] == outcomes.count("cancelled"), status
+    assert status["billed_ms"] == job.report().to_json()["cost"]["billed_ms"] > 0, status
     assert _cli("jobs", "cancel", job_id, env=env).returncode == 1  # already ended
 
 

@@ -334,3 +334,27 @@ def test_jobs_help_shows_the_action_as_optional():
 
     out = subprocess.run([sys.executable, "-m", "wrenpack", "jobs", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "[ACTION]" in out.stdout.split("\n\n")[0], out.stdout
+
+
+def test_show_gives_a_checkpointed_calls_whole_run_as_its_report_does(home):
+    """A call checkpointed across three segments was shown as its last segment alone,
+    `done 0.105 s, attempts 1`, while `--plot FILE.json` said segments 3 and run_s 3.55."""
+    from wrenpack.wire import segment as segment_format
+
+    store = _store()
+    job = _plant(store, JOB, user_key(), calls=1)
+    t0 = time.time() - 10
+    for segment, (start, end, peak) in enumerate([(t0, t0 + 2.0, 30.0), (t0 + 2.1, t0 + 3.55, 25.0)]):
+        status = status_record.record(job.id, "00000", 0, segment, "checkpointed", start, end, peak, None, "h", 1, "3.12", None)
+        store.put(keys.segment_key(job.id, "00000", segment),
+                  segment_format.seal_segment(job._secret, job.id, "00000", segment, status))
+    last = status_record.record(job.id, "00000", 0, 2, "ok", t0 + 3.6, t0 + 3.7, 20.0, None, "h", 1, "3.12", None)
+    store.put(keys.result_key(job.id, "00000"),
+              result_format.seal_result(job._secret, job.id, "00000", last, cloudpickle.dumps(("ok", 70))))
+    _finish(job)
+    call = job.report().to_json()["calls"][0]
+    assert call["segments"] == 3 and round(call["run_s"], 3) == 3.55
+    line = next(x for x in _cli("jobs", "show", JOB).stdout.splitlines() if x.strip().startswith("00000"))
+    assert line.split() == ["00000", "done", "3.550", "s", "in", "3", "segments,", "peak", "30.0", "MB,", "attempts", "1"]
+    shown = json.loads(_cli("jobs", "show", JOB, "--json").stdout)["calls_status"][0]
+    assert (shown["segments"], round(shown["call_run_s"], 3), shown["peak_rss_mb"]) == (3, 3.55, call["peak_rss_mb"])

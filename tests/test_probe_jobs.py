@@ -216,51 +216,46 @@ def test_a_call_stopped_by_the_jobs_cancel_is_shown_cancelled_not_failed(home):
 
 
 def test_a_cancelled_jobs_cost_counts_the_calls_its_cancel_stopped(tmp_path):
-    """On Lambda the calls a cancel stops run on until they see the marker, are billed, and write
-    an outcome of their own; the supervisor counted nothing of them ("billed; 3 invocations,
+    """On Lambda the calls a cancel stops run on until they see the marker, are billed, and end
+    with an outcome of their own; the supervisor counted nothing of them ("billed; 3 invocations,
     0.000 s" for three calls billed 2.2 s each on the emulated Lambda), and counted a call that
     finished before it saw the marker as cancelled ("0 done, 3 cancelled" beside three results).
-    It now waits (bounded) for those outcomes, counts their time and how each ended."""
+    Its executor now stops them as ``wrenpack.cancel`` does and waits for those outcomes, so each
+    call's future ends as the call did: its run billed, a call taken back before it ran not."""
     import threading
 
-    import cloudpickle
-
     from wrenpack.errors import CallCancelled
+    from wrenpack.futures import WrenFuture
     from wrenpack.job import supervisor as sup_module
     from wrenpack.storage.local import LocalStore
-    from wrenpack.wire import result as result_format, status as status_record
-    from wrenpack.wire.outcome import error_tuple
+    from wrenpack.wire import status as status_record
 
     sup = object.__new__(sup_module.Supervisor)
     sup.job_id, sup.secret, sup.store = "20261206-050000-abcdef13", b"s" * 32, LocalStore(str(tmp_path / "s"))
-    sup.futures, sup.stopped, sup.cancelled = [], {keys.call_id(0), keys.call_id(1)}, True
-    sup.billed_ms, sup.invocations, sup.outlive = 0, 2, True
-    sup._lock, sup._written, sup.settled = threading.Lock(), None, {}
-
-    def late_outcome():  # (written while the supervisor waits, as a stopped call's is)
-        time.sleep(0.3)
-        now = time.time()
-        record = status_record.record(sup.job_id, keys.call_id(0), 0, 0, "error", now - 2.2, now, None, None, "h", 1,
-                                      "3.11", None)
-        record["cancelled"] = True
-        outcome = cloudpickle.dumps(error_tuple(CallCancelled("f[0] was cancelled while it ran"), "wrenpack", ""))
-        sup.store.put(keys.result_key(sup.job_id, keys.call_id(0)),
-                      result_format.seal_result(sup.secret, sup.job_id, keys.call_id(0), record, outcome))
-
-    # call 2 finished before it saw the marker: its result is there, and it counts as done
+    sup.stopped, sup.cancelled, sup.stops_running = set(), True, True
+    sup.billed_ms, sup.invocations, sup.outlive = 0, 0, True
+    sup._lock, sup._written = threading.Lock(), None
     now = time.time()
-    done = status_record.record(sup.job_id, keys.call_id(2), 0, 0, "ok", now - 1.0, now, None, None, "h", 1, "3.11", None)
-    sup.store.put(keys.result_key(sup.job_id, keys.call_id(2)), result_format.seal_result(
-        sup.secret, sup.job_id, keys.call_id(2), done, cloudpickle.dumps(("ok", 2))))
-    sup.stopped.add(keys.call_id(2))
-    writer = threading.Thread(target=late_outcome)
-    writer.start()
-    t = time.monotonic()
-    sup._settle_stopped(1.0)  # call 1 never writes one: waited for until the bound
-    writer.join()
-    assert 0.9 < time.monotonic() - t < 5
-    assert 3200 <= sup.billed_ms <= 3201  # (ceils of 2.2 s and 1 s as floats)
-    assert sup.settled == {keys.call_id(0): "cancelled", keys.call_id(2): "done"}
+    futs = [WrenFuture(sup.job_id, keys.call_id(i), f"f[{i}]") for i in range(4)]
+    # call 0 saw the marker 2.2 s in; call 2 finished before it did; call 1 was taken back before it was
+    # sent (its future cancelled), call 3 too (Lambda's backend ends such a call CallCancelled, no record of a run)
+    futs[0].status = dict(status_record.record(sup.job_id, keys.call_id(0), 0, 0, "error", now - 2.2, now, None, None,
+                                               "h", 1, "3.11", None), cancelled=True)
+    futs[2].status = status_record.record(sup.job_id, keys.call_id(2), 0, 0, "ok", now - 1.0, now, None, None, "h", 1,
+                                          "3.11", None)
+    futs[3].status = {"attempt": 0, "exit": "error", "error": "CallCancelled"}
+    for fut in futs:
+        fut.add_done_callback(sup._ended)
+    futs[0]._resolve(False, CallCancelled("f[0] was cancelled while it ran"))
+    assert futs[1].cancel()
+    futs[2]._resolve(True, 2)
+    futs[3]._resolve(False, CallCancelled("f[3] was cancelled (wrenpack.cancel) before it ran"))
+    sup.futures = futs
+    assert 3200 <= sup.billed_ms <= 3201 and sup.invocations == 2  # (ceils of 2.2 s and 1 s as floats)
+    assert sup._write_final("cancelled")
+    record = job_record.open_progress(sup.secret, sup.job_id, sup.store.get(keys.progress_key(sup.job_id)))
+    assert {k: record[k] for k in ("done", "failed", "cancelled", "billed_ms", "invocations")} == \
+        {"done": 1, "failed": 0, "cancelled": 3, "billed_ms": sup.billed_ms, "invocations": 2}
 
 
 def test_a_running_job_whose_record_was_overwritten_is_not_removed_by_clean(home):

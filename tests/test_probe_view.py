@@ -221,7 +221,8 @@ def test_jobs_show_json_calls_have_the_same_fields_in_every_state(capsys, monkey
                  "duration_s": 1.0, "peak_rss_mb": 20.0, "state": "done", "attempts": 1},
                 {"call_id": "00001", "state": "running", "start": 1.5},
                 {"call_id": "00002", "state": "queued"}]
-    job = type("J", (), {"store": None, "id": "20261206-000000-dddddddd", "statuses": lambda self: [dict(s) for s in statuses]})()
+    job = type("J", (), {"store": None, "id": "20261206-000000-dddddddd", "statuses": lambda self: [dict(s) for s in statuses],
+                         "segment_statuses": lambda self: []})()
     monkeypatch.setattr(cmd_jobs, "_open", lambda args: job)
     monkeypatch.setattr("wrenpack.job.client.describe", lambda store, job_id, key: {"id": job_id, "state": "running"})
     monkeypatch.setattr("wrenpack.executor.owner.user_key", lambda create=False: None)

@@ -419,8 +419,9 @@ class Job:
                 _warn_once(self.store, str(exc))
                 continue
             # (a call stopped by the job's cancel while it ran ends with an outcome of its own, which
-            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed)
-            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if status.get("cancelled") is True else "failed"
+            # its worker marks ``cancelled``: it was cancelled, as the job's counts say, not failed;
+            # one taken back before it ran has the record its supervisor wrote, naming CallCancelled)
+            ended_as = "done" if status.get("exit") == "ok" else "cancelled" if _cancelled_record(status) else "failed"
             out[cid] = (status, outcome, ended_as)
         return out
 
@@ -519,7 +520,24 @@ class Job:
         fut.logs = status.pop("logs", None)
         fut.status = status
         fut.segments = max(1, int(status.get("segment") or 0) + 1)
-        fut._resolve(True, outcome.value) if outcome.ok else fut._resolve(False, outcome.rebuild(fut.label))
+        if outcome.ok:
+            fut._resolve(True, outcome.value)
+            return
+        exc = outcome.rebuild(fut.label)
+        if isinstance(exc, cf.CancelledError) and status.get("start") is None and cf.Future.cancel(fut):
+            # Cancelled before it ran (the job's cancel took it back): the future is cancelled, as
+            # ``concurrent.futures`` has it for a future whose result() raises CancelledError (before,
+            # it raised CancelledError and said cancelled() False). A call stopped while it ran (its
+            # record says when it started) fails with CallCancelled, as in the program that launched it.
+            fut.set_running_or_notify_cancel()
+            return
+        fut._resolve(False, exc)
+
+
+def _cancelled_record(status: dict[str, Any]) -> bool:
+    """Whether a call's verified status record says the call ended cancelled: stopped while it
+    ran (``cancelled``), or taken back before it ran (its supervisor's record: ``CallCancelled``)."""
+    return status.get("cancelled") is True or (status.get("exit") == "error" and status.get("error") == "CallCancelled")
 
 
 class _PlainData(pickle.Unpickler):

@@ -18,7 +18,9 @@ on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
    when it changes, at most every ``PROGRESS_S``; a call that failed without a
    result object (a worker crash, a limit, a lost invocation) gets one saying
    so, so an attached process sees every outcome; an authentic cancel marker
-   stops the calls (``Executor.stop``);
+   stops the calls as ``wrenpack.cancel`` does (``Executor.cancel_calls``: the
+   queued ones are taken back, the running ones end ``CallCancelled``, their
+   run billed), asked again each round for any not stopped yet;
 5. writes the final progress record, shuts its executor down (local workers
    are stopped) and exits.
 """
@@ -38,7 +40,7 @@ from typing import Any
 
 import cloudpickle
 
-from wrenpack import auth, keys
+from wrenpack import keys
 from wrenpack.backends import backend_names, register_backend
 from wrenpack.errors import CorruptObject, ObjectNotFound
 from wrenpack.executor import Executor, Prepared
@@ -106,10 +108,8 @@ class Supervisor:
         self.executor = Executor(spec["config"].replace(keep_objects=True))
         self.store = self.executor.store
         self.cancelled = False
-        #: calls that failed because the job was cancelled while they ran
+        #: calls the job's cancel stopped, or will (``Executor.cancel_calls`` said so): not asked again
         self.stopped: set[str] = set()
-        #: how those of them that wrote an outcome ended ("done", "failed", "cancelled"; ``_settle_stopped``)
-        self.settled: dict[str, str] = {}
         #: whether a cancel stops running calls (``cancellable``, the job's option)
         self.stops_running = True
         self.billed_ms = 0
@@ -176,75 +176,28 @@ class Supervisor:
                 break
             if not self.cancelled and self._cancel_marked():
                 self._cancel()
+            elif self.cancelled:
+                self._stop_calls()  # (a call being launched, or between two segments, when it was first asked)
             self._write_progress()
         state = "cancelled" if self.cancelled else "failed" if any(
             not f.cancelled() and f.exception() is not None for f in self.futures) else "done"
-        if self.stopped:
-            # Calls the cancel stopped where calls outlive this process (Lambda) run on until they see
-            # the marker, and end with an outcome of their own (a result, if they finished first): they
-            # are waited for before the final record, which attached processes wait for (so none calls a
-            # call cancelled that then ends with a result), and `wrenpack clean` keeps the job meanwhile.
-            self._settle_stopped(float(options.timeout) + self.STOPPED_GRACE_S if self.outlive else 0.0)
         self._write_final(state)
         log.info("job %s: %s", job_id, state)
         self.executor.shutdown(wait=True)
         return 0
 
-    #: how long past the job's timeout the outcomes of calls a cancel stopped on Lambda are waited for (s)
-    STOPPED_GRACE_S = 30.0
-
-    def _settle_stopped(self, wait_s: float) -> None:
-        """The outcomes of the calls the job's cancel stopped while they ran, waited for up to
-        ``wait_s``: each is counted as it ended (done if it finished first, cancelled if it saw the
-        marker) and its time billed (on Lambda it is; before, a cancelled job's cost left it out
-        and its counts called finished calls cancelled)."""
-        pending = set(self.stopped)
-        end = time.monotonic() + wait_s
-        while True:
-            for cid in sorted(pending):
-                key = keys.result_key(self.job_id, cid)
-                try:
-                    blob = self.store.get(key)
-                except ObjectNotFound:
-                    continue
-                except Exception:  # noqa: BLE001 - a store hiccup: look again
-                    log.debug("could not read %s", key, exc_info=True)
-                    continue
-                pending.discard(cid)
-                try:
-                    data = auth.unseal_view(self.secret, keys.identity(self.job_id, "result", cid), blob, key)
-                    status, _outcome = result_format.unpack(data, f"result object of call {cid}")
-                except CorruptObject as exc:
-                    log.warning("%s", exc)
-                    continue
-                if not isinstance(status, dict):
-                    continue
-                duration = status.get("duration_s")
-                with self._lock:
-                    if type(duration) in (int, float) and math.isfinite(duration) and duration > 0:
-                        self.billed_ms += math.ceil(float(duration) * 1000)
-                    self.settled[cid] = "done" if status.get("exit") == "ok" else \
-                        "cancelled" if status.get("cancelled") is True else "failed"
-            if not pending or time.monotonic() >= end:
-                break
-            time.sleep(PROGRESS_S)
-        if pending and wait_s > 0:
-            log.warning("job %s: %d call(s) stopped by its cancel wrote no outcome within %.0f s; their time is "
-                        "not in its cost", self.job_id, len(pending), wait_s)
-
     # -- calls ending ----------------------------------------------------------------
     def _ended(self, fut: WrenFuture) -> None:
-        """A call ended: count its billed time; give a failure without a result object one."""
+        """A call ended: count its billed time (a call the job's cancel stopped while it ran
+        too: Lambda bills that run); give a failure without a result object one."""
         status = fut.status or {}
         with self._lock:
             for record in [*fut.segment_statuses, status]:
-                if record.get("duration_s") is not None:
-                    self.billed_ms += math.ceil(float(record["duration_s"]) * 1000)
-            self.invocations += max(1, fut.segments) if not fut.cancelled() else 0
+                duration = record.get("duration_s")
+                if type(duration) in (int, float) and math.isfinite(duration) and duration > 0:
+                    self.billed_ms += math.ceil(float(duration) * 1000)
+            self.invocations += 0 if never_ran(fut) else max(1, fut.segments)
         if fut.cancelled():
-            return
-        if self.cancelled and self.stops_running:
-            self.stopped.add(fut.call_id)  # stopped by the cancel: no result (attached futures get CancelledError)
             return
         exc = fut.exception()
         if exc is None:
@@ -296,12 +249,37 @@ class Supervisor:
         self.cancelled = True
         if self.stops_running:
             log.info("job %s: cancelled; stopping its calls", self.job_id)
-            self.executor.stop()
+        else:
+            log.info("job %s: cancelled; its queued calls will not start, and its running ones run to their end "
+                     "(cancellable=False)", self.job_id)
+        self._stop_calls()
+
+    def _stop_calls(self) -> None:
+        """Stop the calls not ended, as ``wrenpack.cancel`` does: a queued one is taken back
+        (its future cancelled); a running one ends ``CallCancelled`` with the record of its
+        run, which is billed. Locally the executor stops it (its processes are ended). On
+        Lambda each call sent watches the job's cancel marker (its event names it) and ends
+        with an outcome of its own, waited for here: CallCancelled, or its result if it
+        finished first, which an attached process may have read already, so it is not
+        overridden (``Executor.cancel_calls`` would make it cancelled). With
+        ``cancellable=False`` only the queued ones are taken back. Not ``Executor.stop``, the
+        interpreter's exit: that failed the running calls with "the local backend shut down
+        before the call finished" (locally) or ``WorkerLost`` (Lambda), stored as their
+        results ahead of their own, and billed none of their run."""
+        if self.outlive or not self.stops_running:
+            for fut in self.futures:
+                if not fut.done():
+                    fut.cancel()  # (taken back if it has not started; False, and nothing done, once it has)
             return
-        log.info("job %s: cancelled; its queued calls will not start, and its running ones run to their end "
-                 "(cancellable=False)", self.job_id)
-        for fut in self.futures:
-            fut.cancel()
+        asked = [(self.job_id, f.call_id) for f in self.futures if not f.done() and f.call_id not in self.stopped]
+        if not asked:
+            return
+        try:
+            stopped = self.executor.cancel_calls(asked)
+        except Exception:  # noqa: BLE001 - asked again at the next round
+            log.warning("job %s: could not stop its calls; trying again", self.job_id, exc_info=True)
+            return
+        self.stopped.update(cid for _job, cid in stopped)
 
     # -- progress --------------------------------------------------------------------
     #: pauses between the tries of the last progress record (s): about half a minute in all
@@ -324,12 +302,11 @@ class Supervisor:
         counts = {"done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": 0}
         in_flight = []
         for fut in self.futures:
-            if fut.call_id in self.settled:
-                counts[self.settled[fut.call_id]] += 1
-            elif fut.cancelled() or fut.call_id in self.stopped:
+            if fut.cancelled():
                 counts["cancelled"] += 1
             elif fut.done():
-                counts["done" if fut.exception() is None else "failed"] += 1
+                exc = fut.exception()
+                counts["done" if exc is None else "cancelled" if isinstance(exc, cf.CancelledError) else "failed"] += 1
             elif fut.running():
                 counts["running"] += 1
                 in_flight.append(fut.call_id)
@@ -351,3 +328,12 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - the next write tries again
             log.warning("could not write the progress of job %s", self.job_id, exc_info=True)
             return False
+
+
+def never_ran(fut: WrenFuture) -> bool:
+    """Whether a call that ended never ran: cancelled before it started (its future is, or
+    it failed ``CallCancelled`` with no record of a run: a call taken back on Lambda)."""
+    if fut.cancelled():
+        return True
+    return isinstance(fut.exception(), cf.CancelledError) and not fut.segment_statuses and \
+        (fut.status or {}).get("start") is None

@@ -55,7 +55,7 @@ from wrenpack.backends.local.output import Relay, WorkerOutput
 from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
 from wrenpack.limits import memory_for
 from wrenpack.process_state import worker_marker
-from wrenpack.wire import driver_message, frames, worker_reply
+from wrenpack.wire import driver_message, frames, status as status_record, worker_reply
 from wrenpack.worker.fds import close_quietly
 from wrenpack.worker.handoff import Sealed
 from wrenpack.worker.memory import dir_usage, open_deleted_bytes, peak_rss_mb
@@ -273,6 +273,8 @@ class Worker:
         self._limit_stuck = False
         self.idle_since = time.monotonic()
         self.kill_reason: str | None = None
+        #: when the first kill was asked (``kill``): where a stopped call's run ends
+        self.killed_at = 0.0
         self.oom_seen = 0
         # meters of the running call
         self.started = 0.0
@@ -596,6 +598,21 @@ class Worker:
             f"{label}: the worker process died ({self.how_it_died()}) on {tries} attempt{'s' if tries > 1 else ''}; "
             "look for a crash in native code or an external kill, or raise retries=")
 
+    def stopped_status(self, inv: Invocation) -> dict[str, Any] | None:
+        """The status record of ``inv``, the call this worker ran when it was killed to
+        cancel it (``wrenpack.cancel``, a spawned job's cancel): from its start to the
+        kill, as a Lambda invocation that sees its cancel marker reports its own run.
+        That run is billed on Lambda, so a report and a job's cost count it (before, a
+        call stopped here had no record: 0 ms, its run left out). None if it had not
+        started (its worker was not ready)."""
+        if not self.ready or self.started <= 0 or self.killed_at < self.started:
+            return None
+        status = status_record.record(inv.key[0], inv.key[1], inv.attempt, int(inv.event.get("segment", 0)), "error",
+                                      self.started, self.killed_at, round(self.peak_mb, 2) if self.peak_mb else None,
+                                      None, socket.gethostname(), self.pid, "", None)
+        status.update(error="CallCancelled", cancelled=True)
+        return status
+
     def how_it_died(self) -> str:
         code = self.proc.returncode
         if code is not None and code < 0:
@@ -613,6 +630,7 @@ class Worker:
         """Stop the worker and everything it started, setsid'd or daemonised children included."""
         if self.kill_reason is None:
             self.kill_reason = reason
+            self.killed_at = time.time()
         groups = [g for g in (self.cgroup, self.pids_cgroup) if g is not None]
         if groups:
             # The kernel's list of the tree: everything the call started, wherever it moved.

@@ -639,10 +639,14 @@ class LocalBackend(Backend):
         now = self._last_reply = time.time()
         worker.idle_since = time.monotonic()
         error, replace = worker.verdict(inv, head)
+        stopped_run = None
         if id(inv) in self._stop_on_reply:
-            # Cancelled while it waited in the worker behind another call: it ran, its outcome is dropped.
+            # Cancelled while it waited in the worker behind another call: it ran, its outcome is dropped
+            # (its run, which Lambda would bill, is reported).
             self._stop_on_reply.discard(id(inv))
             error = cancelled_error(inv.label)
+            if isinstance(head.get("status"), dict):
+                stopped_run = dict(head["status"], exit="error", error="CallCancelled", cancelled=True)
         self._learn(inv, head.get("elapsed"))
         if worker.inflight:
             worker.begin(now)
@@ -650,7 +654,7 @@ class LocalBackend(Backend):
         if error is not None:
             if handoff is not None:
                 handoff.close()
-            self._finish(inv, error=error, output=worker.output)
+            self._finish(inv, error=error, status=stopped_run, output=worker.output)
         else:
             data, outcome = worker_reply.payload(head, blob)
             private: PrivateReply | None = None
@@ -1055,7 +1059,8 @@ class LocalBackend(Backend):
         if inv is None:
             return
         if error is not None:
-            self._finish(inv, error=error)
+            # (a call stopped by a cancel ran until then: its run is reported, and billed, as on Lambda)
+            self._finish(inv, error=error, status=worker.stopped_status(inv) if worker.kill_reason == "cancelled" else None)
             return
         log.warning("%s: worker died (%s); retrying (attempt %d of %d)", inv.label, worker.how_it_died(), inv.attempt + 2, inv.retries + 1)
         inv.attempt += 1
