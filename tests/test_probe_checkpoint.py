@@ -373,3 +373,46 @@ def test_on_lambda_groups_finish_and_a_loop_that_never_restores_is_refused(make_
     fut = wrenpack.remote(never_restores, executor=lam, timeout=2).remote(10_000)
     with pytest.raises(wrenpack.TaskError, match="without calling restore"):
         fut.result(timeout=60)
+
+
+# -- an offer made in a thread of the call ----------------------------------------------------------
+def _thread_work(n, out):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    out.append(state["i"])
+
+
+def offers_in_a_thread(n):
+    out = []
+    t = threading.Thread(target=_thread_work, args=(n, out))
+    t.start()
+    t.join()
+    return out
+
+
+def offers_in_a_thread_then_raises(n):
+    out = offers_in_a_thread(n)
+    return out[0]  # (an IndexError in a segment a save in the thread ended)
+
+
+def offers_in_a_pool(n):
+    with cf.ThreadPoolExecutor(1) as pool:
+        out = []
+        pool.submit(_thread_work, n, out).result()
+        return out
+
+
+@pytest.mark.parametrize("fn", [offers_in_a_thread, offers_in_a_thread_then_raises, offers_in_a_pool])
+def test_a_save_in_a_thread_ends_the_segment_whatever_the_function_does_then(ex, fn):
+    # A save raises SegmentDone in the thread that offered; a plain Thread ends there, and the
+    # function went on to return [] (or raise) as the call's result. Now the segment ends
+    # checkpointed whatever the function does after the save, and the next one resumes from it.
+    fut = wrenpack.remote(fn, executor=ex, timeout=1).remote(70)  # (1.4 s of steps: two segments or more)
+    want = 70 if fn is offers_in_a_thread_then_raises else [70]
+    assert fut.result(timeout=60) == want
+    assert fut.segments >= 2
+    assert all(s["exit"] == "checkpointed" for s in fut.segment_statuses)

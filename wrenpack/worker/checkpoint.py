@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -271,6 +272,11 @@ class Checkpoint:
         self._repeats = 0
         #: (item, start, repeats) of the call that saved last: what ``stats`` hands on
         self._saved_start: tuple[int | None, str | None, int] = (None, None, 0)
+        #: whether a save ended the segment (``SegmentDone`` was raised, in whichever thread):
+        #: from then on the segment is over, whatever the call's function returns or raises
+        #: (``handler._execute``), and a later offer or save raises ``SegmentDone`` again
+        #: without saving, so the next segment resumes from that save
+        self.ended = False
 
     def begin_item(self, index: int) -> None:
         """The group's call ``index`` begins (``chunksize``: the calls of a group run
@@ -395,6 +401,8 @@ class Checkpoint:
 
     def offer(self, state: Any) -> None:
         """Offer the loop's state at a safe point; saves and ends the segment only when due."""
+        if self.ended:
+            raise SegmentDone()  # (another thread's save ended the segment: nothing more is saved)
         now = time.perf_counter()
         step = now - self._last
         self._last = now
@@ -414,6 +422,7 @@ class Checkpoint:
                     self._save_timed = True
             return
         self.save(state)
+        self.ended = True
         raise SegmentDone()
 
     def _check_progress(self) -> None:
@@ -475,6 +484,8 @@ class Checkpoint:
         self.used = True
         if not self.active or self._key is None:
             return
+        if self.ended:
+            raise SegmentDone()  # (the segment is over: the state it ended with stays the one saved)
         self._check_progress()
         t0 = time.perf_counter()
         pickled = dumps_state(state)
@@ -520,9 +531,27 @@ class Checkpoint:
 _current: Checkpoint | None = None
 
 
+def _quiet_segment_done() -> None:
+    """A ``SegmentDone`` that ends a plain ``threading.Thread`` (an offer made there) is
+    how the segment ends, not an error: ``threading.excepthook`` no longer prints its
+    traceback to the call's output. Anything else goes to the hook as before."""
+    hook = threading.excepthook
+    if getattr(hook, "_wrenpack_quiet", False):
+        return
+
+    def quiet(args: Any) -> None:
+        if args.exc_type is not None and issubclass(args.exc_type, SegmentDone):
+            return
+        hook(args)
+
+    quiet._wrenpack_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = quiet
+
+
 def begin(ev: Any, store: Any, deadline_fn: Any) -> Checkpoint:
     """Set up the checkpoint of the call the handler is about to run (``ev``: its ``wire.event.Event``)."""
     global _current
+    _quiet_segment_done()
     _current = Checkpoint(
         store,
         keys.checkpoint_key(ev.job_id, ev.call_id),
@@ -538,6 +567,7 @@ def begin_with(ckpt: Checkpoint) -> Checkpoint:
     """Make ``ckpt`` the running call's checkpoint (a job's child: one whose
     saves and restores go through the parent, which holds the secret)."""
     global _current
+    _quiet_segment_done()
     _current = ckpt
     return ckpt
 

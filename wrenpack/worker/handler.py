@@ -497,6 +497,8 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             value = scope.run(fn, *args, **kwargs)
         finally:
             run_s = time.perf_counter() - run_start
+        if ckpt.ended:
+            _segment_ended("returned")
         try:
             slab = _take_slab(context)
             outcome: Any = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
@@ -543,6 +545,9 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         else:
             # Without the handler's own frame: the user sees only their code.
             outcome = error_outcome(exc, "user", user_traceback(exc))
+        if ckpt is not None and ckpt.ended:
+            _segment_ended(f"raised {type(exc).__name__}")
+            kind, outcome = "checkpointed", b""
     finally:
         if disarm is not None:
             disarm()
@@ -550,6 +555,20 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         checkpoint.end()
     extra = scope.status()
     return _Ran(kind, outcome, run_s, extra, ckpt)
+
+
+def _segment_ended(what: str) -> None:
+    """A save ended the segment (``Checkpoint.ended``) in a thread whose ``SegmentDone``
+    did not reach the call's own (a plain ``threading.Thread``: it ends that thread
+    only), and the call's function then ``what`` (returned, or raised something).
+    That is not the call's outcome: it ran on without the work the stopped thread was
+    doing (a result taken from it was wrong, ``[]`` for ``[80]``). The segment ends
+    checkpointed and the next one resumes from the save. (Raises ``SegmentDone``
+    when it returned.)"""
+    log.info("a checkpoint save ended this segment in another thread; the function then %s: "
+             "not taken as the call's outcome, the next segment resumes from the save", what)
+    if what == "returned":
+        raise checkpoint.SegmentDone()
 
 
 def _per_item(fn: Any, ckpt: Any) -> Any:
@@ -565,6 +584,8 @@ def _per_item(fn: Any, ckpt: Any) -> Any:
 
     def one_call(*args: Any, **kwargs: Any) -> Any:
         index = next(indices)
+        if ckpt.ended:
+            raise checkpoint.SegmentDone()  # (the segment is over: the group's next segment runs this call)
         ckpt.begin_item(index)
         ended = ckpt.item_result(index)
         if ended is not None:  # (it ended in an earlier segment: not run again)
@@ -574,9 +595,13 @@ def _per_item(fn: Any, ckpt: Any) -> Any:
         try:
             value = inner(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - kept per call, as ``Batch`` keeps it
+            if ckpt.ended:  # (a save in another thread ended the segment: not this call's outcome)
+                raise checkpoint.SegmentDone() from None
             outcome = error_tuple(exc, "user", user_traceback(exc))
             ckpt.item_failed(index, outcome)
             raise batch.Ended(outcome) from None
+        if ckpt.ended:
+            raise checkpoint.SegmentDone()
         ckpt.item_done(index, value)
         return value
 
