@@ -416,3 +416,63 @@ def test_a_save_in_a_thread_ends_the_segment_whatever_the_function_does_then(ex,
     assert fut.result(timeout=60) == want
     assert fut.segments >= 2
     assert all(s["exit"] == "checkpointed" for s in fut.segment_statuses)
+
+
+# -- two loops of one call that each checkpoint ----------------------------------------------------
+def _checkpointing_helper(n):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"]
+
+
+def two_checkpoint_users():
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "total": 0})
+    while state["i"] < 3:
+        state["total"] += _checkpointing_helper(25)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"], state["total"]
+
+
+def helper_called_three_times():
+    return sum(_checkpointing_helper(25) + k for k in range(3))
+
+
+def test_two_loops_that_each_checkpoint_fail_in_one_line_not_with_a_wrong_result(ex):
+    # The outer loop resumed from the helper's {"i": ...} and returned a wrong result, no error; or
+    # the helper's second run restored its first run's state (saved to time a save) and skipped its work.
+    assert two_checkpoint_users() == (3, 75)  # (locally)
+    fut = wrenpack.remote(two_checkpoint_users, executor=ex, timeout=1).remote()
+    with pytest.raises(wrenpack.errors.TaskError, match="another checkpoint user|called again in segment") as info:
+        fut.result(timeout=60)
+    assert "\n" not in str(info.value) and "_checkpointing_helper" in str(info.value)
+
+
+def test_a_checkpointing_helper_called_twice_is_refused_not_resumed_from_its_first_run(ex):
+    fut = wrenpack.remote(helper_called_three_times, executor=ex, timeout=1).remote()
+    with pytest.raises(wrenpack.errors.TaskError, match="called again in segment 0") as info:
+        fut.result(timeout=60)
+    assert "\n" not in str(info.value) and "_checkpointing_helper" in str(info.value)
+
+
+def _offer_elsewhere(state):
+    wrenpack.checkpoint().offer(state)
+
+
+def restores_here_offers_there(n):
+    state = wrenpack.checkpoint().restore(default={"i": 0})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        _offer_elsewhere(state)
+    return state["i"]
+
+
+def test_one_loop_may_restore_in_one_function_and_offer_in_another(ex):
+    fut = wrenpack.remote(restores_here_offers_there, executor=ex, timeout=1).remote(70)
+    assert fut.result(timeout=60) == 70 and fut.segments >= 2
