@@ -476,3 +476,47 @@ def restores_here_offers_there(n):
 def test_one_loop_may_restore_in_one_function_and_offer_in_another(ex):
     fut = wrenpack.remote(restores_here_offers_there, executor=ex, timeout=1).remote(70)
     assert fut.result(timeout=60) == 70 and fut.segments >= 2
+
+
+# -- retry_on in a later segment -------------------------------------------------------------------
+class Transient(Exception):
+    pass
+
+
+def fails_once_in_a_later_segment(n, log_path, fail_at, always=False):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "acc": 0})
+    with open(log_path, "a") as fh:
+        fh.write(f"start {state['i']}\n")
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        state["acc"] += state["i"]
+        if state["i"] == fail_at and (always or "boom" not in open(log_path).read()):
+            with open(log_path, "a") as fh:
+                fh.write("boom\n")
+            raise Transient(f"at {fail_at}")
+        cp.offer(state)
+    return state["acc"]
+
+
+def test_a_retry_on_error_in_a_later_segment_resumes_from_the_last_save(tmp_path):
+    # It began again from scratch (start 0 after the error) though a worker crash at the same point resumed.
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=2)
+    try:
+        log_path = str(tmp_path / "log")
+        f = wrenpack.remote(fails_once_in_a_later_segment, executor=ex, timeout=1, retry_on=(Transient,))
+        fut = f.remote(60, log_path, 50)  # (a 1 s segment holds about 45 steps: 50 is in a later one)
+        assert fut.result(timeout=60) == sum(range(61))
+        lines = open(log_path).read().splitlines()
+        boom = lines.index("boom")
+        assert lines[0] == "start 0" and boom >= 2  # (it failed in a later segment)
+        assert lines[boom + 1] == lines[boom - 1] != "start 0"  # the retry resumed from the save before the error
+        assert [s["error"].split(":")[0] for s in fut.retried_statuses] == ["Transient"]
+        # a call whose last attempt fails too leaves no checkpoint behind
+        fut = f.options(retries=1).remote(60, str(tmp_path / "log2"), 50, always=True)
+        with pytest.raises(Transient):
+            fut.result(timeout=60)
+        assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+    finally:
+        ex.shutdown()

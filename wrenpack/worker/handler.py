@@ -659,9 +659,16 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
     job_id, call_id = ev.job_id, ev.call_id
     kind, outcome, extra = ran.kind, ran.outcome, ran.extra
     restored, saves = extra.pop("ckpt_restored", False), extra.pop("ckpt_saves", 0)
-    if kind != "checkpointed" and (restored or saves) and \
-            not (kind == "timeout" and checkpoint.rerun_late(ev.segment, ev.attempt)):  # (kept for the re-run)
-        store.delete(keys.checkpoint_key(job_id, call_id))
+    kept = False
+    if kind != "checkpointed" and (restored or saves):
+        if kind == "timeout" and checkpoint.rerun_late(ev.segment, ev.attempt):
+            pass  # (kept for the re-run)
+        elif kind in ("error", "timeout") and _may_retry(ev):
+            # The client may try the call again (``retry_on``): from the last save, not from scratch
+            # (the work and side effects before it were done); it deletes the checkpoint if it does not.
+            kept = True
+        else:
+            store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
     status = status_record.record(
         job_id, call_id, ev.attempt, ev.segment, kind, start, end,
@@ -670,6 +677,8 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
     )
     if ran.run_s is not None:
         status["run_s"] = ran.run_s
+    if kept:
+        status["checkpoint_kept"] = True
     if ev.store.get("type") == "s3":
         status["botocore"] = sdk.checked()[0]  # the SDK that wrote it (`wrenpack doctor` shows it)
     status.update(extra)
@@ -717,6 +726,15 @@ _CHILD_KINDS = frozenset({"ok", "error", "timeout", "checkpointed"})
 #: $12 per million 60 s calls in GETs, twice the rest of an Event call's requests)
 CANCEL_FIRST_S = 2.0
 CANCEL_GAP_MAX_S = 60.0
+
+
+def _may_retry(ev: Event) -> bool:
+    """Whether the client may launch this call again after an error: it lists errors in
+    ``retry_on`` and this attempt is not its last (``ckpt_retries``: its ``retries``)."""
+    try:
+        return int(ev.attempt or 0) < int(ev.extra.get("ckpt_retries") or 0)
+    except (TypeError, ValueError):
+        return False
 
 
 def cancel_look_after(elapsed: float) -> float:
