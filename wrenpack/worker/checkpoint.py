@@ -133,6 +133,19 @@ class SegmentDone(BaseException):
     """Ends an invocation after its state was saved (not an error)."""
 
 
+class SaveTooLate(BaseException):
+    """A save was due and the last one measured (``save_s``) would not finish before the
+    deadline, with no save of this segment to end on: the segment ran out of time (as
+    a timeout; a later segment runs once more from the save before it, ``LATE_RERUNS``).
+    Starting the save only ended in the kill at the deadline, halfway through writing it
+    (a state of hundreds of MB), and the call failed with a ``TaskTimeout`` that advised
+    checkpointing a call that does. ``left``: the seconds left when it was due."""
+
+    def __init__(self, left: float) -> None:
+        super().__init__(f"{left:.3f}")
+        self.left = left
+
+
 class Refused(BaseException):
     """The checkpoint was used in a way that can never finish (a save in a later
     segment that did not restore the state the segment before saved, or segments
@@ -292,6 +305,8 @@ class Checkpoint:
         self.save_s = float(learned.get("save_s", FIRST_SAVE_GUESS))
         #: whether a save has been timed (in an earlier segment, or in this one)
         self._save_timed = "save_s" in learned
+        #: when the save under way began (``time.perf_counter``); None: none is (``saving_for``)
+        self._saving_since: float | None = None
         self._begun = time.time()
         self.step_s = float(learned.get("step_s", 0.0))
         self.restored = False
@@ -317,6 +332,9 @@ class Checkpoint:
         #: (``handler._execute``), and a later offer or save raises ``SegmentDone`` again
         #: without saving, so the next segment resumes from that save
         self.ended = False
+        #: the time left when a save was due that would not have finished (``SaveTooLate``,
+        #: in whichever thread): the segment ran out of time, whatever the function does then
+        self.late: float | None = None
         #: the code that called ``restore`` in this segment (the running call of a group), in
         #: order (``_site``): a save is owned by the one that offers, or else the last one
         self._restorers: list[str] = []
@@ -455,7 +473,11 @@ class Checkpoint:
                 "state) or run the helper as a call of its own"))
         self.restored = True
         self._had.add(site)
-        return _loads(pickled, self.label)
+        state = _loads(pickled, self.label)
+        # (reading a large state takes a while: not part of the first step, which otherwise
+        # looked as long as it and made every later segment save at its first offer)
+        self._last = time.perf_counter()
+        return state
 
     def _again(self, site: str) -> TaskError:
         """A second ``restore`` by ``site`` in one segment, after it got a saved state or
@@ -477,6 +499,8 @@ class Checkpoint:
         """Offer the loop's state at a safe point; saves and ends the segment only when due."""
         if self.ended:
             raise SegmentDone()  # (another thread's save ended the segment: nothing more is saved)
+        if self.late is not None:
+            raise SaveTooLate(self.late)  # (as ``ended``, for a segment that ran out of time)
         now = time.perf_counter()
         step = now - self._last
         self._last = now
@@ -495,6 +519,16 @@ class Checkpoint:
                     self._save(state, _site(sys._getframe(1)))  # timed (``save_s``); the segment goes on
                     self._save_timed = True
             return
+        if self._save_timed and left < self.save_s:
+            # A save, as long as the last one, would not finish before the deadline: not begun.
+            if self.saves:
+                # This segment saved before (the save that timed one): it ends on that save.
+                log.info("%s: a save was due with %.2f s left and one takes %.2f s; the segment ends on its "
+                         "earlier save", self.label, left, self.save_s)
+                self.ended = True
+                raise SegmentDone()
+            self.late = left
+            raise SaveTooLate(left)
         self._save(state, _site(sys._getframe(1)))
         self.ended = True
         raise SegmentDone()
@@ -567,7 +601,7 @@ class Checkpoint:
         if self.ended:
             raise SegmentDone()  # (the segment is over: the state it ended with stays the one saved)
         self._check_progress()
-        t0 = time.perf_counter()
+        t0 = self._saving_since = time.perf_counter()
         owner = site if site in self._restorers or not self._restorers else self._restorers[-1]
         self._had.add(owner)
         head = _owned(owner)
@@ -587,9 +621,19 @@ class Checkpoint:
             group.states[self.item] = pickled
             data = cloudpickle.dumps((_GROUP_TAG, group.done, group.states, group.failed))
         self.state_bytes = self._push(data)
+        self._saving_since = None
         self.save_s = time.perf_counter() - t0
         self.saves += 1
         self._last = time.perf_counter()
+
+    def saving_for(self) -> float | None:
+        """How long the save under way has run (seconds); None if none is."""
+        since = self._saving_since
+        return None if since is None else time.perf_counter() - since
+
+    def save_timed(self) -> bool:
+        """Whether ``save_s`` was measured (here, or by the segment before)."""
+        return self._save_timed
 
     def stats(self) -> dict[str, Any]:
         """What the status record shows of the checkpoint; the ``LEARNED`` keys of it

@@ -499,6 +499,8 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             run_s = time.perf_counter() - run_start
         if ckpt.ended:
             _segment_ended("returned")
+        if ckpt.late is not None:
+            raise checkpoint.SaveTooLate(ckpt.late)  # (in another thread: ``Checkpoint.late``)
         try:
             slab = _take_slab(context)
             outcome: Any = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
@@ -521,7 +523,10 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             kind, outcome = "checkpointed", b""
         else:
             kind = "timeout"
-            outcome = _timeout_outcome(ev, ckpt is not None and ckpt.used)
+            outcome = _timeout_outcome(ev, ckpt is not None and ckpt.used, ckpt=ckpt)
+    except checkpoint.SaveTooLate as exc:
+        kind = "timeout"  # (a later segment runs once more from the save before it: ``checkpoint.LATE_RERUNS``)
+        outcome = _timeout_outcome(ev, True, ckpt=ckpt, due_left=exc.left)
     except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
         kind = "error"
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -548,6 +553,8 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         if ckpt is not None and ckpt.ended:
             _segment_ended(f"raised {type(exc).__name__}")
             kind, outcome = "checkpointed", b""
+        elif ckpt is not None and ckpt.late is not None:  # (the segment ran out of time in another thread)
+            kind, outcome = "timeout", _timeout_outcome(ev, True, ckpt=ckpt, due_left=ckpt.late)
     finally:
         if disarm is not None:
             disarm()
@@ -640,13 +647,29 @@ def _tmp_full(ev: Event, exc: BaseException) -> EphemeralStorageExceeded:
         "ephemeral_storage= (up to 10240 MB) or write less / stream to the store")
 
 
-def _timeout_outcome(ev: Event, ckpt_used: bool, stopped: bool = False) -> bytes:
+def _timeout_outcome(ev: Event, ckpt_used: bool, stopped: bool = False, ckpt: Any = None,
+                     due_left: float | None = None) -> bytes:
+    """The ``TaskTimeout`` of a call that ran out of time: what to change. A call that
+    checkpoints is never told to checkpoint: when a save was the trouble (one under way
+    at the deadline, or one due that would not have finished: ``due_left``, the time left
+    then), it is told what a save takes of the timeout, and to raise it or save less."""
     timeout = ev.timeout_s
     limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
     if stopped:
         limit += " and was stopped (it did not stop itself: signals could not reach it)"
-    if ckpt_used:
-        fix = ("the time between two checkpoint offers was longer than the time left to save; "
+    of = f" of the {timeout:g} s timeout" if timeout else ""
+    saving = ckpt.saving_for() if ckpt is not None else None
+    size = f", a {ckpt.state_bytes / 2**20:.0f} MB state" if ckpt is not None and ckpt.state_bytes >= 2**20 else ""
+    if due_left is not None:
+        fix = (f"a checkpoint save was due with {due_left:.2f} s left and the last one took {ckpt.save_s:.2f} s{of}{size}, "
+               "so it could not finish; raise timeout= or save a smaller state")
+    elif saving is not None:
+        took = f"; the one before took {ckpt.save_s:.2f} s{size}" if ckpt.save_timed() else ""
+        fix = (f"a checkpoint save was under way for {saving:.2f} s{of} when the time ran out{took}; "
+               "raise timeout= or save a smaller state")
+    elif ckpt_used:
+        took = f" (a save takes {ckpt.save_s:.2f} s{of}{size})" if ckpt is not None and ckpt.save_timed() else ""
+        fix = (f"the time between two checkpoint offers was longer than the time left to save{took}; "
                "offer more often or raise timeout=")
     else:
         fix = ("raise timeout= (at most 900 s on Lambda) or make it resumable with "
