@@ -23,6 +23,13 @@ call completes. A checkpoint is sealed with the job's secret as this call's
 and this segment's (its format: ``wrenpack.wire.checkpoint``), so a planted or
 moved one fails with ``CorruptObject`` before anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
 
+One loop owns a call's checkpoint: a saved state is tagged with the code that
+restored it (``_OWNER_TAG``), and a restore by other code (a second loop, a helper
+that checkpoints too), or a second one by the same code in a segment, is refused
+in one line rather than resuming from another loop's state. A save that ends the
+segment in any thread ends it for the call (``Checkpoint.ended``). A save that the
+last one measured cannot finish before the deadline is not begun (``SaveTooLate``).
+
 A loop that cannot finish is stopped rather than re-run segment after
 segment, each one the whole timeout (on Lambda a paid invocation of up to
 15 minutes). A save in a later segment that never called ``restore`` fails
