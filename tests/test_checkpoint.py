@@ -214,3 +214,86 @@ def test_expected_segments_are_kept_between_calls_and_follow_a_new_profile(tmp_p
         assert [fut.result() for fut in futs] == [expected(2)] * len(futs)
     finally:
         ex.shutdown()
+
+
+# -- a save that cannot finish before the deadline ------------------------------------------------
+def _timed(tmp_path, segment, left, learned=None):
+    store = LocalStore(tmp_path / "s")
+    ev = Event(job_id="j1", call_id="00000", store=store.spec, secret=SECRET, segment=segment, checkpoint=learned,
+               args=inline_args(cloudpickle.dumps(((), {}))), function_name="f")
+    deadline = time.time() + left
+    cp = ck.Checkpoint(store, keys.checkpoint_key("j1", "00000"), lambda: deadline, label="f", learned=learned, event=ev)
+    return cp, store
+
+
+def test_a_due_save_measured_too_slow_for_the_time_left_is_not_begun(tmp_path):
+    # (a later segment: the last save took 1 s and 0.3 s are left) It began the save anyway, and the
+    # kill at the deadline stopped it halfway; now the segment ran out of time at once, saying why.
+    cp, store = _timed(tmp_path, 1, 0.3, {"save_s": 1.0, "step_s": 0.01})
+    cp.restore(default=None)
+    with pytest.raises(ck.SaveTooLate):
+        cp.offer({"i": 1})
+    assert cp.saves == 0 and cp.late is not None
+    with pytest.raises(ck.SaveTooLate):
+        cp.offer({"i": 2})  # (in another thread too: the segment ran out of time)
+
+
+def test_after_its_timing_save_a_segment_ends_on_it_when_another_would_not_finish(tmp_path):
+    cp, store = _timed(tmp_path, 0, 0.4)  # (a first segment, of about 0.4 s: past its half at once)
+    cp.restore(default=None)
+    cp._begun -= 10  # (the segment began long ago: the first offer saves once, to time it)
+    cp.offer({"i": 1})
+    assert cp.saves == 1 and not cp.ended
+    cp.save_s = 5.0  # (that save took longer than the time left)
+    with pytest.raises(ck.SegmentDone):
+        cp.offer({"i": 2})
+    assert cp.saves == 1 and cp.ended  # the next segment resumes from the timing save
+
+
+def test_reading_a_state_is_not_counted_as_the_first_step(tmp_path):
+    cp, store = _timed(tmp_path, 0, 100)
+    cp.save({"i": 1})
+    cp, _ = _timed(tmp_path, 1, 100, {"save_s": 0.001})
+    fetch = cp._fetch
+
+    def slow_fetch():
+        time.sleep(0.3)  # (a state of hundreds of MB)
+        return fetch()
+
+    cp._fetch = slow_fetch
+    assert cp.restore(default=None) == {"i": 1}
+    cp.offer({"i": 2})
+    assert cp.stats()["step_s"] < 0.2
+
+
+def test_a_timeout_of_a_call_that_checkpoints_says_what_a_save_takes(tmp_path):
+    from wrenpack.worker import handler as h
+
+    cp, store = _timed(tmp_path, 1, 100, {"save_s": 1.25})
+    cp.restore(default=None)
+    ev = Event(job_id="j1", call_id="00000", store=store.spec, secret=SECRET, segment=0, timeout_s=3,
+               args=inline_args(cloudpickle.dumps(((), {}))), function_name="f")
+    told = str(cloudpickle.loads(h._timeout_outcome(ev, True, ckpt=cp, due_left=0.4)))
+    assert "the last one took 1.25 s of the 3 s timeout" in told and "resumable" not in told
+    cp._saving_since = time.perf_counter() - 2.0  # (a save under way at the deadline)
+    told = str(cloudpickle.loads(h._timeout_outcome(ev, True, ckpt=cp)))
+    assert "save was under way for 2.0" in told and "resumable" not in told
+
+
+def test_a_first_segment_stopped_at_its_deadline_after_a_save_is_not_told_to_checkpoint(tmp_path):
+    # (the driver kills a worker stuck in a large save; a first segment's message advised checkpointing)
+    from types import SimpleNamespace
+
+    from wrenpack.backends.base import Invocation
+    from wrenpack.backends.local.process import Worker
+
+    cp, store = _timed(tmp_path, 0, 100)
+    cp.save({"i": 1})
+    worker = SimpleNamespace(kill_reason="timeout", oom_kills=lambda: 0)
+    inv = Invocation(event={"segment": 0, "checkpoint": None, "store": store.spec, "job_id": "j1", "call_id": "00000"},
+                     on_done=lambda *a: None, timeout_s=3, extra={"label": "big"})
+    told = str(Worker.death_error(worker, inv))
+    assert "though it checkpoints" in told and "make it resumable" not in told
+    store.delete(keys.checkpoint_key("j1", "00000"))
+    told = str(Worker.death_error(worker, inv))
+    assert "make it resumable" in told and "save a smaller state" in told

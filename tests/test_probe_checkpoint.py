@@ -376,3 +376,150 @@ def test_on_lambda_groups_finish_and_a_loop_that_never_restores_is_refused(make_
     fut = wrenpack.remote(never_restores, executor=lam, timeout=2).remote(10_000)
     with pytest.raises(wrenpack.TaskError, match="without calling restore"):
         fut.result(timeout=60)
+
+
+# -- an offer made in a thread of the call ----------------------------------------------------------
+def _thread_work(n, out):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    out.append(state["i"])
+
+
+def offers_in_a_thread(n):
+    out = []
+    t = threading.Thread(target=_thread_work, args=(n, out))
+    t.start()
+    t.join()
+    return out
+
+
+def offers_in_a_thread_then_raises(n):
+    out = offers_in_a_thread(n)
+    return out[0]  # (an IndexError in a segment a save in the thread ended)
+
+
+def offers_in_a_pool(n):
+    with cf.ThreadPoolExecutor(1) as pool:
+        out = []
+        pool.submit(_thread_work, n, out).result()
+        return out
+
+
+@pytest.mark.parametrize("fn", [offers_in_a_thread, offers_in_a_thread_then_raises, offers_in_a_pool])
+def test_a_save_in_a_thread_ends_the_segment_whatever_the_function_does_then(ex, fn):
+    # A save raises SegmentDone in the thread that offered; a plain Thread ends there, and the
+    # function went on to return [] (or raise) as the call's result. Now the segment ends
+    # checkpointed whatever the function does after the save, and the next one resumes from it.
+    fut = wrenpack.remote(fn, executor=ex, timeout=1).remote(70)  # (1.4 s of steps: two segments or more)
+    want = 70 if fn is offers_in_a_thread_then_raises else [70]
+    assert fut.result(timeout=60) == want
+    assert fut.segments >= 2
+    assert all(s["exit"] == "checkpointed" for s in fut.segment_statuses)
+
+
+# -- two loops of one call that each checkpoint ----------------------------------------------------
+def _checkpointing_helper(n):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"]
+
+
+def two_checkpoint_users():
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "total": 0})
+    while state["i"] < 3:
+        state["total"] += _checkpointing_helper(25)
+        state["i"] += 1
+        cp.offer(state)
+    return state["i"], state["total"]
+
+
+def helper_called_three_times():
+    return sum(_checkpointing_helper(25) + k for k in range(3))
+
+
+def test_two_loops_that_each_checkpoint_fail_in_one_line_not_with_a_wrong_result(ex):
+    # The outer loop resumed from the helper's {"i": ...} and returned a wrong result, no error; or
+    # the helper's second run restored its first run's state (saved to time a save) and skipped its work.
+    assert two_checkpoint_users() == (3, 75)  # (locally)
+    fut = wrenpack.remote(two_checkpoint_users, executor=ex, timeout=1).remote()
+    with pytest.raises(wrenpack.errors.TaskError, match="another checkpoint user|called again in segment") as info:
+        fut.result(timeout=60)
+    assert "\n" not in str(info.value) and "_checkpointing_helper" in str(info.value)
+
+
+def test_a_checkpointing_helper_called_twice_is_refused_not_resumed_from_its_first_run(ex):
+    fut = wrenpack.remote(helper_called_three_times, executor=ex, timeout=1).remote()
+    with pytest.raises(wrenpack.errors.TaskError, match="called again in segment 0") as info:
+        fut.result(timeout=60)
+    assert "\n" not in str(info.value) and "_checkpointing_helper" in str(info.value)
+
+
+def _offer_elsewhere(state):
+    wrenpack.checkpoint().offer(state)
+
+
+def restores_here_offers_there(n):
+    state = wrenpack.checkpoint().restore(default={"i": 0})
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        _offer_elsewhere(state)
+    return state["i"]
+
+
+def test_one_loop_may_restore_in_one_function_and_offer_in_another(ex):
+    fut = wrenpack.remote(restores_here_offers_there, executor=ex, timeout=1).remote(70)
+    assert fut.result(timeout=60) == 70 and fut.segments >= 2
+
+
+# -- retry_on in a later segment -------------------------------------------------------------------
+class Transient(Exception):
+    pass
+
+
+def fails_once_in_a_later_segment(n, log_path, fail_at, always=False):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0, "acc": 0})
+    with open(log_path, "a") as fh:
+        fh.write(f"start {state['i']}\n")
+    while state["i"] < n:
+        time.sleep(0.02)
+        state["i"] += 1
+        state["acc"] += state["i"]
+        if state["i"] == fail_at and (always or "boom" not in open(log_path).read()):
+            with open(log_path, "a") as fh:
+                fh.write("boom\n")
+            raise Transient(f"at {fail_at}")
+        cp.offer(state)
+    return state["acc"]
+
+
+def test_a_retry_on_error_in_a_later_segment_resumes_from_the_last_save(tmp_path):
+    # It began again from scratch (start 0 after the error) though a worker crash at the same point resumed.
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=2)
+    try:
+        log_path = str(tmp_path / "log")
+        f = wrenpack.remote(fails_once_in_a_later_segment, executor=ex, timeout=1, retry_on=(Transient,))
+        fut = f.remote(60, log_path, 50)  # (a 1 s segment holds about 45 steps: 50 is in a later one)
+        assert fut.result(timeout=60) == sum(range(61))
+        lines = open(log_path).read().splitlines()
+        boom = lines.index("boom")
+        assert lines[0] == "start 0" and boom >= 2  # (it failed in a later segment)
+        assert lines[boom + 1] == lines[boom - 1] != "start 0"  # the retry resumed from the save before the error
+        assert [s["error"].split(":")[0] for s in fut.retried_statuses] == ["Transient"]
+        # a call whose last attempt fails too leaves no checkpoint behind
+        fut = f.options(retries=1).remote(60, str(tmp_path / "log2"), 50, always=True)
+        with pytest.raises(Transient):
+            fut.result(timeout=60)
+        assert not ex.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))
+    finally:
+        ex.shutdown()

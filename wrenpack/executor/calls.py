@@ -504,6 +504,12 @@ class CallTable:
             self._retry(job, inv, value, late=late)
             return
         fut.status, fut.logs = final, logs
+        if final.pop("checkpoint_kept", False):
+            # (its worker kept the checkpoint for a retry: none comes)
+            try:
+                self.store.delete(keys.checkpoint_key(job.job_id, cid))
+            except Exception:  # noqa: BLE001 - the job's clean-up removes it too
+                log.debug("could not delete the checkpoint of %s", inv.label, exc_info=True)
         if not ok and logs and isinstance(value, BaseException):
             cause = value.__cause__
             if isinstance(cause, RemoteTraceback):

@@ -476,6 +476,10 @@ class Executor(CallTable, cf.Executor):
         # Every call's event is this one with its call id, arguments and label (made when it is launched).
         job.template = event_dict(job_id=job_id, call_id="", store=spec, secret=secret, args={},
                                   timeout_s=options.timeout, function_name=label, extra=extra_event)
+        if options.retry_on and options.retries:
+            # A call that fails may be tried again (``retry_on``): its worker keeps the checkpoint
+            # on an error, so that the retry resumes from the last save (``handler._finish``).
+            job.template["ckpt_retries"] = options.retries
         where = (spec, chain)  # (shared by the futures: a reference to a call is made from it)
         created = time.time()
         out: list[WrenFuture] = []

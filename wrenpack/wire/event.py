@@ -76,6 +76,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "reply_within_s": (int, float, type(None)),  # a result returns in the reply only from a call that ran at most this long
     "python": (str,),                   # the client's Python X.Y: a worker on another refuses the call (bytecode)
     "domain": (str,),                   # isolation domain: calls sharing it (and the function) share a job process
+    "ckpt_retries": (int,),             # retry_on's retries: an attempt below it keeps its checkpoint on an error (for the retry)
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _good_hashes: set[str] = set()  # func_hash values already checked

@@ -23,6 +23,13 @@ call completes. A checkpoint is sealed with the job's secret as this call's
 and this segment's (its format: ``wrenpack.wire.checkpoint``), so a planted or
 moved one fails with ``CorruptObject`` before anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
 
+One loop owns a call's checkpoint: a saved state is tagged with the code that
+restored it (``_OWNER_TAG``), and a restore by other code (a second loop, a helper
+that checkpoints too), or a second one by the same code in a segment, is refused
+in one line rather than resuming from another loop's state. A save that ends the
+segment in any thread ends it for the call (``Checkpoint.ended``). A save that the
+last one measured cannot finish before the deadline is not begun (``SaveTooLate``).
+
 A loop that cannot finish is stopped rather than re-run segment after
 segment, each one the whole timeout (on Lambda a paid invocation of up to
 15 minutes). A save in a later segment that never called ``restore`` fails
@@ -44,7 +51,11 @@ every call.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
+import sys
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -129,6 +140,19 @@ class SegmentDone(BaseException):
     """Ends an invocation after its state was saved (not an error)."""
 
 
+class SaveTooLate(BaseException):
+    """A save was due and the last one measured (``save_s``) would not finish before the
+    deadline, with no save of this segment to end on: the segment ran out of time (as
+    a timeout; a later segment runs once more from the save before it, ``LATE_RERUNS``).
+    Starting the save only ended in the kill at the deadline, halfway through writing it
+    (a state of hundreds of MB), and the call failed with a ``TaskTimeout`` that advised
+    checkpointing a call that does. ``left``: the seconds left when it was due."""
+
+    def __init__(self, left: float) -> None:
+        super().__init__(f"{left:.3f}")
+        self.left = left
+
+
 class Refused(BaseException):
     """The checkpoint was used in a way that can never finish (a save in a later
     segment that did not restore the state the segment before saved, or segments
@@ -148,19 +172,56 @@ class Refused(BaseException):
 _GROUP_TAG = "wrenpack.checkpoint.group"
 
 
-def dumps_state(state: Any) -> bytes:
-    """The pickle of a checkpoint's ``state``; one that cannot be pickled is a
+def dumps_state(state: Any, prefix: bytes = b"") -> bytes:
+    """The pickle of a checkpoint's ``state`` (after ``prefix``: ``_owned``, written first
+    so that the pickle is not copied again); one that cannot be pickled is a
     ``SerializationError`` naming the checkpoint and the fix (the pickler's own
     error, raised from inside ``offer``, named neither; the client adds the call's name)."""
     try:
         with refs.sealing_scope():  # futures in the state carry no secret into the store
-            return cloudpickle.dumps(state)
+            with io.BytesIO() as buf:  # (what cloudpickle.dumps does, the prefix first)
+                buf.write(prefix)
+                cloudpickle.Pickler(buf).dump(state)
+                return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - whatever the pickler raises
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise SerializationError(
             f"the checkpoint state (a {type(state).__name__}) could not be pickled ({type(exc).__name__}: {reason}); "
             "offer plain data (numbers, text, lists, dicts, arrays) and rebuild the rest after restore()"
         ) from None
+
+
+#: A saved state begins with this, then the length (2 bytes) and the name of its owner:
+#: the code that called ``restore`` (``_site``). Two loops of one call that each
+#: restore and offer (a loop and a helper it calls) share the call's one checkpoint;
+#: each resumed from the other's state and the call returned a wrong result. A state
+#: restored by code other than its owner is refused in one line (``Checkpoint.restore``).
+#: A pickle begins with ``\x80``: a state without the tag (saved before) has no owner.
+_OWNER_TAG = b"WPCK\x01"
+
+
+def _site(frame: Any) -> str:
+    """Who calls the checkpoint from ``frame``: its function, file and first line (the
+    same in every segment: the same code runs them)."""
+    code = frame.f_code
+    name = getattr(code, "co_qualname", code.co_name)
+    return f"{name} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+
+
+def _owned(owner: str) -> bytes:
+    """What a state saved by ``owner`` begins with."""
+    name = owner.encode("utf-8", "replace")[:0xFFFF]
+    return _OWNER_TAG + len(name).to_bytes(2, "big") + name
+
+
+def _split(data: Any) -> tuple[str | None, Any]:
+    """The owner of a saved state (None: untagged) and its pickle (a view: not copied)."""
+    view = memoryview(data)
+    if bytes(view[:len(_OWNER_TAG)]) != _OWNER_TAG:
+        return None, view
+    at = len(_OWNER_TAG)
+    n = int.from_bytes(view[at:at + 2], "big")
+    return bytes(view[at + 2:at + 2 + n]).decode("utf-8", "replace"), view[at + 2 + n:]
 
 
 class _TooLarge(Exception):
@@ -197,7 +258,7 @@ def fingerprint(state: Any, limit: int | None = None) -> str | None:
     return sink.hash.hexdigest()[:32]
 
 
-def _digest(pickled: bytes) -> str:
+def _digest(pickled: bytes | memoryview) -> str:
     return hashlib.sha256(pickled).hexdigest()[:32]
 
 
@@ -216,7 +277,7 @@ def _loads(data: Any, label: str) -> Any:
 def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:
     """Verify, then unpickle. Only a checkpoint this call saved in this segment or
     the one before (the latest save, whatever retries happened) is accepted."""
-    return _loads(open_checkpoint(secret, job_id, call_id, segment, blob), label)
+    return _loads(_split(open_checkpoint(secret, job_id, call_id, segment, blob))[1], label)
 
 
 class _Group:
@@ -251,6 +312,8 @@ class Checkpoint:
         self.save_s = float(learned.get("save_s", FIRST_SAVE_GUESS))
         #: whether a save has been timed (in an earlier segment, or in this one)
         self._save_timed = "save_s" in learned
+        #: when the save under way began (``time.perf_counter``); None: none is (``saving_for``)
+        self._saving_since: float | None = None
         self._begun = time.time()
         self.step_s = float(learned.get("step_s", 0.0))
         self.restored = False
@@ -271,6 +334,20 @@ class Checkpoint:
         self._repeats = 0
         #: (item, start, repeats) of the call that saved last: what ``stats`` hands on
         self._saved_start: tuple[int | None, str | None, int] = (None, None, 0)
+        #: whether a save ended the segment (``SegmentDone`` was raised, in whichever thread):
+        #: from then on the segment is over, whatever the call's function returns or raises
+        #: (``handler._execute``), and a later offer or save raises ``SegmentDone`` again
+        #: without saving, so the next segment resumes from that save
+        self.ended = False
+        #: the time left when a save was due that would not have finished (``SaveTooLate``,
+        #: in whichever thread): the segment ran out of time, whatever the function does then
+        self.late: float | None = None
+        #: the code that called ``restore`` in this segment (the running call of a group), in
+        #: order (``_site``): a save is owned by the one that offers, or else the last one
+        self._restorers: list[str] = []
+        #: the code that got a saved state from ``restore``, or owns a save, in this segment:
+        #: its ``restore`` is not answered again in the segment (``_again``)
+        self._had: set[str] = set()
 
     def begin_item(self, index: int) -> None:
         """The group's call ``index`` begins (``chunksize``: the calls of a group run
@@ -282,6 +359,8 @@ class Checkpoint:
         most of a segment overwrote each other's state and the group never finished."""
         self.item = index
         self._asked = False
+        self._restorers = []
+        self._had = set()
         self._started, self._start, self._repeats = False, None, 0
         self._last = time.perf_counter()
         self._steps.clear()
@@ -311,7 +390,7 @@ class Checkpoint:
     def _group(self) -> _Group:
         if self._group_cache is None:
             data = self._fetch()
-            loaded = _loads(data, self.label) if data is not None else None
+            loaded = _loads(_split(data)[1], self.label) if data is not None else None  # (a call's state: no group)
             if isinstance(loaded, tuple) and len(loaded) in (3, 4) and loaded[0] == _GROUP_TAG:
                 self._group_cache = _Group(dict(loaded[1]), dict(loaded[2]), dict(loaded[3]) if len(loaded) == 4 else None)
             else:
@@ -377,17 +456,47 @@ class Checkpoint:
         self._last = time.perf_counter()
         if not self.active or self._key is None:
             return default
+        site = _site(sys._getframe(1))
+        if site not in self._restorers:
+            self._restorers.append(site)
         if self.item is None:
-            data = self._fetch()
-            if data is None:
+            saved = self._fetch()
+            if saved is None:
                 return default
-            self.restored = True
-            return _loads(data, self.label)
-        saved = self._group().states.get(self.item)
-        if saved is None:
-            return default  # (another call of the group saved: this one starts afresh)
+        else:
+            saved = self._group().states.get(self.item)
+            if saved is None:
+                return default  # (another call of the group saved: this one starts afresh)
+        owner, pickled = _split(saved)
+        if site in self._had:
+            raise Refused(self._again(site))
+        if owner is not None and owner != site:
+            what = "" if self.item is None else f" of call {self.item} of its group"
+            # (no label: the client puts the call's name before a TaskError's message)
+            raise Refused(TaskError(
+                f"restore() in {site}{what} got the state saved by another checkpoint user, {owner}: a call has "
+                "one checkpoint, and two loops that each restore() and offer() (a loop and a helper it calls) "
+                "would resume from each other's state; checkpoint one loop (keep the other's progress in its "
+                "state) or run the helper as a call of its own"))
         self.restored = True
-        return _loads(saved, self.label)
+        self._had.add(site)
+        state = _loads(pickled, self.label)
+        # (reading a large state takes a while: not part of the first step, which otherwise
+        # looked as long as it and made every later segment save at its first offer)
+        self._last = time.perf_counter()
+        return state
+
+    def _again(self, site: str) -> TaskError:
+        """A second ``restore`` by ``site`` in one segment, after it got a saved state or
+        saved one: what it would get is a state of its own earlier run (a helper called
+        more than once resumed its first run's state, skipping its work: a wrong result)."""
+        what = "" if self.item is None else f" of call {self.item} of its group"
+        # (no label: the client puts the call's name before a TaskError's message)
+        return TaskError(
+            f"restore() in {site}{what} was called again in segment {self._segment()} after it restored or saved a "
+            "state there: a checkpointed loop restores once, at its start, and a helper that checkpoints and is "
+            "called more than once would resume from its earlier run's state; checkpoint only the loop that calls "
+            "it (keep the helper's progress in its state) or run the helper as a call of its own")
 
     def time_left(self) -> float:
         deadline = self._deadline_fn() if self._deadline_fn else None
@@ -395,6 +504,10 @@ class Checkpoint:
 
     def offer(self, state: Any) -> None:
         """Offer the loop's state at a safe point; saves and ends the segment only when due."""
+        if self.ended:
+            raise SegmentDone()  # (another thread's save ended the segment: nothing more is saved)
+        if self.late is not None:
+            raise SaveTooLate(self.late)  # (as ``ended``, for a segment that ran out of time)
         now = time.perf_counter()
         step = now - self._last
         self._last = now
@@ -410,10 +523,21 @@ class Checkpoint:
             if not self._save_timed and self._deadline_fn is not None:
                 deadline = self._deadline_fn()
                 if deadline is not None and left < TIMING_SAVE_AT * (deadline - self._begun):
-                    self.save(state)  # timed (``save_s``); the segment goes on
+                    self._save(state, _site(sys._getframe(1)))  # timed (``save_s``); the segment goes on
                     self._save_timed = True
             return
-        self.save(state)
+        if self._save_timed and left < self.save_s:
+            # A save, as long as the last one, would not finish before the deadline: not begun.
+            if self.saves:
+                # This segment saved before (the save that timed one): it ends on that save.
+                log.info("%s: a save was due with %.2f s left and one takes %.2f s; the segment ends on its "
+                         "earlier save", self.label, left, self.save_s)
+                self.ended = True
+                raise SegmentDone()
+            self.late = left
+            raise SaveTooLate(left)
+        self._save(state, _site(sys._getframe(1)))
+        self.ended = True
         raise SegmentDone()
 
     def _check_progress(self) -> None:
@@ -438,7 +562,7 @@ class Checkpoint:
         ev = self._event
         return int(getattr(ev, "segment", 0) or 0) if ev is not None else 0
 
-    def _began(self, state: Any = None, pickled: bytes | None = None) -> None:
+    def _began(self, state: Any = None, pickled: bytes | memoryview | None = None) -> None:
         """The running call's first state in this segment (``state``, or its ``pickled``
         bytes when a save comes first): fingerprinted, and compared with the one the
         segment before began with. The ``STUCK_REPEATS``-th segment in a row that began
@@ -472,14 +596,25 @@ class Checkpoint:
 
     def save(self, state: Any) -> None:
         """Save now (``offer`` calls this when a save is due)."""
+        self._save(state, _site(sys._getframe(1)))
+
+    def _save(self, state: Any, site: str) -> None:
+        """Save ``state``, offered by ``site``: owned by it if it called ``restore``
+        in this segment, else by the last code that did (a loop may restore in one
+        function and offer in another)."""
         self.used = True
         if not self.active or self._key is None:
             return
+        if self.ended:
+            raise SegmentDone()  # (the segment is over: the state it ended with stays the one saved)
         self._check_progress()
-        t0 = time.perf_counter()
-        pickled = dumps_state(state)
+        t0 = self._saving_since = time.perf_counter()
+        owner = site if site in self._restorers or not self._restorers else self._restorers[-1]
+        self._had.add(owner)
+        head = _owned(owner)
+        pickled = dumps_state(state, head)
         if not self._started:
-            self._began(pickled=pickled)
+            self._began(pickled=memoryview(pickled)[len(head):])
         self._saved_start = (self.item, self._start, self._repeats)
         if self.item is None:
             data = pickled
@@ -493,9 +628,19 @@ class Checkpoint:
             group.states[self.item] = pickled
             data = cloudpickle.dumps((_GROUP_TAG, group.done, group.states, group.failed))
         self.state_bytes = self._push(data)
+        self._saving_since = None
         self.save_s = time.perf_counter() - t0
         self.saves += 1
         self._last = time.perf_counter()
+
+    def saving_for(self) -> float | None:
+        """How long the save under way has run (seconds); None if none is."""
+        since = self._saving_since
+        return None if since is None else time.perf_counter() - since
+
+    def save_timed(self) -> bool:
+        """Whether ``save_s`` was measured (here, or by the segment before)."""
+        return self._save_timed
 
     def stats(self) -> dict[str, Any]:
         """What the status record shows of the checkpoint; the ``LEARNED`` keys of it
@@ -520,9 +665,27 @@ class Checkpoint:
 _current: Checkpoint | None = None
 
 
+def _quiet_segment_done() -> None:
+    """A ``SegmentDone`` that ends a plain ``threading.Thread`` (an offer made there) is
+    how the segment ends, not an error: ``threading.excepthook`` no longer prints its
+    traceback to the call's output. Anything else goes to the hook as before."""
+    hook = threading.excepthook
+    if getattr(hook, "_wrenpack_quiet", False):
+        return
+
+    def quiet(args: Any) -> None:
+        if args.exc_type is not None and issubclass(args.exc_type, SegmentDone):
+            return
+        hook(args)
+
+    quiet._wrenpack_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = quiet
+
+
 def begin(ev: Any, store: Any, deadline_fn: Any) -> Checkpoint:
     """Set up the checkpoint of the call the handler is about to run (``ev``: its ``wire.event.Event``)."""
     global _current
+    _quiet_segment_done()
     _current = Checkpoint(
         store,
         keys.checkpoint_key(ev.job_id, ev.call_id),
@@ -538,6 +701,7 @@ def begin_with(ckpt: Checkpoint) -> Checkpoint:
     """Make ``ckpt`` the running call's checkpoint (a job's child: one whose
     saves and restores go through the parent, which holds the secret)."""
     global _current
+    _quiet_segment_done()
     _current = ckpt
     return ckpt
 

@@ -497,6 +497,10 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             value = scope.run(fn, *args, **kwargs)
         finally:
             run_s = time.perf_counter() - run_start
+        if ckpt.ended:
+            _segment_ended("returned")
+        if ckpt.late is not None:
+            raise checkpoint.SaveTooLate(ckpt.late)  # (in another thread: ``Checkpoint.late``)
         try:
             slab = _take_slab(context)
             outcome: Any = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
@@ -519,7 +523,10 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
             kind, outcome = "checkpointed", b""
         else:
             kind = "timeout"
-            outcome = _timeout_outcome(ev, ckpt is not None and ckpt.used)
+            outcome = _timeout_outcome(ev, ckpt is not None and ckpt.used, ckpt=ckpt)
+    except checkpoint.SaveTooLate as exc:
+        kind = "timeout"  # (a later segment runs once more from the save before it: ``checkpoint.LATE_RERUNS``)
+        outcome = _timeout_outcome(ev, True, ckpt=ckpt, due_left=exc.left)
     except BaseException as exc:  # noqa: BLE001 - the user's exception, whatever it is
         kind = "error"
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -543,6 +550,11 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         else:
             # Without the handler's own frame: the user sees only their code.
             outcome = error_outcome(exc, "user", user_traceback(exc))
+        if ckpt is not None and ckpt.ended:
+            _segment_ended(f"raised {type(exc).__name__}")
+            kind, outcome = "checkpointed", b""
+        elif ckpt is not None and ckpt.late is not None:  # (the segment ran out of time in another thread)
+            kind, outcome = "timeout", _timeout_outcome(ev, True, ckpt=ckpt, due_left=ckpt.late)
     finally:
         if disarm is not None:
             disarm()
@@ -550,6 +562,20 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
         checkpoint.end()
     extra = scope.status()
     return _Ran(kind, outcome, run_s, extra, ckpt)
+
+
+def _segment_ended(what: str) -> None:
+    """A save ended the segment (``Checkpoint.ended``) in a thread whose ``SegmentDone``
+    did not reach the call's own (a plain ``threading.Thread``: it ends that thread
+    only), and the call's function then ``what`` (returned, or raised something).
+    That is not the call's outcome: it ran on without the work the stopped thread was
+    doing (a result taken from it was wrong, ``[]`` for ``[80]``). The segment ends
+    checkpointed and the next one resumes from the save. (Raises ``SegmentDone``
+    when it returned.)"""
+    log.info("a checkpoint save ended this segment in another thread; the function then %s: "
+             "not taken as the call's outcome, the next segment resumes from the save", what)
+    if what == "returned":
+        raise checkpoint.SegmentDone()
 
 
 def _per_item(fn: Any, ckpt: Any) -> Any:
@@ -565,6 +591,8 @@ def _per_item(fn: Any, ckpt: Any) -> Any:
 
     def one_call(*args: Any, **kwargs: Any) -> Any:
         index = next(indices)
+        if ckpt.ended:
+            raise checkpoint.SegmentDone()  # (the segment is over: the group's next segment runs this call)
         ckpt.begin_item(index)
         ended = ckpt.item_result(index)
         if ended is not None:  # (it ended in an earlier segment: not run again)
@@ -574,9 +602,13 @@ def _per_item(fn: Any, ckpt: Any) -> Any:
         try:
             value = inner(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - kept per call, as ``Batch`` keeps it
+            if ckpt.ended:  # (a save in another thread ended the segment: not this call's outcome)
+                raise checkpoint.SegmentDone() from None
             outcome = error_tuple(exc, "user", user_traceback(exc))
             ckpt.item_failed(index, outcome)
             raise batch.Ended(outcome) from None
+        if ckpt.ended:
+            raise checkpoint.SegmentDone()
         ckpt.item_done(index, value)
         return value
 
@@ -615,13 +647,29 @@ def _tmp_full(ev: Event, exc: BaseException) -> EphemeralStorageExceeded:
         "ephemeral_storage= (up to 10240 MB) or write less / stream to the store")
 
 
-def _timeout_outcome(ev: Event, ckpt_used: bool, stopped: bool = False) -> bytes:
+def _timeout_outcome(ev: Event, ckpt_used: bool, stopped: bool = False, ckpt: Any = None,
+                     due_left: float | None = None) -> bytes:
+    """The ``TaskTimeout`` of a call that ran out of time: what to change. A call that
+    checkpoints is never told to checkpoint: when a save was the trouble (one under way
+    at the deadline, or one due that would not have finished: ``due_left``, the time left
+    then), it is told what a save takes of the timeout, and to raise it or save less."""
     timeout = ev.timeout_s
     limit = f"its {timeout:g} s timeout" if timeout else "its timeout"
     if stopped:
         limit += " and was stopped (it did not stop itself: signals could not reach it)"
-    if ckpt_used:
-        fix = ("the time between two checkpoint offers was longer than the time left to save; "
+    of = f" of the {timeout:g} s timeout" if timeout else ""
+    saving = ckpt.saving_for() if ckpt is not None else None
+    size = f", a {ckpt.state_bytes / 2**20:.0f} MB state" if ckpt is not None and ckpt.state_bytes >= 2**20 else ""
+    if due_left is not None:
+        fix = (f"a checkpoint save was due with {due_left:.2f} s left and the last one took {ckpt.save_s:.2f} s{of}{size}, "
+               "so it could not finish; raise timeout= or save a smaller state")
+    elif saving is not None:
+        took = f"; the one before took {ckpt.save_s:.2f} s{size}" if ckpt.save_timed() else ""
+        fix = (f"a checkpoint save was under way for {saving:.2f} s{of} when the time ran out{took}; "
+               "raise timeout= or save a smaller state")
+    elif ckpt_used:
+        took = f" (a save takes {ckpt.save_s:.2f} s{of}{size})" if ckpt is not None and ckpt.save_timed() else ""
+        fix = (f"the time between two checkpoint offers was longer than the time left to save{took}; "
                "offer more often or raise timeout=")
     else:
         fix = ("raise timeout= (at most 900 s on Lambda) or make it resumable with "
@@ -634,9 +682,16 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
     job_id, call_id = ev.job_id, ev.call_id
     kind, outcome, extra = ran.kind, ran.outcome, ran.extra
     restored, saves = extra.pop("ckpt_restored", False), extra.pop("ckpt_saves", 0)
-    if kind != "checkpointed" and (restored or saves) and \
-            not (kind == "timeout" and checkpoint.rerun_late(ev.segment, ev.attempt)):  # (kept for the re-run)
-        store.delete(keys.checkpoint_key(job_id, call_id))
+    kept = False
+    if kind != "checkpointed" and (restored or saves):
+        if kind == "timeout" and checkpoint.rerun_late(ev.segment, ev.attempt):
+            pass  # (kept for the re-run)
+        elif kind in ("error", "timeout") and _may_retry(ev):
+            # The client may try the call again (``retry_on``): from the last save, not from scratch
+            # (the work and side effects before it were done); it deletes the checkpoint if it does not.
+            kept = True
+        else:
+            store.delete(keys.checkpoint_key(job_id, call_id))
     end = time.time()
     status = status_record.record(
         job_id, call_id, ev.attempt, ev.segment, kind, start, end,
@@ -645,6 +700,8 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
     )
     if ran.run_s is not None:
         status["run_s"] = ran.run_s
+    if kept:
+        status["checkpoint_kept"] = True
     if ev.store.get("type") == "s3":
         status["botocore"] = sdk.checked()[0]  # the SDK that wrote it (`wrenpack doctor` shows it)
     status.update(extra)
@@ -692,6 +749,15 @@ _CHILD_KINDS = frozenset({"ok", "error", "timeout", "checkpointed"})
 #: $12 per million 60 s calls in GETs, twice the rest of an Event call's requests)
 CANCEL_FIRST_S = 2.0
 CANCEL_GAP_MAX_S = 60.0
+
+
+def _may_retry(ev: Event) -> bool:
+    """Whether the client may launch this call again after an error: it lists errors in
+    ``retry_on`` and this attempt is not its last (``ckpt_retries``: its ``retries``)."""
+    try:
+        return int(ev.attempt or 0) < int(ev.extra.get("ckpt_retries") or 0)
+    except (TypeError, ValueError):
+        return False
 
 
 def cancel_look_after(elapsed: float) -> float:

@@ -571,13 +571,15 @@ class Worker:
         reason = self.kill_reason
         oom = self.oom_kills() > 0
         if reason == "timeout":
-            if inv.event.get("segment") or inv.event.get("checkpoint"):  # (a later segment: it checkpoints already)
+            if inv.event.get("segment") or inv.event.get("checkpoint") or _saved_checkpoint(inv):
+                # (a later segment, or a first one that saved: it checkpoints already)
                 return TaskTimeout(
                     f"{label} ran past its {inv.timeout_s:g} s timeout and was stopped, though it checkpoints: a step or a "
                     "save took longer than the time left; offer more often (smaller steps, a smaller state) or raise timeout=")
             return TaskTimeout(
                 f"{label} ran past its {inv.timeout_s:g} s timeout and was stopped; raise timeout= (at most 900 s on "
-                "Lambda) or make it resumable with wrenpack.checkpoint so it is split across invocations")
+                "Lambda) or make it resumable with wrenpack.checkpoint so it is split across invocations (if it "
+                "checkpoints, its first save, due halfway, did not finish in time: raise timeout= or save a smaller state)")
         if reason == "memory" or oom:
             peak = max(self.peak_mb, self.cgroup.peak_mb() if self.cgroup is not None else 0.0)
             return memory_error(label, inv.memory_mb, peak)
@@ -701,6 +703,22 @@ class Worker:
 def _fd_count(inv: Invocation) -> int:
     """How many memfds go with the call (its arguments')."""
     return len(inv.handoff.fds()) if inv.handoff is not None else 0
+
+
+def _saved_checkpoint(inv: Invocation) -> bool:
+    """Whether a call stopped at its deadline in its first segment had saved a checkpoint
+    (its worker can no longer say): a local store's is looked for (a stat), never an S3 one."""
+    ev = inv.event
+    spec = ev.get("store")
+    if not isinstance(spec, dict) or spec.get("type") != "local" or not ev.get("job_id") or not ev.get("call_id"):
+        return False
+    try:
+        from wrenpack import keys
+        from wrenpack.storage import open_store
+
+        return open_store(spec).exists(keys.checkpoint_key(ev["job_id"], ev["call_id"]))
+    except Exception:  # noqa: BLE001 - only a message depends on it
+        return False
 
 
 def _event(inv: Invocation) -> dict[str, Any]:
