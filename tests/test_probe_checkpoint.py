@@ -481,6 +481,20 @@ def test_one_loop_may_restore_in_one_function_and_offer_in_another(ex):
     assert fut.result(timeout=60) == 70 and fut.segments >= 2
 
 
+def saves_then_reads_back(n):
+    """One run of a loop restores, saves and reads its own save back (as the AWS IAM test's
+    ``stepper`` does): the same run's second restore is answered with what it saved."""
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    state["i"] += n
+    cp.save(state)
+    return cp.restore()["i"]
+
+
+def test_the_same_run_may_read_back_what_it_saved(ex):
+    assert wrenpack.remote(saves_then_reads_back, executor=ex, timeout=5).remote(5).result(timeout=60) == 5
+
+
 # -- retry_on in a later segment -------------------------------------------------------------------
 class Transient(Exception):
     pass

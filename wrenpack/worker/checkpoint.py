@@ -345,9 +345,12 @@ class Checkpoint:
         #: the code that called ``restore`` in this segment (the running call of a group), in
         #: order (``_site``): a save is owned by the one that offers, or else the last one
         self._restorers: list[str] = []
-        #: the code that got a saved state from ``restore``, or owns a save, in this segment:
-        #: its ``restore`` is not answered again in the segment (``_again``)
-        self._had: set[str] = set()
+        #: the code that got a saved state from ``restore``, or owns a save, in this segment, and
+        #: the run of it (its frame) that did: another run's ``restore`` is not answered again in
+        #: the segment (``_again``); the same run's is (it reads back what it saved)
+        self._had: dict[str, Any] = {}
+        #: the run (frame) of each code that called ``restore`` in this segment
+        self._restorer_frames: dict[str, Any] = {}
 
     def begin_item(self, index: int) -> None:
         """The group's call ``index`` begins (``chunksize``: the calls of a group run
@@ -360,7 +363,8 @@ class Checkpoint:
         self.item = index
         self._asked = False
         self._restorers = []
-        self._had = set()
+        self._had = {}
+        self._restorer_frames = {}
         self._started, self._start, self._repeats = False, None, 0
         self._last = time.perf_counter()
         self._steps.clear()
@@ -456,9 +460,11 @@ class Checkpoint:
         self._last = time.perf_counter()
         if not self.active or self._key is None:
             return default
-        site = _site(sys._getframe(1))
+        frame = sys._getframe(1)
+        site = _site(frame)
         if site not in self._restorers:
             self._restorers.append(site)
+        self._restorer_frames.setdefault(site, frame)
         if self.item is None:
             saved = self._fetch()
             if saved is None:
@@ -468,7 +474,7 @@ class Checkpoint:
             if saved is None:
                 return default  # (another call of the group saved: this one starts afresh)
         owner, pickled = _split(saved)
-        if site in self._had:
+        if site in self._had and self._had[site] is not frame:
             raise Refused(self._again(site))
         if owner is not None and owner != site:
             what = "" if self.item is None else f" of call {self.item} of its group"
@@ -479,7 +485,7 @@ class Checkpoint:
                 "would resume from each other's state; checkpoint one loop (keep the other's progress in its "
                 "state) or run the helper as a call of its own"))
         self.restored = True
-        self._had.add(site)
+        self._had.setdefault(site, frame)
         state = _loads(pickled, self.label)
         # (reading a large state takes a while: not part of the first step, which otherwise
         # looked as long as it and made every later segment save at its first offer)
@@ -523,7 +529,7 @@ class Checkpoint:
             if not self._save_timed and self._deadline_fn is not None:
                 deadline = self._deadline_fn()
                 if deadline is not None and left < TIMING_SAVE_AT * (deadline - self._begun):
-                    self._save(state, _site(sys._getframe(1)))  # timed (``save_s``); the segment goes on
+                    self._save(state, sys._getframe(1))  # timed (``save_s``); the segment goes on
                     self._save_timed = True
             return
         if self._save_timed and left < self.save_s:
@@ -536,7 +542,7 @@ class Checkpoint:
                 raise SegmentDone()
             self.late = left
             raise SaveTooLate(left)
-        self._save(state, _site(sys._getframe(1)))
+        self._save(state, sys._getframe(1))
         self.ended = True
         raise SegmentDone()
 
@@ -596,12 +602,12 @@ class Checkpoint:
 
     def save(self, state: Any) -> None:
         """Save now (``offer`` calls this when a save is due)."""
-        self._save(state, _site(sys._getframe(1)))
+        self._save(state, sys._getframe(1))
 
-    def _save(self, state: Any, site: str) -> None:
-        """Save ``state``, offered by ``site``: owned by it if it called ``restore``
-        in this segment, else by the last code that did (a loop may restore in one
-        function and offer in another)."""
+    def _save(self, state: Any, frame: Any) -> None:
+        """Save ``state``, offered by the code running ``frame`` (its ``_site``): owned
+        by it if it called ``restore`` in this segment, else by the last code that did
+        (a loop may restore in one function and offer in another)."""
         self.used = True
         if not self.active or self._key is None:
             return
@@ -609,8 +615,9 @@ class Checkpoint:
             raise SegmentDone()  # (the segment is over: the state it ended with stays the one saved)
         self._check_progress()
         t0 = self._saving_since = time.perf_counter()
+        site = _site(frame)
         owner = site if site in self._restorers or not self._restorers else self._restorers[-1]
-        self._had.add(owner)
+        self._had.setdefault(owner, self._restorer_frames.get(owner, frame))
         head = _owned(owner)
         pickled = dumps_state(state, head)
         if not self._started:
