@@ -499,8 +499,8 @@ class Checkpoint:
         what = "" if self.item is None else f" of call {self.item} of its group"
         # (no label: the client puts the call's name before a TaskError's message)
         return TaskError(
-            f"restore() in {site}{what} was called again in segment {self._segment()} after it restored or saved a "
-            "state there: a checkpointed loop restores once, at its start, and a helper that checkpoints and is "
+            f"restore() in {site}{what} was called again in segment {self._segment()}, by a new run of it, after an "
+            "earlier run restored or saved a state there: a checkpointed loop restores once, at its start, and a helper that checkpoints and is "
             "called more than once would resume from its earlier run's state; checkpoint only the loop that calls "
             "it (keep the helper's progress in its state) or run the helper as a call of its own")
 
