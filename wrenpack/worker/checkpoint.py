@@ -25,8 +25,9 @@ moved one fails with ``CorruptObject`` before anything is unpickled. Standard li
 
 One loop owns a call's checkpoint: a saved state is tagged with the code that
 restored it (``_OWNER_TAG``), and a restore by other code (a second loop, a helper
-that checkpoints too), or a second one by the same code in a segment, is refused
-in one line rather than resuming from another loop's state. A save that ends the
+that checkpoints too), or by a new run of the same code in a segment (the helper
+called again), is refused in one line rather than resuming from another loop's
+state; the run that saved may read its save back. A save that ends the
 segment in any thread ends it for the call (``Checkpoint.ended``). A save that the
 last one measured cannot finish before the deadline is not begun (``SaveTooLate``).
 
