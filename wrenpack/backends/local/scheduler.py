@@ -65,7 +65,7 @@ from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local.output import Relay, WorkerOutput
 from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
-from wrenpack.errors import ConfigError, TaskTimeout, WrenpackError
+from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.wire import worker_reply
 from wrenpack.worker import handoff as _handoff
 from wrenpack.worker.fds import close_quietly
@@ -647,11 +647,6 @@ class LocalBackend(Backend):
             error = cancelled_error(inv.label)
             if isinstance(head.get("status"), dict):
                 stopped_run = dict(head["status"], exit="error", error="CallCancelled", cancelled=True)
-        elif error is not None and isinstance(head.get("status"), dict):
-            # Over a limit, judged on its reply (its job process stopped by the kernel, say): the run
-            # its worker recorded is reported, and billed, as a call killed with its worker is.
-            stopped_run = dict(head["status"], exit="timeout" if isinstance(error, TaskTimeout) else "error",
-                               error=type(error).__name__)
         self._learn(inv, head.get("elapsed"))
         if worker.inflight:
             worker.begin(now)
