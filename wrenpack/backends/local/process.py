@@ -600,22 +600,19 @@ class Worker:
             f"{label}: the worker process died ({self.how_it_died()}) on {tries} attempt{'s' if tries > 1 else ''}; "
             "look for a crash in native code or an external kill, or raise retries=")
 
-    def stopped_status(self, inv: Invocation, error: WrenpackError) -> dict[str, Any] | None:
-        """The status record of ``inv``, the call this worker ran when it was killed
-        (to cancel it: ``wrenpack.cancel``, a spawned job's cancel; or at a limit: its
-        timeout, memory, /tmp, processes): from its start to the kill, as a Lambda
-        invocation reports its own run. That run is billed on Lambda, so a report and
-        a job's cost count it (before, a call stopped here had no record: 0 ms, its
-        run left out). None if it had not started (its worker was not ready)."""
+    def stopped_status(self, inv: Invocation) -> dict[str, Any] | None:
+        """The status record of ``inv``, the call this worker ran when it was killed to
+        cancel it (``wrenpack.cancel``, a spawned job's cancel): from its start to the
+        kill, as a Lambda invocation that sees its cancel marker reports its own run.
+        That run is billed on Lambda, so a report and a job's cost count it (before, a
+        call stopped here had no record: 0 ms, its run left out). None if it had not
+        started (its worker was not ready)."""
         if not self.ready or self.started <= 0 or self.killed_at < self.started:
             return None
-        exit_kind = "timeout" if isinstance(error, TaskTimeout) else "error"
-        status = status_record.record(inv.key[0], inv.key[1], inv.attempt, int(inv.event.get("segment", 0)), exit_kind,
+        status = status_record.record(inv.key[0], inv.key[1], inv.attempt, int(inv.event.get("segment", 0)), "error",
                                       self.started, self.killed_at, round(self.peak_mb, 2) if self.peak_mb else None,
                                       None, socket.gethostname(), self.pid, "", None)
-        status["error"] = type(error).__name__
-        if isinstance(error, CallCancelled):
-            status["cancelled"] = True
+        status.update(error="CallCancelled", cancelled=True)
         return status
 
     def how_it_died(self) -> str:

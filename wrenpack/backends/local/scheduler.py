@@ -1059,8 +1059,8 @@ class LocalBackend(Backend):
         if inv is None:
             return
         if error is not None:
-            # (a call stopped by a cancel or at a limit ran until then: its run is reported, and billed, as on Lambda)
-            self._finish(inv, error=error, status=worker.stopped_status(inv, error) if worker.kill_reason else None)
+            # (a call stopped by a cancel ran until then: its run is reported, and billed, as on Lambda)
+            self._finish(inv, error=error, status=worker.stopped_status(inv) if worker.kill_reason == "cancelled" else None)
             return
         log.warning("%s: worker died (%s); retrying (attempt %d of %d)", inv.label, worker.how_it_died(), inv.attempt + 2, inv.retries + 1)
         inv.attempt += 1
