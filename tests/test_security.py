@@ -568,6 +568,52 @@ def test_job_secrets_and_credentials_are_redacted_from_log_text():
     assert "tok123" not in redact("'X-Amz-Security-Token': b'tok123'")
 
 
+def test_env_values_and_other_jobs_secrets_are_redacted_from_botocore_debug_logs():
+    """An Invoke payload carries the call's ``env=`` values and the secrets of the jobs whose
+    futures it was given; botocore logs it whole at DEBUG. Before, only the job's own secret
+    was cut: an API token passed with ``env=`` was in ``-vv`` output. The names stay (they say
+    what was set), the values go, whatever quotes or braces they hold."""
+    import io
+    import json
+    import logging
+
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    from wrenpack import redact
+
+    values = ["hun}ter'2-TOKEN", 'pa"55{w0rd', "plain-value-123", "cmVmLWpvYi1zZWNyZXQ="]
+    event = {"wrenpack": 2, "job_id": "j1", "secret": "c2VjcmV0LWpvYi1rZXk=", "args": {"inline": "eA=="},
+             "env": {"API_TOKEN": values[0], "DB_PASSWORD": values[1], "PLAIN": values[2]},
+             "ref_secrets": {"other-job": values[3]}}
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logger = logging.getLogger("botocore")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    redact.install()
+    try:
+        client = boto3.client("lambda", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                              aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="x" * 40,
+                              config=botocore.config.Config(retries={"max_attempts": 0}, connect_timeout=0.5))
+        with pytest.raises(botocore.exceptions.EndpointConnectionError):  # (nothing listens: logged, then fails)
+            client.invoke(FunctionName="wrenpack-worker", Payload=json.dumps(event).encode())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    logs = buf.getvalue()
+    assert "OperationModel(name=Invoke)" in logs and "API_TOKEN" in logs and "other-job" in logs, logs[-2000:]
+    for secret in [*values, "2-TOKEN", "55{w0rd", "c2VjcmV0LWpvYi1rZXk"]:  # (quotes are escaped in the log)
+        assert secret not in logs, secret
+    assert '"job_id": "j1"' in logs  # (the rest of the event is left as it was)
+    # The same fields in text that is not a logged request body, escaped or not:
+    for text in ('{"env": {"API_TOKEN": "tok-1"}}', '{\\"env\\": {\\"API_TOKEN\\": \\"tok-1\\"}}',
+                 "'body': b'{\"ref_secrets\": {\"j\": \"tok-1\"}'"):  # (the last one cut short: not JSON)
+        assert "tok-1" not in redact.redact(text), text
+
+
 def test_the_benchmark_switch_is_off_by_default_and_never_honoured_on_lambda():
     import subprocess
     import sys

@@ -3,13 +3,17 @@
 botocore logs every request at DEBUG: the ``Authorization`` header (which
 names the access key id), the session token, the string it signed, and request
 bodies, such as a Lambda Invoke payload that carries a job's secret
-(``wrenpack.auth``). ``RedactingFilter`` rewrites such records before any
-handler writes them. ``install()`` puts it on botocore's and urllib3's
+(``wrenpack.auth``), the call's ``env=`` values (API tokens, passwords) and the
+secrets of the jobs whose futures it was given (of these two only the names
+are shown). ``RedactingFilter`` rewrites such records before any handler
+writes them. ``install()`` puts it on botocore's and urllib3's
 loggers (records are filtered where they are made, whoever configured
 logging); the CLI also puts it on its own handlers. Standard library only.
 """
 from __future__ import annotations
 
+import ast
+import json
 import logging
 import re
 
@@ -33,7 +37,41 @@ LOGGERS = (
 )
 
 
+#: a request body as botocore logs it: ``'body': b'...'`` (a bytes literal, quotes escaped inside)
+_BODY = re.compile(r"""(['"]body['"]:\s*)(b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"))""")
+#: an event's fields whose values are secret while their names help whoever reads the log:
+#: the call's environment variables, and the secrets of the jobs whose futures it was given
+_NAMED_SECRETS = ("env", "ref_secrets")
+#: the same fields where no body literal could be read, escaped or not (a value holding a
+#: brace ends the match early: what follows it is cut too, up to the next closing brace)
+_NAMED_OBJECT = re.compile(r'(\\?"(?:env|ref_secrets)\\?"\s*:\s*)\{[^{}]*\}')
+
+
+def _event_names_only(match: re.Match[str]) -> str:
+    """A logged request body that is a wrenpack event, its ``_NAMED_SECRETS`` values
+    replaced and their names kept (a body that cannot be read is cut by ``_NAMED_OBJECT``)."""
+    literal = match.group(2)
+    if not any(f'"{name}"' in literal for name in _NAMED_SECRETS):
+        return match.group(0)
+    try:
+        event = json.loads(ast.literal_eval(literal))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return match.group(1) + _NAMED_OBJECT.sub(r"\1{<redacted>}", literal)
+    if not isinstance(event, dict):
+        return match.group(0)
+    for name in _NAMED_SECRETS:
+        if isinstance(event.get(name), dict):
+            event[name] = {key: "<redacted>" for key in event[name]}
+        elif event.get(name) is not None:
+            event[name] = "<redacted>"
+    return match.group(1) + repr(json.dumps(event).encode())
+
+
 def redact(text: str) -> str:
+    if "env" in text or "ref_secrets" in text:
+        text, bodies = _BODY.subn(_event_names_only, text)
+        if not bodies:
+            text = _NAMED_OBJECT.sub(r"\1{<redacted>}", text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
