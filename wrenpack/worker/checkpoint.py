@@ -478,8 +478,7 @@ class Checkpoint:
         if site in self._had and self._had[site] is not frame:
             raise Refused(self._again(site))
         if owner is not None and owner != site:
-            what = "" if self.item is None else f" of call {self.item} of its group"
-            # (no label: the client puts the call's name before a TaskError's message)
+            what = self._of_call
             raise Refused(TaskError(
                 f"restore() in {site}{what} got the state saved by another checkpoint user, {owner}: a call has "
                 "one checkpoint, and two loops that each restore() and offer() (a loop and a helper it calls) "
@@ -493,12 +492,17 @@ class Checkpoint:
         self._last = time.perf_counter()
         return state
 
+    @property
+    def _of_call(self) -> str:
+        """What a refusal adds to name the call in a group (a ``chunksize`` batch), else nothing.
+        (No label: the client puts the call's name before a ``TaskError``'s message.)"""
+        return "" if self.item is None else f" of call {self.item} of its group"
+
     def _again(self, site: str) -> TaskError:
         """A second ``restore`` by ``site`` in one segment, after it got a saved state or
         saved one: what it would get is a state of its own earlier run (a helper called
         more than once resumed its first run's state, skipping its work: a wrong result)."""
-        what = "" if self.item is None else f" of call {self.item} of its group"
-        # (no label: the client puts the call's name before a TaskError's message)
+        what = self._of_call
         return TaskError(
             f"restore() in {site}{what} was called again in segment {self._segment()}, by a new run of it, after an "
             "earlier run restored or saved a state there: a checkpointed loop restores once, at its start, and a helper that checkpoints and is "
@@ -558,8 +562,7 @@ class Checkpoint:
                 return  # (a retry of the first segment: bounded by retries)
         elif self.item not in self._group().states:
             return  # (this call of the group saved nothing yet)
-        what = "" if self.item is None else f" of call {self.item} of its group"
-        # (no label: the client puts the call's name before a TaskError's message)
+        what = self._of_call
         raise Refused(TaskError(
             f"segment {ev.segment}{what} saved a checkpoint without calling restore() first, so every "
             "segment starts over and the call never finishes; begin with state = wrenpack.checkpoint().restore(default=...) "
@@ -593,8 +596,7 @@ class Checkpoint:
         first = segment - self._repeats
         earlier = f"segment {first}" if first == segment - 1 else \
             f"segments {first} and {segment - 1}" if first == segment - 2 else f"segments {first} to {segment - 1}"
-        what = "" if self.item is None else f" of call {self.item} of its group"
-        # (no label: the client puts the call's name before a TaskError's message)
+        what = self._of_call
         raise Refused(TaskError(
             f"segment {segment}{what} began from the same state as {earlier} (its first offer() was the same), so "
             "no segment makes progress and the call would never finish; start the loop from the state restore() "
