@@ -293,3 +293,54 @@ def test_a_full_tmp_says_what_earlier_calls_left_counts(tmp_path):
         assert " wrote " not in message
     finally:
         ex.shutdown()
+
+
+def grows_past(mb):
+    time.sleep(0.3)
+    block = bytearray(mb * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    return len(block)
+
+
+def will_not_stop():
+    while True:
+        try:
+            time.sleep(10)
+        except BaseException:  # noqa: BLE001 - swallows the handler's deadline too: only the kill ends it
+            pass
+
+
+def keeps_writing_tmp(mb):
+    time.sleep(0.3)
+    with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), "filler"), "wb") as f:
+        for _ in range(mb):
+            f.write(b"x" * (1024 * 1024))
+            f.flush()
+        time.sleep(30)  # (held open, past the limit: only the backend's stop ends it)
+
+
+@pytest.mark.parametrize("use_cgroups", [None, False], ids=["cgroup", "sampled"])
+def test_a_call_stopped_at_a_limit_reports_its_run(tmp_path, use_cgroups):
+    """A call the backend stops at its memory, timeout or /tmp limit has a status with its run
+    (the one its worker recorded, else start to stop), as Lambda bills it. Before, a call the
+    backend killed had none, and a job's cost counted 0 ms for it. The memory limit is met
+    on three paths (the kernel stops the call's process and the worker replies; the kernel
+    stops the worker; without cgroups, the driver's sampling stops it): each reports a run."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "s"), backend=LocalBackend(concurrency=3, use_cgroups=use_cgroups),
+                           retries=0)
+    try:
+        big = wrenpack.remote(grows_past, executor=ex, memory=128).remote(400)
+        stuck = wrenpack.remote(will_not_stop, executor=ex, timeout=1).remote()
+        full = wrenpack.remote(keeps_writing_tmp, executor=ex, ephemeral_storage=512).remote(600)
+        for fut, error, least in ((big, wrenpack.MemoryLimitExceeded, 0.25), (stuck, wrenpack.TaskTimeout, 0.9),
+                                  (full, wrenpack.EphemeralStorageExceeded, 0.25)):
+            with pytest.raises(error):
+                fut.result(timeout=90)
+            status = fut.status
+            if error is wrenpack.TaskTimeout:  # (a worker's own record of a timeout names no error)
+                assert status["exit"] == "timeout" and status.get("error") in (None, "TaskTimeout"), status
+            else:
+                assert status["exit"] == "error" and status["error"] == error.__name__, status
+            assert least <= status["duration_s"] < 60, status
+    finally:
+        ex.shutdown()

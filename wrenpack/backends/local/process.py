@@ -600,19 +600,28 @@ class Worker:
             f"{label}: the worker process died ({self.how_it_died()}) on {tries} attempt{'s' if tries > 1 else ''}; "
             "look for a crash in native code or an external kill, or raise retries=")
 
-    def stopped_status(self, inv: Invocation) -> dict[str, Any] | None:
-        """The status record of ``inv``, the call this worker ran when it was killed to
-        cancel it (``wrenpack.cancel``, a spawned job's cancel): from its start to the
-        kill, as a Lambda invocation that sees its cancel marker reports its own run.
-        That run is billed on Lambda, so a report and a job's cost count it (before, a
-        call stopped here had no record: 0 ms, its run left out). None if it had not
-        started (its worker was not ready)."""
-        if not self.ready or self.started <= 0 or self.killed_at < self.started:
-            return None
-        status = status_record.record(inv.key[0], inv.key[1], inv.attempt, int(inv.event.get("segment", 0)), "error",
-                                      self.started, self.killed_at, round(self.peak_mb, 2) if self.peak_mb else None,
-                                      None, socket.gethostname(), self.pid, "", None)
-        status.update(error="CallCancelled", cancelled=True)
+    def stopped_status(self, inv: Invocation, error: WrenpackError,
+                       recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The status record of ``inv``, a call this worker ran that the backend ended
+        with ``error``: killed to cancel it (``wrenpack.cancel``, a spawned job's cancel),
+        at a limit (timeout, memory, /tmp, processes), or when its worker died. Its run
+        is the one its worker ``recorded`` where the worker replied, else from its start
+        to the kill (or to now, for a worker found dead), as a Lambda invocation
+        reports its own run. That run is billed on Lambda, so a report and a job's cost
+        count it (before, such a call had no record: 0 ms, its run left out). None if
+        it had not started (its worker was not ready)."""
+        if isinstance(recorded, dict):
+            status = dict(recorded)
+        else:
+            if not self.ready or self.started <= 0:
+                return None
+            end = self.killed_at if self.killed_at >= self.started else time.time()
+            status = status_record.record(inv.key[0], inv.key[1], inv.attempt, int(inv.event.get("segment", 0)), "error",
+                                          self.started, end, round(self.peak_mb, 2) if self.peak_mb else None,
+                                          None, socket.gethostname(), self.pid, "", None)
+        status.update(exit="timeout" if isinstance(error, TaskTimeout) else "error", error=type(error).__name__)
+        if isinstance(error, CallCancelled):
+            status["cancelled"] = True
         return status
 
     def how_it_died(self) -> str:

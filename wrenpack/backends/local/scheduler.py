@@ -645,8 +645,10 @@ class LocalBackend(Backend):
             # (its run, which Lambda would bill, is reported).
             self._stop_on_reply.discard(id(inv))
             error = cancelled_error(inv.label)
-            if isinstance(head.get("status"), dict):
-                stopped_run = dict(head["status"], exit="error", error="CallCancelled", cancelled=True)
+        if error is not None:
+            # (it ran, cut short or over a limit judged on its reply: its run is reported, and
+            # billed, as on Lambda; the one its worker recorded, else from its start to now)
+            stopped_run = worker.stopped_status(inv, error, head.get("status"))
         self._learn(inv, head.get("elapsed"))
         if worker.inflight:
             worker.begin(now)
@@ -1059,8 +1061,9 @@ class LocalBackend(Backend):
         if inv is None:
             return
         if error is not None:
-            # (a call stopped by a cancel ran until then: its run is reported, and billed, as on Lambda)
-            self._finish(inv, error=error, status=worker.stopped_status(inv) if worker.kill_reason == "cancelled" else None)
+            # (a call stopped by a cancel, at a limit, or with its worker ran until then: its run is
+            # reported, and billed, as on Lambda)
+            self._finish(inv, error=error, status=worker.stopped_status(inv, error))
             return
         log.warning("%s: worker died (%s); retrying (attempt %d of %d)", inv.label, worker.how_it_died(), inv.attempt + 2, inv.retries + 1)
         inv.attempt += 1
