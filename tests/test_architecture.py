@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("wrenpack", "runtime_builder")
@@ -175,3 +178,45 @@ def test_worker_side_modules_import_only_what_the_worker_ships():
             elif top not in sys.stdlib_module_names and top not in allowed_third_party and top != "__future__":
                 offenders.append(f"{name}:{line} imports {target}")
     assert not offenders, "\n".join(offenders)
+
+
+_SOURCES = ("wrenpack", "runtime_builder", "examples", "benchmarks")
+
+
+def _source_files() -> list[Path]:
+    return [p for top in _SOURCES for p in sorted((ROOT / top).rglob("*.py"))]
+
+
+def test_every_docstring_is_text_that_encodes():
+    """Python 3.13 encodes docstrings to UTF-8 when it compiles them: one holding a lone
+    surrogate (a ``'\\udcff'`` written in a docstring that is not raw) makes the module
+    fail to compile there, while 3.10 to 3.12 take it. wrenpack/storage/data.py had one,
+    and on 3.13 every worker died at start (README's first command failed)."""
+    bad = []
+    for path in _source_files():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=False)
+                try:
+                    (doc or "").encode("utf-8")
+                except UnicodeEncodeError:
+                    bad.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 1)}")
+    assert not bad, f"docstrings holding a lone surrogate (write it as '\\\\udcff'): {bad}"
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.12", "3.13"])
+def test_the_sources_compile_on_each_python_the_project_supports(version):
+    """pyproject says Python >= 3.10: each of the package's files (and the examples and
+    benchmarks) compiles on each minor version this machine has, not only the running one."""
+    from tests.aws import pythons
+    from tests.aws.servers import Unavailable
+
+    try:
+        exe = pythons.interpreter(version)
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    code = ("import sys\nbad = []\nfor p in sys.argv[1:]:\n    try:\n        compile(open(p, encoding='utf-8').read(), p, 'exec')\n"
+            "    except Exception as e:\n        bad.append(f'{p}: {type(e).__name__}: {e}')\nprint('\\n'.join(bad))\n")
+    out = subprocess.run([exe, "-c", code, *map(str, _source_files())], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr[-2000:]

@@ -155,7 +155,7 @@ def _check_key(key: str) -> str:
 
 def _check_text(text: str, what: str) -> None:
     """Refuse a key (or prefix) that is not text S3 can hold, on every store alike: a lone
-    surrogate ('\udcff', what ``os.listdir`` gives for a file name that is not UTF-8) is a file
+    surrogate ('\\udcff', what ``os.listdir`` gives for a file name that is not UTF-8) is a file
     name to a local store but cannot be sent to S3 (it failed there with a UnicodeEncodeError)."""
     try:
         text.encode("utf-8")
