@@ -318,6 +318,28 @@ def test_bad_retry_on_and_env_are_config_errors():
         wrenpack.remote(square).options(env={"GOOD": "1", "BAD": "x\0y"})
 
 
+def env_of_a_child(name):
+    import subprocess
+    import sys
+
+    return len(subprocess.run([sys.executable, "-c", f"import os; print(os.environ[{name!r}])"],
+                              capture_output=True, text=True, check=True).stdout.strip())
+
+
+def test_an_env_too_large_is_refused_before_launch_and_one_that_fits_reaches_the_calls_programs(executor, remote):
+    """``env=`` of 1 MiB or more killed the worker ("look for a crash in native code"), and one
+    variable of 128 KiB or more could not be given to any program the call started (E2BIG).
+    Both are refused in one line before anything launches; a large one that fits works."""
+    f = remote(env_of_a_child)
+    with pytest.raises(wrenpack.ConfigError, match=r"env\['BIG'\] \(from options\(\)\) is 128 KiB; one variable must be "
+                       r"under 128 KiB") as info:
+        f.options(env={"BIG": "e" * (128 * 1024)})
+    assert "\n" not in str(info.value) and "wrenpack.store()" in str(info.value)
+    with pytest.raises(wrenpack.ConfigError, match=r"env= \(from options\(\)\) holds 1,100 KiB of variables; the most is 256 KiB"):
+        f.options(env={f"V{i}": "e" * (100 * 1024) for i in range(11)})
+    assert f.options(env={"BIG": "e" * (100 * 1024)}).remote("BIG").result(timeout=60) == 100 * 1024
+
+
 def test_a_variable_that_cannot_be_set_leaves_none_set_for_the_next_call(monkeypatch):
     """The worker's side: an event's env set in part (one the process cannot hold, from a client
     that did not check) is undone with the call, not left for the next call on the worker."""

@@ -16,6 +16,11 @@ from wrenpack.errors import ConfigError
 #: bytes of a call's stdout/stderr kept as ``fut.logs`` (the tail)
 LOG_TAIL_BYTES = 64 * 1024
 
+#: the most ``env=`` may hold, names and values (it travels in every call's event)
+ENV_MAX_BYTES = 256 * 1024
+#: one variable's ``NAME=value`` must be shorter than this: Linux's MAX_ARG_STRLEN, past which
+#: execve fails (E2BIG), so no program the call starts could be given it
+ENV_VAR_MAX_BYTES = 128 * 1024
 #: per-function options (decorator, ``options()``, ``submit`` of a RemoteFunction)
 OPTION_NAMES = ("memory", "timeout", "retries", "ephemeral_storage", "runtime", "retry_on", "env", "auto_size",
                 "cancellable")
@@ -122,6 +127,18 @@ def _env(value: Any, source: str) -> dict[str, str]:
             # (the process environment is C strings: setting it failed in each call's worker, a bare ValueError)
             raise ConfigError(f"env[{k!r}] (from {source}) holds a NUL byte ('\\0'), which no environment variable "
                               "can hold; remove it (pass binary data as an argument)")
+        size = len(k.encode("utf-8", "surrogatepass")) + 1 + len(v.encode("utf-8", "surrogatepass"))
+        if size >= ENV_VAR_MAX_BYTES:
+            # (Linux refuses such a string to execve: every program the call started failed, E2BIG)
+            raise ConfigError(f"env[{k!r}] (from {source}) is {size / 1024:,.0f} KiB; one variable must be under "
+                              f"{ENV_VAR_MAX_BYTES // 1024} KiB (Linux's limit: no program the call starts could get "
+                              "it); pass large data as an argument or through wrenpack.store()")
+    total = sum(len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass")) + 2 for k, v in env.items())
+    if total > ENV_MAX_BYTES:
+        # (it travels in each call's event, and a worker hands it to the call's process in a bounded message:
+        # before, 1 MiB or more killed the worker, reported as a crash in native code)
+        raise ConfigError(f"env= (from {source}) holds {total / 1024:,.0f} KiB of variables; the most is "
+                          f"{ENV_MAX_BYTES // 1024} KiB; pass large data as an argument or through wrenpack.store()")
     return env
 
 
