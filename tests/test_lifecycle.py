@@ -218,6 +218,38 @@ def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilitie
     assert _objects(settings) == []
 
 
+def test_ctrl_c_in_an_executors_with_block_stops_its_calls_rather_than_waiting(tmp_path, backend_settings, capabilities,
+                                                                             backend):
+    """Ctrl-C while a ``result()`` waits inside ``with Executor()``: the block's exit stopped
+    nothing and waited for every call (57 s after Ctrl-C, with calls of 30 s), where Ctrl-C
+    anywhere else stops them at once. Now it stops them, says so, and removes their objects."""
+    _calls_end_with_driver(capabilities, backend)
+    settings = backend_settings()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PREAMBLE + textwrap.dedent("""
+            import time, wrenpack
+            def slow(x):
+                time.sleep(60)
+            with wrenpack.Executor(concurrency=2) as ex:
+                futs = [ex.submit(slow, i) for i in range(4)]
+                while not any(f.running() for f in futs):
+                    time.sleep(0.05)
+                print("waiting", flush=True)
+                futs[0].result()
+        """)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
+        preexec_fn=interruptible,
+    )
+    assert proc.stdout.readline().strip() == "waiting"
+    time.sleep(0.1)  # (the program is in result(), with calls running)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 20, err  # (before: 60 s, each call waited for)
+    assert "KeyboardInterrupt" in err and "still running when Ctrl-C ended the executor's `with` block" in err, err
+    assert _objects(settings) == []
+
+
 @pytest.mark.slow_variants("lambda")  # (the driver writes and keeps them; on Lambda: test_aws_lambda's test_duplicate_delivery_*)
 def test_keep_objects_keeps_them_and_owner_is_recorded(make_executor):
     ex = make_executor(concurrency=1, keep_objects=True)
