@@ -57,3 +57,26 @@ def test_not_a_runtime_is_a_clear_error(tmp_path, executor):
     f = wrenpack.remote(uses_six, executor=executor, runtime=str(tmp_path))
     with pytest.raises(wrenpack.BuildError, match="is not a built runtime"):
         f.remote(1).result()
+
+
+def test_worker_shims_go_to_wrenpacks_cache_dir_and_dangling_ones_are_removed(tmp_path, monkeypatch):
+    """The shim folders a local worker with a runtime imports wrenpack (and what Lambda provides)
+    through went to ~/.cache/wrenpack whatever WRENPACK_CACHE_DIR said, one per checkout or venv
+    path, never removed: those pointing at removed trees piled up."""
+    import os
+
+    from wrenpack.backends import runtime_paths
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(cache))
+    gone = cache / "worker-shim" / "0123456789ab"
+    gone.mkdir(parents=True)
+    os.symlink(tmp_path / "removed-checkout" / "wrenpack", gone / "wrenpack")
+    kept = cache / "worker-shim" / "ba9876543210"
+    kept.mkdir()
+    os.symlink(tmp_path, kept / "wrenpack")  # (a tree still there: another checkout's)
+    shim = runtime_paths._shim_dir()
+    assert shim.startswith(str(cache)) and os.path.samefile(os.path.join(shim, "wrenpack"), os.path.dirname(wrenpack.__file__))
+    assert not gone.exists() and kept.exists()
+    provided = runtime_paths._lambda_provided_dir()
+    assert provided is None or provided.startswith(str(cache))

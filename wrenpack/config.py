@@ -200,6 +200,17 @@ def env_flag(var: str) -> bool:
     return flag
 
 
+def cache_dir() -> str:
+    """wrenpack's cache directory (the runtime cache, the owner key, the profiler's package
+    maps, the local workers' shim folders): ``WRENPACK_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``."""
+    env = os.environ.get("WRENPACK_CACHE_DIR", "")
+    if env.strip():
+        return os.path.expanduser(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "wrenpack")
+
+
 #: directories a WRENPACK_* variable named that proved usable (created, writable)
 _usable_dirs: set[tuple[str, str]] = set()
 

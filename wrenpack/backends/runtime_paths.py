@@ -23,8 +23,11 @@ def site_dir(runtime: str) -> str:
 
 
 def _cache_base() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "wrenpack")
+    """wrenpack's cache directory (``WRENPACK_CACHE_DIR`` first: the shims went to
+    ``~/.cache/wrenpack`` whatever it said)."""
+    from wrenpack.config import cache_dir
+
+    return cache_dir()
 
 
 def _link(target: str, link: str) -> None:
@@ -42,10 +45,35 @@ def _shim_dir() -> str:
     import wrenpack
 
     package = os.path.dirname(os.path.abspath(wrenpack.__file__))
-    shim = os.path.join(_cache_base(), "worker-shim", hashlib.sha256(package.encode()).hexdigest()[:12])
+    shims = os.path.join(_cache_base(), "worker-shim")
+    shim = os.path.join(shims, hashlib.sha256(package.encode()).hexdigest()[:12])
+    if not os.path.isdir(shim):
+        _prune_dangling(shims)
     os.makedirs(shim, exist_ok=True)
     _link(package, os.path.join(shim, "wrenpack"))
     return shim
+
+
+def _prune_dangling(folder: str) -> None:
+    """Remove the shim folders in ``folder`` whose links all point nowhere now (a checkout
+    or venv since removed): one was made per path and none was ever removed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        shim = os.path.join(folder, name)
+        try:
+            links = [os.path.join(shim, e) for e in os.listdir(shim)]
+        except OSError:
+            continue
+        if links and all(os.path.islink(link) and not os.path.exists(link) for link in links):
+            try:
+                for link in links:
+                    os.unlink(link)
+                os.rmdir(shim)
+            except OSError:
+                pass  # (made again meanwhile by another process, or holding something else: left)
 
 
 def _top_level_entries(dist: metadata.Distribution) -> set[str]:
@@ -74,7 +102,10 @@ def _lambda_provided_dir() -> str | None:
     if not entries:
         return None
     digest = hashlib.sha256(repr(sorted(entries.items())).encode()).hexdigest()[:12]
-    shim = os.path.join(_cache_base(), "lambda-provided", digest)
+    shims = os.path.join(_cache_base(), "lambda-provided")
+    shim = os.path.join(shims, digest)
+    if not os.path.isdir(shim):
+        _prune_dangling(shims)
     os.makedirs(shim, exist_ok=True)
     for entry, path in entries.items():
         _link(path, os.path.join(shim, entry))

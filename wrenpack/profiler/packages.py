@@ -38,14 +38,12 @@ KEEP_MAPS = 16
 
 
 def cache_dir() -> str:
-    """wrenpack's cache directory, as the rest of wrenpack finds it (the runtime cache, the owner key):
-    ``WRENPACK_CACHE_DIR``, else ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``. (The map went to
-    ``~/.cache/wrenpack`` even with ``WRENPACK_CACHE_DIR`` set: into a home that may be read-only, or shared.)"""
-    env = os.environ.get("WRENPACK_CACHE_DIR", "")
-    if env.strip():
-        return os.path.expanduser(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "wrenpack")
+    """wrenpack's cache directory, as the rest of wrenpack finds it (``wrenpack.config.cache_dir``).
+    (The map went to ``~/.cache/wrenpack`` even with ``WRENPACK_CACHE_DIR`` set: into a home that
+    may be read-only, or shared.)"""
+    from wrenpack.config import cache_dir as wrenpack_cache_dir
+
+    return wrenpack_cache_dir()
 
 
 _METADATA_DIRS = (".dist-info", ".egg-info")
