@@ -13,6 +13,8 @@ import pytest
 import wrenpack
 from wrenpack import auth, keys
 from wrenpack.storage.local import LocalStore
+from wrenpack.wire import checkpoint as wire_checkpoint
+from wrenpack.wire.checkpoint import Saves
 from wrenpack.wire.event import Event, inline_args
 from wrenpack.wire.result import open_result
 from wrenpack.worker import checkpoint as ck
@@ -129,14 +131,70 @@ def test_corrupt_checkpoint_fails_clearly(tmp_path):
     assert "nothing was unpickled" in str(exc)
 
 
+def _saves(segment, attempt, resume_from, call="00000"):
+    return Saves(SECRET, "j1", call, segment, attempt, resume_from)
+
+
 def test_checkpoint_roundtrip_and_tamper_detection():
-    blob = ck.encode({"a": [1, 2, 3]}, SECRET, "j1", "00000", 3)
-    assert ck.decode(blob, SECRET, "j1", "00000", 3, "x") == {"a": [1, 2, 3]}
-    assert ck.decode(blob, SECRET, "j1", "00000", 4, "x") == {"a": [1, 2, 3]}  # saved by the segment before
+    blob = ck.encode({"a": [1, 2, 3]}, SECRET, "j1", "00000", (3, 0, 2))
+    assert ck.decode(blob, _saves(4, 0, (3, 0, 2)), "x") == {"a": [1, 2, 3]}  # the next segment, told of this save
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
-    for bad, segment, call in ((tampered, 3, "00000"), (blob, 5, "00000"), (blob, 3, "00001")):
+    for bad, call in ((tampered, "00000"), (blob, "00001")):
         with pytest.raises(wrenpack.CorruptObject, match="failed authentication"):
-            ck.decode(bad, SECRET, "j1", call, segment, "x")
+            ck.decode(bad, _saves(4, 0, (3, 0, 2), call), "x")
+    moved = bytearray(blob)
+    moved[len(wire_checkpoint.MAGIC) + 3] = 4  # (its place says another segment: the MAC covers it)
+    with pytest.raises(wrenpack.CorruptObject, match="failed authentication"):
+        ck.decode(bytes(moved), _saves(5, 0, (4, 0, 2)), "x")
+
+
+def _place_of(blob):
+    return wire_checkpoint.open_checkpoint(SECRET, "j1", "00000", blob)[0]
+
+
+def test_only_the_latest_save_is_accepted():
+    # Every save is sealed for the call; what tells the latest from an earlier one is its place.
+    def blob(place):
+        return ck.encode({"at": place}, SECRET, "j1", "00000", place)
+
+    latest = (2, 0, 3)
+    for earlier in ((2, 0, 1), (2, 0, 2), (1, 0, 1), (0, 1, 4)):
+        with pytest.raises(wrenpack.CorruptObject, match="not the latest save of this call, save 3 of segment 2") as info:
+            ck.decode(blob(earlier), _saves(3, 0, latest), "x")
+        assert "\n" not in str(info.value) and "checkpoint/00000.pkl" in str(info.value)
+    assert ck.decode(blob(latest), _saves(3, 0, latest), "x") == {"at": latest}
+    # a later attempt of the segment: also a save of an attempt the driver never heard the end of
+    # (its worker died after saving), not one of an attempt before the last one it heard of
+    assert ck.decode(blob((3, 0, 2)), _saves(3, 1, latest), "x") == {"at": (3, 0, 2)}
+    assert ck.decode(blob((3, 1, 1)), _saves(3, 2, (3, 0, 5)), "x") == {"at": (3, 1, 1)}
+    for stale, reader in (((3, 0, 2), _saves(3, 2, (3, 1, 1))), ((3, 1, 1), _saves(3, 1, latest)),
+                          ((3, 0, 1), _saves(3, 0, latest))):
+        with pytest.raises(wrenpack.CorruptObject, match="not the latest save"):
+            ck.decode(blob(stale), reader, "x")
+    # a first segment's first attempt expects none; a retry of it, a save of an attempt before it
+    with pytest.raises(wrenpack.CorruptObject, match="save 1 of segment 0, where this invocation of the call expects none"):
+        ck.decode(blob((0, 0, 1)), _saves(0, 0, None), "x")
+    assert ck.decode(blob((0, 0, 1)), _saves(0, 1, None), "x") == {"at": (0, 0, 1)}
+    # once an invocation saved, only its own latest save
+    own = _saves(3, 0, latest)
+    place, sealed = own.seal(ck.dumps_state({"mine": 1}))
+    assert place == (3, 0, 1)
+    own.saved(place)
+    assert _place_of(sealed) == (3, 0, 1) and ck.decode(sealed, own, "x") == {"mine": 1}
+    with pytest.raises(wrenpack.CorruptObject, match="not the latest save of this call, save 1 of segment 3"):
+        ck.decode(blob(latest), own, "x")
+    assert own.next_place() == (3, 0, 2)
+
+
+def test_an_events_ckpt_from_is_checked():
+    from wrenpack.errors import ProtocolError
+    event = Event(job_id="j1", call_id="00000", store={"type": "local", "root": "/x"}, secret=SECRET,
+                  args=inline_args(b""), segment=1).to_dict()
+    assert Event.from_dict(dict(event, ckpt_from=[0, 0, 2])).extra["ckpt_from"] == [0, 0, 2]
+    assert Event.from_dict(dict(event, ckpt_from=None)).extra["ckpt_from"] is None
+    for bad in ([0, 0], [0, 0, 0], [0, -1, 1], [0, True, 1], ["0", 0, 1], [0, 0, 2**32]):
+        with pytest.raises(ProtocolError, match="ckpt_from"):
+            Event.from_dict(dict(event, ckpt_from=bad))
 
 
 def test_step_longer_than_the_time_left_is_a_clear_timeout(remote):
@@ -217,10 +275,10 @@ def test_expected_segments_are_kept_between_calls_and_follow_a_new_profile(tmp_p
 
 
 # -- a save that cannot finish before the deadline ------------------------------------------------
-def _timed(tmp_path, segment, left, learned=None):
+def _timed(tmp_path, segment, left, learned=None, resume_from=None):
     store = LocalStore(tmp_path / "s")
     ev = Event(job_id="j1", call_id="00000", store=store.spec, secret=SECRET, segment=segment, checkpoint=learned,
-               args=inline_args(cloudpickle.dumps(((), {}))), function_name="f")
+               args=inline_args(cloudpickle.dumps(((), {}))), function_name="f", extra={"ckpt_from": resume_from})
     deadline = time.time() + left
     cp = ck.Checkpoint(store, keys.checkpoint_key("j1", "00000"), lambda: deadline, label="f", learned=learned, event=ev)
     return cp, store
@@ -253,7 +311,8 @@ def test_after_its_timing_save_a_segment_ends_on_it_when_another_would_not_finis
 def test_reading_a_state_is_not_counted_as_the_first_step(tmp_path):
     cp, store = _timed(tmp_path, 0, 100)
     cp.save({"i": 1})
-    cp, _ = _timed(tmp_path, 1, 100, {"save_s": 0.001})
+    assert cp.last_save == (0, 0, 1)
+    cp, _ = _timed(tmp_path, 1, 100, {"save_s": 0.001}, resume_from=[0, 0, 1])
     fetch = cp._fetch
 
     def slow_fetch():

@@ -17,6 +17,7 @@ import pytest
 import wrenpack
 from wrenpack import keys
 from wrenpack.storage.local import LocalStore
+from wrenpack.wire.checkpoint import open_checkpoint
 from wrenpack.wire.event import Event, inline_args
 from wrenpack.worker import checkpoint as ck
 
@@ -218,8 +219,11 @@ SECRET = b"k" * 32
 
 def _checkpoint(tmp_path, segment, learned=None):
     store = LocalStore(tmp_path / "s")
+    key = keys.checkpoint_key("j1", "00000")
+    # (the save in the store, as the driver would tell the next invocation of it)
+    last = list(open_checkpoint(SECRET, "j1", "00000", store.get(key))[0]) if store.exists(key) else None
     ev = Event(job_id="j1", call_id="00000", store=store.spec, secret=SECRET, segment=segment, checkpoint=learned,
-               args=inline_args(cloudpickle.dumps(((), {}))), function_name="f")
+               args=inline_args(cloudpickle.dumps(((), {}))), function_name="f", extra={"ckpt_from": last})
     return ck.Checkpoint(store, keys.checkpoint_key("j1", "00000"), lambda: time.time() + 100, label="f",
                          learned=learned, event=ev)
 

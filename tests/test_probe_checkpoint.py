@@ -292,6 +292,59 @@ def test_a_checkpoint_of_another_job_is_refused(ex, tmp_path):
     assert a.result(timeout=60) == expected(150)
 
 
+def replayed_stepper(n, step_s, log_path, copied, gate):
+    """``gated_stepper`` that also stops once right after the first save of its first segment
+    (the save halfway that times one), until ``copied`` (a file) exists: the test copies that
+    save then. Each segment logs the step it resumed from."""
+    cp = wrenpack.checkpoint()
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps({"pid": os.getpid()}) + "\n")
+    later = len(_lines(log_path)) > 1
+    if later:
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+    state = cp.restore(default={"i": 0, "acc": 0})
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps({"start_i": state["i"]}) + "\n")
+    while state["i"] < n:
+        time.sleep(step_s)
+        state["acc"] += state["i"] ** 2
+        state["i"] += 1
+        cp.offer(state)
+        if not later and cp.saves == 1 and not os.path.exists(copied):
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps({"saved_i": state["i"]}) + "\n")
+            while not os.path.exists(copied):
+                time.sleep(0.005)
+    return state["acc"]
+
+
+def test_an_earlier_save_copied_back_over_the_latest_is_refused(ex, tmp_path):
+    # (probe5 finding 2) A first segment saves twice: halfway (to time a save) and at its end.
+    # Whoever can write to the store copied the first save back over the last one after the
+    # segment ended, and the next segment resumed from the older state, authentic as it is:
+    # its steps, and their side effects, ran twice, with no error.
+    log_path, copied, gate = str(tmp_path / "log"), str(tmp_path / "copied"), str(tmp_path / "gate")
+    other = wrenpack.remote(stepper, executor=ex, timeout=1).remote(150, 0.01)  # (two segments, left alone)
+    fut = wrenpack.remote(replayed_stepper, executor=ex, timeout=1).remote(300, 0.01, log_path, copied, gate)
+    key = keys.checkpoint_key(fut.job_id, fut.call_id)
+    assert _wait_for(lambda: any("saved_i" in line for line in _lines(log_path)))
+    first = ex.store.get(key)  # the timing save, sealed for this call and this segment
+    open(copied, "w").close()
+    assert _wait_for(lambda: sum("pid" in line for line in _lines(log_path)) >= 2)  # the second segment waits at the gate
+    assert ex.store.get(key) != first  # (the segment's last save replaced it)
+    ex.store.put(key, first)
+    open(gate, "w").close()
+    with pytest.raises(wrenpack.CorruptObject) as info:
+        fut.result(timeout=60)
+    message = str(info.value)
+    assert "\n" not in message and key in message and "save 1 of segment 0" in message, message
+    assert "nothing was unpickled" in message
+    assert [line["start_i"] for line in _lines(log_path) if "start_i" in line] == [0]  # never resumed from it
+    assert fut.segments == 2
+    assert other.result(timeout=60) == expected(150)  # another call's checkpoints are not touched
+
+
 @pytest.mark.slow  # (test_map_of_checkpointing_calls_keeps_each_calls_state makes the same checks after a map of such calls)
 def test_nothing_left_behind(tmp_path):
     before = set(glob.glob("/dev/shm/wrenpack-*"))

@@ -144,7 +144,7 @@ CASES: dict[str, Callable[[], list[bytes]]] = {
     "status": lambda: [status.dumps(_STATUS)],
     "result": lambda: [result.seal_result(SECRET, JOB, CALL, _SMALL_STATUS, outcome.Outcome.success(7).dumps())],
     "segment": lambda: [segment.seal_segment(SECRET, JOB, CALL, 2, _SEGMENT_STATUS)],
-    "checkpoint": lambda: [checkpoint.seal_checkpoint(SECRET, JOB, CALL, 3, b"state-pickle")],
+    "checkpoint": lambda: [checkpoint.seal_checkpoint(SECRET, JOB, CALL, (3, 1, 2), b"state-pickle")],
     "start": lambda: [start.seal_start(SECRET, JOB, CALL, 1700000000.25, 1)],
     "owner": lambda: [owner.dumps(owner.seal(SECRET, JOB, _OWNER))],
     "job_record": lambda: [job_record.seal_job(SECRET, JOB, _JOB), job_record.derive_secret(SECRET, JOB),
@@ -190,8 +190,9 @@ def _decode_segment(parts: list[bytes]) -> None:
 
 
 def _decode_checkpoint(parts: list[bytes]) -> None:
-    for reading_segment in (3, 4):  # the segment that saved it, and the next one
-        assert bytes(checkpoint.open_checkpoint(SECRET, JOB, CALL, reading_segment, parts[0])) == b"state-pickle"
+    place, data = checkpoint.open_checkpoint(SECRET, JOB, CALL, parts[0])
+    assert place == (3, 1, 2) and bytes(data) == b"state-pickle"
+    assert bytes(checkpoint.Saves(SECRET, JOB, CALL, 4, 0, (3, 1, 2)).open(parts[0])) == b"state-pickle"  # (the next segment)
 
 
 def _decode_start(parts: list[bytes]) -> None:

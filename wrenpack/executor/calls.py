@@ -30,13 +30,13 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
-from wrenpack.errors import (CallCancelled, ConfigError, CorruptObject, ExecutorShutdown, ObjectNotFound, RemoteTraceback, StoreError,
-                             TaskError, TaskTimeout, WrenpackError)
+from wrenpack.errors import (CallCancelled, ConfigError, CorruptObject, ExecutorShutdown, ObjectNotFound, ProtocolError, RemoteTraceback,
+                             StoreError, TaskError, TaskTimeout, WrenpackError)
 from wrenpack.executor.options import CallOptions
 from wrenpack.executor.owner import owner_record
 from wrenpack.futures import CallOwner, WrenFuture
 from wrenpack.storage import Store
-from wrenpack.wire import result as result_format, segment as segment_format
+from wrenpack.wire import checkpoint as checkpoint_format, result as result_format, segment as segment_format
 from wrenpack.wire.outcome import LABELLED, error_tuple
 from wrenpack.worker import checkpoint, handoff, refs
 
@@ -501,7 +501,7 @@ class CallTable:
                 retried = fut._retried = []
             retried.append(f"{type(value).__name__}: {value}")
             fut.retried_statuses.append(dict(final, error=retried[-1]))
-            self._retry(job, inv, value, late=late)
+            self._retry(job, inv, value, late=late, status=final)
             return
         fut.status, fut.logs = final, logs
         if final.pop("checkpoint_kept", False):
@@ -532,9 +532,11 @@ class CallTable:
         return isinstance(exc, TaskTimeout) and not self._stopping and \
             checkpoint.rerun_late(int(inv.event.get("segment", 0)), inv.attempt)
 
-    def _retry(self, job: RunningJob, inv: Invocation, exc: BaseException, late: bool = False) -> None:
+    def _retry(self, job: RunningJob, inv: Invocation, exc: BaseException, late: bool = False,
+               status: dict[str, Any] | None = None) -> None:
         """Launch a call again after an error the user listed in ``retry_on`` (``late``:
-        a checkpointed call's segment that ran out of time, from its last save)."""
+        a checkpointed call's segment that ran out of time, from its last save; ``status``:
+        the failed attempt's, which says where it saved last)."""
         _job_id, cid = inv.key
         attempt = inv.attempt + 1
         if late:
@@ -545,7 +547,7 @@ class CallTable:
                         exc, attempt + 1, inv.retries + 1)
         # The failed attempt's result object would win the next write ("first wins").
         self.store.delete(keys.result_key(job.job_id, cid))
-        again = dataclasses.replace(inv, attempt=attempt, event=dict(inv.event, attempt=attempt))
+        again = dataclasses.replace(inv, attempt=attempt, event=_resuming(dict(inv.event, attempt=attempt), status))
         self._live_backend().invoke(self._track(again))
 
     def _resolve(self, job: RunningJob, cid: str, ok: bool, value: Any, data: bytes | Callable[[], bytes] | None = None,
@@ -767,6 +769,8 @@ class CallTable:
         if status.get("checkpoint"):
             # What this segment learned (step and save times; the state it began from) tunes and checks the next one.
             event["checkpoint"] = {k: status["checkpoint"][k] for k in checkpoint.LEARNED if k in status["checkpoint"]}
+        event = _resuming(event, status)
+        event.setdefault("ckpt_from", None)  # (always there from the second segment on: a worker that predates it refuses the event)
         log.info("%s: segment %d saved a checkpoint; launching segment %d", inv.label, event["segment"] - 1, event["segment"])
         self._live_backend().invoke(self._track(dataclasses.replace(inv, event=event, attempt=0)))
 
@@ -943,3 +947,18 @@ def _read_loop(reads: queue.SimpleQueue, completions: queue.SimpleQueue) -> None
         result.private = read
         completions.put((inv, result))
         item = inv = result = reply = read = None
+
+
+def _resuming(event: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
+    """The call's next invocation (``event``) resumes from the save the one before says it
+    wrote last (its verified status's ``ckpt_last``; ``wire.checkpoint.Saves``), and from no
+    other: an earlier save copied back over it is refused. If that invocation wrote none, or
+    said nothing (a worker that died), the save it began from stays the one to resume from;
+    the worker accepts a save of an attempt it did not hear the end of too."""
+    last = (status or {}).get("ckpt_last")
+    if last is not None:
+        try:
+            event["ckpt_from"] = list(checkpoint_format.check_from(last) or ()) or None
+        except ProtocolError:
+            log.debug("ignoring a malformed ckpt_last %r", last)
+    return event

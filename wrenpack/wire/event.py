@@ -40,6 +40,7 @@ from typing import Any
 
 from wrenpack import auth, keys
 from wrenpack.errors import ProtocolError
+from wrenpack.wire import checkpoint as checkpoint_format
 
 #: The event's version; the handler refuses others.
 VERSION = 2
@@ -77,6 +78,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "python": (str,),                   # the client's Python X.Y: a worker on another refuses the call (bytecode)
     "domain": (str,),                   # isolation domain: calls sharing it (and the function) share a job process
     "ckpt_retries": (int,),             # retry_on's retries: an attempt below it keeps its checkpoint on an error (for the retry)
+    "ckpt_from": (list, type(None)),    # [segment, attempt, number]: the save to resume from (wire.checkpoint.Saves)
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _good_hashes: set[str] = set()  # func_hash values already checked
@@ -187,6 +189,8 @@ class Event:
             raise ProtocolError("the event's domain is not a sha256 hex digest; invoke through wrenpack")
         if "func_inline" in d and "func_hash" not in d:
             raise ProtocolError("the event carries its function inline without its func_hash")
+        if d.get("ckpt_from") is not None:
+            checkpoint_format.check_from(d["ckpt_from"])
         attempt, segment = d.get("attempt", 0), d.get("segment", 0)
         if attempt < 0 or segment < 0:
             raise ProtocolError("the event's attempt and segment must be 0 or more")

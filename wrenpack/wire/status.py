@@ -15,7 +15,9 @@ replies ``{job_id, call_id, attempt, segment, exit: "expired", deadline, now}``
 and writes no record.
 
 The handler adds, when they apply: ``run_s`` (the function's own time),
-``checkpoint`` (its saves), ``logs`` (the captured output tail), ``stored``
+``checkpoint`` (its saves), ``ckpt_last`` (``[segment, attempt, number]``: the
+place of the invocation's last checkpoint save, ``wire.checkpoint.Saves``),
+``logs`` (the captured output tail), ``stored``
 (the job has objects in the store), ``botocore`` (the worker's botocore
 version, when the store is S3); the client adds ``retried``, and ``memory_mb``
 and ``timeout_s`` (what the invocation ran with) to the copy its future holds.

@@ -20,8 +20,10 @@ the same call again; ``restore`` returns the saved state, and the loop goes
 on where it stopped. A worker that dies, or a segment that overruns after a
 save, resumes from the last saved state. Checkpoints are removed when the
 call completes. A checkpoint is sealed with the job's secret as this call's
-and this segment's (its format: ``wrenpack.wire.checkpoint``), so a planted or
-moved one fails with ``CorruptObject`` before anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
+and this segment's, with its place among the call's saves (its format and which
+save is accepted: ``wrenpack.wire.checkpoint``), so a planted or moved one, or an
+earlier save copied back over the latest, fails with ``CorruptObject`` before
+anything is unpickled. Standard library and cloudpickle only: this runs in the worker.
 
 One loop owns a call's checkpoint: a saved state is tagged with the code that
 restored it (``_OWNER_TAG``), and a restore by other code (a second loop, a helper
@@ -66,7 +68,7 @@ import cloudpickle
 from wrenpack import keys
 from wrenpack.limits import integral
 from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError, TaskError
-from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
+from wrenpack.wire.checkpoint import Place, Saves, seal_checkpoint
 from wrenpack.worker import refs
 
 log = logging.getLogger(__name__)
@@ -263,9 +265,9 @@ def _digest(pickled: bytes | memoryview) -> str:
     return hashlib.sha256(pickled).hexdigest()[:32]
 
 
-def encode(state: Any, secret: bytes, job_id: str, call_id: str, segment: int) -> bytes:
-    """The sealed checkpoint of ``state``, saved in ``segment`` (``wire.checkpoint``)."""
-    return seal_checkpoint(secret, job_id, call_id, segment, dumps_state(state))
+def encode(state: Any, secret: bytes, job_id: str, call_id: str, place: Place) -> bytes:
+    """The sealed checkpoint of ``state``, the save at ``place`` (``wire.checkpoint``)."""
+    return seal_checkpoint(secret, job_id, call_id, place, dumps_state(state))
 
 
 def _loads(data: Any, label: str) -> Any:
@@ -275,10 +277,9 @@ def _loads(data: Any, label: str) -> Any:
         raise CorruptObject(f"the checkpoint of {label} is authentic but cannot be unpickled ({type(exc).__name__}: {exc}); re-run") from None
 
 
-def decode(blob: bytes, secret: bytes, job_id: str, call_id: str, segment: int, label: str) -> Any:
-    """Verify, then unpickle. Only a checkpoint this call saved in this segment or
-    the one before (the latest save, whatever retries happened) is accepted."""
-    return _loads(_split(open_checkpoint(secret, job_id, call_id, segment, blob))[1], label)
+def decode(blob: bytes, saves: Saves, label: str) -> Any:
+    """Verify, then unpickle. Only the save ``saves`` may resume from is accepted (``Saves.open``)."""
+    return _loads(_split(saves.open(blob))[1], label)
 
 
 class _Group:
@@ -352,6 +353,8 @@ class Checkpoint:
         self._had: dict[str, Any] = {}
         #: the run (frame) of each code that called ``restore`` in this segment
         self._restorer_frames: dict[str, Any] = {}
+        #: the places of this invocation's saves (made on first use: ``sealing``)
+        self._saves: Saves | None = None
 
     def begin_item(self, index: int) -> None:
         """The group's call ``index`` begins (``chunksize``: the calls of a group run
@@ -382,15 +385,27 @@ class Checkpoint:
             blob = self._store.get(self._key)
         except ObjectNotFound:
             return None
-        ev = self._event
-        return open_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, blob)
+        return self.sealing().open(blob)
 
     def _push(self, data: bytes) -> int:
         """Seal and store ``data`` (a pickle); the stored size."""
-        ev = self._event
-        blob = seal_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, data)
+        saves = self.sealing()
+        place, blob = saves.seal(data)
         self._store.put(self._key, blob)
+        saves.saved(place)
         return len(blob)
+
+    @property
+    def last_save(self) -> Place | None:
+        """The place of this invocation's last save that was written; None if it wrote none."""
+        return self._saves.last if self._saves is not None else None
+
+    def sealing(self) -> Saves:
+        """This invocation's saves and the one it may resume from (``wire.checkpoint.Saves``);
+        a job's child has none (its parent seals and opens: ``handler._Requests``)."""
+        if self._saves is None:
+            self._saves = Saves.of(self._event)
+        return self._saves
 
     def _group(self) -> _Group:
         if self._group_cache is None:

@@ -54,7 +54,7 @@ from wrenpack.errors import (
 )
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
-from wrenpack.wire.checkpoint import open_checkpoint, seal_checkpoint
+from wrenpack.wire.checkpoint import Saves
 from wrenpack.wire.event import _ID as _JOB_ID, Event
 from wrenpack.wire.outcome import error_tuple, user_traceback
 from wrenpack.wire.result import is_authentic_result, seal_result, to_reply
@@ -459,7 +459,17 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         ran.extra["ckpt_saves"] = ran.ckpt.saves
         if ran.ckpt.used:
             ran.extra["checkpoint"] = ran.ckpt.stats()
+        _note_last_save(ran, ran.ckpt.last_save)
     return _finish(ev, event, store, job_store, context, start, ran)
+
+
+def _note_last_save(ran: "_Ran", place: Any) -> None:
+    """The place of the invocation's last save that was written (``wire.checkpoint.Saves``), in its
+    status as ``ckpt_last``: the driver sends it with the call's next invocation (``ckpt_from``),
+    which resumes from that save and no other. Counted where the saves are sealed (here, or a
+    job's parent for its child), never taken from the call's own report."""
+    if place is not None:
+        ran.extra["ckpt_last"] = list(place)
 
 
 class _Ran:
@@ -786,8 +796,10 @@ def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, con
     fds: list[int] = list(getattr(context, "handoff_fds", None) or [])
     if context is not None and fds:
         context.handoff_fds = []  # ours now: given to the child (closed here after sending)
+    saves = Saves.of(ev)
     try:
-        ran = _run_in_child(ev, event, store, context, fds, start)
+        ran = _run_in_child(ev, event, store, context, fds, start, saves)
+        _note_last_save(ran, saves.last)
     finally:
         for fd in fds:
             try:
@@ -797,7 +809,8 @@ def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, con
     return _finish(ev, event, store, job_store, context, start, ran)
 
 
-def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fds: list[int], start: float) -> _Ran:
+def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fds: list[int], start: float,
+                  saves: Saves) -> _Ran:
     requests: _Requests | None = None
     try:
         sdk.check(ev.store)
@@ -839,7 +852,7 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         # do not reach is given up on at the deadline (Lambda would end the invocation).
         wait_until = None if deadline is None else deadline - 0.02
         watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
-        requests = _Requests(store, ev)
+        requests = _Requests(store, ev, saves)
         got, data, got_fds = isolation.run_call(child, head, blob, fds, requests, wait_until, watch)
         child.funcs.add(fkey)
         if not isolation.spare_after_reply:
@@ -930,9 +943,11 @@ def _child_outcome(ev: Event, got: dict[str, Any], data: bytearray, got_fds: lis
 class _Requests:
     """What the job's child asks of the parent while a call runs: what needs the secret."""
 
-    def __init__(self, store: Any, ev: Event) -> None:
+    def __init__(self, store: Any, ev: Event, sealing: Saves) -> None:
         self.store = store
         self.ev = ev
+        #: the places of the call's saves, and the save it may resume from
+        self.sealing = sealing
         #: checkpoints saved in this segment: a child given up on at the deadline after
         #: one goes on from it in the next segment (``_run_in_child``)
         self.saves = 0
@@ -958,10 +973,11 @@ class _Requests:
                 sealed = self.store.get(key)
             except ObjectNotFound:
                 return {"none": True}, b""
-            return {}, open_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, sealed)
+            return {}, self.sealing.open(sealed)
         if what == "ckpt_put":
-            sealed = seal_checkpoint(ev.secret, ev.job_id, ev.call_id, ev.segment, bytes(blob))
+            place, sealed = self.sealing.seal(bytes(blob))
             self.store.put(keys.checkpoint_key(ev.job_id, ev.call_id), sealed)
+            self.sealing.saved(place)
             self.saves += 1
             return {"bytes": len(sealed)}, b""
         if what == "derive":
