@@ -135,6 +135,48 @@ def _saves(segment, attempt, resume_from, call="00000"):
     return Saves(SECRET, "j1", call, segment, attempt, resume_from)
 
 
+def saves_twice_and_ends(_):
+    cp = wrenpack.checkpoint()
+    state = cp.restore(default={"i": 0})
+    if state["i"]:
+        return state["i"]
+    cp.save({"i": 1})
+    cp.save({"i": 2})
+    raise ck.SegmentDone()  # (as an offer that saved does)
+
+
+def test_the_handler_reports_its_last_save_and_resumes_only_from_it(tmp_path, monkeypatch):
+    # (in the handler's own process; a local worker's job parent does the same for its child:
+    # test_probe_checkpoint.py's test_an_earlier_save_copied_back_over_the_latest_is_refused)
+    store = LocalStore(tmp_path / "s")
+    key = keys.checkpoint_key("j-saves-twice", "00000")
+    puts = []
+    real_put = LocalStore.put
+
+    def put(self, k, data, **kw):
+        if k == key:
+            puts.append(bytes(data))
+        return real_put(self, k, data, **kw)
+
+    monkeypatch.setattr(LocalStore, "put", put)
+    event = _event(store, saves_twice_and_ends, (0,), job="j-saves-twice")  # (a job of its own: workers cache functions by job)
+    context = lambda: LocalContext(function_name="t", memory_mb=128, deadline=time.time() + 30)  # noqa: E731
+    status = handler(event, context())
+    assert status["exit"] == "checkpointed" and status["ckpt_last"] == [0, 0, 2] and len(puts) == 2
+    real_put(store, key, puts[0])  # the first save copied back over the last
+    status = handler(dict(event, segment=1, ckpt_from=status["ckpt_last"]), context())
+    assert status["exit"] == "error"
+    _, outcome = open_result(SECRET, "j-saves-twice", "00000", store.get(keys.result_key("j-saves-twice", "00000")), "r")
+    exc = outcome.rebuild("f")
+    assert isinstance(exc, wrenpack.CorruptObject) and "is save 1 of segment 0, not the latest save" in str(exc)
+    store.delete(keys.result_key("j-saves-twice", "00000"))
+    real_put(store, key, puts[1])
+    status = handler(dict(event, segment=1, attempt=1, ckpt_from=[0, 0, 2]), context())
+    assert status["exit"] == "ok" and "ckpt_last" not in status
+    _, outcome = open_result(SECRET, "j-saves-twice", "00000", store.get(keys.result_key("j-saves-twice", "00000")), "r")
+    assert outcome.value == 2
+
+
 def test_checkpoint_roundtrip_and_tamper_detection():
     blob = ck.encode({"a": [1, 2, 3]}, SECRET, "j1", "00000", (3, 0, 2))
     assert ck.decode(blob, _saves(4, 0, (3, 0, 2)), "x") == {"a": [1, 2, 3]}  # the next segment, told of this save
@@ -195,6 +237,32 @@ def test_an_events_ckpt_from_is_checked():
     for bad in ([0, 0], [0, 0, 0], [0, -1, 1], [0, True, 1], ["0", 0, 1], [0, 0, 2**32]):
         with pytest.raises(ProtocolError, match="ckpt_from"):
             Event.from_dict(dict(event, ckpt_from=bad))
+
+
+def test_each_segment_is_told_the_save_to_resume_from_and_a_worker_before_that_refuses(tmp_path, monkeypatch):
+    from wrenpack.errors import ProtocolError
+    from wrenpack.executor import calls
+    from wrenpack.wire import event as event_format
+
+    sent = []
+    real = calls._resuming
+    monkeypatch.setattr(calls, "_resuming", lambda event, status: sent.append(real(event, status)) or sent[-1])
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1, retries=0)
+    try:
+        fut = wrenpack.remote(stepper, executor=ex, timeout=1).remote(150, 0.01)
+        assert fut.result(timeout=60) == expected(150)
+    finally:
+        ex.shutdown()
+    later = [e for e in sent if e["segment"] > 0]
+    assert later and len(later) == fut.segments - 1
+    for event, before in zip(later, fut.segment_statuses):
+        # (the status says where its segment saved last: the worker counts the saves it sealed)
+        assert before["ckpt_last"][:2] == [before["segment"], before["attempt"]] and before["ckpt_last"][2] >= 1
+        assert event["ckpt_from"] == before["ckpt_last"]
+    # a worker deployed before ckpt_from cannot honour it: it refuses the event, runs nothing
+    monkeypatch.setattr(event_format, "_FIELDS", {k: v for k, v in event_format._FIELDS.items() if k != "ckpt_from"})
+    with pytest.raises(ProtocolError, match="unknown field.*ckpt_from.*versions differ"):
+        Event.from_dict(dict(later[0], secret=auth.encode_secret(SECRET)))
 
 
 def test_step_longer_than_the_time_left_is_a_clear_timeout(remote):
