@@ -216,7 +216,7 @@ def test_a_planted_checkpoint_fails_its_call_alone_with_a_one_line_corrupt_objec
     f = wrenpack.remote(restore_when_told, executor=pool, timeout=30)
     planted = {
         "garbage": b"WRCK2\0\0\0\0" + b"x" * 64,
-        "another job's": seal_checkpoint(os.urandom(32), "20261206-000000-00000000", "00000", 0, cloudpickle.dumps("planted")),
+        "another job's": seal_checkpoint(os.urandom(32), "20261206-000000-00000000", "00000", (0, 0, 1), cloudpickle.dumps("planted")),
     }
     for name, blob in planted.items():
         gate = str(tmp_path / name)
