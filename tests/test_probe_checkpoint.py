@@ -319,19 +319,17 @@ def replayed_stepper(n, step_s, log_path, copied, gate):
     return state["acc"]
 
 
-def test_an_earlier_save_copied_back_over_the_latest_is_refused(ex, tmp_path):
-    # (probe5 finding 2) A first segment saves twice: halfway (to time a save) and at its end.
-    # Whoever can write to the store copied the first save back over the last one after the
-    # segment ended, and the next segment resumed from the older state, authentic as it is:
-    # its steps, and their side effects, ran twice, with no error.
+def _replay_the_first_save(ex, tmp_path, timeout):
+    """Run ``replayed_stepper`` (two segments); copy its first segment's first save back over
+    that segment's last save once the segment ended; the call must fail, not resume from it."""
     log_path, copied, gate = str(tmp_path / "log"), str(tmp_path / "copied"), str(tmp_path / "gate")
-    other = wrenpack.remote(stepper, executor=ex, timeout=1).remote(150, 0.01)  # (two segments, left alone)
-    fut = wrenpack.remote(replayed_stepper, executor=ex, timeout=1).remote(300, 0.01, log_path, copied, gate)
+    other = wrenpack.remote(stepper, executor=ex, timeout=timeout).remote(150, 0.01)  # (left alone)
+    fut = wrenpack.remote(replayed_stepper, executor=ex, timeout=timeout).remote(150 * timeout, 0.01, log_path, copied, gate)
     key = keys.checkpoint_key(fut.job_id, fut.call_id)
-    assert _wait_for(lambda: any("saved_i" in line for line in _lines(log_path)))
+    assert _wait_for(lambda: any("saved_i" in line for line in _lines(log_path)), 60)
     first = ex.store.get(key)  # the timing save, sealed for this call and this segment
     open(copied, "w").close()
-    assert _wait_for(lambda: sum("pid" in line for line in _lines(log_path)) >= 2)  # the second segment waits at the gate
+    assert _wait_for(lambda: sum("pid" in line for line in _lines(log_path)) >= 2, 60)  # the second segment waits at the gate
     assert ex.store.get(key) != first  # (the segment's last save replaced it)
     ex.store.put(key, first)
     open(gate, "w").close()
@@ -343,6 +341,14 @@ def test_an_earlier_save_copied_back_over_the_latest_is_refused(ex, tmp_path):
     assert [line["start_i"] for line in _lines(log_path) if "start_i" in line] == [0]  # never resumed from it
     assert fut.segments == 2
     assert other.result(timeout=60) == expected(150)  # another call's checkpoints are not touched
+
+
+def test_an_earlier_save_copied_back_over_the_latest_is_refused(ex, tmp_path):
+    # (probe5 finding 2) A first segment saves twice: halfway (to time a save) and at its end.
+    # Whoever can write to the store copied the first save back over the last one after the
+    # segment ended, and the next segment resumed from the older state, authentic as it is:
+    # its steps, and their side effects, ran twice, with no error.
+    _replay_the_first_save(ex, tmp_path, timeout=1)
 
 
 @pytest.mark.slow  # (test_map_of_checkpointing_calls_keeps_each_calls_state makes the same checks after a map of such calls)
@@ -429,6 +435,12 @@ def test_on_lambda_groups_finish_and_a_loop_that_never_restores_is_refused(make_
     fut = wrenpack.remote(never_restores, executor=lam, timeout=2).remote(10_000)
     with pytest.raises(wrenpack.TaskError, match="without calling restore"):
         fut.result(timeout=60)
+
+
+@pytest.mark.slow  # (deploys a 2 s function, as the test above)
+@pytest.mark.backends("lambda")
+def test_on_lambda_an_earlier_save_copied_back_over_the_latest_is_refused(make_executor, backend, tmp_path):
+    _replay_the_first_save(make_executor(concurrency=2, retries=0), tmp_path, timeout=2)
 
 
 # -- an offer made in a thread of the call ----------------------------------------------------------
