@@ -178,3 +178,28 @@ def test_a_jobs_code_cannot_take_the_next_jobs_invocation(moto_endpoint, bucket,
     finally:
         stop_pools(lambda n: n == name)
 
+
+
+def test_connections_to_the_runtime_api_are_found(monkeypatch):
+    """``isolation._api_connections`` finds the TCP connections to the Runtime API's port (IPv4 and
+    IPv4-mapped IPv6) and no other, from netlink's socket diagnostics and from /proc/net alike."""
+    import socket
+
+    from wrenpack.worker import isolation
+
+    with socket.create_server(("127.0.0.1", 0)) as api, socket.create_server(("127.0.0.1", 0)) as other:
+        monkeypatch.setattr(isolation, "_runtime_api", ("127.0.0.1", api.getsockname()[1]))
+        monkeypatch.setattr(isolation, "_api_addrs", frozenset({socket.inet_aton("127.0.0.1")}))
+        to_api = [socket.create_connection(("127.0.0.1", api.getsockname()[1]))]
+        mapped = socket.socket(socket.AF_INET6)
+        mapped.connect(("::ffff:127.0.0.1", api.getsockname()[1]))
+        to_api.append(mapped)
+        elsewhere = socket.create_connection(("127.0.0.1", other.getsockname()[1]))
+        try:
+            want = {os.fstat(s.fileno()).st_ino for s in to_api}
+            assert isolation._diag() == want
+            assert isolation._proc_net("/proc/net/tcp") | isolation._proc_net("/proc/net/tcp6") == want
+            assert isolation._sockets_of("self") >= want | {os.fstat(elsewhere.fileno()).st_ino}
+        finally:
+            for s in (*to_api, elsewhere):
+                s.close()
