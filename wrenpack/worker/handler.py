@@ -430,7 +430,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return _expired(ev, deadline, start)
     job_store = _JobStore(_store_for(ev.store, getattr(context, "store_pin", None)), ev.job_id, ev.extra.get("owner"))
     if isolation.active():
-        return _handle_isolated(event, ev, job_store, context, start)
+        try:
+            return _handle_isolated(event, ev, job_store, context, start)
+        finally:
+            # On Lambda: the kept child stopped (or ended) before the runtime asks for the next event.
+            isolation.freeze_child(ev.label)
     store: Any = job_store
     func_key = _function_key(ev)  # (before the peak mark: it may free earlier functions' memory)
     peak_mark = memory.start_peak()
@@ -930,6 +934,11 @@ def _child_outcome(ev: Event, got: dict[str, Any], data: bytearray, got_fds: lis
     run_s = extra.pop("run_s", None)
     layout = got.get("handoff")
     if layout is not None:
+        if ev.extra.get("handoff") is None:
+            # (nothing asked for one: a descriptor its code passed this process is not held here)
+            for fd in got_fds:
+                os.close(fd)
+            raise isolation.ChildGone("the call's process sent a hand-off its event did not ask for", died=False)
         if len(got_fds) != 1 or not isinstance(layout, dict) or not isinstance(layout.get("size"), int):
             for fd in got_fds:
                 os.close(fd)

@@ -52,6 +52,11 @@ lie under a valid MAC. So the worker is split::
   child's messages are JSON heads and raw bytes (nothing from it is
   unpickled in the parent), and the outcome is sealed for the call's job,
   with that job's secret.
+* On Lambda the kept child and every process it started are stopped (SIGSTOP)
+  at the end of each invocation, before the runtime asks Lambda's Runtime API
+  for the next event (which any process on loopback could ask for, and get
+  another job's event with its secret), and continued at its domain's next
+  call; a tree holding a connection to that API is ended instead (``freeze_child``).
 * On Linux the parent is made non-dumpable (``PR_SET_DUMPABLE``), so a child
   of the same (non-root) user cannot read its memory through ``/proc/<pid>/mem``
   or ptrace. A child running as root can (locally as root; never on Lambda).
@@ -326,6 +331,7 @@ def prepare() -> None:
         return  # (not Linux: calls run in the handler's process, as before)
     _zygote = _fork_zygote()
     _prepared = True
+    _learn_runtime_api()
     _import_what_a_respawn_needs()
     # Orphans of a job's processes stay below this process, where ``Child.kill`` finds them.
     prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -488,7 +494,8 @@ class Child:
         self.env: dict[str, str] | None = None
         #: its socket and pidfd, polled while it runs a call (``run_call``)
         self.poller: Any = None
-        self.pid, self.sock = _take_spare()
+        #: (and the inode of its own end of the socketpair: ``_api_holders``)
+        self.pid, self.sock, self.peer_inode = _take_spare()
         self.status: int | None = None
         #: its last call left processes behind, by its own report (a false "no" spares only its own job's)
         self.left_processes = False
@@ -500,6 +507,10 @@ class Child:
             self.pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
             pass
+        #: its processes are stopped (SIGSTOP) between two invocations on Lambda (``freeze_child``)
+        self.frozen = False
+        #: it was sent a call (until then it has run no job's code: nothing of it to stop or check)
+        self.used = False
 
     def exit_status(self, wait_s: float = 1.0) -> int | None:
         """The child's wait status once it has exited (it is this process's child:
@@ -519,8 +530,9 @@ class Child:
                 return None
             time.sleep(0.001)
 
-    def kill(self) -> None:
-        """End the child and every process it started, without waiting for them to exit.
+    def kill(self) -> set[int]:
+        """End the child and every process it started, without waiting for them to exit
+        (what was killed is returned: ``freeze_child`` waits for those).
 
         The child first: once it has SIGKILL pending it runs no more of its code, and
         no fork of its completes (the kernel refuses a fork to a process with a fatal
@@ -560,6 +572,7 @@ class Child:
             pass
         close_quietly(self.pidfd)
         self.pidfd = None
+        return killed
 
     def alive(self) -> bool:
         if self.sock.fileno() < 0:
@@ -575,6 +588,8 @@ class Child:
 
 #: the parent's end of a process asked of the zygote and not yet handed a job (one at most)
 _spare: socket.socket | None = None
+#: the inode of the spare's end of its socketpair (the one socket a job's process is given)
+_spare_peer_inode = 0
 #: its pid, once the zygote said (it is orphaned to this process only after saying)
 _spare_pid: int | None = None
 #: and a descriptor of that process (``_pidfd``), opened when the zygote said: it cannot have
@@ -637,13 +652,14 @@ def request_spare() -> None:
 
 def _request_spare() -> None:
     """Ask the zygote for a process for the next job (its pid is read when it is taken)."""
-    global _spare, _zygote
+    global _spare, _zygote, _spare_peer_inode
     if _spare is not None:
         return
     if _zygote is None:
         _zygote = _replace_zygote(None)
     mine, theirs = socket.socketpair()
     try:
+        peer = os.fstat(theirs.fileno()).st_ino
         with _zygote.lock:
             send(_zygote.sock, {"fork": True}, fds=[theirs.fileno()])
     except OSError:
@@ -651,29 +667,31 @@ def _request_spare() -> None:
         return
     finally:
         theirs.close()
-    _spare = mine
+    _spare, _spare_peer_inode = mine, peer
 
 
-def _take_spare() -> tuple[int, socket.socket]:
+def _take_spare() -> tuple[int, socket.socket, int]:
     """A process for a new job: the one asked for before, else a new one (a
-    fresh zygote first if the zygote is gone)."""
+    fresh zygote first if the zygote is gone): (its pid, this end of its socketpair,
+    the inode of its end)."""
     global _spare, _zygote
     for attempt in range(2):
         if attempt:
             _zygote = _replace_zygote(_zygote)
         _request_spare()
         mine, _spare = _spare, None
+        peer = _spare_peer_inode
         known = _forget_spare_pid()
         if mine is None or _zygote is None:
             continue
         if known is not None:
-            return known, mine
+            return known, mine, peer
         try:
             with _zygote.lock:
                 head, _blob, extra = recv(_zygote.sock)
             for fd in extra:
                 os.close(fd)
-            return int(head["pid"]), mine
+            return int(head["pid"]), mine, peer
         except (OSError, EOFError, KeyError, ValueError, TypeError):
             mine.close()
     raise ChildGone("could not start a process for the job's code")
@@ -764,6 +782,8 @@ def child_for(domain: str) -> Child:
     global _child, _start_cost
     child = _child
     if child is not None and child.domain == domain and child.alive():
+        if child.frozen:
+            _thaw(child)
         return child
     t0 = time.perf_counter()
     if child is not None:
@@ -835,6 +855,351 @@ def end_child() -> None:
         child.kill()
         _reap()
 
+
+# -- between two invocations on Lambda: the kept child's processes stopped ----------------------
+# On Lambda the kept child of a domain waits between invocations, and the Runtime API
+# that hands out the next event answers whoever asks on loopback: a request a job's
+# code left waiting on ``/runtime/invocation/next`` may get the next invocation, another
+# job's event with its secret, before the runtime's own request does. So at the end of
+# each invocation, before the handler returns to the runtime (which then asks for the
+# next event), every process of the kept child's tree is stopped (SIGSTOP: a stopped
+# process reads nothing, sends nothing and opens no connection) until its domain's next
+# call continues it (``_thaw``); another domain's call ends it, as before. Lambda
+# itself freezes the sandbox between invocations; this does it to a job's processes
+# before the next event is asked for.
+#
+# An event a stopped process's request gets is then never read: that invocation gets no
+# answer, times out, and Lambda resets the execution environment, which ends the stopped
+# process with the rest. To spare the next job that, a tree holding a connection to the
+# Runtime API when it is stopped (or whose connections cannot be checked) is ended at
+# once (the domain's next call gets a fresh child, as a new domain does), and a warning
+# says so: its connections are closed before the runtime asks for the next event.
+
+#: the Runtime API's (host, port) this worker is served by (``prepare``, on Lambda only), else None
+_runtime_api: tuple[str, int] | None = None
+#: the addresses the Runtime API's host names (packed; IPv4 ones as 4 bytes)
+_api_addrs: frozenset[bytes] = frozenset()
+#: the longest wait for the child's processes to stop, or to exit once ended
+FREEZE_WAIT_S = 1.0
+#: seconds spent stopping and checking (``freeze_child``) and continuing (``_thaw``) since ``take_freeze_cost``
+_freeze_cost = 0.0
+
+
+def take_freeze_cost() -> float:
+    """What stopping and continuing the kept child cost since the last look (measurements)."""
+    global _freeze_cost
+    cost, _freeze_cost = _freeze_cost, 0.0
+    return cost
+
+
+def _learn_runtime_api() -> None:
+    """Read ``AWS_LAMBDA_RUNTIME_API`` (host:port) once, at ``prepare``, on Lambda only (a local
+    worker has no Runtime API: its handler returns to the worker, not to a runtime)."""
+    global _runtime_api, _api_addrs
+    api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
+    if not api or os.environ.get("WRENPACK_LOCAL_WORKER") == "1":
+        return
+    host, _, port = api.rpartition(":")
+    host = host.strip("[]")
+    try:
+        _runtime_api = (host, int(port))
+    except ValueError:
+        _runtime_api = (api, -1)  # (not host:port: every check fails, and a child holding a socket is ended)
+        return
+    addrs: set[bytes] = set()
+    try:
+        for family, _type, _proto, _name, addr in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
+            addrs.add(_plain(socket.inet_pton(family, addr[0])))
+    except (OSError, UnicodeError, ValueError):
+        pass
+    _api_addrs = frozenset(addrs)
+
+
+def _plain(packed: bytes) -> bytes:
+    """An address, an IPv4-mapped IPv6 one as its IPv4 address."""
+    if len(packed) == 16 and packed[:12] == b"\0" * 10 + b"\xff\xff":
+        return packed[12:]
+    return packed
+
+
+def _to_api(local: bytes, remote: bytes, port: int) -> bool:
+    """Whether a TCP connection from ``local`` to ``remote``:``port`` goes to the Runtime API:
+    its port at its host's address, at a loopback address, or at the connection's own local
+    address (this machine, through another of its addresses)."""
+    if _runtime_api is None or port != _runtime_api[1]:
+        return False
+    local, remote = _plain(local), _plain(remote)
+    return (remote in _api_addrs or remote == local or (len(remote) == 4 and remote[0] == 127)
+            or remote == b"\0" * 15 + b"\1")
+
+
+#: netlink's socket diagnostics (``sock_diag(7)``): the kernel filters the TCP table by port. The
+#: older request (``TCPDIAG_GETSOCK``) walks the table once for IPv4 and IPv6 together, and took
+#: a quarter of the time of the two ``SOCK_DIAG_BY_FAMILY`` requests it replaces (on a machine
+#: with a large table: 1.8 ms against 6.4)
+_NETLINK_INET_DIAG, _TCPDIAG_GETSOCK, _NLMSG_ERROR, _NLMSG_DONE = 4, 18, 2, 3
+#: every TCP state but TIME_WAIT (no process holds one) and LISTEN
+_DIAG_STATES = 0xFFF & ~(1 << 6) & ~(1 << 10)
+_netlink_works = True
+
+
+def _api_connections() -> set[int]:
+    """The inodes of the TCP sockets (of this network namespace) connected to the Runtime
+    API. From netlink's socket diagnostics, where the kernel keeps only those to its port;
+    else from /proc/net/tcp{,6}. Raises ``OSError`` when neither can be read."""
+    global _netlink_works
+    if _netlink_works:
+        try:
+            return _diag()
+        except (OSError, ValueError, struct.error):
+            _netlink_works = False  # (not allowed here: /proc from now on)
+    return _proc_net("/proc/net/tcp") | _proc_net("/proc/net/tcp6")
+
+
+def _diag() -> set[int]:
+    assert _runtime_api is not None
+    port = _runtime_api[1]
+    if not 0 < port < 65536:
+        raise ValueError("no port")
+    # A filter run by the kernel on each socket: its remote port >= port, then <= port (a failed
+    # test jumps past the end, which rejects the socket).
+    code = struct.pack("=BBHBBHBBHBBH", 4, 8, 20, 0, 0, port, 5, 8, 12, 0, 0, port)
+    # (struct inet_diag_req: family, lengths, extensions, the socket id, states, dbs; then the filter)
+    req = struct.pack("=BBBB", socket.AF_INET, 0, 0, 0) + bytes(48) + struct.pack("=II", _DIAG_STATES, 0)
+    body = req + struct.pack("=HH", 4 + len(code), 1) + code
+    found: set[int] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_INET_DIAG) as nl:
+        nl.settimeout(FREEZE_WAIT_S)
+        nl.sendto(struct.pack("=IHHII", 16 + len(body), _TCPDIAG_GETSOCK, 0x301, 1, 0) + body, (0, 0))
+        while True:
+            data = nl.recv(1 << 16)
+            if not data:
+                raise OSError("netlink closed")
+            at = 0
+            while at + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, at)
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    raise OSError(-struct.unpack_from("=i", data, at + 16)[0], "netlink socket diagnostics refused")
+                if kind == _TCPDIAG_GETSOCK and length >= 16 + 72:
+                    msg = at + 16
+                    size = 4 if data[msg] == socket.AF_INET else 16
+                    inode = struct.unpack_from("=I", data, msg + 68)[0]
+                    dport = struct.unpack_from("!H", data, msg + 6)[0]
+                    if inode and _to_api(data[msg + 8:msg + 8 + size], data[msg + 24:msg + 24 + size], dport):
+                        found.add(inode)
+                if length < 16:
+                    raise OSError("a malformed netlink message")
+                at += (length + 3) & ~3
+
+
+def _proc_net(name: str) -> set[int]:
+    """``_api_connections`` from one of /proc/net/tcp{,6} (absent tcp6: no IPv6 here)."""
+    try:
+        with open(name, "rb") as f:
+            lines = f.read().decode("ascii").splitlines()[1:]
+    except FileNotFoundError:
+        if name.endswith("6"):
+            return set()
+        raise
+    found: set[int] = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or fields[9] == "0":
+            continue
+        local, _, _ = fields[1].partition(":")
+        remote, _, port = fields[2].partition(":")
+        if _to_api(_unhex(local), _unhex(remote), int(port, 16)):
+            found.add(int(fields[9]))
+    return found
+
+
+def _unhex(text: str) -> bytes:
+    """An address as /proc/net/tcp{,6} writes it (each 32-bit word in this machine's byte order)."""
+    return b"".join(struct.pack("=I", int(text[i:i + 8], 16)) for i in range(0, len(text), 8))
+
+
+def _sockets_of(pid: int | str) -> set[int]:
+    """The socket inodes process ``pid`` holds (``/proc/PID/fd``); none if it is gone. Raises
+    ``OSError`` when a process that is there cannot be read."""
+    table = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(table)
+    except FileNotFoundError:
+        return set()
+    out: set[int] = set()
+    for fd in fds:
+        try:
+            link = os.readlink(f"{table}/{fd}")
+        except FileNotFoundError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def _tree(child: Child) -> set[int]:
+    """The child and every process below it, and the orphans of its processes (this
+    process is their subreaper): every process of the domain. Never the zygote or the spare."""
+    me = os.getpid()
+    mine = _children_of(me)  # (before ``keepers``: the spare is orphaned here only after the zygote said which)
+    keep = keepers() - {child.pid}
+    out: set[int] = set()
+    stack = [child.pid, *(mine - keep)]
+    while stack:
+        pid = stack.pop()
+        if pid in out or pid in keep:
+            continue
+        out.add(pid)
+        stack.extend(_children_of(pid))
+    return out
+
+
+def _signal(child: Child, pid: int, sig: int) -> None:
+    try:
+        if pid == child.pid and child.pidfd is not None and hasattr(signal, "pidfd_send_signal"):
+            signal.pidfd_send_signal(child.pidfd, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def _threads_in(pid: int, states: bytes) -> bool:
+    """Whether every thread of ``pid`` is in one of ``states`` (or the process is gone)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        at = stat.rfind(b")") + 2
+        if 1 < at < len(stat) and stat[at] not in states:
+            return False
+    return True
+
+
+#: a thread that runs no code and makes no system call: stopped, stopped by a tracer, or dead
+_STILL = b"TtZXx"
+_DEAD = b"ZXx"
+
+
+def _stop_tree(child: Child, deadline: float) -> tuple[set[int], str | None]:
+    """Stop every process of the child's tree: (its processes, a problem or None). Each round
+    stops what it finds and waits until every thread of those is stopped (one in the middle
+    of a fork finishes it first), then looks again, until no new process turns up."""
+    stopped: set[int] = set()
+    while True:
+        new = _tree(child) - stopped
+        if not new:
+            return stopped, None
+        for pid in new:
+            _signal(child, pid, signal.SIGSTOP)
+        stopped |= new
+        pause = 0.00005
+        while new:
+            new = {pid for pid in new if not _threads_in(pid, _STILL)}
+            if not new:
+                break
+            if time.monotonic() > deadline:
+                return stopped, f"its process {min(new)} did not stop within {FREEZE_WAIT_S:g} s"
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+
+
+def _api_holders(child: Child, tree: set[int]) -> tuple[str | None, set[int]]:
+    """Whether a process of ``tree`` (stopped) holds a connection to the Runtime API: (what,
+    or None; the connections). Only sockets count that are not this process's own (the
+    runtime's connection, its end of a socketpair) nor the child's end of its socketpair;
+    a tree that holds none (most calls) is not looked up in the kernel's TCP table."""
+    held = {pid: inodes for pid in sorted(tree) if (inodes := _sockets_of(pid) - {child.peer_inode})}
+    if held:  # (this process's own are left out only now: a tree that holds no other socket needs no look)
+        own = _sockets_of("self")
+        held = {pid: inodes - own for pid, inodes in held.items() if inodes - own}
+    if not held:
+        return None, set()
+    conns = _api_connections()
+    theirs = {pid: inodes & conns for pid, inodes in held.items() if inodes & conns}
+    if not theirs:
+        return None, set()
+    pids = ", ".join(str(pid) for pid in theirs)
+    found = set().union(*theirs.values())
+    return f"its process(es) {pids} held {len(found)} connection(s) to the Lambda Runtime API", found
+
+
+def freeze_child(label: str = "the call") -> None:
+    """At the end of an invocation on Lambda (``handler``, before it returns to the runtime):
+    stop the kept child's processes until the domain's next call (``_thaw``), or end them
+    all when one holds a connection to the Runtime API or that cannot be checked (a warning
+    says which). Nothing to do off Lambda, without a child, or when it is stopped already."""
+    global _freeze_cost
+    child = _child
+    if _runtime_api is None or child is None or child.frozen or not child.used:
+        return
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + FREEZE_WAIT_S
+    tree: set[int] = set()
+    conns: set[int] = set()
+    try:
+        tree, problem = _stop_tree(child, deadline)
+        if problem is None:
+            problem, conns = _api_holders(child, tree)
+    except Exception as exc:  # noqa: BLE001 - what cannot be checked is ended
+        problem = f"its processes or connections could not be checked ({type(exc).__name__}: {exc})"
+    child.frozen = True
+    if problem is not None:
+        log.warning("%s: the job's process kept for its function's next call was ended with all it started, "
+                    "since %s (its function's next call starts in a fresh process)", label, problem)
+        _end_and_wait(tree, conns, time.monotonic() + FREEZE_WAIT_S)
+    _freeze_cost += time.perf_counter() - t0
+
+
+def _end_and_wait(tree: set[int], conns: set[int], deadline: float) -> None:
+    """End the child and its tree, and wait until they have exited and the connections to the
+    Runtime API among ``conns`` are closed: before the runtime asks for the next event."""
+    global _child
+    child, _child = _child, None
+    killed = set(tree)
+    if child is not None:
+        killed |= child.kill()
+    for pid in tree:
+        _kill(pid, None, pid)
+    left: set[int] = set()
+    while True:
+        _reap()
+        left = {pid for pid in killed if not _threads_in(pid, _DEAD)}
+        if not left and not _still_open(conns):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.001)
+    log.warning("after ending the job's processes, %s", f"processes {sorted(left)} of them had not exited" if left
+                else "a connection to the Lambda Runtime API was still open")
+
+
+def _still_open(conns: set[int]) -> bool:
+    """Whether one of the connections ``conns`` is still held (by a process, or a message)."""
+    if not conns:
+        return False
+    try:
+        return bool(conns & _api_connections())
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _thaw(child: Child) -> None:
+    """Continue the stopped processes of ``child``'s tree (its domain's next call has come)."""
+    global _freeze_cost
+    t0 = time.perf_counter()
+    for pid in _tree(child):
+        _signal(child, pid, signal.SIGCONT)
+    child.frozen = False
+    _freeze_cost += time.perf_counter() - t0
 
 def protected() -> set[int]:
     """``keepers`` and every process below the zygote (a fork it is making):
@@ -917,6 +1282,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
     outcome: (head, outcome bytes, descriptors). ``serve(head, blob)`` answers a
     request (checkpoint, derivation). ``wait_until``: give up (``ChildGone``) if
     nothing has come by then; ``cancelled``: polled while waiting."""
+    child.used = True
     try:
         send(child.sock, head, blob, fds, to_child=True)
     except OSError as exc:
