@@ -77,3 +77,31 @@ def test_json_errors_are_a_document_on_stdout_too(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["profile", "m:f", "--json", "--repeat", "x"])
     assert info.value.code == 2 and capsys.readouterr().out == ""
+
+
+def test_build_runtime_json_errors_before_the_build_are_a_document_too(tmp_path, capsys, monkeypatch):
+    """build-runtime --json printed no document for the errors it finds before the build: a Python
+    that is no minor version, one Lambda has no runtime for, --docker without a Docker engine, --lock
+    beside requirements (README: every error after parsing, in jobs, clean, profile and build-runtime).
+    Each is one line on stderr and {"ok": false, "error", "message"} on stdout; nothing is built."""
+    import json
+
+    from wrenpack.cli import main
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")  # no engine answers there
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("six==1.17.0 --hash=sha256:" + "0" * 64 + "\n")
+    out_dir = str(tmp_path / "rt")
+    for extra, error, words in ((["--python", "abc"], "ConfigError", "is not a Python minor version"),
+                                (["--python", "3.9"], "ConfigError", "Lambda has no python3.9 runtime"),
+                                (["--docker"], "BuildError", "--docker needs a running Docker engine"),
+                                (["--lock", str(lock)], "ConfigError", "installs exactly that lock")):
+        argv = ["build-runtime", "six", "--output", out_dir, "--json", *extra]
+        assert main(argv) == 1, argv
+        out = capsys.readouterr()
+        doc = json.loads(out.out)
+        assert doc["ok"] is False and doc["error"] == error and words in doc["message"], (argv, doc)
+        assert out.err == f"wrenpack: error: {doc['message']}\n", (argv, out.err)
+    import os
+
+    assert not os.path.exists(out_dir)
