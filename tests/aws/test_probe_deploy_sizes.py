@@ -121,8 +121,9 @@ def test_deploy_records_the_tmp_a_runtime_archive_needs(tmp_path, monkeypatch, m
         f.truncate(100 * MIB)  # sparse: 100 MiB to stat
     made = []
     monkeypatch.setattr(deploy, "deploy_function", lambda lam, name, settings, code, package, env, **kw: made.append(env) or {})
+    # (moto's Lambda: deploy reads whether the function exists, and which store it serves, first)
     cfg = current(storage=f"s3://{bucket}/sizes", aws_region="us-east-1", s3_endpoint_url=moto_endpoint,
-                  lambda_endpoint_url=NOWHERE)
+                  lambda_endpoint_url=moto_endpoint)
     deploy_functions(cfg, DeployRequest(runtime_archive=str(tmp_path / "build"), ephemeral_storage=[1024]))
     assert made[0][deploy.ENV_RUNTIME_TMP] == "100"  # the extracted tree
     s3 = __import__("boto3").client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")

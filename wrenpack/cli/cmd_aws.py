@@ -45,15 +45,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         memory=args.memory or (), timeout=args.timeout or (), ephemeral_storage=args.ephemeral_storage or (),
         from_profiles=args.from_profiles, architecture=args.architecture, python=args.python,
         runtime_dir=args.runtime_dir, runtime_archive=args.runtime_archive, image_uri=args.image_uri,
-        role=args.role, reserved_concurrency=args.reserved_concurrency,
+        role=args.role, reserved_concurrency=args.reserved_concurrency, replace_store=args.replace_store,
     )
     done = deploy_functions(_config(args), request, warn=_warn)
     if args.json:
         print(json.dumps({"functions": done}, indent=2))
     else:
         for d in done:
+            # (the store it serves: a caller whose storage lies outside it is refused)
+            serving = f" serving {d['store']}" if d.get("store") else " serving no store"
+            was = f" (it served {d['previous_store']} before)" if d.get("previous_store") else ""
             print(f"{d['action']} Lambda function {d['function']} (python{d['python']}, {d['memory']} MB, {d['timeout']} s, "
-                  f"/tmp {d['ephemeral_storage']} MB, {d['architecture']})")
+                  f"/tmp {d['ephemeral_storage']} MB, {d['architecture']}){serving}{was}")
     return 0
 
 
@@ -112,6 +115,9 @@ def register(subparsers: Any, name: str) -> None:
         p.add_argument("--python", help="Python minor version of the functions, e.g. 3.12 (default: this interpreter's; "
                                         "refused when Lambda no longer takes that runtime, unless --image-uri)")
         p.add_argument("--architecture", choices=["x86_64", "arm64"], help="default: the architecture setting")
+        p.add_argument("--replace-store", action="store_true",
+                       help="re-point functions that serve another store at --storage (without it deploy refuses: "
+                            "their current callers would all be refused)")
         _add_aws_options(p)
         p.set_defaults(func=cmd_deploy)
     elif name == "iam-policy":

@@ -604,7 +604,7 @@ class LambdaBackend(Backend):
                         + (", or set lambda_auto_deploy=true to create functions on first use" if deployable else "")
                     )
                 conf = deploy.auto_deploy(self.client, name, settings, self.function_name,
-                                          store_url=getattr(self.store, "url", None), runtime_dir=inv.runtime,
+                                          store_url=self._store_url(), runtime_dir=inv.runtime,
                                           where=self._where())
             stale = deploy.protocol_refusal(conf)
             if stale:

@@ -266,6 +266,9 @@ class DeployRequest:
     #: the execution role (needed to create a function)
     role: str | None = None
     reserved_concurrency: int | None = None
+    #: re-point functions that serve another store (``WRENPACK_STORE_URL``) at this one;
+    #: without it deploy refuses, as their current callers would all be refused from then on
+    replace_store: bool = False
 
 
 def settings_to_deploy(request: DeployRequest, cfg: Any, python: str, runtime: str | None) -> list[FunctionSettings]:
@@ -372,15 +375,27 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
     else:
         warn("storage is not s3://BUCKET/PREFIX, so the functions know no store and refuse every call; "
              "redeploy with --storage s3://BUCKET/PREFIX")
-    layers: list[str] = []
-    handler = HANDLER
-    extra: dict[str, Any] = {}
+    # What can be told here is said before any request: the runtime's own checks.
+    layer_zip, layer_bytes, python_dir = None, b"", None
     if request.runtime_dir:
         layer_zip = Path(request.runtime_dir) / "layer.zip"
         if not layer_zip.is_file():
             raise ConfigError(f"{layer_zip} not found; point --runtime-dir at a `wrenpack build-runtime` output directory")
         layer_bytes = layer_zip.read_bytes()
         check_layer_fits(layer_zip, layer_bytes, handler_package())
+    elif request.runtime_archive:
+        python_dir = Path(request.runtime_archive) / "python"
+        if not python_dir.is_dir():
+            raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
+        env[ENV_RUNTIME_TMP] = str(check_archive_fits(python_dir, tree_size(python_dir), all_settings))
+    # Then what AWS must answer, before anything is uploaded or changed.
+    if served:
+        check_store_reachable(cfg, served)
+    previous = stores_replaced(lam, [s.function_name(base) for s in all_settings], served, request.replace_store)
+    layers: list[str] = []
+    handler = HANDLER
+    extra: dict[str, Any] = {"store": served}
+    if layer_zip is not None:
         content = _code_location(cfg, layer_bytes, bucket, prefix, "layer")
         try:
             layer = lam.publish_layer_version(
@@ -390,11 +405,7 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
             raise clients.aws_error(exc, "publishing the runtime layer") from None
         layers = [layer["LayerVersionArn"]]
         extra["layer"] = layers[0]
-    elif request.runtime_archive:
-        python_dir = Path(request.runtime_archive) / "python"
-        if not python_dir.is_dir():
-            raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
-        env[ENV_RUNTIME_TMP] = str(check_archive_fits(python_dir, tree_size(python_dir), all_settings))
+    elif python_dir is not None:
         data = runtime_tar_gz(python_dir)
         sha = hashlib.sha256(data).hexdigest()
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
@@ -414,10 +425,56 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         package = {"Runtime": f"python{python}", "Handler": handler, "Layers": layers, "Architectures": [arch]}
     done = []
     for settings in all_settings:
-        done.append(deploy_function(lam, settings.function_name(base), settings, code, package, env,
+        name = settings.function_name(base)
+        done.append(deploy_function(lam, name, settings, code, package, env,
                                     role=request.role, reserved=request.reserved_concurrency, refuse_create=refuse_create))
         done[-1].update(extra)
+        if name in previous:
+            done[-1]["previous_store"] = previous[name]
     return done
+
+
+def check_store_reachable(cfg: Any, served: str) -> None:
+    """The bucket of ``served`` exists and this identity reaches it: else one line
+    naming the store, before anything is uploaded or a function changed. A mistyped
+    bucket was deployed without a word before, and the functions it re-pointed then
+    refused every call of their current callers. One LIST of the store's ``jobs/``
+    (what the deploy policy allows: HeadBucket needs s3:ListBucket on the whole bucket)."""
+    from wrenpack.storage import store_for_config
+
+    try:
+        store = store_for_config(cfg)
+        next(iter(store.iter_list("jobs/")), None)
+    except WrenpackError as exc:
+        raise ConfigError(f"cannot deploy functions serving {served}: {exc}; nothing was deployed") from None
+
+
+def stores_replaced(lam: Any, names: Sequence[str], served: str | None, replace: bool) -> dict[str, str]:
+    """The functions among ``names`` that exist and serve another store than ``served``
+    (``ENV_STORE``), with the store each serves now. Unless ``replace`` (--replace-store),
+    such a function is refused in one line: re-pointing it makes every call of its
+    current callers fail (function names do not hold the store, so two projects or
+    stores sharing a ``function_name`` would overwrite each other on each deploy)."""
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            conf = lam.get_function_configuration(FunctionName=name)
+        except Exception as exc:
+            if clients.error_code(exc) == "ResourceNotFoundException":
+                continue
+            raise clients.aws_error(exc, f"reading Lambda function {name!r}") from None
+        variables = (conf.get("Environment") or {}).get("Variables") or {}
+        pinned = variables.get(ENV_STORE)
+        if pinned and pinned.rstrip("/") != (served or "").rstrip("/"):
+            found[name] = pinned
+    if found and not replace:
+        name, pinned = next(iter(found.items()))
+        more = f" (and {len(found) - 1} more of its family)" if len(found) > 1 else ""
+        raise ConfigError(
+            f"Lambda function {name!r}{more} serves the store {pinned}, and deploying it for "
+            f"{served or 'no store'} would make every call of its current callers fail; deploy this store's functions "
+            f"under another --function-name, or pass --replace-store to re-point it; nothing was deployed")
+    return found
 
 
 def deploy_function(lam: Any, name: str, settings: FunctionSettings, code: dict[str, Any], package: dict[str, Any],
@@ -504,7 +561,8 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
                 on: date | None = None) -> dict[str, Any]:
     """Create the missing function ``name`` of family ``base`` for ``settings``,
     cloned from a deployed one with the same architecture, Python and runtime
-    (its role, layers, handler): its configuration, as Lambda reports it.
+    (its role, layers, handler), serving ``store_url`` (the client's store,
+    ``s3://BUCKET/PREFIX``): its configuration, as Lambda reports it.
     ``runtime_dir`` and ``where`` (region, storage, ...) complete the
     `wrenpack deploy` command printed when there is nothing to copy."""
     family = _family(lam, base, "lambda_auto_deploy")
@@ -526,7 +584,8 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
             f"lambda_auto_deploy cannot create {name!r} ({settings.describe()}): its runtime archive "
             f"({template.get('FunctionName')}'s) needs {needs} MB of /tmp on a cold start; run the call with "
             f"ephemeral_storage={max(int(needs), limits.MIN_EPHEMERAL_MB)} or more")
-    log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
+    log.warning("creating Lambda function %s for %s%s (lambda_auto_deploy)", name, settings.describe(),
+                f", serving {store_url}" if store_url else "")
     try:
         return create_from_template(lam, name, settings, template, base, store_url=store_url)
     except WrenpackError:
@@ -657,8 +716,13 @@ def store_refusal(conf: dict[str, Any], store_url: str | None) -> str | None:
 def create_from_template(lam: Any, name: str, settings: FunctionSettings, template: dict[str, Any], base: str,
                          store_url: str | None = None) -> dict[str, Any]:
     """The function for ``settings``, a copy of ``template`` with its own
-    memory, timeout and /tmp (the handler package of this client)."""
+    memory, timeout and /tmp (the handler package of this client), serving
+    ``store_url`` (``s3://BUCKET/PREFIX``, the client's store): a copy of the
+    template's ``ENV_STORE`` could never serve a client whose store lies
+    elsewhere, and that client is the one creating it."""
     env = dict((template.get("Environment") or {}).get("Variables") or {})
+    if store_url and store_url.startswith("s3://"):
+        env[ENV_STORE] = store_url
     if template.get("PackageType") == "Image":
         uri = lam.get_function(FunctionName=template["FunctionName"])["Code"]["ImageUri"]
         code: dict[str, Any] = {"ImageUri": uri}
