@@ -18,6 +18,8 @@ Against moto (functions, S3) and the emulated Lambda (tests/conftest.py).
 from __future__ import annotations
 
 import json
+import logging
+import threading
 
 import boto3
 import pytest
@@ -27,6 +29,7 @@ from tests.aws import servers
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.backends.aws.deploy import ENV_STORE, FunctionSettings
 from wrenpack.cli import main
+from wrenpack.errors import WorkerLost
 from wrenpack.executor import Executor
 
 
@@ -114,3 +117,51 @@ def test_auto_deploy_makes_the_function_serve_the_clients_store(moto_endpoint, b
         assert _store_of(moto_endpoint, made) == f"s3://{bucket}/auto-b"
     finally:
         stop_pools(lambda n: n.startswith(base + "-"))
+
+
+def _sleeps(x):
+    import time
+
+    time.sleep(x)
+    return x
+
+
+def test_the_poller_stops_quietly_when_shutdown_begins_during_a_round(moto_endpoint, bucket, lambda_endpoint, caplog):
+    """At exit, shutdown closes the reader pool while the poller may be in a round: its next
+    read was refused ("cannot schedule new futures after shutdown"), logged as a failed poll
+    with a traceback. Here shutdown comes exactly there, at the poller's first read."""
+    ex = Executor(backend="lambda", storage=f"s3://{bucket}/poll-race", s3_endpoint_url=moto_endpoint,
+                  lambda_endpoint_url=lambda_endpoint.url, function_name=lambda_endpoint.function_name,
+                  aws_region=servers.REGION, timeout=servers.FUNCTION_TIMEOUT, retries=0, invocation_type="Event")
+    backend = ex.backend
+    backend.poll_interval = 0.2
+    raced = threading.Event()
+
+    class ClosingPool:
+        """The reader pool, shut down by the backend's shutdown just before the poller's first read."""
+
+        def __init__(self, pool):
+            self.pool = pool
+
+        def submit(self, *args, **kwargs):
+            if threading.current_thread().name == "wrenpack-lambda-poll" and not raced.is_set():
+                raced.set()
+                backend.shutdown(wait=False)  # what the exit does, from another thread
+            return self.pool.submit(*args, **kwargs)
+
+        def shutdown(self, *args, **kwargs):
+            return self.pool.shutdown(*args, **kwargs)
+
+    backend._readers = ClosingPool(backend._readers)
+    caplog.set_level(logging.DEBUG, logger="wrenpack.backends.aws.backend")
+    try:
+        fut = wrenpack.remote(_sleeps, executor=ex).remote(1)
+        with pytest.raises(WorkerLost, match="still running when the Lambda backend shut down"):
+            fut.result(timeout=60)
+        assert raced.wait(30)
+        backend._poller.join(timeout=10)
+        assert not backend._poller.is_alive()
+    finally:
+        ex.shutdown()
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("wrenpack.backends")]
+    assert noisy == [], [r.getMessage() for r in noisy]

@@ -1159,6 +1159,12 @@ class LambdaBackend(Backend):
             try:
                 self._poll_once()
             except Exception:  # noqa: BLE001 - one failed poll must not stop the poller
+                if self._stop.is_set():
+                    # Shutdown began during this round (at exit, with calls running): the reader
+                    # pool takes no more reads ("cannot schedule new futures after shutdown"), and
+                    # shutdown reports every call still running. Nothing failed: stop quietly.
+                    log.debug("the poller stops: the backend shut down during a round", exc_info=True)
+                    return
                 log.warning("polling the store for call status failed; retrying", exc_info=True)
                 self._clock.wait(self._stop, self.poll_interval)
 
