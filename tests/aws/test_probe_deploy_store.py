@@ -29,7 +29,7 @@ from tests.aws import servers
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
 from wrenpack.backends.aws.deploy import ENV_STORE, FunctionSettings
 from wrenpack.cli import main
-from wrenpack.errors import WorkerLost
+from wrenpack.errors import StoreError, WorkerLost
 from wrenpack.executor import Executor
 
 
@@ -165,3 +165,17 @@ def test_the_poller_stops_quietly_when_shutdown_begins_during_a_round(moto_endpo
         ex.shutdown()
     noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("wrenpack.backends")]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+@pytest.mark.iam_refusals("a bucket outside the policy's is refused by IAM, as AWS would")
+def test_a_store_that_cannot_be_used_at_the_first_call_is_said_once(moto_endpoint, lambda_endpoint, caplog):
+    """The call's StoreError, and nothing from deleting the objects of the job, which wrote none."""
+    caplog.set_level(logging.INFO, logger="wrenpack")
+    with Executor(backend="lambda", storage="s3://no-such-bucket-zz/p", s3_endpoint_url=moto_endpoint,
+                  lambda_endpoint_url=lambda_endpoint.url, function_name=lambda_endpoint.function_name,
+                  aws_region=servers.REGION, timeout=servers.FUNCTION_TIMEOUT, retries=0) as ex:
+        with pytest.raises(StoreError) as info:
+            wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=60)
+    assert "no-such-bucket-zz" in str(info.value) and "\n" not in str(info.value)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [], said

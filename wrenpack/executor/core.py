@@ -397,21 +397,30 @@ class Executor(CallTable, cf.Executor):
         # The launch takes the payloads over: each is let go of once its call is
         # launched (large arguments once they are in the store, now).
         payloads = prepared.payloads
+        wrote = False  # an object of the job is in the store (else there is nothing to delete)
         try:
             if stored:
                 store.put(keys.owner_key(job_id), json.dumps(owner_record(label, job_id, capabilities.late_writes_s)).encode())
+                wrote = True
             if not inline_fn:
                 store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
+                wrote = True
             for i, data in enumerate(payloads):
                 if _travels(data, self.config.inline_limit):
                     continue
                 cid = keys.call_id(i)
                 main = data.main if isinstance(data, handoff.Args) else data
                 store.put(keys.input_key(job_id, cid), auth.seal(secret, keys.identity(job_id, "input", cid), main))
+                wrote = True
                 if not isinstance(data, handoff.Args):
                     payloads[i] = _STORED
         except (OSError, StoreError) as exc:
-            self._delete_job(job_id)
+            if wrote:
+                self._delete_job(job_id)
+            else:
+                # The store refused the job's first object (no such bucket, no access, no
+                # credentials): deleting would fail the same way, a second line for one error.
+                log.debug("job %s: nothing of it was stored, so nothing is deleted", job_id)
             _close_handoffs(payloads)
             self._drain_if_idle()
             if isinstance(exc, StoreError):
