@@ -324,6 +324,10 @@ class _Dropped(Exception):
     """A RequestResponse invocation's connection broke after it was sent: the call may be running."""
 
 
+class _ReadersClosed(Exception):
+    """The reader pool takes no more reads: the backend or the interpreter is shutting down (``LambdaBackend._read``)."""
+
+
 @dataclass
 class _Call:
     inv: Invocation
@@ -1158,11 +1162,13 @@ class LambdaBackend(Backend):
                 return
             try:
                 self._poll_once()
+            except _ReadersClosed as exc:
+                # Nothing failed: the program is ending (see ``_read``), and whoever ends it
+                # (``shutdown``, the executor's exit) reports the calls still running.
+                log.debug("the poller stops: %s", exc)
+                return
             except Exception:  # noqa: BLE001 - one failed poll must not stop the poller
                 if self._stop.is_set():
-                    # Shutdown began during this round (at exit, with calls running): the reader
-                    # pool takes no more reads ("cannot schedule new futures after shutdown"), and
-                    # shutdown reports every call still running. Nothing failed: stop quietly.
                     log.debug("the poller stops: the backend shut down during a round", exc_info=True)
                     return
                 log.warning("polling the store for call status failed; retrying", exc_info=True)
@@ -1192,7 +1198,7 @@ class LambdaBackend(Backend):
                 else:
                     due.setdefault((call.inv.key[0], keys.shard_of(call.inv.key[1])), []).append(call)
         for call in late:
-            self._readers.submit(self._guard, call, self._deadline_passed)
+            self._read(call, self._deadline_passed)
         unknown: dict[str, list[_Call]] = {}
         for (job_id, shard), calls in due.items():
             times = self._times(calls[0].inv)
@@ -1212,9 +1218,21 @@ class LambdaBackend(Backend):
             else:
                 self._probe(calls)
 
+    def _read(self, call: _Call, work: Any) -> None:
+        """Hand ``call``'s read (``work``) to the reader pool. A pool that takes no
+        more raises ``_ReadersClosed``, which ends the poller quietly: it was shut
+        down by ``shutdown``, or by the interpreter at exit (concurrent.futures' own
+        exit hook marks every pool shut down before the executor's, which reports
+        the calls still running, runs). The poller logged that as a failed poll,
+        with a "cannot schedule new futures after shutdown" traceback."""
+        try:
+            self._readers.submit(self._guard, call, work)
+        except RuntimeError as exc:
+            raise _ReadersClosed(f"the reader pool takes no more reads ({exc})") from None
+
     def _probe(self, calls: list[_Call]) -> None:
         for call in calls:
-            self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=True))
+            self._read(call, lambda c: self._read_and_finish(c, probe=True))
 
     def _list_shard(self, job_id: str, shard: int | None, calls: list[_Call], times: _JobTimes) -> None:
         """One LIST of the shard (``None``: of all the job's shards), from just
@@ -1240,7 +1258,7 @@ class LambdaBackend(Backend):
             listed = call.inv.key[1] in found_ids
             times.checked(listed)
             if listed:
-                self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=False))
+                self._read(call, lambda c: self._read_and_finish(c, probe=False))
             else:
                 with self._lock:
                     call.checks += 1
@@ -1254,7 +1272,7 @@ class LambdaBackend(Backend):
                     continue
                 call.reading = True
                 call.token = 0
-            self._readers.submit(self._guard, call, lambda c: self._read_and_finish(c, probe=False))
+            self._read(call, lambda c: self._read_and_finish(c, probe=False))
 
     def _guard(self, call: _Call, work: Any) -> None:
         """Run one call's read; whatever goes wrong fails or retries that call only.
