@@ -184,6 +184,28 @@ def test_doctor_reports_problems_and_passes_after_deploy(aws_cli, role_arn, caps
     assert code == 0 and "wrenpack doctor" in out
 
 
+def test_doctor_with_endpoints_of_ones_own_and_no_sts_endpoint_says_so_and_runs_every_check(aws_cli, role_arn, capsys,
+                                                                                              monkeypatch):
+    """With s3_endpoint_url/lambda_endpoint_url set (MinIO, emulators) and no AWS_ENDPOINT_URL_STS,
+    GetCallerIdentity goes to AWS's STS: the credentials row failed (after botocore's retries) and
+    the function, Python, runtime and async rows were left out. Now it is a warning naming
+    AWS_ENDPOINT_URL_STS, and every check runs."""
+    assert run(capsys, "deploy", "--function-name", "wp-doctor-sts", "--role", role_arn)[0] == 0
+    monkeypatch.delenv("AWS_ENDPOINT_URL_STS")
+    for name in ("https_proxy", "http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # AWS's STS out of reach, as from a closed network
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # (the endpoints here are reached directly)
+    code, out, _ = run(capsys, "doctor", "--function-name", "wp-doctor-sts", "--json")
+    rows = {c["check"]: c for c in json.loads(out)["checks"]}
+    assert set(rows) == {"credentials", "storage", "conditional writes", "function", "python version", "runtime",
+                         "async retries"}, rows
+    credentials = rows["credentials"]
+    assert credentials["ok"] and credentials.get("warning"), credentials
+    assert "AWS_ENDPOINT_URL_STS" in credentials["detail"] and "\n" not in credentials["detail"]
+    assert code == 0, rows
+
+
 def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     from wrenpack.storage.s3 import S3Store
 

@@ -66,7 +66,7 @@ def configured_region(region: str | None, profile: str | None = None) -> str | N
         return None
 
 
-def _custom_endpoint(endpoint_url: str | None, service: str) -> bool:
+def custom_endpoint(endpoint_url: str | None, service: str) -> bool:
     """Whether ``service``'s requests go to an endpoint of the user's (an emulator, MinIO, ...), not AWS's."""
     return bool(endpoint_url or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL"))
 
@@ -82,7 +82,7 @@ def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None
     service) of the clients the region serves; when every one is the user's
     own (an emulator, an S3-compatible store), any region name is theirs to
     choose and nothing is checked."""
-    if not region or (endpoints and all(_custom_endpoint(url, service) for url, service in endpoints)):
+    if not region or (endpoints and all(custom_endpoint(url, service) for url, service in endpoints)):
         return
     version, known = known_regions()
     if region in known or not known:

@@ -67,9 +67,31 @@ def _default_settings(cfg: Any) -> tuple[FunctionSettings, str | None]:
     return settings, runtime
 
 
+#: what the credentials row says when STS cannot be asked beside endpoints of the user's own
+FIX_STS = ("set AWS_ENDPOINT_URL_STS to the STS of your endpoints (the rows below use the credentials on "
+           "s3_endpoint_url and lambda_endpoint_url)")
+
+
 def _check_credentials(cfg: Any) -> Outcome:
+    """Who the credentials are (STS GetCallerIdentity). With s3_endpoint_url or
+    lambda_endpoint_url set (MinIO, an emulator) and no STS endpoint of the user's,
+    STS is AWS's, which such credentials may not reach or know: then a failure is a
+    warning naming AWS_ENDPOINT_URL_STS, asked once, and the other checks still run
+    (the row failed, after botocore's retries, and the function rows were left out)."""
     session = clients.session(cfg)  # no region or no credentials: the one-line error naming the fix
-    ident = session.client("sts").get_caller_identity()
+    own = [name for name in ("s3_endpoint_url", "lambda_endpoint_url") if getattr(cfg, name, None)]
+    if not own or clients.custom_endpoint(None, "sts"):
+        ident = session.client("sts").get_caller_identity()
+        return True, f"{ident['Arn']} in {session.region_name}", session
+    from botocore.config import Config
+
+    try:
+        once = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1})
+        ident = session.client("sts", config=once).get_caller_identity()
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        why = clients.error_code(exc) or type(exc).__name__
+        return None, (f"not checked: AWS's STS did not answer GetCallerIdentity ({why}) and {' and '.join(own)} "
+                      f"{'is' if len(own) == 1 else 'are'} set; {FIX_STS}"), session
     return True, f"{ident['Arn']} in {session.region_name}", session
 
 
