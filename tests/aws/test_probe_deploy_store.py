@@ -27,7 +27,7 @@ import pytest
 import wrenpack
 from tests.aws import servers
 from tests.aws.runtime_dates import deploy_as_of_a_live_day
-from wrenpack.backends.aws.deploy import ENV_STORE, FunctionSettings
+from wrenpack.backends.aws.deploy import ENV_STORE, FunctionSettings, auto_deploy
 from wrenpack.cli import main
 from wrenpack.errors import StoreError, WorkerLost
 from wrenpack.executor import Executor
@@ -115,6 +115,12 @@ def test_auto_deploy_makes_the_function_serve_the_clients_store(moto_endpoint, b
         with Executor(**settings) as ex:
             assert wrenpack.remote(abs, executor=ex, memory=1152).remote(-7).result(timeout=90) == 7
         assert _store_of(moto_endpoint, made) == f"s3://{bucket}/auto-b"
+        # A client whose store lies inside the family's: the copy keeps serving the family's store
+        # (its other clients' too), as before.
+        lam = boto3.client("lambda", endpoint_url=moto_endpoint, region_name=servers.REGION)
+        inside = FunctionSettings.for_call(1216, servers.FUNCTION_TIMEOUT, 512)
+        auto_deploy(lam, inside.function_name(base), inside, base, store_url=f"s3://{bucket}/auto-a/run-1")
+        assert _store_of(moto_endpoint, inside.function_name(base)) == f"s3://{bucket}/auto-a"
     finally:
         stop_pools(lambda n: n.startswith(base + "-"))
 

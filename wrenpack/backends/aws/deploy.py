@@ -562,7 +562,7 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
     """Create the missing function ``name`` of family ``base`` for ``settings``,
     cloned from a deployed one with the same architecture, Python and runtime
     (its role, layers, handler), serving ``store_url`` (the client's store,
-    ``s3://BUCKET/PREFIX``): its configuration, as Lambda reports it.
+    ``s3://BUCKET/PREFIX``; the template's, when that holds it): its configuration, as Lambda reports it.
     ``runtime_dir`` and ``where`` (region, storage, ...) complete the
     `wrenpack deploy` command printed when there is nothing to copy."""
     family = _family(lam, base, "lambda_auto_deploy")
@@ -584,8 +584,7 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
             f"lambda_auto_deploy cannot create {name!r} ({settings.describe()}): its runtime archive "
             f"({template.get('FunctionName')}'s) needs {needs} MB of /tmp on a cold start; run the call with "
             f"ephemeral_storage={max(int(needs), limits.MIN_EPHEMERAL_MB)} or more")
-    log.warning("creating Lambda function %s for %s%s (lambda_auto_deploy)", name, settings.describe(),
-                f", serving {store_url}" if store_url else "")
+    log.warning("creating Lambda function %s for %s (lambda_auto_deploy)", name, settings.describe())
     try:
         return create_from_template(lam, name, settings, template, base, store_url=store_url)
     except WrenpackError:
@@ -716,12 +715,13 @@ def store_refusal(conf: dict[str, Any], store_url: str | None) -> str | None:
 def create_from_template(lam: Any, name: str, settings: FunctionSettings, template: dict[str, Any], base: str,
                          store_url: str | None = None) -> dict[str, Any]:
     """The function for ``settings``, a copy of ``template`` with its own
-    memory, timeout and /tmp (the handler package of this client), serving
-    ``store_url`` (``s3://BUCKET/PREFIX``, the client's store): a copy of the
-    template's ``ENV_STORE`` could never serve a client whose store lies
-    elsewhere, and that client is the one creating it."""
+    memory, timeout and /tmp (the handler package of this client). It serves
+    the template's store when that holds ``store_url`` (the client's,
+    ``s3://BUCKET/PREFIX``: the other clients of the family keep being served),
+    else ``store_url``: a copy of the template's could never serve the client
+    that is creating it."""
     env = dict((template.get("Environment") or {}).get("Variables") or {})
-    if store_url and store_url.startswith("s3://"):
+    if store_url and store_url.startswith("s3://") and store_refusal(template, store_url) is not None:
         env[ENV_STORE] = store_url
     if template.get("PackageType") == "Image":
         uri = lam.get_function(FunctionName=template["FunctionName"])["Code"]["ImageUri"]
