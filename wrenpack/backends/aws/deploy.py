@@ -452,9 +452,11 @@ def check_store_reachable(cfg: Any, served: str) -> None:
 def stores_replaced(lam: Any, names: Sequence[str], served: str | None, replace: bool) -> dict[str, str]:
     """The functions among ``names`` that exist and serve another store than ``served``
     (``ENV_STORE``), with the store each serves now. Unless ``replace`` (--replace-store),
-    such a function is refused in one line: re-pointing it makes every call of its
-    current callers fail (function names do not hold the store, so two projects or
-    stores sharing a ``function_name`` would overwrite each other on each deploy)."""
+    such a function is refused in one line: re-pointed, it refuses every call of its
+    current callers whose store lies outside the new one (function names do not hold
+    the store, so two projects or stores sharing a ``function_name`` would overwrite
+    each other on each deploy). Any change counts, a wider store too: what a function
+    serves changes only when asked."""
     found: dict[str, str] = {}
     for name in names:
         try:
@@ -472,8 +474,10 @@ def stores_replaced(lam: Any, names: Sequence[str], served: str | None, replace:
         more = f" (and {len(found) - 1} more of its family)" if len(found) > 1 else ""
         raise ConfigError(
             f"Lambda function {name!r}{more} serves the store {pinned}, and deploying it for "
-            f"{served or 'no store'} would make every call of its current callers fail; deploy this store's functions "
-            f"under another --function-name, or pass --replace-store to re-point it; nothing was deployed")
+            + (f"{served} would refuse every call of its current callers whose store lies outside that"
+               if served else "no store would refuse every call of its current callers")
+            + "; deploy this store's functions under another --function-name, or pass --replace-store to re-point it; "
+            "nothing was deployed")
     return found
 
 
