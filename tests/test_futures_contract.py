@@ -172,6 +172,7 @@ def test_futures_pass_into_and_out_of_calls(executor, remote):
     assert wrenpack.get(outer) == [0, 1, 4]
 
 
+@pytest.mark.slow_variants("lambda")  # (a reference read from S3 in another process: test_aws_lambda's test_submit_and_futures_between_calls_on_lambda)
 def test_pickled_future_resolves_in_another_process(executor):
     import subprocess
     import sys
@@ -216,6 +217,10 @@ def test_a_future_passed_into_a_call_fails_there_as_its_call_did(make_executor):
     assert took < 60
 
 
+# (Lambda with -m slow only: a reference to a cancelled call, read from S3, says cancelled in
+# test_cancel's test_a_call_that_finishes_before_its_worker_sees_the_cancel_ends_cancelled[lambda-pickled];
+# a future read inside a call on Lambda: test_aws_lambda's test_submit_and_futures_between_calls_on_lambda)
+@pytest.mark.slow_variants("lambda")
 def test_a_future_passed_into_a_call_and_cancelled_before_it_ran(make_executor, tmp_path):
     producers, readers = make_executor(concurrency=1, retries=0), make_executor(concurrency=1, retries=0)
     release = str(tmp_path / "release")

@@ -91,6 +91,7 @@ def unpicklable_state(n):
     return state["i"]
 
 
+@pytest.mark.slow  # (test_probe_limits's test_a_checkpoint_state_that_cannot_be_pickled_is_a_one_line_serialization_error: the same lock in the state, the same line, nothing left in the store)
 def test_state_that_cannot_be_pickled_fails_in_one_line(ex):
     fut = wrenpack.remote(unpicklable_state, executor=ex, timeout=1).remote(200)
     with pytest.raises(wrenpack.SerializationError) as info:

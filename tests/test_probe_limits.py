@@ -8,6 +8,7 @@ import time
 import pytest
 
 import wrenpack
+from wrenpack import keys
 from wrenpack.backends.local import LocalBackend
 
 
@@ -141,11 +142,13 @@ def test_a_checkpoint_state_that_cannot_be_pickled_is_a_one_line_serialization_e
     """The save's pickling error came back as the user's own bare TypeError ('cannot
     pickle _thread.lock object'), naming neither the checkpoint nor a fix."""
     f = wrenpack.remote(state_with_a_lock, executor=pool, timeout=1)
+    fut = f.remote(200)
     with pytest.raises(wrenpack.SerializationError) as info:
-        f.remote(200).result(timeout=60)
+        fut.result(timeout=60)
     message = str(info.value)
     assert "\n" not in message
     assert "checkpoint" in message and "_thread.lock" in message and "restore()" in message
+    assert not pool.store.exists(keys.checkpoint_key(fut.job_id, fut.call_id))  # (nothing saved is left)
     assert f.remote(0).result(timeout=60) == 0  # the worker serves the next call
 
 

@@ -80,7 +80,8 @@ def os_peak_mb(name: str, args: tuple = (), tmpdir: str | None = None) -> float:
 
 CASES = [
     pytest.param("numpy_heavy", (), id="numpy-heavy"),
-    pytest.param("python_alloc", (), id="python-alloc-heavy"),
+    # (-m slow only: memory the call itself holds, measured as [numpy-heavy]'s is)
+    pytest.param("python_alloc", (), id="python-alloc-heavy", marks=pytest.mark.slow),
     pytest.param("spike", (300,), id="short-300MB-spike"),
     pytest.param("child_held", (250,), id="memory-in-child-process"),
     pytest.param("tmp_writer", (200,), id="tmp-writer"),

@@ -42,7 +42,10 @@ def profile_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("WRENPACK_PROFILE_DIR", str(tmp_path / "profiles"))
 
 
-@pytest.mark.parametrize("name", NAMES)
+# python_alloc and spike with -m slow only: a call's own memory, held as numpy_heavy's is (its
+# [numpy_heavy] runs by default); how well the profile measures each: test_profiler_accuracy
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("python_alloc", "spike") else n
+                                  for n in NAMES])
 def test_runs_at_recommended_memory(name, ex, profile):
     prof = profile(name)
     fn, args = getattr(targets, name), ARGS.get(name, ())
@@ -58,7 +61,9 @@ def test_runs_at_recommended_memory(name, ex, profile):
         assert result == EXPECTED[name]
 
 
-@pytest.mark.parametrize("name", NAMES)
+# python_alloc with -m slow only: the call's own heap, stopped as [numpy_heavy]'s is (a short
+# [spike], which sampling could miss, stays in the default run)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "python_alloc" else n for n in NAMES])
 def test_fails_at_70_percent_of_peak(name, ex, profile):
     prof = profile(name)
     fn, args = getattr(targets, name), ARGS.get(name, ())
