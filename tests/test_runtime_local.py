@@ -84,6 +84,8 @@ def outer(x):
     "wp_um_three.py": "import wp_um_two\ndef third(x):\n    return wp_um_two.outer(x)\n",
     "wp_um_helper.py": "def twice(x):\n    return 2 * x\n",
     "wp_um_inside.py": "import wp_um_helper\ndef imports_inside(x):\n    import wp_um_helper as h\n    return h.twice(x)\n",
+    "wp_um_by_name.py": "import importlib\nNAME = 'wp_um_helper'\ndef imports_by_name(x):\n"
+                        "    return importlib.import_module(NAME).twice(x)\n",
 }
 
 
@@ -97,7 +99,7 @@ def project(tmp_path, monkeypatch):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path / "proj"))
-    names = ("wp_um_two", "wp_um_three", "wp_um_inside")
+    names = ("wp_um_two", "wp_um_three", "wp_um_inside", "wp_um_by_name", "wp_um_helper")
     yield {name: importlib.import_module(name) for name in names}
     for name in [n for n in sys.modules if n.startswith("wp_um_")]:
         del sys.modules[name]
@@ -123,3 +125,15 @@ def test_a_returned_instance_of_a_user_class(tiny_runtime, executor, project):
 def test_a_user_module_imported_inside_the_function(tiny_runtime, executor, project):
     f = wrenpack.remote(project["wp_um_inside"].imports_inside, executor=executor, runtime=tiny_runtime)
     assert f.remote(3).result(timeout=60) == 6
+
+
+def test_a_user_module_the_worker_lacks_is_named_as_the_users_own(tiny_runtime, executor, project):
+    """A module imported by a name made at run time cannot be found before the call; the
+    error says it is the user's own code and how to make it travel, not to install a
+    PyPI project of that name (someone else's code)."""
+    f = wrenpack.remote(project["wp_um_by_name"].imports_by_name, executor=executor, runtime=tiny_runtime)
+    with pytest.raises(wrenpack.MissingDependency, match=r"module 'wp_um_helper', which is your own code \(.*proj/"
+                       r"wp_um_helper.py\).*register_pickle_by_value\(wp_um_helper\)") as info:
+        f.remote(3).result(timeout=60)
+    assert "build-runtime" not in str(info.value)
+    assert info.value.name == "wp_um_helper"

@@ -106,6 +106,41 @@ def is_user_module(module: types.ModuleType | None) -> bool:
     return _outside_libraries(path)
 
 
+def own_module_note(name: str | None) -> str | None:
+    """For a module a worker could not import: when it is the user's own code here
+    (``is_user_module``'s rule: a file outside site-packages and the standard
+    library), the message to give instead of the worker's "add it to the runtime
+    (wrenpack build-runtime NAME)", which would install a PyPI project of that
+    name, someone else's code. None for any other module."""
+    if not name:
+        return None
+    top = name.split(".")[0]
+    module = sys.modules.get(top)
+    if module is not None:
+        if not is_user_module(module):
+            return None
+        path = module.__file__
+    else:
+        import importlib.util
+
+        if top in ("wrenpack", "runtime_builder", "cloudpickle") or top in sys.builtin_module_names:
+            return None
+        try:
+            spec = importlib.util.find_spec(top)  # (a top-level name: finds it, runs nothing)
+        except (ImportError, ValueError):
+            return None
+        path = getattr(spec, "origin", None)
+        if not path or not os.path.isabs(path) or not _outside_libraries(path):
+            return None
+    where = os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path
+    return (f"the function needs module {name!r}, which is your own code ({where}), not a package to install: it "
+            f"did not travel with the function (one imported by a name made at run time does not); import it with an "
+            f"import statement in the function (then it is sent with it), or register it in the driver if the function "
+            f"reaches its objects another way (import {top}, cloudpickle; cloudpickle.register_pickle_by_value({top})), "
+            f"or copy it into the runtime's python/ directory; do not install a package named {top!r} (from PyPI "
+            f"that would be someone else's code)")
+
+
 @lru_cache(maxsize=4096)
 def _outside_libraries(path: str) -> bool:
     # realpath is a few system calls, asked on every launch for each module a function names
