@@ -263,7 +263,7 @@ def _type_needs(t: type) -> Needs:
     except TypeError:  # (not weakly referable)
         return _walk([t])[0]
     needs = _walk([t])[0]
-    with contextlib.suppress(TypeError):
+    with _needs_lock, contextlib.suppress(TypeError):
         _types_walked[t] = needs
     return needs
 
