@@ -209,36 +209,28 @@ def needs_of_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Needs:
     (``_type_needs``), and the functions and classes passed as arguments. Per call,
     so it stays shallow; a user class deeper in the data than that still travels
     by value when its module is one the function reaches."""
-    kinds: dict[type, None] = {}
-    objects: list[Any] = []
-
-    def look(value: Any, down: int) -> None:
+    todo: list[tuple[Any, int]] = [(value, 1) for value in args]
+    if kwargs:
+        todo += [(value, 1) for value in kwargs.values()]
+    parts: list[Needs] = []
+    for value, down in todo:  # (grows as it goes: one level down)
         t = type(value)
         if t in _ATOMS:
-            return
+            continue
         if t in _CONTAINERS:
             if down:
-                for item in itertools.islice(value.values() if t is dict else value, 16):
-                    look(item, down - 1)
-            return
-        if isinstance(value, (types.FunctionType, type, types.MethodType, functools.partial)):
-            objects.append(value)
-            return
-        kinds[t] = None
-        if down and _pickled_by_value(t)[0]:
-            attrs = getattr(value, "__dict__", None)
-            if type(attrs) is dict:
-                for item in itertools.islice(attrs.values(), 16):
-                    look(item, down - 1)
-
-    try:
-        for value in itertools.chain(args, kwargs.values()):
-            look(value, 1)
-    finally:
-        del look
-    if not kinds and not objects:
-        return _NO_NEEDS
-    parts = [_type_needs(t) for t in kinds] + [needs_of(obj) for obj in objects]
+                todo += [(item, 0) for item in itertools.islice(value.values() if t is dict else value, 16)]
+            continue
+        if t in _OBJECT_KINDS or isinstance(value, type):
+            needs = needs_of(value)  # (a function or class passed as an argument)
+        else:
+            needs, users = _type_needs(t)
+            if down and users:
+                attrs = getattr(value, "__dict__", None)
+                if type(attrs) is dict:
+                    todo += [(item, 0) for item in itertools.islice(attrs.values(), 16)]
+        if needs.modules or needs.imported:
+            parts.append(needs)
     return _merge(parts)
 
 
@@ -252,28 +244,29 @@ def _merge(parts: list[Needs]) -> Needs:
                  tuple(dict.fromkeys(name for p in parts for name in p.imported)))
 
 
-def _type_needs(t: type) -> Needs:
-    """``needs_of`` for an argument's class, kept per class: the class of a map's
-    arguments is walked once, not per call (a class changed after its first call
-    is not walked again)."""
+def _type_needs(t: type) -> tuple[Needs, bool]:
+    """``needs_of`` for an argument's class, and whether it is pickled by value
+    (the user's own); kept per class: the class of a map's arguments is walked
+    once, not per call (a class changed after its first call is not walked again)."""
     try:
         return _types_walked[t]
     except KeyError:
         pass
     except TypeError:  # (not weakly referable)
-        return _walk([t])[0]
-    needs = _walk([t])[0]
+        return _walk([t])[0], _pickled_by_value(t)[0]
+    found = (_walk([t])[0], _pickled_by_value(t)[0])
     with _needs_lock, contextlib.suppress(TypeError):
-        _types_walked[t] = needs
-    return needs
+        _types_walked[t] = found
+    return found
 
 
 #: id(fn) -> (fn, the reads its walk made, what it found)
 _needs: "OrderedDict[int, tuple[Any, _Reads, Needs]]" = OrderedDict()
 _needs_lock = threading.Lock()
 _MAX_NEEDS = 256
-_types_walked: "weakref.WeakKeyDictionary[type, Needs]" = weakref.WeakKeyDictionary()
+_types_walked: "weakref.WeakKeyDictionary[type, tuple[Needs, bool]]" = weakref.WeakKeyDictionary()
 _CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
+_OBJECT_KINDS = frozenset({types.FunctionType, types.MethodType, functools.partial})
 
 
 class _Reads:
