@@ -199,3 +199,22 @@ def test_arguments_of_a_user_class_are_walked_once_per_class(tmp_path, monkeypat
     code = "import sys, cloudpickle; (m,), _ = cloudpickle.loads(sys.stdin.buffer.read()); print(m.run(1))"
     out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, cwd="/", check=True)
     assert out.stdout.decode().strip() == "2"
+
+
+def test_the_walk_skips_an_object_it_cannot_look_into(tmp_path, monkeypatch):
+    """A proxy whose attributes raise (a request-local object, a lazy loader) is not
+    followed: the launch does not fail for the walk's sake."""
+    (tmp_path / "wp_walk_dep.py").write_text("def g(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_walk_dep
+
+    class Proxy:
+        def __getattribute__(self, name):
+            raise RuntimeError("working outside of a request")
+
+        def __call__(self):
+            return None
+
+    ns = {"P": Proxy(), "D": wp_walk_dep}
+    exec("def fn(x):\n    return P, D.g(x)\n", ns)
+    assert {m.__name__ for m in serialize.user_modules_of(ns["fn"])} == {"wp_walk_dep"}

@@ -193,12 +193,11 @@ def needs_of(fn: Any) -> Needs:
     if hit is not None and hit[0] is fn and hit[1].valid():
         return hit[2]
     needs, reads = _walk([fn])
-    if reads.cacheable:
-        with _needs_lock:
-            _needs[id(fn)] = (fn, reads, needs)
-            _needs.move_to_end(id(fn))
-            while len(_needs) > _MAX_NEEDS:
-                _needs.popitem(last=False)
+    with _needs_lock:
+        _needs[id(fn)] = (fn, reads, needs)
+        _needs.move_to_end(id(fn))
+        while len(_needs) > _MAX_NEEDS:
+            _needs.popitem(last=False)
     return needs
 
 
@@ -272,10 +271,11 @@ _OBJECT_KINDS = frozenset({types.FunctionType, types.MethodType, functools.parti
 class _Reads:
     """The reads a walk made, to tell later whether it would find the same: each
     mapping's keys and the objects they gave (``_MISSING`` for absent), the
-    length of those read whole, cells' contents, functions' attributes, lists'
-    items. Checked by identity, in C (``map``), far cheaper than the walk."""
+    length of those read whole (only that for a container too large to look at
+    every item of), cells' contents, functions' attributes, lists' items. Checked
+    by identity, in C (``map``), far cheaper than the walk."""
 
-    __slots__ = ("keys", "whole", "cells", "attrs", "lists", "cacheable")
+    __slots__ = ("keys", "whole", "cells", "attrs", "lists")
 
     def __init__(self) -> None:
         self.keys: dict[int, tuple[Any, list[Any], list[Any]]] = {}
@@ -283,7 +283,6 @@ class _Reads:
         self.cells: list[tuple[Any, Any]] = []
         self.attrs: list[tuple[Any, str, Any]] = []
         self.lists: list[tuple[list[Any], tuple[Any, ...]]] = []
-        self.cacheable = True
 
     def get(self, mapping: Any, key: Any) -> Any:
         value = mapping.get(key, _MISSING)
@@ -406,80 +405,91 @@ def _walk(roots: list[Any]) -> tuple[Needs, _Reads]:
             break
         down = depth + 1
         more: list[Any] = []
-        if isinstance(obj, types.ModuleType):
-            if is_user_module(obj):
-                found.add(_top_package(obj))
-                # Pickled by value, a module carries its whole namespace (not its __builtins__).
-                more = reads.items(vars(obj))
-                builtins = obj.__dict__.get("__builtins__")
-                if builtins is not None:
-                    seen.add(id(builtins))
-        elif t is types.FunctionType:
-            by_value, module = _pickled_by_value(obj)
-            if not by_value:
-                continue
-            if module is not None:
-                found.add(_top_package(module))
-            code = obj.__code__
-            reads.attrs.append((obj, "__code__", code))
-            names, imports = _code_info(code)
-            g = obj.__globals__
-            more = [v for v in (reads.get(g, n) for n in names) if v is not _MISSING]
-            for cell in obj.__closure__ or ():
-                try:
-                    value = cell.cell_contents
-                except ValueError:
-                    value = _MISSING
-                reads.cells.append((cell, value))
-                if value is not _MISSING:
-                    more.append(value)
-            for attr in ("__defaults__", "__kwdefaults__"):
-                value = getattr(obj, attr)
-                reads.attrs.append((obj, attr, value))
-                if value:
-                    more.append(value)
-            for name, level, fromlist in imports:
-                absolute = _resolve_import(name, level, reads.get(g, "__package__"))
-                if absolute is None:
+        try:
+            if isinstance(obj, types.ModuleType):
+                if is_user_module(obj):
+                    found.add(_top_package(obj))
+                    # Pickled by value, a module carries its whole namespace (not its __builtins__).
+                    more = reads.items(vars(obj))
+                    builtins = obj.__dict__.get("__builtins__")
+                    if builtins is not None:
+                        seen.add(id(builtins))
+            elif t is types.FunctionType:
+                by_value, module = _pickled_by_value(obj)
+                if not by_value:
                     continue
-                wanted = [absolute] + [f"{absolute}.{x}" for x in fromlist if x != "*"]
-                for full in wanted:
-                    parts = full.split(".")
-                    for i in range(1, len(parts) + 1):
-                        module = reads.get(sys.modules, ".".join(parts[:i]))
-                        if isinstance(module, types.ModuleType) and is_user_module(module):
-                            found.add(_top_package(module))
-                            imported[module.__name__] = None
-                            more.append(module)
-        elif isinstance(obj, type):
-            by_value, module = _pickled_by_value(obj)
-            if not by_value:
-                continue
-            if module is not None:
-                found.add(_top_package(module))
-            more = list(obj.__mro__[1:]) + reads.items(obj.__dict__)
-        elif t in (staticmethod, classmethod):
-            more = [obj.__func__]
-        elif t is property:
-            more = [obj.fget, obj.fset, obj.fdel]
-        elif t is types.MethodType:
-            more = [obj.__func__, obj.__self__]
-        elif t is functools.partial:
-            more = [obj.func, obj.args, obj.keywords]
-        elif t is dict:
-            more = reads.items(obj)[:_WALK_ITEMS]
-        elif t is list:
-            reads.lists.append((obj, tuple(obj)))
-            more = obj[:_WALK_ITEMS]
-        elif t in _CONTAINERS:
-            more = list(itertools.islice(obj, _WALK_ITEMS))
-        else:
-            # An instance: its class, and its attributes where it is the user's own or a
-            # callable object (the Batch that chunksize sends holds the functions it calls).
-            more = [t]
-            attrs = getattr(obj, "__dict__", None)
-            if type(attrs) is dict and (callable(obj) or _pickled_by_value(t)[0]):
-                more += reads.items(attrs)
+                if module is not None:
+                    found.add(_top_package(module))
+                code = obj.__code__
+                reads.attrs.append((obj, "__code__", code))
+                names, imports = _code_info(code)
+                g = obj.__globals__
+                more = [v for v in (reads.get(g, n) for n in names) if v is not _MISSING]
+                for cell in obj.__closure__ or ():
+                    try:
+                        value = cell.cell_contents
+                    except ValueError:
+                        value = _MISSING
+                    reads.cells.append((cell, value))
+                    if value is not _MISSING:
+                        more.append(value)
+                for attr in ("__defaults__", "__kwdefaults__"):
+                    value = getattr(obj, attr)
+                    reads.attrs.append((obj, attr, value))
+                    if value:
+                        more.append(value)
+                for name, level, fromlist in imports:
+                    absolute = _resolve_import(name, level, reads.get(g, "__package__"))
+                    if absolute is None:
+                        continue
+                    wanted = [absolute] + [f"{absolute}.{x}" for x in fromlist if x != "*"]
+                    for full in wanted:
+                        parts = full.split(".")
+                        for i in range(1, len(parts) + 1):
+                            module = reads.get(sys.modules, ".".join(parts[:i]))
+                            if isinstance(module, types.ModuleType) and is_user_module(module):
+                                found.add(_top_package(module))
+                                imported[module.__name__] = None
+                                more.append(module)
+            elif isinstance(obj, type):
+                by_value, module = _pickled_by_value(obj)
+                if not by_value:
+                    continue
+                if module is not None:
+                    found.add(_top_package(module))
+                more = list(obj.__mro__[1:]) + reads.items(obj.__dict__)
+            elif t in (staticmethod, classmethod):
+                more = [obj.__func__]
+            elif t is property:
+                more = [obj.fget, obj.fset, obj.fdel]
+            elif t is types.MethodType:
+                more = [obj.__func__, obj.__self__]
+            elif t is functools.partial:
+                more = [obj.func, obj.args, obj.keywords]
+            elif t is dict:
+                if len(obj) <= _WALK_ITEMS:
+                    more = reads.items(obj)
+                else:  # (data, most likely: its first items, and a change of its size walks again)
+                    reads.whole.append((obj, len(obj)))
+                    more = list(itertools.islice(obj.values(), _WALK_ITEMS))
+            elif t is list:
+                if len(obj) <= _WALK_ITEMS:
+                    reads.lists.append((obj, tuple(obj)))
+                else:
+                    reads.whole.append((obj, len(obj)))
+                more = obj[:_WALK_ITEMS]
+            elif t in _CONTAINERS:
+                more = list(itertools.islice(obj, _WALK_ITEMS))
+            else:
+                # An instance: its class, and its attributes where it is the user's own or a
+                # callable object (the Batch that chunksize sends holds the functions it calls).
+                more = [t]
+                attrs = getattr(obj, "__dict__", None)
+                if type(attrs) is dict and (callable(obj) or _pickled_by_value(t)[0]):
+                    more += reads.items(attrs)
+        except Exception:  # noqa: BLE001 - an object that will not be looked into (a proxy): not followed
+            log.debug("could not look into %s while looking for user modules", type(obj).__name__, exc_info=True)
+            continue
         if down <= _WALK_DEPTH:
             queue.extend((value, down) for value in more)
     return Needs(frozenset(found), tuple(imported)), reads
