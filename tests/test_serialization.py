@@ -218,3 +218,23 @@ def test_the_walk_skips_an_object_it_cannot_look_into(tmp_path, monkeypatch):
     ns = {"P": Proxy(), "D": wp_walk_dep}
     exec("def fn(x):\n    return P, D.g(x)\n", ns)
     assert {m.__name__ for m in serialize.user_modules_of(ns["fn"])} == {"wp_walk_dep"}
+
+
+def test_the_walk_kept_per_function_does_not_keep_it_alive():
+    import gc
+    import weakref
+
+    def make():
+        table = bytearray(1 << 20)
+
+        def rec(n):
+            return len(table) if n <= 0 else rec(n - 1)  # (itself in a cell)
+
+        return rec
+
+    fn = make()
+    assert serialize.needs_of(fn) is serialize.needs_of(fn)
+    ref = weakref.ref(fn)
+    del fn
+    gc.collect()
+    assert ref() is None

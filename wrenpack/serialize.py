@@ -189,16 +189,29 @@ def needs_of(fn: Any) -> Needs:
     Walked once per function and kept while every read the walk made (a global,
     a cell, a namespace, an entry of ``sys.modules``) still gives the same object;
     a launch checks that instead of walking again (``_Reads``)."""
-    hit = _needs.get(id(fn))
-    if hit is not None and hit[0] is fn and hit[1].valid():
+    key = id(fn)
+    hit = _needs.get(key)
+    if hit is not None and hit[0]() is fn and hit[1].valid():
         return hit[2]
     needs, reads = _walk([fn])
+    try:
+        # (weakly: a function the user dropped, and what it closes over, is not kept here)
+        ref = weakref.ref(fn, lambda r: _forget_needs(key, r))
+    except TypeError:
+        return needs  # (not weakly referable: walked at each launch)
     with _needs_lock:
-        _needs[id(fn)] = (fn, reads, needs)
-        _needs.move_to_end(id(fn))
+        _needs[key] = (ref, reads, needs)
+        _needs.move_to_end(key)
         while len(_needs) > _MAX_NEEDS:
             _needs.popitem(last=False)
     return needs
+
+
+def _forget_needs(key: int, ref: Any) -> None:
+    with _needs_lock:
+        hit = _needs.get(key)
+        if hit is not None and hit[0] is ref:
+            del _needs[key]
 
 
 def needs_of_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Needs:
@@ -259,7 +272,7 @@ def _type_needs(t: type) -> tuple[Needs, bool]:
     return found
 
 
-#: id(fn) -> (fn, the reads its walk made, what it found)
+#: id(fn) -> (a weak reference to fn, the reads its walk made, what it found)
 _needs: "OrderedDict[int, tuple[Any, _Reads, Needs]]" = OrderedDict()
 _needs_lock = threading.Lock()
 _MAX_NEEDS = 256
@@ -280,7 +293,9 @@ class _Reads:
     def __init__(self) -> None:
         self.keys: dict[int, tuple[Any, list[Any], list[Any]]] = {}
         self.whole: list[tuple[Any, int]] = []
-        self.cells: list[tuple[Any, Any]] = []
+        #: (a weak reference to a function, the index of its cell, the value or a weak reference to it)
+        self.cells: list[tuple[Any, int, Any]] = []
+        #: (a weak reference to a function: these would keep the function alive, attribute, value)
         self.attrs: list[tuple[Any, str, Any]] = []
         self.lists: list[tuple[list[Any], tuple[Any, ...]]] = []
 
@@ -313,15 +328,19 @@ class _Reads:
         for mapping, n in self.whole:
             if len(mapping) != n:
                 return False
-        for cell, value in self.cells:
+        for ref, i, value in self.cells:
+            fn = ref()
+            if fn is None:
+                return False
             try:
-                now = cell.cell_contents
+                now = fn.__closure__[i].cell_contents
             except ValueError:
                 now = _MISSING
-            if now is not value:
+            if now is not (value() if type(value) is weakref.ref else value):
                 return False
-        for obj, attr, value in self.attrs:
-            if getattr(obj, attr, _MISSING) is not value:
+        for ref, attr, value in self.attrs:
+            obj = ref()
+            if obj is None or getattr(obj, attr, _MISSING) is not value:
                 return False
         for items, kept in self.lists:
             if len(items) != len(kept) or not all(map(is_, items, kept)):
@@ -421,21 +440,25 @@ def _walk(roots: list[Any]) -> tuple[Needs, _Reads]:
                 if module is not None:
                     found.add(_top_package(module))
                 code = obj.__code__
-                reads.attrs.append((obj, "__code__", code))
+                ref = weakref.ref(obj)
+                reads.attrs.append((ref, "__code__", code))
                 names, imports = _code_info(code)
                 g = obj.__globals__
                 more = [v for v in (reads.get(g, n) for n in names) if v is not _MISSING]
-                for cell in obj.__closure__ or ():
+                for i, cell in enumerate(obj.__closure__ or ()):
                     try:
                         value = cell.cell_contents
                     except ValueError:
                         value = _MISSING
-                    reads.cells.append((cell, value))
+                    try:  # (weakly where it can: a nested function that calls itself holds itself in a cell)
+                        reads.cells.append((ref, i, weakref.ref(value)))
+                    except TypeError:
+                        reads.cells.append((ref, i, value))
                     if value is not _MISSING:
                         more.append(value)
                 for attr in ("__defaults__", "__kwdefaults__"):
                     value = getattr(obj, attr)
-                    reads.attrs.append((obj, attr, value))
+                    reads.attrs.append((ref, attr, value))
                     if value:
                         more.append(value)
                 for name, level, fromlist in imports:
