@@ -238,3 +238,25 @@ def test_the_walk_kept_per_function_does_not_keep_it_alive():
     del fn
     gc.collect()
     assert ref() is None
+
+
+def test_a_function_gone_while_the_walk_cache_is_locked_is_dropped_later():
+    """Its weak reference's callback runs where the function dies, here inside the
+    cache's lock: it notes the entry (no deadlock), and the next walk kept drops it."""
+    import gc
+
+    def make():
+        def f(x):
+            return x
+
+        return f
+
+    fn = make()
+    serialize.needs_of(fn)
+    key = id(fn)
+    with serialize._needs_lock:
+        del fn
+        gc.collect()
+        assert key in serialize._needs
+    serialize.needs_of(make())
+    assert serialize._needs.get(key) is None or serialize._needs[key][0]() is not None

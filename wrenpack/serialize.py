@@ -164,6 +164,7 @@ class Needs(NamedTuple):
 
 
 _NO_NEEDS = Needs(frozenset(), ())
+_AN_ATOM = object()  # (a cell's value was a number, a string, bytes...)
 #: how far the walk goes: objects visited in all, and steps from the function
 _WALK_NODES = 4000
 _WALK_DEPTH = 12
@@ -200,6 +201,7 @@ def needs_of(fn: Any) -> Needs:
     except TypeError:
         return needs  # (not weakly referable: walked at each launch)
     with _needs_lock:
+        _purge_needs()
         _needs[key] = (ref, reads, needs)
         _needs.move_to_end(key)
         while len(_needs) > _MAX_NEEDS:
@@ -208,7 +210,22 @@ def needs_of(fn: Any) -> Needs:
 
 
 def _forget_needs(key: int, ref: Any) -> None:
-    with _needs_lock:
+    """A function's walk goes when the function does (a weak reference's callback).
+    That can run at any allocation, also inside ``_needs_lock`` or in the middle of
+    a change of ``_needs`` in this thread: the entry is only noted then, and
+    removed at the next walk kept (never a deadlock on the lock)."""
+    _needs_dead.append((key, ref))
+    if _needs_lock.acquire(blocking=False):
+        try:
+            _purge_needs()
+        finally:
+            _needs_lock.release()
+
+
+def _purge_needs() -> None:
+    """(Under ``_needs_lock``.) Drop the entries of functions that are gone."""
+    while _needs_dead:
+        key, ref = _needs_dead.pop()
         hit = _needs.get(key)
         if hit is not None and hit[0] is ref:
             del _needs[key]
@@ -275,6 +292,8 @@ def _type_needs(t: type) -> tuple[Needs, bool]:
 #: id(fn) -> (a weak reference to fn, the reads its walk made, what it found)
 _needs: "OrderedDict[int, tuple[Any, _Reads, Needs]]" = OrderedDict()
 _needs_lock = threading.Lock()
+#: (id, weak reference) of functions gone whose entries are still to be dropped
+_needs_dead: list[tuple[int, Any]] = []
 _MAX_NEEDS = 256
 _types_walked: "weakref.WeakKeyDictionary[type, tuple[Needs, bool]]" = weakref.WeakKeyDictionary()
 _CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
@@ -336,7 +355,10 @@ class _Reads:
                 now = fn.__closure__[i].cell_contents
             except ValueError:
                 now = _MISSING
-            if now is not (value() if type(value) is weakref.ref else value):
+            if value is _AN_ATOM:
+                if type(now) not in _ATOMS:
+                    return False
+            elif now is not (value() if type(value) is weakref.ref else value):
                 return False
         for ref, attr, value in self.attrs:
             obj = ref()
@@ -450,6 +472,9 @@ def _walk(roots: list[Any]) -> tuple[Needs, _Reads]:
                         value = cell.cell_contents
                     except ValueError:
                         value = _MISSING
+                    if type(value) in _ATOMS:  # (its kind is all the walk looks at: a large bytes is not kept)
+                        reads.cells.append((ref, i, _AN_ATOM))
+                        continue
                     try:  # (weakly where it can: a nested function that calls itself holds itself in a cell)
                         reads.cells.append((ref, i, weakref.ref(value)))
                     except TypeError:
