@@ -260,3 +260,19 @@ def test_a_function_gone_while_the_walk_cache_is_locked_is_dropped_later():
         assert key in serialize._needs
     serialize.needs_of(make())
     assert serialize._needs.get(key) is None or serialize._needs[key][0]() is not None
+
+
+def test_an_unpicklable_global_of_a_user_module_sent_whole_is_named(tmp_path, monkeypatch):
+    """A user module reached through another one's namespace travels by value, whole (a
+    worker cannot import it); one holding a lock fails at launch, on every backend alike,
+    naming the global, where before it went by name and failed only where the module is missing."""
+    (tmp_path / "wp_lockpkg").mkdir()
+    (tmp_path / "wp_lockpkg" / "__init__.py").write_text("import threading\n_lock = threading.Lock()\ndef g(x):\n    return x\n")
+    (tmp_path / "wp_lock_two.py").write_text("import wp_lockpkg\ndef outer(x):\n    return wp_lockpkg.g(x)\n")
+    (tmp_path / "wp_lock_three.py").write_text("import wp_lock_two\ndef third(x):\n    return wp_lock_two.outer(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_lock_three
+
+    with pytest.raises(wrenpack.SerializationError, match=r"global '_lock' of global 'wp_lockpkg' of your module "
+                       r"'wp_lock_two' used by function 'third' \(a _thread.lock\).*create such an object when"):
+        serialize.dumps_function(wp_lock_three.third)

@@ -641,7 +641,8 @@ def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] |
             if raised_by_a_signal(exc):
                 raise
             where = describe_unpicklable(fn, f"function {getattr(fn, '__qualname__', fn)!r}")
-            raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
+            fix = _FIX_MODULE if "your module " in where else _FIX
+            raise SerializationError(f"cannot send {where}: {_short(exc)}; {fix}") from None
 
 
 def _check_returns_values(fn: Callable[..., Any]) -> None:
@@ -1007,6 +1008,8 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
 
 
 _FIX = "pass plain data, or create the object inside the function"
+_FIX_MODULE = ("your own modules travel whole, by value (a worker cannot import them): create such an object when it "
+               "is first used (inside a function), not when the module is imported")
 
 
 def raised_by_a_signal(exc: BaseException) -> bool:
@@ -1065,11 +1068,19 @@ def describe_unpicklable(obj: Any, path: str, depth: int = 0) -> str:
         for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
             with contextlib.suppress(ValueError):
                 children.append((f"closure variable {name!r} of {path}", cell.cell_contents))
-        for name in obj.__code__.co_names:
-            if name in obj.__globals__ and not isinstance(obj.__globals__[name], types.ModuleType):
-                children.append((f"global {name!r} used by {path}", obj.__globals__[name]))
+        for name in _code_info(obj.__code__)[0]:
+            if name not in obj.__globals__:
+                continue
+            value = obj.__globals__[name]
+            if not isinstance(value, types.ModuleType):
+                children.append((f"global {name!r} used by {path}", value))
+            elif is_user_module(value):
+                children.append((f"your module {value.__name__!r} used by {path}", value))
         for i, d in enumerate(obj.__defaults__ or ()):
             children.append((f"default argument {i} of {path}", d))
+    elif isinstance(obj, types.ModuleType):
+        if is_user_module(obj):  # (it travels by value, with its whole namespace: the worker cannot import it)
+            children = [(f"global {k!r} of {path}", v) for k, v in vars(obj).items() if k != "__builtins__"]
     elif isinstance(obj, (list, tuple, set, frozenset)):
         children = [(f"item {i} of {path}", v) for i, v in enumerate(obj)]
     elif isinstance(obj, dict):
