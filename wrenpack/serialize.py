@@ -386,15 +386,20 @@ def _code_info(code: types.CodeType) -> tuple[tuple[str, ...], tuple[tuple[str, 
         todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
         if not c.co_names:
             continue
-        consts: list[Any] = []
+        # IMPORT_NAME takes the level and the fromlist the two instructions before it push
+        before: list[Any] = [None, None]
         for ins in dis.get_instructions(c):
-            if ins.opname == "LOAD_CONST":
-                consts.append(ins.argval)
-            elif ins.opname == "IMPORT_NAME":
-                level = consts[-2] if len(consts) >= 2 and isinstance(consts[-2], int) else 0
-                fromlist = consts[-1] if consts and isinstance(consts[-1], tuple) else ()
-                imports.append((ins.argval, level, tuple(x for x in fromlist if isinstance(x, str))))
+            if ins.opname == "IMPORT_NAME":
+                level, fromlist = (_const(i) for i in before)
+                imports.append((ins.argval, level if type(level) is int else 0,
+                                tuple(x for x in fromlist if isinstance(x, str)) if type(fromlist) is tuple else ()))
+            before = [before[1], ins]
     return tuple(names), tuple(imports)
+
+
+def _const(ins: Any) -> Any:
+    """The constant an instruction pushes (LOAD_CONST; LOAD_SMALL_INT on newer Pythons), else None."""
+    return ins.argval if ins is not None and ins.opname in ("LOAD_CONST", "LOAD_SMALL_INT") else None
 
 
 def _pickled_by_value(obj: Any) -> tuple[bool, types.ModuleType | None]:
