@@ -59,6 +59,86 @@ def test_not_a_runtime_is_a_clear_error(tmp_path, executor):
         f.remote(1).result()
 
 
+# The user's own project, not installed: a package, modules that use it, a module imported
+# inside a function body. A runtime= worker (as a Lambda one) can import none of them.
+_PROJECT = {
+    "wp_um_pkg/__init__.py": "",
+    "wp_um_pkg/sub.py": "from . import other\ndef g(x):\n    return other.h(x) + 1\n",
+    "wp_um_pkg/other.py": "def h(x):\n    return x * 100\n",
+    "wp_um_two.py": """
+import wp_um_pkg.sub
+class Model:
+    def __init__(self, k):
+        self.k = k
+    def predict(self, x):
+        return wp_um_pkg.sub.g(x) * self.k
+def make_model(k):
+    return Model(k)
+def use_model(m, x):
+    return m.predict(x)
+def inner(x):
+    return wp_um_pkg.sub.g(x)
+def outer(x):
+    return inner(x)
+""",
+    "wp_um_three.py": "import wp_um_two\ndef third(x):\n    return wp_um_two.outer(x)\n",
+    "wp_um_helper.py": "def twice(x):\n    return 2 * x\n",
+    "wp_um_inside.py": "import wp_um_helper\ndef imports_inside(x):\n    import wp_um_helper as h\n    return h.twice(x)\n",
+    "wp_um_by_name.py": "import importlib\nNAME = 'wp_um_helper'\ndef imports_by_name(x):\n"
+                        "    return importlib.import_module(NAME).twice(x)\n",
+}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    for rel, text in _PROJECT.items():
+        path = tmp_path / "proj" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path / "proj"))
+    names = ("wp_um_two", "wp_um_three", "wp_um_inside", "wp_um_by_name", "wp_um_helper")
+    yield {name: importlib.import_module(name) for name in names}
+    for name in [n for n in sys.modules if n.startswith("wp_um_")]:
+        del sys.modules[name]
+
+
+def test_a_chain_of_user_modules_travels(tiny_runtime, executor, project):
+    """third -> wp_um_two.outer (a user module's attribute) -> inner -> the user's package."""
+    f = wrenpack.remote(project["wp_um_three"].third, executor=executor, runtime=tiny_runtime)
+    assert f.remote(1).result(timeout=60) == 101
+
+
+def test_an_argument_of_a_user_class_travels_with_what_its_methods_use(tiny_runtime, executor, project):
+    two = project["wp_um_two"]
+    f = wrenpack.remote(two.use_model, executor=executor, runtime=tiny_runtime)
+    assert f.remote(two.Model(2), 1).result(timeout=60) == 202
+
+
+def test_a_returned_instance_of_a_user_class(tiny_runtime, executor, project):
+    f = wrenpack.remote(project["wp_um_two"].make_model, executor=executor, runtime=tiny_runtime)
+    assert f.remote(3).result(timeout=60).predict(1) == 303
+
+
+def test_a_user_module_imported_inside_the_function(tiny_runtime, executor, project):
+    f = wrenpack.remote(project["wp_um_inside"].imports_inside, executor=executor, runtime=tiny_runtime)
+    assert f.remote(3).result(timeout=60) == 6
+
+
+def test_a_user_module_the_worker_lacks_is_named_as_the_users_own(tiny_runtime, executor, project):
+    """A module imported by a name made at run time cannot be found before the call; the
+    error says it is the user's own code and how to make it travel, not to install a
+    PyPI project of that name (someone else's code)."""
+    f = wrenpack.remote(project["wp_um_by_name"].imports_by_name, executor=executor, runtime=tiny_runtime)
+    with pytest.raises(wrenpack.MissingDependency, match=r"module 'wp_um_helper', which is your own code \(.*proj/"
+                       r"wp_um_helper.py\).*register_pickle_by_value\(wp_um_helper\)") as info:
+        f.remote(3).result(timeout=60)
+    assert "build-runtime" not in str(info.value)
+    assert info.value.name == "wp_um_helper"
+
+
 def test_worker_shims_go_to_wrenpacks_cache_dir_and_dangling_ones_are_removed(tmp_path, monkeypatch):
     """The shim folders a local worker with a runtime imports wrenpack (and what Lambda provides)
     through went to ~/.cache/wrenpack whatever WRENPACK_CACHE_DIR said, one per checkout or venv

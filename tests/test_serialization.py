@@ -141,3 +141,138 @@ def test_a_signal_handlers_exit_while_arguments_are_pickled_ends_the_program(rem
         signal.signal(signal.SIGUSR1, old)
     with pytest.raises(wrenpack.SerializationError, match=r"called sys.exit\(3\)"):
         f.map([1, _CallsExitWhilePickled()])
+
+
+def test_needs_of_is_walked_again_when_what_it_read_changes(tmp_path, monkeypatch):
+    """The walk is kept per function, and checked by identity against every read it made:
+    a global rebound to a function that reaches another user module is found."""
+    (tmp_path / "wp_needs_a.py").write_text("def fa(x):\n    return x\n")
+    (tmp_path / "wp_needs_b.py").write_text("def fb(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_needs_a
+    import wp_needs_b
+
+    ns: dict = {}
+    exec("def helper(x):\n    return A.fa(x)\ndef fn(x):\n    return helper(x)\n", ns)
+    ns["A"] = wp_needs_a
+    fn = ns["fn"]
+    assert {m.__name__ for m in serialize.user_modules_of(fn)} == {"wp_needs_a"}
+    assert serialize.needs_of(fn) is serialize.needs_of(fn)  # (kept)
+    exec("def helper(x):\n    return B.fb(x)\n", ns)
+    ns["B"] = wp_needs_b
+    assert {m.__name__ for m in serialize.user_modules_of(fn)} == {"wp_needs_b"}
+
+
+def test_imported_user_modules_are_shipped_without_replacing_a_real_one(tmp_path, monkeypatch):
+    (tmp_path / "wp_ship_helper.py").write_text("def twice(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_ship_helper
+
+    ns = {"__name__": "__main__"}
+    exec("def fn(x):\n    import wp_ship_helper as h\n    return h.twice(x)\n", ns)
+    needs = serialize.needs_of(ns["fn"])
+    assert needs.imported == ("wp_ship_helper",) and wp_ship_helper in needs.modules
+    data = serialize.dumps_function(ns["fn"])
+    # Where it is importable (the driver), the real module stays.
+    assert cloudpickle.loads(data)(4) == 8 and sys.modules["wp_ship_helper"] is wp_ship_helper
+    # Where it is not, the shipped copy answers the import.
+    code = "import sys, cloudpickle; fn = cloudpickle.loads(sys.stdin.buffer.read()); print(fn(6))"
+    out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, cwd="/", check=True)
+    assert out.stdout.decode().strip() == "12"
+
+
+def test_arguments_of_a_user_class_are_walked_once_per_class(tmp_path, monkeypatch):
+    (tmp_path / "wp_arg_dep.py").write_text("def g(x):\n    return x + 1\n")
+    (tmp_path / "wp_arg_cls.py").write_text(
+        "import wp_arg_dep\nclass M:\n    def run(self, x):\n        return wp_arg_dep.g(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_arg_cls
+
+    walked = []
+    real = serialize._walk
+    monkeypatch.setattr(serialize, "_walk", lambda roots: walked.append(roots) or real(roots))
+    for _ in range(3):
+        needs = serialize.needs_of_args(([wp_arg_cls.M()], 1), {"m": wp_arg_cls.M()})
+        assert {m.__name__ for m in needs.modules} == {"wp_arg_cls", "wp_arg_dep"}
+    assert walked == [[wp_arg_cls.M]]
+    data = serialize.dumps_call((wp_arg_cls.M(),), {}, "call 0 of f")
+    code = "import sys, cloudpickle; (m,), _ = cloudpickle.loads(sys.stdin.buffer.read()); print(m.run(1))"
+    out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, cwd="/", check=True)
+    assert out.stdout.decode().strip() == "2"
+
+
+def test_the_walk_skips_an_object_it_cannot_look_into(tmp_path, monkeypatch):
+    """A proxy whose attributes raise (a request-local object, a lazy loader) is not
+    followed: the launch does not fail for the walk's sake."""
+    (tmp_path / "wp_walk_dep.py").write_text("def g(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_walk_dep
+
+    class Proxy:
+        def __getattribute__(self, name):
+            raise RuntimeError("working outside of a request")
+
+        def __call__(self):
+            return None
+
+    ns = {"P": Proxy(), "D": wp_walk_dep}
+    exec("def fn(x):\n    return P, D.g(x)\n", ns)
+    assert {m.__name__ for m in serialize.user_modules_of(ns["fn"])} == {"wp_walk_dep"}
+
+
+def test_the_walk_kept_per_function_does_not_keep_it_alive():
+    import gc
+    import weakref
+
+    def make():
+        table = bytearray(1 << 20)
+
+        def rec(n):
+            return len(table) if n <= 0 else rec(n - 1)  # (itself in a cell)
+
+        return rec
+
+    fn = make()
+    assert serialize.needs_of(fn) is serialize.needs_of(fn)
+    ref = weakref.ref(fn)
+    del fn
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_function_gone_while_the_walk_cache_is_locked_is_dropped_later():
+    """Its weak reference's callback runs where the function dies, here inside the
+    cache's lock: it notes the entry (no deadlock), and the next walk kept drops it."""
+    import gc
+
+    def make():
+        def f(x):
+            return x
+
+        return f
+
+    fn = make()
+    serialize.needs_of(fn)
+    key = id(fn)
+    with serialize._needs_lock:
+        del fn
+        gc.collect()
+        assert key in serialize._needs
+    serialize.needs_of(make())
+    assert serialize._needs.get(key) is None or serialize._needs[key][0]() is not None
+
+
+def test_an_unpicklable_global_of_a_user_module_sent_whole_is_named(tmp_path, monkeypatch):
+    """A user module reached through another one's namespace travels by value, whole (a
+    worker cannot import it); one holding a lock fails at launch, on every backend alike,
+    naming the global, where before it went by name and failed only where the module is missing."""
+    (tmp_path / "wp_lockpkg").mkdir()
+    (tmp_path / "wp_lockpkg" / "__init__.py").write_text("import threading\n_lock = threading.Lock()\ndef g(x):\n    return x\n")
+    (tmp_path / "wp_lock_two.py").write_text("import wp_lockpkg\ndef outer(x):\n    return wp_lockpkg.g(x)\n")
+    (tmp_path / "wp_lock_three.py").write_text("import wp_lock_two\ndef third(x):\n    return wp_lock_two.outer(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import wp_lock_three
+
+    with pytest.raises(wrenpack.SerializationError, match=r"global '_lock' of global 'wp_lockpkg' of your module "
+                       r"'wp_lock_two' used by function 'third' \(a _thread.lock\).*create such an object when"):
+        serialize.dumps_function(wp_lock_three.third)

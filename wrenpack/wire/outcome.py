@@ -129,7 +129,8 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
         exc = RemoteError(f"{label} raised {type_name}: {message} (the exception type could not be rebuilt here)")
     elif kind == "wrenpack" and isinstance(exc, WrenpackError):
         try:
-            rebuilt = type(exc)(f"{label}: {exc}{_version_note(exc)}")
+            text = (_own_module_note(exc) if isinstance(exc, MissingDependency) else None) or str(exc)
+            rebuilt = type(exc)(f"{label}: {text}{_version_note(exc)}")
             rebuilt.__dict__.update({k: v for k, v in exc.__dict__.items() if k not in rebuilt.__dict__})
             if isinstance(exc, ImportError):
                 rebuilt.name, rebuilt.path = exc.name, exc.path
@@ -140,6 +141,21 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
         exc.__cause__ = RemoteTraceback(tb_text)
     return exc
 
+
+
+def _own_module_note(exc: MissingDependency) -> str | None:
+    """The message for a module the worker lacks that is the user's own code: only the
+    client can tell (the worker knows only that it cannot import it, and its hint is to
+    install a package of that name: someone else's, from PyPI, for names like ``utils``).
+    The client's ``wrenpack.serialize`` decides; a worker, which has none, keeps the hint."""
+    serialize = sys.modules.get("wrenpack.serialize")
+    note = getattr(serialize, "own_module_note", None)
+    if note is None:
+        return None
+    try:
+        return note(exc.name)
+    except Exception:  # noqa: BLE001 - a better hint only
+        return None
 
 
 def _version_note(exc: BaseException) -> str:
