@@ -37,6 +37,9 @@ import uuid
 import wrenpack
 
 WORD = re.compile(r"[a-z']+")
+#: the most reducers: each is a call, launched whether its partition holds words or not (about
+#: 1 ms each locally), and a word count's shuffle is small (each mapper combines its counts first)
+MAX_PARTITIONS = 1000
 
 
 def count_words(chunk, encoding: str = "utf-8", errors: str = "replace") -> list[tuple[str, int]]:
@@ -139,12 +142,22 @@ def positive(text: str) -> int:
     return n
 
 
+def partition_count(text: str) -> int:
+    """A count of reducers: at least 1, at most ``MAX_PARTITIONS`` (100000 ran for minutes on 3 words)."""
+    n = positive(text)
+    if n > MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_PARTITIONS:,} reducers: each is a call of its own, "
+                                         "and a word count's shuffle is small; use fewer (default 4)")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", nargs="?", help="a text file, a directory, or s3://bucket/prefix")
     ap.add_argument("--small", action="store_true", help="count generated text and check it against a local count")
     ap.add_argument("--chunk-size", type=parse_size, default="16MB", help="bytes per map call (default 16MB)")
-    ap.add_argument("--partitions", type=positive, default=4, help="reducers (default 4)")
+    ap.add_argument("--partitions", type=partition_count, default=4,
+                    help=f"reducers (default 4, at most {MAX_PARTITIONS:,})")
     ap.add_argument("--top", type=positive, default=10, help="how many of the most common words to print")
     ap.add_argument("--encoding", default="utf-8", help="the text's encoding (default utf-8)")
     ap.add_argument("--errors", default="replace",
@@ -198,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except wrenpack.WrenpackError as exc:  # an unknown --encoding or --errors, a missing source...
         print(f"wordcount: {exc}", file=sys.stderr)
         return 1
+    if not counts and not args.small:  # (an empty input printed nothing at all)
+        print(f"0 words in {args.source}")
     for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: args.top]:
         print(f"{n:10d}  {word}")
     return 0

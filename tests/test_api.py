@@ -206,6 +206,118 @@ def test_remote_function_can_call_another_decorated_function(remote):
     assert remote(outer).remote(1).result() == 202
 
 
+class BadStrError(Exception):
+    """An exception whose __str__ raises."""
+
+    def __str__(self):
+        raise RuntimeError("str fails")
+
+
+def test_an_exception_whose_str_raises_is_reraised_not_a_crash(remote, tmp_path):
+    """Formatting its message in the worker raised again: the call's process died without
+    a reply, "worker died (exit code 0)", the call ran again and came back WorkerCrashed
+    ("look for a crash in native code"). It is re-raised as ProcessPoolExecutor does, its
+    message read only when asked; the function ran once."""
+    runs = tmp_path / "runs"
+
+    def raises_bad_str(_):
+        with open(runs, "a") as fh:
+            fh.write("ran\n")
+        raise BadStrError()
+
+    with pytest.raises(BadStrError) as info:
+        remote(raises_bad_str, retries=1).remote(0).result(timeout=120)
+    assert runs.read_text().count("ran") == 1
+    assert "raises_bad_str" in str(info.value.__cause__)
+
+
+def test_an_unpicklable_exception_whose_str_raises_is_a_remote_error_naming_it(remote):
+    def raises_weird_bad_str(_):
+        import threading
+
+        class WeirdBadStr(Exception):
+            def __init__(self):
+                super().__init__()
+                self.lock = threading.Lock()
+
+            def __str__(self):
+                raise RuntimeError("str fails")
+
+        raise WeirdBadStr()
+
+    with pytest.raises(wrenpack.RemoteError, match=r"WeirdBadStr: <WeirdBadStr.__str__ raised RuntimeError>"):
+        remote(raises_weird_bad_str).remote(0).result(timeout=120)
+
+
+def test_an_exception_whose_str_raises_in_a_group_of_calls(remote):
+    def bad_on_one(x):
+        if x == 1:
+            raise BadStrError()
+        return x
+
+    futs = remote(bad_on_one).map(range(3), chunksize=3)
+    assert futs[0].result(timeout=120) == 0 and futs[2].result(timeout=120) == 2
+    assert isinstance(futs[1].exception(timeout=120), BadStrError)
+
+
+def test_a_fault_while_the_outcome_is_made_fails_the_call_not_the_worker(remote, tmp_path):
+    """Any exception out of the worker's error path ended the call's process without a
+    reply: retried as a crash. The call now fails with a WrenpackError naming it."""
+    runs = tmp_path / "runs"
+
+    def breaks_the_error_path(_):
+        from wrenpack.worker import handler
+
+        real = handler.error_tuple
+
+        def once(*args, **kwargs):
+            handler.error_tuple = real  # (the worker's next calls are not affected)
+            raise RuntimeError("the error path failed")
+
+        handler.error_tuple = once
+        with open(runs, "a") as fh:
+            fh.write("ran\n")
+        raise ValueError("theirs")
+
+    with pytest.raises(wrenpack.WrenpackError, match=r"its outcome could not be made \(RuntimeError: the error path failed\)"):
+        remote(breaks_the_error_path, retries=1).remote(0).result(timeout=120)
+    assert runs.read_text().count("ran") == 1
+
+
+def test_retry_on_an_exception_whose_str_raises(remote, tmp_path):
+    """The driver's note of the retried error formatted it: the retry failed with the RuntimeError of its __str__."""
+    runs = tmp_path / "runs"
+
+    def raises_bad_str(_):
+        with open(runs, "a") as fh:
+            fh.write("ran\n")
+        raise BadStrError()
+
+    with pytest.raises(BadStrError):
+        remote(raises_bad_str, retries=1, retry_on=(BadStrError,)).remote(0).result(timeout=120)
+    assert runs.read_text().count("ran") == 2
+
+
+class _PicklesBadly:
+    def __reduce__(self):
+        raise BadStrError()
+
+
+class _UnpicklesBadly:
+    def __init__(self):
+        self.state = 1
+
+    def __setstate__(self, state):
+        raise BadStrError()
+
+
+def test_a_result_or_argument_whose_pickling_raises_such_an_exception_is_named(remote):
+    with pytest.raises(wrenpack.SerializationError, match=r"could not be pickled: <BadStrError.__str__ raised"):
+        remote(lambda _: _PicklesBadly()).remote(0).result(timeout=120)
+    with pytest.raises(wrenpack.SerializationError, match=r"could not be unpickled in the worker \(BadStrError: <BadStrError"):
+        remote(lambda x: 1).remote(_UnpicklesBadly()).result(timeout=120)
+
+
 def test_sys_exit_in_the_function_does_not_exit_the_caller(remote):
     import sys
 

@@ -104,6 +104,29 @@ def test_wordcount_refuses_bad_arguments_in_one_line(tmp_path, args, match):
     assert match in proc.stderr.splitlines()[-1]
 
 
+def test_wordcount_on_a_fifo_an_empty_file_and_absurd_partitions(tmp_path):
+    """A FIFO was said not to exist; an empty file printed nothing at all; --partitions 100000
+    ran for minutes on a 3-word file (a reducer call per partition). Each is now one line."""
+    script = str(REPO / "examples" / "wordcount.py")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "small.txt").write_text("a b c\n")
+
+    def run(*args):
+        return subprocess.run([sys.executable, script, *args], cwd=tmp_path, env=_example_env(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+
+    fifo = run("fifo")
+    assert fifo.returncode == 1 and fifo.stderr.splitlines() == [
+        "wordcount: fifo is not a regular file or a directory (a FIFO); give a file, a directory, or an s3:// URL"], fifo
+    empty = run("empty.txt")
+    assert empty.returncode == 0 and empty.stdout == "0 words in empty.txt\n", empty
+    absurd = run("small.txt", "--partitions", "100000")
+    assert absurd.returncode == 2 and "Traceback" not in absurd.stderr
+    assert "--partitions: '100000' is more than 1,000 reducers" in absurd.stderr.splitlines()[-1], absurd.stderr
+    assert _stored(tmp_path) == []
+
+
 def test_parameter_server_small(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server binary on PATH (.ci/run installs it with apt-get install redis-server)")

@@ -385,6 +385,23 @@ def test_get_return_exceptions(remote):
         wrenpack.get(futs)
 
 
+class BadStrError(Exception):
+    def __str__(self):
+        raise RuntimeError("str fails")
+
+
+def raises_bad_str(_):
+    raise BadStrError()
+
+
+def test_an_exception_whose_str_raises_is_the_calls_error_on_every_backend(remote):
+    """The worker's handler, shared by every backend, formatted its message: the call's process
+    died ("exit code 0") and the call was retried and reported as a crash (WorkerCrashed)."""
+    fut = remote(raises_bad_str, retries=1).remote(0)
+    assert isinstance(fut.exception(timeout=120), BadStrError)
+    assert "raises_bad_str" in str(fut.exception().__cause__)
+
+
 def chatty(x):
     import sys
 

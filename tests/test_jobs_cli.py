@@ -168,6 +168,25 @@ def test_one_unreadable_job_does_not_hide_the_others(home, caplog):
     assert store.exists(keys.job_record_key(JOB))  # (done, kept for its retention)
 
 
+@pytest.mark.parametrize("name", ["job.json", "owner.json"])
+def test_a_folder_where_a_jobs_record_would_be_does_not_hide_the_others(home, name):
+    """`mkdir jobs/ID/job.json` (any store writer can) made `wrenpack jobs` and `jobs --json`
+    fail as a whole with "no job 'ID' in the store; `wrenpack jobs` lists the jobs there"."""
+    store = _store()
+    good = _plant(store, JOB, user_key())
+    _finish(good)
+    junk = "20260101-000000-00000002"
+    (home / "store" / "jobs" / junk / name).mkdir(parents=True)
+    out = _cli("jobs", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["id"]: r for r in json.loads(out.stdout)["jobs"]}
+    assert rows[JOB]["state"] == "done"
+    assert rows[junk]["state"] == "unreadable" and "no job record" in rows[junk]["why"], rows[junk]
+    out = _cli("jobs")
+    assert out.returncode == 0 and junk in out.stdout and JOB in out.stdout, out.stderr
+    assert "unreadable" in out.stdout
+
+
 def test_a_store_path_that_does_not_exist_is_not_created_by_jobs_or_clean(home, tmp_path):
     """`wrenpack jobs --storage TYPO` made the directory TYPO (and its parents) and said "no jobs".
     Its --json (and clean's) told a missing store from an empty one only in the text

@@ -88,6 +88,33 @@ wrenpack.remote(square).spawn_map(range(3))
 """
 
 
+@pytest.mark.parametrize("kind, why", [("mode", r"others can read or write it \(mode 644"),
+                                       ("link", "it is a symbolic link"), ("short", "it is 1 bytes long, not 32"),
+                                       ("folder", "it is not a regular file")])
+def test_an_owner_key_that_is_not_trusted_is_named_with_its_reason(home, monkeypatch, kind, why):
+    """spawn_map said "there is no usable owner key ...; make its directory writable" of a
+    writable directory: the reason (mode, link, size) was only in a log line before it."""
+    from wrenpack.executor import owner
+
+    monkeypatch.setattr(owner, "_key", None)
+    path = owner.key_path()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if kind == "link":
+        (home / "elsewhere.key").write_bytes(os.urandom(32))
+        os.chmod(home / "elsewhere.key", 0o600)
+        os.symlink(home / "elsewhere.key", path)
+    elif kind == "folder":
+        os.mkdir(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(os.urandom(32) if kind == "mode" else b"x")
+        os.chmod(path, 0o644 if kind == "mode" else 0o600)
+    with pytest.raises(wrenpack.WrenpackError, match=f"the owner key {path} that would seal the job is not used, as "
+                                                     f"{why}.*; remove it so a new one is made") as info:
+        wrenpack.remote(_square, executor=Executor(backend="local")).spawn_map([1])
+    assert "\n" not in str(info.value) and "make its directory writable" not in str(info.value)
+
+
 def test_a_driver_killed_inside_spawn_map_leaves_no_job_behind(home):
     """SIGKILL between handing the job over and reading the supervisor's "ok": the job's
     record and owner record stayed, listed as a lost job for its whole retention (7 days)."""

@@ -436,6 +436,11 @@ def test_a_map_reduce_running_at_exit_leaves_no_intermediate_objects(tmp_path):
 
 
 # -- wrenpack clean --stale / --all -------------------------------------------------------
+#: job ids of the form wrenpack makes: ``clean --all``/``--stale`` leave any other folder under jobs/
+LIVE, GONE, NOBODY = "20260101-000000-0000a11e", "20260101-000000-00000901", "20260101-000000-00000000"
+LAMBDA, LOCAL, STOPPED, STOPPING, FORGED = (f"20260102-000000-0000000{i}" for i in range(5))
+
+
 def _clean(tmp_path, *argv):
     from wrenpack.cli.cmd_clean import cmd_clean
 
@@ -454,28 +459,82 @@ def test_clean_stale_and_all(tmp_path, capsys, monkeypatch):
     store = LocalStore(str(tmp_path / "store"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    live = owner_record("live", "live")
+    live = owner_record("live", LIVE)
     # (the record of a process that is gone, sealed as its owner would have)
-    gone = owner_wire.seal(user_key(), "gone", dict(owner_record("gone"), pid=dead.pid, start="1"))
-    for job, owner in (("live", live), ("gone", gone), ("nobody", None)):
+    gone = owner_wire.seal(user_key(), GONE, dict(owner_record("gone"), pid=dead.pid, start="1"))
+    for job, owner in ((LIVE, live), (GONE, gone), (NOBODY, None)):
         store.put(f"jobs/{job}/func.pkl", b"x")
         if owner is not None:
             store.put(keys.owner_key(job), json.dumps(owner).encode())
     assert _clean(tmp_path, "--stale") == 0
     out = json.loads(capsys.readouterr().out)
     # A job without an owner record is kept: whether its owner runs cannot be checked.
-    assert out["jobs"] == 1 and out["skipped"] == ["nobody", "live"]
-    assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == ["live", "nobody"]
+    assert out["jobs"] == 1 and out["skipped"] == [NOBODY, LIVE]
+    assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == sorted([LIVE, NOBODY])
     assert _clean(tmp_path, "--stale", "--force") == 0  # the user's override: those too, never a live one
     assert json.loads(capsys.readouterr().out)["jobs"] == 1
-    assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == ["live"]
+    assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == [LIVE]
     with pytest.raises(wrenpack.ConfigError, match="still running.*--force"):
         _clean(tmp_path, "--all")
     with pytest.raises(wrenpack.ConfigError, match="still running"):
-        _clean(tmp_path, "live")
+        _clean(tmp_path, LIVE)
     assert store.list("jobs/")
     assert _clean(tmp_path, "--all", "--force") == 0
     assert store.list("jobs/") == []
+
+
+def _project(root):
+    """A folder wrenpack never wrote, with jobs/ and shuffle/ in it (a --storage typo's)."""
+    for rel, text in (("jobs/results/summary.txt", "y"), ("shuffle/run1/part", "x"), ("data/train.csv", "z")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    root.chmod(0o700)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_clean_removes_nothing_from_a_folder_wrenpack_never_wrote(tmp_path, capsys, monkeypatch):
+    """`clean --storage DIR --all` removed DIR/jobs/results/summary.txt and DIR/shuffle/run1/part
+    of a project folder, no --force needed: only folders named as wrenpack names its jobs and
+    map_reduces are its own. Such a folder is said not to be a store, in one line."""
+    from wrenpack.cli.cmd_clean import cmd_clean
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    project = tmp_path / "store"  # (where _clean looks)
+    files = _project(project)
+    for argv in (("--all",), ("--all", "--force"), ("--stale", "--force")):
+        assert _clean(tmp_path, *argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["removed"] == 0 and out["wrenpack_store"] is False, (argv, out)
+        assert out["skipped"] == ["jobs/results/", "shuffle/run1/"] and "not wrenpack's" in out["skipped_why"]["jobs/results/"]
+    ns = argparse.Namespace(job_ids=[], all=True, stale=False, force=True, storage=str(project), region=None,
+                            profile=None, s3_endpoint_url=None, json=False)
+    assert cmd_clean(ns) == 0
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and "does not look like a wrenpack store" in said and "check --storage" in said, said
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == files
+    # A folder with other things in it and no jobs/ at all (`--storage ~`, /etc) is no store either.
+    other = tmp_path / "other"
+    (other / "notes").mkdir(parents=True)
+    other.chmod(0o700)
+    ns.storage = str(other)
+    assert cmd_clean(ns) == 0 and "does not look like a wrenpack store" in capsys.readouterr().out
+
+
+def test_clean_all_in_a_store_leaves_what_wrenpack_did_not_name(tmp_path, capsys, monkeypatch):
+    """In a real store, --all removes the jobs and map_reduces wrenpack named and reports the rest as skipped."""
+    from wrenpack.executor.core import new_job_id
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    files = _project(tmp_path / "store")
+    store = LocalStore(str(tmp_path / "store"))
+    job, sid = new_job_id(), "0123456789ab"
+    store.put(keys.func_key(job), b"x")
+    store.put(keys.shuffle_part_key(sid, 0), b"x")
+    assert _clean(tmp_path, "--all", "--force") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["wrenpack_store"] is True and out["jobs"] == 1 and out["map_reduces"] == 1 and out["removed"] == 2, out
+    assert out["skipped"] == ["jobs/results/", "shuffle/run1/"]
+    assert sorted(str(p.relative_to(tmp_path / "store")) for p in (tmp_path / "store").rglob("*") if p.is_file()) == files
 
 
 def test_clean_stale_waits_out_the_late_writes_of_calls_that_outlive_their_driver(tmp_path, capsys, monkeypatch):
@@ -499,49 +558,49 @@ def test_clean_stale_waits_out_the_late_writes_of_calls_that_outlive_their_drive
             record["late_s"] = late_s
         return owner_wire.seal(user_key(), job, record)
 
-    for job, record in (("lambda", gone("lambda", 1530.0)), ("local", gone("local"))):
+    for job, record in ((LAMBDA, gone(LAMBDA, 1530.0)), (LOCAL, gone(LOCAL))):
         store.put(keys.owner_key(job), json.dumps(record).encode())
         for name in ("func.pkl", "args/c0", "cancel", "cancel.c1"):
             store.put(f"jobs/{job}/{name}", b"x")
     before = time.time()
     assert _clean(tmp_path, "--stale") == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["jobs"] == 2 and set(out["awaiting_late_writes"]) == {"lambda"}
-    assert before + 1530 <= out["awaiting_late_writes"]["lambda"] <= time.time() + 1530
-    assert store.list("jobs/local/") == []
-    assert sorted(store.list("jobs/lambda/")) == ["jobs/lambda/cancel", "jobs/lambda/cancel.c1", keys.owner_key("lambda")]
-    record = json.loads(store.get(keys.owner_key("lambda")))
-    assert owner_wire.verify(user_key(), "lambda", record) and before <= record["swept"] <= time.time()
+    assert out["jobs"] == 2 and set(out["awaiting_late_writes"]) == {LAMBDA}
+    assert before + 1530 <= out["awaiting_late_writes"][LAMBDA] <= time.time() + 1530
+    assert store.list(f"jobs/{LOCAL}/") == []
+    assert sorted(store.list(f"jobs/{LAMBDA}/")) == [f"jobs/{LAMBDA}/cancel", f"jobs/{LAMBDA}/cancel.c1", keys.owner_key(LAMBDA)]
+    record = json.loads(store.get(keys.owner_key(LAMBDA)))
+    assert owner_wire.verify(user_key(), LAMBDA, record) and before <= record["swept"] <= time.time()
 
-    store.put("jobs/lambda/result/c0", b"late")  # a call's late write
+    store.put(f"jobs/{LAMBDA}/result/c0", b"late")  # a call's late write
     assert _clean(tmp_path, "--stale") == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["removed"] == 1 and "lambda" in out["awaiting_late_writes"]
-    assert json.loads(store.get(keys.owner_key("lambda")))["swept"] == record["swept"]  # (counted from the first)
+    assert out["removed"] == 1 and LAMBDA in out["awaiting_late_writes"]
+    assert json.loads(store.get(keys.owner_key(LAMBDA)))["swept"] == record["swept"]  # (counted from the first)
 
     # Once that time has passed, all of it goes.
-    store.put(keys.owner_key("lambda"), json.dumps(gone("lambda", 1530.0, swept=time.time() - 1531)).encode())
+    store.put(keys.owner_key(LAMBDA), json.dumps(gone(LAMBDA, 1530.0, swept=time.time() - 1531)).encode())
     assert _clean(tmp_path, "--stale") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["awaiting_late_writes"] == {} and store.list("jobs/") == []
 
     # A driver's exit names the calls it stopped (``running``): once each has its result, none will
     # write again and the job goes at once; until then, its record stays.
-    for job, results in (("stopped", ["00000", "00001"]), ("stopping", ["00000"])):
+    for job, results in ((STOPPED, ["00000", "00001"]), (STOPPING, ["00000"])):
         store.put(keys.owner_key(job), json.dumps(gone(job, 1530.0, running=["00000", "00001"])).encode())
         for cid in results:
             store.put(keys.result_key(job, cid), b"r")
     assert _clean(tmp_path, "--stale") == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["jobs"] == 2 and set(out["awaiting_late_writes"]) == {"stopping"}
-    assert store.list("jobs/") == [keys.owner_key("stopping")]
-    store.delete_prefix(keys.job_prefix("stopping"))
+    assert out["jobs"] == 2 and set(out["awaiting_late_writes"]) == {STOPPING}
+    assert store.list("jobs/") == [keys.owner_key(STOPPING)]
+    store.delete_prefix(keys.job_prefix(STOPPING))
 
     # A late_s nobody sealed decides nothing: the record does not verify, the job is kept as unknown.
-    forged = dict(gone("forged", 1530.0), late_s=10**9)
-    store.put(keys.owner_key("forged"), json.dumps(forged).encode())
+    forged = dict(gone(FORGED, 1530.0), late_s=10**9)
+    store.put(keys.owner_key(FORGED), json.dumps(forged).encode())
     assert _clean(tmp_path, "--stale") == 0
-    assert json.loads(capsys.readouterr().out)["skipped"] == ["forged"]
+    assert json.loads(capsys.readouterr().out)["skipped"] == [FORGED]
 
 
 def test_clean_stale_removes_the_intermediates_of_a_killed_map_reduce(tmp_path, capsys, monkeypatch):

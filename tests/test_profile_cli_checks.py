@@ -33,6 +33,10 @@ def gen(n=3):
 async def agen(n=3):
     open(MARK, "a").close()
     yield n
+
+def reads():
+    open(MARK, "a").close()
+    return input()
 """)
     return mod, marker
 
@@ -94,6 +98,46 @@ def test_an_async_function_object_is_refused_by_the_api_too():
 
     with pytest.raises(ProfileError, match=r"twice is an async function: .*asyncio\.run\(twice\(x\)\)"):
         wrenpack.profile(twice, 1, save=False)
+
+
+def test_a_plot_path_that_cannot_be_written_is_refused_before_the_function_runs(targets, capsys):
+    """/proc passes the folder checks (root's access() says yes): the picture failed after the run."""
+    mod, marker = targets
+    code, out, err = cli(f"{mod}:ok", "--plot", "/proc/nope.png", "--no-save", capsys=capsys)
+    assert code == 1 and err.strip().splitlines() == [
+        "wrenpack: error: --plot /proc/nope.png: cannot write it (No such file or directory); choose a writable path "
+        "for --plot"], err
+    assert not marker.exists()
+
+
+def test_the_profiled_function_reads_no_stdin(targets, tmp_path):
+    """Its process read the command's stdin: with a pipe held open (`sleep 20 | wrenpack profile`), a
+    function that reads it waited 20 s. It now gets /dev/null, and EOF at once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    mod, marker = targets
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "wrenpack", "profile", f"{mod}:reads", "--no-save"], cwd=tmp_path,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # (not communicate(): it closes stdin, the EOF this test must not give)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is not None, "the profiled function waited on the command's stdin"
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 1 and "EOFError" in err and marker.exists(), (out, err)
+    assert time.monotonic() - t0 < 60
 
 
 def test_a_plain_function_still_runs(targets, capsys):

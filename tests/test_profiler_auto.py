@@ -59,6 +59,37 @@ def test_scaling_and_single_call_profiles_are_kept_apart(tmp_path, memory_only):
     assert store.load(key, kind=store.SCALING)["scaling"]["target"] == TARGET
 
 
+@pytest.mark.parametrize("content, why", [
+    ('{"recomm', "Unterminated string"),  # (unparsable: warned of before too)
+    ("[]", "not a profile"),
+    ('{"recommended": {"memory_mb": "512"}}', "missing"),
+    ('{"target": "t", "peak_memory_mb": 1, "duration_s": 1, "recommended": {"memory_mb": NaN, "timeout_s": 10}}', "NaN"),
+    ('{"target": "t", "peak_memory_mb": 1, "duration_s": 1, "recommended": {"memory_mb": -5, "timeout_s": 10}}',
+     "memory_mb=-5 MB is outside Lambda's range"),
+    ('{"target": "t", "peak_memory_mb": 1, "duration_s": 1, "recommended": {"memory_mb": 1000000000000, "timeout_s": 10}}',
+     "outside Lambda's range"),
+    ('{"target": "t", "peak_memory_mb": 1, "duration_s": 1, "recommended": {"memory_mb": 256, "timeout_s": 1e300}}',
+     "timeout_s="),
+])
+def test_a_saved_profile_that_is_json_but_not_a_usable_profile_is_ignored(monkeypatch, caplog, content, why):
+    """Profiles are plain JSON that any process of the user can write: valid JSON that is no
+    profile crashed memory="auto" calls (AttributeError, TypeError, "cannot convert float NaN"),
+    and an out-of-range memory was blamed on "options", the file unnamed. Each is now what an
+    unparsable file was: a warning naming the file, and the function profiled afresh."""
+    key = code_hash(targets.eight_bytes)
+    path = store.path_for(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    fresh = api.Profile(target="t", peak_memory_mb=1.0, duration_s=0.1, code_hash=key,
+                        recommended={"memory_mb": 256, "timeout_s": 30, "ephemeral_storage_mb": 512})
+    ran = []
+    monkeypatch.setattr(api, "run_profile", lambda fn, args, kwargs: ran.append(1) or fresh)
+    with caplog.at_level(logging.WARNING, logger="wrenpack.profiler"):
+        got = api.auto_settings(targets.eight_bytes, (1000,))
+    assert ran == [1] and got["memory_mb"] == 256 and got["timeout_s"] == 30
+    assert f"ignoring unreadable saved profile {path}" in caplog.text and why in caplog.text, caplog.text
+
+
 def test_size_rule_finds_value_len_and_nbytes():
     sizes = [10, 20, 40]
     assert sizing.size_rule(sizes, [{"value": n, "len": None} for n in sizes]) == {"measure": "value", "per_unit": 1.0}

@@ -783,7 +783,7 @@ def test_the_owner_key_is_private_and_a_shared_one_is_not_trusted(tmp_path, monk
     monkeypatch.setattr(owner, "_key", None)
     with caplog.at_level("WARNING", logger="wrenpack.executor.owner"):
         assert owner.user_key() is None
-    assert "not a private file of yours" in caplog.text and "owner_record" not in caplog.text
+    assert "others can read or write it (mode 644" in caplog.text and "owner_record" not in caplog.text
     assert owner.owner_record("f", "j1").get("mac") is None  # written unsealed: `clean --stale` keeps its job
 
 

@@ -198,3 +198,15 @@ class BudgetExceeded(BuildError):
     def __init__(self, message: str, rows: list[tuple[str, int]] | None = None) -> None:
         super().__init__(message)
         self.rows = rows or []
+
+
+def exc_text(exc: BaseException) -> str:
+    """``str(exc)``, never raising: a user's exception whose ``__str__`` raises (or
+    returns no ``str``) gives a note naming that instead. Every message built from
+    an exception the user's code may have made goes through this: an f-string of
+    such an exception raised again in the worker's error path, the call's process
+    died without a reply and the call was retried and reported as a crash."""
+    try:
+        return str(exc)
+    except (Exception, SystemExit) as inner:  # noqa: BLE001 - whatever their __str__ raises (not a ^C)
+        return f"<{type(exc).__name__}.__str__ raised {type(inner).__name__}>"

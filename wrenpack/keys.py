@@ -30,6 +30,8 @@ the call's zero-padded index in its map. Standard library only.
 """
 from __future__ import annotations
 
+import re
+
 JOBS = "jobs/"
 #: How many prefixes a job's result and segment records spread over.
 RESULT_SHARDS = 4
@@ -113,6 +115,24 @@ def call_cancel_key(job_id: str, call_id: str) -> str:
     """One call's cancel marker (``wrenpack.cancel`` of a running call on Lambda):
     the key a call's event names as its ``cancel_key`` unless its job's is there."""
     return f"{JOBS}{job_id}/cancel.{call_id}"
+
+
+#: the names wrenpack gives a job (``executor.core.new_job_id``: local time to the second, then
+#: 32 random bits) and a map_reduce's intermediates (``shuffle/<id>/``: 48 random bits). ``wrenpack
+#: clean --all`` and ``--stale`` remove only folders named so: a ``--storage`` naming a folder
+#: wrenpack never wrote, with ``jobs/`` or ``shuffle/`` in it, lost those files.
+JOB_ID_FORM = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}")
+SHUFFLE_ID_FORM = re.compile(r"[0-9a-f]{12}")
+
+
+def is_job_id(name: str) -> bool:
+    """Whether ``name`` has the form of a job id wrenpack makes."""
+    return JOB_ID_FORM.fullmatch(name) is not None
+
+
+def is_shuffle_id(name: str) -> bool:
+    """Whether ``name`` has the form of a map_reduce's shuffle id."""
+    return SHUFFLE_ID_FORM.fullmatch(name) is not None
 
 
 def call_id_from_key(key: str) -> str:

@@ -210,12 +210,13 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     from wrenpack.storage.s3 import S3Store
 
     store = S3Store(bucket, "cli", endpoint_url=aws_cli)
-    for job in ("j1", "j2"):
+    j1, j2, j3 = (f"20260101-000000-0000000{i}" for i in (1, 2, 3))  # (--all removes only ids of wrenpack's form)
+    for job in (j1, j2):
         store.put(f"jobs/{job}/func.pkl", b"x")
         store.put(f"jobs/{job}/result/00000.res", b"x")
-    code, out, _ = run(capsys, "clean", "j1", "--json")
+    code, out, _ = run(capsys, "clean", j1, "--json")
     assert code == 0 and json.loads(out)["removed"] == 2
-    assert store.list("jobs/") == ["jobs/j2/func.pkl", "jobs/j2/result/00000.res"]
+    assert store.list("jobs/") == [f"jobs/{j2}/func.pkl", f"jobs/{j2}/result/00000.res"]
     assert run(capsys, "clean", "--all")[0] == 0
     assert store.list("jobs/") == []
     with pytest.raises(SystemExit) as usage:  # (naming nothing is a usage error: 2, as its --help says)
@@ -223,8 +224,8 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     assert usage.value.code == 2 and "--all" in capsys.readouterr().err
     # the local store works the same way
     local = tmp_path / "store"
-    (local / "jobs" / "j3").mkdir(parents=True)
-    (local / "jobs" / "j3" / "func.pkl").write_bytes(b"x")
+    (local / "jobs" / j3).mkdir(parents=True)
+    (local / "jobs" / j3 / "func.pkl").write_bytes(b"x")
     code, out, _ = run(capsys, "clean", "--all", "--storage", str(local))
     assert code == 0 and "removed 1 object" in out
 

@@ -11,6 +11,11 @@ why (``--stale --force`` removes those too). ``--all`` and named jobs refuse
 to remove a job whose owner still runs unless ``--force``. On a local store,
 temporary files (``.tmp-*``) that writers killed mid-write left behind more
 than five minutes ago are swept too.
+
+``--all`` and ``--stale`` touch only folders whose names wrenpack gives
+(``keys.is_job_id``, ``keys.is_shuffle_id``): anything else under ``jobs/`` or
+``shuffle/`` is left and reported as skipped, and a ``--storage`` with nothing
+of wrenpack's in it is said not to be a store (nothing removed, nothing swept).
 """
 from __future__ import annotations
 
@@ -97,6 +102,22 @@ def cmd_clean(args: argparse.Namespace) -> int:
         return 0
     store = store_for_config(config)
     key = user_key(create=False)
+    found_jobs: list[str] = []
+    found_shuffles: list[str] = []
+    foreign: dict[str, str] = {}  # --all/--stale: folders under jobs/ or shuffle/ that wrenpack did not name -> why
+    if not given:
+        for j in job_ids(store):
+            if keys.is_job_id(j):
+                found_jobs.append(j)
+            else:
+                foreign[keys.job_prefix(j)] = "not a job id wrenpack makes (such as 20261205-143416-73377e87): not wrenpack's"
+        for sid in store.list_folders(keys.SHUFFLE):
+            if keys.is_shuffle_id(sid):
+                found_shuffles.append(sid)
+            else:
+                foreign[keys.shuffle_prefix(sid)] = "not a map_reduce id wrenpack makes (12 hex digits): not wrenpack's"
+        if not found_jobs and not found_shuffles and (foreign or _holds_other_things(store)):
+            return _not_a_store(store, foreign, args.json)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
     retained: dict[str, str] = {}  # --stale: spawned jobs kept for their retention
     running: dict[str, str] = {}  # --stale: jobs kept because their owner (a spawned job's supervisor) runs
@@ -104,7 +125,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if args.stale:
         # Only what the user's own sealed record says is gone; a job in doubt is kept (--force removes it too).
         targets = []
-        for j in job_ids(store):
+        for j in found_jobs:
             state, why = job_state(store, j, key)
             if state == "stale" or (state == "unknown" and args.force):
                 targets.append(j)
@@ -115,16 +136,16 @@ def cmd_clean(args: argparse.Namespace) -> int:
             elif state == "live":  # (before, left out of "skipped": --json did not say it was there)
                 running[j] = why
         shuffles = []
-        for sid in store.list_folders(keys.SHUFFLE):
+        for sid in found_shuffles:
             state, why = shuffle_state(store, sid, key)
             if state == "stale" or (state == "unknown" and args.force):
                 shuffles.append(sid)
             elif state == "unknown":
                 kept[f"map_reduce {sid}"] = why
-        skipped = sorted(kept) + sorted(retained) + sorted(running)
+        skipped = sorted(kept) + sorted(retained) + sorted(running) + sorted(foreign)
     else:
-        named = job_ids(store) if args.all else given
-        shuffles = store.list_folders(keys.SHUFFLE) if args.all else []
+        named = found_jobs if args.all else given
+        shuffles = found_shuffles if args.all else []
         if not args.all:
             unknown = [j for j in named if not j or not store.list(keys.job_prefix(j))]
             if unknown:
@@ -148,7 +169,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
             shown = ", ".join(live[:3]) + (" ..." if len(live) > 3 else "")
             raise ConfigError(f"{len(live)} job(s) belong to a program still running ({shown}); "
                               "wait for it to end, use --stale for orphaned jobs only, or pass --force")
-        targets, skipped = named, []
+        targets, skipped = named, sorted(foreign)
     # --stale: a gone driver's calls on Lambda may still write for a while: what they wrote so far
     # goes, the owner record (and the cancel markers they look for) until then, for a later clean.
     late: dict[str, float] = {}
@@ -162,7 +183,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
             until = _late_writes_until(store, keys.shuffle_owner_key(sid), keys.shuffle_owner_id(sid), key, now)
             if until is not None:
                 late[f"map_reduce {sid}"] = until
-    if args.all and args.force and not live:
+    if args.all and args.force and not live and not foreign:
         removed = {keys.JOBS: store.delete_prefix(keys.JOBS)}
     else:
         removed = {keys.job_prefix(j): (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
@@ -185,9 +206,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
             swept = sum(store.abort_unfinished_uploads(p, UPLOAD_AGE_S) for p in (keys.JOBS, keys.SHUFFLE, USER_PREFIX))
     total = sum(removed.values())
     if args.json:
-        print(json.dumps({"store": store.url, "store_exists": True, "removed": total, "prefixes": removed, "jobs": len(targets),
+        print(json.dumps({"store": store.url, "store_exists": True, "wrenpack_store": True, "removed": total, "prefixes": removed, "jobs": len(targets),
                           "map_reduces": len(shuffles), "awaiting_late_writes": late,
-                          "tmp_swept": swept, "skipped": skipped, "skipped_why": {**kept, **retained, **running}}))
+                          "tmp_swept": swept, "skipped": skipped,
+                          "skipped_why": {**kept, **retained, **running, **foreign}}))
     else:
         extra = (f", {swept} stray temporary file(s)" if isinstance(store, LocalStore) else
                  f", {swept} unfinished upload(s) over a day old") if swept else ""
@@ -202,10 +224,52 @@ def cmd_clean(args: argparse.Namespace) -> int:
             print(f"kept {len(retained)} spawned job(s) within their retention (remove one by name)")
         if running:
             print(f"kept {len(running)} job(s) still running")
+        if foreign:
+            print(f"left {len(foreign)} folder(s) whose names wrenpack never gives, so it did not write them: {_folders(foreign)}")
         if late:
             until = time.strftime("%H:%M", time.localtime(max(late.values())))
             print(f"kept the owner record of {len(late)} job(s) whose calls, sent before their program was gone, may "
                   f"still write until {until}; a `wrenpack clean --stale` after that removes what they wrote")
+    return 0
+
+
+def _folders(foreign: dict[str, str]) -> str:
+    """The folders ``foreign`` names, a few of them, printable."""
+    from wrenpack.job.client import printable
+
+    names = sorted(foreign)
+    return printable(", ".join(names[:3])) + (", ..." if len(names) > 3 else "")
+
+
+def _holds_other_things(store: Any) -> bool:
+    """Whether a local store's directory holds anything wrenpack does not put at its top
+    (``jobs/``, ``shuffle/``, ``data/`` of ``wrenpack.store()``, temporary files): a
+    ``--storage`` naming a project folder, or ``/etc``. (One look at that directory; on
+    S3 the listing of ``jobs/`` and ``shuffle/`` alone decides.)"""
+    from wrenpack.storage.data import USER_PREFIX
+    from wrenpack.storage.local import LocalStore
+
+    if not isinstance(store, LocalStore):
+        return False
+    ours = {keys.JOBS.rstrip("/"), keys.SHUFFLE.rstrip("/"), USER_PREFIX.rstrip("/")}
+    try:
+        with os.scandir(store.root) as entries:
+            return any(e.name not in ours and not e.name.startswith(".tmp-") for e in entries)
+    except OSError:
+        return False
+
+
+def _not_a_store(store: Any, foreign: dict[str, str], as_json: bool) -> int:
+    """``clean --all``/``--stale`` on a folder with nothing of wrenpack's in it: said in one
+    line, nothing removed (not even stray temporary files: the sweep walks the whole folder)."""
+    if as_json:
+        print(json.dumps({"store": store.url, "store_exists": True, "wrenpack_store": False, "removed": 0, "prefixes": {},
+                          "jobs": 0, "map_reduces": 0, "awaiting_late_writes": {}, "tmp_swept": 0,
+                          "skipped": sorted(foreign), "skipped_why": foreign}))
+    else:
+        left = f"; left {len(foreign)} folder(s): {_folders(foreign)}" if foreign else ""
+        print(f"removed nothing from {store.url}: it does not look like a wrenpack store (nothing under jobs/ or "
+              f"shuffle/ has a name wrenpack gives{left}); check --storage")
     return 0
 
 
@@ -258,7 +322,8 @@ def register(subparsers: Any, name: str) -> None:
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="job(s) to remove")
     p.add_argument("--stale", action="store_true", help="remove the jobs whose owner process is gone (as their "
                    "owner records sealed with your key say)")
-    p.add_argument("--all", action="store_true", help="remove every job's objects (refused while an owner runs)")
+    p.add_argument("--all", action="store_true", help="remove every job's objects (refused while an owner runs; folders whose "
+                   "names wrenpack never gives are left)")
     p.add_argument("--force", action="store_true", help="remove jobs even if their owner still runs (with --stale: "
                    "also the jobs whose owner cannot be checked, never those whose owner runs)")
     p.add_argument("--storage", help="store to clean (default: the storage setting)")

@@ -181,6 +181,16 @@ def _check_plot(path: str) -> None:
         raise ProfileError(f"--plot {path}: no folder {folder}; create it or choose a writable path for --plot")
     if not os.access(folder, os.W_OK):
         raise ProfileError(f"--plot {path}: folder {folder} is not writable; choose a writable path for --plot")
+    # The file itself, opened as the plot will be (not truncated, and removed again if this made it): a folder
+    # writable by its mode may still refuse a file (/proc, a read-only mount, root's access() says yes to all).
+    existed = os.path.lexists(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ProfileError(f"--plot {path}: cannot write it ({exc.strerror}); choose a writable path for --plot") from None
+    os.close(fd)
+    if not existed:
+        os.unlink(path)
 
 
 def _freeze_at_exit() -> None:

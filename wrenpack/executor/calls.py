@@ -31,7 +31,7 @@ import cloudpickle
 from wrenpack import keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
 from wrenpack.errors import (CallCancelled, ConfigError, CorruptObject, ExecutorShutdown, ObjectNotFound, ProtocolError, RemoteTraceback,
-                             StoreError, TaskError, TaskTimeout, WrenpackError)
+                             StoreError, TaskError, TaskTimeout, WrenpackError, exc_text)
 from wrenpack.executor.options import CallOptions
 from wrenpack.executor.owner import owner_record
 from wrenpack.futures import CallOwner, WrenFuture
@@ -405,7 +405,7 @@ class CallTable:
             err = StoreError(f"{inv.label}: could not complete the call: {os_reason(exc)} ({self.store.url})")
         else:
             log.debug("completing %s failed", inv.label, exc_info=True)
-            err = WrenpackError(f"{inv.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}")
+            err = WrenpackError(f"{inv.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc_text(exc)}")
         with self._lock:
             stopped = not job.finished(inv.key[1]) and self._stop_wins(job, inv.key[1])
         if stopped and not isinstance(err, CancelledError):
@@ -499,7 +499,7 @@ class CallTable:
         if late or (not ok and self._should_retry(job, inv, value)):
             if retried is None:
                 retried = fut._retried = []
-            retried.append(f"{type(value).__name__}: {value}")
+            retried.append(f"{type(value).__name__}: {exc_text(value)}")
             fut.retried_statuses.append(dict(final, error=retried[-1]))
             self._retry(job, inv, value, late=late, status=final)
             return
@@ -544,7 +544,7 @@ class CallTable:
                      inv.label, inv.event.get("segment"))
         else:
             log.warning("%s failed (%s: %s); retrying (attempt %d of %d) as retry_on asks", inv.label, type(exc).__name__,
-                        exc, attempt + 1, inv.retries + 1)
+                        exc_text(exc), attempt + 1, inv.retries + 1)
         # The failed attempt's result object would win the next write ("first wins").
         self.store.delete(keys.result_key(job.job_id, cid))
         again = dataclasses.replace(inv, attempt=attempt, event=_resuming(dict(inv.event, attempt=attempt), status))

@@ -27,7 +27,8 @@ import time
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from wrenpack.errors import CallCancelled, CorruptObject, ExecutorShutdown, TaskTimeout, WorkerCrashed, WorkerLost, WrenpackError
+from wrenpack.errors import (CallCancelled, CorruptObject, ExecutorShutdown, TaskTimeout, WorkerCrashed, WorkerLost, WrenpackError,
+                             exc_text)
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.profiled import code_key, uses_checkpoint
 from wrenpack.futures import CallOwner, WrenFuture, stop_running
@@ -300,7 +301,8 @@ class _Plan(CallOwner):
         except BaseException as exc:  # noqa: BLE001 - never leave a call pending
             log.debug("completing a group of %s failed", self.label, exc_info=True)
             self._fail([self.items[i] for i in group],
-                       WrenpackError(f"{self.label}: wrenpack could not complete the call: {type(exc).__name__}: {exc}"))
+                       WrenpackError(f"{self.label}: wrenpack could not complete the call: {type(exc).__name__}: "
+                                     f"{exc_text(exc)}"))
 
     def _group_done(self, gfut: WrenFuture, group: Sequence[int]) -> None:
         members = [self.items[i] for i in group]

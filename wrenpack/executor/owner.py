@@ -10,6 +10,7 @@ the owner from a new process that reuses its pid.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -48,27 +49,50 @@ def key_path() -> str:
     return path
 
 
+#: why the owner key at a path was refused, for ``key_problem``
+_refused: dict[str, str] = {}
+
+
+def key_problem(path: str | None = None) -> str | None:
+    """Why the owner key at ``path`` (default ``key_path()``) was refused when last read
+    ("it is readable by others (mode 644)", ...); None if it was not. A command that needs
+    the key names this: spawn_map said "make its directory writable" of a writable one."""
+    return _refused.get(path or key_path())
+
+
+def _refuse(path: str, why: str) -> None:
+    _refused[path] = why
+    log.warning("the owner key %s is not used: %s; owner records are not sealed or trusted: remove it so a new one "
+                "is made", path, why)
+
+
 def _read_key(path: str) -> bytes | None:
     """The key in ``path`` if it is a private regular file of this user (not a link);
     None if there is none. Any other file is not trusted: logged, None."""
+    _refused.pop(path, None)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        log.warning("cannot read the owner key %s (%s); remove it so a new one is made", path, exc.strerror)
+        _refuse(path, "it is a symbolic link" if exc.errno == errno.ELOOP else f"it cannot be read ({exc.strerror})")
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            log.warning("the owner key %s is not a private file of yours (uid %d, mode %o); owner records "
-                        "are not sealed or trusted: remove it so a new one is made", path, st.st_uid, stat.S_IMODE(st.st_mode))
+        if not stat.S_ISREG(st.st_mode):
+            _refuse(path, "it is not a regular file")
+            return None
+        if st.st_uid != os.geteuid():
+            _refuse(path, f"it belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})")
+            return None
+        if st.st_mode & 0o077:
+            _refuse(path, f"others can read or write it (mode {stat.S_IMODE(st.st_mode):o}, not 600)")
             return None
         data = os.read(fd, KEY_BYTES + 1)
     finally:
         os.close(fd)
     if len(data) != KEY_BYTES:
-        log.warning("the owner key %s is not %d bytes; remove it so a new one is made", path, KEY_BYTES)
+        _refuse(path, f"it is {len(data) if len(data) <= KEY_BYTES else 'more than %d' % KEY_BYTES} bytes long, not {KEY_BYTES}")
         return None
     return data
 

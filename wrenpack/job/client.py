@@ -765,6 +765,13 @@ def _describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
         return _plain_row(store, job_id, key)
     except CorruptObject as exc:
         return {"id": job_id, "spawned": None, "state": "untrusted", "why": str(exc)}
+    except JobNotFound:
+        # Listed, yet no object of it can be read: a folder where its job.json (or owner.json)
+        # would be (anyone who can write to the store can make one). Raised, "no job ID" ended
+        # the whole listing: one such folder hid every job.
+        return {"id": job_id, "spawned": None, "state": "unreadable",
+                "why": (f"its folder holds no job record or owner record wrenpack can read (a folder where one would be?); "
+                        f"if nothing of yours is in {keys.job_prefix(job_id)} of the store, remove it")}
     row = job.status()
     alive, owner = job.supervisor()
     row.update(spawned=True, backend=job.record.get("backend"), owner=job.record.get("owner"),

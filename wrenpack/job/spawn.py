@@ -44,7 +44,7 @@ from wrenpack.backends import backend_class
 from wrenpack.errors import ConfigError, WrenpackError
 from wrenpack.executor.arguments import check_calls
 from wrenpack.executor.core import new_job_id
-from wrenpack.executor.owner import key_path, user_key
+from wrenpack.executor.owner import key_path, key_problem, user_key
 from wrenpack.job.client import Job, check_retention, log_path, logs_dir
 from wrenpack.wire import job_record
 from wrenpack.worker import refs
@@ -89,6 +89,10 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
     options = executor.options(**given)
     key = user_key()
     if key is None:
+        why = key_problem()
+        if why is not None:  # (one is there, but not one to trust)
+            raise WrenpackError(f"cannot spawn {label}: the owner key {key_path()} that would seal the job is not "
+                                f"used, as {why}; remove it so a new one is made")
         raise WrenpackError(f"cannot spawn {label}: there is no usable owner key at {key_path()} to seal the job "
                             "with; make its directory writable (or set WRENPACK_CACHE_DIR)")
     prepared = executor.prepare(fn, calls, options, label, handoffs=False)

@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Any, Callable, Sequence
 
+from wrenpack import limits
 from wrenpack.errors import ProfileError
 from wrenpack.profiler import launcher, packages, recommend, scaling, sizing, store
 from wrenpack.profiler.codehash import code_hash
@@ -230,8 +231,9 @@ def auto_plan(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str
         found = _auto_cache.get(key)
         if found is None:
             data = store.load(key)
-            if data is not None and data.get("recommended"):
-                prof = Profile.from_dict(data)
+            saved = _saved_call_profile(data, key) if data is not None and data.get("recommended") else None
+            if saved is not None:
+                prof = saved
                 log.info("using saved profile for %s (%s)", prof.target, key)
             else:
                 log.info("no saved profile for %s: profiling it once with the first call's arguments", label)
@@ -281,6 +283,27 @@ def auto_settings(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _saved_call_profile(data: dict[str, Any], key: str) -> Profile | None:
+    """The saved single-call profile ``data`` if its recommendation is one Lambda takes;
+    else None, with the warning an unparsable file gets. Profiles are plain JSON that any
+    process of the user (a job's code too) can write: one with the wrong fields or types
+    crashed every "auto" call with a traceback, and an out-of-range memory was refused as
+    the caller's "options", its file unnamed."""
+    try:
+        prof = Profile.from_dict(data)
+        if not isinstance(prof.recommended, dict):
+            raise TypeError("its 'recommended' is not a table")
+        memory, timeout, ephemeral = prof.memory_mb, prof.timeout_s, prof.ephemeral_storage_mb
+        limits.check_memory(memory, name="memory_mb")
+        limits.check_timeout(timeout, name="timeout_s")
+        limits.check_ephemeral(ephemeral, name="ephemeral_storage_mb")
+    except (TypeError, ValueError, OverflowError) as exc:  # (ConfigError is a ValueError)
+        store.warn_unusable(store.path_for(key), exc)
+        return None
+    return prof
+
 
 
 def _timeout_ok(timeout: float | None) -> bool:

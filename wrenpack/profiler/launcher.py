@@ -305,7 +305,9 @@ def start_job(job: dict[str, Any], call: dict[str, Any], timeout: float | None =
         import subprocess
 
         mask = None if before is None else [int(s) for s in before]
-        proc = subprocess.Popen(launcher_command(jobdir, bool(job.get("stdout_to_stderr")), mask), cwd=job.get("cwd"))
+        # stdin: nothing (a function that reads it waited for as long as the caller's stdin stayed open)
+        proc = subprocess.Popen(launcher_command(jobdir, bool(job.get("stdout_to_stderr")), mask), cwd=job.get("cwd"),
+                                stdin=subprocess.DEVNULL)
     except BaseException:
         import shutil
 
@@ -422,7 +424,8 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
         t_start = time.time()
         import subprocess
 
-        proc = subprocess.Popen(cmd, env=env, cwd=job.get("cwd"), stdout=stdout, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=job.get("cwd"), stdin=subprocess.DEVNULL, stdout=stdout,
+                                start_new_session=True)
     else:
         proc = _Started(pid)
     assert t_start is not None

@@ -122,12 +122,21 @@ def load(code_hash: str, start: str | os.PathLike[str] | None = None, kind: str 
     were kept apart (in the single-call file) is found as a scaling one."""
     path = path_for(code_hash, start, kind)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         if kind == SCALING:
             data = load(code_hash, start)
             return data if data and data.get("scaling") else None
         return None
     except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable saved profile %s: %s", path, exc)
+        warn_unusable(path, exc)
         return None
+    if not isinstance(data, dict):  # (plain JSON that any process of the user can write: `[]` crashed its readers)
+        warn_unusable(path, f"it holds a JSON {type(data).__name__}, not a profile")
+        return None
+    return data
+
+
+def warn_unusable(path: Path, why: Any) -> None:
+    """The one warning for a saved profile that cannot be used: the function is then profiled afresh."""
+    log.warning("ignoring unreadable saved profile %s: %s; profiling the function again", path, why)

@@ -29,7 +29,7 @@ from wrenpack.errors import ConfigError, ConfigTypeError, ObjectNotFound, StoreE
 from wrenpack.limits import integral
 from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
 from wrenpack.storage.base import MAX_KEY_BYTES, MAX_PART_BYTES, Reader, key_bytes, long_part, shown
-from wrenpack.storage.local import FileReader, file_version
+from wrenpack.storage.local import FileReader, _file_kind, file_version
 
 #: Where the user's objects live in wrenpack's store.
 USER_PREFIX = "data/"
@@ -820,6 +820,9 @@ def objects(source: "str | os.PathLike[str] | DataStore", *, chunk_size: int | N
         root, found = os.path.dirname(path), [(os.path.basename(path), st.st_size, file_version(st))]
     elif os.path.isdir(path):
         root, found = path, _Files(path).list_versions("")
+    elif os.path.exists(path):  # (a FIFO, socket or device: it was said not to exist)
+        raise StoreError(f"{source} is not a regular file or a directory (a {_file_kind(os.stat(path).st_mode)}); "
+                         "give a file, a directory, or an s3:// URL")
     else:
         raise StoreError(f"{source} does not exist; give an existing file or directory, or an s3:// URL")
     return _ranges({"type": "files", "root": root}, found, chunk_size, delimiter, record_size, source)

@@ -21,7 +21,7 @@ from typing import Any
 
 import cloudpickle
 
-from wrenpack.errors import CorruptObject, MissingDependency, RemoteError, RemoteTraceback, WrenpackError
+from wrenpack.errors import CorruptObject, MissingDependency, RemoteError, RemoteTraceback, WrenpackError, exc_text
 
 #: The outcome tuples' shape; a change of it is a new version (tests/test_wire_golden.py).
 VERSION = 1
@@ -34,7 +34,10 @@ LABELLED = "wrenpack-labelled"
 
 def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tuple[Any, ...]:
     """The one place the error 6-tuple is built; an unpicklable exception keeps
-    its type name and message. ``kind``: "user" (theirs) or "wrenpack" (ours)."""
+    its type name and message. ``kind``: "user" (theirs) or "wrenpack" (ours).
+    Never raises for the exception's own faults: its message is taken with
+    ``exc_text`` (an exception whose ``__str__`` raises travels as itself, its
+    message read on the client when asked, as ``ProcessPoolExecutor`` does)."""
     if tb_text is None:
         tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc_bytes: bytes | None = None
@@ -50,7 +53,7 @@ def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tu
         exc_bytes = data
         break
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return ("error", exc_bytes, name, str(exc), tb_text, kind)
+    return ("error", exc_bytes, name, exc_text(exc), tb_text, kind)
 
 
 class _ByState:
@@ -178,6 +181,6 @@ def loads_outcome(data: Any, what: str, buffers: Any = None) -> Outcome:
         err.name = exc.name
         raise err from None
     except Exception as exc:  # noqa: BLE001
-        raise CorruptObject(f"the {what} is authentic but cannot be unpickled here ({type(exc).__name__}: {exc}); "
+        raise CorruptObject(f"the {what} is authentic but cannot be unpickled here ({type(exc).__name__}: {exc_text(exc)}); "
                             "client and worker must run the same Python and cloudpickle") from None
     return Outcome.from_tuple(t, what)

@@ -67,7 +67,7 @@ import cloudpickle
 
 from wrenpack import keys
 from wrenpack.limits import integral
-from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError, TaskError
+from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError, TaskError, exc_text
 from wrenpack.wire.checkpoint import Place, Saves, seal_checkpoint
 from wrenpack.worker import refs
 
@@ -187,7 +187,7 @@ def dumps_state(state: Any, prefix: bytes = b"") -> bytes:
                 cloudpickle.Pickler(buf).dump(state)
                 return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - whatever the pickler raises
-        reason = (str(exc).splitlines() or [""])[0][:200]
+        reason = (exc_text(exc).splitlines() or [""])[0][:200]
         raise SerializationError(
             f"the checkpoint state (a {type(state).__name__}) could not be pickled ({type(exc).__name__}: {reason}); "
             "offer plain data (numbers, text, lists, dicts, arrays) and rebuild the rest after restore()"
@@ -274,7 +274,7 @@ def _loads(data: Any, label: str) -> Any:
     try:
         return cloudpickle.loads(data)
     except Exception as exc:  # noqa: BLE001
-        raise CorruptObject(f"the checkpoint of {label} is authentic but cannot be unpickled ({type(exc).__name__}: {exc}); re-run") from None
+        raise CorruptObject(f"the checkpoint of {label} is authentic but cannot be unpickled ({type(exc).__name__}: {exc_text(exc)}); re-run") from None
 
 
 def decode(blob: bytes, saves: Saves, label: str) -> Any:

@@ -50,7 +50,7 @@ import cloudpickle
 from wrenpack import auth, keys
 from wrenpack.errors import (
     CallCancelled, CorruptObject, EphemeralStorageExceeded, MissingDependency, ObjectNotFound, ProtocolError, RemoteError,
-    SdkTooOld, SerializationError, StoreError, TaskTimeout, WrenpackError,
+    SdkTooOld, SerializationError, StoreError, TaskTimeout, WrenpackError, exc_text,
 )
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
@@ -204,8 +204,9 @@ def _loads(data: Any, what: str, buffers: Any = None) -> Any:
         raise _missing(exc) from None
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any decode failure is reported the same way
         part = unpickling.culprit(data, buffers)
+        said = exc_text(exc)
         reason = f"unpickling it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
-            str(exc).splitlines()[0][:200] if str(exc) else ""
+            said.splitlines()[0][:200] if said else ""
         err = SerializationError(
             f"{what} could not be unpickled in the worker ({type(exc).__name__}{': ' + reason if reason else ''})"
             f"{'; what failed: ' + part if part else ''}; an object tied to the client's process "
@@ -491,7 +492,26 @@ class _Ran:
 def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, load_fn: Callable[[], Any],
              load_args: Callable[[], Any], begin_checkpoint: Callable[[], Any], before: Callable[[], None] | None = None) -> _Ran:
     """Load the function and arguments, run the call, pickle its outcome: the part
-    that runs the user's code (in the handler's process, or in a job's child)."""
+    that runs the user's code (in the handler's process, or in a job's child).
+
+    A fault while its outcome is made (wrenpack's, or an exception of the user's
+    that defeats even ``error_tuple``) fails the call with a ``WrenpackError``
+    naming it. Escaping, it ended the call's process without a reply: read as a
+    crash in native code ("died (exit code 0)"), the call was run again."""
+    try:
+        return _execute_call(ev, event, context, start, load_fn=load_fn, load_args=load_args,
+                             begin_checkpoint=begin_checkpoint, before=before)
+    except Exception as exc:  # noqa: BLE001 - the call ran: its error, never a crash to retry
+        log.warning("%s: its outcome could not be made", ev.label, exc_info=True)
+        err = WrenpackError(f"its outcome could not be made ({type(exc).__name__}: {exc_text(exc)}); "
+                            "this is a bug in wrenpack: report it with the remote traceback")
+        return _Ran("error", error_outcome(err, "wrenpack", tb_text=traceback.format_exc()), None, {})
+
+
+def _execute_call(ev: Event, event: dict[str, Any], context: Any, start: float, *, load_fn: Callable[[], Any],
+                  load_args: Callable[[], Any], begin_checkpoint: Callable[[], Any],
+                  before: Callable[[], None] | None = None) -> _Ran:
+    """``_execute``'s work."""
     global soft_deadline
     kind = "ok"
     run_s: float | None = None  # the function's own time, without loading it and its arguments
@@ -521,7 +541,7 @@ def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, lo
                                          _result_room(context) if slab is not None else None)
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(
-                f"the result (a {type(value).__name__}) could not be pickled: {exc}; return plain data instead"
+                f"the result (a {type(value).__name__}) could not be pickled: {exc_text(exc)}; return plain data instead"
             ) from None
     except checkpoint.SegmentDone:
         kind, outcome = "checkpointed", b""
@@ -653,9 +673,9 @@ def _tmp_full(ev: Event, exc: BaseException) -> EphemeralStorageExceeded:
     except OSError:
         size = ""
     full = _disk_full(exc)
-    said = f"{type(exc).__name__}: {exc}"
+    said = f"{type(exc).__name__}: {exc_text(exc)}"
     if full is not None and full is not exc:
-        said += f", from {type(full).__name__}: {full}"
+        said += f", from {type(full).__name__}: {exc_text(full)}"
     return EphemeralStorageExceeded(
         f"{ev.label} filled its /tmp{size}, its ephemeral_storage ({said}); raise "
         "ephemeral_storage= (up to 10240 MB) or write less / stream to the store")

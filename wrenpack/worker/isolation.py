@@ -81,6 +81,7 @@ import time
 from typing import Any, Callable
 
 from wrenpack.boot import NO_CWD
+from wrenpack.errors import exc_text
 from wrenpack.process_state import descendants  # noqa: F401 - (callers name it isolation.descendants)
 from wrenpack.worker import streams
 from wrenpack.worker.fds import close_all, close_quietly
@@ -1340,7 +1341,7 @@ def run_call(child: Child, head: dict[str, Any], blob: bytes, fds: list[int], se
         try:
             answer, answer_blob = serve(got, data)
         except Exception as exc:  # noqa: BLE001 - reported to the child, which raises it in the call
-            answer, answer_blob = {"error": f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__}, b""
+            answer, answer_blob = {"error": f"{type(exc).__name__}: {exc_text(exc)}", "kind": type(exc).__name__}, b""
         try:
             send(child.sock, answer, answer_blob, to_child=True)
         except OSError:

@@ -33,6 +33,7 @@ import time
 from typing import Any, Callable
 
 from wrenpack import process_state
+from wrenpack.errors import exc_text
 from wrenpack.wire import driver_message, frames, worker_reply
 from wrenpack.worker import streams
 from wrenpack.worker.fds import close_quietly
@@ -373,7 +374,7 @@ def serve(sock: socket.socket, worker_dir: str | None = None, ahead_fd: int | No
             try:
                 reply, blob, out = worker_reply.of_call(handler(event, ctx))
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, worker keeps serving
-                reply = worker_reply.failed(f"{type(exc).__name__}: {exc}", memory.peak_rss_mb())
+                reply = worker_reply.failed(f"{type(exc).__name__}: {exc_text(exc)}", memory.peak_rss_mb())
                 child_died = True
             finally:
                 for fd in ctx.handoff_fds:  # not taken by the handler (a refused event)

@@ -38,7 +38,7 @@ import cloudpickle
 
 from wrenpack import auth, keys
 from wrenpack.errors import (ConfigError, ConfigTypeError, CorruptObject, ObjectNotFound, SerializationError,
-                             WrenpackError)
+                             WrenpackError, exc_text)
 from wrenpack.storage import Store
 from wrenpack.limits import integral
 from wrenpack.storage import data as user_data
@@ -112,7 +112,7 @@ def _frames(obj: Any, what: str = "the value") -> list[Any]:
                 header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
             except Exception as exc:  # noqa: BLE001 - a lock, a socket, a generator: named, in one line
                 raise SerializationError(f"map_reduce: {what} (a {type(obj).__name__}) could not be pickled: "
-                                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                                         f"{(exc_text(exc).splitlines() or [type(exc).__name__])[0]}; "
                                          "return plain data instead") from None
         raws = [b.raw() for b in buffers]
     prefix = magic + struct.pack(f"<{2 + len(raws)}Q", len(raws), len(header), *(r.nbytes for r in raws))
