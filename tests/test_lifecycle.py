@@ -366,6 +366,14 @@ def test_stray_tmp_files_go_with_their_job_and_are_swept(tmp_path):
     from wrenpack.storage.local import sweep_tmp
 
     assert sweep_tmp(store, 300) == 1 and not old.exists() and young.exists()
+    # Only wrenpack's own: a user's .tmp-* file beside the store's folders, or one named otherwise
+    # in them, stays (the whole root was swept).
+    theirs = [tmp_path / "project" / ".tmp-999-3-0", tmp_path / "jobs" / "j2" / ".tmp-notes"]
+    theirs[0].parent.mkdir()
+    for path in theirs:
+        path.write_bytes(b"the user's")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert sweep_tmp(store, 300) == 0 and all(p.exists() for p in theirs)
 
 
 def _files(root) -> list[str]:

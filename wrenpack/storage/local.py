@@ -26,11 +26,12 @@ import errno
 import itertools
 import mmap
 import os
+import re
 import stat
 import threading
 from typing import Any, Iterable, Iterator
 
-from wrenpack import process_state
+from wrenpack import keys, process_state
 from wrenpack.errors import CorruptObject, ObjectNotFound, StoreError
 from wrenpack.storage.base import MAX_PART_BYTES, Reader, Store, changed, long_part, shown
 
@@ -622,20 +623,29 @@ def _lexists(name: str, dir_fd: int) -> bool:
         return False
 
 
+#: the name of a writer's temporary file (``LocalStore.put``: ``.tmp-<pid>-<thread>-<n>``)
+_TMP_NAME = re.compile(r"\.tmp-\d+-\d+-\d+")
+#: the folders of a store wrenpack writes in: jobs, map_reduce intermediates, ``wrenpack.store()`` data
+_SWEPT_PREFIXES = (keys.JOBS, keys.SHUFFLE, "data/")  # ("data/": storage.data.USER_PREFIX, which imports this module)
+
+
 def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
-    """Remove temporary files (``.tmp-*``) that writers killed mid-write left,
-    older than ``older_than_s``; return how many."""
+    """Remove temporary files that writers killed mid-write left, older than
+    ``older_than_s``; return how many. Only wrenpack's own (its writers' names, in
+    the folders it writes): a ``.tmp-*`` file of the user's in a folder beside them
+    is not one (the whole root was swept, whatever was in it)."""
     import time
 
     cutoff = time.time() - older_than_s
     removed = 0
-    for _rel, _dirs, files, fd in store._walk(""):
-        for name in files:
-            if name.startswith(".tmp-"):
-                with contextlib.suppress(OSError):
-                    if os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime < cutoff:
-                        os.unlink(name, dir_fd=fd)
-                        removed += 1
+    for prefix in _SWEPT_PREFIXES:
+        for _rel, _dirs, files, fd in store._walk(prefix):
+            for name in files:
+                if _TMP_NAME.fullmatch(name):
+                    with contextlib.suppress(OSError):
+                        if os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(name, dir_fd=fd)
+                            removed += 1
     return removed
 
 
