@@ -88,6 +88,8 @@ def test_a_saved_profile_that_is_json_but_not_a_usable_profile_is_ignored(monkey
         got = api.auto_settings(targets.eight_bytes, (1000,))
     assert ran == [1] and got["memory_mb"] == 256 and got["timeout_s"] == 30
     assert f"ignoring unreadable saved profile {path}" in caplog.text and why in caplog.text, caplog.text
+    # (and the run that follows is said, as a warning: it happens here, side effects and all)
+    assert "running it here once, with the first call's arguments" in caplog.text, caplog.text
 
 
 def test_size_rule_finds_value_len_and_nbytes():

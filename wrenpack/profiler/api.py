@@ -236,7 +236,11 @@ def auto_plan(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: dict[str
                 prof = saved
                 log.info("using saved profile for %s (%s)", prof.target, key)
             else:
-                log.info("no saved profile for %s: profiling it once with the first call's arguments", label)
+                # (a warning: it runs the call here, to its end, before anything is launched, so its
+                # side effects happen twice and this machine must hold its memory)
+                log.warning("wrenpack: no saved profile for %s: running it here once, with the first call's "
+                            "arguments, to size memory/timeout='auto' (its side effects happen here too; "
+                            "`wrenpack profile` ahead of time avoids this)", label)
                 try:
                     prof = run_profile(fn, args, kwargs)
                 except ProfileError as exc:
