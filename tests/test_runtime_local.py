@@ -1,6 +1,8 @@
 """``@wrenpack.remote(runtime=PATH)``: local workers see only the built runtime."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import wrenpack
@@ -60,7 +62,7 @@ def test_not_a_runtime_is_a_clear_error(tmp_path, executor):
 
 
 # The user's own project, not installed: a package, modules that use it, a module imported
-# inside a function body. A runtime= worker (as a Lambda one) can import none of them.
+# by a name made at run time. A runtime= worker (as a Lambda one) can import none of them.
 _PROJECT = {
     "wp_um_pkg/__init__.py": "",
     "wp_um_pkg/sub.py": "from . import other\ndef g(x):\n    return other.h(x) + 1\n",
@@ -105,26 +107,26 @@ def project(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def test_a_chain_of_user_modules_travels(tiny_runtime, executor, project):
-    """third -> wp_um_two.outer (a user module's attribute) -> inner -> the user's package."""
+def test_a_user_package_that_did_not_travel_is_named_as_the_users_own_and_the_fix_it_gives_works(
+        tiny_runtime, executor, project):
+    """third -> wp_um_two.outer (a user module's attribute) -> inner -> the user's package, which
+    does not travel by value (the function does not name it). The worker's hint was
+    "wrenpack build-runtime wp_um_pkg": a PyPI project of that name, someone else's code. It now
+    says the module is the user's own and how to send it, and that works."""
+    import cloudpickle
+
+    pkg = sys.modules["wp_um_pkg"]
     f = wrenpack.remote(project["wp_um_three"].third, executor=executor, runtime=tiny_runtime)
-    assert f.remote(1).result(timeout=60) == 101
-
-
-def test_an_argument_of_a_user_class_travels_with_what_its_methods_use(tiny_runtime, executor, project):
-    two = project["wp_um_two"]
-    f = wrenpack.remote(two.use_model, executor=executor, runtime=tiny_runtime)
-    assert f.remote(two.Model(2), 1).result(timeout=60) == 202
-
-
-def test_a_returned_instance_of_a_user_class(tiny_runtime, executor, project):
-    f = wrenpack.remote(project["wp_um_two"].make_model, executor=executor, runtime=tiny_runtime)
-    assert f.remote(3).result(timeout=60).predict(1) == 303
-
-
-def test_a_user_module_imported_inside_the_function(tiny_runtime, executor, project):
-    f = wrenpack.remote(project["wp_um_inside"].imports_inside, executor=executor, runtime=tiny_runtime)
-    assert f.remote(3).result(timeout=60) == 6
+    with pytest.raises(wrenpack.MissingDependency, match=r"module 'wp_um_pkg.*', which is your own code \(.*proj/"
+                       r"wp_um_pkg\).*register_pickle_by_value\(wp_um_pkg\)") as info:
+        f.remote(1).result(timeout=60)
+    assert "build-runtime" not in str(info.value)
+    cloudpickle.register_pickle_by_value(pkg)
+    try:
+        g = wrenpack.remote(project["wp_um_three"].third, executor=executor, runtime=tiny_runtime)
+        assert g.remote(1).result(timeout=60) == 101
+    finally:
+        cloudpickle.unregister_pickle_by_value(pkg)
 
 
 def test_a_user_module_the_worker_lacks_is_named_as_the_users_own(tiny_runtime, executor, project):

@@ -15,29 +15,21 @@ than only "cannot pickle".
 """
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import io
-import itertools
-import logging
-import operator
 import os
 import sys
 import sysconfig
 import threading
 import types
-import weakref
 from collections import ChainMap, OrderedDict
 from functools import lru_cache
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import cloudpickle
 
 from wrenpack.errors import SerializationError
 
-
-log = logging.getLogger(__name__)
 
 _DYNAMIC_CODE = "<dynamic-code>"
 _cp_code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
@@ -134,9 +126,8 @@ def own_module_note(name: str | None) -> str | None:
             return None
     where = os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path
     return (f"the function needs module {name!r}, which is your own code ({where}), not a package to install: it "
-            f"did not travel with the function (one imported by a name made at run time does not); import it with an "
-            f"import statement in the function (then it is sent with it), or register it in the driver if the function "
-            f"reaches its objects another way (import {top}, cloudpickle; cloudpickle.register_pickle_by_value({top})), "
+            f"did not travel with the function (only the modules the function names as globals do); register it in "
+            f"the driver so it travels by value (import {top}, cloudpickle; cloudpickle.register_pickle_by_value({top})), "
             f"or copy it into the runtime's python/ directory; do not install a package named {top!r} (from PyPI "
             f"that would be someone else's code)")
 
@@ -152,439 +143,43 @@ def _top_package(module: types.ModuleType) -> types.ModuleType:
     return sys.modules.get(top, module)
 
 
-class Needs(NamedTuple):
-    """What a function (or a call's arguments) needs from the user's own code."""
-
-    #: top-level user packages and modules, pickled by value while it is pickled
-    modules: frozenset[types.ModuleType]
-    #: user modules a function body imports by name (``import helper``): shipped
-    #: with the pickle into the worker's ``sys.modules`` (by value alone, an
-    #: import statement run there would not find them)
-    imported: tuple[str, ...]
-
-
-_NO_NEEDS = Needs(frozenset(), ())
-_AN_ATOM = object()  # (a cell's value was a number, a string, bytes...)
-#: how far the walk goes: objects visited in all, and steps from the function
-_WALK_NODES = 4000
-_WALK_DEPTH = 12
-#: items of one container looked into
-_WALK_ITEMS = 256
-
-
 def user_modules_of(fn: Any) -> set[types.ModuleType]:
     """The user modules a function's pickle would otherwise refer to by name."""
-    return set(needs_of(fn).modules)
-
-
-def needs_of(fn: Any) -> Needs:
-    """The user modules ``fn`` reaches, as cloudpickle will pickle it: through its
-    globals (its nested functions' and comprehensions' too), closures, defaults,
-    the user modules it names (their whole namespace: a module pickled by value
-    carries all of it), the classes it reaches (bases, methods, properties), the
-    functions those reach, and the modules its body imports. Each of those
-    would otherwise go by name, and the worker, which lacks them, would fail
-    with ``MissingDependency`` (the local backend, which sees the driver's
-    ``sys.path``, would not: "works locally, fails on Lambda").
-
-    Walked once per function and kept while every read the walk made (a global,
-    a cell, a namespace, an entry of ``sys.modules``) still gives the same object;
-    a launch checks that instead of walking again (``_Reads``)."""
-    key = id(fn)
-    hit = _needs.get(key)
-    if hit is not None and hit[0]() is fn and hit[1].valid():
-        return hit[2]
-    needs, reads = _walk([fn])
-    try:
-        # (weakly: a function the user dropped, and what it closes over, is not kept here)
-        ref = weakref.ref(fn, lambda r: _forget_needs(key, r))
-    except TypeError:
-        return needs  # (not weakly referable: walked at each launch)
-    with _needs_lock:
-        _purge_needs()
-        _needs[key] = (ref, reads, needs)
-        _needs.move_to_end(key)
-        while len(_needs) > _MAX_NEEDS:
-            _needs.popitem(last=False)
-    return needs
-
-
-def _forget_needs(key: int, ref: Any) -> None:
-    """A function's walk goes when the function does (a weak reference's callback).
-    That can run at any allocation, also inside ``_needs_lock`` or in the middle of
-    a change of ``_needs`` in this thread: the entry is only noted then, and
-    removed at the next walk kept (never a deadlock on the lock)."""
-    _needs_dead.append((key, ref))
-    if _needs_lock.acquire(blocking=False):
-        try:
-            _purge_needs()
-        finally:
-            _needs_lock.release()
-
-
-def _purge_needs() -> None:
-    """(Under ``_needs_lock``.) Drop the entries of functions that are gone."""
-    while _needs_dead:
-        key, ref = _needs_dead.pop()
-        hit = _needs.get(key)
-        if hit is not None and hit[0] is ref:
-            del _needs[key]
-
-
-def needs_of_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Needs:
-    """What a call's arguments need: the user classes of the arguments (and of the
-    items of an argument that is a container, and of the attributes of one that
-    is an instance of a user class, one level down), each walked once per class
-    (``_type_needs``), and the functions and classes passed as arguments. Per call,
-    so it stays shallow; a user class deeper in the data than that still travels
-    by value when its module is one the function reaches."""
-    todo: list[tuple[Any, int]] = [(value, 1) for value in args]
-    if kwargs:
-        todo += [(value, 1) for value in kwargs.values()]
-    parts: list[Needs] = []
-    for value, down in todo:  # (grows as it goes: one level down)
-        t = type(value)
-        if t in _ATOMS:
-            continue
-        if t in _CONTAINERS:
-            if down:
-                todo += [(item, 0) for item in itertools.islice(value.values() if t is dict else value, 16)]
-            continue
-        if t in _OBJECT_KINDS or isinstance(value, type):
-            needs = needs_of(value)  # (a function or class passed as an argument)
-        else:
-            needs, users = _type_needs(t)
-            if down and users:
-                attrs = getattr(value, "__dict__", None)
-                if type(attrs) is dict:
-                    todo += [(item, 0) for item in itertools.islice(attrs.values(), 16)]
-        if needs.modules or needs.imported:
-            parts.append(needs)
-    return _merge(parts)
-
-
-def _merge(parts: list[Needs]) -> Needs:
-    parts = [p for p in parts if p.modules or p.imported]
-    if not parts:
-        return _NO_NEEDS
-    if len(parts) == 1:
-        return parts[0]
-    return Needs(frozenset().union(*(p.modules for p in parts)),
-                 tuple(dict.fromkeys(name for p in parts for name in p.imported)))
-
-
-def _type_needs(t: type) -> tuple[Needs, bool]:
-    """``needs_of`` for an argument's class, and whether it is pickled by value
-    (the user's own); kept per class: the class of a map's arguments is walked
-    once, not per call (a class changed after its first call is not walked again)."""
-    try:
-        return _types_walked[t]
-    except KeyError:
-        pass
-    except TypeError:  # (not weakly referable)
-        return _walk([t])[0], _pickled_by_value(t)[0]
-    found = (_walk([t])[0], _pickled_by_value(t)[0])
-    with _needs_lock, contextlib.suppress(TypeError):
-        _types_walked[t] = found
-    return found
-
-
-#: id(fn) -> (a weak reference to fn, the reads its walk made, what it found)
-_needs: "OrderedDict[int, tuple[Any, _Reads, Needs]]" = OrderedDict()
-_needs_lock = threading.Lock()
-#: (id, weak reference) of functions gone whose entries are still to be dropped
-_needs_dead: list[tuple[int, Any]] = []
-_MAX_NEEDS = 256
-_types_walked: "weakref.WeakKeyDictionary[type, tuple[Needs, bool]]" = weakref.WeakKeyDictionary()
-_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
-_OBJECT_KINDS = frozenset({types.FunctionType, types.MethodType, functools.partial})
-
-
-class _Reads:
-    """The reads a walk made, to tell later whether it would find the same: each
-    mapping's keys and the objects they gave (``_MISSING`` for absent), the
-    length of those read whole (only that for a container too large to look at
-    every item of), cells' contents, functions' attributes, lists' items. Checked
-    by identity, in C (``map``), far cheaper than the walk."""
-
-    __slots__ = ("keys", "whole", "cells", "attrs", "lists")
-
-    def __init__(self) -> None:
-        self.keys: dict[int, tuple[Any, list[Any], list[Any]]] = {}
-        self.whole: list[tuple[Any, int]] = []
-        #: (a weak reference to a function, the index of its cell, the value or a weak reference to it)
-        self.cells: list[tuple[Any, int, Any]] = []
-        #: (a weak reference to a function: these would keep the function alive, attribute, value)
-        self.attrs: list[tuple[Any, str, Any]] = []
-        self.lists: list[tuple[list[Any], tuple[Any, ...]]] = []
-
-    def get(self, mapping: Any, key: Any) -> Any:
-        value = mapping.get(key, _MISSING)
-        entry = self.keys.get(id(mapping))
-        if entry is None:
-            entry = self.keys[id(mapping)] = (mapping, [], [])
-        entry[1].append(key)
-        entry[2].append(value)
-        return value
-
-    def items(self, mapping: Any) -> list[Any]:
-        """A namespace read whole (a user module's, a class's, an instance's)."""
-        pairs = list(mapping.items())
-        entry = self.keys.get(id(mapping))
-        if entry is None:
-            entry = self.keys[id(mapping)] = (mapping, [], [])
-        for k, v in pairs:
-            entry[1].append(k)
-            entry[2].append(v)
-        self.whole.append((mapping, len(pairs)))
-        return [v for _, v in pairs]
-
-    def valid(self) -> bool:
-        is_ = operator.is_
-        for mapping, keys, values in self.keys.values():
-            if not all(map(is_, map(mapping.get, keys, itertools.repeat(_MISSING)), values)):
-                return False
-        for mapping, n in self.whole:
-            if len(mapping) != n:
-                return False
-        for ref, i, value in self.cells:
-            fn = ref()
-            if fn is None:
-                return False
-            try:
-                now = fn.__closure__[i].cell_contents
-            except ValueError:
-                now = _MISSING
-            if value is _AN_ATOM:
-                if type(now) not in _ATOMS:
-                    return False
-            elif now is not (value() if type(value) is weakref.ref else value):
-                return False
-        for ref, attr, value in self.attrs:
-            obj = ref()
-            if obj is None or getattr(obj, attr, _MISSING) is not value:
-                return False
-        for items, kept in self.lists:
-            if len(items) != len(kept) or not all(map(is_, items, kept)):
-                return False
-        return True
-
-
-@lru_cache(maxsize=4096)
-def _code_info(code: types.CodeType) -> tuple[tuple[str, ...], tuple[tuple[str, int, tuple[str, ...]], ...]]:
-    """A code object's names (its nested code objects' too: inner functions,
-    lambdas, comprehensions share its globals) and its imports: (name, level,
-    fromlist) of each ``IMPORT_NAME``. Code objects are immutable: kept per code."""
-    import dis
-
-    names: dict[str, None] = {}
-    imports: list[tuple[str, int, tuple[str, ...]]] = []
-    todo = [code]
-    while todo:
-        c = todo.pop()
-        names.update(dict.fromkeys(c.co_names))
-        todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-        if not c.co_names:
-            continue
-        # IMPORT_NAME takes the level and the fromlist the two instructions before it push
-        before: list[Any] = [None, None]
-        for ins in dis.get_instructions(c):
-            if ins.opname == "IMPORT_NAME":
-                level, fromlist = (_const(i) for i in before)
-                imports.append((ins.argval, level if type(level) is int else 0,
-                                tuple(x for x in fromlist if isinstance(x, str)) if type(fromlist) is tuple else ()))
-            before = [before[1], ins]
-    return tuple(names), tuple(imports)
-
-
-def _const(ins: Any) -> Any:
-    """The constant an instruction pushes (LOAD_CONST; LOAD_SMALL_INT on newer Pythons), else None."""
-    return ins.argval if ins is not None and ins.opname in ("LOAD_CONST", "LOAD_SMALL_INT") else None
-
-
-def _pickled_by_value(obj: Any) -> tuple[bool, types.ModuleType | None]:
-    """Whether cloudpickle will pickle function or class ``obj`` by value once the
-    user modules are registered, and its module when that is a user module."""
-    name = getattr(obj, "__module__", None)
-    module = sys.modules.get(name) if isinstance(name, str) else None
-    if module is None or name == "__main__":
-        return True, None  # (dynamic: cloudpickle's own by-value case)
-    if is_user_module(module):
-        return True, module
-    if _CP_HELPERS:
-        try:
-            return not _cp._should_pickle_by_reference(obj), None
-        except Exception:  # noqa: BLE001 - an odd object: by name, as before
-            return False, None
-    return False, None
-
-
-def _resolve_import(name: str, level: int, package: Any) -> str | None:
-    if not level:
-        return name
-    if not isinstance(package, str) or not package:
-        return None
-    parts = package.rsplit(".", level - 1)
-    if len(parts) < level:
-        return None
-    base = parts[0]
-    return f"{base}.{name}" if name else base
-
-
-def _walk(roots: list[Any]) -> tuple[Needs, _Reads]:
-    """``needs_of``'s walk, breadth first from ``roots`` (``_WALK_NODES``, ``_WALK_DEPTH``)."""
-    reads = _Reads()
     found: set[types.ModuleType] = set()
-    imported: dict[str, None] = {}
     seen: set[int] = set()
-    queue = collections.deque((root, 0) for root in roots)
-    nodes = 0
-    while queue:
-        obj, depth = queue.popleft()
-        t = type(obj)
-        if t in _ATOMS or id(obj) in seen:
-            continue
+
+    def visit(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 3:
+            return
         seen.add(id(obj))
-        nodes += 1
-        if nodes > _WALK_NODES:
-            log.debug("stopped looking for the user modules %r needs after %d objects", roots[0], _WALK_NODES)
-            break
-        down = depth + 1
-        more: list[Any] = []
-        try:
-            if isinstance(obj, types.ModuleType):
-                if is_user_module(obj):
-                    found.add(_top_package(obj))
-                    # Pickled by value, a module carries its whole namespace (not its __builtins__).
-                    more = reads.items(vars(obj))
-                    builtins = obj.__dict__.get("__builtins__")
-                    if builtins is not None:
-                        seen.add(id(builtins))
-            elif t is types.FunctionType:
-                by_value, module = _pickled_by_value(obj)
-                if not by_value:
-                    continue
-                if module is not None:
-                    found.add(_top_package(module))
-                code = obj.__code__
-                ref = weakref.ref(obj)
-                reads.attrs.append((ref, "__code__", code))
-                names, imports = _code_info(code)
-                g = obj.__globals__
-                more = [v for v in (reads.get(g, n) for n in names) if v is not _MISSING]
-                for i, cell in enumerate(obj.__closure__ or ()):
-                    try:
-                        value = cell.cell_contents
-                    except ValueError:
-                        value = _MISSING
-                    if type(value) in _ATOMS:  # (its kind is all the walk looks at: a large bytes is not kept)
-                        reads.cells.append((ref, i, _AN_ATOM))
-                        continue
-                    try:  # (weakly where it can: a nested function that calls itself holds itself in a cell)
-                        reads.cells.append((ref, i, weakref.ref(value)))
-                    except TypeError:
-                        reads.cells.append((ref, i, value))
-                    if value is not _MISSING:
-                        more.append(value)
-                for attr in ("__defaults__", "__kwdefaults__"):
-                    value = getattr(obj, attr)
-                    reads.attrs.append((ref, attr, value))
-                    if value:
-                        more.append(value)
-                for name, level, fromlist in imports:
-                    absolute = _resolve_import(name, level, reads.get(g, "__package__"))
-                    if absolute is None:
-                        continue
-                    wanted = [absolute] + [f"{absolute}.{x}" for x in fromlist if x != "*"]
-                    for full in wanted:
-                        parts = full.split(".")
-                        for i in range(1, len(parts) + 1):
-                            module = reads.get(sys.modules, ".".join(parts[:i]))
-                            if isinstance(module, types.ModuleType) and is_user_module(module):
-                                found.add(_top_package(module))
-                                imported[module.__name__] = None
-                                more.append(module)
-            elif isinstance(obj, type):
-                by_value, module = _pickled_by_value(obj)
-                if not by_value:
-                    continue
-                if module is not None:
-                    found.add(_top_package(module))
-                more = list(obj.__mro__[1:]) + reads.items(obj.__dict__)
-            elif t in (staticmethod, classmethod):
-                more = [obj.__func__]
-            elif t is property:
-                more = [obj.fget, obj.fset, obj.fdel]
-            elif t is types.MethodType:
-                more = [obj.__func__, obj.__self__]
-            elif t is functools.partial:
-                more = [obj.func, obj.args, obj.keywords]
-            elif t is dict:
-                if len(obj) <= _WALK_ITEMS:
-                    more = reads.items(obj)
-                else:  # (data, most likely: its first items, and a change of its size walks again)
-                    reads.whole.append((obj, len(obj)))
-                    more = list(itertools.islice(obj.values(), _WALK_ITEMS))
-            elif t is list:
-                if len(obj) <= _WALK_ITEMS:
-                    reads.lists.append((obj, tuple(obj)))
-                else:
-                    reads.whole.append((obj, len(obj)))
-                more = obj[:_WALK_ITEMS]
-            elif t in _CONTAINERS:
-                more = list(itertools.islice(obj, _WALK_ITEMS))
-            else:
-                # An instance: its class, and its attributes where it is the user's own or a
-                # callable object (the Batch that chunksize sends holds the functions it calls).
-                more = [t]
-                attrs = getattr(obj, "__dict__", None)
-                if type(attrs) is dict and (callable(obj) or _pickled_by_value(t)[0]):
-                    more += reads.items(attrs)
-        except Exception:  # noqa: BLE001 - an object that will not be looked into (a proxy): not followed
-            log.debug("could not look into %s while looking for user modules", type(obj).__name__, exc_info=True)
-            continue
-        if down <= _WALK_DEPTH:
-            queue.extend((value, down) for value in more)
-    return Needs(frozenset(found), tuple(imported)), reads
+        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+        if is_user_module(module):
+            found.add(_top_package(module))
+        if isinstance(obj, types.FunctionType):
+            for name in obj.__code__.co_names:
+                if name in obj.__globals__:
+                    value = obj.__globals__[name]
+                    if isinstance(value, types.ModuleType):
+                        if is_user_module(value):
+                            found.add(_top_package(value))
+                    else:
+                        visit(value, depth + 1)
+            for cell in obj.__closure__ or ():
+                with contextlib.suppress(ValueError):
+                    visit(cell.cell_contents, depth + 1)
+        elif isinstance(obj, type):
+            for base in obj.__mro__[1:]:
+                visit(base, depth + 1)
+        elif callable(obj) and isinstance(getattr(obj, "__dict__", None), dict):
+            # A callable object (e.g. the Batch that chunksize sends) holds the functions it calls.
+            for value in list(obj.__dict__.values()):
+                visit(value, depth + 1)
 
-
-class _Shipped:
-    """A pickled object with the user modules it imports by name (``Needs.imported``):
-    unpickled, those are put in the worker's ``sys.modules`` first, where an import
-    statement in the function finds them."""
-
-    __slots__ = ("modules", "obj")
-
-    def __init__(self, modules: list[types.ModuleType], obj: Any) -> None:
-        self.modules, self.obj = modules, obj
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _install_shipped, (self.modules, self.obj)
-
-
-def _install_shipped(modules: list[Any], obj: Any) -> Any:
-    """Runs where the pickle is loaded: each module goes into ``sys.modules`` unless
-    that holds one of the name already (a worker that can import the real one, or
-    the driver itself), other than one shipped here before (a later pickle's copy
-    is the newer). Pickled by value (``__module__`` below): a worker of any version
-    runs it."""
-    loaded = __import__("sys").modules
-    for module in modules:
-        have = loaded.get(module.__name__)
-        if have is None or getattr(have, "__wrenpack_shipped__", False):
-            module.__wrenpack_shipped__ = True
-            loaded[module.__name__] = module
-    return obj
-
-
-_install_shipped.__module__ = "wrenpack._shipped_by_value"  # (no such module: cloudpickle pickles it by value)
-
-
-def shipped(obj: Any, needs: Needs) -> Any:
-    """``obj`` to pickle, with the modules ``needs.imported`` names (inside the
-    caller's ``by_value(needs.modules)``, so that they travel by value)."""
-    modules = [sys.modules[name] for name in needs.imported if name in sys.modules]
-    return _Shipped(modules, obj) if modules else obj
+    try:
+        visit(fn, 0)
+    finally:
+        del visit  # it refers to itself: a reference cycle on every launch otherwise
+    return found
 
 
 _registry_lock = threading.Lock()
@@ -638,16 +233,14 @@ def dumps_function(fn: Callable[..., Any], user_modules: set[types.ModuleType] |
     """Pickle a function for the workers, by value where they could not import it
     (``user_modules``: ``user_modules_of(fn)``, when the caller has it already)."""
     _check_returns_values(fn)
-    needs = needs_of(fn)
-    with by_value(set(needs.modules) if user_modules is None else user_modules):
+    with by_value(user_modules_of(fn) if user_modules is None else user_modules):
         try:
-            return dumps(shipped(fn, needs) if needs.imported else fn)
+            return dumps(fn)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - (an exit() in a __reduce__ must not end the program)
             if raised_by_a_signal(exc):
                 raise
             where = describe_unpicklable(fn, f"function {getattr(fn, '__qualname__', fn)!r}")
-            fix = _FIX_MODULE if "your module " in where else _FIX
-            raise SerializationError(f"cannot send {where}: {_short(exc)}; {fix}") from None
+            raise SerializationError(f"cannot send {where}: {_short(exc)}; {_FIX}") from None
 
 
 def _check_returns_values(fn: Callable[..., Any]) -> None:
@@ -725,8 +318,7 @@ def dumps_function_cached(fn: Callable[..., Any], user_modules: set[types.Module
     reaches a list, dict, set, an instance or a class pickled by value is
     pickled on every call, as before. A change made by another thread while
     the pickle is made is caught by running the checks again after it."""
-    if not _CP_HELPERS or not isinstance(fn, types.FunctionType) or needs_of(fn).imported:
-        # (modules shipped for its imports: open-ended namespaces no check covers)
+    if not _CP_HELPERS or not isinstance(fn, types.FunctionType):
         return dumps_function(fn, user_modules)
     kept = cached_pickle(fn, user_modules)
     if kept is not None:
@@ -979,18 +571,13 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
 
     ``spill`` (a ``wrenpack.worker.handoff.Spill``): pickle into it as it goes
     (protocol 5, large buffers out of band) and return what it finishes as
-    (bytes, or a sealed memfd for the local backend's hand-off).
-
-    The user classes of the arguments travel by value too (``needs_of_args``:
-    an instance of the user's class, whose methods use the user's package)."""
-    extra = needs_of_args(args, kwargs)
-    payload: Any = shipped((args, kwargs), extra) if extra.imported else (args, kwargs)
-    with by_value(set(user_modules or ()) | extra.modules):
+    (bytes, or a sealed memfd for the local backend's hand-off)."""
+    with by_value(user_modules or set()):
         try:
             if spill is None:
-                return dumps(payload)
+                return dumps((args, kwargs))
             try:
-                Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump(payload)
+                Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump((args, kwargs))
                 return spill.finish()
             except BaseException:
                 spill.discard()
@@ -1013,8 +600,6 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
 
 
 _FIX = "pass plain data, or create the object inside the function"
-_FIX_MODULE = ("your own modules travel whole, by value (a worker cannot import them): create such an object when it "
-               "is first used (inside a function), not when the module is imported")
 
 
 def raised_by_a_signal(exc: BaseException) -> bool:
@@ -1073,19 +658,11 @@ def describe_unpicklable(obj: Any, path: str, depth: int = 0) -> str:
         for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
             with contextlib.suppress(ValueError):
                 children.append((f"closure variable {name!r} of {path}", cell.cell_contents))
-        for name in _code_info(obj.__code__)[0]:
-            if name not in obj.__globals__:
-                continue
-            value = obj.__globals__[name]
-            if not isinstance(value, types.ModuleType):
-                children.append((f"global {name!r} used by {path}", value))
-            elif is_user_module(value):
-                children.append((f"your module {value.__name__!r} used by {path}", value))
+        for name in obj.__code__.co_names:
+            if name in obj.__globals__ and not isinstance(obj.__globals__[name], types.ModuleType):
+                children.append((f"global {name!r} used by {path}", obj.__globals__[name]))
         for i, d in enumerate(obj.__defaults__ or ()):
             children.append((f"default argument {i} of {path}", d))
-    elif isinstance(obj, types.ModuleType):
-        if is_user_module(obj):  # (it travels by value, with its whole namespace: the worker cannot import it)
-            children = [(f"global {k!r} of {path}", v) for k, v in vars(obj).items() if k != "__builtins__"]
     elif isinstance(obj, (list, tuple, set, frozenset)):
         children = [(f"item {i} of {path}", v) for i, v in enumerate(obj)]
     elif isinstance(obj, dict):

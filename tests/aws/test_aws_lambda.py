@@ -575,29 +575,3 @@ def test_a_straggler_is_probed_less_and_less_often():
     assert all(b - a == 5.0 for a, b in zip(times[5:], times[6:]))
     # A minute-long call costs about sixteen GETs, not one every poll interval after 7 s.
     assert sum(1 for t in times if t <= 60) < 16
-
-
-def test_the_users_own_modules_travel_to_lambda(moto_endpoint, bucket, lambda_endpoint, tmp_path, monkeypatch):
-    """A project of several modules, not installed (as tests/test_runtime_local.py's): a
-    module reached through another one's attribute, a class whose method uses the user's
-    package passed as an argument, a module imported inside the function. They worked on
-    the local backend and failed here with MissingDependency ("wrenpack build-runtime NAME")."""
-    import importlib
-    import sys
-
-    from tests.test_runtime_local import _PROJECT
-
-    for rel, text in _PROJECT.items():
-        path = tmp_path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        two, three, inside = (importlib.import_module(n) for n in ("wp_um_two", "wp_um_three", "wp_um_inside"))
-        with _executor(moto_endpoint, bucket, lambda_endpoint, "usermods", invocation_type="RequestResponse") as ex:
-            assert wrenpack.remote(three.third, executor=ex).remote(1).result(timeout=60) == 101
-            assert wrenpack.remote(two.use_model, executor=ex).remote(two.Model(2), 1).result(timeout=60) == 202
-            assert wrenpack.remote(inside.imports_inside, executor=ex).remote(3).result(timeout=60) == 6
-    finally:
-        for name in [n for n in sys.modules if n.startswith("wp_um_")]:
-            del sys.modules[name]

@@ -190,9 +190,8 @@ class WrenpackBackend(AutoBatchingMixin, ParallelBackendBase):
             # The tasks' functions, not joblib's batch object, name the modules
             # a worker may lack: those are pickled by value, as @wrenpack.remote does.
             modules: set[Any] = set()
-            for fn, args, kwargs in getattr(batch, "items", ()):
+            for fn, _args, _kwargs in getattr(batch, "items", ()):
                 modules |= serialize.user_modules_of(fn)
-                modules |= serialize.needs_of_args(tuple(args), dict(kwargs)).modules  # (an estimator of the user's class)
             # Every batch runs as a call of one function, ``run_batch``: the calls then share their
             # worker's warm process (the function names it), where each batch as a function of its
             # own started a process and imported the tasks' packages again (scikit-learn, for a
