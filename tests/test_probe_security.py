@@ -259,7 +259,9 @@ def test_a_planted_blake3_trailer_makes_no_reader_import_anything(tmp_path, monk
                                args=inline_args(b"x")).to_dict())
     store.put(keys.checkpoint_key("jobA", "00000"), b"anything" + auth.MAGIC_B3 + b"\0" * auth.TAG_BYTES)
     # (the parent answers the job's process with the error, which the call raises as this type)
-    answer, data = handler._Requests(store, ev)({"t": "ckpt_get"}, bytearray())
+    from wrenpack.wire.checkpoint import Saves
+
+    answer, data = handler._Requests(store, ev, Saves.of(ev))({"t": "ckpt_get"}, bytearray())
     assert answer.get("kind") == "CorruptObject" and "checkpoint/00000.pkl failed authentication" in answer.get("error", "")
     assert not data
     assert not marker.exists(), "reading a planted object imported code from sys.path in the worker's parent"
