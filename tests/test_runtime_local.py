@@ -50,6 +50,26 @@ def test_missing_dependency_fails_as_on_lambda(tiny_runtime, executor):
     assert wrenpack.remote(uses_rich, executor=executor).remote(1).result()
 
 
+def test_a_function_that_cannot_be_loaded_fails_the_same_way_on_every_call(tiny_runtime, executor):
+    """A function that closes over a module the runtime lacks cannot even be loaded there. The
+    first call said MissingDependency; the next ones on the same warm worker came without the
+    function (counted as delivered) and said CorruptObject, "the function did not come with
+    the call; re-run it", which re-running could not help."""
+    import importlib
+
+    rich = importlib.import_module("rich")
+
+    def names_rich(x):
+        return rich.__name__
+
+    f = wrenpack.remote(names_rich, executor=executor, runtime=tiny_runtime)
+    for _ in range(3):
+        with pytest.raises(wrenpack.MissingDependency, match=r"module 'rich'"):
+            f.remote(1).result(timeout=60)
+    errors = [type(fut.exception(timeout=60)).__name__ for fut in f.map(range(4))]
+    assert errors == ["MissingDependency"] * 4, errors
+
+
 def test_lambda_provided_packages_are_visible(tiny_runtime, executor):
     f = wrenpack.remote(uses_boto3, executor=executor, runtime=tiny_runtime)
     assert f.remote(0).result() == "boto3"

@@ -878,7 +878,11 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
         watch = _CancelWatch(store, ev) if ev.extra.get("cancel_key") else None
         requests = _Requests(store, ev, saves)
         got, data, got_fds = isolation.run_call(child, head, blob, fds, requests, wait_until, watch)
-        child.funcs.add(fkey)
+        if got.get("func_kept") is True:
+            # (only a function the child loaded and keeps: one whose load failed, a module it
+            # needs missing say, is sent again with the next call, which fails the same way;
+            # before, that call came without it: "the function did not come with the call")
+            child.funcs.add(fkey)
         if not isolation.spare_after_reply:
             isolation.request_spare()
         return _child_outcome(ev, got, data, got_fds)
@@ -1128,6 +1132,7 @@ def run_in_child(head: dict[str, Any], blob: bytearray, fds: list[int], rpc: Any
     peak = memory.peak_since(peak_mark)
     children_after = memory.children_peak_mb()
     reply: dict[str, Any] = {"t": "done", "kind": ran.kind, "run_s": ran.run_s, **ran.extra,
+                             "func_kept": head.get("fkey") in _functions,
                              "peak_rss_mb": round(peak, 2) if peak is not None else None,
                              "children_peak_rss_mb": round(children_after, 2) if children_after > children_before else None}
     if ran.ckpt is not None:
