@@ -250,6 +250,36 @@ def test_ctrl_c_in_an_executors_with_block_stops_its_calls_rather_than_waiting(t
     assert _objects(settings) == []
 
 
+def test_ctrl_c_while_an_executors_with_block_waits_at_its_end_stops_its_calls(tmp_path, backend_settings, capabilities,
+                                                                               backend):
+    """Ctrl-C while the block's exit waits for the calls (shutdown(wait=True)): the interrupt
+    came out of the wait and the calls ran on to their end, in a program that caught it (a
+    notebook, a server). They are stopped now, and the interrupt goes on."""
+    _calls_end_with_driver(capabilities, backend)
+    settings = backend_settings()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PREAMBLE + textwrap.dedent("""
+            import os, signal, threading, time, wrenpack
+            def slow(x):
+                time.sleep(60)
+            try:
+                with wrenpack.Executor(concurrency=2) as ex:
+                    futs = [ex.submit(slow, i) for i in range(2)]
+                    while not all(f.running() for f in futs):
+                        time.sleep(0.05)
+                    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            except KeyboardInterrupt:
+                print("caught", all(f.done() for f in futs), flush=True)
+        """)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
+        preexec_fn=interruptible,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert out.strip() == "caught True", out + err  # (before: the calls were still running)
+    assert "still running when Ctrl-C ended the executor's `with` block" in err, err
+    assert _objects(settings) == []
+
+
 @pytest.mark.slow_variants("lambda")  # (the driver writes and keeps them; on Lambda: test_aws_lambda's test_duplicate_delivery_*)
 def test_keep_objects_keeps_them_and_owner_is_recorded(make_executor):
     ex = make_executor(concurrency=1, keep_objects=True)

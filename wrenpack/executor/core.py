@@ -273,7 +273,13 @@ class Executor(CallTable, cf.Executor):
             # every one; here the program stopped 57 s after Ctrl-C, with calls of 30 s.)
             self._exit(interrupted=True)
             return None
-        self.shutdown(wait=True)
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            # Ctrl-C while the exit waits for the calls (where it is pressed most): stopped as
+            # well, then the interrupt goes on (a program that catches it had them run to the end)
+            self._exit(interrupted=True)
+            raise
         return None
 
     # -- what the launch strategies use (wrenpack.executor.feed, .grouping, ...) ----
