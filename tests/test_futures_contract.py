@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import pickle
+import sys
 import threading
 import time
 
@@ -358,6 +359,32 @@ def test_a_variable_that_cannot_be_set_leaves_none_set_for_the_next_call(monkeyp
     with pytest.raises(ValueError):
         CallScope({"env": {"WP_GOOD": "set", "WP_BAD": "x\0y"}}).run(os.environ.get, "WP_GOOD")
     assert "WP_GOOD" not in os.environ
+
+
+class GroupedAppError(Exception):
+    """An exception whose __init__ takes other arguments than it passes up: it travels by its state."""
+
+    def __init__(self, code, text):
+        super().__init__(text)
+        self.code = code
+
+
+def raises_a_group(_):
+    raise ExceptionGroup("two", [GroupedAppError(7, "a"), ValueError("c")])  # noqa: F821 - Python 3.11's
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11's")
+def test_an_exception_group_keeps_a_sub_exception_that_travels_by_its_state(executor, remote):
+    """A group holding an exception that cannot be rebuilt by calling its type became a bare
+    RemoteError ("the exception type could not be rebuilt here"): except* matched nothing. Each
+    sub-exception now travels as it would alone."""
+    with pytest.raises(ExceptionGroup) as info:  # noqa: F821
+        remote(raises_a_group).remote(1).result(timeout=60)
+    group = info.value
+    app = group.subgroup(GroupedAppError)
+    assert group.message == "two" and app is not None, repr(group)
+    assert app.exceptions[0].code == 7 and str(app.exceptions[0]) == "a"
+    assert group.subgroup(ValueError) is not None and len(group.exceptions) == 2
 
 
 # -- env, return_exceptions, logs ---------------------------------------------------

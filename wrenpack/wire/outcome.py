@@ -14,6 +14,7 @@ cloudpickle only: the worker imports this.
 """
 from __future__ import annotations
 
+import builtins
 import sys
 import traceback
 from dataclasses import dataclass
@@ -40,20 +41,75 @@ def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tu
     message read on the client when asked, as ``ProcessPoolExecutor`` does)."""
     if tb_text is None:
         tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    exc_bytes: bytes | None = None
-    for way in (exc, _ByState(exc)):
+    exc_bytes = _travelling(exc)
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return ("error", exc_bytes, name, exc_text(exc), tb_text, kind)
+
+
+def _travelling(exc: BaseException) -> bytes | None:
+    """``exc`` pickled so that it loads again, or None if no way does."""
+    found = _stand_in(exc)
+    return None if found is None else found[1]
+
+
+def _stand_in(exc: BaseException, depth: int = 0) -> tuple[Any, bytes] | None:
+    """(what to pickle for ``exc``, its pickle), checked to load again; None if nothing does.
+
+    An exception pickles as its type called with its args, which fails to load when its
+    __init__ takes other arguments than it passes up (``def __init__(self, a, b):
+    super().__init__(a)``): then it travels as its type, args and attributes, no __init__
+    run (``_ByState``). An exception group holding one such travels as a group of stand-ins,
+    each sub-exception the way it travels alone (before, the whole group became a
+    ``RemoteError`` and ``except*`` matched nothing)."""
+    ways: list[Any] = [exc, _ByState(exc)]
+    if _GROUP is not None and isinstance(exc, _GROUP) and depth < 8:
+        ways.append(_GroupByState(exc, depth))
+    for way in ways:
         try:
             data = cloudpickle.dumps(way)
-            # An exception pickles as its type called with its args, which fails to load when its
-            # __init__ takes other arguments than it passes up (``def __init__(self, a, b):
-            # super().__init__(a)``): then it travels as its type, args and attributes, no __init__ run.
             cloudpickle.loads(data)
         except Exception:  # noqa: BLE001 - an exception that cannot travel is still reported by name
             continue
-        exc_bytes = data
-        break
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return ("error", exc_bytes, name, exc_text(exc), tb_text, kind)
+        return way, data
+    return None
+
+
+#: Python 3.11's exception groups (none on 3.10)
+_GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
+
+
+class _GroupByState:
+    """Pickles an exception group as its type, message, attributes and its sub-exceptions'
+    stand-ins (``_group_without_init`` rebuilds it); a sub-exception that travels no way
+    is left out, named in a note."""
+
+    def __init__(self, exc: BaseException, depth: int) -> None:
+        self.exc = exc
+        self.depth = depth
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc: Any = self.exc
+        subs, lost = [], []
+        for sub in exc.exceptions:
+            found = _stand_in(sub, self.depth + 1)
+            if found is None:
+                lost.append(f"{type(sub).__qualname__}: {exc_text(sub)}")
+            else:
+                subs.append(found[0])
+        state = dict(getattr(exc, "__dict__", None) or {})
+        return _group_without_init, (type(exc), exc.message, subs, lost, state)
+
+
+def _group_without_init(cls: type, message: str, subs: list[BaseException], lost: list[str],
+                        state: dict[str, Any]) -> BaseException:
+    """An exception group of ``cls`` holding ``subs``, its __init__ not run."""
+    if not subs:
+        raise ValueError("no sub-exception could travel")
+    group = _GROUP.__new__(cls, message, subs)
+    group.__dict__.update(state)
+    for note in lost:
+        group.add_note(f"(a sub-exception could not travel: {note})")
+    return group
 
 
 class _ByState:
