@@ -192,11 +192,17 @@ def test_calls_running_at_exit_where_they_outlive_the_program_are_cancelled(tmp_
     assert _objects(settings) == []
 
 
+def _interruptible_program(tmp_path, settings: dict, body: str) -> subprocess.Popen:
+    """A program running ``body`` with wrenpack's ``settings``, its output piped, that a test can send ^C."""
+    return subprocess.Popen([sys.executable, "-c", _PREAMBLE + textwrap.dedent(body)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
+                            preexec_fn=interruptible)
+
+
 def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilities, backend):
     _calls_end_with_driver(capabilities, backend)
     settings = backend_settings()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _PREAMBLE + textwrap.dedent("""
+    proc = _interruptible_program(tmp_path, settings, """
             import time, wrenpack
             @wrenpack.remote
             def slow(x):
@@ -206,10 +212,7 @@ def test_ctrl_c_removes_the_jobs_objects(tmp_path, backend_settings, capabilitie
                 time.sleep(0.05)
             print("waiting", flush=True)
             wrenpack.get(futs)
-        """)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
-        preexec_fn=interruptible,
-    )
+        """)
     assert proc.stdout.readline().strip() == "waiting"
     time.sleep(0.1)  # (the program is in wrenpack.get, with calls running)
     proc.send_signal(signal.SIGINT)
@@ -225,8 +228,7 @@ def test_ctrl_c_in_an_executors_with_block_stops_its_calls_rather_than_waiting(t
     anywhere else stops them at once. Now it stops them, says so, and removes their objects."""
     _calls_end_with_driver(capabilities, backend)
     settings = backend_settings()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _PREAMBLE + textwrap.dedent("""
+    proc = _interruptible_program(tmp_path, settings, """
             import time, wrenpack
             def slow(x):
                 time.sleep(60)
@@ -236,10 +238,7 @@ def test_ctrl_c_in_an_executors_with_block_stops_its_calls_rather_than_waiting(t
                     time.sleep(0.05)
                 print("waiting", flush=True)
                 futs[0].result()
-        """)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
-        preexec_fn=interruptible,
-    )
+        """)
     assert proc.stdout.readline().strip() == "waiting"
     time.sleep(0.1)  # (the program is in result(), with calls running)
     t0 = time.monotonic()
@@ -257,8 +256,7 @@ def test_ctrl_c_while_an_executors_with_block_waits_at_its_end_stops_its_calls(t
     notebook, a server). They are stopped now, and the interrupt goes on."""
     _calls_end_with_driver(capabilities, backend)
     settings = backend_settings()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _PREAMBLE + textwrap.dedent("""
+    proc = _interruptible_program(tmp_path, settings, """
             import os, signal, threading, time, wrenpack
             def slow(x):
                 time.sleep(60)
@@ -270,10 +268,7 @@ def test_ctrl_c_while_an_executors_with_block_waits_at_its_end_stops_its_calls(t
                     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
             except KeyboardInterrupt:
                 print("caught", all(f.done() for f in futs), flush=True)
-        """)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_program_env(settings),
-        preexec_fn=interruptible,
-    )
+        """)
     out, err = proc.communicate(timeout=60)
     assert out.strip() == "caught True", out + err  # (before: the calls were still running)
     assert "still running when Ctrl-C ended the executor's `with` block" in err, err
