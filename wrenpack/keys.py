@@ -171,6 +171,13 @@ SHUFFLE = "shuffle/"
 #: How many prefixes one map_reduce's objects spread over.
 SHUFFLE_SHARDS = 64
 
+#: Where the user's own objects (``wrenpack.store()``) live in the store.
+DATA = "data/"
+#: The folders wrenpack writes at a store's top: jobs, map_reduce intermediates, the user's
+#: objects. Nothing else there is wrenpack's (``wrenpack clean`` leaves it, and its sweep of
+#: stray temporary files looks only here).
+STORE_FOLDERS = (JOBS, SHUFFLE, DATA)
+
 
 def shuffle_prefix(shuffle_id: str) -> str:
     return f"{SHUFFLE}{shuffle_id}/"

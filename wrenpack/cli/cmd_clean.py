@@ -246,12 +246,11 @@ def _holds_other_things(store: Any) -> bool:
     (``jobs/``, ``shuffle/``, ``data/`` of ``wrenpack.store()``, temporary files): a
     ``--storage`` naming a project folder, or ``/etc``. (One look at that directory; on
     S3 the listing of ``jobs/`` and ``shuffle/`` alone decides.)"""
-    from wrenpack.storage.data import USER_PREFIX
     from wrenpack.storage.local import LocalStore
 
     if not isinstance(store, LocalStore):
         return False
-    ours = {keys.JOBS.rstrip("/"), keys.SHUFFLE.rstrip("/"), USER_PREFIX.rstrip("/")}
+    ours = {folder.rstrip("/") for folder in keys.STORE_FOLDERS}
     try:
         with os.scandir(store.root) as entries:
             return any(e.name not in ours and not e.name.startswith(".tmp-") for e in entries)
@@ -261,7 +260,7 @@ def _holds_other_things(store: Any) -> bool:
 
 def _not_a_store(store: Any, foreign: dict[str, str], as_json: bool) -> int:
     """``clean --all``/``--stale`` on a folder with nothing of wrenpack's in it: said in one
-    line, nothing removed (not even stray temporary files: the sweep walks the whole folder)."""
+    line, nothing removed (not even stray temporary files in its jobs/, shuffle/ or data/)."""
     if as_json:
         print(json.dumps({"store": store.url, "store_exists": True, "wrenpack_store": False, "removed": 0, "prefixes": {},
                           "jobs": 0, "map_reduces": 0, "awaiting_late_writes": {}, "tmp_swept": 0,

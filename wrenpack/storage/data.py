@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from wrenpack import keys
 from wrenpack.errors import ConfigError, ConfigTypeError, ObjectNotFound, StoreError, TextDecodeError
 from wrenpack.limits import integral
 from wrenpack.storage import Store, open_store, parse_store_url, store_for_config
@@ -32,7 +33,7 @@ from wrenpack.storage.base import MAX_KEY_BYTES, MAX_PART_BYTES, Reader, key_byt
 from wrenpack.storage.local import FileReader, _file_kind, file_version
 
 #: Where the user's objects live in wrenpack's store.
-USER_PREFIX = "data/"
+USER_PREFIX = keys.DATA
 #: How much a worker reads at a time when it looks for a record edge.
 _SCAN = 64 * 1024
 #: Read-ahead of a range stream (one GET per block on S3).

@@ -625,8 +625,6 @@ def _lexists(name: str, dir_fd: int) -> bool:
 
 #: the name of a writer's temporary file (``LocalStore.put``: ``.tmp-<pid>-<thread>-<n>``)
 _TMP_NAME = re.compile(r"\.tmp-\d+-\d+-\d+")
-#: the folders of a store wrenpack writes in: jobs, map_reduce intermediates, ``wrenpack.store()`` data
-_SWEPT_PREFIXES = (keys.JOBS, keys.SHUFFLE, "data/")  # ("data/": storage.data.USER_PREFIX, which imports this module)
 
 
 def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
@@ -638,7 +636,7 @@ def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
 
     cutoff = time.time() - older_than_s
     removed = 0
-    for prefix in _SWEPT_PREFIXES:
+    for prefix in keys.STORE_FOLDERS:
         for _rel, _dirs, files, fd in store._walk(prefix):
             for name in files:
                 if _TMP_NAME.fullmatch(name):
