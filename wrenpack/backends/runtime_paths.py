@@ -12,6 +12,8 @@ import hashlib
 import os
 from importlib import metadata
 
+from wrenpack.config import cache_dir  # (WRENPACK_CACHE_DIR first: the shims went to ~/.cache/wrenpack whatever it said)
+
 #: Distributions the Lambda Python runtime ships, importable by every function.
 LAMBDA_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
 
@@ -20,14 +22,6 @@ def site_dir(runtime: str) -> str:
     from runtime_builder.layout import site_dir as _site_dir
 
     return _site_dir(os.path.expanduser(runtime))
-
-
-def _cache_base() -> str:
-    """wrenpack's cache directory (``WRENPACK_CACHE_DIR`` first: the shims went to
-    ``~/.cache/wrenpack`` whatever it said)."""
-    from wrenpack.config import cache_dir
-
-    return cache_dir()
 
 
 def _link(target: str, link: str) -> None:
@@ -45,7 +39,7 @@ def _shim_dir() -> str:
     import wrenpack
 
     package = os.path.dirname(os.path.abspath(wrenpack.__file__))
-    shims = os.path.join(_cache_base(), "worker-shim")
+    shims = os.path.join(cache_dir(), "worker-shim")
     shim = os.path.join(shims, hashlib.sha256(package.encode()).hexdigest()[:12])
     if not os.path.isdir(shim):
         _prune_dangling(shims)
@@ -102,7 +96,7 @@ def _lambda_provided_dir() -> str | None:
     if not entries:
         return None
     digest = hashlib.sha256(repr(sorted(entries.items())).encode()).hexdigest()[:12]
-    shims = os.path.join(_cache_base(), "lambda-provided")
+    shims = os.path.join(cache_dir(), "lambda-provided")
     shim = os.path.join(shims, digest)
     if not os.path.isdir(shim):
         _prune_dangling(shims)
