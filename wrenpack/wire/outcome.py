@@ -41,15 +41,10 @@ def error_tuple(exc: BaseException, kind: str, tb_text: str | None = None) -> tu
     message read on the client when asked, as ``ProcessPoolExecutor`` does)."""
     if tb_text is None:
         tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    exc_bytes = _travelling(exc)
+    found = _stand_in(exc)
+    exc_bytes = None if found is None else found[1]
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return ("error", exc_bytes, name, exc_text(exc), tb_text, kind)
-
-
-def _travelling(exc: BaseException) -> bytes | None:
-    """``exc`` pickled so that it loads again, or None if no way does."""
-    found = _stand_in(exc)
-    return None if found is None else found[1]
 
 
 def _stand_in(exc: BaseException, depth: int = 0) -> tuple[Any, bytes] | None:
