@@ -981,11 +981,16 @@ class _Requests:
         self.ev = ev
         #: the places of the call's saves, and the save it may resume from
         self.sealing = sealing
-        #: checkpoints saved in this segment: a child given up on at the deadline after
-        #: one goes on from it in the next segment (``_run_in_child``)
-        self.saves = 0
         #: whether the call used its checkpoint (a restore or a save): its timeout then names that fix
         self.used_checkpoint = False
+
+    @property
+    def saves(self) -> int:
+        """Checkpoints written in this segment (its saves are numbered 1, 2, ... as they are
+        written: ``Saves``): a child given up on at the deadline after one goes on from it
+        in the next segment (``_run_in_child``)."""
+        last = self.sealing.last
+        return last[2] if last is not None else 0
 
     def __call__(self, head: dict[str, Any], blob: bytearray) -> tuple[dict[str, Any], Any]:
         try:
@@ -1011,7 +1016,6 @@ class _Requests:
             place, sealed = self.sealing.seal(bytes(blob))
             self.store.put(keys.checkpoint_key(ev.job_id, ev.call_id), sealed)
             self.sealing.saved(place)
-            self.saves += 1
             return {"bytes": len(sealed)}, b""
         if what == "derive":
             job_id = head.get("job_id")
