@@ -460,11 +460,11 @@ def stores_replaced(lam: Any, names: Sequence[str], served: str | None, replace:
     found: dict[str, str] = {}
     for name in names:
         try:
-            conf = lam.get_function_configuration(FunctionName=name)
+            conf = _configuration(lam, name)
         except Exception as exc:
-            if clients.error_code(exc) == "ResourceNotFoundException":
-                continue
             raise clients.aws_error(exc, f"reading Lambda function {name!r}") from None
+        if conf is None:
+            continue
         variables = (conf.get("Environment") or {}).get("Variables") or {}
         pinned = variables.get(ENV_STORE)
         if pinned and pinned.rstrip("/") != (served or "").rstrip("/"):
@@ -540,14 +540,18 @@ def _code_location(cfg: Any, data: bytes, bucket: str | None, prefix: str, what:
     return {"S3Bucket": bucket, "S3Key": key}
 
 
-def _function_exists(lam: Any, name: str) -> bool:
+def _configuration(lam: Any, name: str) -> dict[str, Any] | None:
+    """The function's configuration, as Lambda reports it; None if it does not exist (other errors raise)."""
     try:
-        lam.get_function_configuration(FunctionName=name)
-        return True
+        return lam.get_function_configuration(FunctionName=name)
     except Exception as exc:
         if clients.error_code(exc) == "ResourceNotFoundException":
-            return False
+            return None
         raise
+
+
+def _function_exists(lam: Any, name: str) -> bool:
+    return _configuration(lam, name) is not None
 
 
 def _wait(lam: Any, name: str) -> None:
