@@ -15,7 +15,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 #: command name -> (module, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,10 +58,20 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def json_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+#: set on an error whose JSON document the command printed itself (``build-runtime``'s build report):
+#: ``json_errors`` prints no second one
+JSON_SHOWN = "_wrenpack_json_shown"
+
+
+def json_errors(run: Callable[[argparse.Namespace], int] | None = None, *,
+                indent: int | None = None) -> Any:
     """A command's ``run`` that, under ``--json``, also prints a failure as a JSON document on stdout,
-    ``{"ok": false, "error": TYPE, "message": ...}`` (as ``build-runtime --json`` does), before the usual one
-    line on stderr: a script reading stdout got nothing at all (usage errors stay argparse's, exit 2)."""
+    ``{"ok": false, "error": TYPE, "message": ...}``, before the usual one line on stderr: a script
+    reading stdout got nothing at all (usage errors stay argparse's, exit 2). ``indent``: as the
+    command's other documents are printed (``@json_errors(indent=2)``)."""
+    if run is None:
+        return functools.partial(json_errors, indent=indent)
+
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace) -> int:
         from wrenpack.errors import WrenpackError
@@ -69,10 +79,10 @@ def json_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
         try:
             return run(args)
         except WrenpackError as exc:
-            if getattr(args, "json", False) is True:
+            if getattr(args, "json", False) is True and not getattr(exc, JSON_SHOWN, False):
                 import json
 
-                print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}))
+                print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}, indent=indent))
             raise
 
     return wrapped

@@ -9,6 +9,7 @@ from typing import Any
 
 import wrenpack.backends.aws.runtimes as runtimes
 from wrenpack import limits
+from wrenpack.cli import JSON_SHOWN, json_errors
 from wrenpack.config import env_directory
 
 #: the container recipe for a Python without a Lambda base image to build on (next to Dockerfile.runtime)
@@ -86,27 +87,8 @@ def register(subparsers: Any, name: str) -> None:
     p.set_defaults(func=run)
 
 
+@json_errors(indent=2)  # (the build's own report, when it has one, is the document: ``JSON_SHOWN``)
 def run(args: argparse.Namespace) -> int:
-    """``_run``, and under ``--json`` every error after parsing also a document on stdout:
-    the build's own report (``BuildError.report``) when it has one, else
-    ``{"ok": false, "error": TYPE, "message": ...}``. The checks made before the
-    build (``--python abc``, a Python Lambda has no runtime for, ``--docker``
-    without an engine, ``--lock`` beside requirements) printed nothing on stdout."""
-    from wrenpack.errors import WrenpackError
-
-    try:
-        return _run(args)
-    except WrenpackError as exc:
-        if args.json and not getattr(exc, _SHOWN, False):
-            print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}, indent=2))
-        raise
-
-
-#: set on an error whose JSON document ``_run`` printed already (the build's report)
-_SHOWN = "_wrenpack_json_shown"
-
-
-def _run(args: argparse.Namespace) -> int:
     from wrenpack.errors import BudgetExceeded, BuildError
 
     _check_lock_alone(args)
@@ -145,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report or {"ok": False, "stage": "inputs", "error": type(exc).__name__,
                                         "message": str(exc)}, indent=2))
-            setattr(exc, _SHOWN, True)
+            setattr(exc, JSON_SHOWN, True)
         elif isinstance(exc, BudgetExceeded) and exc.rows:
             _print_budget_table(exc.rows)
         raise
