@@ -279,13 +279,21 @@ def test_a_dropped_result_is_not_kept_while_the_rest_of_the_map_runs(executor, t
         open(release, "w").close()
 
 
+def square_slowly(x):
+    time.sleep(1)
+    return x * x
+
+
 def test_wait_and_as_completed_on_futures_unpickled_after_their_calls_ended(executor):
     """PyWren's SerializeFutures idea: futures that travelled (pickled) and whose
     originals are gone resolve from the store; concurrent.futures.wait never looks there."""
     from wrenpack.worker import refs
 
-    futs = [executor.submit(square, i) for i in range(3)]
+    # (calls still running when pickled: a call that already ended travels with its outcome, not
+    # as a reference, and a warm worker ran `square` before pickle.dumps in a CI run)
+    futs = [executor.submit(square_slowly, i) for i in range(3)]
     blob = pickle.dumps(futs)
+    assert not any(f.done() for f in futs)
     assert wrenpack.get(futs, timeout=60) == [0, 1, 4]
     for f in futs:  # as in another process: no live future for these calls here
         refs._live.pop((f.job_id, f.call_id), None)
