@@ -111,6 +111,8 @@ MODES = (("layer", False), ("layer", True), ("archive", False))
 MODE_NAMES = {("layer", False): "layer with sources", ("layer", True): "sourceless layer",
               ("archive", False): "archive in /tmp", ("archive", True): "sourceless archive in /tmp"}
 REPORT = "build-report.json"
+#: a failed build's lock, beside a runtime it left in place (whose ``requirements.lock`` stays its own)
+FAILED_LOCK = "requirements.failed.lock"
 
 
 def _check_writable(path: str, flag: str) -> None:
@@ -217,7 +219,7 @@ def _is_build_lock(path: str, lock: str | None) -> bool:
 
 
 #: what a build writes into --output, and nothing else
-BUILD_FILES = (layout.SITE, layout.MANIFEST, layout.LAYER_ZIP, layout.ARCHIVE, layout.LOCK, REPORT)
+BUILD_FILES = (layout.SITE, layout.MANIFEST, layout.LAYER_ZIP, layout.ARCHIVE, layout.LOCK, REPORT, FAILED_LOCK)
 
 
 def _check_output(output: str, lock: str | None = None) -> None:
@@ -354,6 +356,7 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
         hit_stages: dict[str, float] = {}
         t = time.perf_counter()
         _publish(entry, output)
+        _drop_report(output)
         _timed(hit_stages, "publish", t)
         res = _result(output, cache_hit=True, seconds=time.perf_counter() - t0)
         res.stage_seconds = hit_stages
@@ -395,23 +398,31 @@ def build(packages: Iterable[str] = (), *, requirements_files: Iterable[str] = (
 
 
 def _drop_report(output: str) -> None:
-    try:
-        os.unlink(os.path.join(output, REPORT))
-    except OSError:
-        pass
+    """A build that succeeded: an earlier failure's report and lock no longer describe anything."""
+    for name in (REPORT, FAILED_LOCK):
+        try:
+            os.unlink(os.path.join(output, name))
+        except OSError:
+            pass
 
 
 def _failure_report(exc: BuildError, tmp: str, output: str, tgt: Target, inp: inputs_mod.Inputs,
                     options: dict[str, Any], state: dict[str, Any], stages: dict[str, float],
                     seconds: float) -> dict[str, Any]:
-    """Write ``build-report.json`` (and the lock, when resolution got that far) into ``output``."""
+    """Write ``build-report.json`` (and the lock, when resolution got that far) into ``output``.
+
+    A runtime already there stays, and so does its ``requirements.lock``: the lock committed beside
+    it must go on describing it, so the failed build's lock goes to ``requirements.failed.lock``."""
     os.makedirs(output, exist_ok=True)
+    kept = os.path.isfile(os.path.join(output, layout.MANIFEST))
     lock_src = os.path.join(tmp, layout.LOCK)
     lock_out = None
     pinned: dict[str, str] = {}
     if os.path.isfile(lock_src):
-        lock_out = os.path.join(output, layout.LOCK)
+        lock_out = os.path.join(output, FAILED_LOCK if kept else layout.LOCK)
         shutil.copyfile(lock_src, lock_out)
+        if not kept:
+            _drop_report(output)  # (an earlier failure's lock: this one's report replaces its report)
         with open(lock_src, encoding="utf-8") as f:
             pinned = resolve.pins(f.read())
     report = {
@@ -419,7 +430,7 @@ def _failure_report(exc: BuildError, tmp: str, output: str, tgt: Target, inp: in
         "target": {"python": tgt.python, "arch": tgt.arch, "kind": options["target"]},
         "requirements": inp.requirements, "lock": lock_out, "packages": pinned,
         "sizes": state.get("sizes"), "rollbacks": state.get("rollbacks", []),
-        "previous_runtime_kept": os.path.isfile(os.path.join(output, layout.MANIFEST)),
+        "previous_runtime_kept": kept,
         "seconds": round(seconds, 3), "stage_seconds": stages,
         "rows": [[n, s] for n, s in getattr(exc, "rows", None) or []],
     }

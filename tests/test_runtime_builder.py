@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -138,6 +139,30 @@ def test_import_failure_not_caused_by_trimming_fails_the_build(small, cache, tmp
     with pytest.raises(BuildError, match=r"import no_such_module_here.*--skip-import no_such_module_here"):
         runtime_builder.build(lock=small.lock, output=str(tmp_path / "out"), cache_dir=cache,
                               verify_modules=["no_such_module_here"])
+
+
+def test_a_failed_rebuild_keeps_the_kept_runtimes_lock(small, cache, tmp_path, monkeypatch):
+    """A runtime left in place by a failed rebuild keeps its own requirements.lock (the one committed
+    beside it); the failed build's lock goes to requirements.failed.lock, which a later build removes,
+    with the failure's report, also when that build is a cache hit."""
+    out = tmp_path / "rt"
+    shutil.copytree(small.output, out)
+    kept_lock = (out / "requirements.lock").read_text() + "# the kept runtime's own lock\n"
+    (out / "requirements.lock").write_text(kept_lock)
+    with monkeypatch.context() as m:
+        m.setattr(budget, "LAYER_LIMIT", 0)  # (fails at the size check, before installing anything)
+        with pytest.raises(BudgetExceeded) as exc:
+            runtime_builder.build(lock=small.lock, output=str(out), cache_dir=cache, use_cache=False)
+    report = exc.value.report
+    assert report["previous_runtime_kept"] is True
+    assert (out / "requirements.lock").read_text() == kept_lock
+    failed = out / "requirements.failed.lock"
+    assert report["lock"] == str(failed) and failed.read_text() == open(small.lock).read()
+    assert json.loads((out / "build-report.json").read_text())["lock"] == str(failed)
+    # the small runtime's own inputs: a cache hit, published over it
+    res = runtime_builder.build(PKGS, output=str(out), cache_dir=cache, artifacts="all")
+    assert res.cache_hit
+    assert not failed.exists() and not (out / "build-report.json").exists()
 
 
 @pytest.fixture(scope="module")
