@@ -336,13 +336,21 @@ def explain_resolve(output: str, target: Target, stage: str = "resolving", index
         released = None if pinned is None or found is None else _released(pinned, found["any"])
         if released is False:
             what = f"the index has no release {pinned} of {name}"
-        if best:
-            fix = f"the newest version with one is {best}: pin {name}=={best}, or build it in a Lambda image with --docker"
-        elif labels:
+        if labels and not best:
             why = (f", and no {plus} build of {name} has one on the indexes pip reached (a version without {plus} is "
                    f"another build: do not drop the {plus})")
             fix = (f"make the index with the {plus} builds reachable (or name a mirror of it with --extra-index-url "
                    f"in the requirements file), or choose another --python")
+        elif unread:
+            # What the silent index holds is unknown, and pip-compile may not have looked where the probe did
+            # (a requirements file's --index-url replaces the configured indexes): pinning is no fix here.
+            fix = ("make the index that did not answer reachable (what it holds is unknown), then build again"
+                   + (f"; the indexes that answered have {name} {best} with one" if best else ""))
+        elif best and pinned is not None and _released(best, [pinned]):
+            fix = ("the index has that version with a wheel for the target, yet pip did not install it: "
+                   "run with -v for pip's output")
+        elif best:
+            fix = f"the newest version with one is {best}: pin {name}=={best}, or build it in a Lambda image with --docker"
         else:
             fix = "no version has one: build it in a Lambda image with --docker"
         head = what if released is False else f"no wheel of {spec} for {where}"

@@ -9,6 +9,7 @@ import pytest
 
 import runtime_builder
 from runtime_builder import pipeline, resolve
+from runtime_builder.targets import Target
 from wrenpack.cli import main as cli_main
 from wrenpack.errors import BuildError
 
@@ -347,3 +348,22 @@ def test_docker_build_refuses_the_options_it_would_ignore(no_resolve, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(lines) == 1, lines
     assert "--fit, --zstd-level apply to a layer or archive build, not to --docker" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("spec", ["six", "six==1.17.0"])
+def test_no_wheel_behind_an_index_that_did_not_answer_asks_for_that_index_not_a_pin(spec, monkeypatch):
+    # a requirements file's --index-url that refused connections: pip-compile saw nothing, the probe saw the
+    # configured indexes' six 1.17.0, and the fix said "pin six==1.17.0", even to a file that pinned it
+    idx = "http://127.0.0.1:9/simple"
+    monkeypatch.setattr(resolve, "probe", lambda names, target, index=None: resolve.Probe(
+        {"six": {"target": ["1.17.0"], "any": ["1.17.0"]}}, {f"{idx}/six/": "[Errno 111] Connection refused"}))
+    text = str(resolve.explain_resolve(NO_DIST.format(spec=spec), Target.make("3.11"), index=["--index-url", idx]))
+    assert "\n" not in text and "pin six==" not in text, text
+    assert f"could not read {idx}/six/ (connection refused); fix: make the index that did not answer reachable" in text
+
+
+def test_no_wheel_of_a_pin_the_index_has_a_wheel_of_does_not_ask_for_that_pin(monkeypatch):
+    monkeypatch.setattr(resolve, "probe", lambda names, target, index=None: resolve.Probe(
+        {"six": {"target": ["1.17.0"], "any": ["1.17.0"]}}))
+    text = str(resolve.explain_resolve(NO_DIST.format(spec="six==1.17"), Target.make("3.11")))
+    assert "pin six==" not in text and "run with -v" in text, text
