@@ -33,6 +33,7 @@ from typing import Any, Iterable
 from runtime_builder import (attribution, budget, bytecode, components, dedup, glibc, gpu, inputs as inputs_mod,
                              installer, layout, pack, resolve, trim)
 from runtime_builder.targets import Target
+from wrenpack.config import cache_dir
 from wrenpack.errors import BudgetExceeded, BuildError, NoSuitableWheel
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,8 @@ class BuildResult:
 
 
 def default_cache_dir() -> str:
-    env = os.environ.get("WRENPACK_CACHE_DIR")
-    if env:
-        return os.path.join(env, "runtimes")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "wrenpack", "runtimes")
+    """Built runtimes, by their inputs' hash: ``runtimes/`` in wrenpack's cache directory."""
+    return os.path.join(cache_dir(), "runtimes")
 
 
 def _builder_fingerprint() -> str:

@@ -243,3 +243,21 @@ def test_delete_of_a_folder_of_other_objects_is_no_error_and_other_failures_one_
     with pytest.raises(StoreError, match=r"cannot delete dir/a from file://.*: Permission denied") as info:
         s.delete("dir/a")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["~/wp-cache", "  "])
+def test_every_cache_folder_follows_the_one_cache_dir_rule(value, tmp_path, monkeypatch):
+    # the owner key and the runtime cache had copies of the rule: WRENPACK_CACHE_DIR="~/x" (a unit
+    # file or .env, no shell to expand it) put them under a folder named "~" in the working directory,
+    # a blank value made a folder of spaces, while the rest went to the expanded or default folder
+    from runtime_builder.pipeline import default_cache_dir
+    from wrenpack.config import cache_dir
+    from wrenpack.executor.owner import key_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", value)
+    base = cache_dir()
+    assert base == (str(tmp_path / "wp-cache") if value.strip() else str(tmp_path / ".cache" / "wrenpack"))
+    assert key_path() == os.path.join(base, "owner.key")
+    assert default_cache_dir() == os.path.join(base, "runtimes")

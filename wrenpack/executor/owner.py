@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from wrenpack import keys
+from wrenpack.config import cache_dir
 from wrenpack.executor.environ import getenv
 from wrenpack.process_state import start_time, works_for
 from wrenpack.wire import owner as owner_wire
@@ -41,10 +42,7 @@ def key_path() -> str:
     kept = _key_path
     if kept is not None and kept[0] == where:
         return kept[1]
-    base = where[0]
-    if not base:
-        base = os.path.join(where[1] or os.path.join(os.path.expanduser("~"), ".cache"), "wrenpack")
-    path = os.path.join(base, "owner.key")
+    path = os.path.join(cache_dir(), "owner.key")  # (the one rule, read again only when a variable changed)
     _key_path = (where, path)
     return path
 
