@@ -13,11 +13,13 @@ with an S3 store (``WRENPACK_BACKEND=lambda WRENPACK_STORAGE=s3://...``).
 Any input is counted, whatever its encoding: lines are decoded as UTF-8 with
 ``errors="replace"`` (``chunk.lines(encoding, errors)``), so a byte that is not
 UTF-8 (latin-1 text, a stray binary file) becomes U+FFFD, which no word holds:
-it ends a word as a space would. A word is ASCII letters and apostrophes, so
-latin-1 ``café`` counts as ``caf``, as UTF-8 ``café`` does. ``--encoding
-latin-1`` reads such text as what it is; ``--errors strict`` stops at the first
-byte that does not decode instead, with one line naming the object, the byte's
-offset and the options that read it. Text whose newline is not the byte
+it ends a word as a space would, and the run ends with one line saying how many
+characters were replaced and how to read them. A word is letters of any script
+and apostrophes, so UTF-8 ``café`` is one word, and latin-1 ``café`` read as
+UTF-8 counts as ``caf`` (its ``é`` replaced); ``--encoding latin-1`` reads such
+text as what it is, ``café``. ``--errors strict`` stops at the first byte that
+does not decode instead, with one line naming the object, the byte's offset and
+the options that read it. Text whose newline is not the byte
 ``\\n`` (``--encoding utf-16``, ``utf-32``) is read a whole file per map call,
 since a chunk's edge could cut one of its characters in two.
 """
@@ -37,16 +39,33 @@ import uuid
 import wrenpack
 
 WORD = re.compile(r"[a-z']+")
+#: the same for a line that is not all ASCII: letters of any script (not digits, not ``_``)
+WORD_ANY = re.compile(r"(?:[^\W\d_]|')+")
+#: the character a byte that did not decode became (``errors="replace"``); its count travels
+#: with the words' under this key, which no word can be (it is no letter)
+REPLACED = "\ufffd"
 #: the most reducers: each is a call, launched whether its partition holds words or not (about
 #: 1 ms each locally), and a word count's shuffle is small (each mapper combines its counts first)
 MAX_PARTITIONS = 1000
+
+
+def count_line(counts: collections.Counter, line: str) -> None:
+    """Add one line's words to ``counts``, and the characters in it that did not decode
+    (``REPLACED``). An ASCII line (most text) takes the quicker ASCII pattern."""
+    if line.isascii():
+        counts.update(WORD.findall(line.lower()))
+        return
+    counts.update(WORD_ANY.findall(line.lower()))
+    replaced = line.count(REPLACED)
+    if replaced:
+        counts[REPLACED] += replaced
 
 
 def count_words(chunk, encoding: str = "utf-8", errors: str = "replace") -> list[tuple[str, int]]:
     """Mapper: the words of one chunk with their counts (combined here, before the shuffle)."""
     counts = collections.Counter()
     for line in chunk.lines(encoding=encoding, errors=errors):
-        counts.update(WORD.findall(line.lower()))
+        count_line(counts, line)
     return list(counts.items())
 
 
@@ -56,7 +75,8 @@ def add(word: str, counts: list[int]) -> int:
 
 
 def wordcount(chunks: list, partitions: int, encoding: str = "utf-8", errors: str = "replace") -> dict[str, int]:
-    """{word: count} over the chunks (``wrenpack.objects(...)``)."""
+    """{word: count} over the chunks (``wrenpack.objects(...)``), and under ``REPLACED``
+    how many characters did not decode (if any did)."""
     mapper = functools.partial(count_words, encoding=encoding, errors=errors)
     return wrenpack.map_reduce(mapper, chunks, add, partitions=partitions).result()
 
@@ -66,7 +86,18 @@ def local_count(texts: list[bytes], encoding: str, errors: str, whole_files: boo
     file at a time for text whose newline is not the byte ``\\n``)."""
     lines = ((t.decode(encoding, errors).split("\n") for t in texts) if whole_files else
              ([line.decode(encoding, errors) for line in t.split(b"\n")] for t in texts))
-    return collections.Counter(w for per_file in lines for line in per_file for w in WORD.findall(line.lower()))
+    counts: collections.Counter = collections.Counter()
+    for per_file in lines:
+        for line in per_file:
+            count_line(counts, line)
+    return counts
+
+
+def replaced_note(replaced: int, encoding: str) -> str:
+    """The line that says a count left characters out, and how to read them."""
+    return (f"wordcount: {replaced:,} character{'s' if replaced != 1 else ''} did not decode as {encoding} and "
+            f"{'were' if replaced != 1 else 'was'} replaced (U+FFFD, which ends a word); give the text's encoding "
+            f"(--encoding latin-1, cp1252, ...) to count them, or --errors strict to stop at the first")
 
 
 def _text(seed: int, lines: int) -> str:
@@ -204,17 +235,22 @@ def main(argv: list[str] | None = None) -> int:
             if counts != dict(local_count(texts, args.encoding, args.errors, whole_files)):
                 print("MISMATCH with the local count", file=sys.stderr)
                 return 1
-            print(f"matches the local count: {sum(counts.values())} words, {len(counts)} distinct ({what})")
+            replaced = counts.get(REPLACED, 0)
+            print(f"matches the local count: {sum(counts.values()) - replaced} words, "
+                  f"{len(counts) - (REPLACED in counts)} distinct, {replaced} characters replaced ({what})")
     except wrenpack.TextDecodeError as exc:  # --errors strict and a byte that does not decode, or no byte order mark
         print(f"wordcount: {exc} (here: {cli_advice(exc, args.encoding, args.errors)})", file=sys.stderr)
         return 1
     except wrenpack.WrenpackError as exc:  # an unknown --encoding or --errors, a missing source...
         print(f"wordcount: {exc}", file=sys.stderr)
         return 1
+    replaced = counts.pop(REPLACED, 0)
     if not counts and not args.small:  # (an empty input printed nothing at all)
         print(f"0 words in {args.source}")
     for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: args.top]:
         print(f"{n:10d}  {word}")
+    if replaced and not args.small:  # (after the counts: the line a user reads last)
+        print(replaced_note(replaced, args.encoding), file=sys.stderr)
     return 0
 
 

@@ -77,7 +77,7 @@ def test_wordcount_reads_utf16_text_whole_and_refuses_an_unknown_encoding_before
     vocab = "naïve café über data map reduce Ċat it's".split()  # Ċ: a 0x0a byte inside it in UTF-16
     lines = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 9))) for _ in range(2000)]
     (tmp_path / "in.txt").write_bytes("\n".join(lines).encode("utf-16"))
-    want = collections.Counter(w for line in lines for w in re.findall(r"[a-z']+", line.lower()))
+    want = collections.Counter(w for line in lines for w in re.findall(r"(?:[^\W\d_]|')+", line.lower()))  # (any script)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
     env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false", WRENPACK_CONCURRENCY="2",
                PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
@@ -206,3 +206,28 @@ def test_wordcount_on_utf16_without_a_byte_order_mark_names_the_byte_order_optio
                             "utf-16-le"], cwd=tmp_path, env=_example_env(tmp_path), capture_output=True, text=True,
                            timeout=120)
     assert fixed.returncode == 0 and fixed.stdout.split() == ["1", "hello", "1", "world"], fixed.stderr
+
+
+def test_wordcount_counts_words_of_any_script_and_says_what_did_not_decode(tmp_path):
+    """Words were ASCII letters only: `--encoding latin-1` changed nothing (latin-1 `café` counted as
+    `caf` either way, UTF-8 `naïve` as `na` and `ve`), and bytes replaced for not decoding went
+    unmentioned. Now a word is letters of any script, and a count that left characters out says so."""
+    script = str(REPO / "examples" / "wordcount.py")
+    (tmp_path / "latin1.txt").write_bytes("café naïve café\n".encode("latin-1"))
+    (tmp_path / "utf8.txt").write_text("Café naïve it's 42 foo_bar\n", encoding="utf-8")
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, script, *args], cwd=tmp_path, env=_example_env(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return {w: int(n) for n, w in (line.split() for line in proc.stdout.splitlines())}, proc.stderr
+
+    counts, err = run("latin1.txt")
+    assert counts == {"caf": 2, "na": 1, "ve": 1}, counts
+    assert err.splitlines()[-1].startswith("wordcount: 3 characters did not decode as utf-8 and were replaced"), err
+    assert "--encoding latin-1" in err
+    counts, err = run("latin1.txt", "--encoding", "latin-1")
+    assert counts == {"café": 2, "naïve": 1} and err == "", (counts, err)
+    counts, err = run("utf8.txt")
+    assert counts == {"café": 1, "naïve": 1, "it's": 1, "foo": 1, "bar": 1} and err == "", (counts, err)
+    assert _stored(tmp_path) == []
