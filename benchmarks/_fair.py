@@ -21,7 +21,9 @@ value and the CPU affinity decide the rest. So each benchmark:
 - runs its rounds with ``run_rounds`` (the alternation and the hogs in one
   place), and a shuffle benchmark prints where wrenpack's time went with
   ``ShuffleStages`` (what ``map_reduce`` logs per run);
-- refuses a bad ``--rounds`` or ``--hogs`` in one line before anything runs, and
+- refuses a bad ``--rounds`` or ``--hogs`` in one line before anything runs (and
+  gives the scripts' own options checked types: ``at_least``, ``positive``,
+  ``names``, ``size``...), and
   says so when a run has fewer than ``ROUNDS`` rounds (``parse_args``,
   ``rounds_label``): its ratios are a quick look, not a figure against a target;
 - ends cleanly on SIGTERM and SIGINT (``parse_args``: the signal raises
@@ -70,21 +72,76 @@ def at_least(least: int, what: str = "a whole number") -> Callable[[str], int]:
     return parse
 
 
-def at_least_real(least: float, what: str = "a number", above: bool = False) -> Callable[[str], float]:
+def at_least_real(least: float, what: str = "a number", above: bool = False,
+                  below: float | None = None) -> Callable[[str], float]:
     """An argparse ``type``: a finite number, at least ``least`` (more than it with
-    ``above``), refused by argparse in one line otherwise, before anything runs."""
+    ``above``) and, with ``below``, less than that, refused by argparse in one line
+    otherwise, before anything runs."""
+    bound = f"{'more than' if above else 'at least'} {least:g}" + ("" if below is None else f" and less than {below:g}")
 
     def parse(text: str) -> float:
         try:
             x = float(text)
         except ValueError:
             x = math.nan
-        if not math.isfinite(x) or x < least or (above and x == least):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}, {'more than' if above else 'at least'} {least:g}")
+        if not math.isfinite(x) or x < least or (above and x == least) or (below is not None and x >= below):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}, {bound}")
         return x
 
-    parse.__name__ = f"{'more than' if above else 'at least'} {least:g}"
+    parse.__name__ = bound
     return parse
+
+
+def positive(what: str = "a number of seconds") -> Callable[[str], float]:
+    """An argparse ``type`` for a duration and the like: a finite number more than 0
+    (``nan``, ``inf``, 0 and below are refused in one line: a call of 0 s measures
+    nothing, and a ratio over it flatters)."""
+    return at_least_real(0, what, above=True)
+
+
+def names(known: Sequence[str], what: str = "name") -> Callable[[str], list[str]]:
+    """An argparse ``type``: a comma-separated list of some of ``known`` (in the order
+    given, each once). An unknown or missing name is refused in one line that lists
+    the known ones: a misspelt one used to run nothing and end with status 0."""
+    choices = ",".join(known)
+
+    def parse(text: str) -> list[str]:
+        got = [n.strip() for n in text.split(",")]
+        unknown = [n for n in got if n not in known]
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} names no {what}; give one or more of {choices}, separated by commas")
+        if unknown:
+            where = f" in {text!r}" if len(got) > 1 else ""
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, unknown))}{where}; give one or "
+                                             f"more of {choices}, separated by commas")
+        return list(dict.fromkeys(got))
+
+    parse.__name__ = f"{what} list"
+    return parse
+
+
+def whole_numbers(least: int, what: str = "a whole number") -> Callable[[str], list[int]]:
+    """An argparse ``type``: a comma-separated list of whole numbers, each at least
+    ``least`` (``at_least``), in the order given, each once."""
+    one = at_least(least, what)
+
+    def parse(text: str) -> list[int]:
+        return list(dict.fromkeys(one(n.strip()) for n in text.split(",")))
+
+    parse.__name__ = f"list of {one.__name__}"
+    return parse
+
+
+def memory_mb(text: str) -> int:
+    """An argparse ``type``: MB per call, in Lambda's range (wrenpack's own check, so
+    the message is the one a user of ``memory=`` gets), refused in one line."""
+    from wrenpack.errors import WrenpackError
+    from wrenpack.limits import check_memory
+
+    try:
+        return check_memory(int(text) if text.strip().lstrip("-").isdigit() else text, name="memory")
+    except WrenpackError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 #: the units ``size`` takes (decimal, as the README's sizes: 1 MB is 1,000,000 bytes)

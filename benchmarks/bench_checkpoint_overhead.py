@@ -41,11 +41,11 @@ def work(steps: int, step_s: float, state_kb: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--step-ms", type=float, default=10.0)
+    ap.add_argument("--steps", type=_fair.at_least(1, "a whole number of steps"), default=1000)
+    ap.add_argument("--step-ms", type=_fair.positive("a number of milliseconds"), default=10.0)
     _fair.add_arguments(ap)
-    ap.add_argument("--state-kb", type=int, default=64)
-    ap.add_argument("--timeout", type=float, default=1.0)
+    ap.add_argument("--state-kb", type=_fair.at_least(0, "a whole number of KB"), default=64)
+    ap.add_argument("--timeout", type=_fair.positive("a number of seconds"), default=1.0)
     args = _fair.parse_args(ap)
     step_s = args.step_ms / 1000
     expected = sum(i * 0.5 for i in range(args.steps))

@@ -66,14 +66,14 @@ def square(x):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=1000)
-    ap.add_argument("--duration-s", type=float, default=1.0, help="assumed duration of one call, for GB-seconds")
-    ap.add_argument("--memory", type=int, default=1024, help="MB, for GB-seconds")
-    ap.add_argument("--environments", type=int, default=4, help="emulated execution environments")
+    ap.add_argument("--calls", type=_fair.at_least(1, "a whole number of calls"), default=1000)
+    ap.add_argument("--duration-s", type=_fair.positive("a number of seconds"), default=1.0, help="assumed duration of one call, for GB-seconds")
+    ap.add_argument("--memory", type=_fair.memory_mb, default=1024, help="MB, for GB-seconds")
+    ap.add_argument("--environments", type=_fair.at_least(1, "a whole number of environments"), default=4, help="emulated execution environments")
     ap.add_argument("--sim", action="store_true", help="against the simulated service: 1 s and 60 s calls")
-    ap.add_argument("--sim-concurrency", type=int, default=100)
-    ap.add_argument("--jitter", type=float, default=0.1, help="--sim: durations uniform within +- this fraction")
-    ap.add_argument("--speed", type=float, default=20.0, help="--sim: the 60 s calls' clock, times real time")
+    ap.add_argument("--sim-concurrency", type=_fair.at_least(1, "a whole number of calls at once"), default=100)
+    ap.add_argument("--jitter", type=_fair.at_least_real(0, "a fraction", below=1), default=0.1, help="--sim: durations uniform within +- this fraction")
+    ap.add_argument("--speed", type=_fair.positive("a speed-up"), default=20.0, help="--sim: the 60 s calls' clock, times real time")
     _fair.add_arguments(ap, hogs=False)
     args = _fair.parse_args(ap)
     if args.sim:

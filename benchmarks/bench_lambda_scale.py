@@ -51,6 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _fair  # noqa: E402
 import _simrun  # noqa: E402
 
+#: the invocation types it runs (``--kinds``)
+KINDS = ("Event", "RequestResponse")
+
 
 def one(args: argparse.Namespace) -> None:
     import logging
@@ -59,7 +62,7 @@ def one(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     r = _simrun.run(args.one, args.calls, args.concurrency, args.duration, jitter=0.1,
                     invoke_latency=args.invoke_latency, measure_delays=False, in_process=args.in_process,
-                    send_processes=int(args.send_processes))
+                    send_processes=args.send_processes[0])
     print(json.dumps({"wall": r.wall_s, "per_call": r.per_call, "cpu": r.driver_cpu_s, "sim_cpu": r.sim_cpu_s,
                       "senders_cpu": r.senders_cpu_s,
                       "peak": r.peak_rss_mb, "sim_peak": r.sim_peak_mb, "throttled": r.throttled,
@@ -68,25 +71,24 @@ def one(args: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=100_000)
-    ap.add_argument("--concurrency", type=int, default=1000)
-    ap.add_argument("--duration", type=float, default=0.1, help="each call's run time, s (+-10%%)")
-    ap.add_argument("--invoke-latency", type=float, default=0.025)
-    ap.add_argument("--kinds", default="Event,RequestResponse")
+    ap.add_argument("--calls", type=_fair.at_least(1, "a whole number of calls"), default=100_000)
+    ap.add_argument("--concurrency", type=_fair.at_least(1, "a whole number of calls at once"), default=1000)
+    ap.add_argument("--duration", type=_fair.positive("a number of seconds"), default=0.1, help="each call's run time, s (+-10%%)")
+    ap.add_argument("--invoke-latency", type=_fair.at_least_real(0, "a number of seconds"), default=0.025)
+    ap.add_argument("--kinds", type=_fair.names(KINDS, "invocation type"), default=",".join(KINDS))
     ap.add_argument("--in-process", action="store_true",
                     help="the simulator in the driver's process, requests handed over inside botocore (no socket; "
                          "its CPU subtracted), as this benchmark ran before")
-    ap.add_argument("--send-processes", default="0",
+    ap.add_argument("--send-processes", type=_fair.whole_numbers(0, "a whole number of sender processes"), default="0",
                     help="the backend's sender processes (LambdaBackend(send_processes=)): boto3's requests made "
                          "there, off the driver's GIL, their CPU shown apart; a list (0,2) compares them, alternating")
-    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=KINDS, help=argparse.SUPPRESS)
     _fair.add_arguments(ap, hogs=False)
     args = _fair.parse_args(ap)
     if args.one:
         one(args)
         return 0
-    kinds = args.kinds.split(",")
-    senders = [int(x) for x in str(args.send_processes).split(",")]
+    kinds, senders = args.kinds, args.send_processes
     systems = [(kind, sp) for kind in kinds for sp in senders]
     runs: dict[tuple[str, int], list[dict]] = {system: [] for system in systems}
     for rnd in range(args.rounds):

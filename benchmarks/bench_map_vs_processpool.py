@@ -47,6 +47,8 @@ import _fair  # noqa: E402
 import wrenpack  # noqa: E402
 
 MiB = 1024 * 1024
+#: the workloads, as ``--only`` names them
+WORKLOADS = ("trivial", "many", "latency", "data", "cpu", "mixed")
 
 
 def trivial(x):
@@ -216,11 +218,11 @@ def main() -> None:
     ap.add_argument("--data-distinct", action="store_true",
                     help="data: a different object per call (no argument is shared between calls)")
     ap.add_argument("--cpu-calls", type=_fair.at_least(1), default=40)
-    ap.add_argument("--cpu-s", type=float, default=0.1, help="cpu: seconds of work per call")
-    ap.add_argument("--scale", type=float, default=1.0, help="multiplies the mixed workload's call durations")
-    ap.add_argument("--only", default="trivial,many,latency,data,cpu,mixed")
+    ap.add_argument("--cpu-s", type=_fair.positive("a number of seconds"), default=0.1, help="cpu: seconds of work per call")
+    ap.add_argument("--scale", type=_fair.positive("a scale factor"), default=1.0, help="multiplies the mixed workload's call durations")
+    ap.add_argument("--only", type=_fair.names(WORKLOADS, "workload"), default=",".join(WORKLOADS))
     args = _fair.parse_args(ap)
-    only = set(args.only.split(","))
+    only = set(args.only)
     systems = Systems(args.workers)
     try:
         run(args, only, systems)

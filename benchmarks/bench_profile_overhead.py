@@ -173,8 +173,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _fair.add_arguments(ap, rounds=7)
     ap.add_argument("--fn", choices=("nothing", "work"), default="nothing")
-    ap.add_argument("--n", type=int, default=None, help="the argument of work (default: its own)")
-    ap.add_argument("--phases", type=int, default=5, help="CLI runs under strace for the per-phase breakdown (0: none)")
+    ap.add_argument("--n", type=_fair.at_least(1, "a whole number of rows"), default=None, help="the argument of work (default: its own)")
+    ap.add_argument("--phases", type=_fair.at_least(0, "a whole number of runs"), default=5, help="CLI runs under strace for the per-phase breakdown (0: none)")
     args = _fair.parse_args(ap)
     n = args.n if args.fn == "work" else None
     compile_bytecode()

@@ -131,7 +131,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=sort_example.parse_size, default=sort_example.parse_size("500MB"))
     _fair.add_arguments(ap)
-    ap.add_argument("--repeats", type=int, dest="rounds", help=argparse.SUPPRESS)  # the old name of --rounds
+    ap.add_argument("--repeats", type=_fair.at_least(1, "a whole number of rounds"), dest="rounds", help=argparse.SUPPRESS)  # the old name of --rounds
     ap.add_argument("--mappers", type=sort_example.at_least_one, default=8, help="input objects / map calls (default 8)")
     ap.add_argument("--partitions", type=sort_example.partition_count, default=8, help="reducers (default 8)")
     ap.add_argument("--memory", type=sort_example.memory_mb, default=3008,

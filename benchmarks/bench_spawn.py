@@ -56,7 +56,7 @@ def run(system: str, calls: int) -> tuple[float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--calls", type=_fair.at_least(1, "a whole number of calls"), default=40)
     _fair.add_arguments(ap, hogs=False)
     args = _fair.parse_args(ap)
     made = None

@@ -97,9 +97,9 @@ def _spins_for(call_s: float) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _fair.add_arguments(ap)
-    ap.add_argument("--maps", type=int, default=3, help="maps per driver and round (default 3)")
-    ap.add_argument("--calls", type=int, default=40, help="calls per map (default 40)")
-    ap.add_argument("--call-s", type=float, default=0.1, help="seconds of CPU per call, roughly (default 0.1)")
+    ap.add_argument("--maps", type=_fair.at_least(1, "a whole number of maps"), default=3, help="maps per driver and round (default 3)")
+    ap.add_argument("--calls", type=_fair.at_least(1, "a whole number of calls"), default=40, help="calls per map (default 40)")
+    ap.add_argument("--call-s", type=_fair.positive("a number of seconds"), default=0.1, help="seconds of CPU per call, roughly (default 0.1)")
     args = _fair.parse_args(ap)
     n = _spins_for(args.call_s)
     print(f"{args.calls} CPU-bound calls of ~{args.call_s:g} s on 2 workers, {args.maps} maps per driver, {_fair.rounds_label(args.rounds)}; "

@@ -46,6 +46,15 @@ def trivial(x):
     return x + 1
 
 def main(kind, calls):
+    # (the store's folder is removed however the driver ends: one that failed left it behind)
+    where = None if kind == "processpool" else tempfile.mkdtemp(prefix="wrenpack-bench-")
+    try:
+        measure(kind, calls, where)
+    finally:
+        if where is not None:
+            shutil.rmtree(where, ignore_errors=True)  # (the store's folder: this driver made it)
+
+def measure(kind, calls, where):
     me = psutil.Process()
     if kind == "processpool":
         ex = cf.ProcessPoolExecutor(2)
@@ -53,10 +62,18 @@ def main(kind, calls):
     else:
         import wrenpack
         from wrenpack.backends.local import LocalBackend
-        where = tempfile.mkdtemp(prefix="wrenpack-bench-")
         ex = wrenpack.Executor(storage=where, backend=LocalBackend(concurrency=2))
         f = wrenpack.remote(trivial, executor=ex)
         one = lambda i: f.remote(i).result()
+    try:
+        figures = timed(kind, calls, me, one)
+    except BaseException:  # (stopped before its store's folder goes: no worker writes to it after)
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown()
+    print(json.dumps(figures))
+
+def timed(kind, calls, me, one):
     for i in range(300):
         assert one(i) == i + 1
     procs = me.children(recursive=True)
@@ -89,10 +106,7 @@ def main(kind, calls):
         workers = [(pid, v) for pid, v in busy if by_pid[pid].ppid() == me.pid]
         roles["worker"] = sum(v for _, v in workers)
         roles["job process"] = sum(v for pid, v in busy if by_pid[pid].ppid() != me.pid)
-    ex.shutdown()
-    if kind != "processpool":
-        shutil.rmtree(where, ignore_errors=True)  # (the store's folder: this driver made it)
-    print(json.dumps({"latency_s": statistics.median(samples), "cpu_s": roles}))
+    return {"latency_s": statistics.median(samples), "cpu_s": roles}
 
 main(sys.argv[1], int(sys.argv[2]))
 """
@@ -115,7 +129,7 @@ def run(name: str, calls: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _fair.add_arguments(ap)
-    ap.add_argument("--calls", type=int, default=3000, help="timed warm calls per driver (default 3000)")
+    ap.add_argument("--calls", type=_fair.at_least(1, "a whole number of calls"), default=3000, help="timed warm calls per driver (default 3000)")
     args = _fair.parse_args(ap)
     print(f"one warm call's path, {args.calls} calls per driver, {_fair.rounds_label(args.rounds)}; load average before: "
           f"{os.getloadavg()[0]:.2f}")

@@ -2,8 +2,10 @@
 anything runs; a run of fewer rounds than the targets are measured over says so."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -40,6 +42,47 @@ def _env(tmp_path) -> dict[str, str]:
     ("bench_s3_shuffle_plan.py", ["--mbps", "nan"], "--mbps: 'nan' is not a bandwidth in MB/s, more than 0"),
     ("bench_s3_shuffle_plan.py", ["--size", "1XB"], "--size: bad size '1XB'; give at least 1MB"),
     ("bench_runtime_scipy_stack.py", ["--rounds", "0"], "--rounds: '0' is not a whole number of rounds, at least 1"),
+    # probe 7: an unknown --only ran nothing and ended with status 0
+    ("bench_map_vs_processpool.py", ["--only", "nonsense"],
+     "--only: unknown workload 'nonsense'; give one or more of trivial,many,latency,data,cpu,mixed"),
+    ("bench_map_vs_processpool.py", ["--only", ""], "--only: '' names no workload; give one or more of trivial,"),
+    ("bench_map_vs_processpool.py", ["--only", "cpu,latncy"], "--only: unknown workload 'latncy' in 'cpu,latncy'"),
+    # probe 7: tracebacks (ValueError; ConfigError; a CalledProcessError that left the driver's store behind)
+    ("bench_map_vs_processpool.py", ["--cpu-s", "nan", "--only", "cpu"], "--cpu-s: 'nan' is not a number of seconds, more than 0"),
+    ("bench_spawn.py", ["--calls", "0"], "--calls: '0' is not a whole number of calls, at least 1"),
+    ("latency_path.py", ["--calls", "0"], "--calls: '0' is not a whole number of calls, at least 1"),
+    # probe 7: accepted and run (auth "median 0.000 s"; a flattering checkpoint ratio with no save)
+    ("cpu_busy_share.py", ["--call-s", "-1"], "--call-s: '-1' is not a number of seconds, more than 0"),
+    ("bench_auth_overhead.py", ["--big-calls", "0"], "--big-calls: '0' is not a whole number of calls, at least 1"),
+    ("bench_map_vs_processpool.py", ["--cpu-s", "0"], "--cpu-s: '0' is not a number of seconds, more than 0"),
+    ("bench_checkpoint_overhead.py", ["--step-ms", "0"], "--step-ms: '0' is not a number of milliseconds, more than 0"),
+    # the other plain int/float options of the same kind
+    ("bench_map_vs_processpool.py", ["--scale", "inf"], "--scale: 'inf' is not a scale factor, more than 0"),
+    ("bench_auth_overhead.py", ["--calls", "0"], "--calls: '0' is not a whole number of calls, at least 1"),
+    ("bench_auth_overhead.py", ["--mib", "0"], "--mib: '0' is not a whole number of MiB, at least 1"),
+    ("bench_auth_overhead.py", ["--workers", "0"], "--workers: '0' is not a whole number of workers, at least 1"),
+    ("bench_checkpoint_overhead.py", ["--steps", "0"], "--steps: '0' is not a whole number of steps, at least 1"),
+    ("bench_checkpoint_overhead.py", ["--timeout", "-1"], "--timeout: '-1' is not a number of seconds, more than 0"),
+    ("bench_checkpoint_overhead.py", ["--state-kb", "-1"], "--state-kb: '-1' is not a whole number of KB, at least 0"),
+    ("cpu_busy_share.py", ["--maps", "0"], "--maps: '0' is not a whole number of maps, at least 1"),
+    ("cpu_busy_share.py", ["--calls", "x"], "--calls: 'x' is not a whole number of calls, at least 1"),
+    ("bench_profile_overhead.py", ["--phases", "-1"], "--phases: '-1' is not a whole number of runs, at least 0"),
+    ("bench_profile_overhead.py", ["--fn", "work", "--n", "0"], "--n: '0' is not a whole number of rows, at least 1"),
+    ("bench_sort.py", ["--repeats", "0"], "--repeats: '0' is not a whole number of rounds, at least 1"),
+    ("bench_lambda_cost.py", ["--calls", "0"], "--calls: '0' is not a whole number of calls, at least 1"),
+    ("bench_lambda_cost.py", ["--duration-s", "0"], "--duration-s: '0' is not a number of seconds, more than 0"),
+    ("bench_lambda_cost.py", ["--memory", "64"], "--memory: memory=64 MB is outside Lambda's range"),
+    ("bench_lambda_cost.py", ["--environments", "0"], "--environments: '0' is not a whole number of environments"),
+    ("bench_lambda_cost.py", ["--sim", "--sim-concurrency", "0"], "--sim-concurrency: '0' is not a whole number of calls at once"),
+    ("bench_lambda_cost.py", ["--sim", "--jitter", "1"], "--jitter: '1' is not a fraction, at least 0 and less than 1"),
+    ("bench_lambda_cost.py", ["--sim", "--speed", "0"], "--speed: '0' is not a speed-up, more than 0"),
+    ("bench_lambda_scale.py", ["--calls", "0"], "--calls: '0' is not a whole number of calls, at least 1"),
+    ("bench_lambda_scale.py", ["--concurrency", "0"], "--concurrency: '0' is not a whole number of calls at once"),
+    ("bench_lambda_scale.py", ["--duration", "nan"], "--duration: 'nan' is not a number of seconds, more than 0"),
+    ("bench_lambda_scale.py", ["--invoke-latency", "-0.1"], "--invoke-latency: '-0.1' is not a number of seconds, at least 0"),
+    ("bench_lambda_scale.py", ["--kinds", "Event,Sync"],
+     "--kinds: unknown invocation type 'Sync' in 'Event,Sync'; give one or more of Event,RequestResponse"),
+    ("bench_lambda_scale.py", ["--send-processes", "0,-2"], "--send-processes: '-2' is not a whole number of sender processes"),
 ], ids=lambda v: v if isinstance(v, str) and v.endswith(".py") else None)
 def test_a_bad_argument_is_one_line_before_anything_runs(tmp_path, script, args, match):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
@@ -58,6 +101,30 @@ def _fair():
     finally:
         del sys.modules["_fair"]
     return module
+
+
+def test_every_numeric_option_has_a_checked_type():
+    """A plain ``type=int`` or ``type=float`` lets 0, a negative number, nan or inf through to a
+    traceback or, worse, a run that measures nothing (probe 7): every benchmark option has a
+    checked type (``_fair.at_least``, ``_fair.positive``, ``_fair.size``, ...)."""
+    plain = []
+    for name in sorted(os.listdir(BENCH)):
+        if name.endswith(".py"):
+            with open(os.path.join(BENCH, name), encoding="utf-8") as f:
+                plain += [f"{name}: {line.strip()}" for line in f if re.search(r"\btype=(int|float)\b", line)]
+    assert plain == []
+
+
+def test_list_options_keep_their_order_and_drop_repeats():
+    fair = _fair()
+    only = fair.names(("trivial", "many", "cpu"), "workload")
+    assert only("cpu, trivial,cpu") == ["cpu", "trivial"]
+    assert fair.whole_numbers(0, "a whole number of sender processes")("2,0,2") == [2, 0]
+    positive = fair.positive()
+    assert positive("0.25") == 0.25
+    for bad in ("0", "-1", "nan", "inf", "-inf", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive(bad)
 
 
 def test_sizes_take_the_units_the_examples_take():

@@ -209,3 +209,19 @@ def test_sigterm_removes_the_auth_benchmarks_store_folder(tmp_path):
         proc.wait()
     assert os.listdir(tmp_path / "tmp") == [], out
     assert proc.returncode == 128 + 15 and "Traceback" not in out, out
+
+
+def test_a_failed_latency_driver_removes_its_store_folder(tmp_path):
+    """latency_path's driver removed its store's folder only after a run that went well:
+    one that failed (``--calls 0``, a ZeroDivisionError before the argument was checked)
+    left ``$TMPDIR/wrenpack-bench-*`` behind (probe 7)."""
+    import ast
+
+    with open(os.path.join(BENCH, "latency_path.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    driver = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == "_DRIVER" for t in node.targets))
+    proc = subprocess.run([sys.executable, "-c", driver, "wrenpack", "0"], capture_output=True, text=True, timeout=120,
+                          env=_bench_env(tmp_path), cwd=tmp_path)
+    assert proc.returncode != 0 and "ZeroDivisionError" in proc.stderr, proc.stderr[-2000:]
+    assert os.listdir(tmp_path / "tmp") == []

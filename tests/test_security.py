@@ -633,6 +633,39 @@ def test_the_benchmark_switch_is_off_by_default_and_never_honoured_on_lambda():
     assert auth._enabled
 
 
+def test_the_benchmark_switch_says_once_that_objects_are_not_authenticated():
+    """``_WRENPACK_BENCHMARK_NO_AUTH=1`` turned every MAC off in silence: an ``export`` left in a
+    shell made a flipped bit a wrong result instead of CorruptObject (probe 7). The first time it
+    takes effect in a process, one WARNING says so; never when it is not set, on Lambda, or when
+    a benchmark turns sealing off itself (``auth._enabled = False``: it knows)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys\n"
+            "logging.basicConfig(format='%(levelname)s %(name)s: %(message)s')\n"
+            "from wrenpack import auth\n"
+            "print(auth._warned, flush=True)\n"  # (nothing skipped yet: nothing said)
+            "auth._enabled = auth._enabled and sys.argv[1] != 'off'\n"
+            "secret = auth.new_secret()\n"
+            "for i in range(3):\n"
+            "    blob = auth.seal(secret, 'id', b'data')\n"
+            "    assert bytes(auth.unseal_view(secret, 'id', blob, 'k')) == b'data'\n"
+            "    auth.verify_parts(secret, 'id', b'', [b'data'], 'k') if not auth._enabled else None\n"
+            "    list(auth.seal_stream(secret, 'id', [b'data']))\n")
+    base = {k: v for k, v in os.environ.items() if k not in ("_WRENPACK_BENCHMARK_NO_AUTH", "AWS_LAMBDA_RUNTIME_API")}
+    runs = [({"_WRENPACK_BENCHMARK_NO_AUTH": "1"}, "on", 1), ({}, "on", 0), ({}, "off", 0),
+            ({"_WRENPACK_BENCHMARK_NO_AUTH": "1", "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001"}, "on", 0)]
+    for extra, mode, warnings in runs:
+        out = subprocess.run([sys.executable, "-c", code, mode], env={**base, **extra}, capture_output=True, text=True,
+                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert out.stdout.strip() == "False", (extra, out.stdout)
+        lines = out.stderr.splitlines()
+        assert len(lines) == warnings, (extra, mode, out.stderr)
+        if warnings:
+            assert lines[0].startswith("WARNING wrenpack.auth: _WRENPACK_BENCHMARK_NO_AUTH=1 is set"), lines
+            assert "NOT authenticated" in lines[0] and "for benchmarks only" in lines[0], lines
+
+
 def test_a_planted_segment_record_never_relaunches_a_call(tmp_path):
     """A poller that sees a "checkpointed" status in the store (the Lambda backend
     peeks at it unverified) must not relaunch the call on a record wrenpack did not write."""

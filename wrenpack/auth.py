@@ -36,11 +36,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import struct
 from typing import Any, Iterable, Iterator
 
 from wrenpack.errors import CorruptObject
+
+log = logging.getLogger(__name__)
 
 
 def _load_blake3() -> Any:
@@ -73,10 +76,28 @@ TAG_BYTES = 32
 TRAILER_BYTES = len(MAGIC) + TAG_BYTES
 SECRET_BYTES = 32
 
+#: Whether ``_WRENPACK_BENCHMARK_NO_AUTH=1`` turned sealing off in this process (never on
+#: Lambda): said once, in a WARNING, the first time it takes effect (``_off_by_env``).
+_OFF_BY_ENV = os.environ.get("_WRENPACK_BENCHMARK_NO_AUTH") == "1" and not os.environ.get("AWS_LAMBDA_RUNTIME_API")
 #: False only in benchmarks/bench_auth_overhead.py's baseline runs, to measure what
 #: sealing costs: then ``seal``/``unseal`` pass bytes through unchanged. Its local
 #: workers inherit the switch from this variable, which Lambda never honours.
-_enabled = not (os.environ.get("_WRENPACK_BENCHMARK_NO_AUTH") == "1" and not os.environ.get("AWS_LAMBDA_RUNTIME_API"))
+_enabled = not _OFF_BY_ENV
+#: whether this process has logged ``_off_by_env``'s warning (a forked child inherits it)
+_warned = False
+
+
+def _off_by_env() -> None:
+    """Called where sealing is skipped: the first time in a process that the benchmark's
+    variable is why, one WARNING. Left set (an ``export`` in a shell), it would otherwise
+    silently undo every MAC: a changed store object would give a wrong result, not
+    ``CorruptObject``. (Not when a benchmark sets ``_enabled`` itself: it knows.)"""
+    global _warned
+    if _OFF_BY_ENV and not _warned:
+        _warned = True
+        log.warning("_WRENPACK_BENCHMARK_NO_AUTH=1 is set: store objects are NOT authenticated (no MAC is written or "
+                    "checked), so a changed object can give a wrong result instead of CorruptObject. The variable is "
+                    "for benchmarks only (benchmarks/bench_auth_overhead.py): unset it")
 
 
 def new_secret() -> bytes:
@@ -154,6 +175,7 @@ def seal_stream(secret: bytes, identity: str, parts: Iterable[Any], *, fast: boo
     the pieces as they come reads each byte from memory once (no joined copy).
     ``fast``: keyed BLAKE3 when installed (``have_fast_mac``), else HMAC-SHA256."""
     if not _enabled:
+        _off_by_env()
         for part in parts:
             yield memoryview(part).cast("B")
         return
@@ -174,6 +196,7 @@ def verify_parts(secret: bytes, identity: str, trailer: bytes, parts: Iterable[A
     parser interprets out of a shared mapping before checking it, so what is checked
     is what is parsed."""
     if not _enabled:
+        _off_by_env()
         return
     magic = bytes(trailer[:len(MAGIC)])
     if len(trailer) != TRAILER_BYTES or magic not in (MAGIC, MAGIC_B3):
@@ -203,6 +226,7 @@ def seal_parts(secret: bytes, identity: str, *parts: bytes) -> bytes:
     """``seal`` of the parts' concatenation, joined once (no extra copy of a
     large object whose format already concatenates parts)."""
     if not _enabled:
+        _off_by_env()
         return b"".join(parts)
     return b"".join((*parts, MAGIC, _tag(secret, identity, *parts)))
 
@@ -224,6 +248,7 @@ def unseal_view(secret: bytes, identity: str, blob: bytes, key: str) -> memoryvi
     it first (on Lambda, a runtime archive's tree in /tmp, which every job's code on
     the container can write to)."""
     if not _enabled:
+        _off_by_env()
         return memoryview(blob)
     view = memoryview(blob)
     magic = view[-TRAILER_BYTES:-TAG_BYTES] if len(view) >= TRAILER_BYTES else b""
