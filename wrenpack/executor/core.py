@@ -63,7 +63,7 @@ from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import mark_still_running, owner_record
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import exit_on_sigterm
-from wrenpack.futures import WrenFuture, _check_timeout, as_list
+from wrenpack.futures import WrenFuture, _check_timeout, as_list, let_go_for_good
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import checkpoint, handoff, plain, refs
@@ -135,7 +135,7 @@ class Executor(CallTable, cf.Executor):
         #: whether this executor's backend bills calls as Lambda does (known once it has one): ``report``
         self._billed_per_call: bool | None = None
         _executors.add(self)
-        exit_on_sigterm(_at_exit)
+        exit_on_sigterm(_at_exit, let_go_for_good)
         if backend_obj is not None:
             self._billed_per_call = backend_obj.capabilities.billed_per_call
             self._release_when_dropped(backend_obj)
