@@ -295,6 +295,19 @@ class Executor(CallTable, cf.Executor):
         with self._lock:
             self._owned_prefixes.discard(prefix)
 
+    def while_owned(self, prefix: str, write: Callable[[], None]) -> bool:
+        """Run ``write`` (a write under ``prefix``, from this process) only while the
+        prefix is still owned, under the lock ``_release`` takes them with; False if
+        it ran not. So the write lands before the release removes the prefix, or
+        never: a map_reduce's thread telling its reducers to stop (``shuffle.abort``)
+        after the exit had removed its objects left that object in the store once the
+        process ended (the thread, late, had not reached its own cleanup)."""
+        with self._lock:
+            if prefix not in self._owned_prefixes:
+                return False
+            write()
+            return True
+
     def check_open(self) -> None:
         """Raise ``ExecutorShutdown`` if no new calls may be launched."""
         if self._closed:
