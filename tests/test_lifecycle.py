@@ -468,7 +468,63 @@ def test_a_map_reduce_running_at_exit_leaves_no_intermediate_objects(tmp_path):
     assert _files(root) == []
 
 
-# -- wrenpack clean --stale / --all -------------------------------------------------------
+def _mapper_that_runs_on(x):
+    open(os.path.join(os.environ["MAPPERS_STARTED"], str(x)), "w").close()
+    time.sleep(60)
+    return [(x, x)]
+
+
+def _reducer(key, values):
+    return sum(values)
+
+
+def test_a_map_reduce_thread_late_at_exit_writes_nothing_after_its_objects_were_removed(tmp_path, monkeypatch):
+    """At exit (SIGTERM too) the executor waits 3 s for a map_reduce's own thread, then removes
+    its objects itself; that thread, later (a loaded machine), told its waiting reducers to stop
+    by writing an abort object into the removed folder, and the process could end before the
+    thread's own cleanup removed it again. Here the thread comes back only after the removal."""
+    from wrenpack.executor import mapreduce
+    from wrenpack.worker import shuffle
+
+    root, started = tmp_path / "store", tmp_path / "started"
+    started.mkdir()
+    monkeypatch.setenv("MAPPERS_STARTED", str(started))
+    ex = wrenpack.Executor(storage=str(root), concurrency=2, retries=0)
+    released = threading.Event()
+    release = ex._release
+
+    def released_then_said() -> None:
+        release()
+        released.set()
+
+    monkeypatch.setattr(ex, "_release", released_then_said)
+    wait_for_mappers = mapreduce.RunningJob._wait_for_mappers
+
+    def late(self, maps):  # (the thread is back from its wait only after the exit removed its objects)
+        wait_for_mappers(self, maps)
+        released.wait(30)
+
+    monkeypatch.setattr(mapreduce.RunningJob, "_wait_for_mappers", late)
+    late_writes: list[str] = []
+    put = shuffle.put
+
+    def watched_put(store, key, *args, **kwargs):
+        if released.is_set():
+            late_writes.append(key)
+        return put(store, key, *args, **kwargs)
+
+    monkeypatch.setattr(shuffle, "put", watched_put)  # (the driver's writes: the calls' run elsewhere)
+    fut = wrenpack.map_reduce(_mapper_that_runs_on, range(4), _reducer, partitions=2, executor=ex)
+    deadline = time.monotonic() + 60
+    while not os.listdir(started):  # (a mapper runs: stopping it makes the thread tell the reducers)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ex.stop()
+    assert released.is_set()
+    with pytest.raises(WrenpackError):
+        fut.result(timeout=30)
+    assert late_writes == []  # (before: ['shuffle/<id>/abort'], written after the folder's removal)
+    assert _files(root) == []
 #: job ids of the form wrenpack makes: ``clean --all``/``--stale`` leave any other folder under jobs/
 LIVE, GONE, NOBODY = "20260101-000000-0000a11e", "20260101-000000-00000901", "20260101-000000-00000000"
 LAMBDA, LOCAL, STOPPED, STOPPING, FORGED = (f"20260102-000000-0000000{i}" for i in range(5))

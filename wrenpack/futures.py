@@ -59,6 +59,20 @@ _CONDITION = _Condition(_LOCK)
 def _own_condition() -> threading.Condition:
     """A waited-on future's own condition, on the shared lock."""
     return _Condition(_LOCK)
+
+
+def let_go_for_good() -> None:
+    """The calling thread gives up the futures' lock, however deeply it holds it,
+    never to take it back: for a SIGTERM handler that ends the process
+    (``wrenpack.executor.termination``). The handler runs in the main thread
+    between two bytecodes, and ``result()``, ``wait()`` and every state change
+    hold this lock across several (``with _CONDITION`` up to the wait that lets it
+    go): a SIGTERM landing there had the handler wait for its cleanup thread while
+    holding the lock that thread needs to cancel a single call, so the cleanup
+    stood still until ``CLEANUP_S`` ran out and the process ended with every
+    object of its jobs and map_reduces left in the store."""
+    while _LOCK._is_owned():  # type: ignore[attr-defined]
+        _LOCK.release()
 _DONE_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED})
 _CANCELLED_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
 #: a future's callbacks before the first is added (a list is made then)

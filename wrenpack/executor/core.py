@@ -63,7 +63,7 @@ from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor.owner import mark_still_running, owner_record
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import exit_on_sigterm
-from wrenpack.futures import WrenFuture, _check_timeout, as_list
+from wrenpack.futures import WrenFuture, _check_timeout, as_list, let_go_for_good
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.storage import Store, store_for_config
 from wrenpack.worker import checkpoint, handoff, plain, refs
@@ -135,7 +135,7 @@ class Executor(CallTable, cf.Executor):
         #: whether this executor's backend bills calls as Lambda does (known once it has one): ``report``
         self._billed_per_call: bool | None = None
         _executors.add(self)
-        exit_on_sigterm(_at_exit)
+        exit_on_sigterm(_at_exit, let_go_for_good)
         if backend_obj is not None:
             self._billed_per_call = backend_obj.capabilities.billed_per_call
             self._release_when_dropped(backend_obj)
@@ -294,6 +294,19 @@ class Executor(CallTable, cf.Executor):
     def disown_prefix(self, prefix: str) -> None:
         with self._lock:
             self._owned_prefixes.discard(prefix)
+
+    def while_owned(self, prefix: str, write: Callable[[], None]) -> bool:
+        """Run ``write`` (a write under ``prefix``, from this process) only while the
+        prefix is still owned, under the lock ``_release`` takes them with; False if
+        it ran not. So the write lands before the release removes the prefix, or
+        never: a map_reduce's thread telling its reducers to stop (``shuffle.abort``)
+        after the exit had removed its objects left that object in the store once the
+        process ended (the thread, late, had not reached its own cleanup)."""
+        with self._lock:
+            if prefix not in self._owned_prefixes:
+                return False
+            write()
+            return True
 
     def check_open(self) -> None:
         """Raise ``ExecutorShutdown`` if no new calls may be launched."""

@@ -600,11 +600,22 @@ class RunningJob:
             cf.wait(maps, return_when=cf.FIRST_EXCEPTION)
         if aborting and any(f.done() and (f.cancelled() or f.exception() is not None) for f in maps):
             try:
-                shuffle.abort(self.executor.store, self.shuffle_id, self.secret)
+                self._tell_reducers(shuffle.abort)
             except Exception:  # noqa: BLE001 - the reducers then wait out their budget
                 log.warning("map_reduce %s: could not tell the waiting reducers to stop", self.shuffle_id,
                             exc_info=True)
         return self._results(maps)
+
+    def _tell_reducers(self, tell: Callable[[Any, str, bytes], None]) -> None:
+        """Write the object that tells waiting reducers to stop or to give up waiting
+        (``shuffle.abort``, ``shuffle.stop_waiting``), unless this map_reduce's objects
+        are gone already: the executor's exit (SIGTERM, interpreter exit, ``stop``)
+        removes them once it waited a while for this thread, which may come later
+        (``Executor.while_owned`` orders the two)."""
+        written = self.executor.while_owned(shuffle.prefix(self.shuffle_id),
+                                            lambda: tell(self.executor.store, self.shuffle_id, self.secret))
+        if not written:
+            log.debug("map_reduce %s: its objects were removed already; the reducers are not told", self.shuffle_id)
 
     def _wait_for_mappers(self, maps: list[WrenFuture]) -> None:
         """Wait until every mapper is done or one failed, while reducers wait for them.
@@ -624,7 +635,7 @@ class RunningJob:
                 log.info("map_reduce %s: a mapper runs again; the reducers waiting for it give up their slots",
                          self.shuffle_id)
                 try:
-                    shuffle.stop_waiting(self.executor.store, self.shuffle_id, self.secret)
+                    self._tell_reducers(shuffle.stop_waiting)
                 except Exception:  # noqa: BLE001 - the reducers then wait out their budget
                     log.warning("map_reduce %s: could not tell the waiting reducers to give up", self.shuffle_id,
                                 exc_info=True)

@@ -10,7 +10,10 @@ objects removed, as at a normal exit) and then lets SIGTERM's default action end
 the process, as before: the same exit status, and nothing else of the program
 runs (no ``finally``, no other exit hook), so a program or framework that
 catches ``SystemExit`` (a test runner, a server loop) still ends. The cleanup
-runs in a thread of its own, waited for at most ``CLEANUP_S``. A SIGTERM more
+runs in a thread of its own, waited for at most ``CLEANUP_S``; locks the main
+thread may hold where the handler runs and the cleanup needs (the futures' lock,
+held between bytecodes of ``result()``) are let go first, for good, since the
+main thread never runs on (``exit_on_sigterm``'s ``let_go``). A SIGTERM more
 than a second after the first ends the process at once; one within a second is
 the same request sent twice (``timeout`` signals the program, then its process
 group) and is ignored.
@@ -45,14 +48,17 @@ REPEAT_S = 1.0
 _installed_in: int | None = None
 #: what the handler runs before the process ends (``wrenpack.executor.core``'s exit hook)
 _cleanup: Callable[[], None] | None = None
+#: what the handler runs first, in the main thread: it gives up the locks the cleanup needs
+_let_go: Callable[[], None] | None = None
 #: when the first SIGTERM came (monotonic clock)
 _first: float | None = None
 
 
-def exit_on_sigterm(cleanup: Callable[[], None]) -> None:
+def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | None = None) -> None:
     """Install the handler, once per process, if SIGTERM is at its default and this is
-    the main thread of a driver (not a wrenpack worker, which has its own)."""
-    global _installed_in, _cleanup
+    the main thread of a driver (not a wrenpack worker, which has its own). ``let_go``
+    gives up, in the thread the handler interrupted, the locks ``cleanup`` takes."""
+    global _installed_in, _cleanup, _let_go
     pid = os.getpid()
     if _installed_in == pid or threading.current_thread() is not threading.main_thread():
         return
@@ -61,7 +67,7 @@ def exit_on_sigterm(cleanup: Callable[[], None]) -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return  # the program's own choice
-        _cleanup = cleanup
+        _cleanup, _let_go = cleanup, let_go
         signal.signal(signal.SIGTERM, _stop)
     except (ValueError, OSError):  # (not the main interpreter, or no signals here)
         return
@@ -129,6 +135,10 @@ def _stop(signum: int, frame: Any) -> None:
     _first = now
     cleanup = _cleanup
     if cleanup is not None:
+        if _let_go is not None:
+            # (this thread may hold, between two bytecodes, a lock the cleanup takes: it waited
+            # for it until CLEANUP_S and removed nothing; this thread never runs on after this)
+            _let_go()
         log.info("wrenpack: SIGTERM: stopping the calls still running and removing their objects, then ending")
         # (a thread of its own: this one may have been stopped holding a lock the cleanup takes)
         worker = threading.Thread(target=cleanup, name="wrenpack-sigterm-cleanup", daemon=True)
