@@ -486,10 +486,10 @@ class LocalStore(Store):
                 for name in dirnames:  # (emptied already: a walk from the bottom)
                     with contextlib.suppress(OSError):
                         os.rmdir(name, dir_fd=fd)
-        # Then it, and the folders above it it leaves empty, up to (not) the store's top
-        # folders (``jobs/``, ``shuffle/``, ``data/``): no object made them, so none keeps
-        # them, as on S3 (a map_reduce's ``shuffle/<shard>/<id>/`` leaves no ``shuffle/<shard>/``).
-        # A writer that opened one of them meanwhile walks again (``_dir``).
+        # Then the prefix's folder, and each folder above it that is left empty, up to but
+        # not including the store's top folders (``jobs/``, ``shuffle/``, ``data/``): as on S3,
+        # no folder stays without objects (a map_reduce's ``shuffle/<shard>/<id>/`` leaves no
+        # ``shuffle/<shard>/``). A writer that opened one of them meanwhile walks again (``_open_dir``).
         parts = [p for p in base_dir.split("/") if p not in ("", ".")]
         for depth in range(len(parts), 0, -1):
             if depth < len(parts) and depth < 2:
