@@ -76,7 +76,7 @@ def main() -> int:
             touched += sum(int(r[-1, -1]) for r in read)
             del read
         t2, c2 = time.perf_counter(), time.process_time()
-        store.delete_prefix(shuffle.prefix("bench"))
+        store.delete_prefixes(shuffle.prefixes("bench", M))
         g = got[name]
         g["write cpu"].append(c1 - c0)
         g["read cpu"].append(c2 - c1)

@@ -96,7 +96,7 @@ def profile(prefix: str, mappers: int, partitions: int, passes: int) -> list[dic
             del records, out, parts
             with Step("reduce: release sections", n_pass):
                 shuffle._release_sections(store, sid, read, mappings)
-        store.delete_prefix(shuffle.prefix(sid))
+        store.delete_prefixes(shuffle.prefixes(sid, len(inputs)))
         data.delete_prefix(f"{prefix}/stages-out/")
     return rows
 

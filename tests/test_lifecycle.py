@@ -626,6 +626,32 @@ def test_clean_all_in_a_store_leaves_what_wrenpack_did_not_name(tmp_path, capsys
     assert sorted(str(p.relative_to(tmp_path / "store")) for p in (tmp_path / "store").rglob("*") if p.is_file()) == files
 
 
+def test_clean_all_removes_map_reduces_of_both_layouts_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """The shard came before the id in a map_reduce's keys (``shuffle/<shard>/<id>/``); an
+    earlier version wrote ``shuffle/<id>/<shard>/``. --all finds and removes both, and a
+    shuffle's objects found only in a shard (no owner record), leaves no empty
+    ``shuffle/<shard>/`` folder, and still leaves the folders wrenpack never names."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    store = LocalStore(str(root))
+    old, new, orphan = "0123456789ab", "abcdef012345", "fedcba987654"
+    for key in (f"shuffle/{old}/owner.json", f"shuffle/{old}/05/m00005-000", f"shuffle/{old}/05/i00005",
+                f"shuffle/{old}/00/t0-00000", f"shuffle/{old}/abort",  # (the layout before)
+                keys.shuffle_owner_key(new), keys.shuffle_part_key(new, 5), keys.shuffle_index_key(new, 5),
+                keys.shuffle_tree_key(new, 1, 70), keys.shuffle_abort_key(new), keys.shuffle_part_key(orphan, 9)):
+        store.put(key, b"x")
+    for rel in ("shuffle/7f/x", "shuffle/05/notanid/x", "shuffle/run1/part"):  # (not names wrenpack gives)
+        store.put(rel, b"y")
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["map_reduces"] == 3 and out["removed"] == 11, out
+    assert out["prefixes"] == {f"shuffle/{old}/": 5, f"shuffle/{new}/": 5, f"shuffle/{orphan}/": 1}, out
+    assert out["skipped"] == ["shuffle/05/notanid/", "shuffle/7f/", "shuffle/run1/"], out
+    assert store.list("shuffle/") == ["shuffle/05/notanid/x", "shuffle/7f/x", "shuffle/run1/part"]
+    folders = sorted(os.path.relpath(d, root) for d, _dirs, _files in os.walk(root / "shuffle"))
+    assert folders == ["shuffle", "shuffle/05", "shuffle/05/notanid", "shuffle/7f", "shuffle/run1"], folders
+
+
 def test_clean_stale_waits_out_the_late_writes_of_calls_that_outlive_their_driver(tmp_path, capsys, monkeypatch):
     """On Lambda the calls a killed driver sent run on, and write, after it is gone: the first
     clean --stale removes what they wrote so far but keeps the owner record (and the cancel markers
@@ -715,7 +741,7 @@ def test_clean_stale_removes_the_intermediates_of_a_killed_map_reduce(tmp_path, 
     try:
         assert proc.stdout.readline().strip() == "ready"
         store = LocalStore(str(root))
-        (sid,) = store.list_folders("shuffle/")
+        (sid,) = [f for f in store.list_folders("shuffle/") if keys.is_shuffle_id(f)]  # (not the shards' folders)
         assert store.exists(keys.shuffle_owner_key(sid))
         assert _clean(tmp_path, "--stale") == 0  # its driver runs: kept
         assert json.loads(capsys.readouterr().out)["map_reduces"] == 0 and store.list(f"shuffle/{sid}/")

@@ -34,6 +34,22 @@ def test_shuffle_wordcount_equals_a_local_count(executor, partitions):
     assert _left(executor) == []  # partition objects removed after the job
 
 
+def test_a_map_reduce_leaves_no_folder_in_a_local_store(executor):
+    """Its objects are under one prefix per shard it used (``shuffle/<shard>/<id>/``) and its
+    own (``shuffle/<id>/``): removing them leaves no folder behind, not even the shards'."""
+    import os
+
+    from wrenpack.storage.local import LocalStore
+
+    if not isinstance(executor.store, LocalStore):
+        pytest.skip("folders are the local store's")
+    texts = TEXTS * 11  # 66 mappers: every shard, two of them twice
+    assert wrenpack.map_reduce(words, texts, count, partitions=2, executor=executor).result(timeout=120)
+    assert wrenpack.map_reduce(lambda x: x, range(66), sum, fan_in=4, executor=executor).result(timeout=120) == 2145
+    root = os.path.join(executor.store.root, "shuffle")
+    assert [d for d, _dirs, _files in os.walk(root) if d != root] == [] and _left(executor) == []
+
+
 def test_shuffle_partitioned_output_range_partitions_sort(executor):
     rng = random.Random(7)
     chunks = [[rng.randrange(1000) for _ in range(300)] for _ in range(4)]
@@ -160,7 +176,7 @@ def test_partition_objects_are_sealed(executor):
         shuffle.get(store, key, secret)
     with pytest.raises(CorruptObject):
         shuffle.get(store, key, shuffle.new_secret())
-    store.delete_prefix(shuffle.prefix("t3st"))
+    store.delete_prefixes(shuffle.prefixes("t3st", 1))
 
 
 def test_old_signature(executor):

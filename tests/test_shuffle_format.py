@@ -12,11 +12,12 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import pytest
 
-from wrenpack import auth
+from wrenpack import auth, keys
 from wrenpack.errors import CorruptObject, ObjectNotFound
 from wrenpack.storage import Store
 from wrenpack.storage import data as user_data
@@ -86,7 +87,7 @@ def test_sections_round_trip_with_their_types(store):
     secret = shuffle.new_secret()
     where = shuffle.put_sections(store, "fmt1", 3, secret, PARTS)
     assert where[2] is None  # an empty part is not written
-    assert len(store.list(shuffle.prefix("fmt1"))) == 1  # small parts share one object
+    assert sum(len(store.list(p)) for p in shuffle.prefixes("fmt1")) == 1  # small parts share one object
     for p, part in enumerate(PARTS):
         if where[p] is None:
             continue
@@ -189,19 +190,21 @@ def test_both_macs_verify_and_say_which_they_are(monkeypatch, store):
 
 
 #: One section's bytes, frozen: a change to the format or the MAC fails here (bump the
-#: format's magic, and keep reading or refusing the old one on purpose).
+#: format's magic, and keep reading or refusing the old one on purpose). The MAC covers the
+#: object's key (``shuffle.identity``): the tags changed, and nothing else, when the shard
+#: moved before the id in the key (``shuffle/<shard>/<id>/``).
 _SECRET = bytes(range(32))
 _GOLDEN = {
-    "hmac-sha256": ("57534632000000000000000017000000000000008005950c000000000000005d948c016b944b018694612e575041311a"
-        "a8ae5d4286afae6ae5857e426ccbde30568a4863ff93929e8549f3e10fd1260000000000000000000000000000000000"
+    "hmac-sha256": ("57534632000000000000000017000000000000008005950c000000000000005d948c016b944b018694612e575041319a"
+        "56ebff4bd3571a16950c51d858b85effbdc06ee044cabaff89a5d9cda0c2df0000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000057535232010000000000000005000000"
         "000000000300000000000000627974657300000000000000000000000000000000000000000000000000000000000000"
-        "726177575041317def91921d86e07cb23c384e8d7c814379a7985606ab2658ebf18bfb2fb1a340"),
-    "blake3": ("57534632000000000000000017000000000000008005950c000000000000005d948c016b944b018694612e5750423308"
-        "fd22daeb5f20c85b8fcb6a658899ec881cd4d2ec8a9553c5f52c10b471ce000000000000000000000000000000000000"
+        "7261775750413170d76dfd554a0df18b36ab27a252403aabe77eedf6ca11662f5f58385893c9f8"),
+    "blake3": ("57534632000000000000000017000000000000008005950c000000000000005d948c016b944b018694612e5750423384"
+        "e08d093b4755d60c96bd23c5172d51c4fc366b32a0685df2fd80c7dfb017250000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000057535232010000000000000005000000"
         "000000000300000000000000627974657300000000000000000000000000000000000000000000000000000000000000"
-        "72617757504233a504c07220ff07a248b7a574101cbba744902e06694d4911fe2e88faff226fdd"),
+        "7261775750423344e026ad37997596fb9bde387c74d75f36bd59c43031b1481bdeb706ecef223f"),
 }
 
 
@@ -222,6 +225,82 @@ def test_section_bytes_are_the_golden_bytes(monkeypatch, mac):
 def test_plan_objects_combines_small_partitions_and_keeps_large_ones_alone():
     assert shuffle.plan_objects([5, 0, 5, 5, 20, 1], target=10) == [[0, 2], [3], [4], [5]]
     assert shuffle.plan_objects([0, 0]) == []
+
+
+# -- where the objects are ------------------------------------------------------------
+def test_bulk_keys_of_two_shuffles_share_their_start_up_to_the_shard():
+    """S3 splits a bucket's keyspace into partitions (each ~3,500 PUT and 5,500 GET/s) only
+    after minutes of load: the shard comes before the random id (``shuffle/<shard>/<id>/``),
+    so the splits one map_reduce's load made at ``shuffle/<shard>/`` serve the next one
+    (before: ``shuffle/<id>/<shard>/``, a range no split had ever touched, every time)."""
+    a, b = "0123456789ab", "ba9876543210"
+    for index in (0, 1, 5, 63, 64, 1000):
+        for make in (lambda s, i=index: keys.shuffle_part_key(s, i, 2), lambda s, i=index: keys.shuffle_index_key(s, i),
+                     lambda s, i=index: keys.shuffle_tree_key(s, 3, i)):
+            ka, kb = make(a).split("/"), make(b).split("/")
+            assert ka[:2] == kb[:2] == ["shuffle", keys.shuffle_shard(index)], (ka, kb)
+            assert (ka[2], kb[2]) == (a, b) and ka[3:] == kb[3:]
+            assert make(a).startswith(keys.shuffle_shard_prefix(a, index))
+            assert sum(make(a).startswith(p) for p in keys.shuffle_prefixes(a, index + 1)) == 1
+    # The map_reduce's own objects: one folder, whose name is never a shard's.
+    assert keys.shuffle_owner_key(a).startswith(keys.shuffle_prefix(a))
+    assert keys.shuffle_abort_key(a).startswith(keys.shuffle_prefix(a))
+    shards = {keys.shuffle_shard(n) for n in range(keys.SHUFFLE_SHARDS)}
+    assert len(shards) == keys.SHUFFLE_SHARDS
+    assert all(keys.is_shuffle_shard(s) and not keys.is_shuffle_id(s) for s in shards)
+    assert keys.is_shuffle_id(a) and not keys.is_shuffle_shard(a) and not keys.is_shuffle_shard("ff")
+    assert keys.shuffle_prefixes(a, 2) == [f"shuffle/00/{a}/", f"shuffle/01/{a}/", f"shuffle/{a}/"]
+    assert len(keys.shuffle_prefixes(a, 10**6)) == keys.SHUFFLE_SHARDS + 1
+
+
+def _folders(root) -> list[str]:
+    return sorted(os.path.relpath(d, root) for d, _dirs, _files in os.walk(root) if d != str(root))
+
+
+def test_removing_a_shuffle_leaves_no_folder_and_the_others_in_its_shards(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    a, b = "0123456789ab", "ba9876543210"
+    for m in range(4):
+        store.put(keys.shuffle_part_key(a, m), b"x")
+        store.put(keys.shuffle_index_key(a, m), b"x")
+    store.put(keys.shuffle_owner_key(a), b"x")
+    store.put(keys.shuffle_part_key(b, 1), b"y")
+    assert store.delete_prefixes(keys.shuffle_prefixes(a, 4)) == 9
+    assert store.list("shuffle/") == [keys.shuffle_part_key(b, 1)]
+    assert _folders(tmp_path / "store") == ["shuffle", "shuffle/01", f"shuffle/01/{b}"]
+    assert store.delete_prefixes(keys.shuffle_prefixes(b, 2)) == 1
+    assert _folders(tmp_path / "store") == ["shuffle"]  # (the store's own top folder stays)
+
+
+def test_a_write_into_a_shard_whose_folder_a_removal_empties_meanwhile_succeeds(tmp_path):
+    """Two map_reduces share ``shuffle/<shard>/``: the removal of one's objects removes the
+    folder when it is left empty, maybe just after the other's writer opened it; that writer
+    makes it again (before the fix: an error, "No such file or directory")."""
+    store = LocalStore(str(tmp_path / "store"))
+    a = "0123456789ab"
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def churn() -> None:  # one map_reduce's objects in shard 05, written and removed over and over
+        try:
+            while not stop.is_set():
+                store.put(keys.shuffle_part_key(a, 5), b"x")
+                store.delete_prefix(keys.shuffle_shard_prefix(a, 5))
+        except BaseException as exc:  # noqa: BLE001 - the test's failure, below
+            failed.append(exc)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for n in range(3000):
+            other = f"{n + 1:012x}"
+            store.put(keys.shuffle_part_key(other, 5), b"y")
+            store.delete_prefix(keys.shuffle_shard_prefix(other, 5))
+    finally:
+        stop.set()
+        thread.join()
+    assert not failed, failed
+    assert store.list("shuffle/") == [] and _folders(tmp_path / "store") == ["shuffle"]
 
 
 # -- what a reducer gives back, and what it must keep -------------------------------

@@ -118,7 +118,8 @@ def call_cancel_key(job_id: str, call_id: str) -> str:
 
 
 #: the names wrenpack gives a job (``executor.core.new_job_id``: local time to the second, then
-#: 32 random bits) and a map_reduce's intermediates (``shuffle/<id>/``: 48 random bits). ``wrenpack
+#: 32 random bits) and a map_reduce's intermediates (``shuffle/<id>/``, ``shuffle/<shard>/<id>/``:
+#: 48 random bits; ``<shard>``, ``shuffle_shard``: 2 hex digits). ``wrenpack
 #: clean --all`` and ``--stale`` remove only folders named so: a ``--storage`` naming a folder
 #: wrenpack never wrote, with ``jobs/`` or ``shuffle/`` in it, lost those files.
 JOB_ID_FORM = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}")
@@ -133,6 +134,11 @@ def is_job_id(name: str) -> bool:
 def is_shuffle_id(name: str) -> bool:
     """Whether ``name`` has the form of a map_reduce's shuffle id."""
     return SHUFFLE_ID_FORM.fullmatch(name) is not None
+
+
+def is_shuffle_shard(name: str) -> bool:
+    """Whether ``name`` is a shard's folder under ``shuffle/`` (``shuffle_shard`` gives it)."""
+    return re.fullmatch(r"[0-9a-f]{2}", name) is not None and int(name, 16) < SHUFFLE_SHARDS
 
 
 def call_id_from_key(key: str) -> str:
@@ -157,15 +163,26 @@ def identity(job_id: str, kind: str, call_id: str = "", segment: int | None = No
 
 # -- map_reduce's intermediate objects --------------------------------------------------
 #
-#     shuffle/<id>/<shard>/m<mapper>-<n>     a mapper's n-th object: sealed partition sections
-#     shuffle/<id>/<shard>/t<level>-<index>  a value waiting for the next reduce level
+#     shuffle/<shard>/<id>/m<mapper>-<n>     a mapper's n-th object: sealed partition sections
+#     shuffle/<shard>/<id>/i<mapper>         where a mapper's sections are (written after them)
+#     shuffle/<shard>/<id>/t<level>-<index>  a value waiting for the next reduce level
+#     shuffle/<id>/owner.json                who runs the map_reduce (``wrenpack clean --stale``)
+#     shuffle/<id>/abort                     the driver's word to reducers that wait for mappers
 #
-# ``<shard>`` (two hex digits, ``SHUFFLE_SHARDS`` of them) comes right after the
-# job's id, so one map_reduce's requests spread over that many prefixes, each with
-# its own S3 request rate once S3 has partitioned the keyspace (~3,500 PUT and
-# 5,500 GET per second per prefix), while one prefix, ``shuffle/<id>/``, still
-# holds everything the job leaves behind. A mapper's objects all lie in one shard,
-# the mappers round-robin over them, and so do a reducer's reads of them.
+# ``<shard>`` (two hex digits, ``SHUFFLE_SHARDS`` of them) comes first, before the
+# map_reduce's random id. S3 serves ~3,500 PUT and 5,500 GET per second per partition
+# of a bucket's keyspace, a key range it splits only after minutes of sustained load:
+# longer than most map_reduces last. With the id first (``shuffle/<id>/<shard>/``, the
+# layout before), every map_reduce wrote into a range no split had ever touched, so
+# splits made under one job's load never helped the next, and a 1 TB sort's reducers
+# asked one partition for ~70,000 GET/s (``benchmarks/bench_s3_shuffle_plan.py``). With
+# the shard first, the splits S3 makes at ``shuffle/<shard>/`` boundaries carry over
+# from job to job (AWS's advice: spread the start of the key). A mapper's objects all
+# lie in one shard, the mappers round-robin over them, and so do a reducer's reads of
+# them, as do tree nodes by their index. The map_reduce's own small objects stay under
+# ``shuffle/<id>/``, where one HEAD finds them; a shard's name (2 hex digits) never has
+# an id's form (12), so ``wrenpack clean`` tells them apart. Removing a map_reduce's
+# objects means one prefix per shard it used besides its own (``shuffle_prefixes``).
 
 SHUFFLE = "shuffle/"
 #: How many prefixes one map_reduce's objects spread over.
@@ -180,7 +197,23 @@ STORE_FOLDERS = (JOBS, SHUFFLE, DATA)
 
 
 def shuffle_prefix(shuffle_id: str) -> str:
+    """The map_reduce's own objects (owner record, abort marker); its bulk objects are
+    under ``shuffle_shard_prefix`` (an earlier version's layout had them all here)."""
     return f"{SHUFFLE}{shuffle_id}/"
+
+
+def shuffle_shard_prefix(shuffle_id: str, shard: int) -> str:
+    """The map_reduce's bulk objects in one shard."""
+    return f"{SHUFFLE}{shuffle_shard(shard)}/{shuffle_id}/"
+
+
+def shuffle_prefixes(shuffle_id: str, indices: int = SHUFFLE_SHARDS) -> list[str]:
+    """Every prefix a map_reduce's objects may lie under when its mappers and tree nodes
+    had ``indices`` indices (0 to ``indices - 1``, round-robin over the shards): the
+    shards those fall in, then its own prefix (last: a removal that stops halfway keeps
+    the owner record that says whose the rest is)."""
+    return [shuffle_shard_prefix(shuffle_id, n) for n in range(min(indices, SHUFFLE_SHARDS))] + \
+        [shuffle_prefix(shuffle_id)]
 
 
 def shuffle_owner_key(shuffle_id: str) -> str:
@@ -200,16 +233,16 @@ def shuffle_shard(n: int) -> str:
 
 
 def shuffle_part_key(shuffle_id: str, mapper: int, n: int = 0) -> str:
-    return f"{SHUFFLE}{shuffle_id}/{shuffle_shard(mapper)}/m{mapper:05d}-{n:03d}"
+    return f"{shuffle_shard_prefix(shuffle_id, mapper)}m{mapper:05d}-{n:03d}"
 
 
 def shuffle_tree_key(shuffle_id: str, level: int, index: int) -> str:
-    return f"{SHUFFLE}{shuffle_id}/{shuffle_shard(index)}/t{level}-{index:05d}"
+    return f"{shuffle_shard_prefix(shuffle_id, index)}t{level}-{index:05d}"
 
 
 def shuffle_index_key(shuffle_id: str, mapper: int) -> str:
     """Where a mapper's sections are, written after them (a reducer started early waits for it)."""
-    return f"{SHUFFLE}{shuffle_id}/{shuffle_shard(mapper)}/i{mapper:05d}"
+    return f"{shuffle_shard_prefix(shuffle_id, mapper)}i{mapper:05d}"
 
 
 def shuffle_abort_key(shuffle_id: str) -> str:

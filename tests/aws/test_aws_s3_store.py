@@ -123,6 +123,21 @@ def test_list_and_delete_prefix_paginate_and_batch(store):
     assert store.list("jobs/") == ["jobs/other/keep"]
 
 
+def test_delete_prefixes_removes_a_map_reduces_shard_prefixes_side_by_side(store):
+    """A map_reduce's objects lie under one prefix per shard it used and its own
+    (``keys.shuffle_prefixes``): ``delete_prefixes`` lists and deletes them in parallel,
+    and leaves another map_reduce's objects in the same shards."""
+    from wrenpack import keys
+
+    mine, other = "0123456789ab", "ba9876543210"
+    made = [keys.shuffle_part_key(mine, m) for m in range(20)] + [keys.shuffle_owner_key(mine)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: store.put(k, b"x"), made + [keys.shuffle_part_key(other, 3)]))
+    assert store.delete_prefixes(keys.shuffle_prefixes(mine, 20)) == 21
+    assert store.list("shuffle/") == [keys.shuffle_part_key(other, 3)]
+    assert store.delete_prefixes([]) == 0
+
+
 def test_spec_is_jsonable_secret_free_and_reopens(s3_server):
     moto_endpoint, bucket = s3_server.endpoint, s3_server.bucket
     s = S3Store(bucket, "/p/q/", endpoint_url=moto_endpoint, region="us-east-1", profile="someone")

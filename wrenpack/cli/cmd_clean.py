@@ -13,9 +13,12 @@ temporary files (``.tmp-*``) that writers killed mid-write left behind more
 than five minutes ago are swept too.
 
 ``--all`` and ``--stale`` touch only folders whose names wrenpack gives
-(``keys.is_job_id``, ``keys.is_shuffle_id``): anything else under ``jobs/`` or
-``shuffle/`` is left and reported as skipped, and a ``--storage`` with nothing
-of wrenpack's in it is said not to be a store (nothing removed, nothing swept).
+(``keys.is_job_id``, ``keys.is_shuffle_id``, ``keys.is_shuffle_shard``): anything
+else under ``jobs/`` or ``shuffle/`` is left and reported as skipped, and a
+``--storage`` with nothing of wrenpack's in it is said not to be a store (nothing
+removed, nothing swept). A map_reduce's objects are under ``shuffle/<id>/`` and
+``shuffle/<shard>/<id>/`` (``wrenpack.keys``); an earlier version put them all under
+``shuffle/<id>/``, and those go the same way.
 """
 from __future__ import annotations
 
@@ -104,6 +107,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     key = user_key(create=False)
     found_jobs: list[str] = []
     found_shuffles: list[str] = []
+    shards: dict[str, list[str]] = {}  # map_reduce id -> the prefixes of the shards holding its objects
     foreign: dict[str, str] = {}  # --all/--stale: folders under jobs/ or shuffle/ that wrenpack did not name -> why
     if not given:
         for j in job_ids(store):
@@ -111,11 +115,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 found_jobs.append(j)
             else:
                 foreign[keys.job_prefix(j)] = "not a job id wrenpack makes (such as 20261205-143416-73377e87): not wrenpack's"
-        for sid in store.list_folders(keys.SHUFFLE):
-            if keys.is_shuffle_id(sid):
-                found_shuffles.append(sid)
-            else:
-                foreign[keys.shuffle_prefix(sid)] = "not a map_reduce id wrenpack makes (12 hex digits): not wrenpack's"
+        found_shuffles = _shuffles(store, shards, foreign)
         if not found_jobs and not found_shuffles and (foreign or _holds_other_things(store)):
             return _not_a_store(store, foreign, args.json)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
@@ -188,10 +188,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
     else:
         removed = {keys.job_prefix(j): (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
                                         if j in late else store.delete_prefix(keys.job_prefix(j))) for j in targets}
-    for sid in shuffles:  # a map_reduce's intermediates, and its owner record with them
+    for sid in shuffles:  # a map_reduce's intermediates, and its owner record with them (last)
         prefix = keys.shuffle_prefix(sid)
-        removed[prefix] = (store.delete_prefix_except(prefix, (keys.shuffle_owner_key(sid),))
-                           if f"map_reduce {sid}" in late else store.delete_prefix(prefix))
+        removed[prefix] = store.delete_prefixes(shards.get(sid, [])) + (
+            store.delete_prefix_except(prefix, (keys.shuffle_owner_key(sid),))
+            if f"map_reduce {sid}" in late else store.delete_prefix(prefix))
     _remove_logs(targets)
     swept = 0
     from wrenpack.storage.local import LocalStore, sweep_tmp
@@ -231,6 +232,33 @@ def cmd_clean(args: argparse.Namespace) -> int:
             print(f"kept the owner record of {len(late)} job(s) whose calls, sent before their program was gone, may "
                   f"still write until {until}; a `wrenpack clean --stale` after that removes what they wrote")
     return 0
+
+
+def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str]) -> list[str]:
+    """The map_reduces whose objects are in the store, by id: those with a folder
+    ``shuffle/<id>/`` (an owner record, or, from an earlier version, everything) and
+    those with objects in a shard, ``shuffle/<shard>/<id>/``, whose prefixes go to
+    ``shards``. Folders of other names go to ``foreign``, with why. One LIST of
+    ``shuffle/`` and one of each shard found (64 at most, on S3 by CommonPrefixes)."""
+    not_ours = "not a map_reduce id wrenpack makes (12 hex digits): not wrenpack's"
+    found: set[str] = set()
+    for name in store.list_folders(keys.SHUFFLE):
+        if keys.is_shuffle_id(name):
+            found.add(name)
+        elif keys.is_shuffle_shard(name):
+            below = store.list_folders(f"{keys.SHUFFLE}{name}/")
+            for sid in below:
+                if keys.is_shuffle_id(sid):
+                    found.add(sid)
+                    shards.setdefault(sid, []).append(keys.shuffle_shard_prefix(sid, int(name, 16)))
+                else:
+                    foreign[f"{keys.SHUFFLE}{name}/{sid}/"] = not_ours
+            if not below:  # (objects right in the shard's folder: none of a map_reduce's)
+                foreign[f"{keys.SHUFFLE}{name}/"] = "holds no map_reduce's folder: not wrenpack's"
+        else:
+            foreign[keys.shuffle_prefix(name)] = ("not a map_reduce id (12 hex digits) or shard (2, below "
+                                                  f"{keys.SHUFFLE_SHARDS:02x}) wrenpack makes: not wrenpack's")
+    return sorted(found)
 
 
 def _folders(foreign: dict[str, str]) -> str:

@@ -701,11 +701,12 @@ class Executor(CallTable, cf.Executor):
                 self._delete_job(job_id)
         with self._lock:
             owned, self._owned_prefixes = set(self._owned_prefixes), set()
-        for prefix in sorted(owned) if not self.config.keep_objects else ():
-            try:  # (a map_reduce the program's exit stopped: its own cleanup never ran)
-                self.store.delete_prefix(prefix)
+        if owned and not self.config.keep_objects:
+            try:  # (a map_reduce the program's exit stopped: its own cleanup never ran; one prefix per shard)
+                self.store.delete_prefixes(sorted(owned))
             except Exception:  # noqa: BLE001
-                log.warning("could not delete the objects under %s", prefix, exc_info=True)
+                log.warning("could not delete every object under %d prefix(es), such as %s", len(owned), min(owned),
+                            exc_info=True)
         if self.stopped_writes:
             # (after the backend stopped: the processes it ended are gone, and with them their writes)
             try:

@@ -437,7 +437,9 @@ class RunningJob:
         self.m_options, self.r_options = m_options, r_options
         self.shuffle_id = uuid.uuid4().hex[:12]
         self.secret = shuffle.new_secret()
-        executor.own_prefix(shuffle.prefix(self.shuffle_id))  # (removed by the executor if the program exits first)
+        self._indices = 0  # tasks of indices below this were launched: their shards' prefixes are owned
+        # (removed by the executor if the program exits first; the shards as tasks are launched, ``_uses``)
+        executor.own_prefix(keys.shuffle_prefix(self.shuffle_id))
         # Who runs it: `wrenpack clean --stale` removes the intermediates of a program killed before it could.
         record = owner_record(f"map_reduce {self.shuffle_id}", keys.shuffle_owner_id(self.shuffle_id),
                               executor.backend.capabilities.late_writes_s)
@@ -473,14 +475,28 @@ class RunningJob:
         cf.wait(launched)  # nothing may write after the delete
         if self.executor.config.keep_objects:
             return
+        # One prefix per shard the tasks used, side by side on S3 (``delete_prefixes``), then
+        # the map_reduce's own (its owner record: a cleanup that fails leaves it for `clean`).
+        *shards, own = prefixes = shuffle.prefixes(self.shuffle_id, self._indices)
         try:
-            n = self.executor.store.delete_prefix(shuffle.prefix(self.shuffle_id))
+            n = self.executor.store.delete_prefixes(shards) + self.executor.store.delete_prefix(own)
             log.debug("map_reduce %s: removed %d intermediate object(s)", self.shuffle_id, n)
         except Exception:  # noqa: BLE001
-            log.warning("could not delete map_reduce %s's objects under %s", self.shuffle_id,
-                        shuffle.prefix(self.shuffle_id), exc_info=True)
+            log.warning("could not delete map_reduce %s's objects under %s and %d shard prefix(es) of shuffle/",
+                        self.shuffle_id, own, len(shards), exc_info=True)
             return
-        self.executor.disown_prefix(shuffle.prefix(self.shuffle_id))
+        for prefix in prefixes:
+            self.executor.disown_prefix(prefix)
+
+    def _uses(self, indices: int) -> None:
+        """Tasks of indices below ``indices`` (mappers, tree nodes) are about to be launched:
+        the prefixes of the shards they write to are the executor's to remove if the program
+        exits before ``cleanup``."""
+        with self._lock:
+            start, self._indices = self._indices, max(self._indices, indices)
+            end = self._indices
+        for n in range(start, min(end, keys.SHUFFLE_SHARDS)):
+            self.executor.own_prefix(keys.shuffle_shard_prefix(self.shuffle_id, n))
 
     # -- the forms -----------------------------------------------------------------
     def shuffle(self, items: list[Any], partitions: int, partitioned: bool,
@@ -488,6 +504,7 @@ class RunningJob:
         """Launch the mappers (and, on a warm pool, the reducers with them); returns
         what waits for them and runs the rest (``_shuffled``)."""
         self.partition_fn = partition_fn
+        self._uses(len(items))
         task = shuffle.make_mapper(self.mapper, self.shuffle_id, partitions, partition_fn, partitioned)
         reducer = shuffle.make_reducer(self.reducer, self.shuffle_id, partitioned)
         m_label, r_label = f"{_name(self.mapper)} (map)", f"{_name(self.reducer)} (reduce)"
@@ -700,6 +717,7 @@ class RunningJob:
                 with self._lock:
                     idx = self._nodes
                     self._nodes += 1
+                self._uses(idx + 1)
                 (fut,) = self._map(node, [(level, idx, [where for where, _ in group], self.secret, last)],
                                    self.r_options, label)
                 out.append(((level, idx), fut))
@@ -709,6 +727,7 @@ class RunningJob:
 
     def _leaves(self, items: list[Any]) -> list[tuple[tuple[int, int], WrenFuture | None]]:
         leaf = shuffle.make_leaf(self.mapper, self.shuffle_id)
+        self._uses(len(items))
         maps = self._map(leaf, [(item, i, self.secret) for i, item in enumerate(items)], self.m_options,
                          f"{_name(self.mapper)} (map)")
         return [((0, i), fut) for i, fut in enumerate(maps)]

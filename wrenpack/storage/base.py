@@ -188,6 +188,21 @@ class Store(abc.ABC):
             self.delete(key)
         return len(keys)
 
+    def delete_prefixes(self, prefixes: Iterable[str]) -> int:
+        """``delete_prefix`` of each of ``prefixes`` (a map_reduce's: one per shard it
+        used, ``keys.shuffle_prefixes``); how many keys went. Every prefix is tried even
+        when one fails, the first failure raised after. Stores whose requests wait on a
+        network (S3) run them side by side."""
+        removed, failed = 0, None
+        for prefix in prefixes:
+            try:
+                removed += self.delete_prefix(prefix)
+            except Exception as exc:  # noqa: BLE001 - raised below, once the others are gone
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        return removed
+
     def delete_prefix_except(self, prefix: str, kept: tuple[str, ...]) -> int:
         """Remove every key under ``prefix`` but those that start with one of ``kept``;
         return how many went."""

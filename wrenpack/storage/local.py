@@ -35,6 +35,8 @@ from wrenpack import keys, process_state
 from wrenpack.errors import CorruptObject, ObjectNotFound, StoreError
 from wrenpack.storage.base import MAX_PART_BYTES, Reader, Store, changed, long_part, shown
 
+#: how often ``_open_dir`` walks again to a folder a concurrent removal took away
+_WALKS = 100
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: (``O_NONBLOCK``: opening a FIFO someone planted at a key would otherwise wait for a writer for ever;
 #: it changes nothing for the regular files objects are, and ``_open`` refuses anything else)
@@ -109,24 +111,46 @@ class LocalStore(Store):
         """A descriptor of the directory ``parts`` below the root, each component
         opened from the one before without following links; made 0700 if missing
         and ``create``. A missing one raises ``FileNotFoundError``; a link, ``OSError`` (ELOOP)."""
-        fd = self._fd
+        fd = self._open_dir(parts, create)
         try:
-            for name in parts:
-                try:
-                    nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    with contextlib.suppress(FileExistsError):  # (another writer made it meanwhile)
-                        os.mkdir(name, 0o700, dir_fd=fd)
-                    nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                if fd != self._fd:
-                    os.close(fd)
-                fd = nxt
             yield fd
         finally:
             if fd != self._fd:
                 os.close(fd)
+
+    def _open_dir(self, parts: list[str], create: bool) -> int:
+        """``_dir``'s descriptor. With ``create``, a folder removed between its opening and
+        the making of one inside it (``delete_prefix`` of the last objects below it, such as
+        another map_reduce's in a ``shuffle/<shard>/``) is made again: the walk starts over,
+        as often as such removals come between (each is another writer's progress; a test
+        that removes one in a tight loop beside the writer needed more than three in a row)."""
+        for attempt in range(_WALKS):
+            again = attempt < _WALKS - 1
+            fd = self._fd
+            try:
+                for name in parts:
+                    try:
+                        nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    except FileNotFoundError:
+                        if not create:
+                            raise
+                        with contextlib.suppress(FileExistsError):  # (another writer made it meanwhile)
+                            os.mkdir(name, 0o700, dir_fd=fd)
+                        nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    if fd != self._fd:
+                        os.close(fd)
+                    fd = nxt
+                return fd
+            except FileNotFoundError:
+                if fd != self._fd:
+                    os.close(fd)
+                if not (create and again):
+                    raise
+            except BaseException:
+                if fd != self._fd:
+                    os.close(fd)
+                raise
+        raise AssertionError("unreachable")
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         try:
@@ -462,10 +486,19 @@ class LocalStore(Store):
                 for name in dirnames:  # (emptied already: a walk from the bottom)
                     with contextlib.suppress(OSError):
                         os.rmdir(name, dir_fd=fd)
+        # Then the prefix's folder, and each folder above it that is left empty, up to but
+        # not including the store's top folders (``jobs/``, ``shuffle/``, ``data/``): as on S3,
+        # no folder stays without objects (a map_reduce's ``shuffle/<shard>/<id>/`` leaves no
+        # ``shuffle/<shard>/``). A writer that opened one of them meanwhile walks again (``_open_dir``).
         parts = [p for p in base_dir.split("/") if p not in ("", ".")]
-        if parts:
-            with contextlib.suppress(OSError), self._dir(parts[:-1]) as dfd:
-                os.rmdir(parts[-1], dir_fd=dfd)
+        for depth in range(len(parts), 0, -1):
+            if depth < len(parts) and depth < 2:
+                break
+            try:
+                with self._dir(parts[: depth - 1]) as dfd:
+                    os.rmdir(parts[depth - 1], dir_fd=dfd)
+            except OSError:
+                break
         return removed
 
 

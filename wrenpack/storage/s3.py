@@ -24,7 +24,7 @@ import os
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
 from wrenpack.storage.base import MAX_KEY_BYTES, Reader, Store, changed, key_bytes, shown
@@ -449,6 +449,23 @@ class S3Store(Store):
         self._delete_keys(rest, prefix)
         self.abort_unfinished_uploads(prefix)
         return len(set(known) | set(rest))
+
+    def delete_prefixes(self, prefixes: Iterable[str]) -> int:
+        # Each prefix costs a LIST of its objects and a LIST of its unfinished uploads
+        # (and a DeleteObjects per 1,000 keys found): a map_reduce that used every shard
+        # has 65 prefixes, 130 LISTs (~$0.0007), run 16 at a time: the time of ~9 rounds
+        # of two requests, not of 130 one after another (~3 s at 25 ms each).
+        from concurrent.futures import ThreadPoolExecutor
+
+        prefixes = list(prefixes)
+        if len(prefixes) < 2:
+            return super().delete_prefixes(prefixes)
+        with ThreadPoolExecutor(max_workers=min(16, len(prefixes)), thread_name_prefix="wrenpack-delete") as pool:
+            futures = [pool.submit(self.delete_prefix, prefix) for prefix in prefixes]
+        failed = next((f.exception() for f in futures if f.exception() is not None), None)
+        if failed is not None:
+            raise failed
+        return sum(f.result() for f in futures)
 
     def abort_unfinished_uploads(self, prefix: str, older_than_s: float | None = None) -> int:
         """Abort the multipart uploads left unfinished under ``prefix`` (those started

@@ -2,8 +2,12 @@
 
 Layout of one map_reduce's objects (all removed when it ends; ``wrenpack.keys``)::
 
-    shuffle/<id>/<shard>/m<mapper>-<n>       a mapper's n-th object: one sealed section per partition
-    shuffle/<id>/<shard>/t<level>-<index>    a value waiting for the next reduce level
+    shuffle/<shard>/<id>/m<mapper>-<n>       a mapper's n-th object: one sealed section per partition
+    shuffle/<shard>/<id>/i<mapper>           where its sections are, written after them
+    shuffle/<shard>/<id>/t<level>-<index>    a value waiting for the next reduce level
+    shuffle/<id>/abort                       the driver's word to reducers waiting for mappers
+
+(the shard first, so S3's splits of ``shuffle/`` serve every map_reduce: ``wrenpack.keys``).
 
 Data goes worker -> store -> worker: a mapper writes each byte once (pickle
 protocol 5 keeps arrays and bytes out of the pickle; the MAC and the write go
@@ -54,8 +58,9 @@ IO_THREADS = 8
 COMBINE_BYTES = 64 << 20
 
 
-def prefix(shuffle_id: str) -> str:
-    return keys.shuffle_prefix(shuffle_id)
+def prefixes(shuffle_id: str, indices: int = keys.SHUFFLE_SHARDS) -> list[str]:
+    """Every prefix of a map_reduce's objects, its tasks' indices below ``indices`` (``keys.shuffle_prefixes``)."""
+    return keys.shuffle_prefixes(shuffle_id, indices)
 
 
 def part_key(shuffle_id: str, mapper: int, n: int = 0) -> str:
