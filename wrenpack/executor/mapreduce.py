@@ -629,7 +629,7 @@ class RunningJob:
         are gone already: the executor's exit (SIGTERM, interpreter exit, ``stop``)
         removes them once it waited a while for this thread, which may come later
         (``Executor.while_owned`` orders the two)."""
-        written = self.executor.while_owned(shuffle.prefix(self.shuffle_id),
+        written = self.executor.while_owned(keys.shuffle_prefix(self.shuffle_id),
                                             lambda: tell(self.executor.store, self.shuffle_id, self.secret))
         if not written:
             log.debug("map_reduce %s: its objects were removed already; the reducers are not told", self.shuffle_id)
