@@ -138,6 +138,32 @@ def test_delete_prefixes_removes_a_map_reduces_shard_prefixes_side_by_side(store
     assert store.delete_prefixes([]) == 0
 
 
+def test_delete_prefixes_works_at_interpreter_exit(store):
+    """The executor removes a map_reduce still running when the program ends from an
+    atexit hook, where concurrent.futures refuses new work: its ThreadPoolExecutor raised
+    "cannot schedule new futures after interpreter shutdown", and every object stayed."""
+    import json
+    import subprocess
+    import sys
+
+    from wrenpack import keys
+
+    sid = "0123456789ab"
+    made = [keys.shuffle_part_key(sid, m) for m in range(5)] + [keys.shuffle_owner_key(sid)]
+    for key in made:
+        store.put(key, b"x")
+    code = ("import atexit, json, sys\n"
+            "from wrenpack.storage.s3 import S3Store\n"
+            "from wrenpack import keys\n"
+            "store = S3Store.from_spec(json.loads(sys.argv[1]))\n"
+            "import concurrent.futures.thread  # (its exit hook runs before atexit's, as in a program that used it)\n"
+            "atexit.register(lambda: print('removed', store.delete_prefixes(keys.shuffle_prefixes(sys.argv[2], 5))))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(store.spec), sid], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "removed 6", proc.stderr
+    assert store.list("shuffle/") == []
+
+
 def test_spec_is_jsonable_secret_free_and_reopens(s3_server):
     moto_endpoint, bucket = s3_server.endpoint, s3_server.bucket
     s = S3Store(bucket, "/p/q/", endpoint_url=moto_endpoint, region="us-east-1", profile="someone")

@@ -454,18 +454,47 @@ class S3Store(Store):
         # Each prefix costs a LIST of its objects and a LIST of its unfinished uploads
         # (and a DeleteObjects per 1,000 keys found): a map_reduce that used every shard
         # has 65 prefixes, 130 LISTs (~$0.0007), run 16 at a time: the time of ~9 rounds
-        # of two requests, not of 130 one after another (~3 s at 25 ms each).
-        from concurrent.futures import ThreadPoolExecutor
-
+        # of two requests, not of 130 one after another (~3 s at 25 ms each). Plain
+        # threads, not a ThreadPoolExecutor: the executor's exit calls this from an atexit
+        # hook, where concurrent.futures refuses new work (a map_reduce still running
+        # when the program ended left all its objects in the bucket).
         prefixes = list(prefixes)
         if len(prefixes) < 2:
             return super().delete_prefixes(prefixes)
-        with ThreadPoolExecutor(max_workers=min(16, len(prefixes)), thread_name_prefix="wrenpack-delete") as pool:
-            futures = [pool.submit(self.delete_prefix, prefix) for prefix in prefixes]
-        failed = next((f.exception() for f in futures if f.exception() is not None), None)
-        if failed is not None:
-            raise failed
-        return sum(f.result() for f in futures)
+        todo = iter(prefixes)
+        lock = threading.Lock()
+        removed: list[int] = []
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            while True:
+                with lock:
+                    prefix = next(todo, None)
+                if prefix is None:
+                    return
+                try:
+                    n = self.delete_prefix(prefix)
+                except Exception as exc:  # noqa: BLE001 - raised below, once the others are gone
+                    with lock:
+                        failed.append(exc)
+                    continue
+                with lock:
+                    removed.append(n)
+
+        started = []
+        try:
+            for _ in range(min(16, len(prefixes))):
+                thread = threading.Thread(target=work, name="wrenpack-delete", daemon=True)
+                thread.start()
+                started.append(thread)
+        except RuntimeError:  # (no new thread can start: the interpreter is ending) this one works too
+            pass
+        work()
+        for thread in started:
+            thread.join()
+        if failed:
+            raise failed[0]
+        return sum(removed)
 
     def abort_unfinished_uploads(self, prefix: str, older_than_s: float | None = None) -> int:
         """Abort the multipart uploads left unfinished under ``prefix`` (those started
