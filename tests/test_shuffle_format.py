@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -270,6 +271,38 @@ def test_removing_a_shuffle_leaves_no_folder_and_the_others_in_its_shards(tmp_pa
     assert _folders(tmp_path / "store") == ["shuffle", "shuffle/01", f"shuffle/01/{b}"]
     assert store.delete_prefixes(keys.shuffle_prefixes(b, 2)) == 1
     assert _folders(tmp_path / "store") == ["shuffle"]  # (the store's own top folder stays)
+
+
+def test_removing_a_users_prefix_keeps_the_folder_above_it_for_a_put_racing_it(tmp_path):
+    """Only a shuffle's shard folder goes with the last prefix under it: removing the user's
+    emptied ``data/a/`` after ``delete_prefix("data/a/b0/")`` made a ``put("data/a/x")``
+    beside it fail with StoreError ("No such file or directory")."""
+    store = LocalStore(str(tmp_path / "store"))
+    store.put("data/a/b/y", b"v")
+    store.delete_prefix("data/a/b/")
+    assert _folders(tmp_path / "store") == ["data", "data/a"]
+    failed: list[str] = []
+    end = time.monotonic() + 1.5
+
+    def writer() -> None:
+        while time.monotonic() < end:
+            try:
+                store.put("data/a/x", b"v")
+            except Exception as exc:  # noqa: BLE001 - collected
+                failed.append(repr(exc))
+            store.delete("data/a/x")
+
+    def remover(i: int) -> None:
+        while time.monotonic() < end:
+            store.put(f"data/a/b{i}/y", b"v")
+            store.delete_prefix(f"data/a/b{i}/")
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=remover, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == [], failed[:3]
 
 
 def test_a_write_into_a_shard_whose_folder_a_removal_empties_meanwhile_succeeds(tmp_path):

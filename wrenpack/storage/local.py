@@ -486,13 +486,14 @@ class LocalStore(Store):
                 for name in dirnames:  # (emptied already: a walk from the bottom)
                     with contextlib.suppress(OSError):
                         os.rmdir(name, dir_fd=fd)
-        # Then the prefix's folder, and each folder above it that is left empty, up to but
-        # not including the store's top folders (``jobs/``, ``shuffle/``, ``data/``): as on S3,
-        # no folder stays without objects (a map_reduce's ``shuffle/<shard>/<id>/`` leaves no
-        # ``shuffle/<shard>/``). A writer that opened one of them meanwhile walks again (``_open_dir``).
+        # Then the prefix's folder; under ``shuffle/``, also the shard's folder it leaves
+        # empty (a map_reduce's ``shuffle/<shard>/<id>/`` leaves no ``shuffle/<shard>/``; a
+        # writer that opened it meanwhile walks again, ``_open_dir``). No other parent goes:
+        # removing the user's emptied ``data/a/`` after ``delete_prefix("data/a/b/")`` made a
+        # ``put("data/a/x")`` racing it fail (its temporary file's folder gone between two tries).
         parts = [p for p in base_dir.split("/") if p not in ("", ".")]
         for depth in range(len(parts), 0, -1):
-            if depth < len(parts) and depth < 2:
+            if depth < len(parts) and (depth < 2 or f"{parts[0]}/" != keys.SHUFFLE):
                 break
             try:
                 with self._dir(parts[: depth - 1]) as dfd:
