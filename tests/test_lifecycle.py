@@ -445,6 +445,33 @@ def test_a_call_stopped_in_the_middle_of_a_write_leaves_nothing_in_the_store(tmp
     assert not os.path.exists(os.path.join(root, "data", "half"))
 
 
+def test_a_map_reduce_removed_at_exit_keeps_its_owner_record_until_its_shards_are_gone(tmp_path):
+    """The exit removes a stopped map_reduce's shard prefixes, then its own prefix with the
+    owner record: one sorted list did both at once, and with an id starting 0-3 its own
+    prefix sorted in among the shards, so a shard whose removal failed was left with no
+    record saying whose it was (``clean --stale`` kept it for good)."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"))
+    store = ex.store
+    sid = "0a1111111111"
+    prefixes = keys.shuffle_prefixes(sid, 16)
+    for n in range(16):
+        store.put(keys.shuffle_part_key(sid, n), b"x")
+    store.put(keys.shuffle_owner_key(sid), b"x")
+    for prefix in prefixes:
+        ex.own_prefix(prefix)
+    failing = keys.shuffle_shard_prefix(sid, 11)
+    plain = store.delete_prefix
+
+    def delete_prefix(prefix):
+        if prefix == failing:
+            raise StoreError("refused, as a throttled S3 would")
+        return plain(prefix)
+
+    store.delete_prefix = delete_prefix
+    ex.shutdown()
+    assert sorted(store.list("shuffle/")) == sorted([keys.shuffle_part_key(sid, 11), keys.shuffle_owner_key(sid)])
+
+
 def test_a_map_reduce_running_at_exit_leaves_no_intermediate_objects(tmp_path):
     root = tmp_path / "store"
     out = _run_script(tmp_path, {"storage": str(root), "concurrency": 2}, """

@@ -702,8 +702,13 @@ class Executor(CallTable, cf.Executor):
         with self._lock:
             owned, self._owned_prefixes = set(self._owned_prefixes), set()
         if owned and not self.config.keep_objects:
-            try:  # (a map_reduce the program's exit stopped: its own cleanup never ran; one prefix per shard)
-                self.store.delete_prefixes(sorted(owned))
+            # (a map_reduce the program's exit stopped: its own cleanup never ran.) Its shards'
+            # prefixes first, side by side; its own, with the owner record, only once they are
+            # gone: a removal that fails leaves the record saying whose the rest is (`clean --stale`)
+            own = {p for p in owned if p.startswith(keys.SHUFFLE) and keys.is_shuffle_id(p[len(keys.SHUFFLE):-1])}
+            try:
+                self.store.delete_prefixes(sorted(owned - own))
+                self.store.delete_prefixes(sorted(own))
             except Exception:  # noqa: BLE001
                 log.warning("could not delete every object under %d prefix(es), such as %s", len(owned), min(owned),
                             exc_info=True)
