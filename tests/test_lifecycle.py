@@ -505,6 +505,36 @@ def _reducer(key, values):
     return sum(values)
 
 
+def _plus_one(x):
+    return x + 1
+
+
+def test_a_slow_write_under_an_owned_prefix_holds_no_launch_and_lands_before_its_removal(tmp_path):
+    """The driver's word to a map_reduce's waiting reducers (``while_owned``) was written
+    under the executor's lock: a slow PUT (S3 throttling) held every launch and completion
+    behind it (a call took 3.7 s to launch beside a 4 s write). The release still waits for
+    such a write, so it lands before the prefix is removed, not after."""
+    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1)
+    prefix = "shuffle/0123456789ab/"
+    ex.own_prefix(prefix)
+    writing, done = threading.Event(), threading.Event()
+
+    def slow_write() -> None:
+        writing.set()
+        time.sleep(2.0)
+        ex.store.put(prefix + "abort", b"x")
+
+    writer = threading.Thread(target=lambda: (ex.while_owned(prefix, slow_write), done.set()))
+    writer.start()
+    assert writing.wait(10)
+    t0 = time.monotonic()
+    assert wrenpack.remote(_plus_one, executor=ex).remote(1).result(timeout=30) == 2
+    assert time.monotonic() - t0 < 1.8 and not done.is_set(), "the launch waited for the write"
+    ex.shutdown()  # (during the write: waits for it, then removes the prefix)
+    writer.join(10)
+    assert done.is_set() and ex.store.list("shuffle/") == []
+
+
 def test_a_map_reduce_thread_late_at_exit_writes_nothing_after_its_objects_were_removed(tmp_path, monkeypatch):
     """At exit (SIGTERM too) the executor waits 3 s for a map_reduce's own thread, then removes
     its objects itself; that thread, later (a loaded machine), told its waiting reducers to stop

@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 PYTHON = "%d.%d" % sys.version_info[:2]
 #: a job's events carry its pickled function when all of them together hold at most this many bytes of it
 INLINE_FUNCTION_BYTES = 64 * 1024
+#: how long the release of a map_reduce's prefixes waits for a write ``while_owned`` let
+#: through (one store PUT) before it removes them anyway
+_OWNED_WRITE_WAIT_S = 10
 
 _executors: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 
@@ -118,6 +121,10 @@ class Executor(CallTable, cf.Executor):
         #: prefixes of objects made for calls of this executor outside their jobs' folders (a
         #: map_reduce's intermediates), removed when it is released if nothing removed them first
         self._owned_prefixes: set[str] = set()
+        #: guards ``_owned_prefixes`` and the writes ``while_owned`` let through (not ``_lock``:
+        #: such a write, a store PUT, would hold every launch and completion behind it)
+        self._owned_lock = threading.Condition()
+        self._owned_writing = 0
         self._exited = False  # the interpreter is exiting (``_exit`` ran)
         #: jobs whose calls run on after this program exits (sent to a backend whose calls outlive
         #: their driver, stopped only by a cancel marker): their objects go at exit but the markers
@@ -288,11 +295,11 @@ class Executor(CallTable, cf.Executor):
         executor's calls outside their jobs' folders (a map_reduce's
         intermediates): removed when the executor is released unless
         ``disown_prefix`` came first (their maker removed them)."""
-        with self._lock:
+        with self._owned_lock:
             self._owned_prefixes.add(prefix)
 
     def disown_prefix(self, prefix: str) -> None:
-        with self._lock:
+        with self._owned_lock:
             self._owned_prefixes.discard(prefix)
 
     def while_owned(self, prefix: str, write: Callable[[], None]) -> bool:
@@ -301,12 +308,19 @@ class Executor(CallTable, cf.Executor):
         it ran not. So the write lands before the release removes the prefix, or
         never: a map_reduce's thread telling its reducers to stop (``shuffle.abort``)
         after the exit had removed its objects left that object in the store once the
-        process ended (the thread, late, had not reached its own cleanup)."""
-        with self._lock:
+        process ended (the thread, late, had not reached its own cleanup). The write
+        itself runs outside the lock; the release waits for it (``_OWNED_WRITE_WAIT_S``)."""
+        with self._owned_lock:
             if prefix not in self._owned_prefixes:
                 return False
+            self._owned_writing += 1
+        try:
             write()
-            return True
+        finally:
+            with self._owned_lock:
+                self._owned_writing -= 1
+                self._owned_lock.notify_all()
+        return True
 
     def check_open(self) -> None:
         """Raise ``ExecutorShutdown`` if no new calls may be launched."""
@@ -699,8 +713,12 @@ class Executor(CallTable, cf.Executor):
         if not self.config.keep_objects:
             for job_id in kept:
                 self._delete_job(job_id)
-        with self._lock:
+        with self._owned_lock:
             owned, self._owned_prefixes = set(self._owned_prefixes), set()
+            # (a write ``while_owned`` let through lands before the removal: one PUT, waited for)
+            if not self._owned_lock.wait_for(lambda: not self._owned_writing, timeout=_OWNED_WRITE_WAIT_S):
+                log.warning("a write under a prefix being removed did not end in %d s: removing it anyway",
+                            _OWNED_WRITE_WAIT_S)
         if owned and not self.config.keep_objects:
             # (a map_reduce the program's exit stopped: its own cleanup never ran.) Its shards'
             # prefixes first, side by side; its own, with the owner record, only once they are
