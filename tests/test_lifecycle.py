@@ -709,6 +709,89 @@ def test_clean_all_removes_map_reduces_of_both_layouts_and_leaves_no_folder(tmp_
     assert folders == ["shuffle", "shuffle/05", "shuffle/05/notanid", "shuffle/7f", "shuffle/run1"], folders
 
 
+def _tree(root):
+    """Every folder and file below ``root`` (links as such, not followed), relative."""
+    out = []
+    for d, dirs, files in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, n), root) for n in dirs + files]
+    return sorted(out)
+
+
+def test_clean_finds_a_map_reduce_folder_left_with_only_a_temporary_file_or_nothing(tmp_path, capsys, monkeypatch):
+    """A writer killed during a map_reduce's first write into a shard leaves ``shuffle/<shard>/<id>/``
+    holding only its ``.tmp-*`` file (empty once that is swept). The store's listing leaves such a
+    folder out, and clean called the shard not wrenpack's; once it was all the store held, every
+    clean said the store was none ("check --storage") and removed nothing, for good. A 12-hex
+    folder in a shard is wrenpack's whatever it holds: --all removes it and the shard folder with
+    it; --stale keeps it while it has no owner record (--force removes it), the store recognised."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    LocalStore(str(root))
+    sid = "abcdefabcdef"
+    folder = root / "shuffle" / "05" / sid
+    # (a) its owner record (unreadable) and a shard holding a writer's temporary file alone
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / ".tmp-999999-1-0").write_bytes(b"x")
+    (root / "shuffle" / sid).mkdir(mode=0o700)
+    (root / "shuffle" / sid / "owner.json").write_bytes(b"junk")
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["wrenpack_store"] is True and out["map_reduces"] == 1 and out["skipped"] == [], out
+    assert _tree(root) == ["shuffle"], _tree(root)  # (no shuffle/05/ left either)
+    # (b) the shard's temporary file alone, and (c) the folder it was in, emptied by the sweep
+    for leftover in (b".tmp-999999-1-0", None):
+        folder.mkdir(parents=True, mode=0o700)
+        if leftover is not None:
+            (folder / leftover.decode()).write_bytes(b"x")
+        assert _clean(tmp_path, "--stale") == 0  # (no owner record: kept, but wrenpack's)
+        out = json.loads(capsys.readouterr().out)
+        assert out["wrenpack_store"] is True and out["removed"] == 0, out
+        assert out["skipped"] == [f"map_reduce {sid}"] and "owner record" in out["skipped_why"][f"map_reduce {sid}"], out
+        assert folder.is_dir()
+        assert _clean(tmp_path, "--all") == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["wrenpack_store"] is True and out["map_reduces"] == 1 and out["skipped"] == [], out
+        assert _tree(root) == ["shuffle"], _tree(root)
+    folder.mkdir(parents=True, mode=0o700)
+    assert _clean(tmp_path, "--stale", "--force") == 0
+    assert json.loads(capsys.readouterr().out)["map_reduces"] == 1 and _tree(root) == ["shuffle"]
+    # An empty shard folder (a writer killed between making it and its id's) is no one else's either.
+    (root / "shuffle" / "05").mkdir(mode=0o700)
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["wrenpack_store"] is True and out["skipped"] == [], out
+
+
+def test_clean_reports_links_under_shuffle_as_skipped_and_shards_in_hex(tmp_path, capsys, monkeypatch):
+    """A symbolic link under ``shuffle/`` or in a shard folder is not followed, and was left out of
+    the output; it is listed as skipped. A shard name wrenpack never gives is said so in hex (the
+    reason read "shard (2, below 40)": 0x40, read as forty)."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    store = LocalStore(str(root))
+    sid, other = "0123456789ab", "cccccccccccc"
+    (outside / other).mkdir(parents=True)
+    (outside / other / "m00002-000").write_text("keep")
+    store.put(keys.shuffle_part_key(sid, 1), b"x")
+    os.symlink(outside, root / "shuffle" / "02")
+    (root / "shuffle" / "03").mkdir(mode=0o700)
+    os.symlink(outside / other, root / "shuffle" / "03" / other)
+    store.put(f"shuffle/40/{other}/x", b"y")
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["map_reduces"] == 1 and out["removed"] == 1, out
+    assert out["skipped"] == ["shuffle/02", "shuffle/03/" + other, "shuffle/40/"], out
+    assert "symbolic link" in out["skipped_why"]["shuffle/02"] and "symbolic link" in out["skipped_why"]["shuffle/03/" + other]
+    assert "2 hex digits, 00 to 3f" in out["skipped_why"]["shuffle/40/"], out
+    assert (outside / other / "m00002-000").read_text() == "keep"
+    assert os.path.islink(root / "shuffle" / "02") and os.path.islink(root / "shuffle" / "03" / other)
+    # Links alone are nothing of wrenpack's: such a folder is no store.
+    store.delete_prefix("shuffle/40/")
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["wrenpack_store"] is False and out["skipped"] == ["shuffle/02", "shuffle/03/" + other], out
+
+
 def test_clean_stale_waits_out_the_late_writes_of_calls_that_outlive_their_driver(tmp_path, capsys, monkeypatch):
     """On Lambda the calls a killed driver sent run on, and write, after it is gone: the first
     clean --stale removes what they wrote so far but keeps the owner record (and the cancel markers

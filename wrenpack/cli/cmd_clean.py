@@ -13,8 +13,9 @@ temporary files (``.tmp-*``) that writers killed mid-write left behind more
 than five minutes ago are swept too.
 
 ``--all`` and ``--stale`` touch only folders whose names wrenpack gives
-(``keys.is_job_id``, ``keys.is_shuffle_id``, ``keys.is_shuffle_shard``): anything
-else under ``jobs/`` or ``shuffle/`` is left and reported as skipped, and a
+(``keys.is_job_id``, ``keys.is_shuffle_id``, ``keys.is_shuffle_shard``), whatever
+they hold: anything else under ``jobs/`` or ``shuffle/``, and any symbolic link
+there (never followed), is left and reported as skipped, and a
 ``--storage`` with nothing of wrenpack's in it is said not to be a store (nothing
 removed, nothing swept). A map_reduce's objects are under ``shuffle/<id>/`` and
 ``shuffle/<shard>/<id>/`` (``wrenpack.keys``); an earlier version put them all under
@@ -226,7 +227,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         if running:
             print(f"kept {len(running)} job(s) still running")
         if foreign:
-            print(f"left {len(foreign)} folder(s) whose names wrenpack never gives, so it did not write them: {_folders(foreign)}")
+            print(f"left {len(foreign)} folder(s) or link(s) wrenpack did not make (--json says why): {_folders(foreign)}")
         if late:
             until = time.strftime("%H:%M", time.localtime(max(late.values())))
             print(f"kept the owner record of {len(late)} job(s) whose calls, sent before their program was gone, may "
@@ -237,28 +238,57 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str]) -> list[str]:
     """The map_reduces whose objects are in the store, by id: those with a folder
     ``shuffle/<id>/`` (an owner record, or, from an earlier version, everything) and
-    those with objects in a shard, ``shuffle/<shard>/<id>/``, whose prefixes go to
-    ``shards``. Folders of other names go to ``foreign``, with why. One LIST of
-    ``shuffle/`` and one of each shard found (64 at most, on S3 by CommonPrefixes)."""
+    those with a folder in a shard, ``shuffle/<shard>/<id>/``, whose prefixes go to
+    ``shards``. A folder of such a name is wrenpack's whatever it holds: one left with
+    nothing but a writer's temporary file (killed during its first write), or nothing
+    once that was swept, is found too (before, such a shard was called not wrenpack's,
+    and once it was all the store held, the store itself was). Folders of other
+    names, and links (never followed), go to ``foreign``, with why; an empty shard
+    folder is neither (a writer killed between making it and its id's: nothing to
+    remove or keep). One LIST of ``shuffle/`` and one of each shard found (64 at
+    most, on S3 by CommonPrefixes)."""
     not_ours = "not a map_reduce id wrenpack makes (12 hex digits): not wrenpack's"
+    link = "a symbolic link (not followed): wrenpack makes none, so not wrenpack's"
     found: set[str] = set()
-    for name in store.list_folders(keys.SHUFFLE):
-        if keys.is_shuffle_id(name):
+    for name, kind in _entries(store, keys.SHUFFLE).items():
+        if kind == "link":
+            foreign[f"{keys.SHUFFLE}{name}"] = link
+        elif keys.is_shuffle_id(name):
             found.add(name)
         elif keys.is_shuffle_shard(name):
-            below = store.list_folders(f"{keys.SHUFFLE}{name}/")
-            for sid in below:
-                if keys.is_shuffle_id(sid):
+            if kind == "empty":
+                continue
+            shard = f"{keys.SHUFFLE}{name}/"
+            said = False  # (whether this shard's folder held anything found or reported)
+            for sid, inner in _entries(store, shard).items():
+                if inner == "link":
+                    foreign[f"{shard}{sid}"] = link
+                elif keys.is_shuffle_id(sid):
                     found.add(sid)
                     shards.setdefault(sid, []).append(keys.shuffle_shard_prefix(sid, int(name, 16)))
+                elif inner == "empty":
+                    continue
                 else:
-                    foreign[f"{keys.SHUFFLE}{name}/{sid}/"] = not_ours
-            if not below:  # (objects right in the shard's folder: none of a map_reduce's)
-                foreign[f"{keys.SHUFFLE}{name}/"] = "holds no map_reduce's folder: not wrenpack's"
-        else:
-            foreign[keys.shuffle_prefix(name)] = ("not a map_reduce id (12 hex digits) or shard (2, below "
-                                                  f"{keys.SHUFFLE_SHARDS:02x}) wrenpack makes: not wrenpack's")
+                    foreign[f"{shard}{sid}/"] = not_ours
+                said = True
+            if not said:  # (objects right in the shard's folder: none of a map_reduce's)
+                foreign[shard] = "holds no map_reduce's folder: not wrenpack's"
+        elif kind != "empty":
+            foreign[keys.shuffle_prefix(name)] = (
+                "not a map_reduce id (12 hex digits) or shard (2 hex digits, "
+                f"00 to {keys.SHUFFLE_SHARDS - 1:02x}) wrenpack makes: not wrenpack's")
     return sorted(found)
+
+
+def _entries(store: Any, prefix: str) -> dict[str, str]:
+    """The folders (and, in a local store, links) one level below ``prefix``: name ->
+    "folder", "empty" or "link" (``wrenpack.storage.local.folder_entries``). On S3 a
+    folder is a prefix with objects under it, never empty, and there are no links."""
+    from wrenpack.storage.local import LocalStore, folder_entries
+
+    if isinstance(store, LocalStore):
+        return folder_entries(store, prefix)
+    return {name: "folder" for name in store.list_folders(prefix)}
 
 
 def _folders(foreign: dict[str, str]) -> str:
@@ -296,7 +326,7 @@ def _not_a_store(store: Any, foreign: dict[str, str], as_json: bool) -> int:
     else:
         left = f"; left {len(foreign)} folder(s): {_folders(foreign)}" if foreign else ""
         print(f"removed nothing from {store.url}: it does not look like a wrenpack store (nothing under jobs/ or "
-              f"shuffle/ has a name wrenpack gives{left}); check --storage")
+              f"shuffle/ is a folder named as wrenpack names its own{left}); check --storage")
     return 0
 
 

@@ -681,6 +681,43 @@ def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
     return removed
 
 
+def folder_entries(store: LocalStore, prefix: str) -> dict[str, str]:
+    """The folders and links one level below ``prefix`` (a folder, ending in "/"), by
+    name: "folder" (one holding anything, a writer's temporary file alone too), "empty"
+    (one holding nothing) or "link" (a symbolic link, not followed). For ``wrenpack
+    clean``, which must know a folder wrenpack named however little is in it
+    (``list_folders``, like an S3 listing, leaves out those holding nothing but
+    temporary files: a writer killed mid-write, or one whose temporary file was
+    swept), and say that a link is not its own. Files are left out. One directory
+    read, and one per folder in it."""
+    parts = [p for p in prefix.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise StoreError(f"invalid store prefix {prefix!r}: prefixes are relative paths without '..'")
+    if long_part(prefix) is not None:
+        return {}
+    out: dict[str, str] = {}
+    try:
+        with store._dir(parts) as dfd, os.scandir(dfd) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    out[entry.name] = "link"
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+                except OSError:
+                    continue  # (removed meanwhile, or swapped for a link)
+                try:
+                    with os.scandir(sub) as inner:
+                        out[entry.name] = "folder" if any(True for _ in inner) else "empty"
+                finally:
+                    os.close(sub)
+    except _ABSENT:
+        return {}
+    return dict(sorted(out.items()))
+
+
 def _file_kind(mode: int) -> str:
     """What a non-regular file is, in a word."""
     for test, word in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "directory"), (stat.S_ISSOCK, "socket"),
