@@ -248,6 +248,8 @@ def wordcount_module():
     (unicodedata.normalize("NFD", "Café naïve"), {"café": 1, "naïve": 1}),  # was cafe, nai, ve
     ("مَرْحَبًا بِكُمْ", {"مَرْحَبًا": 1, "بِكُمْ": 1}),  # harakat: one-letter words
     ("İstanbul", {"i\u0307stanbul": 1}),  # lower() gives i + U+0307: was i, stanbul
+    # Brahmi, a mark above U+FFFF (the pattern's other class of marks): was two words
+    ("\U00011005\U00011032\U00011044\U00011013", {"\U00011005\U00011032\U00011044\U00011013": 1}),
     ("\u0301x 2\u0301 _\u0301 it's", {"x": 1, "it's": 1}),  # a mark with no letter before it is no word
 ])
 def test_wordcount_keeps_combining_marks_in_words(wordcount_module, line, words):
