@@ -14,10 +14,14 @@ Any input is counted, whatever its encoding: lines are decoded as UTF-8 with
 ``errors="replace"`` (``chunk.lines(encoding, errors)``), so a byte that is not
 UTF-8 (latin-1 text, a stray binary file) becomes U+FFFD, which no word holds:
 it ends a word as a space would, and the run ends with one line saying how many
-characters were replaced and how to read them. A word is letters of any script
-and apostrophes, so UTF-8 ``café`` is one word, and latin-1 ``café`` read as
-UTF-8 counts as ``caf`` (its ``é`` replaced); ``--encoding latin-1`` reads such
-text as what it is, ``café``. ``--errors strict`` stops at the first byte that
+characters were replaced (or were U+FFFD in the text already) and how to read
+them. A word is letters of any script and apostrophes, each letter with the
+combining marks that follow it (Unicode category M: the vowel signs of
+``हिन्दी``, Arabic harakat, the accent of a decomposed ``é``); lines are
+lowercased and put in NFC first, so composed and decomposed ``café`` are the
+same word. UTF-8 ``café`` is one word, and latin-1 ``café`` read as UTF-8
+counts as ``caf`` (its ``é`` replaced); ``--encoding latin-1`` reads such text
+as what it is, ``café``. ``--errors strict`` stops at the first byte that
 does not decode instead, with one line naming the object, the byte's offset and
 the options that read it. Text whose newline is not the byte
 ``\\n`` (``--encoding utf-16``, ``utf-32``) is read a whole file per map call,
@@ -34,13 +38,19 @@ import random
 import re
 import signal
 import sys
+import unicodedata
 import uuid
 
 import wrenpack
 
 WORD = re.compile(r"[a-z']+")
-#: the same for a line that is not all ASCII: letters of any script (not digits, not ``_``)
-WORD_ANY = re.compile(r"(?:[^\W\d_]|')+")
+#: the same for a line that is not all ASCII (``word_any()``, built at its first use): letters of
+#: any script (not digits, not ``_``) and apostrophes, and after the first of them combining marks
+_word_any: re.Pattern[str] | None = None
+#: the planes that hold every combining mark (category M) of the Unicode that Python knows: the
+#: BMP, the SMP and plane 14 (variation selectors); planes 2-3 hold ideographs, 4-13 nothing, 15-16
+#: private use. Scanning these takes ~50 ms, all of them ~200 ms; a test checks nothing is missed.
+MARK_PLANES = ((0, 0x20000), (0xE0000, 0xE1000))
 #: the character a byte that did not decode became (``errors="replace"``); its count travels
 #: with the words' under this key, which no word can be (it is no letter)
 REPLACED = "\ufffd"
@@ -49,13 +59,49 @@ REPLACED = "\ufffd"
 MAX_PARTITIONS = 1000
 
 
+def mark_ranges() -> list[tuple[int, int]]:
+    """The code points of Unicode category M (combining marks), as inclusive ranges.
+    Python's ``re`` has no ``\\p{M}``, and ``\\w`` holds no mark: without them a word
+    was cut at every vowel sign of Hindi, every haraka of Arabic, every decomposed
+    accent. The categories are joined into one string, two letters a code point, and
+    the runs of ``Mn``, ``Mc``, ``Me`` found with a pattern (quicker than a loop)."""
+    ranges = []
+    for lo, hi in MARK_PLANES:
+        categories = "".join(map(unicodedata.category, map(chr, range(lo, hi))))
+        ranges += [(lo + m.start() // 2, lo + m.end() // 2 - 1) for m in re.finditer(r"(?:M[a-z])+", categories)]
+    return ranges
+
+
+def word_any() -> re.Pattern[str]:
+    """The word pattern of a line that is not all ASCII, built the first time one is
+    seen in a process (~30-50 ms; the ASCII text most runs count never pays it)."""
+    global _word_any
+    if _word_any is None:
+        ranges = mark_ranges()
+        bmp = _char_class([(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF])
+        astral = _char_class([(max(a, 0x10000), b) for a, b in ranges if b > 0xFFFF])
+        # Runs of letters, then of marks and apostrophes (quicker than a character at a time).
+        # re tests a class that reaches past U+FFFF range by range (over 100 here), a BMP-only
+        # class by table: the marks above U+FFFF are tried only for a character above it.
+        astral_marks = rf"|(?=[\U00010000-\U0010ffff])[{astral}]+" if astral else ""
+        _word_any = re.compile(rf"(?:[^\W\d_]|')(?:[^\W\d_]+|[{bmp}']+{astral_marks})*")
+    return _word_any
+
+
+def _char_class(ranges: list[tuple[int, int]]) -> str:
+    """The inside of a ``re`` character class holding ``ranges`` (inclusive)."""
+    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+
+
 def count_line(counts: collections.Counter, line: str) -> None:
     """Add one line's words to ``counts``, and the characters in it that did not decode
-    (``REPLACED``). An ASCII line (most text) takes the quicker ASCII pattern."""
+    (``REPLACED``). An ASCII line (most text) takes the quicker ASCII pattern; any other
+    is lowercased and put in NFC, so that a word counts the same composed or not
+    (``lower()`` can decompose: ``İ`` becomes ``i`` and U+0307)."""
     if line.isascii():
         counts.update(WORD.findall(line.lower()))
         return
-    counts.update(WORD_ANY.findall(line.lower()))
+    counts.update(word_any().findall(unicodedata.normalize("NFC", line.lower())))
     replaced = line.count(REPLACED)
     if replaced:
         counts[REPLACED] += replaced
@@ -95,8 +141,9 @@ def local_count(texts: list[bytes], encoding: str, errors: str, whole_files: boo
 
 def replaced_note(replaced: int, encoding: str) -> str:
     """The line that says a count left characters out, and how to read them."""
+    were = "were" if replaced != 1 else "was"
     return (f"wordcount: {replaced:,} character{'s' if replaced != 1 else ''} did not decode as {encoding} and "
-            f"{'were' if replaced != 1 else 'was'} replaced (U+FFFD, which ends a word); give the text's encoding "
+            f"{were} replaced, or {were} U+FFFD in the text already (U+FFFD ends a word); give the text's encoding "
             f"(--encoding latin-1, cp1252, ...) to count them, or --errors strict to stop at the first")
 
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,64 @@ def test_wordcount_counts_words_of_any_script_and_says_what_did_not_decode(tmp_p
     counts, err = run("utf8.txt")
     assert counts == {"café": 1, "naïve": 1, "it's": 1, "foo": 1, "bar": 1} and err == "", (counts, err)
     assert _stored(tmp_path) == []
+
+
+@pytest.fixture
+def wordcount_module():
+    """examples/wordcount.py loaded afresh (its word pattern for non-ASCII lines not built yet)."""
+    spec = importlib.util.spec_from_file_location("wordcount_under_test", REPO / "examples" / "wordcount.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("line, words", [
+    ("हिन्दी भाषा", {"हिन्दी": 1, "भाषा": 1}),  # vowel signs and virama (Mn, Mc) were cut out: ह, न, द, भ, ष
+    (unicodedata.normalize("NFD", "Café naïve"), {"café": 1, "naïve": 1}),  # was cafe, nai, ve
+    ("مَرْحَبًا بِكُمْ", {"مَرْحَبًا": 1, "بِكُمْ": 1}),  # harakat: one-letter words
+    ("İstanbul", {"i\u0307stanbul": 1}),  # lower() gives i + U+0307: was i, stanbul
+    # Brahmi, a mark above U+FFFF (the pattern's other class of marks): was two words
+    ("\U00011005\U00011032\U00011044\U00011013", {"\U00011005\U00011032\U00011044\U00011013": 1}),
+    ("\u0301x 2\u0301 _\u0301 it's", {"x": 1, "it's": 1}),  # a mark with no letter before it is no word
+])
+def test_wordcount_keeps_combining_marks_in_words(wordcount_module, line, words):
+    """A word was letters and apostrophes only, so it was cut at every combining mark
+    (Unicode category M), and NFD text counted other words than NFC text (probe8 #6)."""
+    counts = collections.Counter()
+    wordcount_module.count_line(counts, line)
+    assert dict(counts) == words
+
+
+def test_wordcount_counts_nfc_and_nfd_text_alike_and_builds_its_pattern_only_for_non_ascii(wordcount_module):
+    wc = wordcount_module
+    wc.count_line(collections.Counter(), "plain ascii it's")
+    assert wc._word_any is None  # (the ASCII path, the benchmark's, never builds the mark class)
+    text = ["Ünïcödé café, déjà vu: naïve Ångström", "한국어 텍스트 İzmir", "Tiếng Việt có dấu", "plain ascii it's"]
+    counted = {}
+    for form in ("NFC", "NFD"):
+        counts = collections.Counter()
+        for line in text:
+            wc.count_line(counts, unicodedata.normalize(form, line))
+        counted[form] = counts
+    assert counted["NFC"] == counted["NFD"]
+    assert counted["NFC"]["tiếng"] == counted["NFC"]["한국어"] == counted["NFC"]["ångström"] == 1, counted["NFC"]
+
+
+def test_wordcount_mark_planes_hold_every_combining_mark(wordcount_module):
+    """The mark class is built from MARK_PLANES only (~50 ms, all planes ~200 ms): if a
+    Unicode version puts a mark elsewhere, this says so."""
+    every = [cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)).startswith("M")]
+    assert [cp for lo, hi in wordcount_module.mark_ranges() for cp in range(lo, hi + 1)] == every
+
+
+def test_wordcount_replaced_note_does_not_claim_every_u_fffd_failed_to_decode(wordcount_module):
+    """A U+FFFD that was in valid UTF-8 text is counted with the replaced bytes (the count
+    cannot tell them apart): the note said they all "did not decode"."""
+    counts = collections.Counter()
+    wordcount_module.count_line(counts, "x\ufffdy")
+    assert counts == {"x": 1, "y": 1, wordcount_module.REPLACED: 1}
+    one, two = wordcount_module.replaced_note(1, "utf-8"), wordcount_module.replaced_note(2, "utf-8")
+    assert one.startswith("wordcount: 1 character did not decode as utf-8 and was replaced, or was U+FFFD in the "
+                          "text already"), one
+    assert two.startswith("wordcount: 2 characters did not decode as utf-8 and were replaced, or were U+FFFD in "
+                          "the text already"), two
