@@ -282,12 +282,12 @@ def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str])
 
 def _entries(store: Any, prefix: str) -> dict[str, str]:
     """The folders (and, in a local store, links) one level below ``prefix``: name ->
-    "folder", "empty" or "link" (``wrenpack.storage.local.folder_entries``). On S3 a
+    "folder", "temporary", "empty" or "link" (``LocalStore.folder_entries``). On S3 a
     folder is a prefix with objects under it, never empty, and there are no links."""
-    from wrenpack.storage.local import LocalStore, folder_entries
+    from wrenpack.storage.local import LocalStore
 
     if isinstance(store, LocalStore):
-        return folder_entries(store, prefix)
+        return store.folder_entries(prefix)
     return {name: "folder" for name in store.list_folders(prefix)}
 
 

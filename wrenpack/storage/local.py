@@ -428,30 +428,44 @@ class LocalStore(Store):
         # walk of every object below: ``wrenpack jobs`` on a store of large jobs.
         if not prefix.endswith("/"):
             return super().list_folders(prefix)
+        return [name for name, kind in self.folder_entries(prefix).items() if kind == "folder"]
+
+    def folder_entries(self, prefix: str) -> dict[str, str]:
+        """The folders and links one level below ``prefix`` (a folder, ending in "/"), by
+        name: "folder" (one holding an object or a folder), "temporary" (nothing but
+        writers' temporary files), "empty" or "link" (a symbolic link, not followed).
+        ``list_folders`` keeps the first kind, as an S3 listing would; ``wrenpack clean``
+        must also know a folder wrenpack named however little is in it (a writer killed
+        mid-write, or one whose temporary file was swept) and say that a link is not its
+        own. Files are left out. One directory read, and one per folder in it."""
         parts = [p for p in prefix.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise StoreError(f"invalid store prefix {prefix!r}: prefixes are relative paths without '..'")
         if long_part(prefix) is not None:
-            return []  # (as _walk: nothing is under a folder name too long for the file system)
-        out = []
+            return {}  # (as _walk: nothing is under a folder name too long for the file system)
+        out: dict[str, str] = {}
         try:
-            with self._dir(parts) as dfd:
-                for entry in os.scandir(dfd):
+            with self._dir(parts) as dfd, os.scandir(dfd) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        out[entry.name] = "link"
+                        continue
                     if not entry.is_dir(follow_symlinks=False):
                         continue
                     try:
                         sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
                     except OSError:
-                        continue  # (removed meanwhile, or a link: not a folder of the store's)
+                        continue  # (removed meanwhile, or swapped for a link)
                     try:
                         with os.scandir(sub) as inner:
-                            if any(not e.name.startswith(".tmp-") for e in inner):
-                                out.append(entry.name)
+                            names = [e.name for e in inner]
                     finally:
                         os.close(sub)
+                    out[entry.name] = ("folder" if any(not n.startswith(".tmp-") for n in names) else
+                                       "temporary" if names else "empty")
         except _ABSENT:
-            return []
-        return sorted(out)
+            return {}
+        return dict(sorted(out.items()))
 
     def delete(self, key: str) -> None:
         *dirs, name = self._parts(key)
@@ -679,43 +693,6 @@ def sweep_tmp(store: LocalStore, older_than_s: float = 300.0) -> int:
                             os.unlink(name, dir_fd=fd)
                             removed += 1
     return removed
-
-
-def folder_entries(store: LocalStore, prefix: str) -> dict[str, str]:
-    """The folders and links one level below ``prefix`` (a folder, ending in "/"), by
-    name: "folder" (one holding anything, a writer's temporary file alone too), "empty"
-    (one holding nothing) or "link" (a symbolic link, not followed). For ``wrenpack
-    clean``, which must know a folder wrenpack named however little is in it
-    (``list_folders``, like an S3 listing, leaves out those holding nothing but
-    temporary files: a writer killed mid-write, or one whose temporary file was
-    swept), and say that a link is not its own. Files are left out. One directory
-    read, and one per folder in it."""
-    parts = [p for p in prefix.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise StoreError(f"invalid store prefix {prefix!r}: prefixes are relative paths without '..'")
-    if long_part(prefix) is not None:
-        return {}
-    out: dict[str, str] = {}
-    try:
-        with store._dir(parts) as dfd, os.scandir(dfd) as entries:
-            for entry in entries:
-                if entry.is_symlink():
-                    out[entry.name] = "link"
-                    continue
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                try:
-                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
-                except OSError:
-                    continue  # (removed meanwhile, or swapped for a link)
-                try:
-                    with os.scandir(sub) as inner:
-                        out[entry.name] = "folder" if any(True for _ in inner) else "empty"
-                finally:
-                    os.close(sub)
-    except _ABSENT:
-        return {}
-    return dict(sorted(out.items()))
 
 
 def _file_kind(mode: int) -> str:
