@@ -73,6 +73,8 @@ def let_go_for_good() -> None:
     object of its jobs and map_reduces left in the store."""
     while _LOCK._is_owned():  # type: ignore[attr-defined]
         _LOCK.release()
+
+
 _DONE_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED})
 _CANCELLED_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
 #: a future's callbacks before the first is added (a list is made then)

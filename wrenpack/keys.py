@@ -202,6 +202,12 @@ def shuffle_prefix(shuffle_id: str) -> str:
     return f"{SHUFFLE}{shuffle_id}/"
 
 
+def is_shuffle_own_prefix(prefix: str) -> bool:
+    """Whether ``prefix`` is a map_reduce's own (``shuffle_prefix``: its owner record),
+    which a removal of its objects takes last (``shuffle_prefixes``)."""
+    return prefix.startswith(SHUFFLE) and prefix.endswith("/") and is_shuffle_id(prefix[len(SHUFFLE):-1])
+
+
 def shuffle_shard_prefix(shuffle_id: str, shard: int) -> str:
     """The map_reduce's bulk objects in one shard."""
     return f"{SHUFFLE}{shuffle_shard(shard)}/{shuffle_id}/"

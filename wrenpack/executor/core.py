@@ -723,7 +723,7 @@ class Executor(CallTable, cf.Executor):
             # (a map_reduce the program's exit stopped: its own cleanup never ran.) Its shards'
             # prefixes first, side by side; its own, with the owner record, only once they are
             # gone: a removal that fails leaves the record saying whose the rest is (`clean --stale`)
-            own = {p for p in owned if p.startswith(keys.SHUFFLE) and keys.is_shuffle_id(p[len(keys.SHUFFLE):-1])}
+            own = {p for p in owned if keys.is_shuffle_own_prefix(p)}
             try:
                 self.store.delete_prefixes(sorted(owned - own))
                 self.store.delete_prefixes(sorted(own))
