@@ -413,14 +413,14 @@ def _failure_report(exc: BuildError, tmp: str, output: str, tgt: Target, inp: in
     it must go on describing it, so the failed build's lock goes to ``requirements.failed.lock``."""
     os.makedirs(output, exist_ok=True)
     kept = os.path.isfile(os.path.join(output, layout.MANIFEST))
+    if not kept:
+        _drop_report(output)  # (an earlier failure's, over a runtime since removed: this report replaces it)
     lock_src = os.path.join(tmp, layout.LOCK)
     lock_out = None
     pinned: dict[str, str] = {}
     if os.path.isfile(lock_src):
         lock_out = os.path.join(output, FAILED_LOCK if kept else layout.LOCK)
         shutil.copyfile(lock_src, lock_out)
-        if not kept:
-            _drop_report(output)  # (an earlier failure's lock: this one's report replaces its report)
         with open(lock_src, encoding="utf-8") as f:
             pinned = resolve.pins(f.read())
     report = {
