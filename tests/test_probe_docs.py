@@ -78,13 +78,14 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("url", [f"redis://127.0.0.1:{_closed_port()}/0", "127.0.0.1:6379"])
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{closed}/0", "127.0.0.1:6379"], ids=["closed-port", "no-scheme"])
 def test_parameter_server_unreachable_redis_url_is_one_line(url):
     """README: parameter_server.py "uses --redis-url". A URL nobody listens on (or one without a
     scheme) ended in two chained 60-line redis tracebacks (the second from the clean-up in
     `finally`); it is one line naming the URL and what to do, before any call is launched."""
     pytest.importorskip("numpy")
     pytest.importorskip("redis")
+    url = url.format(closed=_closed_port())  # (found at the test's run: the same test ids in every collection)
     ps = _example("parameter_server")
     with pytest.raises(SystemExit) as ex:
         ps.main(["--small", "--redis-url", url])
