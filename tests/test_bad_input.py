@@ -706,3 +706,25 @@ def test_the_quick_test_of_a_call_never_passes_what_bind_refuses():
                     fits = False
                 assert fits or not shape.fits(args, kwargs), (fn, args, kwargs)
                 assert (shape.why_not(args, kwargs) is None) == fits, (fn, args, kwargs)
+
+
+@pytest.mark.parametrize("value", ["rel-cache", " /abs-with-a-space"])
+def test_a_relative_cache_directory_is_refused_in_one_line_and_nothing_is_made(value, tmp_path):
+    # probe8: a relative WRENPACK_CACHE_DIR (or ' /abs', a quoting slip) was used against each
+    # process's working directory, so a CLI run from elsewhere had another owner key and cache
+    out = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", "six", "-o", str(tmp_path / "rt")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=dict(os.environ, WRENPACK_CACHE_DIR=value))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1, lines
+    assert f"WRENPACK_CACHE_DIR={value!r} is a relative path" in lines[0] and "use an absolute path" in lines[0], lines
+    assert ("spaces around it" in lines[0]) == (value != value.strip())
+    assert sorted(os.listdir(tmp_path)) == [], "nothing is made in the working directory"
+
+
+def test_the_cache_folder_rule_refuses_a_relative_directory(monkeypatch):
+    from wrenpack.config import cache_dir
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", "cache")
+    with pytest.raises(ConfigError, match=r"WRENPACK_CACHE_DIR='cache' is a relative path.*use an absolute path, e.g. WRENPACK_CACHE_DIR=/"):
+        cache_dir()

@@ -282,6 +282,24 @@ def test_wordcount_mark_planes_hold_every_combining_mark(wordcount_module):
     assert [cp for lo, hi in wordcount_module.mark_ranges() for cp in range(lo, hi + 1)] == every
 
 
+def test_wordcount_mark_planes_hold_every_number_that_is_not_a_digit(wordcount_module):
+    every = [cp for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) in ("Nl", "No")]
+    assert [cp for lo, hi in wordcount_module.number_ranges() for cp in range(lo, hi + 1)] == every
+
+
+@pytest.mark.parametrize("line, words", [
+    ("m² ½ café", {"m": 1, "café": 1}),  # \w holds No: was m², ½
+    ("chapter Ⅻ x①y", {"chapter": 1, "x": 1, "y": 1}),  # Nl, No: was ⅻ (lowercased), x①y
+    ("\U00010107 ab\U00010107cd 𐄇", {"ab": 1, "cd": 1}),  # an Aegean number (above U+FFFF)
+])
+def test_wordcount_numbers_that_are_not_digits_are_no_part_of_a_word(wordcount_module, line, words):
+    """Words were ``[^\\W\\d_]``: ``\\w`` holds numbers other than digits (Unicode Nl, No),
+    so ``m²`` counted as a word and ``½`` as another (probe8)."""
+    counts = collections.Counter()
+    wordcount_module.count_line(counts, line)
+    assert dict(counts) == words
+
+
 def test_wordcount_replaced_note_does_not_claim_every_u_fffd_failed_to_decode(wordcount_module):
     """A U+FFFD that was in valid UTF-8 text is counted with the replaced bytes (the count
     cannot tell them apart): the note said they all "did not decode"."""

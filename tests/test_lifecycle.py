@@ -1100,3 +1100,46 @@ def test_shutdown_without_wait_fails_every_call_left_once(captured):
         [str(r.error) for r in done.values()]
     with pytest.raises(WrenpackError, match="shut down"):
         backend.invoke_many(invs[:1])
+
+
+def test_clean_removes_empty_folders_a_stopped_writer_left_once_they_are_old(tmp_path, capsys, monkeypatch):
+    """A writer killed between making ``shuffle/<shard>/`` (or ``jobs/<id>/``) and writing into it
+    leaves an empty folder that no object's removal ever takes: it stayed for good. ``--all`` and
+    ``--stale`` remove such folders of wrenpack's names once unchanged for the temporary files' age
+    (a writer may be about to fill a fresh one); anything else, and a link, stays."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    LocalStore(str(root))
+    empties = [root / "shuffle" / "05", root / "shuffle" / "06" / "abcdefabcdef", root / "jobs" / "20261205-143416-73377e87"]
+    for folder in empties:
+        folder.mkdir(parents=True, mode=0o700)
+    (root / "shuffle" / "notashard").mkdir(mode=0o700)  # (not a wrenpack name: left, as before)
+    assert _clean(tmp_path, "--stale") == 0  # fresh: a writer may be about to write into them
+    assert json.loads(capsys.readouterr().out)["empty_folders_removed"] == 0
+    assert all(folder.is_dir() for folder in empties)
+    old = time.time() - 3600
+    for folder in empties + [root / "shuffle" / "06", root / "shuffle" / "notashard"]:
+        os.utime(folder, (old, old))
+    assert _clean(tmp_path, "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["empty_folders_removed"] == 3, out
+    assert out["skipped"] == [] and out["map_reduces"] == 0, out  # (an empty folder of another name is not said, as before)
+    assert _tree(root) == ["jobs", "shuffle", "shuffle/06", "shuffle/notashard"], _tree(root)  # (06 goes at the next clean)
+
+
+def test_clean_reports_a_link_under_jobs_as_skipped(tmp_path, capsys, monkeypatch):
+    """A symbolic link under ``jobs/`` was left out of clean's output (those under ``shuffle/``
+    were listed); it is listed as skipped too, never followed."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    store = LocalStore(str(root))
+    job = "20261205-143416-73377e87"
+    (outside / job).mkdir(parents=True)
+    (outside / job / "func.pkl").write_text("keep")
+    store.put(keys.job_prefix("20261205-143416-aaaaaaaa") + "func.pkl", b"x")
+    os.symlink(outside / job, root / "jobs" / job)
+    assert _clean(tmp_path, "--all", "--force") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 1 and out["skipped"] == [f"jobs/{job}"], out
+    assert "symbolic link" in out["skipped_why"][f"jobs/{job}"], out
+    assert (outside / job / "func.pkl").read_text() == "keep" and os.path.islink(root / "jobs" / job)

@@ -206,9 +206,28 @@ def cache_dir() -> str:
     ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``."""
     env = os.environ.get("WRENPACK_CACHE_DIR", "")
     if env.strip():
-        return os.path.expanduser(env)
+        return _env_path("WRENPACK_CACHE_DIR", env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "wrenpack")
+
+
+def _env_path(var: str, value: str) -> str:
+    """The absolute path a WRENPACK_* directory variable names (``~`` expanded).
+
+    A relative one is refused: each process would read it against its own working
+    directory (a CLI run from elsewhere, a worker), so the driver's owner key, the
+    runtime cache and the profiles would each be a different folder. A value with
+    spaces around it (``' /abs'``, a quoting slip) is relative too, and says so."""
+    path = os.path.expanduser(value)
+    if path.startswith("~"):
+        raise ConfigError(f"environment variable {var}={value!r}: {path.split(os.sep)[0]} names no user here; "
+                          "use an absolute path")
+    if not os.path.isabs(path):
+        spaced = " (it has spaces around it)" if value != value.strip() else ""
+        raise ConfigError(f"environment variable {var}={value!r} is a relative path{spaced}, which each process would "
+                          f"read against its own working directory; use an absolute path, e.g. "
+                          f"{var}={os.path.join(os.getcwd(), value.strip())}")
+    return path
 
 
 #: directories a WRENPACK_* variable named that proved usable (created, writable)
@@ -223,10 +242,7 @@ def env_directory(var: str) -> str | None:
     value = os.environ.get(var, "")
     if not value.strip():
         return None
-    path = os.path.expanduser(value)
-    if path.startswith("~"):
-        raise ConfigError(f"environment variable {var}={value!r}: {path.split(os.sep)[0]} names no user here; "
-                          "use an absolute path")
+    path = _env_path(var, value)
     if (var, path) in _usable_dirs:
         return path
     why = None

@@ -10,7 +10,8 @@ else could have written, one from another host) is kept and the output says
 why (``--stale --force`` removes those too). ``--all`` and named jobs refuse
 to remove a job whose owner still runs unless ``--force``. On a local store,
 temporary files (``.tmp-*``) that writers killed mid-write left behind more
-than five minutes ago are swept too.
+than five minutes ago are swept too, and with ``--all``/``--stale`` the empty
+folders of wrenpack's names such writers left (unchanged for as long).
 
 ``--all`` and ``--stale`` touch only folders whose names wrenpack gives
 (``keys.is_job_id``, ``keys.is_shuffle_id``, ``keys.is_shuffle_shard``), whatever
@@ -99,7 +100,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
                               "--storage (or the storage setting)")
         if args.json:
             print(json.dumps({"store": missing, "store_exists": False, "removed": 0, "prefixes": {}, "jobs": 0,
-                              "map_reduces": 0, "awaiting_late_writes": {}, "tmp_swept": 0, "skipped": [], "skipped_why": {}}))
+                              "map_reduces": 0, "awaiting_late_writes": {}, "tmp_swept": 0, "empty_folders_removed": 0, "skipped": [],
+                              "skipped_why": {}}))
         else:
             hint = ": check --storage" if args.storage else " yet"
             print(f"removed 0 object(s) of 0 job(s) from {missing} (there is no store there{hint})")
@@ -110,12 +112,20 @@ def cmd_clean(args: argparse.Namespace) -> int:
     found_shuffles: list[str] = []
     shards: dict[str, list[str]] = {}  # map_reduce id -> the prefixes of the shards holding its objects
     foreign: dict[str, str] = {}  # --all/--stale: folders under jobs/ or shuffle/ that wrenpack did not name -> why
+    emptied = 0
     if not given:
+        from wrenpack.storage.local import LocalStore
+
+        if isinstance(store, LocalStore):  # (first: such a folder is neither a job found nor one kept)
+            emptied = _remove_empty_folders(store)
         for j in job_ids(store):
             if keys.is_job_id(j):
                 found_jobs.append(j)
             else:
                 foreign[keys.job_prefix(j)] = "not a job id wrenpack makes (such as 20261205-143416-73377e87): not wrenpack's"
+        for name, kind in _entries(store, keys.JOBS).items():  # (before, a link there went unsaid)
+            if kind == "link":
+                foreign[f"{keys.JOBS}{name}"] = _LINK
         found_shuffles = _shuffles(store, shards, foreign)
         if not found_jobs and not found_shuffles and (foreign or _holds_other_things(store)):
             return _not_a_store(store, foreign, args.json)
@@ -210,11 +220,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"store": store.url, "store_exists": True, "wrenpack_store": True, "removed": total, "prefixes": removed, "jobs": len(targets),
                           "map_reduces": len(shuffles), "awaiting_late_writes": late,
-                          "tmp_swept": swept, "skipped": skipped,
+                          "tmp_swept": swept, "empty_folders_removed": emptied, "skipped": skipped,
                           "skipped_why": {**kept, **retained, **running, **foreign}}))
     else:
         extra = (f", {swept} stray temporary file(s)" if isinstance(store, LocalStore) else
                  f", {swept} unfinished upload(s) over a day old") if swept else ""
+        extra += f", {emptied} empty folder(s) a stopped writer left" if emptied else ""
         of = f"{len(targets)} job(s)" + (f" and {len(shuffles)} map_reduce(s)' intermediates" if shuffles else "")
         print(f"removed {total} object(s) of {of}{extra} from {store.url}")
         if kept:
@@ -248,7 +259,7 @@ def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str])
     remove or keep). One LIST of ``shuffle/`` and one of each shard found (64 at
     most, on S3 by CommonPrefixes)."""
     not_ours = "not a map_reduce id wrenpack makes (12 hex digits): not wrenpack's"
-    link = "a symbolic link (not followed): wrenpack makes none, so not wrenpack's"
+    link = _LINK
     found: set[str] = set()
     for name, kind in _entries(store, keys.SHUFFLE).items():
         if kind == "link":
@@ -278,6 +289,31 @@ def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str])
                 "not a map_reduce id (12 hex digits) or shard (2 hex digits, "
                 f"00 to {keys.SHUFFLE_SHARDS - 1:02x}) wrenpack makes: not wrenpack's")
     return sorted(found)
+
+
+def _remove_empty_folders(store: Any) -> int:
+    """Remove the empty folders of wrenpack's names in a local store's ``jobs/`` and
+    ``shuffle/`` (and its shards) that have not changed for ``TMP_AGE_S``: what a writer
+    killed between making a folder and writing into it left, which no object's removal
+    ever takes (there is none under it). One that has emptied just now (its temporary
+    file swept by this run) goes at the next clean. How many went."""
+    removed = 0
+    for name, kind in store.folder_entries(keys.JOBS).items():
+        if kind == "empty" and keys.is_job_id(name):
+            removed += store.remove_empty_folder(keys.job_prefix(name), TMP_AGE_S)
+    for name, kind in store.folder_entries(keys.SHUFFLE).items():
+        if kind == "empty" and (keys.is_shuffle_id(name) or keys.is_shuffle_shard(name)):
+            removed += store.remove_empty_folder(f"{keys.SHUFFLE}{name}/", TMP_AGE_S)
+        elif kind != "link" and keys.is_shuffle_shard(name):
+            shard = f"{keys.SHUFFLE}{name}/"
+            for sid, inner in store.folder_entries(shard).items():
+                if inner == "empty" and keys.is_shuffle_id(sid):
+                    removed += store.remove_empty_folder(f"{shard}{sid}/", TMP_AGE_S)
+    return removed
+
+
+#: why a link under jobs/ or shuffle/ is left
+_LINK = "a symbolic link (not followed): wrenpack makes none, so not wrenpack's"
 
 
 def _entries(store: Any, prefix: str) -> dict[str, str]:
@@ -321,7 +357,7 @@ def _not_a_store(store: Any, foreign: dict[str, str], as_json: bool) -> int:
     line, nothing removed (not even stray temporary files in its jobs/, shuffle/ or data/)."""
     if as_json:
         print(json.dumps({"store": store.url, "store_exists": True, "wrenpack_store": False, "removed": 0, "prefixes": {},
-                          "jobs": 0, "map_reduces": 0, "awaiting_late_writes": {}, "tmp_swept": 0,
+                          "jobs": 0, "map_reduces": 0, "awaiting_late_writes": {}, "tmp_swept": 0, "empty_folders_removed": 0,
                           "skipped": sorted(foreign), "skipped_why": foreign}))
     else:
         left = f"; left {len(foreign)} folder(s): {_folders(foreign)}" if foreign else ""

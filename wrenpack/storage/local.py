@@ -467,6 +467,25 @@ class LocalStore(Store):
             return {}
         return dict(sorted(out.items()))
 
+    def remove_empty_folder(self, prefix: str, older_than_s: float) -> bool:
+        """Remove the folder ``prefix`` if it is empty and has not changed for
+        ``older_than_s``: one a writer killed between making it and writing into it
+        left (nothing else removes it: no object is under it). A writer that makes
+        something in it meanwhile wins (``rmdir`` refuses a folder that is not empty,
+        and ``_open_dir`` makes a removed one again); a link is never followed or removed."""
+        import time
+
+        *parents, name = self._parts(prefix.rstrip("/"))
+        try:
+            with self._dir(parents) as dfd:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or st.st_mtime > time.time() - older_than_s:
+                    return False
+                os.rmdir(name, dir_fd=dfd)
+                return True
+        except OSError:
+            return False
+
     def delete(self, key: str) -> None:
         *dirs, name = self._parts(key)
         try:
