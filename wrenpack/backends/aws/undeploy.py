@@ -111,8 +111,12 @@ def layer_versions(lam: Any, layer: str) -> list[LayerVersion]:
         try:
             page = lam.list_layer_versions(LayerName=layer, **({"Marker": marker} if marker else {}))
         except Exception as exc:
-            if clients.error_code(exc) in _GONE:
+            code = clients.error_code(exc)
+            if code in _GONE:
                 return found
+            if code in ("AccessDeniedException", "AccessDenied"):
+                raise ConfigError(f"listing the versions of layer {layer} is not allowed (lambda:ListLayerVersions); "
+                                  "use an identity with `wrenpack iam-policy --for deploy`") from None
             raise clients.aws_error(exc, f"listing the versions of layer {layer}") from None
         found += [LayerVersion(layer, int(v["Version"]), v["LayerVersionArn"]) for v in page.get("LayerVersions", [])]
         marker = page.get("NextMarker")
