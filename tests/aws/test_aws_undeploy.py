@@ -9,13 +9,13 @@ import io
 import json
 import zipfile
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 import wrenpack.backends.aws.clients as clients
 import wrenpack.backends.aws.deploy as deploy
 from tests.aws import test_aws_cli
+from tests.aws.iam_proxy import admin_session
 from tests.aws.test_aws_cli import run
 
 aws_cli = test_aws_cli.aws_cli  # the fixture (moto's endpoints in the settings), shared
@@ -42,7 +42,7 @@ def _deploy(capsys, base, role_arn, *extra):
 
 
 def _keys(endpoint, bucket, prefix):
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3 = admin_session().client("s3", endpoint_url=endpoint)
     return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
 
 
@@ -58,8 +58,8 @@ def _functions(lam, base):
 
 def test_undeploy_removes_the_familys_functions_layers_and_objects_and_nothing_else(aws_cli, role_arn, capsys,
                                                                                     tmp_path, bucket, monkeypatch):
-    lam = boto3.client("lambda", endpoint_url=aws_cli, region_name="us-east-1")
-    s3 = boto3.client("s3", endpoint_url=aws_cli, region_name="us-east-1")
+    # (the test's own requests as the administrator: under WRENPACK_TEST_IAM=enforce wrenpack's are the deploy identity's)
+    lam, s3 = (admin_session().client(service, endpoint_url=aws_cli) for service in ("lambda", "s3"))
     own, shared = _runtime(tmp_path, "wp_own"), _runtime(tmp_path, "wp_shared")
     # the family: two settings sets on its own archive, one on an archive another family uses too,
     # one on a layer uploaded through the store (as a layer over 50 MB is)
@@ -115,6 +115,13 @@ def test_undeploy_removes_the_familys_functions_layers_and_objects_and_nothing_e
     # Nothing left: nothing to do
     code, out, _ = run(capsys, "undeploy", "--function-name", "wp-undo", "--yes")
     assert code == 0 and "nothing to remove" in out
+    # (what stays is this test's own: gone for the tests after it)
+    lam.delete_function(FunctionName=decoy)
+    for key in ("cli/runtimes/someone-elses.tar.gz", "cli/notes.txt"):
+        s3.delete_object(Bucket=bucket, Key=key)
+    for base, where in (("wp-undo", f"s3://{bucket}/cli-other"), ("wp-undo-other", f"s3://{bucket}/cli")):
+        assert run(capsys, "undeploy", "--function-name", base, "--storage", where, "--yes")[0] == 0
+    assert _functions(lam, "wp-undo") == set() and shared_archive.split("/", 3)[3] not in _keys(aws_cli, bucket, "cli/")
 
 
 class _Failing:
@@ -134,7 +141,7 @@ class _Failing:
 
 def test_undeploy_asks_and_a_failure_removes_the_rest_and_exits_1(aws_cli, role_arn, capsys, tmp_path, bucket,
                                                                   monkeypatch):
-    lam = boto3.client("lambda", endpoint_url=aws_cli, region_name="us-east-1")
+    lam = admin_session().client("lambda", endpoint_url=aws_cli)
     done = _deploy(capsys, "wp-undo-fail", role_arn, "--runtime-archive", _runtime(tmp_path, "wp_fail"),
                    "--memory", "256", "--memory", "512", "--memory", "768")
     names = {d["function"] for d in done}
