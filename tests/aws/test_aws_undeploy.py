@@ -146,6 +146,12 @@ def test_undeploy_asks_and_a_failure_removes_the_rest_and_exits_1(aws_cli, role_
                    "--memory", "256", "--memory", "512", "--memory", "768")
     names = {d["function"] for d in done}
     archive = done[0]["runtime_archive"].split("/", 3)[3]
+    # bad settings: one line naming the fix, exit 2, before anything changes
+    code, _, err = run(capsys, "undeploy", "--function-name", "wp-undo-fail", "--yes", "--storage", str(tmp_path))
+    assert code == 2 and "--storage s3://BUCKET/PREFIX" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "undeploy", "--function-name", "wp-undo-fail", "--yes", "--region", "us-east-1a",
+                       "--lambda-endpoint-url", "", "--s3-endpoint-url", "")
+    assert code == 2 and "use us-east-1" in err, err
     # no --yes: asked; with no terminal to answer on, a usage error before anything changes
     code, _, err = run(capsys, "undeploy", "--function-name", "wp-undo-fail")
     assert code == 2 and "--yes" in err and _functions(lam, "wp-undo-fail") == names
