@@ -231,3 +231,47 @@ def test_the_aws_suite_passes_under_iam_enforcement(tmp_path):
     lines = text.strip().splitlines() or ["no output"]
     print(f"tests/aws under IAM enforcement: {lines[-1]} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
     assert proc.returncode == 0, text[-6000:]
+
+
+def test_the_deploy_policy_allows_undeploy_and_needs_each_of_its_new_actions(iam, bucket, monkeypatch, capsys, tmp_path):
+    """`wrenpack undeploy` as the deploy identity removes the family's functions, layer versions,
+    runtime archive and layer upload: nothing refused, and each action it added is needed."""
+    import zipfile
+
+    import wrenpack.backends.aws.deploy as deploy
+
+    deploy_as_of_a_live_day(monkeypatch)
+    storage = f"s3://{bucket}/iam-undeploy"
+    iam.scope(storage, BASE)
+    policy = iam.policy("deploy")
+    build = tmp_path / "build"
+    (build / "python" / "wp_iam_pkg").mkdir(parents=True)
+    (build / "python" / "wp_iam_pkg" / "__init__.py").write_text("X = 1\n")
+    with zipfile.ZipFile(build / "layer.zip", "w") as zf:
+        zf.writestr("python/wp_iam_pkg.py", "X = 1\n")
+    mark = len(iam.enforcer.denials())
+    iam.act_as("deploy")
+    with monkeypatch.context() as patched:
+        patched.setattr(deploy, "INLINE_ZIP_LIMIT", 0)  # the layer goes through the store's deploy/, as a large one does
+        _deploy(iam, storage, capsys, "--runtime-dir", str(build))
+    _deploy(iam, storage, capsys, "--runtime-archive", str(build), "--memory", "1152")
+    iam.enforcer.take("deploy")
+    capsys.readouterr()
+    code = main(["undeploy", "--yes", "--json", "--function-name", BASE, "--storage", storage, "--region", REGION,
+                 "--lambda-endpoint-url", iam.stack.lam.url, "--s3-endpoint-url", iam.stack.s3_url])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    done = json.loads(out)
+    assert len(done["functions"]) == 2 and len(done["layer_versions"]) == 1 and len(done["objects"]) == 2, done
+    undeploying = iam.enforcer.take("deploy")
+    assert _refused_since(iam, mark) == []
+    made = {(s, op) for s, op, _ in undeploying}
+    assert {("lambda", "ListFunctions"), ("lambda", "DeleteFunction"), ("lambda", "ListLayerVersions"),
+            ("lambda", "GetLayerVersion"), ("lambda", "DeleteLayerVersion"), ("s3", "ListObjectsV2"),
+            ("s3", "DeleteObject")} <= made, made
+    assert denied(policy, undeploying) == set()
+    for action in ("lambda:DeleteFunction", "lambda:DeleteLayerVersion", "lambda:ListLayerVersions", "s3:DeleteObject"):
+        assert denied(without(policy, action), undeploying), action
+    # DeleteFunction reaches deploy's names of the family only, not a longer name of the prefix
+    assert denied(policy, [("lambda", "DeleteFunction", {"FunctionName": f"{BASE}-acc1a2b3c-m-0123456789"})])
+    assert not denied(policy, [("lambda", "DeleteFunction", {"FunctionName": DEFAULT.function_name(BASE)})])

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("wrenpack.cli.cmd_profile", "measure a function's memory, time and needs; recommend Lambda settings"),
     "build-runtime": ("wrenpack.cli.cmd_build_runtime", "build a slim, verified runtime that fits Lambda's limits"),
     "deploy": ("wrenpack.cli.cmd_aws", "create or update the Lambda worker function"),
+    "undeploy": ("wrenpack.cli.cmd_aws", "remove the Lambda functions, layers and runtime objects deploy created"),
     "iam-policy": ("wrenpack.cli.cmd_aws", "print a least-privilege IAM policy for the bucket and function"),
     "doctor": ("wrenpack.cli.cmd_aws", "check credentials, bucket, function, runtime and Python versions"),
     "clean": ("wrenpack.cli.cmd_clean", "remove a job's objects (or all jobs) from the store"),

@@ -1,8 +1,8 @@
-"""``wrenpack deploy``, ``wrenpack iam-policy``, ``wrenpack doctor``: the AWS side.
+"""``wrenpack deploy``, ``wrenpack undeploy``, ``wrenpack iam-policy``, ``wrenpack doctor``: the AWS side.
 
 Only the command line lives here: options -> settings, and printing (text or
 ``--json``). What the commands do is in ``wrenpack.backends.aws`` (``deploy``,
-``doctor``, ``iam``), so the library and tests use it without argparse.
+``undeploy``, ``doctor``, ``iam``), so the library and tests use it without argparse.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from typing import Any
 from wrenpack.backends.aws.deploy import DeployRequest, deploy_functions
 from wrenpack.backends.aws.doctor import doctor_checks
 from wrenpack.backends.aws.iam import ROLES, iam_policy
-from wrenpack.cli import cmd_acceptance
+from wrenpack.cli import cmd_acceptance, json_errors
 from wrenpack.config import current
+from wrenpack.errors import ConfigError
 
 
 # -- configuration ------------------------------------------------------------
@@ -58,6 +59,76 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(f"{d['action']} Lambda function {d['function']} (python{d['python']}, {d['memory']} MB, {d['timeout']} s, "
                   f"/tmp {d['ephemeral_storage']} MB, {d['architecture']}){serving}{was}")
     return 0
+
+
+#: undeploy's exit when the settings or options are wrong (argparse's, for usage errors)
+EXIT_USAGE = 2
+
+
+@json_errors(indent=2)
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    """Exit 0 when everything listed was removed (or there was nothing), 1 when something
+    could not be (or the removal was not confirmed), 2 for bad settings or options."""
+    from wrenpack.backends.aws.undeploy import check_undeploy, plan_undeploy, undeploy
+
+    try:
+        cfg = _config(args)
+        check_undeploy(cfg)
+        if not (args.yes or args.dry_run) and (args.json or not sys.stdin.isatty()):
+            why = "--json prints no question" if args.json else "stdin is no terminal to answer on"
+            raise ConfigError(f"undeploy asks before it removes anything and {why}: pass --yes to remove "
+                              "without asking, or --dry-run to list what it would remove")
+    except ConfigError as exc:
+        print(f"wrenpack: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    plan = plan_undeploy(cfg)
+    if args.dry_run or not plan.count():
+        if args.json:
+            print(json.dumps(dict(plan.summary(), dry_run=args.dry_run), indent=2))
+            return 0
+        _print_kept(plan.kept)
+        if not plan.count():
+            print(f"nothing to remove for function family {plan.family} and store {plan.store}")
+        else:
+            print(f"would remove ({plan.count()}):")
+            print("\n".join(f"  {line}" for line in plan.lines()))
+        return 0
+    if not args.yes:
+        _print_kept(plan.kept)
+        print(f"to remove for function family {plan.family} and store {plan.store}:")
+        print("\n".join(f"  {line}" for line in plan.lines()))
+        try:
+            answer = input(f"remove these {plan.count()}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+
+    def said(what: str, error: str | None) -> None:
+        if args.json:
+            return
+        if error is None:
+            print(f"removed {what}")
+        else:
+            print(f"could not remove {what}: {error}", file=sys.stderr)
+
+    done = undeploy(cfg, plan, on_done=said)
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        if args.yes:
+            _print_kept(plan.kept)
+        _print_kept(done["kept"][len(plan.kept):])
+        failed = f"; {len(done['failed'])} could not be removed" if done["failed"] else ""
+        print(f"removed {len(done['functions'])} function(s), {len(done['layer_versions'])} layer version(s) and "
+              f"{len(done['objects'])} object(s){failed}")
+    return 0 if done["ok"] else 1
+
+
+def _print_kept(kept: list[dict[str, str]]) -> None:
+    for item in kept:
+        print(f"keeping {item['what']}: {item['why']}")
 
 
 def cmd_iam_policy(args: argparse.Namespace) -> int:
@@ -120,6 +191,20 @@ def register(subparsers: Any, name: str) -> None:
                             "their current callers would all be refused)")
         _add_aws_options(p)
         p.set_defaults(func=cmd_deploy)
+    elif name == "undeploy":
+        p = subparsers.add_parser(
+            name, help="remove the Lambda functions, layers and runtime objects deploy created",
+            description="Remove what `wrenpack deploy` and lambda_auto_deploy created for a function family: its "
+                        "functions (only those whose environment names the family), the versions of its "
+                        "<function_name>-runtime layer, and the runtime archives and layer uploads under the store's "
+                        "runtimes/ and deploy/ that no function staying uses. What is not known to be the family's "
+                        "is kept and named. Lists what it will remove and asks first. Exit 0: done or nothing to "
+                        "do; 1: something could not be removed (each named; the rest is removed) or not confirmed; "
+                        "2: bad settings or options.")
+        p.add_argument("--yes", "-y", action="store_true", help="remove without asking")
+        p.add_argument("--dry-run", action="store_true", help="only list what would be removed and what kept")
+        _add_aws_options(p)
+        p.set_defaults(func=cmd_undeploy)
     elif name == "iam-policy":
         p = subparsers.add_parser(name, help="print a least-privilege IAM policy for the bucket and function")
         p.add_argument("--for", dest="role_for", choices=list(ROLES), default="client",

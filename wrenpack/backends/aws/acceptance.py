@@ -54,6 +54,7 @@ import wrenpack.backends.aws.probe as probe
 from wrenpack import keys
 from wrenpack.backends.aws.backend import EVENT_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT, LambdaBackend
 from wrenpack.backends.aws.deploy import LOCAL_PYTHON, DeployRequest, FunctionSettings, deploy_functions, settings_to_deploy
+from wrenpack.backends.aws import undeploy
 from wrenpack.errors import ConfigError, MemoryLimitExceeded, TaskTimeout, WrenpackError
 from wrenpack.executor import Executor
 from wrenpack.remote_function import remote
@@ -570,11 +571,10 @@ def _cleanup(run: _Run) -> tuple[bool, str]:
                 deleted.append(name)
         for layer in run.layers:
             try:
-                versions = [v["Version"] for v in lam.list_layer_versions(LayerName=layer).get("LayerVersions", [])]
-            except Exception as exc:  # noqa: BLE001
+                versions = [v.version for v in undeploy.layer_versions(lam, layer)]
+            except WrenpackError as exc:
                 versions = []
-                if clients.error_code(exc) not in ("ResourceNotFoundException", "404"):
-                    problems.append(f"layer {layer} ({clients.error_code(exc) or type(exc).__name__})")
+                problems.append(f"layer {layer} ({exc})")
             for version in versions:
                 if _delete(problems, f"layer {layer} version {version}",
                            lambda n=layer, v=version: lam.delete_layer_version(LayerName=n, VersionNumber=v)):

@@ -90,6 +90,8 @@ ENV_VERSION = "WRENPACK_VERSION"
 #: The MB of /tmp a function's runtime archive needs on a cold start (its extracted tree):
 #: lambda_auto_deploy refuses to copy the function to settings with less ephemeral storage.
 ENV_RUNTIME_TMP = "WRENPACK_RUNTIME_TMP_MB"
+#: The s3:// URL of a function's runtime archive (``--runtime-archive``).
+ENV_RUNTIME_ARCHIVE = "WRENPACK_RUNTIME_ARCHIVE"
 #: MaximumEventAgeInSeconds of every function: an Event call still queued in
 #: Lambda after an hour is dropped. The client reports a call that has neither
 #: started nor ended by its deadline as lost (or sends it again) once Lambda's
@@ -414,7 +416,7 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
             s3.put_object(Bucket=bucket, Key=key, Body=data)
         except Exception as exc:
             raise clients.aws_error(exc, f"uploading the runtime archive to s3://{bucket}/{key}") from None
-        env.update(WRENPACK_RUNTIME_ARCHIVE=f"s3://{bucket}/{key}", WRENPACK_RUNTIME_SHA256=sha)
+        env.update({ENV_RUNTIME_ARCHIVE: f"s3://{bucket}/{key}", "WRENPACK_RUNTIME_SHA256": sha})
         handler = ARCHIVE_HANDLER
         extra["runtime_archive"] = f"s3://{bucket}/{key}"
     if request.image_uri:
@@ -532,10 +534,16 @@ def deploy_function(lam: Any, name: str, settings: FunctionSettings, code: dict[
     return summary
 
 
+def code_upload_name(what: str, sha256_hex: str) -> str:
+    """Where under the store's prefix a zip too large to go inline is uploaded (``what``: "layer"),
+    by its content: `wrenpack undeploy` tells the family's uploads by the same name."""
+    return f"deploy/{what}-{sha256_hex[:16]}.zip"
+
+
 def _code_location(cfg: Any, data: bytes, bucket: str | None, prefix: str, what: str) -> dict[str, Any]:
     if len(data) <= INLINE_ZIP_LIMIT or bucket is None:
         return {"ZipFile": data}
-    key = f"{prefix}/deploy/{what}-{hashlib.sha256(data).hexdigest()[:16]}.zip".lstrip("/")
+    key = f"{prefix}/{code_upload_name(what, hashlib.sha256(data).hexdigest())}".lstrip("/")
     clients.s3_client(cfg).put_object(Bucket=bucket, Key=key, Body=data)
     return {"S3Bucket": bucket, "S3Key": key}
 
@@ -604,24 +612,33 @@ def auto_deploy(lam: Any, name: str, settings: FunctionSettings, base: str, stor
 def _family(lam: Any, base: str, who: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Every deployed function of family ``base``: (its configuration, the settings it was deployed for)."""
     found = []
+    for conf in list_functions(lam, who, "to find one to copy"):
+        env = (conf.get("Environment") or {}).get("Variables") or {}
+        if env.get(ENV_FAMILY) != base:
+            continue
+        try:
+            theirs = json.loads(env.get(ENV_SETTINGS) or "{}")
+        except ValueError:
+            continue
+        found.append((conf, theirs))
+    return found
+
+
+def list_functions(lam: Any, who: str, why: str) -> list[dict[str, Any]]:
+    """The configuration of every function of the account in the client's region (all pages):
+    a family is told by its functions' environment (``ENV_FAMILY``), which no name filter reads.
+    A refusal is one line naming ``who`` lists them, ``why``, and the policy that allows it."""
+    found: list[dict[str, Any]] = []
     marker = None
     while True:
         try:
             page = lam.list_functions(**({"Marker": marker} if marker else {}))
         except Exception as exc:
             if clients.error_code(exc) in ("AccessDeniedException", "AccessDenied", "403"):
-                raise ConfigError(f"{who} lists the deployed functions to find one to copy and is not allowed to "
+                raise ConfigError(f"{who} lists the deployed functions {why} and is not allowed to "
                                   "(lambda:ListFunctions); use an identity with `wrenpack iam-policy --for deploy`") from None
             raise clients.aws_error(exc, f"{who}: listing the deployed functions") from None
-        for conf in page.get("Functions", []):
-            env = (conf.get("Environment") or {}).get("Variables") or {}
-            if env.get(ENV_FAMILY) != base:
-                continue
-            try:
-                theirs = json.loads(env.get(ENV_SETTINGS) or "{}")
-            except ValueError:
-                continue
-            found.append((conf, theirs))
+        found += page.get("Functions", [])
         marker = page.get("NextMarker")
         if not marker:
             return found
@@ -664,7 +681,7 @@ def missing_function_help(lam: Any, settings: FunctionSettings, base: str, runti
             log.debug("cannot read the image of %s: %s", same.get("FunctionName"), exc)
             image = "IMAGE_URI"
     elif same is not None:
-        archive = bool(((same.get("Environment") or {}).get("Variables") or {}).get("WRENPACK_RUNTIME_ARCHIVE"))
+        archive = bool(((same.get("Environment") or {}).get("Variables") or {}).get(ENV_RUNTIME_ARCHIVE))
     if image is None:
         why = runtimes.refusal(settings.python, on, creating=True)
         if why:

@@ -118,6 +118,16 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
                   [f"{base}runtimes/*", f"{base}deploy/*"]),
             allow("PassWorkerRole", ["iam:PassRole"], worker_role or f"{arn}:iam::{account}:role/{cfg.function_name}",
                   Condition={"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}),
+            # `wrenpack undeploy`: the family's functions (deploy's names, <function_name>-<10 hex>: IAM's
+            # "?" is one character, so no longer name of the prefix matches), its layer's versions, and
+            # the runtime archives and layer uploads; ListLayerVersions takes no resource ARN.
+            allow("Undeploy", ["lambda:DeleteFunction"], f"{arn}:lambda:{region}:{account}:function:{cfg.function_name}-"
+                  + "?" * 10),
+            allow("UndeployLayer", ["lambda:DeleteLayerVersion"],
+                  f"{arn}:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"),
+            allow("UndeployListLayer", ["lambda:ListLayerVersions"], "*"),
+            allow("UndeployUploads", ["s3:DeleteObject"], [f"{base}runtimes/*", f"{base}deploy/*"]),
+            listing("UndeployListUploads", ["runtimes/*", "deploy/*"]),
         ]
     if role == "acceptance":
         # Its functions are <function_name>-acc<run id>-*; it deletes them, their logs and what it uploaded.
