@@ -115,6 +115,8 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # (the run's controller removes them once every worker is done: another's browser may still run)
     for name in _browser_shm_files() - _shm_before:  # (only what this run's browsers made)
         try:
             os.remove(os.path.join(_BROWSER_SHM[0], name))
