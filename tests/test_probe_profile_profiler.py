@@ -318,3 +318,38 @@ def test_ended_orphans_are_collected_not_counted_as_running(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     prof = run_profile("orphans_mod:short_daemons", (60,), save=False)
     assert prof.processes < 20 and prof.threads < 30, (prof.processes, prof.threads)
+
+
+#: a runner that daemonises a sleeper at once, before the launcher could have finished its own imports
+_QUICK_DAEMON = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    sleeper = os.fork()
+    if sleeper == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(sys.argv[1] + "/daemon.pid", "w") as f:
+        f.write("%d" % sleeper)
+    os._exit(0)
+os.wait()
+"""
+
+
+def test_a_daemon_the_call_starts_before_the_launcher_is_ready_still_ends_with_the_run(tmp_path, monkeypatch):
+    """The launcher made itself the call's child subreaper only after its own imports, while the
+    runner, started first, was already running: a daemon the call started before then was handed
+    to init and outlived the profile (CI, with two test processes: ``leaves_a_daemon`` above). It
+    is the subreaper before it starts the runner."""
+    import json
+
+    monkeypatch.setattr(launcher, "RUNNER_ARGS", ["-S", "-c", _QUICK_DAEMON])
+    jobdir = tmp_path / "job"
+    jobdir.mkdir()
+    (jobdir / "job.json").write_text(json.dumps({"bare": True}))
+    subprocess.run(launcher.launcher_command(str(jobdir)), timeout=60, check=True)
+    pid = int((jobdir / "daemon.pid").read_text())
+    gone = _gone(pid, within=2.0)
+    if not gone:
+        os.kill(pid, signal.SIGKILL)  # (what the old launcher left)
+    assert gone, f"the daemon {pid} outlived the profile"

@@ -57,7 +57,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 RUNNER_ARGS = ["-c", NO_CWD + "from wrenpack.profiler.runner import main;sys.stdout.flush();sys.exit(main(sys.argv[1]))"]
 #: the launcher's first lines: start the runner, then import the sampler (see ``launcher_command``)
 _BOOT = """\
-import os, sys, time
+import ctypes, os, sys, time
+try:  # the call's child subreaper before the call can start anything: see _adopt_orphans
+    ctypes.CDLL(None, use_errno=True).prctl({subreaper}, 1, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
 t_start = time.time()
 tmp = os.path.join({jobdir!r}, "tmp")
 os.makedirs(tmp, exist_ok=True)
@@ -88,7 +92,8 @@ def launcher_command(jobdir: str, stdout_to_stderr: bool = False, runner_mask: l
     else:
         actions = "[(os.POSIX_SPAWN_DUP2, 2, 1)]" if stdout_to_stderr else "None"
         sigmask = "" if runner_mask is None else f", setsigmask={sorted(runner_mask)!r}"
-        boot = _BOOT.format(jobdir=jobdir, root=_ROOT, actions=actions, runner_args=RUNNER_ARGS, sigmask=sigmask)
+        boot = _BOOT.format(jobdir=jobdir, root=_ROOT, actions=actions, runner_args=RUNNER_ARGS, sigmask=sigmask,
+                            subreaper=PR_SET_CHILD_SUBREAPER)
     return [sys.executable, "-I", "-S", "-c", boot]
 
 
@@ -424,6 +429,7 @@ def main(jobdir: str, pid: int | None = None, t_start: float | None = None) -> i
         t_start = time.time()
         import subprocess
 
+        _adopt_orphans()  # (before the call can start anything)
         proc = subprocess.Popen(cmd, env=env, cwd=job.get("cwd"), stdin=subprocess.DEVNULL, stdout=stdout,
                                 start_new_session=True)
     else:
@@ -579,7 +585,12 @@ def _adopt_orphans() -> None:
     ``_Tree`` finds them and ``_end_all`` ends them. And a caller killed outright (``kill``, SIGKILL:
     no ``Started.wait`` runs) left the launcher sampling a hung call for ever, and its job folder in
     the temp directory. The death signal goes when the *thread* that started the launcher ends: the
-    caller waits for it in that thread (``Started.wait``). Linux only; elsewhere a no-op."""
+    caller waits for it in that thread (``Started.wait``). Linux only; elsewhere a no-op.
+
+    The boot lines (``_BOOT``) make the launcher the subreaper before they start the runner: made
+    here only, after the launcher's imports, a daemon the call started first (a quick call, or a
+    slow launcher on a busy machine) went to init and outlived the run (~3 ms of ctypes on the
+    start, against a call's process that escapes)."""
     try:
         import ctypes  # (~3 ms, after the runner was started: its start does not wait for this)
 
