@@ -165,7 +165,8 @@ def http_operation(service: str, method: str, target: str, headers: dict[str, st
 
 # -- API operation -> what IAM authorizes -------------------------------------------------------
 #: Lambda operations whose only resource is "*" (the service authorization reference)
-_LAMBDA_STAR = {"ListFunctions", "GetAccountSettings", "ListLayers", "ListLayerVersions", "ListEventSourceMappings",
+#: (not ListLayerVersions: it is authorized on the layer's ARN, as the AccessDenied AWS answers names it)
+_LAMBDA_STAR = {"ListFunctions", "GetAccountSettings", "ListLayers", "ListEventSourceMappings",
                 "ListCodeSigningConfigs", "CreateEventSourceMapping"}
 #: Lambda operations whose IAM action has another name
 _LAMBDA_ACTION = {"Invoke": "InvokeFunction", "InvokeAsync": "InvokeAsync",

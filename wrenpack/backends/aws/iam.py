@@ -120,12 +120,14 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
                   Condition={"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}),
             # `wrenpack undeploy`: the family's functions (deploy's names, <function_name>-<10 hex>: IAM's
             # "?" is one character, so no longer name of the prefix matches), its layer's versions, and
-            # the runtime archives and layer uploads; ListLayerVersions takes no resource ARN.
+            # the runtime archives and layer uploads. ListLayerVersions is authorized on the layer's ARN
+            # (the Lambda permissions reference, since 2021; AccessDenied names that resource).
             allow("Undeploy", ["lambda:DeleteFunction"], f"{arn}:lambda:{region}:{account}:function:{cfg.function_name}-"
                   + "?" * 10),
             allow("UndeployLayer", ["lambda:DeleteLayerVersion"],
                   f"{arn}:lambda:{region}:{account}:layer:{cfg.function_name}-runtime:*"),
-            allow("UndeployListLayer", ["lambda:ListLayerVersions"], "*"),
+            allow("UndeployListLayer", ["lambda:ListLayerVersions"],
+                  f"{arn}:lambda:{region}:{account}:layer:{cfg.function_name}-runtime"),
             allow("UndeployUploads", ["s3:DeleteObject"], [f"{base}runtimes/*", f"{base}deploy/*"]),
             listing("UndeployListUploads", ["runtimes/*", "deploy/*"]),
         ]
@@ -134,9 +136,10 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
         statements += [
             allow("AcceptanceCleanup", ["lambda:DeleteFunction"],
                   f"{arn}:lambda:{region}:{account}:function:{cfg.function_name}-acc*"),
-            allow("AcceptanceLayers", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion", "lambda:DeleteLayerVersion"],
+            allow("AcceptanceLayers", ["lambda:PublishLayerVersion", "lambda:GetLayerVersion", "lambda:DeleteLayerVersion",
+                                       "lambda:ListLayerVersions"],
                   f"{arn}:lambda:{region}:{account}:layer:{cfg.function_name}-acc*"),
-            allow("AcceptanceReads", ["lambda:GetAccountSettings", "lambda:ListLayerVersions"], "*"),
+            allow("AcceptanceReads", ["lambda:GetAccountSettings"], "*"),
             allow("AcceptanceLogs", ["logs:DeleteLogGroup"],
                   f"{arn}:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-acc*"),
             allow("AcceptanceUploads", ["s3:DeleteObject"], [f"{base}runtimes/*", f"{base}deploy/*"]),
