@@ -708,8 +708,12 @@ def test_the_quick_test_of_a_call_never_passes_what_bind_refuses():
                 assert (shape.why_not(args, kwargs) is None) == fits, (fn, args, kwargs)
 
 
-@pytest.mark.parametrize("value", ["rel-cache", " /abs-with-a-space"])
-def test_a_relative_cache_directory_is_refused_in_one_line_and_nothing_is_made(value, tmp_path):
+@pytest.mark.parametrize("value, said", [
+    ("rel-cache", "is a relative path"),
+    (" /abs-with-a-space", "has spaces around it"),
+    ("/abs-with-a-space ", "has spaces around it"),  # (probe9: a folder named with its trailing space was made)
+])
+def test_a_relative_cache_directory_is_refused_in_one_line_and_nothing_is_made(value, said, tmp_path):
     # probe8: a relative WRENPACK_CACHE_DIR (or ' /abs', a quoting slip) was used against each
     # process's working directory, so a CLI run from elsewhere had another owner key and cache
     out = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", "six", "-o", str(tmp_path / "rt")],
@@ -717,9 +721,33 @@ def test_a_relative_cache_directory_is_refused_in_one_line_and_nothing_is_made(v
                          env=dict(os.environ, WRENPACK_CACHE_DIR=value))
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and len(lines) == 1, lines
-    assert f"WRENPACK_CACHE_DIR={value!r} is a relative path" in lines[0] and "use an absolute path" in lines[0], lines
-    assert ("spaces around it" in lines[0]) == (value != value.strip())
+    assert f"WRENPACK_CACHE_DIR={value!r} {said}" in lines[0], lines
+    assert f"WRENPACK_CACHE_DIR={os.path.join(str(tmp_path), value.strip())}" in lines[0], lines  # (the fix, absolute)
     assert sorted(os.listdir(tmp_path)) == [], "nothing is made in the working directory"
+
+
+def test_a_spaced_cache_directory_under_home_is_suggested_under_home(monkeypatch, tmp_path):
+    # probe9: ' ~/x' was refused with the fix "<cwd>/~/x"
+    from wrenpack.config import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", " ~/x")
+    with pytest.raises(ConfigError, match=f"remove them: WRENPACK_CACHE_DIR={tmp_path}/x$"):
+        cache_dir()
+
+
+def test_a_relative_xdg_cache_home_is_ignored_as_the_xdg_spec_says(monkeypatch, tmp_path):
+    # probe9: XDG_CACHE_HOME=relxdg put the owner key in ./relxdg/wrenpack of each working directory
+    from wrenpack.config import cache_dir
+    from wrenpack.executor.owner import key_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WRENPACK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relxdg")
+    assert cache_dir() == str(tmp_path / ".cache" / "wrenpack")
+    assert key_path() == str(tmp_path / ".cache" / "wrenpack" / "owner.key")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == str(tmp_path / "xdg" / "wrenpack")
 
 
 def test_the_cache_folder_rule_refuses_a_relative_directory(monkeypatch):

@@ -203,11 +203,14 @@ def env_flag(var: str) -> bool:
 def cache_dir() -> str:
     """wrenpack's cache directory (the runtime cache, the owner key, the profiler's package
     maps, the local workers' shim folders): ``WRENPACK_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``."""
+    ``$XDG_CACHE_HOME/wrenpack``, else ``~/.cache/wrenpack``. A relative
+    ``XDG_CACHE_HOME`` is ignored, as the XDG spec says (read against each
+    process's working directory, it gave each its own owner key)."""
     env = os.environ.get("WRENPACK_CACHE_DIR", "")
     if env.strip():
         return _env_path("WRENPACK_CACHE_DIR", env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "wrenpack")
 
 
@@ -217,16 +220,19 @@ def _env_path(var: str, value: str) -> str:
     A relative one is refused: each process would read it against its own working
     directory (a CLI run from elsewhere, a worker), so the driver's owner key, the
     runtime cache and the profiles would each be a different folder. A value with
-    spaces around it (``' /abs'``, a quoting slip) is relative too, and says so."""
+    spaces around it (``' /abs'``, ``'/abs '``: a quoting slip) is refused too: the
+    path would begin or end with a space."""
     path = os.path.expanduser(value)
+    meant = os.path.abspath(os.path.expanduser(value.strip()))  # (what the fix suggests)
+    if value != value.strip():
+        raise ConfigError(f"environment variable {var}={value!r} has spaces around it (a quoting slip?); "
+                          f"remove them: {var}={meant}")
     if path.startswith("~"):
         raise ConfigError(f"environment variable {var}={value!r}: {path.split(os.sep)[0]} names no user here; "
                           "use an absolute path")
     if not os.path.isabs(path):
-        spaced = " (it has spaces around it)" if value != value.strip() else ""
-        raise ConfigError(f"environment variable {var}={value!r} is a relative path{spaced}, which each process would "
-                          f"read against its own working directory; use an absolute path, e.g. "
-                          f"{var}={os.path.join(os.getcwd(), value.strip())}")
+        raise ConfigError(f"environment variable {var}={value!r} is a relative path, which each process would "
+                          f"read against its own working directory; use an absolute path, e.g. {var}={meant}")
     return path
 
 
