@@ -710,12 +710,13 @@ def test_the_quick_test_of_a_call_never_passes_what_bind_refuses():
 
 @pytest.mark.parametrize("value, said", [
     ("rel-cache", "is a relative path"),
-    (" /abs-with-a-space", "has spaces around it"),
-    ("/abs-with-a-space ", "has spaces around it"),  # (probe9: a folder named with its trailing space was made)
-])
+    (" {tmp}/cache", "has spaces around it"),
+    ("{tmp}/cache ", "has spaces around it"),  # (probe9: a folder named with its trailing space was made)
+], ids=["relative", "leading-space", "trailing-space"])
 def test_a_relative_cache_directory_is_refused_in_one_line_and_nothing_is_made(value, said, tmp_path):
     # probe8: a relative WRENPACK_CACHE_DIR (or ' /abs', a quoting slip) was used against each
     # process's working directory, so a CLI run from elsewhere had another owner key and cache
+    value = value.format(tmp=tmp_path)
     out = subprocess.run([sys.executable, "-m", "wrenpack", "build-runtime", "six", "-o", str(tmp_path / "rt")],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env=dict(os.environ, WRENPACK_CACHE_DIR=value))
@@ -723,6 +724,7 @@ def test_a_relative_cache_directory_is_refused_in_one_line_and_nothing_is_made(v
     assert out.returncode != 0 and len(lines) == 1, lines
     assert f"WRENPACK_CACHE_DIR={value!r} {said}" in lines[0], lines
     assert f"WRENPACK_CACHE_DIR={os.path.join(str(tmp_path), value.strip())}" in lines[0], lines  # (the fix, absolute)
+    assert not os.path.exists(f"{tmp_path}/cache ") and not os.path.exists(f"{tmp_path}/cache")
     assert sorted(os.listdir(tmp_path)) == [], "nothing is made in the working directory"
 
 
