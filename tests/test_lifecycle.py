@@ -1143,3 +1143,45 @@ def test_clean_reports_a_link_under_jobs_as_skipped(tmp_path, capsys, monkeypatc
     assert out["jobs"] == 1 and out["skipped"] == [f"jobs/{job}"], out
     assert "symbolic link" in out["skipped_why"][f"jobs/{job}"], out
     assert (outside / job / "func.pkl").read_text() == "keep" and os.path.islink(root / "jobs" / job)
+
+
+def test_clean_of_a_folder_it_calls_no_wrenpack_store_removes_nothing_not_even_an_empty_folder(tmp_path, capsys, monkeypatch):
+    """probe9: clean --all said "removed nothing ... does not look like a wrenpack store" after it had
+    removed an old empty jobs/<id>/ folder there (the empty folders went before that decision)."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    LocalStore(str(root))
+    (root / "jobs" / "notes").mkdir(parents=True, mode=0o700)
+    (root / "jobs" / "notes" / "x.txt").write_text("mine")
+    empty = root / "jobs" / "20261205-143416-73377e87"
+    empty.mkdir(mode=0o700)
+    old = time.time() - 3600
+    os.utime(empty, (old, old))
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["wrenpack_store"] is False and out["removed"] == 0 and out["empty_folders_removed"] == 0, out
+    assert empty.is_dir() and (root / "jobs" / "notes" / "x.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("linked", ["jobs", "shuffle"])
+def test_clean_reports_jobs_or_shuffle_itself_a_link_as_skipped(linked, tmp_path, capsys, monkeypatch):
+    """probe9: a link one level below jobs/ was reported, jobs (or shuffle) itself a link was not."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    store = LocalStore(str(root))
+    (outside / "20261205-143416-73377e87").mkdir(parents=True)
+    (outside / "20261205-143416-73377e87" / "func.pkl").write_text("keep")
+    store.put(keys.job_prefix("20261205-143416-aaaaaaaa") + "func.pkl", b"x")  # (a wrenpack store)
+    if linked == "jobs":
+        store.delete_prefix(keys.JOBS)
+        (root / "shuffle" / "05" / "abcdefabcdef").mkdir(parents=True, mode=0o700)
+        (root / "shuffle" / "05" / "abcdefabcdef" / "m00000-000").write_bytes(b"x")
+    if (root / linked).exists():
+        import shutil
+
+        shutil.rmtree(root / linked)
+    os.symlink(outside, root / linked)
+    assert _clean(tmp_path, "--all", "--force") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert linked in out["skipped"] and "symbolic link" in out["skipped_why"][linked], out
+    assert (outside / "20261205-143416-73377e87" / "func.pkl").read_text() == "keep" and os.path.islink(root / linked)

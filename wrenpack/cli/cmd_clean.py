@@ -81,7 +81,7 @@ def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tupl
 @json_errors
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
-    from wrenpack.job.client import check_job_id, job_ids, missing_local_store, printable
+    from wrenpack.job.client import check_job_id, missing_local_store, printable
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
@@ -116,19 +116,17 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if not given:
         from wrenpack.storage.local import LocalStore
 
-        if isinstance(store, LocalStore):  # (first: such a folder is neither a job found nor one kept)
-            emptied = _remove_empty_folders(store)
-        for j in job_ids(store):
-            if keys.is_job_id(j):
-                found_jobs.append(j)
-            else:
-                foreign[keys.job_prefix(j)] = "not a job id wrenpack makes (such as 20261205-143416-73377e87): not wrenpack's"
-        for name, kind in _entries(store, keys.JOBS).items():  # (before, a link there went unsaid)
-            if kind == "link":
-                foreign[f"{keys.JOBS}{name}"] = _LINK
-        found_shuffles = _shuffles(store, shards, foreign)
+        found_shuffles = _discover(store, found_jobs, shards, foreign)
         if not found_jobs and not found_shuffles and (foreign or _holds_other_things(store)):
             return _not_a_store(store, foreign, args.json)
+        # (once it is known to be a wrenpack store: such a folder is then neither a job found nor one kept)
+        if isinstance(store, LocalStore):
+            emptied = _remove_empty_folders(store)
+            if emptied:
+                found_jobs.clear()
+                shards.clear()
+                foreign.clear()
+                found_shuffles = _discover(store, found_jobs, shards, foreign)
     kept: dict[str, str] = {}  # --stale: job -> why it was kept
     retained: dict[str, str] = {}  # --stale: spawned jobs kept for their retention
     running: dict[str, str] = {}  # --stale: jobs kept because their owner (a spawned job's supervisor) runs
@@ -244,6 +242,27 @@ def cmd_clean(args: argparse.Namespace) -> int:
             print(f"kept the owner record of {len(late)} job(s) whose calls, sent before their program was gone, may "
                   f"still write until {until}; a `wrenpack clean --stale` after that removes what they wrote")
     return 0
+
+
+def _discover(store: Any, found_jobs: list[str], shards: dict[str, list[str]], foreign: dict[str, str]) -> list[str]:
+    """What ``--all``/``--stale`` look at: the jobs (into ``found_jobs``), the map_reduces
+    (returned; their shards' prefixes into ``shards``) and what is not wrenpack's under
+    ``jobs/`` and ``shuffle/`` (into ``foreign``, with why), links included: one at
+    ``jobs/<name>`` or at ``jobs`` or ``shuffle`` itself, never followed, went unsaid."""
+    from wrenpack.job.client import job_ids
+
+    for j in job_ids(store):
+        if keys.is_job_id(j):
+            found_jobs.append(j)
+        else:
+            foreign[keys.job_prefix(j)] = "not a job id wrenpack makes (such as 20261205-143416-73377e87): not wrenpack's"
+    for name, kind in _entries(store, keys.JOBS).items():
+        if kind == "link":
+            foreign[f"{keys.JOBS}{name}"] = _LINK
+    for name, kind in _entries(store, "").items():
+        if kind == "link" and f"{name}/" in (keys.JOBS, keys.SHUFFLE):
+            foreign[name] = _LINK
+    return _shuffles(store, shards, foreign)
 
 
 def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str]) -> list[str]:
