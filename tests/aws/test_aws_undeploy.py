@@ -259,3 +259,18 @@ def test_every_archive_deploy_made_is_removed_or_named_with_the_command_that_rem
     assert not [key for key in _keys(aws_cli, bucket, "cli/runtimes/") if key.endswith(".tar.gz")
                 and key.split("/")[-1] in (neighbour.split("/")[-1], first["runtime_archive"].split("/")[-1])]
 
+
+def test_bad_region_or_endpoint_is_one_line_exit_2_and_json_under_json(aws_cli, capsys):
+    """With endpoints of the user's (an emulator), a region or endpoint botocore refuses
+    was a traceback when the first client was made; and --json printed nothing for exit 2."""
+    for bad in (("--region", " us-east-1"), ("--lambda-endpoint-url", "not a url"), ("--s3-endpoint-url", "not a url")):
+        code, out, err = run(capsys, "undeploy", "--function-name", "wp-undo-bad", "--dry-run", *bad)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (bad, err)
+        assert repr(bad[1]) in err and "Traceback" not in err, err
+        code, out, err = run(capsys, "undeploy", "--function-name", "wp-undo-bad", "--dry-run", "--json", *bad)
+        assert code == 2 and json.loads(out)["ok"] is False and repr(bad[1]) in json.loads(out)["message"], (bad, out)
+    code, out, _ = run(capsys, "undeploy", "--function-name", "wp-undo-bad", "--json")  # (no --yes)
+    assert code == 2 and "--yes" in json.loads(out)["message"]
+    # deploy makes its clients the same way: one line, no traceback
+    code, _, err = run(capsys, "deploy", "--function-name", "wp-undo-bad", "--lambda-endpoint-url", "not a url")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "'not a url'" in err, err
