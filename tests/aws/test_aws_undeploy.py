@@ -274,3 +274,17 @@ def test_bad_region_or_endpoint_is_one_line_exit_2_and_json_under_json(aws_cli, 
     # deploy makes its clients the same way: one line, no traceback
     code, _, err = run(capsys, "deploy", "--function-name", "wp-undo-bad", "--lambda-endpoint-url", "not a url")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "'not a url'" in err, err
+
+
+def test_the_deploy_policy_lets_undeploy_read_an_archives_family():
+    """The HEAD that reads an archive's metadata is s3:GetObject, which `iam-policy --for deploy`
+    grants on the store's runtimes/ (at the bucket root too), and nowhere else."""
+    from tests.aws.iam_eval import denied
+    from tests.aws.iam_proxy import _Cfg
+    from wrenpack.backends.aws.iam import iam_policy
+
+    for storage, prefix in (("s3://wp-bucket/cli", "cli/"), ("s3://wp-bucket", "")):
+        policy = iam_policy(_Cfg(storage, "wp-undo"), "deploy")
+        head = [("s3", "HeadObject", {"Bucket": "wp-bucket", "Key": f"{prefix}runtimes/runtime-{'0' * 64}.tar.gz"})]
+        assert denied(policy, head) == set()
+        assert denied(policy, [("s3", "HeadObject", {"Bucket": "wp-bucket", "Key": "other/runtimes/x.tar.gz"})])

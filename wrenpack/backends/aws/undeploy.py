@@ -22,17 +22,22 @@ used by nothing that stays; what it is unsure of it keeps, and says why::
                     another store uses is named with that store's undeploy, to run first.
                     One that names another family is that family's, and not listed; one
                     that names none (uploaded before deploy tagged them) is kept and named
-                    with the command that removes it. An archive a removed function uses
-                    outside this store's runtimes/ (a copy for another store uses its
-                    template's) is named with the undeploy of the store that holds it.
+                    with the command that removes it, unless another family's function
+                    uses it (that family's undeploy removes it); one deploy uploaded for
+                    the family's functions in another region is named with the undeploy
+                    there (``ARCHIVE_REGION``: this one does not see them). An archive a
+                    removed function uses outside this store's runtimes/ (a copy for another
+                    store uses its template's) is named with the undeploy of the store that
+                    holds it.
     deploy/         a layer zip uploaded because it was too large to go inline, whose content
                     is one of the family's layer versions: Lambda copied it when the layer
                     was published, and nothing reads it again. Others are kept.
 
 Functions go first; a layer version or an archive a function that could not be
 removed uses is then kept. Only functions in the client's region are seen: a
-function of another region that uses the same bucket's archive is not (the
-archive is the family's only if one of its functions here uses it). Log groups
+function of another region that uses an archive a function removed here used
+too is not (deploy's metadata names the region of the last deploy that
+uploaded it only). Log groups
 (``/aws/lambda/<function>``, the functions' logs) and job objects (``wrenpack
 clean``) are left alone.
 """
@@ -47,8 +52,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wrenpack.backends.aws.clients as clients
-from wrenpack.backends.aws.deploy import (ARCHIVE_FAMILY, ARCHIVE_REGION, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE, code_upload_name,
-                                          list_functions)
+from wrenpack.backends.aws.deploy import (ARCHIVE_FAMILY, ARCHIVE_REGION, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE,
+                                          code_upload_name, list_functions)
 from wrenpack.errors import ConfigError, WrenpackError
 
 log = logging.getLogger(__name__)
