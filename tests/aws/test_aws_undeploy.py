@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -178,3 +179,112 @@ def test_undeploy_asks_and_a_failure_removes_the_rest_and_exits_1(aws_cli, role_
     assert code == 0, err
     assert json.loads(out)["functions"] == [refused]
     assert _functions(lam, "wp-undo-fail") == set() and archive not in _keys(aws_cli, bucket, "cli/runtimes/")
+
+
+def _kept(out: str) -> dict[str, str]:
+    return {k["what"]: k["why"] for k in json.loads(out)["kept"]}
+
+
+def test_every_archive_deploy_made_is_removed_or_named_with_the_command_that_removes_it(aws_cli, role_arn, capsys,
+                                                                                         tmp_path, bucket):
+    """An earlier deploy's archive, and one the family's copies for other stores (lambda_auto_deploy,
+    the bucket root among them) use, are removed by some run of undeploy, or named with the command
+    that removes them; another family's archives are not listed, one used by many functions once."""
+    lam, s3 = (admin_session().client(service, endpoint_url=aws_cli) for service in ("lambda", "s3"))
+    base, cli, other, root = "wp-undo-arch", f"s3://{bucket}/cli", f"s3://{bucket}/cli-other", f"s3://{bucket}"
+    runtime = _runtime(tmp_path, "wp_arch")
+    (first,) = _deploy(capsys, base, role_arn, "--runtime-archive", runtime, "--memory", "256")
+    (Path(runtime) / "python" / "wp_arch" / "__init__.py").write_text("V = 2\n")  # a dependency changed: redeploy
+    (second,) = _deploy(capsys, base, role_arn, "--runtime-archive", runtime, "--memory", "256")
+    earlier, current = first["runtime_archive"], second["runtime_archive"]
+    assert earlier != current and first["function"] == second["function"]
+    # another family's archives in the same store, one of them unused (its own earlier deploy's)
+    theirs = _runtime(tmp_path, "wp_theirs")
+    neighbour = _deploy(capsys, "wp-undo-nb", role_arn, "--runtime-archive", theirs)[0]["runtime_archive"]
+    (Path(theirs) / "python" / "wp_theirs" / "__init__.py").write_text("V = 3\n")
+    _deploy(capsys, "wp-undo-nb", role_arn, "--runtime-archive", theirs)
+    # deploy names the family (and its functions' region) on the archive: the key names only the content
+    assert s3.head_object(Bucket=bucket, Key=current.split("/", 3)[3])["Metadata"] == {
+        deploy.ARCHIVE_FAMILY: base, deploy.ARCHIVE_REGION: "us-east-1"}
+    # an archive of a deploy that tagged none (before wrenpack named the family on it), and one
+    # uploaded for the family's functions in another region (which an undeploy here does not see)
+    untagged, abroad = ("cli/runtimes/runtime-" + digit * 64 + ".tar.gz" for digit in "01")
+    s3.put_object(Bucket=bucket, Key=untagged, Body=b"x")
+    s3.put_object(Bucket=bucket, Key=abroad, Body=b"x",
+                  Metadata={deploy.ARCHIVE_FAMILY: base, deploy.ARCHIVE_REGION: "eu-west-1"})
+    # lambda_auto_deploy's copies for clients of other stores: they use the template's archive, under cli/
+    conf = lam.get_function_configuration(FunctionName=second["function"])
+    settings = json.loads(conf["Environment"]["Variables"][deploy.ENV_SETTINGS])
+    copies = {}
+    for memory, store in ((512, other), (640, other), (768, root)):
+        made = deploy.FunctionSettings(**dict(settings, memory=memory))
+        copy = deploy.auto_deploy(lam, made.function_name(base), made, base, store_url=store)
+        assert copy["Environment"]["Variables"][deploy.ENV_RUNTIME_ARCHIVE] == current
+        copies.setdefault(store, []).append(copy["FunctionName"])
+
+    code, out, err = run(capsys, "undeploy", "--function-name", base, "--storage", cli, "--yes", "--json")
+    assert code == 0, err
+    done, kept = json.loads(out), _kept(out)
+    assert done["functions"] == [second["function"]]
+    assert earlier in done["objects"]  # the earlier deploy's: the family's, and no function uses it
+    assert f"undeploy --function-name {base} --storage {other}" in kept[f"object {current}"]  # its user's store
+    assert f"aws s3 rm s3://{bucket}/{untagged}" in kept[f"object s3://{bucket}/{untagged}"]
+    assert f"--storage {cli} --region eu-west-1" in kept[f"object s3://{bucket}/{abroad}"]
+    assert not [what for what in kept if neighbour in what]  # another family's: not listed, not removed
+    assert neighbour.split("/", 3)[3] in _keys(aws_cli, bucket, "cli/runtimes/")
+
+    code, out, err = run(capsys, "undeploy", "--function-name", base, "--storage", other, "--yes", "--json")
+    assert code == 0, err
+    assert sorted(json.loads(out)["functions"]) == sorted(copies[other])
+    # outside the store: named once (not once per function), with the command that removes it
+    assert [k["what"] for k in json.loads(out)["kept"]].count(f"object {current}") == 1
+    assert f"undeploy --function-name {base} --storage {cli}" in _kept(out)[f"object {current}"]
+
+    code, out, err = run(capsys, "undeploy", "--function-name", base, "--storage", root, "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["functions"] == copies[root]
+    assert f"undeploy --function-name {base} --storage {cli}" in _kept(out)[f"object {current}"]
+
+    code, out, err = run(capsys, "undeploy", "--function-name", base, "--storage", cli, "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["objects"] == [current]  # no function uses it now: the family's goes
+    assert current.split("/", 3)[3] not in _keys(aws_cli, bucket, "cli/runtimes/")
+    assert _functions(lam, base) == set()
+    code, out, _ = run(capsys, "undeploy", "--function-name", base, "--storage", cli, "--yes")
+    assert code == 0 and "nothing to remove" in out and neighbour not in out
+    # (this test's own: gone for the tests after it)
+    for key in (untagged, abroad):
+        s3.delete_object(Bucket=bucket, Key=key)
+    assert run(capsys, "undeploy", "--function-name", "wp-undo-nb", "--storage", cli, "--yes")[0] == 0
+    assert not [key for key in _keys(aws_cli, bucket, "cli/runtimes/") if key.endswith(".tar.gz")
+                and key.split("/")[-1] in (neighbour.split("/")[-1], first["runtime_archive"].split("/")[-1])]
+
+
+def test_bad_region_or_endpoint_is_one_line_exit_2_and_json_under_json(aws_cli, capsys):
+    """With endpoints of the user's (an emulator), a region or endpoint botocore refuses
+    was a traceback when the first client was made; and --json printed nothing for exit 2."""
+    for bad in (("--region", " us-east-1"), ("--lambda-endpoint-url", "not a url"), ("--s3-endpoint-url", "not a url")):
+        code, out, err = run(capsys, "undeploy", "--function-name", "wp-undo-bad", "--dry-run", *bad)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (bad, err)
+        assert repr(bad[1]) in err and "Traceback" not in err, err
+        code, out, err = run(capsys, "undeploy", "--function-name", "wp-undo-bad", "--dry-run", "--json", *bad)
+        assert code == 2 and json.loads(out)["ok"] is False and repr(bad[1]) in json.loads(out)["message"], (bad, out)
+    code, out, _ = run(capsys, "undeploy", "--function-name", "wp-undo-bad", "--json")  # (no --yes)
+    assert code == 2 and "--yes" in json.loads(out)["message"]
+    # deploy makes its clients the same way: one line, no traceback
+    code, _, err = run(capsys, "deploy", "--function-name", "wp-undo-bad", "--lambda-endpoint-url", "not a url")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "'not a url'" in err, err
+
+
+def test_the_deploy_policy_lets_undeploy_read_an_archives_family():
+    """The HEAD that reads an archive's metadata is s3:GetObject, which `iam-policy --for deploy`
+    grants on the store's runtimes/ (at the bucket root too), and nowhere else."""
+    from tests.aws.iam_eval import denied
+    from tests.aws.iam_proxy import _Cfg
+    from wrenpack.backends.aws.iam import iam_policy
+
+    for storage, prefix in (("s3://wp-bucket/cli", "cli/"), ("s3://wp-bucket", "")):
+        policy = iam_policy(_Cfg(storage, "wp-undo"), "deploy")
+        head = [("s3", "HeadObject", {"Bucket": "wp-bucket", "Key": f"{prefix}runtimes/runtime-{'0' * 64}.tar.gz"})]
+        assert denied(policy, head) == set()
+        assert denied(policy, [("s3", "HeadObject", {"Bucket": "wp-bucket", "Key": "other/runtimes/x.tar.gz"})])

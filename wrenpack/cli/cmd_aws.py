@@ -79,6 +79,8 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
             raise ConfigError(f"undeploy asks before it removes anything and {why}: pass --yes to remove "
                               "without asking, or --dry-run to list what it would remove")
     except ConfigError as exc:
+        if args.json:  # (as json_errors prints exit 1's: a script reading stdout gets a document)
+            print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}, indent=2))
         print(f"wrenpack: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     plan = plan_undeploy(cfg)
@@ -195,12 +197,13 @@ def register(subparsers: Any, name: str) -> None:
         p = subparsers.add_parser(
             name, help="remove the Lambda functions, layers and runtime objects deploy created",
             description="Remove what `wrenpack deploy` and lambda_auto_deploy created for a function family: its "
-                        "functions (only those whose environment names the family), the versions of its "
-                        "<function_name>-runtime layer, and the runtime archives and layer uploads under the store's "
-                        "runtimes/ and deploy/ that no function staying uses. What is not known to be the family's "
-                        "is kept and named. Lists what it will remove and asks first. Exit 0: done or nothing to "
-                        "do; 1: something could not be removed (each named; the rest is removed) or not confirmed; "
-                        "2: bad settings or options.")
+                        "functions (those whose environment names the family and whose name has deploy's form, "
+                        "<function_name>-<10 hex>), the versions of its <function_name>-runtime layer, and the "
+                        "runtime archives and layer uploads under the store's runtimes/ and deploy/ that no function "
+                        "staying uses and that a removed function used or deploy tagged with the family. What is "
+                        "kept is named, with the command that removes it. Lists what it will remove and asks first. "
+                        "Exit 0: done or nothing to do; 1: something could not be removed (each named; the rest is "
+                        "removed) or not confirmed; 2: bad settings or options (under --json also a JSON error).")
         p.add_argument("--yes", "-y", action="store_true", help="remove without asking")
         p.add_argument("--dry-run", action="store_true", help="only list what would be removed and what kept")
         _add_aws_options(p)

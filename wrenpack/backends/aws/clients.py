@@ -81,8 +81,18 @@ def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None
     network", which names the wrong fix. ``endpoints``: (endpoint URL,
     service) of the clients the region serves; when every one is the user's
     own (an emulator, an S3-compatible store), any region name is theirs to
-    choose and nothing is checked."""
-    if not region or (endpoints and all(custom_endpoint(url, service) for url, service in endpoints)):
+    choose, and only the form botocore takes is checked.
+
+    Each endpoint URL is checked too: botocore refuses one it cannot use
+    (``not a url``, ``localhost:4566``) and a region that is no host name
+    (`` us-east-1``) only when a client is made, with a ``ValueError`` or
+    ``InvalidRegionError`` traceback."""
+    for url, service in endpoints:
+        check_endpoint(url, service)
+    if not region:
+        return
+    if endpoints and all(custom_endpoint(url, service) for url, service in endpoints):
+        _check_region_name(region)
         return
     version, known = known_regions()
     if region in known or not known:
@@ -99,6 +109,38 @@ def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None
               f"if AWS opened it after botocore {version}, upgrade boto3 (pip install -U boto3)"
     raise ConfigError(f"aws_region {region!r} is not an AWS region (botocore {version} knows {len(known)}; {why}); "
                       f"{FIX_REGION}")
+
+
+def check_endpoint(endpoint_url: str | None, service: str) -> None:
+    """Refuse, in one line naming the setting, an endpoint URL of ``service``
+    (``endpoint_url``, else boto3's AWS_ENDPOINT_URL_<SERVICE> or AWS_ENDPOINT_URL)
+    that botocore cannot use: it says so only when a client is made, in a traceback."""
+    import botocore.utils
+
+    named = [(f"{service}_endpoint_url", endpoint_url), (f"AWS_ENDPOINT_URL_{service.upper()}",
+             os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")), ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))]
+    name, url = next(((name, url) for name, url in named if url), (None, None))
+    valid = getattr(botocore.utils, "is_valid_endpoint_url", None), getattr(botocore.utils, "is_valid_ipv6_endpoint_url", None)
+    if not url or None in valid or any(check(url) for check in valid):  # (a botocore without them: not checked)
+        return
+    raise ConfigError(f"{name} {url!r} is not an endpoint URL botocore can use (a scheme and a host, e.g. "
+                      f"http://localhost:4566); fix it, or leave it unset for AWS's own endpoint")
+
+
+def _check_region_name(region: str) -> None:
+    """Refuse a region that cannot be part of a host name (botocore's InvalidRegionError, a traceback
+    when a client is made), whatever the endpoints: `` us-east-1``, ``us_east_1``."""
+    import botocore.utils
+
+    validate = getattr(botocore.utils, "validate_region_name", None)
+    try:
+        if validate is not None:
+            validate(region)
+    except Exception:  # noqa: BLE001 - botocore.exceptions.InvalidRegionError
+        tidy = region.strip().lower().replace("_", "-")
+        hint = f"; did you mean {tidy}?" if tidy != region and re.fullmatch(r"[a-z0-9-]+", tidy) else ""
+        raise ConfigError(f"aws_region {region!r} is not a region name (botocore takes letters, digits and '-' "
+                          f"only{hint}); {FIX_REGION}") from None
 
 
 def session(cfg: Any, checked: bool = True) -> Any:

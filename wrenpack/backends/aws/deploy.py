@@ -92,6 +92,13 @@ ENV_VERSION = "WRENPACK_VERSION"
 ENV_RUNTIME_TMP = "WRENPACK_RUNTIME_TMP_MB"
 #: The s3:// URL of a function's runtime archive (``--runtime-archive``).
 ENV_RUNTIME_ARCHIVE = "WRENPACK_RUNTIME_ARCHIVE"
+#: The S3 user metadata (``x-amz-meta-wrenpack-family``) naming the function family a runtime
+#: archive was uploaded for: its key names only its content, so without it `wrenpack undeploy`
+#: could not tell an earlier deploy's archive, that no function uses any more, from another family's.
+ARCHIVE_FAMILY = "wrenpack-family"
+#: ... and the region of the functions it was uploaded for: the bucket may serve the family's
+#: functions in other regions too, which an undeploy here does not see.
+ARCHIVE_REGION = "wrenpack-region"
 #: MaximumEventAgeInSeconds of every function: an Event call still queued in
 #: Lambda after an hour is dropped. The client reports a call that has neither
 #: started nor ended by its deadline as lost (or sends it again) once Lambda's
@@ -413,7 +420,9 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
         s3 = clients.s3_client(cfg)
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=data)
+            # (whose it is, for `wrenpack undeploy`: the key names only the content)
+            region = str(getattr(getattr(lam, "meta", None), "region_name", None) or "")
+            s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata={ARCHIVE_FAMILY: base, ARCHIVE_REGION: region})
         except Exception as exc:
             raise clients.aws_error(exc, f"uploading the runtime archive to s3://{bucket}/{key}") from None
         env.update({ENV_RUNTIME_ARCHIVE: f"s3://{bucket}/{key}", "WRENPACK_RUNTIME_SHA256": sha})

@@ -121,7 +121,8 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             # `wrenpack undeploy`: the family's functions (deploy's names, <function_name>-<10 hex>: IAM's
             # "?" is one character, so no longer name of the prefix matches), its layer's versions, and
             # the runtime archives and layer uploads. ListLayerVersions is authorized on the layer's ARN
-            # (the Lambda permissions reference, since 2021; AccessDenied names that resource).
+            # (the Lambda permissions reference, since 2021; AccessDenied names that resource). The HEAD
+            # that reads which family an archive is for is UploadRuntimes' s3:GetObject.
             allow("Undeploy", ["lambda:DeleteFunction"], f"{arn}:lambda:{region}:{account}:function:{cfg.function_name}-"
                   + "?" * 10),
             allow("UndeployLayer", ["lambda:DeleteLayerVersion"],

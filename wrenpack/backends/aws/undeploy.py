@@ -7,24 +7,37 @@ by hand. Undeploy removes them, and only what is known to be the family's and
 used by nothing that stays; what it is unsure of it keeps, and says why::
 
     functions       those whose environment names the family (``ENV_FAMILY``) and whose
-                    name is deploy's, ``<function_name>-<10 hex>``: never a function
-                    deploy did not make, whatever its name. One serving another store
-                    (``ENV_STORE``) is kept: that store's callers use it.
+                    name has deploy's form, ``<function_name>-<10 hex>``. Nothing else tells
+                    a function deploy made: one made by hand (a console duplicate, a
+                    Terraform copy) with that name and environment is removed too, one with
+                    another name is kept and named. One serving another store (``ENV_STORE``)
+                    is kept: that store's callers use it.
     layer versions  every version of ``<function_name>-runtime`` (``--runtime-dir``), but
                     one a function that stays uses.
-    runtimes/       a runtime archive (``--runtime-archive``) a removed function uses, unless
-                    a function that stays uses it too, or one whose environment cannot be
-                    read might. An archive no function of the family uses is kept: its key
-                    (the archive's content) names no family, so it may be another family's
-                    or an earlier deploy's.
+    runtimes/       a runtime archive (``--runtime-archive``) a removed function uses, or
+                    one no function uses whose S3 metadata (``ARCHIVE_FAMILY``, set by deploy)
+                    names the family: an earlier deploy's, or the one the family's copies
+                    for other stores used. Either is kept while a function that stays uses
+                    it, or one whose environment cannot be read might; one a copy serving
+                    another store uses is named with that store's undeploy, to run first.
+                    One that names another family is that family's, and not listed; one
+                    that names none (uploaded before deploy tagged them) is kept and named
+                    with the command that removes it, unless another family's function
+                    uses it (that family's undeploy removes it); one deploy uploaded for
+                    the family's functions in another region is named with the undeploy
+                    there (``ARCHIVE_REGION``: this one does not see them). An archive a
+                    removed function uses outside this store's runtimes/ (a copy for another
+                    store uses its template's) is named with the undeploy of the store that
+                    holds it.
     deploy/         a layer zip uploaded because it was too large to go inline, whose content
                     is one of the family's layer versions: Lambda copied it when the layer
                     was published, and nothing reads it again. Others are kept.
 
 Functions go first; a layer version or an archive a function that could not be
 removed uses is then kept. Only functions in the client's region are seen: a
-function of another region that uses the same bucket's archive is not (the
-archive is the family's only if one of its functions here uses it). Log groups
+function of another region that uses an archive a function removed here used
+too is not (deploy's metadata names the region of the last deploy that
+uploaded it only). Log groups
 (``/aws/lambda/<function>``, the functions' logs) and job objects (``wrenpack
 clean``) are left alone.
 """
@@ -34,11 +47,13 @@ import base64
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import wrenpack.backends.aws.clients as clients
-from wrenpack.backends.aws.deploy import ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE, code_upload_name, list_functions
+from wrenpack.backends.aws.deploy import (ARCHIVE_FAMILY, ARCHIVE_REGION, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE,
+                                          code_upload_name, list_functions)
 from wrenpack.errors import ConfigError, WrenpackError
 
 log = logging.getLogger(__name__)
@@ -48,6 +63,8 @@ log = logging.getLogger(__name__)
 _FAMILY = re.compile(r"[A-Za-z0-9_-]{1,53}")
 #: AWS's answers for something already gone
 _GONE = ("ResourceNotFoundException", "NoSuchKey", "404")
+#: where deploy puts a runtime archive: s3://BUCKET[/PREFIX]/runtimes/runtime-<SHA-256>.tar.gz (group 1: its store)
+_ARCHIVE_URL = re.compile(r"(s3://[^/]+(?:/.+?)?)/runtimes/runtime-[0-9a-f]{64}\.tar\.gz")
 
 
 @dataclass(frozen=True)
@@ -186,30 +203,95 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
         plan.layer_versions.append(lv)
         plan.users[lv.arn] = {name for name, conf, _ in removed if lv.arn in layers_of(conf)}
 
-    # -- runtime archives a removed function uses and nothing that stays does
+    # -- runtime archives: those a removed function uses, and those deploy tagged with the family
+    # (ARCHIVE_FAMILY: an earlier deploy's, one a copy for another store used), unless a function
+    # that stays uses it (or may). The store lists only its own runtimes/: an archive a removed
+    # function uses elsewhere (a copy serving another store uses its template's) is named with
+    # the undeploy of the store that holds it.
     try:
         archives = store.list("runtimes/")
         uploads = store.list("deploy/")
     except WrenpackError as exc:
         raise WrenpackError(f"undeploy lists the store's runtimes/ and deploy/ to find the family's objects: {exc}") from None
     unreadable = [name for name, _, env in staying if env is None]
+    staying_env = {name: env for name, _, env in staying if env is not None}
+
+    def using(url: str, among: dict[str, dict[str, str]]) -> list[str]:
+        """The functions of ``among`` that use the archive at ``url``, the family's first."""
+        return sorted((name for name, env in among.items() if env.get(ENV_RUNTIME_ARCHIVE) == url),
+                      key=lambda name: (among[name].get(ENV_FAMILY) != base, name))
+
+    def staying_user(url: str) -> str | None:
+        """Why the archive at ``url`` stays: a function that stays uses it, or may (None: none does)."""
+        users = using(url, staying_env)
+        theirs = [name for name in users if staying_env[name].get(ENV_FAMILY) != base]
+        if theirs:
+            return f"function {theirs[0]} uses it and stays"
+        if users:
+            # the family's copies serving other stores: their undeploys come first
+            stores = sorted({(staying_env[name].get(ENV_STORE) or "").rstrip("/") for name in users} - {"", served})
+            more = f" (and {len(users) - 1} more)" if len(users) > 1 else ""
+            if not stores:
+                return f"function {users[0]}{more} uses it and stays"
+            then = " and ".join(f"`{_command(base, where)}`" for where in stores)
+            return (f"function {users[0]}{more} uses it and stays (serving {', '.join(stores)}): once {then} "
+                    f"removed {'them' if users[1:] else 'it'}, run this again")
+        if unreadable:
+            return f"function {unreadable[0]}'s environment could not be read, so it may use it"
+        return None
+
+    removed_env = {name: env for name, _, env in removed}
+    region = str(getattr(getattr(lam, "meta", None), "region_name", None) or "")
+    tags = _archive_tags(store, [key for key in archives if not using(plan.url(key), removed_env)])
     for key in archives:
         url = plan.url(key)
-        users = {name for name, _, env in removed if env.get(ENV_RUNTIME_ARCHIVE) == url}
-        others = [name for name, _, env in staying if env is not None and env.get(ENV_RUNTIME_ARCHIVE) == url]
+        users = set(using(url, removed_env))
         if not users:
-            keep(f"object {url}", f"no function of {base} uses it: it may be another family's or an earlier deploy's")
-        elif others:
-            keep(f"object {url}", f"function {others[0]} uses it and stays")
-        elif unreadable:
-            keep(f"object {url}", f"function {unreadable[0]}'s environment could not be read, so it may use it")
+            if key not in tags:
+                continue  # gone since it was listed
+            found, unknown = tags[key]
+            tag = found.get(ARCHIVE_FAMILY)
+            if tag is not None and tag != base:
+                continue  # another family's: its undeploy removes it
+            there = found.get(ARCHIVE_REGION)
+            if tag == base and there and region and there != region:
+                # its functions are in another region, which this undeploy does not see
+                keep(f"object {url}", f"deploy uploaded it for {base}'s functions in {there}: "
+                                      f"`{_command(base, served)} --region {there}` removes it once no function uses it")
+                continue
+            if tag is None:
+                # No family on it: a deploy's from before archives were tagged, or not deploy's at all.
+                users_here = using(url, staying_env)
+                if users_here and staying_env[users_here[0]].get(ENV_FAMILY) != base:
+                    continue  # another family's function uses it: that family's undeploy removes it
+                if users_here:
+                    keep(f"object {url}", str(staying_user(url)))
+                else:
+                    what = (f"its metadata could not be read ({unknown})" if unknown else
+                            "it names no function family (a deploy's from before deploy tagged its archives, "
+                            "or not deploy's)")
+                    keep(f"object {url}", f"{what} and no function of this region is known to use it: if it is {base}'s, "
+                                          f"remove it with `aws s3 rm {url}`")
+                continue
+        why = staying_user(url)
+        if why is not None:
+            keep(f"object {url}", why)
         else:
             plan.objects.append(key)
             plan.users[key] = users
-    for name, _, env in removed:
+    outside: dict[str, list[str]] = {}
+    for name, env in removed_env.items():
         url = env.get(ENV_RUNTIME_ARCHIVE)
-        if url and not url.startswith(served + "/"):
-            keep(f"object {url}", f"function {name} uses it, and it lies outside the store {served}")
+        # (what the store lists: a URL under it but not under its runtimes/, the bucket root's, is outside)
+        if url and not url.startswith(plan.url("runtimes/")):
+            outside.setdefault(url, []).append(name)
+    for url, names in outside.items():  # (one line per archive, however many functions use it)
+        home = _ARCHIVE_URL.fullmatch(url)
+        then = (f"`{_command(base, home.group(1))}` removes it once no function uses it" if home else
+                f"remove it with `aws s3 rm {url}` once no function uses it")
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        keep(f"object {url}", f"function {names[0]}{more} uses it, and it is not under {plan.url('runtimes/')}, "
+                              f"where this store's archives are: {then}")
 
     # -- deploy/ uploads of the family's layer zips (only read when there are any)
     if uploads:
@@ -220,6 +302,31 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
             else:
                 keep(f"object {plan.url(key)}", f"its content is no layer version of {base}-runtime")
     return plan
+
+
+def _command(base: str, store: str) -> str:
+    """The undeploy of ``base`` for ``store``, as a user types it."""
+    return f"wrenpack undeploy --function-name {base} --storage {store}"
+
+
+def _archive_tags(store: Any, keys: list[str]) -> dict[str, tuple[dict[str, str], str | None]]:
+    """What deploy put in each runtime archive's metadata (``ARCHIVE_FAMILY``, ``ARCHIVE_REGION``;
+    a HEAD each, a few at a time): key -> (its metadata, why it could not be read or None);
+    a key gone since it was listed is left out. HEAD is s3:GetObject, which deploy's policy grants there."""
+    if not keys:
+        return {}
+    client, bucket, prefix = store.client, store.bucket, store.prefix
+
+    def head(key: str) -> tuple[str, tuple[dict[str, str], str | None] | None]:
+        try:
+            found = client.head_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
+        except Exception as exc:  # noqa: BLE001 - unknown: the archive is kept, and named with why
+            code = clients.error_code(exc)
+            return key, None if code in _GONE + ("NotFound",) else ({}, code or type(exc).__name__)
+        return key, (dict(found.get("Metadata") or {}), None)
+
+    with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+        return {key: found for key, found in pool.map(head, keys) if found is not None}
 
 
 def _layer_upload_names(lam: Any, versions: list[LayerVersion]) -> set[str]:
