@@ -259,9 +259,12 @@ def _discover(store: Any, found_jobs: list[str], shards: dict[str, list[str]], f
     for name, kind in _entries(store, keys.JOBS).items():
         if kind == "link":
             foreign[f"{keys.JOBS}{name}"] = _LINK
-    for name, kind in _entries(store, "").items():
-        if kind == "link" and f"{name}/" in (keys.JOBS, keys.SHUFFLE):
-            foreign[name] = _LINK
+    from wrenpack.storage.local import LocalStore
+
+    if isinstance(store, LocalStore):  # (S3 has no links, and a client's policy lists no more than its folders)
+        for name, kind in store.folder_entries("").items():
+            if kind == "link" and f"{name}/" in (keys.JOBS, keys.SHUFFLE):
+                foreign[name] = _LINK
     return _shuffles(store, shards, foreign)
 
 
