@@ -31,6 +31,7 @@ Nothing listens beyond 127.0.0.1.
 from __future__ import annotations
 
 import collections
+import fcntl
 import http.client
 import io
 import json
@@ -158,29 +159,39 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str, Any]:
 
 
 def rie_binary() -> Path:
+    """The Runtime Interface Emulator's binary in CACHE, taken from the aws-sam-cli wheel
+    (downloaded first when missing). Fetched under a lock, as ``pythons.ensure`` builds a
+    venv: the suite's two test processes (-n 2) start their session fixtures together, and
+    on a fresh cache (CI) both downloaded into the same folder and wrote the same ``.tmp``
+    file, so one could replace the target while the other still wrote it (a truncated
+    binary, or "text file busy")."""
     target = CACHE / "aws-lambda-rie-x86_64"
     if target.exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(CACHE.glob("aws_sam_cli-*.whl"))
-    if not wheels:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "aws-sam-cli", "-d", str(CACHE)],
-            capture_output=True, text=True, timeout=300,
-        )
+    with open(CACHE / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process fetching it: wait, then use what it made
+        if target.exists():
+            return target
         wheels = sorted(CACHE.glob("aws_sam_cli-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise Unavailable(f"`pip download aws-sam-cli` failed: {proc.stderr.strip()[-300:]}")
-    with zipfile.ZipFile(wheels[-1]) as zf:
-        try:
-            data = zf.read(RIE_MEMBER)
-        except KeyError:
-            raise Unavailable(f"{wheels[-1].name} has no {RIE_MEMBER}") from None
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o755)
-    tmp.replace(target)
-    return target
+        if not wheels:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "aws-sam-cli", "-d", str(CACHE)],
+                capture_output=True, text=True, timeout=300,
+            )
+            wheels = sorted(CACHE.glob("aws_sam_cli-*.whl"))
+            if proc.returncode != 0 or not wheels:
+                raise Unavailable(f"`pip download aws-sam-cli` failed: {proc.stderr.strip()[-300:]}")
+        with zipfile.ZipFile(wheels[-1]) as zf:
+            try:
+                data = zf.read(RIE_MEMBER)
+            except KeyError:
+                raise Unavailable(f"{wheels[-1].name} has no {RIE_MEMBER}") from None
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o755)
+        tmp.replace(target)  # last: a target that exists is whole
+        return target
 
 
 # -- Lambda's limits, as the dispatcher enforces them ------------------------------------------

@@ -252,3 +252,26 @@ def test_the_runtime_sees_lambdas_environment_variables(lambda_endpoint, client,
     # nothing of this machine's environment but what the emulator needs
     leaked = set(env) & (set(os.environ) - {"PATH", "PYTHONPATH", "LANG", "TZ"})
     assert not {k for k in leaked if not k.startswith("AWS_")}, leaked
+
+
+def test_the_emulator_is_fetched_by_one_process_at_a_time(tmp_path, monkeypatch):
+    """The suite's two test processes (-n 2) both fetch the emulator on a fresh cache (CI):
+    without a lock both downloaded into the same folder and wrote the same ``.tmp`` file, and
+    one could replace the target while the other still wrote it. One that finds the lock
+    held waits, then takes what the other made."""
+    import fcntl
+    import zipfile
+
+    monkeypatch.setattr(servers, "CACHE", tmp_path)
+    with zipfile.ZipFile(tmp_path / "aws_sam_cli-0.0.0-py3-none-any.whl", "w") as zf:  # (no download: a wheel is there)
+        zf.writestr(servers.RIE_MEMBER, b"#!/bin/sh\n")
+    target = tmp_path / "aws-lambda-rie-x86_64"
+    got: list = []
+    with open(tmp_path / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process fetching it
+        fetcher = threading.Thread(target=lambda: got.append(servers.rie_binary()))
+        fetcher.start()
+        fetcher.join(1.0)
+        assert fetcher.is_alive() and not target.exists() and not target.with_suffix(".tmp").exists()
+    fetcher.join(10)
+    assert got == [target] and target.read_bytes() == b"#!/bin/sh\n" and os.access(target, os.X_OK)
