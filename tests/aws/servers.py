@@ -82,17 +82,30 @@ _ports_given: set[int] = set()
 _ports_lock = threading.Lock()
 
 
+def _port_share() -> tuple[int, int]:
+    """(which share of the ports is this test process's, how many shares): one per
+    pytest-xdist worker (``gw0``, ``gw1``, ...), one in all for a run in one process."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return index % max(count, 1), max(count, 1)
+
+
 def free_port() -> int:
     """A free loopback port not handed out before in this session. The kernel
     may offer the same free port twice before either server binds it: two
     emulators started together were seen to get one port, and one died at
-    start ("bind: address already in use") while the other answered for both."""
+    start ("bind: address already in use") while the other answered for both.
+    The suite's test processes (-n 2) each take ports of a share of their own
+    (``_port_share``: by ``port // 2``, as the kernel hands out ports of one
+    parity), so that one's port is not offered to the other before its server binds it."""
+    index, count = _port_share()
     with _ports_lock:
-        for _ in range(1000):
+        for _ in range(1000 * count):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            if port not in _ports_given:
+            if port not in _ports_given and port // 2 % count == index:
                 _ports_given.add(port)
                 return port
     raise RuntimeError("no free loopback port that was not handed out already")

@@ -32,6 +32,22 @@ def test_free_ports_are_never_handed_out_twice():
     assert len(set(ports)) == len(ports)
 
 
+def test_the_test_processes_are_never_handed_the_same_port():
+    """Under -n 2 each test process remembers only the ports it handed out: the other's,
+    handed out but not yet bound by its server, could be offered to it too."""
+    import subprocess
+    import sys
+
+    code = "from tests.aws.servers import free_port; print(*(free_port() for _ in range(300)))"
+    handed = []
+    for worker in ("gw0", "gw1"):
+        env = dict(os.environ, PYTEST_XDIST_WORKER=worker, PYTEST_XDIST_WORKER_COUNT="2")
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=servers.REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        handed.append(set(map(int, out.stdout.split())))
+    assert len(handed[0]) == len(handed[1]) == 300 and handed[0].isdisjoint(handed[1])
+
+
 @pytest.fixture(scope="module")
 def client(lambda_endpoint):
     """A Lambda client that never retries by itself (each answer is seen as it was given)."""
