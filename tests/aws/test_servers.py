@@ -291,3 +291,15 @@ def test_the_emulator_is_fetched_by_one_process_at_a_time(tmp_path, monkeypatch)
         assert fetcher.is_alive() and not target.exists() and not target.with_suffix(".tmp").exists()
     fetcher.join(10)
     assert got == [target] and target.read_bytes() == b"#!/bin/sh\n" and os.access(target, os.X_OK)
+
+
+def test_a_closed_port_stays_closed_while_a_test_uses_it(closed_port):
+    """A test that wants a refused connection: a port found free and closed again could be
+    bound meanwhile by a server of the other test process (-n 2); ``closed_port`` keeps it."""
+    import socket
+
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", closed_port), timeout=5).close()
+    with socket.socket() as server, pytest.raises(OSError, match="in use"):
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as http.server's and moto's do)
+        server.bind(("127.0.0.1", closed_port))
