@@ -149,6 +149,18 @@ def _lambda_deploys_this_python(request, monkeypatch):
         deploy_as_of_a_live_day(monkeypatch)
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nobody listens on, for the test's length: bound here without listening, so a
+    connection is refused, and no server (the other test process's, -n 2) can bind it meanwhile, as
+    one could a port found free and closed again."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 # -- executors on every backend ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def backend(request) -> str:

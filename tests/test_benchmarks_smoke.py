@@ -12,34 +12,35 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-def _temporary() -> set[str]:
-    """What the benchmarks could leave in the temporary directory (their folders, tempfile's)."""
-    import tempfile
-
-    root = tempfile.gettempdir()
+def _temporary(root) -> set[str]:
+    """What the benchmarks could leave in the temporary directory ``root`` (their folders, tempfile's)."""
     return {n for n in os.listdir(root) if n.startswith(("tmp", "wrenpack-bench-", "wrenpack-cost-", "bench-spawn-"))}
 
 
-def _run(script: str, *args: str, timeout: float = 240) -> str:
-    before = _temporary()
+def _run(tmp_path, script: str, *args: str, timeout: float = 240) -> str:
+    # (a temporary directory of the benchmark's own: the suite runs in two processes (-n 2), and what
+    # the other's tests make meanwhile in the shared /tmp is not this benchmark's leftover)
+    root = tmp_path / "tmp"
+    root.mkdir()
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=os.path.dirname(BENCH))
+                          timeout=timeout, cwd=os.path.dirname(BENCH), env=dict(os.environ, TMPDIR=str(root)))
     assert proc.returncode == 0, f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     # (a benchmark leaves nothing behind either: latency_path left an empty store folder per driver run)
-    assert _temporary() - before == set(), f"{script} left {sorted(_temporary() - before)} in the temporary directory"
+    left = sorted(_temporary(root))
+    assert left == [], f"{script} left {left} in the temporary directory"
     return proc.stdout
 
 
-def test_checkpoint_overhead_with_calls_too_short_to_save_says_so():
+def test_checkpoint_overhead_with_calls_too_short_to_save_says_so(tmp_path):
     """Calls that end before their first checkpoint save nothing: the benchmark used to
     end in a StatisticsError (the median of no save times) after its timings."""
-    out = _run("bench_checkpoint_overhead.py", "--steps", "10", "--step-ms", "5", "--timeout", "1.0", "--rounds", "5")
+    out = _run(tmp_path, "bench_checkpoint_overhead.py", "--steps", "10", "--step-ms", "5", "--timeout", "1.0", "--rounds", "5")
     assert "no checkpoint was saved" in out
     assert "overhead ratio checkpointed/uninterrupted" in out
 
 
-def test_s3_shuffle_plan_prints_its_plan():
-    out = _run("bench_s3_shuffle_plan.py", "--size", "10GB", "--functions", "20")
+def test_s3_shuffle_plan_prints_its_plan(tmp_path):
+    out = _run(tmp_path, "bench_s3_shuffle_plan.py", "--size", "10GB", "--functions", "20")
     assert "prefix" in out.lower()
 
 
@@ -58,8 +59,8 @@ def test_s3_shuffle_plan_prints_its_plan():
     ("bench_shuffle_path.py", ["--size", "20MB", "--rounds", "1"]),
     ("sort_stages.py", ["--size", "20MB"]),
 ], ids=lambda v: v if isinstance(v, str) else None)
-def test_benchmark_runs_on_small_inputs(script, args):
-    _run(script, *args, timeout=600)
+def test_benchmark_runs_on_small_inputs(script, args, tmp_path):
+    _run(tmp_path, script, *args, timeout=600)
 
 
 # --------------------------------------------------------------------------- SIGTERM

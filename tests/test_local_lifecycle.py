@@ -394,7 +394,7 @@ def test_shutdown_leaves_no_process_of_the_pool_not_even_a_zombie(tmp_path):
     assert left == [], left
 
 
-def test_work_folders_of_drivers_that_are_gone_are_removed_by_the_next_backend(tmp_path):
+def test_work_folders_of_drivers_that_are_gone_are_removed_by_the_next_backend(tmp_path, monkeypatch):
     """A driver killed together with its workers (SIGKILL to its process group) removes
     nothing, and no worker is left to: its work folder (workers' /tmp) stayed in the
     temporary directory for good. The next local backend removes those of drivers that
@@ -405,7 +405,11 @@ def test_work_folders_of_drivers_that_are_gone_are_removed_by_the_next_backend(t
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(gone.stdout)
-    root = tempfile.gettempdir()
+    # (a temporary directory of this test's own: in the shared /tmp, a backend the other test
+    # process (-n 2) starts meanwhile could remove the stale folder, and this backend's removal went unchecked)
+    root = str(tmp_path / "tmp")
+    os.mkdir(root)
+    monkeypatch.setattr(tempfile, "tempdir", root)
     stale = os.path.join(root, f"{WORK_DIR_PREFIX}{dead_pid}-abc123")
     live = os.path.join(root, f"{WORK_DIR_PREFIX}1-abc123")  # (pid 1 runs)
     for folder in (stale, live):

@@ -70,22 +70,14 @@ def _example(name: str):
     return mod
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:{closed}/0", "127.0.0.1:6379"], ids=["closed-port", "no-scheme"])
-def test_parameter_server_unreachable_redis_url_is_one_line(url):
+def test_parameter_server_unreachable_redis_url_is_one_line(url, closed_port):
     """README: parameter_server.py "uses --redis-url". A URL nobody listens on (or one without a
     scheme) ended in two chained 60-line redis tracebacks (the second from the clean-up in
     `finally`); it is one line naming the URL and what to do, before any call is launched."""
     pytest.importorskip("numpy")
     pytest.importorskip("redis")
-    url = url.format(closed=_closed_port())  # (found at the test's run: the same test ids in every collection)
+    url = url.format(closed=closed_port)  # (found at the test's run: the same test ids in every collection)
     ps = _example("parameter_server")
     with pytest.raises(SystemExit) as ex:
         ps.main(["--small", "--redis-url", url])

@@ -869,15 +869,7 @@ def _simple_index(root, wheels):
     return "file://" + root
 
 
-def _closed_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_torch_advice_is_honest_when_no_cpu_build_can_be_reached(tmp_path, monkeypatch):
+def test_torch_advice_is_honest_when_no_cpu_build_can_be_reached(tmp_path, monkeypatch, closed_port):
     """The old advice (a +cpu pin from an index that does not answer) ended in 'pin torch==2.5.1': the GPU build again."""
     from runtime_builder import gpu, resolve
     from runtime_builder.targets import Target
@@ -890,7 +882,7 @@ def test_torch_advice_is_honest_when_no_cpu_build_can_be_reached(tmp_path, monke
     for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_CONSTRAINT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PIP_INDEX_URL", _simple_index(str(pypi), list(map(str, pypi.glob("*.whl")))))
-    idx = f"http://127.0.0.1:{_closed_port()}/whl/cpu"
+    idx = f"http://127.0.0.1:{closed_port}/whl/cpu"
     monkeypatch.setenv(gpu.CPU_INDEX_ENV, idx)
     target = Target.make("3.11")
     plain_pin = re.compile(r"torch==[0-9.]+(?!\+|[0-9.])")  # torch==2.5.1 without +cpu: the GPU build

@@ -43,7 +43,11 @@ def test_registered_by_one_line():
     assert "toy" in backend_names()
 
 
-def test_remote_runs_end_to_end_on_the_toy_backend(tmp_path):
+def test_remote_runs_end_to_end_on_the_toy_backend(tmp_path, monkeypatch):
+    # A temporary directory of this test's own: the suite runs in two processes (-n 2), and the
+    # other's toy calls make their wrenpack-toy-* folders in the shared /tmp meanwhile.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     ex = Executor(backend="toy", storage=str(tmp_path / "store"))
     try:
         f = wrenpack.remote(square, executor=ex)
@@ -55,7 +59,7 @@ def test_remote_runs_end_to_end_on_the_toy_backend(tmp_path):
         assert len(set(pids)) == 3 and os.getpid() not in pids
     finally:
         ex.shutdown()
-    assert glob.glob(os.path.join(tempfile.gettempdir(), "wrenpack-toy-*")) == [], "a call's directory was left behind"
+    assert glob.glob(str(tmp_path / "tmp" / "wrenpack-toy-*")) == [], "a call's directory was left behind"
     assert os.listdir(tmp_path / "store" / "jobs") == []
 
 

@@ -31,6 +31,7 @@ Nothing listens beyond 127.0.0.1.
 from __future__ import annotations
 
 import collections
+import fcntl
 import http.client
 import io
 import json
@@ -81,17 +82,30 @@ _ports_given: set[int] = set()
 _ports_lock = threading.Lock()
 
 
+def _port_share() -> tuple[int, int]:
+    """(which share of the ports is this test process's, how many shares): one per
+    pytest-xdist worker (``gw0``, ``gw1``, ...), one in all for a run in one process."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return index % max(count, 1), max(count, 1)
+
+
 def free_port() -> int:
     """A free loopback port not handed out before in this session. The kernel
     may offer the same free port twice before either server binds it: two
     emulators started together were seen to get one port, and one died at
-    start ("bind: address already in use") while the other answered for both."""
+    start ("bind: address already in use") while the other answered for both.
+    The suite's test processes (-n 2) each take ports of a share of their own
+    (``_port_share``: by ``port // 2``, as the kernel hands out ports of one
+    parity), so that one's port is not offered to the other before its server binds it."""
+    index, count = _port_share()
     with _ports_lock:
-        for _ in range(1000):
+        for _ in range(1000 * count):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            if port not in _ports_given:
+            if port not in _ports_given and port // 2 % count == index:
                 _ports_given.add(port)
                 return port
     raise RuntimeError("no free loopback port that was not handed out already")
@@ -158,29 +172,39 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str, Any]:
 
 
 def rie_binary() -> Path:
+    """The Runtime Interface Emulator's binary in CACHE, taken from the aws-sam-cli wheel
+    (downloaded first when missing). Fetched under a lock, as ``pythons.ensure`` builds a
+    venv: the suite's two test processes (-n 2) start their session fixtures together, and
+    on a fresh cache (CI) both downloaded into the same folder and wrote the same ``.tmp``
+    file, so one could replace the target while the other still wrote it (a truncated
+    binary, or "text file busy")."""
     target = CACHE / "aws-lambda-rie-x86_64"
     if target.exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(CACHE.glob("aws_sam_cli-*.whl"))
-    if not wheels:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "aws-sam-cli", "-d", str(CACHE)],
-            capture_output=True, text=True, timeout=300,
-        )
+    with open(CACHE / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process fetching it: wait, then use what it made
+        if target.exists():
+            return target
         wheels = sorted(CACHE.glob("aws_sam_cli-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise Unavailable(f"`pip download aws-sam-cli` failed: {proc.stderr.strip()[-300:]}")
-    with zipfile.ZipFile(wheels[-1]) as zf:
-        try:
-            data = zf.read(RIE_MEMBER)
-        except KeyError:
-            raise Unavailable(f"{wheels[-1].name} has no {RIE_MEMBER}") from None
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o755)
-    tmp.replace(target)
-    return target
+        if not wheels:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "aws-sam-cli", "-d", str(CACHE)],
+                capture_output=True, text=True, timeout=300,
+            )
+            wheels = sorted(CACHE.glob("aws_sam_cli-*.whl"))
+            if proc.returncode != 0 or not wheels:
+                raise Unavailable(f"`pip download aws-sam-cli` failed: {proc.stderr.strip()[-300:]}")
+        with zipfile.ZipFile(wheels[-1]) as zf:
+            try:
+                data = zf.read(RIE_MEMBER)
+            except KeyError:
+                raise Unavailable(f"{wheels[-1].name} has no {RIE_MEMBER}") from None
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o755)
+        tmp.replace(target)  # last: a target that exists is whole
+        return target
 
 
 # -- Lambda's limits, as the dispatcher enforces them ------------------------------------------

@@ -201,13 +201,8 @@ def test_clear_errors_for_missing_bucket_and_profile(s3_server):
         bad.get("k")
 
 
-def test_unreachable_endpoint_is_one_line_store_error():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
-    s = S3Store("b", "p", endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
+def test_unreachable_endpoint_is_one_line_store_error(closed_port):
+    s = S3Store("b", "p", endpoint_url=f"http://127.0.0.1:{closed_port}", max_attempts=1)
     with pytest.raises(StoreError, match="cannot reach S3") as info:
         s.get("k")
     assert "\n" not in str(info.value)

@@ -32,6 +32,22 @@ def test_free_ports_are_never_handed_out_twice():
     assert len(set(ports)) == len(ports)
 
 
+def test_the_test_processes_are_never_handed_the_same_port():
+    """Under -n 2 each test process remembers only the ports it handed out: the other's,
+    handed out but not yet bound by its server, could be offered to it too."""
+    import subprocess
+    import sys
+
+    code = "from tests.aws.servers import free_port; print(*(free_port() for _ in range(300)))"
+    handed = []
+    for worker in ("gw0", "gw1"):
+        env = dict(os.environ, PYTEST_XDIST_WORKER=worker, PYTEST_XDIST_WORKER_COUNT="2")
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=servers.REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        handed.append(set(map(int, out.stdout.split())))
+    assert len(handed[0]) == len(handed[1]) == 300 and handed[0].isdisjoint(handed[1])
+
+
 @pytest.fixture(scope="module")
 def client(lambda_endpoint):
     """A Lambda client that never retries by itself (each answer is seen as it was given)."""
@@ -252,3 +268,38 @@ def test_the_runtime_sees_lambdas_environment_variables(lambda_endpoint, client,
     # nothing of this machine's environment but what the emulator needs
     leaked = set(env) & (set(os.environ) - {"PATH", "PYTHONPATH", "LANG", "TZ"})
     assert not {k for k in leaked if not k.startswith("AWS_")}, leaked
+
+
+def test_the_emulator_is_fetched_by_one_process_at_a_time(tmp_path, monkeypatch):
+    """The suite's two test processes (-n 2) both fetch the emulator on a fresh cache (CI):
+    without a lock both downloaded into the same folder and wrote the same ``.tmp`` file, and
+    one could replace the target while the other still wrote it. One that finds the lock
+    held waits, then takes what the other made."""
+    import fcntl
+    import zipfile
+
+    monkeypatch.setattr(servers, "CACHE", tmp_path)
+    with zipfile.ZipFile(tmp_path / "aws_sam_cli-0.0.0-py3-none-any.whl", "w") as zf:  # (no download: a wheel is there)
+        zf.writestr(servers.RIE_MEMBER, b"#!/bin/sh\n")
+    target = tmp_path / "aws-lambda-rie-x86_64"
+    got: list = []
+    with open(tmp_path / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process fetching it
+        fetcher = threading.Thread(target=lambda: got.append(servers.rie_binary()))
+        fetcher.start()
+        fetcher.join(1.0)
+        assert fetcher.is_alive() and not target.exists() and not target.with_suffix(".tmp").exists()
+    fetcher.join(10)
+    assert got == [target] and target.read_bytes() == b"#!/bin/sh\n" and os.access(target, os.X_OK)
+
+
+def test_a_closed_port_stays_closed_while_a_test_uses_it(closed_port):
+    """A test that wants a refused connection: a port found free and closed again could be
+    bound meanwhile by a server of the other test process (-n 2); ``closed_port`` keeps it."""
+    import socket
+
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", closed_port), timeout=5).close()
+    with socket.socket() as server, pytest.raises(OSError, match="in use"):
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as http.server's and moto's do)
+        server.bind(("127.0.0.1", closed_port))
