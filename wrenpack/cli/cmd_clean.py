@@ -250,6 +250,7 @@ def _discover(store: Any, found_jobs: list[str], shards: dict[str, list[str]], f
     ``jobs/`` and ``shuffle/`` (into ``foreign``, with why), links included: one at
     ``jobs/<name>`` or at ``jobs`` or ``shuffle`` itself, never followed, went unsaid."""
     from wrenpack.job.client import job_ids
+    from wrenpack.storage.local import LocalStore
 
     for j in job_ids(store):
         if keys.is_job_id(j):
@@ -259,8 +260,6 @@ def _discover(store: Any, found_jobs: list[str], shards: dict[str, list[str]], f
     for name, kind in _entries(store, keys.JOBS).items():
         if kind == "link":
             foreign[f"{keys.JOBS}{name}"] = _LINK
-    from wrenpack.storage.local import LocalStore
-
     if isinstance(store, LocalStore):  # (S3 has no links, and a client's policy lists no more than its folders)
         for name, kind in store.folder_entries("").items():
             if kind == "link" and f"{name}/" in (keys.JOBS, keys.SHUFFLE):
