@@ -288,3 +288,40 @@ def test_the_deploy_policy_lets_undeploy_read_an_archives_family():
         head = [("s3", "HeadObject", {"Bucket": "wp-bucket", "Key": f"{prefix}runtimes/runtime-{'0' * 64}.tar.gz"})]
         assert denied(policy, head) == set()
         assert denied(policy, [("s3", "HeadObject", {"Bucket": "wp-bucket", "Key": "other/runtimes/x.tar.gz"})])
+
+
+def test_an_archive_the_familys_functions_in_two_regions_use_goes_with_the_last_regions_undeploy(aws_cli, role_arn,
+                                                                                                capsys, tmp_path, bucket):
+    """probe10: deployed in us-east-1, then in us-west-2 (the same runtime: one archive), the
+    archive named only the last region, and an undeploy in us-east-1 removed it while the
+    us-west-2 function still used it. Deploy names every region on it; an undeploy keeps it while
+    another region is named, says which undeploy removes it, and takes its own region out."""
+    s3 = admin_session().client("s3", endpoint_url=aws_cli)
+    base, cli = "wp-undo-regions", f"s3://{bucket}/cli"
+    runtime = _runtime(tmp_path, "wp_regions")
+    (east,) = _deploy(capsys, base, role_arn, "--runtime-archive", runtime, "--memory", "384")
+    (west,) = _deploy(capsys, base, role_arn, "--runtime-archive", runtime, "--memory", "384", "--region", "us-west-2")
+    assert east["runtime_archive"] == west["runtime_archive"]
+    archive = east["runtime_archive"]
+    key = archive.split("/", 3)[3]
+    assert s3.head_object(Bucket=bucket, Key=key)["Metadata"][deploy.ARCHIVE_REGION] == "us-east-1,us-west-2"
+
+    code, out, err = run(capsys, "undeploy", "--function-name", base, "--storage", cli, "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["functions"] == [east["function"]] and archive not in json.loads(out)["objects"]
+    assert f"--storage {cli} --region us-west-2" in _kept(out)[f"object {archive}"]
+    assert key in _keys(aws_cli, bucket, "cli/runtimes/")  # the us-west-2 function still uses it
+    assert s3.head_object(Bucket=bucket, Key=key)["Metadata"][deploy.ARCHIVE_REGION] == "us-west-2"
+
+    code, out, err = run(capsys, "undeploy", "--function-name", base, "--storage", cli, "--region", "us-west-2", "--yes",
+                         "--json")
+    assert code == 0, err
+    assert json.loads(out)["functions"] == [west["function"]] and json.loads(out)["objects"] == [archive]
+    assert key not in _keys(aws_cli, bucket, "cli/runtimes/")
+
+
+def test_a_suggested_undeploy_command_is_quoted_for_a_shell():
+    """probe10: a store prefix with a space gave a command that, pasted, failed ("unrecognized arguments")."""
+    from wrenpack.backends.aws.undeploy import _command
+
+    assert _command("fam", "s3://bkt/my data") == "wrenpack undeploy --function-name fam --storage 's3://bkt/my data'"

@@ -96,9 +96,15 @@ ENV_RUNTIME_ARCHIVE = "WRENPACK_RUNTIME_ARCHIVE"
 #: archive was uploaded for: its key names only its content, so without it `wrenpack undeploy`
 #: could not tell an earlier deploy's archive, that no function uses any more, from another family's.
 ARCHIVE_FAMILY = "wrenpack-family"
-#: ... and the region of the functions it was uploaded for: the bucket may serve the family's
-#: functions in other regions too, which an undeploy here does not see.
+#: ... and the regions of the functions it was uploaded for, comma-separated (each deploy adds its
+#: own): the bucket may serve the family's functions in other regions too, which an undeploy here
+#: does not see; an undeploy takes its region out once its functions are gone.
 ARCHIVE_REGION = "wrenpack-region"
+
+
+def archive_regions(metadata: dict[str, str]) -> set[str]:
+    """The regions an archive's metadata (``ARCHIVE_REGION``) names."""
+    return {r for r in (metadata.get(ARCHIVE_REGION) or "").split(",") if r}
 #: MaximumEventAgeInSeconds of every function: an Event call still queued in
 #: Lambda after an hour is dropped. The client reports a call that has neither
 #: started nor ended by its deadline as lost (or sends it again) once Lambda's
@@ -420,9 +426,15 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
         s3 = clients.s3_client(cfg)
         try:
-            # (whose it is, for `wrenpack undeploy`: the key names only the content)
+            # (whose it is, for `wrenpack undeploy`: the key names only the content; the regions
+            # already named on it stay, another region's functions may use it)
             region = str(getattr(getattr(lam, "meta", None), "region_name", None) or "")
-            s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata={ARCHIVE_FAMILY: base, ARCHIVE_REGION: region})
+            try:
+                before = archive_regions(dict(s3.head_object(Bucket=bucket, Key=key).get("Metadata") or {}))
+            except Exception:  # noqa: BLE001 - none there yet (or unreadable: this deploy's region alone)
+                before = set()
+            regions = ",".join(sorted(before | {region} - {""}))
+            s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata={ARCHIVE_FAMILY: base, ARCHIVE_REGION: regions})
         except Exception as exc:
             raise clients.aws_error(exc, f"uploading the runtime archive to s3://{bucket}/{key}") from None
         env.update({ENV_RUNTIME_ARCHIVE: f"s3://{bucket}/{key}", "WRENPACK_RUNTIME_SHA256": sha})

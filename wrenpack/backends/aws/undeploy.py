@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import shlex
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wrenpack.backends.aws.clients as clients
-from wrenpack.backends.aws.deploy import (ARCHIVE_FAMILY, ARCHIVE_REGION, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE,
+from wrenpack.backends.aws.deploy import (ARCHIVE_FAMILY, ARCHIVE_REGION, archive_regions, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE,
                                           code_upload_name, list_functions)
 from wrenpack.errors import ConfigError, WrenpackError
 
@@ -88,6 +89,9 @@ class Plan:
     kept: list[dict[str, str]] = field(default_factory=list)
     #: a layer version's ARN or an object's key -> the removed functions that use it: it goes only once they are gone
     users: dict[str, set[str]] = field(default_factory=dict)
+    #: an archive's key -> its metadata with this region taken out: written once the removed
+    #: functions that use it are gone (another region's functions may still use it)
+    retag: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def url(self, key: str) -> str:
         return f"{self.store}/{key}"
@@ -242,7 +246,7 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
 
     removed_env = {name: env for name, _, env in removed}
     region = str(getattr(getattr(lam, "meta", None), "region_name", None) or "")
-    tags = _archive_tags(store, [key for key in archives if not using(plan.url(key), removed_env)])
+    tags = _archive_tags(store, list(archives))
     for key in archives:
         url = plan.url(key)
         users = set(using(url, removed_env))
@@ -253,11 +257,10 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
             tag = found.get(ARCHIVE_FAMILY)
             if tag is not None and tag != base:
                 continue  # another family's: its undeploy removes it
-            there = found.get(ARCHIVE_REGION)
-            if tag == base and there and region and there != region:
+            others = sorted(archive_regions(found) - {region}) if region else []
+            if tag == base and others:
                 # its functions are in another region, which this undeploy does not see
-                keep(f"object {url}", f"deploy uploaded it for {base}'s functions in {there}: "
-                                      f"`{_command(base, served)} --region {there}` removes it once no function uses it")
+                keep(f"object {url}", _elsewhere(base, served, others))
                 continue
             if tag is None:
                 # No family on it: a deploy's from before archives were tagged, or not deploy's at all.
@@ -274,6 +277,13 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
                                           f"remove it with `aws s3 rm {url}`")
                 continue
         why = staying_user(url)
+        found = tags.get(key, ({}, None))[0]
+        others = sorted(archive_regions(found) - {region}) if region else []
+        if why is None and others and found.get(ARCHIVE_FAMILY) == base:
+            # deploy uploaded it for functions in other regions too: they may use it (probe10)
+            why = _elsewhere(base, served, others)
+            plan.retag[key] = dict(found, **{ARCHIVE_REGION: ",".join(others)})
+            plan.users[key] = users
         if why is not None:
             keep(f"object {url}", why)
         else:
@@ -305,8 +315,15 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
 
 
 def _command(base: str, store: str) -> str:
-    """The undeploy of ``base`` for ``store``, as a user types it."""
-    return f"wrenpack undeploy --function-name {base} --storage {store}"
+    """The undeploy of ``base`` for ``store``, as a user types it (quoted for a shell)."""
+    return f"wrenpack undeploy --function-name {shlex.quote(base)} --storage {shlex.quote(store)}"
+
+
+def _elsewhere(base: str, served: str, regions: list[str]) -> str:
+    """Why an archive stays: deploy uploaded it for the family's functions in ``regions`` too."""
+    then = " and ".join(f"`{_command(base, served)} --region {shlex.quote(r)}`" for r in regions)
+    return (f"deploy uploaded it for {base}'s functions in {', '.join(regions)} too, which this undeploy "
+            f"does not see: {then} removes it once no function uses it")
 
 
 def _archive_tags(store: Any, keys: list[str]) -> dict[str, tuple[dict[str, str], str | None]]:
@@ -393,8 +410,20 @@ def undeploy(cfg: Any, plan: Plan, lam: Any | None = None, store: Any | None = N
         what = f"object {plan.url(key)}"
         if not blocked(what, key) and attempt(what, lambda k=key: store.delete(k)):
             out["objects"].append(plan.url(key))
+    for key, metadata in plan.retag.items():
+        # (this region's functions are gone: the last region's undeploy then removes the archive)
+        if not (plan.users.get(key, set()) & stuck):
+            attempt(f"this region from the metadata of object {plan.url(key)}",
+                    lambda k=key, m=metadata: _set_metadata(store, k, m))
     out["ok"] = not out["failed"]
     return out
+
+
+def _set_metadata(store: Any, key: str, metadata: dict[str, str]) -> None:
+    """Replace an object's user metadata (a copy onto itself, as S3 does it)."""
+    name = f"{store.prefix}/{key}" if store.prefix else key
+    store.client.copy_object(Bucket=store.bucket, Key=name, CopySource={"Bucket": store.bucket, "Key": name},
+                             Metadata=metadata, MetadataDirective="REPLACE")
 
 
 __all__ = ["LayerVersion", "Plan", "check_undeploy", "layer_versions", "plan_undeploy", "undeploy"]
