@@ -1185,3 +1185,18 @@ def test_clean_reports_jobs_or_shuffle_itself_a_link_as_skipped(linked, tmp_path
     out = json.loads(capsys.readouterr().out)
     assert linked in out["skipped"] and "symbolic link" in out["skipped_why"][linked], out
     assert (outside / "20261205-143416-73377e87" / "func.pkl").read_text() == "keep" and os.path.islink(root / linked)
+
+
+def test_clean_all_force_removes_jobs_one_by_one_and_leaves_what_is_not_theirs(tmp_path, capsys, monkeypatch):
+    """probe10: --all --force removed jobs/ whole, and with it a folder that is not wrenpack's
+    (jobs/foo, empty) and a job folder a writer had just made (young, empty)."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    store = LocalStore(str(root))
+    store.put(keys.job_prefix("20261205-143416-aaaaaaaa") + "func.pkl", b"x")
+    (root / "jobs" / "20261205-143416-bbbbbbbb").mkdir(mode=0o700)  # young and empty: a writer's, about to write
+    (root / "jobs" / "foo").mkdir(mode=0o700)  # not a wrenpack name
+    assert _clean(tmp_path, "--all", "--force") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 1 and out["removed"] == 1, out
+    assert sorted(os.listdir(root / "jobs")) == ["20261205-143416-bbbbbbbb", "foo"]

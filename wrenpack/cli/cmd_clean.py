@@ -192,11 +192,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
             until = _late_writes_until(store, keys.shuffle_owner_key(sid), keys.shuffle_owner_id(sid), key, now)
             if until is not None:
                 late[f"map_reduce {sid}"] = until
-    if args.all and args.force and not live and not foreign:
-        removed = {keys.JOBS: store.delete_prefix(keys.JOBS)}
-    else:
-        removed = {keys.job_prefix(j): (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
-                                        if j in late else store.delete_prefix(keys.job_prefix(j))) for j in targets}
+    # (each job's own prefix, --all --force too: one removal of jobs/ took folders that are not
+    # wrenpack's, or a job's a writer has just made, with it)
+    removed = {keys.job_prefix(j): (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
+                                    if j in late else store.delete_prefix(keys.job_prefix(j))) for j in targets}
     for sid in shuffles:  # a map_reduce's intermediates, and its owner record with them (last)
         prefix = keys.shuffle_prefix(sid)
         removed[prefix] = store.delete_prefixes(shards.get(sid, [])) + (
