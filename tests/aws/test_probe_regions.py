@@ -116,3 +116,19 @@ def _run_one(ex: Executor) -> None:
         wrenpack.remote(abs, executor=ex).remote(-1).result(timeout=30)
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_endpoints_boto3_is_told_to_ignore_are_not_checked_or_taken_as_the_users(monkeypatch):
+    """probe10: with AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true boto3 skips AWS_ENDPOINT_URL*; a stale
+    bad one made wrenpack refuse a working setup, and a good one skipped the real region's check."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")
+    with pytest.raises(ConfigError, match="AWS_ENDPOINT_URL 'not a url' is not an endpoint URL"):
+        clients.check_endpoint(None, "s3")
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    clients.check_endpoint(None, "s3")  # (ignored, as boto3 ignores it)
+    assert not clients.custom_endpoint(None, "s3")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    with pytest.raises(ConfigError, match="not an AWS region"):
+        clients.check_region("eu-wset-1", (None, "s3"))  # AWS's own endpoints: the region must be AWS's
+    with pytest.raises(ConfigError, match="s3_endpoint_url 'not a url'"):
+        clients.check_endpoint("not a url", "s3")  # (a setting of wrenpack's own: boto3 is given it, flag or not)

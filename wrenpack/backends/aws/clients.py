@@ -68,7 +68,19 @@ def configured_region(region: str | None, profile: str | None = None) -> str | N
 
 def custom_endpoint(endpoint_url: str | None, service: str) -> bool:
     """Whether ``service``'s requests go to an endpoint of the user's (an emulator, MinIO, ...), not AWS's."""
-    return bool(endpoint_url or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL"))
+    return bool(endpoint_url or _env_endpoint(service)[1])
+
+
+def _env_endpoint(service: str) -> tuple[str | None, str | None]:
+    """(the variable, its URL) of the environment's endpoint for ``service`` that boto3 uses:
+    AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL; neither when
+    AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true (boto3 then skips them)."""
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+        return None, None
+    for name in (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            return name, os.environ[name]
+    return None, None
 
 
 def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None:
@@ -117,9 +129,7 @@ def check_endpoint(endpoint_url: str | None, service: str) -> None:
     that botocore cannot use: it says so only when a client is made, in a traceback."""
     import botocore.utils
 
-    named = [(f"{service}_endpoint_url", endpoint_url), (f"AWS_ENDPOINT_URL_{service.upper()}",
-             os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")), ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))]
-    name, url = next(((name, url) for name, url in named if url), (None, None))
+    name, url = (f"{service}_endpoint_url", endpoint_url) if endpoint_url else _env_endpoint(service)
     valid = getattr(botocore.utils, "is_valid_endpoint_url", None), getattr(botocore.utils, "is_valid_ipv6_endpoint_url", None)
     if not url or None in valid or any(check(url) for check in valid):  # (a botocore without them: not checked)
         return
