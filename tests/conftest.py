@@ -156,8 +156,17 @@ def closed_port() -> int:
     one could a port found free and closed again."""
     import socket
 
+    from tests.aws.servers import free_port  # (this test process's share of the ports: not the other's)
+
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        for _ in range(100):
+            try:
+                sock.bind(("127.0.0.1", free_port()))
+                break
+            except OSError:  # (taken since it was found free: another)
+                continue
+        else:
+            sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
 
 

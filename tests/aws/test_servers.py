@@ -303,3 +303,12 @@ def test_a_closed_port_stays_closed_while_a_test_uses_it(closed_port):
     with socket.socket() as server, pytest.raises(OSError, match="in use"):
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as http.server's and moto's do)
         server.bind(("127.0.0.1", closed_port))
+
+
+def test_a_closed_port_is_of_this_test_process_share(monkeypatch, request):
+    """probe10: ``closed_port`` bound any free port, so as one of two test processes half of its
+    ports were in the other's share, whose server then failed to bind it (EADDRINUSE)."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    ports = [request.getfixturevalue("closed_port")]
+    assert all(port // 2 % 2 == 1 for port in ports), ports
