@@ -132,3 +132,32 @@ def test_endpoints_boto3_is_told_to_ignore_are_not_checked_or_taken_as_the_users
         clients.check_region("eu-wset-1", (None, "s3"))  # AWS's own endpoints: the region must be AWS's
     with pytest.raises(ConfigError, match="s3_endpoint_url 'not a url'"):
         clients.check_endpoint("not a url", "s3")  # (a setting of wrenpack's own: boto3 is given it, flag or not)
+
+
+def _aws_config(monkeypatch, tmp_path, text: str, profile: str) -> None:
+    path = tmp_path / "aws-config"
+    path.write_text(text)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(path))
+    monkeypatch.setenv("AWS_PROFILE", profile)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA", "AWS_DEFAULT_REGION", "AWS_REGION",
+                 "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_endpoints_set_in_the_aws_config_are_the_users_as_boto3_takes_them(monkeypatch, tmp_path):
+    """probe10: a profile whose `services` section points S3 and Lambda at an emulator, with the
+    emulator's own region name, was refused as "not an AWS region ... upgrade boto3" (the checks saw
+    only the settings and the environment), and a bad `endpoint_url` there ended in a traceback."""
+    _aws_config(monkeypatch, tmp_path, "[profile emu]\nregion = local\nservices = emu-svc\n[services emu-svc]\n"
+                "s3 =\n  endpoint_url = http://127.0.0.1:9000\nlambda =\n  endpoint_url = http://127.0.0.1:9001\n", "emu")
+    assert clients.custom_endpoint(None, "s3") and clients.custom_endpoint(None, "lambda")
+    clients.check_region("local", (None, "s3"), (None, "lambda"))  # the emulator's region: its own to name
+    from wrenpack.storage import store_for_config
+
+    store_for_config(current(storage="s3://bkt/p"))  # (a store on it opens)
+    _aws_config(monkeypatch, tmp_path, "[default]\nregion = us-east-1\nendpoint_url = localhost:4566\n", "default")
+    with pytest.raises(ConfigError, match=r"endpoint_url for s3 of profile default in the AWS config 'localhost:4566' "
+                                          r"is not an endpoint URL"):
+        clients.check_region("us-east-1", (None, "s3"))
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    clients.check_region("us-east-1", (None, "s3"))  # (boto3 skips it then)

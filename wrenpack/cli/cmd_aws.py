@@ -140,7 +140,7 @@ def cmd_iam_policy(args: argparse.Namespace) -> int:
     # The policy makes no request, so nothing else would say that the region its ARNs name does not
     # exist (an availability zone, us-east-1a): such a policy grants nothing once attached.
     check_region(configured_region(cfg.aws_region, cfg.aws_profile),
-                 (cfg.lambda_endpoint_url, "lambda"), (cfg.s3_endpoint_url, "s3"))
+                 (cfg.lambda_endpoint_url, "lambda"), (cfg.s3_endpoint_url, "s3"), profile=cfg.aws_profile)
     print(json.dumps(iam_policy(cfg, args.role_for, args.account, args.worker_role), indent=2))
     return 0
 

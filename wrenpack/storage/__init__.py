@@ -57,7 +57,7 @@ def store_for_config(config: Any) -> Store:
     endpoint_url = getattr(config, "s3_endpoint_url", None)
     # A mistyped region names a host that does not exist: said now, in one line, before the
     # store's first request spends botocore's retries on it (~40 s, then "check the network").
-    clients.check_region(clients.configured_region(region, profile), (endpoint_url, "s3"))
+    clients.check_region(clients.configured_region(region, profile), (endpoint_url, "s3"), profile=profile)
     return S3Store.from_spec(spec, region=region, endpoint_url=endpoint_url, profile=profile)
 
 

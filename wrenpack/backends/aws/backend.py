@@ -355,7 +355,7 @@ def _check_region(region: str | None, profile: str | None, endpoint_url: str | N
     found = clients.configured_region(region, profile)
     if found is None and profile is None:
         raise ConfigError(clients.NO_REGION)
-    clients.check_region(found, (endpoint_url, "lambda"))
+    clients.check_region(found, (endpoint_url, "lambda"), profile=profile)
 
 
 class LambdaBackend(Backend):
@@ -390,7 +390,7 @@ class LambdaBackend(Backend):
             _check_region(region, profile, endpoint_url)
         if isinstance(store, S3Store):
             clients.check_region(clients.configured_region(getattr(store, "region", None), getattr(store, "profile", None)),
-                                 (getattr(store, "endpoint_url", None), "s3"))
+                                 (getattr(store, "endpoint_url", None), "s3"), profile=getattr(store, "profile", None))
         self.store = store
         remember = getattr(store, "remember_job_keys", None)
         if remember is not None:
@@ -529,7 +529,7 @@ class LambdaBackend(Backend):
         from botocore.config import Config
 
         made = boto3.session.Session(profile_name=self.profile, region_name=self.region)
-        clients.check_region(made.region_name, (self.endpoint_url, "lambda"))  # (one from the profile: checked here)
+        clients.check_region(made.region_name, (self.endpoint_url, "lambda"), profile=self.profile)  # (the profile's: here)
         session = clients.checked_session(made, self.profile)
         sync = self.invocation_type == "RequestResponse"
         client = session.client("lambda", endpoint_url=self.endpoint_url, config=Config(**self._lambda_config()))

@@ -8,6 +8,7 @@ them one way and fails with the same one-line error.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from functools import lru_cache
@@ -66,24 +67,56 @@ def configured_region(region: str | None, profile: str | None = None) -> str | N
         return None
 
 
-def custom_endpoint(endpoint_url: str | None, service: str) -> bool:
+def custom_endpoint(endpoint_url: str | None, service: str, profile: str | None = None) -> bool:
     """Whether ``service``'s requests go to an endpoint of the user's (an emulator, MinIO, ...), not AWS's."""
-    return bool(endpoint_url or _env_endpoint(service)[1])
+    return bool(endpoint_url or _configured_endpoint(service, profile)[1])
 
 
-def _env_endpoint(service: str) -> tuple[str | None, str | None]:
-    """(the variable, its URL) of the environment's endpoint for ``service`` that boto3 uses:
-    AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL; neither when
+def _configured_endpoint(service: str, profile: str | None = None) -> tuple[str | None, str | None]:
+    """(where it is set, its URL) of the endpoint boto3 takes for ``service`` when wrenpack
+    gives it none: AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL, else the shared config's
+    (``profile``'s ``endpoint_url``, or its ``services`` section's); none at all when
     AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true (boto3 then skips them)."""
     if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
         return None, None
     for name in (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL"):
         if os.environ.get(name):
             return name, os.environ[name]
-    return None, None
+    url = _config_endpoint(service, profile or os.environ.get("AWS_PROFILE") or "default", _config_stamp())
+    where = f"the endpoint_url for {service} of profile {profile or os.environ.get('AWS_PROFILE') or 'default'} in the AWS config"
+    return (where, url) if url else (None, None)
 
 
-def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None:
+def _config_stamp() -> tuple[str, float]:
+    """The AWS config file boto3 reads, and when it last changed (``_config_endpoint``'s cache key)."""
+    path = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    try:
+        return path, os.stat(path).st_mtime
+    except OSError:
+        return path, -1.0
+
+
+@functools.lru_cache(maxsize=64)
+def _config_endpoint(service: str, profile: str, stamp: tuple[str, float]) -> str | None:
+    """The endpoint ``profile``'s shared config gives ``service`` (its ``endpoint_url``, or its
+    ``services`` section's), as botocore reads it; read once per config file version (a
+    botocore session reads the files: ~8 ms)."""
+    if stamp[1] < 0:
+        return None
+    try:
+        import botocore.session
+        from botocore.configprovider import ConfiguredEndpointProvider
+
+        config = botocore.session.Session(profile=profile)
+        if config.get_config_variable("ignore_configured_endpoint_urls"):
+            return None
+        return ConfiguredEndpointProvider(full_config=config.full_config, scoped_config=config.get_scoped_config(),
+                                          client_name=service, environ={}).provide() or None
+    except Exception:  # noqa: BLE001 - no such profile, an unreadable config: its session says so
+        return None
+
+
+def check_region(region: str | None, *endpoints: tuple[str | None, str], profile: str | None = None) -> None:
     """Refuse a region AWS does not have, in one line naming the fix, before any request.
 
     boto3 builds the host name from the region, so a mistyped one (an
@@ -98,12 +131,13 @@ def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None
     Each endpoint URL is checked too: botocore refuses one it cannot use
     (``not a url``, ``localhost:4566``) and a region that is no host name
     (`` us-east-1``) only when a client is made, with a ``ValueError`` or
-    ``InvalidRegionError`` traceback."""
+    ``InvalidRegionError`` traceback. ``profile``: the AWS profile whose shared config
+    may set endpoints (``endpoint_url``, ``services``), as boto3 reads it."""
     for url, service in endpoints:
-        check_endpoint(url, service)
+        check_endpoint(url, service, profile)
     if not region:
         return
-    if endpoints and all(custom_endpoint(url, service) for url, service in endpoints):
+    if endpoints and all(custom_endpoint(url, service, profile) for url, service in endpoints):
         _check_region_name(region)
         return
     version, known = known_regions()
@@ -123,13 +157,14 @@ def check_region(region: str | None, *endpoints: tuple[str | None, str]) -> None
                       f"{FIX_REGION}")
 
 
-def check_endpoint(endpoint_url: str | None, service: str) -> None:
+def check_endpoint(endpoint_url: str | None, service: str, profile: str | None = None) -> None:
     """Refuse, in one line naming the setting, an endpoint URL of ``service``
-    (``endpoint_url``, else boto3's AWS_ENDPOINT_URL_<SERVICE> or AWS_ENDPOINT_URL)
-    that botocore cannot use: it says so only when a client is made, in a traceback."""
+    (``endpoint_url``, else boto3's AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL or
+    ``profile``'s in the shared config) that botocore cannot use: it says so only when a
+    client is made, in a traceback."""
     import botocore.utils
 
-    name, url = (f"{service}_endpoint_url", endpoint_url) if endpoint_url else _env_endpoint(service)
+    name, url = (f"{service}_endpoint_url", endpoint_url) if endpoint_url else _configured_endpoint(service, profile)
     valid = getattr(botocore.utils, "is_valid_endpoint_url", None), getattr(botocore.utils, "is_valid_ipv6_endpoint_url", None)
     if not url or None in valid or any(check(url) for check in valid):  # (a botocore without them: not checked)
         return
@@ -167,7 +202,7 @@ def session(cfg: Any, checked: bool = True) -> Any:
     if not checked:
         return made
     check_region(made.region_name, (getattr(cfg, "lambda_endpoint_url", None), "lambda"),
-                 (getattr(cfg, "s3_endpoint_url", None), "s3"))
+                 (getattr(cfg, "s3_endpoint_url", None), "s3"), profile=profile)
     return checked_session(made, profile)
 
 

@@ -80,7 +80,7 @@ def _check_credentials(cfg: Any) -> Outcome:
     (the row failed, after botocore's retries, and the function rows were left out)."""
     session = clients.session(cfg)  # no region or no credentials: the one-line error naming the fix
     own = [name for name in ("s3_endpoint_url", "lambda_endpoint_url") if getattr(cfg, name, None)]
-    if not own or clients.custom_endpoint(None, "sts"):
+    if not own or clients.custom_endpoint(None, "sts", getattr(cfg, "aws_profile", None)):
         ident = session.client("sts").get_caller_identity()
         return True, f"{ident['Arn']} in {session.region_name}", session
     from botocore.config import Config
