@@ -203,7 +203,8 @@ def register(subparsers: Any, name: str) -> None:
                         "staying uses and that a removed function used or deploy tagged with the family. What is "
                         "kept is named, with the command that removes it. Lists what it will remove and asks first. "
                         "Exit 0: done or nothing to do; 1: something could not be removed (each named; the rest is "
-                        "removed) or not confirmed; 2: bad settings or options (under --json also a JSON error).")
+                        "removed) or not confirmed; 2: bad settings (under --json also as a JSON error) or an unknown option "
+                        "(argparse's usage line).")
         p.add_argument("--yes", "-y", action="store_true", help="remove without asking")
         p.add_argument("--dry-run", action="store_true", help="only list what would be removed and what kept")
         _add_aws_options(p)
