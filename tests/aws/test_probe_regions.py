@@ -161,3 +161,14 @@ def test_endpoints_set_in_the_aws_config_are_the_users_as_boto3_takes_them(monke
         clients.check_region("us-east-1", (None, "s3"))
     monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
     clients.check_region("us-east-1", (None, "s3"))  # (boto3 skips it then)
+
+
+def test_doctor_names_a_bad_sts_endpoint(monkeypatch):
+    """probe10: a bad AWS_ENDPOINT_URL_STS showed as botocore's "ValueError: Invalid endpoint"
+    in the credentials row, without the setting's name."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", "localhost:4566")
+    checks = doctor_checks(current(storage="s3://wrenpack-test/regions", aws_region="us-east-1"))
+    row = next(c for c in checks if c["check"] == "credentials")
+    assert not row["ok"] and "AWS_ENDPOINT_URL_STS 'localhost:4566' is not an endpoint URL" in row["detail"], row

@@ -79,6 +79,7 @@ def _check_credentials(cfg: Any) -> Outcome:
     warning naming AWS_ENDPOINT_URL_STS, asked once, and the other checks still run
     (the row failed, after botocore's retries, and the function rows were left out)."""
     session = clients.session(cfg)  # no region or no credentials: the one-line error naming the fix
+    clients.check_endpoint(None, "sts", getattr(cfg, "aws_profile", None))  # (a bad one: named, not botocore's ValueError)
     own = [name for name in ("s3_endpoint_url", "lambda_endpoint_url") if getattr(cfg, name, None)]
     if not own or clients.custom_endpoint(None, "sts", getattr(cfg, "aws_profile", None)):
         ident = session.client("sts").get_caller_identity()
