@@ -396,6 +396,24 @@ class S3Store(Store):
                 raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
             raise self._error(exc, "check", key) from None
 
+    def metadata(self, key: str) -> dict[str, str]:
+        """An object's user metadata (``x-amz-meta-*``, without that prefix): one HEAD."""
+        try:
+            return dict(self.client.head_object(Bucket=self.bucket, Key=self._key(key)).get("Metadata") or {})
+        except Exception as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+            raise self._error(exc, "read the metadata of", key) from None
+
+    def set_metadata(self, key: str, metadata: dict[str, str]) -> None:
+        """Replace an object's user metadata: a copy onto itself, as S3 does it."""
+        full = self._key(key)
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=full, CopySource={"Bucket": self.bucket, "Key": full},
+                                    Metadata=metadata, MetadataDirective="REPLACE")
+        except Exception as exc:
+            raise self._error(exc, "replace the metadata of", key) from None
+
     def list_sizes(self, prefix: str) -> list[tuple[str, int]]:
         return [(key, size) for key, size, _etag in self.list_versions(prefix)]
 

@@ -55,7 +55,7 @@ from typing import Any
 import wrenpack.backends.aws.clients as clients
 from wrenpack.backends.aws.deploy import (ARCHIVE_FAMILY, ARCHIVE_REGION, archive_regions, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE,
                                           code_upload_name, list_functions)
-from wrenpack.errors import ConfigError, WrenpackError
+from wrenpack.errors import ConfigError, ObjectNotFound, WrenpackError
 
 log = logging.getLogger(__name__)
 
@@ -333,15 +333,14 @@ def _archive_tags(store: Any, keys: list[str]) -> dict[str, tuple[dict[str, str]
     a key gone since it was listed is left out. HEAD is s3:GetObject, which deploy's policy grants there."""
     if not keys:
         return {}
-    client, bucket, prefix = store.client, store.bucket, store.prefix
 
     def head(key: str) -> tuple[str, tuple[dict[str, str], str | None] | None]:
         try:
-            found = client.head_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
-        except Exception as exc:  # noqa: BLE001 - unknown: the archive is kept, and named with why
-            code = clients.error_code(exc)
-            return key, None if code in _GONE + ("NotFound",) else ({}, code or type(exc).__name__)
-        return key, (dict(found.get("Metadata") or {}), None)
+            return key, (store.metadata(key), None)
+        except ObjectNotFound:
+            return key, None
+        except WrenpackError as exc:  # unknown: the archive is kept, and named with why
+            return key, ({}, str(exc))
 
     with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
         return {key: found for key, found in pool.map(head, keys) if found is not None}
@@ -415,16 +414,9 @@ def undeploy(cfg: Any, plan: Plan, lam: Any | None = None, store: Any | None = N
         # (this region's functions are gone: the last region's undeploy then removes the archive)
         if not (plan.users.get(key, set()) & stuck):
             attempt(f"this region from the metadata of object {plan.url(key)}",
-                    lambda k=key, m=metadata: _set_metadata(store, k, m))
+                    lambda k=key, m=metadata: store.set_metadata(k, m))
     out["ok"] = not out["failed"]
     return out
-
-
-def _set_metadata(store: Any, key: str, metadata: dict[str, str]) -> None:
-    """Replace an object's user metadata (a copy onto itself, as S3 does it)."""
-    name = f"{store.prefix}/{key}" if store.prefix else key
-    store.client.copy_object(Bucket=store.bucket, Key=name, CopySource={"Bucket": store.bucket, "Key": name},
-                             Metadata=metadata, MetadataDirective="REPLACE")
 
 
 __all__ = ["LayerVersion", "Plan", "check_undeploy", "layer_versions", "plan_undeploy", "undeploy"]
