@@ -205,9 +205,10 @@ def test_every_archive_deploy_made_is_removed_or_named_with_the_command_that_rem
     _deploy(capsys, "wp-undo-nb", role_arn, "--runtime-archive", theirs)
     # deploy names the family (and its functions' region) on the archive: the key names only the content
     assert s3.head_object(Bucket=bucket, Key=current.split("/", 3)[3])["Metadata"] == {
-        deploy.ARCHIVE_FAMILY: base, deploy.ARCHIVE_REGION: "us-east-1"}
+        deploy.ARCHIVE_DEPLOYS: f"{base}@us-east-1", deploy.ARCHIVE_FAMILY: base, deploy.ARCHIVE_REGION: "us-east-1"}
     # an archive of a deploy that tagged none (before wrenpack named the family on it), and one
-    # uploaded for the family's functions in another region (which an undeploy here does not see)
+    # uploaded for the family's functions in another region (which an undeploy here does not see),
+    # tagged as deploy did before it named each deploy's family with its region
     untagged, abroad = ("cli/runtimes/runtime-" + digit * 64 + ".tar.gz" for digit in "01")
     s3.put_object(Bucket=bucket, Key=untagged, Body=b"x")
     s3.put_object(Bucket=bucket, Key=abroad, Body=b"x",
@@ -318,6 +319,52 @@ def test_an_archive_the_familys_functions_in_two_regions_use_goes_with_the_last_
     assert code == 0, err
     assert json.loads(out)["functions"] == [west["function"]] and json.loads(out)["objects"] == [archive]
     assert key not in _keys(aws_cli, bucket, "cli/runtimes/")
+
+
+def test_an_archive_two_families_share_in_two_regions_stays_until_both_undeploys(aws_cli, role_arn, capsys, tmp_path,
+                                                                                 bucket):
+    """Two families with the same runtime share one archive (its key names only its content). The
+    archive named only the last family that uploaded it, so an undeploy of the first family, whose
+    function used it, removed it while the other family's function in another region (which this
+    undeploy does not see) still used it. Each deploy's family and region are named on it now."""
+    s3 = admin_session().client("s3", endpoint_url=aws_cli)
+    cli = f"s3://{bucket}/cli"
+    runtime = _runtime(tmp_path, "wp_shared")
+    (east,) = _deploy(capsys, "wp-undo-fam-a", role_arn, "--runtime-archive", runtime)
+    (west,) = _deploy(capsys, "wp-undo-fam-b", role_arn, "--runtime-archive", runtime, "--region", "us-west-2")
+    archive = east["runtime_archive"]
+    key = archive.split("/", 3)[3]
+    assert west["runtime_archive"] == archive
+    assert deploy.archive_deploys(s3.head_object(Bucket=bucket, Key=key)["Metadata"]) == {
+        ("wp-undo-fam-a", "us-east-1"), ("wp-undo-fam-b", "us-west-2")}
+
+    code, out, err = run(capsys, "undeploy", "--function-name", "wp-undo-fam-a", "--storage", cli, "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["functions"] == [east["function"]] and archive not in json.loads(out)["objects"]
+    why = _kept(out)[f"object {archive}"]
+    assert "function family wp-undo-fam-b's functions in us-west-2" in why
+    assert f"--function-name wp-undo-fam-b --storage {cli} --region us-west-2" in why
+    assert key in _keys(aws_cli, bucket, "cli/runtimes/")  # family b's function still uses it
+    assert deploy.archive_deploys(s3.head_object(Bucket=bucket, Key=key)["Metadata"]) == {("wp-undo-fam-b", "us-west-2")}
+
+    code, out, err = run(capsys, "undeploy", "--function-name", "wp-undo-fam-b", "--storage", cli, "--region",
+                         "us-west-2", "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["functions"] == [west["function"]] and json.loads(out)["objects"] == [archive]
+    assert key not in _keys(aws_cli, bucket, "cli/runtimes/")
+
+
+def test_an_archive_tagged_before_each_deploy_was_named_reads_as_its_family_in_its_regions():
+    """Archives deploy tagged with one family and its regions (before ``ARCHIVE_DEPLOYS``) keep
+    their meaning; the metadata written now reads back as written."""
+    old = {deploy.ARCHIVE_FAMILY: "fam", deploy.ARCHIVE_REGION: "eu-west-1,us-east-1"}
+    assert deploy.archive_deploys(old) == {("fam", "eu-west-1"), ("fam", "us-east-1")}
+    assert deploy.archive_deploys({deploy.ARCHIVE_FAMILY: "fam"}) == {("fam", "")}
+    assert deploy.archive_deploys({}) == set()
+    pairs = {("a", "us-east-1"), ("b-2", "eu-west-1"), ("a", "eu-west-1")}
+    written = deploy.archive_metadata(pairs)
+    assert deploy.archive_deploys(written) == pairs
+    assert written[deploy.ARCHIVE_FAMILY] == "a,b-2" and written[deploy.ARCHIVE_REGION] == "eu-west-1,us-east-1"
 
 
 def test_a_suggested_undeploy_command_is_quoted_for_a_shell():

@@ -92,19 +92,39 @@ ENV_VERSION = "WRENPACK_VERSION"
 ENV_RUNTIME_TMP = "WRENPACK_RUNTIME_TMP_MB"
 #: The s3:// URL of a function's runtime archive (``--runtime-archive``).
 ENV_RUNTIME_ARCHIVE = "WRENPACK_RUNTIME_ARCHIVE"
-#: The S3 user metadata (``x-amz-meta-wrenpack-family``) naming the function family a runtime
-#: archive was uploaded for: its key names only its content, so without it `wrenpack undeploy`
-#: could not tell an earlier deploy's archive, that no function uses any more, from another family's.
+#: The S3 user metadata (``x-amz-meta-wrenpack-deploys``) naming who a runtime archive was
+#: uploaded for: ``family@region`` pairs, comma-separated, one per deploy (each deploy adds its
+#: own). The key names only the archive's content, so two families with the same runtime share
+#: one archive, in any regions; without this `wrenpack undeploy` could not tell an earlier
+#: deploy's archive, that no function uses any more, from one another family's functions (or the
+#: family's in a region an undeploy does not see) still use. An undeploy takes its own pair out
+#: once its functions are gone, and removes the archive when no pair is left.
+ARCHIVE_DEPLOYS = "wrenpack-deploys"
+#: For people reading the metadata, and archives tagged before ``ARCHIVE_DEPLOYS``: the
+#: families (comma-separated) and the regions, without which family is where.
 ARCHIVE_FAMILY = "wrenpack-family"
-#: ... and the regions of the functions it was uploaded for, comma-separated (each deploy adds its
-#: own): the bucket may serve the family's functions in other regions too, which an undeploy here
-#: does not see; an undeploy takes its region out once its functions are gone.
 ARCHIVE_REGION = "wrenpack-region"
 
 
-def archive_regions(metadata: dict[str, str]) -> set[str]:
-    """The regions an archive's metadata (``ARCHIVE_REGION``) names."""
-    return {r for r in (metadata.get(ARCHIVE_REGION) or "").split(",") if r}
+def archive_deploys(metadata: dict[str, str]) -> set[tuple[str, str]]:
+    """The (family, region) pairs an archive's metadata names (``ARCHIVE_DEPLOYS``; an archive
+    tagged before it: its ``ARCHIVE_FAMILY`` in each of its ``ARCHIVE_REGION``, or in "" (unknown)
+    when none); empty for an archive no deploy tagged."""
+    if ARCHIVE_DEPLOYS in metadata:
+        pairs = (item.rpartition("@") for item in (metadata[ARCHIVE_DEPLOYS] or "").split(","))
+        return {(family, region) for family, at, region in pairs if at and family}
+    family = metadata.get(ARCHIVE_FAMILY) or ""
+    if not family:
+        return set()
+    regions = {r for r in (metadata.get(ARCHIVE_REGION) or "").split(",") if r}
+    return {(family, region) for region in regions or {""}}
+
+
+def archive_metadata(deploys: set[tuple[str, str]]) -> dict[str, str]:
+    """The S3 metadata that names ``deploys`` (``archive_deploys`` reads it back)."""
+    return {ARCHIVE_DEPLOYS: ",".join(f"{family}@{region}" for family, region in sorted(deploys)),
+            ARCHIVE_FAMILY: ",".join(sorted({family for family, _ in deploys})),
+            ARCHIVE_REGION: ",".join(sorted({region for _, region in deploys} - {""}))}
 #: MaximumEventAgeInSeconds of every function: an Event call still queued in
 #: Lambda after an hour is dropped. The client reports a call that has neither
 #: started nor ended by its deadline as lost (or sends it again) once Lambda's
@@ -426,15 +446,14 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         key = f"{prefix}/runtimes/runtime-{sha}.tar.gz".lstrip("/")
         s3 = clients.s3_client(cfg)
         try:
-            # (whose it is, for `wrenpack undeploy`: the key names only the content; the regions
-            # already named on it stay, another region's functions may use it)
+            # (whose it is, for `wrenpack undeploy`: the key names only the content; the deploys
+            # already named on it stay, another family's or region's functions may use it)
             region = str(getattr(getattr(lam, "meta", None), "region_name", None) or "")
             try:
-                before = archive_regions(dict(s3.head_object(Bucket=bucket, Key=key).get("Metadata") or {}))
-            except Exception:  # noqa: BLE001 - none there yet (or unreadable: this deploy's region alone)
+                before = archive_deploys(dict(s3.head_object(Bucket=bucket, Key=key).get("Metadata") or {}))
+            except Exception:  # noqa: BLE001 - none there yet (or unreadable: this deploy alone)
                 before = set()
-            regions = ",".join(sorted(before | {region} - {""}))
-            s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata={ARCHIVE_FAMILY: base, ARCHIVE_REGION: regions})
+            s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata=archive_metadata(before | {(base, region)}))
         except Exception as exc:
             raise clients.aws_error(exc, f"uploading the runtime archive to s3://{bucket}/{key}") from None
         env.update({ENV_RUNTIME_ARCHIVE: f"s3://{bucket}/{key}", "WRENPACK_RUNTIME_SHA256": sha})

@@ -15,29 +15,28 @@ used by nothing that stays; what it is unsure of it keeps, and says why::
     layer versions  every version of ``<function_name>-runtime`` (``--runtime-dir``), but
                     one a function that stays uses.
     runtimes/       a runtime archive (``--runtime-archive``) a removed function uses, or
-                    one no function uses whose S3 metadata (``ARCHIVE_FAMILY``, set by deploy)
-                    names the family: an earlier deploy's, or the one the family's copies
-                    for other stores used. Either is kept while a function that stays uses
-                    it, or one whose environment cannot be read might; one a copy serving
-                    another store uses is named with that store's undeploy, to run first.
-                    One that names another family is that family's, and not listed; one
-                    that names none (uploaded before deploy tagged them) is kept and named
-                    with the command that removes it, unless another family's function
-                    uses it (that family's undeploy removes it); one deploy uploaded for
-                    the family's functions in another region is named with the undeploy
-                    there (``ARCHIVE_REGION``: this one does not see them). An archive a
-                    removed function uses outside this store's runtimes/ (a copy for another
-                    store uses its template's) is named with the undeploy of the store that
-                    holds it.
+                    one no function uses whose S3 metadata (``deploy.ARCHIVE_DEPLOYS``: the
+                    family and region of each deploy that uploaded it) names the family: an
+                    earlier deploy's, or the one the family's copies for other stores used.
+                    Either is kept while a function that stays uses it, or one whose
+                    environment cannot be read might; one a copy serving another store uses
+                    is named with that store's undeploy, to run first. One that names only
+                    other families is theirs, and not listed; one that names another family
+                    too (two families with the same runtime share its archive), or the
+                    family in another region (whose functions this undeploy does not see),
+                    is kept and named with the undeploys that remove it, and this
+                    undeploy's name is taken off it. One that names none (uploaded before
+                    deploy tagged them) is kept and named with the command that removes it,
+                    unless another family's function uses it (that family's undeploy
+                    removes it). An archive a removed function uses outside this store's
+                    runtimes/ (a copy for another store uses its template's) is named with
+                    the undeploy of the store that holds it.
     deploy/         a layer zip uploaded because it was too large to go inline, whose content
                     is one of the family's layer versions: Lambda copied it when the layer
                     was published, and nothing reads it again. Others are kept.
 
 Functions go first; a layer version or an archive a function that could not be
-removed uses is then kept. Only functions in the client's region are seen: a
-function of another region that uses an archive a function removed here used
-too is not (deploy's metadata names the region of the last deploy that
-uploaded it only). Log groups
+removed uses is then kept. Only functions in the client's region are seen. Log groups
 (``/aws/lambda/<function>``, the functions' logs) and job objects (``wrenpack
 clean``) are left alone.
 """
@@ -53,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wrenpack.backends.aws.clients as clients
-from wrenpack.backends.aws.deploy import (ARCHIVE_FAMILY, ARCHIVE_REGION, archive_regions, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE,
+from wrenpack.backends.aws.deploy import (archive_deploys, archive_metadata, ENV_FAMILY, ENV_RUNTIME_ARCHIVE, ENV_STORE,
                                           code_upload_name, list_functions)
 from wrenpack.errors import ConfigError, ObjectNotFound, WrenpackError
 
@@ -209,7 +208,7 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
         plan.users[lv.arn] = {name for name, conf, _ in removed if lv.arn in layers_of(conf)}
 
     # -- runtime archives: those a removed function uses, and those deploy tagged with the family
-    # (ARCHIVE_FAMILY: an earlier deploy's, one a copy for another store used), unless a function
+    # (ARCHIVE_DEPLOYS: an earlier deploy's, one a copy for another store used), unless a function
     # that stays uses it (or may). The store lists only its own runtimes/: an archive a removed
     # function uses elsewhere (a copy serving another store uses its template's) is named with
     # the undeploy of the store that holds it.
@@ -251,19 +250,18 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
     for key in archives:
         url = plan.url(key)
         users = set(using(url, removed_env))
+        found, unknown = tags.get(key, ({}, None))
+        deploys = archive_deploys(found)
+        # the deploys whose functions this undeploy does not see: another region's (an old tag's
+        # unknown region is this one for the family, elsewhere for another family)
+        unseen = {(family, where) for family, where in deploys
+                  if region and where != region and (where or family != base)}
         if not users:
             if key not in tags:
                 continue  # gone since it was listed
-            found, unknown = tags[key]
-            tag = found.get(ARCHIVE_FAMILY)
-            if tag is not None and tag != base:
+            if deploys and not any(family == base for family, _ in deploys):
                 continue  # another family's: its undeploy removes it
-            others = sorted(archive_regions(found) - {region}) if region else []
-            if tag == base and others:
-                # its functions are in another region, which this undeploy does not see
-                keep(f"object {url}", _elsewhere(base, served, others))
-                continue
-            if tag is None:
+            if not deploys:
                 # No family on it: a deploy's from before archives were tagged, or not deploy's at all.
                 users_here = using(url, staying_env)
                 if users_here and staying_env[users_here[0]].get(ENV_FAMILY) != base:
@@ -278,17 +276,22 @@ def plan_undeploy(cfg: Any, lam: Any | None = None, store: Any | None = None) ->
                                           f"remove it with `aws s3 rm {url}`")
                 continue
         why = staying_user(url)
-        found = tags.get(key, ({}, None))[0]
-        others = sorted(archive_regions(found) - {region}) if region else []
-        if why is None and others and found.get(ARCHIVE_FAMILY) == base:
-            # deploy uploaded it for functions in other regions too: they may use it (probe10)
-            why = _elsewhere(base, served, others)
-            plan.retag[key] = dict(found, **{ARCHIVE_REGION: ",".join(others)})
-            plan.users[key] = users
-        if why is not None:
-            keep(f"object {url}", why)
-        else:
+        if why is None and unseen:
+            # deploy uploaded it for functions this undeploy does not see, in other regions, of
+            # this family or another (two families with the same runtime share its archive): they may use it
+            why = _elsewhere(base, served, unseen)
+        if why is None:
             plan.objects.append(key)
+            plan.users[key] = users
+            continue
+        keep(f"object {url}", why)
+        # what stays named on it: the unseen deploys, and this region's families a function that
+        # stays uses it of (the deploys here whose functions are gone are taken off, so the last
+        # undeploy that ends its users removes it)
+        families_here = {staying_env[name].get(ENV_FAMILY) for name in using(url, staying_env)}
+        left = unseen | {(family, where) for family, where in deploys - unseen if family in families_here}
+        if deploys and left != deploys and not unreadable:
+            plan.retag[key] = dict(found, **archive_metadata(left))
             plan.users[key] = users
     outside: dict[str, list[str]] = {}
     for name, env in removed_env.items():
@@ -320,15 +323,25 @@ def _command(base: str, store: str) -> str:
     return f"wrenpack undeploy --function-name {shlex.quote(base)} --storage {shlex.quote(store)}"
 
 
-def _elsewhere(base: str, served: str, regions: list[str]) -> str:
-    """Why an archive stays: deploy uploaded it for the family's functions in ``regions`` too."""
-    then = " and ".join(f"`{_command(base, served)} --region {shlex.quote(r)}`" for r in regions)
-    return (f"deploy uploaded it for {base}'s functions in {', '.join(regions)} too, which this undeploy "
-            f"does not see: {then} removes it once no function uses it")
+def _elsewhere(base: str, served: str, deploys: set[tuple[str, str]]) -> str:
+    """Why an archive stays: deploy uploaded it for ``deploys`` too, (family, region) pairs this
+    undeploy of ``base`` does not end; with the undeploys that do."""
+    regions: dict[str, list[str]] = {}
+    for family, region in sorted(deploys):
+        regions.setdefault(family, []).append(region)
+    whose, then = [], []
+    for family, where in regions.items():
+        named = [r for r in where if r]
+        whose.append(f"{base}'s functions" if family == base else f"function family {family}'s functions")
+        if named:
+            whose[-1] += f" in {', '.join(named)}"
+        then += [f"`{_command(family, served)}" + (f" --region {shlex.quote(r)}`" if r else "`") for r in where]
+    seen = "which this undeploy does not see" if set(regions) == {base} else "which this undeploy does not remove"
+    return f"deploy uploaded it for {' and '.join(whose)} too, {seen}: {' and '.join(then)} removes it once no function uses it"
 
 
 def _archive_tags(store: Any, keys: list[str]) -> dict[str, tuple[dict[str, str], str | None]]:
-    """What deploy put in each runtime archive's metadata (``ARCHIVE_FAMILY``, ``ARCHIVE_REGION``;
+    """What deploy put in each runtime archive's metadata (``deploy.ARCHIVE_DEPLOYS``;
     a HEAD each, a few at a time): key -> (its metadata, why it could not be read or None);
     a key gone since it was listed is left out. HEAD is s3:GetObject, which deploy's policy grants there."""
     if not keys:
