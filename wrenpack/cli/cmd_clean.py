@@ -197,7 +197,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
             shown = ", ".join(live[:3]) + (" ..." if len(live) > 3 else "")
             raise ConfigError(f"{len(live)} job(s) belong to a program still running ({shown}); "
                               "wait for it to end, use --stale for orphaned jobs only, or pass --force")
-        targets = named
+        targets = list(named)  # (its own list: one kept at the last look, ``_starting``, leaves it)
     # --stale: a gone driver's calls on Lambda may still write for a while: what they wrote so far
     # goes, the owner record (and the cancel markers they look for) until then, for a later clean.
     late: dict[str, float] = {}
