@@ -79,6 +79,14 @@ REFUSED = [
     ("storage='~nosuchuser/store'", {"storage": "~nosuchuser/store"}, "~nosuchuser cannot be expanded"),
     ("storage='s3://bad bucket name/x'", {"storage": "s3://bad bucket name/x"}, "'bad bucket name' is not an S3 bucket name"),
     ("storage=''", {"storage": ""}, "store path is empty"),
+    ("storage='s3://bkt/../x'", {"storage": "s3://bkt/../x"}, r"may not contain '\.\.' segments.*e\.g\. s3://bkt/x$"),
+    ("storage='s3://bkt/./x'", {"storage": "s3://bkt/./x"}, r"may not contain '\.' segments.*e\.g\. s3://bkt/x$"),
+    ("storage='s3://bkt//x'", {"storage": "s3://bkt//x"}, r"may not begin with '/'.*e\.g\. s3://bkt/x$"),
+    ("storage='s3://bkt/x//y'", {"storage": "s3://bkt/x//y"}, r"may not contain '//'.*e\.g\. s3://bkt/x/y$"),
+    ("storage='s3://bkt/my data'", {"storage": "s3://bkt/my data"}, "the prefix holds a space"),
+    ("storage='s3://bkt/a*'", {"storage": "s3://bkt/a*"}, r"the prefix holds '\*'.*IAM policy"),
+    ("storage=' s3://bkt/x'", {"storage": " s3://bkt/x"}, r"spaces around it .a quoting slip.*remove them: 's3://bkt/x'"),
+    ("storage='/tmp/store '", {"storage": "/tmp/store "}, r"spaces around it .a quoting slip.*remove them: '/tmp/store'"),
     ("timeout=1e-9", {"timeout": 1e-9}, "below Lambda's minimum of 1 s"),
     ("timeout=0.5", {"timeout": 0.5}, "below Lambda's minimum of 1 s"),
     ("retries=10**9", {"retries": 10**9}, "at most 20"),
@@ -109,6 +117,17 @@ def test_the_limits_still_take_what_lambda_takes(tmp_path):
     assert (cfg.timeout, cfg.retries, cfg.function_name) == (1.0, 20, "my_fn-2")
     assert current(storage="s3://my-bucket.example/p").storage == "s3://my-bucket.example/p"
     assert current(storage="~/wp-store").storage == "~/wp-store"  # (a user that exists)
+    assert current(storage="s3://my-bucket/date=2024/run-1.(a)").storage == "s3://my-bucket/date=2024/run-1.(a)"
+    assert current(storage="s3://my-bucket/x/").storage == "s3://my-bucket/x"  # (one trailing '/': the same folder)
+    assert current(storage="store").storage == "store"  # (an argument: read here, once, against this directory)
+
+
+def test_cli_refuses_a_storage_prefix_with_dot_dot_in_one_line_before_anything(tmp_path):
+    """`--storage s3://b/../x` was the prefix '../x' (deploy would pin functions to it, clean list it)."""
+    for argv in (("clean", "--all"), ("deploy", "--function-name", "wp"), ("jobs",)):
+        code, lines = _cli(*argv, "--storage", "s3://my-bucket/../x", env={"WRENPACK_CACHE_DIR": str(tmp_path)})
+        assert code in (1, 2) and len(lines) == 1, (argv, lines)
+        assert "may not contain '..' segments" in lines[0] and "e.g. s3://my-bucket/x" in lines[0], lines
 
 
 ENV = [
@@ -118,6 +137,9 @@ ENV = [
     ("WRENPACK_CACHE_DIR", "/proc/nope", "not a usable directory .cannot create it"),
     ("WRENPACK_PROFILE_DIR", "/proc/nope", "not a usable directory .cannot create it"),
     ("WRENPACK_STORAGE", "s3://Bad Bucket/x", "not an S3 bucket name"),
+    ("WRENPACK_STORAGE", "s3://bkt/../x", "may not contain '..' segments"),
+    ("WRENPACK_STORAGE", "store", r"a relative path, which each process would read .* use an absolute path, e\.g\. /"),
+    ("WRENPACK_STORAGE", "./store", "a relative path"),
 ]
 
 

@@ -617,6 +617,7 @@ def test_clean_stale_and_all(tmp_path, capsys, monkeypatch):
     # A job without an owner record is kept: whether its owner runs cannot be checked.
     assert out["jobs"] == 1 and out["skipped"] == [NOBODY, LIVE]
     assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == sorted([LIVE, NOBODY])
+    _age(tmp_path / "store")  # (a folder without owner record goes once unchanged for five minutes)
     assert _clean(tmp_path, "--stale", "--force") == 0  # the user's override: those too, never a live one
     assert json.loads(capsys.readouterr().out)["jobs"] == 1
     assert sorted({k.split("/")[1] for k in store.list("jobs/")}) == [LIVE]
@@ -676,6 +677,7 @@ def test_clean_all_in_a_store_leaves_what_wrenpack_did_not_name(tmp_path, capsys
     job, sid = new_job_id(), "0123456789ab"
     store.put(keys.func_key(job), b"x")
     store.put(keys.shuffle_part_key(sid, 0), b"x")
+    _age(tmp_path / "store")  # (no owner records: left while younger than five minutes)
     assert _clean(tmp_path, "--all", "--force") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["wrenpack_store"] is True and out["jobs"] == 1 and out["map_reduces"] == 1 and out["removed"] == 2, out
@@ -699,6 +701,7 @@ def test_clean_all_removes_map_reduces_of_both_layouts_and_leaves_no_folder(tmp_
         store.put(key, b"x")
     for rel in ("shuffle/7f/x", "shuffle/05/notanid/x", "shuffle/run1/part"):  # (not names wrenpack gives)
         store.put(rel, b"y")
+    _age(root)  # (the orphan has no owner record: left while younger than five minutes)
     assert _clean(tmp_path, "--all") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["map_reduces"] == 3 and out["removed"] == 11, out
@@ -723,7 +726,8 @@ def test_clean_finds_a_map_reduce_folder_left_with_only_a_temporary_file_or_noth
     folder out, and clean called the shard not wrenpack's; once it was all the store held, every
     clean said the store was none ("check --storage") and removed nothing, for good. A 12-hex
     folder in a shard is wrenpack's whatever it holds: --all removes it and the shard folder with
-    it; --stale keeps it while it has no owner record (--force removes it), the store recognised."""
+    it (once unchanged for five minutes: until then a writer may be at work there); --stale keeps
+    it while it has no owner record (--force removes it), the store recognised."""
     monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "store"
     LocalStore(str(root))
@@ -748,11 +752,25 @@ def test_clean_finds_a_map_reduce_folder_left_with_only_a_temporary_file_or_noth
         assert out["wrenpack_store"] is True and out["removed"] == 0, out
         assert out["skipped"] == [f"map_reduce {sid}"] and "owner record" in out["skipped_why"][f"map_reduce {sid}"], out
         assert folder.is_dir()
+        # (no owner record and younger than five minutes: --all too leaves it, a writer may be at work)
         assert _clean(tmp_path, "--all") == 0
         out = json.loads(capsys.readouterr().out)
-        assert out["wrenpack_store"] is True and out["map_reduces"] == 1 and out["skipped"] == [], out
-        assert _tree(root) == ["shuffle"], _tree(root)
+        assert out["map_reduces"] == 0 and out["skipped"] == [f"map_reduce {sid}"], out
+        assert "no owner record" in out["skipped_why"][f"map_reduce {sid}"] and folder.is_dir(), out
+        _age(root)
+        assert _clean(tmp_path, "--all") == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["wrenpack_store"] is True and out["skipped"] == [], out
+        if leftover is not None:
+            assert out["map_reduces"] == 1 and _tree(root) == ["shuffle"], (out, _tree(root))
+        else:  # (old and empty: the empty folders' rule takes it, the shard's folder at the next clean)
+            assert out["empty_folders_removed"] == 1 and _tree(root) == ["shuffle", "shuffle/05"], (out, _tree(root))
+            _age(root)
+            assert _clean(tmp_path, "--all") == 0
+            assert json.loads(capsys.readouterr().out)["empty_folders_removed"] == 1 and _tree(root) == ["shuffle"]
     folder.mkdir(parents=True, mode=0o700)
+    (folder / ".tmp-999999-1-0").write_bytes(b"x")
+    _age(root)
     assert _clean(tmp_path, "--stale", "--force") == 0
     assert json.loads(capsys.readouterr().out)["map_reduces"] == 1 and _tree(root) == ["shuffle"]
     # An empty shard folder (a writer killed between making it and its id's) is no one else's either.
@@ -777,6 +795,7 @@ def test_clean_reports_links_under_shuffle_as_skipped_and_shards_in_hex(tmp_path
     (root / "shuffle" / "03").mkdir(mode=0o700)
     os.symlink(outside / other, root / "shuffle" / "03" / other)
     store.put(f"shuffle/40/{other}/x", b"y")
+    _age(root)  # (no owner record: left while younger than five minutes)
     assert _clean(tmp_path, "--all") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["map_reduces"] == 1 and out["removed"] == 1, out
@@ -1138,6 +1157,7 @@ def test_clean_reports_a_link_under_jobs_as_skipped(tmp_path, capsys, monkeypatc
     (outside / job / "func.pkl").write_text("keep")
     store.put(keys.job_prefix("20261205-143416-aaaaaaaa") + "func.pkl", b"x")
     os.symlink(outside / job, root / "jobs" / job)
+    _age(root)  # (no owner record: left while younger than five minutes)
     assert _clean(tmp_path, "--all", "--force") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["jobs"] == 1 and out["skipped"] == [f"jobs/{job}"], out
@@ -1196,7 +1216,133 @@ def test_clean_all_force_removes_jobs_one_by_one_and_leaves_what_is_not_theirs(t
     store.put(keys.job_prefix("20261205-143416-aaaaaaaa") + "func.pkl", b"x")
     (root / "jobs" / "20261205-143416-bbbbbbbb").mkdir(mode=0o700)  # young and empty: a writer's, about to write
     (root / "jobs" / "foo").mkdir(mode=0o700)  # not a wrenpack name
+    _age(root / "jobs" / "20261205-143416-aaaaaaaa")  # (no owner record: left while younger than five minutes)
     assert _clean(tmp_path, "--all", "--force") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["jobs"] == 1 and out["removed"] == 1, out
     assert sorted(os.listdir(root / "jobs")) == ["20261205-143416-bbbbbbbb", "foo"]
+
+
+def _pairs(x):
+    return [(x % 2, x)]
+
+
+def _age(root, seconds=3600):
+    """Make everything below ``root`` (folders and files, links left alone) look ``seconds`` old."""
+    old = time.time() - seconds
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            if not os.path.islink(os.path.join(d, name)):
+                os.utime(os.path.join(d, name), (old, old))
+        os.utime(d, (old, old))
+
+
+@pytest.mark.parametrize("argv", [("--all",), ("--all", "--force"), ("--stale", "--force")])
+def test_clean_keeps_a_map_reduce_whose_driver_is_writing_its_owner_record(argv, tmp_path, capsys, monkeypatch):
+    """A map_reduce's driver makes ``shuffle/<id>/`` and then writes its owner record there (a local
+    store: a temporary file, then a rename). A clean that listed the store in between found the
+    folder without its record, took it for a stopped writer's and removed it, the writer's
+    temporary file with it: the rename failed and the map_reduce with it. The driver is held
+    between the two here; a folder without an owner record that changed within five minutes is
+    now kept (and said so), and the map_reduce ends well."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    ex = wrenpack.Executor(storage=str(root), concurrency=2)
+    writing, go = threading.Event(), threading.Event()
+    store_put = ex.store.put
+
+    def held_put(key, data, **kwargs):
+        if not (key.startswith(keys.SHUFFLE) and key.endswith("/owner.json")):
+            return store_put(key, data, **kwargs)
+
+        def chunks():  # (the folder and the temporary file are there; the rename waits)
+            yield data[:1]
+            writing.set()
+            assert go.wait(60)
+            yield data[1:]
+
+        ex.store.put_chunks(key, chunks())
+        return True
+
+    monkeypatch.setattr(ex.store, "put", held_put)
+    launched: list = []
+    thread = threading.Thread(target=lambda: launched.append(
+        _capture(lambda: wrenpack.map_reduce(_pairs, range(6), _reducer, partitions=2, executor=ex))))
+    thread.start()
+    try:
+        assert writing.wait(60)
+        (sid,) = os.listdir(root / "shuffle")
+        assert _clean(tmp_path, *argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["map_reduces"] == 0 and out["removed"] == 0, out
+        assert out["skipped"] == [f"map_reduce {sid}"], out
+        assert "no owner record" in out["skipped_why"][f"map_reduce {sid}"], out
+    finally:
+        go.set()
+        thread.join(60)
+    (outcome,) = launched
+    assert not isinstance(outcome, BaseException), outcome
+    assert dict(outcome.result(timeout=60)) == {0: 0 + 2 + 4, 1: 1 + 3 + 5}
+    ex.shutdown()
+    assert _tree(root / "shuffle") == []
+
+
+def _capture(fn):
+    try:
+        return fn()
+    except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+
+
+def test_clean_keeps_a_young_job_folder_without_owner_record_and_removes_it_once_old(tmp_path, capsys, monkeypatch):
+    """``jobs/<id>/`` holding objects but no owner record (a call's cancel marker written before
+    the job's first object, a worker whose owner write failed) was removed by --all (and
+    --stale --force) at once, though a job may just be starting there. Kept while anything in it
+    changed within five minutes; removed by the clean after that."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    store = LocalStore(str(root))
+    job = "20261205-143416-73377e87"
+    store.put(keys.cancel_key(job), b"x")
+    store.put(keys.func_key(job), b"x")
+    for argv in (("--all",), ("--all", "--force"), ("--stale", "--force")):
+        assert _clean(tmp_path, *argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["jobs"] == 0 and out["removed"] == 0 and out["skipped"] == [job], (argv, out)
+        assert "no owner record" in out["skipped_why"][job] and "5 minutes" in out["skipped_why"][job], out
+    assert _clean(tmp_path, "--stale") == 0  # (kept as before: its owner cannot be checked)
+    assert json.loads(capsys.readouterr().out)["skipped"] == [job]
+    assert len(store.list(keys.job_prefix(job))) == 2
+    _age(root)
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 1 and out["removed"] == 2 and out["skipped"] == [], out
+    assert store.list("jobs/") == []
+
+
+def test_clean_rechecks_a_job_without_owner_record_right_before_removing_it(tmp_path, capsys, monkeypatch):
+    """An old folder without an owner record is removed by --all; if its owner record appears after
+    clean judged it (a writer that starts there meanwhile), the removal is called off for it."""
+    from wrenpack.cli import cmd_clean
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "store"
+    store = LocalStore(str(root))
+    job, other = "20261205-143416-73377e87", "20261205-143416-aaaaaaaa"
+    for j in (job, other):
+        store.put(keys.func_key(j), b"x")
+    _age(root)
+    judge = cmd_clean.job_state
+
+    def then_a_writer_starts(store_, j, key=None):
+        state = judge(store_, j, key)
+        if j == job:
+            store.put(keys.owner_key(job), b"{}")
+        return state
+
+    monkeypatch.setattr(cmd_clean, "job_state", then_a_writer_starts)
+    assert _clean(tmp_path, "--all") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["jobs"] == 1 and out["prefixes"] == {keys.job_prefix(other): 1}, out
+    assert out["skipped"] == [job] and "appeared" in out["skipped_why"][job], out
+    assert store.list(keys.job_prefix(job)) == [keys.func_key(job), keys.owner_key(job)]

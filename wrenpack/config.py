@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from wrenpack import limits
 from wrenpack.errors import ConfigError, ConfigTypeError
-from wrenpack.storage import parse_store_url
+from wrenpack.storage import parse_store_url, store_location_problem
 
 log = logging.getLogger("wrenpack")
 
@@ -327,10 +327,23 @@ def _storage(value: Any, source: str) -> Any:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, str):
+        problem = store_location_problem(value)  # (first: " s3://b/x" is a quoting slip, not an unknown scheme)
+        if problem is not None:
+            raise ConfigError(f"storage={value!r} (from {source}): {problem}")
         try:
-            parse_store_url(value)
+            spec = parse_store_url(value)
         except ConfigError as exc:
             raise ConfigError(f"storage={value!r} (from {source}): {exc}") from None
+        if spec["type"] == "local" and source.startswith("environment variable") \
+                and not os.path.isabs(os.path.expanduser(value[7:] if value.startswith("file://") else value)):
+            # (as WRENPACK_CACHE_DIR: every process that inherits the variable, a CLI run from another
+            # folder, reads it against its own working directory, each a different store)
+            problem = (f"a relative path, which each process would read against its own working directory; use an "
+                       f"absolute path, e.g. {spec['root']}")
+        if problem is not None:
+            raise ConfigError(f"storage={value!r} (from {source}): {problem}")
+        if spec["type"] == "s3" and value.endswith("/"):  # (the same folder: "s3://b/x/" is "s3://b/x")
+            value = value[:-1]
         return value
     if isinstance(value, dict) or hasattr(value, "spec"):  # a spec, or a ready Store
         return value

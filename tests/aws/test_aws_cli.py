@@ -206,7 +206,8 @@ def test_doctor_with_endpoints_of_ones_own_and_no_sts_endpoint_says_so_and_runs_
     assert code == 0, rows
 
 
-def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
+def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path, monkeypatch):
+    from wrenpack.cli import cmd_clean
     from wrenpack.storage.s3 import S3Store
 
     store = S3Store(bucket, "cli", endpoint_url=aws_cli)
@@ -217,6 +218,9 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     code, out, _ = run(capsys, "clean", j1, "--json")
     assert code == 0 and json.loads(out)["removed"] == 2
     assert store.list("jobs/") == [f"jobs/{j2}/func.pkl", f"jobs/{j2}/result/00000.res"]
+    assert run(capsys, "clean", "--all")[0] == 0  # (no owner record and just written: kept, a job may be starting)
+    assert store.list("jobs/") == [f"jobs/{j2}/func.pkl", f"jobs/{j2}/result/00000.res"]
+    monkeypatch.setattr(cmd_clean, "TMP_AGE_S", 0.0)  # as if unchanged for five minutes
     assert run(capsys, "clean", "--all")[0] == 0
     assert store.list("jobs/") == []
     with pytest.raises(SystemExit) as usage:  # (naming nothing is a usage error: 2, as its --help says)
@@ -228,6 +232,52 @@ def test_clean_removes_jobs(aws_cli, capsys, bucket, tmp_path):
     (local / "jobs" / j3 / "func.pkl").write_bytes(b"x")
     code, out, _ = run(capsys, "clean", "--all", "--storage", str(local))
     assert code == 0 and "removed 1 object" in out
+
+
+def test_clean_keeps_a_folder_without_owner_record_until_unchanged_for_five_minutes_on_s3(aws_cli, capsys, bucket,
+                                                                                           monkeypatch):
+    """On S3 as on a local store: a job's (or map_reduce's) objects without an owner record that
+    changed within five minutes (by S3's clock) may be one being started: --all, --all --force and
+    --stale --force keep them (before: removed at once). Once older they go, each looked at again
+    right before its removal: a record that appeared after clean read the job's state keeps it."""
+    import uuid
+
+    from wrenpack import keys
+    from wrenpack.cli import cmd_clean
+    from wrenpack.storage.s3 import S3Store
+
+    where = f"unowned-{uuid.uuid4().hex[:8]}"
+    storage = ("--storage", f"s3://{bucket}/{where}")
+    store = S3Store(bucket, where, endpoint_url=aws_cli)
+    job, other, sid = "20261205-143416-0000beef", "20261205-143416-0000cafe", "0123456789ab"
+    store.put(keys.cancel_key(job), b"x")  # (a call's cancel marker, its job's record not yet written)
+    store.put(keys.shuffle_part_key(sid, 3), b"x")
+    for argv in (("--all",), ("--all", "--force"), ("--stale", "--force")):
+        code, out, _ = run(capsys, "clean", *argv, *storage, "--json")
+        out = json.loads(out)
+        assert code == 0 and out["removed"] == 0 and out["skipped"] == [job, f"map_reduce {sid}"], (argv, out)
+        assert "no owner record" in out["skipped_why"][job], out
+    assert len(store.list("")) == 2
+    assert 0 <= store.unchanged_for(keys.job_prefix(job)) < 60 and store.unchanged_for("jobs/nothing/") is None
+    code, out, _ = run(capsys, "clean", "--all", *storage)
+    assert code == 0 and "kept 2 job(s) or map_reduce(s) with no owner record" in out, out
+    monkeypatch.setattr(cmd_clean, "TMP_AGE_S", 0.0)  # as if unchanged for five minutes
+    store.put(keys.func_key(other), b"x")
+    judge = cmd_clean.job_state
+
+    def then_a_writer_starts(store_, j, key=None):
+        state = judge(store_, j, key)
+        if j == other:
+            store.put(keys.owner_key(other), b"{}")
+        return state
+
+    monkeypatch.setattr(cmd_clean, "job_state", then_a_writer_starts)
+    code, out, _ = run(capsys, "clean", "--all", *storage, "--json")
+    out = json.loads(out)
+    assert code == 0 and out["jobs"] == 1 and out["map_reduces"] == 1 and out["removed"] == 2, out
+    assert out["skipped"] == [other] and "appeared" in out["skipped_why"][other], out
+    assert store.list("") == [keys.func_key(other), keys.owner_key(other)]
+    store.delete_prefix("")
 
 
 def test_clean_aborts_old_unfinished_uploads_under_wrenpacks_prefixes(aws_cli, capsys, bucket, monkeypatch):

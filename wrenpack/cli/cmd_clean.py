@@ -8,7 +8,11 @@ time, sealed with the user's owner key: ``wrenpack.executor.owner``):
 record can say; a job whose owner cannot be checked (no record, one anybody
 else could have written, one from another host) is kept and the output says
 why (``--stale --force`` removes those too). ``--all`` and named jobs refuse
-to remove a job whose owner still runs unless ``--force``. On a local store,
+to remove a job whose owner still runs unless ``--force``. A job's (or map_reduce's)
+folder with no owner record at all goes by ``--all`` or ``--stale --force`` only once
+nothing in it changed for five minutes (``TMP_AGE_S``), looked at again right before
+its removal: a writer that starts a job makes its folder before its owner record is
+in it (``_starting``); named, it goes at once. On a local store,
 temporary files (``.tmp-*``) that writers killed mid-write left behind more
 than five minutes ago are swept too, and with ``--all``/``--stale`` the empty
 folders of wrenpack's names such writers left (unchanged for as long).
@@ -36,8 +40,13 @@ from wrenpack.executor.owner import owner_state, user_key
 from wrenpack.wire import owner as owner_record
 from wrenpack.cli import json_errors
 
-#: temporary files younger than this may belong to a write in progress
+#: what a writer leaves while it works is left until unchanged this long (s): temporary files, empty
+#: folders, and a job's (or map_reduce's) folder without its owner record, which a writer that starts
+#: one makes before it has written the record (``_starting``). One rule, said in ``--help``.
 TMP_AGE_S = 300.0
+#: the state of a job (or map_reduce) whose folder has no owner record at all: "unknown" to the user,
+#: but removed only once nothing in it changed for ``TMP_AGE_S`` (a job may be starting there)
+UNOWNED = "unowned"
 #: an S3 multipart upload unfinished this long after it started is a stopped writer's (s): a call
 #: runs at most 15 minutes, and a driver's upload of gigabytes over a slow link takes hours, not a day
 UPLOAD_AGE_S = 86400.0
@@ -45,8 +54,10 @@ UPLOAD_AGE_S = 86400.0
 
 def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, str]:
     """(state, why): "live" (its owner process runs), "stale" (its owner is gone),
-    or "unknown" (no owner record, one not sealed with the user's owner ``key``,
-    or one from another host: whether its owner runs cannot be told from here).
+    "unknown" (an unreadable owner record, one not sealed with the user's owner
+    ``key``, or one from another host: whether its owner runs cannot be told from
+    here), or ``UNOWNED`` (no owner record at all: as "unknown", and a job being
+    started may be writing it now, ``_starting``).
 
     A spawned job (one with a job record, ``wrenpack.job``) is judged by its
     record instead: "live" while its supervisor runs, "retained" (kept) until
@@ -61,21 +72,24 @@ def job_state(store: Any, job_id: str, key: bytes | None = None) -> tuple[str, s
     if spawned is not None:
         state, why = spawned
         return ("stale" if state == "expired" else state), why
+    return _record_state(store, keys.owner_key(job_id), job_id, key)
+
+
+def _record_state(store: Any, owner_key: str, record_id: str, key: bytes | None) -> tuple[str, str]:
+    """``owner_state`` of the record at ``owner_key``; ``UNOWNED`` if there is none."""
     try:
-        record: dict[str, Any] | None = owner_record.loads(store.get(keys.owner_key(job_id)))
-    except (ObjectNotFound, StoreError, ValueError):
+        record: dict[str, Any] | None = owner_record.loads(store.get(owner_key))
+    except ObjectNotFound:
+        return UNOWNED, "it has no owner record"
+    except (StoreError, ValueError):
         record = None
-    return owner_state(job_id, record, key)
+    return owner_state(record_id, record, key)
 
 
 def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tuple[str, str]:
     """``job_state`` of a map_reduce's intermediates (``shuffle/<id>/``), from the
-    owner record its driver wrote there (none: "unknown")."""
-    try:
-        record: dict[str, Any] | None = owner_record.loads(store.get(keys.shuffle_owner_key(shuffle_id)))
-    except (ObjectNotFound, StoreError, ValueError):
-        record = None
-    return owner_state(keys.shuffle_owner_id(shuffle_id), record, key)
+    owner record its driver wrote there (none: ``UNOWNED``)."""
+    return _record_state(store, keys.shuffle_owner_key(shuffle_id), keys.shuffle_owner_id(shuffle_id), key)
 
 
 @json_errors
@@ -131,14 +145,18 @@ def cmd_clean(args: argparse.Namespace) -> int:
     retained: dict[str, str] = {}  # --stale: spawned jobs kept for their retention
     running: dict[str, str] = {}  # --stale: jobs kept because their owner (a spawned job's supervisor) runs
     live: list[str] = []
+    # (each job's and map_reduce's state, read once: a record that appears after it was read
+    # changes nothing here, ``_starting`` looks again right before a removal)
+    states: dict[str, tuple[str, str]] = {}
+    shuffle_states: dict[str, tuple[str, str]] = {}
     if args.stale:
         # Only what the user's own sealed record says is gone; a job in doubt is kept (--force removes it too).
         targets = []
         for j in found_jobs:
-            state, why = job_state(store, j, key)
-            if state == "stale" or (state == "unknown" and args.force):
+            state, why = states[j] = job_state(store, j, key)
+            if state == "stale" or (state in ("unknown", UNOWNED) and args.force):
                 targets.append(j)
-            elif state == "unknown":
+            elif state in ("unknown", UNOWNED):
                 kept[j] = why
             elif state == "retained":
                 retained[j] = why
@@ -146,12 +164,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 running[j] = why
         shuffles = []
         for sid in found_shuffles:
-            state, why = shuffle_state(store, sid, key)
-            if state == "stale" or (state == "unknown" and args.force):
+            state, why = shuffle_states[sid] = shuffle_state(store, sid, key)
+            if state == "stale" or (state in ("unknown", UNOWNED) and args.force):
                 shuffles.append(sid)
-            elif state == "unknown":
+            elif state in ("unknown", UNOWNED):
                 kept[f"map_reduce {sid}"] = why
-        skipped = sorted(kept) + sorted(retained) + sorted(running) + sorted(foreign)
     else:
         named = found_jobs if args.all else given
         shuffles = found_shuffles if args.all else []
@@ -161,7 +178,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 shown = ", ".join(map(repr, unknown[:3])) + (" ..." if len(unknown) > 3 else "")
                 raise ConfigError(f"no job {shown} in the store {store.url}; nothing was removed: check the id "
                                   "(a future's .job_id) and --storage, or remove orphaned jobs with --stale")
-        live = [j for j in named if job_state(store, j, key)[0] == "live"]
+        states = {j: job_state(store, j, key) for j in named}
+        live = [j for j in named if states[j][0] == "live"]
         if live:
             # A spawned job's supervisor would go on writing its results: --force never removes it while
             # it runs, so the way out is to cancel it (not --force, which the message below names).
@@ -173,12 +191,13 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{len(spawned_live)} spawned job(s) are still running ({shown}); cancel them "
                                   "first (wrenpack jobs cancel ID), then clean")
         # (a running map_reduce's intermediates: the program that runs it still reads them)
-        live += [f"map_reduce {sid}" for sid in shuffles if shuffle_state(store, sid, key)[0] == "live"]
+        shuffle_states = {sid: shuffle_state(store, sid, key) for sid in shuffles}
+        live += [f"map_reduce {sid}" for sid in shuffles if shuffle_states[sid][0] == "live"]
         if live and not args.force:
             shown = ", ".join(live[:3]) + (" ..." if len(live) > 3 else "")
             raise ConfigError(f"{len(live)} job(s) belong to a program still running ({shown}); "
                               "wait for it to end, use --stale for orphaned jobs only, or pass --force")
-        targets, skipped = named, sorted(foreign)
+        targets = list(named)  # (its own list: one kept at the last look, ``_starting``, leaves it)
     # --stale: a gone driver's calls on Lambda may still write for a while: what they wrote so far
     # goes, the owner record (and the cancel markers they look for) until then, for a later clean.
     late: dict[str, float] = {}
@@ -194,13 +213,35 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 late[f"map_reduce {sid}"] = until
     # (each job's own prefix, --all --force too: one removal of jobs/ took folders that are not
     # wrenpack's, or a job's a writer has just made, with it)
-    removed = {keys.job_prefix(j): (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
-                                    if j in late else store.delete_prefix(keys.job_prefix(j))) for j in targets}
-    for sid in shuffles:  # a map_reduce's intermediates, and its owner record with them (last)
+    # A folder of wrenpack's name with no owner record, found by --all or --stale --force (a job
+    # named is the user's word): a job or map_reduce being started, whose writer has made its folder
+    # and not yet put its record there (a local store: the folder, a temporary file, the record),
+    # or a stopped writer's. Each is looked at right before its removal, and kept while its record
+    # has appeared or anything in it changed within TMP_AGE_S (``_starting``): --all removed the
+    # folder of a map_reduce being started, and the map_reduce failed.
+    starting: dict[str, str] = {}
+    removed: dict[str, int] = {}
+    for j in list(targets):
+        if states.get(j, ("",))[0] == UNOWNED and not given:
+            why = _starting(store, keys.owner_key(j), [keys.job_prefix(j)])
+            if why is not None:
+                starting[j] = why
+                targets.remove(j)
+                continue
+        removed[keys.job_prefix(j)] = (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
+                                       if j in late else store.delete_prefix(keys.job_prefix(j)))
+    for sid in list(shuffles):  # a map_reduce's intermediates, and its owner record with them (last)
         prefix = keys.shuffle_prefix(sid)
+        if shuffle_states.get(sid, ("",))[0] == UNOWNED:
+            why = _starting(store, keys.shuffle_owner_key(sid), [prefix, *shards.get(sid, [])])
+            if why is not None:
+                starting[f"map_reduce {sid}"] = why
+                shuffles.remove(sid)
+                continue
         removed[prefix] = store.delete_prefixes(shards.get(sid, [])) + (
             store.delete_prefix_except(prefix, (keys.shuffle_owner_key(sid),))
             if f"map_reduce {sid}" in late else store.delete_prefix(prefix))
+    skipped = sorted(kept) + sorted(retained) + sorted(running) + sorted(starting) + sorted(foreign)
     _remove_logs(targets)
     swept = 0
     from wrenpack.storage.local import LocalStore, sweep_tmp
@@ -218,7 +259,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         print(json.dumps({"store": store.url, "store_exists": True, "wrenpack_store": True, "removed": total, "prefixes": removed, "jobs": len(targets),
                           "map_reduces": len(shuffles), "awaiting_late_writes": late,
                           "tmp_swept": swept, "empty_folders_removed": emptied, "skipped": skipped,
-                          "skipped_why": {**kept, **retained, **running, **foreign}}))
+                          "skipped_why": {**kept, **retained, **running, **starting, **foreign}}))
     else:
         extra = (f", {swept} stray temporary file(s)" if isinstance(store, LocalStore) else
                  f", {swept} unfinished upload(s) over a day old") if swept else ""
@@ -234,6 +275,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
             print(f"kept {len(retained)} spawned job(s) within their retention (remove one by name)")
         if running:
             print(f"kept {len(running)} job(s) still running")
+        if starting:
+            print(f"kept {len(starting)} job(s) or map_reduce(s) with no owner record that changed in the last "
+                  f"{TMP_AGE_S / 60:.0f} minutes (one being started writes its record first; --json says which); "
+                  "a later clean removes them if they still have none")
         if foreign:
             print(f"left {len(foreign)} folder(s) or link(s) wrenpack did not make (--json says why): {_folders(foreign)}")
         if late:
@@ -309,6 +354,22 @@ def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str])
                 "not a map_reduce id (12 hex digits) or shard (2 hex digits, "
                 f"00 to {keys.SHUFFLE_SHARDS - 1:02x}) wrenpack makes: not wrenpack's")
     return sorted(found)
+
+
+def _starting(store: Any, owner_key: str, prefixes: list[str]) -> str | None:
+    """Why a folder whose owner record (at ``owner_key``) was missing when clean read it must
+    stay, looked at right before its removal: the record is there now (a job or map_reduce
+    started meanwhile), or something under ``prefixes`` changed within ``TMP_AGE_S`` (one
+    being started: its writer makes the folder, then puts the record). None: it may go,
+    nothing there for ``TMP_AGE_S`` and still no record (a stopped writer's). By the store's
+    clock on S3 (``Store.unchanged_for``); a HEAD and a LIST per prefix, for such folders only."""
+    if store.exists(owner_key):
+        return "its owner record appeared while clean ran: a job (or map_reduce) was starting there"
+    ages = [age for age in (store.unchanged_for(p) for p in prefixes) if age is not None]
+    if ages and min(ages) < TMP_AGE_S:
+        return (f"it has no owner record and changed {min(ages):.0f} s ago: one being started writes its record "
+                f"first; a clean once it is {TMP_AGE_S / 60:.0f} minutes unchanged removes it if it still has none")
+    return None
 
 
 def _remove_empty_folders(store: Any) -> int:
@@ -430,8 +491,10 @@ def register(subparsers: Any, name: str) -> None:
         name, help="remove a job's objects (orphaned jobs, or all jobs) from the store",
         description="Remove jobs' objects from the store: the jobs named, those whose owner is gone (--stale), or "
                     "every job (--all); stray .tmp-* files older than five minutes go too (on S3: multipart uploads "
-                    "left unfinished for over a day). A spawned job whose supervisor runs is never removed: cancel "
-                    "it first (wrenpack jobs cancel ID). Exit codes: 0 ok, 1 no such job or refused, 2 usage.")
+                    "left unfinished for over a day). A job or map_reduce folder with no owner record is removed by "
+                    "--all or --stale --force only once unchanged for five minutes (one being started writes its "
+                    "record just after making its folder). A spawned job whose supervisor runs is never removed: "
+                    "cancel it first (wrenpack jobs cancel ID). Exit codes: 0 ok, 1 no such job or refused, 2 usage.")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="job(s) to remove")
     p.add_argument("--stale", action="store_true", help="remove the jobs whose owner process is gone (as their "
                    "owner records sealed with your key say)")

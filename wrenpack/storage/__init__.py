@@ -16,7 +16,7 @@ from wrenpack.errors import ConfigError, ConfigTypeError
 from wrenpack.plugins import Registry
 from wrenpack.storage.base import Store
 
-__all__ = ["Store", "open_store", "register_store", "store_for_config"]
+__all__ = ["Store", "open_store", "register_store", "store_for_config", "store_location_problem"]
 
 #: a spec's "type" -> "module:Class"
 _STORES: Registry[Store] = Registry("store type", {
@@ -98,3 +98,49 @@ def parse_store_url(url: str) -> dict[str, Any]:
         raise ConfigError(f"store path {url!r}: {user} cannot be expanded (no such user, or no home directory); "
                           "use an absolute path")
     return {"type": "local", "root": os.path.abspath(expanded)}
+
+
+#: what an S3 store's prefix may hold between its '/': letters and digits (any script) and this
+#: punctuation (S3's "safe" characters, and '=', '+', ',', '@' as in "date=2024"). Not spaces or
+#: control characters, nor those S3 asks to avoid in keys ('\\', '{', '^', '%', '`', '[', '"', '<',
+#: '~', '#', '|', ...), nor '*', '?' and '$': ``wrenpack iam-policy`` writes the prefix into a
+#: policy, where '*' and '?' are wildcards (a policy for "a*" grants "ab/" too) and "${" a variable.
+_PREFIX_PUNCTUATION = frozenset("!-_.'()=+,@")
+
+
+def store_location_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as the store's location (the ``storage`` setting), on
+    top of what ``parse_store_url`` refuses; None if nothing. One clause that names
+    the fix. ``parse_store_url`` itself stays lenient: ``wrenpack.objects`` reads the
+    user's own data through it, whose keys may be anything.
+
+    Refused: spaces around the URL or path (a quoting slip), and an S3 prefix that is
+    not plain folder names: '..' or '.' segments (S3 has no parent folder: "s3://b/../x"
+    was the prefix "../x"), an empty one ("s3://b//x", a leading or a doubled '/'), or a
+    character outside ``_PREFIX_PUNCTUATION``, letters and digits. One trailing '/'
+    means the same folder ("s3://b/x/" is "s3://b/x"), as before."""
+    if url != url.strip() and url.strip():
+        return f"it has spaces around it (a quoting slip?); remove them: {url.strip()!r}"
+    if not url.startswith("s3://"):
+        return None
+    bucket, _, prefix = url[5:].partition("/")
+    if prefix.endswith("/"):
+        prefix = prefix[:-1]
+    if not prefix:
+        return None
+    parts = prefix.split("/")
+    names = [p for p in parts if p not in ("", ".", "..")]
+    fix = f"name the folder inside the bucket, e.g. s3://{bucket}/{'/'.join(names) if names else 'wrenpack'}"
+    if ".." in parts:
+        return f"the prefix may not contain '..' segments (S3 has no parent folder: '..' would be part of every key); {fix}"
+    if "." in parts:
+        return f"the prefix may not contain '.' segments ('.' would be part of every key); {fix}"
+    if "" in parts:
+        where = "begin with '/'" if parts[0] == "" else "contain '//'"
+        return f"the prefix may not {where} (an empty folder name: S3 keeps it as part of every key); {fix}"
+    for ch in prefix:
+        if ch != "/" and not ch.isalnum() and ch not in _PREFIX_PUNCTUATION:
+            shown = {" ": "a space", "\t": "a tab", "\n": "a line break"}.get(ch, repr(ch))
+            return (f"the prefix holds {shown}, which S3 keys (and the IAM policy naming them) handle badly; use "
+                    f"letters, digits and {' '.join(sorted(_PREFIX_PUNCTUATION))} in its folder names")
+    return None

@@ -211,6 +211,14 @@ class Store(abc.ABC):
             self.delete(key)
         return len(keys)
 
+    def unchanged_for(self, prefix: str) -> float | None:
+        """Seconds since anything under the folder ``prefix`` last changed (an object
+        written or removed there); None if nothing is under it. ``wrenpack clean`` leaves
+        a folder without its owner record until this is old enough: a writer that
+        starts a job makes the folder first. A store that cannot tell (this default)
+        says 0: as if it had just changed, so nothing is taken for a stopped writer's."""
+        return 0.0 if self.list(prefix) else None
+
     def remove_stopped_writes(self, grace_s: float = 1.0) -> int:
         """Remove what writers stopped mid-write left (a call killed at its limit,
         cancelled, or stopped at the program's exit): a local store's temporary

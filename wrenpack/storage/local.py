@@ -486,6 +486,22 @@ class LocalStore(Store):
         except OSError:
             return False
 
+    def unchanged_for(self, prefix: str) -> float | None:
+        """Since the newest modification time of the folder ``prefix``, the folders below it
+        and every file in them, writers' temporary files too (a writer that has made the
+        folder and is writing its first object shows there only so); links not followed.
+        None if there is no such folder."""
+        import time
+
+        newest: float | None = None
+        for _rel, _dirnames, filenames, fd in self._walk(prefix.rstrip("/")):
+            times = [os.fstat(fd).st_mtime]
+            for name in filenames:
+                with contextlib.suppress(OSError):  # (removed meanwhile)
+                    times.append(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime)
+            newest = max(times) if newest is None else max(newest, *times)
+        return None if newest is None else max(0.0, time.time() - newest)
+
     def delete(self, key: str) -> None:
         *dirs, name = self._parts(key)
         try:

@@ -432,6 +432,31 @@ class S3Store(Store):
             raise self._error(exc, "list", prefix or None) from None
         return sorted(out)
 
+    def unchanged_for(self, prefix: str) -> float | None:
+        """Since the newest LastModified of the objects under ``prefix``, by S3's clock (the
+        Date of the listing's response; this host's clock only where a server sends none):
+        a clock here minutes ahead would make a fresh object look old. Unfinished multipart
+        uploads are not looked at (``abort_unfinished_uploads`` has its own age)."""
+        import email.utils
+
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix  # (as ``iter_list`` lists it)
+        newest: float | None = None
+        now: float | None = None
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size})
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    modified = obj["LastModified"].timestamp()
+                    newest = modified if newest is None else max(newest, modified)
+                with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):  # (the last page's)
+                    now = email.utils.parsedate_to_datetime(page["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+        except Exception as exc:
+            raise self._error(exc, "list", prefix or None) from None
+        if newest is None:
+            return None
+        return max(0.0, (now if now is not None else time.time()) - newest)
+
     def reader(self, key: str, size: int | None = None, version: str | None = None) -> Reader:
         return S3Reader(self, key, size, version)
 
