@@ -342,3 +342,69 @@ def test_a_forked_driver_has_a_domain_key_of_its_own(domain_key):
     os.close(read)
     os.waitpid(pid, 0)
     assert len(theirs) == 64 and theirs != mine
+
+
+#: run in a job's process and in a process it execs: the first page of the heap of each pid
+#: in argv (or why not), then this process's /proc/self/status (its capabilities)
+_READ_HEAPS = """
+import sys
+
+def attempt(pid):
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            start = int(next(line for line in f if "[heap]" in line).split("-")[0], 16)
+        with open(f"/proc/{pid}/mem", "rb") as f:
+            f.seek(start)
+            return f"read {len(f.read(4096))} bytes"
+    except OSError as exc:
+        return type(exc).__name__
+    except StopIteration:
+        return "no heap"
+
+if __name__ == "__main__":
+    print([attempt(int(pid)) for pid in sys.argv[1:]])
+    print(open("/proc/self/status").read())
+"""
+
+
+def read_memory_of(pids):
+    """What a job's code as root could read of other processes' memory (``_READ_HEAPS``),
+    here and in a process it execs (root's exec would regain what the bounding set still
+    holds), and the capabilities each holds."""
+    import subprocess
+
+    def caps(status):
+        return {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines() if line.startswith("Cap")}
+
+    here = {"__name__": "here"}
+    exec(_READ_HEAPS, here)
+    with open("/proc/self/status") as f:
+        mine = caps(f.read())
+    out = subprocess.run([sys.executable, "-c", _READ_HEAPS, *map(str, pids)], capture_output=True, text=True,
+                         timeout=60)
+    first, _, status = out.stdout.partition("\n")
+    return {"here": [here["attempt"](pid) for pid in pids], "exec": first, "caps": mine, "exec_caps": caps(status),
+            "stderr": out.stderr[-500:]}
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="as a user without capabilities the kernel refuses these reads already (the worker "
+                           "parent is non-dumpable; test_a_jobs_code_cannot_patch_or_spy_on_a_later_job)")
+def test_a_jobs_code_run_as_root_cannot_read_the_memory_of_its_worker_or_the_driver(make_executor, backend):
+    """probe11: here (root, no Yama) a call read the heap of the worker parent that holds its
+    job's secret through /proc/<ppid>/mem: a non-dumpable process yields to CAP_SYS_PTRACE.
+    Job code runs without the capabilities that read other processes' memory, as on Lambda,
+    in what it execs too; the driver (which holds every job's secret) is out of reach as well."""
+    from wrenpack.worker import isolation
+
+    ex = make_executor(concurrency=1, retries=0)
+    probe = ex.submit(os.getppid).result(timeout=120)  # the worker parent (the secret holder)
+    got = ex.submit(read_memory_of, [probe, os.getpid()]).result(timeout=120)
+    assert got["here"] == ["PermissionError", "PermissionError"], got
+    assert got["exec"] == "['PermissionError', 'PermissionError']", got
+    dropped = sum(1 << cap for cap in isolation.MEMORY_READING_CAPABILITIES.values())
+    for held in ("caps", "exec_caps"):
+        for kind in ("CapEff", "CapPrm", "CapBnd"):
+            assert not got[held][kind] & dropped, (held, kind, hex(got[held][kind]))
+    # (the rest stays: a job's code may still do as root what Lambda's user cannot, e.g. own files)
+    assert got["caps"]["CapEff"] & (1 << 0), hex(got["caps"]["CapEff"])  # CAP_CHOWN

@@ -59,7 +59,10 @@ lie under a valid MAC. So the worker is split::
   call; a tree holding a connection to that API is ended instead (``freeze_child``).
 * On Linux the parent is made non-dumpable (``PR_SET_DUMPABLE``), so a child
   of the same (non-root) user cannot read its memory through ``/proc/<pid>/mem``
-  or ptrace. A child running as root can (locally as root; never on Lambda).
+  or ptrace. Root's capabilities would let it (a local worker run as root, in a
+  container say; Lambda runs functions as a user without them): the zygote, and
+  so every child, gives up those that read another process's memory
+  (``drop_memory_reading_capabilities``), for good, for what it execs too.
 
 Standard library and cloudpickle only: this runs in the worker.
 """
@@ -102,6 +105,57 @@ def prctl(option: int, value: int) -> bool:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
+        return False
+
+
+#: Linux capabilities that let a process read another's memory, which the zygote gives up for
+#: its children (``drop_memory_reading_capabilities``): CAP_SYS_PTRACE (ptrace, /proc/<pid>/mem,
+#: process_vm_readv of any process, non-dumpable ones too), CAP_SYS_RAWIO (/proc/kcore: all of
+#: memory), CAP_SYS_MODULE (a kernel module reads anything), CAP_SYS_ADMIN, CAP_PERFMON and
+#: CAP_BPF (tracing programs that read a process's memory as it runs). The numbers are Linux's.
+MEMORY_READING_CAPABILITIES = {"CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21,
+                               "CAP_PERFMON": 38, "CAP_BPF": 39}
+_PR_CAPBSET_READ = 23
+_PR_CAPBSET_DROP = 24
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_memory_reading_capabilities() -> bool:
+    """Give up ``MEMORY_READING_CAPABILITIES`` in this process, and in what it forks or
+    execs (the bounding set: root's exec would get them back otherwise). A job's code
+    runs as the worker's user; as root it could otherwise read the memory of the
+    parent that holds its job's secret, of the driver that holds every job's, and of
+    another job's process, whatever their dumpable flag and Yama say (both yield to
+    CAP_SYS_PTRACE). Without them, ``/proc/<pid>/mem`` and ptrace of a process with
+    more capabilities fail (the kernel's capability subset rule), as they do for a
+    user without capabilities, which is what Lambda runs functions as. True when
+    none is left (a process without them, any non-root user's, has nothing to drop)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in MEMORY_READING_CAPABILITIES.values():
+            if libc.prctl(_PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
+                libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # (needs CAP_SETPCAP, which root has)
+        head = _CapHeader(_CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)()
+        if libc.capget(ctypes.byref(head), data) != 0:
+            return False
+        for cap in MEMORY_READING_CAPABILITIES.values():
+            word, bit = data[cap // 32], ~(1 << (cap % 32)) & 0xFFFFFFFF
+            word.effective &= bit
+            word.permitted &= bit
+            word.inheritable &= bit
+        if libc.capset(ctypes.byref(head), data) != 0:
+            return False
+        return not any(libc.prctl(_PR_CAPBSET_READ, cap, 0, 0, 0) == 1 for cap in MEMORY_READING_CAPABILITIES.values())
+    except (OSError, AttributeError):  # (no libc capget: not Linux)
         return False
 
 
@@ -413,6 +467,10 @@ def _zygote_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the
     # Nothing of another job's may attach to it, or to the processes it forks before
     # they have a job of their own (``_child_main`` makes a job's process dumpable).
     prctl(_PR_SET_DUMPABLE, 0)
+    # ... nor read anybody's memory with root's capabilities (a worker run as root)
+    if not drop_memory_reading_capabilities() and os.geteuid() == 0:
+        log.warning("could not give up the capabilities that read other processes' memory: a job's code "
+                    "running as root here could read the memory of the worker that holds its job's secret")
     worker = os.getppid()
     _close_fds_except({sock.fileno()})
     _forget_process_files()
