@@ -165,6 +165,8 @@ _MULTI = {
     "wpmm_deep.py": "from wpmm_a import ga\ndef f(x):\n    return ga(x)\n",
     "wpmm_mid.py": "import wpmm_pkg.sub\ndef outer(x):\n    return wpmm_pkg.sub.g(x)\n",
     "wpmm_attr.py": "import wpmm_mid\ndef f(x):\n    return wpmm_mid.outer(x)\n",
+    "wpmm_ns/inner.py": "def k(x):\n    return x + 7\n",  # (a namespace package: no __init__.py)
+    "wpmm_nsuse.py": "def f(x):\n    import wpmm_ns.inner\n    return wpmm_ns.inner.k(x)\n",
     "wpmm_installed.py": "import csv\ndef f(x):\n    import json\n    import cloudpickle\n    import wrenpack.keys\n"
                          "    from email import message\n    return json.dumps(x)\n",
     "wpmm_models.py": "import wpmm_helpers\nclass Model:\n    def __init__(self, k):\n        self.k = k\n"
@@ -205,6 +207,11 @@ def test_a_module_imported_in_the_functions_body_travels(multi):
 def test_a_from_import_of_a_package_submodule_in_the_body_travels_with_its_relative_imports(multi):
     assert _run_elsewhere(serialize.dumps_function(multi("wpmm_from").f)) == "101"
     assert _run_elsewhere(serialize.dumps_function(multi("wpmm_pkg.sub").g_rel)) == "102"
+
+
+def test_a_module_of_a_namespace_package_imported_in_the_body_travels(multi):
+    multi("wpmm_ns.inner")
+    assert _run_elsewhere(serialize.dumps_function(multi("wpmm_nsuse").f)) == "8"
 
 
 def test_a_module_imported_only_inside_a_call_and_not_loaded_here_travels(multi):

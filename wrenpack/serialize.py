@@ -259,8 +259,38 @@ def _package_of(name: str | None) -> str | None:
     return name.rpartition(".")[0] or None if name else None
 
 
+def _resolution_state() -> tuple[int, tuple[str, ...]]:
+    """What a resolved import depends on here: which modules are imported (their count: an import
+    adds one, and a module replaced in place keeps its file) and where the others would be found."""
+    return len(sys.modules), tuple(sys.path)
+
+
+#: key -> (``_resolution_state()`` when found, what was found): what a launch resolves again
+#: while nothing was imported and sys.path is the same (a launch's own checks are dict look-ups)
+_resolved: dict[Any, tuple[tuple[int, tuple[str, ...]], Any]] = {}
+_MAX_RESOLVED = 4096
+
+
+def _cached(key: Any, make: Callable[[], Any]) -> Any:
+    state = _resolution_state()
+    hit = _resolved.get(key)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    value = make()
+    if len(_resolved) >= _MAX_RESOLVED:
+        _resolved.clear()
+    _resolved[key] = (_resolution_state(), value)  # (after: resolving may have imported nothing, or not)
+    return value
+
+
 def _import_closure(names: set[str]) -> set[str]:
     """``names`` and the user modules their files import, transitively (with their parent packages)."""
+    if not names:
+        return set()
+    return set(_cached(("closure", frozenset(names)), lambda: frozenset(_find_import_closure(names))))
+
+
+def _find_import_closure(names: set[str]) -> set[str]:
     todo = list(names)
     out: set[str] = set()
     while todo:
@@ -281,10 +311,25 @@ def _import_closure(names: set[str]) -> set[str]:
     return {n for n in out if _user_module_file(n) is not None}
 
 
-@lru_cache(maxsize=4096)
+#: id(code) -> (code, its import statements): hashing a code object hashes its bytecode, each time
+_imports_of_code: dict[int, tuple[types.CodeType, tuple[tuple[str, tuple[str, ...], int], ...]]] = {}
+
+
 def _code_imports(code: types.CodeType) -> tuple[tuple[str, tuple[str, ...], int], ...]:
     """The import statements in ``code`` and the code nested in it: (name, names
-    imported from it, level). Read from the bytecode once per code object."""
+    imported from it, level). Read from the bytecode once per code object (kept
+    alive with its entry, so its id names no other)."""
+    hit = _imports_of_code.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    found = _read_code_imports(code)
+    if len(_imports_of_code) >= _MAX_RESOLVED:
+        _imports_of_code.clear()
+    _imports_of_code[id(code)] = (code, found)
+    return found
+
+
+def _read_code_imports(code: types.CodeType) -> tuple[tuple[str, tuple[str, ...], int], ...]:
     import dis
 
     out: list[tuple[str, tuple[str, ...], int]] = []
@@ -303,9 +348,16 @@ def _code_imports(code: types.CodeType) -> tuple[tuple[str, tuple[str, ...], int
     return tuple(dict.fromkeys(out))
 
 
-def _imported_user_modules(code: types.CodeType, package: str | None) -> set[str]:
+def _imported_user_modules(code: types.CodeType, package: str | None) -> frozenset[str]:
     """The user modules that ``code``'s import statements name (resolved from ``package``
     for relative ones): the module, its parents and the submodules a ``from`` form names."""
+    if not _code_imports(code):
+        return frozenset()
+    # (the entry keeps the code object alive: its id names no other while it is there)
+    return _cached((id(code), package), lambda: (code, frozenset(_find_imported_user_modules(code, package))))[1]
+
+
+def _find_imported_user_modules(code: types.CodeType, package: str | None) -> set[str]:
     out: set[str] = set()
     for name, items, level in _code_imports(code):
         if level:
@@ -439,6 +491,18 @@ def shipped_sources(fn: types.FunctionType) -> tuple[tuple[str, str, str, bool],
                          "copy it into the runtime's python/ directory", getattr(fn, "__qualname__", fn), name, found[0])
             continue
         entries.append(entry)
+    shipped = {entry[0] for entry in entries}
+    for entry in list(entries):
+        parent = entry[0].rpartition(".")[0]
+        while parent and parent not in shipped:
+            # a namespace package (a folder without __init__.py) of the user's: an empty package there
+            module = sys.modules.get(parent)
+            where = list(getattr(module, "__path__", None) or [])
+            if module is None or getattr(module, "__file__", None) or not where or not _outside_libraries(where[0]):
+                break
+            shipped.add(parent)
+            entries.append((parent, where[0], "", True))
+            parent = parent.rpartition(".")[0]
     return tuple(entries)
 
 
