@@ -235,6 +235,23 @@ def test_a_module_used_only_by_a_module_that_travels_travels_too(multi):
     assert _run_elsewhere(serialize.dumps_function(fn)) == "101"
 
 
+def test_a_module_a_notebooks_class_uses_in_a_method_travels(multi):
+    """A class defined in __main__ (a notebook's cell) travels by value with its methods; the
+    user module a method names was not looked for (the walk saw only the class's bases)."""
+    multi("wpmm_helpers")
+    ns = {"__name__": "__main__"}
+    exec(textwrap.dedent("""
+        import wpmm_helpers
+        class Doubler:
+            def run(self, x):
+                return wpmm_helpers.twice(x)
+        def f(x):
+            return Doubler().run(x)
+    """), ns)
+    assert "wpmm_helpers" in {m.__name__ for m in serialize.user_modules_of(ns["f"])}
+    assert _run_elsewhere(serialize.dumps_function(ns["f"])) == "2"
+
+
 def test_an_argument_whose_class_is_in_a_module_the_function_does_not_reach_travels(multi):
     """f.remote(Model(3)) with a function that knows nothing of Model's module: the class went by reference."""
     model = multi("wpmm_models").Model(3)

@@ -241,6 +241,19 @@ def _reachable_user_modules(fn: Any) -> set[str]:
         elif isinstance(obj, type):
             for base in obj.__mro__[1:]:
                 visit(base)
+            if module is None or obj.__module__ == "__main__":
+                # a class that travels by value takes its methods, and what they name (a
+                # notebook's class whose method uses helpers.twice left helpers behind; a
+                # user module's class needs no walk: its module's file's imports are followed)
+                for value in list(vars(obj).values()):
+                    if isinstance(value, (staticmethod, classmethod)):
+                        value = value.__func__
+                    if isinstance(value, property):
+                        for accessor in (value.fget, value.fset, value.fdel):
+                            if accessor is not None:
+                                visit(accessor)
+                    elif isinstance(value, types.FunctionType):
+                        visit(value)
         elif callable(obj) and isinstance(getattr(obj, "__dict__", None), dict):
             # A callable object (e.g. the Batch that chunksize sends) holds the functions it calls.
             for value in list(obj.__dict__.values()):
