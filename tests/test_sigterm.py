@@ -338,3 +338,24 @@ def test_a_sigterm_that_lands_in_wrenpacks_code_the_main_thread_never_leaves_end
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
     assert _stored(tmp_path) == [] and time.monotonic() - t0 < 15 and "still running at exit" in err, err
+
+
+def test_a_sigterm_that_lands_in_an_exit_hook_still_ends_the_driver_by_it_after_the_cleanup(tmp_path):
+    """A main thread that runs on out of library code may run on into the interpreter's exit
+    (the signal landed in an exit hook): it is stopped after the other exit hooks until the
+    cleanup is over, and the process ends by the signal, not with a cleanup the interpreter's
+    end cut short and exit status 0."""
+    script = _SLOW_CLEANUP.format(cleanup_s=1.5).replace("""
+    print("ready", flush=True)
+    time.sleep(60)
+""", """
+    import atexit, threading
+    hook = {}
+    exec(compile("def hook():\\n    print('ready', flush=True)\\n    time.sleep(1)\\n", threading.__file__, "exec"),
+         {"time": time}, hook)
+    atexit.register(hook["hook"])
+""")
+    with _ready(tmp_path, script) as proc:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM and out.split() == ["cleaning", "cleaned"], (out, err)
