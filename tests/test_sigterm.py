@@ -359,3 +359,35 @@ def test_a_sigterm_that_lands_in_an_exit_hook_still_ends_the_driver_by_it_after_
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM and out.split() == ["cleaning", "cleaned"], (out, err)
+
+
+def test_a_sigterm_that_lands_in_the_programs_own_logging_handler_still_cleans_up(tmp_path):
+    """The program's own code, called back by library code that holds a lock the cleanup takes:
+    logging calls a handler's ``emit`` with the handler's lock held, and the cleanup's warning
+    goes to the same handler. Stopped there, the main thread held that lock for good (the
+    cleanup waited for it until ``CLEANUP_S``, and the shuffle's objects stayed); it runs on
+    out of logging first, and stops in the program's code that logged."""
+    script = _MAP_REDUCE.replace("""
+    print("ready", flush=True)
+    fut.result()
+""", """
+    import logging
+    class Slow(logging.Handler):  # (a handler of the program's own: a slow disk, a network log)
+        said = False
+        def emit(self, record):
+            if not Slow.said:
+                Slow.said = True
+                print("ready", flush=True)
+                time.sleep(1)
+            sys.stderr.write(record.getMessage() + "\\n")
+    logging.getLogger().addHandler(Slow())
+    logging.getLogger("program").warning("the program logs")
+    print("went on", flush=True)
+    fut.result()
+""")
+    with _ready(tmp_path, script) as proc:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
+    assert _stored(tmp_path) == [] and time.monotonic() - t0 < 15 and "still running at exit" in err, err

@@ -68,7 +68,7 @@ def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | No
     """Install the handler, once per process, if SIGTERM is at its default and this is
     the main thread of a driver (not a wrenpack worker, which has its own). ``let_go``
     gives up, in the thread the handler interrupted, the locks ``cleanup`` takes."""
-    global _installed_in, _cleanup, _let_go, _library_roots
+    global _installed_in, _cleanup, _let_go, _library_roots, _locking_roots
     pid = os.getpid()
     if _installed_in == pid or threading.current_thread() is not threading.main_thread():
         return
@@ -79,6 +79,7 @@ def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | No
             return  # the program's own choice
         _cleanup, _let_go = cleanup, let_go
         _library_roots = _roots()  # (now: not imports and file lookups in the handler)
+        _locking_roots = tuple(os.path.join(os.path.dirname(p), "") for p in (_WRENPACK_INIT, os.path.abspath(logging.__file__)))
         signal.signal(signal.SIGTERM, _stop)
     except (ValueError, OSError):  # (not the main interpreter, or no signals here)
         return
@@ -156,9 +157,9 @@ def _stop(signum: int, frame: Any) -> None:
     # (the handler's caller is the frame the signal interrupted, or ``interrupts.Held``'s exit
     # that ran it late: the code running now, which ``frame`` may no longer be)
     here = sys._getframe(1) if frame is not None else None
-    if here is None or _in_program(here):
-        # The program's own code holds no lock of the code the cleanup runs (unless that code
-        # called it back, or the program took one itself: the futures' lock is let go of, as
+    if here is None or _stops_here(here):
+        # The program's own code, not called back by code that may hold a lock the cleanup takes:
+        # it holds none (unless the program took one itself: the futures' lock is let go of, as
         # this thread never runs on after this)
         if _let_go is not None:
             _let_go()
@@ -219,8 +220,10 @@ def _stop_in_program_code(frame: Any, worker: threading.Thread, signum: int, sin
     event in the program's own code: the next instruction of a program's frame on the
     stack (library code returned into it, or raised into it), or a call of its code."""
     def tracer(f: Any, event: str, arg: Any) -> Any:
-        if not _in_program(f):
-            return None  # (a new frame of library code: not traced inside; its callers are)
+        if not _stops_here(f):
+            # (library code, or the program's called back by code taking the cleanup's locks: run
+            # on, untraced inside; it stops no later than where it returns to, which is traced)
+            return None
         sys.settrace(None)
         f.f_trace = None
         _park(worker, signum, since)
@@ -230,7 +233,7 @@ def _stop_in_program_code(frame: Any, worker: threading.Thread, signum: int, sin
     _parked_at_exit = (worker, signum, since)
     f = frame
     while f is not None:
-        if _in_program(f):
+        if _stops_here(f):  # (whether a frame is one never changes: its callers stay)
             f.f_trace = tracer
             f.f_trace_opcodes = True  # (at its next instruction, not its next line)
         f = f.f_back
@@ -255,20 +258,53 @@ def _park_at_exit() -> None:
 
 def _in_program(frame: Any) -> bool:
     """Whether ``frame`` runs the program's own code: its main module's (wherever it is), or
-    code outside library code."""
-    return frame.f_globals.get("__name__") == "__main__" or not _is_library(frame.f_code.co_filename)
+    code outside library code. Code compiled from text (``<string>``) is its module's: a
+    dataclass's ``__init__`` is the module's that made it (the local backend's make some,
+    and run them with its lock held); without a module of its own (a namedtuple's
+    ``__new__``, code the program ran with ``exec`` in a dict of its own) it is taken for
+    library code, which the main thread runs on in rather than stopping where it may hold
+    a lock."""
+    g = frame.f_globals
+    if g.get("__name__") == "__main__":
+        return True
+    filename = frame.f_code.co_filename
+    if filename.startswith("<") and not filename.startswith("<frozen"):
+        filename = g.get("__file__") or ""
+        if not isinstance(filename, str) or not filename:
+            return False
+    return not _is_library(filename)
+
+
+def _stops_here(frame: Any) -> bool:
+    """Whether the main thread stops at ``frame``: the program's own code, with no code below
+    it that takes locks the cleanup takes (wrenpack's, logging's): the program's code that
+    such code called back (a logging handler of the program's, which logging calls with the
+    handler's lock held) is no place to stop. (Other library code below, such as the runner
+    that ran the program, pytest's or asyncio's, takes none of them.)"""
+    if not _in_program(frame):
+        return False
+    f = frame.f_back
+    while f is not None:
+        if f.f_code.co_filename.startswith(_locking_roots):
+            return False
+        f = f.f_back
+    return True
 
 
 #: whether code of a file is library code (``_is_library``), by file name
 _kinds: dict[str, bool] = {}
+#: wrenpack's ``__init__.py`` (its folder is wrenpack's code)
+_WRENPACK_INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__init__.py")
 #: the folders of library code (``_roots``), found when the handler is installed
 _library_roots: tuple[str, ...] = ()
+#: the folders of the library code that takes the cleanup's locks: wrenpack's, logging's
+_locking_roots: tuple[str, ...] = ()
 
 
 def _is_library(filename: str) -> bool:
     """Whether code of ``filename`` is library code, which may hold a lock the cleanup takes:
     wrenpack's own, the standard library's, an installed package's; not the program's (its
-    script, its modules, code it compiled: ``<string>``)."""
+    script, its modules). (Code compiled from text: ``_in_program``.)"""
     known = _kinds.get(filename)
     if known is None:
         if filename.startswith("<"):
@@ -284,7 +320,7 @@ def _roots() -> tuple[str, ...]:
     import site
     import sysconfig
 
-    found = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # (wrenpack/)
+    found = [os.path.dirname(_WRENPACK_INIT)]
     paths = sysconfig.get_paths()
     found += [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)]
     try:
