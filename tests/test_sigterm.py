@@ -253,3 +253,141 @@ def test_a_program_that_catches_everything_still_ends(tmp_path):
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
     assert "still running at exit" in err and _stored(tmp_path) == [], err
+
+
+# The main thread holds, for a moment, a lock the cleanup also takes, in the code that owns it
+# (compiled as that module's file: the handler finds the main thread in that module's code,
+# as it would in its own critical section); the signal lands inside, every time.
+_HOLDING = _MAP_REDUCE.replace("""
+    print("ready", flush=True)
+    fut.result()
+""", """
+    import concurrent.futures as cf, logging, threading
+    import wrenpack.backends.local.scheduler, wrenpack.executor.core, wrenpack.progress
+    ex = wrenpack.executor.core.default_executor()
+    running = [f for job in list(ex._jobs.values()) for f in list(job.futures.values())]
+    def tally():  # the tally of a progress wait on the calls running (``progress.wait``), counted as they end
+        tally = wrenpack.progress._Tally()
+        for f in running:
+            f.add_done_callback(tally.finished)
+        return tally._lock
+    def waiter():  # ``concurrent.futures.wait`` on them: its Event's lock (``Event.wait`` holds it a moment)
+        return cf._base._create_and_install_waiters(running, cf.ALL_COMPLETED).event._cond
+    lock = LOCK_EXPR
+    held = "with lock:\\n    print('ready', flush=True)\\n    time.sleep(1)\\n"
+    exec(compile(held, WHERE.__file__, "exec"), {"lock": lock, "time": time})
+    print("went on", flush=True)  # (the program's own code: stopped before it)
+    fut.result()
+""")
+
+#: the locks the cleanup takes that the main thread holds in wrenpack's (or logging's) own code
+_HELD_LOCKS = {
+    "executor": ("ex._lock", "wrenpack.executor.core"),  # launches, completions read here, result()'s fill
+    "owned-prefixes": ("ex._owned_lock", "wrenpack.executor.core"),  # a map_reduce's prefixes, while_owned
+    "local-backend": ("ex.backend._lock", "wrenpack.backends.local.scheduler"),  # invoke_many, wait_here
+    "logging": ("logging.lastResort.lock", "logging"),  # a warning being written (the cleanup logs its own)
+    "progress": ("tally()", "wrenpack.progress"),  # a progress wait's count (a plain Lock)
+    "stdlib-event": ("waiter()", "threading"),  # an Event of the standard library's (a plain Lock)
+    "futures": ("wrenpack.futures._LOCK", "wrenpack.executor.core"),  # (let go already; here for completeness)
+}
+
+
+@pytest.mark.parametrize("name", list(_HELD_LOCKS))
+def test_a_sigterm_that_lands_while_the_main_thread_holds_a_lock_the_cleanup_takes_still_cleans_up(tmp_path, name):
+    """Not only the futures' lock: the handler froze the main thread wherever the signal landed,
+    inside the executor's lock (a launch, a completion read on the waiting thread), the lock of a
+    map_reduce's prefixes, the local backend's, a logging handler's (a warning being written), a
+    progress wait's, an Event's of ``concurrent.futures.wait`` (the cleanup ends the calls). The
+    cleanup thread then waited for that lock until ``CLEANUP_S`` (30 s) and the process ended with
+    the shuffle's 13 objects in the store (measured on each before the fix). The handler now lets
+    the main thread run on out of such code, and stops it where the program's own code would run."""
+    lock, where = _HELD_LOCKS[name]
+    script = _HOLDING.replace("LOCK_EXPR", lock).replace("WHERE", where)
+    with _ready(tmp_path, script) as proc:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == -signal.SIGTERM and out == "", (out, err)  # (nothing of the program ran on)
+    assert _stored(tmp_path) == [], err  # (before: 13 objects but with the prefixes' lock, after 30 s)
+    assert took < 15 and "still running at exit" in err, (took, err)
+
+
+_EXTRA_CASES = {
+    # wrenpack's code that the main thread never leaves once the signal came (here an Event
+    # nobody sets): the process ends once the cleanup is over, not at CLEANUP_S
+    "never-back": _MAP_REDUCE.replace("""
+    print("ready", flush=True)
+    fut.result()
+""", """
+    import threading, wrenpack.executor.core
+    stuck = "print('ready', flush=True)\\nthreading.Event().wait()\\n"
+    exec(compile(stuck, wrenpack.executor.core.__file__, "exec"), {"threading": threading})
+    print("went on", flush=True)
+"""),
+}
+
+
+def test_a_sigterm_that_lands_in_wrenpacks_code_the_main_thread_never_leaves_ends_the_driver(tmp_path):
+    """The main thread runs on out of library code after the signal (the test above); code it
+    never leaves (a wait on what the cleanup does not end) does not hold the process up: it
+    ends once the cleanup is over, by the signal, with nothing left."""
+    with _ready(tmp_path, _EXTRA_CASES["never-back"]) as proc:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
+    assert _stored(tmp_path) == [] and time.monotonic() - t0 < 15 and "still running at exit" in err, err
+
+
+def test_a_sigterm_that_lands_in_an_exit_hook_still_ends_the_driver_by_it_after_the_cleanup(tmp_path):
+    """A main thread that runs on out of library code may run on into the interpreter's exit
+    (the signal landed in an exit hook): it is stopped after the other exit hooks until the
+    cleanup is over, and the process ends by the signal, not with a cleanup the interpreter's
+    end cut short and exit status 0."""
+    script = _SLOW_CLEANUP.format(cleanup_s=1.5).replace("""
+    print("ready", flush=True)
+    time.sleep(60)
+""", """
+    import atexit, threading
+    hook = {}
+    exec(compile("def hook():\\n    print('ready', flush=True)\\n    time.sleep(1)\\n", threading.__file__, "exec"),
+         {"time": time}, hook)
+    atexit.register(hook["hook"])
+""")
+    with _ready(tmp_path, script) as proc:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM and out.split() == ["cleaning", "cleaned"], (out, err)
+
+
+def test_a_sigterm_that_lands_in_the_programs_own_logging_handler_still_cleans_up(tmp_path):
+    """The program's own code, called back by library code that holds a lock the cleanup takes:
+    logging calls a handler's ``emit`` with the handler's lock held, and the cleanup's warning
+    goes to the same handler. Stopped there, the main thread held that lock for good (the
+    cleanup waited for it until ``CLEANUP_S``, and the shuffle's objects stayed); it runs on
+    out of logging first, and stops in the program's code that logged."""
+    script = _MAP_REDUCE.replace("""
+    print("ready", flush=True)
+    fut.result()
+""", """
+    import logging
+    class Slow(logging.Handler):  # (a handler of the program's own: a slow disk, a network log)
+        said = False
+        def emit(self, record):
+            if not Slow.said:
+                Slow.said = True
+                print("ready", flush=True)
+                time.sleep(1)
+            sys.stderr.write(record.getMessage() + "\\n")
+    logging.getLogger().addHandler(Slow())
+    logging.getLogger("program").warning("the program logs")
+    print("went on", flush=True)
+    fut.result()
+""")
+    with _ready(tmp_path, script) as proc:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
+    assert _stored(tmp_path) == [] and time.monotonic() - t0 < 15 and "still running at exit" in err, err

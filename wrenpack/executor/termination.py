@@ -10,10 +10,19 @@ objects removed, as at a normal exit) and then lets SIGTERM's default action end
 the process, as before: the same exit status, and nothing else of the program
 runs (no ``finally``, no other exit hook), so a program or framework that
 catches ``SystemExit`` (a test runner, a server loop) still ends. The cleanup
-runs in a thread of its own, waited for at most ``CLEANUP_S``; locks the main
-thread may hold where the handler runs and the cleanup needs (the futures' lock,
-held between bytecodes of ``result()``) are let go first, for good, since the
-main thread never runs on (``exit_on_sigterm``'s ``let_go``). A SIGTERM more
+runs in a thread of its own, waited for at most ``CLEANUP_S``. The main thread,
+which the handler interrupts between two bytecodes, may hold there any lock the
+cleanup takes: the executor's, the local backend's, a logging handler's, a
+progress wait's, an Event's of the standard library, the futures' one held in
+``result()``; frozen in the handler, it held it for good, the cleanup waited for
+it until ``CLEANUP_S`` and the process ended with its jobs' objects in the store.
+So where the signal lands in library code (wrenpack's, the standard library's, an
+installed package's: where such locks are held) the main thread runs on, out of
+its critical section, and stops at the first instruction of the program's own
+code it comes back to (``_stop_in_program_code``): the cleanup runs meanwhile, and
+nothing of the program runs after the signal. Landing in the program's own code,
+it stops there at once, after letting go of the futures' lock for good
+(``exit_on_sigterm``'s ``let_go``: a test holds it there). A SIGTERM more
 than a second after the first ends the process at once; one within a second is
 the same request sent twice (``timeout`` signals the program, then its process
 group) and is ignored.
@@ -29,6 +38,7 @@ after their fork ran on; ``multiprocessing.Pool.terminate`` hung on such a one).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -58,7 +68,7 @@ def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | No
     """Install the handler, once per process, if SIGTERM is at its default and this is
     the main thread of a driver (not a wrenpack worker, which has its own). ``let_go``
     gives up, in the thread the handler interrupted, the locks ``cleanup`` takes."""
-    global _installed_in, _cleanup, _let_go
+    global _installed_in, _cleanup, _let_go, _library_roots, _locking_roots
     pid = os.getpid()
     if _installed_in == pid or threading.current_thread() is not threading.main_thread():
         return
@@ -68,6 +78,8 @@ def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | No
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return  # the program's own choice
         _cleanup, _let_go = cleanup, let_go
+        _library_roots = _roots()  # (now: not imports and file lookups in the handler)
+        _locking_roots = tuple(os.path.join(os.path.dirname(p), "") for p in (_WRENPACK_INIT, os.path.abspath(logging.__file__)))
         signal.signal(signal.SIGTERM, _stop)
     except (ValueError, OSError):  # (not the main interpreter, or no signals here)
         return
@@ -123,9 +135,14 @@ def leave_default() -> None:
 
 
 def _stop(signum: int, frame: Any) -> None:
-    """The handler: wrenpack's cleanup, then the default action."""
+    """The handler: wrenpack's cleanup, then the default action. The cleanup runs in a
+    thread of its own; the main thread, which the handler interrupted, waits for it (at
+    most ``CLEANUP_S``) where it holds none of the locks the cleanup takes: at once if
+    the signal landed in the program's own code, else once it is back there (``_park``)."""
     global _first
     if os.getpid() != _installed_in:  # a child forked without the hooks (os.fork is not all of them)
+        _end(signum)
+    if _over:  # (the cleanup is over: ``_watch`` signals the main thread to end the process)
         _end(signum)
     now = time.monotonic()
     if _first is not None:
@@ -134,17 +151,183 @@ def _stop(signum: int, frame: Any) -> None:
         _end(signum)  # asked again: the process ends now
     _first = now
     cleanup = _cleanup
-    if cleanup is not None:
+    if cleanup is None:
+        _end(signum)
+    worker = threading.Thread(target=_run_cleanup, args=(cleanup,), name="wrenpack-sigterm-cleanup", daemon=True)
+    # (the handler's caller is the frame the signal interrupted, or ``interrupts.Held``'s exit
+    # that ran it late: the code running now, which ``frame`` may no longer be)
+    here = sys._getframe(1) if frame is not None else None
+    if here is None or _stops_here(here):
+        # The program's own code, not called back by code that may hold a lock the cleanup takes:
+        # it holds none (unless the program took one itself: the futures' lock is let go of, as
+        # this thread never runs on after this)
         if _let_go is not None:
-            # (this thread may hold, between two bytecodes, a lock the cleanup takes: it waited
-            # for it until CLEANUP_S and removed nothing; this thread never runs on after this)
             _let_go()
-        log.info("wrenpack: SIGTERM: stopping the calls still running and removing their objects, then ending")
-        # (a thread of its own: this one may have been stopped holding a lock the cleanup takes)
-        worker = threading.Thread(target=cleanup, name="wrenpack-sigterm-cleanup", daemon=True)
         worker.start()
-        worker.join(CLEANUP_S)
+        _park(worker, signum, now)
+    # Library code (wrenpack's, the standard library's: threading, logging, queue, a package's):
+    # it may hold any lock the cleanup takes (the executor's, the local backend's, a logging
+    # handler's, an Event's), where it was stopped, for good. It runs on instead, out of its
+    # critical section, and the main thread is stopped at the first instruction of the
+    # program's own code it comes back to (a return, an exception, a callback): nothing of
+    # the program runs after the signal, as before. Code that never comes back (waiting on
+    # what the cleanup stops) is ended by ``_watch`` once the cleanup is over.
+    worker.start()
+    threading.Thread(target=_watch, args=(worker, signum, now), name="wrenpack-sigterm-watch", daemon=True).start()
+    _stop_in_program_code(here, worker, signum, now)
+
+
+#: set once the cleanup ended, or ran out of time (``_watch``)
+_over = False
+#: how long after the cleanup ``_watch`` waits for the main thread to end the process by the
+#: signal before it ends it itself (a main thread in C code that a signal does not interrupt)
+END_GRACE_S = 5.0
+
+
+def _run_cleanup(cleanup: Callable[[], None]) -> None:
+    log.info("wrenpack: SIGTERM: stopping the calls still running and removing their objects, then ending")
+    cleanup()
+
+
+def _park(worker: threading.Thread, signum: int, since: float) -> None:
+    """The main thread waits for the cleanup, at most until ``CLEANUP_S`` after ``since``, and ends the process."""
+    worker.join(max(0.0, CLEANUP_S - (time.monotonic() - since)))
     _end(signum)
+
+
+def _watch(worker: threading.Thread, signum: int, since: float) -> None:
+    """The cleanup is waited for here when the main thread ran on: once it is over (or at
+    ``CLEANUP_S``), the main thread is signalled again and ends the process in the handler
+    (``_over``); if it cannot run the handler (stuck in C code), the process ends from here."""
+    global _over
+    worker.join(max(0.0, CLEANUP_S - (time.monotonic() - since)))
+    _over = True
+    try:
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    except (OSError, ValueError, AttributeError):
+        pass
+    time.sleep(END_GRACE_S)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - ending anyway
+            pass
+    os._exit(128 + signum)
+
+
+def _stop_in_program_code(frame: Any, worker: threading.Thread, signum: int, since: float) -> None:
+    """Trace the main thread (``sys.settrace``, this thread's only) and park it at the first
+    event in the program's own code: the next instruction of a program's frame on the
+    stack (library code returned into it, or raised into it), or a call of its code."""
+    def tracer(f: Any, event: str, arg: Any) -> Any:
+        if not _stops_here(f):
+            # (library code, or the program's called back by code taking the cleanup's locks: run
+            # on, untraced inside; it stops no later than where it returns to, which is traced)
+            return None
+        sys.settrace(None)
+        f.f_trace = None
+        _park(worker, signum, since)
+        return None
+
+    global _parked_at_exit
+    _parked_at_exit = (worker, signum, since)
+    f = frame
+    while f is not None:
+        if _stops_here(f):  # (whether a frame is one never changes: its callers stay)
+            f.f_trace = tracer
+            f.f_trace_opcodes = True  # (at its next instruction, not its next line)
+        f = f.f_back
+    sys.settrace(tracer)
+
+
+#: the cleanup, the signal and its time, while the main thread runs on (``_stop_in_program_code``)
+_parked_at_exit: tuple[threading.Thread, int, float] | None = None
+
+
+@atexit.register  # (registered first, run last: after wrenpack's own exit hooks)
+def _park_at_exit() -> None:
+    """A main thread that ran on after the signal into the interpreter's exit (the signal
+    landed in an exit hook, or in library code the program's last line called) is stopped
+    here, after the other exit hooks, until the cleanup is over: the process ends by the
+    signal, not with the cleanup cut short by the interpreter's end."""
+    parked = _parked_at_exit
+    if parked is not None and os.getpid() == _installed_in:
+        sys.settrace(None)
+        _park(*parked)
+
+
+def _in_program(frame: Any) -> bool:
+    """Whether ``frame`` runs the program's own code: its main module's (wherever it is), or
+    code outside library code. Code compiled from text (``<string>``) is its module's: a
+    dataclass's ``__init__`` is the module's that made it (the local backend's make some,
+    and run them with its lock held); without a module of its own (a namedtuple's
+    ``__new__``, code the program ran with ``exec`` in a dict of its own) it is taken for
+    library code, which the main thread runs on in rather than stopping where it may hold
+    a lock."""
+    g = frame.f_globals
+    if g.get("__name__") == "__main__":
+        return True
+    filename = frame.f_code.co_filename
+    if filename.startswith("<") and not filename.startswith("<frozen"):
+        filename = g.get("__file__") or ""
+        if not isinstance(filename, str) or not filename:
+            return False
+    return not _is_library(filename)
+
+
+def _stops_here(frame: Any) -> bool:
+    """Whether the main thread stops at ``frame``: the program's own code, with no code below
+    it that takes locks the cleanup takes (wrenpack's, logging's): the program's code that
+    such code called back (a logging handler of the program's, which logging calls with the
+    handler's lock held) is no place to stop. (Other library code below, such as the runner
+    that ran the program, pytest's or asyncio's, takes none of them.)"""
+    if not _in_program(frame):
+        return False
+    f = frame.f_back
+    while f is not None:
+        if f.f_code.co_filename.startswith(_locking_roots):
+            return False
+        f = f.f_back
+    return True
+
+
+#: whether code of a file is library code (``_is_library``), by file name
+_kinds: dict[str, bool] = {}
+#: wrenpack's ``__init__.py`` (its folder is wrenpack's code)
+_WRENPACK_INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__init__.py")
+#: the folders of library code (``_roots``), found when the handler is installed
+_library_roots: tuple[str, ...] = ()
+#: the folders of the library code that takes the cleanup's locks: wrenpack's, logging's
+_locking_roots: tuple[str, ...] = ()
+
+
+def _is_library(filename: str) -> bool:
+    """Whether code of ``filename`` is library code, which may hold a lock the cleanup takes:
+    wrenpack's own, the standard library's, an installed package's; not the program's (its
+    script, its modules). (Code compiled from text: ``_in_program``.)"""
+    known = _kinds.get(filename)
+    if known is None:
+        if filename.startswith("<"):
+            known = filename.startswith("<frozen")  # (<frozen importlib._bootstrap>, <frozen runpy>)
+        else:
+            known = os.path.realpath(filename).startswith(_library_roots)
+        _kinds[filename] = known
+    return known
+
+
+def _roots() -> tuple[str, ...]:
+    """The folders of library code: wrenpack's, the standard library's, the installed packages'."""
+    import site
+    import sysconfig
+
+    found = [os.path.dirname(_WRENPACK_INIT)]
+    paths = sysconfig.get_paths()
+    found += [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)]
+    try:
+        found += list(site.getsitepackages()) + [site.getusersitepackages()]
+    except AttributeError:  # (an old virtualenv's site)
+        pass
+    return tuple(sorted({os.path.join(os.path.realpath(p), "") for p in found}))
 
 
 def _end(signum: int) -> None:
