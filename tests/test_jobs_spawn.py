@@ -235,3 +235,22 @@ def test_the_final_progress_record_is_tried_again_after_a_store_error(tmp_path, 
     from wrenpack import keys
     record = job_record.open_progress(sup.secret, sup.job_id, sup.store.get(keys.progress_key(sup.job_id)))
     assert record["state"] == "done"
+
+
+def _noisy(x):
+    print("stdout of call", x)
+    print("stderr of call", x, file=sys.stderr)
+    return x
+
+
+def test_the_job_log_holds_what_the_calls_print_on_stdout_and_stderr(home):
+    """The supervisor pointed its fd 1 at /dev/null: the calls' stderr lines reached the job's
+    log, their print() lines went nowhere (only fut.logs' 64 KB tail kept them)."""
+    job = wrenpack.remote(_noisy, executor=Executor(backend="local", concurrency=2)).spawn_map([0, 1])
+    _alive, owner = job.supervisor()
+    assert job.results(timeout=60) == [0, 1]
+    _wait_gone(owner["pid"])  # (its relay writes a call's lines before it ends)
+    with open(job.log_path) as f:
+        text = f.read()
+    for x in (0, 1):
+        assert f"stdout of call {x}\n" in text and f"stderr of call {x}\n" in text, text

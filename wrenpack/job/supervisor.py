@@ -1,7 +1,8 @@
 """The supervisor of a spawned job: the detached process that runs its calls.
 
 Started by ``wrenpack.job.spawn`` in a session of its own, with its stderr
-on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
+on the job's log (``~/.cache/wrenpack/jobs/<job>.log``; its stdout too once
+the job is handed over, so what the calls print on either stream is there), it:
 
 1. reads the job (settings, pickled function and arguments, secret, sealed
    job record) from its stdin, written by the process that spawned it and by
@@ -130,12 +131,15 @@ class Supervisor:
             told = True
         except OSError:  # (BrokenPipeError) the spawning process is gone: it never returned the job
             told = False
-        # The pipes to the spawning process end here; fds 0 and 1 stay open on /dev/null, so no
-        # file or socket opened later (a worker's, which inherits them) takes their numbers.
-        null = os.open(os.devnull, os.O_RDWR)
+        # The pipes to the spawning process end here; fd 0 stays open on /dev/null and fd 1 on the job's
+        # log (as fd 2 is), so no file or socket opened later (a worker's, which inherits them) takes
+        # their numbers. What the local workers print is relayed to this process's sys.stdout and
+        # sys.stderr (``backends.local.output``): both streams of the calls are in the log (stdout on
+        # /dev/null dropped every print() of a call; only fut.logs' 64 KB tail kept it).
+        null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(null, 1)
         os.close(null)
+        os.dup2(2, 1)
         if not told:
             # Killed or interrupted inside spawn_map, it never gave anyone the job's id: nothing
             # is run, and the job's objects (its record, this owner record) are not left behind.
