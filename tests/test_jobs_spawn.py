@@ -4,8 +4,10 @@ run on, or stay in the store.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,7 +22,7 @@ from tests.test_jobs import ROOT, _store
 from wrenpack import keys
 from wrenpack.errors import ConfigError
 from wrenpack.executor import Executor
-from wrenpack.job import spawn
+from wrenpack.job import attach, spawn
 
 
 @pytest.fixture
@@ -254,3 +256,62 @@ def test_the_job_log_holds_what_the_calls_print_on_stdout_and_stderr(home):
         text = f.read()
     for x in (0, 1):
         assert f"stdout of call {x}\n" in text and f"stderr of call {x}\n" in text, text
+
+
+def _started(job, n: int = 1, within: float = 60.0) -> None:
+    end = time.monotonic() + within
+    while job.status()["running"] < n and time.monotonic() < end:
+        time.sleep(0.05)
+    assert job.status()["running"] >= n, job.status()
+
+
+#: the reason a supervisor that got SIGTERM gives (``supervisor.SIGTERM_REASON``)
+SIGTERM_REASON = "the supervisor got SIGTERM"
+
+
+def test_sigterm_to_a_supervisor_cancels_its_job_and_says_why(home):
+    """`kill PID` (systemctl stop, docker stop) of a spawned job's supervisor ended it at once
+    (SIGTERM's default action): the job was "lost", its calls failed with WorkerLost, and its log
+    stopped at "running 3 call(s)" without a word on why. Now it stops its calls as a cancel
+    does, records the end and the reason, and exits."""
+    from tests.test_jobs import _cli
+    job = wrenpack.remote(_nap, executor=Executor(backend="local", concurrency=1)).spawn_map([30.0, 30.0, 30.0])
+    _alive, owner = job.supervisor()
+    _started(job)
+    t0 = time.monotonic()
+    os.kill(owner["pid"], signal.SIGTERM)
+    _wait_gone(owner["pid"], within=20.0)
+    assert time.monotonic() - t0 < 10.0  # (its running call is stopped, not waited for)
+    status = job.status()
+    assert (status["state"], status.get("why"), status["cancelled"]) == ("cancelled", SIGTERM_REASON, 3), status
+    attached = attach(job.id)  # (a process that attaches afterwards: each call's error names the reason)
+    outcomes = wrenpack.get(attached.futures(), timeout=30, return_exceptions=True)
+    for out in outcomes:
+        assert isinstance(out, cf.CancelledError) and SIGTERM_REASON in str(out), outcomes
+    with open(job.log_path) as f:
+        text = f.read()
+    assert f"{SIGTERM_REASON}: stopping its calls" in text and f"cancelled ({SIGTERM_REASON})" in text, text
+    shown = _cli("jobs", "show", job.id)
+    assert f"state      cancelled ({SIGTERM_REASON}): 0 done" in shown.stdout, shown
+
+
+def test_a_second_sigterm_ends_the_supervisor_at_once(home):
+    """A job spawned with cancellable=False lets its running call run to its end after the first
+    SIGTERM; a second one ends the supervisor now, and the job's futures name the first."""
+    job = wrenpack.remote(_nap, executor=Executor(backend="local", concurrency=1),
+                          cancellable=False).spawn_map([30.0, 30.0])
+    futs = job.futures()
+    _alive, owner = job.supervisor()
+    _started(job)
+    os.kill(owner["pid"], signal.SIGTERM)
+    time.sleep(1.5)
+    assert alive(owner["pid"])  # (waiting for its running call)
+    assert job.status()["state"] == "cancelling"
+    t0 = time.monotonic()
+    os.kill(owner["pid"], signal.SIGTERM)
+    _wait_gone(owner["pid"], within=5.0)
+    assert time.monotonic() - t0 < 2.0
+    outcomes = wrenpack.get(futs, timeout=30, return_exceptions=True)
+    assert all(SIGTERM_REASON in str(out) for out in outcomes), outcomes
+    with open(job.log_path) as f:
+        assert "got SIGTERM again: ending now" in f.read()
