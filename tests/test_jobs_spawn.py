@@ -315,3 +315,40 @@ def test_a_second_sigterm_ends_the_supervisor_at_once(home):
     assert all(SIGTERM_REASON in str(out) for out in outcomes), outcomes
     with open(job.log_path) as f:
         assert "got SIGTERM again: ending now" in f.read()
+
+
+KILLED_AFTER_OK = """
+import os, signal, subprocess, types, wrenpack
+from wrenpack.job import spawn
+
+class Popen(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        print(self.pid, flush=True)
+
+class Job:  # made once the supervisor said "ok", before spawn_map returns it: killed there
+    def __init__(self, *_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+spawn.subprocess = types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE)
+spawn.Job = Job
+
+def square(x):
+    return x * x
+
+wrenpack.remote(square).spawn_map(range(3))
+"""
+
+
+def test_a_driver_killed_after_the_supervisors_ok_leaves_no_job_running(home):
+    """spawn_map went on for 75-140 ms after the supervisor's "ok" (freeing the pickled
+    arguments, making the Job): a driver killed then never returned the job, yet the job ran
+    all its calls. The supervisor now waits for spawn_map's last step, "go"."""
+    script = home / "driver.py"
+    script.write_text(textwrap.dedent(KILLED_AFTER_OK))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
+    assert out.returncode == -9, out.stderr
+    _wait_gone(int(out.stdout.split()[0]))
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []

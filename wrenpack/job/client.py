@@ -613,7 +613,7 @@ def _naming(exc: BaseException, reason: str) -> BaseException:
     """``exc`` with ``reason`` (why its job was stopped) at the end of its message."""
     if len(exc.args) == 1 and isinstance(exc.args[0], str):
         exc.args = (f"{exc.args[0]} ({reason})",)
-    else:
+    elif hasattr(exc, "add_note"):  # (Python 3.11+)
         exc.add_note(reason)
     return exc
 

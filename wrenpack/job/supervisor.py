@@ -10,7 +10,10 @@ the job is handed over, so what the calls print on either stream is there), it:
    stored nothing;
 2. writes its owner record (``jobs/<job>/owner.json``, sealed with the user's
    key: while it lives, ``wrenpack clean`` keeps the job), then the job record
-   (``jobs/<job>/job.json``), and says "ok";
+   (``jobs/<job>/job.json``), says "ok", and waits for the spawning process's
+   "go", its last step before ``spawn_map`` returns the job; if its end of the
+   pipe closes first (killed inside ``spawn_map``), nothing runs and the job's
+   objects and log are removed;
 3. launches the calls through an ``Executor`` of its own with the job's id and
    secret, ``keep_objects`` on (local workers store every result; nothing is
    deleted when the calls end), each event naming the job's cancel marker
@@ -175,7 +178,9 @@ class Supervisor:
         try:
             sys.stdout.write("ok\n")
             sys.stdout.flush()
-            told = True
+            # Its last word: "go" once spawn_map has done all it had to (its pickles freed, the Job
+            # made) but return; end of file if it died first. (A SIGTERM meanwhile is acted on below.)
+            told = sys.stdin.buffer.readline() == b"go\n"
         except OSError:  # (BrokenPipeError) the spawning process is gone: it never returned the job
             told = False
         # The pipes to the spawning process end here; fd 0 stays open on /dev/null and fd 1 on the job's
