@@ -352,3 +352,53 @@ def test_a_driver_killed_after_the_supervisors_ok_leaves_no_job_running(home):
     _wait_gone(int(out.stdout.split()[0]))
     assert _store().list(keys.JOBS) == []
     assert os.listdir(home / "cache" / "jobs") == []
+
+
+def _recording_popen(monkeypatch) -> list[subprocess.Popen]:
+    started: list[subprocess.Popen] = []
+
+    class Popen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(spawn, "subprocess", types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE,
+                                                                   TimeoutExpired=subprocess.TimeoutExpired))
+    return started
+
+
+def test_a_spawn_map_interrupted_after_the_supervisors_ok_leaves_nothing(home, monkeypatch):
+    """^C after the "ok", before the "go": the supervisor is ended, and the job's objects and log removed."""
+    started = _recording_popen(monkeypatch)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spawn, "Job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        wrenpack.remote(_square, executor=Executor(backend="local")).spawn_map([1, 2])
+    (proc,) = started
+    _wait_gone(proc.pid)
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []
+
+
+def test_a_supervisor_stopped_before_its_go_runs_nothing_and_says_why(home, monkeypatch):
+    """A SIGTERM between the supervisor's "ok" and spawn_map's "go": the job spawn_map returns
+    ends cancelled, none of its calls run, and each call's error names the SIGTERM."""
+    started = _recording_popen(monkeypatch)
+    real_job = spawn.Job
+
+    def sigterm_first(*args, **kwargs):
+        os.kill(started[0].pid, signal.SIGTERM)
+        time.sleep(0.3)  # (its handler has run)
+        return real_job(*args, **kwargs)
+
+    monkeypatch.setattr(spawn, "Job", sigterm_first)
+    job = wrenpack.remote(_square, executor=Executor(backend="local")).spawn_map([1, 2])
+    outcomes = wrenpack.get(job.futures(), timeout=30, return_exceptions=True)
+    assert all(isinstance(o, cf.CancelledError) and SIGTERM_REASON in str(o) for o in outcomes), outcomes
+    _wait_gone(started[0].pid)
+    status = job.status()
+    assert (status["state"], status["why"], status["done"], status["cancelled"]) == ("cancelled", SIGTERM_REASON, 0, 2)
+    assert not [k for k in _store().list(keys.result_prefix(job.id)) if k.endswith(".res")]  # (nothing ran)
