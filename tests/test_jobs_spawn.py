@@ -4,8 +4,10 @@ run on, or stay in the store.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,7 +22,7 @@ from tests.test_jobs import ROOT, _store
 from wrenpack import keys
 from wrenpack.errors import ConfigError
 from wrenpack.executor import Executor
-from wrenpack.job import spawn
+from wrenpack.job import attach, spawn
 
 
 @pytest.fixture
@@ -235,3 +237,168 @@ def test_the_final_progress_record_is_tried_again_after_a_store_error(tmp_path, 
     from wrenpack import keys
     record = job_record.open_progress(sup.secret, sup.job_id, sup.store.get(keys.progress_key(sup.job_id)))
     assert record["state"] == "done"
+
+
+def _noisy(x):
+    print("stdout of call", x)
+    print("stderr of call", x, file=sys.stderr)
+    return x
+
+
+def test_the_job_log_holds_what_the_calls_print_on_stdout_and_stderr(home):
+    """The supervisor pointed its fd 1 at /dev/null: the calls' stderr lines reached the job's
+    log, their print() lines went nowhere (only fut.logs' 64 KB tail kept them)."""
+    job = wrenpack.remote(_noisy, executor=Executor(backend="local", concurrency=2)).spawn_map([0, 1])
+    _alive, owner = job.supervisor()
+    assert job.results(timeout=60) == [0, 1]
+    _wait_gone(owner["pid"])  # (its relay writes a call's lines before it ends)
+    with open(job.log_path) as f:
+        text = f.read()
+    for x in (0, 1):
+        assert f"stdout of call {x}\n" in text and f"stderr of call {x}\n" in text, text
+
+
+def _started(job, n: int = 1, within: float = 60.0) -> None:
+    end = time.monotonic() + within
+    while job.status()["running"] < n and time.monotonic() < end:
+        time.sleep(0.05)
+    assert job.status()["running"] >= n, job.status()
+
+
+#: the reason a supervisor that got SIGTERM gives (``supervisor.SIGTERM_REASON``)
+SIGTERM_REASON = "the supervisor got SIGTERM"
+
+
+def test_sigterm_to_a_supervisor_cancels_its_job_and_says_why(home):
+    """`kill PID` (systemctl stop, docker stop) of a spawned job's supervisor ended it at once
+    (SIGTERM's default action): the job was "lost", its calls failed with WorkerLost, and its log
+    stopped at "running 3 call(s)" without a word on why. Now it stops its calls as a cancel
+    does, records the end and the reason, and exits."""
+    from tests.test_jobs import _cli
+    job = wrenpack.remote(_nap, executor=Executor(backend="local", concurrency=1)).spawn_map([30.0, 30.0, 30.0])
+    _alive, owner = job.supervisor()
+    _started(job)
+    t0 = time.monotonic()
+    os.kill(owner["pid"], signal.SIGTERM)
+    _wait_gone(owner["pid"], within=20.0)
+    assert time.monotonic() - t0 < 10.0  # (its running call is stopped, not waited for)
+    status = job.status()
+    assert (status["state"], status.get("why"), status["cancelled"]) == ("cancelled", SIGTERM_REASON, 3), status
+    attached = attach(job.id)  # (a process that attaches afterwards: each call's error names the reason)
+    outcomes = wrenpack.get(attached.futures(), timeout=30, return_exceptions=True)
+    for out in outcomes:
+        assert isinstance(out, cf.CancelledError) and SIGTERM_REASON in str(out), outcomes
+    with open(job.log_path) as f:
+        text = f.read()
+    assert f"{SIGTERM_REASON}: stopping its calls" in text and f"cancelled ({SIGTERM_REASON})" in text, text
+    shown = _cli("jobs", "show", job.id)
+    assert f"state      cancelled ({SIGTERM_REASON}): 0 done" in shown.stdout, shown
+
+
+def test_a_second_sigterm_ends_the_supervisor_at_once(home):
+    """A job spawned with cancellable=False lets its running call run to its end after the first
+    SIGTERM; a second one ends the supervisor now, and the job's futures name the first."""
+    job = wrenpack.remote(_nap, executor=Executor(backend="local", concurrency=1),
+                          cancellable=False).spawn_map([30.0, 30.0])
+    futs = job.futures()
+    _alive, owner = job.supervisor()
+    _started(job)
+    os.kill(owner["pid"], signal.SIGTERM)
+    time.sleep(1.5)
+    assert alive(owner["pid"])  # (waiting for its running call)
+    assert job.status()["state"] == "cancelling"
+    t0 = time.monotonic()
+    os.kill(owner["pid"], signal.SIGTERM)
+    _wait_gone(owner["pid"], within=5.0)
+    assert time.monotonic() - t0 < 2.0
+    outcomes = wrenpack.get(futs, timeout=30, return_exceptions=True)
+    assert all(SIGTERM_REASON in str(out) for out in outcomes), outcomes
+    with open(job.log_path) as f:
+        assert "got SIGTERM again: ending now" in f.read()
+
+
+KILLED_AFTER_OK = """
+import os, signal, subprocess, types, wrenpack
+from wrenpack.job import spawn
+
+class Popen(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        print(self.pid, flush=True)
+
+class Job:  # made once the supervisor said "ok", before spawn_map returns it: killed there
+    def __init__(self, *_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+spawn.subprocess = types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE)
+spawn.Job = Job
+
+def square(x):
+    return x * x
+
+wrenpack.remote(square).spawn_map(range(3))
+"""
+
+
+def test_a_driver_killed_after_the_supervisors_ok_leaves_no_job_running(home):
+    """spawn_map went on for 75-140 ms after the supervisor's "ok" (freeing the pickled
+    arguments, making the Job): a driver killed then never returned the job, yet the job ran
+    all its calls. The supervisor now waits for spawn_map's last step, "go"."""
+    script = home / "driver.py"
+    script.write_text(textwrap.dedent(KILLED_AFTER_OK))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
+    assert out.returncode == -9, out.stderr
+    _wait_gone(int(out.stdout.split()[0]))
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []
+
+
+def _recording_popen(monkeypatch) -> list[subprocess.Popen]:
+    started: list[subprocess.Popen] = []
+
+    class Popen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(spawn, "subprocess", types.SimpleNamespace(Popen=Popen, PIPE=subprocess.PIPE,
+                                                                   TimeoutExpired=subprocess.TimeoutExpired))
+    return started
+
+
+def test_a_spawn_map_interrupted_after_the_supervisors_ok_leaves_nothing(home, monkeypatch):
+    """^C after the "ok", before the "go": the supervisor is ended, and the job's objects and log removed."""
+    started = _recording_popen(monkeypatch)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spawn, "Job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        wrenpack.remote(_square, executor=Executor(backend="local")).spawn_map([1, 2])
+    (proc,) = started
+    _wait_gone(proc.pid)
+    assert _store().list(keys.JOBS) == []
+    assert os.listdir(home / "cache" / "jobs") == []
+
+
+def test_a_supervisor_stopped_before_its_go_runs_nothing_and_says_why(home, monkeypatch):
+    """A SIGTERM between the supervisor's "ok" and spawn_map's "go": the job spawn_map returns
+    ends cancelled, none of its calls run, and each call's error names the SIGTERM."""
+    started = _recording_popen(monkeypatch)
+    real_job = spawn.Job
+
+    def sigterm_first(*args, **kwargs):
+        os.kill(started[0].pid, signal.SIGTERM)
+        time.sleep(0.3)  # (its handler has run)
+        return real_job(*args, **kwargs)
+
+    monkeypatch.setattr(spawn, "Job", sigterm_first)
+    job = wrenpack.remote(_square, executor=Executor(backend="local")).spawn_map([1, 2])
+    outcomes = wrenpack.get(job.futures(), timeout=30, return_exceptions=True)
+    assert all(isinstance(o, cf.CancelledError) and SIGTERM_REASON in str(o) for o in outcomes), outcomes
+    _wait_gone(started[0].pid)
+    status = job.status()
+    assert (status["state"], status["why"], status["done"], status["cancelled"]) == ("cancelled", SIGTERM_REASON, 0, 2)
+    assert not [k for k in _store().list(keys.result_prefix(job.id)) if k.endswith(".res")]  # (nothing ran)

@@ -134,7 +134,8 @@ def _show(args: argparse.Namespace) -> int:
     print(f"job        {row['id']}")
     print(f"function   {row['function']} ({row['calls']} calls) on {row.get('backend')}, "
           f"memory={settings.get('memory')} MB, timeout={settings.get('timeout')} s")
-    print(f"state      {row['state']}: {row['done']} done, {row['failed']} failed, {row['running']} running, "
+    why = f" ({printable(str(row['why']))})" if row.get("why") else ""
+    print(f"state      {row['state']}{why}: {row['done']} done, {row['failed']} failed, {row['running']} running, "
           f"{row['queued']} queued, {row['cancelled']} cancelled")
     print(f"owner      {_owner(row)}; supervisor pid {sup.get('pid', '-')} "
           f"({'running' if sup.get('alive') else 'ended' if sup.get('alive') is False else 'unknown'})")

@@ -128,8 +128,8 @@ def _default_in_child() -> None:
 
 
 def leave_default() -> None:
-    """This process keeps SIGTERM's default action (a spawned job's supervisor: SIGTERM
-    ends it at once, as ``wrenpack jobs`` then reports, and its job's objects stay)."""
+    """No driver's handler here (a spawned job's supervisor: it handles SIGTERM itself,
+    cancelling its job and recording why, and its job's objects stay)."""
     global _installed_in
     _installed_in = os.getpid()
 

@@ -184,6 +184,8 @@ class Job:
         self._lock = threading.Lock()
         self._futures: list[WrenFuture] | None = None
         self._watcher: threading.Thread | None = None
+        #: why the job was stopped other than by its user's cancel, once known (``stop_reason``)
+        self._reason: str | None = None
         # (its futures hold it: a report of them is priced with the job's own settings)
         self._key = SpawnedJobKey(job_id, self.report_settings())
         refs.remember(job_id, secret)  # a future of this job pickled here carries it (as a launched one's does)
@@ -275,6 +277,22 @@ class Job:
             _warn_once(self.store, f"{exc}; ignored")
             return False
 
+    def stop_reason(self) -> str | None:
+        """Why the job was stopped other than by its user's cancel ("the supervisor got
+        SIGTERM"), as its final progress record or its cancel marker (both sealed) says;
+        None for a job not stopped so (a user's cancel says nothing more)."""
+        if self._reason is not None:
+            return self._reason
+        reason = (self.progress() or {}).get("reason")
+        if not isinstance(reason, str):
+            try:
+                reason = job_record.open_cancel(self._secret, self.id, self.store.get(keys.cancel_key(self.id))).get("reason")
+            except (ObjectNotFound, CorruptObject):
+                reason = None
+        if isinstance(reason, str) and reason:
+            self._reason = reason
+        return self._reason
+
     @property
     def stops_running(self) -> bool:
         """Whether a cancel stops the job's running calls (False: it was spawned with
@@ -302,10 +320,12 @@ class Job:
 
     def status(self) -> dict[str, Any]:
         """Counts and state: ``{"state", "calls", "done", "failed", "running",
-        "queued", "cancelled", "created", "updated", "cost"}``. ``state`` is
+        "queued", "cancelled", "created", "updated", "cost", "why"}``. ``state`` is
         "starting", "running", "cancelling", "done", "failed", "cancelled",
         "lost" (its supervisor ended before its calls did), or "removed" (its
-        objects were removed from the store since it was opened: ``wrenpack clean``)."""
+        objects were removed from the store since it was opened: ``wrenpack clean``).
+        ``why``: the reason a job was cancelled other than by its user (its supervisor
+        got SIGTERM: ``stop_reason``), else None."""
         progress = self.progress() or {}
         state = progress.get("state", "starting")
         if not progress and self.removed():
@@ -348,9 +368,10 @@ class Job:
         settings = self.record.get("settings") or {}
         cost = lambda_cost(float(settings.get("memory", 1024)), billed_ms, invocations,
                            str(settings.get("architecture", "x86_64")))
+        why = self.stop_reason() if state in ("cancelling", "cancelled", "lost") else None
         return {"id": self.id, "function": self.function, "state": state, "calls": self.calls, **counts,
                 "created": self.created, "updated": progress.get("updated"), "ended": progress.get("ended"),
-                "invocations": invocations, "billed_ms": billed_ms, "cost": cost}
+                "invocations": invocations, "billed_ms": billed_ms, "cost": cost, "why": why}
 
     def _outliving(self, progress: dict[str, Any]) -> set[str]:
         """The calls its supervisor had sent where calls outlive it (Lambda), when it died:
@@ -524,6 +545,11 @@ class Job:
             fut._resolve(True, outcome.value)
             return
         exc = outcome.rebuild(fut.label)
+        reason = self.stop_reason() if isinstance(exc, cf.CancelledError) else None
+        if reason is not None:
+            # (stopped because its supervisor got SIGTERM, not by its user: the error says so, ran or not)
+            fut._resolve(False, _naming(exc, reason))
+            return
         if isinstance(exc, cf.CancelledError) and status.get("start") is None and cf.Future.cancel(fut):
             # Cancelled before it ran (the job's cancel took it back): the future is cancelled, as
             # ``concurrent.futures`` has it for a future whose result() raises CancelledError (before,
@@ -583,11 +609,25 @@ def _pinned() -> bool:
     return True  # a spawned job's objects stay for its retention: a reference resolves elsewhere
 
 
+def _naming(exc: BaseException, reason: str) -> BaseException:
+    """``exc`` with ``reason`` (why its job was stopped) at the end of its message."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]} ({reason})",)
+    elif hasattr(exc, "add_note"):  # (Python 3.11+)
+        exc.add_note(reason)
+    return exc
+
+
 def _fail_rest(job: Job, futs: list[WrenFuture], cancelled: bool, why: str) -> None:
+    """Fail the futures not done: ``cancelled`` (``why``: a reason other than its user's
+    cancel, which each one's error names; none: cancelled as ``concurrent.futures`` has it),
+    or with ``WorkerLost`` saying ``why``."""
     for fut in futs:
         if fut.done():
             continue
-        if cancelled:
+        if cancelled and why:
+            fut._resolve(False, cf.CancelledError(f"{fut.label}: job {job.id} was cancelled ({why})"))
+        elif cancelled:
             if cf.Future.cancel(fut):  # (the base method: nothing to take back here)
                 fut.set_running_or_notify_cancel()
             else:
@@ -663,11 +703,13 @@ def _watch_round(job: Job, futs: list[WrenFuture], by_cid: dict[str, WrenFuture]
         return False
     _collect(job, by_cid, started)
     if state == "cancelled" or (state not in job_record.FINAL_STATES and job.stops_running and job.cancelled()):
-        _fail_rest(job, futs, True, "")  # (cancelled, or cancelled and then its supervisor died)
+        _fail_rest(job, futs, True, job.stop_reason() or "")  # (cancelled, or cancelled and then its supervisor died)
     elif state in job_record.FINAL_STATES:
         _fail_rest(job, futs, False, f"job {job.id} ended without a result for this call")
     else:
-        why = f"the process that ran job {job.id} ended before this call finished (its log: {log_path(job.id)})"
+        stopped = job.stop_reason()  # (asked to stop, a SIGTERM, and then killed before it recorded the end)
+        why = (f"the process that ran job {job.id} ended before this call finished "
+               f"({stopped + '; ' if stopped else ''}its log: {log_path(job.id)})")
         # Calls its backend had sent, where calls outlive the process that sent them (Lambda),
         # may still end: they are waited for until the latest they could.
         in_flight = set(progress.get("in_flight") or ()) if progress.get("outlive") else set()

@@ -1,7 +1,8 @@
 """The supervisor of a spawned job: the detached process that runs its calls.
 
 Started by ``wrenpack.job.spawn`` in a session of its own, with its stderr
-on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
+on the job's log (``~/.cache/wrenpack/jobs/<job>.log``; its stdout too once
+the job is handed over, so what the calls print on either stream is there), it:
 
 1. reads the job (settings, pickled function and arguments, secret, sealed
    job record) from its stdin, written by the process that spawned it and by
@@ -9,7 +10,10 @@ on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
    stored nothing;
 2. writes its owner record (``jobs/<job>/owner.json``, sealed with the user's
    key: while it lives, ``wrenpack clean`` keeps the job), then the job record
-   (``jobs/<job>/job.json``), and says "ok";
+   (``jobs/<job>/job.json``), says "ok", and waits for the spawning process's
+   "go", its last step before ``spawn_map`` returns the job; if its end of the
+   pipe closes first (killed inside ``spawn_map``), nothing runs and the job's
+   objects and log are removed;
 3. launches the calls through an ``Executor`` of its own with the job's id and
    secret, ``keep_objects`` on (local workers store every result; nothing is
    deleted when the calls end), each event naming the job's cancel marker
@@ -23,6 +27,15 @@ on the job's log (``~/.cache/wrenpack/jobs/<job>.log``), it:
    run billed), asked again each round for any not stopped yet;
 5. writes the final progress record, shuts its executor down (local workers
    are stopped) and exits.
+
+SIGTERM (``kill PID``, ``systemctl stop``, ``docker stop``) asks it to stop
+the job, as ``wrenpack jobs cancel`` does: it writes the job's cancel marker
+(with the reason, "the supervisor got SIGTERM"), stops the calls as a cancel
+does, writes the final record, state ``cancelled`` with that ``reason``, logs
+it and exits; an attached process's futures fail with an error naming it.
+Before, SIGTERM's default action ended it at once: the job was ``lost``, its
+calls ``WorkerLost``, and the log did not say why. A second SIGTERM (or a
+SIGKILL) ends it at once. SIGINT and SIGHUP (a terminal's) are ignored.
 """
 from __future__ import annotations
 
@@ -33,6 +46,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -55,6 +69,33 @@ log = logging.getLogger("wrenpack.job.supervisor")
 
 #: the progress record is written at most this often (s), and the cancel marker looked for
 PROGRESS_S = 0.5
+#: why the job is stopped before its calls all ended (the reason its records and log give)
+SIGTERM_REASON = "the supervisor got SIGTERM"
+#: set by the SIGTERM handler: the job is to stop (the main loop acts on it, within ``PROGRESS_S``)
+_stop_reason: str | None = None
+
+
+def _say(message: str) -> None:
+    """A line of the log written from a signal handler: straight to fd 2 (the ``logging``
+    module's locks may be held by the code the handler interrupted)."""
+    now = time.time()
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))},{int(now % 1 * 1000):03d} WARNING {log.name}: {message}\n"
+    with contextlib.suppress(OSError):
+        os.write(2, line.encode("utf-8", "replace"))
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    """The first SIGTERM: the job is stopped (``Supervisor._terminate``); a second: the end, now."""
+    global _stop_reason
+    job_id = sys.argv[1] if len(sys.argv) > 1 else "?"
+    if _stop_reason is not None:
+        _say(f"job {job_id}: the supervisor got SIGTERM again: ending now, without waiting for its calls")
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _stop_reason = SIGTERM_REASON
+    _say(f"job {job_id}: {SIGTERM_REASON}: stopping its calls as `wrenpack jobs cancel` does, then ending "
+         "(a second SIGTERM ends it at once)")
 
 
 def main() -> int:
@@ -68,7 +109,8 @@ def main() -> int:
         signal.signal(sig, signal.SIG_IGN)  # a terminal's keys and hang-up do not reach a spawned job
     from wrenpack.executor.termination import leave_default
 
-    leave_default()  # (its executor would otherwise stop the job's calls on SIGTERM, as a driver's does)
+    leave_default()  # (its executor would otherwise install a driver's SIGTERM handler: exit cleanup, then the end)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     job_id = sys.argv[1] if len(sys.argv) > 1 else "?"
     # The spawning process's own bytes, from its pipe: its sys.path and the size of the rest, then the job.
     try:
@@ -77,6 +119,10 @@ def main() -> int:
         body = sys.stdin.buffer.read(size)
     except (ValueError, KeyError, TypeError, OSError):
         body, size = b"", -1
+    if len(body) == size and _stop_reason is not None:
+        # Stopped before it stored anything: spawn_map gets no "ok" and says so, naming this log.
+        log.error("job %s: %s before the job was handed over; nothing was run or stored", job_id, _stop_reason)
+        return 1
     if len(body) != size:
         # Its spawning process ended (killed inside spawn_map) before it handed the whole job over: nothing
         # of the job was stored (spawn_map leaves that to this process, below), so nothing runs and
@@ -97,6 +143,11 @@ def main() -> int:
 
 
 class Supervisor:
+    #: why the job was stopped before its calls ended, other than its user's cancel (a SIGTERM)
+    reason: str | None = None
+    #: whether the SIGTERM was acted on (``_terminate``)
+    terminating = False
+
     def __init__(self, spec: dict[str, Any]) -> None:
         self.job_id: str = spec["job_id"]
         self.secret: bytes = spec["secret"]
@@ -127,15 +178,20 @@ class Supervisor:
         try:
             sys.stdout.write("ok\n")
             sys.stdout.flush()
-            told = True
+            # Its last word: "go" once spawn_map has done all it had to (its pickles freed, the Job
+            # made) but return; end of file if it died first. (A SIGTERM meanwhile is acted on below.)
+            told = sys.stdin.buffer.readline() == b"go\n"
         except OSError:  # (BrokenPipeError) the spawning process is gone: it never returned the job
             told = False
-        # The pipes to the spawning process end here; fds 0 and 1 stay open on /dev/null, so no
-        # file or socket opened later (a worker's, which inherits them) takes their numbers.
-        null = os.open(os.devnull, os.O_RDWR)
+        # The pipes to the spawning process end here; fd 0 stays open on /dev/null and fd 1 on the job's
+        # log (as fd 2 is), so no file or socket opened later (a worker's, which inherits them) takes
+        # their numbers. What the local workers print is relayed to this process's sys.stdout and
+        # sys.stderr (``backends.local.output``): both streams of the calls are in the log (stdout on
+        # /dev/null dropped every print() of a call; only fut.logs' 64 KB tail kept it).
+        null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(null, 1)
         os.close(null)
+        os.dup2(2, 1)
         if not told:
             # Killed or interrupted inside spawn_map, it never gave anyone the job's id: nothing
             # is run, and the job's objects (its record, this owner record) are not left behind.
@@ -145,6 +201,9 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.unlink(log_path(job_id))
             return 1
+        if _stop_reason is not None:
+            self._stopped_before_launch(_stop_reason, len(spec["payloads"]))
+            return 0
         log.info("job %s: running %d call(s) of %s", job_id, len(spec["payloads"]), self.label)
         for ref_job, ref_secret in spec["ref_secrets"].items():
             refs.remember(ref_job, ref_secret)
@@ -174,7 +233,9 @@ class Supervisor:
             done, _pending = cf.wait(self.futures, timeout=PROGRESS_S, return_when=cf.ALL_COMPLETED)
             if len(done) == len(self.futures):
                 break
-            if not self.cancelled and self._cancel_marked():
+            if _stop_reason is not None and not self.terminating:
+                self._terminate(_stop_reason)
+            elif not self.cancelled and self._cancel_marked():
                 self._cancel()
             elif self.cancelled:
                 self._stop_calls()  # (a call being launched, or between two segments, when it was first asked)
@@ -182,7 +243,7 @@ class Supervisor:
         state = "cancelled" if self.cancelled else "failed" if any(
             not f.cancelled() and f.exception() is not None for f in self.futures) else "done"
         self._write_final(state)
-        log.info("job %s: %s", job_id, state)
+        log.info("job %s: %s%s", job_id, state, f" ({self.reason})" if self.reason else "")
         self.executor.shutdown(wait=True)
         return 0
 
@@ -232,6 +293,38 @@ class Supervisor:
         self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
 
     # -- cancel ----------------------------------------------------------------------
+    def _terminate(self, reason: str) -> None:
+        """Stop the job for ``reason`` (a SIGTERM) as a cancel does: its cancel marker, with the
+        reason, is written first (calls on Lambda watch it and stop themselves; an attached
+        process knows the job was cancelled, and why, even if this process is killed next), then
+        the calls are stopped. A job its user cancelled already goes on stopping as it was."""
+        self.terminating = True
+        self.reason = reason if not self.cancelled else None
+        if self.reason is None:
+            log.info("job %s: %s; it is being cancelled already", self.job_id, reason)
+            return
+        marker = {"at": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "reason": reason}
+        try:
+            self.store.put(keys.cancel_key(self.job_id), job_record.seal_cancel(self.secret, self.job_id, marker),
+                           if_absent=True)
+        except Exception:  # noqa: BLE001 - the calls are stopped here all the same (on Lambda, not the running ones)
+            log.warning("job %s: could not write its cancel marker", self.job_id, exc_info=True)
+        self._cancel()
+
+    def _stopped_before_launch(self, reason: str, calls: int) -> None:
+        """Stopped (a SIGTERM) after spawn_map returned the job, before a call was launched:
+        nothing runs; the job ends cancelled, saying why."""
+        self.reason = reason
+        now = time.time()
+        marker = {"at": now, "host": socket.gethostname(), "pid": os.getpid(), "reason": reason}
+        with contextlib.suppress(Exception):
+            self.store.put(keys.cancel_key(self.job_id), job_record.seal_cancel(self.secret, self.job_id, marker),
+                           if_absent=True)
+        progress = {"state": "cancelled", "done": 0, "failed": 0, "running": 0, "queued": 0, "cancelled": calls,
+                    "invocations": 0, "billed_ms": 0, "updated": now, "ended": now, "reason": reason}
+        self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
+        log.warning("job %s: %s before its calls were launched; none ran: cancelled (%s)", self.job_id, reason, reason)
+
     def _cancel_marked(self) -> bool:
         try:
             job_record.open_cancel(self.secret, self.job_id, self.store.get(keys.cancel_key(self.job_id)))
@@ -247,11 +340,12 @@ class Supervisor:
 
     def _cancel(self) -> None:
         self.cancelled = True
+        why = f"{self.reason}: cancelled" if self.reason else "cancelled"
         if self.stops_running:
-            log.info("job %s: cancelled; stopping its calls", self.job_id)
+            log.info("job %s: %s; stopping its calls", self.job_id, why)
         else:
-            log.info("job %s: cancelled; its queued calls will not start, and its running ones run to their end "
-                     "(cancellable=False)", self.job_id)
+            log.info("job %s: %s; its queued calls will not start, and its running ones run to their end "
+                     "(cancellable=False)", self.job_id, why)
         self._stop_calls()
 
     def _stop_calls(self) -> None:
@@ -313,7 +407,7 @@ class Supervisor:
             else:
                 counts["queued"] += 1
         with self._lock:
-            seen = (state, tuple(counts.values()), self.billed_ms, tuple(in_flight))
+            seen = (state, tuple(counts.values()), self.billed_ms, tuple(in_flight), self.reason)
         if state == "running" and seen == self._written:
             return True
         now = time.time()
@@ -321,6 +415,8 @@ class Supervisor:
             progress = dict(counts, state=state, invocations=self.invocations, billed_ms=self.billed_ms, updated=now,
                             ended=None if state == "running" else now, outlive=self.outlive,
                             in_flight=in_flight if self.outlive and state == "running" else [])
+            if self.reason is not None:
+                progress["reason"] = self.reason
         try:
             self.store.put(keys.progress_key(self.job_id), job_record.seal_progress(self.secret, self.job_id, progress))
             self._written = seen
