@@ -105,3 +105,40 @@ def test_build_runtime_json_errors_before_the_build_are_a_document_too(tmp_path,
     import os
 
     assert not os.path.exists(out_dir)
+
+
+def test_an_option_given_empty_is_refused_before_the_command_runs(tmp_path, capsys, monkeypatch):
+    """An option given as empty or blank text (``--storage "$STORE"`` with STORE unset) is refused in one
+    line, exit 2, before the command runs: `clean --all --storage ""` cleaned the configured store (every
+    job in it) and exited 0, as `jobs`, `--region ""`, `--lock ""`... fell back to the setting quietly.
+    Under --json the error is a document on stdout too."""
+    import json
+
+    from wrenpack.cli import main
+
+    store = tmp_path / "configured"
+    (store / "jobs").mkdir(parents=True)
+    (store / "jobs" / "keepme").write_text("x")  # (not wrenpack's: whatever happens, nothing of it goes)
+    monkeypatch.setenv("WRENPACK_STORAGE", str(store))
+    for argv, flag in ((["clean", "--all", "--storage", ""], "--storage"),
+                       (["clean", "--all", "--force", "--storage=  "], "--storage"),
+                       (["jobs", "--region", ""], "--region"),
+                       (["jobs", "show", "20261207-134555-f368f2a2", "--profile", " "], "--profile"),
+                       (["jobs", "--storage", str(store), "cancel", "20261207-134555-f368f2a2",
+                         "--s3-endpoint-url", ""], "--s3-endpoint-url"),
+                       (["iam-policy", "--region", ""], "--region"),
+                       (["doctor", "--lambda-endpoint-url", ""], "--lambda-endpoint-url"),
+                       (["build-runtime", "six", "--lock", "", "--output", str(tmp_path / "rt")], "--lock"),
+                       (["profile", "m:f", "--kwargs", ""], "--kwargs")):
+        for json_flag in ([], ["--json"]):
+            code = main([*argv, *json_flag])
+            out = capsys.readouterr()
+            assert code == 2, (argv, json_flag, out)
+            assert out.err.count("\n") == 1 and out.err.startswith(f"wrenpack: error: {flag} ") \
+                and "is empty" in out.err, (argv, out.err)
+            if json_flag:
+                doc = json.loads(out.out)
+                assert doc["ok"] is False and doc["error"] == "ConfigError" and flag in doc["message"], doc
+            else:
+                assert out.out == "", (argv, out.out)
+    assert (store / "jobs" / "keepme").exists() and not (tmp_path / "rt").exists()

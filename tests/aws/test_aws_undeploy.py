@@ -151,7 +151,7 @@ def test_undeploy_asks_and_a_failure_removes_the_rest_and_exits_1(aws_cli, role_
     code, _, err = run(capsys, "undeploy", "--function-name", "wp-undo-fail", "--yes", "--storage", str(tmp_path))
     assert code == 2 and "--storage s3://BUCKET/PREFIX" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "undeploy", "--function-name", "wp-undo-fail", "--yes", "--region", "us-east-1a",
-                       "--lambda-endpoint-url", "", "--s3-endpoint-url", "")
+                       "--lambda-endpoint-url", "none", "--s3-endpoint-url", "none")
     assert code == 2 and "use us-east-1" in err, err
     # no --yes: asked; with no terminal to answer on, a usage error before anything changes
     code, _, err = run(capsys, "undeploy", "--function-name", "wp-undo-fail")

@@ -4,7 +4,8 @@ Each subcommand lives in its own module exposing ``register(subparsers)``;
 the module is imported only when its command is named, so ``wrenpack --help``
 and each command stay quick. Errors derived from ``WrenpackError`` print one
 line and exit 1 (under ``--json`` a command also prints ``{"ok": false, ...}`` on stdout: ``json_errors``);
-bad usage exits 2 (argparse's convention); output to a reader
+bad usage exits 2 (argparse's convention), and so does an option given as empty text
+(``--storage "$STORE"`` with the variable unset: ``empty_option``); output to a reader
 that went away (``| head``) ends the command with 141, as SIGPIPE ends other tools.
 """
 from __future__ import annotations
@@ -89,6 +90,46 @@ def json_errors(run: Callable[[argparse.Namespace], int] | None = None, *,
     return wrapped
 
 
+#: the exit of bad usage (argparse's), and of an option given as empty text (``empty_option``)
+EXIT_USAGE = 2
+
+
+def _given_actions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The options of ``parser`` and of the subcommands ``args`` chose (``jobs show``), recursively."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                yield from _given_actions(chosen, args)
+        elif action.option_strings:
+            yield action
+
+
+def empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The one-line problem with an option given as empty (or blank) text, None if there is none.
+
+    Every command read such a value as "not given": ``wrenpack clean --all --storage "$STORE"``
+    with ``STORE`` unset cleaned the configured store, and ``--region ""``, ``--lock ""`` or
+    ``--cache-dir ""`` fell back to the setting or default as quietly. No option of wrenpack's
+    means anything when empty, so one check here refuses all of them, for every command, before
+    it runs (exit 2, as a usage error; ``--json`` also gets the error as a document)."""
+    for action in _given_actions(parser, args):
+        value = getattr(args, action.dest, None)
+        if value is action.default:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.strip():
+                flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+                unset = " (or 'none' for no value)" if action.dest in _NULLABLE else ""
+                return (f"{flag} {item!r} is empty (an unset shell variable?); give it a value{unset}, or leave "
+                        f"{flag} out for its default")
+    return None
+
+
+#: options whose setting may be unset on purpose: ``--s3-endpoint-url none`` overrides WRENPACK_S3_ENDPOINT_URL
+_NULLABLE = {"region", "profile", "aws_region", "aws_profile", "s3_endpoint_url", "lambda_endpoint_url"}
+
+
 #: what a shell reports for a command SIGPIPE ended (128 + 13): the exit of a reader gone away
 EXIT_BROKEN_PIPE = 141
 
@@ -126,6 +167,14 @@ def _main(argv: Sequence[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    problem = empty_option(parser, args)
+    if problem is not None:
+        if getattr(args, "json", False) is True:  # (as json_errors: a script reading stdout gets a document)
+            import json
+
+            print(json.dumps({"ok": False, "error": "ConfigError", "message": problem}))
+        print(f"wrenpack: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except WrenpackError as exc:

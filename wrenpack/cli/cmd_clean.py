@@ -99,7 +99,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
-                                   ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
+                                   ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url))
+                 if v is not None}  # (an empty one is refused before: cli.empty_option)
     if sum((bool(args.job_ids), args.all, args.stale)) != 1:
         # (usage, as its --help says: exit 2 with the usage line, as argparse's own errors)
         args.parser.error("name the jobs to remove (wrenpack clean JOB_ID ...), or pass --all or --stale (one of them)")

@@ -38,7 +38,8 @@ def _store(args: argparse.Namespace) -> Any:
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
-                                   ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url)) if v}
+                                   ("aws_profile", args.profile), ("s3_endpoint_url", args.s3_endpoint_url))
+                 if v is not None}  # (an empty one is refused before: cli.empty_option)
     config = current(**overrides)
     missing = missing_local_store(config)
     if missing is not None:
