@@ -380,3 +380,29 @@ def test_a_local_call_whose_reply_is_not_read_yet_is_cancelled_not_finished(make
     assert said == [True]
     assert _cancelled_or_result(fut) == ("cancelled", None)
     assert wrenpack.remote(square, executor=ex, timeout=30).remote(4).result(timeout=60) == 16
+
+
+def test_cancel_takes_plain_futures_as_their_own_cancel_does():
+    """``wrenpack.cancel`` of futures wrenpack did not make (a ThreadPoolExecutor's, one made by hand), as
+    get/wait/as_completed take them: each is ``fut.cancel()``-ed (a pending one is cancelled, a running or
+    done one is not). It raised AttributeError: 'Future' object has no attribute '_owner'."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        return gate.wait(10)
+
+    with cf.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(int, "5")
+        assert done.result(timeout=10) == 5
+        running = pool.submit(hold)
+        assert started.wait(10)
+        pending = pool.submit(int, "6")
+        by_hand = cf.Future()
+        try:
+            assert wrenpack.cancel([running, pending, done, by_hand]) == [False, True, False, True]
+            assert pending.cancelled() and by_hand.cancelled() and not running.cancelled()
+            assert wrenpack.cancel(pending) == [True]  # (one future, as for wrenpack's)
+        finally:
+            gate.set()
+        assert running.result(timeout=10) is True

@@ -560,6 +560,9 @@ def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
     future fails with ``concurrent.futures.CancelledError`` (``CallCancelled``).
     ``fut.cancel()`` keeps the standard library's contract: only pending calls.
 
+    A future wrenpack did not make (a ``ThreadPoolExecutor``'s: ``get``, ``wait`` and
+    ``as_completed`` take those too) is cancelled as its own ``cancel()`` does it.
+
     Returns, per future, whether it was cancelled or will end cancelled (False:
     it was done already, its backend cannot stop a running call, or the call
     was launched with ``cancellable=False``)."""
@@ -570,8 +573,9 @@ def cancel(futures: WrenFuture | Iterable[WrenFuture]) -> list[bool]:
         if fut.done():
             out[i] = fut.cancelled()
             continue
-        # (the class's cancel, not an instance's: a wrapper that maps its own cancel() here must not recurse)
-        if WrenFuture.cancel(fut):
+        # (the class's cancel, not an instance's: a wrapper that maps its own cancel() here must not recurse;
+        # a future wrenpack did not make, a ThreadPoolExecutor's, cancels as its own cancel() does)
+        if WrenFuture.cancel(fut) if isinstance(fut, WrenFuture) else fut.cancel():
             out[i] = True
             continue
         stopper = fut._stop_calls() if isinstance(fut, WrenFuture) else getattr(fut, "_stopper", None)
