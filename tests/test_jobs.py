@@ -24,7 +24,7 @@ import pytest
 import wrenpack
 from tests.processes import alive, interruptible
 from wrenpack import keys
-from wrenpack.errors import ConfigError, CorruptObject
+from wrenpack.errors import ConfigError, ConfigTypeError, CorruptObject
 from wrenpack.executor import Executor
 from wrenpack.executor.owner import owner_record, user_key
 from wrenpack.job import Job, NotSpawned, attach
@@ -242,6 +242,10 @@ def test_a_spawned_job_runs_detached_and_its_results_come_from_the_store(home):
     ex = Executor(backend="local", concurrency=1, timeout=10)
     job = wrenpack.remote(_fails, executor=ex).spawn_map([1, 2, 3])
     assert isinstance(job, wrenpack.Job) and job.calls == 3 and job.function.endswith("_fails")
+    # a timeout that is no number: one line, as job.results(timeout="x") (it was a TypeError from cf.wait)
+    for bad in ("x", True):
+        with pytest.raises(ConfigTypeError, match=r"job.wait\(timeout=.*must be a number of seconds"):
+            job.wait(bad)
     futs = job.futures()
     done, pending = cf.wait(futs, timeout=60)
     assert not pending

@@ -35,7 +35,7 @@ from wrenpack import auth, keys
 from wrenpack.config import DEFAULT_RETENTION_S, MAX_RETENTION_S, parse_retention
 from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, StoreError, WorkerLost, WrenpackError
 from wrenpack.executor.owner import key_path, owner_alive, user_key
-from wrenpack.futures import WrenFuture
+from wrenpack.futures import WrenFuture, _check_timeout
 from wrenpack.report import JobReport, error_line, lambda_cost
 from wrenpack.storage import Store
 from wrenpack.wire import job_record, owner as owner_wire, result as result_format, segment as segment_format, start as start_mark
@@ -242,7 +242,9 @@ class Job:
             return list(self._futures)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for every call to end; True if they all did within ``timeout``."""
+        """Wait for every call to end; True if they all did within ``timeout`` (seconds, or None:
+        checked as ``results``'s, a ``ConfigTypeError`` naming it rather than a TypeError from inside)."""
+        _check_timeout(timeout, "job.wait")
         _done, pending = cf.wait(self.futures(), timeout=timeout)
         return not pending
 
