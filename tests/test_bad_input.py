@@ -582,8 +582,27 @@ async def _async_square(x):
     return x * x
 
 
+async def _async_yields(x):
+    yield x
+    yield x + 1
+
+
+# what the refusal of _async_yields suggests
+async def _async_yields_all(x):
+    return [v async for v in _async_yields(x)]
+
+
+def _async_yields_list(x):
+    import asyncio
+
+    return asyncio.run(_async_yields_all(x))
+
+
 @pytest.mark.parametrize("fn,what,fix", [(_yields, "a generator function", "return list(_yields(x))"),
-                                         (_async_square, "an async function", "asyncio.run(_async_square(x))")])
+                                         (_async_square, "an async function", "asyncio.run(_async_square(x))"),
+                                         (_async_yields, "an async generator function",
+                                          "async def _async_yields_all(x): return [v async for v in _async_yields(x)] "
+                                          "and def _async_yields_list(x): return asyncio.run(_async_yields_all(x))")])
 def test_a_generator_or_async_function_is_refused_before_launch(executor, fn, what, fix):
     """Each call ran, then failed in the worker: "the result (a generator) could not be
     pickled" (and "coroutine ... was never awaited" on the worker's stderr)."""
@@ -593,6 +612,13 @@ def test_a_generator_or_async_function_is_refused_before_launch(executor, fn, wh
             launch()
         assert fix in str(info.value)
         _one_line(info.value)
+
+
+def test_what_the_refusal_of_an_async_generator_function_suggests_runs(executor):
+    """The refusal of an async generator function suggested the generator's fix, list(agen(x)), which
+    fails (an async generator is not iterable); its own fix (an async function that collects it, run by
+    a plain one, as the async functions' refusal suggests) runs through wrenpack."""
+    assert wrenpack.get(wrenpack.remote(_async_yields_list, executor=executor).map([1, 5])) == [[1, 2], [5, 6]]
 
 
 def add_y(x, y=1):

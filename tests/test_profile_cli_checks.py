@@ -75,7 +75,9 @@ def test_sizes_too_large_to_be_a_number_are_one_line(targets, capsys):
 
 @pytest.mark.parametrize("name, kind, fix", [("coro", "an async function", "asyncio.run(coro(x))"),
                                              ("gen", "a generator function", "list(gen(x))"),
-                                             ("agen", "a generator function", "list(agen(x))")])
+                                             ("agen", "an async generator function",
+                                              "async def agen_all(x): return [v async for v in agen(x)] and "
+                                              "def agen_list(x): return asyncio.run(agen_all(x))")])
 def test_generator_and_async_functions_are_refused_before_they_run(name, kind, fix, targets, capsys):
     # "pickling the result of coro raised PicklingError: cannot pickle 'coroutine' object" and a RuntimeWarning
     mod, marker = targets

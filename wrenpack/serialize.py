@@ -620,7 +620,12 @@ def _check_returns_values(fn: Callable[..., Any]) -> None:
     from wrenpack.errors import ConfigTypeError
 
     name = getattr(fn, "__name__", None) or "f"
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+    if inspect.isasyncgenfunction(fn):  # (list() of one fails: collected in an async function, run by a plain one)
+        raise ConfigTypeError(f"{name} is an async generator function: its calls would return async generators, which "
+                              f"cannot come back from a worker; send a plain function that collects it, e.g. "
+                              f"async def {name}_all(x): return [v async for v in {name}(x)] and "
+                              f"def {name}_list(x): return asyncio.run({name}_all(x))")
+    if inspect.isgeneratorfunction(fn):
         raise ConfigTypeError(f"{name} is a generator function: its calls would return generators, which cannot come "
                               f"back from a worker; send a function that returns a list, e.g. "
                               f"def {name}_list(x): return list({name}(x))")

@@ -258,7 +258,12 @@ def _check_returns_values(fn) -> None:
     inner = getattr(inner, "__func__", inner)  # (a bound method)
     flags = getattr(getattr(inner, "__code__", None), "co_flags", 0)
     name = getattr(fn, "__name__", None) or getattr(inner, "__name__", None) or "f"
-    if flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR):
+    if flags & _CO_ASYNC_GENERATOR:  # (list() of one fails: collected in an async function, run by a plain one)
+        raise Refused(f"{name} is an async generator function: its calls return async generators, which do no work "
+                      f"until iterated, so there is nothing to measure; profile a plain function that collects it, "
+                      f"e.g. async def {name}_all(x): return [v async for v in {name}(x)] and "
+                      f"def {name}_list(x): return asyncio.run({name}_all(x))")
+    if flags & _CO_GENERATOR:
         raise Refused(f"{name} is a generator function: its calls return generators, which do no work until "
                       f"iterated, so there is nothing to measure; profile a function that returns a list, e.g. "
                       f"def {name}_list(x): return list({name}(x))")
