@@ -112,6 +112,36 @@ def test_per_function_options_are_refused_where_given(options, match):
     _one_line(info.value)
 
 
+TEXT = [({"concurrency": "4"}, "a whole number", "concurrency=4"), ({"memory": "512"}, "a whole number of MB", "memory=512"),
+        ({"timeout": "30"}, "a number of seconds", "timeout=30.0"), ({"retries": "2"}, "a whole number", "retries=2"),
+        ({"ephemeral_storage": "1024"}, "a whole number of MB", "ephemeral_storage=1024"),
+        ({"keep_warm": "0"}, "a number of seconds", None),
+        ({"inline_limit": "0"}, "a whole number", "inline_limit=0"),
+        ({"keep_objects": "no"}, "True or False", "keep_objects=False")]
+
+
+@pytest.mark.parametrize("settings,kind,fix", TEXT, ids=[next(iter(t[0])) for t in TEXT])
+def test_text_given_as_an_argument_for_a_number_or_flag_is_a_type_error(tmp_path, monkeypatch, settings, kind, fix):
+    """README: a value of the wrong type is a ConfigTypeError. Executor(concurrency="4") or memory="512" was
+    read as the number, as from the environment; WRENPACK_* and [tool.wrenpack] text is still read so."""
+    (name, value), = settings.items()
+    launches = [lambda: wrenpack.Executor(**({"storage": str(tmp_path)} | settings)),
+                lambda: wrenpack.configure(**settings), lambda: current(**settings), lambda: Config(**settings)]
+    if name in ("memory", "timeout", "retries", "ephemeral_storage"):  # (per-function options too)
+        launches += [lambda: wrenpack.remote(square, **settings), lambda: wrenpack.remote(square).options(**settings)]
+    for launch in launches:
+        # (text that spells no allowed value: what is allowed, still a type error)
+        said = rf"is text, but must be {kind}; pass {fix} \(text is read only from WRENPACK_{name.upper()}" if fix \
+            else f"must be {kind} > 0"
+        with pytest.raises(ConfigTypeError, match=rf"^{name}={value!r} \(from .*\) {said}") as info:
+            launch()
+        _one_line(info.value)
+    if fix:
+        monkeypatch.setenv(f"WRENPACK_{name.upper()}", value)
+        assert getattr(current(), name) == getattr(current(), name) is not None  # (read: no error)
+        assert str(getattr(current(), name)) in fix
+
+
 def test_the_limits_still_take_what_lambda_takes(tmp_path):
     cfg = current(storage=f"file://{tmp_path}", timeout=1, retries=20, function_name="my_fn-2")
     assert (cfg.timeout, cfg.retries, cfg.function_name) == (1.0, 20, "my_fn-2")

@@ -77,8 +77,10 @@ def test_executor_arguments_are_checked(tmp_path):
         Config(memory="lots")
 
 
-def test_whole_numbers_are_not_truncated_but_whole_floats_pass():
-    assert current(memory="2048", retries=2.0, concurrency="3").memory == 2048
+def test_whole_numbers_are_not_truncated_but_whole_floats_pass(monkeypatch):
+    assert current(memory=2048.0, retries=2.0, concurrency=3).memory == 2048
+    monkeypatch.setenv("WRENPACK_MEMORY", "2048")  # (text: from the environment, not as an argument)
+    assert current().memory == 2048
     assert current(retries=2.0).retries == 2 and isinstance(current(retries=2.0).retries, int)
     assert limits.check_memory(1536.0) == 1536
     with pytest.raises(ConfigError):

@@ -156,6 +156,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return None
     if "None" in kind and isinstance(value, str) and value.strip().lower() in ("", "auto", "none"):
         return None
+    if isinstance(value, str) and name in NOT_TEXT and source in _ARGUMENT_SOURCES:
+        refuse_text(name, value, source)
     check = _CHECKS.get(name)
     if check is not None:
         return check(value, source)
@@ -167,6 +169,32 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if not isinstance(value, str):
         raise ConfigTypeError(f"setting {name!r}={value!r} (from {source}) must be text")
     return value
+
+
+#: where a setting comes as a Python value (not as text read from WRENPACK_* or [tool.wrenpack])
+_ARGUMENT_SOURCES = ("argument", "configure()", "Config")
+#: the settings that are numbers or flags, and what each must be: given as text in an argument
+#: (``Executor(concurrency="4")``) they are the wrong type, a ``ConfigTypeError`` as the README says;
+#: only the environment and pyproject give text, and there it is read as the number it spells
+NOT_TEXT = {
+    "concurrency": "a whole number", "memory": "a whole number of MB", "timeout": "a number of seconds",
+    "ephemeral_storage": "a whole number of MB", "retries": "a whole number", "inline_limit": "a whole number",
+    "keep_warm": "a number of seconds", "lambda_send_processes": "a whole number", "keep_objects": "True or False",
+    "lambda_auto_deploy": "True or False",
+}
+
+
+def refuse_text(name: str, value: str, source: str) -> None:
+    """The ``ConfigTypeError`` for text given as an argument where setting (or option) ``name`` takes
+    a number or a flag: ``memory="512"`` was read as 512, as from WRENPACK_MEMORY, while the README
+    promises a type error; the fix names the value the text spells, when it spells one."""
+    try:
+        meant = _CHECKS[name](value, source) if name in _CHECKS else _flag(value)
+    except ConfigError as exc:  # (text that spells no value: the check's own line, what is allowed, as a type error)
+        raise ConfigTypeError(str(exc)) from None
+    fix = f"pass {name}={meant!r}" if meant is not None else f"pass {NOT_TEXT[name]}"
+    raise ConfigTypeError(f"{name}={value!r} (from {source}) is text, but must be {NOT_TEXT[name]}; {fix} "
+                          f"(text is read only from {_ENV_PREFIX}{name.upper()} and [tool.wrenpack])")
 
 
 def _flag(value: Any) -> bool | None:

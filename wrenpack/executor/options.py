@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from wrenpack import limits
 from wrenpack.backends.runtime_paths import site_dir
-from wrenpack.config import Config
+from wrenpack.config import NOT_TEXT, Config, refuse_text
 from wrenpack.errors import ConfigError
 
 #: bytes of a call's stdout/stderr kept as ``fut.logs`` (the tail)
@@ -80,6 +80,8 @@ def check_options(options: dict[str, Any], source: str, own: Sequence[str] = ())
     for name, value in options.items():
         if value is None or (value == "auto" and name in ("memory", "timeout", "ephemeral_storage")):
             continue
+        if isinstance(value, str) and name in NOT_TEXT:  # (remote(memory="512"), as Executor(memory="512"))
+            refuse_text(name, value, source)
         if name == "memory":
             out[name] = limits.check_memory(value, source)
         elif name == "timeout":
