@@ -10,6 +10,8 @@ map accepted before a shutdown runs all its calls; a chunk's calls are RUNNING
 while it runs and its error names them; a call racing ``configure()`` runs."""
 from __future__ import annotations
 
+import concurrent.futures as cf
+
 import pytest
 
 import wrenpack
@@ -69,7 +71,16 @@ def test_waits_whose_timeout_is_no_seconds_are_one_line(make_executor):
     # refused when as_completed is called, not at the first next() (a TypeError from inside before)
     _refused(lambda: wrenpack.as_completed([fut], timeout="1"), TypeError,
              r"wrenpack.as_completed\(timeout='1'\).*number of seconds")
+    # an unknown return_when: one line naming the three, before waiting, even when every future is done
+    # (it returned at once when they were; with one pending, the stdlib's bare "Invalid return condition")
     assert fut.result(timeout=60) == 9
+    pending = cf.Future()
+    for futs in ([fut], [fut, pending]):
+        for bad in ("SOME", "first_completed", None):
+            _refused(lambda futs=futs, bad=bad: wrenpack.wait(futs, timeout=30, return_when=bad), ValueError,
+                     rf"wrenpack.wait\(return_when={bad!r}\): must be one of FIRST_COMPLETED, FIRST_EXCEPTION or "
+                     r"ALL_COMPLETED \(wrenpack.FIRST_COMPLETED")
+    assert wrenpack.wait([fut, pending], timeout=0, return_when=wrenpack.FIRST_COMPLETED).done == {fut}
     other = make_executor()
     _refused(lambda: other.map(square, [1], timeout="1"), TypeError, r"map\(timeout='1'\).*number of seconds")
     _refused(lambda: other.map(square, [1], timeout=True), TypeError, r"map\(timeout=True\)")

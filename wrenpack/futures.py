@@ -16,7 +16,7 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, 
 from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 
 from wrenpack import progress as progress_display
-from wrenpack.errors import ConfigTypeError, RemoteTraceback  # noqa: F401 - re-exported
+from wrenpack.errors import ConfigError, ConfigTypeError, RemoteTraceback  # noqa: F401 - re-exported
 from wrenpack.worker import refs
 
 __all__ = ["WrenFuture", "AsCompleted", "get", "wait", "as_completed", "cancel", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
@@ -743,6 +743,10 @@ def _value(fut: cf.Future, return_exceptions: bool, deadline: float | None, dept
     return value
 
 
+#: what ``wait``'s return_when may be (the standard library's own strings)
+_RETURN_WHEN = (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED)
+
+
 def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:  # type: ignore[name-defined]
     """Like ``concurrent.futures.wait``: returns ``(done, not_done)`` sets.
 
@@ -751,6 +755,9 @@ def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_whe
     does (it waited forever): such futures are looked at here while waiting."""
     futs, _ = as_list(futures, "wrenpack.wait()")
     _check_timeout(timeout, "wrenpack.wait")
+    if return_when not in _RETURN_WHEN:  # (the stdlib checks only once a future is pending, and in a bare line)
+        raise ConfigError(f"wrenpack.wait(return_when={return_when!r}): must be one of FIRST_COMPLETED, FIRST_EXCEPTION "
+                          "or ALL_COMPLETED (wrenpack.FIRST_COMPLETED, ..., as concurrent.futures names them)")
     polled = [f for f in futs if isinstance(f, refs.CallRef)]
     if not polled:
         return cf.wait(futs, timeout=timeout, return_when=return_when)
