@@ -412,8 +412,15 @@ def test_get_return_exceptions(remote):
     out = wrenpack.get(futs, return_exceptions=True)
     assert out[0] == 0 and out[2] == 2
     assert isinstance(out[1], ValueError) and str(out[1]) == "odd 1" and isinstance(out[3], ValueError)
-    with pytest.raises(ValueError, match="odd 1"):
+    with pytest.raises(ValueError, match="odd 1") as info:
         wrenpack.get(futs)
+    # the call's exception, its type and args kept, names the call in a note (a map's failure said not which)
+    assert info.value.args == ("odd 1",) and type(info.value) is ValueError
+    assert info.value.__notes__ == [f"raised by fails_on_odd[1] (job {futs[1].job_id})"]
+    assert out[3].__notes__ == [f"raised by fails_on_odd[3] (job {futs[3].job_id})"]
+    with pytest.raises(ValueError) as again:  # (once: a second read adds none)
+        futs[1].result()
+    assert again.value.__notes__ == info.value.__notes__
 
 
 class BadStrError(Exception):

@@ -85,7 +85,7 @@ def launch_batched(executor: Executor, fn: Callable[..., Any], calls: list[Call]
                 if outcome[0] == "ok":
                     item._resolve(True, outcome[1])
                 else:
-                    item._resolve(False, rebuild_exception(outcome, item.label))
+                    item._resolve(False, rebuild_exception(outcome, item.label, item.job_id))
 
         gfut.add_done_callback(resolve)
         out.extend(items)

@@ -457,7 +457,7 @@ class CallTable:
                     outcome, raw = result.private.read()
                 self._adopt([*adopted, *getattr(result.private, "adopted", ())])
                 ok = outcome.ok
-                value = outcome.value if ok else outcome.rebuild(fut.label)
+                value = outcome.value if ok else outcome.rebuild(fut.label, fut.job_id)
                 # Only for a pinned job: the result as the sealed object a pickled future reads.
                 if raw is not None:
                     data = lambda: result_format.seal_result(job.secret, job.job_id, cid, dict(status or {}), raw)  # noqa: E731
@@ -864,7 +864,7 @@ class CallTable:
         self._adopt(adopted)
         if outcome.ok:
             return status, outcome.value, True
-        return status, outcome.rebuild(label), False
+        return status, outcome.rebuild(label, job_id), False
 
     def _adopt(self, adopted: list[dict[str, Any]]) -> None:
         """Jobs launched in a call's process whose futures the call returned (``refs.adopting``):

@@ -340,7 +340,7 @@ class _Plan(CallOwner):
             if outcome[0] == "ok":
                 item._resolve(True, outcome[1])
             else:
-                item._resolve(False, rebuild_exception(outcome, item.label))
+                item._resolve(False, rebuild_exception(outcome, item.label, item.job_id))
 
     def _again(self, group: Sequence[int], exc: BaseException | None) -> None:
         """A group ended without its calls' outcomes: run them again, each alone

@@ -546,7 +546,7 @@ class Job:
         if outcome.ok:
             fut._resolve(True, outcome.value)
             return
-        exc = outcome.rebuild(fut.label)
+        exc = outcome.rebuild(fut.label, fut.job_id)
         reason = self.stop_reason() if isinstance(exc, cf.CancelledError) else None
         if reason is not None:
             # (stopped because its supervisor got SIGTERM, not by its user: the error says so, ran or not)

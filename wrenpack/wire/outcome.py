@@ -164,14 +164,19 @@ class Outcome:
         """Pickled; raises the pickling error of an unpicklable value."""
         return cloudpickle.dumps(self.to_tuple())
 
-    def rebuild(self, label: str) -> BaseException:
+    def rebuild(self, label: str, job_id: str | None = None) -> BaseException:
         """Client side: the exception to raise for a failed call."""
-        return rebuild_exception(self.to_tuple(), label)
+        return rebuild_exception(self.to_tuple(), label, job_id)
 
 
-def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
+def rebuild_exception(outcome: tuple[Any, ...], label: str, job_id: str | None = None) -> BaseException:
     """The exception an error 6-tuple stands for, with the remote traceback as
-    its cause; a type the client cannot rebuild becomes ``RemoteError``."""
+    its cause; a type the client cannot rebuild becomes ``RemoteError``.
+
+    The call's own exception keeps its type and arguments and gains a note naming
+    the call, "raised by work[2] (job <id>)": re-raised from ``wrenpack.get`` of a
+    map, nothing else said which of its calls failed (wrenpack's own errors and
+    ``RemoteError`` name it in their message already)."""
     _, exc_bytes, type_name, message, tb_text, kind = outcome
     exc: BaseException | None = None
     if exc_bytes is not None:
@@ -191,10 +196,25 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str) -> BaseException:
             exc = rebuilt
         except Exception:  # noqa: BLE001
             pass
+    else:
+        _note(exc, f"raised by {label}" + (f" (job {job_id})" if job_id else ""))
     if tb_text:
         exc.__cause__ = RemoteTraceback(tb_text)
     return exc
 
+
+
+def _note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` (Python 3.11), or the ``__notes__`` list it keeps (3.10: shown by
+    no traceback there, but there for ``except`` blocks and loggers to read)."""
+    try:
+        if hasattr(exc, "add_note"):
+            exc.add_note(note)
+        else:  # pragma: no cover - Python 3.10
+            notes = getattr(exc, "__notes__", None)
+            exc.__notes__ = [*(notes if isinstance(notes, list) else []), note]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - an exception that refuses attributes: it goes without the note
+        pass
 
 
 def _own_module_note(exc: MissingDependency) -> str | None:

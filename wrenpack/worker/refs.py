@@ -366,7 +366,7 @@ class CallRef(cf.Future):
             if outcome.ok:
                 self.set_result(outcome.value)
             else:
-                self.set_exception(outcome.rebuild(self.label))
+                self.set_exception(outcome.rebuild(self.label, self.job_id))
             return True
 
     def _job_gone(self, store: Any) -> bool:
