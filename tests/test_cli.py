@@ -63,7 +63,9 @@ def test_json_errors_are_a_document_on_stdout_too(tmp_path, capsys):
     for argv, error in ((["jobs", "--json", "--storage", "s3://"], "ConfigError"),
                         (["jobs", "show", "nosuch", "--json", "--storage", none], "JobNotFound"),
                         (["jobs", "cancel", "nosuch", "--json", "--storage", none], "JobNotFound"),
-                        (["clean", "nosuch", "--json", "--storage", none], "ConfigError"),
+                        # (JobNotFound as for jobs show/cancel: it was "ConfigError" for the same condition)
+                        (["clean", "nosuch", "--json", "--storage", none], "JobNotFound"),
+                        (["clean", "20261207-134555-f368f2a2", "--json", "--storage", str(tmp_path)], "JobNotFound"),
                         (["profile", "nocolon", "--json"], "ProfileError")):
         assert main(argv) == 1, argv
         out = capsys.readouterr()

@@ -95,7 +95,7 @@ def shuffle_state(store: Any, shuffle_id: str, key: bytes | None = None) -> tupl
 @json_errors
 def cmd_clean(args: argparse.Namespace) -> int:
     from wrenpack.config import current
-    from wrenpack.job.client import check_job_id, missing_local_store, printable
+    from wrenpack.job.client import JobNotFound, check_job_id, missing_local_store, printable
     from wrenpack.storage import store_for_config
 
     overrides = {k: v for k, v in (("storage", args.storage), ("aws_region", args.region),
@@ -111,7 +111,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     missing = missing_local_store(config)
     if missing is not None:  # (not created: a mistyped --storage must not leave a directory)
         if given:
-            raise ConfigError(f"no job {given[0]!r}: there is no store at {missing}; nothing was removed: check "
+            # (JobNotFound, as `jobs show`/`cancel` of a missing job: --json's "error" names it alike)
+            raise JobNotFound(f"no job {given[0]!r}: there is no store at {missing}; nothing was removed: check "
                               "--storage (or the storage setting)")
         if args.json:
             print(json.dumps({"store": missing, "store_exists": False, "removed": 0, "prefixes": {}, "jobs": 0,
@@ -177,7 +178,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
             unknown = [j for j in named if not j or not store.list(keys.job_prefix(j))]
             if unknown:
                 shown = ", ".join(map(repr, unknown[:3])) + (" ..." if len(unknown) > 3 else "")
-                raise ConfigError(f"no job {shown} in the store {store.url}; nothing was removed: check the id "
+                raise JobNotFound(f"no job {shown} in the store {store.url}; nothing was removed: check the id "
                                   "(a future's .job_id) and --storage, or remove orphaned jobs with --stale")
         states = {j: job_state(store, j, key) for j in named}
         live = [j for j in named if states[j][0] == "live"]
