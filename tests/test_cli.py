@@ -144,3 +144,17 @@ def test_an_option_given_empty_is_refused_before_the_command_runs(tmp_path, caps
             else:
                 assert out.out == "", (argv, out.out)
     assert (store / "jobs" / "keepme").exists() and not (tmp_path / "rt").exists()
+
+
+def test_the_jobs_table_counts_cancelled_calls(tmp_path, capsys, monkeypatch):
+    """A cancelled 6-call job showed 0/0/0/0 under DONE/FAILED/RUNNING/QUEUED: its calls were in no column."""
+    from wrenpack.cli import main
+    from wrenpack.job import client
+
+    row = {"id": "20261207-134555-f368f2a2", "spawned": True, "function": "m.slow", "state": "cancelled", "done": 1,
+           "failed": 0, "running": 0, "queued": 0, "cancelled": 5, "owner": {}, "created": None, "cost": 0.0}
+    monkeypatch.setattr(client, "job_ids", lambda store: [row["id"]])
+    monkeypatch.setattr(client, "describe", lambda store, job_id, key: dict(row))
+    assert main(["jobs", "--storage", str(tmp_path)]) == 0
+    head, line = capsys.readouterr().out.splitlines()
+    assert "DONE/FAILED/RUNNING/QUEUED/CANCELLED" in head.split() and "1/0/0/0/5" in line.split(), (head, line)

@@ -1,7 +1,7 @@
 """``wrenpack jobs [--json]``, ``wrenpack jobs show ID [--json]``, ``wrenpack jobs cancel ID [--json]``.
 
 Lists the jobs in the store: spawned ones (``f.spawn_map``) with their state,
-call counts (done, failed, running, queued), owner, start and cost so far
+call counts (done, failed, running, queued, cancelled), owner, start and cost so far
 (Lambda's price of the billed time and requests; on the local backend, what the
 same calls would cost on Lambda), and jobs launched with ``.map()`` that have
 objects there (as their owner records say). Only records sealed with your own
@@ -64,7 +64,7 @@ def _owner(row: dict[str, Any]) -> str:
 def _counts(row: dict[str, Any]) -> str:
     if not row.get("spawned"):
         return "-"
-    return f"{row['done']}/{row['failed']}/{row['running']}/{row['queued']}"
+    return f"{row['done']}/{row['failed']}/{row['running']}/{row['queued']}/{row.get('cancelled') or 0}"
 
 
 @json_errors
@@ -90,7 +90,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             " (there is no store there yet)"
         print(f"no jobs in {url}{hint}")
         return 0
-    head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED", "OWNER", "STARTED", "COST")
+    # (CANCELLED too: a cancelled 6-call job showed 0/0/0/0, its calls in no column)
+    head = ("ID", "FUNCTION", "STATE", "DONE/FAILED/RUNNING/QUEUED/CANCELLED", "OWNER", "STARTED", "COST")
     table = [head] + [tuple(map(printable, (
         r["id"], str(r.get("function") or "-"), r["state"], _counts(r), _owner(r), _when(r.get("created")),
         _usd(r["cost"]) if r.get("cost") is not None else "-"))) for r in rows]
