@@ -134,32 +134,6 @@ def test_tasks_from_a_module_the_workers_lack_travel_by_value(tmp_path, monkeypa
         ex.shutdown()
 
 
-def test_tasks_importing_their_projects_modules_in_their_bodies_run_where_the_project_is_not(tmp_path, monkeypatch):
-    """A task's body imports a module of the user's project, and its argument is an object of a
-    class of another: neither reached the workers, which lack the project (as on Lambda)."""
-    mod_dir = tmp_path / "userpkg"
-    mod_dir.mkdir()
-    (mod_dir / "wp_joblib_body_mod.py").write_text("def scaled(p, x):\n    import wp_joblib_body_helper\n"
-                                                   "    return wp_joblib_body_helper.K * p.k * x\n")
-    (mod_dir / "wp_joblib_body_helper.py").write_text("K = 10\n")
-    (mod_dir / "wp_joblib_body_params.py").write_text("class Params:\n    def __init__(self, k):\n        self.k = k\n")
-    monkeypatch.syspath_prepend(str(mod_dir))
-    import wp_joblib_body_helper  # noqa: F401 - (imported here: the workers' sys.path, this one's below, lacks it)
-    import wp_joblib_body_mod
-    import wp_joblib_body_params
-
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(mod_dir)])
-    ex = wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=2, retries=0)
-    try:
-        with parallel_config(backend="wrenpack", executor=ex):
-            p = wp_joblib_body_params.Params(2)
-            assert Parallel()(delayed(wp_joblib_body_mod.scaled)(p, i) for i in range(4)) == [0, 20, 40, 60]
-    finally:
-        ex.shutdown()
-        for name in ("wp_joblib_body_mod", "wp_joblib_body_helper", "wp_joblib_body_params"):
-            sys.modules.pop(name, None)
-
-
 def test_n_jobs_is_the_executors_concurrency(counted):
     ex = counted.executor
     with parallel_config(backend="wrenpack", executor=ex):

@@ -114,6 +114,7 @@ def outer(x):
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     import importlib
+    import sys
 
     for rel, text in _PROJECT.items():
         path = tmp_path / "proj" / rel
@@ -126,25 +127,26 @@ def project(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def _predict(model, x):
-    return model.predict(x)
+def test_a_user_package_that_did_not_travel_is_named_as_the_users_own_and_the_fix_it_gives_works(
+        tiny_runtime, executor, project):
+    """third -> wp_um_two.outer (a user module's attribute) -> inner -> the user's package, which
+    does not travel by value (the function does not name it). The worker's hint was
+    "wrenpack build-runtime wp_um_pkg": a PyPI project of that name, someone else's code. It now
+    says the module is the user's own and how to send it, and that works."""
+    import cloudpickle
 
-
-def test_a_project_of_several_modules_runs_on_a_worker_without_it(tiny_runtime, executor, project):
-    """A runtime= worker, as a Lambda one, has none of the user's project on its sys.path. What
-    reached it only through other modules or import statements stayed behind, and the calls failed
-    there with MissingDependency while they worked on a local worker (which has the driver's
-    sys.path): third -> wp_um_two.outer (a module's attribute) -> the user's package; a module
-    imported in the function's body; an argument of a class the function does not reach; a
-    map_reduce whose mapper is such a function."""
-    def run(fn):
-        return wrenpack.remote(fn, executor=executor, runtime=tiny_runtime)
-
-    assert run(project["wp_um_three"].third).remote(1).result(timeout=60) == 101
-    assert run(project["wp_um_inside"].imports_inside).remote(4).result(timeout=60) == 8
-    assert run(_predict).remote(project["wp_um_two"].make_model(3), 1).result(timeout=60) == 303
-    assert wrenpack.map_reduce(project["wp_um_three"].third, [1, 2], sum, executor=executor,
-                               runtime=tiny_runtime).result(timeout=60) == 302
+    pkg = sys.modules["wp_um_pkg"]
+    f = wrenpack.remote(project["wp_um_three"].third, executor=executor, runtime=tiny_runtime)
+    with pytest.raises(wrenpack.MissingDependency, match=r"module 'wp_um_pkg.*', which is your own code \(.*proj/"
+                       r"wp_um_pkg\).*register_pickle_by_value\(wp_um_pkg\)") as info:
+        f.remote(1).result(timeout=60)
+    assert "build-runtime" not in str(info.value)
+    cloudpickle.register_pickle_by_value(pkg)
+    try:
+        g = wrenpack.remote(project["wp_um_three"].third, executor=executor, runtime=tiny_runtime)
+        assert g.remote(1).result(timeout=60) == 101
+    finally:
+        cloudpickle.unregister_pickle_by_value(pkg)
 
 
 def test_a_user_module_the_worker_lacks_is_named_as_the_users_own(tiny_runtime, executor, project):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import sys
 import sysconfig
@@ -32,7 +31,6 @@ import cloudpickle
 from wrenpack.errors import SerializationError
 
 
-_log = logging.getLogger(__name__)
 _DYNAMIC_CODE = "<dynamic-code>"
 _cp_code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
 
@@ -60,46 +58,6 @@ class Pickler(cloudpickle.Pickler):
 
     if _cp_code_reduce is not None:
         dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
-
-    #: set (an ExitStack) for a call's arguments: a class or function of the user's own
-    #: modules met there travels by value, with what it reaches (``_by_value_if_own``)
-    own_modules: contextlib.ExitStack | None = None
-
-    def _by_value_if_own(self, obj: Any) -> None:
-        """An argument's class (or a function in it) from a user module the function does
-        not reach (``f.remote(Model(3))`` with ``Model`` in ``models.py``) was pickled by
-        reference: the worker, which lacks the module, failed to load the arguments. Its
-        modules are registered by value from here to the end of this pickle."""
-        should_ref = getattr(_cp, "_should_pickle_by_reference", None)
-        module = sys.modules.get(getattr(obj, "__module__", None) or "")
-        if should_ref is None or not is_user_module(module):
-            return
-        try:
-            if not should_ref(obj):
-                return
-        except Exception:  # noqa: BLE001 - (cloudpickle's own pickling says what is wrong with it)
-            return
-        assert self.own_modules is not None
-        self.own_modules.enter_context(by_value(user_modules_of(obj) | {_top_package(module)}))  # type: ignore[arg-type]
-
-    def reducer_override(self, obj: Any) -> Any:
-        """cloudpickle's, and for a function pickled by value whose body imports the user's
-        own modules by statement (``shipped_sources``): their sources, which loading the
-        function installs (``wrenpack.worker.shipped``) before it can run. They ride in
-        the list cloudpickle keeps for the submodules that loading the function imports."""
-        if self.own_modules is not None and isinstance(obj, (type, types.FunctionType)):
-            self._by_value_if_own(obj)
-        reduced = super().reducer_override(obj)
-        if type(obj) is types.FunctionType and type(reduced) is tuple and len(reduced) == 6:
-            state = reduced[2]
-            slots = state[1] if type(state) is tuple and len(state) == 2 else None
-            if type(slots) is dict and type(slots.get("_cloudpickle_submodules")) is list:
-                entries = shipped_sources(obj)
-                if entries:  # (first in the state: installed before the rest of it loads)
-                    first = {"_cloudpickle_submodules": [_Install(entries), *slots["_cloudpickle_submodules"]]}
-                    slots = {**first, **{k: v for k, v in slots.items() if k not in first}}
-                    reduced = (*reduced[:2], (state[0], slots), *reduced[3:])
-        return reduced
 
 
 def dumps(obj: Any, protocol: int | None = None) -> bytes:
@@ -168,8 +126,7 @@ def own_module_note(name: str | None) -> str | None:
             return None
     where = os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path
     return (f"the function needs module {name!r}, which is your own code ({where}), not a package to install: it "
-            f"did not travel with the function (only the modules its code names or imports by statement do, not one "
-            f"imported by a name made at run time); register it in "
+            f"did not travel with the function (only the modules the function names as globals do); register it in "
             f"the driver so it travels by value (import {top}, cloudpickle; cloudpickle.register_pickle_by_value({top})), "
             f"or copy it into the runtime's python/ directory; do not install a package named {top!r} (from PyPI "
             f"that would be someone else's code)")
@@ -186,368 +143,43 @@ def _top_package(module: types.ModuleType) -> types.ModuleType:
     return sys.modules.get(top, module)
 
 
-#: the walk of ``user_modules_of`` stops after this many objects (a function reaching a
-#: graph of callables that large is not one the user wrote; a bound, not a depth limit)
-_MAX_VISITED = 20000
-
-
 def user_modules_of(fn: Any) -> set[types.ModuleType]:
-    """The user modules a function's pickle would otherwise refer to by name,
-    or that its code, or the code of those modules, imports by statement
-    (``import helpers`` in a body, ``from pkg.sub import g``, relative imports):
-    their top packages, for ``by_value``. Followed to the end (a ``seen`` set,
-    no depth limit): a module used only by a module that travels by value is a
-    module the worker lacks as much as the first."""
+    """The user modules a function's pickle would otherwise refer to by name."""
     found: set[types.ModuleType] = set()
-    for name in _reachable_user_modules(fn):
-        module = sys.modules.get(name)
-        if module is not None:
-            found.add(_top_package(module))
-    return found
-
-
-def _reachable_user_modules(fn: Any) -> set[str]:
-    """The names of the user modules ``fn`` reaches: through the objects it names
-    (globals, closures, classes' bases, a callable object's attributes), through
-    the import statements of the functions among them, then through the import
-    statements of those modules' files, transitively. Modules not imported here
-    yet (an import that runs only inside a call) are among them when their file
-    is the user's (``_user_module_file``, which runs none of them)."""
-    names: set[str] = set()
     seen: set[int] = set()
-    imports: list[tuple[types.CodeType, str | None]] = []
 
-    def visit(obj: Any) -> None:
-        if id(obj) in seen or len(seen) > _MAX_VISITED:
+    def visit(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 3:
             return
         seen.add(id(obj))
         module = sys.modules.get(getattr(obj, "__module__", None) or "")
         if is_user_module(module):
-            names.add(module.__name__)  # type: ignore[union-attr]
+            found.add(_top_package(module))
         if isinstance(obj, types.FunctionType):
-            g = obj.__globals__
-            imports.append((obj.__code__, g.get("__package__") or _package_of(g.get("__name__"))))
             for name in obj.__code__.co_names:
-                if name in g:
-                    value = g[name]
+                if name in obj.__globals__:
+                    value = obj.__globals__[name]
                     if isinstance(value, types.ModuleType):
                         if is_user_module(value):
-                            names.add(value.__name__)
+                            found.add(_top_package(value))
                     else:
-                        visit(value)
+                        visit(value, depth + 1)
             for cell in obj.__closure__ or ():
                 with contextlib.suppress(ValueError):
-                    visit(cell.cell_contents)
+                    visit(cell.cell_contents, depth + 1)
         elif isinstance(obj, type):
             for base in obj.__mro__[1:]:
-                visit(base)
-            if module is None or obj.__module__ == "__main__":
-                # a class that travels by value takes its methods, and what they name (a
-                # notebook's class whose method uses helpers.twice left helpers behind; a
-                # user module's class needs no walk: its module's file's imports are followed)
-                for value in list(vars(obj).values()):
-                    if isinstance(value, (staticmethod, classmethod)):
-                        value = value.__func__
-                    if isinstance(value, property):
-                        for accessor in (value.fget, value.fset, value.fdel):
-                            if accessor is not None:
-                                visit(accessor)
-                    elif isinstance(value, types.FunctionType):
-                        visit(value)
+                visit(base, depth + 1)
         elif callable(obj) and isinstance(getattr(obj, "__dict__", None), dict):
             # A callable object (e.g. the Batch that chunksize sends) holds the functions it calls.
             for value in list(obj.__dict__.values()):
-                visit(value)
+                visit(value, depth + 1)
 
     try:
-        visit(fn)
+        visit(fn, 0)
     finally:
         del visit  # it refers to itself: a reference cycle on every launch otherwise
-    for code, package in imports:
-        names.update(_imported_user_modules(code, package))
-    return _import_closure(names)
-
-
-def _package_of(name: str | None) -> str | None:
-    return name.rpartition(".")[0] or None if name else None
-
-
-def _resolution_state() -> tuple[int, tuple[str, ...]]:
-    """What a resolved import depends on here: which modules are imported (their count: an import
-    adds one, and a module replaced in place keeps its file) and where the others would be found."""
-    return len(sys.modules), tuple(sys.path)
-
-
-#: key -> (``_resolution_state()`` when found, what was found): what a launch resolves again
-#: while nothing was imported and sys.path is the same (a launch's own checks are dict look-ups)
-_resolved: dict[Any, tuple[tuple[int, tuple[str, ...]], Any]] = {}
-_MAX_RESOLVED = 4096
-
-
-def _cached(key: Any, make: Callable[[], Any]) -> Any:
-    state = _resolution_state()
-    hit = _resolved.get(key)
-    if hit is not None and hit[0] == state:
-        return hit[1]
-    value = make()
-    if len(_resolved) >= _MAX_RESOLVED:
-        _resolved.clear()
-    _resolved[key] = (_resolution_state(), value)  # (after: resolving may have imported nothing, or not)
-    return value
-
-
-def _import_closure(names: set[str]) -> set[str]:
-    """``names`` and the user modules their files import, transitively (with their parent packages)."""
-    if not names:
-        return set()
-    return set(_cached(("closure", frozenset(names)), lambda: frozenset(_find_import_closure(names))))
-
-
-def _find_import_closure(names: set[str]) -> set[str]:
-    todo = list(names)
-    out: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in out:
-            continue
-        out.add(name)
-        parent = name.rpartition(".")[0]
-        if parent and parent not in out:
-            todo.append(parent)
-        found = _user_module_file(name)
-        if found is None:
-            continue
-        path, is_package = found
-        code = _file_code(path)
-        if code is not None:
-            todo.extend(_imported_user_modules(code, name if is_package else _package_of(name)))
-    return {n for n in out if _user_module_file(n) is not None}
-
-
-#: id(code) -> (code, its import statements): hashing a code object hashes its bytecode, each time
-_imports_of_code: dict[int, tuple[types.CodeType, tuple[tuple[str, tuple[str, ...], int], ...]]] = {}
-
-
-def _code_imports(code: types.CodeType) -> tuple[tuple[str, tuple[str, ...], int], ...]:
-    """The import statements in ``code`` and the code nested in it: (name, names
-    imported from it, level). Read from the bytecode once per code object (kept
-    alive with its entry, so its id names no other)."""
-    hit = _imports_of_code.get(id(code))
-    if hit is not None and hit[0] is code:
-        return hit[1]
-    found = _read_code_imports(code)
-    if len(_imports_of_code) >= _MAX_RESOLVED:
-        _imports_of_code.clear()
-    _imports_of_code[id(code)] = (code, found)
     return found
-
-
-def _read_code_imports(code: types.CodeType) -> tuple[tuple[str, tuple[str, ...], int], ...]:
-    import dis
-
-    out: list[tuple[str, tuple[str, ...], int]] = []
-    todo = [code]
-    while todo:
-        c = todo.pop()
-        last: list[Any] = [None, None]  # the two constants loaded just before (level, names)
-        for ins in dis.get_instructions(c):
-            if ins.opname == "IMPORT_NAME":
-                level, fromlist = last
-                if isinstance(level, int) and isinstance(ins.argval, str):
-                    items = tuple(x for x in (fromlist or ()) if isinstance(x, str) and x != "*")
-                    out.append((ins.argval, items, level))
-            last = [last[1], ins.argval] if ins.opname == "LOAD_CONST" else [None, None]
-        todo.extend(x for x in c.co_consts if isinstance(x, types.CodeType))
-    return tuple(dict.fromkeys(out))
-
-
-def _imported_user_modules(code: types.CodeType, package: str | None) -> frozenset[str]:
-    """The user modules that ``code``'s import statements name (resolved from ``package``
-    for relative ones): the module, its parents and the submodules a ``from`` form names."""
-    if not _code_imports(code):
-        return frozenset()
-    # (the entry keeps the code object alive: its id names no other while it is there)
-    return _cached((id(code), package), lambda: (code, frozenset(_find_imported_user_modules(code, package))))[1]
-
-
-def _find_imported_user_modules(code: types.CodeType, package: str | None) -> set[str]:
-    out: set[str] = set()
-    for name, items, level in _code_imports(code):
-        if level:
-            if not package:
-                continue
-            bits = package.rsplit(".", level - 1)
-            if len(bits) < level:
-                continue  # (beyond the top package: an ImportError here too)
-            base = bits[0]
-            target = f"{base}.{name}" if name else base
-        else:
-            target = name
-        if target.split(".")[0] in _NEVER_SHIPPED:
-            continue
-        parts = target.split(".")
-        for i in range(1, len(parts) + 1):
-            part = ".".join(parts[:i])
-            if _user_module_file(part) is not None:
-                out.add(part)
-        for item in items:
-            sub = f"{target}.{item}"
-            if _user_module_file(sub) is not None:
-                out.add(sub)
-    return out
-
-
-_NEVER_SHIPPED = frozenset({"wrenpack", "runtime_builder", "cloudpickle", "__future__"})
-
-
-def _user_module_file(name: str) -> tuple[str, bool] | None:
-    """(file, is a package) of module ``name`` when it is the user's own code, else None.
-    A module not imported here is looked up without being run: its parent's ``__path__``
-    (or ``sys.path`` for a top-level name) is searched, as the import system would."""
-    module = sys.modules.get(name)
-    if module is not None:
-        if not is_user_module(module):
-            return None
-        return module.__file__, hasattr(module, "__path__")  # type: ignore[return-value]
-    if name.split(".")[0] in _NEVER_SHIPPED or name in sys.builtin_module_names:
-        return None
-    key = (name, tuple(sys.path))
-    hit = _unloaded.get(key, _MISSING)
-    if hit is _MISSING:
-        hit = _unloaded[key] = _find_unloaded(name)
-        if len(_unloaded) > 4096:
-            _unloaded.clear()
-    return hit  # type: ignore[return-value]
-
-
-#: (name, sys.path) -> what ``_find_unloaded`` found for a module not imported (a look-up is system calls)
-_unloaded: dict[tuple[str, tuple[str, ...]], tuple[str, bool] | None] = {}
-
-
-def _find_unloaded(name: str) -> tuple[str, bool] | None:
-    import importlib.machinery
-
-    parent, _, _ = name.rpartition(".")
-    if parent:
-        found = _user_module_file(parent)
-        if found is None or not found[1]:
-            return None
-        loaded = sys.modules.get(parent)
-        search = list(getattr(loaded, "__path__", None) or [os.path.dirname(found[0])])
-    else:
-        search = None
-    try:
-        spec = importlib.machinery.PathFinder.find_spec(name, search)  # (finds the file; runs nothing)
-    except (ImportError, ValueError, OSError):
-        return None
-    origin = getattr(spec, "origin", None)
-    if not origin or not os.path.isabs(origin) or not _outside_libraries(origin):
-        return None
-    if not origin.endswith(".py"):
-        return None
-    return origin, spec.submodule_search_locations is not None
-
-
-#: file -> ((mtime_ns, size), code, source); read when a launch first needs it, again when it changed
-_files: dict[str, tuple[tuple[int, int], types.CodeType | None, str | None]] = {}
-_files_lock = threading.Lock()
-
-
-def _read_file(path: str) -> tuple[types.CodeType | None, str | None]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None, None
-    stamp = (st.st_mtime_ns, st.st_size)
-    hit = _files.get(path)
-    if hit is not None and hit[0] == stamp:
-        return hit[1], hit[2]
-    code: types.CodeType | None = None
-    source: str | None = None
-    if path.endswith(".py"):
-        import importlib.machinery
-        import tokenize
-
-        try:
-            with tokenize.open(path) as f:  # (the file's own encoding declaration)
-                source = f.read()
-            # its cached bytecode when fresh, as an import reads it (compiling a large module takes ms)
-            code = importlib.machinery.SourceFileLoader("_wrenpack_scan", path).get_code("_wrenpack_scan")
-        except (ImportError, OSError, SyntaxError, ValueError, UnicodeDecodeError):
-            code = None
-    with _files_lock:
-        _files[path] = (stamp, code, source)
-    return code, source
-
-
-def _file_code(path: str) -> types.CodeType | None:
-    return _read_file(path)[0]
-
-
-def shipped_sources(fn: types.FunctionType) -> tuple[tuple[str, str, str, bool], ...]:
-    """The user modules the body of ``fn`` (pickled by value) imports by statement,
-    with every user module those import in turn, as ``wrenpack.worker.shipped``
-    entries (name, file, source, is a package): an import runs on the worker,
-    which does not have the user's project. Empty for most functions."""
-    g = fn.__globals__
-    names = _imported_user_modules(fn.__code__, g.get("__package__") or _package_of(g.get("__name__")))
-    if not names:
-        return ()
-    entries = []
-    for name in sorted(_import_closure(names)):
-        found = _user_module_file(name)
-        if found is None:
-            continue
-        entry = _entry(name, *found)
-        if entry is None:
-            _log.warning("wrenpack: %s imports module %r, your own code (%s), whose source cannot be sent with it; "
-                         "copy it into the runtime's python/ directory", getattr(fn, "__qualname__", fn), name, found[0])
-            continue
-        entries.append(entry)
-    shipped = {entry[0] for entry in entries}
-    for entry in list(entries):
-        parent = entry[0].rpartition(".")[0]
-        while parent and parent not in shipped:
-            # a namespace package (a folder without __init__.py) of the user's: an empty package there
-            module = sys.modules.get(parent)
-            where = list(getattr(module, "__path__", None) or [])
-            if module is None or getattr(module, "__file__", None) or not where or not _outside_libraries(where[0]):
-                break
-            shipped.add(parent)
-            entries.append((parent, where[0], "", True))
-            parent = parent.rpartition(".")[0]
-    return tuple(entries)
-
-
-#: (name, file, stamp) -> the entry sent: the same object each time, which a pickle holds once
-_entries: dict[tuple[str, str], tuple[tuple[int, int], tuple[str, str, str, bool]]] = {}
-
-
-def _entry(name: str, path: str, is_package: bool) -> tuple[str, str, str, bool] | None:
-    _code, source = _read_file(path)
-    if source is None:
-        return None
-    stamp = _files[path][0]
-    hit = _entries.get((name, path))
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    entry = (name, path, source, is_package)
-    _entries[(name, path)] = (stamp, entry)
-    return entry
-
-
-class _Install:
-    """Unpickled on the worker: makes the shipped modules importable there."""
-
-    __slots__ = ("entries",)
-
-    def __init__(self, entries: tuple[tuple[str, str, str, bool], ...]) -> None:
-        self.entries = entries
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        from wrenpack.worker.shipped import install
-
-        return install, (self.entries,)
 
 
 _registry_lock = threading.Lock()
@@ -945,18 +577,12 @@ def dumps_call(args: tuple[Any, ...], kwargs: dict[str, Any], label: str, user_m
     ``spill`` (a ``wrenpack.worker.handoff.Spill``): pickle into it as it goes
     (protocol 5, large buffers out of band) and return what it finishes as
     (bytes, or a sealed memfd for the local backend's hand-off)."""
-    with by_value(user_modules or set()), contextlib.ExitStack() as own_modules:
+    with by_value(user_modules or set()):
         try:
             if spill is None:
-                with io.BytesIO() as f:
-                    pickler = Pickler(f)
-                    pickler.own_modules = own_modules
-                    pickler.dump((args, kwargs))
-                    return f.getvalue()
+                return dumps((args, kwargs))
             try:
-                pickler = Pickler(spill, protocol=5, buffer_callback=spill.buffer)
-                pickler.own_modules = own_modules
-                pickler.dump((args, kwargs))
+                Pickler(spill, protocol=5, buffer_callback=spill.buffer).dump((args, kwargs))
                 return spill.finish()
             except BaseException:
                 spill.discard()

@@ -520,47 +520,6 @@ def _identity(x):
     return x
 
 
-def _predict(model, x):
-    return model.predict(x)
-
-
-_PROJECT = {
-    "wp_rie_pkg/__init__.py": "",
-    "wp_rie_pkg/sub.py": "from . import other\ndef g(x):\n    return other.h(x) + 1\n",
-    "wp_rie_pkg/other.py": "def h(x):\n    return x * 100\n",
-    "wp_rie_mid.py": "import wp_rie_pkg.sub\ndef outer(x):\n    return wp_rie_pkg.sub.g(x)\n",
-    "wp_rie_main.py": "import wp_rie_mid\ndef through_a_module(x):\n    return wp_rie_mid.outer(x)\n"
-                      "def imports_in_its_body(x):\n    from wp_rie_pkg.sub import g\n    import wp_rie_lazy\n"
-                      "    return g(x) + wp_rie_lazy.K\n",
-    "wp_rie_lazy.py": "K = 1000\n",
-    "wp_rie_models.py": "class Model:\n    def __init__(self, k):\n        self.k = k\n"
-                        "    def predict(self, x):\n        import wp_rie_mid\n        return wp_rie_mid.outer(x) * self.k\n",
-}
-
-
-def test_a_project_of_several_modules_runs_on_lambda(moto_endpoint, bucket, lambda_endpoint, tmp_path, monkeypatch):
-    """The user's project is not on a Lambda's sys.path: what a function reached only through
-    another module, by an import statement in its body (one never run here too), or through an
-    argument's class failed there with MissingDependency while it worked locally."""
-    import importlib
-    import sys
-
-    for rel, text in _PROJECT.items():
-        path = tmp_path / "proj" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    monkeypatch.syspath_prepend(str(tmp_path / "proj"))
-    try:
-        main, models = importlib.import_module("wp_rie_main"), importlib.import_module("wp_rie_models")
-        with _executor(moto_endpoint, bucket, lambda_endpoint, "multimod", invocation_type="RequestResponse") as ex:
-            assert ex.submit(main.through_a_module, 1).result(timeout=30) == 101
-            assert ex.submit(main.imports_in_its_body, 1).result(timeout=30) == 1101
-            assert ex.submit(_predict, models.Model(2), 1).result(timeout=30) == 202
-    finally:
-        for name in [n for n in sys.modules if n.startswith("wp_rie_")]:
-            del sys.modules[name]
-
-
 def test_cancel_of_a_call_not_yet_invoked_on_lambda(moto_endpoint, bucket, lambda_endpoint, tmp_path):
     """On the emulated Lambda path: with one call in flight at a time,
     the next one has not been invoked yet, so cancel() takes it back (its
