@@ -391,3 +391,41 @@ def test_a_sigterm_that_lands_in_the_programs_own_logging_handler_still_cleans_u
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
     assert _stored(tmp_path) == [] and time.monotonic() - t0 < 15 and "still running at exit" in err, err
+
+
+def test_an_installed_programs_own_code_runs_nothing_after_the_signal(tmp_path):
+    """probe12: a program installed as a package (pip: its code in a site-packages folder, run by
+    its console script) counted as library code, in which the main thread runs on after the
+    signal: its error handling ran ("caught ... retrying") before the process ended. Only the
+    standard library, wrenpack and the packages its cleanup runs are library code now."""
+    site = Path(tmp_path / "userbase" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages")
+    (site / "mytool").mkdir(parents=True)
+    (site / "mytool" / "__init__.py").write_text(textwrap.dedent("""
+        import time, wrenpack
+
+        def slow(x):
+            time.sleep(60)
+
+        def main():
+            futs = wrenpack.remote(slow).map(range(2))
+            print("ready", flush=True)
+            try:
+                [f.result() for f in futs]
+            except BaseException as exc:
+                print("caught", type(exc).__name__, "retrying", flush=True)
+    """))
+    env = dict(_env(tmp_path), PYTHONUSERBASE=str(tmp_path / "userbase"))  # (site.getusersitepackages() is ``site``)
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(site)])
+    proc = subprocess.Popen([sys.executable, "-c", "import mytool; mytool.main()"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
+    assert _stored(tmp_path) == [], err

@@ -16,8 +16,9 @@ cleanup takes: the executor's, the local backend's, a logging handler's, a
 progress wait's, an Event's of the standard library, the futures' one held in
 ``result()``; frozen in the handler, it held it for good, the cleanup waited for
 it until ``CLEANUP_S`` and the process ended with its jobs' objects in the store.
-So where the signal lands in library code (wrenpack's, the standard library's, an
-installed package's: where such locks are held) the main thread runs on, out of
+So where the signal lands in library code (wrenpack's, the standard library's, the
+packages the cleanup runs, such as boto3 and rich: where such locks are held;
+not an installed program's own package) the main thread runs on, out of
 its critical section, and stops at the first instruction of the program's own
 code it comes back to (``_stop_in_program_code``): the cleanup runs meanwhile, and
 nothing of the program runs after the signal. Landing in the program's own code,
@@ -68,7 +69,7 @@ def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | No
     """Install the handler, once per process, if SIGTERM is at its default and this is
     the main thread of a driver (not a wrenpack worker, which has its own). ``let_go``
     gives up, in the thread the handler interrupted, the locks ``cleanup`` takes."""
-    global _installed_in, _cleanup, _let_go, _library_roots, _locking_roots
+    global _installed_in, _cleanup, _let_go, _stdlib_roots, _locking_roots
     pid = os.getpid()
     if _installed_in == pid or threading.current_thread() is not threading.main_thread():
         return
@@ -78,7 +79,7 @@ def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | No
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return  # the program's own choice
         _cleanup, _let_go = cleanup, let_go
-        _library_roots = _roots()  # (now: not imports and file lookups in the handler)
+        _stdlib_roots = _roots()  # (now: not imports and file lookups in the handler)
         _locking_roots = tuple(os.path.join(os.path.dirname(p), "") for p in (_WRENPACK_INIT, os.path.abspath(logging.__file__)))
         signal.signal(signal.SIGTERM, _stop)
     except (ValueError, OSError):  # (not the main interpreter, or no signals here)
@@ -139,7 +140,7 @@ def _stop(signum: int, frame: Any) -> None:
     thread of its own; the main thread, which the handler interrupted, waits for it (at
     most ``CLEANUP_S``) where it holds none of the locks the cleanup takes: at once if
     the signal landed in the program's own code, else once it is back there (``_park``)."""
-    global _first
+    global _first, _package_roots
     if os.getpid() != _installed_in:  # a child forked without the hooks (os.fork is not all of them)
         _end(signum)
     if _over:  # (the cleanup is over: ``_watch`` signals the main thread to end the process)
@@ -153,6 +154,7 @@ def _stop(signum: int, frame: Any) -> None:
     cleanup = _cleanup
     if cleanup is None:
         _end(signum)
+    _package_roots = _find_package_roots()
     worker = threading.Thread(target=_run_cleanup, args=(cleanup,), name="wrenpack-sigterm-cleanup", daemon=True)
     # (the handler's caller is the frame the signal interrupted, or ``interrupts.Held``'s exit
     # that ran it late: the code running now, which ``frame`` may no longer be)
@@ -165,7 +167,7 @@ def _stop(signum: int, frame: Any) -> None:
             _let_go()
         worker.start()
         _park(worker, signum, now)
-    # Library code (wrenpack's, the standard library's: threading, logging, queue, a package's):
+    # Library code (wrenpack's, the standard library's: threading, logging, queue; boto3's, rich's):
     # it may hold any lock the cleanup takes (the executor's, the local backend's, a logging
     # handler's, an Event's), where it was stopped, for good. It runs on instead, out of its
     # critical section, and the main thread is stopped at the first instruction of the
@@ -295,39 +297,62 @@ def _stops_here(frame: Any) -> bool:
 _kinds: dict[str, bool] = {}
 #: wrenpack's ``__init__.py`` (its folder is wrenpack's code)
 _WRENPACK_INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__init__.py")
-#: the folders of library code (``_roots``), found when the handler is installed
-_library_roots: tuple[str, ...] = ()
 #: the folders of the library code that takes the cleanup's locks: wrenpack's, logging's
 _locking_roots: tuple[str, ...] = ()
 
 
 def _is_library(filename: str) -> bool:
     """Whether code of ``filename`` is library code, which may hold a lock the cleanup takes:
-    wrenpack's own, the standard library's, an installed package's; not the program's (its
-    script, its modules). (Code compiled from text: ``_in_program``.)"""
+    wrenpack's own, the standard library's, and that of the packages the cleanup runs
+    (``_CLEANUP_PACKAGES``); not the program's: its script, its modules, and its own installed
+    package (a tool installed with pip, run by its console script: its error handling and
+    retries must not run on after the signal). (Code compiled from text: ``_in_program``.)"""
     known = _kinds.get(filename)
     if known is None:
         if filename.startswith("<"):
             known = filename.startswith("<frozen")  # (<frozen importlib._bootstrap>, <frozen runpy>)
         else:
-            known = os.path.realpath(filename).startswith(_library_roots)
+            path = os.path.realpath(filename)
+            known = path.startswith(_package_roots) or (
+                # (the standard library's folder holds the interpreter's site-packages: not its code)
+                path.startswith(_stdlib_roots) and not any(part in path for part in _PACKAGE_FOLDERS))
         _kinds[filename] = known
     return known
 
 
+#: the top-level packages whose code the cleanup runs, or that the main thread may be in holding
+#: a lock the cleanup takes: cloudpickle, the progress display (rich and what it imports), the
+#: S3 store and Lambda clients (boto3 and what it imports), psutil, the shuffle's codecs
+_CLEANUP_PACKAGES = ("cloudpickle", "psutil", "rich", "pygments", "markdown_it", "mdurl", "boto3", "botocore",
+                     "s3transfer", "urllib3", "jmespath", "dateutil", "six", "certifi", "zstandard", "blake3",
+                     "memory_profiler", "packaging", "tomli", "typing_extensions")
+#: folders of installed packages (``_is_library``)
+_PACKAGE_FOLDERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+#: the standard library's folders (``_roots``, when the handler is installed)
+_stdlib_roots: tuple[str, ...] = ()
+#: wrenpack's folder and those of the ``_CLEANUP_PACKAGES`` imported (``_find_package_roots``, when the
+#: signal comes: a package not imported then runs nowhere)
+_package_roots: tuple[str, ...] = ()
+
+
 def _roots() -> tuple[str, ...]:
-    """The folders of library code: wrenpack's, the standard library's, the installed packages'."""
-    import site
+    """The standard library's folders (where an interpreter's site-packages may be too: ``_is_library``)."""
     import sysconfig
 
-    found = [os.path.dirname(_WRENPACK_INIT)]
     paths = sysconfig.get_paths()
-    found += [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)]
-    try:
-        found += list(site.getsitepackages()) + [site.getusersitepackages()]
-    except AttributeError:  # (an old virtualenv's site)
-        pass
-    return tuple(sorted({os.path.join(os.path.realpath(p), "") for p in found}))
+    return tuple(sorted({os.path.join(os.path.realpath(paths[k]), "") for k in ("stdlib", "platstdlib") if paths.get(k)}))
+
+
+def _find_package_roots() -> tuple[str, ...]:
+    """wrenpack's folder, and the folder (or file) of each of ``_CLEANUP_PACKAGES`` imported now:
+    ``sys.modules`` look-ups, no import and no file search (this runs in the signal handler)."""
+    found = [os.path.join(os.path.realpath(os.path.dirname(_WRENPACK_INIT)), "")]
+    for name in _CLEANUP_PACKAGES:
+        origin = getattr(sys.modules.get(name), "__file__", None)
+        if isinstance(origin, str) and os.path.isabs(origin):
+            folder = os.path.basename(origin).startswith("__init__.")
+            found.append(os.path.join(os.path.realpath(os.path.dirname(origin)), "") if folder else os.path.realpath(origin))
+    return tuple(found)
 
 
 def _end(signum: int) -> None:
