@@ -363,7 +363,7 @@ def _storage(value: Any, source: str) -> Any:
         except ConfigError as exc:
             raise ConfigError(f"storage={value!r} (from {source}): {exc}") from None
         if spec["type"] == "local" and source.startswith("environment variable") \
-                and not os.path.isabs(os.path.expanduser(value[7:] if value.startswith("file://") else value)):
+                and not value.startswith("file://") and not os.path.isabs(os.path.expanduser(value)):
             # (as WRENPACK_CACHE_DIR: every process that inherits the variable, a CLI run from another
             # folder, reads it against its own working directory, each a different store)
             problem = (f"a relative path, which each process would read against its own working directory; use an "
@@ -371,7 +371,7 @@ def _storage(value: Any, source: str) -> Any:
         if problem is not None:
             raise ConfigError(f"storage={value!r} (from {source}): {problem}")
         if spec["type"] == "s3" and value.endswith("/"):  # (the same folder: "s3://b/x/" is "s3://b/x")
-            value = value[:-1]
+            value = value.rstrip("/")
         return value
     if isinstance(value, dict) or hasattr(value, "spec"):  # a spec, or a ready Store
         return value

@@ -242,6 +242,17 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def iam_like(value: str, pattern: str) -> bool:
+    """IAM's wildcard match: '*' any run of characters, '?' one; ``${*}``, ``${?}`` and ``${$}``
+    the characters themselves; every other character itself ('[' too: not fnmatch's classes)."""
+    parts = []
+    for token in re.findall(r"\$\{[*?$]\}|[*?]|[^*?$]+|\$", pattern):
+        parts.append(re.escape(token[2]) if token.startswith("${") else ".*" if token == "*" else
+                     "." if token == "?" else re.escape(token))
+    regex = "".join(parts)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
+
+
 def _conditions_hold(condition: dict[str, dict[str, Any]], keys: dict[str, str]) -> bool:
     for op, tests in condition.items():
         for key, expected in tests.items():
@@ -250,7 +261,7 @@ def _conditions_hold(condition: dict[str, dict[str, Any]], keys: dict[str, str])
                 if (key in keys) != (wanted[0] == "false"):
                     return False
             elif op in ("StringLike", "StringEquals"):
-                match = fnmatch.fnmatchcase if op == "StringLike" else str.__eq__
+                match = iam_like if op == "StringLike" else str.__eq__
                 if key not in keys or not any(match(keys[key], w) for w in wanted):
                     return False
             else:
@@ -265,7 +276,7 @@ def allowed(policy: dict[str, Any], action: str, resource: str, keys: dict[str, 
             raise Unknown(f"statement {st.get('Sid')!r}: only Allow with Action and Resource is understood here")
         if not any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in _listed(st["Action"])):
             continue
-        if not any(fnmatch.fnmatchcase(resource, r) for r in _listed(st["Resource"])):
+        if not any(iam_like(resource, r) for r in _listed(st["Resource"])):
             continue
         if _conditions_hold(st.get("Condition") or {}, keys):
             return True

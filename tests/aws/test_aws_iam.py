@@ -213,6 +213,25 @@ def test_the_evaluator_refuses_what_the_policy_scopes_out(bucket):
     assert json.dumps(client).count('"*"') == 1  # GetAccountSettings' resource, nothing else
 
 
+def test_a_prefix_with_iams_wildcards_grants_only_itself(bucket):
+    """probe12: prefixes with '*', '?' or '$' were refused outright (a policy for "a*" grants
+    "ab/" too), which stranded stores an earlier version made. They are allowed; the policy
+    writes each as IAM's literal form (``${*}``, ``${?}``, ``${$}``)."""
+    class Cfg:
+        function_name = BASE
+        aws_region = REGION
+        storage = f"s3://{bucket}/team*:a?b$c[d]"
+
+    client = iam_policy(Cfg(), "client", ACCOUNT)
+    key = "team*:a?b$c[d]/jobs/j1/input/0.pkl"
+    assert not denied(client, [("s3", "PutObject", {"Bucket": bucket, "Key": key})])
+    for other in ("teamX:a?b$c[d]", "team*:aXb$c[d]", "team*:a?b$c[d]x", "team*:a?bXc[d]", "team*:a?b$cd"):
+        assert denied(client, [("s3", "PutObject", {"Bucket": bucket, "Key": f"{other}/jobs/j1/input/0.pkl"})]), other
+    assert not denied(client, [("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": "team*:a?b$c[d]/jobs/j1/result/"})])
+    assert denied(client, [("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": "team-x:a?b$c[d]/jobs/j1/result/"})])
+    assert "team${*}:a${?}b${$}c[d]/" in json.dumps(client)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_the_aws_suite_passes_under_iam_enforcement(tmp_path):

@@ -90,6 +90,10 @@ def parse_store_url(url: str) -> dict[str, Any]:
                               "file:///tmp/store); use file:///ABSOLUTE/PATH or a plain path")
     if "://" in path:
         raise ConfigError(f"unsupported store URL {url!r}; use a path, file:///path or s3://bucket/prefix")
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", path)
+    if scheme:  # ("s3:/bkt/x" was a local folder named "s3:", in the working directory)
+        raise ConfigError(f"store {url!r} looks like a URL with one slash after {scheme.group(1)!r}:; write "
+                          f"{scheme.group(1)}://... (s3://bucket/prefix, file:///path), or ./{path} for a folder of that name")
     if not path.strip():
         raise ConfigError("the store path is empty; use a path (e.g. /tmp/wrenpack-store), file:///path or s3://bucket/prefix")
     expanded = os.path.expanduser(path)
@@ -100,14 +104,6 @@ def parse_store_url(url: str) -> dict[str, Any]:
     return {"type": "local", "root": os.path.abspath(expanded)}
 
 
-#: what an S3 store's prefix may hold between its '/': letters and digits (any script) and this
-#: punctuation (S3's "safe" characters, and '=', '+', ',', '@' as in "date=2024"). Not spaces or
-#: control characters, nor those S3 asks to avoid in keys ('\\', '{', '^', '%', '`', '[', '"', '<',
-#: '~', '#', '|', ...), nor '*', '?' and '$': ``wrenpack iam-policy`` writes the prefix into a
-#: policy, where '*' and '?' are wildcards (a policy for "a*" grants "ab/" too) and "${" a variable.
-_PREFIX_PUNCTUATION = frozenset("!-_.'()=+,@")
-
-
 def store_location_problem(url: str) -> str | None:
     """What is wrong with ``url`` as the store's location (the ``storage`` setting), on
     top of what ``parse_store_url`` refuses; None if nothing. One clause that names
@@ -115,17 +111,19 @@ def store_location_problem(url: str) -> str | None:
     user's own data through it, whose keys may be anything.
 
     Refused: spaces around the URL or path (a quoting slip), and an S3 prefix that is
-    not plain folder names: '..' or '.' segments (S3 has no parent folder: "s3://b/../x"
+    not folder names: '..' or '.' segments (S3 has no parent folder: "s3://b/../x"
     was the prefix "../x"), an empty one ("s3://b//x", a leading or a doubled '/'), or a
-    character outside ``_PREFIX_PUNCTUATION``, letters and digits. One trailing '/'
-    means the same folder ("s3://b/x/" is "s3://b/x"), as before."""
+    character that cannot be typed or seen (a control character, a line break, a
+    zero-width one). Any other character S3 keys hold is the user's choice, as it was
+    (a store made under "s3://b/team:ml" or "s3://b/my data" stays reachable);
+    ``wrenpack iam-policy`` writes '*', '?' and '$' as IAM's literal forms. Trailing
+    '/' mean the same folder ("s3://b/x/" is "s3://b/x"), as before."""
     if url != url.strip() and url.strip():
         return f"it has spaces around it (a quoting slip?); remove them: {url.strip()!r}"
     if not url.startswith("s3://"):
         return None
     bucket, _, prefix = url[5:].partition("/")
-    if prefix.endswith("/"):
-        prefix = prefix[:-1]
+    prefix = prefix.rstrip("/")
     if not prefix:
         return None
     parts = prefix.split("/")
@@ -139,8 +137,7 @@ def store_location_problem(url: str) -> str | None:
         where = "begin with '/'" if parts[0] == "" else "contain '//'"
         return f"the prefix may not {where} (an empty folder name: S3 keeps it as part of every key); {fix}"
     for ch in prefix:
-        if ch != "/" and not ch.isalnum() and ch not in _PREFIX_PUNCTUATION:
-            shown = {" ": "a space", "\t": "a tab", "\n": "a line break"}.get(ch, repr(ch))
-            return (f"the prefix holds {shown}, which S3 keys (and the IAM policy naming them) handle badly; use "
-                    f"letters, digits and {' '.join(sorted(_PREFIX_PUNCTUATION))} in its folder names")
+        if not ch.isprintable() and ch != " ":
+            shown = {"\t": "a tab", "\n": "a line break", "\r": "a carriage return"}.get(ch, f"the character {ascii(ch)}")
+            return f"the prefix holds {shown}, which cannot be seen or typed in a key; remove it"
     return None

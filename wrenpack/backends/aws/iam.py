@@ -34,6 +34,13 @@ def partition(region: str | None) -> str:
         return "aws"
 
 
+def iam_literal(text: str) -> str:
+    """``text`` as IAM matches it literally in a Resource or a StringLike condition: '*' and '?'
+    are IAM's wildcards and "${" starts a policy variable, so each of '$', '*' and '?' is
+    written as its special-character variable (``${$}``, ``${*}``, ``${?}``)."""
+    return "".join("${" + ch + "}" if ch in "$*?" else ch for ch in text)
+
+
 def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None = None) -> dict[str, Any]:
     """A least-privilege policy for ``role`` (one of ``ROLES``); ``worker_role``,
     for "deploy": the only execution role it may pass (default: one named like the function).
@@ -47,6 +54,7 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
         raise ConfigError(f"--worker-role {worker_role!r} is neither a role ARN nor a role name (up to 64 letters, "
                           "digits and +=,.@_-); pass the execution role's ARN (arn:aws:iam::ACCOUNT:role/NAME)")
     bucket, prefix = bucket_prefix(cfg)
+    prefix = iam_literal(prefix)  # (a store under "s3://b/a*" must not grant "s3://b/ab/...")
     # (the region boto3 will use, as deploy and the backend see it: aws_region, else AWS_REGION /
     # AWS_DEFAULT_REGION, else the profile's; its partition is the ARNs' own)
     region = configured_region(getattr(cfg, "aws_region", None), getattr(cfg, "aws_profile", None)) or "*"
