@@ -112,9 +112,10 @@ def prctl(option: int, value: int) -> bool:
 #: its children (``drop_memory_reading_capabilities``): CAP_SYS_PTRACE (ptrace, /proc/<pid>/mem,
 #: process_vm_readv of any process, non-dumpable ones too), CAP_SYS_RAWIO (/proc/kcore: all of
 #: memory), CAP_SYS_MODULE (a kernel module reads anything), CAP_SYS_ADMIN, CAP_PERFMON and
-#: CAP_BPF (tracing programs that read a process's memory as it runs). The numbers are Linux's.
+#: CAP_BPF (tracing programs that read a process's memory as it runs), CAP_CHECKPOINT_RESTORE
+#: (another process's /proc/<pid>/map_files). The numbers are Linux's.
 MEMORY_READING_CAPABILITIES = {"CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21,
-                               "CAP_PERFMON": 38, "CAP_BPF": 39}
+                               "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40}
 _PR_CAPBSET_READ = 23
 _PR_CAPBSET_DROP = 24
 _CAPABILITY_VERSION_3 = 0x20080522
