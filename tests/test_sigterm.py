@@ -429,3 +429,36 @@ def test_an_installed_programs_own_code_runs_nothing_after_the_signal(tmp_path):
             proc.wait()
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
     assert _stored(tmp_path) == [], err
+
+
+def test_the_programs_done_callbacks_run_no_more_after_the_signal(tmp_path):
+    """probe12: the cleanup's cancels ran the program's done-callbacks in the cleanup's thread:
+    one that takes a lock the program's main loop holds (where the signal stopped it) stalled the
+    cleanup for CLEANUP_S (30 s); one that launches a pipeline's next stage launched it there.
+    Nothing of the program runs after the signal: its callbacks neither (wrenpack's own still do)."""
+    script = """
+        import sys, threading, time, wrenpack
+        lock = threading.Lock()
+        def slow(x):
+            time.sleep(60)
+        def cb(f):
+            with lock:
+                sys.stdout.write("callback ran\\n")
+        futs = wrenpack.remote(slow).map([b"x" * 300000] * 2)
+        for f in futs:
+            f.add_done_callback(cb)
+        print("ready", flush=True)
+        while True:
+            with lock:
+                time.sleep(0.5)  # (say, drawing a status of its own)
+            time.sleep(0.001)
+    """
+    with _ready(tmp_path, script) as proc:
+        time.sleep(0.7)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - began
+    assert proc.returncode == -signal.SIGTERM and "callback ran" not in out, (out, err)
+    assert took < 10, (took, err)
+    assert _stored(tmp_path) == [], err

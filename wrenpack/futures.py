@@ -79,6 +79,11 @@ _DONE_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.F
 _CANCELLED_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
 #: a future's callbacks before the first is added (a list is made then)
 _NO_CALLBACKS: tuple[Any, ...] = ()
+#: set by the driver's SIGTERM handler (``wrenpack.executor.termination``): whether a done-callback
+#: is the program's own. Once the signal came nothing of the program runs (its main thread is
+#: stopped): a callback of its own that the cleanup's cancels would run took a lock its main
+#: thread held there (the cleanup waited 30 s), or launched the next stage of a pipeline.
+_program_callback: Callable[[Any], bool] | None = None
 
 
 class CallOwner:
@@ -390,6 +395,10 @@ class WrenFuture(cf.Future):
         made each map a reference cycle, so its results (and its arguments'
         pickles) stayed in memory until the garbage collector happened to run,
         and one future the user kept held all of its siblings' results."""
+        skip = _program_callback
+        if skip is not None and self._done_callbacks is not _NO_CALLBACKS:
+            # (a SIGTERM's cleanup is ending the program: its own callbacks run no more)
+            self._done_callbacks = [fn for fn in self._done_callbacks if not skip(fn)]
         try:
             super()._invoke_callbacks()
         finally:

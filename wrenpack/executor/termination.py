@@ -8,8 +8,10 @@ executor made, a program that left SIGTERM at its default gets a handler that
 runs wrenpack's exit cleanup (``Executor._exit``: running calls stopped, their
 objects removed, as at a normal exit) and then lets SIGTERM's default action end
 the process, as before: the same exit status, and nothing else of the program
-runs (no ``finally``, no other exit hook), so a program or framework that
-catches ``SystemExit`` (a test runner, a server loop) still ends. The cleanup
+runs (no ``finally``, no other exit hook, none of its done-callbacks, which the
+cleanup's cancels would otherwise run: ``futures._program_callback``), so a
+program or framework that catches ``SystemExit`` (a test runner, a server loop)
+still ends. The cleanup
 runs in a thread of its own, waited for at most ``CLEANUP_S``. The main thread,
 which the handler interrupts between two bytecodes, may hold there any lock the
 cleanup takes: the executor's, the local backend's, a logging handler's, a
@@ -40,6 +42,7 @@ after their fork ran on; ``multiprocessing.Pool.terminate`` hung on such a one).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import signal
@@ -155,6 +158,9 @@ def _stop(signum: int, frame: Any) -> None:
     if cleanup is None:
         _end(signum)
     _package_roots = _find_package_roots()
+    futures = sys.modules.get("wrenpack.futures")  # (imported: the executor that installed this uses it)
+    if futures is not None:
+        futures._program_callback = _callable_in_program  # its done-callbacks are the program's code too
     worker = threading.Thread(target=_run_cleanup, args=(cleanup,), name="wrenpack-sigterm-cleanup", daemon=True)
     # (the handler's caller is the frame the signal interrupted, or ``interrupts.Held``'s exit
     # that ran it late: the code running now, which ``frame`` may no longer be)
@@ -270,6 +276,33 @@ def _in_program(frame: Any) -> bool:
     if g.get("__name__") == "__main__":
         return True
     filename = frame.f_code.co_filename
+    if filename.startswith("<") and not filename.startswith("<frozen"):
+        filename = g.get("__file__") or ""
+        if not isinstance(filename, str) or not filename:
+            return False
+    return not _is_library(filename)
+
+
+def _callable_in_program(fn: Any) -> bool:
+    """Whether the done-callback ``fn`` is the program's own code (as ``_in_program`` tells a
+    frame's): a function, a bound method, a ``functools.partial`` of one, a callable object.
+    One of no Python code (a builtin) is not."""
+    for _ in range(8):
+        if not isinstance(fn, functools.partial):
+            break
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    if getattr(fn, "__code__", None) is None:
+        # a callable object: its class's __call__ (the first class of its MRO that defines one)
+        call = next((vars(klass)["__call__"] for klass in type(fn).__mro__ if "__call__" in vars(klass)), None)
+        fn = getattr(call, "__func__", call)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return False
+    g = getattr(fn, "__globals__", None) or {}
+    if g.get("__name__") == "__main__":
+        return True
+    filename = code.co_filename
     if filename.startswith("<") and not filename.startswith("<frozen"):
         filename = g.get("__file__") or ""
         if not isinstance(filename, str) or not filename:
