@@ -51,7 +51,10 @@ def _refused(fut, segments):
     assert "\n" not in msg, msg
     assert f"segment {segments - 1}" in msg and "began from the same state as" in msg, msg
     assert "start the loop from the state restore() returns" in msg, msg
-    assert fut.segments == segments
+    # (invocations: a segment that ran out of time before its first save is run once more from the
+    # same checkpoint, ``checkpoint.LATE_RERUNS``, under the same number: on a loaded machine the
+    # first offer can come after the 1 s timeout; CI saw 4 for 3 once)
+    assert segments <= fut.segments <= segments + ck.LATE_RERUNS, fut.segments
     return msg
 
 
