@@ -80,9 +80,9 @@ _CANCELLED_STATES = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
 #: a future's callbacks before the first is added (a list is made then)
 _NO_CALLBACKS: tuple[Any, ...] = ()
 #: set by the driver's SIGTERM handler (``wrenpack.executor.termination``): whether a done-callback
-#: is the program's own. Once the signal came nothing of the program runs (its main thread is
-#: stopped): a callback of its own that the cleanup's cancels would run took a lock its main
-#: thread held there (the cleanup waited 30 s), or launched the next stage of a pipeline.
+#: is to be skipped, being anything but wrenpack's own. Once the signal came nothing of the program
+#: runs (its main thread is stopped): a callback of its own that the cleanup's cancels would run took
+#: a lock its main thread held there (the cleanup waited 30 s), or launched a pipeline's next stage.
 _program_callback: Callable[[Any], bool] | None = None
 
 

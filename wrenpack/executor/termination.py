@@ -9,7 +9,7 @@ runs wrenpack's exit cleanup (``Executor._exit``: running calls stopped, their
 objects removed, as at a normal exit) and then lets SIGTERM's default action end
 the process, as before: the same exit status, and nothing else of the program
 runs (no ``finally``, no other exit hook, none of its done-callbacks, which the
-cleanup's cancels would otherwise run: ``futures._program_callback``), so a
+cleanup's cancels would otherwise run: only wrenpack's own do, ``_not_wrenpacks``), so a
 program or framework that catches ``SystemExit`` (a test runner, a server loop)
 still ends. The cleanup
 runs in a thread of its own, waited for at most ``CLEANUP_S``. The main thread,
@@ -160,7 +160,7 @@ def _stop(signum: int, frame: Any) -> None:
     _package_roots = _find_package_roots()
     futures = sys.modules.get("wrenpack.futures")  # (imported: the executor that installed this uses it)
     if futures is not None:
-        futures._program_callback = _callable_in_program  # its done-callbacks are the program's code too
+        futures._program_callback = _not_wrenpacks  # (the program's done-callbacks are the program's code too)
     worker = threading.Thread(target=_run_cleanup, args=(cleanup,), name="wrenpack-sigterm-cleanup", daemon=True)
     # (the handler's caller is the frame the signal interrupted, or ``interrupts.Held``'s exit
     # that ran it late: the code running now, which ``frame`` may no longer be)
@@ -283,10 +283,12 @@ def _in_program(frame: Any) -> bool:
     return not _is_library(filename)
 
 
-def _callable_in_program(fn: Any) -> bool:
-    """Whether the done-callback ``fn`` is the program's own code (as ``_in_program`` tells a
-    frame's): a function, a bound method, a ``functools.partial`` of one, a callable object.
-    One of no Python code (a builtin) is not."""
+def _not_wrenpacks(fn: Any) -> bool:
+    """Whether the done-callback ``fn`` is anything but wrenpack's own code, which alone runs in
+    the cleanup (the map's plan, progress, ``as_completed``). Telling the program's callbacks
+    apart instead missed those a library wraps: ``lru_cache``, ``singledispatch``, a
+    ``partial`` of a thread pool's ``submit`` that runs the program's next stage. Unwrapped here:
+    ``functools.partial``, a bound method, a callable object's ``__call__``."""
     for _ in range(8):
         if not isinstance(fn, functools.partial):
             break
@@ -298,16 +300,15 @@ def _callable_in_program(fn: Any) -> bool:
         fn = getattr(call, "__func__", call)
     code = getattr(fn, "__code__", None)
     if code is None:
-        return False
-    g = getattr(fn, "__globals__", None) or {}
-    if g.get("__name__") == "__main__":
-        return True
-    filename = code.co_filename
-    if filename.startswith("<") and not filename.startswith("<frozen"):
-        filename = g.get("__file__") or ""
-        if not isinstance(filename, str) or not filename:
-            return False
-    return not _is_library(filename)
+        return True  # (C code: a builtin, or a wrapper the program put around its own function)
+    ours = _wrenpacks.get(code.co_filename)
+    if ours is None:
+        ours = _wrenpacks[code.co_filename] = os.path.realpath(code.co_filename).startswith(_WRENPACK_ROOT)
+    return not ours
+
+
+#: file name -> whether it is wrenpack's code (``_not_wrenpacks``: asked for each callback in the cleanup)
+_wrenpacks: dict[str, bool] = {}
 
 
 def _stops_here(frame: Any) -> bool:
@@ -330,6 +331,8 @@ def _stops_here(frame: Any) -> bool:
 _kinds: dict[str, bool] = {}
 #: wrenpack's ``__init__.py`` (its folder is wrenpack's code)
 _WRENPACK_INIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__init__.py")
+#: wrenpack's folder, as a file's real path begins
+_WRENPACK_ROOT = os.path.join(os.path.realpath(os.path.dirname(_WRENPACK_INIT)), "")
 #: the folders of the library code that takes the cleanup's locks: wrenpack's, logging's
 _locking_roots: tuple[str, ...] = ()
 
@@ -379,7 +382,7 @@ def _roots() -> tuple[str, ...]:
 def _find_package_roots() -> tuple[str, ...]:
     """wrenpack's folder, and the folder (or file) of each of ``_CLEANUP_PACKAGES`` imported now:
     ``sys.modules`` look-ups, no import and no file search (this runs in the signal handler)."""
-    found = [os.path.join(os.path.realpath(os.path.dirname(_WRENPACK_INIT)), "")]
+    found = [_WRENPACK_ROOT]
     for name in _CLEANUP_PACKAGES:
         origin = getattr(sys.modules.get(name), "__file__", None)
         if isinstance(origin, str) and os.path.isabs(origin):
