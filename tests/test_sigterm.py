@@ -471,3 +471,39 @@ def test_the_programs_done_callbacks_run_no_more_after_the_signal(tmp_path):
     assert proc.returncode == -signal.SIGTERM and "ran" not in out, (out, err)
     assert took < 10, (took, err)
     assert _stored(tmp_path) == [], err
+
+
+def test_a_logging_handler_that_waits_holds_up_no_cleanup(tmp_path):
+    """probe13: a logging library of the program's with a lock of its own (loguru, with logging
+    routed into it), held by the main loop where the signal stopped it, held up the cleanup's
+    own log line, so the cleanup 30 s: the process ended with its work folder and cgroups left.
+    Any handler that waits does the same (a network handler whose server is gone). The
+    cleanup's log lines are written by a thread of their own now; the cleanup goes on."""
+    script = """
+        import logging, threading, time, wrenpack
+        lock = threading.Lock()
+        class Held(logging.Handler):
+            def emit(self, record):
+                with lock:
+                    print("logged:", record.getMessage(), flush=True)
+        logging.getLogger().addHandler(Held())
+        def slow(x):
+            time.sleep(60)
+        futs = wrenpack.remote(slow).map([b"x" * 300000] * 2)
+        print("ready", flush=True)
+        while True:
+            with lock:
+                time.sleep(0.5)  # (say, the logging library writing a batch)
+            time.sleep(0.001)
+    """
+    with _ready(tmp_path, script) as proc:
+        time.sleep(0.7)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - began
+    assert proc.returncode == -signal.SIGTERM and took < 10, (took, out, err)
+    assert _stored(tmp_path) == [], err
+    import glob
+    import tempfile
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), f"wrenpack-local-{proc.pid}-*"))  # (its work folder)

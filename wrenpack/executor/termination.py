@@ -45,6 +45,7 @@ import atexit
 import functools
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -147,12 +148,12 @@ def _stop(signum: int, frame: Any) -> None:
     if os.getpid() != _installed_in:  # a child forked without the hooks (os.fork is not all of them)
         _end(signum)
     if _over:  # (the cleanup is over: ``_watch`` signals the main thread to end the process)
-        _end(signum)
+        _end(signum, drain=False)
     now = time.monotonic()
     if _first is not None:
         if now - _first < REPEAT_S:
             return
-        _end(signum)  # asked again: the process ends now
+        _end(signum, drain=False)  # asked again: the process ends now
     _first = now
     cleanup = _cleanup
     if cleanup is None:
@@ -161,6 +162,7 @@ def _stop(signum: int, frame: Any) -> None:
     futures = sys.modules.get("wrenpack.futures")  # (imported: the executor that installed this uses it)
     if futures is not None:
         futures._program_callback = _not_wrenpacks  # (the program's done-callbacks are the program's code too)
+    _log_aside()
     worker = threading.Thread(target=_run_cleanup, args=(cleanup,), name="wrenpack-sigterm-cleanup", daemon=True)
     # (the handler's caller is the frame the signal interrupted, or ``interrupts.Held``'s exit
     # that ran it late: the code running now, which ``frame`` may no longer be)
@@ -209,6 +211,10 @@ def _watch(worker: threading.Thread, signum: int, since: float) -> None:
     (``_over``); if it cannot run the handler (stuck in C code), the process ends from here."""
     global _over
     worker.join(max(0.0, CLEANUP_S - (time.monotonic() - since)))
+    aside = _aside
+    if aside is not None:
+        # (here, not in the handler: the main thread, running on, may hold a lock a handler takes)
+        aside.drain(DRAIN_S)
     _over = True
     try:
         signal.pthread_kill(threading.main_thread().ident or 0, signum)
@@ -391,8 +397,67 @@ def _find_package_roots() -> tuple[str, ...]:
     return tuple(found)
 
 
-def _end(signum: int) -> None:
-    """SIGTERM's default action: the process ends, with the status a shell shows for it."""
+class _Aside(logging.Handler):
+    """wrenpack's log records while the SIGTERM cleanup runs, written by a thread of their own
+    to the handlers they would have reached (``_log_aside``): a handler that waits (a lock the
+    stopped main thread holds, a logging library's of the program's; a network handler whose
+    server is gone) then holds up that thread, not the cleanup. ``drain`` gives it a moment to
+    write what it has before the process ends."""
+
+    def __init__(self, targets: list[logging.Handler]) -> None:
+        super().__init__()
+        self.targets = targets
+        self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._write, name="wrenpack-sigterm-log", daemon=True)
+        self.thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.put(record)
+
+    def _write(self) -> None:
+        while True:
+            record = self.records.get()
+            if record is None:
+                return
+            for handler in self.targets:  # (as Logger.callHandlers does)
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+    def drain(self, timeout: float) -> None:
+        self.records.put(None)
+        self.thread.join(timeout)
+
+
+#: the cleanup's log writer (``_log_aside``), once the signal came
+_aside: _Aside | None = None
+#: how long the process waits, once the cleanup is over, for its log lines to be written
+DRAIN_S = 1.0
+
+
+def _log_aside() -> None:
+    """Hand wrenpack's log records to an ``_Aside`` for the rest of the process: the handlers
+    that a record of the ``wrenpack`` logger reaches (its own, then its ancestors' while it
+    propagates; logging's last resort, stderr, when there are none) are called from there."""
+    global _aside
+    logger = logging.getLogger("wrenpack")
+    targets: list[logging.Handler] = []
+    node: logging.Logger | None = logger
+    while node is not None:
+        targets += node.handlers
+        node = node.parent if node.propagate else None  # type: ignore[assignment]
+    if not targets and logging.lastResort is not None:
+        targets = [logging.lastResort]
+    _aside = _Aside(targets)
+    logger.handlers = [_aside]
+    logger.propagate = False
+
+
+def _end(signum: int, drain: bool = True) -> None:
+    """SIGTERM's default action: the process ends, with the status a shell shows for it
+    (``drain``: once the cleanup's log lines are written, at most ``DRAIN_S``)."""
+    aside = _aside
+    if drain and aside is not None and os.getpid() == _installed_in:
+        aside.drain(DRAIN_S)  # (what the cleanup logged: written, unless a handler is stuck)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
