@@ -92,7 +92,7 @@ def parse_store_url(url: str) -> dict[str, Any]:
         raise ConfigError(f"unsupported store URL {url!r}; use a path, file:///path or s3://bucket/prefix")
     scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", path)
     if scheme:  # ("s3:/bkt/x" was a local folder named "s3:", in the working directory)
-        raise ConfigError(f"store {url!r} looks like a URL with one slash after {scheme.group(1)!r}:; write "
+        raise ConfigError(f"store {url!r} looks like a URL with one slash after '{scheme.group(1)}:'; write "
                           f"{scheme.group(1)}://... (s3://bucket/prefix, file:///path), or ./{path} for a folder of that name")
     if not path.strip():
         raise ConfigError("the store path is empty; use a path (e.g. /tmp/wrenpack-store), file:///path or s3://bucket/prefix")
