@@ -120,8 +120,14 @@ def test_an_owner_key_that_is_not_trusted_is_named_with_its_reason(home, monkeyp
 def test_a_driver_killed_inside_spawn_map_leaves_no_job_behind(home):
     """SIGKILL between handing the job over and reading the supervisor's "ok": the job's
     record and owner record stayed, listed as a lost job for its whole retention (7 days)."""
+    _killed_driver_leaves_nothing(home, DYING_DRIVER)
+
+
+def _killed_driver_leaves_nothing(home, source: str) -> None:
+    """Run the driver ``source`` (it prints its supervisor's pid, then is SIGKILLed inside
+    spawn_map): no job in the store, no job log, once that supervisor is gone."""
     script = home / "driver.py"
-    script.write_text(textwrap.dedent(DYING_DRIVER))
+    script.write_text(textwrap.dedent(source))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
     assert out.returncode == -9, out.stderr
@@ -344,14 +350,7 @@ def test_a_driver_killed_after_the_supervisors_ok_leaves_no_job_running(home):
     """spawn_map went on for 75-140 ms after the supervisor's "ok" (freeing the pickled
     arguments, making the Job): a driver killed then never returned the job, yet the job ran
     all its calls. The supervisor now waits for spawn_map's last step, "go"."""
-    script = home / "driver.py"
-    script.write_text(textwrap.dedent(KILLED_AFTER_OK))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=home, timeout=120)
-    assert out.returncode == -9, out.stderr
-    _wait_gone(int(out.stdout.split()[0]))
-    assert _store().list(keys.JOBS) == []
-    assert os.listdir(home / "cache" / "jobs") == []
+    _killed_driver_leaves_nothing(home, KILLED_AFTER_OK)
 
 
 def _recording_popen(monkeypatch) -> list[subprocess.Popen]:

@@ -6,10 +6,12 @@ on) stayed."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -431,6 +433,17 @@ def test_an_installed_programs_own_code_runs_nothing_after_the_signal(tmp_path):
     assert _stored(tmp_path) == [], err
 
 
+def _terminated_in_its_loop(tmp_path: Path, script: str) -> tuple[subprocess.Popen, str, str, float]:
+    """``script`` started, SIGTERMed once it has been in its main loop a moment (which holds a
+    lock of its own most of the time), and ended: (its process, stdout, stderr, seconds it took)."""
+    with _ready(tmp_path, script) as proc:
+        time.sleep(0.7)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        return proc, out, err, time.monotonic() - began
+
+
 def test_the_programs_done_callbacks_run_no_more_after_the_signal(tmp_path):
     """probe12: the cleanup's cancels ran the program's done-callbacks in the cleanup's thread:
     one that takes a lock the program's main loop holds (where the signal stopped it) stalled the
@@ -462,12 +475,7 @@ def test_the_programs_done_callbacks_run_no_more_after_the_signal(tmp_path):
                 time.sleep(0.5)  # (say, drawing a status of its own)
             time.sleep(0.001)
     """
-    with _ready(tmp_path, script) as proc:
-        time.sleep(0.7)
-        began = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - began
+    proc, out, err, took = _terminated_in_its_loop(tmp_path, script)
     assert proc.returncode == -signal.SIGTERM and "ran" not in out, (out, err)
     assert took < 10, (took, err)
     assert _stored(tmp_path) == [], err
@@ -496,14 +504,7 @@ def test_a_logging_handler_that_waits_holds_up_no_cleanup(tmp_path):
                 time.sleep(0.5)  # (say, the logging library writing a batch)
             time.sleep(0.001)
     """
-    with _ready(tmp_path, script) as proc:
-        time.sleep(0.7)
-        began = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - began
+    proc, out, err, took = _terminated_in_its_loop(tmp_path, script)
     assert proc.returncode == -signal.SIGTERM and took < 10, (took, out, err)
     assert _stored(tmp_path) == [], err
-    import glob
-    import tempfile
     assert not glob.glob(os.path.join(tempfile.gettempdir(), f"wrenpack-local-{proc.pid}-*"))  # (its work folder)
