@@ -30,9 +30,11 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _ready(tmp_path: Path, script: str, **popen: Any) -> Iterator[subprocess.Popen]:
-    """The program ``script`` started, once it printed "ready"; killed at the end if it still runs."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=_env(tmp_path),
+def _ready(tmp_path: Path, script: str, env: dict[str, str] | None = None, **popen: Any) -> Iterator[subprocess.Popen]:
+    """The program ``script`` started (with ``env``, else ``_env``'s), once it printed "ready";
+    killed at the end if it still runs."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path,
+                            env=_env(tmp_path) if env is None else env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
@@ -43,6 +45,18 @@ def _ready(tmp_path: Path, script: str, **popen: Any) -> Iterator[subprocess.Pop
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _terminated(tmp_path: Path, script: str, after: float = 0.0,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, str, float]:
+    """``script`` started (``_ready``), SIGTERMed ``after`` seconds past its "ready", and ended:
+    (its process, stdout, stderr, seconds from the signal to its end)."""
+    with _ready(tmp_path, script, env) as proc:
+        time.sleep(after)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        return proc, out, err, time.monotonic() - began
 
 
 def _stored(tmp_path: Path) -> list[str]:
@@ -305,11 +319,7 @@ def test_a_sigterm_that_lands_while_the_main_thread_holds_a_lock_the_cleanup_tak
     the main thread run on out of such code, and stops it where the program's own code would run."""
     lock, where = _HELD_LOCKS[name]
     script = _HOLDING.replace("LOCK_EXPR", lock).replace("WHERE", where)
-    with _ready(tmp_path, script) as proc:
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    took = time.monotonic() - t0
+    proc, out, err, took = _terminated(tmp_path, script)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)  # (nothing of the program ran on)
     assert _stored(tmp_path) == [], err  # (before: 13 objects but with the prefixes' lock, after 30 s)
     assert took < 15 and "still running at exit" in err, (took, err)
@@ -334,12 +344,9 @@ def test_a_sigterm_that_lands_in_wrenpacks_code_the_main_thread_never_leaves_end
     """The main thread runs on out of library code after the signal (the test above); code it
     never leaves (a wait on what the cleanup does not end) does not hold the process up: it
     ends once the cleanup is over, by the signal, with nothing left."""
-    with _ready(tmp_path, _EXTRA_CASES["never-back"]) as proc:
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+    proc, out, err, took = _terminated(tmp_path, _EXTRA_CASES["never-back"])
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
-    assert _stored(tmp_path) == [] and time.monotonic() - t0 < 15 and "still running at exit" in err, err
+    assert _stored(tmp_path) == [] and took < 15 and "still running at exit" in err, err
 
 
 def test_a_sigterm_that_lands_in_an_exit_hook_still_ends_the_driver_by_it_after_the_cleanup(tmp_path):
@@ -387,12 +394,9 @@ def test_a_sigterm_that_lands_in_the_programs_own_logging_handler_still_cleans_u
     print("went on", flush=True)
     fut.result()
 """)
-    with _ready(tmp_path, script) as proc:
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+    proc, out, err, took = _terminated(tmp_path, script)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
-    assert _stored(tmp_path) == [] and time.monotonic() - t0 < 15 and "still running at exit" in err, err
+    assert _stored(tmp_path) == [] and took < 15 and "still running at exit" in err, err
 
 
 def test_an_installed_programs_own_code_runs_nothing_after_the_signal(tmp_path):
@@ -418,30 +422,9 @@ def test_an_installed_programs_own_code_runs_nothing_after_the_signal(tmp_path):
     """))
     env = dict(_env(tmp_path), PYTHONUSERBASE=str(tmp_path / "userbase"))  # (site.getusersitepackages() is ``site``)
     env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(site)])
-    proc = subprocess.Popen([sys.executable, "-c", "import mytool; mytool.main()"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, out, err, _took = _terminated(tmp_path, "import mytool; mytool.main()", after=0.3, env=env)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
     assert _stored(tmp_path) == [], err
-
-
-def _terminated_in_its_loop(tmp_path: Path, script: str) -> tuple[subprocess.Popen, str, str, float]:
-    """``script`` started, SIGTERMed once it has been in its main loop a moment (which holds a
-    lock of its own most of the time), and ended: (its process, stdout, stderr, seconds it took)."""
-    with _ready(tmp_path, script) as proc:
-        time.sleep(0.7)
-        began = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        return proc, out, err, time.monotonic() - began
 
 
 def test_the_programs_done_callbacks_run_no_more_after_the_signal(tmp_path):
@@ -475,7 +458,7 @@ def test_the_programs_done_callbacks_run_no_more_after_the_signal(tmp_path):
                 time.sleep(0.5)  # (say, drawing a status of its own)
             time.sleep(0.001)
     """
-    proc, out, err, took = _terminated_in_its_loop(tmp_path, script)
+    proc, out, err, took = _terminated(tmp_path, script, after=0.7)
     assert proc.returncode == -signal.SIGTERM and "ran" not in out, (out, err)
     assert took < 10, (took, err)
     assert _stored(tmp_path) == [], err
@@ -504,7 +487,7 @@ def test_a_logging_handler_that_waits_holds_up_no_cleanup(tmp_path):
                 time.sleep(0.5)  # (say, the logging library writing a batch)
             time.sleep(0.001)
     """
-    proc, out, err, took = _terminated_in_its_loop(tmp_path, script)
+    proc, out, err, took = _terminated(tmp_path, script, after=0.7)
     assert proc.returncode == -signal.SIGTERM and took < 10, (took, out, err)
     assert _stored(tmp_path) == [], err
     assert not glob.glob(os.path.join(tempfile.gettempdir(), f"wrenpack-local-{proc.pid}-*"))  # (its work folder)
