@@ -567,3 +567,26 @@ def test_on_lambda_calls_sent_before_the_supervisor_died_still_resolve(backend, 
             with pytest.raises(wrenpack.WorkerLost):
                 fut.result()
     assert job.status()["state"] == "lost"
+
+
+def test_a_job_pickles_as_its_store_and_id_and_another_process_loads_it(home):
+    """A Job handed to another process (a multiprocessing pool, a script): before, pickling
+    failed on its lock. Its secret stays out of the pickle; the loading process attaches
+    with the user's owner key, and refuses as attach does without it."""
+    import pickle
+
+    store = _store()
+    key = user_key(create=True)
+    job = _plant(store, "j-pickled01", key)
+    _finish(job)
+    blob = pickle.dumps(job)
+    assert job._secret not in blob and key not in blob
+    same = pickle.loads(blob)
+    assert (same.id, same.calls, same.progress()["state"]) == (job.id, 2, "done")
+    code = "import pickle, sys; j = pickle.loads(sys.stdin.buffer.read()); print(j.id, j.calls, j.progress()['state'])"
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=60, cwd=ROOT)
+    assert out.stdout.decode().split() == [job.id, "2", "done"], out.stderr.decode()[-2000:]
+    # Another user (no owner key here): the loading fails as attach() does, naming the key.
+    env = dict(os.environ, WRENPACK_CACHE_DIR=str(home / "elsewhere"))
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=60, cwd=ROOT, env=env)
+    assert out.returncode != 0 and "owner key" in out.stderr.decode(), out.stderr.decode()[-2000:]

@@ -37,7 +37,7 @@ from wrenpack.errors import ConfigError, CorruptObject, ObjectNotFound, StoreErr
 from wrenpack.executor.owner import key_path, owner_alive, user_key
 from wrenpack.futures import WrenFuture, _check_timeout
 from wrenpack.report import JobReport, error_line, lambda_cost
-from wrenpack.storage import Store
+from wrenpack.storage import Store, open_store
 from wrenpack.wire import job_record, owner as owner_wire, result as result_format, segment as segment_format, start as start_mark
 from wrenpack.worker import refs
 
@@ -161,6 +161,11 @@ def attach(job_id: str, storage: str | None = None) -> "Job":
     return open_job(store, job_id)
 
 
+def _reattach(spec: dict[str, Any], job_id: str) -> "Job":
+    """A pickled ``Job`` loaded: ``open_job`` on its store (the owner key's checks as ``attach``'s)."""
+    return open_job(open_store(spec), job_id)
+
+
 def open_job(store: Store, job_id: str) -> "Job":
     """``attach`` on a store already open."""
     check_job_id(job_id)
@@ -215,6 +220,13 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<wrenpack.Job {self.id} {self.function} ({self.calls} call{'s' if self.calls != 1 else ''})>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled, a job is its store and id, as ``attach`` takes them: the process that
+        # loads it (a multiprocessing pool's worker, a script given it) attaches again, with
+        # the user's owner key there. The job's secret does not travel in the pickle: before,
+        # pickling failed on the lock inside ("cannot pickle '_thread.lock'").
+        return _reattach, (self.store.spec, self.id)
 
     # -- futures -----------------------------------------------------------------
     def futures(self) -> list[WrenFuture]:
