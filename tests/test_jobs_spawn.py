@@ -5,6 +5,7 @@ run on, or stay in the store.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import os
 import signal
@@ -299,6 +300,42 @@ def test_sigterm_to_a_supervisor_cancels_its_job_and_says_why(home):
     assert f"{SIGTERM_REASON}: stopping its calls" in text and f"cancelled ({SIGTERM_REASON})" in text, text
     shown = _cli("jobs", "show", job.id)
     assert f"state      cancelled ({SIGTERM_REASON}): 0 done" in shown.stdout, shown
+
+
+def test_a_sigterm_to_the_supervisors_whole_session_cancels_without_retrying_its_calls(home):
+    """`systemctl stop` (or a `docker stop` of a container holding it) sends SIGTERM to every
+    process at once: the supervisor and its local workers. The workers died of it while the
+    supervisor had only noted the signal, so its executor took them for lost and ran their calls
+    again ("worker died ...; retrying (attempt 2 of 2)"), and the calls' runs were not billed.
+    A queued call started meanwhile too. Now a call whose worker goes after the supervisor's
+    SIGTERM ends cancelled, with that reason and its run so far, and nothing starts."""
+    job = wrenpack.remote(_nap, executor=Executor(backend="local", concurrency=2)).spawn_map([30.0, 30.0, 30.0])
+    _alive, owner = job.supervisor()
+    _started(job, 2)
+    time.sleep(1.0)  # (each running call has run a while: its run is billed)
+    session = os.getsid(owner["pid"])
+    everyone = [int(p) for p in os.listdir("/proc") if p.isdigit() and _session_of(int(p)) == session]
+    assert owner["pid"] in everyone and len(everyone) > 2, everyone
+    for pid in everyone:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    _wait_gone(owner["pid"], within=20.0)
+    status = job.status()
+    assert (status["state"], status.get("why"), status["cancelled"]) == ("cancelled", SIGTERM_REASON, 3), status
+    with open(job.log_path) as f:
+        text = f.read()
+    assert "retrying" not in text and "worker died" not in text, text
+    runs = [s for s in job.statuses() if s.get("duration_s")]
+    assert len(runs) == 2 and all(s["duration_s"] >= 0.5 for s in runs), job.statuses()
+    outcomes = wrenpack.get(attach(job.id).futures(), timeout=30, return_exceptions=True)
+    assert all(isinstance(o, cf.CancelledError) and SIGTERM_REASON in str(o) for o in outcomes), outcomes
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def test_a_second_sigterm_ends_the_supervisor_at_once(home):

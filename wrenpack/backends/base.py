@@ -188,6 +188,17 @@ class Backend(abc.ABC):
         The default stops nothing (``Capabilities.cancel_running`` is False)."""
         return set()
 
+    def stop_starting(self, reason: str) -> None:
+        """From now on no call starts: queued calls wait (for the cancel that follows to take
+        them back), and a call whose worker is lost is not run again: it ends
+        ``CallCancelled`` naming ``reason``, with its run so far. For a process that stops
+        its calls because it got SIGTERM (a spawned job's supervisor): a cgroup-wide stop
+        (``systemctl stop``, ``docker stop``) sends it to the local workers too, they die
+        of it, and a retry, or the next queued call, would start while the job is being
+        cancelled. Called from a signal handler: no lock, no I/O. The default does nothing
+        (a backend whose workers are not this machine's processes loses none to that signal)."""
+        return None
+
     def wait_here(self, invocation: Invocation, until: float) -> None:
         """A thread is blocked on ``invocation``'s future: the backend may read
         the call's outcome on that thread, until ``time.time()`` reaches

@@ -149,6 +149,13 @@ class Executor(CallTable, cf.Executor):
             _exit_first()
 
     # -- public -----------------------------------------------------------------
+    def stop_starting(self, reason: str) -> None:
+        """``Backend.stop_starting`` on this executor's backend, if it was made (none made: no
+        worker to lose). Safe from a signal handler: no lock taken, nothing created."""
+        backend = self._backend
+        if backend is not None:
+            backend.stop_starting(reason)
+
     @property
     def backend(self) -> Backend:
         backend = self._backend

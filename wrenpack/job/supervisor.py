@@ -73,6 +73,8 @@ PROGRESS_S = 0.5
 SIGTERM_REASON = "the supervisor got SIGTERM"
 #: set by the SIGTERM handler: the job is to stop (the main loop acts on it, within ``PROGRESS_S``)
 _stop_reason: str | None = None
+#: the supervisor's executor, once made (the SIGTERM handler tells it at once: ``Executor.stop_starting``)
+_executor: "Executor | None" = None
 
 
 def _say(message: str) -> None:
@@ -94,6 +96,11 @@ def _on_sigterm(signum: int, _frame: Any) -> None:
         os.kill(os.getpid(), signum)
         return
     _stop_reason = SIGTERM_REASON
+    if _executor is not None:
+        # Now, not when the main loop acts on it: a cgroup-wide SIGTERM reaches the local
+        # workers too, and a call whose worker it ends must not run again meanwhile, nor a
+        # queued one start.
+        _executor.stop_starting(SIGTERM_REASON)
     _say(f"job {job_id}: {SIGTERM_REASON}: stopping its calls as `wrenpack jobs cancel` does, then ending "
          "(a second SIGTERM ends it at once)")
 
@@ -157,6 +164,8 @@ class Supervisor:
         if name not in backend_names():
             register_backend(name, cls)  # registered at run time in the spawning process
         self.executor = Executor(spec["config"].replace(keep_objects=True))
+        global _executor
+        _executor = self.executor
         self.store = self.executor.store
         self.cancelled = False
         #: calls the job's cancel stopped, or will (``Executor.cancel_calls`` said so): not asked again

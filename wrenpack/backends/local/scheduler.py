@@ -65,7 +65,7 @@ from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local.output import Relay, WorkerOutput
 from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
-from wrenpack.errors import ConfigError, WrenpackError
+from wrenpack.errors import CallCancelled, ConfigError, WrenpackError
 from wrenpack.wire import worker_reply
 from wrenpack.worker import handoff as _handoff
 from wrenpack.worker.fds import close_quietly
@@ -218,6 +218,8 @@ class LocalBackend(Backend):
         os.set_blocking(self._wake_w, False)
         self._draining = False
         self._stopping = False
+        #: ``stop_starting``'s reason: from now on nothing starts (a call whose worker dies ends cancelled)
+        self._no_start_reason: str | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
@@ -707,7 +709,10 @@ class LocalBackend(Backend):
 
     # -- assigning ----------------------------------------------------------------
     def _next_queued(self) -> Invocation | None:
-        """The oldest call not cancelled (lock held)."""
+        """The oldest call not cancelled (lock held); None while ``stop_starting`` holds
+        every call back (unless a ``shutdown(wait=True)`` asks to run what is queued)."""
+        if self._no_start_reason is not None and not self._draining:
+            return None
         while self._queue:
             inv = self._queue[0]
             if id(inv) in self._queued:
@@ -1060,6 +1065,10 @@ class LocalBackend(Backend):
                     self._fail_runtime(worker.runtime, f"the worker process exited at start ({worker.how_it_died()})")
         if inv is None:
             return
+        reason = self._no_start_reason
+        if error is None and reason is not None:
+            error = CallCancelled(f"{inv.label}: {reason}; its worker ended with it ({worker.how_it_died()}) and it "
+                                  "was not run again")
         if error is not None:
             # (a call stopped by a cancel, at a limit, or with its worker ran until then: its run is
             # reported, and billed, as on Lambda)
@@ -1070,6 +1079,9 @@ class LocalBackend(Backend):
         with self._lock:
             self._queue.appendleft(inv)
             self._queued.add(id(inv))
+
+    def stop_starting(self, reason: str) -> None:
+        self._no_start_reason = reason  # (one assignment: read under the lock by ``_next_queued``, ``_on_exit``)
 
     def _discard(self, worker: Worker) -> None:
         if worker in self._workers:
