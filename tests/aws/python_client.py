@@ -81,7 +81,8 @@ def main() -> None:
         except Boom as exc:
             cause = exc.__cause__
             out["raised"] = {"type": type(exc).__name__, "message": str(exc), "code": exc.code,
-                             "remote_traceback": str(cause) if cause is not None else None}
+                             "remote_traceback": str(cause) if cause is not None else None,
+                             "notes": getattr(exc, "__notes__", None)}  # (3.10: the list add_note would keep)
         except Exception as exc:  # noqa: BLE001 - the test says what came instead
             out["raised"] = {"type": type(exc).__name__, "message": str(exc)}
     print(json.dumps(out))
