@@ -1346,3 +1346,31 @@ def test_clean_rechecks_a_job_without_owner_record_right_before_removing_it(tmp_
     assert out["jobs"] == 1 and out["prefixes"] == {keys.job_prefix(other): 1}, out
     assert out["skipped"] == [job] and "appeared" in out["skipped_why"][job], out
     assert store.list(keys.job_prefix(job)) == [keys.func_key(job), keys.owner_key(job)]
+
+
+def test_a_launch_the_exit_cleanup_overtakes_registers_nothing_and_leaves_nothing(tmp_path, monkeypatch):
+    """After SIGTERM the main thread runs on out of library code while the cleanup runs
+    (``termination``): a launch it was in had stored its job's objects when the cleanup took
+    its list of jobs, and registered the job after that, while the backend still ran. That job
+    escaped the cleanup: its calls ran and its objects stayed. Now a launch the exit overtook
+    removes what it stored and raises ExecutorShutdown."""
+    from wrenpack.errors import ExecutorShutdown
+    from wrenpack.executor import core
+
+    root = tmp_path / "store"
+    ex = wrenpack.Executor(storage=str(root), concurrency=1, retries=0)
+    start = core.Executor._start
+
+    def overtaken(self, job_id, *args, **kwargs):
+        with self._lock:  # what the exit's cleanup does first, in its own thread: closed, the jobs listed
+            self._closed = self._exited = True
+        return start(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(core.Executor, "_start", overtaken)
+    try:
+        with pytest.raises(ExecutorShutdown, match="interpreter shutdown"):
+            wrenpack.remote(len, executor=ex).map([os.urandom(3 << 20)] * 3)
+    finally:
+        monkeypatch.undo()
+        ex._exit()  # (the rest of the cleanup)
+    assert _files(root) == []

@@ -550,7 +550,16 @@ class Executor(CallTable, cf.Executor):
         # (its own dict: the job lets go of each future as its call ends, maybe before the launch returns)
         job.futures = {fut.call_id: fut for fut in out}
         with self._lock:
-            self._jobs[job_id] = job
+            exited = self._exited
+            if not exited:
+                self._jobs[job_id] = job
+        if exited:
+            # The exit's cleanup (SIGTERM's runs while this thread runs on out of library code)
+            # listed the jobs before this one: registered now, it would escape it, its calls run
+            # and its objects stay. (A shutdown still lets a map's held calls launch.)
+            self._delete_job(job_id)
+            _close_handoffs(payloads)
+            self.check_open()
         self._ensure_collector()
         if log.isEnabledFor(logging.INFO):
             # (the calls that may run at once, not the window handed to the backend: "256 at a time" ran 2)
