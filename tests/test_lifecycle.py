@@ -924,6 +924,39 @@ def test_clean_stale_removes_the_intermediates_of_a_killed_map_reduce(tmp_path, 
     assert out["map_reduces"] == 1 and store.list("shuffle/") == []  # (before: never removed, not even by --all)
 
 
+def test_clean_stale_lists_a_map_reduce_s_shards_once_it_found_it_stale(tmp_path, capsys, monkeypatch):
+    """clean --stale lists the shard folders, then finds whether each map_reduce's driver (or a
+    worker of it) still runs. A killed driver's last worker may write a mapper's output into a
+    shard folder not listed yet, and end, in between: found stale, the map_reduce lost only the
+    shards listed before, and the late write stayed (with no owner record left, for good). Its
+    shards are listed again once it is found stale: nothing of it can write after that."""
+    from wrenpack.cli import cmd_clean
+    from wrenpack.executor import owner_record
+    from wrenpack.executor.owner import user_key
+    from wrenpack.process_state import start_time
+    from wrenpack.wire import owner as owner_wire
+
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    store = LocalStore(str(tmp_path / "store"))
+    sid = "0123456789ab"
+    dead = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    record = dict(owner_record("f"), pid=dead.pid, start=start_time(dead.pid))
+    dead.communicate()
+    store.put(keys.shuffle_owner_key(sid), json.dumps(owner_wire.seal(user_key(), keys.shuffle_owner_id(sid), record)).encode())
+    store.put(keys.shuffle_part_key(sid, 0), b"m0")
+    judged = cmd_clean.shuffle_state
+
+    def last_write_then_judged(store_, sid_, key):
+        store_.put(keys.shuffle_part_key(sid_, 1), b"m1")  # (a worker's last write, after the listing, then its end)
+        return judged(store_, sid_, key)
+
+    monkeypatch.setattr(cmd_clean, "shuffle_state", last_write_then_judged)
+    assert _clean(tmp_path, "--stale") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["map_reduces"] == 1 and out["removed"] == 3, out
+    assert store.list("shuffle/") == []  # (before: ['shuffle/01/0123456789ab/m00001-000'])
+
+
 def _driver_leaving_a_worker() -> tuple[int, dict]:
     """A driver that starts a process carrying its worker marker (as a local worker's command
     line does) and exits: (that process's pid, the driver's owner record)."""
