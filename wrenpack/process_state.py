@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import NamedTuple
 
 
 def runs(pid: int) -> bool:
@@ -66,38 +67,67 @@ def worker_marker() -> str:
     return f"wrenpack-owner={pid}:{start_time(pid)}"
 
 
-#: (when scanned, the pids and command lines of the processes running then)
-_scan: tuple[float, list[tuple[str, bytes]]] | None = None
+class _Scan(NamedTuple):
+    """What one read of /proc found: every process's command line, and when it was taken."""
+
+    at: float  #: (``time.monotonic()``)
+    ticks: int | None  #: (clock ticks after boot when it began, as /proc/<pid>/stat's start times count)
+    pids: frozenset[str]  #: (every process listed)
+    lines: list[tuple[str, bytes]]  #: (pid, command line)
+
+
+_scan: _Scan | None = None
 SCAN_REUSE_S = 1.0
 
 
-def _command_lines() -> list[tuple[str, bytes]]:
-    """Every process's command line, from /proc (a scan is reused for a second:
-    a clean of many jobs reads /proc once)."""
+def _boot_ticks() -> int | None:
+    """Now, in clock ticks after boot (the unit of ``start_time``); None where that cannot be read."""
+    try:
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _command_lines() -> _Scan:
+    """Every process's command line, from /proc, read now."""
     global _scan
-    now = time.monotonic()
-    if _scan is not None and now - _scan[0] < SCAN_REUSE_S:
-        return _scan[1]
+    ticks = _boot_ticks()  # (before the listing: a process started after this may be in it or not)
+    names = [name for name in os.listdir("/proc") if name.isdigit()]
     lines = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    lines.append((name, f.read()))
-            except OSError:
-                pass  # (gone meanwhile)
-    _scan = (now, lines)
-    return lines
+    for name in names:
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                lines.append((name, f.read()))
+        except OSError:
+            pass  # (gone meanwhile)
+    _scan = _Scan(time.monotonic(), ticks, frozenset(names), lines)
+    return _scan
+
+
+def _answers_for(scan: _Scan | None, pid: int, start: str) -> bool:
+    """Whether ``scan`` may be used again for the workers of process (``pid``, ``start``): it is
+    under ``SCAN_REUSE_S`` old, and that process was gone when it was taken (started before it,
+    and not listed). Then whatever carries its marker was in the scan: only that process and
+    its workers start more such processes. A scan taken before the process was gone, or before
+    it started, says nothing of the workers it started since (reused, a scan from before a
+    driver started said "no workers" once it was killed, and ``clean --stale`` removed a
+    map_reduce its workers still wrote to)."""
+    return (scan is not None and time.monotonic() - scan.at < SCAN_REUSE_S and scan.ticks is not None
+            and start.isdigit() and int(start) < scan.ticks and str(pid) not in scan.pids)
 
 
 def works_for(pid: int, start: object) -> bool:
     """Whether a process still runs that carries the ``worker_marker`` of process
     (``pid``, ``start``): a local worker outlives its killed driver for the moment
-    it takes to end its call."""
+    it takes to end its call. One read of /proc answers for every process that was
+    gone when it was taken, for a second (a clean of many jobs reads it once)."""
     if start is None:
         return False
     marker = f'"wrenpack-owner={pid}:{start}"'.encode()
-    for name, line in _command_lines():
+    scan = _scan
+    if not _answers_for(scan, pid, str(start)):
+        scan = _command_lines()
+    for name, line in scan.lines:
         if marker in line:
             try:
                 if os.stat(f"/proc/{name}").st_uid == os.geteuid():  # (another user's copy of it counts for nothing)

@@ -232,6 +232,15 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 continue
         removed[keys.job_prefix(j)] = (store.delete_prefix_except(keys.job_prefix(j), keys.kept_for_late_writes(j))
                                        if j in late else store.delete_prefix(keys.job_prefix(j)))
+    if shuffles:
+        # Their shards listed again, now that each was found stale (or is removed by --all): a killed
+        # driver's last local worker may have made one after the listing above and ended before its
+        # map_reduce was judged, and that shard stayed. Nothing of a gone driver writes after the
+        # judging found it gone. (One more LIST of shuffle/ and of each shard, when one is removed.)
+        listed_again: dict[str, list[str]] = {}
+        _shuffles(store, listed_again, {})
+        for sid in shuffles:
+            shards[sid] = list(dict.fromkeys([*shards.get(sid, []), *listed_again.get(sid, [])]))
     for sid in list(shuffles):  # a map_reduce's intermediates, and its owner record with them (last)
         prefix = keys.shuffle_prefix(sid)
         if shuffle_states.get(sid, ("",))[0] == UNOWNED:
