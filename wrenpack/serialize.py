@@ -24,7 +24,7 @@ import threading
 import types
 from collections import ChainMap, OrderedDict
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import cloudpickle
 
@@ -98,12 +98,13 @@ def is_user_module(module: types.ModuleType | None) -> bool:
     return _outside_libraries(path)
 
 
-def own_module_note(name: str | None) -> str | None:
+def own_module_note(name: str | None, needs: str = "the function needs") -> str | None:
     """For a module a worker could not import: when it is the user's own code here
     (``is_user_module``'s rule: a file outside site-packages and the standard
     library), the message to give instead of the worker's "add it to the runtime
     (wrenpack build-runtime NAME)", which would install a PyPI project of that
-    name, someone else's code. None for any other module."""
+    name, someone else's code. None for any other module. ``needs``: who needs it
+    (a launch refused before it starts names the arguments of a call too)."""
     if not name:
         return None
     top = name.split(".")[0]
@@ -125,11 +126,79 @@ def own_module_note(name: str | None) -> str | None:
         if not path or not os.path.isabs(path) or not _outside_libraries(path):
             return None
     where = os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path
-    return (f"the function needs module {name!r}, which is your own code ({where}), not a package to install: it "
+    return (f"{needs} module {name!r}, which is your own code ({where}), not a package to install: it "
             f"did not travel with the function (only the modules the function names as globals do); register it in "
             f"the driver so it travels by value (import {top}, cloudpickle; cloudpickle.register_pickle_by_value({top})), "
             f"or copy it into the runtime's python/ directory; do not install a package named {top!r} (from PyPI "
             f"that would be someone else's code)")
+
+
+#: opcodes that push a string (a module or attribute name, among others)
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+                         "SHORT_BINSTRING"})
+#: opcodes that change no value on the stack (the memo's and the framing's)
+_QUIET_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO", "MARK"})
+#: cloudpickle's ``subimport(name)``: how it pickles a module by reference (``import name`` in the worker)
+_SUBIMPORT = frozenset({("cloudpickle.cloudpickle", "subimport"), ("cloudpickle.cloudpickle_fast", "subimport")})
+
+
+def modules_named(data: bytes) -> frozenset[str]:
+    """The modules a pickle names for the unpickler to import: the module of
+    every global it refers to by name (``GLOBAL``, ``INST``, ``STACK_GLOBAL``:
+    a function or class pickled by reference, an instance's class) and every
+    module cloudpickle pickles by reference (``subimport(name)``).
+
+    It reads opcodes only (``pickletools.genops``): nothing is imported, built
+    or run. ``STACK_GLOBAL`` takes its module and name from the two values
+    pushed just before it, as a pickler writes them: strings, or memo entries
+    that hold strings (the memo is followed for that). A pickle of many small
+    values takes one step per opcode (about a microsecond each): a large
+    argument's is searched first for the names that matter (``names_any``)."""
+    import pickletools
+
+    found: set[str] = set()
+    memo: dict[int, Any] = {}
+    last: Any = None  # the value the last opcode pushed, as far as it matters here
+    before: Any = None  # the one pushed before it
+    for op, arg, _pos in pickletools.genops(data):
+        name = op.name
+        if name in _QUIET_OPS:
+            if name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = last
+            continue
+        if name in _STRING_OPS:
+            pushed: Any = arg if isinstance(arg, str) else None
+            if pushed is not None and last in _SUBIMPORT:
+                found.add(pushed)  # subimport's argument: the module it imports
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed = memo.get(arg)
+            if isinstance(pushed, str) and last in _SUBIMPORT:
+                found.add(pushed)
+        elif name == "STACK_GLOBAL":
+            pushed = None
+            if isinstance(before, str) and isinstance(last, str):
+                found.add(before)
+                pushed = (before, last)
+            before = None
+            last = pushed
+            continue
+        elif name in ("GLOBAL", "INST"):
+            module, _, qualname = str(arg).partition(" ")
+            found.add(module)
+            pushed = (module, qualname) if name == "GLOBAL" else None
+        else:
+            pushed = None
+        before, last = last, pushed
+    return frozenset(found)
+
+
+def names_any(data: bytes, names: Iterable[str]) -> bool:
+    """Whether any of ``names`` occurs in ``data`` at all: a search in C, at
+    memory speed, that a pickle must pass before ``modules_named`` reads its
+    opcodes (a module the pickle names occurs in it as text, UTF-8)."""
+    return any(name.encode("utf-8", "surrogatepass") in data for name in names)
 
 
 @lru_cache(maxsize=4096)

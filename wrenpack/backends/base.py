@@ -135,6 +135,13 @@ class Capabilities:
     #: long after it first removes the job's objects, and a later clean removes what
     #: such calls wrote late instead of leaving objects nothing names an owner of.
     late_writes_s: float = 0.0
+    #: Workers do not see this machine's files (Lambda): a module of the user's own code
+    #: (a file outside site-packages and the standard library) that a pickle names instead
+    #: of carrying cannot be imported there, so a launch refuses it before it starts
+    #: (``wrenpack.executor.own_modules``). False (the default): workers share the
+    #: driver's files and its ``sys.path`` (local, a backend of processes on this
+    #: machine), and nothing is checked.
+    separate_files: bool = False
 
 
 class Backend(abc.ABC):
@@ -142,6 +149,9 @@ class Backend(abc.ABC):
     #: calls are billed per call as Lambda bills them (``Capabilities.billed_per_call``),
     #: known without starting the backend: a spawned job's record says so
     bills_per_call: ClassVar[bool] = False
+    #: workers do not see this machine's files (``Capabilities.separate_files``), known
+    #: without starting the backend: a spawn's launch checks its pickles in the driver
+    separate_files: ClassVar[bool] = False
 
     @property
     def capabilities(self) -> Capabilities:

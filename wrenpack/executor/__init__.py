@@ -7,7 +7,9 @@ backend with one store.
 - ``options``: option names, checks and resolution; ``owner``: owner records;
   ``prepared``: a launch's pickled function and arguments; ``arguments``: do
   a launch's calls fit its function (checked before ``.remote``/``.map``/
-  ``.starmap``/``.spawn`` launch);
+  ``.starmap``/``.spawn`` launch); ``own_modules``: on workers without the
+  driver's files (Lambda), a launch whose pickles name a module of the
+  user's own code is refused before it starts;
 - ``launch``: the one launch path every API goes through, which picks a
   strategy: ``batching`` (chunksize), ``feed`` (large arguments, streamed),
   ``grouping`` (short calls, grouped), or one invocation per call;

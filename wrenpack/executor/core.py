@@ -48,7 +48,7 @@ import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from wrenpack import auth, config as _config, keys, serialize
-from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_names, create_backend
+from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_class, backend_names, create_backend
 from wrenpack.config import Config, current
 from wrenpack.errors import (
     ConfigTypeError,
@@ -60,6 +60,7 @@ from wrenpack.executor.batching import check_chunksize
 from wrenpack.executor.calls import MIN_WINDOW, WINDOW_PER_SLOT, CallTable, RunningJob, os_reason
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, resolve_options
+from wrenpack.executor import own_modules
 from wrenpack.executor.owner import mark_still_running, owner_record
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import exit_on_sigterm
@@ -683,6 +684,10 @@ class Executor(CallTable, cf.Executor):
                     else:  # local backend: straight into sealed memfds as they are pickled
                         payloads.append(packer.pack(args, kwargs, lambda a, k, spill, what=what: serialize.dumps_call(a, k, what, user_modules, spill),
                                                     domain))
+            if self._separate_files():
+                # (workers without this machine's files: a module of the user's own code that the
+                # pickles name, not carry, is refused now, as it would fail in every call there)
+                own_modules.check(fn_bytes, payloads, options.runtime, label, self.config.backend, first)
             limit = options.memory * 1024 * 1024
             for i, data in enumerate(payloads, first):
                 size = data.size if isinstance(data, handoff.Args) else len(data)
@@ -701,6 +706,14 @@ class Executor(CallTable, cf.Executor):
             if packer is not None and own_packer:
                 packer.close()  # each call holds the shared blobs it refers to
         return Prepared(fn_bytes, payloads, set(referenced))
+
+    def _separate_files(self) -> bool:
+        """Whether this executor's workers lack this machine's files (``Capabilities.separate_files``),
+        asked without making the backend when there is none yet (a spawn's driver makes none)."""
+        backend = self._backend
+        if backend is not None:
+            return backend.capabilities.separate_files
+        return bool(getattr(backend_class(self.config.backend), "separate_files", False))
 
     def args_packer(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> handoff.Packer | None:
         """On a backend that takes hand-offs (local, not ``keep_objects``): arguments

@@ -361,6 +361,7 @@ def _check_region(region: str | None, profile: str | None, endpoint_url: str | N
 class LambdaBackend(Backend):
     name = "lambda"
     bills_per_call = True
+    separate_files = True  # (the workers have the handler package and the runtime, not this machine's files)
 
     def __init__(
         self,
@@ -458,6 +459,7 @@ class LambdaBackend(Backend):
             reply_results=self.invocation_type == "RequestResponse",
             cpu_scales_with_memory=True,
             billed_per_call=self.bills_per_call,
+            separate_files=self.separate_files,
             enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
             concurrency=self.concurrency,
             cancel_running=True,
