@@ -590,3 +590,33 @@ def test_a_job_pickles_as_its_store_and_id_and_another_process_loads_it(home):
     env = dict(os.environ, WRENPACK_CACHE_DIR=str(home / "elsewhere"))
     out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=60, cwd=ROOT, env=env)
     assert out.returncode != 0 and "owner key" in out.stderr.decode(), out.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize("how", ["wait", "results"])
+def test_status_right_after_wait_or_results_says_how_the_job_ended(home, monkeypatch, how):
+    """Every call's result is read from the store a moment before the supervisor, which looks
+    for results in rounds (on Lambda), writes the job's final record: status() right after
+    wait() returned True said "running, 0 done" (2 of 4 runs on the emulated Lambda). wait()
+    and results() now give the supervisor that moment."""
+    import threading
+
+    store = _store()
+    key = user_key(create=True)
+    job = _plant(store, "20260101-000000-00005e77", key)
+    store.put(keys.owner_key(job.id), json.dumps(owner_record("f", job.id)).encode())  # its supervisor: this process
+    running = {"state": "running", "done": 0, "failed": 0, "running": 2, "queued": 0, "cancelled": 0,
+               "invocations": 0, "billed_ms": 0, "updated": time.time()}
+    store.put(keys.progress_key(job.id), job_record.seal_progress(job._secret, job.id, running))
+    futs = []
+    for i in range(job.calls):
+        fut: cf.Future = cf.Future()
+        fut.set_result(i)
+        futs.append(fut)
+    monkeypatch.setattr(job, "futures", lambda: futs)  # (both results read already)
+    late = threading.Timer(0.4, _finish, args=(job,))  # the supervisor's final record, its next round
+    late.start()
+    try:
+        assert (job.wait(timeout=30) is True) if how == "wait" else job.results(timeout=30) == [0, 1]
+        assert job.status()["state"] == "done" and job.status()["done"] == 2
+    finally:
+        late.join()

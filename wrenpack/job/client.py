@@ -65,6 +65,10 @@ START_GRACE_S = 300.0
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+#: how long ``Job.wait``/``results`` wait, once every call ended, for the supervisor's final record
+SETTLE_S = 5.0
+
+
 def check_job_id(job_id: Any, where: str = "attach()") -> str:
     """``job_id`` if it is a job id; ``ConfigError`` (one line, naming the fix) otherwise."""
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
@@ -257,8 +261,27 @@ class Job:
         """Wait for every call to end; True if they all did within ``timeout`` (seconds, or None:
         checked as ``results``'s, a ``ConfigTypeError`` naming it rather than a TypeError from inside)."""
         _check_timeout(timeout, "job.wait")
+        start = time.monotonic()
         _done, pending = cf.wait(self.futures(), timeout=timeout)
-        return not pending
+        if pending:
+            return False
+        self._settle(None if timeout is None else timeout - (time.monotonic() - start))
+        return True
+
+    def _settle(self, left: float | None) -> None:
+        """Every call has ended (its result read from the store): the supervisor writes the
+        job's final record a moment later, once it has seen them too (on Lambda it looks for
+        results in rounds). Waited for here, at most ``SETTLE_S`` (and ``left`` of the caller's
+        timeout), so that ``status()`` right after ``wait()`` or ``results()`` says how the
+        job ended; before, it said "running, 0 done" in half the runs on Lambda."""
+        end = time.monotonic() + min(SETTLE_S, SETTLE_S if left is None else max(0.0, left))
+        while True:
+            progress = self.progress() or {}
+            if progress.get("state") in job_record.FINAL_STATES or time.monotonic() >= end:
+                return
+            if self.supervisor()[0] is False:
+                return  # (gone: no final record is coming; status() says "lost" or counts the results)
+            time.sleep(0.05)
 
     def results(self, timeout: float | None = None, return_exceptions: bool = False,
                 progress: bool | str | None = None) -> list[Any]:
@@ -267,7 +290,10 @@ class Job:
         setting says), since a spawned job is the long wait that needs one."""
         from wrenpack.futures import get
 
-        return get(self.futures(), timeout=timeout, progress=progress, return_exceptions=return_exceptions)
+        start = time.monotonic()
+        out = get(self.futures(), timeout=timeout, progress=progress, return_exceptions=return_exceptions)
+        self._settle(None if timeout is None else timeout - (time.monotonic() - start))
+        return out
 
     # -- state -------------------------------------------------------------------
     def progress(self) -> dict[str, Any] | None:
