@@ -23,7 +23,7 @@ import pytest
 
 import wrenpack
 from tests.aws import servers, test_aws_cli
-from tests.aws.test_aws_runtimes import run
+from tests.aws.test_aws_runtimes import family, run
 from wrenpack.backends import backend_class, create_backend
 from wrenpack.backends.aws.doctor import doctor_checks
 from wrenpack.config import current, default_storage
@@ -83,3 +83,33 @@ def test_doctor_fails_the_storage_check_of_a_local_store_and_makes_nothing(aws_c
     assert code == 1 and doc["ok"] is False and storage["ok"] is False and "not on S3" in storage["detail"], out
     assert "Traceback" not in err
     assert not (tmp_path / "not").exists()  # no folder, no doctor/ probe left in it
+
+
+def test_deploy_refuses_a_local_storage_before_anything_is_created(aws_cli, role_arn, capsys, tmp_path):
+    where = tmp_path / "local"
+    counter = servers.CountingProxy(aws_cli)  # every AWS request deploy makes would pass here
+    try:
+        for extra in ((), ("--json",)):
+            code, out, err = run(capsys, "deploy", "--function-name", "wp-localstore", "--role", role_arn, "--storage", str(where),
+                                 "--lambda-endpoint-url", counter.url, "--s3-endpoint-url", counter.url, *extra)
+            assert code == 2 and len(err.strip().splitlines()) == 1, (code, err)
+            assert f"storage is {str(where)!r}, not an S3 location" in err and "--storage s3://BUCKET/PREFIX" in err
+            if extra:
+                doc = json.loads(out)
+                assert doc["ok"] is False and doc["error"] == "ConfigError" and "not an S3 location" in doc["message"]
+            else:
+                assert out == ""
+    finally:
+        counter.stop()
+    assert sum(counter.counts.values()) == 0, counter.log  # refused before any AWS request
+    assert family(aws_cli, "wp-localstore") == [] and not where.exists()
+    # (undeploy with the same settings: refused the same way, as before)
+    code, _, err = run(capsys, "undeploy", "--function-name", "wp-localstore", "--storage", str(where), "--yes")
+    assert code == 2 and "not an S3 location" in err
+
+
+def test_deploy_without_a_storage_names_the_default(aws_cli, role_arn, capsys, monkeypatch):
+    monkeypatch.delenv("WRENPACK_STORAGE")
+    code, _, err = run(capsys, "deploy", "--function-name", "wp-nostorage", "--role", role_arn)
+    assert code == 2 and "(the default, a folder on this machine), not an S3 location" in err, err
+    assert family(aws_cli, "wp-nostorage") == []
