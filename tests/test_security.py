@@ -406,6 +406,20 @@ def test_on_lambda_the_event_cannot_redirect_the_store(tmp_path, monkeypatch):
     _check_store(dict(s3, prefix="wrenpack/tests"))
 
 
+def test_a_refused_store_is_named_as_the_event_names_it(tmp_path, monkeypatch):
+    """A local store refused by a worker that serves an S3 location read "s3://None/"."""
+    from wrenpack.worker.handler import _check_store
+
+    monkeypatch.setenv("WRENPACK_STORE_URL", "s3://bucket/wrenpack")
+    for spec, named in (({"type": "local", "root": str(tmp_path / "s")}, f"{str(tmp_path / 's')!r} (a local folder)"),
+                        ({"type": "s3", "bucket": "other", "prefix": "p"}, "s3://other/p"),
+                        ({"type": "gcs", "bucket": "b"}, "of type 'gcs'")):
+        with pytest.raises(ProtocolError) as info:
+            _check_store(spec)
+        assert str(info.value).startswith(f"the event names the store {named}, outside this worker's s3://bucket/wrenpack")
+        assert "None" not in str(info.value)
+
+
 # -- results in the reply (contract 2) ---------------------------------------------------
 def test_handler_replies_with_the_sealed_result_when_it_fits(tmp_path, monkeypatch):
     secret = b"r" * 32  # (the worker caches functions per job and secret)

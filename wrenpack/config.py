@@ -58,7 +58,9 @@ def parse_retention(value: Any, source: str = "retention=") -> float:
     return float(seconds)
 
 
-def _default_storage() -> str:
+def default_storage() -> str:
+    """The ``storage`` setting's default: a folder on this machine, whatever the backend
+    (the lambda backend refuses it, naming it as the default: ``clients.non_s3_storage``)."""
     # Job objects live only until their results are read (unless keep_objects),
     # so a memory-backed filesystem suits them: creating a file there costs a
     # tenth of what it costs on a journaled disk, and a map creates one per call.
@@ -74,7 +76,7 @@ class Config:
     #: where calls run: "local" (worker processes here) or "lambda"
     backend: str = "local"
     #: the object store: a path, file:///path, or s3://bucket/prefix
-    storage: str = field(default_factory=_default_storage)
+    storage: str = field(default_factory=default_storage)
     #: how many calls run at once (local: worker processes, default the CPU count;
     #: lambda: invocations in flight, default 100)
     concurrency: int | None = None

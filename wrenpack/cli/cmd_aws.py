@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from wrenpack.backends.aws.deploy import DeployRequest, deploy_functions
+from wrenpack.backends.aws.deploy import DeployRequest, check_deploy_storage, deploy_functions
 from wrenpack.backends.aws.doctor import doctor_checks
 from wrenpack.backends.aws.iam import ROLES, iam_policy
 from wrenpack.cli import cmd_acceptance, json_errors
@@ -41,14 +41,32 @@ def _warn(message: str) -> None:
 
 
 # -- commands -------------------------------------------------------------------
+#: deploy's and undeploy's exit when the settings or options are wrong (argparse's, for usage errors)
+EXIT_USAGE = 2
+
+
+def _usage_error(args: argparse.Namespace, exc: ConfigError) -> int:
+    """Bad settings: one line on stderr (and under --json a document on stdout, as ``json_errors``
+    prints exit 1's: a script reading stdout gets one); the exit is ``EXIT_USAGE``."""
+    if args.json:
+        print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}, indent=2))
+    print(f"wrenpack: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        check_deploy_storage(cfg)  # (exit 2, as undeploy's, before anything is checked or created)
+    except ConfigError as exc:
+        return _usage_error(args, exc)
     request = DeployRequest(
         memory=args.memory or (), timeout=args.timeout or (), ephemeral_storage=args.ephemeral_storage or (),
         from_profiles=args.from_profiles, architecture=args.architecture, python=args.python,
         runtime_dir=args.runtime_dir, runtime_archive=args.runtime_archive, image_uri=args.image_uri,
         role=args.role, reserved_concurrency=args.reserved_concurrency, replace_store=args.replace_store,
     )
-    done = deploy_functions(_config(args), request, warn=_warn)
+    done = deploy_functions(cfg, request, warn=_warn)
     if args.json:
         print(json.dumps({"functions": done}, indent=2))
     else:
@@ -59,10 +77,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(f"{d['action']} Lambda function {d['function']} (python{d['python']}, {d['memory']} MB, {d['timeout']} s, "
                   f"/tmp {d['ephemeral_storage']} MB, {d['architecture']}){serving}{was}")
     return 0
-
-
-#: undeploy's exit when the settings or options are wrong (argparse's, for usage errors)
-EXIT_USAGE = 2
 
 
 @json_errors(indent=2)
@@ -79,10 +93,7 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
             raise ConfigError(f"undeploy asks before it removes anything and {why}: pass --yes to remove "
                               "without asking, or --dry-run to list what it would remove")
     except ConfigError as exc:
-        if args.json:  # (as json_errors prints exit 1's: a script reading stdout gets a document)
-            print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}, indent=2))
-        print(f"wrenpack: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(args, exc)
     plan = plan_undeploy(cfg)
     if args.dry_run or not plan.count():
         if args.json:

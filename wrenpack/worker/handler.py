@@ -179,14 +179,23 @@ def _check_store(spec: dict[str, Any]) -> None:
     want = parse_store_url(pinned)
     if want["type"] == "s3":
         ok = spec.get("type") == "s3" and spec.get("bucket") == want["bucket"] and _under(str(spec.get("prefix", "")), want["prefix"])
-        where = f"s3://{spec.get('bucket')}/{spec.get('prefix', '')}"
     else:
         root = os.path.normpath(str(spec.get("root", "")))
         ok = spec.get("type") == "local" and os.path.isabs(root) and _under(root.strip("/"), want["root"].strip("/"))
-        where = str(spec.get("root"))
     if not ok:
-        raise ProtocolError(f"the event names the store {where}, outside this worker's {pinned}; invoke through wrenpack "
-                            "with storage set to that location (or redeploy with --storage)")
+        raise ProtocolError(f"the event names the store {_spec_location(spec)}, outside this worker's {pinned}; invoke "
+                            "through wrenpack with storage set to that location (or redeploy with --storage)")
+
+
+def _spec_location(spec: dict[str, Any]) -> str:
+    """The store an event's spec names, as a message shows it: an S3 location as its URL, a
+    local store as its folder (it read "s3://None/" when the worker served an S3 location)."""
+    kind = spec.get("type")
+    if kind == "s3":
+        return f"s3://{spec.get('bucket')}/{spec.get('prefix', '')}"
+    if kind == "local":
+        return f"{spec.get('root')!r:.300} (a local folder)"
+    return f"of type {kind!r:.60}"
 
 
 def _under(prefix: str, base: str) -> bool:

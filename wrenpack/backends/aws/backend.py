@@ -71,6 +71,7 @@ import wrenpack.backends.aws.deploy as deploy
 from wrenpack.backends.aws.sender import SenderLost, SenderProcesses
 from wrenpack.backends.aws.deploy import FunctionSettings
 from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
+from wrenpack.config import default_storage
 from wrenpack.errors import (
     CallCancelled,
     ConfigError,
@@ -347,6 +348,20 @@ class _Call:
     done: bool = False
 
 
+def check_storage(storage: Any) -> None:
+    """Refuse a store that is not on S3, before anything of a job is stored or sent: the
+    worker opens the event's store from its spec, in Lambda, and a deployed function
+    serves one S3 location (``WRENPACK_STORE_URL``). The default storage is a folder on
+    this machine whatever the backend, so ``WRENPACK_BACKEND=lambda`` alone named one:
+    every call was then sent and failed late and misleadingly (an Event call as
+    WorkerLost after its timeout + 30 s, blamed on timeout or memory; a
+    RequestResponse call refused by the handler)."""
+    shown = clients.non_s3_storage(storage, default_storage())
+    if shown is not None:
+        raise ConfigError(f"the lambda backend needs storage s3://BUCKET/PREFIX, and storage is {shown}, which "
+                          f"Lambda's workers cannot reach; {clients.SET_S3_STORAGE}")
+
+
 def _check_region(region: str | None, profile: str | None, endpoint_url: str | None) -> None:
     """A region AWS does not have names a host that does not exist: said now, before the
     store's first request would spend botocore's retries on it (~40 s); none anywhere is
@@ -387,6 +402,7 @@ class LambdaBackend(Backend):
             raise ConfigError(f"invocation_type {invocation_type!r} is not valid; use 'Event' or 'RequestResponse'")
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        check_storage(store)
         if client is None:
             _check_region(region, profile, endpoint_url)
         if isinstance(store, S3Store):
@@ -471,6 +487,7 @@ class LambdaBackend(Backend):
 
     @classmethod
     def check_config(cls, config: Any) -> None:
+        check_storage(getattr(config, "storage", None))
         _check_region(getattr(config, "aws_region", None), getattr(config, "aws_profile", None),
                       getattr(config, "lambda_endpoint_url", None))
 
@@ -480,6 +497,7 @@ class LambdaBackend(Backend):
         these attributes works)."""
         store = getattr(config, "store", None)
         if not isinstance(store, Store):
+            check_storage(getattr(config, "storage", None))  # (before a local store's folder is made)
             store = store_for_config(config)
         return cls(
             store,

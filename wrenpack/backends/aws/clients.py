@@ -246,6 +246,34 @@ def store_url(cfg: Any) -> str | None:
     return f"s3://{bucket}/{prefix}".rstrip("/")
 
 
+#: what every refusal of a storage that is not on S3 ends with
+SET_S3_STORAGE = "set storage='s3://BUCKET/PREFIX' (or WRENPACK_STORAGE, --storage)"
+
+
+def non_s3_storage(storage: Any, default: str | None = None) -> str | None:
+    """``storage`` (the setting: a URL or path, a spec, a ``Store``) as a message names it,
+    when it is not on S3; None when it is. Lambda's workers, and the functions deploy
+    makes, reach no other store: the worker opens the event's store from its spec and
+    a deployed function serves one S3 location (``WRENPACK_STORE_URL``). The setting's
+    default is a folder on this machine whatever the backend, so it is said when it is
+    the default (``WRENPACK_BACKEND=lambda`` alone names it): ``default``, the
+    caller's ``wrenpack.config.default_storage()`` (not imported here: the config
+    module's store opener imports this module)."""
+    if isinstance(storage, str):
+        if storage.startswith("s3://"):
+            return None
+        return f"{storage!r}" + (" (the default, a folder on this machine)" if storage == default else "")
+    if isinstance(storage, dict):
+        kind, shown = storage.get("type"), f"{storage!r:.200}"
+    else:
+        try:
+            kind = storage.spec.get("type")
+        except Exception:  # noqa: BLE001 - no spec: not a store the workers could open
+            kind = None
+        shown = str(getattr(storage, "url", None) or type(storage).__name__)
+    return None if kind == "s3" else shown
+
+
 def error_code(exc: BaseException) -> str | None:
     """The AWS error code of a botocore ClientError (None for other errors)."""
     return getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None

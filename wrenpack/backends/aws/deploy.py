@@ -365,6 +365,21 @@ def check_manifest(runtime_dir: str, python: str, architecture: str) -> None:
 
 
 # -- deploy ---------------------------------------------------------------------
+def check_deploy_storage(cfg: Any) -> None:
+    """Refuse a storage that is not ``s3://BUCKET/PREFIX``, in one line, before anything
+    is checked, uploaded or created (the command line's exit 2, as undeploy's). A
+    function knows the store it serves (``ENV_STORE``); one deployed without an S3
+    location refuses every call, so deploy used to create functions that its own
+    warning said could run nothing (undeploy, with the same settings, refused)."""
+    from wrenpack.config import default_storage
+
+    if clients.store_url(cfg) is None:  # (the setting as text: a Store object's location is its own)
+        storage = getattr(cfg, "storage", None)
+        shown = clients.non_s3_storage(storage, default_storage()) or f"{storage!r:.200}"
+        raise ConfigError(f"storage is {shown}, not an S3 location: the functions serve one S3 store and would refuse "
+                          f"every call; pass --storage s3://BUCKET/PREFIX (or set storage / WRENPACK_STORAGE)")
+
+
 def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], None] = log.warning,
                      on: date | None = None) -> list[dict[str, Any]]:
     """Publish the runtime ``request`` names, then create or update one function
@@ -372,6 +387,7 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
     ``warn`` hears, as it happens, what deploys but will not work as expected.
     A zip package's Python is checked against Lambda's runtime dates (as of
     ``on``, default today) before any AWS request."""
+    check_deploy_storage(cfg)
     base = cfg.function_name
     python = runtimes.minor(request.python) if request.python else LOCAL_PYTHON
     if sum(bool(x) for x in (request.runtime_dir, request.runtime_archive, request.image_uri)) > 1:
@@ -404,12 +420,9 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
     bucket, prefix = clients.bucket_prefix(cfg) if (request.runtime_archive or request.runtime_dir) else (None, "")
     env = {"WRENPACK_DEPLOYED_PYTHON": python, ENV_FAMILY: base}
     served = clients.store_url(cfg)
-    if served:
-        # The handler refuses events naming another bucket or a prefix outside this one.
-        env[ENV_STORE] = served
-    else:
-        warn("storage is not s3://BUCKET/PREFIX, so the functions know no store and refuse every call; "
-             "redeploy with --storage s3://BUCKET/PREFIX")
+    # The handler refuses events naming another bucket or a prefix outside this one (check_deploy_storage
+    # refused a storage that names none).
+    env[ENV_STORE] = served
     # What can be told here is said before any request: the runtime's own checks.
     layer_zip, layer_bytes, python_dir = None, b"", None
     if request.runtime_dir:

@@ -17,6 +17,7 @@ import wrenpack.backends.aws.probe as probe
 import wrenpack.backends.aws.runtimes as runtimes
 from wrenpack.backends.aws.deploy import (LOCAL_PYTHON, MAX_EVENT_AGE_S, FunctionSettings, missing_function_help,
                                           protocol_refusal, store_refusal)
+from wrenpack.config import default_storage
 from wrenpack.errors import WrenpackError
 from wrenpack.storage import store_for_config
 
@@ -42,7 +43,8 @@ def doctor_checks(cfg: Any, on: date | None = None) -> list[dict[str, Any]]:
 
     session = check("credentials", lambda: _check_credentials(cfg))
     check("storage", lambda: _check_storage(cfg))
-    check("conditional writes", lambda: _check_conditional_writes(cfg))
+    if clients.non_s3_storage(getattr(cfg, "storage", None)) is None:  # (else the storage row failed: nothing to write to)
+        check("conditional writes", lambda: _check_conditional_writes(cfg))
     conf = None
     if session is not None:
         conf = check("function", lambda: _check_function(cfg))
@@ -97,6 +99,13 @@ def _check_credentials(cfg: Any) -> Outcome:
 
 
 def _check_storage(cfg: Any) -> Outcome:
+    """The store is on S3 (the only one Lambda's workers reach) and takes a write, a read
+    and a delete. A storage elsewhere fails here before it is opened: opening a local one made its
+    folder (and the probe left a doctor/ folder in it), while the other rows said all was well."""
+    shown = clients.non_s3_storage(getattr(cfg, "storage", None), default_storage())
+    if shown is not None:
+        return False, (f"storage is {shown}, not on S3: Lambda's workers cannot reach it, so every call would fail; "
+                       f"{clients.SET_S3_STORAGE}"), None
     store = store_for_config(cfg)  # (on S3, a region AWS does not have: refused there, in one line)
     key = "doctor/probe"
     store.put(key, b"ok")

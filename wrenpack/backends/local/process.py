@@ -746,9 +746,30 @@ def _command(runtime: str | None) -> tuple[list[str], list[str]]:
     return [sys.executable, "-I", "-S", "-c", _BOOT], worker_paths(runtime)
 
 
+#: what describes the Lambda function a driver runs in (a call that launches calls of its own
+#: there: the default executor in a call is a local backend): the variables `wrenpack deploy`
+#: gives the function and those of Lambda's runtime that name it or its current request
+_LAMBDA_FUNCTION_ENV = (
+    "WRENPACK_STORE_URL", "WRENPACK_FUNCTION_FAMILY", "WRENPACK_FUNCTION_SETTINGS", "WRENPACK_EVENT_PROTOCOL",
+    "WRENPACK_VERSION", "WRENPACK_RUNTIME_TMP_MB", "WRENPACK_RUNTIME_ARCHIVE", "WRENPACK_RUNTIME_SHA256",
+    "WRENPACK_DEPLOYED_PYTHON", "AWS_LAMBDA_RUNTIME_API", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_TIMEOUT", "AWS_LAMBDA_LOG_STREAM_NAME", "_X_AMZN_TRACE_ID",
+)
+
+
 def base_environment() -> dict[str, str]:
-    """A worker's environment: the driver's plus Lambda's variables (built once per backend)."""
+    """A worker's environment: the driver's plus Lambda's variables (built once per backend).
+
+    A driver that runs inside a Lambda function (a call launching calls of its own: its
+    default executor is a local backend, with a store in the function's /tmp) does not
+    pass on the variables that describe that function (``_LAMBDA_FUNCTION_ENV``): its
+    workers are local ones. Its store pin (``WRENPACK_STORE_URL``) made each of them
+    refuse every event of the nested job, whose store is not the function's S3 location:
+    such a call failed on Lambda and ran locally."""
     env = dict(os.environ)
+    if env.get("AWS_LAMBDA_FUNCTION_NAME") and env.get("WRENPACK_LOCAL_WORKER") != "1":  # (in a Lambda function)
+        for name in _LAMBDA_FUNCTION_ENV:
+            env.pop(name, None)
     env.update({
         "AWS_LAMBDA_FUNCTION_NAME": "wrenpack-local",
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
