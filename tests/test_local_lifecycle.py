@@ -21,6 +21,7 @@ from tests.processes import alive, interruptible
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local import LocalBackend
 from wrenpack.errors import ConfigError
+from wrenpack.storage.local import LocalStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -462,3 +463,54 @@ def test_a_program_whose_call_returns_a_future_leaves_nothing_behind(tmp_path):
         with contextlib.suppress(OSError):
             os.rmdir(group)
     assert groups == []
+
+
+_RETURNS_A_FUTURE_OF_ANOTHER_STORE = textwrap.dedent("""
+    import os, sys, wrenpack
+    from wrenpack.worker import refs
+
+    def f(x):
+        return x + 1
+
+    def launcher(x):
+        # launched through the call's own default executor: the workers' store (WRENPACK_STORAGE)
+        return wrenpack.remote(f).remote(x)
+
+    class Forged:  # a reference the call makes up: another store's job, said to be launched in it
+        def __init__(self, ref):
+            self.ref = ref
+        def __reduce__(self):
+            return refs.rebuild, (self.ref,)
+
+    def forger(victim_root, victim_job):
+        job = refs._current[0]
+        return Forged({"job_id": victim_job, "call_id": "00000", "label": "x", "chain": [job],
+                       "store": {"type": "local", "root": victim_root}, "result_job": victim_job,
+                       "result_call": "00000", "item": None})
+
+    with wrenpack.Executor(storage=sys.argv[1]) as ex:
+        assert wrenpack.remote(launcher, executor=ex).remote(1).result(timeout=60).result(timeout=60) == 2
+        wrenpack.remote(forger, executor=ex).remote(sys.argv[2], sys.argv[3]).result(timeout=60)
+""")
+
+
+def test_a_future_a_call_returns_of_a_job_in_another_store_leaves_nothing_there(tmp_path):
+    """The call launched its job through its own default executor, whose store (the
+    workers' WRENPACK_STORAGE) is not the program's executor's: that job's owner record and
+    result stayed after shutdown (only jobs in the executor's own store were removed). Now
+    they go, once its result verifies with the secret derived for it; a reference the call
+    made up, naming another job elsewhere, removes nothing."""
+    workers_store, program_store, victim_store = tmp_path / "workers", tmp_path / "program", tmp_path / "victim"
+    victim = LocalStore(str(victim_store))
+    victim_job = "20260101-000000-0000f00d"
+    victim.put(f"jobs/{victim_job}/result/0/00000.res", b"someone else's result")
+    script = tmp_path / "returns_a_future_elsewhere.py"
+    script.write_text(_RETURNS_A_FUTURE_OF_ANOTHER_STORE)
+    out = subprocess.run([sys.executable, str(script), str(program_store), str(victim_store), victim_job],
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, WRENPACK_STORAGE=str(workers_store)), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    for store in (workers_store, program_store):
+        left = [os.path.relpath(os.path.join(d, f), store) for d, _, files in os.walk(store) for f in files]
+        assert left == [], (store, left)
+    assert victim.get(f"jobs/{victim_job}/result/0/00000.res") == b"someone else's result"

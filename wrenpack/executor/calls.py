@@ -160,6 +160,7 @@ class CallTable:
     _readers: list[threading.Thread]
     _plans: set[Any]
     _kept_jobs: set[str]
+    _adopted_elsewhere: list[tuple[dict[str, Any], str, str, bytes]]
     _outliving: set[str]
     _kept_keys: list[Any]
     _stopping: bool
@@ -869,11 +870,25 @@ class CallTable:
     def _adopt(self, adopted: list[dict[str, Any]]) -> None:
         """Jobs launched in a call's process whose futures the call returned (``refs.adopting``):
         kept, and removed with this executor's own kept jobs when it is released (their
-        launcher is gone and removed nothing). Only those in this executor's store."""
-        jobs = {j for ref in adopted if ref.get("store") == self.store.spec for j in (ref["job_id"], ref["result_job"])}
-        if jobs:
+        launcher is gone and removed nothing). In another store (the call launched them
+        through an executor of its own settings, such as the default one in a worker), only a
+        job launched inside one of this executor's jobs (its reference's chain names that job,
+        whose secret derives it), removed only if its result there verifies with that secret
+        (``core._delete_adopted``): before, such a job stayed after shutdown."""
+        spec = self.store.spec
+        jobs = {j for ref in adopted if ref.get("store") == spec for j in (ref["job_id"], ref["result_job"])}
+        elsewhere = []
+        for ref in adopted:
+            other, chain = ref.get("store"), ref.get("chain")
+            if other == spec or not isinstance(other, dict) or not chain or ref.get("job_id") != ref.get("result_job"):
+                continue
+            secret = refs.secret_for(ref["result_job"], chain)
+            if secret is not None:
+                elsewhere.append((other, ref["result_job"], ref["result_call"], secret))
+        if jobs or elsewhere:
             with self._lock:
                 self._kept_jobs.update(jobs)
+                self._adopted_elsewhere.extend(elsewhere)
 
 
 def _close_handoff(data: Any) -> None:

@@ -66,7 +66,8 @@ from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import exit_on_sigterm
 from wrenpack.futures import WrenFuture, _check_timeout, as_list, let_go_for_good
 from wrenpack.wire.event import event_dict, isolation_domain
-from wrenpack.storage import Store, store_for_config
+from wrenpack.wire import result as result_format
+from wrenpack.storage import Store, open_store, store_for_config
 from wrenpack.worker import checkpoint, handoff, plain, refs
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ class Executor(CallTable, cf.Executor):
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
         self._kept_keys: list[Any] = []  # their secrets stay known while they are kept
+        #: jobs in another store that a call launched and returned a future of (``CallTable._adopt``):
+        #: (store spec, job id, call id, the job's secret), removed at shutdown if they verify
+        self._adopted_elsewhere: list[tuple[dict[str, Any], str, str, bytes]] = []
         #: seconds a call of a function takes, by code hash (``executor.grouping`` learns them)
         self.call_seconds: dict[str, float] = {}
         #: maps whose later calls wait to be launched (``hold``)
@@ -732,6 +736,7 @@ class Executor(CallTable, cf.Executor):
             self._released = True
             backend, self._backend = self._backend, None
             kept, self._kept_jobs = set(self._kept_jobs), set()
+            elsewhere, self._adopted_elsewhere = self._adopted_elsewhere, []
             self._kept_keys = []
             collector = self._collector
         if backend is not None:
@@ -742,6 +747,8 @@ class Executor(CallTable, cf.Executor):
         if not self.config.keep_objects:
             for job_id in kept:
                 self._delete_job(job_id)
+            for spec, job_id, call_id, secret in elsewhere:
+                _delete_adopted(spec, job_id, call_id, secret)
         with self._owned_lock:
             owned, self._owned_prefixes = set(self._owned_prefixes), set()
             # (a write ``while_owned`` let through lands before the removal: one PUT, waited for)
@@ -1051,6 +1058,22 @@ def _exit_first() -> None:
     (and says so, and removes their objects) before a backend stops workers."""
     atexit.unregister(_at_exit)
     atexit.register(_at_exit)
+
+
+def _delete_adopted(spec: dict[str, Any], job_id: str, call_id: str, secret: bytes) -> None:
+    """Remove a job a call launched in another store and returned a future of
+    (``CallTable._adopt``), once its result there verifies with the secret derived for
+    it: the reference came from the call, and only a job launched inside this
+    executor's job has objects that do. Nothing is made (a local store's missing
+    folder is not created) and nothing else is removed."""
+    try:
+        if spec.get("type") == "local" and not os.path.isdir(str(spec.get("root"))):
+            return
+        store = open_store(spec)
+        if result_format.is_authentic_result(secret, job_id, call_id, store.get(keys.result_key(job_id, call_id))):
+            store.delete_prefix(keys.job_prefix(job_id))
+    except Exception:  # noqa: BLE001 - left for `wrenpack clean --stale` (its owner is gone)
+        log.debug("could not remove job %s, launched in a call, from its store", job_id, exc_info=True)
 
 
 def _at_exit() -> None:
