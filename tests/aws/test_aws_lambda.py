@@ -53,6 +53,15 @@ def dies(x):
     os._exit(7)  # the runtime vanishes without writing a result
 
 
+def chatty(x):
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("app").info("info line %s", x)
+    logging.getLogger("app").warning("warning line %s", x)
+    return x
+
+
 def whoami(x):
     return {"pid": os.getpid(), "fn": os.environ.get("AWS_LAMBDA_FUNCTION_NAME"), "x": x}
 
@@ -226,6 +235,37 @@ def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
                 sent = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
                 assert ended - start >= SHORT_TIMEOUT and ended - sent < SHORT_TIMEOUT + 5, (start, sent, ended)
                 assert "CloudWatch" in str(info.value)
+
+
+def test_logging_in_a_call_is_captured_as_on_the_local_backend(moto_endpoint, bucket, lambda_endpoint, tmp_path):
+    """``logging.basicConfig`` in a call configures the root logger of the call's process,
+    which on Lambda held the runtime client's handler (level WARNING, Lambda's format),
+    so the call's INFO lines were dropped there and kept locally. (Fresh executors: a
+    warm process keeps the first call's logging set-up, on both backends.)"""
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "logging", invocation_type="Event") as ex, \
+            Executor(backend="local", storage=str(tmp_path / "store"), concurrency=1, retries=0, timeout=TIMEOUT) as here:
+        on_lambda = wrenpack.remote(chatty, executor=ex).remote(1)
+        local = wrenpack.remote(chatty, executor=here).remote(1)
+        assert on_lambda.result(timeout=60) == local.result(timeout=60) == 1
+        assert on_lambda.logs == local.logs == "INFO:app:info line 1\nWARNING:app:warning line 1\n"
+
+
+def test_a_call_cancelled_while_it_runs_says_so_as_locally(moto_endpoint, bucket, lambda_endpoint, local_executor):
+    """The message of a running call cancelled on Lambda named the call twice ("sleeps:
+    sleeps was cancelled while it ran"); it reads as the local backend's."""
+    said = []
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "cancel-running", invocation_type="Event") as ex:
+        for executor in (ex, local_executor):
+            fut = wrenpack.remote(sleeps, executor=executor).remote(4)
+            deadline = time.time() + 30
+            while not fut.running() and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            wrenpack.cancel([fut])
+            with pytest.raises(wrenpack.CallCancelled) as info:
+                fut.result(timeout=60)
+            said.append(str(info.value))
+    assert said[0] == said[1] == "sleeps was cancelled (wrenpack.cancel) and stopped, with every process it started"
 
 
 def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lambda_endpoint, caplog):

@@ -891,7 +891,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
     except isolation.Cancelled:
         isolation.end_child()
         log.info("%s: cancelled (its cancel marker appeared)", ev.label)
-        return _Ran("error", error_outcome(CallCancelled(f"{ev.label} was cancelled while it ran"), "wrenpack", tb_text=""),
+        return _Ran("error", error_outcome(CallCancelled(f"{ev.label} was cancelled (wrenpack.cancel) and stopped, with every "
+                                                   "process it started"), "wrenpack", tb_text=""),
                     None, {"cancelled": True})
     except isolation.ChildGone as exc:
         child = isolation.current_child()
