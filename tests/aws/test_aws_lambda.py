@@ -53,6 +53,44 @@ def dies(x):
     os._exit(7)  # the runtime vanishes without writing a result
 
 
+def segfaults(x):
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def crashes_once(path):
+    """Dies on its first attempt, returns on the next (``path``: a file in the shared temporary folder)."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(3)
+    return "ran again"
+
+
+def crashes_at_4(x):
+    if x == 4:
+        os._exit(5)
+    return x
+
+
+def vanishes(x):
+    """Ends the worker itself (the call runs in a child of it), as Lambda's timeout or
+    memory limit ends a whole sandbox: nothing can write the call's status."""
+    import signal
+
+    os.kill(os.getppid(), signal.SIGABRT)
+    time.sleep(60)
+
+
+def chatty(x):
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("app").info("info line %s", x)
+    logging.getLogger("app").warning("warning line %s", x)
+    return x
+
+
 def whoami(x):
     return {"pid": os.getpid(), "fn": os.environ.get("AWS_LAMBDA_FUNCTION_NAME"), "x": x}
 
@@ -203,7 +241,8 @@ def test_duplicate_delivery_keeps_the_first_result(moto_endpoint, bucket, lambda
 
 def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
     """Event: no result by timeout + margin -> WorkerLost. RequestResponse: the
-    reply says the runtime died -> WorkerCrashed at once."""
+    reply says the runtime died -> WorkerCrashed at once. (The worker itself ends:
+    one whose call's process died writes that: ``test_a_crash_in_the_call_...``.)"""
     lambda_endpoint.deploy(memory=1024, timeout=SHORT_TIMEOUT)
     for kind, expected in (("Event", WorkerLost), ("RequestResponse", WorkerCrashed)):
         with _executor(moto_endpoint, bucket, lambda_endpoint, f"lost-{kind}", invocation_type=kind,
@@ -214,7 +253,7 @@ def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
             )
             ex._backend = backend
             start = time.time()
-            fut = wrenpack.remote(dies, executor=ex).map([1])[0]
+            fut = wrenpack.remote(vanishes, executor=ex).map([1])[0]
             with pytest.raises(expected) as info:
                 fut.result(timeout=60)
             ended = time.time()
@@ -226,6 +265,88 @@ def test_vanished_worker_is_reported(moto_endpoint, bucket, lambda_endpoint):
                 sent = lambda_endpoint.arrived[(fut.job_id, fut.call_id)]
                 assert ended - start >= SHORT_TIMEOUT and ended - sent < SHORT_TIMEOUT + 5, (start, sent, ended)
                 assert "CloudWatch" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["Event", "RequestResponse"])
+def test_a_crash_in_the_call_fails_at_once_as_on_the_local_backend(moto_endpoint, bucket, lambda_endpoint,
+                                                                    local_executor, kind):
+    """The call's process dies (an exit, a segfault) under a worker that lives on: the
+    worker writes the local backend's WorkerCrashed, naming the exit code or signal,
+    before it ends the same way. An Event call failed only after its timeout + 30 s,
+    as WorkerLost blaming Lambda's timeout or memory limit (RequestResponse said
+    WorkerCrashed, in the runtime's words)."""
+    with _executor(moto_endpoint, bucket, lambda_endpoint, f"crash-{kind}", invocation_type=kind) as ex:
+        for fn, how in ((dies, "exit code 7"), (segfaults, "signal SIGSEGV")):
+            start = time.time()
+            with pytest.raises(WorkerCrashed) as got:
+                wrenpack.remote(fn, executor=ex).remote(1).result(timeout=60)
+            took = time.time() - start
+            with pytest.raises(WorkerCrashed) as local:
+                wrenpack.remote(fn, executor=local_executor).remote(1).result(timeout=60)
+            assert str(got.value) == str(local.value)
+            assert f"died ({how}) on 1 attempt;" in str(got.value) and "\n" not in str(got.value)
+            assert took < 25, took  # (not its timeout + 30 s)
+
+
+@pytest.mark.parametrize("kind", ["Event", "RequestResponse"])
+def test_a_crashed_call_is_run_again_as_retries_allow(moto_endpoint, bucket, lambda_endpoint, tmp_path, kind):
+    """As on the local backend: a crashed call runs again (its crash's result object goes
+    first, or it would win the retry's write), and the last crash counts the attempts."""
+    with _executor(moto_endpoint, bucket, lambda_endpoint, f"crash-retry-{kind}", invocation_type=kind, retries=1) as ex:
+        once = wrenpack.remote(crashes_once, executor=ex).remote(str(tmp_path / "crashed"))
+        assert once.result(timeout=60) == "ran again"
+        fut = wrenpack.remote(dies, executor=ex).remote(1)
+        with pytest.raises(WorkerCrashed, match=r"died \(exit code 7\) on 2 attempts;"):
+            fut.result(timeout=60)
+        for f in (once, fut):
+            assert [a for _, j, c, _, a in lambda_endpoint.calls if (j, c) == (f.job_id, f.call_id)] == [0, 1]
+
+
+def test_a_group_with_a_crashing_call_fails_at_once_as_locally(moto_endpoint, bucket, lambda_endpoint, local_executor):
+    """chunksize: a group one of whose calls crashes fails its calls with the crash, named
+    as the local backend names it (Event: after the timeout + 30 s, WorkerLost)."""
+    def outcomes(ex):
+        got = wrenpack.get(wrenpack.remote(crashes_at_4, executor=ex).map(range(6), chunksize=3), return_exceptions=True)
+        return [f"{type(x).__name__}: {x}" if isinstance(x, BaseException) else x for x in got]
+
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "crash-group", invocation_type="Event") as ex:
+        start = time.time()
+        on_lambda = outcomes(ex)
+        assert time.time() - start < 25
+    crashed = ("WorkerCrashed: crashes_at_4[3:6]: the worker process died (exit code 5) on 1 attempt; look for a crash "
+               "in native code or an external kill, or raise retries=")
+    assert on_lambda == outcomes(local_executor) == [0, 1, 2, crashed, crashed, crashed]
+
+
+def test_logging_in_a_call_is_captured_as_on_the_local_backend(moto_endpoint, bucket, lambda_endpoint, tmp_path):
+    """``logging.basicConfig`` in a call configures the root logger of the call's process,
+    which on Lambda held the runtime client's handler (level WARNING, Lambda's format),
+    so the call's INFO lines were dropped there and kept locally. (Fresh executors: a
+    warm process keeps the first call's logging set-up, on both backends.)"""
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "logging", invocation_type="Event") as ex, \
+            Executor(backend="local", storage=str(tmp_path / "store"), concurrency=1, retries=0, timeout=TIMEOUT) as here:
+        on_lambda = wrenpack.remote(chatty, executor=ex).remote(1)
+        local = wrenpack.remote(chatty, executor=here).remote(1)
+        assert on_lambda.result(timeout=60) == local.result(timeout=60) == 1
+        assert on_lambda.logs == local.logs == "INFO:app:info line 1\nWARNING:app:warning line 1\n"
+
+
+def test_a_call_cancelled_while_it_runs_says_so_as_locally(moto_endpoint, bucket, lambda_endpoint, local_executor):
+    """The message of a running call cancelled on Lambda named the call twice ("sleeps:
+    sleeps was cancelled while it ran"); it reads as the local backend's."""
+    said = []
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "cancel-running", invocation_type="Event") as ex:
+        for executor in (ex, local_executor):
+            fut = wrenpack.remote(sleeps, executor=executor).remote(4)
+            deadline = time.time() + 30
+            while not fut.running() and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            wrenpack.cancel([fut])
+            with pytest.raises(wrenpack.CallCancelled) as info:
+                fut.result(timeout=60)
+            said.append(str(info.value))
+    assert said[0] == said[1] == "sleeps was cancelled (wrenpack.cancel) and stopped, with every process it started"
 
 
 def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lambda_endpoint, caplog):
@@ -263,7 +384,7 @@ def test_a_forged_start_mark_cannot_hold_a_lost_call(moto_endpoint, bucket, lamb
         planter.start()
         try:
             with caplog.at_level("WARNING", logger="wrenpack.backends.aws"):
-                futs = wrenpack.remote(dies, executor=ex).map([1, 2, 3])
+                futs = wrenpack.remote(vanishes, executor=ex).map([1, 2, 3])
                 for fut in futs:
                     with pytest.raises(WorkerLost, match="CloudWatch"):
                         fut.result(timeout=60)

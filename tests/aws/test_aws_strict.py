@@ -112,6 +112,24 @@ def test_a_call_over_its_memory_is_memory_limit_exceeded_and_not_retried(moto_en
         lambda_endpoint.oom_shape = "out-of-memory"
 
 
+def test_an_event_call_whose_process_the_oom_killer_ends_is_memory_limit_exceeded_at_once(
+        moto_endpoint, bucket, lambda_endpoint, small_function):
+    """The kernel's OOM killer ends the call's process (the largest in the sandbox) and the
+    worker lives on: it sees the sandbox's OOM count rise and writes the memory error, so
+    an Event call fails now, as the local backend says it, not after its timeout + 30 s
+    as WorkerLost (and is not run again at the same memory)."""
+    _needs("memory", "hold a runtime to its memory")
+    with _executor(moto_endpoint, bucket, lambda_endpoint, "oom-event", invocation_type="Event", memory=256,
+                   retries=1) as ex:
+        start = time.time()
+        fut = wrenpack.remote(allocates, executor=ex).remote(400)
+        with pytest.raises(MemoryLimitExceeded, match="256 MB memory limit") as info:
+            fut.result(timeout=60)
+        assert time.time() - start < 25 and "\n" not in str(info.value)
+        assert _runs(lambda_endpoint, fut) == [0]
+        assert wrenpack.remote(allocates, executor=ex).remote(20).result(timeout=60) == 20 * 1024 * 1024
+
+
 # -- throttling ------------------------------------------------------------------------------------
 def test_request_response_throttling_is_retried_until_the_function_has_room(moto_endpoint, bucket, lambda_endpoint):
     lambda_endpoint.deploy(memory=1216, reserved=1)

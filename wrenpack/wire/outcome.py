@@ -189,7 +189,9 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str, job_id: str | None =
     elif kind == "wrenpack" and isinstance(exc, WrenpackError):
         try:
             text = (_own_module_note(exc) if isinstance(exc, MissingDependency) else None) or str(exc)
-            rebuilt = type(exc)(f"{label}: {text}{_version_note(exc)}")
+            # (a worker's message may name the call already, as the local backend's do: not twice)
+            named = text.startswith((f"{label}: ", f"{label} ")) and bool(label)
+            rebuilt = type(exc)(f"{text if named else f'{label}: {text}'}{_version_note(exc)}")
             rebuilt.__dict__.update({k: v for k, v in exc.__dict__.items() if k not in rebuilt.__dict__})
             if isinstance(exc, ImportError):
                 rebuilt.name, rebuilt.path = exc.name, exc.path

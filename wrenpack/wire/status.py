@@ -19,7 +19,9 @@ The handler adds, when they apply: ``run_s`` (the function's own time),
 place of the invocation's last checkpoint save, ``wire.checkpoint.Saves``),
 ``logs`` (the captured output tail), ``stored``
 (the job has objects in the store), ``botocore`` (the worker's botocore
-version, when the store is S3); the client adds ``retried``, and ``memory_mb``
+version, when the store is S3), ``crashed`` (the call's process died under a
+Lambda worker, "exit code 3", "signal SIGSEGV": the client may run it again,
+as ``retries`` allow, after deleting this record's result object); the client adds ``retried``, and ``memory_mb``
 and ``timeout_s`` (what the invocation ran with) to the copy its future holds.
 Standard library only: the worker imports this.
 """

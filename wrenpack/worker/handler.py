@@ -49,8 +49,9 @@ import cloudpickle
 
 from wrenpack import auth, keys
 from wrenpack.errors import (
-    CallCancelled, CorruptObject, EphemeralStorageExceeded, MissingDependency, ObjectNotFound, ProtocolError, RemoteError,
-    SdkTooOld, SerializationError, StoreError, TaskTimeout, WrenpackError, exc_text,
+    CallCancelled, CorruptObject, EphemeralStorageExceeded, MemoryLimitExceeded, MissingDependency, ObjectNotFound,
+    ProtocolError, RemoteError, SdkTooOld, SerializationError, StoreError, TaskTimeout, WorkerCrashed, WrenpackError,
+    exc_text,
 )
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
@@ -496,6 +497,9 @@ class _Ran:
         self.run_s = run_s
         self.extra = extra
         self.ckpt = ckpt
+        #: the wait status of a job's child that died running the call: the worker ends so
+        #: once the outcome is written (``_handle_isolated``)
+        self.dies: int | None = None
 
 
 def _execute(ev: Event, event: dict[str, Any], context: Any, start: float, *, load_fn: Callable[[], Any],
@@ -762,7 +766,8 @@ def _finish(ev: Event, event: dict[str, Any], store: Any, job_store: _JobStore, 
         if status["peak_rss_mb"] is not None:
             status["peak_rss_mb"] = round(status["peak_rss_mb"] + outcome.size / 2**20, 2)
         return dict(status, first=True, handoff=outcome)
-    limit = ev.extra.get("reply_limit")
+    # (a worker that ends after this writes to the store: its reply would never go)
+    limit = ev.extra.get("reply_limit") if ran.dies is None else None
     if limit is not None and getattr(context, "private_reply", False) and len(outcome) <= limit:
         # Local worker whose backend asked for replies: status and outcome go back over
         # its private socketpair, which authenticates them (``wrenpack.backends.local.replies``).
@@ -839,7 +844,11 @@ def _handle_isolated(event: dict[str, Any], ev: Event, job_store: _JobStore, con
                 os.close(fd)
             except OSError:
                 pass
-    return _finish(ev, event, store, job_store, context, start, ran)
+    try:
+        return _finish(ev, event, store, job_store, context, start, ran)
+    finally:
+        if ran.dies is not None:  # (written or not: the worker ends as the call's process did)
+            isolation.die_like(ran.dies)
 
 
 def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fds: list[int], start: float,
@@ -900,7 +909,8 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
     except isolation.Cancelled:
         isolation.end_child()
         log.info("%s: cancelled (its cancel marker appeared)", ev.label)
-        return _Ran("error", error_outcome(CallCancelled(f"{ev.label} was cancelled while it ran"), "wrenpack", tb_text=""),
+        return _Ran("error", error_outcome(CallCancelled(f"{ev.label} was cancelled (wrenpack.cancel) and stopped, with every "
+                                                   "process it started"), "wrenpack", tb_text=""),
                     None, {"cancelled": True})
     except isolation.ChildGone as exc:
         child = isolation.current_child()
@@ -925,8 +935,62 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
             # OOM kill, WorkerCrashed): at WARNING this line came on the user's terminal too.
             log.log(logging.INFO if isinstance(context, LocalContext) else logging.WARNING,
                     "%s: the process running the call died (wait status %s); this worker ends the same way", ev.label, status)
+            if not isinstance(context, LocalContext):
+                crash = _crash_error(ev, status, context)
+                if crash is not None:
+                    # Lambda: the call's outcome is written first (``_handle_isolated`` dies after
+                    # ``_finish``), so an Event call fails now, as locally, not at its deadline.
+                    # (``crashed``: the client may run it again, as ``retries`` allow; not one the
+                    # memory limit stopped, which would be stopped again at the same memory)
+                    ran = _Ran("error", error_outcome(crash, "wrenpack", tb_text=""), None,
+                               {"crashed": _how_it_died(status)} if isinstance(crash, WorkerCrashed) else {})
+                    ran.dies = status
+                    return ran
         isolation.die_like(status)
         raise
+
+
+#: the kernel's OOM kills in this worker's memory cgroup at its start (Lambda), then at each look
+#: (``memory.oom_kills``; None: not readable here)
+_oom_seen: int | None = None
+
+
+def _how_it_died(status: int) -> str:
+    """A wait status as the local backend names a worker's death: "exit code 3", "signal SIGSEGV"."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"signal {signal.Signals(sig).name}"
+        except ValueError:
+            return f"signal {sig}"
+    return f"exit code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}"
+
+
+def _crash_error(ev: Event, status: int | None, context: Any) -> WrenpackError | None:
+    """What a Lambda worker whose job's child died under it (``status``: its wait status)
+    writes as the call's outcome before it ends the same way: the local backend's error
+    for that death (``backends.local.process.Worker.death_error``). The client retries a
+    crash as ``retries`` allow (the status's ``crashed``), so the attempts are counted
+    as locally. None, to write nothing: the status is unknown, or a SIGKILL not known
+    to be the kernel's OOM killer's (the memory limit ends the whole sandbox on Lambda,
+    which then writes nothing either: ``WorkerLost``, or the reply's memory error)."""
+    global _oom_seen
+    if status is None:
+        return None
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        before, now = _oom_seen, memory.oom_kills()
+        _oom_seen = now
+        if before is None or now is None or now <= before:
+            return None
+        limit = getattr(context, "memory_limit_in_mb", None) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or "?"
+        # (worded as the client words Lambda's own reply for a runtime its memory limit ended)
+        return MemoryLimitExceeded(
+            f"{ev.label} was killed at its function's {limit} MB memory limit (the kernel's OOM killer ended the "
+            "process running the call); raise memory= (see `wrenpack profile`)")
+    tries = int(ev.attempt or 0) + 1
+    return WorkerCrashed(
+        f"{ev.label}: the worker process died ({_how_it_died(status)}) on {tries} attempt{'s' if tries > 1 else ''}; "
+        "look for a crash in native code or an external kill, or raise retries=")
 
 
 def _domain_of(ev: Event, fkey: str) -> str:
@@ -1303,3 +1367,4 @@ if _on_lambda():
     # Lambda loads this module at its init, before the first event: the zygote
     # forked now never held a secret (``wrenpack.worker.isolation``).
     isolation.prepare()
+    _oom_seen = memory.oom_kills()

@@ -1480,12 +1480,33 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
+def fresh_root_logger() -> None:
+    """The root logger as a fresh interpreter has it: no handler, level WARNING, local time.
+
+    A job's process is forked from the worker, and on Lambda the runtime client
+    (awslambdaric) gave the worker's root logger its handler (level WARNING, Lambda's
+    line format, UTC): kept in the job's process, it made ``logging.basicConfig`` in the
+    user's code a no-op there, so a call's INFO lines, kept on the local backend (whose
+    workers have no such handler), were dropped on Lambda. The worker keeps it: its own
+    lines reach CloudWatch as before. The job's process writes to the same stdout and
+    stderr (CloudWatch's stream, and the call's captured ``logs``), and its own
+    warnings, with no handler, reach stderr through logging's last resort, as locally."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for flt in list(root.filters):
+        root.removeFilter(flt)
+    root.setLevel(logging.WARNING)
+    logging.Formatter.converter = time.localtime
+
+
 def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
     """Run this domain's calls until the parent closes the socket."""
     runner = _runner
     if runner is None:
         os._exit(1)
     _forget_process_files()
+    fresh_root_logger()
     # Orphans of its calls stay below it, where its report after each call counts them.
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     rpc = _Rpc(sock)

@@ -139,6 +139,39 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
     return None
 
 
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has ended in this process's memory
+    cgroup (v2 ``memory.events``, v1 ``memory.oom_control``: ``oom_kill``), or None
+    where that cannot be read (no such cgroup, another mount layout).
+
+    A job's child that died of SIGKILL while this process lived on was stopped at
+    the memory limit when this count rose meanwhile: its worker then says so
+    (``handler``), as the local backend does from its own cgroup."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    places = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            for mount in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                places.append((f"{mount}{path.rstrip('/')}/memory.events", "oom_kill "))
+        elif "memory" in controllers.split(","):
+            places.insert(0, (f"/sys/fs/cgroup/memory{path.rstrip('/')}/memory.oom_control", "oom_kill "))
+    for name, field in places:
+        try:
+            with open(name) as f:
+                for line in f:
+                    if line.startswith(field):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def children_peak_mb() -> float:
     """The largest ``ru_maxrss`` among this process's waited-for children, in MiB.
 

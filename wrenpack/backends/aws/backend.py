@@ -1403,7 +1403,36 @@ class LambdaBackend(Backend):
             return None
 
     # -- completion -----------------------------------------------------------
+    def _crash_retried(self, call: _Call, result: InvocationResult) -> bool:
+        """A call whose job's process died under its worker, which wrote that (the status's
+        ``crashed``: "exit code 3", "signal SIGSEGV") before it ended the same way, is sent
+        again while ``retries`` allow, as the local backend runs a crashed call again: its
+        result object goes first, or it would win the next attempt's write. The object is
+        verified first: only the call's own worker may ask for a retry."""
+        inv, status = call.inv, result.status
+        if status is None or not status.get("crashed") or result.data is None or inv.attempt >= inv.retries \
+                or call.done or self._stop.is_set():
+            return False
+        job_id, cid = inv.key
+        if not result_format.is_authentic_result(auth.decode_secret(inv.event["secret"]), job_id, cid, result.data):
+            return False  # (the executor fails the call with CorruptObject)
+        try:
+            self.store.delete(keys.result_key(job_id, cid))
+        except Exception:  # noqa: BLE001 - the crash is then the call's outcome
+            log.warning("%s: could not delete the result of its crashed attempt; not retried", inv.label, exc_info=True)
+            return False
+        inv.attempt += 1
+        log.warning("%s: worker died (%s); retrying (attempt %d of %d)", inv.label, status["crashed"], inv.attempt + 1,
+                    inv.retries + 1)
+        if self.invocation_type == "Event":
+            self._resend(call)
+        else:
+            self._pool.submit(call)  # (its sender frees the slots it holds)
+        return True
+
     def _finish(self, call: _Call, result: InvocationResult) -> None:
+        if self._crash_retried(call, result):
+            return
         with self._lock:
             if call.done:
                 return
