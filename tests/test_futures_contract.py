@@ -464,6 +464,25 @@ def test_logs_are_captured_and_shown_with_errors(remote):
     assert "last words 2" in str(info.value.__cause__)
 
 
+def logs_through_logging(x):
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(message)s")  # (the first call's sets it up)
+    logging.getLogger("app").info("info line %s", x)
+    return x
+
+
+def test_a_logging_handler_a_call_set_up_is_captured_in_every_later_call(make_executor):
+    """``logging.basicConfig`` in a call: its handler holds the ``sys.stderr`` of the call
+    that made it, and each call had a capture of its own, so the warm process's later
+    calls lost their log lines from ``fut.logs`` (kept in the first call's capture)."""
+    f = wrenpack.remote(logs_through_logging, executor=make_executor(concurrency=1))
+    for x in range(3):
+        fut = f.remote(x)
+        assert fut.result(timeout=120) == x
+        assert f"INFO:info line {x}" in fut.logs, (x, fut.logs)
+
+
 def test_concurrent_threads_submit(executor):
     out = []
 

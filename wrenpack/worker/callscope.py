@@ -51,45 +51,69 @@ class _Tail:
 
 
 class _Tee:
-    """A stream that writes through to ``stream`` and keeps a copy in ``tail``."""
+    """A stream that writes through to ``stream`` and keeps a copy in the running call's
+    tail (``tail``: None between calls). One per stream for the process's life
+    (``_tee_of``): a logging handler a call made (``logging.basicConfig``) holds the
+    ``sys.stderr`` of the call that made it, and a new one per call left the later calls'
+    log lines out of their ``logs`` (kept in the first call's tail instead)."""
 
-    def __init__(self, stream: TextIO, tail: _Tail) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._tail = tail
+        self.tail: _Tail | None = None
 
     def write(self, text: str) -> int:
-        if isinstance(text, str):
-            self._tail.add(text)
+        tail = self.tail
+        if tail is not None and isinstance(text, str):
+            tail.add(text)
         return self._stream.write(text)
 
     @property
     def buffer(self) -> Any:
-        """The stream's binary buffer, its writes kept in ``tail`` too (decoded as the
+        """The stream's binary buffer, its writes kept in the tail too (decoded as the
         stream would: ``sys.stdout.buffer.write`` is a Python-level write as ``print`` is)."""
-        return _BinaryTee(self._stream.buffer, self._tail, getattr(self._stream, "encoding", None) or "utf-8")
+        return _BinaryTee(self._stream.buffer, self, getattr(self._stream, "encoding", None) or "utf-8")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
 class _BinaryTee:
-    """A binary stream that writes through to ``stream`` and keeps a decoded copy in ``tail``."""
+    """A binary stream that writes through to ``stream`` and keeps a decoded copy in its text tee's tail."""
 
-    def __init__(self, stream: Any, tail: _Tail, encoding: str) -> None:
+    def __init__(self, stream: Any, tee: _Tee, encoding: str) -> None:
         self._stream = stream
-        self._tail = tail
+        self._tee = tee
         self._encoding = encoding
 
     def write(self, data: Any) -> int:
         written = self._stream.write(data)
-        try:
-            self._tail.add(bytes(data).decode(self._encoding, "replace"))
-        except (TypeError, ValueError, LookupError):
-            pass  # (not bytes-like: the stream's own write said so already)
+        tail = self._tee.tail
+        if tail is not None:
+            try:
+                tail.add(bytes(data).decode(self._encoding, "replace"))
+            except (TypeError, ValueError, LookupError):
+                pass  # (not bytes-like: the stream's own write said so already)
         return written
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+#: the tee of each stream a call's output went to (``_tee_of``), by the stream's id (the oldest
+#: dropped past ``_MAX_TEES``)
+_tees: dict[int, _Tee] = {}
+_MAX_TEES = 8
+
+
+def _tee_of(stream: Any) -> Any:
+    """The one ``_Tee`` of ``stream`` (of a tee too: a call run inside a call's scope keeps
+    what it prints in both calls' tails)."""
+    tee = _tees.get(id(stream))
+    if tee is None or tee._stream is not stream:
+        if len(_tees) >= _MAX_TEES:  # (a call that sets sys.stdout itself, each time anew: none kept for long)
+            _tees.pop(next(iter(_tees)))
+        tee = _tees[id(stream)] = _Tee(stream)
+    return tee
 
 
 class CallScope:
@@ -103,15 +127,23 @@ class CallScope:
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         saved = {k: os.environ.get(k) for k in self.env}
         streams = (sys.stdout, sys.stderr)
+        tees: tuple[Any, ...] = ()
+        kept: list[Any] = []
         try:
             # (inside the try: a variable that cannot be set, after others were, leaves none set for the next call)
             if self.env:
                 os.environ.update(self.env)
             if self.tail is not None:
-                sys.stdout, sys.stderr = _Tee(sys.stdout, self.tail), _Tee(sys.stderr, self.tail)
+                tees = (_tee_of(sys.stdout), _tee_of(sys.stderr))
+                kept = [t.tail for t in tees]
+                for tee in tees:
+                    tee.tail = self.tail
+                sys.stdout, sys.stderr = tees
             return fn(*args, **kwargs)
         finally:
             if self.tail is not None:
+                for tee, was in zip(tees, kept):
+                    tee.tail = was
                 sys.stdout, sys.stderr = streams
             for key, old in saved.items():
                 if old is None:
