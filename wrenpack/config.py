@@ -88,7 +88,8 @@ class Config:
     ephemeral_storage: int = 512
     #: how often a call whose worker crashed is tried again
     retries: int = 1
-    #: arguments whose pickle is at most this many bytes travel inside the event
+    #: arguments whose pickle is at most this many bytes travel inside the event (less where
+    #: the backend's events hold less: ``Capabilities.event_limit``, Lambda's request limit)
     inline_limit: int = 64 * 1024
     #: keep a job's objects in the store after its results are read
     keep_objects: bool = False

@@ -142,6 +142,12 @@ class Capabilities:
     #: driver's files and its ``sys.path`` (local, a backend of processes on this
     #: machine), and nothing is checked.
     separate_files: bool = False
+    #: The largest event, as the executor makes it (``wire.event.dumps``, bytes), that the
+    #: backend can send: its transport's limit less what it adds to each event at send.
+    #: The executor sends an argument inline (base64, 4/3 its size) only where its event
+    #: still fits, else through the store, whatever ``inline_limit`` allows: what runs
+    #: locally runs here. None: no limit (the local backend hands events over a pipe).
+    event_limit: int | None = None
 
 
 class Backend(abc.ABC):

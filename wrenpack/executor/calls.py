@@ -88,6 +88,9 @@ class RunningJob(CallOwner):
     table: Any = None
     #: each call's pickled arguments until it is launched (or taken back): then None
     payloads: list[Any] = field(default_factory=list)
+    #: arguments that pickle to at most this many bytes travel in their events, larger
+    #: ones were stored at launch (``Executor._inline_limit``: within the backend's events)
+    inline_limit: int = 0
     #: the event every call's starts from (its call id, arguments and label added)
     template: dict[str, Any] = field(default_factory=dict)
     #: calls launched and not ended at most; launched, not ended; the next call to launch

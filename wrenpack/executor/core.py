@@ -65,6 +65,7 @@ from wrenpack.executor.owner import mark_still_running, owner_record
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import exit_on_sigterm
 from wrenpack.futures import WrenFuture, _check_timeout, as_list, let_go_for_good
+from wrenpack.wire import event as event_format
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.wire import result as result_format
 from wrenpack.storage import Store, open_store, store_for_config
@@ -77,6 +78,9 @@ log = logging.getLogger(__name__)
 PYTHON = "%d.%d" % sys.version_info[:2]
 #: a job's events carry its pickled function when all of them together hold at most this many bytes of it
 INLINE_FUNCTION_BYTES = 64 * 1024
+#: Room a call's event may take beyond the one a launch measures (``Executor._inline_limit``):
+#: a later segment's checkpoint fields, a retry's, a call label longer than the sample's (bytes).
+EVENT_SLACK = 2048
 #: how long the release of a map_reduce's prefixes waits for a write ``while_owned`` let
 #: through (one store PUT) before it removes them anyway
 _OWNED_WRITE_WAIT_S = 10
@@ -422,20 +426,21 @@ class Executor(CallTable, cf.Executor):
         extra_event["domain"] = isolation_domain(extra_event["func_hash"])  # calls of fn from this process share a warm job process
         if inline_fn:
             extra_event["func_inline"] = func_text
-        inline_args = [_travels(data, self.config.inline_limit) for data in payloads]
-        # A job that stores nothing at launch leaves its owner record to the
-        # worker, written before the first object it stores (local backend,
-        # which replies with results): a small call then touches no store at all.
         # (the backend first: one that cannot be made, a Lambda backend without a region say, is
         # said before anything of the job is stored)
         capabilities = self.backend.capabilities
+        inline_limit = self._inline_limit(capabilities, job_id, secret, label, options, extra_event, len(payloads))
+        inline_args = [_travels(data, inline_limit) for data in payloads]
+        # A job that stores nothing at launch leaves its owner record to the
+        # worker, written before the first object it stores (local backend,
+        # which replies with results): a small call then touches no store at all.
         stored = (not inline_fn or not all(inline_args) or self.config.keep_objects
                   or not capabilities.calls_end_with_driver)
         del inline_args
         if keep is not None and not stored and not chain and not ref_secrets and spawned is None and futures is None \
                 and len(payloads) == 1 and prepared_here and serialize.is_cached_pickle(fn, fn_bytes):
             keep.append(SingleJob(os.getpid(), self._backend, fn_bytes, options, label,
-                                  min(self.config.inline_limit, options.memory * 1024 * 1024), dict(extra_event)))
+                                  min(inline_limit, options.memory * 1024 * 1024), dict(extra_event)))
         if not stored:
             extra_event["owner"] = ahead.owner if ahead is not None else owner_record(label, job_id)
         ahead = None
@@ -451,7 +456,7 @@ class Executor(CallTable, cf.Executor):
                 store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
                 wrote = True
             for i, data in enumerate(payloads):
-                if _travels(data, self.config.inline_limit):
+                if _travels(data, inline_limit):
                     continue
                 cid = keys.call_id(i)
                 main = data.main if isinstance(data, handoff.Args) else data
@@ -473,7 +478,26 @@ class Executor(CallTable, cf.Executor):
             raise StoreError(f"cannot write the objects of {label} to {store.url}: {os_reason(exc)}; "
                              "free space or fix the storage= location") from None
         return self._start(job_id, label, options, secret, job_key, payloads, extra_event, stored=stored,
-                           chain=chain, spawned=spawned, futures=futures)
+                           chain=chain, spawned=spawned, futures=futures, inline_limit=inline_limit)
+
+    def _inline_limit(self, capabilities: Capabilities, job_id: str, secret: bytes, label: str, options: CallOptions,
+                      extra_event: dict[str, Any], calls: int) -> int:
+        """The largest argument pickle a launch's calls carry in their events: ``inline_limit``,
+        or less where the backend's events hold less (``Capabilities.event_limit``, Lambda's
+        1 MiB for an Event): an argument travels there in base64 (4/3 its size) beside the
+        job's other fields, and one whose event would not fit goes through the store, as a
+        larger one does, instead of failing every call at send."""
+        limit = self.config.inline_limit
+        if capabilities.event_limit is None:
+            return limit
+        extra = dict(extra_event)
+        if capabilities.calls_end_with_driver:
+            extra["owner"] = owner_record(label, job_id)  # (a job that stores nothing sends it in its events)
+        last = max(calls - 1, 0)
+        sample = event_dict(job_id=job_id, call_id=keys.call_id(last), store=self.store.spec, secret=secret,
+                            args={"inline": ""}, timeout_s=options.timeout, function_name=f"{label}[{last}]", extra=extra)
+        room = capabilities.event_limit - len(event_format.dumps(sample)) - EVENT_SLACK
+        return max(0, min(limit, room // 4 * 3))
 
     def relaunch_payload(self, fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]],
                          kept: "SingleJob") -> bytes | None:
@@ -521,18 +545,19 @@ class Executor(CallTable, cf.Executor):
         extra_event["domain"] = isolation_domain(extra_event["func_hash"])
         extra_event["owner"] = ident.owner
         return self._start(ident.job_id, label, kept.options, ident.secret, ident.key, [data], extra_event, stored=False,
-                           chain=[], spawned=None, futures=None)[0]
+                           chain=[], spawned=None, futures=None, inline_limit=kept.limit)[0]
 
     def _start(self, job_id: str, label: str, options: CallOptions, secret: bytes, job_key: Any, payloads: list[Any],
                extra_event: dict[str, Any], *, stored: bool, chain: list[str], spawned: tuple[str, bytes] | None,
-               futures: Sequence[WrenFuture] | None) -> list[WrenFuture]:
+               futures: Sequence[WrenFuture] | None, inline_limit: int) -> list[WrenFuture]:
         """A launch's job, once its objects are stored: its futures, its place in
-        the call table, its first calls handed to the backend."""
+        the call table, its first calls handed to the backend. Its calls' arguments up to
+        ``inline_limit`` bytes travel in their events (``launch`` stored the others)."""
         spec = self.store.spec
         given = futures
         n = len(payloads)
         job = RunningJob(job_id, label, {}, options, secret, stored=stored, key=job_key, pinned=spawned is not None,
-                         calls=n, table=self, payloads=payloads, ahead=self._window())
+                         calls=n, table=self, payloads=payloads, ahead=self._window(), inline_limit=inline_limit)
         # Every call's event is this one with its call id, arguments and label (made when it is launched).
         job.template = event_dict(job_id=job_id, call_id="", store=spec, secret=secret, args={},
                                   timeout_s=options.timeout, function_name=label, extra=extra_event)
@@ -624,7 +649,7 @@ class Executor(CallTable, cf.Executor):
         options = job.options
         is_args = type(data) is not bytes and isinstance(data, handoff.Args)  # (bytes: a single call's, mostly)
         main = data.main if is_args else data
-        if data is _STORED or (not isinstance(main, handoff.Sealed) and len(main) > self.config.inline_limit):  # type: ignore[arg-type]
+        if data is _STORED or (not isinstance(main, handoff.Sealed) and len(main) > job.inline_limit):  # type: ignore[arg-type]
             args_spec: dict[str, Any] = {"key": keys.input_key(job.job_id, cid)}
         elif isinstance(main, handoff.Sealed):
             args_spec = {"handoff": main.layout}  # local backend: the memfd goes with the call

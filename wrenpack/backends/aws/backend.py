@@ -115,6 +115,8 @@ KEEPALIVE_INTERVAL_S = clients.KEEPALIVE_INTERVAL_S
 KEEPALIVE_PROBES = clients.KEEPALIVE_PROBES
 #: Room the event's deadline and start mark add to its size when it is sent (bytes).
 _SEND_FIELDS = 128
+#: Room the ``cancel_key`` field ``invoke_many`` adds to an event takes (``"cancel_key":"jobs/<job>/cancel.<call>"``).
+_CANCEL_FIELD = 256
 #: Lambda's Invoke error codes for a request payload over its limit.
 _TOO_LARGE_CODES = {"RequestEntityTooLargeException", "RequestTooLargeException", "413"}
 #: A RequestResponse invocation that failed with these was not sent: sending it again is safe.
@@ -479,6 +481,9 @@ class LambdaBackend(Backend):
             enforces=frozenset({"memory", "timeout", "ephemeral_storage"}),
             concurrency=self.concurrency,
             cancel_running=True,
+            # (read at call time: a test may change the limits)
+            event_limit=(EVENT_PAYLOAD_LIMIT if self.invocation_type == "Event" else SYNC_PAYLOAD_LIMIT)
+            - _SEND_FIELDS - _CANCEL_FIELD,
             # (an event may wait in Lambda's queue until its deadline, then run up to Lambda's
             # longest timeout; a checkpointed call's next segment is launched by the driver only)
             late_writes_s=(self.throttle_give_up_s if self.invocation_type == "Event" else self.deadline_margin_s)
@@ -850,7 +855,7 @@ class LambdaBackend(Backend):
             return None
         return PayloadTooLarge(
             f"the event for {inv.label} is {size} bytes, over Lambda's {limit}-byte limit for "
-            f"{self.invocation_type} invocations; lower inline_limit so large arguments travel through the store"
+            f"{self.invocation_type} invocations; {_event_fix(inv)}"
         )
 
     def _send(self, call: _Call) -> None:
@@ -956,7 +961,7 @@ class LambdaBackend(Backend):
                 if code in _TOO_LARGE_CODES:
                     raise PayloadTooLarge(
                         f"Lambda refused the {len(payload)}-byte event for {inv.label} as too large ({code}); "
-                        "lower inline_limit so large arguments travel through the store"
+                        f"{_event_fix(inv)}"
                     ) from None
                 if self.invocation_type == "RequestResponse" and kind in _DROPPED:
                     raise _Dropped(f"{kind}: {exc}") from None
@@ -1477,6 +1482,16 @@ def _past(deadline: Any, now: float) -> bool:
 
 def _segment_name(inv: Invocation) -> str:
     return keys.segment_key(inv.key[0], inv.key[1], int(inv.event.get("segment", 0))).rsplit("/", 1)[-1]
+
+
+def _event_fix(inv: Invocation) -> str:
+    """What makes an event over Lambda's request limit smaller: the executor already sends
+    arguments through the store where they would not fit (``Capabilities.event_limit``),
+    so an event still too large carries too much of something else."""
+    if "inline" in (inv.event.get("args") or {}):
+        return "lower inline_limit so large arguments travel through the store"
+    return ("its arguments travel through the store already; what else it carries is too large (env=, the keys "
+            "of the jobs whose futures its arguments hold): pass fewer")
 
 
 def _reply_error(body: bytes, function_error: str | None, inv: Invocation, function_name: str,
