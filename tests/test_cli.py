@@ -146,6 +146,39 @@ def test_an_option_given_empty_is_refused_before_the_command_runs(tmp_path, caps
     assert (store / "jobs" / "keepme").exists() and not (tmp_path / "rt").exists()
 
 
+def test_aws_commands_exit_2_on_bad_settings_with_a_json_document(tmp_path, capsys, monkeypatch):
+    """deploy, iam-policy and undeploy say bad settings or options alike, before any AWS request:
+    exit 2, one line on stderr, and under --json {"ok": false, ...} on stdout. Undeploy did; deploy and
+    iam-policy exited 1 with nothing on stdout (a script reading deploy --json got nothing to parse)."""
+    import json
+
+    from wrenpack.cli import main
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    # (no AWS request is made; endpoints that answer nothing, should one be)
+    where = ["--storage", "s3://wrenpack-test/cli", "--region", "us-east-1",
+             "--lambda-endpoint-url", "http://127.0.0.1:9", "--s3-endpoint-url", "http://127.0.0.1:9"]
+    image = ["--image-uri", "123456789012.dkr.ecr.us-east-1.amazonaws.com/w:1"]  # (no runtime dates, no warning)
+    for argv, words in ((["deploy", "--function-name", "bad/name", *image], "'bad/name'"),
+                        (["iam-policy", "--function-name", "bad/name"], "'bad/name'"),
+                        (["undeploy", "--function-name", "bad/name"], "'bad/name'"),
+                        (["deploy", "--memory", "100", *image], "memory=100"),
+                        (["deploy", "--role", "nope", *image], "--role 'nope'"),
+                        (["iam-policy", "--account", "12"], "--account '12'")):
+        for json_flag in ([], ["--json"]):
+            code = main([*argv, *where, *json_flag])
+            out = capsys.readouterr()
+            assert code == 2, (argv, json_flag, out)
+            assert out.err.count("\n") == 1 and out.err.startswith("wrenpack: error: ") and words in out.err, (argv, out.err)
+            if json_flag:
+                doc = json.loads(out.out)
+                assert doc["ok"] is False and doc["error"] == "ConfigError" and words in doc["message"], doc
+                assert out.err == f"wrenpack: error: {doc['message']}\n"
+            else:
+                assert out.out == "", (argv, out.out)
+
+
 def test_the_jobs_table_counts_cancelled_calls(tmp_path, capsys, monkeypatch):
     """A cancelled 6-call job showed 0/0/0/0 under DONE/FAILED/RUNNING/QUEUED: its calls were in no column."""
     from wrenpack.cli import main

@@ -147,7 +147,7 @@ def test_iam_policy_refuses_a_region_aws_does_not_have(capsys):
     pytest.importorskip("botocore")
     rc = main(["iam-policy", "--storage", "s3://mybucket/prefix", "--region", "us-east-1a"])
     out, err = capsys.readouterr()
-    assert rc == 1 and out == ""
+    assert rc == 2 and out == ""  # (bad settings: exit 2, as deploy and undeploy)
     assert "us-east-1a" in err and "use us-east-1" in err and len(err.strip().splitlines()) == 1
     assert main(["iam-policy", "--storage", "s3://mybucket/prefix", "--region", "us-east-1"]) == 0
     assert ":lambda:us-east-1:" in capsys.readouterr().out

@@ -86,7 +86,7 @@ def test_deploy_creates_one_function_per_settings_set_then_updates(aws_cli, role
     py = "%d.%d" % sys.version_info[:2]
     (build / "manifest.json").write_text(json.dumps({"target": {"python": py, "arch": "arm64"}, "cache_key": "abc123"}))
     code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--role", role_arn, "--runtime-dir", str(build))
-    assert code == 1 and "built for arm64" in err and "--architecture arm64" in err
+    assert code == 2 and "built for arm64" in err and "--architecture arm64" in err  # (bad settings, before any request)
     code, out, err = run(capsys, "deploy", "--function-name", "wp-fn", "--role", role_arn, "--runtime-dir", str(build),
                          "--architecture", "arm64", "--memory", "2048", "--timeout", "120", "--json")
     assert code == 0, err

@@ -111,7 +111,7 @@ def test_deploy_of_a_blocked_python_is_one_line_and_creates_nothing(aws_cli, cap
     finally:
         counter.stop()
     line = error_line(err)
-    assert code == 1 and f"python{python}" in line and "3.12" in line and "container image" in line and "--image-uri" in line
+    assert code == 2 and f"python{python}" in line and "3.12" in line and "container image" in line and "--image-uri" in line
     assert sum(counter.counts.values()) == 0, counter.log  # refused before any AWS request
     assert family(aws_cli, "wp-blocked") == []
 
@@ -120,7 +120,7 @@ def test_deploy_defaults_to_the_clients_python_and_refuses_it_when_blocked(aws_c
     on_day(monkeypatch, BLOCKED_DAY)
     code, _, err = run(capsys, "deploy", "--function-name", "wp-default", "--role", ROLE)
     if PYTHON in ("3.10", "3.11"):
-        assert code == 1 and f"python{PYTHON}" in error_line(err) and family(aws_cli, "wp-default") == []
+        assert code == 2 and f"python{PYTHON}" in error_line(err) and family(aws_cli, "wp-default") == []
     else:
         assert code == 0, err
 

@@ -272,9 +272,11 @@ def test_bad_region_or_endpoint_is_one_line_exit_2_and_json_under_json(aws_cli, 
         assert code == 2 and json.loads(out)["ok"] is False and repr(bad[1]) in json.loads(out)["message"], (bad, out)
     code, out, _ = run(capsys, "undeploy", "--function-name", "wp-undo-bad", "--json")  # (no --yes)
     assert code == 2 and "--yes" in json.loads(out)["message"]
-    # deploy makes its clients the same way: one line, no traceback
+    # deploy checks them the same way: one line, no traceback, exit 2 (and a document under --json)
     code, _, err = run(capsys, "deploy", "--function-name", "wp-undo-bad", "--lambda-endpoint-url", "not a url")
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "'not a url'" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'not a url'" in err, err
+    code, out, _ = run(capsys, "deploy", "--function-name", "wp-undo-bad", "--lambda-endpoint-url", "not a url", "--json")
+    assert code == 2 and "'not a url'" in json.loads(out)["message"], out
 
 
 def test_the_deploy_policy_lets_undeploy_read_an_archives_family():

@@ -66,8 +66,9 @@ def test_the_partition_of_a_region_set_outside_wrenpack_counts_too(where, monkey
     assert any(r.startswith("arn:aws-cn:lambda:cn-north-1:") for r in arns), arns
 
 
-def test_the_command_line_exits_1_with_the_line(capsys):
-    assert main(["iam-policy", "--storage", "s3://wrenpack-test/p", "--account", "12"]) == 1
+def test_the_command_line_exits_2_with_the_line(capsys):
+    """Bad settings: exit 2, as deploy and undeploy (it was 1)."""
+    assert main(["iam-policy", "--storage", "s3://wrenpack-test/p", "--account", "12"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("wrenpack: error: --account '12' is not an AWS account id") and "\n" not in err
     assert main(["iam-policy", "--storage", "s3://wrenpack-test/p", "--account", "123456789012"]) == 0

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from wrenpack.backends.aws.deploy import DeployRequest, check_deploy_storage, deploy_functions
+from wrenpack.backends.aws.deploy import DeployRequest, check_deploy, deploy_functions
 from wrenpack.backends.aws.doctor import doctor_checks
 from wrenpack.backends.aws.iam import ROLES, iam_policy
 from wrenpack.cli import cmd_acceptance, json_errors
@@ -40,8 +40,8 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-# -- commands -------------------------------------------------------------------
-#: deploy's and undeploy's exit when the settings or options are wrong (argparse's, for usage errors)
+#: the exit of bad settings or options, before any AWS request, for deploy, undeploy and
+#: iam-policy alike (argparse's, for usage errors); 1 is for what AWS refused or what failed there
 EXIT_USAGE = 2
 
 
@@ -54,19 +54,23 @@ def _usage_error(args: argparse.Namespace, exc: ConfigError) -> int:
     return EXIT_USAGE
 
 
+# -- commands -------------------------------------------------------------------
+@json_errors(indent=2)
 def cmd_deploy(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    try:
-        check_deploy_storage(cfg)  # (exit 2, as undeploy's, before anything is checked or created)
-    except ConfigError as exc:
-        return _usage_error(args, exc)
+    """Exit 0 when every function was deployed, 1 when AWS refused something or it failed
+    there (nothing deployed after that), 2 for bad settings or options (``check_deploy``)."""
     request = DeployRequest(
         memory=args.memory or (), timeout=args.timeout or (), ephemeral_storage=args.ephemeral_storage or (),
         from_profiles=args.from_profiles, architecture=args.architecture, python=args.python,
         runtime_dir=args.runtime_dir, runtime_archive=args.runtime_archive, image_uri=args.image_uri,
         role=args.role, reserved_concurrency=args.reserved_concurrency, replace_store=args.replace_store,
     )
-    done = deploy_functions(cfg, request, warn=_warn)
+    try:
+        cfg = _config(args)
+        plan = check_deploy(cfg, request, warn=_warn)
+    except ConfigError as exc:
+        return _usage_error(args, exc)
+    done = deploy_functions(cfg, request, warn=_warn, plan=plan)
     if args.json:
         print(json.dumps({"functions": done}, indent=2))
     else:
@@ -144,15 +148,21 @@ def _print_kept(kept: list[dict[str, str]]) -> None:
         print(f"keeping {item['what']}: {item['why']}")
 
 
+@json_errors(indent=2)
 def cmd_iam_policy(args: argparse.Namespace) -> int:
+    """Exit 0 with the policy, 2 for bad settings or options (it makes no AWS request)."""
     from wrenpack.backends.aws.clients import check_region, configured_region
 
-    cfg = _config(args)
-    # The policy makes no request, so nothing else would say that the region its ARNs name does not
-    # exist (an availability zone, us-east-1a): such a policy grants nothing once attached.
-    check_region(configured_region(cfg.aws_region, cfg.aws_profile),
-                 (cfg.lambda_endpoint_url, "lambda"), (cfg.s3_endpoint_url, "s3"), profile=cfg.aws_profile)
-    print(json.dumps(iam_policy(cfg, args.role_for, args.account, args.worker_role), indent=2))
+    try:
+        cfg = _config(args)
+        # The policy makes no request, so nothing else would say that the region its ARNs name does not
+        # exist (an availability zone, us-east-1a): such a policy grants nothing once attached.
+        check_region(configured_region(cfg.aws_region, cfg.aws_profile),
+                     (cfg.lambda_endpoint_url, "lambda"), (cfg.s3_endpoint_url, "s3"), profile=cfg.aws_profile)
+        policy = iam_policy(cfg, args.role_for, args.account, args.worker_role)
+    except ConfigError as exc:
+        return _usage_error(args, exc)
+    print(json.dumps(policy, indent=2))
     return 0
 
 

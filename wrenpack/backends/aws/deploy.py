@@ -380,13 +380,34 @@ def check_deploy_storage(cfg: Any) -> None:
                           f"every call; pass --storage s3://BUCKET/PREFIX (or set storage / WRENPACK_STORAGE)")
 
 
-def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], None] = log.warning,
-                     on: date | None = None) -> list[dict[str, Any]]:
-    """Publish the runtime ``request`` names, then create or update one function
-    per settings set: a summary of each (what was done, its settings, its runtime).
-    ``warn`` hears, as it happens, what deploys but will not work as expected.
-    A zip package's Python is checked against Lambda's runtime dates (as of
-    ``on``, default today) before any AWS request."""
+@dataclass
+class DeployPlan:
+    """What ``check_deploy`` derived from the settings and the request, before any AWS request."""
+
+    python: str
+    #: why a function may only be updated (its runtime takes no new functions), else None
+    refuse_create: str | None
+    arch: str
+    settings: list[FunctionSettings]
+    #: the functions' environment so far (the runtime archive's is added once it is uploaded)
+    env: dict[str, str]
+    #: the store the functions serve (``ENV_STORE``)
+    served: str | None
+    layer_zip: Path | None
+    layer_bytes: bytes
+    python_dir: Path | None
+    #: the store's bucket and prefix, where the runtime is uploaded through it
+    bucket: str | None
+    prefix: str
+
+
+def check_deploy(cfg: Any, request: DeployRequest, warn: Callable[[str], None] = log.warning,
+                 on: date | None = None) -> DeployPlan:
+    """Bad settings or options, in one line naming the fix, before any AWS request (the
+    command line's exit 2, as undeploy's ``check_undeploy``): the runtime's choice and
+    checks, a zip package's Python against Lambda's runtime dates (as of ``on``, default
+    today), the role's form, the settings sets. ``warn`` hears what deploys but will not
+    work as expected."""
     check_deploy_storage(cfg)
     base = cfg.function_name
     python = runtimes.minor(request.python) if request.python else LOCAL_PYTHON
@@ -416,7 +437,9 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
     if request.reserved_concurrency is not None and request.reserved_concurrency < 0:
         raise ConfigError(f"--reserved-concurrency {request.reserved_concurrency} must be 0 or more")
     all_settings = settings_to_deploy(request, cfg, python, runtime_dir)
-    lam = clients.lambda_client(cfg)
+    clients.check_region(clients.configured_region(getattr(cfg, "aws_region", None), getattr(cfg, "aws_profile", None)),
+                         (getattr(cfg, "lambda_endpoint_url", None), "lambda"), (getattr(cfg, "s3_endpoint_url", None), "s3"),
+                         profile=getattr(cfg, "aws_profile", None))
     bucket, prefix = clients.bucket_prefix(cfg) if (request.runtime_archive or request.runtime_dir) else (None, "")
     env = {"WRENPACK_DEPLOYED_PYTHON": python, ENV_FAMILY: base}
     served = clients.store_url(cfg)
@@ -436,6 +459,24 @@ def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], Non
         if not python_dir.is_dir():
             raise ConfigError(f"{python_dir} not found; point --runtime-archive at a `wrenpack build-runtime` output directory")
         env[ENV_RUNTIME_TMP] = str(check_archive_fits(python_dir, tree_size(python_dir), all_settings))
+    return DeployPlan(python, refuse_create, arch, all_settings, env, served, layer_zip, layer_bytes, python_dir,
+                      bucket, prefix)
+
+
+def deploy_functions(cfg: Any, request: DeployRequest, warn: Callable[[str], None] = log.warning,
+                     on: date | None = None, plan: DeployPlan | None = None) -> list[dict[str, Any]]:
+    """Publish the runtime ``request`` names, then create or update one function
+    per settings set: a summary of each (what was done, its settings, its runtime).
+    ``warn`` hears, as it happens, what deploys but will not work as expected.
+    ``check_deploy`` runs first, before any AWS request (``plan``: its answer, when
+    the caller ran it)."""
+    if plan is None:
+        plan = check_deploy(cfg, request, warn, on)
+    base = cfg.function_name
+    python, refuse_create, arch, all_settings = plan.python, plan.refuse_create, plan.arch, plan.settings
+    env, served, layer_zip, layer_bytes, python_dir = dict(plan.env), plan.served, plan.layer_zip, plan.layer_bytes, plan.python_dir
+    bucket, prefix = plan.bucket, plan.prefix
+    lam = clients.lambda_client(cfg)
     # Then what AWS must answer, before anything is uploaded or changed.
     if served:
         check_store_reachable(cfg, served)
