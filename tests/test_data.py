@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,32 @@ def test_a_key_too_long_for_either_store_is_refused_alike_in_one_line(data):
         assert not data.exists(key)
     # (a prefix is no key: nothing can be under one too long, and it is said with no error)
     assert data.list("x" * 300 + "/") == [] and data.delete_prefix("x" * 300 + "/") == 0
+
+
+def test_the_key_limit_counts_an_s3_stores_prefix_and_a_local_refusal_says_so(data):
+    """README: a key holds 1024 bytes with what precedes it in the bucket, which under
+    s3://BUCKET/PREFIX is PREFIX/ too and in a local store data/ only. It promised that a key that
+    works in a local run works on S3, and the local refusal said it held keys to S3's limit "so a
+    key works on both": a 1015-byte key works locally and is refused under s3://bucket/p14-15903-1.
+    A local refusal says the prefix counts on S3; an S3 refusal names what precedes the key."""
+    from wrenpack.storage.s3 import S3Store
+
+    key = "/".join(["k" * 200] * 5) + "/" + "k" * 10  # 1015 bytes
+    data.put(key, b"1")
+    assert data.get(key) == b"1"
+    data.delete(key)
+    for prefix, room in (("p14-15903-1", 1007), ("project-1", 1009)):  # (README's example: 1,009 bytes)
+        s3 = S3Store("bucket", prefix)
+        s3._client = _NoRequests()
+        with pytest.raises(StoreError, match=rf"it is 1015 bytes: S3 keys hold at most 1024 bytes, {room} of them "
+                                             rf"after '{prefix}/data/' here; shorten it$"):
+            DataStore(s3).put(key, b"1")
+    with pytest.raises(StoreError, match=r"it is 1020 bytes: .* 1019 of them after 'data/' here \(fewer on S3 under a "
+                                         r"store prefix: s3://BUCKET/PREFIX counts PREFIX/ too\); shorten it$") as info:
+        data.put(key + "k" * 5, b"1")
+    assert "works on both" not in str(info.value)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "1,009 in `s3://BUCKET/project-1`" in " ".join(readme.split())
 
 
 def test_a_key_s3_cannot_hold_is_refused_alike_on_every_store_in_one_line(data):

@@ -194,7 +194,9 @@ class DataStore:
             raise StoreError(f"invalid data key {key!r}: names starting with '.tmp-' are the store's half-written "
                              "files (never listed, removed once their writer is gone); choose another name")
         # Held to both stores' limits on either, so a key that works in a local run works on S3 and the other
-        # way round: a part is a file name locally (S3 takes longer ones), a key at most 1024 bytes on S3.
+        # way round: a part is a file name locally (S3 takes longer ones), a key at most 1024 bytes on S3,
+        # counted with what precedes it there: an S3 store's prefix too, which a local store has not (so a
+        # local refusal says it; reserving room for a prefix locally would refuse keys that work on S3).
         long = long_part(key)
         if long is not None:
             raise StoreError(f"invalid data key {shown(key)}: its part {shown(long[0])} is {long[1]} bytes: a key's "
@@ -202,9 +204,11 @@ class DataStore:
                              "held to it on S3 too, so a key works on both); shorten it")
         before = self._before()
         if len(key) > (MAX_KEY_BYTES - len(before)) // 4 and key_bytes(before + key) > MAX_KEY_BYTES:
+            prefixed = self.store.spec.get("type") == "s3" and self.store.spec.get("prefix")
             raise StoreError(f"invalid data key {shown(key)}: it is {key_bytes(key)} bytes: S3 keys hold at most "
-                             f"{MAX_KEY_BYTES} bytes, {MAX_KEY_BYTES - key_bytes(before)} of them after {before!r} here "
-                             "(held to it in a local store too, so a key works on both); shorten it")
+                             f"{MAX_KEY_BYTES} bytes, {MAX_KEY_BYTES - key_bytes(before)} of them after {before!r} here"
+                             + ("" if prefixed else " (fewer on S3 under a store prefix: s3://BUCKET/PREFIX counts PREFIX/ "
+                                "too)") + "; shorten it")
         return self.prefix + key
 
     def _before(self) -> str:
