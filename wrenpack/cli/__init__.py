@@ -82,16 +82,32 @@ def json_errors(run: Callable[[argparse.Namespace], int] | None = None, *,
             return run(args)
         except WrenpackError as exc:
             if getattr(args, "json", False) is True and not getattr(exc, JSON_SHOWN, False):
-                import json
-
-                print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}, indent=indent))
+                _print_failure(type(exc).__name__, str(exc), indent)
             raise
 
     return wrapped
 
 
-#: the exit of bad usage (argparse's), and of an option given as empty text (``empty_option``)
+def _print_failure(error: str, message: str, indent: int | None) -> None:
+    """The failure document ``--json`` prints on stdout: ``{"ok": false, "error": TYPE, "message": ...}``."""
+    import json
+
+    print(json.dumps({"ok": False, "error": error, "message": message}, indent=indent))
+
+
+#: the exit of bad usage (argparse's), of an option given as empty text (``empty_option``), and of
+#: settings a command refuses before it does anything (``usage_error``)
 EXIT_USAGE = 2
+
+
+def usage_error(args: argparse.Namespace, error: str, message: str, indent: int | None = None) -> int:
+    """Bad settings or options, said before anything was done: under ``--json`` the failure
+    document on stdout (as ``json_errors`` prints it: a script reading stdout gets one), then the
+    one line on stderr; the exit is ``EXIT_USAGE``."""
+    if getattr(args, "json", False) is True:
+        _print_failure(error, message, indent)
+    print(f"wrenpack: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _given_actions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
@@ -169,12 +185,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     problem = empty_option(parser, args)
     if problem is not None:
-        if getattr(args, "json", False) is True:  # (as json_errors: a script reading stdout gets a document)
-            import json
-
-            print(json.dumps({"ok": False, "error": "ConfigError", "message": problem}))
-        print(f"wrenpack: error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(args, "ConfigError", problem)
     try:
         return int(args.func(args) or 0)
     except WrenpackError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 from wrenpack.backends.aws.deploy import DeployRequest, check_deploy, deploy_functions
 from wrenpack.backends.aws.doctor import doctor_checks
 from wrenpack.backends.aws.iam import ROLES, iam_policy
-from wrenpack.cli import cmd_acceptance, json_errors
+from wrenpack.cli import cmd_acceptance, json_errors, usage_error
 from wrenpack.config import current
 from wrenpack.errors import ConfigError
 
@@ -40,18 +40,10 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-#: the exit of bad settings or options, before any AWS request, for deploy, undeploy and
-#: iam-policy alike (argparse's, for usage errors); 1 is for what AWS refused or what failed there
-EXIT_USAGE = 2
-
-
 def _usage_error(args: argparse.Namespace, exc: ConfigError) -> int:
-    """Bad settings: one line on stderr (and under --json a document on stdout, as ``json_errors``
-    prints exit 1's: a script reading stdout gets one); the exit is ``EXIT_USAGE``."""
-    if args.json:
-        print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}, indent=2))
-    print(f"wrenpack: error: {exc}", file=sys.stderr)
-    return EXIT_USAGE
+    """Bad settings or options, before any AWS request (deploy, undeploy and iam-policy alike;
+    1 is for what AWS refused or what failed there): ``usage_error``, exit 2."""
+    return usage_error(args, type(exc).__name__, str(exc), indent=2)
 
 
 # -- commands -------------------------------------------------------------------
@@ -151,14 +143,13 @@ def _print_kept(kept: list[dict[str, str]]) -> None:
 @json_errors(indent=2)
 def cmd_iam_policy(args: argparse.Namespace) -> int:
     """Exit 0 with the policy, 2 for bad settings or options (it makes no AWS request)."""
-    from wrenpack.backends.aws.clients import check_region, configured_region
+    from wrenpack.backends.aws.clients import check_configured_region
 
     try:
         cfg = _config(args)
         # The policy makes no request, so nothing else would say that the region its ARNs name does not
         # exist (an availability zone, us-east-1a): such a policy grants nothing once attached.
-        check_region(configured_region(cfg.aws_region, cfg.aws_profile),
-                     (cfg.lambda_endpoint_url, "lambda"), (cfg.s3_endpoint_url, "s3"), profile=cfg.aws_profile)
+        check_configured_region(cfg)
         policy = iam_policy(cfg, args.role_for, args.account, args.worker_role)
     except ConfigError as exc:
         return _usage_error(args, exc)

@@ -157,6 +157,15 @@ def check_region(region: str | None, *endpoints: tuple[str | None, str], profile
                       f"{FIX_REGION}")
 
 
+def check_configured_region(cfg: Any) -> None:
+    """``check_region`` for a command's settings, before any request: the region they name (else
+    their profile's), with their Lambda and S3 endpoints (deploy, undeploy, iam-policy)."""
+    profile = getattr(cfg, "aws_profile", None)
+    check_region(configured_region(getattr(cfg, "aws_region", None), profile),
+                 (getattr(cfg, "lambda_endpoint_url", None), "lambda"), (getattr(cfg, "s3_endpoint_url", None), "s3"),
+                 profile=profile)
+
+
 def check_endpoint(endpoint_url: str | None, service: str, profile: str | None = None) -> None:
     """Refuse, in one line naming the setting, an endpoint URL of ``service``
     (``endpoint_url``, else boto3's AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL or

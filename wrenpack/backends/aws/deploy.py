@@ -437,9 +437,7 @@ def check_deploy(cfg: Any, request: DeployRequest, warn: Callable[[str], None] =
     if request.reserved_concurrency is not None and request.reserved_concurrency < 0:
         raise ConfigError(f"--reserved-concurrency {request.reserved_concurrency} must be 0 or more")
     all_settings = settings_to_deploy(request, cfg, python, runtime_dir)
-    clients.check_region(clients.configured_region(getattr(cfg, "aws_region", None), getattr(cfg, "aws_profile", None)),
-                         (getattr(cfg, "lambda_endpoint_url", None), "lambda"), (getattr(cfg, "s3_endpoint_url", None), "s3"),
-                         profile=getattr(cfg, "aws_profile", None))
+    clients.check_configured_region(cfg)
     bucket, prefix = clients.bucket_prefix(cfg) if (request.runtime_archive or request.runtime_dir) else (None, "")
     env = {"WRENPACK_DEPLOYED_PYTHON": python, ENV_FAMILY: base}
     served = clients.store_url(cfg)

@@ -120,9 +120,7 @@ def check_undeploy(cfg: Any) -> None:
     if not clients.store_url(cfg):
         raise ConfigError(f"storage is {getattr(cfg, 'storage', None)!r}, not an S3 location; undeploy removes what "
                           "deploy put in the store: pass the --storage s3://BUCKET/PREFIX deploy was given")
-    clients.check_region(clients.configured_region(getattr(cfg, "aws_region", None), getattr(cfg, "aws_profile", None)),
-                         (getattr(cfg, "lambda_endpoint_url", None), "lambda"), (getattr(cfg, "s3_endpoint_url", None), "s3"),
-                         profile=getattr(cfg, "aws_profile", None))
+    clients.check_configured_region(cfg)
 
 
 def layer_versions(lam: Any, layer: str) -> list[LayerVersion]:
