@@ -7,6 +7,7 @@ This module is imported by the worker side too: standard library only.
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 
 
 class WrenpackError(Exception):
@@ -109,6 +110,24 @@ class EphemeralStorageExceeded(TaskError):
 
 class WorkerCrashed(TaskError):
     """The worker process died (signal, segfault) and retries ran out."""
+
+    @classmethod
+    def after(cls, label: str, returncode: int | None, tries: int) -> "WorkerCrashed":
+        """The error of a call whose process died so (``returncode`` as ``subprocess`` gives it)
+        on its last of ``tries`` attempts: worded alike by the local backend and a Lambda worker."""
+        return cls(f"{label}: the worker process died ({died_how(returncode)}) on {tries} attempt"
+                   f"{'s' if tries > 1 else ''}; look for a crash in native code or an external kill, or raise retries=")
+
+
+def died_how(returncode: int | None) -> str:
+    """How a process ended, as wrenpack's messages name it: "exit code 3", "signal SIGSEGV"
+    (``returncode`` as ``subprocess`` gives it: a signal's number negated)."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 class CallCancelled(TaskError, concurrent.futures.CancelledError):

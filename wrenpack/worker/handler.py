@@ -51,7 +51,7 @@ from wrenpack import auth, keys
 from wrenpack.errors import (
     CallCancelled, CorruptObject, EphemeralStorageExceeded, MemoryLimitExceeded, MissingDependency, ObjectNotFound,
     ProtocolError, RemoteError, SdkTooOld, SerializationError, StoreError, TaskTimeout, WorkerCrashed, WrenpackError,
-    exc_text,
+    died_how, exc_text,
 )
 from wrenpack.storage import Store, data as user_data, open_store
 from wrenpack.wire import owner as owner_record, segment, start as start_mark, status as status_record
@@ -943,7 +943,7 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
                     # (``crashed``: the client may run it again, as ``retries`` allow; not one the
                     # memory limit stopped, which would be stopped again at the same memory)
                     ran = _Ran("error", error_outcome(crash, "wrenpack", tb_text=""), None,
-                               {"crashed": _how_it_died(status)} if isinstance(crash, WorkerCrashed) else {})
+                               {"crashed": died_how(_returncode(status))} if isinstance(crash, WorkerCrashed) else {})
                     ran.dies = status
                     return ran
         isolation.die_like(status)
@@ -955,15 +955,13 @@ def _run_in_child(ev: Event, event: dict[str, Any], store: Any, context: Any, fd
 _oom_seen: int | None = None
 
 
-def _how_it_died(status: int) -> str:
-    """A wait status as the local backend names a worker's death: "exit code 3", "signal SIGSEGV"."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            return f"signal {signal.Signals(sig).name}"
-        except ValueError:
-            return f"signal {sig}"
-    return f"exit code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}"
+def _returncode(status: int) -> int:
+    """A wait status as ``subprocess`` gives a process's end (a signal's number negated), which
+    ``errors.died_how`` names as the local backend does: "exit code 3", "signal SIGSEGV"."""
+    try:
+        return os.waitstatus_to_exitcode(status)
+    except ValueError:  # (neither an exit nor a signal)
+        return status
 
 
 def _crash_error(ev: Event, status: int | None, context: Any) -> WrenpackError | None:
@@ -987,10 +985,7 @@ def _crash_error(ev: Event, status: int | None, context: Any) -> WrenpackError |
         return MemoryLimitExceeded(
             f"{ev.label} was killed at its function's {limit} MB memory limit (the kernel's OOM killer ended the "
             "process running the call); raise memory= (see `wrenpack profile`)")
-    tries = int(ev.attempt or 0) + 1
-    return WorkerCrashed(
-        f"{ev.label}: the worker process died ({_how_it_died(status)}) on {tries} attempt{'s' if tries > 1 else ''}; "
-        "look for a crash in native code or an external kill, or raise retries=")
+    return WorkerCrashed.after(ev.label, _returncode(status), int(ev.attempt or 0) + 1)
 
 
 def _domain_of(ev: Event, fkey: str) -> str:

@@ -52,7 +52,7 @@ from wrenpack.backends.base import Invocation
 from wrenpack.boot import NO_CWD
 from wrenpack.backends.local.linux import MAX_TASKS, CgroupFactory, MemoryCgroup, PidsCgroup, PidsCgroupFactory
 from wrenpack.backends.local.output import Relay, WorkerOutput
-from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError
+from wrenpack.errors import CallCancelled, EphemeralStorageExceeded, MemoryLimitExceeded, TaskError, TaskTimeout, WorkerCrashed, WrenpackError, died_how
 from wrenpack.limits import memory_for
 from wrenpack.process_state import worker_marker
 from wrenpack.wire import driver_message, frames, status as status_record, worker_reply
@@ -595,10 +595,7 @@ class Worker:
             return cancelled_error(label)
         if inv.attempt < inv.retries:
             return None
-        tries = inv.attempt + 1
-        return WorkerCrashed(
-            f"{label}: the worker process died ({self.how_it_died()}) on {tries} attempt{'s' if tries > 1 else ''}; "
-            "look for a crash in native code or an external kill, or raise retries=")
+        return WorkerCrashed.after(label, self.proc.returncode, inv.attempt + 1)
 
     def stopped_status(self, inv: Invocation, error: WrenpackError,
                        recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -625,13 +622,7 @@ class Worker:
         return status
 
     def how_it_died(self) -> str:
-        code = self.proc.returncode
-        if code is not None and code < 0:
-            try:
-                return f"signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"signal {-code}"
-        return f"exit code {code}"
+        return died_how(self.proc.returncode)
 
     # -- ending ------------------------------------------------------------------
     def exited(self) -> bool:
