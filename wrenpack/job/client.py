@@ -65,7 +65,7 @@ START_GRACE_S = 300.0
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-#: how long ``Job.wait``/``results`` wait, once every call ended, for the supervisor's final record
+#: how long ``Job.status`` waits, once every call ended, for the supervisor's final record
 SETTLE_S = 5.0
 
 
@@ -261,26 +261,26 @@ class Job:
         """Wait for every call to end; True if they all did within ``timeout`` (seconds, or None:
         checked as ``results``'s, a ``ConfigTypeError`` naming it rather than a TypeError from inside)."""
         _check_timeout(timeout, "job.wait")
-        start = time.monotonic()
         _done, pending = cf.wait(self.futures(), timeout=timeout)
-        if pending:
-            return False
-        self._settle(None if timeout is None else timeout - (time.monotonic() - start))
-        return True
+        return not pending
 
-    def _settle(self, left: float | None) -> None:
-        """Every call has ended (its result read from the store): the supervisor writes the
-        job's final record a moment later, once it has seen them too (on Lambda it looks for
-        results in rounds). Waited for here, at most ``SETTLE_S`` (and ``left`` of the caller's
-        timeout), so that ``status()`` right after ``wait()`` or ``results()`` says how the
-        job ended; before, it said "running, 0 done" in half the runs on Lambda."""
-        end = time.monotonic() + min(SETTLE_S, SETTLE_S if left is None else max(0.0, left))
+    def _settled_progress(self) -> dict[str, Any] | None:
+        """``progress()``, once every one of this object's futures has ended (each result read
+        from the store): the supervisor writes the job's final record a moment later, once it
+        has seen them too (on Lambda it looks for results in rounds). Waited for, at most
+        ``SETTLE_S``, so that ``status()`` after the futures ended (``wait()``, ``results()``,
+        ``concurrent.futures.wait``) says how the job ended; before, it said "running, 0 done"
+        in half the runs on Lambda, and "cancelling" after a cancel."""
+        futures = self._futures
+        if futures is None or not all(f.done() for f in futures):
+            return self.progress()
+        end = time.monotonic() + SETTLE_S
         while True:
-            progress = self.progress() or {}
-            if progress.get("state") in job_record.FINAL_STATES or time.monotonic() >= end:
-                return
+            progress = self.progress()
+            if (progress or {}).get("state") in job_record.FINAL_STATES or time.monotonic() >= end:
+                return progress
             if self.supervisor()[0] is False:
-                return  # (gone: no final record is coming; status() says "lost" or counts the results)
+                return progress  # (gone: no final record is coming; status() says "lost" or counts the results)
             time.sleep(0.05)
 
     def results(self, timeout: float | None = None, return_exceptions: bool = False,
@@ -290,10 +290,7 @@ class Job:
         setting says), since a spawned job is the long wait that needs one."""
         from wrenpack.futures import get
 
-        start = time.monotonic()
-        out = get(self.futures(), timeout=timeout, progress=progress, return_exceptions=return_exceptions)
-        self._settle(None if timeout is None else timeout - (time.monotonic() - start))
-        return out
+        return get(self.futures(), timeout=timeout, progress=progress, return_exceptions=return_exceptions)
 
     # -- state -------------------------------------------------------------------
     def progress(self) -> dict[str, Any] | None:
@@ -366,7 +363,7 @@ class Job:
         objects were removed from the store since it was opened: ``wrenpack clean``).
         ``why``: the reason a job was cancelled other than by its user (its supervisor
         got SIGTERM: ``stop_reason``), else None."""
-        progress = self.progress() or {}
+        progress = self._settled_progress() or {}
         state = progress.get("state", "starting")
         if not progress and self.removed():
             state = "removed"
