@@ -465,6 +465,53 @@ def test_a_program_whose_call_returns_a_future_leaves_nothing_behind(tmp_path):
     assert groups == []
 
 
+_RETURNS_A_RUNNING_FUTURE = textwrap.dedent("""
+    import os, sys, time, wrenpack
+
+    @wrenpack.remote(retries=0)
+    def f(x, marker):
+        open(marker, "w").close()
+        time.sleep(1.0)
+        return x + 1
+
+    @wrenpack.remote
+    def launcher(x, marker):
+        fut = f.remote(x, marker)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker) and time.monotonic() < deadline:  # its worker runs it now
+            time.sleep(0.01)
+        return fut
+
+    @wrenpack.remote
+    def launcher_and_sleeper(x, marker):
+        import subprocess
+        sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)  # the call's own: it ends with it
+        return launcher.local(x, marker), sleeper.pid
+
+    assert launcher.remote(1, sys.argv[1]).result(timeout=60).result(timeout=60) == 2
+    os.remove(sys.argv[1])
+    fut, sleeper = launcher_and_sleeper.remote(2, sys.argv[1]).result(timeout=60)
+    assert fut.result(timeout=60) == 3
+    print(sleeper)
+""")
+
+
+def test_a_job_a_call_launched_runs_on_after_the_call(tmp_path):
+    """A call's end ended every process below its job's process, the workers of the job
+    the call launched among them: that job's running call died (SIGKILL) as soon as the
+    launching call returned its future, and its retry too when it started while the
+    processes were being ended (CI's intermittent failure of the test above). Those
+    workers are not the call's processes: the job runs on, as its Lambda invocations would."""
+    script = tmp_path / "returns_a_running_future.py"
+    script.write_text(_RETURNS_A_RUNNING_FUTURE)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "running")], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "worker died" not in out.stderr, out.stderr
+    sleeper = int(out.stdout.split()[-1])
+    assert not os.path.exists(f"/proc/{sleeper}"), "the call's own process outlived it"
+
+
 _RETURNS_A_FUTURE_OF_ANOTHER_STORE = textwrap.dedent("""
     import os, sys, wrenpack
     from wrenpack.worker import refs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import NamedTuple
+from typing import Collection, NamedTuple
 
 
 def runs(pid: int) -> bool:
@@ -137,9 +137,10 @@ def works_for(pid: int, start: object) -> bool:
     return False
 
 
-def descendants(root: int) -> list[int]:
+def descendants(root: int, sparing: Collection[int] = ()) -> list[int]:
     """Every live process below ``root`` (a /proc scan: the worker side has no psutil;
-    a zombie, exited and waiting to be reaped, is left out: nothing of it runs)."""
+    a zombie, exited and waiting to be reaped, is left out: nothing of it runs), but
+    those in ``sparing`` and every process below them."""
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
@@ -161,6 +162,7 @@ def descendants(root: int) -> list[int]:
     out, stack = [], [root]
     while stack:
         for kid in children.get(stack.pop(), []):
-            out.append(kid)
-            stack.append(kid)
+            if kid not in sparing:
+                out.append(kid)
+                stack.append(kid)
     return out

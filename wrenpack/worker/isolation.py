@@ -68,6 +68,7 @@ Standard library and cloudpickle only: this runs in the worker.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -1465,6 +1466,38 @@ def _has_children() -> bool:
             return True
 
 
+def _call_left_processes() -> bool:
+    """Whether processes the call started are still there (``_has_children``). The
+    workers of a local backend this process runs are not the call's: they run the
+    calls of a job the call launched (its future returned, say), which run on after
+    it as that job's Lambda invocations would. Told that processes were left, the
+    worker ended every process below this one, those workers too, and the job's
+    running call died of SIGKILL (its retry with it, when it started meanwhile). So
+    where such workers run, this process ends the call's others itself, with none
+    of them starting meanwhile, and says whether any is left. (Looked up, not imported:
+    a call that launched nothing here never imported the local backend.)"""
+    local = sys.modules.get("wrenpack.backends.local.process")
+    held = getattr(local, "workers_held", None)
+    if held is None:
+        return _has_children()
+    with held() as workers:
+        if not workers:
+            return _has_children()
+        me = os.getpid()
+        for _ in range(50):
+            for pid in _children_of(me) - workers:  # (reaped here; the workers' exits are their backend's)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            left = descendants(me, sparing=workers)
+            if not left:
+                return False
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.002)
+        return True
+
+
 def children_usage() -> tuple[float, int]:
     """CPU time and page faults of this process's waited-for descendants: they
     change when a call started processes (the worker's, and a job's process, the
@@ -1535,7 +1568,7 @@ def _child_main(sock: socket.socket) -> None:  # pragma: no cover - runs in the 
             before = children_usage()
         reply, out, out_fds = runner(head, blob, fds, rpc)
         streams.end_call_output()  # (what the call printed is written before its reply: the driver relays it first)
-        reply["children"] = _has_children()
+        reply["children"] = _call_left_processes()
         reply["started"] = reply["children"] or children_usage() != before
         try:
             send(sock, reply, out, out_fds)

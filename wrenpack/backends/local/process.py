@@ -33,6 +33,7 @@ SCM_RIGHTS on the message's first bytes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -46,7 +47,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from wrenpack.backends.base import Invocation
 from wrenpack.boot import NO_CWD
@@ -89,6 +90,23 @@ _BOOT = (
 )
 #: a process group of its own from the start, where Popen can make one (Python 3.11+)
 _OWN_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {}
+
+
+#: the pids of this process's local workers, and the lock held while one starts (``workers_held``)
+_live_workers: set[int] = set()
+_starting = threading.Lock()
+
+
+@contextlib.contextmanager
+def workers_held() -> Iterator[frozenset[int]]:
+    """The pids of the local workers this process runs, with none starting meanwhile.
+
+    A job's process that launched a job of its own runs that job's workers: they run on
+    after the launching call, as the job's Lambda invocations would. The job's process
+    ends its call's other processes with this held (``isolation``), so a worker forked
+    meanwhile (a retry, a second worker) is not taken for one of them."""
+    with _starting:
+        yield frozenset(_live_workers)
 
 
 #: each reading thread's buffer (a fresh 1 MiB for every read costs more than the read)
@@ -211,14 +229,16 @@ class Worker:
             if relay is not None:
                 pipes = relay.pipes()
                 stdio = {"stdout": pipes[0][1], "stderr": pipes[1][1]}
-            self.proc = subprocess.Popen(
-                [*cmd, json.dumps(config)],
-                pass_fds=[child_sock.fileno(), ahead_r],
-                stdin=subprocess.DEVNULL,
-                env=env,
-                **stdio,  # type: ignore[arg-type]
-                **_OWN_GROUP,  # the driver's session (its CPU share), a group of its own
-            )
+            with _starting:
+                self.proc = subprocess.Popen(
+                    [*cmd, json.dumps(config)],
+                    pass_fds=[child_sock.fileno(), ahead_r],
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    **stdio,  # type: ignore[arg-type]
+                    **_OWN_GROUP,  # the driver's session (its CPU share), a group of its own
+                )
+                _live_workers.add(self.proc.pid)
         except BaseException:
             parent_sock.close()
             close_quietly(ahead_r, ahead_w)
@@ -678,6 +698,7 @@ class Worker:
     def close(self) -> None:
         """After the process exited: stop what is left of its tree, remove its cgroup and /tmp."""
         self.reap()
+        _live_workers.discard(self.pid)
         groups = [g for g in (self.cgroup, self.pids_cgroup) if g is not None]
         for group in groups:
             group.kill_all()
