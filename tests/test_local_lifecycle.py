@@ -512,6 +512,52 @@ def test_a_job_a_call_launched_runs_on_after_the_call(tmp_path):
     assert not os.path.exists(f"/proc/{sleeper}"), "the call's own process outlived it"
 
 
+_LOSES_ITS_LAUNCHER = textwrap.dedent("""
+    import sys, time, wrenpack
+    from wrenpack.backends.local import LocalBackend
+
+    @wrenpack.remote(retries=0)
+    def f(x):
+        time.sleep(30)
+        return x + 1
+
+    def launcher(x):
+        return f.remote(x)
+
+    def g(x):
+        return x * 10
+
+    # One worker: g's calls end the process that ran launcher, and the job it launched with it.
+    with wrenpack.Executor(backend=LocalBackend(concurrency=1)) as ex:
+        nested = wrenpack.remote(launcher, executor=ex).remote(1).result(timeout=60)
+        assert wrenpack.remote(g, executor=ex).remote(2).result(timeout=60) == 20
+        t0 = time.monotonic()
+        try:
+            nested.result(timeout=25)
+        except wrenpack.WorkerLost as exc:
+            print(f"{time.monotonic() - t0:.1f}", exc)
+""")
+
+
+def test_a_reference_to_a_job_lost_with_its_launcher_fails_instead_of_waiting(tmp_path):
+    """A job launched inside a local call runs on the call's process's own workers, which
+    end with that process (here: a call of another function on the one worker replaced it).
+    Its result never comes, and the reference to it waited for it forever (or the user's
+    timeout). Once the job's owner record says its owner and workers are gone, and its
+    calls do not outlive them (a local job's), the reference fails: WorkerLost, naming why."""
+    script = tmp_path / "loses_its_launcher.py"
+    script.write_text(_LOSES_ITS_LAUNCHER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    waited, _, message = out.stdout.strip().partition(" ")
+    assert float(waited) < 10, out.stdout
+    assert "f:" in message and "ended" in message, message
+    left = [os.path.relpath(os.path.join(d, name), tmp_path / "store")
+            for d, _, files in os.walk(tmp_path / "store") for name in files]
+    assert left == [], left
+
+
 _RETURNS_A_FUTURE_OF_ANOTHER_STORE = textwrap.dedent("""
     import os, sys, wrenpack
     from wrenpack.worker import refs

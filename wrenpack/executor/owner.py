@@ -22,7 +22,7 @@ from typing import Any
 from wrenpack import keys
 from wrenpack.config import cache_dir
 from wrenpack.executor.environ import getenv
-from wrenpack.process_state import start_time, works_for
+from wrenpack.process_state import runs, start_time, works_for
 from wrenpack.wire import owner as owner_wire
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,8 @@ def owner_alive(record: dict[str, Any]) -> bool | None:
     if not isinstance(pid, int) or pid <= 0:
         return False
     start = start_time(pid)
-    if start is not None and (record.get("start") is None or start == record.get("start")):
-        return True
+    if start is not None and (record.get("start") is None or start == record.get("start")) and runs(pid):
+        return True  # (an owner that exited and waits to be reaped, a zombie, is gone)
     return works_for(pid, record.get("start"))
 
 
@@ -191,9 +191,26 @@ def owner_state(job_id: str, record: dict[str, Any] | None, key: bytes | None) -
         return "unknown", f"it was launched on host {record.get('host')!r}, where its owner may still run"
     if not alive:
         return "stale", "its owner is gone"
-    if start_time(record["pid"]) is None:
+    if not runs(record["pid"]):
         return "live", f"its owner (pid {record.get('pid')}) is gone, but its workers still end their calls"
     return "live", f"its owner (pid {record.get('pid')}) still runs"
+
+
+def lost_with_owner(job_id: str, blob: bytes) -> dict[str, Any] | None:
+    """The owner record in ``blob`` if it says the job's calls can no longer end: sealed
+    with the user's key for ``job_id``, its owner and the owner's local workers gone
+    (this host), and none of its calls outliving them (no ``late_s``: a local job, whose
+    workers are its owner's children). None otherwise, or when that cannot be told."""
+    key = user_key(create=False)
+    if key is None:
+        return None
+    try:
+        record = owner_wire.loads(blob)
+    except ValueError:
+        return None
+    if not owner_wire.verify(key, job_id, record) or record.get("late_s") or owner_alive(record) is not False:
+        return None
+    return record
 
 
 def mark_still_running(store: Any, job_id: str, call_ids: list[str]) -> None:

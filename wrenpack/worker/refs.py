@@ -32,13 +32,14 @@ import contextlib
 import hashlib
 import hmac
 import os
+import sys
 import threading
 import time
 import weakref
 from typing import Any, Iterator
 
 from wrenpack import auth, keys
-from wrenpack.errors import ObjectNotFound, WrenpackError
+from wrenpack.errors import ObjectNotFound, WorkerLost, WrenpackError
 from wrenpack.storage import open_store
 from wrenpack.wire.outcome import Outcome
 from wrenpack.wire.result import open_result
@@ -336,12 +337,9 @@ class CallRef(cf.Future):
             try:
                 blob = store.get(key)
             except ObjectNotFound:
-                if self._job_gone(store):
-                    self.set_exception(ObjectNotFound(
-                        f"{self.label}: its job {ref['result_job']} is gone from {store.url}, and its result with it: the "
-                        "program that launched the call ended (or shut its executor down) and removed the job's objects "
-                        "before this reference was read; read a pickled future while its launcher runs, or launch the "
-                        "call with .spawn() for a result that outlives its launcher"))
+                gone = self._job_gone(store)
+                if gone is not None:
+                    self.set_exception(gone)
                     return True
                 return False
             self._missing_since = None
@@ -369,22 +367,46 @@ class CallRef(cf.Future):
                 self.set_exception(outcome.rebuild(self.label, self.job_id))
             return True
 
-    def _job_gone(self, store: Any) -> bool:
-        """Whether the call's job has no objects left (its owner record, which a job
-        whose future was pickled has from then until its objects are removed, is
-        gone too): a result that is not there yet then never will be. Asked once
-        the result has been missing for ``_GONE_AFTER_S``, then every
-        ``_GONE_EVERY_S``: a look costs a request (a HEAD on S3)."""
+    def _job_gone(self, store: Any) -> WrenpackError | None:
+        """Why the call's result, not in the store yet, never will be; None while it may
+        come. Its job has no objects left (its owner record, which a job whose future was
+        pickled has from then until its objects are removed, is gone too), or the record
+        says the job was lost with its owner: a job launched inside a local call runs on
+        that call's process's own workers, which end with that process (a call of another
+        function on its worker replaces it), and the reference waited for ever. Asked once
+        the result has been missing for ``_GONE_AFTER_S``, then every ``_GONE_EVERY_S``: a
+        look costs a request (a GET on S3)."""
         now = time.monotonic()
         if self._missing_since is None:
             self._missing_since = now
         if now - self._missing_since < _GONE_AFTER_S or now - self._job_checked < _GONE_EVERY_S:
-            return False
+            return None
         self._job_checked = now
+        job = self._ref["result_job"]
         try:
-            return not store.exists(keys.owner_key(self._ref["result_job"]))
+            blob = store.get(keys.owner_key(job))
+        except ObjectNotFound:
+            return ObjectNotFound(
+                f"{self.label}: its job {job} is gone from {store.url}, and its result with it: the program that "
+                "launched the call ended (or shut its executor down) and removed the job's objects before this "
+                "reference was read; read a pickled future while its launcher runs, or launch the call with .spawn() "
+                "for a result that outlives its launcher")
         except WrenpackError:
-            return False  # (the store did not answer: looked at again later)
+            return None  # (the store did not answer: looked at again later)
+        # (the client's owner records, looked up, not imported: a worker on Lambda has no such module)
+        owners = sys.modules.get("wrenpack.executor.owner")
+        record = owners.lost_with_owner(job, blob) if owners is not None else None
+        if record is None:
+            return None
+        with contextlib.suppress(WrenpackError):
+            if store.exists(keys.result_key(job, self._ref["result_call"])):
+                return None  # (written, and its writer gone, since the result was looked for)
+        return WorkerLost(
+            f"{self.label}: the process that launched its job {job} (pid {record.get('pid')}) has ended, and the local "
+            "workers that ran the job's calls ended with it, before the call's result was written: it never will be. "
+            "A job launched inside a call runs on after the call only while the call's process lasts (a call of "
+            "another function on its worker ends it); wait for its results inside the call and return them, or "
+            "launch the job from the program")
 
     def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
