@@ -259,3 +259,51 @@ def test_when_the_configuration_cannot_be_read_it_is_refused(moto_endpoint, buck
     assert "module 'wp_om_helpers', which is your own code" in text and "\n" not in text
     assert "is a container image, which may hold it, could not be read" in text
     assert any("cannot read whether Lambda function" in r.getMessage() for r in caplog.records)
+
+
+def test_what_the_image_check_keeps_and_what_it_asks_again(monkeypatch):
+    """Kept: an answer, and a refusal (asking again would be refused again). Asked again: a function
+    not deployed yet, a failure that may pass (the network). With lambda_auto_deploy, a function
+    not deployed yet is what the family's function it would be copied from is."""
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    answers: dict[str, object] = {}
+    asked: list[str] = []
+
+    class Client:
+        def get_function_configuration(self, FunctionName):
+            asked.append(FunctionName)
+            answer = answers[FunctionName]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    def error(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": code}}, "GetFunctionConfiguration")
+
+    client = Client()
+    images = aws_backend._Images(lambda: client, "wp-fam", "x86_64", auto_deploy=False)
+    name_of = {t: FunctionSettings.for_call(1024, t, 512).function_name("wp-fam") for t in range(1, 6)}
+    answers.update({name_of[1]: {"PackageType": "Image"}, name_of[2]: {"PackageType": "Zip"},
+                    name_of[3]: error("AccessDeniedException"),
+                    name_of[4]: EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+                    name_of[5]: error("ResourceNotFoundException")})
+    expected = {1: True, 2: False, 3: None, 4: None, 5: False}
+    for _ in range(2):
+        for t, image in expected.items():
+            assert images.ask(1024, t, 512, None) == (name_of[t], image)
+    assert sorted(asked) == sorted([name_of[t] for t in expected] + [name_of[4], name_of[5]])
+
+    copied = []
+
+    def find_template(lam, base, settings):
+        copied.append(settings.timeout)
+        return {"PackageType": "Image"} if settings.timeout == 5 else None
+
+    monkeypatch.setattr(aws_backend.deploy, "find_template", find_template)
+    auto = aws_backend._Images(lambda: client, "wp-fam", "x86_64", auto_deploy=True)
+    answers[name_of[4]] = error("ResourceNotFoundException")
+    for _ in range(2):
+        assert auto.ask(1024, 5, 512, None).image is True  # its template is an image: so will the copy be
+        assert auto.ask(1024, 4, 512, None).image is False  # nothing to copy: asked again
+    assert copied == [5, 4, 4]
