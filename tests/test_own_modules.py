@@ -15,6 +15,7 @@ import cloudpickle
 import pytest
 
 from wrenpack import Executor, serialize
+from wrenpack.backends.base import ImageAnswer
 from wrenpack.errors import SerializationError
 from wrenpack.executor import own_modules
 
@@ -135,3 +136,104 @@ def test_only_backends_whose_workers_lack_the_drivers_files_check(tmp_path):
     lam = Executor(backend="lambda", storage=str(tmp_path / "b"), aws_region="us-east-1")
     assert lam._separate_files() is True and lam._backend is None
     lam.shutdown()
+
+
+# -- a container image may hold them -------------------------------------------------------------
+class _Asked:
+    """A stand-in for ``Backend.image_of``: answers ``image``, counting the questions."""
+
+    def __init__(self, image):
+        self.image, self.times = image, 0
+
+    def __call__(self):
+        self.times += 1
+        return ImageAnswer("wrenpack-worker-0123456789", self.image)
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(own_modules, "_warned", set())
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "wrenpack.executor.own_modules" and r.levelname == "WARNING"]
+
+
+def test_on_a_container_image_it_goes_ahead_with_one_warning_per_module(helpers, caplog, fresh_warnings):
+    """The client cannot look into the image: the launch goes ahead, warned once per module per process."""
+    mod, main = helpers
+    data = _fn_pickle(main.f)
+    args = [serialize.dumps_call((mod.Point(),), {}, f"call {i}") for i in range(3)]
+    caplog.set_level("WARNING", logger="wrenpack.executor.own_modules")
+    for _ in range(2):
+        asked = _Asked(True)
+        own_modules.check(data, args, None, "f", "lambda", image=asked)
+        assert asked.times == 1  # once per launch (the backend keeps the answer)
+    asked = _Asked(True)
+    own_modules.check(cloudpickle.dumps(len), args, None, "len", "lambda", image=asked)  # an argument's module
+    assert asked.times == 1
+    warned = _warnings(caplog)
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(f"module 'wp_omu_helpers' is your own code ({mod.__file__}) and does not travel")
+    assert "wrenpack-worker-0123456789 is a container image" in warned[0] and "ModuleNotFoundError" in warned[0]
+    assert "cloudpickle.register_pickle_by_value(wp_omu_helpers)" in warned[0] and "\n" not in warned[0]
+
+
+def test_not_an_image_or_not_known_it_is_refused(helpers, caplog, fresh_warnings):
+    mod, main = helpers
+    data = _fn_pickle(main.f)
+    with pytest.raises(SerializationError) as info:
+        own_modules.check(data, [], None, "f", "lambda", image=_Asked(False))
+    text = str(info.value)
+    assert f"module 'wp_omu_helpers', which is your own code ({mod.__file__})" in text and "\n" not in text
+    assert text.endswith("or, the other way, deploy wrenpack-worker-0123456789 from a container image that holds it "
+                         "(wrenpack deploy --image-uri URI): its launches go ahead, with a warning")
+    args = [serialize.dumps_call((mod.Point(),), {}, "call 0")]
+    with pytest.raises(SerializationError, match=r"the arguments of call 0 need module 'wp_omu_helpers'.*whether Lambda "
+                                                  r"function wrenpack-worker-0123456789 is a container image, which may "
+                                                  r"hold it, could not be read"):
+        own_modules.check(cloudpickle.dumps(len), args, None, "len", "lambda", image=_Asked(None))
+    with pytest.raises(SerializationError) as plain:  # nothing to ask (another backend): as before
+        own_modules.check(data, [], None, "f", "lambda", image=lambda: None)
+    assert "container image" not in str(plain.value)
+    assert _warnings(caplog) == []
+
+
+def test_the_image_is_asked_only_when_a_module_would_be_refused(helpers):
+    """The common path costs nothing: no question to Lambda when nothing would be refused."""
+    mod, main = helpers
+    asked = _Asked(True)
+    import idna
+
+    own_modules.check(cloudpickle.dumps([idna.encode, json.dumps]), [serialize.dumps_call((1,), {}, "c")], None, "f",
+                      "lambda", image=asked)
+    cloudpickle.register_pickle_by_value(mod)
+    try:
+        own_modules.check(_fn_pickle(main.f), [serialize.dumps_call((mod.Point(),), {}, "c")], None, "f", "lambda",
+                          image=asked)
+    finally:
+        cloudpickle.unregister_pickle_by_value(mod)
+    assert asked.times == 0
+
+
+def test_a_spawns_driver_asks_without_making_the_backend(helpers, tmp_path, monkeypatch, caplog, fresh_warnings):
+    """No backend is made (a spawn's driver): the backend class's ``image_asker`` is made once and kept."""
+    mod, main = helpers
+    made = []
+
+    def image_asker(config):
+        made.append(config.function_name)
+        return lambda memory, timeout, ephemeral, runtime: ImageAnswer(f"{config.function_name}-{memory}", True)
+
+    from wrenpack.backends.aws.backend import LambdaBackend
+
+    monkeypatch.setattr(LambdaBackend, "image_asker", staticmethod(image_asker))
+    caplog.set_level("WARNING", logger="wrenpack.executor.own_modules")
+    lam = Executor(backend="lambda", storage=str(tmp_path / "b"), aws_region="us-east-1", function_name="wp-img")
+    try:
+        for i in range(2):
+            lam.prepare(main.f, [((f" {i} ",), {})], lam.options(memory=2048), "f", handoffs=False)
+        assert lam._backend is None and made == ["wp-img"]
+    finally:
+        lam.shutdown()
+    assert ["wp-img-2048 is a container image" in m for m in _warnings(caplog)] == [True]

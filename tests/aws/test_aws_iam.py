@@ -294,3 +294,55 @@ def test_the_deploy_policy_allows_undeploy_and_needs_each_of_its_new_actions(iam
     # DeleteFunction reaches deploy's names of the family only, not a longer name of the prefix
     assert denied(policy, [("lambda", "DeleteFunction", {"FunctionName": f"{BASE}-acc1a2b3c-m-0123456789"})])
     assert not denied(policy, [("lambda", "DeleteFunction", {"FunctionName": DEFAULT.function_name(BASE)})])
+
+
+@pytest.mark.iam_refusals("it shows one")
+def test_the_client_policy_lets_a_launch_learn_that_its_function_is_a_container_image(iam, bucket, monkeypatch,
+                                                                                      tmp_path):
+    """A launch that would be refused for naming a module of the user's own code asks whether its
+    function is a container image (lambda:GetFunctionConfiguration, the client's ``Doctor``
+    statement): allowed, it goes ahead; refused that, it is refused as before, saying why."""
+    from wrenpack.errors import SerializationError
+    from wrenpack.executor import own_modules
+
+    storage = f"s3://{bucket}/iam"
+    iam.scope(storage, BASE)
+    client_policy = iam.policy("client")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "wp_iamimg_helpers.py").write_text("def clean(x):\n    return x.strip()\n")
+    (proj / "wp_iamimg_main.py").write_text("from wp_iamimg_helpers import clean\nSTEPS = {'clean': clean}\n"
+                                            "def f(x):\n    return STEPS['clean'](x)\n")
+    monkeypatch.syspath_prepend(str(proj))
+    monkeypatch.setattr(own_modules, "_warned", set())
+    import wp_iamimg_main
+
+    image = FunctionSettings.for_call(1024, TIMEOUT + 1, 512)  # (not the other tests' function)
+    name = image.function_name(BASE)
+    admin = boto3.client("lambda", endpoint_url=iam.stack.lam.url, region_name=REGION)
+    admin.create_function(FunctionName=name, Role=WORKER_ROLE, PackageType="Image", MemorySize=1024, Timeout=TIMEOUT + 1,
+                          Code={"ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/wrenpack:iam"})
+    try:
+        mark = len(iam.enforcer.denials())
+        iam.act_as("client")
+        for make_backend in (True, False):  # the backend's client, and a spawn's driver's (no backend)
+            with _executor(iam, storage, concurrency=1) as ex:
+                if make_backend:
+                    ex.backend  # noqa: B018
+                ex.prepare(wp_iamimg_main.f, [((" a ",), {})], ex.options(timeout=TIMEOUT + 1), "f")
+        asking = iam.enforcer.take("client")
+        assert _refused_since(iam, mark) == []
+        assert [op for s, op, _ in asking if s == "lambda"] == ["GetFunctionConfiguration"] * 2, asking
+        assert denied(client_policy, asking) == set()
+        assert denied(without(client_policy, "lambda:GetFunctionConfiguration"), asking) == {
+            ("lambda:GetFunctionConfiguration", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}")}
+        iam.enforcer.policies["client"] = without(client_policy, "lambda:GetFunctionConfiguration")
+        with _executor(iam, storage, concurrency=1) as ex:
+            with pytest.raises(SerializationError, match=f"whether Lambda function {name} is a container image, which "
+                                                         f"may hold it, could not be read"):
+                ex.prepare(wp_iamimg_main.f, [((" a ",), {})], ex.options(timeout=TIMEOUT + 1), "f")
+        assert [(role, op) for role, op, _ in _refused_since(iam, mark)] == [("client", "GetFunctionConfiguration")]
+    finally:
+        admin.delete_function(FunctionName=name)
+        for module in ("wp_iamimg_main", "wp_iamimg_helpers"):
+            sys.modules.pop(module, None)

@@ -25,9 +25,26 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 from wrenpack.errors import WrenpackError
+
+
+class ImageAnswer(NamedTuple):
+    """Whether the function that would run a launch's calls is a container image
+    (``Backend.image_of``), which may hold modules of the user's own code that the
+    client cannot see: a launch whose pickles name such a module goes ahead then,
+    with a warning, instead of being refused (``wrenpack.executor.own_modules``)."""
+
+    #: the function's name, for the warning or the refusal
+    function: str
+    #: True: a container image; False: not one (a zip package, or not deployed);
+    #: None: not known (its configuration could not be read)
+    image: bool | None
+
+
+#: what ``Backend.image_asker`` returns: (memory MB, timeout s, ephemeral storage MB, runtime) -> ``ImageAnswer``
+ImageAsker = Callable[[int, float, int, "str | None"], "ImageAnswer | None"]
 
 
 @dataclass
@@ -174,6 +191,19 @@ class Backend(abc.ABC):
         """Refuse settings this backend cannot run with (one line naming the fix), without
         making one: what launches calls elsewhere (a spawned job's supervisor) checks them
         before anything of the job is stored. Default: nothing to check."""
+        return None
+
+    def image_of(self, memory_mb: int, timeout_s: float, ephemeral_mb: int, runtime: str | None) -> ImageAnswer | None:
+        """Whether calls of these settings would run in a container image (``ImageAnswer``), asked
+        only when a launch is about to be refused for naming a module of the user's own code
+        (``Capabilities.separate_files``): an image may hold it, where this client cannot look.
+        None (the default): the workers hold nothing but what the backend puts there."""
+        return None
+
+    @classmethod
+    def image_asker(cls, config: Any) -> ImageAsker | None:
+        """``image_of`` without making the backend (a spawn's driver makes none): a callable the
+        caller keeps (it holds its answers), or None (the default) when there is nothing to ask."""
         return None
 
     @abc.abstractmethod

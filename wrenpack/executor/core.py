@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from wrenpack import auth, config as _config, keys, serialize
 from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_class, backend_names, create_backend
+from wrenpack.backends.base import ImageAnswer, ImageAsker
 from wrenpack.config import Config, current
 from wrenpack.errors import (
     ConfigTypeError,
@@ -109,6 +110,8 @@ class Executor(CallTable, cf.Executor):
         self.config = config.replace(**overrides) if config is not None else current(**overrides)
         self.store: Store = store_for_config(self.config)
         self._backend: Backend | None = backend_obj
+        #: ``Backend.image_asker``, while no backend is made (``_image_of``)
+        self._image_asker: ImageAsker | None = None
         self._lock = threading.RLock()
         self._jobs: dict[str, RunningJob] = {}
         self._completions: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
@@ -715,8 +718,10 @@ class Executor(CallTable, cf.Executor):
                                                     domain))
             if self._separate_files():
                 # (workers without this machine's files: a module of the user's own code that the
-                # pickles name, not carry, is refused now, as it would fail in every call there)
-                own_modules.check(fn_bytes, payloads, options.runtime, label, self.config.backend, first)
+                # pickles name, not carry, is refused now, as it would fail in every call there,
+                # unless the function is a container image, which may hold it: asked only then)
+                own_modules.check(fn_bytes, payloads, options.runtime, label, self.config.backend, first,
+                                  image=lambda: self._image_of(options))
             limit = options.memory * 1024 * 1024
             for i, data in enumerate(payloads, first):
                 size = data.size if isinstance(data, handoff.Args) else len(data)
@@ -743,6 +748,23 @@ class Executor(CallTable, cf.Executor):
         if backend is not None:
             return backend.capabilities.separate_files
         return bool(getattr(backend_class(self.config.backend), "separate_files", False))
+
+    def _image_of(self, options: CallOptions) -> ImageAnswer | None:
+        """Whether calls of ``options`` would run in a container image (``Backend.image_of``), asked of
+        the backend, or without making one when there is none yet (a spawn's driver makes none, and its
+        job's supervisor makes one of the same settings): then through the backend class's
+        ``image_asker``, kept for this executor's life as a backend keeps its answers."""
+        memory, timeout, ephemeral, runtime = options.memory, options.timeout, options.ephemeral_storage, options.runtime
+        backend = self._backend
+        if backend is not None:
+            return backend.image_of(memory, timeout, ephemeral, runtime)
+        with self._lock:
+            if self._image_asker is None:
+                make = getattr(backend_class(self.config.backend), "image_asker", None)
+                asker = make(self.config) if make is not None else None
+                self._image_asker = asker or _no_image
+            asker = self._image_asker
+        return asker(memory, timeout, ephemeral, runtime)
 
     def args_packer(self, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> handoff.Packer | None:
         """On a backend that takes hand-offs (local, not ``keep_objects``): arguments
@@ -1040,6 +1062,11 @@ def check_executor(executor: Any, source: str) -> None:
 
 _default: Executor | None = None
 _default_lock = threading.Lock()
+
+
+def _no_image(memory_mb: int, timeout_s: float, ephemeral_mb: int, runtime: str | None) -> None:
+    """``Backend.image_asker`` of a backend that has nothing to ask."""
+    return None
 
 
 def _stop_dropped_backend(backend: Backend) -> None:

@@ -19,6 +19,16 @@ call's runtime (``runtime=``, a built runtime) does not hold in its
 ``python/`` directory. The built runtime's manifest records distributions, not
 the modules a user copied into ``python/``: the directory itself is looked at.
 
+A function deployed from a container image (``wrenpack deploy --image-uri``) may
+hold the user's modules, and this client cannot look into it; registering a
+compiled module by value is no way out either. So where a module would be
+refused, the backend is asked whether the calls' function is an image
+(``Backend.image_of``: on Lambda its ``PackageType``, read once per function):
+if it is, the launch goes ahead and each such module is warned about once per
+process, naming its file and what fails if the image lacks it; if it is not,
+or that cannot be read, the launch is refused as it would be without asking.
+Asked only then: a launch that names none of the user's modules asks nothing.
+
 Cost: nothing on a backend that shares the driver's files (the caller asks the
 capability first), nor when none of the user's modules is imported. A pickle's
 opcodes are read (about a microsecond each: a pickle of a million floats takes
@@ -31,16 +41,22 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import logging
 import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import cloudpickle
 
 from wrenpack import serialize
 from wrenpack.errors import SerializationError
+
+if TYPE_CHECKING:
+    from wrenpack.backends.base import ImageAnswer
+
+log = logging.getLogger(__name__)
 
 #: sha256 of a function's pickle -> the modules it names (``serialize.modules_named``)
 _named: "OrderedDict[bytes, frozenset[str]]" = OrderedDict()
@@ -48,29 +64,66 @@ _named_lock = threading.Lock()
 _MAX_NAMED = 256
 #: (the names in sys.modules when last read, the top-level names of the user's modules among them)
 _tops: tuple[list[Any], frozenset[str]] = ([], frozenset())
+#: the modules let through to a container image (``_warn``): each is warned about once per process
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 def check(fn_bytes: bytes, payloads: Sequence[Any], runtime: str | None, label: str, backend: str,
-          first: int = 0) -> None:
+          first: int = 0, image: Callable[[], ImageAnswer | None] | None = None) -> None:
     """Refuse (``SerializationError``, one line) a launch whose function or
     arguments name a module of the user's own code the workers will not have.
     ``payloads``: the calls' pickled arguments (bytes; others are not read),
-    the first of them call ``first``; ``runtime``: the calls' built runtime."""
+    the first of them call ``first``; ``runtime``: the calls' built runtime.
+    ``image``: whether the calls' function is a container image (``Backend.image_of``),
+    asked at most once, and only when a module would be refused: then each such
+    module is warned about once per process (``_warn``) instead."""
     registered = frozenset(cloudpickle.list_registry_pickle_by_value())
     tops = _user_tops() - registered
     if not tops:
         return  # (none of the user's modules is imported: no pickle can name one)
+    answer: list[ImageAnswer | None] = []
+
+    def allowed(name: str, path: str, needs: str) -> frozenset[str]:
+        """The top-level names still to look for once ``name`` (at ``path``) was allowed; refused: raises."""
+        if not answer:
+            answer.append(image() if image is not None else None)
+        found = answer[0]
+        if found is None or not found.image:
+            raise SerializationError(_message(label, backend, name, path, needs, found))
+        _warn(name, path, found.function)
+        # (the rest of the arguments are read only for modules of packages not found yet: reading each
+        # of a map's arguments to warn about a package already warned about would cost what the check saves)
+        return frozenset(top for top in tops if top != name.partition(".")[0])
+
     for name in sorted(_function_names(fn_bytes, tops)):
         path = _own(name, registered, runtime)
         if path is not None:
-            raise SerializationError(_message(label, backend, name, path, "the function needs"))
+            allowed(name, path, "the function needs")
+    left = tops
     for i, data in enumerate(payloads, first):
-        if type(data) is not bytes or not serialize.names_any(data, tops):
+        if not left:
+            return
+        if type(data) is not bytes or not serialize.names_any(data, left):
             continue
         for name in sorted(serialize.modules_named(data)):
             path = _own(name, registered, runtime)
-            if path is not None:
-                raise SerializationError(_message(label, backend, name, path, f"the arguments of call {i} need"))
+            if path is not None and name.partition(".")[0] in left:
+                left = left & allowed(name, path, f"the arguments of call {i} need")
+
+
+def _warn(name: str, path: str, function: str) -> None:
+    """Once per module per process: a module of the user's own code that a pickle names is let
+    through to a container image, which may hold it; this client cannot tell whether it does."""
+    with _warned_lock:
+        if name in _warned:
+            return
+        _warned.add(name)
+    top = name.partition(".")[0]
+    log.warning("module %r is your own code (%s) and does not travel with the calls: Lambda function %s is a "
+                "container image, which this client cannot look into, so the launch goes ahead; the image must hold "
+                "%r importable, else every call fails with ModuleNotFoundError (or register it in the driver so it "
+                "travels by value: cloudpickle.register_pickle_by_value(%s))", name, path, function, top, top)
 
 
 def _function_names(fn_bytes: bytes, tops: frozenset[str]) -> frozenset[str]:
@@ -137,11 +190,17 @@ def _in_runtime(runtime: str, top: str) -> bool:
     return any(os.path.exists(os.path.join(site, top + suffix)) for suffix in importlib.machinery.all_suffixes())
 
 
-def _message(label: str, backend: str, name: str, path: str, needs: str) -> str:
+def _message(label: str, backend: str, name: str, path: str, needs: str, found: ImageAnswer | None = None) -> str:
     note = serialize.own_module_note(name, needs)
     if note is None:  # (its top-level package is not the user's: a namespace package, say)
         top = name.partition(".")[0]
         note = (f"{needs} module {name!r}, which is your own code ({path}): it did not travel with the function; "
                 f"register it in the driver so it travels by value (import {top}, cloudpickle; "
                 f"cloudpickle.register_pickle_by_value({top})), or copy it into the runtime's python/ directory")
+    if found is not None and found.image is None:
+        note += (f"; whether Lambda function {found.function} is a container image, which may hold it, could not be "
+                 "read (lambda:GetFunctionConfiguration)")
+    elif found is not None:
+        note += (f"; or, the other way, deploy {found.function} from a container image that holds it "
+                 "(wrenpack deploy --image-uri URI): its launches go ahead, with a warning")
     return f"cannot launch {label} on the {backend} backend, whose workers do not have this machine's files: {note}"

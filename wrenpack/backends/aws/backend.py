@@ -63,14 +63,14 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from wrenpack import auth, keys
 import wrenpack.backends.aws.clients as clients
 import wrenpack.backends.aws.deploy as deploy
 from wrenpack.backends.aws.sender import SenderLost, SenderProcesses
 from wrenpack.backends.aws.deploy import FunctionSettings
-from wrenpack.backends.base import Backend, Capabilities, Invocation, InvocationResult
+from wrenpack.backends.base import Backend, Capabilities, ImageAnswer, ImageAsker, Invocation, InvocationResult
 from wrenpack.config import default_storage
 from wrenpack.errors import (
     CallCancelled,
@@ -132,6 +132,8 @@ _OOM_TYPES = {"Runtime.OutOfMemory", "MemoryError"}
 _OOM_WORDS = ("signal: killed", "exit status 137", "process exited before completing request", "out of memory",
               "memory")
 _THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "EC2ThrottledException", "429"}
+#: A request the caller's policy does not allow.
+_DENIED_CODES = {"AccessDeniedException", "AccessDenied", "403"}
 _RETRYABLE_CODES = _THROTTLE_CODES | {
     "ServiceException", "ResourceNotReadyException", "ResourceConflictException", "500", "502", "503", "504",
 }
@@ -375,6 +377,104 @@ def _check_region(region: str | None, profile: str | None, endpoint_url: str | N
     clients.check_region(found, (endpoint_url, "lambda"), profile=profile)
 
 
+def lambda_client_config(invocation_type: str, concurrency: int) -> dict[str, Any]:
+    """The Lambda client's botocore ``Config`` arguments for a backend of ``invocation_type`` and
+    ``concurrency`` (its own client's, each sender process's, and ``LambdaBackend.image_asker``'s)."""
+    sync = invocation_type == "RequestResponse"
+    return dict(
+        # Throttling is retried by our own, longer backoff loop (``_invoke_with_backoff``). A synchronous
+        # Invoke is never retried by botocore: after a read timeout or a dropped
+        # connection it would send the call again while the first may still run
+        # (``_after_drop`` decides instead, from the store).
+        retries={"mode": "standard", "total_max_attempts": 1} if sync else {"mode": "standard", "max_attempts": 3},
+        # A synchronous call holds its connection for its whole run: one per call in
+        # flight, else urllib3 opens (and discards) a connection per call beyond the pool.
+        max_pool_connections=max(10, concurrency if sync else min(concurrency, 256)),
+        # The parameters are wrenpack's own (FunctionName, InvocationType, Payload bytes).
+        parameter_validation=False,
+        connect_timeout=10,
+        # above the longest function timeout (900 s): a synchronous call's reply comes at its end
+        read_timeout=960 if sync else 60,
+        # the connection of a long synchronous call is idle for its whole run
+        tcp_keepalive=sync,
+    )
+
+
+def _make_lambda_client(profile: str | None, region: str | None, endpoint_url: str | None,
+                        config: dict[str, Any]) -> Any:
+    """A Lambda client of ``profile`` in ``region`` at ``endpoint_url`` with botocore ``Config(**config)``;
+    no region or credentials: the one-line error naming the fix."""
+    import boto3
+    from botocore.config import Config
+
+    made = boto3.session.Session(profile_name=profile, region_name=region)
+    clients.check_region(made.region_name, (endpoint_url, "lambda"), profile=profile)  # (the profile's: here)
+    session = clients.checked_session(made, profile)
+    return session.client("lambda", endpoint_url=endpoint_url, config=Config(**config))
+
+
+class _Images:
+    """Which functions of a family are container images (``Backend.image_of``).
+
+    Asked only where a launch would otherwise be refused for naming a module of the
+    user's own code (``wrenpack.executor.own_modules``), so a launch that names none
+    costs nothing: then once per function (``GetFunctionConfiguration``, which the
+    client's policy allows), kept for the life of whoever holds this (the backend,
+    or a spawn's driver). What is not kept: a function not deployed yet (deployed
+    meanwhile, it is asked again), and a failure that may pass (the network,
+    throttling); a refusal (AccessDenied) is kept, asking again would only be
+    refused again. A function not deployed that ``lambda_auto_deploy`` would create
+    is a copy of a deployed one of its family (``deploy.find_template``): an image
+    when that one is (kept: the copy will be what it is)."""
+
+    def __init__(self, client: Callable[[], Any], base: str, architecture: str, auto_deploy: bool) -> None:
+        self._client = client
+        self._base = base
+        self._architecture = architecture
+        self._auto_deploy = auto_deploy
+        self._known: dict[str, bool | None] = {}
+        #: held while asking: concurrent launches ask Lambda once (only launches about to be refused wait here)
+        self._lock = threading.Lock()
+
+    def ask(self, memory_mb: int, timeout_s: float, ephemeral_mb: int, runtime: str | None) -> ImageAnswer:
+        settings = FunctionSettings.for_call(memory_mb, timeout_s, ephemeral_mb, self._architecture, runtime)
+        name = settings.function_name(self._base)
+        with self._lock:
+            if name in self._known:
+                return ImageAnswer(name, self._known[name])
+            image, lasting = self._read(name, settings)
+            if lasting:
+                self._known[name] = image
+        return ImageAnswer(name, image)
+
+    def _read(self, name: str, settings: FunctionSettings) -> tuple[bool | None, bool]:
+        """(whether ``name`` is an image, None when that cannot be read; whether the answer lasts)."""
+        try:
+            conf = self._client().get_function_configuration(FunctionName=name)
+        except Exception as exc:  # noqa: BLE001 - not known: the launch is refused as it would be without asking
+            code = _code(exc)
+            if code in ("ResourceNotFoundException", "404"):
+                return self._template(name, settings)
+            log.info("cannot read whether Lambda function %s is a container image (%s); a launch that names a module "
+                     "of your own code is refused", name, code or f"{type(exc).__name__}: {exc}")
+            return None, code in _DENIED_CODES
+        return conf.get("PackageType") == "Image", True
+
+    def _template(self, name: str, settings: FunctionSettings) -> tuple[bool | None, bool]:
+        """The answer for ``name``, not deployed: that of the function ``lambda_auto_deploy`` would copy."""
+        if not self._auto_deploy:
+            return False, False
+        try:
+            template = deploy.find_template(self._client(), self._base, settings)
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.info("cannot read whether Lambda function %s would be a container image (%s); a launch that names a "
+                     "module of your own code is refused", name, exc)
+            return None, False
+        if template is None:
+            return False, False  # (nothing to copy: its launch fails; a function deployed meanwhile is asked again)
+        return template.get("PackageType") == "Image", True  # (the copy will be what it is)
+
+
 class LambdaBackend(Backend):
     name = "lambda"
     bills_per_call = True
@@ -446,6 +546,8 @@ class LambdaBackend(Backend):
         self._lock = threading.Lock()
         self._fn_lock = threading.Lock()
         self._functions: dict[str, _Function] = {}
+        #: which functions are container images: asked only for a launch about to be refused (``image_of``)
+        self._images = _Images(lambda: self.client, function_name, architecture, auto_deploy)
         self._account_cap: int | None | bool = False  # False: not read yet
         #: the budget every function without reserved concurrency draws from (made on first use)
         self._unreserved: tuple[threading.BoundedSemaphore, int] | None = None
@@ -517,6 +619,31 @@ class LambdaBackend(Backend):
             send_processes=int(getattr(config, "lambda_send_processes", 0) or 0),
         )
 
+    def image_of(self, memory_mb: int, timeout_s: float, ephemeral_mb: int, runtime: str | None) -> ImageAnswer:
+        """Whether the function for these settings is a container image (``PackageType`` "Image"),
+        asked of Lambda with this backend's client once per function (``_Images``)."""
+        return self._images.ask(memory_mb, timeout_s, ephemeral_mb, runtime)
+
+    @classmethod
+    def image_asker(cls, config: Any) -> ImageAsker:
+        """``image_of`` for a spawn's driver, which makes no backend: a client of the same
+        profile, region, endpoint and botocore settings as the backend ``from_config`` would
+        make (that of the job's supervisor), made when first asked."""
+        made: list[Any] = []
+
+        def client() -> Any:
+            if not made:
+                made.append(_make_lambda_client(
+                    getattr(config, "aws_profile", None), getattr(config, "aws_region", None),
+                    getattr(config, "lambda_endpoint_url", None),
+                    lambda_client_config(getattr(config, "invocation_type", None) or "Event",
+                                         int(getattr(config, "concurrency", None) or 100))))
+            return made[0]
+
+        images = _Images(client, getattr(config, "function_name", None) or "wrenpack-worker",
+                         getattr(config, "architecture", None) or "x86_64", bool(getattr(config, "lambda_auto_deploy", False)))
+        return images.ask
+
     # -- boto3 ------------------------------------------------------------
     @property
     def client(self) -> Any:
@@ -530,35 +657,11 @@ class LambdaBackend(Backend):
 
     def _lambda_config(self) -> dict[str, Any]:
         """The Lambda client's botocore ``Config`` arguments (this process's, and each sender process's)."""
-        sync = self.invocation_type == "RequestResponse"
-        return dict(
-            # Throttling is retried by our own, longer backoff loop below. A synchronous
-            # Invoke is never retried by botocore: after a read timeout or a dropped
-            # connection it would send the call again while the first may still run
-            # (``_after_drop`` decides instead, from the store).
-            retries={"mode": "standard", "total_max_attempts": 1} if sync else {"mode": "standard", "max_attempts": 3},
-            # A synchronous call holds its connection for its whole run: one per call in
-            # flight, else urllib3 opens (and discards) a connection per call beyond the pool.
-            max_pool_connections=max(10, self.concurrency if sync else min(self.concurrency, 256)),
-            # The parameters are wrenpack's own (FunctionName, InvocationType, Payload bytes).
-            parameter_validation=False,
-            connect_timeout=10,
-            # above the longest function timeout (900 s): a synchronous call's reply comes at its end
-            read_timeout=960 if sync else 60,
-            # the connection of a long synchronous call is idle for its whole run
-            tcp_keepalive=sync,
-        )
+        return lambda_client_config(self.invocation_type, self.concurrency)
 
     def _make_client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        made = boto3.session.Session(profile_name=self.profile, region_name=self.region)
-        clients.check_region(made.region_name, (self.endpoint_url, "lambda"), profile=self.profile)  # (the profile's: here)
-        session = clients.checked_session(made, self.profile)
-        sync = self.invocation_type == "RequestResponse"
-        client = session.client("lambda", endpoint_url=self.endpoint_url, config=Config(**self._lambda_config()))
-        if sync:
+        client = _make_lambda_client(self.profile, self.region, self.endpoint_url, self._lambda_config())
+        if self.invocation_type == "RequestResponse":
             self._keepalive_set = clients.keepalive_probes(client)
             if not self._keepalive_set:
                 log.info("cannot set TCP keepalive probes on the Lambda client's connections; RequestResponse calls "
@@ -675,7 +778,7 @@ class LambdaBackend(Backend):
             code = _code(exc)
             if code in ("ResourceNotFoundException", "404"):
                 return None
-            if code in ("AccessDeniedException", "AccessDenied", "403"):
+            if code in _DENIED_CODES:
                 # Allowed to invoke but not to read the configuration: assume it exists.
                 log.info("cannot read the configuration of %s (%s); assuming it is deployed", name, code)
                 return {}

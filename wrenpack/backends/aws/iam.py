@@ -103,6 +103,8 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
         # (``S3Store.delete_prefix``): S3 bills their parts until then. The action takes no prefix condition.
         allow("UnfinishedUploads", ["s3:ListBucketMultipartUploads"], f"{arn}:s3:::{bucket}"),
         allow("Invoke", ["lambda:InvokeFunction"], fn_arn),
+        # (GetFunctionConfiguration: a launch's too, and whether a function is a container image that may hold
+        # the user's own modules: ``LambdaBackend.image_of``)
         allow("Doctor", ["lambda:GetFunctionConfiguration", "lambda:GetFunctionEventInvokeConfig",
                          "lambda:GetFunctionConcurrency"], fn_arn),
         # The account's unreserved concurrency caps how many calls the client keeps in
