@@ -1485,15 +1485,15 @@ def _call_left_processes() -> bool:
             return _has_children()
         me = os.getpid()
         for _ in range(50):
-            for pid in _children_of(me) - workers:  # (reaped here; the workers' exits are their backend's)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-            left = descendants(me, sparing=workers)
-            if not left:
-                return False
+            left = descendants(me, sparing=workers)  # (live ones: a zombie is not listed)
             for pid in left:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+            for pid in _children_of(me) - workers:  # (the dead reaped here; the workers' exits are their backend's)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            if not left:
+                return False
             time.sleep(0.002)
         return True
 
