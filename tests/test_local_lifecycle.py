@@ -607,3 +607,78 @@ def test_a_future_a_call_returns_of_a_job_in_another_store_leaves_nothing_there(
         left = [os.path.relpath(os.path.join(d, f), store) for d, _, files in os.walk(store) for f in files]
         assert left == [], (store, left)
     assert victim.get(f"jobs/{victim_job}/result/0/00000.res") == b"someone else's result"
+
+
+_TWO_LEVELS = textwrap.dedent("""
+    import time, wrenpack
+
+    def slow_add(x, secs):
+        time.sleep(secs)
+        return x + 1
+
+    def ret_slow(x, secs):
+        return wrenpack.remote(slow_add).remote(x, secs)
+
+    def level2_ret(x):
+        return wrenpack.remote(ret_slow).remote(x, 1.0)
+
+    outer = wrenpack.remote(level2_ret).remote(5)
+    middle = outer.result(timeout=60)
+    del outer  # (as `f.remote(x).result()` drops it)
+    print(middle.result(timeout=60).result(timeout=60))
+""")
+
+
+def test_two_levels_of_returned_futures_read_and_leave_nothing(tmp_path):
+    """A call returns the future of a call that returns the future of a job it launched
+    (probe15's finding 5). With the outer future dropped, the innermost one raised "this
+    process does not hold the secret" (derived from the dropped job's secret, forgotten
+    with it); and the innermost job's owner record and result stayed after a normal exit.
+    A reference in a result read through a reference now has its secret derived when it
+    is read, and the job it names is removed with the program's executor."""
+    store = tmp_path / "store"
+    script = tmp_path / "two_levels.py"
+    script.write_text(_TWO_LEVELS)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, WRENPACK_STORAGE=str(store)), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["6"], out.stdout
+    left = [os.path.relpath(os.path.join(d, f), store) for d, _, files in os.walk(store) for f in files]
+    assert left == [], left
+
+
+_LOST_REF_PASSED_ON = textwrap.dedent("""
+    import time, wrenpack
+
+    def slow_add(x, secs):
+        time.sleep(secs)
+        return x + 1
+
+    def ret_slow(x, secs):
+        return wrenpack.remote(slow_add).remote(x, secs)
+
+    def use_fut(fut):
+        t0 = time.monotonic()
+        try:
+            return fut.result(timeout=25)
+        except wrenpack.WorkerLost:
+            return f"lost after {time.monotonic() - t0:.1f}"
+
+    wrenpack.configure(concurrency=1)  # (use_fut's call ends the process that ran ret_slow, and its job)
+    inner = wrenpack.remote(ret_slow).remote(5, 1.0).result(timeout=60)
+    print(wrenpack.remote(use_fut).remote(inner).result(timeout=60))
+""")
+
+
+def test_a_lost_job_s_reference_passed_into_a_call_fails_there_too(tmp_path):
+    """probe15's finding 6: in the program, a reference to a call of a job lost with its
+    launcher raised WorkerLost within seconds; passed into a call, it waited out the
+    call's whole timeout there (its job process had not imported the client's owner
+    records, which tell that the job's owner is gone)."""
+    script = tmp_path / "lost_ref_passed_on.py"
+    script.write_text(_LOST_REF_PASSED_ON)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    assert words[:2] == ["lost", "after"] and float(words[2]) < 10, out.stdout

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from wrenpack import keys
+from wrenpack import auth, keys
 from wrenpack.backends import Backend, Invocation, InvocationResult, PrivateReply
 from wrenpack.errors import (CallCancelled, ConfigError, CorruptObject, ExecutorShutdown, ObjectNotFound, ProtocolError, RemoteTraceback,
                              StoreError, TaskError, TaskTimeout, WrenpackError, exc_text)
@@ -163,7 +163,7 @@ class CallTable:
     _readers: list[threading.Thread]
     _plans: set[Any]
     _kept_jobs: set[str]
-    _adopted_elsewhere: list[tuple[dict[str, Any], str, str, bytes]]
+    _adopted: list[tuple[dict[str, Any], str, str, bytes]]
     _outliving: set[str]
     _kept_keys: list[Any]
     _stopping: bool
@@ -368,8 +368,10 @@ class CallTable:
             # A job that stored nothing at launch gets its owner record now: a reference reads
             # the job as gone (``CallRef``) when the record is, once its objects are removed.
             try:
-                self.store.put(keys.owner_key(job_id), json.dumps(
-                    owner_record(job.label, job_id, self.backend.capabilities.late_writes_s)).encode(), if_absent=True)
+                in_call = job.secret if job.template.get("chain") else None  # (launched inside a call: ``launch_proof``)
+                self.store.put(keys.owner_key(job_id), json.dumps(owner_record(
+                    job.label, job_id, self.backend.capabilities.late_writes_s, launched_in_call=in_call)).encode(),
+                    if_absent=True)
             except Exception:  # noqa: BLE001 - a reference then only waits for the result
                 log.warning("could not write the owner record of job %s for its pickled future", job_id, exc_info=True)
         return True
@@ -457,7 +459,7 @@ class CallTable:
             # The backend's own channel (``Backend``'s ``PrivateReply``): its reader says what came.
             stored = status
             try:
-                with refs.adopting() as adopted:
+                with refs.adopting(origin_of(job.template)) as adopted:
                     outcome, raw = result.private.read()
                 self._adopt([*adopted, *getattr(result.private, "adopted", ())])
                 ok = outcome.ok
@@ -863,7 +865,7 @@ class CallTable:
                 raise CorruptObject(
                     f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
                 ) from None
-        with refs.adopting() as adopted:
+        with refs.adopting(origin_of(job.template)) as adopted:
             status, outcome = result_format.open_result(job.secret, job_id, cid, data, f"result object of {label}")
         self._adopt(adopted)
         if outcome.ok:
@@ -871,27 +873,36 @@ class CallTable:
         return status, outcome.rebuild(label, job_id), False
 
     def _adopt(self, adopted: list[dict[str, Any]]) -> None:
-        """Jobs launched in a call's process whose futures the call returned (``refs.adopting``):
-        kept, and removed with this executor's own kept jobs when it is released (their
-        launcher is gone and removed nothing). In another store (the call launched them
-        through an executor of its own settings, such as the default one in a worker), only a
-        job launched inside one of this executor's jobs (its reference's chain names that job,
-        whose secret derives it), removed only if its result there verifies with that secret
-        (``core._delete_adopted``): before, such a job stayed after shutdown."""
-        spec = self.store.spec
-        jobs = {j for ref in adopted if ref.get("store") == spec for j in (ref["job_id"], ref["result_job"])}
-        elsewhere = []
+        """Jobs launched inside a call of this executor's (``refs.adopting``: their
+        references' chains start with the call's job) whose futures the call returned:
+        removed when this executor is released (their launcher is gone and removed
+        nothing), once the named call's result verifies with the secret derived for the
+        job (``core._delete_adopted``), in this executor's store or another (the call
+        launched them through an executor of its own settings, such as a worker's
+        default one). Before, any job a returned reference named in this executor's store
+        was removed unchecked, a spawned job's kept for its retention or another
+        program's running one too, by a reference the call made up."""
+        kept = []
         for ref in adopted:
             other, chain = ref.get("store"), ref.get("chain")
-            if other == spec or not isinstance(other, dict) or not chain or ref.get("job_id") != ref.get("result_job"):
+            if not isinstance(other, dict) or not chain or ref.get("job_id") != ref.get("result_job"):
                 continue
             secret = refs.secret_for(ref["result_job"], chain)
             if secret is not None:
-                elsewhere.append((other, ref["result_job"], ref["result_call"], secret))
-        if jobs or elsewhere:
+                kept.append((other, ref["result_job"], ref["result_call"], secret))
+        if kept:
             with self._lock:
-                self._kept_jobs.update(jobs)
-                self._adopted_elsewhere.extend(elsewhere)
+                self._adopted.extend(kept)
+
+
+def origin_of(event: dict[str, Any]) -> refs.Origin:
+    """The call an event (or a job's event template) launches, as ``refs.adopting`` judges the
+    references in its outcome: its job, chain and secret, and the jobs whose secrets it was given."""
+    try:
+        secret: bytes | None = auth.decode_secret(event["secret"])
+    except (KeyError, ValueError):
+        secret = None
+    return refs.Origin(event["job_id"], tuple(event.get("chain") or ()), secret, frozenset(event.get("ref_secrets") or ()))
 
 
 def _close_handoff(data: Any) -> None:
@@ -955,7 +966,7 @@ def _read_loop(reads: queue.SimpleQueue, completions: queue.SimpleQueue) -> None
         inv, result = item
         reply = result.private
         try:
-            with refs.adopting() as adopted:
+            with refs.adopting(origin_of(inv.event)) as adopted:
                 read = _Read(reply.read())
             read.adopted = adopted
         except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it

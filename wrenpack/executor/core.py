@@ -37,6 +37,7 @@ import base64
 import binascii
 import concurrent.futures as cf
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from wrenpack.config import Config, current
 from wrenpack.errors import (
     ConfigTypeError,
     ExecutorShutdown,
+    ObjectNotFound,
     PayloadTooLarge,
     StoreError,
 )
@@ -62,11 +64,11 @@ from wrenpack.executor.calls import MIN_WINDOW, WINDOW_PER_SLOT, CallTable, Runn
 from wrenpack.executor.launch import LaunchState, launch_calls
 from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor import own_modules
-from wrenpack.executor.owner import mark_still_running, owner_record
+from wrenpack.executor.owner import launch_proof, mark_still_running, owner_record, user_key
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import exit_on_sigterm
 from wrenpack.futures import WrenFuture, _check_timeout, as_list, let_go_for_good
-from wrenpack.wire import event as event_format
+from wrenpack.wire import event as event_format, owner as owner_wire
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.wire import result as result_format
 from wrenpack.storage import Store, open_store, store_for_config
@@ -142,9 +144,10 @@ class Executor(CallTable, cf.Executor):
         #: finished jobs whose objects a pickled future may still read (deleted at shutdown)
         self._kept_jobs: set[str] = set()
         self._kept_keys: list[Any] = []  # their secrets stay known while they are kept
-        #: jobs in another store that a call launched and returned a future of (``CallTable._adopt``):
-        #: (store spec, job id, call id, the job's secret), removed at shutdown if they verify
-        self._adopted_elsewhere: list[tuple[dict[str, Any], str, str, bytes]] = []
+        #: jobs launched inside a call of this executor's that the call returned a future of
+        #: (``CallTable._adopt``): (store spec, job id, call id, the job's derived secret), removed
+        #: at shutdown if that call's result verifies with it
+        self._adopted: list[tuple[dict[str, Any], str, str, bytes]] = []
         #: seconds a call of a function takes, by code hash (``executor.grouping`` learns them)
         self.call_seconds: dict[str, float] = {}
         #: maps whose later calls wait to be launched (``hold``)
@@ -445,7 +448,8 @@ class Executor(CallTable, cf.Executor):
             keep.append(SingleJob(os.getpid(), self._backend, fn_bytes, options, label,
                                   min(inline_limit, options.memory * 1024 * 1024), dict(extra_event)))
         if not stored:
-            extra_event["owner"] = ahead.owner if ahead is not None else owner_record(label, job_id)
+            extra_event["owner"] = ahead.owner if ahead is not None else owner_record(
+                label, job_id, launched_in_call=secret if chain else None)
         ahead = None
         # The launch takes the payloads over: each is let go of once its call is
         # launched (large arguments once they are in the store, now).
@@ -453,7 +457,8 @@ class Executor(CallTable, cf.Executor):
         wrote = False  # an object of the job is in the store (else there is nothing to delete)
         try:
             if stored:
-                store.put(keys.owner_key(job_id), json.dumps(owner_record(label, job_id, capabilities.late_writes_s)).encode())
+                store.put(keys.owner_key(job_id), json.dumps(owner_record(
+                    label, job_id, capabilities.late_writes_s, launched_in_call=secret if chain else None)).encode())
                 wrote = True
             if not inline_fn:
                 store.put(keys.func_key(job_id), auth.seal(secret, keys.identity(job_id, "func"), fn_bytes))
@@ -783,7 +788,7 @@ class Executor(CallTable, cf.Executor):
             self._released = True
             backend, self._backend = self._backend, None
             kept, self._kept_jobs = set(self._kept_jobs), set()
-            elsewhere, self._adopted_elsewhere = self._adopted_elsewhere, []
+            adopted, self._adopted = [*self._adopted, *refs.take_adopted()], []
             self._kept_keys = []
             collector = self._collector
         if backend is not None:
@@ -794,7 +799,7 @@ class Executor(CallTable, cf.Executor):
         if not self.config.keep_objects:
             for job_id in kept:
                 self._delete_job(job_id)
-            for spec, job_id, call_id, secret in elsewhere:
+            for spec, job_id, call_id, secret in adopted:
                 _delete_adopted(spec, job_id, call_id, secret)
         with self._owned_lock:
             owned, self._owned_prefixes = set(self._owned_prefixes), set()
@@ -1113,16 +1118,25 @@ def _exit_first() -> None:
 
 
 def _delete_adopted(spec: dict[str, Any], job_id: str, call_id: str, secret: bytes) -> None:
-    """Remove a job a call launched in another store and returned a future of
-    (``CallTable._adopt``), once its result there verifies with the secret derived for
-    it: the reference came from the call, and only a job launched inside this
-    executor's job has objects that do. Nothing is made (a local store's missing
+    """Remove a job a call launched and returned a future of (``CallTable._adopt``), in
+    this executor's store or another, once its result there verifies with the secret
+    derived for it: the reference came from the call, and only a job launched inside
+    this executor's job has objects that do. Nothing is made (a local store's missing
     folder is not created) and nothing else is removed."""
     try:
         if spec.get("type") == "local" and not os.path.isdir(str(spec.get("root"))):
             return
         store = open_store(spec)
-        if result_format.is_authentic_result(secret, job_id, call_id, store.get(keys.result_key(job_id, call_id))):
+        try:
+            authentic = result_format.is_authentic_result(secret, job_id, call_id, store.get(keys.result_key(job_id, call_id)))
+        except ObjectNotFound:
+            # No result: the job never finished (its launcher ended with it). Its owner record,
+            # sealed with the user's key, proves it was launched inside the call (``launch_proof``).
+            key = user_key(create=False)
+            record = owner_wire.loads(store.get(keys.owner_key(job_id)))
+            authentic = key is not None and owner_wire.verify(key, job_id, record) \
+                and hmac.compare_digest(str(record.get("proof", "")), launch_proof(secret, job_id))
+        if authentic:
             store.delete_prefix(keys.job_prefix(job_id))
     except Exception:  # noqa: BLE001 - left for `wrenpack clean --stale` (its owner is gone)
         log.debug("could not remove job %s, launched in a call, from its store", job_id, exc_info=True)

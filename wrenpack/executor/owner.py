@@ -11,6 +11,7 @@ the owner from a new process that reuses its pid.
 from __future__ import annotations
 
 import errno
+import hmac
 import json
 import logging
 import os
@@ -146,11 +147,25 @@ def user_key(create: bool = True) -> bytes | None:
 _me: tuple[int, str, str | None] | None = None
 
 
-def owner_record(label: str = "", job_id: str | None = None, late_writes_s: float = 0.0) -> dict[str, Any]:
+#: what ``launch_proof`` MACs a job's id under (no other MAC made with a job's secret uses it)
+_PROOF_LABEL = b"wrenpack-launched-in-call/1\x00"
+
+
+def launch_proof(secret: bytes, job_id: str) -> str:
+    """What the owner record of a job launched inside a call carries (``proof``): a MAC of its
+    id under its own secret, which is derived from the call's job's. The program that launched
+    that job reads it when the job never wrote a result (its launcher ended with it): the
+    job is then provably one launched inside its own job, whose objects it removes."""
+    return hmac.digest(secret, _PROOF_LABEL + job_id.encode("utf-8"), "sha256").hex()
+
+
+def owner_record(label: str = "", job_id: str | None = None, late_writes_s: float = 0.0,
+                 launched_in_call: bytes | None = None) -> dict[str, Any]:
     """What jobs/<job>/owner.json holds: who launched the job, and when; sealed
     for ``job_id`` with the user's key (``user_key``) when one is given. Where calls
     outlive their driver, ``late_writes_s`` (``Capabilities.late_writes_s``) is how long
-    after it a call may still write (``late_s``: ``wrenpack clean --stale`` waits for it)."""
+    after it a call may still write (``late_s``: ``wrenpack clean --stale`` waits for it).
+    ``launched_in_call``: the job's secret, for a job launched inside a call (``launch_proof``)."""
     global _me
     pid = os.getpid()
     if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
@@ -158,6 +173,8 @@ def owner_record(label: str = "", job_id: str | None = None, late_writes_s: floa
     record: dict[str, Any] = {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
     if late_writes_s > 0:
         record["late_s"] = float(late_writes_s)
+    if launched_in_call is not None and job_id is not None:
+        record["proof"] = launch_proof(launched_in_call, job_id)
     key = user_key() if job_id is not None else None
     return owner_wire.seal(key, job_id, record) if key is not None and job_id is not None else record
 

@@ -32,11 +32,10 @@ import contextlib
 import hashlib
 import hmac
 import os
-import sys
 import threading
 import time
 import weakref
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from wrenpack import auth, keys
 from wrenpack.errors import ObjectNotFound, WorkerLost, WrenpackError
@@ -53,6 +52,9 @@ def register(fut: Any) -> None:
 
 
 def rebuild(ref: dict[str, Any]) -> cf.Future:
+    origin = getattr(_adopting, "origin", None)
+    if origin is not None:
+        return _rebuild_from(origin, ref)
     fut = _live.get((ref["job_id"], ref["call_id"]))
     if fut is not None:
         return fut
@@ -64,23 +66,98 @@ def rebuild(ref: dict[str, Any]) -> cf.Future:
     return CallRef(ref)
 
 
+class Origin(NamedTuple):
+    """The call whose outcome is being unpickled (``adopting``): what references in it may name.
+
+    A call's outcome is the job's code's to make, a reference in it too: one that named
+    another job (its id is no secret: a call can list the store) was given that job's
+    secret by the program that unpickled it, from its own keys or its live future, and a
+    program that passed it on gave the secret to that call, whose code could then forge
+    the job's results; the program also removed the job's objects at shutdown. So a
+    reference from a call's outcome names a job the call was ``given`` (the jobs of the
+    futures among its arguments, whose secrets its event carried), or one launched
+    inside the call's job (its chain starts with that job's: its secret is derived from
+    the call's job's ``secret``), or it is not trusted: it has no secret, and nothing
+    is removed for it. A secret written into such a reference is never taken."""
+
+    job: str
+    chain: tuple[str, ...]
+    secret: bytes | None
+    given: frozenset[str] = frozenset()
+
+
+def _rebuild_from(origin: Origin, ref: dict[str, Any]) -> cf.Future:
+    """``rebuild`` of a reference found in ``origin``'s outcome (``Origin``)."""
+    ref = {k: v for k, v in ref.items() if k != "secret"}
+    job, chain = ref["result_job"], tuple(ref.get("chain") or ())
+    if job in origin.given and ref["job_id"] in origin.given:
+        fut = _live.get((ref["job_id"], ref["call_id"]))
+        if fut is not None:
+            return fut  # (the program's own future, handed to the call and back)
+        return CallRef(ref, secret_for(job, chain), trusted=True)
+    secret = derived_from(origin, chain, job)
+    if secret is not None:
+        adopted = getattr(_adopting, "refs", None)
+        if adopted is not None:
+            adopted.append(ref)
+    return CallRef(ref, secret, trusted=False)
+
+
+def derived_from(origin: Origin, chain: tuple[str, ...], job: str) -> bytes | None:
+    """The secret of ``job`` if its ``chain`` says it was launched inside ``origin``'s job
+    (directly or further down), derived from that job's secret; None otherwise."""
+    prefix = (*origin.chain, origin.job)
+    if origin.secret is None or chain[:len(prefix)] != prefix:
+        return None
+    secret = origin.secret
+    for below in (*chain[len(prefix):], job):
+        secret = _derive(secret, below)
+    return secret
+
+
 _adopting = threading.local()
+
+#: jobs launched inside the job of a call whose result a reference read here (``CallRef``), named
+#: by references in that result: (store spec, job id, call id, derived secret), for the executor
+#: released next to remove (``take_adopted``), as it removes those in its own calls' outcomes
+_adopted: list[tuple[dict[str, Any], str, str, bytes]] = []
+_adopted_lock = threading.Lock()
+
+
+def _adopted_here(origin: Origin, found: list[dict[str, Any]]) -> None:
+    kept = []
+    for ref in found:
+        secret = derived_from(origin, tuple(ref.get("chain") or ()), ref["result_job"])
+        if secret is not None and isinstance(ref.get("store"), dict) and ref.get("job_id") == ref.get("result_job"):
+            kept.append((ref["store"], ref["result_job"], ref["result_call"], secret))
+    if kept:
+        with _adopted_lock:
+            _adopted.extend(kept)
+
+
+def take_adopted() -> list[tuple[dict[str, Any], str, str, bytes]]:
+    """The jobs ``_adopted_here`` found since last asked (each removed only once it verifies)."""
+    with _adopted_lock:
+        out = list(_adopted)
+        _adopted.clear()
+    return out
 
 
 @contextlib.contextmanager
-def adopting() -> Iterator[list[dict[str, Any]]]:
-    """While a call's outcome is unpickled where it was launched: the references it
-    held to calls launched elsewhere (a future the call returned, whose job was
-    launched in the call's process). That process is gone without removing the job's
-    objects, which the reference reads: the receiver removes them when it is done
-    (``CallTable._adopt``), as it does its own jobs' kept for pickled futures."""
-    outer = getattr(_adopting, "refs", None)
+def adopting(origin: Origin | None = None) -> Iterator[list[dict[str, Any]]]:
+    """While a call's outcome is unpickled where it was launched (``origin``: that call,
+    ``Origin``): the references it held to calls of jobs launched inside it (a future
+    the call returned, whose job was launched in the call's process). That process is
+    gone without removing the job's objects, which the reference reads: the receiver
+    removes them when it is done (``CallTable._adopt``), once one of them verifies
+    with the secret derived for the job."""
+    outer = getattr(_adopting, "refs", None), getattr(_adopting, "origin", None)
     got: list[dict[str, Any]] = []
-    _adopting.refs = got
+    _adopting.refs, _adopting.origin = got, origin
     try:
         yield got
     finally:
-        _adopting.refs = outer
+        _adopting.refs, _adopting.origin = outer
 
 
 # -- job secrets: in memory only ---------------------------------------------------
@@ -219,11 +296,16 @@ def new_job_secret(job_id: str) -> tuple[bytes, list[str]]:
 
 
 def secret_for(job_id: str, chain: list[str] | tuple[str, ...] = ()) -> bytes | None:
-    """The secret of ``job_id``, known here or derived along ``chain``; None if neither."""
+    """The secret of ``job_id``, known here or derived along ``chain``; None if neither.
+    A job launched inside a call (a ``chain`` of its ancestor jobs) has its secret derived
+    from the closest ancestor known here, before its own is looked up by its id (a job's
+    process that launched it knows only its own): a reference that named a job this
+    process holds, with a made-up chain, got that job's secret, where a genuine
+    reference, naming its real ancestors, gets the same secret either way."""
     path = [*chain, job_id]
     with _keyring_lock:
         _forget_gone_keys()
-        for i in range(len(path) - 1, -1, -1):
+        for i in (*range(len(path) - 2, -1, -1), len(path) - 1) if chain else (0,):
             secret = _keyring.get(path[i])
             if secret is not None:
                 for later in path[i + 1:]:
@@ -247,16 +329,19 @@ def sealing_scope() -> Iterator[set[tuple[str, tuple[str, ...]]]]:
         stack.pop()
 
 
-def reduce_ref(ref: dict[str, Any], known: bytes | None = None) -> tuple[Any, ...]:
+def reduce_ref(ref: dict[str, Any], known: bytes | None = None, trusted: bool = True) -> tuple[Any, ...]:
     """How a reference pickles: without its secret inside ``sealing_scope``
-    (``known``: the secret, if the caller holds it already)."""
+    (``known``: the secret, if the caller holds it already; not ``trusted``: a
+    reference from a call's outcome, ``Origin``, whose job's secret is only ``known``,
+    never looked up here)."""
     stack = getattr(_scopes, "stack", None)
     chain = tuple(ref.get("chain") or ())
     if stack:
-        stack[-1].add((ref["result_job"], chain))
+        if trusted or (known is not None and chain):  # (an untrusted one: only a derived secret travels)
+            stack[-1].add((ref["result_job"], chain))
         return (rebuild, ({k: v for k, v in ref.items() if k != "secret"},))
     if not ref.get("secret"):
-        secret = known or secret_for(ref["result_job"], chain)
+        secret = known if known is not None or not trusted else secret_for(ref["result_job"], chain)
         if secret is not None:
             ref = dict(ref, secret=auth.encode_secret(secret))
     return (rebuild, (ref,))
@@ -306,7 +391,10 @@ class CallRef(cf.Future):
     """The future of a call launched elsewhere; resolves by reading (and
     verifying) the call's result object from the store."""
 
-    def __init__(self, ref: dict[str, Any]) -> None:
+    def __init__(self, ref: dict[str, Any], secret: bytes | None = None, trusted: bool | None = None) -> None:
+        """``secret``/``trusted``: as ``_rebuild_from`` judged a reference from a call's
+        outcome (not trusted: only that secret verifies it, none looked up later);
+        by default the secret known here."""
         super().__init__()
         self._ref = ref
         self.job_id: str = ref["job_id"]
@@ -316,13 +404,15 @@ class CallRef(cf.Future):
         self.logs: str | None = None
         self._fetching = threading.Lock()
         #: the secret its result verifies with, as known where it was rebuilt
-        self._secret = secret_for(ref["result_job"], ref.get("chain") or ())
+        self._secret = secret if trusted is not None else secret_for(ref["result_job"], ref.get("chain") or ())
+        #: False for a reference from a call's outcome that names a job the call was not given
+        self._trusted = trusted is not False
         #: when the store was first found without the result, and last asked whether the job is there at all
         self._missing_since: float | None = None
         self._job_checked = 0.0
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return reduce_ref(self._ref, self._secret)
+        return reduce_ref(self._ref, self._secret, self._trusted)
 
     def _poll(self) -> bool:
         """One look at the store; True once resolved."""
@@ -332,6 +422,13 @@ class CallRef(cf.Future):
             if super().done():
                 return True
             ref = self._ref
+            if self._secret is None and not self._trusted:
+                # (not read, nor its store opened: the store it names is the call's to choose)
+                self.set_exception(WrenpackError(
+                    f"{self.label}: this reference came in a call's result and names job {ref['result_job']}, which "
+                    "that call was neither given (a future among its arguments) nor launched, so its result is not "
+                    "trusted; read that job's own future instead"))
+                return True
             key = keys.result_key(ref["result_job"], ref["result_call"])
             store = _store(ref["store"])
             try:
@@ -344,16 +441,21 @@ class CallRef(cf.Future):
                 return False
             self._missing_since = None
             try:
-                secret = self._secret or secret_for(ref["result_job"], ref.get("chain") or ())
+                chain = tuple(ref.get("chain") or ())
+                secret = self._secret if not self._trusted else self._secret or secret_for(ref["result_job"], chain)
                 if secret is None:
                     raise WrenpackError(
                         f"{self.label}: this process does not hold the secret of job {ref['result_job']}, so its result "
                         "cannot be verified; pass the future into a wrenpack call, or pickle it yourself (pickle.dumps) "
                         "in the process that launched it"
                     )
-                status, outcome = open_result(
-                    secret, ref["result_job"], ref["result_call"], blob, f"result object of {self.label}"
-                )
+                # (the references in that result are judged as in a call's outcome: ``Origin``)
+                origin = Origin(ref["result_job"], chain, secret)
+                with adopting(origin) as nested:
+                    status, outcome = open_result(
+                        secret, ref["result_job"], ref["result_call"], blob, f"result object of {self.label}"
+                    )
+                _adopted_here(origin, nested)
                 if ref.get("item") is not None and outcome.ok:
                     outcome = Outcome.from_tuple(outcome.value[ref["item"]], f"result object of {self.label}")
             except WrenpackError as exc:
@@ -393,9 +495,11 @@ class CallRef(cf.Future):
                 "for a result that outlives its launcher")
         except WrenpackError:
             return None  # (the store did not answer: looked at again later)
-        # (the client's owner records, looked up, not imported: a worker on Lambda has no such module)
-        owners = sys.modules.get("wrenpack.executor.owner")
-        record = owners.lost_with_owner(job, blob) if owners is not None else None
+        try:
+            from wrenpack.executor import owner as owners  # (the client's: a worker on Lambda has none)
+        except ImportError:
+            return None
+        record = owners.lost_with_owner(job, blob)
         if record is None:
             return None
         with contextlib.suppress(WrenpackError):
