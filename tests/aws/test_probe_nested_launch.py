@@ -61,3 +61,18 @@ def test_the_nested_workers_do_not_inherit_the_lambda_functions_store_pin(lam):
     seen = wrenpack.remote(nested_worker_sees, executor=lam).map(
         ["WRENPACK_STORE_URL", "WRENPACK_FUNCTION_FAMILY", "AWS_LAMBDA_RUNTIME_API"])
     assert wrenpack.get(seen, timeout=120) == [None, None, None]
+
+
+def returns_a_nested_future(x):
+    """The future of a call launched inside this call, returned (its job is the call's workers')."""
+    return wrenpack.remote(add).remote(x, 1)
+
+
+def test_a_future_of_a_job_launched_inside_a_lambda_call_cannot_leave_it(lam):
+    """probe15's finding 4: returned from a call on Lambda, such a future named a folder of
+    the Lambda environment, whose workers stop when the call returns: the program could
+    never read it ("the program that launched the call ended", after a second), and made
+    that folder on its own machine trying. Now the call fails, saying why and what to do."""
+    with pytest.raises(wrenpack.WrenpackError, match="cannot leave the call.*wait for its result inside the call"):
+        wrenpack.remote(returns_a_nested_future, executor=lam).remote(1).result(timeout=120)
+    assert wrenpack.remote(launches_its_own, executor=lam).remote(2).result(timeout=120) == [2, 3]  # (waited inside)

@@ -337,6 +337,14 @@ def reduce_ref(ref: dict[str, Any], known: bytes | None = None, trusted: bool = 
     stack = getattr(_scopes, "stack", None)
     chain = tuple(ref.get("chain") or ())
     if stack:
+        store = ref.get("store") or {}
+        if store.get("type") == "local" and os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+            # (where the call's outcome is sealed, on Lambda: its program could never read this)
+            raise WrenpackError(
+                f"{ref.get('label') or ref['call_id']}: a future of a job launched inside this call on this Lambda "
+                f"environment's own local workers (storage {store.get('root')}) cannot leave the call: they stop when "
+                "it returns, and the program cannot reach that folder; wait for its result inside the call "
+                "(fut.result()) and return that, or launch the job with backend='lambda' and S3 storage")
         if trusted or (known is not None and chain):  # (an untrusted one: only a derived secret travels)
             stack[-1].add((ref["result_job"], chain))
         return (rebuild, ({k: v for k, v in ref.items() if k != "secret"},))
@@ -429,8 +437,15 @@ class CallRef(cf.Future):
                     "that call was neither given (a future among its arguments) nor launched, so its result is not "
                     "trusted; read that job's own future instead"))
                 return True
+            spec = ref["store"]
+            if spec.get("type") == "local" and not os.path.isdir(str(spec.get("root"))):
+                # (not made here: a folder of another machine, a Lambda environment's, say)
+                self.set_exception(ObjectNotFound(
+                    f"{self.label}: its job's storage {spec.get('root')} is not on this machine (a folder of the "
+                    "machine or Lambda environment that launched it), so its result cannot be read here"))
+                return True
             key = keys.result_key(ref["result_job"], ref["result_call"])
-            store = _store(ref["store"])
+            store = _store(spec)
             try:
                 blob = store.get(key)
             except ObjectNotFound:
