@@ -94,6 +94,22 @@ def test_misspelled_environment_variable_is_warned_about(monkeypatch, caplog):
     assert any("WRENPACK_MEMROY" in r.getMessage() and "WRENPACK_MEMORY" in r.getMessage() for r in caplog.records)
 
 
+def test_the_variables_wrenpack_deploy_gives_a_function_are_not_warned_about(monkeypatch, caplog):
+    """A call on Lambda that launched calls of its own read its settings there, in the
+    function's environment: each such call's output said "ignoring unknown environment
+    variable WRENPACK_VERSION" and WRENPACK_EVENT_PROTOCOL (probe15's finding 8)."""
+    from wrenpack.backends.local.process import _LAMBDA_FUNCTION_ENV
+    from wrenpack import config as config_module
+
+    monkeypatch.setattr(config_module, "_warned_env", set())
+    for name in _LAMBDA_FUNCTION_ENV:
+        if name.startswith("WRENPACK_"):
+            monkeypatch.setenv(name, "1")
+    with caplog.at_level(logging.WARNING, logger="wrenpack"):
+        Config.load()
+    assert not [r.getMessage() for r in caplog.records if "unknown environment variable" in r.getMessage()]
+
+
 def test_config_does_not_import_the_executor():
     code = "import sys, wrenpack.config, wrenpack.limits; print('wrenpack.executor' in sys.modules, 'wrenpack.futures' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

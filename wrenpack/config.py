@@ -424,7 +424,11 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
 #: or tool-specific); anything else unknown is warned about as a likely typo
 _OTHER_ENV = {
     "CACHE_DIR", "DEPLOYED_PYTHON", "FUNCTION_FAMILY", "FUNCTION_SETTINGS", "EPHEMERAL_STORAGE_MB", "LOCAL_WORKER", "NO_CGROUPS", "PROFILE_DIR",
-    "RUNTIME_ARCHIVE", "RUNTIME_ROOT", "RUNTIME_SHA", "SKIP_AWS_TESTS", "STORE_URL", "TEST_CACHE",
+    "RUNTIME_ARCHIVE", "RUNTIME_ROOT", "RUNTIME_SHA256", "RUNTIME_TMP_MB", "SKIP_AWS_TESTS", "STORE_URL", "TEST_CACHE",
+    # (what `wrenpack deploy` gives a Lambda function, and the zygote's marker: read by the worker, no setting;
+    # a call there that launches calls of its own read its settings from that environment, and each call's
+    # output said "ignoring unknown environment variable WRENPACK_VERSION" and WRENPACK_EVENT_PROTOCOL)
+    "EVENT_PROTOCOL", "VERSION", "ZYGOTE",
 }
 _warned_env: set[str] = set()
 
