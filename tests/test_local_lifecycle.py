@@ -682,3 +682,40 @@ def test_a_lost_job_s_reference_passed_into_a_call_fails_there_too(tmp_path):
     assert out.returncode == 0, out.stderr
     words = out.stdout.split()
     assert words[:2] == ["lost", "after"] and float(words[2]) < 10, out.stdout
+
+
+_NESTED_BIGGER = textwrap.dedent("""
+    import wrenpack
+
+    def hog(mb):
+        b = bytearray(mb * 1024 * 1024)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+        return mb
+
+    @wrenpack.remote(memory=256, retries=0)
+    def outer(mb):
+        return wrenpack.remote(hog, memory=1024, retries=0).remote(mb).result(timeout=60)
+
+    try:
+        print(outer.remote(400).result(timeout=120))
+    except wrenpack.MemoryLimitExceeded as exc:
+        print(exc)
+""")
+
+
+def test_a_call_launched_inside_a_call_stopped_at_that_call_s_memory_says_so(tmp_path):
+    """probe15's finding 7: a call launched inside a 256 MB call with memory=1024, stopped
+    when it passed 256 MB (its worker's cgroup is inside the launching call's), was said to
+    have exceeded its own 1024 MB limit, with a peak of 1024 MB: raising its memory= could
+    not help. The error names the limit that stopped it, and whose it is."""
+    from wrenpack.backends.local.linux import CgroupFactory
+
+    if CgroupFactory.detect() is None:
+        pytest.skip("no memory cgroups here: the nested call is not stopped by the launching call's limit")
+    script = tmp_path / "nested_bigger.py"
+    script.write_text(_NESTED_BIGGER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                         env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "stopped at 256 MB, the memory limit of the call that launched it" in out.stdout, out.stdout

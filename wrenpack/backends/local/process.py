@@ -796,6 +796,17 @@ def base_environment() -> dict[str, str]:
     return env
 
 
+def _enclosing_limit_mb() -> int | None:
+    """The memory limit of the call this process runs in (a job launched inside a call, on a
+    local worker or on Lambda: its workers share that call's memory), else None."""
+    if os.environ.get("WRENPACK_LOCAL_WORKER") != "1" and not os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        return None
+    try:
+        return int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"])
+    except (KeyError, ValueError):
+        return None
+
+
 def memory_error(label: str, limit: int, peak: float, args_mb: float | None = None,
                  stopped: bool = True) -> MemoryLimitExceeded:
     """``stopped``: the call was stopped at the limit, so its peak is only known
@@ -804,6 +815,13 @@ def memory_error(label: str, limit: int, peak: float, args_mb: float | None = No
     held is that peak plus the profiler's margin."""
     seen = max(peak, float(limit))
     counted = "" if args_mb is None else f", counting the {args_mb:.0f} MB of arguments it was given, which are in its memory on Lambda"
+    enclosing = _enclosing_limit_mb()
+    if stopped and enclosing is not None and enclosing < limit:
+        # (its worker's cgroup is inside the launching call's worker's, which holds them all to its limit)
+        return MemoryLimitExceeded(
+            f"{label} was stopped at {enclosing} MB, the memory limit of the call that launched it, which the calls "
+            f"it launches share (their memory={limit} MB cannot go past it); raise the launching call's memory= by "
+            "what they need, or launch them from the program")
     if stopped:
         return MemoryLimitExceeded(
             f"{label} exceeded its memory limit of {limit} MB and was stopped there (peak at least {seen:.0f} MB{counted}; "
