@@ -27,6 +27,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -47,15 +48,41 @@ MAX_PARTITIONS = 1 << 16
 _MULT = np.random.default_rng(12345).integers(1, 2**63, size=RECORD // 4, dtype=np.uint64) | np.uint64(1)
 
 
+#: the largest --size: 10 TB (its mappers, one per ~64 MB, are listed in the driver's memory)
+MAX_SIZE = 10**13
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
     if not m:
         raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 100MB or 1GB")
     scale = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
-    size = int(float(m.group(1)) * scale)
+    size = float(m.group(1)) * scale
+    if size > MAX_SIZE:  # (an absurd size filled the driver's memory listing its mappers; one past a float, a traceback)
+        raise argparse.ArgumentTypeError(f"size {text!r} is more than {MAX_SIZE // 10**12} TB; use e.g. 100MB or 1GB")
     if size < RECORD:
         raise argparse.ArgumentTypeError(f"size {text!r} holds no {RECORD}-byte record; use e.g. 100MB")
-    return size
+    return int(size)
+
+
+def check_room(size: int) -> str | None:
+    """Why ``size`` bytes cannot be sorted in the store, if it is a folder of this machine
+    (the input, the shuffle's parts and the output: about twice ``size`` at once) with
+    less free space than that; None otherwise (S3, or room enough)."""
+    storage = wrenpack.store().url()
+    if not storage.startswith("file://"):
+        return None
+    where = storage.removeprefix("file://")
+    while where and not os.path.exists(where):
+        where = os.path.dirname(where)
+    try:
+        free = shutil.disk_usage(where or "/").free
+    except OSError:
+        return None
+    if 2 * size <= free:
+        return None
+    return (f"--size {size / 1e9:,.1f} GB needs about {2 * size / 1e9:,.1f} GB in the store ({storage}), which has "
+            f"{free / 1e9:,.1f} GB free; give a smaller --size, or S3 storage (WRENPACK_STORAGE=s3://...)")
 
 
 def at_least_one(text: str) -> int:
@@ -265,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.small and args.size is not None:  # (--small's 2 MB won over it without a word)
         ap.error("--small sorts 2 MB: give --small or --size, not both")
     size = 2_000_000 if args.small else args.size or parse_size("100MB")
+    room = check_room(size)
+    if room is not None:
+        ap.error(room)
     mappers = args.mappers or (4 if args.small else max(2, math.ceil(size / 64e6)))
     partitions = args.partitions or (3 if args.small else mappers)
     records = size // RECORD
@@ -275,9 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         if records < mappers:
             note += f", fewer than the {mappers} mappers: {mappers - records} of their objects are empty"
         print(f"sort.py: {note}", file=sys.stderr)
-    result = run_sort(size, mappers, partitions, memory=args.memory, keep=args.keep)
+    try:
+        result = run_sort(size, mappers, partitions, memory=args.memory, keep=args.keep)
+    except wrenpack.WrenpackError as exc:  # a call's failure (its memory, its timeout...): one line, as wordcount's
+        print(f"sort.py: {exc}", file=sys.stderr)
+        return 1
     print(f"{'sorted and verified' if result['ok'] else 'VERIFICATION FAILED'}: "
           f"{result['bytes'] / 1e6:.0f} MB in {result['sort_s']:.2f} s")
+    if args.keep:
+        print(f"kept in the store under {result['prefix']}/ (remove them with wrenpack.store().delete_prefix"
+              f"('{result['prefix']}/'))")
     return 0 if result["ok"] else 1
 
 
@@ -305,6 +342,9 @@ def exit_quietly_on_broken_pipe(run) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:  # (Ctrl-C: run_sort's finally stopped the calls and removed the objects; a traceback through wrenpack's futures said nothing more)
+        print("sort.py: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

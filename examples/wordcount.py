@@ -33,6 +33,7 @@ import argparse
 import codecs
 import collections
 import functools
+import math
 import os
 import random
 import re
@@ -241,8 +242,9 @@ def cli_advice(exc: UnicodeDecodeError, encoding: str, errors: str) -> str:
 def parse_size(text: str) -> int:
     """``16MB``, ``500KB``, ``1GB`` or a number of bytes; at least 1."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([KMG]?B?)\s*", text.upper().replace("E", "e"))
-    size = int(float(m.group(1)) * {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]) \
-        if m else 0
+    value = float(m.group(1)) * {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)] \
+        if m else 0.0
+    size = int(value) if math.isfinite(value) else 0  # (1e400 is a float's infinity: an OverflowError's traceback)
     if size < 1:
         raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 16MB, 500KB or a number of bytes")
     return size
@@ -361,6 +363,9 @@ def exit_quietly_on_broken_pipe(run) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:  # (Ctrl-C: the calls were stopped and what --small wrote removed; a traceback through wrenpack's futures said nothing more)
+        print("wordcount: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -95,7 +95,21 @@ def test_wordcount_reads_utf16_text_whole_and_refuses_an_unknown_encoding_before
     assert not (tmp_path / "store").exists() or [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.parametrize("args, match", [(["--size", "99999999999999999999GB"], "is more than 10 TB"),
+                                         (["--size", "9" * 400], "is more than 10 TB"),
+                                         (["--size", "5000GB"], "needs about 10,000.0 GB in the store")])
+def test_sort_refuses_a_size_it_cannot_hold_in_one_line(tmp_path, args, match):
+    """probe16's findings 1 and 2: an absurd --size filled the driver's memory listing its
+    mappers (MemoryError after gigabytes), one past a float was an OverflowError's traceback,
+    and one larger than the store's room ran until the store was full."""
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "sort.py"), *args], cwd=tmp_path,
+                          env=_example_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert match in proc.stderr.splitlines()[-1]
+
+
 @pytest.mark.parametrize("args, match", [(["--chunk-size", "abc"], "--chunk-size: bad size 'abc'"),
+                                         (["--chunk-size", "1e400"], "--chunk-size: bad size '1e400'"),
                                          (["--chunk-size", "0"], "--chunk-size: bad size '0'"),
                                          (["--top", "-1"], "--top: '-1' is not a whole number")])
 def test_wordcount_refuses_bad_arguments_in_one_line(tmp_path, args, match):
