@@ -418,6 +418,25 @@ def test_per_object_refuses_two_sources_with_one_key_instead_of_merging_them(ex,
                                executor=ex).result(timeout=60) == {"a.txt": 30}
 
 
+def test_per_object_refuses_one_object_s_bytes_in_two_items(ex, tmp_path):
+    """probe16's finding 3: one object's ranges twice (a listing concatenated with itself, or
+    a chunked listing beside a whole one) gave {'a.txt': 6} for 3 lines, counted twice without
+    a word. Refused before launch, naming the two items; an object's own chunks are fine."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"1\n2\n3\n")
+
+    def count(r):
+        return sum(1 for _ in r.lines())
+
+    whole = wrenpack.objects(tmp_path / "d")
+    for items, first, second in ((whole + whole, 0, 1), (wrenpack.objects(tmp_path / "d", chunk_size=2) + whole, 0, 3)):
+        with pytest.raises(ConfigError, match=rf"items\[{first}\] and items\[{second}\] both hold bytes from 0 of 'a.txt'"):
+            wrenpack.map_reduce(count, items, sum, per_object=True, executor=ex)
+    assert _left(ex) == []
+    assert wrenpack.map_reduce(count, wrenpack.objects(tmp_path / "d", chunk_size=2), sum, per_object=True,
+                               executor=ex).result(timeout=60) == {"a.txt": 3}
+
+
 @pytest.mark.parametrize("name, args", [("sort.py", ["--size", "100MB", "--memory", "1024"]), ("wordcount.py", ["--small"])])
 def test_an_example_stopped_by_sigterm_leaves_nothing_in_the_store(tmp_path, name, args):
     """kill/timeout/a cancelled CI job (SIGTERM) ended sort.py at once: its input and output

@@ -257,14 +257,28 @@ def _item_too_large(exc: PayloadTooLarge, items: list[Any], label: str) -> Paylo
 def _check_one_source_per_key(items: list[Any]) -> None:
     """per_object=True groups the chunks by object key: two objects of one key in two
     sources (``objects("day1/") + objects("day2/")`` of local directories, two
-    buckets) would be reduced as one, their values summed together without a word."""
+    buckets) would be reduced as one, their values summed together without a word;
+    and one object's bytes in two of its items would be counted twice."""
     first: dict[str, Any] = {}
-    for item in items:
+    ranges: dict[str, list[tuple[int, int, int]]] = {}
+    for i, item in enumerate(items):
         where = getattr(item, "url", None)
         seen = first.setdefault(item.key, where)
         if seen != where:
             raise ConfigError(f"per_object=True: {seen} and {where} have the same key {item.key!r}, so they would be "
                               "reduced as one object; run one map_reduce per source (or give them other names)")
+        start, end = getattr(item, "start", None), getattr(item, "end", None)
+        if isinstance(start, int) and isinstance(end, int):
+            ranges.setdefault(item.key, []).append((start, end, i))
+    # The same bytes of an object twice (its ranges listed twice, or a chunked listing beside a
+    # whole one) were counted twice: its reducer summed both, without a word.
+    for key, spans in ranges.items():
+        spans.sort()
+        for (_s0, e0, i0), (s1, _e1, i1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise ConfigError(f"per_object=True: items[{min(i0, i1)}] and items[{max(i0, i1)}] both hold bytes "
+                                  f"from {s1} of {key!r}, which would be counted twice; give each object's ranges once "
+                                  "(one wrenpack.objects(...) listing per source)")
 
 
 def _check_signatures(mapper: Any, reducer: Any, partitions: int | None, partitioned: bool,
