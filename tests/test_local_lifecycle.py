@@ -465,6 +465,16 @@ def test_a_program_whose_call_returns_a_future_leaves_nothing_behind(tmp_path):
     assert groups == []
 
 
+def _run_program(tmp_path, source: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``source`` as a program in ``tmp_path``, its store ``tmp_path/store``; it must exit 0."""
+    script = tmp_path / "program.py"
+    script.write_text(source)
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
+                         env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 _RETURNS_A_RUNNING_FUTURE = textwrap.dedent("""
     import os, sys, time, wrenpack
 
@@ -502,11 +512,7 @@ def test_a_job_a_call_launched_runs_on_after_the_call(tmp_path):
     launching call returned its future, and its retry too when it started while the
     processes were being ended (CI's intermittent failure of the test above). Those
     workers are not the call's processes: the job runs on, as its Lambda invocations would."""
-    script = tmp_path / "returns_a_running_future.py"
-    script.write_text(_RETURNS_A_RUNNING_FUTURE)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "running")], capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr
+    out = _run_program(tmp_path, _RETURNS_A_RUNNING_FUTURE, str(tmp_path / "running"))
     assert "worker died" not in out.stderr, out.stderr
     sleeper = int(out.stdout.split()[-1])
     assert not os.path.exists(f"/proc/{sleeper}"), "the call's own process outlived it"
@@ -545,11 +551,7 @@ def test_a_reference_to_a_job_lost_with_its_launcher_fails_instead_of_waiting(tm
     Its result never comes, and the reference to it waited for it forever (or the user's
     timeout). Once the job's owner record says its owner and workers are gone, and its
     calls do not outlive them (a local job's), the reference fails: WorkerLost, naming why."""
-    script = tmp_path / "loses_its_launcher.py"
-    script.write_text(_LOSES_ITS_LAUNCHER)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr
+    out = _run_program(tmp_path, _LOSES_ITS_LAUNCHER)
     waited, _, message = out.stdout.strip().partition(" ")
     assert float(waited) < 10, out.stdout
     assert "f:" in message and "ended" in message, message
@@ -609,7 +611,8 @@ def test_a_future_a_call_returns_of_a_job_in_another_store_leaves_nothing_there(
     assert victim.get(f"jobs/{victim_job}/result/0/00000.res") == b"someone else's result"
 
 
-_TWO_LEVELS = textwrap.dedent("""
+#: a function that launches a job inside its call and returns its future (``ret_slow``)
+_RET_SLOW = textwrap.dedent("""
     import time, wrenpack
 
     def slow_add(x, secs):
@@ -618,7 +621,9 @@ _TWO_LEVELS = textwrap.dedent("""
 
     def ret_slow(x, secs):
         return wrenpack.remote(slow_add).remote(x, secs)
+""")
 
+_TWO_LEVELS = _RET_SLOW + textwrap.dedent("""
     def level2_ret(x):
         return wrenpack.remote(ret_slow).remote(x, 1.0)
 
@@ -637,26 +642,13 @@ def test_two_levels_of_returned_futures_read_and_leave_nothing(tmp_path):
     A reference in a result read through a reference now has its secret derived when it
     is read, and the job it names is removed with the program's executor."""
     store = tmp_path / "store"
-    script = tmp_path / "two_levels.py"
-    script.write_text(_TWO_LEVELS)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, WRENPACK_STORAGE=str(store)), cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr
+    out = _run_program(tmp_path, _TWO_LEVELS)
     assert out.stdout.split() == ["6"], out.stdout
     left = [os.path.relpath(os.path.join(d, f), store) for d, _, files in os.walk(store) for f in files]
     assert left == [], left
 
 
-_LOST_REF_PASSED_ON = textwrap.dedent("""
-    import time, wrenpack
-
-    def slow_add(x, secs):
-        time.sleep(secs)
-        return x + 1
-
-    def ret_slow(x, secs):
-        return wrenpack.remote(slow_add).remote(x, secs)
-
+_LOST_REF_PASSED_ON = _RET_SLOW + textwrap.dedent("""
     def use_fut(fut):
         t0 = time.monotonic()
         try:
@@ -675,11 +667,7 @@ def test_a_lost_job_s_reference_passed_into_a_call_fails_there_too(tmp_path):
     launcher raised WorkerLost within seconds; passed into a call, it waited out the
     call's whole timeout there (its job process had not imported the client's owner
     records, which tell that the job's owner is gone)."""
-    script = tmp_path / "lost_ref_passed_on.py"
-    script.write_text(_LOST_REF_PASSED_ON)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr
+    out = _run_program(tmp_path, _LOST_REF_PASSED_ON)
     words = out.stdout.split()
     assert words[:2] == ["lost", "after"] and float(words[2]) < 10, out.stdout
 
@@ -713,9 +701,5 @@ def test_a_call_launched_inside_a_call_stopped_at_that_call_s_memory_says_so(tmp
 
     if CgroupFactory.detect() is None:
         pytest.skip("no memory cgroups here: the nested call is not stopped by the launching call's limit")
-    script = tmp_path / "nested_bigger.py"
-    script.write_text(_NESTED_BIGGER)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
-                         env=dict(os.environ, WRENPACK_STORAGE=str(tmp_path / "store")), cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr
+    out = _run_program(tmp_path, _NESTED_BIGGER, timeout=180)
     assert "stopped at 256 MB, the memory limit of the call that launched it" in out.stdout, out.stdout
