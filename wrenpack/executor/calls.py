@@ -887,7 +887,7 @@ class CallTable:
             other, chain = ref.get("store"), ref.get("chain")
             if not isinstance(other, dict) or not chain or ref.get("job_id") != ref.get("result_job"):
                 continue
-            secret = refs.secret_for(ref["result_job"], chain)
+            secret = ref.get("derived") or refs.secret_for(ref["result_job"], chain)
             if secret is not None:
                 kept.append((other, ref["result_job"], ref["result_call"], secret))
         if kept:

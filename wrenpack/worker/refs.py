@@ -99,7 +99,7 @@ def _rebuild_from(origin: Origin, ref: dict[str, Any]) -> cf.Future:
     if secret is not None:
         adopted = getattr(_adopting, "refs", None)
         if adopted is not None:
-            adopted.append(ref)
+            adopted.append(dict(ref, derived=secret))  # (the secret kept: its ancestors' may be forgotten by then)
     return CallRef(ref, secret, trusted=False)
 
 
@@ -127,7 +127,7 @@ _adopted_lock = threading.Lock()
 def _adopted_here(origin: Origin, found: list[dict[str, Any]]) -> None:
     kept = []
     for ref in found:
-        secret = derived_from(origin, tuple(ref.get("chain") or ()), ref["result_job"])
+        secret = ref.get("derived")
         if secret is not None and isinstance(ref.get("store"), dict) and ref.get("job_id") == ref.get("result_job"):
             kept.append((ref["store"], ref["result_job"], ref["result_call"], secret))
     if kept:
