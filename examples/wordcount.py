@@ -347,9 +347,16 @@ def exit_on_sigterm() -> None:
     ended the process at once and left that in the store."""
 
     def stop(signum: int, frame: object) -> None:
+        _stopped_by.append(signum)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+#: the signal that asked the program to stop: its SystemExit is lost where it is raised inside a
+#: weakref callback or a destructor (Python prints "Exception ignored" and goes on), and the
+#: program then ran to its end and exited 0 (``exit_quietly_on_broken_pipe`` says it was stopped)
+_stopped_by: list[int] = []
 
 
 def exit_quietly_on_broken_pipe(run) -> int:
@@ -359,7 +366,7 @@ def exit_quietly_on_broken_pipe(run) -> int:
     try:
         status = run()
         sys.stdout.flush()  # (piped output is buffered: a closed pipe shows here, or at exit)
-        return status
+        return 128 + _stopped_by[0] if _stopped_by else status
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
         return 128 + signal.SIGPIPE
