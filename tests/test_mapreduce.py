@@ -660,3 +660,38 @@ def test_a_shuffle_leaves_its_executor_idle(make_executor):
     while not ex._released and time.monotonic() < deadline:
         time.sleep(0.01)
     assert ex._released
+
+
+def test_a_reducer_s_error_names_the_key_it_was_reducing(executor):
+    """probe16's finding 4: with partitions=R a reducer runs once per key, in one call per
+    partition, and its error named only that call ("raised by reducer (reduce)[1]"): which
+    of the partition's keys failed was the user's to find."""
+    def pairs(word):
+        return [(word, 1)]
+
+    def picky(key, values):
+        if key == "bad":
+            raise ValueError("no thanks")
+        return sum(values)
+
+    fut = wrenpack.map_reduce(pairs, ["good", "bad", "fine"], picky, partitions=2, executor=executor)
+    with pytest.raises(ValueError, match="no thanks") as info:
+        fut.result(timeout=120)
+    assert "raised by the reducer for the key 'bad'" in getattr(info.value, "__notes__", []), info.value
+
+
+def test_a_reducer_value_that_does_not_pickle_is_named_where_it_is(executor):
+    """probe16's finding 4: a reducer that returned a lock for one key was reported as "the
+    result (a dict) could not be pickled": the dict of every key's value the partition's call
+    returns. The error now says where in it the value is, and what it is."""
+    import threading
+
+    def pairs(word):
+        return [(word, 1)]
+
+    def locks(key, values):
+        return threading.Lock() if key == "bad" else sum(values)
+
+    fut = wrenpack.map_reduce(pairs, ["good", "bad"], locks, partitions=1, executor=executor)
+    with pytest.raises(wrenpack.WrenpackError, match=r"its \['value'\]\['bad'\] \(a lock\): "):
+        fut.result(timeout=120)

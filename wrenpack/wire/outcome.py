@@ -199,14 +199,14 @@ def rebuild_exception(outcome: tuple[Any, ...], label: str, job_id: str | None =
         except Exception:  # noqa: BLE001
             pass
     else:
-        _note(exc, f"raised by {label}" + (f" (job {job_id})" if job_id else ""))
+        add_note(exc, f"raised by {label}" + (f" (job {job_id})" if job_id else ""))
     if tb_text:
         exc.__cause__ = RemoteTraceback(tb_text)
     return exc
 
 
 
-def _note(exc: BaseException, note: str) -> None:
+def add_note(exc: BaseException, note: str) -> None:
     """``exc.add_note(note)`` (Python 3.11), or the ``__notes__`` list it keeps (3.10: shown by
     no traceback there, but there for ``except`` blocks and loggers to read)."""
     try:

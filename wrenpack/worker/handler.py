@@ -43,7 +43,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import cloudpickle
 
@@ -380,6 +380,29 @@ def _dump_outcome(outcome: tuple[Any, ...], handoff_min: int | None, slab: int |
         return handoff.dump(outcome, handoff_min, slab=slab, room=room)
 
 
+def _unpicklable_part(value: Any, depth: int = 4) -> tuple[str, Any] | None:
+    """Where in a result that does not pickle the culprit is (``['key'][2]``, and it), looked
+    for in its dicts, lists and tuples: a map_reduce's reducer values came as "the result (a
+    dict)", the per-key dict the driver gets, whatever the value was. None: not found there
+    (the container itself, or too deep). Only on the error path: each part is pickled again."""
+    if depth <= 0:
+        return None
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, part in items:
+        try:
+            cloudpickle.dumps(part)
+        except Exception:  # noqa: BLE001 - this is the part that fails: look inside it
+            inner = _unpicklable_part(part, depth - 1)
+            here = f"[{key!r}]"
+            return (here + inner[0], inner[1]) if inner is not None else (here, part)
+    return None
+
+
 def _result_room(context: Any) -> int | None:
     """Bytes of result pickle that fit in the call's memory beside what the
     worker holds now. The driver's memfd is not charged to the worker: a result
@@ -553,8 +576,10 @@ def _execute_call(ev: Event, event: dict[str, Any], context: Any, start: float, 
             outcome: Any = _dump_outcome(("ok", value), ev.extra.get("handoff"), slab,
                                          _result_room(context) if slab is not None else None)
         except Exception as exc:  # noqa: BLE001
+            where = _unpicklable_part(value)
+            part = f"its {where[0]} (a {type(where[1]).__name__}): " if where is not None else ""
             raise SerializationError(
-                f"the result (a {type(value).__name__}) could not be pickled: {exc_text(exc)}; return plain data instead"
+                f"the result (a {type(value).__name__}) could not be pickled: {part}{exc_text(exc)}; return plain data instead"
             ) from None
     except checkpoint.SegmentDone:
         kind, outcome = "checkpointed", b""

@@ -47,6 +47,7 @@ from wrenpack.storage import Store
 from wrenpack.limits import integral
 from wrenpack.storage import data as user_data
 from wrenpack.worker import callscope
+from wrenpack.wire.outcome import add_note
 
 PREFIX = keys.SHUFFLE
 #: Parallel reads/writes of one task's partition objects (S3 latency hides behind these).
@@ -585,6 +586,15 @@ def _index_entry(table: Any, partition: int, key: str) -> tuple[int, int, int] |
     return None if n < 0 else (n, start, end)
 
 
+def _shown(key: Any) -> str:
+    """A key as an error names it: its repr, cut short."""
+    try:
+        text = repr(key)
+    except Exception:  # noqa: BLE001 - a key whose repr fails is still named by its type
+        return f"(a {type(key).__name__})"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> Callable[..., Any]:
     """A reducer for one partition: reads its section from every mapper that wrote one.
     Returns the value and how long each stage took.
@@ -624,7 +634,14 @@ def make_reducer(fn: Callable[..., Any], shuffle_id: str, partitioned: bool) -> 
                     except TypeError:
                         raise _unhashable(k) from None
             del parts
-            value = {k: fn(k, groups[k]) for k in _sorted_keys(groups)}
+            value = {}
+            for k in _sorted_keys(groups):
+                try:
+                    value[k] = fn(k, groups[k])
+                except Exception as exc:
+                    # (the error named the partition's call only: which of its keys is the user's to find)
+                    add_note(exc, f"raised by the reducer for the key {_shown(k)}")
+                    raise
             del groups
         t2, c2 = time.perf_counter(), time.process_time()
         parts = []  # (the user's function has returned: what it kept of the parts is in its value)
