@@ -1470,7 +1470,7 @@ def _call_left_processes() -> bool:
     """Whether processes the call started are still there (``_has_children``). The
     workers of a local backend this process runs are not the call's: they run the
     calls of a job the call launched (its future returned, say), which run on after
-    it as that job's Lambda invocations would. Told that processes were left, the
+    it while this process lasts. Told that processes were left, the
     worker ended every process below this one, those workers too, and the job's
     running call died of SIGKILL (its retry with it, when it started meanwhile). So
     where such workers run, this process ends the call's others itself, with none

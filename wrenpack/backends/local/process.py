@@ -102,7 +102,7 @@ def workers_held() -> Iterator[frozenset[int]]:
     """The pids of the local workers this process runs, with none starting meanwhile.
 
     A job's process that launched a job of its own runs that job's workers: they run on
-    after the launching call, as the job's Lambda invocations would. The job's process
+    after the launching call (its future returned, say), while that process lasts. The job's process
     ends its call's other processes with this held (``isolation``), so a worker forked
     meanwhile (a retry, a second worker) is not taken for one of them."""
     with _starting:
