@@ -21,6 +21,7 @@ Standard library only (besides the handler's cloudpickle).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -90,12 +91,19 @@ def die(worker_dir: str | None) -> None:
                 f.write(str(me))
             for _ in range(200):  # up to a second: killed processes may take a moment to exit
                 try:
+                    # (the groups of a job's own local workers first, inside this one: with
+                    # them there, this one stayed, until the next local backend's start)
+                    for below, _dirs, _files in os.walk(cgroup, topdown=False):
+                        if below != cgroup:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.rmdir(below)
                     os.rmdir(cgroup)
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    for pid in _cgroup_tasks([cgroup], me):
+                    inside = [below for below, _dirs, _files in os.walk(cgroup)]  # (itself and those inside it)
+                    for pid in _cgroup_tasks(inside, me):
                         try:
                             os.kill(pid, signal.SIGKILL)
                         except (ProcessLookupError, PermissionError):
