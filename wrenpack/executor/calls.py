@@ -15,6 +15,7 @@ launch side and the completion side can each be read whole.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -163,7 +164,7 @@ class CallTable:
     _readers: list[threading.Thread]
     _plans: set[Any]
     _kept_jobs: set[str]
-    _adopted: list[tuple[dict[str, Any], str, str, bytes]]
+    _adopted: list[refs.Adopted]
     _outliving: set[str]
     _kept_keys: list[Any]
     _stopping: bool
@@ -459,7 +460,7 @@ class CallTable:
             # The backend's own channel (``Backend``'s ``PrivateReply``): its reader says what came.
             stored = status
             try:
-                with refs.adopting(origin_of(job.template)) as adopted:
+                with refs.adopting(functools.partial(origin_of, job.template)) as adopted:
                     outcome, raw = result.private.read()
                 self._adopt([*adopted, *getattr(result.private, "adopted", ())])
                 ok = outcome.ok
@@ -865,14 +866,14 @@ class CallTable:
                 raise CorruptObject(
                     f"{label}: the worker reported completion but its result object is missing from {self.store.url}; re-run the call"
                 ) from None
-        with refs.adopting(origin_of(job.template)) as adopted:
+        with refs.adopting(functools.partial(origin_of, job.template)) as adopted:
             status, outcome = result_format.open_result(job.secret, job_id, cid, data, f"result object of {label}")
         self._adopt(adopted)
         if outcome.ok:
             return status, outcome.value, True
         return status, outcome.rebuild(label, job_id), False
 
-    def _adopt(self, adopted: list[dict[str, Any]]) -> None:
+    def _adopt(self, adopted: list[refs.Adopted]) -> None:
         """Jobs launched inside a call of this executor's (``refs.adopting``: their
         references' chains start with the call's job) whose futures the call returned:
         removed when this executor is released (their launcher is gone and removed
@@ -882,17 +883,9 @@ class CallTable:
         default one). Before, any job a returned reference named in this executor's store
         was removed unchecked, a spawned job's kept for its retention or another
         program's running one too, by a reference the call made up."""
-        kept = []
-        for ref in adopted:
-            other, chain = ref.get("store"), ref.get("chain")
-            if not isinstance(other, dict) or not chain or ref.get("job_id") != ref.get("result_job"):
-                continue
-            secret = ref.get("derived") or refs.secret_for(ref["result_job"], chain)
-            if secret is not None:
-                kept.append((other, ref["result_job"], ref["result_call"], secret))
-        if kept:
+        if adopted:
             with self._lock:
-                self._adopted.extend(kept)
+                self._adopted.extend(adopted)
 
 
 def origin_of(event: dict[str, Any]) -> refs.Origin:
@@ -920,7 +913,7 @@ class _Read(PrivateReply):
     def __init__(self, value: Any) -> None:
         self.value = value
         #: references to calls launched elsewhere that it held (``refs.adopting``)
-        self.adopted: list[dict[str, Any]] = []
+        self.adopted: list[refs.Adopted] = []
 
     def read(self) -> tuple[Any, bytes | None]:
         if isinstance(self.value, BaseException):
@@ -966,7 +959,7 @@ def _read_loop(reads: queue.SimpleQueue, completions: queue.SimpleQueue) -> None
         inv, result = item
         reply = result.private
         try:
-            with refs.adopting(origin_of(inv.event)) as adopted:
+            with refs.adopting(functools.partial(origin_of, inv.event)) as adopted:
                 read = _Read(reply.read())
             read.adopted = adopted
         except BaseException as exc:  # noqa: BLE001 - the collector fails this call with it

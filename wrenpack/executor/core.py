@@ -147,7 +147,7 @@ class Executor(CallTable, cf.Executor):
         #: jobs launched inside a call of this executor's that the call returned a future of
         #: (``CallTable._adopt``): (store spec, job id, call id, the job's derived secret), removed
         #: at shutdown if that call's result verifies with it
-        self._adopted: list[tuple[dict[str, Any], str, str, bytes]] = []
+        self._adopted: list[refs.Adopted] = []
         #: seconds a call of a function takes, by code hash (``executor.grouping`` learns them)
         self.call_seconds: dict[str, float] = {}
         #: maps whose later calls wait to be launched (``hold``)

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from wrenpack import auth, keys
 from wrenpack.errors import ObjectNotFound, WorkerLost, WrenpackError
@@ -54,15 +54,14 @@ def register(fut: Any) -> None:
 def rebuild(ref: dict[str, Any]) -> cf.Future:
     origin = getattr(_adopting, "origin", None)
     if origin is not None:
+        if not isinstance(origin, Origin):
+            origin = _adopting.origin = origin()  # (made when an outcome holds a reference: ``adopting``)
         return _rebuild_from(origin, ref)
     fut = _live.get((ref["job_id"], ref["call_id"]))
     if fut is not None:
         return fut
     if ref.get("secret"):
         remember(ref["result_job"], _decode(ref["secret"]))
-    adopted = getattr(_adopting, "refs", None)
-    if adopted is not None:
-        adopted.append(ref)
     return CallRef(ref)
 
 
@@ -96,10 +95,10 @@ def _rebuild_from(origin: Origin, ref: dict[str, Any]) -> cf.Future:
             return fut  # (the program's own future, handed to the call and back)
         return CallRef(ref, secret_for(job, chain), trusted=True)
     secret = derived_from(origin, chain, job)
-    if secret is not None:
-        adopted = getattr(_adopting, "refs", None)
-        if adopted is not None:
-            adopted.append(dict(ref, derived=secret))  # (the secret kept: its ancestors' may be forgotten by then)
+    adopted = getattr(_adopting, "refs", None)
+    if secret is not None and adopted is not None and isinstance(ref.get("store"), dict) and ref["job_id"] == job:
+        # (with the secret derived now: its ancestors' may be forgotten by the time the job is removed)
+        adopted.append((ref["store"], job, ref["result_call"], secret))
     return CallRef(ref, secret, trusted=False)
 
 
@@ -117,26 +116,19 @@ def derived_from(origin: Origin, chain: tuple[str, ...], job: str) -> bytes | No
 
 _adopting = threading.local()
 
+#: a job launched inside a call, named by a reference in the call's outcome, to remove once it
+#: verifies (``core._delete_adopted``): (store spec, job id, call id, the secret derived for it)
+Adopted = tuple[dict[str, Any], str, str, bytes]
+
 #: jobs launched inside the job of a call whose result a reference read here (``CallRef``), named
 #: by references in that result: (store spec, job id, call id, derived secret), for the executor
 #: released next to remove (``take_adopted``), as it removes those in its own calls' outcomes
-_adopted: list[tuple[dict[str, Any], str, str, bytes]] = []
+_adopted: list[Adopted] = []
 _adopted_lock = threading.Lock()
 
 
-def _adopted_here(origin: Origin, found: list[dict[str, Any]]) -> None:
-    kept = []
-    for ref in found:
-        secret = ref.get("derived")
-        if secret is not None and isinstance(ref.get("store"), dict) and ref.get("job_id") == ref.get("result_job"):
-            kept.append((ref["store"], ref["result_job"], ref["result_call"], secret))
-    if kept:
-        with _adopted_lock:
-            _adopted.extend(kept)
-
-
-def take_adopted() -> list[tuple[dict[str, Any], str, str, bytes]]:
-    """The jobs ``_adopted_here`` found since last asked (each removed only once it verifies)."""
+def take_adopted() -> list[Adopted]:
+    """The jobs references read here found since last asked (each removed only once it verifies)."""
     with _adopted_lock:
         out = list(_adopted)
         _adopted.clear()
@@ -144,15 +136,16 @@ def take_adopted() -> list[tuple[dict[str, Any], str, str, bytes]]:
 
 
 @contextlib.contextmanager
-def adopting(origin: Origin | None = None) -> Iterator[list[dict[str, Any]]]:
+def adopting(origin: "Origin | Callable[[], Origin]") -> Iterator[list[Adopted]]:
     """While a call's outcome is unpickled where it was launched (``origin``: that call,
-    ``Origin``): the references it held to calls of jobs launched inside it (a future
-    the call returned, whose job was launched in the call's process). That process is
-    gone without removing the job's objects, which the reference reads: the receiver
-    removes them when it is done (``CallTable._adopt``), once one of them verifies
-    with the secret derived for the job."""
+    ``Origin``, or what makes it, called only if the outcome holds a reference: most
+    hold none, and a call's completion should not pay for it): the jobs launched inside
+    it that references in it name (a future the call returned, whose job was launched in
+    the call's process). That process is gone without removing the job's objects, which
+    the reference reads: the receiver removes them when it is done (``CallTable._adopt``),
+    once one of them verifies with the secret derived for the job."""
     outer = getattr(_adopting, "refs", None), getattr(_adopting, "origin", None)
-    got: list[dict[str, Any]] = []
+    got: list[Adopted] = []
     _adopting.refs, _adopting.origin = got, origin
     try:
         yield got
@@ -465,12 +458,13 @@ class CallRef(cf.Future):
                         "in the process that launched it"
                     )
                 # (the references in that result are judged as in a call's outcome: ``Origin``)
-                origin = Origin(ref["result_job"], chain, secret)
-                with adopting(origin) as nested:
+                with adopting(Origin(ref["result_job"], chain, secret)) as nested:
                     status, outcome = open_result(
                         secret, ref["result_job"], ref["result_call"], blob, f"result object of {self.label}"
                     )
-                _adopted_here(origin, nested)
+                if nested:
+                    with _adopted_lock:
+                        _adopted.extend(nested)
                 if ref.get("item") is not None and outcome.ok:
                     outcome = Outcome.from_tuple(outcome.value[ref["item"]], f"result object of {self.label}")
             except WrenpackError as exc:
