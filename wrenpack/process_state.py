@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
-from typing import Collection, NamedTuple
+from typing import Any, Callable, Collection, Iterable, NamedTuple
 
 
 def runs(pid: int) -> bool:
@@ -166,3 +167,23 @@ def descendants(root: int, sparing: Collection[int] = ()) -> list[int]:
                 out.append(kid)
                 stack.append(kid)
     return out
+
+
+def end_all(listing: Callable[[], Iterable[int]], reap: Callable[[], Any], rounds: int = 50) -> tuple[set[int], bool]:
+    """SIGKILL every process ``listing()`` names and ``reap()`` the dead, again until it names
+    none (a process may fork while it is being killed), at most ``rounds`` times: (the pids
+    killed, whether some were still named after the last round)."""
+    ended: set[int] = set()
+    for _ in range(rounds):
+        pids = set(listing())
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        reap()
+        if not pids:
+            return ended, False
+        ended |= pids
+        time.sleep(0.002)
+    return ended, True

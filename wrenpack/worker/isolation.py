@@ -86,7 +86,7 @@ from typing import Any, Callable
 
 from wrenpack.boot import NO_CWD
 from wrenpack.errors import exc_text
-from wrenpack.process_state import descendants  # noqa: F401 - (callers name it isolation.descendants)
+from wrenpack.process_state import descendants, end_all  # (callers name it isolation.descendants)
 from wrenpack.worker import streams
 from wrenpack.worker.fds import close_all, close_quietly
 
@@ -1484,18 +1484,14 @@ def _call_left_processes() -> bool:
         if not workers:
             return _has_children()
         me = os.getpid()
-        for _ in range(50):
-            left = descendants(me, sparing=workers)  # (live ones: a zombie is not listed)
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            for pid in _children_of(me) - workers:  # (the dead reaped here; the workers' exits are their backend's)
+
+        def reap() -> None:  # (the dead reaped here; the workers' exits are their backend's)
+            for pid in _children_of(me) - workers:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
-            if not left:
-                return False
-            time.sleep(0.002)
-        return True
+
+        # (live ones listed: a zombie is not, and is reaped in the round that finds none)
+        return end_all(lambda: descendants(me, sparing=workers), reap)[1]
 
 
 def children_usage() -> tuple[float, int]:

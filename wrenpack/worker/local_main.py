@@ -203,20 +203,9 @@ def end_call_processes() -> int:
         return 0
     me = os.getpid()
     cgroups = _own_cgroups()
-    ended: set[int] = set()
-    for _ in range(50):
-        pids = set(isolation.descendants(os.getpid()) + _cgroup_tasks(cgroups, me))
-        pids -= isolation.protected()  # (after listing them: see keepers)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        ended |= pids
-        _children_left()
-        time.sleep(0.002)
+    # (``protected`` after listing them: see keepers)
+    ended, _left = process_state.end_all(
+        lambda: set(isolation.descendants(me) + _cgroup_tasks(cgroups, me)) - isolation.protected(), _children_left)
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:  # the killed ones' exits (reparented here, or to the job's child, which reaps its own)
         _children_left()
