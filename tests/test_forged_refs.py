@@ -90,3 +90,85 @@ def test_a_reference_a_call_made_up_gets_no_secret_and_removes_nothing(tmp_path)
     assert got["given: live future"] is True, got  # (a future the call was given comes back as itself)
     assert got["victims"] == [0, 1]
     assert other.get(f"jobs/{other_job}/result/0/00000.res") == b"another program's result"
+
+
+class _Forged:
+    """What a call can return: a reference it made up."""
+
+    def __init__(self, ref: dict) -> None:
+        self.ref = ref
+
+    def __reduce__(self):
+        from wrenpack.worker import refs
+
+        return refs.rebuild, (self.ref,)
+
+
+def _claims_a_job_launched_here(spec: dict) -> _Forged:
+    """A reference to a job the call says it launched (its chain ends with the call's own job:
+    its secret is derived, as a nested job's is), in a store the call chose."""
+    from wrenpack.worker import refs
+
+    job, _secret, chain = refs._current
+    return _Forged({"job_id": "20260101-000000-0000f00d", "call_id": "00000", "label": "forged",
+                    "chain": [*chain, job], "store": spec, "result_job": "20260101-000000-0000f00d",
+                    "result_call": "00000", "item": None})
+
+
+def test_a_reference_from_a_call_opens_no_store_the_call_chose(tmp_path):
+    """probe15's finding 9: such a reference (derived secret: "launched inside the call") named
+    any store, and the program opened it: it made folders where the call said, and sent requests
+    signed with its own AWS credentials to any endpoint the call named. Now it must name the
+    store of the call's own job (where jobs launched inside a call keep their objects) and is
+    refused, unopened, otherwise; a future of a job really launched inside the call still reads."""
+    import http.server
+    import threading
+
+    import pytest
+
+    import wrenpack
+
+    seen: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            seen.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        do_HEAD = do_PUT = do_DELETE = do_GET  # noqa: N815
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    chosen = tmp_path / "chosen-by-the-call"
+    chosen.mkdir()
+    try:
+        with wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1) as ex:
+            forge = wrenpack.remote(_claims_a_job_launched_here, executor=ex)
+            s3 = {"type": "s3", "bucket": "the-calls", "prefix": "", "region": "us-east-1", "profile": "theirs",
+                  "endpoint_url": f"http://127.0.0.1:{server.server_address[1]}"}
+            with pytest.raises(wrenpack.WrenpackError, match="names the store s3://the-calls/ at http://127.0.0.1:.*not opened"):
+                forge.remote(s3).result(timeout=60).result(timeout=30)
+            # A folder of this machine (the call's code reaches it itself, running here) is read, never made.
+            for root in (chosen, chosen / "not" / "there"):
+                with pytest.raises(wrenpack.WrenpackError, match="gone from|not on this machine"):
+                    forge.remote({"type": "local", "root": str(root)}).result(timeout=60).result(timeout=30)
+            assert wrenpack.remote(_returns_a_nested_future, executor=ex).remote(4).result(timeout=60).result(timeout=60) == 5
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == []
+    assert list(chosen.iterdir()) == []
+
+
+def _add_one(x: int) -> int:
+    return x + 1
+
+
+def _returns_a_nested_future(x: int):
+    import wrenpack
+
+    return wrenpack.remote(_add_one).remote(x)

@@ -895,7 +895,9 @@ def origin_of(event: dict[str, Any]) -> refs.Origin:
         secret: bytes | None = auth.decode_secret(event["secret"])
     except (KeyError, ValueError):
         secret = None
-    return refs.Origin(event["job_id"], tuple(event.get("chain") or ()), secret, frozenset(event.get("ref_secrets") or ()))
+    store = event.get("store")
+    return refs.Origin(event["job_id"], tuple(event.get("chain") or ()), secret, frozenset(event.get("ref_secrets") or ()),
+                       store if isinstance(store, dict) else None)
 
 
 def _close_handoff(data: Any) -> None:

@@ -570,7 +570,7 @@ class Job:
             blob = self.store.get(key)
             # (references in it judged as in any call's outcome, ``refs.Origin``: a spawned job's calls
             # were given the secrets of the futures among their arguments, which its record does not list)
-            with refs.adopting(refs.Origin(self.id, (), self._secret or None)):
+            with refs.adopting(refs.Origin(self.id, (), self._secret or None, store=self.store.spec)):
                 status, outcome = result_format.open_result(self._secret, self.id, cid, blob, f"result object of {fut.label}")
         except ObjectNotFound:
             return

@@ -77,12 +77,19 @@ class Origin(NamedTuple):
     futures among its arguments, whose secrets its event carried), or one launched
     inside the call's job (its chain starts with that job's: its secret is derived from
     the call's job's ``secret``), or it is not trusted: it has no secret, and nothing
-    is removed for it. A secret written into such a reference is never taken."""
+    is removed for it. A secret written into such a reference is never taken.
+
+    The store such a reference names is the call's to write too: the program opened it,
+    and sent requests signed with its own credentials to any endpoint a call named. So it
+    is opened only as the program knows it (``_known_spec``): the call's own ``store``,
+    one the program named in a reference it pickled, or a folder of this machine."""
 
     job: str
     chain: tuple[str, ...]
     secret: bytes | None
     given: frozenset[str] = frozenset()
+    #: the spec of the store the call's job ran on (None: not known, no store is taken)
+    store: dict[str, Any] | None = None
 
 
 def _rebuild_from(origin: Origin, ref: dict[str, Any]) -> cf.Future:
@@ -93,13 +100,74 @@ def _rebuild_from(origin: Origin, ref: dict[str, Any]) -> cf.Future:
         fut = _live.get((ref["job_id"], ref["call_id"]))
         if fut is not None:
             return fut  # (the program's own future, handed to the call and back)
-        return CallRef(ref, secret_for(job, chain), trusted=True)
+        spec = _known_spec(ref.get("store"), origin)
+        if spec is None:
+            return CallRef(ref, trusted=False, refused=_elsewhere(ref))
+        return CallRef(dict(ref, store=spec), secret_for(job, chain), trusted=True)
     secret = derived_from(origin, chain, job)
+    if secret is not None:
+        spec = _known_spec(ref.get("store"), origin)
+        if spec is None:
+            return CallRef(ref, trusted=False, refused=_elsewhere(ref))
+        ref["store"] = spec
     adopted = getattr(_adopting, "refs", None)
     if secret is not None and adopted is not None and isinstance(ref.get("store"), dict) and ref["job_id"] == job:
         # (with the secret derived now: its ancestors' may be forgotten by the time the job is removed)
         adopted.append((ref["store"], job, ref["result_call"], secret))
     return CallRef(ref, secret, trusted=False)
+
+
+def _place(spec: Any) -> tuple[Any, ...] | None:
+    """Where a store spec sends the program's requests: its type and folder, or its
+    bucket, prefix and endpoint (None for what is not a spec). Two specs of one place
+    may differ in the rest (region, conditional writes), which a reference does not choose."""
+    if not isinstance(spec, dict):
+        return None
+    kind = spec.get("type")
+    if kind == "s3":
+        return (kind, spec.get("bucket"), str(spec.get("prefix") or "").strip("/"), spec.get("endpoint_url") or None)
+    root = spec.get("root")
+    return (kind, os.path.normpath(root) if isinstance(root, str) and root else None)
+
+
+def _known_spec(named: Any, origin: Origin) -> dict[str, Any] | None:
+    """The spec this program opens for the store a reference in ``origin``'s outcome names
+    (``Origin``): the call's own job's, or one a reference this program pickled named
+    (``_named_stores``), as the program knows it; or a folder of this machine, which the
+    call's code could reach itself where it runs here, and which is only read, never made
+    (``CallRef``): a job launched inside a call keeps its objects where the call's default
+    executor puts them. None for anything else: an S3 store the call chose is not opened."""
+    place = _place(named)
+    if place is None:
+        return None
+    if origin.store is not None and place == _place(origin.store):
+        return dict(origin.store)
+    if place in _named_stores:
+        return dict(_named_stores[place])
+    if place[0] == "local" and place[1] is not None and os.path.isabs(place[1]):
+        return {"type": "local", "root": place[1]}
+    return None
+
+
+def _elsewhere(ref: dict[str, Any]) -> str:
+    """Why a reference in ``origin``'s outcome that names another store is not read."""
+    named = ref.get("store")
+    place = _place(named)
+    if place is None:
+        where = f"store {named!r}"
+    elif place[0] == "s3":
+        where = f"store s3://{place[1]}/{place[2]}" + (f" at {place[3]}" if place[3] else "")
+    else:
+        where = f"{place[0]} store {place[1]}"
+    return (f"{ref.get('label') or ref.get('call_id')}: this reference came in a call's result and names the {where}, "
+            "which is neither the store of the call's own job nor one this program named, so it was not opened "
+            "(the call chose it); launch the job inside the call on the call's own storage, or wait for its result "
+            "inside the call and return that")
+
+
+#: the stores references this process pickled name, by place (``_place``): a call given one of those
+#: futures may hand it back, and its store is then the one this process named
+_named_stores: dict[Any, dict[str, Any]] = {}
 
 
 def derived_from(origin: Origin, chain: tuple[str, ...], job: str) -> bytes | None:
@@ -340,6 +408,8 @@ def reduce_ref(ref: dict[str, Any], known: bytes | None = None, trusted: bool = 
                 "(fut.result()) and return that, or launch the job with backend='lambda' and S3 storage")
         if trusted or (known is not None and chain):  # (an untrusted one: only a derived secret travels)
             stack[-1].add((ref["result_job"], chain))
+            if isinstance(ref.get("store"), dict) and len(_named_stores) < 1024:
+                _named_stores.setdefault(_place(ref["store"]), dict(ref["store"]))
         return (rebuild, ({k: v for k, v in ref.items() if k != "secret"},))
     if not ref.get("secret"):
         secret = known if known is not None or not trusted else secret_for(ref["result_job"], chain)
@@ -392,12 +462,14 @@ class CallRef(cf.Future):
     """The future of a call launched elsewhere; resolves by reading (and
     verifying) the call's result object from the store."""
 
-    def __init__(self, ref: dict[str, Any], secret: bytes | None = None, trusted: bool | None = None) -> None:
+    def __init__(self, ref: dict[str, Any], secret: bytes | None = None, trusted: bool | None = None,
+                 refused: str | None = None) -> None:
         """``secret``/``trusted``: as ``_rebuild_from`` judged a reference from a call's
         outcome (not trusted: only that secret verifies it, none looked up later);
-        by default the secret known here."""
+        by default the secret known here. ``refused``: why it is not read at all."""
         super().__init__()
         self._ref = ref
+        self._refused = refused
         self.job_id: str = ref["job_id"]
         self.call_id: str = ref["call_id"]
         self.label: str = ref.get("label") or self.call_id
@@ -423,6 +495,9 @@ class CallRef(cf.Future):
             if super().done():
                 return True
             ref = self._ref
+            if self._refused is not None:
+                self.set_exception(WrenpackError(self._refused))
+                return True
             if self._secret is None and not self._trusted:
                 # (not read, nor its store opened: the store it names is the call's to choose)
                 self.set_exception(WrenpackError(
@@ -458,7 +533,7 @@ class CallRef(cf.Future):
                         "in the process that launched it"
                     )
                 # (the references in that result are judged as in a call's outcome: ``Origin``)
-                with adopting(Origin(ref["result_job"], chain, secret)) as nested:
+                with adopting(Origin(ref["result_job"], chain, secret, store=spec)) as nested:
                     status, outcome = open_result(
                         secret, ref["result_job"], ref["result_call"], blob, f"result object of {self.label}"
                     )
