@@ -299,10 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wordcount: {args.encoding} text: one map call per file, not per --chunk-size (a chunk's edge could cut "
               "a character in two)", file=sys.stderr)
         chunk_size = None
+    if not args.small:
+        try:  # a source that is missing, of a kind not read, or unreachable: bad input, before anything launches
+            sources = wrenpack.objects(args.source, chunk_size=chunk_size)
+        except wrenpack.WrenpackError as exc:
+            print(f"wordcount: {exc}", file=sys.stderr)
+            return 2
     try:
         if not args.small:
-            counts = wordcount(wrenpack.objects(args.source, chunk_size=chunk_size), args.partitions,
-                               args.encoding, args.errors)
+            counts = wordcount(sources, args.partitions, args.encoding, args.errors)
         else:
             store = wrenpack.store()
             prefix = f"wordcount-{uuid.uuid4().hex[:8]}/"
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     except wrenpack.TextDecodeError as exc:  # --errors strict and a byte that does not decode, or no byte order mark
         print(f"wordcount: {exc} (here: {cli_advice(exc, args.encoding, args.errors)})", file=sys.stderr)
         return 1
-    except wrenpack.WrenpackError as exc:  # an unknown --encoding or --errors, a missing source...
+    except wrenpack.WrenpackError as exc:  # a call that failed, the store gone meanwhile...
         print(f"wordcount: {exc}", file=sys.stderr)
         return 1
     replaced = counts.pop(REPLACED, 0)

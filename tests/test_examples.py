@@ -132,8 +132,12 @@ def test_wordcount_on_a_fifo_an_empty_file_and_absurd_partitions(tmp_path):
                               capture_output=True, text=True, timeout=120)
 
     fifo = run("fifo")
-    assert fifo.returncode == 1 and fifo.stderr.splitlines() == [
+    assert fifo.returncode == 2 and fifo.stderr.splitlines() == [
         "wordcount: fifo is not a regular file or a directory (a FIFO); give a file, a directory, or an s3:// URL"], fifo
+    # Any bad source found before launch exits 2, as other bad input does (probe16's finding 8: these exited 1).
+    for source in ("missing.txt", "ftp://host/x"):
+        bad = run(source)
+        assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "Traceback" not in bad.stderr, bad
     empty = run("empty.txt")
     assert empty.returncode == 0 and empty.stdout == "0 words in empty.txt\n", empty
     absurd = run("small.txt", "--partitions", "100000")
