@@ -4,15 +4,17 @@ sorted by a shuffle through the object store.
     python examples/sort.py --size 100MB          # .. 1GB; prints the time and checks the output
     python examples/sort.py --small               # 2 MB, what the test suite runs
 
-1. ``generate``: M calls each write ``size / M`` bytes of random records to
-   ``wrenpack.store()`` (under ``sort-<run>/in/``; whole records, ``size // 100``
-   of them in all, split as evenly as they go) and return their count and
-   checksum (the driver never holds the data).
+1. ``generate``: M calls each write ``size / M`` bytes of random records to a
+   scratch area of the store (``wrenpack.scratch()``, under ``in/``; whole
+   records, ``size // 100`` of them in all, split as evenly as they go) and return
+   their count and checksum (the driver never holds the data). The area goes with
+   the program, and ``wrenpack clean --stale`` removes it if the program was killed
+   (``--keep``: under ``sort-<run>/`` of ``wrenpack.store()``, kept).
 2. ``wrenpack.map_reduce(split, objects, merge, partitions=R, partitioned=True)``:
    each mapper reads its object (``record_size=100``, so no record is cut),
    range-partitions it by the first two key bytes and returns R parts; wrenpack
    writes them to the store; reducer i reads part i of every mapper, sorts it
-   by key and writes ``sort-<run>/out/<i>``.
+   by key and writes ``out/<i>``.
 3. Verification, in a second map over the output objects: every object is
    sorted, consecutive objects do not overlap, and the count and an
    order-independent checksum of the output equal the input's (so it is a
@@ -158,11 +160,21 @@ def sort_records(records: np.ndarray) -> np.ndarray:
     return np.take(records, order, axis=0)  # np.take: 4x faster than records[order] here
 
 
-def generate(part: int, counts: list[int], seed: int, prefix: str) -> tuple[int, int]:
+def place(prefix) -> tuple:
+    """(store handle, key prefix) of a run's objects: ``prefix`` is a scratch area
+    (``wrenpack.scratch()``: removed with the program, or by ``wrenpack clean
+    --stale`` once it was killed), or a name under ``wrenpack.store()`` (``--keep``)."""
+    if isinstance(prefix, str):
+        return wrenpack.store(), f"{prefix}/"
+    return prefix, ""
+
+
+def generate(part: int, counts: list[int], seed: int, prefix) -> tuple[int, int]:
     """Write ``counts[part]`` random records as one input object; return (count, checksum)."""
     count = counts[part]
     data = np.random.default_rng([seed, part]).bytes(count * RECORD)
-    wrenpack.store().put(f"{prefix}/in/{part:05d}", data)
+    area, at = place(prefix)
+    area.put(f"{at}in/{part:05d}", data)
     return count, checksum(as_records(data))
 
 
@@ -184,10 +196,11 @@ def split(chunk, partitions: int) -> list[np.ndarray]:
     return [grouped[edges[i] : edges[i + 1]] for i in range(partitions)]
 
 
-def merge(partition: int, parts: list[np.ndarray], prefix: str) -> tuple[int, int]:
+def merge(partition: int, parts: list[np.ndarray], prefix) -> tuple[int, int]:
     """Reducer: sort one key range and write it; returns (partition, records)."""
     records = sort_records(np.concatenate(parts) if parts else np.empty((0, RECORD), np.uint8))
-    wrenpack.store().put(f"{prefix}/out/{partition:05d}", memoryview(records))  # the array's bytes, not a copy
+    area, at = place(prefix)
+    area.put(f"{at}out/{partition:05d}", memoryview(records))  # the array's bytes, not a copy
     return partition, len(records)
 
 
@@ -201,7 +214,7 @@ def check_output(chunk) -> dict:
     }
 
 
-def generate_input(size: int, mappers: int, prefix: str, seed: int = 0, memory: int = 1024) -> tuple[int, int]:
+def generate_input(size: int, mappers: int, prefix, seed: int = 0, memory: int = 1024) -> tuple[int, int]:
     """``mappers`` calls write the input under ``prefix/in/``, ``size // RECORD`` records
     in all (the first ``records % mappers`` objects one more; with fewer records than
     mappers, some objects are empty); returns (records, checksum)."""
@@ -227,9 +240,10 @@ def _get_or_stop(futures):
         raise
 
 
-def sort_stored(prefix: str, partitions: int, memory: int = 1024) -> list[tuple[int, int]]:
+def sort_stored(prefix, partitions: int, memory: int = 1024) -> list[tuple[int, int]]:
     """Sort ``prefix/in/*`` into ``prefix/out/<i>`` through the shuffle; (partition, records) of each reducer."""
-    inputs = wrenpack.store().objects(f"{prefix}/in/", record_size=RECORD)
+    area, at = place(prefix)
+    inputs = area.objects(f"{at}in/", record_size=RECORD)
     return _get_or_stop(wrenpack.map_reduce(
         lambda chunk: split(chunk, partitions), inputs,
         lambda i, parts: merge(i, parts, prefix),
@@ -237,10 +251,11 @@ def sort_stored(prefix: str, partitions: int, memory: int = 1024) -> list[tuple[
     ))
 
 
-def verify(prefix: str, n_in: int, sum_in: int, memory: int = 1024, here: bool = False) -> dict[str, bool]:
+def verify(prefix, n_in: int, sum_in: int, memory: int = 1024, here: bool = False) -> dict[str, bool]:
     """Check ``prefix/out/*`` against the input's count and checksum, in remote
     calls (or in this process, ``here``)."""
-    outputs = wrenpack.store().objects(f"{prefix}/out/", record_size=RECORD)
+    area, at = place(prefix)
+    outputs = area.objects(f"{at}out/", record_size=RECORD)
     if here:
         out = [check_output(chunk) for chunk in outputs]
     else:
@@ -257,8 +272,11 @@ def verify(prefix: str, n_in: int, sum_in: int, memory: int = 1024, here: bool =
 
 def run_sort(size: int, mappers: int, partitions: int, seed: int = 0, memory: int = 1024,
              keep: bool = False, log=print) -> dict:
-    """Generate, sort and verify ``size`` bytes of records; returns timings and checks."""
-    prefix = f"sort-{uuid.uuid4().hex[:8]}"
+    """Generate, sort and verify ``size`` bytes of records; returns timings and checks.
+    The objects go in a scratch area, removed at the end (also when the program is
+    stopped, and by ``wrenpack clean --stale`` when it was killed); ``keep``: under
+    ``sort-<run>/`` of ``wrenpack.store()``, kept."""
+    prefix = f"sort-{uuid.uuid4().hex[:8]}" if keep else wrenpack.scratch("sort.py")
     try:
         t0 = time.perf_counter()
         n_in, sum_in = generate_input(size, mappers, prefix, seed, memory)
@@ -272,10 +290,10 @@ def run_sort(size: int, mappers: int, partitions: int, seed: int = 0, memory: in
         for what, ok in checks.items():
             log(f"  {'ok  ' if ok else 'FAIL'} {what}")
         return {"records": n_in, "bytes": n_in * RECORD, "generate_s": t_gen, "sort_s": t_sort,
-                "ok": all(checks.values()), "prefix": prefix, "checks": checks}
+                "ok": all(checks.values()), "prefix": prefix if keep else None, "checks": checks}
     finally:
         if not keep:
-            wrenpack.store().delete_prefix(f"{prefix}/")
+            prefix.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,6 @@ import re
 import signal
 import sys
 import unicodedata
-import uuid
 
 import wrenpack
 
@@ -309,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.small:
             counts = wordcount(sources, args.partitions, args.encoding, args.errors)
         else:
-            store = wrenpack.store()
-            prefix = f"wordcount-{uuid.uuid4().hex[:8]}/"
+            store = wrenpack.scratch("wordcount.py --small")  # (gone after a SIGKILL too: clean --stale)
+            prefix = ""
             if whole_files:  # text written in that encoding, a whole file per map call
                 texts = [_text(i, 400).encode(args.encoding) for i in range(3)] + [b""]
                 what = f"{args.encoding} text, a file per map call"
@@ -323,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 counts = wordcount(store.objects(prefix, chunk_size=None if whole_files else 2000), args.partitions,
                                    args.encoding, args.errors)
             finally:
-                store.delete_prefix(prefix)
+                store.close()
             if counts != dict(local_count(texts, args.encoding, args.errors, whole_files)):
                 print("MISMATCH with the local count", file=sys.stderr)
                 return 1

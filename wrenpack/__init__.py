@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     # data
     "store": "wrenpack.storage.data",
     "objects": "wrenpack.storage.data",
+    "scratch": "wrenpack.storage.scratch",
     "configure": "wrenpack.config",
     # profiling
     "profile": "wrenpack.profiler",
@@ -93,4 +94,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from wrenpack.job import Job, attach
     from wrenpack.remote_function import RemoteFunction, remote
     from wrenpack.storage.data import objects, store
+    from wrenpack.storage.scratch import scratch
     from wrenpack.worker.checkpoint import Checkpoint, checkpoint

@@ -1148,6 +1148,9 @@ def _at_exit() -> None:
             ex._exit()
         except Exception:  # noqa: BLE001 - exit anyway
             log.debug("wrenpack exit cleanup failed", exc_info=True)
+    scratch = sys.modules.get("wrenpack.storage.scratch")
+    if scratch is not None:  # (the program's scratch areas, once the calls that might write to them stopped)
+        scratch.close_all()
 
 
 atexit.register(_at_exit)

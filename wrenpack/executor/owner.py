@@ -160,12 +160,13 @@ def launch_proof(secret: bytes, job_id: str) -> str:
 
 
 def owner_record(label: str = "", job_id: str | None = None, late_writes_s: float = 0.0,
-                 launched_in_call: bytes | None = None) -> dict[str, Any]:
+                 launched_in_call: bytes | None = None, kind: str | None = None) -> dict[str, Any]:
     """What jobs/<job>/owner.json holds: who launched the job, and when; sealed
     for ``job_id`` with the user's key (``user_key``) when one is given. Where calls
     outlive their driver, ``late_writes_s`` (``Capabilities.late_writes_s``) is how long
     after it a call may still write (``late_s``: ``wrenpack clean --stale`` waits for it).
-    ``launched_in_call``: the job's secret, for a job launched inside a call (``launch_proof``)."""
+    ``launched_in_call``: the job's secret, for a job launched inside a call (``launch_proof``).
+    ``kind``: "scratch" for a program's scratch area (``wrenpack.storage.scratch``), which has no calls."""
     global _me
     pid = os.getpid()
     if _me is None or _me[0] != pid:  # read once per process (a fork is a new one)
@@ -173,6 +174,8 @@ def owner_record(label: str = "", job_id: str | None = None, late_writes_s: floa
     record: dict[str, Any] = {"host": _me[1], "pid": pid, "start": _me[2], "created": time.time(), "label": label}
     if late_writes_s > 0:
         record["late_s"] = float(late_writes_s)
+    if kind is not None:
+        record["kind"] = kind
     if launched_in_call is not None and job_id is not None:
         record["proof"] = launch_proof(launched_in_call, job_id)
     key = user_key() if job_id is not None else None

@@ -129,12 +129,24 @@ def when(t: Any) -> str:
         return "-"
 
 
+def is_scratch(store: Store, job_id: str) -> bool:
+    """Whether ``job_id`` names a program's scratch area (its owner record says so)."""
+    try:
+        return owner_wire.loads(store.get(keys.owner_key(job_id))).get("kind") == "scratch"
+    except (ObjectNotFound, StoreError, ValueError):
+        return False
+
+
 def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
     """The verified record of a spawned job; ``JobNotFound``, ``NotSpawned`` or
     ``CorruptObject`` (each one line) otherwise."""
     try:
         data = store.get(keys.job_record_key(job_id))
     except ObjectNotFound:
+        if is_scratch(store, job_id):
+            raise NotSpawned(f"{job_id} is a program's scratch area (wrenpack.store().scratch()), not a job: it has no "
+                             "calls, and its objects go with the program that made it; `wrenpack clean --stale` "
+                             "removes it once that program is gone") from None
         if store.list(keys.job_prefix(job_id)):
             raise NotSpawned(f"job {job_id} was launched with .map()/.remote(): its calls end with the program "
                              "that launched them, so no other process can attach to it; launch it with "
