@@ -88,7 +88,7 @@ class Origin(NamedTuple):
     chain: tuple[str, ...]
     secret: bytes | None
     given: frozenset[str] = frozenset()
-    #: the spec of the store the call's job ran on (None: not known, no store is taken)
+    #: the spec of the store the call's job ran on (None: not known; only what ``_known_spec`` knows otherwise)
     store: dict[str, Any] | None = None
 
 
@@ -150,7 +150,7 @@ def _known_spec(named: Any, origin: Origin) -> dict[str, Any] | None:
 
 
 def _elsewhere(ref: dict[str, Any]) -> str:
-    """Why a reference in ``origin``'s outcome that names another store is not read."""
+    """Why a reference in a call's outcome that names a store ``_known_spec`` does not know is not read."""
     named = ref.get("store")
     place = _place(named)
     if place is None:
