@@ -97,7 +97,8 @@ def test_an_area_goes_with_its_program_and_clean_stale_removes_a_killed_ones(tmp
         listed = _cli(tmp_path, "jobs", "--json")
         rows = json.loads(listed.stdout)
         rows = rows.get("jobs", rows) if isinstance(rows, dict) else rows
-        assert any(r.get("id") == area_id and "scratch probe" in json.dumps(r) for r in rows), listed.stdout
+        assert any(r.get("id") == area_id and r.get("kind") == "scratch" and r.get("function") == "scratch probe"
+                   for r in rows), listed.stdout
         shown = _cli(tmp_path, "jobs", "show", area_id)
         assert shown.returncode == 1 and "is a program's scratch area" in shown.stderr, shown.stderr
         proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
@@ -129,3 +130,151 @@ def test_sort_killed_with_sigkill_leaves_what_clean_stale_removes(tmp_path):
     assert any("/in/" in p for p in _stored(tmp_path)), _stored(tmp_path)
     cleaned = _cli(tmp_path, "clean", "--stale")
     assert cleaned.returncode == 0 and _stored(tmp_path) == [], (cleaned.stdout, _stored(tmp_path))
+
+
+def test_a_closed_area_refuses_every_use_in_one_line(tmp_path):
+    """probe18's finding 1: a closed area went on taking put/get/list, and what was written then stayed."""
+    with wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1) as ex:
+        with wrenpack.scratch("x", executor=ex) as area:
+            area.put("a", b"1")
+        for use in (lambda: area.put("b", b"2"), lambda: area.get("a"), lambda: area.list(), lambda: area.exists("a"),
+                    lambda: area.objects(), lambda: area.delete_prefix("a"), lambda: area.delete("a")):
+            with pytest.raises(wrenpack.StoreError, match=f"the scratch area {area.id} is closed.*wrenpack.scratch") as got:
+                use()
+            assert "\n" not in str(got.value)
+        kept = wrenpack.scratch("kept", executor=ex)
+        kept.put("a", b"1")
+        kept.keep()
+        kept.put("b", b"2")  # (kept: still usable, and close() still removes it)
+        assert kept.close() == 3
+    assert _stored(tmp_path) == []
+
+
+_WRITES_WHILE_CLOSED = textwrap.dedent("""
+    import sys, time, wrenpack
+
+    def write(area, i):
+        time.sleep(0.3)
+        area.put(f"part/{i}", b"x" * 100)
+        return i
+
+    try:
+        with wrenpack.scratch("closing") as area:
+            futures = [wrenpack.remote(write).remote(area, i) for i in range(8)]
+            raise RuntimeError("the with block ends while its calls write")
+    except RuntimeError:
+        pass
+    print(area.id, flush=True)
+    time.sleep(float(sys.argv[1]))
+""")
+
+
+@pytest.mark.parametrize("linger", ["0", "1.5"])
+def test_what_calls_write_into_a_closed_area_goes_at_exit(tmp_path, linger):
+    """probe18's finding 1: a with block ended by an exception while its calls wrote into the
+    area left their objects, with no owner record (clean --stale kept them for good). Closed
+    while calls run, the area keeps its owner record until the program ends, which removes
+    what they wrote; the program's exit stops them first."""
+    script = tmp_path / "prog.py"
+    script.write_text(_WRITES_WHILE_CLOSED)
+    out = subprocess.run([sys.executable, str(script), linger], env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert _stored(tmp_path) == [], _stored(tmp_path)
+
+
+def _uses_area(x, area):
+    return x
+
+
+def test_a_spawned_job_cannot_take_an_area_that_goes_with_the_program(tmp_path, monkeypatch):
+    """probe18's finding 4: spawn_map took one, and its calls wrote into it after the program removed it."""
+    monkeypatch.setenv("WRENPACK_CACHE_DIR", str(tmp_path / "cache"))
+    with wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1) as ex:
+        with wrenpack.scratch("x", executor=ex) as area:
+            with pytest.raises(wrenpack.WrenpackError, match="an argument is a scratch area.*spawned job outlives") as got:
+                wrenpack.remote(_uses_area, executor=ex).spawn_map([1, 2], area=area)
+            assert "\n" not in str(got.value)
+    assert _stored(tmp_path) == []
+
+
+_THREAD_FIRST = textwrap.dedent("""
+    import threading, time, wrenpack
+    made = []
+    t = threading.Thread(target=lambda: made.append(wrenpack.scratch("in a thread")))
+    t.start(); t.join()
+    made[0].put("a", b"1")
+    second = wrenpack.scratch("main")
+    second.put("b", b"2")
+    print("ready", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_sigterm_removes_areas_when_the_first_was_made_in_a_thread(tmp_path):
+    """probe18's finding 5: the first area made in a thread marked the exit hooks as in place, and
+    SIGTERM's handler (which only the main thread can install) never was: SIGTERM left them all."""
+    script = tmp_path / "prog.py"
+    script.write_text(_THREAD_FIRST)
+    proc = subprocess.Popen([sys.executable, str(script)], env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM and _stored(tmp_path) == [], _stored(tmp_path)
+
+
+_IN_CHILDREN = textwrap.dedent("""
+    import multiprocessing, sys, wrenpack
+
+    def child(_):
+        area = wrenpack.scratch("child")
+        area.put("a", b"1")
+        return area.id
+
+    if __name__ == "__main__":
+        mine = wrenpack.scratch("parent")
+        mine.put("p", b"1")
+        ctx = multiprocessing.get_context(sys.argv[1])
+        p = ctx.Process(target=child, args=(0,)); p.start(); p.join()
+        with ctx.Pool(2) as pool:
+            pool.map(child, range(2))
+        assert mine.list() == ["p"], mine.list()  # (the children's exits left the parent's area alone)
+        print("ok", flush=True)
+""")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_areas_made_in_multiprocessing_children_go_with_them(tmp_path, method):
+    """probe18's finding 6: a multiprocessing child ends with os._exit, which runs no atexit hook:
+    its areas stayed (until a clean --stale)."""
+    script = tmp_path / "prog.py"
+    script.write_text(_IN_CHILDREN)
+    out = subprocess.run([sys.executable, str(script), method], env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert _stored(tmp_path) == [], _stored(tmp_path)
+
+
+def test_where_calls_may_write_after_the_program_its_exit_leaves_the_record_for_clean_stale(tmp_path, monkeypatch):
+    """probe18's finding 2: on Lambda, calls the program cannot stop wrote into an area after its
+    exit removed it, and clean --stale removed the area at once (no late-write window, unlike a
+    job's), so what they wrote after stayed for good. Such an area's record carries Lambda's window
+    (``late_s``), and an exit while its calls ran leaves the record, as a job's, for clean --stale."""
+    from wrenpack.executor.owner import owner_state
+    from wrenpack.storage import scratch as scratch_module
+    from wrenpack.wire import owner as owner_wire
+
+    monkeypatch.setattr(scratch_module, "_late_writes_s", lambda executor: 900.0)
+    with wrenpack.Executor(storage=str(tmp_path / "store"), concurrency=1) as ex:
+        area = wrenpack.scratch("lambda-like", executor=ex)
+        area.put("a", b"1")
+        record = owner_wire.loads((tmp_path / "store" / "jobs" / area.id / "owner.json").read_bytes())
+        assert record["late_s"] == 900.0 and record["kind"] == "scratch"
+        assert owner_state(area.id, record, None)  # (a record the store's tools read as a job's)
+        scratch_module.close_all(late_writes=True)
+        assert _stored(tmp_path) == [f"jobs/{area.id}/owner.json"]
+        with pytest.raises(wrenpack.StoreError, match="is closed"):
+            area.put("b", b"2")
+        scratch_module._exited_in = None  # (this test's process goes on making areas)
+    (tmp_path / "store" / "jobs" / area.id / "owner.json").unlink()

@@ -213,6 +213,25 @@ def test_the_evaluator_refuses_what_the_policy_scopes_out(bucket):
     assert json.dumps(client).count('"*"') == 1  # GetAccountSettings' resource, nothing else
 
 
+def test_the_worker_policy_lets_calls_use_a_scratch_area_and_nothing_else_of_a_job(bucket):
+    """probe18: a scratch area (``wrenpack.scratch()``) keeps its objects in ``jobs/<id>/data/``,
+    which the worker policy denied: every call given one failed with AccessDenied on Lambda."""
+    class Cfg:
+        function_name = BASE
+        aws_region = REGION
+        storage = f"s3://{bucket}/iam"
+
+    worker = iam_policy(Cfg(), "worker", ACCOUNT)
+    area = "iam/jobs/20261207-120000-0000abcd/data/"
+    for op in ("PutObject", "GetObject", "DeleteObject"):
+        assert not denied(worker, [("s3", op, {"Bucket": bucket, "Key": area + "in/00000"})]), op
+    assert not denied(worker, [("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": area + "in/"})])
+    job = "iam/jobs/20261207-120000-0000abcd/"
+    for key in ("func.pkl", "input/00000", "owner.json", "job.json"):  # (the job's own objects stay out of reach)
+        assert denied(worker, [("s3", "PutObject", {"Bucket": bucket, "Key": job + key})]), key
+    assert denied(worker, [("s3", "DeleteObject", {"Bucket": bucket, "Key": job + "owner.json"})])
+
+
 def test_a_prefix_with_iams_wildcards_grants_only_itself(bucket):
     """probe12: prefixes with '*', '?' or '$' were refused outright (a policy for "a*" grants
     "ab/" too), which stranded stores an earlier version made. They are allowed; the policy

@@ -1142,15 +1142,24 @@ def _delete_adopted(spec: dict[str, Any], job_id: str, call_id: str, secret: byt
         log.debug("could not remove job %s, launched in a call, from its store", job_id, exc_info=True)
 
 
+def calls_running() -> bool:
+    """Whether calls of this process's executors are still running (``wrenpack.scratch``)."""
+    return any(ex._jobs for ex in list(_executors))
+
+
 def _at_exit() -> None:
-    for ex in list(_executors):
+    executors = list(_executors)
+    # (calls Lambda runs go on after their program: what they write into a scratch area then is
+    # left for `wrenpack clean --stale`, as a job's objects are)
+    late = any(ex._jobs and ex.backend.capabilities.late_writes_s > 0 for ex in executors if not ex._closed)
+    for ex in executors:
         try:
             ex._exit()
         except Exception:  # noqa: BLE001 - exit anyway
             log.debug("wrenpack exit cleanup failed", exc_info=True)
     scratch = sys.modules.get("wrenpack.storage.scratch")
     if scratch is not None:  # (the program's scratch areas, once the calls that might write to them stopped)
-        scratch.close_all()
+        scratch.close_all(late_writes=late)
 
 
 atexit.register(_at_exit)

@@ -144,7 +144,7 @@ def read_record(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
         data = store.get(keys.job_record_key(job_id))
     except ObjectNotFound:
         if is_scratch(store, job_id):
-            raise NotSpawned(f"{job_id} is a program's scratch area (wrenpack.store().scratch()), not a job: it has no "
+            raise NotSpawned(f"{job_id} is a program's scratch area (wrenpack.scratch()), not a job: it has no "
                              "calls, and its objects go with the program that made it; `wrenpack clean --stale` "
                              "removes it once that program is gone") from None
         if store.list(keys.job_prefix(job_id)):
@@ -849,7 +849,7 @@ def describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
         return _describe(store, job_id, key)
     except StoreError as exc:
         log.debug("describing job %s failed", job_id, exc_info=True)
-        return {"id": job_id, "spawned": None, "state": "unreadable", "why": str(exc)}
+        return {"id": job_id, "spawned": None, "kind": None, "state": "unreadable", "why": str(exc)}
 
 
 def _describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
@@ -858,17 +858,17 @@ def _describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
     except NotSpawned:
         return _plain_row(store, job_id, key)
     except CorruptObject as exc:
-        return {"id": job_id, "spawned": None, "state": "untrusted", "why": str(exc)}
+        return {"id": job_id, "spawned": None, "kind": None, "state": "untrusted", "why": str(exc)}
     except JobNotFound:
         # Listed, yet no object of it can be read: a folder where its job.json (or owner.json)
         # would be (anyone who can write to the store can make one). Raised, "no job ID" ended
         # the whole listing: one such folder hid every job.
-        return {"id": job_id, "spawned": None, "state": "unreadable",
+        return {"id": job_id, "spawned": None, "kind": None, "state": "unreadable",
                 "why": (f"its folder holds no job record or owner record wrenpack can read (a folder where one would be?); "
                         f"if nothing of yours is in {keys.job_prefix(job_id)} of the store, remove it")}
     row = job.status()
     alive, owner = job.supervisor()
-    row.update(spawned=True, backend=job.record.get("backend"), owner=job.record.get("owner"),
+    row.update(spawned=True, kind="job", backend=job.record.get("backend"), owner=job.record.get("owner"),
                retention_s=job.record.get("retention_s"), expires=job.expires, settings=job.record.get("settings"),
                supervisor={"pid": owner.get("pid"), "host": owner.get("host"), "alive": alive} if owner else None)
     return row
@@ -884,6 +884,7 @@ def _plain_row(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
     state, why = owner_state(job_id, record, key)
     verified = state != "unknown" or (record is not None and key is not None and owner_wire.verify(key, job_id, record))
     return {"id": job_id, "spawned": False, "function": (record or {}).get("label", "") if verified else "",
+            "kind": "scratch" if verified and (record or {}).get("kind") == "scratch" else "job",
             "state": {"live": "running", "stale": "orphaned"}.get(state, "unknown"), "why": why,
             "created": (record or {}).get("created") if verified else None,
             "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified and record else None}

@@ -101,7 +101,10 @@ def spawn_calls(executor: "Executor", fn: Callable[..., Any], calls: list[tuple[
                                 f"used, as {why}; remove it so a new one is made")
         raise WrenpackError(f"cannot spawn {label}: there is no usable owner key at {key_path()} to seal the job "
                             "with; make its directory writable (or set WRENPACK_CACHE_DIR)")
-    prepared = executor.prepare(fn, calls, options, label, handoffs=False)
+    from wrenpack.storage.scratch import refused_in
+
+    with refused_in(f"spawn_map({label})"):  # (a scratch area goes with this program, before the spawned job)
+        prepared = executor.prepare(fn, calls, options, label, handoffs=False)
     _check_references(executor, label, prepared.referenced)
     job_id = new_job_id()
     secret = job_record.derive_secret(key, job_id)

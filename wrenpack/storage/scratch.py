@@ -13,14 +13,16 @@ program is gone. Client side only: an area's owner is the program that made it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from wrenpack import keys
-from wrenpack.errors import ConfigError, ConfigTypeError
+from wrenpack.errors import ConfigError, ConfigTypeError, StoreError
 from wrenpack.storage.data import DataStore, store
 
 log = logging.getLogger(__name__)
@@ -28,28 +30,48 @@ log = logging.getLogger(__name__)
 #: the longest label (it shows in ``wrenpack jobs``)
 MAX_LABEL = 100
 
-#: the areas this process made and has not closed (removed at exit)
+#: the areas this process removes at exit: those neither closed nor kept, and those closed while
+#: calls of this process ran (what such a call writes after the close is removed then)
 _open: dict[str, "Scratch"] = {}
 _lock = threading.Lock()
-_hooked = False
+_sweeping = threading.Lock()
+#: the process whose exit hooks are in place (SIGTERM's needs the main thread: ``_hook_exit``)
+_hooked_in: int | None = None
+#: the process whose exit removed its areas: it makes no more (one made by a later exit hook stayed)
+_exited_in: int | None = None
+_spawning = threading.local()
+#: the process that registered ``close_all`` with ``multiprocessing``'s finalizers (a child of its)
+_finalized_in: int | None = None
 
 
 class Scratch(DataStore):
     """A ``DataStore`` over a temporary area (``scratch``): the same
     put/get/list/objects, removed with ``close()`` (or at the end of a ``with``
-    block, or of the program). Pickled into a call, it is a plain handle on the
-    same objects: the area stays the program's."""
+    block, or of the program), after which it refuses every use. Pickled into a
+    call, it is a plain handle on the same objects: the area stays the program's."""
 
-    def __init__(self, base: DataStore, job_id: str, label: str) -> None:
+    def __init__(self, base: DataStore, job_id: str, label: str, late_s: float) -> None:
         super().__init__(base.store, keys.job_prefix(job_id) + "data/")
         #: the area's id: a job id (``wrenpack jobs``, ``wrenpack clean JOB_ID``)
         self.id = job_id
         self.label = label
+        #: removed: every use is refused
         self.closed = False
+        #: how long after the program calls may still write into it (Lambda's, as its jobs')
+        self.late_s = late_s
+        self._at_exit = True  # (False once kept)
         self._pid = os.getpid()  # (a forked child's exit leaves its parent's areas alone)
 
     def __repr__(self) -> str:
         return f"Scratch({self.url()}{', closed' if self.closed else ''})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if getattr(_spawning, "label", None) is not None:
+            raise ConfigError(
+                f"{_spawning.label}: an argument is a scratch area ({self.id}), which goes with this program: the "
+                "spawned job outlives it and would write into it after its removal; give it wrenpack.store() and a "
+                "prefix of its own")
+        return super().__reduce__()
 
     def __enter__(self) -> "Scratch":
         return self
@@ -57,22 +79,63 @@ class Scratch(DataStore):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreError(f"the scratch area {self.id} is closed, its objects removed; make another with "
+                             "wrenpack.scratch()")
+
+    def _full(self, key: str) -> str:
+        self._check_open()  # (every use by key comes here: put, get, open, size, exists, delete)
+        return super()._full(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        self._check_open()
+        return super().list(prefix)
+
+    def delete_prefix(self, prefix: str) -> int:
+        self._check_open()
+        return super().delete_prefix(prefix)
+
+    def objects(self, prefix: str = "", **options: Any) -> Any:
+        self._check_open()
+        return super().objects(prefix, **options)
+
     def close(self) -> int:
-        """Remove the area's objects, its owner record last; returns how many. Once."""
+        """Remove the area's objects, then its owner record; returns how many. Once.
+        While calls of this program run, one may still write into it: the record stays
+        until the program ends, which removes what they wrote (``close_all``)."""
         with _lock:
             if self.closed:
                 return 0
             self.closed = True
-            _open.pop(self.id, None)
+            running = _calls_running()
+            if running:
+                _open[self.id] = self
+            else:
+                _open.pop(self.id, None)
         removed = self.store.delete_prefix(self.prefix)
-        return removed + self.store.delete_prefix(keys.job_prefix(self.id))
+        return removed if running else removed + self.store.delete_prefix(keys.job_prefix(self.id))
 
     def keep(self) -> None:
-        """Leave the area in the store when the program ends (to look at its objects);
-        ``wrenpack clean --stale`` removes it after that, ``wrenpack clean ID`` at once."""
+        """Leave the area in the store when the program ends (to look at its objects;
+        ``close()`` still removes it). ``wrenpack clean --stale`` removes a kept area
+        once its program is gone, ``wrenpack clean ID`` at once."""
         with _lock:
-            _open.pop(self.id, None)
-            self.closed = True
+            self._at_exit = False
+            if not self.closed:
+                _open.pop(self.id, None)
+
+    def _sweep(self, late_writes: bool) -> None:
+        """At exit: the objects, and the owner record unless calls may still write
+        (``late_writes``: Lambda's, which the program cannot stop): ``wrenpack clean
+        --stale`` waits for those as for a job's, then removes the rest."""
+        self.closed = True
+        self.store.delete_prefix(self.prefix)
+        if late_writes and self.late_s > 0:
+            log.warning("scratch area %s: calls sent before the program ended may still write to it; a "
+                        "`wrenpack clean --stale` in %.0f minutes removes what they wrote", self.id, self.late_s / 60)
+            return
+        self.store.delete_prefix(keys.job_prefix(self.id))
 
 
 def scratch(label: str = "", executor: Any = None) -> Scratch:
@@ -81,53 +144,111 @@ def scratch(label: str = "", executor: Any = None) -> Scratch:
     objects go with ``close()``, at the end of a ``with`` block or of the program (SIGTERM
     too); ``wrenpack clean --stale`` removes those of a program that was killed.
     ``label`` names it in ``wrenpack jobs``. Its owner record is written first."""
-    from wrenpack.executor.core import check_executor, new_job_id
+    from wrenpack.executor import core
     from wrenpack.executor.owner import owner_record
     from wrenpack.storage import data
 
     if data._bound is not None:
-        raise ConfigError("wrenpack.scratch(): a call cannot make a scratch area (its owner would be the worker); make it in "
-                          "the program and pass it to the calls")
+        raise ConfigError("wrenpack.scratch(): a call cannot make a scratch area (its owner would be the worker); make "
+                          "it in the program and pass it to the calls")
     if not isinstance(label, str):
-        raise ConfigTypeError(f"wrenpack.scratch(label={label!r}): the label must be text (it names the area in wrenpack jobs)")
-    if len(label) > MAX_LABEL or not label.isprintable():
-        raise ConfigError(f"wrenpack.scratch(label={label[:40]!r}): a label is printable text of at most {MAX_LABEL} "
-                          "characters; shorten it")
-    check_executor(executor, "wrenpack.scratch()")
+        raise ConfigTypeError(f"wrenpack.scratch(label={label!r:.60}): the label must be text (it names the area in "
+                              "wrenpack jobs)")
+    if len(label) > MAX_LABEL:
+        raise ConfigError(f"wrenpack.scratch(label={label[:40]!r}...): a label holds at most {MAX_LABEL} characters; "
+                          "shorten it")
+    if not label.isprintable():
+        bad = next(ch for ch in label if not ch.isprintable())
+        raise ConfigError(f"wrenpack.scratch(label={label!r}): {bad!r} is not printable (a label shows in wrenpack "
+                          "jobs); use letters, digits, spaces and punctuation")
+    core.check_executor(executor, "wrenpack.scratch()")
+    if _exited_in == os.getpid():
+        raise ConfigError("wrenpack.scratch(): the program is ending and has removed its scratch areas; make areas "
+                          "before its exit hooks run")
     base = store(executor)
-    job_id = new_job_id()
-    area = Scratch(base, job_id, label)
-    base.store.put(keys.owner_key(job_id), json.dumps(owner_record(f"scratch {label}".rstrip(), job_id, kind="scratch")).encode())
+    late_s = _late_writes_s(executor)
+    job_id = core.new_job_id()
+    area = Scratch(base, job_id, label, late_s)
+    record = owner_record(f"scratch {label}".rstrip(), job_id, late_s, kind="scratch")
+    _hook_exit()
+    base.store.put(keys.owner_key(job_id), json.dumps(record).encode())
     with _lock:
         _open[job_id] = area
-    _hook_exit()
     return area
 
 
-def close_all() -> None:
-    """Remove every area this process made and did not close or keep: at exit and on
-    SIGTERM, from the executors' exit hook (``core._at_exit``), after their calls, which
-    may write to an area, were stopped."""
-    with _lock:
-        areas = [area for area in _open.values() if area._pid == os.getpid()]
-    for area in areas:
-        try:
-            area.close()
-        except Exception:  # noqa: BLE001 - the rest still go; `wrenpack clean --stale` removes this one
-            log.warning("could not remove the scratch area %s at exit (wrenpack clean --stale removes it)", area.id,
-                        exc_info=log.isEnabledFor(logging.DEBUG))
+def _late_writes_s(executor: Any) -> float:
+    """How long after the program the calls of ``executor`` (the default one) may still
+    write (``Capabilities.late_writes_s``: Lambda's); 0 if it cannot be made here."""
+    from wrenpack.executor import core
+
+    try:
+        return float((executor or core.default_executor()).backend.capabilities.late_writes_s)
+    except Exception:  # noqa: BLE001 - settings that launch nothing yet (a store without a backend to use)
+        log.debug("no executor to ask how late its calls may write", exc_info=True)
+        return 0.0
+
+
+def _calls_running() -> bool:
+    """Whether calls of this program's executors are still running (they may write to an area)."""
+    from wrenpack.executor import core
+
+    return core.calls_running()
+
+
+def close_all(late_writes: bool = False) -> None:
+    """Remove the areas this process made and did not close or keep, and what calls wrote
+    into those closed meanwhile: at exit and on SIGTERM, from the executors' exit hook
+    (``core._at_exit``), once their calls, which may write to an area, were stopped
+    (``late_writes``: some ran on Lambda, which may write on after it)."""
+    global _exited_in
+    pid = os.getpid()
+    # (one at a time, each to its end: SIGTERM's cleanup thread may run this while the main thread,
+    # a multiprocessing child's, runs it from its finalizers and then ends the process with os._exit)
+    with _sweeping:
+        with _lock:
+            _exited_in = pid
+            areas = [area for area in _open.values() if area._pid == pid and (area.closed or area._at_exit)]
+            for area in areas:
+                _open.pop(area.id, None)
+        for area in areas:
+            try:
+                area._sweep(late_writes)
+            except Exception:  # noqa: BLE001 - the rest still go; `wrenpack clean --stale` removes this one
+                log.warning("could not remove the scratch area %s at exit (wrenpack clean --stale removes it)",
+                            area.id, exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+@contextlib.contextmanager
+def refused_in(label: str) -> Iterator[None]:
+    """While a spawned job's arguments are pickled: an area among them is refused."""
+    _spawning.label = label
+    try:
+        yield
+    finally:
+        _spawning.label = None
 
 
 def _hook_exit() -> None:
     """Areas go at exit as jobs' objects do, SIGTERM included (``termination``), with or
     without an executor made: ``core._at_exit``, registered when ``core`` is imported,
-    removes them."""
-    global _hooked
-    if _hooked:
+    removes them. SIGTERM's handler needs the main thread: an area made in another is
+    looked at again by the next one made. A ``multiprocessing`` child runs no atexit
+    hook (it ends with ``os._exit``), only its finalizers."""
+    global _hooked_in, _finalized_in
+    pid = os.getpid()
+    if _hooked_in == pid:
         return
-    _hooked = True
     from wrenpack.executor import core
     from wrenpack.executor.termination import exit_on_sigterm
     from wrenpack.futures import let_go_for_good
 
-    exit_on_sigterm(core._at_exit, let_go_for_good)
+    if threading.current_thread() is threading.main_thread():
+        exit_on_sigterm(core._at_exit, let_go_for_good)
+        _hooked_in = pid
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None and _finalized_in != pid:
+        from multiprocessing import util
+
+        util.Finalize(None, close_all, exitpriority=0)
+        _finalized_in = pid

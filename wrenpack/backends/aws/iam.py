@@ -89,8 +89,10 @@ def iam_policy(cfg: Any, role: str, account: str = "*", worker_role: str | None 
             # future waits for its result: S3 answers a missing key 404 only to a caller that may list
             # it, else 403 AccessDenied, which fails the call.
             listing("MayBeMissing", ["jobs/*/checkpoint/*", "jobs/*/result/*", "jobs/*/cancel", "jobs/*/cancel.*"]),
-            allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], user),
-            listing("ListUserData", ["data/*", "shuffle/*"]),
+            # (and the program's scratch areas, ``wrenpack.scratch()``: its data in a job's folder of its own)
+            allow("UserDataInCalls", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                  [*user, f"{base}jobs/*/data/*"]),
+            listing("ListUserData", ["data/*", "shuffle/*", "jobs/*/data/*"]),
             allow("Logs", ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
                   f"{arn}:logs:{region}:{account}:log-group:/aws/lambda/{cfg.function_name}-*:*"),
         ]
