@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import os
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
@@ -54,6 +55,23 @@ class _Condition(threading.Condition):
 
 
 _CONDITION = _Condition(_LOCK)
+
+
+def _forked() -> None:
+    """A fork (``os.fork``, multiprocessing's fork start method) gets its own lock: a thread
+    of the parent that held the shared one at the fork (the collector completing a call) is
+    not in the child, and every future there, a new one too, waited for it for good. The
+    futures the child inherited were the parent's (their calls fail there at once:
+    ``RunningJob.wait_here``)."""
+    global _LOCK, _CONDITION
+    _LOCK = threading.RLock()
+    _Condition.__enter__ = _LOCK.__enter__  # type: ignore[method-assign]
+    _Condition.__exit__ = _LOCK.__exit__  # type: ignore[method-assign]
+    _CONDITION = _Condition(_LOCK)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _own_condition() -> threading.Condition:

@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -132,6 +133,8 @@ class RunningJob(CallOwner):
         return self.table._cancel(self.job_id, fut.call_id)
 
     def wait_here(self, fut: WrenFuture, timeout: float | None) -> None:
+        if self.table._pid != os.getpid():  # (a fork's copy of a pending future: it can never resolve here)
+            raise ExecutorShutdown(f"{fut.label}: {self.table.forked_here()}")
         inv = self.invocations.get(fut.call_id)
         if inv is not None and not self.table._stopping:
             self.table.backend.wait_here(inv, math.inf if timeout is None else time.time() + timeout)

@@ -115,6 +115,8 @@ class Executor(CallTable, cf.Executor):
         #: ``Backend.image_asker``, while no backend is made (``_image_of``)
         self._image_asker: ImageAsker | None = None
         self._lock = threading.RLock()
+        #: the process that made it: a fork of it (os.fork, multiprocessing's fork) is another driver (``_forked``)
+        self._pid = os.getpid()
         self._jobs: dict[str, RunningJob] = {}
         self._completions: "queue.SimpleQueue[tuple[Invocation, InvocationResult] | None]" = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
@@ -158,6 +160,7 @@ class Executor(CallTable, cf.Executor):
         self._billed_per_call: bool | None = None
         _executors.add(self)
         exit_on_sigterm(_at_exit, let_go_for_good)
+        _exit_in_multiprocessing_child()
         if backend_obj is not None:
             self._billed_per_call = backend_obj.capabilities.billed_per_call
             self._release_when_dropped(backend_obj)
@@ -266,7 +269,12 @@ class Executor(CallTable, cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls after this. ``cancel_futures`` cancels the calls that have
         not started. ``wait=True`` returns when every launched call has ended and
-        the backend has stopped; with ``wait=False`` that happens in the background."""
+        the backend has stopped; with ``wait=False`` that happens in the background.
+        In a fork of the process that made it, it only closes it here: the calls and the
+        backend are that process's."""
+        if self._pid != os.getpid():
+            self._closed = True
+            return
         with self._lock:
             self._closed = True
             jobs = list(self._jobs.values())
@@ -346,11 +354,19 @@ class Executor(CallTable, cf.Executor):
 
     def check_open(self) -> None:
         """Raise ``ExecutorShutdown`` if no new calls may be launched."""
+        if self._pid != os.getpid():
+            raise ExecutorShutdown(self.forked_here())
         if self._closed:
             if self._exited:
                 raise ExecutorShutdown("cannot schedule new calls after interpreter shutdown: wrenpack stopped its "
                                        "executors at exit; launch calls before the program ends")
             raise ExecutorShutdown("cannot schedule new calls after shutdown; create a new Executor")
+
+    def forked_here(self) -> str:
+        """Why this executor, made by the process this one is a fork of, launches nothing here."""
+        return (f"this executor was made by process {self._pid}, and this process ({os.getpid()}) is a fork of it: "
+                "its calls, workers and futures are that process's; make a new wrenpack.Executor() here (the default "
+                "one is made afresh in a fork)")
 
     def hold(self, plan: Any) -> None:
         """A map holds calls back to launch later (``plan.items``: their futures):
@@ -875,6 +891,8 @@ class Executor(CallTable, cf.Executor):
         still running, remove what they left in the store (unless keep_objects), stop
         the backend."""
         when = "when Ctrl-C ended the executor's `with` block" if interrupted else "at exit"
+        if self._pid != os.getpid():
+            return  # (a fork's exit: the calls and their objects are the process's that made it)
         with self._lock:
             self._closed = self._exited = True
             jobs = list(self._jobs.values())
@@ -1140,6 +1158,44 @@ def _delete_adopted(spec: dict[str, Any], job_id: str, call_id: str, secret: byt
             store.delete_prefix(keys.job_prefix(job_id))
     except Exception:  # noqa: BLE001 - left for `wrenpack clean --stale` (its owner is gone)
         log.debug("could not remove job %s, launched in a call, from its store", job_id, exc_info=True)
+
+
+#: the process that registered ``_at_exit`` with multiprocessing's finalizers
+_finalized_in: int | None = None
+
+
+def _exit_in_multiprocessing_child() -> None:
+    """A ``multiprocessing`` child ends with ``os._exit``, which runs no atexit hook, only
+    multiprocessing's finalizers: there the exit hook runs as one (a pool's worker that
+    launched calls left its local backend's work folder, and its calls' objects)."""
+    global _finalized_in
+    mp = sys.modules.get("multiprocessing")
+    if _finalized_in == os.getpid() or mp is None or mp.parent_process() is None:
+        return
+    from multiprocessing import util
+
+    util.Finalize(None, _at_exit, exitpriority=0)
+    _finalized_in = os.getpid()
+
+
+def _forked() -> None:
+    """In a fork of a driver (``os.fork``, multiprocessing's fork start method), which is
+    another driver: the executors it inherited are the parent's, with their calls, workers
+    and store objects. Its default executor is made afresh, and its exit stops none of
+    the parent's (``_at_exit``): a fork that used the parent's executor sent calls over the
+    parent's worker sockets, and the replies went to whichever process read first (calls of
+    both failed, and a child's future got another child's result); one that exited
+    normally cancelled the parent's running calls and removed their objects. The
+    inherited ones refuse new calls (``check_open``), and their pending futures fail at
+    once (``RunningJob.wait_here``)."""
+    global _default, _default_lock
+    _default = None
+    _default_lock = threading.Lock()  # (a thread of the parent may have held it)
+    _executors.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def calls_running() -> bool:

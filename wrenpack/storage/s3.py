@@ -24,6 +24,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from typing import Any, Iterable
 
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
@@ -40,6 +41,23 @@ SINGLE_PUT_LIMIT = 5 * 1024**3
 DELETE_BATCH = 1000
 
 _CLIENT_LOCK = threading.Lock()
+
+
+#: every S3 store of this process (``_forked``)
+_stores: "weakref.WeakSet[S3Store]" = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """A fork of the process makes its own clients: a boto3 client is not fork-safe (its
+    connections, their sockets, were the parent's: both would read the same replies)."""
+    global _CLIENT_LOCK
+    _CLIENT_LOCK = threading.Lock()  # (a thread of the parent may have held it)
+    for store in list(_stores):
+        store._client = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 #: set while a PutObject of a too old botocore must carry If-None-Match by hand (``_add_if_none_match``)
 _HEADER = threading.local()
@@ -139,6 +157,7 @@ class S3Store(Store):
         self.max_attempts = max_attempts
         self.multipart_threshold = multipart_threshold
         self._client: Any = None
+        _stores.add(self)
         #: the client's botocore predates PutObject's IfNoneMatch (1.35.2): the header goes by hand
         self._legacy_if_none_match = False
 
@@ -172,7 +191,8 @@ class S3Store(Store):
 
     @property
     def client(self) -> Any:
-        """The boto3 S3 client, made on first use (boto3 clients are thread-safe)."""
+        """The boto3 S3 client, made on first use (boto3 clients are thread-safe; not
+        fork-safe: a fork of the process makes its own, ``_forked``)."""
         if self._client is not None:
             return self._client
         with _CLIENT_LOCK:  # threads racing here would each build a client (~0.3 s)

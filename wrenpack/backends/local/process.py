@@ -97,6 +97,18 @@ _live_workers: set[int] = set()
 _starting = threading.Lock()
 
 
+def _forked() -> None:
+    """A fork of the driver has no local workers of its own yet (its parent's are not its),
+    and a lock of its own (a thread of the parent may have held it)."""
+    global _starting
+    _live_workers.clear()
+    _starting = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 @contextlib.contextmanager
 def workers_held() -> Iterator[frozenset[int]]:
     """The pids of the local workers this process runs, with none starting meanwhile.

@@ -250,6 +250,8 @@ class LocalBackend(Backend):
         #: of those, calls taken back before they started: for a worker left idle (``_recall_ahead``), or cancelled
         self.calls_recalled = 0
         self._capabilities: tuple[tuple[Any, ...], Capabilities] | None = None
+        #: the process that made it: its workers are that process's, not a fork's (``_forked``)
+        self._pid = os.getpid()
         _live.add(self)
 
     @property
@@ -464,7 +466,10 @@ class LocalBackend(Backend):
     def shutdown(self, wait: bool = True) -> None:
         """``wait=True``: run what is queued and in flight, then stop. ``wait=False``: stop the
         running calls and fail the queued ones now. Either way workers, their cgroups and
-        temporary directories are gone when this returns (unless called from a callback)."""
+        temporary directories are gone when this returns (unless called from a callback).
+        In a fork of the process that made it, nothing: its workers are that process's."""
+        if self._pid != os.getpid():
+            return
         with self._lock:
             if self._closed:
                 return
@@ -1125,6 +1130,17 @@ class LocalBackend(Backend):
 
 def _limits(inv: Invocation) -> tuple[Any, ...]:
     return (inv.memory_mb, inv.timeout_s, inv.ephemeral_storage_mb)
+
+
+def _forked() -> None:
+    """A fork of the driver is another driver: the backends it inherited, their workers
+    and work folders are the parent's, which its exit must leave alone (``_stop_all``:
+    a backend whose dispatcher had not started yet was cleaned up, its workers killed)."""
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 @atexit.register
