@@ -137,3 +137,44 @@ def test_a_fork_pool_using_wrenpack_while_the_parents_map_runs(tmp_path):
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.pathsep + env.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout, out.stderr[-2000:])
+
+
+_POOL_TERMINATED = textwrap.dedent("""
+    import multiprocessing, os, wrenpack
+
+    def ident(x):
+        return x
+
+    def task(x):
+        return wrenpack.remote(ident).remote(x).result(timeout=60)
+
+    if __name__ == "__main__":
+        with multiprocessing.get_context("fork").Pool(2) as pool:  # (its exit terminates the workers)
+            assert pool.map(task, range(4)) == [0, 1, 2, 3]
+        print("ok")
+""")
+
+
+def test_a_terminated_pool_worker_that_used_wrenpack_leaves_no_work_folder(tmp_path):
+    """A pool's worker ends its SIGTERM (``Pool.__exit__``) through wrenpack's cleanup thread and
+    through multiprocessing's finalizers in its main thread, both running the exit cleanup; the
+    main thread's os._exit cut the thread's run short and left the local backend's work folder
+    (in 2 runs of 6 pools). The second run now waits for the first."""
+    import subprocess
+    import time
+
+    script = tmp_path / "prog.py"
+    script.write_text(_POOL_TERMINATED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRENPACK_")}
+    env.update(WRENPACK_STORAGE=str(tmp_path / "store"), WRENPACK_PROGRESS="false",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.pathsep + env.get("PYTHONPATH", ""))
+    left = []
+    for run in range(6):  # (each in a TMPDIR of its own: a later backend's start sweeps what a dead one left)
+        tmp = tmp_path / f"tmp{run}"
+        tmp.mkdir()
+        out = subprocess.run([sys.executable, str(script)], env=dict(env, TMPDIR=str(tmp)), capture_output=True,
+                             text=True, timeout=240)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+        time.sleep(0.3)
+        left += [p.name for p in tmp.iterdir() if p.name.startswith("wrenpack")]
+    assert left == []

@@ -1188,9 +1188,10 @@ def _forked() -> None:
     normally cancelled the parent's running calls and removed their objects. The
     inherited ones refuse new calls (``check_open``), and their pending futures fail at
     once (``RunningJob.wait_here``)."""
-    global _default, _default_lock
+    global _default, _default_lock, _exiting
     _default = None
     _default_lock = threading.Lock()  # (a thread of the parent may have held it)
+    _exiting = threading.RLock()
     _executors.clear()
 
 
@@ -1203,7 +1204,17 @@ def calls_running() -> bool:
     return any(ex._jobs for ex in list(_executors))
 
 
+#: held while the exit cleanup runs: SIGTERM's cleanup thread and a multiprocessing child's
+#: finalizers (its main thread, which then ends the process with os._exit) may both run it
+_exiting = threading.RLock()
+
+
 def _at_exit() -> None:
+    with _exiting:  # (the second waits for the first to end: its os._exit cut it short, a work folder left)
+        _exit_all()
+
+
+def _exit_all() -> None:
     executors = list(_executors)
     # (calls Lambda runs go on after their program: what they write into a scratch area then is
     # left for `wrenpack clean --stale`, as a job's objects are)
