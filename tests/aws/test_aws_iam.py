@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -195,14 +196,14 @@ def test_the_stand_in_refuses_what_a_policy_lacks_as_aws_does(iam, bucket, monke
     assert lambda_refusal.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
+def _policy(role: str, storage: str) -> dict:
+    """``iam_policy`` for ``role`` with the suite's function family and region, on ``storage``."""
+    return iam_policy(SimpleNamespace(function_name=BASE, aws_region=REGION, storage=storage), role, ACCOUNT)
+
+
 def test_the_evaluator_refuses_what_the_policy_scopes_out(bucket):
     """The checks above can fail: requests outside the prefix, the family or the conditions are refused."""
-    class Cfg:
-        function_name = BASE
-        aws_region = REGION
-        storage = f"s3://{bucket}/iam"
-
-    client, worker = iam_policy(Cfg(), "client", ACCOUNT), iam_policy(Cfg(), "worker", ACCOUNT)
+    client, worker = _policy("client", f"s3://{bucket}/iam"), _policy("worker", f"s3://{bucket}/iam")
     assert denied(client, [("lambda", "Invoke", {"FunctionName": "other-fn"})])
     assert denied(client, [("s3", "PutObject", {"Bucket": bucket, "Key": "elsewhere/jobs/x"})])
     assert denied(client, [("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": "iam/runtimes/"})])
@@ -216,12 +217,7 @@ def test_the_evaluator_refuses_what_the_policy_scopes_out(bucket):
 def test_the_worker_policy_lets_calls_use_a_scratch_area_and_nothing_else_of_a_job(bucket):
     """probe18: a scratch area (``wrenpack.scratch()``) keeps its objects in ``jobs/<id>/data/``,
     which the worker policy denied: every call given one failed with AccessDenied on Lambda."""
-    class Cfg:
-        function_name = BASE
-        aws_region = REGION
-        storage = f"s3://{bucket}/iam"
-
-    worker = iam_policy(Cfg(), "worker", ACCOUNT)
+    worker = _policy("worker", f"s3://{bucket}/iam")
     area = "iam/jobs/20261207-120000-0000abcd/data/"
     for op in ("PutObject", "GetObject", "DeleteObject"):
         assert not denied(worker, [("s3", op, {"Bucket": bucket, "Key": area + "in/00000"})]), op
@@ -236,12 +232,7 @@ def test_a_prefix_with_iams_wildcards_grants_only_itself(bucket):
     """probe12: prefixes with '*', '?' or '$' were refused outright (a policy for "a*" grants
     "ab/" too), which stranded stores an earlier version made. They are allowed; the policy
     writes each as IAM's literal form (``${*}``, ``${?}``, ``${$}``)."""
-    class Cfg:
-        function_name = BASE
-        aws_region = REGION
-        storage = f"s3://{bucket}/team*:a?b$c[d]"
-
-    client = iam_policy(Cfg(), "client", ACCOUNT)
+    client = _policy("client", f"s3://{bucket}/team*:a?b$c[d]")
     key = "team*:a?b$c[d]/jobs/j1/input/0.pkl"
     assert not denied(client, [("s3", "PutObject", {"Bucket": bucket, "Key": key})])
     for other in ("teamX:a?b$c[d]", "team*:aXb$c[d]", "team*:a?b$c[d]x", "team*:a?bXc[d]", "team*:a?b$cd"):
