@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import threading
 from typing import Any, Iterator
 
@@ -34,14 +33,11 @@ MAX_LABEL = 100
 #: calls of this process ran (what such a call writes after the close is removed then)
 _open: dict[str, "Scratch"] = {}
 _lock = threading.Lock()
-_sweeping = threading.Lock()
 #: the process whose exit hooks are in place (SIGTERM's needs the main thread: ``_hook_exit``)
 _hooked_in: int | None = None
 #: the process whose exit removed its areas: it makes no more (one made by a later exit hook stayed)
 _exited_in: int | None = None
 _spawning = threading.local()
-#: the process that registered ``close_all`` with ``multiprocessing``'s finalizers (a child of its)
-_finalized_in: int | None = None
 
 
 class Scratch(DataStore):
@@ -200,23 +196,22 @@ def close_all(late_writes: bool = False) -> None:
     """Remove the areas this process made and did not close or keep, and what calls wrote
     into those closed meanwhile: at exit and on SIGTERM, from the executors' exit hook
     (``core._at_exit``), once their calls, which may write to an area, were stopped
-    (``late_writes``: some ran on Lambda, which may write on after it)."""
+    (``late_writes``: some ran on Lambda, which may write on after it). One run at a time,
+    each to its end: ``core._at_exit``'s lock holds SIGTERM's cleanup thread and a
+    ``multiprocessing`` child's finalizers apart."""
     global _exited_in
     pid = os.getpid()
-    # (one at a time, each to its end: SIGTERM's cleanup thread may run this while the main thread,
-    # a multiprocessing child's, runs it from its finalizers and then ends the process with os._exit)
-    with _sweeping:
-        with _lock:
-            _exited_in = pid
-            areas = [area for area in _open.values() if area._pid == pid and (area.closed or area._at_exit)]
-            for area in areas:
-                _open.pop(area.id, None)
+    with _lock:
+        _exited_in = pid
+        areas = [area for area in _open.values() if area._pid == pid and (area.closed or area._at_exit)]
         for area in areas:
-            try:
-                area._sweep(late_writes)
-            except Exception:  # noqa: BLE001 - the rest still go; `wrenpack clean --stale` removes this one
-                log.warning("could not remove the scratch area %s at exit (wrenpack clean --stale removes it)",
-                            area.id, exc_info=log.isEnabledFor(logging.DEBUG))
+            _open.pop(area.id, None)
+    for area in areas:
+        try:
+            area._sweep(late_writes)
+        except Exception:  # noqa: BLE001 - the rest still go; `wrenpack clean --stale` removes this one
+            log.warning("could not remove the scratch area %s at exit (wrenpack clean --stale removes it)",
+                        area.id, exc_info=log.isEnabledFor(logging.DEBUG))
 
 
 @contextlib.contextmanager
@@ -234,8 +229,8 @@ def _hook_exit() -> None:
     without an executor made: ``core._at_exit``, registered when ``core`` is imported,
     removes them. SIGTERM's handler needs the main thread: an area made in another is
     looked at again by the next one made. A ``multiprocessing`` child runs no atexit
-    hook (it ends with ``os._exit``), only its finalizers."""
-    global _hooked_in, _finalized_in
+    hook (it ends with ``os._exit``), only its finalizers, where ``core`` puts the hook."""
+    global _hooked_in
     pid = os.getpid()
     if _hooked_in == pid:
         return
@@ -246,9 +241,4 @@ def _hook_exit() -> None:
     if threading.current_thread() is threading.main_thread():
         exit_on_sigterm(core._at_exit, let_go_for_good)
         _hooked_in = pid
-    mp = sys.modules.get("multiprocessing")
-    if mp is not None and mp.parent_process() is not None and _finalized_in != pid:
-        from multiprocessing import util
-
-        util.Finalize(None, close_all, exitpriority=0)
-        _finalized_in = pid
+    core._exit_in_multiprocessing_child()
