@@ -491,3 +491,77 @@ def test_a_logging_handler_that_waits_holds_up_no_cleanup(tmp_path):
     assert proc.returncode == -signal.SIGTERM and took < 10, (took, out, err)
     assert _stored(tmp_path) == [], err
     assert not glob.glob(os.path.join(tempfile.gettempdir(), f"wrenpack-local-{proc.pid}-*"))  # (its work folder)
+
+
+_HANGUP = """
+    import os, sys, time, wrenpack
+    area = wrenpack.scratch("hangup")
+    area.put("input", b"x" * 100_000)
+    def mapper(x):
+        return [(x % 3, b"x" * 100_000)]
+    def reducer(key, values):
+        time.sleep(60)
+    fut = wrenpack.map_reduce(mapper, range(6), reducer, partitions=3)
+    shuffle = os.path.join(os.environ["WRENPACK_STORAGE"], "shuffle")
+    while not any(f.startswith("m") for _d, _s, files in os.walk(shuffle) for f in files):
+        time.sleep(0.02)
+    time.sleep(0.3)
+    print("ready", flush=True)
+    fut.result()
+"""
+
+
+def test_a_sighup_stops_the_calls_and_removes_their_objects_and_scratch_areas(tmp_path):
+    """SIGHUP (``kill -HUP``, a closed terminal's, an ssh session's end) ends a program
+    by default as SIGTERM does, and so gets the same handler: before, it ended the driver
+    at once, and the map_reduce's intermediates, its job's records and the scratch area
+    stayed in the store until ``wrenpack clean --stale``."""
+    with _ready(tmp_path, _HANGUP, start_new_session=True) as proc:
+        assert any(p.startswith("shuffle/") for p in _stored(tmp_path))
+        assert any(p.startswith("jobs/") and "/data/" in p for p in _stored(tmp_path))
+        proc.send_signal(signal.SIGHUP)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGHUP, err  # (ended by the signal, as before)
+    assert _stored(tmp_path) == [], err
+    assert "Traceback" not in err and "still running at exit" in err, err
+
+
+def test_a_closed_terminal_leaves_nothing_in_the_store(tmp_path):
+    """The terminal the program runs in goes away (its window closed, the ssh connection
+    dropped): the kernel sends SIGHUP, and the cleanup runs with stderr gone (writes to
+    the hung-up terminal fail)."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    name = os.ttyname(secondary)
+
+    def controlling_terminal() -> None:  # (in the child: its own session, with the terminal as its controlling one)
+        os.close(primary)
+        os.close(os.open(name, os.O_RDWR))
+
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_HANGUP)], cwd=tmp_path, env=_env(tmp_path),
+                            stdin=secondary, stdout=subprocess.PIPE, stderr=secondary, text=True,
+                            start_new_session=True, preexec_fn=controlling_terminal)
+    os.close(secondary)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        os.close(primary)  # (the terminal hangs up: SIGHUP to its session's leader, the program)
+        primary = -1
+        proc.wait(timeout=60)
+    finally:
+        if primary >= 0:
+            os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGHUP
+    assert _stored(tmp_path) == []
+
+
+def test_a_program_run_under_nohup_keeps_running(tmp_path):
+    """``nohup`` (or the program itself) ignores SIGHUP: that choice is left alone."""
+    script = _OWN.replace("signal.SIGTERM)\n    time.sleep", "signal.SIGHUP)\n    time.sleep")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script.format(setup="signal.signal(signal.SIGHUP, signal.SIG_IGN)"))],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "survived"), proc.stderr

@@ -1,4 +1,4 @@
-"""SIGTERM stops a driver's calls and removes their objects before the driver ends.
+"""SIGTERM and SIGHUP stop a driver's calls and remove their objects before the driver ends.
 
 ``kill``, ``timeout``, a cancelled CI job, ``docker stop`` and a batch
 scheduler's preemption send SIGTERM, whose default action ends the process at
@@ -38,6 +38,14 @@ its first instruction (``_fork_hooks``): a Python handler runs only when the
 process comes back to the interpreter, and a SIGTERM that reaches a child
 between the fork and that point is dropped (17 of 20 children signalled right
 after their fork ran on; ``multiprocessing.Pool.terminate`` hung on such a one).
+
+SIGHUP gets the same handler, as it ends a program by default as SIGTERM does: a
+closed terminal window, a dropped ssh connection, ``kill -HUP``. Before, it ended
+the driver at once, and its jobs' objects and scratch areas stayed until ``wrenpack
+clean --stale``. (The cleanup then runs with stderr gone: writes to the hung-up
+terminal fail, and logging drops them.) A program run under ``nohup`` ignores SIGHUP:
+left alone, as a program's own handler is. What this module says of SIGTERM holds for
+SIGHUP (the signal that came ends the process; either, a second later, ends it at once).
 """
 from __future__ import annotations
 
@@ -65,14 +73,16 @@ _installed_in: int | None = None
 _cleanup: Callable[[], None] | None = None
 #: what the handler runs first, in the main thread: it gives up the locks the cleanup needs
 _let_go: Callable[[], None] | None = None
-#: when the first SIGTERM came (monotonic clock)
+#: when the first SIGTERM (or SIGHUP) came (monotonic clock)
 _first: float | None = None
+#: the signals that end a program by default and get the handler when at their default
+ENDING_SIGNALS: tuple[int, ...] = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | None = None) -> None:
-    """Install the handler, once per process, if SIGTERM is at its default and this is
-    the main thread of a driver (not a wrenpack worker, which has its own). ``let_go``
-    gives up, in the thread the handler interrupted, the locks ``cleanup`` takes."""
+    """Install the handler for each of ``ENDING_SIGNALS`` at its default, once per process,
+    if this is the main thread of a driver (not a wrenpack worker, which has its own).
+    ``let_go`` gives up, in the thread the handler interrupted, the locks ``cleanup`` takes."""
     global _installed_in, _cleanup, _let_go, _stdlib_roots, _locking_roots
     pid = os.getpid()
     if _installed_in == pid or threading.current_thread() is not threading.main_thread():
@@ -80,12 +90,14 @@ def exit_on_sigterm(cleanup: Callable[[], None], let_go: Callable[[], None] | No
     if "wrenpack.worker.handler" in sys.modules:  # a worker (local or Lambda): its own handling
         return
     try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return  # the program's own choice
+        ours = [signum for signum in ENDING_SIGNALS if signal.getsignal(signum) is signal.SIG_DFL]
+        if not ours:
+            return  # the program's own choice (its handlers, or ignored: nohup)
         _cleanup, _let_go = cleanup, let_go
         _stdlib_roots = _roots()  # (now: not imports and file lookups in the handler)
         _locking_roots = tuple(os.path.join(os.path.dirname(p), "") for p in (_WRENPACK_INIT, os.path.abspath(logging.__file__)))
-        signal.signal(signal.SIGTERM, _stop)
+        for signum in ours:
+            signal.signal(signum, _stop)
     except (ValueError, OSError):  # (not the main interpreter, or no signals here)
         return
     _installed_in = pid
@@ -99,8 +111,8 @@ _mask = threading.local()
 
 
 def _fork_hooks() -> None:
-    """Children forked from now on start with SIGTERM's default action. SIGTERM is
-    blocked in the forking thread across the fork, so one sent to the child before it
+    """Children forked from now on start with SIGTERM's (and SIGHUP's) default action. They
+    are blocked in the forking thread across the fork, so one sent to the child before it
     reset the action waits in the kernel, and ends it once unblocked; the parent's
     mask is as it was after the fork."""
     global _hooked
@@ -111,7 +123,7 @@ def _fork_hooks() -> None:
 
 def _before_fork() -> None:
     try:
-        _mask.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        _mask.old = signal.pthread_sigmask(signal.SIG_BLOCK, set(ENDING_SIGNALS))
     except (OSError, ValueError):
         _mask.old = None
 
@@ -124,11 +136,12 @@ def _restore_mask() -> None:
 
 
 def _default_in_child() -> None:
-    try:
-        if signal.getsignal(signal.SIGTERM) is _stop:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except (OSError, ValueError):
-        pass
+    for signum in ENDING_SIGNALS:
+        try:
+            if signal.getsignal(signum) is _stop:
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
     _restore_mask()  # (a SIGTERM that came meanwhile ends the child now)
 
 
@@ -163,7 +176,7 @@ def _stop(signum: int, frame: Any) -> None:
     if futures is not None:
         futures._program_callback = _not_wrenpacks  # (the program's done-callbacks are the program's code too)
     _log_aside()
-    worker = threading.Thread(target=_run_cleanup, args=(cleanup,), name="wrenpack-sigterm-cleanup", daemon=True)
+    worker = threading.Thread(target=_run_cleanup, args=(cleanup, signum), name="wrenpack-sigterm-cleanup", daemon=True)
     # (the handler's caller is the frame the signal interrupted, or ``interrupts.Held``'s exit
     # that ran it late: the code running now, which ``frame`` may no longer be)
     here = sys._getframe(1) if frame is not None else None
@@ -194,9 +207,16 @@ _over = False
 END_GRACE_S = 5.0
 
 
-def _run_cleanup(cleanup: Callable[[], None]) -> None:
-    log.info("wrenpack: SIGTERM: stopping the calls still running and removing their objects, then ending")
+def _run_cleanup(cleanup: Callable[[], None], signum: int) -> None:
+    log.info("wrenpack: %s: stopping the calls still running and removing their objects, then ending", _name(signum))
     cleanup()
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _park(worker: threading.Thread, signum: int, since: float) -> None:

@@ -6,7 +6,7 @@ with SIGKILL it cannot, and nothing told those objects from the user's own data:
 ``wrenpack clean --stale`` neither removed nor named them. ``wrenpack.scratch()`` gives
 an area whose objects live under a job's folder (``jobs/<id>/data/``), next to an
 owner record sealed as a job's (``executor.owner.owner_record``): the program
-removes the area when it is closed, at exit and on SIGTERM (``close_all``, from the
+removes the area when it is closed, at exit and on SIGTERM or SIGHUP (``close_all``, from the
 executor's exit hook), and the store's tools judge it as a job: ``wrenpack jobs``
 lists it ("scratch LABEL"), and ``wrenpack clean --stale`` removes it once its
 program is gone. Client side only: an area's owner is the program that made it.
@@ -137,7 +137,7 @@ class Scratch(DataStore):
 def scratch(label: str = "", executor: Any = None) -> Scratch:
     """``wrenpack.scratch()``: a temporary area of the store ``wrenpack.store(executor)``
     names (``Scratch``: a ``DataStore`` of its own, which calls take as an argument). Its
-    objects go with ``close()``, at the end of a ``with`` block or of the program (SIGTERM
+    objects go with ``close()``, at the end of a ``with`` block or of the program (SIGTERM, SIGHUP
     too); ``wrenpack clean --stale`` removes those of a program that was killed.
     ``label`` names it in ``wrenpack jobs``. Its owner record is written first."""
     from wrenpack.executor import core
@@ -225,7 +225,7 @@ def refused_in(label: str) -> Iterator[None]:
 
 
 def _hook_exit() -> None:
-    """Areas go at exit as jobs' objects do, SIGTERM included (``termination``), with or
+    """Areas go at exit as jobs' objects do, SIGTERM and SIGHUP included (``termination``), with or
     without an executor made: ``core._at_exit``, registered when ``core`` is imported,
     removes them. SIGTERM's handler needs the main thread: an area made in another is
     looked at again by the next one made. A ``multiprocessing`` child runs no atexit
