@@ -493,22 +493,11 @@ def test_a_logging_handler_that_waits_holds_up_no_cleanup(tmp_path):
     assert not glob.glob(os.path.join(tempfile.gettempdir(), f"wrenpack-local-{proc.pid}-*"))  # (its work folder)
 
 
-_HANGUP = """
-    import os, sys, time, wrenpack
+#: the map_reduce above, with a scratch area of the program's too
+_HANGUP = _MAP_REDUCE.replace("import os, sys, time, wrenpack\n", """import os, sys, time, wrenpack
     area = wrenpack.scratch("hangup")
     area.put("input", b"x" * 100_000)
-    def mapper(x):
-        return [(x % 3, b"x" * 100_000)]
-    def reducer(key, values):
-        time.sleep(60)
-    fut = wrenpack.map_reduce(mapper, range(6), reducer, partitions=3)
-    shuffle = os.path.join(os.environ["WRENPACK_STORAGE"], "shuffle")
-    while not any(f.startswith("m") for _d, _s, files in os.walk(shuffle) for f in files):
-        time.sleep(0.02)
-    time.sleep(0.3)
-    print("ready", flush=True)
-    fut.result()
-"""
+""", 1)
 
 
 def test_a_sighup_stops_the_calls_and_removes_their_objects_and_scratch_areas(tmp_path):
