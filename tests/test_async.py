@@ -135,3 +135,28 @@ def test_sync_iteration_is_unchanged(remote):
     with pytest.raises(cf.TimeoutError):
         for _ in wrenpack.as_completed(remote(nap).map([0.3]), timeout=0.1):  # (the module's executor waits it out)
             pass
+
+
+def test_async_for_over_futures_unpickled_while_their_calls_run(executor, tmp_path):
+    """An unpickled future whose call this process did not launch (``refs.CallRef``)
+    resolves only when something looks at the store, as ``wrenpack.wait`` and the
+    ``for`` loop do: ``async for`` waited for a done-callback that never came, for
+    good (the calls had ended long before)."""
+    import pickle
+
+    from wrenpack.worker import refs
+
+    release = str(tmp_path / "release")
+    futs = [executor.submit(held, release, i) for i in range(3)]
+    blob = pickle.dumps(futs)
+    for f in futs:  # as in another process: no live future for these calls here
+        refs._live.pop((f.job_id, f.call_id), None)
+    loaded = pickle.loads(blob)
+    assert all(isinstance(f, refs.CallRef) for f in loaded)
+
+    async def main():
+        asyncio.get_running_loop().call_later(0.3, lambda: open(release, "w").close())
+        return [f.result() async for f in wrenpack.as_completed(loaded, timeout=20)]
+
+    assert sorted(asyncio.run(main())) == [0, 1, 2]
+    assert wrenpack.get(futs, timeout=20) == [0, 1, 2]

@@ -853,6 +853,9 @@ class AsCompleted:
         ready: asyncio.Queue[cf.Future] = asyncio.Queue()
         sink = _LoopSink(loop, ready)
         todo = len(futures)
+        # Unpickled futures whose calls this process did not launch resolve only when looked at
+        # (``wait``): looked at while waiting, from a thread (each look may read the store).
+        polled: list[cf.Future] = []
         futures.reverse()
         while futures:  # (emptied: the iteration holds only what the queue holds)
             fut = futures.pop()
@@ -860,7 +863,10 @@ class AsCompleted:
                 ready.put_nowait(fut)
             else:
                 fut.add_done_callback(sink.put)  # (from the thread that finishes it)
+                if isinstance(fut, refs.CallRef):
+                    polled.append(fut)
             fut = None
+        delay = 0.01
         try:
             while todo:
                 if ready.empty():
@@ -870,10 +876,15 @@ class AsCompleted:
                         if ready.empty():
                             raise self._timed_out(todo)
                     else:
+                        look = polled and (left is None or delay < left)
                         try:
-                            await asyncio.wait_for(_wait_not_empty(ready), left)
+                            await asyncio.wait_for(_wait_not_empty(ready), delay if look else left)
                         except asyncio.TimeoutError:
-                            raise self._timed_out(todo) from None
+                            if not look:
+                                raise self._timed_out(todo) from None
+                            polled = await asyncio.to_thread(_still_running, polled)
+                            delay = min(delay * 1.5, 0.5)
+                            continue
                 todo -= 1
                 yield ready.get_nowait()
         finally:
@@ -881,6 +892,12 @@ class AsCompleted:
 
     def _timed_out(self, todo: int) -> asyncio.TimeoutError:
         return asyncio.TimeoutError(f"{todo} of {self._given} calls not finished after {self._timeout} s")
+
+
+def _still_running(futures: list[cf.Future]) -> list[cf.Future]:
+    """Those of ``futures`` not done, each looked at once (a ``CallRef`` reads the store,
+    and resolves, running its done-callbacks, once its result is there)."""
+    return [f for f in futures if not f.done()]
 
 
 async def _wait_not_empty(queue: "asyncio.Queue[Any]") -> None:
