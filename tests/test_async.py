@@ -160,3 +160,50 @@ def test_async_for_over_futures_unpickled_while_their_calls_run(executor, tmp_pa
 
     assert sorted(asyncio.run(main())) == [0, 1, 2]
     assert wrenpack.get(futs, timeout=20) == [0, 1, 2]
+
+
+def _unpickled_while_running(executor, release, n=2):
+    """(the futures, and copies of them unpickled as in a process that did not launch their calls)"""
+    import pickle
+
+    from wrenpack.worker import refs
+
+    futs = [executor.submit(held, release, i) for i in range(n)]
+    blob = pickle.dumps(futs)
+    for f in futs:
+        refs._live.pop((f.job_id, f.call_id), None)
+    loaded = pickle.loads(blob)
+    assert all(isinstance(f, refs.CallRef) for f in loaded)
+    return futs, loaded
+
+
+def test_await_and_wrap_future_of_futures_unpickled_while_their_calls_run(executor, tmp_path):
+    """``await ref`` raised TypeError (an unpickled future had no ``__await__``), and
+    ``asyncio.wrap_future(ref)`` never resolved: its done-callback ran only when something
+    looked at the store, and nothing did."""
+    release = str(tmp_path / "release")
+    futs, loaded = _unpickled_while_running(executor, release)
+
+    async def main():
+        asyncio.get_running_loop().call_later(0.3, lambda: open(release, "w").close())
+        return await asyncio.wait_for(loaded[0], 20), await asyncio.wait_for(asyncio.wrap_future(loaded[1]), 20)
+
+    assert asyncio.run(main()) == (0, 1)
+    assert wrenpack.get(futs, timeout=20) == [0, 1]
+
+
+def test_callbacks_and_the_standard_librarys_wait_on_futures_unpickled_while_their_calls_run(executor, tmp_path):
+    """Their done-callbacks run once the result is there, with nothing else looking, and
+    ``concurrent.futures.wait``/``as_completed`` see them finish (they waited for good)."""
+    import threading
+
+    release = str(tmp_path / "release")
+    futs, loaded = _unpickled_while_running(executor, release, 3)
+    called = threading.Event()
+    loaded[0].add_done_callback(lambda f: called.set())
+    threading.Timer(0.3, lambda: open(release, "w").close()).start()
+    assert called.wait(20)
+    done, not_done = cf.wait(loaded[1:2], timeout=20)
+    assert not not_done and done.pop().result() == 1
+    assert [f.result() for f in cf.as_completed(loaded[2:], timeout=20)] == [2]
+    assert wrenpack.get(futs, timeout=20) == [0, 1, 2]

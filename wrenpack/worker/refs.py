@@ -31,6 +31,7 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import threading
 import time
@@ -42,6 +43,8 @@ from wrenpack.errors import ObjectNotFound, WorkerLost, WrenpackError
 from wrenpack.storage import open_store
 from wrenpack.wire.outcome import Outcome
 from wrenpack.wire.result import open_result
+
+log = logging.getLogger(__name__)
 
 _live: "weakref.WeakValueDictionary[tuple[str, str], cf.Future]" = weakref.WeakValueDictionary()
 
@@ -447,6 +450,83 @@ def finished(label: str, state: str, value: Any) -> cf.Future:
 
 _stores: dict[str, Any] = {}
 #: how long a reference's result may be missing before it asks whether its job is still there, and how often then
+class _Waiters(list):  # type: ignore[type-arg]
+    """A ``CallRef``'s ``_waiters``: the standard library's ``wait`` and ``as_completed``
+    append a waiter and block on it, which only ``set_result`` wakes. A reference
+    resolves when something looks at the store, and those never do: appended to
+    here, the reference is watched (``_watcher``)."""
+
+    def __init__(self, ref: "CallRef") -> None:
+        super().__init__()
+        self._ref = weakref.ref(ref)
+
+    def append(self, waiter: Any) -> None:
+        super().append(waiter)
+        ref = self._ref()
+        if ref is not None and not cf.Future.done(ref):
+            _watcher.watch(ref)
+
+
+class _Watcher:
+    """Looks at the store for the references that something waits on without looking
+    itself: a done-callback (``asyncio.wrap_future``'s, ``await``'s, the program's), or a
+    waiter of ``concurrent.futures.wait``. Before, such a reference resolved only when
+    ``done()``, ``result()`` or wrenpack's ``wait`` looked, and those waited for good.
+    One thread, started when the first is watched and gone once none is left; the looks
+    back off from ``FIRST_S`` to ``EVERY_S`` (a look is a GET on S3), and a reference
+    is held until it resolves (as an executor holds its futures: a callback runs even
+    where the program let go of the future)."""
+
+    FIRST_S = 0.01
+    EVERY_S = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, CallRef] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, ref: "CallRef") -> None:
+        with self._lock:
+            self._watched[id(ref)] = ref
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wrenpack-ref-watcher", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        delay = self.FIRST_S
+        while True:
+            time.sleep(delay)
+            with self._lock:
+                refs = list(self._watched.values())
+            for ref in refs:
+                try:
+                    resolved = ref._poll()
+                except Exception:  # noqa: BLE001 - the store did not answer: looked at again later
+                    log.debug("looking for the result of %s", ref.label, exc_info=True)
+                    resolved = False
+                if resolved:
+                    with self._lock:
+                        self._watched.pop(id(ref), None)
+            refs = ref = None  # type: ignore[assignment]
+            with self._lock:
+                if not self._watched:
+                    self._thread = None
+                    return
+            delay = min(delay * 1.5, self.EVERY_S)
+
+    def forget_thread(self) -> None:
+        """In a forked child: the thread stayed in the parent; one starts when a reference is watched here."""
+        self._lock = threading.Lock()
+        self._thread = None
+        if self._watched:
+            self.watch(next(iter(self._watched.values())))
+
+
+_watcher = _Watcher()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_watcher.forget_thread)
+
+
 _GONE_AFTER_S = 1.0
 _GONE_EVERY_S = 5.0
 
@@ -483,6 +563,21 @@ class CallRef(cf.Future):
         #: when the store was first found without the result, and last asked whether the job is there at all
         self._missing_since: float | None = None
         self._job_checked = 0.0
+        # (``concurrent.futures.wait``/``as_completed`` append their waiter here: the watcher then looks)
+        self._waiters = _Waiters(self)
+
+    def add_done_callback(self, fn: Callable[[cf.Future], Any]) -> None:
+        """As ``concurrent.futures.Future``'s; the callback runs once the result is in the
+        store, whoever looks (``_watcher``, until then: in its thread)."""
+        super().add_done_callback(fn)
+        if not super().done():
+            _watcher.watch(self)
+
+    def __await__(self) -> Iterator[Any]:
+        """``await ref``: as a wrenpack future's (``asyncio.wrap_future``, whose callback the watcher runs)."""
+        import asyncio
+
+        return asyncio.wrap_future(self).__await__()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_ref(self._ref, self._secret, self._trusted)
