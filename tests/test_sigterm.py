@@ -554,3 +554,49 @@ def test_a_program_run_under_nohup_keeps_running(tmp_path):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script.format(setup="signal.signal(signal.SIGHUP, signal.SIG_IGN)"))],
                           cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout.strip()) == (0, "survived"), proc.stderr
+
+
+_STOPPED = """
+    import sys, time, wrenpack
+    @wrenpack.remote(timeout=120)
+    def slow(x):
+        time.sleep(30)
+        return x
+    futs = slow.map(range(4))
+    print("ready", flush=True)
+    if sys.argv[1] == "get":
+        wrenpack.get(futs, progress=False)
+    else:
+        [f.result() for f in futs]
+    print("ran to its end", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hup"])
+@pytest.mark.parametrize("wait", ["get", "result"])
+def test_a_stopped_driver_ends_at_the_signal_once_continued(tmp_path, signum, wait):
+    """Ctrl-Z, then bash's ``kill %1`` (or the terminal closing): the stopped driver gets
+    the signal, then SIGCONT. Whichever thread runs first takes a signal that came while
+    all were stopped; one of wrenpack's took it, and the main thread, blocked in the wait,
+    ran the handler only when its wait ended: the calls ran to their end first (60 s
+    here). wrenpack's threads block the signals programs handle, so they go to the main
+    thread and end its wait."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_STOPPED), wait], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)
+        proc.send_signal(signum)
+        proc.send_signal(signal.SIGCONT)
+        began = time.monotonic()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signum and "ran to its end" not in out, err
+    assert time.monotonic() - began < 15, err
+    assert _stored(tmp_path) == [], err
+

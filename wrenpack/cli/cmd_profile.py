@@ -11,6 +11,7 @@ from typing import Any
 
 from wrenpack.errors import ProfileError
 from wrenpack.cli import json_errors
+from wrenpack.interrupts import start_thread
 
 EPILOG = """\
 examples:
@@ -217,8 +218,8 @@ def run(args: argparse.Namespace) -> int:
     scaling = args.input or args.sizes or args.scale_target
     started = None if scaling else _start_first_run(args, pos, kw)
 
-    threading.Thread(target=_preload, args=(not args.json, not args.no_save), name="wrenpack-preload",
-                     daemon=True).start()
+    start_thread(threading.Thread(target=_preload, args=(not args.json, not args.no_save), name="wrenpack-preload",
+                                  daemon=True))
     try:
         from wrenpack.profiler import api
     except BaseException:

@@ -59,6 +59,7 @@ import sys
 import threading
 import time
 from typing import Any, Callable
+from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _stop(signum: int, frame: Any) -> None:
         # this thread never runs on after this)
         if _let_go is not None:
             _let_go()
-        worker.start()
+        start_thread(worker)
         _park(worker, signum, now)
     # Library code (wrenpack's, the standard library's: threading, logging, queue; boto3's, rich's):
     # it may hold any lock the cleanup takes (the executor's, the local backend's, a logging
@@ -195,8 +196,8 @@ def _stop(signum: int, frame: Any) -> None:
     # program's own code it comes back to (a return, an exception, a callback): nothing of
     # the program runs after the signal, as before. Code that never comes back (waiting on
     # what the cleanup stops) is ended by ``_watch`` once the cleanup is over.
-    worker.start()
-    threading.Thread(target=_watch, args=(worker, signum, now), name="wrenpack-sigterm-watch", daemon=True).start()
+    start_thread(worker)
+    start_thread(threading.Thread(target=_watch, args=(worker, signum, now), name="wrenpack-sigterm-watch", daemon=True))
     _stop_in_program_code(here, worker, signum, now)
 
 
@@ -429,7 +430,7 @@ class _Aside(logging.Handler):
         self.targets = targets
         self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._write, name="wrenpack-sigterm-log", daemon=True)
-        self.thread.start()
+        start_thread(self.thread)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.put(record)

@@ -54,6 +54,7 @@ from wrenpack.executor.owner import key_path, key_problem, user_key
 from wrenpack.job.client import Job, check_retention, log_path, logs_dir
 from wrenpack.wire import job_record
 from wrenpack.worker import refs
+from wrenpack.interrupts import start_thread
 
 if TYPE_CHECKING:
     from wrenpack.executor import Executor
@@ -219,7 +220,7 @@ def _start_supervisor(job_id: str, label: str, head: bytes, body: bytes) -> subp
     finally:
         os.close(log_fd)
     # Reaped by a thread while this process lives (no zombie); by init once it is gone.
-    threading.Thread(target=proc.wait, name=f"wrenpack-reap-{job_id}", daemon=True).start()
+    start_thread(threading.Thread(target=proc.wait, name=f"wrenpack-reap-{job_id}", daemon=True))
     assert proc.stdin is not None and proc.stdout is not None
     reply = b""
     try:

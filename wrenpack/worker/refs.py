@@ -43,6 +43,7 @@ from wrenpack.errors import ObjectNotFound, WorkerLost, WrenpackError
 from wrenpack.storage import open_store
 from wrenpack.wire.outcome import Outcome
 from wrenpack.wire.result import open_result
+from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +491,7 @@ class _Watcher:
             self._watched[id(ref)] = ref
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wrenpack-ref-watcher", daemon=True)
-                self._thread.start()
+                start_thread(self._thread)
 
     def _run(self) -> None:
         delay = self.FIRST_S
