@@ -600,3 +600,62 @@ def test_a_stopped_driver_ends_at_the_signal_once_continued(tmp_path, signum, wa
     assert time.monotonic() - began < 15, err
     assert _stored(tmp_path) == [], err
 
+
+_BIG_CLEANUP = """
+    import time, wrenpack
+    @wrenpack.remote(timeout=60)
+    def slow(x):
+        time.sleep(30)
+        return x
+    area = wrenpack.scratch("big")
+    for i in range(2000):
+        area.put(f"o/{i}", b"x" * 100)
+    futs = slow.map(range(1000))
+    print("ready", flush=True)
+    wrenpack.get(futs, progress=False)
+"""
+
+
+def _default_sigint() -> None:  # (in the child: a subprocess started from a test inherits SIGINT ignored by some runners)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_an_impatient_second_ctrl_c_does_not_cut_the_exit_cleanup_short(tmp_path):
+    """Ctrl-C pressed twice, 20 ms apart: the second landed in the exit cleanup, which
+    ended with "Exception ignored in atexit callback" and a traceback, leaving the scratch
+    area's objects (and a map_reduce's intermediates) until ``clean --stale``. One within a
+    second of the cleanup's start is the same request, as a repeated SIGTERM is."""
+    with _ready(tmp_path, _BIG_CLEANUP, start_new_session=True, preexec_fn=_default_sigint) as proc:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert "Exception ignored" not in err, err
+    assert _stored(tmp_path) == [], err
+
+
+_SLOW_EXIT = """
+    import time, wrenpack
+    from wrenpack.executor import core
+    def slow_exit():
+        print("cleaning", flush=True)
+        time.sleep(30)
+    core._exit_all = slow_exit
+    wrenpack.remote(abs).remote(-1).result()
+    print("ready", flush=True)
+"""
+
+
+def test_a_later_ctrl_c_ends_the_exit_cleanup_with_one_line(tmp_path):
+    """A Ctrl-C more than a second into the exit cleanup is the user insisting: it ends
+    there, with one line saying what to run, not a traceback."""
+    with _ready(tmp_path, _SLOW_EXIT, start_new_session=True, preexec_fn=_default_sigint) as proc:
+        assert proc.stdout.readline().strip() == "cleaning"
+        time.sleep(1.5)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - began < 10, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "wrenpack clean --stale" in err and len(err.strip().splitlines()) == 1, err

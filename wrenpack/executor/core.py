@@ -66,7 +66,7 @@ from wrenpack.executor.options import CallOptions, resolve_options
 from wrenpack.executor import own_modules
 from wrenpack.executor.owner import launch_proof, mark_still_running, owner_record, user_key
 from wrenpack.executor.prepared import Prepared
-from wrenpack.executor.termination import exit_on_sigterm
+from wrenpack.executor.termination import ctrl_c_in_exit_cleanup, exit_on_sigterm
 from wrenpack.futures import WrenFuture, _check_timeout, as_list, let_go_for_good
 from wrenpack.wire import event as event_format, owner as owner_wire
 from wrenpack.wire.event import event_dict, isolation_domain
@@ -1211,7 +1211,12 @@ _exiting = threading.RLock()
 
 def _at_exit() -> None:
     with _exiting:  # (the second waits for the first to end: its os._exit cut it short, a work folder left)
-        _exit_all()
+        try:
+            with ctrl_c_in_exit_cleanup():
+                _exit_all()
+        except KeyboardInterrupt:
+            log.warning("wrenpack: exit cleanup stopped by Ctrl-C: the objects of calls it had not stopped yet, and of "
+                        "scratch areas, stay in the store; `wrenpack clean --stale` removes them")
 
 
 def _exit_all() -> None:

@@ -50,6 +50,7 @@ SIGHUP (the signal that came ends the process; either, a second later, ends it a
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
@@ -58,7 +59,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,36 @@ def _default_in_child() -> None:
         except (OSError, ValueError):
             pass
     _restore_mask()  # (a SIGTERM that came meanwhile ends the child now)
+
+
+@contextlib.contextmanager
+def ctrl_c_in_exit_cleanup() -> Iterator[None]:
+    """The exit cleanup runs with Ctrl-C's handler (Python's default, ``KeyboardInterrupt``)
+    swapped for one that lets a second press within ``REPEAT_S`` of the cleanup's start
+    go, as a repeated SIGTERM is: the impatient second press of the Ctrl-C that ended the
+    program. It landed in the cleanup, which ended with "Exception ignored in atexit
+    callback" and a traceback, and left a scratch area's objects or a map_reduce's
+    intermediates in the store. A later press is the user insisting: it still raises
+    (``core._at_exit`` then says, in one line, what removes what is left). Only in the
+    main thread, and only where SIGINT has Python's default handler (a program's own is left)."""
+    try:
+        ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    except ValueError:  # (not the main interpreter)
+        ours = False
+    if not ours:
+        yield
+        return
+    began = time.monotonic()
+
+    def repeated(signum: int, frame: Any) -> None:
+        if time.monotonic() - began >= REPEAT_S:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, repeated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def leave_default() -> None:
