@@ -41,7 +41,7 @@ from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture, cancel
 from wrenpack.report import stands_for
 from wrenpack.worker import shuffle
-from wrenpack.interrupts import block_in_this_thread, start_thread
+from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 #: the most reducers a shuffle is split into (each is one call, launched whether its partition
@@ -768,7 +768,7 @@ class RunningJob:
         if not by_object:
             return {}  # (an empty listing: no object, no reduce)
         # Each object's reduces start as soon as its own chunks are done.
-        with cf.ThreadPoolExecutor(min(32, len(by_object)), thread_name_prefix="wrenpack-reduce", initializer=block_in_this_thread) as pool:
+        with cf.ThreadPoolExecutor(min(32, len(by_object)), thread_name_prefix="wrenpack-reduce") as pool:
             finals = {key: pool.submit(self._reduce_tree, leaves, fan_in, f"{_name(self.reducer)} (reduce {key})")
                       for key, leaves in by_object.items()}
             cf.wait(list(finals.values()))

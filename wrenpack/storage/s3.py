@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
 from wrenpack.storage.base import MAX_KEY_BYTES, Reader, Store, changed, key_bytes, shown
-from wrenpack.interrupts import block_in_this_thread, start_thread
+from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ class S3Store(Store):
             return {"ETag": etag, "PartNumber": n + 1}
 
         try:
-            with ThreadPoolExecutor(max_workers=8, initializer=block_in_this_thread) as pool:
+            with ThreadPoolExecutor(max_workers=8) as pool:
                 parts = list(pool.map(part, range(-(-len(data) // chunk))))
             extra = {"IfNoneMatch": "*"} if if_absent else {}
             client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,

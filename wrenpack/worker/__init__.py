@@ -10,7 +10,6 @@ import os as _os
 
 #: Files of the package root that the worker side needs (besides the subpackages below).
 _ROOT_FILES = ("__init__.py", "boot.py", "errors.py", "keys.py", "auth.py", "limits.py", "redact.py", "plugins.py", "process_state.py",
-               "interrupts.py",
                "py.typed")
 _SUBPACKAGES = ("storage", "wire", "worker")
 

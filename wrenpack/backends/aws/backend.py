@@ -92,7 +92,7 @@ from wrenpack.storage.s3 import S3Store, _code
 from wrenpack.wire import event as event_format, result as result_format, start as start_mark
 from wrenpack.wire.segment import open_segment
 from wrenpack.worker import cancel as cancel_marker
-from wrenpack.interrupts import block_in_this_thread, start_thread
+from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -558,8 +558,7 @@ class LambdaBackend(Backend):
         # send ~2,500 a second. A synchronous send holds its thread for the whole call.
         workers = concurrency if invocation_type == "RequestResponse" else min(concurrency, 64)
         self._pool = _Senders(self._send, workers, "wrenpack-lambda")
-        self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="wrenpack-lambda-read",
-                                           initializer=block_in_this_thread)
+        self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="wrenpack-lambda-read")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
