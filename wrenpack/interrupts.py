@@ -78,33 +78,3 @@ class Held:
             if signum not in done:  # (twice while held is once, as the kernel keeps one pending)
                 done.add(signum)
                 handlers[signum](signum, frame)  # (raises KeyboardInterrupt, or runs the program's own handler)
-
-
-def start_thread(thread: threading.Thread) -> threading.Thread:
-    """Start one of wrenpack's threads with ``HELD`` signals blocked in it (a thread
-    inherits the signal mask of the one that creates it: blocked around ``start``).
-
-    The kernel hands a signal sent to the process to any thread that does not block
-    it. One that came while all were stopped (Ctrl-Z, then ``kill %1`` or the terminal
-    closing: SIGTERM or SIGHUP, then SIGCONT) went to whichever ran first, often one of
-    wrenpack's; the main thread, blocked in ``result()`` or ``wrenpack.get``, ran the
-    program's handler (wrenpack's exit cleanup, or the default end) only once that
-    wait was over, after the calls had run to their end. Blocked in wrenpack's
-    threads, such signals reach the main thread (or the program's own threads) and
-    interrupt its wait. Returns ``thread``."""
-    if not hasattr(signal, "pthread_sigmask"):
-        thread.start()
-        return thread
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
-    try:
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    return thread
-
-
-def block_in_this_thread() -> None:
-    """``HELD`` signals blocked in the calling thread (the initializer of wrenpack's
-    thread pools, whose threads start where they are first needed: ``start_thread``)."""
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, HELD)

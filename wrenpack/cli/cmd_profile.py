@@ -11,7 +11,6 @@ from typing import Any
 
 from wrenpack.errors import ProfileError
 from wrenpack.cli import json_errors
-from wrenpack.interrupts import start_thread
 
 EPILOG = """\
 examples:
@@ -218,8 +217,8 @@ def run(args: argparse.Namespace) -> int:
     scaling = args.input or args.sizes or args.scale_target
     started = None if scaling else _start_first_run(args, pos, kw)
 
-    start_thread(threading.Thread(target=_preload, args=(not args.json, not args.no_save), name="wrenpack-preload",
-                                  daemon=True))
+    threading.Thread(target=_preload, args=(not args.json, not args.no_save), name="wrenpack-preload",
+                     daemon=True).start()
     try:
         from wrenpack.profiler import api
     except BaseException:

@@ -41,7 +41,6 @@ from wrenpack.storage import Store
 from wrenpack.wire import checkpoint as checkpoint_format, result as result_format, segment as segment_format
 from wrenpack.wire.outcome import LABELLED, error_tuple
 from wrenpack.worker import checkpoint, handoff, refs
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger("wrenpack.executor")
 
@@ -228,7 +227,7 @@ class CallTable:
                 reader = threading.Thread(target=_read_loop, args=(self._reads, self._completions),
                                           name="wrenpack-reader", daemon=True)
                 self._readers.append(reader)
-                start_thread(reader)
+                reader.start()
         self._reads.put((inv, result))
 
     def cancel_calls(self, calls: list[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -402,7 +401,7 @@ class CallTable:
                 # is), and its finalizer ends this thread and the backend's workers.
                 self._collector = threading.Thread(target=_collect, args=(weakref.ref(self), self._completions),
                                                    name="wrenpack-collector", daemon=True)
-                start_thread(self._collector)
+                self._collector.start()
                 if self._collector_finalizer is None:
                     self._collector_finalizer = weakref.finalize(self, self._completions.put, None)
 

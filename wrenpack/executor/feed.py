@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from wrenpack.errors import WrenpackError
 from wrenpack.futures import WrenFuture
 from wrenpack.worker import handoff
-from wrenpack.interrupts import start_thread
 
 if TYPE_CHECKING:
     from wrenpack.executor.core import Executor
@@ -130,7 +129,7 @@ class _Feed:
             self._finish()
             raise
         futures[0].add_done_callback(self._ended)
-        start_thread(threading.Thread(target=self._run, name=f"wrenpack-feed-{self.label}"[:60], daemon=True))
+        threading.Thread(target=self._run, name=f"wrenpack-feed-{self.label}"[:60], daemon=True).start()
         return futures
 
     # -- the feed's thread ------------------------------------------------------------

@@ -41,7 +41,6 @@ from wrenpack.executor.owner import owner_record
 from wrenpack.futures import WrenFuture, cancel
 from wrenpack.report import stands_for
 from wrenpack.worker import shuffle
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 #: the most reducers a shuffle is split into (each is one call, launched whether its partition
@@ -190,7 +189,7 @@ def map_reduce(
         job.cleanup()
         job.follow.succeed(value)
 
-    start_thread(threading.Thread(target=run, name="wrenpack-map-reduce", daemon=True))
+    threading.Thread(target=run, name="wrenpack-map-reduce", daemon=True).start()
     return job.follow.outer
 
 
@@ -826,5 +825,5 @@ def _single(mapper: Callable[..., Any], items: list[Any], reducer: Callable[[lis
             return
         follow.succeed(value)
 
-    start_thread(threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True))
+    threading.Thread(target=chain, name="wrenpack-map-reduce", daemon=True).start()
     return follow.outer

@@ -60,7 +60,6 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ def _stop(signum: int, frame: Any) -> None:
         # this thread never runs on after this)
         if _let_go is not None:
             _let_go()
-        start_thread(worker)
+        worker.start()
         _park(worker, signum, now)
     # Library code (wrenpack's, the standard library's: threading, logging, queue; boto3's, rich's):
     # it may hold any lock the cleanup takes (the executor's, the local backend's, a logging
@@ -227,8 +226,8 @@ def _stop(signum: int, frame: Any) -> None:
     # program's own code it comes back to (a return, an exception, a callback): nothing of
     # the program runs after the signal, as before. Code that never comes back (waiting on
     # what the cleanup stops) is ended by ``_watch`` once the cleanup is over.
-    start_thread(worker)
-    start_thread(threading.Thread(target=_watch, args=(worker, signum, now), name="wrenpack-sigterm-watch", daemon=True))
+    worker.start()
+    threading.Thread(target=_watch, args=(worker, signum, now), name="wrenpack-sigterm-watch", daemon=True).start()
     _stop_in_program_code(here, worker, signum, now)
 
 
@@ -461,7 +460,7 @@ class _Aside(logging.Handler):
         self.targets = targets
         self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._write, name="wrenpack-sigterm-log", daemon=True)
-        start_thread(self.thread)
+        self.thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.put(record)

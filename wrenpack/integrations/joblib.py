@@ -44,7 +44,6 @@ from typing import Any, Callable
 from wrenpack import serialize
 from wrenpack.errors import ConfigError, MissingDependency
 from wrenpack.executor import Executor, check_options, default_executor
-from wrenpack.interrupts import start_thread
 
 try:
     import joblib
@@ -163,7 +162,7 @@ class WrenpackBackend(AutoBatchingMixin, ParallelBackendBase):
         free slot and no launcher runs; it ends when there is nothing to launch."""
         if self._waiting and self._in_flight < self._limit and not self._launcher_running:
             self._launcher_running = True
-            start_thread(threading.Thread(target=self._launch_waiting, name="wrenpack-joblib-launch", daemon=True))
+            threading.Thread(target=self._launch_waiting, name="wrenpack-joblib-launch", daemon=True).start()
 
     def _launch_waiting(self) -> None:
         while True:

@@ -40,7 +40,6 @@ from wrenpack.report import JobReport, error_line, lambda_cost
 from wrenpack.storage import Store, open_store
 from wrenpack.wire import job_record, owner as owner_wire, result as result_format, segment as segment_format, start as start_mark
 from wrenpack.worker import refs
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger("wrenpack.job")
 
@@ -267,7 +266,7 @@ class Job:
                 self._futures = futs
                 self._watcher = threading.Thread(target=_watch, args=(self, futs), name=f"wrenpack-job-{self.id}",
                                                  daemon=True)
-                start_thread(self._watcher)
+                self._watcher.start()
             return list(self._futures)
 
     def wait(self, timeout: float | None = None) -> bool:

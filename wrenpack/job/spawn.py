@@ -54,7 +54,6 @@ from wrenpack.executor.owner import key_path, key_problem, user_key
 from wrenpack.job.client import Job, check_retention, log_path, logs_dir
 from wrenpack.wire import job_record
 from wrenpack.worker import refs
-from wrenpack.interrupts import start_thread
 
 if TYPE_CHECKING:
     from wrenpack.executor import Executor
@@ -220,7 +219,7 @@ def _start_supervisor(job_id: str, label: str, head: bytes, body: bytes) -> subp
     finally:
         os.close(log_fd)
     # Reaped by a thread while this process lives (no zombie); by init once it is gone.
-    start_thread(threading.Thread(target=proc.wait, name=f"wrenpack-reap-{job_id}", daemon=True))
+    threading.Thread(target=proc.wait, name=f"wrenpack-reap-{job_id}", daemon=True).start()
     assert proc.stdin is not None and proc.stdout is not None
     reply = b""
     try:

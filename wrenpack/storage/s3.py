@@ -29,7 +29,6 @@ from typing import Any, Iterable
 
 from wrenpack.errors import ConfigError, ObjectNotFound, StoreError
 from wrenpack.storage.base import MAX_KEY_BYTES, Reader, Store, changed, key_bytes, shown
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +547,8 @@ class S3Store(Store):
         started = []
         try:
             for _ in range(min(16, len(prefixes))):
-                thread = start_thread(threading.Thread(target=work, name="wrenpack-delete", daemon=True))
+                thread = threading.Thread(target=work, name="wrenpack-delete", daemon=True)
+                thread.start()
                 started.append(thread)
         except RuntimeError:  # (no new thread can start: the interpreter is ending) this one works too
             pass

@@ -43,7 +43,6 @@ from wrenpack.errors import ObjectNotFound, WorkerLost, WrenpackError
 from wrenpack.storage import open_store
 from wrenpack.wire.outcome import Outcome
 from wrenpack.wire.result import open_result
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +490,7 @@ class _Watcher:
             self._watched[id(ref)] = ref
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wrenpack-ref-watcher", daemon=True)
-                start_thread(self._thread)
+                self._thread.start()
 
     def _run(self) -> None:
         delay = self.FIRST_S

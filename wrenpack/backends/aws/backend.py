@@ -92,7 +92,6 @@ from wrenpack.storage.s3 import S3Store, _code
 from wrenpack.wire import event as event_format, result as result_format, start as start_mark
 from wrenpack.wire.segment import open_segment
 from wrenpack.worker import cancel as cancel_marker
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +281,7 @@ class _Senders:
                 return
             thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
             self._threads.append(thread)
-        start_thread(thread)
+        thread.start()
 
     def _loop(self) -> None:
         while True:
@@ -863,7 +862,7 @@ class LambdaBackend(Backend):
                 self._calls[inv.key] = call
                 if self._poller is None and self.invocation_type == "Event":
                     self._poller = threading.Thread(target=self._poll_loop, name="wrenpack-lambda-poll", daemon=True)
-                    start_thread(self._poller)
+                    self._poller.start()
             self._pool.submit(call)
 
     def cancel(self, invocation: Invocation) -> bool:

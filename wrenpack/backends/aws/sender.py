@@ -44,7 +44,6 @@ from typing import Any, BinaryIO
 
 from wrenpack import errors
 from wrenpack.boot import NO_CWD
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ class _Child:
                 SenderLost(f"the Lambda backend's sender process did not start: {problem}")
         self.keepalive = bool(got[0].get("keepalive"))
         self._reader = threading.Thread(target=self._read_loop, name=f"wrenpack-lambda-sender-{self._index}", daemon=True)
-        start_thread(self._reader)
+        self._reader.start()
 
     def request(self, head: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
         waiter = _Waiter()

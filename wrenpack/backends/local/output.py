@@ -41,7 +41,6 @@ import os
 import selectors
 import sys
 import threading
-from wrenpack.interrupts import start_thread
 
 log = logging.getLogger("wrenpack.backends.local")
 
@@ -185,7 +184,7 @@ class Relay:
             self._added.append(output)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wrenpack-local-output", daemon=True)
-                start_thread(self._thread)
+                self._thread.start()
         self._wake()
         return output
 

@@ -291,7 +291,7 @@ class LocalBackend(Backend):
             self._queued.update(id(inv) for inv in invocations)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wrenpack-local-dispatch", daemon=True)
-                interrupts.start_thread(self._thread)
+                self._thread.start()
             elif not self._draining:
                 # An idle warm worker takes the call from this thread: no wait
                 # for the dispatcher to be scheduled first.
