@@ -3,6 +3,7 @@ killed, nothing left behind, workers that never outlive their driver, and the
 call-lifecycle hooks (on_start, cancel, draining shutdown)."""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import glob
 import math
@@ -393,6 +394,100 @@ def test_shutdown_leaves_no_process_of_the_pool_not_even_a_zombie(tmp_path):
             break
         time.sleep(0.05)
     assert left == [], left
+
+
+_EXIT_WITH_CALLS_RUNNING = """
+import os, sys, time, psutil, wrenpack
+def running(path):
+    open(path, "a").close()
+    time.sleep(60)
+ex = wrenpack.Executor(concurrency=2, storage=sys.argv[1])
+started = [os.path.join(sys.argv[1], f"started-{i}") for i in range(2)]
+futs = [ex.submit(running, path) for path in started]
+while not all(os.path.exists(p) for p in started):
+    time.sleep(0.02)
+workers = [psutil.Process(pid) for pid in ex.backend.worker_pids()]
+print(" ".join(str(p.pid) for w in workers for p in [w, *w.children(recursive=True)]), flush=True)
+"""
+
+
+def test_an_exit_with_calls_running_leaves_no_zombie_either(tmp_path):
+    """A worker busy with a call when the program ends (its last line, Ctrl-C, SIGTERM)
+    was killed with its processes at once, so it could not collect them: its zygote, job
+    process and spare became zombies of init (collected here a second or two later; by a
+    container's first process that does not collect orphans, never). It is asked to end
+    (SIGTERM): it ends its call's processes, collects them, and exits."""
+    import psutil
+
+    store = tmp_path / "s"
+    store.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _EXIT_WITH_CALLS_RUNNING, str(store)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "WRENPACK_PROGRESS": "false", "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr
+    tree = [int(pid) for pid in proc.stdout.split()]
+    assert len(tree) >= 4, proc.stdout  # (two workers, each with its zygote and its job's process)
+    deadline = time.monotonic() + 0.5
+    left = []
+    while time.monotonic() < deadline:
+        left = []
+        for pid in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left.append((pid, psutil.Process(pid).status()))
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == [], left
+
+
+def _tree_gone_soon(tree: list[int], within_s: float = 0.5) -> list[tuple[int, str]]:
+    """Those of ``tree`` still there (zombies included) ``within_s`` later (none: at once)."""
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while True:
+        left = []
+        for pid in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left.append((pid, psutil.Process(pid).status()))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _runs_until_cancelled(path: str, ignore_sigterm: bool) -> int:
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    open(path, "a").close()
+    time.sleep(60)
+    return 0
+
+
+@pytest.mark.parametrize("ignore_sigterm", [False, True], ids=["worker-ends", "worker-ignores-sigterm"])
+def test_a_cancelled_running_call_leaves_no_zombie_and_stops_even_where_sigterm_is_ignored(tmp_path, monkeypatch,
+                                                                                           ignore_sigterm):
+    """Cancelling a running call ends its worker, which is asked to end its processes and
+    collect them (a worker killed with them at once left them zombies of init). One that
+    does not end (a call run in the worker's own process that ignores SIGTERM, where
+    ``fork`` is missing) is killed half a second later: the call stops all the same."""
+    import psutil
+
+    if ignore_sigterm:
+        monkeypatch.setenv("WRENPACK_ZYGOTE", "1")  # (the calls run in the worker's own process)
+    started = str(tmp_path / "started")
+    with wrenpack.Executor(concurrency=1, storage=str(tmp_path / "s"), retries=0) as ex:
+        fut = ex.submit(_runs_until_cancelled, started, ignore_sigterm)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (worker,) = [psutil.Process(pid) for pid in ex.backend.worker_pids()]
+        tree = [worker.pid] + [p.pid for p in worker.children(recursive=True)]
+        began = time.monotonic()
+        assert wrenpack.cancel(fut) == [True]
+        with pytest.raises(cf.CancelledError):
+            fut.result(timeout=10)
+        assert time.monotonic() - began < 3
+        assert _tree_gone_soon(tree) == []
+        assert ex.submit(_square, 3).result(timeout=60) == 9  # (a new worker takes the next call)
 
 
 def test_work_folders_of_drivers_that_are_gone_are_removed_by_the_next_backend(tmp_path, monkeypatch):

@@ -210,6 +210,11 @@ def _join(factory: Any, name: str, pid: int, what: str) -> Any:
         return None
     return group
 
+#: how long a worker asked to end (``Worker.ask_to_end``) has before it is killed (s): it
+#: ends in milliseconds; one that does not is stuck, and its call must stop all the same
+END_GRACE_S = 0.5
+
+
 class Worker:
     """A warm worker process and the meters of the call it runs."""
 
@@ -305,6 +310,8 @@ class Worker:
         self._limit_stuck = False
         self.idle_since = time.monotonic()
         self.kill_reason: str | None = None
+        #: when it was asked to end (``ask_to_end``; monotonic clock), else None
+        self.end_asked: float | None = None
         #: when the first kill was asked (``kill``): where a stopped call's run ends
         self.killed_at = 0.0
         self.oom_seen = 0
@@ -659,6 +666,26 @@ class Worker:
     # -- ending ------------------------------------------------------------------
     def exited(self) -> bool:
         return self.proc.poll() is not None
+
+    def ask_to_end(self, reason: str) -> None:
+        """Ask the worker to stop its call and end (SIGTERM: ``local_main.die`` kills what
+        is below it, collects it, removes its cgroups and exits), as ``kill`` would with
+        ``reason``. Killed with its processes at once, it could not collect them: its
+        zygote and job's process became zombies of init, which a container's first
+        process that does not collect orphans keeps for good (a driver that is that
+        first process among them). What has not ended ``END_GRACE_S`` later is killed
+        (the dispatcher's ``_watch``, or the backend's shutdown)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+            self.killed_at = time.time()
+        if self.proc.returncode is None and self.end_asked is None:
+            self.end_asked = time.monotonic()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def end_overdue(self, now: float) -> bool:
+        """Whether the worker was asked to end (``ask_to_end``) more than ``END_GRACE_S`` ago and runs on."""
+        return self.end_asked is not None and now - self.end_asked > END_GRACE_S and self.proc.poll() is None
 
     def kill(self, reason: str) -> None:
         """Stop the worker and everything it started, setsid'd or daemonised children included."""

@@ -63,7 +63,7 @@ from wrenpack.backends.base import Backend, Capabilities, Invocation, Invocation
 from wrenpack.backends.local import linux
 from wrenpack.backends.local.linux import CgroupFactory, PidsCgroupFactory
 from wrenpack.backends.local.output import Relay, WorkerOutput
-from wrenpack.backends.local.process import SAMPLE_S, Worker, base_environment, cancelled_error
+from wrenpack.backends.local.process import END_GRACE_S, SAMPLE_S, Worker, base_environment, cancelled_error
 from wrenpack.backends.local.replies import HandedOff, PickledOutcome
 from wrenpack.errors import CallCancelled, ConfigError, WrenpackError
 from wrenpack.wire import worker_reply
@@ -447,7 +447,7 @@ class LocalBackend(Backend):
                     stopped.add(inv.key)
                     if i == 0:
                         self._requeue_waiting(worker)
-                        worker.kill("cancelled")
+                        worker.ask_to_end("cancelled")  # (``_watch`` kills it if it has not ended soon)
                         break
                     if inv is worker.ahead and worker.recall() is inv:
                         # (taken back before it started: its worker and the running call go on)
@@ -532,7 +532,10 @@ class LocalBackend(Backend):
                         wakeup = min([wakeup, *(at for w in self._workers if w.inflight and not w.kill_reason and not w.retiring
                                                 and (at := self._prefetch_at(w)) > now)])
                     timeout = min(_IDLE_S, max(0.0, wakeup - now), self._idle_expiry(),
-                                  *(w.write_again_at - now for w in self._workers if w.write_again_at))
+                                  *(w.write_again_at - now for w in self._workers if w.write_again_at),
+                                  # (a worker asked to end is killed once its grace is over: ``_watch``)
+                                  *(max(0.0, w.end_asked + END_GRACE_S - time.monotonic()) + 0.001
+                                    for w in self._workers if w.end_asked is not None and w.proc.returncode is None))
                     if now - self._last_reply < _BUSY_S and any(w.cgroup is None and w.ready and not w.inflight
                                                                 for w in self._workers):
                         # Calls come one after another (``.remote()`` in a loop): an idle worker
@@ -974,7 +977,11 @@ class LocalBackend(Backend):
     # -- watching -----------------------------------------------------------------
     def _watch(self) -> None:
         now = time.time()
+        clock = time.monotonic()
         for worker in self._workers:
+            if worker.end_overdue(clock):
+                worker.kill(worker.kill_reason or "cancelled")
+                continue
             if not worker.inflight or worker.kill_reason or not worker.ready:
                 continue
             reason = worker.sample(now)
@@ -1007,20 +1014,28 @@ class LocalBackend(Backend):
         self._requeue_waiting(worker, keep_first=False)
         worker.kill(worker.kill_reason or "retired")
 
-    def _let_idle_workers_exit(self, wait_s: float = 1.0) -> None:
+    def _let_workers_exit(self, wait_s: float = 1.0) -> None:
         """Close the connection of each worker with no call: it then ends its job's
-        processes and its zygote, waits for them, and exits (``local_main``). Killed
-        outright, it could not collect them: they stayed zombies of init, which on a
-        machine (or container) whose first process does not collect orphans stay
-        for good. What has not exited within ``wait_s`` is killed as before."""
-        idle = [w for w in list(self._workers) if not w.inflight and w.proc.returncode is None]
-        for worker in idle:
-            try:
-                worker.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        processes and its zygote, waits for them, and exits (``local_main``). One
+        running a call is asked to stop it and end (``Worker.ask_to_end``), which it
+        does the same way. Killed outright, a worker could not collect them: they
+        stayed zombies of init, which on a machine (or container) whose first process
+        does not collect orphans stay for good. What has not exited within ``wait_s``
+        is killed as before."""
+        ending = []
+        for worker in list(self._workers):
+            if worker.proc.returncode is not None or worker.kill_reason is not None:
+                continue  # (gone, or being killed: at a limit, cancelled)
+            if worker.inflight:
+                worker.ask_to_end("shutdown")
+            else:
+                try:
+                    worker.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            ending.append(worker)
         deadline = time.monotonic() + wait_s
-        for worker in idle:
+        for worker in ending:
             try:
                 worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -1106,7 +1121,7 @@ class LocalBackend(Backend):
                 return
             self._closed = True
             self._stopping = True
-        self._let_idle_workers_exit()
+        self._let_workers_exit()
         for worker in list(self._workers):
             self._requeue_waiting(worker)
             worker.kill(worker.kill_reason or "shutdown")
