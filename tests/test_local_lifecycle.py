@@ -851,3 +851,16 @@ def test_a_program_killed_while_nested_calls_run_leaves_no_cgroup(tmp_path):
             with contextlib.suppress(OSError):
                 os.rmdir(below)
     assert left == []
+
+
+def _blocked_signals(_: int) -> list[int]:
+    return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+def test_a_call_runs_with_no_signal_blocked(tmp_path):
+    """A thread's blocked signals are inherited by the processes it starts, across exec:
+    with them blocked in wrenpack's threads (tried against a stopped driver's SIGTERM), the
+    workers the dispatcher thread starts ran with SIGTERM, SIGINT and SIGALRM blocked, and
+    every call with them."""
+    with wrenpack.Executor(concurrency=1, storage=str(tmp_path / "s")) as ex:
+        assert ex.submit(_blocked_signals, 0).result(timeout=60) == []

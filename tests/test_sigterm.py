@@ -566,6 +566,8 @@ _STOPPED = """
     print("ready", flush=True)
     if sys.argv[1] == "get":
         wrenpack.get(futs, progress=False)
+    elif sys.argv[1] == "wait":
+        wrenpack.wait(futs)
     else:
         [f.result() for f in futs]
     print("ran to its end", flush=True)
@@ -573,14 +575,14 @@ _STOPPED = """
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hup"])
-@pytest.mark.parametrize("wait", ["get", "result"])
+@pytest.mark.parametrize("wait", ["get", "result", "wait"])
 def test_a_stopped_driver_ends_at_the_signal_once_continued(tmp_path, signum, wait):
     """Ctrl-Z, then bash's ``kill %1`` (or the terminal closing): the stopped driver gets
     the signal, then SIGCONT. Whichever thread runs first takes a signal that came while
     all were stopped; one of wrenpack's took it, and the main thread, blocked in the wait,
     ran the handler only when its wait ended: the calls ran to their end first (60 s
-    here). wrenpack's threads block the signals programs handle, so they go to the main
-    thread and end its wait."""
+    here). The main thread's waits in wrenpack return to the interpreter every quarter
+    second (``interrupts.sliced``), where the handler then runs."""
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_STOPPED), wait], cwd=tmp_path, env=_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

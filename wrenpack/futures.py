@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, _base
 from typing import Any, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 
-from wrenpack import progress as progress_display
+from wrenpack import interrupts, progress as progress_display
 from wrenpack.errors import ConfigError, ConfigTypeError, RemoteTraceback  # noqa: F401 - re-exported
 from wrenpack.worker import refs
 
@@ -319,14 +319,14 @@ class WrenFuture(cf.Future):
             cond = self._condition = _own_condition()
         if timeout is None:
             while self._state not in _DONE_STATES:
-                cond.wait()
+                cond.wait(interrupts.sliced(None))  # (signals another thread took: ``interrupts.sliced``)
             return
         end = time.monotonic() + timeout
         while self._state not in _DONE_STATES:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            cond.wait(left)
+            cond.wait(interrupts.sliced(left))
 
     def _wait_here(self, timeout: float | None, what: str = "result") -> float | None:
         """Let the owner read this call's outcome on this thread (``CallOwner.wait_here``)
@@ -729,7 +729,11 @@ def _wait_all(futures: Sequence[cf.Future], timeout: float | None) -> int:
                 waiting.append(f)
     waiter.add_result(futures[0] if futures else cf.Future())  # (the installing is over)
     try:
-        waiter.event.wait(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:  # (in slices: signals another thread took, ``interrupts.sliced``)
+            left = None if end is None else end - time.monotonic()
+            if (left is not None and left <= 0) or waiter.event.wait(interrupts.sliced(left)):
+                break
     finally:
         for f in waiting:
             with f._condition:  # type: ignore[attr-defined]
@@ -786,15 +790,18 @@ def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_whe
         raise ConfigError(f"wrenpack.wait(return_when={return_when!r}): must be one of FIRST_COMPLETED, FIRST_EXCEPTION "
                           "or ALL_COMPLETED (wrenpack.FIRST_COMPLETED, ..., as concurrent.futures names them)")
     polled = [f for f in futs if isinstance(f, refs.CallRef)]
-    if not polled:
+    if not polled and threading.current_thread() is not threading.main_thread():
         return cf.wait(futs, timeout=timeout, return_when=return_when)
+    # (in slices: the unpickled futures looked at, and in the main thread the signals another
+    # thread took given their chance to run, ``interrupts.sliced``)
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.01
+    delay = 0.01 if polled else interrupts.SIGNAL_CHECK_S
     while True:
         for f in polled:
             f.done()  # (one look at the store; resolves it once its result is there)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        done, not_done = cf.wait(futs, timeout=delay if left is None else min(delay, left), return_when=return_when)
+        done, not_done = cf.wait(futs, timeout=interrupts.sliced(delay if left is None else min(delay, left)),
+                                 return_when=return_when)
         if (not not_done or left == 0.0 or (return_when == FIRST_COMPLETED and done)
                 or (return_when == FIRST_EXCEPTION and any(not f.cancelled() and f.exception() is not None for f in done))):
             return cf._base.DoneAndNotDoneFutures(done, not_done)  # type: ignore[attr-defined]

@@ -78,3 +78,26 @@ class Held:
             if signum not in done:  # (twice while held is once, as the kernel keeps one pending)
                 done.add(signum)
                 handlers[signum](signum, frame)  # (raises KeyboardInterrupt, or runs the program's own handler)
+
+
+#: the longest one wait of the main thread in wrenpack's code lasts before it returns to the
+#: interpreter, which then runs the Python handlers of signals another thread took (``sliced``)
+SIGNAL_CHECK_S = 0.25
+
+
+def sliced(timeout: float | None) -> float | None:
+    """``timeout``, cut to ``SIGNAL_CHECK_S`` in the main thread (whose callers wait again
+    until what they wait for has come, or their own timeout has passed).
+
+    The kernel hands a signal sent to the process to any thread that does not block it.
+    One that came while all were stopped (Ctrl-Z, then ``kill %1`` or the terminal
+    closing: SIGTERM or SIGHUP, then SIGCONT) goes to whichever runs first, often one of
+    wrenpack's; Python then runs its handler in the main thread, but only once that
+    thread is back in the interpreter. Blocked in ``result()``, ``wrenpack.get`` or
+    ``shutdown()``, it ran wrenpack's exit cleanup (or the program's handler) after the
+    calls had run to their end. (Blocking the signals in wrenpack's threads instead kept
+    them blocked in the processes those threads start: the local workers, and whatever a
+    done-callback runs.)"""
+    if threading.current_thread() is threading.main_thread():
+        return SIGNAL_CHECK_S if timeout is None else min(timeout, SIGNAL_CHECK_S)
+    return timeout

@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Any, NamedTuple, Sequence
 
-from wrenpack import config
+from wrenpack import config, interrupts
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,13 @@ class _Tally:
 
     def wait_for_change(self, seen: int, timeout: float | None) -> Counts:
         """The counts once more than ``seen`` are done, or after ``timeout`` s."""
+        end = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            if self._done == seen and (timeout is None or timeout > 0):
-                self._changed.wait(timeout)
+            while self._done == seen:  # (in slices: signals another thread took, ``interrupts.sliced``)
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._changed.wait(interrupts.sliced(left))
             return Counts(self._done, self._failed, self._cancelled)
 
 

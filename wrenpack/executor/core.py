@@ -48,7 +48,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from wrenpack import auth, config as _config, keys, serialize
+from wrenpack import auth, config as _config, interrupts, keys, serialize
 from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_class, backend_names, create_backend
 from wrenpack.backends.base import ImageAnswer, ImageAsker
 from wrenpack.config import Config, current
@@ -290,10 +290,10 @@ class Executor(CallTable, cf.Executor):
         if wait and threading.current_thread() is not self._collector:
             # Calls a map holds back (wrenpack.executor.grouping) launch within moments; wait for them too.
             held = [f for plan in list(self._plans) for f in plan.items]
-            cf.wait([f for job in jobs for f in list(job.futures.values())] + held)
+            _wait_out([f for job in jobs for f in list(job.futures.values())] + held)
             with self._lock:
                 jobs = list(self._jobs.values())
-            cf.wait([f for job in jobs for f in list(job.futures.values())])
+            _wait_out([f for job in jobs for f in list(job.futures.values())])
             self._release()
             return
         with self._lock:
@@ -1202,6 +1202,13 @@ if hasattr(os, "register_at_fork"):
 def calls_running() -> bool:
     """Whether calls of this process's executors are still running (``wrenpack.scratch``)."""
     return any(ex._jobs for ex in list(_executors))
+
+
+def _wait_out(futures: list[cf.Future]) -> None:
+    """Wait until ``futures`` are done: in the main thread in slices, each its signals'
+    chance to run (``interrupts.sliced``: a stopped driver's SIGTERM that another thread took)."""
+    while futures and cf.wait(futures, timeout=interrupts.sliced(None)).not_done:
+        pass
 
 
 #: held while the exit cleanup runs: SIGTERM's cleanup thread and a multiprocessing child's
