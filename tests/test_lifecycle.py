@@ -145,7 +145,7 @@ def test_calls_running_at_exit_are_stopped_and_removed(tmp_path, backend_setting
         print("exiting")
     """)
     assert out.returncode == 0 and "exiting" in out.stdout, out.stderr
-    assert "still running at exit" in out.stderr
+    assert "not finished at exit" in out.stderr
     assert _objects(settings) == []
 
 
@@ -245,7 +245,7 @@ def test_ctrl_c_in_an_executors_with_block_stops_its_calls_rather_than_waiting(t
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < 20, err  # (before: 60 s, each call waited for)
-    assert "KeyboardInterrupt" in err and "still running when Ctrl-C ended the executor's `with` block" in err, err
+    assert "KeyboardInterrupt" in err and "not finished when Ctrl-C ended the executor's `with` block" in err, err
     assert _objects(settings) == []
 
 
@@ -271,7 +271,7 @@ def test_ctrl_c_while_an_executors_with_block_waits_at_its_end_stops_its_calls(t
         """)
     out, err = proc.communicate(timeout=60)
     assert out.strip() == "caught True", out + err  # (before: the calls were still running)
-    assert "still running when Ctrl-C ended the executor's `with` block" in err, err
+    assert "not finished when Ctrl-C ended the executor's `with` block" in err, err
     assert _objects(settings) == []
 
 

@@ -304,7 +304,7 @@ def test_workers_stop_when_the_driver_is_interrupted_or_killed(tmp_path, how):
             assert err == ""
         elif how == signal.SIGTERM:  # its calls stopped, then ended by SIGTERM (wrenpack.executor.termination)
             assert proc.returncode == -signal.SIGTERM
-            assert err.splitlines() == ["wrenpack: 4 call(s) still running at exit; stopping them and removing their "
+            assert err.splitlines() == ["wrenpack: 4 call(s) not finished at exit; stopping them and removing their "
                                         "objects from the store"], err
     finally:
         if proc.poll() is None:

@@ -306,3 +306,24 @@ def test_the_notebook_display_outside_a_notebook_is_what_fits_there(capsys, monk
     assert wrenpack.get(futs, progress="notebook") == [1, 1]
     captured = capsys.readouterr()
     assert captured.out == "" and re.match(r"^wrenpack: 2/2 calls done, \d+ s$", captured.err.splitlines()[-1]), captured
+
+
+def test_calls_the_programs_end_stopped_are_counted_stopped_not_failed():
+    """At exit (or Ctrl-C, SIGTERM) the calls still running are stopped with ``ExecutorShutdown``:
+    the last progress line called them failed ("4/4 calls done, 2 failed, 2 cancelled")."""
+    import concurrent.futures as cf
+
+    from wrenpack import progress
+    from wrenpack.errors import ExecutorShutdown
+
+    futs = [cf.Future() for _ in range(4)]
+    futs[0].set_result(1)
+    futs[1].set_exception(KeyError("x"))
+    futs[2].set_exception(ExecutorShutdown("the program exited before the call finished; wrenpack stopped it"))
+    futs[3].cancel()
+    tally = progress._Tally()
+    for fut in futs:
+        tally.finished(fut)
+    counts = tally.counts()
+    assert counts == progress.Counts(4, 1, 1, 1)
+    assert progress._line(counts, 4, 3.0) == "wrenpack: 4/4 calls done, 1 failed, 1 cancelled, 1 stopped, 3 s"

@@ -92,7 +92,7 @@ def test_a_map_reduce_ended_by_sigterm_leaves_nothing_in_the_store(tmp_path, to_
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err  # (ended by the signal, as before)
     assert _stored(tmp_path) == [], err  # (before: the shuffle's objects and owner record stayed)
-    assert "Traceback" not in err and "still running at exit" in err, err
+    assert "Traceback" not in err and "not finished at exit" in err, err
 
 
 def test_a_sigterm_that_lands_while_the_main_thread_holds_the_futures_lock_still_cleans_up(tmp_path):
@@ -119,7 +119,7 @@ def test_a_sigterm_that_lands_while_the_main_thread_holds_the_futures_lock_still
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err
     assert _stored(tmp_path) == [], err  # (before: 13 objects, after 30 s)
-    assert time.monotonic() - t0 < 20 and "still running at exit" in err, err
+    assert time.monotonic() - t0 < 20 and "not finished at exit" in err, err
 
 
 _OWN = """
@@ -268,7 +268,7 @@ def test_a_program_that_catches_everything_still_ends(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
-    assert "still running at exit" in err and _stored(tmp_path) == [], err
+    assert "not finished at exit" in err and _stored(tmp_path) == [], err
 
 
 # The main thread holds, for a moment, a lock the cleanup also takes, in the code that owns it
@@ -322,7 +322,7 @@ def test_a_sigterm_that_lands_while_the_main_thread_holds_a_lock_the_cleanup_tak
     proc, out, err, took = _terminated(tmp_path, script)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)  # (nothing of the program ran on)
     assert _stored(tmp_path) == [], err  # (before: 13 objects but with the prefixes' lock, after 30 s)
-    assert took < 15 and "still running at exit" in err, (took, err)
+    assert took < 15 and "not finished at exit" in err, (took, err)
 
 
 _EXTRA_CASES = {
@@ -346,7 +346,7 @@ def test_a_sigterm_that_lands_in_wrenpacks_code_the_main_thread_never_leaves_end
     ends once the cleanup is over, by the signal, with nothing left."""
     proc, out, err, took = _terminated(tmp_path, _EXTRA_CASES["never-back"])
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
-    assert _stored(tmp_path) == [] and took < 15 and "still running at exit" in err, err
+    assert _stored(tmp_path) == [] and took < 15 and "not finished at exit" in err, err
 
 
 def test_a_sigterm_that_lands_in_an_exit_hook_still_ends_the_driver_by_it_after_the_cleanup(tmp_path):
@@ -396,7 +396,7 @@ def test_a_sigterm_that_lands_in_the_programs_own_logging_handler_still_cleans_u
 """)
     proc, out, err, took = _terminated(tmp_path, script)
     assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
-    assert _stored(tmp_path) == [] and took < 15 and "still running at exit" in err, err
+    assert _stored(tmp_path) == [] and took < 15 and "not finished at exit" in err, err
 
 
 def test_an_installed_programs_own_code_runs_nothing_after_the_signal(tmp_path):
@@ -512,7 +512,7 @@ def test_a_sighup_stops_the_calls_and_removes_their_objects_and_scratch_areas(tm
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGHUP, err  # (ended by the signal, as before)
     assert _stored(tmp_path) == [], err
-    assert "Traceback" not in err and "still running at exit" in err, err
+    assert "Traceback" not in err and "not finished at exit" in err, err
 
 
 def test_a_closed_terminal_leaves_nothing_in_the_store(tmp_path):

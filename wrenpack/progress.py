@@ -35,6 +35,7 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 from wrenpack import config, interrupts
+from wrenpack.errors import ExecutorShutdown
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,13 @@ def wait(futures: Sequence[cf.Future], timeout: float | None, mode: str) -> None
 
 
 class Counts(NamedTuple):
-    """How many calls are done (failed and cancelled included), failed, cancelled."""
+    """How many calls are done (failed, cancelled and stopped included), failed, cancelled, and
+    stopped by the program's end (``ExecutorShutdown``: neither the call's failure nor a cancel)."""
 
     done: int
     failed: int
     cancelled: int
+    stopped: int = 0
 
 
 class _Tally:
@@ -151,19 +154,22 @@ class _Tally:
         self._done = 0
         self._failed = 0
         self._cancelled = 0
+        self._stopped = 0
 
     def finished(self, fut: cf.Future) -> None:
         cancelled = fut.cancelled()
-        failed = not cancelled and fut.exception() is not None
+        error = None if cancelled else fut.exception()
+        stopped = isinstance(error, ExecutorShutdown)  # (the program's end stopped it: the last line said "failed")
         with self._lock:
             self._done += 1
-            self._failed += failed
+            self._failed += error is not None and not stopped
             self._cancelled += cancelled
+            self._stopped += stopped
             self._changed.notify_all()
 
     def counts(self) -> Counts:
         with self._lock:
-            return Counts(self._done, self._failed, self._cancelled)
+            return Counts(self._done, self._failed, self._cancelled, self._stopped)
 
     def wait_for_change(self, seen: int, timeout: float | None) -> Counts:
         """The counts once more than ``seen`` are done, or after ``timeout`` s."""
@@ -174,19 +180,21 @@ class _Tally:
                 if left is not None and left <= 0:
                     break
                 self._changed.wait(interrupts.sliced(left))
-            return Counts(self._done, self._failed, self._cancelled)
+            return Counts(self._done, self._failed, self._cancelled, self._stopped)
 
 
-def status_line(done: int, total: int, failed: int, elapsed: float, cancelled: int = 0) -> str:
+def status_line(done: int, total: int, failed: int, elapsed: float, cancelled: int = 0, stopped: int = 0) -> str:
     """``wrenpack: 40/100 calls done, 2 failed, 12 s``; the cancelled calls,
-    counted as done, are named too (``, 3 cancelled``): they did not run."""
+    counted as done, are named too (``, 3 cancelled``): they did not run; and those
+    the program's end stopped (``, 2 stopped``)."""
     failures = f", {failed} failed" if failed else ""
     cancels = f", {cancelled} cancelled" if cancelled else ""
-    return f"wrenpack: {done}/{total} calls done{failures}{cancels}, {elapsed:.0f} s"
+    stops = f", {stopped} stopped" if stopped else ""
+    return f"wrenpack: {done}/{total} calls done{failures}{cancels}{stops}, {elapsed:.0f} s"
 
 
 def _line(counts: Counts, total: int, elapsed: float) -> str:
-    return status_line(counts.done, total, counts.failed, elapsed, counts.cancelled)
+    return status_line(counts.done, total, counts.failed, elapsed, counts.cancelled, counts.stopped)
 
 
 class _Display:
@@ -246,6 +254,7 @@ class _Bar(_Display):
         status = f"[green]{counts.done:>{len(str(self.total))}}/{self.total}[/]"
         status += f" [red]{counts.failed} failed[/]" if counts.failed else ""
         status += f" [yellow]{counts.cancelled} cancelled[/]" if counts.cancelled else ""
+        status += f" [yellow]{counts.stopped} stopped[/]" if counts.stopped else ""
         self._shared.progress.update(self._task, completed=counts.done, status=status)
 
     def close(self, counts: Counts, elapsed: float) -> None:
@@ -505,7 +514,7 @@ class _Notebook(_Display):
             self._label.value = _line(counts, self.total, elapsed)
             if final:  # (red: failed or not all done; yellow: some never ran; green: all ran and succeeded)
                 self._bar.bar_style = "danger" if counts.failed or counts.done < self.total else \
-                    "warning" if counts.cancelled else "success"
+                    "warning" if counts.cancelled or counts.stopped else "success"
         else:
             self._handle.update(self._bundle(counts, elapsed), raw=True)
 

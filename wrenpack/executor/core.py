@@ -909,13 +909,13 @@ class Executor(CallTable, cf.Executor):
                 backend = self._backend
             outliving = self._stop_outliving_calls(backend, running)
             if outliving:
-                log.warning("wrenpack: %d call(s) still running %s; those already sent (%d) run on where they "
+                log.warning("wrenpack: %d call(s) not finished %s; those already sent (%d) run on where they "
                             "are until they next look for the cancel marker written for them now%s", len(running), when,
                             len(outliving), "" if self.config.keep_objects else
                             "; their jobs' objects are removed, and what they write afterwards goes with "
                             "`wrenpack clean --stale`")
             else:
-                log.warning("wrenpack: %d call(s) still running %s; stopping them%s", len(running), when,
+                log.warning("wrenpack: %d call(s) not finished %s; stopping them%s", len(running), when,
                             "" if self.config.keep_objects else " and removing their objects from the store")
             if backend is not None:
                 try:
