@@ -661,3 +661,35 @@ def test_a_later_ctrl_c_ends_the_exit_cleanup_with_one_line(tmp_path):
     assert time.monotonic() - began < 10, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert "wrenpack clean --stale" in err and len(err.strip().splitlines()) == 1, err
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wrenpack", *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_jobs_lists_the_intermediates_a_killed_map_reduce_left(tmp_path):
+    """A driver killed (SIGKILL) in a shuffle leaves its intermediates, and its owner record,
+    for ``clean --stale``: ``wrenpack jobs`` said "no jobs" meanwhile, while the objects
+    (tens of MB of /dev/shm on the default store) stayed."""
+    import json
+
+    with _ready(tmp_path, _MAP_REDUCE, start_new_session=True) as proc:
+        running = json.loads(_cli(tmp_path, "jobs", "--json").stdout)["jobs"]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (row,) = [r for r in running if r["kind"] == "map_reduce"]
+    assert row["state"] == "running" and row["owner"]["pid"] == proc.pid, running
+    deadline = time.monotonic() + 10
+    while True:
+        rows = json.loads(_cli(tmp_path, "jobs", "--json").stdout)["jobs"]
+        left = [r for r in rows if r["kind"] == "map_reduce"]
+        if [r["state"] for r in left] == ["orphaned"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [(r["id"], r["state"]) for r in left] == [(row["id"], "orphaned")], rows
+    text = _cli(tmp_path, "jobs").stdout
+    assert row["id"] in text and "orphaned" in text, text
+    assert _cli(tmp_path, "clean", "--stale").returncode == 0
+    assert _stored(tmp_path) == []
+    assert [r for r in json.loads(_cli(tmp_path, "jobs", "--json").stdout)["jobs"] if r["kind"] == "map_reduce"] == []

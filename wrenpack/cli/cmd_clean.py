@@ -322,6 +322,11 @@ def _discover(store: Any, found_jobs: list[str], shards: dict[str, list[str]], f
     return _shuffles(store, shards, foreign)
 
 
+def map_reduce_ids(store: Any) -> list[str]:
+    """The map_reduces whose intermediate objects are in the store (``_shuffles``: ``wrenpack jobs`` lists them)."""
+    return _shuffles(store, {}, {})
+
+
 def _shuffles(store: Any, shards: dict[str, list[str]], foreign: dict[str, str]) -> list[str]:
     """The map_reduces whose objects are in the store, by id: those with a folder
     ``shuffle/<id>/`` (an owner record, or, from an earlier version, everything) and

@@ -69,8 +69,9 @@ def _counts(row: dict[str, Any]) -> str:
 
 @json_errors
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from wrenpack.cli.cmd_clean import map_reduce_ids
     from wrenpack.executor.owner import user_key
-    from wrenpack.job.client import describe, job_ids, printable
+    from wrenpack.job.client import describe, describe_map_reduce, job_ids, printable
 
     action = getattr(args, "action", None)
     if action == "show":
@@ -80,6 +81,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     store = _store(args)
     key = user_key(create=False)
     rows = [describe(store, j, key) for j in job_ids(store)] if store is not None else []
+    if store is not None:  # (a map_reduce's intermediates: the objects it holds until it ends, or `clean --stale`)
+        rows += [describe_map_reduce(store, s, key) for s in map_reduce_ids(store)]
     url = store.url if store is not None else args.missing_store
     if args.json:
         whole = [dict({k: r.get(k) for k in ROW_FIELDS}, **r) for r in rows]

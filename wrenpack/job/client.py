@@ -890,6 +890,31 @@ def _plain_row(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
             "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified and record else None}
 
 
+def describe_map_reduce(store: Store, shuffle_id: str, key: bytes | None) -> dict[str, Any]:
+    """One row of ``wrenpack jobs`` for a map_reduce's intermediate objects (``shuffle/<id>/``
+    and its shards), as its owner record says: "running" while the program that runs it
+    does, "orphaned" once it is gone (``clean --stale`` removes them). Before, they were
+    not listed at all: after a driver was killed in a shuffle, ``wrenpack jobs`` said
+    "no jobs" while tens of MB of /dev/shm stayed held."""
+    from wrenpack.executor.owner import owner_state
+
+    owner_id = keys.shuffle_owner_id(shuffle_id)
+    try:
+        record: dict[str, Any] | None = owner_wire.loads(store.get(keys.shuffle_owner_key(shuffle_id)))
+    except ObjectNotFound:
+        return {"id": shuffle_id, "spawned": False, "kind": "map_reduce", "function": "", "state": "orphaned",
+                "why": "its intermediate objects have no owner record (left by a cleanup cut short)", "created": None,
+                "owner": None}
+    except (StoreError, ValueError) as exc:
+        return {"id": shuffle_id, "spawned": None, "kind": "map_reduce", "state": "unreadable", "why": str(exc)}
+    state, why = owner_state(owner_id, record, key)
+    verified = state != "unknown" or (key is not None and owner_wire.verify(key, owner_id, record))
+    return {"id": shuffle_id, "spawned": False, "kind": "map_reduce", "function": record.get("label", "") if verified else "",
+            "state": {"live": "running", "stale": "orphaned"}.get(state, "unknown"), "why": why,
+            "created": record.get("created") if verified else None,
+            "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified else None}
+
+
 def _verified_owner(store: Store, job_id: str, key: bytes) -> dict[str, Any] | None:
     """The job's owner record if it is sealed with ``key`` for ``job_id``, else None."""
     try:
