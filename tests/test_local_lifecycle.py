@@ -370,6 +370,21 @@ def _square(x):
     return x * x
 
 
+def _tree_gone_soon(tree: list[int], within_s: float = 0.5) -> list[tuple[int, str]]:
+    """Those of ``tree`` still there (zombies included) ``within_s`` later (none: at once)."""
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while True:
+        left = []
+        for pid in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left.append((pid, psutil.Process(pid).status()))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def test_shutdown_leaves_no_process_of_the_pool_not_even_a_zombie(tmp_path):
     """A worker killed at shutdown could not collect its zygote, job process and spare:
     they became zombies of init, which here (and in a container whose first process is
@@ -383,17 +398,7 @@ def test_shutdown_leaves_no_process_of_the_pool_not_even_a_zombie(tmp_path):
         tree = workers + [p for w in workers for p in w.children(recursive=True)]
         assert len(tree) >= 4  # (two workers, each with its zygote and its job's process)
     # (this machine's init collects orphans within a second or two; one that never does would keep them)
-    deadline = time.monotonic() + 0.5
-    left = []
-    while time.monotonic() < deadline:
-        left = []
-        for proc in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                left.append((proc.pid, proc.status()))
-        if not left:
-            break
-        time.sleep(0.05)
-    assert left == [], left
+    assert _tree_gone_soon([p.pid for p in tree]) == []
 
 
 _EXIT_WITH_CALLS_RUNNING = """
@@ -417,8 +422,6 @@ def test_an_exit_with_calls_running_leaves_no_zombie_either(tmp_path):
     process and spare became zombies of init (collected here a second or two later; by a
     container's first process that does not collect orphans, never). It is asked to end
     (SIGTERM): it ends its call's processes, collects them, and exits."""
-    import psutil
-
     store = tmp_path / "s"
     store.mkdir()
     proc = subprocess.run([sys.executable, "-c", _EXIT_WITH_CALLS_RUNNING, str(store)], capture_output=True, text=True,
@@ -426,32 +429,7 @@ def test_an_exit_with_calls_running_leaves_no_zombie_either(tmp_path):
     assert proc.returncode == 0, proc.stderr
     tree = [int(pid) for pid in proc.stdout.split()]
     assert len(tree) >= 4, proc.stdout  # (two workers, each with its zygote and its job's process)
-    deadline = time.monotonic() + 0.5
-    left = []
-    while time.monotonic() < deadline:
-        left = []
-        for pid in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                left.append((pid, psutil.Process(pid).status()))
-        if not left:
-            break
-        time.sleep(0.05)
-    assert left == [], left
-
-
-def _tree_gone_soon(tree: list[int], within_s: float = 0.5) -> list[tuple[int, str]]:
-    """Those of ``tree`` still there (zombies included) ``within_s`` later (none: at once)."""
-    import psutil
-
-    deadline = time.monotonic() + within_s
-    while True:
-        left = []
-        for pid in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                left.append((pid, psutil.Process(pid).status()))
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+    assert _tree_gone_soon(tree) == []
 
 
 def _runs_until_cancelled(path: str, ignore_sigterm: bool) -> int:
