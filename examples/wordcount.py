@@ -345,24 +345,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM (kill, timeout, a cancelled CI job) ends the program as Ctrl-C does:
-    through the finally of --small, which removes the text it wrote. By default it
-    ended the process at once and left that in the store."""
-
-    def stop(signum: int, frame: object) -> None:
-        _stopped_by.append(signum)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
-#: the signal that asked the program to stop: its SystemExit is lost where it is raised inside a
-#: weakref callback or a destructor (Python prints "Exception ignored" and goes on), and the
-#: program then ran to its end and exited 0 (``exit_quietly_on_broken_pipe`` says it was stopped)
-_stopped_by: list[int] = []
-
-
 def exit_quietly_on_broken_pipe(run) -> int:
     """``run()``, flushed; if whoever reads the output went away (``| head -1``), end
     quietly, as a well-behaved command does, with SIGPIPE's status and no traceback
@@ -370,7 +352,7 @@ def exit_quietly_on_broken_pipe(run) -> int:
     try:
         status = run()
         sys.stdout.flush()  # (piped output is buffered: a closed pipe shows here, or at exit)
-        return 128 + _stopped_by[0] if _stopped_by else status
+        return status
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
         return 128 + signal.SIGPIPE
@@ -380,5 +362,6 @@ def exit_quietly_on_broken_pipe(run) -> int:
 
 
 if __name__ == "__main__":
-    exit_on_sigterm()
+    # (SIGTERM and SIGHUP: wrenpack stops the calls and removes their objects and the scratch
+    # area, then the signal ends the program, as it would without wrenpack)
     sys.exit(exit_quietly_on_broken_pipe(main))

@@ -329,39 +329,3 @@ def test_wordcount_replaced_note_does_not_claim_every_u_fffd_failed_to_decode(wo
                           "text already"), one
     assert two.startswith("wordcount: 2 characters did not decode as utf-8 and were replaced, or were U+FFFD in "
                           "the text already"), two
-
-
-_SIGTERM_IN_A_CALLBACK = """
-import os, signal, sys, time, weakref
-sys.path.insert(0, sys.argv[1])
-import {name} as example
-
-class Thing:
-    pass
-
-def run():
-    thing = Thing()
-    def callback(_ref):  # (the handler's SystemExit, raised in here, is printed and ignored by Python)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
-    ref = weakref.ref(thing, callback)
-    del thing
-    return 0
-
-example.exit_on_sigterm()
-sys.exit(example.exit_quietly_on_broken_pipe(run))
-"""
-
-
-@pytest.mark.parametrize("name", ["sort", "wordcount"])
-def test_an_example_signalled_where_its_exit_is_lost_still_says_it_was_stopped(tmp_path, name):
-    """CI once saw wordcount.py exit 0 after a SIGTERM: the signal landed in a weakref callback
-    (importlib's module lock's), where the handler's SystemExit is printed and ignored, and the
-    program ran to its end. It still ran its clean-up; now its exit status says it was stopped."""
-    import signal
-
-    script = tmp_path / "signalled.py"
-    script.write_text(_SIGTERM_IN_A_CALLBACK.format(name=name))
-    proc = subprocess.run([sys.executable, str(script), str(REPO / "examples")], cwd=tmp_path,
-                          env=_example_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr

@@ -117,15 +117,22 @@ def test_an_area_goes_with_its_program_and_clean_stale_removes_a_killed_ones(tmp
     assert cleaned.returncode == 0 and _stored(tmp_path) == [], (cleaned.stdout, cleaned.stderr, _stored(tmp_path))
 
 
-def test_sort_killed_with_sigkill_leaves_what_clean_stale_removes(tmp_path):
-    """probe16's finding 7 itself: its input and output were left for good."""
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP], ids=["sigkill", "sigterm", "sighup"])
+def test_sort_killed_leaves_nothing_or_what_clean_stale_removes(tmp_path, signum):
+    """probe16's finding 7 itself: its input and output were left for good. SIGTERM and
+    SIGHUP: wrenpack's handler removes them before the signal ends the program (the
+    example once had a handler of its own for SIGTERM); SIGKILL: ``clean --stale`` does."""
     pytest.importorskip("numpy")
     proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "sort.py"), "--size", "20MB", "--mappers", "4",
                              "--memory", "512"], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("generated ")  # (its input is in the store now)
-    proc.kill()
-    proc.communicate(timeout=60)
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signum, err
+    if signum != signal.SIGKILL:
+        assert _stored(tmp_path) == [] and "Traceback" not in err, err
+        return
     time.sleep(1)  # (its workers end a moment after it)
     assert any("/in/" in p for p in _stored(tmp_path)), _stored(tmp_path)
     cleaned = _cli(tmp_path, "clean", "--stale")
