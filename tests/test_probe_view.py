@@ -107,6 +107,7 @@ def test_jobs_table_shows_a_tiny_cost_as_a_figure(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr("wrenpack.job.client.job_ids", lambda store: [row["id"]])
     monkeypatch.setattr("wrenpack.job.client.describe", lambda store, job_id, key: dict(row))
     monkeypatch.setattr(cmd_jobs, "_store", lambda args: type("S", (), {"url": "file:///x"})())
+    monkeypatch.setattr("wrenpack.cli.cmd_clean.map_reduce_ids", lambda store: [])  # (the fake store holds no map_reduce)
     assert main(["jobs"]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert line.rstrip().endswith("$0.0000002"), line
@@ -253,3 +254,25 @@ def test_a_call_that_failed_with_no_run_timed_is_marked_failed_on_the_timeline(t
     assert "mark" not in other  # (a call with a bar of its run needs none)
     if __import__("importlib").util.find_spec("matplotlib"):
         report.save(tmp_path / "job.png")  # (drawn there too)
+
+
+def test_jobs_lists_the_jobs_when_the_map_reduces_cannot_be_listed(tmp_path, capsys, monkeypatch):
+    """The map_reduces' intermediates are listed too (``shuffle/``); a store that refuses that
+    listing (a role allowed jobs/ only, say) still gets its jobs, and one line saying what was not listed."""
+    from wrenpack.cli import cmd_jobs
+    from wrenpack.errors import StoreError
+
+    row = {"id": "20261206-000000-dddddddd", "spawned": False, "kind": "job", "function": "f", "state": "running"}
+    monkeypatch.setattr("wrenpack.job.client.job_ids", lambda store: [row["id"]])
+    monkeypatch.setattr("wrenpack.job.client.describe", lambda store, job_id, key: dict(row))
+    monkeypatch.setattr(cmd_jobs, "_store", lambda args: type("S", (), {"url": "s3://b/p"})())
+
+    def refused(store):
+        raise StoreError("listing s3://b/p/shuffle/ failed: AccessDenied")
+
+    monkeypatch.setattr("wrenpack.cli.cmd_clean.map_reduce_ids", refused)
+    assert main(["jobs"]) == 0
+    out, err = capsys.readouterr()
+    assert row["id"] in out
+    assert err.strip().splitlines() == ["wrenpack jobs: the map_reduces' intermediates in s3://b/p could not be listed: "
+                                        "listing s3://b/p/shuffle/ failed: AccessDenied"], err

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from wrenpack.errors import WrenpackError
+from wrenpack.errors import StoreError, WrenpackError
 from wrenpack.report import _usd, add_plot_arguments, write_plot
 from wrenpack.cli import json_errors
 
@@ -82,7 +82,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     key = user_key(create=False)
     rows = [describe(store, j, key) for j in job_ids(store)] if store is not None else []
     if store is not None:  # (a map_reduce's intermediates: the objects it holds until it ends, or `clean --stale`)
-        rows += [describe_map_reduce(store, s, key) for s in map_reduce_ids(store)]
+        try:
+            shuffles = map_reduce_ids(store)
+        except StoreError as exc:  # (the jobs are listed all the same: a role that may not list shuffle/, say)
+            print(f"wrenpack jobs: the map_reduces' intermediates in {store.url} could not be listed: {exc}", file=sys.stderr)
+            shuffles = []
+        rows += [describe_map_reduce(store, s, key) for s in shuffles]
     url = store.url if store is not None else args.missing_store
     if args.json:
         whole = [dict({k: r.get(k) for k in ROW_FIELDS}, **r) for r in rows]
