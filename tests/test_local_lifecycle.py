@@ -465,6 +465,8 @@ def test_a_cancelled_running_call_leaves_no_zombie_and_stops_even_where_sigterm_
             fut.result(timeout=10)
         assert time.monotonic() - began < 3
         assert _tree_gone_soon(tree) == []
+        # (the worker that ended removed the backend's work folder, where the next worker starts, once empty)
+        assert os.path.isdir(ex.backend.work_dir)
         assert ex.submit(_square, 3).result(timeout=60) == 9  # (a new worker takes the next call)
 
 

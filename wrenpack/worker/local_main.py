@@ -69,8 +69,12 @@ def _cgroup_tasks(cgroups: list[str], me: int) -> list[int]:
 _dying = threading.Lock()
 
 
-def die(worker_dir: str | None) -> None:
-    """The driver is gone: stop the call and everything it started, clean up, exit."""
+def die(worker_dir: str | None, driver: int | None = None) -> None:
+    """The driver is gone, or asked this worker to end (SIGTERM: ``Worker.ask_to_end``, a
+    cancelled call's): stop the call and everything it started, clean up, exit. The
+    backend's work folder, once empty, goes only when ``driver`` (its pid) is gone: a
+    driver that asked this worker to end starts others there, and removed from under
+    it, its next worker's start failed (FileNotFoundError) and with it the calls queued."""
     if not _dying.acquire(blocking=False):
         return
     me = os.getpid()
@@ -114,10 +118,11 @@ def die(worker_dir: str | None) -> None:
             pass
     if worker_dir:
         shutil.rmtree(worker_dir, ignore_errors=True)
-        try:
-            os.rmdir(os.path.dirname(worker_dir))  # the backend's work directory, once empty
-        except OSError:
-            pass
+        if driver is None or os.getppid() != driver:  # (its driver gone: this process was handed to another)
+            try:
+                os.rmdir(os.path.dirname(worker_dir))  # the backend's work directory, once empty
+            except OSError:
+                pass
     os._exit(1)
 
 
@@ -402,7 +407,7 @@ def main(config: dict[str, Any]) -> None:
     parent = int(config.get("parent") or os.getppid())
     # The kernel's backstop if this process cannot run Python when the driver dies.
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: die(worker_dir))
+    signal.signal(signal.SIGTERM, lambda *_: die(worker_dir, parent))
     # Orphans of a call (daemonised children) stay below this process, where the kill finds them.
     isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
     # The worker is in the driver's session, in a background process group: on a terminal
