@@ -207,3 +207,77 @@ def test_callbacks_and_the_standard_librarys_wait_on_futures_unpickled_while_the
     assert not not_done and done.pop().result() == 1
     assert [f.result() for f in cf.as_completed(loaded[2:], timeout=20)] == [2]
     assert wrenpack.get(futs, timeout=20) == [0, 1, 2]
+
+
+def test_a_callback_that_exits_or_waits_on_another_unpickled_future_holds_up_no_other(executor, tmp_path):
+    """The watcher ran the callbacks of what it resolved in its own thread: one that called
+    ``sys.exit()`` ended it (other references waited on never resolved), and one that waited
+    for another reference waited for good (only the watcher resolves it)."""
+    import sys
+    import threading
+
+    from wrenpack.worker import refs
+
+    release = str(tmp_path / "release")
+    futs, loaded = _unpickled_while_running(executor, release, 3)
+    seen = []
+    loaded[0].add_done_callback(lambda f: sys.exit(3))
+    waited = threading.Event()
+
+    def waits_on_another(f):
+        seen.append(cf.wait([loaded[2]], timeout=20).done == {loaded[2]})
+        waited.set()
+
+    loaded[1].add_done_callback(waits_on_another)
+    threading.Timer(0.3, lambda: open(release, "w").close()).start()
+    assert waited.wait(30) and seen == [True]
+    assert cf.wait(loaded, timeout=20).not_done == set()
+    assert wrenpack.get(futs, timeout=20) == [0, 1, 2]
+    deadline = time.monotonic() + 5
+    while refs._watcher.thread is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert refs._watcher.thread is None  # (gone once nothing is left to watch)
+
+
+def test_an_unpickled_future_waited_on_no_more_is_not_looked_at(executor, tmp_path):
+    """A ``concurrent.futures.wait`` that timed out left its references watched until they
+    resolved: 1,300 looks in 6 s for 100 of them (a GET each on S3), though nothing waited."""
+    from wrenpack.worker import refs
+
+    release = str(tmp_path / "release")
+    futs, loaded = _unpickled_while_running(executor, release, 2)
+    assert cf.wait(loaded, timeout=0.1).not_done == set(loaded)
+    deadline = time.monotonic() + 5
+    while refs._watcher._watched and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert refs._watcher._watched == {}
+    open(release, "w").close()
+    assert wrenpack.get(futs, timeout=20) == [0, 1]
+
+
+def test_a_forked_child_runs_no_callback_of_its_parents_unpickled_futures(executor, tmp_path):
+    """A child forked while an unpickled future with a done-callback was watched ran that
+    callback too (once per child of a fork pool): the parent's references are its own."""
+    import os
+    import threading
+
+    release = str(tmp_path / "release")
+    ran = tmp_path / "ran"
+    futs, loaded = _unpickled_while_running(executor, release, 1)
+    called = threading.Event()
+
+    def callback(f):
+        with open(ran, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        called.set()
+
+    loaded[0].add_done_callback(callback)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        time.sleep(2)
+        os._exit(0)
+    open(release, "w").close()
+    assert called.wait(20)
+    os.waitpid(child, 0)
+    assert ran.read_text().split() == [str(os.getpid())]
+    assert wrenpack.get(futs, timeout=20) == [0]

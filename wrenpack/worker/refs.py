@@ -473,9 +473,11 @@ class _Watcher:
     waiter of ``concurrent.futures.wait``. Before, such a reference resolved only when
     ``done()``, ``result()`` or wrenpack's ``wait`` looked, and those waited for good.
     One thread, started when the first is watched and gone once none is left; the looks
-    back off from ``FIRST_S`` to ``EVERY_S`` (a look is a GET on S3), and a reference
-    is held until it resolves (as an executor holds its futures: a callback runs even
-    where the program let go of the future)."""
+    back off from ``FIRST_S`` to ``EVERY_S`` (a look is a GET on S3). A reference with a
+    callback is held until it resolves (as an executor holds its futures: the callback
+    runs even where the program let go of the future, in a thread of its own:
+    ``CallRef._invoke_callbacks``); one only waited on is let go once nothing waits (a
+    ``wait`` that timed out). A forked child watches none of its parent's."""
 
     FIRST_S = 0.01
     EVERY_S = 0.5
@@ -483,48 +485,54 @@ class _Watcher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watched: dict[int, CallRef] = {}
-        self._thread: threading.Thread | None = None
+        #: the watcher's thread while it runs
+        self.thread: threading.Thread | None = None
 
     def watch(self, ref: "CallRef") -> None:
         with self._lock:
             self._watched[id(ref)] = ref
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="wrenpack-ref-watcher", daemon=True)
-                self._thread.start()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="wrenpack-ref-watcher", daemon=True)
+                self.thread.start()
 
     def _run(self) -> None:
         delay = self.FIRST_S
-        while True:
-            time.sleep(delay)
+        try:
+            while True:
+                time.sleep(delay)
+                with self._lock:
+                    refs = list(self._watched.values())
+                for ref in refs:
+                    if not cf.Future.done(ref) and (ref._waiters or ref._done_callbacks):
+                        try:
+                            ref._poll()
+                        except Exception:  # noqa: BLE001 - the store did not answer: looked at again later
+                            log.debug("looking for the result of %s", ref.label, exc_info=True)
+                    if cf.Future.done(ref) or not (ref._waiters or ref._done_callbacks):
+                        with self._lock:
+                            self._watched.pop(id(ref), None)
+                refs = ref = None  # type: ignore[assignment]
+                with self._lock:
+                    if not self._watched:
+                        self.thread = None
+                        return
+                delay = min(delay * 1.5, self.EVERY_S)
+        finally:
             with self._lock:
-                refs = list(self._watched.values())
-            for ref in refs:
-                try:
-                    resolved = ref._poll()
-                except Exception:  # noqa: BLE001 - the store did not answer: looked at again later
-                    log.debug("looking for the result of %s", ref.label, exc_info=True)
-                    resolved = False
-                if resolved:
-                    with self._lock:
-                        self._watched.pop(id(ref), None)
-            refs = ref = None  # type: ignore[assignment]
-            with self._lock:
-                if not self._watched:
-                    self._thread = None
-                    return
-            delay = min(delay * 1.5, self.EVERY_S)
+                if self.thread is threading.current_thread():  # (ended by surprise: the next watch starts another)
+                    self.thread = None
 
-    def forget_thread(self) -> None:
-        """In a forked child: the thread stayed in the parent; one starts when a reference is watched here."""
+    def forget(self) -> None:
+        """In a forked child: the thread stayed in the parent, and the references watched are
+        the parent's to resolve (their callbacks ran in both); the child watches those it waits on."""
         self._lock = threading.Lock()
-        self._thread = None
-        if self._watched:
-            self.watch(next(iter(self._watched.values())))
+        self.thread = None
+        self._watched.clear()
 
 
 _watcher = _Watcher()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_watcher.forget_thread)
+    os.register_at_fork(after_in_child=_watcher.forget)
 
 
 _GONE_AFTER_S = 1.0
@@ -578,6 +586,17 @@ class CallRef(cf.Future):
         import asyncio
 
         return asyncio.wrap_future(self).__await__()
+
+    def _invoke_callbacks(self) -> None:
+        """The done-callbacks, in a thread of their own when the watcher resolved this
+        reference: run in the watcher's, a callback that waited for another reference
+        waited for good (only the watcher resolves it), a slow one held up every other,
+        and one that called ``sys.exit()`` ended the watcher."""
+        if threading.current_thread() is _watcher.thread:
+            threading.Thread(target=cf.Future._invoke_callbacks, args=(self,), name="wrenpack-ref-callbacks",
+                             daemon=True).start()
+        else:
+            super()._invoke_callbacks()  # type: ignore[misc]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_ref(self._ref, self._secret, self._trusted)
