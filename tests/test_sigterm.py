@@ -568,6 +568,8 @@ _STOPPED = """
         wrenpack.get(futs, progress=False)
     elif sys.argv[1] == "wait":
         wrenpack.wait(futs)
+    elif sys.argv[1] == "as_completed":
+        [f.result() for f in wrenpack.as_completed(futs)]
     else:
         [f.result() for f in futs]
     print("ran to its end", flush=True)
@@ -575,7 +577,7 @@ _STOPPED = """
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hup"])
-@pytest.mark.parametrize("wait", ["get", "result", "wait"])
+@pytest.mark.parametrize("wait", ["get", "result", "wait", "as_completed"])
 def test_a_stopped_driver_ends_at_the_signal_once_continued(tmp_path, signum, wait):
     """Ctrl-Z, then bash's ``kill %1`` (or the terminal closing): the stopped driver gets
     the signal, then SIGCONT. Whichever thread runs first takes a signal that came while

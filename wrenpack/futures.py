@@ -790,12 +790,12 @@ def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_whe
         raise ConfigError(f"wrenpack.wait(return_when={return_when!r}): must be one of FIRST_COMPLETED, FIRST_EXCEPTION "
                           "or ALL_COMPLETED (wrenpack.FIRST_COMPLETED, ..., as concurrent.futures names them)")
     polled = [f for f in futs if isinstance(f, refs.CallRef)]
-    if not polled and threading.current_thread() is not threading.main_thread():
-        return cf.wait(futs, timeout=timeout, return_when=return_when)
+    if not polled:
+        return _wait_sliced(futs, timeout, return_when)
     # (in slices: the unpickled futures looked at, and in the main thread the signals another
     # thread took given their chance to run, ``interrupts.sliced``)
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.01 if polled else interrupts.SIGNAL_CHECK_S
+    delay = 0.01
     while True:
         for f in polled:
             f.done()  # (one look at the store; resolves it once its result is there)
@@ -806,6 +806,66 @@ def wait(futures: Iterable[WrenFuture], timeout: float | None = None, return_whe
                 or (return_when == FIRST_EXCEPTION and any(not f.cancelled() and f.exception() is not None for f in done))):
             return cf._base.DoneAndNotDoneFutures(done, not_done)  # type: ignore[attr-defined]
         delay = min(delay * 1.5, 0.5)
+
+
+_DONE = (_base.CANCELLED_AND_NOTIFIED, _base.FINISHED)
+
+
+def _wait_sliced(futures: Sequence[cf.Future], timeout: float | None, return_when: str) -> Any:
+    """``concurrent.futures.wait``, its one wait cut into ``interrupts.sliced`` slices in the main
+    thread (the signals another thread took then run: a stopped driver's SIGTERM), with its
+    waiter installed once (waited again each slice, 100,000 futures cost seconds of CPU)."""
+    fs = set(futures)
+    with _base._AcquireFutures(fs):
+        done = {f for f in fs if f._state in _DONE}
+        not_done = fs - done
+        if (return_when == FIRST_COMPLETED and done) or len(done) == len(fs) or (
+                return_when == FIRST_EXCEPTION and any(not f.cancelled() and f.exception() is not None for f in done)):
+            return _base.DoneAndNotDoneFutures(done, not_done)
+        waiter = _base._create_and_install_waiters(fs, return_when)
+    try:
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else end - time.monotonic()
+            if (left is not None and left <= 0) or waiter.event.wait(interrupts.sliced(left)):
+                break
+    finally:
+        for f in fs:
+            with f._condition:
+                f._waiters.remove(waiter)
+    done.update(waiter.finished_futures)
+    return _base.DoneAndNotDoneFutures(done, fs - done)
+
+
+def _as_completed_sliced(futures: Sequence[cf.Future], timeout: float | None) -> Iterator[cf.Future]:
+    """``concurrent.futures.as_completed``, its waits cut into ``interrupts.sliced`` slices in the
+    main thread (``_wait_sliced``: a ``for`` loop over a stopped driver's calls ran them to
+    their end before its SIGTERM did anything)."""
+    end = None if timeout is None else time.monotonic() + timeout
+    fs = set(futures)
+    total = len(fs)
+    with _base._AcquireFutures(fs):
+        finished = {f for f in fs if f._state in _DONE}
+        pending = fs - finished
+        waiter = _base._create_and_install_waiters(fs, _base._AS_COMPLETED)
+    try:
+        yield from _base._yield_finished_futures(list(finished), waiter, ref_collect=(fs,))
+        while pending:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left < 0:
+                raise cf.TimeoutError(f"{len(pending)} (of {total}) futures unfinished")
+            if not waiter.event.wait(interrupts.sliced(left)):
+                continue  # (a slice, or the timeout, ran out: looked at again above)
+            with waiter.lock:
+                finished_now = waiter.finished_futures
+                waiter.finished_futures = []
+                waiter.event.clear()
+            finished_now.reverse()  # (their finishing order)
+            yield from _base._yield_finished_futures(finished_now, waiter, ref_collect=(fs, pending))
+    finally:
+        for f in fs:
+            with f._condition:
+                f._waiters.remove(waiter)
 
 
 def as_completed(futures: Iterable[WrenFuture], timeout: float | None = None) -> "AsCompleted":
@@ -848,7 +908,7 @@ class AsCompleted:
             if any(isinstance(f, refs.CallRef) for f in futures):  # unpickled futures: see ``wait``
                 self._sync = _as_completed_polling(futures, self._timeout)
             else:
-                self._sync = cf.as_completed(futures, timeout=self._timeout)
+                self._sync = _as_completed_sliced(futures, self._timeout)
         return next(self._sync)
 
     def __aiter__(self) -> AsyncIterator[cf.Future]:

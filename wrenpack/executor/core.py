@@ -48,7 +48,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from wrenpack import auth, config as _config, interrupts, keys, serialize
+from wrenpack import auth, config as _config, keys, serialize
 from wrenpack.backends import Backend, Capabilities, Invocation, InvocationResult, backend_class, backend_names, create_backend
 from wrenpack.backends.base import ImageAnswer, ImageAsker
 from wrenpack.config import Config, current
@@ -67,7 +67,7 @@ from wrenpack.executor import own_modules
 from wrenpack.executor.owner import launch_proof, mark_still_running, owner_record, user_key
 from wrenpack.executor.prepared import Prepared
 from wrenpack.executor.termination import ctrl_c_in_exit_cleanup, exit_on_sigterm
-from wrenpack.futures import WrenFuture, _check_timeout, as_list, let_go_for_good
+from wrenpack.futures import WrenFuture, _check_timeout, _wait_sliced, as_list, let_go_for_good
 from wrenpack.wire import event as event_format, owner as owner_wire
 from wrenpack.wire.event import event_dict, isolation_domain
 from wrenpack.wire import result as result_format
@@ -1207,8 +1207,8 @@ def calls_running() -> bool:
 def _wait_out(futures: list[cf.Future]) -> None:
     """Wait until ``futures`` are done: in the main thread in slices, each its signals'
     chance to run (``interrupts.sliced``: a stopped driver's SIGTERM that another thread took)."""
-    while futures and cf.wait(futures, timeout=interrupts.sliced(None)).not_done:
-        pass
+    if futures:
+        _wait_sliced(futures, None, cf.ALL_COMPLETED)
 
 
 #: held while the exit cleanup runs: SIGTERM's cleanup thread and a multiprocessing child's
