@@ -316,14 +316,19 @@ def test_calls_the_programs_end_stopped_are_counted_stopped_not_failed():
     from wrenpack import progress
     from wrenpack.errors import ExecutorShutdown
 
-    futs = [cf.Future() for _ in range(4)]
+    from wrenpack.errors import RemoteTraceback
+
+    futs = [cf.Future() for _ in range(5)]
     futs[0].set_result(1)
     futs[1].set_exception(KeyError("x"))
     futs[2].set_exception(ExecutorShutdown("the program exited before the call finished; wrenpack stopped it"))
     futs[3].cancel()
+    raised = ExecutorShutdown("the call's own code raised it")  # (a failure: it comes with the remote traceback)
+    raised.__cause__ = RemoteTraceback("Traceback (most recent call last): ...")
+    futs[4].set_exception(raised)
     tally = progress._Tally()
     for fut in futs:
         tally.finished(fut)
     counts = tally.counts()
-    assert counts == progress.Counts(4, 1, 1, 1)
-    assert progress._line(counts, 4, 3.0) == "wrenpack: 4/4 calls done, 1 failed, 1 cancelled, 1 stopped, 3 s"
+    assert counts == progress.Counts(5, 2, 1, 1)
+    assert progress._line(counts, 5, 3.0) == "wrenpack: 5/5 calls done, 2 failed, 1 cancelled, 1 stopped, 3 s"

@@ -35,7 +35,7 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 from wrenpack import config, interrupts
-from wrenpack.errors import ExecutorShutdown
+from wrenpack.errors import ExecutorShutdown, RemoteTraceback
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,9 @@ class _Tally:
     def finished(self, fut: cf.Future) -> None:
         cancelled = fut.cancelled()
         error = None if cancelled else fut.exception()
-        stopped = isinstance(error, ExecutorShutdown)  # (the program's end stopped it: the last line said "failed")
+        # (the program's end stopped it: the last line said "failed"; not one the call's own code raised, which
+        # comes with the remote traceback as its cause)
+        stopped = isinstance(error, ExecutorShutdown) and not isinstance(error.__cause__, RemoteTraceback)
         with self._lock:
             self._done += 1
             self._failed += error is not None and not stopped
