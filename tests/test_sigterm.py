@@ -695,3 +695,25 @@ def test_jobs_lists_the_intermediates_a_killed_map_reduce_left(tmp_path):
     assert _cli(tmp_path, "clean", "--stale").returncode == 0
     assert _stored(tmp_path) == []
     assert [r for r in json.loads(_cli(tmp_path, "jobs", "--json").stdout)["jobs"] if r["kind"] == "map_reduce"] == []
+
+
+_MAP_AT_EXIT = """
+    import os, time, wrenpack
+    @wrenpack.remote(timeout=60)
+    def slow(x):
+        open(os.path.join(os.environ["WRENPACK_STORAGE"], f"started-{x}"), "a").close()
+        time.sleep(30)
+    futs = slow.map(range(50))
+    while len([n for n in os.listdir(os.environ["WRENPACK_STORAGE"]) if n.startswith("started-")]) < 2:
+        time.sleep(0.02)
+"""
+
+
+def test_the_exit_line_counts_every_call_of_a_map_not_finished(tmp_path):
+    """A 50-call map on 2 workers ended by the program's end said "2 call(s) not finished at
+    exit": the 48 it held back (launched as the first end) went unsaid."""
+    (tmp_path / "store").mkdir()
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_MAP_AT_EXIT)], cwd=tmp_path, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if "not finished at exit" in line]
+    assert len(lines) == 1 and lines[0].startswith("wrenpack: 50 call(s) not finished at exit"), proc.stderr
