@@ -692,6 +692,10 @@ def test_jobs_lists_the_intermediates_a_killed_map_reduce_left(tmp_path):
     assert [(r["id"], r["state"]) for r in left] == [(row["id"], "orphaned")], rows
     text = _cli(tmp_path, "jobs").stdout
     assert row["id"] in text and "orphaned" in text, text
+    shown = _cli(tmp_path, "jobs", "show", row["id"])  # (said "not a job id", of an id `jobs` had listed)
+    assert shown.returncode == 1 and shown.stderr.strip().endswith(
+        f"{row['id']} is a map_reduce's intermediate objects, not a job: `wrenpack jobs` says whether its program "
+        "still runs, and `wrenpack clean --stale` removes them once it is gone"), shown.stderr
     assert _cli(tmp_path, "clean", "--stale").returncode == 0
     assert _stored(tmp_path) == []
     assert [r for r in json.loads(_cli(tmp_path, "jobs", "--json").stdout)["jobs"] if r["kind"] == "map_reduce"] == []

@@ -110,11 +110,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from wrenpack.job.client import JobNotFound, check_job_id, open_job
+    from wrenpack import keys
+    from wrenpack.job.client import JobNotFound, NotSpawned, check_job_id, open_job
 
+    given = args.job_id.rstrip("/") or args.job_id
+    if keys.is_shuffle_id(given):  # (an id `wrenpack jobs` lists, as a map_reduce's row)
+        raise NotSpawned(f"{given} is a map_reduce's intermediate objects, not a job: `wrenpack jobs` says whether "
+                         "its program still runs, and `wrenpack clean --stale` removes them once it is gone")
     # (a trailing slash: a folder name the shell completed; anything else that is not an id is
     # refused before the store is opened)
-    job_id = check_job_id(args.job_id.rstrip("/") or args.job_id, f"wrenpack jobs {args.action}")
+    job_id = check_job_id(given, f"wrenpack jobs {args.action}")
     store = _store(args)
     if store is None:
         raise JobNotFound(f"no job {job_id!r}: there is no store at {args.missing_store}; check --storage "
