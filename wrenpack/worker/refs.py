@@ -593,10 +593,10 @@ class CallRef(cf.Future):
         waited for good (only the watcher resolves it), a slow one held up every other,
         and one that called ``sys.exit()`` ended the watcher."""
         if threading.current_thread() is _watcher.thread:
-            threading.Thread(target=cf.Future._invoke_callbacks, args=(self,), name="wrenpack-ref-callbacks",
-                             daemon=True).start()
+            threading.Thread(target=_run_callbacks, args=(self,), name="wrenpack-ref-callbacks", daemon=True).start()
         else:
             super()._invoke_callbacks()  # type: ignore[misc]
+
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_ref(self._ref, self._secret, self._trusted)
@@ -733,3 +733,13 @@ class CallRef(cf.Future):
 
     def cancel(self) -> bool:
         return False  # only the executor that launched the call can take it back
+
+
+def _run_callbacks(ref: "CallRef") -> None:
+    """A resolved reference's done-callbacks, in a thread of their own (``CallRef._invoke_callbacks``).
+    ``concurrent.futures`` logs a callback's exception and runs the next; a ``sys.exit()`` there
+    ends this thread, quietly, as it would a thread of the program's."""
+    try:
+        cf.Future._invoke_callbacks(ref)  # type: ignore[attr-defined]
+    except SystemExit:
+        log.debug("a done-callback of %s called sys.exit(): the callbacks after it do not run", ref.label)
