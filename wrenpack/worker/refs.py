@@ -449,7 +449,8 @@ def finished(label: str, state: str, value: Any) -> cf.Future:
 
 
 _stores: dict[str, Any] = {}
-#: how long a reference's result may be missing before it asks whether its job is still there, and how often then
+
+
 class _Waiters(list):  # type: ignore[type-arg]
     """A ``CallRef``'s ``_waiters``: the standard library's ``wait`` and ``as_completed``
     append a waiter and block on it, which only ``set_result`` wakes. A reference
@@ -535,6 +536,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_watcher.forget)
 
 
+#: how long a reference's result may be missing before it asks whether its job is still there, and how often then
 _GONE_AFTER_S = 1.0
 _GONE_EVERY_S = 5.0
 
@@ -596,7 +598,6 @@ class CallRef(cf.Future):
             threading.Thread(target=_run_callbacks, args=(self,), name="wrenpack-ref-callbacks", daemon=True).start()
         else:
             super()._invoke_callbacks()  # type: ignore[misc]
-
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_ref(self._ref, self._secret, self._trusted)
