@@ -317,16 +317,8 @@ class WrenFuture(cf.Future):
         cond = self._condition
         if cond is _CONDITION:
             cond = self._condition = _own_condition()
-        if timeout is None:
-            while self._state not in _DONE_STATES:
-                cond.wait(interrupts.sliced(None))  # (signals another thread took: ``interrupts.sliced``)
-            return
-        end = time.monotonic() + timeout
-        while self._state not in _DONE_STATES:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            cond.wait(interrupts.sliced(left))
+        # (in slices: signals another thread took, ``interrupts.sliced``)
+        interrupts.wait_sliced(cond.wait, lambda: self._state in _DONE_STATES, timeout)
 
     def _wait_here(self, timeout: float | None, what: str = "result") -> float | None:
         """Let the owner read this call's outcome on this thread (``CallOwner.wait_here``)
@@ -729,11 +721,7 @@ def _wait_all(futures: Sequence[cf.Future], timeout: float | None) -> int:
                 waiting.append(f)
     waiter.add_result(futures[0] if futures else cf.Future())  # (the installing is over)
     try:
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:  # (in slices: signals another thread took, ``interrupts.sliced``)
-            left = None if end is None else end - time.monotonic()
-            if (left is not None and left <= 0) or waiter.event.wait(interrupts.sliced(left)):
-                break
+        interrupts.wait_sliced(waiter.event.wait, waiter.event.is_set, timeout)  # (signals another thread took)
     finally:
         for f in waiting:
             with f._condition:  # type: ignore[attr-defined]
@@ -824,11 +812,7 @@ def _wait_sliced(futures: Sequence[cf.Future], timeout: float | None, return_whe
             return _base.DoneAndNotDoneFutures(done, not_done)
         waiter = _base._create_and_install_waiters(fs, return_when)
     try:
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if end is None else end - time.monotonic()
-            if (left is not None and left <= 0) or waiter.event.wait(interrupts.sliced(left)):
-                break
+        interrupts.wait_sliced(waiter.event.wait, waiter.event.is_set, timeout)
     finally:
         for f in fs:
             with f._condition:
@@ -854,8 +838,8 @@ def _as_completed_sliced(futures: Sequence[cf.Future], timeout: float | None) ->
             left = None if end is None else end - time.monotonic()
             if left is not None and left < 0:
                 raise cf.TimeoutError(f"{len(pending)} (of {total}) futures unfinished")
-            if not waiter.event.wait(interrupts.sliced(left)):
-                continue  # (a slice, or the timeout, ran out: looked at again above)
+            if not interrupts.wait_sliced(waiter.event.wait, waiter.event.is_set, left):
+                continue  # (the timeout ran out: raised above)
             with waiter.lock:
                 finished_now = waiter.finished_futures
                 waiter.finished_futures = []

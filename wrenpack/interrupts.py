@@ -30,8 +30,9 @@ from __future__ import annotations
 import _signal
 import signal
 import threading
+import time
 from itertools import repeat
-from typing import Any
+from typing import Any, Callable
 
 #: the signals whose Python handlers are held: those programs handle to stop or
 #: to be told something (a handler of another signal runs when it comes)
@@ -101,3 +102,15 @@ def sliced(timeout: float | None) -> float | None:
     if threading.current_thread() is threading.main_thread():
         return SIGNAL_CHECK_S if timeout is None else min(timeout, SIGNAL_CHECK_S)
     return timeout
+
+
+def wait_sliced(wait: Callable[[float | None], Any], done: Callable[[], bool], timeout: float | None) -> bool:
+    """Call ``wait`` (an Event's or a Condition's, its lock held) until ``done()``, or until
+    ``timeout`` s have passed, each wait at most ``sliced`` long; whether ``done()``."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while not done():
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        wait(sliced(left))
+    return True

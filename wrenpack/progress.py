@@ -175,13 +175,8 @@ class _Tally:
 
     def wait_for_change(self, seen: int, timeout: float | None) -> Counts:
         """The counts once more than ``seen`` are done, or after ``timeout`` s."""
-        end = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while self._done == seen:  # (in slices: signals another thread took, ``interrupts.sliced``)
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._changed.wait(interrupts.sliced(left))
+        with self._lock:  # (in slices: signals another thread took, ``interrupts.sliced``)
+            interrupts.wait_sliced(self._changed.wait, lambda: self._done != seen, timeout)
             return Counts(self._done, self._failed, self._cancelled, self._stopped)
 
 
