@@ -29,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from wrenpack import auth, keys
 from wrenpack.config import DEFAULT_RETENTION_S, MAX_RETENTION_S, parse_retention
@@ -875,19 +875,26 @@ def _describe(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
 
 
 def _plain_row(store: Store, job_id: str, key: bytes | None) -> dict[str, Any]:
-    from wrenpack.executor.owner import owner_state
-
     try:
         record: dict[str, Any] | None = owner_wire.loads(store.get(keys.owner_key(job_id)))
     except (ObjectNotFound, ValueError):
         record = None
-    state, why = owner_state(job_id, record, key)
-    verified = state != "unknown" or (record is not None and key is not None and owner_wire.verify(key, job_id, record))
-    return {"id": job_id, "spawned": False, "function": (record or {}).get("label", "") if verified else "",
-            "kind": "scratch" if verified and (record or {}).get("kind") == "scratch" else "job",
+    return _owner_row(job_id, job_id, record, key, lambda shown: "scratch" if shown.get("kind") == "scratch" else "job")
+
+
+def _owner_row(row_id: str, owner_id: str, record: dict[str, Any] | None, key: bytes | None,
+               kind: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """A row of ``wrenpack jobs`` as an owner record (sealed for ``owner_id``) says: what it
+    names shown only once it verifies with ``key``; ``kind`` of the record so shown."""
+    from wrenpack.executor.owner import owner_state
+
+    state, why = owner_state(owner_id, record, key)
+    verified = state != "unknown" or (record is not None and key is not None and owner_wire.verify(key, owner_id, record))
+    shown = record if verified and record else {}
+    return {"id": row_id, "spawned": False, "function": shown.get("label", ""), "kind": kind(shown),
             "state": {"live": "running", "stale": "orphaned"}.get(state, "unknown"), "why": why,
-            "created": (record or {}).get("created") if verified else None,
-            "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified and record else None}
+            "created": shown.get("created"),
+            "owner": {"host": shown.get("host"), "pid": shown.get("pid")} if shown else None}
 
 
 def describe_map_reduce(store: Store, shuffle_id: str, key: bytes | None) -> dict[str, Any]:
@@ -896,23 +903,15 @@ def describe_map_reduce(store: Store, shuffle_id: str, key: bytes | None) -> dic
     does, "orphaned" once it is gone (``clean --stale`` removes them). Before, they were
     not listed at all: after a driver was killed in a shuffle, ``wrenpack jobs`` said
     "no jobs" while tens of MB of /dev/shm stayed held."""
-    from wrenpack.executor.owner import owner_state
-
-    owner_id = keys.shuffle_owner_id(shuffle_id)
     try:
-        record: dict[str, Any] | None = owner_wire.loads(store.get(keys.shuffle_owner_key(shuffle_id)))
+        record = owner_wire.loads(store.get(keys.shuffle_owner_key(shuffle_id)))
     except ObjectNotFound:
         return {"id": shuffle_id, "spawned": False, "kind": "map_reduce", "function": "", "state": "orphaned",
                 "why": "its intermediate objects have no owner record (left by a cleanup cut short)", "created": None,
                 "owner": None}
     except (StoreError, ValueError) as exc:
         return {"id": shuffle_id, "spawned": None, "kind": "map_reduce", "state": "unreadable", "why": str(exc)}
-    state, why = owner_state(owner_id, record, key)
-    verified = state != "unknown" or (key is not None and owner_wire.verify(key, owner_id, record))
-    return {"id": shuffle_id, "spawned": False, "kind": "map_reduce", "function": record.get("label", "") if verified else "",
-            "state": {"live": "running", "stale": "orphaned"}.get(state, "unknown"), "why": why,
-            "created": record.get("created") if verified else None,
-            "owner": {"host": record.get("host"), "pid": record.get("pid")} if verified else None}
+    return _owner_row(shuffle_id, keys.shuffle_owner_id(shuffle_id), record, key, lambda shown: "map_reduce")
 
 
 def _verified_owner(store: Store, job_id: str, key: bytes) -> dict[str, Any] | None:
